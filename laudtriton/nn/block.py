@@ -1,0 +1,256 @@
+"""LAUD Bottleneck: the reference semantics of one dynamic block (DESIGN.md section 2).
+
+The forward pass is the official LAUDNet ``Bottleneck``: every convolution is computed
+dense and multiplied by masks. That is slow on purpose; it is the contract every
+compiled variant reproduces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .maskers import (
+    MaskerChannelConvLinear,
+    MaskerChannelMLP,
+    MaskerSpatial,
+    expand_channel_mask,
+    expand_mask1,
+    mask_grid_size,
+    upsample_mask,
+)
+
+MODES = ("spatial", "channel", "layer", "both")
+CHANNEL_MASKERS = ("MLP", "conv_linear")
+
+
+@dataclass
+class BlockMasks:
+    """The masks of one block for one input batch.
+
+    grid:    [B, 1, gh, gw] float 0/1, spatial mask grid (layer gate: gh = gw = 1), or None.
+    mask3:   [B, 1, Ho, Wo] float 0/1, the grid upsampled to the output (= mask2), or None.
+    mask1:   [B, 1, H, W] bool, receptive field of mask2 at conv1 resolution, or None.
+    channel: [B, G] float 0/1, channel-group mask, or None.
+    """
+
+    grid: torch.Tensor | None
+    mask3: torch.Tensor | None
+    mask1: torch.Tensor | None
+    channel: torch.Tensor | None
+
+
+@dataclass
+class BlockStats:
+    """Statistics of one block's last forward (means over the batch).
+
+    rate1/rate2/rate3: spatial activation rates of mask1, mask2, mask3 (1.0 when the
+    block has no spatial mask); rate3 is the grid mean as in the official code.
+    channel_rate: fraction of active channel groups. flops: sparse FLOPs per image
+    (official accounting, maskers included; a tensor that carries gradients in
+    training); dense_flops: the same block computed dense, maskers included;
+    masker_flops: the maskers' part.
+    """
+
+    rate1: torch.Tensor
+    rate2: torch.Tensor
+    rate3: torch.Tensor
+    channel_rate: torch.Tensor
+    flops: torch.Tensor
+    dense_flops: float
+    masker_flops: float
+
+    @property
+    def flops_ratio(self) -> torch.Tensor:
+        return self.flops / self.dense_flops
+
+
+class LaudBottleneck(nn.Module):
+    """ResNet bottleneck with LAUDNet dynamic computation.
+
+    Args:
+        inplanes: input channels Cin.
+        planes: bottleneck planes; width w = planes, output channels 4·planes.
+        stride: stride of conv2 (and of the downsample).
+        downsample: module for the identity path, or None.
+        dyn_mode: "spatial" | "channel" | "layer" | "both".
+        granularity: patch size S of the spatial mask (ignored by channel/layer modes).
+        channel_granularity: channels per channel-mask group (must divide w).
+        channel_masker: "MLP" | "conv_linear".
+        channel_masker_layers: 1 or 2 (MLP only).
+        channel_masker_reduction: reduction ratio of the channel masker.
+        feature_size: expected output map size (int or (h, w)), checked against S at
+            construction when given; the actual size always comes from the input.
+
+    Input [B, Cin, H, W] -> output [B, 4·planes, Ho, Wo], Ho = ⌊(H−1)/s⌋+1.
+
+    Raises:
+        ValueError: on an unknown mode or masker, a bad granularity, or a channel group
+            size that does not divide the width.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dyn_mode: str = "spatial",
+        granularity: int = 1,
+        channel_granularity: int = 1,
+        channel_masker: str = "MLP",
+        channel_masker_layers: int = 2,
+        channel_masker_reduction: int = 16,
+        feature_size: int | tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        if dyn_mode not in MODES:
+            raise ValueError(f"dyn_mode must be one of {MODES}, got {dyn_mode!r}")
+        if not isinstance(granularity, int) or granularity <= 0:
+            raise ValueError(f"granularity must be a positive int, got {granularity!r}")
+        width = planes
+        if (
+            not isinstance(channel_granularity, int)
+            or channel_granularity <= 0
+            or width % channel_granularity
+        ):
+            raise ValueError(
+                f"channel_granularity {channel_granularity!r} must be a positive divisor of "
+                f"the block width {width}"
+            )
+        if channel_masker not in CHANNEL_MASKERS:
+            raise ValueError(
+                f"channel_masker must be one of {CHANNEL_MASKERS}, got {channel_masker!r}"
+            )
+        if feature_size is not None and dyn_mode in ("spatial", "both"):
+            fs = (feature_size, feature_size) if isinstance(feature_size, int) else feature_size
+            mask_grid_size(tuple(fs), granularity)  # raises if S is larger than the map
+
+        self.inplanes, self.planes, self.width = inplanes, planes, width
+        self.out_channels = planes * self.expansion
+        self.stride = stride
+        self.dyn_mode = dyn_mode
+        self.granularity = granularity if dyn_mode in ("spatial", "both") else 1
+        self.channel_granularity = channel_granularity
+        self.temperature = 1.0
+
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, self.out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(self.out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+        self.masker_spatial = None
+        self.masker_channel = None
+        if dyn_mode in ("spatial", "layer", "both"):
+            self.masker_spatial = MaskerSpatial(inplanes)
+        if dyn_mode in ("channel", "both"):
+            groups = width // channel_granularity
+            if channel_masker == "MLP":
+                self.masker_channel = MaskerChannelMLP(
+                    inplanes, groups, channel_masker_layers, channel_masker_reduction
+                )
+            else:
+                self.masker_channel = MaskerChannelConvLinear(
+                    inplanes, groups, channel_masker_reduction
+                )
+        self.last_stats: BlockStats | None = None
+        self.last_masks: BlockMasks | None = None
+
+    # -- shapes ---------------------------------------------------------------------
+    def out_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
+        """Output map size (⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1) for an input of ``in_hw``."""
+        return ((in_hw[0] - 1) // self.stride + 1, (in_hw[1] - 1) // self.stride + 1)
+
+    def grid_size(self, in_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """Mask grid for an input of ``in_hw``: (1, 1) for the layer gate, None if none."""
+        if self.dyn_mode == "layer":
+            return (1, 1)
+        if self.dyn_mode == "channel":
+            return None
+        return mask_grid_size(self.out_hw(in_hw), self.granularity)
+
+    # -- masks ----------------------------------------------------------------------
+    def compute_masks(self, x: torch.Tensor) -> tuple[BlockMasks, float]:
+        """Masks of this block for input x [B, Cin, H, W], and the maskers' FLOPs/image."""
+        in_hw = tuple(x.shape[-2:])
+        out_hw = self.out_hw(in_hw)
+        grid = mask3 = mask1 = channel = None
+        flops = 0.0
+        if self.masker_channel is not None:
+            channel, f = self.masker_channel(x, self.temperature)
+            flops += f
+        if self.masker_spatial is not None:
+            grid, f = self.masker_spatial(x, self.grid_size(in_hw), self.temperature)
+            flops += f
+            mask3 = upsample_mask(grid, out_hw)
+            mask1 = expand_mask1(mask3.detach(), self.stride, in_hw)
+        return BlockMasks(grid, mask3, mask1, channel), flops
+
+    # -- forward --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.inplanes:
+            raise ValueError(f"expected {self.inplanes} input channels, got {x.shape[1]}")
+        masks, masker_flops = self.compute_masks(x)
+        cmask = (
+            expand_channel_mask(masks.channel, self.width) if masks.channel is not None else None
+        )
+
+        out = self.conv1(x)
+        if cmask is not None:  # official order: mask before BN
+            out = out * cmask
+        out = self.relu(self.bn1(out))
+        out = self.conv2(out)
+        if cmask is not None:
+            out = out * cmask
+        out = self.relu(self.bn2(out))
+        out = self.bn3(self.conv3(out))
+        if masks.mask3 is not None:
+            out = out * masks.mask3
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(out + identity)
+
+        self.last_masks = masks
+        self.last_stats = self._stats(x, masks, masker_flops)
+        return out
+
+    def _stats(self, x: torch.Tensor, masks: BlockMasks, masker_flops: float) -> BlockStats:
+        h, w = x.shape[-2:]
+        ho, wo = self.out_hw((h, w))
+        one = x.new_ones(())
+        if masks.grid is not None:
+            rate3 = masks.grid.mean()
+            rate2 = masks.mask3.detach().mean()
+            rate1 = masks.mask1.float().mean()
+        else:
+            rate1 = rate2 = rate3 = one
+        crate = masks.channel.mean() if masks.channel is not None else one
+        c1 = self.inplanes * self.width * h * w
+        c2 = self.width * self.width * 9 * ho * wo
+        c3 = self.width * self.out_channels * ho * wo
+        ds = self.inplanes * self.out_channels * ho * wo if self.downsample is not None else 0
+        flops = (
+            masker_flops
+            + c1 * crate * rate1
+            + c2 * crate**2 * rate2
+            + c3 * crate * rate3
+            + ds
+        )
+        dense = masker_flops + c1 + c2 + c3 + ds
+        return BlockStats(rate1, rate2, rate3, crate, flops, float(dense), float(masker_flops))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dyn_mode={self.dyn_mode!r}, granularity={self.granularity}, stride={self.stride}, "
+            f"channel_granularity={self.channel_granularity}"
+        )

@@ -1,0 +1,68 @@
+"""Training losses of LAUDNet: the sparsity (FLOPs) loss with the official bounds
+schedule, and knowledge distillation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import ModelStats
+
+
+class SparsityLoss(nn.Module):
+    """Official LAUDNet sparsity loss (``SparsityCriterion_bounds``).
+
+    loss = mean_i [max(0, r_i − upper)² + max(0, lower − r_i)²] + (F/F_dense − target)²
+
+    where r_i is block i's FLOPs ratio, F the model's sparse FLOPs and F_dense the dense
+    network's. The per-block bounds start at [0, 1] and close in on the target over the
+    first third of training: progress = cos²(π/2 · min(1, epoch / (0.33·num_epochs))),
+    upper = 1 − progress·(1 − target), lower = progress·target.
+
+    Args:
+        target: target FLOPs ratio in (0, 1].
+        num_epochs: length of training (the bounds relax over its first third).
+    """
+
+    def __init__(self, target: float, num_epochs: int):
+        super().__init__()
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target must be in (0, 1], got {target}")
+        if num_epochs <= 0:
+            raise ValueError(f"num_epochs must be positive, got {num_epochs}")
+        self.target = float(target)
+        self.num_epochs = num_epochs
+
+    def bounds(self, epoch: float) -> tuple[float, float]:
+        """(lower, upper) per-block bounds at ``epoch`` (may be fractional)."""
+        p = min(max(epoch / (0.33 * self.num_epochs), 0.0), 1.0)
+        progress = math.cos(p * math.pi / 2) ** 2
+        return progress * self.target, 1.0 - progress * (1.0 - self.target)
+
+    def forward(self, stats: ModelStats, epoch: float) -> torch.Tensor:
+        """stats: the model's ``last_stats`` (from a training forward)."""
+        lower, upper = self.bounds(epoch)
+        ratios = stats.block_flops_ratios
+        block = (F.relu(ratios - upper) ** 2 + F.relu(lower - ratios) ** 2).mean()
+        return block + (stats.flops / stats.dense_flops - self.target) ** 2
+
+
+class KDLoss(nn.Module):
+    """Knowledge distillation: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean."""
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+        t = self.temperature
+        return F.kl_div(
+            F.log_softmax(student_logits / t, dim=1),
+            F.softmax(teacher_logits.detach() / t, dim=1),
+            reduction="batchmean",
+        ) * t * t

@@ -1,0 +1,172 @@
+"""Maskers and mask expansion of LAUDNet (DESIGN.md section 2).
+
+Parameter names follow the official LAUDNet code (``masker_spatial.conv``,
+``masker_channel.conv.0`` ...) so official checkpoints load with ``strict=True``.
+Every masker returns ``(mask, flops)``: a float mask (hard 0/1 values; in training
+a straight-through Gumbel sample that carries gradients) and the masker's FLOPs per
+image with the official accounting.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _hard_decision(logits: torch.Tensor, training: bool, temperature: float) -> torch.Tensor:
+    """[B, 2, ...] logits -> [B, ...] hard mask; Gumbel straight-through in training."""
+    if training:
+        return F.gumbel_softmax(logits, dim=1, tau=temperature, hard=True)[:, 0]
+    return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
+
+
+def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
+    """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
+
+    Raises:
+        ValueError: if S is not positive or larger than the map.
+    """
+    ho, wo = out_hw
+    if granularity <= 0:
+        raise ValueError(f"granularity must be a positive int, got {granularity}")
+    if granularity > ho or granularity > wo:
+        raise ValueError(
+            f"granularity {granularity} is larger than its feature map {ho}x{wo}; "
+            "use a smaller S or a larger input"
+        )
+    return ho // granularity, wo // granularity
+
+
+class MaskerSpatial(nn.Module):
+    """Spatial masker: pool to the mask grid, 1x1 conv with bias to 2 logits, compare.
+
+    Input x: [B, Cin, H, W]. Output mask: [B, 1, gh, gw] (float 0/1).
+    ``grid=(1, 1)`` makes it the layer gate (one decision per sample).
+    """
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
+        # Official initialisation: the "keep" logit starts at +5, so training starts dense.
+        with torch.no_grad():
+            self.conv.bias[0] = 5.0
+
+    def logits(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """[B, Cin, H, W] -> [B, 2, gh, gw]."""
+        pooled = x if tuple(x.shape[-2:]) == tuple(grid) else F.adaptive_avg_pool2d(x, grid)
+        return self.conv(pooled)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], temperature: float = 1.0):
+        logits = self.logits(x, grid)
+        mask = _hard_decision(logits, self.training, temperature).unsqueeze(1)
+        cin = self.conv.weight.shape[1]
+        pooled_hw = grid[0] * grid[1]
+        flops = cin * pooled_hw + (2 * cin + cin) * pooled_hw  # official accounting
+        return mask, flops
+
+
+class MaskerChannelMLP(nn.Module):
+    """Channel masker: global average pool, MLP (1 or 2 layers) to 2G logits, compare.
+
+    Input x: [B, Cin, H, W]. Output mask: [B, G] (float 0/1).
+    """
+
+    def __init__(self, in_channels: int, groups: int, layers: int = 2, reduction: int = 16):
+        super().__init__()
+        if layers not in (1, 2):
+            raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers}")
+        self.groups = groups
+        hidden = max(groups // reduction, 16)
+        if layers == 2:
+            self.conv = nn.Sequential(
+                nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, 2 * groups)
+            )
+            last = self.conv[-1]
+            self.mlp_flops = in_channels * hidden + hidden * 2 * groups
+        else:
+            self.conv = nn.Linear(in_channels, 2 * groups)
+            last = self.conv
+            self.mlp_flops = in_channels * 2 * groups
+        with torch.no_grad():  # official initialisation: start with every group on
+            last.bias[:groups] = 2.0
+            last.bias[groups + 1 :] = -2.0
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, Cin, H, W] -> [B, 2, G]."""
+        b = x.shape[0]
+        return self.conv(x.mean(dim=(2, 3))).view(b, 2, self.groups)
+
+    def last_linear(self) -> nn.Linear:
+        return self.conv[-1] if isinstance(self.conv, nn.Sequential) else self.conv
+
+    def forward(self, x: torch.Tensor, temperature: float = 1.0):
+        mask = _hard_decision(self.logits(x), self.training, temperature)
+        c, h, w = x.shape[1:]
+        return mask, c * h * w + self.mlp_flops
+
+
+class MaskerChannelConvLinear(nn.Module):
+    """Channel masker: 1x1 conv + BN + ReLU (Cin -> Cin/reduction), pool, linear to 2G.
+
+    Input x: [B, Cin, H, W]. Output mask: [B, G] (float 0/1).
+    """
+
+    def __init__(self, in_channels: int, groups: int, reduction: int = 16):
+        super().__init__()
+        if in_channels // reduction < 1:
+            raise ValueError(
+                f"channel_masker_reduction {reduction} leaves no channel of {in_channels}"
+            )
+        red = in_channels // reduction
+        self.groups = groups
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, red, kernel_size=1, bias=False), nn.BatchNorm2d(red), nn.ReLU()
+        )
+        self.linear = nn.Linear(red, 2 * groups)
+        with torch.no_grad():
+            self.linear.bias[:groups] = 2.0
+            self.linear.bias[groups + 1 :] = -2.0
+        self.masker_flops = in_channels * in_channels // reduction + red * 2 * groups
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, Cin, H, W] -> [B, 2, G]."""
+        b = x.shape[0]
+        return self.linear(self.conv(x).mean(dim=(2, 3))).view(b, 2, self.groups)
+
+    def last_linear(self) -> nn.Linear:
+        return self.linear
+
+    def forward(self, x: torch.Tensor, temperature: float = 1.0):
+        mask = _hard_decision(self.logits(x), self.training, temperature)
+        red = self.linear.in_features
+        h, w = x.shape[2:]
+        return mask, red * h * w + self.masker_flops
+
+
+def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3).
+
+    Output pixel i belongs to cell ⌊i·gh/Ho⌋ (PyTorch's ``nearest`` rule).
+    """
+    return F.interpolate(grid_mask, size=tuple(out_hw), mode="nearest")
+
+
+def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Receptive field of the active conv2 outputs at conv1 resolution.
+
+    mask2: [B, 1, Ho, Wo] (0/1). Returns a bool [B, 1, H, W]: every input pixel within
+    Chebyshev distance 1 of (i·s, j·s) for an active output (i, j), clipped to the image.
+    """
+    b, _, ho, wo = mask2.shape
+    h, w = in_hw
+    placed = mask2.new_zeros(b, 1, max(h, ho * stride), max(w, wo * stride))
+    placed[:, :, : ho * stride : stride, : wo * stride : stride] = (mask2 > 0.5).to(mask2.dtype)
+    dil = F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)
+    return dil[:, :, :h, :w] > 0.5
+
+
+def expand_channel_mask(mask: torch.Tensor, channels: int) -> torch.Tensor:
+    """[B, G] group mask -> [B, C, 1, 1]; group i covers channels [i·k, (i+1)·k), k = C/G."""
+    k = channels // mask.shape[1]
+    return mask.repeat_interleave(k, dim=1)[:, :, None, None]

@@ -1,0 +1,284 @@
+"""LAUD-ResNet: ResNet-50/101 built from LaudBottleneck, official LAUDNet key layout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck
+
+STAGE_PLANES = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)
+DEPTHS = {"laud_resnet50": (3, 4, 6, 3), "laud_resnet101": (3, 4, 23, 3)}
+
+
+@dataclass
+class ModelStats:
+    """Statistics of a LAUD model's last forward.
+
+    blocks: one BlockStats per dynamic block, in execution order.
+    flops: sparse FLOPs per image of the whole network (maskers included; a tensor).
+    dense_flops: FLOPs per image of the same network run dense, without maskers (the
+        static ResNet the FLOPs ratio is measured against).
+    """
+
+    blocks: list[BlockStats]
+    flops: torch.Tensor
+    dense_flops: float
+
+    @property
+    def flops_ratio(self) -> torch.Tensor:
+        return self.flops / self.dense_flops
+
+    @property
+    def block_flops_ratios(self) -> torch.Tensor:
+        """[num_blocks] per-block sparse/dense FLOPs ratios (the official flops_perc_list)."""
+        return torch.stack([torch.as_tensor(b.flops_ratio) for b in self.blocks])
+
+
+def _per_stage(value, name: str, cast, accepted: str) -> list:
+    """Parse a per-stage argument: a scalar, a "a-b-c-d" string, or a 4-element list."""
+    if isinstance(value, str) and "-" in value:
+        items = value.split("-")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value] * 4
+    if len(items) != 4:
+        raise ValueError(
+            f"{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 ({accepted})"
+        )
+    try:
+        return [cast(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {value!r} is not valid; accepted: {accepted}") from None
+
+
+def _mode(v) -> str:
+    if v not in MODES:
+        raise ValueError(f"mode {v!r} unknown; accepted: {', '.join(MODES)}")
+    return v
+
+
+def _masker(v) -> str:
+    if v not in CHANNEL_MASKERS:
+        raise ValueError(f"channel_masker {v!r} unknown; accepted: {', '.join(CHANNEL_MASKERS)}")
+    return v
+
+
+def _positive_int(v) -> int:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    iv = int(v)
+    if iv != float(v) or iv <= 0:
+        raise ValueError(v)
+    return iv
+
+
+class LaudResNet(nn.Module):
+    """ResNet with LAUD bottlenecks. ``forward(x)`` returns logits [B, num_classes];
+    ``last_stats`` holds the ModelStats of the last forward.
+
+    Args:
+        depths: blocks per stage, e.g. (3, 4, 6, 3).
+        mode, granularity, channel_granularity, channel_masker, channel_masker_layers,
+        channel_masker_reduction: as in :func:`laud_resnet50`.
+        num_classes: classifier outputs.
+        input_size: expected input size, used only to check S against the feature maps
+            at construction (None: no check until the first forward).
+        in_channels: image channels.
+        width_mult: scales every stage width (1.0 = ResNet-50/101).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int],
+        mode="spatial",
+        granularity="4-4-2-1",
+        channel_granularity=1,
+        channel_masker="MLP",
+        channel_masker_layers=2,
+        channel_masker_reduction=16,
+        num_classes: int = 1000,
+        input_size: int | None = 224,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+    ):
+        super().__init__()
+        if isinstance(mode, str) and mode not in MODES and "-" not in mode:
+            raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
+        modes = _per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
+        gran = _per_stage(granularity, "granularity", _positive_int, "positive ints, '4-4-2-1'")
+        cgran = _per_stage(
+            channel_granularity, "channel_granularity", _positive_int, "positive ints"
+        )
+        maskers = _per_stage(channel_masker, "channel_masker", _masker, "'MLP' or 'conv_linear'")
+        layers = _per_stage(channel_masker_layers, "channel_masker_layers", int, "1 or 2")
+        reds = _per_stage(channel_masker_reduction, "channel_masker_reduction", _positive_int,
+                          "positive ints")
+        if len(depths) != 4:
+            raise ValueError(f"depths {depths!r} must have 4 stages")
+
+        self.config = dict(
+            depths=tuple(depths), mode=modes, granularity=gran, channel_granularity=cgran,
+            channel_masker=maskers, channel_masker_layers=layers,
+            channel_masker_reduction=reds, num_classes=num_classes, input_size=input_size,
+            in_channels=in_channels, width_mult=width_mult,
+        )
+        self.inplanes = int(64 * width_mult)
+        self.conv1 = nn.Conv2d(in_channels, self.inplanes, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        size = None  # feature size after the stem (conv stride 2, then maxpool stride 2)
+        if input_size is not None:
+            size = ((input_size - 1) // 2 + 1 - 1) // 2 + 1
+        for i in range(4):
+            planes = int(STAGE_PLANES[i] * width_mult)
+            stride = STAGE_STRIDES[i]
+            if size is not None:
+                size = (size - 1) // stride + 1
+            stage = self._make_stage(
+                planes, depths[i], stride, size, modes[i], gran[i], cgran[i], maskers[i],
+                layers[i], reds[i], i,
+            )
+            setattr(self, f"layer{i + 1}", stage)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.inplanes, num_classes)
+
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d) and "masker" not in name:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        self.last_stats: ModelStats | None = None
+
+    def _make_stage(self, planes, blocks, stride, size, mode, s, cg, masker, layers, red, idx):
+        out = planes * LaudBottleneck.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
+            )
+        mods = []
+        for j in range(blocks):
+            try:
+                mods.append(
+                    LaudBottleneck(
+                        self.inplanes, planes, stride if j == 0 else 1,
+                        downsample if j == 0 else None, mode, s, cg, masker, layers, red, size,
+                    )
+                )
+            except ValueError as e:
+                raise ValueError(f"stage {idx + 1} (layer{idx + 1}): {e}") from None
+            self.inplanes = out
+        return nn.ModuleList(mods)
+
+    def blocks(self) -> list[tuple[str, LaudBottleneck]]:
+        """Every dynamic block with its qualified name, in execution order."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, LaudBottleneck)]
+
+    def set_temperature(self, temperature: float) -> None:
+        """Gumbel-softmax temperature of every masker (training only)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for _, b in self.blocks():
+            b.temperature = float(temperature)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.conv1.in_channels:
+            raise ValueError(
+                f"expected {self.conv1.in_channels} input channels, got {x.shape[1]}"
+            )
+        in_hw = tuple(x.shape[-2:])
+        h = self.stem(x)
+        for name, block in self.blocks():
+            try:
+                h = block(h)
+            except ValueError as e:
+                raise ValueError(f"input of size {in_hw[0]}x{in_hw[1]} is too small: "
+                                 f"{name}: {e}") from None
+        logits = self.head(h)
+        self.last_stats = self._stats(x)
+        return logits
+
+    def _stats(self, x: torch.Tensor) -> ModelStats:
+        cin, h, w = x.shape[1:]
+        ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        c0 = self.conv1.out_channels
+        stem = cin * c0 * ho * wo * 49
+        ho, wo = (ho - 1) // 2 + 1, (wo - 1) // 2 + 1
+        stem += c0 * ho * wo * 9
+        head = self.fc.in_features + self.fc.in_features * self.fc.out_features
+        stats = [b.last_stats for _, b in self.blocks()]
+        flops = stem + head + sum(s.flops for s in stats)
+        dense = stem + head + sum(s.dense_flops - s.masker_flops for s in stats)
+        return ModelStats(stats, flops, float(dense))
+
+
+def _build(arch: str, **kwargs) -> LaudResNet:
+    return LaudResNet(DEPTHS[arch], **kwargs)
+
+
+def laud_resnet50(
+    mode="spatial",
+    granularity="4-4-2-1",
+    channel_granularity=1,
+    channel_masker="MLP",
+    channel_masker_layers=2,
+    channel_masker_reduction=16,
+    num_classes: int = 1000,
+    **kwargs,
+) -> LaudResNet:
+    """LAUD-ResNet-50.
+
+    Args:
+        mode: "spatial" | "channel" | "layer" | "both", or per stage
+            ("spatial-spatial-channel-layer" or a list of 4).
+        granularity: patch size S per stage ("4-4-2-1", an int, or a list of 4).
+        channel_granularity: channels per channel-mask group (int or per stage).
+        channel_masker: "MLP" or "conv_linear" (per stage allowed).
+        channel_masker_layers: 1 or 2 (MLP masker).
+        channel_masker_reduction: reduction ratio of the channel masker.
+        num_classes: classifier outputs.
+        **kwargs: input_size (default 224, checks S at construction), in_channels,
+            width_mult.
+
+    Raises:
+        ValueError: naming the bad argument, its value and what is accepted.
+    """
+    return _build("laud_resnet50", mode=mode, granularity=granularity,
+                  channel_granularity=channel_granularity, channel_masker=channel_masker,
+                  channel_masker_layers=channel_masker_layers,
+                  channel_masker_reduction=channel_masker_reduction,
+                  num_classes=num_classes, **kwargs)
+
+
+def laud_resnet101(
+    mode="spatial",
+    granularity="4-4-2-1",
+    channel_granularity=1,
+    channel_masker="MLP",
+    channel_masker_layers=2,
+    channel_masker_reduction=16,
+    num_classes: int = 1000,
+    **kwargs,
+) -> LaudResNet:
+    """LAUD-ResNet-101; arguments as :func:`laud_resnet50`."""
+    return _build("laud_resnet101", mode=mode, granularity=granularity,
+                  channel_granularity=channel_granularity, channel_masker=channel_masker,
+                  channel_masker_layers=channel_masker_layers,
+                  channel_masker_reduction=channel_masker_reduction,
+                  num_classes=num_classes, **kwargs)

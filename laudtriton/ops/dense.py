@@ -1,0 +1,64 @@
+"""The ``dense`` variant: the folded dense block, then the masks. Always correct; the
+baseline every other variant is measured against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.block import BlockMasks
+from ..nn.maskers import expand_channel_mask
+from .fold import FoldedBlock
+from .registry import Cost, Variant, register
+from .spec import BlockSpec
+
+CL = torch.channels_last
+
+
+def conv1x1(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int = 1):
+    """1x1 conv of x [B, Cin, H, W] with w [Cout, Cin]; output channels_last."""
+    return F.conv2d(x, w[:, :, None, None], b, stride=stride).contiguous(memory_format=CL)
+
+
+def identity_path(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
+    """x, or the folded downsample of x (dense: every output position needs it)."""
+    if fb.wd is None:
+        return x
+    return conv1x1(x, fb.wd, fb.bd, fb.stride)
+
+
+def dense_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+    """[B, Cin, H, W] -> [B, Cout, Ho, Wo]: reference semantics with folded weights."""
+    cm = None
+    if masks.channel is not None:
+        cm = expand_channel_mask(masks.channel.to(x.dtype), fb.width)
+    h = conv1x1(x, fb.w1, None)
+    h = torch.relu(h * cm + fb.b1[:, None, None] if cm is not None else h + fb.b1[:, None, None])
+    h = F.conv2d(h, fb.w2, None, stride=fb.stride, padding=1)
+    h = torch.relu(h * cm + fb.b2[:, None, None] if cm is not None else h + fb.b2[:, None, None])
+    h = conv1x1(h, fb.w3, fb.b3)
+    if masks.mask3 is not None:
+        h = h * masks.mask3.to(h.dtype)
+    return torch.relu(h + identity_path(fb, x)).contiguous(memory_format=CL)
+
+
+def dense_cost(spec: BlockSpec, rate: float) -> Cost:
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    el = 2 if spec.dtype in ("float16", "bfloat16") else 4
+    act = spec.batch * (spec.in_channels * h * w + 2 * spec.out_channels * ho * wo)
+    wts = spec.in_channels * spec.width + 9 * spec.width**2 + spec.width * spec.out_channels
+    if spec.downsample:
+        wts += spec.in_channels * spec.out_channels
+    return Cost(flops=float(spec.dense_flops()), bytes=float(el * (act + wts)),
+                launches=4 + int(spec.downsample))
+
+
+def _run(fb, x, masks, config=None):
+    return dense_block(fb, x, masks)
+
+
+DENSE = register(Variant(
+    name="dense", modes=("spatial", "channel", "layer", "both"), backends=("cpu", "cuda"),
+    run=_run, cost=dense_cost, description="folded dense block, then masks (baseline)",
+))

@@ -1,0 +1,94 @@
+"""Helpers shared by tests, benchmarks and gpucheck: random LAUD blocks with non-trivial
+BN statistics, masks at an exact rate, and a verbose closeness check."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .nn.block import LaudBottleneck
+
+# Tolerances, as max |out − ref| <= tol · max |ref| (DESIGN.md section 2; GPU.md for halves).
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 1e-2,
+             torch.bfloat16: 3e-2}
+
+
+@torch.no_grad()
+def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Give every BatchNorm of ``module`` random affine parameters and running stats, so
+    that folding and κ = relu(bn(0)) are exercised (κ is non-zero for about half the
+    channels)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+            m.bias.copy_(torch.rand(c, generator=generator) * 2 - 1)
+            m.running_mean.copy_(torch.rand(c, generator=generator) * 2 - 1)
+            m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+    return module
+
+
+def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial",
+               granularity: int = 1, channel_granularity: int = 1,
+               downsample: bool | None = None, seed: int = 0, **kwargs) -> LaudBottleneck:
+    """A LaudBottleneck in eval mode with random weights and BN statistics.
+
+    downsample: default True when stride > 1 or inplanes != 4·planes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    out = planes * LaudBottleneck.expansion
+    if downsample is None:
+        downsample = stride != 1 or inplanes != out
+    ds = None
+    if downsample:
+        ds = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
+                           nn.BatchNorm2d(out))
+    block = LaudBottleneck(inplanes, planes, stride, ds, mode, granularity,
+                           channel_granularity, **kwargs)
+    randomize_bn(block, g)
+    return block.eval()
+
+
+def random_mask(shape, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Float 0/1 mask of ``shape`` with exactly round(rate·N) ones per leading index."""
+    b = shape[0]
+    n = 1
+    for s in shape[1:]:
+        n *= s
+    k = int(round(rate * n))
+    out = torch.zeros(b, n)
+    for i in range(b):
+        out[i, torch.randperm(n, generator=generator)[:k]] = 1.0
+    return out.view(*shape)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
+                 name: str = "output") -> None:
+    """Assert max |out − ref| <= tol · max |ref|, printing the worst mismatches.
+
+    tol defaults to TOLERANCE[out.dtype]. NaN anywhere fails.
+    """
+    if out.shape != ref.shape:
+        raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    tol = TOLERANCE.get(out.dtype, 1e-4) if tol is None else tol
+    o, r = out.double(), ref.double()
+    if torch.isnan(o).any():
+        idx = torch.nonzero(torch.isnan(o))[:5].tolist()
+        raise AssertionError(f"{name}: NaN at {idx} (unwritten output?)")
+    err = (o - r).abs()
+    scale = max(r.abs().max().item(), 1e-30)
+    if err.max().item() > tol * scale:
+        worst = torch.topk(err.flatten(), min(5, err.numel())).indices
+        rows = []
+        for f in worst.tolist():
+            idx = []
+            for s in reversed(err.shape):
+                idx.append(f % s)
+                f //= s
+            idx = tuple(reversed(idx))
+            rows.append(f"  at {idx}: got {o[idx].item():.6g}, want {r[idx].item():.6g}")
+        raise AssertionError(
+            f"{name}: max error {err.max().item():.3g} > {tol:g} x max|ref| {scale:.3g}\n"
+            + "\n".join(rows)
+        )

@@ -1,0 +1,1 @@
+"""Hardware specs, latency models and calibration."""

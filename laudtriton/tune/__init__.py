@@ -1,0 +1,1 @@
+"""Timing, sweeps and the persistent autotune cache."""

@@ -1,0 +1,47 @@
+"""Timing (DESIGN.md section 5): CUDA events via triton.testing.do_bench (median) on a
+GPU; on CPU the median of repeated time.perf_counter runs after warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
+                warmup: int = 3, reps: int = 20) -> float:
+    """Median seconds of one call of ``fn``.
+
+    On CUDA: ``triton.testing.do_bench`` (CUDA events; ms converted to s).
+    On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls.
+    """
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
+                        reps: int = 20) -> list[float]:
+    """CPU: median seconds of each fn, timed round-robin (fn0, fn1, ..., fn0, ...) so that
+    drifts in machine load hit every candidate alike. Used for side-by-side ratios."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]

@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU every Triton kernel runs under the interpreter (GPU.md section 1); the
+# variable must be set before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 

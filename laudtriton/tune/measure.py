@@ -1,0 +1,60 @@
+"""Time every variant x config of one block on one input and its masks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..nn.block import BlockMasks
+from ..ops.fold import FoldedBlock
+from ..ops.registry import Variant
+from ..ops.spec import BlockSpec
+from .timing import median_time
+
+log = logging.getLogger("laudtriton")
+
+
+def config_key(config: dict) -> str:
+    """Stable string of a kernel config ("{}" for torch variants)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: BlockMasks,
+                  variants: Sequence[Variant], warmup: int = 2, reps: int = 10,
+                  configs: dict[str, list[dict]] | None = None) -> dict[str, dict[str, float]]:
+    """Median seconds of every variant x config on (x, masks).
+
+    x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
+    variant's config space (e.g. after predictor pruning). A config that fails to compile
+    or run scores inf and is logged; it is never fatal.
+
+    Returns {variant name: {config_key: seconds}}.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for v in variants:
+        space = (configs or {}).get(v.name) or v.configs(spec)
+        out[v.name] = {}
+        for cfg in space:
+            def call(v=v, cfg=cfg):
+                return v.run(fb, x, masks, cfg)
+            try:
+                with torch.no_grad():
+                    t = median_time(call, x.device, warmup=warmup, reps=reps)
+            except Exception as e:  # a failing config is reported, not fatal
+                log.warning("variant %s config %s failed on %s: %s", v.name, cfg, spec.short(), e)
+                t = math.inf
+            out[v.name][config_key(cfg)] = t
+    return out
+
+
+def best(timings: dict[str, dict[str, float]]) -> tuple[str, str, float]:
+    """(variant, config_key, seconds) of the fastest finite timing."""
+    cands = [(t, v, c) for v, cs in timings.items() for c, t in cs.items() if math.isfinite(t)]
+    if not cands:
+        raise ValueError("no variant ran successfully")
+    t, v, c = min(cands)
+    return v, c, t

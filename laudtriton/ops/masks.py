@@ -1,0 +1,198 @@
+"""Masks -> index lists for the torch sparse engine (DESIGN.md sections 2 and 3).
+
+Every index is int64 on the masks' device. Pixels are flat over the batch: an output
+pixel (b, i, j) is ``(b·Ho + i)·Wo + j``, an input pixel (b, y, x) is ``(b·H + y)·W + x``.
+Conv1 results live in a zero-bordered NHWC buffer [B, H+2, W+2, w] whose row
+``(b·(H+2) + y + 1)·(W+2) + x + 1`` holds input pixel (b, y, x); its border rows stay zero,
+which is conv2's zero padding.
+
+The tables that turn pixels into buffer rows depend only on shapes, so they are built
+once per shape (``functools.lru_cache``, the explicit cache of this module) and gathered
+with one ``index_select`` per call.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def active_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the nonzero entries of a [B, 1, h, w] 0/1 mask (float or bool).
+
+    Returns [n] int64, ascending, over B·h·w (mask3: active output pixels; mask1: the
+    union of conv1 input pixels).
+    """
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must have shape [B, 1, h, w], got {tuple(mask.shape)}")
+    flat = mask.reshape(-1)
+    if flat.dtype != torch.bool:
+        flat = flat > 0.5
+    return torch.nonzero(flat).squeeze(1)
+
+
+def active_cells(grid: torch.Tensor) -> torch.Tensor:
+    """Flat indices (b·gh + cy)·gw + cx of the active cells of a [B, 1, gh, gw] grid: [n]."""
+    return active_pixels(grid)
+
+
+def cells_to_bcxy(cells: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """[n] flat cell indices -> [n, 3] int64 rows (b, cell_y, cell_x)."""
+    gh, gw = grid_hw
+    return torch.stack((cells // (gh * gw), (cells // gw) % gh, cells % gw), dim=1)
+
+
+def out_hw_of(in_hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Output size (⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1) of a 3x3 conv, padding 1, stride s."""
+    return ((in_hw[0] - 1) // stride + 1, (in_hw[1] - 1) // stride + 1)
+
+
+def _key(device) -> str:
+    return str(torch.device(device))
+
+
+@lru_cache(maxsize=256)
+def _pad_rows(batch: int, h: int, w: int, device: str) -> torch.Tensor:
+    b = torch.arange(batch, device=device)[:, None, None]
+    y = torch.arange(h, device=device)[None, :, None]
+    x = torch.arange(w, device=device)[None, None, :]
+    return ((b * (h + 2) + y + 1) * (w + 2) + x + 1).reshape(-1)
+
+
+def buffer_rows(pixels: torch.Tensor, batch: int, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Rows of the zero-bordered buffer [B·(H+2)·(W+2)] that hold input ``pixels`` [n]."""
+    return _pad_rows(batch, in_hw[0], in_hw[1], _key(pixels.device)).index_select(0, pixels)
+
+
+@lru_cache(maxsize=256)
+def _tap_rows(batch: int, h: int, w: int, stride: int, device: str) -> torch.Tensor:
+    ho, wo = out_hw_of((h, w), stride)
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    i = torch.arange(ho, device=device)[None, :, None, None]
+    j = torch.arange(wo, device=device)[None, None, :, None]
+    d = torch.arange(3, device=device)
+    dy = d.repeat_interleave(3)[None, None, None, :]  # tap t = 3·dy + dx
+    dx = d.repeat(3)[None, None, None, :]
+    # tap (dy, dx) of output (i, j) reads input (i·s + dy − 1, j·s + dx − 1): padded row
+    # i·s + dy, padded column j·s + dx.
+    return ((b * (h + 2) + i * stride + dy) * (w + 2) + j * stride + dx).reshape(-1, 9)
+
+
+def tap_rows(pixels: torch.Tensor, batch: int, in_hw: tuple[int, int],
+             stride: int) -> torch.Tensor:
+    """[n, 9] buffer rows read by the 3x3 taps (t = 3·dy + dx) of output ``pixels`` [n]."""
+    table = _tap_rows(batch, in_hw[0], in_hw[1], stride, _key(pixels.device))
+    return table.index_select(0, pixels)
+
+
+@lru_cache(maxsize=256)
+def _tap_valid(batch: int, h: int, w: int, stride: int, device: str,
+               dtype: torch.dtype) -> torch.Tensor:
+    ho, wo = out_hw_of((h, w), stride)
+    d = torch.arange(3, device=device) - 1
+    ys = torch.arange(ho, device=device)[:, None] * stride + d  # [Ho, 3]
+    xs = torch.arange(wo, device=device)[:, None] * stride + d  # [Wo, 3]
+    vy = (ys >= 0) & (ys < h)
+    vx = (xs >= 0) & (xs < w)
+    valid = (vy[:, None, :, None] & vx[None, :, None, :]).reshape(ho * wo, 9)
+    return valid.to(dtype).repeat(batch, 1)
+
+
+def tap_validity_rows(pixels: torch.Tensor, batch: int, in_hw: tuple[int, int], stride: int,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[n, 9] 1 where tap t of output ``pixels`` reads inside the image, else 0.
+
+    Same values as ``ops.kappa.tap_validity`` gathered at the pixels (per batch sample).
+    """
+    table = _tap_valid(batch, in_hw[0], in_hw[1], stride, _key(pixels.device), dtype)
+    return table.index_select(0, pixels)
+
+
+def patch_size(granularity: int, stride: int) -> int:
+    """Side of the conv1 halo patch of one S x S output cell: S+2 (stride 1), 2S+1 (2)."""
+    return (granularity - 1) * stride + 3
+
+
+@lru_cache(maxsize=256)
+def _patch_tables(batch: int, h: int, w: int, stride: int, s: int,
+                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ho, wo = out_hw_of((h, w), stride)
+    gh, gw = ho // s, wo // s
+    p = patch_size(s, stride)
+    b = torch.arange(batch, device=device)[:, None, None]
+    cy = torch.arange(gh, device=device)[None, :, None]
+    cx = torch.arange(gw, device=device)[None, None, :]
+    # cell (cy, cx) covers outputs [cy·S, cy·S + S) and reads padded rows from cy·S·s
+    in_base = ((b * (h + 2) + cy * s * stride) * (w + 2) + cx * s * stride).reshape(-1, 1)
+    r = torch.arange(p, device=device)
+    in_off = (r[:, None] * (w + 2) + r[None, :]).reshape(1, -1)
+    out_base = ((b * ho + cy * s) * wo + cx * s).reshape(-1, 1)
+    q = torch.arange(s, device=device)
+    out_off = (q[:, None] * wo + q[None, :]).reshape(1, -1)
+    return in_base + in_off, out_base + out_off
+
+
+def patch_rows(cells: torch.Tensor, batch: int, in_hw: tuple[int, int], stride: int,
+               granularity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffer rows of the halo patches and output pixels of active S x S ``cells`` [n].
+
+    Requires S to divide Ho and Wo (uniform cells). Returns ([n, P·P] buffer rows,
+    P = ``patch_size(S, stride)``, row-major in the patch; [n, S·S] flat output pixels,
+    row-major in the cell).
+    """
+    ho, wo = out_hw_of(in_hw, stride)
+    if ho % granularity or wo % granularity:
+        raise ValueError(
+            f"granularity {granularity} does not divide the output map {ho}x{wo}; "
+            "patch rows need uniform S x S cells"
+        )
+    tin, tout = _patch_tables(batch, in_hw[0], in_hw[1], stride, granularity,
+                              _key(cells.device))
+    return tin.index_select(0, cells), tout.index_select(0, cells)
+
+
+def cover_counts(in_size: int, out_size: int, cells: int, stride: int) -> list[int]:
+    """1-D: for each input position, how many mask cells' conv2 receptive fields cover it.
+
+    Output position i belongs to cell ⌊i·cells/out_size⌋ and reads inputs i·s−1 .. i·s+1.
+    """
+    cover: list[set[int]] = [set() for _ in range(in_size)]
+    for i in range(out_size):
+        c = i * cells // out_size
+        for y in (i * stride - 1, i * stride, i * stride + 1):
+            if 0 <= y < in_size:
+                cover[y].add(c)
+    return [len(s) for s in cover]
+
+
+@lru_cache(maxsize=1024)
+def expected_mask1_fraction(in_hw: tuple[int, int], stride: int, grid: tuple[int, int],
+                            active: int) -> float:
+    """Expected fraction of input pixels in mask1 when ``active`` of the gh·gw cells,
+    drawn uniformly without replacement, are on (DESIGN.md section 2, mask1).
+
+    A pixel covered by k cells stays off with probability Π_{j<k} (N−a−j)/(N−j).
+    Coverage is separable: k(y, x) = k_y(y)·k_x(x).
+    """
+    h, w = in_hw
+    ho, wo = out_hw_of(in_hw, stride)
+    gh, gw = grid
+    n = gh * gw
+    ky = cover_counts(h, ho, gh, stride)
+    kx = cover_counts(w, wo, gw, stride)
+    p_off = {}
+    for k in {a * b for a in set(ky) for b in set(kx)}:
+        p = 1.0
+        for j in range(k):
+            p *= max(n - active - j, 0) / (n - j) if n - j > 0 else 0.0
+        p_off[k] = p
+    hist_y: dict[int, int] = {}
+    hist_x: dict[int, int] = {}
+    for k in ky:
+        hist_y[k] = hist_y.get(k, 0) + 1
+    for k in kx:
+        hist_x[k] = hist_x.get(k, 0) + 1
+    on = sum(cy * cx * (1.0 - p_off[a * b]) for a, cy in hist_y.items()
+             for b, cx in hist_x.items())
+    return on / (h * w)

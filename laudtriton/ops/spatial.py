@@ -1,0 +1,338 @@
+"""Spatial variants of the torch sparse engine: ``gather`` and ``patch`` (DESIGN.md
+section 3), modes ``spatial`` and ``both`` (spatial + channel masks, exact κ correction of
+``ops.kappa``).
+
+Pipeline (NHWC rows throughout; x is channels_last so its NHWC view is free):
+
+1. conv1 on the mask1 pixels only: row gather of x, one GEMM with bias, ReLU, scattered
+   into a zero-bordered buffer [B, H+2, W+2, m] (its border and unwritten rows stay zero:
+   conv2's zero padding is zero, not relu(b1)).
+2. conv2 on the active output pixels: ``gather`` builds the im2col matrix [n, 9·m] with one
+   row gather of the buffer and runs one GEMM; ``patch`` cuts a halo patch per active S x S
+   cell ((S+2)² at stride 1, (2S+1)² at stride 2) and runs a dense F.conv2d, padding 0.
+3. conv3 GEMM added to the identity rows of the active pixels, ReLU, scattered into
+   relu(identity), which is the output of every inactive pixel.
+
+In ``both`` mode the samples are grouped by equal channel mask (``kappa.channel_groups``)
+and each group uses only its m active channels; the inactive ones contribute the exact
+κ correction: b3 + W3[:, off] @ κ2[off] in conv3 and Σ_t valid_t · v_t in conv2.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.block import BlockMasks
+from . import masks as mk
+from .dense import identity_path
+from .fold import FoldedBlock
+from .kappa import channel_groups, conv2_taps, conv3_bias
+from .registry import Cost, Variant, register
+from .spec import BlockSpec
+
+CL = torch.channels_last
+
+# conv1 runs over every pixel (one GEMM, no row gather or scatter) when mask1 covers at
+# least this fraction of the batch's pixels; its rows outside mask1 are never read.
+DENSE_CONV1_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """Weights of one channel group (m active channels of the width w).
+
+    w1t [Cin, m], b1 [m], w2 [m, m, 3, 3], w2col [9·m, m] (rows t·m + c_in, t = 3·dy+dx),
+    b2 [m], w3t [m, Cout], b3 [Cout] (κ2 folded in), taps [9, m] κ1 response or None.
+    """
+
+    w1t: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    w2col: torch.Tensor
+    b2: torch.Tensor
+    w3t: torch.Tensor
+    b3: torch.Tensor
+    taps: torch.Tensor | None
+
+
+# The one explicit cache of this module: conv2's im2col weight [9·w, w] per folded block,
+# keyed on id(fb.w2), dropped when that tensor dies, checked against its version counter.
+_W2COL: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _w2col(w2: torch.Tensor) -> torch.Tensor:
+    """[o, i, 3, 3] -> [9·i, o] (a new tensor) so that im2col rows [n, 9·i] @ it is conv2."""
+    return w2.permute(2, 3, 1, 0).reshape(-1, w2.shape[0]).clone()
+
+
+def _full_weights(fb: FoldedBlock) -> _Weights:
+    key = id(fb.w2)
+    hit = _W2COL.get(key)
+    if hit is not None and hit[0]() is fb.w2 and hit[1] == fb.w2._version:
+        w2col = hit[2]
+    else:
+        w2col = _w2col(fb.w2)
+        ref = weakref.ref(fb.w2, lambda _r, k=key: _W2COL.pop(k, None))
+        _W2COL[key] = (ref, fb.w2._version, w2col)
+    return _Weights(fb.w1.t(), fb.b1, fb.w2, w2col, fb.b2, fb.w3.t(), fb.b3, None)
+
+
+def _group_weights(fb: FoldedBlock, active: torch.Tensor) -> _Weights:
+    """Weights restricted to ``active`` channels [m], with the κ correction terms."""
+    if active.numel() == fb.width:
+        return _full_weights(fb)
+    w2 = fb.w2.index_select(0, active).index_select(1, active)
+    taps = conv2_taps(fb, active) if active.numel() else None
+    return _Weights(
+        fb.w1.index_select(0, active).t(), fb.b1.index_select(0, active), w2, _w2col(w2),
+        fb.b2.index_select(0, active), fb.w3.index_select(1, active).t(),
+        conv3_bias(fb, active), taps,
+    )
+
+
+def _check(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, Cin, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != fb.w1.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} channels; the block expects {fb.w1.shape[1]}")
+    if x.dtype != fb.w1.dtype or x.device != fb.w1.device:
+        raise ValueError(
+            f"x is {x.dtype} on {x.device}; the folded weights are {fb.w1.dtype} on "
+            f"{fb.w1.device}"
+        )
+    if masks.mask3 is None or masks.mask1 is None or masks.grid is None:
+        raise ValueError("spatial variants need masks.grid, mask3 and mask1; got None")
+    ho, wo = mk.out_hw_of(tuple(x.shape[-2:]), fb.stride)
+    b = x.shape[0]
+    if tuple(masks.mask3.shape) != (b, 1, ho, wo):
+        raise ValueError(f"masks.mask3 has shape {tuple(masks.mask3.shape)}; expected "
+                         f"{(b, 1, ho, wo)} for x {tuple(x.shape)} at stride {fb.stride}")
+    if tuple(masks.mask1.shape) != (b, 1) + tuple(x.shape[-2:]):
+        raise ValueError(f"masks.mask1 has shape {tuple(masks.mask1.shape)}; expected "
+                         f"{(b, 1) + tuple(x.shape[-2:])}")
+
+
+def _granularity(masks: BlockMasks, out_hw: tuple[int, int]) -> int:
+    """S of uniform cells, from the grid; raises if the cells are not S x S patches."""
+    gh, gw = masks.grid.shape[-2:]
+    ho, wo = out_hw
+    s = ho // gh
+    if gh * s != ho or gw * s != wo:
+        raise ValueError(f"mask grid {gh}x{gw} does not cut the output map {ho}x{wo} into "
+                         "equal S x S cells; use the 'gather' variant")
+    return s
+
+
+def _conv1_into_buffer(x2d, pix1, wt: _Weights, batch, in_hw, dense: bool):
+    """conv1 + bias + ReLU of the mask1 rows into a zero-bordered [B·(H+2)·(W+2), m]."""
+    h, w = in_hw
+    m = wt.b1.numel()
+    buf = x2d.new_zeros(batch, h + 2, w + 2, m)
+    if dense:  # every pixel: one GEMM, then a strided copy into the interior
+        h1 = torch.addmm(wt.b1, x2d, wt.w1t).relu_()
+        buf[:, 1:h + 1, 1:w + 1].copy_(h1.view(batch, h, w, m))
+    else:
+        h1 = torch.addmm(wt.b1, x2d.index_select(0, pix1), wt.w1t).relu_()
+        buf.view(-1, m).index_copy_(0, mk.buffer_rows(pix1, batch, in_hw), h1)
+    return buf.view(-1, m)
+
+
+def _conv2_bias(wt: _Weights, pix, batch, in_hw, stride) -> torch.Tensor:
+    """b2, plus the κ1 response of the inactive channels at ``pix`` ([n, m]) if any."""
+    if wt.taps is None:
+        return wt.b2
+    valid = mk.tap_validity_rows(pix, batch, in_hw, stride, wt.taps.dtype)
+    return torch.addmm(wt.b2, valid, wt.taps)
+
+
+def _conv2_gather(buf2d, pix, wt: _Weights, batch, in_hw, stride):
+    """[n] output pixels -> [n, m] relu(conv2 + bias) by im2col GEMM."""
+    m = wt.b2.numel()
+    rows = mk.tap_rows(pix, batch, in_hw, stride).reshape(-1)
+    cols = buf2d.index_select(0, rows).view(-1, 9 * m)
+    return torch.addmm(_conv2_bias(wt, pix, batch, in_hw, stride), cols, wt.w2col).relu_()
+
+
+def _conv2_patch(buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
+    """[n] active cells -> [n·S·S, m] relu(conv2 + bias), rows in ``pix`` order."""
+    m = wt.b2.numel()
+    p = mk.patch_size(s, stride)
+    rows, _ = mk.patch_rows(cells, batch, in_hw, stride, s)
+    patches = buf2d.index_select(0, rows.reshape(-1)).view(-1, p, p, m).permute(0, 3, 1, 2)
+    y = F.conv2d(patches, wt.w2, None, stride=stride)  # [n, m, S, S]
+    y = y.permute(0, 2, 3, 1).reshape(-1, m)
+    return y.add_(_conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
+
+
+def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -> torch.Tensor:
+    _check(fb, x, masks)
+    batch, cin, h, w = x.shape
+    in_hw = (h, w)
+    stride = fb.stride
+    ho, wo = mk.out_hw_of(in_hw, stride)
+    cout = fb.out_channels
+    s = _granularity(masks, (ho, wo)) if use_patch else 0
+
+    x2d = x.permute(0, 2, 3, 1).reshape(batch * h * w, cin)  # a view for channels_last x
+    idn2d = identity_path(fb, x).permute(0, 2, 3, 1).reshape(batch * ho * wo, cout)
+    out2d = torch.relu(idn2d)
+    out = out2d.view(batch, ho, wo, cout).permute(0, 3, 1, 2)
+
+    if use_patch:
+        cells = mk.active_cells(masks.grid)
+        pix = mk.patch_rows(cells, batch, in_hw, stride, s)[1].reshape(-1)
+    else:
+        cells = None
+        pix = mk.active_pixels(masks.mask3)
+    if pix.numel() == 0:
+        return out
+    pix1 = mk.active_pixels(masks.mask1)
+
+    if masks.channel is None:
+        groups = [(None, None)]
+    else:
+        if masks.channel.shape[0] != batch or fb.width % masks.channel.shape[1]:
+            raise ValueError(f"masks.channel has shape {tuple(masks.channel.shape)}; expected "
+                             f"[{batch}, G] with G dividing the width {fb.width}")
+        groups = channel_groups(masks.channel, fb.width)
+        if len(groups) == 1:
+            groups = [(None, groups[0][1])]
+
+    for samples, active in groups:
+        g_pix, g_pix1, g_cells = pix, pix1, cells
+        if samples is not None:  # keep the pixels of this group's samples
+            member = torch.zeros(batch, dtype=torch.bool, device=x.device)
+            member[samples] = True
+            if use_patch:
+                keep = member.index_select(0, cells // (masks.grid.shape[-2]
+                                                        * masks.grid.shape[-1]))
+                g_cells = cells[keep]
+                g_pix = mk.patch_rows(g_cells, batch, in_hw, stride, s)[1].reshape(-1)
+            else:
+                g_pix = pix[member.index_select(0, pix // (ho * wo))]
+            g_pix1 = pix1[member.index_select(0, pix1 // (h * w))]
+            if g_pix.numel() == 0:
+                continue
+        wt = _full_weights(fb) if active is None else _group_weights(fb, active)
+        rows = idn2d.index_select(0, g_pix)
+        if wt.b2.numel() == 0:  # no active channel: conv3 sees the constant κ2 only
+            rows.add_(wt.b3)
+        else:
+            dense1 = samples is None and g_pix1.numel() >= DENSE_CONV1_FRACTION * x2d.shape[0]
+            buf2d = _conv1_into_buffer(x2d, g_pix1, wt, batch, in_hw, dense1)
+            if use_patch:
+                h2 = _conv2_patch(buf2d, g_cells, g_pix, wt, batch, in_hw, stride, s)
+            else:
+                h2 = _conv2_gather(buf2d, g_pix, wt, batch, in_hw, stride)
+            rows.add_(wt.b3).addmm_(h2, wt.w3t)
+        out2d.index_copy_(0, g_pix, rows.relu_())
+    return out
+
+
+def gather_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+    """Sparse block, conv2 as im2col GEMM over the active output pixels.
+
+    fb: folded block; x: [B, Cin, H, W] channels_last; masks: spatial masks (and the
+    channel mask in ``both`` mode). Returns [B, Cout, Ho, Wo] channels_last.
+
+    Raises:
+        ValueError: on a shape, dtype or device mismatch, or missing spatial masks.
+    """
+    return _run(fb, x, masks, use_patch=False)
+
+
+def patch_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+    """Sparse block, conv2 as a dense conv over the halo patch of each active S x S cell.
+
+    Same arguments and result as ``gather_block``.
+
+    Raises:
+        ValueError: as ``gather_block``, and when S does not divide Ho and Wo.
+    """
+    return _run(fb, x, masks, use_patch=True)
+
+
+# -- cost ------------------------------------------------------------------------------
+
+def _rates(spec: BlockSpec, rate: float) -> tuple[float, float, float]:
+    """(mask1 fraction, mask3 fraction, channel fraction) expected at ``rate``."""
+    gh, gw = spec.grid
+    active = int(round(rate * gh * gw))
+    r3 = active / (gh * gw)
+    r1 = mk.expected_mask1_fraction(spec.in_hw, spec.stride, (gh, gw), active)
+    rc = 1.0
+    if spec.channel and spec.channel_groups:
+        rc = round(rate * spec.channel_groups) / spec.channel_groups
+    return r1, r3, rc
+
+
+def _cost(spec: BlockSpec, rate: float, use_patch: bool) -> Cost:
+    """Multiply-adds executed, bytes moved by the torch ops, and torch op count.
+
+    In ``both`` mode the channel rate is taken equal to ``rate``. mask1 is estimated for
+    cells drawn uniformly at random (``masks.expected_mask1_fraction``).
+    """
+    r1, r3, rc = _rates(spec, rate)
+    b, cin, wd, cout = spec.batch, spec.in_channels, spec.width, spec.out_channels
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    m = wd * rc
+    n1 = b * h * w * (1.0 if r1 >= DENSE_CONV1_FRACTION and rc == 1.0 else r1)
+    n2 = b * ho * wo * r3
+    flops = n1 * cin * m + n2 * 9 * m * m + n2 * m * cout
+    if spec.downsample:
+        flops += b * ho * wo * cin * cout
+    el = 2 if spec.dtype in ("float16", "bfloat16") else 4
+    conv2_in = n2 * 9 * m if not use_patch else n2 * m * (mk.patch_size(
+        spec.granularity, spec.stride) / spec.granularity) ** 2
+    act = (b * h * w * cin + n1 * cin           # x for the identity, conv1 row gather
+           + b * (h + 2) * (w + 2) * m + n1 * m  # zeroed buffer, conv1 rows
+           + 2 * conv2_in + n2 * m              # im2col / patches written and read, conv2
+           + 2 * b * ho * wo * cout             # relu(identity) read and written
+           + 3 * n2 * cout)                     # identity rows, conv3, scatter
+    if spec.downsample:
+        act += 2 * b * ho * wo * cout
+    wts = cin * m + 9 * m * m + m * cout + (cin * cout if spec.downsample else 0)
+    groups = min(b, 2 ** spec.channel_groups) if spec.channel else 1
+    launches = 4 + int(spec.downsample) + (0 if r3 == 0 else 12 * groups)
+    return Cost(flops=float(flops), bytes=float(el * (act + wts)), launches=launches)
+
+
+def gather_cost(spec: BlockSpec, rate: float) -> Cost:
+    """Cost of ``gather`` at activation ``rate`` (see ``_cost``)."""
+    return _cost(spec, rate, use_patch=False)
+
+
+def patch_cost(spec: BlockSpec, rate: float) -> Cost:
+    """Cost of ``patch`` at activation ``rate`` (see ``_cost``)."""
+    return _cost(spec, rate, use_patch=True)
+
+
+def patch_supports(spec: BlockSpec) -> bool:
+    """Uniform S x S cells (S divides Ho and Wo) with S >= 2."""
+    return spec.spatial and spec.granularity >= 2 and spec.uniform_patches
+
+
+def _gather_run(fb, x, masks, config=None):
+    return gather_block(fb, x, masks)
+
+
+def _patch_run(fb, x, masks, config=None):
+    return patch_block(fb, x, masks)
+
+
+GATHER = register(Variant(
+    name="gather", modes=("spatial", "both"), backends=("cpu", "cuda"), run=_gather_run,
+    cost=gather_cost, supports=lambda spec: spec.spatial,
+    description="conv1 on mask1 rows, conv2 as im2col GEMM on active pixels, conv3 GEMM",
+))
+
+PATCH = register(Variant(
+    name="patch", modes=("spatial", "both"), backends=("cpu", "cuda"), run=_patch_run,
+    cost=patch_cost, supports=patch_supports,
+    description="as gather, conv2 as dense conv over (S+2)^2 / (2S+1)^2 halo patches",
+))

@@ -1,0 +1,131 @@
+"""Channel-sliced GEMM and 3x3 conv under the interpreter vs float64 references."""
+
+import pytest
+import torch
+
+from laudtriton.kernels import channel_gemm as cg
+from laudtriton.testing import assert_close
+
+SMALL = cg.GemmConfig(16, 16, 16, 1, 1)
+
+
+def _lists(batch, width, counts, seed):
+    """idx [B, width] int32 with the active channels first (random sets), n [B] int32."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(width, generator=g) for _ in range(batch)])
+    rows = []
+    for b, m in enumerate(counts):
+        act = idx[b, :m].sort().values
+        rest = idx[b, m:]
+        rows.append(torch.cat([act, rest]))
+    return torch.stack(rows).int(), torch.tensor(counts, dtype=torch.int32)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Every float torch.empty (the launchers' outputs) starts as NaN."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def _compare(y, ref, n, tol=None):
+    for b in range(y.shape[0]):
+        m = int(n[b]) if n is not None else y.shape[-1]
+        if m == 0:
+            continue
+        assert_close(y[b, ..., :m], ref[b, ..., :m], tol, name=f"sample {b}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("stage", ["conv1", "conv3"])
+def test_channel_gemm(dtype, stage):
+    batch, p, cin, width, cout = 3, 21, 19, 24, 37
+    counts = [0, 13, width]  # rate 0, partial, rate 1 in one batch
+    idx, n = _lists(batch, width, counts, seed=1)
+    if stage == "conv1":
+        x = torch.randn(batch, p, cin).to(dtype)
+        w = torch.randn(width, cin).to(dtype)
+        bias = torch.randn(width)
+        kw = dict(out_idx=idx, n_out=n, relu=True)
+    else:
+        x = torch.randn(batch, p, width).to(dtype)
+        w = torch.randn(cout, width).to(dtype)
+        bias = torch.randn(batch, cout)  # per-sample (κ2-corrected) bias
+        res = torch.randn(batch, p, cout).to(dtype)
+        kw = dict(in_idx=idx, n_in=n, residual=res, relu=True)
+    y = cg.channel_gemm(x, w, bias, config=SMALL, **kw)
+    ref = cg.channel_gemm_torch(x, w, bias, **kw)
+    _compare(y, ref, n if stage == "conv1" else None)
+
+
+def test_channel_gemm_unwritten_columns_stay_poisoned(poison):
+    """Programs past n_out write nothing: columns >= n_out[b] keep the NaN poison."""
+    x = torch.randn(2, 5, 16)
+    w = torch.randn(40, 16)
+    idx, n = _lists(2, 40, [3, 40], seed=2)
+    y = cg.channel_gemm(x, w, torch.zeros(40), out_idx=idx, n_out=n, config=SMALL)
+    assert y.shape == (2, 5, 40)
+    assert torch.isnan(y[0, :, 3:]).all()
+    _compare(y, cg.channel_gemm_torch(x, w, torch.zeros(40), out_idx=idx, n_out=n), n)
+
+
+def test_default_config_dense_odd_shape():
+    """No index lists: a plain GEMM + shared bias, default config, 70 outputs (> 64)."""
+    x = torch.randn(1, 7, 33)
+    w = torch.randn(70, 33)
+    bias = torch.randn(70)
+    y = cg.channel_gemm(x, w, bias)
+    assert_close(y, x.double() @ w.double().T + bias.double())
+
+
+@pytest.mark.parametrize("case,match", [
+    ("dtype", "dtype"), ("device_dims", "3-D"), ("noncontig", "contiguous"),
+    ("range", "out_idx values"), ("count", "n_out values"), ("idx_dtype", "int32"),
+    ("k_mismatch", "input channels"), ("bias", "bias has shape"), ("stride", "stride"),
+])
+def test_bad_inputs(case, match):
+    x = torch.randn(2, 5, 16)
+    w = torch.randn(24, 16)
+    idx, n = _lists(2, 24, [3, 24], seed=4)
+    kw = dict(out_idx=idx, n_out=n)
+    bias = torch.zeros(24)
+    if case == "dtype":
+        w = w.half()
+    elif case == "device_dims":
+        x = x[0]
+    elif case == "noncontig":
+        x = torch.randn(2, 16, 5).transpose(1, 2)
+    elif case == "range":
+        kw["out_idx"] = idx.clone()
+        kw["out_idx"][1, 2] = 24
+    elif case == "count":
+        kw["n_out"] = torch.tensor([3, 25], dtype=torch.int32)
+    elif case == "idx_dtype":
+        kw["out_idx"] = idx.long()
+    elif case == "k_mismatch":
+        w = torch.randn(24, 15)
+    elif case == "bias":
+        bias = torch.zeros(23)
+    if case == "stride":
+        xc = torch.randn(2, 4, 4, 24)
+        with pytest.raises(ValueError, match=match):
+            cg.channel_conv3x3(xc, torch.randn(24, 24, 3, 3), bias, in_idx=idx, n_in=n,
+                               out_idx=idx, n_out=n, stride=3)
+        return
+    with pytest.raises(ValueError, match=match):
+        cg.channel_gemm(x, w, bias, **kw)
+
+
+def test_aot_specs_cover_every_config():
+    specs = cg.aot_specs()
+    names = {s.name for s in specs}
+    assert len(names) == len(specs)
+    assert sum(s.default for s in specs) == 12  # 2 gemm + 2 conv stages x 3 dtypes
+    for cfg in cg.CONFIGS:
+        assert any(s.constexprs["BLOCK_P"] == cfg.block_p and s.num_warps == cfg.num_warps
+                   for s in specs)

@@ -1,6 +1,11 @@
-"""laudtriton: real sparse execution of LAUDNet dynamic networks."""
+"""laudtriton: real sparse execution of LAUDNet dynamic networks.
+
+``laudtriton.compile(model)`` turns a LAUD model (``laudtriton.nn``) into a plan of sparse
+kernels per block; ``laudtriton.nn`` holds the reference (training) semantics.
+"""
 
 from . import nn
 from ._version import __version__
+from .compile import CompiledModel, compile
 
-__all__ = ["__version__", "nn"]
+__all__ = ["CompiledModel", "__version__", "compile", "nn"]

@@ -1,0 +1,179 @@
+"""Side-by-side benchmarks: the honest dense baseline vs the compiled model, per block and
+for the whole network, in one run, as ratios (``laudtriton bench``).
+
+The dense baseline is the same network with the same folded weights, no maskers and no
+masks, run in the faster of NCHW and channels_last (measured here, per block and for the
+whole model). Times are medians of interleaved runs, dense and sparse alternating.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compile import CompiledModel, compile
+from .nn import calibrate_rates, laud_resnet50, laud_resnet101
+from .nn.block import BlockMasks
+from .nn.resnet import LaudResNet
+from .ops import fold_block
+from .ops.dense import dense_block
+from .ops.fold import FoldedBlock
+from .testing import randomize_bn
+from .tune.timing import interleaved_medians
+
+MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
+NO_MASKS = BlockMasks(None, None, None, None)
+
+
+class DenseModel(nn.Module):
+    """The static network a LAUD model skips work in: folded weights, no maskers."""
+
+    def __init__(self, model: LaudResNet, memory_format: torch.memory_format):
+        super().__init__()
+        from .compile import _fold_conv_bn
+
+        self.mf = memory_format
+        w, b = _fold_conv_bn(model.conv1, model.bn1)
+        self.stem_w, self.stem_b = w.contiguous(memory_format=memory_format), b
+        self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
+        for fb in self.folded:
+            fb.w2 = fb.w2.contiguous(memory_format=memory_format)
+        self.fc = copy.deepcopy(model.fc).eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.contiguous(memory_format=self.mf)
+        h = F.max_pool2d(torch.relu(F.conv2d(h, self.stem_w, self.stem_b, 2, 3)), 3, 2, 1)
+        for fb in self.folded:
+            h = dense_block(fb, h, NO_MASKS).contiguous(memory_format=self.mf)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+def fastest_dense(model: LaudResNet, x: torch.Tensor, reps: int = 10):
+    """(DenseModel, format name, seconds) of the faster memory format on x."""
+    cands = {"nchw": DenseModel(model, torch.contiguous_format),
+             "channels_last": DenseModel(model, torch.channels_last)}
+    names = list(cands)
+    times = interleaved_medians([lambda m=cands[n]: m(x) for n in names], warmup=2, reps=reps)
+    i = min(range(len(names)), key=times.__getitem__)
+    return cands[names[i]], names[i], times[i]
+
+
+@dataclass
+class BenchRow:
+    """One row of the bench table (times in ms)."""
+
+    model: str
+    mode: str
+    granularity: str
+    batch: int
+    rate: float
+    block: str
+    spec: str
+    variant: str
+    dense_ms: float
+    sparse_ms: float
+    ratio: float
+    flops_ratio: float
+    efficiency: float
+
+
+def build_model(name: str, mode: str, granularity: str, channel_granularity: int = 1,
+                seed: int = 0) -> LaudResNet:
+    """A LAUD model with random weights and random (non-trivial) BN statistics."""
+    if name not in MODELS:
+        raise ValueError(f"model {name!r} unknown; accepted: {', '.join(MODELS)}")
+    torch.manual_seed(seed)
+    model = MODELS[name](mode=mode, granularity=granularity,
+                         channel_granularity=channel_granularity)
+    return randomize_bn(model).eval()
+
+
+def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[BenchRow]:
+    """Per block: dense (best format) vs the compiled block (maskers + chosen variant)."""
+    rows = []
+    inputs = {}
+    hooks = [blk.register_forward_pre_hook(
+        lambda m, a, i=i: inputs.__setitem__(i, a[0].detach()))
+        for i, blk in enumerate(cm.blocks)]
+    with torch.no_grad():
+        cm(x)
+    for h in hooks:
+        h.remove()
+    model(x)  # reference stats (FLOPs ratios) on the same input
+    stats = model.last_stats.blocks
+    for i, blk in enumerate(cm.blocks):
+        xin = inputs[i]
+        fb = blk.fb
+        fb_nchw = copy.copy(fb)
+        fb_nchw.w2 = fb.w2.contiguous()
+        x_nchw = xin.contiguous()
+        fns = [lambda: dense_block(fb_nchw, x_nchw, NO_MASKS),
+               lambda: dense_block(fb, xin, NO_MASKS),
+               lambda: blk(xin)]
+        with torch.no_grad():
+            t_nchw, t_cl, t_sparse = interleaved_medians(fns, warmup=2, reps=reps)
+        dense = min(t_nchw, t_cl)
+        fr = float(stats[i].flops_ratio)
+        ratio = t_sparse / dense
+        rows.append(BenchRow(**meta, block=blk.name, spec=blk.spec.short(),
+                             variant=blk.last_run.variant, dense_ms=dense * 1e3,
+                             sparse_ms=t_sparse * 1e3, ratio=ratio, flops_ratio=fr,
+                             efficiency=fr / ratio))
+    return rows
+
+
+def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
+          channel_granularity: int = 1, reps: int = 20, tune: str = "off",
+          blocks: bool = True, log=print) -> list[BenchRow]:
+    """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model')."""
+    rows = []
+    for rate in rates:
+        model = build_model(model_name, mode, granularity, channel_granularity)
+        x = torch.randn(batch, 3, 224, 224)
+        calibrate_rates(model, x, rate)
+        cm = compile(model, x, backend="cpu", tune=tune)
+        with torch.no_grad():
+            dense, fmt, _ = fastest_dense(model, x, reps=max(5, reps // 4))
+            t_dense, t_comp, t_ref = interleaved_medians(
+                [lambda: dense(x), lambda: cm(x), lambda: model(x)], warmup=2, reps=reps)
+            model(x)
+        meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
+                    rate=rate)
+        fr = float(model.last_stats.flops_ratio)
+        if blocks:
+            rows += _block_rows(model, cm, x, meta, reps)
+        rows.append(BenchRow(**meta, block="model", spec=f"dense={fmt}", variant="compiled",
+                             dense_ms=t_dense * 1e3, sparse_ms=t_comp * 1e3,
+                             ratio=t_comp / t_dense, flops_ratio=fr,
+                             efficiency=fr / (t_comp / t_dense)))
+        rows.append(BenchRow(**meta, block="model", spec="official masked-dense reference",
+                             variant="reference", dense_ms=t_dense * 1e3, sparse_ms=t_ref * 1e3,
+                             ratio=t_ref / t_dense, flops_ratio=fr,
+                             efficiency=fr / (t_ref / t_dense)))
+        log(format_rows([r for r in rows if r.rate == rate]))
+    return rows
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    head = (f"{'rate':>5} {'block':<10} {'spec':<34} {'variant':<10} {'dense ms':>9} "
+            f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.rate:>5.2f} {r.block:<10} {r.spec[:34]:<34} {r.variant:<10} "
+                     f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
+                     f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[BenchRow], path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        w.writeheader()
+        for r in rows:
+            w.writerow(asdict(r))

@@ -1,0 +1,197 @@
+"""The ``laudtriton`` command: demo | bench | sweep | plot | cache | predict | calibrate |
+design | env | gpucheck. User errors print one line and exit with code 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import platform
+import sys
+import time
+
+# Subcommands provided by other modules: (module, add-parser function, run function).
+EXTERNAL = {
+    "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
+    "cache": ("laudtriton.tune.commands", "add_cache_parser", "run_cache"),
+    "plot": ("laudtriton.plot", "add_plot_parser", "run_plot"),
+    "predict": ("laudtriton.predict.commands", "add_predict_parser", "run_predict"),
+    "calibrate": ("laudtriton.predict.commands", "add_calibrate_parser", "run_calibrate"),
+    "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),
+    "gpucheck": ("laudtriton.gpucheck", "add_parser", "run"),
+}
+
+
+def parse_rates(text: str) -> list[float]:
+    """'0.25,0.5' or 'start:stop:step' (inclusive) -> rates in [0, 1]."""
+    try:
+        if ":" in text:
+            a, b, s = (float(v) for v in text.split(":"))
+            if s <= 0:
+                raise ValueError
+            n = int(round((b - a) / s)) + 1
+            rates = [round(a + i * s, 6) for i in range(n)]
+        else:
+            rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--rates {text!r} is malformed; use '0.25,0.5,0.75' or "
+                         "'0.1:1.0:0.1'") from None
+    if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
+        raise ValueError(f"--rates {text!r}: every rate must be in [0, 1]")
+    return rates
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cmd_env(args) -> int:
+    import torch
+
+    from . import __version__
+
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "not installed"
+    try:
+        from .tune.cache import TuneCache
+
+        cache = str(TuneCache(device="cpu").path.parent)
+    except Exception as e:  # the cache module reports its own problems
+        cache = f"unavailable ({e})"
+    dev = (f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+           else f"cpu: {_cpu_model()}")
+    rows = [("python", platform.python_version()), ("torch", torch.__version__),
+            ("triton", triton_v), ("laudtriton", __version__), ("device", dev),
+            ("threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
+            ("cache dir", cache)]
+    for k, v in rows:
+        print(f"{k:<11} {v}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .bench import build_model, fastest_dense
+    from .compile import compile
+    from .nn import calibrate_rates
+    from .testing import assert_close
+    from .tune.timing import interleaved_medians
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    print("1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)")
+    model = build_model("laud_resnet50", "spatial", "4-4-2-1")
+    x = torch.randn(1, 3, 224, 224)
+    print(f"2/4 calibrating every masker to activation rate {args.rate}")
+    calibrate_rates(model, x, args.rate)
+    with torch.no_grad():
+        ref = model(x)
+    print(f"    FLOPs ratio {float(model.last_stats.flops_ratio):.3f} of the dense network")
+    print(f"3/4 compiling for this machine (tune={args.tune})")
+    cm = compile(model, x, backend="cpu", tune=args.tune)
+    print(cm.plan)
+    with torch.no_grad():
+        out = cm(x)
+    assert_close(out, ref, name="compiled logits")
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    print(f"    compiled logits == reference logits (max rel. error {err:.2e}); "
+          f"same top-1: {bool((out.argmax(1) == ref.argmax(1)).all())}")
+    print(f"4/4 timing dense vs compiled ({args.reps} interleaved runs, batch 1, "
+          f"{torch.get_num_threads()} threads)")
+    with torch.no_grad():
+        dense, fmt, _ = fastest_dense(model, x, reps=5)
+        td, tc, tr = interleaved_medians(
+            [lambda: dense(x), lambda: cm(x), lambda: model(x)], warmup=2, reps=args.reps)
+    print(f"    dense ResNet-50 ({fmt}, folded BN)   {td * 1e3:8.2f} ms")
+    print(f"    LAUD reference (masked dense)      {tr * 1e3:8.2f} ms  ({tr / td:.2f}x dense)")
+    print(f"    laudtriton compiled                {tc * 1e3:8.2f} ms  ({tc / td:.2f}x dense)")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, write_csv
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rates = parse_rates(args.rates)
+    rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
+                 args.channel_granularity, reps=args.reps, tune=args.tune,
+                 blocks=not args.model_only)
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="laudtriton", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("env", help="versions, device, threads, cache directory")
+    s.set_defaults(func=cmd_env)
+
+    s = sub.add_parser("demo", help="LAUD-ResNet-50 at rate 0.5: compile, check, time")
+    s.add_argument("--rate", type=float, default=0.5)
+    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
+    s.add_argument("--reps", type=int, default=20)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="dense vs compiled, per block and whole model")
+    s.add_argument("--model", default="laud_resnet50",
+                   choices=["laud_resnet50", "laud_resnet101"])
+    s.add_argument("--mode", default="spatial")
+    s.add_argument("--granularity", default="4-4-2-1")
+    s.add_argument("--channel-granularity", type=int, default=1)
+    s.add_argument("--rates", default="0.25,0.5,0.75")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    s.add_argument("--reps", type=int, default=20, help="timed runs per candidate (>= 20)")
+    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
+    s.add_argument("--model-only", action="store_true", help="skip the per-block table")
+    s.add_argument("--csv", default=None)
+    s.set_defaults(func=cmd_bench)
+
+    for name, (mod, add, run) in EXTERNAL.items():
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:
+            continue
+        getattr(module, add)(sub)
+        sub.choices[name].set_defaults(func=getattr(module, run))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"laudtriton {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

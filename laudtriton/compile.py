@@ -1,0 +1,371 @@
+"""``laudtriton.compile``: turn a LAUD model into per-block dispatch plans and run them.
+
+How a variant is chosen for a block (the rule, per ``tune`` mode):
+
+- ``"off"``: every supported variant is timed on the example input with the masks its
+  own maskers produce; the fastest one serves every rate. Nothing is read or written
+  to the autotune cache.
+- ``"quick"``: the cache is read; buckets of a small rate grid (0.2, 0.5, 0.8 and the
+  example's own rate) that it lacks are timed now with masks at exactly that rate and
+  recorded.
+- ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
+- ``"cached"`` (default): the cache only; a block with no cached entry falls back to
+  the ``"off"`` rule, and ``plan`` says so.
+
+At run time each block computes its masks, reads its activation rate (spatial rate for
+spatial/both blocks, gate rate for layer blocks, channel rate for channel blocks) and runs
+the entry of the nearest rate bucket (``dispatch="dynamic"``), or always the entry chosen
+for the example's rate (``dispatch="static"``: no host sync for the rate).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nn.block import BlockMasks, LaudBottleneck
+from .nn.resnet import LaudResNet
+from .ops import BlockSpec, fold_block, get_variant, variants_for
+from .ops.fold import FoldedBlock, bn_scale_shift
+from .ops.synthetic import synthetic_masks
+from .schedule import DispatchTable
+from .tune.measure import time_variants
+
+log = logging.getLogger("laudtriton")
+
+BACKENDS = ("auto", "cpu", "cuda")
+TUNE_MODES = ("cached", "quick", "full", "off")
+DISPATCH = ("dynamic", "static")
+QUICK_RATES = (0.2, 0.5, 0.8)
+CL = torch.channels_last
+
+
+@dataclass(frozen=True)
+class BlockRun:
+    """What one block did in the last forward: its rates, the variant and config run."""
+
+    name: str
+    spatial_rate: float | None
+    channel_rate: float | None
+    variant: str
+    config: dict
+
+
+def _dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> torch.Tensor:
+    if spec.mode == "channel":
+        return masks.channel.mean()
+    return masks.grid.mean()
+
+
+def _bucket(rate: float, step: float = 0.1) -> float:
+    try:
+        from .tune.cache import rate_bucket
+    except ImportError:  # the cache module is optional for compile
+        return round(round(rate / step) * step, 4)
+    return rate_bucket(rate)
+
+
+class CompiledBlock(nn.Module):
+    """One LAUD block with BN folded, its maskers, and its dispatch table."""
+
+    def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
+                 dispatch: str, expected_rate: float):
+        super().__init__()
+        self.name, self.spec, self.fb, self.table = name, spec, fb, table
+        self.reference = fb.block  # holds the maskers (eval); its convs are not run
+        self.dispatch = dispatch
+        self.static_choice = table.choose(expected_rate)
+        self.last_run: BlockRun | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        masks, _ = self.reference.compute_masks(x)
+        if self.dispatch == "static":
+            choice, rate = self.static_choice, None
+        else:
+            rate = float(_dispatch_rate(self.spec, masks))
+            choice = self.table.choose(rate)
+        out = get_variant(choice.variant).run(self.fb, x, masks, choice.config_dict)
+        srate = rate if self.spec.mode != "channel" else None
+        crate = float(masks.channel.mean()) if masks.channel is not None else None
+        self.last_run = BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
+        return out
+
+
+class CompiledModel(nn.Module):
+    """An inference-only LAUD model: folded stem, compiled blocks, head.
+
+    ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
+    the last forward. ``source`` is the model that was compiled (train that one).
+    """
+
+    def __init__(self, source: nn.Module, blocks: list[CompiledBlock], input_shape,
+                 device: torch.device, dtype: torch.dtype, backend: str, tune: str):
+        super().__init__()
+        self._source = [source]  # a list, so it is not registered as a submodule
+        self.blocks = nn.ModuleList(blocks)
+        self.input_shape = tuple(input_shape)
+        self.device, self.dtype, self.backend, self.tune = device, dtype, backend, tune
+        self.is_resnet = isinstance(source, LaudResNet)
+        if self.is_resnet:
+            w, b = _fold_conv_bn(source.conv1, source.bn1)
+            self.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=CL))
+            self.register_buffer("stem_b", b.to(device, dtype))
+            self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
+        self.last_stats: list[BlockRun] = []
+
+    @property
+    def source(self) -> nn.Module:
+        return self._source[0]
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                "a CompiledModel is inference only; train the original model (its "
+                "`.source` attribute) and call laudtriton.compile on it again"
+            )
+        return super().train(False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected a 4D input [B, C, H, W], got {shape}")
+        if tuple(x.shape[1:]) != self.input_shape[1:]:
+            raise ValueError(
+                f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
+                f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; compile "
+                "again with an example input of the new shape"
+            )
+        if x.dtype != self.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the compiled dtype "
+                             f"{self.dtype}; cast the input or compile with dtype={x.dtype}")
+        if x.device.type != self.device.type:
+            raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        h = x.contiguous(memory_format=CL)
+        if self.is_resnet:
+            h = F.conv2d(h, self.stem_w, self.stem_b, stride=2, padding=3)
+            h = F.max_pool2d(torch.relu(h), 3, 2, 1)
+        for blk in self.blocks:
+            h = blk(h)
+        self.last_stats = [blk.last_run for blk in self.blocks]
+        if self.is_resnet:
+            h = self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+        return h
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(self)
+
+
+class Plan:
+    """Printable per-block plan: name, mode, S, and the variant chosen per rate bucket."""
+
+    def __init__(self, model: CompiledModel):
+        self.rows = [(b.name, b.spec, b.table, b.dispatch) for b in model.blocks]
+        self.header = (f"backend={model.backend} dtype={str(model.dtype).replace('torch.', '')}"
+                       f" tune={model.tune} input={list(model.input_shape)}")
+
+    def __str__(self) -> str:
+        lines = [self.header, f"{'block':<12} {'mode':<8} {'S':>2} {'G':>4}  rate:variant"
+                              " (m=measured now, c=cached, p=predicted)"]
+        for name, spec, table, dispatch in self.rows:
+            g = spec.channel_groups or "-"
+            s = spec.granularity if spec.spatial else "-"
+            tag = " [static]" if dispatch == "static" else ""
+            lines.append(f"{name:<12} {spec.mode:<8} {s:>2} {g:>4}  {table.describe()}{tag}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    scale, shift = bn_scale_shift(bn)
+    w = conv.weight.double() * scale[:, None, None, None]
+    return w.float(), shift.float()
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} unknown; accepted: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise ValueError("backend 'cuda' asked for, but torch sees no CUDA device")
+    return backend
+
+
+def _candidates(spec: BlockSpec, backend: str):
+    cands = variants_for(spec, backend)
+    if backend == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            cands = [v for v in cands if not v.needs_triton]
+    return cands
+
+
+def _block_inputs(model: nn.Module, x: torch.Tensor):
+    """Run the reference model in eval and capture (name, block, input) per LAUD block."""
+    captured = []
+    handles = []
+    for name, mod in model.named_modules():
+        name = name or "block"
+        if isinstance(mod, LaudBottleneck):
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, args, name=name: captured.append((name, m, args[0].detach()))))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _open_cache(cache_dir, device: str):
+    try:
+        from .tune.cache import TuneCache
+    except ImportError:
+        return None
+    return TuneCache(cache_dir, device=device)
+
+
+def _plan_block(spec, fb, x, masks, cands, tune, cache, device) -> DispatchTable:
+    table = DispatchTable()
+    actual = float(_dispatch_rate(spec, masks))
+    if tune in ("cached", "quick", "full") and cache is not None:
+        buckets = {0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0}
+        for b in sorted(buckets):
+            hit = cache.lookup(spec, b)
+            if hit:
+                hit = {v: t for v, t in hit.items() if v in {c.name for c in cands}}
+                table.add(b, hit, "cached")
+    if tune in ("quick", "full"):
+        grid = QUICK_RATES if tune == "quick" else tuple(i / 10 for i in range(11))
+        for b in sorted({_bucket(r) for r in grid} | {_bucket(actual)}):
+            if b in table.entries:
+                continue
+            m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
+            timings = time_variants(fb, spec, x, m, cands)
+            if cache is not None:
+                cache.record(spec, b, timings)
+            table.add(b, timings, "measured")
+    if not table.entries:  # "off", or "cached" with nothing cached: time on the example
+        if tune == "cached":
+            log.info("no cached timings for %s; timing on the example input", spec.short())
+        table.add(_bucket(actual), time_variants(fb, spec, x, masks, cands), "measured")
+    return table
+
+
+def compile(model=None, example_input: torch.Tensor | None = None, *, backend: str = "auto",
+            tune: str = "cached", cache_dir=None, dispatch: str = "dynamic",
+            dtype: torch.dtype | None = None):
+    """Compile a LAUD model (or a single LaudBottleneck) into real sparse execution.
+
+    Also a decorator: ``@laudtriton.compile`` or ``@laudtriton.compile(backend="cpu")`` on
+    a model class or factory function compiles each model it returns.
+
+    Args:
+        model: a ``LaudResNet``, a ``LaudBottleneck``, or any module containing them.
+        example_input: [B, C, H, W] input the plan is made for (default for a LaudResNet:
+            one random image of its ``input_size``); required for other modules.
+        backend: "auto" (cuda if available), "cpu" (torch sparse engine) or "cuda".
+        tune: "cached" | "quick" | "full" | "off" (see the module docstring).
+        cache_dir: autotune cache directory (default: $LAUDTRITON_CACHE_DIR or the
+            project's autotune_cache/).
+        dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
+        dtype: compute dtype (default float32 on CPU, float16 on CUDA).
+
+    Returns:
+        a ``CompiledModel`` (inference only). A module with no LAUD block is returned as an
+        eval-mode copy, with a warning.
+
+    Raises:
+        ValueError: on an unknown backend, tune or dispatch mode, a missing example input,
+            or an example input the model rejects.
+    """
+    if model is None or isinstance(model, type) or (
+        callable(model) and not isinstance(model, nn.Module)
+    ):
+        return _decorator(model, example_input, backend=backend, tune=tune,
+                          cache_dir=cache_dir, dispatch=dispatch, dtype=dtype)
+    if tune not in TUNE_MODES:
+        raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
+    backend = _resolve_backend(backend)
+    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
+    if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
+        warnings.warn("laudtriton.compile: the model has no LAUD block; returning it unchanged "
+                      "(eval mode)", stacklevel=2)
+        return copy.deepcopy(model).eval()
+    if example_input is None:
+        if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
+            raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
+        size = model.config["input_size"]
+        example_input = torch.randn(1, model.config["in_channels"], size, size)
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
+
+    ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+    x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
+    cache = _open_cache(cache_dir, backend) if tune != "off" else None
+    tables: dict[BlockSpec, DispatchTable] = {}
+    blocks = []
+    for name, block, xin in _block_inputs(ref, x):
+        spec = BlockSpec.from_block(block, xin.shape, dtype)
+        fb = fold_block(block, dtype, device)
+        with torch.no_grad():
+            masks, _ = block.compute_masks(xin)
+        if spec not in tables:  # equal specs are tuned once
+            tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
+                                       _candidates(spec, backend), tune, cache, backend)
+        rate = float(_dispatch_rate(spec, masks))
+        blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
+    if isinstance(ref, LaudResNet):
+        return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)
+    if isinstance(ref, LaudBottleneck):
+        return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)
+    return _swap_blocks(ref, blocks)
+
+
+def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
+    """Generic containers: replace each LAUD block by its CompiledBlock in place."""
+    by_name = {b.name: b for b in blocks}
+    for name, blk in by_name.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = ref.get_submodule(parent_name) if parent_name else ref
+        setattr(parent, attr, blk)
+    return ref.eval()
+
+
+def _decorator(target, example_input, **options):
+    def wrap(factory):
+        if isinstance(factory, type):
+            @functools.wraps(factory, updated=())
+            def make(*args, **kwargs):
+                return compile(factory(*args, **kwargs), example_input, **options)
+            return make
+
+        @functools.wraps(factory)
+        def build(*args, **kwargs):
+            return compile(factory(*args, **kwargs), example_input, **options)
+        return build
+
+    if target is None:
+        return wrap
+    if not (inspect.isclass(target) or callable(target)):
+        raise ValueError(f"compile: cannot decorate {target!r}")
+    return wrap(target)

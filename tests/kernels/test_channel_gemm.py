@@ -129,3 +129,39 @@ def test_aot_specs_cover_every_config():
     for cfg in cg.CONFIGS:
         assert any(s.constexprs["BLOCK_P"] == cfg.block_p and s.num_warps == cfg.num_warps
                    for s in specs)
+
+
+def test_variant_configs_mirror_kernel_configs():
+    from laudtriton.ops import triton_channel as tc
+
+    assert [cg.GemmConfig.from_dict(c) for c in tc._CONFIGS] == list(cg.CONFIGS)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_channel_gemm_variant_end_to_end(stride, rate):
+    """The registered variant vs the reference block (float64) with the same channel mask."""
+    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, stride, mode="channel", channel_granularity=2, seed=stride)
+    x = torch.randn(2, 16, 7, 9)
+    spec = BlockSpec.from_block(block, x.shape)
+    masks = synthetic_masks(spec, rate, seed=5)
+    if rate == 0.5:  # two samples, two different masks
+        masks.channel = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ref_block = block.double()
+    ref_block.masker_channel.forward = lambda inp, temperature=1.0: (
+        masks.channel.double(), 0.0)
+    with torch.no_grad():
+        ref = ref_block(x.double())
+    v = get_variant("channel_gemm")
+    assert v.supports(spec) and v.needs_triton and v.backends == ("cuda",)
+    fb = fold_block(block.float())
+    cfg = {"block_p": 16, "block_n": 16, "block_k": 16, "num_warps": 1, "num_stages": 1}
+    out = v.run(fb, x.contiguous(memory_format=torch.channels_last), masks, cfg)
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, ref)

@@ -1,0 +1,130 @@
+"""Fused masker kernels under the interpreter vs float64 references and laudtriton.nn."""
+
+import pytest
+import torch
+
+from laudtriton.kernels import maskers as mk
+from laudtriton.nn.maskers import MaskerChannelMLP, MaskerSpatial
+from laudtriton.testing import assert_close
+
+SMALL = mk.MaskerConfig(16, 16, 16, 16, 1)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Every float torch.empty (the launchers' outputs) starts as NaN."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def _nhwc(x):
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+
+
+def _check_mask(mask, logits_ref, mask_ref):
+    """Masks agree except on near-ties of the float64 logits (none expected here)."""
+    assert not torch.isnan(mask).any()
+    gap = (logits_ref[:, 0] - logits_ref[:, 1]).abs().reshape(mask.shape)
+    decided = gap > 1e-3 * logits_ref.abs().max()
+    assert torch.equal(mask[decided].double(), mask_ref[decided])
+    assert decided.float().mean() > 0.9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("hw,grid", [((7, 9), (3, 4)), ((6, 5), (6, 5)), ((5, 7), (1, 1)),
+                                     ((9, 9), (2, 2))])
+def test_spatial_masker(dtype, hw, grid):
+    b, c = 3, 21
+    x = torch.randn(b, c, *hw).to(dtype)
+    weight, bias = torch.randn(2, c), torch.randn(2) * 0.1
+    mask, logits = mk.spatial_masker(_nhwc(x), weight, bias, grid, SMALL)
+    mref, lref = mk.spatial_masker_torch(_nhwc(x), weight, bias, grid)
+    assert mask.shape == (b, 1, *grid) and logits.shape == (b, 2, *grid)
+    assert_close(logits, lref, tol=1e-4)  # fp32 logits whatever the input dtype
+    _check_mask(mask, lref, mref)
+
+
+def test_spatial_masker_matches_module_and_mixed_rates():
+    """Same weights as nn.MaskerSpatial: the module's eval mask, default config."""
+    m = MaskerSpatial(19).eval()
+    with torch.no_grad():
+        m.conv.bias.zero_()  # about half the cells on
+    x = torch.randn(2, 19, 11, 13)
+    grid = (5, 6)
+    with torch.no_grad():
+        ref_mask, _ = m.double()(x.double(), grid)
+        lref = m.logits(x.double(), grid)
+    mask, logits = mk.spatial_masker(_nhwc(x), m.conv.weight.float(), m.conv.bias.float(), grid)
+    assert_close(logits, lref)
+    _check_mask(mask, lref, ref_mask)
+    assert 0 < mask.mean() < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_channel_masker_mlp(dtype, layers):
+    b, c, groups = 3, 37, 12
+    m = MaskerChannelMLP(c, groups, layers=layers, reduction=4).eval()
+    with torch.no_grad():
+        m.last_linear().bias.zero_()
+    x = torch.randn(b, c, 5, 7).to(dtype)
+    lw = [(w.to(dtype), bb.to(dtype)) for w, bb in mk.mlp_layers(m)]
+    assert len(lw) == layers
+    mask, logits = mk.channel_masker_mlp(_nhwc(x), lw, SMALL)
+    mref, lref = mk.channel_masker_mlp_torch(_nhwc(x), lw)
+    assert mask.shape == (b, groups) and logits.shape == (b, 2, groups)
+    assert_close(logits, lref, tol=1e-4)
+    _check_mask(mask, lref, mref)
+    if dtype == torch.float32:  # the module itself
+        with torch.no_grad():
+            mod_mask, _ = m.double()(x.double())
+        _check_mask(mask, lref, mod_mask)
+
+
+def test_rate_extremes():
+    """Bias far positive: every cell on (rate 1); far negative: every cell off (rate 0)."""
+    x = _nhwc(torch.randn(2, 16, 6, 6))
+    w = torch.randn(2, 16) * 0.01
+    on, _ = mk.spatial_masker(x, w, torch.tensor([50.0, -50.0]), (3, 3), SMALL)
+    off, _ = mk.spatial_masker(x, w, torch.tensor([-50.0, 50.0]), (3, 3), SMALL)
+    assert on.eq(1).all() and off.eq(0).all()
+
+
+@pytest.mark.parametrize("case,match", [
+    ("dims", "4-D"), ("dtype", "dtype"), ("grid", "grid"), ("weight", "weight"),
+    ("noncontig", "contiguous"), ("layers", "layers is empty"), ("odd", "2G"),
+    ("chain", "layer 1 weight"),
+])
+def test_bad_inputs(case, match):
+    x = _nhwc(torch.randn(2, 8, 5, 5))
+    w, b = torch.randn(2, 8), torch.zeros(2)
+    with pytest.raises(ValueError, match=match):
+        if case == "dims":
+            mk.spatial_masker(x[0], w, b, (1, 1))
+        elif case == "dtype":
+            mk.spatial_masker(x.double(), w, b, (1, 1))
+        elif case == "grid":
+            mk.spatial_masker(x, w, b, (6, 1))
+        elif case == "weight":
+            mk.spatial_masker(x, torch.randn(2, 7), b, (1, 1))
+        elif case == "noncontig":
+            mk.spatial_masker(torch.randn(2, 5, 5, 8).transpose(1, 3), w, b, (1, 1))
+        elif case == "layers":
+            mk.channel_masker_mlp(x, [])
+        elif case == "odd":
+            mk.channel_masker_mlp(x, [(torch.randn(5, 8), torch.zeros(5))])
+        else:
+            mk.channel_masker_mlp(x, [(torch.randn(6, 8), torch.zeros(6)),
+                                      (torch.randn(4, 5), torch.zeros(4))])
+
+
+def test_aot_specs():
+    specs = mk.aot_specs()
+    assert len({s.name for s in specs}) == len(specs)
+    assert {s.fn for s in specs if s.default} == {
+        mk._spatial_masker_kernel, mk._global_pool_kernel, mk._mlp_layer_kernel}

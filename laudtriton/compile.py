@@ -24,6 +24,7 @@ import copy
 import functools
 import inspect
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.fold import FoldedBlock, bn_scale_shift
 from .ops.synthetic import synthetic_masks
-from .schedule import DispatchTable
+from .schedule import Choice, DispatchTable
 from .tune.measure import time_variants
 
 log = logging.getLogger("laudtriton")
@@ -178,7 +179,7 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [self.header, f"{'block':<12} {'mode':<8} {'S':>2} {'G':>4}  rate:variant"
-                              " (m=measured now, c=cached, p=predicted)"]
+                              " (m=measured now, c=cached, p=predicted, r=only candidate)"]
         for name, spec, table, dispatch in self.rows:
             g = spec.channel_groups or "-"
             s = spec.granularity if spec.spatial else "-"
@@ -205,13 +206,17 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
-def _candidates(spec: BlockSpec, backend: str):
+def _candidates(spec: BlockSpec, backend: str, only=None):
+    """Variants that run ``spec`` exactly on ``backend``; restricted to ``only`` when given
+    (falling back to ``dense`` where none of them supports the block)."""
     cands = variants_for(spec, backend)
     if backend == "cuda":
         try:
             import triton  # noqa: F401
         except ImportError:
             cands = [v for v in cands if not v.needs_triton]
+    if only is not None:
+        cands = [v for v in cands if v.name in only] or [v for v in cands if v.name == "dense"]
     return cands
 
 
@@ -261,6 +266,8 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, device) -> DispatchTable
             if cache is not None:
                 cache.record(spec, b, timings)
             table.add(b, timings, "measured")
+    if not table.entries and len(cands) == 1:  # nothing to choose from
+        table.entries[_bucket(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
         if tune == "cached":
             log.info("no cached timings for %s; timing on the example input", spec.short())
@@ -270,7 +277,7 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, device) -> DispatchTable
 
 def compile(model=None, example_input: torch.Tensor | None = None, *, backend: str = "auto",
             tune: str = "cached", cache_dir=None, dispatch: str = "dynamic",
-            dtype: torch.dtype | None = None):
+            dtype: torch.dtype | None = None, variants=None):
     """Compile a LAUD model (or a single LaudBottleneck) into real sparse execution.
 
     Also a decorator: ``@laudtriton.compile`` or ``@laudtriton.compile(backend="cpu")`` on
@@ -286,6 +293,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             project's autotune_cache/).
         dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
         dtype: compute dtype (default float32 on CPU, float16 on CUDA).
+        variants: restrict the candidates to these variant names (``dense`` stands in
+            where none of them supports a block); default: every registered variant.
 
     Returns:
         a ``CompiledModel`` (inference only). A module with no LAUD block is returned as an
@@ -299,12 +308,17 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         callable(model) and not isinstance(model, nn.Module)
     ):
         return _decorator(model, example_input, backend=backend, tune=tune,
-                          cache_dir=cache_dir, dispatch=dispatch, dtype=dtype)
+                          cache_dir=cache_dir, dispatch=dispatch, dtype=dtype,
+                          variants=variants)
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     if dispatch not in DISPATCH:
         raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
     backend = _resolve_backend(backend)
+    if variants is not None:
+        variants = (variants,) if isinstance(variants, str) else tuple(variants)
+        for name in variants:
+            get_variant(name)  # raises on an unknown name
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
@@ -331,7 +345,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             masks, _ = block.compute_masks(xin)
         if spec not in tables:  # equal specs are tuned once
             tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
-                                       _candidates(spec, backend), tune, cache, backend)
+                                       _candidates(spec, backend, variants), tune, cache,
+                                       backend)
         rate = float(_dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, LaudResNet):

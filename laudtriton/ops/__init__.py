@@ -1,11 +1,16 @@
-"""Variants per dynamic paradigm, their registry, BlockSpec and BN folding."""
+"""Variants per dynamic paradigm, their registry, BlockSpec and BN folding.
 
-from . import dense
+Importing this package registers every variant: torch ones (any device) and Triton ones
+(CUDA; they import triton only when run).
+"""
+
+from . import channel, dense, layer, spatial, triton_channel
 from .fold import FoldedBlock, fold_block
 from .registry import Cost, Variant, all_variants, get_variant, register, variants_for
 from .spec import BlockSpec
 
 __all__ = [
-    "BlockSpec", "Cost", "FoldedBlock", "Variant", "all_variants", "dense", "fold_block",
-    "get_variant", "register", "variants_for",
+    "BlockSpec", "Cost", "FoldedBlock", "Variant", "all_variants", "channel", "dense",
+    "fold_block", "get_variant", "layer", "register", "spatial", "triton_channel",
+    "variants_for",
 ]

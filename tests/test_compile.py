@@ -1,0 +1,150 @@
+"""laudtriton.compile: compiled output == reference (eval) for every mode and CPU variant,
+whole models included; the API's errors and plan."""
+
+import pytest
+import torch
+
+import laudtriton
+from laudtriton.nn import LaudResNet, calibrate_rates, laud_resnet50
+from laudtriton.ops import all_variants
+from laudtriton.testing import assert_close, make_block, randomize_bn
+
+CPU_VARIANTS = {
+    mode: sorted(v.name for v in all_variants() if mode in v.modes and "cpu" in v.backends)
+    for mode in ("spatial", "channel", "layer", "both")
+}
+CASES = [(mode, v) for mode, names in CPU_VARIANTS.items() for v in names]
+
+
+def tiny_model(mode, granularity="2-2-1-1", channel_granularity=2, seed=0):
+    torch.manual_seed(seed)
+    m = LaudResNet((1, 2, 1, 1), mode=mode, granularity=granularity,
+                   channel_granularity=channel_granularity, width_mult=0.25, input_size=None,
+                   num_classes=7)
+    return randomize_bn(m).eval()
+
+
+@pytest.mark.parametrize("mode,variant", CASES)
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_tiny_model_every_variant(mode, variant, rate):
+    model = tiny_model(mode)
+    x = torch.randn(3, 3, 45, 37)  # odd sizes: S does not divide every map
+    calibrate_rates(model, x, rate)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
+    with torch.no_grad():
+        ref = model(x)
+        out = cm(x)
+    assert_close(out, ref)
+    used = {r.variant for r in cm.last_stats}
+    assert used <= {variant, "dense"}
+    if variant != "dense" and mode != "both":
+        assert variant in used or variant == "patch"  # patch needs S | Ho on some block
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
+def test_laud_resnet50_every_mode(mode):
+    torch.manual_seed(1)
+    model = randomize_bn(laud_resnet50(mode=mode, granularity="4-4-2-1", channel_granularity=2,
+                                       input_size=128, num_classes=10)).eval()
+    x = torch.randn(2, 3, 128, 128)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    with torch.no_grad():
+        assert_close(cm(x), model(x), name=f"LAUD-ResNet-50 {mode} logits")
+    assert len(cm.last_stats) == 16
+
+
+def test_different_masks_per_sample_and_new_inputs():
+    """The plan is made on one input; other inputs (other masks, rates) stay exact."""
+    model = tiny_model("spatial")
+    x = torch.randn(2, 3, 40, 40)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["gather"])
+    for seed in range(3):
+        torch.manual_seed(seed)
+        y = torch.randn(2, 3, 40, 40) * (seed + 1)
+        with torch.no_grad():
+            assert_close(cm(y), model(y))
+
+
+def test_bare_block_and_static_dispatch():
+    block = make_block(24, 8, stride=2, mode="spatial", granularity=2, seed=3)
+    x = torch.randn(2, 24, 13, 11)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="off", dispatch="static")
+    with torch.no_grad():
+        assert_close(cm(x), block(x))
+    assert cm.blocks[0].dispatch == "static"
+
+
+def test_decorator_on_factory_and_class():
+    x = torch.randn(1, 3, 32, 32)
+
+    @laudtriton.compile(example_input=x, backend="cpu", tune="off")
+    def make():
+        return tiny_model("layer")
+
+    cm = make()
+    assert isinstance(cm, laudtriton.CompiledModel)
+    with torch.no_grad():
+        assert_close(cm(x), tiny_model("layer")(x))
+
+    class Tiny(LaudResNet):
+        def __init__(self):
+            super().__init__((1, 1, 1, 1), mode="channel", width_mult=0.25, input_size=32,
+                             num_classes=5)
+
+    CompiledTiny = laudtriton.compile(Tiny, x, backend="cpu", tune="off")
+    assert isinstance(CompiledTiny(), laudtriton.CompiledModel)
+    # without an example input, a LaudResNet is planned on a random image of input_size
+    assert isinstance(laudtriton.compile(backend="cpu", tune="off")(Tiny)(),
+                      laudtriton.CompiledModel)
+
+
+def test_plan_and_stats_report_choices():
+    model = tiny_model("both")
+    x = torch.randn(1, 3, 32, 32)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    text = str(cm.plan)
+    assert "layer1.0" in text and "both" in text
+    with torch.no_grad():
+        cm(x)
+    run = cm.last_stats[0]
+    assert run.name == "layer1.0" and run.spatial_rate is not None
+    assert run.channel_rate is not None
+
+
+def test_errors():
+    model = tiny_model("spatial")
+    x = torch.randn(1, 3, 32, 32)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    with pytest.raises(ValueError, match="does not match the compiled plan"):
+        cm(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="does not match the compiled plan"):
+        cm(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="dtype"):
+        cm(x.double())
+    with pytest.raises(ValueError, match="4D"):
+        cm(torch.randn(3, 32, 32))
+    with pytest.raises(RuntimeError, match="inference only"):
+        cm.train()
+    cm.eval()  # eval stays allowed
+    with pytest.raises(ValueError, match="backend"):
+        laudtriton.compile(model, x, backend="tpu")
+    with pytest.raises(ValueError, match="tune"):
+        laudtriton.compile(model, x, tune="fast")
+    with pytest.raises(ValueError, match="dispatch"):
+        laudtriton.compile(model, x, dispatch="sometimes")
+    with pytest.raises(ValueError, match="unknown variant"):
+        laudtriton.compile(model, x, variants=["nope"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            laudtriton.compile(model, x, backend="cuda")
+
+
+def test_model_without_dynamic_block_warns():
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.warns(UserWarning, match="no LAUD block"):
+        out = laudtriton.compile(plain, torch.randn(1, 3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(out(x), plain(x))

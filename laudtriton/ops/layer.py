@@ -2,17 +2,18 @@
 
 The layer gate makes one decision per sample (``masks.grid`` [B, 1, 1, 1]). The active
 samples are gathered into a smaller batch that runs the dense folded block; inactive
-samples output relu(identity) exactly. The identity (x, or the dense downsample of x) is
-computed once for the whole batch, since every sample needs it.
+samples output relu(identity) exactly. Every sample needs the identity (x, or the dense
+downsample of x); it is computed once per sample, inside the active sub-batch (where it
+feeds the fused residual add) or the inactive one (fused with its ReLU). Weights are
+packed once per input size (``channel.PackedConv``, cached on the FoldedBlock).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..nn.block import BlockMasks
-from .dense import identity_path
+from .channel import PackedConv, SlicedWeights, put, slice_cache, take
 from .fold import FoldedBlock
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -20,12 +21,13 @@ from .spec import BlockSpec
 CL = torch.channels_last
 
 
-def residual_branch(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
-    """Dense conv3(relu(conv2(relu(conv1(x))))) with folded BN, no mask, bias b3 included:
-    [n, Cin, H, W] channels_last -> [n, Cout, Ho, Wo] channels_last."""
-    h = F.conv2d(x, fb.w1[:, :, None, None], fb.b1).relu_()
-    h = F.conv2d(h, fb.w2, fb.b2, stride=fb.stride, padding=1).relu_()
-    return F.conv2d(h, fb.w3[:, :, None, None], fb.b3).contiguous(memory_format=CL)
+_DENSE = torch.ones(1, dtype=torch.bool)  # one channel group, on: the dense block
+
+
+def dense_weights(fb: FoldedBlock, in_hw: tuple[int, int]) -> SlicedWeights:
+    """The folded dense block, weights packed for inputs of ``in_hw`` (cached on ``fb`` in
+    its SliceCache, like every channel pattern of the ``slice`` variant)."""
+    return slice_cache(fb).get(fb, _DENSE, in_hw)
 
 
 def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:
@@ -43,11 +45,27 @@ def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:
     return torch.nonzero(g[:, 0, 0, 0] > 0.5).flatten()
 
 
+def _block(sw: SlicedWeights, ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:
+    """relu(residual(x) + identity(x)) for every sample of x (channels_last)."""
+    identity = x if ds is None else ds(x, relu=False)
+    h = sw.conv1(x, relu=True)
+    h = sw.conv2(h, relu=True)
+    return sw.conv3(h, relu=True, add=identity)
+
+
+def _skip(ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:
+    """relu(identity(x)) for every sample of x (channels_last)."""
+    if ds is None:
+        return torch.relu(x).contiguous(memory_format=CL)
+    return ds(x, relu=True)
+
+
 @torch.no_grad()
 def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
     """Layer-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
 
     Active samples (gate = 1): relu(residual(x) + identity(x)); the others relu(identity(x)).
+    The downsample runs once per sample (inside the active or the inactive sub-batch).
 
     Raises:
         ValueError: if masks.grid is not a layer gate [B, 1, 1, 1].
@@ -56,15 +74,21 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.
     idx = active_samples(masks, b)
     n = idx.numel()
     x = x.contiguous(memory_format=CL)
-    identity = identity_path(fb, x).contiguous(memory_format=CL)
+    in_hw = (x.shape[2], x.shape[3])
+    ds = slice_cache(fb).downsample(fb, in_hw)
     if n == 0:
-        return torch.relu(identity)
+        return _skip(ds, x)
+    sw = dense_weights(fb, in_hw)
     if n == b:
-        return residual_branch(fb, x).add_(identity).relu_()
-    res = residual_branch(fb, x.index_select(0, idx).contiguous(memory_format=CL))
-    res.add_(identity.index_select(0, idx)).relu_()
-    out = torch.relu(identity)
-    out.index_copy_(0, idx, res)
+        return _block(sw, ds, x)
+    keep = torch.ones(b, dtype=torch.bool, device=idx.device)
+    keep[idx] = False
+    rest = torch.nonzero(keep).flatten()
+    on = _block(sw, ds, take(x, idx))
+    out = torch.empty((b, *on.shape[1:]), dtype=on.dtype, device=on.device,
+                      memory_format=CL)
+    put(out, idx, on)
+    put(out, rest, _skip(ds, take(x, rest)))
     return out
 
 

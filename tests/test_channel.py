@@ -1,0 +1,194 @@
+"""The ``slice`` variant (channel mode) against the reference LAUD bottleneck in eval."""
+
+import copy
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from laudtriton.nn import calibrate_block
+from laudtriton.nn.block import BlockMasks
+from laudtriton.ops import BlockSpec, fold_block, get_variant
+from laudtriton.ops.channel import (
+    PackedConv,
+    SliceCache,
+    slice_block,
+    slice_cache,
+    slice_cost,
+)
+from laudtriton.testing import assert_close, make_block
+
+CL = torch.channels_last
+
+
+def reference_with_masks(block, x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """Official semantics in float64 with a given channel mask [B, G] (mask before BN)."""
+    blk = copy.deepcopy(block).double()
+    x = x.double()
+    cm = channel.double().repeat_interleave(blk.width // channel.shape[1], dim=1)
+    cm = cm[:, :, None, None]
+    with torch.no_grad():
+        h = torch.relu(blk.bn1(blk.conv1(x) * cm))
+        h = torch.relu(blk.bn2(blk.conv2(h) * cm))
+        h = blk.bn3(blk.conv3(h))
+        ident = x if blk.downsample is None else blk.downsample(x)
+        return torch.relu(h + ident)
+
+
+def calibrated(k, masker, layers, inplanes, planes, stride, hw, batch, rate, seed=0):
+    """(block, x, masks, reference output in float64) with masks calibrated to ``rate``."""
+    blk = make_block(inplanes, planes, stride, mode="channel", channel_granularity=k,
+                     channel_masker=masker, channel_masker_layers=layers,
+                     channel_masker_reduction=4, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    # a per-sample offset makes the pooled features, hence the masks, differ per sample;
+    # the masker's initial bias (+2/-2 per group) would otherwise decide alone
+    x = torch.randn(batch, inplanes, *hw, generator=g)
+    x = x + 2 * torch.randn(batch, inplanes, 1, 1, generator=g)
+    with torch.no_grad():
+        blk.masker_channel.last_linear().bias.zero_()
+    calibrate_block(blk, x, rate)
+    with torch.no_grad():
+        masks, _ = blk.compute_masks(x)
+        masks64, _ = copy.deepcopy(blk).double().compute_masks(x.double())
+        ref = blk.double()(x.double())
+    assert torch.equal(masks.channel, masks64.channel.float()), "fp32/fp64 masks differ"
+    return blk.float(), x, masks, ref
+
+
+# (k, masker, layers, inplanes, planes, stride, hw, batch, rate[, seed])
+CASES = [
+    (1, "MLP", 2, 16, 8, 1, (13, 11), 3, 0.5),
+    (2, "MLP", 1, 32, 8, 1, (7, 9), 3, 0.5),       # identity = x (32 == 4·8)
+    (4, "conv_linear", 1, 16, 16, 2, (13, 11), 3, 0.5, 1),
+    (2, "conv_linear", 1, 24, 8, 2, (7, 9), 1, 0.5),
+    (4, "MLP", 2, 16, 8, 1, (13, 11), 1, 0.5),
+    (1, "MLP", 1, 16, 4, 2, (7, 9), 3, 0.0),       # every channel inactive
+    (2, "MLP", 2, 32, 8, 1, (7, 9), 3, 0.0),
+    (1, "conv_linear", 1, 16, 8, 1, (13, 11), 3, 1.0),  # every channel active
+    (4, "MLP", 2, 16, 8, 2, (7, 9), 1, 1.0),
+    (2, "MLP", 2, 16, 8, 2, (1, 1), 3, 0.5),       # 1x1 map: every tap on the border
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}-{c[1]}{c[2]}-s{c[5]}-"
+                         f"{c[6][0]}x{c[6][1]}-b{c[7]}-r{c[8]}")
+def test_slice_matches_reference(case):
+    batch, rate = case[7], case[8]
+    blk, x, masks, ref = calibrated(*case)
+    fb = fold_block(blk)
+    assert fb.kappa1.abs().max() > 0 and fb.kappa2.abs().max() > 0
+    out = slice_block(fb, x.contiguous(memory_format=CL), masks)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
+    assert_close(out, ref)
+    if batch > 1 and rate == 0.5:
+        assert len({tuple(r.tolist()) for r in masks.channel}) > 1, "masks per sample agree"
+    if rate in (0.0, 1.0):
+        assert masks.channel.mean().item() == rate
+
+
+@pytest.mark.parametrize("kappa", ["kappa1", "kappa2"])
+def test_kappa_correction_matters(kappa):
+    """Dropping either κ correction (taking inactive channels as zero) is wrong."""
+    blk, x, masks, ref = calibrated(2, "MLP", 2, 16, 16, 1, (7, 9), 3, 0.5)
+    fb = fold_block(blk)
+    inactive = masks.channel.repeat_interleave(2, dim=1) < 0.5  # [B, w]
+    assert (getattr(fb, kappa)[None] * inactive).abs().max() > 0.1
+    assert_close(slice_block(fb, x.contiguous(memory_format=CL), masks), ref)
+    bad = dataclasses.replace(fb, **{kappa: torch.zeros_like(getattr(fb, kappa))})
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close(slice_block(bad, x.contiguous(memory_format=CL), masks), ref)
+
+
+@pytest.mark.parametrize("stride,hw", [(1, (7, 9)), (2, (8, 5))])
+def test_slice_float64_unpacked_path(stride, hw):
+    """Float64 weights take the plain F.conv2d path; it matches the fp64 reference tightly."""
+    blk, x, masks, ref = calibrated(2, "MLP", 2, 16, 8, stride, hw, 3, 0.5, seed=3)
+    fb = fold_block(blk, dtype=torch.float64)
+    out = slice_block(fb, x.double().contiguous(memory_format=CL), masks)
+    assert out.dtype == torch.float64
+    assert_close(out, ref, tol=1e-10)
+
+
+def test_slice_property_random_shapes():
+    """Seeded random block shapes and random per-sample channel masks."""
+    rng = random.Random(1234)
+    for trial in range(8):
+        k = rng.choice([1, 2, 4])
+        planes = k * rng.randint(1, 3)
+        inplanes = rng.choice([4 * planes, rng.randint(3, 20)])
+        stride = rng.choice([1, 2])
+        hw = (rng.randint(1, 12), rng.randint(1, 12))
+        batch = rng.randint(1, 4)
+        ds = stride != 1 or inplanes != 4 * planes
+        blk = make_block(inplanes, planes, stride, mode="channel", channel_granularity=k,
+                         downsample=ds, seed=trial)
+        g = torch.Generator().manual_seed(trial)
+        x = torch.randn(batch, inplanes, *hw, generator=g)
+        channel = (torch.rand(batch, planes // k, generator=g) < rng.random()).float()
+        masks = BlockMasks(None, None, None, channel)
+        out = slice_block(fold_block(blk), x.contiguous(memory_format=CL), masks)
+        assert_close(out, reference_with_masks(blk, x, channel), name=f"trial {trial}")
+
+
+def test_slice_cache_hits_and_bound():
+    blk, x, masks, ref = calibrated(1, "MLP", 2, 16, 8, 1, (7, 9), 3, 0.5)
+    fb = fold_block(blk)
+    xc = x.contiguous(memory_format=CL)
+    first = slice_block(fb, xc, masks)
+    cache = slice_cache(fb)
+    patterns = len({tuple(r.tolist()) for r in masks.channel})
+    assert (cache.misses, cache.hits, len(cache)) == (patterns, 0, patterns)
+    second = slice_block(fb, xc, masks)
+    assert cache.hits == patterns and torch.equal(first, second)
+    small = SliceCache(capacity=2)
+    for i in range(4):
+        pattern = torch.zeros(8, dtype=torch.bool)
+        pattern[i] = True
+        small.get(fb, pattern, (7, 9))
+    assert len(small) == 2 and small.misses == 4
+    with pytest.raises(ValueError, match="capacity"):
+        SliceCache(capacity=0)
+
+
+@pytest.mark.parametrize("stride,k,relu", [(1, 1, True), (2, 3, False), (1, 3, True)])
+def test_packed_conv_matches_plain(stride, k, relu):
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(6, 5, k, k, generator=g), torch.randn(6, generator=g)
+    x = torch.randn(2, 5, 9, 7, generator=g).contiguous(memory_format=CL)
+    packed = PackedConv.make(w, b, stride, k // 2, (9, 7))
+    plain = PackedConv.make(w, b, stride, k // 2, (9, 7), pack=False)
+    assert plain.packed is None
+    y = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=k // 2)
+    add = torch.randn(1, *y.shape[1:], generator=g).contiguous(memory_format=CL)
+    for pc in (packed, plain):
+        assert_close(pc(x, relu=relu), torch.relu(y) if relu else y)
+        want = torch.relu(y + add) if relu else y + add
+        assert_close(pc(x, relu=relu, add=add), want)
+
+
+def test_slice_registered_and_cost():
+    v = get_variant("slice")
+    spec = BlockSpec(64, 32, 128, 2, True, (14, 13), "channel", channel_groups=16, batch=2)
+    assert v.supports(spec) and "cpu" in v.backends and "channel" in v.modes
+    assert not v.supports(spec.with_(mode="spatial", granularity=2, channel_groups=0))
+    assert slice_cost(spec, 1.0).flops == spec.dense_flops()
+    ho, wo = spec.out_hw
+    ds = 64 * 128 * ho * wo * 2
+    assert slice_cost(spec, 0.0).flops == ds
+    half = 2 * (64 * 16 * 14 * 13 + 9 * 16 * 16 * ho * wo + 16 * 128 * ho * wo) + ds
+    assert slice_cost(spec, 0.5).flops == half
+    assert slice_cost(spec, 0.5).bytes < slice_cost(spec, 1.0).bytes
+
+
+def test_slice_bad_masks():
+    blk = make_block(16, 8, 1, mode="channel", channel_granularity=2)
+    fb = fold_block(blk)
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="masks.channel is None"):
+        slice_block(fb, x, BlockMasks(None, None, None, None))
+    with pytest.raises(ValueError, match="does not fit"):
+        slice_block(fb, x, BlockMasks(None, None, None, torch.ones(2, 3)))
+    with pytest.raises(ValueError, match="does not fit"):
+        slice_block(fb, x, BlockMasks(None, None, None, torch.ones(3, 4)))

@@ -1,0 +1,481 @@
+"""Masks of laudtriton.nn on hand-made inputs (DESIGN.md section 2).
+
+Every expectation is computed here independently of the code under test: the mask grid
+by explicit adaptive-average windows, mask3 by the integer rule pixel i -> cell
+floor(i*g/Ho), mask1 by brute force over (input pixel, output pixel) pairs, and block
+outputs by a float64 re-implementation of the official Bottleneck.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from laudtriton.nn import LaudBottleneck, expand_mask1, upsample_mask
+from laudtriton.testing import assert_close, make_block
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def steer_spatial(block: LaudBottleneck) -> None:
+    """Make the spatial masker's margin (keep - skip logit) equal to 2 * pooled channel 0."""
+    conv = block.masker_spatial.conv
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0
+        conv.weight[1, 0] = -1.0
+        conv.bias.zero_()
+
+
+def steer_channel(block: LaudBottleneck, group_mask) -> None:
+    """Make the channel masker output ``group_mask`` ([G] of 0/1) for every input."""
+    lin = block.masker_channel.last_linear()
+    g = block.masker_channel.groups
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.bias[:g] = torch.tensor([1.0 if m else -1.0 for m in group_mask])
+
+
+def pooled_windows(x0: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Adaptive average pooling by explicit windows [floor(i*H/g), ceil((i+1)*H/g)).
+
+    x0: [B, H, W] float64. The official masker pools only when the grid is smaller than
+    the map; a grid equal to the map is the map itself.
+    """
+    b, h, w = x0.shape
+    gh, gw = grid
+    if (gh, gw) == (h, w):
+        return x0.copy()
+    out = np.zeros((b, gh, gw))
+    for i in range(gh):
+        r0, r1 = (i * h) // gh, -((-(i + 1) * h) // gh)
+        for j in range(gw):
+            c0, c1 = (j * w) // gw, -((-(j + 1) * w) // gw)
+            out[:, i, j] = x0[:, r0:r1, c0:c1].mean(axis=(1, 2))
+    return out
+
+
+def brute_mask3(grid: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, gh, gw] -> [B, 1, Ho, Wo]: output pixel (i, j) takes cell (i*gh//Ho, j*gw//Wo)."""
+    gh, gw = grid.shape[-2:]
+    ho, wo = out_hw
+    rows = [(i * gh) // ho for i in range(ho)]
+    cols = [(j * gw) // wo for j in range(wo)]
+    return grid[:, :, rows][:, :, :, cols]
+
+
+def brute_mask1(mask3: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, Ho, Wo] -> bool [B, 1, H, W]: input pixel (p, q) is needed iff some active
+    output (i, j) has max(|p - i*s|, |q - j*s|) <= 1. Brute force over all pairs."""
+    m = mask3[:, 0].numpy() > 0.5
+    b, ho, wo = m.shape
+    h, w = in_hw
+    p = np.arange(h)[:, None, None, None]
+    q = np.arange(w)[None, :, None, None]
+    i = np.arange(ho)[None, None, :, None]
+    j = np.arange(wo)[None, None, None, :]
+    near = np.maximum(np.abs(p - i * stride), np.abs(q - j * stride)) <= 1  # [H, W, Ho, Wo]
+    out = np.einsum("hwij,bij->bhw", near.astype(np.int64), m.astype(np.int64)) > 0
+    return torch.from_numpy(out)[:, None]
+
+
+def bn64(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Eval BatchNorm in float64."""
+    d = torch.float64
+    return F.batch_norm(x, bn.running_mean.to(d), bn.running_var.to(d), bn.weight.to(d),
+                        bn.bias.to(d), False, 0.0, bn.eps)
+
+
+def reference_block(block: LaudBottleneck, x: torch.Tensor, mask3=None, channel=None):
+    """Official Bottleneck in eval, float64: channel mask before BN, spatial mask after bn3.
+
+    mask3: [B, 1, Ho, Wo] or None; channel: [B, G] group mask or None.
+    """
+    d = torch.float64
+    x = x.to(d)
+    cm = None
+    if channel is not None:
+        k = block.width // channel.shape[1]
+        cm = channel.to(d).repeat_interleave(k, dim=1)[:, :, None, None]
+    out = F.conv2d(x, block.conv1.weight.to(d))
+    out = F.relu(bn64(block.bn1, out * cm if cm is not None else out))
+    out = F.conv2d(out, block.conv2.weight.to(d), stride=block.stride, padding=1)
+    out = F.relu(bn64(block.bn2, out * cm if cm is not None else out))
+    out = bn64(block.bn3, F.conv2d(out, block.conv3.weight.to(d)))
+    if mask3 is not None:
+        out = out * mask3.to(d)
+    identity = x
+    if block.downsample is not None:
+        conv, bn = block.downsample
+        identity = bn64(bn, F.conv2d(x, conv.weight.to(d), stride=block.stride))
+    return F.relu(out + identity)
+
+
+def spatial_block(s: int, stride: int, mode: str = "spatial", seed: int = 0, **kw):
+    block = make_block(8, 3, stride=stride, mode=mode, granularity=s, seed=seed, **kw)
+    steer_spatial(block)
+    return block
+
+
+def check_inactive_is_relu_identity(block, x, out, mask3):
+    """At every inactive output pixel the block must return relu(identity) exactly."""
+    with torch.no_grad():
+        identity = x if block.downsample is None else block.downsample(x)
+    inactive = (mask3 < 0.5).expand_as(out)
+    assert torch.equal(out[inactive], F.relu(identity)[inactive])
+
+
+# ----------------------------------------------------------- spatial masks, S divides the map
+
+# (S, Ho, Wo): S divides both sides; non-square maps included.
+DIVIDING = [(1, 5, 4), (2, 4, 6), (4, 8, 4), (7, 7, 14), (8, 16, 8)]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("s,ho,wo", DIVIDING)
+def test_spatial_masks_hand_pattern(s, ho, wo, stride):
+    """Channel 0 of x is +1 on chosen cells and -1 elsewhere: the grid is that pattern,
+    mask3 its S x S patches, mask1 the brute-force receptive field."""
+    b = 2
+    gh, gw = ho // s, wo // s
+    g = torch.Generator().manual_seed(s * 10 + stride)
+    pattern = (torch.rand(b, 1, gh, gw, generator=g) < 0.4).float()
+    pattern[0, 0, 0, 0] = 1.0  # a corner cell active: exercises clipping at the border
+    pattern[1].zero_()
+    pattern[1, 0, gh - 1, gw - 1] = 1.0  # sample 1: only the far corner
+    h, w = ho * stride, wo * stride
+    x = torch.randn(b, 8, h, w, generator=g)
+    x[:, 0] = F.interpolate(pattern * 2 - 1, size=(h, w), mode="nearest")[:, 0]
+
+    block = spatial_block(s, stride)
+    masks, _ = block.compute_masks(x)
+    assert masks.grid.shape == (b, 1, gh, gw)
+    assert torch.equal(masks.grid, pattern)
+    assert torch.equal(masks.mask3, pattern.repeat_interleave(s, 2).repeat_interleave(s, 3))
+    assert masks.mask1.dtype == torch.bool
+    assert torch.equal(masks.mask1, brute_mask1(masks.mask3, stride, (h, w)))
+    assert masks.channel is None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mask1_single_corner_output_by_hand(stride):
+    """One active output pixel at (0, 0): conv1 needs rows/cols 0..1 (clipped at -1)."""
+    mask3 = torch.zeros(1, 1, 4, 4)
+    mask3[0, 0, 0, 0] = 1
+    m1 = expand_mask1(mask3, stride, (4 * stride, 4 * stride))
+    want = torch.zeros(1, 1, 4 * stride, 4 * stride, dtype=torch.bool)
+    want[0, 0, :2, :2] = True
+    assert torch.equal(m1, want)
+    # the far corner (3, 3): centre (3s, 3s); rows 3s-1..3s+1, clipped to the image
+    mask3.zero_()
+    mask3[0, 0, 3, 3] = 1
+    m1 = expand_mask1(mask3, stride, (4 * stride, 4 * stride))
+    want.zero_()
+    c = 3 * stride
+    want[0, 0, c - 1 : c + 2, c - 1 : c + 2] = True
+    assert torch.equal(m1, want)
+    assert int(m1.sum()) == (9 if stride == 2 else 4)
+
+
+# ------------------------------------------------------ spatial masks, S does not divide
+
+# (S, Ho, Wo): at least one side not a multiple of S; the cells then have unequal sizes.
+NOT_DIVIDING = [(2, 5, 7), (4, 9, 6), (7, 10, 15), (8, 9, 17), (4, 13, 13)]
+
+
+@pytest.mark.parametrize("stride,odd_input", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("s,ho,wo", NOT_DIVIDING)
+def test_spatial_masks_uneven_cells(s, ho, wo, stride, odd_input):
+    """Odd input (stride 2): H = 2*Ho - 1, the last output centre sits on the border."""
+    b = 3
+    h = ho * stride - (1 if odd_input else 0)
+    w = wo * stride - (1 if odd_input else 0)
+    block = spatial_block(s, stride)
+    assert block.out_hw((h, w)) == (ho, wo)
+    g = torch.Generator().manual_seed(ho * 100 + wo + stride)
+    grid_hw = (ho // s, wo // s)
+    x = torch.randn(b, 8, h, w, generator=g)
+    # a smooth random field whose sign changes at scales that do not align with the cells
+    field = torch.randn(b, 1, grid_hw[0] + 1, grid_hw[1] + 1, generator=g)
+    x[:, 0] = F.interpolate(field, size=(h, w), mode="bilinear")[:, 0] + 0.1 * x[:, 0]
+    pooled = pooled_windows(x[:, 0].double().numpy(), grid_hw)
+    assert np.abs(pooled).min() > 1e-4, "test input has a tie; change the seed"
+    want_grid = torch.from_numpy(pooled >= 0).float()[:, None]
+
+    masks, _ = block.compute_masks(x)
+    assert torch.equal(masks.grid, want_grid)
+    assert 0 < int(want_grid.sum()) < want_grid.numel()
+    assert torch.equal(masks.mask3, brute_mask3(want_grid, (ho, wo)))
+    assert torch.equal(masks.mask1, brute_mask1(masks.mask3, stride, (h, w)))
+
+    with torch.no_grad():
+        out = block(x)
+    assert_close(out, reference_block(block, x, mask3=masks.mask3))
+    check_inactive_is_relu_identity(block, x, out, masks.mask3)
+
+
+def _upsample_rule_breaks(pairs):
+    bad = []
+    for s, ho in pairs:
+        gh = ho // s
+        grid = torch.arange(gh, dtype=torch.float32).view(1, 1, gh, 1)
+        up = upsample_mask(grid, (ho, 1))[0, 0, :, 0]
+        want = torch.tensor([(i * gh) // ho for i in range(ho)], dtype=torch.float32)
+        if not torch.equal(up, want):
+            bad.append((s, ho))
+    return bad
+
+
+def test_upsample_rule_every_small_map():
+    """mask3 pixel i belongs to cell floor(i*g/Ho), g = Ho // S, for every S and every map
+    Ho <= 73 (inputs up to 292 at layer1). Beyond that PyTorch's float 'nearest'
+    (floor(i * fp32(g/Ho))) and the integer rule part ways for some S (first: S=3, Ho=74)."""
+    pairs = [(s, ho) for ho in range(1, 74) for s in range(1, ho + 1)]
+    assert not _upsample_rule_breaks(pairs)
+
+
+def test_upsample_rule_power_of_two_patches_large_maps():
+    """S in {2, 4, 8} (the LAUDNet choices besides 7): the rule holds up to Ho = 256."""
+    assert not _upsample_rule_breaks([(s, ho) for ho in range(74, 257) for s in (2, 4, 8)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("ho,wo,rate", [(1, 1, 1.0), (3, 5, 0.3), (6, 6, 0.0), (7, 4, 0.7)])
+def test_mask1_random_masks(ho, wo, rate, stride):
+    g = torch.Generator().manual_seed(ho * wo)
+    mask3 = (torch.rand(2, 1, ho, wo, generator=g) < rate).float()
+    for trim in (0, 1) if stride == 2 else (0,):
+        hw = (ho * stride - trim, wo * stride - trim)
+        assert torch.equal(expand_mask1(mask3, stride, hw), brute_mask1(mask3, stride, hw))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("s", [1, 2, 4, 7, 8])
+def test_spatial_block_output(s, stride):
+    """Output = reference with the mask; inactive pixels are relu(identity) exactly."""
+    ho = wo = max(s, 2) * 2 + (1 if s > 1 else 0)  # 2 or 3 cells per side, uneven for S > 1
+    h, w = ho * stride, wo * stride
+    block = spatial_block(s, stride, seed=s)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, h, w, generator=g)
+    with torch.no_grad():
+        out = block(x)
+    m = block.last_masks
+    assert 0 < int(m.grid.sum()) < m.grid.numel(), "want a mixed mask"
+    assert_close(out, reference_block(block, x, mask3=m.mask3))
+    check_inactive_is_relu_identity(block, x, out, m.mask3)
+
+
+# ------------------------------------------------------------------------------ layer mode
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_layer_gate(stride):
+    """One decision per sample; a skipped sample outputs relu(identity) exactly."""
+    block = make_block(8, 3, stride=stride, mode="layer", seed=3)
+    steer_spatial(block)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, 9, 10, generator=g)
+    keep = torch.tensor([True, False, False, True])
+    x[:, 0] = torch.where(keep[:, None, None], x[:, 0].abs() + 0.1, -x[:, 0].abs() - 0.1)
+    with torch.no_grad():
+        out = block(x)
+    m = block.last_masks
+    ho, wo = block.out_hw((9, 10))
+    assert m.grid.shape == (4, 1, 1, 1)
+    assert torch.equal(m.grid.flatten(), keep.float())
+    assert torch.equal(m.mask3, keep.float().view(4, 1, 1, 1).expand(4, 1, ho, wo))
+    assert torch.equal(m.mask1, keep.view(4, 1, 1, 1).expand(4, 1, 9, 10))
+    assert block.last_stats.rate3.item() == pytest.approx(0.5)
+    assert_close(out, reference_block(block, x, mask3=m.mask3))
+    check_inactive_is_relu_identity(block, x, out, m.mask3)
+    # the kept samples are the plain dense block
+    assert_close(out[keep], reference_block(block, x[keep]))
+
+
+def test_layer_gate_ignores_granularity():
+    block = make_block(8, 3, mode="layer", granularity=4)
+    assert block.grid_size((3, 3)) == (1, 1)  # a map smaller than S is fine for a gate
+
+
+# ---------------------------------------------------------------------------- channel mode
+
+
+def _capture_inputs(block):
+    seen = {}
+    hooks = [
+        getattr(block, n).register_forward_pre_hook(
+            lambda mod, args, n=n: seen.__setitem__(n, args[0].detach().clone()))
+        for n in ("conv2", "conv3")
+    ]
+    return seen, hooks
+
+
+def test_channel_mask_before_bn_hand_built():
+    """Width 2, two groups of one channel; group 1 off. The official order (mask before
+    BN) makes channel 1 carry kappa1 = relu(bn1(0)) = 0.7 into conv2 and
+    kappa2 = relu(bn2(0)) = 0.4 into conv3, not zero."""
+    block = make_block(4, 2, mode="channel", channel_granularity=1,
+                       channel_masker_layers=1, downsample=True, seed=5)
+    with torch.no_grad():
+        for bn, bias in ((block.bn1, [0.3, 0.7]), (block.bn2, [-0.2, 0.4])):
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.tensor(bias))
+    steer_channel(block, [1, 0])
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 5, 6, generator=g)
+    seen, hooks = _capture_inputs(block)
+    with torch.no_grad():
+        out = block(x)
+    for hk in hooks:
+        hk.remove()
+    assert torch.equal(block.last_masks.channel, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert torch.allclose(seen["conv2"][:, 1], torch.full((2, 5, 6), 0.7), atol=1e-7, rtol=0)
+    assert torch.allclose(seen["conv3"][:, 1], torch.full((2, 5, 6), 0.4), atol=1e-7, rtol=0)
+
+    # by hand, float64: the active channel follows the dense path, channel 1 is constant
+    d = torch.float64
+    x64 = x.to(d)
+    eps = block.bn1.eps  # bn(v) = v / sqrt(1 + eps) + bias with mean 0, var 1, weight 1
+    t1 = F.relu(F.conv2d(x64, block.conv1.weight.to(d))[:, :1] / (1 + eps) ** 0.5 + 0.3)
+    a1 = torch.cat([t1, torch.full_like(t1, 0.7)], dim=1)
+    t2 = F.conv2d(a1, block.conv2.weight.to(d), padding=1)[:, :1]
+    a2 = torch.cat([F.relu(t2 / (1 + eps) ** 0.5 - 0.2), torch.full_like(t1, 0.4)], dim=1)
+    conv, bn = block.downsample
+    want = F.relu(bn64(block.bn3, F.conv2d(a2, block.conv3.weight.to(d)))
+                  + bn64(bn, F.conv2d(x64, conv.weight.to(d))))
+    assert_close(out, want)
+    # and the "mask after BN" reading (inactive channel carries zero) is different
+    a2_zero = a2.clone()
+    a2_zero[:, 1] = 0
+    wrong = F.relu(bn64(block.bn3, F.conv2d(a2_zero, block.conv3.weight.to(d)))
+                   + bn64(bn, F.conv2d(x64, conv.weight.to(d))))
+    assert (wrong - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("masker,layers", [("MLP", 1), ("MLP", 2), ("conv_linear", 2)])
+def test_channel_groups_are_contiguous(masker, layers):
+    """Width 8, group size 2: groups [1, 0, 0, 1] keep channels 0,1,6,7; the others carry
+    kappa1 / kappa2 (random BN statistics) into conv2 / conv3."""
+    block = make_block(16, 8, mode="channel", channel_granularity=2, channel_masker=masker,
+                       channel_masker_layers=layers, channel_masker_reduction=4, seed=9)
+    steer_channel(block, [1, 0, 0, 1])
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 16, 7, 5, generator=g)
+    seen, hooks = _capture_inputs(block)
+    with torch.no_grad():
+        out = block(x)
+    for hk in hooks:
+        hk.remove()
+    cmask = block.last_masks.channel
+    assert torch.equal(cmask, torch.tensor([[1.0, 0, 0, 1]]).expand(3, 4))
+    off = [2, 3, 4, 5]
+    for name, bn in (("conv2", block.bn1), ("conv3", block.bn2)):
+        kappa = F.relu(bn64(bn, torch.zeros(1, 8, 1, 1, dtype=torch.float64)))[0, :, 0, 0]
+        got = seen[name][:, off].double()
+        assert torch.allclose(got, kappa[off].view(1, 4, 1, 1).expand_as(got), atol=1e-6)
+    assert (F.relu(bn64(block.bn1, torch.zeros(1, 8, 1, 1, dtype=torch.float64)))[0, off] > 0).any()
+    assert_close(out, reference_block(block, x, channel=cmask))
+
+
+def test_channel_mask_per_sample():
+    """Different samples get different channel masks (the masker reads the input)."""
+    block = make_block(16, 8, mode="channel", channel_granularity=4, channel_masker_layers=1,
+                       seed=11)
+    lin = block.masker_channel.last_linear()
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[0, 0] = 1.0  # group 0 keep logit = mean of input channel 0
+        lin.bias[1] = 1.0  # group 1 always on
+    x = torch.randn(2, 16, 6, 6)
+    x[0, 0] = 1.0
+    x[1, 0] = -1.0
+    with torch.no_grad():
+        out = block(x)
+    cmask = block.last_masks.channel
+    assert torch.equal(cmask, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+    assert block.last_stats.channel_rate.item() == pytest.approx(0.75)
+    assert_close(out, reference_block(block, x, channel=cmask))
+
+
+# --------------------------------------------------------------------------------- both
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_both_masks(stride):
+    block = make_block(16, 8, stride=stride, mode="both", granularity=2, channel_granularity=2,
+                       channel_masker_layers=1, seed=13)
+    steer_spatial(block)
+    steer_channel(block, [0, 1, 1, 0])
+    g = torch.Generator().manual_seed(6)
+    h = 6 * stride - (stride - 1)
+    x = torch.randn(2, 16, h, h + stride, generator=g)
+    with torch.no_grad():
+        out = block(x)
+    m = block.last_masks
+    assert m.grid is not None and m.channel is not None
+    ho, wo = block.out_hw(tuple(x.shape[-2:]))
+    assert torch.equal(m.mask3, brute_mask3(m.grid, (ho, wo)))
+    assert torch.equal(m.mask1, brute_mask1(m.mask3, stride, tuple(x.shape[-2:])))
+    assert 0 < int(m.grid.sum()) < m.grid.numel()
+    assert_close(out, reference_block(block, x, mask3=m.mask3, channel=m.channel))
+    check_inactive_is_relu_identity(block, x, out, m.mask3)
+
+
+# ----------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
+def test_eval_is_deterministic(mode):
+    block = make_block(16, 4, mode=mode, granularity=2, seed=1)
+    with torch.no_grad():
+        block.masker_spatial is not None and block.masker_spatial.conv.bias.zero_()
+    x = torch.randn(2, 16, 8, 8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a = block(x)
+        ma = block.last_masks
+    torch.manual_seed(2)
+    with torch.no_grad():
+        b = block(x)
+        mb = block.last_masks
+    assert torch.equal(a, b)
+    for f in ("grid", "mask3", "mask1", "channel"):
+        u, v = getattr(ma, f), getattr(mb, f)
+        assert (u is None and v is None) or torch.equal(u, v)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dyn_mode="sparse"), r"dyn_mode.*'sparse'"),
+    (dict(granularity=0), r"granularity.*0"),
+    (dict(granularity=-2), r"granularity.*-2"),
+    (dict(channel_granularity=3), r"channel_granularity 3.*width 8"),
+    (dict(channel_granularity=0), r"channel_granularity 0"),
+    (dict(channel_masker="attention"), r"channel_masker.*'attention'"),
+    (dict(dyn_mode="channel", channel_masker_layers=3), r"channel_masker_layers.*3"),
+    (dict(granularity=8, feature_size=7), r"granularity 8.*7x7"),
+    (dict(granularity=4, feature_size=(8, 3)), r"granularity 4.*8x3"),
+])
+def test_block_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LaudBottleneck(16, 8, **kwargs)
+
+
+def test_block_bad_input():
+    block = make_block(8, 2, granularity=4)
+    with pytest.raises(ValueError, match=r"4D input.*\(8, 6, 6\)"):
+        block(torch.randn(8, 6, 6))
+    with pytest.raises(ValueError, match=r"8 input channels, got 5"):
+        block(torch.randn(1, 5, 6, 6))
+    with pytest.raises(ValueError, match=r"granularity 4.*3x6"):
+        block(torch.randn(1, 8, 3, 6))
+    assert block(torch.randn(1, 8, 4, 6)).shape == (1, 8, 4, 6)

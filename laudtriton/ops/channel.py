@@ -12,10 +12,16 @@ The official block masks before BN, so an inactive channel carries κ = relu(bn(
 zero; the κ1 correction (``ops.kappa.conv2_correction``) is a per-pixel additive map that
 differs from its interior value only on the 1-pixel border. It is never dropped.
 
-Sliced weights and the bias map cost several passes over the weights, so they are cached
-per FoldedBlock and mask pattern in a bounded LRU (:class:`SliceCache`), attached to the
-FoldedBlock as the attribute ``_slice_cache`` on first use (the only state this module
-keeps; a new FoldedBlock, e.g. from ``fb.to(...)``, starts with an empty cache).
+On CPU (float32) every convolution runs through oneDNN with its weight pre-packed once
+and bias, residual add and ReLU fused (:class:`PackedConv`): F.conv2d re-orders its weight
+on every call, which dominates small maps at batch 1. Elsewhere (CUDA, other dtypes, a
+torch without those ops) PackedConv runs F.conv2d and separate add/ReLU.
+
+Sliced and packed weights and the bias map cost several passes over the weights, so they
+are cached per FoldedBlock, mask pattern and input size in a bounded LRU
+(:class:`SliceCache`), attached to the FoldedBlock as the attribute ``_slice_cache`` on
+first use (the only state this module keeps; a new FoldedBlock, e.g. from ``fb.to(...)``,
+starts with an empty cache). The ``compact`` layer variant shares it.
 """
 
 from __future__ import annotations
@@ -207,9 +213,13 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor,
         corr = conv2_correction(fb, active, in_hw) + b2  # [Ho·Wo, m]
         bias2 = corr.view(1, ho, wo, m).permute(0, 3, 1, 2)  # channels_last view
         b2 = None
-    conv1 = PackedConv.make(fb.w1[active][:, :, None, None], fb.b1[active], 1, 0, in_hw)
-    conv2 = PackedConv.make(fb.w2[active][:, active], b2, fb.stride, 1, in_hw)
-    conv3 = PackedConv.make(fb.w3[:, active][:, :, None, None], b3, 1, 0, (ho, wo))
+    if m == fb.width:  # dense: no copies
+        w1, b1, w2, w3 = fb.w1, fb.b1, fb.w2, fb.w3
+    else:
+        w1, b1, w2, w3 = fb.w1[active], fb.b1[active], fb.w2[active][:, active], fb.w3[:, active]
+    conv1 = PackedConv.make(w1[:, :, None, None], b1, 1, 0, in_hw)
+    conv2 = PackedConv.make(w2, b2, fb.stride, 1, in_hw)
+    conv3 = PackedConv.make(w3[:, :, None, None], b3, 1, 0, (ho, wo))
     return SlicedWeights(m, conv1, conv2, bias2, conv3, b3)
 
 
@@ -292,7 +302,8 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Te
 def slice_cost(spec: BlockSpec, rate: float) -> Cost:
     """Cost at channel rate ``rate``: multiply-adds conv1·r + conv2·r² + conv3·r + the dense
     downsample; bytes: input, identity and output once plus the sliced weights; launches:
-    torch ops per mask group (each sample its own group when batch > 1, the worst case)."""
+    torch ops per mask group without fusion (CUDA; the fused oneDNN path runs 3), each
+    sample its own group when batch > 1 (the worst case), plus its gather and scatter."""
     h, w = spec.in_hw
     ho, wo = spec.out_hw
     m = spec.width * rate
@@ -303,7 +314,7 @@ def slice_cost(spec: BlockSpec, rate: float) -> Cost:
         wts += spec.in_channels * spec.out_channels
     el = 2 if spec.dtype in ("float16", "bfloat16") else 4
     act = spec.batch * (spec.in_channels * h * w + 2 * spec.out_channels * ho * wo)
-    per_group = 7 if rate > 0 else 2
+    per_group = 8 if rate > 0 else 2
     groups = 1 if spec.batch == 1 else spec.batch
     launches = per_group * groups + int(spec.downsample) + (2 * groups if groups > 1 else 0)
     return Cost(flops=float(f * spec.batch), bytes=float(el * (act + wts)), launches=launches)

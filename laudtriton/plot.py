@@ -1,0 +1,263 @@
+"""Latency-vs-rate figures from sweep results (a sweep CSV or the autotune cache).
+
+Per model: one panel per distinct block spec (small multiples) with one line per variant
+(fastest config), the dense line, the ideal line (dense x FLOPs ratio) and, when given, the
+predicted line; and the whole-model curve (sum over every block). matplotlib (Agg, no
+pyplot state). ``laudtriton plot --from CSV|cache --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .ops.spec import BlockSpec
+from .ops.synthetic import synthetic_masks
+from .tune.sweep import ideal_flops_ratio, read_csv
+
+log = logging.getLogger("laudtriton")
+
+Rows = Sequence[Mapping]
+Predicted = Mapping[str, Mapping[float, float]]  # spec (short or key) -> {rate: seconds}
+_STYLE = {"dense": dict(color="black", lw=2.0, marker="s", ms=3),
+          "ideal": dict(color="0.45", lw=1.5, ls="--"),
+          "predicted": dict(color="tab:purple", lw=1.5, ls=":", marker="x", ms=4),
+          "best": dict(color="tab:red", lw=2.0, marker="*", ms=5)}
+_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:olive", "tab:brown",
+           "tab:pink", "tab:gray"]
+
+
+def rows_from_cache(cache) -> list[dict]:
+    """Sweep-like rows (model, block, spec, spec_key, rate, variant, config, seconds,
+    flops_ratio) from a TuneCache's current entries; models and block names come from
+    the entries' meta (entries without them go under model "cache")."""
+    rows = []
+    for e in cache.entries():
+        models = e.meta.get("models") or {"cache": [e.spec.short()]}
+        for model, blocks in models.items():
+            for b in blocks:
+                rows.append({"model": model, "block": b, "spec": e.spec.short(),
+                             "spec_key": e.spec.key(), "rate": e.rate_bucket,
+                             "variant": e.variant, "config": e.config, "seconds": e.seconds,
+                             "flops_ratio": e.meta.get("flops_ratio", "")})
+    return rows
+
+
+def _spec_of(row: Mapping) -> BlockSpec | None:
+    key = row.get("spec_key")
+    if not key:
+        return None
+    try:
+        return BlockSpec.from_dict(json.loads(key))
+    except (ValueError, TypeError):
+        return None
+
+
+def _group(rows: Rows):
+    """{figure key: {"blocks": {block: spec id}, "specs": {spec id: (label, spec|None)},
+    "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate: ratio}}}}."""
+    figs: dict[str, dict] = {}
+    for r in rows:
+        t = float(r["seconds"])
+        spec = _spec_of(r)
+        sid = r.get("spec_key") or r["spec"]
+        key = str(r["model"])
+        if spec is not None:
+            key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
+        g = figs.setdefault(key, {"blocks": {}, "specs": {}, "t": {}, "fr": {}})
+        if g["blocks"].get(r["block"], sid) != sid:
+            log.warning("plot: block %s of %s has several specs; keeping %s", r["block"],
+                        key, r["spec"])
+        g["blocks"][r["block"]] = sid
+        g["specs"].setdefault(sid, (str(r["spec"]), spec))
+        rate = round(float(r["rate"]), 6)
+        if math.isfinite(t):
+            cur = g["t"].setdefault(sid, {}).setdefault(r["variant"], {})
+            cur[rate] = min(t, cur.get(rate, math.inf))
+        if r.get("flops_ratio") not in (None, ""):
+            g["fr"].setdefault(sid, {})[rate] = float(r["flops_ratio"])
+    return figs
+
+
+def _flops_ratio(g: dict, sid: str, rate: float) -> float | None:
+    fr = g["fr"].get(sid, {}).get(rate)
+    if fr is None and g["specs"][sid][1] is not None:
+        spec = g["specs"][sid][1]
+        fr = ideal_flops_ratio(spec, synthetic_masks(spec, rate))
+        g["fr"].setdefault(sid, {})[rate] = fr
+    return fr
+
+
+def _curves(g: dict, sid: str, predicted: Predicted | None) -> dict[str, dict[float, float]]:
+    """{line name: {rate: seconds}}: variants, "best", "ideal", "predicted"."""
+    out = {v: dict(sorted(ts.items())) for v, ts in g["t"].get(sid, {}).items()}
+    rates = sorted({r for ts in out.values() for r in ts})
+    out["best"] = {r: min(ts[r] for ts in out.values() if r in ts) for r in rates}
+    if "dense" in out:
+        ideal = {}
+        for r, t in out["dense"].items():
+            fr = _flops_ratio(g, sid, r)
+            if fr is not None:
+                ideal[r] = t * fr
+        out["ideal"] = ideal
+    if predicted:
+        label = g["specs"][sid][0]
+        p = predicted.get(sid) or predicted.get(label)
+        if p:
+            out["predicted"] = {round(float(r), 6): float(t) for r, t in sorted(p.items())}
+    return out
+
+
+def _draw(ax, curves: dict[str, dict[float, float]], colors: dict[str, str]) -> None:
+    order = [k for k in ("dense", "ideal", "predicted") if k in curves]
+    order += sorted(k for k in curves if k not in ("dense", "ideal", "predicted", "best"))
+    for name in order:
+        pts = curves[name]
+        if not pts:
+            continue
+        style = _STYLE.get(name) or dict(color=colors[name], lw=1.5, marker="o", ms=3)
+        ax.plot(list(pts), [t * 1e3 for t in pts.values()], label=name, **style)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+
+
+def _legend(fig: Figure, axes) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
+               ncol=min(len(labels), 6), frameon=False, fontsize=9)
+
+
+def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
+                         predicted: Predicted | None = None) -> list[Path]:
+    """Write latency-vs-rate PNGs; returns their paths.
+
+    csv_or_rows: a sweep CSV path or rows (dicts with model, block, spec, rate, variant,
+    seconds; spec_key and flops_ratio for the ideal line). predicted: {spec short or
+    spec_key: {rate: seconds}}. Per model: ``<model>_blocks.png`` (one panel per distinct
+    block spec) and ``<model>_model.png`` (sum over all blocks: dense, each variant where
+    it covers every block, best per block, ideal, predicted).
+
+    Raises:
+        ValueError: if there is nothing to plot.
+    """
+    rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)
+    if not rows:
+        src = csv_or_rows if isinstance(csv_or_rows, (str, Path)) else "the rows given"
+        raise ValueError(f"no timings to plot in {src}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, g in _group(rows).items():
+        sids = list(dict.fromkeys(g["blocks"].values()))
+        curves = {sid: _curves(g, sid, predicted) for sid in sids}
+        variants = sorted({v for c in curves.values() for v in c
+                           if v not in ("dense", "ideal", "predicted", "best")})
+        colors = {v: _COLORS[i % len(_COLORS)] for i, v in enumerate(variants)}
+        paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir))
+        paths.append(_model_figure(key, g, curves, colors, out_dir))
+    return paths
+
+
+def _slug(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+
+
+def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
+    n = len(sids)
+    ncol = min(4, n)
+    nrow = math.ceil(n / ncol)
+    fig = Figure(figsize=(3.6 * ncol, 2.9 * nrow + 0.9), dpi=110)
+    axes = [fig.add_subplot(nrow, ncol, i + 1) for i in range(n)]
+    counts = {sid: sum(1 for s in g["blocks"].values() if s == sid) for sid in sids}
+    for ax, sid in zip(axes, sids):
+        _draw(ax, {k: v for k, v in curves[sid].items() if k != "best"}, colors)
+        names = [b for b, s in g["blocks"].items() if s == sid]
+        label = g["specs"][sid][0]
+        ax.set_title(f"{names[0]}" + (f" (+{counts[sid] - 1})" if counts[sid] > 1 else "")
+                     + f"\n{label}", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for i, ax in enumerate(axes):
+        if i % ncol == 0:
+            ax.set_ylabel("latency (ms)", fontsize=9)
+        if i >= n - ncol:
+            ax.set_xlabel("activation rate", fontsize=9)
+    fig.suptitle(f"{key}: block latency vs activation rate", fontsize=11)
+    _legend(fig, axes)
+    fig.tight_layout(rect=(0, 0.9 / (2.9 * nrow + 0.9) + 0.02, 1, 0.97))
+    path = out_dir / f"{_slug(key)}_blocks.png"
+    fig.savefig(path)
+    return path
+
+
+def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
+    """Whole model: per line, the sum over every block at rates where all blocks have it."""
+    blocks = list(g["blocks"].items())
+    names = {k for sid in curves for k in curves[sid]}
+    totals: dict[str, dict[float, float]] = {}
+    for name in names:
+        rates = set.intersection(*(set(curves[sid].get(name, {})) for _, sid in blocks))
+        totals[name] = {r: sum(curves[sid][name][r] for _, sid in blocks) for r in sorted(rates)}
+    fig = Figure(figsize=(6.4, 4.8), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    _draw(ax, {k: v for k, v in totals.items() if k != "best"}, colors)
+    if totals.get("best"):
+        ax.plot(list(totals["best"]), [t * 1e3 for t in totals["best"].values()],
+                label="best per block", **_STYLE["best"])
+    ax.set_xlabel("activation rate")
+    ax.set_ylabel("latency (ms), sum over blocks")
+    ax.set_title(f"{key}: {len(blocks)} dynamic blocks", fontsize=10)
+    _legend(fig, [ax])
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path = out_dir / f"{_slug(key)}_model.png"
+    fig.savefig(path)
+    return path
+
+
+def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``plot`` to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser("plot", help="latency-vs-rate PNGs from a sweep CSV or the cache",
+                              description="Latency vs activation rate per block and for the "
+                                          "whole model, from a sweep CSV or the cache.")
+    p.add_argument("--from", dest="source", required=True, metavar="CSV|cache",
+                   help="a sweep CSV, or 'cache' for this device's autotune cache")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--cache-dir", default=None, help="with --from cache")
+    p.add_argument("--device", default="cpu", help="with --from cache: whose timings")
+    p.set_defaults(func=run_plot)
+    return p
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
+    try:
+        if args.source == "cache":
+            from .tune.cache import TuneCache
+
+            rows = rows_from_cache(TuneCache(args.cache_dir, device=args.device))
+            if not rows:
+                raise ValueError("the autotune cache holds no current timings for device "
+                                 f"{args.device!r}; run 'laudtriton sweep' first")
+        else:
+            if not Path(args.source).is_file():
+                raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
+            rows = args.source
+        paths = plot_latency_vs_rate(rows, args.out)
+    except ValueError as e:
+        print(f"laudtriton plot: error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0

@@ -1,0 +1,427 @@
+"""The persistent autotune cache (DESIGN.md section 5).
+
+One JSON file per device fingerprint and schema version under ``autotune_cache/`` (or
+``$LAUDTRITON_CACHE_DIR``). Every timing is kept (every variant x config), not only the
+winner: the predictor trains on them, and adding one config re-times only that config.
+
+File layout::
+
+    {"schema": 1, "device": "<fingerprint>",
+     "entries": {"<key>": {"spec": {...BlockSpec...}, "rate_bucket": 0.5,
+                           "variant": "gather", "versions": {...}, "source_hash": "...",
+                           "timings": {"<config_key>": seconds, ...}, "meta": {...}}}}
+
+An entry's key holds the laudtriton/torch/triton versions, the hash of the variant's
+source (its module + ``laudtriton/kernels/*.py``), the BlockSpec (with S, dtype, batch),
+the rate bucket and the variant. Entries of other versions stay in the file but are
+hidden from :meth:`TuneCache.lookup`. Writes: temp file + ``os.replace`` under a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..ops.registry import get_variant
+from ..ops.spec import BlockSpec
+
+log = logging.getLogger("laudtriton")
+
+SCHEMA_VERSION = 1
+_PKG_DIR = Path(__file__).resolve().parent.parent  # laudtriton/
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_fingerprint(device: str | torch.device = "cpu") -> str:
+    """Name of the machine kind timings are valid for: "<GPU name> sm<major><minor>" for
+    CUDA, "<CPU model> <n>t" (torch threads) for CPU.
+
+    Raises:
+        ValueError: if ``device`` is not a CPU or CUDA device.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(idx)
+        return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"
+    if dev.type == "cpu":
+        return f"{_cpu_model()} {torch.get_num_threads()}t"
+    raise ValueError(f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
+
+
+def rate_bucket(rate: float, step: float = 0.1) -> float:
+    """Centre of the rate bucket nearest to ``rate`` (e.g. 0.47 -> 0.5 for step 0.1).
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1] or ``step`` is not in (0, 1].
+    """
+    if not 0.0 < step <= 1.0:
+        raise ValueError(f"step {step!r} must be in (0, 1]")
+    if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+        raise ValueError(f"rate {rate!r} must be a number in [0, 1]")
+    return round(min(1.0, round(rate / step) * step), 6)
+
+
+def current_versions() -> dict[str, str]:
+    """{"laudtriton", "torch", "triton"} versions ("none" when Triton is absent)."""
+    try:
+        tv = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        tv = "none"
+    return {"laudtriton": __version__, "torch": torch.__version__.split("+")[0], "triton": tv}
+
+
+def source_hash(variant_name: str) -> str:
+    """sha256 (16 hex) of the variant's module source and ``laudtriton/kernels/*.py``.
+
+    Raises:
+        ValueError: if the variant is not registered.
+    """
+    v = get_variant(variant_name)
+    files = sorted((_PKG_DIR / "kernels").glob("*.py"))
+    mod = inspect.getsourcefile(v.run)
+    if mod is not None:
+        files.insert(0, Path(mod))
+    h = hashlib.sha256()
+    for f in files:
+        with contextlib.suppress(OSError):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$LAUDTRITON_CACHE_DIR``, else ``<repo>/autotune_cache`` in a source tree, else
+    ``~/.cache/laudtriton``."""
+    env = os.environ.get("LAUDTRITON_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    repo = _PKG_DIR.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / "autotune_cache"
+    return Path.home() / ".cache" / "laudtriton"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:80] or "device"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One timing: ``seconds`` of ``variant`` with ``config`` (a config_key string) on
+    ``spec`` at ``rate_bucket``. meta: versions, source_hash, stale (from another version
+    or source), and what the writer recorded (model and block names, flops ratio, ...)."""
+
+    spec: BlockSpec
+    rate_bucket: float
+    variant: str
+    config: str
+    seconds: float
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``."""
+    try:
+        import filelock
+    except ImportError:
+        filelock = None
+    if filelock is not None:
+        with filelock.FileLock(str(lock_path), timeout=120):
+            yield
+        return
+    import fcntl
+
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load(path: Path) -> tuple[str | None, dict[str, dict]]:
+    """(device, entries) of the cache file ``path``; (None, {}) with a warning if it is
+    corrupt or of another schema, (None, {}) silently if it does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, {}
+    except OSError as e:
+        log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
+        return None, {}
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            raise ValueError("no 'entries' object")
+    except ValueError as e:
+        log.warning("autotune cache %s is corrupt (%s); ignoring it, it is rebuilt on the "
+                    "next write", path, e)
+        return None, {}
+    if data.get("schema") != SCHEMA_VERSION:
+        log.warning("autotune cache %s has schema %r, this laudtriton uses %d; ignoring it",
+                    path, data.get("schema"), SCHEMA_VERSION)
+        return None, {}
+    entries = {k: e for k, e in data["entries"].items() if _valid_entry(e)}
+    if len(entries) < len(data["entries"]):
+        log.warning("autotune cache %s: %d malformed entries ignored", path,
+                    len(data["entries"]) - len(entries))
+    return data.get("device"), entries
+
+
+def _read(path: Path, device: str) -> dict[str, dict]:
+    """Entries of ``path`` if it is a valid cache file of ``device``, else {}."""
+    found, entries = _load(path)
+    if entries and found != device:
+        log.warning("autotune cache %s is for device %r, not %r; ignoring it",
+                    path, found, device)
+        return {}
+    return entries
+
+
+def _valid_entry(e) -> bool:
+    if not (isinstance(e, dict) and isinstance(e.get("timings"), dict)
+            and isinstance(e.get("spec"), dict) and "variant" in e and "rate_bucket" in e):
+        return False
+    try:
+        BlockSpec.from_dict(e["spec"])
+        float(e["rate_bucket"])
+        return all(isinstance(t, (int, float)) for t in e["timings"].values())
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
+def _merge_meta(old: dict, new: dict) -> dict:
+    """New meta wins, except "models" ({model: [block names]}), which is a union."""
+    out = {**old, **new}
+    models = {m: list(b) for m, b in (old.get("models") or {}).items()}
+    for m, names in (new.get("models") or {}).items():
+        models[m] = sorted(set(models.get(m, [])) | set(names))
+    if models:
+        out["models"] = models
+    return out
+
+
+def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
+    for k, e in src.items():
+        if k in dst:
+            old = dst[k]
+            dst[k] = {**e, "timings": {**old["timings"], **e["timings"]},
+                      "meta": _merge_meta(old.get("meta") or {}, e.get("meta") or {})}
+        else:
+            dst[k] = e
+
+
+def _write(path: Path, device: str, entries: dict[str, dict]) -> None:
+    """Atomic write: a temp file in the same directory, then os.replace."""
+    data = {"schema": SCHEMA_VERSION, "device": device, "entries": entries}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class TuneCache:
+    """Persistent {BlockSpec x rate bucket x variant x config: seconds} for one device.
+
+    cache_dir: directory (default :func:`default_cache_dir`). device: the device the
+    timings are taken on (its fingerprint names the file). enabled: None reads
+    ``$LAUDTRITON_CACHE`` ("0" disables); a disabled cache keeps records in memory only.
+    versions: override of :func:`current_versions` (tests).
+
+    Never fatal: a corrupt or foreign file is reported and ignored; an unwritable
+    directory is reported once and the records stay in memory.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                 enabled: bool | None = None, *, versions: dict[str, str] | None = None):
+        if enabled is None:
+            enabled = os.environ.get("LAUDTRITON_CACHE", "1").strip() != "0"
+        self.enabled = bool(enabled)
+        self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.device = device_fingerprint(device)
+        self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"
+        self.versions = dict(versions) if versions is not None else current_versions()
+        self._memory: dict[str, dict] = {}  # records not (yet) on disk
+        self._hashes: dict[str, str | None] = {}
+        self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
+        self._warned_unwritable = False
+
+    # -- keys -------------------------------------------------------------------------
+    def _hash(self, variant: str) -> str | None:
+        if variant not in self._hashes:
+            try:
+                self._hashes[variant] = source_hash(variant)
+            except ValueError:  # not registered here: its entries cannot be validated
+                self._hashes[variant] = None
+        return self._hashes[variant]
+
+    def _key(self, spec: BlockSpec, bucket: float, variant: str, src: str | None) -> str:
+        v = self.versions
+        return (f"{spec.key()}|S={spec.granularity}|r={bucket:.6g}|{variant}|"
+                f"laudtriton={v['laudtriton']}|torch={v['torch']}|triton={v['triton']}|"
+                f"src={src}")
+
+    def _is_current(self, e: dict) -> bool:
+        return (e.get("versions") == self.versions
+                and e.get("source_hash") is not None
+                and e.get("source_hash") == self._hash(e["variant"]))
+
+    # -- reading ----------------------------------------------------------------------
+    def _disk(self) -> dict[str, dict]:
+        if not self.enabled:
+            return {}
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return {}
+        if self._loaded[0] != stamp:
+            self._loaded = (stamp, _read(self.path, self.device))
+        return self._loaded[1]
+
+    def _all(self) -> dict[str, dict]:
+        out = dict(self._disk())
+        _merge_into(out, self._memory)
+        return out
+
+    def lookup(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict[str, float]] | None:
+        """{variant: {config_key: seconds}} recorded for ``spec`` at ``rate_bucket`` with
+        the current versions and kernel sources; None when there is none."""
+        want = spec.key()
+        bucket = round(float(rate_bucket), 6)
+        out: dict[str, dict[str, float]] = {}
+        for e in self._all().values():
+            if (round(float(e["rate_bucket"]), 6) == bucket
+                    and BlockSpec.from_dict(e["spec"]).key() == want and self._is_current(e)):
+                out.setdefault(e["variant"], {}).update(
+                    {c: float(t) for c, t in e["timings"].items()})
+        return out or None
+
+    def entries(self, include_stale: bool = False) -> list[CacheEntry]:
+        """Every timing valid for the current versions (and, with ``include_stale``, the
+        hidden ones of other versions, marked ``meta["stale"] = True``)."""
+        out = []
+        for e in self._all().values():
+            stale = not self._is_current(e)
+            if stale and not include_stale:
+                continue
+            spec = BlockSpec.from_dict(e["spec"])
+            meta = {**(e.get("meta") or {}), "versions": e.get("versions"),
+                    "source_hash": e.get("source_hash"), "stale": stale}
+            for c, t in e["timings"].items():
+                out.append(CacheEntry(spec, float(e["rate_bucket"]), e["variant"], c,
+                                      float(t), meta))
+        return out
+
+    @property
+    def saved(self) -> bool:
+        """Whether every record so far is in the cache file (False when the cache is
+        disabled or its directory unwritable)."""
+        return self.enabled and not self._memory
+
+    # -- writing ----------------------------------------------------------------------
+    def record(self, spec: BlockSpec, rate_bucket: float,
+               timings: dict[str, dict[str, float]], meta: dict | None = None) -> None:
+        """Merge ``timings`` ({variant: {config_key: seconds}}) for ``spec`` at
+        ``rate_bucket`` into the cache file (atomic, under the lock). An unwritable
+        directory is reported once; the records then stay in memory."""
+        bucket = round(float(rate_bucket), 6)
+        new: dict[str, dict] = {}
+        for variant, cfgs in timings.items():
+            src = self._hash(variant)
+            new[self._key(spec, bucket, variant, src)] = {
+                "spec": spec.to_dict(), "rate_bucket": bucket, "variant": variant,
+                "versions": dict(self.versions), "source_hash": src,
+                "timings": {c: (float(t) if math.isfinite(t) else math.inf)
+                            for c, t in cfgs.items()},
+                "meta": dict(meta or {}),
+            }
+        _merge_into(self._memory, new)
+        if not self.enabled:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with _file_lock(self.path.with_name(self.path.name + ".lock")):
+                entries = _read(self.path, self.device)
+                _merge_into(entries, self._memory)
+                _write(self.path, self.device, entries)
+            self._memory.clear()
+            self._loaded = (None, {})
+        except OSError as e:
+            if not self._warned_unwritable:
+                log.warning("cannot write the autotune cache in %s (%s); results are kept in "
+                            "memory only and will not be saved", self.dir, e)
+                self._warned_unwritable = True
+
+    def clear(self) -> int:
+        """Delete every entry (file and memory); returns how many entries there were."""
+        n = len(self._all())
+        self._memory.clear()
+        self._loaded = (None, {})
+        if self.enabled:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        return n
+
+
+def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
+    """Merge cache files (several machines of one kind, or sweep shards) into
+    ``out_path`` (its own entries kept; later files win per config). Corrupt or
+    foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
+
+    Raises:
+        ValueError: if no input is given, an input is missing, or the inputs (and an
+            existing ``out_path``) are for different devices.
+    """
+    paths = [Path(p) for p in paths]
+    out = Path(out_path)
+    if not paths:
+        raise ValueError("merge needs at least one input cache file")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"cache files not found: {', '.join(missing)}")
+    devices: dict[str, str] = {}
+    merged: dict[str, dict] = {}
+    for p in ([out] if out.is_file() else []) + paths:
+        device, entries = _load(p)
+        if entries:
+            devices.setdefault(str(device), str(p))
+            _merge_into(merged, entries)
+    if len(devices) > 1:
+        listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
+        raise ValueError(f"cache files are for different devices: {listing}; merge files of "
+                         "one device kind only")
+    device = next(iter(devices), "unknown")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(out.with_name(out.name + ".lock")):
+        _write(out, device, merged)
+    return len(merged)

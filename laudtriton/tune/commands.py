@@ -1,0 +1,175 @@
+"""The ``laudtriton sweep`` and ``laudtriton cache ls|clear|merge`` subcommands.
+
+Wire them into the CLI with ``add_sweep_parser(subparsers)`` / ``add_cache_parser(
+subparsers)``; each sets ``func`` (``run_sweep`` / ``run_cache``) that takes the parsed
+args and returns the exit code (2 with a message on stderr for a user error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from .cache import TuneCache, merge_files
+from .sweep import DTYPES, MODELS, parse_rates, parse_shard, sweep
+
+
+def _fail(msg: str) -> int:
+    print(f"laudtriton: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'"
+                         ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA GPU is available here; use 'cpu'")
+    return dev
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``sweep`` to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "sweep", help="time every variant x config per block, rate and S into the cache",
+        description="Autotune sweep: time every variant x kernel config of every distinct "
+                    "block of a LAUD model at each activation rate; resumable (cached "
+                    "entries are skipped); writes the autotune cache and a CSV.")
+    p.add_argument("--model", default="laud_resnet50", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--mode", default="spatial",
+                   help="spatial | channel | layer | both, or per stage 'a-b-c-d'")
+    p.add_argument("--granularity", default="4-4-2-1", help="patch size S per stage, '4-4-2-1'")
+    p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--blocks", default=None,
+                   help="comma list of block names (layer3.0) or indices; default all")
+    p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards")
+    p.add_argument("--force", action="store_true", help="re-time what is cached")
+    p.add_argument("--clustered", action="store_true", help="clustered masks (one blob)")
+    p.add_argument("--csv", default=None,
+                   help="CSV of every timing (default sweep_<model>_<mode>_b<batch>.csv)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache directory (default $LAUDTRITON_CACHE_DIR or autotune_cache/)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_sweep)
+    return p
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run ``laudtriton sweep``; prints a summary table. Returns the exit code."""
+    try:
+        rates = parse_rates(args.rates)
+        shard = parse_shard(args.shard)
+        dev = _check_device(args.device)
+        if args.batch < 1:
+            raise ValueError(f"--batch {args.batch} must be >= 1")
+        if args.model not in MODELS:
+            raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
+        cache = TuneCache(args.cache_dir, device=dev)
+        csv_path = args.csv or (f"sweep_{args.model}_{args.mode}_{args.granularity}_"
+                                f"b{args.batch}_{dev.type}.csv")
+        res = sweep(args.model, mode=args.mode, granularity=args.granularity, rates=rates,
+                    batch=args.batch, device=str(dev), blocks=args.blocks, shard=shard,
+                    force=args.force, clustered=args.clustered, cache=cache,
+                    csv_path=csv_path, progress=not args.no_progress,
+                    input_size=args.input_size, dtype=args.dtype)
+    except ValueError as e:
+        return _fail(str(e))
+    _print_summary(res.rows)
+    print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache, "
+          f"{res.seconds:.1f} s; CSV: {res.csv_path}")
+    if res.saved:
+        print(f"cache: {cache.path}")
+    else:
+        why = ("disabled by LAUDTRITON_CACHE=0" if not cache.enabled
+               else f"directory not writable: {cache.dir}")
+        print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
+    return 0
+
+
+def _print_summary(rows: list[dict]) -> None:
+    """One line per (spec, rate): the fastest variant and its time vs dense."""
+    best: dict[tuple[str, float], dict] = {}
+    for r in rows:
+        k = (r["spec"], r["rate"])
+        if math.isfinite(r["seconds"]) and (k not in best or r["seconds"] < best[k]["seconds"]):
+            best[k] = r
+    if not best:
+        return
+    w = max(len(s) for s, _ in best)
+    print(f"{'block spec':<{w}}  {'rate':>5}  {'best':<14} {'ms':>8} {'dense ms':>9} "
+          f"{'x dense':>8}")
+    for (spec, rate), r in best.items():
+        print(f"{spec:<{w}}  {rate:>5.2f}  {r['variant']:<14} {r['seconds'] * 1e3:>8.3f} "
+              f"{r['dense_seconds'] * 1e3:>9.3f} {r['ratio']:>8.2f}")
+
+
+def add_cache_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``cache ls|clear|merge`` to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser("cache", help="list, clear or merge autotune cache files",
+                              description="The persistent autotune cache.")
+    sub = p.add_subparsers(dest="cache_cmd", metavar="ls|clear|merge")
+    sub.required = True
+    for name, help_ in (("ls", "list the cached timings of this device"),
+                        ("clear", "delete this device's cache file")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--cache-dir", default=None)
+        q.add_argument("--device", default="cpu")
+        if name == "ls":
+            q.add_argument("--all", action="store_true",
+                           help="also list entries hidden as stale (other versions/sources)")
+    q = sub.add_parser("merge", help="merge cache files (machines, shards) into one")
+    q.add_argument("files", nargs="+", help="cache JSON files")
+    q.add_argument("--out", required=True, help="output cache file (merged into if present)")
+    p.set_defaults(func=run_cache)
+    return p
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """Run ``laudtriton cache ls|clear|merge``. Returns the exit code."""
+    try:
+        if args.cache_cmd == "merge":
+            n = merge_files(args.files, args.out)
+            print(f"merged {len(args.files)} file(s) into {args.out}: {n} entries")
+            return 0
+        cache = TuneCache(args.cache_dir, device=_check_device(args.device))
+    except ValueError as e:
+        return _fail(str(e))
+    if not cache.enabled:
+        return _fail("the cache is disabled (LAUDTRITON_CACHE=0)")
+    if args.cache_cmd == "clear":
+        n = cache.clear()
+        print(f"removed {n} entries ({cache.path})")
+        return 0
+    _print_ls(cache, args.all)
+    return 0
+
+
+def _print_ls(cache: TuneCache, include_stale: bool) -> None:
+    entries = cache.entries(include_stale=include_stale)
+    groups: dict[tuple, list] = {}
+    for e in entries:
+        groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"]),
+                          []).append(e)
+    print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
+          + ("" if Path(cache.path).is_file() else " (no file yet)"))
+    if not groups:
+        return
+    w = max(len(k[0]) for k in groups)
+    print(f"{'block spec':<{w}}  {'rate':>5}  {'variant':<14} {'configs':>7} {'best ms':>9}")
+    for (spec, rate, variant, stale), es in sorted(groups.items()):
+        fin = [e.seconds for e in es if math.isfinite(e.seconds)]
+        b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
+        print(f"{spec:<{w}}  {rate:>5.2f}  {variant:<14} {len(es):>7} {b}"
+              + ("  (stale)" if stale else ""))

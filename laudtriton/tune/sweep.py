@@ -1,0 +1,373 @@
+"""The autotune sweep (DESIGN.md section 5): every BlockSpec x rate bucket x variant x
+kernel config of a LAUD model, timed on synthetic masks, kept in the cache and a CSV.
+
+Blocks with equal BlockSpec are tuned once; what the cache already holds (for the current
+versions and kernel sources) is skipped unless ``force``; a config added to a variant's
+space is the only thing timed on the next run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..nn.block import BlockMasks, LaudBottleneck
+from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
+from ..ops.fold import fold_block
+from ..ops.registry import Variant, variants_for
+from ..ops.spec import BlockSpec
+from ..ops.synthetic import synthetic_masks
+from .cache import TuneCache
+from .measure import config_key, time_variants
+from .timing import median_time
+
+MODELS: dict[str, Callable[..., LaudResNet]] = {
+    "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
+}
+CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
+              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device")
+DTYPES = ("float32", "float16", "bfloat16")
+
+# CPU timing budget per (variant, config, rate): reps = target / one call, clamped. A whole
+# LAUD-ResNet-50 spatial sweep at 10 rates then stays well under 10 min on 2 cores.
+TARGET_S = 0.2
+MIN_REPS, MAX_REPS, WARMUP = 5, 20, 2
+
+Prune = Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]
+
+
+def parse_rates(text: str) -> list[float]:
+    """"0.1:1.0:0.1" (start:stop:step, stop included) or "0.25,0.5" -> sorted rates.
+
+    Raises:
+        ValueError: naming ``--rates``, the value and the accepted forms.
+    """
+    accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise ValueError
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            rates = [round(start + i * step, 6) for i in range(n)]
+        else:
+            rates = [round(float(p), 6) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]
+    if bad or not rates:
+        raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad or rates}")
+    return sorted(set(rates))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" (1 <= i <= n) -> (i, n).
+
+    Raises:
+        ValueError: naming ``--shard``, the value and the accepted form.
+    """
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r} is malformed; accepted: 'i/n', e.g. '1/4'") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text!r}: need 1 <= i <= n, e.g. '1/4'")
+    return i, n
+
+
+def ideal_flops_ratio(spec: BlockSpec, masks: BlockMasks) -> float:
+    """Sparse/dense FLOPs of the block on ``masks`` (official accounting: conv1 x c x rate1,
+    conv2 x c^2 x rate2, conv3 x c x rate3 with rate3 the grid mean, dense downsample; no
+    maskers), averaged over the batch."""
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    c1 = spec.in_channels * spec.width * h * w
+    c2 = spec.width * spec.width * 9 * ho * wo
+    c3 = spec.width * spec.out_channels * ho * wo
+    ds = spec.in_channels * spec.out_channels * ho * wo if spec.downsample else 0
+    r1 = r2 = r3 = cr = 1.0
+    if masks.grid is not None:
+        r1 = masks.mask1.float().mean().item()
+        r2 = masks.mask3.float().mean().item()
+        r3 = masks.grid.float().mean().item()
+    if masks.channel is not None:
+        cr = masks.channel.float().mean().item()
+    return (c1 * cr * r1 + c2 * cr * cr * r2 + c3 * cr * r3 + ds) / (c1 + c2 + c3 + ds)
+
+
+def model_blocks(model: LaudResNet, input_size: int, batch: int = 1,
+                 dtype: str = "float32") -> list[tuple[str, LaudBottleneck, BlockSpec]]:
+    """(name, block, BlockSpec) of every dynamic block for inputs [batch, C, size, size],
+    from one CPU forward (batch 1) through the stem and the blocks."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.rand(1, model.conv1.in_channels, input_size, input_size)
+            h = model.stem(x)
+            out = []
+            for name, block in model.blocks():
+                out.append((name, block,
+                            BlockSpec.from_block(block, (batch, *h.shape[1:]), dtype)))
+                h = block(h)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _select(named: list[tuple[str, LaudBottleneck, BlockSpec]],
+            blocks: Sequence[str | int] | str | None):
+    if blocks is None:
+        return named
+    if isinstance(blocks, str):
+        blocks = [b.strip() for b in blocks.split(",") if b.strip()]
+    names = [n for n, _, _ in named]
+    keep = set()
+    for b in blocks:
+        if isinstance(b, int) or (isinstance(b, str) and b.isdigit()):
+            i = int(b)
+            if not 0 <= i < len(names):
+                raise ValueError(f"--blocks: index {i} out of range; the model has "
+                                 f"{len(names)} blocks (0..{len(names) - 1})")
+            keep.add(names[i])
+        elif b in names:
+            keep.add(b)
+        else:
+            raise ValueError(f"--blocks: unknown block {b!r}; known: {', '.join(names)} "
+                             "(or indices)")
+    return [t for t in named if t[0] in keep]
+
+
+def _reps(t_call: float) -> int:
+    if not math.isfinite(t_call) or t_call <= 0:
+        return MIN_REPS
+    return max(MIN_REPS, min(MAX_REPS, int(TARGET_S / t_call)))
+
+
+class _Progress:
+    """tqdm if importable, else one stderr line with an ETA; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.enabled, self.bar = enabled and total > 0, None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc="sweep", unit="item", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, note: str = "") -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update(1)
+            return
+        el = time.perf_counter() - self.t0
+        eta = el / self.done * (self.total - self.done)
+        sys.stderr.write(f"\rsweep {self.done}/{self.total} {el:.0f}s elapsed, ETA {eta:.0f}s "
+                         f"{note[:40]:<40}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+@dataclass
+class SweepResult:
+    """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
+    config. timed / cached: (spec, rate) items measured now / found in the cache.
+    saved: whether the cache file holds the results (False: unwritable or disabled)."""
+
+    rows: list[dict] = field(default_factory=list)
+    timed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    csv_path: Path | None = None
+    cache_path: Path | None = None
+    saved: bool = True
+
+
+def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
+          granularity: str | int | Sequence[int] = "4-4-2-1",
+          rates: Sequence[float] | str = "0.1:1.0:0.1", batch: int = 1,
+          device: str = "cpu", blocks: Sequence[str | int] | str | None = None,
+          shard: tuple[int, int] = (1, 1), force: bool = False, clustered: bool = False,
+          cache: TuneCache | None = None, csv_path: str | Path | None = None,
+          progress: bool = True, prune: Prune | None = None, *,
+          input_size: int | None = None, dtype: str = "float32", model_name: str | None = None,
+          seed: int = 0, warmup: int = WARMUP, reps: int | None = None) -> SweepResult:
+    """Time every variant x config of every distinct block of ``model`` at ``rates``.
+
+    model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``) or a
+    LaudResNet instance (``mode``/``granularity`` then come from it). Blocks are measured on
+    random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
+    synthetic masks of exactly round(rate*N) active cells. shard (i, n): this run takes
+    every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
+    configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
+    (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``. CPU timing:
+    ``warmup`` calls, then ``reps`` timed ones (None: TARGET_S / one dense call, clamped to
+    [MIN_REPS, MAX_REPS]); on CUDA ``do_bench`` decides.
+
+    Raises:
+        ValueError: unknown model, dtype or block, malformed rates/shard, bad batch.
+    """
+    t_start = time.perf_counter()
+    if isinstance(rates, str):
+        rates = parse_rates(rates)
+    rates = sorted({round(float(r), 6) for r in rates})
+    if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
+        raise ValueError(f"rates {rates!r} must be non-empty and lie in [0, 1]")
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    i_shard, n_shard = shard
+    if not 1 <= i_shard <= n_shard:
+        raise ValueError(f"shard {shard!r}: need (i, n) with 1 <= i <= n")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch {batch!r} must be a positive int")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
+        model_name = model_name or model
+        input_size = input_size or 224
+        model = MODELS[model](mode=mode, granularity=granularity, input_size=input_size)
+    else:
+        input_size = input_size or model.config.get("input_size") or 224
+        depths = tuple(model.config.get("depths", ()))
+        model_name = model_name or next((k for k, d in DEPTHS.items() if d == depths), "custom")
+    dev = torch.device(device)
+    backend = "cuda" if dev.type == "cuda" else "cpu"
+    cache = cache if cache is not None else TuneCache(device=dev)
+
+    named = _select(model_blocks(model, input_size, batch, dtype), blocks)
+    by_spec: dict[BlockSpec, list[tuple[str, LaudBottleneck]]] = {}
+    for name, block, spec in named:
+        by_spec.setdefault(spec, []).append((name, block))
+    items = [(s, r) for s in by_spec for r in rates][i_shard - 1::n_shard]
+
+    result = SweepResult(cache_path=cache.path if cache.enabled else None)
+    bar = _Progress(len(items), progress)
+    reps_of: dict[BlockSpec, int] = {}
+    tdtype = getattr(torch, dtype)
+    try:
+        for spec, rate in items:
+            members = by_spec[spec]
+            masks = synthetic_masks(spec, rate, seed=seed + int(round(rate * 1000)),
+                                    clustered=clustered, device=dev)
+            fr = ideal_flops_ratio(spec, masks)
+            known = cache.lookup(spec, rate) or {}
+            todo: dict[str, list[dict]] = {}
+            variants = {v.name: v for v in variants_for(spec, backend)}
+            for v in variants.values():
+                space = v.configs(spec)
+                if prune is not None:
+                    space = list(prune(spec, rate, v, space))
+                have = known.get(v.name, {})
+                missing = [c for c in space if force or config_key(c) not in have]
+                if missing:
+                    todo[v.name] = missing
+            if todo:
+                fb = fold_block(members[0][1], dtype=tdtype, device=dev)
+                x = torch.rand(batch, spec.in_channels, *spec.in_hw)
+                x = x.to(device=dev, dtype=tdtype).contiguous(memory_format=torch.channels_last)
+                if spec not in reps_of:
+                    reps_of[spec] = reps or _estimate_reps(variants, fb, x, masks, dev)
+                timings = time_variants(fb, spec, x, masks, [variants[n] for n in todo],
+                                        warmup=warmup, reps=reps_of[spec], configs=todo)
+                meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
+                        "clustered": clustered, "input_size": input_size,
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                cache.record(spec, rate, timings, meta)
+                for vn, cfgs in timings.items():
+                    known.setdefault(vn, {}).update(cfgs)
+                result.timed += 1
+            else:
+                result.cached += 1
+            result.rows.extend(_rows(model_name, members, spec, rate, known, fr, cache.device))
+            bar.update(f"{spec.short()} r={rate:g}")
+    finally:
+        bar.close()
+    result.saved = cache.saved
+    if csv_path is not None:
+        result.csv_path = write_csv(result.rows, csv_path)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
+    """Reps for one spec from one warm dense call (the sparse ones are rarely slower)."""
+    dense = variants.get("dense") or next(iter(variants.values()), None)
+    if dense is None:
+        return MIN_REPS
+    try:
+        with torch.no_grad():
+            t = median_time(lambda: dense.run(fb, x, masks, {}), dev, warmup=1, reps=1)
+    except Exception:  # the timing itself reports failures; only the estimate is lost
+        return MIN_REPS
+    return _reps(t)
+
+
+def _rows(model_name, members, spec, rate, timings, fr, device) -> list[dict]:
+    dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
+    d = min(dense) if dense else math.nan
+    out = []
+    for name, _ in members:
+        for vn in sorted(timings, key=lambda n: (n != "dense", n)):
+            for cfg, t in sorted(timings[vn].items()):
+                out.append({
+                    "model": model_name, "block": name, "spec": spec.short(),
+                    "S": spec.granularity, "rate": rate, "variant": vn, "config": cfg,
+                    "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
+                    "flops_ratio": fr, "spec_key": spec.key(), "device": device,
+                })
+    return out
+
+
+def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a sweep CSV with numeric columns parsed.
+
+    Raises:
+        ValueError: if the file lacks a column the plots need.
+    """
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    need = {"model", "block", "spec", "rate", "variant", "seconds"}
+    if rows and not need <= set(rows[0]):
+        raise ValueError(f"{path}: not a sweep CSV; missing columns "
+                         f"{sorted(need - set(rows[0]))}")
+    for r in rows:
+        for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio"):
+            if r.get(k) not in (None, ""):
+                r[k] = float(r[k])
+        if r.get("S") not in (None, ""):
+            r["S"] = int(r["S"])
+    return rows

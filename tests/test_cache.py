@@ -1,0 +1,223 @@
+"""The persistent autotune cache: round trip, concurrency, corruption, versions, merge."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+
+import pytest
+
+from laudtriton.ops import BlockSpec, all_variants
+from laudtriton.tune import cache as cache_mod
+from laudtriton.tune.cache import (
+    SCHEMA_VERSION,
+    TuneCache,
+    device_fingerprint,
+    merge_files,
+    rate_bucket,
+)
+
+SPEC = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
+SPEC2 = SPEC.with_(stride=2, downsample=True, out_channels=96, in_hw=(15, 15))
+
+
+def _names() -> list[str]:
+    """Two registered variant names (dense first), whatever the registry holds."""
+    names = [v.name for v in all_variants()]
+    other = next(n for n in names if n != "dense")
+    return ["dense", other]
+
+
+def _timings(scale: float = 1.0) -> dict[str, dict[str, float]]:
+    a, b = _names()
+    return {a: {"{}": 1e-3 * scale}, b: {'{"BLOCK":16}': 5e-4 * scale, '{"BLOCK":32}': math.inf}}
+
+
+def test_round_trip_across_instances(tmp_path):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, _timings(), meta={"models": {"m": ["layer1.1"]}})
+    c.record(SPEC2, 0.3, _timings(2.0))
+    fresh = TuneCache(tmp_path)
+    assert fresh.path == c.path and fresh.path.is_file()
+    assert fresh.lookup(SPEC, 0.5) == _timings()
+    assert fresh.lookup(SPEC2, 0.3) == _timings(2.0)
+    assert fresh.lookup(SPEC, 0.3) is None
+    assert fresh.lookup(SPEC.with_(batch=2), 0.5) is None
+    assert fresh.lookup(SPEC.with_(dtype="float16"), 0.5) is None
+    assert fresh.lookup(SPEC.with_(granularity=1), 0.5) is None
+    entries = fresh.entries()
+    assert len(entries) == 6
+    e = next(e for e in entries if e.spec == SPEC and e.variant == "dense")
+    assert e.meta["models"] == {"m": ["layer1.1"]} and not e.meta["stale"]
+    assert e.rate_bucket == 0.5 and e.seconds == 1e-3
+
+
+def test_record_merges_configs_and_meta(tmp_path):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.4, {"dense": {"{}": 2e-3}}, meta={"models": {"m": ["a"]}})
+    name = _names()[1]
+    c.record(SPEC, 0.4, {name: {'{"BLOCK":16}': 1e-3}}, meta={"models": {"m": ["b"]}})
+    c.record(SPEC, 0.4, {name: {'{"BLOCK":64}': 3e-3}, "dense": {"{}": 1.5e-3}},
+             meta={"models": {"m": ["b"]}})
+    got = TuneCache(tmp_path).lookup(SPEC, 0.4)
+    assert got == {"dense": {"{}": 1.5e-3}, name: {'{"BLOCK":16}': 1e-3, '{"BLOCK":64}': 3e-3}}
+    metas = {e.variant: e.meta["models"] for e in TuneCache(tmp_path).entries()}
+    assert metas["dense"] == {"m": ["a", "b"]}
+
+
+@pytest.mark.parametrize("rate,step,want", [
+    (0.47, 0.1, 0.5), (0.04, 0.1, 0.0), (0.96, 0.1, 1.0), (0.3, 0.1, 0.3),
+    (0.26, 0.05, 0.25), (1.0, 0.25, 1.0), (0.0, 0.1, 0.0), (0.71, 0.2, 0.8),
+])
+def test_rate_bucket(rate, step, want):
+    assert rate_bucket(rate, step) == want
+
+
+@pytest.mark.parametrize("rate,step", [(-0.1, 0.1), (1.5, 0.1), (0.5, 0.0), (0.5, -1), ("x", 0.1)])
+def test_rate_bucket_rejects(rate, step):
+    with pytest.raises(ValueError, match="rate|step"):
+        rate_bucket(rate, step)
+
+
+def test_device_fingerprint():
+    fp = device_fingerprint("cpu")
+    assert fp.endswith(f"{__import__('torch').get_num_threads()}t") and len(fp) > 3
+    with pytest.raises(ValueError, match="device 'meta'"):
+        device_fingerprint("meta")
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    c = TuneCache(path)
+    for i in range(n):
+        c.record(SPEC.with_(batch=1 + worker), round(i / n, 6), {"dense": {"{}": i + 1.0}})
+
+
+def test_two_processes_lose_no_entry(tmp_path):
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    n = 12
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, n)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    c = TuneCache(tmp_path)
+    for w in range(2):
+        for i in range(n):
+            assert c.lookup(SPEC.with_(batch=1 + w), round(i / n, 6)) == {"dense": {"{}": i + 1.0}}
+    assert len(c.entries()) == 2 * n
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"schema": 1}', "[]", ""])
+def test_corrupt_file_warns_and_is_rebuilt(tmp_path, caplog, content):
+    c = TuneCache(tmp_path)
+    c.dir.mkdir(parents=True, exist_ok=True)
+    c.path.write_text(content)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+    assert "corrupt" in caplog.text and str(c.path) in caplog.text
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    assert data["schema"] == SCHEMA_VERSION and len(data["entries"]) == 1
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
+def test_foreign_schema_and_device_are_ignored(tmp_path, caplog):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    for change, word in (({"schema": SCHEMA_VERSION + 1}, "schema"),
+                         ({"device": "Some Other CPU 64t"}, "device")):
+        c.path.write_text(json.dumps({**data, **change}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="laudtriton"):
+            assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+        assert word in caplog.text
+
+
+def test_version_change_hides_old_entries(tmp_path):
+    old = dict(cache_mod.current_versions(), torch="1.0.0")
+    TuneCache(tmp_path, versions=old).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    c = TuneCache(tmp_path)
+    assert c.lookup(SPEC, 0.5) is None and c.entries() == []
+    stale = c.entries(include_stale=True)
+    assert len(stale) == 1 and stale[0].meta["stale"]
+    c.record(SPEC, 0.5, {"dense": {"{}": 2e-3}})  # both versions live side by side
+    assert c.lookup(SPEC, 0.5) == {"dense": {"{}": 2e-3}}
+    assert TuneCache(tmp_path, versions=old).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
+def test_kernel_source_change_hides_old_entries(tmp_path, monkeypatch):
+    TuneCache(tmp_path).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    monkeypatch.setattr(cache_mod, "source_hash", lambda name: "0123456789abcdef")
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+
+
+def test_unwritable_dir_is_not_fatal(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a directory should be: fails even as root
+    c = TuneCache(blocker / "sub")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+        c.record(SPEC, 0.6, {"dense": {"{}": 2e-3}})
+    assert caplog.text.count("cannot write the autotune cache") == 1
+    assert not c.saved
+    assert c.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    assert len(c.entries()) == 2
+
+
+def test_env_dir_and_disable(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "env"))
+    c = TuneCache()
+    assert c.path.parent == tmp_path / "env"
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    off = TuneCache()
+    assert not off.enabled
+    off.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert off.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    assert not off.path.exists() and not off.saved
+    monkeypatch.delenv("LAUDTRITON_CACHE")
+    assert TuneCache().lookup(SPEC, 0.5) is None
+
+
+def test_clear(tmp_path):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, _timings())
+    assert c.clear() == 2
+    assert not c.path.exists() and c.lookup(SPEC, 0.5) is None
+
+
+def test_merge_files(tmp_path, caplog):
+    a, b = TuneCache(tmp_path / "a"), TuneCache(tmp_path / "b")
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    b.record(SPEC, 0.5, {"dense": {"{}": 3e-3}})  # same key: the later file wins
+    b.record(SPEC2, 0.2, {"dense": {"{}": 2e-3}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    out = tmp_path / "out" / a.path.name
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert merge_files([a.path, b.path, bad], out) == 2
+    assert "corrupt" in caplog.text
+    m = TuneCache(out.parent)
+    assert m.lookup(SPEC, 0.5) == {"dense": {"{}": 3e-3}}
+    assert m.lookup(SPEC2, 0.2) == {"dense": {"{}": 2e-3}}
+
+
+def test_merge_files_rejects(tmp_path):
+    a = TuneCache(tmp_path / "a")
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    other = tmp_path / "other.json"
+    data = json.loads(a.path.read_text())
+    other.write_text(json.dumps({**data, "device": "Another CPU 8t"}))
+    with pytest.raises(ValueError, match="different devices"):
+        merge_files([a.path, other], tmp_path / "o.json")
+    with pytest.raises(ValueError, match="not found"):
+        merge_files([a.path, tmp_path / "missing.json"], tmp_path / "o.json")
+    with pytest.raises(ValueError, match="at least one"):
+        merge_files([], tmp_path / "o.json")
+    assert not (tmp_path / "o.json").exists()
+    assert os.listdir(tmp_path / "a")  # inputs untouched

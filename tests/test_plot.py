@@ -1,0 +1,103 @@
+"""Latency-vs-rate plots from a tiny CSV, from rows and from the cache."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from laudtriton.ops import BlockSpec
+from laudtriton.plot import _curves, _group, add_plot_parser, plot_latency_vs_rate
+from laudtriton.tune.cache import TuneCache
+from laudtriton.tune.sweep import write_csv
+
+SPECS = [BlockSpec(24, 6, 24, 1, False, (10, 10), "spatial", 2),
+         BlockSpec(24, 12, 48, 2, True, (10, 10), "spatial", 1)]
+BLOCKS = [("layer1.0", 0), ("layer1.1", 0), ("layer2.0", 1)]
+
+
+def _rows(with_ratio: bool = True) -> list[dict]:
+    rows = []
+    for name, i in BLOCKS:
+        spec = SPECS[i]
+        for rate in (0.2, 0.5, 0.9):
+            dense = 1e-3 * (i + 1)
+            for variant, t in (("dense", dense), ("v_fast", dense * (0.2 + rate)),
+                               ("v_slow", dense * 1.3)):
+                for cfg, k in (("{}", 1.0), ('{"B":2}', 1.1)):
+                    rows.append({"model": "tinynet", "block": name, "spec": spec.short(),
+                                 "S": spec.granularity, "rate": rate, "variant": variant,
+                                 "config": cfg, "seconds": t * k, "dense_seconds": dense,
+                                 "ratio": t * k / dense,
+                                 "flops_ratio": rate if with_ratio else "",
+                                 "spec_key": spec.key(), "device": "cpu"})
+    return rows
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_plot_from_csv(tmp_path):
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    paths = plot_latency_vs_rate(csv, tmp_path / "png")
+    assert [p.name for p in paths] == ["tinynet_spatial_b1_float32_blocks.png",
+                                       "tinynet_spatial_b1_float32_model.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+@pytest.mark.parametrize("with_ratio", [True, False])
+def test_curves(with_ratio):
+    g = next(iter(_group(_rows(with_ratio)).values()))
+    assert list(g["blocks"]) == ["layer1.0", "layer1.1", "layer2.0"]
+    sid = SPECS[0].key()
+    pred = {SPECS[0].short(): {0.2: 5e-4, 0.9: 9e-4}}
+    c = _curves(g, sid, pred)
+    assert c["dense"] == {0.2: 1e-3, 0.5: 1e-3, 0.9: 1e-3}  # fastest config per rate
+    assert c["v_fast"][0.5] == pytest.approx(0.7e-3)
+    assert c["best"] == {r: min(c["dense"][r], c["v_fast"][r]) for r in (0.2, 0.5, 0.9)}
+    assert c["predicted"] == {0.2: 5e-4, 0.9: 9e-4}
+    for r, t in c["ideal"].items():  # dense x FLOPs ratio
+        fr = r if with_ratio else t / 1e-3
+        assert t == pytest.approx(1e-3 * fr) and 0 < fr < 1
+
+
+def test_plot_rows_with_predicted_and_failed(tmp_path):
+    rows = _rows()
+    rows.append({**rows[0], "variant": "v_broken", "seconds": float("inf")})
+    paths = plot_latency_vs_rate(rows, tmp_path, predicted={SPECS[1].key(): {0.5: 1e-3}})
+    assert len(paths) == 2 and all(_is_png(p) for p in paths)
+
+
+def test_plot_rejects_empty(tmp_path):
+    write_csv([], tmp_path / "e.csv")
+    with pytest.raises(ValueError, match="no timings"):
+        plot_latency_vs_rate(tmp_path / "e.csv", tmp_path)
+
+
+def _run(argv):
+    p = argparse.ArgumentParser()
+    add_plot_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+def test_plot_command_from_cache(tmp_path, capsys):
+    c = TuneCache(tmp_path / "cache")
+    assert _run(["plot", "--from", "cache", "--cache-dir", str(c.dir),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no current timings" in capsys.readouterr().err
+    for rate in (0.25, 0.75):
+        c.record(SPECS[0], rate, {"dense": {"{}": 1e-3}},
+                 meta={"models": {"tinynet": ["layer1.0", "layer1.1"]}, "flops_ratio": rate})
+    assert _run(["plot", "--from", "cache", "--cache-dir", str(c.dir),
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.split()
+    assert len(out) == 2 and all(_is_png(Path(p)) for p in out)
+
+
+def test_plot_command_missing_csv(tmp_path, capsys):
+    assert _run(["plot", "--from", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no such CSV" in err and "Traceback" not in err

@@ -1,0 +1,218 @@
+"""The autotune sweep: parsing, dedup of equal specs, resume from the cache, shards, prune,
+CSV, and the sweep/cache subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+
+import pytest
+
+from laudtriton.nn import LaudResNet
+from laudtriton.ops import variants_for
+from laudtriton.tune import sweep as sweep_mod
+from laudtriton.tune.cache import TuneCache
+from laudtriton.tune.commands import add_cache_parser, add_sweep_parser
+from laudtriton.tune.sweep import CSV_FIELDS, parse_rates, parse_shard, read_csv, sweep
+
+FAST = dict(progress=False, warmup=1, reps=1)
+
+
+def tiny(depths=(1, 1, 1, 1)) -> LaudResNet:
+    return LaudResNet(depths, width_mult=0.25, input_size=64, granularity="2-2-1-1")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts time_variants calls: [(spec, {variant: [configs]}, grid rate)]."""
+    calls = []
+    real = sweep_mod.time_variants
+
+    def spy(fb, spec, x, masks, variants, warmup, reps, configs):
+        calls.append((spec, {k: list(v) for k, v in configs.items()},
+                      round(masks.grid.mean().item(), 2)))
+        assert x.abs().sum() > 0  # never time on zeros
+        return real(fb, spec, x, masks, variants, warmup=warmup, reps=reps, configs=configs)
+
+    monkeypatch.setattr(sweep_mod, "time_variants", spy)
+    return calls
+
+
+@pytest.mark.parametrize("text,want", [
+    ("0.1:1.0:0.1", [round(0.1 * i, 6) for i in range(1, 11)]),
+    ("0:1:0.25", [0.0, 0.25, 0.5, 0.75, 1.0]),
+    ("0.5,0.25", [0.25, 0.5]),
+    ("0.5", [0.5]),
+    ("0.3:0.3:0.1", [0.3]),
+])
+def test_parse_rates(text, want):
+    assert parse_rates(text) == want
+
+
+@pytest.mark.parametrize("text", ["abc", "0.1:1.0", "0.5:0.1:0.1", "0.1:1:0", "1.5", "",
+                                  "0.2,,0.3", "-0.1:0.5:0.1", "0.1:1:0.1:2"])
+def test_parse_rates_rejects(text):
+    with pytest.raises(ValueError, match="--rates"):
+        parse_rates(text)
+
+
+@pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("4/4", (4, 4)), ("1/1", (1, 1))])
+def test_parse_shard(text, want):
+    assert parse_shard(text) == want
+
+
+@pytest.mark.parametrize("text", ["0/4", "5/4", "a/b", "1-4", "1/4/2", ""])
+def test_parse_shard_rejects(text):
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)
+
+
+def test_sweep_resumes_from_cache(tmp_path, counted):
+    model = tiny()
+    r1 = sweep(model, rates=[0.25, 0.75], cache=TuneCache(tmp_path), csv_path=tmp_path / "a.csv",
+               **FAST)
+    n_specs = len({s for _, _, s in sweep_mod.model_blocks(model, 64)})
+    assert r1.timed == 2 * n_specs == len(counted) and r1.cached == 0 and r1.saved
+    for spec, todo, _ in counted:
+        assert set(todo) == {v.name for v in variants_for(spec, "cpu")}
+    rows = read_csv(tmp_path / "a.csv")
+    assert list(rows[0]) == list(CSV_FIELDS) and len(rows) == len(r1.rows)
+    for r in rows:
+        assert r["seconds"] > 0 and r["dense_seconds"] > 0
+        assert r["ratio"] == pytest.approx(r["seconds"] / r["dense_seconds"])
+        assert 0 < r["flops_ratio"] <= 1
+
+    counted.clear()
+    r2 = sweep(model, rates=[0.25, 0.75], cache=TuneCache(tmp_path), **FAST)
+    assert counted == [] and r2.timed == 0 and r2.cached == r1.timed
+    key = ("block", "rate", "variant", "config", "seconds")
+    assert sorted(tuple(r[k] for k in key) for r in r2.rows) == \
+        sorted(tuple(r[k] for k in key) for r in r1.rows)
+
+    r3 = sweep(model, rates=[0.25, 0.5], cache=TuneCache(tmp_path), **FAST)  # one new rate
+    assert r3.timed == n_specs and r3.cached == n_specs
+    counted.clear()
+    r4 = sweep(model, rates=[0.25], cache=TuneCache(tmp_path), force=True, **FAST)
+    assert r4.timed == n_specs == len(counted)
+
+
+def test_equal_specs_tuned_once(tmp_path, counted):
+    model = tiny((1, 1, 3, 1))  # layer3.1 and layer3.2 share one BlockSpec
+    res = sweep(model, rates=[0.5], cache=TuneCache(tmp_path), blocks="layer3.1,layer3.2",
+                **FAST)
+    assert res.timed == 1 and len(counted) == 1
+    assert {r["block"] for r in res.rows} == {"layer3.1", "layer3.2"}
+    by_block = {b: sorted((r["variant"], r["seconds"]) for r in res.rows if r["block"] == b)
+                for b in ("layer3.1", "layer3.2")}
+    assert by_block["layer3.1"] == by_block["layer3.2"]
+    meta = TuneCache(tmp_path).entries()[0].meta
+    assert meta["models"] == {"custom": ["layer3.1", "layer3.2"]}
+
+
+def test_prune_hook_and_block_indices(tmp_path, counted):
+    seen = []
+
+    def prune(spec, rate, variant, configs):
+        seen.append((spec.short(), rate, variant.name, len(configs)))
+        return configs if variant.name == "dense" else []
+
+    res = sweep(tiny(), rates=[0.4], cache=TuneCache(tmp_path), blocks=[0], prune=prune, **FAST)
+    assert res.timed == 1 and counted[0][1].keys() == {"dense"}
+    assert {v for _, _, v, _ in seen} == {v.name for v in variants_for(counted[0][0], "cpu")}
+    assert {r["variant"] for r in res.rows} == {"dense"}
+
+
+def test_shards_partition_the_work(tmp_path, counted):
+    model = tiny()
+    done = []
+    for i in (1, 2):
+        counted.clear()
+        sweep(model, rates=[0.3, 0.6], cache=TuneCache(tmp_path / str(i)), shard=(i, 2), **FAST)
+        done.append({(s, json.dumps(sorted(t)), r) for s, t, r in counted})
+    assert done[0] and done[1] and not done[0] & done[1]
+    counted.clear()
+    sweep(model, rates=[0.3, 0.6], cache=TuneCache(tmp_path / "all"), **FAST)
+    assert len(counted) == len(done[0]) + len(done[1])
+
+
+def test_unwritable_cache_sweep_goes_on(tmp_path):
+    (tmp_path / "f").write_text("x")
+    res = sweep(tiny(), rates=[0.5], cache=TuneCache(tmp_path / "f" / "c"), blocks=["layer4.0"],
+                **FAST)
+    assert res.timed == 1 and not res.saved and res.rows
+    assert all(math.isfinite(r["seconds"]) for r in res.rows)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(model="resnet18"), "model 'resnet18' unknown"),
+    (dict(blocks="layer9.9"), "--blocks: unknown block 'layer9.9'"),
+    (dict(blocks=[99]), "--blocks: index 99"),
+    (dict(rates="0.1:2:0.5"), "--rates"),
+    (dict(shard=(3, 2)), "shard"),
+    (dict(batch=0), "batch 0"),
+    (dict(dtype="float8"), "dtype 'float8'"),
+])
+def test_sweep_rejects(tmp_path, kwargs, match):
+    args = dict(model=tiny(), rates=[0.5], cache=TuneCache(tmp_path), **FAST)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sweep(**args)
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    add_sweep_parser(sub)
+    add_cache_parser(sub)
+    return p
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sweep", "--rates", "0.1:x"], "--rates"),
+    (["sweep", "--shard", "2/1"], "--shard"),
+    (["sweep", "--model", "vgg"], "--model 'vgg'"),
+    (["sweep", "--device", "tpu"], "--device 'tpu'"),
+    (["sweep", "--granularity", "4-4-2"], "granularity '4-4-2' has 3 stages"),
+    (["cache", "merge", "nope.json", "--out", "x.json"], "not found"),
+])
+def test_commands_user_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(argv + (["--cache-dir", str(tmp_path)] if argv[0] == "sweep"
+                                        else []))
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_cache_commands(tmp_path, capsys):
+    c = TuneCache(tmp_path)
+    from laudtriton.ops import BlockSpec
+
+    spec = BlockSpec(32, 8, 32, 1, False, (9, 9), "spatial", 3)
+    c.record(spec, 0.5, {"dense": {"{}": 2e-3}})
+    p = _parser()
+    args = p.parse_args(["cache", "ls", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "1 entries" in out and spec.short() in out and "2.000" in out
+    args = p.parse_args(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")])
+    assert args.func(args) == 0 and "1 entries" in capsys.readouterr().out
+    args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 0 and "removed 1" in capsys.readouterr().out
+    assert not c.path.exists()
+
+
+def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
+            "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "1 (spec, rate) items timed" in out and "cache:" in out
+    with open(tmp_path / "s.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["block"] for r in rows} == {"layer4.2"} and rows[0]["model"] == "laud_resnet50"

@@ -152,6 +152,26 @@ def test_slice_cache_hits_and_bound():
         SliceCache(capacity=0)
 
 
+def test_slice_cache_follows_weights_and_copies():
+    """A weight changed in place or replaced invalidates the cache; copies start empty."""
+    blk, x, masks, ref = calibrated(2, "MLP", 2, 16, 8, 2, (7, 9), 3, 0.5)
+    fb = fold_block(blk)
+    xc = x.contiguous(memory_format=CL)
+    first = slice_block(fb, xc, masks)
+    clone = copy.deepcopy(fb)
+    assert len(slice_cache(clone)) == 0
+    assert torch.equal(slice_block(clone, xc, masks), first)
+    with torch.no_grad():
+        blk.conv3.weight.mul_(-1.5)
+        fb.w3.mul_(-1.5)
+    new_ref = reference_with_masks(blk, x, masks.channel)
+    assert_close(slice_block(fb, xc, masks), new_ref)
+    fb.w2 = fb.w2 * 0.5
+    with torch.no_grad():
+        blk.conv2.weight.mul_(0.5)
+    assert_close(slice_block(fb, xc, masks), reference_with_masks(blk, x, masks.channel))
+
+
 @pytest.mark.parametrize("stride,k,relu", [(1, 1, True), (2, 3, False), (1, 3, True)])
 def test_packed_conv_matches_plain(stride, k, relu):
     g = torch.Generator().manual_seed(5)

@@ -146,16 +146,24 @@ class SlicedWeights:
 class SliceCache:
     """Bounded LRU of :class:`SlicedWeights` of one FoldedBlock, keyed by mask pattern and
     input size, plus the packed downsample per input size. Not thread-safe (one forward at
-    a time per compiled block)."""
+    a time per compiled block). Copies and pickles of it are empty (packed oneDNN weights
+    can be neither deep-copied nor saved, and a cache is derived data).
 
-    def __init__(self, capacity: int = CACHE_SIZE):
+    owner: the fingerprint of the FoldedBlock tensors it was built from (see
+    :func:`slice_cache`)."""
+
+    def __init__(self, capacity: int = CACHE_SIZE, owner: tuple = ()):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.owner = owner
         self._entries: OrderedDict[tuple, SlicedWeights] = OrderedDict()
         self._downsample: dict[tuple[int, int], PackedConv] = {}
         self.hits = 0
         self.misses = 0
+
+    def __reduce__(self):
+        return (SliceCache, (self.capacity,))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -223,11 +231,20 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor,
     return SlicedWeights(m, conv1, conv2, bias2, conv3, b3)
 
 
+def _fingerprint(fb: FoldedBlock) -> tuple:
+    """Storage and in-place version of every tensor of ``fb``: changes when a weight is
+    replaced (``fb.w2 = ...``, a shallow copy with new weights) or modified in place."""
+    ts = (fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3, fb.wd, fb.bd, fb.kappa1, fb.kappa2)
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in ts) + (fb.stride,)
+
+
 def slice_cache(fb: FoldedBlock) -> SliceCache:
-    """The SliceCache attached to ``fb`` (attribute ``_slice_cache``), created on first use."""
+    """The SliceCache attached to ``fb`` (attribute ``_slice_cache``), created on first use
+    and replaced by an empty one when ``fb``'s tensors changed since it was built."""
     c = getattr(fb, "_slice_cache", None)
-    if c is None:
-        c = SliceCache()
+    owner = _fingerprint(fb)
+    if c is None or c.owner != owner:
+        c = SliceCache(owner=owner)
         fb._slice_cache = c
     return c
 

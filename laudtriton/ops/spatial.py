@@ -40,33 +40,73 @@ CL = torch.channels_last
 # least this fraction of the batch's pixels; its rows outside mask1 are never read.
 DENSE_CONV1_FRACTION = 0.85
 
+_MKLDNN_CONV = torch.ops.aten.mkldnn_convolution
+
+
+def _use_mkldnn(t: torch.Tensor) -> bool:
+    return (t.device.type == "cpu" and t.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def rows_linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """a [n, k] @ w[o, k]ᵀ + bias [o] -> [n, o].
+
+    On CPU fp32 it runs as a oneDNN 1x1 convolution over a [1, k, 1, n] channels_last
+    view: oneDNN uses AVX-512 where MKL's sgemm falls back to AVX2 on AMD CPUs (measured
+    on the 2-core EPYC: 110-120 vs 54 GMAC/s for [1568, 576] x [576, 64], 1 thread).
+    Elsewhere ``torch.addmm``.
+    """
+    n, k = a.shape
+    o = w.shape[0]
+    if n == 0 or not _use_mkldnn(a):
+        return torch.addmm(bias, a, w.t()) if bias is not None else a @ w.t()
+    a4 = a.contiguous().view(1, n, 1, k).permute(0, 3, 1, 2)
+    y = _MKLDNN_CONV(a4, w.contiguous().view(o, k, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
+    return y.permute(0, 2, 3, 1).reshape(n, o)
+
+
+def _identity_rows(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
+    """[B·Ho·Wo, Cout] NHWC rows of the identity path (x or its folded downsample)."""
+    b, c, h, w = x.shape
+    if fb.wd is None:
+        return x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+    cout = fb.wd.shape[0]
+    if _use_mkldnn(x):  # F.conv2d picks the slow (MKL) path for a 1x1 conv, 1 thread
+        s = fb.stride
+        y = _MKLDNN_CONV(x.contiguous(memory_format=CL), fb.wd.view(cout, c, 1, 1), fb.bd,
+                         (0, 0), (s, s), (1, 1), 1)
+    else:
+        y = identity_path(fb, x)
+    return y.permute(0, 2, 3, 1).reshape(-1, cout)
+
 
 @dataclass(frozen=True)
 class _Weights:
     """Weights of one channel group (m active channels of the width w).
 
-    w1t [Cin, m], b1 [m], w2 [m, m, 3, 3], w2col [9·m, m] (rows t·m + c_in, t = 3·dy+dx),
-    b2 [m], w3t [m, Cout], b3 [Cout] (κ2 folded in), taps [9, m] κ1 response or None.
+    w1 [m, Cin], b1 [m], w2 [m, m, 3, 3], w2col [m, 9·m] (columns t·m + c_in,
+    t = 3·dy+dx), b2 [m], w3 [Cout, m], b3 [Cout] (κ2 folded in), taps [9, m] κ1
+    response or None.
     """
 
-    w1t: torch.Tensor
+    w1: torch.Tensor
     b1: torch.Tensor
     w2: torch.Tensor
     w2col: torch.Tensor
     b2: torch.Tensor
-    w3t: torch.Tensor
+    w3: torch.Tensor
     b3: torch.Tensor
     taps: torch.Tensor | None
 
 
-# The one explicit cache of this module: conv2's im2col weight [9·w, w] per folded block,
+# The one explicit cache of this module: conv2's im2col weight [w, 9·w] per folded block,
 # keyed on id(fb.w2), dropped when that tensor dies, checked against its version counter.
 _W2COL: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
 
 def _w2col(w2: torch.Tensor) -> torch.Tensor:
-    """[o, i, 3, 3] -> [9·i, o] (a new tensor) so that im2col rows [n, 9·i] @ it is conv2."""
-    return w2.permute(2, 3, 1, 0).reshape(-1, w2.shape[0]).clone()
+    """[o, i, 3, 3] -> [o, 9·i] (a new tensor): im2col rows [n, 9·i] times its transpose."""
+    return w2.permute(0, 2, 3, 1).reshape(w2.shape[0], 9 * w2.shape[1]).clone()
 
 
 def _full_weights(fb: FoldedBlock) -> _Weights:
@@ -78,7 +118,7 @@ def _full_weights(fb: FoldedBlock) -> _Weights:
         w2col = _w2col(fb.w2)
         ref = weakref.ref(fb.w2, lambda _r, k=key: _W2COL.pop(k, None))
         _W2COL[key] = (ref, fb.w2._version, w2col)
-    return _Weights(fb.w1.t(), fb.b1, fb.w2, w2col, fb.b2, fb.w3.t(), fb.b3, None)
+    return _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None)
 
 
 def _group_weights(fb: FoldedBlock, active: torch.Tensor) -> _Weights:
@@ -88,8 +128,8 @@ def _group_weights(fb: FoldedBlock, active: torch.Tensor) -> _Weights:
     w2 = fb.w2.index_select(0, active).index_select(1, active)
     taps = conv2_taps(fb, active) if active.numel() else None
     return _Weights(
-        fb.w1.index_select(0, active).t(), fb.b1.index_select(0, active), w2, _w2col(w2),
-        fb.b2.index_select(0, active), fb.w3.index_select(1, active).t(),
+        fb.w1.index_select(0, active), fb.b1.index_select(0, active), w2, _w2col(w2),
+        fb.b2.index_select(0, active), fb.w3.index_select(1, active).contiguous(),
         conv3_bias(fb, active), taps,
     )
 
@@ -133,11 +173,13 @@ def _conv1_into_buffer(x2d, pix1, wt: _Weights, batch, in_hw, dense: bool):
     m = wt.b1.numel()
     buf = x2d.new_zeros(batch, h + 2, w + 2, m)
     if dense:  # every pixel: one GEMM, then a strided copy into the interior
-        h1 = torch.addmm(wt.b1, x2d, wt.w1t).relu_()
+        h1 = rows_linear(x2d, wt.w1, wt.b1).relu_()
         buf[:, 1:h + 1, 1:w + 1].copy_(h1.view(batch, h, w, m))
     else:
-        h1 = torch.addmm(wt.b1, x2d.index_select(0, pix1), wt.w1t).relu_()
-        buf.view(-1, m).index_copy_(0, mk.buffer_rows(pix1, batch, in_hw), h1)
+        h1 = rows_linear(x2d.index_select(0, pix1), wt.w1, wt.b1).relu_()
+        # rows are distinct and the buffer is zero: index_add_ is a copy, and 2.7x faster
+        # than index_copy_ on CPU (0.05 vs 0.13 ms for 1568 x 256 floats)
+        buf.view(-1, m).index_add_(0, mk.buffer_rows(pix1, batch, in_hw), h1)
     return buf.view(-1, m)
 
 
@@ -154,7 +196,10 @@ def _conv2_gather(buf2d, pix, wt: _Weights, batch, in_hw, stride):
     m = wt.b2.numel()
     rows = mk.tap_rows(pix, batch, in_hw, stride).reshape(-1)
     cols = buf2d.index_select(0, rows).view(-1, 9 * m)
-    return torch.addmm(_conv2_bias(wt, pix, batch, in_hw, stride), cols, wt.w2col).relu_()
+    if wt.taps is None:
+        return rows_linear(cols, wt.w2col, wt.b2).relu_()
+    return rows_linear(cols, wt.w2col, None).add_(
+        _conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
 
 
 def _conv2_patch(buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
@@ -163,7 +208,10 @@ def _conv2_patch(buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
     p = mk.patch_size(s, stride)
     rows, _ = mk.patch_rows(cells, batch, in_hw, stride, s)
     patches = buf2d.index_select(0, rows.reshape(-1)).view(-1, p, p, m).permute(0, 3, 1, 2)
-    y = F.conv2d(patches, wt.w2, None, stride=stride)  # [n, m, S, S]
+    if wt.taps is None:
+        y = F.conv2d(patches, wt.w2, wt.b2, stride=stride)  # [n, m, S, S]
+        return y.permute(0, 2, 3, 1).reshape(-1, m).relu_()
+    y = F.conv2d(patches, wt.w2, None, stride=stride)
     y = y.permute(0, 2, 3, 1).reshape(-1, m)
     return y.add_(_conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
 
@@ -178,9 +226,7 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
     s = _granularity(masks, (ho, wo)) if use_patch else 0
 
     x2d = x.permute(0, 2, 3, 1).reshape(batch * h * w, cin)  # a view for channels_last x
-    idn2d = identity_path(fb, x).permute(0, 2, 3, 1).reshape(batch * ho * wo, cout)
-    out2d = torch.relu(idn2d)
-    out = out2d.view(batch, ho, wo, cout).permute(0, 3, 1, 2)
+    idn2d = _identity_rows(fb, x)
 
     if use_patch:
         cells = mk.active_cells(masks.grid)
@@ -189,7 +235,9 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
         cells = None
         pix = mk.active_pixels(masks.mask3)
     if pix.numel() == 0:
-        return out
+        return torch.relu(idn2d).view(batch, ho, wo, cout).permute(0, 3, 1, 2)
+    # out = relu(identity + scatter(conv3)): index_add_ of the active rows, one ReLU pass
+    out2d = idn2d.clone()
     pix1 = mk.active_pixels(masks.mask1)
 
     if masks.channel is None:
@@ -218,9 +266,8 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
             if g_pix.numel() == 0:
                 continue
         wt = _full_weights(fb) if active is None else _group_weights(fb, active)
-        rows = idn2d.index_select(0, g_pix)
         if wt.b2.numel() == 0:  # no active channel: conv3 sees the constant κ2 only
-            rows.add_(wt.b3)
+            y = wt.b3.expand(g_pix.numel(), cout)
         else:
             dense1 = samples is None and g_pix1.numel() >= DENSE_CONV1_FRACTION * x2d.shape[0]
             buf2d = _conv1_into_buffer(x2d, g_pix1, wt, batch, in_hw, dense1)
@@ -228,9 +275,9 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
                 h2 = _conv2_patch(buf2d, g_cells, g_pix, wt, batch, in_hw, stride, s)
             else:
                 h2 = _conv2_gather(buf2d, g_pix, wt, batch, in_hw, stride)
-            rows.add_(wt.b3).addmm_(h2, wt.w3t)
-        out2d.index_copy_(0, g_pix, rows.relu_())
-    return out
+            y = rows_linear(h2, wt.w3, wt.b3)
+        out2d.index_add_(0, g_pix, y)
+    return out2d.relu_().view(batch, ho, wo, cout).permute(0, 3, 1, 2)
 
 
 def gather_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:

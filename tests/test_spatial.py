@@ -1,0 +1,201 @@
+"""Spatial variants ``gather`` and ``patch`` (modes spatial and both) against the reference
+LAUD bottleneck in eval mode (DESIGN.md sections 2 and 3)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from laudtriton.nn.block import BlockMasks
+from laudtriton.nn.calibrate import calibrate_block
+from laudtriton.nn.maskers import expand_mask1, upsample_mask
+from laudtriton.ops import spatial
+from laudtriton.ops.dense import dense_block
+from laudtriton.ops.fold import fold_block
+from laudtriton.ops.registry import get_variant, variants_for
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.ops.synthetic import synthetic_masks
+from laudtriton.testing import assert_close, make_block
+
+CL = torch.channels_last
+
+# (Cin, planes, stride, S, (H, W), batch); Cin != 4·planes or stride 2 gives a downsample.
+CASES = [
+    (32, 8, 1, 1, (9, 7), 1),
+    (32, 8, 1, 2, (8, 10), 3),
+    (32, 8, 1, 4, (8, 8), 1),
+    (32, 8, 1, 7, (14, 21), 3),
+    (32, 8, 1, 8, (16, 8), 1),
+    (32, 8, 1, 4, (13, 11), 3),  # S divides neither 13 nor 11: cells of unequal size
+    (16, 8, 2, 2, (13, 11), 3),  # stride 2 + downsample, output 7x6, unequal cells
+    (16, 8, 2, 2, (12, 8), 3),   # stride 2 + downsample, uniform 2x2 cells
+    (16, 8, 2, 4, (15, 16), 1),  # stride 2, odd H, uniform 4x4 cells
+]
+
+
+def _uniform(stride, s, hw):
+    ho, wo = (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1
+    return ho % s == 0 and wo % s == 0
+
+
+def _params():
+    out = []
+    for case in CASES:
+        cin, planes, stride, s, hw, b = case
+        for variant in ("gather", "patch"):
+            if variant == "patch" and (s < 2 or not _uniform(stride, s, hw)):
+                continue
+            for mode in ("spatial", "both"):
+                for rate in (0.0, 0.5, 1.0):
+                    out.append(pytest.param(
+                        variant, mode, rate, case,
+                        id=f"{variant}-{mode}-r{rate}-{cin}x{planes}-s{stride}-S{s}-"
+                           f"{hw[0]}x{hw[1]}-b{b}"))
+    return out
+
+
+@pytest.mark.parametrize("variant,mode,rate,case", _params())
+@torch.no_grad()
+def test_matches_reference_block(variant, mode, rate, case):
+    cin, planes, stride, s, hw, b = case
+    block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=b + s)
+    x = torch.randn(b, cin, *hw)
+    calibrate_block(block, x, rate, channel_rate=0.5)
+    ref = block(x)
+    masks, _ = block.compute_masks(x)
+    assert masks.grid.mean().item() == pytest.approx(rate, abs=0.5 / masks.grid.numel() + 1e-6)
+    if b > 1 and 0 < rate < 1:  # the batch really has different masks per sample
+        assert not torch.equal(masks.grid[0], masks.grid[1]) or not torch.equal(
+            masks.grid[1], masks.grid[2])
+    fb = fold_block(block)
+    out = get_variant(variant).run(fb, x.contiguous(memory_format=CL), masks, {})
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=CL)
+    assert_close(out, ref, name=f"{variant} {mode} rate {rate}")
+
+
+def _inject(block, masks):
+    """Make ``block`` use ``masks`` instead of its maskers (float64 reference)."""
+    block.compute_masks = lambda x: (masks, 0.0)
+    return block
+
+
+@pytest.mark.parametrize("variant", ["gather", "patch"])
+@pytest.mark.parametrize("channel", [[[1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]],
+                                     [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                     [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]])
+@torch.no_grad()
+def test_both_edge_channel_masks(variant, channel):
+    """Samples with no active channel (conv3 sees only κ2), all channels, and mixes."""
+    block = make_block(32, 8, 1, "both", 2, channel_granularity=2, seed=3)
+    spec = BlockSpec(32, 8, 32, 1, False, (10, 6), "both", 2, 4, batch=3)
+    m = synthetic_masks(spec, 0.5, seed=4)
+    masks = BlockMasks(m.grid, m.mask3, m.mask1, torch.tensor(channel, dtype=torch.float32))
+    x = torch.randn(3, 32, 10, 6)
+    m64 = BlockMasks(m.grid.double(), m.mask3.double(), m.mask1, masks.channel.double())
+    ref = _inject(block.double(), m64)(x.double())
+    fb = fold_block(block, dtype=torch.float32)
+    out = get_variant(variant).run(fb, x.contiguous(memory_format=CL), masks, {})
+    assert_close(out, ref)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    cin=st.sampled_from([8, 12, 32]), planes=st.sampled_from([4, 6, 8]),
+    stride=st.sampled_from([1, 2]), s=st.integers(1, 5), h=st.integers(5, 15),
+    w=st.integers(5, 15), b=st.integers(1, 3), rate=st.floats(0.0, 1.0),
+    both=st.booleans(), seed=st.integers(0, 2**16),
+)
+@torch.no_grad()
+def test_property_random_shapes_and_masks(cin, planes, stride, s, h, w, b, rate, both, seed):
+    """Random shapes and random masks vs the reference block in float64."""
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    s = min(s, ho, wo)
+    mode = "both" if both else "spatial"
+    block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    grid = (torch.rand(b, 1, ho // s, wo // s, generator=g) < rate).double()
+    mask3 = upsample_mask(grid, (ho, wo))
+    mask1 = expand_mask1(mask3, stride, (h, w))
+    channel = (torch.rand(b, planes // 2, generator=g) < 0.5).double() if both else None
+    masks = BlockMasks(grid, mask3, mask1, channel)
+    x = torch.randn(b, cin, h, w, generator=g)
+    ref = _inject(block.double(), masks)(x.double())
+    fb = fold_block(block, dtype=torch.float32)
+    m32 = BlockMasks(grid.float(), mask3.float(), mask1,
+                     None if channel is None else channel.float())
+    xc = x.contiguous(memory_format=CL)
+    assert_close(spatial.gather_block(fb, xc, m32), ref, name="gather")
+    if s >= 2 and ho % s == 0 and wo % s == 0:
+        assert_close(spatial.patch_block(fb, xc, m32), ref, name="patch")
+
+
+@torch.no_grad()
+def test_without_mkldnn_matches(monkeypatch):
+    """The torch.addmm path (used off CPU fp32) gives the same result."""
+    monkeypatch.setattr(spatial, "_use_mkldnn", lambda t: False)
+    block = make_block(16, 8, 2, "spatial", 2, seed=7)
+    x = torch.randn(2, 16, 12, 10)
+    calibrate_block(block, x, 0.5)
+    ref = block(x)
+    masks, _ = block.compute_masks(x)
+    fb = fold_block(block)
+    out = spatial.gather_block(fb, x.contiguous(memory_format=CL), masks)
+    assert_close(out, ref)
+    assert_close(spatial.patch_block(fb, x.contiguous(memory_format=CL), masks), ref)
+
+
+@torch.no_grad()
+def test_dense_oracle_at_exact_rate_clustered():
+    """Synthetic clustered masks, dense variant as the oracle."""
+    block = make_block(64, 16, 1, "spatial", 4, seed=11)
+    spec = BlockSpec(64, 16, 64, 1, False, (16, 12), "spatial", 4, batch=2)
+    masks = synthetic_masks(spec, 0.5, seed=2, clustered=True)
+    fb = fold_block(block)
+    x = torch.randn(2, 64, 16, 12).contiguous(memory_format=CL)
+    ref = dense_block(fb, x, masks)
+    assert_close(spatial.gather_block(fb, x, masks), ref)
+    assert_close(spatial.patch_block(fb, x, masks), ref)
+
+
+def test_errors_name_the_argument():
+    block = make_block(16, 4, 1, "spatial", 2)
+    fb = fold_block(block)
+    x = torch.randn(1, 16, 9, 9)
+    masks, _ = block.compute_masks(x)
+    with pytest.raises(ValueError, match="does not cut the output map 9x9"):
+        spatial.patch_block(fb, x, masks)
+    with pytest.raises(ValueError, match="x has 8 channels"):
+        spatial.gather_block(fb, torch.randn(1, 8, 9, 9), masks)
+    with pytest.raises(ValueError, match="mask3 has shape"):
+        spatial.gather_block(fb, torch.randn(1, 16, 8, 8), masks)
+    with pytest.raises(ValueError, match="need masks.grid"):
+        spatial.gather_block(fb, x, BlockMasks(None, None, None, None))
+
+
+def test_registry_and_supports():
+    uniform = BlockSpec(256, 64, 256, 1, False, (56, 56), "spatial", 4)
+    ragged = uniform.with_(in_hw=(13, 11))
+    s1 = uniform.with_(granularity=1)
+    names = [v.name for v in variants_for(uniform, "cpu")]
+    assert {"dense", "gather", "patch"} <= set(names) and names[0] == "dense"
+    assert "patch" not in [v.name for v in variants_for(ragged, "cpu")]
+    assert "patch" not in [v.name for v in variants_for(s1, "cpu")]
+    assert "gather" in [v.name for v in variants_for(ragged.with_(mode="both",
+                                                                  channel_groups=4), "cpu")]
+    assert "gather" not in [v.name for v in variants_for(uniform.with_(mode="channel"), "cpu")]
+
+
+@pytest.mark.parametrize("name", ["gather", "patch"])
+@pytest.mark.parametrize("downsample,stride", [(False, 1), (True, 2)])
+def test_cost(name, downsample, stride):
+    spec = BlockSpec(256, 64, 256, stride, downsample, (56, 56), "spatial", 4)
+    cost = get_variant(name).cost
+    full, half, zero = cost(spec, 1.0), cost(spec, 0.5), cost(spec, 0.0)
+    assert full.flops == pytest.approx(spec.dense_flops())  # rate 1: every pixel
+    ds = 256 * 256 * 28 * 28 if downsample else 0
+    assert zero.flops == ds and zero.launches < half.launches
+    assert ds < half.flops < 0.75 * full.flops
+    assert zero.bytes < half.bytes < full.bytes
+    both = cost(spec.with_(mode="both", channel_groups=32), 0.5)
+    assert both.flops < half.flops  # half the channels on as well

@@ -92,6 +92,11 @@ def _conv3x3_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+def _alloc_rows(rows: int, n: int, dtype, device) -> torch.Tensor:
+    """The output rows (tests replace this to poison them)."""
+    return torch.empty(rows, n, dtype=dtype, device=device)
+
+
 def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.Tensor,
             b: torch.Tensor, stride: int, config: TileConfig | None = None,
             validate: bool = True) -> torch.Tensor:
@@ -123,7 +128,7 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     n = w.shape[3]
     check_tensor("b", b, (n,), DTYPES, buf.device)
     check_index(idx, count, bsz * ho * wo, buf.device, validate)
-    out = torch.empty(idx.shape[0], n, dtype=buf.dtype, device=buf.device)
+    out = _alloc_rows(idx.shape[0], n, buf.dtype, buf.device)
     if idx.shape[0] == 0:
         return out
     grid = (triton.cdiv(idx.shape[0], cfg.block_m), triton.cdiv(n, cfg.block_n))

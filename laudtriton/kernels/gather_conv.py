@@ -161,6 +161,11 @@ def _gather_conv1x1_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+def _alloc_buffer(bsz: int, h: int, wd: int, n: int, dtype, device) -> torch.Tensor:
+    """The zero-bordered output buffer (tests replace this to poison the listed cells)."""
+    return torch.zeros(bsz, h + 2, wd + 2, n, dtype=dtype, device=device)
+
+
 def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.Tensor,
                    b: torch.Tensor, config: TileConfig | None = None,
                    validate: bool = True) -> torch.Tensor:
@@ -185,7 +190,7 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
     n = w.shape[0]
     check_tensor("b", b, (n,), DTYPES, x.device)
     check_index(idx, count, bsz * h * wd, x.device, validate)
-    out = torch.zeros(bsz, h + 2, wd + 2, n, dtype=x.dtype, device=x.device)
+    out = _alloc_buffer(bsz, h, wd, n, x.dtype, x.device)
     if idx.shape[0] == 0:
         return out
     grid = (triton.cdiv(idx.shape[0], cfg.block_m), triton.cdiv(n, cfg.block_n))

@@ -1,0 +1,200 @@
+"""The spatial Triton kernels (gather_conv1x1, conv3x3, conv1x1_residual) under the
+interpreter against their float64 torch references, with poisoned outputs."""
+
+import pytest
+import torch
+
+from laudtriton.kernels import conv1x1_residual as res_mod
+from laudtriton.kernels import conv3x3 as c3_mod
+from laudtriton.kernels import gather_conv as g_mod
+from laudtriton.kernels import indices
+from laudtriton.testing import assert_close
+
+SMALL = g_mod.TileConfig(16, 16, 16, 1, 1)
+WIDE_K = g_mod.TileConfig(16, 32, 32, 1, 1)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (B, H, W, K, N): odd sizes, K over one BLOCK_K, N under and over one BLOCK_N
+SHAPES = [(2, 7, 9, 20, 5), (1, 5, 3, 37, 18)]
+
+
+def _mask(shape, rate):
+    if rate in (0.0, 1.0):
+        return torch.full(shape, bool(rate))
+    m = torch.rand(shape) < rate
+    m.view(-1)[0] = True  # at least one active entry
+    return m
+
+
+def _lists(mask, padded):
+    """(idx, count): the padded device list (masked variant) or the exact one (fused)."""
+    idx, count = indices.compact(mask)
+    return (idx, count) if padded else (idx[: int(count)], count)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make every launcher's output NaN where the kernel must write it."""
+    def buffer(bsz, h, wd, n, dtype, device):
+        return torch.zeros(bsz, h + 2, wd + 2, n, dtype=dtype, device=device)
+
+    monkeypatch.setattr(g_mod, "_alloc_buffer", buffer)  # interior poisoned per test below
+    monkeypatch.setattr(c3_mod, "_alloc_rows",
+                        lambda r, n, dt, dev: torch.full((r, n), float("nan"), dtype=dt,
+                                                         device=dev))
+
+    def prefill(identity, idx, count):
+        out = torch.relu(identity)
+        out.view(-1, identity.shape[-1])[idx[: int(count)].long()] = float("nan")
+        return out
+
+    monkeypatch.setattr(res_mod, "_prefill", prefill)
+
+    def poison_gather(idx, count):
+        def buf(bsz, h, wd, n, dtype, device):
+            out = torch.zeros(bsz, h + 2, wd + 2, n, dtype=dtype, device=device)
+            p = idx[: int(count)].long()
+            out[:, 1:-1, 1:-1][p // (h * wd), (p % (h * wd)) // wd, p % wd] = float("nan")
+            return out
+        monkeypatch.setattr(g_mod, "_alloc_buffer", buf)
+
+    return poison_gather
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("padded", [False, True])
+def test_gather_conv1x1(poison, dtype, shape, rate, padded):
+    b, h, w, k, n = shape
+    x = torch.randn(b, h, w, k).to(dtype)
+    wt = torch.randn(n, k).to(dtype)
+    bias = torch.randn(n)
+    idx, count = _lists(_mask((b, 1, h, w), rate), padded)
+    poison(idx, count)
+    out = g_mod.gather_conv1x1(x, idx, count, wt, bias, SMALL)
+    ref = g_mod.gather_conv1x1_torch(x, idx, count, wt, bias)
+    assert out.shape == (b, h + 2, w + 2, n) and out.dtype == dtype
+    assert_close(out, ref)
+    # the border and every unlisted cell stay exactly zero (conv2's zero padding)
+    assert bool((out.double()[ref == 0] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_conv3x3(poison, dtype, shape, stride, rate):
+    b, h, w, k, n = shape
+    # a bordered buffer with random interior (and zero border, as gather leaves it)
+    buf = torch.zeros(b, h + 2, w + 2, k)
+    buf[:, 1:-1, 1:-1] = torch.randn(b, h, w, k)
+    buf = buf.to(dtype)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    wt = torch.randn(3, 3, k, n).to(dtype)
+    bias = torch.randn(n)
+    padded = rate == 0.5
+    idx, count = _lists(_mask((b, 1, ho, wo), rate), padded)
+    out = c3_mod.conv3x3(buf, idx, count, wt, bias, stride, SMALL if rate else WIDE_K)
+    c = int(count)
+    assert out.shape == (idx.shape[0], n) and out.dtype == dtype
+    ref = c3_mod.conv3x3_torch(buf, idx, count, wt, bias, stride)
+    if c:  # (assert_close needs a non-empty reference)
+        assert_close(out[:c], ref)
+    assert ref.shape == (c, n)
+    assert bool(torch.isnan(out[c:]).all())  # past the count: nothing written
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("padded", [False, True])
+def test_conv1x1_residual(poison, dtype, shape, rate, padded):
+    b, ho, wo, k, n = shape
+    idx, count = _lists(_mask((b, 1, ho, wo), rate), padded)
+    a = torch.randn(idx.shape[0], k).to(dtype)
+    wt = torch.randn(n, k).to(dtype)
+    bias = torch.randn(n)
+    ident = torch.randn(b, ho, wo, n).to(dtype)
+    out = res_mod.conv1x1_residual(a, idx, count, wt, bias, ident, SMALL)
+    ref = res_mod.conv1x1_residual_torch(a, idx, count, wt, bias, ident)
+    assert out.shape == ident.shape and out.dtype == dtype
+    assert_close(out, ref)
+
+
+def test_default_config_runs():
+    """The default (GPU-sized) tiles under the interpreter, once, on a tiny problem."""
+    x = torch.randn(1, 3, 5, 16)
+    idx, count = indices.compact(torch.ones(1, 1, 3, 5))
+    wt, bias = torch.randn(16, 16), torch.randn(16)
+    buf = g_mod.gather_conv1x1(x, idx, count, wt, bias)
+    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, wt, bias))
+
+
+def _gather_args():
+    x = torch.randn(1, 3, 5, 16)
+    idx, count = indices.compact(torch.ones(1, 1, 3, 5))
+    return dict(x=x, idx=idx, count=count, w=torch.randn(8, 16), b=torch.randn(8))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(x=torch.randn(1, 3, 5, 16).double()), "x has dtype"),
+    (dict(x=torch.randn(1, 3, 16, 5).transpose(2, 3)), "x is not contiguous"),
+    (dict(x=torch.randn(3, 5, 16)), "x has shape"),
+    (dict(w=torch.randn(8, 15)), "w has shape"),
+    (dict(w=torch.randn(8, 16).half()), "w has dtype"),
+    (dict(b=torch.randn(7)), "b has shape"),
+    (dict(b=torch.randn(8, device="meta")), "b is on meta"),
+    (dict(idx=torch.arange(15)), "idx has dtype"),
+    (dict(idx=torch.arange(15, dtype=torch.int32) + 1), r"spans \[1, 15\]"),
+    (dict(idx=torch.arange(15, dtype=torch.int32) - 1), r"spans \[-1, 13\]"),
+    (dict(count=torch.tensor([16], dtype=torch.int32)), "count is 16"),
+    (dict(count=torch.tensor(3, dtype=torch.int32)), "count has shape"),
+])
+def test_gather_bad_input(change, match):
+    args = _gather_args()
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        g_mod.gather_conv1x1(**args, config=SMALL)
+
+
+def test_conv3x3_bad_input():
+    buf = torch.zeros(1, 5, 7, 16)
+    idx, count = indices.compact(torch.ones(1, 1, 3, 5))
+    wt, bias = torch.randn(3, 3, 16, 8), torch.randn(8)
+    with pytest.raises(ValueError, match="stride is 3"):
+        c3_mod.conv3x3(buf, idx, count, wt, bias, 3)
+    with pytest.raises(ValueError, match=r"w has shape .*expected \[3, 3, 16, \*\]"):
+        c3_mod.conv3x3(buf, idx, count, torch.randn(8, 16, 3, 3), bias, 1)
+    with pytest.raises(ValueError, match=r"spans \[0, 14\]; accepted \[0, 6\)"):
+        c3_mod.conv3x3(buf, idx, count, wt, bias, 2)  # 3x5 output at stride 2 is 2x3
+
+
+def test_conv1x1_residual_bad_input():
+    idx, count = indices.compact(torch.ones(1, 1, 3, 5))
+    a, wt, bias = torch.randn(15, 8), torch.randn(16, 8), torch.randn(16)
+    ident = torch.randn(1, 3, 5, 16)
+    with pytest.raises(ValueError, match="identity has shape"):
+        res_mod.conv1x1_residual(a, idx, count, wt, bias, ident[..., :8].contiguous())
+    with pytest.raises(ValueError, match="identity has dtype"):
+        res_mod.conv1x1_residual(a, idx, count, wt, bias, ident.half())
+    with pytest.raises(ValueError, match="idx has shape"):
+        res_mod.conv1x1_residual(a[:14], idx, count, wt, bias, ident)
+
+
+def test_tile_config_validation():
+    with pytest.raises(ValueError, match="block_k=8"):
+        g_mod.TileConfig(16, 16, 8)
+    with pytest.raises(ValueError, match="block_m=48"):
+        g_mod.TileConfig(48, 16, 16)
+    assert g_mod.TileConfig.from_dict(g_mod.DEFAULT.to_dict()) == g_mod.DEFAULT
+
+
+@pytest.mark.parametrize("mod", [g_mod, c3_mod, res_mod])
+def test_aot_specs(mod):
+    specs = mod.aot_specs()
+    assert sum(s.default for s in specs) == 3  # the default config in fp16, fp32, bf16
+    for s in specs:
+        assert set(s.constexprs) == {"UPCAST", "BLOCK_M", "BLOCK_N", "BLOCK_K"}
+        assert not s.constexprs["UPCAST"]
+        assert all(v >= 16 and v & (v - 1) == 0 for k, v in s.constexprs.items()
+                   if k.startswith("BLOCK"))

@@ -1,0 +1,85 @@
+"""Index tables of ops.masks against explicit loops."""
+
+import pytest
+import torch
+
+from laudtriton.nn.maskers import expand_mask1, upsample_mask
+from laudtriton.ops import masks as mk
+from laudtriton.ops.kappa import tap_validity
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.ops.synthetic import synthetic_masks
+
+
+def test_active_pixels_flat_over_batch():
+    m = torch.zeros(2, 1, 3, 5)
+    m[0, 0, 1, 4] = 1
+    m[1, 0, 0, 0] = 1
+    m[1, 0, 2, 3] = 1
+    assert mk.active_pixels(m).tolist() == [9, 15, 28]
+    assert mk.active_pixels(m > 0.5).tolist() == [9, 15, 28]
+    assert mk.active_pixels(torch.zeros(1, 1, 2, 2)).numel() == 0
+    with pytest.raises(ValueError, match=r"\[B, 1, h, w\]"):
+        mk.active_pixels(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("b,h,w,stride", [(1, 5, 7, 1), (2, 7, 6, 2), (3, 4, 4, 1), (1, 9, 8, 2)])
+def test_tap_and_buffer_rows(b, h, w, stride):
+    ho, wo = mk.out_hw_of((h, w), stride)
+    pix = torch.arange(b * ho * wo)
+    rows = mk.tap_rows(pix, b, (h, w), stride)
+    valid = mk.tap_validity_rows(pix, b, (h, w), stride)
+    assert torch.equal(valid, tap_validity((h, w), stride).repeat(b, 1))
+    for p in range(b * ho * wo):
+        n, i, j = p // (ho * wo), (p // wo) % ho, p % wo
+        for t in range(9):
+            y, x = i * stride + t // 3 - 1, j * stride + t % 3 - 1
+            assert rows[p, t].item() == (n * (h + 2) + y + 1) * (w + 2) + x + 1
+            assert valid[p, t].item() == float(0 <= y < h and 0 <= x < w)
+    inp = torch.arange(b * h * w)
+    brows = mk.buffer_rows(inp, b, (h, w))
+    ys, xs = (inp // w) % h, inp % w
+    assert torch.equal(brows, ((inp // (h * w)) * (h + 2) + ys + 1) * (w + 2) + xs + 1)
+
+
+@pytest.mark.parametrize("b,h,w,stride,s", [(1, 8, 8, 1, 4), (2, 6, 4, 1, 2), (2, 15, 16, 2, 4),
+                                            (1, 12, 8, 2, 2)])
+def test_patch_rows(b, h, w, stride, s):
+    ho, wo = mk.out_hw_of((h, w), stride)
+    gh, gw = ho // s, wo // s
+    cells = torch.arange(b * gh * gw)
+    tin, tout = mk.patch_rows(cells, b, (h, w), stride, s)
+    p = mk.patch_size(s, stride)
+    assert tin.shape == (cells.numel(), p * p) and tout.shape == (cells.numel(), s * s)
+    taps = mk.tap_rows(tout.reshape(-1), b, (h, w), stride).view(-1, s * s, 9)
+    bcxy = mk.cells_to_bcxy(cells, (gh, gw))
+    for c in range(cells.numel()):
+        n, cy, cx = bcxy[c].tolist()
+        want = [(n * ho + cy * s + u) * wo + cx * s + v for u in range(s) for v in range(s)]
+        assert tout[c].tolist() == want
+        # every tap of every output of the cell reads inside the cell's patch
+        assert set(taps[c].flatten().tolist()) <= set(tin[c].tolist())
+    with pytest.raises(ValueError, match="does not divide"):
+        mk.patch_rows(cells, b, (h + 2, w), stride, s + 1)
+
+
+def test_cover_counts():
+    # 8 outputs in 2 cells of 4, stride 1: inputs 3 and 4 are read by both cells
+    assert mk.cover_counts(8, 8, 2, 1) == [1, 1, 1, 2, 2, 1, 1, 1]
+    # stride 2, 4 outputs in 2 cells from 8 inputs: input 3 is shared
+    assert mk.cover_counts(8, 4, 2, 2) == [1, 1, 1, 2, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("hw,stride,s,rate", [((56, 56), 1, 4, 0.5), ((14, 14), 1, 2, 0.5),
+                                              ((56, 56), 2, 4, 0.25), ((13, 11), 1, 4, 0.75)])
+def test_expected_mask1_fraction_matches_sampling(hw, stride, s, rate):
+    spec = BlockSpec(16, 4, 16, stride, stride > 1, hw, "spatial", s, batch=64)
+    masks = synthetic_masks(spec, rate, seed=5)
+    gh, gw = spec.grid
+    want = mk.expected_mask1_fraction(hw, stride, (gh, gw), int(round(rate * gh * gw)))
+    got = masks.mask1.float().mean().item()
+    assert got == pytest.approx(want, abs=0.02)
+    # the ends are exact
+    assert mk.expected_mask1_fraction(hw, stride, (gh, gw), 0) == 0.0
+    full = expand_mask1(upsample_mask(torch.ones(1, 1, gh, gw), spec.out_hw), stride, hw)
+    assert mk.expected_mask1_fraction(hw, stride, (gh, gw), gh * gw) == pytest.approx(
+        full.float().mean().item())

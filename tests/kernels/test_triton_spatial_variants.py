@@ -1,0 +1,100 @@
+"""The CUDA spatial variants ``fused`` and ``masked`` end to end under the interpreter,
+against the reference block (DESIGN.md section 2)."""
+
+import pytest
+import torch
+
+from laudtriton.kernels import gather_conv
+from laudtriton.nn import calibrate_block
+from laudtriton.ops import registry
+from laudtriton.ops import triton_spatial as ts
+from laudtriton.ops.fold import fold_block
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.testing import assert_close, make_block
+
+TINY = {s: dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
+        for s in ts.STAGES}
+RUNS = {"fused": ts.run_fused, "masked": ts.run_masked}
+
+
+def _case(inplanes, stride, rate, granularity=2, hw=(7, 9)):
+    block = make_block(inplanes, 4, stride, mode="spatial", granularity=granularity)
+    x = torch.randn(2, inplanes, *hw)
+    calibrate_block(block, x, rate)
+    with torch.no_grad():
+        ref = block(x)
+        masks, _ = block.compute_masks(x)
+    return block, x.contiguous(memory_format=torch.channels_last), masks, ref
+
+
+@pytest.mark.parametrize("variant", ["fused", "masked"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_variant_matches_reference(variant, stride, rate):
+    block, x, masks, ref = _case(16, stride, rate)
+    if 0 < rate < 1:  # the case is not degenerate: some cells on, some off
+        assert 0 < masks.grid.mean().item() < 1
+    out = RUNS[variant](fold_block(block), x, masks, TINY)
+    assert out.shape == ref.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("variant", ["fused", "masked"])
+def test_downsample_at_stride_1_and_uneven_cells(variant):
+    # Cin 8 != Cout 16: the identity is the dense downsample; S=3 does not divide 7 or 9-1
+    block, x, masks, ref = _case(8, 1, 0.5, granularity=3, hw=(7, 8))
+    out = RUNS[variant](fold_block(block), x, masks, TINY)
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types(dtype):
+    block, x, masks, ref = _case(16, 2, 0.5)
+    fb = fold_block(block, dtype=dtype)
+    out = ts.run_masked(fb, x.to(dtype), masks, TINY)
+    assert out.dtype == dtype
+    assert_close(out, ref.to(dtype))
+
+
+def test_default_config_and_empty_config():
+    block, x, masks, ref = _case(16, 1, 0.5, hw=(4, 5))
+    assert_close(ts.run_fused(fold_block(block), x, masks, {}), ref)
+
+
+def test_bad_config_and_masks():
+    block, x, masks, _ = _case(16, 1, 0.5, hw=(4, 5))
+    fb = fold_block(block)
+    with pytest.raises(ValueError, match="conv4"):
+        ts.run_fused(fb, x, masks, {"conv4": {}})
+    with pytest.raises(ValueError, match="mask3 and mask1"):
+        ts.run_masked(fb, x, type(masks)(None, None, None, None), {})
+
+
+def test_registration():
+    spec = BlockSpec(256, 64, 256, 1, False, (56, 56), "spatial", granularity=4, batch=8,
+                     dtype="float16")
+    names = [v.name for v in registry.variants_for(spec, "cuda")]
+    assert "fused" in names and "masked" in names
+    assert "fused" not in [v.name for v in registry.variants_for(spec, "cpu")]
+    assert "fused" not in [v.name for v in
+                           registry.variants_for(spec.with_(mode="channel"), "cuda")]
+    for name in ("fused", "masked"):
+        v = registry.get_variant(name)
+        assert v.needs_triton and v.modes == ("spatial",) and v.backends == ("cuda",)
+        space = v.configs(spec)
+        assert space and all(set(c) == set(ts.STAGES) for c in space)
+
+
+def test_config_space_is_the_kernel_space():
+    kernel = {tuple(c.to_dict().values()) for c in gather_conv.configs()}
+    assert {tuple(t) for t in ts._SPACE} == kernel
+
+
+def test_cost_grows_with_rate():
+    spec = BlockSpec(512, 128, 512, 2, True, (56, 56), "spatial", granularity=4, batch=4)
+    costs = [ts.spatial_cost(spec, r) for r in (0.0, 0.25, 0.5, 1.0)]
+    assert all(a.flops < b.flops and a.bytes < b.bytes for a, b in zip(costs, costs[1:]))
+    # at rate 1 the convolutions are the dense block's (downsample included)
+    assert costs[-1].flops == pytest.approx(spec.dense_flops())
+    assert costs[0].flops == spec.batch * 512 * 512 * 28 * 28  # only the downsample

@@ -4,13 +4,13 @@ Importing this package registers every variant: torch ones (any device) and Trit
 (CUDA; they import triton only when run).
 """
 
-from . import channel, dense, layer, spatial, triton_channel
+from . import channel, dense, layer, spatial, triton_channel, triton_spatial
 from .fold import FoldedBlock, fold_block
 from .registry import Cost, Variant, all_variants, get_variant, register, variants_for
 from .spec import BlockSpec
 
 __all__ = [
     "BlockSpec", "Cost", "FoldedBlock", "Variant", "all_variants", "channel", "dense",
-    "fold_block", "get_variant", "layer", "register", "spatial", "triton_channel",
+    "fold_block", "get_variant", "layer", "register", "spatial", "triton_channel", "triton_spatial",
     "variants_for",
 ]

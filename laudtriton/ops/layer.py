@@ -60,6 +60,24 @@ def _skip(ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:
     return ds(x, relu=True)
 
 
+def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
+    """Maximal runs [a, e) of equal gate values: [1, 1, 0] -> [(0, 2, 1), (2, 3, 0)]."""
+    out, a = [], 0
+    for i in range(1, len(on) + 1):
+        if i == len(on) or on[i] != on[a]:
+            out.append((a, i, on[a]))
+            a = i
+    return out
+
+
+# Active samples run as contiguous batch slices (views: no gather, one output copy) unless
+# the map is small and they are scattered: there a gathered batch amortises the weight
+# reads. Measured on 2-core x86 (1 thread, batch 8, gate 10110010):
+# 256->64->256 at 56x56: 13.2 ms slices vs 24-28 ms gathered; 2048->512->2048 at 7x7:
+# 10.7 ms slices vs 9.6 ms gathered.
+GATHER_MAX_PIXELS = 14 * 14
+
+
 @torch.no_grad()
 def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
     """Layer-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
@@ -81,14 +99,23 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.
     sw = dense_weights(fb, in_hw)
     if n == b:
         return _block(sw, ds, x)
-    keep = torch.ones(b, dtype=torch.bool, device=idx.device)
-    keep[idx] = False
-    rest = torch.nonzero(keep).flatten()
-    on = _block(sw, ds, take(x, idx))
-    out = torch.empty((b, *on.shape[1:]), dtype=on.dtype, device=on.device,
+    on = [False] * b
+    for i in idx.tolist():
+        on[i] = True
+    runs = _runs(on)
+    ho, wo = (in_hw[0] - 1) // fb.stride + 1, (in_hw[1] - 1) // fb.stride + 1
+    out = torch.empty((b, fb.out_channels, ho, wo), dtype=x.dtype, device=x.device,
                       memory_format=CL)
-    put(out, idx, on)
-    put(out, rest, _skip(ds, take(x, rest)))
+    gather = ho * wo <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
+    if gather:
+        put(out, idx, _block(sw, ds, take(x, idx)))
+    for a, e, active in runs:
+        if active and not gather:
+            out[a:e] = _block(sw, ds, x[a:e])
+        elif not active and ds is None:
+            torch.clamp_min(x[a:e], 0, out=out[a:e])
+        elif not active:
+            out[a:e] = ds(x[a:e], relu=True)
     return out
 
 

@@ -1,0 +1,226 @@
+"""``laudtriton predict | calibrate | design``: latency tables, calibration, co-design.
+
+Each ``add_*_parser(subparsers)`` adds its subcommand; each ``run_*(args)`` returns the exit
+code and raises ValueError for a user error (the CLI prints it on stderr, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+
+from .hardware import HardwareSpec, get_hardware, known_hardware
+
+log = logging.getLogger("laudtriton")
+
+
+def _cache(cache_dir, hw: HardwareSpec):
+    """The autotune cache holding timings of ``hw``: the local CPU, or a local CUDA GPU."""
+    import torch
+
+    from ..tune.cache import TuneCache
+
+    if hw.kind == "cpu":
+        return TuneCache(cache_dir, device="cpu")
+    if torch.cuda.is_available():
+        return TuneCache(cache_dir, device="cuda")
+    return None
+
+
+def _factors(args, hw: HardwareSpec) -> tuple[dict | None, str]:
+    """Fitted factors from this hardware's cache (CPU, or a local CUDA GPU), else None."""
+    from .model import DEFAULT_FACTORS, fit
+
+    default = DEFAULT_FACTORS[hw.kind]
+    note = f"default factors (eff_c {default.eff_c}, eff_m {default.eff_m})"
+    if getattr(args, "no_fit", False) or hw.name not in ("cpu", "cuda"):
+        return None, note
+    cache = _cache(args.cache_dir, hw)
+    entries = cache.entries() if cache is not None else []
+    fac = fit(entries, hw) if entries else {}
+    if not fac:
+        return None, note + " (no cached timings to fit on)"
+    return fac, f"factors fitted on {fac['*'].n} cached timings"
+
+
+def _rates(text: str) -> list[float]:
+    from ..tune.sweep import parse_rates
+
+    return parse_rates(text)
+
+
+def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -> None:
+    p.add_argument("--model", default=model_default, help="laud_resnet50 | laud_resnet101")
+    p.add_argument("--hardware", default="cpu", help=f"one of {', '.join(known_hardware())}")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default=None,
+                   help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--channel-granularity", type=int, default=1)
+    p.add_argument("--cache-dir", default=None, help="autotune cache / calibration directory")
+    p.add_argument("--no-fit", action="store_true",
+                   help="use default efficiency factors, not ones fitted on cached timings")
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``predict``; returns its parser."""
+    p = subparsers.add_parser(
+        "predict", help="predicted block and model latency; --validate: error on the cache",
+        description="Latency predictor: per distinct block and for the whole model, dense "
+                    "vs each variant vs the best, at each rate. With --validate: predicted "
+                    "vs measured on cached timings held out by block shape (last line "
+                    "'MAPE <number>%').")
+    _common(p)
+    p.add_argument("--mode", default="spatial", help="spatial|channel|layer|both or 'a-b-c-d'")
+    p.add_argument("--granularity", default="4-4-2-1", help="S per stage, '4-4-2-1'")
+    p.add_argument("--rates", default="0.25,0.5,0.75", help="'0.25,0.5' or 'start:stop:step'")
+    p.add_argument("--variants", default=None, help="comma list to restrict the variants")
+    p.add_argument("--validate", action="store_true")
+    p.add_argument("--include-stale", action="store_true",
+                   help="--validate: also timings of other laudtriton/kernel versions")
+    p.set_defaults(func=run_predict)
+    return p
+
+
+def run_validate(args, hw: HardwareSpec) -> int:
+    from .model import validate
+
+    cache = _cache(args.cache_dir, hw)
+    if cache is None:
+        raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
+                         "'cpu' (or a local CUDA GPU, 'cuda') has an autotune cache here")
+    entries = cache.entries(include_stale=args.include_stale)
+    if not entries:
+        raise ValueError(f"the autotune cache {cache.path} holds no timings of this device"
+                         f"{'' if args.include_stale else ' for the current versions'}; "
+                         "run `laudtriton calibrate` and `laudtriton sweep` first")
+    print(f"hardware: {hw.describe()}")
+    print(validate(entries, hw).format())
+    return 0
+
+
+def run_predict(args) -> int:
+    """Run ``laudtriton predict``. Returns the exit code."""
+    from ..ops.registry import variants_for
+    from .model import predict_block, predict_stem_head, resolve_variant
+    from .network import model_specs
+
+    hw = get_hardware(args.hardware, args.cache_dir)
+    if args.validate:
+        return run_validate(args, hw)
+    dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
+    rates = _rates(args.rates)
+    specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
+                        dtype, args.channel_granularity)
+    only = None
+    if args.variants:
+        only = [resolve_variant(v.strip()).name for v in args.variants.split(",") if v.strip()]
+    factors, note = _factors(args, hw)
+    print(f"hardware: {hw.describe()}\n{note}")
+    print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
+    groups: dict = {}
+    for name, spec in specs:
+        groups.setdefault(spec, []).append(name)
+    names = sorted({v.name for s in groups for v in variants_for(s, hw.backend)} - {"dense"},
+                   key=str)
+    if only is not None:
+        names = [n for n in names if n in only]
+    head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
+    print(f"\n{'block (x count)':<56}{'rate':>6}{head}  best")
+    total = {r: [0.0, 0.0] for r in rates}
+    for spec, members in groups.items():
+        cands = {v.name for v in variants_for(spec, hw.backend)}
+        for r in rates:
+            row = {"dense": predict_block(spec, r, "dense", hw, factors)}
+            for n in names:
+                if n in cands:
+                    row[n] = predict_block(spec, r, n, hw, factors)
+            best = min(row, key=row.get)
+            cells = "".join(f"{row[n] * 1e3:>14.3f}" if n in row else f"{'-':>14}"
+                            for n in ["dense", *names])
+            label = f"{members[0]} {spec.short()} x{len(members)}"
+            print(f"{label:<56}{r:>6.2f}{cells}  {best}")
+            total[r][0] += row["dense"] * len(members)
+            total[r][1] += row[best] * len(members)
+    stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
+    print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms)")
+    print(f"{'rate':>6}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
+    for r in rates:
+        d, b = total[r][0] + stem, total[r][1] + stem
+        print(f"{r:>6.2f}{d * 1e3:>12.3f}{b * 1e3:>12.3f}{b / d:>9.3f}"
+              f"{b * 1e3 / args.batch:>10.4f}")
+    return 0
+
+
+def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``calibrate``; returns its parser."""
+    p = subparsers.add_parser(
+        "calibrate", help="measure GEMM peak, copy bandwidth and dispatch cost of this machine",
+        description="Measure this machine (< 30 s) and store it beside the autotune cache; "
+                    "the 'cpu' hardware preset then uses it.")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--quick", action="store_true", help="< 5 s, noisier")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def run_calibrate(args) -> int:
+    """Run ``laudtriton calibrate``. Returns the exit code."""
+    from .calibrate import calibrate, save_calibration
+
+    cal = calibrate(args.device, quick=args.quick)
+    path = save_calibration(cal, args.cache_dir, args.device)
+    for d, p in sorted(cal.peak.items()):
+        print(f"GEMM peak {d:<9} {p / 1e9:10.2f} GMAC/s")
+    print(f"copy bandwidth     {cal.bandwidth / 1e9:10.2f} GB/s")
+    print(f"dispatch overhead  {cal.overhead * 1e6:10.2f} us/op")
+    print(f"device {cal.fingerprint}; saved {path}")
+    return 0
+
+
+def add_design_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``design``; returns its parser."""
+    p = subparsers.add_parser(
+        "design", help="rank per-stage mode x granularity by predicted latency",
+        description="Latency-guided co-design: every per-stage (mode, S) configuration at "
+                    "the target FLOPs ratio, ranked by predicted latency.")
+    _common(p)
+    p.add_argument("--target-rate", type=float, required=True,
+                   help="target FLOPs ratio of the residual blocks, in (0, 1]")
+    p.add_argument("--modes", default="spatial,channel,layer")
+    p.add_argument("--granularities", default="1,2,4,8")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=run_design)
+    return p
+
+
+def run_design(args) -> int:
+    """Run ``laudtriton design``. Returns the exit code."""
+    from ..schedule import design_search
+
+    hw = get_hardware(args.hardware, args.cache_dir)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    try:
+        grans = tuple(int(g) for g in args.granularities.split(",") if g.strip())
+    except ValueError:
+        raise ValueError(f"--granularities {args.granularities!r} is malformed; use "
+                         "'1,2,4,8'") from None
+    if not grans or any(g < 1 for g in grans):
+        raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
+    factors, note = _factors(args, hw)
+    designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
+                            args.input_size, args.dtype, factors, args.channel_granularity)
+    print(f"hardware: {hw.describe()}\n{note}")
+    print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio "
+          f"{args.target_rate:g}")
+    dense = designs[0].dense_seconds
+    print(f"\n{'#':>3}  {'modes':<32}{'S':<10}{'ms':>10}{'x dense':>9}{'FLOPs':>7}")
+    for i, d in enumerate(designs[:args.top], 1):
+        print(f"{i:>3}  {'-'.join(d.modes):<32}{'-'.join(map(str, d.granularities)):<10}"
+              f"{d.seconds * 1e3:>10.3f}{d.seconds / dense:>9.3f}{d.flops_ratio:>7.3f}")
+    print(f"\ndense model: {dense * 1e3:.3f} ms")
+    if not math.isfinite(designs[0].seconds):
+        raise ValueError("no configuration has a finite predicted latency")
+    return 0

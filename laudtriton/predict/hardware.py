@@ -1,0 +1,159 @@
+"""Hardware specs for the latency predictor (DESIGN.md section 6).
+
+A ``HardwareSpec`` holds what the roofline model of ``predict.model`` needs: compute units,
+peak multiply-adds per second per dtype, memory bandwidth and the cost of one kernel launch
+(or torch op dispatch). GPU and edge presets use public datasheet numbers (converted from
+FLOP/s to multiply-add/s by halving); launch overheads are typical values, not datasheet
+numbers. The "cpu" preset describes the machine at hand: it is read from the calibration
+file that ``laudtriton calibrate`` writes, else it is a conservative default (with a
+warning).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+log = logging.getLogger("laudtriton")
+
+KINDS = ("gpu", "cpu", "edge")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One machine for the latency model.
+
+    name: preset name ("v100", "cpu", ...). kind: "gpu" | "cpu" | "edge".
+    compute_units: SMs (GPU) or cores/threads (CPU). peak: ((dtype, multiply-adds/s), ...)
+    with dense math (tensor cores where the dtype uses them, fp32 accumulation).
+    bandwidth: DRAM bytes/s. launch_overhead: seconds per kernel launch / op dispatch.
+    notes: where the numbers come from.
+    """
+
+    name: str
+    kind: str
+    compute_units: int
+    peak: tuple[tuple[str, float], ...]
+    bandwidth: float
+    launch_overhead: float
+    notes: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"HardwareSpec kind {self.kind!r} unknown; accepted: {KINDS}")
+        if self.bandwidth <= 0 or self.launch_overhead < 0 or self.compute_units < 1:
+            raise ValueError(f"HardwareSpec {self.name!r}: bandwidth, compute_units must be > 0 "
+                             "and launch_overhead >= 0")
+        if not self.peak or any(p <= 0 for _, p in self.peak):
+            raise ValueError(f"HardwareSpec {self.name!r}: peak must hold positive rates")
+
+    @property
+    def backend(self) -> str:
+        """The variant backend that runs on this machine: "cpu" or "cuda"."""
+        return "cpu" if self.kind == "cpu" else "cuda"
+
+    def peak_macs(self, dtype: str) -> float:
+        """Peak multiply-adds/s for ``dtype``; a dtype without its own entry uses float32's
+        rate (e.g. bfloat16 on a V100, which has no bf16 units).
+
+        Raises:
+            ValueError: if ``dtype`` is not float32, float16 or bfloat16.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
+        table = dict(self.peak)
+        return table.get(dtype, table.get("float32", max(table.values())))
+
+    def describe(self) -> str:
+        peaks = ", ".join(f"{d} {p / 1e12:.3g} TMAC/s" for d, p in self.peak)
+        return (f"{self.name} ({self.kind}, {self.compute_units} units): {peaks}; "
+                f"{self.bandwidth / 1e9:.4g} GB/s; launch {self.launch_overhead * 1e6:.3g} us")
+
+
+def _gpu(name, kind, units, fp32_tflops, fp16_tflops, bf16_tflops, gbs, launch_us, notes):
+    peak = [("float32", fp32_tflops * 1e12 / 2), ("float16", fp16_tflops * 1e12 / 2)]
+    if bf16_tflops:
+        peak.append(("bfloat16", bf16_tflops * 1e12 / 2))
+    return HardwareSpec(name, kind, units, tuple(peak), gbs * 1e9, launch_us * 1e-6, notes)
+
+
+# Datasheet numbers (dense, no structured sparsity; fp16 on tensor cores with fp32
+# accumulation, the mode Triton uses). Launch overheads: typical CUDA launch cost measured
+# through PyTorch on servers (~5 us) and Jetson boards (~15-25 us): assumptions.
+PRESETS: dict[str, HardwareSpec] = {h.name: h for h in (
+    _gpu("v100", "gpu", 80, 15.7, 125.0, 0.0, 900, 5.0,
+         "NVIDIA V100 SXM2 datasheet: 15.7 TFLOPS fp32, 125 TFLOPS fp16 tensor, 900 GB/s "
+         "HBM2; no bf16 units (bf16 at the fp32 rate)"),
+    _gpu("a100", "gpu", 108, 19.5, 312.0, 312.0, 1555, 5.0,
+         "NVIDIA A100 SXM4 40GB datasheet: 19.5 TFLOPS fp32, 312 TFLOPS fp16/bf16 tensor "
+         "(dense), 1555 GB/s HBM2"),
+    _gpu("h100", "gpu", 132, 67.0, 989.5, 989.5, 3350, 4.0,
+         "NVIDIA H100 SXM5 datasheet: 67 TFLOPS fp32, 989.5 TFLOPS fp16/bf16 tensor "
+         "(dense; 1979 with sparsity), 3.35 TB/s HBM3"),
+    _gpu("h200", "gpu", 132, 67.0, 989.5, 989.5, 4800, 4.0,
+         "NVIDIA H200 SXM datasheet: 67 TFLOPS fp32, 989.5 TFLOPS fp16/bf16 tensor (dense), "
+         "4.8 TB/s HBM3e"),
+    _gpu("rtx3090", "gpu", 82, 35.6, 71.0, 71.0, 936, 5.0,
+         "NVIDIA GeForce RTX 3090 datasheet (GA102 whitepaper): 35.6 TFLOPS fp32, 71 TFLOPS fp16 "
+         "tensor with fp32 accumulation (142 with fp16 accumulation), 936 GB/s GDDR6X"),
+    _gpu("rtx3060", "gpu", 28, 12.7, 25.6, 25.6, 360, 5.0,
+         "NVIDIA GeForce RTX 3060 12GB datasheet: 12.7 TFLOPS fp32, ~25.6 TFLOPS fp16 tensor with "
+         "fp32 accumulation (GA106, half the fp16-accumulate rate), 360 GB/s GDDR6"),
+    _gpu("jetson_tx2", "edge", 2, 0.665, 1.33, 0.0, 59.7, 25.0,
+         "NVIDIA Jetson TX2 datasheet: 256-core Pascal GPU, ~0.67 TFLOPS fp32, 1.33 TFLOPS "
+         "fp16 (no tensor cores), 59.7 GB/s LPDDR4"),
+    _gpu("jetson_orin", "edge", 16, 5.3, 42.5, 42.5, 204.8, 15.0,
+         "NVIDIA Jetson AGX Orin 64GB datasheet: 2048-core Ampere GPU, 5.3 TFLOPS fp32; "
+         "fp16 tensor ~42.5 TFLOPS dense (a quarter of the GPU's 170 sparse INT8 TOPS), "
+         "204.8 GB/s LPDDR5"),
+)}
+
+# "cpu" without calibration: a deliberately low guess for a small x86 machine.
+CPU_DEFAULT = HardwareSpec(
+    "cpu", "cpu", 2, (("float32", 2.0e10), ("bfloat16", 1.0e10), ("float16", 5.0e9)),
+    5.0e9, 1.0e-5, "uncalibrated default (run `laudtriton calibrate`)")
+
+ALIASES = {"tx2": "jetson_tx2", "orin": "jetson_orin", "3090": "rtx3090", "3060": "rtx3060"}
+
+
+def known_hardware() -> list[str]:
+    """Every accepted hardware name (presets and "cpu")."""
+    return sorted([*PRESETS, "cpu"])
+
+
+def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
+    """The local machine: from the calibration file of this device in ``cache_dir`` (see
+    ``predict.calibrate``), else ``CPU_DEFAULT`` with a warning (when ``warn``)."""
+    from .calibrate import load_calibration
+
+    cal = load_calibration(cache_dir)
+    if cal is not None:
+        return cal.to_hardware()
+    if warn:
+        log.warning("no calibration of this machine found; using the conservative CPU default "
+                    "(%s). Run `laudtriton calibrate` first for real numbers.",
+                    CPU_DEFAULT.describe())
+    return CPU_DEFAULT
+
+
+def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
+    """The HardwareSpec called ``name`` (case-insensitive; "-" and " " read as "_").
+
+    Raises:
+        ValueError: if ``name`` is unknown (the message lists the known names).
+    """
+    if isinstance(name, HardwareSpec):
+        return name
+    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    key = ALIASES.get(key, key)
+    if key == "cpu":
+        return cpu_hardware(cache_dir)
+    if key in PRESETS:
+        return PRESETS[key]
+    raise ValueError(f"--hardware {name!r} unknown; known: {', '.join(known_hardware())}")
+
+
+def with_overhead(hw: HardwareSpec, launch_overhead: float) -> HardwareSpec:
+    """``hw`` with another launch overhead (s)."""
+    return replace(hw, launch_overhead=float(launch_overhead))

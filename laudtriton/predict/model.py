@@ -1,0 +1,364 @@
+"""Per-variant latency model (DESIGN.md section 6).
+
+For a variant with ``Cost(flops, bytes, launches)`` at (spec, rate) on hardware ``hw``:
+
+    t = launches · overhead + max(flops · q / (peak · eff_c), bytes / (bw · eff_m))
+
+peak: ``hw.peak_macs(spec.dtype)`` multiply-adds/s; bw: ``hw.bandwidth`` B/s. q >= 1 is the
+GPU tile-and-wave quantisation of the block's three GEMMs (and the downsample): each GEMM
+[M, N, K] runs as ⌈M/128⌉·⌈N/BN⌉ tiles (BN = 64 when N <= 64, else 128) in
+⌈tiles/units⌉ waves over ``hw.compute_units`` SMs, so q = padded work / useful work,
+weighted by each GEMM's multiply-adds; q = 1 on CPUs. eff_c, eff_m (fractions of peak)
+and overhead (s per launch) are the variant's ``Factors``: fitted on cached timings by
+least squares in log space (:func:`fit`), else defaults per hardware kind.
+
+Predictions are made monotone in rate: the time at r is the largest raw prediction over
+the grid r' = i/200 with r' <= ⌈200·r⌉/200 (every bucket of the sweeps, multiples of 0.005,
+lies on the grid, so it is not rounded up), because a variant's Cost may drop where its
+code takes a shortcut (``ops/layer.py: compact_cost`` at rate 1), the tile quantisation
+may fall as rows fill a tile, and a scheduler must never believe that more active cells
+cost less.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ..ops.registry import Cost, Variant, all_variants, get_variant
+from ..ops.spec import BlockSpec
+from .hardware import HardwareSpec
+from .network import mask1_fraction, stem_head_cost
+
+log = logging.getLogger("laudtriton")
+
+MONOTONE_STEPS = 200
+
+
+@dataclass(frozen=True)
+class Factors:
+    """eff_c, eff_m: fractions of peak compute / bandwidth reached; overhead: s per launch
+    (None: the hardware's). n: timings fitted on (0: a default)."""
+
+    eff_c: float = 0.5
+    eff_m: float = 0.7
+    overhead: float | None = None
+    n: int = 0
+
+
+DEFAULT_FACTORS = {"gpu": Factors(0.5, 0.7), "edge": Factors(0.4, 0.6),
+                   "cpu": Factors(0.5, 0.5)}
+
+
+def resolve_variant(variant: str | Variant) -> Variant:
+    """The registered Variant; ValueError naming the known ones when it has no model."""
+    if isinstance(variant, Variant):
+        return variant
+    try:
+        return get_variant(variant)
+    except ValueError:
+        known = ", ".join(sorted(v.name for v in all_variants()))
+        raise ValueError(f"variant {variant!r} has no latency model (it is not registered); "
+                         f"known: {known}") from None
+
+
+def gemm_dims(spec: BlockSpec, rate: float, variant: str) -> list[tuple[float, float, float]]:
+    """[M, N, K] of the block's GEMMs (conv1, conv2 as im2col, conv3, downsample) when
+    ``variant`` runs at ``rate``; per sample for channel modes (each sample its own lists)."""
+    b = spec.batch
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    r1 = r3 = rc = rows = 1.0
+    if variant != "dense":
+        if spec.mode == "layer":
+            rows = rate
+        elif spec.mode == "channel":
+            rc = rate
+        else:
+            r3 = rate
+            r1 = mask1_fraction(spec, rate)
+            rc = rate if spec.mode == "both" else 1.0
+    m = spec.width * rc
+    per = 1 if spec.mode in ("channel", "both") and variant != "dense" else b
+    reps = b // per
+    dims = [(per * h * w * r1 * rows, m, spec.in_channels),
+            (per * ho * wo * r3 * rows, m, 9 * m),
+            (per * ho * wo * r3 * rows, spec.out_channels, m)] * reps
+    if spec.downsample:
+        dims.append((b * ho * wo, spec.out_channels, spec.in_channels))
+    return dims
+
+
+def quantisation(spec: BlockSpec, rate: float, variant: str, hw: HardwareSpec) -> float:
+    """Padded/useful multiply-adds of the GEMM tiles and waves on a GPU (>= 1); 1 on CPU."""
+    if hw.kind == "cpu":
+        return 1.0
+    useful = padded = 0.0
+    for m, n, k in gemm_dims(spec, rate, variant):
+        if m <= 0 or n <= 0 or k <= 0:
+            continue
+        bm, bn = _tile(m), _tile(n)
+        tiles = math.ceil(m / bm) * math.ceil(n / bn)
+        waves = math.ceil(tiles / hw.compute_units)
+        useful += m * n * k
+        padded += bm * bn * k * waves * hw.compute_units
+    return max(1.0, padded / useful) if useful > 0 else 1.0
+
+
+def _tile(size: float) -> int:
+    """Tile edge an autotuned kernel would pick: the power of two >= size in [16, 128]."""
+    return int(min(128, max(16, 1 << max(0, math.ceil(math.log2(max(size, 1.0)))))))
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The model's inputs for one (spec, rate, variant): launches, compute seconds at full
+    peak (with q), memory seconds at full bandwidth."""
+
+    launches: float
+    compute_s: float
+    memory_s: float
+
+
+def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec) -> Terms:
+    """Terms of ``variant`` at (spec, rate) on ``hw`` from its Cost.
+
+    Raises:
+        ValueError: if the variant is not registered or its cost fails.
+    """
+    v = resolve_variant(variant)
+    try:
+        c: Cost = v.cost(spec, float(rate))
+    except Exception as e:  # a cost that cannot handle this spec is a missing model
+        raise ValueError(f"variant {v.name!r} has no latency model for {spec.short()} at "
+                         f"rate {rate:g}: {e}") from None
+    q = quantisation(spec, rate, v.name, hw)
+    return Terms(float(c.launches), c.flops * q / hw.peak_macs(spec.dtype),
+                 c.bytes / hw.bandwidth)
+
+
+def _latency(t: Terms, f: Factors, hw: HardwareSpec) -> float:
+    ov = hw.launch_overhead if f.overhead is None else f.overhead
+    return t.launches * ov + max(t.compute_s / f.eff_c, t.memory_s / f.eff_m)
+
+
+def factors_for(variant: str, hw: HardwareSpec, factors: dict[str, Factors] | None) -> Factors:
+    """The variant's fitted factors, else the pooled fit ("*"), else the kind default."""
+    factors = factors or {}
+    return factors.get(variant) or factors.get("*") or DEFAULT_FACTORS[hw.kind]
+
+
+def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
+                  factors: dict[str, Factors] | None = None) -> float:
+    """Predicted seconds of one call of ``variant`` on ``spec`` at activation ``rate``,
+    non-decreasing in ``rate`` (see the module docstring).
+
+    Raises:
+        ValueError: rate outside [0, 1], or a variant with no model.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate {rate!r} must be in [0, 1]")
+    v = resolve_variant(variant)
+    curve = _curve(spec, v.name, hw, factors_for(v.name, hw, factors))
+    return curve[min(MONOTONE_STEPS, math.ceil(rate * MONOTONE_STEPS - 1e-6))]
+
+
+@lru_cache(maxsize=65536)
+def _grid_terms(spec: BlockSpec, i: int, variant: str, hw: HardwareSpec) -> Terms:
+    return terms(spec, i / MONOTONE_STEPS, variant, hw)
+
+
+@lru_cache(maxsize=8192)
+def _curve(spec: BlockSpec, variant: str, hw: HardwareSpec, f: Factors) -> tuple[float, ...]:
+    """Running maximum of the raw prediction over the rate grid."""
+    out, top = [], 0.0
+    for i in range(MONOTONE_STEPS + 1):
+        top = max(top, _latency(_grid_terms(spec, i, variant, hw), f, hw))
+        out.append(top)
+    return tuple(out)
+
+
+def predict_timings(spec: BlockSpec, bucket: float, variants: Iterable[str | Variant],
+                    hw: HardwareSpec, factors: dict[str, Factors] | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """{variant: {"{}": predicted seconds}}: the shape of measured timings, so that
+    ``DispatchTable.add(bucket, ..., "predicted")`` takes it."""
+    out = {}
+    for v in variants:
+        v = resolve_variant(v)
+        out[v.name] = {"{}": predict_block(spec, bucket, v, hw, factors)}
+    return out
+
+
+# -- fitting --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured point: spec, rate bucket, variant, best seconds over its configs."""
+
+    spec: BlockSpec
+    rate: float
+    variant: str
+    seconds: float
+
+
+def samples(entries: Iterable) -> list[Sample]:
+    """Cache entries (``TuneCache.entries()``) -> the fastest finite, positive time per
+    (spec, rate bucket, variant); variants not registered here are skipped (logged)."""
+    best: dict[tuple, float] = {}
+    skipped = set()
+    for e in entries:
+        if not (math.isfinite(e.seconds) and e.seconds > 0):
+            continue
+        try:
+            resolve_variant(e.variant)
+        except ValueError:
+            skipped.add(e.variant)
+            continue
+        k = (e.spec, round(float(e.rate_bucket), 6), e.variant)
+        best[k] = min(e.seconds, best.get(k, math.inf))
+    if skipped:
+        log.warning("cached timings of unregistered variants ignored: %s", sorted(skipped))
+    return [Sample(s, r, v, t) for (s, r, v), t in sorted(
+        best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2]))]
+
+
+def _arrays(data: Sequence[Sample], hw: HardwareSpec):
+    ts = [terms(s.spec, s.rate, s.variant, hw) for s in data]
+    return (np.array([t.launches for t in ts]), np.array([t.compute_s for t in ts]),
+            np.array([t.memory_s for t in ts]), np.array([s.seconds for s in data]))
+
+
+def _fit_one(data: Sequence[Sample], hw: HardwareSpec, prior: Factors) -> Factors:
+    """Least squares of log(pred) - log(measured) over (1/eff_c, 1/eff_m, overhead), by a
+    refined log grid (no SciPy); a weak pull towards ``prior`` keeps unidentified
+    parameters (e.g. eff_m when compute always dominates) at their default."""
+    lau, xc, xm, t = _arrays(data, hw)
+    lt = np.log(t)
+    p0 = np.log([1 / prior.eff_c, 1 / prior.eff_m,
+                 prior.overhead if prior.overhead is not None else hw.launch_overhead])
+    lo = np.log([1e-3, 1e-3, 1e-9])
+    hi = np.log([1e4, 1e4, 1e-1])
+    best, width = p0.copy(), hi - lo
+    for _ in range(6):
+        axes = [np.clip(np.linspace(best[i] - width[i] / 2, best[i] + width[i] / 2, 17),
+                        lo[i], hi[i]) for i in range(3)]
+        a, b, c = np.meshgrid(*axes, indexing="ij")
+        a, b, c = (np.exp(g.reshape(-1, 1)) for g in (a, b, c))
+        pred = c * lau + np.maximum(a * xc, b * xm)
+        err = ((np.log(pred) - lt) ** 2).mean(axis=1)
+        grid = np.stack([np.log(a[:, 0]), np.log(b[:, 0]), np.log(c[:, 0])], axis=1)
+        err = err + 1e-4 * ((grid - p0) ** 2).sum(axis=1)
+        best = grid[int(np.argmin(err))]
+        width = width / 3
+    a, b, c = np.exp(best)
+    return Factors(eff_c=float(1 / a), eff_m=float(1 / b), overhead=float(c), n=len(data))
+
+
+def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Factors]:
+    """Per-variant Factors fitted on ``data`` (Samples or cache entries), plus "*" fitted on
+    all of them (the fallback for variants with fewer than ``min_samples`` points)."""
+    data = list(data)
+    if data and not isinstance(data[0], Sample):
+        data = samples(data)
+    prior = DEFAULT_FACTORS[hw.kind]
+    out: dict[str, Factors] = {}
+    if len(data) >= min_samples:
+        out["*"] = _fit_one(data, hw, prior)
+    for v in sorted({s.variant for s in data}):
+        part = [s for s in data if s.variant == v]
+        if len(part) >= min_samples:
+            out[v] = _fit_one(part, hw, prior)
+    return out
+
+
+# -- validation -----------------------------------------------------------------------
+
+def shape_key(spec: BlockSpec) -> tuple:
+    """The block shape entries are held out by: channels, stride, downsample, input size
+    (mode, S, batch and dtype left out, so one shape never sits on both sides)."""
+    return (spec.in_channels, spec.width, spec.out_channels, spec.stride, spec.downsample,
+            tuple(spec.in_hw))
+
+
+@dataclass
+class ValidationReport:
+    """rows: (spec, rate, variant, measured s, predicted s) of every held-out sample;
+    per_variant: {variant: (MAPE %, n)}; mape: over every row; folds: shapes held out."""
+
+    rows: list[tuple[BlockSpec, float, str, float, float]] = field(default_factory=list)
+    per_variant: dict[str, tuple[float, int]] = field(default_factory=dict)
+    mape: float = math.nan
+    folds: int = 0
+
+    def format(self) -> str:
+        """Per-variant table, then the last line exactly ``MAPE <number>%``."""
+        lines = [f"held out by block shape: {self.folds} folds, {len(self.rows)} timings",
+                 f"{'variant':<14} {'n':>5} {'MAPE %':>8}"]
+        for v, (m, n) in sorted(self.per_variant.items()):
+            lines.append(f"{v:<14} {n:>5} {m:>8.2f}")
+        lines.append(f"MAPE {self.mape:.2f}%")
+        return "\n".join(lines)
+
+
+def validate(entries: Iterable, hw: HardwareSpec) -> ValidationReport:
+    """Leave-one-block-shape-out validation: for each shape, fit on the others' timings and
+    predict its own; MAPE = mean |pred - measured| / measured x 100.
+
+    Raises:
+        ValueError: if there are no usable timings, or fewer than 2 block shapes.
+    """
+    data = samples(entries)
+    if not data:
+        raise ValueError("no cached timings to validate on; run `laudtriton sweep` first "
+                         "(and `laudtriton calibrate`)")
+    shapes = sorted({shape_key(s.spec) for s in data})
+    if len(shapes) < 2:
+        raise ValueError(f"cached timings cover {len(shapes)} block shape; holding out by "
+                         "shape needs at least 2 (sweep more blocks)")
+    rep = ValidationReport(folds=len(shapes))
+    for shape in shapes:
+        train = [s for s in data if shape_key(s.spec) != shape]
+        fac = fit(train, hw)
+        for s in data:
+            if shape_key(s.spec) == shape:
+                p = predict_block(s.spec, s.rate, s.variant, hw, fac)
+                rep.rows.append((s.spec, s.rate, s.variant, s.seconds, p))
+    errs: dict[str, list[float]] = {}
+    for _, _, v, t, p in rep.rows:
+        errs.setdefault(v, []).append(abs(p - t) / t * 100)
+    rep.per_variant = {v: (float(np.mean(e)), len(e)) for v, e in errs.items()}
+    rep.mape = float(np.mean([e for es in errs.values() for e in es]))
+    return rep
+
+
+def predict_stem_head(input_size: int, batch: int, dtype: str, hw: HardwareSpec,
+                      factors: dict[str, Factors] | None = None) -> float:
+    """Predicted seconds of the dense stem and head (``network.stem_head_cost``), with the
+    ``dense`` variant's factors."""
+    flops, byts, launches = stem_head_cost(input_size, batch, dtype=dtype)
+    t = Terms(float(launches), flops / hw.peak_macs(dtype), byts / hw.bandwidth)
+    return _latency(t, factors_for("dense", hw, factors), hw)
+
+
+def predict_expected(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
+                     factors: dict[str, Factors] | None = None) -> float:
+    """Expected seconds at a mean activation ``rate`` that is not a whole number of the N
+    mask cells: linear between k/N and (k+1)/N active cells (a Cost rounds to whole cells,
+    so a coarse grid, e.g. one 8x8 cell on a 14x14 map, would otherwise look free below
+    rate 0.5). Equal to :func:`predict_block` where there is no spatial grid."""
+    if not spec.spatial:
+        return predict_block(spec, rate, variant, hw, factors)
+    gh, gw = spec.grid
+    n = gh * gw
+    k = min(int(math.floor(rate * n + 1e-9)), n)
+    lo = predict_block(spec, k / n, variant, hw, factors)
+    if k >= n:
+        return lo
+    hi = predict_block(spec, (k + 1) / n, variant, hw, factors)
+    return lo + (rate * n - k) * (hi - lo)

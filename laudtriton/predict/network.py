@@ -1,0 +1,161 @@
+"""Block specs of a LAUD-ResNet without building it, and the FLOPs-ratio -> rate mapping.
+
+The predictor and the co-design search evaluate thousands of (mode, S) configurations;
+building each model would take seconds, so the BlockSpecs are derived here from the
+architecture (the same rules as ``laudtriton.nn.resnet``; a test checks they agree).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
+from ..ops.masks import expected_mask1_fraction
+from ..ops.spec import BlockSpec
+
+MODES = ("spatial", "channel", "layer", "both")
+
+
+def per_stage(value, name: str, cast=str) -> list:
+    """'a-b-c-d', a scalar or a 4-list -> 4 values.
+
+    Raises:
+        ValueError: naming ``name``, the value and the accepted forms.
+    """
+    items = value.split("-") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value] * 4)
+    if len(items) == 1:
+        items = items * 4
+    if len(items) != 4:
+        raise ValueError(f"--{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 "
+                         "(give one value or 'a-b-c-d')")
+    try:
+        return [cast(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} {value!r} is malformed") from None
+
+
+def stem_hw(input_size: int) -> int:
+    """Feature size after the stem (7x7 conv stride 2, 3x3 max-pool stride 2)."""
+    return ((input_size - 1) // 2 + 1 - 1) // 2 + 1
+
+
+def model_specs(arch: str = "laud_resnet50", mode="spatial", granularity="4-4-2-1",
+                batch: int = 1, input_size: int = 224, dtype: str = "float32",
+                channel_granularity=1) -> list[tuple[str, BlockSpec]]:
+    """(block name, BlockSpec) of every block of ``arch`` for [batch, 3, size, size] inputs.
+
+    mode / granularity / channel_granularity: one value or per stage ('a-b-c-d').
+
+    Raises:
+        ValueError: unknown arch or mode, S larger than a stage's map, a channel group size
+            that does not divide a width, a bad batch or input size.
+    """
+    if arch not in DEPTHS:
+        raise ValueError(f"--model {arch!r} unknown; accepted: {', '.join(DEPTHS)}")
+    if batch < 1 or input_size < 32:
+        raise ValueError(f"batch {batch} must be >= 1 and input size {input_size} >= 32")
+    modes = per_stage(mode, "mode")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"--mode {mode!r}: {m!r} unknown; accepted: {', '.join(MODES)}")
+    gran = per_stage(granularity, "granularity", int)
+    cgran = per_stage(channel_granularity, "channel-granularity", int)
+    size, inplanes, out = stem_hw(input_size), 64, []
+    for i, depth in enumerate(DEPTHS[arch]):
+        planes, stride = STAGE_PLANES[i], STAGE_STRIDES[i]
+        out_size = (size - 1) // stride + 1
+        spatial = modes[i] in ("spatial", "both")
+        if spatial and not 1 <= gran[i] <= out_size:
+            raise ValueError(f"--granularity {granularity!r}: S={gran[i]} in stage {i + 1} "
+                             f"must be in [1, {out_size}] (the {out_size}x{out_size} map)")
+        groups = 0
+        if modes[i] in ("channel", "both"):
+            if cgran[i] < 1 or planes % cgran[i]:
+                raise ValueError(f"--channel-granularity {cgran[i]} must divide the stage "
+                                 f"{i + 1} width {planes}")
+            groups = planes // cgran[i]
+        for j in range(depth):
+            s = stride if j == 0 else 1
+            hw = size if j == 0 else out_size
+            spec = BlockSpec(inplanes, planes, 4 * planes, s,
+                             s != 1 or inplanes != 4 * planes, (hw, hw), modes[i],
+                             gran[i] if spatial else 1, groups, batch, dtype)
+            out.append((f"layer{i + 1}.{j}", spec))
+            inplanes = 4 * planes
+        size = out_size
+    return out
+
+
+def stem_head_cost(input_size: int, batch: int, num_classes: int = 1000,
+                   dtype: str = "float32") -> tuple[float, float, int]:
+    """(multiply-adds, bytes, launches) of the dense stem (conv, BN folded, ReLU, max-pool)
+    and head (pool, fc) of a LAUD-ResNet."""
+    s1 = (input_size - 1) // 2 + 1
+    s2 = stem_hw(input_size)
+    el = 2 if dtype in ("float16", "bfloat16") else 4
+    flops = batch * (3 * 64 * 49 * s1 * s1 + 2048 * num_classes)
+    byts = el * (batch * (3 * input_size**2 + 2 * 64 * s1 * s1 + 64 * s2 * s2 + 7 * 7 * 2048)
+                 + 3 * 64 * 49 + 2048 * num_classes)
+    return float(flops), float(byts), 5
+
+
+def _conv_flops(spec: BlockSpec) -> tuple[float, float, float, float]:
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    c1 = spec.in_channels * spec.width * h * w
+    c2 = spec.width * spec.width * 9 * ho * wo
+    c3 = spec.width * spec.out_channels * ho * wo
+    ds = spec.in_channels * spec.out_channels * ho * wo if spec.downsample else 0
+    return float(c1), float(c2), float(c3), float(ds)
+
+
+def mask1_fraction(spec: BlockSpec, rate: float) -> float:
+    """Expected mask1 fraction at spatial ``rate``, linear between whole active-cell counts
+    (cells drawn uniformly at random)."""
+    gh, gw = spec.grid
+    n = gh * gw
+    a = rate * n
+    lo = min(int(math.floor(a)), n)
+    f_lo = expected_mask1_fraction(spec.in_hw, spec.stride, (gh, gw), lo)
+    if lo >= n or a == lo:
+        return f_lo
+    f_hi = expected_mask1_fraction(spec.in_hw, spec.stride, (gh, gw), lo + 1)
+    return f_lo + (a - lo) * (f_hi - f_lo)
+
+
+def flops_ratio(spec: BlockSpec, rate: float) -> float:
+    """Block FLOPs / dense block FLOPs at activation ``rate`` (official accounting, no
+    maskers): spatial conv1·r1 + (conv2 + conv3)·r; channel conv1·r + conv2·r² + conv3·r;
+    both: spatial with the channel rate also r; layer (conv1+conv2+conv3)·r; the
+    downsample is always dense. Continuous and non-decreasing in ``rate``."""
+    c1, c2, c3, ds = _conv_flops(spec)
+    if spec.mode == "layer":
+        part = (c1 + c2 + c3) * rate
+    elif spec.mode == "channel":
+        part = c1 * rate + c2 * rate * rate + c3 * rate
+    else:
+        cr = rate if spec.mode == "both" else 1.0
+        part = c1 * cr * mask1_fraction(spec, rate) + (c2 * cr * cr + c3 * cr) * rate
+    return (part + ds) / (c1 + c2 + c3 + ds)
+
+
+def rate_for_flops_ratio(spec: BlockSpec, target: float) -> float:
+    """The activation rate whose FLOPs ratio (:func:`flops_ratio`) is ``target`` (bisection;
+    0 when even rate 0 exceeds it, i.e. the dense downsample alone is above the target).
+
+    Raises:
+        ValueError: if ``target`` is outside (0, 1].
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
+    if flops_ratio(spec, 0.0) >= target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if flops_ratio(spec, mid) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,253 @@
+"""Latency predictor: hardware presets, calibration, the model, fitting, validation, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+
+import pytest
+
+import laudtriton.ops  # noqa: F401  (registers every variant)
+from laudtriton.cli import main
+from laudtriton.ops.registry import all_variants
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.predict.calibrate import (
+    Calibration,
+    calibrate,
+    calibration_path,
+    load_calibration,
+    save_calibration,
+)
+from laudtriton.predict.hardware import CPU_DEFAULT, PRESETS, get_hardware, known_hardware
+from laudtriton.predict.model import (
+    Factors,
+    Sample,
+    _latency,
+    fit,
+    predict_block,
+    predict_expected,
+    predict_timings,
+    quantisation,
+    terms,
+    validate,
+)
+from laudtriton.predict.network import flops_ratio, model_specs, rate_for_flops_ratio
+from laudtriton.tune.cache import TuneCache
+
+CPU = CPU_DEFAULT
+
+
+def _specs() -> list[BlockSpec]:
+    """Distinct block shapes over every mode, odd input size and batch, S dividing or not."""
+    out = set()
+    for mode, gran, batch, size in [("spatial", "4-4-2-1", 1, 224), ("spatial", "3-5-7-2", 3, 200),
+                                    ("both", "8-4-7-1", 2, 224), ("channel", 1, 3, 160),
+                                    ("layer", 1, 5, 224)]:
+        for _, s in model_specs("laud_resnet50", mode, gran, batch, size,
+                                channel_granularity=4 if mode in ("channel", "both") else 1):
+            out.add(s)
+    return sorted(out, key=BlockSpec.key)
+
+
+SPECS = _specs()
+
+
+# -- hardware -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_complete(name):
+    hw = get_hardware(name.upper())
+    assert hw.kind in ("gpu", "edge") and hw.backend == "cuda"
+    for dt in ("float32", "float16", "bfloat16"):
+        assert hw.peak_macs(dt) > 1e11
+    assert hw.peak_macs("float16") >= hw.peak_macs("float32")
+    assert "datasheet" in hw.notes
+
+
+def test_unknown_hardware_lists_known():
+    with pytest.raises(ValueError) as e:
+        get_hardware("tpu-v9")
+    for name in known_hardware():
+        assert name in str(e.value)
+
+
+def test_cpu_preset_reads_calibration(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert get_hardware("cpu", tmp_path) == CPU_DEFAULT
+    assert "calibrate" in caplog.text
+    cal = Calibration("x", "cpu", {"float32": 3e10}, 7e9, 2e-6, 2, 2)
+    save_calibration(cal, tmp_path)
+    hw = get_hardware("cpu", tmp_path)
+    assert (hw.peak_macs("float32"), hw.bandwidth, hw.launch_overhead) == (3e10, 7e9, 2e-6)
+    calibration_path(tmp_path).write_text("{not json")
+    assert load_calibration(tmp_path) is None  # corrupt: reported, ignored
+
+
+def test_calibrate_quick(tmp_path):
+    cal = calibrate("cpu", quick=True)
+    assert cal.peak["float32"] > 1e8 and cal.bandwidth > 1e8 and 0 < cal.overhead < 1e-3
+    save_calibration(cal, tmp_path)
+    assert load_calibration(tmp_path) == cal
+
+
+# -- the model ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hw_name", ["cpu", "v100", "jetson_tx2"])
+@pytest.mark.parametrize("variant", sorted(v.name for v in all_variants()))
+def test_monotone_in_rate(variant, hw_name):
+    hw = CPU if hw_name == "cpu" else get_hardware(hw_name)
+    v = next(v for v in all_variants() if v.name == variant)
+    specs = [s for s in SPECS if s.mode in v.modes and v.supports(s)]
+    assert specs, f"no test spec for {variant}"
+    fac = {variant: Factors(0.3, 0.9, 3e-6, 10)}
+    for spec in specs:
+        for f in (None, fac):
+            prev = 0.0
+            for i in range(41):
+                r = i / 40
+                t = predict_block(spec, r, variant, hw, f)
+                te = predict_expected(spec, r, variant, hw, f)
+                assert t > 0 and math.isfinite(t) and te > 0
+                assert t >= prev * (1 - 1e-12), f"{variant} {spec.short()} r={r}: {t} < {prev}"
+                prev = t
+
+
+def test_predict_timings_shape_and_unknown_variant():
+    spec = model_specs("laud_resnet50")[4][1]
+    out = predict_timings(spec, 0.5, ["dense", "gather"], CPU)
+    assert set(out) == {"dense", "gather"} and set(out["dense"]) == {"{}"}
+    assert out["gather"]["{}"] < out["dense"]["{}"] * 2
+    with pytest.raises(ValueError, match="no latency model"):
+        predict_block(spec, 0.5, "warp_drive", CPU)
+    with pytest.raises(ValueError, match="rate"):
+        predict_block(spec, 1.5, "dense", CPU)
+
+
+def test_quantisation():
+    spec = model_specs("laud_resnet50", batch=1)[-1][1]  # 7x7 map: few tiles
+    h100 = get_hardware("h100")
+    assert quantisation(spec, 0.5, "gather", CPU) == 1.0
+    q = quantisation(spec, 0.5, "gather", h100)
+    assert q > 2.0  # 49 rows at rate ~0.5 fill 1 tile of 128 rows on 132 SMs
+    big = spec.with_(batch=256)
+    assert 1.0 <= quantisation(big, 1.0, "dense", h100) < q
+
+
+def test_flops_ratio_mapping():
+    for spec in SPECS[:12]:
+        assert flops_ratio(spec, 1.0) == pytest.approx(1.0)
+        for target in (0.3, 0.5, 0.8):
+            r = rate_for_flops_ratio(spec, target)
+            if flops_ratio(spec, 0.0) >= target:
+                assert r == 0.0
+            else:
+                assert flops_ratio(spec, r) == pytest.approx(target, abs=1e-6)
+    with pytest.raises(ValueError, match="target-rate"):
+        rate_for_flops_ratio(SPECS[0], 0.0)
+
+
+def test_model_specs_match_built_model():
+    from laudtriton.tune.sweep import MODELS, model_blocks
+
+    for mode, gran, size in [("spatial-channel-layer-both", "8-4-3-1", 160)]:
+        m = MODELS["laud_resnet50"](mode=mode, granularity=gran, input_size=size,
+                                    channel_granularity=2)
+        got = [s for _, s in model_specs("laud_resnet50", mode, gran, 3, size,
+                                         channel_granularity=2)]
+        assert got == [s for _, _, s in model_blocks(m, size, 3)]
+    with pytest.raises(ValueError, match="granularity"):
+        model_specs("laud_resnet50", "spatial", "4-4-2-8")
+
+
+# -- fitting and validation -----------------------------------------------------------------
+
+TRUE = {"dense": Factors(0.6, 0.4, 2e-5), "gather": Factors(0.25, 0.8, 6e-5),
+        "patch": Factors(0.35, 0.5, 4e-5)}
+
+
+def _synthetic(noise: float, shapes: int = 5, seed: int = 0) -> list[Sample]:
+    rng = random.Random(seed)
+    specs = [s for _, s in model_specs("laud_resnet50", "spatial", "4-4-2-1", 1)]
+    specs = sorted(set(specs), key=BlockSpec.key)[:shapes]
+    out = []
+    for spec in specs:
+        for r in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
+            for v, f in TRUE.items():
+                if v == "patch" and spec.granularity < 2:
+                    continue
+                t = _latency(terms(spec, r, v, CPU), f, CPU) * (1 + noise * rng.uniform(-1, 1))
+                out.append(Sample(spec, r, v, t))
+    return out
+
+
+def test_fit_recovers_factors():
+    fac = fit(_synthetic(0.0), CPU)
+    for s in _synthetic(0.0):
+        assert predict_block(s.spec, s.rate, s.variant, CPU, fac) == pytest.approx(
+            s.seconds, rel=0.03)
+    assert fac["gather"].eff_c == pytest.approx(0.25, rel=0.1)
+
+
+def _write_cache(tmp_path, data: list[Sample]) -> TuneCache:
+    cache = TuneCache(tmp_path, device="cpu")
+    for s in data:
+        cache.record(s.spec, s.rate, {s.variant: {"{}": s.seconds}})
+    return cache
+
+
+def test_validate_on_synthetic_cache(tmp_path):
+    entries = _write_cache(tmp_path, _synthetic(0.05)).entries()
+    rep = validate(entries, CPU)
+    assert rep.folds == 5 and len(rep.rows) == len(_synthetic(0.05))
+    assert set(rep.per_variant) == set(TRUE)
+    assert rep.mape < 10.0
+    assert rep.format().splitlines()[-1] == f"MAPE {rep.mape:.2f}%"
+    one_shape = [s for s in _synthetic(0.0) if s.spec == _synthetic(0.0)[0].spec]
+    with pytest.raises(ValueError, match="at least 2"):
+        validate(_write_cache(tmp_path / "one", one_shape).entries(), CPU)
+    with pytest.raises(ValueError, match="no cached timings"):
+        validate([], CPU)
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+def _cli(args, capsys):
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_predict_table(capsys, tmp_path):
+    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--hardware", "h200",
+                         "--batch", "8", "--rates", "0.25,0.5", "--cache-dir", str(tmp_path)],
+                        capsys)
+    assert rc == 0, err
+    assert "layer3.1" in out and "gather ms" in out and "ms/img" in out
+
+
+def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
+    rc, out, err = _cli(["predict", "--validate"], capsys)
+    assert rc == 2 and "no timings" in err and "Traceback" not in err
+    rc, out, err = _cli(["calibrate", "--quick"], capsys)
+    assert rc == 0 and calibration_path(tmp_path).is_file()
+    assert json.loads(calibration_path(tmp_path).read_text())["peak"]["float32"] > 0
+    _write_cache(tmp_path, _synthetic(0.05, shapes=3))
+    rc, out, err = _cli(["predict", "--validate", "--hardware", "cpu"], capsys)
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("MAPE ") and last.endswith("%") and float(last[5:-1]) >= 0
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["predict", "--hardware", "abacus"], "known: a100, cpu, h100"),
+    (["predict", "--hardware", "v100", "--variants", "dense,nope"], "no latency model"),
+    (["predict", "--hardware", "v100", "--rates", "0.5,2"], "--rates"),
+    (["predict", "--hardware", "v100", "--granularity", "4-4-2"], "3 stages"),
+    (["predict", "--hardware", "v100", "--validate"], "needs measured timings"),
+])
+def test_cli_errors(capsys, args, msg):
+    rc, out, err = _cli(args, capsys)
+    assert rc == 2 and msg in err and "Traceback" not in err

@@ -71,11 +71,11 @@ def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
 
 
 # Active samples run as contiguous batch slices (views: no gather, one output copy) unless
-# the map is small and they are scattered: there a gathered batch amortises the weight
+# the input map is small and they are scattered: there a gathered batch amortises the weight
 # reads. Measured on 2-core x86 (1 thread, batch 8, gate 10110010):
 # 256->64->256 at 56x56: 13.2 ms slices vs 24-28 ms gathered; 2048->512->2048 at 7x7:
-# 10.7 ms slices vs 9.6 ms gathered.
-GATHER_MAX_PIXELS = 14 * 14
+# 10.7 ms slices vs 9.6 ms gathered; 512->128->512 at 28x28: 10.4 vs 10.0 ms.
+GATHER_MAX_PIXELS = 28 * 28
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.
     ho, wo = (in_hw[0] - 1) // fb.stride + 1, (in_hw[1] - 1) // fb.stride + 1
     out = torch.empty((b, fb.out_channels, ho, wo), dtype=x.dtype, device=x.device,
                       memory_format=CL)
-    gather = ho * wo <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
+    gather = in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
     if gather:
         put(out, idx, _block(sw, ds, take(x, idx)))
     for a, e, active in runs:

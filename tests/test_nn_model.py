@@ -1,0 +1,503 @@
+"""LAUD-ResNet: FLOPs against hand counts, state-dict layout of the official LAUDNet code
+(tests/data/laudnet_state_dict_layout.txt), torchvision/official weight loading, rate
+calibration and bad input."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from laudtriton.nn import LaudResNet, calibrate_rates, laud_resnet50, laud_resnet101
+from laudtriton.testing import make_block
+
+LAYOUT_FILE = Path(__file__).parent / "data" / "laudnet_state_dict_layout.txt"
+
+
+def tiny(**kw) -> LaudResNet:
+    """A 4-block LAUD-ResNet (one block per stage, quarter width) for fast tests."""
+    kw.setdefault("input_size", 64)
+    return LaudResNet((1, 1, 1, 1), width_mult=0.25, num_classes=10, **kw).eval()
+
+
+def steer_spatial(block) -> None:
+    """Spatial masker margin = 2 * pooled input channel 0."""
+    with torch.no_grad():
+        conv = block.masker_spatial.conv
+        conv.weight.zero_()
+        conv.weight[0, 0], conv.weight[1, 0] = 1.0, -1.0
+        conv.bias.zero_()
+
+
+def steer_channel(block, group_mask) -> None:
+    """Channel masker outputs ``group_mask`` for every input."""
+    lin = block.masker_channel.last_linear()
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.bias[: len(group_mask)] = torch.tensor([1.0 if m else -1.0 for m in group_mask])
+
+
+def cell_input(b, c, h, w, active_boxes):
+    """x with channel 0 = +1 inside the (r0, r1, c0, c1) boxes and -1 elsewhere."""
+    x = torch.randn(b, c, h, w)
+    x[:, 0] = -1.0
+    for r0, r1, c0, c1 in active_boxes:
+        x[:, 0, r0:r1, c0:c1] = 1.0
+    return x
+
+
+# ---------------------------------------------------------------- FLOPs, hand counts
+# Block with Cin=16, w=4, Cout=16 on 8x8 (stride 1): conv1 16*4*64 = 4096,
+# conv2 4*4*9*64 = 9216, conv3 4*16*64 = 4096; dense backbone 17408.
+
+
+def _stats(block, x):
+    with torch.no_grad():
+        block(x)
+    return block.last_stats
+
+
+def test_flops_spatial_stride1_by_hand():
+    block = make_block(16, 4, mode="spatial", granularity=2)
+    steer_spatial(block)
+    s = _stats(block, cell_input(1, 16, 8, 8, [(0, 2, 0, 2)]))  # cell (0, 0) of 4x4 only
+    assert s.rate3.item() == 1 / 16
+    assert s.rate2.item() == 4 / 64
+    assert s.rate1.item() == 9 / 64  # rows/cols 0..2 around the 2x2 active patch
+    assert s.channel_rate.item() == 1.0
+    assert s.masker_flops == 1024  # pool 16*16 + conv (2*16 + 16)*16
+    assert s.dense_flops == 1024 + 17408
+    assert s.flops.item() == 1024 + 576 + 576 + 256  # 4096*9/64 + 9216*4/64 + 4096/16
+
+
+def test_flops_spatial_stride2_downsample_by_hand():
+    # Cin=8, w=4, Cout=16, 8x8 -> 4x4, grid 2x2; conv1 8*4*64 = 2048, conv2 4*4*9*16 = 2304,
+    # conv3 4*16*16 = 1024, downsample 8*16*16 = 2048 (always dense)
+    block = make_block(8, 4, stride=2, mode="spatial", granularity=2)
+    assert block.downsample is not None
+    steer_spatial(block)
+    s = _stats(block, cell_input(1, 8, 8, 8, [(4, 8, 4, 8)]))  # cell (1, 1)
+    assert s.rate3.item() == 1 / 4
+    assert s.rate2.item() == 4 / 16
+    assert s.rate1.item() == 25 / 64  # centres (4|6, 4|6) dilated: rows/cols 3..7
+    assert s.masker_flops == 128  # 8*4 + 24*4
+    assert s.dense_flops == 128 + 2048 + 2304 + 1024 + 2048
+    assert s.flops.item() == 128 + 800 + 576 + 256 + 2048
+
+
+def test_flops_channel_mlp_by_hand():
+    block = make_block(16, 4, mode="channel", channel_granularity=1, channel_masker_layers=2)
+    steer_channel(block, [1, 0, 1, 0])
+    s = _stats(block, torch.randn(1, 16, 8, 8))
+    assert s.channel_rate.item() == 0.5
+    assert s.rate1.item() == s.rate2.item() == s.rate3.item() == 1.0
+    assert s.masker_flops == 1024 + 384  # pool 16*64; MLP 16*16 + 16*8 (hidden max(4//16,16))
+    assert s.flops.item() == 1408 + 2048 + 2304 + 2048  # conv2 scales with rate^2
+
+
+def test_flops_channel_rate_is_a_batch_mean():
+    """Official accounting: conv2 scales with (batch-mean channel rate)^2, so samples with
+    all and no channels give 0.25 of conv2, not the mean of squares 0.5."""
+    block = make_block(16, 4, mode="channel", channel_granularity=1, channel_masker_layers=1)
+    lin = block.masker_channel.last_linear()
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[:4, 0] = 1.0  # keep logits = mean of input channel 0
+    x = torch.randn(2, 16, 8, 8)
+    x[0, 0], x[1, 0] = 1.0, -1.0
+    s = _stats(block, x)
+    assert torch.equal(block.last_masks.channel, torch.tensor([[1.0] * 4, [0.0] * 4]))
+    assert s.masker_flops == 1024 + 128  # pool + linear 16*8
+    assert s.flops.item() == 1152 + 2048 + 2304 + 2048
+
+
+def test_flops_conv_linear_masker_by_hand():
+    block = make_block(16, 4, mode="channel", channel_masker="conv_linear",
+                       channel_masker_reduction=4)
+    steer_channel(block, [1, 1, 1, 0])
+    s = _stats(block, torch.randn(1, 16, 8, 8))
+    # official: reduced map 4*64, plus in*in//r = 64 and the linear 4*8 = 32
+    assert s.masker_flops == 256 + 64 + 32
+    assert s.flops.item() == 352 + 3072 + 5184 + 3072  # rates .75, .5625, .75
+
+
+def test_flops_layer_gate_by_hand():
+    block = make_block(16, 4, mode="layer")
+    steer_spatial(block)
+    x = torch.randn(2, 16, 8, 8)
+    x[0, 0], x[1, 0] = 1.0, -1.0
+    s = _stats(block, x)
+    assert s.rate1.item() == s.rate2.item() == s.rate3.item() == 0.5
+    assert s.masker_flops == 64  # pool 16*1 + conv 48*1
+    assert s.flops.item() == 64 + 17408 / 2
+
+
+def test_flops_both_by_hand():
+    block = make_block(16, 4, mode="both", granularity=2, channel_granularity=2,
+                       channel_masker_layers=1)
+    steer_spatial(block)
+    steer_channel(block, [1, 0])
+    s = _stats(block, cell_input(1, 16, 8, 8, [(0, 2, 0, 2)]))
+    assert s.masker_flops == 1024 + 1024 + 64  # spatial; channel pool 16*64 + linear 16*4
+    # conv1 4096*.5*9/64, conv2 9216*.25*4/64, conv3 4096*.5/16
+    assert s.flops.item() == 2112 + 288 + 144 + 128
+    assert s.dense_flops == 2112 + 17408
+
+
+def test_model_flops_stem_head_and_dense_by_hand():
+    """Model FLOPs = stem (7x7 conv + 3x3 maxpool) + blocks + head (avgpool + fc); the dense
+    reference is the static network without maskers."""
+    model = tiny(mode="spatial", granularity="2-2-1-1")
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    st = model.last_stats
+    stem = 3 * 16 * 32 * 32 * 49 + 16 * 16 * 16 * 9
+    head = 512 + 512 * 10  # avgpool over 4*128 channels, then fc
+    assert st.flops.item() == pytest.approx(stem + head + sum(b.flops.item() for b in st.blocks))
+    dense = stem + head
+    cin, hin = 16, 16
+    for p, stride in ((16, 1), (32, 2), (64, 2), (128, 2)):  # planes (x0.25), stride
+        ho = (hin - 1) // stride + 1
+        dense += cin * p * hin**2 + p * p * 9 * ho**2 + p * 4 * p * ho**2 + cin * 4 * p * ho**2
+        cin, hin = 4 * p, ho
+    assert st.dense_flops == dense
+    assert st.block_flops_ratios.shape == (4,)
+    assert torch.allclose(st.block_flops_ratios,
+                          torch.stack([b.flops / b.dense_flops for b in st.blocks]))
+
+
+# ------------------------------------------------------------------ state-dict layout
+
+LAYOUT_CONFIGS = {
+    "spatial, granularity 4-4-2-1": dict(mode="spatial", granularity="4-4-2-1"),
+    "layer": dict(mode="layer"),
+    "channel, channel_granularity 2, MLP masker with 2 layers": dict(
+        mode="channel", channel_granularity=2, channel_masker="MLP", channel_masker_layers=2),
+    "channel, channel_granularity 1, MLP masker with 1 layer": dict(
+        mode="channel", channel_granularity=1, channel_masker="MLP", channel_masker_layers=1),
+    "channel, conv_linear masker, reduction 16": dict(
+        mode="channel", channel_masker="conv_linear", channel_masker_reduction=16),
+    "both, granularity 4-4-2-1, channel_granularity 2, MLP 1 layer": dict(
+        mode="both", granularity="4-4-2-1", channel_granularity=2, channel_masker="MLP",
+        channel_masker_layers=1),
+}
+
+
+@functools.cache
+def layout() -> dict[str, tuple[int, dict[str, tuple[int, ...]]]]:
+    """{section title: (total key count, {listed key: shape})}."""
+    sections: dict = {}
+    title = None
+    for line in LAYOUT_FILE.read_text().splitlines():
+        head = re.match(r"## (.+?)\s+\((\d+) keys in all\)", line)
+        if head:
+            title = head.group(1)
+            sections[title] = (int(head.group(2)), {})
+        elif line.strip() and not line.startswith("#"):
+            name, shape = line.split("\t")
+            sections[title][1][name] = tuple(int(v) for v in re.findall(r"\d+", shape))
+    return sections
+
+
+@functools.cache
+def built(title: str, depth: int = 50):
+    """State dict {key: shape} of laud_resnet50/101 with the section's configuration."""
+    torch.manual_seed(0)
+    fn = laud_resnet50 if depth == 50 else laud_resnet101
+    return fn(**LAYOUT_CONFIGS[title])
+
+
+def shapes(model) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def resnet_blocks(depths=(3, 4, 6, 3)):
+    """(prefix, Cin, planes, has_downsample) of every ResNet bottleneck."""
+    out, cin = [], 64
+    for i, n in enumerate(depths):
+        p = 64 * 2**i
+        for j in range(n):
+            out.append((f"layer{i + 1}.{j}.", cin, p, j == 0))
+            cin = 4 * p
+    return out
+
+
+def _bn(prefix, c):
+    return {f"{prefix}{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")} | {
+        f"{prefix}num_batches_tracked": ()}
+
+
+def torchvision_keys(depths=(3, 4, 6, 3), num_classes=1000) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a torchvision ResNet-50/101 state dict (built by rule)."""
+    keys = {"conv1.weight": (64, 3, 7, 7)} | _bn("bn1.", 64)
+    for pre, cin, p, ds in resnet_blocks(depths):
+        keys[f"{pre}conv1.weight"] = (p, cin, 1, 1)
+        keys |= _bn(f"{pre}bn1.", p)
+        keys[f"{pre}conv2.weight"] = (p, p, 3, 3)
+        keys |= _bn(f"{pre}bn2.", p)
+        keys[f"{pre}conv3.weight"] = (4 * p, p, 1, 1)
+        keys |= _bn(f"{pre}bn3.", 4 * p)
+        if ds:
+            keys[f"{pre}downsample.0.weight"] = (4 * p, cin, 1, 1)
+            keys |= _bn(f"{pre}downsample.1.", 4 * p)
+    keys |= {"fc.weight": (num_classes, 2048), "fc.bias": (num_classes,)}
+    return keys
+
+
+def masker_keys(cfg: dict, cin: int, p: int) -> dict[str, tuple[int, ...]]:
+    """The official masker keys of one block (the rule the layout file illustrates)."""
+    mode = cfg["mode"]
+    keys = {}
+    if mode in ("spatial", "layer", "both"):
+        keys |= {"masker_spatial.conv.weight": (2, cin, 1, 1), "masker_spatial.conv.bias": (2,)}
+    if mode in ("channel", "both"):
+        g = p // cfg.get("channel_granularity", 1)
+        red = cfg.get("channel_masker_reduction", 16)
+        if cfg.get("channel_masker", "MLP") == "conv_linear":
+            r = cin // red
+            keys["masker_channel.conv.0.weight"] = (r, cin, 1, 1)
+            keys |= _bn("masker_channel.conv.1.", r)
+            keys |= {"masker_channel.linear.weight": (2 * g, r),
+                     "masker_channel.linear.bias": (2 * g,)}
+        elif cfg.get("channel_masker_layers", 2) == 2:
+            hidden = max(g // red, 16)
+            keys |= {"masker_channel.conv.0.weight": (hidden, cin),
+                     "masker_channel.conv.0.bias": (hidden,),
+                     "masker_channel.conv.2.weight": (2 * g, hidden),
+                     "masker_channel.conv.2.bias": (2 * g,)}
+        else:
+            keys |= {"masker_channel.conv.weight": (2 * g, cin),
+                     "masker_channel.conv.bias": (2 * g,)}
+    return keys
+
+
+def official_keys(cfg: dict, depths=(3, 4, 6, 3)) -> dict[str, tuple[int, ...]]:
+    keys = torchvision_keys(depths)
+    for pre, cin, p, _ in resnet_blocks(depths):
+        keys |= {pre + k: v for k, v in masker_keys(cfg, cin, p).items()}
+    return keys
+
+
+def test_layout_file_sections_are_the_tested_configs():
+    assert set(layout()) == set(LAYOUT_CONFIGS)
+
+
+@pytest.mark.parametrize("title", list(LAYOUT_CONFIGS))
+def test_listed_keys_and_shapes(title):
+    """Exactly the listed names and shapes for the stem, layer1.0, layer2.1 and the head,
+    and the listed total number of keys."""
+    total, listed = layout()[title]
+    ours = shapes(built(title))
+    assert len(ours) == total
+    for prefix in ("layer1.0.", "layer2.1."):
+        want = {k: v for k, v in listed.items() if k.startswith(prefix)}
+        got = {k: v for k, v in ours.items() if k.startswith(prefix)}
+        assert got == want, f"{prefix}: {set(got) ^ set(want)}"
+    want = {k: v for k, v in listed.items() if not k.startswith("layer")}
+    got = {k: v for k, v in ours.items() if not k.startswith("layer")}
+    assert got == want
+    # the rule used for the other blocks reproduces the listed blocks
+    rule = official_keys(LAYOUT_CONFIGS[title])
+    assert {k: rule[k] for k in listed} == listed
+    assert len(rule) == total
+
+
+@pytest.mark.parametrize("title", list(LAYOUT_CONFIGS))
+def test_all_blocks_follow_the_pattern(title):
+    assert shapes(built(title)) == official_keys(LAYOUT_CONFIGS[title])
+
+
+def test_resnet101_follows_the_pattern():
+    title = "both, granularity 4-4-2-1, channel_granularity 2, MLP 1 layer"
+    got = shapes(built(title, depth=101))
+    want = official_keys(LAYOUT_CONFIGS[title], depths=(3, 4, 23, 3))
+    assert len(want) == 33 * 22 + 4 * 6 + 8
+    assert got == want
+
+
+def _random_state(key_shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.tensor(7) if k.endswith("num_batches_tracked")
+                else torch.rand(s, generator=g) + 0.5)
+            for k, s in key_shapes.items()}
+
+
+@pytest.mark.parametrize("title", ["spatial, granularity 4-4-2-1",
+                                   "channel, conv_linear masker, reduction 16",
+                                   "both, granularity 4-4-2-1, channel_granularity 2, MLP 1 layer"])
+def test_torchvision_state_dict_loads_non_strict(title):
+    """A torchvision ResNet-50 state dict loads with strict=False; only masker keys miss."""
+    model = built(title)
+    sd = _random_state(torchvision_keys(), seed=1)
+    res = model.load_state_dict(sd, strict=False)
+    assert res.unexpected_keys == []
+    # BatchNorm fills a missing num_batches_tracked itself (old-checkpoint support), so the
+    # conv_linear masker's BN counter is not reported missing
+    want = {k for k in model.state_dict()
+            if ".masker_" in k and not k.endswith("num_batches_tracked")}
+    assert set(res.missing_keys) == want
+    assert res.missing_keys
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("title", list(LAYOUT_CONFIGS))
+def test_official_state_dict_loads_strict(title):
+    """A state dict keyed by the official names (built from the layout rule, values taken
+    from one of our models) loads strict into a fresh model and gives back every tensor."""
+    src = built(title)
+    src_sd = src.state_dict()
+    official = {k: src_sd[k].clone() for k in official_keys(LAYOUT_CONFIGS[title])}
+    torch.manual_seed(123)
+    dst = laud_resnet50(**LAYOUT_CONFIGS[title])
+    dst.load_state_dict(official, strict=True)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in official.items())
+
+
+# ------------------------------------------------------------------- rate calibration
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_calibrate_spatial_rates(rate):
+    # maps 24/12/6/3 with S 2-2-1-1: 144/36/36/9 cells x 4 samples >= 36 decisions
+    model = tiny(mode="spatial", granularity="2-2-1-1", input_size=96)
+    x = torch.randn(4, 3, 96, 96)
+    achieved = calibrate_rates(model, x, rate)
+    assert not model.training
+    with torch.no_grad():
+        model(x)
+    got = [b.rate3.item() for b in model.last_stats.blocks]
+    assert got == pytest.approx(achieved, abs=1e-9)
+    assert all(abs(r - rate) <= 0.02 for r in got), got
+
+
+@pytest.mark.parametrize("masker", ["MLP", "conv_linear"])
+@pytest.mark.parametrize("rate", [0.25, 0.6])
+def test_calibrate_channel_rates(rate, masker):
+    model = tiny(mode="channel", channel_masker=masker, channel_masker_reduction=4)
+    x = torch.randn(4, 3, 64, 64)
+    calibrate_rates(model, x, rate)
+    with torch.no_grad():
+        model(x)
+    got = [b.channel_rate.item() for b in model.last_stats.blocks]
+    assert all(abs(r - rate) <= 0.02 for r in got), got
+
+
+def test_calibrate_both_rates():
+    model = tiny(mode="both", granularity="2-2-1-1", channel_granularity=2, input_size=96)
+    x = torch.randn(4, 3, 96, 96)
+    calibrate_rates(model, x, 0.4, channel_rate=0.7)
+    with torch.no_grad():
+        model(x)
+    st = model.last_stats.blocks
+    assert all(abs(b.rate3.item() - 0.4) <= 0.02 for b in st)
+    assert all(abs(b.channel_rate.item() - 0.7) <= 0.02 for b in st)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.9])
+def test_calibrate_layer_gates_within_one_step(rate):
+    model = tiny(mode="layer")
+    x = torch.randn(5, 3, 64, 64)
+    calibrate_rates(model, x, rate)
+    with torch.no_grad():
+        model(x)
+    got = [b.rate3.item() for b in model.last_stats.blocks]
+    assert all(abs(r - rate) <= 1 / 5 + 1e-9 for r in got), got
+    assert all(abs(r * 5 - round(r * 5)) < 1e-5 for r in got)  # whole samples
+
+
+@pytest.mark.parametrize("kw", [dict(rate=1.5), dict(rate=-0.1), dict(rate=0.5, channel_rate=2.0)])
+def test_calibrate_bad_rate(kw):
+    name = "channel_rate" if "channel_rate" in kw else "rate"
+    with pytest.raises(ValueError, match=name):
+        calibrate_rates(tiny(), torch.randn(1, 3, 64, 64), **kw)
+
+
+# ---------------------------------------------------------------- model construction
+
+
+def test_per_stage_modes_and_granularity():
+    model = tiny(mode="spatial-spatial-channel-layer", granularity="4-2-1-1",
+                 channel_granularity=[1, 1, 2, 1])
+    blocks = [b for _, b in model.blocks()]
+    assert [b.dyn_mode for b in blocks] == ["spatial", "spatial", "channel", "layer"]
+    assert [b.granularity for b in blocks] == [4, 2, 1, 1]
+    assert blocks[2].masker_channel.groups == 64 // 2
+    model = tiny(mode=["both", "layer", "spatial", "channel"], granularity=2, input_size=128)
+    assert [b.dyn_mode for _, b in model.blocks()] == ["both", "layer", "spatial", "channel"]
+    assert [b.granularity for _, b in model.blocks()] == [2, 1, 2, 1]
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
+def test_model_eval_is_deterministic(mode):
+    model = tiny(mode=mode, granularity="2-2-1-1")
+    calibrate_rates(model, torch.randn(2, 3, 64, 64), 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a = model(x)
+    fa = model.last_stats.flops.item()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        b = model(x)
+    assert torch.equal(a, b)
+    assert model.last_stats.flops.item() == fa
+
+
+def test_model_accepts_other_input_sizes():
+    """Feature sizes come from the input: a 4-4-2-1 model built for 224 runs on 80x96."""
+    model = tiny(input_size=224)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 80, 96))
+    assert out.shape == (1, 10)
+    grids = [b.last_masks.grid.shape[-2:] for _, b in model.blocks()]
+    assert grids == [(5, 6), (2, 3), (2, 3), (3, 3)]  # maps 20x24, 10x12, 5x6, 3x3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mode="sparse"), r"mode 'sparse' unknown; accepted: spatial, channel"),
+    (dict(mode="spatial-channel"), r"mode 'spatial-channel' has 2 stages"),
+    (dict(mode="spatial-channel-layer-both-spatial"), r"has 5 stages"),
+    (dict(mode="spatial-spatial-sparse-layer"), r"mode 'spatial-spatial-sparse-layer' is not"),
+    (dict(granularity="4-4-2"), r"granularity '4-4-2' has 3 stages"),
+    (dict(granularity=[4, 4, 2, 1, 1]), r"granularity .* has 5 stages"),
+    (dict(granularity=0), r"granularity 0 is not valid"),
+    (dict(granularity="4-4-0-1"), r"granularity '4-4-0-1' is not valid"),
+    (dict(granularity=-2), r"granularity -2 is not valid"),
+    (dict(granularity="4-4-x-1"), r"granularity '4-4-x-1' is not valid"),
+    (dict(granularity="4-4-4-4"), r"layer4.*granularity 4 is larger than its feature map 2x2"),
+    (dict(granularity=32), r"layer1.*granularity 32 is larger than its feature map 16x16"),
+    (dict(mode="channel", channel_granularity=3), r"channel_granularity 3 .*width 16"),
+    (dict(mode="channel", channel_granularity="1-1-1"), r"channel_granularity '1-1-1' has 3"),
+    (dict(mode="channel", channel_granularity=0), r"channel_granularity 0"),
+    (dict(mode="channel", channel_masker="SE"), r"channel_masker 'SE' is not valid; accepted"),
+    (dict(mode="channel", channel_masker_layers=3), r"channel_masker_layers must be 1 or 2"),
+])
+def test_model_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kwargs)
+
+
+def test_model_bad_arguments_full_size():
+    with pytest.raises(ValueError, match=r"granularity '4-4-2' has 3 stages; LAUD-ResNet has 4"):
+        laud_resnet50(granularity="4-4-2")
+    with pytest.raises(ValueError, match=r"layer4.*granularity 8 is larger .* 7x7"):
+        laud_resnet101(granularity="4-4-2-8")
+
+
+def test_model_bad_input():
+    model = tiny(input_size=None)
+    with pytest.raises(ValueError, match=r"4D input.*\(3, 64, 64\)"):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match=r"3 input channels, got 1"):
+        model(torch.randn(1, 1, 64, 64))
+    # 16x16 input: layer2 map 2x2 < S = 4
+    too_small = r"input of size 16x16 is too small.*layer2.*granularity 4"
+    with pytest.raises(ValueError, match=too_small):
+        model(torch.randn(1, 3, 16, 16))
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)  # maps 8/4/2/1: just fits

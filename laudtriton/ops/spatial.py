@@ -32,7 +32,7 @@ from ..nn.block import BlockMasks
 from . import masks as mk
 from .dense import identity_path
 from .fold import FoldedBlock
-from .kappa import channel_groups, conv2_taps, conv3_bias
+from .kappa import channel_groups, conv3_bias
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
@@ -87,14 +87,14 @@ def _identity_rows(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
 class _Weights:
     """Weights of one channel group (m active channels of the width w).
 
-    w1 [m, Cin], b1 [m], w2 [m, m, 3, 3], w2col [m, 9·m] (columns t·m + c_in,
+    w1 [m, Cin], b1 [m], w2 [m, m, 3, 3] (None when not needed), w2col [m, 9·m] (columns t·m + c_in,
     t = 3·dy+dx), b2 [m], w3 [Cout, m], b3 [Cout] (κ2 folded in), taps [9, m] κ1
     response or None.
     """
 
     w1: torch.Tensor
     b1: torch.Tensor
-    w2: torch.Tensor
+    w2: torch.Tensor | None
     w2col: torch.Tensor
     b2: torch.Tensor
     w3: torch.Tensor
@@ -112,28 +112,41 @@ def _w2col(w2: torch.Tensor) -> torch.Tensor:
     return w2.permute(0, 2, 3, 1).reshape(w2.shape[0], 9 * w2.shape[1]).clone()
 
 
-def _full_weights(fb: FoldedBlock) -> _Weights:
+def _full_w2col(fb: FoldedBlock) -> torch.Tensor:
     key = id(fb.w2)
     hit = _W2COL.get(key)
     if hit is not None and hit[0]() is fb.w2 and hit[1] == fb.w2._version:
-        w2col = hit[2]
-    else:
-        w2col = _w2col(fb.w2)
-        ref = weakref.ref(fb.w2, lambda _r, k=key: _W2COL.pop(k, None))
-        _W2COL[key] = (ref, fb.w2._version, w2col)
-    return _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None)
+        return hit[2]
+    w2col = _w2col(fb.w2)
+    ref = weakref.ref(fb.w2, lambda _r, k=key: _W2COL.pop(k, None))
+    _W2COL[key] = (ref, fb.w2._version, w2col)
+    return w2col
 
 
-def _group_weights(fb: FoldedBlock, active: torch.Tensor) -> _Weights:
-    """Weights restricted to ``active`` channels [m], with the κ correction terms."""
-    if active.numel() == fb.width:
+def _full_weights(fb: FoldedBlock) -> _Weights:
+    return _Weights(fb.w1, fb.b1, fb.w2, _full_w2col(fb), fb.b2, fb.w3, fb.b3, None)
+
+
+def _group_weights(fb: FoldedBlock, active: torch.Tensor, need_w2: bool) -> _Weights:
+    """Weights restricted to ``active`` channels [m], with the κ correction terms.
+
+    need_w2: also slice the [m, m, 3, 3] conv2 weight (``patch``); ``gather`` slices only
+    the cached im2col weight (two row/column gathers, no permute copy).
+    """
+    w, m = fb.width, active.numel()
+    if m == w:
         return _full_weights(fb)
-    w2 = fb.w2.index_select(0, active).index_select(1, active)
-    taps = conv2_taps(fb, active) if active.numel() else None
+    rows = _full_w2col(fb).view(w, 9, w).index_select(0, active)  # [m, 9, w]
+    w2col = rows.index_select(2, active)
+    w2 = fb.w2.index_select(0, active).index_select(1, active) if need_w2 else None
+    taps = None
+    if m:  # = kappa.conv2_taps: response of the active outputs to κ1 on inactive inputs
+        kappa_off = fb.kappa1.clone().index_fill_(0, active, 0.0)
+        taps = (rows @ kappa_off).t()  # [9, m]
     return _Weights(
-        fb.w1.index_select(0, active), fb.b1.index_select(0, active), w2, _w2col(w2),
-        fb.b2.index_select(0, active), fb.w3.index_select(1, active).contiguous(),
-        conv3_bias(fb, active), taps,
+        fb.w1.index_select(0, active), fb.b1.index_select(0, active), w2,
+        w2col.reshape(m, 9 * m), fb.b2.index_select(0, active),
+        fb.w3.index_select(1, active), conv3_bias(fb, active), taps,
     )
 
 
@@ -269,7 +282,7 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
             g_pix1 = pix1[member.index_select(0, pix1 // (h * w))]
             if g_pix.numel() == 0:
                 continue
-        wt = _full_weights(fb) if active is None else _group_weights(fb, active)
+        wt = _full_weights(fb) if active is None else _group_weights(fb, active, use_patch)
         if wt.b2.numel() == 0:  # no active channel: conv3 sees the constant κ2 only
             y = wt.b3.expand(g_pix.numel(), cout)
         else:

@@ -1,11 +1,13 @@
 """The ``compact`` variant: dynamic layer skipping in pure torch (DESIGN.md sections 2, 3).
 
 The layer gate makes one decision per sample (``masks.grid`` [B, 1, 1, 1]). The active
-samples are gathered into a smaller batch that runs the dense folded block; inactive
-samples output relu(identity) exactly. Every sample needs the identity (x, or the dense
-downsample of x); it is computed once per sample, inside the active sub-batch (where it
-feeds the fused residual add) or the inactive one (fused with its ReLU). Weights are
-packed once per input size (``channel.PackedConv``, cached on the FoldedBlock).
+samples run the dense folded block, as contiguous batch slices of x (large maps) or
+gathered into one smaller batch (small maps, see GATHER_MAX_PIXELS); inactive samples
+output relu(identity) exactly, written straight into the output. Every sample needs the
+identity (x, or the dense downsample of x); it is computed once per sample, with the
+active samples (feeding the fused residual add) or the inactive ones (fused with their
+ReLU). Weights are packed once per input size (``channel.PackedConv``, cached on the
+FoldedBlock).
 """
 
 from __future__ import annotations

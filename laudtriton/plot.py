@@ -218,7 +218,8 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
                 label="best per block", **_STYLE["best"])
     ax.set_xlabel("activation rate")
     ax.set_ylabel("latency (ms), sum over blocks")
-    ax.set_title(f"{key}: {len(blocks)} dynamic blocks", fontsize=10)
+    ax.set_title(f"{key}: sum over {len(blocks)} dynamic blocks\n(a variant's line only where "
+                 "it runs every block; best = fastest variant per block)", fontsize=9)
     _legend(fig, [ax])
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = out_dir / f"{_slug(key)}_model.png"

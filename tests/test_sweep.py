@@ -124,6 +124,15 @@ def test_prune_hook_and_block_indices(tmp_path, counted):
     assert {r["variant"] for r in res.rows} == {"dense"}
 
 
+def test_variants_restriction_keeps_dense(tmp_path, counted):
+    model = tiny()
+    spec = sweep_mod.model_blocks(model, 64)[0][2]
+    names = [v.name for v in variants_for(spec, "cpu") if v.name != "dense"]
+    res = sweep(model, rates=[0.5], cache=TuneCache(tmp_path), blocks=[0], variants=names[:1],
+                **FAST)
+    assert res.timed == 1 and set(counted[0][1]) == {"dense", names[0]}
+
+
 def test_shards_partition_the_work(tmp_path, counted):
     model = tiny()
     done = []
@@ -153,6 +162,7 @@ def test_unwritable_cache_sweep_goes_on(tmp_path):
     (dict(shard=(3, 2)), "shard"),
     (dict(batch=0), "batch 0"),
     (dict(dtype="float8"), "dtype 'float8'"),
+    (dict(variants="dense,warp_drive"), "unknown variant 'warp_drive'"),
 ])
 def test_sweep_rejects(tmp_path, kwargs, match):
     args = dict(model=tiny(), rates=[0.5], cache=TuneCache(tmp_path), **FAST)
@@ -175,6 +185,8 @@ def _parser():
     (["sweep", "--model", "vgg"], "--model 'vgg'"),
     (["sweep", "--device", "tpu"], "--device 'tpu'"),
     (["sweep", "--granularity", "4-4-2"], "granularity '4-4-2' has 3 stages"),
+    (["sweep", "--variants", "nope"], "unknown variant 'nope'"),
+    (["sweep", "--mode", "sparse"], "mode 'sparse' unknown"),
     (["cache", "merge", "nope.json", "--out", "x.json"], "not found"),
 ])
 def test_commands_user_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ File layout::
                            "timings": {"<config_key>": seconds, ...}, "meta": {...}}}}
 
 An entry's key holds the laudtriton/torch/triton versions, the hash of the variant's
-source (its module + ``laudtriton/kernels/*.py``), the BlockSpec (with S, dtype, batch),
+source (see :func:`source_hash`), the BlockSpec (with S, dtype, batch),
 the rate bucket and the variant. Entries of other versions stay in the file but are
 hidden from :meth:`TuneCache.lookup`. Writes: temp file + ``os.replace`` under a file lock.
 """
@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -93,19 +94,36 @@ def current_versions() -> dict[str, str]:
     return {"laudtriton": __version__, "torch": torch.__version__.split("+")[0], "triton": tv}
 
 
+def _source_files(variant) -> list[Path]:
+    """The variant's module, the ops/kernels modules it uses directly (its module's
+    globals), and for Triton variants every ``laudtriton/kernels/*.py``."""
+    mod = sys.modules.get(getattr(variant.run, "__module__", "") or "")
+    files: set[Path] = set()
+    src = inspect.getsourcefile(variant.run)
+    if src is not None:
+        files.add(Path(src).resolve())
+    for obj in vars(mod).values() if mod is not None else ():
+        dep = obj if inspect.ismodule(obj) else sys.modules.get(
+            getattr(obj, "__module__", None) or "")
+        name = getattr(dep, "__name__", "")
+        if name.startswith(("laudtriton.ops.", "laudtriton.kernels.")) and getattr(
+                dep, "__file__", None):
+            files.add(Path(dep.__file__).resolve())
+    if variant.needs_triton:
+        files.update(p.resolve() for p in (_PKG_DIR / "kernels").glob("*.py"))
+    return sorted(files)
+
+
 def source_hash(variant_name: str) -> str:
-    """sha256 (16 hex) of the variant's module source and ``laudtriton/kernels/*.py``.
+    """sha256 (16 hex) of the source that executes the variant: its module, the
+    ``laudtriton.ops``/``laudtriton.kernels`` modules that module uses, and, for Triton
+    variants, ``laudtriton/kernels/*.py``. Editing any of them hides the old timings.
 
     Raises:
         ValueError: if the variant is not registered.
     """
-    v = get_variant(variant_name)
-    files = sorted((_PKG_DIR / "kernels").glob("*.py"))
-    mod = inspect.getsourcefile(v.run)
-    if mod is not None:
-        files.insert(0, Path(mod))
     h = hashlib.sha256()
-    for f in files:
+    for f in _source_files(get_variant(variant_name)):
         with contextlib.suppress(OSError):
             h.update(f.name.encode())
             h.update(f.read_bytes())

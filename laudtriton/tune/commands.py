@@ -54,6 +54,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--blocks", default=None,
                    help="comma list of block names (layer3.0) or indices; default all")
+    p.add_argument("--variants", default=None,
+                   help="comma list of variants to time (default all; dense always)")
     p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards")
     p.add_argument("--force", action="store_true", help="re-time what is cached")
     p.add_argument("--clustered", action="store_true", help="clustered masks (one blob)")
@@ -83,7 +85,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     batch=args.batch, device=str(dev), blocks=args.blocks, shard=shard,
                     force=args.force, clustered=args.clustered, cache=cache,
                     csv_path=csv_path, progress=not args.no_progress,
-                    input_size=args.input_size, dtype=args.dtype)
+                    input_size=args.input_size, dtype=args.dtype, variants=args.variants)
     except ValueError as e:
         return _fail(str(e))
     _print_summary(res.rows)

@@ -21,7 +21,7 @@ import torch
 from ..nn.block import BlockMasks, LaudBottleneck
 from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
 from ..ops.fold import fold_block
-from ..ops.registry import Variant, variants_for
+from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
 from .cache import TuneCache
@@ -212,7 +212,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
           cache: TuneCache | None = None, csv_path: str | Path | None = None,
           progress: bool = True, prune: Prune | None = None, *,
           input_size: int | None = None, dtype: str = "float32", model_name: str | None = None,
-          seed: int = 0, warmup: int = WARMUP, reps: int | None = None) -> SweepResult:
+          seed: int = 0, warmup: int = WARMUP, reps: int | None = None,
+          variants: Sequence[str] | str | None = None) -> SweepResult:
     """Time every variant x config of every distinct block of ``model`` at ``rates``.
 
     model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``) or a
@@ -223,10 +224,12 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
     (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``. CPU timing:
     ``warmup`` calls, then ``reps`` timed ones (None: TARGET_S / one dense call, clamped to
-    [MIN_REPS, MAX_REPS]); on CUDA ``do_bench`` decides.
+    [MIN_REPS, MAX_REPS]); on CUDA ``do_bench`` decides. variants: names to time (default
+    every registered one that supports the block); dense is always timed (the baseline).
 
     Raises:
-        ValueError: unknown model, dtype or block, malformed rates/shard, bad batch.
+        ValueError: unknown model, variant, dtype or block, malformed rates/shard, bad
+            batch.
     """
     t_start = time.perf_counter()
     if isinstance(rates, str):
@@ -253,6 +256,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         input_size = input_size or model.config.get("input_size") or 224
         depths = tuple(model.config.get("depths", ()))
         model_name = model_name or next((k for k, d in DEPTHS.items() if d == depths), "custom")
+    wanted = None
+    if variants is not None:
+        if isinstance(variants, str):
+            variants = [v.strip() for v in variants.split(",") if v.strip()]
+        wanted = {get_variant(n).name for n in variants} | {"dense"}  # raises if unknown
     dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)
@@ -275,8 +283,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             fr = ideal_flops_ratio(spec, masks)
             known = cache.lookup(spec, rate) or {}
             todo: dict[str, list[dict]] = {}
-            variants = {v.name: v for v in variants_for(spec, backend)}
-            for v in variants.values():
+            cands = {v.name: v for v in variants_for(spec, backend)
+                     if wanted is None or v.name in wanted}
+            for v in cands.values():
                 space = v.configs(spec)
                 if prune is not None:
                     space = list(prune(spec, rate, v, space))
@@ -289,8 +298,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 x = torch.rand(batch, spec.in_channels, *spec.in_hw)
                 x = x.to(device=dev, dtype=tdtype).contiguous(memory_format=torch.channels_last)
                 if spec not in reps_of:
-                    reps_of[spec] = reps or _estimate_reps(variants, fb, x, masks, dev)
-                timings = time_variants(fb, spec, x, masks, [variants[n] for n in todo],
+                    reps_of[spec] = reps or _estimate_reps(cands, fb, x, masks, dev)
+                timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
                 meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
                         "clustered": clustered, "input_size": input_size,
@@ -313,7 +322,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
 
 def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
-    """Reps for one spec from one warm dense call (the sparse ones are rarely slower)."""
+    """Reps for one spec from one warm dense call (the sparse ones are rarely slower).
+    On CUDA do_bench picks its own repetitions."""
+    if dev.type == "cuda":
+        return MIN_REPS
     dense = variants.get("dense") or next(iter(variants.values()), None)
     if dense is None:
         return MIN_REPS

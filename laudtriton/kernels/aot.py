@@ -2,12 +2,26 @@
 
 Every kernel family module exposes ``aot_specs() -> list[AOTSpec]``: one entry per kernel
 x config of its space (``default=True`` for the configs the launchers use by default), so
-that one test can compile all of them for sm_80 and sm_90 without a GPU.
+that one test can compile all of them for sm_80 and sm_90 without a GPU:
+``python -m laudtriton.kernels.aot --arch 80,90`` (registers, shared memory and spills from
+the cuobjdump shipped in the triton wheel; warp_group_dot use on sm_90 from the ttgir).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
+import multiprocessing
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -23,3 +37,172 @@ class AOTSpec:
     num_warps: int = 4
     num_stages: int = 2
     default: bool = False
+
+
+# -- compilation (run with TRITON_INTERPRET unset: see ``main``) --------------------------
+_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def discover() -> list[tuple[str, AOTSpec]]:
+    """(module, spec) for every ``aot_specs()`` of every module in laudtriton/kernels/.
+
+    Raises:
+        RuntimeError: if TRITON_INTERPRET=1 (kernels would be interpreter functions).
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 is set; AOT compilation needs it unset "
+                           "(run `python -m laudtriton.kernels.aot`)")
+    pkg = importlib.import_module("laudtriton.kernels")
+    out = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name == "aot":
+            continue
+        mod = importlib.import_module(f"laudtriton.kernels.{info.name}")
+        if hasattr(mod, "aot_specs"):
+            out.extend((info.name, s) for s in mod.aot_specs())
+    return out
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def _divisibility(spec: AOTSpec, sig: dict) -> dict:
+    """What the runtime JIT infers from production tensors: 16-byte aligned pointers and
+    strides divisible by 16 (ResNet channel counts are multiples of 16). Strides equal to 1
+    are specialised by listing them in the spec's ``constexprs``, as the JIT does."""
+    names = list(spec.fn.arg_names)
+    return {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
+            if t.startswith("*") or (n.startswith("stride_") and t != "constexpr")}
+
+
+def compile_spec(spec: AOTSpec, arch: int) -> dict:
+    """Compile one spec for sm_``arch``; never raises. Returns a row: name, arch, default,
+    ok, error, regs, spill (LOCAL bytes per thread), stack, shared (bytes), dot (uses
+    tl.dot), wgmma (``warp_group_dot`` in the ttgir), seconds."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    row = {"name": spec.name, "arch": arch, "default": spec.default, "ok": False,
+           "error": None, "regs": None, "spill": None, "stack": None, "shared": None,
+           "dot": None, "wgmma": None, "seconds": None}
+    t0 = time.perf_counter()
+    try:
+        sig = dict(spec.signature) | {k: "constexpr" for k in spec.constexprs}
+        target = GPUTarget("cuda", arch, 32)
+        opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+        try:
+            src = ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs),
+                            attrs=_divisibility(spec, sig))
+            k = triton.compile(src, target=target, options=opts)
+        except (TypeError, KeyError, AttributeError):  # attrs format of another Triton
+            src = ASTSource(fn=spec.fn, signature=sig, constexprs=dict(spec.constexprs))
+            k = triton.compile(src, target=target, options=opts)
+        row["shared"] = int(k.metadata.shared)
+        row["dot"] = "tt.dot" in k.asm["ttir"]
+        row["wgmma"] = "warp_group_dot" in k.asm["ttgir"]
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "k.cubin"
+            path.write_bytes(k.asm["cubin"])
+            res = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(path)],
+                                 capture_output=True, text=True, timeout=60)
+        m = _USAGE.search(res.stdout)
+        if m is None:
+            raise RuntimeError(f"cuobjdump gave no resource usage: {res.stdout[-300:]}")
+        row["regs"], row["stack"], _, row["spill"] = (int(g) for g in m.groups())
+        row["ok"] = True
+    except Exception as e:  # a compile error is a result to report, not a crash
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+_SPECS: list[tuple[str, AOTSpec]] = []
+
+
+def _work(job: tuple[int, int]) -> dict:
+    if not _SPECS:
+        _SPECS.extend(discover())
+    i, arch = job
+    module, spec = _SPECS[i]
+    return {"module": module} | compile_spec(spec, arch)
+
+
+def compile_all(archs=(80, 90), jobs: int = 1, only: str | None = None) -> list[dict]:
+    """Compile every discovered spec (name containing ``only``) for every arch, in ``jobs``
+    worker processes. Returns one row per (spec, arch) (see ``compile_spec``)."""
+    specs = discover()
+    todo = [(i, a) for i, (_, s) in enumerate(specs) if only is None or only in s.name
+            for a in archs]
+    if jobs <= 1:
+        _SPECS[:] = specs
+        return [_work(j) for j in todo]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs) as pool:
+        return pool.map(_work, todo, chunksize=max(1, len(todo) // (4 * jobs)))
+
+
+def problems(rows: list[dict]) -> list[str]:
+    """Failures: compile errors anywhere, spills (LOCAL > 0) in default configs."""
+    out = [f"{r['name']} sm_{r['arch']}: {r['error']}" for r in rows if not r["ok"]]
+    out += [f"{r['name']} sm_{r['arch']}: default config spills {r['spill']} B/thread"
+            for r in rows if r["ok"] and r["default"] and r["spill"]]
+    return out
+
+
+def half_dots_without_wgmma(rows: list[dict]) -> list[str]:
+    """sm_90 fp16/bf16 kernels whose tl.dot did not become a warp-group MMA (a report)."""
+    return [r["name"] for r in rows if r["ok"] and r["arch"] == 90 and r["dot"]
+            and not r["wgmma"] and ("fp16" in r["name"] or "bf16" in r["name"])]
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'kernel':<58} {'sm':>3} {'def':>3} {'regs':>4} {'spill':>5} {'smem':>6} "
+             f"{'wgmma':>5} {'s':>5}"]
+    for r in rows:
+        if not r["ok"]:
+            lines.append(f"{r['name']:<58} {r['arch']:>3} ERROR {r['error']}")
+            continue
+        wg = "-" if not r["dot"] else ("yes" if r["wgmma"] else "no")
+        lines.append(f"{r['name']:<58} {r['arch']:>3} {'*' if r['default'] else '':>3} "
+                     f"{r['regs']:>4} {r['spill']:>5} {r['shared']:>6} {wg:>5} "
+                     f"{r['seconds']:>5.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m laudtriton.kernels.aot [--arch 80,90] [--jobs N] [--only S] [--json]``.
+    Exit code 1 on a compile error or a spilling default config, else 0."""
+    ap = argparse.ArgumentParser(prog="python -m laudtriton.kernels.aot",
+                                 description="Compile every Triton kernel x config ahead of "
+                                             "time for NVIDIA targets (no GPU needed).")
+    ap.add_argument("--arch", default="80,90", help="comma-separated SM versions (80,90)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--only", default=None, help="only specs whose name contains this")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = ap.parse_args(argv)
+    try:
+        archs = tuple(int(a) for a in args.arch.split(","))
+    except ValueError:
+        print(f"--arch {args.arch!r}: expected comma-separated integers like 80,90")
+        return 2
+    os.environ.pop("TRITON_INTERPRET", None)  # before any kernel module is imported
+    rows = compile_all(archs, args.jobs, args.only)
+    bad = problems(rows)
+    if args.json:
+        print(json.dumps({"rows": rows, "problems": bad,
+                          "half_dots_without_wgmma": half_dots_without_wgmma(rows)}))
+    else:
+        print(_table(rows))
+        for p in bad:
+            print("FAIL", p)
+        for n in half_dots_without_wgmma(rows):
+            print("note: no warp_group_dot on sm_90:", n)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,11 +143,11 @@ def _channel_conv3x3_kernel(
     y_ptr,  # [B, Ho, Wo, CY] compact output (column j = j-th active output channel)
     in_idx_ptr, n_in_ptr,  # [B, LI] int32, [B] int32
     out_idx_ptr, n_out_ptr,  # [B, LO] int32, [B] int32
-    H, W, Ho, Wo,
+    H, W, Ho, Wo, STRIDE,  # STRIDE: 1 or 2 (a runtime value: one compile serves both)
     stride_xb, stride_xh, stride_xw, stride_xk, stride_wy, stride_wx, stride_wn, stride_wk,
     stride_bb, stride_tb, stride_tt, stride_tn, stride_yb, stride_yh, stride_yw, stride_yn,
     stride_ib, stride_ob,
-    STRIDE: tl.constexpr, KAPPA: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    KAPPA: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -165,7 +165,7 @@ def _channel_conv3x3_kernel(
         rows = tl.load(out_idx_ptr + b * stride_ob + offs_n, mask=mask_n, other=0)
         k_b = tl.load(n_in_ptr + b)
         acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        for t in tl.static_range(9):
+        for t in range(9):  # a loop, not unrolled: 9 pipelined K loops compile 10x slower
             iy = oy * STRIDE + (t // 3 - 1)
             ix = ox * STRIDE + (t % 3 - 1)
             inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)  # zero padding outside
@@ -352,13 +352,13 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     t = taps if taps is not None else y
     grid = (triton.cdiv(ho * wo, cfg.block_p), triton.cdiv(lo, cfg.block_n), batch)
     _channel_conv3x3_kernel[grid](
-        x, w, bias, t, y, in_idx, n_in, out_idx, n_out, h, wd, ho, wo,
+        x, w, bias, t, y, in_idx, n_in, out_idx, n_out, h, wd, ho, wo, stride,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         w.stride(2), w.stride(3), w.stride(0), w.stride(1),
         bias.stride(0) if bias.shape[0] > 1 else 0,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
         y.stride(3), in_idx.stride(0), out_idx.stride(0),
-        STRIDE=stride, KAPPA=taps is not None, RELU=relu, IEEE=x.dtype == torch.float32,
+        KAPPA=taps is not None, RELU=relu, IEEE=x.dtype == torch.float32,
         UPCAST=interpreting() and x.dtype == torch.bfloat16,
         BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -405,6 +405,8 @@ def channel_conv3x3_torch(x, w, bias, *, in_idx, n_in, out_idx, n_out, taps=None
     inside = torch.ones(1, 1, h, wd, dtype=torch.float64, device=x.device)
     for b in range(batch):
         ci, co = in_idx[b, : int(n_in[b])].long(), out_idx[b, : int(n_out[b])].long()
+        if co.numel() == 0:
+            continue
         xb = x[b, :, :, : ci.numel()].double().permute(2, 0, 1)[None]
         yb = torch.nn.functional.conv2d(xb, w.double()[co][:, ci], bias[b, co], stride, 1)
         if taps is not None:  # tap t counts where the shifted read stays inside the image
@@ -428,7 +430,7 @@ def aot_specs() -> list[AOTSpec]:
     gemm_ints = ["P", "K", "N"] + [
         f"stride_{s}" for s in ("xb", "xp", "xk", "wn", "wk", "bb", "rb", "rp", "rn", "yb",
                                 "yp", "yn", "ib", "ob")]
-    conv_ints = ["H", "W", "Ho", "Wo"] + [
+    conv_ints = ["H", "W", "Ho", "Wo", "STRIDE"] + [
         f"stride_{s}" for s in ("xb", "xh", "xw", "xk", "wy", "wx", "wn", "wk", "bb", "tb",
                                 "tt", "tn", "yb", "yh", "yw", "yn", "ib", "ob")]
     for cfg in CONFIGS:
@@ -444,15 +446,17 @@ def aot_specs() -> list[AOTSpec]:
             sig = {a: f"*{d}" for a in gemm_args} | {a: "*i32" for a in idx_args}
             sig |= {a: "i32" for a in gemm_ints}
             sig["bias_ptr"] = "*fp32"
+            unit = {"stride_xk": 1, "stride_wk": 1, "stride_yn": 1}  # JIT: strides of 1
             for stage, flags in (("conv1", (False, True, False)), ("conv3", (True, False, True))):
-                consts = dict(zip(("IN_IDX", "OUT_IDX", "RESIDUAL"), flags)) | common
+                consts = dict(zip(("IN_IDX", "OUT_IDX", "RESIDUAL"), flags)) | common | unit
+                if stage == "conv3":
+                    consts["stride_rn"] = 1
                 specs.append(AOTSpec(f"channel_gemm[{stage},{d},{tag}]", _channel_gemm_kernel,
                                      sig, consts, **opts))
             sig = {a: f"*{d}" for a in conv_args} | {a: "*i32" for a in idx_args}
             sig |= {a: "i32" for a in conv_ints}
             sig["bias_ptr"] = sig["taps_ptr"] = "*fp32"
-            for stride in (1, 2):
-                consts = {"STRIDE": stride, "KAPPA": True} | common
-                specs.append(AOTSpec(f"channel_conv3x3[s{stride},{d},{tag}]",
-                                     _channel_conv3x3_kernel, sig, consts, **opts))
+            consts = {"KAPPA": True, "stride_tn": 1} | common | unit
+            specs.append(AOTSpec(f"channel_conv3x3[{d},{tag}]", _channel_conv3x3_kernel, sig,
+                                 consts, **opts))
     return specs

@@ -280,13 +280,13 @@ def aot_specs() -> list[AOTSpec]:
             d = _TL[dt]
             tag = f"{d},pix{cfg.block_pix}c{cfg.block_c}n{cfg.block_n}k{cfg.block_k}"
             opts = {"num_warps": cfg.num_warps, "default": default}
-            pool = {"BLOCK_PIX": cfg.block_pix, "BLOCK_C": cfg.block_c}
+            pool = {"BLOCK_PIX": cfg.block_pix, "BLOCK_C": cfg.block_c, "stride_xc": 1}
             sx = {f"stride_x{s}": "i32" for s in "bhwc"}
             sig = {"x_ptr": f"*{d}", "w_ptr": f"*{d}", "b_ptr": f"*{d}", "logits_ptr": "*fp32",
                    "mask_ptr": "*fp32", **{a: "i32" for a in ("H", "W", "C", "GH", "GW")},
                    **sx, "stride_wo": "i32", "stride_wc": "i32"}
-            specs.append(AOTSpec(f"spatial_masker[{tag}]", _spatial_masker_kernel, sig, pool,
-                                 **opts))
+            specs.append(AOTSpec(f"spatial_masker[{tag}]", _spatial_masker_kernel, sig,
+                                 pool | {"stride_wc": 1}, **opts))
             sig = {"x_ptr": f"*{d}", "y_ptr": "*fp32", "H": "i32", "W": "i32", "C": "i32", **sx}
             specs.append(AOTSpec(f"global_pool[{tag}]", _global_pool_kernel, sig, pool, **opts))
             sig = {"v_ptr": "*fp32", "w_ptr": f"*{d}", "b_ptr": f"*{d}", "y_ptr": "*fp32",
@@ -294,7 +294,7 @@ def aot_specs() -> list[AOTSpec]:
                    "stride_wk": "i32"}
             for relu, cmp_ in ((True, False), (False, True)):
                 consts = {"RELU": relu, "COMPARE": cmp_, "BLOCK_N": cfg.block_n,
-                          "BLOCK_K": cfg.block_k}
+                          "BLOCK_K": cfg.block_k, "stride_wk": 1}
                 specs.append(AOTSpec(f"mlp_layer[{'cmp' if cmp_ else 'relu'},{tag}]",
                                      _mlp_layer_kernel, sig, consts, **opts))
     return specs

@@ -1,0 +1,541 @@
+"""``laudtriton gpucheck --out DIR``: the one prepared GPU run (GPU.md section 4).
+
+In one process, time-boxed to ``--budget`` seconds (default 330, under 6 minutes on one
+H100/H200):
+1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
+2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
+   fp16/bf16/fp32), and every CUDA variant end to end vs the folded reference: pass/fail;
+3. dense (cuDNN, channels_last, best of fp16/bf16) vs each variant (fp16) for the distinct
+   blocks of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75,
+   batch 1 then 64, do_bench medians (``tune.measure.time_variants``);
+4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``) vs the dense
+   network with the same folded weights, at rate 0.5;
+then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
+and summary.json into DIR and prints a short table. Without CUDA: one line, exit code 2.
+Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
+matplotlib (run from the source tree with ``PYTHONPATH=.``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+RATES = (0.25, 0.5, 0.75)
+MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``gpucheck`` on an argparse subparsers object."""
+    p = subparsers.add_parser("gpucheck", help="one prepared GPU run: kernels, timings, plots")
+    _arguments(p)
+    return p
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
+    p.add_argument("--budget", type=float, default=330.0, help="seconds for the whole run")
+    p.add_argument("--configs", type=int, default=2, help="kernel configs timed per variant")
+    p.add_argument("--batches", default="1,64", help="batch sizes to time (comma-separated)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
+    p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0])
+    _arguments(p)
+    return run(p.parse_args(argv))
+
+
+class Run:
+    """Collects checks, timing rows and printed lines of one gpucheck."""
+
+    def __init__(self, out: Path, budget: float, device: str):
+        self.out, self.device, self.t0 = out, device, time.perf_counter()
+        self.deadline = self.t0 + budget
+        self.checks: list[dict] = []
+        self.rows: list[dict] = []
+        self.info: dict = {}
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", flush=True)
+
+    def check(self, name: str, fn) -> bool:
+        try:
+            fn()
+            ok, err = True, ""
+        except Exception as e:  # a failed check is a result, not a crash
+            ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        self.checks.append({"check": name, "ok": ok, "error": err})
+        self.say(f"{'PASS' if ok else 'FAIL'} {name}{'' if ok else '  ' + err}")
+        return ok
+
+
+# -- 1. machine ---------------------------------------------------------------------------
+def _bench(fn, device: str) -> float:
+    from .tune.timing import median_time
+
+    return median_time(fn, device, warmup=2, reps=5)
+
+
+def machine(r: Run) -> None:
+    import triton
+
+    from ._version import __version__
+
+    dev = r.device
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__, "laudtriton": __version__}
+    if dev == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info |= {"gpu": p.name, "capability": f"{p.major}.{p.minor}",
+                 "sms": p.multi_processor_count,
+                 "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version()}
+    n = (1 << 28) if dev == "cuda" else (1 << 22)  # 512 MiB of fp16 per buffer on a GPU
+    a = torch.empty(n, dtype=torch.float16, device=dev).uniform_()
+    b = torch.empty_like(a)
+    t = _bench(lambda: b.copy_(a), dev)
+    info["copy_GBps"] = round(2 * a.numel() * 2 / t / 1e9, 1)  # read + write
+    m = 8192 if dev == "cuda" else 256
+    for dt in (torch.float16, torch.bfloat16):
+        x = torch.randn(m, m, device=dev, dtype=dt)
+        y = torch.randn(m, m, device=dev, dtype=dt)
+        info[f"gemm_{str(dt)[6:]}_TFLOPs"] = round(2 * m**3 / _bench(lambda: x @ y, dev) / 1e12, 1)
+    r.info = info
+    for k, v in info.items():
+        r.say(f"{k:<16} {v}")
+
+
+# -- 2. kernels and variants vs references ------------------------------------------------
+@contextmanager
+def poisoned():
+    """Every float torch.empty starts as NaN (an unwritten output then fails the check)."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty = nan_empty
+    try:
+        yield
+    finally:
+        torch.empty = empty
+
+
+def _close(out, ref, dtype, name, n=None):
+    from .testing import TOLERANCE, assert_close
+
+    for b in range(out.shape[0]):
+        m = out.shape[-1] if n is None else int(n[b])
+        if m:
+            assert_close(out[b, ..., :m], ref[b, ..., :m], TOLERANCE[dtype], f"{name}[{b}]")
+
+
+def _channel_kernel_checks(dev, dt):
+    from .kernels import channel_gemm as cg
+    from .ops.triton_channel import channel_lists
+
+    width = 96
+    chan = (torch.rand(3, width // 4, device=dev) < 0.5).float()
+    chan[0] = 0
+    chan[2] = 1
+    _, idx, n = channel_lists(chan, width)
+    x = torch.randn(3, 77, 53, device=dev).to(dt)
+    w1 = torch.randn(width, 53, device=dev).to(dt)
+    b1 = torch.randn(width, device=dev)
+    kw = dict(out_idx=idx, n_out=n, relu=True)
+    with poisoned():
+        y = cg.channel_gemm(x, w1, b1, **kw)
+    _close(y, cg.channel_gemm_torch(x, w1, b1, **kw), dt, "conv1", n)
+    h = torch.randn(3, 77, width, device=dev).to(dt)
+    w3 = torch.randn(200, width, device=dev).to(dt)
+    b3 = torch.randn(3, 200, device=dev)
+    res = torch.randn(3, 77, 200, device=dev).to(dt)
+    kw = dict(in_idx=idx, n_in=n, residual=res, relu=True)
+    with poisoned():
+        y = cg.channel_gemm(h, w3, b3, **kw)
+    _close(y, cg.channel_gemm_torch(h, w3, b3, **kw), dt, "conv3")
+    for stride in (1, 2):
+        hx = torch.randn(3, 9, 11, width, device=dev).to(dt)
+        w2 = torch.randn(width, width, 3, 3, device=dev).to(dt) / 10
+        taps = torch.randn(3, 9, width, device=dev)
+        kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps, stride=stride)
+        with poisoned():
+            y = cg.channel_conv3x3(hx, w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
+                                   b1, **kw)
+        _close(y, cg.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
+
+
+def _masker_kernel_checks(dev, dt):
+    from .kernels import maskers as mk
+    from .testing import assert_close
+
+    x = torch.randn(2, 13, 17, 40, device=dev).to(dt)
+    w, b = torch.randn(2, 40, device=dev), torch.randn(2, device=dev)
+    for grid in ((1, 1), (3, 4), (13, 17)):
+        with poisoned():
+            _, logits = mk.spatial_masker(x, w, b, grid)
+        assert_close(logits, mk.spatial_masker_torch(x, w, b, grid)[1], 1e-4, f"grid {grid}")
+    layers = [(torch.randn(16, 40, device=dev), torch.randn(16, device=dev)),
+              (torch.randn(24, 16, device=dev), torch.randn(24, device=dev))]
+    with poisoned():
+        _, logits = mk.channel_masker_mlp(x, layers)
+    assert_close(logits, mk.channel_masker_mlp_torch(x, layers)[1], 1e-4, "mlp")
+
+
+def _spatial_kernel_checks(dev, dt):
+    """H3a's spatial family: indices -> gather_conv1x1 -> conv3x3 -> conv1x1_residual."""
+    from .kernels import conv1x1_residual as cr
+    from .kernels import conv3x3 as c3
+    from .kernels import gather_conv as gc
+    from .kernels import indices
+    from .nn.maskers import expand_mask1, upsample_mask
+    from .testing import TOLERANCE, assert_close
+
+    bsz, h, wd, cin, width, cout = 2, 11, 9, 48, 32, 80
+    grid = (torch.rand(bsz, 1, 5, 4, device=dev) < 0.5).float()
+    for stride in (1, 2):
+        ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+        m3 = upsample_mask(grid, (ho, wo))
+        m1 = expand_mask1(m3, stride, (h, wd))
+        ri, rc = indices.active_rows(m1)
+        pi, pc = indices.active_pixels(m3)
+        x = torch.randn(bsz, h, wd, cin, device=dev).to(dt)
+        w1, b1 = torch.randn(width, cin, device=dev).to(dt) / 5, torch.randn(width, device=dev)
+        buf = gc.gather_conv1x1(x, ri, rc, w1, b1)
+        assert_close(buf, gc.gather_conv1x1_torch(x, ri, rc, w1, b1), TOLERANCE[dt], "gather")
+        w2 = torch.randn(width, width, 3, 3, device=dev).to(dt) / 10
+        with poisoned():
+            rows = c3.conv3x3(buf, pi, pc, c3.hwio(w2), b1, stride)
+        k = int(pc)
+        ref = c3.conv3x3_torch(buf, pi, pc, c3.hwio(w2), b1, stride)
+        assert_close(rows[:k], ref[:k], TOLERANCE[dt], f"conv3x3 s{stride}")
+        w3, b3 = torch.randn(cout, width, device=dev).to(dt) / 5, torch.randn(cout, device=dev)
+        ident = torch.randn(bsz, ho, wo, cout, device=dev).to(dt)
+        out = cr.conv1x1_residual(rows, pi, pc, w3, b3, ident)
+        ref = cr.conv1x1_residual_torch(rows, pi, pc, w3, b3, ident)
+        assert_close(out, ref, TOLERANCE[dt], f"residual s{stride}")
+
+
+def _variant_check(variant, mode, dev, dt):
+    from .ops import fold_block
+    from .ops.dense import dense_block
+    from .ops.spec import BlockSpec
+    from .ops.synthetic import synthetic_masks
+    from .testing import TOLERANCE, assert_close, make_block
+
+    for stride, cin in ((1, 64), (2, 48)):
+        block = make_block(cin, 16, stride, mode=mode, granularity=2, channel_granularity=4)
+        x = torch.randn(3, cin, 13, 11)
+        spec = BlockSpec.from_block(block, x.shape, dt)
+        if not variant.supports(spec):
+            continue
+        for rate in (0.0, 0.5, 1.0):
+            masks = synthetic_masks(spec, rate, seed=1, device=dev)
+            ref = dense_block(fold_block(block, torch.float64), x.double(),
+                              synthetic_masks(spec, rate, seed=1))
+            fb = fold_block(block, dt, dev)
+            xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
+            for cfg in variant.configs(spec)[:1]:
+                with poisoned():
+                    out = variant.run(fb, xd, masks, cfg)
+                assert_close(out.float().cpu(), ref, TOLERANCE[dt],
+                             f"s{stride} rate {rate} {cfg}")
+
+
+def kernel_checks(r: Run) -> None:
+    from .ops import all_variants
+
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    for dt in dtypes:
+        tag = str(dt)[6:]
+        r.check(f"kernel channel_gemm/conv3x3 {tag}", lambda: _channel_kernel_checks(r.device, dt))
+        r.check(f"kernel maskers {tag}", lambda: _masker_kernel_checks(r.device, dt))
+        r.check(f"kernel spatial family {tag}", lambda: _spatial_kernel_checks(r.device, dt))
+    backend = "cuda" if r.device == "cuda" else "cpu"
+    for v in all_variants():
+        if backend not in v.backends or v.name == "dense":
+            continue
+        for mode in v.modes:
+            for dt in dtypes:
+                r.check(f"variant {v.name} {mode} {str(dt)[6:]}",
+                        lambda: _variant_check(v, mode, r.device, dt))
+
+
+# -- 3. per-block timings -------------------------------------------------------------------
+def distinct_blocks(models: list[str], input_size: int):
+    """{(mode, spec key at batch 1): (mode, block, spec, {model: [block names]})} for the
+    blocks of every model and mode (ResNet-50 and -101 share their distinct shapes)."""
+    from .bench import build_model
+    from .tune.sweep import model_blocks
+
+    out = {}
+    for mode, gran in MODES:
+        for name in models:
+            model = build_model(name, mode, gran)
+            for bname, block, spec in model_blocks(model, input_size, 1, "float16"):
+                key = (mode, spec.key())
+                entry = out.setdefault(key, (mode, block, spec, {}))
+                entry[3].setdefault(name, []).append(bname)
+    return out
+
+
+def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cache) -> None:
+    from .ops import fold_block, variants_for
+    from .ops.synthetic import synthetic_masks
+    from .tune.cache import rate_bucket
+    from .tune.measure import config_key, time_variants
+
+    dev = r.device
+    backend = "cuda" if dev == "cuda" else "cpu"
+    for batch in batches:
+        for mode, block, spec1, members in blocks.values():
+            if time.perf_counter() > budget_end:
+                r.say(f"time box reached: skipping the rest of batch {batch} and later ones")
+                return
+            spec = spec1.with_(batch=batch)
+            x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu()
+            dense = {}
+            for dt in (torch.float16, torch.bfloat16):
+                fb = fold_block(block, dt, dev)
+                xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
+                m = synthetic_masks(spec, 0.5, seed=0, device=dev)
+                t = time_variants(fb, spec, xd, m, [v for v in variants_for(spec, backend)
+                                                    if v.name == "dense"])
+                dense[str(dt)[6:]] = t["dense"][config_key({})]
+            dt_best = min(dense, key=dense.get)
+            fb = fold_block(block, torch.float16, dev)
+            xd = x.to(dev, torch.float16).contiguous(memory_format=torch.channels_last)
+            cands = [v for v in variants_for(spec, backend) if v.name != "dense"]
+            if dev != "cuda":
+                cands = [v for v in cands if not v.needs_triton]
+            for rate in RATES:
+                masks = synthetic_masks(spec, rate, seed=1, device=dev)
+                cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
+                timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
+                meta = {"models": members, "source": "gpucheck"}
+                cache.record(spec, rate_bucket(rate),
+                             timings | {"dense": {config_key({}): dense["float16"]}}, meta)
+                base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
+                        "batch": batch, "rate": rate, "models": json.dumps(members)}
+                for dname, t in dense.items():
+                    r.rows.append(base | {"variant": "dense", "dtype": dname, "config": "{}",
+                                          "seconds": t, "ratio": t / dense[dt_best]})
+                for vname, cs in timings.items():
+                    for c, t in cs.items():
+                        r.rows.append(base | {"variant": vname, "dtype": "float16",
+                                              "config": c, "seconds": t,
+                                              "ratio": t / dense[dt_best]})
+            best = {v: min(cs.values()) for v, cs in timings.items()}
+            r.say(f"b{batch} {spec.short():<40} dense {dense[dt_best] * 1e6:8.1f} us  rate 0.75: "
+                  + "  ".join(f"{v} {t / dense[dt_best]:.2f}x" for v, t in best.items()))
+
+
+# -- 4. whole model ---------------------------------------------------------------------------
+def _dense_model(model, dev, dt):
+    from .bench import DenseModel
+
+    dm = DenseModel(model, torch.channels_last)
+    dm.stem_w = dm.stem_w.to(dev, dt).contiguous(memory_format=torch.channels_last)
+    dm.stem_b = dm.stem_b.to(dev, dt)
+    dm.folded = [fb.to(dev, dt) for fb in dm.folded]
+    for fb in dm.folded:
+        fb.w2 = fb.w2.contiguous(memory_format=torch.channels_last)
+    dm.fc = dm.fc.to(dev, dt)
+    return dm
+
+
+def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
+    import laudtriton
+
+    from .bench import build_model
+    from .nn import calibrate_rates
+    from .tune.timing import median_time
+
+    dev = r.device
+    for batch in batches:
+        for mode, gran in MODES:
+            name = f"whole laud_resnet101 {mode} b{batch} rate 0.5"
+            if time.perf_counter() > budget_end:
+                r.say(f"time box reached: skipping {name}")
+                continue
+
+            def one(batch=batch, mode=mode, gran=gran, name=name):
+                model = build_model("laud_resnet101", mode, gran)
+                x = torch.randn(batch, 3, input_size, input_size)
+                calibrate_rates(model, x, 0.5)
+                model = model.to(dev)
+                xd = x.to(dev)
+                cm = laudtriton.compile(model, xd, backend="cuda" if dev == "cuda" else "cpu",
+                                        tune="quick")
+                dense = {}
+                for dt in (torch.float16, torch.bfloat16):
+                    dm = _dense_model(model, dev, dt)
+                    xdt = xd.to(dt)
+                    with torch.no_grad():
+                        dense[str(dt)[6:]] = median_time(lambda: dm(xdt), dev, 2, 5)
+                with torch.no_grad():
+                    tc = median_time(lambda: cm(xd), dev, 2, 5)
+                td = min(dense.values())
+                r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
+                               "batch": batch, "rate": 0.5, "models": "", "variant": "compiled",
+                               "dtype": "", "config": "tune=quick", "seconds": tc,
+                               "ratio": tc / td})
+                for dname, t in dense.items():
+                    r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
+                                   "batch": batch, "rate": 0.5, "models": "", "variant": "dense",
+                                   "dtype": dname, "config": "", "seconds": t, "ratio": t / td})
+                r.say(f"{name}: compiled {tc * 1e3:.2f} ms, dense {td * 1e3:.2f} ms, "
+                      f"ratio {tc / td:.2f}")
+
+            r.check(name, one)
+
+
+# -- outputs --------------------------------------------------------------------------------
+FIELDS = ("mode", "spec", "spec_key", "batch", "rate", "models", "variant", "dtype", "config",
+          "seconds", "ratio")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def model_curves(rows: list[dict], model: str) -> dict:
+    """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
+    ``model`` (each distinct block x its count); a variant that does not run a block
+    counts dense there; "best" takes the fastest finite timing per block."""
+    per: dict = {}
+    for r in rows:
+        if r["variant"] == "compiled" or not r["models"]:
+            continue
+        count = len(json.loads(r["models"]).get(model, []))
+        if not count or not math.isfinite(r["seconds"]):
+            continue
+        key = (r["mode"], r["batch"], r["rate"], r["spec_key"])
+        d = per.setdefault(key, {"count": count, "t": {}})
+        name = "dense" if r["variant"] == "dense" else r["variant"]
+        d["t"][name] = min(d["t"].get(name, math.inf), r["seconds"])
+    out: dict = {}
+    names = {n for d in per.values() for n in d["t"]}
+    for (mode, batch, rate, _), d in per.items():
+        lines = out.setdefault((mode, batch), {})
+        dense = d["t"].get("dense", math.inf)
+        for n in names | {"best"}:
+            t = min(d["t"].values()) if n == "best" else d["t"].get(n, dense)
+            lines.setdefault(n, {}).setdefault(rate, 0.0)
+            lines[n][rate] += d["count"] * t
+    return out
+
+
+def plot(rows: list[dict], model: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    curves = model_curves(rows, model)
+    if not curves:
+        return False
+    keys = sorted(curves)
+    fig = Figure(figsize=(4.2 * len(keys), 3.6))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for n, pts in sorted(curves[key].items()):
+            rs = sorted(pts)
+            style = {"dense": dict(color="black", lw=2), "best": dict(color="tab:red", lw=2,
+                                                                      ls="--")}.get(n, {})
+            ax.plot(rs, [pts[x] * 1e3 for x in rs], marker="o", ms=3, label=n, **style)
+        ax.set_title(f"{model} {key[0]} b{key[1]}", fontsize=9)
+        ax.set_xlabel("activation rate")
+        ax.set_ylabel("block sum (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def table(r: Run, models: list[str]) -> str:
+    lines = [f"{'model':<15} {'mode':<8} {'batch':>5} {'dense ms':>9} "
+             + " ".join(f"{'best@' + str(x):>9}" for x in RATES) + f" {'whole@0.5':>10}"]
+    for model in models:
+        for (mode, batch), c in sorted(model_curves(r.rows, model).items()):
+            dense = c.get("dense", {})
+            d = next(iter(dense.values()), math.nan)
+            best = [c["best"].get(x, math.nan) / dense.get(x, math.nan) for x in RATES]
+            whole = [row["ratio"] for row in r.rows if row["variant"] == "compiled"
+                     and row["mode"] == mode and row["batch"] == batch]
+            w = f"{whole[0]:.2f}x" if whole and model == "laud_resnet101" else "-"
+            lines.append(f"{model:<15} {mode:<8} {batch:>5} {d * 1e3:>9.2f} "
+                         + " ".join(f"{b:>8.2f}x" for b in best) + f" {w:>10}")
+    ok = sum(c["ok"] for c in r.checks)
+    lines.append(f"checks: {ok}/{len(r.checks)} passed"
+                 + "".join(f"\n  FAIL {c['check']}: {c['error']}" for c in r.checks
+                           if not c["ok"]))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpucheck: no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
+        return 2
+    try:
+        batches = [int(b) for b in str(args.batches).split(",")]
+    except ValueError:
+        print(f"gpucheck: --batches {args.batches!r}: expected comma-separated ints like 1,64")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = Run(out, args.budget, args.device)
+    models = ["laud_resnet50", "laud_resnet101"]
+    parts = []
+    try:
+        r.say("1/4 machine")
+        machine(r)
+        r.say("2/4 kernels and variants vs references (NaN-poisoned outputs)")
+        kernel_checks(r)
+        r.say("3/4 blocks: dense vs variants")
+        from .tune.cache import TuneCache
+
+        cache = TuneCache(out / "autotune_cache", device=args.device)
+        blocks = distinct_blocks(models, args.input_size)
+        end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
+        time_blocks(r, blocks, batches, args.configs, end3, cache)
+        parts.append(f"autotune cache: {cache.path}")
+        r.say("4/4 whole LAUD-ResNet-101 compiled vs dense")
+        whole_models(r, batches, args.input_size, r.deadline)
+    except Exception:  # report what was gathered so far
+        r.checks.append({"check": "gpucheck run", "ok": False,
+                         "error": traceback.format_exc().strip().splitlines()[-1]})
+        traceback.print_exc()
+    write_csv(r.rows, out / "timings.csv")
+    for m in models:
+        if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
+            parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
+    summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(table(r, models))
+    for p in parts + [f"csv: {out / 'timings.csv'}", f"summary: {out / 'summary.json'}"]:
+        print(p)
+    print(f"gpucheck done in {time.perf_counter() - r.t0:.0f} s")
+    return 0 if all(c["ok"] for c in r.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

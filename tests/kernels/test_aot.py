@@ -1,0 +1,63 @@
+"""Ahead-of-time compilation of every Triton kernel x config for sm_80 and sm_90 (GPU.md 2).
+
+Runs ``python -m laudtriton.kernels.aot`` in a subprocess with TRITON_INTERPRET removed:
+under the interpreter ``@triton.jit`` returns interpreter functions that cannot compile.
+Set LAUDTRITON_AOT_ONLY=<substring> to compile a subset while iterating.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def aot():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    cmd = [sys.executable, "-m", "laudtriton.kernels.aot", "--arch", "80,90", "--json"]
+    if os.environ.get("LAUDTRITON_AOT_ONLY"):
+        cmd += ["--only", os.environ["LAUDTRITON_AOT_ONLY"]]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    assert res.stdout.strip(), f"aot printed nothing; stderr:\n{res.stderr[-3000:]}"
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    report["rc"] = res.returncode
+    return report
+
+
+def test_every_kernel_compiles_for_sm80_and_sm90(aot):
+    rows = aot["rows"]
+    assert rows, "no AOT specs were discovered"
+    errors = [f"{r['name']} sm_{r['arch']}: {r['error']}" for r in rows if not r["ok"]]
+    assert not errors, "\n".join(errors)
+    names = {r["name"] for r in rows}
+    for n in names:
+        assert {r["arch"] for r in rows if r["name"] == n} == {80, 90}, n
+
+
+def test_default_configs_do_not_spill(aot):
+    spills = [f"{r['name']} sm_{r['arch']}: {r['spill']} B" for r in aot["rows"]
+              if r["ok"] and r["default"] and r["spill"]]
+    assert not spills, "\n".join(spills)
+    assert aot["rc"] == 0, aot["problems"]
+
+
+def test_resource_usage_reported(aot):
+    for r in aot["rows"]:
+        assert r["regs"] is not None and 0 < r["regs"] <= 255, r
+        assert r["shared"] is not None and r["shared"] >= 0, r
+
+
+def test_channel_gemm_half_dots_use_wgmma_on_sm90(aot):
+    """Default fp16/bf16 configs of the channel kernels become warp-group MMAs on sm_90."""
+    rows = [r for r in aot["rows"] if r["arch"] == 90 and r["default"] and r["dot"]
+            and r["name"].startswith("channel_") and ("fp16" in r["name"] or "bf16" in r["name"])]
+    if not rows:
+        pytest.skip("channel kernels filtered out by LAUDTRITON_AOT_ONLY")
+    assert all(r["wgmma"] for r in rows), [r["name"] for r in rows if not r["wgmma"]]

@@ -1,0 +1,96 @@
+"""gpucheck without a GPU: the exit code 2 path, and its plumbing (checks, CSV, curves,
+PNG) on CPU under the interpreter."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from laudtriton import gpucheck
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+
+
+def _env():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@NO_CUDA
+def test_run_without_cuda_returns_2(tmp_path, capsys):
+    assert gpucheck.main(["--out", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no CUDA" in out[0]
+    assert not (tmp_path / "o").exists()
+
+
+@NO_CUDA
+@pytest.mark.parametrize("how", ["main", "cli"])
+def test_subprocess_exit_code_2(tmp_path, how):
+    if how == "main":
+        cmd = [sys.executable, "-c", "import sys; from laudtriton.gpucheck import main; "
+               f"sys.exit(main(['--out', {str(tmp_path / 'x')!r}]))"]
+    else:
+        if not (ROOT / "laudtriton" / "__main__.py").exists():
+            pytest.skip("laudtriton/__main__.py not written yet")
+        cmd = [sys.executable, "-m", "laudtriton", "gpucheck", "--out", str(tmp_path / "x")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(res.stdout.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_checks_pass_under_interpreter(dtype):
+    """The very checks gpucheck runs on CUDA, on CPU tensors under the interpreter."""
+    gpucheck._channel_kernel_checks("cpu", dtype)
+    gpucheck._masker_kernel_checks("cpu", dtype)
+
+
+def test_check_records_failures():
+    r = gpucheck.Run(Path("."), 10, "cpu")
+    assert r.check("ok", lambda: None)
+    assert not r.check("bad", lambda: 1 / 0)
+    assert [c["ok"] for c in r.checks] == [True, False]
+    assert "ZeroDivisionError" in r.checks[1]["error"]
+
+
+def _rows():
+    members = json.dumps({"laud_resnet50": ["layer1.0"], "laud_resnet101": ["a", "b"]})
+    rows = []
+    for rate in gpucheck.RATES:
+        for v, t in (("dense", 2.0), ("gather", 3.0 * rate), ("patch", math.inf)):
+            rows.append({"mode": "spatial", "spec": "s", "spec_key": "k", "batch": 1,
+                         "rate": rate, "models": members, "variant": v, "dtype": "float16",
+                         "config": "{}", "seconds": t, "ratio": t / 2.0})
+    return rows
+
+
+def test_model_curves_weight_blocks_by_count():
+    c50 = gpucheck.model_curves(_rows(), "laud_resnet50")[("spatial", 1)]
+    c101 = gpucheck.model_curves(_rows(), "laud_resnet101")[("spatial", 1)]
+    assert c50["dense"][0.5] == 2.0 and c101["dense"][0.5] == 4.0
+    assert c50["gather"][0.25] == 0.75 and c50["best"][0.75] == 2.0  # dense wins at 0.75
+    assert "patch" not in c50  # never finite
+
+
+def test_outputs_csv_png_table(tmp_path):
+    rows = _rows()
+    gpucheck.write_csv(rows, tmp_path / "t.csv")
+    with open(tmp_path / "t.csv") as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == len(rows) and back[0]["variant"] == "dense"
+    assert gpucheck.plot(rows, "laud_resnet50", tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r.rows = rows
+    text = gpucheck.table(r, ["laud_resnet50"])
+    assert "spatial" in text and "0.38x" in text  # gather at 0.25: 0.75 / 2.0

@@ -76,3 +76,154 @@ class DispatchTable:
             cfg = "" if not c.config else json.dumps(c.config_dict, sort_keys=True)
             parts.append(f"{b:.2f}:{c.variant}{cfg}({c.source[0]})")
         return " ".join(parts)
+
+
+# -- predictions where nothing was measured (issue 6) ----------------------------------
+
+def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
+                     factors: dict | None = None) -> list[float]:
+    """Add "predicted" entries to ``table`` for the ``buckets`` that hold none; measured or
+    cached entries are never replaced. Each predicted Choice carries the variant's first
+    config (a config the variant accepts). ``dense_seconds`` stays measured-only.
+
+    spec: BlockSpec; variants: names or Variants (candidates for this block); hw: a
+    HardwareSpec or a hardware name; factors: fitted ``predict.model.Factors`` per variant.
+    Returns the buckets that were filled.
+
+    Raises:
+        ValueError: an unknown hardware name, or a variant with no latency model.
+    """
+    from .predict.hardware import get_hardware
+    from .predict.model import predict_timings, resolve_variant
+    from .tune.measure import config_key
+
+    hw = get_hardware(hw)
+    cands = [resolve_variant(v) for v in variants]
+    filled = []
+    for b in sorted({round(float(b), 4) for b in buckets}):
+        if b in table.entries:
+            continue
+        pred = predict_timings(spec, b, cands, hw, factors)
+        timings = {}
+        for v in cands:
+            space = v.configs(spec) or [{}]
+            timings[v.name] = {config_key(space[0]): pred[v.name]["{}"]}
+        dense_before = table.dense_seconds.get(b)
+        table.add(b, timings, "predicted")
+        if dense_before is None:
+            table.dense_seconds.pop(b, None)
+        filled.append(b)
+    return filled
+
+
+# -- latency-guided co-design (LAUDNet's 4-4-2-1 vs 8-4-7-1 choice) ---------------------
+
+@dataclass(frozen=True)
+class Design:
+    """One per-stage configuration ranked by the co-design search.
+
+    modes, granularities: per stage (S is 1 where the stage has no spatial mask).
+    seconds: predicted latency of the whole model (blocks with their fastest variant, plus
+    the dense stem and head); dense_seconds: the same with every block dense.
+    flops_ratio: achieved FLOPs of the residual blocks / their dense FLOPs.
+    rates: activation rate per block (the one that meets the target FLOPs ratio).
+    variants: the fastest variant per block.
+    """
+
+    modes: tuple[str, ...]
+    granularities: tuple[int, ...]
+    seconds: float
+    dense_seconds: float
+    flops_ratio: float
+    rates: tuple[float, ...] = ()
+    variants: tuple[str, ...] = ()
+
+    def label(self) -> str:
+        return f"{'-'.join(self.modes)} {'-'.join(str(g) for g in self.granularities)}"
+
+
+def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
+    opts = []
+    for m in modes:
+        if m in ("spatial", "both"):
+            opts += [(m, g) for g in granularities if 1 <= g <= size]
+        else:
+            opts.append((m, 1))
+    return opts
+
+
+def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "layer"),
+                  granularities=(1, 2, 4, 8), batch: int = 1, input_size: int = 224,
+                  dtype: str | None = None, factors: dict | None = None,
+                  channel_granularity: int = 1, top: int | None = None) -> list[Design]:
+    """Every per-stage (mode, S) configuration of ``arch``, ranked by predicted latency at
+    the FLOPs ratio ``target``, fastest first.
+
+    Each block runs at the activation rate whose FLOPs ratio (official accounting, dense
+    downsample) equals ``target`` (``predict.network.rate_for_flops_ratio``; rate 0 where
+    the dense downsample alone exceeds it), with its fastest predicted variant on ``hw``.
+    Stages are independent (a block's latency does not depend on its neighbours' modes),
+    so each stage option is predicted once and the configurations are their sums.
+
+    Raises:
+        ValueError: unknown arch, mode or hardware, target outside (0, 1], no valid option
+            for a stage (e.g. every S larger than its map), top < 1.
+    """
+    import itertools
+
+    from .ops.registry import variants_for
+    from .predict.hardware import get_hardware
+    from .predict.model import predict_expected, predict_stem_head
+    from .predict.network import MODES, flops_ratio, model_specs, rate_for_flops_ratio, stem_hw
+
+    hw = get_hardware(hw)
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
+    if top is not None and top < 1:
+        raise ValueError(f"--top {top} must be >= 1")
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"--modes {','.join(modes)!r}: unknown {bad}; accepted: "
+                         f"{', '.join(MODES)}")
+    dtype = dtype or ("float32" if hw.kind == "cpu" else "float16")
+    memo: dict = {}
+
+    def block(spec):
+        if spec not in memo:
+            r = rate_for_flops_ratio(spec, target)
+            best = min((predict_expected(spec, r, v, hw, factors), v.name)
+                       for v in variants_for(spec, hw.backend))
+            dense = predict_expected(spec, 1.0, "dense", hw, factors)
+            memo[spec] = (best[0], dense, flops_ratio(spec, r) * spec.dense_flops(),
+                          spec.dense_flops(), r, best[1])
+        return memo[spec]
+
+    stage_size = [stem_hw(input_size)]
+    for st in (1, 2, 2, 2):
+        stage_size.append((stage_size[-1] - 1) // st + 1)
+    per_stage = []
+    for i in range(4):
+        opts = []
+        for mode, g in _stage_options(modes, granularities, stage_size[i + 1]):
+            gran = [1, 1, 1, 1]
+            gran[i] = g
+            specs = [s for n, s in model_specs(arch, mode, gran, batch, input_size, dtype,
+                                               channel_granularity)
+                     if n.startswith(f"layer{i + 1}.")]
+            rows = [block(s) for s in specs]
+            opts.append((mode, g, tuple(map(sum, zip(*[r[:4] for r in rows]))),
+                         tuple(r[4] for r in rows), tuple(r[5] for r in rows)))
+        if not opts:
+            raise ValueError(f"stage {i + 1} ({stage_size[i + 1]}x{stage_size[i + 1]}): no "
+                             f"option among modes {modes} and granularities {granularities}")
+        per_stage.append(opts)
+    stem = predict_stem_head(input_size, batch, dtype, hw, factors)
+    out = []
+    for combo in itertools.product(*per_stage):
+        t, dense, fl, dfl = (sum(c[2][k] for c in combo) for k in range(4))
+        out.append(Design(tuple(c[0] for c in combo), tuple(c[1] for c in combo),
+                          t + stem, dense + stem, fl / dfl,
+                          tuple(r for c in combo for r in c[3]),
+                          tuple(v for c in combo for v in c[4])))
+    out.sort(key=lambda d: (d.seconds, d.label()))
+    return out[:top] if top else out

@@ -1,1 +1,21 @@
-"""Hardware specs, latency models and calibration."""
+"""Hardware specs, latency models and calibration (DESIGN.md section 6)."""
+
+from .calibrate import Calibration, calibrate, load_calibration, save_calibration
+from .hardware import PRESETS, HardwareSpec, get_hardware, known_hardware
+from .model import (
+    Factors,
+    ValidationReport,
+    fit,
+    predict_block,
+    predict_expected,
+    predict_timings,
+    validate,
+)
+from .network import flops_ratio, model_specs, rate_for_flops_ratio
+
+__all__ = [
+    "PRESETS", "Calibration", "Factors", "HardwareSpec", "ValidationReport", "calibrate",
+    "fit", "flops_ratio", "get_hardware", "known_hardware", "load_calibration",
+    "model_specs", "predict_block", "predict_expected", "predict_timings",
+    "rate_for_flops_ratio", "save_calibration", "validate",
+]

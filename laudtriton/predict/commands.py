@@ -16,15 +16,12 @@ log = logging.getLogger("laudtriton")
 
 
 def _cache(cache_dir, hw: HardwareSpec):
-    """The autotune cache holding timings of ``hw``: the local CPU, or a local CUDA GPU."""
-    import torch
-
+    """The autotune cache holding timings of ``hw`` ("cpu": this machine, "cuda": its
+    calibrated GPU); None for the presets (no timings of them here)."""
     from ..tune.cache import TuneCache
 
-    if hw.kind == "cpu":
-        return TuneCache(cache_dir, device="cpu")
-    if torch.cuda.is_available():
-        return TuneCache(cache_dir, device="cuda")
+    if hw.name in ("cpu", "cuda"):
+        return TuneCache(cache_dir, device=hw.name)
     return None
 
 
@@ -89,12 +86,13 @@ def run_validate(args, hw: HardwareSpec) -> int:
     cache = _cache(args.cache_dir, hw)
     if cache is None:
         raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
-                         "'cpu' (or a local CUDA GPU, 'cuda') has an autotune cache here")
+                         "'cpu' (or 'cuda', a calibrated local GPU) has them here")
     entries = cache.entries(include_stale=args.include_stale)
     if not entries:
+        which = "" if args.include_stale else (
+            " for the current versions (--include-stale also reads those of other versions)")
         raise ValueError(f"the autotune cache {cache.path} holds no timings of this device"
-                         f"{'' if args.include_stale else ' for the current versions'}; "
-                         "run `laudtriton calibrate` and `laudtriton sweep` first")
+                         f"{which}; run `laudtriton calibrate` and `laudtriton sweep` first")
     print(f"hardware: {hw.describe()}")
     print(validate(entries, hw).format())
     return 0

@@ -117,9 +117,15 @@ CPU_DEFAULT = HardwareSpec(
 ALIASES = {"tx2": "jetson_tx2", "orin": "jetson_orin", "3090": "rtx3090", "3060": "rtx3060"}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def known_hardware() -> list[str]:
-    """Every accepted hardware name (presets and "cpu")."""
-    return sorted([*PRESETS, "cpu"])
+    """Every accepted hardware name (presets, "cpu", and "cuda": a calibrated local GPU)."""
+    return sorted([*PRESETS, "cpu", "cuda"])
 
 
 def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
@@ -149,6 +155,14 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
     key = ALIASES.get(key, key)
     if key == "cpu":
         return cpu_hardware(cache_dir)
+    if key == "cuda":
+        from .calibrate import load_calibration
+
+        cal = load_calibration(cache_dir, "cuda") if _has_cuda() else None
+        if cal is None:
+            raise ValueError("--hardware 'cuda' is the calibrated local GPU; run `laudtriton "
+                             "calibrate --device cuda` on a machine with one first")
+        return cal.to_hardware()
     if key in PRESETS:
         return PRESETS[key]
     raise ValueError(f"--hardware {name!r} unknown; known: {', '.join(known_hardware())}")

@@ -1,0 +1,119 @@
+"""Scheduler with predictions (fill_predictions) and the latency-guided co-design search."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import laudtriton.ops  # noqa: F401  (registers every variant)
+from laudtriton.cli import main
+from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
+from laudtriton.predict.model import predict_block
+from laudtriton.predict.network import flops_ratio, model_specs
+from laudtriton.schedule import Choice, DispatchTable, design_search, fill_predictions
+
+SPEC = model_specs("laud_resnet50", "spatial", "4-4-2-1", batch=1)[5][1]  # layer2.2
+
+
+def test_fill_predictions_only_where_unmeasured():
+    table = DispatchTable()
+    table.add(0.1, {"dense": {"{}": 9e-3}, "gather": {"{}": 1e-3}}, "measured")
+    table.add(0.5, {"dense": {"{}": 9e-3}, "patch": {"{}": 8e-3}}, "cached")
+    before = dict(table.entries)
+    buckets = [round(i / 10, 1) for i in range(11)]
+    filled = fill_predictions(table, SPEC, buckets, ["dense", "gather", "patch"], CPU_DEFAULT)
+    assert filled == [b for b in buckets if b not in (0.1, 0.5)]
+    for b, c in before.items():
+        assert table.entries[b] is c  # measured and cached entries are never replaced
+    for b in filled:
+        c = table.entries[b]
+        assert c.source == "predicted" and math.isfinite(c.seconds)
+        want = min(("dense", "gather", "patch"),
+                   key=lambda v: predict_block(SPEC, b, v, CPU_DEFAULT))
+        assert c.variant == want
+        assert c.seconds == pytest.approx(predict_block(SPEC, b, want, CPU_DEFAULT))
+    assert set(table.dense_seconds) == {0.1, 0.5}  # dense_seconds stays measured-only
+    assert fill_predictions(table, SPEC, buckets, ["dense"], CPU_DEFAULT) == []
+    assert table.choose(0.31).source == "predicted"
+    assert table.choose(0.12) == Choice.make("gather", "{}", 1e-3, "measured")
+
+
+def test_fill_predictions_uses_a_config_the_variant_accepts():
+    spec = model_specs("laud_resnet50", "channel", 1, batch=2, channel_granularity=4)[5][1]
+    table = DispatchTable()
+    fill_predictions(table, spec, [0.2], ["channel_gemm"], "v100")
+    assert table.entries[0.2].variant == "channel_gemm"
+    assert table.entries[0.2].config_dict  # the first config of its space, not {}
+
+
+def test_fill_predictions_errors():
+    with pytest.raises(ValueError, match="no latency model"):
+        fill_predictions(DispatchTable(), SPEC, [0.5], ["dense", "nope"], CPU_DEFAULT)
+    with pytest.raises(ValueError, match="known"):
+        fill_predictions(DispatchTable(), SPEC, [0.5], ["dense"], "cray-1")
+
+
+@pytest.mark.parametrize("hw, batch, target", [("v100", 32, 0.5), ("cpu", 1, 0.35),
+                                               ("jetson_tx2", 1, 0.7)])
+def test_design_sorted_and_on_target(hw, batch, target):
+    hw = CPU_DEFAULT if hw == "cpu" else get_hardware(hw)
+    designs = design_search("laud_resnet50", hw, target, ("spatial", "channel", "layer"),
+                            (1, 2, 4, 7, 8), batch=batch)
+    # stage maps 56, 28, 14, 7: spatial S in {1,2,4,7,8} ∩ [1, size] + channel + layer
+    assert len(designs) == 7 * 7 * 7 * 6
+    secs = [d.seconds for d in designs]
+    assert secs == sorted(secs)
+    labels = {d.label() for d in designs}
+    assert len(labels) == len(designs)
+    assert "spatial-spatial-spatial-spatial 4-4-2-1" in labels
+    assert "spatial-spatial-spatial-spatial 8-4-7-1" in labels
+    for d in designs:
+        assert d.flops_ratio == pytest.approx(target, abs=1e-6)
+        assert 0 < d.seconds and d.dense_seconds == designs[0].dense_seconds
+        assert len(d.rates) == 16 and len(d.variants) == 16
+    assert designs[0].seconds < designs[0].dense_seconds
+
+
+def test_design_rates_meet_target_per_block():
+    d = design_search("laud_resnet50", "v100", 0.5, ("spatial",), (4,), batch=8)
+    assert len(d) == 1 and d[0].label() == "spatial-spatial-spatial-spatial 4-4-4-4"
+    specs = [s for _, s in model_specs("laud_resnet50", "spatial", 4, 8, dtype="float16")]
+    for spec, r in zip(specs, d[0].rates):
+        assert flops_ratio(spec, r) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_design_top_and_errors():
+    assert len(design_search("laud_resnet50", "a100", 0.5, top=3)) == 3
+    for kwargs, msg in [({"target": 0.0}, "target-rate"), ({"target": 1.5}, "target-rate"),
+                        ({"modes": ("spatial", "warp")}, "unknown"), ({"top": 0}, "top")]:
+        args = {"target": 0.5, **kwargs}
+        with pytest.raises(ValueError, match=msg):
+            design_search("laud_resnet50", "a100", **args)
+    with pytest.raises(ValueError, match="stage 4"):
+        design_search("laud_resnet50", "a100", 0.5, ("spatial",), (8,))
+
+
+def test_cli_design(capsys, tmp_path):
+    rc = main(["design", "--model", "laud_resnet50", "--hardware", "rtx3090",
+               "--target-rate", "0.5", "--granularities", "1,2,4,8", "--top", "4",
+               "--batch", "16", "--cache-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [ln for ln in out.splitlines() if ln.strip()[:2].strip().isdigit()]
+    assert len(rows) == 4
+    ms = [float(r.split()[3]) for r in rows]
+    assert ms == sorted(ms)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["design", "--hardware", "pdp11", "--target-rate", "0.5"], "known: a100"),
+    (["design", "--hardware", "v100", "--target-rate", "2"], "--target-rate"),
+    (["design", "--hardware", "v100", "--target-rate", "0.5", "--granularities", "a,b"],
+     "--granularities"),
+    (["design", "--hardware", "v100", "--target-rate", "0.5", "--modes", "sparse"], "--modes"),
+])
+def test_cli_design_errors(capsys, args, msg):
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and "Traceback" not in err

@@ -246,3 +246,24 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
 def test_cli_errors(capsys, args, msg):
     rc, out, err = _cli(args, capsys)
     assert rc == 2 and msg in err and "Traceback" not in err
+
+
+# -- config pruning -------------------------------------------------------------------------
+
+def test_prune_keeps_top_k_by_tile_quantisation():
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.prune import config_tiles, config_time, make_prune
+
+    spec = model_specs("laud_resnet50", "spatial", "4-4-2-1", 2, dtype="float16")[-1][1]
+    v = get_variant("gather")
+    cfgs = [{"block_m": 128, "block_n": 128}, {"block_m": 16, "block_n": 64},
+            {"block_m": 64, "block_n": 64}, {"block_k": 32}]
+    h100 = get_hardware("h100")
+    times = [config_time(spec, 0.2, v, c, h100) for c in cfgs]
+    assert times[1] < times[2] < times[0]  # ~20 active rows: small row tiles waste less
+    assert config_tiles(cfgs[3]) is None
+    kept = make_prune(h100, 2)(spec, 0.2, v, cfgs)
+    assert kept == [c for c, t in zip(cfgs, times) if t <= sorted(times)[1]]
+    assert make_prune("v100", 9)(spec, 0.2, v, cfgs) == cfgs
+    with pytest.raises(ValueError, match="top_k"):
+        make_prune(h100, 0)

@@ -12,9 +12,11 @@ from .model import (
     validate,
 )
 from .network import flops_ratio, model_specs, rate_for_flops_ratio
+from .prune import config_time, make_prune
 
 __all__ = [
     "PRESETS", "Calibration", "Factors", "HardwareSpec", "ValidationReport", "calibrate",
+    "config_time", "make_prune",
     "fit", "flops_ratio", "get_hardware", "known_hardware", "load_calibration",
     "model_specs", "predict_block", "predict_expected", "predict_timings",
     "rate_for_flops_ratio", "save_calibration", "validate",

@@ -96,17 +96,19 @@ def gemm_dims(spec: BlockSpec, rate: float, variant: str) -> list[tuple[float, f
     return dims
 
 
-def quantisation(spec: BlockSpec, rate: float, variant: str, hw: HardwareSpec) -> float:
-    """Padded/useful multiply-adds of the GEMM tiles and waves on a GPU (>= 1); 1 on CPU."""
+def quantisation(spec: BlockSpec, rate: float, variant: str, hw: HardwareSpec,
+                 tiles: tuple[int, int] | None = None) -> float:
+    """Padded/useful multiply-adds of the GEMM tiles and waves on a GPU (>= 1); 1 on CPU.
+    tiles: (BM, BN) of a kernel config; None: what an autotuner would pick per GEMM."""
     if hw.kind == "cpu":
         return 1.0
     useful = padded = 0.0
     for m, n, k in gemm_dims(spec, rate, variant):
         if m <= 0 or n <= 0 or k <= 0:
             continue
-        bm, bn = _tile(m), _tile(n)
-        tiles = math.ceil(m / bm) * math.ceil(n / bn)
-        waves = math.ceil(tiles / hw.compute_units)
+        bm, bn = tiles if tiles else (_tile(m), _tile(n))
+        count = math.ceil(m / bm) * math.ceil(n / bn)
+        waves = math.ceil(count / hw.compute_units)
         useful += m * n * k
         padded += bm * bn * k * waves * hw.compute_units
     return max(1.0, padded / useful) if useful > 0 else 1.0
@@ -127,8 +129,10 @@ class Terms:
     memory_s: float
 
 
-def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec) -> Terms:
-    """Terms of ``variant`` at (spec, rate) on ``hw`` from its Cost.
+def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
+          tiles: tuple[int, int] | None = None) -> Terms:
+    """Terms of ``variant`` at (spec, rate) on ``hw`` from its Cost (tiles: see
+    :func:`quantisation`).
 
     Raises:
         ValueError: if the variant is not registered or its cost fails.
@@ -139,7 +143,7 @@ def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec
     except Exception as e:  # a cost that cannot handle this spec is a missing model
         raise ValueError(f"variant {v.name!r} has no latency model for {spec.short()} at "
                          f"rate {rate:g}: {e}") from None
-    q = quantisation(spec, rate, v.name, hw)
+    q = quantisation(spec, rate, v.name, hw, tiles)
     return Terms(float(c.launches), c.flops * q / hw.peak_macs(spec.dtype),
                  c.bytes / hw.bandwidth)
 

@@ -1,0 +1,67 @@
+"""Predictor-guided pruning of kernel configs for the sweep (issue 6, item 3).
+
+``make_prune(hw, top_k)`` returns the ``prune(spec, rate, variant, configs) -> configs``
+hook of ``tune.sweep.sweep``: it keeps the ``top_k`` configs with the lowest predicted
+time. The model sees a config only through its output tile (BM, BN) and the tile and wave
+quantisation that follows from it (``model.quantisation``); configs it cannot tell apart
+(same tile, other BLOCK_K / warps / stages) keep their order in the variant's space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..ops.registry import Variant
+from ..ops.spec import BlockSpec
+from .hardware import HardwareSpec, get_hardware
+from .model import Factors, _latency, factors_for, terms
+
+# Config keys that name the output tile of a kernel config (rows, then columns).
+ROW_KEYS = ("block_m", "block_p", "BLOCK_M", "BLOCK_P")
+COL_KEYS = ("block_n", "BLOCK_N")
+
+
+def config_tiles(config: dict) -> tuple[int, int] | None:
+    """(BM, BN) of a kernel config, or None when it names no output tile."""
+    bm = next((config[k] for k in ROW_KEYS if k in config), None)
+    bn = next((config[k] for k in COL_KEYS if k in config), None)
+    if bm is None or bn is None:
+        return None
+    return int(bm), int(bn)
+
+
+def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: dict,
+                hw: HardwareSpec, factors: dict[str, Factors] | None = None) -> float:
+    """Predicted seconds of ``variant`` with ``config`` at (spec, rate) (raw model, for
+    ranking configs at one rate).
+
+    Raises:
+        ValueError: a variant with no latency model.
+    """
+    name = variant if isinstance(variant, str) else variant.name
+    t = terms(spec, rate, variant, hw, config_tiles(config))
+    return _latency(t, factors_for(name, hw, factors), hw)
+
+
+def make_prune(hw: HardwareSpec | str, top_k: int = 3,
+               factors: dict[str, Factors] | None = None
+               ) -> Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]:
+    """The sweep's prune hook keeping the ``top_k`` configs of lowest predicted time.
+
+    Raises:
+        ValueError: unknown hardware, or top_k < 1.
+    """
+    hw = get_hardware(hw)
+    if top_k < 1:
+        raise ValueError(f"top_k {top_k} must be >= 1")
+
+    def prune(spec: BlockSpec, rate: float, variant: Variant, configs: list[dict]):
+        configs = list(configs)
+        if len(configs) <= top_k:
+            return configs
+        ranked = sorted(range(len(configs)),
+                        key=lambda i: (config_time(spec, rate, variant, configs[i], hw,
+                                                   factors), i))
+        return [configs[i] for i in sorted(ranked[:top_k])]
+
+    return prune

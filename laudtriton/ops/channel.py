@@ -26,102 +26,20 @@ starts with an empty cache). The ``compact`` layer variant shares it.
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..nn.block import BlockMasks
 from .fold import FoldedBlock
 from .kappa import conv2_correction, conv3_bias
+from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
 CL = torch.channels_last
 CACHE_SIZE = 64  # mask patterns kept per block; a batch of B samples has at most B
-
-
-def _can_pack(w: torch.Tensor) -> bool:
-    return (w.device.type == "cpu" and w.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
-
-
-def _pack(weight: torch.Tensor, stride: int, padding: int, in_hw) -> torch.Tensor:
-    return torch._C._nn.mkldnn_reorder_conv2d_weight(
-        weight.to_mkldnn(), [padding] * 2, [stride] * 2, [1, 1], 1,
-        [1, weight.shape[1], *in_hw])
-
-
-@functools.lru_cache(maxsize=1)
-def onednn_fusion_available() -> bool:
-    """Whether this torch build runs oneDNN convolutions with pre-packed weights and fused
-    add/ReLU epilogues (``torch.ops.mkldnn._convolution_pointwise``, CPU float32).
-    Probed once on a tiny input against F.conv2d; on any failure PackedConv runs F.conv2d."""
-    w, b = torch.randn(3, 2, 3, 3), torch.randn(3)
-    x = torch.randn(2, 2, 5, 4).contiguous(memory_format=CL)
-    add = torch.randn(1, 3, 3, 2).contiguous(memory_format=CL)
-    if not _can_pack(w):
-        return False
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise
-        wp = _pack(w, 2, 1, (5, 4))
-        y1 = op(x, wp, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
-        y2 = op.binary(x, add.expand(2, -1, -1, -1), wp, b, [1, 1], [2, 2], [1, 1], 1, "add",
-                       1.0, "relu", [], "")
-    except Exception:  # noqa: BLE001 - any failure of these private ops: not available
-        return False
-    ref = F.conv2d(x, w, b, stride=2, padding=1)
-    return bool(torch.allclose(y1, ref.relu(), atol=1e-5)
-                and torch.allclose(y2, (ref + add).relu(), atol=1e-5))
-
-
-@dataclass(frozen=True)
-class PackedConv:
-    """One convolution with its bias, weights pre-packed for oneDNN where possible.
-
-    weight: [Cout, Cin, k, k]; bias: [Cout] | None; padding = k // 2.
-    packed: the oneDNN-packed weight (CPU float32), or None (then F.conv2d runs).
-    On CPU, F.conv2d re-orders its weight on every call; for small maps at batch 1 that
-    reorder dominates (512->512 3x3 at 7x7: 8.2 ms plain vs 1.1 ms packed, 1 thread).
-    """
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    stride: int
-    padding: int
-    packed: torch.Tensor | None
-
-    @staticmethod
-    def make(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-             in_hw: tuple[int, int], pack: bool = True) -> PackedConv:
-        """Pack ``weight`` for inputs of spatial size ``in_hw`` (any batch) when possible."""
-        weight = weight.contiguous()
-        packed = None
-        if pack and _can_pack(weight) and onednn_fusion_available():
-            packed = _pack(weight, stride, padding, in_hw)
-        return PackedConv(weight, None if bias is None else bias.contiguous(), stride,
-                          padding, packed)
-
-    def __call__(self, x: torch.Tensor, relu: bool, add: torch.Tensor | None = None):
-        """relu?(conv(x) + bias + add): [n, Cin, H, W] channels_last -> [n, Cout, Ho, Wo]
-        channels_last; ``add`` broadcasts to the output (e.g. a [1, Cout, Ho, Wo] map)."""
-        p, s = [self.padding] * 2, [self.stride] * 2
-        if self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu":
-            op = torch.ops.mkldnn._convolution_pointwise
-            if add is None:
-                return op(x, self.packed, self.bias, p, s, [1, 1], 1,
-                          "relu" if relu else "none", [], "")
-            if add.shape[0] != x.shape[0]:
-                add = add.expand(x.shape[0], -1, -1, -1)
-            return op.binary(x, add, self.packed, self.bias, p, s, [1, 1], 1, "add", 1.0,
-                             "relu" if relu else None, [], "")
-        y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
-        if add is not None:
-            y = y.add_(add)
-        return (y.relu_() if relu else y).contiguous(memory_format=CL)
 
 
 @dataclass(frozen=True)

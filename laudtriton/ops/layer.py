@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from ..nn.block import BlockMasks
-from .channel import PackedConv, SlicedWeights, put, slice_cache, take
+from .channel import SlicedWeights, put, slice_cache, take
 from .fold import FoldedBlock
+from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 

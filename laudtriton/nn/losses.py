@@ -18,8 +18,9 @@ class SparsityLoss(nn.Module):
     loss = mean_i [max(0, r_i − upper)² + max(0, lower − r_i)²] + (F/F_dense − target)²
 
     where r_i is block i's FLOPs ratio, F the model's sparse FLOPs and F_dense the dense
-    network's. The per-block bounds start at [0, 1] and close in on the target over the
-    first third of training: progress = cos²(π/2 · min(1, epoch / (0.33·num_epochs))),
+    network's. The per-block bounds start at lower = upper = target and relax to [0, 1]
+    over the first third of training (each block is free to deviate from the target once
+    the whole network meets it): progress = cos²(π/2 · min(1, epoch / (0.33·num_epochs))),
     upper = 1 − progress·(1 − target), lower = progress·target.
 
     Args:

@@ -51,10 +51,14 @@ def _per_stage(value, name: str, cast, accepted: str) -> list:
         raise ValueError(
             f"{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 ({accepted})"
         )
-    try:
-        return [cast(v) for v in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} {value!r} is not valid; accepted: {accepted}") from None
+    out = []
+    for i, v in enumerate(items):
+        try:
+            out.append(cast(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} {value!r} is not valid (stage {i + 1}: {v!r}); "
+                             f"accepted: {accepted}") from None
+    return out
 
 
 def _mode(v) -> str:

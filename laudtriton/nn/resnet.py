@@ -56,7 +56,8 @@ def _per_stage(value, name: str, cast, accepted: str) -> list:
         try:
             out.append(cast(v))
         except (TypeError, ValueError):
-            raise ValueError(f"{name} {value!r} is not valid (stage {i + 1}: {v!r}); "
+            where = "" if len(set(map(str, items))) == 1 else f" (stage {i + 1}: {v!r})"
+            raise ValueError(f"{name} {value!r} is not valid{where}; "
                              f"accepted: {accepted}") from None
     return out
 

@@ -149,18 +149,11 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor,
     return SlicedWeights(m, conv1, conv2, bias2, conv3, b3)
 
 
-def _fingerprint(fb: FoldedBlock) -> tuple:
-    """Storage and in-place version of every tensor of ``fb``: changes when a weight is
-    replaced (``fb.w2 = ...``, a shallow copy with new weights) or modified in place."""
-    ts = (fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3, fb.wd, fb.bd, fb.kappa1, fb.kappa2)
-    return tuple(None if t is None else (t.data_ptr(), t._version) for t in ts) + (fb.stride,)
-
-
 def slice_cache(fb: FoldedBlock) -> SliceCache:
     """The SliceCache attached to ``fb`` (attribute ``_slice_cache``), created on first use
     and replaced by an empty one when ``fb``'s tensors changed since it was built."""
     c = getattr(fb, "_slice_cache", None)
-    owner = _fingerprint(fb)
+    owner = fb.fingerprint()
     if c is None or c.owner != owner:
         c = SliceCache(owner=owner)
         fb._slice_cache = c

@@ -56,6 +56,14 @@ class FoldedBlock:
     def out_channels(self) -> int:
         return self.w3.shape[0]
 
+    def fingerprint(self) -> tuple:
+        """Storage and in-place version of every tensor: changes when a weight is replaced
+        or modified in place. Caches of derived weights (packed, sliced) are keyed on it."""
+        ts = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3, self.wd, self.bd,
+              self.kappa1, self.kappa2)
+        return tuple(None if t is None else (t.data_ptr(), t._version) for t in ts) + (
+            self.stride,)
+
     def to(self, device=None, dtype=None) -> FoldedBlock:
         def cv(t):
             return None if t is None else t.to(device=device, dtype=dtype)

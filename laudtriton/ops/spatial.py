@@ -22,7 +22,6 @@ and each group uses only its m active channels; the inactive ones contribute the
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ from . import masks as mk
 from .dense import identity_path
 from .fold import FoldedBlock
 from .kappa import channel_groups, conv3_bias
+from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
@@ -44,6 +44,7 @@ CL = torch.channels_last
 DENSE_CONV1_FRACTION = 0.95
 
 _MKLDNN_CONV = torch.ops.aten.mkldnn_convolution
+ROWS_HW = (1, 1024)  # packing hint for GEMMs run as 1x1 convs over [1, k, 1, n] rows
 
 
 def _use_mkldnn(t: torch.Tensor) -> bool:
@@ -89,7 +90,8 @@ class _Weights:
 
     w1 [m, Cin], b1 [m], w2 [m, m, 3, 3] (None when not needed), w2col [m, 9·m] (columns t·m + c_in,
     t = 3·dy+dx), b2 [m], w3 [Cout, m], b3 [Cout] (κ2 folded in), taps [9, m] κ1
-    response or None.
+    response or None; packed: oneDNN-packed convolutions of the full weights (None for a
+    channel group).
     """
 
     w1: torch.Tensor
@@ -100,11 +102,7 @@ class _Weights:
     w3: torch.Tensor
     b3: torch.Tensor
     taps: torch.Tensor | None
-
-
-# The one explicit cache of this module: conv2's im2col weight [w, 9·w] per folded block,
-# keyed on id(fb.w2), dropped when that tensor dies, checked against its version counter.
-_W2COL: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+    packed: dict | None = None
 
 
 def _w2col(w2: torch.Tensor) -> torch.Tensor:
@@ -112,19 +110,45 @@ def _w2col(w2: torch.Tensor) -> torch.Tensor:
     return w2.permute(0, 2, 3, 1).reshape(w2.shape[0], 9 * w2.shape[1]).clone()
 
 
-def _full_w2col(fb: FoldedBlock) -> torch.Tensor:
-    key = id(fb.w2)
-    hit = _W2COL.get(key)
-    if hit is not None and hit[0]() is fb.w2 and hit[1] == fb.w2._version:
-        return hit[2]
-    w2col = _w2col(fb.w2)
-    ref = weakref.ref(fb.w2, lambda _r, k=key: _W2COL.pop(k, None))
-    _W2COL[key] = (ref, fb.w2._version, w2col)
-    return w2col
-
-
 def _full_weights(fb: FoldedBlock) -> _Weights:
-    return _Weights(fb.w1, fb.b1, fb.w2, _full_w2col(fb), fb.b2, fb.w3, fb.b3, None)
+    """The whole block's weights with the im2col conv2 weight and, on CPU fp32, every GEMM
+    pre-packed for oneDNN; cached on ``fb`` (attribute ``_spatial_weights``) and rebuilt
+    when its tensors change. Packing once instead of per call saves 10-20% of the GEMM
+    time at batch 1 (conv1 rows of 512->128 at 28x28: 0.29 vs 0.32 ms, 1 thread)."""
+    owner = fb.fingerprint()
+    hit = getattr(fb, "_spatial_weights", None)
+    if hit is not None and hit[0] == owner:
+        return hit[1]
+    w2col = _w2col(fb.w2)
+    packed = {
+        "w1": PackedConv.make(fb.w1[:, :, None, None], fb.b1, 1, 0, ROWS_HW),
+        "w2col": PackedConv.make(w2col[:, :, None, None], fb.b2, 1, 0, ROWS_HW),
+        "w3": PackedConv.make(fb.w3[:, :, None, None], fb.b3, 1, 0, ROWS_HW),
+    }
+    wt = _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None, packed)
+    fb._spatial_weights = (owner, wt)
+    return wt
+
+
+def _patch_conv(fb: FoldedBlock, wt: _Weights, p: int) -> PackedConv:
+    """conv2 over P x P halo patches (padding 0), packed once per P (full weights only)."""
+    key = ("patch", p)
+    if key not in wt.packed:
+        wt.packed[key] = PackedConv.make(fb.w2, fb.b2, fb.stride, 0, (p, p))
+    return wt.packed[key]
+
+
+def _linear(a: torch.Tensor, wt: _Weights, name: str, w: torch.Tensor,
+            bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """a [n, k] @ wᵀ + bias, ReLU if asked: through the pre-packed weight ``name`` when
+    there is one (full weights on CPU fp32), else ``rows_linear``."""
+    pc = wt.packed.get(name) if wt.packed is not None else None
+    n = a.shape[0]
+    if pc is not None and pc.packed is not None and n > 0 and a.dtype == torch.float32:
+        y = pc(a.contiguous().view(1, 1, n, a.shape[1]).permute(0, 3, 1, 2), relu=relu)
+        return y.permute(0, 2, 3, 1).reshape(n, -1)
+    y = rows_linear(a, w, bias)
+    return y.relu_() if relu else y
 
 
 def _group_weights(fb: FoldedBlock, active: torch.Tensor, need_w2: bool) -> _Weights:
@@ -136,7 +160,7 @@ def _group_weights(fb: FoldedBlock, active: torch.Tensor, need_w2: bool) -> _Wei
     w, m = fb.width, active.numel()
     if m == w:
         return _full_weights(fb)
-    rows = _full_w2col(fb).view(w, 9, w).index_select(0, active)  # [m, 9, w]
+    rows = _full_weights(fb).w2col.view(w, 9, w).index_select(0, active)  # [m, 9, w]
     w2col = rows.index_select(2, active)
     w2 = fb.w2.index_select(0, active).index_select(1, active) if need_w2 else None
     taps = None
@@ -189,10 +213,10 @@ def _conv1_into_buffer(x2d, pix1, wt: _Weights, batch, in_hw, dense: bool):
     m = wt.b1.numel()
     buf = x2d.new_zeros(batch, h + 2, w + 2, m)
     if dense:  # every pixel: one GEMM, then a strided copy into the interior
-        h1 = rows_linear(x2d, wt.w1, wt.b1).relu_()
+        h1 = _linear(x2d, wt, "w1", wt.w1, wt.b1, relu=True)
         buf[:, 1:h + 1, 1:w + 1].copy_(h1.view(batch, h, w, m))
     else:
-        h1 = rows_linear(x2d.index_select(0, pix1), wt.w1, wt.b1).relu_()
+        h1 = _linear(x2d.index_select(0, pix1), wt, "w1", wt.w1, wt.b1, relu=True)
         # rows are distinct and the buffer is zero: index_add_ is a copy, and 2.7x faster
         # than index_copy_ on CPU (0.05 vs 0.13 ms for 1568 x 256 floats)
         buf.view(-1, m).index_add_(0, mk.buffer_rows(pix1, batch, in_hw), h1)
@@ -213,20 +237,20 @@ def _conv2_gather(buf2d, pix, wt: _Weights, batch, in_hw, stride):
     rows = mk.tap_rows(pix, batch, in_hw, stride).reshape(-1)
     cols = buf2d.index_select(0, rows).view(-1, 9 * m)
     if wt.taps is None:
-        return rows_linear(cols, wt.w2col, wt.b2).relu_()
+        return _linear(cols, wt, "w2col", wt.w2col, wt.b2, relu=True)
     return rows_linear(cols, wt.w2col, None).add_(
         _conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
 
 
-def _conv2_patch(buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
+def _conv2_patch(fb, buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
     """[n] active cells -> [n·S·S, m] relu(conv2 + bias), rows in ``pix`` order."""
     m = wt.b2.numel()
     p = mk.patch_size(s, stride)
     rows, _ = mk.patch_rows(cells, batch, in_hw, stride, s)
     patches = buf2d.index_select(0, rows.reshape(-1)).view(-1, p, p, m).permute(0, 3, 1, 2)
-    if wt.taps is None:
-        y = F.conv2d(patches, wt.w2, wt.b2, stride=stride)  # [n, m, S, S]
-        return y.permute(0, 2, 3, 1).reshape(-1, m).relu_()
+    if wt.taps is None:  # [n, m, S, S], bias and ReLU fused where packed
+        y = _patch_conv(fb, wt, p)(patches, relu=True)
+        return y.permute(0, 2, 3, 1).reshape(-1, m)
     y = F.conv2d(patches, wt.w2, None, stride=stride)
     y = y.permute(0, 2, 3, 1).reshape(-1, m)
     return y.add_(_conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
@@ -289,10 +313,10 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
             dense1 = samples is None and g_pix1.numel() >= DENSE_CONV1_FRACTION * x2d.shape[0]
             buf2d = _conv1_into_buffer(x2d, g_pix1, wt, batch, in_hw, dense1)
             if use_patch:
-                h2 = _conv2_patch(buf2d, g_cells, g_pix, wt, batch, in_hw, stride, s)
+                h2 = _conv2_patch(fb, buf2d, g_cells, g_pix, wt, batch, in_hw, stride, s)
             else:
                 h2 = _conv2_gather(buf2d, g_pix, wt, batch, in_hw, stride)
-            y = rows_linear(h2, wt.w3, wt.b3)
+            y = _linear(h2, wt, "w3", wt.w3, wt.b3, relu=False)
         out2d.index_add_(0, g_pix, y)
     return out2d.relu_().view(batch, ho, wo, cout).permute(0, 3, 1, 2)
 

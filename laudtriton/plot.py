@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -161,7 +162,8 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, g in _group(rows).items():
-        sids = list(dict.fromkeys(g["blocks"].values()))
+        g["blocks"] = dict(sorted(g["blocks"].items(), key=lambda kv: _natural(kv[0])))
+        sids = list(dict.fromkeys(g["blocks"].values()))  # in block execution order
         curves = {sid: _curves(g, sid, predicted) for sid in sids}
         variants = sorted({v for c in curves.values() for v in c
                            if v not in ("dense", "ideal", "predicted", "best")})
@@ -169,6 +171,11 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
         paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir))
         paths.append(_model_figure(key, g, curves, colors, out_dir))
     return paths
+
+
+def _natural(name: str) -> list:
+    """Sort key that puts layer2.10 after layer2.9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _slug(key: str) -> str:

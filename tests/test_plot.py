@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from laudtriton.ops import BlockSpec
-from laudtriton.plot import _curves, _group, add_plot_parser, plot_latency_vs_rate
+from laudtriton.plot import _curves, _group, _natural, add_plot_parser, plot_latency_vs_rate
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.sweep import write_csv
 
@@ -49,8 +49,11 @@ def test_plot_from_csv(tmp_path):
 
 @pytest.mark.parametrize("with_ratio", [True, False])
 def test_curves(with_ratio):
-    g = next(iter(_group(_rows(with_ratio)).values()))
-    assert list(g["blocks"]) == ["layer1.0", "layer1.1", "layer2.0"]
+    g = next(iter(_group(_rows(with_ratio)[::-1]).values()))
+    assert set(g["blocks"]) == {"layer1.0", "layer1.1", "layer2.0"}
+    assert sorted(g["blocks"], key=_natural) == ["layer1.0", "layer1.1", "layer2.0"]
+    assert sorted(["layer2.10", "layer2.9", "layer10.0"], key=_natural) == \
+        ["layer2.9", "layer2.10", "layer10.0"]
     sid = SPECS[0].key()
     pred = {SPECS[0].short(): {0.2: 5e-4, 0.9: 9e-4}}
     c = _curves(g, sid, pred)

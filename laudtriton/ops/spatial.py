@@ -44,7 +44,6 @@ CL = torch.channels_last
 DENSE_CONV1_FRACTION = 0.95
 
 _MKLDNN_CONV = torch.ops.aten.mkldnn_convolution
-ROWS_HW = (1, 1024)  # packing hint for GEMMs run as 1x1 convs over [1, k, 1, n] rows
 
 
 def _use_mkldnn(t: torch.Tensor) -> bool:
@@ -111,42 +110,35 @@ def _w2col(w2: torch.Tensor) -> torch.Tensor:
 
 
 def _full_weights(fb: FoldedBlock) -> _Weights:
-    """The whole block's weights with the im2col conv2 weight and, on CPU fp32, every GEMM
-    pre-packed for oneDNN; cached on ``fb`` (attribute ``_spatial_weights``) and rebuilt
-    when its tensors change. Packing once instead of per call saves 10-20% of the GEMM
-    time at batch 1 (conv1 rows of 512->128 at 28x28: 0.29 vs 0.32 ms, 1 thread)."""
+    """The whole block's weights with the im2col conv2 weight, cached on ``fb`` (attribute
+    ``_spatial_weights``) and rebuilt when its tensors change. ``packed`` collects the
+    pre-packed patch convolutions (``_patch_conv``). The row GEMMs are NOT pre-packed: a
+    oneDNN weight packed for one row count can run 10-20x slower on another (128->512 over
+    384 rows: 0.21 ms packed for 384, 2.2 ms packed for 1024; 1 thread), and the row count
+    changes with every mask."""
     owner = fb.fingerprint()
     hit = getattr(fb, "_spatial_weights", None)
     if hit is not None and hit[0] == owner:
         return hit[1]
     w2col = _w2col(fb.w2)
-    packed = {
-        "w1": PackedConv.make(fb.w1[:, :, None, None], fb.b1, 1, 0, ROWS_HW),
-        "w2col": PackedConv.make(w2col[:, :, None, None], fb.b2, 1, 0, ROWS_HW),
-        "w3": PackedConv.make(fb.w3[:, :, None, None], fb.b3, 1, 0, ROWS_HW),
-    }
-    wt = _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None, packed)
+    wt = _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None, {})
     fb._spatial_weights = (owner, wt)
     return wt
 
 
 def _patch_conv(fb: FoldedBlock, wt: _Weights, p: int) -> PackedConv:
-    """conv2 over P x P halo patches (padding 0), packed once per P (full weights only)."""
+    """conv2 over P x P halo patches (padding 0), packed once per P (full weights only).
+    Packed for [1, w, P, P], it runs any number of patches at full speed (128 ch, 6x6
+    patches: 0.47 ms packed vs 0.56 ms F.conv2d for 24 patches; 1 thread)."""
     key = ("patch", p)
     if key not in wt.packed:
         wt.packed[key] = PackedConv.make(fb.w2, fb.b2, fb.stride, 0, (p, p))
     return wt.packed[key]
 
 
-def _linear(a: torch.Tensor, wt: _Weights, name: str, w: torch.Tensor,
-            bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
-    """a [n, k] @ wᵀ + bias, ReLU if asked: through the pre-packed weight ``name`` when
-    there is one (full weights on CPU fp32), else ``rows_linear``."""
-    pc = wt.packed.get(name) if wt.packed is not None else None
-    n = a.shape[0]
-    if pc is not None and pc.packed is not None and n > 0 and a.dtype == torch.float32:
-        y = pc(a.contiguous().view(1, 1, n, a.shape[1]).permute(0, 3, 1, 2), relu=relu)
-        return y.permute(0, 2, 3, 1).reshape(n, -1)
+def _linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+            relu: bool) -> torch.Tensor:
+    """a [n, k] @ wᵀ + bias, then ReLU if asked."""
     y = rows_linear(a, w, bias)
     return y.relu_() if relu else y
 
@@ -213,10 +205,10 @@ def _conv1_into_buffer(x2d, pix1, wt: _Weights, batch, in_hw, dense: bool):
     m = wt.b1.numel()
     buf = x2d.new_zeros(batch, h + 2, w + 2, m)
     if dense:  # every pixel: one GEMM, then a strided copy into the interior
-        h1 = _linear(x2d, wt, "w1", wt.w1, wt.b1, relu=True)
+        h1 = _linear(x2d, wt.w1, wt.b1, relu=True)
         buf[:, 1:h + 1, 1:w + 1].copy_(h1.view(batch, h, w, m))
     else:
-        h1 = _linear(x2d.index_select(0, pix1), wt, "w1", wt.w1, wt.b1, relu=True)
+        h1 = _linear(x2d.index_select(0, pix1), wt.w1, wt.b1, relu=True)
         # rows are distinct and the buffer is zero: index_add_ is a copy, and 2.7x faster
         # than index_copy_ on CPU (0.05 vs 0.13 ms for 1568 x 256 floats)
         buf.view(-1, m).index_add_(0, mk.buffer_rows(pix1, batch, in_hw), h1)
@@ -237,7 +229,7 @@ def _conv2_gather(buf2d, pix, wt: _Weights, batch, in_hw, stride):
     rows = mk.tap_rows(pix, batch, in_hw, stride).reshape(-1)
     cols = buf2d.index_select(0, rows).view(-1, 9 * m)
     if wt.taps is None:
-        return _linear(cols, wt, "w2col", wt.w2col, wt.b2, relu=True)
+        return _linear(cols, wt.w2col, wt.b2, relu=True)
     return rows_linear(cols, wt.w2col, None).add_(
         _conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
 
@@ -316,7 +308,7 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
                 h2 = _conv2_patch(fb, buf2d, g_cells, g_pix, wt, batch, in_hw, stride, s)
             else:
                 h2 = _conv2_gather(buf2d, g_pix, wt, batch, in_hw, stride)
-            y = _linear(h2, wt, "w3", wt.w3, wt.b3, relu=False)
+            y = _linear(h2, wt.w3, wt.b3, relu=False)
         out2d.index_add_(0, g_pix, y)
     return out2d.relu_().view(batch, ho, wo, cout).permute(0, 3, 1, 2)
 

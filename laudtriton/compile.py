@@ -9,8 +9,10 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   example's own rate) that it lacks are timed now with masks at exactly that rate and
   recorded.
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
-- ``"cached"`` (default): the cache only; a block with no cached entry falls back to
-  the ``"off"`` rule, and ``plan`` says so.
+- ``"cached"`` (default): the cache; rate buckets it lacks are filled with the latency
+  predictor's estimates (fitted on this device's cached timings, ``predict``) when this
+  machine has been calibrated and the cache holds timings; a block with nothing cached
+  and no predictor falls back to the ``"off"`` rule. ``plan`` marks each entry's source.
 
 At run time each block computes its masks, reads its activation rate (spatial rate for
 spatial/both blocks, gate rate for layer blocks, channel rate for channel blocks) and runs
@@ -246,18 +248,38 @@ def _open_cache(cache_dir, device: str):
     return TuneCache(cache_dir, device=device)
 
 
-def _plan_block(spec, fb, x, masks, cands, tune, cache, device) -> DispatchTable:
+ALL_BUCKETS = tuple(i / 10 for i in range(11))
+
+
+def _predictor(cache, backend: str):
+    """(hardware, fitted factors) for predicted dispatch entries, or None when this machine
+    is not calibrated or the cache holds no timings to fit on."""
+    if cache is None:
+        return None
+    try:
+        from .predict.calibrate import load_calibration
+        from .predict.model import fit
+    except ImportError:
+        return None
+    cal = load_calibration(cache.path.parent, backend)
+    entries = cache.entries()
+    if cal is None or not entries:
+        return None
+    hw = cal.to_hardware()
+    return hw, fit(entries, hw)
+
+
+def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
     actual = float(_dispatch_rate(spec, masks))
     if tune in ("cached", "quick", "full") and cache is not None:
-        buckets = {0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0}
-        for b in sorted(buckets):
+        for b in ALL_BUCKETS:
             hit = cache.lookup(spec, b)
             if hit:
                 hit = {v: t for v, t in hit.items() if v in {c.name for c in cands}}
                 table.add(b, hit, "cached")
     if tune in ("quick", "full"):
-        grid = QUICK_RATES if tune == "quick" else tuple(i / 10 for i in range(11))
+        grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         for b in sorted({_bucket(r) for r in grid} | {_bucket(actual)}):
             if b in table.entries:
                 continue
@@ -266,6 +288,10 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, device) -> DispatchTable
             if cache is not None:
                 cache.record(spec, b, timings)
             table.add(b, timings, "measured")
+    if tune == "cached" and predictor is not None and len(cands) > 1:
+        from .schedule import fill_predictions
+
+        fill_predictions(table, spec, ALL_BUCKETS, cands, predictor[0], predictor[1])
     if not table.entries and len(cands) == 1:  # nothing to choose from
         table.entries[_bucket(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
@@ -336,6 +362,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     cache = _open_cache(cache_dir, backend) if tune != "off" else None
+    predictor = _predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     for name, block, xin in _block_inputs(ref, x):
@@ -346,7 +373,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         if spec not in tables:  # equal specs are tuned once
             tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
                                        _candidates(spec, backend, variants), tune, cache,
-                                       backend)
+                                       predictor)
         rate = float(_dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, LaudResNet):

@@ -148,3 +148,30 @@ def test_model_without_dynamic_block_warns():
         out = laudtriton.compile(plain, torch.randn(1, 3, 8, 8))
     x = torch.randn(1, 3, 8, 8)
     assert torch.equal(out(x), plain(x))
+
+
+def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
+    """tune="cached": cached buckets come from the cache; the predictor (on a calibrated
+    machine) fills only the buckets with no measurement."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache, device_fingerprint
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in (0.2, 0.5, 0.8):  # fake measurements in which 'patch' wins
+        cache.record(spec, b, {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3},
+                               "patch": {"{}": 1e-3}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    entries = cm.blocks[0].table.entries
+    for b in (0.2, 0.5, 0.8):
+        assert entries[b].source == "cached" and entries[b].variant == "patch"
+    others = [b for b in entries if b not in (0.2, 0.5, 0.8)]
+    assert others and all(entries[b].source == "predicted" for b in others)
+    with torch.no_grad():
+        assert_close(cm(x), block(x))

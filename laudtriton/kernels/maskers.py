@@ -22,9 +22,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
-from .channel_gemm import DTYPES, _check
-
-_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from .channel_gemm import _TL, DTYPES, _check
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 
 from ..nn.block import BlockMasks
 from .fold import FoldedBlock
-from .kappa import conv2_correction, conv3_bias
+from .kappa import channel_work, conv2_correction, conv3_bias
 from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -240,12 +240,7 @@ def slice_cost(spec: BlockSpec, rate: float) -> Cost:
     sample its own group when batch > 1 (the worst case), plus its gather and scatter."""
     h, w = spec.in_hw
     ho, wo = spec.out_hw
-    m = spec.width * rate
-    f = spec.in_channels * m * h * w + 9 * m * m * ho * wo + m * spec.out_channels * ho * wo
-    wts = spec.in_channels * m + 9 * m * m + m * spec.out_channels
-    if spec.downsample:
-        f += spec.in_channels * spec.out_channels * ho * wo
-        wts += spec.in_channels * spec.out_channels
+    f, wts = channel_work(spec, rate)
     el = 2 if spec.dtype in ("float16", "bfloat16") else 4
     act = spec.batch * (spec.in_channels * h * w + 2 * spec.out_channels * ho * wo)
     per_group = 8 if rate > 0 else 2

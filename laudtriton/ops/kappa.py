@@ -76,3 +76,17 @@ def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, in
     """[Ho·Wo, m] additive conv2 correction for every output pixel (row-major)."""
     taps = conv2_taps(fb, active)
     return tap_validity(in_hw, fb.stride, taps.device, taps.dtype) @ taps
+
+
+def channel_work(spec, rate: float) -> tuple[float, float]:
+    """(multiply-adds per sample, weight elements read) of a channel-skipping block at
+    channel rate ``rate``: conv1·r + conv2·r² + conv3·r, plus the dense downsample."""
+    h, w = spec.in_hw
+    ho, wo = spec.out_hw
+    m = spec.width * rate
+    f = spec.in_channels * m * h * w + 9 * m * m * ho * wo + m * spec.out_channels * ho * wo
+    wts = spec.in_channels * m + 9 * m * m + m * spec.out_channels
+    if spec.downsample:
+        f += spec.in_channels * spec.out_channels * ho * wo
+        wts += spec.in_channels * spec.out_channels
+    return f, wts

@@ -18,6 +18,7 @@ import torch
 from ..nn.block import BlockMasks
 from .dense import identity_path
 from .fold import FoldedBlock
+from .kappa import channel_work
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
@@ -103,11 +104,7 @@ def channel_gemm_cost(spec: BlockSpec, rate: float) -> Cost:
     h, w = spec.in_hw
     ho, wo = spec.out_hw
     m = spec.width * rate
-    f = spec.in_channels * m * h * w + 9 * m * m * ho * wo + m * spec.out_channels * ho * wo
-    wts = spec.in_channels * m + 9 * m * m + m * spec.out_channels
-    if spec.downsample:
-        f += spec.in_channels * spec.out_channels * ho * wo
-        wts += spec.in_channels * spec.out_channels
+    f, wts = channel_work(spec, rate)
     el = 2 if spec.dtype in ("float16", "bfloat16") else 4
     act = spec.in_channels * h * w + 2 * spec.out_channels * ho * wo
     act += 2 * m * h * w + 2 * m * ho * wo

@@ -47,6 +47,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="spatial",
                    help="spatial | channel | layer | both, or per stage 'a-b-c-d'")
     p.add_argument("--granularity", default="4-4-2-1", help="patch size S per stage, '4-4-2-1'")
+    p.add_argument("--channel-granularity", default="1",
+                   help="channels per channel-mask group (int or per stage 'a-b-c-d')")
     p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -85,7 +87,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                     batch=args.batch, device=str(dev), blocks=args.blocks, shard=shard,
                     force=args.force, clustered=args.clustered, cache=cache,
                     csv_path=csv_path, progress=not args.no_progress,
-                    input_size=args.input_size, dtype=args.dtype, variants=args.variants)
+                    input_size=args.input_size, dtype=args.dtype, variants=args.variants,
+                    channel_granularity=args.channel_granularity)
     except ValueError as e:
         return _fail(str(e))
     _print_summary(res.rows)

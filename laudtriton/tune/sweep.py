@@ -213,11 +213,12 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
           progress: bool = True, prune: Prune | None = None, *,
           input_size: int | None = None, dtype: str = "float32", model_name: str | None = None,
           seed: int = 0, warmup: int = WARMUP, reps: int | None = None,
-          variants: Sequence[str] | str | None = None) -> SweepResult:
+          variants: Sequence[str] | str | None = None,
+          channel_granularity: int | str = 1) -> SweepResult:
     """Time every variant x config of every distinct block of ``model`` at ``rates``.
 
-    model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``) or a
-    LaudResNet instance (``mode``/``granularity`` then come from it). Blocks are measured on
+    model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``,
+    ``channel_granularity``) or a LaudResNet instance (they then come from it). Blocks are measured on
     random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
     synthetic masks of exactly round(rate*N) active cells. shard (i, n): this run takes
     every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
@@ -251,7 +252,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
         model_name = model_name or model
         input_size = input_size or 224
-        model = MODELS[model](mode=mode, granularity=granularity, input_size=input_size)
+        model = MODELS[model](mode=mode, granularity=granularity, input_size=input_size,
+                              channel_granularity=channel_granularity)
     else:
         input_size = input_size or model.config.get("input_size") or 224
         depths = tuple(model.config.get("depths", ()))

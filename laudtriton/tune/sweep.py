@@ -218,8 +218,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     """Time every variant x config of every distinct block of ``model`` at ``rates``.
 
     model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``,
-    ``channel_granularity``) or a LaudResNet instance (they then come from it). Blocks are measured on
-    random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
+    ``channel_granularity``) or a LaudResNet instance (they then come from it). Blocks are
+    measured on random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
     synthetic masks of exactly round(rate*N) active cells. shard (i, n): this run takes
     every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``

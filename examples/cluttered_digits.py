@@ -303,13 +303,17 @@ def plot_latency(rows, trained: tuple[float, float, float], batch: int, path: Pa
 
 # -- main ------------------------------------------------------------------------------
 
-def parse_args(argv=None) -> tuple[Config, Path, bool]:
+def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("digits_out"), help="figure directory")
     p.add_argument("--epochs", type=int, default=Config.epochs)
     p.add_argument("--seed", type=int, default=Config.seed)
     p.add_argument("--target-rate", type=float, default=Config.target_rate,
                    help="target FLOPs ratio of the sparsity loss (0.3 to 0.5 is sensible)")
+    p.add_argument("--digit-size", type=int, default=Config.digit_size,
+                   help="side of the upscaled digit on the canvas, in pixels")
+    p.add_argument("--save", type=Path, default=None,
+                   help="write the trained model's state_dict here (torch.save)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
@@ -323,15 +327,18 @@ def parse_args(argv=None) -> tuple[Config, Path, bool]:
         p.error(f"--epochs must be positive, got {a.epochs}")
     if not 0.0 < a.target_rate <= 1.0:
         p.error(f"--target-rate must be in (0, 1], got {a.target_rate}")
-    cfg = Config(epochs=a.epochs, seed=a.seed, target_rate=a.target_rate)
+    if not 8 <= a.digit_size <= Config.canvas:
+        p.error(f"--digit-size must be in [8, {Config.canvas}], got {a.digit_size}")
+    cfg = Config(epochs=a.epochs, seed=a.seed, target_rate=a.target_rate,
+                 digit_size=a.digit_size)
     if a.quick:
         cfg = replace(cfg, epochs=min(a.epochs, 2), train_limit=256, test_limit=64,
                       timing_reps=3, curve_rates=(0.3,))
-    return cfg, a.out, a.quick
+    return cfg, a.out, a.quick, a.save
 
 
 def main(argv=None) -> dict:
-    cfg, out, quick = parse_args(argv)
+    cfg, out, quick, save = parse_args(argv)
     out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg}")
     tr_x, tr_y, te_x, te_y = load_split(cfg.seed)
@@ -348,6 +355,9 @@ def main(argv=None) -> dict:
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     print(f"training: {wall:.0f} s wall, {cpu:.0f} s CPU time of this process "
           f"(an idle-machine wall time is at most about the CPU time)")
+    if save is not None:
+        torch.save(model.state_dict(), save)
+        print(f"model saved to {save} (rebuild it with build_model(Config()))")
 
     ref = evaluate(model, test_x, te_y)
     compiled = laudtriton.compile(model, test_x, backend="cpu", tune="off")
@@ -363,7 +373,8 @@ def main(argv=None) -> dict:
     xt = test_x.contiguous(memory_format=torch.channels_last)
     t_dense, t_comp, fmt = time_dense_vs_compiled(model, compiled, xt, cfg.timing_reps)
     speedup = t_dense / t_comp
-    print(f"timing, batch {len(te_y)} (the whole test set), interleaved medians of "
+    which = "the whole test set" if cfg.test_limit is None else "a test subset"
+    print(f"timing, batch {len(te_y)} ({which}), interleaved medians of "
           f"{cfg.timing_reps}: dense ({fmt}) {t_dense * 1e3:.1f} ms, compiled "
           f"{t_comp * 1e3:.1f} ms")
 

@@ -199,3 +199,15 @@ def test_cost(name, downsample, stride):
     assert zero.bytes < half.bytes < full.bytes
     both = cost(spec.with_(mode="both", channel_groups=32), 0.5)
     assert both.flops < half.flops  # half the channels on as well
+
+
+def test_row_bucket_pads_at_most_an_eighth():
+    from laudtriton.ops.spatial import row_bucket
+
+    seen = set()
+    for n in range(1, 5000):
+        b = row_bucket(n)
+        assert n <= b <= max(n + 15, n * 9 // 8 + 1), (n, b)
+        seen.add(b)
+    assert len(seen) < 120  # few distinct buckets: few packed weights per block
+    assert row_bucket(0) == 0

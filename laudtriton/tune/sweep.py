@@ -37,8 +37,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 # CPU timing budget per (variant, config, rate): reps = target / one call, clamped. A whole
 # LAUD-ResNet-50 spatial sweep at 10 rates then stays well under 10 min on 2 cores.
-TARGET_S = 0.2
-MIN_REPS, MAX_REPS, WARMUP = 5, 20, 2
+TARGET_S = 0.5  # seconds of timed runs per variant x config (CPU)
+MIN_REPS, MAX_REPS, WARMUP = 10, 40, 3
 
 Prune = Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]
 

@@ -234,6 +234,33 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
     return path
 
 
+def predicted_curves(rows: Rows, cache_dir=None, device: str = "cpu") -> Predicted | None:
+    """{spec_key: {rate: seconds}}: the latency predictor's time of the fastest variant
+    of each block spec at each rate of ``rows``, with efficiency factors fitted on this
+    device's cached timings. None when the device has no calibration (``laudtriton
+    calibrate``) or the cache holds no timings."""
+    from .predict.calibrate import load_calibration
+    from .predict.model import fit, predict_block
+    from .tune.cache import TuneCache
+
+    cal = load_calibration(cache_dir, device)
+    entries = TuneCache(cache_dir, device=device).entries()
+    if cal is None or not entries:
+        return None
+    hw = cal.to_hardware()
+    factors = fit(entries, hw)
+    todo: dict[str, tuple[BlockSpec, set, set]] = {}
+    for r in rows:
+        spec = _spec_of(r)
+        if spec is not None:
+            _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
+            variants.add(r["variant"])
+            rates.add(round(float(r["rate"]), 6))
+    return {sid: {rate: min(predict_block(spec, rate, v, hw, factors) for v in variants)
+                  for rate in sorted(rates)}
+            for sid, (spec, variants, rates) in todo.items()}
+
+
 def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``plot`` to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser("plot", help="latency-vs-rate PNGs from a sweep CSV or the cache",
@@ -244,6 +271,8 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--cache-dir", default=None, help="with --from cache")
     p.add_argument("--device", default="cpu", help="with --from cache: whose timings")
+    p.add_argument("--no-predicted", action="store_true",
+                   help="leave out the predicted line (drawn when the device is calibrated)")
     p.set_defaults(func=run_plot)
     return p
 
@@ -261,8 +290,10 @@ def run_plot(args: argparse.Namespace) -> int:
         else:
             if not Path(args.source).is_file():
                 raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
-            rows = args.source
-        paths = plot_latency_vs_rate(rows, args.out)
+            rows = read_csv(args.source)
+        predicted = None if args.no_predicted else predicted_curves(
+            rows, args.cache_dir, args.device)
+        paths = plot_latency_vs_rate(rows, args.out, predicted)
     except ValueError as e:
         print(f"laudtriton plot: error: {e}", file=sys.stderr)
         return 2

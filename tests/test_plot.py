@@ -104,3 +104,26 @@ def test_plot_command_missing_csv(tmp_path, capsys):
     assert _run(["plot", "--from", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no such CSV" in err and "Traceback" not in err
+
+
+def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path):
+    import torch
+
+    from laudtriton.ops import BlockSpec
+    from laudtriton.plot import predicted_curves
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache, device_fingerprint
+
+    spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1)
+    rows = [{"model": "m", "block": "layer1.0", "spec": spec.short(), "spec_key": spec.key(),
+             "rate": r, "variant": v, "seconds": 1e-3} for r in (0.2, 0.6)
+            for v in ("dense", "gather")]
+    assert predicted_curves(rows, tmp_path) is None  # not calibrated, no cache
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in (0.2, 0.6):
+        cache.record(spec, b, {"dense": {"{}": 2e-3}, "gather": {"{}": 1e-3 + b * 1e-3}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, torch.get_num_threads(), 2), tmp_path)
+    pred = predicted_curves(rows, tmp_path)
+    assert set(pred) == {spec.key()} and set(pred[spec.key()]) == {0.2, 0.6}
+    assert 0 < pred[spec.key()][0.2] <= pred[spec.key()][0.6]

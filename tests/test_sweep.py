@@ -198,6 +198,8 @@ def _parser():
     (["sweep", "--granularity", "4-4-2"], "granularity '4-4-2' has 3 stages"),
     (["sweep", "--variants", "nope"], "unknown variant 'nope'"),
     (["sweep", "--mode", "sparse"], "mode 'sparse' unknown"),
+    (["sweep", "--prune-top", "-1"], "--prune-top -1 must be >= 0"),
+    (["sweep", "--prune-top", "2", "--hardware", "nope"], "--hardware 'nope' unknown"),
     (["cache", "merge", "nope.json", "--out", "x.json"], "not found"),
 ])
 def test_commands_user_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch):
@@ -239,3 +241,17 @@ def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "s.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["block"] for r in rows} == {"layer4.2"} and rows[0]["model"] == "laud_resnet50"
+
+
+def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
+    """--prune-top K wires the predictor's prune hook into the sweep (CPU variants have a
+    single config, so every variant is still timed)."""
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
+            "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64",
+            "--prune-top", "1", "--hardware", "v100"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    with open(tmp_path / "s.csv") as fh:
+        assert {r["variant"] for r in csv.DictReader(fh)} >= {"dense", "gather"}

@@ -47,6 +47,12 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="spatial",
                    help="spatial | channel | layer | both, or per stage 'a-b-c-d'")
     p.add_argument("--granularity", default="4-4-2-1", help="patch size S per stage, '4-4-2-1'")
+    p.add_argument("--prune-top", type=int, default=0, metavar="K",
+                   help="time only the K kernel configs of each variant with the lowest "
+                        "predicted time (latency predictor; 0: time every config)")
+    p.add_argument("--hardware", default=None,
+                   help="with --prune-top: the predictor's hardware (default: cpu, or cuda "
+                        "for --device cuda)")
     p.add_argument("--channel-granularity", default="1",
                    help="channels per channel-mask group (int or per stage 'a-b-c-d')")
     p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
@@ -81,6 +87,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
         cache = TuneCache(args.cache_dir, device=dev)
+        prune = None
+        if args.prune_top < 0:
+            raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")
+        if args.prune_top:
+            from ..predict.prune import make_prune
+
+            hw = args.hardware or ("cuda" if dev.type == "cuda" else "cpu")
+            prune = make_prune(hw, args.prune_top)
         csv_path = args.csv or (f"sweep_{args.model}_{args.mode}_{args.granularity}_"
                                 f"b{args.batch}_{dev.type}.csv")
         res = sweep(args.model, mode=args.mode, granularity=args.granularity, rates=rates,
@@ -88,7 +102,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     force=args.force, clustered=args.clustered, cache=cache,
                     csv_path=csv_path, progress=not args.no_progress,
                     input_size=args.input_size, dtype=args.dtype, variants=args.variants,
-                    channel_granularity=args.channel_granularity)
+                    channel_granularity=args.channel_granularity, prune=prune)
     except ValueError as e:
         return _fail(str(e))
     _print_summary(res.rows)

@@ -9,8 +9,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
-
 
 @pytest.fixture(autouse=True)
 def _seed():

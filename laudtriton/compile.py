@@ -39,7 +39,10 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.fold import FoldedBlock, bn_scale_shift
 from .ops.synthetic import synthetic_masks
+from .predict.calibrate import load_calibration
+from .predict.model import fit
 from .schedule import Choice, DispatchTable
+from .tune.cache import TuneCache, rate_bucket
 from .tune.measure import time_variants
 
 log = logging.getLogger("laudtriton")
@@ -66,14 +69,6 @@ def _dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> torch.Tensor:
     if spec.mode == "channel":
         return masks.channel.mean()
     return masks.grid.mean()
-
-
-def _bucket(rate: float, step: float = 0.1) -> float:
-    try:
-        from .tune.cache import rate_bucket
-    except ImportError:  # the cache module is optional for compile
-        return round(round(rate / step) * step, 4)
-    return rate_bucket(rate)
 
 
 class CompiledBlock(nn.Module):
@@ -240,14 +235,6 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
     return captured
 
 
-def _open_cache(cache_dir, device: str):
-    try:
-        from .tune.cache import TuneCache
-    except ImportError:
-        return None
-    return TuneCache(cache_dir, device=device)
-
-
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
@@ -255,11 +242,6 @@ def _predictor(cache, backend: str):
     """(hardware, fitted factors) for predicted dispatch entries, or None when this machine
     is not calibrated or the cache holds no timings to fit on."""
     if cache is None:
-        return None
-    try:
-        from .predict.calibrate import load_calibration
-        from .predict.model import fit
-    except ImportError:
         return None
     cal = load_calibration(cache.path.parent, backend)
     entries = cache.entries()
@@ -280,7 +262,7 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
                 table.add(b, hit, "cached")
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
-        for b in sorted({_bucket(r) for r in grid} | {_bucket(actual)}):
+        for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):
             if b in table.entries:
                 continue
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
@@ -293,11 +275,11 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
 
         fill_predictions(table, spec, ALL_BUCKETS, cands, predictor[0], predictor[1])
     if not table.entries and len(cands) == 1:  # nothing to choose from
-        table.entries[_bucket(actual)] = Choice(cands[0].name, (), math.nan, "rule")
+        table.entries[rate_bucket(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
         if tune == "cached":
             log.info("no cached timings for %s; timing on the example input", spec.short())
-        table.add(_bucket(actual), time_variants(fb, spec, x, masks, cands), "measured")
+        table.add(rate_bucket(actual), time_variants(fb, spec, x, masks, cands), "measured")
     return table
 
 
@@ -361,7 +343,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
 
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
-    cache = _open_cache(cache_dir, backend) if tune != "off" else None
+    cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
     predictor = _predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []

@@ -21,16 +21,8 @@ def _lists(batch, width, counts, seed):
     return torch.stack(rows).int(), torch.tensor(counts, dtype=torch.int32)
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Every float torch.empty (the launchers' outputs) starts as NaN."""
-    empty = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
+# every float torch.empty (the launchers' outputs) starts as NaN (tests/kernels/conftest.py)
+pytestmark = pytest.mark.usefixtures("nan_empty")
 
 
 def _compare(y, ref, n, tol=None):
@@ -63,7 +55,7 @@ def test_channel_gemm(dtype, stage):
     _compare(y, ref, n if stage == "conv1" else None)
 
 
-def test_channel_gemm_unwritten_columns_stay_poisoned(poison):
+def test_channel_gemm_unwritten_columns_stay_poisoned(nan_empty):
     """Programs past n_out write nothing: columns >= n_out[b] keep the NaN poison."""
     x = torch.randn(2, 5, 16)
     w = torch.randn(40, 16)

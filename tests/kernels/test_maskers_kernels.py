@@ -10,16 +10,8 @@ from laudtriton.testing import assert_close
 SMALL = mk.MaskerConfig(16, 16, 16, 16, 1)
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Every float torch.empty (the launchers' outputs) starts as NaN."""
-    empty = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
+# every float torch.empty (the launchers' outputs) starts as NaN (tests/kernels/conftest.py)
+pytestmark = pytest.mark.usefixtures("nan_empty")
 
 
 def _nhwc(x):

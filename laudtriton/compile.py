@@ -38,6 +38,7 @@ from .nn.block import BlockMasks, LaudBottleneck
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.fold import FoldedBlock, bn_scale_shift
+from .ops.masks import block_masks
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import load_calibration
 from .predict.model import fit
@@ -84,7 +85,7 @@ class CompiledBlock(nn.Module):
         self.last_run: BlockRun | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        masks, _ = self.reference.compute_masks(x)
+        masks = block_masks(self.reference, x)
         if self.dispatch == "static":
             choice, rate = self.static_choice, None
         else:

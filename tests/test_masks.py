@@ -83,3 +83,47 @@ def test_expected_mask1_fraction_matches_sampling(hw, stride, s, rate):
     full = expand_mask1(upsample_mask(torch.ones(1, 1, gh, gw), spec.out_hw), stride, hw)
     assert mk.expected_mask1_fraction(hw, stride, (gh, gw), gh * gw) == pytest.approx(
         full.float().mean().item())
+
+
+@pytest.mark.parametrize("hw,stride,grid", [
+    ((14, 14), 1, (7, 7)), ((56, 56), 2, (7, 7)), ((13, 17), 1, (5, 4)), ((13, 17), 2, (3, 3)),
+    ((74, 74), 1, (24, 24)), ((7, 9), 1, (7, 9)), ((9, 8), 2, (1, 1)), ((6, 6), 1, (2, 3)),
+])
+def test_spatial_masks_from_grid_equal_the_reference_expansion(hw, stride, grid):
+    """mask3 and mask1 from the cell tables equal upsample_mask / expand_mask1 exactly,
+    uneven cells (S not dividing the map) included."""
+    g = torch.Generator().manual_seed(1)
+    ho, wo = mk.out_hw_of(hw, stride)
+    for rate in (0.0, 0.3, 0.7, 1.0):
+        cells = (torch.rand(3, 1, *grid, generator=g) < rate).float()
+        mask3, mask1 = mk.spatial_masks_from_grid(cells, hw, stride)
+        ref3 = upsample_mask(cells, (ho, wo))
+        assert torch.equal(mask3, ref3)
+        assert mask1.dtype == torch.bool
+        assert torch.equal(mask1, expand_mask1(ref3, stride, hw))
+
+
+@pytest.mark.parametrize("mode,granularity,stride,channel_granularity", [
+    ("spatial", 2, 1, 1), ("spatial", 3, 2, 1), ("spatial", 1, 1, 1), ("layer", 1, 2, 1),
+    ("channel", 1, 1, 4), ("both", 2, 2, 4),
+])
+def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_granularity):
+    """The compiled blocks' mask path gives the reference maskers' masks (rates near 0.5
+    by a shifted masker bias, so both decisions occur)."""
+    from laudtriton.testing import make_block
+
+    blk = make_block(64, 16, stride, mode, granularity, channel_granularity, seed=3)
+    if blk.masker_spatial is not None:
+        with torch.no_grad():
+            blk.masker_spatial.conv.bias.zero_()
+    x = torch.randn(3, 64, 13, 11).contiguous(memory_format=torch.channels_last)
+    ref, _ = blk.compute_masks(x)
+    got = mk.block_masks(blk, x)
+    for name in ("grid", "mask3", "mask1", "channel"):
+        r, f = getattr(ref, name), getattr(got, name)
+        assert (r is None) == (f is None), name
+        if r is not None:
+            assert r.shape == f.shape and r.dtype == f.dtype, name
+            assert torch.equal(r, f), name
+    if ref.grid is not None:
+        assert 0 < float(ref.grid.mean()) < 1

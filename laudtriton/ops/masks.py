@@ -196,3 +196,89 @@ def expected_mask1_fraction(in_hw: tuple[int, int], stride: int, grid: tuple[int
     on = sum(cy * cx * (1.0 - p_off[a * b]) for a, cy in hist_y.items()
              for b, cx in hist_x.items())
     return on / (h * w)
+
+
+# -- masks for compiled blocks -----------------------------------------------------------
+# The reference computes mask3 by upsampling the grid and mask1 by placing mask3 on the
+# stride lattice and max-pooling it: five full-map passes per block. For a fixed shape
+# both are linear in the grid, so they reduce to tables built once per shape:
+#   mask3[b, i, j] = grid[b, cy(i), cx(j)]             (cy, cx: PyTorch's nearest rule)
+#   mask1[b, y, x] = (Ay · grid[b] · Axᵀ)[y, x] > 0     (Ay[y, c] = 1 if some output row i
+#                                                       of cell c has |i·s − y| <= 1)
+# The products count active cells (small integers), so they are exact in floating point.
+
+@lru_cache(maxsize=256)
+def _cell_of(out_size: int, cells: int) -> tuple[int, ...]:
+    """Cell of each output position under ``F.interpolate(mode="nearest")`` (its own rule,
+    read back from an upsampled index ramp, so the two can never disagree)."""
+    ramp = torch.arange(cells, dtype=torch.float32).view(1, 1, cells)
+    up = torch.nn.functional.interpolate(ramp, size=out_size, mode="nearest")
+    return tuple(int(v) for v in up.flatten().tolist())
+
+
+@lru_cache(maxsize=256)
+def _mask_tables(in_hw: tuple[int, int], stride: int, grid: tuple[int, int], device: str,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cell index of each output pixel [Ho·Wo] int64, Ay [H, gh], Ax [W, gw])."""
+    ho, wo = out_hw_of(in_hw, stride)
+    cy, cx = _cell_of(ho, grid[0]), _cell_of(wo, grid[1])
+    cell = (torch.tensor(cy)[:, None] * grid[1] + torch.tensor(cx)[None, :]).reshape(-1)
+
+    def cover(size: int, out: int, cells: int, cell_of: tuple[int, ...]) -> torch.Tensor:
+        a = torch.zeros(size, cells, dtype=dtype)
+        for i in range(out):
+            for y in (i * stride - 1, i * stride, i * stride + 1):
+                if 0 <= y < size:
+                    a[y, cell_of[i]] = 1.0
+        return a
+
+    ay = cover(in_hw[0], ho, grid[0], cy)
+    ax = cover(in_hw[1], wo, grid[1], cx)
+    return cell.to(device), ay.to(device), ax.to(device)
+
+
+def spatial_masks_from_grid(grid: torch.Tensor, in_hw: tuple[int, int], stride: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask3 [B, 1, Ho, Wo] float, mask1 [B, 1, H, W] bool) of a [B, 1, gh, gw] 0/1 grid;
+    equal to ``nn.maskers.upsample_mask`` and ``expand_mask1`` (tested), in three small ops
+    instead of five full-map passes."""
+    b, _, gh, gw = grid.shape
+    ho, wo = out_hw_of(in_hw, stride)
+    cell, ay, ax = _mask_tables(tuple(in_hw), stride, (gh, gw), _key(grid.device), grid.dtype)
+    mask3 = grid.reshape(b, gh * gw).index_select(1, cell).view(b, 1, ho, wo)
+    mask1 = torch.matmul(torch.matmul(ay, grid.reshape(b, gh, gw)), ax.t()) > 0.5
+    return mask3, mask1.view(b, 1, *in_hw)
+
+
+def block_masks(block, x: torch.Tensor):
+    """The eval-mode masks of a LAUD block (``nn.block.LaudBottleneck``) for x, as its
+    ``compute_masks`` gives them, computed for inference speed:
+
+    - the spatial masker's 2-logit 1x1 conv runs as one small GEMM on the pooled rows;
+    - mask3 and mask1 come from the grid (``spatial_masks_from_grid``);
+    - the layer gate ([B, 1, 1, 1]) gets mask3 and mask1 as broadcast views (all of a
+      sample's pixels share its decision), with no per-pixel work.
+
+    Logits may differ from the reference's in the last bits (another summation order), as
+    they already do between a folded and an unfolded network. Returns a BlockMasks.
+    """
+    from ..nn.block import BlockMasks  # nn imports ops lazily; keep this module light
+
+    b, _, h, w = x.shape
+    grid = mask3 = mask1 = channel = None
+    if block.masker_channel is not None:
+        channel, _ = block.masker_channel(x)
+    if block.masker_spatial is not None:
+        g = block.grid_size((h, w))
+        conv = block.masker_spatial.conv
+        pooled = x if (h, w) == tuple(g) else torch.nn.functional.adaptive_avg_pool2d(x, g)
+        rows = pooled.permute(0, 2, 3, 1).reshape(-1, pooled.shape[1])
+        logits = torch.addmm(conv.bias, rows, conv.weight.view(2, -1).t())
+        grid = (logits[:, 0] >= logits[:, 1]).to(x.dtype).view(b, 1, *g)
+        if g == (1, 1):
+            ho, wo = out_hw_of((h, w), block.stride)
+            mask3 = grid.expand(b, 1, ho, wo)
+            mask1 = (grid > 0.5).expand(b, 1, h, w)
+        else:
+            mask3, mask1 = spatial_masks_from_grid(grid, (h, w), block.stride)
+    return BlockMasks(grid, mask3, mask1, channel)

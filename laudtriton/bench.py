@@ -49,8 +49,8 @@ class DenseModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.contiguous(memory_format=self.mf)
         h = F.max_pool2d(torch.relu(F.conv2d(h, self.stem_w, self.stem_b, 2, 3)), 3, 2, 1)
-        for fb in self.folded:
-            h = dense_block(fb, h, NO_MASKS).contiguous(memory_format=self.mf)
+        for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
+            h = dense_block(fb, h, NO_MASKS, inplace=True).contiguous(memory_format=self.mf)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
 
@@ -99,7 +99,7 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
     rows = []
     inputs = {}
     hooks = [blk.register_forward_pre_hook(
-        lambda m, a, i=i: inputs.__setitem__(i, a[0].detach()))
+        lambda m, a, i=i: inputs.__setitem__(i, a[0].detach().clone()))
         for i, blk in enumerate(cm.blocks)]
     with torch.no_grad():
         cm(x)

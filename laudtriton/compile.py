@@ -84,14 +84,19 @@ class CompiledBlock(nn.Module):
         self.static_choice = table.choose(expected_rate)
         self.last_run: BlockRun | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
+        """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
+        (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
+        write the output into it. CompiledModel sets it for the blocks of a LaudResNet."""
         masks = block_masks(self.reference, x)
         if self.dispatch == "static":
             choice, rate = self.static_choice, None
         else:
             rate = float(_dispatch_rate(self.spec, masks))
             choice = self.table.choose(rate)
-        out = get_variant(choice.variant).run(self.fb, x, masks, choice.config_dict)
+        variant = get_variant(choice.variant)
+        run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
+        out = run(self.fb, x, masks, choice.config_dict)
         srate = rate if self.spec.mode != "channel" else None
         crate = float(masks.channel.mean()) if masks.channel is not None else None
         self.last_run = BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
@@ -155,8 +160,8 @@ class CompiledModel(nn.Module):
         if self.is_resnet:
             h = F.conv2d(h, self.stem_w, self.stem_b, stride=2, padding=3)
             h = F.max_pool2d(torch.relu(h), 3, 2, 1)
-        for blk in self.blocks:
-            h = blk(h)
+        for blk in self.blocks:  # after the stem, h is ours and a ReLU output
+            h = blk(h, reuse_input=self.is_resnet)
         self.last_stats = [blk.last_run for blk in self.blocks]
         if self.is_resnet:
             h = self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))

@@ -67,6 +67,28 @@ def test_different_masks_per_sample_and_new_inputs():
             assert_close(cm(y), model(y))
 
 
+def test_inputs_are_never_overwritten():
+    """Blocks of a compiled LaudResNet write into the model's own activations, never into
+    the caller's tensor; a compiled bare block (its input is the caller's) runs out of place.
+    """
+    model = tiny_model("layer", granularity="1-1-1-1")
+    x = torch.randn(2, 3, 40, 40).contiguous(memory_format=torch.channels_last)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    keep = x.clone()
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
+    assert torch.equal(x, keep)
+    block = make_block(32, 8, mode="layer", seed=2)
+    y = torch.relu(torch.randn(4, 32, 9, 9)).contiguous(memory_format=torch.channels_last)
+    laudtriton.nn.calibrate_block(block, y, 0.5)
+    cb = laudtriton.compile(block, y, backend="cpu", tune="off", variants=["compact"])
+    keep = y.clone()
+    with torch.no_grad():
+        assert_close(cb(y), block(y))
+    assert torch.equal(y, keep)
+
+
 def test_bare_block_and_static_dispatch():
     block = make_block(24, 8, stride=2, mode="spatial", granularity=2, seed=3)
     x = torch.randn(2, 24, 13, 11)

@@ -200,11 +200,23 @@ def _residual_out(sw: SlicedWeights, x: torch.Tensor, identity: torch.Tensor) ->
     return sw.conv3(h, relu=True, add=identity)
 
 
+def _residual_into(sw: SlicedWeights, x: torch.Tensor) -> torch.Tensor:
+    """x = relu(residual(x) + x) in place (``_residual_out`` with identity x, no downsample)."""
+    if sw.m == 0:
+        return x.add_(sw.b3[:, None, None]).relu_()
+    h = sw.conv1(x, relu=True)
+    h = sw.conv2(h, relu=True, add=sw.bias2)
+    return sw.conv3.add_into_(x, h, relu=True)
+
+
 @torch.no_grad()
-def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
+                inplace: bool = False) -> torch.Tensor:
     """Channel-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
 
     masks.channel: [B, G] 0/1 channel-group mask (G divides the block width).
+    inplace: x may be overwritten (the caller gives it away); a block without downsample
+    then writes its output into x and returns it.
 
     Raises:
         ValueError: if masks.channel is None or its shape does not fit x and the width.
@@ -223,6 +235,13 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Te
     ds = cache.downsample(fb, in_hw)
     identity = x if ds is None else ds(x, relu=False)
     groups = _groups(masks.channel)
+    if inplace and ds is None:
+        if len(groups) == 1:
+            return _residual_into(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x)
+        for samples, pattern, key in groups:  # each group reads its own samples only
+            idx = torch.tensor(samples, device=x.device)
+            put(x, idx, _residual_into(cache.get(fb, pattern, in_hw, key), take(x, idx)))
+        return x
     if len(groups) == 1:
         return _residual_out(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x, identity)
     out = torch.empty_like(identity, memory_format=CL)
@@ -258,8 +277,13 @@ def _run(fb, x, masks, config=None):
     return slice_block(fb, x, masks)
 
 
+def _run_inplace(fb, x, masks, config=None):
+    return slice_block(fb, x, masks, inplace=True)
+
+
 SLICE = register(Variant(
-    name="slice", modes=("channel",), backends=("cpu", "cuda"), run=_run, cost=slice_cost,
+    name="slice", modes=("channel",), backends=("cpu", "cuda"), run=_run,
+    run_inplace=_run_inplace, cost=slice_cost,
     supports=_supports,
     description="per mask pattern: conv1/conv2/conv3 on the active channels + exact κ correction",
 ))

@@ -27,19 +27,24 @@ def identity_path(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
     return conv1x1(x, fb.wd, fb.bd, fb.stride)
 
 
-def dense_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+def dense_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
+                inplace: bool = False) -> torch.Tensor:
     """[B, Cin, H, W] -> [B, Cout, Ho, Wo]: reference semantics with folded weights.
 
     Without a channel mask the convolutions run in their fastest form (oneDNN pre-packed
     weights with fused epilogues on CPU, see ``ops.packed``); this is also the honest dense
     baseline of the benchmarks when ``masks`` holds no mask at all.
+
+    inplace: x is a ReLU output (>= 0) the caller gives away; a block without downsample
+    then adds its residual into x and returns x (no output allocation).
     """
     if masks.channel is None:
-        return _packed_dense(fb, x, masks.mask3)
+        return _packed_dense(fb, x, masks.mask3, inplace)
     return _masked_dense(fb, x, masks)
 
 
-def _packed_dense(fb: FoldedBlock, x: torch.Tensor, mask3: torch.Tensor | None):
+def _packed_dense(fb: FoldedBlock, x: torch.Tensor, mask3: torch.Tensor | None,
+                  inplace: bool = False):
     from .layer import dense_weights, slice_cache  # layer -> channel -> packed; no cycle
 
     in_hw = tuple(x.shape[-2:])
@@ -47,14 +52,21 @@ def _packed_dense(fb: FoldedBlock, x: torch.Tensor, mask3: torch.Tensor | None):
     ds = slice_cache(fb).downsample(fb, in_hw)
     x = x.contiguous(memory_format=CL)
     identity = x if ds is None else ds(x, relu=False)
+    inplace = inplace and ds is None
     h = sw.conv2(sw.conv1(x, relu=True), relu=True)
     if mask3 is None:
+        if inplace:
+            return sw.conv3.add_into_(x, h, relu=True)
         return sw.conv3(h, relu=True, add=identity)
     # in place on NHWC views: a [B, 1, Ho, Wo] mask is also "contiguous", and mixing it
     # into channels_last arithmetic sent the result through NCHW (3x slower, batch 8)
     h = sw.conv3(h, relu=False)
     hv = h.permute(0, 2, 3, 1)
-    hv.mul_(mask3.to(h.dtype).permute(0, 2, 3, 1)).add_(identity.permute(0, 2, 3, 1)).relu_()
+    hv.mul_(mask3.to(h.dtype).permute(0, 2, 3, 1))
+    if inplace:
+        x.permute(0, 2, 3, 1).add_(hv).relu_()
+        return x
+    hv.add_(identity.permute(0, 2, 3, 1)).relu_()
     return h
 
 
@@ -89,7 +101,12 @@ def _run(fb, x, masks, config=None):
     return dense_block(fb, x, masks)
 
 
+def _run_inplace(fb, x, masks, config=None):
+    return dense_block(fb, x, masks, inplace=True)
+
+
 DENSE = register(Variant(
     name="dense", modes=("spatial", "channel", "layer", "both"), backends=("cpu", "cuda"),
-    run=_run, cost=dense_cost, description="folded dense block, then masks (baseline)",
+    run=_run, run_inplace=_run_inplace, cost=dense_cost,
+    description="folded dense block, then masks (baseline)",
 ))

@@ -81,12 +81,44 @@ def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
 GATHER_MAX_PIXELS = 28 * 28
 
 
+def _residual_into(sw: SlicedWeights, x: torch.Tensor) -> torch.Tensor:
+    """x = relu(residual(x) + x) in place (blocks without downsample)."""
+    h = sw.conv2(sw.conv1(x, relu=True), relu=True)
+    return sw.conv3.add_into_(x, h, relu=True)
+
+
+def _compact_inplace(fb: FoldedBlock, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The block on x >= 0 that may be overwritten, without downsample: the inactive
+    samples already hold their output relu(x) = x, and each active sample adds its
+    residual into its own slice of x (no output tensor, no copies of skipped samples)."""
+    b, n = x.shape[0], idx.numel()
+    if n == 0:
+        return x
+    in_hw = (x.shape[2], x.shape[3])
+    sw = dense_weights(fb, in_hw)
+    if n == b:
+        return _residual_into(sw, x)
+    on = [False] * b
+    for i in idx.tolist():
+        on[i] = True
+    active_runs = [(a, e) for a, e, active in _runs(on) if active]
+    if in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and len(active_runs) > 1:
+        put(x, idx, _residual_into(sw, take(x, idx)))
+    else:
+        for a, e in active_runs:
+            _residual_into(sw, x[a:e])
+    return x
+
+
 @torch.no_grad()
-def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
+                  inplace: bool = False) -> torch.Tensor:
     """Layer-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
 
     Active samples (gate = 1): relu(residual(x) + identity(x)); the others relu(identity(x)).
     The downsample runs once per sample (inside the active or the inactive sub-batch).
+    inplace: x is a ReLU output (>= 0) the caller gives away; a block without downsample
+    then writes its output into x and returns it.
 
     Raises:
         ValueError: if masks.grid is not a layer gate [B, 1, 1, 1].
@@ -97,6 +129,8 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.
     x = x.contiguous(memory_format=CL)
     in_hw = (x.shape[2], x.shape[3])
     ds = slice_cache(fb).downsample(fb, in_hw)
+    if inplace and ds is None:
+        return _compact_inplace(fb, x, idx)
     if n == 0:
         return _skip(ds, x)
     sw = dense_weights(fb, in_hw)
@@ -152,8 +186,13 @@ def _run(fb, x, masks, config=None):
     return compact_block(fb, x, masks)
 
 
+def _run_inplace(fb, x, masks, config=None):
+    return compact_block(fb, x, masks, inplace=True)
+
+
 COMPACT = register(Variant(
-    name="compact", modes=("layer",), backends=("cpu", "cuda"), run=_run, cost=compact_cost,
+    name="compact", modes=("layer",), backends=("cpu", "cuda"), run=_run,
+    run_inplace=_run_inplace, cost=compact_cost,
     supports=_supports,
     description="gather the samples whose layer gate is on, dense block on them, scatter back",
 ))

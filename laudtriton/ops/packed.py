@@ -34,7 +34,8 @@ def _pack(weight: torch.Tensor, stride: int, padding: int, in_hw, batch: int = 1
 @functools.lru_cache(maxsize=1)
 def onednn_fusion_available() -> bool:
     """Whether this torch build runs oneDNN convolutions with pre-packed weights and fused
-    add/ReLU epilogues (``torch.ops.mkldnn._convolution_pointwise``, CPU float32).
+    add/ReLU epilogues (``torch.ops.mkldnn._convolution_pointwise``, CPU float32)
+    and its in-place form (``_convolution_pointwise_``, for ``PackedConv.add_into_``).
     Probed once on a tiny input against F.conv2d; on any failure PackedConv runs F.conv2d."""
     w, b = torch.randn(3, 2, 3, 3), torch.randn(3)
     x = torch.randn(2, 2, 5, 4).contiguous(memory_format=CL)
@@ -47,11 +48,15 @@ def onednn_fusion_available() -> bool:
         y1 = op(x, wp, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
         y2 = op.binary(x, add.expand(2, -1, -1, -1), wp, b, [1, 1], [2, 2], [1, 1], 1, "add",
                        1.0, "relu", [], "")
+        y3 = add.expand(2, -1, -1, -1).contiguous(memory_format=CL)
+        torch.ops.mkldnn._convolution_pointwise_.binary(
+            y3, x, wp, b, [1, 1], [2, 2], [1, 1], 1, "add", 1.0, "relu", [], "")
     except Exception:  # noqa: BLE001 - any failure of these private ops: not available
         return False
     ref = F.conv2d(x, w, b, stride=2, padding=1)
     return bool(torch.allclose(y1, ref.relu(), atol=1e-5)
-                and torch.allclose(y2, (ref + add).relu(), atol=1e-5))
+                and torch.allclose(y2, (ref + add).relu(), atol=1e-5)
+                and torch.allclose(y3, (ref + add).relu(), atol=1e-5))
 
 
 # Packed weights kept per PackedConv, one per input shape: oneDNN picks the weight format
@@ -119,3 +124,16 @@ class PackedConv:
         if add is not None:
             y = y.add_(add)
         return (y.relu_() if relu else y).contiguous(memory_format=CL)
+
+    def add_into_(self, out: torch.Tensor, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        """out = relu?(conv(x) + bias + out), in place (the fused residual of a block whose
+        identity buffer may be overwritten): no output allocation, one pass over ``out``.
+        out: [n, Cout, Ho, Wo] channels_last (a batch slice of a larger one is fine)."""
+        if self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            p, s = [self.padding] * 2, [self.stride] * 2
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                out, x, self._packed_for(x), self.bias, p, s, [1, 1], 1, "add", 1.0,
+                "relu" if relu else None, [], "")
+        y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        out.add_(y)
+        return out.relu_() if relu else out

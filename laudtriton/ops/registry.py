@@ -10,6 +10,11 @@ Calling convention of ``Variant.run(fb, x, masks, config)``:
     masks:  BlockMasks from the reference maskers in eval mode
     config: one dict from ``configs(spec)`` (kernel tile sizes etc.; {} for torch variants)
     returns [B, Cout, Ho, Wo] in channels_last memory format.
+
+``Variant.run_inplace`` (optional) takes the same arguments, for an x that is a ReLU
+output (every value >= 0) which the caller gives away: the variant may overwrite x and
+return it as the output (no output allocation, no copy of the identity). CompiledModel
+runs the blocks of a LaudResNet this way; variants without it run ``run``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class Variant:
 
     name: unique name ("gather", "patch", ...). modes: block modes it handles.
     backends: "cpu" (torch, runs on any device) and/or "cuda" (Triton).
-    run: see the module docstring. supports(spec): whether it handles this block exactly.
+    run, run_inplace: see the module docstring (run_inplace None: not offered).
+    supports(spec): whether it handles this block exactly.
     configs(spec): its kernel config space. cost(spec, rate): Cost at activation rate.
     """
 
@@ -59,6 +65,7 @@ class Variant:
     configs: Callable[[BlockSpec], list[dict]] = _one_config
     description: str = ""
     needs_triton: bool = field(default=False)
+    run_inplace: Callable | None = None
 
 
 _REGISTRY: dict[str, Variant] = {}

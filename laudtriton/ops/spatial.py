@@ -294,7 +294,8 @@ def _conv2_patch(fb, buf2d, cells, pix, wt: _Weights, batch, in_hw, stride, s):
     return y.add_(_conv2_bias(wt, pix, batch, in_hw, stride)).relu_()
 
 
-def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -> torch.Tensor:
+def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool,
+         inplace: bool = False) -> torch.Tensor:
     _check(fb, x, masks)
     batch, cin, h, w = x.shape
     in_hw = (h, w)
@@ -312,11 +313,15 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool) -
     else:
         cells = None
         pix = mk.active_pixels(masks.mask3)
+    inplace = inplace and fb.wd is None and x.is_contiguous(memory_format=CL)
     if pix.numel() == 0:
+        if inplace:  # x >= 0: relu(x) is x
+            return x
         return torch.relu(idn2d).view(batch, ho, wo, cout).permute(0, 3, 1, 2)
     # out = relu(identity + scatter(conv3)): index_add_ of the active rows, one ReLU pass;
-    # the downsample output is a new tensor, ours to overwrite; x is not
-    out2d = idn2d if fb.wd is not None else idn2d.clone()
+    # the downsample output is a new tensor, ours to overwrite; x only when given away
+    # (every conv1 gather below reads a sample's rows before its own scatter)
+    out2d = idn2d if fb.wd is not None or inplace else idn2d.clone()
     pix1 = mk.active_pixels(masks.mask1)
 
     if masks.channel is None:
@@ -454,14 +459,24 @@ def _patch_run(fb, x, masks, config=None):
     return patch_block(fb, x, masks)
 
 
+def _gather_run_inplace(fb, x, masks, config=None):
+    return _run(fb, x, masks, use_patch=False, inplace=True)
+
+
+def _patch_run_inplace(fb, x, masks, config=None):
+    return _run(fb, x, masks, use_patch=True, inplace=True)
+
+
 GATHER = register(Variant(
     name="gather", modes=("spatial", "both"), backends=("cpu", "cuda"), run=_gather_run,
+    run_inplace=_gather_run_inplace,
     cost=gather_cost, supports=lambda spec: spec.spatial,
     description="conv1 on mask1 rows, conv2 as im2col GEMM on active pixels, conv3 GEMM",
 ))
 
 PATCH = register(Variant(
     name="patch", modes=("spatial", "both"), backends=("cpu", "cuda"), run=_patch_run,
+    run_inplace=_patch_run_inplace,
     cost=patch_cost, supports=patch_supports,
     description="as gather, conv2 as dense conv over (S+2)^2 / (2S+1)^2 halo patches",
 ))

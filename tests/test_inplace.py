@@ -1,0 +1,68 @@
+"""``Variant.run_inplace``: the variants that may write their output into a given-away
+ReLU input match the reference block, per sample and at every rate (registry docstring)."""
+
+import pytest
+import torch
+
+from laudtriton.nn.calibrate import calibrate_block
+from laudtriton.ops.fold import fold_block
+from laudtriton.ops.registry import all_variants
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.testing import assert_close, make_block
+
+CL = torch.channels_last
+
+# (mode, Cin, planes, stride, S, (H, W)); Cin == 4·planes and stride 1: x is the identity
+CASES = [
+    ("spatial", 32, 8, 1, 2, (8, 10)),
+    ("spatial", 32, 8, 1, 3, (13, 11)),  # cells of unequal size
+    ("spatial", 16, 8, 2, 2, (12, 8)),   # downsample: x is not the identity
+    ("both", 32, 8, 1, 2, (8, 6)),
+    ("channel", 32, 8, 1, 1, (9, 7)),
+    ("channel", 16, 8, 2, 1, (9, 7)),
+    ("layer", 32, 8, 1, 1, (6, 6)),      # small map: active samples gathered
+    ("layer", 32, 8, 1, 1, (30, 29)),    # large map: active samples run as batch slices
+    ("layer", 16, 8, 2, 1, (9, 8)),
+]
+
+
+def _params():
+    out = []
+    for case in CASES:
+        mode, cin, planes, stride, s, hw = case
+        spec = BlockSpec(cin, planes, 4 * planes, stride, cin != 4 * planes or stride > 1, hw,
+                         mode, s, 4 if mode in ("channel", "both") else 0, batch=4)
+        for v in all_variants():
+            if v.run_inplace is None or mode not in v.modes or not v.supports(spec):
+                continue
+            for rate in (0.0, 0.5, 1.0):
+                out.append(pytest.param(v, rate, case, id=f"{v.name}-{mode}-r{rate}-"
+                                        f"{cin}x{planes}-s{stride}-S{s}-{hw[0]}x{hw[1]}"))
+    return out
+
+
+@pytest.mark.parametrize("variant,rate,case", _params())
+@torch.no_grad()
+def test_run_inplace_matches_reference(variant, rate, case):
+    mode, cin, planes, stride, s, hw = case
+    block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=7)
+    x = torch.relu(torch.randn(4, cin, *hw)).contiguous(memory_format=CL)  # a ReLU output
+    calibrate_block(block, x, rate, channel_rate=0.5)
+    ref = block(x)
+    masks, _ = block.compute_masks(x)
+    if mode in ("layer", "spatial") and rate == 0.5:  # different decisions per sample
+        assert len({m.flatten().tolist().__repr__() for m in masks.grid}) > 1
+    given = x.clone()
+    out = variant.run_inplace(fold_block(block), given, masks, {})
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)
+    assert_close(out, ref, name=f"{variant.name} {mode} rate {rate} in place")
+    # run on the same masks, out of place, it still leaves its input alone
+    again = x.clone()
+    assert_close(variant.run(fold_block(block), again, masks, {}), ref)
+    assert torch.equal(again, x)
+
+
+def test_variants_with_run_inplace():
+    """The CPU engine's variants offer it; Triton variants run out of place."""
+    names = {v.name for v in all_variants() if v.run_inplace is not None}
+    assert {"dense", "gather", "patch", "slice", "compact"} <= names

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compile import CompiledModel, compile
+from .compile import CompiledModel, compile, stem
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
 from .nn.block import BlockMasks
 from .nn.resnet import LaudResNet
@@ -48,7 +48,7 @@ class DenseModel(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.contiguous(memory_format=self.mf)
-        h = F.max_pool2d(torch.relu(F.conv2d(h, self.stem_w, self.stem_b, 2, 3)), 3, 2, 1)
+        h = stem(self, h).contiguous(memory_format=self.mf)
         for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
             h = dense_block(fb, h, NO_MASKS, inplace=True).contiguous(memory_format=self.mf)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))

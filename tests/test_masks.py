@@ -103,19 +103,24 @@ def test_spatial_masks_from_grid_equal_the_reference_expansion(hw, stride, grid)
         assert torch.equal(mask1, expand_mask1(ref3, stride, hw))
 
 
-@pytest.mark.parametrize("mode,granularity,stride,channel_granularity", [
-    ("spatial", 2, 1, 1), ("spatial", 3, 2, 1), ("spatial", 1, 1, 1), ("layer", 1, 2, 1),
-    ("channel", 1, 1, 4), ("both", 2, 2, 4),
+@pytest.mark.parametrize("mode,granularity,stride,channel_granularity,kwargs", [
+    ("spatial", 2, 1, 1, {}), ("spatial", 3, 2, 1, {}), ("spatial", 1, 1, 1, {}),
+    ("layer", 1, 2, 1, {}), ("channel", 1, 1, 4, {}),
+    ("channel", 1, 1, 4, {"channel_masker_layers": 1}),
+    ("channel", 1, 1, 4, {"channel_masker": "conv_linear"}), ("both", 2, 2, 4, {}),
 ])
-def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_granularity):
+def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_granularity,
+                                         kwargs):
     """The compiled blocks' mask path gives the reference maskers' masks (rates near 0.5
     by a shifted masker bias, so both decisions occur)."""
     from laudtriton.testing import make_block
 
-    blk = make_block(64, 16, stride, mode, granularity, channel_granularity, seed=3)
-    if blk.masker_spatial is not None:
-        with torch.no_grad():
+    blk = make_block(64, 16, stride, mode, granularity, channel_granularity, seed=3, **kwargs)
+    with torch.no_grad():
+        if blk.masker_spatial is not None:
             blk.masker_spatial.conv.bias.zero_()
+        if blk.masker_channel is not None:
+            blk.masker_channel.last_linear().bias.zero_()
     x = torch.randn(3, 64, 13, 11).contiguous(memory_format=torch.channels_last)
     ref, _ = blk.compute_masks(x)
     got = mk.block_masks(blk, x)
@@ -125,5 +130,6 @@ def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_gran
         if r is not None:
             assert r.shape == f.shape and r.dtype == f.dtype, name
             assert torch.equal(r, f), name
-    if ref.grid is not None:
-        assert 0 < float(ref.grid.mean()) < 1
+    for m in (ref.grid, ref.channel):
+        if m is not None:
+            assert 0 < float(m.mean()) < 1

@@ -254,7 +254,8 @@ def block_masks(block, x: torch.Tensor):
     """The eval-mode masks of a LAUD block (``nn.block.LaudBottleneck``) for x, as its
     ``compute_masks`` gives them, computed for inference speed:
 
-    - the spatial masker's 2-logit 1x1 conv runs as one small GEMM on the pooled rows;
+    - the spatial masker's 2-logit 1x1 conv runs as one small GEMM on the pooled rows,
+      and an MLP channel masker as its linear layers' GEMMs (no module calls);
     - mask3 and mask1 come from the grid (``spatial_masks_from_grid``);
     - the layer gate ([B, 1, 1, 1]) gets mask3 and mask1 as broadcast views (all of a
       sample's pixels share its decision), with no per-pixel work.
@@ -264,10 +265,22 @@ def block_masks(block, x: torch.Tensor):
     """
     from ..nn.block import BlockMasks  # nn imports ops lazily; keep this module light
 
+    from ..nn.maskers import MaskerChannelMLP
+
     b, _, h, w = x.shape
     grid = mask3 = mask1 = channel = None
-    if block.masker_channel is not None:
-        channel, _ = block.masker_channel(x)
+    mc = block.masker_channel
+    if isinstance(mc, MaskerChannelMLP):
+        v = x.mean(dim=(2, 3))
+        layers = [mc.conv] if isinstance(mc.conv, torch.nn.Linear) else [mc.conv[0], mc.conv[2]]
+        for i, lin in enumerate(layers):
+            v = torch.addmm(lin.bias, v, lin.weight.t())
+            if i + 1 < len(layers):
+                v = v.relu_()
+        logits = v.view(b, 2, mc.groups)
+        channel = (logits[:, 0] >= logits[:, 1]).to(x.dtype)
+    elif mc is not None:
+        channel, _ = mc(x)
     if block.masker_spatial is not None:
         g = block.grid_size((h, w))
         conv = block.masker_spatial.conv

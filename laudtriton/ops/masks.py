@@ -17,6 +17,9 @@ from functools import lru_cache
 
 import torch
 
+from ..nn.block import BlockMasks
+from ..nn.maskers import MaskerChannelMLP
+
 
 def active_pixels(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the nonzero entries of a [B, 1, h, w] 0/1 mask (float or bool).
@@ -263,10 +266,6 @@ def block_masks(block, x: torch.Tensor):
     Logits may differ from the reference's in the last bits (another summation order), as
     they already do between a folded and an unfolded network. Returns a BlockMasks.
     """
-    from ..nn.block import BlockMasks  # nn imports ops lazily; keep this module light
-
-    from ..nn.maskers import MaskerChannelMLP
-
     b, _, h, w = x.shape
     grid = mask3 = mask1 = channel = None
     mc = block.masker_channel

@@ -186,6 +186,13 @@ def test_packed_conv_matches_plain(stride, k, relu):
         assert_close(pc(x, relu=relu), torch.relu(y) if relu else y)
         want = torch.relu(y + add) if relu else y + add
         assert_close(pc(x, relu=relu, add=add), want)
+        # in place into a batch slice of a larger tensor; the other samples stay put
+        big = torch.randn(4, *y.shape[1:], generator=g).contiguous(memory_format=CL)
+        keep = big.clone()
+        out = pc.add_into_(big[1:3], x, relu=relu)
+        assert out.data_ptr() == big[1:3].data_ptr()
+        assert_close(big[1:3], torch.relu(y + keep[1:3]) if relu else y + keep[1:3])
+        assert torch.equal(big[0], keep[0]) and torch.equal(big[3], keep[3])
 
 
 def test_slice_registered_and_cost():

@@ -99,6 +99,10 @@ def test_compact_property_random_shapes(gather_max_pixels, monkeypatch):
         masks = BlockMasks(gate[:, None, None, None], None, None, None)
         out = compact_block(fold_block(blk), x.contiguous(memory_format=CL), masks)
         assert_close(out, reference_with_gate(blk, x, gate), name=f"trial {trial}")
+        xr = torch.relu(x)  # in place: a ReLU output given away
+        out = compact_block(fold_block(blk), xr.clone().contiguous(memory_format=CL), masks,
+                            inplace=True)
+        assert_close(out, reference_with_gate(blk, xr, gate), name=f"trial {trial} in place")
 
 
 def test_runs():

@@ -200,13 +200,16 @@ def _residual_out(sw: SlicedWeights, x: torch.Tensor, identity: torch.Tensor) ->
     return sw.conv3(h, relu=True, add=identity)
 
 
-def _residual_into(sw: SlicedWeights, x: torch.Tensor) -> torch.Tensor:
-    """x = relu(residual(x) + x) in place (``_residual_out`` with identity x, no downsample)."""
+def _residual_into(sw: SlicedWeights, x: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = relu(residual(x) + out) in place: ``_residual_out`` with an identity that may
+    be overwritten (the downsample's output, or x itself, the default)."""
+    out = x if out is None else out
     if sw.m == 0:
-        return x.add_(sw.b3[:, None, None]).relu_()
+        return out.add_(sw.b3[:, None, None]).relu_()
     h = sw.conv1(x, relu=True)
     h = sw.conv2(h, relu=True, add=sw.bias2)
-    return sw.conv3.add_into_(x, h, relu=True)
+    return sw.conv3.add_into_(out, h, relu=True)
 
 
 @torch.no_grad()
@@ -215,8 +218,8 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     """Channel-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
 
     masks.channel: [B, G] 0/1 channel-group mask (G divides the block width).
-    inplace: x may be overwritten (the caller gives it away); a block without downsample
-    then writes its output into x and returns it.
+    The residual is added in place into the identity when that is ours: the downsample's
+    output, or x when ``inplace`` (x may be overwritten, the caller gives it away).
 
     Raises:
         ValueError: if masks.channel is None or its shape does not fit x and the width.
@@ -235,13 +238,17 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     ds = cache.downsample(fb, in_hw)
     identity = x if ds is None else ds(x, relu=False)
     groups = _groups(masks.channel)
-    if inplace and ds is None:
+    if ds is not None or inplace:
+        out = identity
         if len(groups) == 1:
-            return _residual_into(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x)
+            return _residual_into(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x, out)
         for samples, pattern, key in groups:  # each group reads its own samples only
             idx = torch.tensor(samples, device=x.device)
-            put(x, idx, _residual_into(cache.get(fb, pattern, in_hw, key), take(x, idx)))
-        return x
+            xs = take(x, idx)
+            res = _residual_into(cache.get(fb, pattern, in_hw, key), xs,
+                                 xs if out is x else take(out, idx))
+            put(out, idx, res)
+        return out
     if len(groups) == 1:
         return _residual_out(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x, identity)
     out = torch.empty_like(identity, memory_format=CL)

@@ -36,7 +36,8 @@ def dense_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     baseline of the benchmarks when ``masks`` holds no mask at all.
 
     inplace: x is a ReLU output (>= 0) the caller gives away; a block without downsample
-    then adds its residual into x and returns x (no output allocation).
+    then adds its residual into x and returns x (no output allocation). With a downsample
+    the residual always adds into the downsample's output.
     """
     if masks.channel is None:
         mask3 = masks.mask3
@@ -56,19 +57,18 @@ def _packed_dense(fb: FoldedBlock, x: torch.Tensor, mask3: torch.Tensor | None,
     ds = slice_cache(fb).downsample(fb, in_hw)
     x = x.contiguous(memory_format=CL)
     identity = x if ds is None else ds(x, relu=False)
-    inplace = inplace and ds is None
     h = sw.conv2(sw.conv1(x, relu=True), relu=True)
-    if mask3 is None:
-        if inplace:
-            return sw.conv3.add_into_(x, h, relu=True)
+    if mask3 is None:  # the residual adds into the identity in place when that is ours
+        if inplace or ds is not None:
+            return sw.conv3.add_into_(identity, h, relu=True)
         return sw.conv3(h, relu=True, add=identity)
     # in place on NHWC views: a [B, 1, Ho, Wo] mask is also "contiguous", and mixing it
     # into channels_last arithmetic sent the result through NCHW (3x slower, batch 8)
     h = sw.conv3(h, relu=False)
     hv, mv = h.permute(0, 2, 3, 1), mask3.to(h.dtype).permute(0, 2, 3, 1)
-    if inplace:  # x += conv3 · mask3 in one pass, then the ReLU
-        x.permute(0, 2, 3, 1).addcmul_(hv, mv).relu_()
-        return x
+    if inplace or ds is not None:  # identity += conv3 · mask3 in one pass, then the ReLU
+        identity.permute(0, 2, 3, 1).addcmul_(hv, mv).relu_()
+        return identity
     hv.mul_(mv).add_(identity.permute(0, 2, 3, 1)).relu_()
     return h
 

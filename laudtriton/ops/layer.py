@@ -3,11 +3,10 @@
 The layer gate makes one decision per sample (``masks.grid`` [B, 1, 1, 1]). The active
 samples run the dense folded block, as contiguous batch slices of x (large maps) or
 gathered into one smaller batch (small maps, see GATHER_MAX_PIXELS); inactive samples
-output relu(identity) exactly, written straight into the output. Every sample needs the
-identity (x, or the dense downsample of x); it is computed once per sample, with the
-active samples (feeding the fused residual add) or the inactive ones (fused with their
-ReLU). Weights are packed once per input size (``channel.PackedConv``, cached on the
-FoldedBlock).
+output relu(identity) exactly. The identity is x, or the dense downsample of x computed
+for the whole batch into the output tensor; residuals are added into it in place
+(``PackedConv.add_into_``). Weights are packed once per input size
+(``channel.PackedConv``, cached on the FoldedBlock).
 """
 
 from __future__ import annotations
@@ -81,33 +80,37 @@ def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
 GATHER_MAX_PIXELS = 28 * 28
 
 
-def _residual_into(sw: SlicedWeights, x: torch.Tensor) -> torch.Tensor:
-    """x = relu(residual(x) + x) in place (blocks without downsample)."""
+def _residual_into(sw: SlicedWeights, x: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = relu(residual(x) + out) in place; out defaults to x (no downsample)."""
     h = sw.conv2(sw.conv1(x, relu=True), relu=True)
-    return sw.conv3.add_into_(x, h, relu=True)
+    return sw.conv3.add_into_(x if out is None else out, h, relu=True)
 
 
-def _compact_inplace(fb: FoldedBlock, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The block on x >= 0 that may be overwritten, without downsample: the inactive
-    samples already hold their output relu(x) = x, and each active sample adds its
-    residual into its own slice of x (no output tensor, no copies of skipped samples)."""
-    b, n = x.shape[0], idx.numel()
-    if n == 0:
-        return x
-    in_hw = (x.shape[2], x.shape[3])
-    sw = dense_weights(fb, in_hw)
-    if n == b:
-        return _residual_into(sw, x)
+def _gate_runs(idx: torch.Tensor, b: int) -> list[tuple[int, int, bool]]:
     on = [False] * b
     for i in idx.tolist():
         on[i] = True
-    active_runs = [(a, e) for a, e, active in _runs(on) if active]
-    if in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and len(active_runs) > 1:
-        put(x, idx, _residual_into(sw, take(x, idx)))
-    else:
-        for a, e in active_runs:
-            _residual_into(sw, x[a:e])
-    return x
+    return _runs(on)
+
+
+def _gathered(in_hw: tuple[int, int], runs) -> bool:
+    return in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
+
+
+def _residuals_into(sw: SlicedWeights, x: torch.Tensor, out: torch.Tensor,
+                    idx: torch.Tensor, runs) -> None:
+    """out[i] = relu(residual(x[i]) + out[i]) in place for the active samples ``idx``:
+    per run of consecutive samples (views), or gathered into one batch on small maps."""
+    if _gathered(tuple(x.shape[2:]), runs):
+        xs = xs_out = take(x, idx)
+        if out is not x:
+            xs_out = take(out, idx)
+        put(out, idx, _residual_into(sw, xs, xs_out))
+        return
+    for a, e, active in runs:
+        if active:
+            _residual_into(sw, x[a:e], out[a:e])
 
 
 @torch.no_grad()
@@ -116,9 +119,11 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     """Layer-skipping block: [B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last.
 
     Active samples (gate = 1): relu(residual(x) + identity(x)); the others relu(identity(x)).
-    The downsample runs once per sample (inside the active or the inactive sub-batch).
-    inplace: x is a ReLU output (>= 0) the caller gives away; a block without downsample
-    then writes its output into x and returns it.
+    With a downsample, the identity of the whole batch is one convolution written where the
+    output goes; active samples add their residual into it in place and the others take
+    its ReLU in place (no output copies). inplace: x is a ReLU output (>= 0) the caller
+    gives away; a block without downsample then writes its output into x (the inactive
+    samples already hold relu(x) = x) and returns it.
 
     Raises:
         ValueError: if masks.grid is not a layer gate [B, 1, 1, 1].
@@ -129,30 +134,31 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     x = x.contiguous(memory_format=CL)
     in_hw = (x.shape[2], x.shape[3])
     ds = slice_cache(fb).downsample(fb, in_hw)
-    if inplace and ds is None:
-        return _compact_inplace(fb, x, idx)
     if n == 0:
-        return _skip(ds, x)
+        return x if inplace and ds is None else _skip(ds, x)
     sw = dense_weights(fb, in_hw)
     if n == b:
-        return _block(sw, ds, x)
-    on = [False] * b
-    for i in idx.tolist():
-        on[i] = True
-    runs = _runs(on)
-    ho, wo = (in_hw[0] - 1) // fb.stride + 1, (in_hw[1] - 1) // fb.stride + 1
-    out = torch.empty((b, fb.out_channels, ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=CL)
-    gather = in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
-    if gather:
-        put(out, idx, _block(sw, ds, take(x, idx)))
+        return _residual_into(sw, x) if inplace and ds is None else _block(sw, ds, x)
+    runs = _gate_runs(idx, b)
+    if ds is not None:
+        out = ds(x, relu=False)
+        _residuals_into(sw, x, out, idx, runs)
+        for a, e, active in runs:
+            if not active:
+                out[a:e].relu_()
+        return out
+    if inplace:
+        _residuals_into(sw, x, x, idx, runs)
+        return x
+    out = torch.empty_like(x, memory_format=CL)
+    gathered = _gathered(in_hw, runs)
+    if gathered:
+        put(out, idx, _block(sw, None, take(x, idx)))
     for a, e, active in runs:
-        if active and not gather:
-            out[a:e] = _block(sw, ds, x[a:e])
-        elif not active and ds is None:
-            torch.clamp_min(x[a:e], 0, out=out[a:e])
+        if active and not gathered:
+            out[a:e] = _block(sw, None, x[a:e])
         elif not active:
-            out[a:e] = ds(x[a:e], relu=True)
+            torch.clamp_min(x[a:e], 0, out=out[a:e])
     return out
 
 

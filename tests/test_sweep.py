@@ -255,3 +255,38 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     assert args.func(args) == 0
     with open(tmp_path / "s.csv") as fh:
         assert {r["variant"] for r in csv.DictReader(fh)} >= {"dense", "gather"}
+
+
+def test_time_variants_failing_config_scores_inf():
+    """A config that raises scores inf (logged), the others are timed, interleaved."""
+    import torch
+
+    from laudtriton.ops import fold_block
+    from laudtriton.ops.registry import Variant
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.testing import make_block
+    from laudtriton.tune.measure import best, time_variants
+
+    calls = []
+
+    def run(fb, x, masks, cfg):
+        calls.append(cfg["k"])
+        if cfg["k"] == "bad":
+            raise RuntimeError("does not compile")
+        return x
+
+    fake = Variant(name="fake", modes=("spatial",), backends=("cpu",), run=run,
+                   cost=lambda spec, rate: None,
+                   configs=lambda spec: [{"k": "bad"}, {"k": "a"}, {"k": "b"}])
+    block = make_block(16, 4, 1, "spatial", 2)
+    spec = BlockSpec.from_block(block, (1, 16, 8, 8))
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    t = time_variants(fold_block(block), spec, x, synthetic_masks(spec, 0.5), [fake],
+                      warmup=1, reps=3)
+    assert math.isinf(t["fake"]['{"k":"bad"}'])
+    assert all(math.isfinite(t["fake"][k]) for k in ('{"k":"a"}', '{"k":"b"}'))
+    assert calls.count("bad") == 1 and calls.count("a") == calls.count("b") == 1 + 1 + 3
+    # round robin: after the checks, a and b alternate
+    assert calls[3:9] == ["a", "b", "a", "b", "a", "b"]
+    assert best(t)[0] == "fake"

@@ -13,7 +13,7 @@ from ..nn.block import BlockMasks
 from ..ops.fold import FoldedBlock
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
-from .timing import median_time
+from .timing import interleaved_medians, median_time
 
 log = logging.getLogger("laudtriton")
 
@@ -30,24 +30,36 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
 
     x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
     variant's config space (e.g. after predictor pruning). A config that fails to compile
-    or run scores inf and is logged; it is never fatal.
+    or run (on a first, untimed call) scores inf and is logged; it is never fatal. On CPU
+    the candidates are timed round-robin (``interleaved_medians``), so that a burst of
+    machine load hits them alike instead of deciding the winner; on CUDA each runs
+    ``median_time`` (CUDA events).
 
     Returns {variant name: {config_key: seconds}}.
     """
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {v.name: {} for v in variants}
+    calls, keys = [], []
     for v in variants:
-        space = (configs or {}).get(v.name) or v.configs(spec)
-        out[v.name] = {}
-        for cfg in space:
+        for cfg in (configs or {}).get(v.name) or v.configs(spec):
             def call(v=v, cfg=cfg):
                 return v.run(fb, x, masks, cfg)
             try:
                 with torch.no_grad():
-                    t = median_time(call, x.device, warmup=warmup, reps=reps)
+                    call()
             except Exception as e:  # a failing config is reported, not fatal
-                log.warning("variant %s config %s failed on %s: %s", v.name, cfg, spec.short(), e)
-                t = math.inf
-            out[v.name][config_key(cfg)] = t
+                log.warning("variant %s config %s failed on %s: %s", v.name, cfg,
+                            spec.short(), e)
+                out[v.name][config_key(cfg)] = math.inf
+                continue
+            calls.append(call)
+            keys.append((v.name, config_key(cfg)))
+    with torch.no_grad():
+        if x.device.type == "cuda":
+            times = [median_time(c, x.device, warmup=warmup, reps=reps) for c in calls]
+        else:
+            times = interleaved_medians(calls, warmup=warmup, reps=reps) if calls else []
+    for (name, key), t in zip(keys, times):
+        out[name][key] = t
     return out
 
 

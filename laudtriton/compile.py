@@ -98,8 +98,11 @@ class CompiledBlock(nn.Module):
         variant = get_variant(choice.variant)
         run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
         out = run(self.fb, x, masks, choice.config_dict)
-        srate = rate if self.spec.mode != "channel" else None
-        crate = float(masks.channel.mean()) if masks.channel is not None else None
+        channel_mode = self.spec.mode == "channel"
+        srate = None if channel_mode else rate
+        crate = None
+        if masks.channel is not None:  # in channel mode the dispatch rate is this one
+            crate = rate if channel_mode and rate is not None else float(masks.channel.mean())
         self.last_run = BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
         return out
 

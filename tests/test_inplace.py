@@ -51,7 +51,7 @@ def test_run_inplace_matches_reference(variant, rate, case):
     ref = block(x)
     masks, _ = block.compute_masks(x)
     if mode in ("layer", "spatial") and rate == 0.5:  # different decisions per sample
-        assert len({m.flatten().tolist().__repr__() for m in masks.grid}) > 1
+        assert not all(torch.equal(g, masks.grid[0]) for g in masks.grid)
     given = x.clone()
     out = variant.run_inplace(fold_block(block), given, masks, {})
     assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)

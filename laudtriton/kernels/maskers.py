@@ -243,8 +243,7 @@ def channel_masker_mlp(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, tor
 
 def mlp_layers(masker) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(weight, bias) of each linear layer of a ``nn.maskers.MaskerChannelMLP``."""
-    mods = masker.conv if isinstance(masker.conv, torch.nn.Sequential) else [masker.conv]
-    return [(m.weight, m.bias) for m in mods if isinstance(m, torch.nn.Linear)]
+    return [(m.weight, m.bias) for m in masker.linears()]
 
 
 # -- torch references (float64) ---------------------------------------------------------

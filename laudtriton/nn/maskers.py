@@ -100,6 +100,11 @@ class MaskerChannelMLP(nn.Module):
     def last_linear(self) -> nn.Linear:
         return self.conv[-1] if isinstance(self.conv, nn.Sequential) else self.conv
 
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers of the MLP in order (a ReLU between consecutive ones)."""
+        return [m for m in self.conv if isinstance(m, nn.Linear)] if isinstance(
+            self.conv, nn.Sequential) else [self.conv]
+
     def forward(self, x: torch.Tensor, temperature: float = 1.0):
         mask = _hard_decision(self.logits(x), self.training, temperature)
         c, h, w = x.shape[1:]

@@ -278,11 +278,13 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
     table = DispatchTable()
     actual = float(_dispatch_rate(spec, masks))
     if tune in ("cached", "quick", "full") and cache is not None:
+        names = {c.name for c in cands}
         for b in ALL_BUCKETS:
             hit = cache.lookup(spec, b)
-            if hit:
-                hit = {v: t for v, t in hit.items() if v in {c.name for c in cands}}
-                table.add(b, hit, "cached")
+            # a bucket counts only when every candidate has a current timing: after a
+            # source edit hides one variant's timings, the others' alone would decide
+            if hit and names <= set(hit):
+                table.add(b, {v: t for v, t in hit.items() if v in names}, "cached")
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):

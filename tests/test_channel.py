@@ -179,10 +179,11 @@ def test_packed_conv_matches_plain(stride, k, relu):
     x = torch.randn(2, 5, 9, 7, generator=g).contiguous(memory_format=CL)
     packed = PackedConv.make(w, b, stride, k // 2, (9, 7))
     plain = PackedConv.make(w, b, stride, k // 2, (9, 7), pack=False)
-    assert plain.packed is None
+    lazy = PackedConv.make(w, b, stride, k // 2, (9, 7), lazy=True)
+    assert plain.packed is None and len(lazy.packed) == 0
     y = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=k // 2)
     add = torch.randn(1, *y.shape[1:], generator=g).contiguous(memory_format=CL)
-    for pc in (packed, plain):
+    for pc in (packed, plain, lazy):  # lazy: 1st call on the plain weight, then packed
         assert_close(pc(x, relu=relu), torch.relu(y) if relu else y)
         want = torch.relu(y + add) if relu else y + add
         assert_close(pc(x, relu=relu, add=add), want)
@@ -193,6 +194,7 @@ def test_packed_conv_matches_plain(stride, k, relu):
         assert out.data_ptr() == big[1:3].data_ptr()
         assert_close(big[1:3], torch.relu(y + keep[1:3]) if relu else y + keep[1:3])
         assert torch.equal(big[0], keep[0]) and torch.equal(big[3], keep[3])
+    assert list(lazy.packed) == [tuple(x.shape)] and lazy.seen == {tuple(x.shape)}
 
 
 def test_slice_registered_and_cost():

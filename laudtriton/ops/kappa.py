@@ -34,28 +34,26 @@ def channel_groups(channel_mask: torch.Tensor, width: int):
     return out
 
 
-def inactive_of(active: torch.Tensor, width: int) -> torch.Tensor:
-    keep = torch.ones(width, dtype=torch.bool, device=active.device)
-    keep[active] = False
-    return torch.nonzero(keep).flatten()
-
-
 def conv3_bias(fb: FoldedBlock, active: torch.Tensor) -> torch.Tensor:
-    """[Cout] bias of conv3 restricted to ``active`` input channels, κ2 folded in."""
-    inactive = inactive_of(active, fb.width)
-    if inactive.numel() == 0:
+    """[Cout] bias of conv3 restricted to ``active`` input channels, κ2 folded in:
+    b3 + W3[:, inactive] @ κ2[inactive], computed as W3 @ κ2 with the active entries
+    zeroed (one pass over W3; column indexing costs more)."""
+    if active.numel() == fb.width:
         return fb.b3
-    return fb.b3 + fb.w3[:, inactive] @ fb.kappa2[inactive]
+    return torch.addmv(fb.b3, fb.w3, fb.kappa2.clone().index_fill_(0, active, 0.0))
 
 
-def conv2_taps(fb: FoldedBlock, active: torch.Tensor) -> torch.Tensor:
-    """[9, m] per-tap response v_t of active outputs to κ1 on inactive inputs (t = 3·dy+dx)."""
-    inactive = inactive_of(active, fb.width)
-    m = active.numel()
-    if inactive.numel() == 0:
-        return fb.w2.new_zeros(9, m)
-    w = fb.w2[active][:, inactive]  # [m, n, 3, 3]
-    return torch.einsum("onyx,n->yxo", w, fb.kappa1[inactive]).reshape(9, m)
+def conv2_taps(fb: FoldedBlock, active: torch.Tensor,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[9, m] per-tap response v_t of active outputs to κ1 on inactive inputs (t = 3·dy+dx):
+    the active rows of W2 against κ1 with the active entries zeroed.
+
+    rows: W2[active] ([m, w, 3, 3]) when the caller has it already."""
+    m, w = active.numel(), fb.width
+    if rows is None:
+        rows = fb.w2.reshape(w, w * 9).index_select(0, active)
+    kappa_off = fb.kappa1.clone().index_fill_(0, active, 0.0)
+    return torch.matmul(kappa_off, rows.reshape(m, w, 9)).t()  # no permuted copy of rows
 
 
 def tap_validity(in_hw: tuple[int, int], stride: int, device=None, dtype=torch.float32):
@@ -72,9 +70,11 @@ def tap_validity(in_hw: tuple[int, int], stride: int, device=None, dtype=torch.f
     return valid.reshape(ho * wo, 9).to(dtype)
 
 
-def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int]):
-    """[Ho·Wo, m] additive conv2 correction for every output pixel (row-major)."""
-    taps = conv2_taps(fb, active)
+def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
+                     rows: torch.Tensor | None = None):
+    """[Ho·Wo, m] additive conv2 correction for every output pixel (row-major); rows as
+    in :func:`conv2_taps`."""
+    taps = conv2_taps(fb, active, rows)
     return tap_validity(in_hw, fb.stride, taps.device, taps.dtype) @ taps
 
 

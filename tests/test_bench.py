@@ -1,0 +1,50 @@
+"""laudtriton bench: the rows it reports (numbers from a short run, checked for shape and
+consistency, not speed: performance targets live in BENCHMARKS.md)."""
+
+import csv
+
+import pytest
+import torch
+
+from laudtriton.bench import bench, format_rows, write_csv
+
+
+@pytest.fixture(scope="module")
+def rows():
+    torch.manual_seed(0)
+    return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
+                 channel_granularity=2, reps=2, tune="off", log=lambda s: None)
+
+
+def test_bench_rows(rows):
+    blocks = [r for r in rows if r.block != "model"]
+    model = [r for r in rows if r.block == "model"]
+    assert [b.block for b in blocks] == [f"layer{s}.{i}" for s, n in
+                                         ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)]
+    assert all(b.variant in ("slice", "dense") for b in blocks)
+    assert [(r.spec.split("=")[0], r.variant) for r in model] == [
+        ("dense", "compiled"), ("fresh input every call", "compiled"),
+        ("official masked-dense reference", "reference")]
+    for r in rows:
+        assert r.dense_ms > 0 and r.sparse_ms > 0 and 0 < r.flops_ratio < 1
+        assert r.ratio == pytest.approx(r.sparse_ms / r.dense_ms)
+        assert r.efficiency == pytest.approx(r.flops_ratio / r.ratio)
+        assert (r.model, r.mode, r.batch, r.rate) == ("laud_resnet50", "channel", 1, 0.5)
+    # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
+    assert model[1].flops_ratio != model[0].flops_ratio
+
+
+def test_bench_table_and_csv(rows, tmp_path):
+    table = format_rows(rows).splitlines()
+    assert len(table) == len(rows) + 2 and "eff" in table[0]
+    path = tmp_path / "b.csv"
+    write_csv(rows, path)
+    with open(path) as f:
+        back = list(csv.DictReader(f))
+    assert [r["block"] for r in back] == [r.block for r in rows]
+    assert float(back[-1]["sparse_ms"]) == pytest.approx(rows[-1].sparse_ms)
+
+
+def test_bench_rejects_unknown_model():
+    with pytest.raises(ValueError, match="model 'resnet18' unknown"):
+        bench("resnet18", "channel", "4-4-2-1", [0.5])

@@ -221,3 +221,23 @@ def test_merge_files_rejects(tmp_path):
         merge_files([], tmp_path / "o.json")
     assert not (tmp_path / "o.json").exists()
     assert os.listdir(tmp_path / "a")  # inputs untouched
+
+
+def test_shipped_cache_matches_the_source():
+    """The timings shipped in autotune_cache/ (which BENCHMARKS.md and the default dispatch
+    come from) were taken with the variants' current source: an edit to a variant's module
+    or the ops it uses hides them (``source_hash``), so it must come with a re-sweep (the
+    commands are in BENCHMARKS.md, "Autotune sweep")."""
+    import json
+    from pathlib import Path
+
+    from laudtriton.tune.cache import source_hash
+
+    files = [p for p in (Path(__file__).parents[1] / "autotune_cache").glob("*.v*.json")
+             if not p.name.startswith("calibration")]
+    assert files, "no shipped autotune cache"
+    for path in files:
+        entries = json.loads(path.read_text())["entries"].values()
+        stale = sorted({e["variant"] for e in entries
+                        if e["source_hash"] != source_hash(e["variant"])})
+        assert not stale, f"{path.name}: timings of {stale} predate their current source"

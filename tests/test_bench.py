@@ -6,7 +6,18 @@ import csv
 import pytest
 import torch
 
-from laudtriton.bench import bench, format_rows, write_csv
+from laudtriton.bench import (
+    NO_MASKS,
+    DenseModel,
+    bench,
+    build_model,
+    format_rows,
+    nchw_dense_block,
+    write_csv,
+)
+from laudtriton.ops import fold_block
+from laudtriton.ops.dense import dense_block
+from laudtriton.testing import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +59,22 @@ def test_bench_table_and_csv(rows, tmp_path):
 def test_bench_rejects_unknown_model():
     with pytest.raises(ValueError, match="model 'resnet18' unknown"):
         bench("resnet18", "channel", "4-4-2-1", [0.5])
+
+
+def test_dense_baselines_agree():
+    """The two dense forms fastest_dense chooses from (NCHW through F.conv2d, channels_last
+    through packed oneDNN) compute the same network: each other's logits, and the LAUD
+    model's own when every mask is on."""
+    model = build_model("laud_resnet50", "spatial", "4-4-2-1")
+    x = torch.randn(2, 3, 64, 80)
+    nchw = DenseModel(model, torch.contiguous_format)(x)
+    cl = DenseModel(model, torch.channels_last)(x)
+    assert_close(cl, nchw)
+    for _, blk in model.blocks():  # maskers always on: the dense network
+        blk.masker_spatial.conv.bias.data = torch.tensor([1e4, -1e4])
+    with torch.no_grad():
+        assert_close(cl, model(x))
+    _, blk = next(iter(model.blocks()))
+    fb, h = fold_block(blk), torch.randn(1, 64, 9, 11)
+    assert_close(nchw_dense_block(fb, h),
+                 dense_block(fb, h.contiguous(memory_format=torch.channels_last), NO_MASKS))

@@ -13,10 +13,13 @@ from laudtriton.ops import BlockSpec, fold_block, get_variant
 from laudtriton.ops.channel import (
     PackedConv,
     SliceCache,
+    active_channels,
     slice_block,
     slice_cache,
     slice_cost,
+    slice_weights,
 )
+from laudtriton.ops.kappa import conv2_correction, conv3_bias
 from laudtriton.testing import assert_close, make_block
 
 CL = torch.channels_last
@@ -130,6 +133,30 @@ def test_slice_property_random_shapes():
         masks = BlockMasks(None, None, None, channel)
         out = slice_block(fold_block(blk), x.contiguous(memory_format=CL), masks)
         assert_close(out, reference_with_masks(blk, x, channel), name=f"trial {trial}")
+
+
+@pytest.mark.parametrize("stride,hw", [(1, (7, 9)), (2, (9, 6))])
+def test_sliced_weights_match_the_kappa_definitions(stride, hw):
+    """slice_weights gets the κ terms as totals minus the active part, from the sliced
+    weights: equal to ops.kappa's defining forms (which index the inactive channels)."""
+    blk = make_block(16, 12, stride=stride, mode="channel", channel_granularity=2, seed=3)
+    fb = fold_block(blk)
+    g = torch.Generator().manual_seed(1)
+    ho, wo = (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1
+    for pattern in ([1, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]):
+        active = active_channels(torch.tensor(pattern, dtype=torch.bool), fb.width)
+        sw = slice_weights(fb, active, hw)
+        m = active.numel()
+        want2 = (conv2_correction(fb, active, hw) + fb.b2[active]).view(ho, wo, m)
+        assert_close(sw.bias2[0].permute(1, 2, 0), want2)
+        assert_close(sw.b3, conv3_bias(fb, active))
+        x = torch.randn(1, 16, *hw, generator=g).contiguous(memory_format=CL)
+        assert_close(sw.conv1(x, relu=False), torch.nn.functional.conv2d(
+            x, fb.w1[active][:, :, None, None], fb.b1[active]))
+        assert sw.conv2.weight.equal(fb.w2[active][:, active])
+        assert sw.conv3.weight[:, :, 0, 0].equal(fb.w3[:, active])
+    assert slice_weights(fb, torch.arange(12), hw).bias2 is None  # all on: no correction
+    assert slice_weights(fb, torch.arange(0), hw).m == 0
 
 
 def test_slice_cache_hits_and_bound():

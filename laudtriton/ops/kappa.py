@@ -11,6 +11,8 @@ into conv3, not zero. Skipping it is exact only with a per-sample correction:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .fold import FoldedBlock
@@ -43,22 +45,26 @@ def conv3_bias(fb: FoldedBlock, active: torch.Tensor) -> torch.Tensor:
     return torch.addmv(fb.b3, fb.w3, fb.kappa2.clone().index_fill_(0, active, 0.0))
 
 
-def conv2_taps(fb: FoldedBlock, active: torch.Tensor,
-               rows: torch.Tensor | None = None) -> torch.Tensor:
-    """[9, m] per-tap response v_t of active outputs to κ1 on inactive inputs (t = 3·dy+dx):
-    the active rows of W2 against κ1 with the active entries zeroed.
-
-    rows: W2[active] ([m, w, 3, 3]) when the caller has it already."""
-    m, w = active.numel(), fb.width
-    if rows is None:
-        rows = fb.w2.reshape(w, w * 9).index_select(0, active)
-    kappa_off = fb.kappa1.clone().index_fill_(0, active, 0.0)
-    return torch.matmul(kappa_off, rows.reshape(m, w, 9)).t()  # no permuted copy of rows
+def conv2_taps(fb: FoldedBlock, active: torch.Tensor) -> torch.Tensor:
+    """[9, m] per-tap response v_t of active outputs to κ1 on inactive inputs (t = 3·dy+dx).
+    The defining form; ``ops.channel.slice_weights`` gets the same from precomputed
+    totals."""
+    keep = torch.ones(fb.width, dtype=torch.bool, device=active.device)
+    keep[active] = False
+    inactive = torch.nonzero(keep).flatten()
+    w = fb.w2[active][:, inactive]  # [m, n, 3, 3]
+    return torch.einsum("onyx,n->yxo", w, fb.kappa1[inactive]).reshape(9, active.numel())
 
 
 def tap_validity(in_hw: tuple[int, int], stride: int, device=None, dtype=torch.float32):
     """[Ho·Wo, 9]: 1 where tap t = 3·dy+dx of output (i, j) reads pixel
-    (i·s + dy − 1, j·s + dx − 1) inside the H x W image, else 0 (zero padding)."""
+    (i·s + dy − 1, j·s + dx − 1) inside the H x W image, else 0 (zero padding).
+    Cached per arguments: the same tensor is returned, do not modify it."""
+    return _tap_validity(tuple(in_hw), stride, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_validity(in_hw: tuple[int, int], stride: int, device, dtype) -> torch.Tensor:
     h, w = in_hw
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     d = torch.arange(3, device=device) - 1
@@ -70,11 +76,9 @@ def tap_validity(in_hw: tuple[int, int], stride: int, device=None, dtype=torch.f
     return valid.reshape(ho * wo, 9).to(dtype)
 
 
-def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
-                     rows: torch.Tensor | None = None):
-    """[Ho·Wo, m] additive conv2 correction for every output pixel (row-major); rows as
-    in :func:`conv2_taps`."""
-    taps = conv2_taps(fb, active, rows)
+def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int]):
+    """[Ho·Wo, m] additive conv2 correction for every output pixel (row-major)."""
+    taps = conv2_taps(fb, active)
     return tap_validity(in_hw, fb.stride, taps.device, taps.dtype) @ taps
 
 

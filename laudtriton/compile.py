@@ -44,7 +44,8 @@ from .ops.synthetic import synthetic_masks
 from .predict.calibrate import load_calibration
 from .predict.model import fit
 from .schedule import Choice, DispatchTable
-from .tune.cache import TuneCache, rate_bucket
+from .tune.cache import TuneCache
+from .tune.keys import rate_bucket
 from .tune.measure import time_variants
 
 log = logging.getLogger("laudtriton")

@@ -12,13 +12,8 @@ import pytest
 
 from laudtriton.ops import BlockSpec, all_variants
 from laudtriton.tune import cache as cache_mod
-from laudtriton.tune.cache import (
-    SCHEMA_VERSION,
-    TuneCache,
-    device_fingerprint,
-    merge_files,
-    rate_bucket,
-)
+from laudtriton.tune.cache import SCHEMA_VERSION, TuneCache, merge_files
+from laudtriton.tune.keys import device_fingerprint, rate_bucket
 
 SPEC = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
 SPEC2 = SPEC.with_(stride=2, downsample=True, out_channels=96, in_hw=(15, 15))
@@ -231,7 +226,7 @@ def test_shipped_cache_matches_the_source():
     import json
     from pathlib import Path
 
-    from laudtriton.tune.cache import source_hash
+    from laudtriton.tune.keys import source_hash
 
     files = [p for p in (Path(__file__).parents[1] / "autotune_cache").glob("*.v*.json")
              if not p.name.startswith("calibration")]

@@ -177,7 +177,8 @@ def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
     machine) fills only the buckets with no measurement."""
     from laudtriton.ops import BlockSpec
     from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache, device_fingerprint
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
 
     block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
     x = torch.randn(1, 32, 12, 12)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudtriton import gpucheck
+from laudtriton import gpucheck, kernelchecks
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
@@ -51,8 +51,9 @@ def test_subprocess_exit_code_2(tmp_path, how):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_checks_pass_under_interpreter(dtype):
     """The very checks gpucheck runs on CUDA, on CPU tensors under the interpreter."""
-    gpucheck._channel_kernel_checks("cpu", dtype)
-    gpucheck._masker_kernel_checks("cpu", dtype)
+    kernelchecks.channel_kernel_checks("cpu", dtype)
+    kernelchecks.masker_kernel_checks("cpu", dtype)
+    kernelchecks.spatial_kernel_checks("cpu", dtype)
 
 
 def test_check_records_failures():

@@ -112,7 +112,8 @@ def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path):
     from laudtriton.ops import BlockSpec
     from laudtriton.plot import predicted_curves
     from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache, device_fingerprint
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
 
     spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1)
     rows = [{"model": "m", "block": "layer1.0", "spec": spec.short(), "spec_key": spec.key(),

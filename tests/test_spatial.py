@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from laudtriton.nn.block import BlockMasks
 from laudtriton.nn.calibrate import calibrate_block
 from laudtriton.nn.maskers import expand_mask1, upsample_mask
-from laudtriton.ops import spatial
+from laudtriton.ops import rows, spatial
 from laudtriton.ops.dense import dense_block
 from laudtriton.ops.fold import fold_block
 from laudtriton.ops.registry import get_variant, variants_for
@@ -132,17 +132,23 @@ def test_property_random_shapes_and_masks(cin, planes, stride, s, h, w, b, rate,
 
 @torch.no_grad()
 def test_without_mkldnn_matches(monkeypatch):
-    """The torch.addmm path (used off CPU fp32) gives the same result."""
-    monkeypatch.setattr(spatial, "_use_mkldnn", lambda t: False)
+    """The torch.addmm path (used off CPU fp32) gives the same result: no oneDNN row GEMM
+    and no packed (bucketed) GEMM."""
+    monkeypatch.setattr(rows, "_use_mkldnn", lambda t: False)
+    monkeypatch.setattr(spatial, "_bucketed", lambda wt, a: False)
+    calls, addmm = [], torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or addmm(*a, **k))
     block = make_block(16, 8, 2, "spatial", 2, seed=7)
     x = torch.randn(2, 16, 12, 8)
     calibrate_block(block, x, 0.5)
     ref = block(x)
     masks, _ = block.compute_masks(x)
     fb = fold_block(block)
+    calls.clear()
     out = spatial.gather_block(fb, x.contiguous(memory_format=CL), masks)
     assert_close(out, ref)
     assert_close(spatial.patch_block(fb, x.contiguous(memory_format=CL), masks), ref)
+    assert calls  # the addmm path ran
 
 
 @torch.no_grad()
@@ -202,7 +208,7 @@ def test_cost(name, downsample, stride):
 
 
 def test_row_bucket_pads_at_most_an_eighth():
-    from laudtriton.ops.spatial import row_bucket
+    from laudtriton.ops.rows import row_bucket
 
     seen = set()
     for n in range(1, 5000):

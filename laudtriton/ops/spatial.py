@@ -33,40 +33,12 @@ from .channel import slice_cache
 from .fold import FoldedBlock
 from .kappa import channel_groups, conv3_bias
 from .packed import PackedConv, onednn_fusion_available
-from .registry import Cost, Variant, register
+from .registry import Variant, register
+from .rows import DENSE_CONV1_FRACTION, row_bucket, rows_linear
+from .spatial_cost import gather_cost, patch_cost
 from .spec import BlockSpec
 
 CL = torch.channels_last
-
-# conv1 runs over every pixel (one GEMM, no row gather or scatter) when mask1 covers at
-# least this fraction of the batch's pixels; its rows outside mask1 are never read.
-# The row-gathered GEMM still won at 0.90 (0.87 vs 0.91 ms, 1024->256 at 14x14, 1 thread).
-DENSE_CONV1_FRACTION = 0.95
-
-_MKLDNN_CONV = torch.ops.aten.mkldnn_convolution
-
-
-def _use_mkldnn(t: torch.Tensor) -> bool:
-    return (t.device.type == "cpu" and t.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def rows_linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """a [n, k] @ w[o, k]ᵀ + bias [o] -> [n, o].
-
-    On CPU fp32 it runs as a oneDNN 1x1 convolution over a [1, k, 1, n] channels_last
-    view: oneDNN uses AVX-512 where MKL's sgemm falls back to AVX2 on AMD CPUs (measured
-    on the 2-core EPYC: 110-120 vs 54 GMAC/s for [1568, 576] x [576, 64], 1 thread).
-    Elsewhere ``torch.addmm``.
-    """
-    n, k = a.shape
-    o = w.shape[0]
-    if n == 0 or not _use_mkldnn(a):
-        return torch.addmm(bias, a, w.t()) if bias is not None else a @ w.t()
-    a4 = a.contiguous().view(1, n, 1, k).permute(0, 3, 1, 2)
-    y = _MKLDNN_CONV(a4, w.contiguous().view(o, k, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
-    return y.permute(0, 2, 3, 1).reshape(n, o)
-
 
 def _identity_rows(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
     """[B·Ho·Wo, Cout] NHWC rows of the identity path: x, or its folded downsample run as
@@ -138,14 +110,6 @@ def _patch_conv(fb: FoldedBlock, wt: _Weights, p: int) -> PackedConv:
 # row counts are rounded up to a bucket (at most 1/8 more rows; the extra rows repeat a
 # valid one and are dropped) and one packing is cached per bucket.
 MAX_PACKED = 96  # packed row GEMMs kept per block
-
-
-def row_bucket(n: int) -> int:
-    """n rounded up to a multiple of max(16, 2^(⌊log2 n⌋ − 3)): at most 12.5% padding."""
-    if n <= 0:
-        return n
-    step = max(16, 1 << max(0, n.bit_length() - 4))
-    return -(-n // step) * step
 
 
 def _bucketed(wt: _Weights, a: torch.Tensor) -> bool:
@@ -384,62 +348,6 @@ def patch_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Te
         ValueError: as ``gather_block``, and when S does not divide Ho and Wo.
     """
     return _run(fb, x, masks, use_patch=True)
-
-
-# -- cost ------------------------------------------------------------------------------
-
-def _rates(spec: BlockSpec, rate: float) -> tuple[float, float, float]:
-    """(mask1 fraction, mask3 fraction, channel fraction) expected at ``rate``."""
-    gh, gw = spec.grid
-    active = int(round(rate * gh * gw))
-    r3 = active / (gh * gw)
-    r1 = mk.expected_mask1_fraction(spec.in_hw, spec.stride, (gh, gw), active)
-    rc = 1.0
-    if spec.channel and spec.channel_groups:
-        rc = round(rate * spec.channel_groups) / spec.channel_groups
-    return r1, r3, rc
-
-
-def _cost(spec: BlockSpec, rate: float, use_patch: bool) -> Cost:
-    """Multiply-adds executed, bytes moved by the torch ops, and torch op count.
-
-    In ``both`` mode the channel rate is taken equal to ``rate``. mask1 is estimated for
-    cells drawn uniformly at random (``masks.expected_mask1_fraction``).
-    """
-    r1, r3, rc = _rates(spec, rate)
-    b, cin, wd, cout = spec.batch, spec.in_channels, spec.width, spec.out_channels
-    h, w = spec.in_hw
-    ho, wo = spec.out_hw
-    m = wd * rc
-    n1 = b * h * w * (1.0 if r1 >= DENSE_CONV1_FRACTION and rc == 1.0 else r1)
-    n2 = b * ho * wo * r3
-    flops = n1 * cin * m + n2 * 9 * m * m + n2 * m * cout
-    if spec.downsample:
-        flops += b * ho * wo * cin * cout
-    el = 2 if spec.dtype in ("float16", "bfloat16") else 4
-    conv2_in = n2 * 9 * m if not use_patch else n2 * m * (mk.patch_size(
-        spec.granularity, spec.stride) / spec.granularity) ** 2
-    act = (b * h * w * cin + n1 * cin           # x for the identity, conv1 row gather
-           + b * (h + 2) * (w + 2) * m + n1 * m  # zeroed buffer, conv1 rows
-           + 2 * conv2_in + n2 * m              # im2col / patches written and read, conv2
-           + 2 * b * ho * wo * cout             # relu(identity) read and written
-           + 3 * n2 * cout)                     # identity rows, conv3, scatter
-    if spec.downsample:
-        act += 2 * b * ho * wo * cout
-    wts = cin * m + 9 * m * m + m * cout + (cin * cout if spec.downsample else 0)
-    groups = min(b, 2 ** spec.channel_groups) if spec.channel else 1
-    launches = 4 + int(spec.downsample) + (0 if r3 == 0 else 12 * groups)
-    return Cost(flops=float(flops), bytes=float(el * (act + wts)), launches=launches)
-
-
-def gather_cost(spec: BlockSpec, rate: float) -> Cost:
-    """Cost of ``gather`` at activation ``rate`` (see ``_cost``)."""
-    return _cost(spec, rate, use_patch=False)
-
-
-def patch_cost(spec: BlockSpec, rate: float) -> Cost:
-    """Cost of ``patch`` at activation ``rate`` (see ``_cost``)."""
-    return _cost(spec, rate, use_patch=True)
 
 
 def patch_supports(spec: BlockSpec) -> bool:

@@ -147,7 +147,7 @@ def calibrate(device: str = "cpu", quick: bool = False) -> Calibration:
     Raises:
         ValueError: if the device is not a CPU or an available CUDA device.
     """
-    from ..tune.cache import device_fingerprint
+    from ..tune.keys import device_fingerprint
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ File layout::
                            "timings": {"<config_key>": seconds, ...}, "meta": {...}}}}
 
 An entry's key holds the laudtriton/torch/triton versions, the hash of the variant's
-source (see :func:`source_hash`), the BlockSpec (with S, dtype, batch),
+source (see :func:`keys.source_hash`), the BlockSpec (with S, dtype, batch),
 the rate bucket and the variant. Entries of other versions stay in the file but are
 hidden from :meth:`TuneCache.lookup`. Writes: temp file + ``os.replace`` under a file lock.
 """
@@ -20,16 +20,11 @@ hidden from :meth:`TuneCache.lookup`. Writes: temp file + ``os.replace`` under a
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
-import inspect
 import json
 import logging
 import math
 import os
-import platform
 import re
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,109 +32,12 @@ from pathlib import Path
 
 import torch
 
-from .._version import __version__
-from ..ops.registry import get_variant
 from ..ops.spec import BlockSpec
+from .keys import current_versions, default_cache_dir, device_fingerprint, source_hash
 
 log = logging.getLogger("laudtriton")
 
 SCHEMA_VERSION = 1
-_PKG_DIR = Path(__file__).resolve().parent.parent  # laudtriton/
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
-def device_fingerprint(device: str | torch.device = "cpu") -> str:
-    """Name of the machine kind timings are valid for: "<GPU name> sm<major><minor>" for
-    CUDA, "<CPU model> <n>t" (torch threads) for CPU.
-
-    Raises:
-        ValueError: if ``device`` is not a CPU or CUDA device.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(idx)
-        return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"
-    if dev.type == "cpu":
-        return f"{_cpu_model()} {torch.get_num_threads()}t"
-    raise ValueError(f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
-
-
-def rate_bucket(rate: float, step: float = 0.1) -> float:
-    """Centre of the rate bucket nearest to ``rate`` (e.g. 0.47 -> 0.5 for step 0.1).
-
-    Raises:
-        ValueError: if ``rate`` is outside [0, 1] or ``step`` is not in (0, 1].
-    """
-    if not 0.0 < step <= 1.0:
-        raise ValueError(f"step {step!r} must be in (0, 1]")
-    if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
-        raise ValueError(f"rate {rate!r} must be a number in [0, 1]")
-    return round(min(1.0, round(rate / step) * step), 6)
-
-
-def current_versions() -> dict[str, str]:
-    """{"laudtriton", "torch", "triton"} versions ("none" when Triton is absent)."""
-    try:
-        tv = importlib.metadata.version("triton")
-    except importlib.metadata.PackageNotFoundError:
-        tv = "none"
-    return {"laudtriton": __version__, "torch": torch.__version__.split("+")[0], "triton": tv}
-
-
-def _source_files(variant) -> list[Path]:
-    """The variant's module, the ops/kernels modules it uses directly (its module's
-    globals), and for Triton variants every ``laudtriton/kernels/*.py``."""
-    mod = sys.modules.get(getattr(variant.run, "__module__", "") or "")
-    files: set[Path] = set()
-    src = inspect.getsourcefile(variant.run)
-    if src is not None:
-        files.add(Path(src).resolve())
-    for obj in vars(mod).values() if mod is not None else ():
-        dep = obj if inspect.ismodule(obj) else sys.modules.get(
-            getattr(obj, "__module__", None) or "")
-        name = getattr(dep, "__name__", "")
-        if name.startswith(("laudtriton.ops.", "laudtriton.kernels.")) and getattr(
-                dep, "__file__", None):
-            files.add(Path(dep.__file__).resolve())
-    if variant.needs_triton:
-        files.update(p.resolve() for p in (_PKG_DIR / "kernels").glob("*.py"))
-    return sorted(files)
-
-
-def source_hash(variant_name: str) -> str:
-    """sha256 (16 hex) of the source that executes the variant: its module, the
-    ``laudtriton.ops``/``laudtriton.kernels`` modules that module uses, and, for Triton
-    variants, ``laudtriton/kernels/*.py``. Editing any of them hides the old timings.
-
-    Raises:
-        ValueError: if the variant is not registered.
-    """
-    h = hashlib.sha256()
-    for f in _source_files(get_variant(variant_name)):
-        with contextlib.suppress(OSError):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """``$LAUDTRITON_CACHE_DIR``, else ``<repo>/autotune_cache`` in a source tree, else
-    ``~/.cache/laudtriton``."""
-    env = os.environ.get("LAUDTRITON_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    repo = _PKG_DIR.parent
-    if (repo / "pyproject.toml").is_file():
-        return repo / "autotune_cache"
-    return Path.home() / ".cache" / "laudtriton"
 
 
 def _slug(text: str) -> str:

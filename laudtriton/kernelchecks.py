@@ -1,0 +1,147 @@
+"""Correctness checks of the Triton kernels and the variants against their torch
+references on any device, with NaN-poisoned outputs (run by ``laudtriton gpucheck`` on a
+GPU; the kernel tests run the same kernels under the Triton interpreter). Each check
+raises on a mismatch."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def poisoned():
+    """Every float torch.empty starts as NaN (an unwritten output then fails the check)."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty = nan_empty
+    try:
+        yield
+    finally:
+        torch.empty = empty
+
+
+def _close(out, ref, dtype, name, n=None):
+    from .testing import TOLERANCE, assert_close
+
+    for b in range(out.shape[0]):
+        m = out.shape[-1] if n is None else int(n[b])
+        if m:
+            assert_close(out[b, ..., :m], ref[b, ..., :m], TOLERANCE[dtype], f"{name}[{b}]")
+
+
+def channel_kernel_checks(dev, dt):
+    from .kernels import channel_gemm as cg
+    from .ops.triton_channel import channel_lists
+
+    width = 96
+    chan = (torch.rand(3, width // 4, device=dev) < 0.5).float()
+    chan[0] = 0
+    chan[2] = 1
+    _, idx, n = channel_lists(chan, width)
+    x = torch.randn(3, 77, 53, device=dev).to(dt)
+    w1 = torch.randn(width, 53, device=dev).to(dt)
+    b1 = torch.randn(width, device=dev)
+    kw = dict(out_idx=idx, n_out=n, relu=True)
+    with poisoned():
+        y = cg.channel_gemm(x, w1, b1, **kw)
+    _close(y, cg.channel_gemm_torch(x, w1, b1, **kw), dt, "conv1", n)
+    h = torch.randn(3, 77, width, device=dev).to(dt)
+    w3 = torch.randn(200, width, device=dev).to(dt)
+    b3 = torch.randn(3, 200, device=dev)
+    res = torch.randn(3, 77, 200, device=dev).to(dt)
+    kw = dict(in_idx=idx, n_in=n, residual=res, relu=True)
+    with poisoned():
+        y = cg.channel_gemm(h, w3, b3, **kw)
+    _close(y, cg.channel_gemm_torch(h, w3, b3, **kw), dt, "conv3")
+    for stride in (1, 2):
+        hx = torch.randn(3, 9, 11, width, device=dev).to(dt)
+        w2 = torch.randn(width, width, 3, 3, device=dev).to(dt) / 10
+        taps = torch.randn(3, 9, width, device=dev)
+        kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps, stride=stride)
+        with poisoned():
+            y = cg.channel_conv3x3(hx, w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
+                                   b1, **kw)
+        _close(y, cg.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
+
+
+def masker_kernel_checks(dev, dt):
+    from .kernels import maskers as mk
+    from .testing import assert_close
+
+    x = torch.randn(2, 13, 17, 40, device=dev).to(dt)
+    w, b = torch.randn(2, 40, device=dev), torch.randn(2, device=dev)
+    for grid in ((1, 1), (3, 4), (13, 17)):
+        with poisoned():
+            _, logits = mk.spatial_masker(x, w, b, grid)
+        assert_close(logits, mk.spatial_masker_torch(x, w, b, grid)[1], 1e-4, f"grid {grid}")
+    layers = [(torch.randn(16, 40, device=dev), torch.randn(16, device=dev)),
+              (torch.randn(24, 16, device=dev), torch.randn(24, device=dev))]
+    with poisoned():
+        _, logits = mk.channel_masker_mlp(x, layers)
+    assert_close(logits, mk.channel_masker_mlp_torch(x, layers)[1], 1e-4, "mlp")
+
+
+def spatial_kernel_checks(dev, dt):
+    """H3a's spatial family: indices -> gather_conv1x1 -> conv3x3 -> conv1x1_residual."""
+    from .kernels import conv1x1_residual as cr
+    from .kernels import conv3x3 as c3
+    from .kernels import gather_conv as gc
+    from .kernels import indices
+    from .nn.maskers import expand_mask1, upsample_mask
+    from .testing import TOLERANCE, assert_close
+
+    bsz, h, wd, cin, width, cout = 2, 11, 9, 48, 32, 80
+    grid = (torch.rand(bsz, 1, 5, 4, device=dev) < 0.5).float()
+    for stride in (1, 2):
+        ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+        m3 = upsample_mask(grid, (ho, wo))
+        m1 = expand_mask1(m3, stride, (h, wd))
+        ri, rc = indices.active_rows(m1)
+        pi, pc = indices.active_pixels(m3)
+        x = torch.randn(bsz, h, wd, cin, device=dev).to(dt)
+        w1, b1 = torch.randn(width, cin, device=dev).to(dt) / 5, torch.randn(width, device=dev)
+        buf = gc.gather_conv1x1(x, ri, rc, w1, b1)
+        assert_close(buf, gc.gather_conv1x1_torch(x, ri, rc, w1, b1), TOLERANCE[dt], "gather")
+        w2 = torch.randn(width, width, 3, 3, device=dev).to(dt) / 10
+        with poisoned():
+            rows = c3.conv3x3(buf, pi, pc, c3.hwio(w2), b1, stride)
+        k = int(pc)
+        ref = c3.conv3x3_torch(buf, pi, pc, c3.hwio(w2), b1, stride)
+        assert_close(rows[:k], ref[:k], TOLERANCE[dt], f"conv3x3 s{stride}")
+        w3, b3 = torch.randn(cout, width, device=dev).to(dt) / 5, torch.randn(cout, device=dev)
+        ident = torch.randn(bsz, ho, wo, cout, device=dev).to(dt)
+        out = cr.conv1x1_residual(rows, pi, pc, w3, b3, ident)
+        ref = cr.conv1x1_residual_torch(rows, pi, pc, w3, b3, ident)
+        assert_close(out, ref, TOLERANCE[dt], f"residual s{stride}")
+
+
+def variant_check(variant, mode, dev, dt):
+    from .ops import fold_block
+    from .ops.dense import dense_block
+    from .ops.spec import BlockSpec
+    from .ops.synthetic import synthetic_masks
+    from .testing import TOLERANCE, assert_close, make_block
+
+    for stride, cin in ((1, 64), (2, 48)):
+        block = make_block(cin, 16, stride, mode=mode, granularity=2, channel_granularity=4)
+        x = torch.randn(3, cin, 13, 11)
+        spec = BlockSpec.from_block(block, x.shape, dt)
+        if not variant.supports(spec):
+            continue
+        for rate in (0.0, 0.5, 1.0):
+            masks = synthetic_masks(spec, rate, seed=1, device=dev)
+            ref = dense_block(fold_block(block, torch.float64), x.double(),
+                              synthetic_masks(spec, rate, seed=1))
+            fb = fold_block(block, dt, dev)
+            xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
+            for cfg in variant.configs(spec)[:1]:
+                with poisoned():
+                    out = variant.run(fb, xd, masks, cfg)
+                assert_close(out.float().cpu(), ref, TOLERANCE[dt],
+                             f"s{stride} rate {rate} {cfg}")

@@ -1,8 +1,9 @@
 """Calibration of the machine at hand: GEMM peak, copy bandwidth, per-op dispatch cost.
 
 ``calibrate(device)`` measures, in well under 30 s:
-  - GEMM peak: the best multiply-adds/s of square ``torch.mm`` (fp32 on CPU; fp32, fp16 and
-    bf16 on CUDA) over a few sizes;
+  - GEMM peak: the best multiply-adds/s of square products over a few sizes, through the
+    engine's GEMM (``ops.rows.rows_linear``: oneDNN for CPU fp32, ``torch.mm`` on CUDA in
+    fp32, fp16 and bf16);
   - copy bandwidth: bytes read + written per second by ``dst.copy_(src)`` on 64 MiB;
   - dispatch overhead: seconds per tiny torch op (a loop of in-place adds on 1 element;
     on CUDA that is the kernel launch cost).
@@ -117,12 +118,17 @@ def _best(fn, dev: torch.device, budget_s: float, inner: int = 1, max_reps: int 
 
 def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024),
               budget_s: float = 6.0) -> float:
-    """Best multiply-adds/s of n x n x n ``torch.mm`` over ``sizes`` (random operands)."""
+    """Best multiply-adds/s of n x n x n products over ``sizes`` (random operands), run
+    the way the engine runs its GEMMs: ``ops.rows.rows_linear`` (oneDNN on CPU fp32;
+    ``torch.mm`` takes MKL's AVX2 path on AMD CPUs there, at about half the rate:
+    112.6 vs 222 GMAC/s on the 2-core EPYC), ``torch.mm`` elsewhere."""
+    from ..ops.rows import rows_linear
+
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=dev).to(dtype)
         b = torch.randn(n, n, device=dev).to(dtype)
-        t = _best(lambda a=a, b=b: torch.mm(a, b), dev, budget_s / len(sizes))
+        t = _best(lambda a=a, b=b: rows_linear(a, b, None), dev, budget_s / len(sizes))
         best = max(best, n ** 3 / t)
     return best
 

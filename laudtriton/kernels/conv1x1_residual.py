@@ -26,6 +26,7 @@ from .gather_conv import (
     check_tensor,
     interpreter_upcast,
 )
+from .tiles import rows_dot, tile_offsets
 
 __all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv1x1_residual",
            "conv1x1_residual_torch"]
@@ -49,29 +50,14 @@ def _conv1x1_residual_kernel(
     UPCAST: tl.constexpr,  # upcast dot operands to fp32 (bf16 under the interpreter)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     n_rows = tl.load(count_ptr)
-    if pid_m * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
+    if tl.program_id(0) * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < n_rows
-    n_mask = offs_n < N
+    offs_m, offs_n, offs_k, m_mask, n_mask = tile_offsets(n_rows, N, BLOCK_M, BLOCK_N,
+                                                          BLOCK_K)
     rows = offs_m.to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        k_mask = k < K
-        a = tl.load(a_ptr + rows[:, None] * K + k[None, :],
-                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * K + k[:, None],
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+    acc = rows_dot(a_ptr, rows, m_mask, w_ptr, offs_n, n_mask, offs_k, K, UPCAST, BLOCK_M,
+                   BLOCK_N, BLOCK_K)
     q = tl.load(idx_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
     mn_mask = m_mask[:, None] & n_mask[None, :]
     off = q[:, None] * N + offs_n[None, :]

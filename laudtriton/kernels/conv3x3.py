@@ -26,6 +26,7 @@ from .gather_conv import (
     check_tensor,
     interpreter_upcast,
 )
+from .tiles import tile_offsets
 
 __all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv3x3", "conv3x3_torch",
            "hwio"]
@@ -53,16 +54,11 @@ def _conv3x3_kernel(
     UPCAST: tl.constexpr,  # upcast dot operands to fp32 (bf16 under the interpreter)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     n_rows = tl.load(count_ptr)
-    if pid_m * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
+    if tl.program_id(0) * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < n_rows
-    n_mask = offs_n < N
+    offs_m, offs_n, offs_k, m_mask, n_mask = tile_offsets(n_rows, N, BLOCK_M, BLOCK_N,
+                                                          BLOCK_K)
     q = tl.load(idx_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
     hw = Ho * Wo
     bi = q // hw

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
+from .tiles import rows_dot, tile_offsets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -126,29 +127,14 @@ def _gather_conv1x1_kernel(
     UPCAST: tl.constexpr,  # upcast dot operands to fp32 (bf16 under the interpreter)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     n_rows = tl.load(count_ptr)
-    if pid_m * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
+    if tl.program_id(0) * BLOCK_M >= n_rows:  # tiles past the count exit at once (masked variant)
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < n_rows
-    n_mask = offs_n < N
+    offs_m, offs_n, offs_k, m_mask, n_mask = tile_offsets(n_rows, N, BLOCK_M, BLOCK_N,
+                                                          BLOCK_K)
     p = tl.load(idx_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        k_mask = k < K
-        a = tl.load(x_ptr + p[:, None] * K + k[None, :],
-                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * K + k[:, None],
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+    acc = rows_dot(x_ptr, p, m_mask, w_ptr, offs_n, n_mask, offs_k, K, UPCAST, BLOCK_M,
+                   BLOCK_N, BLOCK_K)
     bias = tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     acc = tl.maximum(acc + bias[None, :], 0.0)
     hw = H * W

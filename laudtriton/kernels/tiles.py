@@ -1,0 +1,45 @@
+"""Tile offsets and the K loop over listed rows, shared by the spatial GEMM kernels.
+
+The kernels (gather_conv, conv3x3, conv1x1_residual) still read the count and return
+early themselves: a helper cannot end its caller's program. No ``aot_specs()`` here: the
+helpers are compiled inside each kernel that calls them.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tile_offsets(n_rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """(offs_m, offs_n, offs_k, m_mask, n_mask) of this program's tile: rows
+    program_id(0)·BLOCK_M.. of the first n_rows, output channels program_id(1)·BLOCK_N..
+    of N, and the K offsets of one reduction block."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    return offs_m, offs_n, offs_k, offs_m < n_rows, offs_n < N
+
+
+@triton.jit
+def rows_dot(a_ptr, rows, m_mask, w_ptr, offs_n, n_mask, offs_k, K,
+             UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """fp32 [BLOCK_M, BLOCK_N] = a[rows] @ w[offs_n].T over all K, for a [*, K] row-major
+    input read at the int64 row indices ``rows`` (contiguous or gathered) and a [N, K]
+    weight. UPCAST: dot operands to fp32 (bf16 under the interpreter)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_mask = k < K
+        a = tl.load(a_ptr + rows[:, None] * K + k[None, :],
+                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * K + k[:, None],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    return acc

@@ -14,6 +14,7 @@ from laudtriton.ops.channel import (
     PackedConv,
     SliceCache,
     active_channels,
+    channel_bucket,
     slice_block,
     slice_cache,
     slice_cost,
@@ -147,16 +148,32 @@ def test_sliced_weights_match_the_kappa_definitions(stride, hw):
         active = active_channels(torch.tensor(pattern, dtype=torch.bool), fb.width)
         sw = slice_weights(fb, active, hw)
         m = active.numel()
+        mb = channel_bucket(m, fb.width)  # channels past m: zero weights, bias, correction
+        assert sw.m == m and sw.conv1.weight.shape[0] == mb and mb in (8, 12)
         want2 = (conv2_correction(fb, active, hw) + fb.b2[active]).view(ho, wo, m)
-        assert_close(sw.bias2[0].permute(1, 2, 0), want2)
+        assert_close(sw.bias2[0, :m].permute(1, 2, 0), want2)
         assert_close(sw.b3, conv3_bias(fb, active))
         x = torch.randn(1, 16, *hw, generator=g).contiguous(memory_format=CL)
-        assert_close(sw.conv1(x, relu=False), torch.nn.functional.conv2d(
+        h1 = sw.conv1(x, relu=False)
+        assert_close(h1[:, :m], torch.nn.functional.conv2d(
             x, fb.w1[active][:, :, None, None], fb.b1[active]))
-        assert sw.conv2.weight.equal(fb.w2[active][:, active])
-        assert sw.conv3.weight[:, :, 0, 0].equal(fb.w3[:, active])
+        w2 = torch.zeros(mb, mb, 3, 3)
+        w2[:m, :m] = fb.w2[active][:, active]
+        w3 = torch.zeros(fb.out_channels, mb)
+        w3[:, :m] = fb.w3[:, active]
+        assert sw.conv2.weight.equal(w2) and sw.conv3.weight[:, :, 0, 0].equal(w3)
+        assert not h1[:, m:].any() and not sw.bias2[0, m:].any()
     assert slice_weights(fb, torch.arange(12), hw).bias2 is None  # all on: no correction
     assert slice_weights(fb, torch.arange(0), hw).m == 0
+
+
+def test_channel_bucket():
+    for width in (12, 64, 512):
+        for m in range(1, width + 1):
+            b = channel_bucket(m, width)
+            assert m <= b <= width and (b == width or b % 8 == 0)
+            assert b - m <= max(7, m // 8)
+    assert channel_bucket(122, 256) == 128 and channel_bucket(250, 512) == 256
 
 
 def test_slice_cache_hits_and_bound():

@@ -236,3 +236,20 @@ def test_shipped_cache_matches_the_source():
         stale = sorted({e["variant"] for e in entries
                         if e["source_hash"] != source_hash(e["variant"])})
         assert not stale, f"{path.name}: timings of {stale} predate their current source"
+
+
+def test_code_text_ignores_comments_and_docstrings(tmp_path):
+    """Editing a comment or a docstring keeps a variant's timings; editing code does not."""
+    from laudtriton.tune.keys import code_text
+
+    base = 'def f(x):\n    """Doc."""\n    y = x + 1  # one\n    return "#" + y\n'
+    same = ('"""Module doc,\ntwo lines."""\n\n# a comment\ndef f(x):   \n    """Other doc\n'
+            '    over lines."""\n    y = x + 1  # changed\n\n    return "#" + y\n')
+    other = base.replace("x + 1", "x + 2")
+    texts = []
+    for i, src in enumerate((base, same, other, "def (:\n")):
+        (tmp_path / f"m{i}.py").write_text(src)
+        texts.append(code_text(tmp_path / f"m{i}.py"))
+    assert texts[0] == texts[1] == b'def f(x):\n    y = x + 1\n    return "#" + y'
+    assert texts[2] != texts[0]
+    assert texts[3] == b"def (:\n"  # does not parse: the raw text

@@ -157,9 +157,10 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
     as ``totals`` (:class:`KappaTotals`, computed when not given) minus the active
     channels' part, from the sliced weights; the convolutions pack lazily (on their
     second call, ``PackedConv.make(lazy=True)``); the dense pattern packs at once.
-    LAUD-ResNet-50, channel mode, rate 0.5, batch 1, every pattern new (2-core x86):
-    35.2 ms per forward with advanced indexing, κ terms from inactive columns and eager
-    packing; 22.5 ms this way (dense: 20.4 ms; every pattern cached: 13.5 ms).
+    LAUD-ResNet-50, channel mode, rate 0.5, batch 1, one input with its caches emptied
+    before each call (2-core x86): 35.2 ms per forward with advanced indexing, κ terms
+    from inactive columns and eager packing; 23.5 ms this way, channel buckets included
+    (dense: 20.5 ms; every pattern cached: 13.2-13.6 ms).
     """
     m, w = active.numel(), fb.width
     if m == 0:

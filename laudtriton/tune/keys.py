@@ -3,13 +3,16 @@ the hash of the variant's source, the rate bucket; and where the cache lives."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib.metadata
 import inspect
+import io
 import os
 import platform
 import sys
+import tokenize
 from pathlib import Path
 
 import torch
@@ -90,7 +93,8 @@ def _source_files(variant) -> list[Path]:
 def source_hash(variant_name: str) -> str:
     """sha256 (16 hex) of the source that executes the variant: its module, the
     ``laudtriton.ops``/``laudtriton.kernels`` modules that module uses, and, for Triton
-    variants, ``laudtriton/kernels/*.py``. Editing any of them hides the old timings.
+    variants, ``laudtriton/kernels/*.py`` (their :func:`code_text`). Editing the code of
+    any of them hides the old timings; editing comments and docstrings does not.
 
     Raises:
         ValueError: if the variant is not registered.
@@ -99,8 +103,31 @@ def source_hash(variant_name: str) -> str:
     for f in _source_files(get_variant(variant_name)):
         with contextlib.suppress(OSError):
             h.update(f.name.encode())
-            h.update(f.read_bytes())
+            h.update(code_text(f))
     return h.hexdigest()[:16]
+
+
+def code_text(path: Path) -> bytes:
+    """The code of a Python file without its comments, docstrings, blank lines and
+    trailing spaces, so that editing those keeps the timings measured with it (the raw
+    bytes when the file does not parse)."""
+    src = path.read_text()
+    try:
+        tree = ast.parse(src)
+        comments = {t.start[0]: t.start[1] for t in tokenize.generate_tokens(
+            io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+    except (SyntaxError, tokenize.TokenError):
+        return src.encode()
+    docstrings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
+    lines = (line[:comments.get(i, len(line))].rstrip()
+             for i, line in enumerate(src.splitlines(), 1) if i not in docstrings)
+    return "\n".join(line for line in lines if line).encode()
 
 
 def default_cache_dir() -> Path:

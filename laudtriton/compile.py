@@ -41,8 +41,7 @@ from .ops.fold import FoldedBlock, bn_scale_shift
 from .ops.masks import block_masks
 from .ops.packed import PackedConv
 from .ops.synthetic import synthetic_masks
-from .predict.calibrate import load_calibration
-from .predict.model import fit
+from .predict.calibrate import fitted_predictor
 from .schedule import Choice, DispatchTable
 from .tune.cache import TuneCache
 from .tune.keys import rate_bucket
@@ -262,19 +261,6 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
-def _predictor(cache, backend: str):
-    """(hardware, fitted factors) for predicted dispatch entries, or None when this machine
-    is not calibrated or the cache holds no timings to fit on."""
-    if cache is None:
-        return None
-    cal = load_calibration(cache.path.parent, backend)
-    entries = cache.entries()
-    if cal is None or not entries:
-        return None
-    hw = cal.to_hardware()
-    return hw, fit(entries, hw)
-
-
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
     actual = float(_dispatch_rate(spec, masks))
@@ -370,7 +356,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
-    predictor = _predictor(cache, backend) if tune == "cached" else None
+    predictor = fitted_predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     for name, block, xin in _block_inputs(ref, x):

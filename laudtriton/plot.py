@@ -239,16 +239,14 @@ def predicted_curves(rows: Rows, cache_dir=None, device: str = "cpu") -> Predict
     of each block spec at each rate of ``rows``, with efficiency factors fitted on this
     device's cached timings. None when the device has no calibration (``laudtriton
     calibrate``) or the cache holds no timings."""
-    from .predict.calibrate import load_calibration
-    from .predict.model import fit, predict_block
+    from .predict.calibrate import fitted_predictor
+    from .predict.model import predict_block
     from .tune.cache import TuneCache
 
-    cal = load_calibration(cache_dir, device)
-    entries = TuneCache(cache_dir, device=device).entries()
-    if cal is None or not entries:
+    fitted = fitted_predictor(TuneCache(cache_dir, device=device), device)
+    if fitted is None:
         return None
-    hw = cal.to_hardware()
-    factors = fit(entries, hw)
+    hw, factors = fitted
     todo: dict[str, tuple[BlockSpec, set, set]] = {}
     for r in rows:
         spec = _spec_of(r)

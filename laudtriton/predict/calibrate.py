@@ -81,6 +81,21 @@ def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
         return None
 
 
+def fitted_predictor(cache, device: str = "cpu"):
+    """(HardwareSpec, efficiency factors) of ``device`` for the latency predictor: its
+    stored calibration, with factors fitted on the current timings of ``cache`` (a
+    ``tune.cache.TuneCache``, whose directory holds the calibration). None when the
+    device is not calibrated or the cache holds no timings."""
+    from .model import fit
+
+    cal = load_calibration(cache.dir, device)
+    entries = cache.entries()
+    if cal is None or not entries:
+        return None
+    hw = cal.to_hardware()
+    return hw, fit(entries, hw)
+
+
 def save_calibration(cal: Calibration, cache_dir=None, device: str = "cpu") -> Path:
     """Write ``cal`` atomically (temp file + os.replace); returns the path."""
     path = calibration_path(cache_dir, device)

@@ -258,10 +258,11 @@ def _residual_out(sw: SlicedWeights, x: torch.Tensor, identity: torch.Tensor) ->
     return sw.conv3(h, relu=True, add=identity)
 
 
-def _residual_into(sw: SlicedWeights, x: torch.Tensor,
+def residual_into(sw: SlicedWeights, x: torch.Tensor,
                    out: torch.Tensor | None = None) -> torch.Tensor:
     """out = relu(residual(x) + out) in place: ``_residual_out`` with an identity that may
-    be overwritten (the downsample's output, or x itself, the default)."""
+    be overwritten (the downsample's output, or x itself, the default). The ``compact``
+    layer variant runs its active samples through it with the dense weights."""
     out = x if out is None else out
     if sw.m == 0:
         return out.add_(sw.b3[:, None, None]).relu_()
@@ -299,11 +300,11 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     if ds is not None or inplace:
         out = identity
         if len(groups) == 1:
-            return _residual_into(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x, out)
+            return residual_into(cache.get(fb, groups[0][1], in_hw, groups[0][2]), x, out)
         for samples, pattern, key in groups:  # each group reads its own samples only
             idx = torch.tensor(samples, device=x.device)
             xs = take(x, idx)
-            res = _residual_into(cache.get(fb, pattern, in_hw, key), xs,
+            res = residual_into(cache.get(fb, pattern, in_hw, key), xs,
                                  xs if out is x else take(out, idx))
             put(out, idx, res)
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..nn.block import BlockMasks
-from .channel import SlicedWeights, put, slice_cache, take
+from .channel import SlicedWeights, put, residual_into, slice_cache, take
 from .fold import FoldedBlock
 from .packed import PackedConv
 from .registry import Cost, Variant, register
@@ -80,13 +80,6 @@ def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
 GATHER_MAX_PIXELS = 28 * 28
 
 
-def _residual_into(sw: SlicedWeights, x: torch.Tensor,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """out = relu(residual(x) + out) in place; out defaults to x (no downsample)."""
-    h = sw.conv2(sw.conv1(x, relu=True), relu=True)
-    return sw.conv3.add_into_(x if out is None else out, h, relu=True)
-
-
 def _gate_runs(idx: torch.Tensor, b: int) -> list[tuple[int, int, bool]]:
     on = [False] * b
     for i in idx.tolist():
@@ -106,11 +99,11 @@ def _residuals_into(sw: SlicedWeights, x: torch.Tensor, out: torch.Tensor,
         xs = xs_out = take(x, idx)
         if out is not x:
             xs_out = take(out, idx)
-        put(out, idx, _residual_into(sw, xs, xs_out))
+        put(out, idx, residual_into(sw, xs, xs_out))
         return
     for a, e, active in runs:
         if active:
-            _residual_into(sw, x[a:e], out[a:e])
+            residual_into(sw, x[a:e], out[a:e])
 
 
 @torch.no_grad()
@@ -138,7 +131,7 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
         return x if inplace and ds is None else _skip(ds, x)
     sw = dense_weights(fb, in_hw)
     if n == b:
-        return _residual_into(sw, x) if inplace and ds is None else _block(sw, ds, x)
+        return residual_into(sw, x) if inplace and ds is None else _block(sw, ds, x)
     runs = _gate_runs(idx, b)
     if ds is not None:
         out = ds(x, relu=False)

@@ -271,7 +271,7 @@ def block_masks(block, x: torch.Tensor):
     mc = block.masker_channel
     if isinstance(mc, MaskerChannelMLP):
         v = x.mean(dim=(2, 3))
-        layers = [mc.conv] if isinstance(mc.conv, torch.nn.Linear) else [mc.conv[0], mc.conv[2]]
+        layers = mc.linears()
         for i, lin in enumerate(layers):
             v = torch.addmm(lin.bias, v, lin.weight.t())
             if i + 1 < len(layers):

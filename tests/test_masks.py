@@ -103,6 +103,27 @@ def test_spatial_masks_from_grid_equal_the_reference_expansion(hw, stride, grid)
         assert torch.equal(mask1, expand_mask1(ref3, stride, hw))
 
 
+@pytest.mark.parametrize("shape,grid", [
+    ((2, 24, 56, 56), (14, 14)), ((1, 40, 28, 28), (7, 7)), ((3, 16, 14, 14), (7, 7)),
+    ((2, 8, 12, 18), (3, 6)), ((2, 8, 13, 17), (5, 4)), ((2, 8, 7, 9), (7, 9)),
+    ((2, 24, 56, 56), (1, 1)), ((3, 16, 13, 11), (1, 1)),
+])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_grid_pool_equals_adaptive_pooling(shape, grid, channels_last):
+    """grid_pool is adaptive_avg_pool2d: bit-identical for grids larger than 1x1 (dividing
+    the map or not), within float rounding for 1x1 (adaptive pooling takes mean() there)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = mk.grid_pool(x, grid)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, grid)
+    assert got.shape == ref.shape
+    if grid == (1, 1):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(got, ref)
+
+
 @pytest.mark.parametrize("mode,granularity,stride,channel_granularity,kwargs", [
     ("spatial", 2, 1, 1, {}), ("spatial", 3, 2, 1, {}), ("spatial", 1, 1, 1, {}),
     ("layer", 1, 2, 1, {}), ("channel", 1, 1, 4, {}),

@@ -249,13 +249,16 @@ def put(out: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
             a = i
 
 
+def hidden(sw: SlicedWeights, x: torch.Tensor) -> torch.Tensor:
+    """relu(conv2(relu(conv1(x)))) on the active channels: the input of conv3 (sw.m > 0)."""
+    return sw.conv2(sw.conv1(x, relu=True), relu=True, add=sw.bias2)
+
+
 def _residual_out(sw: SlicedWeights, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """relu(conv3(conv2(conv1(x))) + identity) on the active channels (see SlicedWeights)."""
     if sw.m == 0:
         return torch.relu(identity + sw.b3[:, None, None]).contiguous(memory_format=CL)
-    h = sw.conv1(x, relu=True)
-    h = sw.conv2(h, relu=True, add=sw.bias2)
-    return sw.conv3(h, relu=True, add=identity)
+    return sw.conv3(hidden(sw, x), relu=True, add=identity)
 
 
 def residual_into(sw: SlicedWeights, x: torch.Tensor,
@@ -266,9 +269,7 @@ def residual_into(sw: SlicedWeights, x: torch.Tensor,
     out = x if out is None else out
     if sw.m == 0:
         return out.add_(sw.b3[:, None, None]).relu_()
-    h = sw.conv1(x, relu=True)
-    h = sw.conv2(h, relu=True, add=sw.bias2)
-    return sw.conv3.add_into_(out, h, relu=True)
+    return sw.conv3.add_into_(out, hidden(sw, x), relu=True)
 
 
 @torch.no_grad()

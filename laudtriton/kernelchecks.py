@@ -36,6 +36,7 @@ def _close(out, ref, dtype, name, n=None):
 
 
 def channel_kernel_checks(dev, dt):
+    from .kernels import channel_conv3x3 as cc
     from .kernels import channel_gemm as cg
     from .ops.triton_channel import channel_lists
 
@@ -65,9 +66,9 @@ def channel_kernel_checks(dev, dt):
         taps = torch.randn(3, 9, width, device=dev)
         kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps, stride=stride)
         with poisoned():
-            y = cg.channel_conv3x3(hx, w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
+            y = cc.channel_conv3x3(hx, w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
                                    b1, **kw)
-        _close(y, cg.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
+        _close(y, cc.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
 
 
 def masker_kernel_checks(dev, dt):

@@ -67,6 +67,7 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     Raises:
         ValueError: if ``masks.channel`` is None or its groups do not divide the width.
     """
+    from ..kernels import channel_conv3x3 as cc
     from ..kernels import channel_gemm as cg
 
     if masks.channel is None:
@@ -84,7 +85,7 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     b3, taps = kappa_terms(fb, active)
     h1 = cg.channel_gemm(xr.reshape(b, h * wd, cin), fb.w1, fb.b1.float(), out_idx=idx,
                          n_out=n, relu=True, config=cfg, validate=False)
-    h2 = cg.channel_conv3x3(h1.view(b, h, wd, w), _w2_tap_major(fb), fb.b2.float(),
+    h2 = cc.channel_conv3x3(h1.view(b, h, wd, w), _w2_tap_major(fb), fb.b2.float(),
                             in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps,
                             stride=fb.stride, relu=True, config=cfg, validate=False)
     ho, wo = h2.shape[1:3]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from laudtriton.kernels import channel_conv3x3 as cc
 from laudtriton.kernels import channel_gemm as cg
 from laudtriton.testing import assert_close
 
@@ -106,7 +107,7 @@ def test_bad_inputs(case, match):
     if case == "stride":
         xc = torch.randn(2, 4, 4, 24)
         with pytest.raises(ValueError, match=match):
-            cg.channel_conv3x3(xc, torch.randn(24, 24, 3, 3), bias, in_idx=idx, n_in=n,
+            cc.channel_conv3x3(xc, torch.randn(24, 24, 3, 3), bias, in_idx=idx, n_in=n,
                                out_idx=idx, n_out=n, stride=3)
         return
     with pytest.raises(ValueError, match=match):
@@ -114,7 +115,7 @@ def test_bad_inputs(case, match):
 
 
 def test_aot_specs_cover_every_config():
-    specs = cg.aot_specs()
+    specs = cg.aot_specs() + cc.aot_specs()
     names = {s.name for s in specs}
     assert len(names) == len(specs)
     assert sum(s.default for s in specs) == 9  # (conv1, conv3, 3x3) x 3 dtypes

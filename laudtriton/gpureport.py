@@ -1,0 +1,96 @@
+"""What ``laudtriton gpucheck`` writes and prints from its timing rows: timings.csv, the
+latency-vs-rate plot per model (block sums) and the summary table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .gpucheck import Run
+
+RATES = (0.25, 0.5, 0.75)
+FIELDS = ("mode", "spec", "spec_key", "batch", "rate", "models", "variant", "dtype", "config",
+          "seconds", "ratio")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def model_curves(rows: list[dict], model: str) -> dict:
+    """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
+    ``model`` (each distinct block x its count); a variant that does not run a block
+    counts dense there; "best" takes the fastest finite timing per block."""
+    per: dict = {}
+    for r in rows:
+        if r["variant"] == "compiled" or not r["models"]:
+            continue
+        count = len(json.loads(r["models"]).get(model, []))
+        if not count or not math.isfinite(r["seconds"]):
+            continue
+        key = (r["mode"], r["batch"], r["rate"], r["spec_key"])
+        d = per.setdefault(key, {"count": count, "t": {}})
+        name = "dense" if r["variant"] == "dense" else r["variant"]
+        d["t"][name] = min(d["t"].get(name, math.inf), r["seconds"])
+    out: dict = {}
+    names = {n for d in per.values() for n in d["t"]}
+    for (mode, batch, rate, _), d in per.items():
+        lines = out.setdefault((mode, batch), {})
+        dense = d["t"].get("dense", math.inf)
+        for n in names | {"best"}:
+            t = min(d["t"].values()) if n == "best" else d["t"].get(n, dense)
+            lines.setdefault(n, {}).setdefault(rate, 0.0)
+            lines[n][rate] += d["count"] * t
+    return out
+
+
+def plot(rows: list[dict], model: str, path: Path) -> bool:
+    from matplotlib.figure import Figure
+
+    curves = model_curves(rows, model)
+    if not curves:
+        return False
+    keys = sorted(curves)
+    fig = Figure(figsize=(4.2 * len(keys), 3.6))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for n, pts in sorted(curves[key].items()):
+            rs = sorted(pts)
+            style = {"dense": dict(color="black", lw=2), "best": dict(color="tab:red", lw=2,
+                                                                      ls="--")}.get(n, {})
+            ax.plot(rs, [pts[x] * 1e3 for x in rs], marker="o", ms=3, label=n, **style)
+        ax.set_title(f"{model} {key[0]} b{key[1]}", fontsize=9)
+        ax.set_xlabel("activation rate")
+        ax.set_ylabel("block sum (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def table(r: Run, models: list[str]) -> str:
+    lines = [f"{'model':<15} {'mode':<8} {'batch':>5} {'dense ms':>9} "
+             + " ".join(f"{'best@' + str(x):>9}" for x in RATES) + f" {'whole@0.5':>10}"]
+    for model in models:
+        for (mode, batch), c in sorted(model_curves(r.rows, model).items()):
+            dense = c.get("dense", {})
+            d = next(iter(dense.values()), math.nan)
+            best = [c["best"].get(x, math.nan) / dense.get(x, math.nan) for x in RATES]
+            whole = [row["ratio"] for row in r.rows if row["variant"] == "compiled"
+                     and row["mode"] == mode and row["batch"] == batch]
+            w = f"{whole[0]:.2f}x" if whole and model == "laud_resnet101" else "-"
+            lines.append(f"{model:<15} {mode:<8} {batch:>5} {d * 1e3:>9.2f} "
+                         + " ".join(f"{b:>8.2f}x" for b in best) + f" {w:>10}")
+    ok = sum(c["ok"] for c in r.checks)
+    lines.append(f"checks: {ok}/{len(r.checks)} passed"
+                 + "".join(f"\n  FAIL {c['check']}: {c['error']}" for c in r.checks
+                           if not c["ok"]))
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""laudtriton.gpureport: gpucheck's CSV, plot and table from timing rows (no GPU needed)."""
+
+import csv
+import json
+import math
+
+from laudtriton import gpucheck, gpureport
+
+
+def _rows():
+    members = json.dumps({"laud_resnet50": ["layer1.0"], "laud_resnet101": ["a", "b"]})
+    rows = []
+    for rate in gpureport.RATES:
+        for v, t in (("dense", 2.0), ("gather", 3.0 * rate), ("patch", math.inf)):
+            rows.append({"mode": "spatial", "spec": "s", "spec_key": "k", "batch": 1,
+                         "rate": rate, "models": members, "variant": v, "dtype": "float16",
+                         "config": "{}", "seconds": t, "ratio": t / 2.0})
+    return rows
+
+
+def test_model_curves_weight_blocks_by_count():
+    c50 = gpureport.model_curves(_rows(), "laud_resnet50")[("spatial", 1)]
+    c101 = gpureport.model_curves(_rows(), "laud_resnet101")[("spatial", 1)]
+    assert c50["dense"][0.5] == 2.0 and c101["dense"][0.5] == 4.0
+    assert c50["gather"][0.25] == 0.75 and c50["best"][0.75] == 2.0  # dense wins at 0.75
+    assert "patch" not in c50  # never finite
+
+
+def test_outputs_csv_png_table(tmp_path):
+    rows = _rows()
+    gpureport.write_csv(rows, tmp_path / "t.csv")
+    with open(tmp_path / "t.csv") as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == len(rows) and back[0]["variant"] == "dense"
+    assert gpureport.plot(rows, "laud_resnet50", tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r.rows = rows
+    text = gpureport.table(r, ["laud_resnet50"])
+    assert "spatial" in text and "0.38x" in text  # gather at 0.25: 0.75 / 2.0

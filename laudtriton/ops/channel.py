@@ -218,6 +218,16 @@ def slice_cache(fb: FoldedBlock) -> SliceCache:
     return c
 
 
+_DENSE = torch.ones(1, dtype=torch.bool)  # one channel group, on: the dense block
+
+
+def dense_weights(fb: FoldedBlock, in_hw: tuple[int, int]) -> SlicedWeights:
+    """The folded dense block, weights packed for inputs of ``in_hw`` (cached on ``fb`` in
+    its SliceCache, like every channel pattern of the ``slice`` variant); the ``compact``
+    layer variant and the packed ``dense`` path run it."""
+    return slice_cache(fb).get(fb, _DENSE, in_hw)
+
+
 def _groups(channel: torch.Tensor) -> list[tuple[list[int], torch.Tensor, bytes]]:
     """[B, G] 0/1 -> [(samples, pattern [G] bool CPU, pattern bytes)], one per distinct
     pattern, in order of first appearance (one host sync for the whole batch)."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..nn.block import BlockMasks
 from ..nn.maskers import expand_channel_mask
+from .channel import dense_weights, hidden, slice_cache
 from .fold import FoldedBlock
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -50,14 +51,12 @@ def dense_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
 
 def _packed_dense(fb: FoldedBlock, x: torch.Tensor, mask3: torch.Tensor | None,
                   inplace: bool = False):
-    from .layer import dense_weights, slice_cache  # layer -> channel -> packed; no cycle
-
     in_hw = tuple(x.shape[-2:])
     sw = dense_weights(fb, in_hw)
     ds = slice_cache(fb).downsample(fb, in_hw)
     x = x.contiguous(memory_format=CL)
     identity = x if ds is None else ds(x, relu=False)
-    h = sw.conv2(sw.conv1(x, relu=True), relu=True)
+    h = hidden(sw, x)
     if mask3 is None:  # the residual adds into the identity in place when that is ours
         if inplace or ds is not None:
             return sw.conv3.add_into_(identity, h, relu=True)

@@ -14,22 +14,21 @@ from __future__ import annotations
 import torch
 
 from ..nn.block import BlockMasks
-from .channel import SlicedWeights, hidden, put, residual_into, slice_cache, take
+from .channel import (
+    SlicedWeights,
+    dense_weights,
+    hidden,
+    put,
+    residual_into,
+    slice_cache,
+    take,
+)
 from .fold import FoldedBlock
 from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
 CL = torch.channels_last
-
-
-_DENSE = torch.ones(1, dtype=torch.bool)  # one channel group, on: the dense block
-
-
-def dense_weights(fb: FoldedBlock, in_hw: tuple[int, int]) -> SlicedWeights:
-    """The folded dense block, weights packed for inputs of ``in_hw`` (cached on ``fb`` in
-    its SliceCache, like every channel pattern of the ``slice`` variant)."""
-    return slice_cache(fb).get(fb, _DENSE, in_hw)
 
 
 def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:

@@ -107,6 +107,10 @@ class PackedConv:
         return PackedConv(weight, None if bias is None else bias.contiguous(), stride,
                           padding, packed, set() if lazy and packed is not None else None)
 
+    def _onednn(self, x: torch.Tensor) -> bool:
+        """Whether x runs through the packed oneDNN ops (else F.conv2d)."""
+        return self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+
     def _packed_for(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
         w = self.packed.get(shape)
@@ -128,7 +132,7 @@ class PackedConv:
         """relu?(conv(x) + bias + add): [n, Cin, H, W] channels_last -> [n, Cout, Ho, Wo]
         channels_last; ``add`` broadcasts to the output (e.g. a [1, Cout, Ho, Wo] map)."""
         p, s = [self.padding] * 2, [self.stride] * 2
-        if self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        if self._onednn(x):
             op = torch.ops.mkldnn._convolution_pointwise
             w = self._packed_for(x)
             if add is None:
@@ -146,7 +150,7 @@ class PackedConv:
         """out = relu?(conv(x) + bias + out), in place (the fused residual of a block whose
         identity buffer may be overwritten): no output allocation, one pass over ``out``.
         out: [n, Cout, Ho, Wo] channels_last (a batch slice of a larger one is fine)."""
-        if self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        if self._onednn(x):
             p, s = [self.padding] * 2, [self.stride] * 2
             return torch.ops.mkldnn._convolution_pointwise_.binary(
                 out, x, self._packed_for(x), self.bias, p, s, [1, 1], 1, "add", 1.0,

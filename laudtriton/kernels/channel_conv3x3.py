@@ -20,6 +20,7 @@ from .channel_gemm import (
     _check,
     _check_lists,
     aot_variants,
+    dot_acc,
     interpreting,
 )
 
@@ -71,13 +72,7 @@ def _channel_conv3x3_kernel(
                             mask=valid[:, None] & mask_k[None, :], other=0.0)
                 wt = tl.load(w_tap + cols[:, None] * stride_wk + rows[None, :] * stride_wn,
                              mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                if UPCAST:
-                    a = a.to(tl.float32)
-                    wt = wt.to(tl.float32)
-                if IEEE:
-                    acc = tl.dot(a, wt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, wt, acc)
+                acc = dot_acc(a, wt, acc, UPCAST, IEEE)
             if KAPPA:  # inactive inputs carry κ1 inside the image, 0 in the padding
                 tap = tl.load(taps_ptr + b * stride_tb + t * stride_tt + rows * stride_tn,
                               mask=mask_n, other=0.0)

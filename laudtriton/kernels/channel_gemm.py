@@ -67,6 +67,21 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def dot_acc(a, wt, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """acc + a @ wt in fp32, shared by the channel kernels. UPCAST: fp32 operands (the
+    interpreter cannot multiply bf16 in tl.dot); IEEE: exact fp32 products (fp32 inputs,
+    the 1e-4 contract), else tensor cores."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        wt = wt.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(a, wt, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, wt, acc)
+    return acc
+
+
+@triton.jit
 def _channel_gemm_kernel(
     x_ptr,  # [B, P, KX] input rows; compact (column k = k-th active channel) if IN_IDX
     w_ptr,  # [NW, KW] weight: output channel x input channel
@@ -115,13 +130,7 @@ def _channel_gemm_kernel(
                         mask=mask_p[:, None] & mask_k[None, :], other=0.0)
             wt = tl.load(w_ptr + cols[:, None] * stride_wk + rows[None, :] * stride_wn,
                          mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            if UPCAST:  # interpreter only: it cannot multiply bf16 in tl.dot
-                a = a.to(tl.float32)
-                wt = wt.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(a, wt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, wt, acc)
+            acc = dot_acc(a, wt, acc, UPCAST, IEEE)
         bias = tl.load(bias_ptr + b * stride_bb + rows, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
         mask = mask_p[:, None] & mask_n[None, :]

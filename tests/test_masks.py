@@ -89,13 +89,14 @@ def test_expected_mask1_fraction_matches_sampling(hw, stride, s, rate):
     ((14, 14), 1, (7, 7)), ((56, 56), 2, (7, 7)), ((13, 17), 1, (5, 4)), ((13, 17), 2, (3, 3)),
     ((74, 74), 1, (24, 24)), ((7, 9), 1, (7, 9)), ((9, 8), 2, (1, 1)), ((6, 6), 1, (2, 3)),
 ])
-def test_spatial_masks_from_grid_equal_the_reference_expansion(hw, stride, grid):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_spatial_masks_from_grid_equal_the_reference_expansion(hw, stride, grid, batch):
     """mask3 and mask1 from the cell tables equal upsample_mask / expand_mask1 exactly,
-    uneven cells (S not dividing the map) included."""
+    uneven cells (S not dividing the map) included; batch 1 takes the 2-D mm path."""
     g = torch.Generator().manual_seed(1)
     ho, wo = mk.out_hw_of(hw, stride)
     for rate in (0.0, 0.3, 0.7, 1.0):
-        cells = (torch.rand(3, 1, *grid, generator=g) < rate).float()
+        cells = (torch.rand(batch, 1, *grid, generator=g) < rate).float()
         mask3, mask1 = mk.spatial_masks_from_grid(cells, hw, stride)
         ref3 = upsample_mask(cells, (ho, wo))
         assert torch.equal(mask3, ref3)

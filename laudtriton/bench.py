@@ -157,7 +157,8 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
 
     repeat: how many times the whole-model rows are timed (same process, same compiled
     model); each such row is the run with the median ratio (the lower middle one for an
-    even count), with every run's ratio in ``runs``."""
+    even count), with every run's ratio in ``runs``. The new-input rows of later repeats
+    continue the stream, so the engine's per-pattern caches are warmer in them."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     rows = []

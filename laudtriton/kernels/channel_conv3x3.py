@@ -16,10 +16,10 @@ from .channel_gemm import (
     DTYPES,
     IDX_ARGS,
     GemmConfig,
-    _bias2d,
-    _check,
-    _check_lists,
     aot_variants,
+    bias_2d,
+    check_index_lists,
+    check_tensor,
     dot_acc,
     interpreting,
 )
@@ -105,22 +105,22 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
         ValueError: as ``channel_gemm``, and for a stride other than 1 or 2.
     """
     cfg = config if isinstance(config, GemmConfig) else GemmConfig.from_dict(config)
-    _check("x", x, 4, DTYPES, None)
+    check_tensor("x", x, 4, DTYPES, None)
     dev = x.device
-    _check("w", w, 4, (x.dtype,), dev, last_contig=False)
+    check_tensor("w", w, 4, (x.dtype,), dev, last_contig=False)
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     batch, h, wd, kx = x.shape
     nw, kw = w.shape[:2]
     if tuple(w.shape[2:]) != (3, 3):
         raise ValueError(f"w must be [NW, KW, 3, 3], got {tuple(w.shape)}")
-    _check_lists("in", in_idx, n_in, batch, kw, dev, validate)
-    _check_lists("out", out_idx, n_out, batch, nw, dev, validate)
+    check_index_lists("in", in_idx, n_in, batch, kw, dev, validate)
+    check_index_lists("out", out_idx, n_out, batch, nw, dev, validate)
     if kx != in_idx.shape[1]:
         raise ValueError(f"compact x has {kx} columns; in_idx has {in_idx.shape[1]}")
-    bias = _bias2d(bias, batch, nw, dev)
+    bias = bias_2d(bias, batch, nw, dev)
     if taps is not None:
-        _check("taps", taps, 3, DTYPES, dev)
+        check_tensor("taps", taps, 3, DTYPES, dev)
         if tuple(taps.shape) != (batch, 9, nw):
             raise ValueError(f"taps has shape {tuple(taps.shape)}, expected {(batch, 9, nw)}")
     ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1

@@ -29,7 +29,7 @@ import triton.language as tl
 from .aot import AOTSpec
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def _channel_gemm_kernel(
 
 
 # -- checks -----------------------------------------------------------------------------
-def _check(name: str, t: torch.Tensor, dim: int, dtypes, device, last_contig: bool = True):
+def check_tensor(name: str, t: torch.Tensor, dim: int, dtypes, device, last_contig: bool = True):
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != dim:
@@ -158,10 +158,10 @@ def _check(name: str, t: torch.Tensor, dim: int, dtypes, device, last_contig: bo
         raise ValueError(f"{name} must be contiguous in its last dim, got strides {t.stride()}")
 
 
-def _check_lists(prefix: str, idx, n, batch: int, limit: int, device, validate: bool):
+def check_index_lists(prefix: str, idx, n, batch: int, limit: int, device, validate: bool):
     """idx [B, L] int32 in [0, limit), n [B] int32 in [0, L]."""
-    _check(f"{prefix}_idx", idx, 2, (torch.int32,), device)
-    _check(f"n_{prefix}", n, 1, (torch.int32,), device)
+    check_tensor(f"{prefix}_idx", idx, 2, (torch.int32,), device)
+    check_tensor(f"n_{prefix}", n, 1, (torch.int32,), device)
     if idx.shape[0] != batch or n.shape[0] != batch:
         raise ValueError(f"{prefix}_idx {tuple(idx.shape)} / n_{prefix} {tuple(n.shape)} "
                          f"must have the batch size {batch} as first dim")
@@ -174,8 +174,8 @@ def _check_lists(prefix: str, idx, n, batch: int, limit: int, device, validate: 
             raise ValueError(f"n_{prefix} values in [{nlo}, {nhi}]; accepted [0, {idx.shape[1]}]")
 
 
-def _bias2d(bias: torch.Tensor, batch: int, n: int, device) -> torch.Tensor:
-    _check("bias", bias, bias.dim(), DTYPES, device)
+def bias_2d(bias: torch.Tensor, batch: int, n: int, device) -> torch.Tensor:
+    check_tensor("bias", bias, bias.dim(), DTYPES, device)
     if bias.dim() == 1:
         bias = bias[None]
     if bias.dim() != 2 or bias.shape[1] != n or bias.shape[0] not in (1, batch):
@@ -202,28 +202,28 @@ def channel_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
             not match, or (validate=True, a host sync) index values out of range.
     """
     cfg = config if isinstance(config, GemmConfig) else GemmConfig.from_dict(config)
-    _check("x", x, 3, DTYPES, None)
+    check_tensor("x", x, 3, DTYPES, None)
     dev = x.device
-    _check("w", w, 2, (x.dtype,), dev)
+    check_tensor("w", w, 2, (x.dtype,), dev)
     batch, p, kx = x.shape
     nw, kw = w.shape
     if (in_idx is None) != (n_in is None) or (out_idx is None) != (n_out is None):
         raise ValueError("pass in_idx with n_in and out_idx with n_out, or neither")
     if in_idx is not None:
-        _check_lists("in", in_idx, n_in, batch, kw, dev, validate)
+        check_index_lists("in", in_idx, n_in, batch, kw, dev, validate)
         if kx != in_idx.shape[1]:
             raise ValueError(f"compact x has {kx} columns; in_idx has {in_idx.shape[1]}")
     elif kx != kw:
         raise ValueError(f"x has {kx} channels but w has {kw} input channels")
     ny = nw
     if out_idx is not None:
-        _check_lists("out", out_idx, n_out, batch, nw, dev, validate)
+        check_index_lists("out", out_idx, n_out, batch, nw, dev, validate)
         ny = out_idx.shape[1]
         if residual is not None:
             raise ValueError("residual is only accepted with dense outputs (out_idx=None)")
-    bias = _bias2d(bias, batch, nw, dev)
+    bias = bias_2d(bias, batch, nw, dev)
     if residual is not None:
-        _check("residual", residual, 3, DTYPES, dev)
+        check_tensor("residual", residual, 3, DTYPES, dev)
         if tuple(residual.shape) != (batch, p, ny):
             raise ValueError(f"residual has shape {tuple(residual.shape)}, expected "
                              f"{(batch, p, ny)}")
@@ -292,7 +292,7 @@ def aot_variants():
             tag = f"p{cfg.block_p}n{cfg.block_n}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}"
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
                     "default": cfg == DEFAULT}
-            yield _TL[dt], tag, consts, opts
+            yield DTYPE_NAMES[dt], tag, consts, opts
 
 
 IDX_ARGS = ["in_idx_ptr", "n_in_ptr", "out_idx_ptr", "n_out_ptr"]

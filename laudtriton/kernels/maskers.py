@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
-from .channel_gemm import _TL, DTYPES, _check
+from .channel_gemm import DTYPE_NAMES, DTYPES, check_tensor
 
 
 @dataclass(frozen=True)
@@ -151,14 +151,14 @@ def _mlp_layer_kernel(
 
 
 def _check_x(x: torch.Tensor) -> None:
-    _check("x", x, 4, DTYPES, None, last_contig=True)
+    check_tensor("x", x, 4, DTYPES, None, last_contig=True)
     if 0 in x.shape[1:]:
         raise ValueError(f"x has an empty spatial or channel dim: shape {tuple(x.shape)}")
 
 
 def _check_linear(name, w, b, k, device, rows=None):
-    _check(f"{name} weight", w, 2, DTYPES, device, last_contig=False)
-    _check(f"{name} bias", b, 1, DTYPES, device)
+    check_tensor(f"{name} weight", w, 2, DTYPES, device, last_contig=False)
+    check_tensor(f"{name} bias", b, 1, DTYPES, device)
     if w.shape[1] != k or b.shape[0] != w.shape[0] or (rows is not None and w.shape[0] != rows):
         want = f"[{rows if rows is not None else 'N'}, {k}]"
         raise ValueError(f"{name} weight {tuple(w.shape)} / bias {tuple(b.shape)}: expected "
@@ -274,7 +274,7 @@ def aot_specs() -> list[AOTSpec]:
         default = cfg == DEFAULT
         for dt in (torch.float16, torch.bfloat16, torch.float32) if default else (
                 torch.float16,):
-            d = _TL[dt]
+            d = DTYPE_NAMES[dt]
             tag = f"{d},pix{cfg.block_pix}c{cfg.block_c}n{cfg.block_n}k{cfg.block_k}"
             opts = {"num_warps": cfg.num_warps, "default": default}
             pool = {"BLOCK_PIX": cfg.block_pix, "BLOCK_C": cfg.block_c, "stride_xc": 1}

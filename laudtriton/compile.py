@@ -74,7 +74,12 @@ def _dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> torch.Tensor:
 
 
 class CompiledBlock(nn.Module):
-    """One LAUD block with BN folded, its maskers, and its dispatch table."""
+    """One LAUD block with BN folded, its maskers, and its dispatch table.
+
+    The rate is read on the host (one sync) only when the table's choice depends on it
+    (``dispatch="dynamic"`` and more than one distinct entry; the table is fixed once
+    compiled); ``last_run`` computes the rates of the last forward when it is read, from
+    the masks it keeps."""
 
     def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
                  dispatch: str, expected_rate: float):
@@ -83,28 +88,35 @@ class CompiledBlock(nn.Module):
         self.reference = fb.block  # holds the maskers (eval); its convs are not run
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
-        self.last_run: BlockRun | None = None
+        choices = {(c.variant, c.config) for c in table.entries.values()}
+        self.rate_free = dispatch == "static" or len(choices) == 1
+        self._last: tuple[BlockMasks, Choice] | None = None
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
         """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
         (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
         write the output into it. CompiledModel sets it for the blocks of a LaudResNet."""
         masks = block_masks(self.reference, x)
-        if self.dispatch == "static":
-            choice, rate = self.static_choice, None
+        if self.rate_free:
+            choice = self.static_choice
         else:
-            rate = float(_dispatch_rate(self.spec, masks))
-            choice = self.table.choose(rate)
+            choice = self.table.choose(float(_dispatch_rate(self.spec, masks)))
         variant = get_variant(choice.variant)
         run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
         out = run(self.fb, x, masks, choice.config_dict)
-        channel_mode = self.spec.mode == "channel"
-        srate = None if channel_mode else rate
-        crate = None
-        if masks.channel is not None:  # in channel mode the dispatch rate is this one
-            crate = rate if channel_mode and rate is not None else float(masks.channel.mean())
-        self.last_run = BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
+        self._last = (masks, choice)
         return out
+
+    @property
+    def last_run(self) -> BlockRun | None:
+        """The rates (spatial: of the grid, or of the layer gate; channel) and the variant
+        of the last forward; None before the first."""
+        if self._last is None:
+            return None
+        masks, choice = self._last
+        srate = None if self.spec.mode == "channel" else float(masks.grid.mean())
+        crate = None if masks.channel is None else float(masks.channel.mean())
+        return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
 
 
 class CompiledModel(nn.Module):
@@ -127,11 +139,16 @@ class CompiledModel(nn.Module):
             self.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=CL))
             self.register_buffer("stem_b", b.to(device, dtype))
             self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
-        self.last_stats: list[BlockRun] = []
 
     @property
     def source(self) -> nn.Module:
         return self._source[0]
+
+    @property
+    def last_stats(self) -> list[BlockRun]:
+        """A BlockRun per block for the last forward (empty before the first)."""
+        runs = [blk.last_run for blk in self.blocks]
+        return [] if None in runs else runs
 
     def train(self, mode: bool = True):
         if mode:
@@ -165,7 +182,6 @@ class CompiledModel(nn.Module):
             h = stem(self, h)
         for blk in self.blocks:  # after the stem, h is ours and a ReLU output
             h = blk(h, reuse_input=self.is_resnet)
-        self.last_stats = [blk.last_run for blk in self.blocks]
         if self.is_resnet:
             h = self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
         return h

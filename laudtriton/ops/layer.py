@@ -31,8 +31,8 @@ from .spec import BlockSpec
 CL = torch.channels_last
 
 
-def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:
-    """[n] int64 indices of the samples whose layer gate is on (one host sync).
+def gate_values(masks: BlockMasks, batch: int) -> list[bool]:
+    """The layer gate of each sample as a Python list (one host transfer, no other op).
 
     Raises:
         ValueError: if masks.grid is None or not of shape [B, 1, 1, 1].
@@ -43,7 +43,7 @@ def active_samples(masks: BlockMasks, batch: int) -> torch.Tensor:
         raise ValueError(
             f"compact: layer gate masks.grid has shape {got}; accepted [{batch}, 1, 1, 1]"
         )
-    return torch.nonzero(g[:, 0, 0, 0] > 0.5).flatten()
+    return [v > 0.5 for v in g.view(batch).tolist()]
 
 
 def _block(sw: SlicedWeights, ds: PackedConv | None, x: torch.Tensor) -> torch.Tensor:
@@ -75,13 +75,6 @@ def _runs(on: list[bool]) -> list[tuple[int, int, bool]]:
 # 256->64->256 at 56x56: 13.2 ms slices vs 24-28 ms gathered; 2048->512->2048 at 7x7:
 # 10.7 ms slices vs 9.6 ms gathered; 512->128->512 at 28x28: 10.4 vs 10.0 ms.
 GATHER_MAX_PIXELS = 28 * 28
-
-
-def _gate_runs(idx: torch.Tensor, b: int) -> list[tuple[int, int, bool]]:
-    on = [False] * b
-    for i in idx.tolist():
-        on[i] = True
-    return _runs(on)
 
 
 def _gathered(in_hw: tuple[int, int], runs) -> bool:
@@ -119,8 +112,8 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
         ValueError: if masks.grid is not a layer gate [B, 1, 1, 1].
     """
     b = x.shape[0]
-    idx = active_samples(masks, b)
-    n = idx.numel()
+    on = gate_values(masks, b)
+    n = sum(on)
     x = x.contiguous(memory_format=CL)
     in_hw = (x.shape[2], x.shape[3])
     ds = slice_cache(fb).downsample(fb, in_hw)
@@ -129,7 +122,8 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     sw = dense_weights(fb, in_hw)
     if n == b:
         return residual_into(sw, x) if inplace and ds is None else _block(sw, ds, x)
-    runs = _gate_runs(idx, b)
+    runs = _runs(on)
+    idx = torch.tensor([i for i in range(b) if on[i]], device=x.device)
     if ds is not None:
         out = ds(x, relu=False)
         _residuals_into(sw, x, out, idx, runs)

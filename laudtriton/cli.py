@@ -23,25 +23,6 @@ EXTERNAL = {
 }
 
 
-def parse_rates(text: str) -> list[float]:
-    """'0.25,0.5' or 'start:stop:step' (inclusive) -> rates in [0, 1]."""
-    try:
-        if ":" in text:
-            a, b, s = (float(v) for v in text.split(":"))
-            if s <= 0:
-                raise ValueError
-            n = int(round((b - a) / s)) + 1
-            rates = [round(a + i * s, 6) for i in range(n)]
-        else:
-            rates = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--rates {text!r} is malformed; use '0.25,0.5,0.75' or "
-                         "'0.1:1.0:0.1'") from None
-    if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
-        raise ValueError(f"--rates {text!r}: every rate must be in [0, 1]")
-    return rates
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -90,6 +71,9 @@ def cmd_demo(args) -> int:
     from .testing import assert_close
     from .tune.timing import interleaved_medians
 
+    _check_counts(args, "reps")
+    if not 0.0 <= args.rate <= 1.0:
+        raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
     t0 = time.perf_counter()
     torch.manual_seed(0)
     print("1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)")
@@ -122,14 +106,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _check_counts(args, *names: str) -> None:
+    """Each named option (``--batch``, ``--reps``, ...) must be an integer >= 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+
+
 def cmd_bench(args) -> int:
     from .bench import bench, write_csv
+    from .tune.commands import check_output_path
+    from .tune.sweep import parse_rates
 
+    _check_counts(args, "batch", "reps", "repeat", "channel_granularity")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    check_output_path(args.csv, "--csv")
+    rates = parse_rates(args.rates)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    rates = parse_rates(args.rates)
     rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
                  args.channel_granularity, reps=args.reps, tune=args.tune,
                  blocks=not args.model_only, repeat=args.repeat)
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written
         print(f"laudtriton {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ from torch import nn
 from .nn.block import BlockMasks, LaudBottleneck
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
-from .ops.fold import FoldedBlock, bn_scale_shift
+from .ops.fold import Derived, Fingerprint, FoldedBlock, bn_scale_shift
 from .ops.masks import block_masks
 from .ops.packed import PackedConv
 from .ops.synthetic import synthetic_masks
@@ -217,15 +217,17 @@ def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``owner.stem_b`` as a PackedConv (weights packed once; 3x faster than F.conv2d on the
     2-core CPU), rebuilt when those tensors change. The compiled model and the dense
     baseline share it."""
-    key = (owner.stem_w.data_ptr(), owner.stem_w._version, owner.stem_w.device)
-    hit = getattr(owner, "_stem_conv", None)
-    if hit is None or hit[0] != key:
-        hit = (key, PackedConv.make(owner.stem_w, owner.stem_b, 2, 3, tuple(x.shape[-2:]),
-                                    batch=x.shape[0]))
-        owner._stem_conv = hit
-    return F.max_pool2d(hit[1](x, relu=True), 3, 2, 1)
+    key = Fingerprint((owner.stem_w, owner.stem_b), 2)
+    cached = getattr(owner, "_stem_conv", None)
+    conv = None if cached is None else cached.get(key)
+    if conv is None:
+        conv = PackedConv.make(owner.stem_w, owner.stem_b, 2, 3, tuple(x.shape[-2:]),
+                               batch=x.shape[0])
+        owner._stem_conv = Derived(key, conv)
+    return F.max_pool2d(conv(x, relu=True), 3, 2, 1)
 
 
+@torch.no_grad()
 def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     scale, shift = bn_scale_shift(bn)
     w = conv.weight.double() * scale[:, None, None, None]
@@ -325,20 +327,24 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             one random image of its ``input_size``); required for other modules.
         backend: "auto" (cuda if available), "cpu" (torch sparse engine) or "cuda".
         tune: "cached" | "quick" | "full" | "off" (see the module docstring).
-        cache_dir: autotune cache directory (default: $LAUDTRITON_CACHE_DIR or the
-            project's autotune_cache/).
+        cache_dir: autotune cache directory (default: $LAUDTRITON_CACHE_DIR, else the
+            source tree's autotune_cache/ when run from one, else ~/.cache/laudtriton).
         dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
         dtype: compute dtype (default float32 on CPU, float16 on CUDA).
         variants: restrict the candidates to these variant names (``dense`` stands in
             where none of them supports a block); default: every registered variant.
 
     Returns:
-        a ``CompiledModel`` (inference only). A module with no LAUD block is returned as an
-        eval-mode copy, with a warning.
+        a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. Any other
+        module containing LAUD blocks comes back as an eval-mode copy with each block
+        replaced by its ``CompiledBlock`` (no ``plan``, ``last_stats`` or input check of
+        its own; each block checks its input). A module with no LAUD block is returned as
+        an eval-mode copy, with a warning.
 
     Raises:
-        ValueError: on an unknown backend, tune or dispatch mode, a missing example input,
-            or an example input the model rejects.
+        ValueError: on a model that is not an nn.Module, an unknown backend, tune or
+            dispatch mode, a missing example input, an example input without a sample,
+            or one the model rejects.
     """
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
@@ -346,6 +352,10 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         return _decorator(model, example_input, backend=backend, tune=tune,
                           cache_dir=cache_dir, dispatch=dispatch, dtype=dtype,
                           variants=variants)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
+                         f"LaudBottleneck or a module containing them), got "
+                         f"{type(model).__name__}")
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     if dispatch not in DISPATCH:
@@ -368,6 +378,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         example_input = torch.randn(1, model.config["in_channels"], size, size)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
+    if example_input.shape[0] < 1:
+        raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
+                         "needs at least one sample")
 
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)

@@ -278,6 +278,11 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
+        from .tune.commands import check_device
+
+        check_device(args.device)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out!r} exists and is not a directory")
         if args.source == "cache":
             from .tune.cache import TuneCache
 

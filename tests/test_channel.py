@@ -261,7 +261,22 @@ def test_slice_bad_masks():
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match="masks.channel is None"):
         slice_block(fb, x, BlockMasks(None, None, None, None))
-    with pytest.raises(ValueError, match="does not fit"):
-        slice_block(fb, x, BlockMasks(None, None, None, torch.ones(2, 3)))
-    with pytest.raises(ValueError, match="does not fit"):
-        slice_block(fb, x, BlockMasks(None, None, None, torch.ones(3, 4)))
+    for bad in (torch.ones(2, 3), torch.ones(3, 4), torch.ones(2, 0), torch.ones(2)):
+        with pytest.raises(ValueError, match=r"slice: masks.channel has shape"):
+            slice_block(fb, x, BlockMasks(None, None, None, bad))
+    with pytest.raises(ValueError, match="x is torch.float64"):
+        slice_block(fb, x.double(), BlockMasks(None, None, None, torch.ones(2, 4)))
+
+
+def test_fingerprint_is_identity_and_version():
+    """A cache key that a new tensor cannot match: not equal after a weight is replaced
+    (even by an equal copy) or modified in place; equal otherwise."""
+    fb = fold_block(make_block(16, 8, 1, mode="channel", channel_granularity=2))
+    fp = fb.fingerprint()
+    assert fp == fb.fingerprint() and fp.tensors[0] is fb.w1
+    fb.w3 = fb.w3.clone()
+    assert fp != fb.fingerprint()
+    fp = fb.fingerprint()
+    with torch.no_grad():
+        fb.kappa1.add_(0.0)
+    assert fp != fb.fingerprint()

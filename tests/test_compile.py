@@ -200,3 +200,24 @@ def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
     assert 0.3 in others and all(entries[b].source == "predicted" for b in others)
     with torch.no_grad():
         assert_close(cm(x), block(x))
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
+def test_compiled_model_copies_and_saves_after_forward(mode):
+    """Packed oneDNN weights cached by a forward are derived data: deepcopy and
+    torch.save/load of a compiled model work after it ran, and give the same output."""
+    import copy
+    import io
+
+    model = tiny_model(mode)
+    x = torch.randn(3, 3, 45, 37)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    assert not cm.stem_w.requires_grad
+    with torch.no_grad():
+        y = cm(x)
+        buf = io.BytesIO()
+        torch.save(cm, buf)
+        buf.seek(0)
+        for clone in (copy.deepcopy(cm), torch.load(buf, weights_only=False)):
+            assert torch.equal(clone(x), y)

@@ -66,3 +66,34 @@ def test_variants_with_run_inplace():
     """The CPU engine's variants offer it; Triton variants run out of place."""
     names = {v.name for v in all_variants() if v.run_inplace is not None}
     assert {"dense", "gather", "patch", "slice", "compact"} <= names
+
+
+def test_time_variants_restores_the_input_of_in_place_calls():
+    """The sweep times an in-place variant on a scratch copy of relu(x) restored before
+    every call (untimed), so no call sees an earlier call's output (values that would
+    double per call and overflow)."""
+    from dataclasses import replace
+
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.tune.measure import time_variants
+
+    fb = fold_block(make_block(16, 4, 1, "layer"))
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    masks = BlockMasks(torch.ones(2, 1, 1, 1), None, None, None)
+    seen = []
+
+    def run_inplace(fb_, xs, masks_, cfg):
+        seen.append(xs.clone())
+        xs.mul_(2.0)  # what a residual added in place does to the values, roughly
+        return xs
+
+    dense = get_variant("dense")
+    probe = replace(dense, name="probe", run_inplace=run_inplace)
+    spec = BlockSpec(16, 4, 16, 1, False, (6, 6), "layer", 1, batch=2)
+    out = time_variants(fb, spec, x, masks, [probe, dense], warmup=1, reps=3)
+    assert set(out) == {"probe", "dense"} and all(
+        t > 0 for d in out.values() for t in d.values())
+    assert len(seen) == 5  # one untimed first call, 1 warm-up, 3 timed
+    for s in seen:
+        assert torch.equal(s, torch.relu(x))

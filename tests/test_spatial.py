@@ -1,6 +1,9 @@
 """Spatial variants ``gather`` and ``patch`` (modes spatial and both) against the reference
 LAUD bottleneck in eval mode (DESIGN.md sections 2 and 3)."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -177,6 +180,37 @@ def test_errors_name_the_argument():
         spatial.gather_block(fb, torch.randn(1, 16, 8, 8), masks)
     with pytest.raises(ValueError, match="need masks.grid"):
         spatial.gather_block(fb, x, BlockMasks(None, None, None, None))
+    with pytest.raises(ValueError, match="x is torch.float64"):
+        spatial.gather_block(fb, x.double(), masks)
+
+
+def test_bad_grid_and_channel_masks_raise():
+    """A grid of another batch (patch reads the grid alone) and channel masks that are
+    not [B, G] with G dividing the width: a ValueError naming them, not a wrong result."""
+    block = make_block(32, 8, 1, "both", 2, channel_granularity=2)
+    fb = fold_block(block)
+    x = torch.randn(2, 32, 8, 8).relu().contiguous(memory_format=CL)
+    m, _ = block.compute_masks(x)
+    for run in (spatial.gather_block, spatial.patch_block):
+        with pytest.raises(ValueError, match=r"masks.grid has shape \(1, 1, 4, 4\)"):
+            run(fb, x, BlockMasks(m.grid[:1], m.mask3, m.mask1, None))
+        for bad in (torch.ones(2, 0), torch.ones(2), torch.ones(2, 3), torch.ones(1, 4)):
+            with pytest.raises(ValueError, match="masks.channel has shape"):
+                run(fb, x, BlockMasks(m.grid, m.mask3, m.mask1, bad))
+
+
+def test_folded_block_copies_after_spatial_run():
+    """The packed weights a spatial run caches on the FoldedBlock are not copied: the copy
+    (deepcopy or pickle) starts empty and gives the same result."""
+    block = make_block(16, 8, 1, "spatial", 2, seed=3)
+    x = torch.randn(2, 16, 8, 8).relu().contiguous(memory_format=CL)
+    masks, _ = block.compute_masks(x)
+    fb = fold_block(block)
+    first = spatial.gather_block(fb, x, masks)
+    for clone in (copy.deepcopy(fb), pickle.loads(pickle.dumps(fb))):
+        assert torch.equal(spatial.gather_block(clone, x, masks), first)
+        assert torch.equal(spatial.patch_block(clone, x, masks),
+                           spatial.patch_block(fb, x, masks))
 
 
 def test_registry_and_supports():

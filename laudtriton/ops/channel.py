@@ -292,16 +292,12 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     output, or x when ``inplace`` (x may be overwritten, the caller gives it away).
 
     Raises:
-        ValueError: if masks.channel is None or its shape does not fit x and the width.
+        ValueError: if masks.channel is None or its shape does not fit x and the width, or
+            x does not fit the block (``FoldedBlock.check_input``).
     """
     if masks.channel is None:
         raise ValueError("slice: masks.channel is None; the slice variant needs a channel mask")
-    b, g = masks.channel.shape
-    if g == 0 or fb.width % g or b != x.shape[0]:
-        raise ValueError(
-            f"slice: channel mask of shape {tuple(masks.channel.shape)} does not fit a batch of "
-            f"{x.shape[0]} and width {fb.width} (accepted: [B, G] with G dividing the width)"
-        )
+    fb.check_input(x, masks.channel, "slice")
     x = x.contiguous(memory_format=CL)
     in_hw = (x.shape[2], x.shape[3])
     cache = slice_cache(fb)

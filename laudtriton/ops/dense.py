@@ -100,10 +100,12 @@ def dense_cost(spec: BlockSpec, rate: float) -> Cost:
 
 
 def _run(fb, x, masks, config=None):
+    fb.check_input(x, masks.channel, "dense")
     return dense_block(fb, x, masks)
 
 
 def _run_inplace(fb, x, masks, config=None):
+    fb.check_input(x, masks.channel, "dense")
     return dense_block(fb, x, masks, inplace=True)
 
 

@@ -23,6 +23,47 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
+class Fingerprint:
+    """The tensors of a FoldedBlock (by identity), their in-place versions and the stride.
+
+    Equal only to a Fingerprint of the very same tensor objects at the same versions. It
+    holds the tensors, so while a cache keyed on it lives none of them is freed: a new
+    tensor cannot take over an old one's memory and pass for it (as a data_ptr key can)."""
+
+    __slots__ = ("tensors", "versions", "stride")
+
+    def __init__(self, tensors: tuple, stride: int):
+        self.tensors = tensors
+        self.versions = tuple(None if t is None else t._version for t in tensors)
+        self.stride = stride
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Fingerprint) and self.stride == other.stride
+                and self.versions == other.versions
+                and all(a is b for a, b in zip(self.tensors, other.tensors)))
+
+    __hash__ = None
+
+
+class Derived:
+    """A value derived from a FoldedBlock's tensors (packed or sliced weights), kept as an
+    attribute of the block with the Fingerprint it was built from. Copies and pickles of
+    it are empty (packed oneDNN weights can be neither deep-copied nor saved, and the
+    value can be derived again)."""
+
+    __slots__ = ("owner", "value")
+
+    def __init__(self, owner: Fingerprint | None = None, value=None):
+        self.owner, self.value = owner, value
+
+    def __reduce__(self):
+        return (Derived, ())
+
+    def get(self, owner: Fingerprint):
+        """The value if it was built from ``owner``, else None."""
+        return self.value if self.owner == owner else None
+
+
 @dataclass
 class FoldedBlock:
     """Inference weights of one LAUD bottleneck with BN folded in.
@@ -56,13 +97,31 @@ class FoldedBlock:
     def out_channels(self) -> int:
         return self.w3.shape[0]
 
-    def fingerprint(self) -> tuple:
-        """Storage and in-place version of every tensor: changes when a weight is replaced
+    def fingerprint(self) -> Fingerprint:
+        """Identity and in-place version of every tensor: changes when a weight is replaced
         or modified in place. Caches of derived weights (packed, sliced) are keyed on it."""
-        ts = (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3, self.wd, self.bd,
-              self.kappa1, self.kappa2)
-        return tuple(None if t is None else (t.data_ptr(), t._version) for t in ts) + (
-            self.stride,)
+        return Fingerprint((self.w1, self.b1, self.w2, self.b2, self.w3, self.b3, self.wd,
+                            self.bd, self.kappa1, self.kappa2), self.stride)
+
+    def check_input(self, x: torch.Tensor, channel: torch.Tensor | None = None,
+                    who: str = "block") -> None:
+        """Raise a ValueError naming the problem unless x is [B, Cin, H, W] with this
+        block's dtype and device, and ``channel`` (a channel mask, if given) is [B, G] with
+        G > 0 dividing the width. who: the variant, for the message."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{who}: x must be [B, Cin, H, W], got {got}")
+        if x.shape[1] != self.w1.shape[1]:
+            raise ValueError(f"{who}: x has {x.shape[1]} channels; the block expects "
+                             f"{self.w1.shape[1]}")
+        if x.dtype != self.w1.dtype or x.device != self.w1.device:
+            raise ValueError(f"{who}: x is {x.dtype} on {x.device}; the folded weights are "
+                             f"{self.w1.dtype} on {self.w1.device}")
+        if channel is not None and (channel.dim() != 2 or channel.shape[0] != x.shape[0]
+                                    or channel.shape[1] == 0 or self.width % channel.shape[1]):
+            raise ValueError(
+                f"{who}: masks.channel has shape {tuple(channel.shape)}; accepted "
+                f"[{x.shape[0]}, G] with G dividing the width {self.width}")
 
     def to(self, device=None, dtype=None) -> FoldedBlock:
         def cv(t):

@@ -109,8 +109,10 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     samples already hold relu(x) = x) and returns it.
 
     Raises:
-        ValueError: if masks.grid is not a layer gate [B, 1, 1, 1].
+        ValueError: if masks.grid is not a layer gate [B, 1, 1, 1], or x does not fit the
+            block (``FoldedBlock.check_input``).
     """
+    fb.check_input(x, None, "compact")
     b = x.shape[0]
     on = gate_values(masks, b)
     n = sum(on)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..nn.block import BlockMasks
 from . import masks as mk
 from .channel import slice_cache
-from .fold import FoldedBlock
+from .fold import Derived, FoldedBlock
 from .kappa import channel_groups, conv3_bias
 from .packed import PackedConv, onednn_fusion_available
 from .registry import Variant, register
@@ -85,12 +85,11 @@ def _full_weights(fb: FoldedBlock) -> _Weights:
     384 rows: 0.21 ms packed for 384, 2.2 ms packed for 1024; 1 thread), and the row count
     changes with every mask."""
     owner = fb.fingerprint()
-    hit = getattr(fb, "_spatial_weights", None)
-    if hit is not None and hit[0] == owner:
-        return hit[1]
-    w2col = _w2col(fb.w2)
-    wt = _Weights(fb.w1, fb.b1, fb.w2, w2col, fb.b2, fb.w3, fb.b3, None, {})
-    fb._spatial_weights = (owner, wt)
+    cached = getattr(fb, "_spatial_weights", None)
+    wt = None if cached is None else cached.get(owner)
+    if wt is None:
+        wt = _Weights(fb.w1, fb.b1, fb.w2, _w2col(fb.w2), fb.b2, fb.w3, fb.b3, None, {})
+        fb._spatial_weights = Derived(owner, wt)
     return wt
 
 
@@ -170,19 +169,15 @@ def _group_weights(fb: FoldedBlock, active: torch.Tensor, need_w2: bool) -> _Wei
 
 
 def _check(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"x must be [B, Cin, H, W], got shape {tuple(x.shape)}")
-    if x.shape[1] != fb.w1.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} channels; the block expects {fb.w1.shape[1]}")
-    if x.dtype != fb.w1.dtype or x.device != fb.w1.device:
-        raise ValueError(
-            f"x is {x.dtype} on {x.device}; the folded weights are {fb.w1.dtype} on "
-            f"{fb.w1.device}"
-        )
+    fb.check_input(x, masks.channel, "spatial")
     if masks.mask3 is None or masks.mask1 is None or masks.grid is None:
         raise ValueError("spatial variants need masks.grid, mask3 and mask1; got None")
     ho, wo = mk.out_hw_of(tuple(x.shape[-2:]), fb.stride)
     b = x.shape[0]
+    g = masks.grid
+    if g.dim() != 4 or tuple(g.shape[:2]) != (b, 1):
+        raise ValueError(f"masks.grid has shape {tuple(g.shape)}; expected [{b}, 1, gh, gw] "
+                         f"for x {tuple(x.shape)}")
     if tuple(masks.mask3.shape) != (b, 1, ho, wo):
         raise ValueError(f"masks.mask3 has shape {tuple(masks.mask3.shape)}; expected "
                          f"{(b, 1, ho, wo)} for x {tuple(x.shape)} at stride {fb.stride}")
@@ -287,9 +282,6 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, use_patch: bool,
     if masks.channel is None:
         groups = [(None, None)]
     else:
-        if masks.channel.shape[0] != batch or fb.width % masks.channel.shape[1]:
-            raise ValueError(f"masks.channel has shape {tuple(masks.channel.shape)}; expected "
-                             f"[{batch}, G] with G dividing the width {fb.width}")
         groups = channel_groups(masks.channel, fb.width)
         if len(groups) == 1:
             groups = [(None, groups[0][1])]

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,10 +98,9 @@ def save_calibration(cal: Calibration, cache_dir=None, device: str = "cpu") -> P
     """Write ``cal`` atomically (temp file + os.replace); returns the path."""
     path = calibration_path(cache_dir, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(cal), fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    from ..tune.cache import write_json_atomic
+
+    write_json_atomic(path, asdict(cal))
     return path
 
 

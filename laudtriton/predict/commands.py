@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from pathlib import Path
 
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
@@ -166,8 +167,13 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_calibrate(args) -> int:
     """Run ``laudtriton calibrate``. Returns the exit code."""
+    from ..tune.commands import check_device
     from .calibrate import calibrate, save_calibration
 
+    check_device(args.device)
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(
+            args.cache_dir).is_dir():
+        raise ValueError(f"--cache-dir {args.cache_dir!r} is not a directory")
     cal = calibrate(args.device, quick=args.quick)
     path = save_calibration(cal, args.cache_dir, args.device)
     for d, p in sorted(cal.peak.items()):
@@ -198,6 +204,8 @@ def run_design(args) -> int:
     """Run ``laudtriton design``. Returns the exit code."""
     from ..schedule import design_search
 
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
     hw = get_hardware(args.hardware, args.cache_dir)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     try:

@@ -152,10 +152,18 @@ def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
 
 
 def _write(path: Path, device: str, entries: dict[str, dict]) -> None:
-    """Atomic write: a temp file in the same directory, then os.replace."""
-    data = {"schema": SCHEMA_VERSION, "device": device, "entries": entries}
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: a temp file in the same directory,
+    then os.replace. The file gets the mode a plain open() would give (0666 less the
+    umask), not mkstemp's 0600, so a cache directory can be shared."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
         os.replace(tmp, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -18,12 +19,26 @@ from .cache import TuneCache, merge_files
 from .sweep import DTYPES, MODELS, parse_rates, parse_shard, sweep
 
 
+def check_output_path(path: str | None, flag: str) -> None:
+    """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
+    a file: a directory, or in a directory that does not exist."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: the directory {parent!r} does not exist")
+
+
 def _fail(msg: str) -> int:
     print(f"laudtriton: error: {msg}", file=sys.stderr)
     return 2
 
 
-def _check_device(device: str) -> torch.device:
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or an
+    available 'cuda[:N]'."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -68,7 +83,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-time what is cached")
     p.add_argument("--clustered", action="store_true", help="clustered masks (one blob)")
     p.add_argument("--csv", default=None,
-                   help="CSV of every timing (default sweep_<model>_<mode>_b<batch>.csv)")
+                   help="CSV of every timing (default "
+                        "sweep_<model>_<mode>_<granularity>_b<batch>_<cpu|cuda>.csv)")
     p.add_argument("--cache-dir", default=None,
                    help="cache directory (default $LAUDTRITON_CACHE_DIR or autotune_cache/)")
     p.add_argument("--no-progress", action="store_true")
@@ -81,7 +97,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         rates = parse_rates(args.rates)
         shard = parse_shard(args.shard)
-        dev = _check_device(args.device)
+        dev = check_device(args.device)
         if args.batch < 1:
             raise ValueError(f"--batch {args.batch} must be >= 1")
         if args.model not in MODELS:
@@ -97,6 +113,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             prune = make_prune(hw, args.prune_top)
         csv_path = args.csv or (f"sweep_{args.model}_{args.mode}_{args.granularity}_"
                                 f"b{args.batch}_{dev.type}.csv")
+        check_output_path(csv_path, "--csv")
+        if args.input_size is not None and args.input_size < 32:
+            raise ValueError(f"--input-size must be >= 32 (the stem and the four stages "
+                             f"halve it five times), got {args.input_size}")
         res = sweep(args.model, mode=args.mode, granularity=args.granularity, rates=rates,
                     batch=args.batch, device=str(dev), blocks=args.blocks, shard=shard,
                     force=args.force, clustered=args.clustered, cache=cache,
@@ -162,7 +182,7 @@ def run_cache(args: argparse.Namespace) -> int:
             n = merge_files(args.files, args.out)
             print(f"merged {len(args.files)} file(s) into {args.out}: {n} entries")
             return 0
-        cache = TuneCache(args.cache_dir, device=_check_device(args.device))
+        cache = TuneCache(args.cache_dir, device=check_device(args.device))
     except ValueError as e:
         return _fail(str(e))
     if not cache.enabled:

@@ -251,11 +251,12 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         if model not in MODELS:
             raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
         model_name = model_name or model
-        input_size = input_size or 224
+        input_size = 224 if input_size is None else input_size
         model = MODELS[model](mode=mode, granularity=granularity, input_size=input_size,
                               channel_granularity=channel_granularity)
     else:
-        input_size = input_size or model.config.get("input_size") or 224
+        if input_size is None:
+            input_size = model.config.get("input_size") or 224
         depths = tuple(model.config.get("depths", ()))
         model_name = model_name or next((k for k, d in DEPTHS.items() if d == depths), "custom")
     wanted = None

@@ -32,15 +32,34 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
 
 
 def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
-                        reps: int = 20) -> list[float]:
+                        reps: int = 20,
+                        setup: Sequence[Callable[[], object] | None] | None = None
+                        ) -> list[float]:
     """CPU: median seconds of each fn, timed round-robin (fn0, fn1, ..., fn0, ...) so that
-    drifts in machine load hit every candidate alike. Used for side-by-side ratios."""
+    drifts in machine load hit every candidate alike. Used for side-by-side ratios.
+
+    setup: one callable (or None) per fn, run untimed before each call of its fn (e.g. to
+    restore an input that the fn overwrites).
+
+    Raises:
+        ValueError: if reps < 1 or warmup < 0, or setup does not give one entry per fn.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
+                         f"warmup={warmup}")
+    setup = list(setup) if setup is not None else [None] * len(fns)
+    if len(setup) != len(fns):
+        raise ValueError(f"setup has {len(setup)} entries for {len(fns)} functions")
     for _ in range(warmup):
-        for f in fns:
+        for f, prep in zip(fns, setup):
+            if prep is not None:
+                prep()
             f()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        for i, f in enumerate(fns):
+        for i, (f, prep) in enumerate(zip(fns, setup)):
+            if prep is not None:
+                prep()
             t0 = time.perf_counter()
             f()
             times[i].append(time.perf_counter() - t0)

@@ -1,0 +1,68 @@
+"""The ``laudtriton`` command on bad input: exit code 2 and one line naming the option,
+before any model is built or timed; files it writes are readable like any other."""
+
+import os
+import stat
+
+import pytest
+import torch
+
+import laudtriton
+from laudtriton.cli import main
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["bench", "--batch", "0"], "--batch"),
+    (["bench", "--reps", "0"], "--reps"),
+    (["bench", "--repeat", "0"], "--repeat"),
+    (["bench", "--threads", "-1"], "--threads"),
+    (["bench", "--rates", "0:1:0.35,"], "--rates"),
+    (["bench", "--rates", "1.5"], "--rates"),
+    (["demo", "--reps", "0"], "--reps"),
+    (["demo", "--rate", "2"], "--rate"),
+    (["sweep", "--input-size", "0"], "--input-size"),
+    (["plot", "--from", "cache", "--out", "x", "--device", "foo"], "--device"),
+    (["calibrate", "--device", "foo"], "--device"),
+    (["design", "--model", "laud_resnet50", "--target-rate", "0.5", "--top", "0"], "--top"),
+])
+def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["bench", "sweep"])
+def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsys):
+    argv = [command, "--csv", str(tmp_path)]  # a directory
+    if command == "sweep":
+        argv += ["--device", "cpu"]
+    assert main(argv) == 2
+    assert "--csv" in capsys.readouterr().err
+    assert main([command, "--csv", str(tmp_path / "no" / "such.csv")]
+                + argv[3:]) == 2
+
+
+def test_os_errors_are_one_line(tmp_path, capsys):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    assert main(["cache", "clear", "--cache-dir", str(afile)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_compile_rejects_what_is_not_a_module():
+    with pytest.raises(ValueError, match="model must be an nn.Module"):
+        laudtriton.compile("resnet", torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="batch 0"):
+        laudtriton.compile(laudtriton.nn.laud_resnet50(input_size=64),
+                           torch.randn(0, 3, 64, 64), backend="cpu", tune="off")
+
+
+def test_json_files_get_the_usual_mode(tmp_path):
+    from laudtriton.tune.cache import write_json_atomic
+
+    path = tmp_path / "c.json"
+    write_json_atomic(path, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

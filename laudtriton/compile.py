@@ -279,13 +279,25 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
+def _cached_rates(cache: TuneCache, spec: BlockSpec) -> dict[float, float]:
+    """{bucket: the cached rate nearest to it} over the rates ``spec`` has timings at. A
+    sweep may time rates between buckets (a layer gate at batch 8 moves in steps of
+    1/8: 0.125, 0.25, ...); each such timing serves the bucket it falls in."""
+    out: dict[float, float] = {}
+    for r in cache.rates(spec):
+        b = rate_bucket(r)
+        if b not in out or abs(r - b) < abs(out[b] - b):
+            out[b] = r
+    return out
+
+
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
     actual = float(_dispatch_rate(spec, masks))
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
-        for b in ALL_BUCKETS:
-            hit = cache.lookup(spec, b)
+        for b, r in _cached_rates(cache, spec).items():
+            hit = cache.lookup(spec, r)
             # a bucket counts only when every candidate has a current timing: after a
             # source edit hides one variant's timings, the others' alone would decide
             if hit and names <= set(hit):

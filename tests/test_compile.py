@@ -202,6 +202,28 @@ def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
         assert_close(cm(x), block(x))
 
 
+def test_cached_rates_between_buckets_serve_their_bucket(tmp_path):
+    """A sweep at rates 0.125, 0.375 (a layer gate at batch 8) fills buckets 0.1 and 0.4;
+    of two rates in one bucket, the nearer one serves it."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    fast = {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 1e-3}}
+    for r in (0.125, 0.375):
+        cache.record(spec, r, fast)
+    cache.record(spec, 0.41, {"dense": {"{}": 1e-3}, "gather": {"{}": 2e-3},
+                              "patch": {"{}": 3e-3}})
+    cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    entries = cm.blocks[0].table.entries
+    assert entries[0.1].source == "cached" and entries[0.1].variant == "patch"
+    assert entries[0.4].source == "cached" and entries[0.4].variant == "dense"  # 0.41
+
+
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
 def test_compiled_model_copies_and_saves_after_forward(mode):
     """Packed oneDNN weights cached by a forward are derived data: deepcopy and

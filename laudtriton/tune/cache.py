@@ -237,6 +237,13 @@ class TuneCache:
         _merge_into(out, self._memory)
         return out
 
+    def rates(self, spec: BlockSpec) -> list[float]:
+        """The rates at which ``spec`` has current timings (of any variant), sorted."""
+        want = spec.key()
+        return sorted({round(float(e["rate_bucket"]), 6) for e in self._all().values()
+                       if BlockSpec.from_dict(e["spec"]).key() == want
+                       and self._is_current(e)})
+
     def lookup(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict[str, float]] | None:
         """{variant: {config_key: seconds}} recorded for ``spec`` at ``rate_bucket`` with
         the current versions and kernel sources; None when there is none."""

@@ -119,7 +119,10 @@ def build_model(name: str, mode: str, granularity: str, channel_granularity: int
 
 
 def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[BenchRow]:
-    """Per block: dense (best format) vs the compiled block (maskers + chosen variant)."""
+    """Per block: dense (best format) vs the compiled block (maskers + chosen variant),
+    each on the block's recorded input and out of place (a new output tensor); inside
+    the whole model both run in place instead (the input is overwritten), which the
+    whole-model rows time."""
     rows = []
     inputs = {}
     hooks = [blk.register_forward_pre_hook(

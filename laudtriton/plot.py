@@ -294,8 +294,13 @@ def run_plot(args: argparse.Namespace) -> int:
             if not Path(args.source).is_file():
                 raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
             rows = read_csv(args.source)
-        predicted = None if args.no_predicted else predicted_curves(
-            rows, args.cache_dir, args.device)
+        predicted = None
+        kinds = {str(r.get("device") or "").split(":")[0] for r in rows} - {""}
+        if kinds and kinds != {check_device(args.device).type}:
+            print(f"laudtriton plot: the rows were timed on {', '.join(sorted(kinds))}, not "
+                  f"--device {args.device!r}: no predicted line", file=sys.stderr)
+        elif not args.no_predicted:
+            predicted = predicted_curves(rows, args.cache_dir, args.device)
         paths = plot_latency_vs_rate(rows, args.out, predicted)
     except ValueError as e:
         print(f"laudtriton plot: error: {e}", file=sys.stderr)

@@ -17,7 +17,9 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
 At run time each block computes its masks, reads its activation rate (spatial rate for
 spatial/both blocks, gate rate for layer blocks, channel rate for channel blocks) and runs
 the entry of the nearest rate bucket (``dispatch="dynamic"``), or always the entry chosen
-for the example's rate (``dispatch="static"``: no host sync for the rate).
+for the example's rate (``dispatch="static"``: no host sync for the rate). A table whose
+entries all name the same variant and config needs no rate: dynamic dispatch then skips
+reading it too (channel blocks, where ``slice`` serves every rate).
 """
 
 from __future__ import annotations

@@ -214,6 +214,10 @@ def test_merge_files_rejects(tmp_path):
         merge_files([a.path, tmp_path / "missing.json"], tmp_path / "o.json")
     with pytest.raises(ValueError, match="at least one"):
         merge_files([], tmp_path / "o.json")
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    with pytest.raises(ValueError, match="no valid cache entry"):
+        merge_files([corrupt], tmp_path / "o.json")
     assert not (tmp_path / "o.json").exists()
     assert os.listdir(tmp_path / "a")  # inputs untouched
 

@@ -52,7 +52,7 @@ def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -
     p.add_argument("--model", default=model_default, help="laud_resnet50 | laud_resnet101")
     p.add_argument("--hardware", default="cpu", help=f"one of {', '.join(known_hardware())}")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default=None,
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--channel-granularity", type=int, default=1)

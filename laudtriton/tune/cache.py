@@ -330,8 +330,8 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
 
     Raises:
-        ValueError: if no input is given, an input is missing, or the inputs (and an
-            existing ``out_path``) are for different devices.
+        ValueError: if no input is given, an input is missing, no input holds a valid
+            entry, or the inputs (and an existing ``out_path``) are for different devices.
     """
     paths = [Path(p) for p in paths]
     out = Path(out_path)
@@ -342,16 +342,21 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
         raise ValueError(f"cache files not found: {', '.join(missing)}")
     devices: dict[str, str] = {}
     merged: dict[str, dict] = {}
+    inputs_with_entries = 0
     for p in ([out] if out.is_file() else []) + paths:
         device, entries = _load(p)
         if entries:
             devices.setdefault(str(device), str(p))
             _merge_into(merged, entries)
+            inputs_with_entries += p in paths
     if len(devices) > 1:
         listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
         raise ValueError(f"cache files are for different devices: {listing}; merge files of "
                          "one device kind only")
-    device = next(iter(devices), "unknown")
+    if not inputs_with_entries:
+        raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
+                         f"{out} left as it was")
+    device = next(iter(devices))
     out.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(out.with_name(out.name + ".lock")):
         _write(out, device, merged)

@@ -132,6 +132,9 @@ def _select(named: list[tuple[str, LaudBottleneck, BlockSpec]],
     if isinstance(blocks, str):
         blocks = [b.strip() for b in blocks.split(",") if b.strip()]
     names = [n for n, _, _ in named]
+    if not blocks:
+        raise ValueError(f"--blocks selects no block; give names or indices, e.g. "
+                         f"'{names[0]},1'")
     keep = set()
     for b in blocks:
         if isinstance(b, int) or (isinstance(b, str) and b.isdigit()):
@@ -269,6 +272,12 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     cache = cache if cache is not None else TuneCache(device=dev)
 
     named = _select(model_blocks(model, input_size, batch, dtype), blocks)
+    if wanted is not None:
+        usable = {v.name for _, _, spec in named for v in variants_for(spec, backend)}
+        idle = sorted(wanted - usable)
+        if idle:
+            raise ValueError(f"--variants {', '.join(idle)}: no selected block of this "
+                             f"model and mode runs it on {backend}")
     by_spec: dict[BlockSpec, list[tuple[str, LaudBottleneck]]] = {}
     for name, block, spec in named:
         by_spec.setdefault(spec, []).append((name, block))

@@ -294,11 +294,15 @@ def run_plot(args: argparse.Namespace) -> int:
             if not Path(args.source).is_file():
                 raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
             rows = read_csv(args.source)
+        from .tune.keys import device_fingerprint
+
         predicted = None
-        kinds = {str(r.get("device") or "").split(":")[0] for r in rows} - {""}
-        if kinds and kinds != {check_device(args.device).type}:
-            print(f"laudtriton plot: the rows were timed on {', '.join(sorted(kinds))}, not "
-                  f"--device {args.device!r}: no predicted line", file=sys.stderr)
+        timed_on = {str(r.get("device") or "") for r in rows} - {""}
+        here = device_fingerprint(args.device)  # a sweep CSV's device column holds this
+        if timed_on - {here, check_device(args.device).type}:
+            print(f"laudtriton plot: the rows were timed on {', '.join(sorted(timed_on))}, "
+                  f"not on --device {args.device!r} ({here}): no predicted line",
+                  file=sys.stderr)
         elif not args.no_predicted:
             predicted = predicted_curves(rows, args.cache_dir, args.device)
         paths = plot_latency_vs_rate(rows, args.out, predicted)

@@ -133,7 +133,7 @@ def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path):
 def test_plot_command_no_predicted_line_for_another_device(tmp_path, capsys):
     """Rows timed on a GPU, plotted here (--device cpu): the CPU predictor's line would
     describe another machine, so it is left out, with a note."""
-    rows = [dict(r, device="cuda:0") for r in _rows()]
+    rows = [dict(r, device="NVIDIA H200") for r in _rows()]
     csv = write_csv(rows, tmp_path / "g.csv")
     assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 0
-    assert "timed on cuda" in capsys.readouterr().err
+    assert "timed on NVIDIA H200" in capsys.readouterr().err

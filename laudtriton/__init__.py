@@ -6,6 +6,7 @@ kernels per block; ``laudtriton.nn`` holds the reference (training) semantics.
 
 from . import nn
 from ._version import __version__
-from .compile import CompiledModel, compile
+from .compile import compile
+from .compiled import CompiledModel
 
 __all__ = ["CompiledModel", "__version__", "compile", "nn"]

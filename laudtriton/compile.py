@@ -30,18 +30,14 @@ import inspect
 import logging
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .nn.block import BlockMasks, LaudBottleneck
+from .compiled import CompiledBlock, CompiledModel, dispatch_rate
+from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
-from .ops.fold import Derived, Fingerprint, FoldedBlock, bn_scale_shift
-from .ops.masks import block_masks
-from .ops.packed import PackedConv
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
 from .schedule import Choice, DispatchTable
@@ -56,184 +52,6 @@ TUNE_MODES = ("cached", "quick", "full", "off")
 DISPATCH = ("dynamic", "static")
 QUICK_RATES = (0.2, 0.5, 0.8)
 CL = torch.channels_last
-
-
-@dataclass(frozen=True)
-class BlockRun:
-    """What one block did in the last forward: its rates, the variant and config run."""
-
-    name: str
-    spatial_rate: float | None
-    channel_rate: float | None
-    variant: str
-    config: dict
-
-
-def _dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> torch.Tensor:
-    if spec.mode == "channel":
-        return masks.channel.mean()
-    return masks.grid.mean()
-
-
-class CompiledBlock(nn.Module):
-    """One LAUD block with BN folded, its maskers, and its dispatch table.
-
-    The rate is read on the host (one sync) only when the table's choice depends on it
-    (``dispatch="dynamic"`` and more than one distinct entry; the table is fixed once
-    compiled); ``last_run`` computes the rates of the last forward when it is read, from
-    the masks it keeps."""
-
-    def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
-                 dispatch: str, expected_rate: float):
-        super().__init__()
-        self.name, self.spec, self.fb, self.table = name, spec, fb, table
-        self.reference = fb.block  # holds the maskers (eval); its convs are not run
-        self.dispatch = dispatch
-        self.static_choice = table.choose(expected_rate)
-        choices = {(c.variant, c.config) for c in table.entries.values()}
-        self.rate_free = dispatch == "static" or len(choices) == 1
-        self._last: tuple[BlockMasks, Choice] | None = None
-
-    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
-        """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
-        (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
-        write the output into it. CompiledModel sets it for the blocks of a LaudResNet."""
-        masks = block_masks(self.reference, x)
-        if self.rate_free:
-            choice = self.static_choice
-        else:
-            choice = self.table.choose(float(_dispatch_rate(self.spec, masks)))
-        variant = get_variant(choice.variant)
-        run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
-        out = run(self.fb, x, masks, choice.config_dict)
-        self._last = (masks, choice)
-        return out
-
-    @property
-    def last_run(self) -> BlockRun | None:
-        """The rates (spatial: of the grid, or of the layer gate; channel) and the variant
-        of the last forward; None before the first."""
-        if self._last is None:
-            return None
-        masks, choice = self._last
-        srate = None if self.spec.mode == "channel" else float(masks.grid.mean())
-        crate = None if masks.channel is None else float(masks.channel.mean())
-        return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
-
-
-class CompiledModel(nn.Module):
-    """An inference-only LAUD model: folded stem, compiled blocks, head.
-
-    ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
-    the last forward. ``source`` is the model that was compiled (train that one).
-    """
-
-    def __init__(self, source: nn.Module, blocks: list[CompiledBlock], input_shape,
-                 device: torch.device, dtype: torch.dtype, backend: str, tune: str):
-        super().__init__()
-        self._source = [source]  # a list, so it is not registered as a submodule
-        self.blocks = nn.ModuleList(blocks)
-        self.input_shape = tuple(input_shape)
-        self.device, self.dtype, self.backend, self.tune = device, dtype, backend, tune
-        self.is_resnet = isinstance(source, LaudResNet)
-        if self.is_resnet:
-            w, b = _fold_conv_bn(source.conv1, source.bn1)
-            self.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=CL))
-            self.register_buffer("stem_b", b.to(device, dtype))
-            self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
-
-    @property
-    def source(self) -> nn.Module:
-        return self._source[0]
-
-    @property
-    def last_stats(self) -> list[BlockRun]:
-        """A BlockRun per block for the last forward (empty before the first)."""
-        runs = [blk.last_run for blk in self.blocks]
-        return [] if None in runs else runs
-
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError(
-                "a CompiledModel is inference only; train the original model (its "
-                "`.source` attribute) and call laudtriton.compile on it again"
-            )
-        return super().train(False)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected a 4D input [B, C, H, W], got {shape}")
-        if tuple(x.shape[1:]) != self.input_shape[1:]:
-            raise ValueError(
-                f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
-                f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; compile "
-                "again with an example input of the new shape"
-            )
-        if x.dtype != self.dtype:
-            raise ValueError(f"input dtype {x.dtype} does not match the compiled dtype "
-                             f"{self.dtype}; cast the input or compile with dtype={x.dtype}")
-        if x.device.type != self.device.type:
-            raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        h = x.contiguous(memory_format=CL)
-        if self.is_resnet:
-            h = stem(self, h)
-        for blk in self.blocks:  # after the stem, h is ours and a ReLU output
-            h = blk(h, reuse_input=self.is_resnet)
-        if self.is_resnet:
-            h = self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-        return h
-
-    @property
-    def plan(self) -> Plan:
-        return Plan(self)
-
-
-class Plan:
-    """Printable per-block plan: name, mode, S, and the variant chosen per rate bucket."""
-
-    def __init__(self, model: CompiledModel):
-        self.rows = [(b.name, b.spec, b.table, b.dispatch) for b in model.blocks]
-        self.header = (f"backend={model.backend} dtype={str(model.dtype).replace('torch.', '')}"
-                       f" tune={model.tune} input={list(model.input_shape)}")
-
-    def __str__(self) -> str:
-        lines = [self.header, f"{'block':<12} {'mode':<8} {'S':>2} {'G':>4}  rate:variant"
-                              " (m=measured now, c=cached, p=predicted, r=only candidate)"]
-        for name, spec, table, dispatch in self.rows:
-            g = spec.channel_groups or "-"
-            s = spec.granularity if spec.spatial else "-"
-            tag = " [static]" if dispatch == "static" else ""
-            lines.append(f"{name:<12} {spec.mode:<8} {s:>2} {g:>4}  {table.describe()}{tag}")
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-
-def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The folded ResNet stem, maxpool(relu(conv7x7/2(x))), with ``owner.stem_w`` and
-    ``owner.stem_b`` as a PackedConv (weights packed once; 3x faster than F.conv2d on the
-    2-core CPU), rebuilt when those tensors change. The compiled model and the dense
-    baseline share it."""
-    key = Fingerprint((owner.stem_w, owner.stem_b), 2)
-    cached = getattr(owner, "_stem_conv", None)
-    conv = None if cached is None else cached.get(key)
-    if conv is None:
-        conv = PackedConv.make(owner.stem_w, owner.stem_b, 2, 3, tuple(x.shape[-2:]),
-                               batch=x.shape[0])
-        owner._stem_conv = Derived(key, conv)
-    return F.max_pool2d(conv(x, relu=True), 3, 2, 1)
-
-
-@torch.no_grad()
-def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    scale, shift = bn_scale_shift(bn)
-    w = conv.weight.double() * scale[:, None, None, None]
-    return w.float(), shift.float()
 
 
 def _resolve_backend(backend: str) -> str:
@@ -295,7 +113,7 @@ def _cached_rates(cache: TuneCache, spec: BlockSpec) -> dict[float, float]:
 
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
-    actual = float(_dispatch_rate(spec, masks))
+    actual = float(dispatch_rate(spec, masks))
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
         for b, r in _cached_rates(cache, spec).items():
@@ -411,7 +229,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
                                        _candidates(spec, backend, variants), tune, cache,
                                        predictor)
-        rate = float(_dispatch_rate(spec, masks))
+        rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, LaudResNet):
         return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)

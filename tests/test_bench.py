@@ -34,15 +34,17 @@ def test_bench_rows(rows):
                                          ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)]
     assert all(b.variant in ("slice", "dense") for b in blocks)
     assert [(r.spec.split("=")[0], r.variant) for r in model] == [
-        ("dense", "compiled"), ("fresh input every call", "compiled"),
-        ("official masked-dense reference", "reference")]
+        ("dense", "compiled"), ("masks given, no maskers run", "compiled"),
+        ("fresh input every call", "compiled"), ("official masked-dense reference",
+                                                   "reference")]
     for r in rows:
         assert r.dense_ms > 0 and r.sparse_ms > 0 and 0 < r.flops_ratio < 1
         assert r.ratio == pytest.approx(r.sparse_ms / r.dense_ms)
         assert r.efficiency == pytest.approx(r.flops_ratio / r.ratio)
         assert (r.model, r.mode, r.batch, r.rate) == ("laud_resnet50", "channel", 1, 0.5)
     # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
-    assert model[1].flops_ratio != model[0].flops_ratio
+    assert model[2].flops_ratio != model[0].flops_ratio
+    assert model[1].flops_ratio == model[0].flops_ratio  # the same input, its own masks
     # repeat=3: every whole-model row is its median run, all three runs listed
     assert all(not b.runs for b in blocks)
     for r in model:

@@ -243,3 +243,25 @@ def test_compiled_model_copies_and_saves_after_forward(mode):
         buf.seek(0)
         for clone in (copy.deepcopy(cm), torch.load(buf, weights_only=False)):
             assert torch.equal(clone(x), y)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
+def test_forward_with_given_masks(mode):
+    """forward(x, masks): the blocks run with the masks given instead of their maskers'.
+    With an earlier forward's own masks: the same output; with other masks: what the
+    reference gives for those; a wrong count raises."""
+    model = tiny_model(mode)
+    x = torch.randn(2, 3, 45, 37)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    with torch.no_grad():
+        y = cm(x)
+        own = [b.last_masks for b in cm.blocks]
+        assert torch.equal(cm(x, masks=own), y)
+        cm(torch.randn(2, 3, 45, 37))
+        other = [b.last_masks for b in cm.blocks]
+        for (_, blk), m in zip(model.blocks(), other):  # the reference with those masks
+            blk.compute_masks = lambda xin, m=m: (m, 0.0)
+        assert_close(cm(x, masks=other), model(x))
+        with pytest.raises(ValueError, match="masks: 1 given"):
+            cm(x, masks=own[:1])

@@ -275,6 +275,10 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
 
 def run(args) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code."""
+    if args.device not in ("cuda", "cpu"):
+        print(f"gpucheck: --device {args.device!r}: accepted 'cuda' (the default; the "
+              "current GPU) or 'cpu' (a plumbing test)")
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpucheck: no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
         return 2

@@ -21,6 +21,12 @@ def _env():
     return env
 
 
+def test_run_rejects_other_devices(tmp_path, capsys):
+    assert gpucheck.main(["--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
+    assert "--device 'cuda:0'" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
+
+
 @NO_CUDA
 def test_run_without_cuda_returns_2(tmp_path, capsys):
     assert gpucheck.main(["--out", str(tmp_path / "o")]) == 2

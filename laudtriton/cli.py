@@ -111,7 +111,7 @@ def _check_counts(args, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
         if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def cmd_bench(args) -> int:

@@ -170,8 +170,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. Any other
         module containing LAUD blocks comes back as an eval-mode copy with each block
         replaced by its ``CompiledBlock`` (no ``plan``, ``last_stats`` or input check of
-        its own; each block checks its input). A module with no LAUD block is returned as
-        an eval-mode copy, with a warning.
+        its own: an input that does not fit fails in the first block's maskers, with
+        torch's error). A module with no LAUD block is returned as an eval-mode copy,
+        with a warning.
 
     Raises:
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or

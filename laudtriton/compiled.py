@@ -5,6 +5,7 @@ its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +55,8 @@ class CompiledBlock(nn.Module):
         self.reference = fb.block  # holds the maskers (eval); its convs are not run
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
-        choices = {(c.variant, c.config) for c in table.entries.values()}
+        choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
+                   for c in table.entries.values()}
         self.rate_free = dispatch == "static" or len(choices) == 1
         self._last: tuple[BlockMasks, Choice] | None = None
 

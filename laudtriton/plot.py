@@ -268,7 +268,9 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
                    help="a sweep CSV, or 'cache' for this device's autotune cache")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--cache-dir", default=None, help="with --from cache")
-    p.add_argument("--device", default="cpu", help="with --from cache: whose timings")
+    p.add_argument("--device", default="cpu",
+                   help="with --from cache: whose timings; the predicted line is this "
+                        "device's (left out for rows timed on another)")
     p.add_argument("--no-predicted", action="store_true",
                    help="leave out the predicted line (drawn when the device is calibrated)")
     p.set_defaults(func=run_plot)
@@ -280,7 +282,8 @@ def run_plot(args: argparse.Namespace) -> int:
     try:
         from .tune.commands import check_device
 
-        check_device(args.device)
+        if args.source == "cache" or not args.no_predicted:
+            check_device(args.device)  # --device is read only then
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out!r} exists and is not a directory")
         if args.source == "cache":
@@ -297,14 +300,15 @@ def run_plot(args: argparse.Namespace) -> int:
         from .tune.keys import device_fingerprint
 
         predicted = None
-        timed_on = {str(r.get("device") or "") for r in rows} - {""}
-        here = device_fingerprint(args.device)  # a sweep CSV's device column holds this
-        if timed_on - {here, check_device(args.device).type}:
-            print(f"laudtriton plot: the rows were timed on {', '.join(sorted(timed_on))}, "
-                  f"not on --device {args.device!r} ({here}): no predicted line",
-                  file=sys.stderr)
-        elif not args.no_predicted:
-            predicted = predicted_curves(rows, args.cache_dir, args.device)
+        if not args.no_predicted:
+            here = device_fingerprint(args.device)  # what a sweep CSV's device column holds
+            timed_on = {str(r.get("device") or "") for r in rows} - {""}
+            if timed_on - {here, check_device(args.device).type}:
+                print(f"laudtriton plot: the rows were timed on "
+                      f"{', '.join(sorted(timed_on))}, not on --device {args.device!r} "
+                      f"({here}): no predicted line", file=sys.stderr)
+            else:
+                predicted = predicted_curves(rows, args.cache_dir, args.device)
         paths = plot_latency_vs_rate(rows, args.out, predicted)
     except ValueError as e:
         print(f"laudtriton plot: error: {e}", file=sys.stderr)

@@ -42,6 +42,7 @@ def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsy
     assert "--csv" in capsys.readouterr().err
     assert main([command, "--csv", str(tmp_path / "no" / "such.csv")]
                 + argv[3:]) == 2
+    assert "--csv" in capsys.readouterr().err  # refused up front, not after timing
 
 
 def test_os_errors_are_one_line(tmp_path, capsys):

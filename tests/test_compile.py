@@ -265,3 +265,23 @@ def test_forward_with_given_masks(mode):
         assert_close(cm(x, masks=other), model(x))
         with pytest.raises(ValueError, match="masks: 1 given"):
             cm(x, masks=own[:1])
+
+
+def test_compiled_block_takes_nested_kernel_configs():
+    """Triton variants' configs nest ({"conv1": {...}, ...}); a dispatch table holding
+    them (measured, cached or predicted) must build a CompiledBlock, rate-free when every
+    entry is the same."""
+    from laudtriton.compiled import CompiledBlock
+    from laudtriton.ops import BlockSpec, fold_block
+    from laudtriton.schedule import Choice, DispatchTable
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    spec = BlockSpec.from_block(block, (1, 32, 12, 12))
+    cfg = {"conv1": {"block_m": 32, "num_warps": 4}, "conv2": {"block_m": 64}}
+    same = DispatchTable({b: Choice.make("fused", cfg, 1e-3, "cached") for b in (0.2, 0.8)})
+    blk = CompiledBlock("b", spec, fold_block(block), same, "dynamic", 0.5)
+    assert blk.rate_free and blk.static_choice.config_dict == cfg
+    other = dict(cfg, conv2={"block_m": 32})
+    mixed = DispatchTable({0.2: Choice.make("fused", cfg, 1e-3, "cached"),
+                           0.8: Choice.make("fused", other, 1e-3, "cached")})
+    assert not CompiledBlock("b", spec, fold_block(block), mixed, "dynamic", 0.5).rate_free

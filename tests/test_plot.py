@@ -137,3 +137,12 @@ def test_plot_command_no_predicted_line_for_another_device(tmp_path, capsys):
     csv = write_csv(rows, tmp_path / "g.csv")
     assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 0
     assert "timed on NVIDIA H200" in capsys.readouterr().err
+
+
+def test_plot_command_no_predicted_needs_no_device(tmp_path, capsys):
+    """A CSV plotted with --no-predicted never reads --device (a GPU sweep plotted on a
+    machine without one)."""
+    csv = write_csv([dict(r, device="NVIDIA H200") for r in _rows()], tmp_path / "g.csv")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
+                 "--device", "cuda", "--no-predicted"]) == 0
+    assert capsys.readouterr().err == ""

@@ -280,3 +280,20 @@ def test_fingerprint_is_identity_and_version():
     with torch.no_grad():
         fb.kappa1.add_(0.0)
     assert fp != fb.fingerprint()
+
+
+def test_triton_tap_major_weight_follows_the_weights():
+    """The channel_gemm variant's (dy, dx, out, in) copy of W2 is rebuilt after an
+    in-place edit of fb.w2, and is not carried into copies."""
+    import copy
+
+    from laudtriton.ops.triton_channel import _w2_tap_major
+
+    fb = fold_block(make_block(16, 8, 1, mode="channel", channel_granularity=2))
+    assert torch.equal(_w2_tap_major(fb), fb.w2)
+    with torch.no_grad():
+        fb.w2.mul_(-2.0)
+    assert torch.equal(_w2_tap_major(fb), fb.w2)
+    clone = copy.deepcopy(fb)
+    assert clone._channel_gemm_w2.value is None
+    assert torch.equal(_w2_tap_major(clone), clone.w2)

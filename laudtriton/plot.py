@@ -282,8 +282,9 @@ def run_plot(args: argparse.Namespace) -> int:
     try:
         from .tune.commands import check_device
 
+        dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:
-            check_device(args.device)  # --device is read only then
+            dev = check_device(args.device)
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out!r} exists and is not a directory")
         if args.source == "cache":
@@ -303,7 +304,7 @@ def run_plot(args: argparse.Namespace) -> int:
         if not args.no_predicted:
             here = device_fingerprint(args.device)  # what a sweep CSV's device column holds
             timed_on = {str(r.get("device") or "") for r in rows} - {""}
-            if timed_on - {here, check_device(args.device).type}:
+            if timed_on - {here, dev.type}:
                 print(f"laudtriton plot: the rows were timed on "
                       f"{', '.join(sorted(timed_on))}, not on --device {args.device!r} "
                       f"({here}): no predicted line", file=sys.stderr)

@@ -49,9 +49,12 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     out: dict[str, dict[str, float]] = {v.name: {} for v in variants}
     calls, keys, setup = [], [], []
     source = scratch = None
+
+    def restore():  # an in-place variant's input back to relu(x)
+        scratch.copy_(source)
+
     for v in variants:
         for cfg in (configs or {}).get(v.name) or v.configs(spec):
-            restore = None
             if v.run_inplace is not None:
                 if scratch is None:
                     source = torch.relu(x).contiguous(memory_format=torch.channels_last)
@@ -59,9 +62,6 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
 
                 def call(v=v, cfg=cfg):
                     return v.run_inplace(fb, scratch, masks, cfg)
-
-                def restore():
-                    scratch.copy_(source)
             else:
                 def call(v=v, cfg=cfg):
                     return v.run(fb, x, masks, cfg)
@@ -75,7 +75,7 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 continue
             calls.append(call)
             keys.append((v.name, config_key(cfg)))
-            setup.append(restore)
+            setup.append(restore if v.run_inplace is not None else None)
     with torch.no_grad():
         if x.device.type == "cuda":
             times = [median_time(c, x.device, warmup=warmup, reps=reps) for c in calls]

@@ -15,7 +15,7 @@ from torch import nn
 from .nn.block import BlockMasks
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
-from .ops.fold import Derived, Fingerprint, FoldedBlock, bn_scale_shift
+from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.masks import block_masks
 from .ops.packed import PackedConv
 from .schedule import Choice, DispatchTable
@@ -204,13 +204,9 @@ def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``owner.stem_b`` as a PackedConv (weights packed once; 3x faster than F.conv2d on the
     2-core CPU), rebuilt when those tensors change. The compiled model and the dense
     baseline share it."""
-    key = Fingerprint((owner.stem_w, owner.stem_b), 2)
-    cached = getattr(owner, "_stem_conv", None)
-    conv = None if cached is None else cached.get(key)
-    if conv is None:
-        conv = PackedConv.make(owner.stem_w, owner.stem_b, 2, 3, tuple(x.shape[-2:]),
-                               batch=x.shape[0])
-        owner._stem_conv = Derived(key, conv)
+    conv = derived(owner, "_stem_conv", Fingerprint((owner.stem_w, owner.stem_b), 2),
+                   lambda: PackedConv.make(owner.stem_w, owner.stem_b, 2, 3,
+                                           tuple(x.shape[-2:]), batch=x.shape[0]))
     return F.max_pool2d(conv(x, relu=True), 3, 2, 1)
 
 

@@ -64,6 +64,17 @@ class Derived:
         return self.value if self.owner == owner else None
 
 
+def derived(obj, attr: str, owner: Fingerprint, build):
+    """The value kept on ``obj`` as attribute ``attr`` (a Derived) if it was built from
+    ``owner``; else ``build()``, kept there for next time."""
+    cached = getattr(obj, attr, None)
+    value = None if cached is None else cached.get(owner)
+    if value is None:
+        value = build()
+        setattr(obj, attr, Derived(owner, value))
+    return value
+
+
 @dataclass
 class FoldedBlock:
     """Inference weights of one LAUD bottleneck with BN folded in.

@@ -81,11 +81,18 @@ def _gathered(in_hw: tuple[int, int], runs) -> bool:
     return in_hw[0] * in_hw[1] <= GATHER_MAX_PIXELS and sum(r[2] for r in runs) > 1
 
 
+def _active_index(on: list[bool], device) -> torch.Tensor:
+    """[n] int64 indices of the samples whose gate is on (for gathering them)."""
+    return torch.tensor([i for i, v in enumerate(on) if v], device=device)
+
+
 def _residuals_into(sw: SlicedWeights, x: torch.Tensor, out: torch.Tensor,
-                    idx: torch.Tensor, runs) -> None:
-    """out[i] = relu(residual(x[i]) + out[i]) in place for the active samples ``idx``:
-    per run of consecutive samples (views), or gathered into one batch on small maps."""
+                    on: list[bool], runs) -> None:
+    """out[i] = relu(residual(x[i]) + out[i]) in place for the samples whose gate is
+    ``on``: per run of consecutive samples (views), or gathered into one batch on small
+    maps."""
     if _gathered(tuple(x.shape[2:]), runs):
+        idx = _active_index(on, x.device)
         xs = xs_out = take(x, idx)
         if out is not x:
             xs_out = take(out, idx)
@@ -125,20 +132,20 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     if n == b:
         return residual_into(sw, x) if inplace and ds is None else _block(sw, ds, x)
     runs = _runs(on)
-    idx = torch.tensor([i for i in range(b) if on[i]], device=x.device)
     if ds is not None:
         out = ds(x, relu=False)
-        _residuals_into(sw, x, out, idx, runs)
+        _residuals_into(sw, x, out, on, runs)
         for a, e, active in runs:
             if not active:
                 out[a:e].relu_()
         return out
     if inplace:
-        _residuals_into(sw, x, x, idx, runs)
+        _residuals_into(sw, x, x, on, runs)
         return x
     out = torch.empty_like(x, memory_format=CL)
     gathered = _gathered(in_hw, runs)
     if gathered:
+        idx = _active_index(on, x.device)
         put(out, idx, _block(sw, None, take(x, idx)))
     for a, e, active in runs:
         if active and not gathered:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..nn.block import BlockMasks
 from . import masks as mk
 from .channel import slice_cache
-from .fold import Derived, FoldedBlock
+from .fold import FoldedBlock, derived
 from .kappa import channel_groups, conv3_bias
 from .packed import PackedConv, onednn_fusion_available
 from .registry import Variant, register
@@ -84,13 +84,8 @@ def _full_weights(fb: FoldedBlock) -> _Weights:
     oneDNN weight packed for one row count can run 10-20x slower on another (128->512 over
     384 rows: 0.21 ms packed for 384, 2.2 ms packed for 1024; 1 thread), and the row count
     changes with every mask."""
-    owner = fb.fingerprint()
-    cached = getattr(fb, "_spatial_weights", None)
-    wt = None if cached is None else cached.get(owner)
-    if wt is None:
-        wt = _Weights(fb.w1, fb.b1, fb.w2, _w2col(fb.w2), fb.b2, fb.w3, fb.b3, None, {})
-        fb._spatial_weights = Derived(owner, wt)
-    return wt
+    return derived(fb, "_spatial_weights", fb.fingerprint(), lambda: _Weights(
+        fb.w1, fb.b1, fb.w2, _w2col(fb.w2), fb.b2, fb.w3, fb.b3, None, {}))
 
 
 def _patch_conv(fb: FoldedBlock, wt: _Weights, p: int) -> PackedConv:

@@ -17,7 +17,7 @@ import torch
 
 from ..nn.block import BlockMasks
 from .dense import identity_path
-from .fold import Derived, FoldedBlock
+from .fold import FoldedBlock, derived
 from .kappa import channel_work
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -53,13 +53,8 @@ def kappa_terms(fb: FoldedBlock, active: torch.Tensor) -> tuple[torch.Tensor, to
 def _w2_tap_major(fb: FoldedBlock) -> torch.Tensor:
     """w2 [w, w, 3, 3] as a view of a (dy, dx, out, in)-contiguous copy, made once per fb
     and again when its tensors change (``FoldedBlock.fingerprint``)."""
-    owner = fb.fingerprint()
-    cached = getattr(fb, "_channel_gemm_w2", None)
-    w2t = None if cached is None else cached.get(owner)
-    if w2t is None:
-        w2t = fb.w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
-        fb._channel_gemm_w2 = Derived(owner, w2t)
-    return w2t
+    return derived(fb, "_channel_gemm_w2", fb.fingerprint(),
+                   lambda: fb.w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1))
 
 
 def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,

@@ -16,8 +16,10 @@ from .nn.block import BlockMasks
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
-from .ops.masks import block_masks
+from .ops.layer import gate_values
+from .ops.masks import block_masks, grid_pool
 from .ops.packed import PackedConv
+from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
 
 CL = torch.channels_last
@@ -58,18 +60,26 @@ class CompiledBlock(nn.Module):
         choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
                    for c in table.entries.values()}
         self.rate_free = dispatch == "static" or len(choices) == 1
-        self._last: tuple[BlockMasks, Choice] | None = None
+        self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
-                masks: BlockMasks | None = None) -> torch.Tensor:
+                masks: BlockMasks | None = None,
+                order: SampleOrder | None = None) -> torch.Tensor:
         """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
         (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
         write the output into it. CompiledModel sets it for the blocks of a LaudResNet.
         masks: run with these (e.g. ``last_masks`` of an earlier forward on the same
         input) instead of the maskers': how ``laudtriton bench`` times the model without
-        its maskers' cost."""
+        its maskers' cost. order: the order x's samples are in, when not the caller's
+        (inside a CompiledModel, see ``layer_step``); masks are given in the caller's."""
         if masks is None:
             masks = block_masks(self.reference, x)
+        elif order is not None:
+            masks = order.to_batch(masks)
+        return self._run(x, masks, reuse_input, None if order is None else order.snapshot())
+
+    def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
+             perm: tuple[int, ...] | None) -> torch.Tensor:
         if self.rate_free:
             choice = self.static_choice
         else:
@@ -77,13 +87,47 @@ class CompiledBlock(nn.Module):
         variant = get_variant(choice.variant)
         run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
         out = run(self.fb, x, masks, choice.config_dict)
-        self._last = (masks, choice)
+        self._last = (masks, choice, perm)
         return out
+
+    def layer_step(self, h: torch.Tensor, order: SampleOrder, masks: BlockMasks | None,
+                   pooled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This layer block inside a compiled LaudResNet: h [B, C, H, W] is the model's own
+        activation (a ReLU output, overwritten), in the batch order ``order``.
+
+        The samples whose gate is on are first swapped into one window of the batch
+        (``SampleOrder.make_contiguous``: h, pooled and the order move together), so the
+        variant meets one contiguous run. pooled: h average-pooled to 1x1 ([B, C]) when
+        known, read by the gate instead of pooling h; the pooling of the output is
+        returned where it is cheap to keep: without a downsample, a sample whose gate is
+        off leaves the block unchanged (relu(x) = x), so only the active rows are
+        pooled again. masks: given in the caller's order (``forward(x, masks)``); then
+        nothing is pooled. Returns (output, its pooling or None)."""
+        b = h.shape[0]
+        if masks is None:
+            if pooled is None:
+                pooled = grid_pool(h, (1, 1)).flatten(1)
+            masks = block_masks(self.reference, h, pooled=pooled)
+        else:
+            masks, pooled = order.to_batch(masks), None
+        on = gate_values(masks, b)
+        moved = order.make_contiguous(on, [h] if pooled is None else [h, pooled])
+        if moved is not None:
+            masks = take_masks(masks, moved)
+            on = [on[i] for i in moved]
+        out = self._run(h, masks, True, order.snapshot())
+        if pooled is None or self.spec.downsample or not any(on):
+            return out, None if self.spec.downsample else pooled
+        a = on.index(True)
+        e = a + sum(on)  # contiguous after make_contiguous
+        pooled[a:e] = grid_pool(out[a:e], (1, 1)).flatten(1)
+        return out, pooled
 
     @property
     def last_masks(self) -> BlockMasks | None:
-        """The masks of the last forward; None before the first."""
-        return None if self._last is None else self._last[0]
+        """The masks of the last forward, in the caller's sample order; None before the
+        first."""
+        return None if self._last is None else caller_masks(self._last[0], self._last[2])
 
     @property
     def last_run(self) -> BlockRun | None:
@@ -91,7 +135,7 @@ class CompiledBlock(nn.Module):
         of the last forward; None before the first."""
         if self._last is None:
             return None
-        masks, choice = self._last
+        masks, choice, _ = self._last
         srate = None if self.spec.mode == "channel" else float(masks.grid.mean())
         crate = None if masks.channel is None else float(masks.channel.mean())
         return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
@@ -165,13 +209,19 @@ class CompiledModel(nn.Module):
         if masks is not None and len(masks) != len(self.blocks):
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
         h = x.contiguous(memory_format=CL)
-        if self.is_resnet:
-            h = stem(self, h)
-        for i, blk in enumerate(self.blocks):  # after the stem, h is ours, a ReLU output
-            h = blk(h, reuse_input=self.is_resnet, masks=None if masks is None else masks[i])
-        if self.is_resnet:
-            h = self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-        return h
+        if not self.is_resnet:
+            for i, blk in enumerate(self.blocks):
+                h = blk(h, masks=None if masks is None else masks[i])
+            return h
+        h = stem(self, h)  # from here on h is ours, a ReLU output
+        order, pooled = SampleOrder(h.shape[0]), None
+        for i, blk in enumerate(self.blocks):
+            given = None if masks is None else masks[i]
+            if blk.spec.mode == "layer":
+                h, pooled = blk.layer_step(h, order, given, pooled)
+            else:
+                h, pooled = blk(h, reuse_input=True, masks=given, order=order), None
+        return order.to_caller(self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)))
 
     @property
     def plan(self) -> Plan:

@@ -1,0 +1,117 @@
+"""Where each sample of a batch sits while a compiled LaudResNet runs (layer mode).
+
+A layer gate turns a block on for some samples of the batch. The ``compact`` variant runs
+the active samples as contiguous batch slices (views) or gathers them into one batch and
+scatters the result back; both cost more than one dense call when the active samples are
+scattered (three slices of 1, 2 and 1 samples, or two copies of each active sample).
+Gates are correlated from block to block (an image that skips one block tends to skip
+the next), so the compiled model moves the samples instead: before a layer block it swaps
+samples, in place, until the active ones fill one window of the batch, and keeps them
+there. The next block whose active set is the same (or its complement) finds it
+contiguous and moves nothing. The model tracks the permutation and puts the logits back
+in the caller's order at the end; masks given in the caller's order are permuted to the
+batch's, and the masks it keeps are put back.
+
+Measured on the 2-core x86, LAUD-ResNet-101, layer mode, rate 0.5, batch 8 (gates
+01011001 and its complement alternating over the blocks): the compact variant's slices
+and gathers vs this order, in one interleaved run, is in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .nn.block import BlockMasks
+
+
+class SampleOrder:
+    """The batch's order: ``perm[p]`` is the caller's sample held at batch position p.
+
+    Only tensors the compiled model owns are reordered (its activations and their pooled
+    rows); the caller's input is never written.
+    """
+
+    def __init__(self, batch: int):
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.perm = list(range(batch))
+
+    @property
+    def identity(self) -> bool:
+        return all(p == i for i, p in enumerate(self.perm))
+
+    def snapshot(self) -> tuple[int, ...] | None:
+        """The permutation now (None for the identity), for masks kept in batch order."""
+        return None if self.identity else tuple(self.perm)
+
+    def make_contiguous(self, on: list[bool], tensors: list[torch.Tensor]) -> list[int] | None:
+        """Swap samples so that the ``on`` ones fill one window [a, a + n) of the batch,
+        choosing the window that needs the fewest swaps; each swap exchanges two samples
+        (dim 0) of every tensor in ``tensors``, in place, and of ``perm``.
+
+        Returns the permutation applied (new position p holds old position ``idx[p]``),
+        or None when nothing moved (the active samples were already contiguous, or none
+        or all of them are active).
+        """
+        b, n = len(on), sum(on)
+        if b != len(self.perm):
+            raise ValueError(f"gate of {b} samples for a batch of {len(self.perm)}")
+        if n in (0, b):
+            return None
+        prefix = [0]
+        for v in on:
+            prefix.append(prefix[-1] + int(v))
+        a = max(range(b - n + 1), key=lambda s: prefix[s + n] - prefix[s])
+        inside = [i for i in range(a, a + n) if not on[i]]
+        if not inside:
+            return None
+        outside = [i for i in range(b) if on[i] and not a <= i < a + n]
+        idx = list(range(b))
+        for p, q in zip(inside, outside):
+            for t in tensors:
+                tmp = t[p].clone()
+                t[p].copy_(t[q])
+                t[q].copy_(tmp)
+            idx[p], idx[q] = q, p
+            self.perm[p], self.perm[q] = self.perm[q], self.perm[p]
+        return idx
+
+    def to_caller(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B, ...] in batch order -> the caller's order (t itself for the identity)."""
+        if self.identity:
+            return t
+        return t.index_select(0, torch.tensor(inverse(self.perm), device=t.device))
+
+    def to_batch(self, masks: BlockMasks) -> BlockMasks:
+        """Masks in the caller's order -> batch order (masks itself for the identity)."""
+        return masks if self.identity else take_masks(masks, self.perm)
+
+
+def take_masks(masks: BlockMasks, idx) -> BlockMasks:
+    """The masks of samples ``idx`` (in that order) along dim 0. A mask that broadcasts
+    one value per sample over its map (a layer gate's mask3/mask1) stays a broadcast."""
+
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        i = torch.as_tensor(idx, device=t.device)
+        if t.dim() == 4 and t.stride(2) == 0 and t.stride(3) == 0:
+            return t[:, :, :1, :1].index_select(0, i).expand(len(idx), *t.shape[1:])
+        return t.index_select(0, i)
+
+    return BlockMasks(take(masks.grid), take(masks.mask3), take(masks.mask1),
+                      take(masks.channel))
+
+
+def caller_masks(masks: BlockMasks, perm: tuple[int, ...] | None) -> BlockMasks:
+    """Masks kept in batch order, taken when the batch was in order ``perm``, in the
+    caller's order."""
+    return masks if perm is None else take_masks(masks, inverse(perm))
+
+
+def inverse(perm) -> list[int]:
+    """The inverse permutation: inverse(perm)[perm[p]] = p."""
+    inv = [0] * len(perm)
+    for p, s in enumerate(perm):
+        inv[s] = p
+    return inv

@@ -1,0 +1,150 @@
+"""SampleOrder: a compiled layer-mode LaudResNet swaps samples so that each block's active
+ones are contiguous; outputs, masks and stats stay in the caller's order."""
+
+import itertools
+
+import pytest
+import torch
+
+import laudtriton
+from laudtriton.nn import LaudResNet, calibrate_rates
+from laudtriton.nn.block import BlockMasks
+from laudtriton.order import SampleOrder, caller_masks, inverse, take_masks
+from laudtriton.testing import assert_close, randomize_bn
+
+CL = torch.channels_last
+
+
+def labelled(batch):
+    """A channels_last [B, 3, 4, 5] tensor and a [B, 3] one whose sample i holds value i."""
+    v = torch.arange(batch, dtype=torch.float32)
+    return (v[:, None, None, None].expand(batch, 3, 4, 5).contiguous(memory_format=CL),
+            v[:, None].expand(batch, 3).contiguous())
+
+
+def fewest_swaps(on):
+    n = sum(on)
+    return min(sum(not v for v in on[a:a + n]) for a in range(len(on) - n + 1))
+
+
+@pytest.mark.parametrize("on", [list(g) for b in (1, 2, 5, 8)
+                                for g in itertools.product([False, True], repeat=b)][::3])
+def test_make_contiguous_every_gate(on):
+    order = SampleOrder(len(on))
+    h, pooled = labelled(len(on))
+    idx = order.make_contiguous(on, [h, pooled])
+    swaps = 0 if idx is None else sum(i != p for p, i in enumerate(idx)) // 2
+    assert swaps == fewest_swaps(on)
+    moved = on if idx is None else [on[i] for i in idx]
+    first = moved.index(True) if any(moved) else 0
+    assert moved == [first <= p < first + sum(on) for p in range(len(on))]
+    # every tensor moved with the order: position p holds the caller's sample perm[p]
+    assert h[:, 0, 0, 0].tolist() == order.perm == pooled[:, 0].tolist()
+    assert h.is_contiguous(memory_format=CL)
+    assert order.to_caller(h)[:, 0, 0, 0].tolist() == list(range(len(on)))
+
+
+def test_order_accumulates_over_blocks():
+    order = SampleOrder(6)
+    h, _ = labelled(6)
+    for on in ([1, 0, 1, 0, 0, 1], [0, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 1]):
+        order.make_contiguous([bool(v) for v in on], [h])
+        assert h[:, 0, 0, 0].tolist() == order.perm
+    assert sorted(order.perm) == list(range(6)) and order.snapshot() == tuple(order.perm)
+    assert order.to_caller(h)[:, 0, 0, 0].tolist() == list(range(6))
+    assert inverse(order.perm)[order.perm[2]] == 2
+
+
+def test_masks_between_orders():
+    """to_batch and caller_masks invert each other; a layer gate's broadcast masks stay
+    broadcasts (no per-pixel copies)."""
+    order = SampleOrder(4)
+    h, _ = labelled(4)
+    order.make_contiguous([True, False, False, True], [h])
+    assert order.perm != [0, 1, 2, 3]
+    grid = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(4, 1, 1, 1)
+    masks = BlockMasks(grid, grid.expand(4, 1, 6, 7), (grid > 0.5).expand(4, 1, 9, 9),
+                       torch.eye(4))
+    inb = order.to_batch(masks)
+    assert inb.mask3.stride(-1) == 0 and inb.mask1.stride(-1) == 0
+    assert torch.equal(inb.grid.flatten(), grid.flatten()[order.perm])
+    assert torch.equal(inb.channel, torch.eye(4)[order.perm])
+    back = caller_masks(inb, order.snapshot())
+    for a, b in zip((back.grid, back.mask3, back.mask1, back.channel),
+                    (masks.grid, masks.mask3, masks.mask1, masks.channel)):
+        assert torch.equal(a, b)
+    assert take_masks(BlockMasks(None, None, None, None), [0]).grid is None
+    assert caller_masks(masks, None) is masks and SampleOrder(3).to_batch(masks) is masks
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        SampleOrder(0)
+    with pytest.raises(ValueError, match="gate of 2 samples for a batch of 3"):
+        SampleOrder(3).make_contiguous([True, False], [])
+
+
+def tiny_layer_model(seed=0):
+    torch.manual_seed(seed)
+    m = LaudResNet((2, 2, 2, 1), mode="layer", width_mult=0.25, input_size=None,
+                   num_classes=7)
+    return randomize_bn(m).eval()
+
+
+def spread_input(batch, seed=0):
+    """Images with per-sample scale and offset, so the layer gates differ between samples."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 40, 36, generator=g)
+    return x * torch.rand(batch, 1, 1, 1, generator=g) * 3 + torch.randn(batch, 3, 1, 1,
+                                                                          generator=g)
+
+
+def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch):
+    """With its maskers: logits, every block's masks (caller's order) and rates equal the
+    reference's, while the batch was reordered on the way (the gates' pooled rows are
+    reused for samples a block left unchanged)."""
+    model = tiny_layer_model()
+    x = spread_input(7)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    moves = []
+    make = SampleOrder.make_contiguous
+    monkeypatch.setattr(SampleOrder, "make_contiguous",
+                        lambda self, on, ts: moves.append(make(self, on, ts)) or moves[-1])
+    with torch.no_grad():
+        for seed in range(3):
+            xs = spread_input(7, seed)
+            out = cm(xs)
+            assert_close(out, model(xs))
+            for blk, (_, ref) in zip(cm.blocks, model.blocks()):
+                assert torch.equal(blk.last_masks.grid, ref.last_masks.grid)
+                assert torch.equal(blk.last_masks.mask3, ref.last_masks.mask3)
+            rates = [r.spatial_rate for r in cm.last_stats]
+            assert rates == [float(b.last_masks.grid.mean()) for _, b in model.blocks()]
+    assert any(m is not None for m in moves), "no sample moved: the test tests nothing"
+
+
+def test_compiled_layer_model_with_scattered_given_masks():
+    """Masks given in the caller's order, scattered so that samples move: the output is the
+    reference's with those masks, and last_masks gives them back unchanged."""
+    model = tiny_layer_model(seed=1)
+    x = spread_input(6, seed=3)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    gates = [[1, 0, 1, 0, 0, 1], [0, 1, 1, 0, 1, 0], [1, 1, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0],
+             [1, 0, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 1]]
+    with torch.no_grad():
+        cm(x)
+    given = []
+    for blk, g in zip(cm.blocks, gates):
+        m = blk.last_masks
+        grid = torch.tensor(g, dtype=torch.float32).view(6, 1, 1, 1)
+        given.append(BlockMasks(grid, grid.expand_as(m.mask3), (grid > 0.5).expand_as(m.mask1),
+                                None))
+    for (_, blk), m in zip(model.blocks(), given):
+        blk.compute_masks = lambda xin, m=m: (m, 0.0)
+    with torch.no_grad():
+        assert_close(cm(x, masks=given), model(x))
+    for blk, m in zip(cm.blocks, given):
+        assert torch.equal(blk.last_masks.grid, m.grid)
+        assert torch.equal(blk.last_masks.mask1, m.mask1)

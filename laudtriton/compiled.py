@@ -105,8 +105,9 @@ class CompiledBlock(nn.Module):
         nothing is pooled. Returns (output, its pooling or None)."""
         b = h.shape[0]
         if masks is None:
-            if pooled is None:
+            if pooled is None:  # on a 1x1 map the pooling is h itself: copied, as it moves
                 pooled = grid_pool(h, (1, 1)).flatten(1)
+                pooled = pooled.clone() if pooled.data_ptr() == h.data_ptr() else pooled
             masks = block_masks(self.reference, h, pooled=pooled)
         else:
             masks, pooled = order.to_batch(masks), None

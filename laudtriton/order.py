@@ -83,7 +83,16 @@ class SampleOrder:
         return t.index_select(0, torch.tensor(inverse(self.perm), device=t.device))
 
     def to_batch(self, masks: BlockMasks) -> BlockMasks:
-        """Masks in the caller's order -> batch order (masks itself for the identity)."""
+        """Masks in the caller's order -> batch order (masks itself for the identity).
+
+        Raises:
+            ValueError: if a mask's batch is not the batch's size.
+        """
+        for name in ("grid", "mask3", "mask1", "channel"):
+            t = getattr(masks, name)
+            if t is not None and t.shape[0] != len(self.perm):
+                raise ValueError(f"masks.{name} has {t.shape[0]} samples for a batch of "
+                                 f"{len(self.perm)}")
         return masks if self.identity else take_masks(masks, self.perm)
 
 

@@ -74,7 +74,7 @@ def test_masks_between_orders():
                     (masks.grid, masks.mask3, masks.mask1, masks.channel)):
         assert torch.equal(a, b)
     assert take_masks(BlockMasks(None, None, None, None), [0]).grid is None
-    assert caller_masks(masks, None) is masks and SampleOrder(3).to_batch(masks) is masks
+    assert caller_masks(masks, None) is masks and SampleOrder(4).to_batch(masks) is masks
 
 
 def test_bad_input():
@@ -82,6 +82,9 @@ def test_bad_input():
         SampleOrder(0)
     with pytest.raises(ValueError, match="gate of 2 samples for a batch of 3"):
         SampleOrder(3).make_contiguous([True, False], [])
+    grid = torch.ones(2, 1, 1, 1)
+    with pytest.raises(ValueError, match="masks.grid has 2 samples for a batch of 3"):
+        SampleOrder(3).to_batch(BlockMasks(grid, None, None, None))
 
 
 def tiny_layer_model(seed=0):
@@ -91,20 +94,21 @@ def tiny_layer_model(seed=0):
     return randomize_bn(m).eval()
 
 
-def spread_input(batch, seed=0):
+def spread_input(batch, seed=0, hw=(40, 36)):
     """Images with per-sample scale and offset, so the layer gates differ between samples."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, 40, 36, generator=g)
+    x = torch.randn(batch, 3, *hw, generator=g)
     return x * torch.rand(batch, 1, 1, 1, generator=g) * 3 + torch.randn(batch, 3, 1, 1,
                                                                           generator=g)
 
 
-def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch):
+@pytest.mark.parametrize("hw", [(40, 36), (16, 16)], ids=["40x36", "16x16-maps-down-to-1x1"])
+def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch, hw):
     """With its maskers: logits, every block's masks (caller's order) and rates equal the
     reference's, while the batch was reordered on the way (the gates' pooled rows are
-    reused for samples a block left unchanged)."""
+    reused for samples a block left unchanged; on a 1x1 map the pooling is the map)."""
     model = tiny_layer_model()
-    x = spread_input(7)
+    x = spread_input(7, hw=hw)
     calibrate_rates(model, x, 0.5)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off")
     moves = []
@@ -113,7 +117,7 @@ def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch):
                         lambda self, on, ts: moves.append(make(self, on, ts)) or moves[-1])
     with torch.no_grad():
         for seed in range(3):
-            xs = spread_input(7, seed)
+            xs = spread_input(7, seed, hw)
             out = cm(xs)
             assert_close(out, model(xs))
             for blk, (_, ref) in zip(cm.blocks, model.blocks()):

@@ -218,7 +218,7 @@ class CompiledModel(nn.Module):
         order, pooled = SampleOrder(h.shape[0]), None
         for i, blk in enumerate(self.blocks):
             given = None if masks is None else masks[i]
-            if blk.spec.mode == "layer":
+            if blk.spec.mode == "layer" and h.device.type == "cpu":  # no host sync on GPUs
                 h, pooled = blk.layer_step(h, order, given, pooled)
             else:
                 h, pooled = blk(h, reuse_input=True, masks=given, order=order), None

@@ -17,7 +17,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import block_masks, grid_pool
+from .ops.masks import block_masks, global_pool
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -63,19 +63,24 @@ class CompiledBlock(nn.Module):
         self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
-                masks: BlockMasks | None = None,
+                masks: BlockMasks | None = None, *,
                 order: SampleOrder | None = None) -> torch.Tensor:
         """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
         (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
         write the output into it. CompiledModel sets it for the blocks of a LaudResNet.
         masks: run with these (e.g. ``last_masks`` of an earlier forward on the same
         input) instead of the maskers': how ``laudtriton bench`` times the model without
-        its maskers' cost. order: the order x's samples are in, when not the caller's
-        (inside a CompiledModel, see ``layer_step``); masks are given in the caller's."""
+        its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
+        x in that order, masks given in the caller's; see ``order.SampleOrder``); a layer
+        block on CPU then moves its active samples into one window first."""
+        if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
+            return self._layer_step(x, order, masks)
         if masks is None:
             masks = block_masks(self.reference, x)
         elif order is not None:
             masks = order.to_batch(masks)
+        if order is not None:
+            order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, None if order is None else order.snapshot())
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
@@ -90,39 +95,30 @@ class CompiledBlock(nn.Module):
         self._last = (masks, choice, perm)
         return out
 
-    def layer_step(self, h: torch.Tensor, order: SampleOrder, masks: BlockMasks | None,
-                   pooled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This layer block inside a compiled LaudResNet: h [B, C, H, W] is the model's own
-        activation (a ReLU output, overwritten), in the batch order ``order``.
-
-        The samples whose gate is on are first swapped into one window of the batch
-        (``SampleOrder.make_contiguous``: h, pooled and the order move together), so the
-        variant meets one contiguous run. pooled: h average-pooled to 1x1 ([B, C]) when
-        known, read by the gate instead of pooling h; the pooling of the output is
-        returned where it is cheap to keep: without a downsample, a sample whose gate is
-        off leaves the block unchanged (relu(x) = x), so only the active rows are
-        pooled again. masks: given in the caller's order (``forward(x, masks)``); then
-        nothing is pooled. Returns (output, its pooling or None)."""
-        b = h.shape[0]
+    def _layer_step(self, h: torch.Tensor, order: SampleOrder,
+                    masks: BlockMasks | None) -> torch.Tensor:
+        """This layer block on the model's activation h (a ReLU output, reordered and
+        overwritten in place): the samples whose gate is on are swapped into one window
+        (``SampleOrder.make_contiguous``), so the variant meets one contiguous run; the
+        gate reads ``order.pooled`` when known, and order.pooled is kept up to date where
+        that is cheap: without a downsample a sample whose gate is off leaves the block
+        unchanged (relu(x) = x), so only the window is pooled again. With masks given
+        nothing is pooled."""
         if masks is None:
-            if pooled is None:  # on a 1x1 map the pooling is h itself: copied, as it moves
-                pooled = grid_pool(h, (1, 1)).flatten(1)
-                pooled = pooled.clone() if pooled.data_ptr() == h.data_ptr() else pooled
-            masks = block_masks(self.reference, h, pooled=pooled)
+            if order.pooled is None:
+                order.pooled = global_pool(h)
+            masks = block_masks(self.reference, h, pooled=order.pooled)
         else:
-            masks, pooled = order.to_batch(masks), None
-        on = gate_values(masks, b)
-        moved = order.make_contiguous(on, [h] if pooled is None else [h, pooled])
+            masks, order.pooled = order.to_batch(masks), None
+        (a, e), moved = order.make_contiguous(gate_values(masks, h.shape[0]), h)
         if moved is not None:
             masks = take_masks(masks, moved)
-            on = [on[i] for i in moved]
         out = self._run(h, masks, True, order.snapshot())
-        if pooled is None or self.spec.downsample or not any(on):
-            return out, None if self.spec.downsample else pooled
-        a = on.index(True)
-        e = a + sum(on)  # contiguous after make_contiguous
-        pooled[a:e] = grid_pool(out[a:e], (1, 1)).flatten(1)
-        return out, pooled
+        if self.spec.downsample:  # every sample changed
+            order.pooled = None
+        elif order.pooled is not None and e > a:
+            order.pooled[a:e] = global_pool(out[a:e])
+        return out
 
     @property
     def last_masks(self) -> BlockMasks | None:
@@ -182,9 +178,9 @@ class CompiledModel(nn.Module):
         return super().train(False)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected a 4D input [B, C, H, W], got {shape}")
+            raise ValueError(f"expected a 4D input [B, C, H, W] with B >= 1, got {shape}")
         if tuple(x.shape[1:]) != self.input_shape[1:]:
             raise ValueError(
                 f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
@@ -203,8 +199,10 @@ class CompiledModel(nn.Module):
 
         masks: one BlockMasks per block to run with instead of the maskers' (e.g.
         ``[b.last_masks for b in model.blocks]`` after a forward on the same x): the
-        model without its maskers' cost, for benchmarks. Masks that do not fit raise as
-        in any variant.
+        model without its maskers' cost, for benchmarks. Masks that do not fit (another
+        batch size or map) raise a ValueError naming the mask. The logits come back in
+        the order of x's samples, whatever order the blocks ran them in
+        (``order.SampleOrder``).
         """
         self._check_input(x)
         if masks is not None and len(masks) != len(self.blocks):
@@ -215,13 +213,10 @@ class CompiledModel(nn.Module):
                 h = blk(h, masks=None if masks is None else masks[i])
             return h
         h = stem(self, h)  # from here on h is ours, a ReLU output
-        order, pooled = SampleOrder(h.shape[0]), None
+        order = SampleOrder(h.shape[0])
         for i, blk in enumerate(self.blocks):
-            given = None if masks is None else masks[i]
-            if blk.spec.mode == "layer" and h.device.type == "cpu":  # no host sync on GPUs
-                h, pooled = blk.layer_step(h, order, given, pooled)
-            else:
-                h, pooled = blk(h, reuse_input=True, masks=given, order=order), None
+            h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
+                    order=order)
         return order.to_caller(self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)))
 
     @property

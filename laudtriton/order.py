@@ -1,20 +1,23 @@
-"""Where each sample of a batch sits while a compiled LaudResNet runs (layer mode).
+"""The batch inside a compiled LaudResNet on CPU: where each sample sits, and what is known
+of the current activation (layer mode).
 
 A layer gate turns a block on for some samples of the batch. The ``compact`` variant runs
 the active samples as contiguous batch slices (views) or gathers them into one batch and
-scatters the result back; both cost more than one dense call when the active samples are
-scattered (three slices of 1, 2 and 1 samples, or two copies of each active sample).
-Gates are correlated from block to block (an image that skips one block tends to skip
-the next), so the compiled model moves the samples instead: before a layer block it swaps
-samples, in place, until the active ones fill one window of the batch, and keeps them
-there. The next block whose active set is the same (or its complement) finds it
+scatters the result back; both cost more than one call on one contiguous batch when the
+active samples are scattered (slices of 1, 2 and 1 samples, or two copies of each active
+sample). Gates are correlated from block to block (an image that skips one block tends to
+skip the next), so the compiled model moves the samples instead: before a layer block it
+swaps samples, in place, until the active ones fill one window of the batch, and leaves
+them there. A later block whose active set is the same (or its complement) finds it
 contiguous and moves nothing. The model tracks the permutation and puts the logits back
 in the caller's order at the end; masks given in the caller's order are permuted to the
-batch's, and the masks it keeps are put back.
+batch's, and the masks the blocks keep are put back.
 
-Measured on the 2-core x86, LAUD-ResNet-101, layer mode, rate 0.5, batch 8 (gates
-01011001 and its complement alternating over the blocks): the compact variant's slices
-and gathers vs this order, in one interleaved run, is in BENCHMARKS.md.
+The batch also carries the activation's 1x1 average pooling when it is known: a layer
+block without downsample leaves the samples whose gate is off unchanged (their input is a
+ReLU output, relu(x) = x), so the next gate re-pools only the active ones.
+
+Both run only on CPU (they read the gate on the host). BENCHMARKS.md has the A/B runs.
 """
 
 from __future__ import annotations
@@ -23,18 +26,23 @@ import torch
 
 from .nn.block import BlockMasks
 
+MASK_FIELDS = ("grid", "mask3", "mask1", "channel")
+
 
 class SampleOrder:
-    """The batch's order: ``perm[p]`` is the caller's sample held at batch position p.
+    """The batch's order, ``perm[p]`` the caller's sample held at batch position p, and
+    ``pooled``: the current activation average-pooled to 1x1 ([B, C], batch order) when
+    known, else None (a block that may change every sample sets it to None).
 
-    Only tensors the compiled model owns are reordered (its activations and their pooled
-    rows); the caller's input is never written.
+    Only tensors the compiled model owns are reordered (its activation and ``pooled``);
+    the caller's input is never written.
     """
 
     def __init__(self, batch: int):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.perm = list(range(batch))
+        self.pooled: torch.Tensor | None = None
 
     @property
     def identity(self) -> bool:
@@ -44,29 +52,31 @@ class SampleOrder:
         """The permutation now (None for the identity), for masks kept in batch order."""
         return None if self.identity else tuple(self.perm)
 
-    def make_contiguous(self, on: list[bool], tensors: list[torch.Tensor]) -> list[int] | None:
-        """Swap samples so that the ``on`` ones fill one window [a, a + n) of the batch,
-        choosing the window that needs the fewest swaps; each swap exchanges two samples
-        (dim 0) of every tensor in ``tensors``, in place, and of ``perm``.
+    def make_contiguous(self, on: list[bool], h: torch.Tensor
+                        ) -> tuple[tuple[int, int], list[int] | None]:
+        """Swap samples so that the ``on`` ones fill one window [a, e) of the batch,
+        choosing the window that needs the fewest swaps. Each swap exchanges two samples
+        (dim 0) of h and of ``pooled``, in place, and two entries of ``perm``.
 
-        Returns the permutation applied (new position p holds old position ``idx[p]``),
-        or None when nothing moved (the active samples were already contiguous, or none
-        or all of them are active).
+        Returns ((a, e), idx): the window that holds the active samples now ((0, 0) when
+        none is), and the permutation applied (new position p holds old position
+        ``idx[p]``), None when nothing moved.
         """
         b, n = len(on), sum(on)
         if b != len(self.perm):
             raise ValueError(f"gate of {b} samples for a batch of {len(self.perm)}")
         if n in (0, b):
-            return None
+            return (0, n), None
         prefix = [0]
         for v in on:
             prefix.append(prefix[-1] + int(v))
         a = max(range(b - n + 1), key=lambda s: prefix[s + n] - prefix[s])
         inside = [i for i in range(a, a + n) if not on[i]]
         if not inside:
-            return None
+            return (a, a + n), None
         outside = [i for i in range(b) if on[i] and not a <= i < a + n]
         idx = list(range(b))
+        tensors = [h] if self.pooled is None else [h, self.pooled]
         for p, q in zip(inside, outside):
             for t in tensors:
                 tmp = t[p].clone()
@@ -74,7 +84,7 @@ class SampleOrder:
                 t[q].copy_(tmp)
             idx[p], idx[q] = q, p
             self.perm[p], self.perm[q] = self.perm[q], self.perm[p]
-        return idx
+        return (a, a + n), idx
 
     def to_caller(self, t: torch.Tensor) -> torch.Tensor:
         """t [B, ...] in batch order -> the caller's order (t itself for the identity)."""
@@ -88,7 +98,7 @@ class SampleOrder:
         Raises:
             ValueError: if a mask's batch is not the batch's size.
         """
-        for name in ("grid", "mask3", "mask1", "channel"):
+        for name in MASK_FIELDS:
             t = getattr(masks, name)
             if t is not None and t.shape[0] != len(self.perm):
                 raise ValueError(f"masks.{name} has {t.shape[0]} samples for a batch of "
@@ -108,8 +118,7 @@ def take_masks(masks: BlockMasks, idx) -> BlockMasks:
             return t[:, :, :1, :1].index_select(0, i).expand(len(idx), *t.shape[1:])
         return t.index_select(0, i)
 
-    return BlockMasks(take(masks.grid), take(masks.mask3), take(masks.mask1),
-                      take(masks.channel))
+    return BlockMasks(*(take(getattr(masks, name)) for name in MASK_FIELDS))
 
 
 def caller_masks(masks: BlockMasks, perm: tuple[int, ...] | None) -> BlockMasks:

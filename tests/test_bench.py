@@ -89,3 +89,16 @@ def test_dense_baselines_agree():
     fb, h = fold_block(blk), torch.randn(1, 64, 9, 11)
     assert_close(nchw_dense_block(fb, h),
                  dense_block(fb, h.contiguous(memory_format=torch.channels_last), NO_MASKS))
+
+
+def test_bench_layer_mode_per_block_rows():
+    """Layer blocks run in the model's batch order (order.SampleOrder); the per-block rows
+    still time every block on the input it met."""
+    torch.manual_seed(0)
+    rows = bench("laud_resnet50", "layer", "4-4-2-1", [0.5], batch=2, reps=1, tune="off",
+                 log=lambda s: None)
+    blocks = [r for r in rows if r.block != "model"]
+    assert [r.block for r in blocks] == [f"layer{s}.{i}" for s, n in
+                                         ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)]
+    assert {r.variant for r in blocks} <= {"compact", "dense"}
+    assert all(r.dense_ms > 0 and r.sparse_ms > 0 for r in rows)

@@ -125,6 +125,14 @@ def test_grid_pool_equals_adaptive_pooling(shape, grid, channels_last):
         assert torch.equal(got, ref)
 
 
+def test_global_pool_is_never_a_view_of_x():
+    for hw in ((1, 1), (4, 3)):
+        x = torch.randn(2, 5, *hw).contiguous(memory_format=torch.channels_last)
+        p = mk.global_pool(x)
+        assert p.shape == (2, 5) and p.data_ptr() != x.data_ptr()
+        torch.testing.assert_close(p, x.mean((2, 3)))
+
+
 @pytest.mark.parametrize("mode,granularity,stride,channel_granularity,kwargs", [
     ("spatial", 2, 1, 1, {}), ("spatial", 3, 2, 1, {}), ("spatial", 1, 1, 1, {}),
     ("layer", 1, 2, 1, {}), ("channel", 1, 1, 4, {}),
@@ -145,13 +153,15 @@ def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_gran
             blk.masker_channel.last_linear().bias.zero_()
     x = torch.randn(3, 64, 13, 11).contiguous(memory_format=torch.channels_last)
     ref, _ = blk.compute_masks(x)
-    got = mk.block_masks(blk, x)
-    for name in ("grid", "mask3", "mask1", "channel"):
-        r, f = getattr(ref, name), getattr(got, name)
-        assert (r is None) == (f is None), name
-        if r is not None:
-            assert r.shape == f.shape and r.dtype == f.dtype, name
-            assert torch.equal(r, f), name
+    # the masker pools x itself, or reads the pooling a compiled model kept (used by the
+    # channel MLP masker and the layer gate, ignored by a spatial grid larger than 1x1)
+    for got in (mk.block_masks(blk, x), mk.block_masks(blk, x, pooled=mk.global_pool(x))):
+        for name in ("grid", "mask3", "mask1", "channel"):
+            r, f = getattr(ref, name), getattr(got, name)
+            assert (r is None) == (f is None), name
+            if r is not None:
+                assert r.shape == f.shape and r.dtype == f.dtype, name
+                assert torch.equal(r, f), name
     for m in (ref.grid, ref.channel):
         if m is not None:
             assert 0 < float(m.mean()) < 1

@@ -31,15 +31,14 @@ def fewest_swaps(on):
                                 for g in itertools.product([False, True], repeat=b)][::3])
 def test_make_contiguous_every_gate(on):
     order = SampleOrder(len(on))
-    h, pooled = labelled(len(on))
-    idx = order.make_contiguous(on, [h, pooled])
+    h, order.pooled = labelled(len(on))
+    (a, e), idx = order.make_contiguous(on, h)
     swaps = 0 if idx is None else sum(i != p for p, i in enumerate(idx)) // 2
     assert swaps == fewest_swaps(on)
     moved = on if idx is None else [on[i] for i in idx]
-    first = moved.index(True) if any(moved) else 0
-    assert moved == [first <= p < first + sum(on) for p in range(len(on))]
-    # every tensor moved with the order: position p holds the caller's sample perm[p]
-    assert h[:, 0, 0, 0].tolist() == order.perm == pooled[:, 0].tolist()
+    assert e - a == sum(on) and moved == [a <= p < e for p in range(len(on))]
+    # h and the pooling moved with the order: position p holds the caller's sample perm[p]
+    assert h[:, 0, 0, 0].tolist() == order.perm == order.pooled[:, 0].tolist()
     assert h.is_contiguous(memory_format=CL)
     assert order.to_caller(h)[:, 0, 0, 0].tolist() == list(range(len(on)))
 
@@ -48,7 +47,7 @@ def test_order_accumulates_over_blocks():
     order = SampleOrder(6)
     h, _ = labelled(6)
     for on in ([1, 0, 1, 0, 0, 1], [0, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 1]):
-        order.make_contiguous([bool(v) for v in on], [h])
+        order.make_contiguous([bool(v) for v in on], h)
         assert h[:, 0, 0, 0].tolist() == order.perm
     assert sorted(order.perm) == list(range(6)) and order.snapshot() == tuple(order.perm)
     assert order.to_caller(h)[:, 0, 0, 0].tolist() == list(range(6))
@@ -60,7 +59,7 @@ def test_masks_between_orders():
     broadcasts (no per-pixel copies)."""
     order = SampleOrder(4)
     h, _ = labelled(4)
-    order.make_contiguous([True, False, False, True], [h])
+    order.make_contiguous([True, False, False, True], h)
     assert order.perm != [0, 1, 2, 3]
     grid = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(4, 1, 1, 1)
     masks = BlockMasks(grid, grid.expand(4, 1, 6, 7), (grid > 0.5).expand(4, 1, 9, 9),
@@ -81,7 +80,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="batch must be >= 1"):
         SampleOrder(0)
     with pytest.raises(ValueError, match="gate of 2 samples for a batch of 3"):
-        SampleOrder(3).make_contiguous([True, False], [])
+        SampleOrder(3).make_contiguous([True, False], torch.zeros(3, 1, 1, 1))
     grid = torch.ones(2, 1, 1, 1)
     with pytest.raises(ValueError, match="masks.grid has 2 samples for a batch of 3"):
         SampleOrder(3).to_batch(BlockMasks(grid, None, None, None))
@@ -102,29 +101,66 @@ def spread_input(batch, seed=0, hw=(40, 36)):
                                                                           generator=g)
 
 
+def spy_moves(monkeypatch) -> list:
+    """Record what every SampleOrder.make_contiguous call moved (None: nothing)."""
+    moves = []
+    make = SampleOrder.make_contiguous
+
+    def spy(self, on, h):
+        window, idx = make(self, on, h)
+        moves.append(idx)
+        return window, idx
+
+    monkeypatch.setattr(SampleOrder, "make_contiguous", spy)
+    return moves
+
+
+def assert_same_masks(cm, model):
+    for blk, (_, ref) in zip(cm.blocks, model.blocks()):
+        for name in ("grid", "mask3", "mask1", "channel"):
+            a, b = getattr(blk.last_masks, name), getattr(ref.last_masks, name)
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+@pytest.mark.parametrize("variants", [None, ["dense"], ["compact"]])
 @pytest.mark.parametrize("hw", [(40, 36), (16, 16)], ids=["40x36", "16x16-maps-down-to-1x1"])
-def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch, hw):
+def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch, hw, variants):
     """With its maskers: logits, every block's masks (caller's order) and rates equal the
-    reference's, while the batch was reordered on the way (the gates' pooled rows are
-    reused for samples a block left unchanged; on a 1x1 map the pooling is the map)."""
+    reference's, while the batch was reordered on the way and the gates read the pooling
+    kept over blocks (also with the dense variant, which computes every sample; on a 1x1
+    map the pooling is the map itself)."""
     model = tiny_layer_model()
     x = spread_input(7, hw=hw)
     calibrate_rates(model, x, 0.5)
-    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
-    moves = []
-    make = SampleOrder.make_contiguous
-    monkeypatch.setattr(SampleOrder, "make_contiguous",
-                        lambda self, on, ts: moves.append(make(self, on, ts)) or moves[-1])
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=variants)
+    moves = spy_moves(monkeypatch)
     with torch.no_grad():
         for seed in range(3):
             xs = spread_input(7, seed, hw)
             out = cm(xs)
             assert_close(out, model(xs))
-            for blk, (_, ref) in zip(cm.blocks, model.blocks()):
-                assert torch.equal(blk.last_masks.grid, ref.last_masks.grid)
-                assert torch.equal(blk.last_masks.mask3, ref.last_masks.mask3)
+            assert_same_masks(cm, model)
             rates = [r.spatial_rate for r in cm.last_stats]
             assert rates == [float(b.last_masks.grid.mean()) for _, b in model.blocks()]
+    assert any(m is not None for m in moves), "no sample moved: the test tests nothing"
+
+
+def test_mixed_stage_modes_after_a_reorder(monkeypatch):
+    """Spatial and channel blocks after reordering layer blocks: their masks, last_masks and
+    given masks are in the right order too."""
+    torch.manual_seed(5)
+    model = randomize_bn(LaudResNet((2, 2, 1, 1), mode="layer-layer-spatial-channel",
+                                    granularity="1-1-2-1", channel_granularity=2,
+                                    width_mult=0.25, input_size=None, num_classes=7)).eval()
+    x = spread_input(6, seed=4)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    moves = spy_moves(monkeypatch)
+    with torch.no_grad():
+        out = cm(x)
+        assert_close(out, model(x))
+        assert_same_masks(cm, model)
+        assert torch.equal(cm(x, masks=[b.last_masks for b in cm.blocks]), out)
     assert any(m is not None for m in moves), "no sample moved: the test tests nothing"
 
 

@@ -270,6 +270,14 @@ def grid_pool(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, (h // gh, w // gw))
 
 
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] average-pooled to 1x1 as [B, C] (``grid_pool``), always a new tensor:
+    on a 1x1 map grid_pool returns x itself, which a caller that keeps the pooling while x
+    changes must not hold."""
+    p = grid_pool(x, (1, 1)).flatten(1)
+    return p.clone() if tuple(x.shape[-2:]) == (1, 1) else p
+
+
 def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
     """The eval-mode masks of a LAUD block (``nn.block.LaudBottleneck``) for x, as its
     ``compute_masks`` gives them, computed for inference speed:
@@ -281,9 +289,9 @@ def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
     - the layer gate ([B, 1, 1, 1]) gets mask3 and mask1 as broadcast views (all of a
       sample's pixels share its decision), with no per-pixel work.
 
-    pooled: x average-pooled to 1x1 ([B, C], ``grid_pool(x, (1, 1)).flatten(1)``) when the
-    caller has it (a compiled model keeps it over layer blocks that leave a sample
-    unchanged); the channel MLP masker and the layer gate then read it instead of x.
+    pooled: ``global_pool(x)`` when the caller has it (a compiled model keeps it over
+    layer blocks, ``order.SampleOrder``); the channel MLP masker and a 1x1 grid (the
+    layer gate) then read it instead of pooling x.
 
     Logits may differ from the reference's in the last bits (another summation order), as
     they already do between a folded and an unfolded network. Returns a BlockMasks.
@@ -292,7 +300,7 @@ def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
     grid = mask3 = mask1 = channel = None
     mc = block.masker_channel
     if isinstance(mc, MaskerChannelMLP):
-        v = grid_pool(x, (1, 1)).flatten(1) if pooled is None else pooled
+        v = global_pool(x) if pooled is None else pooled
         layers = mc.linears()
         for i, lin in enumerate(layers):
             v = torch.addmm(lin.bias, v, lin.weight.t())
@@ -311,19 +319,11 @@ def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
             p = grid_pool(x, g)
             rows = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
         logits = torch.addmm(conv.bias, rows, conv.weight.view(2, -1).t())
-        if g == (1, 1) and x.device.type == "cpu":
-            # one decision per sample: compared on the host (exact, the float32 logits
-            # convert to Python floats exactly); 3 ops fewer than on tensors
-            on = [a >= c for a, c in logits.tolist()]
-            grid = torch.tensor(on, dtype=x.dtype).view(b, 1, 1, 1)
-            gate = torch.tensor(on).view(b, 1, 1, 1)
-        else:
-            grid = (logits[:, 0] >= logits[:, 1]).to(x.dtype).view(b, 1, *g)
-            gate = grid > 0.5
+        grid = (logits[:, 0] >= logits[:, 1]).to(x.dtype).view(b, 1, *g)
         if g == (1, 1):
             ho, wo = out_hw_of((h, w), block.stride)
             mask3 = grid.expand(b, 1, ho, wo)
-            mask1 = gate.expand(b, 1, h, w)
+            mask1 = (grid > 0.5).expand(b, 1, h, w)
         else:
             mask3, mask1 = spatial_masks_from_grid(grid, (h, w), block.stride)
     return BlockMasks(grid, mask3, mask1, channel)

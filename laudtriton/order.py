@@ -43,10 +43,13 @@ class SampleOrder:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.perm = list(range(batch))
         self.pooled: torch.Tensor | None = None
+        self._moved = False
 
     @property
     def identity(self) -> bool:
-        return all(p == i for i, p in enumerate(self.perm))
+        """Whether no sample has moved yet (then ``perm`` is the identity; checked per
+        block, so O(1) rather than a pass over a large batch's perm)."""
+        return not self._moved
 
     def snapshot(self) -> tuple[int, ...] | None:
         """The permutation now (None for the identity), for masks kept in batch order."""
@@ -77,6 +80,7 @@ class SampleOrder:
         outside = [i for i in range(b) if on[i] and not a <= i < a + n]
         idx = list(range(b))
         tensors = [h] if self.pooled is None else [h, self.pooled]
+        self._moved = True
         for p, q in zip(inside, outside):
             for t in tensors:
                 tmp = t[p].clone()

@@ -22,11 +22,13 @@ Both run only on CPU (they read the gate on the host). BENCHMARKS.md has the A/B
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .nn.block import BlockMasks
 
-MASK_FIELDS = ("grid", "mask3", "mask1", "channel")
+MASK_FIELDS = tuple(f.name for f in dataclasses.fields(BlockMasks))
 
 
 class SampleOrder:
@@ -114,13 +116,15 @@ def take_masks(masks: BlockMasks, idx) -> BlockMasks:
     """The masks of samples ``idx`` (in that order) along dim 0. A mask that broadcasts
     one value per sample over its map (a layer gate's mask3/mask1) stays a broadcast."""
 
+    i = torch.as_tensor(idx)
+
     def take(t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None:
             return None
-        i = torch.as_tensor(idx, device=t.device)
+        i_t = i.to(t.device)
         if t.dim() == 4 and t.stride(2) == 0 and t.stride(3) == 0:
-            return t[:, :, :1, :1].index_select(0, i).expand(len(idx), *t.shape[1:])
-        return t.index_select(0, i)
+            return t[:, :, :1, :1].index_select(0, i_t).expand(len(idx), *t.shape[1:])
+        return t.index_select(0, i_t)
 
     return BlockMasks(*(take(getattr(masks, name)) for name in MASK_FIELDS))
 

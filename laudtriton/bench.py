@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import runtime
 from .compile import compile
 from .compiled import CompiledModel, fold_conv_bn, stem
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
@@ -104,6 +105,7 @@ class BenchRow:
     flops_ratio: float
     efficiency: float
     runs: tuple[float, ...] = ()  # whole-model rows: the ratio of every repeat, in order
+    allocator: str = "default"  # runtime.allocator_setting() during the run
 
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int = 1,
@@ -154,15 +156,21 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
 
 def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
           channel_granularity: int = 1, reps: int = 20, tune: str = "off",
-          blocks: bool = True, repeat: int = 1, log=print) -> list[BenchRow]:
+          blocks: bool = True, repeat: int = 1, allocator: str = "default",
+          log=print) -> list[BenchRow]:
     """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
 
+    allocator: "retain" calls ``runtime.retain_freed_memory()`` first (process-wide, for
+    both the dense and the compiled model: at batch 8 glibc's default page-faults every
+    forward's activations in again); "default" leaves the C allocator as it is, and
+    refuses to run once this process retains. Each row records the setting in effect.
     repeat: how many times the whole-model rows are timed (same process, same compiled
     model); each such row is the run with the median ratio (the lower middle one for an
     even count), with every run's ratio in ``runs``. The new-input rows of later repeats
     continue the stream, so the engine's per-pattern caches are warmer in them."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    setting = _set_allocator(allocator, log)
     rows = []
     for rate in rates:
         model = build_model(model_name, mode, granularity, channel_granularity)
@@ -170,7 +178,7 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         calibrate_rates(model, x, rate)
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
-                    rate=rate)
+                    rate=rate, allocator=setting)
         with torch.no_grad():
             dense, fmt, _ = fastest_dense(model, x, reps=max(5, reps // 4))
         if blocks:
@@ -183,6 +191,24 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
+
+
+def _set_allocator(allocator: str, log) -> str:
+    """Apply the ``allocator`` choice of ``bench``; returns the setting in effect."""
+    if allocator not in ("retain", "default"):
+        raise ValueError(f"allocator must be 'retain' or 'default', got {allocator!r}")
+    if allocator == "default":
+        if runtime.allocator_setting() != "default":
+            raise ValueError("allocator 'default' asked, but this process already retains "
+                             "freed memory (runtime.retain_freed_memory cannot be undone); "
+                             "run the benchmark in a new process")
+        log("allocator: the C library's default")
+        return "default"
+    if runtime.retain_freed_memory():
+        log("allocator: glibc keeps freed blocks up to 32 MiB (runtime.retain_freed_memory)")
+        return "retain"
+    log("allocator: not glibc, left at its default (retain asked)")
+    return "default"
 
 
 def _model_rows(model, cm: CompiledModel, dense, fmt: str, x, meta: dict,

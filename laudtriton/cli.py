@@ -34,6 +34,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _allocator() -> str:
+    from .runtime import glibc_version
+
+    ver = glibc_version()
+    return "not glibc" if ver is None else (
+        f"glibc {ver} (laudtriton bench retains freed memory unless --allocator default)")
+
+
 def cmd_env(args) -> int:
     import torch
 
@@ -56,7 +64,7 @@ def cmd_env(args) -> int:
     rows = [("python", platform.python_version()), ("torch", torch.__version__),
             ("triton", triton_v), ("laudtriton", __version__), ("device", dev),
             ("threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
-            ("cache dir", cache)]
+            ("cache dir", cache), ("allocator", _allocator())]
     for k, v in rows:
         print(f"{k:<11} {v}")
     return 0
@@ -122,6 +130,8 @@ def cmd_bench(args) -> int:
     _check_counts(args, "batch", "reps", "repeat", "channel_granularity")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.allocator not in ("retain", "default"):
+        raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
     if args.threads:
@@ -130,7 +140,7 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
                  args.channel_granularity, reps=args.reps, tune=args.tune,
-                 blocks=not args.model_only, repeat=args.repeat)
+                 blocks=not args.model_only, repeat=args.repeat, allocator=args.allocator)
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
@@ -165,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=int, default=1,
                    help="time the whole-model rows this many times; report the median run")
+    s.add_argument("--allocator", default="retain",
+                   help="retain (default): glibc keeps freed blocks for reuse, for dense and "
+                        "compiled alike (laudtriton.runtime); default: leave the C allocator as is")
     s.add_argument("--csv", default=None)
     s.set_defaults(func=cmd_bench)
 

@@ -42,6 +42,7 @@ def test_bench_rows(rows):
         assert r.ratio == pytest.approx(r.sparse_ms / r.dense_ms)
         assert r.efficiency == pytest.approx(r.flops_ratio / r.ratio)
         assert (r.model, r.mode, r.batch, r.rate) == ("laud_resnet50", "channel", 1, 0.5)
+        assert r.allocator == "default"  # bench's own default: the process is left as is
     # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
     assert model[2].flops_ratio != model[0].flops_ratio
     # repeat=3: every whole-model row is its median run, all three runs listed

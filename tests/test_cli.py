@@ -16,6 +16,7 @@ from laudtriton.cli import main
     (["bench", "--reps", "0"], "--reps"),
     (["bench", "--repeat", "0"], "--repeat"),
     (["bench", "--threads", "-1"], "--threads"),
+    (["bench", "--allocator", "jemalloc"], "--allocator"),
     (["bench", "--channel-granularity", "0"], "--channel-granularity"),
     (["bench", "--rates", "0:1:0.35,"], "--rates"),
     (["bench", "--rates", "1.5"], "--rates"),

@@ -110,7 +110,7 @@ class CompiledBlock(nn.Module):
             masks = block_masks(self.reference, h, pooled=order.pooled)
         else:
             masks, order.pooled = order.to_batch(masks), None
-        (a, e), moved = order.make_contiguous(gate_values(masks, h.shape[0]), h)
+        (a, e), moved = order.make_contiguous(gate_values(masks, h.shape[0], self.name), h)
         if moved is not None:
             masks = take_masks(masks, moved)
         out = self._run(h, masks, True, order.snapshot())

@@ -188,3 +188,18 @@ def test_compiled_layer_model_with_scattered_given_masks():
     for blk, m in zip(cm.blocks, given):
         assert torch.equal(blk.last_masks.grid, m.grid)
         assert torch.equal(blk.last_masks.mask1, m.mask1)
+
+
+def test_given_layer_gate_of_the_wrong_shape_names_the_block():
+    model = tiny_layer_model()
+    x = spread_input(3)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
+    with torch.no_grad():
+        cm(x)
+    given = [b.last_masks for b in cm.blocks]
+    m = given[1]
+    given[1] = BlockMasks(m.grid.view(3, 1, 1), m.mask3, m.mask1, None)
+    with pytest.raises(ValueError, match=r"^layer1\.1: layer gate masks.grid has shape "
+                                         r"\(3, 1, 1\); accepted \[3, 1, 1, 1\]"):
+        with torch.no_grad():
+            cm(x, masks=given)

@@ -31,8 +31,9 @@ from .spec import BlockSpec
 CL = torch.channels_last
 
 
-def gate_values(masks: BlockMasks, batch: int) -> list[bool]:
+def gate_values(masks: BlockMasks, batch: int, who: str = "compact") -> list[bool]:
     """The layer gate of each sample as a Python list (one host transfer, no other op).
+    who: the caller, for the message (the variant, or a compiled block's name).
 
     Raises:
         ValueError: if masks.grid is None or not of shape [B, 1, 1, 1].
@@ -41,7 +42,7 @@ def gate_values(masks: BlockMasks, batch: int) -> list[bool]:
     if g is None or g.dim() != 4 or tuple(g.shape[1:]) != (1, 1, 1) or g.shape[0] != batch:
         got = None if g is None else tuple(g.shape)
         raise ValueError(
-            f"compact: layer gate masks.grid has shape {got}; accepted [{batch}, 1, 1, 1]"
+            f"{who}: layer gate masks.grid has shape {got}; accepted [{batch}, 1, 1, 1]"
         )
     return [v > 0.5 for v in g.view(batch).tolist()]
 

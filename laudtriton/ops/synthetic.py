@@ -3,6 +3,8 @@ section 5: exactly round(r·N) active cells, random or clustered)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..nn.block import BlockMasks
@@ -55,5 +57,5 @@ def synthetic_masks(spec: BlockSpec, rate: float, seed: int = 0, clustered: bool
     masks = BlockMasks(grid, mask3, mask1, channel)
     if device is not None:
         masks = BlockMasks(*(None if t is None else t.to(device) for t in
-                             (masks.grid, masks.mask3, masks.mask1, masks.channel)))
+                             (getattr(masks, f.name) for f in dataclasses.fields(masks))))
     return masks

@@ -4,9 +4,9 @@
 kernels per block; ``laudtriton.nn`` holds the reference (training) semantics.
 """
 
-from . import nn
+from . import nn, runtime
 from ._version import __version__
 from .compile import compile
 from .compiled import CompiledModel
 
-__all__ = ["CompiledModel", "__version__", "compile", "nn"]
+__all__ = ["CompiledModel", "__version__", "compile", "nn", "runtime"]

@@ -33,7 +33,8 @@ def test_retained_blocks_are_reused_without_page_faults():
     pages in every round in some runs and settles in others: not asserted.)"""
     script = textwrap.dedent("""
         import resource, torch
-        from laudtriton import runtime
+        import laudtriton
+        runtime = laudtriton.runtime  # as the README calls it, after a plain import
         assert runtime.allocator_setting() == "default"
         assert runtime.retain_freed_memory() and runtime.retain_freed_memory()
         assert runtime.allocator_setting() == "retain"

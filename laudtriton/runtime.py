@@ -4,12 +4,13 @@ PyTorch's CPU tensors come from the C library's malloc. glibc serves large block
 mmap and hands them back to the OS when they are freed. Its threshold starts at 128 KiB
 and adapts as blocks are freed; it also trims freed memory at the top of the heap. A
 forward pass at batch 8 on 224x224 inputs allocates and frees activations of 3-26 MiB,
-so every pass meets fresh pages, one page fault per 4 KiB touched.
+so a pass can meet fresh pages again, one page fault per 4 KiB touched.
 
-Measured on the 2-core x86 VM of BENCHMARKS.md (LAUD-ResNet-50, layer mode, batch 8):
-15,000 minor faults per dense forward and 12,800 per compiled one with glibc's default;
-none for either after ``retain_freed_memory()``. Batch 1 activations do not fault either
-way.
+Measured on the 2-core x86 VM of BENCHMARKS.md (LAUD-ResNet-50, layer mode, batch 8, a
+loop of forwards): 5,600-15,000 minor faults per dense forward and 9,200-12,800 per
+compiled one with glibc's default (the count depends on the heap's history), none for
+either after ``retain_freed_memory()``, and each forward 4-6% faster. Batch 1
+activations do not fault either way.
 
 ``retain_freed_memory`` keeps blocks up to 32 MiB inside the process for reuse. The cost
 is memory: the process keeps its peak heap instead of returning it to the OS. Setting

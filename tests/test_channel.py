@@ -79,13 +79,19 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}-{c[1]}{c[2]}-s{c[5]}-"
                          f"{c[6][0]}x{c[6][1]}-b{c[7]}-r{c[8]}")
 def test_slice_matches_reference(case):
+    """Three calls: a pattern's first sighting runs the dense weights with its masks,
+    the second the sliced weights unpacked, the third packed."""
     batch, rate = case[7], case[8]
     blk, x, masks, ref = calibrated(*case)
     fb = fold_block(blk)
     assert fb.kappa1.abs().max() > 0 and fb.kappa2.abs().max() > 0
-    out = slice_block(fb, x.contiguous(memory_format=CL), masks)
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
-    assert_close(out, ref)
+    for call in ("first sighting", "sliced", "sliced, packed"):
+        out = slice_block(fb, x.contiguous(memory_format=CL), masks)
+        assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
+        assert_close(out, ref, name=call)
+    partial = {tuple(r.tolist()) for r in masks.channel} - {
+        (0.0,) * masks.channel.shape[1], (1.0,) * masks.channel.shape[1]}
+    assert slice_cache(fb).deferred == len(partial)
     if batch > 1 and rate == 0.5:
         assert len({tuple(r.tolist()) for r in masks.channel}) > 1, "masks per sample agree"
     if rate in (0.0, 1.0):
@@ -101,8 +107,10 @@ def test_kappa_correction_matters(kappa):
     assert (getattr(fb, kappa)[None] * inactive).abs().max() > 0.1
     assert_close(slice_block(fb, x.contiguous(memory_format=CL), masks), ref)
     bad = dataclasses.replace(fb, **{kappa: torch.zeros_like(getattr(fb, kappa))})
-    with pytest.raises(AssertionError, match="max error"):
-        assert_close(slice_block(bad, x.contiguous(memory_format=CL), masks), ref)
+    for call in ("first sighting", "sliced"):
+        with pytest.raises(AssertionError, match="max error"):
+            assert_close(slice_block(bad, x.contiguous(memory_format=CL), masks), ref,
+                         name=call)
 
 
 @pytest.mark.parametrize("stride,hw", [(1, (7, 9)), (2, (8, 5))])
@@ -110,9 +118,10 @@ def test_slice_float64_unpacked_path(stride, hw):
     """Float64 weights take the plain F.conv2d path; it matches the fp64 reference tightly."""
     blk, x, masks, ref = calibrated(2, "MLP", 2, 16, 8, stride, hw, 3, 0.5, seed=3)
     fb = fold_block(blk, dtype=torch.float64)
-    out = slice_block(fb, x.double().contiguous(memory_format=CL), masks)
-    assert out.dtype == torch.float64
-    assert_close(out, ref, tol=1e-10)
+    for call in ("first sighting", "sliced"):
+        out = slice_block(fb, x.double().contiguous(memory_format=CL), masks)
+        assert out.dtype == torch.float64
+        assert_close(out, ref, tol=1e-10, name=call)
 
 
 def test_slice_property_random_shapes():
@@ -132,8 +141,10 @@ def test_slice_property_random_shapes():
         x = torch.randn(batch, inplanes, *hw, generator=g)
         channel = (torch.rand(batch, planes // k, generator=g) < rng.random()).float()
         masks = BlockMasks(None, None, None, channel)
-        out = slice_block(fold_block(blk), x.contiguous(memory_format=CL), masks)
-        assert_close(out, reference_with_masks(blk, x, channel), name=f"trial {trial}")
+        fb, ref = fold_block(blk), reference_with_masks(blk, x, channel)
+        for call in ("first sighting", "sliced"):
+            out = slice_block(fb, x.contiguous(memory_format=CL), masks)
+            assert_close(out, ref, name=f"trial {trial}, {call}")
 
 
 @pytest.mark.parametrize("stride,hw", [(1, (7, 9)), (2, (9, 6))])
@@ -183,9 +194,18 @@ def test_slice_cache_hits_and_bound():
     first = slice_block(fb, xc, masks)
     cache = slice_cache(fb)
     patterns = len({tuple(r.tolist()) for r in masks.channel})
-    assert (cache.misses, cache.hits, len(cache)) == (patterns, 0, patterns)
-    second = slice_block(fb, xc, masks)
-    assert cache.hits == patterns and torch.equal(first, second)
+    assert 0 < masks.channel.mean() < 1 and all(0 < r.mean() < 1 for r in masks.channel)
+    # first sightings run the dense weights (cached as the all-on pattern): nothing sliced
+    assert (cache.deferred, cache.misses, cache.hits, len(cache)) == (
+        patterns, 1, patterns - 1, 1)
+    second = slice_block(fb, xc, masks)  # each pattern sliced
+    assert (cache.misses, cache.hits, len(cache)) == (1 + patterns, patterns - 1,
+                                                      1 + patterns)
+    third = slice_block(fb, xc, masks)  # and found
+    assert (cache.misses, cache.hits, cache.deferred) == (1 + patterns, 2 * patterns - 1,
+                                                          patterns)
+    assert_close(first, second)
+    assert torch.equal(second, third)
     small = SliceCache(capacity=2)
     for i in range(4):
         pattern = torch.zeros(8, dtype=torch.bool)

@@ -227,7 +227,10 @@ def test_cached_rates_between_buckets_serve_their_bucket(tmp_path):
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
 def test_compiled_model_copies_and_saves_after_forward(mode):
     """Packed oneDNN weights cached by a forward are derived data: deepcopy and
-    torch.save/load of a compiled model work after it ran, and give the same output."""
+    torch.save/load of a compiled model work after it ran, and give the same output. A
+    copy starts with empty caches, so in channel mode its first calls take the paths of
+    a new channel pattern (dense weights with the masks, then sliced weights unpacked):
+    equal up to float rounding; the third, on packed sliced weights, bit for bit."""
     import copy
     import io
 
@@ -242,7 +245,10 @@ def test_compiled_model_copies_and_saves_after_forward(mode):
         torch.save(cm, buf)
         buf.seek(0)
         for clone in (copy.deepcopy(cm), torch.load(buf, weights_only=False)):
-            assert torch.equal(clone(x), y)
+            outs = [clone(x) for _ in range(3)]
+            for out in outs:
+                assert_close(out, y)
+            assert torch.equal(outs[-1], y)
 
 
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])

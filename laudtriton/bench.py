@@ -195,7 +195,7 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
 
 def _set_allocator(allocator: str, log) -> str:
     """Apply the ``allocator`` choice of ``bench``; returns the setting in effect."""
-    if allocator not in ("retain", "default"):
+    if allocator not in runtime.SETTINGS:
         raise ValueError(f"allocator must be 'retain' or 'default', got {allocator!r}")
     if allocator == "default":
         if runtime.allocator_setting() != "default":

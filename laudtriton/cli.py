@@ -123,6 +123,7 @@ def _check_counts(args, *names: str) -> None:
 
 
 def cmd_bench(args) -> int:
+    from . import runtime
     from .bench import bench, write_csv
     from .tune.commands import check_output_path
     from .tune.sweep import parse_rates
@@ -130,7 +131,7 @@ def cmd_bench(args) -> int:
     _check_counts(args, "batch", "reps", "repeat", "channel_granularity")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
-    if args.allocator not in ("retain", "default"):
+    if args.allocator not in runtime.SETTINGS:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)

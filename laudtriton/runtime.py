@@ -28,6 +28,8 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper bound for M_MMAP_THRESHOLD (64-bit)
 TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes: never trim
 
+SETTINGS = ("retain", "default")  # what allocator_setting() returns; bench --allocator
+
 _retained = False
 
 

@@ -14,6 +14,10 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   machine has been calibrated and the cache holds timings; a block with nothing cached
   and no predictor falls back to the ``"off"`` rule. ``plan`` marks each entry's source.
 
+In every mode "fastest" keeps ``dense`` unless another variant beats it by more than
+``schedule.DENSE_MARGIN`` (5%): near-ties flip from one sweep to the next, and a sparse
+variant that wins one alone can lose inside the model.
+
 At run time each block computes its masks, reads its activation rate (spatial rate for
 spatial/both blocks, gate rate for layer blocks, channel rate for channel blocks) and runs
 the entry of the nearest rate bucket (``dispatch="dynamic"``), or always the entry chosen

@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 
 SOURCES = ("measured", "cached", "predicted", "rule")
 
+# A variant other than ``dense`` must beat dense's time by more than this fraction to be
+# chosen. Why (session 8, 2-core CPU): the same block's time moves by -5%..+9% (5th-95th
+# percentile) from one sweep to the next, so about 10 of 240 winners flipped per re-sweep,
+# nearly all of them near-ties; and a sparse variant that wins a near-tie alone can lose
+# inside the model (its index tables and gathers run cold there): LAUD-ResNet-101, spatial,
+# rate 0.75, the 22 blocks of layer3 `dense` instead of `gather` (0.968 to 0.995 of dense
+# alone): 0.954-0.971 of the model's time, in both compile orders. A margin of 2% halves
+# the flips; 5% also turns those blocks back.
+DENSE_MARGIN = 0.05
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -45,7 +55,8 @@ class DispatchTable:
     dense_seconds: dict[float, float] = field(default_factory=dict)
 
     def add(self, bucket: float, timings: dict[str, dict[str, float]], source: str) -> None:
-        """Add the fastest finite timing of ``timings`` ({variant: {config_key: s}})."""
+        """Add the fastest finite timing of ``timings`` ({variant: {config_key: s}}), but
+        keep ``dense`` unless the fastest beats it by more than ``DENSE_MARGIN``."""
         best = None
         for variant, configs in timings.items():
             for cfg, t in configs.items():
@@ -53,6 +64,10 @@ class DispatchTable:
                     best = (t, variant, cfg)
         if best is None:
             return
+        dense_best = min(((t, "dense", cfg) for cfg, t in timings.get("dense", {}).items()
+                          if math.isfinite(t)), default=None)
+        if dense_best is not None and best[0] > (1.0 - DENSE_MARGIN) * dense_best[0]:
+            best = dense_best
         self.entries[round(bucket, 4)] = Choice.make(best[1], best[2], best[0], source)
         dense = [t for t in timings.get("dense", {}).values() if math.isfinite(t)]
         if dense:

@@ -11,7 +11,13 @@ from laudtriton.cli import main
 from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
 from laudtriton.predict.model import predict_block
 from laudtriton.predict.network import flops_ratio, model_specs
-from laudtriton.schedule import Choice, DispatchTable, design_search, fill_predictions
+from laudtriton.schedule import (
+    DENSE_MARGIN,
+    Choice,
+    DispatchTable,
+    design_search,
+    fill_predictions,
+)
 
 SPEC = model_specs("laud_resnet50", "spatial", "4-4-2-1", batch=1)[5][1]  # layer2.2
 
@@ -29,14 +35,32 @@ def test_fill_predictions_only_where_unmeasured():
     for b in filled:
         c = table.entries[b]
         assert c.source == "predicted" and math.isfinite(c.seconds)
-        want = min(("dense", "gather", "patch"),
-                   key=lambda v: predict_block(SPEC, b, v, CPU_DEFAULT))
+        pred = {v: predict_block(SPEC, b, v, CPU_DEFAULT) for v in ("dense", "gather", "patch")}
+        want = min(pred, key=pred.get)
+        if pred[want] > (1 - DENSE_MARGIN) * pred["dense"]:
+            want = "dense"
         assert c.variant == want
         assert c.seconds == pytest.approx(predict_block(SPEC, b, want, CPU_DEFAULT))
     assert set(table.dense_seconds) == {0.1, 0.5}  # dense_seconds stays measured-only
     assert fill_predictions(table, SPEC, buckets, ["dense"], CPU_DEFAULT) == []
     assert table.choose(0.31).source == "predicted"
     assert table.choose(0.12) == Choice.make("gather", "{}", 1e-3, "measured")
+
+
+def test_dense_is_kept_unless_beaten_by_the_margin():
+    table = DispatchTable()
+    near = (1 - DENSE_MARGIN / 2) * 1e-3  # faster than dense, within the margin
+    far = (1 - 2 * DENSE_MARGIN) * 1e-3
+    table.add(0.2, {"dense": {"{}": 1e-3}, "gather": {"{}": near}}, "measured")
+    table.add(0.5, {"dense": {"{}": 1e-3}, "gather": {"{}": far}, "patch": {"{}": near}},
+              "measured")
+    table.add(0.8, {"gather": {"{}": near}, "patch": {"{}": far}}, "measured")  # no dense
+    table.add(0.9, {"dense": {"{}": math.inf}, "gather": {"{}": near}}, "measured")
+    assert table.entries[0.2] == Choice.make("dense", "{}", 1e-3, "measured")
+    assert table.entries[0.5].variant == "gather"
+    assert table.entries[0.8].variant == "patch"  # among sparse variants: the fastest
+    assert table.entries[0.9].variant == "gather"  # dense failed: no margin to keep
+    assert 0 < DENSE_MARGIN < 0.2
 
 
 def test_fill_predictions_uses_a_config_the_variant_accepts():

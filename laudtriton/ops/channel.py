@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..nn.block import BlockMasks
+from ..nn.maskers import expand_channel_mask
 from .fold import FoldedBlock
 from .kappa import channel_work, conv3_bias, tap_validity
 from .packed import PackedConv
@@ -297,8 +298,8 @@ def masked_hidden(fb: FoldedBlock, dense: SlicedWeights, pattern: torch.Tensor,
     weights ``dense`` (``dense_weights``): every channel convolved, then the inactive ones
     set to their κ (what the official block gives them: masked before BN). Costs the
     dense block plus two passes over the hidden maps; nothing is sliced."""
-    on = pattern.to(device=fb.kappa1.device, dtype=fb.kappa1.dtype).repeat_interleave(
-        fb.width // pattern.numel())
+    on = expand_channel_mask(pattern.to(device=fb.kappa1.device, dtype=fb.kappa1.dtype)[None],
+                             fb.width).view(-1)
     h = dense.conv1(x, relu=True)
     h.permute(0, 2, 3, 1).mul_(on).add_(fb.kappa1 * (1 - on))
     h = dense.conv2(h, relu=True)
@@ -306,25 +307,21 @@ def masked_hidden(fb: FoldedBlock, dense: SlicedWeights, pattern: torch.Tensor,
     return h
 
 
-def _group_into(fb: FoldedBlock, cache: SliceCache, pattern: torch.Tensor, key: bytes,
-                in_hw, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``residual_into`` for one channel pattern: sliced weights once the pattern has
-    been seen before, else the dense weights with the pattern's masks."""
+def _pattern_residual(fb: FoldedBlock, cache: SliceCache, pattern: torch.Tensor, key: bytes,
+                      in_hw, x: torch.Tensor, identity: torch.Tensor,
+                      into: bool) -> torch.Tensor:
+    """relu(residual(x) + identity) for one channel pattern: its sliced weights once the
+    pattern has been seen before (``SliceCache.lookup``), else the dense weights with the
+    pattern's masks (``masked_hidden``). into: identity is ours to overwrite
+    (``residual_into``); else a new tensor (``_residual_out``)."""
     sw = cache.lookup(fb, pattern, in_hw, key)
     if sw is not None:
-        return residual_into(sw, x, out)
+        return residual_into(sw, x, identity) if into else _residual_out(sw, x, identity)
     dw = dense_weights(fb, in_hw)
-    return dw.conv3.add_into_(out, masked_hidden(fb, dw, pattern, x), relu=True)
-
-
-def _group_out(fb: FoldedBlock, cache: SliceCache, pattern: torch.Tensor, key: bytes,
-               in_hw, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """``_residual_out`` for one channel pattern, as ``_group_into``."""
-    sw = cache.lookup(fb, pattern, in_hw, key)
-    if sw is not None:
-        return _residual_out(sw, x, identity)
-    dw = dense_weights(fb, in_hw)
-    return dw.conv3(masked_hidden(fb, dw, pattern, x), relu=True, add=identity)
+    h = masked_hidden(fb, dw, pattern, x)
+    if into:
+        return dw.conv3.add_into_(identity, h, relu=True)
+    return dw.conv3(h, relu=True, add=identity)
 
 
 def _residual_out(sw: SlicedWeights, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -371,21 +368,22 @@ def slice_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
         out = identity
         if len(groups) == 1:
             _, pattern, key = groups[0]
-            return _group_into(fb, cache, pattern, key, in_hw, x, out)
+            return _pattern_residual(fb, cache, pattern, key, in_hw, x, out, into=True)
         for samples, pattern, key in groups:  # each group reads its own samples only
             idx = torch.tensor(samples, device=x.device)
             xs = take(x, idx)
-            res = _group_into(fb, cache, pattern, key, in_hw, xs,
-                              xs if out is x else take(out, idx))
+            res = _pattern_residual(fb, cache, pattern, key, in_hw, xs,
+                                    xs if out is x else take(out, idx), into=True)
             put(out, idx, res)
         return out
     if len(groups) == 1:
         _, pattern, key = groups[0]
-        return _group_out(fb, cache, pattern, key, in_hw, x, identity)
+        return _pattern_residual(fb, cache, pattern, key, in_hw, x, identity, into=False)
     out = torch.empty_like(identity, memory_format=CL)
     for samples, pattern, key in groups:
         idx = torch.tensor(samples, device=x.device)
-        res = _group_out(fb, cache, pattern, key, in_hw, take(x, idx), take(identity, idx))
+        res = _pattern_residual(fb, cache, pattern, key, in_hw, take(x, idx),
+                                take(identity, idx), into=False)
         put(out, idx, res)
     return out
 

@@ -300,7 +300,7 @@ def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
     grid = mask3 = mask1 = channel = None
     mc = block.masker_channel
     if isinstance(mc, MaskerChannelMLP):
-        v = global_pool(x) if pooled is None else pooled
+        v = grid_pool(x, (1, 1)).flatten(1) if pooled is None else pooled  # read, not kept
         layers = mc.linears()
         for i, lin in enumerate(layers):
             v = torch.addmm(lin.bias, v, lin.weight.t())

@@ -4,8 +4,9 @@ for the whole network, in one run, as ratios (``laudtriton bench``).
 The dense baseline is the same network with the same folded weights, no maskers and no
 masks, run in the faster of NCHW and channels_last (measured here, per block and for the
 whole model). Times are medians of interleaved runs, dense and sparse alternating. The
-whole model is timed twice: on one input repeated (masks fixed) and on a new input at
-every call (masks change, as in a stream of images).
+whole model is timed three ways: on one input repeated (masks fixed), on that input with
+its masks given (no maskers run), and on a new input at every call (masks change, as in a
+stream of images); the official masked-dense reference is timed beside them.
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rates", default="0.25,0.5,0.75")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    s.add_argument("--reps", type=int, default=20, help="timed runs per candidate (>= 20)")
+    s.add_argument("--reps", type=int, default=20,
+                   help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
+                   "fewer is noisier)")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=int, default=1,

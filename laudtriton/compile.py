@@ -164,7 +164,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         backend: "auto" (cuda if available), "cpu" (torch sparse engine) or "cuda".
         tune: "cached" | "quick" | "full" | "off" (see the module docstring).
         cache_dir: autotune cache directory (default: $LAUDTRITON_CACHE_DIR, else the
-            source tree's autotune_cache/ when run from one, else ~/.cache/laudtriton).
+            source tree's autotune_cache/ when the package is installed from one, else
+            ~/.cache/laudtriton).
         dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
         dtype: compute dtype (default float32 on CPU, float16 on CUDA).
         variants: restrict the candidates to these variant names (``dense`` stands in
@@ -180,8 +181,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
 
     Raises:
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
-            dispatch mode, a missing example input, an example input without a sample,
-            or one the model rejects.
+            dispatch mode, an unknown variant name, a missing example input, an example
+            input without a sample, or one the model rejects.
     """
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)

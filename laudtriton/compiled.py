@@ -142,7 +142,9 @@ class CompiledModel(nn.Module):
     """An inference-only LAUD model: folded stem, compiled blocks, head.
 
     ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
-    the last forward. ``source`` is the model that was compiled (train that one).
+    the last forward. ``source`` is the eval-mode copy of the compiled model (in the
+compiled dtype and device) that holds the maskers; to train, train the original model
+and compile it again.
     """
 
     def __init__(self, source: nn.Module, blocks: list[CompiledBlock], input_shape,
@@ -172,8 +174,8 @@ class CompiledModel(nn.Module):
     def train(self, mode: bool = True):
         if mode:
             raise RuntimeError(
-                "a CompiledModel is inference only; train the original model (its "
-                "`.source` attribute) and call laudtriton.compile on it again"
+                "a CompiledModel is inference only; train the model you compiled (or "
+                "the eval-mode copy in `.source`) and call laudtriton.compile on it again"
             )
         return super().train(False)
 

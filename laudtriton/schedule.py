@@ -27,8 +27,9 @@ DENSE_MARGIN = 0.05
 
 @dataclass(frozen=True)
 class Choice:
-    """One dispatch entry: the variant, its config (as a dict), the time it scored (s; nan
-    when unknown) and where that came from (measured | cached | predicted | rule)."""
+    """One dispatch entry: the variant, its config (sorted (key, value) pairs;
+    ``config_dict`` gives the dict), the time it scored (s; nan when unknown) and where
+    that came from (measured | cached | predicted | rule)."""
 
     variant: str
     config: tuple = ()

@@ -13,19 +13,20 @@ zero; the κ1 correction (``ops.kappa.conv2_correction``) is a per-pixel additiv
 differs from its interior value only on the 1-pixel border. It is never dropped.
 
 On CPU (float32) every convolution runs through oneDNN with bias, residual add and ReLU
-fused (:class:`PackedConv`), its weight pre-packed from a pattern's second call on:
-F.conv2d re-orders its weight on every call, which dominates small maps at batch 1.
+fused (:class:`PackedConv`), its weight pre-packed from a partial pattern's third call
+on: F.conv2d re-orders its weight on every call, which dominates small maps at batch 1.
 Elsewhere (CUDA, other dtypes, a torch without those ops) PackedConv runs F.conv2d and
 separate add/ReLU.
 
 Sliced and packed weights and the bias map cost passes over the weights, so they are
 cached per FoldedBlock, mask pattern and input size in a bounded LRU
-(:class:`SliceCache`). A pattern met for the first time is not sliced: that call runs
-the dense weights with the pattern's masks (``masked_hidden``, about the dense block's
-cost); its second sighting slices, its third packs. The cache is attached to the
-FoldedBlock as the attribute ``_slice_cache`` on first use (the only state this module
-keeps; a new FoldedBlock, e.g. from ``fb.to(...)``, starts with an empty cache). The
-``compact`` layer variant shares it.
+(:class:`SliceCache`). A partial pattern (some groups on, some off) met for the first
+time is not sliced: that call runs the dense weights with the pattern's masks
+(``masked_hidden``, about the dense block's cost); its second sighting slices, its third
+packs. The all-on pattern (the dense weights) and the all-off one are built at once.
+The cache is attached to the FoldedBlock as the attribute ``_slice_cache`` on first use
+(the only state this module keeps; a new FoldedBlock, e.g. from ``fb.to(...)``, starts
+with an empty cache). The ``compact`` layer variant shares it.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ CACHE_SIZE = 64  # mask patterns kept per block; a batch of B samples has at mos
 class SlicedWeights:
     """The folded block restricted to m active channels, for one input size.
 
-    conv1: [m, Cin, 1, 1] + b1[act]; conv2: [m, m, 3, 3] (stride s) with bias b2[act], or
-    no bias when ``bias2`` is set; bias2: [1, m, Ho, Wo] channels_last, b2[act] + the κ1
-    correction map (None when every channel is active); conv3: [Cout, m, 1, 1] with bias
-    b3 + W3[:, inact] @ κ2[inact]. m = 0 leaves only b3 ([Cout]): the residual branch
-    is then that constant.
+    conv1: [mb, Cin, 1, 1] + b1[act]; conv2: [mb, mb, 3, 3] (stride s) with bias b2[act],
+    or no bias when ``bias2`` is set; bias2: [1, mb, Ho, Wo] channels_last, b2[act] + the
+    κ1 correction map (None when every channel is active); conv3: [Cout, mb, 1, 1] with
+    bias b3 + W3[:, inact] @ κ2[inact]. mb = ``channel_bucket(m, width)`` >= m: the
+    channels past m repeat an active one with zeroed weights. m = 0 leaves only b3
+    ([Cout]): the residual branch is then that constant.
     """
 
     m: int

@@ -6,7 +6,7 @@ gathered into one smaller batch (small maps, see GATHER_MAX_PIXELS); inactive sa
 output relu(identity) exactly. The identity is x, or the dense downsample of x computed
 for the whole batch into the output tensor; residuals are added into it in place
 (``PackedConv.add_into_``). Weights are packed once per input size
-(``channel.PackedConv``, cached on the FoldedBlock).
+(``packed.PackedConv``, cached on the FoldedBlock).
 """
 
 from __future__ import annotations

@@ -80,10 +80,10 @@ def _w2col(w2: torch.Tensor) -> torch.Tensor:
 def _full_weights(fb: FoldedBlock) -> _Weights:
     """The whole block's weights with the im2col conv2 weight, cached on ``fb`` (attribute
     ``_spatial_weights``) and rebuilt when its tensors change. ``packed`` collects the
-    pre-packed patch convolutions (``_patch_conv``). The row GEMMs are NOT pre-packed: a
-    oneDNN weight packed for one row count can run 10-20x slower on another (128->512 over
-    384 rows: 0.21 ms packed for 384, 2.2 ms packed for 1024; 1 thread), and the row count
-    changes with every mask."""
+    pre-packed patch convolutions (``_patch_conv``) and the row GEMMs' packings, one per
+    row bucket (``_linear``): a oneDNN weight packed for one row count can run 10-20x
+    slower on another (128->512 over 384 rows: 0.21 ms packed for 384, 2.2 ms packed for
+    1024; 1 thread), and the row count changes with every mask."""
     return derived(fb, "_spatial_weights", fb.fingerprint(), lambda: _Weights(
         fb.w1, fb.b1, fb.w2, _w2col(fb.w2), fb.b2, fb.w3, fb.b3, None, {}))
 

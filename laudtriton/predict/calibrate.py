@@ -4,7 +4,8 @@
   - GEMM peak: the best multiply-adds/s of square products over a few sizes, through the
     engine's GEMM (``ops.rows.rows_linear``: oneDNN for CPU fp32, ``torch.mm`` on CUDA in
     fp32, fp16 and bf16);
-  - copy bandwidth: bytes read + written per second by ``dst.copy_(src)`` on 64 MiB;
+  - copy bandwidth: bytes read + written per second by ``dst.copy_(src)`` on 64 MiB
+    (256 MiB on CUDA);
   - dispatch overhead: seconds per tiny torch op (a loop of in-place adds on 1 element;
     on CUDA that is the kernel launch cost).
 The result is a JSON file beside the autotune cache (``TuneCache(...).dir``), named by the

@@ -86,7 +86,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help="CSV of every timing (default "
                         "sweep_<model>_<mode>_<granularity>_b<batch>_<cpu|cuda>.csv)")
     p.add_argument("--cache-dir", default=None,
-                   help="cache directory (default $LAUDTRITON_CACHE_DIR or autotune_cache/)")
+                   help="cache directory (default $LAUDTRITON_CACHE_DIR, else autotune_cache/ "
+                        "of a source-tree install, else ~/.cache/laudtriton)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_sweep)
     return p

@@ -13,10 +13,11 @@ import pytest
 
 from laudtriton.nn import LaudResNet
 from laudtriton.ops import variants_for
+from laudtriton.schedule import DENSE_MARGIN
 from laudtriton.tune import cache as cache_mod
 from laudtriton.tune import sweep as sweep_mod
 from laudtriton.tune.cache import TuneCache
-from laudtriton.tune.commands import add_cache_parser, add_sweep_parser
+from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep_parser
 from laudtriton.tune.sweep import CSV_FIELDS, parse_rates, parse_shard, read_csv, sweep
 
 FAST = dict(progress=False, warmup=1, reps=1)
@@ -241,6 +242,22 @@ def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "s.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["block"] for r in rows} == {"layer4.2"} and rows[0]["model"] == "laud_resnet50"
+
+
+def test_summary_names_the_variant_compile_chooses(capsys):
+    def row(spec, variant, seconds):
+        return {"spec": spec, "rate": 0.5, "variant": variant, "config": "{}",
+                "seconds": seconds}
+
+    near = (1 - DENSE_MARGIN / 2) * 1e-3
+    _print_summary([row("a", "dense", 1e-3), row("a", "gather", near),
+                    row("b", "dense", 1e-3), row("b", "patch", 0.5e-3),
+                    row("c", "dense", math.inf), row("c", "gather", math.inf)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["block", "spec", "rate"] and "chosen" in lines[0]
+    assert lines[1].split() == ["a", "0.50", "dense", "1.000", "1.000", "1.00", "gather"]
+    assert lines[2].split() == ["b", "0.50", "patch", "0.500", "1.000", "0.50"]
+    assert len(lines) == 3  # nothing finite for "c": no line
 
 
 def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):

@@ -139,20 +139,36 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_summary(rows: list[dict]) -> None:
-    """One line per (spec, rate): the fastest variant and its time vs dense."""
-    best: dict[tuple[str, float], dict] = {}
+    """One line per (spec, rate): the variant ``compile`` would choose from these timings
+    (the fastest, but ``dense`` unless beaten by more than ``schedule.DENSE_MARGIN``), its
+    time vs dense, and the fastest variant where that differs."""
+    from ..schedule import DispatchTable
+
+    timings: dict[tuple[str, float], dict] = {}
     for r in rows:
-        k = (r["spec"], r["rate"])
-        if math.isfinite(r["seconds"]) and (k not in best or r["seconds"] < best[k]["seconds"]):
-            best[k] = r
-    if not best:
+        per = timings.setdefault((r["spec"], r["rate"]), {})
+        per.setdefault(r["variant"], {})[r["config"]] = r["seconds"]
+    lines = []
+    for (spec, rate), per in timings.items():
+        table = DispatchTable()
+        table.add(rate, per, "measured")
+        if not table.entries:
+            continue
+        chosen = table.choose(rate)
+        fastest = min(((t, v) for v, cfgs in per.items() for t in cfgs.values()
+                       if math.isfinite(t)))[1]
+        dense = min((t for t in per.get("dense", {}).values() if math.isfinite(t)),
+                    default=math.nan)
+        lines.append((spec, rate, chosen.variant, chosen.seconds, dense,
+                      "" if fastest == chosen.variant else fastest))
+    if not lines:
         return
-    w = max(len(s) for s, _ in best)
-    print(f"{'block spec':<{w}}  {'rate':>5}  {'best':<14} {'ms':>8} {'dense ms':>9} "
-          f"{'x dense':>8}")
-    for (spec, rate), r in best.items():
-        print(f"{spec:<{w}}  {rate:>5.2f}  {r['variant']:<14} {r['seconds'] * 1e3:>8.3f} "
-              f"{r['dense_seconds'] * 1e3:>9.3f} {r['ratio']:>8.2f}")
+    w = max(len(line[0]) for line in lines)
+    print(f"{'block spec':<{w}}  {'rate':>5}  {'chosen':<14} {'ms':>8} {'dense ms':>9} "
+          f"{'x dense':>8}  fastest (where not chosen: within the dense margin)")
+    for spec, rate, variant, t, d, fastest in lines:
+        print(f"{spec:<{w}}  {rate:>5.2f}  {variant:<14} {t * 1e3:>8.3f} {d * 1e3:>9.3f} "
+              f"{t / d:>8.2f}  {fastest}")
 
 
 def add_cache_parser(subparsers) -> argparse.ArgumentParser:

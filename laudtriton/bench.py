@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import copy
 import csv
-from dataclasses import asdict, dataclass, replace
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +112,7 @@ class BenchRow:
     efficiency: float
     runs: tuple[float, ...] = ()  # whole-model rows: the ratio of every repeat, in order
     allocator: str = "default"  # runtime.allocator_setting() during the run
+    process: int = 1  # which process of ``run_processes`` measured it
 
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int = 1,
@@ -291,3 +297,96 @@ def write_csv(rows: list[BenchRow], path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({**asdict(r), "runs": ";".join(f"{v:.4f}" for v in r.runs)})
+
+
+_INT_FIELDS = {"batch", "process"}
+_STR_FIELDS = {"model", "mode", "granularity", "block", "spec", "variant", "allocator"}
+
+
+def read_csv(path) -> list[BenchRow]:
+    """The rows ``write_csv`` wrote to ``path`` (a CSV without a ``process`` column, from
+    before it existed, reads as process 1)."""
+    out = []
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            kw = {}
+            for fd in fields(BenchRow):
+                v = rec.get(fd.name)
+                if v is None:
+                    continue
+                if fd.name == "runs":
+                    kw["runs"] = tuple(float(t) for t in v.split(";") if t)
+                elif fd.name in _INT_FIELDS:
+                    kw[fd.name] = int(v)
+                elif fd.name in _STR_FIELDS:
+                    kw[fd.name] = v
+                else:
+                    kw[fd.name] = float(v)
+            out.append(BenchRow(**kw))
+    return out
+
+
+# -- several processes ---------------------------------------------------------------
+# On the shared 2-core VM of BENCHMARKS.md one process's whole-model ratios can sit
+# apart from the next one's (spatial ResNet-101 at rate 0.5: 1.01 in some processes,
+# 1.09 in others, each within 0.02), so a figure worth quoting comes from several.
+
+class ProcessFailed(RuntimeError):
+    """A child ``laudtriton bench`` process of ``run_processes`` exited with an error."""
+
+
+def run_processes(argv: list[str], processes: int, log=print,
+                  python: str = sys.executable) -> list[BenchRow]:
+    """``laudtriton bench <argv>`` in ``processes`` fresh Python processes, one after
+    another (their output goes to this process's stdout); per-block rows come from the
+    first one only (the others run ``--model-only``). Returns every process's rows, each
+    with ``process`` set (1-based).
+
+    argv: bench's options without ``--csv`` and ``--processes``.
+
+    Raises:
+        ValueError: processes < 1, or argv holds --csv or --processes.
+        ProcessFailed: a child exits with a non-zero status.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    bad = [a for a in argv if a.split("=")[0] in ("--csv", "--processes")]
+    if bad:
+        raise ValueError(f"argv must not hold {bad[0].split('=')[0]}: run_processes sets it")
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="laudtriton-bench-") as tmp:
+        for i in range(1, processes + 1):
+            path = Path(tmp) / f"process{i}.csv"
+            cmd = [python, "-m", "laudtriton", "bench", *argv, "--csv", str(path)]
+            if i > 1 and "--model-only" not in argv:
+                cmd.append("--model-only")
+            log(f"== process {i} of {processes}")
+            sys.stdout.flush()
+            rc = subprocess.run(cmd).returncode
+            if rc != 0:
+                raise ProcessFailed(f"process {i} of {processes} exited with status {rc} "
+                                    "(its output is above)")
+            rows += [replace(r, process=i) for r in read_csv(path)]
+    return rows
+
+
+def process_summary(rows: list[BenchRow]) -> str:
+    """The whole-model rows of several processes: per (rate, row), the median of every
+    run's ratio over all processes, their range and count, and each process's reported
+    (median-run) ratio in process order."""
+    groups: dict[tuple[float, str], list[BenchRow]] = {}
+    for r in rows:
+        if r.block == "model":  # "dense=<format>": the format may differ by process
+            groups.setdefault((r.rate, r.spec.split("=")[0]), []).append(r)
+    procs = sorted({r.process for r in rows})
+    lines = [f"whole model over {len(procs)} processes: the median of every run's ratio "
+             "(range, runs), then each process's median run",
+             f"{'rate':>5} {'row':<34} {'median (range, runs)':<26} per process"]
+    for (rate, _), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.process)
+        every = [v for r in rs for v in (r.runs or (r.ratio,))]
+        mid = (f"{statistics.median(every):.3f} ({min(every):.3f}-{max(every):.3f}, "
+               f"{len(every)})")
+        lines.append(f"{rate:>5.2f} {rs[0].spec[:34]:<34} {mid:<26} "
+                     + " ".join(f"{r.ratio:.3f}" for r in rs))
+    return "\n".join(lines)

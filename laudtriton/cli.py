@@ -128,7 +128,7 @@ def cmd_bench(args) -> int:
     from .tune.commands import check_output_path
     from .tune.sweep import parse_rates
 
-    _check_counts(args, "batch", "reps", "repeat", "channel_granularity")
+    _check_counts(args, "batch", "reps", "repeat", "channel_granularity", "processes")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.allocator not in runtime.SETTINGS:
@@ -139,13 +139,34 @@ def cmd_bench(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
-                 args.channel_granularity, reps=args.reps, tune=args.tune,
-                 blocks=not args.model_only, repeat=args.repeat, allocator=args.allocator)
+    if args.processes > 1:
+        from .bench import ProcessFailed, process_summary, run_processes
+
+        try:
+            rows = run_processes(_bench_argv(args), args.processes)
+        except ProcessFailed as e:
+            print(f"laudtriton bench: error: {e}", file=sys.stderr)
+            return 1
+        print(process_summary(rows))
+    else:
+        rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
+                     args.channel_granularity, reps=args.reps, tune=args.tune,
+                     blocks=not args.model_only, repeat=args.repeat,
+                     allocator=args.allocator)
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     return 0
+
+
+def _bench_argv(args) -> list[str]:
+    """bench's options as given, for a child process (no --csv, no --processes)."""
+    argv = ["--model", args.model, "--mode", args.mode, "--granularity", args.granularity,
+            "--channel-granularity", str(args.channel_granularity), "--rates", args.rates,
+            "--batch", str(args.batch), "--threads", str(args.threads), "--reps",
+            str(args.reps), "--tune", args.tune, "--repeat", str(args.repeat),
+            "--allocator", args.allocator]
+    return argv + (["--model-only"] if args.model_only else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allocator", default="retain",
                    help="retain (default): glibc keeps freed blocks for reuse, for dense and "
                         "compiled alike (laudtriton.runtime); default: leave the C allocator as is")
+    s.add_argument("--processes", type=int, default=1,
+                   help="run the benchmark in this many fresh processes, one after another "
+                        "(per-block rows from the first only), and summarise the whole-model "
+                        "rows over all of them; --csv then holds every process's rows")
     s.add_argument("--csv", default=None)
     s.set_defaults(func=cmd_bench)
 

@@ -2,6 +2,8 @@
 consistency, not speed: performance targets live in BENCHMARKS.md)."""
 
 import csv
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,12 +11,17 @@ import torch
 from laudtriton.bench import (
     NO_MASKS,
     DenseModel,
+    ProcessFailed,
     bench,
     build_model,
     format_rows,
     nchw_dense_block,
+    process_summary,
+    read_csv,
+    run_processes,
     write_csv,
 )
+from laudtriton.cli import main
 from laudtriton.ops import fold_block
 from laudtriton.ops.dense import dense_block
 from laudtriton.testing import assert_close
@@ -64,6 +71,56 @@ def test_bench_table_and_csv(rows, tmp_path):
     runs = [float(v) for v in back[-1]["runs"].split(";")]
     assert runs == pytest.approx(rows[-1].runs, abs=1e-4)
     assert "runs" in table[-1] and back[0]["runs"] == ""
+
+
+def test_csv_reads_back(rows, tmp_path):
+    path = tmp_path / "b.csv"
+    write_csv(rows, path)
+    back = read_csv(path)
+    assert [r.block for r in back] == [r.block for r in rows]
+    for a, b in zip(back, rows):
+        assert (a.model, a.batch, a.spec, a.variant, a.process) == (
+            b.model, b.batch, b.spec, b.variant, 1)
+        assert a.ratio == pytest.approx(b.ratio) and a.runs == pytest.approx(b.runs, abs=1e-4)
+
+
+def test_process_summary_pools_every_run(rows):
+    model = [r for r in rows if r.block == "model"]
+    two = [replace(r, process=1) for r in model] + [
+        replace(r, process=2, spec=r.spec.replace("channels_last", "nchw"),
+                ratio=r.ratio * 2, runs=tuple(v * 2 for v in r.runs)) for r in model]
+    lines = process_summary(two).splitlines()
+    assert "over 2 processes" in lines[0] and len(lines) == 2 + len(model)
+    first = lines[2].split()  # dense=<format> rows of both processes pooled
+    every = sorted(model[0].runs + tuple(v * 2 for v in model[0].runs))
+    assert first[:2] == ["0.50", "dense=channels_last"]
+    assert float(first[2]) == pytest.approx((every[2] + every[3]) / 2, abs=1e-3)
+    assert first[3] == f"({every[0]:.3f}-{every[-1]:.3f}," and first[4] == "6)"
+    assert [float(v) for v in first[5:]] == pytest.approx(
+        [model[0].ratio, model[0].ratio * 2], abs=1e-3)
+
+
+def test_bench_in_several_processes(tmp_path, capsys):
+    path = tmp_path / "p.csv"
+    argv = ["bench", "--mode", "channel", "--channel-granularity", "2", "--rates", "0.5",
+            "--reps", "1", "--processes", "2", "--allocator", "default", "--csv", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "over 2 processes" in out
+    back = read_csv(path)
+    assert {r.process for r in back} == {1, 2}
+    assert any(r.block != "model" for r in back if r.process == 1)
+    assert all(r.block == "model" for r in back if r.process == 2)  # --model-only
+    assert len([r for r in back if r.block == "model"]) == 8
+
+
+def test_run_processes_rejects_and_reports_failures():
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        run_processes([], 0)
+    with pytest.raises(ValueError, match="--csv"):
+        run_processes(["--csv", "x.csv"], 2)
+    with pytest.raises(ProcessFailed, match="process 1 of 2 exited with status 2"):
+        run_processes(["--model", "resnet18"], 2, log=lambda s: None, python=sys.executable)
 
 
 def test_bench_rejects_unknown_model():

@@ -18,6 +18,7 @@ from laudtriton.cli import main
     (["bench", "--threads", "-1"], "--threads"),
     (["bench", "--allocator", "jemalloc"], "--allocator"),
     (["bench", "--channel-granularity", "0"], "--channel-granularity"),
+    (["bench", "--processes", "0"], "--processes"),
     (["bench", "--rates", "0:1:0.35,"], "--rates"),
     (["bench", "--rates", "1.5"], "--rates"),
     (["demo", "--reps", "0"], "--reps"),

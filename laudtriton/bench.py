@@ -299,10 +299,6 @@ def write_csv(rows: list[BenchRow], path) -> None:
             w.writerow({**asdict(r), "runs": ";".join(f"{v:.4f}" for v in r.runs)})
 
 
-_INT_FIELDS = {"batch", "process"}
-_STR_FIELDS = {"model", "mode", "granularity", "block", "spec", "variant", "allocator"}
-
-
 def read_csv(path) -> list[BenchRow]:
     """The rows ``write_csv`` wrote to ``path`` (a CSV without a ``process`` column, from
     before it existed, reads as process 1)."""
@@ -310,18 +306,14 @@ def read_csv(path) -> list[BenchRow]:
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):
             kw = {}
-            for fd in fields(BenchRow):
+            for fd in fields(BenchRow):  # fd.type is the annotation's text
                 v = rec.get(fd.name)
                 if v is None:
                     continue
                 if fd.name == "runs":
                     kw["runs"] = tuple(float(t) for t in v.split(";") if t)
-                elif fd.name in _INT_FIELDS:
-                    kw[fd.name] = int(v)
-                elif fd.name in _STR_FIELDS:
-                    kw[fd.name] = v
                 else:
-                    kw[fd.name] = float(v)
+                    kw[fd.name] = {"int": int, "float": float, "str": str}[fd.type](v)
             out.append(BenchRow(**kw))
     return out
 

@@ -160,13 +160,18 @@ def cmd_bench(args) -> int:
 
 
 def _bench_argv(args) -> list[str]:
-    """bench's options as given, for a child process (no --csv, no --processes)."""
-    argv = ["--model", args.model, "--mode", args.mode, "--granularity", args.granularity,
-            "--channel-granularity", str(args.channel_granularity), "--rates", args.rates,
-            "--batch", str(args.batch), "--threads", str(args.threads), "--reps",
-            str(args.reps), "--tune", args.tune, "--repeat", str(args.repeat),
-            "--allocator", args.allocator]
-    return argv + (["--model-only"] if args.model_only else [])
+    """bench's options as parsed, for a child process (every option of the bench
+    subcommand's parser but --csv and --processes)."""
+    argv = []
+    for action in args.bench_parser._actions:
+        if not action.option_strings or action.dest in ("help", "csv", "processes"):
+            continue
+        value = getattr(args, action.dest)
+        if action.nargs == 0:  # a flag
+            argv += [action.option_strings[0]] if value else []
+        elif value is not None:
+            argv += [action.option_strings[0], str(value)]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(per-block rows from the first only), and summarise the whole-model "
                         "rows over all of them; --csv then holds every process's rows")
     s.add_argument("--csv", default=None)
-    s.set_defaults(func=cmd_bench)
+    s.set_defaults(func=cmd_bench, bench_parser=s)
 
     for name, (mod, add, run) in EXTERNAL.items():
         try:

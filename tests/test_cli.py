@@ -70,3 +70,19 @@ def test_json_files_get_the_usual_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_bench_child_argv_carries_every_option():
+    from laudtriton.cli import _bench_argv, build_parser
+
+    parser = build_parser()
+    given = ["bench", "--model", "laud_resnet101", "--mode", "channel", "--rates", "0.5",
+             "--channel-granularity", "2", "--batch", "3", "--threads", "1", "--reps", "5",
+             "--tune", "off", "--model-only", "--repeat", "2", "--allocator", "default",
+             "--csv", "x.csv", "--processes", "4"]
+    args = parser.parse_args(given)
+    child = parser.parse_args(["bench", *_bench_argv(args)])
+    skip = {"csv", "processes", "func", "bench_parser"}
+    want = {k: v for k, v in vars(args).items() if k not in skip}
+    assert {k: v for k, v in vars(child).items() if k not in skip} == want
+    assert child.csv is None and child.processes == 1

@@ -143,6 +143,7 @@ def _print_summary(rows: list[dict]) -> None:
     (the fastest, but ``dense`` unless beaten by more than ``schedule.DENSE_MARGIN``), its
     time vs dense, and the fastest variant where that differs."""
     from ..schedule import DispatchTable
+    from .measure import best
 
     timings: dict[tuple[str, float], dict] = {}
     for r in rows:
@@ -155,10 +156,8 @@ def _print_summary(rows: list[dict]) -> None:
         if not table.entries:
             continue
         chosen = table.choose(rate)
-        fastest = min(((t, v) for v, cfgs in per.items() for t in cfgs.values()
-                       if math.isfinite(t)))[1]
-        dense = min((t for t in per.get("dense", {}).values() if math.isfinite(t)),
-                    default=math.nan)
+        fastest = best(per)[0]
+        dense = table.dense_seconds.get(round(rate, 4), math.nan)
         lines.append((spec, rate, chosen.variant, chosen.seconds, dense,
                       "" if fastest == chosen.variant else fastest))
     if not lines:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,9 @@ CL = torch.channels_last
 
 MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
 NO_MASKS = BlockMasks(None, None, None, None)
+# set in the environment of the children of ``run_processes``: their --csv is a temporary
+# file handed to the parent, which reports the rows itself
+HANDOFF_ENV = "LAUDTRITON_BENCH_HANDOFF"
 
 
 def nchw_dense_block(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +358,7 @@ def run_processes(argv: list[str], processes: int, log=print,
                 cmd.append("--model-only")
             log(f"== process {i} of {processes}")
             sys.stdout.flush()
-            rc = subprocess.run(cmd).returncode
+            rc = subprocess.run(cmd, env={**os.environ, HANDOFF_ENV: "1"}).returncode
             if rc != 0:
                 raise ProcessFailed(f"process {i} of {processes} exited with status {rc} "
                                     "(its output is above)")

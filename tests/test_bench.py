@@ -100,13 +100,14 @@ def test_process_summary_pools_every_run(rows):
         [model[0].ratio, model[0].ratio * 2], abs=1e-3)
 
 
-def test_bench_in_several_processes(tmp_path, capsys):
+def test_bench_in_several_processes(tmp_path, capfd):
     path = tmp_path / "p.csv"
     argv = ["bench", "--mode", "channel", "--channel-granularity", "2", "--rates", "0.5",
             "--reps", "1", "--processes", "2", "--allocator", "default", "--csv", str(path)]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "over 2 processes" in out
+    out = capfd.readouterr().out  # the children's output too (file descriptor 1)
+    assert "over 2 processes" in out and "== process 2 of 2" in out
+    assert out.count("wrote ") == 1 and f"wrote {path}" in out  # not the children's files
     back = read_csv(path)
     assert {r.process for r in back} == {1, 2}
     assert any(r.block != "model" for r in back if r.process == 1)

@@ -25,6 +25,16 @@ SOURCES = ("measured", "cached", "predicted", "rule")
 DENSE_MARGIN = 0.05
 
 
+def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | None:
+    """(variant, config_key, seconds) of the fastest finite timing of ``timings``
+    ({variant: {config_key: seconds}}); None when no timing is finite."""
+    cands = [(t, v, c) for v, cs in timings.items() for c, t in cs.items() if math.isfinite(t)]
+    if not cands:
+        return None
+    t, v, c = min(cands)
+    return v, c, t
+
+
 @dataclass(frozen=True)
 class Choice:
     """One dispatch entry: the variant, its config (sorted (key, value) pairs;
@@ -58,21 +68,15 @@ class DispatchTable:
     def add(self, bucket: float, timings: dict[str, dict[str, float]], source: str) -> None:
         """Add the fastest finite timing of ``timings`` ({variant: {config_key: s}}), but
         keep ``dense`` unless the fastest beats it by more than ``DENSE_MARGIN``."""
-        best = None
-        for variant, configs in timings.items():
-            for cfg, t in configs.items():
-                if math.isfinite(t) and (best is None or t < best[0]):
-                    best = (t, variant, cfg)
+        best = fastest(timings)
         if best is None:
             return
-        dense_best = min(((t, "dense", cfg) for cfg, t in timings.get("dense", {}).items()
-                          if math.isfinite(t)), default=None)
-        if dense_best is not None and best[0] > (1.0 - DENSE_MARGIN) * dense_best[0]:
-            best = dense_best
-        self.entries[round(bucket, 4)] = Choice.make(best[1], best[2], best[0], source)
-        dense = [t for t in timings.get("dense", {}).values() if math.isfinite(t)]
-        if dense:
-            self.dense_seconds[round(bucket, 4)] = min(dense)
+        dense = fastest({"dense": timings.get("dense", {})})
+        if dense is not None and best[2] > (1.0 - DENSE_MARGIN) * dense[2]:
+            best = dense
+        self.entries[round(bucket, 4)] = Choice.make(*best, source)
+        if dense is not None:
+            self.dense_seconds[round(bucket, 4)] = dense[2]
 
     def choose(self, rate: float) -> Choice:
         """The entry of the bucket nearest to ``rate`` (ties: the lower bucket)."""

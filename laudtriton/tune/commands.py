@@ -142,8 +142,7 @@ def _print_summary(rows: list[dict]) -> None:
     """One line per (spec, rate): the variant ``compile`` would choose from these timings
     (the fastest, but ``dense`` unless beaten by more than ``schedule.DENSE_MARGIN``), its
     time vs dense, and the fastest variant where that differs."""
-    from ..schedule import DispatchTable
-    from .measure import best
+    from ..schedule import DispatchTable, fastest
 
     timings: dict[tuple[str, float], dict] = {}
     for r in rows:
@@ -156,18 +155,18 @@ def _print_summary(rows: list[dict]) -> None:
         if not table.entries:
             continue
         chosen = table.choose(rate)
-        fastest = best(per)[0]
+        quickest = fastest(per)[0]
         dense = table.dense_seconds.get(round(rate, 4), math.nan)
         lines.append((spec, rate, chosen.variant, chosen.seconds, dense,
-                      "" if fastest == chosen.variant else fastest))
+                      "" if quickest == chosen.variant else quickest))
     if not lines:
         return
     w = max(len(line[0]) for line in lines)
     print(f"{'block spec':<{w}}  {'rate':>5}  {'chosen':<14} {'ms':>8} {'dense ms':>9} "
           f"{'x dense':>8}  fastest (where not chosen: within the dense margin)")
-    for spec, rate, variant, t, d, fastest in lines:
+    for spec, rate, variant, t, d, other in lines:
         print(f"{spec:<{w}}  {rate:>5.2f}  {variant:<14} {t * 1e3:>8.3f} {d * 1e3:>9.3f} "
-              f"{t / d:>8.2f}  {fastest}")
+              f"{t / d:>8.2f}  {other}")
 
 
 def add_cache_parser(subparsers) -> argparse.ArgumentParser:

@@ -85,12 +85,3 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     for (name, key), t in zip(keys, times):
         out[name][key] = t
     return out
-
-
-def best(timings: dict[str, dict[str, float]]) -> tuple[str, str, float]:
-    """(variant, config_key, seconds) of the fastest finite timing."""
-    cands = [(t, v, c) for v, cs in timings.items() for c, t in cs.items() if math.isfinite(t)]
-    if not cands:
-        raise ValueError("no variant ran successfully")
-    t, v, c = min(cands)
-    return v, c, t

@@ -309,11 +309,15 @@ def test_triton_tap_major_weight_follows_the_weights():
 
     from laudtriton.ops.triton_channel import _w2_tap_major
 
+    def tap_major(t):  # the values of W2, laid out (dy, dx, out, in) in memory
+        return t.permute(2, 3, 0, 1).is_contiguous() and not t.is_contiguous()
+
     fb = fold_block(make_block(16, 8, 1, mode="channel", channel_granularity=2))
-    assert torch.equal(_w2_tap_major(fb), fb.w2)
+    w = _w2_tap_major(fb)
+    assert torch.equal(w, fb.w2) and tap_major(w)
     with torch.no_grad():
         fb.w2.mul_(-2.0)
-    assert torch.equal(_w2_tap_major(fb), fb.w2)
+    assert torch.equal(_w2_tap_major(fb), fb.w2) and tap_major(_w2_tap_major(fb))
     clone = copy.deepcopy(fb)
     assert clone._channel_gemm_w2.value is None
-    assert torch.equal(_w2_tap_major(clone), clone.w2)
+    assert torch.equal(_w2_tap_major(clone), clone.w2) and tap_major(_w2_tap_major(clone))

@@ -51,7 +51,9 @@ def test_os_errors_are_one_line(tmp_path, capsys):
     afile = tmp_path / "f"
     afile.write_text("x")
     assert main(["cache", "clear", "--cache-dir", str(afile)]) == 2
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("laudtriton cache: error:") and str(afile) in err
 
 
 def test_compile_rejects_what_is_not_a_module():

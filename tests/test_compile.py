@@ -117,10 +117,12 @@ def test_decorator_on_factory_and_class():
                              num_classes=5)
 
     CompiledTiny = laudtriton.compile(Tiny, x, backend="cpu", tune="off")
-    assert isinstance(CompiledTiny(), laudtriton.CompiledModel)
     # without an example input, a LaudResNet is planned on a random image of input_size
-    assert isinstance(laudtriton.compile(backend="cpu", tune="off")(Tiny)(),
-                      laudtriton.CompiledModel)
+    for ct in (CompiledTiny(), laudtriton.compile(backend="cpu", tune="off")(Tiny)()):
+        assert isinstance(ct, laudtriton.CompiledModel)
+        assert isinstance(ct.source, Tiny) and not ct.source.training
+        with torch.no_grad():  # each call built its own Tiny; .source is its eval copy
+            assert_close(ct(x), ct.source(x))
 
 
 def test_plan_and_stats_report_choices():
@@ -131,22 +133,27 @@ def test_plan_and_stats_report_choices():
     assert "layer1.0" in text and "both" in text
     with torch.no_grad():
         cm(x)
-    run = cm.last_stats[0]
-    assert run.name == "layer1.0" and run.spatial_rate is not None
-    assert run.channel_rate is not None
+    assert [r.name for r in cm.last_stats] == [b.name for b in cm.blocks]
+    for run, blk in zip(cm.last_stats, cm.blocks):
+        masks = blk.last_masks  # the rates are those of the masks the block ran with
+        assert run.spatial_rate == pytest.approx(float(masks.grid.mean()))
+        assert run.channel_rate == pytest.approx(float(masks.channel.mean()))
+        assert run.variant in text.split(blk.name, 1)[1].splitlines()[0]
 
 
 def test_errors():
     model = tiny_model("spatial")
     x = torch.randn(1, 3, 32, 32)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off")
-    with pytest.raises(ValueError, match="does not match the compiled plan"):
+    with pytest.raises(ValueError, match=r"\[B, 3, 48, 48\] does not match the compiled plan "
+                                         r"\[B, 3, 32, 32\]"):
         cm(torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match="does not match the compiled plan"):
+    with pytest.raises(ValueError, match=r"\[B, 4, 32, 32\] does not match the compiled plan"):
         cm(torch.randn(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match="input dtype torch.float64 does not match the "
+                                         "compiled dtype torch.float32"):
         cm(x.double())
-    with pytest.raises(ValueError, match="4D"):
+    with pytest.raises(ValueError, match=r"4D input .* got \(3, 32, 32\)"):
         cm(torch.randn(3, 32, 32))
     with pytest.raises(RuntimeError, match="inference only"):
         cm.train()

@@ -261,17 +261,37 @@ def test_summary_names_the_variant_compile_chooses(capsys):
 
 
 def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
-    """--prune-top K wires the predictor's prune hook into the sweep (CPU variants have a
-    single config, so every variant is still timed)."""
+    """--prune-top K wires the predictor's prune hook, built for --hardware with top_k K,
+    into the sweep: it sees every (spec, rate, variant) the sweep times (CPU variants have
+    a single config, so every variant is still timed)."""
+    import laudtriton.predict.prune as prune_mod
+
     monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
     monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    made, seen = [], []
+    real = prune_mod.make_prune
+
+    def spy(hw, top_k=3, factors=None):
+        made.append((hw, top_k))
+        hook = real(hw, top_k, factors)
+
+        def prune(spec, rate, variant, configs):
+            seen.append((rate, variant.name))
+            return hook(spec, rate, variant, configs)
+
+        return prune
+
+    monkeypatch.setattr(prune_mod, "make_prune", spy)
     argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
             "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64",
             "--prune-top", "1", "--hardware", "v100"]
     args = _parser().parse_args(argv)
     assert args.func(args) == 0
     with open(tmp_path / "s.csv") as fh:
-        assert {r["variant"] for r in csv.DictReader(fh)} >= {"dense", "gather"}
+        timed = {r["variant"] for r in csv.DictReader(fh)}
+    assert timed >= {"dense", "gather"}
+    assert made == [("v100", 1)]
+    assert {v for _, v in seen} == timed and {r for r, _ in seen} == {0.5}
 
 
 def test_time_variants_failing_config_scores_inf():

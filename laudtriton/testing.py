@@ -8,9 +8,13 @@ from torch import nn
 
 from .nn.block import LaudBottleneck
 
-# Tolerances, as max |out − ref| <= tol · max |ref| (DESIGN.md section 2; GPU.md for halves).
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 1e-2,
-             torch.bfloat16: 3e-2}
+# Tolerances, as max |out − ref| <= tol · max |ref| (DESIGN.md section 2). Half types: four
+# units of roundoff u of the type (fp16 u = 2^-11, bf16 u = 2^-8): the kernels round their
+# inputs, stored intermediates and output to it and accumulate in fp32. Largest errors
+# measured under the Triton interpreter (session 9, every half-type test): fp16 6.2e-4
+# (1.3 u), bf16 7.2e-3 (1.8 u), both in whole-variant checks (``kernelchecks``).
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 4 * 2.0**-11,
+             torch.bfloat16: 4 * 2.0**-8}
 
 
 @torch.no_grad()

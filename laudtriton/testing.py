@@ -1,5 +1,5 @@
 """Helpers shared by tests, benchmarks and gpucheck: random LAUD blocks with non-trivial
-BN statistics, masks at an exact rate, and a verbose closeness check."""
+BN statistics and a verbose closeness check."""
 
 from __future__ import annotations
 
@@ -52,19 +52,6 @@ def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial
                            channel_granularity, **kwargs)
     randomize_bn(block, g)
     return block.eval()
-
-
-def random_mask(shape, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Float 0/1 mask of ``shape`` with exactly round(rate·N) ones per leading index."""
-    b = shape[0]
-    n = 1
-    for s in shape[1:]:
-        n *= s
-    k = int(round(rate * n))
-    out = torch.zeros(b, n)
-    for i in range(b):
-        out[i, torch.randperm(n, generator=generator)[:k]] = 1.0
-    return out.view(*shape)
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,

@@ -12,7 +12,7 @@ warning).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 log = logging.getLogger("laudtriton")
 
@@ -166,8 +166,3 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
     if key in PRESETS:
         return PRESETS[key]
     raise ValueError(f"--hardware {name!r} unknown; known: {', '.join(known_hardware())}")
-
-
-def with_overhead(hw: HardwareSpec, launch_overhead: float) -> HardwareSpec:
-    """``hw`` with another launch overhead (s)."""
-    return replace(hw, launch_overhead=float(launch_overhead))

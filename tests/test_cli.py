@@ -1,5 +1,6 @@
 """The ``laudtriton`` command on bad input: exit code 2 and one line naming the option,
-before any model is built or timed; files it writes are readable like any other."""
+before any model is built or timed; files it writes are readable like any other; ``env``
+and the ``demo`` (the README's main job) run end to end."""
 
 import os
 import stat
@@ -88,3 +89,26 @@ def test_bench_child_argv_carries_every_option():
     want = {k: v for k, v in vars(args).items() if k not in skip}
     assert {k: v for k, v in vars(child).items() if k not in skip} == want
     assert child.csv is None and child.processes == 1
+
+
+def test_env_reports_this_process(capsys):
+    assert main(["env"]) == 0
+    rows = {line[:11].strip(): line[12:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["torch"] == torch.__version__
+    assert rows["laudtriton"] == laudtriton.__version__
+    assert rows["threads"] == str(torch.get_num_threads())
+    assert rows["cpu count"] == str(os.cpu_count())
+    assert rows["device"].startswith("cuda: " if torch.cuda.is_available() else "cpu: ")
+    assert {"python", "triton", "cache dir", "allocator"} <= set(rows)
+
+
+def test_demo_runs_end_to_end(capsys):
+    """The README's main job, with fewer timed runs: every step, logits equal, timings."""
+    assert main(["demo", "--reps", "2"]) == 0
+    out = capsys.readouterr().out
+    for step in ("1/4 building", "2/4 calibrating", "3/4 compiling", "4/4 timing"):
+        assert step in out
+    assert "compiled logits == reference logits" in out and "same top-1: True" in out
+    times = [float(line.split("ms")[0].split()[-1]) for line in out.splitlines()
+             if line.rstrip().endswith(("ms", "x dense)")) and " ms" in line]
+    assert len(times) == 3 and all(t > 0 for t in times)

@@ -76,10 +76,12 @@ def test_default_config_dense_odd_shape():
     assert_close(y, x.double() @ w.double().T + bias.double())
 
 
-@pytest.mark.parametrize("case,match", [
-    ("dtype", "dtype"), ("device_dims", "3-D"), ("noncontig", "contiguous"),
-    ("range", "out_idx values"), ("count", "n_out values"), ("idx_dtype", "int32"),
-    ("k_mismatch", "input channels"), ("bias", "bias has shape"), ("stride", "stride"),
+@pytest.mark.parametrize("case,match", [  # each message names the bad tensor and value
+    ("dtype", "w has dtype torch.float16"), ("device_dims", r"x must be 3-D, got shape \(5, 16\)"),
+    ("noncontig", "x must be contiguous"), ("range", r"out_idx values in \[0, 24\]"),
+    ("count", r"n_out values in \[3, 25\]"), ("idx_dtype", "out_idx has dtype torch.int64"),
+    ("k_mismatch", "x has 16 channels but w has 15 input channels"),
+    ("bias", r"bias has shape \(1, 23\)"), ("stride", "stride must be 1 or 2, got 3"),
 ])
 def test_bad_inputs(case, match):
     x = torch.randn(2, 5, 16)

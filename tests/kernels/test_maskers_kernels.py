@@ -87,10 +87,12 @@ def test_rate_extremes():
     assert on.eq(1).all() and off.eq(0).all()
 
 
-@pytest.mark.parametrize("case,match", [
-    ("dims", "4-D"), ("dtype", "dtype"), ("grid", "grid"), ("weight", "weight"),
-    ("noncontig", "contiguous"), ("layers", "layers is empty"), ("odd", "2G"),
-    ("chain", "layer 1 weight"),
+@pytest.mark.parametrize("case,match", [  # each message names the bad argument and value
+    ("dims", r"x must be 4-D, got shape \(5, 5, 8\)"), ("dtype", "x has dtype torch.float64"),
+    ("grid", r"grid \(6, 1\) must lie in"), ("weight", r"weight \(2, 7\)"),
+    ("noncontig", "x must be contiguous"), ("layers", "layers is empty"),
+    ("odd", "last layer has 5 outputs; a channel masker needs 2G"),
+    ("chain", r"layer 1 weight \(4, 5\)"),
 ])
 def test_bad_inputs(case, match):
     x = _nhwc(torch.randn(2, 8, 5, 5))

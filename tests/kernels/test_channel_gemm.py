@@ -56,6 +56,27 @@ def test_channel_gemm(dtype, stage):
     _compare(y, ref, n if stage == "conv1" else None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_conv3x3(dtype, stride):
+    """Implicit-GEMM 3x3 conv over active channels with the κ1 taps, odd 7x5 map, a batch
+    at rate 0, partial and 1, tap-major weight (the variant's layout) and a plain one."""
+    batch, h, wd, width = 3, 7, 5, 20
+    idx, n = _lists(batch, width, [0, 9, width], seed=5)
+    x = torch.randn(batch, h, wd, width).to(dtype)  # compact: column k = channel idx[b, k]
+    w = torch.randn(width, width, 3, 3).to(dtype)
+    bias = torch.randn(batch, width)
+    taps = torch.randn(batch, 9, width).to(dtype)
+    kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps, stride=stride,
+              relu=True)
+    ref = cc.channel_conv3x3_torch(x, w, bias, **kw)
+    assert ref.shape == (batch, (h - 1) // stride + 1, (wd - 1) // stride + 1, width)
+    for weight in (w.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1), w):
+        y = cc.channel_conv3x3(x, weight, bias, config=SMALL, **kw)
+        assert y.dtype == dtype
+        _compare(y, ref, n)
+
+
 def test_channel_gemm_unwritten_columns_stay_poisoned(nan_empty):
     """Programs past n_out write nothing: columns >= n_out[b] keep the NaN poison."""
     x = torch.randn(2, 5, 16)

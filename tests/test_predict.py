@@ -176,11 +176,16 @@ def _synthetic(noise: float, shapes: int = 5, seed: int = 0) -> list[Sample]:
 
 
 def test_fit_recovers_factors():
+    """Noise-free timings, yet not exact: fit searches the shared eff_m on a log grid
+    (four refinements of nine points), so the per-variant factors absorb its last step.
+    Deterministic; measured (session 9): largest prediction error 2.6%, gather's eff_c
+    0.2512 for 0.25."""
     fac = fit(_synthetic(0.0), CPU)
     for s in _synthetic(0.0):
         assert predict_block(s.spec, s.rate, s.variant, CPU, fac) == pytest.approx(
             s.seconds, rel=0.03)
-    assert fac["gather"].eff_c == pytest.approx(0.25, rel=0.1)
+    assert fac["gather"].eff_c == pytest.approx(0.25, rel=0.02)
+    assert fac["patch"].eff_c == pytest.approx(0.35, rel=0.02)
 
 
 def _write_cache(tmp_path, data: list[Sample]) -> TuneCache:

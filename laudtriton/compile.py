@@ -182,7 +182,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     Raises:
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
             dispatch mode, an unknown variant name, a missing example input, an example
-            input without a sample, or one the model rejects.
+            input without a sample, or one the model rejects; a dtype that is not a
+            floating-point torch dtype.
     """
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
@@ -203,6 +204,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         variants = (variants,) if isinstance(variants, str) else tuple(variants)
         for name in variants:
             get_variant(name)  # raises on an unknown name
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
+                         "dtype (float32, float16, bfloat16, float64)")
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):

@@ -190,8 +190,10 @@ and compile it again.
                 "again with an example input of the new shape"
             )
         if x.dtype != self.dtype:
+            hint = (f"compile with dtype={x.dtype}" if x.dtype.is_floating_point else
+                    "a compiled model takes floating-point inputs")
             raise ValueError(f"input dtype {x.dtype} does not match the compiled dtype "
-                             f"{self.dtype}; cast the input or compile with dtype={x.dtype}")
+                             f"{self.dtype}; cast the input or {hint}")
         if x.device.type != self.device.type:
             raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
 

@@ -155,6 +155,10 @@ def test_errors():
         cm(x.double())
     with pytest.raises(ValueError, match=r"4D input .* got \(3, 32, 32\)"):
         cm(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="torch.int64 .* takes floating-point inputs"):
+        cm(x.long())
+    with pytest.raises(ValueError, match="dtype torch.int64 unsupported; accepted: a floating"):
+        laudtriton.compile(model, x, backend="cpu", tune="off", dtype=torch.int64)
     with pytest.raises(RuntimeError, match="inference only"):
         cm.train()
     cm.eval()  # eval stays allowed

@@ -25,6 +25,7 @@ from laudtriton.cli import main
     (["demo", "--reps", "0"], "--reps"),
     (["demo", "--rate", "2"], "--rate"),
     (["sweep", "--input-size", "0"], "--input-size"),
+    (["sweep", "--model", "foo"], "--model 'foo' unknown"),
     (["plot", "--from", "cache", "--out", "x", "--device", "foo"], "--device"),
     (["calibrate", "--device", "foo"], "--device"),
     (["design", "--model", "laud_resnet50", "--target-rate", "0.5", "--top", "0"], "--top"),
@@ -34,6 +35,7 @@ def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"laudtriton {argv[0]}: error:")
 
 
 @pytest.mark.parametrize("command", ["bench", "sweep"])

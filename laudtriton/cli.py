@@ -125,7 +125,7 @@ def _check_counts(args, *names: str) -> None:
 def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
-    from .tune.commands import check_output_path
+    from .tune.commands import check_output_path, fail
     from .tune.sweep import parse_rates
 
     _check_counts(args, "batch", "reps", "repeat", "channel_granularity", "processes")
@@ -145,8 +145,7 @@ def cmd_bench(args) -> int:
         try:
             rows = run_processes(_bench_argv(args), args.processes)
         except ProcessFailed as e:
-            print(f"laudtriton bench: error: {e}", file=sys.stderr)
-            return 1
+            return fail("bench", str(e), code=1)
         print(process_summary(rows))
     else:
         rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
@@ -233,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written
-        print(f"laudtriton {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        from .tune.commands import fail
+
+        return fail(args.command, str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

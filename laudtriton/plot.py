@@ -280,7 +280,7 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
-        from .tune.commands import check_device
+        from .tune.commands import check_device, fail
 
         dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:
@@ -312,8 +312,7 @@ def run_plot(args: argparse.Namespace) -> int:
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
         paths = plot_latency_vs_rate(rows, args.out, predicted)
     except ValueError as e:
-        print(f"laudtriton plot: error: {e}", file=sys.stderr)
-        return 2
+        return fail("plot", str(e))
     for p in paths:
         print(p)
     return 0

@@ -31,10 +31,11 @@ def check_output_path(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path!r}: the directory {parent!r} does not exist")
 
 
-def _fail(command: str, msg: str) -> int:
-    """Exit code 2 with the error on one line, as ``laudtriton``'s main prints it."""
+def fail(command: str, msg: str, code: int = 2) -> int:
+    """Print ``laudtriton <command>: error: <msg>`` on one line to stderr; returns ``code``
+    (2: bad input), the exit code. Every subcommand reports its errors this way."""
     print(f"laudtriton {command}: error: {msg}", file=sys.stderr)
-    return 2
+    return code
 
 
 def check_device(device: str) -> torch.device:
@@ -126,7 +127,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     input_size=args.input_size, dtype=args.dtype, variants=args.variants,
                     channel_granularity=args.channel_granularity, prune=prune)
     except ValueError as e:
-        return _fail("sweep", str(e))
+        return fail("sweep", str(e))
     _print_summary(res.rows)
     print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache, "
           f"{res.seconds:.1f} s; CSV: {res.csv_path}")
@@ -200,9 +201,9 @@ def run_cache(args: argparse.Namespace) -> int:
             return 0
         cache = TuneCache(args.cache_dir, device=check_device(args.device))
     except ValueError as e:
-        return _fail("cache", str(e))
+        return fail("cache", str(e))
     if not cache.enabled:
-        return _fail("cache", "the cache is disabled (LAUDTRITON_CACHE=0)")
+        return fail("cache", "the cache is disabled (LAUDTRITON_CACHE=0)")
     if args.cache_cmd == "clear":
         n = cache.clear()
         print(f"removed {n} entries ({cache.path})")

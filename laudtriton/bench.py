@@ -181,10 +181,14 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
     continue the stream, so the engine's per-pattern caches are warmer in them."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    # building the first model validates the configuration before the allocator,
+    # process-wide, changes
+    first = build_model(model_name, mode, granularity, channel_granularity)
     setting = _set_allocator(allocator, log)
     rows = []
-    for rate in rates:
-        model = build_model(model_name, mode, granularity, channel_granularity)
+    for i, rate in enumerate(rates):
+        model = first if i == 0 else build_model(model_name, mode, granularity,
+                                                 channel_granularity)
         x = torch.randn(batch, 3, 224, 224)
         calibrate_rates(model, x, rate)
         cm = compile(model, x, backend="cpu", tune=tune)

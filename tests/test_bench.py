@@ -34,6 +34,14 @@ def rows():
                  channel_granularity=2, reps=2, tune="off", repeat=3, log=lambda s: None)
 
 
+def test_bench_validates_before_setting_the_allocator():
+    from laudtriton import runtime
+    before, logs = runtime.allocator_setting(), []
+    with pytest.raises(ValueError, match="'spatal'"):
+        bench("laud_resnet50", "spatal", "4-4-2-1", [0.5], allocator="retain", log=logs.append)
+    assert logs == [] and runtime.allocator_setting() == before
+
+
 def test_bench_rows(rows):
     blocks = [r for r in rows if r.block != "model"]
     model = [r for r in rows if r.block == "model"]

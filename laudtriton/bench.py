@@ -27,7 +27,7 @@ from torch import nn
 
 from . import runtime
 from .compile import compile
-from .compiled import CompiledModel, fold_conv_bn, stem
+from .compiled import CompiledModel, set_stem, stem
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
 from .nn.block import BlockMasks
 from .nn.resnet import LaudResNet
@@ -66,11 +66,11 @@ class DenseModel(nn.Module):
     def __init__(self, model: LaudResNet, memory_format: torch.memory_format):
         super().__init__()
         self.mf = memory_format
-        w, b = fold_conv_bn(model.conv1, model.bn1)
-        self.stem_w, self.stem_b = w.contiguous(memory_format=memory_format), b
+        set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
         self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
         for fb in self.folded:
             fb.w2 = fb.w2.contiguous(memory_format=memory_format)
+        self.avgpool = copy.deepcopy(model.avgpool).eval()
         self.fc = copy.deepcopy(model.fc).eval()
 
     @torch.no_grad()
@@ -80,11 +80,12 @@ class DenseModel(nn.Module):
             for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
                 h = dense_block(fb, h, NO_MASKS, inplace=True)
         else:
-            h = F.conv2d(x.contiguous(), self.stem_w, self.stem_b, stride=2, padding=3)
-            h = F.max_pool2d(h.relu_(), 3, 2, 1)
+            h = F.conv2d(x.contiguous(), self.stem_w, self.stem_b, stride=self.stem_stride,
+                         padding=self.stem_padding)
+            h = self.stem_pool(h.relu_())
             for fb in self.folded:
                 h = nchw_dense_block(fb, h)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+        return self.fc(torch.flatten(self.avgpool(h), 1))
 
 
 def fastest_dense(model: LaudResNet, x: torch.Tensor, reps: int = 10):

@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .nn.block import BlockMasks
@@ -156,9 +155,8 @@ and compile it again.
         self.device, self.dtype, self.backend, self.tune = device, dtype, backend, tune
         self.is_resnet = isinstance(source, LaudResNet)
         if self.is_resnet:
-            w, b = fold_conv_bn(source.conv1, source.bn1)
-            self.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=CL))
-            self.register_buffer("stem_b", b.to(device, dtype))
+            set_stem(self, source, device, dtype, CL)
+            self.avgpool = copy.deepcopy(source.avgpool).eval()
             self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
 
     @property
@@ -221,7 +219,7 @@ and compile it again.
         for i, blk in enumerate(self.blocks):
             h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
                     order=order)
-        return order.to_caller(self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)))
+        return order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
 
     @property
     def plan(self) -> Plan:
@@ -249,19 +247,78 @@ class Plan:
     __repr__ = __str__
 
 
+STEM_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)  # keep a ReLU output >= 0
+
+
+def check_resnet(model: LaudResNet) -> None:
+    """Raise unless ``model`` computes what a compiled LaudResNet runs: LaudResNet's own
+    forward, stem and head (not overridden), a stem of a plain ``Conv2d`` (any kernel,
+    square stride and padding, bias or not), an affine ``BatchNorm2d`` with running
+    statistics, ``nn.ReLU`` and a pooling in STEM_POOLS; the head's ``avgpool`` and ``fc``
+    may be any modules (the compiled model runs copies of them).
+
+    Raises:
+        ValueError: naming the method or module that differs.
+    """
+    cls = type(model)
+    for attr in ("forward", "stem", "head"):
+        if getattr(cls, attr) is not getattr(LaudResNet, attr):
+            raise ValueError(
+                f"compile: {cls.__name__} overrides LaudResNet.{attr}; a compiled LaudResNet "
+                "runs LaudResNet's own stem, blocks and head. Hold a LaudResNet in your "
+                "module instead of subclassing it (compile then compiles the LaudResNet "
+                "and keeps your module's forward)")
+    conv, bn, relu, pool = model.conv1, model.bn1, model.relu, model.maxpool
+    problem = None
+    if not isinstance(conv, nn.Conv2d) or type(conv.padding) is str:
+        problem = f"conv1 is {conv!r}; accepted: an nn.Conv2d with numeric padding"
+    elif (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+          or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]):
+        problem = (f"conv1 is {conv!r}; accepted: groups 1, dilation 1, zero padding, "
+                   "the same stride and padding in both directions")
+    elif not isinstance(bn, nn.BatchNorm2d) or not bn.affine or bn.running_mean is None:
+        problem = f"bn1 is {bn!r}; accepted: an affine nn.BatchNorm2d with running statistics"
+    elif type(relu) is not nn.ReLU:
+        problem = f"relu is {relu!r}; accepted: nn.ReLU"
+    elif not isinstance(pool, STEM_POOLS) or getattr(pool, "return_indices", False):
+        problem = (f"maxpool is {pool!r}; accepted: "
+                   f"{', '.join('nn.' + t.__name__ for t in STEM_POOLS)}")
+    if problem:
+        raise ValueError(f"compile: the stem's {problem}")
+
+
+def set_stem(owner: nn.Module, model: LaudResNet, device, dtype: torch.dtype,
+             memory_format: torch.memory_format) -> None:
+    """Give ``owner`` the folded stem of ``model`` (``check_resnet`` first): buffers
+    ``stem_w`` and ``stem_b``, ``stem_stride``, ``stem_padding`` and ``stem_pool`` (a copy
+    of model.maxpool)."""
+    check_resnet(model)
+    w, b = fold_conv_bn(model.conv1, model.bn1)
+    owner.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=memory_format))
+    owner.register_buffer("stem_b", b.to(device, dtype))
+    owner.stem_stride, owner.stem_padding = model.conv1.stride[0], model.conv1.padding[0]
+    owner.stem_pool = copy.deepcopy(model.maxpool).eval()
+
+
 def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The folded ResNet stem, maxpool(relu(conv7x7/2(x))), with ``owner.stem_w`` and
-    ``owner.stem_b`` as a PackedConv (weights packed once; 3x faster than F.conv2d on the
-    2-core CPU), rebuilt when those tensors change. The compiled model and the dense
-    baseline share it."""
-    conv = derived(owner, "_stem_conv", Fingerprint((owner.stem_w, owner.stem_b), 2),
-                   lambda: PackedConv.make(owner.stem_w, owner.stem_b, 2, 3,
-                                           tuple(x.shape[-2:]), batch=x.shape[0]))
-    return F.max_pool2d(conv(x, relu=True), 3, 2, 1)
+    """The folded ResNet stem, pool(relu(conv(x))), from ``set_stem``'s attributes of
+    ``owner``, the convolution as a PackedConv (weights packed once; 3x faster than
+    F.conv2d on the 2-core CPU), rebuilt when those tensors change. The compiled model and
+    the dense baseline share it."""
+    conv = derived(owner, "_stem_conv", Fingerprint((owner.stem_w, owner.stem_b),
+                                                    owner.stem_stride),
+                   lambda: PackedConv.make(owner.stem_w, owner.stem_b, owner.stem_stride,
+                                           owner.stem_padding, tuple(x.shape[-2:]),
+                                           batch=x.shape[0]))
+    return owner.stem_pool(conv(x, relu=True))
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode bn(conv(x)) as one convolution: (weight, bias) in float64 (the caller
+    casts to its dtype once)."""
     scale, shift = bn_scale_shift(bn)
     w = conv.weight.double() * scale[:, None, None, None]
-    return w.float(), shift.float()
+    if conv.bias is not None:
+        shift = shift + scale * conv.bias.double()
+    return w, shift

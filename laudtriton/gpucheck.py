@@ -11,7 +11,8 @@ H100/H200):
 4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``) vs the dense
    network with the same folded weights, at rate 0.5;
 then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
-and summary.json into DIR and prints a short table. Without CUDA: one line, exit code 2.
+and summary.json into DIR and prints a short table. Without CUDA, or with a bad option:
+one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
 matplotlib (run from the source tree with ``PYTHONPATH=.``).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -273,20 +275,46 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
             r.check(name, one)
 
 
-def run(args) -> int:
-    """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code."""
+def _options(args) -> list[int]:
+    """Check every option before any work; returns the batch sizes.
+
+    Raises:
+        ValueError: naming the first bad option and its value.
+    """
     if args.device not in ("cuda", "cpu"):
-        print(f"gpucheck: --device {args.device!r}: accepted 'cuda' (the default; the "
-              "current GPU) or 'cpu' (a plumbing test)")
-        return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpucheck: no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
-        return 2
+        raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
+                         "current GPU) or 'cpu' (a plumbing test)")
+    if not args.out.strip():
+        raise ValueError(f"--out {args.out!r} is empty; give a directory")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is not a directory")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0")
+    if args.configs < 1:
+        raise ValueError(f"--configs {args.configs} must be >= 1")
     try:
         batches = [int(b) for b in str(args.batches).split(",")]
     except ValueError:
-        print(f"gpucheck: --batches {args.batches!r}: expected comma-separated ints like 1,64")
-        return 2
+        batches = []
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batches {args.batches!r}: expected comma-separated ints >= 1 "
+                         "like 1,64")
+    if args.input_size < 32:
+        raise ValueError(f"--input-size {args.input_size} must be >= 32")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
+    return batches
+
+
+def run(args) -> int:
+    """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
+    one line on stderr for a bad option or no GPU: nothing ran)."""
+    from .tune.commands import fail
+
+    try:
+        batches = _options(args)
+    except ValueError as e:
+        return fail("gpucheck", str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     r = Run(out, args.budget, args.device)

@@ -21,17 +21,46 @@ def _env():
     return env
 
 
+def _one_error_line(capsys) -> str:
+    """The one line a refused gpucheck printed: on stderr, in the CLI's error form."""
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, (out, err)
+    assert lines[0].startswith("laudtriton gpucheck: error: ")
+    return lines[0]
+
+
 def test_run_rejects_other_devices(tmp_path, capsys):
     assert gpucheck.main(["--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
-    assert "--device 'cuda:0'" in capsys.readouterr().out
+    assert "--device 'cuda:0'" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--budget", "-1"), ("--budget", "0"), ("--budget", "nan"), ("--budget", "inf"),
+    ("--configs", "0"), ("--batches", "0"), ("--batches", "1,-64"), ("--batches", ""),
+    ("--batches", "1,x"), ("--input-size", "16"), ("--out", ""),
+])
+def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
+    """Every numeric option is checked first (the CPU plumbing mode would otherwise run
+    for minutes); one line naming the option and the value, exit code 2."""
+    argv = {"--out": str(tmp_path / "o"), "--device": "cpu", option: value}
+    assert gpucheck.main([a for kv in argv.items() for a in kv]) == 2
+    line = _one_error_line(capsys)
+    assert f"{option} " in line and (value in line if value else "''" in line)
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert gpucheck.main(["--out", str(tmp_path / "f"), "--device", "cpu"]) == 2
+    assert "--out" in _one_error_line(capsys) and (tmp_path / "f").read_text() == "x"
 
 
 @NO_CUDA
 def test_run_without_cuda_returns_2(tmp_path, capsys):
     assert gpucheck.main(["--out", str(tmp_path / "o")]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "no CUDA" in out[0]
+    assert "no CUDA" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
 
@@ -47,8 +76,9 @@ def test_subprocess_exit_code_2(tmp_path, how):
         cmd = [sys.executable, "-m", "laudtriton", "gpucheck", "--out", str(tmp_path / "x")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert len(res.stdout.strip().splitlines()) == 1
-    assert "Traceback" not in res.stderr
+    assert res.stdout == ""
+    assert res.stderr.splitlines() == ["laudtriton gpucheck: error: no CUDA device found; "
+                                       "this command needs an NVIDIA GPU (nothing ran)"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -257,3 +257,62 @@ def test_code_text_ignores_comments_and_docstrings(tmp_path):
     assert texts[0] == texts[1] == b'def f(x):\n    y = x + 1\n    return "#" + y'
     assert texts[2] != texts[0]
     assert texts[3] == b"def (:\n"  # does not parse: the raw text
+
+
+@pytest.mark.parametrize("change", [
+    {"meta": [1, 2]}, {"meta": "m"}, {"meta": {"models": ["layer1.0"]}},
+    {"meta": {"models": {"m": "layer1.0"}}}, {"meta": {"flops_ratio": "0.5"}},
+    {"variant": 3}, {"variant": None}, {"rate_bucket": "0.5"}, {"rate_bucket": True},
+    {"rate_bucket": 1.5}, {"timings": {"{}": "fast"}}, {"timings": {"{}": None}},
+    {"timings": []}, {"versions": "0.1"}, {"source_hash": 7},
+    {"spec": {**SPEC.to_dict(), "in_channels": "48"}},
+    {"spec": {**SPEC.to_dict(), "in_hw": [13]}}, {"spec": {**SPEC.to_dict(), "mode": 1}},
+    {"spec": {**SPEC.to_dict(), "downsample": 0}}, {"spec": {**SPEC.to_dict(), "batch": 0}},
+])
+def test_type_wrong_entries_are_reported_and_skipped_everywhere(tmp_path, caplog, change):
+    """An entry of the wrong types is warned about and ignored by every reader (lookup,
+    entries with and without stale ones) and by merge, like a malformed one."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"models": {"m": ["layer1.0"]}})
+    data = json.loads(c.path.read_text())
+    good = next(iter(data["entries"].values()))
+    data["entries"]["bad"] = {**good, **change}
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        fresh = TuneCache(tmp_path)
+        assert fresh.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+        assert [(e.variant, e.seconds) for e in fresh.entries(include_stale=True)] == \
+            [("dense", 1e-3)]
+        assert merge_files([c.path], tmp_path / "out" / "m.json") == 1
+    assert "1 malformed entries ignored" in caplog.text
+    assert list(json.loads((tmp_path / "out" / "m.json").read_text())["entries"]) == \
+        [k for k in data["entries"] if k != "bad"]
+
+
+def test_clustered_entries_of_older_sweeps_are_hidden(tmp_path):
+    """Sweeps once cached timings on clustered masks (meta clustered true); they are not
+    timings of the scattered masks compile and the predictor expect: shown only as stale."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"clustered": True})
+    c.record(SPEC, 0.3, {"dense": {"{}": 2e-3}}, meta={"clustered": False})
+    fresh = TuneCache(tmp_path)
+    assert fresh.lookup(SPEC, 0.5) is None and fresh.rates(SPEC) == [0.3]
+    assert [e.rate_bucket for e in fresh.entries()] == [0.3]
+    assert sorted((e.rate_bucket, e.meta["stale"]) for e in fresh.entries(include_stale=True)) \
+        == [(0.3, False), (0.5, True)]
+
+
+def test_merge_refuses_a_file_without_device(tmp_path):
+    a = TuneCache(tmp_path / "a")
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(a.path.read_text())
+    nodev = tmp_path / "nodevice.json"
+    nodev.write_text(json.dumps({k: v for k, v in data.items() if k != "device"}))
+    out = tmp_path / "o.json"
+    for inputs in ([nodev], [a.path, nodev]):
+        with pytest.raises(ValueError, match=f'^{nodev} has no "device"'):
+            merge_files(inputs, out)
+        assert not out.exists()
+    out.write_text(nodev.read_text())  # an --out without a device is not merged into either
+    with pytest.raises(ValueError, match=f'^{out} has no "device"'):
+        merge_files([a.path], out)

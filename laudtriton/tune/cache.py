@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -118,16 +118,57 @@ def _read(path: Path, device: str) -> dict[str, dict]:
     return entries
 
 
-def _valid_entry(e) -> bool:
-    if not (isinstance(e, dict) and isinstance(e.get("timings"), dict)
-            and isinstance(e.get("spec"), dict) and "variant" in e and "rate_bucket" in e):
-        return False
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+_SPEC_TYPES = {"int": int, "bool": bool, "str": str}
+
+
+def _valid_spec(d) -> bool:
+    """``d`` is a BlockSpec dict with every field of its type (ints positive but
+    channel_groups, which may be 0; in_hw two positive ints)."""
     try:
-        BlockSpec.from_dict(e["spec"])
-        float(e["rate_bucket"])
-        return all(isinstance(t, (int, float)) for t in e["timings"].values())
+        spec = BlockSpec.from_dict(d)
     except (TypeError, ValueError, KeyError):
         return False
+    for f in fields(BlockSpec):
+        v = getattr(spec, f.name)
+        if f.name == "in_hw":
+            ok = len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v)
+        elif f.type == "int":
+            ok = _number(v) and isinstance(v, int) and v >= (f.name != "channel_groups")
+        else:
+            ok = type(v) is _SPEC_TYPES[f.type]
+        if not ok:
+            return False
+    return True
+
+
+def _valid_entry(e) -> bool:
+    """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
+    in [0, 1], variant a string, timings {str: number}, meta (if any) a dict whose
+    "models" is {str: [str]} and "flops_ratio" a number, versions a dict, source_hash a
+    string or null."""
+    if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
+            and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
+            and isinstance(e.get("variant"), str)
+            and isinstance(e.get("timings"), dict)
+            and all(isinstance(c, str) and _number(t) for c, t in e["timings"].items())
+            and isinstance(e.get("versions", {}), dict)
+            and isinstance(e.get("source_hash"), (str, type(None)))):
+        return False
+    meta = e.get("meta")
+    if meta is None:
+        return True
+    if not isinstance(meta, dict):
+        return False
+    models = meta.get("models")
+    if models is not None and not (isinstance(models, dict) and all(
+            isinstance(m, str) and isinstance(b, list) and all(isinstance(n, str) for n in b)
+            for m, b in models.items())):
+        return False
+    return "flops_ratio" not in meta or _number(meta["flops_ratio"])
 
 
 def _merge_meta(old: dict, new: dict) -> dict:
@@ -215,7 +256,10 @@ class TuneCache:
                 f"src={src}")
 
     def _is_current(self, e: dict) -> bool:
+        """Taken with these versions and kernel sources, on scattered masks (a sweep
+        before --clustered stopped writing the cache recorded clustered ones too)."""
         return (e.get("versions") == self.versions
+                and not (e.get("meta") or {}).get("clustered")
                 and e.get("source_hash") is not None
                 and e.get("source_hash") == self._hash(e["variant"]))
 
@@ -330,8 +374,9 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
 
     Raises:
-        ValueError: if no input is given, an input is missing, no input holds a valid
-            entry, or the inputs (and an existing ``out_path``) are for different devices.
+        ValueError: if no input is given, an input is missing, a file holds entries but
+            no device, no input holds a valid entry, or the inputs (and an existing
+            ``out_path``) are for different devices.
     """
     paths = [Path(p) for p in paths]
     out = Path(out_path)
@@ -345,6 +390,9 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     inputs_with_entries = 0
     for p in ([out] if out.is_file() else []) + paths:
         device, entries = _load(p)
+        if entries and not isinstance(device, str):
+            raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
+                             "for); not a cache file laudtriton wrote, nothing merged")
         if entries:
             devices.setdefault(str(device), str(p))
             _merge_into(merged, entries)

@@ -8,6 +8,8 @@ import csv
 import functools
 import json
 import math
+import os
+import time
 
 import pytest
 
@@ -66,6 +68,24 @@ def test_parse_rates(text, want):
 def test_parse_rates_rejects(text):
     with pytest.raises(ValueError, match="--rates"):
         parse_rates(text)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("0:1:1e-9", r"--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
+    ("0:1:1e-8", r"step 1e-08 is below 1e-06"),
+    ("0:1:0.0005", r"--rates '0:1:0.0005' gives 2001 rates; at most 1001"),
+    ("0:1e12:1", r"gives 1000000000001 rates"),
+    (",".join(str(i / 2000) for i in range(2001)), r"lists 2001 rates; at most 1001"),
+    ("0:inf:0.1", r"--rates '0:inf:0.1' is malformed"),
+])
+def test_parse_rates_refuses_too_many_before_building_them(text, match):
+    """A step below the rounding or more than MAX_RATES rates is refused from the text
+    (a step of 1e-8 once built a million rates: 53 s, 4 GB)."""
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        parse_rates(text)
+    assert time.perf_counter() - t0 < 0.5
+    assert len(parse_rates("0:1:0.001")) == sweep_mod.MAX_RATES == 1001
 
 
 @pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("4/4", (4, 4)), ("1/1", (1, 1))])
@@ -166,6 +186,43 @@ def test_unwritable_cache_sweep_goes_on(tmp_path):
     assert all(math.isfinite(r["seconds"]) for r in res.rows)
 
 
+def test_clustered_timings_never_stand_in_for_scattered_ones(tmp_path, counted):
+    """A clustered sweep neither reads nor writes the cache (compile and the predictor
+    read it as timings on scattered masks); its CSV rows say clustered 1."""
+    kw = dict(FAST, rates=[0.5], blocks=[0])
+    model = tiny()
+    c1 = sweep(model, clustered=True, cache=TuneCache(tmp_path), csv_path=tmp_path / "c.csv",
+               **kw)
+    assert (c1.timed, c1.cached, c1.saved, c1.cache_path) == (1, 0, False, None)
+    assert not TuneCache(tmp_path).path.exists()
+    assert {r["clustered"] for r in read_csv(tmp_path / "c.csv")} == {"1"}
+    n = sweep(model, cache=TuneCache(tmp_path), **kw)
+    assert (n.timed, n.cached, n.saved) == (1, 0, True)  # timed again, on scattered masks
+    assert {r["clustered"] for r in n.rows} == {0}
+    c2 = sweep(model, clustered=True, cache=TuneCache(tmp_path), **kw)
+    assert (c2.timed, c2.cached) == (1, 0)  # and not the other way round either
+    assert len(counted) == 3
+    assert [e.meta["clustered"] for e in TuneCache(tmp_path).entries()] == \
+        [False] * len(n.rows)
+
+
+def test_clustered_sweep_command_says_where_the_timings_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["sweep", "--rates", "0.5", "--blocks", "layer4.2",
+                                 "--cache-dir", str(tmp_path / "c"), "--no-progress",
+                                 "--input-size", "64", "--clustered"])
+    assert args.func(args) == 0
+    out, err = capsys.readouterr()
+    assert "1 (spec, rate) items timed, 0 from the cache" in out
+    assert "CSV: sweep_laud_resnet50_spatial_4-4-2-1_b1_cpu_clustered.csv" in out
+    assert err.strip().splitlines()[-1] == (
+        "cache NOT saved (--clustered: timings on clustered masks are never cached); the "
+        "results are only in the CSV")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(model="resnet18"), "model 'resnet18' unknown"),
     (dict(blocks="layer9.9"), "--blocks: unknown block 'layer9.9'"),
@@ -202,6 +259,19 @@ def _parser():
     (["sweep", "--prune-top", "-1"], "--prune-top -1 must be >= 0"),
     (["sweep", "--prune-top", "2", "--hardware", "nope"], "--hardware 'nope' unknown"),
     (["cache", "merge", "nope.json", "--out", "x.json"], "not found"),
+    (["sweep", "--hardware", "nothw"],
+     "--hardware 'nothw' is used only with --prune-top K (K >= 1)"),
+    (["sweep", "--hardware", "v100"], "--hardware 'v100' is used only with --prune-top"),
+    (["sweep", "--granularity", "-1"], "--granularity '-1' is not a positive int"),
+    (["sweep", "--granularity", "4-0-2-1"], "--granularity '4-0-2-1' is not a positive int"),
+    (["sweep", "--channel-granularity", "0"], "--channel-granularity '0' is not a positive"),
+    (["sweep", "--csv", ""], "--csv '' is empty"),
+    (["sweep", "--rates", "0:1:1e-9"], "--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
+    (["cache", "merge", "x.json", "--out", ""], "--out '' is empty"),
+    (["cache", "merge", "x.json", "--out", "."], "--out '.' is a directory"),
+    (["cache", "merge", "", "--out", "o.json"], "an input file '' is empty"),
+    (["cache", "ls", "--cache-dir", ""], "--cache-dir '' is empty"),
+    (["cache", "clear", "--cache-dir", " "], "--cache-dir ' ' is empty"),
 ])
 def test_commands_user_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -210,6 +280,19 @@ def test_commands_user_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch)
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"laudtriton {argv[0]}: error:")
+    assert os.listdir(tmp_path) == []  # nothing written, in the cache dir or the cwd
+
+
+def test_cache_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    afile = tmp_path / "f.json"
+    afile.write_text("x")
+    for cmd in ("ls", "clear"):
+        args = _parser().parse_args(["cache", cmd, "--cache-dir", str(afile)])
+        assert args.func(args) == 2
+        assert capsys.readouterr().err == (f"laudtriton cache: error: --cache-dir "
+                                           f"{str(afile)!r} is not a directory\n")
+    assert afile.read_text() == "x"
 
 
 def test_cache_commands(tmp_path, capsys):

@@ -16,14 +16,31 @@ from pathlib import Path
 import torch
 
 from .cache import TuneCache, merge_files
-from .sweep import DTYPES, MODELS, parse_rates, parse_shard, sweep
+from .sweep import DTYPES, MODELS, parse_rates, parse_shard, parse_stages, sweep
+
+
+def check_nonempty(path: str | None, flag: str) -> None:
+    """A ValueError naming ``flag`` when the path given with it is '' (or blank): an empty
+    path would silently mean the current directory."""
+    if path is not None and not path.strip():
+        raise ValueError(f"{flag} {path!r} is empty; give a path")
+
+
+def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
+    """A ValueError naming ``flag`` when ``path`` is empty or an existing non-directory
+    (None: the default directory)."""
+    check_nonempty(path, flag)
+    if path is not None and Path(path).expanduser().exists() and not Path(
+            path).expanduser().is_dir():
+        raise ValueError(f"{flag} {path!r} is not a directory")
 
 
 def check_output_path(path: str | None, flag: str) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: a directory, or in a directory that does not exist."""
+    a file: empty, a directory, or in a directory that does not exist."""
     if path is None:
         return
+    check_nonempty(path, flag)
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
@@ -68,8 +85,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help="time only the K kernel configs of each variant with the lowest "
                         "predicted time (latency predictor; 0: time every config)")
     p.add_argument("--hardware", default=None,
-                   help="with --prune-top: the predictor's hardware (default: cpu, or cuda "
-                        "for --device cuda)")
+                   help="only with --prune-top: the predictor's hardware (default: cpu, "
+                        "or cuda for --device cuda)")
     p.add_argument("--channel-granularity", default="1",
                    help="channels per channel-mask group (int or per stage 'a-b-c-d')")
     p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
@@ -83,10 +100,13 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma list of variants to time (default all; dense always)")
     p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards")
     p.add_argument("--force", action="store_true", help="re-time what is cached")
-    p.add_argument("--clustered", action="store_true", help="clustered masks (one blob)")
+    p.add_argument("--clustered", action="store_true",
+                   help="clustered masks (one blob); such timings go to the CSV only: they "
+                        "neither read nor write the cache, whose timings (used by compile "
+                        "and the predictor) are on scattered masks")
     p.add_argument("--csv", default=None,
-                   help="CSV of every timing (default "
-                        "sweep_<model>_<mode>_<granularity>_b<batch>_<cpu|cuda>.csv)")
+                   help="CSV of every timing (default sweep_<model>_<mode>_<granularity>_"
+                        "b<batch>_<cpu|cuda>[_clustered].csv)")
     p.add_argument("--cache-dir", default=None,
                    help="cache directory (default $LAUDTRITON_CACHE_DIR, else autotune_cache/ "
                         "of a source-tree install, else ~/.cache/laudtriton)")
@@ -105,17 +125,24 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch {args.batch} must be >= 1")
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
+        parse_stages(args.granularity, "--granularity")
+        parse_stages(args.channel_granularity, "--channel-granularity")
+        check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None
         if args.prune_top < 0:
             raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")
+        if args.hardware is not None and not args.prune_top:
+            raise ValueError(f"--hardware {args.hardware!r} is used only with --prune-top K "
+                             "(K >= 1); give both or neither")
         if args.prune_top:
             from ..predict.prune import make_prune
 
             hw = args.hardware or ("cuda" if dev.type == "cuda" else "cpu")
             prune = make_prune(hw, args.prune_top)
-        csv_path = args.csv or (f"sweep_{args.model}_{args.mode}_{args.granularity}_"
-                                f"b{args.batch}_{dev.type}.csv")
+        csv_path = args.csv if args.csv is not None else (
+            f"sweep_{args.model}_{args.mode}_{args.granularity}_b{args.batch}_{dev.type}"
+            + ("_clustered" if args.clustered else "") + ".csv")
         check_output_path(csv_path, "--csv")
         if args.input_size is not None and args.input_size < 32:
             raise ValueError(f"--input-size must be >= 32 (the stem and the four stages "
@@ -134,7 +161,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if res.saved:
         print(f"cache: {cache.path}")
     else:
-        why = ("disabled by LAUDTRITON_CACHE=0" if not cache.enabled
+        why = ("--clustered: timings on clustered masks are never cached" if args.clustered
+               else "disabled by LAUDTRITON_CACHE=0" if not cache.enabled
                else f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
     return 0
@@ -184,7 +212,8 @@ def add_cache_parser(subparsers) -> argparse.ArgumentParser:
         q.add_argument("--device", default="cpu")
         if name == "ls":
             q.add_argument("--all", action="store_true",
-                           help="also list entries hidden as stale (other versions/sources)")
+                           help="also list entries hidden as stale (other versions or "
+                                "sources, or clustered masks)")
     q = sub.add_parser("merge", help="merge cache files (machines, shards) into one")
     q.add_argument("files", nargs="+", help="cache JSON files")
     q.add_argument("--out", required=True, help="output cache file (merged into if present)")
@@ -196,9 +225,19 @@ def run_cache(args: argparse.Namespace) -> int:
     """Run ``laudtriton cache ls|clear|merge``. Returns the exit code."""
     try:
         if args.cache_cmd == "merge":
-            n = merge_files(args.files, args.out)
+            for f in args.files:
+                check_nonempty(f, "an input file")
+            check_nonempty(args.out, "--out")
+            if Path(args.out).is_dir():
+                raise ValueError(f"--out {args.out!r} is a directory; give a file name")
+            try:
+                n = merge_files(args.files, args.out)
+            except OSError as e:  # the inputs are only read, and unreadable ones skipped
+                raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
+                                 ) from None
             print(f"merged {len(args.files)} file(s) into {args.out}: {n} entries")
             return 0
+        check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=check_device(args.device))
     except ValueError as e:
         return fail("cache", str(e))

@@ -32,8 +32,10 @@ MODELS: dict[str, Callable[..., LaudResNet]] = {
     "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
 }
 CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
-              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device")
+              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered")
 DTYPES = ("float32", "float16", "bfloat16")
+RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
+MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
 
 # CPU timing budget per (variant, config, rate): reps = target / one call, clamped. A whole
 # LAUD-ResNet-50 spatial sweep at 10 rates then stays well under 10 min on 2 cores.
@@ -44,30 +46,61 @@ Prune = Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]
 
 
 def parse_rates(text: str) -> list[float]:
-    """"0.1:1.0:0.1" (start:stop:step, stop included) or "0.25,0.5" -> sorted rates.
+    """"0.1:1.0:0.1" (start:stop:step, stop included) or "0.25,0.5" -> sorted rates, at
+    most MAX_RATES of them (rates are rounded to RATE_ROUNDING).
 
     Raises:
-        ValueError: naming ``--rates``, the value and the accepted forms.
+        ValueError: naming ``--rates``, the value and the accepted forms; a step below
+            the rounding or more than MAX_RATES rates (refused before they are built).
     """
     accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
     try:
         if ":" in text:
             parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3:
+            if len(parts) != 3 or not all(map(math.isfinite, parts)):
                 raise ValueError
             start, stop, step = parts
             if step <= 0 or stop < start:
                 raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            rates = [round(start + i * step, 6) for i in range(n)]
         else:
             rates = [round(float(p), 6) for p in text.split(",")]
     except ValueError:
         raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
+    if ":" in text:
+        if step < RATE_ROUNDING:
+            raise ValueError(f"--rates {text!r}: step {step:g} is below {RATE_ROUNDING:g}, "
+                             "the rounding of rates")
+        n = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if n > MAX_RATES:
+            raise ValueError(f"--rates {text!r} gives {n} rates; at most {MAX_RATES} "
+                             "(e.g. '0:1:0.001')")
+        rates = [round(start + i * step, 6) for i in range(n)]
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if bad or not rates:
         raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad or rates}")
+    if len(set(rates)) > MAX_RATES:
+        raise ValueError(f"--rates {text!r} lists {len(set(rates))} rates; at most "
+                         f"{MAX_RATES}")
     return sorted(set(rates))
+
+
+def parse_stages(text: str, flag: str) -> list[int]:
+    """"4-4-2-1" or "2" (every stage) -> 4 positive ints, for the per-stage int options
+    (``--granularity``, ``--channel-granularity``).
+
+    Raises:
+        ValueError: naming ``flag``, the value and the accepted forms.
+    """
+    items = str(text).split("-")
+    if len(items) == 1:
+        items *= 4
+    if not all(i.strip().isdigit() and int(i) >= 1 for i in items):
+        raise ValueError(f"{flag} {text!r} is not a positive int; accepted: one positive int "
+                         "or four joined by '-', e.g. '4-4-2-1'")
+    if len(items) != 4:
+        raise ValueError(f"{flag} {text!r} has {len(items)} stages; LAUD-ResNet has 4 "
+                         "(e.g. '4-4-2-1')")
+    return [int(i) for i in items]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -196,7 +229,8 @@ class _Progress:
 class SweepResult:
     """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
     config. timed / cached: (spec, rate) items measured now / found in the cache.
-    saved: whether the cache file holds the results (False: unwritable or disabled)."""
+    saved: whether the cache file holds the results (False: unwritable or disabled, or a
+    clustered sweep)."""
 
     rows: list[dict] = field(default_factory=list)
     timed: int = 0
@@ -226,7 +260,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     synthetic masks of exactly round(rate*N) active cells. shard (i, n): this run takes
     every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
-    (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``. CPU timing:
+    (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``; with
+    ``clustered`` (masks of one blob per sample) they go to the CSV only (column
+    ``clustered`` 1): the cache, which ``compile`` and the predictor read, holds timings
+    on scattered masks, and a clustered sweep neither reads nor writes it. CPU timing:
     ``warmup`` calls, then ``reps`` timed ones (None: TARGET_S / one dense call, clamped to
     [MIN_REPS, MAX_REPS]); on CUDA ``do_bench`` decides. variants: names to time (default
     every registered one that supports the block); dense is always timed (the baseline).
@@ -270,6 +307,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)
+    if clustered:  # the cache is for scattered masks (compile and the predictor read it):
+        cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
 
     named = _select(model_blocks(model, input_size, batch, dtype), blocks)
     if wanted is not None:
@@ -322,7 +361,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 result.timed += 1
             else:
                 result.cached += 1
-            result.rows.extend(_rows(model_name, members, spec, rate, known, fr, cache.device))
+            result.rows.extend(_rows(model_name, members, spec, rate, known, fr, cache.device,
+                                     clustered))
             bar.update(f"{spec.short()} r={rate:g}")
     finally:
         bar.close()
@@ -349,7 +389,7 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
     return _reps(t)
 
 
-def _rows(model_name, members, spec, rate, timings, fr, device) -> list[dict]:
+def _rows(model_name, members, spec, rate, timings, fr, device, clustered) -> list[dict]:
     dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
     d = min(dense) if dense else math.nan
     out = []
@@ -361,6 +401,7 @@ def _rows(model_name, members, spec, rate, timings, fr, device) -> list[dict]:
                     "S": spec.granularity, "rate": rate, "variant": vn, "config": cfg,
                     "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
                     "flops_ratio": fr, "spec_key": spec.key(), "device": device,
+                    "clustered": int(clustered),
                 })
     return out
 
@@ -380,18 +421,32 @@ def read_csv(path: str | Path) -> list[dict]:
     """Rows of a sweep CSV with numeric columns parsed.
 
     Raises:
-        ValueError: if the file lacks a column the plots need.
+        ValueError: naming ``path`` (and the row and column): not a readable CSV, a
+            column the plots need missing, a rate or seconds cell that is not a number,
+            a rate outside [0, 1].
     """
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV ({e})") from None
     need = {"model", "block", "spec", "rate", "variant", "seconds"}
     if rows and not need <= set(rows[0]):
         raise ValueError(f"{path}: not a sweep CSV; missing columns "
                          f"{sorted(need - set(rows[0]))}")
-    for r in rows:
+    for i, r in enumerate(rows, 1):
+        where = f"{path}: row {i} (line {i + 1}), column"
         for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio"):
-            if r.get(k) not in (None, ""):
-                r[k] = float(r[k])
+            if k in ("rate", "seconds") or r.get(k) not in (None, ""):
+                try:
+                    r[k] = float(r[k])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
+        if not 0.0 <= r["rate"] <= 1.0:
+            raise ValueError(f"{where} 'rate': {r['rate']:g} is outside [0, 1]")
         if r.get("S") not in (None, ""):
-            r["S"] = int(r["S"])
+            try:
+                r["S"] = int(r["S"])
+            except ValueError:
+                raise ValueError(f"{where} 'S': {r['S']!r} is not an int") from None
     return rows

@@ -280,11 +280,14 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
-        from .tune.commands import check_device, fail
+        from .tune.commands import check_cache_dir, check_device, check_nonempty, fail
 
         dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:
             dev = check_device(args.device)
+        check_nonempty(args.source, "--from")
+        check_nonempty(args.out, "--out")
+        check_cache_dir(args.cache_dir)
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out!r} exists and is not a directory")
         if args.source == "cache":
@@ -298,6 +301,8 @@ def run_plot(args: argparse.Namespace) -> int:
             if not Path(args.source).is_file():
                 raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
             rows = read_csv(args.source)
+            if not rows:
+                raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")
         from .tune.keys import device_fingerprint
 
         predicted = None

@@ -106,6 +106,47 @@ def test_plot_command_missing_csv(tmp_path, capsys):
     assert "no such CSV" in err and "Traceback" not in err
 
 
+def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
+    rows = _rows()
+    rows[row][column] = value
+    return write_csv(rows, tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("column,value,says", [
+    ("rate", "abc", "column 'rate': 'abc' is not a number"),
+    ("seconds", "", "column 'seconds': '' is not a number"),
+    ("flops_ratio", "x", "column 'flops_ratio': 'x' is not a number"),
+    ("rate", 1.5, "column 'rate': 1.5 is outside [0, 1]"),
+    ("rate", -0.25, "column 'rate': -0.25 is outside [0, 1]"),
+])
+def test_plot_command_names_file_row_and_column_of_a_bad_cell(tmp_path, capsys, column,
+                                                              value, says):
+    csv = _bad_csv(tmp_path, 4, column, value)
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
+                 "--no-predicted"]) == 2
+    assert capsys.readouterr().err == f"laudtriton plot: error: {csv}: row 5 (line 6), {says}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_command_header_only_csv_names_the_file(tmp_path, capsys):
+    csv = write_csv([], tmp_path / "e.csv")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"laudtriton plot: error: --from {str(csv)!r}: the "
+                                       "CSV holds no timing rows\n")
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--from", "cache", "--out", ""], "--out '' is empty"),
+    (["--from", "", "--out", "o"], "--from '' is empty"),
+    (["--from", "cache", "--out", "o", "--cache-dir", ""], "--cache-dir '' is empty"),
+])
+def test_plot_command_refuses_empty_paths(tmp_path, capsys, monkeypatch, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert _run(["plot", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"laudtriton plot: error: {says}")
+    assert list(tmp_path.iterdir()) == []  # nothing written in the cwd
+
+
 def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path):
     import torch
 

@@ -142,8 +142,37 @@ def test_cli_design(capsys, tmp_path):
     (["design", "--hardware", "v100", "--target-rate", "0.5", "--granularities", "a,b"],
      "--granularities"),
     (["design", "--hardware", "v100", "--target-rate", "0.5", "--modes", "sparse"], "--modes"),
+    (["design", "--target-rate", "0.5", "--modes", ",,"], "--modes ',,' names no mode"),
+    (["design", "--target-rate", "0.5", "--channel-granularity", "0"],
+     "--channel-granularity 0 must be >= 1"),
+    (["design", "--target-rate", "0.5", "--modes", "spatial", "--channel-granularity", "-2"],
+     "--channel-granularity -2 must be >= 1"),
+    (["design", "--target-rate", "0.5", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["design", "--target-rate", "0.5", "--cache-dir", ""], "--cache-dir '' is empty"),
 ])
 def test_cli_design_errors(capsys, args, msg):
     rc = main(args)
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and "Traceback" not in err
+
+
+def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path):
+    """Blocks whose dense downsample alone is above the target run at rate 0, so every
+    design lands above it: the header states the ratio reached and the floor, with a
+    warning, instead of the target the rows do not meet."""
+    rc = main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate",
+               "0.01", "--top", "3", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    flops = [float(ln.split()[-1]) for ln in out.splitlines() if ln.strip()[:2].strip().isdigit()]
+    assert len(flops) == 3 and flops[0] == pytest.approx(0.097, abs=1e-3)
+    assert len(set(flops)) == 1
+    header = next(ln for ln in out.splitlines() if "configurations at" in ln)
+    assert header.endswith(f"at FLOPs ratio {flops[0]:.3f} (--target-rate 0.01 out of reach; "
+                           "floor 0.091)")
+    assert err.startswith("laudtriton design: warning: --target-rate 0.01 is out of reach")
+    assert "FLOPs ratio 0.097" in err and "rate 0: 0.091" in err
+    main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate", "0.5",
+          "--top", "1", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert "configurations at FLOPs ratio 0.5\n" in out and err == ""

@@ -253,6 +253,40 @@ def test_cli_errors(capsys, args, msg):
     assert rc == 2 and msg in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args, msg", [
+    (["predict", "--variants", "slice", "--mode", "spatial"],
+     "--variants slice: no block of this model and mode runs it on cpu"),
+    (["predict", "--variants", "dense,gather,compact", "--mode", "channel"],
+     "--variants compact, gather: no block of this model and mode runs it on cpu"),
+    (["predict", "--channel-granularity", "0"], "--channel-granularity 0 must be >= 1"),
+    (["predict", "--channel-granularity", "-2", "--mode", "layer"],
+     "--channel-granularity -2 must be >= 1"),
+    (["predict", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["predict", "--input-size", "16"], "--input-size 16 must be >= 32"),
+    (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "
+     "accepted: one positive int or four joined by '-', e.g. '4-4-2-1'"),
+    (["predict", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
+    (["predict", "--validate", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["calibrate", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
+])
+def test_cli_refuses_before_printing(capsys, tmp_path, monkeypatch, args, msg):
+    """One line naming the option and value, nothing on stdout (no half table), nothing
+    written in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _cli(args, capsys)
+    assert (rc, out) == (2, "")
+    assert err == f"laudtriton {args[0]}: error: {msg}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrate_refuses_a_file_as_cache_dir(capsys, tmp_path):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    rc, out, err = _cli(["calibrate", "--cache-dir", str(afile)], capsys)
+    assert rc == 2 and err == (f"laudtriton calibrate: error: --cache-dir {str(afile)!r} is "
+                               "not a directory\n")
+
+
 # -- config pruning -------------------------------------------------------------------------
 
 def test_prune_keeps_top_k_by_tile_quantisation():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
+import sys
 
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
@@ -40,6 +40,18 @@ def _factors(args, hw: HardwareSpec) -> tuple[dict | None, str]:
     if not fac:
         return None, note + " (no cached timings to fit on)"
     return fac, f"factors fitted on {fac['*'].n} cached timings"
+
+
+def _check_common(args) -> None:
+    """The options of ``_common`` that every run reads, before any work: a ValueError
+    naming the first bad one."""
+    from ..tune.commands import check_cache_dir
+
+    for flag, value, low in (("--batch", args.batch, 1), ("--input-size", args.input_size, 32),
+                             ("--channel-granularity", args.channel_granularity, 1)):
+        if value < low:
+            raise ValueError(f"{flag} {value} must be >= {low}")
+    check_cache_dir(args.cache_dir)
 
 
 def _rates(text: str) -> list[float]:
@@ -102,29 +114,36 @@ def run_validate(args, hw: HardwareSpec) -> int:
 def run_predict(args) -> int:
     """Run ``laudtriton predict``. Returns the exit code."""
     from ..ops.registry import variants_for
+    from ..tune.sweep import parse_stages
     from .model import predict_block, predict_stem_head, resolve_variant
     from .network import model_specs
 
+    _check_common(args)
     hw = get_hardware(args.hardware, args.cache_dir)
     if args.validate:
         return run_validate(args, hw)
     dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
     rates = _rates(args.rates)
+    parse_stages(args.granularity, "--granularity")
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
     only = None
     if args.variants:
         only = [resolve_variant(v.strip()).name for v in args.variants.split(",") if v.strip()]
-    factors, note = _factors(args, hw)
-    print(f"hardware: {hw.describe()}\n{note}")
-    print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     groups: dict = {}
     for name, spec in specs:
         groups.setdefault(spec, []).append(name)
     names = sorted({v.name for s in groups for v in variants_for(s, hw.backend)} - {"dense"},
                    key=str)
     if only is not None:
+        idle = sorted(set(only) - set(names) - {"dense"})
+        if idle:
+            raise ValueError(f"--variants {', '.join(idle)}: no block of this model and mode "
+                             f"runs it on {hw.backend}")
         names = [n for n in names if n in only]
+    factors, note = _factors(args, hw)
+    print(f"hardware: {hw.describe()}\n{note}")
+    print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
     print(f"\n{'block (x count)':<56}{'rate':>6}{head}  best")
     total = {r: [0.0, 0.0] for r in rates}
@@ -167,13 +186,11 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_calibrate(args) -> int:
     """Run ``laudtriton calibrate``. Returns the exit code."""
-    from ..tune.commands import check_device
+    from ..tune.commands import check_cache_dir, check_device
     from .calibrate import calibrate, save_calibration
 
     check_device(args.device)
-    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(
-            args.cache_dir).is_dir():
-        raise ValueError(f"--cache-dir {args.cache_dir!r} is not a directory")
+    check_cache_dir(args.cache_dir)
     cal = calibrate(args.device, quick=args.quick)
     path = save_calibration(cal, args.cache_dir, args.device)
     for d, p in sorted(cal.peak.items()):
@@ -200,14 +217,28 @@ def add_design_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _flops_floor(args) -> float:
+    """The model's FLOPs ratio with every block at rate 0 (only the dense downsample
+    convolutions left): no design goes below it."""
+    from .network import flops_ratio, model_specs
+
+    specs = [s for _, s in model_specs(args.model, "layer", 1, args.batch, args.input_size)]
+    return (sum(flops_ratio(s, 0.0) * s.dense_flops() for s in specs)
+            / sum(s.dense_flops() for s in specs))
+
+
 def run_design(args) -> int:
     """Run ``laudtriton design``. Returns the exit code."""
     from ..schedule import design_search
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
+    _check_common(args)
     hw = get_hardware(args.hardware, args.cache_dir)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes:
+        raise ValueError(f"--modes {args.modes!r} names no mode; give a comma list of "
+                         "spatial, channel, layer, both")
     try:
         grans = tuple(int(g) for g in args.granularities.split(",") if g.strip())
     except ValueError:
@@ -219,8 +250,15 @@ def run_design(args) -> int:
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)
     print(f"hardware: {hw.describe()}\n{note}")
-    print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio "
-          f"{args.target_rate:g}")
+    reached, at = designs[0].flops_ratio, f"{args.target_rate:g}"
+    if reached > args.target_rate * (1 + 1e-4):
+        floor = _flops_floor(args)
+        print(f"laudtriton design: warning: --target-rate {at} is out of reach: each block "
+              f"whose dense downsample alone is above it runs at rate 0, so the designs are "
+              f"at FLOPs ratio {reached:.3f} (the floor, every block at rate 0: {floor:.3f})",
+              file=sys.stderr)
+        at = f"{reached:.3f} (--target-rate {at} out of reach; floor {floor:.3f})"
+    print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio {at}")
     dense = designs[0].dense_seconds
     print(f"\n{'#':>3}  {'modes':<32}{'S':<10}{'ms':>10}{'x dense':>9}{'FLOPs':>7}")
     for i, d in enumerate(designs[:args.top], 1):

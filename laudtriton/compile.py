@@ -33,12 +33,13 @@ import functools
 import inspect
 import logging
 import math
+import os
 import warnings
 
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel, dispatch_rate
+from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate
 from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
@@ -82,15 +83,29 @@ def _candidates(spec: BlockSpec, backend: str, only=None):
     return cands
 
 
-def _block_inputs(model: nn.Module, x: torch.Tensor):
-    """Run the reference model in eval and capture (name, block, input) per LAUD block."""
-    captured = []
-    handles = []
-    for name, mod in model.named_modules():
-        name = name or "block"
-        if isinstance(mod, LaudBottleneck):
-            handles.append(mod.register_forward_pre_hook(
-                lambda m, args, name=name: captured.append((name, m, args[0].detach()))))
+def _outermost(model: nn.Module, kinds, prefix: str = ""):
+    """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
+    model itself), not looking inside them or inside what compile already built."""
+    for name, child in model.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, kinds):
+            yield full, child
+        elif not isinstance(child, (CompiledBlock, CompiledModel)):
+            yield from _outermost(child, kinds, full)
+
+
+def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> list:
+    """Run ``model`` on x (no grad) and capture (name, module, first input) of every
+    module in ``named`` [(name, module)], in the order they run (first call each)."""
+    captured, seen, handles = [], set(), []
+
+    def hook(m, args, name):
+        if name not in seen:
+            seen.add(name)
+            captured.append((name, m, args[0].detach()))
+    for name, mod in named:
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, args, name=name: hook(m, args, name)))
     try:
         with torch.no_grad():
             model(x)
@@ -98,6 +113,57 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
         for h in handles:
             h.remove()
     return captured
+
+
+def _block_inputs(model: nn.Module, x: torch.Tensor):
+    """Run the reference model in eval and capture (name, block, input) per LAUD block."""
+    if isinstance(model, LaudBottleneck):
+        return _inputs(model, x, [("block", model)])
+    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def check_foldable(name: str, block: LaudBottleneck) -> None:
+    """Raise unless ``ops.fold_block`` computes ``block`` exactly: conv1 and conv3 1x1,
+    conv2 3x3 with padding 1 and the block's stride, all without bias, groups 1,
+    dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; a
+    downsample that is None or nn.Sequential(1x1 conv of the block's stride, no bias;
+    that BN).
+
+    Raises:
+        ValueError: naming the block and the module that differs.
+    """
+    def conv_ok(c, k, stride, pad):
+        return (type(c) is nn.Conv2d and c.kernel_size == (k, k) and c.stride == (stride,) * 2
+                and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
+                and c.bias is None and c.padding_mode == "zeros")
+
+    def bn_ok(b):
+        return isinstance(b, nn.BatchNorm2d) and b.affine and b.running_mean is not None
+
+    s = block.stride
+    parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
+             ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
+             ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),
+             ("bn1", block.bn1, bn_ok(block.bn1)), ("bn2", block.bn2, bn_ok(block.bn2)),
+             ("bn3", block.bn3, bn_ok(block.bn3))]
+    ds = block.downsample
+    if ds is not None:
+        ok = (type(ds) is nn.Sequential and len(ds) == 2 and conv_ok(ds[0], 1, s, 0)
+              and bn_ok(ds[1]))
+        parts.append(("downsample", ds, ok))
+    for part, mod, ok in parts:
+        if not ok:
+            raise ValueError(
+                f"compile: {name}.{part} is {mod!r}; the compiled block folds a LAUD "
+                "bottleneck as LaudBottleneck builds it (1x1, 3x3 with padding 1 and the "
+                "block's stride, 1x1 convolutions without bias, each followed by an affine "
+                "BatchNorm2d; a downsample of a 1x1 strided convolution without bias and "
+                "a BatchNorm2d)")
 
 
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
@@ -155,7 +221,14 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     """Compile a LAUD model (or a single LaudBottleneck) into real sparse execution.
 
     Also a decorator: ``@laudtriton.compile`` or ``@laudtriton.compile(backend="cpu")`` on
-    a model class or factory function compiles each model it returns.
+    a model class or factory function compiles each model it returns. On a class the
+    decorated name becomes a factory function (``isinstance`` against it and subclassing
+    it no longer work): decorate a factory function to keep the class.
+
+    The compiled model is a snapshot: its convolutions hold the weights folded at compile
+    time, so later changes to the model you compiled (or to ``CompiledModel.source``,
+    whose maskers it runs) do not reach them; compile again. It refuses
+    ``load_state_dict`` and a move to another dtype or device for the same reason.
 
     Args:
         model: a ``LaudResNet``, a ``LaudBottleneck``, or any module containing them.
@@ -172,9 +245,12 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             where none of them supports a block); default: every registered variant.
 
     Returns:
-        a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. Any other
-        module containing LAUD blocks comes back as an eval-mode copy with each block
-        replaced by its ``CompiledBlock`` (no ``plan``, ``last_stats`` or input check of
+        a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. A
+        LaudResNet is compiled as it is built, with its own stem and head modules
+        (``compiled.check_resnet`` says what may change). Any other module containing LAUD
+        blocks comes back as an eval-mode copy running its own forward, in which each
+        LaudResNet is replaced by its ``CompiledModel`` and each LAUD block outside one by
+        its ``CompiledBlock`` (such a copy has no ``plan``, ``last_stats`` or input check of
         its own: an input that does not fit fails in the first block's maskers, with
         torch's error). A module with no LAUD block is returned as an eval-mode copy,
         with a warning.
@@ -183,7 +259,10 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
             dispatch mode, an unknown variant name, a missing example input, an example
             input without a sample, or one the model rejects; a dtype that is not a
-            floating-point torch dtype.
+            floating-point torch dtype; a cache_dir that is not a path; a LaudResNet
+            subclass that overrides forward, stem or head, or a stem the compiled model
+            cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
+            express (``check_foldable``).
     """
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
@@ -207,6 +286,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
                          "dtype (float32, float16, bfloat16, float64)")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
+                         f"{type(cache_dir).__name__} {cache_dir!r}")
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
@@ -224,13 +306,23 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
                          "needs at least one sample")
 
+    if isinstance(model, LaudResNet):
+        check_resnet(model)
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
+    options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
+                   dtype=dtype, variants=variants)
+    if not isinstance(ref, (LaudResNet, LaudBottleneck)):
+        # a LaudResNet inside another module becomes a CompiledModel there (the outer
+        # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below
+        for name, net, xin in _inputs(ref, x, list(_outermost(ref, LaudResNet))):
+            _set_submodule(ref, name, compile(net, xin, **options))
     cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
     predictor = fitted_predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     for name, block, xin in _block_inputs(ref, x):
+        check_foldable(name, block)
         spec = BlockSpec.from_block(block, xin.shape, dtype)
         fb = fold_block(block, dtype, device)
         with torch.no_grad():
@@ -250,11 +342,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
     """Generic containers: replace each LAUD block by its CompiledBlock in place."""
-    by_name = {b.name: b for b in blocks}
-    for name, blk in by_name.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = ref.get_submodule(parent_name) if parent_name else ref
-        setattr(parent, attr, blk)
+    for blk in blocks:
+        _set_submodule(ref, blk.name, blk)
     return ref.eval()
 
 

@@ -24,6 +24,29 @@ from .schedule import Choice, DispatchTable
 CL = torch.channels_last
 
 
+LOAD_REFUSED = (
+    "a compiled model cannot load a state dict: its convolutions hold weights folded at "
+    "compile time (BN folded in). Load the state dict into the model you compiled and "
+    "call laudtriton.compile on it again")
+
+
+def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
+    tensor) would change the dtype or device of a compiled model: its folded weights,
+    packed convolutions and plan are made for one dtype and device.
+
+    Raises:
+        RuntimeError: naming the compiled and the asked dtype and device.
+    """
+    here = torch.zeros(1, dtype=dtype, device=device)
+    probe = fn(here)
+    if probe.dtype != here.dtype or probe.device != here.device:
+        raise RuntimeError(
+            f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
+            f"compiled for {here.dtype} on {here.device}. Compile the model again with "
+            f"dtype={probe.dtype} (backend for the device)")
+
+
 @dataclass(frozen=True)
 class BlockRun:
     """What one block did in the last forward: its rates, the variant and config run."""
@@ -72,6 +95,8 @@ class CompiledBlock(nn.Module):
         its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
         x in that order, masks given in the caller's; see ``order.SampleOrder``); a layer
         block on CPU then moves its active samples into one window first."""
+        if masks is not None:
+            self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
             return self._layer_step(x, order, masks)
         if masks is None:
@@ -81,6 +106,45 @@ class CompiledBlock(nn.Module):
         if order is not None:
             order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, None if order is None else order.snapshot())
+
+    def _apply(self, fn, recurse=True):
+        refuse_conversion(fn, self.fb.w1.dtype, self.fb.w1.device)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        raise RuntimeError(LOAD_REFUSED)
+
+    def check_masks(self, masks: BlockMasks, x: torch.Tensor) -> None:
+        """Raise unless ``masks`` are masks this block's maskers could give for x: each
+        field present exactly where the block has that mask, of its shape (the grid of
+        the block's S on x's map, mask3 and mask1 at the output and input maps, G channel
+        groups), grid and channel holding only 0 and 1. mask3 and mask1 must be the grid's
+        expansion (``spatial_masks_from_grid``), as ``last_masks`` gives them.
+
+        Raises:
+            ValueError: naming the block, the mask and the shape or values found.
+        """
+        if not isinstance(masks, BlockMasks):
+            raise ValueError(f"{self.name}: masks must be a BlockMasks, got "
+                             f"{type(masks).__name__}")
+        b, _, h, w = x.shape
+        ho, wo = self.reference.out_hw((h, w))
+        g = self.reference.grid_size((h, w))
+        expected = {
+            "grid": None if g is None else (b, 1, *g),
+            "mask3": None if g is None else (b, 1, ho, wo),
+            "mask1": None if g is None else (b, 1, h, w),
+            "channel": (b, self.spec.channel_groups) if self.spec.channel else None,
+        }
+        for name, shape in expected.items():
+            t = getattr(masks, name)
+            got = None if t is None else tuple(t.shape)
+            if got != shape:
+                raise ValueError(f"{self.name}: masks.{name} has shape {got}; this block on "
+                                 f"an input of {b}x{h}x{w} takes {shape}")
+            if t is not None and name in ("grid", "channel") and not bool(
+                    ((t == 0) | (t == 1)).all()):
+                raise ValueError(f"{self.name}: masks.{name} holds values other than 0 and 1")
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
              perm: tuple[int, ...] | None) -> torch.Tensor:
@@ -162,6 +226,13 @@ and compile it again.
     @property
     def source(self) -> nn.Module:
         return self._source[0]
+
+    def _apply(self, fn, recurse=True):
+        refuse_conversion(fn, self.dtype, self.device)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        raise RuntimeError(LOAD_REFUSED)
 
     @property
     def last_stats(self) -> list[BlockRun]:

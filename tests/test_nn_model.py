@@ -476,11 +476,18 @@ def test_model_accepts_other_input_sizes():
     (dict(mode="channel", channel_granularity="1-1-1"), r"channel_granularity '1-1-1' has 3"),
     (dict(mode="channel", channel_granularity=0), r"channel_granularity 0"),
     (dict(mode="channel", channel_masker="SE"), r"channel_masker 'SE' is not valid; accepted"),
-    (dict(mode="channel", channel_masker_layers=3), r"channel_masker_layers must be 1 or 2"),
+    (dict(mode="channel", channel_masker_layers=3), r"channel_masker_layers 3 is not valid"),
+    (dict(mode="channel", channel_masker_layers=1.9), r"channel_masker_layers 1.9 is not val"),
 ])
 def test_model_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kwargs)
+
+
+@pytest.mark.parametrize("width_mult", [-1, 0, 0.01, "1"])
+def test_model_bad_width_mult(width_mult):
+    with pytest.raises(ValueError, match=f"width_mult must be a number > 0 .*got {width_mult!r}"):
+        LaudResNet((1, 1, 1, 1), width_mult=width_mult)
 
 
 def test_model_bad_arguments_full_size():

@@ -66,6 +66,17 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     Returns:
         the achieved spatial (or channel, in channel mode) rate of each block.
     """
+    if not isinstance(model, LaudResNet):
+        raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
+                         "(one LaudBottleneck: calibrate_block)")
+    weight = model.conv1.weight
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != weight.shape[1]:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a [B, {weight.shape[1]}, H, W] tensor for this model, "
+                         f"got {shape}")
+    if x.dtype != weight.dtype or x.device != weight.device:
+        raise ValueError(f"x is {x.dtype} on {x.device}; the model is {weight.dtype} on "
+                         f"{weight.device}")
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")

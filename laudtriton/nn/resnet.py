@@ -74,6 +74,13 @@ def _masker(v) -> str:
     return v
 
 
+def _masker_layers(v) -> int:
+    iv = _positive_int(v)
+    if iv not in (1, 2):
+        raise ValueError(v)
+    return iv
+
+
 def _positive_int(v) -> int:
     if isinstance(v, bool):
         raise ValueError(v)
@@ -121,11 +128,16 @@ class LaudResNet(nn.Module):
             channel_granularity, "channel_granularity", _positive_int, "positive ints"
         )
         maskers = _per_stage(channel_masker, "channel_masker", _masker, "'MLP' or 'conv_linear'")
-        layers = _per_stage(channel_masker_layers, "channel_masker_layers", int, "1 or 2")
+        layers = _per_stage(channel_masker_layers, "channel_masker_layers", _masker_layers,
+                            "1 or 2")
         reds = _per_stage(channel_masker_reduction, "channel_masker_reduction", _positive_int,
                           "positive ints")
         if len(depths) != 4:
             raise ValueError(f"depths {depths!r} must have 4 stages")
+        if not (isinstance(width_mult, (int, float)) and width_mult > 0
+                and int(64 * width_mult) >= 1):
+            raise ValueError(f"width_mult must be a number > 0 that leaves at least one "
+                             f"channel (64 x width_mult >= 1), got {width_mult!r}")
 
         self.config = dict(
             depths=tuple(depths), mode=modes, granularity=gran, channel_granularity=cgran,
@@ -226,7 +238,9 @@ class LaudResNet(nn.Module):
         stem = cin * c0 * ho * wo * 49
         ho, wo = (ho - 1) // 2 + 1, (wo - 1) // 2 + 1
         stem += c0 * ho * wo * 9
-        head = self.fc.in_features + self.fc.in_features * self.fc.out_features
+        # avgpool over the last map's channels, then the classifier's linear layers
+        head = self.inplanes + sum(m.in_features * m.out_features for m in self.fc.modules()
+                                   if isinstance(m, nn.Linear))
         stats = [b.last_stats for _, b in self.blocks()]
         flops = stem + head + sum(s.flops for s in stats)
         dense = stem + head + sum(s.dense_flops - s.masker_flops for s in stats)

@@ -1,0 +1,250 @@
+"""laudtriton.compile on models as users change them: another stem or head, a LaudResNet
+inside a module of theirs, float64; and what a compiled model refuses (a changed forward,
+modules the fold cannot express, a state dict, another dtype or device, masks that do not
+fit)."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import laudtriton
+from laudtriton.compiled import CompiledBlock, CompiledModel
+from laudtriton.nn import LaudResNet, calibrate_rates
+from laudtriton.testing import assert_close, make_block, randomize_bn
+
+
+def tiny(mode="spatial", seed=0, **kw):
+    torch.manual_seed(seed)
+    m = LaudResNet((1, 2, 1, 1), mode=mode, granularity="2-2-1-1", channel_granularity=2,
+                   width_mult=0.25, input_size=None, num_classes=7, **kw)
+    return randomize_bn(m).eval()
+
+
+def compile_cpu(model, x, **kw):
+    return laudtriton.compile(model, x, backend="cpu", tune="off", **kw)
+
+
+def with_bias_stem(m):
+    old = m.conv1
+    m.conv1 = nn.Conv2d(3, old.out_channels, 7, stride=2, padding=3, bias=True)
+    m.conv1.weight.data.copy_(old.weight)
+    nn.init.uniform_(m.conv1.bias, -1, 1)
+
+
+def small_stem(m):
+    m.conv1 = nn.Conv2d(3, m.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+
+
+STEMS_AND_HEADS = {
+    "no maxpool": lambda m: setattr(m, "maxpool", nn.Identity()),
+    "avg maxpool": lambda m: setattr(m, "maxpool", nn.AvgPool2d(2)),
+    "max head pooling": lambda m: setattr(m, "avgpool", nn.AdaptiveMaxPool2d(1)),
+    "conv1 with bias": with_bias_stem,
+    "3x3 stride-1 stem": small_stem,
+    "dropout + linear head": lambda m: setattr(
+        m, "fc", nn.Sequential(nn.Dropout(0.5), nn.Linear(m.fc.in_features, 5))),
+}
+
+
+@pytest.mark.parametrize("change", list(STEMS_AND_HEADS))
+def test_another_stem_or_head_is_compiled_as_the_model_has_it(change):
+    model = tiny()
+    STEMS_AND_HEADS[change](model)
+    model.eval()
+    x = torch.randn(2, 3, 36, 44)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        ref = model(x)
+        assert_close(cm(x), ref, name=change)
+    assert len(cm.last_stats) == 5
+
+
+class Leaky(LaudResNet):
+    def forward(self, x):
+        return super().forward(x) * 10
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: setattr(m, "relu", nn.LeakyReLU()), r"the stem's relu is LeakyReLU"),
+    (lambda m: setattr(m, "bn1", nn.Identity()), r"the stem's bn1 is Identity\(\)"),
+    (lambda m: setattr(m, "conv1", nn.Conv2d(3, 16, 7, 2, 3, groups=1, dilation=2)),
+     r"the stem's conv1 is Conv2d\(3, 16, .*dilation=\(2, 2\)"),
+    (lambda m: setattr(m, "maxpool", nn.MaxPool2d(3, 2, 1, return_indices=True)),
+     r"the stem's maxpool is MaxPool2d"),
+])
+def test_a_stem_the_compiled_model_cannot_run_is_refused(change, match):
+    model = tiny()
+    change(model)
+    with pytest.raises(ValueError, match=match):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
+
+
+def test_an_overridden_forward_is_refused():
+    model = Leaky((1, 1, 1, 1), width_mult=0.25, input_size=None).eval()
+    with pytest.raises(ValueError, match=r"Leaky overrides LaudResNet.forward; .*Hold a "
+                                         r"LaudResNet in your module"):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
+
+
+def biased_downsample(b):
+    b.downsample[0] = nn.Conv2d(b.downsample[0].in_channels, b.downsample[0].out_channels, 1,
+                                stride=b.stride, bias=True)
+
+
+@pytest.mark.parametrize("change,part", [
+    (biased_downsample, "downsample"),
+    (lambda b: setattr(b, "downsample", b.downsample[0]), "downsample"),
+    (lambda b: b.downsample.__setitem__(0, nn.Conv2d(64, 64, 3, 2, 1, bias=False)),
+     "downsample"),
+    (lambda b: setattr(b, "conv1", nn.Conv2d(64, 16, 1, bias=True)), "conv1"),
+    (lambda b: setattr(b, "bn2", nn.BatchNorm2d(16, affine=False)), "bn2"),
+])
+def test_a_block_the_fold_cannot_express_is_refused(change, part):
+    block = make_block(64, 16, stride=2, mode="spatial", granularity=2, downsample=True)
+    change(block)
+    x = torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        block(x)  # the reference still runs
+    with pytest.raises(ValueError, match=rf"compile: block\.{part} is "):
+        compile_cpu(block, x)
+
+
+class Holder(nn.Module):
+    """A user's module around a LaudResNet: its forward is kept."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x):
+        return self.net(x).softmax(-1) * self.scale
+
+
+@pytest.mark.parametrize("mode", ["spatial", "layer"])
+def test_a_laud_resnet_inside_a_module_becomes_a_compiled_model(mode):
+    model = Holder(tiny(mode))
+    x = torch.randn(3, 3, 40, 40)
+    calibrate_rates(model.net, x, 0.5)
+    cw = compile_cpu(model, x)
+    assert type(cw) is Holder and isinstance(cw.net, CompiledModel)
+    with torch.no_grad():
+        assert_close(cw(x), model(x))
+    assert [r.variant for r in cw.net.last_stats] == [
+        b.last_run.variant for b in cw.net.blocks] and len(cw.net.last_stats) == 5
+    assert model.net.conv1.weight.dtype == torch.float32 and type(model.net) is LaudResNet
+
+
+def test_blocks_outside_a_laud_resnet_are_swapped():
+    torch.manual_seed(0)
+    seq = nn.Sequential(make_block(16, 4, mode="channel", channel_granularity=2, seed=1),
+                        make_block(16, 4, mode="spatial", granularity=2, seed=2))
+    x = torch.randn(2, 16, 12, 12)
+    cs = compile_cpu(seq, x)
+    assert [type(m) for m in cs] == [CompiledBlock, CompiledBlock]
+    with torch.no_grad():
+        assert_close(cs(x), seq(x))
+
+
+def test_float64_stem_is_folded_in_float64():
+    model = tiny().double()
+    x = torch.randn(2, 3, 36, 36, dtype=torch.float64)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x, dtype=torch.float64)
+    assert cm.stem_w.dtype == torch.float64
+    with torch.no_grad():
+        assert_close(cm(x), model(x))  # float64 tolerance, 1e-10
+
+
+def test_load_state_dict_is_refused():
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    with pytest.raises(RuntimeError, match="cannot load a state dict: .*Load the state dict "
+                                           "into the model you compiled"):
+        cm.load_state_dict(cm.state_dict())
+    seq = compile_cpu(nn.Sequential(make_block(16, 4, mode="spatial", granularity=2)),
+                      torch.randn(1, 16, 8, 8))
+    with pytest.raises(RuntimeError, match="cannot load a state dict"):
+        seq.load_state_dict(seq.state_dict())
+
+
+@pytest.mark.parametrize("convert", [
+    lambda m: m.double(), lambda m: m.half(), lambda m: m.to(torch.bfloat16),
+    lambda m: m.to("cpu", torch.float64),
+])
+def test_another_dtype_is_refused_and_the_model_still_runs(convert):
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        before = cm(x)
+    with pytest.raises(RuntimeError, match=r"cannot move to torch\.(float64|float16|bfloat16)"
+                                           r" on cpu: it is compiled for torch\.float32 on cpu"):
+        convert(cm)
+    with pytest.raises(RuntimeError, match="cannot move to"):
+        convert(cm.blocks[0])
+    same = cm.float().cpu().to("cpu")
+    assert same is cm
+    with torch.no_grad():
+        assert torch.equal(cm(x), before)
+
+
+def given_masks(cm, x):
+    with torch.no_grad():
+        cm(x)
+    return [b.last_masks for b in cm.blocks]
+
+
+@pytest.mark.parametrize("mode,field,make,match", [
+    ("spatial", "grid", lambda m: torch.ones(2, 1, 1, 1), r"masks.grid has shape \(2, 1, 1, 1\)"
+     r"; this block on an input of 2x\d+x\d+ takes \(2, 1, \d+, \d+\)"),
+    ("spatial", "grid", lambda m: m.grid.reshape(2, 1, 1, -1), r"masks.grid has shape"),
+    ("spatial", "grid", lambda m: m.grid * 0.5, r"masks.grid holds values other than 0 and 1"),
+    ("spatial", "channel", lambda m: torch.ones(2, 2), r"masks.channel has shape \(2, 2\); "
+     r".* takes None"),
+    ("channel", "channel", lambda m: m.channel[:, :1], r"masks.channel has shape \(2, 1\)"),
+    ("layer", "mask3", lambda m: None, r"masks.mask3 has shape None"),
+])
+def test_given_masks_that_do_not_fit_are_refused(mode, field, make, match):
+    model, x = tiny(mode), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    masks[0] = replace(masks[0], **{field: make(masks[0])})
+    with pytest.raises(ValueError, match=rf"^layer1\.0: {match}"):
+        with torch.no_grad():
+            cm(x, masks=masks)
+
+
+def test_calibrate_rates_bad_arguments():
+    model = tiny()
+    with pytest.raises(ValueError, match="calibrate_rates takes a LaudResNet, got "
+                                         "LaudBottleneck .*calibrate_block"):
+        calibrate_rates(make_block(16, 4), torch.randn(1, 16, 8, 8), 0.5)
+    with pytest.raises(ValueError, match=r"x must be a \[B, 3, H, W\] tensor for this model, "
+                                         r"got \(1, 4, 32, 32\)"):
+        calibrate_rates(model, torch.randn(1, 4, 32, 32), 0.5)
+    with pytest.raises(ValueError, match=r"x is torch.float64 on cpu; the model is "
+                                         r"torch.float32 on cpu"):
+        calibrate_rates(model, torch.randn(1, 3, 32, 32, dtype=torch.float64), 0.5)
+
+
+def test_cache_dir_of_another_type_is_refused():
+    with pytest.raises(ValueError, match="cache_dir must be a path .*got int 123"):
+        laudtriton.compile(tiny(), torch.randn(1, 3, 32, 32), backend="cpu", cache_dir=123)
+
+
+def test_reference_stats_with_a_sequential_head():
+    model = tiny()
+    model.fc = nn.Sequential(nn.Dropout(), nn.Linear(model.fc.in_features, 5))
+    plain = copy.deepcopy(model)
+    plain.fc = plain.fc[1]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.eval()(x)
+        plain.eval()(x)
+    assert model.last_stats.flops == pytest.approx(float(plain.last_stats.flops))
+    assert model.last_stats.dense_flops == pytest.approx(plain.last_stats.dense_flops)

@@ -126,7 +126,7 @@ def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
     from .tune.commands import check_output_path, fail
-    from .tune.sweep import parse_rates
+    from .tune.sweep import parse_rates, parse_stages
 
     _check_counts(args, "batch", "reps", "repeat", "channel_granularity", "processes")
     if args.threads < 0:
@@ -135,13 +135,16 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
+    parse_stages(args.granularity, "--granularity")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.processes > 1:
-        from .bench import ProcessFailed, process_summary, run_processes
+        from .bench import ProcessFailed, build_model, process_summary, run_processes
 
+        # a bad --mode or --granularity: one line here, not an error in a child process
+        build_model(args.model, args.mode, args.granularity, args.channel_granularity)
         try:
             rows = run_processes(_bench_argv(args), args.processes)
         except ProcessFailed as e:

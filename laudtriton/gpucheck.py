@@ -281,11 +281,12 @@ def _options(args) -> list[int]:
     Raises:
         ValueError: naming the first bad option and its value.
     """
+    from .tune.commands import check_nonempty
+
     if args.device not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
                          "current GPU) or 'cpu' (a plumbing test)")
-    if not args.out.strip():
-        raise ValueError(f"--out {args.out!r} is empty; give a directory")
+    check_nonempty(args.out, "--out")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is not a directory")
     if not (math.isfinite(args.budget) and args.budget > 0):

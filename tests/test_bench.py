@@ -123,6 +123,30 @@ def test_bench_in_several_processes(tmp_path, capfd):
     assert len([r for r in back if r.block == "model"]) == 8
 
 
+@pytest.mark.parametrize("option,value,says", [
+    ("--mode", "bogus", "mode 'bogus' unknown"),
+    ("--granularity", "4-4-2", "granularity '4-4-2' has 3 stages"),
+    ("--granularity", "-1", "--granularity '-1' is not a positive int"),
+    ("--channel-granularity", "3", "channel_granularity 3 must be a positive divisor"),
+])
+def test_several_processes_refuse_a_bad_model_before_starting_one(option, value, says,
+                                                                   capfd, monkeypatch):
+    """A configuration the model refuses is one line from the parent, exit 2: no child
+    process runs (each would print its own error, then the parent a second one, exit 1)."""
+    import laudtriton.bench as bench_mod
+
+    started = []
+    monkeypatch.setattr(bench_mod, "run_processes", lambda *a, **k: started.append(a))
+    argv = ["bench", "--processes", "2", "--rates", "0.5", "--model-only", option, value]
+    if option == "--channel-granularity":
+        argv += ["--mode", "channel"]  # 3 divides no stage width
+    assert main(argv) == 2
+    out, err = capfd.readouterr()
+    lines = err.strip().splitlines()
+    assert started == [] and out == "" and len(lines) == 1
+    assert lines[0].startswith("laudtriton bench: error: ") and says in lines[0]
+
+
 def test_run_processes_rejects_and_reports_failures():
     with pytest.raises(ValueError, match="processes must be >= 1"):
         run_processes([], 0)

@@ -22,6 +22,8 @@ from laudtriton.cli import main
     (["bench", "--processes", "0"], "--processes"),
     (["bench", "--rates", "0:1:0.35,"], "--rates"),
     (["bench", "--rates", "1.5"], "--rates"),
+    (["bench", "--rates", "0:1:1e-9"], "--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
+    (["bench", "--granularity", "-1"], "--granularity '-1' is not a positive int"),
     (["demo", "--reps", "0"], "--reps"),
     (["demo", "--rate", "2"], "--rate"),
     (["sweep", "--input-size", "0"], "--input-size"),
@@ -36,6 +38,30 @@ def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch)
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"laudtriton {argv[0]}: error:")
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["bench", "--csv", ""], "--csv"),
+    (["sweep", "--csv", ""], "--csv"),
+    (["sweep", "--cache-dir", ""], "--cache-dir"),
+    (["cache", "ls", "--cache-dir", ""], "--cache-dir"),
+    (["cache", "clear", "--cache-dir", ""], "--cache-dir"),
+    (["cache", "merge", "a.json", "--out", ""], "--out"),
+    (["calibrate", "--cache-dir", ""], "--cache-dir"),
+    (["plot", "--from", "cache", "--out", ""], "--out"),
+    (["plot", "--from", "cache", "--out", "o", "--cache-dir", ""], "--cache-dir"),
+    (["predict", "--cache-dir", ""], "--cache-dir"),
+    (["design", "--target-rate", "0.5", "--cache-dir", ""], "--cache-dir"),
+    (["gpucheck", "--out", ""], "--out"),
+])
+def test_empty_paths_are_refused(argv, flag, capsys, tmp_path, monkeypatch):
+    """'' would silently mean the current directory (or, for --csv, no file or the default
+    name): one line naming the option, nothing read or written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"laudtriton {argv[0]}: error: {flag} '' is empty; "
+                                       "give a path\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["bench", "sweep"])

@@ -248,3 +248,19 @@ def test_reference_stats_with_a_sequential_head():
         plain.eval()(x)
     assert model.last_stats.flops == pytest.approx(float(plain.last_stats.flops))
     assert model.last_stats.dense_flops == pytest.approx(plain.last_stats.dense_flops)
+
+
+def test_given_masks_unchecked_run_the_same(monkeypatch):
+    model, x = tiny("channel"), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    with torch.no_grad():
+        checked = cm(x, masks=masks)
+
+        def refuse(self, masks, x):
+            raise AssertionError("checked")
+        monkeypatch.setattr(CompiledBlock, "check_masks", refuse)
+        assert torch.equal(cm(x, masks=masks, check_masks=False), checked)
+        with pytest.raises(AssertionError, match="checked"):
+            cm(x, masks=masks)

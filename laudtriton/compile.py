@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate
+from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate, foldable_bn
 from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
@@ -142,19 +142,16 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
                 and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
                 and c.bias is None and c.padding_mode == "zeros")
 
-    def bn_ok(b):
-        return isinstance(b, nn.BatchNorm2d) and b.affine and b.running_mean is not None
-
     s = block.stride
     parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
              ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
              ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),
-             ("bn1", block.bn1, bn_ok(block.bn1)), ("bn2", block.bn2, bn_ok(block.bn2)),
-             ("bn3", block.bn3, bn_ok(block.bn3))]
+             ("bn1", block.bn1, foldable_bn(block.bn1)), ("bn2", block.bn2, foldable_bn(block.bn2)),
+             ("bn3", block.bn3, foldable_bn(block.bn3))]
     ds = block.downsample
     if ds is not None:
         ok = (type(ds) is nn.Sequential and len(ds) == 2 and conv_ok(ds[0], 1, s, 0)
-              and bn_ok(ds[1]))
+              and foldable_bn(ds[1]))
         parts.append(("downsample", ds, ok))
     for part, mod, ok in parts:
         if not ok:

@@ -327,6 +327,12 @@ class Plan:
 STEM_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)  # keep a ReLU output >= 0
 
 
+def foldable_bn(bn: nn.Module) -> bool:
+    """Whether ``bn`` folds into the convolution before it (``ops.fold.bn_scale_shift``):
+    an affine nn.BatchNorm2d with running statistics."""
+    return isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_mean is not None
+
+
 def check_resnet(model: LaudResNet) -> None:
     """Raise unless ``model`` computes what a compiled LaudResNet runs: LaudResNet's own
     forward, stem and head (not overridden), a stem of a plain ``Conv2d`` (any kernel,
@@ -353,7 +359,7 @@ def check_resnet(model: LaudResNet) -> None:
           or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]):
         problem = (f"conv1 is {conv!r}; accepted: groups 1, dilation 1, zero padding, "
                    "the same stride and padding in both directions")
-    elif not isinstance(bn, nn.BatchNorm2d) or not bn.affine or bn.running_mean is None:
+    elif not foldable_bn(bn):
         problem = f"bn1 is {bn!r}; accepted: an affine nn.BatchNorm2d with running statistics"
     elif type(relu) is not nn.ReLU:
         problem = f"relu is {relu!r}; accepted: nn.ReLU"

@@ -61,7 +61,7 @@ class DenseModel(nn.Module):
 
     channels_last: every convolution through oneDNN with pre-packed weights and fused
     epilogues (``ops.packed``), residuals added in place; contiguous_format: NCHW through
-    F.conv2d (``nchw_dense_block``). ``fastest_dense`` times both."""
+    F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both."""
 
     def __init__(self, model: LaudResNet, memory_format: torch.memory_format):
         super().__init__()
@@ -88,14 +88,20 @@ class DenseModel(nn.Module):
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
 
-def fastest_dense(model: LaudResNet, x: torch.Tensor, reps: int = 10):
-    """(DenseModel, format name, seconds) of the faster memory format on x."""
-    cands = {"nchw": DenseModel(model, torch.contiguous_format),
-             "channels_last": DenseModel(model, torch.channels_last)}
-    names = list(cands)
-    times = interleaved_medians([lambda m=cands[n]: m(x) for n in names], warmup=2, reps=reps)
+def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:
+    """The two dense forms of ``model`` the baseline is the faster of, by name: "nchw"
+    (F.conv2d) and "channels_last" (packed oneDNN)."""
+    return {"nchw": DenseModel(model, torch.contiguous_format),
+            "channels_last": DenseModel(model, torch.channels_last)}
+
+
+def faster_form(names: list[str], times: list[float]) -> tuple[str, float]:
+    """(name, seconds) of the faster dense form, from the medians of one interleaved run.
+    Every comparison against dense times both forms in the run it compares in: a form
+    picked once from a short run of its own can be the slower one on a busy machine
+    (session 11: NCHW picked, then 110.8 ms beside channels_last's 79 ms)."""
     i = min(range(len(names)), key=times.__getitem__)
-    return cands[names[i]], names[i], times[i]
+    return names[i], times[i]
 
 
 @dataclass
@@ -195,15 +201,14 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate, allocator=setting)
-        with torch.no_grad():
-            dense, fmt, _ = fastest_dense(model, x, reps=max(5, reps // 4))
+        dense = dense_forms(model)
         if blocks:
             rows += _block_rows(model, cm, x, meta, reps)
         runs = []
         for i in range(repeat):
             if repeat > 1:
                 log(f"rate {rate}: whole model, run {i + 1} of {repeat}")
-            runs.append(_model_rows(model, cm, dense, fmt, x, meta, reps))
+            runs.append(_model_rows(model, cm, dense, x, meta, reps))
         rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
@@ -227,23 +232,26 @@ def _set_allocator(allocator: str, log) -> str:
     return "default"
 
 
-def _model_rows(model, cm: CompiledModel, dense, fmt: str, x, meta: dict,
+def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta: dict,
                 reps: int) -> list[BenchRow]:
     """The whole-model rows: compiled on x repeated; the same with the masks of that
     input given (``CompiledModel.forward(x, masks)``: every block's variant runs, no
     masker does: the difference to the first row is what the maskers and the masks'
     construction cost); compiled on a new input every call; the official masked-dense
-    reference. Each against the dense model, the first, second and last in one
-    interleaved run."""
+    reference. Each against the faster of the dense forms (``dense_forms``), both timed
+    in the same interleaved run as the first, second and last rows."""
+    names = list(dense)
     with torch.no_grad():
         cm(x)
         given = [blk.last_masks for blk in cm.blocks]
         cm(x, masks=given)  # checked once; timed unchecked: the row times the variants
-        t_dense, t_comp, t_given, t_ref = interleaved_medians(
-            [lambda: dense(x), lambda: cm(x),
-             lambda: cm(x, masks=given, check_masks=False), lambda: model(x)],
-            warmup=2, reps=reps)
+        times = interleaved_medians(
+            [lambda m=dense[n]: m(x) for n in names]
+            + [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),
+               lambda: model(x)], warmup=2, reps=reps)
         model(x)
+    fmt, t_dense = faster_form(names, times[:len(names)])
+    t_comp, t_given, t_ref = times[len(names):]
     fr = float(model.last_stats.flops_ratio)
 
     def row(spec, variant, t):
@@ -263,21 +271,25 @@ def _median_run(rows: list[BenchRow]) -> BenchRow:
     return replace(mid, runs=tuple(r.ratio for r in rows))
 
 
-def _fresh_row(model, cm: CompiledModel, dense, batch: int, meta: dict,
-               reps: int) -> BenchRow:
+def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: int,
+               meta: dict, reps: int) -> BenchRow:
     """The whole model on a new random input at every call (dense and compiled get the
     same sequence), as in a stream of images: masks change between calls, so per-pattern
     state (the ``slice`` variant's sliced and packed weights, packings per row count) is
     built in the timed call when the pattern is new. ``reps`` untimed calls on other new
     inputs come first (the stream's warm-up: the row counts' packings, mostly; spatial
     LAUD-ResNet-50 at rate 0.5 measured 1.29 / 1.21 / 1.19x dense after 2 / 20 / 60 of
-    them). FLOPs ratio: mean over the timed inputs."""
+    them). Dense: the faster of its forms (``dense_forms``) on the same sequence. FLOPs
+    ratio: mean over the timed inputs."""
     warmup = reps
     xs = [torch.randn(batch, 3, 224, 224) for _ in range(warmup + reps)]
-    its = [iter(xs), iter(xs)]
+    fns = [*dense.values(), cm]
+    its = [iter(xs) for _ in fns]
     with torch.no_grad():
-        t_dense, t_comp = interleaved_medians(
-            [lambda: dense(next(its[0])), lambda: cm(next(its[1]))], warmup=warmup, reps=reps)
+        times = interleaved_medians([lambda f=f, it=it: f(next(it)) for f, it in zip(fns, its)],
+                                    warmup=warmup, reps=reps)
+        _, t_dense = faster_form(list(dense), times[:-1])
+        t_comp = times[-1]
         frs = []
         for x in xs[warmup:]:
             model(x)

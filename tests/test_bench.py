@@ -164,7 +164,7 @@ def test_bench_rejects_unknown_model():
 
 
 def test_dense_baselines_agree():
-    """The two dense forms fastest_dense chooses from (NCHW through F.conv2d, channels_last
+    """The two dense forms the baseline is the faster of (NCHW through F.conv2d, channels_last
     through packed oneDNN) compute the same network: each other's logits, and the LAUD
     model's own when every mask is on."""
     model = build_model("laud_resnet50", "spatial", "4-4-2-1")
@@ -180,6 +180,30 @@ def test_dense_baselines_agree():
     fb, h = fold_block(blk), torch.randn(1, 64, 9, 11)
     assert_close(nchw_dense_block(fb, h),
                  dense_block(fb, h.contiguous(memory_format=torch.channels_last), NO_MASKS))
+
+
+def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
+    """Both dense forms are timed in the run that compares against them, and each row's
+    dense time is the faster one of that run (not a form picked earlier)."""
+    import laudtriton.bench as bench_module
+
+    seen = []
+
+    def fake(fns, warmup=2, reps=20, setup=None):
+        seen.append(len(fns))
+        # model rows: nchw, channels_last, compiled, masks given, reference;
+        # new inputs: nchw, channels_last, compiled
+        return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
+
+    monkeypatch.setattr(bench_module, "interleaved_medians", fake)
+    torch.manual_seed(0)
+    rows = bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2,
+                 reps=1, tune="off", blocks=False, log=lambda s: None)
+    assert seen == [5, 3]
+    same, given, fresh, ref = rows
+    assert (same.spec, same.dense_ms, same.ratio) == ("dense=channels_last", 200.0, 0.5)
+    assert given.ratio == pytest.approx(0.45) and ref.ratio == pytest.approx(2.5)
+    assert (fresh.dense_ms, fresh.ratio) == (250.0, 0.5)
 
 
 def test_bench_layer_mode_per_block_rows():

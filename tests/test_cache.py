@@ -316,3 +316,10 @@ def test_merge_refuses_a_file_without_device(tmp_path):
     out.write_text(nodev.read_text())  # an --out without a device is not merged into either
     with pytest.raises(ValueError, match=f'^{out} has no "device"'):
         merge_files([a.path], out)
+
+
+@pytest.mark.parametrize("cache_dir", ["", "  "])
+def test_empty_cache_dir_is_refused(cache_dir):
+    """'' would silently mean the current directory: refused, library and compile alike."""
+    with pytest.raises(ValueError, match="cache_dir .* is empty"):
+        TuneCache(cache_dir)

@@ -118,6 +118,10 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("flops_ratio", "x", "column 'flops_ratio': 'x' is not a number"),
     ("rate", 1.5, "column 'rate': 1.5 is outside [0, 1]"),
     ("rate", -0.25, "column 'rate': -0.25 is outside [0, 1]"),
+    ("seconds", -0.001, "column 'seconds': -0.001 is not a positive finite time"),
+    ("seconds", 0.0, "column 'seconds': 0 is not a positive finite time"),
+    ("seconds", "inf", "column 'seconds': inf is not a positive finite time"),
+    ("seconds", "nan", "column 'seconds': nan is not a positive finite time"),
 ])
 def test_plot_command_names_file_row_and_column_of_a_bad_cell(tmp_path, capsys, column,
                                                               value, says):

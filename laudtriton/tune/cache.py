@@ -224,6 +224,10 @@ class TuneCache:
 
     Never fatal: a corrupt or foreign file is reported and ignored; an unwritable
     directory is reported once and the records stay in memory.
+
+    Raises:
+        ValueError: if cache_dir is an empty (or blank) string, which would otherwise
+            mean the current directory.
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
@@ -231,6 +235,9 @@ class TuneCache:
         if enabled is None:
             enabled = os.environ.get("LAUDTRITON_CACHE", "1").strip() != "0"
         self.enabled = bool(enabled)
+        if isinstance(cache_dir, str) and not cache_dir.strip():
+            raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
+                             "the default")
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.device = device_fingerprint(device)
         self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"

@@ -444,6 +444,9 @@ def read_csv(path: str | Path) -> list[dict]:
                     raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
         if not 0.0 <= r["rate"] <= 1.0:
             raise ValueError(f"{where} 'rate': {r['rate']:g} is outside [0, 1]")
+        for k in ("seconds", "dense_seconds"):
+            if isinstance(r.get(k), float) and not 0.0 < r[k] < math.inf:
+                raise ValueError(f"{where} {k!r}: {r[k]:g} is not a positive finite time")
         if r.get("S") not in (None, ""):
             try:
                 r["S"] = int(r["S"])

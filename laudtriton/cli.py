@@ -129,7 +129,7 @@ def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
     from .tune.commands import check_output_path, fail
-    from .tune.sweep import parse_rates, parse_stages
+    from .tune.sweep import check_mode, parse_rates, parse_stages
 
     _check_counts(args, "batch", "reps", "repeat", "channel_granularity", "processes")
     if args.threads < 0:
@@ -138,6 +138,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
+    check_mode(args.mode, "--mode")
     parse_stages(args.granularity, "--granularity")
     if args.threads:
         import torch

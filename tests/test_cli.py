@@ -24,6 +24,9 @@ from laudtriton.cli import main
     (["bench", "--rates", "1.5"], "--rates"),
     (["bench", "--rates", "0:1:1e-9"], "--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
     (["bench", "--granularity", "-1"], "--granularity '-1' is not a positive int"),
+    (["bench", "--mode", "bogus"], "--mode 'bogus' unknown"),
+    (["bench", "--mode", "spatial-channel"], "--mode 'spatial-channel' unknown"),
+    (["sweep", "--mode", "layer-x-layer-layer"], "--mode 'layer-x-layer-layer' unknown"),
     (["demo", "--reps", "0"], "--reps"),
     (["demo", "--rate", "2"], "--rate"),
     (["sweep", "--input-size", "0"], "--input-size"),
@@ -140,3 +143,15 @@ def test_demo_runs_end_to_end(capsys):
     times = [float(line.split("ms")[0].split()[-1]) for line in out.splitlines()
              if line.rstrip().endswith(("ms", "x dense)")) and " ms" in line]
     assert len(times) == 3 and all(t > 0 for t in times)
+
+
+def test_check_mode_takes_what_laud_resnet_takes():
+    from laudtriton.nn import laud_resnet50
+    from laudtriton.tune.sweep import check_mode
+
+    for mode in ("spatial", "channel", "layer", "both", "spatial-spatial-channel-layer"):
+        check_mode(mode, "--mode")
+        laud_resnet50(mode=mode)  # and LaudResNet takes it
+    for mode in ("", "Spatial", "spatial-channel", "spatial--layer-layer"):
+        with pytest.raises(ValueError, match=f"--mode {mode!r} unknown"):
+            check_mode(mode, "--mode")

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 from .cache import TuneCache, merge_files
-from .sweep import DTYPES, MODELS, parse_rates, parse_shard, parse_stages, sweep
+from .sweep import (
+    DTYPES,
+    MODELS,
+    check_mode,
+    parse_rates,
+    parse_shard,
+    parse_stages,
+    sweep,
+)
 
 
 def check_nonempty(path: str | None, flag: str) -> None:
@@ -125,6 +133,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch {args.batch} must be >= 1")
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
+        check_mode(args.mode, "--mode")
         parse_stages(args.granularity, "--granularity")
         parse_stages(args.channel_granularity, "--channel-granularity")
         check_cache_dir(args.cache_dir)

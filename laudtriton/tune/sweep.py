@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
-from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
+from ..nn.resnet import DEPTHS, MODES, LaudResNet, laud_resnet50, laud_resnet101
 from ..ops.fold import fold_block
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
@@ -101,6 +101,19 @@ def parse_stages(text: str, flag: str) -> list[int]:
         raise ValueError(f"{flag} {text!r} has {len(items)} stages; LAUD-ResNet has 4 "
                          "(e.g. '4-4-2-1')")
     return [int(i) for i in items]
+
+
+def check_mode(text: str, flag: str) -> None:
+    """Raise unless ``text`` is a mode a LAUD-ResNet takes: one of ``MODES`` for every
+    stage, or four joined by '-' (one per stage).
+
+    Raises:
+        ValueError: naming ``flag``, the value and the accepted forms.
+    """
+    items = str(text).split("-")
+    if len(items) not in (1, 4) or not all(i in MODES for i in items):
+        raise ValueError(f"{flag} {text!r} unknown; accepted: {', '.join(MODES)}, or four "
+                         "joined by '-' (one per stage), e.g. 'spatial-spatial-channel-layer'")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -99,7 +99,8 @@ def faster_form(names: list[str], times: list[float]) -> tuple[str, float]:
     """(name, seconds) of the faster dense form, from the medians of one interleaved run.
     Every comparison against dense times both forms in the run it compares in: a form
     picked once from a short run of its own can be the slower one on a busy machine
-    (session 11: NCHW picked, then 110.8 ms beside channels_last's 79 ms)."""
+    (session 11: NCHW picked from 5 runs, then 110.8 ms a forward in the timed run, where
+    channels_last took 78-86 ms in the other processes of that day)."""
     i = min(range(len(names)), key=times.__getitem__)
     return names[i], times[i]
 

@@ -20,8 +20,9 @@ Training: 4 epochs of cross-entropy alone (masks learnt on random features colla
 the network then stays at chance), then cross-entropy + 10 x ``SparsityLoss`` on the
 FLOPs ratio; Gumbel temperature decayed exponentially, AdamW with a cosine learning rate.
 Then the reference model (eval) and ``laudtriton.compile(..., backend="cpu")`` are
-evaluated on the test set, timed against the same network run dense
-(``laudtriton.bench.fastest_dense``) on the whole test set (batch 359), and two figures
+evaluated on the test set, timed against the same network run dense (the faster of its
+two forms, ``laudtriton.bench.dense_forms``, both timed in the same run) on the whole
+test set (batch 359), and two figures
 are written: the learned masks over test images, and latency vs activation rate.
 
     python examples/cluttered_digits.py --out docs/figures
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import laudtriton
-from laudtriton.bench import fastest_dense
+from laudtriton.bench import dense_forms, faster_form
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
 from laudtriton.tune.timing import interleaved_medians
 
@@ -220,11 +221,13 @@ def evaluate(model: LaudResNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1
 
 @torch.no_grad()
 def time_dense_vs_compiled(model: LaudResNet, compiled, x: torch.Tensor, reps: int = 15):
-    """(dense seconds, compiled seconds, dense memory format): interleaved medians on x."""
-    dense, fmt, _ = fastest_dense(model, x, reps=max(3, reps // 3))
-    t_dense, t_comp = interleaved_medians([lambda: dense(x), lambda: compiled(x)],
-                                          warmup=2, reps=reps)
-    return t_dense, t_comp, fmt
+    """(dense seconds, compiled seconds, dense memory format): interleaved medians on x,
+    dense the faster of its two forms in the same run."""
+    dense = dense_forms(model)
+    times = interleaved_medians([lambda m=m: m(x) for m in dense.values()]
+                                + [lambda: compiled(x)], warmup=2, reps=reps)
+    fmt, t_dense = faster_form(list(dense), times[:-1])
+    return t_dense, times[-1], fmt
 
 
 def latency_curve(model: LaudResNet, x: torch.Tensor, rates, reps: int = 10, log=print):

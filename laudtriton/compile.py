@@ -256,7 +256,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
             dispatch mode, an unknown variant name, a missing example input, an example
             input without a sample, or one the model rejects; a dtype that is not a
-            floating-point torch dtype; a cache_dir that is not a path; a LaudResNet
+            floating-point torch dtype; a cache_dir that is not a path or is empty; a LaudResNet
             subclass that overrides forward, stem or head, or a stem the compiled model
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
             express (``check_foldable``).
@@ -286,6 +286,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
                          f"{type(cache_dir).__name__} {cache_dir!r}")
+    if isinstance(cache_dir, str) and not cache_dir.strip():  # whatever ``tune`` is
+        raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
+                         "the default")
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):

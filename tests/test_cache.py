@@ -320,6 +320,7 @@ def test_merge_refuses_a_file_without_device(tmp_path):
 
 @pytest.mark.parametrize("cache_dir", ["", "  "])
 def test_empty_cache_dir_is_refused(cache_dir):
-    """'' would silently mean the current directory: refused, library and compile alike."""
+    """'' would silently mean the current directory (compile refuses it too:
+    test_compile_models)."""
     with pytest.raises(ValueError, match="cache_dir .* is empty"):
         TuneCache(cache_dir)

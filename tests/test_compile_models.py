@@ -235,6 +235,10 @@ def test_calibrate_rates_bad_arguments():
 def test_cache_dir_of_another_type_is_refused():
     with pytest.raises(ValueError, match="cache_dir must be a path .*got int 123"):
         laudtriton.compile(tiny(), torch.randn(1, 3, 32, 32), backend="cpu", cache_dir=123)
+    for tune in ("off", "cached"):  # '' would mean the current directory
+        with pytest.raises(ValueError, match="cache_dir '' is empty"):
+            laudtriton.compile(tiny(), torch.randn(1, 3, 32, 32), backend="cpu", tune=tune,
+                               cache_dir="")
 
 
 def test_reference_stats_with_a_sequential_head():

@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 
 import laudtriton
-from laudtriton.bench import dense_forms, faster_form
+from laudtriton.bench import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
-from laudtriton.tune.timing import interleaved_medians
 
 
 @dataclass(frozen=True)
@@ -223,11 +222,10 @@ def evaluate(model: LaudResNet, x: torch.Tensor, y: torch.Tensor, batch: int = 1
 def time_dense_vs_compiled(model: LaudResNet, compiled, x: torch.Tensor, reps: int = 15):
     """(dense seconds, compiled seconds, dense memory format): interleaved medians on x,
     dense the faster of its two forms in the same run."""
-    dense = dense_forms(model)
-    times = interleaved_medians([lambda m=m: m(x) for m in dense.values()]
-                                + [lambda: compiled(x)], warmup=2, reps=reps)
-    fmt, t_dense = faster_form(list(dense), times[:-1])
-    return t_dense, times[-1], fmt
+    fmt, t_dense, (t_comp,) = time_against_dense(
+        {n: lambda m=m: m(x) for n, m in dense_forms(model).items()},
+        [lambda: compiled(x)], warmup=2, reps=reps)
+    return t_dense, t_comp, fmt
 
 
 def latency_curve(model: LaudResNet, x: torch.Tensor, rates, reps: int = 10, log=print):

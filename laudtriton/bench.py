@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -95,14 +96,19 @@ def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:
             "channels_last": DenseModel(model, torch.channels_last)}
 
 
-def faster_form(names: list[str], times: list[float]) -> tuple[str, float]:
-    """(name, seconds) of the faster dense form, from the medians of one interleaved run.
-    Every comparison against dense times both forms in the run it compares in: a form
-    picked once from a short run of its own can be the slower one on a busy machine
-    (session 11: NCHW picked from 5 runs, then 110.8 ms a forward in the timed run, where
-    channels_last took 78-86 ms in the other processes of that day)."""
+def time_against_dense(dense_calls: dict[str, Callable[[], object]],
+                       fns: list[Callable[[], object]], warmup: int, reps: int
+                       ) -> tuple[str, float, list[float]]:
+    """One interleaved run of each dense form's call (by form name) and ``fns``: (the
+    faster form's name, its median seconds, the medians of ``fns``). Every comparison
+    against dense times both forms in the run it compares in: a form picked once from a
+    short run of its own can be the slower one on a busy machine (session 11: NCHW picked
+    from 5 runs, then 110.8 ms a forward in the timed run, where channels_last took 78-86
+    ms in the other processes of that day)."""
+    names = list(dense_calls)
+    times = interleaved_medians([*dense_calls.values(), *fns], warmup=warmup, reps=reps)
     i = min(range(len(names)), key=times.__getitem__)
-    return names[i], times[i]
+    return names[i], times[i], times[len(names):]
 
 
 @dataclass
@@ -241,18 +247,15 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
     construction cost); compiled on a new input every call; the official masked-dense
     reference. Each against the faster of the dense forms (``dense_forms``), both timed
     in the same interleaved run as the first, second and last rows."""
-    names = list(dense)
     with torch.no_grad():
         cm(x)
         given = [blk.last_masks for blk in cm.blocks]
         cm(x, masks=given)  # checked once; timed unchecked: the row times the variants
-        times = interleaved_medians(
-            [lambda m=dense[n]: m(x) for n in names]
-            + [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),
-               lambda: model(x)], warmup=2, reps=reps)
+        fmt, t_dense, (t_comp, t_given, t_ref) = time_against_dense(
+            {n: lambda m=m: m(x) for n, m in dense.items()},
+            [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),
+             lambda: model(x)], warmup=2, reps=reps)
         model(x)
-    fmt, t_dense = faster_form(names, times[:len(names)])
-    t_comp, t_given, t_ref = times[len(names):]
     fr = float(model.last_stats.flops_ratio)
 
     def row(spec, variant, t):
@@ -284,13 +287,14 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
     ratio: mean over the timed inputs."""
     warmup = reps
     xs = [torch.randn(batch, 3, 224, 224) for _ in range(warmup + reps)]
-    fns = [*dense.values(), cm]
-    its = [iter(xs) for _ in fns]
+
+    def stream(f):  # f on the next input of its own pass over xs
+        it = iter(xs)
+        return lambda: f(next(it))
+
     with torch.no_grad():
-        times = interleaved_medians([lambda f=f, it=it: f(next(it)) for f, it in zip(fns, its)],
-                                    warmup=warmup, reps=reps)
-        _, t_dense = faster_form(list(dense), times[:-1])
-        t_comp = times[-1]
+        _, t_dense, (t_comp,) = time_against_dense(
+            {n: stream(m) for n, m in dense.items()}, [stream(cm)], warmup=warmup, reps=reps)
         frs = []
         for x in xs[warmup:]:
             model(x)

@@ -73,11 +73,10 @@ def cmd_env(args) -> int:
 def cmd_demo(args) -> int:
     import torch
 
-    from .bench import build_model, dense_forms, faster_form
+    from .bench import build_model, dense_forms, time_against_dense
     from .compile import compile
     from .nn import calibrate_rates
     from .testing import assert_close
-    from .tune.timing import interleaved_medians
 
     _check_counts(args, "reps")
     if not 0.0 <= args.rate <= 1.0:
@@ -103,13 +102,10 @@ def cmd_demo(args) -> int:
           f"same top-1: {bool((out.argmax(1) == ref.argmax(1)).all())}")
     print(f"4/4 timing dense vs compiled ({args.reps} interleaved runs, batch 1, "
           f"{torch.get_num_threads()} threads)")
-    dense = dense_forms(model)  # both forms timed; the faster is the baseline
-    with torch.no_grad():
-        times = interleaved_medians(
-            [lambda m=m: m(x) for m in dense.values()] + [lambda: cm(x), lambda: model(x)],
-            warmup=2, reps=args.reps)
-    fmt, td = faster_form(list(dense), times[:len(dense)])
-    tc, tr = times[len(dense):]
+    with torch.no_grad():  # both dense forms timed; the faster is the baseline
+        fmt, td, (tc, tr) = time_against_dense(
+            {n: lambda m=m: m(x) for n, m in dense_forms(model).items()},
+            [lambda: cm(x), lambda: model(x)], warmup=2, reps=args.reps)
     print(f"    dense ResNet-50 ({fmt}, folded BN)   {td * 1e3:8.2f} ms")
     print(f"    LAUD reference (masked dense)      {tr * 1e3:8.2f} ms  ({tr / td:.2f}x dense)")
     print(f"    laudtriton compiled                {tc * 1e3:8.2f} ms  ({tc / td:.2f}x dense)")

@@ -46,7 +46,7 @@ from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
 from .schedule import Choice, DispatchTable
-from .tune.cache import TuneCache
+from .tune.cache import TuneCache, refuse_empty_dir
 from .tune.keys import rate_bucket
 from .tune.measure import time_variants
 
@@ -286,9 +286,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
                          f"{type(cache_dir).__name__} {cache_dir!r}")
-    if isinstance(cache_dir, str) and not cache_dir.strip():  # whatever ``tune`` is
-        raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
-                         "the default")
+    refuse_empty_dir(cache_dir)  # whatever ``tune`` is
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):

@@ -68,6 +68,17 @@ def _mode(v) -> str:
     return v
 
 
+def parse_modes(mode) -> list[str]:
+    """The mode of each of the 4 stages: one of ``MODES`` for all, "a-b-c-d", or a list.
+
+    Raises:
+        ValueError: naming the mode and the accepted forms.
+    """
+    if isinstance(mode, str) and mode not in MODES and "-" not in mode:
+        raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
+    return _per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
+
+
 def _masker(v) -> str:
     if v not in CHANNEL_MASKERS:
         raise ValueError(f"channel_masker {v!r} unknown; accepted: {', '.join(CHANNEL_MASKERS)}")
@@ -120,9 +131,7 @@ class LaudResNet(nn.Module):
         width_mult: float = 1.0,
     ):
         super().__init__()
-        if isinstance(mode, str) and mode not in MODES and "-" not in mode:
-            raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
-        modes = _per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
+        modes = parse_modes(mode)
         gran = _per_stage(granularity, "granularity", _positive_int, "positive ints, '4-4-2-1'")
         cgran = _per_stage(
             channel_granularity, "channel_granularity", _positive_int, "positive ints"

@@ -214,6 +214,14 @@ def write_json_atomic(path: Path, data) -> None:
         raise
 
 
+def refuse_empty_dir(cache_dir) -> None:
+    """A ValueError when ``cache_dir`` is an empty (or blank) string, which would
+    otherwise mean the current directory (None means the default directory)."""
+    if isinstance(cache_dir, str) and not cache_dir.strip():
+        raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
+                         "the default")
+
+
 class TuneCache:
     """Persistent {BlockSpec x rate bucket x variant x config: seconds} for one device.
 
@@ -235,9 +243,7 @@ class TuneCache:
         if enabled is None:
             enabled = os.environ.get("LAUDTRITON_CACHE", "1").strip() != "0"
         self.enabled = bool(enabled)
-        if isinstance(cache_dir, str) and not cache_dir.strip():
-            raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
-                             "the default")
+        refuse_empty_dir(cache_dir)
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.device = device_fingerprint(device)
         self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"

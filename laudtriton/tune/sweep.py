@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
-from ..nn.resnet import DEPTHS, MODES, LaudResNet, laud_resnet50, laud_resnet101
+from ..nn.resnet import (
+    DEPTHS,
+    MODES,
+    LaudResNet,
+    laud_resnet50,
+    laud_resnet101,
+    parse_modes,
+)
 from ..ops.fold import fold_block
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
@@ -104,16 +111,18 @@ def parse_stages(text: str, flag: str) -> list[int]:
 
 
 def check_mode(text: str, flag: str) -> None:
-    """Raise unless ``text`` is a mode a LAUD-ResNet takes: one of ``MODES`` for every
-    stage, or four joined by '-' (one per stage).
+    """Raise unless ``text`` is a mode a LAUD-ResNet takes (``nn.resnet.parse_modes``):
+    one of ``MODES`` for every stage, or four joined by '-' (one per stage).
 
     Raises:
         ValueError: naming ``flag``, the value and the accepted forms.
     """
-    items = str(text).split("-")
-    if len(items) not in (1, 4) or not all(i in MODES for i in items):
+    try:
+        parse_modes(str(text))  # LaudResNet's own parsing
+    except ValueError:
         raise ValueError(f"{flag} {text!r} unknown; accepted: {', '.join(MODES)}, or four "
-                         "joined by '-' (one per stage), e.g. 'spatial-spatial-channel-layer'")
+                         "joined by '-' (one per stage), e.g. 'spatial-spatial-channel-layer'"
+                         ) from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -214,6 +214,40 @@ def test_slice_cache_hits_and_bound():
     assert len(small) == 2 and small.misses == 4
     with pytest.raises(ValueError, match="capacity"):
         SliceCache(capacity=0)
+    with pytest.raises(ValueError, match="weights"):
+        SliceCache(weights=0)
+
+
+def test_slice_cache_byte_bound_keeps_the_recent_and_the_dense():
+    """Sliced patterns are dropped least recently used first once their estimated bytes
+    pass ``weights`` times the dense block's; the dense entry stays, shared by the
+    one-group pattern and the all-on pattern of G groups."""
+    blk, x, masks, ref = calibrated(1, "MLP", 2, 16, 8, 1, (7, 9), 3, 0.5)
+    fb = fold_block(blk)
+    dense_size = 4 * (fb.w1.numel() + fb.w2.numel() + fb.w3.numel() + fb.width * 7 * 9)
+    cache = SliceCache(weights=6.0)
+    dense = cache.get(fb, torch.ones(1, dtype=torch.bool), (7, 9))
+    assert cache.get(fb, torch.ones(8, dtype=torch.bool), (7, 9)) is dense
+    assert dense.nbytes >= 4 * (fb.w1.numel() + fb.w2.numel() + fb.w3.numel())
+    g = torch.Generator().manual_seed(3)
+    patterns = []
+    while len(patterns) < 12:
+        p = torch.rand(8, generator=g) < 0.5
+        if 0 < p.sum() < 8 and not any(torch.equal(p, q) for q in patterns):
+            patterns.append(p)
+    sizes = []
+    for p in patterns:
+        sw = cache.get(fb, p, (7, 9))
+        sizes.append(sw.nbytes)
+        assert sw.nbytes > 0 and cache.nbytes == sum(e.nbytes for e in cache._entries.values())
+        assert cache.nbytes <= 6.0 * dense_size or len(cache._entries) == 1
+    kept = len(cache) - 1
+    assert 2 <= kept < len(patterns) and sum(sizes[-kept:]) == cache.nbytes
+    misses = cache.misses
+    assert cache.get(fb, patterns[-1], (7, 9)) is sw and cache.misses == misses  # newest kept
+    cache.get(fb, patterns[0], (7, 9))  # oldest dropped: sliced again
+    assert cache.misses == misses + 1
+    assert cache.get(fb, torch.ones(1, dtype=torch.bool), (7, 9)) is dense
 
 
 def test_slice_cache_follows_weights_and_copies():

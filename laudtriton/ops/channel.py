@@ -19,14 +19,15 @@ Elsewhere (CUDA, other dtypes, a torch without those ops) PackedConv runs F.conv
 separate add/ReLU.
 
 Sliced and packed weights and the bias map cost passes over the weights, so they are
-cached per FoldedBlock, mask pattern and input size in a bounded LRU
-(:class:`SliceCache`). A partial pattern (some groups on, some off) met for the first
-time is not sliced: that call runs the dense weights with the pattern's masks
-(``masked_hidden``, about the dense block's cost); its second sighting slices, its third
-packs. The all-on pattern (the dense weights) and the all-off one are built at once.
-The cache is attached to the FoldedBlock as the attribute ``_slice_cache`` on first use
-(the only state this module keeps; a new FoldedBlock, e.g. from ``fb.to(...)``, starts
-with an empty cache). The ``compact`` layer variant shares it.
+cached per FoldedBlock, mask pattern and input size in an LRU bounded in count and in
+estimated bytes (:class:`SliceCache`: at most 8 times the dense block's size). A partial
+pattern (some groups on, some off) met for the first time is not sliced: that call runs
+the dense weights with the pattern's masks (``masked_hidden``, about the dense block's
+cost); its second sighting slices, its third packs. The all-on pattern (the dense
+weights) and the all-off one are built at once. The cache is attached to the FoldedBlock
+as the attribute ``_slice_cache`` on first use (the only state this module keeps; a new
+FoldedBlock, e.g. from ``fb.to(...)``, starts with an empty cache). The ``compact``
+layer variant shares it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from .spec import BlockSpec
 
 CL = torch.channels_last
 CACHE_SIZE = 64  # mask patterns kept per block; a batch of B samples has at most B
+# and their estimated bytes (``SlicedWeights.nbytes``) at most this many times the dense
+# block's (``SliceCache``): on a stream nearly every pattern is new, and a count bound alone let
+# ResNet-101 (channel, rate 0.5) grow from 0.93 to 3.5 GB over 300 images (session 12)
+CACHE_WEIGHTS = 8
 
 
 @dataclass(frozen=True)
@@ -67,22 +72,47 @@ class SlicedWeights:
     conv3: PackedConv | None
     b3: torch.Tensor
 
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory held: each sliced convolution's weight twice (plain, and packed
+        for one input shape; the dense pattern's plain weights are the block's own), its
+        bias, the bias map and b3."""
+        n = self.b3.nbytes + (0 if self.bias2 is None else self.bias2.nbytes)
+        copies = 1 if self.bias2 is None else 2
+        for pc in (self.conv1, self.conv2, self.conv3):
+            if pc is not None:
+                n += copies * pc.weight.nbytes + (0 if pc.bias is None else pc.bias.nbytes)
+        return n
+
 
 class SliceCache:
     """Bounded LRU of :class:`SlicedWeights` of one FoldedBlock, keyed by mask pattern and
-    input size, plus the packed downsample per input size. Not thread-safe (one forward at
-    a time per compiled block). Copies and pickles of it are empty (packed oneDNN weights
-    can be neither deep-copied nor saved, and a cache is derived data).
+    input size, plus the dense weights and the packed downsample per input size. Not
+    thread-safe (one forward at a time per compiled block). Copies and pickles of it are
+    empty (packed oneDNN weights can be neither deep-copied nor saved, and a cache is
+    derived data).
 
-    owner: the fingerprint of the FoldedBlock tensors it was built from (see
+    capacity: sliced patterns kept; weights: their estimated bytes
+    (``SlicedWeights.nbytes``) are kept under this many times the dense block's size
+    (W1, W2, W3 and a full-width bias map at the input size: the map outweighs the
+    weights on the large early maps), the least recently used dropped first (the newest
+    is always kept).
+    The dense entries (every channel on: the block's own weights, packed) are outside
+    both bounds. owner: the fingerprint of the FoldedBlock tensors it was built from (see
     :func:`slice_cache`)."""
 
-    def __init__(self, capacity: int = CACHE_SIZE, owner: tuple = ()):
+    def __init__(self, capacity: int = CACHE_SIZE, owner: tuple = (),
+                 weights: float = CACHE_WEIGHTS):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if not weights > 0:
+            raise ValueError(f"weights must be > 0, got {weights}")
         self.capacity = capacity
+        self.weights = weights
         self.owner = owner
+        self.nbytes = 0  # estimated bytes of the sliced patterns held
         self._entries: OrderedDict[tuple, SlicedWeights] = OrderedDict()
+        self._dense: dict[tuple[int, int], SlicedWeights] = {}
         self._seen: OrderedDict[tuple, None] = OrderedDict()  # sighted once, not sliced
         self._downsample: dict[tuple[int, int], PackedConv] = {}
         self._totals: KappaTotals | None = None
@@ -91,29 +121,43 @@ class SliceCache:
         self.deferred = 0  # first sightings run on the dense weights (``lookup``)
 
     def __reduce__(self):
-        return (SliceCache, (self.capacity,))
+        return (SliceCache, (self.capacity, (), self.weights))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._dense)
 
     def get(self, fb: FoldedBlock, pattern: torch.Tensor, in_hw: tuple[int, int],
             key: bytes | None = None) -> SlicedWeights:
         """Sliced weights for the group pattern ``pattern`` ([G] bool, CPU; ``key`` its
         bytes, computed when not given)."""
-        k = (pattern.numpy().tobytes() if key is None else key, tuple(in_hw))
-        hit = self._entries.get(k)
+        key = pattern.numpy().tobytes() if key is None else key
+        in_hw = tuple(in_hw)
+        dense = key.count(1) == len(key)
+        k = (key, in_hw)
+        hit = self._dense.get(in_hw) if dense else self._entries.get(k)
         if hit is not None:
-            self._entries.move_to_end(k)
+            if not dense:
+                self._entries.move_to_end(k)
             self.hits += 1
             return hit
         self.misses += 1
         if self._totals is None:
             self._totals = kappa_totals(fb)
-        sw = slice_weights(fb, active_channels(pattern, fb.width).to(fb.w1.device), in_hw,
-                           self._totals)
+        act = torch.arange(fb.width) if dense else active_channels(pattern, fb.width)
+        sw = slice_weights(fb, act.to(fb.w1.device), in_hw, self._totals)
+        if dense:
+            if len(self._dense) >= self.capacity:
+                self._dense.clear()
+            self._dense[in_hw] = sw
+            return sw
         self._entries[k] = sw
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.nbytes += sw.nbytes
+        ho, wo = ((n - 1) // fb.stride + 1 for n in in_hw)
+        budget = self.weights * (fb.w1.nbytes + fb.w2.nbytes + fb.w3.nbytes
+                                 + fb.w2.element_size() * fb.width * ho * wo)
+        while len(self._entries) > 1 and (len(self._entries) > self.capacity
+                                          or self.nbytes > budget):
+            self.nbytes -= self._entries.popitem(last=False)[1].nbytes
         return sw
 
     def lookup(self, fb: FoldedBlock, pattern: torch.Tensor, in_hw: tuple[int, int],

@@ -92,9 +92,7 @@ def dense_cost(spec: BlockSpec, rate: float) -> Cost:
     ho, wo = spec.out_hw
     el = 2 if spec.dtype in ("float16", "bfloat16") else 4
     act = spec.batch * (spec.in_channels * h * w + 2 * spec.out_channels * ho * wo)
-    wts = spec.in_channels * spec.width + 9 * spec.width**2 + spec.width * spec.out_channels
-    if spec.downsample:
-        wts += spec.in_channels * spec.out_channels
+    wts = spec.weight_count()
     return Cost(flops=float(spec.dense_flops()), bytes=float(el * (act + wts)),
                 launches=4 + int(spec.downsample))
 

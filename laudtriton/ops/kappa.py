@@ -85,12 +85,8 @@ def conv2_correction(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, in
 def channel_work(spec, rate: float) -> tuple[float, float]:
     """(multiply-adds per sample, weight elements read) of a channel-skipping block at
     channel rate ``rate``: conv1·r + conv2·r² + conv3·r, plus the dense downsample."""
-    h, w = spec.in_hw
-    ho, wo = spec.out_hw
-    m = spec.width * rate
-    f = spec.in_channels * m * h * w + 9 * m * m * ho * wo + m * spec.out_channels * ho * wo
-    wts = spec.in_channels * m + 9 * m * m + m * spec.out_channels
-    if spec.downsample:
-        f += spec.in_channels * spec.out_channels * ho * wo
-        wts += spec.in_channels * spec.out_channels
+    c1, c2, c3, ds = spec.conv_macs()
+    f = (c1 + c3) * rate + c2 * rate * rate + ds
+    c, m, o = spec.in_channels, spec.width * rate, spec.out_channels
+    wts = c * m + 9 * m * m + m * o + (c * o if spec.downsample else 0)
     return f, wts

@@ -162,13 +162,9 @@ def compact_cost(spec: BlockSpec, rate: float) -> Cost:
     the active samples' gather and scatter, and all weights; launches: torch ops."""
     h, w = spec.in_hw
     ho, wo = spec.out_hw
-    res = (spec.in_channels * spec.width * h * w + 9 * spec.width**2 * ho * wo
-           + spec.width * spec.out_channels * ho * wo)
-    f = res * spec.batch * rate
-    wts = spec.in_channels * spec.width + 9 * spec.width**2 + spec.width * spec.out_channels
-    if spec.downsample:
-        f += spec.in_channels * spec.out_channels * ho * wo * spec.batch
-        wts += spec.in_channels * spec.out_channels
+    c1, c2, c3, ds = spec.conv_macs()
+    f = ((c1 + c2 + c3) * rate + ds) * spec.batch
+    wts = spec.weight_count()
     el = 2 if spec.dtype in ("float16", "bfloat16") else 4
     on = spec.batch * rate
     act = spec.batch * (spec.in_channels * h * w + 2 * spec.out_channels * ho * wo)

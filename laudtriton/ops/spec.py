@@ -66,16 +66,22 @@ class BlockSpec:
     def channel(self) -> bool:
         return self.mode in ("channel", "both")
 
-    def dense_flops(self) -> int:
-        """Multiply-adds of the dense block per batch (convs and downsample; no maskers)."""
+    def conv_macs(self) -> tuple[int, int, int, int]:
+        """Multiply-adds per sample of conv1, conv2, conv3 and the downsample (0 without)."""
         h, w = self.in_hw
         ho, wo = self.out_hw
-        f = self.in_channels * self.width * h * w
-        f += self.width * self.width * 9 * ho * wo
-        f += self.width * self.out_channels * ho * wo
-        if self.downsample:
-            f += self.in_channels * self.out_channels * ho * wo
-        return f * self.batch
+        ds = self.in_channels * self.out_channels * ho * wo if self.downsample else 0
+        return (self.in_channels * self.width * h * w, self.width * self.width * 9 * ho * wo,
+                self.width * self.out_channels * ho * wo, ds)
+
+    def dense_flops(self) -> int:
+        """Multiply-adds of the dense block per batch (convs and downsample; no maskers)."""
+        return sum(self.conv_macs()) * self.batch
+
+    def weight_count(self) -> int:
+        """Weights of the block's convolutions (W1, W2, W3 and the downsample's)."""
+        c, w, o = self.in_channels, self.width, self.out_channels
+        return c * w + 9 * w * w + w * o + (c * o if self.downsample else 0)
 
     def with_(self, **changes) -> BlockSpec:
         return replace(self, **changes)

@@ -100,16 +100,6 @@ def stem_head_cost(input_size: int, batch: int, num_classes: int = 1000,
     return float(flops), float(byts), 5
 
 
-def _conv_flops(spec: BlockSpec) -> tuple[float, float, float, float]:
-    h, w = spec.in_hw
-    ho, wo = spec.out_hw
-    c1 = spec.in_channels * spec.width * h * w
-    c2 = spec.width * spec.width * 9 * ho * wo
-    c3 = spec.width * spec.out_channels * ho * wo
-    ds = spec.in_channels * spec.out_channels * ho * wo if spec.downsample else 0
-    return float(c1), float(c2), float(c3), float(ds)
-
-
 def mask1_fraction(spec: BlockSpec, rate: float) -> float:
     """Expected mask1 fraction at spatial ``rate``, linear between whole active-cell counts
     (cells drawn uniformly at random)."""
@@ -129,7 +119,7 @@ def flops_ratio(spec: BlockSpec, rate: float) -> float:
     maskers): spatial conv1·r1 + (conv2 + conv3)·r; channel conv1·r + conv2·r² + conv3·r;
     both: spatial with the channel rate also r; layer (conv1+conv2+conv3)·r; the
     downsample is always dense. Continuous and non-decreasing in ``rate``."""
-    c1, c2, c3, ds = _conv_flops(spec)
+    c1, c2, c3, ds = spec.conv_macs()
     if spec.mode == "layer":
         part = (c1 + c2 + c3) * rate
     elif spec.mode == "channel":

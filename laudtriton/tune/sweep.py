@@ -144,12 +144,7 @@ def ideal_flops_ratio(spec: BlockSpec, masks: BlockMasks) -> float:
     """Sparse/dense FLOPs of the block on ``masks`` (official accounting: conv1 x c x rate1,
     conv2 x c^2 x rate2, conv3 x c x rate3 with rate3 the grid mean, dense downsample; no
     maskers), averaged over the batch."""
-    h, w = spec.in_hw
-    ho, wo = spec.out_hw
-    c1 = spec.in_channels * spec.width * h * w
-    c2 = spec.width * spec.width * 9 * ho * wo
-    c3 = spec.width * spec.out_channels * ho * wo
-    ds = spec.in_channels * spec.out_channels * ho * wo if spec.downsample else 0
+    c1, c2, c3, ds = spec.conv_macs()
     r1 = r2 = r3 = cr = 1.0
     if masks.grid is not None:
         r1 = masks.mask1.float().mean().item()

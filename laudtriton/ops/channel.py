@@ -96,10 +96,14 @@ class SliceCache:
     (``SlicedWeights.nbytes``) are kept under this many times the dense block's size
     (W1, W2, W3 and a full-width bias map at the input size: the map outweighs the
     weights on the large early maps), the least recently used dropped first (the newest
-    is always kept).
-    The dense entries (every channel on: the block's own weights, packed) are outside
-    both bounds. owner: the fingerprint of the FoldedBlock tensors it was built from (see
-    :func:`slice_cache`)."""
+    is always kept). The dense entries (every channel on: the block's own weights,
+    packed) are outside both bounds. owner: the fingerprint of the FoldedBlock tensors it
+    was built from (see :func:`slice_cache`).
+
+    On a stream of random images (ResNet-101, channel rate 0.5) the byte bound holds
+    memory near 2.0 GB where it grew past 3.5 GB over 300 images with the count bound
+    alone, and costs re-slicing the patterns that come back later (BENCHMARKS.md,
+    session 12)."""
 
     def __init__(self, capacity: int = CACHE_SIZE, owner: tuple = (),
                  weights: float = CACHE_WEIGHTS):

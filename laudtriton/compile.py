@@ -223,8 +223,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     it no longer work): decorate a factory function to keep the class.
 
     The compiled model is a snapshot: its convolutions hold the weights folded at compile
-    time, so later changes to the model you compiled (or to ``CompiledModel.source``,
-    whose maskers it runs) do not reach them; compile again. It refuses
+    time and its maskers the weights read then, so later changes to the model you
+    compiled (or to ``CompiledModel.source``) do not reach them; compile again. It refuses
     ``load_state_dict`` and a move to another dtype or device for the same reason.
 
     Args:

@@ -16,7 +16,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import block_masks, global_pool
+from .ops.masks import Gates, global_pool
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -76,7 +76,8 @@ class CompiledBlock(nn.Module):
                  dispatch: str, expected_rate: float):
         super().__init__()
         self.name, self.spec, self.fb, self.table = name, spec, fb, table
-        self.reference = fb.block  # holds the maskers (eval); its convs are not run
+        self.reference = fb.block  # the source's block (eval); its convs are not run
+        self.gates = Gates(fb.block)  # its maskers, read once (a snapshot, like fb)
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
         choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
@@ -101,7 +102,7 @@ class CompiledBlock(nn.Module):
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
             return self._layer_step(x, order, masks)
         if masks is None:
-            masks = block_masks(self.reference, x)
+            masks = self.gates(x)
         elif order is not None:
             masks = order.to_batch(masks)
         if order is not None:
@@ -171,7 +172,7 @@ class CompiledBlock(nn.Module):
         if masks is None:
             if order.pooled is None:
                 order.pooled = global_pool(h)
-            masks = block_masks(self.reference, h, pooled=order.pooled)
+            masks = self.gates(h, pooled=order.pooled)
         else:
             masks, order.pooled = order.to_batch(masks), None
         (a, e), moved = order.make_contiguous(gate_values(masks, h.shape[0], self.name), h)
@@ -207,8 +208,8 @@ class CompiledModel(nn.Module):
 
     ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
     the last forward. ``source`` is the eval-mode copy of the compiled model (in the
-compiled dtype and device) that holds the maskers; to train, train the original model
-and compile it again.
+compiled dtype and device) that the blocks and maskers were read from (changing it
+changes nothing here); to train, train the original model and compile it again.
     """
 
     def __init__(self, source: nn.Module, blocks: list[CompiledBlock], input_shape,

@@ -139,7 +139,7 @@ def test_global_pool_is_never_a_view_of_x():
     ("channel", 1, 1, 4, {"channel_masker_layers": 1}),
     ("channel", 1, 1, 4, {"channel_masker": "conv_linear"}), ("both", 2, 2, 4, {}),
 ])
-def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_granularity,
+def test_gates_equal_compute_masks(mode, granularity, stride, channel_granularity,
                                          kwargs):
     """The compiled blocks' mask path gives the reference maskers' masks (rates near 0.5
     by a shifted masker bias, so both decisions occur)."""
@@ -155,7 +155,8 @@ def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_gran
     ref, _ = blk.compute_masks(x)
     # the masker pools x itself, or reads the pooling a compiled model kept (used by the
     # channel MLP masker and the layer gate, ignored by a spatial grid larger than 1x1)
-    for got in (mk.block_masks(blk, x), mk.block_masks(blk, x, pooled=mk.global_pool(x))):
+    gates = mk.Gates(blk)
+    for got in (gates(x), gates(x, pooled=mk.global_pool(x))):
         for name in ("grid", "mask3", "mask1", "channel"):
             r, f = getattr(ref, name), getattr(got, name)
             assert (r is None) == (f is None), name
@@ -165,3 +166,15 @@ def test_block_masks_equal_compute_masks(mode, granularity, stride, channel_gran
     for m in (ref.grid, ref.channel):
         if m is not None:
             assert 0 < float(m.mean()) < 1
+    # a snapshot: changing the maskers afterwards changes the reference's masks only
+    with torch.no_grad():  # every "keep" logit pushed down: the reference skips all
+        if blk.masker_spatial is not None:
+            blk.masker_spatial.conv.bias[0] = -1e4
+        if blk.masker_channel is not None:
+            blk.masker_channel.last_linear().bias[:blk.masker_channel.groups] = -1e4
+    ref2, _ = blk.compute_masks(x)
+    after = gates(x)
+    for name in ("grid", "channel"):
+        if getattr(ref, name) is not None:
+            assert torch.equal(getattr(after, name), getattr(ref, name)), name
+            assert not getattr(ref2, name).any(), name

@@ -13,6 +13,7 @@ with one ``index_select`` per call.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
@@ -278,52 +279,83 @@ def global_pool(x: torch.Tensor) -> torch.Tensor:
     return p.clone() if tuple(x.shape[-2:]) == (1, 1) else p
 
 
-def block_masks(block, x: torch.Tensor, pooled: torch.Tensor | None = None):
-    """The eval-mode masks of a LAUD block (``nn.block.LaudBottleneck``) for x, as its
-    ``compute_masks`` gives them, computed for inference speed:
+class Gates:
+    """A LAUD block's maskers (``nn.block.LaudBottleneck``) prepared once for inference:
+    calling it gives the eval-mode masks that ``compute_masks`` gives, in few small ops.
+
+    Each masker decides keep (logit 0) against skip (logit 1), so only their difference
+    matters: the last linear layer (the spatial masker's 1x1 conv) is kept as that
+    difference, w0 - w1 and b0 - b1, and a decision is one dot product and a sign test
+    (``heaviside``, which gives the float 0/1 mask directly). After the block's
+    convolutions a small op costs about twice as much as in a loop (its code and data
+    left the caches; 2-core x86), and these ops are most of a masker's cost. Measured on
+    LAUD-ResNet-101 (channel, rate 0.5, batch 1): see BENCHMARKS.md "Maskers".
+
+    The rest is as it was computed before:
 
     - the pooling is ``grid_pool`` (avg_pool2d with cells as kernel and stride);
-    - the spatial masker's 2-logit 1x1 conv runs as one small GEMM on the pooled rows,
-      and an MLP channel masker as its linear layers' GEMMs (no module calls);
     - mask3 and mask1 come from the grid (``spatial_masks_from_grid``);
     - the layer gate ([B, 1, 1, 1]) gets mask3 and mask1 as broadcast views (all of a
       sample's pixels share its decision), with no per-pixel work.
 
-    pooled: ``global_pool(x)`` when the caller has it (a compiled model keeps it over
-    layer blocks, ``order.SampleOrder``); the channel MLP masker and a 1x1 grid (the
-    layer gate) then read it instead of pooling x.
-
-    Logits may differ from the reference's in the last bits (another summation order), as
-    they already do between a folded and an unfolded network. Returns a BlockMasks.
+    A snapshot: the maskers' weights are read here, so later changes to them do not reach
+    a Gates made before. Logits may differ from the reference's in the last bits (another
+    summation order), as they already do between a folded and an unfolded network.
     """
-    b, _, h, w = x.shape
-    grid = mask3 = mask1 = channel = None
-    mc = block.masker_channel
-    if isinstance(mc, MaskerChannelMLP):
-        v = grid_pool(x, (1, 1)).flatten(1) if pooled is None else pooled  # read, not kept
-        layers = mc.linears()
-        for i, lin in enumerate(layers):
-            v = torch.addmm(lin.bias, v, lin.weight.t())
-            if i + 1 < len(layers):
-                v = v.relu_()
-        logits = v.view(b, 2, mc.groups)
-        channel = (logits[:, 0] >= logits[:, 1]).to(x.dtype)
-    elif mc is not None:
-        channel, _ = mc(x)
-    if block.masker_spatial is not None:
-        g = block.grid_size((h, w))
-        conv = block.masker_spatial.conv
-        if g == (1, 1) and pooled is not None:
-            rows = pooled
-        else:
-            p = grid_pool(x, g)
-            rows = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
-        logits = torch.addmm(conv.bias, rows, conv.weight.view(2, -1).t())
-        grid = (logits[:, 0] >= logits[:, 1]).to(x.dtype).view(b, 1, *g)
-        if g == (1, 1):
-            ho, wo = out_hw_of((h, w), block.stride)
-            mask3 = grid.expand(b, 1, ho, wo)
-            mask1 = (grid > 0.5).expand(b, 1, h, w)
-        else:
-            mask3, mask1 = spatial_masks_from_grid(grid, (h, w), block.stride)
-    return BlockMasks(grid, mask3, mask1, channel)
+
+    def __init__(self, block):
+        self.block = block
+        with torch.no_grad():
+            mc = block.masker_channel
+            # ([(bias, weightᵀ)] of the hidden layers, the last one's difference: bias, weightᵀ)
+            self.mlp = None
+            if isinstance(mc, MaskerChannelMLP):
+                *hidden, last = mc.linears()
+                g = mc.groups
+                self.mlp = ([(lin.bias.clone(), lin.weight.t().clone()) for lin in hidden],
+                            last.bias[:g] - last.bias[g:],
+                            (last.weight[:g] - last.weight[g:]).t().contiguous())
+            # another channel masker (``MaskerChannelConvLinear``) runs as it is, copied
+            self.conv_linear = None if self.mlp is not None or mc is None else (
+                copy.deepcopy(mc).eval())
+            self.spatial = None  # (bias, weight) of the spatial masker's difference
+            if block.masker_spatial is not None:
+                conv = block.masker_spatial.conv
+                w = conv.weight.view(2, -1)
+                self.spatial = (conv.bias[0] - conv.bias[1], w[0] - w[1])
+            p = next(block.parameters())
+            self.one = torch.ones((), dtype=p.dtype, device=p.device)
+
+    def __call__(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> BlockMasks:
+        """The masks for x [B, Cin, H, W].
+
+        pooled: ``global_pool(x)`` when the caller has it (a compiled model keeps it over
+        layer blocks, ``order.SampleOrder``); the channel MLP masker and a 1x1 grid (the
+        layer gate) then read it instead of pooling x."""
+        block = self.block
+        b, _, h, w = x.shape
+        grid = mask3 = mask1 = channel = None
+        if self.mlp is not None:
+            v = grid_pool(x, (1, 1)).flatten(1) if pooled is None else pooled  # read, not kept
+            hidden, bias, weight = self.mlp
+            for hb, hw in hidden:
+                v = torch.addmm(hb, v, hw).relu_()
+            channel = torch.heaviside(torch.addmm(bias, v, weight), self.one)
+        elif self.conv_linear is not None:
+            channel, _ = self.conv_linear(x)
+        if self.spatial is not None:
+            g = block.grid_size((h, w))
+            if g == (1, 1) and pooled is not None:
+                rows = pooled
+            else:
+                p = grid_pool(x, g)
+                rows = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
+            bias, weight = self.spatial
+            grid = torch.heaviside(torch.addmv(bias, rows, weight), self.one).view(b, 1, *g)
+            if g == (1, 1):
+                ho, wo = out_hw_of((h, w), block.stride)
+                mask3 = grid.expand(b, 1, ho, wo)
+                mask1 = (grid > 0.5).expand(b, 1, h, w)
+            else:
+                mask3, mask1 = spatial_masks_from_grid(grid, (h, w), block.stride)
+        return BlockMasks(grid, mask3, mask1, channel)

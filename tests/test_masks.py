@@ -139,8 +139,7 @@ def test_global_pool_is_never_a_view_of_x():
     ("channel", 1, 1, 4, {"channel_masker_layers": 1}),
     ("channel", 1, 1, 4, {"channel_masker": "conv_linear"}), ("both", 2, 2, 4, {}),
 ])
-def test_gates_equal_compute_masks(mode, granularity, stride, channel_granularity,
-                                         kwargs):
+def test_gates_equal_compute_masks(mode, granularity, stride, channel_granularity, kwargs):
     """The compiled blocks' mask path gives the reference maskers' masks (rates near 0.5
     by a shifted masker bias, so both decisions occur)."""
     from laudtriton.testing import make_block

@@ -8,6 +8,7 @@ import copy
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +17,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool
+from .ops.masks import NUMPY_DTYPES, Gates, global_pool
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -58,10 +59,15 @@ class BlockRun:
     config: dict
 
 
-def dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> torch.Tensor:
-    if spec.mode == "channel":
-        return masks.channel.mean()
-    return masks.grid.mean()
+def dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> float:
+    """The rate a block's dispatch table is read at: the mean of its channel mask (mode
+    ``channel``) or of its grid (spatial mask or layer gate). A CPU mask is read through
+    numpy, without the two torch ops (mean, item) that cost about 40 us per block inside
+    a model (BENCHMARKS.md, session 14)."""
+    t = masks.channel if spec.mode == "channel" else masks.grid
+    if t.device.type == "cpu" and t.dtype in NUMPY_DTYPES and not t.requires_grad:
+        return float(t.numpy().mean(dtype=np.float64))
+    return float(t.mean())
 
 
 class CompiledBlock(nn.Module):

@@ -177,3 +177,33 @@ def test_gates_equal_compute_masks(mode, granularity, stride, channel_granularit
         if getattr(ref, name) is not None:
             assert torch.equal(getattr(after, name), getattr(ref, name)), name
             assert not getattr(ref2, name).any(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.float16])
+def test_active_pixels_same_on_every_path(dtype):
+    """The numpy path (CPU, numpy dtypes) and torch.nonzero agree, on contiguous,
+    expanded and strided masks; the result is int64 and ascending."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 1, 7, 9, generator=g) > 0.5
+    masks = [base, base[:1].expand(3, 1, 7, 9), base.transpose(2, 3), base[:, :, ::2, 1::3]]
+    for m in masks:
+        m = m.to(dtype)
+        out = mk.active_pixels(m)
+        ref = torch.nonzero(m.reshape(-1).float() > 0.5).squeeze(1)
+        assert out.dtype == torch.int64
+        assert torch.equal(out, ref)
+
+
+def test_dispatch_rate_is_the_mask_mean():
+    from laudtriton.compiled import dispatch_rate
+    from laudtriton.nn.block import BlockMasks
+
+    grid = (torch.arange(12.0).view(1, 1, 3, 4) % 3 == 0).float()
+    channel = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])
+    masks = BlockMasks(grid, None, None, channel)
+    shape = dict(in_channels=8, width=5, out_channels=16, stride=1, downsample=True,
+                 in_hw=(6, 8))
+    for spec, t in ((BlockSpec(**shape, mode="spatial", granularity=2), grid),
+                    (BlockSpec(**shape, mode="channel", channel_groups=5), channel)):
+        r = dispatch_rate(spec, masks)
+        assert isinstance(r, float) and r == pytest.approx(float(t.mean()), abs=1e-7)

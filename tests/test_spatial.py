@@ -251,3 +251,44 @@ def test_row_bucket_pads_at_most_an_eighth():
         seen.add(b)
     assert len(seen) < 120  # few distinct buckets: few packed weights per block
     assert row_bucket(0) == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("linear", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_packed_rows_equal_linear(monkeypatch, linear, relu, with_bias):
+    """PackedRows (oneDNN's linear op, or the packed 1x1 convolution where that op is
+    missing) gives F.linear(+ReLU), on the row count it was packed for and on others."""
+    if not linear:
+        monkeypatch.setattr(rows, "onednn_linear_available", lambda: False)
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
+    pr = rows.PackedRows(w, b if with_bias else None, 48)
+    assert (pr.conv is None) == (linear and rows.onednn_linear_available())
+    for n in (48, 33, 1):
+        a = torch.randn(2 * n, 40, generator=g)[::2]  # not contiguous
+        ref = torch.nn.functional.linear(a, w, b if with_bias else None)
+        out = pr(a, relu)
+        assert out.shape == (n, 24)
+        assert_close(out, ref.relu() if relu else ref, name=f"{n} rows")
+
+
+def test_spatial_row_gemms_use_packed_rows(monkeypatch):
+    """With the full weights on CPU fp32 the spatial variants' row GEMMs run PackedRows,
+    one per (GEMM, row count), and give the reference block's output."""
+    made = []
+    init = rows.PackedRows.__init__
+    monkeypatch.setattr(rows.PackedRows, "__init__",
+                        lambda self, w, b, n: made.append(n) or init(self, w, b, n))
+    block = make_block(32, 8, 1, "spatial", 2, seed=5)
+    x = torch.randn(1, 32, 8, 8)
+    calibrate_block(block, x, 0.5)
+    with torch.no_grad():
+        ref = block(x)
+        masks, _ = block.compute_masks(x)
+        fb = fold_block(block)
+        out = spatial.gather_block(fb, x.contiguous(memory_format=CL), masks)
+    assert_close(out, ref)
+    if spatial._bucketed(spatial._full_weights(fb), x):
+        assert len(made) == 3  # conv1, conv2 (im2col) and conv3

@@ -16,20 +16,28 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from ..nn.block import BlockMasks
 from ..nn.maskers import MaskerChannelMLP
+
+NUMPY_DTYPES = (torch.bool, torch.float32, torch.float64)  # read through numpy on CPU
 
 
 def active_pixels(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the nonzero entries of a [B, 1, h, w] 0/1 mask (float or bool).
 
     Returns [n] int64, ascending, over B·h·w (mask3: active output pixels; mask1: the
-    union of conv1 input pixels).
+    union of conv1 input pixels). A CPU mask of a numpy dtype is read through numpy:
+    no torch op, where compare, nonzero and squeeze cost 10-40 us each inside a model
+    (BENCHMARKS.md, session 14).
     """
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must have shape [B, 1, h, w], got {tuple(mask.shape)}")
+    if mask.device.type == "cpu" and mask.dtype in NUMPY_DTYPES and not mask.requires_grad:
+        a = mask.numpy()
+        return torch.from_numpy(np.flatnonzero(a if a.dtype == np.bool_ else a > 0.5))
     flat = mask.reshape(-1)
     if flat.dtype != torch.bool:
         flat = flat > 0.5

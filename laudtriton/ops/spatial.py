@@ -13,7 +13,8 @@ Pipeline (NHWC rows throughout; x is channels_last so its NHWC view is free):
 3. conv3 GEMM (with b3) on the active pixels, ``index_add_`` into a copy of the identity
    rows, one ReLU pass: relu(identity) everywhere, relu(identity + conv3) where active.
 
-GEMMs run through oneDNN on CPU fp32 (``rows_linear``), torch.addmm elsewhere.
+GEMMs run through oneDNN on CPU fp32 (``rows.PackedRows`` with the full weights, packed
+per row bucket; ``rows_linear`` for a channel group), torch.addmm elsewhere.
 
 In ``both`` mode the samples are grouped by equal channel mask (``kappa.channel_groups``)
 and each group uses only its m active channels; the inactive ones contribute the exact
@@ -34,7 +35,7 @@ from .fold import FoldedBlock, derived
 from .kappa import channel_groups, conv3_bias
 from .packed import PackedConv, onednn_fusion_available
 from .registry import Variant, register
-from .rows import DENSE_CONV1_FRACTION, row_bucket, rows_linear
+from .rows import DENSE_CONV1_FRACTION, PackedRows, row_bucket, rows_linear
 from .spatial_cost import gather_cost, patch_cost
 from .spec import BlockSpec
 
@@ -125,19 +126,18 @@ def _linear(a: torch.Tensor, wt: _Weights, name: str, w: torch.Tensor,
     """a [n, k] @ wᵀ + bias, then ReLU if asked -> [n, o]. With bucketed GEMMs (full
     weights on CPU fp32) a packed weight for exactly n rows is used (n is a bucket when
     the caller padded it; otherwise it is packed for this n)."""
-    n, k = a.shape
+    n = a.shape[0]
     if n == 0 or not _bucketed(wt, a):
         y = rows_linear(a, w, bias)
         return y.relu_() if relu else y
     key = (name, n)
-    pc = wt.packed.get(key)
-    if pc is None:
+    pr = wt.packed.get(key)
+    if pr is None:
         if len(wt.packed) >= MAX_PACKED:
             for kk in [kk for kk in wt.packed if kk[0] != "patch"]:
                 del wt.packed[kk]
-        pc = wt.packed[key] = PackedConv.make(w[:, :, None, None], bias, 1, 0, (1, n))
-    y = pc(a.contiguous().view(1, 1, n, k).permute(0, 3, 1, 2), relu=relu)
-    return y.permute(0, 2, 3, 1).reshape(n, -1)
+        pr = wt.packed[key] = PackedRows(w, bias, n)
+    return pr(a, relu)
 
 
 def _group_weights(fb: FoldedBlock, active: torch.Tensor, need_w2: bool) -> _Weights:

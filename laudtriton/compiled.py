@@ -17,7 +17,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import NUMPY_DTYPES, Gates, global_pool
+from .ops.masks import Gates, global_pool, host_array
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -65,8 +65,9 @@ def dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> float:
     numpy, without the two torch ops (mean, item) that cost about 40 us per block inside
     a model (BENCHMARKS.md, session 14)."""
     t = masks.channel if spec.mode == "channel" else masks.grid
-    if t.device.type == "cpu" and t.dtype in NUMPY_DTYPES and not t.requires_grad:
-        return float(t.numpy().mean(dtype=np.float64))
+    a = host_array(t)
+    if a is not None:
+        return float(a.mean(dtype=np.float64))
     return float(t.mean())
 
 

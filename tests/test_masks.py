@@ -207,3 +207,18 @@ def test_dispatch_rate_is_the_mask_mean():
                     (BlockSpec(**shape, mode="channel", channel_groups=5), channel)):
         r = dispatch_rate(spec, masks)
         assert isinstance(r, float) and r == pytest.approx(float(t.mean()), abs=1e-7)
+
+
+def test_host_array_only_where_numpy_reads_without_a_torch_op():
+    """host_array: the tensor's own memory as numpy for a CPU tensor of a numpy dtype
+    without grad (so writes show through); None for other dtypes and for a tensor that
+    needs grad (numpy() would raise)."""
+    for dtype in mk.NUMPY_DTYPES:
+        t = torch.zeros(2, 3, dtype=dtype)
+        a = mk.host_array(t)
+        assert a is not None and a.shape == (2, 3)
+        t[1, 2] = 1
+        assert a[1, 2] == 1
+    assert mk.host_array(torch.zeros(3, dtype=torch.float16)) is None
+    assert mk.host_array(torch.zeros(3, dtype=torch.int64)) is None
+    assert mk.host_array(torch.zeros(3, requires_grad=True)) is None

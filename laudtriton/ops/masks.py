@@ -25,6 +25,15 @@ from ..nn.maskers import MaskerChannelMLP
 NUMPY_DTYPES = (torch.bool, torch.float32, torch.float64)  # read through numpy on CPU
 
 
+def host_array(t: torch.Tensor) -> np.ndarray | None:
+    """t's numpy view (no copy, no torch op) when t is a CPU tensor of a dtype in
+    NUMPY_DTYPES that needs no grad; else None. Small reads of masks go through it: a
+    torch op costs 10-40 us inside a model (BENCHMARKS.md, session 14)."""
+    if t.device.type == "cpu" and t.dtype in NUMPY_DTYPES and not t.requires_grad:
+        return t.numpy()
+    return None
+
+
 def active_pixels(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the nonzero entries of a [B, 1, h, w] 0/1 mask (float or bool).
 
@@ -35,8 +44,8 @@ def active_pixels(mask: torch.Tensor) -> torch.Tensor:
     """
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must have shape [B, 1, h, w], got {tuple(mask.shape)}")
-    if mask.device.type == "cpu" and mask.dtype in NUMPY_DTYPES and not mask.requires_grad:
-        a = mask.numpy()
+    a = host_array(mask)
+    if a is not None:
         return torch.from_numpy(np.flatnonzero(a if a.dtype == np.bool_ else a > 0.5))
     flat = mask.reshape(-1)
     if flat.dtype != torch.bool:

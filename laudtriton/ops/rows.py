@@ -84,11 +84,10 @@ class PackedRows:
     def __init__(self, w: torch.Tensor, bias: torch.Tensor | None, n: int):
         w = w.contiguous()
         self.bias = None if bias is None else bias.contiguous()
-        self.conv = None
+        self.weight = self.conv = None  # the packed linear weight, or the packed conv
         if onednn_linear_available():
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, n)
         else:
-            self.weight = w
             self.conv = PackedConv.make(w[:, :, None, None], self.bias, 1, 0, (1, n))
 
     def __call__(self, a: torch.Tensor, relu: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from laudtriton.nn.block import BlockMasks
 from laudtriton.nn.calibrate import calibrate_block
 from laudtriton.nn.maskers import expand_mask1, upsample_mask
-from laudtriton.ops import rows, spatial
+from laudtriton.ops import packed, rows, spatial
 from laudtriton.ops.dense import dense_block
 from laudtriton.ops.fold import fold_block
 from laudtriton.ops.packed import onednn_fusion_available
@@ -273,6 +273,22 @@ def test_packed_rows_equal_linear(monkeypatch, linear, relu, with_bias):
         out = pr(a, relu)
         assert out.shape == (n, 24)
         assert_close(out, ref.relu() if relu else ref, name=f"{n} rows")
+
+
+def test_onednn_probes_leave_the_global_rng_alone():
+    """The oneDNN capability probes draw their inputs from a private generator: a caller
+    who seeds torch gets the same random numbers whether or not a probe ran in between,
+    and each probe gives the same answer every time it runs."""
+    answers = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        expected = torch.rand(8)
+        torch.manual_seed(123)
+        packed.onednn_fusion_available.cache_clear()
+        rows.onednn_linear_available.cache_clear()
+        answers.append((packed.onednn_fusion_available(), rows.onednn_linear_available()))
+        assert torch.equal(torch.rand(8), expected)
+    assert answers[0] == answers[1]
 
 
 def test_spatial_row_gemms_use_packed_rows(monkeypatch):

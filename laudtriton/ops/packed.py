@@ -31,15 +31,21 @@ def _pack(weight: torch.Tensor, stride: int, padding: int, in_hw, batch: int = 1
         [batch, weight.shape[1], *in_hw])
 
 
+def probe_tensors(*shapes) -> list[torch.Tensor]:
+    """Random CPU float32 tensors of ``shapes`` for a capability probe, drawn from a
+    private generator: probing leaves the caller's torch RNG state as it was."""
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=gen) for s in shapes]
+
+
 @functools.lru_cache(maxsize=1)
 def onednn_fusion_available() -> bool:
     """Whether this torch build runs oneDNN convolutions with pre-packed weights and fused
     add/ReLU epilogues (``torch.ops.mkldnn._convolution_pointwise``, CPU float32)
     and its in-place form (``_convolution_pointwise_``, for ``PackedConv.add_into_``).
     Probed once on a tiny input against F.conv2d; on any failure PackedConv runs F.conv2d."""
-    w, b = torch.randn(3, 2, 3, 3), torch.randn(3)
-    x = torch.randn(2, 2, 5, 4).contiguous(memory_format=CL)
-    add = torch.randn(1, 3, 3, 2).contiguous(memory_format=CL)
+    w, b, x, add = probe_tensors((3, 2, 3, 3), (3,), (2, 2, 5, 4), (1, 3, 3, 2))
+    x, add = x.contiguous(memory_format=CL), add.contiguous(memory_format=CL)
     if not _can_pack(w):
         return False
     try:

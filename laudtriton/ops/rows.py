@@ -8,7 +8,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .packed import PackedConv
+from .packed import PackedConv, probe_tensors
 
 # conv1 runs over every pixel (one GEMM, no row gather or scatter) when mask1 covers at
 # least this fraction of the batch's pixels; its rows outside mask1 are never read.
@@ -56,7 +56,7 @@ def onednn_linear_available() -> bool:
     runs its GEMM as a packed 1x1 convolution."""
     if not torch.backends.mkldnn.is_available():
         return False
-    w, b, a = torch.randn(5, 3), torch.randn(5), torch.randn(4, 3)
+    w, b, a = probe_tensors((5, 3), (5,), (4, 3))
     try:
         wp = torch.ops.mkldnn._reorder_linear_weight(w, 4)
         y1 = torch.ops.mkldnn._linear_pointwise(a, wp, b, "relu", [], "")

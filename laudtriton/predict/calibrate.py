@@ -2,8 +2,8 @@
 
 ``calibrate(device)`` measures, in well under 30 s:
   - GEMM peak: the best multiply-adds/s of square products over a few sizes, through the
-    engine's GEMM (``ops.rows.rows_linear``: oneDNN for CPU fp32, ``torch.mm`` on CUDA in
-    fp32, fp16 and bf16);
+    engine's GEMM (``ops.rows.PackedRows``, the spatial variants' oneDNN GEMM with its
+    weight pre-packed, for CPU fp32; ``torch.mm`` on CUDA in fp32, fp16 and bf16);
   - copy bandwidth: bytes read + written per second by ``dst.copy_(src)`` on 64 MiB
     (256 MiB on CUDA);
   - dispatch overhead: seconds per tiny torch op (a loop of in-place adds on 1 element;
@@ -14,6 +14,7 @@ device fingerprint, and the "cpu" hardware preset reads it back.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -132,16 +133,24 @@ def _best(fn, dev: torch.device, budget_s: float, inner: int = 1, max_reps: int 
 def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024),
               budget_s: float = 6.0) -> float:
     """Best multiply-adds/s of n x n x n products over ``sizes`` (random operands), run
-    the way the engine runs its GEMMs: ``ops.rows.rows_linear`` (oneDNN on CPU fp32;
-    ``torch.mm`` takes MKL's AVX2 path on AMD CPUs there, at about half the rate:
-    112.6 vs 222 GMAC/s on the 2-core EPYC), ``torch.mm`` elsewhere."""
-    from ..ops.rows import rows_linear
+    the way the engine runs its GEMMs: on CPU fp32 with oneDNN's fused ops, as the
+    spatial variants run theirs (``ops.rows.PackedRows``, the weight pre-packed for n
+    rows; the unpacked ``rows_linear`` ran 20-35% slower at these sizes on the 2-core
+    EPYC, session 16; ``torch.mm`` takes MKL's AVX2 path on AMD CPUs, at about half the
+    rate); elsewhere ``ops.rows.rows_linear`` (``torch.mm`` on CUDA)."""
+    from ..ops.packed import onednn_fusion_available
+    from ..ops.rows import PackedRows, rows_linear
 
+    packed = dev.type == "cpu" and dtype == torch.float32 and onednn_fusion_available()
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=dev).to(dtype)
         b = torch.randn(n, n, device=dev).to(dtype)
-        t = _best(lambda a=a, b=b: rows_linear(a, b, None), dev, budget_s / len(sizes))
+        if packed:
+            gemm = functools.partial(PackedRows(b, None, n), a, False)
+        else:
+            gemm = functools.partial(rows_linear, a, b, None)
+        t = _best(gemm, dev, budget_s / len(sizes))
         best = max(best, n ** 3 / t)
     return best
 

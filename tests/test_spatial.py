@@ -291,6 +291,22 @@ def test_onednn_probes_leave_the_global_rng_alone():
     assert answers[0] == answers[1]
 
 
+def test_onednn_probes_ignore_the_default_dtype():
+    """The probes test float32 whatever torch's default dtype is when they first run (their
+    answer is cached for the process)."""
+    answers = []
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            packed.onednn_fusion_available.cache_clear()
+            rows.onednn_linear_available.cache_clear()
+            answers.append((packed.onednn_fusion_available(), rows.onednn_linear_available()))
+        finally:
+            torch.set_default_dtype(old)
+    assert answers[0] == answers[1] == answers[2]
+
+
 def test_spatial_row_gemms_use_packed_rows(monkeypatch):
     """With the full weights on CPU fp32 the spatial variants' row GEMMs run PackedRows,
     one per (GEMM, row count), and give the reference block's output."""

@@ -33,9 +33,10 @@ def _pack(weight: torch.Tensor, stride: int, padding: int, in_hw, batch: int = 1
 
 def probe_tensors(*shapes) -> list[torch.Tensor]:
     """Random CPU float32 tensors of ``shapes`` for a capability probe, drawn from a
-    private generator: probing leaves the caller's torch RNG state as it was."""
+    private generator: probing leaves the caller's torch RNG state as it was, and its
+    answer (cached for the process) does not depend on torch's default dtype."""
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=gen) for s in shapes]
+    return [torch.randn(s, generator=gen, dtype=torch.float32) for s in shapes]
 
 
 @functools.lru_cache(maxsize=1)

@@ -135,7 +135,7 @@ def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024),
     """Best multiply-adds/s of n x n x n products over ``sizes`` (random operands), run
     the way the engine runs its GEMMs: on CPU fp32 with oneDNN's fused ops, as the
     spatial variants run theirs (``ops.rows.PackedRows``, the weight pre-packed for n
-    rows; the unpacked ``rows_linear`` ran 20-35% slower at these sizes on the 2-core
+    rows; the unpacked ``rows_linear`` ran 15-28% slower at these sizes on the 2-core
     EPYC, session 16; ``torch.mm`` takes MKL's AVX2 path on AMD CPUs, at about half the
     rate in session 3); elsewhere ``ops.rows.rows_linear`` (``torch.mm`` on CUDA)."""
     from ..ops.packed import onednn_fusion_available

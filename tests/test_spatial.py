@@ -275,6 +275,13 @@ def test_packed_rows_equal_linear(monkeypatch, linear, relu, with_bias):
         assert_close(out, ref.relu() if relu else ref, name=f"{n} rows")
 
 
+def _probe_afresh() -> tuple[bool, bool]:
+    """Both oneDNN capability probes run again now (their cached answers dropped)."""
+    packed.onednn_fusion_available.cache_clear()
+    rows.onednn_linear_available.cache_clear()
+    return packed.onednn_fusion_available(), rows.onednn_linear_available()
+
+
 def test_onednn_probes_leave_the_global_rng_alone():
     """The oneDNN capability probes draw their inputs from a private generator: a caller
     who seeds torch gets the same random numbers whether or not a probe ran in between,
@@ -284,9 +291,7 @@ def test_onednn_probes_leave_the_global_rng_alone():
         torch.manual_seed(123)
         expected = torch.rand(8)
         torch.manual_seed(123)
-        packed.onednn_fusion_available.cache_clear()
-        rows.onednn_linear_available.cache_clear()
-        answers.append((packed.onednn_fusion_available(), rows.onednn_linear_available()))
+        answers.append(_probe_afresh())
         assert torch.equal(torch.rand(8), expected)
     assert answers[0] == answers[1]
 
@@ -299,9 +304,7 @@ def test_onednn_probes_ignore_the_default_dtype():
         old = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            packed.onednn_fusion_available.cache_clear()
-            rows.onednn_linear_available.cache_clear()
-            answers.append((packed.onednn_fusion_available(), rows.onednn_linear_available()))
+            answers.append(_probe_afresh())
         finally:
             torch.set_default_dtype(old)
     assert answers[0] == answers[1] == answers[2]

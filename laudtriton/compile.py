@@ -41,6 +41,7 @@ from torch import nn
 
 from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate, foldable_bn
 from .nn.block import LaudBottleneck
+from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.synthetic import synthetic_masks
@@ -122,6 +123,21 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
     return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy(model), with the records of the last forward of its LAUD modules
+    (``last_masks``, ``last_stats``) set to None in the copy: after a forward in training
+    they hold tensors with autograd history, which deepcopy refuses, and compile needs
+    neither (its own forward on the example input writes them anew)."""
+    memo = {}
+    for m in model.modules():
+        if isinstance(m, (LaudBottleneck, LaudResNet)):
+            for attr in ("last_masks", "last_stats"):
+                v = m.__dict__.get(attr)
+                if v is not None:
+                    memo[id(v)] = None
+    return copy.deepcopy(model, memo)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
@@ -130,9 +146,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def check_foldable(name: str, block: LaudBottleneck) -> None:
     """Raise unless ``ops.fold_block`` computes ``block`` exactly: conv1 and conv3 1x1,
     conv2 3x3 with padding 1 and the block's stride, all without bias, groups 1,
-    dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; a
-    downsample that is None or nn.Sequential(1x1 conv of the block's stride, no bias;
-    that BN).
+    dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; the
+    activation nn.ReLU; a downsample that is None or nn.Sequential(1x1 conv of the
+    block's stride, no bias; that BN); maskers as ``laudtriton.nn.maskers`` builds them.
 
     Raises:
         ValueError: naming the block and the module that differs.
@@ -147,7 +163,8 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
              ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
              ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),
              ("bn1", block.bn1, foldable_bn(block.bn1)), ("bn2", block.bn2, foldable_bn(block.bn2)),
-             ("bn3", block.bn3, foldable_bn(block.bn3))]
+             ("bn3", block.bn3, foldable_bn(block.bn3)),
+             ("relu", block.relu, type(block.relu) is nn.ReLU)]
     ds = block.downsample
     if ds is not None:
         ok = (type(ds) is nn.Sequential and len(ds) == 2 and conv_ok(ds[0], 1, s, 0)
@@ -159,8 +176,43 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
                 f"compile: {name}.{part} is {mod!r}; the compiled block folds a LAUD "
                 "bottleneck as LaudBottleneck builds it (1x1, 3x3 with padding 1 and the "
                 "block's stride, 1x1 convolutions without bias, each followed by an affine "
-                "BatchNorm2d; a downsample of a 1x1 strided convolution without bias and "
-                "a BatchNorm2d)")
+                "BatchNorm2d; nn.ReLU; a downsample of a 1x1 strided convolution without "
+                "bias and a BatchNorm2d)")
+    _check_maskers(name, block)
+
+
+def _check_maskers(name: str, block: LaudBottleneck) -> None:
+    """Raise unless the block's maskers are what the compiled block's gates
+    (``ops.masks.Gates``) read: a ``MaskerSpatial`` whose conv is a 1x1 nn.Conv2d with
+    bias to 2 logits; a ``MaskerChannelMLP`` of nn.Linear layers with bias (two with an
+    nn.ReLU between them, or one) to 2·G logits. Another channel masker runs as it is.
+
+    Raises:
+        ValueError: naming the block and the masker that differs.
+    """
+    ms, mc = block.masker_spatial, block.masker_channel
+    if ms is not None:
+        c = getattr(ms, "conv", None)
+        if not (type(ms) is MaskerSpatial and type(c) is nn.Conv2d
+                and c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
+                and c.dilation == (1, 1) and c.groups == 1 and c.bias is not None
+                and c.out_channels == 2):
+            raise ValueError(
+                f"compile: {name}.masker_spatial is {ms!r}; the compiled block reads a "
+                "MaskerSpatial whose conv is a 1x1 nn.Conv2d with bias to 2 logits")
+    if isinstance(mc, MaskerChannelMLP):
+        seq = mc.conv
+        layers = ([seq] if type(seq) is nn.Linear
+                  else list(seq) if type(seq) is nn.Sequential else [])
+        ok = (type(mc) is MaskerChannelMLP and len(layers) in (1, 3)
+              and all(type(m) is nn.Linear and m.bias is not None for m in layers[::2])
+              and all(type(m) is nn.ReLU for m in layers[1::2])
+              and layers[-1].out_features == 2 * mc.groups)
+        if not ok:
+            raise ValueError(
+                f"compile: {name}.masker_channel is {mc!r}; the compiled block reads a "
+                "MaskerChannelMLP of nn.Linear layers with bias (Linear, ReLU, Linear or "
+                "one Linear) to 2·G logits")
 
 
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
@@ -209,6 +261,11 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
         if tune == "cached":
             log.info("no cached timings for %s; timing on the example input", spec.short())
         table.add(rate_bucket(actual), time_variants(fb, spec, x, masks, cands), "measured")
+    if not table.entries:
+        raise RuntimeError(
+            f"compile: every candidate variant ({', '.join(c.name for c in cands)}) failed "
+            f"on the example input of a block {spec.short()}; the warnings logged above "
+            "say why")
     return table
 
 
@@ -261,16 +318,27 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
             express (``check_foldable``).
     """
+    options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
+                   dtype=dtype, variants=variants)
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
     ):
-        return _decorator(model, example_input, backend=backend, tune=tune,
-                          cache_dir=cache_dir, dispatch=dispatch, dtype=dtype,
-                          variants=variants)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
-                         f"LaudBottleneck or a module containing them), got "
-                         f"{type(model).__name__}")
+        _check_options(**options)  # now, not at the decorated factory's first call
+        return _decorator(model, example_input, **options)
+    # under torch.inference_mode() the folded weights would be inference tensors, whose
+    # version counters (``ops.fold.Fingerprint``) cannot be read
+    with torch.inference_mode(False):
+        return _compile(model, example_input, **options)
+
+
+def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, variants
+                   ) -> tuple[str, tuple[str, ...] | None]:
+    """The backend resolved and the variant names as a tuple, after checking every option
+    of ``compile``.
+
+    Raises:
+        ValueError: naming the option that is not accepted.
+    """
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     if dispatch not in DISPATCH:
@@ -287,12 +355,21 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
                          f"{type(cache_dir).__name__} {cache_dir!r}")
     refuse_empty_dir(cache_dir)  # whatever ``tune`` is
+    return backend, variants
+
+
+def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
+                         f"LaudBottleneck or a module containing them), got "
+                         f"{type(model).__name__}")
+    backend, variants = _check_options(backend, tune, cache_dir, dispatch, dtype, variants)
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning it unchanged "
-                      "(eval mode)", stacklevel=2)
-        return copy.deepcopy(model).eval()
+                      "(eval mode)", stacklevel=3)
+        return _copy(model).eval()
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
             raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
@@ -306,7 +383,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
 
     if isinstance(model, LaudResNet):
         check_resnet(model)
-    ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+    ref = _copy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)
@@ -350,13 +427,21 @@ def _decorator(target, example_input, **options):
         if isinstance(factory, type):
             @functools.wraps(factory, updated=())
             def make(*args, **kwargs):
-                return compile(factory(*args, **kwargs), example_input, **options)
+                return compile(_module(factory, factory(*args, **kwargs)), example_input,
+                               **options)
             return make
 
         @functools.wraps(factory)
         def build(*args, **kwargs):
-            return compile(factory(*args, **kwargs), example_input, **options)
+            return compile(_module(factory, factory(*args, **kwargs)), example_input,
+                           **options)
         return build
+
+    def _module(factory, built):
+        if not isinstance(built, nn.Module):
+            raise ValueError(f"compile: the decorated {getattr(factory, '__name__', factory)!r}"
+                             f" returned {type(built).__name__}, not an nn.Module")
+        return built
 
     if target is None:
         return wrap

@@ -17,7 +17,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool, host_array
+from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -29,6 +29,11 @@ LOAD_REFUSED = (
     "a compiled model cannot load a state dict: its convolutions hold weights folded at "
     "compile time (BN folded in). Load the state dict into the model you compiled and "
     "call laudtriton.compile on it again")
+
+
+TRAIN_REFUSED = (
+    "a compiled model is inference only; train the model you compiled (or the eval-mode "
+    "copy in `.source` of a CompiledModel) and call laudtriton.compile on it again")
 
 
 def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
@@ -83,7 +88,9 @@ class CompiledBlock(nn.Module):
                  dispatch: str, expected_rate: float):
         super().__init__()
         self.name, self.spec, self.fb, self.table = name, spec, fb, table
-        self.reference = fb.block  # the source's block (eval); its convs are not run
+        # the source's block (eval; its convs are not run), in a list so that it is not
+        # registered: its parameters are not this module's (nothing trains them here)
+        self._reference = [fb.block]
         self.gates = Gates(fb.block)  # its maskers, read once (a snapshot, like fb)
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
@@ -116,6 +123,16 @@ class CompiledBlock(nn.Module):
             order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, None if order is None else order.snapshot())
 
+    @property
+    def reference(self) -> nn.Module:
+        """The source's LaudBottleneck this block was compiled from (eval mode)."""
+        return self._reference[0]
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(TRAIN_REFUSED)
+        return super().train(False)
+
     def _apply(self, fn, recurse=True):
         refuse_conversion(fn, self.fb.w1.dtype, self.fb.w1.device)
         return super()._apply(fn, recurse)
@@ -127,8 +144,10 @@ class CompiledBlock(nn.Module):
         """Raise unless ``masks`` are masks this block's maskers could give for x: each
         field present exactly where the block has that mask, of its shape (the grid of
         the block's S on x's map, mask3 and mask1 at the output and input maps, G channel
-        groups), grid and channel holding only 0 and 1. mask3 and mask1 must be the grid's
-        expansion (``spatial_masks_from_grid``), as ``last_masks`` gives them.
+        groups), every mask holding only 0 and 1 (or False and True), and mask3 and mask1
+        the grid's expansion (``spatial_masks_from_grid``), as ``last_masks`` gives them:
+        the variants read whichever of them they need, so masks that disagree would give
+        a variant-dependent result.
 
         Raises:
             ValueError: naming the block, the mask and the shape or values found.
@@ -151,9 +170,15 @@ class CompiledBlock(nn.Module):
             if got != shape:
                 raise ValueError(f"{self.name}: masks.{name} has shape {got}; this block on "
                                  f"an input of {b}x{h}x{w} takes {shape}")
-            if t is not None and name in ("grid", "channel") and not bool(
-                    ((t == 0) | (t == 1)).all()):
+            if t is not None and not bool(((t == 0) | (t == 1)).all()):
                 raise ValueError(f"{self.name}: masks.{name} holds values other than 0 and 1")
+        if g is not None:
+            want3, want1 = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
+                                                   self.spec.stride)
+            for name, want in (("mask3", want3), ("mask1", want1)):
+                if not torch.equal(getattr(masks, name) != 0, want != 0):
+                    raise ValueError(f"{self.name}: masks.{name} is not the expansion of "
+                                     f"masks.grid (spatial_masks_from_grid)")
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
              perm: tuple[int, ...] | None) -> torch.Tensor:
@@ -251,10 +276,7 @@ changes nothing here); to train, train the original model and compile it again.
 
     def train(self, mode: bool = True):
         if mode:
-            raise RuntimeError(
-                "a CompiledModel is inference only; train the model you compiled (or "
-                "the eval-mode copy in `.source`) and call laudtriton.compile on it again"
-            )
+            raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -289,26 +311,43 @@ changes nothing here); to train, train the original model and compile it again.
         alone (the check costs 0.3 ms per ResNet-101 forward alone on the 2-core CPU, and
         more inside the model).
         The logits come back in the order of x's samples, whatever order the blocks ran
-        them in (``order.SampleOrder``).
+        them in (``order.SampleOrder``). On CPU a sample whose input holds NaN or inf
+        comes back as NaN (``nonfinite_samples``).
         """
         self._check_input(x)
         if masks is not None and len(masks) != len(self.blocks):
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
+        bad = nonfinite_samples(x)
         h = x.contiguous(memory_format=CL)
         if not self.is_resnet:
             for i, blk in enumerate(self.blocks):
                 h = blk(h, masks=None if masks is None else masks[i], check_masks=check_masks)
-            return h
-        h = stem(self, h)  # from here on h is ours, a ReLU output
-        order = SampleOrder(h.shape[0])
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
-                    order=order, check_masks=check_masks)
-        return order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
+        else:
+            h = stem(self, h)  # from here on h is ours, a ReLU output
+            order = SampleOrder(h.shape[0])
+            for i, blk in enumerate(self.blocks):
+                h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
+                        order=order, check_masks=check_masks)
+            h = order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
+        if bad is not None:
+            h[bad] = float("nan")
+        return h
 
     @property
     def plan(self) -> Plan:
         return Plan(self)
+
+
+def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
+    """[B] bool, the samples of a CPU input x that hold NaN or inf, or None when none does
+    (one sum; the per-sample test only when the sum is not finite). oneDNN's fused ReLU
+    (``ops.packed.PackedConv``) turns NaN into 0 where torch.relu keeps it, so without
+    this a non-finite input would come back as finite numbers; the reference's output is
+    not finite there. On CUDA (no such fused ReLU, and a host sync to find out) None."""
+    if x.device.type != "cpu" or bool(torch.isfinite(x.sum())):
+        return None
+    bad = ~torch.isfinite(x).flatten(1).all(1)
+    return bad if bool(bad.any()) else None
 
 
 class Plan:

@@ -102,6 +102,12 @@ def biased_downsample(b):
      "downsample"),
     (lambda b: setattr(b, "conv1", nn.Conv2d(64, 16, 1, bias=True)), "conv1"),
     (lambda b: setattr(b, "bn2", nn.BatchNorm2d(16, affine=False)), "bn2"),
+    (lambda b: setattr(b, "relu", nn.ReLU6()), "relu"),
+    (lambda b: setattr(b, "relu", nn.Identity()), "relu"),
+    (lambda b: setattr(b.masker_spatial, "conv", nn.Conv2d(64, 2, 3, padding=1)),
+     "masker_spatial"),
+    (lambda b: setattr(b.masker_spatial, "conv", nn.Conv2d(64, 2, 1, bias=False)),
+     "masker_spatial"),
 ])
 def test_a_block_the_fold_cannot_express_is_refused(change, part):
     block = make_block(64, 16, stride=2, mode="spatial", granularity=2, downsample=True)
@@ -207,6 +213,12 @@ def given_masks(cm, x):
      r".* takes None"),
     ("channel", "channel", lambda m: m.channel[:, :1], r"masks.channel has shape \(2, 1\)"),
     ("layer", "mask3", lambda m: None, r"masks.mask3 has shape None"),
+    ("spatial", "mask3", lambda m: m.mask3 * 0.5, r"masks.mask3 holds values other than 0"),
+    ("spatial", "mask3", lambda m: torch.ones_like(m.mask3),
+     r"masks.mask3 is not the expansion of masks.grid"),
+    ("both", "mask1", lambda m: torch.ones_like(m.mask1),
+     r"masks.mask1 is not the expansion of masks.grid"),
+    ("layer", "mask1", lambda m: ~m.mask1, r"masks.mask1 is not the expansion of masks.grid"),
 ])
 def test_given_masks_that_do_not_fit_are_refused(mode, field, make, match):
     model, x = tiny(mode), torch.randn(2, 3, 32, 32)
@@ -268,3 +280,99 @@ def test_given_masks_unchecked_run_the_same(monkeypatch):
         assert torch.equal(cm(x, masks=masks, check_masks=False), checked)
         with pytest.raises(AssertionError, match="checked"):
             cm(x, masks=masks)
+
+
+def test_a_changed_channel_masker_is_refused():
+    block = make_block(64, 16, mode="channel", channel_granularity=2, downsample=True)
+    block.masker_channel.conv[0] = nn.Linear(64, 16, bias=False)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        block(x)  # the reference still runs
+    with pytest.raises(ValueError, match=r"compile: block\.masker_channel is "):
+        compile_cpu(block, x)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel"])
+def test_a_model_after_a_training_step_compiles(mode):
+    """A training forward leaves masks and statistics with autograd history on the
+    model's modules (deepcopy refuses those); compile leaves them out of its copy."""
+    model, x = tiny(mode), torch.randn(2, 3, 32, 32)
+    model.train()
+    model(x).sum().backward()
+    model.eval()
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
+    assert model.last_stats is not None  # the user's model keeps its records
+
+
+def test_compile_under_inference_mode():
+    model, x = tiny("channel"), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    with torch.inference_mode():
+        cm = compile_cpu(model, x)
+        out = cm(x)
+    with torch.no_grad():
+        assert_close(out, model(x))
+
+
+def test_every_variant_failing_is_an_error_naming_the_block(monkeypatch):
+    import sys
+    compile_module = sys.modules["laudtriton.compile"]  # laudtriton.compile: the function
+
+    def failing(fb, spec, x, masks, cands, **kw):
+        return {c.name: {"": float("inf")} for c in cands}
+    monkeypatch.setattr(compile_module, "time_variants", failing)
+    with pytest.raises(RuntimeError, match=r"every candidate variant \(.*dense.*\) failed on "
+                                           r"the example input of a block 16->4->16"):
+        compile_cpu(make_block(16, 4, mode="spatial", granularity=2), torch.randn(1, 16, 8, 8))
+
+
+def test_compiled_blocks_in_a_container_refuse_training():
+    """A CompiledBlock refuses .train() like a CompiledModel, and holds no parameters of
+    the block it was compiled from (nothing would train them)."""
+    seq = nn.Sequential(make_block(16, 4, mode="spatial", granularity=2), nn.Conv2d(16, 4, 1))
+    cs = compile_cpu(seq, torch.randn(1, 16, 8, 8))
+    with pytest.raises(RuntimeError, match="inference only"):
+        cs.train()
+    assert isinstance(cs[0].reference, type(seq[0])) and not list(cs[0].parameters())
+    names = [n for n, _ in cs.named_parameters()]
+    assert names == ["1.weight", "1.bias"]
+
+
+@pytest.mark.parametrize("mode", ["spatial", "layer"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_input_gives_nan_for_its_sample(mode, bad):
+    """oneDNN's fused ReLU turns NaN into 0; the compiled model must not turn a sample
+    whose input is not finite into finite logits. The other samples stay exact."""
+    model, x = tiny(mode), torch.randn(3, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    y = x.clone()
+    y[1, 0, 5, 5] = bad
+    with torch.no_grad():
+        out, ref = cm(y), model(y)
+    assert not ref[1].isfinite().all() and out[1].isnan().all()
+    assert_close(out[[0, 2]], ref[[0, 2]])
+    block = make_block(16, 4, mode="spatial", granularity=2)
+    cb = compile_cpu(block, torch.randn(2, 16, 8, 8))
+    z = torch.randn(2, 16, 8, 8)
+    z[0, 3, 2, 2] = bad
+    with torch.no_grad():
+        out = cb(z)
+    assert out[0].isnan().all() and out[1].isfinite().all()
+
+
+def test_decorator_options_are_checked_at_once():
+    with pytest.raises(ValueError, match="backend 'tpu' unknown"):
+        laudtriton.compile(backend="tpu")
+    with pytest.raises(ValueError, match="tune 'nope' unknown"):
+        laudtriton.compile(lambda: tiny(), tune="nope")
+
+    @laudtriton.compile(example_input=torch.randn(1, 3, 32, 32), backend="cpu", tune="off")
+    def not_a_model():
+        return lambda x: x
+    with pytest.raises(ValueError, match="decorated 'not_a_model' returned function, not an "
+                                         "nn.Module"):
+        not_a_model()

@@ -172,6 +172,17 @@ def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
     return opts
 
 
+def check_modes(modes) -> None:
+    """Raise a ValueError naming ``--modes`` unless ``modes`` is a non-empty sequence of
+    known modes (``predict.network.MODES``)."""
+    from .predict.network import MODES
+
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"--modes {','.join(modes)!r}: unknown {bad}; accepted: "
+                         f"{', '.join(MODES)}")
+
+
 def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "layer"),
                   granularities=(1, 2, 4, 8), batch: int = 1, input_size: int = 224,
                   dtype: str | None = None, factors: dict | None = None,
@@ -194,17 +205,14 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
     from .ops.registry import variants_for
     from .predict.hardware import get_hardware
     from .predict.model import predict_expected, predict_stem_head
-    from .predict.network import MODES, flops_ratio, model_specs, rate_for_flops_ratio, stem_hw
+    from .predict.network import flops_ratio, model_specs, rate_for_flops_ratio, stem_hw
 
     hw = get_hardware(hw)
     if not 0.0 < target <= 1.0:
         raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
     if top is not None and top < 1:
         raise ValueError(f"--top {top} must be >= 1")
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ValueError(f"--modes {','.join(modes)!r}: unknown {bad}; accepted: "
-                         f"{', '.join(MODES)}")
+    check_modes(modes)
     dtype = dtype or ("float32" if hw.kind == "cpu" else "float16")
     memo: dict = {}
 

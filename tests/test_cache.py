@@ -12,7 +12,7 @@ import pytest
 
 from laudtriton.ops import BlockSpec, all_variants
 from laudtriton.tune import cache as cache_mod
-from laudtriton.tune.cache import SCHEMA_VERSION, TuneCache, merge_files
+from laudtriton.tune.cache import SCHEMA_VERSION, NotACacheError, TuneCache, merge_files
 from laudtriton.tune.keys import device_fingerprint, rate_bucket
 
 SPEC = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
@@ -107,11 +107,12 @@ def test_two_processes_lose_no_entry(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"schema": 1}', "[]", ""])
+@pytest.mark.parametrize("content", ["{not json", '{"schema": 1}', "[]", "",
+                                     b"\xff\xfe{not utf-8"])
 def test_corrupt_file_warns_and_is_rebuilt(tmp_path, caplog, content):
     c = TuneCache(tmp_path)
     c.dir.mkdir(parents=True, exist_ok=True)
-    c.path.write_text(content)
+    c.path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
     assert "corrupt" in caplog.text and str(c.path) in caplog.text
@@ -220,6 +221,13 @@ def test_merge_files_rejects(tmp_path):
         merge_files([corrupt], tmp_path / "o.json")
     assert not (tmp_path / "o.json").exists()
     assert os.listdir(tmp_path / "a")  # inputs untouched
+    for text in ("some notes, not a cache\n", b"\xff\xfe"):  # an --out slip: not written over
+        notes = tmp_path / "notes.txt"
+        notes.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(NotACacheError, match="notes.txt exists and is not a laudtriton "
+                                                 "cache file .*; nothing written"):
+            merge_files([a.path], notes)
+        assert notes.read_bytes() == (text if isinstance(text, bytes) else text.encode())
 
 
 def test_shipped_cache_matches_the_source():

@@ -2,6 +2,7 @@
 before any model is built or timed; files it writes are readable like any other; ``env``
 and the ``demo`` (the README's main job) run end to end."""
 
+import logging
 import os
 import stat
 
@@ -24,6 +25,7 @@ from laudtriton.cli import main
     (["bench", "--rates", "1.5"], "--rates"),
     (["bench", "--rates", "0:1:1e-9"], "--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
     (["bench", "--granularity", "-1"], "--granularity '-1' is not a positive int"),
+    (["bench", "--granularity", "\u00b2"], "--granularity '\u00b2' is not a positive int"),
     (["bench", "--mode", "bogus"], "--mode 'bogus' unknown"),
     (["bench", "--mode", "spatial-channel"], "--mode 'spatial-channel' unknown"),
     (["sweep", "--mode", "layer-x-layer-layer"], "--mode 'layer-x-layer-layer' unknown"),
@@ -155,3 +157,44 @@ def test_check_mode_takes_what_laud_resnet_takes():
     for mode in ("", "Spatial", "spatial-channel", "spatial--layer-layer"):
         with pytest.raises(ValueError, match=f"--mode {mode!r} unknown"):
             check_mode(mode, "--mode")
+
+
+def test_cache_merge_refuses_an_out_it_would_write_over_or_into_nowhere(tmp_path, capsys):
+    """--out that exists but is not a cache file (a slip such as --out results.csv) is not
+    written over; --out in a folder that does not exist is refused, as for --csv."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    spec = BlockSpec(mode="spatial", in_channels=16, width=4, out_channels=16, stride=1,
+                     downsample=False, in_hw=(8, 8), granularity=2)
+    c = TuneCache(tmp_path / "a")
+    c.record(spec, 0.5, {"dense": {"{}": 1e-3}})
+    notes = tmp_path / "results.csv"
+    notes.write_text("rate,seconds\n0.5,0.001\n")
+    assert main(["cache", "merge", str(c.path), "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laudtriton cache: error: --out {notes} exists and is not a "
+                          "laudtriton cache file") and err.count("\n") == 1
+    assert notes.read_text() == "rate,seconds\n0.5,0.001\n"
+    missing = tmp_path / "nowhere" / "m.json"
+    assert main(["cache", "merge", str(c.path), "--out", str(missing)]) == 2
+    assert "--out" in capsys.readouterr().err and not missing.parent.exists()
+    assert main(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--rates", "1.5"], ["predict", "--model", "foo"],
+    ["predict", "--granularity", "4-4-2"], ["predict", "--variants", "foo"],
+    ["design", "--target-rate", "2"], ["design", "--target-rate", "0.5", "--modes", "foo"],
+    ["design", "--target-rate", "0.5", "--granularities", "0"],
+])
+def test_predict_and_design_errors_are_one_line(argv, capsys, caplog, tmp_path):
+    """Every option is checked before the machine's calibration is read, which warns
+    when there is none: a bad option gives its one line only."""
+    nocal = tmp_path / "no-calibration"
+    nocal.mkdir()
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert main([*argv, "--cache-dir", str(nocal)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"laudtriton {argv[0]}: error:")
+    assert not caplog.records  # no warning line before it

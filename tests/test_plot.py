@@ -73,6 +73,18 @@ def test_plot_rows_with_predicted_and_failed(tmp_path):
     assert len(paths) == 2 and all(_is_png(p) for p in paths)
 
 
+def test_plot_command_reads_the_failed_rows_sweep_writes(tmp_path, capsys):
+    """A failed config scores inf seconds and a failed dense variant leaves nan dense
+    seconds; sweep writes such rows, and the plot command skips them."""
+    rows = _rows()
+    rows.append({**rows[0], "variant": "v_broken", "seconds": float("inf"),
+                 "dense_seconds": float("nan"), "ratio": float("nan")})
+    csv = write_csv(rows, tmp_path / "failed.csv")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
+                 "--no-predicted"]) == 0
+    assert all(_is_png(Path(p)) for p in capsys.readouterr().out.split())
+
+
 def test_plot_rejects_empty(tmp_path):
     write_csv([], tmp_path / "e.csv")
     with pytest.raises(ValueError, match="no timings"):
@@ -118,10 +130,13 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("flops_ratio", "x", "column 'flops_ratio': 'x' is not a number"),
     ("rate", 1.5, "column 'rate': 1.5 is outside [0, 1]"),
     ("rate", -0.25, "column 'rate': -0.25 is outside [0, 1]"),
-    ("seconds", -0.001, "column 'seconds': -0.001 is not a positive finite time"),
-    ("seconds", 0.0, "column 'seconds': 0 is not a positive finite time"),
-    ("seconds", "inf", "column 'seconds': inf is not a positive finite time"),
-    ("seconds", "nan", "column 'seconds': nan is not a positive finite time"),
+    ("seconds", -0.001, "column 'seconds': -0.001 is not a positive time (or inf, a "
+     "failed config)"),
+    ("seconds", 0.0, "column 'seconds': 0 is not a positive time (or inf, a failed config)"),
+    ("seconds", "nan", "column 'seconds': nan is not a positive time (or inf, a failed "
+     "config)"),
+    ("dense_seconds", "-inf", "column 'dense_seconds': -inf is not a positive time (or nan, "
+     "a failed dense variant)"),
 ])
 def test_plot_command_names_file_row_and_column_of_a_bad_cell(tmp_path, capsys, column,
                                                               value, says):

@@ -119,17 +119,21 @@ def run_predict(args) -> int:
     from .network import model_specs
 
     _check_common(args)
+    if not args.validate:  # every option checked before the hardware is read (it may warn)
+        rates = _rates(args.rates)
+        parse_stages(args.granularity, "--granularity")
+        model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
+                    "float32", args.channel_granularity)
+        only = None
+        if args.variants:
+            only = [resolve_variant(v.strip()).name for v in args.variants.split(",")
+                    if v.strip()]
     hw = get_hardware(args.hardware, args.cache_dir)
     if args.validate:
         return run_validate(args, hw)
     dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
-    rates = _rates(args.rates)
-    parse_stages(args.granularity, "--granularity")
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
-    only = None
-    if args.variants:
-        only = [resolve_variant(v.strip()).name for v in args.variants.split(",") if v.strip()]
     groups: dict = {}
     for name, spec in specs:
         groups.setdefault(spec, []).append(name)
@@ -229,16 +233,18 @@ def _flops_floor(args) -> float:
 
 def run_design(args) -> int:
     """Run ``laudtriton design``. Returns the exit code."""
-    from ..schedule import design_search
+    from ..schedule import check_modes, design_search
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     _check_common(args)
-    hw = get_hardware(args.hardware, args.cache_dir)
+    if not 0.0 < args.target_rate <= 1.0:  # before the hardware is read (it may warn)
+        raise ValueError(f"--target-rate {args.target_rate!r} must be in (0, 1]")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes:
         raise ValueError(f"--modes {args.modes!r} names no mode; give a comma list of "
                          "spatial, channel, layer, both")
+    check_modes(modes)
     try:
         grans = tuple(int(g) for g in args.granularities.split(",") if g.strip())
     except ValueError:
@@ -246,6 +252,7 @@ def run_design(args) -> int:
                          "'1,2,4,8'") from None
     if not grans or any(g < 1 for g in grans):
         raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
+    hw = get_hardware(args.hardware, args.cache_dir)
     factors, note = _factors(args, hw)
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)

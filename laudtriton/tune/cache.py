@@ -79,20 +79,36 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class NotACacheError(ValueError):
+    """A file that should be a cache file (``merge_files``' output) is not one."""
+
+
+def _cache_json(raw: bytes) -> dict:
+    """The JSON object of a cache file's bytes.
+
+    Raises:
+        ValueError: if they are not UTF-8 JSON holding an object with an "entries" object
+            (UnicodeDecodeError and json's errors are ValueErrors).
+    """
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise ValueError("no 'entries' object")
+    return data
+
+
 def _load(path: Path) -> tuple[str | None, dict[str, dict]]:
     """(device, entries) of the cache file ``path``; (None, {}) with a warning if it is
-    corrupt or of another schema, (None, {}) silently if it does not exist."""
+    corrupt (not UTF-8 JSON of a cache) or of another schema, (None, {}) silently if it
+    does not exist."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None, {}
     except OSError as e:
         log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
         return None, {}
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-            raise ValueError("no 'entries' object")
+        data = _cache_json(raw)
     except ValueError as e:
         log.warning("autotune cache %s is corrupt (%s); ignoring it, it is rebuilt on the "
                     "next write", path, e)
@@ -390,6 +406,8 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
         ValueError: if no input is given, an input is missing, a file holds entries but
             no device, no input holds a valid entry, or the inputs (and an existing
             ``out_path``) are for different devices.
+        NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file
+            (nothing is written over it).
     """
     paths = [Path(p) for p in paths]
     out = Path(out_path)
@@ -398,6 +416,12 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"cache files not found: {', '.join(missing)}")
+    if out.exists():
+        try:
+            _cache_json(out.read_bytes())
+        except (OSError, ValueError) as e:
+            raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
+                                 "nothing written") from None
     devices: dict[str, str] = {}
     merged: dict[str, dict] = {}
     inputs_with_entries = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import TuneCache, merge_files
+from .cache import NotACacheError, TuneCache, merge_files
 from .sweep import (
     DTYPES,
     MODELS,
@@ -236,14 +236,14 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
-            check_nonempty(args.out, "--out")
-            if Path(args.out).is_dir():
-                raise ValueError(f"--out {args.out!r} is a directory; give a file name")
+            check_output_path(args.out, "--out")
             try:
                 n = merge_files(args.files, args.out)
             except OSError as e:  # the inputs are only read, and unreadable ones skipped
                 raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
                                  ) from None
+            except NotACacheError as e:
+                raise ValueError(f"--out {e}") from None
             print(f"merged {len(args.files)} file(s) into {args.out}: {n} entries")
             return 0
         check_cache_dir(args.cache_dir)

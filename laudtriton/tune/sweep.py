@@ -101,7 +101,7 @@ def parse_stages(text: str, flag: str) -> list[int]:
     items = str(text).split("-")
     if len(items) == 1:
         items *= 4
-    if not all(i.strip().isdigit() and int(i) >= 1 for i in items):
+    if not all(i.strip().isascii() and i.strip().isdigit() and int(i) >= 1 for i in items):
         raise ValueError(f"{flag} {text!r} is not a positive int; accepted: one positive int "
                          "or four joined by '-', e.g. '4-4-2-1'")
     if len(items) != 4:
@@ -187,7 +187,7 @@ def _select(named: list[tuple[str, LaudBottleneck, BlockSpec]],
                          f"'{names[0]},1'")
     keep = set()
     for b in blocks:
-        if isinstance(b, int) or (isinstance(b, str) and b.isdigit()):
+        if isinstance(b, int) or (isinstance(b, str) and b.isascii() and b.isdigit()):
             i = int(b)
             if not 0 <= i < len(names):
                 raise ValueError(f"--blocks: index {i} out of range; the model has "
@@ -440,7 +440,8 @@ def read_csv(path: str | Path) -> list[dict]:
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
             column the plots need missing, a rate or seconds cell that is not a number,
-            a rate outside [0, 1].
+            a rate outside [0, 1], seconds that are not positive (inf, a failed config,
+            is accepted, and so is nan dense seconds: sweep writes both).
     """
     try:
         with open(path, newline="") as fh:
@@ -461,9 +462,15 @@ def read_csv(path: str | Path) -> list[dict]:
                     raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
         if not 0.0 <= r["rate"] <= 1.0:
             raise ValueError(f"{where} 'rate': {r['rate']:g} is outside [0, 1]")
-        for k in ("seconds", "dense_seconds"):
-            if isinstance(r.get(k), float) and not 0.0 < r[k] < math.inf:
-                raise ValueError(f"{where} {k!r}: {r[k]:g} is not a positive finite time")
+        # a failed config scores inf seconds, and the row of a block whose dense variant
+        # failed has dense_seconds nan (``_rows``): sweep writes them, the plots skip them
+        if not r["seconds"] > 0.0:
+            raise ValueError(f"{where} 'seconds': {r['seconds']:g} is not a positive time "
+                             "(or inf, a failed config)")
+        d = r.get("dense_seconds")
+        if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
+            raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
+                             "(or nan, a failed dense variant)")
         if r.get("S") not in (None, ""):
             try:
                 r["S"] = int(r["S"])

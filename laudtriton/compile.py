@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate, foldable_bn
-from .nn.block import LaudBottleneck
+from .nn.block import BlockMasks, BlockStats, LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
-from .nn.resnet import LaudResNet
+from .nn.resnet import LaudResNet, ModelStats
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
@@ -133,7 +133,7 @@ def _copy(model: nn.Module) -> nn.Module:
         if isinstance(m, (LaudBottleneck, LaudResNet)):
             for attr in ("last_masks", "last_stats"):
                 v = m.__dict__.get(attr)
-                if v is not None:
+                if isinstance(v, (BlockMasks, BlockStats, ModelStats)):
                     memo[id(v)] = None
     return copy.deepcopy(model, memo)
 
@@ -316,7 +316,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             floating-point torch dtype; a cache_dir that is not a path or is empty; a LaudResNet
             subclass that overrides forward, stem or head, or a stem the compiled model
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
-            express (``check_foldable``).
+            express or whose maskers the compiled gates cannot read (``check_foldable``).
+        RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)

@@ -73,7 +73,7 @@ def dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> float:
     a = host_array(t)
     if a is not None:
         return float(a.mean(dtype=np.float64))
-    return float(t.mean())
+    return float(t.mean() if t.is_floating_point() else t.float().mean())
 
 
 class CompiledBlock(nn.Module):
@@ -98,6 +98,7 @@ class CompiledBlock(nn.Module):
                    for c in table.entries.values()}
         self.rate_free = dispatch == "static" or len(choices) == 1
         self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
+        self.train(False)  # inference only, from the start (a module starts in training)
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
                 masks: BlockMasks | None = None, *,
@@ -115,13 +116,16 @@ class CompiledBlock(nn.Module):
             self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
             return self._layer_step(x, order, masks)
+        if order is None:  # called on its own (a CompiledModel tests its input itself)
+            bad = nonfinite_samples(x)
+            out = self._run(x, self.gates(x) if masks is None else masks, reuse_input, None)
+            return out if bad is None else mark_nan(out, bad)
         if masks is None:
             masks = self.gates(x)
-        elif order is not None:
+        else:
             masks = order.to_batch(masks)
-        if order is not None:
-            order.pooled = None  # this block may change every sample
-        return self._run(x, masks, reuse_input, None if order is None else order.snapshot())
+        order.pooled = None  # this block may change every sample
+        return self._run(x, masks, reuse_input, order.snapshot())
 
     @property
     def reference(self) -> nn.Module:
@@ -144,10 +148,10 @@ class CompiledBlock(nn.Module):
         """Raise unless ``masks`` are masks this block's maskers could give for x: each
         field present exactly where the block has that mask, of its shape (the grid of
         the block's S on x's map, mask3 and mask1 at the output and input maps, G channel
-        groups), every mask holding only 0 and 1 (or False and True), and mask3 and mask1
-        the grid's expansion (``spatial_masks_from_grid``), as ``last_masks`` gives them:
-        the variants read whichever of them they need, so masks that disagree would give
-        a variant-dependent result.
+        groups), grid and channel holding only 0 and 1 (or False and True), and mask3 and
+        mask1 the grid's expansion (``spatial_masks_from_grid``), as ``last_masks`` gives
+        them: the variants read whichever of them they need, so masks that disagree would
+        give a variant-dependent result.
 
         Raises:
             ValueError: naming the block, the mask and the shape or values found.
@@ -170,15 +174,17 @@ class CompiledBlock(nn.Module):
             if got != shape:
                 raise ValueError(f"{self.name}: masks.{name} has shape {got}; this block on "
                                  f"an input of {b}x{h}x{w} takes {shape}")
-            if t is not None and not bool(((t == 0) | (t == 1)).all()):
+            if t is not None and name in ("grid", "channel") and not bool(
+                    ((t == 0) | (t == 1)).all()):
                 raise ValueError(f"{self.name}: masks.{name} holds values other than 0 and 1")
-        if g is not None:
-            want3, want1 = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
-                                                   self.spec.stride)
-            for name, want in (("mask3", want3), ("mask1", want1)):
-                if not torch.equal(getattr(masks, name) != 0, want != 0):
+        if g is not None:  # mask3 and mask1 equal to the grid's 0/1 expansion, values too
+            want = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
+                                           self.spec.stride)
+            for name, w01 in zip(("mask3", "mask1"), want):
+                if not torch.equal(getattr(masks, name).to(torch.float32), w01.float()):
                     raise ValueError(f"{self.name}: masks.{name} is not the expansion of "
-                                     f"masks.grid (spatial_masks_from_grid)")
+                                     "masks.grid (spatial_masks_from_grid): other pixels "
+                                     "or values other than 0 and 1")
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
              perm: tuple[int, ...] | None) -> torch.Tensor:
@@ -230,8 +236,8 @@ class CompiledBlock(nn.Module):
         if self._last is None:
             return None
         masks, choice, _ = self._last
-        srate = None if self.spec.mode == "channel" else float(masks.grid.mean())
-        crate = None if masks.channel is None else float(masks.channel.mean())
+        srate = None if self.spec.mode == "channel" else float(masks.grid.float().mean())
+        crate = None if masks.channel is None else float(masks.channel.float().mean())
         return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
 
 
@@ -256,6 +262,7 @@ changes nothing here); to train, train the original model and compile it again.
             set_stem(self, source, device, dtype, CL)
             self.avgpool = copy.deepcopy(source.avgpool).eval()
             self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
+        self.train(False)  # inference only, from the start (a module starts in training)
 
     @property
     def source(self) -> nn.Module:
@@ -305,33 +312,33 @@ changes nothing here); to train, train the original model and compile it again.
         masks: one BlockMasks per block to run with instead of the maskers' (e.g.
         ``[b.last_masks for b in model.blocks]`` after a forward on the same x): the
         model without its maskers' cost, for benchmarks. Masks that do not fit (another
-        batch size or map, values other than 0/1) raise a ValueError naming the block and
-        the mask (``CompiledBlock.check_masks``). check_masks=False skips that check, for
-        masks this model gave (``last_masks``), so that a benchmark times the variants
-        alone (the check costs 0.3 ms per ResNet-101 forward alone on the 2-core CPU, and
-        more inside the model).
+        batch size or map, values other than 0/1, a mask3 or mask1 that is not the grid's
+        expansion) raise a ValueError naming the block and the mask
+        (``CompiledBlock.check_masks``). check_masks=False skips that check, for masks
+        this model gave (``last_masks``), so that a benchmark times the variants alone
+        (on the 2-core CPU the check of every block of ResNet-101 takes 2.3 ms at batch 1
+        with spatial masks and 4.1 ms at batch 8 with layer gates, timed alone; 0.6 and
+        0.8 ms before it compared mask3 and mask1 with the grid's expansion, session 17).
         The logits come back in the order of x's samples, whatever order the blocks ran
-        them in (``order.SampleOrder``). On CPU a sample whose input holds NaN or inf
-        comes back as NaN (``nonfinite_samples``).
+        them in (``order.SampleOrder``). A sample whose input holds NaN or inf comes back
+        as NaN (``nonfinite_samples``).
         """
         self._check_input(x)
         if masks is not None and len(masks) != len(self.blocks):
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
-        bad = nonfinite_samples(x)
         h = x.contiguous(memory_format=CL)
-        if not self.is_resnet:
+        if not self.is_resnet:  # each block tests its own input
             for i, blk in enumerate(self.blocks):
                 h = blk(h, masks=None if masks is None else masks[i], check_masks=check_masks)
-        else:
-            h = stem(self, h)  # from here on h is ours, a ReLU output
-            order = SampleOrder(h.shape[0])
-            for i, blk in enumerate(self.blocks):
-                h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
-                        order=order, check_masks=check_masks)
-            h = order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
-        if bad is not None:
-            h[bad] = float("nan")
-        return h
+            return h
+        bad = nonfinite_samples(x)
+        h = stem(self, h)  # from here on h is ours, a ReLU output
+        order = SampleOrder(h.shape[0])
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
+                    order=order, check_masks=check_masks)
+        out = order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
+        return out if bad is None else mark_nan(out, bad)
 
     @property
     def plan(self) -> Plan:
@@ -339,15 +346,22 @@ changes nothing here); to train, train the original model and compile it again.
 
 
 def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
-    """[B] bool, the samples of a CPU input x that hold NaN or inf, or None when none does
-    (one sum; the per-sample test only when the sum is not finite). oneDNN's fused ReLU
-    (``ops.packed.PackedConv``) turns NaN into 0 where torch.relu keeps it, so without
-    this a non-finite input would come back as finite numbers; the reference's output is
-    not finite there. On CUDA (no such fused ReLU, and a host sync to find out) None."""
-    if x.device.type != "cpu" or bool(torch.isfinite(x.sum())):
+    """[B] bool, the samples of x that hold NaN or inf, for ``mark_nan``: the fused ReLUs
+    of the engine (oneDNN's, ``ops.packed.PackedConv``; the Triton kernels'
+    ``tl.maximum``) turn NaN into 0 where torch.relu keeps it, so without this a
+    non-finite input could come back as finite numbers where the reference's output is
+    not finite. On CPU one sum first, and None when it is finite (the per-sample test
+    only when it is not); on CUDA the per-sample test on the device, without a host
+    sync."""
+    if x.device.type == "cpu" and bool(torch.isfinite(x.sum())):
         return None
-    bad = ~torch.isfinite(x).flatten(1).all(1)
-    return bad if bool(bad.any()) else None
+    return ~torch.isfinite(x).flatten(1).all(1)
+
+
+def mark_nan(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """out with the samples ``bad`` ([B] bool, ``nonfinite_samples``) set to NaN, in
+    place."""
+    return out.masked_fill_(bad.view(-1, *(1,) * (out.dim() - 1)), float("nan"))
 
 
 class Plan:

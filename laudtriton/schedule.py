@@ -172,6 +172,12 @@ def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
     return opts
 
 
+def check_target_rate(target: float) -> None:
+    """Raise a ValueError naming ``--target-rate`` unless 0 < target <= 1."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
+
+
 def check_modes(modes) -> None:
     """Raise a ValueError naming ``--modes`` unless ``modes`` is a non-empty sequence of
     known modes (``predict.network.MODES``)."""
@@ -208,8 +214,7 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
     from .predict.network import flops_ratio, model_specs, rate_for_flops_ratio, stem_hw
 
     hw = get_hardware(hw)
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
+    check_target_rate(target)
     if top is not None and top < 1:
         raise ValueError(f"--top {top} must be >= 1")
     check_modes(modes)

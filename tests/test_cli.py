@@ -187,6 +187,7 @@ def test_cache_merge_refuses_an_out_it_would_write_over_or_into_nowhere(tmp_path
     ["predict", "--granularity", "4-4-2"], ["predict", "--variants", "foo"],
     ["design", "--target-rate", "2"], ["design", "--target-rate", "0.5", "--modes", "foo"],
     ["design", "--target-rate", "0.5", "--granularities", "0"],
+    ["design", "--target-rate", "0.5", "--model", "foo"],
 ])
 def test_predict_and_design_errors_are_one_line(argv, capsys, caplog, tmp_path):
     """Every option is checked before the machine's calibration is read, which warns

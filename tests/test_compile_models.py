@@ -213,7 +213,8 @@ def given_masks(cm, x):
      r".* takes None"),
     ("channel", "channel", lambda m: m.channel[:, :1], r"masks.channel has shape \(2, 1\)"),
     ("layer", "mask3", lambda m: None, r"masks.mask3 has shape None"),
-    ("spatial", "mask3", lambda m: m.mask3 * 0.5, r"masks.mask3 holds values other than 0"),
+    ("spatial", "mask3", lambda m: m.mask3 * 0.5,
+     r"masks.mask3 is not the expansion of masks.grid .*values other than 0 and 1"),
     ("spatial", "mask3", lambda m: torch.ones_like(m.mask3),
      r"masks.mask3 is not the expansion of masks.grid"),
     ("both", "mask1", lambda m: torch.ones_like(m.mask1),
@@ -305,6 +306,14 @@ def test_a_model_after_a_training_step_compiles(mode):
     with torch.no_grad():
         assert_close(cm(x), model(x))
     assert model.last_stats is not None  # the user's model keeps its records
+    block = make_block(16, 4, mode=mode, granularity=2, channel_granularity=2)
+    xb = torch.relu(torch.randn(2, 16, 8, 8))
+    block.train()
+    block(xb).sum().backward()  # the block's own records now carry autograd history
+    block.eval()
+    cb = compile_cpu(block, xb)
+    with torch.no_grad():
+        assert_close(cb(xb), block(xb))
 
 
 def test_compile_under_inference_mode():
@@ -362,6 +371,37 @@ def test_a_non_finite_input_gives_nan_for_its_sample(mode, bad):
     with torch.no_grad():
         out = cb(z)
     assert out[0].isnan().all() and out[1].isfinite().all()
+
+
+def test_nan_in_a_container_of_compiled_blocks():
+    """A compiled block called on its own (blocks swapped into a user's container) tests
+    its input as a CompiledModel does."""
+    seq = nn.Sequential(make_block(16, 4, mode="spatial", granularity=2, seed=1),
+                        make_block(16, 4, mode="channel", channel_granularity=2, seed=2))
+    cs = compile_cpu(seq, torch.randn(2, 16, 8, 8))
+    z = torch.randn(2, 16, 8, 8)
+    z[1, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        out = cs(z)
+    assert out[1].isnan().all()
+    with torch.no_grad():
+        assert_close(out[:1], seq(z[:1]))
+
+
+def test_compiled_modules_start_in_eval_and_report_bool_masks():
+    """A compiled model and its blocks are in eval mode from the start (a helper that
+    saves and restores .training then never calls .train(True)); masks given as bool
+    run and are reported."""
+    model, x = tiny("spatial"), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    assert not cm.training and not any(m.training for m in cm.modules())
+    masks = [replace(m, grid=m.grid.bool(), mask3=m.mask3.bool()) for m in given_masks(cm, x)]
+    with torch.no_grad():
+        assert_close(cm(x, masks=masks), cm(x))
+        cm(x, masks=masks)
+    assert [r.spatial_rate for r in cm.last_stats] == [
+        float(m.grid.float().mean()) for m in masks]
 
 
 def test_decorator_options_are_checked_at_once():

@@ -233,13 +233,14 @@ def _flops_floor(args) -> float:
 
 def run_design(args) -> int:
     """Run ``laudtriton design``. Returns the exit code."""
-    from ..schedule import check_modes, design_search
+    from ..schedule import check_modes, check_target_rate, design_search
+    from .network import check_arch
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     _check_common(args)
-    if not 0.0 < args.target_rate <= 1.0:  # before the hardware is read (it may warn)
-        raise ValueError(f"--target-rate {args.target_rate!r} must be in (0, 1]")
+    check_target_rate(args.target_rate)  # every option before the hardware (it may warn)
+    check_arch(args.model)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes:
         raise ValueError(f"--modes {args.modes!r} names no mode; give a comma list of "

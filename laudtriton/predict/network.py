@@ -40,6 +40,12 @@ def stem_hw(input_size: int) -> int:
     return ((input_size - 1) // 2 + 1 - 1) // 2 + 1
 
 
+def check_arch(arch: str) -> None:
+    """Raise a ValueError naming ``--model`` unless ``arch`` is a known model (DEPTHS)."""
+    if arch not in DEPTHS:
+        raise ValueError(f"--model {arch!r} unknown; accepted: {', '.join(DEPTHS)}")
+
+
 def model_specs(arch: str = "laud_resnet50", mode="spatial", granularity="4-4-2-1",
                 batch: int = 1, input_size: int = 224, dtype: str = "float32",
                 channel_granularity=1) -> list[tuple[str, BlockSpec]]:
@@ -51,8 +57,7 @@ def model_specs(arch: str = "laud_resnet50", mode="spatial", granularity="4-4-2-
         ValueError: unknown arch or mode, S larger than a stage's map, a channel group size
             that does not divide a width, a bad batch or input size.
     """
-    if arch not in DEPTHS:
-        raise ValueError(f"--model {arch!r} unknown; accepted: {', '.join(DEPTHS)}")
+    check_arch(arch)
     if batch < 1 or input_size < 32:
         raise ValueError(f"batch {batch} must be >= 1 and input size {input_size} >= 32")
     modes = per_stage(mode, "mode")

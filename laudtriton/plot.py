@@ -315,7 +315,11 @@ def run_plot(args: argparse.Namespace) -> int:
                       f"({here}): no predicted line", file=sys.stderr)
             else:
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
-        paths = plot_latency_vs_rate(rows, args.out, predicted)
+        try:
+            paths = plot_latency_vs_rate(rows, args.out, predicted)
+        except OSError as e:  # the folder or a figure cannot be written
+            raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
+                             ) from None
     except ValueError as e:
         return fail("plot", str(e))
     for p in paths:

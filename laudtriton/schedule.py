@@ -204,7 +204,8 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
 
     Raises:
         ValueError: unknown arch, mode or hardware, target outside (0, 1], no valid option
-            for a stage (e.g. every S larger than its map), top < 1.
+            for a stage (e.g. every S larger than its map), an S larger than every stage's
+            map (with a spatial mode), top < 1.
     """
     import itertools
 
@@ -234,6 +235,11 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
     stage_size = [stem_hw(input_size)]
     for st in (1, 2, 2, 2):
         stage_size.append((stage_size[-1] - 1) // st + 1)
+    too_large = [g for g in granularities if g > max(stage_size[1:])]
+    if too_large and any(m in ("spatial", "both") for m in modes):  # never an option
+        raise ValueError(f"--granularities: {', '.join(map(str, too_large))} larger than "
+                         f"every stage's map (the largest is {max(stage_size[1:])}x"
+                         f"{max(stage_size[1:])})")
     per_stage = []
     for i in range(4):
         opts = []

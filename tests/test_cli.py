@@ -40,6 +40,8 @@ from laudtriton.cli import main
     (["plot", "--from", "cache", "--out", "x", "--device", "foo"], "--device"),
     (["calibrate", "--device", "foo"], "--device"),
     (["design", "--model", "laud_resnet50", "--target-rate", "0.5", "--top", "0"], "--top"),
+    (["design", "--target-rate", "0.5", "--granularities", "2,100"],
+     "--granularities: 100 larger than every stage's map (the largest is 56x56)"),
 ])
 def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -225,6 +225,18 @@ def test_cli_predict_table(capsys, tmp_path):
     assert "layer3.1" in out and "gather ms" in out and "ms/img" in out
 
 
+def test_cli_predict_takes_a_channel_granularity_per_stage(capsys, tmp_path):
+    """--channel-granularity per stage, as bench and sweep take it: the blocks of each
+    stage get their own number of channel groups."""
+    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--mode", "channel",
+                         "--channel-granularity", "2-2-4-8", "--rates", "0.5",
+                         "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 0, err
+    groups = {line.split()[0].split(".")[0]: line.split(" G=")[1].split()[0]
+              for line in out.splitlines() if " G=" in line}
+    assert groups == {"layer1": "32", "layer2": "64", "layer3": "64", "layer4": "64"}
+
+
 def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
     rc, out, err = _cli(["predict", "--validate"], capsys)
@@ -258,9 +270,13 @@ def test_cli_errors(capsys, args, msg):
      "--variants slice: no block of this model and mode runs it on cpu"),
     (["predict", "--variants", "dense,gather,compact", "--mode", "channel"],
      "--variants compact, gather: no block of this model and mode runs it on cpu"),
-    (["predict", "--channel-granularity", "0"], "--channel-granularity 0 must be >= 1"),
+    (["predict", "--channel-granularity", "0"], "--channel-granularity '0' is not a "
+     "positive int; accepted: one positive int or four joined by '-', e.g. '4-4-2-1'"),
     (["predict", "--channel-granularity", "-2", "--mode", "layer"],
-     "--channel-granularity -2 must be >= 1"),
+     "--channel-granularity '-2' is not a positive int; accepted: one positive int or four "
+     "joined by '-', e.g. '4-4-2-1'"),
+    (["predict", "--channel-granularity", "2-2-4", "--mode", "channel"],
+     "--channel-granularity '2-2-4' has 3 stages; LAUD-ResNet has 4 (e.g. '4-4-2-1')"),
     (["predict", "--batch", "0"], "--batch 0 must be >= 1"),
     (["predict", "--input-size", "16"], "--input-size 16 must be >= 32"),
     (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "

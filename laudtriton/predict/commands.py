@@ -46,11 +46,12 @@ def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
     from ..tune.commands import check_cache_dir
+    from ..tune.sweep import parse_stages
 
-    for flag, value, low in (("--batch", args.batch, 1), ("--input-size", args.input_size, 32),
-                             ("--channel-granularity", args.channel_granularity, 1)):
+    for flag, value, low in (("--batch", args.batch, 1), ("--input-size", args.input_size, 32)):
         if value < low:
             raise ValueError(f"{flag} {value} must be >= {low}")
+    parse_stages(args.channel_granularity, "--channel-granularity")
     check_cache_dir(args.cache_dir)
 
 
@@ -67,7 +68,8 @@ def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--channel-granularity", type=int, default=1)
+    p.add_argument("--channel-granularity", default="1",
+                   help="channels per channel-mask group: one int or per stage 'a-b-c-d'")
     p.add_argument("--cache-dir", default=None, help="autotune cache / calibration directory")
     p.add_argument("--no-fit", action="store_true",
                    help="use default efficiency factors, not ones fitted on cached timings")

@@ -144,9 +144,9 @@ def test_cli_design(capsys, tmp_path):
     (["design", "--hardware", "v100", "--target-rate", "0.5", "--modes", "sparse"], "--modes"),
     (["design", "--target-rate", "0.5", "--modes", ",,"], "--modes ',,' names no mode"),
     (["design", "--target-rate", "0.5", "--channel-granularity", "0"],
-     "--channel-granularity 0 must be >= 1"),
+     "--channel-granularity '0' is not a positive int"),
     (["design", "--target-rate", "0.5", "--modes", "spatial", "--channel-granularity", "-2"],
-     "--channel-granularity -2 must be >= 1"),
+     "--channel-granularity '-2' is not a positive int"),
     (["design", "--target-rate", "0.5", "--batch", "0"], "--batch 0 must be >= 1"),
     (["design", "--target-rate", "0.5", "--cache-dir", ""], "--cache-dir '' is empty"),
 ])

@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate, foldable_bn
-from .nn.block import BlockMasks, BlockStats, LaudBottleneck
+from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
-from .nn.resnet import LaudResNet, ModelStats
+from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
@@ -121,21 +121,6 @@ def _block_inputs(model: nn.Module, x: torch.Tensor):
     if isinstance(model, LaudBottleneck):
         return _inputs(model, x, [("block", model)])
     return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    """copy.deepcopy(model), with the records of the last forward of its LAUD modules
-    (``last_masks``, ``last_stats``) set to None in the copy: after a forward in training
-    they hold tensors with autograd history, which deepcopy refuses, and compile needs
-    neither (its own forward on the example input writes them anew)."""
-    memo = {}
-    for m in model.modules():
-        if isinstance(m, (LaudBottleneck, LaudResNet)):
-            for attr in ("last_masks", "last_stats"):
-                v = m.__dict__.get(attr)
-                if isinstance(v, (BlockMasks, BlockStats, ModelStats)):
-                    memo[id(v)] = None
-    return copy.deepcopy(model, memo)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -370,7 +355,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning it unchanged "
                       "(eval mode)", stacklevel=3)
-        return _copy(model).eval()
+        return copy.deepcopy(model).eval()
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
             raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
@@ -384,7 +369,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
 
     if isinstance(model, LaudResNet):
         check_resnet(model)
-    ref = _copy(model).eval().to(device=device, dtype=dtype)
+    ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)

@@ -484,6 +484,36 @@ def test_model_bad_arguments(kwargs, match):
         tiny(**kwargs)
 
 
+@pytest.mark.parametrize("depths", [(0, 1, 1, 1), (1, -1, 1, 1), (1, 1.5, 1, 1), (1, 1, 1)])
+def test_model_bad_depths(depths):
+    with pytest.raises(ValueError, match=r"depths .* must be 4 positive ints"):
+        LaudResNet(depths, width_mult=0.25)
+
+
+def test_calibrate_block_runs_in_eval_and_checks_its_input():
+    """A block in training mode is calibrated in eval semantics: its masker's BatchNorm
+    keeps its running statistics, the rate is reached in eval, the flag comes back."""
+    from laudtriton.nn import calibrate_block
+    from laudtriton.nn.block import LaudBottleneck
+
+    torch.manual_seed(0)
+    block = LaudBottleneck(32, 8, 1, None, "channel", 1, 1, "conv_linear")
+    bn = block.masker_channel.conv[1]
+    before = (bn.running_mean.clone(), int(bn.num_batches_tracked))
+    x = torch.randn(4, 32, 8, 8) * 3 + 1
+    calibrate_block(block, x, 0.5)
+    assert block.training
+    assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
+    block.eval()
+    with torch.no_grad():
+        block(x)
+    assert float(block.last_stats.channel_rate) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"x must be a \[B, 32, H, W\] tensor for this block"):
+        calibrate_block(block, torch.randn(32, 8, 8), 0.5)
+    with pytest.raises(ValueError, match="rate must be in"):
+        calibrate_block(block, x, 2.0)
+
+
 @pytest.mark.parametrize("width_mult", [-1, 0, 0.01, "1"])
 def test_model_bad_width_mult(width_mult):
     with pytest.raises(ValueError, match=f"width_mult must be a number > 0 .*got {width_mult!r}"):

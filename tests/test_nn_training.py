@@ -114,9 +114,44 @@ def test_set_temperature():
     model = tiny()
     model.set_temperature(0.25)
     assert all(b.temperature == 0.25 for _, b in model.blocks())
-    for bad in (0.0, -1.0):
-        with pytest.raises(ValueError, match=r"temperature must be > 0"):
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"temperature must be a finite number > 0"):
             model.set_temperature(bad)
+
+
+@pytest.mark.parametrize("cfg", MODES, ids=lambda c: "-".join(map(str, c.values())))
+def test_a_model_copies_after_a_training_forward(cfg):
+    """After a training forward the last forward's records carry autograd history, which
+    deepcopy refuses; copies and pickles leave them out (an EMA or best-model copy)."""
+    import copy
+    import pickle
+
+    model = tiny(**cfg).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.last_stats is None
+        assert all(b.last_masks is None and b.last_stats is None for _, b in twin.blocks())
+        twin.eval()
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(twin(x), model(x))
+        model.train()
+    assert model.last_stats is not None  # the model keeps its own
+
+
+def test_flops_statistics_of_a_half_forward_are_finite():
+    """Rates and FLOPs are kept in float32 at least: a conv term of a ResNet-50 block
+    (~5e7) overflows float16, as under autocast."""
+    block = make_block(256, 64, mode="spatial", granularity=4, seed=0).eval()
+    x = torch.randn(1, 256, 56, 56)
+    with torch.no_grad():
+        block(x)
+        want = block.last_stats
+        block.half()(x.half())
+    got = block.last_stats
+    assert got.flops.dtype == torch.float32 and math.isfinite(float(got.flops))
+    assert float(got.flops) == pytest.approx(float(want.flops), rel=1e-3)
 
 
 # ---------------------------------------------------------------------------- sparsity loss
@@ -197,5 +232,7 @@ def test_kd_loss_by_hand(t):
 
 
 def test_kd_loss_bad_temperature():
-    with pytest.raises(ValueError, match=r"temperature must be > 0, got 0"):
-        KDLoss(temperature=0)
+    for bad in (0, math.nan, -math.inf):
+        with pytest.raises(ValueError, match=rf"temperature must be a finite number > 0, got "
+                                             rf"{bad}"):
+            KDLoss(temperature=bad)

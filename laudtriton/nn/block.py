@@ -67,6 +67,17 @@ class BlockStats:
         return self.flops / self.dense_flops
 
 
+def without_records(state: dict) -> dict:
+    """A module's state (``nn.Module.__getstate__``, a copy) with the records of its last
+    forward (``last_masks``, ``last_stats``) set to None: copies and pickles of LAUD
+    modules leave them out. After a training forward they hold tensors with autograd
+    history, which ``copy.deepcopy`` refuses (an EMA copy, a best-model copy)."""
+    for key in ("last_masks", "last_stats"):
+        if key in state:
+            state[key] = None
+    return state
+
+
 class LaudBottleneck(nn.Module):
     """ResNet bottleneck with LAUDNet dynamic computation.
 
@@ -223,17 +234,23 @@ class LaudBottleneck(nn.Module):
         self.last_stats = self._stats(x, masks, masker_flops)
         return out
 
+    def __getstate__(self):
+        return without_records(super().__getstate__())
+
     def _stats(self, x: torch.Tensor, masks: BlockMasks, masker_flops: float) -> BlockStats:
         h, w = x.shape[-2:]
         ho, wo = self.out_hw((h, w))
-        one = x.new_ones(())
+        # rates and FLOPs in float32 at least: a conv term of ResNet-50 (~5e7) overflows
+        # float16 (max 65504), as under autocast; .to() keeps the straight-through gradient
+        dt = torch.promote_types(x.dtype, torch.float32)
+        one = torch.ones((), dtype=dt, device=x.device)
         if masks.grid is not None:
-            rate3 = masks.grid.mean()
-            rate2 = masks.mask3.detach().mean()
-            rate1 = masks.mask1.float().mean()
+            rate3 = masks.grid.to(dt).mean()
+            rate2 = masks.mask3.detach().to(dt).mean()
+            rate1 = masks.mask1.to(dt).mean()
         else:
             rate1 = rate2 = rate3 = one
-        crate = masks.channel.mean() if masks.channel is not None else one
+        crate = masks.channel.to(dt).mean() if masks.channel is not None else one
         c1 = self.inplanes * self.width * h * w
         c2 = self.width * self.width * 9 * ho * wo
         c3 = self.width * self.out_channels * ho * wo

@@ -29,10 +29,45 @@ def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
     return float(-(m[k - 1] + m[k]) / 2)
 
 
+def _check_rates(rate: float, channel_rate: float | None) -> None:
+    for name, value in (("rate", rate), ("channel_rate", channel_rate)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a [B, {channels}, H, W] tensor for this {what}, "
+                         f"got {shape}")
+    if x.dtype != weight.dtype or x.device != weight.device:
+        raise ValueError(f"x is {x.dtype} on {x.device}; the {what} is {weight.dtype} on "
+                         f"{weight.device}")
+
+
 @torch.no_grad()
 def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
                     channel_rate: float | None = None) -> None:
-    """Calibrate one block's maskers on its input x [B, Cin, H, W] (eval semantics)."""
+    """Calibrate one block's maskers on its input x [B, Cin, H, W] in eval semantics: the
+    block runs in eval mode meanwhile (a masker's BatchNorm uses and keeps its running
+    statistics) and gets its training flag back afterwards.
+
+    Raises:
+        ValueError: if x is not [B, Cin, H, W] of the block's dtype and device, or a rate
+            is outside [0, 1].
+    """
+    _check_x(x, block.inplanes, block.conv1.weight, "block")
+    _check_rates(rate, channel_rate)
+    was_training = block.training
+    block.eval()
+    try:
+        _calibrate(block, x, rate, channel_rate)
+    finally:
+        block.train(was_training)
+
+
+def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
+               channel_rate: float | None) -> None:
     if block.masker_spatial is not None:
         conv = block.masker_spatial.conv
         logits = block.masker_spatial.logits(x, block.grid_size(tuple(x.shape[-2:])))
@@ -70,16 +105,8 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
         raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
                          "(one LaudBottleneck: calibrate_block)")
     weight = model.conv1.weight
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != weight.shape[1]:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a [B, {weight.shape[1]}, H, W] tensor for this model, "
-                         f"got {shape}")
-    if x.dtype != weight.dtype or x.device != weight.device:
-        raise ValueError(f"x is {x.dtype} on {x.device}; the model is {weight.dtype} on "
-                         f"{weight.device}")
-    for name, value in (("rate", rate), ("channel_rate", channel_rate)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    _check_x(x, weight.shape[1], weight, "model")
+    _check_rates(rate, channel_rate)
     model.eval()
     h = model.stem(x)
     achieved = []

@@ -32,7 +32,7 @@ class SparsityLoss(nn.Module):
         super().__init__()
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target}")
-        if num_epochs <= 0:
+        if not (math.isfinite(num_epochs) and num_epochs > 0):
             raise ValueError(f"num_epochs must be positive, got {num_epochs}")
         self.target = float(target)
         self.num_epochs = num_epochs
@@ -56,8 +56,8 @@ class KDLoss(nn.Module):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         self.temperature = temperature
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck
+from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck, without_records
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -141,8 +143,8 @@ class LaudResNet(nn.Module):
                             "1 or 2")
         reds = _per_stage(channel_masker_reduction, "channel_masker_reduction", _positive_int,
                           "positive ints")
-        if len(depths) != 4:
-            raise ValueError(f"depths {depths!r} must have 4 stages")
+        if len(depths) != 4 or not all(isinstance(d, numbers.Integral) and d >= 1 for d in depths):
+            raise ValueError(f"depths {depths!r} must be 4 positive ints (blocks per stage)")
         if not (isinstance(width_mult, (int, float)) and width_mult > 0
                 and int(64 * width_mult) >= 1):
             raise ValueError(f"width_mult must be a number > 0 that leaves at least one "
@@ -210,10 +212,13 @@ class LaudResNet(nn.Module):
 
     def set_temperature(self, temperature: float) -> None:
         """Gumbel-softmax temperature of every masker (training only)."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         for _, b in self.blocks():
             b.temperature = float(temperature)
+
+    def __getstate__(self):
+        return without_records(super().__getstate__())
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))

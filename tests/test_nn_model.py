@@ -490,6 +490,19 @@ def test_model_bad_depths(depths):
         LaudResNet(depths, width_mult=0.25)
 
 
+@pytest.mark.parametrize("kw,name", [
+    (dict(stride=0), "stride"), (dict(planes=0), "planes"),
+    (dict(channel_masker_reduction=0), "channel_masker_reduction"),
+    (dict(channel_masker_reduction=-1), "channel_masker_reduction"),
+])
+def test_block_bad_arguments(kw, name):
+    from laudtriton.nn.block import LaudBottleneck
+
+    args = dict(inplanes=32, planes=8, dyn_mode="channel") | kw
+    with pytest.raises(ValueError, match=rf"{name} must be a positive int, got"):
+        LaudBottleneck(**args)
+
+
 def test_calibrate_block_runs_in_eval_and_checks_its_input():
     """A block in training mode is calibrated in eval semantics: its masker's BatchNorm
     keeps its running statistics, the rate is reached in eval, the flag comes back."""

@@ -7,6 +7,7 @@ compiled variant reproduces.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,10 @@ class LaudBottleneck(nn.Module):
         super().__init__()
         if dyn_mode not in MODES:
             raise ValueError(f"dyn_mode must be one of {MODES}, got {dyn_mode!r}")
+        for name, value in (("inplanes", inplanes), ("planes", planes), ("stride", stride),
+                            ("channel_masker_reduction", channel_masker_reduction)):
+            if not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(granularity, int) or granularity <= 0:
             raise ValueError(f"granularity must be a positive int, got {granularity!r}")
         width = planes

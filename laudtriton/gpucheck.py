@@ -8,10 +8,13 @@ H100/H200):
 3. dense (cuDNN, channels_last, best of fp16/bf16) vs each variant (fp16) for the distinct
    blocks of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75,
    batch 1 then 64, do_bench medians (``tune.measure.time_variants``);
-4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``) vs the dense
-   network with the same folded weights, at rate 0.5;
+4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``, float16 on
+   CUDA, reading and filling part 3's cache in DIR) vs the dense network with the same
+   folded weights, at rate 0.5;
 then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
-and summary.json into DIR and prints a short table. Without CUDA, or with a bad option:
+and summary.json into DIR and prints a short table. timings.csv and summary.json are also
+written after each part, and on SIGTERM (a time limit) the run stops and writes what it
+gathered. Without CUDA, or with a bad option:
 one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
 matplotlib (run from the source tree with ``PYTHONPATH=.``).
@@ -23,6 +26,7 @@ import argparse
 import json
 import math
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -229,7 +233,14 @@ def _dense_model(model, dev, dt):
     return dm
 
 
-def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
+# the compiled model's dtype per device (compile's default there, named here so that the
+# timed input is cast to it: a float32 input to a float16 model is refused)
+WHOLE_DTYPE = {"cuda": torch.float16, "cpu": torch.float32}
+
+
+def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None) -> None:
+    """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
+    in ``cache_dir``, part 3's) against its dense forms, per batch and mode."""
     import laudtriton
 
     from .bench import build_model
@@ -251,7 +262,9 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
                 model = model.to(dev)
                 xd = x.to(dev)
                 cm = laudtriton.compile(model, xd, backend="cuda" if dev == "cuda" else "cpu",
-                                        tune="quick")
+                                        tune="quick", dtype=WHOLE_DTYPE[dev],
+                                        cache_dir=cache_dir)
+                xc = xd.to(cm.dtype)
                 dense = {}
                 for dt in (torch.float16, torch.bfloat16):
                     dm = _dense_model(model, dev, dt)
@@ -259,7 +272,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
                     with torch.no_grad():
                         dense[str(dt)[6:]] = median_time(lambda: dm(xdt), dev, 2, 5)
                 with torch.no_grad():
-                    tc = median_time(lambda: cm(xd), dev, 2, 5)
+                    tc = median_time(lambda: cm(xc), dev, 2, 5)
                 td = min(dense.values())
                 r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
                                "batch": batch, "rate": 0.5, "models": "", "variant": "compiled",
@@ -273,6 +286,18 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float) -> None:
                       f"ratio {tc / td:.2f}")
 
             r.check(name, one)
+
+
+class Terminated(Exception):
+    """SIGTERM during a run (a time limit): the run stops and writes what it gathered."""
+
+
+def save(r: Run, out: Path) -> None:
+    """Write timings.csv and summary.json of what ``r`` gathered so far: after each part,
+    so that a run stopped by its time limit still leaves its results."""
+    write_csv(r.rows, out / "timings.csv")
+    summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
 def _options(args) -> list[int]:
@@ -321,11 +346,17 @@ def run(args) -> int:
     r = Run(out, args.budget, args.device)
     models = ["laud_resnet50", "laud_resnet101"]
     parts = []
+
+    def terminated(signum, frame):  # a time limit's SIGTERM: keep what was gathered
+        raise Terminated(f"signal {signum} after {time.perf_counter() - r.t0:.0f} s")
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         r.say("1/4 machine")
         machine(r)
+        save(r, out)
         r.say("2/4 kernels and variants vs references (NaN-poisoned outputs)")
         kernel_checks(r)
+        save(r, out)
         r.say("3/4 blocks: dense vs variants")
         from .tune.cache import TuneCache
 
@@ -334,18 +365,19 @@ def run(args) -> int:
         end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
         time_blocks(r, blocks, batches, args.configs, end3, cache)
         parts.append(f"autotune cache: {cache.path}")
+        save(r, out)
         r.say("4/4 whole LAUD-ResNet-101 compiled vs dense")
-        whole_models(r, batches, args.input_size, r.deadline)
-    except Exception:  # report what was gathered so far
+        whole_models(r, batches, args.input_size, r.deadline, cache.dir)
+    except Exception:  # report what was gathered so far (Terminated included)
         r.checks.append({"check": "gpucheck run", "ok": False,
                          "error": traceback.format_exc().strip().splitlines()[-1]})
         traceback.print_exc()
-    write_csv(r.rows, out / "timings.csv")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    save(r, out)
     for m in models:
         if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
             parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
-    summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(table(r, models))
     for p in parts + [f"csv: {out / 'timings.csv'}", f"summary: {out / 'summary.json'}"]:
         print(p)

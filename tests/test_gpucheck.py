@@ -95,3 +95,57 @@ def test_check_records_failures():
     assert not r.check("bad", lambda: 1 / 0)
     assert [c["ok"] for c in r.checks] == [True, False]
     assert "ZeroDivisionError" in r.checks[1]["error"]
+
+
+def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path, monkeypatch):
+    """Part 4 compiles for the device's dtype (float16 on CUDA) and must time the compiled
+    model on an input of that dtype (a float32 input is refused). On CPU, a float64
+    compile stands in for the CUDA case; a tiny model stands in for ResNet-101. The
+    compile reads and fills the cache it is given (part 3's, under --out)."""
+    from laudtriton import bench
+    from laudtriton.nn import LaudResNet
+    from laudtriton.testing import randomize_bn
+
+    def tiny(name, mode, granularity):
+        torch.manual_seed(0)
+        return randomize_bn(LaudResNet((1, 1, 1, 1), mode=mode, granularity="2-2-1-1",
+                                       width_mult=0.25, input_size=None, num_classes=7))
+    monkeypatch.setattr(bench, "build_model", tiny)
+    monkeypatch.setattr(gpucheck, "MODES", [("spatial", "2-2-1-1")])
+    monkeypatch.setitem(gpucheck.WHOLE_DTYPE, "cpu", torch.float64)
+    r = gpucheck.Run(tmp_path, 600, "cpu")
+    gpucheck.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    assert [c["ok"] for c in r.checks] == [True], r.checks
+    assert {row["variant"] for row in r.rows} == {"compiled", "dense"}
+    assert list((tmp_path / "cache").glob("*.json"))  # tune="quick" recorded its timings there
+
+
+def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
+    """A run stopped by its time limit (SIGTERM) still leaves timings.csv and
+    summary.json with what it gathered."""
+    import json
+    import signal
+
+    def machine(r):
+        r.check("machine", lambda: None)
+
+    def stopped(r):
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(gpucheck, "machine", machine)
+    monkeypatch.setattr(gpucheck, "kernel_checks", stopped)
+    monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
+    args = gpucheck.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
+                               ).parse_args(["--out", str(tmp_path), "--device", "cpu"])
+
+    def not_gpucheck(signum, frame):  # without gpucheck's own handler: fail, don't die
+        raise RuntimeError("gpucheck set no SIGTERM handler")
+    previous = signal.signal(signal.SIGTERM, not_gpucheck)
+    try:
+        assert gpucheck.run(args) == 1
+        assert signal.getsignal(signal.SIGTERM) is not_gpucheck  # put back after the run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [c["check"] for c in summary["checks"]] == ["machine", "gpucheck run"]
+    assert "Terminated: signal" in summary["checks"][1]["error"]
+    assert (tmp_path / "timings.csv").exists()

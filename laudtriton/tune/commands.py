@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..ops.registry import get_variant
 from .cache import NotACacheError, TuneCache, merge_files
 from .sweep import (
     DTYPES,
@@ -154,13 +153,6 @@ def run_sweep(args: argparse.Namespace) -> int:
             f"sweep_{args.model}_{args.mode}_{args.granularity}_b{args.batch}_{dev.type}"
             + ("_clustered" if args.clustered else "") + ".csv")
         check_output_path(csv_path, "--csv")
-        if args.dtype not in DTYPES:
-            raise ValueError(f"--dtype {args.dtype!r} unknown; accepted: {', '.join(DTYPES)}")
-        for name in (v.strip() for v in (args.variants or "").split(",") if v.strip()):
-            try:
-                get_variant(name)
-            except ValueError as e:
-                raise ValueError(f"--variants: {e}") from None
         if args.input_size is not None and args.input_size < 32:
             raise ValueError(f"--input-size must be >= 32 (the stem and the four stages "
                              f"halve it five times), got {args.input_size}")

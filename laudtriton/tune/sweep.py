@@ -303,7 +303,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch {batch!r} must be a positive int")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
+        raise ValueError(f"--dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
     if isinstance(model, str):
         if model not in MODELS:
             raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
@@ -320,7 +320,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     if variants is not None:
         if isinstance(variants, str):
             variants = [v.strip() for v in variants.split(",") if v.strip()]
-        wanted = {get_variant(n).name for n in variants} | {"dense"}  # raises if unknown
+        try:
+            wanted = {get_variant(n).name for n in variants} | {"dense"}
+        except ValueError as e:  # an unknown name
+            raise ValueError(f"--variants: {e}") from None
     dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)

@@ -233,11 +233,6 @@ def _dense_model(model, dev, dt):
     return dm
 
 
-# the compiled model's dtype per device (compile's default there, named here so that the
-# timed input is cast to it: a float32 input to a float16 model is refused)
-WHOLE_DTYPE = {"cuda": torch.float16, "cpu": torch.float32}
-
-
 def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None) -> None:
     """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
     in ``cache_dir``, part 3's) against its dense forms, per batch and mode."""
@@ -262,9 +257,8 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                 model = model.to(dev)
                 xd = x.to(dev)
                 cm = laudtriton.compile(model, xd, backend="cuda" if dev == "cuda" else "cpu",
-                                        tune="quick", dtype=WHOLE_DTYPE[dev],
-                                        cache_dir=cache_dir)
-                xc = xd.to(cm.dtype)
+                                        tune="quick", cache_dir=cache_dir)
+                xc = xd.to(cm.dtype)  # compile's dtype (float16 on CUDA), not x's
                 dense = {}
                 for dt in (torch.float16, torch.bfloat16):
                     dm = _dense_model(model, dev, dt)

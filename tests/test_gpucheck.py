@@ -102,6 +102,9 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
     model on an input of that dtype (a float32 input is refused). On CPU, a float64
     compile stands in for the CUDA case; a tiny model stands in for ResNet-101. The
     compile reads and fills the cache it is given (part 3's, under --out)."""
+    import functools
+
+    import laudtriton
     from laudtriton import bench
     from laudtriton.nn import LaudResNet
     from laudtriton.testing import randomize_bn
@@ -112,7 +115,8 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
                                        width_mult=0.25, input_size=None, num_classes=7))
     monkeypatch.setattr(bench, "build_model", tiny)
     monkeypatch.setattr(gpucheck, "MODES", [("spatial", "2-2-1-1")])
-    monkeypatch.setitem(gpucheck.WHOLE_DTYPE, "cpu", torch.float64)
+    monkeypatch.setattr(laudtriton, "compile",
+                        functools.partial(laudtriton.compile, dtype=torch.float64))
     r = gpucheck.Run(tmp_path, 600, "cpu")
     gpucheck.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
     assert [c["ok"] for c in r.checks] == [True], r.checks

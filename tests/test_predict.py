@@ -277,6 +277,8 @@ def test_cli_errors(capsys, args, msg):
      "joined by '-', e.g. '4-4-2-1'"),
     (["predict", "--channel-granularity", "2-2-4", "--mode", "channel"],
      "--channel-granularity '2-2-4' has 3 stages; LAUD-ResNet has 4 (e.g. '4-4-2-1')"),
+    (["predict", "--channel-granularity", "3", "--mode", "spatial"],
+     "--channel-granularity 3 must divide the stage 1 width 64"),  # as the model refuses it
     (["predict", "--batch", "0"], "--batch 0 must be >= 1"),
     (["predict", "--input-size", "16"], "--input-size 16 must be >= 32"),
     (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "

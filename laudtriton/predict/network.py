@@ -74,12 +74,11 @@ def model_specs(arch: str = "laud_resnet50", mode="spatial", granularity="4-4-2-
         if spatial and not 1 <= gran[i] <= out_size:
             raise ValueError(f"--granularity {granularity!r}: S={gran[i]} in stage {i + 1} "
                              f"must be in [1, {out_size}] (the {out_size}x{out_size} map)")
-        groups = 0
-        if modes[i] in ("channel", "both"):
-            if cgran[i] < 1 or planes % cgran[i]:
-                raise ValueError(f"--channel-granularity {cgran[i]} must divide the stage "
-                                 f"{i + 1} width {planes}")
-            groups = planes // cgran[i]
+        # checked in every mode, as the model checks it (``nn.LaudBottleneck``)
+        if cgran[i] < 1 or planes % cgran[i]:
+            raise ValueError(f"--channel-granularity {cgran[i]} must divide the stage "
+                             f"{i + 1} width {planes}")
+        groups = planes // cgran[i] if modes[i] in ("channel", "both") else 0
         for j in range(depth):
             s = stride if j == 0 else 1
             hw = size if j == 0 else out_size

@@ -39,13 +39,15 @@ import warnings
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel, check_resnet, dispatch_rate, foldable_bn
+from .compiled import CompiledBlock, CompiledModel, check_resnet, foldable_bn
 from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
+from .ops.masks import dispatch_rate
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
+from .predict.hardware import DTYPES as PREDICTED_DTYPES
 from .schedule import Choice, DispatchTable
 from .tune.cache import TuneCache, refuse_empty_dir
 from .tune.keys import rate_bucket
@@ -203,49 +205,45 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
-def _cached_rates(cache: TuneCache, spec: BlockSpec) -> dict[float, float]:
-    """{bucket: the cached rate nearest to it} over the rates ``spec`` has timings at. A
-    sweep may time rates between buckets (a layer gate at batch 8 moves in steps of
-    1/8: 0.125, 0.25, ...); each such timing serves the bucket it falls in."""
-    out: dict[float, float] = {}
-    for r in cache.rates(spec):
-        b = rate_bucket(r)
-        if b not in out or abs(r - b) < abs(out[b] - b):
-            out[b] = r
-    return out
-
-
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
     actual = float(dispatch_rate(spec, masks))
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
-        for b, r in _cached_rates(cache, spec).items():
+        for r in cache.rates(spec):  # each at the rate it was timed at
             hit = cache.lookup(spec, r)
-            # a bucket counts only when every candidate has a current timing: after a
+            # a rate counts only when every candidate has a current timing: after a
             # source edit hides one variant's timings, the others' alone would decide
             if hit and names <= set(hit):
-                table.add(b, {v: t for v, t in hit.items() if v in names}, "cached")
+                table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):
-            if b in table.entries:
+            if table.covers(b):
                 continue
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
+            # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
+            # is off at b = 0.2), once
+            r = round(dispatch_rate(spec, m), 6)
+            if round(r, 4) in table.entries:
+                continue
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
-                cache.record(spec, b, timings)
-            table.add(b, timings, "measured")
-    if tune == "cached" and predictor is not None and len(cands) > 1:
+                cache.record(spec, r, timings)
+            table.add(r, timings, "measured")
+    # the predictor models float32, float16 and bfloat16; another dtype (float64) is
+    # timed on the example input below when nothing is cached
+    if (tune == "cached" and predictor is not None and len(cands) > 1
+            and spec.dtype in PREDICTED_DTYPES):
         from .schedule import fill_predictions
 
         fill_predictions(table, spec, ALL_BUCKETS, cands, predictor[0], predictor[1])
     if not table.entries and len(cands) == 1:  # nothing to choose from
-        table.entries[rate_bucket(actual)] = Choice(cands[0].name, (), math.nan, "rule")
+        table.entries[round(actual, 4)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
         if tune == "cached":
             log.info("no cached timings for %s; timing on the example input", spec.short())
-        table.add(rate_bucket(actual), time_variants(fb, spec, x, masks, cands), "measured")
+        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
     if not table.entries:
         raise RuntimeError(
             f"compile: every candidate variant ({', '.join(c.name for c in cands)}) failed "

@@ -8,7 +8,6 @@ import copy
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +16,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
+from .ops.masks import Gates, dispatch_rate, global_pool, spatial_masks_from_grid
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -62,18 +61,6 @@ class BlockRun:
     channel_rate: float | None
     variant: str
     config: dict
-
-
-def dispatch_rate(spec: BlockSpec, masks: BlockMasks) -> float:
-    """The rate a block's dispatch table is read at: the mean of its channel mask (mode
-    ``channel``) or of its grid (spatial mask or layer gate). A CPU mask is read through
-    numpy, without the two torch ops (mean, item) that cost about 40 us per block inside
-    a model (BENCHMARKS.md, session 14)."""
-    t = masks.channel if spec.mode == "channel" else masks.grid
-    a = host_array(t)
-    if a is not None:
-        return float(a.mean(dtype=np.float64))
-    return float(t.mean() if t.is_floating_point() else t.float().mean())
 
 
 class CompiledBlock(nn.Module):

@@ -170,8 +170,8 @@ def distinct_blocks(models: list[str], input_size: int):
 
 def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cache) -> None:
     from .ops import fold_block, variants_for
+    from .ops.masks import dispatch_rate
     from .ops.synthetic import synthetic_masks
-    from .tune.keys import rate_bucket
     from .tune.measure import config_key, time_variants
 
     dev = r.device
@@ -202,7 +202,8 @@ def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cach
                 cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
                 timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
                 meta = {"models": members, "source": "gpucheck"}
-                cache.record(spec, rate_bucket(rate),
+                # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
+                cache.record(spec, round(dispatch_rate(spec, masks), 6),
                              timings | {"dense": {config_key({}): dense["float16"]}}, meta)
                 base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
                         "batch": batch, "rate": rate, "models": json.dumps(members)}

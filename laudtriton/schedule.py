@@ -24,11 +24,17 @@ SOURCES = ("measured", "cached", "predicted", "rule")
 # the flips; 5% also turns those blocks back.
 DENSE_MARGIN = 0.05
 
+# The rates a table is filled at where nothing was timed (``fill_predictions``; compile's
+# tuning times ``compile.QUICK_RATES`` or every bucket). An entry is kept at the rate its
+# masks realised (``ops.masks.dispatch_rate``), which may lie between buckets.
+BUCKET_STEP = 0.1
+
 
 def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | None:
-    """(variant, config_key, seconds) of the fastest finite timing of ``timings``
-    ({variant: {config_key: seconds}}); None when no timing is finite."""
-    cands = [(t, v, c) for v, cs in timings.items() for c, t in cs.items() if math.isfinite(t)]
+    """(variant, config_key, seconds) of the fastest finite positive timing of ``timings``
+    ({variant: {config_key: seconds}}); None when there is none."""
+    cands = [(t, v, c) for v, cs in timings.items() for c, t in cs.items()
+             if math.isfinite(t) and t > 0]
     if not cands:
         return None
     t, v, c = min(cands)
@@ -59,8 +65,9 @@ class Choice:
 
 @dataclass
 class DispatchTable:
-    """rate bucket (activation rate in [0, 1]) -> Choice, plus the dense time per bucket
-    where it was measured (for reporting ratios)."""
+    """activation rate in [0, 1] -> Choice (at the rate its timings were taken, or at a
+    bucket where it is predicted), plus the dense time per rate where it was measured
+    (for reporting ratios)."""
 
     entries: dict[float, Choice] = field(default_factory=dict)
     dense_seconds: dict[float, float] = field(default_factory=dict)
@@ -79,11 +86,23 @@ class DispatchTable:
             self.dense_seconds[round(bucket, 4)] = dense[2]
 
     def choose(self, rate: float) -> Choice:
-        """The entry of the bucket nearest to ``rate`` (ties: the lower bucket)."""
+        """The entry of the rate nearest to ``rate`` (ties: the lower one).
+
+        Raises:
+            ValueError: if the table is empty or ``rate`` is not in [0, 1].
+        """
         if not self.entries:
             raise ValueError("empty dispatch table")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate {rate!r} must be in [0, 1]")
         bucket = min(self.entries, key=lambda b: (abs(b - rate), b))
         return self.entries[bucket]
+
+    def covers(self, bucket: float) -> bool:
+        """Whether an entry lies within half a bucket (``BUCKET_STEP`` / 2) of ``bucket``:
+        a rate timed between buckets (0.75, a layer gate at batch 8) serves the rates
+        around it, so neither a prediction nor another timing is added there."""
+        return any(abs(b - bucket) <= BUCKET_STEP / 2 + 1e-9 for b in self.entries)
 
     def variants(self) -> list[str]:
         return sorted({c.variant for c in self.entries.values()})
@@ -102,9 +121,10 @@ class DispatchTable:
 
 def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
                      factors: dict | None = None) -> list[float]:
-    """Add "predicted" entries to ``table`` for the ``buckets`` that hold none; measured or
-    cached entries are never replaced. Each predicted Choice carries the variant's first
-    config (a config the variant accepts). ``dense_seconds`` stays measured-only.
+    """Add "predicted" entries to ``table`` for the ``buckets`` it does not cover
+    (``DispatchTable.covers``); measured or cached entries are never replaced. Each
+    predicted Choice carries the variant's first config (a config the variant accepts).
+    ``dense_seconds`` stays measured-only.
 
     spec: BlockSpec; variants: names or Variants (candidates for this block); hw: a
     HardwareSpec or a hardware name; factors: fitted ``predict.model.Factors`` per variant.
@@ -121,7 +141,7 @@ def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
     cands = [resolve_variant(v) for v in variants]
     filled = []
     for b in sorted({round(float(b), 4) for b in buckets}):
-        if b in table.entries:
+        if table.covers(b):
             continue
         pred = predict_timings(spec, b, cands, hw, factors)
         timings = {}

@@ -213,26 +213,90 @@ def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
         assert_close(cm(x), block(x))
 
 
-def test_cached_rates_between_buckets_serve_their_bucket(tmp_path):
-    """A sweep at rates 0.125, 0.375 (a layer gate at batch 8) fills buckets 0.1 and 0.4;
-    of two rates in one bucket, the nearer one serves it."""
+def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):
+    """Rates timed between buckets (a layer gate at batch 8: 0.125, 0.375; two rates in
+    one bucket: 0.55 and 0.65 both round to 0.6) each keep their own entry, and a rate
+    is served by the nearest timed one. Before, one timing per 0.1 bucket was kept (the
+    other dropped) and 0.75, filed under 0.8, lost to a prediction at 0.7. With a
+    calibration, predictions fill only the buckets no timing lies near."""
     from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
     from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
 
     block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
     x = torch.randn(1, 32, 12, 12)
     laudtriton.nn.calibrate_block(block, x, 0.5)
     spec = BlockSpec.from_block(block, x.shape)
     cache = TuneCache(tmp_path, device="cpu")
-    fast = {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 1e-3}}
-    for r in (0.125, 0.375):
-        cache.record(spec, r, fast)
-    cache.record(spec, 0.41, {"dense": {"{}": 1e-3}, "gather": {"{}": 2e-3},
-                              "patch": {"{}": 3e-3}})
+    patch = {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 1e-3}}
+    gather = {"dense": {"{}": 3e-3}, "gather": {"{}": 1e-3}, "patch": {"{}": 2e-3}}
+    dense = {"dense": {"{}": 1e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 3e-3}}
+    for r, t in ((0.125, patch), (0.375, patch), (0.41, dense), (0.55, gather),
+                 (0.65, patch), (0.75, dense)):
+        cache.record(spec, r, t)
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
     cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
-    entries = cm.blocks[0].table.entries
-    assert entries[0.1].source == "cached" and entries[0.1].variant == "patch"
-    assert entries[0.4].source == "cached" and entries[0.4].variant == "dense"  # 0.41
+    table = cm.blocks[0].table
+    cached = {r: c.variant for r, c in table.entries.items() if c.source == "cached"}
+    assert cached == {0.125: "patch", 0.375: "patch", 0.41: "dense", 0.55: "gather",
+                      0.65: "patch", 0.75: "dense"}
+    for rate, want in ((0.12, "patch"), (0.38, "patch"), (0.4, "dense"), (0.55, "gather"),
+                       (0.65, "patch"), (0.72, "dense"), (0.75, "dense")):
+        assert table.choose(rate).variant == want, rate
+    predicted = sorted(r for r, c in table.entries.items() if c.source == "predicted")
+    assert predicted == [0.0, 0.2, 0.3, 0.9, 1.0]  # the others lie within 0.05 of a timing
+
+
+def test_quick_tuning_records_the_rate_it_timed(tmp_path):
+    """tune="quick" on a layer gate at batch 1: the quick rates 0.2 and 0.5 give a gate
+    that is off, 0.8 one that is on. Rate 0 and rate 1 are timed once each and recorded
+    at 0 and 1 (before, at 0.2, 0.5 and 0.8, rate 0's timing served rate 0.5)."""
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, mode="layer", seed=2)
+    x = torch.randn(1, 32, 8, 8)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    table = cm.blocks[0].table
+    assert sorted(table.entries) == [0.0, 1.0]
+    assert {c.source for c in table.entries.values()} == {"measured"}
+    assert TuneCache(tmp_path, device="cpu").rates(cm.blocks[0].spec) == [0.0, 1.0]
+
+
+def test_float64_compiles_on_a_calibrated_cache(tmp_path):
+    """The predictor models float32/16/bf16 only: a float64 compile with tune="cached" on
+    a calibrated cache holding timings (of float32 blocks) times the example input
+    instead of failing in the predictor (it raised "dtype 'float64' unknown")."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    TuneCache(tmp_path, device="cpu").record(
+        BlockSpec.from_block(block, x.shape), 0.5, {"dense": {"{}": 1e-3}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+    cm = laudtriton.compile(block, x.double(), backend="cpu", tune="cached",
+                            cache_dir=tmp_path, dtype=torch.float64)
+    assert {c.source for c in cm.blocks[0].table.entries.values()} == {"measured"}
+    with torch.no_grad():
+        assert_close(cm(x.double()), block.double()(x.double()))
+
+
+def test_dispatch_table_refuses_a_rate_outside_0_1():
+    from laudtriton.schedule import DispatchTable
+
+    table = DispatchTable()
+    table.add(0.5, {"dense": {"{}": 1e-3}}, "measured")
+    for bad in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+            table.choose(bad)
+    table.add(0.7, {"dense": {"{}": -1.0}, "patch": {"{}": 0.0}}, "measured")
+    assert 0.7 not in table.entries  # no positive time: nothing to choose
 
 
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])

@@ -195,8 +195,8 @@ def test_active_pixels_same_on_every_path(dtype):
 
 
 def test_dispatch_rate_is_the_mask_mean():
-    from laudtriton.compiled import dispatch_rate
     from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops.masks import dispatch_rate
 
     grid = (torch.arange(12.0).view(1, 1, 3, 4) % 3 == 0).float()
     channel = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])

@@ -129,6 +129,25 @@ def test_sweep_resumes_from_cache(tmp_path, counted):
     assert r4.timed == n_specs == len(counted)
 
 
+def test_timings_are_recorded_at_the_rate_the_masks_realise(tmp_path, counted):
+    """A layer gate at batch 1 is off at asked rates 0.3 and 0.5 (round(r·1) = 0) and on
+    at 0.6: the sweep times rate 0 once and rate 1 once, and the cache and the CSV hold
+    them at 0 and 1 (before, at 0.3, 0.5 and 0.6: a 'rate 0.5' timed with the gate off,
+    which compile then served at 0.5). The CSV keeps the asked rate beside it."""
+    model = LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=64, mode="layer")
+    cache = TuneCache(tmp_path)
+    res = sweep(model, rates=[0.3, 0.5, 0.6], cache=cache, blocks="layer4.0",
+                csv_path=tmp_path / "l.csv", **FAST)
+    assert (res.timed, res.merged) == (2, 1) and len(counted) == 2
+    assert [c[2] for c in counted] == [0.0, 1.0]
+    spec = counted[0][0]
+    assert cache.rates(spec) == [0.0, 1.0]
+    rows = read_csv(tmp_path / "l.csv")
+    assert sorted({(r["asked_rate"], r["rate"]) for r in rows}) == [(0.3, 0.0), (0.6, 1.0)]
+    fr = {r["rate"]: r["flops_ratio"] for r in rows}  # rate 0: the downsample alone
+    assert fr[0.0] < 0.5 and fr[1.0] == 1.0
+
+
 def test_equal_specs_tuned_once(tmp_path, counted):
     model = tiny((1, 1, 3, 1))  # layer3.1 and layer3.2 share one BlockSpec
     res = sweep(model, rates=[0.5], cache=TuneCache(tmp_path), blocks="layer3.1,layer3.2",
@@ -232,6 +251,8 @@ def test_clustered_sweep_command_says_where_the_timings_are(tmp_path, capsys, mo
     (dict(batch=0), "batch 0"),
     (dict(dtype="float8"), "dtype 'float8'"),
     (dict(variants="dense,warp_drive"), "unknown variant 'warp_drive'"),
+    (dict(variants=" , "), "--variants is empty"),
+    (dict(variants=[]), "--variants is empty"),
 ])
 def test_sweep_rejects(tmp_path, kwargs, match):
     args = dict(model=tiny(), rates=[0.5], cache=TuneCache(tmp_path), **FAST)

@@ -34,6 +34,20 @@ def host_array(t: torch.Tensor) -> np.ndarray | None:
     return None
 
 
+def dispatch_rate(spec, masks: BlockMasks) -> float:
+    """The rate a block's dispatch table (``schedule.DispatchTable``) is read at, for
+    ``spec`` (a BlockSpec): the mean of its channel mask (mode ``channel``) or of its grid
+    (spatial mask or layer gate). Timings are recorded at the rate their masks give this
+    way (``tune.sweep``, ``compile``'s tuning). A CPU mask is read through
+    numpy, without the two torch ops (mean, item) that cost about 40 us per block inside
+    a model (BENCHMARKS.md, session 14)."""
+    t = masks.channel if spec.mode == "channel" else masks.grid
+    a = host_array(t)
+    if a is not None:
+        return float(a.mean(dtype=np.float64))
+    return float(t.mean() if t.is_floating_point() else t.float().mean())
+
+
 def active_pixels(mask: torch.Tensor) -> torch.Tensor:
     """Flat indices of the nonzero entries of a [B, 1, h, w] 0/1 mask (float or bool).
 

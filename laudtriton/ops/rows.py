@@ -76,7 +76,7 @@ class PackedRows:
     Runs oneDNN's linear op where available (``onednn_linear_available``): it costs about
     half the fixed time per call of the 1x1 convolution it replaced (15 vs 27-31 us on a
     tiny GEMM); with the numpy reads of ``masks.active_pixels`` and
-    ``compiled.dispatch_rate`` it took 2.5-3.8% off ResNet-101's spatial forward at rate
+    ``masks.dispatch_rate`` it took 2.5-3.8% off ResNet-101's spatial forward at rate
     0.5 (BENCHMARKS.md, session 14); else a packed 1x1 convolution over a [1, k, 1, n]
     channels_last view.
     """

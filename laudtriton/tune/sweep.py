@@ -28,6 +28,7 @@ from ..nn.resnet import (
     parse_modes,
 )
 from ..ops.fold import fold_block
+from ..ops.masks import dispatch_rate
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
@@ -38,8 +39,11 @@ from .timing import median_time
 MODELS: dict[str, Callable[..., LaudResNet]] = {
     "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
 }
+# rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
+# asked for (``sweep``), by which the whole-model plot sums its blocks
 CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
-              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered")
+              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
+              "asked_rate")
 DTYPES = ("float32", "float16", "bfloat16")
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -245,13 +249,15 @@ class _Progress:
 @dataclass
 class SweepResult:
     """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
-    config. timed / cached: (spec, rate) items measured now / found in the cache.
+    config. timed / cached: (spec, rate) items measured now / found in the cache; merged:
+    asked rates that realise a rate already timed in this sweep (timed once, ``sweep``).
     saved: whether the cache file holds the results (False: unwritable or disabled, or a
     clustered sweep)."""
 
     rows: list[dict] = field(default_factory=list)
     timed: int = 0
     cached: int = 0
+    merged: int = 0
     seconds: float = 0.0
     csv_path: Path | None = None
     cache_path: Path | None = None
@@ -274,7 +280,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     model: "laud_resnet50" | "laud_resnet101" (built with ``mode``, ``granularity``,
     ``channel_granularity``) or a LaudResNet instance (they then come from it). Blocks are
     measured on random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
-    synthetic masks of exactly round(rate*N) active cells. shard (i, n): this run takes
+    synthetic masks of exactly round(rate*N) active cells, and recorded (cache and CSV) at
+    the rate those masks realise, round(rate*N)/N (``ops.masks.dispatch_rate``: 0.102 for
+    0.1 on a 7x7 grid; 0 for 0.3 with a layer gate at batch 1); asked rates that realise
+    the same one are timed once. shard (i, n): this run takes
     every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
     (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``; with
@@ -320,6 +329,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     if variants is not None:
         if isinstance(variants, str):
             variants = [v.strip() for v in variants.split(",") if v.strip()]
+        if not variants:
+            raise ValueError("--variants is empty; name one or more variants (dense is "
+                             "always timed), or leave it out for every variant")
         try:
             wanted = {get_variant(n).name for n in variants} | {"dense"}
         except ValueError as e:  # an unknown name
@@ -346,11 +358,20 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     bar = _Progress(len(items), progress)
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
+    done: set[tuple[BlockSpec, float]] = set()
     try:
-        for spec, rate in items:
+        for spec, asked in items:
             members = by_spec[spec]
-            masks = synthetic_masks(spec, rate, seed=seed + int(round(rate * 1000)),
+            masks = synthetic_masks(spec, asked, seed=seed + int(round(asked * 1000)),
                                     clustered=clustered, device=dev)
+            # timed and recorded at the rate the masks realise, round(asked·N)/N (a layer
+            # gate at batch 1 is off at 0.3); two asked rates that realise one are timed once
+            rate = round(dispatch_rate(spec, masks), 6)
+            if (spec, rate) in done:
+                result.merged += 1
+                bar.update(f"{spec.short()} r={asked:g} is r={rate:g} again")
+                continue
+            done.add((spec, rate))
             fr = ideal_flops_ratio(spec, masks)
             known = cache.lookup(spec, rate) or {}
             todo: dict[str, list[dict]] = {}
@@ -373,6 +394,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
                 meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
+                        "asked_rate": asked,
                         "clustered": clustered, "input_size": input_size,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 cache.record(spec, rate, timings, meta)
@@ -382,7 +404,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             else:
                 result.cached += 1
             result.rows.extend(_rows(model_name, members, spec, rate, known, fr, cache.device,
-                                     clustered))
+                                     clustered, asked))
             bar.update(f"{spec.short()} r={rate:g}")
     finally:
         bar.close()
@@ -409,7 +431,8 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
     return _reps(t)
 
 
-def _rows(model_name, members, spec, rate, timings, fr, device, clustered) -> list[dict]:
+def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
+          asked) -> list[dict]:
     dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
     d = min(dense) if dense else math.nan
     out = []
@@ -421,7 +444,7 @@ def _rows(model_name, members, spec, rate, timings, fr, device, clustered) -> li
                     "S": spec.granularity, "rate": rate, "variant": vn, "config": cfg,
                     "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
                     "flops_ratio": fr, "spec_key": spec.key(), "device": device,
-                    "clustered": int(clustered),
+                    "clustered": int(clustered), "asked_rate": asked,
                 })
     return out
 
@@ -443,8 +466,9 @@ def read_csv(path: str | Path) -> list[dict]:
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
             column the plots need missing, a rate or seconds cell that is not a number,
-            a rate outside [0, 1], seconds that are not positive (inf, a failed config,
-            is accepted, and so is nan dense seconds: sweep writes both).
+            a rate outside [0, 1], a negative FLOPs ratio, seconds that are not
+            positive (inf, a failed config, is accepted, and so is nan dense seconds:
+            sweep writes both).
     """
     try:
         with open(path, newline="") as fh:
@@ -457,14 +481,18 @@ def read_csv(path: str | Path) -> list[dict]:
                          f"{sorted(need - set(rows[0]))}")
     for i, r in enumerate(rows, 1):
         where = f"{path}: row {i} (line {i + 1}), column"
-        for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio"):
+        for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio", "asked_rate"):
             if k in ("rate", "seconds") or r.get(k) not in (None, ""):
                 try:
                     r[k] = float(r[k])
                 except (TypeError, ValueError):
                     raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
-        if not 0.0 <= r["rate"] <= 1.0:
-            raise ValueError(f"{where} 'rate': {r['rate']:g} is outside [0, 1]")
+        for k in ("rate", "asked_rate"):
+            if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
+                raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
+        fr = r.get("flops_ratio")
+        if isinstance(fr, float) and not fr >= 0.0:
+            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a ratio >= 0")
         # a failed config scores inf seconds, and the row of a block whose dense variant
         # failed has dense_seconds nan (``_rows``): sweep writes them, the plots skip them
         if not r["seconds"] > 0.0:

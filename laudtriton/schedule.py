@@ -183,13 +183,15 @@ class Design:
 
 
 def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
+    """The distinct (mode, S) a stage of a ``size`` map can take (a mode or S named twice
+    counts once: each configuration is ranked once)."""
     opts = []
     for m in modes:
         if m in ("spatial", "both"):
             opts += [(m, g) for g in granularities if 1 <= g <= size]
         else:
             opts.append((m, 1))
-    return opts
+    return list(dict.fromkeys(opts))
 
 
 def check_target_rate(target: float) -> None:

@@ -112,6 +112,13 @@ def test_design_rates_meet_target_per_block():
         assert flops_ratio(spec, r) == pytest.approx(0.5, abs=1e-6)
 
 
+def test_design_ranks_each_configuration_once():
+    """An S or a mode named twice (--granularities 4,4) counts once: it printed the same
+    design 16 times."""
+    d = design_search("laud_resnet50", "v100", 0.5, ("spatial", "spatial"), (4, 4), batch=8)
+    assert [x.label() for x in d] == ["spatial-spatial-spatial-spatial 4-4-4-4"]
+
+
 def test_design_top_and_errors():
     assert len(design_search("laud_resnet50", "a100", 0.5, top=3)) == 3
     for kwargs, msg in [({"target": 0.0}, "target-rate"), ({"target": 1.5}, "target-rate"),

@@ -108,7 +108,9 @@ def test_two_processes_lose_no_entry(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"schema": 1}', "[]", "",
-                                     b"\xff\xfe{not utf-8"])
+                                     b"\xff\xfe{not utf-8",
+                                     pytest.param("[" * 100000 + "]" * 100000,
+                                                  id="nested-too-deep")])
 def test_corrupt_file_warns_and_is_rebuilt(tmp_path, caplog, content):
     c = TuneCache(tmp_path)
     c.dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,42 @@ def test_merge_files(tmp_path, caplog):
     m = TuneCache(out.parent)
     assert m.lookup(SPEC, 0.5) == {"dense": {"{}": 3e-3}}
     assert m.lookup(SPEC2, 0.2) == {"dense": {"{}": 2e-3}}
+
+
+def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
+    """A sweep that records into the output file while merge_files works (here: just
+    before merge takes the lock) keeps its entry: the output is read under the lock
+    (it was read before it, and the sweep's entry was written over)."""
+    live, shard = TuneCache(tmp_path / "live"), TuneCache(tmp_path / "shard")
+    live.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    shard.record(SPEC, 1.0, {"dense": {"{}": 2e-3}})
+    real, raced = cache_mod._file_lock, []
+
+    def racing_lock(path):
+        if path.name == live.path.name + ".lock" and not raced:
+            raced.append(1)
+            TuneCache(tmp_path / "live").record(SPEC2, 0.5, {"dense": {"{}": 3e-3}})
+        return real(path)
+
+    monkeypatch.setattr(cache_mod, "_file_lock", racing_lock)
+    assert merge_files([shard.path], live.path) == 3
+    after = TuneCache(tmp_path / "live")
+    assert after.lookup(SPEC2, 0.5) == {"dense": {"{}": 3e-3}}
+    assert after.lookup(SPEC, 1.0) == {"dense": {"{}": 2e-3}}
+
+
+def test_non_positive_timings_are_malformed(tmp_path, caplog):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    c.record(SPEC, 0.6, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    for e in data["entries"].values():
+        if e["rate_bucket"] == 0.6:
+            e["timings"]["{}"] = -1.0
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).rates(SPEC) == [0.5]
+    assert "1 malformed entries ignored" in caplog.text
 
 
 def test_merge_files_rejects(tmp_path):

@@ -109,7 +109,7 @@ def _load(path: Path) -> tuple[str | None, dict[str, dict]]:
         return None, {}
     try:
         data = _cache_json(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
         log.warning("autotune cache %s is corrupt (%s); ignoring it, it is rebuilt on the "
                     "next write", path, e)
         return None, {}
@@ -163,14 +163,15 @@ def _valid_spec(d) -> bool:
 
 def _valid_entry(e) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
-    in [0, 1], variant a string, timings {str: number}, meta (if any) a dict whose
+    in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
     "models" is {str: [str]} and "flops_ratio" a number, versions a dict, source_hash a
     string or null."""
     if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
             and isinstance(e.get("timings"), dict)
-            and all(isinstance(c, str) and _number(t) for c, t in e["timings"].items())
+            and all(isinstance(c, str) and _number(t) and t > 0  # inf: a failed config
+                    for c, t in e["timings"].items())
             and isinstance(e.get("versions", {}), dict)
             and isinstance(e.get("source_hash"), (str, type(None)))):
         return False
@@ -416,33 +417,53 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"cache files not found: {', '.join(missing)}")
+    _check_is_cache(out)
+    devices: dict[str, str] = {}
+    merged: dict[str, dict] = {}
+    for p in paths:
+        _merge_file(p, merged, devices)
+    if not merged:
+        raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
+                         f"{out} left as it was")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # out is read again under the lock: a sweep may have recorded into it meanwhile
+    with _file_lock(out.with_name(out.name + ".lock")):
+        _check_is_cache(out)
+        if out.is_file():
+            inputs, merged = merged, {}
+            _merge_file(out, merged, devices)
+            _merge_into(merged, inputs)  # the inputs win per config
+        _write(out, next(iter(devices)), merged)
+    return len(merged)
+
+
+def _check_is_cache(out: Path) -> None:
+    """Raise NotACacheError unless ``out`` is missing or a cache file."""
     if out.exists():
         try:
             _cache_json(out.read_bytes())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
                                  "nothing written") from None
-    devices: dict[str, str] = {}
-    merged: dict[str, dict] = {}
-    inputs_with_entries = 0
-    for p in ([out] if out.is_file() else []) + paths:
-        device, entries = _load(p)
-        if entries and not isinstance(device, str):
-            raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
-                             "for); not a cache file laudtriton wrote, nothing merged")
-        if entries:
-            devices.setdefault(str(device), str(p))
-            _merge_into(merged, entries)
-            inputs_with_entries += p in paths
+
+
+def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> None:
+    """Merge the entries of cache file ``p`` into ``merged`` and its device into
+    ``devices`` ({device: first file}).
+
+    Raises:
+        ValueError: if ``p`` holds entries but no device, or its device is not the one
+            of the files merged before.
+    """
+    device, entries = _load(p)
+    if not entries:
+        return
+    if not isinstance(device, str):
+        raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
+                         "for); not a cache file laudtriton wrote, nothing merged")
+    devices.setdefault(device, str(p))
     if len(devices) > 1:
         listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
         raise ValueError(f"cache files are for different devices: {listing}; merge files of "
                          "one device kind only")
-    if not inputs_with_entries:
-        raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
-                         f"{out} left as it was")
-    device = next(iter(devices))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(out.with_name(out.name + ".lock")):
-        _write(out, device, merged)
-    return len(merged)
+    _merge_into(merged, entries)

@@ -205,6 +205,19 @@ def test_merge_files(tmp_path, caplog):
     assert m.lookup(SPEC2, 0.2) == {"dense": {"{}": 2e-3}}
 
 
+def test_source_hash_follows_the_ops_a_variant_runs_through_others():
+    """dense runs ops.packed (PackedConv) through ops.channel (dense_weights), and the
+    spatial variants ops.packed through ops.rows: an edit there must hide their timings.
+    Only the variant module's direct imports were hashed."""
+    from laudtriton.ops import get_variant
+    from laudtriton.tune.keys import _source_files
+
+    for name in ("dense", "slice", "compact", "gather", "patch"):
+        names = {f.name for f in _source_files(get_variant(name))}
+        assert {"packed.py", "fold.py"} <= names, name
+    assert "rows.py" in {f.name for f in _source_files(get_variant("gather"))}
+
+
 def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
     """A sweep that records into the output file while merge_files works (here: just
     before merge takes the lock) keeps its entry: the output is read under the lock

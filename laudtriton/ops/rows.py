@@ -8,7 +8,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .packed import PackedConv, probe_tensors
+from .packed import PackedConv, onednn_fusion_available, probe_tensors
 
 # conv1 runs over every pixel (one GEMM, no row gather or scatter) when mask1 covers at
 # least this fraction of the batch's pixels; its rows outside mask1 are never read.
@@ -38,6 +38,13 @@ def rows_linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> 
     a4 = a.contiguous().view(1, n, 1, k).permute(0, 3, 1, 2)
     y = _MKLDNN_CONV(a4, w.contiguous().view(o, k, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
     return y.permute(0, 2, 3, 1).reshape(n, o)
+
+
+def packs_rows(t: torch.Tensor) -> bool:
+    """Whether row GEMMs on tensors like ``t`` run pre-packed (:class:`PackedRows`, the
+    spatial variants' row-bucketed GEMMs; ``predict.calibrate.gemm_peak`` times them so):
+    on CPU, float32, where oneDNN's fused ops are available."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and onednn_fusion_available()
 
 
 def row_bucket(n: int) -> int:

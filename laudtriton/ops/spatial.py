@@ -33,9 +33,9 @@ from . import masks as mk
 from .channel import slice_cache
 from .fold import FoldedBlock, derived
 from .kappa import channel_groups, conv3_bias
-from .packed import PackedConv, onednn_fusion_available
+from .packed import PackedConv
 from .registry import Variant, register
-from .rows import DENSE_CONV1_FRACTION, PackedRows, row_bucket, rows_linear
+from .rows import DENSE_CONV1_FRACTION, PackedRows, packs_rows, row_bucket, rows_linear
 from .spatial_cost import gather_cost, patch_cost
 from .spec import BlockSpec
 
@@ -108,8 +108,7 @@ MAX_PACKED = 96  # packed row GEMMs kept per block
 
 
 def _bucketed(wt: _Weights, a: torch.Tensor) -> bool:
-    return (wt.packed is not None and a.device.type == "cpu" and a.dtype == torch.float32
-            and onednn_fusion_available())
+    return wt.packed is not None and packs_rows(a)
 
 
 def _pad_index(idx: torch.Tensor, wt: _Weights, like: torch.Tensor) -> torch.Tensor:

@@ -71,20 +71,30 @@ def current_versions() -> dict[str, str]:
 
 
 def _source_files(variant) -> list[Path]:
-    """The variant's module, the ops/kernels modules it uses directly (its module's
-    globals), and for Triton variants every ``laudtriton/kernels/*.py``."""
-    mod = sys.modules.get(getattr(variant.run, "__module__", "") or "")
+    """The variant's module and the ``laudtriton.ops``/``laudtriton.kernels`` modules it
+    uses, directly or through each other (the modules of their globals, transitively:
+    ``dense`` runs ``ops.packed`` through ``ops.channel``), and for Triton variants every
+    ``laudtriton/kernels/*.py``. The few mask helpers the engine takes from
+    ``laudtriton.nn`` are not followed: editing the training code keeps the timings."""
     files: set[Path] = set()
     src = inspect.getsourcefile(variant.run)
     if src is not None:
         files.add(Path(src).resolve())
-    for obj in vars(mod).values() if mod is not None else ():
-        dep = obj if inspect.ismodule(obj) else sys.modules.get(
-            getattr(obj, "__module__", None) or "")
-        name = getattr(dep, "__name__", "")
-        if name.startswith(("laudtriton.ops.", "laudtriton.kernels.")) and getattr(
-                dep, "__file__", None):
-            files.add(Path(dep.__file__).resolve())
+    todo = [sys.modules.get(getattr(variant.run, "__module__", "") or "")]
+    seen: set[str] = set()
+    while todo:
+        mod = todo.pop()
+        if mod is None or mod.__name__ in seen:
+            continue
+        seen.add(mod.__name__)
+        for obj in vars(mod).values():
+            dep = obj if inspect.ismodule(obj) else sys.modules.get(
+                getattr(obj, "__module__", None) or "")
+            name = getattr(dep, "__name__", "")
+            if name.startswith(("laudtriton.ops.", "laudtriton.kernels.")) and getattr(
+                    dep, "__file__", None):
+                files.add(Path(dep.__file__).resolve())
+                todo.append(dep)
     if variant.needs_triton:
         files.update(p.resolve() for p in (_PKG_DIR / "kernels").glob("*.py"))
     return sorted(files)

@@ -137,8 +137,18 @@ def _legend(fig: Figure, axes) -> None:
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    if not labels:  # no line drawn (matplotlib refuses a legend of 0 columns)
+        return
     fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
                ncol=min(len(labels), 6), frameon=False, fontsize=9)
+
+
+def check_measured(rows: Rows, src: str) -> None:
+    """A ValueError naming ``src`` (where the rows come from) when no row has a finite
+    time: every config failed (sweep scores a failure inf seconds), nothing to plot."""
+    if not any(math.isfinite(float(r["seconds"])) for r in rows):
+        raise ValueError(f"{src}: nothing finite was measured: all {len(rows)} timings are "
+                         "inf or nan (every config failed)")
 
 
 def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
@@ -149,19 +159,25 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     seconds; spec_key and flops_ratio for the ideal line). predicted: {spec short or
     spec_key: {rate: seconds}}. Per model: ``<model>_blocks.png`` (one panel per distinct
     block spec) and ``<model>_model.png`` (sum over all blocks: dense, each variant where
-    it covers every block, best per block, ideal, predicted).
+    it covers every block, best per block, ideal, predicted). A model whose every timing
+    is inf or nan (every config failed) is skipped with a warning.
 
     Raises:
-        ValueError: if there is nothing to plot.
+        ValueError: if there is nothing to plot: no rows, or no finite timing.
     """
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)
+    src = str(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else "the rows given"
     if not rows:
-        src = csv_or_rows if isinstance(csv_or_rows, (str, Path)) else "the rows given"
         raise ValueError(f"no timings to plot in {src}")
+    check_measured(rows, src)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, g in _group(rows).items():
+        if not g["t"]:  # only failed configs: no line to draw
+            log.warning("plot: %s: nothing finite was measured (every config failed); "
+                        "skipping it", key)
+            continue
         g["blocks"] = dict(sorted(g["blocks"].items(), key=lambda kv: _natural(kv[0])))
         sids = list(dict.fromkeys(g["blocks"].values()))  # in block execution order
         curves = {sid: _curves(g, sid, predicted) for sid in sids}
@@ -303,6 +319,8 @@ def run_plot(args: argparse.Namespace) -> int:
             rows = read_csv(args.source)
             if not rows:
                 raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")
+        # before the predicted line is fitted: a figure of failures only is no figure
+        check_measured(rows, f"--from {args.source!r}")
         from .tune.keys import device_fingerprint
 
         predicted = None

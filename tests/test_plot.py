@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,48 @@ def test_plot_rejects_empty(tmp_path):
     write_csv([], tmp_path / "e.csv")
     with pytest.raises(ValueError, match="no timings"):
         plot_latency_vs_rate(tmp_path / "e.csv", tmp_path)
+
+
+def _failed(rows: list[dict]) -> list[dict]:
+    """The rows as sweep writes them when every config failed."""
+    return [dict(r, seconds=float("inf"), ratio=float("inf")) for r in rows]
+
+
+@pytest.mark.parametrize("predicted", [False, True])
+def test_plot_command_all_failed_csv_is_one_line(tmp_path, capsys, predicted):
+    """Every seconds inf: one line naming the CSV (it was matplotlib's "number sections
+    must be larger than 0.")."""
+    csv = write_csv(_failed(_rows()), tmp_path / "allinf.csv")
+    argv = ["plot", "--from", str(csv), "--out", str(tmp_path / "o")]
+    assert _run(argv + ([] if predicted else ["--no-predicted"])) == 2
+    assert capsys.readouterr().err == (
+        f"laudtriton plot: error: --from {str(csv)!r}: nothing finite was measured: all "
+        f"{len(_rows())} timings are inf or nan (every config failed)\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_all_failed_rows_raise(tmp_path):
+    rows = _failed(_rows())
+    rows[0]["seconds"] = float("nan")
+    with pytest.raises(ValueError, match="^the rows given: nothing finite was measured"):
+        plot_latency_vs_rate(rows, tmp_path)
+
+
+def test_plot_skips_a_model_whose_every_config_failed(tmp_path, caplog):
+    rows = _rows() + [dict(r, model="failnet") for r in _failed(_rows())]
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows, tmp_path)
+    assert [p.name for p in paths] == ["tinynet_spatial_b1_float32_blocks.png",
+                                       "tinynet_spatial_b1_float32_model.png"]
+    assert "failnet_spatial_b1_float32: nothing finite was measured" in caplog.text
+
+
+def test_plot_model_figure_without_a_common_rate(tmp_path):
+    """Each block measured at other rates than the others: no rate has every block, so
+    the whole-model figure has no line (and no legend), where it failed in matplotlib."""
+    rows = [r for r in _rows() if (r["rate"] == 0.2) == (r["block"] == "layer2.0")]
+    paths = plot_latency_vs_rate(rows, tmp_path)
+    assert len(paths) == 2 and all(p.is_file() for p in paths)
 
 
 def _run(argv):

@@ -284,7 +284,17 @@ def test_cli_errors(capsys, args, msg):
     (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "
      "accepted: one positive int or four joined by '-', e.g. '4-4-2-1'"),
     (["predict", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
-    (["predict", "--validate", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["predict", "--validate", "--batch", "0"], "--batch: not used by --validate, which "
+     "validates on every cached timing of --hardware; give only --hardware, --cache-dir, "
+     "--include-stale"),
+    (["predict", "--variants", ","], "--variants ',' names no variant; give a comma list, "
+     "or leave it out for all"),
+    (["predict", "--variants", ""], "--variants '' names no variant; give a comma list, "
+     "or leave it out for all"),
+    (["predict", "--variants", " , ,", "--hardware", "v100"], "--variants ' , ,' names no "
+     "variant; give a comma list, or leave it out for all"),
+    (["design", "--target-rate", "0.5", "--modes", ","], "--modes ',' names no mode; give "
+     "a comma list of spatial, channel, layer, both"),
     (["calibrate", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
 ])
 def test_cli_refuses_before_printing(capsys, tmp_path, monkeypatch, args, msg):

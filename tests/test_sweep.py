@@ -375,9 +375,9 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     made, seen = [], []
     real = prune_mod.make_prune
 
-    def spy(hw, top_k=3, factors=None):
-        made.append((hw, top_k))
-        hook = real(hw, top_k, factors)
+    def spy(hw, top_k=3, factors=None, cache_dir=None):
+        made.append((hw, top_k, cache_dir))
+        hook = real(hw, top_k, factors, cache_dir)
 
         def prune(spec, rate, variant, configs):
             seen.append((rate, variant.name))
@@ -394,7 +394,7 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "s.csv") as fh:
         timed = {r["variant"] for r in csv.DictReader(fh)}
     assert timed >= {"dense", "gather"}
-    assert made == [("v100", 1)]
+    assert made == [("v100", 1, str(tmp_path))]  # the predictor of --cache-dir
     assert {v for _, v in seen} == timed and {r for r, _ in seen} == {0.5}
 
 

@@ -20,12 +20,12 @@ import logging
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from .hardware import HardwareSpec
+from .hardware import DTYPES, HardwareSpec, get_hardware
 
 log = logging.getLogger("laudtriton")
 
@@ -47,11 +47,37 @@ class Calibration:
     units: int
     created: str = ""
 
+    def __post_init__(self):
+        """Raises ValueError naming the first field of a wrong type or value: a file can
+        hold anything, and a NaN peak would turn every prediction into nan."""
+        def positive(x, zero_ok=False) -> bool:
+            return (isinstance(x, (int, float)) and not isinstance(x, bool)
+                    and math.isfinite(x) and (x > 0 or (zero_ok and x == 0)))
+
+        def count(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+        checks = (
+            ("fingerprint", isinstance(self.fingerprint, str), "a string"),
+            ("kind", self.kind in ("cpu", "gpu"), "'cpu' or 'gpu'"),
+            ("peak", isinstance(self.peak, dict) and bool(self.peak) and all(
+                d in DTYPES and positive(p) for d, p in self.peak.items()),
+             f"a non-empty {{dtype: finite multiply-adds/s > 0}} (dtypes: "
+             f"{', '.join(DTYPES)})"),
+            ("bandwidth", positive(self.bandwidth), "a finite number of B/s > 0"),
+            ("overhead", positive(self.overhead, zero_ok=True), "a finite number of s >= 0"),
+            ("threads", count(self.threads), "an int >= 1"),
+            ("units", count(self.units), "an int >= 1"),
+            ("created", isinstance(self.created, str), "a string"))
+        for name, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not {accepted}")
+
     def to_hardware(self) -> HardwareSpec:
         """The HardwareSpec of this calibration (named "cpu" or "cuda")."""
         name = "cpu" if self.kind == "cpu" else "cuda"
-        return HardwareSpec(name, self.kind, max(1, self.units),
-                            tuple(sorted(self.peak.items())), self.bandwidth, self.overhead,
+        return HardwareSpec(name, self.kind, self.units, tuple(sorted(self.peak.items())),
+                            self.bandwidth, self.overhead,
                             f"calibrated {self.created} on {self.fingerprint}")
 
 
@@ -67,30 +93,94 @@ def calibration_path(cache_dir=None, device: str = "cpu") -> Path:
     return cache.dir / f"calibration_{_slug(cache.device)}.v{CAL_VERSION}.json"
 
 
-def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
-    """The stored calibration of ``device`` (None if absent; a corrupt file is reported
-    and ignored)."""
-    path = calibration_path(cache_dir, device)
+def read_calibration(path: Path) -> Calibration | None:
+    """The calibration stored in ``path``; None if there is no such file.
+
+    Raises:
+        ValueError: naming ``path``, if it cannot be read or is not a calibration (not
+            JSON, a field missing, or of a wrong type or value); the fields with a
+            default (``created``) may be missing.
+    """
     try:
-        data = json.loads(path.read_text())
-        return Calibration(**{k: data[k] for k in Calibration.__dataclass_fields__})
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("calibration file %s is unreadable (%s); ignoring it", path, e)
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+        raise ValueError(f"calibration file {path} is unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration file {path} is corrupt (a JSON "
+                         f"{type(data).__name__}, not an object)")
+    missing = [f.name for f in fields(Calibration)
+               if f.default is MISSING and f.name not in data]
+    if missing:
+        raise ValueError(f"calibration file {path} is corrupt (no {', '.join(missing)})")
+    try:
+        return Calibration(**{f.name: data[f.name] for f in fields(Calibration)
+                              if f.name in data})
+    except ValueError as e:
+        raise ValueError(f"calibration file {path} is corrupt ({e})") from None
+
+
+def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
+    """The stored calibration of ``device`` in ``cache_dir``: None if absent, and None
+    after a one-line warning naming the file if it is corrupt (as a corrupt autotune
+    cache is): the caller then proceeds as on an uncalibrated machine."""
+    try:
+        return read_calibration(calibration_path(cache_dir, device))
+    except ValueError as e:
+        log.warning("%s; ignoring it (`laudtriton calibrate` rewrites it)", e)
         return None
+
+
+def timings_cache(hw: HardwareSpec, cache_dir=None):
+    """The autotune cache (``tune.cache.TuneCache``) holding timings of ``hw`` ("cpu":
+    this machine, "cuda": its calibrated GPU); None for the presets (no timings of them
+    here)."""
+    from ..tune.cache import TuneCache
+
+    if hw.name in ("cpu", "cuda"):
+        return TuneCache(cache_dir, device=hw.name)
+    return None
+
+
+def predictor_for(hardware: str | HardwareSpec, cache_dir=None, fit: bool = True
+                  ) -> tuple[HardwareSpec, dict | None, str]:
+    """(hw, factors, note): the latency predictor ``predict``, ``design`` and ``sweep
+    --prune-top`` use. hw: ``get_hardware(hardware, cache_dir)`` ("cpu" / "cuda": the
+    calibration in ``cache_dir``); factors: the efficiency factors fitted on the cached
+    timings of hw in ``cache_dir`` (None: the kind's defaults, for a preset, with
+    ``fit`` False, or when nothing is cached); note: one line saying which.
+
+    Raises:
+        ValueError: unknown hardware, or "cuda" without a calibrated local GPU.
+    """
+    from .model import DEFAULT_FACTORS
+    from .model import fit as fit_factors
+
+    hw = get_hardware(hardware, cache_dir)
+    default = DEFAULT_FACTORS[hw.kind]
+    note = f"default factors (eff_c {default.eff_c}, eff_m {default.eff_m})"
+    cache = timings_cache(hw, cache_dir) if fit else None
+    if cache is None:
+        return hw, None, note
+    entries = cache.entries()
+    factors = fit_factors(entries, hw) if entries else {}
+    if not factors:
+        return hw, None, note + " (no cached timings to fit on)"
+    return hw, factors, f"factors fitted on {factors['*'].n} cached timings"
 
 
 def fitted_predictor(cache, device: str = "cpu"):
     """(HardwareSpec, efficiency factors) of ``device`` for the latency predictor: its
     stored calibration, with factors fitted on the current timings of ``cache`` (a
     ``tune.cache.TuneCache``, whose directory holds the calibration). None when the
-    device is not calibrated or the cache holds no timings."""
+    device is not calibrated (or its calibration file is corrupt: reported once) or the
+    cache holds no timings."""
     from .model import fit
 
     cal = load_calibration(cache.dir, device)
-    entries = cache.entries()
-    if cal is None or not entries:
+    entries = cache.entries() if cal is not None else []
+    if not entries:
         return None
     hw = cal.to_hardware()
     return hw, fit(entries, hw)

@@ -11,35 +11,30 @@ import logging
 import math
 import sys
 
+from .calibrate import predictor_for, timings_cache
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
 log = logging.getLogger("laudtriton")
 
-
-def _cache(cache_dir, hw: HardwareSpec):
-    """The autotune cache holding timings of ``hw`` ("cpu": this machine, "cuda": its
-    calibrated GPU); None for the presets (no timings of them here)."""
-    from ..tune.cache import TuneCache
-
-    if hw.name in ("cpu", "cuda"):
-        return TuneCache(cache_dir, device=hw.name)
-    return None
+# predict's options that only its latency table reads, with their defaults (None in the
+# parser, so that --validate, which reads every cached timing of the device, can refuse
+# them when given rather than ignore them).
+TABLE_DEFAULTS = {"model": "laud_resnet101", "mode": "spatial", "granularity": "4-4-2-1",
+                  "rates": "0.25,0.5,0.75", "variants": None, "batch": 1, "dtype": None,
+                  "input_size": 224, "channel_granularity": "1", "no_fit": False}
 
 
-def _factors(args, hw: HardwareSpec) -> tuple[dict | None, str]:
-    """Fitted factors from this hardware's cache (CPU, or a local CUDA GPU), else None."""
-    from .model import DEFAULT_FACTORS, fit
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
-    default = DEFAULT_FACTORS[hw.kind]
-    note = f"default factors (eff_c {default.eff_c}, eff_m {default.eff_m})"
-    if getattr(args, "no_fit", False) or hw.name not in ("cpu", "cuda"):
-        return None, note
-    cache = _cache(args.cache_dir, hw)
-    entries = cache.entries() if cache is not None else []
-    fac = fit(entries, hw) if entries else {}
-    if not fac:
-        return None, note + " (no cached timings to fit on)"
-    return fac, f"factors fitted on {fac['*'].n} cached timings"
+
+def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
+    """The items of the comma list ``text`` given with ``flag``; a ValueError naming it if
+    there are none (',' or '' would otherwise silently mean "nothing" or "everything")."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{flag} {text!r} names no {noun}; give {accepted}")
+    return items
 
 
 def _check_common(args) -> None:
@@ -62,14 +57,18 @@ def _rates(text: str) -> list[float]:
 
 
 def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -> None:
-    p.add_argument("--model", default=model_default, help="laud_resnet50 | laud_resnet101")
-    p.add_argument("--hardware", default="cpu", help=f"one of {', '.join(known_hardware())}")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--model", default=model_default,
+                   help=f"laud_resnet50 | laud_resnet101 (default {model_default})")
+    p.add_argument("--hardware", default="cpu",
+                   help=f"one of {', '.join(known_hardware())} (default cpu)")
+    p.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=224,
+                   help="input height and width in pixels (default 224)")
     p.add_argument("--channel-granularity", default="1",
-                   help="channels per channel-mask group: one int or per stage 'a-b-c-d'")
+                   help="channels per channel-mask group: one int or per stage 'a-b-c-d' "
+                        "(default 1)")
     p.add_argument("--cache-dir", default=None, help="autotune cache / calibration directory")
     p.add_argument("--no-fit", action="store_true",
                    help="use default efficiency factors, not ones fitted on cached timings")
@@ -82,23 +81,44 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         description="Latency predictor: per distinct block and for the whole model, dense "
                     "vs each variant vs the best, at each rate. With --validate: predicted "
                     "vs measured on cached timings held out by block shape (last line "
-                    "'MAPE <number>%').")
+                    "'MAPE <number>%'); it reads every cached timing of --hardware, so it "
+                    "takes only --hardware, --cache-dir and --include-stale and refuses "
+                    "the options of the table.")
     _common(p)
-    p.add_argument("--mode", default="spatial", help="spatial|channel|layer|both or 'a-b-c-d'")
-    p.add_argument("--granularity", default="4-4-2-1", help="S per stage, '4-4-2-1'")
-    p.add_argument("--rates", default="0.25,0.5,0.75", help="'0.25,0.5' or 'start:stop:step'")
-    p.add_argument("--variants", default=None, help="comma list to restrict the variants")
-    p.add_argument("--validate", action="store_true")
+    p.add_argument("--mode", help="spatial|channel|layer|both or 'a-b-c-d' (default spatial)")
+    p.add_argument("--granularity", help="S per stage (default '4-4-2-1')")
+    p.add_argument("--rates", help="'0.25,0.5' or 'start:stop:step' (default '0.25,0.5,0.75')")
+    p.add_argument("--variants", default=None,
+                   help="comma list to restrict the variants (default: all)")
+    p.add_argument("--validate", action="store_true",
+                   help="predicted vs measured on every cached timing of --hardware, held "
+                        "out by block shape; with --cache-dir and --include-stale only")
     p.add_argument("--include-stale", action="store_true",
-                   help="--validate: also timings of other laudtriton/kernel versions")
-    p.set_defaults(func=run_predict)
+                   help="only with --validate: also timings of other laudtriton/kernel "
+                        "versions")
+    p.set_defaults(func=run_predict, **dict.fromkeys(TABLE_DEFAULTS))  # None: not given
     return p
+
+
+def _check_predict_options(args) -> None:
+    """Refuse what the mode (table or --validate) does not read, then fill the table's
+    defaults in ``args``: a ValueError naming the first option refused."""
+    given = [_flag(d) for d in TABLE_DEFAULTS if getattr(args, d) is not None]
+    if args.validate and given:
+        raise ValueError(f"{', '.join(given)}: not used by --validate, which validates on "
+                         "every cached timing of --hardware; give only --hardware, "
+                         "--cache-dir, --include-stale")
+    if args.include_stale and not args.validate:
+        raise ValueError("--include-stale is used only with --validate")
+    for dest, default in TABLE_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
 
 
 def run_validate(args, hw: HardwareSpec) -> int:
     from .model import validate
 
-    cache = _cache(args.cache_dir, hw)
+    cache = timings_cache(hw, args.cache_dir)
     if cache is None:
         raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
                          "'cpu' (or 'cuda', a calibrated local GPU) has them here")
@@ -120,19 +140,21 @@ def run_predict(args) -> int:
     from .model import predict_block, predict_stem_head, resolve_variant
     from .network import model_specs
 
+    _check_predict_options(args)
     _check_common(args)
-    if not args.validate:  # every option checked before the hardware is read (it may warn)
-        rates = _rates(args.rates)
-        parse_stages(args.granularity, "--granularity")
-        model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
-                    "float32", args.channel_granularity)
-        only = None
-        if args.variants:
-            only = [resolve_variant(v.strip()).name for v in args.variants.split(",")
-                    if v.strip()]
-    hw = get_hardware(args.hardware, args.cache_dir)
     if args.validate:
-        return run_validate(args, hw)
+        return run_validate(args, get_hardware(args.hardware, args.cache_dir))
+    # every option checked before the hardware is read (it may warn)
+    rates = _rates(args.rates)
+    parse_stages(args.granularity, "--granularity")
+    model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
+                "float32", args.channel_granularity)
+    only = None
+    if args.variants is not None:
+        listed = _list(args.variants, "--variants", "variant",
+                       "a comma list, or leave it out for all")
+        only = [resolve_variant(v).name for v in listed]
+    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
@@ -147,7 +169,6 @@ def run_predict(args) -> int:
             raise ValueError(f"--variants {', '.join(idle)}: no block of this model and mode "
                              f"runs it on {hw.backend}")
         names = [n for n in names if n in only]
-    factors, note = _factors(args, hw)
     print(f"hardware: {hw.describe()}\n{note}")
     print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
@@ -243,10 +264,8 @@ def run_design(args) -> int:
     _check_common(args)
     check_target_rate(args.target_rate)  # every option before the hardware (it may warn)
     check_arch(args.model)
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    if not modes:
-        raise ValueError(f"--modes {args.modes!r} names no mode; give a comma list of "
-                         "spatial, channel, layer, both")
+    modes = tuple(_list(args.modes, "--modes", "mode",
+                        "a comma list of spatial, channel, layer, both"))
     check_modes(modes)
     try:
         grans = tuple(int(g) for g in args.granularities.split(",") if g.strip())
@@ -255,8 +274,7 @@ def run_design(args) -> int:
                          "'1,2,4,8'") from None
     if not grans or any(g < 1 for g in grans):
         raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
-    hw = get_hardware(args.hardware, args.cache_dir)
-    factors, note = _factors(args, hw)
+    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)
     print(f"hardware: {hw.describe()}\n{note}")

@@ -130,16 +130,20 @@ def known_hardware() -> list[str]:
 
 def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
     """The local machine: from the calibration file of this device in ``cache_dir`` (see
-    ``predict.calibrate``), else ``CPU_DEFAULT`` with a warning (when ``warn``)."""
-    from .calibrate import load_calibration
+    ``predict.calibrate``), else ``CPU_DEFAULT`` with a one-line warning (when ``warn``)
+    saying whether the file is missing or corrupt (and which)."""
+    from .calibrate import calibration_path, read_calibration
 
-    cal = load_calibration(cache_dir)
+    try:
+        cal = read_calibration(calibration_path(cache_dir))
+        why = "no calibration of this machine found"
+    except ValueError as e:  # corrupt: ignored, as a corrupt autotune cache is
+        cal, why = None, f"{e}; ignoring it"
     if cal is not None:
         return cal.to_hardware()
     if warn:
-        log.warning("no calibration of this machine found; using the conservative CPU default "
-                    "(%s). Run `laudtriton calibrate` first for real numbers.",
-                    CPU_DEFAULT.describe())
+        log.warning("%s; using the conservative CPU default (%s). Run `laudtriton calibrate` "
+                    "first for real numbers.", why, CPU_DEFAULT.describe())
     return CPU_DEFAULT
 
 
@@ -156,9 +160,13 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
     if key == "cpu":
         return cpu_hardware(cache_dir)
     if key == "cuda":
-        from .calibrate import load_calibration
+        from .calibrate import calibration_path, read_calibration
 
-        cal = load_calibration(cache_dir, "cuda") if _has_cuda() else None
+        try:
+            cal = read_calibration(calibration_path(cache_dir, "cuda")) if _has_cuda() else None
+        except ValueError as e:
+            raise ValueError(f"--hardware 'cuda': {e}; run `laudtriton calibrate --device "
+                             "cuda` again") from None
         if cal is None:
             raise ValueError("--hardware 'cuda' is the calibrated local GPU; run `laudtriton "
                              "calibrate --device cuda` on a machine with one first")

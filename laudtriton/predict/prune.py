@@ -1,10 +1,11 @@
 """Predictor-guided pruning of kernel configs for the sweep (issue 6, item 3).
 
-``make_prune(hw, top_k)`` returns the ``prune(spec, rate, variant, configs) -> configs``
-hook of ``tune.sweep.sweep``: it keeps the ``top_k`` configs with the lowest predicted
-time. The model sees a config only through its output tile (BM, BN) and the tile and wave
-quantisation that follows from it (``model.quantisation``); configs it cannot tell apart
-(same tile, other BLOCK_K / warps / stages) keep their order in the variant's space.
+``make_prune(hw, top_k, cache_dir=...)`` returns the ``prune(spec, rate, variant, configs)
+-> configs`` hook of ``tune.sweep.sweep``: it keeps the ``top_k`` configs with the lowest
+predicted time, predicted as ``laudtriton predict`` predicts. The model sees a config
+only through its output tile (BM, BN) and the tile and wave quantisation that follows from
+it (``model.quantisation``); configs it cannot tell apart (same tile, other BLOCK_K /
+warps / stages) keep their order in the variant's space.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
-from .hardware import HardwareSpec, get_hardware
+from .hardware import HardwareSpec
 from .model import Factors, _latency, factors_for, terms
 
 # Config keys that name the output tile of a kernel config (rows, then columns).
@@ -44,16 +45,23 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
 
 
 def make_prune(hw: HardwareSpec | str, top_k: int = 3,
-               factors: dict[str, Factors] | None = None
+               factors: dict[str, Factors] | None = None, cache_dir=None
                ) -> Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]:
-    """The sweep's prune hook keeping the ``top_k`` configs of lowest predicted time.
+    """The sweep's prune hook keeping the ``top_k`` configs of lowest predicted time,
+    predicted as ``laudtriton predict --cache-dir cache_dir`` predicts
+    (``calibrate.predictor_for``): "cpu" / "cuda" read their calibration in
+    ``cache_dir``, and factors None means those fitted on the timings cached there
+    (the kind's defaults for a preset or when nothing is cached; {}: the defaults).
 
     Raises:
         ValueError: unknown hardware, or top_k < 1.
     """
-    hw = get_hardware(hw)
+    from .calibrate import predictor_for
+
     if top_k < 1:
         raise ValueError(f"top_k {top_k} must be >= 1")
+    hw, fitted, _ = predictor_for(hw, cache_dir, fit=factors is None)
+    factors = fitted if factors is None else factors
 
     def prune(spec: BlockSpec, rate: float, variant: Variant, configs: list[dict]):
         configs = list(configs)

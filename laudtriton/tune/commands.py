@@ -148,7 +148,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             from ..predict.prune import make_prune
 
             hw = args.hardware or ("cuda" if dev.type == "cuda" else "cpu")
-            prune = make_prune(hw, args.prune_top)
+            # the predictor of `predict --cache-dir`: calibration and fitted factors
+            # from this sweep's cache directory
+            prune = make_prune(hw, args.prune_top, cache_dir=args.cache_dir)
         csv_path = args.csv if args.csv is not None else (
             f"sweep_{args.model}_{args.mode}_{args.granularity}_b{args.batch}_{dev.type}"
             + ("_clustered" if args.clustered else "") + ".csv")

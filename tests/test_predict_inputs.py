@@ -1,0 +1,295 @@
+"""What the latency predictor reads from outside: calibration files (corrupt ones are
+reported once, naming the file, and ignored), the cache directory ``sweep --prune-top``
+takes its predictor from, and the options ``predict --validate`` refuses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+import laudtriton.ops  # noqa: F401  (registers every variant)
+from laudtriton.cli import main
+from laudtriton.ops.spec import BlockSpec
+from laudtriton.predict.calibrate import (
+    Calibration,
+    calibration_path,
+    fitted_predictor,
+    load_calibration,
+    save_calibration,
+)
+from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
+from laudtriton.predict.model import fit
+from laudtriton.tune.cache import TuneCache
+from laudtriton.tune.keys import device_fingerprint
+
+SPEC = BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1)
+
+
+def _good() -> dict:
+    """A valid calibration of this process's CPU (as ``laudtriton calibrate`` writes)."""
+    return {"fingerprint": device_fingerprint("cpu"), "kind": "cpu",
+            "peak": {"float32": 1.1e11}, "bandwidth": 4e10, "overhead": 2.5e-6,
+            "threads": torch.get_num_threads(), "units": 2, "created": "2026-12-01T21:07:33"}
+
+
+def _record_timings(cache_dir) -> TuneCache:
+    cache = TuneCache(cache_dir, device="cpu")
+    for b in (0.25, 0.5, 0.75):
+        cache.record(SPEC, b, {"dense": {"{}": 2e-3}, "gather": {"{}": 5e-4 + b * 2e-3}})
+    return cache
+
+
+# JSON texts of calibration files that must be refused: (text, what the warning says).
+CORRUPT = [
+    ('"peak": []', "peak []"),
+    ('"peak": {}', "peak {}"),
+    ('"peak": {"float32": NaN}', "peak {'float32': nan}"),
+    ('"peak": {"float32": Infinity}', "peak {'float32': inf}"),
+    ('"peak": {"float32": -1e11}', "peak {'float32': -1"),
+    ('"peak": {"float32": "1e11"}', "peak {'float32': '1e11'}"),
+    ('"peak": {"float64": 1e11}', "peak {'float64'"),
+    ('"bandwidth": "fast"', "bandwidth 'fast'"),
+    ('"bandwidth": -1', "bandwidth -1"),
+    ('"bandwidth": 0', "bandwidth 0"),
+    ('"bandwidth": null', "bandwidth None"),
+    ('"overhead": NaN', "overhead nan"),
+    ('"overhead": -2e-6', "overhead -2e-06"),
+    ('"threads": true', "threads True"),
+    ('"units": 0', "units 0"),
+    ('"units": 2.5', "units 2.5"),
+    ('"kind": "tpu"', "kind 'tpu'"),
+    ('"fingerprint": 7', "fingerprint 7"),
+    ('"created": 20261201', "created 20261201"),
+]
+
+
+def _write(cache_dir, field_json: str | None = None, drop: str | None = None,
+           text: str | None = None):
+    """Write a calibration file in ``cache_dir``: the good one with ``field_json`` (one
+    '"key": value' JSON pair) replacing its field, or without ``drop``, or ``text``."""
+    path = calibration_path(cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if text is None:
+        data = _good()
+        data.pop(drop, None)
+        body = json.dumps(data)
+        if field_json is not None:
+            key = field_json.split(":")[0].strip().strip('"')
+            data.pop(key)
+            body = json.dumps(data)[:-1] + ", " + field_json + "}"
+        text = body
+    path.write_text(text)
+    return path
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("field_json, says", CORRUPT)
+def test_corrupt_calibration_is_one_warning_naming_the_file(tmp_path, caplog, field_json,
+                                                             says):
+    """load_calibration (compile and plot read it) and the "cpu" hardware: one warning line
+    naming the file and the bad field, then the machine is treated as uncalibrated."""
+    path = _write(tmp_path, field_json)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert load_calibration(tmp_path) is None
+    [msg] = _warnings(caplog)
+    assert str(path) in msg and says in msg and "\n" not in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert get_hardware("cpu", tmp_path) == CPU_DEFAULT
+    [msg] = _warnings(caplog)
+    assert str(path) in msg and says in msg and "CPU default" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "unreadable"), ("[1, 2]", "a JSON list, not an object"),
+    ('"calibration"', "a JSON str, not an object"), (b"\xff\xfe{}", "unreadable"),
+])
+def test_calibration_file_that_is_no_calibration_is_one_warning(tmp_path, caplog, text,
+                                                                says):
+    path = _write(tmp_path, text="")
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert load_calibration(tmp_path) is None
+    [msg] = _warnings(caplog)
+    assert str(path) in msg and says in msg and "\n" not in msg
+
+
+def test_calibration_without_a_required_field_names_it(tmp_path, caplog):
+    path = _write(tmp_path, drop="bandwidth")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert load_calibration(tmp_path) is None
+    [msg] = _warnings(caplog)
+    assert str(path) in msg and "no bandwidth" in msg
+
+
+def test_calibration_without_an_optional_field_is_read(tmp_path, caplog):
+    """``created`` has a default: a file without it is a calibration (it was refused)."""
+    _write(tmp_path, drop="created")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        cal = load_calibration(tmp_path)
+        hw = get_hardware("cpu", tmp_path)
+    assert cal is not None and cal.created == "" and not _warnings(caplog)
+    assert (hw.peak_macs("float32"), hw.bandwidth, hw.launch_overhead) == (1.1e11, 4e10, 2.5e-6)
+
+
+@pytest.mark.parametrize("change", [
+    {"peak": []}, {"peak": {"float32": math.nan}}, {"bandwidth": "fast"},
+    {"bandwidth": -1.0}, {"overhead": math.inf}, {"units": 0}, {"kind": "tpu"},
+])
+def test_calibration_refuses_bad_values_when_built(change):
+    """A Calibration is checked when built, so ``to_hardware`` never meets a bad value
+    (it raised AttributeError on a list peak, and passed NaN on)."""
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"^{name} "):
+        Calibration(**{**_good(), **change})
+
+
+@pytest.mark.parametrize("field_json", ['"peak": []', '"bandwidth": "fast"',
+                                        '"peak": {"float32": NaN}'])
+def test_corrupt_calibration_is_ignored_by_the_cached_predictor(tmp_path, caplog,
+                                                               field_json):
+    """compile(tune="cached") and plot fit the predictor with ``fitted_predictor``: a
+    corrupt calibration beside cached timings is reported once and no predictor is used
+    (it crashed with AttributeError / TypeError, or predicted nan)."""
+    cache = _record_timings(tmp_path)
+    path = _write(tmp_path, field_json)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert fitted_predictor(cache, "cpu") is None
+    [msg] = _warnings(caplog)
+    assert str(path) in msg
+
+
+def test_compile_cached_with_a_corrupt_calibration(tmp_path, caplog):
+    """The reviewer's t_compile_badcal.py: it crashed with AttributeError."""
+    import laudtriton
+    from laudtriton.nn.block import LaudBottleneck
+
+    blk = LaudBottleneck(64, 16, dyn_mode="spatial", granularity=2, feature_size=14).eval()
+    x = torch.randn(1, 64, 14, 14)
+    _record_timings(tmp_path)
+    path = _write(tmp_path, '"peak": []')
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        cm = laudtriton.compile(blk, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    assert [m for m in _warnings(caplog) if "calibration" in m] == [
+        f"calibration file {path} is corrupt (peak [] is not a non-empty {{dtype: finite "
+        "multiply-adds/s > 0} (dtypes: float32, float16, bfloat16)); ignoring it "
+        "(`laudtriton calibrate` rewrites it)"]
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), blk(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("field_json", ['"peak": []', '"peak": {}', '"bandwidth": "fast"',
+                                        '"bandwidth": -1', '"peak": {"float32": NaN}'])
+def test_cli_predict_with_a_corrupt_calibration(tmp_path, capsys, caplog, field_json):
+    """The reviewer's files: each gives one warning naming the file, then the table on
+    the CPU default (no traceback, no error, no nan)."""
+    path = _write(tmp_path, field_json)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        rc = main(["predict", "--model", "laud_resnet50", "--mode", "layer", "--rates", "0.5",
+                   "--cache-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "nan" not in out.out and CPU_DEFAULT.describe() in out.out
+    [msg] = _warnings(caplog)
+    assert str(path) in msg
+
+
+# -- sweep --prune-top: the predictor of its --cache-dir ----------------------------------
+
+def test_make_prune_reads_calibration_and_fits_factors_in_cache_dir(tmp_path, monkeypatch,
+                                                                    caplog):
+    """make_prune("cpu", cache_dir=D) predicts as `predict --cache-dir D`: the
+    calibration in D and factors fitted on D's timings, not the default directory's."""
+    import laudtriton.predict.prune as prune_mod
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.calibrate import predictor_for
+
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "empty"))
+    save_calibration(Calibration(**_good()), tmp_path / "c")
+    cache = _record_timings(tmp_path / "c")
+    seen = []
+    real = prune_mod.config_time
+
+    def spy(spec, rate, variant, config, hw, factors=None):
+        seen.append((hw, factors))
+        return real(spec, rate, variant, config, hw, factors)
+
+    monkeypatch.setattr(prune_mod, "config_time", spy)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        hook = prune_mod.make_prune("cpu", 1, cache_dir=tmp_path / "c")
+    assert not _warnings(caplog)  # no "no calibration of this machine found"
+    cfgs = [{"block_m": 16, "block_n": 64}, {"block_m": 64, "block_n": 64}]
+    assert len(hook(SPEC, 0.5, get_variant("gather"), cfgs)) == 1
+    hw = Calibration(**_good()).to_hardware()
+    assert seen and all(s == (hw, fit(cache.entries(), hw)) for s in seen)
+    assert predictor_for("cpu", tmp_path / "c")[1] == seen[0][1]  # predict's own
+    seen.clear()
+    prune_mod.make_prune("cpu", 1, {}, cache_dir=tmp_path / "c")(SPEC, 0.5,
+                                                                 get_variant("gather"), cfgs)
+    assert all(s == (hw, {}) for s in seen)  # {}: the defaults, as `predict --no-fit`
+
+
+def test_cli_sweep_prune_top_reads_the_calibration_of_its_cache_dir(tmp_path, monkeypatch,
+                                                                     caplog, capsys):
+    """The reviewer's repro: the calibration is in --cache-dir, $LAUDTRITON_CACHE_DIR
+    holds none; the sweep warned "no calibration of this machine found"."""
+    import laudtriton.tune.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "empty"))
+    save_calibration(Calibration(**_good()), tmp_path / "c")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        rc = main(["sweep", "--cache-dir", str(tmp_path / "c"), "--prune-top", "1",
+                   "--mode", "layer", "--rates", "1.0", "--blocks", "layer4.2",
+                   "--input-size", "64", "--no-progress", "--csv", str(tmp_path / "p.csv")])
+    assert rc == 0, capsys.readouterr().err
+    assert not [m for m in _warnings(caplog) if "calibration" in m]
+
+
+# -- predict --validate takes only what it reads ------------------------------------------
+
+@pytest.mark.parametrize("extra, named", [
+    (["--model", "bogus"], "--model"), (["--model", "laud_resnet101"], "--model"),
+    (["--mode", "layer"], "--mode"), (["--rates", "0.5"], "--rates"),
+    (["--variants", "gather"], "--variants"), (["--variants", ","], "--variants"),
+    (["--granularity", "2"], "--granularity"), (["--batch", "8"], "--batch"),
+    (["--dtype", "float16"], "--dtype"), (["--input-size", "160"], "--input-size"),
+    (["--channel-granularity", "2"], "--channel-granularity"), (["--no-fit"], "--no-fit"),
+    (["--model", "laud_resnet50", "--rates", "0.5"], "--model, --rates"),
+])
+def test_cli_validate_refuses_the_table_options(tmp_path, capsys, extra, named):
+    """--validate reads every cached timing of --hardware; an option of the table is
+    refused, not ignored (``--model bogus`` was accepted)."""
+    _record_timings(tmp_path)
+    rc = main(["predict", "--validate", "--hardware", "cpu", "--cache-dir", str(tmp_path),
+               *extra])
+    out = capsys.readouterr()
+    assert (rc, out.out) == (2, "")
+    assert out.err == (f"laudtriton predict: error: {named}: not used by --validate, which "
+                       "validates on every cached timing of --hardware; give only "
+                       "--hardware, --cache-dir, --include-stale\n")
+
+
+def test_cli_include_stale_needs_validate(tmp_path, capsys):
+    rc = main(["predict", "--include-stale", "--hardware", "v100", "--cache-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert (rc, out.out) == (2, "")
+    assert out.err == "laudtriton predict: error: --include-stale is used only with --validate\n"
+
+
+def test_cli_predict_help_says_what_validate_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "takes only --hardware, --cache-dir and --include-stale" in text

@@ -228,10 +228,9 @@ def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024),
     rows; the unpacked ``rows_linear`` ran 15-28% slower at these sizes on the 2-core
     EPYC, session 16; ``torch.mm`` takes MKL's AVX2 path on AMD CPUs, at about half the
     rate in session 3); elsewhere ``ops.rows.rows_linear`` (``torch.mm`` on CUDA)."""
-    from ..ops.packed import onednn_fusion_available
-    from ..ops.rows import PackedRows, rows_linear
+    from ..ops.rows import PackedRows, packs_rows, rows_linear
 
-    packed = dev.type == "cpu" and dtype == torch.float32 and onednn_fusion_available()
+    packed = packs_rows(torch.empty(0, device=dev, dtype=dtype))
     best = 0.0
     for n in sizes:
         a = torch.randn(n, n, device=dev).to(dtype)

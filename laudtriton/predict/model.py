@@ -11,7 +11,7 @@ downsample; expected rows at the rate): a GEMM [M, N, K] runs as ⌈M/BM⌉·⌈
 would pick) in W = ⌈tiles/units⌉ waves over ``hw.compute_units`` SMs, and takes the time of
 W·units tiles of BM·BN·K; q = Σ W·units·BM·BN·K / Σ M·N·K; q = 1 on CPUs. eff_c, eff_m
 (fractions of peak) and overhead (s per launch) are the variant's ``Factors``: fitted on
-cached timings by least squares in log space (:func:`fit`), else defaults per hardware
+cached timings by the least mean absolute log error (:func:`fit`), else defaults per hardware
 kind.
 
 Predictions are made monotone in rate: the time at r is the largest raw prediction over

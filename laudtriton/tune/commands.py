@@ -167,7 +167,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail("sweep", str(e))
     _print_summary(res.rows)
-    print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache, "
+    merged = (f", {res.merged} asked rates realised a rate already timed (timings are "
+              "kept at the rate the masks realise)" if res.merged else "")
+    print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache{merged}, "
           f"{res.seconds:.1f} s; CSV: {res.csv_path}")
     if res.saved:
         print(f"cache: {cache.path}")

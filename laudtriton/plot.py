@@ -47,7 +47,8 @@ def rows_from_cache(cache) -> list[dict]:
                 rows.append({"model": model, "block": b, "spec": e.spec.short(),
                              "spec_key": e.spec.key(), "rate": e.rate_bucket,
                              "variant": e.variant, "config": e.config, "seconds": e.seconds,
-                             "flops_ratio": e.meta.get("flops_ratio", "")})
+                             "flops_ratio": e.meta.get("flops_ratio", ""),
+                             "asked_rate": e.meta.get("asked_rate", "")})
     return rows
 
 
@@ -63,7 +64,9 @@ def _spec_of(row: Mapping) -> BlockSpec | None:
 
 def _group(rows: Rows):
     """{figure key: {"blocks": {block: spec id}, "specs": {spec id: (label, spec|None)},
-    "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate: ratio}}}}."""
+    "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate: ratio}},
+    "asked": {spec id: {rate: the rate the sweep asked for}}}} (rates are the ones the
+    masks realise, round(r·N)/N: they differ from block to block)."""
     figs: dict[str, dict] = {}
     for r in rows:
         t = float(r["seconds"])
@@ -72,7 +75,7 @@ def _group(rows: Rows):
         key = str(r["model"])
         if spec is not None:
             key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
-        g = figs.setdefault(key, {"blocks": {}, "specs": {}, "t": {}, "fr": {}})
+        g = figs.setdefault(key, {"blocks": {}, "specs": {}, "t": {}, "fr": {}, "asked": {}})
         if g["blocks"].get(r["block"], sid) != sid:
             log.warning("plot: block %s of %s has several specs; keeping %s", r["block"],
                         key, r["spec"])
@@ -84,6 +87,8 @@ def _group(rows: Rows):
             cur[rate] = min(t, cur.get(rate, math.inf))
         if r.get("flops_ratio") not in (None, ""):
             g["fr"].setdefault(sid, {})[rate] = float(r["flops_ratio"])
+        if r.get("asked_rate") not in (None, ""):
+            g["asked"].setdefault(sid, {})[rate] = round(float(r["asked_rate"]), 6)
     return figs
 
 
@@ -226,13 +231,24 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
 
 
 def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
-    """Whole model: per line, the sum over every block at rates where all blocks have it."""
+    """Whole model: per line, the sum over every block at rates where all blocks have it,
+    each block's timing counted at the rate the sweep asked for when it is known (the
+    rates the masks realise differ between blocks: 0.5 is 0.5 of a 14x14 grid, 0.49 of
+    a 7x7 one)."""
     blocks = list(g["blocks"].items())
     names = {k for sid in curves for k in curves[sid]}
+
+    def asked(sid: str, pts: dict[float, float]) -> dict[float, float]:
+        m = g["asked"].get(sid, {})
+        return {m.get(r, r): t for r, t in pts.items()}
+
+    by_asked = {sid: {n: asked(sid, pts) for n, pts in curves[sid].items()}
+                for _, sid in blocks}
     totals: dict[str, dict[float, float]] = {}
     for name in names:
-        rates = set.intersection(*(set(curves[sid].get(name, {})) for _, sid in blocks))
-        totals[name] = {r: sum(curves[sid][name][r] for _, sid in blocks) for r in sorted(rates)}
+        rates = set.intersection(*(set(by_asked[sid].get(name, {})) for _, sid in blocks))
+        totals[name] = {r: sum(by_asked[sid][name][r] for _, sid in blocks)
+                        for r in sorted(rates)}
     fig = Figure(figsize=(6.4, 4.8), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, {k: v for k, v in totals.items() if k != "best"}, colors)

@@ -134,6 +134,29 @@ def test_plot_model_figure_without_a_common_rate(tmp_path):
     assert len(paths) == 2 and all(p.is_file() for p in paths)
 
 
+def test_model_figure_sums_blocks_at_the_asked_rate(tmp_path, monkeypatch):
+    """The rates the masks realise differ between blocks (round(r·N)/N); the whole-model
+    figure sums each block at the rate the sweep asked for (the CSV's asked_rate). By
+    realised rate no rate had every block, and the figure was empty."""
+    from laudtriton import plot as plot_mod
+
+    realised = {0.2: 0.204, 0.5: 0.49, 0.9: 0.898}
+    rows = []
+    for r in _rows():
+        r = dict(r, asked_rate=r["rate"])
+        if r["block"] == "layer2.0":
+            r["rate"] = realised[r["rate"]]
+        rows.append(r)
+    drawn = []
+    real = plot_mod._draw
+    monkeypatch.setattr(plot_mod, "_draw", lambda ax, curves, colors: (
+        drawn.append(curves), real(ax, curves, colors)))
+    plot_latency_vs_rate(write_csv(rows, tmp_path / "s.csv"), tmp_path / "png")
+    model = drawn[-1]  # the whole-model figure is drawn last
+    assert sorted(model["dense"]) == [0.2, 0.5, 0.9]
+    assert model["dense"][0.5] == pytest.approx(1e-3 + 1e-3 + 2e-3)
+
+
 def _run(argv):
     p = argparse.ArgumentParser()
     add_plot_parser(p.add_subparsers(dest="command"))

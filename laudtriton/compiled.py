@@ -352,7 +352,8 @@ def mark_nan(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
 
 
 class Plan:
-    """Printable per-block plan: name, mode, S, and the variant chosen per rate bucket."""
+    """Printable per-block plan: name, mode, S, and the variant chosen per rate (each rate
+    a timing was taken at, or a bucket where it is predicted)."""
 
     def __init__(self, model: CompiledModel):
         self.rows = [(b.name, b.spec, b.table, b.dispatch) for b in model.blocks]

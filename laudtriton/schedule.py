@@ -108,12 +108,14 @@ class DispatchTable:
         return sorted({c.variant for c in self.entries.values()})
 
     def describe(self) -> str:
-        """'0.25:gather 0.50:patch ...' with the source of each entry."""
+        """'0.25:gather 0.50:patch ...' with the source of each entry (a rate between
+        hundredths, as masks realise it, with 3 decimals: 0.102, 0.125)."""
         parts = []
         for b in sorted(self.entries):
             c = self.entries[b]
             cfg = "" if not c.config else json.dumps(c.config_dict, sort_keys=True)
-            parts.append(f"{b:.2f}:{c.variant}{cfg}({c.source[0]})")
+            rate = f"{b:.2f}" if abs(b * 100 - round(b * 100)) < 1e-6 else f"{b:.3f}"
+            parts.append(f"{rate}:{c.variant}{cfg}({c.source[0]})")
         return " ".join(parts)
 
 

@@ -245,6 +245,7 @@ def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):
     for rate, want in ((0.12, "patch"), (0.38, "patch"), (0.4, "dense"), (0.55, "gather"),
                        (0.65, "patch"), (0.72, "dense"), (0.75, "dense")):
         assert table.choose(rate).variant == want, rate
+    assert "0.125:patch(c)" in table.describe() and "0.55:gather(c)" in table.describe()
     predicted = sorted(r for r, c in table.entries.items() if c.source == "predicted")
     assert predicted == [0.0, 0.2, 0.3, 0.9, 1.0]  # the others lie within 0.05 of a timing
 

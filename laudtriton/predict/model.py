@@ -15,11 +15,12 @@ cached timings by the least mean absolute log error (:func:`fit`), else defaults
 kind.
 
 Predictions are made monotone in rate: the time at r is the largest raw prediction over
-the grid r' = i/100 with r' <= ⌈100·r⌉/100 (every bucket of the sweeps, multiples of 0.01,
-lies on the grid, so it is not rounded up), because a variant's Cost may drop where its
-code takes a shortcut (``ops/layer.py: compact_cost`` at rate 1), the tile quantisation
-may fall as rows fill a tile, and a scheduler must never believe that more active cells
-cost less.
+the grid r' = i/100 with r' <= ⌈100·r⌉/100 (a rate on the grid is not rounded up; a
+rate the masks realise between grid points, such as 0.102 = 20/196 for an asked 0.1, is
+predicted at the grid point above it, at most 0.01 more), because a variant's Cost may
+drop where its code takes a shortcut (``ops/layer.py: compact_cost`` at rate 1), the tile
+quantisation may fall as rows fill a tile, and a scheduler must never believe that more
+active cells cost less.
 """
 
 from __future__ import annotations

@@ -330,7 +330,10 @@ class Gates:
 
     A snapshot: the maskers' weights are read here, so later changes to them do not reach
     a Gates made before. Logits may differ from the reference's in the last bits (another
-    summation order), as they already do between a folded and an unfolded network.
+    summation order), as they already do between a folded and an unfolded network. Where
+    the pooled activations overflow float32 (sums near 3.4e38, activations around 1e36),
+    the difference of two infinite logits is not their comparison, and the decision may
+    differ from the reference's (whose own logits are then inf or nan).
     """
 
     def __init__(self, block):

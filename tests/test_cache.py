@@ -137,6 +137,24 @@ def test_foreign_schema_and_device_are_ignored(tmp_path, caplog):
         assert word in caplog.text
 
 
+def test_record_never_writes_over_another_devices_timings(tmp_path, caplog):
+    """A file of another device under this device's file name (two names with one slug)
+    keeps its entries: the new timings stay in memory, reported once. Before, record
+    wrote this device's entries over them."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    foreign = json.dumps({**data, "device": "Some Other CPU 64t"})
+    c.path.write_text(foreign)
+    mine = TuneCache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        mine.record(SPEC2, 0.3, {"dense": {"{}": 2e-3}})
+        mine.record(SPEC2, 0.4, {"dense": {"{}": 2e-3}})
+    assert c.path.read_text() == foreign and not mine.saved
+    assert caplog.text.count("not writing over them") == 1
+    assert mine.lookup(SPEC2, 0.4) == {"dense": {"{}": 2e-3}}
+
+
 def test_version_change_hides_old_entries(tmp_path):
     old = dict(cache_mod.current_versions(), torch="1.0.0")
     TuneCache(tmp_path, versions=old).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})

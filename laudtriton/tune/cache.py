@@ -269,6 +269,7 @@ class TuneCache:
         self._hashes: dict[str, str | None] = {}
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
+        self._warned_foreign = False
 
     # -- keys -------------------------------------------------------------------------
     def _hash(self, variant: str) -> str | None:
@@ -358,7 +359,8 @@ class TuneCache:
                timings: dict[str, dict[str, float]], meta: dict | None = None) -> None:
         """Merge ``timings`` ({variant: {config_key: seconds}}) for ``spec`` at
         ``rate_bucket`` into the cache file (atomic, under the lock). An unwritable
-        directory is reported once; the records then stay in memory."""
+        directory, or a file holding another device's timings (two device names with
+        one file name), is reported once; the records then stay in memory."""
         bucket = round(float(rate_bucket), 6)
         new: dict[str, dict] = {}
         for variant, cfgs in timings.items():
@@ -376,7 +378,14 @@ class TuneCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with _file_lock(self.path.with_name(self.path.name + ".lock")):
-                entries = _read(self.path, self.device)
+                found, entries = _load(self.path)
+                if entries and found != self.device:  # two devices, one file name
+                    if not self._warned_foreign:
+                        log.warning("autotune cache %s holds timings of device %r, not %r; "
+                                    "not writing over them: results are kept in memory "
+                                    "only", self.path, found, self.device)
+                        self._warned_foreign = True
+                    return
                 _merge_into(entries, self._memory)
                 _write(self.path, self.device, entries)
             self._memory.clear()

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
+from .tiles import check_launch_config, config_from_dict
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -42,12 +43,15 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
 
+    def __post_init__(self):
+        check_launch_config(self, ("block_p", "block_n", "block_k"))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> GemmConfig:
-        return cls(**d) if d else cls()
+        return config_from_dict(cls, d)
 
 
 DEFAULT = GemmConfig()

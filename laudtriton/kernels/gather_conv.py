@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
-from .tiles import rows_dot, tile_offsets
+from .tiles import check_launch_config, config_from_dict, rows_dot, tile_offsets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -37,17 +37,14 @@ class TileConfig:
     num_stages: int = 3
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "block_k"):
-            v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v}; accepted: a power of two >= 16")
+        check_launch_config(self, ("block_m", "block_n", "block_k"))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TileConfig:
-        return cls(**d) if d else cls()
+        return config_from_dict(cls, d)
 
 
 # The space the tuner explores; the default (64x64x32, 4 warps, 3 stages) is the usual

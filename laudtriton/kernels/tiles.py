@@ -1,4 +1,5 @@
-"""Tile offsets and the K loop over listed rows, shared by the spatial GEMM kernels.
+"""Tile offsets and the K loop over listed rows, shared by the spatial GEMM kernels, and
+the checks of the kernels' launch configs (``GemmConfig``, ``TileConfig``).
 
 The kernels (gather_conv, conv3x3, conv1x1_residual) still read the count and return
 early themselves: a helper cannot end its caller's program. No ``aot_specs()`` here: the
@@ -7,8 +8,37 @@ helpers are compiled inside each kernel that calls them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import triton
 import triton.language as tl
+
+
+def check_launch_config(cfg, tiles: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the first bad field of a kernel config dataclass: the
+    ``tiles`` fields must be powers of two >= 16 (``tl.dot`` on sm_80/sm_90 refuses K < 16
+    at compile time, which the interpreter does not check), num_warps a power of two
+    in [1, 32], num_stages >= 1."""
+    for name in tiles:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v!r}; accepted: a power of two >= 16")
+    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16 or 32")
+    if not isinstance(cfg.num_stages, int) or cfg.num_stages < 1:
+        raise ValueError(f"num_stages={cfg.num_stages!r}; accepted: an int >= 1")
+
+
+def config_from_dict(cls, d: dict | None):
+    """``cls`` (a kernel config dataclass) from a config dict (a cache entry's, or a
+    caller's; None or {}: the defaults). Raises a ValueError naming unknown keys."""
+    if not d:
+        return cls()
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; accepted: "
+                         f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+    return cls(**d)
 
 
 @triton.jit

@@ -136,7 +136,8 @@ _CONFIGS = (
 
 def _supports(spec: BlockSpec) -> bool:
     return (spec.mode == "channel" and spec.channel_groups > 0
-            and spec.width % spec.channel_groups == 0 and spec.stride in (1, 2))
+            and spec.width % spec.channel_groups == 0 and spec.stride in (1, 2)
+            and spec.dtype in ("float32", "float16", "bfloat16"))  # the kernels' dtypes
 
 
 def _run(fb, x, masks, config=None):

@@ -147,6 +147,30 @@ def test_aot_specs_cover_every_config():
                    for s in specs)
 
 
+def test_gemm_config_validation():
+    """A K tile under 16 ran under the interpreter and failed tl.dot's compile on sm_90;
+    an unknown key raised a TypeError. Both are ValueErrors naming the field now."""
+    with pytest.raises(ValueError, match="block_k=8; accepted: a power of two >= 16"):
+        cg.GemmConfig(block_k=8)
+    with pytest.raises(ValueError, match="block_p=48"):
+        cg.GemmConfig(block_p=48)
+    with pytest.raises(ValueError, match="num_warps=3"):
+        cg.GemmConfig(num_warps=3)
+    with pytest.raises(ValueError, match=r"unknown keys \['block_m'\]"):
+        cg.GemmConfig.from_dict({"block_m": 64})
+    assert cg.GemmConfig.from_dict(cg.DEFAULT.to_dict()) == cg.DEFAULT
+
+
+def test_channel_gemm_does_not_claim_float64():
+    """The kernels take fp32/fp16/bf16: a float64 spec (compile(dtype=torch.float64) on
+    CUDA) must not list the variant, which then failed every timing."""
+    from laudtriton.ops import BlockSpec, get_variant
+
+    spec = BlockSpec(64, 16, 64, 1, False, (7, 7), "channel", 1, 8, dtype="float64")
+    assert not get_variant("channel_gemm").supports(spec)
+    assert get_variant("channel_gemm").supports(spec.with_(dtype="float16"))
+
+
 def test_variant_configs_mirror_kernel_configs():
     from laudtriton.ops import triton_channel as tc
 

@@ -186,6 +186,8 @@ def test_tile_config_validation():
         g_mod.TileConfig(16, 16, 8)
     with pytest.raises(ValueError, match="block_m=48"):
         g_mod.TileConfig(48, 16, 16)
+    with pytest.raises(ValueError, match="unknown keys"):
+        g_mod.TileConfig.from_dict({"block_p": 16})
     assert g_mod.TileConfig.from_dict(g_mod.DEFAULT.to_dict()) == g_mod.DEFAULT
 
 

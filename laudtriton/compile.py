@@ -5,14 +5,16 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
 - ``"off"``: every supported variant is timed on the example input with the masks its
   own maskers produce; the fastest one serves every rate. Nothing is read or written
   to the autotune cache.
-- ``"quick"``: the cache is read; buckets of a small rate grid (0.2, 0.5, 0.8 and the
-  example's own rate) that it lacks are timed now with masks at exactly that rate and
-  recorded.
+- ``"quick"``: the cache is read (each timing kept at the rate it was taken); the
+  buckets of a small rate grid (0.2, 0.5, 0.8 and the example's own rate) that no
+  timing lies within 0.05 of are timed now, with masks of round(b·N) active cells, and
+  recorded at the rate those realise, round(b·N)/N (``ops.masks.dispatch_rate``).
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
-- ``"cached"`` (default): the cache; rate buckets it lacks are filled with the latency
-  predictor's estimates (fitted on this device's cached timings, ``predict``) when this
-  machine has been calibrated and the cache holds timings; a block with nothing cached
-  and no predictor falls back to the ``"off"`` rule. ``plan`` marks each entry's source.
+- ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
+  within 0.05 of are filled with the latency predictor's estimates (fitted on this
+  device's cached timings, ``predict``) when this machine has been calibrated and the
+  cache holds timings; a block with nothing cached and no predictor falls back to the
+  ``"off"`` rule. ``plan`` marks each entry's source.
 
 In every mode "fastest" keeps ``dense`` unless another variant beats it by more than
 ``schedule.DENSE_MARGIN`` (5%): near-ties flip from one sweep to the next, and a sparse
@@ -20,7 +22,7 @@ variant that wins one alone can lose inside the model.
 
 At run time each block computes its masks, reads its activation rate (spatial rate for
 spatial/both blocks, gate rate for layer blocks, channel rate for channel blocks) and runs
-the entry of the nearest rate bucket (``dispatch="dynamic"``), or always the entry chosen
+the entry of the nearest rate in its table (``dispatch="dynamic"``), or always the entry chosen
 for the example's rate (``dispatch="static"``: no host sync for the rate). A table whose
 entries all name the same variant and config needs no rate: dynamic dispatch then skips
 reading it too (channel blocks, where ``slice`` serves every rate).
@@ -229,7 +231,7 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
                 continue
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
-                cache.record(spec, r, timings)
+                cache.record(spec, r, timings, {"asked_rates": [b]})
             table.add(r, timings, "measured")
     # the predictor models float32, float16 and bfloat16; another dtype (float64) is
     # timed on the example input below when nothing is cached

@@ -201,12 +201,14 @@ def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cach
                 masks = synthetic_masks(spec, rate, seed=1, device=dev)
                 cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
                 timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
-                meta = {"models": members, "source": "gpucheck"}
+                meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
                 # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
-                cache.record(spec, round(dispatch_rate(spec, masks), 6),
+                realised = round(dispatch_rate(spec, masks), 6)
+                cache.record(spec, realised,
                              timings | {"dense": {config_key({}): dense["float16"]}}, meta)
                 base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
-                        "batch": batch, "rate": rate, "models": json.dumps(members)}
+                        "batch": batch, "rate": rate, "realised_rate": realised,
+                        "models": json.dumps(members)}
                 for dname, t in dense.items():
                     r.rows.append(base | {"variant": "dense", "dtype": dname, "config": "{}",
                                           "seconds": t, "ratio": t / dense[dt_best]})

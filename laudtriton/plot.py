@@ -44,11 +44,13 @@ def rows_from_cache(cache) -> list[dict]:
         models = e.meta.get("models") or {"cache": [e.spec.short()]}
         for model, blocks in models.items():
             for b in blocks:
-                rows.append({"model": model, "block": b, "spec": e.spec.short(),
-                             "spec_key": e.spec.key(), "rate": e.rate_bucket,
-                             "variant": e.variant, "config": e.config, "seconds": e.seconds,
-                             "flops_ratio": e.meta.get("flops_ratio", ""),
-                             "asked_rate": e.meta.get("asked_rate", "")})
+                for asked in e.meta.get("asked_rates") or [""]:  # one row per asked rate
+                    rows.append({"model": model, "block": b, "spec": e.spec.short(),
+                                 "spec_key": e.spec.key(), "rate": e.rate_bucket,
+                                 "variant": e.variant, "config": e.config,
+                                 "seconds": e.seconds,
+                                 "flops_ratio": e.meta.get("flops_ratio", ""),
+                                 "asked_rate": asked})
     return rows
 
 
@@ -65,8 +67,9 @@ def _spec_of(row: Mapping) -> BlockSpec | None:
 def _group(rows: Rows):
     """{figure key: {"blocks": {block: spec id}, "specs": {spec id: (label, spec|None)},
     "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate: ratio}},
-    "asked": {spec id: {rate: the rate the sweep asked for}}}} (rates are the ones the
-    masks realise, round(r·N)/N: they differ from block to block)."""
+    "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the ones
+    the masks realise, round(r·N)/N: they differ from block to block, and one may stand
+    for several asked rates)."""
     figs: dict[str, dict] = {}
     for r in rows:
         t = float(r["seconds"])
@@ -88,7 +91,8 @@ def _group(rows: Rows):
         if r.get("flops_ratio") not in (None, ""):
             g["fr"].setdefault(sid, {})[rate] = float(r["flops_ratio"])
         if r.get("asked_rate") not in (None, ""):
-            g["asked"].setdefault(sid, {})[rate] = round(float(r["asked_rate"]), 6)
+            g["asked"].setdefault(sid, {}).setdefault(rate, set()).add(
+                round(float(r["asked_rate"]), 6))
     return figs
 
 
@@ -240,7 +244,7 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
 
     def asked(sid: str, pts: dict[float, float]) -> dict[float, float]:
         m = g["asked"].get(sid, {})
-        return {m.get(r, r): t for r, t in pts.items()}
+        return {a: t for r, t in pts.items() for a in m.get(r, (r,))}
 
     by_asked = {sid: {n: asked(sid, pts) for n, pts in curves[sid].items()}
                 for _, sid in blocks}

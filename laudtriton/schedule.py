@@ -1,9 +1,10 @@
-"""Dispatch tables: per block, rate bucket -> (variant, kernel config) (DESIGN.md section 6).
+"""Dispatch tables: per block, rate -> (variant, kernel config) (DESIGN.md section 6).
 
-A table is built from timings (measured now, or read from the autotune cache) and, where
-nothing was measured, from predictions. ``choose(rate)`` picks the entry of the nearest
-bucket; ``static`` dispatch resolves it once, from the expected rate, so that the forward
-pass needs no host sync to read the rate.
+A table is built from timings (measured now, or read from the autotune cache), each kept
+at the rate its masks realised, and, at the rate buckets no timing lies near, from
+predictions. ``choose(rate)`` picks the entry of the nearest rate; ``static`` dispatch
+resolves it once, from the expected rate, so that the forward pass needs no host sync to
+read the rate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | No
         return None
     t, v, c = min(cands)
     return v, c, t
+
+
+def format_rate(rate: float) -> str:
+    """A rate with 2 decimals, or 3 when it lies between hundredths (as masks realise it:
+    0.102 = 20/196, 0.125 = 1/8), so that distinct rates print apart."""
+    return f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.3f}"
 
 
 @dataclass(frozen=True)
@@ -108,14 +115,12 @@ class DispatchTable:
         return sorted({c.variant for c in self.entries.values()})
 
     def describe(self) -> str:
-        """'0.25:gather 0.50:patch ...' with the source of each entry (a rate between
-        hundredths, as masks realise it, with 3 decimals: 0.102, 0.125)."""
+        """'0.25:gather 0.50:patch ...' with the source of each entry (``format_rate``)."""
         parts = []
         for b in sorted(self.entries):
             c = self.entries[b]
             cfg = "" if not c.config else json.dumps(c.config_dict, sort_keys=True)
-            rate = f"{b:.2f}" if abs(b * 100 - round(b * 100)) < 1e-6 else f"{b:.3f}"
-            parts.append(f"{rate}:{c.variant}{cfg}({c.source[0]})")
+            parts.append(f"{format_rate(b)}:{c.variant}{cfg}({c.source[0]})")
         return " ".join(parts)
 
 

@@ -272,6 +272,20 @@ def test_non_positive_timings_are_malformed(tmp_path, caplog):
     assert "1 malformed entries ignored" in caplog.text
 
 
+def test_malformed_asked_rates_drop_the_entry(tmp_path, caplog):
+    c = TuneCache(tmp_path)
+    bad = {0.5: [0.5], 0.6: "0.6", 0.7: [[0.7]], 0.8: [1.5]}
+    for r in bad:
+        c.record(SPEC, r, {"dense": {"{}": 1e-3}}, {"asked_rates": [0.1]})
+    data = json.loads(c.path.read_text())
+    for e in data["entries"].values():
+        e["meta"]["asked_rates"] = bad[e["rate_bucket"]]
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).rates(SPEC) == [0.5]
+    assert "3 malformed entries ignored" in caplog.text
+
+
 def test_merge_files_rejects(tmp_path):
     a = TuneCache(tmp_path / "a")
     a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})

@@ -178,6 +178,34 @@ def test_plot_command_from_cache(tmp_path, capsys):
     assert len(out) == 2 and all(_is_png(Path(p)) for p in out)
 
 
+def test_model_figure_from_the_cache_counts_every_asked_rate(tmp_path, monkeypatch):
+    """A realised rate may stand for several asked ones (a 2x2 grid realises 0.25 for
+    0.3 and 0.5 alike... here 0 for 0.3 and 0.5): the cache entry lists them all
+    (meta asked_rates) and the whole-model figure has a point at each, where blocks
+    whose own rates differ are summed. An entry without asked rates (an older cache)
+    counts at its own rate."""
+    from laudtriton import plot as plot_mod
+    from laudtriton.plot import rows_from_cache
+
+    c = TuneCache(tmp_path)
+    meta = {"models": {"tinynet": ["layer1.0"]}}
+    c.record(SPECS[0], 0.0, {"dense": {"{}": 1e-3}}, {**meta, "asked_rates": [0.3]})
+    c.record(SPECS[0], 0.0, {"dense": {"{}": 1e-3}}, {**meta, "asked_rates": [0.5]})
+    meta2 = {"models": {"tinynet": ["layer2.0"]}}
+    for realised, asked in ((0.28, 0.3), (0.52, 0.5)):
+        c.record(SPECS[1], realised, {"dense": {"{}": 2e-3}}, {**meta2, "asked_rates": [asked]})
+    c.record(SPECS[1], 0.9, {"dense": {"{}": 2e-3}}, meta2)  # no asked rates
+    rows = rows_from_cache(TuneCache(tmp_path))
+    assert sorted((r["rate"], r["asked_rate"]) for r in rows if r["block"] == "layer1.0") \
+        == [(0.0, 0.3), (0.0, 0.5)]
+    drawn = []
+    real = plot_mod._draw
+    monkeypatch.setattr(plot_mod, "_draw", lambda ax, curves, colors: (
+        drawn.append(curves), real(ax, curves, colors)))
+    plot_latency_vs_rate(rows, tmp_path / "png")
+    assert drawn[-1]["dense"] == {0.3: pytest.approx(3e-3), 0.5: pytest.approx(3e-3)}
+
+
 def test_plot_command_missing_csv(tmp_path, capsys):
     assert _run(["plot", "--from", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

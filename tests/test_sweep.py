@@ -14,7 +14,7 @@ import time
 import pytest
 
 from laudtriton.nn import LaudResNet
-from laudtriton.ops import variants_for
+from laudtriton.ops import BlockSpec, variants_for
 from laudtriton.schedule import DENSE_MARGIN
 from laudtriton.tune import cache as cache_mod
 from laudtriton.tune import sweep as sweep_mod
@@ -23,6 +23,7 @@ from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep
 from laudtriton.tune.sweep import CSV_FIELDS, parse_rates, parse_shard, read_csv, sweep
 
 FAST = dict(progress=False, warmup=1, reps=1)
+SPEC_FOREIGN = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
 
 
 def tiny(depths=(1, 1, 1, 1)) -> LaudResNet:
@@ -133,7 +134,8 @@ def test_timings_are_recorded_at_the_rate_the_masks_realise(tmp_path, counted):
     """A layer gate at batch 1 is off at asked rates 0.3 and 0.5 (round(r·1) = 0) and on
     at 0.6: the sweep times rate 0 once and rate 1 once, and the cache and the CSV hold
     them at 0 and 1 (before, at 0.3, 0.5 and 0.6: a 'rate 0.5' timed with the gate off,
-    which compile then served at 0.5). The CSV keeps the asked rate beside it."""
+    which compile then served at 0.5). The CSV keeps a row set per asked rate, the cache
+    entry every asked rate (for the whole-model plot)."""
     model = LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=64, mode="layer")
     cache = TuneCache(tmp_path)
     res = sweep(model, rates=[0.3, 0.5, 0.6], cache=cache, blocks="layer4.0",
@@ -143,7 +145,10 @@ def test_timings_are_recorded_at_the_rate_the_masks_realise(tmp_path, counted):
     spec = counted[0][0]
     assert cache.rates(spec) == [0.0, 1.0]
     rows = read_csv(tmp_path / "l.csv")
-    assert sorted({(r["asked_rate"], r["rate"]) for r in rows}) == [(0.3, 0.0), (0.6, 1.0)]
+    assert sorted({(r["asked_rate"], r["rate"]) for r in rows}) == [(0.3, 0.0), (0.5, 0.0),
+                                                                      (0.6, 1.0)]
+    asked = {e.rate_bucket: e.meta["asked_rates"] for e in cache.entries()}
+    assert asked == {0.0: [0.3, 0.5], 1.0: [0.6]}
     fr = {r["rate"]: r["flops_ratio"] for r in rows}  # rate 0: the downsample alone
     assert fr[0.0] < 0.5 and fr[1.0] == 1.0
 
@@ -346,6 +351,25 @@ def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "s.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["block"] for r in rows} == {"layer4.2"} and rows[0]["model"] == "laud_resnet50"
+
+
+def test_sweep_command_says_why_a_foreign_file_was_not_written(tmp_path, capsys,
+                                                               monkeypatch):
+    """A cache file of another device under this device's file name is not written over;
+    the command says that (it said "directory not writable" of a writable directory)."""
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    c = TuneCache(tmp_path)
+    c.record(SPEC_FOREIGN, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    c.path.write_text(json.dumps({**data, "device": "Some Other CPU 64t"}))
+    argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
+            "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "cache NOT saved" in err and "holds timings of device 'Some Other CPU 64t'" in err
+    assert "not writable" not in err
 
 
 def test_summary_names_the_variant_compile_chooses(capsys):

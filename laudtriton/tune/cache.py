@@ -164,7 +164,8 @@ def _valid_spec(d) -> bool:
 def _valid_entry(e) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
     in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
-    "models" is {str: [str]} and "flops_ratio" a number, versions a dict, source_hash a
+    "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1] and
+    "flops_ratio" a number, versions a dict, source_hash a
     string or null."""
     if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
@@ -185,12 +186,19 @@ def _valid_entry(e) -> bool:
             isinstance(m, str) and isinstance(b, list) and all(isinstance(n, str) for n in b)
             for m, b in models.items())):
         return False
+    asked = meta.get("asked_rates", [])
+    if not (isinstance(asked, list) and all(_number(a) and 0.0 <= a <= 1.0 for a in asked)):
+        return False
     return "flops_ratio" not in meta or _number(meta["flops_ratio"])
 
 
 def _merge_meta(old: dict, new: dict) -> dict:
-    """New meta wins, except "models" ({model: [block names]}), which is a union."""
+    """New meta wins, except "models" ({model: [block names]}) and "asked_rates" (the
+    rates asked of the sweeps that realised this rate), which are unions."""
     out = {**old, **new}
+    asked = sorted(set(old.get("asked_rates") or ()) | set(new.get("asked_rates") or ()))
+    if asked:
+        out["asked_rates"] = asked
     models = {m: list(b) for m, b in (old.get("models") or {}).items()}
     for m, names in (new.get("models") or {}).items():
         models[m] = sorted(set(models.get(m, [])) | set(names))
@@ -270,6 +278,7 @@ class TuneCache:
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
         self._warned_foreign = False
+        self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
     def _hash(self, variant: str) -> str | None:
@@ -380,6 +389,7 @@ class TuneCache:
             with _file_lock(self.path.with_name(self.path.name + ".lock")):
                 found, entries = _load(self.path)
                 if entries and found != self.device:  # two devices, one file name
+                    self.unsaved_why = f"{self.path} holds timings of device {found!r}"
                     if not self._warned_foreign:
                         log.warning("autotune cache %s holds timings of device %r, not %r; "
                                     "not writing over them: results are kept in memory "
@@ -391,6 +401,7 @@ class TuneCache:
             self._memory.clear()
             self._loaded = (None, {})
         except OSError as e:
+            self.unsaved_why = f"directory not writable: {self.dir}"
             if not self._warned_unwritable:
                 log.warning("cannot write the autotune cache in %s (%s); results are kept in "
                             "memory only and will not be saved", self.dir, e)

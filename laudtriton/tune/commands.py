@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..schedule import format_rate
 from .cache import NotACacheError, TuneCache, merge_files
 from .sweep import (
     DTYPES,
@@ -167,8 +168,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail("sweep", str(e))
     _print_summary(res.rows)
-    merged = (f", {res.merged} asked rates realised a rate already timed (timings are "
-              "kept at the rate the masks realise)" if res.merged else "")
+    merged = (f", {res.merged} asked rates realised the rate of another (timed once: "
+              "timings are kept at the rate the masks realise)" if res.merged else "")
     print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache{merged}, "
           f"{res.seconds:.1f} s; CSV: {res.csv_path}")
     if res.saved:
@@ -176,7 +177,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     else:
         why = ("--clustered: timings on clustered masks are never cached" if args.clustered
                else "disabled by LAUDTRITON_CACHE=0" if not cache.enabled
-               else f"directory not writable: {cache.dir}")
+               else cache.unsaved_why or f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
     return 0
 
@@ -208,8 +209,8 @@ def _print_summary(rows: list[dict]) -> None:
     print(f"{'block spec':<{w}}  {'rate':>5}  {'chosen':<14} {'ms':>8} {'dense ms':>9} "
           f"{'x dense':>8}  fastest (where not chosen: within the dense margin)")
     for spec, rate, variant, t, d, other in lines:
-        print(f"{spec:<{w}}  {rate:>5.2f}  {variant:<14} {t * 1e3:>8.3f} {d * 1e3:>9.3f} "
-              f"{t / d:>8.2f}  {other}")
+        print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {t * 1e3:>8.3f} "
+              f"{d * 1e3:>9.3f} {t / d:>8.2f}  {other}")
 
 
 def add_cache_parser(subparsers) -> argparse.ArgumentParser:
@@ -279,5 +280,5 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     for (spec, rate, variant, stale), es in sorted(groups.items()):
         fin = [e.seconds for e in es if math.isfinite(e.seconds)]
         b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
-        print(f"{spec:<{w}}  {rate:>5.2f}  {variant:<14} {len(es):>7} {b}"
+        print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
               + ("  (stale)" if stale else ""))

@@ -250,7 +250,7 @@ class _Progress:
 class SweepResult:
     """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
     config. timed / cached: (spec, rate) items measured now / found in the cache; merged:
-    asked rates that realise a rate already timed in this sweep (timed once, ``sweep``).
+    asked rates that realise the rate of another asked rate (timed once, ``sweep``).
     saved: whether the cache file holds the results (False: unwritable or disabled, or a
     clustered sweep)."""
 
@@ -283,8 +283,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     synthetic masks of exactly round(rate*N) active cells, and recorded (cache and CSV) at
     the rate those masks realise, round(rate*N)/N (``ops.masks.dispatch_rate``: 0.102 for
     0.1 on a 7x7 grid; 0 for 0.3 with a layer gate at batch 1); asked rates that realise
-    the same one are timed once. shard (i, n): this run takes
-    every n-th (spec, rate) item starting at the i-th (1-based). prune(spec, rate, variant,
+    the same one are one (spec, rate) item, timed once, with CSV rows for each asked rate
+    (column ``asked_rate``) and all of them in the cache entry's meta (``asked_rates``).
+    shard (i, n): this run takes every n-th (spec, rate) item starting at the i-th
+    (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
     (default TuneCache(device=device)) and, if given, the CSV at ``csv_path``; with
     ``clustered`` (masks of one blob per sample) they go to the CSV only (column
@@ -352,26 +354,29 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     by_spec: dict[BlockSpec, list[tuple[str, LaudBottleneck]]] = {}
     for name, block, spec in named:
         by_spec.setdefault(spec, []).append((name, block))
-    items = [(s, r) for s in by_spec for r in rates][i_shard - 1::n_shard]
+    # each item is timed and recorded at the rate its masks realise, round(asked·N)/N (a
+    # layer gate at batch 1 is off at 0.3): asked rates that realise one rate are one item
+    # (timed once, in one shard), with a CSV row set per asked rate
+    groups: dict[tuple[BlockSpec, float], tuple[list[float], BlockMasks]] = {}
+    for s in by_spec:
+        for asked in rates:
+            masks = synthetic_masks(s, asked, seed=seed + int(round(asked * 1000)),
+                                    clustered=clustered, device=dev)
+            key = (s, round(dispatch_rate(s, masks), 6))
+            if key in groups:
+                groups[key][0].append(asked)
+            else:
+                groups[key] = ([asked], masks)
+    items = list(groups.items())[i_shard - 1::n_shard]
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
     bar = _Progress(len(items), progress)
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
-    done: set[tuple[BlockSpec, float]] = set()
     try:
-        for spec, asked in items:
+        for (spec, rate), (asked, masks) in items:
             members = by_spec[spec]
-            masks = synthetic_masks(spec, asked, seed=seed + int(round(asked * 1000)),
-                                    clustered=clustered, device=dev)
-            # timed and recorded at the rate the masks realise, round(asked·N)/N (a layer
-            # gate at batch 1 is off at 0.3); two asked rates that realise one are timed once
-            rate = round(dispatch_rate(spec, masks), 6)
-            if (spec, rate) in done:
-                result.merged += 1
-                bar.update(f"{spec.short()} r={asked:g} is r={rate:g} again")
-                continue
-            done.add((spec, rate))
+            result.merged += len(asked) - 1
             fr = ideal_flops_ratio(spec, masks)
             known = cache.lookup(spec, rate) or {}
             todo: dict[str, list[dict]] = {}
@@ -394,17 +399,17 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
                 meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
-                        "asked_rate": asked,
-                        "clustered": clustered, "input_size": input_size,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                        "asked_rates": asked, "clustered": clustered,
+                        "input_size": input_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 cache.record(spec, rate, timings, meta)
                 for vn, cfgs in timings.items():
                     known.setdefault(vn, {}).update(cfgs)
                 result.timed += 1
             else:
                 result.cached += 1
-            result.rows.extend(_rows(model_name, members, spec, rate, known, fr, cache.device,
-                                     clustered, asked))
+            for a in asked:
+                result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
+                                         cache.device, clustered, a))
             bar.update(f"{spec.short()} r={rate:g}")
     finally:
         bar.close()

@@ -50,7 +50,7 @@ from .ops.masks import dispatch_rate
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
 from .predict.hardware import DTYPES as PREDICTED_DTYPES
-from .schedule import Choice, DispatchTable
+from .schedule import Choice, DispatchTable, rate_key
 from .tune.cache import TuneCache, refuse_empty_dir
 from .tune.keys import rate_bucket
 from .tune.measure import time_variants
@@ -226,8 +226,8 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
             # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
             # is off at b = 0.2), once
-            r = round(dispatch_rate(spec, m), 6)
-            if round(r, 4) in table.entries:
+            r = rate_key(dispatch_rate(spec, m))
+            if r in table.entries:
                 continue
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
@@ -241,7 +241,7 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
 
         fill_predictions(table, spec, ALL_BUCKETS, cands, predictor[0], predictor[1])
     if not table.entries and len(cands) == 1:  # nothing to choose from
-        table.entries[round(actual, 4)] = Choice(cands[0].name, (), math.nan, "rule")
+        table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
         if tune == "cached":
             log.info("no cached timings for %s; timing on the example input", spec.short())

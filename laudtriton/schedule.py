@@ -42,6 +42,12 @@ def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | No
     return v, c, t
 
 
+def rate_key(rate: float) -> float:
+    """A rate as tables key it: rounded to 6 decimals, as the autotune cache keeps rates
+    (two distinct rates of a grid of up to 10^5 cells stay apart)."""
+    return round(float(rate), 6)
+
+
 def format_rate(rate: float) -> str:
     """A rate with 2 decimals, or 3 when it lies between hundredths (as masks realise it:
     0.102 = 20/196, 0.125 = 1/8), so that distinct rates print apart."""
@@ -88,9 +94,9 @@ class DispatchTable:
         dense = fastest({"dense": timings.get("dense", {})})
         if dense is not None and best[2] > (1.0 - DENSE_MARGIN) * dense[2]:
             best = dense
-        self.entries[round(bucket, 4)] = Choice.make(*best, source)
+        self.entries[rate_key(bucket)] = Choice.make(*best, source)
         if dense is not None:
-            self.dense_seconds[round(bucket, 4)] = dense[2]
+            self.dense_seconds[rate_key(bucket)] = dense[2]
 
     def choose(self, rate: float) -> Choice:
         """The entry of the rate nearest to ``rate`` (ties: the lower one).
@@ -147,7 +153,7 @@ def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
     hw = get_hardware(hw)
     cands = [resolve_variant(v) for v in variants]
     filled = []
-    for b in sorted({round(float(b), 4) for b in buckets}):
+    for b in sorted({rate_key(b) for b in buckets}):
         if table.covers(b):
             continue
         pred = predict_timings(spec, b, cands, hw, factors)

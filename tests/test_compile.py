@@ -288,6 +288,19 @@ def test_float64_compiles_on_a_calibrated_cache(tmp_path):
         assert_close(cm(x.double()), block.double()(x.double()))
 
 
+def test_dispatch_table_keeps_rates_apart_as_the_cache_does():
+    """Tables key rates to 6 decimals, as the cache keeps them: two realised rates of a
+    large grid (1/30000 apart) stay two entries (at 4 decimals the later replaced the
+    earlier)."""
+    from laudtriton.schedule import DispatchTable, format_rate
+
+    table = DispatchTable()
+    table.add(0.5, {"dense": {"{}": 1e-3}}, "cached")
+    table.add(0.500033, {"dense": {"{}": 2e-3}, "patch": {"{}": 1e-3}}, "cached")
+    assert len(table.entries) == 2 and table.choose(0.50003).variant == "patch"
+    assert [format_rate(r) for r in (0.5, 0.125, 0.102041)] == ["0.50", "0.125", "0.102"]
+
+
 def test_dispatch_table_refuses_a_rate_outside_0_1():
     from laudtriton.schedule import DispatchTable
 

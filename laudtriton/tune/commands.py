@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..schedule import format_rate
+from ..schedule import format_rate, rate_key
 from .cache import NotACacheError, TuneCache, merge_files
 from .sweep import (
     DTYPES,
@@ -200,7 +200,7 @@ def _print_summary(rows: list[dict]) -> None:
             continue
         chosen = table.choose(rate)
         quickest = fastest(per)[0]
-        dense = table.dense_seconds.get(round(rate, 4), math.nan)
+        dense = table.dense_seconds.get(rate_key(rate), math.nan)
         lines.append((spec, rate, chosen.variant, chosen.seconds, dense,
                       "" if quickest == chosen.variant else quickest))
     if not lines:

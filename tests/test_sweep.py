@@ -339,13 +339,18 @@ def test_cache_commands(tmp_path, capsys):
     assert not c.path.exists()
 
 
-def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
+def _tiny_sweep_command(tmp_path, monkeypatch) -> int:
+    """`laudtriton sweep` of one block at rate 0.5 into the cache dir ``tmp_path``."""
     monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
     monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
     argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
             "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64"]
     args = _parser().parse_args(argv)
-    assert args.func(args) == 0
+    return args.func(args)
+
+
+def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
+    assert _tiny_sweep_command(tmp_path, monkeypatch) == 0
     out = capsys.readouterr().out
     assert "1 (spec, rate) items timed" in out and "cache:" in out
     with open(tmp_path / "s.csv") as fh:
@@ -357,16 +362,11 @@ def test_sweep_command_says_why_a_foreign_file_was_not_written(tmp_path, capsys,
                                                                monkeypatch):
     """A cache file of another device under this device's file name is not written over;
     the command says that (it said "directory not writable" of a writable directory)."""
-    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
-    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
     c = TuneCache(tmp_path)
     c.record(SPEC_FOREIGN, 0.5, {"dense": {"{}": 1e-3}})
     data = json.loads(c.path.read_text())
     c.path.write_text(json.dumps({**data, "device": "Some Other CPU 64t"}))
-    argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
-            "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64"]
-    args = _parser().parse_args(argv)
-    assert args.func(args) == 0
+    assert _tiny_sweep_command(tmp_path, monkeypatch) == 0
     err = capsys.readouterr().err
     assert "cache NOT saved" in err and "holds timings of device 'Some Other CPU 64t'" in err
     assert "not writable" not in err

@@ -172,6 +172,7 @@ def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cach
     from .ops import fold_block, variants_for
     from .ops.masks import dispatch_rate
     from .ops.synthetic import synthetic_masks
+    from .schedule import rate_key
     from .tune.measure import config_key, time_variants
 
     dev = r.device
@@ -203,7 +204,7 @@ def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cach
                 timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
                 meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
                 # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
-                realised = round(dispatch_rate(spec, masks), 6)
+                realised = rate_key(dispatch_rate(spec, masks))
                 cache.record(spec, realised,
                              timings | {"dense": {config_key({}): dense["float16"]}}, meta)
                 base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),

@@ -32,6 +32,7 @@ from ..ops.masks import dispatch_rate
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
+from ..schedule import rate_key
 from .cache import TuneCache
 from .measure import config_key, time_variants
 from .timing import median_time
@@ -354,19 +355,20 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     by_spec: dict[BlockSpec, list[tuple[str, LaudBottleneck]]] = {}
     for name, block, spec in named:
         by_spec.setdefault(spec, []).append((name, block))
+    def masks_at(spec: BlockSpec, asked: float) -> BlockMasks:
+        return synthetic_masks(spec, asked, seed=seed + int(round(asked * 1000)),
+                               clustered=clustered, device=dev)
+
     # each item is timed and recorded at the rate its masks realise, round(asked·N)/N (a
     # layer gate at batch 1 is off at 0.3): asked rates that realise one rate are one item
-    # (timed once, in one shard), with a CSV row set per asked rate
-    groups: dict[tuple[BlockSpec, float], tuple[list[float], BlockMasks]] = {}
+    # (timed once, in one shard), with a CSV row set per asked rate. Only the rates are
+    # kept here (masks of every item of every shard could take GBs at 1001 rates); an
+    # item's masks are drawn again, from the same seed, when it is timed.
+    groups: dict[tuple[BlockSpec, float], list[float]] = {}
     for s in by_spec:
         for asked in rates:
-            masks = synthetic_masks(s, asked, seed=seed + int(round(asked * 1000)),
-                                    clustered=clustered, device=dev)
-            key = (s, round(dispatch_rate(s, masks), 6))
-            if key in groups:
-                groups[key][0].append(asked)
-            else:
-                groups[key] = ([asked], masks)
+            groups.setdefault((s, rate_key(dispatch_rate(s, masks_at(s, asked)))),
+                              []).append(asked)
     items = list(groups.items())[i_shard - 1::n_shard]
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
@@ -374,8 +376,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
     try:
-        for (spec, rate), (asked, masks) in items:
+        for (spec, rate), asked in items:
             members = by_spec[spec]
+            masks = masks_at(spec, asked[0])
             result.merged += len(asked) - 1
             fr = ideal_flops_ratio(spec, masks)
             known = cache.lookup(spec, rate) or {}

@@ -16,12 +16,11 @@ from .hardware import HardwareSpec, get_hardware, known_hardware
 
 log = logging.getLogger("laudtriton")
 
-# predict's options that only its latency table reads, with their defaults (None in the
-# parser, so that --validate, which reads every cached timing of the device, can refuse
-# them when given rather than ignore them).
-TABLE_DEFAULTS = {"model": "laud_resnet101", "mode": "spatial", "granularity": "4-4-2-1",
-                  "rates": "0.25,0.5,0.75", "variants": None, "batch": 1, "dtype": None,
-                  "input_size": 224, "channel_granularity": "1", "no_fit": False}
+# predict's options that only its latency table reads. The parser sets them to None (not
+# given), so that --validate, which reads every cached timing of the device, can refuse
+# them when given rather than ignore them; their declared defaults are filled in after.
+TABLE_OPTIONS = ("model", "mode", "granularity", "rates", "variants", "batch", "dtype",
+                 "input_size", "channel_granularity", "no_fit")
 
 
 def _flag(dest: str) -> str:
@@ -85,9 +84,11 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
                     "takes only --hardware, --cache-dir and --include-stale and refuses "
                     "the options of the table.")
     _common(p)
-    p.add_argument("--mode", help="spatial|channel|layer|both or 'a-b-c-d' (default spatial)")
-    p.add_argument("--granularity", help="S per stage (default '4-4-2-1')")
-    p.add_argument("--rates", help="'0.25,0.5' or 'start:stop:step' (default '0.25,0.5,0.75')")
+    p.add_argument("--mode", default="spatial",
+                   help="spatial|channel|layer|both or 'a-b-c-d' (default spatial)")
+    p.add_argument("--granularity", default="4-4-2-1", help="S per stage (default '4-4-2-1')")
+    p.add_argument("--rates", default="0.25,0.5,0.75",
+                   help="'0.25,0.5' or 'start:stop:step' (default '0.25,0.5,0.75')")
     p.add_argument("--variants", default=None,
                    help="comma list to restrict the variants (default: all)")
     p.add_argument("--validate", action="store_true",
@@ -96,21 +97,23 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--include-stale", action="store_true",
                    help="only with --validate: also timings of other laudtriton/kernel "
                         "versions")
-    p.set_defaults(func=run_predict, **dict.fromkeys(TABLE_DEFAULTS))  # None: not given
+    declared = {d: p.get_default(d) for d in TABLE_OPTIONS}
+    p.set_defaults(func=run_predict, table_defaults=declared,
+                   **dict.fromkeys(TABLE_OPTIONS))  # None: not given
     return p
 
 
 def _check_predict_options(args) -> None:
     """Refuse what the mode (table or --validate) does not read, then fill the table's
     defaults in ``args``: a ValueError naming the first option refused."""
-    given = [_flag(d) for d in TABLE_DEFAULTS if getattr(args, d) is not None]
+    given = [_flag(d) for d in TABLE_OPTIONS if getattr(args, d) is not None]
     if args.validate and given:
         raise ValueError(f"{', '.join(given)}: not used by --validate, which validates on "
                          "every cached timing of --hardware; give only --hardware, "
                          "--cache-dir, --include-stale")
     if args.include_stale and not args.validate:
         raise ValueError("--include-stale is used only with --validate")
-    for dest, default in TABLE_DEFAULTS.items():
+    for dest, default in args.table_defaults.items():
         if getattr(args, dest) is None:
             setattr(args, dest, default)
 

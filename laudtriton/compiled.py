@@ -174,11 +174,14 @@ class CompiledBlock(nn.Module):
                                      "or values other than 0 and 1")
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
-             perm: tuple[int, ...] | None) -> torch.Tensor:
+             perm: tuple[int, ...] | None, rate: float | None = None) -> torch.Tensor:
+        """The chosen variant on x; rate: ``dispatch_rate(self.spec, masks)`` when the
+        caller has it (a layer block knows its gate values)."""
         if self.rate_free:
             choice = self.static_choice
         else:
-            choice = self.table.choose(float(dispatch_rate(self.spec, masks)))
+            choice = self.table.choose(dispatch_rate(self.spec, masks) if rate is None
+                                       else rate)
         variant = get_variant(choice.variant)
         run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
         out = run(self.fb, x, masks, choice.config_dict)
@@ -200,10 +203,11 @@ class CompiledBlock(nn.Module):
             masks = self.gates(h, pooled=order.pooled)
         else:
             masks, order.pooled = order.to_batch(masks), None
-        (a, e), moved = order.make_contiguous(gate_values(masks, h.shape[0], self.name), h)
+        on = gate_values(masks, h.shape[0], self.name)
+        (a, e), moved = order.make_contiguous(on, h)
         if moved is not None:
             masks = take_masks(masks, moved)
-        out = self._run(h, masks, True, order.snapshot())
+        out = self._run(h, masks, True, order.snapshot(), rate=sum(on) / len(on))
         if self.spec.downsample:  # every sample changed
             order.pooled = None
         elif order.pooled is not None and e > a:

@@ -355,3 +355,17 @@ def test_triton_tap_major_weight_follows_the_weights():
     clone = copy.deepcopy(fb)
     assert clone._channel_gemm_w2.value is None
     assert torch.equal(_w2_tap_major(clone), clone.w2) and tap_major(_w2_tap_major(clone))
+
+
+def test_groups_read_every_mask_dtype_alike():
+    """Samples are grouped by equal channel pattern, in order of first appearance, with
+    the same pattern bytes whether the mask is read through numpy (float32/64, bool) or
+    through torch (half types)."""
+    from laudtriton.ops.channel import _groups
+
+    m = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 0, 1], [1, 1, 1]], dtype=torch.float32)
+    want = [([0, 2], [True, False, True]), ([1], [False] * 3), ([3], [True] * 3)]
+    for dtype in (torch.float32, torch.float64, torch.bool, torch.float16, torch.bfloat16):
+        got = _groups(m.to(dtype))
+        assert [(s, p.tolist()) for s, p, _ in got] == want, dtype
+        assert all(p.dtype == torch.bool and k == p.numpy().tobytes() for _, p, k in got)

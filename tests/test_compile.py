@@ -301,6 +301,35 @@ def test_dispatch_table_keeps_rates_apart_as_the_cache_does():
     assert [format_rate(r) for r in (0.5, 0.125, 0.102041)] == ["0.50", "0.125", "0.102"]
 
 
+def test_layer_blocks_in_a_model_dispatch_at_their_gate_rate():
+    """A layer block inside a CompiledModel reads its table at the rate of its gate
+    values (passed down from the gate it already read), which must be the rate
+    ``dispatch_rate`` gives for its masks: a table that picks another variant at every
+    other rate shows which rate was read."""
+    from laudtriton.ops.masks import dispatch_rate
+    from laudtriton.schedule import Choice, DispatchTable
+
+    model = tiny_model("layer")
+    x = torch.randn(4, 3, 45, 37)
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    for blk in cm.blocks:  # compact at gate rates 1/4 and 3/4, dense at 0, 1/2 and 1
+        blk.table = DispatchTable({k / 4: Choice.make("compact" if k % 2 else "dense", {},
+                                                      1e-3, "measured") for k in range(5)})
+        blk.rate_free = False
+    used = set()
+    with torch.no_grad():
+        for seed in range(2):  # seed 1 gives rates 0.75 and 0.25, seed 0 only 0.5
+            torch.manual_seed(seed)
+            xin = torch.randn(4, 3, 45, 37)
+            assert_close(cm(xin), model(xin))
+            for blk in cm.blocks:
+                want = blk.table.choose(dispatch_rate(blk.spec, blk.last_masks)).variant
+                assert blk.last_run.variant == want
+                used.add(want)
+    assert used == {"compact", "dense"}
+
+
 def test_dispatch_table_refuses_a_rate_outside_0_1():
     from laudtriton.schedule import DispatchTable
 

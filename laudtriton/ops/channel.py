@@ -41,6 +41,7 @@ from ..nn.block import BlockMasks
 from ..nn.maskers import expand_channel_mask
 from .fold import FoldedBlock
 from .kappa import channel_work, conv3_bias, tap_validity
+from .masks import host_array
 from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -308,15 +309,17 @@ def dense_weights(fb: FoldedBlock, in_hw: tuple[int, int]) -> SlicedWeights:
 
 def _groups(channel: torch.Tensor) -> list[tuple[list[int], torch.Tensor, bytes]]:
     """[B, G] 0/1 -> [(samples, pattern [G] bool CPU, pattern bytes)], one per distinct
-    pattern, in order of first appearance (one host sync for the whole batch)."""
-    keys = (channel > 0.5).cpu()
+    pattern, in order of first appearance (one host sync for the whole batch). A CPU mask
+    of a numpy dtype is read through numpy (``masks.host_array``): no torch op."""
+    a = host_array(channel)
+    keys = a > 0.5 if a is not None else (channel > 0.5).cpu().numpy()
     seen: dict[bytes, tuple[list[int], torch.Tensor, bytes]] = {}
     for i in range(keys.shape[0]):
-        b = keys[i].numpy().tobytes()
+        b = keys[i].tobytes()
         if b in seen:
             seen[b][0].append(i)
         else:
-            seen[b] = ([i], keys[i], b)
+            seen[b] = ([i], torch.from_numpy(keys[i]), b)
     return list(seen.values())
 
 

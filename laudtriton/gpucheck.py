@@ -37,6 +37,7 @@ import torch
 from .gpureport import RATES, plot, table, write_csv
 
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
+PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,15 +78,41 @@ class Run:
     def say(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", flush=True)
 
-    def check(self, name: str, fn) -> bool:
+    def check(self, name: str, fn, until: float | None = None, quiet: bool = False) -> bool:
+        """Run ``fn`` and record a pass or a failure (with its error and the end of its
+        traceback, for summary.json). until: a perf_counter time after which the check is
+        not run but recorded as not run (a time box). quiet: record and print failures
+        only. A SIGTERM (``Terminated``) is not a failed check: it stops the run."""
+        if until is not None and time.perf_counter() > until:
+            self.checks.append({"check": name, "ok": False, "error": "not run: time box"})
+            self.say(f"SKIP {name}  (time box)")
+            return False
         try:
             fn()
-            ok, err = True, ""
+            ok, err, tb = True, "", ""
         except Exception as e:  # a failed check is a result, not a crash
-            ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-        self.checks.append({"check": name, "ok": ok, "error": err})
+            ok, err = False, describe(e)
+            tb = "\n".join(traceback.format_exc().strip().splitlines()[-TRACEBACK_LINES:])
+        if ok and quiet:
+            return True
+        self.checks.append({"check": name, "ok": ok, "error": err}
+                           | ({"traceback": tb} if tb else {}))
         self.say(f"{'PASS' if ok else 'FAIL'} {name}{'' if ok else '  ' + err}")
         return ok
+
+
+TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
+
+
+def describe(e: BaseException) -> str:
+    """One line for an exception: its type, its message's first line and, for a message
+    of several lines, its last one too (a Triton CompilationError starts with the source
+    position and ends with the cause); its type alone when it has no message."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(e).__name__}: {text[:300]}"
 
 
 # -- 1. machine ---------------------------------------------------------------------------
@@ -125,9 +152,12 @@ def machine(r: Run) -> None:
 
 
 # -- 2. kernels and variants vs references ------------------------------------------------
-def kernel_checks(r: Run) -> None:
+def kernel_checks(r: Run, until: float | None = None) -> None:
+    """Part 2: every kernel and CUDA variant against its reference, in fp16, bf16 and
+    fp32 (TF32 off); checks not started by ``until`` are recorded as not run."""
     from .kernelchecks import (
         channel_kernel_checks,
+        exact_fp32,
         masker_kernel_checks,
         spatial_kernel_checks,
         variant_check,
@@ -135,19 +165,22 @@ def kernel_checks(r: Run) -> None:
     from .ops import all_variants
 
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
-    for dt in dtypes:
-        tag = str(dt)[6:]
-        r.check(f"kernel channel_gemm/conv3x3 {tag}", lambda: channel_kernel_checks(r.device, dt))
-        r.check(f"kernel maskers {tag}", lambda: masker_kernel_checks(r.device, dt))
-        r.check(f"kernel spatial family {tag}", lambda: spatial_kernel_checks(r.device, dt))
-    backend = "cuda" if r.device == "cuda" else "cpu"
-    for v in all_variants():
-        if backend not in v.backends or v.name == "dense":
-            continue
-        for mode in v.modes:
-            for dt in dtypes:
-                r.check(f"variant {v.name} {mode} {str(dt)[6:]}",
-                        lambda: variant_check(v, mode, r.device, dt))
+    with exact_fp32():  # cuDNN's fp32 convolutions in TF32 would miss the fp32 bound
+        for dt in dtypes:
+            tag = str(dt)[6:]
+            r.check(f"kernel channel_gemm/conv3x3 {tag}",
+                    lambda: channel_kernel_checks(r.device, dt), until)
+            r.check(f"kernel maskers {tag}", lambda: masker_kernel_checks(r.device, dt), until)
+            r.check(f"kernel spatial family {tag}", lambda: spatial_kernel_checks(r.device, dt),
+                    until)
+        backend = "cuda" if r.device == "cuda" else "cpu"
+        for v in all_variants():
+            if backend not in v.backends or v.name == "dense":
+                continue
+            for mode in v.modes:
+                for dt in dtypes:
+                    r.check(f"variant {v.name} {mode} {str(dt)[6:]}",
+                            lambda: variant_check(v, mode, r.device, dt), until)
 
 
 # -- 3. per-block timings -------------------------------------------------------------------
@@ -168,7 +201,22 @@ def distinct_blocks(models: list[str], input_size: int):
     return out
 
 
-def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cache) -> None:
+def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cache) -> bool:
+    """Part 3: each block's dense and variant timings, batch by batch, into ``r.rows`` and
+    ``cache``. A block whose timing raises is a failed check; the others go on. Returns
+    whether every batch was timed before ``budget_end``."""
+    for batch in batches:
+        for mode, block, spec1, members in blocks.values():
+            if time.perf_counter() > budget_end:
+                r.say(f"time box reached: skipping the rest of batch {batch} and later ones")
+                return False
+            r.check(f"timing b{batch} {mode} {spec1.short()}",
+                    lambda: _time_block(r, mode, block, spec1.with_(batch=batch), members,
+                                        n_configs, cache), quiet=True)
+    return True
+
+
+def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) -> None:
     from .ops import fold_block, variants_for
     from .ops.masks import dispatch_rate
     from .ops.synthetic import synthetic_masks
@@ -177,50 +225,45 @@ def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float, cach
 
     dev = r.device
     backend = "cuda" if dev == "cuda" else "cpu"
-    for batch in batches:
-        for mode, block, spec1, members in blocks.values():
-            if time.perf_counter() > budget_end:
-                r.say(f"time box reached: skipping the rest of batch {batch} and later ones")
-                return
-            spec = spec1.with_(batch=batch)
-            x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu()
-            dense = {}
-            for dt in (torch.float16, torch.bfloat16):
-                fb = fold_block(block, dt, dev)
-                xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
-                m = synthetic_masks(spec, 0.5, seed=0, device=dev)
-                t = time_variants(fb, spec, xd, m, [v for v in variants_for(spec, backend)
-                                                    if v.name == "dense"])
-                dense[str(dt)[6:]] = t["dense"][config_key({})]
-            dt_best = min(dense, key=dense.get)
-            fb = fold_block(block, torch.float16, dev)
-            xd = x.to(dev, torch.float16).contiguous(memory_format=torch.channels_last)
-            cands = [v for v in variants_for(spec, backend) if v.name != "dense"]
-            if dev != "cuda":
-                cands = [v for v in cands if not v.needs_triton]
-            for rate in RATES:
-                masks = synthetic_masks(spec, rate, seed=1, device=dev)
-                cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
-                timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
-                meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
-                # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
-                realised = rate_key(dispatch_rate(spec, masks))
-                cache.record(spec, realised,
-                             timings | {"dense": {config_key({}): dense["float16"]}}, meta)
-                base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
-                        "batch": batch, "rate": rate, "realised_rate": realised,
-                        "models": json.dumps(members)}
-                for dname, t in dense.items():
-                    r.rows.append(base | {"variant": "dense", "dtype": dname, "config": "{}",
-                                          "seconds": t, "ratio": t / dense[dt_best]})
-                for vname, cs in timings.items():
-                    for c, t in cs.items():
-                        r.rows.append(base | {"variant": vname, "dtype": "float16",
-                                              "config": c, "seconds": t,
-                                              "ratio": t / dense[dt_best]})
-            best = {v: min(cs.values()) for v, cs in timings.items()}
-            r.say(f"b{batch} {spec.short():<40} dense {dense[dt_best] * 1e6:8.1f} us  rate 0.75: "
-                  + "  ".join(f"{v} {t / dense[dt_best]:.2f}x" for v, t in best.items()))
+    batch = spec.batch
+    x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu()
+    dense = {}
+    for dt in (torch.float16, torch.bfloat16):
+        fb = fold_block(block, dt, dev)
+        xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
+        m = synthetic_masks(spec, 0.5, seed=0, device=dev)
+        t = time_variants(fb, spec, xd, m, [v for v in variants_for(spec, backend)
+                                            if v.name == "dense"])
+        dense[str(dt)[6:]] = t["dense"][config_key({})]
+    dt_best = min(dense, key=dense.get)
+    fb = fold_block(block, torch.float16, dev)
+    xd = x.to(dev, torch.float16).contiguous(memory_format=torch.channels_last)
+    cands = [v for v in variants_for(spec, backend) if v.name != "dense"]
+    if dev != "cuda":
+        cands = [v for v in cands if not v.needs_triton]
+    for rate in RATES:
+        masks = synthetic_masks(spec, rate, seed=1, device=dev)
+        cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
+        timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
+        meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
+        # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
+        realised = rate_key(dispatch_rate(spec, masks))
+        cache.record(spec, realised,
+                     timings | {"dense": {config_key({}): dense["float16"]}}, meta)
+        base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
+                "batch": batch, "rate": rate, "realised_rate": realised,
+                "models": json.dumps(members)}
+        for dname, t in dense.items():
+            r.rows.append(base | {"variant": "dense", "dtype": dname, "config": "{}",
+                                  "seconds": t, "ratio": t / dense[dt_best]})
+        for vname, cs in timings.items():
+            for c, t in cs.items():
+                r.rows.append(base | {"variant": vname, "dtype": "float16",
+                                      "config": c, "seconds": t,
+                                      "ratio": t / dense[dt_best]})
+    best = {v: min(cs.values()) for v, cs in timings.items()}
+    r.say(f"b{batch} {spec.short():<40} dense {dense[dt_best] * 1e6:8.1f} us  rate 0.75: "
+          + "  ".join(f"{v} {t / dense[dt_best]:.2f}x" for v, t in best.items()))
 
 
 # -- 4. whole model ---------------------------------------------------------------------------
@@ -237,9 +280,12 @@ def _dense_model(model, dev, dt):
     return dm
 
 
-def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None) -> None:
-    """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
-    in ``cache_dir``, part 3's) against its dense forms, per batch and mode."""
+def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None,
+                 tune: str = "quick") -> None:
+    """Part 4: whole LAUD-ResNet-101 compiled (``tune``: "quick" reads and fills the cache
+    in ``cache_dir``, part 3's; "cached" only reads it, predicting what it lacks: no
+    timing runs, for when part 3 was cut short) against its dense forms, per batch and
+    mode."""
     import laudtriton
 
     from .bench import build_model
@@ -261,7 +307,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                 model = model.to(dev)
                 xd = x.to(dev)
                 cm = laudtriton.compile(model, xd, backend="cuda" if dev == "cuda" else "cpu",
-                                        tune="quick", cache_dir=cache_dir)
+                                        tune=tune, cache_dir=cache_dir)
                 xc = xd.to(cm.dtype)  # compile's dtype (float16 on CUDA), not x's
                 dense = {}
                 for dt in (torch.float16, torch.bfloat16):
@@ -274,7 +320,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                 td = min(dense.values())
                 r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
                                "batch": batch, "rate": 0.5, "models": "", "variant": "compiled",
-                               "dtype": "", "config": "tune=quick", "seconds": tc,
+                               "dtype": "", "config": f"tune={tune}", "seconds": tc,
                                "ratio": tc / td})
                 for dname, t in dense.items():
                     r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
@@ -286,8 +332,10 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
             r.check(name, one)
 
 
-class Terminated(Exception):
-    """SIGTERM during a run (a time limit): the run stops and writes what it gathered."""
+class Terminated(BaseException):
+    """SIGTERM during a run (a time limit): the run stops and writes what it gathered. A
+    BaseException, so that no handler of a failed check or timing (``except Exception``)
+    takes it for one and carries on."""
 
 
 def save(r: Run, out: Path) -> None:
@@ -348,28 +396,35 @@ def run(args) -> int:
     def terminated(signum, frame):  # a time limit's SIGTERM: keep what was gathered
         raise Terminated(f"signal {signum} after {time.perf_counter() - r.t0:.0f} s")
     previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        r.say("1/4 machine")
-        machine(r)
-        save(r, out)
-        r.say("2/4 kernels and variants vs references (NaN-poisoned outputs)")
-        kernel_checks(r)
-        save(r, out)
-        r.say("3/4 blocks: dense vs variants")
-        from .tune.cache import TuneCache
+    from .tune.cache import TuneCache
 
-        cache = TuneCache(out / "autotune_cache", device=args.device)
+    cache = TuneCache(out / "autotune_cache", device=args.device)
+    done3 = []
+
+    def part3():
         blocks = distinct_blocks(models, args.input_size)
         end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
-        time_blocks(r, blocks, batches, args.configs, end3, cache)
+        done3.append(time_blocks(r, blocks, batches, args.configs, end3, cache))
         parts.append(f"autotune cache: {cache.path}")
-        save(r, out)
-        r.say("4/4 whole LAUD-ResNet-101 compiled vs dense")
-        whole_models(r, batches, args.input_size, r.deadline, cache.dir)
-    except Exception:  # report what was gathered so far (Terminated included)
+
+    def part4():  # without part 3's every batch, no timing runs of its own: no overrun
+        whole_models(r, batches, args.input_size, r.deadline, cache.dir,
+                     tune="quick" if done3 == [True] else "cached")
+
+    steps = [("1/4 machine", lambda: machine(r)),
+             ("2/4 kernels and variants vs references (NaN-poisoned outputs)",
+              lambda: kernel_checks(r, r.t0 + PART2_SHARE * args.budget)),
+             ("3/4 blocks: dense vs variants", part3),
+             ("4/4 whole LAUD-ResNet-101 compiled vs dense", part4)]
+    try:
+        for title, step in steps:  # a part that raises is a failed check; the next runs
+            r.say(title)
+            r.check(f"part {title.split()[0]} completed", step, quiet=True)
+            save(r, out)
+    except Terminated as e:  # a time limit: report what was gathered so far
         r.checks.append({"check": "gpucheck run", "ok": False,
-                         "error": traceback.format_exc().strip().splitlines()[-1]})
-        traceback.print_exc()
+                         "error": f"Terminated: {e}"})
+        r.say(f"stopped: Terminated: {e}")
     finally:
         signal.signal(signal.SIGTERM, previous)
     save(r, out)

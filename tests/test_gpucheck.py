@@ -133,8 +133,8 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
     def machine(r):
         r.check("machine", lambda: None)
 
-    def stopped(r):
-        os.kill(os.getpid(), signal.SIGTERM)
+    def stopped(r, until=None):  # inside a check: a SIGTERM is not a failed check
+        r.check("kernel", lambda: os.kill(os.getpid(), signal.SIGTERM))
     monkeypatch.setattr(gpucheck, "machine", machine)
     monkeypatch.setattr(gpucheck, "kernel_checks", stopped)
     monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
@@ -153,3 +153,81 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
     assert [c["check"] for c in summary["checks"]] == ["machine", "gpucheck run"]
     assert "Terminated: signal" in summary["checks"][1]["error"]
     assert (tmp_path / "timings.csv").exists()
+
+
+def _args(tmp_path):
+    return gpucheck.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
+                               ).parse_args(["--out", str(tmp_path), "--device", "cpu"])
+
+
+def test_a_part_that_raises_is_a_failed_check_and_the_next_part_runs(tmp_path, monkeypatch):
+    """Part 3 cut short (or failing) leaves part 4 to run, on the cache alone
+    (tune="cached": no timing runs of its own that could overrun the time limit)."""
+    seen = {}
+    monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
+    monkeypatch.setattr(gpucheck, "machine", lambda r: None)
+    monkeypatch.setattr(gpucheck, "kernel_checks", lambda r, until=None: 1 / 0)
+    monkeypatch.setattr(gpucheck, "distinct_blocks", lambda models, size: {})
+    monkeypatch.setattr(gpucheck, "time_blocks", lambda *a: False)
+    monkeypatch.setattr(gpucheck, "whole_models",
+                        lambda r, b, s, end, d, tune: seen.setdefault("tune", tune))
+    assert gpucheck.run(_args(tmp_path)) == 1
+    assert seen == {"tune": "cached"}
+    (fail,) = [c for c in __import__("json").loads(
+        (tmp_path / "summary.json").read_text())["checks"] if not c["ok"]]
+    assert fail["check"] == "part 2/4 completed" and "ZeroDivisionError" in fail["error"]
+    assert "1 / 0" in fail["traceback"]
+    monkeypatch.setattr(gpucheck, "time_blocks", lambda *a: True)
+    monkeypatch.setattr(gpucheck, "kernel_checks", lambda r, until=None: None)
+    seen.clear()
+    assert gpucheck.run(_args(tmp_path)) == 0
+    assert seen == {"tune": "quick"}
+
+
+def test_time_blocks_goes_on_past_a_failing_block(monkeypatch):
+    r = gpucheck.Run(Path("."), 10, "cpu")
+
+    class Spec:
+        def __init__(self, name, batch=1):
+            self.name, self.batch = name, batch
+
+        def with_(self, batch):
+            return Spec(self.name, batch)
+
+        def short(self):
+            return self.name
+    timed = []
+
+    def one(r, mode, block, spec, members, n, cache):
+        if spec.name == "bad":
+            raise RuntimeError("no kernel")
+        timed.append((spec.name, spec.batch))
+    monkeypatch.setattr(gpucheck, "_time_block", one)
+    blocks = {k: ("spatial", None, Spec(k), {}) for k in ("a", "bad", "c")}
+    assert gpucheck.time_blocks(r, blocks, [1, 4], 1, r.deadline, None)
+    assert timed == [("a", 1), ("c", 1), ("a", 4), ("c", 4)]
+    assert [c["check"] for c in r.checks] == ["timing b1 spatial bad", "timing b4 spatial bad"]
+    assert not gpucheck.time_blocks(r, blocks, [1], 1, r.t0 - 1, None)  # past its time box
+
+
+def test_failed_checks_are_described_in_one_line():
+    assert gpucheck.describe(AssertionError()) == "AssertionError"
+    assert gpucheck.describe(ValueError("at 70:12:\n    x = tl.dot(a, b)\nK must be >= 16")) == (
+        "ValueError: at 70:12: ... K must be >= 16")
+    r = gpucheck.Run(Path("."), 10, "cpu")
+
+    def bare():
+        raise AssertionError
+    assert not r.check("bare", bare)  # an empty message is a failure, not a crash
+    assert not r.check("late", lambda: None, until=r.t0 - 1)
+    assert [(c["check"], c["error"]) for c in r.checks] == [
+        ("bare", "AssertionError"), ("late", "not run: time box")]
+    assert r.check("quiet", lambda: None, quiet=True) and len(r.checks) == 2
+
+
+def test_exact_fp32_turns_tf32_off_inside_only():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with kernelchecks.exact_fp32():
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

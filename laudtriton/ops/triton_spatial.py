@@ -25,7 +25,7 @@ import torch
 
 from ..nn.block import BlockMasks
 from .dense import conv1x1
-from .fold import FoldedBlock
+from .fold import FoldedBlock, derived
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
 
@@ -123,8 +123,9 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, config: dict | Non
         idx1, idx3 = idx1[:n1], idx3[:n3]
     buf = gather_conv1x1(xh, idx1, c1, fb.w1.to(dt).contiguous(), fb.b1, cfg["conv1"],
                          validate=False)
-    h2 = conv3x3(buf, idx3, c3, hwio(fb.w2.to(dt)), fb.b2, fb.stride, cfg["conv2"],
-                 validate=False)
+    w2 = derived(fb, f"_hwio_w2_{str(dt)[6:]}", fb.fingerprint(),  # not copied per call
+                 lambda: hwio(fb.w2.to(dt)))
+    h2 = conv3x3(buf, idx3, c3, w2, fb.b2, fb.stride, cfg["conv2"], validate=False)
     out = conv1x1_residual(h2, idx3, c3, fb.w3.to(dt).contiguous(), fb.b3, ident,
                            cfg["conv3"], validate=False)
     return out.permute(0, 3, 1, 2)  # [B, Cout, Ho, Wo] view, channels_last memory

@@ -222,3 +222,15 @@ def test_host_array_only_where_numpy_reads_without_a_torch_op():
     assert mk.host_array(torch.zeros(3, dtype=torch.float16)) is None
     assert mk.host_array(torch.zeros(3, dtype=torch.int64)) is None
     assert mk.host_array(torch.zeros(3, requires_grad=True)) is None
+
+
+def test_cover_counts_follow_interpolate_where_the_integer_rule_does_not():
+    """At Ho = 74 with 24 cells, interpolate puts output pixel 37 in cell 11, not 12
+    (⌊37·24/74⌋); the counts the predictor reads must be those of the masks built."""
+    from laudtriton.nn.maskers import expand_mask1, upsample_mask
+
+    assert mk._cell_of(74, 24)[37] == 11 != 37 * 24 // 74
+    covered = [sum(bool(expand_mask1(upsample_mask(
+        torch.eye(24)[c].view(1, 1, 24, 1), (74, 1)), 1, (74, 1))[0, 0, y, 0]) for c in range(24))
+        for y in range(74)]
+    assert mk.cover_counts(74, 74, 24, 1) == covered

@@ -171,6 +171,26 @@ def test_model_flops_stem_head_and_dense_by_hand():
                           torch.stack([b.flops / b.dense_flops for b in st.blocks]))
 
 
+
+@pytest.mark.parametrize("pool", ["identity", "max-ceil", "avg"])
+def test_model_flops_count_a_replaced_stem_as_it_is(pool):
+    """A replaced conv1 (3x3, stride 1) and pooling are counted from their own kernel
+    and output sizes (a 3x3 pool: 9 per output value; no pooling layer: nothing)."""
+    model = tiny(mode="spatial", granularity="2-2-1-1")
+    model.conv1 = torch.nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+    model.maxpool = {"identity": torch.nn.Identity(),
+                     "max-ceil": torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                     "avg": torch.nn.AvgPool2d(3, 2)}[pool]
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        model(x)
+        pooled = model.maxpool(torch.zeros(1, 16, 33, 33))
+    st = model.last_stats
+    stem = 3 * 16 * 33 * 33 * 9 + (0 if pool == "identity" else 16 * pooled[0, 0].numel() * 9)
+    head = 512 + 512 * 10
+    assert model.stem_flops((33, 33)) == stem
+    assert st.flops.item() == pytest.approx(stem + head + sum(b.flops.item() for b in st.blocks))
+
 # ------------------------------------------------------------------ state-dict layout
 
 LAYOUT_CONFIGS = {
@@ -494,6 +514,8 @@ def test_model_bad_depths(depths):
     (dict(stride=0), "stride"), (dict(planes=0), "planes"),
     (dict(channel_masker_reduction=0), "channel_masker_reduction"),
     (dict(channel_masker_reduction=-1), "channel_masker_reduction"),
+    (dict(granularity=True), "granularity"), (dict(stride=True), "stride"),
+    (dict(granularity=2.0), "granularity"),
 ])
 def test_block_bad_arguments(kw, name):
     from laudtriton.nn.block import LaudBottleneck
@@ -501,6 +523,26 @@ def test_block_bad_arguments(kw, name):
     args = dict(inplanes=32, planes=8, dyn_mode="channel") | kw
     with pytest.raises(ValueError, match=rf"{name} must be a positive int, got"):
         LaudBottleneck(**args)
+
+
+def test_block_takes_numpy_ints():
+    import numpy as np
+
+    from laudtriton.nn.block import LaudBottleneck
+
+    blk = LaudBottleneck(np.int64(32), np.int64(8), stride=np.int64(1), dyn_mode="spatial",
+                         granularity=np.int64(2), channel_granularity=np.int32(2))
+    assert (blk.granularity, blk.stride, blk.channel_granularity) == (2, 1, 2)
+    assert all(type(v) is int for v in (blk.granularity, blk.stride, blk.inplanes))
+    assert blk(torch.randn(1, 32, 8, 8)).shape == (1, 32, 8, 8)
+
+
+def test_calibrate_block_refuses_a_model():
+    from laudtriton.nn import calibrate_block
+
+    with pytest.raises(ValueError, match="calibrate_block takes a LaudBottleneck, got "
+                                         "LaudResNet .*calibrate_rates"):
+        calibrate_block(tiny(), torch.randn(1, 3, 32, 32), 0.5)
 
 
 def test_calibrate_block_runs_in_eval_and_checks_its_input():

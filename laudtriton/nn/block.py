@@ -79,6 +79,11 @@ def without_records(state: dict) -> dict:
     return state
 
 
+def _positive_int(v) -> bool:
+    """An integer > 0 (Python or numpy), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+
+
 class LaudBottleneck(nn.Module):
     """ResNet bottleneck with LAUDNet dynamic computation.
 
@@ -123,17 +128,15 @@ class LaudBottleneck(nn.Module):
         if dyn_mode not in MODES:
             raise ValueError(f"dyn_mode must be one of {MODES}, got {dyn_mode!r}")
         for name, value in (("inplanes", inplanes), ("planes", planes), ("stride", stride),
-                            ("channel_masker_reduction", channel_masker_reduction)):
-            if not isinstance(value, numbers.Integral) or value <= 0:
+                            ("channel_masker_reduction", channel_masker_reduction),
+                            ("granularity", granularity)):
+            if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(granularity, int) or granularity <= 0:
-            raise ValueError(f"granularity must be a positive int, got {granularity!r}")
+        inplanes, planes, stride, granularity = (
+            int(v) for v in (inplanes, planes, stride, granularity))
+        channel_masker_reduction = int(channel_masker_reduction)
         width = planes
-        if (
-            not isinstance(channel_granularity, int)
-            or channel_granularity <= 0
-            or width % channel_granularity
-        ):
+        if not _positive_int(channel_granularity) or width % channel_granularity:
             raise ValueError(
                 f"channel_granularity {channel_granularity!r} must be a positive divisor of "
                 f"the block width {width}"
@@ -151,7 +154,7 @@ class LaudBottleneck(nn.Module):
         self.stride = stride
         self.dyn_mode = dyn_mode
         self.granularity = granularity if dyn_mode in ("spatial", "both") else 1
-        self.channel_granularity = channel_granularity
+        self.channel_granularity = int(channel_granularity)
         self.temperature = 1.0
 
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)

@@ -56,6 +56,9 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
         ValueError: if x is not [B, Cin, H, W] of the block's dtype and device, or a rate
             is outside [0, 1].
     """
+    if not isinstance(block, LaudBottleneck):
+        raise ValueError(f"calibrate_block takes a LaudBottleneck, got {type(block).__name__} "
+                         "(a whole LaudResNet: calibrate_rates)")
     _check_x(x, block.inplanes, block.conv1.weight, "block")
     _check_rates(rate, channel_rate)
     was_training = block.training

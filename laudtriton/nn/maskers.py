@@ -152,7 +152,10 @@ class MaskerChannelConvLinear(nn.Module):
 def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3).
 
-    Output pixel i belongs to cell ⌊i·gh/Ho⌋ (PyTorch's ``nearest`` rule).
+    Output pixel i belongs to cell min(⌊i·(gh/Ho)⌋, gh−1) with the scale gh/Ho in
+    float32 (PyTorch's ``nearest`` rule): ⌊i·gh/Ho⌋, except at a few sizes where the
+    rounded scale puts a pixel one cell lower (Ho = 74, gh = 24: pixel 37 is in cell
+    11, not 12).
     """
     return F.interpolate(grid_mask, size=tuple(out_hw), mode="nearest")
 

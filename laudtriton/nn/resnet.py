@@ -245,13 +245,31 @@ class LaudResNet(nn.Module):
         self.last_stats = self._stats(x)
         return logits
 
+    def stem_flops(self, in_hw: tuple[int, int]) -> int:
+        """FLOPs of the stem on an input of ``in_hw``, as the official code counts them:
+        conv1's multiply-adds at its output size, plus the pooling's window size per output
+        value (none for a stem without a pooling layer with a ``kernel_size``). Read from
+        the stem's own layers, so a replaced conv1 or maxpool is counted as it is."""
+        conv = self.conv1
+        kh, kw = conv.kernel_size
+        if conv.padding == "same":  # stride 1 only
+            hw = list(in_hw)
+        else:
+            pad = (0, 0) if conv.padding == "valid" else conv.padding
+            hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+                in_hw, pad, conv.dilation, conv.kernel_size, conv.stride)]
+        flops = conv.in_channels // conv.groups * conv.out_channels * hw[0] * hw[1] * kh * kw
+        pool = self.maxpool
+        if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, st, p = (_pair(getattr(pool, a)) for a in ("kernel_size", "stride", "padding"))
+            dil = _pair(getattr(pool, "dilation", 1))
+            ceil = pool.ceil_mode
+            out = [_pool_out(*a, ceil) for a in zip(hw, k, st, p, dil)]
+            flops += conv.out_channels * out[0] * out[1] * k[0] * k[1]
+        return int(flops)
+
     def _stats(self, x: torch.Tensor) -> ModelStats:
-        cin, h, w = x.shape[1:]
-        ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        c0 = self.conv1.out_channels
-        stem = cin * c0 * ho * wo * 49
-        ho, wo = (ho - 1) // 2 + 1, (wo - 1) // 2 + 1
-        stem += c0 * ho * wo * 9
+        stem = self.stem_flops(tuple(x.shape[-2:]))
         # avgpool over the last map's channels, then the classifier's linear layers
         head = self.inplanes + sum(m.in_features * m.out_features for m in self.fc.modules()
                                    if isinstance(m, nn.Linear))
@@ -259,6 +277,19 @@ class LaudResNet(nn.Module):
         flops = stem + head + sum(s.flops for s in stats)
         dense = stem + head + sum(s.dense_flops - s.masker_flops for s in stats)
         return ModelStats(stats, flops, float(dense))
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """Output size of a pooling window along one axis (PyTorch's rule, ceil_mode too)."""
+    span = n + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= n + p:  # the last window may not start in the padding
+        out -= 1
+    return out
 
 
 def _build(arch: str, **kwargs) -> LaudResNet:

@@ -190,11 +190,14 @@ def patch_rows(cells: torch.Tensor, batch: int, in_hw: tuple[int, int], stride: 
 def cover_counts(in_size: int, out_size: int, cells: int, stride: int) -> list[int]:
     """1-D: for each input position, how many mask cells' conv2 receptive fields cover it.
 
-    Output position i belongs to cell ⌊i·cells/out_size⌋ and reads inputs i·s−1 .. i·s+1.
+    Output position i belongs to the cell ``F.interpolate(mode="nearest")`` gives it
+    (``_cell_of``: ⌊i·cells/out_size⌋ but at a few sizes, where PyTorch's float32 scale
+    rounds down) and reads inputs i·s−1 .. i·s+1.
     """
     cover: list[set[int]] = [set() for _ in range(in_size)]
+    cell_of = _cell_of(out_size, cells)
     for i in range(out_size):
-        c = i * cells // out_size
+        c = cell_of[i]
         for y in (i * stride - 1, i * stride, i * stride + 1):
             if 0 <= y < in_size:
                 cover[y].add(c)

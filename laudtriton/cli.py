@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # stdout closed early (``| head``): not a user error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written
         from .tune.commands import fail
 

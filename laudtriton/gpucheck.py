@@ -4,17 +4,21 @@ In one process, time-boxed to ``--budget`` seconds (default 330, under 6 minutes
 H100/H200):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
-   fp16/bf16/fp32), and every CUDA variant end to end vs the folded reference: pass/fail;
+   fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
+   pass/fail; checks not started within half the budget are recorded as not run;
 3. dense (cuDNN, channels_last, best of fp16/bf16) vs each variant (fp16) for the distinct
    blocks of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75,
    batch 1 then 64, do_bench medians (``tune.measure.time_variants``);
 4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``, float16 on
-   CUDA, reading and filling part 3's cache in DIR) vs the dense network with the same
-   folded weights, at rate 0.5;
+   CUDA, reading and filling part 3's cache in DIR; ``tune="cached"``, no timing runs of
+   its own, when part 3 was cut short) vs the dense network with the same folded
+   weights, at rate 0.5;
 then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
 and summary.json into DIR and prints a short table. timings.csv and summary.json are also
 written after each part, and on SIGTERM (a time limit) the run stops and writes what it
-gathered. Without CUDA, or with a bad option:
+gathered. A check, a block's timing or a part that raises is recorded as failed (its
+error in one line, the end of its traceback in summary.json) and the run goes on.
+Without CUDA, or with a bad option:
 one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
 matplotlib (run from the source tree with ``PYTHONPATH=.``).
@@ -371,6 +375,9 @@ def _options(args) -> list[int]:
     if not batches or min(batches) < 1:
         raise ValueError(f"--batches {args.batches!r}: expected comma-separated ints >= 1 "
                          "like 1,64")
+    if len(set(batches)) != len(batches):
+        raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
+                         "timed twice)")
     if args.input_size < 32:
         raise ValueError(f"--input-size {args.input_size} must be >= 32")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .ops.registry import all_variants
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep import ideal_flops_ratio, read_csv
@@ -283,10 +284,14 @@ def predicted_curves(rows: Rows, cache_dir=None, device: str = "cpu") -> Predict
     if fitted is None:
         return None
     hw, factors = fitted
+    unknown = sorted({r["variant"] for r in rows} - {v.name for v in all_variants()})
+    if unknown:  # e.g. a CSV of an older version: plotted, but not predicted
+        print(f"laudtriton plot: no latency model for variant(s) {', '.join(unknown)}: "
+              "left out of the predicted line", file=sys.stderr)
     todo: dict[str, tuple[BlockSpec, set, set]] = {}
     for r in rows:
         spec = _spec_of(r)
-        if spec is not None:
+        if spec is not None and r["variant"] not in unknown:
             _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
             variants.add(r["variant"])
             rates.add(round(float(r["rate"]), 6))
@@ -303,7 +308,10 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="CSV|cache",
                    help="a sweep CSV, or 'cache' for this device's autotune cache")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--cache-dir", default=None, help="with --from cache")
+    p.add_argument("--cache-dir", default=None,
+                   help="the cache to plot (with --from cache) and whose timings and "
+                        "calibration fit the predicted line (default: the one `laudtriton env` "
+                        "shows)")
     p.add_argument("--device", default="cpu",
                    help="with --from cache: whose timings; the predicted line is this "
                         "device's (left out for rows timed on another)")

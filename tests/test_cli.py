@@ -85,6 +85,50 @@ def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsy
     assert main([command, "--csv", str(tmp_path / "no" / "such.csv")]
                 + argv[3:]) == 2
     assert "--csv" in capsys.readouterr().err  # refused up front, not after timing
+    assert main([command, "--csv", "/proc/laudtriton.csv"] + argv[3:]) == 2  # no file there
+    assert "--csv '/proc/laudtriton.csv' cannot be written" in capsys.readouterr().err
+
+
+def test_predict_names_its_variants_option_and_prints_rates_apart(capsys, tmp_path):
+    assert main(["predict", "--variants", "bogus", "--cache-dir", str(tmp_path)]) == 2
+    assert "--variants: variant 'bogus' has no latency model" in capsys.readouterr().err
+    assert main(["predict", "--mode", "layer", "--rates", "0.001,0.002,0.125,0.126,0.5",
+                 "--cache-dir", str(tmp_path)]) == 0
+    model_rows = capsys.readouterr().out.split("x dense")[1].splitlines()[1:]
+    assert [r.split()[0] for r in model_rows] == ["0.001", "0.002", "0.125", "0.126", "0.50"]
+
+
+def test_output_cut_short_by_a_closed_pipe_is_no_error():
+    """``laudtriton predict | head -1``: no error line, the exit status of a SIGPIPE."""
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m laudtriton predict --mode layer --rates 0:1:0.001 "
+           "| head -1")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True,
+                       text=True, timeout=300)
+    assert p.stdout.startswith("hardware:") and "error" not in p.stderr, p.stderr
+    assert p.returncode == 141
+
+
+def test_cache_ls_says_how_many_stale_timings_it_hides(tmp_path, capsys):
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    cache = TuneCache(tmp_path, device="cpu")
+    spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1)
+    cache.record(spec, 0.5, {"dense": {"{}": 2e-3}, "gather": {"{}": 1e-3}})
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    assert "stale" not in capsys.readouterr().out.splitlines()[0]
+    import json
+
+    data = json.loads(cache.path.read_text())
+    for e in data["entries"].values():
+        e["source_hash"] = "another source"
+    cache.path.write_text(json.dumps(data))
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "0 entries, 0 timings; 2 stale timings hidden (--all lists them)")
 
 
 def test_os_errors_are_one_line(tmp_path, capsys):

@@ -39,7 +39,7 @@ def test_run_rejects_other_devices(tmp_path, capsys):
 @pytest.mark.parametrize("option,value", [
     ("--budget", "-1"), ("--budget", "0"), ("--budget", "nan"), ("--budget", "inf"),
     ("--configs", "0"), ("--batches", "0"), ("--batches", "1,-64"), ("--batches", ""),
-    ("--batches", "1,x"), ("--input-size", "16"), ("--out", ""),
+    ("--batches", "1,x"), ("--batches", "64,1,64"), ("--input-size", "16"), ("--out", ""),
 ])
 def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
     """Every numeric option is checked first (the CPU plumbing mode would otherwise run

@@ -59,13 +59,17 @@ def counted(monkeypatch):
     ("0.5,0.25", [0.25, 0.5]),
     ("0.5", [0.5]),
     ("0.3:0.3:0.1", [0.3]),
+    ("-0", [0.0]), ("-0:0.5:0.5", [0.0, 0.5]),
 ])
 def test_parse_rates(text, want):
-    assert parse_rates(text) == want
+    got = parse_rates(text)
+    assert got == want
+    assert all(str(r) != "-0.0" for r in got)  # -0 is 0, not printed as -0.00
 
 
 @pytest.mark.parametrize("text", ["abc", "0.1:1.0", "0.5:0.1:0.1", "0.1:1:0", "1.5", "",
-                                  "0.2,,0.3", "-0.1:0.5:0.1", "0.1:1:0.1:2"])
+                                  "0.2,,0.3", "-0.1:0.5:0.1", "0.1:1:0.1:2", "-0.0000004",
+                                  "1.0000004", "0:1.05:0.1", "nan"])
 def test_parse_rates_rejects(text):
     with pytest.raises(ValueError, match="--rates"):
         parse_rates(text)
@@ -75,7 +79,7 @@ def test_parse_rates_rejects(text):
     ("0:1:1e-9", r"--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
     ("0:1:1e-8", r"step 1e-08 is below 1e-06"),
     ("0:1:0.0005", r"--rates '0:1:0.0005' gives 2001 rates; at most 1001"),
-    ("0:1e12:1", r"gives 1000000000001 rates"),
+    ("0:1e12:1", r"rates must lie in \[0, 1\], got \[1000000000000.0\]"),
     (",".join(str(i / 2000) for i in range(2001)), r"lists 2001 rates; at most 1001"),
     ("0:inf:0.1", r"--rates '0:inf:0.1' is malformed"),
 ])

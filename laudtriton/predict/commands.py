@@ -156,7 +156,10 @@ def run_predict(args) -> int:
     if args.variants is not None:
         listed = _list(args.variants, "--variants", "variant",
                        "a comma list, or leave it out for all")
-        only = [resolve_variant(v).name for v in listed]
+        try:
+            only = [resolve_variant(v).name for v in listed]
+        except ValueError as e:
+            raise ValueError(f"--variants: {e}") from None
     hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
@@ -175,7 +178,7 @@ def run_predict(args) -> int:
     print(f"hardware: {hw.describe()}\n{note}")
     print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
-    print(f"\n{'block (x count)':<56}{'rate':>6}{head}  best")
+    print(f"\n{'block (x count)':<56}{'rate':>8}{head}  best")
     total = {r: [0.0, 0.0] for r in rates}
     for spec, members in groups.items():
         cands = {v.name for v in variants_for(spec, hw.backend)}
@@ -188,17 +191,24 @@ def run_predict(args) -> int:
             cells = "".join(f"{row[n] * 1e3:>14.3f}" if n in row else f"{'-':>14}"
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"
-            print(f"{label:<56}{r:>6.2f}{cells}  {best}")
+            print(f"{label:<56}{_rate_label(r):>8}{cells}  {best}")
             total[r][0] += row["dense"] * len(members)
             total[r][1] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
     print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms)")
-    print(f"{'rate':>6}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
+    print(f"{'rate':>8}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
     for r in rates:
         d, b = total[r][0] + stem, total[r][1] + stem
-        print(f"{r:>6.2f}{d * 1e3:>12.3f}{b * 1e3:>12.3f}{b / d:>9.3f}"
+        print(f"{_rate_label(r):>8}{d * 1e3:>12.3f}{b * 1e3:>12.3f}{b / d:>9.3f}"
               f"{b * 1e3 / args.batch:>10.4f}")
     return 0
+
+
+def _rate_label(rate: float) -> str:
+    """A rate as given (``--rates`` rounds to 6 decimals), at least 2 decimals: distinct
+    rates print apart (0.125 and 0.126, 0.001 and 0.002)."""
+    text = f"{rate:.6f}".rstrip("0")
+    return text if len(text.split(".")[1]) >= 2 else f"{rate:.2f}"
 
 
 def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:

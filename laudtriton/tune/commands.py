@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
 
 def check_output_path(path: str | None, flag: str) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: empty, a directory, or in a directory that does not exist."""
+    a file: empty, a directory, in a directory that does not exist or where no file can
+    be made, or an existing file without write permission."""
     if path is None:
         return
     check_nonempty(path, flag)
@@ -55,6 +57,13 @@ def check_output_path(path: str | None, flag: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ValueError(f"{flag} {path!r}: the directory {parent!r} does not exist")
+    try:  # a file can be made there (the results would otherwise be lost at the end)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
 
 
 def fail(command: str, msg: str, code: int = 2) -> int:
@@ -271,8 +280,11 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     for e in entries:
         groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"]),
                           []).append(e)
+    hidden = 0 if include_stale else sum(
+        1 for e in cache.entries(include_stale=True) if e.meta["stale"])
     print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
-          + ("" if Path(cache.path).is_file() else " (no file yet)"))
+          + ("" if Path(cache.path).is_file() else " (no file yet)")
+          + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
     if not groups:
         return
     w = max(len(k[0]) for k in groups)

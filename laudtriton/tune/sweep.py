@@ -9,6 +9,7 @@ space is the only thing timed on the next run.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 import time
@@ -33,7 +34,7 @@ from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
 from ..schedule import rate_key
-from .cache import TuneCache
+from .cache import TuneCache, _valid_spec
 from .measure import config_key, time_variants
 from .timing import median_time
 
@@ -74,11 +75,17 @@ def parse_rates(text: str) -> list[float]:
             start, stop, step = parts
             if step <= 0 or stop < start:
                 raise ValueError
+            raw = [start, stop]
         else:
-            rates = [round(float(p), 6) for p in text.split(",")]
+            raw = [float(p) for p in text.split(",")]
     except ValueError:
         raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
-    if ":" in text:
+    bad = [r for r in raw if not 0.0 <= r <= 1.0]  # before rounding: -4e-7 is not 0
+    if bad:
+        raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad}")
+    if ":" not in text:
+        rates = [round(r, 6) + 0.0 for r in raw]  # + 0.0: -0.0 is 0.0
+    else:
         if step < RATE_ROUNDING:
             raise ValueError(f"--rates {text!r}: step {step:g} is below {RATE_ROUNDING:g}, "
                              "the rounding of rates")
@@ -86,7 +93,7 @@ def parse_rates(text: str) -> list[float]:
         if n > MAX_RATES:
             raise ValueError(f"--rates {text!r} gives {n} rates; at most {MAX_RATES} "
                              "(e.g. '0:1:0.001')")
-        rates = [round(start + i * step, 6) for i in range(n)]
+        rates = [round(start + i * step, 6) + 0.0 for i in range(n)]
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if bad or not rates:
         raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad or rates}")
@@ -474,7 +481,8 @@ def read_csv(path: str | Path) -> list[dict]:
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
             column the plots need missing, a rate or seconds cell that is not a number,
-            a rate outside [0, 1], a negative FLOPs ratio, seconds that are not
+            a rate outside [0, 1], a negative FLOPs ratio, a spec_key that is not a
+            block spec, seconds that are not
             positive (inf, a failed config, is accepted, and so is nan dense seconds:
             sweep writes both).
     """
@@ -515,4 +523,15 @@ def read_csv(path: str | Path) -> list[dict]:
                 r["S"] = int(r["S"])
             except ValueError:
                 raise ValueError(f"{where} 'S': {r['S']!r} is not an int") from None
+        key = r.get("spec_key")
+        if key not in (None, "") and not _spec_key_ok(key):
+            raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
     return rows
+
+
+def _spec_key_ok(key: str) -> bool:
+    """``key`` is the JSON of a valid BlockSpec (``BlockSpec.key``)."""
+    try:
+        return _valid_spec(json.loads(key))
+    except ValueError:  # not JSON
+        return False

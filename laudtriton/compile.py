@@ -3,7 +3,8 @@
 How a variant is chosen for a block (the rule, per ``tune`` mode):
 
 - ``"off"``: every supported variant is timed on the example input with the masks its
-  own maskers produce; the fastest one serves every rate. Nothing is read or written
+  own maskers produce (blocks of equal shape are timed once, on the first one's input
+  and masks); the fastest one serves every rate. Nothing is read or written
   to the autotune cache.
 - ``"quick"``: the cache is read (each timing kept at the rate it was taken); the
   buckets of a small rate grid (0.2, 0.5, 0.8 and the example's own rate) that no
@@ -291,8 +292,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         LaudResNet is replaced by its ``CompiledModel`` and each LAUD block outside one by
         its ``CompiledBlock`` (such a copy has no ``plan``, ``last_stats`` or input check of
         its own: an input that does not fit fails in the first block's maskers, with
-        torch's error). A module with no LAUD block is returned as an eval-mode copy,
-        with a warning.
+        torch's error). A module with no LAUD block is returned as an eval-mode copy on
+        the backend's device in ``dtype``, with a warning; one that is compiled already
+        (a CompiledModel) is refused.
 
     Raises:
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
@@ -353,14 +355,19 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
-        warnings.warn("laudtriton.compile: the model has no LAUD block; returning it unchanged "
-                      "(eval mode)", stacklevel=3)
-        return copy.deepcopy(model).eval()
+        if any(isinstance(m, (CompiledModel, CompiledBlock)) for m in model.modules()):
+            raise ValueError("compile: the model is compiled already (it holds a "
+                             "CompiledModel or CompiledBlock and no LAUD block); compile "
+                             "the model it came from (a CompiledModel's .source)")
+        warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
+                      f"eval-mode copy of it on {device} in {dtype}", stacklevel=3)
+        return copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
             raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
-        size = model.config["input_size"]
-        example_input = torch.randn(1, model.config["in_channels"], size, size)
+        size = model.config["input_size"]  # drawn without touching the caller's RNG
+        example_input = torch.randn(1, model.config["in_channels"], size, size,
+                                    generator=torch.Generator().manual_seed(0))
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
     if example_input.shape[0] < 1:

@@ -138,17 +138,31 @@ def spatial_kernel_checks(dev, dt):
 
 
 def variant_check(variant, mode, dev, dt):
+    """``variant`` in ``mode`` on ``dev`` in ``dt`` against the float64 folded reference:
+    a block of each stride (on an odd map, or one S divides where the variant needs whole
+    cells), rates 0, 0.5 and 1, its first config, outputs NaN-poisoned.
+
+    Raises:
+        AssertionError: on a mismatch, or when nothing was compared (no shape supported,
+            no config).
+    """
     from .ops import fold_block
     from .ops.dense import dense_block
     from .ops.spec import BlockSpec
     from .ops.synthetic import synthetic_masks
     from .testing import TOLERANCE, assert_close, make_block
 
+    checked = 0
     for stride, cin in ((1, 64), (2, 48)):
         block = make_block(cin, 16, stride, mode=mode, granularity=2, channel_granularity=4)
-        x = torch.randn(3, cin, 13, 11)
-        spec = BlockSpec.from_block(block, x.shape, dt)
-        if not variant.supports(spec):
+        # odd maps (S does not divide them), or for a variant that needs whole S x S
+        # cells (``patch``) maps it divides
+        for hw in ((13, 11), (12, 8)):
+            x = torch.randn(3, cin, *hw)
+            spec = BlockSpec.from_block(block, x.shape, dt)
+            if variant.supports(spec):
+                break
+        else:
             continue
         for rate in (0.0, 0.5, 1.0):
             masks = synthetic_masks(spec, rate, seed=1, device=dev)
@@ -161,3 +175,7 @@ def variant_check(variant, mode, dev, dt):
                     out = variant.run(fb, xd, masks, cfg)
                 assert_close(out.float().cpu(), ref, TOLERANCE[dt],
                              f"s{stride} rate {rate} {cfg}")
+                checked += 1
+    if not checked:  # a check that compared nothing is no pass
+        raise AssertionError(f"{variant.name} {mode} {dt}: no block shape of the check is "
+                             "supported, or the variant has no config; nothing compared")

@@ -181,6 +181,28 @@ def test_model_without_dynamic_block_warns():
         out = laudtriton.compile(plain, torch.randn(1, 3, 8, 8))
     x = torch.randn(1, 3, 8, 8)
     assert torch.equal(out(x), plain(x))
+    with pytest.warns(UserWarning, match="copy of it on cpu in torch.float64"):
+        out = laudtriton.compile(plain, torch.randn(1, 3, 8, 8), dtype=torch.float64)
+    assert out[0].weight.dtype == torch.float64 and plain[0].weight.dtype == torch.float32
+
+
+def test_compiling_a_compiled_model_is_refused():
+    model = tiny_model("layer")
+    cm = laudtriton.compile(model, torch.randn(1, 3, 32, 32), backend="cpu", tune="off")
+    with pytest.raises(ValueError, match="compiled already .*\\.source"):
+        laudtriton.compile(cm, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="compiled already"):
+        laudtriton.compile(torch.nn.Sequential(cm), torch.randn(1, 3, 32, 32))
+
+
+def test_compile_without_example_input_leaves_the_rng_alone():
+    model = tiny_model("spatial")
+    model.config["input_size"] = 64
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    laudtriton.compile(model, backend="cpu", tune="off")
+    assert torch.equal(torch.rand(3), want)
 
 
 def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):

@@ -231,3 +231,24 @@ def test_exact_fp32_turns_tf32_off_inside_only():
         assert not torch.backends.cudnn.allow_tf32
         assert not torch.backends.cuda.matmul.allow_tf32
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_variant_check_compares_every_variant_it_is_given():
+    """gpucheck's end-to-end check, on CPU: every variant in each of its modes meets a
+    block it supports (``patch`` needs maps S divides) and compares; the Triton variants
+    run under the interpreter. One that supports none of its blocks fails the check
+    rather than passing empty."""
+    import dataclasses
+
+    from laudtriton.ops import all_variants
+
+    for v in all_variants():
+        if v.name == "dense":
+            continue
+        for mode in v.modes:
+            kernelchecks.variant_check(v, mode, "cpu", torch.float32)
+    gather = next(v for v in all_variants() if v.name == "gather")
+    for broken in (dataclasses.replace(gather, supports=lambda spec: False),
+                   dataclasses.replace(gather, configs=lambda spec: [])):
+        with pytest.raises(AssertionError, match="nothing compared"):
+            kernelchecks.variant_check(broken, "spatial", "cpu", torch.float32)

@@ -247,9 +247,10 @@ class LaudResNet(nn.Module):
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:
         """FLOPs of the stem on an input of ``in_hw``, as the official code counts them:
-        conv1's multiply-adds at its output size, plus the pooling's window size per output
-        value (none for a stem without a pooling layer with a ``kernel_size``). Read from
-        the stem's own layers, so a replaced conv1 or maxpool is counted as it is."""
+        conv1's multiply-adds at its output size, plus, when ``maxpool`` is an
+        nn.MaxPool2d or nn.AvgPool2d, its window size per output value (nothing for
+        another layer, e.g. nn.Identity). Read from the stem's own layers, so a replaced
+        conv1 or maxpool is counted as it is."""
         conv = self.conv1
         kh, kw = conv.kernel_size
         if conv.padding == "same":  # stride 1 only

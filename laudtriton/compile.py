@@ -303,7 +303,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             floating-point torch dtype; a cache_dir that is not a path or is empty; a LaudResNet
             subclass that overrides forward, stem or head, or a stem the compiled model
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
-            express or whose maskers the compiled gates cannot read (``check_foldable``).
+            express or whose maskers the compiled gates cannot read (``check_foldable``);
+            a model compiled already (a CompiledModel, and no LAUD block).
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,

@@ -249,3 +249,24 @@ def test_predict_and_design_errors_are_one_line(argv, capsys, caplog, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"laudtriton {argv[0]}: error:")
     assert not caplog.records  # no warning line before it
+
+
+def test_cache_merge_replaces_an_out_it_may_not_write_in_place(tmp_path, capsys, monkeypatch):
+    """merge writes a new file and moves it over --out: a read-only --out in a writable
+    directory is replaced, not refused (bench and sweep --csv, written in place, refuse
+    it)."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune import commands
+    from laudtriton.tune.cache import TuneCache
+
+    cache = TuneCache(tmp_path / "a", device="cpu")
+    cache.record(BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1), 0.5,
+                 {"dense": {"{}": 2e-3}})
+    out = tmp_path / "out.json"
+    out.write_text(cache.path.read_text())
+    real = os.access
+    monkeypatch.setattr(commands.os, "access",  # root may write anything: a user's view
+                        lambda p, mode: False if str(p) == str(out) else real(p, mode))
+    assert main(["cache", "merge", str(cache.path), "--out", str(out)]) == 0
+    assert main(["sweep", "--csv", str(out), "--device", "cpu"]) == 2
+    assert f"--csv {str(out)!r} cannot be written (Permission denied)" in capsys.readouterr().err

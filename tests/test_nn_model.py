@@ -181,14 +181,14 @@ def test_model_flops_count_a_replaced_stem_as_it_is(pool):
     model.maxpool = {"identity": torch.nn.Identity(),
                      "max-ceil": torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
                      "avg": torch.nn.AvgPool2d(3, 2)}[pool]
-    x = torch.randn(1, 3, 33, 33)
+    x = torch.randn(1, 3, 34, 34)  # 34: ceil_mode's pooled size (18) is not floor's (17)
     with torch.no_grad():
         model(x)
-        pooled = model.maxpool(torch.zeros(1, 16, 33, 33))
+        pooled = model.maxpool(torch.zeros(1, 16, 34, 34))
     st = model.last_stats
-    stem = 3 * 16 * 33 * 33 * 9 + (0 if pool == "identity" else 16 * pooled[0, 0].numel() * 9)
+    stem = 3 * 16 * 34 * 34 * 9 + (0 if pool == "identity" else 16 * pooled[0, 0].numel() * 9)
     head = 512 + 512 * 10
-    assert model.stem_flops((33, 33)) == stem
+    assert model.stem_flops((34, 34)) == stem
     assert st.flops.item() == pytest.approx(stem + head + sum(b.flops.item() for b in st.blocks))
 
 # ------------------------------------------------------------------ state-dict layout

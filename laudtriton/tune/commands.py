@@ -45,10 +45,11 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
         raise ValueError(f"{flag} {path!r} is not a directory")
 
 
-def check_output_path(path: str | None, flag: str) -> None:
+def check_output_path(path: str | None, flag: str, replaced: bool = False) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
     a file: empty, a directory, in a directory that does not exist or where no file can
-    be made, or an existing file without write permission."""
+    be made, or an existing file without write permission (unless ``replaced``: the file
+    is written elsewhere and moved over it, which needs only the directory)."""
     if path is None:
         return
     check_nonempty(path, flag)
@@ -60,7 +61,7 @@ def check_output_path(path: str | None, flag: str) -> None:
     try:  # a file can be made there (the results would otherwise be lost at the end)
         with tempfile.TemporaryFile(dir=parent):
             pass
-        if os.path.exists(path) and not os.access(path, os.W_OK):
+        if not replaced and os.path.exists(path) and not os.access(path, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
@@ -250,7 +251,7 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
-            check_output_path(args.out, "--out")
+            check_output_path(args.out, "--out", replaced=True)  # written atomically
             try:
                 n = merge_files(args.files, args.out)
             except OSError as e:  # the inputs are only read, and unreadable ones skipped

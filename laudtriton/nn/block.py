@@ -132,9 +132,8 @@ class LaudBottleneck(nn.Module):
                             ("granularity", granularity)):
             if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        inplanes, planes, stride, granularity = (
-            int(v) for v in (inplanes, planes, stride, granularity))
-        channel_masker_reduction = int(channel_masker_reduction)
+        inplanes, planes, stride, granularity, channel_masker_reduction = (
+            int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
         width = planes
         if not _positive_int(channel_granularity) or width % channel_granularity:
             raise ValueError(

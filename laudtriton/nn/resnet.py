@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck, without_records
@@ -251,22 +252,17 @@ class LaudResNet(nn.Module):
         nn.MaxPool2d or nn.AvgPool2d, its window size per output value (nothing for
         another layer, e.g. nn.Identity). Read from the stem's own layers, so a replaced
         conv1 or maxpool is counted as it is."""
-        conv = self.conv1
-        kh, kw = conv.kernel_size
-        if conv.padding == "same":  # stride 1 only
-            hw = list(in_hw)
-        else:
-            pad = (0, 0) if conv.padding == "valid" else conv.padding
-            hw = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
-                in_hw, pad, conv.dilation, conv.kernel_size, conv.stride)]
-        flops = conv.in_channels // conv.groups * conv.out_channels * hw[0] * hw[1] * kh * kw
-        pool = self.maxpool
-        if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
-            k, st, p = (_pair(getattr(pool, a)) for a in ("kernel_size", "stride", "padding"))
-            dil = _pair(getattr(pool, "dilation", 1))
-            ceil = pool.ceil_mode
-            out = [_pool_out(*a, ceil) for a in zip(hw, k, st, p, dil)]
-            flops += conv.out_channels * out[0] * out[1] * k[0] * k[1]
+        conv, pool = self.conv1, self.maxpool
+        # output sizes from torch's own shape rules, on meta tensors (no data, no compute)
+        with torch.no_grad():
+            x = torch.empty(1, conv.in_channels, *in_hw, device="meta")
+            y = F.conv2d(x, conv.weight.to("meta"), None, conv.stride, conv.padding,
+                         conv.dilation, conv.groups)
+            flops = conv.weight[0].numel() * conv.out_channels * y.shape[2] * y.shape[3]
+            if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
+                kh, kw = _pair(pool.kernel_size)
+                z = pool(y)
+                flops += conv.out_channels * z.shape[2] * z.shape[3] * kh * kw
         return int(flops)
 
     def _stats(self, x: torch.Tensor) -> ModelStats:
@@ -282,15 +278,6 @@ class LaudResNet(nn.Module):
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
-    """Output size of a pooling window along one axis (PyTorch's rule, ceil_mode too)."""
-    span = n + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= n + p:  # the last window may not start in the padding
-        out -= 1
-    return out
 
 
 def _build(arch: str, **kwargs) -> LaudResNet:

@@ -88,8 +88,7 @@ class Run:
         not run but recorded as not run (a time box). quiet: record and print failures
         only. A SIGTERM (``Terminated``) is not a failed check: it stops the run."""
         if until is not None and time.perf_counter() > until:
-            self.checks.append({"check": name, "ok": False, "error": "not run: time box"})
-            self.say(f"SKIP {name}  (time box)")
+            self.not_run(name, "time box")
             return False
         try:
             fn()
@@ -103,6 +102,11 @@ class Run:
                            | ({"traceback": tb} if tb else {}))
         self.say(f"{'PASS' if ok else 'FAIL'} {name}{'' if ok else '  ' + err}")
         return ok
+
+    def not_run(self, name: str, why: str) -> None:
+        """Record ``name`` as a check not run (not a pass), and why."""
+        self.checks.append({"check": name, "ok": False, "error": f"not run: {why}"})
+        self.say(f"SKIP {name}  ({why})")
 
 
 TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
@@ -248,9 +252,9 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
     cands = [v for v in variants_for(spec, backend) if v.name != "dense"]
     if dev != "cuda":
         cands = [v for v in cands if not v.needs_triton]
+    cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
     for rate in RATES:
         masks = synthetic_masks(spec, rate, seed=1, device=dev)
-        cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
         timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs)
         meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
         # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
@@ -416,9 +420,7 @@ def run(args) -> int:
     def part4():  # a batch part 3 did not reach would be tuned here, past the time box
         for b in batches:
             if b not in done3:
-                r.checks.append({"check": f"whole laud_resnet101 b{b}", "ok": False,
-                                 "error": f"not run: part 3 did not time batch {b}"})
-                r.say(f"SKIP whole laud_resnet101 b{b}  (part 3 did not time batch {b})")
+                r.not_run(f"whole laud_resnet101 b{b}", f"part 3 did not time batch {b}")
         whole_models(r, done3, args.input_size, r.deadline, cache.dir)
 
     steps = [("1/4 machine", lambda: machine(r)),

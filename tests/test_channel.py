@@ -9,15 +9,19 @@ import torch
 
 from laudtriton.nn import calibrate_block
 from laudtriton.nn.block import BlockMasks
-from laudtriton.ops import BlockSpec, fold_block, get_variant
+from laudtriton.ops import BlockSpec, channel, fold_block, get_variant
 from laudtriton.ops.channel import (
     PackedConv,
     SliceCache,
+    _im2col,
     active_channels,
     channel_bucket,
+    gemm_residual,
+    kappa_totals,
     slice_block,
     slice_cache,
     slice_cost,
+    slice_parts,
     slice_weights,
 )
 from laudtriton.ops.kappa import conv2_correction, conv3_bias
@@ -76,11 +80,23 @@ CASES = [
 ]
 
 
+# a first sighting's two paths (``ops.channel.GEMM_ROWS``): weights gathered for the call
+# and run as GEMMs (every case here, at 0), or the dense weights with the pattern's masks
+FIRST = {"gemm": 0, "masked": 10**9}
+
+
+@pytest.fixture(params=list(FIRST))
+def first_path(request, monkeypatch):
+    monkeypatch.setattr(channel, "GEMM_ROWS", FIRST[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}-{c[1]}{c[2]}-s{c[5]}-"
                          f"{c[6][0]}x{c[6][1]}-b{c[7]}-r{c[8]}")
-def test_slice_matches_reference(case):
-    """Three calls: a pattern's first sighting runs the dense weights with its masks,
-    the second the sliced weights unpacked, the third packed."""
+def test_slice_matches_reference(case, first_path):
+    """Three calls: a pattern's first sighting runs on weights gathered for it alone
+    (GEMMs) or on the dense weights with its masks, the second the sliced weights
+    unpacked, the third packed."""
     batch, rate = case[7], case[8]
     blk, x, masks, ref = calibrated(*case)
     fb = fold_block(blk)
@@ -99,7 +115,7 @@ def test_slice_matches_reference(case):
 
 
 @pytest.mark.parametrize("kappa", ["kappa1", "kappa2"])
-def test_kappa_correction_matters(kappa):
+def test_kappa_correction_matters(kappa, first_path):
     """Dropping either κ correction (taking inactive channels as zero) is wrong."""
     blk, x, masks, ref = calibrated(2, "MLP", 2, 16, 16, 1, (7, 9), 3, 0.5)
     fb = fold_block(blk)
@@ -124,7 +140,7 @@ def test_slice_float64_unpacked_path(stride, hw):
         assert_close(out, ref, tol=1e-10, name=call)
 
 
-def test_slice_property_random_shapes():
+def test_slice_property_random_shapes(first_path):
     """Seeded random block shapes and random per-sample channel masks."""
     rng = random.Random(1234)
     for trial in range(8):
@@ -369,3 +385,42 @@ def test_groups_read_every_mask_dtype_alike():
         got = _groups(m.to(dtype))
         assert [(s, p.tolist()) for s, p, _ in got] == want, dtype
         assert all(p.dtype == torch.bool and k == p.numpy().tobytes() for _, p, k in got)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(1, 1), (5, 8), (7, 4)])
+def test_im2col_is_unfold(stride, hw):
+    """_im2col's rows are F.unfold's 3x3 windows (padding 1), taps major, channels minor."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 3, *hw, generator=g)
+    ho, wo = (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1
+    want = torch.nn.functional.unfold(h, 3, padding=1, stride=stride)  # [2, 3·9, L]
+    want = want.view(2, 3, 9, ho * wo).permute(0, 3, 2, 1).reshape(2 * ho * wo, 27)
+    assert torch.equal(_im2col(h.permute(0, 2, 3, 1), stride), want)
+
+
+def test_gemm_path_counts_and_fallback(monkeypatch):
+    """With GEMMs for first sightings nothing is sliced, packed or cached on them (not even
+    the dense weights); the second sighting slices as before. gemm_residual writes into
+    an identity whose rows are not one block (NCHW) through a copy, exactly."""
+    monkeypatch.setattr(channel, "GEMM_ROWS", 0)
+    blk, x, masks, ref = calibrated(2, "MLP", 1, 32, 8, 1, (7, 9), 3, 0.5)  # identity = x
+    fb = fold_block(blk)
+    xc = x.contiguous(memory_format=CL)
+    assert_close(slice_block(fb, xc, masks), ref)
+    cache = slice_cache(fb)
+    patterns = len({tuple(r.tolist()) for r in masks.channel})
+    assert (cache.deferred, cache.misses, cache.hits, len(cache)) == (patterns, 0, 0, 0)
+    assert_close(slice_block(fb, xc, masks), ref)
+    assert (cache.misses, len(cache)) == (patterns, patterns)
+    pattern = masks.channel[0] > 0.5
+    active = active_channels(pattern, fb.width)
+    parts = slice_parts(fb, active, (7, 9), kappa_totals(fb), active.numel())
+    assert blk.downsample is None
+    identity = xc[:1].contiguous()  # NCHW: its NHWC rows are not one block
+    out = gemm_residual(fb, parts, xc[:1], identity, into=True)
+    assert out is identity
+    assert_close(out, ref[:1])
+    fresh = gemm_residual(fb, parts, xc[:1], xc[:1], into=False)
+    assert fresh.is_contiguous(memory_format=CL)
+    assert_close(fresh, ref[:1])

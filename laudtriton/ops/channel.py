@@ -21,9 +21,11 @@ separate add/ReLU.
 Sliced and packed weights and the bias map cost passes over the weights, so they are
 cached per FoldedBlock, mask pattern and input size in an LRU bounded in count and in
 estimated bytes (:class:`SliceCache`: at most 8 times the dense block's size). A partial
-pattern (some groups on, some off) met for the first time is not sliced: that call runs
-the dense weights with the pattern's masks (``masked_hidden``, about the dense block's
-cost); its second sighting slices, its third packs. The all-on pattern (the dense
+pattern (some groups on, some off) met for the first time is not cached: on CPU float32
+with at least ``GEMM_ROWS`` rows that call gathers its weights for itself and runs three
+BLAS GEMMs (``gemm_residual``: no oneDNN primitive or packing to pay for), else the dense
+weights with the pattern's masks (``masked_hidden``, about the dense block's cost); its
+second sighting slices, its third packs. The all-on pattern (the dense
 weights) and the all-off one are built at once. The cache is attached to the FoldedBlock
 as the attribute ``_slice_cache`` on first use (the only state this module keeps; a new
 FoldedBlock, e.g. from ``fb.to(...)``, starts with an empty cache). The ``compact``
@@ -123,7 +125,7 @@ class SliceCache:
         self._totals: KappaTotals | None = None
         self.hits = 0
         self.misses = 0
-        self.deferred = 0  # first sightings run on the dense weights (``lookup``)
+        self.deferred = 0  # first sightings, run without slicing (``lookup``)
 
     def __reduce__(self):
         return (SliceCache, (self.capacity, (), self.weights))
@@ -146,10 +148,8 @@ class SliceCache:
             self.hits += 1
             return hit
         self.misses += 1
-        if self._totals is None:
-            self._totals = kappa_totals(fb)
         act = torch.arange(fb.width) if dense else active_channels(pattern, fb.width)
-        sw = slice_weights(fb, act.to(fb.w1.device), in_hw, self._totals)
+        sw = slice_weights(fb, act.to(fb.w1.device), in_hw, self.totals(fb))
         if dense:
             if len(self._dense) >= self.capacity:
                 self._dense.clear()
@@ -165,12 +165,19 @@ class SliceCache:
             self.nbytes -= self._entries.popitem(last=False)[1].nbytes
         return sw
 
+    def totals(self, fb: FoldedBlock) -> KappaTotals:
+        """``kappa_totals(fb)``, computed on first use."""
+        if self._totals is None:
+            self._totals = kappa_totals(fb)
+        return self._totals
+
     def lookup(self, fb: FoldedBlock, pattern: torch.Tensor, in_hw: tuple[int, int],
                key: bytes) -> SlicedWeights | None:
         """``get``, except for a partial pattern (some channels on, some off) met for the
         first time: that sighting is recorded and None returned, and the caller runs the
-        block on the dense weights with the pattern's masks (``masked_hidden``). The
-        second sighting slices. In a stream most patterns are never seen again, and a
+        block without caching anything (``_pattern_residual``: GEMMs on weights gathered
+        for the call, or the dense weights with the pattern's masks). The second sighting
+        slices. In a stream most patterns are never seen again, and a
         first sighting of a sliced pattern costs several dense blocks (ResNet-101, 14x14
         blocks: slicing 0.5-0.75 ms plus convolutions on weights not yet packed, 1.5-3 ms
         in all, 3-8 ms on the 7x7 blocks, against 1.1-1.3 ms for the dense block)."""
@@ -226,15 +233,56 @@ def kappa_totals(fb: FoldedBlock) -> KappaTotals:
     return KappaTotals(taps.contiguous(), torch.addmv(fb.b3, fb.w3, fb.kappa2))
 
 
+@dataclass(frozen=True)
+class SliceParts:
+    """The folded block gathered to m active channels, padded to mb >= m, as plain tensors
+    (``slice_parts``): w1 [mb, Cin], b1 [mb], w2 [mb, 9, mb] (out, tap, in), bias2
+    [Ho·Wo, mb] (b2 + the κ1 correction map, row-major pixels), w3 [Cout, mb], b3 [Cout]
+    (b3 + W3[:, inact] @ κ2[inact]). The channels past m repeat active[0] with zeroed
+    weights: exact (they stay 0 through both ReLUs and meet zero weights in conv3)."""
+
+    m: int
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    bias2: torch.Tensor
+    w3: torch.Tensor
+    b3: torch.Tensor
+
+
+@torch.no_grad()
+def slice_parts(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
+                totals: KappaTotals, mb: int) -> SliceParts:
+    """Gather ``fb`` to the channels ``active`` ([m] int64, 0 < m < width), padded to mb.
+
+    A pattern may be seen once, so this reads as little as it can: W1 rows and W3 columns
+    by index_select, W2's rows by index_select and its columns by one gather into (out,
+    tap, in) order (half the time of advanced indexing and a permuted copy at 256-512
+    channels), and the κ terms (``ops.kappa``) as ``totals`` (:class:`KappaTotals`) minus
+    the active channels' part, from the gathered weights."""
+    m, w = active.numel(), fb.width
+    act = torch.cat([active, active[:1].expand(mb - m)])
+    w1, b1 = fb.w1.index_select(0, act), fb.b1.index_select(0, act)
+    w2 = torch.gather(fb.w2.reshape(w, w, 9).index_select(0, act).permute(0, 2, 1), 2,
+                      act.expand(mb, 9, mb))  # [mb, 9, mb]
+    w3 = fb.w3.index_select(1, act)
+    k1, b2 = fb.kappa1.index_select(0, act), fb.b2.index_select(0, act)
+    for t in (w1[m:], b1[m:], w2[m:], w2[:, :, m:], w3[:, m:], k1[m:], b2[m:]):
+        t.zero_()
+    # κ responses of the inactive channels: all channels' minus the active ones'
+    taps = totals.taps.index_select(1, act) - torch.mv(w2.view(mb * 9, mb), k1).view(mb, 9).t()
+    taps[:, m:] = 0.0
+    bias2 = tap_validity(in_hw, fb.stride, taps.device, taps.dtype) @ taps  # [Ho·Wo, mb]
+    bias2 += b2
+    b3 = torch.addmv(totals.b3k, w3[:, :m], fb.kappa2.index_select(0, active), alpha=-1.0)
+    return SliceParts(m, w1, b1, w2, bias2, w3, b3)
+
+
 @torch.no_grad()
 def slice_weights(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
                   totals: KappaTotals | None = None) -> SlicedWeights:
-    """Restrict ``fb`` to the channels ``active`` ([m] int64) for an input of ``in_hw``.
-
-    A pattern may be seen once, so this reads as little as it can: W2[active][:, active]
-    in one gather, W1 rows and W3 columns by index_select, and the κ terms (``ops.kappa``)
-    as ``totals`` (:class:`KappaTotals`, computed when not given) minus the active
-    channels' part, from the sliced weights; the convolutions pack lazily (on their
+    """Restrict ``fb`` to the channels ``active`` ([m] int64) for an input of ``in_hw``:
+    ``slice_parts`` padded to ``channel_bucket``, its convolutions packed lazily (on their
     second call, ``PackedConv.make(lazy=True)``); the dense pattern packs at once.
     LAUD-ResNet-50, channel mode, rate 0.5, batch 1, one input with its caches emptied
     before each call (2-core x86): 35.2 ms per forward with advanced indexing, κ terms
@@ -251,28 +299,15 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
         w1, b1, w2, b2, w3, b3 = fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3
         bias2 = None
     else:
-        totals = kappa_totals(fb) if totals is None else totals
-        # zero channels up to a bucket: exact (they stay 0 through both ReLUs and meet
-        # zero weights in conv3), and oneDNN then meets few channel counts; every new
+        # zero channels up to a bucket: oneDNN then meets few channel counts; every new
         # shape costs a primitive creation (1024->122 1x1 at 14x14: 0.8 ms first call,
-        # 0.3 ms after; a new packing 0.5 ms against 0.18). The padding gathers channel
-        # active[0] again and zeroes it: one pass over each weight, no copies.
+        # 0.3 ms after; a new packing 0.5 ms against 0.18)
         mb = channel_bucket(m, w)
-        act = torch.cat([active, active[:1].expand(mb - m)])
-        w1, b1 = fb.w1.index_select(0, act), fb.b1.index_select(0, act)
-        w2 = fb.w2.reshape(w, w, 9)[act[:, None], act]  # [mb, mb, 9]
-        w3 = fb.w3.index_select(1, act)
-        k1, b2 = fb.kappa1.index_select(0, act), fb.b2.index_select(0, act)
-        for t in (w1[m:], b1[m:], w2[m:], w2[:, m:], w3[:, m:], k1[m:], b2[m:]):
-            t.zero_()
-        # κ responses of the inactive channels: all channels' minus the active ones'
-        taps = totals.taps.index_select(1, act) - torch.matmul(k1, w2).t()  # [9, mb]
-        taps[:, m:] = 0.0
-        corr = tap_validity(in_hw, fb.stride, taps.device, taps.dtype) @ taps  # [Ho·Wo, mb]
-        corr += b2
-        bias2 = corr.view(1, ho, wo, mb).permute(0, 3, 1, 2)  # channels_last view
-        b3 = torch.addmv(totals.b3k, w3[:, :m], fb.kappa2.index_select(0, active), alpha=-1.0)
-        w2, b2 = w2.view(mb, mb, 3, 3), None
+        parts = slice_parts(fb, active, in_hw, kappa_totals(fb) if totals is None else totals,
+                            mb)
+        w1, b1, w3, b3 = parts.w1, parts.b1, parts.w3, parts.b3
+        bias2 = parts.bias2.view(1, ho, wo, mb).permute(0, 3, 1, 2)  # channels_last view
+        w2, b2 = parts.w2.permute(0, 2, 1).reshape(mb, mb, 3, 3), None
     conv1 = PackedConv.make(w1[:, :, None, None], b1, 1, 0, in_hw, lazy=lazy)
     conv2 = PackedConv.make(w2, b2, fb.stride, 1, in_hw, lazy=lazy)
     conv3 = PackedConv.make(w3[:, :, None, None], b3, 1, 0, (ho, wo), lazy=lazy)
@@ -360,16 +395,69 @@ def masked_hidden(fb: FoldedBlock, dense: SlicedWeights, pattern: torch.Tensor,
     return h
 
 
+# a first sighting runs BLAS GEMMs on weights gathered for the call (``gemm_residual``)
+# when its GEMMs have at least this many rows (samples x output pixels), else the dense
+# weights with the pattern's masks (``masked_hidden``). Gathering costs about what the
+# GEMMs do on a 7x7 map, so there the dense path wins (ResNet-101, batch 1, 2-core x86,
+# a new pattern every call, against the dense block: 0.67-1.0x on the blocks with 14x14
+# or larger outputs, where the dense path takes 1.07-1.15x; 1.1-1.4x on the 7x7 ones,
+# against 1.0-1.13x; BENCHMARKS.md, session 20)
+GEMM_ROWS = 196
+
+
+def _im2col(h: torch.Tensor, stride: int) -> torch.Tensor:
+    """[n, H, W, c] -> [n·Ho·Wo, 9·c]: each output pixel's 3x3 window (padding 1, zero
+    outside the image), taps row-major, then channels."""
+    n, hh, ww, c = h.shape
+    ho, wo = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+    hp = h.new_zeros(n, hh + 2, ww + 2, c)
+    hp[:, 1:hh + 1, 1:ww + 1] = h
+    sn, sh, sw, _ = hp.stride()
+    return hp.as_strided((n, ho, wo, 3, 3, c),
+                         (sn, stride * sh, stride * sw, sh, sw, 1)).reshape(n * ho * wo, 9 * c)
+
+
+def gemm_residual(fb: FoldedBlock, parts: SliceParts, x: torch.Tensor, identity: torch.Tensor,
+                  into: bool) -> torch.Tensor:
+    """relu(residual(x) + identity) on the gathered weights ``parts`` as three GEMMs on the
+    NHWC rows (conv2 through ``_im2col``): no oneDNN primitive or weight packing, which a
+    pattern seen once would pay for nothing. into: write into identity (ours to
+    overwrite), else a new tensor. x, identity: channels_last."""
+    n, cin, h, w = x.shape
+    ho, wo = (h - 1) // fb.stride + 1, (w - 1) // fb.stride + 1
+    mb, cout = parts.w1.shape[0], fb.out_channels
+    h1 = torch.addmm(parts.b1, x.permute(0, 2, 3, 1).reshape(n * h * w, cin),
+                     parts.w1.t()).relu_()
+    h2 = torch.mm(_im2col(h1.view(n, h, w, mb), fb.stride), parts.w2.view(mb, 9 * mb).t())
+    h2.view(n, ho * wo, mb).add_(parts.bias2).relu_()
+    rows = identity.permute(0, 2, 3, 1)
+    if into and rows.is_contiguous():
+        rows.view(n * ho * wo, cout).addmm_(h2, parts.w3.t()).add_(parts.b3).relu_()
+        return identity
+    out = torch.addmm(rows.reshape(n * ho * wo, cout), h2, parts.w3.t()).add_(parts.b3).relu_()
+    out = out.view(n, ho, wo, cout).permute(0, 3, 1, 2)
+    return identity.copy_(out) if into else out
+
+
 def _pattern_residual(fb: FoldedBlock, cache: SliceCache, pattern: torch.Tensor, key: bytes,
                       in_hw, x: torch.Tensor, identity: torch.Tensor,
                       into: bool) -> torch.Tensor:
     """relu(residual(x) + identity) for one channel pattern: its sliced weights once the
-    pattern has been seen before (``SliceCache.lookup``), else the dense weights with the
-    pattern's masks (``masked_hidden``). into: identity is ours to overwrite
-    (``residual_into``); else a new tensor (``_residual_out``)."""
+    pattern has been seen before (``SliceCache.lookup``); else, on CPU float32 with at
+    least ``GEMM_ROWS`` GEMM rows, weights gathered for this call alone
+    (``gemm_residual``), or the dense weights with the pattern's masks
+    (``masked_hidden``). into: identity is ours to overwrite (``residual_into``); else a
+    new tensor (``_residual_out``)."""
+    ho, wo = ((n - 1) // fb.stride + 1 for n in in_hw)
+    gemm = (x.device.type == "cpu" and x.dtype == torch.float32
+            and x.shape[0] * ho * wo >= GEMM_ROWS)
     sw = cache.lookup(fb, pattern, in_hw, key)
     if sw is not None:
         return residual_into(sw, x, identity) if into else _residual_out(sw, x, identity)
+    if gemm:
+        act = active_channels(pattern, fb.width).to(fb.w1.device)
+        parts = slice_parts(fb, act, in_hw, cache.totals(fb), act.numel())
+        return gemm_residual(fb, parts, x, identity, into)
     dw = dense_weights(fb, in_hw)
     h = masked_hidden(fb, dw, pattern, x)
     if into:

@@ -188,20 +188,9 @@ def patch_rows(cells: torch.Tensor, batch: int, in_hw: tuple[int, int], stride: 
 
 
 def cover_counts(in_size: int, out_size: int, cells: int, stride: int) -> list[int]:
-    """1-D: for each input position, how many mask cells' conv2 receptive fields cover it.
-
-    Output position i belongs to the cell ``F.interpolate(mode="nearest")`` gives it
-    (``_cell_of``: ⌊i·cells/out_size⌋ but at a few sizes, where PyTorch's float32 scale
-    rounds down) and reads inputs i·s−1 .. i·s+1.
-    """
-    cover: list[set[int]] = [set() for _ in range(in_size)]
-    cell_of = _cell_of(out_size, cells)
-    for i in range(out_size):
-        c = cell_of[i]
-        for y in (i * stride - 1, i * stride, i * stride + 1):
-            if 0 <= y < in_size:
-                cover[y].add(c)
-    return [len(s) for s in cover]
+    """1-D: for each input position, how many mask cells' conv2 receptive fields cover it
+    (``_covering_cells``)."""
+    return [len(c) for c in _covering_cells(in_size, out_size, cells, stride)]
 
 
 @lru_cache(maxsize=1024)
@@ -255,6 +244,21 @@ def _cell_of(out_size: int, cells: int) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=256)
+def _covering_cells(in_size: int, out_size: int, cells: int,
+                    stride: int) -> tuple[tuple[int, ...], ...]:
+    """1-D: for each input position, the mask cells whose conv2 receptive fields cover it.
+    Output position i belongs to the cell ``F.interpolate(mode="nearest")`` gives it
+    (``_cell_of``: ⌊i·cells/out_size⌋ but at a few sizes, where PyTorch's float32 scale
+    rounds down) and reads inputs i·s−1 .. i·s+1."""
+    cover: list[set[int]] = [set() for _ in range(in_size)]
+    for i, c in enumerate(_cell_of(out_size, cells)):
+        for y in (i * stride - 1, i * stride, i * stride + 1):
+            if 0 <= y < in_size:
+                cover[y].add(c)
+    return tuple(tuple(sorted(c)) for c in cover)
+
+
+@lru_cache(maxsize=256)
 def _mask_tables(in_hw: tuple[int, int], stride: int, grid: tuple[int, int], device: str,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cell index of each output pixel [Ho·Wo] int64, Ay [H, gh], Axᵀ [gw, W])."""
@@ -262,16 +266,14 @@ def _mask_tables(in_hw: tuple[int, int], stride: int, grid: tuple[int, int], dev
     cy, cx = _cell_of(ho, grid[0]), _cell_of(wo, grid[1])
     cell = (torch.tensor(cy)[:, None] * grid[1] + torch.tensor(cx)[None, :]).reshape(-1)
 
-    def cover(size: int, out: int, cells: int, cell_of: tuple[int, ...]) -> torch.Tensor:
+    def cover(size: int, out: int, cells: int) -> torch.Tensor:
         a = torch.zeros(size, cells, dtype=dtype)
-        for i in range(out):
-            for y in (i * stride - 1, i * stride, i * stride + 1):
-                if 0 <= y < size:
-                    a[y, cell_of[i]] = 1.0
+        for y, covering in enumerate(_covering_cells(size, out, cells, stride)):
+            a[y, list(covering)] = 1.0
         return a
 
-    ay = cover(in_hw[0], ho, grid[0], cy)
-    ax = cover(in_hw[1], wo, grid[1], cx)
+    ay = cover(in_hw[0], ho, grid[0])
+    ax = cover(in_hw[1], wo, grid[1])
     return cell.to(device), ay.to(device), ax.t().contiguous().to(device)
 
 

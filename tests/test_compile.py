@@ -369,8 +369,9 @@ def test_compiled_model_copies_and_saves_after_forward(mode):
     """Packed oneDNN weights cached by a forward are derived data: deepcopy and
     torch.save/load of a compiled model work after it ran, and give the same output. A
     copy starts with empty caches, so in channel mode its first calls take the paths of
-    a new channel pattern (dense weights with the masks, then sliced weights unpacked):
-    equal up to float rounding; the third, on packed sliced weights, bit for bit."""
+    a new channel pattern (GEMMs on weights gathered for the call or dense weights with
+    the masks, then sliced weights unpacked): equal up to float rounding; the third, on
+    packed sliced weights, bit for bit."""
     import copy
     import io
 

@@ -12,9 +12,10 @@ The official block masks before BN, so an inactive channel carries κ = relu(bn(
 zero; the κ1 correction (``ops.kappa.conv2_correction``) is a per-pixel additive map that
 differs from its interior value only on the 1-pixel border. It is never dropped.
 
-On CPU (float32) every convolution runs through oneDNN with bias, residual add and ReLU
-fused (:class:`PackedConv`), its weight pre-packed from a partial pattern's third call
-on: F.conv2d re-orders its weight on every call, which dominates small maps at batch 1.
+On CPU (float32) every convolution of a pattern seen before runs through oneDNN with
+bias, residual add and ReLU fused (:class:`PackedConv`), its weight pre-packed from a
+partial pattern's third call on: F.conv2d re-orders its weight on every call, which
+dominates small maps at batch 1 (a first sighting may run as BLAS GEMMs instead, below).
 Elsewhere (CUDA, other dtypes, a torch without those ops) PackedConv runs F.conv2d and
 separate add/ReLU.
 
@@ -175,9 +176,9 @@ class SliceCache:
                key: bytes) -> SlicedWeights | None:
         """``get``, except for a partial pattern (some channels on, some off) met for the
         first time: that sighting is recorded and None returned, and the caller runs the
-        block without caching anything (``_pattern_residual``: GEMMs on weights gathered
-        for the call, or the dense weights with the pattern's masks). The second sighting
-        slices. In a stream most patterns are never seen again, and a
+        block without slicing (``_pattern_residual``: GEMMs on weights gathered for the
+        call, or the dense weights, cached as the all-on pattern, with the pattern's
+        masks). The second sighting slices. In a stream most patterns are never seen again, and a
         first sighting of a sliced pattern costs several dense blocks (ResNet-101, 14x14
         blocks: slicing 0.5-0.75 ms plus convolutions on weights not yet packed, 1.5-3 ms
         in all, 3-8 ms on the 7x7 blocks, against 1.1-1.3 ms for the dense block)."""

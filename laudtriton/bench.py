@@ -131,9 +131,13 @@ class BenchRow:
     runs: tuple[float, ...] = ()  # whole-model rows: the ratio of every repeat, in order
     allocator: str = "default"  # runtime.allocator_setting() during the run
     process: int = 1  # which process of ``run_processes`` measured it
+    # the run's other settings; "" and 0 in rows read from CSVs written before session 20
+    channel_granularity: str = ""  # as given ("2", "2-2-4-4")
+    threads: int = 0  # torch.get_num_threads() during the run
+    tune: str = ""  # compile's tune mode
 
 
-def build_model(name: str, mode: str, granularity: str, channel_granularity: int = 1,
+def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
                 seed: int = 0) -> LaudResNet:
     """A LAUD model with random weights and random (non-trivial) BN statistics."""
     if name not in MODELS:
@@ -164,9 +168,12 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
         xin = inputs[i]
         fb = blk.fb
         x_nchw = xin.contiguous()
+        # the block as the model runs it, out of place: its maskers and chosen variant,
+        # without the finiteness test a block called on its own makes of its input (the
+        # model makes it once, of the image; the dense block makes none)
         fns = [lambda: nchw_dense_block(fb, x_nchw),
                lambda: dense_block(fb, xin, NO_MASKS),
-               lambda: blk(xin)]
+               lambda: blk._run(xin, blk.gates(xin), False, None)]
         with torch.no_grad():
             t_nchw, t_cl, t_sparse = interleaved_medians(fns, warmup=2, reps=reps)
         dense = min(t_nchw, t_cl)
@@ -180,7 +187,7 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
 
 
 def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
-          channel_granularity: int = 1, reps: int = 20, tune: str = "off",
+          channel_granularity: int | str = 1, reps: int = 20, tune: str = "off",
           blocks: bool = True, repeat: int = 1, allocator: str = "default",
           log=print) -> list[BenchRow]:
     """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
@@ -190,9 +197,10 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
     forward's activations in again); "default" leaves the C allocator as it is, and
     refuses to run once this process retains. Each row records the setting in effect.
     repeat: how many times the whole-model rows are timed (same process, same compiled
-    model); each such row is the run with the median ratio (the lower middle one for an
-    even count), with every run's ratio in ``runs``. The new-input rows of later repeats
-    continue the stream, so the engine's per-pattern caches are warmer in them."""
+    model); each such row is the run with the median ratio (for an even count the upper
+    middle one, less favourable to compiled), with every run's ratio in ``runs``. The
+    new-input rows of later repeats continue the stream, so the engine's per-pattern
+    caches are warmer in them."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     # building the first model validates the configuration before the allocator,
@@ -207,7 +215,8 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         calibrate_rates(model, x, rate)
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
-                    rate=rate, allocator=setting)
+                    rate=rate, allocator=setting, channel_granularity=str(channel_granularity),
+                    threads=torch.get_num_threads(), tune=tune)
         dense = dense_forms(model)
         if blocks:
             rows += _block_rows(model, cm, x, meta, reps)
@@ -270,8 +279,9 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
 
 
 def _median_run(rows: list[BenchRow]) -> BenchRow:
-    """The row with the median ratio (lower middle for an even count), all ratios in runs."""
-    mid = sorted(rows, key=lambda r: r.ratio)[(len(rows) - 1) // 2]
+    """The row with the median ratio, all ratios in runs; for an even count the upper of
+    the two middle ones (the one less favourable to the compiled model)."""
+    mid = sorted(rows, key=lambda r: r.ratio)[len(rows) // 2]
     return replace(mid, runs=tuple(r.ratio for r in rows))
 
 
@@ -324,12 +334,13 @@ def write_csv(rows: list[BenchRow], path) -> None:
         w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         w.writeheader()
         for r in rows:
-            w.writerow({**asdict(r), "runs": ";".join(f"{v:.4f}" for v in r.runs)})
+            w.writerow({**asdict(r), "runs": ";".join(repr(v) for v in r.runs)})
 
 
 def read_csv(path) -> list[BenchRow]:
-    """The rows ``write_csv`` wrote to ``path`` (a CSV without a ``process`` column, from
-    before it existed, reads as process 1)."""
+    """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
+    existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
+    0, ``tune`` "")."""
     out = []
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):

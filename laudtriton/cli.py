@@ -127,7 +127,7 @@ def cmd_bench(args) -> int:
     from .tune.commands import check_output_path, fail
     from .tune.sweep import check_mode, parse_rates, parse_stages
 
-    _check_counts(args, "batch", "reps", "repeat", "channel_granularity", "processes")
+    _check_counts(args, "batch", "reps", "repeat", "processes")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.allocator not in runtime.SETTINGS:
@@ -136,6 +136,7 @@ def cmd_bench(args) -> int:
     rates = parse_rates(args.rates)
     check_mode(args.mode, "--mode")
     parse_stages(args.granularity, "--granularity")
+    parse_stages(args.channel_granularity, "--channel-granularity")
     if args.threads:
         import torch
 
@@ -194,19 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="dense vs compiled, per block and whole model")
     s.add_argument("--model", default="laud_resnet50",
                    choices=["laud_resnet50", "laud_resnet101"])
-    s.add_argument("--mode", default="spatial")
-    s.add_argument("--granularity", default="4-4-2-1")
-    s.add_argument("--channel-granularity", type=int, default=1)
-    s.add_argument("--rates", default="0.25,0.5,0.75")
+    s.add_argument("--mode", default="spatial",
+                   help="spatial, channel, layer or both, or one per stage joined by '-'")
+    s.add_argument("--granularity", default="4-4-2-1",
+                   help="patch size S: one int, or one per stage joined by '-'")
+    s.add_argument("--channel-granularity", default="1",
+                   help="channels per channel-mask group: one int, or one per stage "
+                        "joined by '-'")
+    s.add_argument("--rates", default="0.25,0.5,0.75",
+                   help="target rates the maskers are calibrated to, comma-separated or "
+                        "a:b:step")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     s.add_argument("--reps", type=int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
-                   "fewer is noisier)")
+                   "fewer is noisier); also the untimed new inputs that start the "
+                   "new-input stream")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=int, default=1,
-                   help="time the whole-model rows this many times; report the median run")
+                   help="time the whole-model rows this many times; report the median run "
+                        "(for an even count the upper middle one)")
     s.add_argument("--allocator", default="retain",
                    help="retain (default): glibc keeps freed blocks for reuse, for dense and "
                         "compiled alike (laudtriton.runtime); default: leave the C allocator as is")
@@ -214,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the benchmark in this many fresh processes, one after another "
                         "(per-block rows from the first only), and summarise the whole-model "
                         "rows over all of them; --csv then holds every process's rows")
-    s.add_argument("--csv", default=None)
+    s.add_argument("--csv", default=None, help="write every row to this CSV file")
     s.set_defaults(func=cmd_bench, bench_parser=s)
 
     for name, (mod, add, run) in EXTERNAL.items():

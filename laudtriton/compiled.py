@@ -300,19 +300,21 @@ changes nothing here); to train, train the original model and compile it again.
                 check_masks: bool = True) -> torch.Tensor:
         """Logits (a LaudResNet) or the block's output for x [B, C, H, W].
 
-        masks: one BlockMasks per block to run with instead of the maskers' (e.g.
-        ``[b.last_masks for b in model.blocks]`` after a forward on the same x): the
-        model without its maskers' cost, for benchmarks. Masks that do not fit (another
-        batch size or map, values other than 0/1, a mask3 or mask1 that is not the grid's
-        expansion) raise a ValueError naming the block and the mask
-        (``CompiledBlock.check_masks``). check_masks=False skips that check, for masks
-        this model gave (``last_masks``), so that a benchmark times the variants alone
-        (on the 2-core CPU the check of every block of ResNet-101 takes 2.3 ms at batch 1
-        with spatial masks and 4.1 ms at batch 8 with layer gates, timed alone; 0.6 and
-        0.8 ms before it compared mask3 and mask1 with the grid's expansion, session 17).
-        The logits come back in the order of x's samples, whatever order the blocks ran
-        them in (``order.SampleOrder``). A sample whose input holds NaN or inf comes back
-        as NaN (``nonfinite_samples``).
+        masks: one BlockMasks (or None: that block's maskers decide) per block to run with
+        instead of the maskers' (e.g. ``[b.last_masks for b in model.blocks]`` after a
+        forward on the same x): the model without its maskers' cost, for benchmarks. Masks
+        that do not fit (another batch size or map, values other than 0/1, a mask3 or mask1
+        that is not the grid's expansion) raise a ValueError naming the block and the mask
+        (``CompiledBlock.check_masks``). check_masks=False skips that check, for masks this
+        model gave (``last_masks``), so that a benchmark times the variants alone (on the
+        2-core CPU the check of every block of ResNet-101 takes 2.3 ms at batch 1 with
+        spatial masks and 4.1 ms at batch 8 with layer gates, timed alone; 0.6 and 0.8 ms
+        before it compared mask3 and mask1 with the grid's expansion, session 17). The
+        logits come back in the order of x's samples, whatever order the blocks ran them in
+        (``order.SampleOrder``). A sample whose input holds NaN or inf comes back as NaN
+        (``nonfinite_samples``); its masks (``last_masks``, ``last_stats``) are not the
+        reference's, which turns every gate of such a sample off: the stem's fused ReLU
+        makes its activations finite, and the maskers decide on those.
         """
         self._check_input(x)
         if masks is not None and len(masks) != len(self.blocks):

@@ -8,10 +8,11 @@ active samples are scattered (slices of 1, 2 and 1 samples, or two copies of eac
 sample). Gates are correlated from block to block (an image that skips one block tends to
 skip the next), so the compiled model moves the samples instead: before a layer block it
 swaps samples, in place, until the active ones fill one window of the batch, and leaves
-them there. A later block whose active set is the same (or its complement) finds it
-contiguous and moves nothing. The model tracks the permutation and puts the logits back
-in the caller's order at the end; masks given in the caller's order are permuted to the
-batch's, and the masks the blocks keep are put back.
+them there. A later block whose active set is the same finds it contiguous and moves
+nothing (so does its complement when the window touches an end of the batch). The model
+tracks the permutation and puts the logits back in the caller's order at the end; masks
+given in the caller's order are permuted to the batch's, and the masks the blocks keep are
+put back.
 
 The batch also carries the activation's 1x1 average pooling when it is known: a layer
 block without downsample leaves the samples whose gate is off unchanged (their input is a

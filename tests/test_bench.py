@@ -77,7 +77,7 @@ def test_bench_table_and_csv(rows, tmp_path):
     assert [r["block"] for r in back] == [r.block for r in rows]
     assert float(back[-1]["sparse_ms"]) == pytest.approx(rows[-1].sparse_ms)
     runs = [float(v) for v in back[-1]["runs"].split(";")]
-    assert runs == pytest.approx(rows[-1].runs, abs=1e-4)
+    assert runs == list(rows[-1].runs)  # every digit: the --processes summary reads them
     assert "runs" in table[-1] and back[0]["runs"] == ""
 
 
@@ -89,7 +89,63 @@ def test_csv_reads_back(rows, tmp_path):
     for a, b in zip(back, rows):
         assert (a.model, a.batch, a.spec, a.variant, a.process) == (
             b.model, b.batch, b.spec, b.variant, 1)
-        assert a.ratio == pytest.approx(b.ratio) and a.runs == pytest.approx(b.runs, abs=1e-4)
+        assert a.ratio == pytest.approx(b.ratio) and a.runs == b.runs
+        # the run's settings: channel granularity as given, threads, tune mode
+        assert (a.channel_granularity, a.threads, a.tune) == ("2", torch.get_num_threads(),
+                                                               "off")
+
+
+def test_csv_from_before_the_settings_columns_reads_back(rows, tmp_path):
+    """A CSV without the process and settings columns reads them as their defaults."""
+    path = tmp_path / "old.csv"
+    write_csv(rows, path)
+    with open(path, newline="") as f:
+        recs = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        keep = [k for k in recs[0] if k not in ("process", "channel_granularity", "threads",
+                                                 "tune")]
+        w = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(recs)
+    back = read_csv(path)
+    assert {(r.process, r.channel_granularity, r.threads, r.tune) for r in back} == {
+        (1, "", 0, "")}
+
+
+def test_median_run_of_an_even_count_is_the_less_favourable():
+    """--repeat 2 (or any even count) reports the upper middle run, not the best one."""
+    from laudtriton.bench import BenchRow, _median_run
+
+    def row(ratio):
+        return BenchRow("m", "channel", "1", 1, 0.5, "model", "s", "compiled", 1.0, ratio,
+                        ratio, 0.4, 0.4 / ratio)
+
+    assert _median_run([row(0.9), row(1.1)]).ratio == 1.1
+    assert _median_run([row(1.1), row(0.7), row(0.9), row(1.0)]).ratio == 1.0
+    assert _median_run([row(1.1), row(0.7), row(0.9)]).ratio == 0.9
+    assert _median_run([row(0.9), row(1.1)]).runs == (0.9, 1.1)
+
+
+def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
+    """The per-block rows time the compiled block as the model runs it: without the
+    finiteness test of its input that a block called on its own makes (and the dense
+    block does not); only the recording forward of the whole model tests its image."""
+    import laudtriton
+    import laudtriton.compiled as compiled_mod
+    from laudtriton.bench import _block_rows
+
+    calls = []
+    real = compiled_mod.nonfinite_samples
+    monkeypatch.setattr(compiled_mod, "nonfinite_samples",
+                        lambda x: calls.append(tuple(x.shape)) or real(x))
+    torch.manual_seed(0)
+    model = build_model("laud_resnet50", "channel", "4-4-2-1", 2)
+    x = torch.randn(1, 3, 64, 64)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    calls.clear()
+    rows = _block_rows(model, cm, x, dict(model="m", mode="channel", granularity="1",
+                                          batch=1, rate=0.5), reps=2)
+    assert len(rows) == 16 and calls == [(1, 3, 64, 64)]
 
 
 def test_process_summary_pools_every_run(rows):

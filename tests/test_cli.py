@@ -20,6 +20,8 @@ from laudtriton.cli import main
     (["bench", "--threads", "-1"], "--threads"),
     (["bench", "--allocator", "jemalloc"], "--allocator"),
     (["bench", "--channel-granularity", "0"], "--channel-granularity"),
+    (["bench", "--channel-granularity", "2-x"], "--channel-granularity '2-x' is not a positive"),
+    (["bench", "--channel-granularity", "2-2"], "--channel-granularity '2-2' has 2 stages"),
     (["bench", "--processes", "0"], "--processes"),
     (["bench", "--rates", "0:1:0.35,"], "--rates"),
     (["bench", "--rates", "1.5"], "--rates"),
@@ -163,7 +165,7 @@ def test_bench_child_argv_carries_every_option():
 
     parser = build_parser()
     given = ["bench", "--model", "laud_resnet101", "--mode", "channel", "--rates", "0.5",
-             "--channel-granularity", "2", "--batch", "3", "--threads", "1", "--reps", "5",
+             "--channel-granularity", "2-2-4-4", "--batch", "3", "--threads", "1", "--reps", "5",
              "--tune", "off", "--model-only", "--repeat", "2", "--allocator", "default",
              "--csv", "x.csv", "--processes", "4"]
     args = parser.parse_args(given)

@@ -330,3 +330,25 @@ def test_spatial_row_gemms_use_packed_rows(monkeypatch):
     bucketed = spatial._bucketed(spatial._full_weights(fb), x)
     assert bucketed == onednn_fusion_available()
     assert len(made) == (3 if bucketed else 0)  # conv1, conv2 (im2col) and conv3
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_patch_conv_packs_once_for_every_patch_count(stride):
+    """The patch variant's conv2 runs every number of active cells on one packing (made
+    for one patch, ``PackedConv.make(any_batch=True)``), not one packing per count, and
+    gives the reference block's output at each count."""
+    block = make_block(16, 8, stride, "spatial", 2, seed=7)
+    x = torch.randn(1, 16, 16, 16)
+    fb = fold_block(block)
+    xc = x.contiguous(memory_format=CL)
+    for active in (1, 5, 9, 16):  # cells of the 4x4 (stride 2) or 8x8 grid
+        masks = synthetic_masks(BlockSpec.from_block(block, (1, 16, 16, 16)),
+                                active / (16 if stride == 2 else 64), seed=active)
+        with torch.no_grad():
+            ref = _inject(block, masks)(x)
+            out = spatial.patch_block(fb, xc, masks)
+        assert_close(out, ref)
+    convs = [v for k, v in spatial._full_weights(fb).packed.items() if k[0] == "patch"]
+    assert len(convs) == 1 and convs[0].any_batch
+    if onednn_fusion_available():  # one packing, for a batch of one patch
+        assert [shape[0] for shape in convs[0].packed] == [1]

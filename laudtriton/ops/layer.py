@@ -112,9 +112,11 @@ def compact_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     Active samples (gate = 1): relu(residual(x) + identity(x)); the others relu(identity(x)).
     With a downsample, the identity of the whole batch is one convolution written where the
     output goes; active samples add their residual into it in place and the others take
-    its ReLU in place (no output copies). inplace: x is a ReLU output (>= 0) the caller
-    gives away; a block without downsample then writes its output into x (the inactive
-    samples already hold relu(x) = x) and returns it.
+    its ReLU in place (no output copy, except where the active samples are gathered into
+    one batch and scattered back: small maps with scattered samples, ``_gathered``).
+    inplace: x is a ReLU output (>= 0) the caller gives away; a block without downsample
+    then writes its output into x (the inactive samples already hold relu(x) = x) and
+    returns it (into a channels_last copy of x when x is not channels_last).
 
     Raises:
         ValueError: if masks.grid is not a layer gate [B, 1, 1, 1], or x does not fit the

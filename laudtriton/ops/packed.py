@@ -76,13 +76,14 @@ SHAPES_PER_CONV = 8
 class PackedConv:
     """One convolution with its bias, weights pre-packed for oneDNN where possible.
 
-    weight: [Cout, Cin, k, k]; bias: [Cout] | None; padding = k // 2.
+    weight: [Cout, Cin, k, k]; bias: [Cout] | None; stride, padding: the convolution's.
     packed: {input shape: oneDNN-packed weight} (CPU float32; a bounded LRU filled on
     first use of each shape), or None when oneDNN packing is unavailable (then F.conv2d
     runs). On CPU, F.conv2d re-orders its weight on every call; for small maps at batch 1
     that reorder dominates (512->512 3x3 at 7x7: 8.2 ms plain vs 1.1 ms packed, 1 thread).
     seen: for a lazy PackedConv (``make(..., lazy=True)``), the input shapes used once:
     a shape's first call runs oneDNN on the plain weight, its second packs (else None).
+    any_batch: one packing, for batch 1, serves inputs of every batch size (``make``).
     """
 
     weight: torch.Tensor
@@ -91,13 +92,22 @@ class PackedConv:
     padding: int
     packed: OrderedDict | None
     seen: set | None = None
+    any_batch: bool = False
 
     @staticmethod
     def make(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
              in_hw: tuple[int, int], pack: bool = True, batch: int = 1,
-             lazy: bool = False) -> PackedConv:
+             lazy: bool = False, any_batch: bool = False) -> PackedConv:
         """Pack ``weight`` for inputs [batch, Cin, *in_hw] when possible; other input
         shapes get their own packing on first use.
+
+        any_batch: pack for batch 1 only and run every batch size on that packing, for
+        convolutions whose batch changes from call to call: the patch variant's 3x3 conv
+        over halo patches (batch = active cells) runs as fast on the batch-1 packing as
+        on its own at every count measured (64-512 channels, 3x3 to 9x9 patches, stride 1
+        and 2, 3-150 patches: within 5%, either way; /tmp/s20/patchpack*.py), where a
+        packing costs 0.05-1.7 ms. Not so for every convolution: a 1x1 at 14x14 packed
+        for batch 1 ran 18x slower at batch 2 (below).
 
         lazy: pack nothing now; each input shape runs on the plain weight the first time
         and is packed the second. For weights that may serve one call only (a channel
@@ -106,20 +116,22 @@ class PackedConv:
         """
         weight = weight.contiguous()
         packed = None
+        batch = 1 if any_batch else batch
         if pack and _can_pack(weight) and onednn_fusion_available():
             packed = OrderedDict()
             if not lazy:
                 shape = (batch, weight.shape[1], *in_hw)
                 packed[shape] = _pack(weight, stride, padding, in_hw, batch)
         return PackedConv(weight, None if bias is None else bias.contiguous(), stride,
-                          padding, packed, set() if lazy and packed is not None else None)
+                          padding, packed, set() if lazy and packed is not None else None,
+                          any_batch)
 
     def _onednn(self, x: torch.Tensor) -> bool:
         """Whether x runs through the packed oneDNN ops (else F.conv2d)."""
         return self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
 
     def _packed_for(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
+        shape = (1, *x.shape[1:]) if self.any_batch else tuple(x.shape)
         w = self.packed.get(shape)
         if w is None:
             if self.seen is not None and shape not in self.seen:

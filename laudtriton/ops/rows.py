@@ -48,7 +48,8 @@ def packs_rows(t: torch.Tensor) -> bool:
 
 
 def row_bucket(n: int) -> int:
-    """n rounded up to a multiple of max(16, 2^(⌊log2 n⌋ − 3)): at most 12.5% padding."""
+    """n rounded up to a multiple of max(16, 2^(⌊log2 n⌋ − 3)): at most 15 rows of
+    padding below 128 rows, at most 12.5% from 128 on."""
     if n <= 0:
         return n
     step = max(16, 1 << max(0, n.bit_length() - 4))

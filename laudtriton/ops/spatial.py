@@ -10,8 +10,9 @@ Pipeline (NHWC rows throughout; x is channels_last so its NHWC view is free):
 2. conv2 on the active output pixels: ``gather`` builds the im2col matrix [n, 9·m] with one
    row gather of the buffer and runs one GEMM; ``patch`` cuts a halo patch per active S x S
    cell ((S+2)² at stride 1, (2S+1)² at stride 2) and runs a dense F.conv2d, padding 0.
-3. conv3 GEMM (with b3) on the active pixels, ``index_add_`` into a copy of the identity
-   rows, one ReLU pass: relu(identity) everywhere, relu(identity + conv3) where active.
+3. conv3 GEMM (with b3) on the active pixels, ``index_add_`` into the identity rows (a
+   copy of x, the downsample's output, or x itself in place), one ReLU pass:
+   relu(identity) everywhere, relu(identity + conv3) where active.
 
 GEMMs run through oneDNN on CPU fp32 (``rows.PackedRows`` with the full weights, packed
 per row bucket; ``rows_linear`` for a channel group), torch.addmm elsewhere.
@@ -91,19 +92,22 @@ def _full_weights(fb: FoldedBlock) -> _Weights:
 
 def _patch_conv(fb: FoldedBlock, wt: _Weights, p: int) -> PackedConv:
     """conv2 over P x P halo patches (padding 0), packed once per P (full weights only).
-    Packed for [1, w, P, P], it runs any number of patches at full speed (128 ch, 6x6
-    patches: 0.47 ms packed vs 0.56 ms F.conv2d for 24 patches; 1 thread)."""
+    Packed for [1, w, P, P], it runs any number of patches at full speed
+    (``PackedConv.make(any_batch=True)``; 128 ch, 6x6 patches: 0.47 ms packed vs 0.56 ms
+    F.conv2d for 24 patches; 1 thread). Before session 20 each new patch count was
+    packed again (up to 1.7 ms at 512 channels), which timings on a fixed mask never
+    paid and a stream of images did."""
     key = ("patch", p)
     if key not in wt.packed:
-        wt.packed[key] = PackedConv.make(fb.w2, fb.b2, fb.stride, 0, (p, p))
+        wt.packed[key] = PackedConv.make(fb.w2, fb.b2, fb.stride, 0, (p, p), any_batch=True)
     return wt.packed[key]
 
 
 # Row GEMMs on CPU fp32 run with weights pre-packed for oneDNN, which saves the per-call
 # weight reorder (1024->256 over 163 rows: 0.19 vs 0.25 ms, 2 threads). A packed weight is
 # only fast for the row count it was packed for (another count can be 10-20x slower), so
-# row counts are rounded up to a bucket (at most 1/8 more rows; the extra rows repeat a
-# valid one and are dropped) and one packing is cached per bucket.
+# row counts are rounded up to a bucket (at most 15 more rows, 1/8 more from 128 on; the
+# extra rows repeat a valid one and are dropped) and one packing is cached per bucket.
 MAX_PACKED = 96  # packed row GEMMs kept per block
 
 
@@ -331,7 +335,9 @@ def patch_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Te
     Same arguments and result as ``gather_block``.
 
     Raises:
-        ValueError: as ``gather_block``, and when S does not divide Ho and Wo.
+        ValueError: as ``gather_block``, and when the mask grid does not cut the output
+            map into equal cells (``patch_supports`` asks for S dividing Ho and Wo; a grid
+            of equal cells larger than S, e.g. S=3 on 8x8, also runs).
     """
     return _run(fb, x, masks, use_patch=True)
 

@@ -399,10 +399,11 @@ def masked_hidden(fb: FoldedBlock, dense: SlicedWeights, pattern: torch.Tensor,
 # a first sighting runs BLAS GEMMs on weights gathered for the call (``gemm_residual``)
 # when its GEMMs have at least this many rows (samples x output pixels), else the dense
 # weights with the pattern's masks (``masked_hidden``). Gathering costs about what the
-# GEMMs do on a 7x7 map, so there the dense path wins (ResNet-101, batch 1, 2-core x86,
-# a new pattern every call, against the dense block: 0.67-1.0x on the blocks with 14x14
-# or larger outputs, where the dense path takes 1.07-1.15x; 1.1-1.4x on the 7x7 ones,
-# against 1.0-1.13x; BENCHMARKS.md, session 20)
+# GEMMs do on a 7x7 map, so there the dense path wins. ResNet-101, channel rate 0.5,
+# batch 1, every pattern new (caches emptied before each forward; 2-core x86, one
+# process each, 40 forwards alternating, /tmp/s20/first_model*.py): 1.04-1.21x dense
+# against 1.17-1.29x with the dense path for every first sighting; with the 7x7 blocks
+# on GEMMs too, 1.12-1.32x (BENCHMARKS.md, session 20)
 GEMM_ROWS = 196
 
 

@@ -105,7 +105,8 @@ class PackedConv:
         convolutions whose batch changes from call to call: the patch variant's 3x3 conv
         over halo patches (batch = active cells) runs as fast on the batch-1 packing as
         on its own at every count measured (64-512 channels, 3x3 to 9x9 patches, stride 1
-        and 2, 3-150 patches: within 5%, either way; /tmp/s20/patchpack*.py), where a
+        and 2, 3-150 patches: within 9% either way in loops of their own, 0.98-1.03x
+        alternating in one loop at ResNet-101's shapes; /tmp/s20/patch*.py), where a
         packing costs 0.05-1.7 ms. Not so for every convolution: a 1x1 at 14x14 packed
         for batch 1 ran 18x slower at batch 2 (below).
 

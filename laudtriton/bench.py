@@ -173,7 +173,7 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
         # model makes it once, of the image; the dense block makes none)
         fns = [lambda: nchw_dense_block(fb, x_nchw),
                lambda: dense_block(fb, xin, NO_MASKS),
-               lambda: blk._run(xin, blk.gates(xin), False, None)]
+               lambda: blk(xin, check_input=False)]
         with torch.no_grad():
             t_nchw, t_cl, t_sparse = interleaved_medians(fns, warmup=2, reps=reps)
         dense = min(t_nchw, t_cl)
@@ -367,13 +367,14 @@ class ProcessFailed(RuntimeError):
 
 
 def run_processes(argv: list[str], processes: int, log=print,
-                  python: str = sys.executable) -> list[BenchRow]:
+                  python: str = sys.executable, verbose: bool = False) -> list[BenchRow]:
     """``laudtriton bench <argv>`` in ``processes`` fresh Python processes, one after
     another (their output goes to this process's stdout); per-block rows come from the
     first one only (the others run ``--model-only``). Returns every process's rows, each
     with ``process`` set (1-based).
 
-    argv: bench's options without ``--csv`` and ``--processes``.
+    argv: bench's options without ``--csv`` and ``--processes``. verbose: the children
+    log at INFO level (``laudtriton -v``).
 
     Raises:
         ValueError: processes < 1, or argv holds --csv or --processes.
@@ -388,7 +389,8 @@ def run_processes(argv: list[str], processes: int, log=print,
     with tempfile.TemporaryDirectory(prefix="laudtriton-bench-") as tmp:
         for i in range(1, processes + 1):
             path = Path(tmp) / f"process{i}.csv"
-            cmd = [python, "-m", "laudtriton", "bench", *argv, "--csv", str(path)]
+            cmd = [python, "-m", "laudtriton", *(["-v"] if verbose else []), "bench", *argv,
+                   "--csv", str(path)]
             if i > 1 and "--model-only" not in argv:
                 cmd.append("--model-only")
             log(f"== process {i} of {processes}")

@@ -147,7 +147,7 @@ def cmd_bench(args) -> int:
         # a bad --mode or --granularity: one line here, not an error in a child process
         build_model(args.model, args.mode, args.granularity, args.channel_granularity)
         try:
-            rows = run_processes(_bench_argv(args), args.processes)
+            rows = run_processes(_bench_argv(args), args.processes, verbose=args.verbose)
         except ProcessFailed as e:
             return fail("bench", str(e), code=1)
         print(process_summary(rows))

@@ -212,6 +212,33 @@ def test_run_processes_rejects_and_reports_failures():
         run_processes(["--model", "resnet18"], 2, log=lambda s: None, python=sys.executable)
 
 
+def test_run_processes_passes_verbose_to_its_children(monkeypatch, capfd):
+    """`laudtriton -v bench --processes N`: every child logs at INFO level too."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import laudtriton.bench as bench_mod
+
+    cmds = []
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, **k: cmds.append(cmd) or SimpleNamespace(returncode=3))
+    for verbose in (True, False):
+        with pytest.raises(ProcessFailed):
+            run_processes(["--model-only"], 2, log=lambda s: None, verbose=verbose)
+    assert cmds[0][2:5] == ["laudtriton", "-v", "bench"]
+    assert cmds[1][2:4] == ["laudtriton", "bench"]
+    given = []
+
+    def fake(argv, processes, **k):
+        given.append(k)
+        raise ProcessFailed("stop here")
+
+    monkeypatch.setattr(bench_mod, "run_processes", fake)
+    assert main(["-v", "bench", "--processes", "2", "--rates", "0.5", "--model-only"]) == 1
+    assert given == [{"verbose": True}]
+    capfd.readouterr()
+
+
 def test_bench_rejects_unknown_model():
     with pytest.raises(ValueError, match="model 'resnet18' unknown"):
         bench("resnet18", "channel", "4-4-2-1", [0.5])

@@ -370,7 +370,14 @@ def test_a_non_finite_input_gives_nan_for_its_sample(mode, bad):
     z[0, 3, 2, 2] = bad
     with torch.no_grad():
         out = cb(z)
+        blk = cb.blocks[0]  # on its own, the block tests its input as the model does
+        alone = blk(z)
+        skipped = blk(z, check_input=False)  # the caller vouches for z: no test, no NaN mark
+        finite = torch.randn(2, 16, 8, 8)
+        assert torch.equal(blk(finite, check_input=False), blk(finite))
     assert out[0].isnan().all() and out[1].isfinite().all()
+    assert alone[0].isnan().all() and torch.equal(alone[1], out[1])
+    assert torch.equal(skipped[1], out[1])
 
 
 def test_nan_in_a_container_of_compiled_blocks():

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -336,10 +337,16 @@ def test_cache_commands(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "1 entries" in out and spec.short() in out and "2.000" in out
+    half = replace(spec, dtype="bfloat16")  # another dtype: its own row, named
+    c.record(half, 0.5, {"dense": {"{}": 5e-3}})
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "2 entries" in out and f"{half.short()}  " in out and "bfloat16" in half.short()
+    assert "2.000" in out and "5.000" in out
     args = p.parse_args(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")])
-    assert args.func(args) == 0 and "1 entries" in capsys.readouterr().out
+    assert args.func(args) == 0 and "2 entries" in capsys.readouterr().out
     args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path)])
-    assert args.func(args) == 0 and "removed 1" in capsys.readouterr().out
+    assert args.func(args) == 0 and "removed 2" in capsys.readouterr().out
     assert not c.path.exists()
 
 

@@ -44,7 +44,7 @@ from ..nn.block import BlockMasks
 from ..nn.maskers import expand_channel_mask
 from .fold import FoldedBlock
 from .kappa import channel_work, conv3_bias, tap_validity
-from .masks import host_array
+from .masks import host_array, out_hw_of
 from .packed import PackedConv
 from .registry import Cost, Variant, register
 from .spec import BlockSpec
@@ -158,7 +158,7 @@ class SliceCache:
             return sw
         self._entries[k] = sw
         self.nbytes += sw.nbytes
-        ho, wo = ((n - 1) // fb.stride + 1 for n in in_hw)
+        ho, wo = out_hw_of(in_hw, fb.stride)
         budget = self.weights * (fb.w1.nbytes + fb.w2.nbytes + fb.w3.nbytes
                                  + fb.w2.element_size() * fb.width * ho * wo)
         while len(self._entries) > 1 and (len(self._entries) > self.capacity
@@ -293,8 +293,7 @@ def slice_weights(fb: FoldedBlock, active: torch.Tensor, in_hw: tuple[int, int],
     m, w = active.numel(), fb.width
     if m == 0:
         return SlicedWeights(0, None, None, None, None, conv3_bias(fb, active).contiguous())
-    ho = (in_hw[0] - 1) // fb.stride + 1
-    wo = (in_hw[1] - 1) // fb.stride + 1
+    ho, wo = out_hw_of(in_hw, fb.stride)
     lazy = m < w
     if not lazy:  # dense: no copies
         w1, b1, w2, b2, w3, b3 = fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3
@@ -411,7 +410,7 @@ def _im2col(h: torch.Tensor, stride: int) -> torch.Tensor:
     """[n, H, W, c] -> [n·Ho·Wo, 9·c]: each output pixel's 3x3 window (padding 1, zero
     outside the image), taps row-major, then channels."""
     n, hh, ww, c = h.shape
-    ho, wo = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+    ho, wo = out_hw_of((hh, ww), stride)
     hp = h.new_zeros(n, hh + 2, ww + 2, c)
     hp[:, 1:hh + 1, 1:ww + 1] = h
     sn, sh, sw, _ = hp.stride()
@@ -426,7 +425,7 @@ def gemm_residual(fb: FoldedBlock, parts: SliceParts, x: torch.Tensor, identity:
     pattern seen once would pay for nothing. into: write into identity (ours to
     overwrite), else a new tensor. x, identity: channels_last."""
     n, cin, h, w = x.shape
-    ho, wo = (h - 1) // fb.stride + 1, (w - 1) // fb.stride + 1
+    ho, wo = out_hw_of((h, w), fb.stride)
     mb, cout = parts.w1.shape[0], fb.out_channels
     h1 = torch.addmm(parts.b1, x.permute(0, 2, 3, 1).reshape(n * h * w, cin),
                      parts.w1.t()).relu_()
@@ -450,13 +449,12 @@ def _pattern_residual(fb: FoldedBlock, cache: SliceCache, pattern: torch.Tensor,
     (``gemm_residual``), or the dense weights with the pattern's masks
     (``masked_hidden``). into: identity is ours to overwrite (``residual_into``); else a
     new tensor (``_residual_out``)."""
-    ho, wo = ((n - 1) // fb.stride + 1 for n in in_hw)
-    gemm = (x.device.type == "cpu" and x.dtype == torch.float32
-            and x.shape[0] * ho * wo >= GEMM_ROWS)
     sw = cache.lookup(fb, pattern, in_hw, key)
     if sw is not None:
         return residual_into(sw, x, identity) if into else _residual_out(sw, x, identity)
-    if gemm:
+    ho, wo = out_hw_of(in_hw, fb.stride)
+    if (x.device.type == "cpu" and x.dtype == torch.float32
+            and x.shape[0] * ho * wo >= GEMM_ROWS):
         act = active_channels(pattern, fb.width).to(fb.w1.device)
         parts = slice_parts(fb, act, in_hw, cache.totals(fb), act.numel())
         return gemm_residual(fb, parts, x, identity, into)

@@ -192,5 +192,6 @@ COMPACT = register(Variant(
     name="compact", modes=("layer",), backends=("cpu", "cuda"), run=_run,
     run_inplace=_run_inplace, cost=compact_cost,
     supports=_supports,
-    description="gather the samples whose layer gate is on, dense block on them, scatter back",
+    description="dense block on the samples whose layer gate is on (batch slices or a "
+                "gathered batch), relu(identity) for the others",
 ))

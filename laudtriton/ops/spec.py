@@ -102,7 +102,7 @@ class BlockSpec:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def short(self) -> str:
-        """Human-readable one-liner for tables."""
+        """Human-readable one-liner for tables; the dtype is named when not float32."""
         h, w = self.in_hw
         s = f"{self.in_channels}->{self.width}->{self.out_channels} {h}x{w}/s{self.stride}"
         s += f" {self.mode}"
@@ -110,7 +110,8 @@ class BlockSpec:
             s += f" S={self.granularity}"
         if self.channel:
             s += f" G={self.channel_groups}"
-        return s + f" b{self.batch}"
+        s += f" b{self.batch}"
+        return s if self.dtype == "float32" else f"{s} {self.dtype}"
 
     @classmethod
     def from_block(cls, block: LaudBottleneck, x_shape, dtype: torch.dtype | str = "float32"):

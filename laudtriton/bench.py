@@ -173,7 +173,7 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
         # model makes it once, of the image; the dense block makes none)
         fns = [lambda: nchw_dense_block(fb, x_nchw),
                lambda: dense_block(fb, xin, NO_MASKS),
-               lambda: blk(xin, check_input=False)]
+               lambda: blk(xin, check_finite=False)]
         with torch.no_grad():
             t_nchw, t_cl, t_sparse = interleaved_medians(fns, warmup=2, reps=reps)
         dense = min(t_nchw, t_cl)

@@ -90,7 +90,7 @@ class CompiledBlock(nn.Module):
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
                 masks: BlockMasks | None = None, *,
                 order: SampleOrder | None = None, check_masks: bool = True,
-                check_input: bool = True) -> torch.Tensor:
+                check_finite: bool = True) -> torch.Tensor:
         """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
         (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
         write the output into it. CompiledModel sets it for the blocks of a LaudResNet.
@@ -99,17 +99,17 @@ class CompiledBlock(nn.Module):
         its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
         x in that order, masks given in the caller's; see ``order.SampleOrder``); a layer
         block on CPU then moves its active samples into one window first. check_masks:
-        whether given masks are checked first (``check_masks``). check_input: called on
+        whether given masks are checked first (``check_masks``). check_finite: called on
         its own (no order), the block tests x for NaN and inf and gives a sample that has
-        any a NaN output (as the model does); False skips that test, for a caller that
-        knows x is finite (``laudtriton bench`` times a block so, as the model runs it:
-        the model tests its input once, on the image)."""
+        any a NaN output (as the model does); False skips that test (not the shape, dtype
+        and device checks), for a caller that knows x is finite: ``laudtriton bench``
+        times blocks so, since the model tests its input once, on the image."""
         if masks is not None and check_masks:
             self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
             return self._layer_step(x, order, masks)
         if order is None:  # called on its own (a CompiledModel tests its input itself)
-            bad = nonfinite_samples(x) if check_input else None
+            bad = nonfinite_samples(x) if check_finite else None
             out = self._run(x, self.gates(x) if masks is None else masks, reuse_input, None)
             return out if bad is None else mark_nan(out, bad)
         if masks is None:

@@ -266,6 +266,7 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
                 "models": json.dumps(members)}
         for dname, t in dense.items():
             r.rows.append(base | {"variant": "dense", "dtype": dname, "config": "{}",
+                                  "spec": spec.with_(dtype=dname).short(),
                                   "seconds": t, "ratio": t / dense[dt_best]})
         for vname, cs in timings.items():
             for c, t in cs.items():
@@ -273,7 +274,7 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
                                       "config": c, "seconds": t,
                                       "ratio": t / dense[dt_best]})
     best = {v: min(cs.values()) for v, cs in timings.items()}
-    r.say(f"b{batch} {spec.short():<40} dense {dense[dt_best] * 1e6:8.1f} us  rate 0.75: "
+    r.say(f"b{batch} {spec.short():<48} dense {dense[dt_best] * 1e6:8.1f} us  rate 0.75: "
           + "  ".join(f"{v} {t / dense[dt_best]:.2f}x" for v, t in best.items()))
 
 

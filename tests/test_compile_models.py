@@ -372,12 +372,13 @@ def test_a_non_finite_input_gives_nan_for_its_sample(mode, bad):
         out = cb(z)
         blk = cb.blocks[0]  # on its own, the block tests its input as the model does
         alone = blk(z)
-        skipped = blk(z, check_input=False)  # the caller vouches for z: no test, no NaN mark
+        skipped = blk(z, check_finite=False)  # the caller vouches for z: no test, no NaN mark
         finite = torch.randn(2, 16, 8, 8)
-        assert torch.equal(blk(finite, check_input=False), blk(finite))
+        assert torch.equal(blk(finite, check_finite=False), blk(finite))
     assert out[0].isnan().all() and out[1].isfinite().all()
     assert alone[0].isnan().all() and torch.equal(alone[1], out[1])
     assert torch.equal(skipped[1], out[1])
+    assert skipped[0].isfinite().any()  # sample 0 is what its convolutions give, not NaN-marked
 
 
 def test_nan_in_a_container_of_compiled_blocks():

@@ -178,7 +178,7 @@ def run_predict(args) -> int:
     print(f"hardware: {hw.describe()}\n{note}")
     print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
-    print(f"\n{'block (x count)':<56}{'rate':>8}{head}  best")
+    print(f"\n{'block (x count)':<64}{'rate':>8}{head}  best")
     total = {r: [0.0, 0.0] for r in rates}
     for spec, members in groups.items():
         cands = {v.name for v in variants_for(spec, hw.backend)}
@@ -191,7 +191,7 @@ def run_predict(args) -> int:
             cells = "".join(f"{row[n] * 1e3:>14.3f}" if n in row else f"{'-':>14}"
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"
-            print(f"{label:<56}{_rate_label(r):>8}{cells}  {best}")
+            print(f"{label:<64}{_rate_label(r):>8}{cells}  {best}")
             total[r][0] += row["dense"] * len(members)
             total[r][1] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)

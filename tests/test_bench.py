@@ -146,6 +146,10 @@ def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
     rows = _block_rows(model, cm, x, dict(model="m", mode="channel", granularity="1",
                                           batch=1, rate=0.5), reps=2)
     assert len(rows) == 16 and calls == [(1, 3, 64, 64)]
+    # FLOPs ratio against the dense block without maskers, as the dense time is measured
+    for r, s in zip(rows, model.last_stats.blocks):
+        assert s.masker_flops > 0 and r.flops_ratio > float(s.flops_ratio)
+        assert r.flops_ratio == pytest.approx(float(s.flops) / (s.dense_flops - s.masker_flops))
 
 
 def test_process_summary_pools_every_run(rows):

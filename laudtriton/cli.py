@@ -124,8 +124,8 @@ def _check_counts(args, *names: str) -> None:
 def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
-    from .tune.commands import check_output_path, fail
-    from .tune.sweep import check_mode, parse_rates, parse_stages
+    from .tune.commands import check_layout_options, check_output_path, fail
+    from .tune.sweep import parse_rates
 
     _check_counts(args, "batch", "reps", "repeat", "processes")
     if args.threads < 0:
@@ -134,9 +134,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
-    check_mode(args.mode, "--mode")
-    parse_stages(args.granularity, "--granularity")
-    parse_stages(args.channel_granularity, "--channel-granularity")
+    check_layout_options(args)
     if args.threads:
         import torch
 
@@ -192,16 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=int, default=20)
     s.set_defaults(func=cmd_demo)
 
+    from .tune.commands import add_layout_options
+
     s = sub.add_parser("bench", help="dense vs compiled, per block and whole model")
     s.add_argument("--model", default="laud_resnet50",
                    choices=["laud_resnet50", "laud_resnet101"])
-    s.add_argument("--mode", default="spatial",
-                   help="spatial, channel, layer or both, or one per stage joined by '-'")
-    s.add_argument("--granularity", default="4-4-2-1",
-                   help="patch size S: one int, or one per stage joined by '-'")
-    s.add_argument("--channel-granularity", default="1",
-                   help="channels per channel-mask group: one int, or one per stage "
-                        "joined by '-'")
+    add_layout_options(s)
     s.add_argument("--rates", default="0.25,0.5,0.75",
                    help="target rates the maskers are calibrated to, comma-separated or "
                         "a:b:step")

@@ -29,6 +29,25 @@ from .sweep import (
 )
 
 
+def add_layout_options(p: argparse.ArgumentParser) -> None:
+    """--mode, --granularity, --channel-granularity: the LAUD model's layout, as ``bench``
+    and ``sweep`` take it (``check_layout_options`` checks them)."""
+    p.add_argument("--mode", default="spatial",
+                   help="spatial, channel, layer or both, or one per stage joined by '-'")
+    p.add_argument("--granularity", default="4-4-2-1",
+                   help="patch size S: one int, or one per stage joined by '-'")
+    p.add_argument("--channel-granularity", default="1",
+                   help="channels per channel-mask group: one int, or one per stage "
+                        "joined by '-'")
+
+
+def check_layout_options(args: argparse.Namespace) -> None:
+    """Raise a ValueError naming the first bad option of ``add_layout_options``."""
+    check_mode(args.mode, "--mode")
+    parse_stages(args.granularity, "--granularity")
+    parse_stages(args.channel_granularity, "--channel-granularity")
+
+
 def check_nonempty(path: str | None, flag: str) -> None:
     """A ValueError naming ``flag`` when the path given with it is '' (or blank): an empty
     path would silently mean the current directory."""
@@ -97,17 +116,13 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                     "block of a LAUD model at each activation rate; resumable (cached "
                     "entries are skipped); writes the autotune cache and a CSV.")
     p.add_argument("--model", default="laud_resnet50", help=f"one of {', '.join(MODELS)}")
-    p.add_argument("--mode", default="spatial",
-                   help="spatial | channel | layer | both, or per stage 'a-b-c-d'")
-    p.add_argument("--granularity", default="4-4-2-1", help="patch size S per stage, '4-4-2-1'")
+    add_layout_options(p)
     p.add_argument("--prune-top", type=int, default=0, metavar="K",
                    help="time only the K kernel configs of each variant with the lowest "
                         "predicted time (latency predictor; 0: time every config)")
     p.add_argument("--hardware", default=None,
                    help="only with --prune-top: the predictor's hardware (default: cpu, "
                         "or cuda for --device cuda)")
-    p.add_argument("--channel-granularity", default="1",
-                   help="channels per channel-mask group (int or per stage 'a-b-c-d')")
     p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -144,9 +159,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch {args.batch} must be >= 1")
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
-        check_mode(args.mode, "--mode")
-        parse_stages(args.granularity, "--granularity")
-        parse_stages(args.channel_granularity, "--channel-granularity")
+        check_layout_options(args)
         check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None

@@ -107,6 +107,52 @@ def test_monotone_in_rate(variant, hw_name):
                 prev = t
 
 
+@pytest.mark.parametrize("mode, gran, cg, batch, block, units", [
+    ("spatial", "4-4-2-7", 1, 1, "layer4.1", 1),  # one 7x7 cell on the 7x7 map
+    ("spatial", "4-4-2-1", 1, 1, "layer3.1", 49),
+    ("channel", 1, 64, 1, "layer1.1", 1),  # one group of 64 channels
+    ("channel", 1, 64, 1, "layer3.1", 4),
+    ("layer", 1, 1, 1, "layer2.1", 1),  # one sample
+    ("layer", 1, 1, 3, "layer2.1", 3),
+])
+def test_expected_is_linear_between_whole_units(mode, gran, cg, batch, block, units):
+    """A mean rate between k/N and (k+1)/N of a block's N mask units (cells, channel
+    groups, samples) is predicted linearly between the two; whole units as the Cost gives
+    them. Before, a 1-cell grid at 0.5 cost the empty mask, one channel group half its
+    channels, a batch of 1 half a sample with a partial batch's gather."""
+    from laudtriton.predict.model import mask_units
+
+    spec = dict(model_specs("laud_resnet50", mode, gran, batch,
+                            channel_granularity=cg))[block]
+    assert mask_units(spec) == units
+    variant = {"spatial": "gather", "channel": "slice", "layer": "compact"}[mode]
+    for k in range(units):
+        lo = predict_block(spec, k / units, variant, CPU)
+        hi = predict_block(spec, (k + 1) / units, variant, CPU)
+        assert predict_expected(spec, k / units, variant, CPU) == lo
+        for a in (0.25, 0.5):
+            r = (k + a) / units
+            assert predict_expected(spec, r, variant, CPU) == pytest.approx(lo + a * (hi - lo))
+    if units == 1:  # the Cost alone was off by a lot here
+        mid = (predict_block(spec, 0.0, variant, CPU) + predict_block(spec, 1.0, variant, CPU))
+        assert abs(predict_block(spec, 0.5, variant, CPU) - mid / 2) > 0.05 * mid / 2
+    with pytest.raises(ValueError, match="rate"):
+        predict_expected(spec, 1.5, variant, CPU)
+
+
+def test_predict_table_gives_expected_times(capsys, tmp_path):
+    """`predict` prints the expected time at a mean rate: a block with one mask cell at
+    0.5 is the mean of its rows at 0 and 1, for dense and every variant."""
+    assert main(["predict", "--model", "laud_resnet50", "--granularity", "4-4-2-7",
+                 "--rates", "0,0.5,1", "--cache-dir", str(tmp_path)]) == 0
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()
+            if r.startswith("layer4.1 ")]
+    assert [r[-5] for r in rows] == ["0.00", "0.50", "1.00"]  # rate column
+    (z, half, one) = ([float(c) for c in r[-4:-1]] for r in rows)  # dense, gather, patch
+    for a, b, c in zip(z, half, one):
+        assert b == pytest.approx((a + c) / 2, abs=2e-3)
+
+
 def test_predict_timings_shape_and_unknown_variant():
     spec = model_specs("laud_resnet50")[4][1]
     out = predict_timings(spec, 0.5, ["dense", "gather"], CPU)

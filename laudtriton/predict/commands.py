@@ -78,7 +78,10 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict", help="predicted block and model latency; --validate: error on the cache",
         description="Latency predictor: per distinct block and for the whole model, dense "
-                    "vs each variant vs the best, at each rate. With --validate: predicted "
+                    "vs each variant vs the best, at each mean rate (expected time: masks "
+                    "switch whole cells, channel groups or samples, so a rate between two "
+                    "whole counts is predicted linearly between them). With --validate: "
+                    "predicted "
                     "vs measured on cached timings held out by block shape (last line "
                     "'MAPE <number>%'); it reads every cached timing of --hardware, so it "
                     "takes only --hardware, --cache-dir and --include-stale and refuses "
@@ -140,7 +143,7 @@ def run_predict(args) -> int:
     """Run ``laudtriton predict``. Returns the exit code."""
     from ..ops.registry import variants_for
     from ..tune.sweep import parse_stages
-    from .model import predict_block, predict_stem_head, resolve_variant
+    from .model import predict_expected, predict_stem_head, resolve_variant
     from .network import model_specs
 
     _check_predict_options(args)
@@ -183,10 +186,10 @@ def run_predict(args) -> int:
     for spec, members in groups.items():
         cands = {v.name for v in variants_for(spec, hw.backend)}
         for r in rates:
-            row = {"dense": predict_block(spec, r, "dense", hw, factors)}
+            row = {"dense": predict_expected(spec, r, "dense", hw, factors)}
             for n in names:
                 if n in cands:
-                    row[n] = predict_block(spec, r, n, hw, factors)
+                    row[n] = predict_expected(spec, r, n, hw, factors)
             best = min(row, key=row.get)
             cells = "".join(f"{row[n] * 1e3:>14.3f}" if n in row else f"{'-':>14}"
                             for n in ["dense", *names])

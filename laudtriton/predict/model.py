@@ -382,19 +382,39 @@ def predict_stem_head(input_size: int, batch: int, dtype: str, hw: HardwareSpec,
     return _latency(t, factors_for("dense", hw, factors), hw)
 
 
+def mask_units(spec: BlockSpec) -> int | None:
+    """How many whole units a mean rate is made of, each on or off: the grid cells of a
+    sample (spatial, and ``both``, whose channel groups are not counted), the channel
+    groups of a sample (channel), the samples of the batch (layer); None when the spec has
+    none (a channel mode with no groups)."""
+    if spec.spatial:
+        gh, gw = spec.grid
+        return gh * gw
+    if spec.mode == "channel":
+        return spec.channel_groups or None
+    if spec.mode == "layer":
+        return spec.batch
+    return None
+
+
 def predict_expected(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
                      factors: dict[str, Factors] | None = None) -> float:
-    """Expected seconds at a mean activation ``rate`` that is not a whole number of the N
-    mask cells: linear between k/N and (k+1)/N active cells (a Cost rounds to whole cells,
-    so a coarse grid, e.g. one 8x8 cell on a 14x14 map, would otherwise look free below
-    rate 0.5). Equal to :func:`predict_block` where there is no spatial grid."""
-    if not spec.spatial:
+    """Expected seconds at a mean activation ``rate`` that need not be a whole number k/N of
+    the N units the masks switch (:func:`mask_units`): linear between k/N and (k+1)/N,
+    since masks realise whole units only. A Cost takes a rate as it comes: the spatial ones
+    round it to whole cells, so a coarse grid (one 7x7 cell on a 7x7 map) would look free
+    below rate 0.5; the channel one slices rate·width channels, so one group of 64
+    channels would look half on at 0.5; the layer one counts rate·B samples with the
+    gather of a partial batch, which a batch of 1 never pays. Equal to
+    :func:`predict_block` at whole units and where there are none."""
+    n = mask_units(spec)
+    if n is None:
         return predict_block(spec, rate, variant, hw, factors)
-    gh, gw = spec.grid
-    n = gh * gw
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate {rate!r} must be in [0, 1]")
     k = min(int(math.floor(rate * n + 1e-9)), n)
     lo = predict_block(spec, k / n, variant, hw, factors)
-    if k >= n:
+    if k >= n or rate * n - k <= 1e-9:
         return lo
     hi = predict_block(spec, (k + 1) / n, variant, hw, factors)
     return lo + (rate * n - k) * (hi - lo)

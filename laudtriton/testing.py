@@ -58,7 +58,8 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
                  name: str = "output") -> None:
     """Assert max |out − ref| <= tol · max |ref|, printing the worst mismatches.
 
-    tol defaults to TOLERANCE[out.dtype]. NaN anywhere fails.
+    tol defaults to TOLERANCE[out.dtype]. NaN or inf anywhere, in out or in ref, fails (a
+    non-finite reference would make the bound NaN or inf, which everything meets).
     """
     if out.shape != ref.shape:
         raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
@@ -66,9 +67,13 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
     if out.numel() == 0:
         return
     o, r = out.double(), ref.double()
-    if torch.isnan(o).any():
-        idx = torch.nonzero(torch.isnan(o))[:5].tolist()
-        raise AssertionError(f"{name}: NaN at {idx} (unwritten output?)")
+    for t, what in ((o, name), (r, f"{name}'s reference")):
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            idx = torch.nonzero(bad)[:5].tolist()
+            vals = [t[tuple(i)].item() for i in idx]
+            raise AssertionError(f"{what}: non-finite {vals} at {idx}"
+                                 + (" (unwritten output?)" if t is o else ""))
     err = (o - r).abs()
     scale = max(r.abs().max().item(), 1e-30)
     if err.max().item() > tol * scale:

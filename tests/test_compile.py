@@ -37,8 +37,8 @@ def test_tiny_model_every_variant(mode, variant, rate):
     assert_close(out, ref)
     used = {r.variant for r in cm.last_stats}
     assert used <= {variant, "dense"}
-    if variant != "dense" and mode != "both":
-        assert variant in used or variant == "patch"  # patch needs S | Ho on some block
+    if variant != "dense":  # it ran on some block (patch: on those where S divides Ho)
+        assert variant in used
 
 
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from laudtriton.ops import BlockSpec
+from laudtriton.ops.synthetic import synthetic_masks
 from laudtriton.plot import _curves, _group, _natural, add_plot_parser, plot_latency_vs_rate
 from laudtriton.tune.cache import TuneCache
-from laudtriton.tune.sweep import write_csv
+from laudtriton.tune.sweep import ideal_flops_ratio, write_csv
 
 SPECS = [BlockSpec(24, 6, 24, 1, False, (10, 10), "spatial", 2),
          BlockSpec(24, 12, 48, 2, True, (10, 10), "spatial", 1)]
@@ -34,6 +35,18 @@ def _rows(with_ratio: bool = True) -> list[dict]:
                                  "flops_ratio": rate if with_ratio else "",
                                  "spec_key": spec.key(), "device": "cpu"})
     return rows
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list[dict]:
+    """The curves of every panel drawn, in order (the whole-model figure's last)."""
+    from laudtriton import plot as plot_mod
+
+    out = []
+    real = plot_mod._draw
+    monkeypatch.setattr(plot_mod, "_draw", lambda ax, curves, colors: (
+        out.append(curves), real(ax, curves, colors)))
+    return out
 
 
 def _is_png(path) -> bool:
@@ -62,16 +75,25 @@ def test_curves(with_ratio):
     assert c["v_fast"][0.5] == pytest.approx(0.7e-3)
     assert c["best"] == {r: min(c["dense"][r], c["v_fast"][r]) for r in (0.2, 0.5, 0.9)}
     assert c["predicted"] == {0.2: 5e-4, 0.9: 9e-4}
-    for r, t in c["ideal"].items():  # dense x FLOPs ratio
-        fr = r if with_ratio else t / 1e-3
-        assert t == pytest.approx(1e-3 * fr) and 0 < fr < 1
+    assert sorted(c["ideal"]) == [0.2, 0.5, 0.9]
+    for r, t in c["ideal"].items():  # dense x FLOPs ratio: the rows' own, else the ideal
+        fr = r if with_ratio else ideal_flops_ratio(SPECS[0], synthetic_masks(SPECS[0], r))
+        assert 0 < fr < 1 and t == pytest.approx(1e-3 * fr)
+    if not with_ratio:  # S=2 on 10x10: 25 cells, round(25r) of them (a hand value)
+        assert c["ideal"][0.2] < c["ideal"][0.5] < c["ideal"][0.9] < 1e-3
 
 
-def test_plot_rows_with_predicted_and_failed(tmp_path):
+def test_plot_rows_with_predicted_and_failed(tmp_path, drawn):
+    """A failed (inf) row draws no line; a prediction draws the "predicted" line of its
+    spec's panel only."""
     rows = _rows()
     rows.append({**rows[0], "variant": "v_broken", "seconds": float("inf")})
     paths = plot_latency_vs_rate(rows, tmp_path, predicted={SPECS[1].key(): {0.5: 1e-3}})
     assert len(paths) == 2 and all(_is_png(p) for p in paths)
+    panels, model = drawn[:-1], drawn[-1]
+    assert len(panels) == 2 and not any("v_broken" in c for c in drawn)
+    assert [c.get("predicted") for c in panels] == [None, {0.5: 1e-3}]
+    assert set(model) >= {"dense", "v_fast", "v_slow"}
 
 
 def test_plot_command_reads_the_failed_rows_sweep_writes(tmp_path, capsys):
@@ -126,12 +148,13 @@ def test_plot_skips_a_model_whose_every_config_failed(tmp_path, caplog):
     assert "failnet_spatial_b1_float32: nothing finite was measured" in caplog.text
 
 
-def test_plot_model_figure_without_a_common_rate(tmp_path):
+def test_plot_model_figure_without_a_common_rate(tmp_path, drawn):
     """Each block measured at other rates than the others: no rate has every block, so
     the whole-model figure has no line (and no legend), where it failed in matplotlib."""
     rows = [r for r in _rows() if (r["rate"] == 0.2) == (r["block"] == "layer2.0")]
     paths = plot_latency_vs_rate(rows, tmp_path)
     assert len(paths) == 2 and all(p.is_file() for p in paths)
+    assert all(c for c in drawn[:-1]) and not any(drawn[-1].values())
 
 
 def test_model_figure_sums_blocks_at_the_asked_rate(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from laudtriton.predict.calibrate import (
 )
 from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
 from laudtriton.predict.model import fit
+from laudtriton.testing import assert_close
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.keys import device_fingerprint
 
@@ -185,7 +186,7 @@ def test_compile_cached_with_a_corrupt_calibration(tmp_path, caplog):
         "multiply-adds/s > 0} (dtypes: float32, float16, bfloat16)); ignoring it "
         "(`laudtriton calibrate` rewrites it)"]
     with torch.no_grad():
-        torch.testing.assert_close(cm(x), blk(x), rtol=1e-4, atol=1e-4)
+        assert_close(cm(x), blk(x))
 
 
 @pytest.mark.parametrize("field_json", ['"peak": []', '"peak": {}', '"bandwidth": "fast"',

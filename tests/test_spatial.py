@@ -208,7 +208,9 @@ def test_folded_block_copies_after_spatial_run():
     masks, _ = block.compute_masks(x)
     fb = fold_block(block)
     first = spatial.gather_block(fb, x, masks)
+    assert fb._spatial_weights.value.packed  # packings made (CPU float32)
     for clone in (copy.deepcopy(fb), pickle.loads(pickle.dumps(fb))):
+        assert clone._spatial_weights.value is None  # empty until its first run
         assert torch.equal(spatial.gather_block(clone, x, masks), first)
         assert torch.equal(spatial.patch_block(clone, x, masks),
                            spatial.patch_block(fb, x, masks))

@@ -58,6 +58,7 @@ def test_channel_gemm_half_dots_use_wgmma_on_sm90(aot):
     """Default fp16/bf16 configs of the channel kernels become warp-group MMAs on sm_90."""
     rows = [r for r in aot["rows"] if r["arch"] == 90 and r["default"] and r["dot"]
             and r["name"].startswith("channel_") and ("fp16" in r["name"] or "bf16" in r["name"])]
-    if not rows:
+    if not rows and os.environ.get("LAUDTRITON_AOT_ONLY"):
         pytest.skip("channel kernels filtered out by LAUDTRITON_AOT_ONLY")
+    assert rows, "no default fp16/bf16 channel kernel compiled for sm_90"
     assert all(r["wgmma"] for r in rows), [r["name"] for r in rows if not r["wgmma"]]

@@ -1,0 +1,30 @@
+"""``laudtriton.testing.assert_close``, the bound every exactness test uses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from laudtriton.testing import assert_close
+
+
+def test_within_the_bound_passes_and_past_it_fails():
+    ref = torch.tensor([4.0, -2.0, 1.0])
+    assert_close(ref + 3e-4, ref)  # 3e-4 <= 1e-4 x max|ref| = 4e-4
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close(ref + 5e-4, ref)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close(ref[:2], ref)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("side", ["out", "ref"])
+def test_non_finite_on_either_side_fails(bad, side):
+    """A NaN or inf reference made the bound NaN or inf, which every output met."""
+    good = torch.tensor([5.0, 3.0])
+    worse = torch.tensor([1.0, bad])
+    out, ref = (worse, good) if side == "out" else (good, worse)
+    with pytest.raises(AssertionError, match="non-finite"):
+        assert_close(out, ref)

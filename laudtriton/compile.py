@@ -42,7 +42,7 @@ import warnings
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel, check_resnet, foldable_bn
+from .compiled import CompiledBlock, CompiledModel, check_resnet, foldable_bn, refuse_train
 from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
@@ -89,43 +89,93 @@ def _candidates(spec: BlockSpec, backend: str, only=None):
     return cands
 
 
-def _outermost(model: nn.Module, kinds, prefix: str = ""):
+def _outermost(model: nn.Module, kinds, prefix: str = "",
+               skip=(CompiledBlock, CompiledModel)):
     """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
-    model itself), not looking inside them or inside what compile already built."""
+    model itself), not looking inside them or inside ``skip`` (what compile already
+    built)."""
     for name, child in model.named_children():
         full = f"{prefix}.{name}" if prefix else name
         if isinstance(child, kinds):
             yield full, child
-        elif not isinstance(child, (CompiledBlock, CompiledModel)):
-            yield from _outermost(child, kinds, full)
+        elif not isinstance(child, skip):
+            yield from _outermost(child, kinds, full, skip)
 
 
 def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> list:
-    """Run ``model`` on x (no grad) and capture (name, module, first input) of every
-    module in ``named`` [(name, module)], in the order they run (first call each)."""
+    """Run ``model`` on x (no grad) and capture (name, module, input) of every module in
+    ``named`` [(name, module)], in the order they run (first call each); the input is the
+    first positional argument, else the keyword argument ``x`` (the parameter of
+    LaudResNet.forward and LaudBottleneck.forward). A module of ``named`` that the
+    forward does not reach is left out, with a warning: it stays as it is, uncompiled.
+
+    Raises:
+        ValueError: if a module of ``named`` is called without a tensor input."""
     captured, seen, handles = [], set(), []
 
-    def hook(m, args, name):
-        if name not in seen:
-            seen.add(name)
-            captured.append((name, m, args[0].detach()))
+    def hook(m, args, kwargs, name):
+        if name in seen:
+            return
+        seen.add(name)
+        xin = args[0] if args else kwargs.get("x")
+        if not isinstance(xin, torch.Tensor):
+            raise ValueError(f"compile: {name} is called with {len(args)} positional "
+                             f"arguments and keywords {sorted(kwargs)}; accepted: its input "
+                             "tensor, as the first argument or as x=")
+        captured.append((name, m, xin.detach()))
     for name, mod in named:
         handles.append(mod.register_forward_pre_hook(
-            lambda m, args, name=name: hook(m, args, name)))
+            lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
+    missed = [name for name, _ in named if name not in seen]
+    if missed:
+        warnings.warn(f"laudtriton.compile: the example forward never calls {', '.join(missed)}"
+                      "; left uncompiled (a forward that takes another branch on other "
+                      "inputs runs them as they are, dense with masks)", stacklevel=4)
     return captured
+
+
+def _check_hooks(model: nn.Module) -> None:
+    """Raise if a module the compiled model will not call holds a forward hook or pre-hook:
+    a compiled LaudResNet runs its own stem, blocks and maskers (only copies of its head's
+    ``avgpool`` and ``fc`` run as modules, hooks included), a compiled block its own
+    convolutions, so such a hook would silently stop running and whatever it changes
+    would be lost. Modules around them (a wrapper of yours) keep theirs.
+
+    Raises:
+        ValueError: naming the first hooked module.
+    """
+    if isinstance(model, (LaudResNet, LaudBottleneck)):
+        roots = [("", model)]
+    else:
+        roots = list(_outermost(model, (LaudResNet, LaudBottleneck)))
+    for root, net in roots:
+        head = ("avgpool", "fc") if isinstance(net, LaudResNet) else ()
+        for sub, mod in net.named_modules():
+            if sub.split(".")[0] in head:
+                continue
+            if mod._forward_hooks or mod._forward_pre_hooks:
+                name = ".".join(n for n in (root, sub) if n) or type(model).__name__
+                raise ValueError(
+                    f"compile: {name} has a forward hook or pre-hook; the compiled model "
+                    "runs its own stem, blocks and maskers (of a LaudResNet only avgpool "
+                    "and fc run as modules), so it would never be called: remove it, or "
+                    "hook a module around the LAUD network")
 
 
 def _block_inputs(model: nn.Module, x: torch.Tensor):
     """Run the reference model in eval and capture (name, block, input) per LAUD block."""
     if isinstance(model, LaudBottleneck):
         return _inputs(model, x, [("block", model)])
-    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
+    # not inside a LaudResNet left uncompiled (the example never reached it, and
+    # _inputs said so)
+    return _inputs(model, x, list(_outermost(model, LaudBottleneck, skip=(
+        CompiledBlock, CompiledModel, LaudResNet))))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -304,7 +354,10 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             subclass that overrides forward, stem or head, or a stem the compiled model
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
             express or whose maskers the compiled gates cannot read (``check_foldable``);
-            a model compiled already (a CompiledModel, and no LAUD block).
+            a model compiled already (a CompiledModel, and no LAUD block); a forward hook
+            or pre-hook that the compiled model would never call (on a LAUD network, its
+            stem, blocks or their modules; ``_check_hooks``); an example input holding
+            NaN or inf; ``variants`` of which no block of the model runs any.
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
@@ -375,8 +428,12 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
                          "needs at least one sample")
 
+    if not bool(torch.isfinite(example_input).all()):
+        raise ValueError("example_input holds NaN or inf; the plan is made on the masks the "
+                         "maskers give for it: give a finite example")
     if isinstance(model, LaudResNet):
         check_resnet(model)
+    _check_hooks(model)
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
@@ -390,9 +447,18 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     predictor = fitted_predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
-    for name, block, xin in _block_inputs(ref, x):
+    captured = _block_inputs(ref, x)
+    specs = []
+    for name, block, xin in captured:
         check_foldable(name, block)
-        spec = BlockSpec.from_block(block, xin.shape, dtype)
+        specs.append(BlockSpec.from_block(block, xin.shape, dtype))
+    if variants is not None and specs:
+        usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
+        if not usable & set(variants):
+            raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
+                             f"model runs any of them on {backend}; accepted here: "
+                             f"{', '.join(sorted(usable))}")
+    for (name, block, xin), spec in zip(captured, specs):
         fb = fold_block(block, dtype, device)
         with torch.no_grad():
             masks, _ = block.compute_masks(xin)
@@ -410,9 +476,12 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
 
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
-    """Generic containers: replace each LAUD block by its CompiledBlock in place."""
+    """Generic containers: replace each LAUD block by its CompiledBlock in place; the
+    container's ``train`` then refuses mode True before changing any flag
+    (``compiled.refuse_train``)."""
     for blk in blocks:
         _set_submodule(ref, blk.name, blk)
+    ref.train = functools.partial(refuse_train, ref)
     return ref.eval()
 
 

@@ -35,6 +35,18 @@ TRAIN_REFUSED = (
     "copy in `.source` of a CompiledModel) and call laudtriton.compile on it again")
 
 
+def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``module.train`` for a module of the user's that compile returned with compiled
+    parts inside (``compile`` binds it as the instance's ``train``): mode True raises
+    before any flag changes. Plain ``nn.Module.train`` sets the module's own flag and
+    those of the children before the compiled one, which only then raises, and would
+    leave a Dropout or BatchNorm of the user's in training mode. mode False is the
+    class's own ``train``."""
+    if mode:
+        raise RuntimeError(TRAIN_REFUSED)
+    return type(module).train(module, False)
+
+
 def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
     """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
     tensor) would change the dtype or device of a compiled model: its folded weights,
@@ -319,11 +331,23 @@ changes nothing here); to train, train the original model and compile it again.
         (``order.SampleOrder``). A sample whose input holds NaN or inf comes back as NaN
         (``nonfinite_samples``); its masks (``last_masks``, ``last_stats``) are not the
         reference's, which turns every gate of such a sample off: the stem's fused ReLU
-        makes its activations finite, and the maskers decide on those.
+        makes its activations finite, and the maskers decide on those. A forward that
+        raises (a given mask that does not fit a block) leaves ``last_masks`` and
+        ``last_stats`` of every block as the last complete forward left them.
         """
         self._check_input(x)
         if masks is not None and len(masks) != len(self.blocks):
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
+        last = [blk._last for blk in self.blocks]
+        try:
+            return self._forward(x, masks, check_masks)
+        except BaseException:
+            for blk, kept in zip(self.blocks, last):
+                blk._last = kept
+            raise
+
+    def _forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
+                 check_masks: bool) -> torch.Tensor:
         h = x.contiguous(memory_format=CL)
         if not self.is_resnet:  # each block tests its own input
             for i, blk in enumerate(self.blocks):

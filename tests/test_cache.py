@@ -186,6 +186,22 @@ def test_unwritable_dir_is_not_fatal(tmp_path, caplog):
     assert len(c.entries()) == 2
 
 
+def test_env_dir_blank_or_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    """As --cache-dir is: a blank value made a directory named '  ' in the current one,
+    a file let `cache ls` say "(no file yet)" and sweep time everything unsaved."""
+    from laudtriton.cli import main
+
+    (tmp_path / "f").write_text("x")
+    for value, why in (("  ", "is blank"), (str(tmp_path / "f"), "is not a directory")):
+        monkeypatch.setenv("LAUDTRITON_CACHE_DIR", value)
+        with pytest.raises(ValueError, match=f"^LAUDTRITON_CACHE_DIR {value!r} {why}"):
+            TuneCache()
+        assert main(["cache", "ls"]) == 2
+        assert f"LAUDTRITON_CACHE_DIR {value!r} {why}" in capsys.readouterr().err
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", "")  # empty: not given
+    assert TuneCache().dir != tmp_path / "f"
+
+
 def test_env_dir_and_disable(tmp_path, monkeypatch):
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "env"))
     c = TuneCache()

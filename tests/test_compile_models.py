@@ -4,6 +4,7 @@ modules the fold cannot express, a state dict, another dtype or device, masks th
 fit)."""
 
 import copy
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -424,3 +425,141 @@ def test_decorator_options_are_checked_at_once():
     with pytest.raises(ValueError, match="decorated 'not_a_model' returned function, not an "
                                          "nn.Module"):
         not_a_model()
+
+
+# -- what the example forward and the user's module hold ---------------------------------
+
+@pytest.mark.parametrize("where, pre", [("", False), ("", True), ("conv1", False),
+                                        ("bn1", True), ("layer2", False),
+                                        ("layer1.0", True), ("layer1.0.conv2", False),
+                                        ("layer2.0.masker_spatial", False)])
+def test_a_hook_the_compiled_model_would_drop_is_refused(where, pre):
+    """The compiled model runs its own stem, blocks and maskers: a hook there never ran
+    and its effect was silently lost (0.26-650x max|ref| of difference)."""
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    mod = model.get_submodule(where)
+    if pre:
+        mod.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    else:
+        mod.register_forward_hook(lambda m, args, out: out * 0)
+    name = where or "LaudResNet"
+    with pytest.raises(ValueError, match=rf"^compile: {name} has a forward hook"):
+        compile_cpu(model, x)
+    held = "net" + (f".{where}" if where else "")  # inside a module of the user's
+    with pytest.raises(ValueError, match=rf"^compile: {held} has a forward hook"):
+        compile_cpu(Holder(model), x)
+
+
+def test_a_hook_on_the_head_runs():
+    """The head's avgpool and fc run as modules (copies, hooks included)."""
+    model, x = tiny(), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    model.fc.register_forward_hook(lambda m, args, out: out * -3)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
+
+
+class Keyword(nn.Module):
+    """Calls its LaudResNet with a keyword argument."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, inp):
+        return self.net(x=inp)
+
+
+def test_a_laud_resnet_called_with_a_keyword_is_compiled():
+    """It raised a bare IndexError (the input hook read args[0] only)."""
+    model = Keyword(tiny())
+    x = torch.randn(2, 3, 32, 32)
+    calibrate_rates(model.net, x, 0.5)
+    cw = compile_cpu(model, x)
+    assert isinstance(cw.net, CompiledModel)
+    with torch.no_grad():
+        assert_close(cw(x), model(x))
+
+
+class Either(nn.Module):
+    """Runs one of two LaudResNets, by batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = tiny(seed=1), tiny(seed=2)
+
+    def forward(self, x):
+        return self.a(x) if x.shape[0] == 1 else self.b(x)
+
+
+def test_a_laud_resnet_the_example_never_reaches_is_named():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cw = compile_cpu(Either(), torch.randn(1, 3, 32, 32))
+    assert [str(w.message).split(";")[0] for w in seen] == [
+        "laudtriton.compile: the example forward never calls b"]  # once, not its blocks
+    assert isinstance(cw.a, CompiledModel) and type(cw.b) is LaudResNet
+
+
+class Dropping(nn.Module):
+    """A BatchNorm and a Dropout of the user's around a LaudResNet."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.pre, self.net, self.drop = nn.BatchNorm2d(3), net, nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.net(self.pre(x)))
+
+
+def test_a_refused_train_leaves_the_users_module_in_eval():
+    """nn.Module.train set the wrapper's flag and its BatchNorm's before the compiled
+    child raised: later outputs changed (dropout on, batch statistics)."""
+    x = torch.randn(2, 3, 32, 32)
+    cw = compile_cpu(Dropping(tiny()), x)
+    with torch.no_grad():
+        before = cw(x)
+    for clone in (cw, copy.deepcopy(cw)):
+        with pytest.raises(RuntimeError, match="inference only"):
+            clone.train()
+        assert not any(m.training for m in clone.modules())
+        with torch.no_grad():
+            assert torch.equal(clone(x), before)
+    assert cw.eval() is cw and not cw.training  # train(False) is the module's own
+
+
+def test_a_non_finite_example_input_is_refused():
+    """The plan was made on the masks of a NaN image (every rate 0) and served all."""
+    x = torch.randn(1, 3, 32, 32)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="example_input holds NaN or inf"):
+        compile_cpu(tiny(), x)
+
+
+def test_variants_no_block_runs_are_refused():
+    """Each block falls back to dense where none of the listed variants runs it; when no
+    block runs any of them, the request itself is wrong (it compiled all-dense)."""
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^compile: variants slice: no block of this model "
+                                         r"runs any of them on cpu; accepted here: dense, "
+                                         r"gather, patch$"):
+        compile_cpu(tiny("spatial"), x, variants=["slice"])
+    cm = compile_cpu(tiny("layer"), x, variants=["compact", "slice"])
+    assert {b.static_choice.variant for b in cm.blocks} <= {"compact", "dense"}
+
+
+def test_a_failed_forward_keeps_the_last_masks():
+    """A given mask that fits only the first blocks raised midway, leaving the blocks
+    before it with this forward's masks and the others with the last one's."""
+    model, x = tiny(), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    x3 = torch.randn(3, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^layer2\.0: masks"):
+        with torch.no_grad():
+            cm(x3, masks=[None] + masks[1:])
+    assert [b.last_masks.grid.shape[0] for b in cm.blocks] == [2] * len(cm.blocks)
+    for b, m in zip(cm.blocks, masks):
+        assert torch.equal(b.last_masks.grid, m.grid)

@@ -141,11 +141,22 @@ def code_text(path: Path) -> bytes:
 
 
 def default_cache_dir() -> Path:
-    """``$LAUDTRITON_CACHE_DIR``, else ``<repo>/autotune_cache`` in a source tree, else
-    ``~/.cache/laudtriton``."""
+    """``$LAUDTRITON_CACHE_DIR`` (unset or empty: not given), else ``<repo>/autotune_cache``
+    in a source tree, else ``~/.cache/laudtriton``.
+
+    Raises:
+        ValueError: if the variable is blank (spaces: a directory named so in the current
+            one) or names an existing file, as ``--cache-dir`` is refused then.
+    """
     env = os.environ.get("LAUDTRITON_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if not env.strip():
+            raise ValueError(f"LAUDTRITON_CACHE_DIR {env!r} is blank; give a directory, or "
+                             "unset it for the default")
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"LAUDTRITON_CACHE_DIR {env!r} is not a directory")
+        return path
     repo = _PKG_DIR.parent
     if (repo / "pyproject.toml").is_file():
         return repo / "autotune_cache"

@@ -402,9 +402,12 @@ def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, var
 
 def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants):
     if not isinstance(model, nn.Module):
+        hint = ("; an example input goes in example_input= (as a decorator: "
+                "@laudtriton.compile(example_input=x))" if isinstance(model, torch.Tensor)
+                else "")
         raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
                          f"LaudBottleneck or a module containing them), got "
-                         f"{type(model).__name__}")
+                         f"{type(model).__name__}{hint}")
     backend, variants = _check_options(backend, tune, cache_dir, dispatch, dtype, variants)
     device = torch.device("cuda" if backend == "cuda" else "cpu")
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)

@@ -219,8 +219,10 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
         _draw(ax, {k: v for k, v in curves[sid].items() if k != "best"}, colors)
         names = [b for b, s in g["blocks"].items() if s == sid]
         label = g["specs"][sid][0]
-        ax.set_title(f"{names[0]}" + (f" (+{counts[sid] - 1})" if counts[sid] > 1 else "")
-                     + f"\n{label}", fontsize=8)
+        title = f"{names[0]}" + (f" (+{counts[sid] - 1})" if counts[sid] > 1 else "")
+        if names[0] != label:  # cache entries without block names are named by their spec
+            title += f"\n{label}"
+        ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=8)
     for i, ax in enumerate(axes):
         if i % ncol == 0:

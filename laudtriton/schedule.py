@@ -175,7 +175,8 @@ def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
 class Design:
     """One per-stage configuration ranked by the co-design search.
 
-    modes, granularities: per stage (S is 1 where the stage has no spatial mask).
+    modes, granularities: per stage (S is 1 where the stage has no spatial mask;
+    ``s_label`` prints '_' there).
     seconds: predicted latency of the whole model (blocks with their fastest variant, plus
     the dense stem and head); dense_seconds: the same with every block dense.
     flops_ratio: achieved FLOPs of the residual blocks / their dense FLOPs.
@@ -191,8 +192,13 @@ class Design:
     rates: tuple[float, ...] = ()
     variants: tuple[str, ...] = ()
 
+    def s_label(self) -> str:
+        """S per stage, '_' for a stage without a spatial mask: '4-4-_-_'."""
+        return "-".join(str(g) if m in ("spatial", "both") else "_"
+                        for m, g in zip(self.modes, self.granularities))
+
     def label(self) -> str:
-        return f"{'-'.join(self.modes)} {'-'.join(str(g) for g in self.granularities)}"
+        return f"{'-'.join(self.modes)} {self.s_label()}"
 
 
 def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:

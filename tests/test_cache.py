@@ -118,6 +118,7 @@ def test_corrupt_file_warns_and_is_rebuilt(tmp_path, caplog, content):
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
     assert "corrupt" in caplog.text and str(c.path) in caplog.text
+    assert "rebuilt on the next write" in caplog.text
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     data = json.loads(c.path.read_text())
     assert data["schema"] == SCHEMA_VERSION and len(data["entries"]) == 1
@@ -302,7 +303,7 @@ def test_malformed_asked_rates_drop_the_entry(tmp_path, caplog):
     assert "3 malformed entries ignored" in caplog.text
 
 
-def test_merge_files_rejects(tmp_path):
+def test_merge_files_rejects(tmp_path, caplog):
     a = TuneCache(tmp_path / "a")
     a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     other = tmp_path / "other.json"
@@ -316,8 +317,11 @@ def test_merge_files_rejects(tmp_path):
         merge_files([], tmp_path / "o.json")
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
-    with pytest.raises(ValueError, match="no valid cache entry"):
-        merge_files([corrupt], tmp_path / "o.json")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        with pytest.raises(ValueError, match="no valid cache entry"):
+            merge_files([corrupt], tmp_path / "o.json")
+    assert "corrupt.json is corrupt" in caplog.text  # merge never writes its inputs
+    assert "rebuilt" not in caplog.text
     assert not (tmp_path / "o.json").exists()
     assert os.listdir(tmp_path / "a")  # inputs untouched
     for text in ("some notes, not a cache\n", b"\xff\xfe"):  # an --out slip: not written over

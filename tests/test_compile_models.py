@@ -563,3 +563,9 @@ def test_a_failed_forward_keeps_the_last_masks():
     assert [b.last_masks.grid.shape[0] for b in cm.blocks] == [2] * len(cm.blocks)
     for b, m in zip(cm.blocks, masks):
         assert torch.equal(b.last_masks.grid, m.grid)
+
+
+def test_a_tensor_given_as_the_model_says_where_it_goes():
+    with pytest.raises(ValueError, match=r"got Tensor; an example input goes in "
+                                         r"example_input= \(as a decorator: "):
+        laudtriton.compile(torch.randn(1, 3, 32, 32))

@@ -14,6 +14,7 @@ from laudtriton.predict.network import flops_ratio, model_specs
 from laudtriton.schedule import (
     DENSE_MARGIN,
     Choice,
+    Design,
     DispatchTable,
     design_search,
     fill_predictions,
@@ -141,6 +142,15 @@ def test_cli_design(capsys, tmp_path):
     assert len(rows) == 4
     ms = [float(r.split()[3]) for r in rows]
     assert ms == sorted(ms)
+    for r in rows:  # S per stage, '_' where the stage has no spatial mask (it printed 1)
+        modes, s_col = r.split()[1].split("-"), r.split()[2].split("-")
+        assert len(s_col) == 4 and all(
+            (g == "_") == (m in ("channel", "layer")) for m, g in zip(modes, s_col))
+
+
+def test_design_s_label():
+    d = Design(("spatial", "layer", "both", "channel"), (4, 1, 2, 1), 1.0, 2.0, 0.5)
+    assert d.s_label() == "4-_-2-_" and d.label() == "spatial-layer-both-channel 4-_-2-_"
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -569,6 +569,26 @@ def test_calibrate_block_runs_in_eval_and_checks_its_input():
         calibrate_block(block, x, 2.0)
 
 
+@pytest.mark.parametrize("arg, value", [("num_classes", 0), ("in_channels", 0),
+                                        ("input_size", -1), ("input_size", 2.5),
+                                        ("num_classes", True)])
+def test_model_bad_sizes_are_named(arg, value):
+    """input_size -1 was reported as "granularity 4 is larger than its feature map 0x0";
+    0 classes or channels were accepted."""
+    with pytest.raises(ValueError, match=rf"^{arg} must be a positive int.*, got {value!r}$"):
+        LaudResNet((1, 1, 1, 1), **{arg: value})
+
+
+@pytest.mark.parametrize("rate", ["0.5", [0.5], None, True, float("nan")])
+def test_calibrate_rate_of_another_type_is_named(rate):
+    """A string or a list raised TypeError ('<=' not supported ...)."""
+    from laudtriton.nn import calibrate_rates
+
+    model = LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=None).eval()
+    with pytest.raises(ValueError, match=r"^rate must be in \[0, 1\] \(a number\), got "):
+        calibrate_rates(model, torch.randn(1, 3, 32, 32), rate)
+
+
 @pytest.mark.parametrize("width_mult", [-1, 0, 0.01, "1"])
 def test_model_bad_width_mult(width_mult):
     with pytest.raises(ValueError, match=f"width_mult must be a number > 0 .*got {width_mult!r}"):

@@ -7,6 +7,8 @@ the input of the next.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .block import LaudBottleneck
@@ -31,8 +33,11 @@ def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
 
 def _check_rates(rate: float, channel_rate: float | None) -> None:
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if value is None and name == "channel_rate":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                0.0 <= value <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1] (a number), got {value!r}")
 
 
 def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:

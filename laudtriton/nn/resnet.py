@@ -150,6 +150,12 @@ class LaudResNet(nn.Module):
                 and int(64 * width_mult) >= 1):
             raise ValueError(f"width_mult must be a number > 0 that leaves at least one "
                              f"channel (64 x width_mult >= 1), got {width_mult!r}")
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                            ("input_size", 1 if input_size is None else input_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive int"
+                                 + (" or None" if name == "input_size" else "")
+                                 + f", got {value!r}")
 
         self.config = dict(
             depths=tuple(depths), mode=modes, granularity=gran, channel_granularity=cgran,

@@ -253,9 +253,14 @@ def add_design_parser(subparsers) -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--target-rate", type=float, required=True,
                    help="target FLOPs ratio of the residual blocks, in (0, 1]")
-    p.add_argument("--modes", default="spatial,channel,layer")
-    p.add_argument("--granularities", default="1,2,4,8")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--modes", default="spatial,channel,layer",
+                   help="comma list of the modes a stage may take, of spatial, channel, "
+                        "layer, both (default spatial,channel,layer)")
+    p.add_argument("--granularities", default="1,2,4,8",
+                   help="comma list of the S a spatial (or both) stage may take, each at "
+                        "most its map (default 1,2,4,8)")
+    p.add_argument("--top", type=int, default=5,
+                   help="configurations printed, fastest first (default 5)")
     p.set_defaults(func=run_design)
     return p
 
@@ -306,7 +311,7 @@ def run_design(args) -> int:
     dense = designs[0].dense_seconds
     print(f"\n{'#':>3}  {'modes':<32}{'S':<10}{'ms':>10}{'x dense':>9}{'FLOPs':>7}")
     for i, d in enumerate(designs[:args.top], 1):
-        print(f"{i:>3}  {'-'.join(d.modes):<32}{'-'.join(map(str, d.granularities)):<10}"
+        print(f"{i:>3}  {'-'.join(d.modes):<32}{d.s_label():<10}"
               f"{d.seconds * 1e3:>10.3f}{d.seconds / dense:>9.3f}{d.flops_ratio:>7.3f}")
     print(f"\ndense model: {dense * 1e3:.3f} ms")
     if not math.isfinite(designs[0].seconds):

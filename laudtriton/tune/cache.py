@@ -96,10 +96,11 @@ def _cache_json(raw: bytes) -> dict:
     return data
 
 
-def _load(path: Path) -> tuple[str | None, dict[str, dict]]:
+def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
     """(device, entries) of the cache file ``path``; (None, {}) with a warning if it is
     corrupt (not UTF-8 JSON of a cache) or of another schema, (None, {}) silently if it
-    does not exist."""
+    does not exist. rewritten: the caller writes ``path`` later (a TuneCache; not
+    ``merge_files``' inputs), which the warning then says."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -110,8 +111,8 @@ def _load(path: Path) -> tuple[str | None, dict[str, dict]]:
     try:
         data = _cache_json(raw)
     except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
-        log.warning("autotune cache %s is corrupt (%s); ignoring it, it is rebuilt on the "
-                    "next write", path, e)
+        log.warning("autotune cache %s is corrupt (%s); ignoring it%s", path, e,
+                    ", it is rebuilt on the next write" if rewritten else "")
         return None, {}
     if data.get("schema") != SCHEMA_VERSION:
         log.warning("autotune cache %s has schema %r, this laudtriton uses %d; ignoring it",
@@ -475,7 +476,7 @@ def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> No
         ValueError: if ``p`` holds entries but no device, or its device is not the one
             of the files merged before.
     """
-    device, entries = _load(p)
+    device, entries = _load(p, rewritten=False)
     if not entries:
         return
     if not isinstance(device, str):

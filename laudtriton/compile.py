@@ -37,6 +37,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import warnings
 
 import torch
@@ -89,25 +90,23 @@ def _candidates(spec: BlockSpec, backend: str, only=None):
     return cands
 
 
-def _outermost(model: nn.Module, kinds, prefix: str = "",
-               skip=(CompiledBlock, CompiledModel)):
+def _outermost(model: nn.Module, kinds, prefix: str = ""):
     """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
-    model itself), not looking inside them or inside ``skip`` (what compile already
-    built)."""
+    model itself), not looking inside them or inside what compile already built."""
     for name, child in model.named_children():
         full = f"{prefix}.{name}" if prefix else name
         if isinstance(child, kinds):
             yield full, child
-        elif not isinstance(child, skip):
-            yield from _outermost(child, kinds, full, skip)
+        elif not isinstance(child, (CompiledBlock, CompiledModel)):
+            yield from _outermost(child, kinds, full)
 
 
-def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> list:
-    """Run ``model`` on x (no grad) and capture (name, module, input) of every module in
-    ``named`` [(name, module)], in the order they run (first call each); the input is the
-    first positional argument, else the keyword argument ``x`` (the parameter of
-    LaudResNet.forward and LaudBottleneck.forward). A module of ``named`` that the
-    forward does not reach is left out, with a warning: it stays as it is, uncompiled.
+def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
+    """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
+    module in ``named`` [(name, module)] in the order they run (first call each), and the
+    names of those the forward never called. The input is the first positional argument,
+    else the keyword argument ``x`` (the parameter of LaudResNet.forward and
+    LaudBottleneck.forward).
 
     Raises:
         ValueError: if a module of ``named`` is called without a tensor input."""
@@ -132,50 +131,67 @@ def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> list:
     finally:
         for h in handles:
             h.remove()
-    missed = [name for name, _ in named if name not in seen]
-    if missed:
-        warnings.warn(f"laudtriton.compile: the example forward never calls {', '.join(missed)}"
-                      "; left uncompiled (a forward that takes another branch on other "
-                      "inputs runs them as they are, dense with masks)", stacklevel=4)
-    return captured
+    return captured, [name for name, _ in named if name not in seen]
 
 
-def _check_hooks(model: nn.Module) -> None:
-    """Raise if a module the compiled model will not call holds a forward hook or pre-hook:
-    a compiled LaudResNet runs its own stem, blocks and maskers (only copies of its head's
-    ``avgpool`` and ``fc`` run as modules, hooks included), a compiled block its own
-    convolutions, so such a hook would silently stop running and whatever it changes
-    would be lost. Modules around them (a wrapper of yours) keep theirs.
+def _folded_hook(hook) -> bool:
+    """A pre-hook that only recomputes its module's weight from other tensors (pruning,
+    ``weight_norm``, ``spectral_norm``): the example forward runs it, and the fold reads
+    the weight it leaves (a snapshot, as every folded weight is)."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return isinstance(hook, (prune.BasePruningMethod, WeightNorm, SpectralNorm))
+
+
+def _check_hooks(net: nn.Module, prefix: str = "") -> None:
+    """Raise if a module of ``net`` (a LaudResNet or LaudBottleneck about to be compiled;
+    ``prefix`` its name in the user's module) holds a forward hook or pre-hook that the
+    compiled model would drop. It runs its own stem, blocks and maskers; only copies of a
+    LaudResNet's ``avgpool`` and ``fc`` and of a block's ``conv_linear`` channel masker
+    run as modules, hooks included. A LaudResNet never calls its stage containers
+    (``layer1``...) as modules, and the hooks of pruning, ``weight_norm`` and
+    ``spectral_norm`` are folded (``_folded_hook``). A hook on ``maxpool`` (whose copy
+    runs) is refused too: the blocks overwrite the stem's output in place, under whatever
+    the hook saw or returned.
 
     Raises:
         ValueError: naming the first hooked module.
     """
-    if isinstance(model, (LaudResNet, LaudBottleneck)):
-        roots = [("", model)]
-    else:
-        roots = list(_outermost(model, (LaudResNet, LaudBottleneck)))
-    for root, net in roots:
-        head = ("avgpool", "fc") if isinstance(net, LaudResNet) else ()
-        for sub, mod in net.named_modules():
-            if sub.split(".")[0] in head:
-                continue
-            if mod._forward_hooks or mod._forward_pre_hooks:
-                name = ".".join(n for n in (root, sub) if n) or type(model).__name__
-                raise ValueError(
-                    f"compile: {name} has a forward hook or pre-hook; the compiled model "
-                    "runs its own stem, blocks and maskers (of a LaudResNet only avgpool "
-                    "and fc run as modules), so it would never be called: remove it, or "
-                    "hook a module around the LAUD network")
+    kept = ("avgpool", "fc") if isinstance(net, LaudResNet) else ()
+    copied = [n for n, m in net.named_modules() if isinstance(m, LaudBottleneck)
+              and m.masker_channel is not None
+              and not isinstance(m.masker_channel, MaskerChannelMLP)]
+    copied = [f"{n}.masker_channel" if n else "masker_channel" for n in copied]
+    for sub, mod in net.named_modules():
+        if (sub.split(".")[0] in kept or re.fullmatch(r"layer\d+", sub) and kept
+                or any(sub == c or sub.startswith(c + ".") for c in copied)):
+            continue
+        hooks = [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]
+        if not any(not _folded_hook(h) for h in hooks):
+            continue
+        name = ".".join(n for n in (prefix, sub) if n) or type(net).__name__
+        if sub == "maxpool" and kept:
+            raise ValueError(
+                f"compile: {name} has a forward hook or pre-hook; the compiled model's "
+                "blocks overwrite the stem's output in place, so what the hook saw or "
+                "returned would change under it: remove it, or hook a module around the "
+                "LAUD network")
+        raise ValueError(
+            f"compile: {name} has a forward hook or pre-hook, which the compiled model "
+            "would never call (it runs its own stem, blocks and maskers; of a LaudResNet "
+            "only copies of avgpool and fc run as modules): remove it, or hook a module "
+            "around the LAUD network")
 
 
-def _block_inputs(model: nn.Module, x: torch.Tensor):
-    """Run the reference model in eval and capture (name, block, input) per LAUD block."""
+def _block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
+    """Run the reference model in eval: ``_inputs`` of every LAUD block outside what
+    compile built (the blocks of a LaudResNet a user's forward calls one by one
+    included)."""
     if isinstance(model, LaudBottleneck):
         return _inputs(model, x, [("block", model)])
-    # not inside a LaudResNet left uncompiled (the example never reached it, and
-    # _inputs said so)
-    return _inputs(model, x, list(_outermost(model, LaudBottleneck, skip=(
-        CompiledBlock, CompiledModel, LaudResNet))))
+    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -339,11 +355,14 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         LaudResNet is compiled as it is built, with its own stem and head modules
         (``compiled.check_resnet`` says what may change). Any other module containing LAUD
         blocks comes back as an eval-mode copy running its own forward, in which each
-        LaudResNet is replaced by its ``CompiledModel`` and each LAUD block outside one by
-        its ``CompiledBlock`` (such a copy has no ``plan``, ``last_stats`` or input check of
-        its own: an input that does not fit fails in the first block's maskers, with
-        torch's error). A module with no LAUD block is returned as an eval-mode copy on
-        the backend's device in ``dtype``, with a warning; one that is compiled already
+        LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
+        LAUD block it calls outside one (a LaudResNet's own blocks included, when your
+        forward calls them and not the network) by its ``CompiledBlock``; what the example
+        never reaches stays as it is, with a warning naming it. Such a copy has no
+        ``plan``, ``last_stats`` or input check of its own (an input that does not fit
+        fails in the first block's maskers, with torch's error). A module with no LAUD
+        block is returned as an eval-mode copy on the backend's device in ``dtype``, with
+        a warning; one that is compiled already
         (a CompiledModel) is refused.
 
     Raises:
@@ -355,9 +374,11 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             cannot run (``compiled.check_resnet``); a block whose modules the fold cannot
             express or whose maskers the compiled gates cannot read (``check_foldable``);
             a model compiled already (a CompiledModel, and no LAUD block); a forward hook
-            or pre-hook that the compiled model would never call (on a LAUD network, its
-            stem, blocks or their modules; ``_check_hooks``); an example input holding
-            NaN or inf; ``variants`` of which no block of the model runs any.
+            or pre-hook inside a LAUD network that the compiled model would not call, or
+            one on its stem's pooling (``_check_hooks``); an example input holding NaN
+            or inf; ``variants`` of which no block of the model runs any; a blank
+            $LAUDTRITON_CACHE_DIR or one naming a file (with cache_dir None and tune not
+            "off").
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
@@ -400,7 +421,11 @@ def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, var
     return backend, variants
 
 
-def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants):
+def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants,
+             nested: str | None = None):
+    """``compile``; nested: the name of ``model`` (a LaudResNet) inside the user's module
+    being compiled, whose call checks ``variants`` over the whole module (and here its
+    input is what the user's forward gives the network)."""
     if not isinstance(model, nn.Module):
         hint = ("; an example input goes in example_input= (as a decorator: "
                 "@laudtriton.compile(example_input=x))" if isinstance(model, torch.Tensor)
@@ -432,35 +457,41 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                          "needs at least one sample")
 
     if not bool(torch.isfinite(example_input).all()):
-        raise ValueError("example_input holds NaN or inf; the plan is made on the masks the "
+        what = "example_input" if nested is None else (
+            f"the input your forward gives {nested} on the example")
+        raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
                          "maskers give for it: give a finite example")
     if isinstance(model, LaudResNet):
         check_resnet(model)
-    _check_hooks(model)
+    if nested is None:  # every LAUD network in the module, before any forward runs
+        nets = ([("", model)] if isinstance(model, (LaudResNet, LaudBottleneck))
+                else _outermost(model, (LaudResNet, LaudBottleneck)))
+        for name, net in nets:
+            _check_hooks(net, name)
     ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)
+    missed_nets = []
     if not isinstance(ref, (LaudResNet, LaudBottleneck)):
         # a LaudResNet inside another module becomes a CompiledModel there (the outer
-        # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below
-        for name, net, xin in _inputs(ref, x, list(_outermost(ref, LaudResNet))):
-            _set_submodule(ref, name, compile(net, xin, **options))
+        # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
+        # those of a LaudResNet whose forward is not called (a backbone whose blocks the
+        # user's forward calls) included
+        nets, missed_nets = _inputs(ref, x, list(_outermost(ref, LaudResNet)))
+        for name, net, xin in nets:
+            _set_submodule(ref, name, _compile(net, xin, **options, nested=name))
     cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
     predictor = fitted_predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
-    captured = _block_inputs(ref, x)
+    captured, missed = _block_inputs(ref, x)
     specs = []
     for name, block, xin in captured:
         check_foldable(name, block)
         specs.append(BlockSpec.from_block(block, xin.shape, dtype))
-    if variants is not None and specs:
-        usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
-        if not usable & set(variants):
-            raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
-                             f"model runs any of them on {backend}; accepted here: "
-                             f"{', '.join(sorted(usable))}")
+    if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):
+        _check_variants(variants, specs, backend)  # before any tuning
     for (name, block, xin), spec in zip(captured, specs):
         fb = fold_block(block, dtype, device)
         with torch.no_grad():
@@ -471,20 +502,50 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                                        predictor)
         rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
-    if isinstance(ref, LaudResNet):
+    if isinstance(ref, (LaudResNet, LaudBottleneck)):
         return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)
-    if isinstance(ref, LaudBottleneck):
-        return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)
-    return _swap_blocks(ref, blocks)
+    # a LaudResNet is reported once, not block by block, when none of its blocks ran
+    unreached = [n for n in missed_nets
+                 if not any(c[0].startswith(n + ".") for c in captured)]
+    unreached += [n for n in missed if not any(n.startswith(u + ".") for u in unreached)]
+    if unreached:
+        warnings.warn(f"laudtriton.compile: the example forward never calls "
+                      f"{', '.join(unreached)}; left uncompiled (a forward that takes "
+                      "another branch on other inputs runs them as they are, dense with "
+                      "masks)", stacklevel=3)
+    out = _swap_blocks(ref, blocks)
+    _check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
+                    backend)
+    return out
+
+
+def _check_variants(variants, specs, backend: str) -> None:
+    """Raise when ``variants`` is given and no block of ``specs`` runs any of them (each
+    block falls back to dense where none of them runs it; when none runs anywhere, the
+    request itself is wrong)."""
+    if variants is None or not specs:
+        return
+    usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
+    if not usable & set(variants):
+        raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
+                         f"model runs any of them on {backend}; accepted here: "
+                         f"{', '.join(sorted(usable))}")
 
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
-    """Generic containers: replace each LAUD block by its CompiledBlock in place; the
-    container's ``train`` then refuses mode True before changing any flag
-    (``compiled.refuse_train``)."""
+    """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
+    each module of the user's that holds a compiled part refuses ``train(True)`` before
+    changing any flag (``compiled.refuse_train``, bound as the instance's ``train``; a
+    shallow ``copy.copy`` of such a module shares that binding with the original)."""
     for blk in blocks:
         _set_submodule(ref, blk.name, blk)
-    ref.train = functools.partial(refuse_train, ref)
+    compiled = (CompiledBlock, CompiledModel)
+    todo = [ref]
+    while todo:  # the user's modules, not those inside a compiled part
+        mod = todo.pop()
+        if any(isinstance(m, compiled) for m in mod.modules()):
+            mod.train = functools.partial(refuse_train, mod)
+            todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()
 
 

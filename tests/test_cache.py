@@ -187,7 +187,7 @@ def test_unwritable_dir_is_not_fatal(tmp_path, caplog):
     assert len(c.entries()) == 2
 
 
-def test_env_dir_blank_or_a_file_is_refused(tmp_path, monkeypatch, capsys):
+def test_env_dir_blank_or_a_file_is_refused(tmp_path, monkeypatch, capsys, caplog):
     """As --cache-dir is: a blank value made a directory named '  ' in the current one,
     a file let `cache ls` say "(no file yet)" and sweep time everything unsaved."""
     from laudtriton.cli import main
@@ -199,6 +199,11 @@ def test_env_dir_blank_or_a_file_is_refused(tmp_path, monkeypatch, capsys):
             TuneCache()
         assert main(["cache", "ls"]) == 2
         assert f"LAUDTRITON_CACHE_DIR {value!r} {why}" in capsys.readouterr().err
+        with caplog.at_level(logging.WARNING, logger="laudtriton"):
+            assert main(["predict", "--model", "laud_resnet50"]) == 2
+        # not first taken for a corrupt calibration (warned about, then ignored)
+        assert f"LAUDTRITON_CACHE_DIR {value!r} {why}" in capsys.readouterr().err
+        assert "ignoring it" not in caplog.text
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", "")  # empty: not given
     assert TuneCache().dir != tmp_path / "f"
 

@@ -4,6 +4,7 @@ modules the fold cannot express, a state dict, another dtype or device, masks th
 fit)."""
 
 import copy
+import functools
 import warnings
 from dataclasses import replace
 
@@ -430,9 +431,10 @@ def test_decorator_options_are_checked_at_once():
 # -- what the example forward and the user's module hold ---------------------------------
 
 @pytest.mark.parametrize("where, pre", [("", False), ("", True), ("conv1", False),
-                                        ("bn1", True), ("layer2", False),
-                                        ("layer1.0", True), ("layer1.0.conv2", False),
-                                        ("layer2.0.masker_spatial", False)])
+                                        ("bn1", True), ("layer1.0", True),
+                                        ("layer1.0.conv2", False),
+                                        ("layer2.0.masker_spatial", False),
+                                        ("layer2.0.downsample.0", True)])
 def test_a_hook_the_compiled_model_would_drop_is_refused(where, pre):
     """The compiled model runs its own stem, blocks and maskers: a hook there never ran
     and its effect was silently lost (0.26-650x max|ref| of difference)."""
@@ -450,14 +452,65 @@ def test_a_hook_the_compiled_model_would_drop_is_refused(where, pre):
         compile_cpu(Holder(model), x)
 
 
-def test_a_hook_on_the_head_runs():
-    """The head's avgpool and fc run as modules (copies, hooks included)."""
-    model, x = tiny(), torch.randn(2, 3, 32, 32)
+def _pruned(m):
+    from torch.nn.utils import prune
+
+    for _, b in m.blocks():
+        for conv in (b.conv1, b.conv2, b.conv3):
+            prune.l1_unstructured(conv, "weight", 0.5)
+    return m
+
+
+def _weight_normed(m):
+    for _, b in m.blocks():
+        torch.nn.utils.weight_norm(b.conv2)
+    return m
+
+
+def _head_hooked(m):
+    m.fc.register_forward_hook(lambda mod, args, out: out * -3)
+    m.avgpool.register_forward_pre_hook(lambda mod, args: (args[0] + 1,))
+    return m
+
+
+def _stage_hooked(m):  # LaudResNet.forward never calls its stage containers
+    m.layer2.register_forward_hook(lambda mod, args, out: out * 0)
+    return m
+
+
+def _conv_linear_hooked(m):  # the compiled gates call a copy of this masker
+    def flip(mod, args, out):
+        return (1 - out[0], out[1])
+    m.layer2[0].masker_channel.register_forward_hook(flip)
+    return m
+
+
+@pytest.mark.parametrize("change", [_pruned, _weight_normed, _head_hooked, _stage_hooked,
+                                    _conv_linear_hooked])
+def test_hooks_that_run_or_are_folded_are_kept(change):
+    """Pruning and weight_norm pre-hooks leave the weight the fold reads; the head (and a
+    conv_linear channel masker) run as copied modules; stage containers are never called.
+    All compiled before hooks were checked, and must still."""
+    mode = "channel" if change is _conv_linear_hooked else "spatial"
+    kw = {"channel_masker": "conv_linear"} if change is _conv_linear_hooked else {}
+    model, x = tiny(mode, **kw), torch.randn(2, 3, 32, 32)
     calibrate_rates(model, x, 0.5)
-    model.fc.register_forward_hook(lambda m, args, out: out * -3)
+    with torch.no_grad():  # a weight pruning computes in grad mode is not deep-copyable
+        model = change(model)
     cm = compile_cpu(model, x)
     with torch.no_grad():
         assert_close(cm(x), model(x))
+
+
+def test_a_hook_on_the_stem_pool_is_refused_for_its_reason():
+    """Its copy runs, but the blocks then overwrite the stem's output in place."""
+    model = tiny()
+    seen = []
+    model.maxpool.register_forward_hook(lambda mod, args, out: seen.append(out))
+    with pytest.raises(ValueError, match="^compile: maxpool has a forward hook or pre-hook; "
+                                         "the compiled model's blocks overwrite the stem's "
+                                         "output in place"):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
 
 
 class Keyword(nn.Module):
@@ -569,3 +622,88 @@ def test_a_tensor_given_as_the_model_says_where_it_goes():
     with pytest.raises(ValueError, match=r"got Tensor; an example input goes in "
                                          r"example_input= \(as a decorator: "):
         laudtriton.compile(torch.randn(1, 3, 32, 32))
+
+
+class Backbone(nn.Module):
+    """Calls a LaudResNet's stem and stages itself (a feature extractor), never its
+    forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        n = self.net
+        h = n.stem(x)
+        for stage in (n.layer1, n.layer2, n.layer3, n.layer4):
+            for block in stage:
+                h = block(h)
+        return h.mean((2, 3))
+
+
+def test_a_laud_resnet_used_through_its_blocks_has_them_compiled():
+    """Its blocks become CompiledBlocks, with no warning (it is not unreached)."""
+    model, x = Backbone(), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model.net, x, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cw = compile_cpu(model, x)
+    assert sum(isinstance(m, CompiledBlock) for m in cw.modules()) == 5
+    with torch.no_grad():
+        assert_close(cw(x), model(x))
+
+
+class Mixed(nn.Module):
+    """A spatial LaudResNet and a channel block outside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny("spatial")
+        self.loose = make_block(7, 4, mode="channel", channel_granularity=2, seed=1)
+
+    def forward(self, x):
+        return self.loose(self.net(x)[:, :, None, None].expand(-1, -1, 3, 3))
+
+
+@pytest.mark.parametrize("variants, used", [(["slice"], "slice"), (["gather"], "gather")])
+def test_variants_are_checked_over_the_whole_module(variants, used):
+    """Each LaudResNet inside was checked alone: a variant only the other part runs was
+    refused."""
+    cw = compile_cpu(Mixed(), torch.randn(1, 3, 32, 32), variants=variants)
+    assert used in {b.static_choice.variant for b in cw.modules()
+                    if isinstance(b, CompiledBlock)}
+    with pytest.raises(ValueError, match="no block of this model runs any of them"):
+        compile_cpu(Mixed(), torch.randn(1, 3, 32, 32), variants=["compact"])
+
+
+class Logged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        return self.net(torch.log(x))
+
+
+def test_a_non_finite_input_of_a_nested_network_names_it():
+    with pytest.raises(ValueError, match="^the input your forward gives net on the example "
+                                         "holds NaN or inf"):
+        compile_cpu(Logged(), torch.randn(1, 3, 32, 32))
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_bn, self.inner = nn.BatchNorm1d(7), Dropping(tiny())
+
+    def forward(self, x):
+        return self.head_bn(self.inner(x))
+
+
+def test_a_refused_train_on_a_nested_module_of_the_users_changes_no_flag():
+    cw = compile_cpu(Outer(), torch.randn(2, 3, 32, 32))
+    for mod in (cw, cw.inner):
+        with pytest.raises(RuntimeError, match="inference only"):
+            mod.train()
+        assert not any(m.training for m in cw.modules())
+    assert cw.head_bn.train.__class__ is not functools.partial  # holds no compiled part

@@ -331,3 +331,23 @@ def test_plot_command_no_predicted_needs_no_device(tmp_path, capsys):
     assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
                  "--device", "cuda", "--no-predicted"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_panel_named_by_its_spec_shows_it_once(tmp_path, monkeypatch):
+    """Cache entries without block names (a compile's quick tuning) are named by their
+    spec, which the panel title printed twice."""
+    from laudtriton import plot as plot_mod
+    from laudtriton.plot import rows_from_cache
+
+    c = TuneCache(tmp_path)
+    c.record(SPECS[0], 0.5, {"dense": {"{}": 1e-3}}, {"asked_rates": [0.5]})
+    c.record(SPECS[1], 0.5, {"dense": {"{}": 2e-3}},
+             {"models": {"tinynet": ["layer2.0"]}, "asked_rates": [0.5]})
+    titles = []
+    real = plot_mod._draw
+    monkeypatch.setattr(plot_mod, "_draw", lambda ax, curves, colors: (
+        titles.append(ax), real(ax, curves, colors)))
+    plot_latency_vs_rate(rows_from_cache(TuneCache(tmp_path)), tmp_path / "o")
+    got = {ax.get_title() for ax in titles}
+    assert SPECS[0].short() in got and f"layer2.0\n{SPECS[1].short()}" in got
+    assert f"{SPECS[0].short()}\n{SPECS[0].short()}" not in got

@@ -125,8 +125,9 @@ def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
     """The stored calibration of ``device`` in ``cache_dir``: None if absent, and None
     after a one-line warning naming the file if it is corrupt (as a corrupt autotune
     cache is): the caller then proceeds as on an uncalibrated machine."""
+    path = calibration_path(cache_dir, device)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        return read_calibration(calibration_path(cache_dir, device))
+        return read_calibration(path)
     except ValueError as e:
         log.warning("%s; ignoring it (`laudtriton calibrate` rewrites it)", e)
         return None

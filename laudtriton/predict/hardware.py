@@ -134,8 +134,9 @@ def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
     saying whether the file is missing or corrupt (and which)."""
     from .calibrate import calibration_path, read_calibration
 
+    path = calibration_path(cache_dir)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        cal = read_calibration(calibration_path(cache_dir))
+        cal = read_calibration(path)
         why = "no calibration of this machine found"
     except ValueError as e:  # corrupt: ignored, as a corrupt autotune cache is
         cal, why = None, f"{e}; ignoring it"
@@ -162,8 +163,9 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
     if key == "cuda":
         from .calibrate import calibration_path, read_calibration
 
+        path = calibration_path(cache_dir, "cuda")  # a bad $LAUDTRITON_CACHE_DIR raises
         try:
-            cal = read_calibration(calibration_path(cache_dir, "cuda")) if _has_cuda() else None
+            cal = read_calibration(path) if _has_cuda() else None
         except ValueError as e:
             raise ValueError(f"--hardware 'cuda': {e}; run `laudtriton calibrate --device "
                              "cuda` again") from None

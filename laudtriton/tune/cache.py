@@ -261,7 +261,8 @@ class TuneCache:
 
     Raises:
         ValueError: if cache_dir is an empty (or blank) string, which would otherwise
-            mean the current directory.
+            mean the current directory; with cache_dir None, if $LAUDTRITON_CACHE_DIR is
+            blank or names a file (``keys.default_cache_dir``).
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",

@@ -289,6 +289,9 @@ def _parser():
     (["sweep", "--mode", "sparse"], "mode 'sparse' unknown"),
     (["sweep", "--prune-top", "-1"], "--prune-top -1 must be >= 0"),
     (["sweep", "--prune-top", "2", "--hardware", "nope"], "--hardware 'nope' unknown"),
+    (["sweep", "--prune-top", "1", "--hardware", "v100"], "--hardware 'v100' models a GPU, "
+     "and this sweep times --device cpu"),
+    (["sweep", "--prune-top", "1", "--hardware", "jetson_tx2"], "models an edge GPU"),
     (["cache", "merge", "nope.json", "--out", "x.json"], "not found"),
     (["sweep", "--hardware", "nothw"],
      "--hardware 'nothw' is used only with --prune-top K (K >= 1)"),
@@ -423,13 +426,13 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(prune_mod, "make_prune", spy)
     argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
             "--csv", str(tmp_path / "s.csv"), "--no-progress", "--input-size", "64",
-            "--prune-top", "1", "--hardware", "v100"]
+            "--prune-top", "1", "--hardware", "cpu"]
     args = _parser().parse_args(argv)
     assert args.func(args) == 0
     with open(tmp_path / "s.csv") as fh:
         timed = {r["variant"] for r in csv.DictReader(fh)}
     assert timed >= {"dense", "gather"}
-    assert made == [("v100", 1, str(tmp_path))]  # the predictor of --cache-dir
+    assert made == [("cpu", 1, str(tmp_path))]  # the predictor of --cache-dir
     assert {v for _, v in seen} == timed and {r for r, _ in seen} == {0.5}
 
 

@@ -169,9 +169,19 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--hardware {args.hardware!r} is used only with --prune-top K "
                              "(K >= 1); give both or neither")
         if args.prune_top:
+            from ..predict.hardware import get_hardware
             from ..predict.prune import make_prune
 
             hw = args.hardware or ("cuda" if dev.type == "cuda" else "cpu")
+            if args.hardware is not None:
+                kind = get_hardware(hw, args.cache_dir).kind
+                if (kind == "cpu") != (dev.type == "cpu"):
+                    raise ValueError(
+                        f"--hardware {args.hardware!r} models "
+                        f"{dict(cpu='a CPU', gpu='a GPU', edge='an edge GPU')[kind]}, and this "
+                        f"sweep times --device {args.device}: the configs would be pruned "
+                        "by another kind of machine's model; give hardware of the device "
+                        "swept, or leave --hardware out")
             # the predictor of `predict --cache-dir`: calibration and fitted factors
             # from this sweep's cache directory
             prune = make_prune(hw, args.prune_top, cache_dir=args.cache_dir)

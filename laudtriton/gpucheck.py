@@ -294,7 +294,13 @@ def _dense_model(model, dev, dt):
 
 def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None) -> None:
     """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
-    in ``cache_dir``, part 3's) against its dense forms, per batch and mode."""
+    in ``cache_dir``, part 3's) against its dense forms, per batch and mode. The compiled
+    logits are also compared with the float32 reference model's, on the device: the
+    largest difference over the reference's largest logit and the share of samples with
+    the same top-1 class go to ``info["whole_vs_float32_reference"]`` and the printed
+    line. They are recorded, not bounded: in float16 a gate whose two logits nearly tie
+    may decide otherwise than the float32 reference's, and the difference then has no
+    bound (the blocks' exactness is part 2's)."""
     import laudtriton
 
     from .bench import build_model
@@ -327,6 +333,12 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                 with torch.no_grad():
                     tc = median_time(lambda: cm(xc), dev, 2, 5)
                 td = min(dense.values())
+                with torch.no_grad():  # model: the float32 reference, on the device
+                    ref, out = model(xd).float(), cm(xc).float()
+                err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                top1 = float((out.argmax(1) == ref.argmax(1)).float().mean())
+                r.info.setdefault("whole_vs_float32_reference", {})[name] = {
+                    "dtype": str(cm.dtype)[6:], "max_rel_error": err, "same_top1": top1}
                 r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
                                "batch": batch, "rate": 0.5, "models": "", "variant": "compiled",
                                "dtype": "", "config": "tune=quick", "seconds": tc,
@@ -336,7 +348,8 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                                    "batch": batch, "rate": 0.5, "models": "", "variant": "dense",
                                    "dtype": dname, "config": "", "seconds": t, "ratio": t / td})
                 r.say(f"{name}: compiled {tc * 1e3:.2f} ms, dense {td * 1e3:.2f} ms, "
-                      f"ratio {tc / td:.2f}")
+                      f"ratio {tc / td:.2f}; logits vs float32 reference: max rel. error "
+                      f"{err:.2e}, same top-1 {top1:.2f}")
 
             r.check(name, one)
 

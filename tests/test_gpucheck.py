@@ -120,6 +120,10 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
     assert [c["ok"] for c in r.checks] == [True], r.checks
     assert {row["variant"] for row in r.rows} == {"compiled", "dense"}
     assert list((tmp_path / "cache").glob("*.json"))  # tune="quick" recorded its timings there
+    # the compiled logits against the float32 reference's (float64 compile: exact here)
+    (cmp,) = r.info["whole_vs_float32_reference"].values()
+    assert cmp["dtype"] == "float64" and cmp["same_top1"] == 1.0
+    assert 0 <= cmp["max_rel_error"] <= 1e-4
 
 
 def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):

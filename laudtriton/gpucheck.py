@@ -305,6 +305,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
 
     from .bench import build_model
     from .nn import calibrate_rates
+    from .testing import logits_agreement
     from .tune.timing import median_time
 
     dev = r.device
@@ -334,9 +335,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                     tc = median_time(lambda: cm(xc), dev, 2, 5)
                 td = min(dense.values())
                 with torch.no_grad():  # model: the float32 reference, on the device
-                    ref, out = model(xd).float(), cm(xc).float()
-                err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                top1 = float((out.argmax(1) == ref.argmax(1)).float().mean())
+                    err, top1 = logits_agreement(cm(xc), model(xd))
                 r.info.setdefault("whole_vs_float32_reference", {})[name] = {
                     "dtype": str(cm.dtype)[6:], "max_rel_error": err, "same_top1": top1}
                 r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",

@@ -90,3 +90,12 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
             f"{name}: max error {err.max().item():.3g} > {tol:g} x max|ref| {scale:.3g}\n"
             + "\n".join(rows)
         )
+
+
+def logits_agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max |out − ref| / max |ref|, share of samples whose top-1 class is the same) of
+    logits [B, classes], compared in float32: what ``laudtriton demo`` prints and
+    gpucheck records of a compiled model against its reference."""
+    out, ref = out.float(), ref.float()
+    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    return err, float((out.argmax(1) == ref.argmax(1)).float().mean())

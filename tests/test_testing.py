@@ -28,3 +28,13 @@ def test_non_finite_on_either_side_fails(bad, side):
     out, ref = (worse, good) if side == "out" else (good, worse)
     with pytest.raises(AssertionError, match="non-finite"):
         assert_close(out, ref)
+
+
+def test_logits_agreement_hand_values():
+    from laudtriton.testing import logits_agreement
+
+    ref = torch.tensor([[4.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    out = torch.tensor([[4.0, 1.5, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float16)
+    err, top1 = logits_agreement(out, ref)
+    assert err == pytest.approx(2.0 / 4.0) and top1 == 0.5
+    assert logits_agreement(ref, ref) == (0.0, 1.0)

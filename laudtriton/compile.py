@@ -53,7 +53,7 @@ from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
 from .predict.hardware import DTYPES as PREDICTED_DTYPES
 from .schedule import Choice, DispatchTable, rate_key
-from .tune.cache import TuneCache, refuse_empty_dir
+from .tune.cache import TuneCache, refuse_bad_dir
 from .tune.keys import rate_bucket
 from .tune.measure import time_variants
 
@@ -417,7 +417,7 @@ def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, var
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
                          f"{type(cache_dir).__name__} {cache_dir!r}")
-    refuse_empty_dir(cache_dir)  # whatever ``tune`` is
+    refuse_bad_dir(cache_dir)  # whatever ``tune`` is
     return backend, variants
 
 

@@ -193,7 +193,7 @@ def test_env_dir_blank_or_a_file_is_refused(tmp_path, monkeypatch, capsys, caplo
     from laudtriton.cli import main
 
     (tmp_path / "f").write_text("x")
-    for value, why in (("  ", "is blank"), (str(tmp_path / "f"), "is not a directory")):
+    for value, why in (("  ", "is empty"), (str(tmp_path / "f"), "is not a directory")):
         monkeypatch.setenv("LAUDTRITON_CACHE_DIR", value)
         with pytest.raises(ValueError, match=f"^LAUDTRITON_CACHE_DIR {value!r} {why}"):
             TuneCache()
@@ -440,3 +440,14 @@ def test_empty_cache_dir_is_refused(cache_dir):
     test_compile_models)."""
     with pytest.raises(ValueError, match="cache_dir .* is empty"):
         TuneCache(cache_dir)
+
+
+def test_cache_dir_naming_a_file_is_refused(tmp_path):
+    """As the flag and the environment variable are: a file let every record fail to
+    save after the timing was done."""
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for value in (afile, str(afile)):
+        with pytest.raises(ValueError, match=f"^cache_dir {str(afile)!r} is not a directory"):
+            TuneCache(value)
+    assert TuneCache(tmp_path / "new").dir == tmp_path / "new"  # a missing one is made later

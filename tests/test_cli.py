@@ -72,8 +72,10 @@ def test_empty_paths_are_refused(argv, flag, capsys, tmp_path, monkeypatch):
     name): one line naming the option, nothing read or written."""
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
+    what = ("a directory, or leave the option out for the default" if flag == "--cache-dir"
+            else "a path")
     assert capsys.readouterr().err == (f"laudtriton {argv[0]}: error: {flag} '' is empty; "
-                                       "give a path\n")
+                                       f"give {what}\n")
     assert list(tmp_path.iterdir()) == []
 
 

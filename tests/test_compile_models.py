@@ -256,6 +256,15 @@ def test_cache_dir_of_another_type_is_refused():
                                cache_dir="")
 
 
+def test_cache_dir_naming_a_file_is_refused(tmp_path):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for tune in ("off", "cached"):  # refused before any timing, whatever ``tune`` is
+        with pytest.raises(ValueError, match="cache_dir .* is not a directory"):
+            laudtriton.compile(tiny(), torch.randn(1, 3, 32, 32), backend="cpu", tune=tune,
+                               cache_dir=afile)
+
+
 def test_reference_stats_with_a_sequential_head():
     model = tiny()
     model.fc = nn.Sequential(nn.Dropout(), nn.Linear(model.fc.in_features, 5))

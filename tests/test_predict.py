@@ -330,7 +330,9 @@ def test_cli_errors(capsys, args, msg):
     (["predict", "--input-size", "16"], "--input-size 16 must be >= 32"),
     (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "
      "accepted: one positive int or four joined by '-', e.g. '4-4-2-1'"),
-    (["predict", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
+    (["predict", "--cache-dir", ""], "--cache-dir '' is empty; give a "
+     "directory, or leave the option out "
+     "for the default"),
     (["predict", "--validate", "--batch", "0"], "--batch: not used by --validate, which "
      "validates on every cached timing of --hardware; give only --hardware, --cache-dir, "
      "--include-stale"),
@@ -342,7 +344,9 @@ def test_cli_errors(capsys, args, msg):
      "variant; give a comma list, or leave it out for all"),
     (["design", "--target-rate", "0.5", "--modes", ","], "--modes ',' names no mode; give "
      "a comma list of spatial, channel, layer, both"),
-    (["calibrate", "--cache-dir", ""], "--cache-dir '' is empty; give a path"),
+    (["calibrate", "--cache-dir", ""], "--cache-dir '' is empty; give a "
+     "directory, or leave the option out "
+     "for the default"),
 ])
 def test_cli_refuses_before_printing(capsys, tmp_path, monkeypatch, args, msg):
     """One line naming the option and value, nothing on stdout (no half table), nothing

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..ops.spec import BlockSpec
-from .keys import current_versions, default_cache_dir, device_fingerprint, source_hash
+from .keys import check_dir, current_versions, default_cache_dir, device_fingerprint, source_hash
 
 log = logging.getLogger("laudtriton")
 
@@ -240,12 +240,12 @@ def write_json_atomic(path: Path, data) -> None:
         raise
 
 
-def refuse_empty_dir(cache_dir) -> None:
-    """A ValueError when ``cache_dir`` is an empty (or blank) string, which would
-    otherwise mean the current directory (None means the default directory)."""
-    if isinstance(cache_dir, str) and not cache_dir.strip():
-        raise ValueError(f"cache_dir {cache_dir!r} is empty; give a directory, or None for "
-                         "the default")
+def refuse_bad_dir(cache_dir) -> None:
+    """A ValueError when the ``cache_dir`` argument is blank, which would otherwise mean
+    the current directory, or names an existing file (None means the default
+    directory; ``keys.check_dir``)."""
+    if cache_dir is not None:
+        check_dir(cache_dir, "cache_dir", ", or None for the default")
 
 
 class TuneCache:
@@ -260,9 +260,9 @@ class TuneCache:
     directory is reported once and the records stay in memory.
 
     Raises:
-        ValueError: if cache_dir is an empty (or blank) string, which would otherwise
-            mean the current directory; with cache_dir None, if $LAUDTRITON_CACHE_DIR is
-            blank or names a file (``keys.default_cache_dir``).
+        ValueError: if cache_dir is blank, which would otherwise mean the current
+            directory, or names a file; with cache_dir None, if $LAUDTRITON_CACHE_DIR is
+            (``keys.check_dir``).
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
@@ -270,7 +270,7 @@ class TuneCache:
         if enabled is None:
             enabled = os.environ.get("LAUDTRITON_CACHE", "1").strip() != "0"
         self.enabled = bool(enabled)
-        refuse_empty_dir(cache_dir)
+        refuse_bad_dir(cache_dir)
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.device = device_fingerprint(device)
         self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"

@@ -18,6 +18,7 @@ import torch
 
 from ..schedule import format_rate, rate_key
 from .cache import NotACacheError, TuneCache, merge_files
+from .keys import check_dir
 from .sweep import (
     DTYPES,
     MODELS,
@@ -57,11 +58,9 @@ def check_nonempty(path: str | None, flag: str) -> None:
 
 def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
     """A ValueError naming ``flag`` when ``path`` is empty or an existing non-directory
-    (None: the default directory)."""
-    check_nonempty(path, flag)
-    if path is not None and Path(path).expanduser().exists() and not Path(
-            path).expanduser().is_dir():
-        raise ValueError(f"{flag} {path!r} is not a directory")
+    (None: the default directory; ``keys.check_dir``)."""
+    if path is not None:
+        check_dir(path, flag, ", or leave the option out for the default")
 
 
 def check_output_path(path: str | None, flag: str, replaced: bool = False) -> None:

@@ -140,23 +140,31 @@ def code_text(path: Path) -> bytes:
     return "\n".join(line for line in lines if line).encode()
 
 
+def check_dir(path, name: str, unset: str = "") -> None:
+    """A ValueError naming ``name`` when ``path`` (a str or os.PathLike) is blank, which
+    would mean the current directory (or a directory named by the spaces), or names an
+    existing file. ``unset`` ends the first message: how to ask for the default."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{name} {text!r} is empty; give a directory{unset}")
+    where = Path(text).expanduser()
+    if where.exists() and not where.is_dir():
+        raise ValueError(f"{name} {text!r} is not a directory")
+
+
 def default_cache_dir() -> Path:
     """``$LAUDTRITON_CACHE_DIR`` (unset or empty: not given), else ``<repo>/autotune_cache``
     in a source tree, else ``~/.cache/laudtriton``.
 
     Raises:
         ValueError: if the variable is blank (spaces: a directory named so in the current
-            one) or names an existing file, as ``--cache-dir`` is refused then.
+            one) or names an existing file, as ``--cache-dir`` is refused then
+            (:func:`check_dir`).
     """
     env = os.environ.get("LAUDTRITON_CACHE_DIR")
     if env:
-        path = Path(env).expanduser()
-        if not env.strip():
-            raise ValueError(f"LAUDTRITON_CACHE_DIR {env!r} is blank; give a directory, or "
-                             "unset it for the default")
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"LAUDTRITON_CACHE_DIR {env!r} is not a directory")
-        return path
+        check_dir(env, "LAUDTRITON_CACHE_DIR", ", or unset it for the default")
+        return Path(env).expanduser()
     repo = _PKG_DIR.parent
     if (repo / "pyproject.toml").is_file():
         return repo / "autotune_cache"

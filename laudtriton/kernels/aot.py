@@ -28,7 +28,10 @@ from pathlib import Path
 class AOTSpec:
     """name: readable id; fn: the @triton.jit function; signature: {arg: type str, e.g.
     "*fp16", "i32"} for the non-constexpr args; constexprs: {arg: value}; num_warps,
-    num_stages: launch options; default: whether launchers use this config by default."""
+    num_stages: launch options; default: whether launchers use this config by default;
+    divisible: the int args whose production values are multiples of 16 (channel
+    counts), which the JIT marks so and which decide whether loads vectorise and
+    pipeline."""
 
     name: str
     fn: object
@@ -37,6 +40,7 @@ class AOTSpec:
     num_warps: int = 4
     num_stages: int = 2
     default: bool = False
+    divisible: tuple = ()
 
 
 # -- compilation (run with TRITON_INTERPRET unset: see ``main``) --------------------------
@@ -70,25 +74,28 @@ def _cuobjdump() -> str:
 
 
 def _divisibility(spec: AOTSpec, sig: dict) -> dict:
-    """What the runtime JIT infers from production tensors: 16-byte aligned pointers and
-    strides divisible by 16 (ResNet channel counts are multiples of 16). Strides equal to 1
-    are specialised by listing them in the spec's ``constexprs``, as the JIT does."""
+    """What the runtime JIT infers from production tensors: 16-byte aligned pointers,
+    strides and the spec's ``divisible`` ints divisible by 16 (ResNet channel counts are
+    multiples of 16). Ints equal to 1 (unit strides) are specialised by listing them in
+    the spec's ``constexprs``, as the JIT does."""
     names = list(spec.fn.arg_names)
     return {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
-            if t.startswith("*") or (n.startswith("stride_") and t != "constexpr")}
+            if t.startswith("*") or (t != "constexpr" and (n.startswith("stride_")
+                                                           or n in spec.divisible))}
 
 
 def compile_spec(spec: AOTSpec, arch: int) -> dict:
     """Compile one spec for sm_``arch``; never raises. Returns a row: name, arch, default,
     ok, error, regs, spill (LOCAL bytes per thread), stack, shared (bytes), dot (uses
-    tl.dot), wgmma (``warp_group_dot`` in the ttgir), seconds."""
+    tl.dot), wgmma (``warp_group_dot`` in the ttgir), pipelined (``async_copy`` in the
+    ttgir: loads software-pipelined through shared memory), seconds."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     row = {"name": spec.name, "arch": arch, "default": spec.default, "ok": False,
            "error": None, "regs": None, "spill": None, "stack": None, "shared": None,
-           "dot": None, "wgmma": None, "seconds": None}
+           "dot": None, "wgmma": None, "pipelined": None, "seconds": None}
     t0 = time.perf_counter()
     try:
         sig = dict(spec.signature) | {k: "constexpr" for k in spec.constexprs}
@@ -104,6 +111,7 @@ def compile_spec(spec: AOTSpec, arch: int) -> dict:
         row["shared"] = int(k.metadata.shared)
         row["dot"] = "tt.dot" in k.asm["ttir"]
         row["wgmma"] = "warp_group_dot" in k.asm["ttgir"]
+        row["pipelined"] = "async_copy" in k.asm["ttgir"]
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "k.cubin"
             path.write_bytes(k.asm["cubin"])
@@ -161,7 +169,7 @@ def half_dots_without_wgmma(rows: list[dict]) -> list[str]:
 
 def _table(rows: list[dict]) -> str:
     lines = [f"{'kernel':<58} {'sm':>3} {'def':>3} {'regs':>4} {'spill':>5} {'smem':>6} "
-             f"{'wgmma':>5} {'s':>5}"]
+             f"{'wgmma':>5} {'pipe':>4} {'s':>5}"]
     for r in rows:
         if not r["ok"]:
             lines.append(f"{r['name']:<58} {r['arch']:>3} ERROR {r['error']}")
@@ -169,7 +177,7 @@ def _table(rows: list[dict]) -> str:
         wg = "-" if not r["dot"] else ("yes" if r["wgmma"] else "no")
         lines.append(f"{r['name']:<58} {r['arch']:>3} {'*' if r['default'] else '':>3} "
                      f"{r['regs']:>4} {r['spill']:>5} {r['shared']:>6} {wg:>5} "
-                     f"{r['seconds']:>5.1f}")
+                     f"{'yes' if r['pipelined'] else 'no':>4} {r['seconds']:>5.1f}")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ def _channel_conv3x3_kernel(
     y_ptr,  # [B, Ho, Wo, CY] compact output (column j = j-th active output channel)
     in_idx_ptr, n_in_ptr,  # [B, LI] int32, [B] int32
     out_idx_ptr, n_out_ptr,  # [B, LO] int32, [B] int32
-    H, W, Ho, Wo, STRIDE,  # STRIDE: 1 or 2 (a runtime value: one compile serves both)
+    H, W, Ho, Wo, STRIDE,  # STRIDE: 1 or 2 (the JIT makes 1 a constant: two compiles)
     stride_xb, stride_xh, stride_xw, stride_xk, stride_wy, stride_wx, stride_wn, stride_wk,
     stride_bb, stride_tb, stride_tt, stride_tn, stride_yb, stride_yh, stride_yw, stride_yn,
     stride_ib, stride_ob,
@@ -185,7 +185,7 @@ def aot_specs() -> list[AOTSpec]:
         sig = {a: f"*{d}" for a in args} | {a: "*i32" for a in IDX_ARGS}
         sig |= {a: "i32" for a in ints}
         sig["bias_ptr"] = sig["taps_ptr"] = "*fp32"
-        consts = {"KAPPA": True, "stride_tn": 1} | common
+        consts = {"KAPPA": True, "stride_tn": 1, "stride_wk": 1} | common
         specs.append(AOTSpec(f"channel_conv3x3[{d},{tag}]", _channel_conv3x3_kernel, sig,
                              consts, **opts))
     return specs

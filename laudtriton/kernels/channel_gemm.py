@@ -194,7 +194,9 @@ def channel_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
                  config: GemmConfig | dict | None = None, validate: bool = True) -> torch.Tensor:
     """y[b, p, j] = act(Σ_k x[b, p, k] · w[row_j, col_k] + bias[b, row_j] (+ residual)).
 
-    x: [B, P, KX]; w: [NW, KW] (same dtype: fp32/fp16/bf16); bias: [NW] or [B, NW].
+    x: [B, P, KX]; w: [NW, KW] (same dtype: fp32/fp16/bf16), contiguous along either
+    dim: with in_idx give it n-major (``w.t().contiguous().t()``), so that a tile of
+    listed input channels loads contiguous output channels; bias: [NW] or [B, NW].
     in_idx/n_in: [B, LI] int32 / [B] int32: x is compact (KX = LI), col_k = in_idx[b, k],
     k < n_in[b]; without them col_k = k over KX = KW. out_idx/n_out: [B, LO] / [B]:
     row_j = out_idx[b, j] for j < n_out[b], output columns past n_out[b] are left
@@ -208,7 +210,9 @@ def channel_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     cfg = config if isinstance(config, GemmConfig) else GemmConfig.from_dict(config)
     check_tensor("x", x, 3, DTYPES, None)
     dev = x.device
-    check_tensor("w", w, 2, (x.dtype,), dev)
+    check_tensor("w", w, 2, (x.dtype,), dev, last_contig=False)
+    if 1 not in w.stride() and w.numel() > 1:
+        raise ValueError(f"w must be contiguous along one dim, got strides {w.stride()}")
     batch, p, kx = x.shape
     nw, kw = w.shape
     if (in_idx is None) != (n_in is None) or (out_idx is None) != (n_out is None):
@@ -292,7 +296,7 @@ def aot_variants():
         for dt in dtypes:
             consts = {"IEEE": dt == torch.float32, "UPCAST": False, "RELU": True,
                       "BLOCK_P": cfg.block_p, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                      "stride_xk": 1, "stride_wk": 1, "stride_yn": 1}
+                      "stride_xk": 1, "stride_yn": 1}
             tag = f"p{cfg.block_p}n{cfg.block_n}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}"
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
                     "default": cfg == DEFAULT}
@@ -316,8 +320,10 @@ def aot_specs() -> list[AOTSpec]:
         sig["bias_ptr"] = "*fp32"
         for stage, flags in (("conv1", (False, True, False)), ("conv3", (True, False, True))):
             consts = dict(zip(("IN_IDX", "OUT_IDX", "RESIDUAL"), flags)) | common
-            if stage == "conv3":
-                consts["stride_rn"] = 1
+            # conv1 reads W1 k-major (its K tiles are contiguous), conv3 W3 n-major (its
+            # K tiles are listed channels, its N tiles contiguous): one unit stride each
+            consts |= {"stride_rn": 1, "stride_wn": 1} if stage == "conv3" else {
+                "stride_wk": 1}
             specs.append(AOTSpec(f"channel_gemm[{stage},{d},{tag}]", _channel_gemm_kernel,
-                                 sig, consts, **opts))
+                                 sig, consts, divisible=("K", "N"), **opts))
     return specs

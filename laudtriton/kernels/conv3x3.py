@@ -162,5 +162,6 @@ def aot_specs() -> list[AOTSpec]:
             constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                         "BLOCK_K": cfg.block_k},
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, default=cfg == DEFAULT,
+            divisible=("K", "N"),
         ))
     return out

@@ -57,6 +57,13 @@ def _w2_tap_major(fb: FoldedBlock) -> torch.Tensor:
                    lambda: fb.w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1))
 
 
+def _w3_n_major(fb: FoldedBlock) -> torch.Tensor:
+    """w3 [Cout, w] as a view of an (in, out)-contiguous copy, made once per fb and again
+    when its tensors change: conv3's K tiles are listed input channels, so its weight tiles
+    load contiguously only along the output channels (``kernels.channel_gemm``)."""
+    return derived(fb, "_channel_gemm_w3", fb.fingerprint(), lambda: fb.w3.t().contiguous().t())
+
+
 def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
                        config: dict | None = None) -> torch.Tensor:
     """[B, Cin, H, W] channels_last -> [B, Cout, Ho, Wo] channels_last, exact channel
@@ -90,7 +97,7 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     ident = identity_path(fb, x).permute(0, 2, 3, 1)
     if not ident.is_contiguous():
         ident = ident.contiguous()
-    out = cg.channel_gemm(h2.view(b, ho * wo, w), fb.w3, b3, in_idx=idx, n_in=n,
+    out = cg.channel_gemm(h2.view(b, ho * wo, w), _w3_n_major(fb), b3, in_idx=idx, n_in=n,
                           residual=ident.reshape(b, ho * wo, -1), relu=True, config=cfg,
                           validate=False)
     return out.view(b, ho, wo, -1).permute(0, 3, 1, 2)

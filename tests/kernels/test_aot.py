@@ -62,3 +62,19 @@ def test_channel_gemm_half_dots_use_wgmma_on_sm90(aot):
         pytest.skip("channel kernels filtered out by LAUDTRITON_AOT_ONLY")
     assert rows, "no default fp16/bf16 channel kernel compiled for sm_90"
     assert all(r["wgmma"] for r in rows), [r["name"] for r in rows if not r["wgmma"]]
+
+
+def test_default_gemm_configs_are_pipelined(aot):
+    """Default configs of the GEMM kernels whose tiles have a contiguous dim load through
+    shared memory asynchronously (``async_copy`` in the ttgir), with the specialisations
+    the JIT makes on production shapes (channel counts divisible by 16). Without those
+    (before session 23) none was, and channel conv3, whose W3 was k-major, loaded its
+    weight tiles element by element. channel_conv3x3 gathers both dims of its weight
+    tiles, so it is left out."""
+    rows = [r for r in aot["rows"] if r["default"] and r["dot"]
+            and not r["name"].startswith("channel_conv3x3")]
+    if not rows and os.environ.get("LAUDTRITON_AOT_ONLY"):
+        pytest.skip("GEMM kernels filtered out by LAUDTRITON_AOT_ONLY")
+    assert len(rows) == 2 * 15, [r["name"] for r in rows]  # 6 channel + 3x3 spatial, 2 archs
+    assert all(r["pipelined"] for r in rows), [
+        f"{r['name']} sm_{r['arch']}" for r in rows if not r["pipelined"]]

@@ -51,9 +51,11 @@ def test_channel_gemm(dtype, stage):
         bias = torch.randn(batch, cout)  # per-sample (κ2-corrected) bias
         res = torch.randn(batch, p, cout).to(dtype)
         kw = dict(in_idx=idx, n_in=n, residual=res, relu=True)
-    y = cg.channel_gemm(x, w, bias, config=SMALL, **kw)
     ref = cg.channel_gemm_torch(x, w, bias, **kw)
-    _compare(y, ref, n if stage == "conv1" else None)
+    # k-major (as conv1 runs) and n-major (as the channel_gemm variant gives conv3)
+    for weight in (w, w.t().contiguous().t()):
+        y = cg.channel_gemm(x, weight, bias, config=SMALL, **kw)
+        _compare(y, ref, n if stage == "conv1" else None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -103,6 +105,7 @@ def test_default_config_dense_odd_shape():
     ("count", r"n_out values in \[3, 25\]"), ("idx_dtype", "out_idx has dtype torch.int64"),
     ("k_mismatch", "x has 16 channels but w has 15 input channels"),
     ("bias", r"bias has shape \(1, 23\)"), ("stride", "stride must be 1 or 2, got 3"),
+    ("w_noncontig", r"w must be contiguous along one dim, got strides \(32, 2\)"),
 ])
 def test_bad_inputs(case, match):
     x = torch.randn(2, 5, 16)
@@ -127,6 +130,8 @@ def test_bad_inputs(case, match):
         w = torch.randn(24, 15)
     elif case == "bias":
         bias = torch.zeros(23)
+    elif case == "w_noncontig":
+        w = torch.randn(24, 32)[:, ::2]
     if case == "stride":
         xc = torch.randn(2, 4, 4, 24)
         with pytest.raises(ValueError, match=match):

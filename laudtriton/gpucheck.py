@@ -304,6 +304,7 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
     import laudtriton
 
     from .bench import build_model
+    from .kernelchecks import exact_fp32
     from .nn import calibrate_rates
     from .testing import logits_agreement
     from .tune.timing import median_time
@@ -334,7 +335,8 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
                 with torch.no_grad():
                     tc = median_time(lambda: cm(xc), dev, 2, 5)
                 td = min(dense.values())
-                with torch.no_grad():  # model: the float32 reference, on the device
+                # model: the float32 reference, on the device, in fp32 (TF32 off)
+                with torch.no_grad(), exact_fp32():
                     err, top1 = logits_agreement(cm(xc), model(xd))
                 r.info.setdefault("whole_vs_float32_reference", {})[name] = {
                     "dtype": str(cm.dtype)[6:], "max_rel_error": err, "same_top1": top1}

@@ -23,6 +23,7 @@ from .channel_gemm import (
     dot_acc,
     interpreting,
 )
+from .tiles import launch
 
 
 @triton.jit
@@ -130,7 +131,8 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
         return y
     t = taps if taps is not None else y
     grid = (triton.cdiv(ho * wo, cfg.block_p), triton.cdiv(lo, cfg.block_n), batch)
-    _channel_conv3x3_kernel[grid](
+    launch(
+        _channel_conv3x3_kernel, grid, x, "channel_conv3x3",
         x, w, bias, t, y, in_idx, n_in, out_idx, n_out, h, wd, ho, wo, stride,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         w.stride(2), w.stride(3), w.stride(0), w.stride(1),

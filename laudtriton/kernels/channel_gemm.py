@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
-from .tiles import check_launch_config, config_from_dict
+from .tiles import check_launch_config, config_from_dict, launch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -243,8 +243,8 @@ def channel_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     oi, no = (out_idx, n_out) if out_idx is not None else (dummy, dummy)
     r = residual if residual is not None else y
     grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(ny, cfg.block_n), batch)
-    _channel_gemm_kernel[grid](
-        x, w, bias, r, y, ii, ni, oi, no, p, kw, nw,
+    launch(
+        _channel_gemm_kernel, grid, x, "channel_gemm", x, w, bias, r, y, ii, ni, oi, no, p, kw, nw,
         x.stride(0), x.stride(1), x.stride(2), w.stride(0), w.stride(1),
         bias.stride(0) if bias.shape[0] > 1 else 0,
         r.stride(0), r.stride(1), r.stride(2), y.stride(0), y.stride(1), y.stride(2),

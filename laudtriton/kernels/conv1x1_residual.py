@@ -26,7 +26,7 @@ from .gather_conv import (
     check_tensor,
     interpreter_upcast,
 )
-from .tiles import rows_dot, tile_offsets
+from .tiles import launch, rows_dot, tile_offsets
 
 __all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv1x1_residual",
            "conv1x1_residual_torch"]
@@ -104,7 +104,8 @@ def conv1x1_residual(a: torch.Tensor, idx: torch.Tensor, count: torch.Tensor,
     if rows == 0:
         return out
     grid = (triton.cdiv(rows, cfg.block_m), triton.cdiv(n, cfg.block_n))
-    _conv1x1_residual_kernel[grid](
+    launch(
+        _conv1x1_residual_kernel, grid, a, "conv1x1_residual",
         a, idx, count, w, b, identity, out, k, n,
         UPCAST=interpreter_upcast(a.dtype),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,

@@ -26,7 +26,7 @@ from .gather_conv import (
     check_tensor,
     interpreter_upcast,
 )
-from .tiles import tile_offsets
+from .tiles import launch, tile_offsets
 
 __all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv3x3", "conv3x3_torch",
            "hwio"]
@@ -128,7 +128,8 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     if idx.shape[0] == 0:
         return out
     grid = (triton.cdiv(idx.shape[0], cfg.block_m), triton.cdiv(n, cfg.block_n))
-    _conv3x3_kernel[grid](
+    launch(
+        _conv3x3_kernel, grid, buf, "conv3x3",
         buf, idx, count, w, b, out, h, wd, ho, wo, k, n, stride,
         UPCAST=interpreter_upcast(buf.dtype),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,

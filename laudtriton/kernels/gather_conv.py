@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .aot import AOTSpec
-from .tiles import check_launch_config, config_from_dict, rows_dot, tile_offsets
+from .tiles import check_launch_config, config_from_dict, launch, rows_dot, tile_offsets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -177,8 +177,8 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
     if idx.shape[0] == 0:
         return out
     grid = (triton.cdiv(idx.shape[0], cfg.block_m), triton.cdiv(n, cfg.block_n))
-    _gather_conv1x1_kernel[grid](
-        x, idx, count, w, b, out, h, wd, k, n,
+    launch(
+        _gather_conv1x1_kernel, grid, x, "gather_conv1x1", x, idx, count, w, b, out, h, wd, k, n,
         UPCAST=interpreter_upcast(x.dtype),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from .aot import AOTSpec
 from .channel_gemm import DTYPE_NAMES, DTYPES, check_tensor
+from .tiles import launch
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ def spatial_masker(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     logits = torch.empty(b, 2, gh, gw, device=x.device, dtype=torch.float32)
     mask = torch.empty(b, 1, gh, gw, device=x.device, dtype=torch.float32)
     if b:
-        _spatial_masker_kernel[(gh * gw, b)](
+        launch(
+            _spatial_masker_kernel, (gh * gw, b), x, "spatial_masker",
             x, weight, bias, logits, mask, h, w, c, gh, gw,
             x.stride(0), x.stride(1), x.stride(2), x.stride(3), weight.stride(0),
             weight.stride(1), BLOCK_PIX=cfg.block_pix, BLOCK_C=cfg.block_c,
@@ -226,15 +228,17 @@ def channel_masker_mlp(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, tor
     mask = torch.empty(b, g, device=x.device, dtype=torch.float32)
     if b == 0:
         return mask, logits
-    _global_pool_kernel[(triton.cdiv(c, cfg.block_c), b)](
+    launch(
+        _global_pool_kernel, (triton.cdiv(c, cfg.block_c), b), x, "channel_masker_mlp",
         x, v, h, w, c, x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         BLOCK_PIX=cfg.block_pix, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     for i, (lw, lb) in enumerate(layers):
         last = i == len(layers) - 1
         n = g if last else lw.shape[0]
         y = logits if last else torch.empty(b, n, device=x.device, dtype=torch.float32)
-        _mlp_layer_kernel[(triton.cdiv(n, cfg.block_n), b)](
-            v, lw, lb, y, mask, lw.shape[1], n, lw.stride(0), lw.stride(1),
+        launch(
+            _mlp_layer_kernel, (triton.cdiv(n, cfg.block_n), b), x, "channel_masker_mlp", v,
+            lw, lb, y, mask, lw.shape[1], n, lw.stride(0), lw.stride(1),
             RELU=not last, COMPARE=last, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps)
         v = y

@@ -8,10 +8,29 @@ helpers are compiled inside each kernel that calls them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
+import torch
 import triton
 import triton.language as tl
+
+GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z dims (x: 2**31 - 1)
+
+
+def launch(kernel, grid: tuple, like: torch.Tensor, who: str, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` on the device of ``like`` (Triton launches on the
+    current CUDA device, which need not be the tensors'). Raises a ValueError naming
+    ``who`` when grid dim y or z exceeds CUDA's 65535 (the batch, on the channel and
+    masker kernels), which the interpreter does not check and CUDA refuses only as an
+    invalid argument at launch."""
+    for axis, n in zip("yz", grid[1:]):
+        if n > GRID_YZ_MAX:
+            raise ValueError(f"{who}: {n} programs on launch grid axis {axis} exceed CUDA's "
+                             f"limit of {GRID_YZ_MAX}; split the batch")
+    guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
+    with guard:
+        kernel[grid](*args, **kwargs)
 
 
 def check_launch_config(cfg, tiles: tuple[str, ...]) -> None:

@@ -210,3 +210,18 @@ def test_channel_gemm_variant_end_to_end(stride, rate):
     assert out.shape == ref.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close(out, ref)
+
+
+def test_batch_past_cudas_grid_limit_is_refused():
+    """The batch is grid axis z: CUDA refuses more than 65535 there only as an invalid
+    argument at launch (the interpreter has no limit), so the launchers say so first."""
+    batch = 65536
+    idx = torch.arange(16, dtype=torch.int32).repeat(batch, 1)
+    n = torch.full((batch,), 16, dtype=torch.int32)
+    with pytest.raises(ValueError, match="channel_gemm: 65536 programs on launch grid axis z"):
+        cg.channel_gemm(torch.randn(batch, 1, 16), torch.randn(16, 16), torch.zeros(16),
+                        out_idx=idx, n_out=n, validate=False)
+    with pytest.raises(ValueError, match="channel_conv3x3: 65536 programs on launch grid"):
+        cc.channel_conv3x3(torch.randn(batch, 1, 1, 16), torch.randn(16, 16, 3, 3),
+                           torch.zeros(16), in_idx=idx, n_in=n, out_idx=idx, n_out=n,
+                           validate=False)

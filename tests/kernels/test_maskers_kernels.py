@@ -122,3 +122,12 @@ def test_aot_specs():
     assert len({s.name for s in specs}) == len(specs)
     assert {s.fn for s in specs if s.default} == {
         mk._spatial_masker_kernel, mk._global_pool_kernel, mk._mlp_layer_kernel}
+
+
+def test_batch_past_cudas_grid_limit_is_refused():
+    """The batch is grid axis y of the masker kernels (CUDA's limit 65535)."""
+    x = torch.randn(65536, 1, 1, 16)
+    with pytest.raises(ValueError, match="spatial_masker: 65536 programs on launch grid axis y"):
+        mk.spatial_masker(x, torch.randn(2, 16), torch.zeros(2), (1, 1))
+    with pytest.raises(ValueError, match="channel_masker_mlp: 65536 programs on launch grid"):
+        mk.channel_masker_mlp(x, [(torch.randn(4, 16), torch.zeros(4))])

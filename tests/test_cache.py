@@ -175,9 +175,9 @@ def test_kernel_source_change_hides_old_entries(tmp_path, monkeypatch):
 
 
 def test_unwritable_dir_is_not_fatal(tmp_path, caplog):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")  # a file where a directory should be: fails even as root
-    c = TuneCache(blocker / "sub")
+    c = TuneCache(tmp_path / "gone")
+    (tmp_path / "gone").write_text("x")  # a file where the directory should be, made
+    # after the cache checked it: writing fails even as root
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
         c.record(SPEC, 0.6, {"dense": {"{}": 2e-3}})
@@ -450,4 +450,7 @@ def test_cache_dir_naming_a_file_is_refused(tmp_path):
     for value in (afile, str(afile)):
         with pytest.raises(ValueError, match=f"^cache_dir {str(afile)!r} is not a directory"):
             TuneCache(value)
+    with pytest.raises(ValueError, match=f"is not a directory .it lies inside the file "
+                                         f"{str(afile)!r}"):
+        TuneCache(afile / "sub" / "c")  # no directory can be made under a file
     assert TuneCache(tmp_path / "new").dir == tmp_path / "new"  # a missing one is made later

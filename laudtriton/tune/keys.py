@@ -142,14 +142,21 @@ def code_text(path: Path) -> bytes:
 
 def check_dir(path, name: str, unset: str = "") -> None:
     """A ValueError naming ``name`` when ``path`` (a str or os.PathLike) is blank, which
-    would mean the current directory (or a directory named by the spaces), or names an
-    existing file. ``unset`` ends the first message: how to ask for the default."""
+    would mean the current directory (or a directory named by the spaces), or when it or
+    its nearest existing parent is a file (no directory can be made there). ``unset``
+    ends the first message: how to ask for the default. A path that cannot be inspected
+    (no permission) passes: the cache reports what it cannot write, and keeps records in
+    memory."""
     text = os.fspath(path)
     if not text.strip():
         raise ValueError(f"{name} {text!r} is empty; give a directory{unset}")
-    where = Path(text).expanduser()
-    if where.exists() and not where.is_dir():
-        raise ValueError(f"{name} {text!r} is not a directory")
+    where = os.path.abspath(os.path.expanduser(text))
+    while not os.path.lexists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)  # os.path swallows permission errors: False
+    if os.path.exists(where) and not os.path.isdir(where):
+        inside = "" if where == os.path.abspath(os.path.expanduser(text)) else (
+            f" (it lies inside the file {where!r})")
+        raise ValueError(f"{name} {text!r} is not a directory{inside}")
 
 
 def default_cache_dir() -> Path:

@@ -73,8 +73,9 @@ def test_default_gemm_configs_are_pipelined(aot):
     tiles, so it is left out."""
     rows = [r for r in aot["rows"] if r["default"] and r["dot"]
             and not r["name"].startswith("channel_conv3x3")]
-    if not rows and os.environ.get("LAUDTRITON_AOT_ONLY"):
+    if not os.environ.get("LAUDTRITON_AOT_ONLY"):  # 6 channel + 3x3 spatial, 2 archs
+        assert len(rows) == 2 * 15, [r["name"] for r in rows]
+    elif not rows:
         pytest.skip("GEMM kernels filtered out by LAUDTRITON_AOT_ONLY")
-    assert len(rows) == 2 * 15, [r["name"] for r in rows]  # 6 channel + 3x3 spatial, 2 archs
     assert all(r["pipelined"] for r in rows), [
         f"{r['name']} sm_{r['arch']}" for r in rows if not r["pipelined"]]

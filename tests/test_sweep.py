@@ -406,8 +406,13 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     """--prune-top K wires the predictor's prune hook, built for --hardware with top_k K,
     into the sweep: it sees every (spec, rate, variant) the sweep times (CPU variants have
     a single config, so every variant is still timed)."""
+    import laudtriton.predict.hardware as hardware_mod
     import laudtriton.predict.prune as prune_mod
 
+    reads = []
+    real_cpu = hardware_mod.cpu_hardware
+    monkeypatch.setattr(hardware_mod, "cpu_hardware",
+                        lambda cache_dir=None: reads.append(cache_dir) or real_cpu(cache_dir))
     monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
     monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
     made, seen = [], []
@@ -432,7 +437,9 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     with open(tmp_path / "s.csv") as fh:
         timed = {r["variant"] for r in csv.DictReader(fh)}
     assert timed >= {"dense", "gather"}
-    assert made == [("cpu", 1, str(tmp_path))]  # the predictor of --cache-dir
+    # the predictor of --cache-dir, its calibration read once
+    assert made == [(real_cpu(str(tmp_path)), 1, str(tmp_path))]
+    assert reads == [str(tmp_path)]
     assert {v for _, v in seen} == timed and {r for r, _ in seen} == {0.5}
 
 

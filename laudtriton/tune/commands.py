@@ -171,9 +171,11 @@ def run_sweep(args: argparse.Namespace) -> int:
             from ..predict.hardware import get_hardware
             from ..predict.prune import make_prune
 
-            hw = args.hardware or ("cuda" if dev.type == "cuda" else "cpu")
+            # read once: "cpu" / "cuda" read their calibration file
+            hw = get_hardware(args.hardware or ("cuda" if dev.type == "cuda" else "cpu"),
+                              args.cache_dir)
             if args.hardware is not None:
-                kind = get_hardware(hw, args.cache_dir).kind
+                kind = hw.kind
                 if (kind == "cpu") != (dev.type == "cpu"):
                     raise ValueError(
                         f"--hardware {args.hardware!r} models "

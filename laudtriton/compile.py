@@ -9,7 +9,8 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
 - ``"quick"``: the cache is read (each timing kept at the rate it was taken); the
   buckets of a small rate grid (0.2, 0.5, 0.8 and the example's own rate) that no
   timing lies within 0.05 of are timed now, with masks of round(b·N) active cells, and
-  recorded at the rate those realise, round(b·N)/N (``ops.masks.dispatch_rate``).
+  recorded at the rate those realise, round(b·N)/N (``ops.masks.dispatch_rate``). A
+  rate where every candidate failed is recorded so too, and not timed again.
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
 - ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
   within 0.05 of are filled with the latency predictor's estimates (fitted on this
@@ -52,7 +53,7 @@ from .ops.masks import dispatch_rate
 from .ops.synthetic import synthetic_masks
 from .predict.calibrate import fitted_predictor
 from .predict.hardware import DTYPES as PREDICTED_DTYPES
-from .schedule import Choice, DispatchTable, rate_key
+from .schedule import Choice, DispatchTable, near, rate_key
 from .tune.cache import TuneCache, refuse_bad_dir
 from .tune.keys import rate_bucket
 from .tune.measure import time_variants
@@ -277,6 +278,7 @@ ALL_BUCKETS = tuple(i / 10 for i in range(11))
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
     table = DispatchTable()
     actual = float(dispatch_rate(spec, masks))
+    failed: list[float] = []  # rates timed before where every candidate failed
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
         for r in cache.rates(spec):  # each at the rate it was timed at
@@ -285,10 +287,12 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
             # source edit hides one variant's timings, the others' alone would decide
             if hit and names <= set(hit):
                 table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
+                if rate_key(r) not in table.entries:
+                    failed.append(r)
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):
-            if table.covers(b):
+            if table.covers(b) or near(failed, b):  # not timed again at every compile
                 continue
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
             # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1

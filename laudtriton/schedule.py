@@ -76,6 +76,12 @@ class Choice:
         return cls(variant, tuple(sorted((config or {}).items())), float(seconds), source)
 
 
+def near(rates, bucket: float) -> bool:
+    """Whether one of ``rates`` lies within half a bucket (``BUCKET_STEP`` / 2) of
+    ``bucket``."""
+    return any(abs(r - bucket) <= BUCKET_STEP / 2 + 1e-9 for r in rates)
+
+
 @dataclass
 class DispatchTable:
     """activation rate in [0, 1] -> Choice (at the rate its timings were taken, or at a
@@ -115,7 +121,7 @@ class DispatchTable:
         """Whether an entry lies within half a bucket (``BUCKET_STEP`` / 2) of ``bucket``:
         a rate timed between buckets (0.75, a layer gate at batch 8) serves the rates
         around it, so neither a prediction nor another timing is added there."""
-        return any(abs(b - bucket) <= BUCKET_STEP / 2 + 1e-9 for b in self.entries)
+        return near(self.entries, bucket)
 
     def variants(self) -> list[str]:
         return sorted({c.variant for c in self.entries.values()})

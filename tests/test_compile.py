@@ -432,3 +432,31 @@ def test_compiled_block_takes_nested_kernel_configs():
     mixed = DispatchTable({0.2: Choice.make("fused", cfg, 1e-3, "cached"),
                            0.8: Choice.make("fused", other, 1e-3, "cached")})
     assert not CompiledBlock("b", spec, fold_block(block), mixed, "dynamic", 0.5).rate_free
+
+
+def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):
+    """A rate where every candidate failed is recorded (inf) and counts as tried: the next
+    compile on the same cache times nothing again (it timed that rate at every compile)."""
+    import sys
+
+    from laudtriton.ops.masks import dispatch_rate
+
+    compile_module = sys.modules["laudtriton.compile"]
+    real, timed = compile_module.time_variants, []
+
+    def failing_at_half(fb, spec, x, masks, cands, **kw):
+        rate = float(dispatch_rate(spec, masks))
+        timed[-1].append(rate)
+        if abs(rate - 0.5) < 0.05:
+            return {c.name: {"{}": float("inf")} for c in cands}
+        return real(fb, spec, x, masks, cands, **kw)
+
+    monkeypatch.setattr(compile_module, "time_variants", failing_at_half)
+    block = make_block(16, 4, mode="spatial", granularity=2, seed=3)
+    x = torch.randn(1, 16, 8, 8)
+    for _ in range(2):
+        timed.append([])
+        cm = laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    assert any(abs(r - 0.5) < 0.05 for r in timed[0]), timed
+    assert timed[1] == [], timed
+    assert not any(abs(r - 0.5) < 0.05 for r in cm.blocks[0].table.entries)

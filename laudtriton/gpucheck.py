@@ -1,11 +1,15 @@
 """``laudtriton gpucheck --out DIR``: the one prepared GPU run (GPU.md section 4).
 
-In one process, time-boxed to ``--budget`` seconds (default 330, under 6 minutes on one
+In one process (and, for part 2's Triton compiles, up to ``--compile-jobs`` worker
+processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes on one
 H100/H200):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
    fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
-   pass/fail; checks not started within half the budget are recorded as not run;
+   pass/fail; checks not started within half the budget are recorded as not run. The
+   checks first run in worker processes until 0.3 of the budget, for their compiles
+   alone (``warm_compiles``: they land in Triton's on-disk cache, where the checks of
+   the main process find them);
 3. dense (cuDNN, channels_last, best of fp16/bf16) vs each variant (fp16) for the distinct
    blocks of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75,
    batch 1 then 64, do_bench medians (``tune.measure.time_variants``);
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import signal
 import sys
@@ -42,6 +47,7 @@ from .gpureport import RATES, plot, table, write_csv
 
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
 PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
+WARM_SHARE = 0.3  # of --budget: part 2's compiles in worker processes stop by then
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -58,6 +64,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,64", help="batch sizes to time (comma-separated)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
     p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
+    p.add_argument("--compile-jobs", type=int, default=min(8, max(1, (os.cpu_count() or 1) - 1)),
+                   help="processes that compile part 2's kernels first, in parallel (1: "
+                        "none; default: min(8, CPUs - 1))")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,12 +169,13 @@ def machine(r: Run) -> None:
 
 
 # -- 2. kernels and variants vs references ------------------------------------------------
-def kernel_checks(r: Run, until: float | None = None) -> None:
-    """Part 2: every kernel and CUDA variant against its reference, in fp16, bf16 and
-    fp32 (TF32 off); checks not started by ``until`` are recorded as not run."""
+def part2_checks(device: str) -> list[tuple[str, object]]:
+    """(name, no-argument check) of part 2, in order: every kernel family and CUDA
+    variant against its reference, in fp16, bf16 and fp32."""
+    from functools import partial
+
     from .kernelchecks import (
         channel_kernel_checks,
-        exact_fp32,
         masker_kernel_checks,
         spatial_kernel_checks,
         variant_check,
@@ -173,22 +183,79 @@ def kernel_checks(r: Run, until: float | None = None) -> None:
     from .ops import all_variants
 
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    out = []
+    for dt in dtypes:
+        tag = str(dt)[6:]
+        out += [(f"kernel channel_gemm/conv3x3 {tag}", partial(channel_kernel_checks, device, dt)),
+                (f"kernel maskers {tag}", partial(masker_kernel_checks, device, dt)),
+                (f"kernel spatial family {tag}", partial(spatial_kernel_checks, device, dt))]
+    backend = "cuda" if device == "cuda" else "cpu"
+    for v in all_variants():
+        if backend not in v.backends or v.name == "dense":
+            continue
+        for mode in v.modes:
+            out += [(f"variant {v.name} {mode} {str(dt)[6:]}",
+                     partial(variant_check, v, mode, device, dt)) for dt in dtypes]
+    return out
+
+
+def _warm_one(job: tuple[str, str]) -> str | None:
+    """In a worker process: run part 2's check called ``name`` on ``device`` for its
+    Triton compiles, which land in Triton's on-disk cache; its result is not kept (the
+    main process runs every check itself). Returns an error line, or None."""
+    from .kernelchecks import exact_fp32
+
+    device, name = job
+    try:
+        with exact_fp32():
+            dict(part2_checks(device))[name]()
+    except Exception as e:  # reported by the check itself in the main process
+        return describe(e)
+    return None
+
+
+def warm_compiles(r: Run, until: float, jobs: int) -> int:
+    """Run part 2's checks first in ``jobs`` spawned worker processes, so that their
+    Triton JIT compiles (dozens, seconds each on a fresh machine: the bulk of part 2)
+    run in parallel and land in Triton's on-disk cache, where the checks in this process
+    find them. Best effort: the workers are stopped at ``until``, and whatever failed or
+    was not reached is compiled by the checks themselves. Only on CUDA with jobs >= 2.
+    Returns how many checks the workers finished."""
+    import multiprocessing
+
+    if r.device != "cuda" or jobs < 2 or until <= time.perf_counter():
+        return 0
+    names = [name for name, _ in part2_checks(r.device)]
+    n = len(names)
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ctx.Pool(min(jobs, n)) as pool:
+        try:  # workers that cannot start are restarted for ever: give up on them early
+            pool.apply_async(os.getpid).get(timeout=max(0.0, min(60.0, until - t0)))
+        except multiprocessing.TimeoutError:
+            pool.terminate()
+            r.say(f"part 2's compile workers did not start in {time.perf_counter() - t0:.0f}"
+                  " s; compiling in this process")
+            return 0
+        results = [pool.apply_async(_warm_one, ((r.device, name),)) for name in names]
+        for res in results:
+            res.wait(timeout=max(0.0, until - time.perf_counter()))
+        done = sum(res.ready() for res in results)
+        pool.terminate()
+    r.say(f"part 2's checks run for their compiles in {min(jobs, n)} processes: {done} of "
+          f"{n} in {time.perf_counter() - t0:.0f} s"
+          + ("" if done == n else " (the others stopped at the time box)"))
+    return done
+
+
+def kernel_checks(r: Run, until: float | None = None) -> None:
+    """Part 2: every kernel and CUDA variant against its reference, in fp16, bf16 and
+    fp32 (TF32 off); checks not started by ``until`` are recorded as not run."""
+    from .kernelchecks import exact_fp32
+
     with exact_fp32():  # cuDNN's fp32 convolutions in TF32 would miss the fp32 bound
-        for dt in dtypes:
-            tag = str(dt)[6:]
-            r.check(f"kernel channel_gemm/conv3x3 {tag}",
-                    lambda: channel_kernel_checks(r.device, dt), until)
-            r.check(f"kernel maskers {tag}", lambda: masker_kernel_checks(r.device, dt), until)
-            r.check(f"kernel spatial family {tag}", lambda: spatial_kernel_checks(r.device, dt),
-                    until)
-        backend = "cuda" if r.device == "cuda" else "cpu"
-        for v in all_variants():
-            if backend not in v.backends or v.name == "dense":
-                continue
-            for mode in v.modes:
-                for dt in dtypes:
-                    r.check(f"variant {v.name} {mode} {str(dt)[6:]}",
-                            lambda: variant_check(v, mode, r.device, dt), until)
+        for name, fn in part2_checks(r.device):
+            r.check(name, fn, until)
 
 
 # -- 3. per-block timings -------------------------------------------------------------------
@@ -387,6 +454,9 @@ def _options(args) -> list[int]:
         raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0")
     if args.configs < 1:
         raise ValueError(f"--configs {args.configs} must be >= 1")
+    if args.compile_jobs < 1:
+        raise ValueError(f"--compile-jobs {args.compile_jobs} must be >= 1 (1: no worker "
+                         "processes)")
     try:
         batches = [int(b) for b in str(args.batches).split(",")]
     except ValueError:
@@ -440,7 +510,8 @@ def run(args) -> int:
 
     steps = [("1/4 machine", lambda: machine(r)),
              ("2/4 kernels and variants vs references (NaN-poisoned outputs)",
-              lambda: kernel_checks(r, r.t0 + PART2_SHARE * args.budget)),
+              lambda: (warm_compiles(r, r.t0 + WARM_SHARE * args.budget, args.compile_jobs),
+                       kernel_checks(r, r.t0 + PART2_SHARE * args.budget))),
              ("3/4 blocks: dense vs variants", part3),
              ("4/4 whole LAUD-ResNet-101 compiled vs dense", part4)]
     previous = signal.signal(signal.SIGTERM, terminated)

@@ -38,7 +38,8 @@ def test_run_rejects_other_devices(tmp_path, capsys):
 
 @pytest.mark.parametrize("option,value", [
     ("--budget", "-1"), ("--budget", "0"), ("--budget", "nan"), ("--budget", "inf"),
-    ("--configs", "0"), ("--batches", "0"), ("--batches", "1,-64"), ("--batches", ""),
+    ("--configs", "0"), ("--compile-jobs", "0"), ("--batches", "0"), ("--batches", "1,-64"),
+    ("--batches", ""),
     ("--batches", "1,x"), ("--batches", "64,1,64"), ("--input-size", "16"), ("--out", ""),
 ])
 def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
@@ -259,3 +260,27 @@ def test_variant_check_compares_every_variant_it_is_given():
                    dataclasses.replace(gather, configs=lambda spec: [])):
         with pytest.raises(AssertionError, match="nothing compared"):
             kernelchecks.variant_check(broken, "spatial", "cpu", torch.float32)
+
+
+def test_part2_checks_have_distinct_names():
+    """The compile workers find a check by its name (``_warm_one``)."""
+    for device in ("cpu", "cuda"):
+        names = [n for n, _ in gpucheck.part2_checks(device)]
+        assert names and len(set(names)) == len(names)
+
+
+def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
+    """Part 2's compile warm-up: spawned workers run every check by name and the run goes
+    on (here each fails at once for want of CUDA; on a GPU they fill Triton's on-disk
+    cache). Off CUDA, or with one job, nothing is started."""
+    import time
+
+    r = gpucheck.Run(tmp_path, 100, "cpu")
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
+    r.device = "cuda"
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 1) == 0
+    t0 = time.perf_counter()
+    n = len(gpucheck.part2_checks("cuda"))
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == n
+    assert time.perf_counter() - t0 < 90
+    assert f"{n} of {n} in" in capsys.readouterr().out

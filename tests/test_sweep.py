@@ -208,9 +208,9 @@ def test_shards_partition_the_work(tmp_path, counted):
 
 
 def test_unwritable_cache_sweep_goes_on(tmp_path):
-    (tmp_path / "f").write_text("x")
-    res = sweep(tiny(), rates=[0.5], cache=TuneCache(tmp_path / "f" / "c"), blocks=["layer4.0"],
-                **FAST)
+    cache = TuneCache(tmp_path / "f")
+    (tmp_path / "f").write_text("x")  # a file where the directory should be: fails as root
+    res = sweep(tiny(), rates=[0.5], cache=cache, blocks=["layer4.0"], **FAST)
     assert res.timed == 1 and not res.saved and res.rows
     assert all(math.isfinite(r["seconds"]) for r in res.rows)
 

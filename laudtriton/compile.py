@@ -288,7 +288,7 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
             if hit and names <= set(hit):
                 table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
                 if rate_key(r) not in table.entries:
-                    failed.append(r)
+                    failed.append(rate_key(r))
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):
@@ -298,12 +298,14 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
             # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
             # is off at b = 0.2), once
             r = rate_key(dispatch_rate(spec, m))
-            if r in table.entries:
+            if r in table.entries or r in failed:
                 continue
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
                 cache.record(spec, r, timings, {"asked_rates": [b]})
             table.add(r, timings, "measured")
+            if r not in table.entries:  # every candidate failed: not again (below, or
+                failed.append(r)  # at the next compile: it is recorded)
     # the predictor models float32, float16 and bfloat16; another dtype (float64) is
     # timed on the example input below when nothing is cached
     if (tune == "cached" and predictor is not None and len(cands) > 1
@@ -370,17 +372,19 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         (a CompiledModel) is refused.
 
     Raises:
-        ValueError: on a model that is not an nn.Module, an unknown backend, tune or dispatch mode,
-            an unknown variant name, a missing example input, an example input without a sample, or
-            one the model rejects; a dtype that is not a floating-point torch dtype; a cache_dir
-            that is not a path, is empty or names a file (``tune.keys.check_dir``); a LaudResNet
-            subclass that overrides forward, stem or head, or a stem the compiled model cannot run
-            (``compiled.check_resnet``); a block whose modules the fold cannot express or whose
-            maskers the compiled gates cannot read (``check_foldable``); a model compiled already (a
-            CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD network that
-            the compiled model would not call, or one on its stem's pooling (``_check_hooks``); an
-            example input holding NaN or inf; ``variants`` of which no block of the model runs any;
-            a blank $LAUDTRITON_CACHE_DIR or one naming a file (with cache_dir None and tune not
+        ValueError: on a model that is not an nn.Module, an unknown backend, tune or
+            dispatch mode, an unknown variant name, a missing example input, an example
+            input without a sample, or one the model rejects; a dtype that is not a
+            floating-point torch dtype; a cache_dir that is not a path, is empty, or names a
+            file or lies inside one (``tune.keys.check_dir``); a LaudResNet subclass that
+            overrides forward, stem or head, or a stem the compiled model cannot run
+            (``compiled.check_resnet``); a block whose modules the fold cannot express or
+            whose maskers the compiled gates cannot read (``check_foldable``); a model
+            compiled already (a CompiledModel, and no LAUD block); a forward hook or pre-
+            hook inside a LAUD network that the compiled model would not call, or one on its
+            stem's pooling (``_check_hooks``); an example input holding NaN or inf;
+            ``variants`` of which no block of the model runs any; a blank
+            $LAUDTRITON_CACHE_DIR or one naming a file (with cache_dir None and tune not
             "off").
         RuntimeError: when every candidate variant fails on a block's example input.
     """

@@ -199,13 +199,12 @@ def part2_checks(device: str) -> list[tuple[str, object]]:
     return out
 
 
-def _warm_one(job: tuple[str, str]) -> str | None:
-    """In a worker process: run part 2's check called ``name`` on ``device`` for its
-    Triton compiles, which land in Triton's on-disk cache; its result is not kept (the
-    main process runs every check itself). Returns an error line, or None."""
+def _warm_one(device: str, name: str) -> str | None:
+    """Run part 2's check called ``name`` on ``device`` for its Triton compiles, which land
+    in Triton's on-disk cache; its result is not kept (the main process runs every check
+    itself). Returns an error line, or None."""
     from .kernelchecks import exact_fp32
 
-    device, name = job
     try:
         with exact_fp32():
             dict(part2_checks(device))[name]()
@@ -214,38 +213,75 @@ def _warm_one(job: tuple[str, str]) -> str | None:
     return None
 
 
+def _warm_worker(device: str, names: list[str], folder: str, deadline: float) -> None:
+    """A compile worker: claims the checks one by one (a claim file made with O_EXCL, so
+    that no two workers run the same check and none waits on another), runs each, and
+    writes ``<i>.done`` holding its error line (empty: passed); no new check starts after
+    ``deadline`` (``time.time()``), so that a worker orphaned by a killed run ends soon."""
+    for i, name in enumerate(names):
+        if time.time() > deadline:
+            return
+        try:
+            os.close(os.open(os.path.join(folder, f"{i}.claim"),
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        error = _warm_one(device, name)
+        with open(os.path.join(folder, f"{i}.done"), "w") as fh:
+            fh.write(error or "")
+
+
 def warm_compiles(r: Run, until: float, jobs: int) -> int:
     """Run part 2's checks first in ``jobs`` spawned worker processes, so that their
     Triton JIT compiles (dozens, seconds each on a fresh machine: the bulk of part 2)
     run in parallel and land in Triton's on-disk cache, where the checks in this process
-    find them. Best effort: the workers are stopped at ``until``, and whatever failed or
-    was not reached is compiled by the checks themselves. Only on CUDA with jobs >= 2.
-    Returns how many checks the workers finished."""
+    find them. Best effort, never raising but for a SIGTERM: the workers are killed at
+    ``until`` (and on any exit from here), and whatever failed or was not reached is
+    compiled by the checks themselves. Plain processes, no pool: a worker killed by a
+    signal holds no lock the main process would wait on. Only on CUDA with jobs >= 2.
+    Returns how many checks the workers finished (passed or failed)."""
     import multiprocessing
+    import tempfile
 
     if r.device != "cuda" or jobs < 2 or until <= time.perf_counter():
         return 0
-    names = [name for name, _ in part2_checks(r.device)]
-    n = len(names)
     t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    with ctx.Pool(min(jobs, n)) as pool:
-        try:  # workers that cannot start are restarted for ever: give up on them early
-            pool.apply_async(os.getpid).get(timeout=max(0.0, min(60.0, until - t0)))
-        except multiprocessing.TimeoutError:
-            pool.terminate()
-            r.say(f"part 2's compile workers did not start in {time.perf_counter() - t0:.0f}"
-                  " s; compiling in this process")
-            return 0
-        results = [pool.apply_async(_warm_one, ((r.device, name),)) for name in names]
-        for res in results:
-            res.wait(timeout=max(0.0, until - time.perf_counter()))
-        done = sum(res.ready() for res in results)
-        pool.terminate()
-    r.say(f"part 2's checks run for their compiles in {min(jobs, n)} processes: {done} of "
-          f"{n} in {time.perf_counter() - t0:.0f} s"
-          + ("" if done == n else " (the others stopped at the time box)"))
-    return done
+    names = [name for name, _ in part2_checks(r.device)]
+    k = min(jobs, len(names))
+    procs = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="laudtriton_warm_") as folder:
+            try:
+                ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+                deadline = time.time() + (until - time.perf_counter())
+                for _ in range(k):
+                    proc = ctx.Process(target=_warm_worker, daemon=True,
+                                       args=(r.device, names, folder, deadline))
+                    proc.start()
+                    procs.append(proc)  # started: joined and, if alive, killed below
+                for p in procs:
+                    p.join(timeout=max(0.0, until - time.perf_counter()))
+            finally:
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
+                for p in procs:
+                    p.join(timeout=10)
+            errors = []
+            for i in range(len(names)):
+                path = os.path.join(folder, f"{i}.done")
+                if os.path.exists(path):
+                    with open(path) as fh:
+                        errors.append(fh.read())
+    except Exception as e:  # no worker could start (no /dev/shm, no spawn...)
+        r.say(f"part 2's compile workers failed ({describe(e)}); compiling in this process")
+        return 0
+    failed = [e for e in errors if e]
+    r.say(f"part 2's checks run for their compiles in {k} processes: {len(errors)} of "
+          f"{len(names)} in {time.perf_counter() - t0:.0f} s"
+          + (f", {len(failed)} failed there (first: {failed[0]})" if failed else "")
+          + ("" if len(errors) == len(names) else " (the others not reached by the time box)"))
+    return len(errors)
 
 
 def kernel_checks(r: Run, until: float | None = None) -> None:

@@ -460,3 +460,30 @@ def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):
     assert any(abs(r - 0.5) < 0.05 for r in timed[0]), timed
     assert timed[1] == [], timed
     assert not any(abs(r - 0.5) < 0.05 for r in cm.blocks[0].table.entries)
+
+
+def test_quick_tuning_does_not_time_a_failed_layer_rate_twice(tmp_path, monkeypatch):
+    """A layer gate at batch 1: buckets 0.2 and 0.5 both realise rate 0. When every
+    candidate fails there, rate 0 is timed once in the first compile and not at all in
+    the next (the check compared buckets, not realised rates: twice each time)."""
+    import sys
+
+    from laudtriton.ops.masks import dispatch_rate
+
+    compile_module = sys.modules["laudtriton.compile"]
+    real, timed = compile_module.time_variants, []
+
+    def failing_at_zero(fb, spec, x, masks, cands, **kw):
+        rate = float(dispatch_rate(spec, masks))
+        timed[-1].append(rate)
+        if rate == 0.0:
+            return {c.name: {"{}": float("inf")} for c in cands}
+        return real(fb, spec, x, masks, cands, **kw)
+
+    monkeypatch.setattr(compile_module, "time_variants", failing_at_zero)
+    block = make_block(32, 8, mode="layer", seed=2)
+    x = torch.randn(1, 32, 8, 8)
+    for _ in range(2):
+        timed.append([])
+        laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    assert timed == [[0.0, 1.0], []], timed

@@ -283,4 +283,46 @@ def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
     n = len(gpucheck.part2_checks("cuda"))
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == n
     assert time.perf_counter() - t0 < 90
-    assert f"{n} of {n} in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{n} of {n} in" in out and f"{n} failed there (first: " in out
+
+
+def test_warm_compiles_kills_its_workers_on_sigterm(tmp_path, monkeypatch):
+    """A SIGTERM (``Terminated``) while the main process waits for the compile workers
+    propagates, and no worker is left running (with a pool, one killed while holding
+    the pool's lock hung the main process until SIGKILL)."""
+    import multiprocessing
+    import time
+    from multiprocessing.context import SpawnProcess
+
+    real_join, calls = SpawnProcess.join, []
+
+    def join(self, timeout=None):
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise gpucheck.Terminated("signal 15")
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(SpawnProcess, "join", join)
+    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r.device = "cuda"
+    with pytest.raises(gpucheck.Terminated):
+        gpucheck.warm_compiles(r, time.perf_counter() + 100, 2)
+    assert multiprocessing.active_children() == []
+
+
+def test_warm_compiles_that_cannot_start_leaves_part2_to_the_main_process(
+        tmp_path, monkeypatch, capsys):
+    """Workers that cannot start (no /dev/shm, say) are one printed line: the warm-up
+    shared a step with the checks, so raising would have skipped every check."""
+    import time
+    from multiprocessing.context import SpawnProcess
+
+    def start(self):
+        raise OSError("no semaphores")
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r.device = "cuda"
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
+    assert "compile workers failed (OSError: no semaphores)" in capsys.readouterr().out

@@ -380,9 +380,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             overrides forward, stem or head, or a stem the compiled model cannot run
             (``compiled.check_resnet``); a block whose modules the fold cannot express or
             whose maskers the compiled gates cannot read (``check_foldable``); a model
-            compiled already (a CompiledModel, and no LAUD block); a forward hook or pre-
-            hook inside a LAUD network that the compiled model would not call, or one on its
-            stem's pooling (``_check_hooks``); an example input holding NaN or inf;
+            compiled already (a CompiledModel, and no LAUD block); a forward hook or
+            pre-hook inside a LAUD network that the compiled model would not call, or one on
+            its stem's pooling (``_check_hooks``); an example input holding NaN or inf;
             ``variants`` of which no block of the model runs any; a blank
             $LAUDTRITON_CACHE_DIR or one naming a file (with cache_dir None and tune not
             "off").

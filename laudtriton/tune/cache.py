@@ -242,7 +242,7 @@ def write_json_atomic(path: Path, data) -> None:
 
 def refuse_bad_dir(cache_dir) -> None:
     """A ValueError when the ``cache_dir`` argument is blank, which would otherwise mean
-    the current directory, or names an existing file (None means the default
+    the current directory, or names a file or lies inside one (None means the default
     directory; ``keys.check_dir``)."""
     if cache_dir is not None:
         check_dir(cache_dir, "cache_dir", ", or None for the default")
@@ -261,8 +261,8 @@ class TuneCache:
 
     Raises:
         ValueError: if cache_dir is blank, which would otherwise mean the current
-            directory, or names a file; with cache_dir None, if $LAUDTRITON_CACHE_DIR is
-            (``keys.check_dir``).
+            directory, or names a file or lies inside one; with cache_dir None, if
+            $LAUDTRITON_CACHE_DIR does (``keys.check_dir``).
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",

@@ -57,8 +57,8 @@ def check_nonempty(path: str | None, flag: str) -> None:
 
 
 def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
-    """A ValueError naming ``flag`` when ``path`` is empty or an existing non-directory
-    (None: the default directory; ``keys.check_dir``)."""
+    """A ValueError naming ``flag`` when ``path`` is empty, or names a file or lies inside
+    one (None: the default directory; ``keys.check_dir``)."""
     if path is not None:
         check_dir(path, flag, ", or leave the option out for the default")
 

@@ -165,7 +165,7 @@ def default_cache_dir() -> Path:
 
     Raises:
         ValueError: if the variable is blank (spaces: a directory named so in the current
-            one) or names an existing file, as ``--cache-dir`` is refused then
+            one) or names a file or lies inside one, as ``--cache-dir`` is refused then
             (:func:`check_dir`).
     """
     env = os.environ.get("LAUDTRITON_CACHE_DIR")

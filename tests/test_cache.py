@@ -453,4 +453,6 @@ def test_cache_dir_naming_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=f"is not a directory .it lies inside the file "
                                          f"{str(afile)!r}"):
         TuneCache(afile / "sub" / "c")  # no directory can be made under a file
+    with pytest.raises(ValueError, match="it lies inside the file"):
+        TuneCache(f"{afile}/../new")  # nor through it
     assert TuneCache(tmp_path / "new").dir == tmp_path / "new"  # a missing one is made later

@@ -150,13 +150,14 @@ def check_dir(path, name: str, unset: str = "") -> None:
     text = os.fspath(path)
     if not text.strip():
         raise ValueError(f"{name} {text!r} is empty; give a directory{unset}")
-    where = os.path.abspath(os.path.expanduser(text))
-    while not os.path.lexists(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)  # os.path swallows permission errors: False
-    if os.path.exists(where) and not os.path.isdir(where):
-        inside = "" if where == os.path.abspath(os.path.expanduser(text)) else (
-            f" (it lies inside the file {where!r})")
-        raise ValueError(f"{name} {text!r} is not a directory{inside}")
+    parts = Path(os.path.expanduser(text)).parts  # '..' kept: 'f/../d' is inside f too
+    for k in range(len(parts), 0, -1):  # the longest part of the path that exists
+        where = os.path.join(*parts[:k])
+        if os.path.lexists(where):  # os.path swallows permission errors: False
+            if os.path.exists(where) and not os.path.isdir(where):
+                inside = "" if k == len(parts) else f" (it lies inside the file {where!r})"
+                raise ValueError(f"{name} {text!r} is not a directory{inside}")
+            return
 
 
 def default_cache_dir() -> Path:

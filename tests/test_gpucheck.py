@@ -263,7 +263,7 @@ def test_variant_check_compares_every_variant_it_is_given():
 
 
 def test_part2_checks_have_distinct_names():
-    """The compile workers find a check by its name (``_warm_one``)."""
+    """The compile workers find a check by its name (``_warm_worker``)."""
     for device in ("cpu", "cuda"):
         names = [n for n, _ in gpucheck.part2_checks(device)]
         assert names and len(set(names)) == len(names)

@@ -17,7 +17,6 @@ block with its maskers). efficiency = FLOPs ratio / time ratio.
 
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import statistics
@@ -36,7 +35,7 @@ from . import runtime
 from .compile import compile
 from .compiled import CompiledModel, set_stem, stem
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
-from .nn.block import BlockMasks
+from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import fold_block
 from .ops.dense import dense_block
@@ -77,8 +76,8 @@ class DenseModel(nn.Module):
         self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
         for fb in self.folded:
             fb.w2 = fb.w2.contiguous(memory_format=memory_format)
-        self.avgpool = copy.deepcopy(model.avgpool).eval()
-        self.fc = copy.deepcopy(model.fc).eval()
+        self.avgpool = detached_copy(model.avgpool).eval()
+        self.fc = detached_copy(model.fc).eval()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

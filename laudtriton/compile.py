@@ -32,7 +32,6 @@ reading it too (channel blocks, where ``slice`` serves every rate).
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import logging
@@ -45,7 +44,7 @@ import torch
 from torch import nn
 
 from .compiled import CompiledBlock, CompiledModel, check_resnet, foldable_bn, refuse_train
-from .nn.block import LaudBottleneck
+from .nn.block import LaudBottleneck, detached_copy
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block, get_variant, variants_for
@@ -450,7 +449,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                              "the model it came from (a CompiledModel's .source)")
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
                       f"eval-mode copy of it on {device} in {dtype}", stacklevel=3)
-        return copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+        return detached_copy(model).eval().to(device=device, dtype=dtype)
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
             raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
@@ -475,7 +474,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                 else _outermost(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:
             _check_hooks(net, name)
-    ref = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+    ref = detached_copy(model).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)

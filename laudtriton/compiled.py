@@ -4,14 +4,13 @@ its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), 
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .nn.block import BlockMasks
+from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
@@ -268,8 +267,8 @@ changes nothing here); to train, train the original model and compile it again.
         self.is_resnet = isinstance(source, LaudResNet)
         if self.is_resnet:
             set_stem(self, source, device, dtype, CL)
-            self.avgpool = copy.deepcopy(source.avgpool).eval()
-            self.fc = copy.deepcopy(source.fc).to(device, dtype).eval()
+            self.avgpool = detached_copy(source.avgpool).eval()
+            self.fc = detached_copy(source.fc).to(device, dtype).eval()
         self.train(False)  # inference only, from the start (a module starts in training)
 
     @property
@@ -464,7 +463,7 @@ def set_stem(owner: nn.Module, model: LaudResNet, device, dtype: torch.dtype,
     owner.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=memory_format))
     owner.register_buffer("stem_b", b.to(device, dtype))
     owner.stem_stride, owner.stem_padding = model.conv1.stride[0], model.conv1.padding[0]
-    owner.stem_pool = copy.deepcopy(model.maxpool).eval()
+    owner.stem_pool = detached_copy(model.maxpool).eval()
 
 
 def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:

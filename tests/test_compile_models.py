@@ -467,6 +467,7 @@ def _pruned(m):
     for _, b in m.blocks():
         for conv in (b.conv1, b.conv2, b.conv3):
             prune.l1_unstructured(conv, "weight", 0.5)
+    prune.l1_unstructured(m.fc, "weight", 0.5)  # the head runs as a copy
     return m
 
 
@@ -499,13 +500,15 @@ def _conv_linear_hooked(m):  # the compiled gates call a copy of this masker
 def test_hooks_that_run_or_are_folded_are_kept(change):
     """Pruning and weight_norm pre-hooks leave the weight the fold reads; the head (and a
     conv_linear channel masker) run as copied modules; stage containers are never called.
-    All compiled before hooks were checked, and must still."""
+    All compiled before hooks were checked, and must still. The change and a forward run
+    in grad mode, as in training: a pruned or weight-normed weight then has autograd
+    history, which ``copy.deepcopy`` refuses (compile copies it detached)."""
     mode = "channel" if change is _conv_linear_hooked else "spatial"
     kw = {"channel_masker": "conv_linear"} if change is _conv_linear_hooked else {}
     model, x = tiny(mode, **kw), torch.randn(2, 3, 32, 32)
     calibrate_rates(model, x, 0.5)
-    with torch.no_grad():  # a weight pruning computes in grad mode is not deep-copyable
-        model = change(model)
+    model = change(model)
+    model(x).sum().backward()
     cm = compile_cpu(model, x)
     with torch.no_grad():
         assert_close(cm(x), model(x))

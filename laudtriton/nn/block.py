@@ -7,6 +7,7 @@ compiled variant reproduces.
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass
 
@@ -77,6 +78,20 @@ def without_records(state: dict) -> dict:
         if key in state:
             state[key] = None
     return state
+
+
+def detached_copy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy(module)``, where a tensor held as a plain attribute of one of its
+    modules and carrying autograd history is copied detached. Those are the weights a
+    forward pre-hook recomputes from parameters on every call (``torch.nn.utils.prune``,
+    ``weight_norm``), last computed in grad mode; ``copy.deepcopy`` refuses them. The
+    copy's values are the same, and its own hooks recompute them on its next forward."""
+    memo: dict = {}
+    for m in module.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(module, memo)
 
 
 def _positive_int(v) -> bool:

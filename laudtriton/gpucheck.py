@@ -1,15 +1,16 @@
 """``laudtriton gpucheck --out DIR``: the one prepared GPU run (GPU.md section 4).
 
-In one process (and, for part 2's Triton compiles, up to ``--compile-jobs`` worker
-processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes on one
-H100/H200):
+In one process (and, for the Triton compiles of parts 2 and 3, up to ``--compile-jobs``
+worker processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes
+on one H100/H200):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
    fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
    pass/fail; checks not started within half the budget are recorded as not run. The
-   checks first run in worker processes until 0.3 of the budget, for their compiles
-   alone (``warm_compiles``: they land in Triton's on-disk cache, where the checks of
-   the main process find them);
+   checks, then part 3's Triton variants on each of its blocks and batches, first run
+   in worker processes until 0.3 of the budget, for their compiles alone
+   (``warm_compiles``: they land in Triton's on-disk cache, where the main process
+   finds them);
 3. dense (cuDNN, channels_last, best of fp16/bf16) vs each variant (fp16) for the distinct
    blocks of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75,
    batch 1 then 64, do_bench medians (``tune.measure.time_variants``);
@@ -65,8 +66,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
     p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
     p.add_argument("--compile-jobs", type=int, default=min(8, max(1, (os.cpu_count() or 1) - 1)),
-                   help="processes that compile part 2's kernels first, in parallel (1: "
-                        "none; default: min(8, CPUs - 1))")
+                   help="processes that compile the kernels of parts 2 and 3 first, in "
+                        "parallel (1: none; default: min(8, CPUs - 1))")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,18 +200,77 @@ def part2_checks(device: str) -> list[tuple[str, object]]:
     return out
 
 
-def _warm_worker(device: str, names: list[str], folder: str, deadline: float) -> None:
-    """A compile worker: claims the checks one by one (a claim file made with O_EXCL, so
-    that no two workers run the same check and none waits on another) and runs each for
-    its Triton compiles, which land in Triton's on-disk cache; it writes ``<i>.done``
-    holding the check's error line (empty: passed; the main process runs every check
-    itself and reports it). No new check starts after ``deadline`` (``time.time()``), so
-    that a worker orphaned by a killed run ends soon. A check of the main process's list
-    that this process does not know (none expected) counts as failed."""
-    from .kernelchecks import exact_fp32
+def _random_block(spec):
+    """A LAUD block of ``spec``'s shape and configuration with random weights: what the
+    Triton kernels compile for depends on shapes, dtypes and configs, not on values."""
+    from .ops import BlockSpec
+    from .testing import make_block
 
+    g = spec.width // spec.channel_groups if spec.channel_groups else 1
+    block = make_block(spec.in_channels, spec.width, spec.stride, spec.mode, spec.granularity,
+                       channel_granularity=g, downsample=spec.downsample)
+    made = BlockSpec.from_block(block, (spec.batch, spec.in_channels, *spec.in_hw), spec.dtype)
+    if made != spec:
+        raise ValueError(f"a random block of {spec.short()} came out as {made.short()}")
+    return block
+
+
+def warm_block(device: str, spec, n_configs: int) -> None:
+    """Run once, at each of part 3's rates, every config part 3 times (the first
+    ``n_configs``) of each Triton variant of ``spec`` (float16, as part 3), for their
+    compiles alone. Raises the first error, after trying every config."""
+    from .ops import fold_block, variants_for
+    from .ops.synthetic import synthetic_masks
+
+    fb = fold_block(_random_block(spec), torch.float16, device)
+    x = torch.randn(spec.batch, spec.in_channels, *spec.in_hw).relu().to(device, torch.float16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    first = None
+    for v in variants_for(spec, "cuda"):
+        if not v.needs_triton:
+            continue
+        for cfg in v.configs(spec)[:n_configs]:
+            for rate in RATES:
+                masks = synthetic_masks(spec, rate, seed=1, device=device)
+                try:
+                    with torch.no_grad():
+                        if v.run_inplace is not None:  # the form part 3 times
+                            v.run_inplace(fb, x.clone(), masks, cfg)
+                        else:
+                            v.run(fb, x, masks, cfg)
+                except Exception as e:  # the other configs still compile
+                    first = first or RuntimeError(f"{v.name} {cfg}: {describe(e)}")
+    if first is not None:
+        raise first
+
+
+def part3_warmups(blocks, batches: list[int]) -> list[tuple[str, dict]]:
+    """(name, spec as a dict) of part 3's blocks, batch by batch as part 3 times them,
+    for ``warm_block`` in the compile workers."""
+    return [(f"warm b{b} {mode} {spec1.short()} #{i}", spec1.with_(batch=b).to_dict())
+            for b in batches for i, (mode, _, spec1, _) in enumerate(blocks.values())]
+
+
+def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
+                 part3: list[tuple[str, dict]] = (), n_configs: int = 2,
+                 threads: int = 1) -> None:
+    """A compile worker: claims the jobs one by one (a claim file made with O_EXCL, so
+    that no two workers run the same job and none waits on another) and runs each for
+    its Triton compiles, which land in Triton's on-disk cache; it writes ``<i>.done``
+    holding the job's error line (empty: passed; the main process runs every check
+    itself and reports it). The jobs: part 2's checks ``names``, then ``warm_block`` on
+    each spec of ``part3`` (numbered after them). No new job starts after ``deadline``
+    (``time.time()``), so that a worker orphaned by a killed run ends soon. A check of
+    the main process's list that this process does not know (none expected) counts as
+    failed."""
+    from .kernelchecks import exact_fp32
+    from .ops import BlockSpec
+
+    torch.set_num_threads(threads)
     checks = dict(part2_checks(device))
-    for i, name in enumerate(names):
+    jobs = [checks.get(name, name) for name in names]
+    jobs += [(BlockSpec.from_dict(d),) for _, d in part3]
+    for i, job in enumerate(jobs):
         if time.time() > deadline:
             return
         try:
@@ -221,22 +281,29 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float) ->
         error = ""
         try:
             with exact_fp32():
-                checks[name]()
+                if isinstance(job, tuple):
+                    warm_block(device, job[0], n_configs)
+                elif isinstance(job, str):
+                    raise KeyError(f"no check named {job!r} in this process")
+                else:
+                    job()
         except Exception as e:
             error = describe(e)
         with open(os.path.join(folder, f"{i}.done"), "w") as fh:
             fh.write(error)
 
 
-def warm_compiles(r: Run, until: float, jobs: int) -> int:
-    """Run part 2's checks first in ``jobs`` spawned worker processes, so that their
-    Triton JIT compiles (dozens, seconds each on a fresh machine: the bulk of part 2)
-    run in parallel and land in Triton's on-disk cache, where the checks in this process
-    find them. Best effort, never raising but for a SIGTERM: the workers are killed at
-    ``until`` (and on any exit from here), and whatever failed or was not reached is
-    compiled by the checks themselves. Plain processes, no pool: a worker killed by a
-    signal holds no lock the main process would wait on. Only on CUDA with jobs >= 2.
-    Returns how many checks the workers finished (passed or failed)."""
+def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 2) -> int:
+    """Run part 2's checks, then part 3's Triton variants (``warm_block``), first in
+    ``jobs`` spawned worker processes, so that their Triton JIT compiles (dozens, seconds
+    each on a fresh machine: the bulk of parts 2 and 3) run in parallel and land in
+    Triton's on-disk cache, where this process finds them. part3: a callable giving part
+    3's jobs (``part3_warmups``), called only when workers start; None: part 2 alone.
+    Best effort, never raising but for a SIGTERM: the workers are killed at ``until``
+    (and on any exit from here), and whatever failed or was not reached is compiled
+    where it runs. Plain processes, no pool: a worker killed by a signal holds no lock
+    the main process would wait on. Only on CUDA with jobs >= 2. Returns how many jobs
+    the workers finished (passed or failed)."""
     import multiprocessing
     import tempfile
 
@@ -244,7 +311,14 @@ def warm_compiles(r: Run, until: float, jobs: int) -> int:
         return 0
     t0 = time.perf_counter()
     names = [name for name, _ in part2_checks(r.device)]
-    k = min(jobs, len(names))
+    try:
+        warm3 = list(part3()) if part3 is not None else []
+    except Exception as e:  # part 3's blocks could not be listed: part 2 alone
+        r.say(f"part 3's blocks could not be listed for the compile workers ({describe(e)})")
+        warm3 = []
+    n = len(names) + len(warm3)
+    k = min(jobs, n)
+    threads = max(1, (os.cpu_count() or 1) // k)
     procs = []
     try:
         with tempfile.TemporaryDirectory(prefix="laudtriton_warm_") as folder:
@@ -253,7 +327,8 @@ def warm_compiles(r: Run, until: float, jobs: int) -> int:
                 deadline = time.time() + (until - time.perf_counter())
                 for _ in range(k):
                     proc = ctx.Process(target=_warm_worker, daemon=True,
-                                       args=(r.device, names, folder, deadline))
+                                       args=(r.device, names, folder, deadline, warm3,
+                                             n_configs, threads))
                     proc.start()
                     procs.append(proc)  # started: joined and, if alive, killed below
                 for p in procs:
@@ -264,20 +339,22 @@ def warm_compiles(r: Run, until: float, jobs: int) -> int:
                         p.kill()
                 for p in procs:
                     p.join(timeout=10)
-            errors = []
-            for i in range(len(names)):
+            errors = {}
+            for i in range(n):
                 path = os.path.join(folder, f"{i}.done")
                 if os.path.exists(path):
                     with open(path) as fh:
-                        errors.append(fh.read())
+                        errors[i] = fh.read()
     except Exception as e:  # no worker could start (no /dev/shm, no spawn...)
-        r.say(f"part 2's compile workers failed ({describe(e)}); compiling in this process")
+        r.say(f"the compile workers failed ({describe(e)}); compiling in this process")
         return 0
-    failed = [e for e in errors if e]
-    r.say(f"part 2's checks run for their compiles in {k} processes: {len(errors)} of "
-          f"{len(names)} in {time.perf_counter() - t0:.0f} s"
+    failed = [e for e in errors.values() if e]
+    done2 = sum(1 for i in errors if i < len(names))
+    r.say(f"compiles first, in {k} processes: {done2} of part 2's {len(names)} checks"
+          + (f" and {len(errors) - done2} of part 3's {len(warm3)} blocks" if warm3 else "")
+          + f" in {time.perf_counter() - t0:.0f} s"
           + (f", {len(failed)} failed there (first: {failed[0]})" if failed else "")
-          + ("" if len(errors) == len(names) else " (the others not reached by the time box)"))
+          + ("" if len(errors) == n else " (the others not reached by the time box)"))
     return len(errors)
 
 
@@ -529,10 +606,17 @@ def run(args) -> int:
     cache = TuneCache(out / "autotune_cache", device=args.device)
     done3: list[int] = []
 
+    blocks: dict = {}  # part 3's, listed once: for the compile workers, or by part 3
+
+    def listed():
+        if not blocks:
+            blocks.update(distinct_blocks(models, args.input_size))
+        return blocks
+
     def part3():
-        blocks = distinct_blocks(models, args.input_size)
+        listed()  # before the time box starts, as when the workers listed them
         end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
-        done3.extend(time_blocks(r, blocks, batches, args.configs, end3, cache))
+        done3.extend(time_blocks(r, listed(), batches, args.configs, end3, cache))
         parts.append(f"autotune cache: {cache.path}")
 
     def part4():  # a batch part 3 did not reach would be tuned here, past the time box
@@ -543,7 +627,8 @@ def run(args) -> int:
 
     steps = [("1/4 machine", lambda: machine(r)),
              ("2/4 kernels and variants vs references (NaN-poisoned outputs)",
-              lambda: (warm_compiles(r, r.t0 + WARM_SHARE * args.budget, args.compile_jobs),
+              lambda: (warm_compiles(r, r.t0 + WARM_SHARE * args.budget, args.compile_jobs,
+                                     lambda: part3_warmups(listed(), batches), args.configs),
                        kernel_checks(r, r.t0 + PART2_SHARE * args.budget))),
              ("3/4 blocks: dense vs variants", part3),
              ("4/4 whole LAUD-ResNet-101 compiled vs dense", part4)]

@@ -269,6 +269,82 @@ def test_part2_checks_have_distinct_names():
         assert names and len(set(names)) == len(names)
 
 
+def _small_blocks():
+    """part 3's distinct blocks of LAUD-ResNet-50 (ResNet-101's are the same shapes) at a
+    64x64 input, in float16 as part 3 lists them."""
+    global _SMALL
+    if _SMALL is None:
+        _SMALL = gpucheck.distinct_blocks(["laud_resnet50"], 64)
+    return _SMALL
+
+
+_SMALL = None
+
+
+def test_random_blocks_have_the_specs_of_part3s_blocks():
+    """The compile workers build part 3's blocks from their specs alone, with random
+    weights: the same specs (so the same kernels compile), at every batch."""
+    from laudtriton.ops import BlockSpec
+
+    blocks = _small_blocks()
+    assert {mode for mode, *_ in blocks.values()} == {"spatial", "channel", "layer"}
+    jobs = gpucheck.part3_warmups(blocks, [1, 3])
+    assert len(jobs) == 2 * len(blocks) and len({n for n, _ in jobs}) == len(jobs)
+    for _, d in jobs:
+        spec = BlockSpec.from_dict(d)
+        assert gpucheck._random_block(spec) is not None  # raises on another spec
+    bad = BlockSpec.from_dict(jobs[0][1])
+    with pytest.raises(ValueError, match="came out as"):
+        gpucheck._random_block(bad.with_(out_channels=bad.out_channels + 4))
+
+
+def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
+    """warm_block runs what part 3 times: the first n configs of every Triton variant, at
+    every rate, in place where the variant runs in place (on a copy: x is kept); a
+    failing config does not stop the others, and its error is raised at the end."""
+    import laudtriton.ops as ops
+    from laudtriton.gpureport import RATES
+
+    spec = next(s for m, _, s, _ in _small_blocks().values() if m == "spatial")
+    calls = []
+
+    class Fake:
+        def __init__(self, name, triton, inplace, fail=None):
+            self.name, self.needs_triton, self.fail = name, triton, fail
+            self.run_inplace = self._inplace if inplace else None
+
+        def configs(self, spec):
+            return [{"c": i} for i in range(4)]
+
+        def run(self, fb, x, masks, cfg):
+            calls.append((self.name, "run", cfg["c"]))
+            if cfg["c"] == self.fail:
+                raise RuntimeError("no compile")
+
+        def _inplace(self, fb, x, masks, cfg):
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            x.zero_()
+            calls.append((self.name, "inplace", cfg["c"]))
+
+    fakes = [Fake("dense", False, False), Fake("a", True, False, fail=0),
+             Fake("b", True, True)]
+    monkeypatch.setattr(ops, "variants_for", lambda spec, backend: fakes)
+    with pytest.raises(RuntimeError, match=r"^a \{'c': 0\}: RuntimeError: no compile"):
+        gpucheck.warm_block("cpu", spec, 2)
+    want = [(v, how, c) for v, how in (("a", "run"), ("b", "inplace")) for c in (0, 1)
+            for _ in RATES]
+    assert calls == want
+
+
+def test_warm_block_runs_the_real_triton_variants():
+    """Under the interpreter: the Triton variants of a spatial and a channel block run
+    (one config), so warm_block calls them as part 3 does."""
+    blocks = _small_blocks()
+    for mode in ("spatial", "channel"):
+        spec = next(s for m, _, s, _ in blocks.values() if m == mode and min(s.in_hw) <= 8)
+        gpucheck.warm_block("cpu", spec, 1)
+
+
 def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
     """Part 2's compile warm-up: spawned workers run every check by name and the run goes
     on (here each fails at once for want of CUDA; on a GPU they fill Triton's on-disk
@@ -284,7 +360,14 @@ def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == n
     assert time.perf_counter() - t0 < 90
     out = capsys.readouterr().out
-    assert f"{n} of {n} in" in out and f"{n} failed there (first: " in out
+    assert f"{n} of part 2's {n} checks in" in out and f"{n} failed there (first: " in out
+    # then part 3's blocks, each run by warm_block (here failing at once, on "cuda")
+    part3 = gpucheck.part3_warmups(_small_blocks(), [1, 3])
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == n + len(part3)
+    out = capsys.readouterr().out
+    assert (f"{n} of part 2's {n} checks and {len(part3)} of part 3's {len(part3)} blocks in"
+            in out), out
+    assert f"{n + len(part3)} failed there" in out
 
 
 def test_warm_compiles_kills_its_workers_on_sigterm(tmp_path, monkeypatch):

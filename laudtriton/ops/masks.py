@@ -13,12 +13,13 @@ with one ``index_select`` per call.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from ..nn.block import BlockMasks, detached_copy
+from ..nn.block import BlockMasks
 from ..nn.maskers import MaskerChannelMLP
 
 NUMPY_DTYPES = (torch.bool, torch.float32, torch.float64)  # read through numpy on CPU
@@ -354,7 +355,7 @@ class Gates:
                             (last.weight[:g] - last.weight[g:]).t().contiguous())
             # another channel masker (``MaskerChannelConvLinear``) runs as it is, copied
             self.conv_linear = None if self.mlp is not None or mc is None else (
-                detached_copy(mc).eval())
+                copy.deepcopy(mc).eval())
             self.spatial = None  # (bias, weight) of the spatial masker's difference
             if block.masker_spatial is not None:
                 conv = block.masker_spatial.conv

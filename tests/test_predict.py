@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+import torch
 
 import laudtriton.ops  # noqa: F401  (registers every variant)
 from laudtriton.cli import main
@@ -310,6 +311,18 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
 def test_cli_errors(capsys, args, msg):
     rc, out, err = _cli(args, capsys)
     assert rc == 2 and msg in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["predict"], ["predict", "--validate"],
+                                  ["design", "--target-rate", "0.5"],
+                                  ["sweep", "--prune-top", "2", "--rates", "0.5"]])
+def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
+    """It raised torch's AssertionError from the calibration file's name (the GPU's)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, out, err = _cli(args + ["--hardware", "cuda"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert ("error: --hardware 'cuda' is the calibrated local GPU, and no CUDA GPU is "
+            "available here") in err
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -163,9 +163,12 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
     if key == "cuda":
         from .calibrate import calibration_path, read_calibration
 
+        if not _has_cuda():  # before the path: its name is the GPU's
+            raise ValueError("--hardware 'cuda' is the calibrated local GPU, and no CUDA GPU "
+                             "is available here; name a preset (a100, h100, ...) or 'cpu'")
         path = calibration_path(cache_dir, "cuda")  # a bad $LAUDTRITON_CACHE_DIR raises
         try:
-            cal = read_calibration(path) if _has_cuda() else None
+            cal = read_calibration(path)
         except ValueError as e:
             raise ValueError(f"--hardware 'cuda': {e}; run `laudtriton calibrate --device "
                              "cuda` again") from None

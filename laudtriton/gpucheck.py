@@ -552,14 +552,12 @@ def _options(args) -> list[int]:
     Raises:
         ValueError: naming the first bad option and its value.
     """
-    from .tune.commands import check_nonempty
+    from .tune.keys import check_dir
 
     if args.device not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
                          "current GPU) or 'cpu' (a plumbing test)")
-    check_nonempty(args.out, "--out")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out!r} is not a directory")
+    check_dir(args.out, "--out")  # blank, a file, or inside a file
     if not (math.isfinite(args.budget) and args.budget > 0):
         raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0")
     if args.configs < 1:
@@ -594,7 +592,10 @@ def run(args) -> int:
     except ValueError as e:
         return fail("gpucheck", str(e))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # no permission, a read-only file system...
+        return fail("gpucheck", f"--out {args.out!r} cannot be made ({e.strerror or e})")
     r = Run(out, args.budget, args.device)
     models = ["laud_resnet50", "laud_resnet101"]
     parts = []

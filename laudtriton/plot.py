@@ -327,15 +327,14 @@ def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
         from .tune.commands import check_cache_dir, check_device, check_nonempty, fail
+        from .tune.keys import check_dir
 
         dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:
             dev = check_device(args.device)
         check_nonempty(args.source, "--from")
-        check_nonempty(args.out, "--out")
+        check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ValueError(f"--out {args.out!r} exists and is not a directory")
         if args.source == "cache":
             from .tune.cache import TuneCache
 
@@ -363,6 +362,11 @@ def run_plot(args: argparse.Namespace) -> int:
                       f"({here}): no predicted line", file=sys.stderr)
             else:
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
+                if predicted is None:
+                    print(f"laudtriton plot: no predicted line: {here} has no calibration "
+                          "in the cache directory, or the cache no current timings to fit "
+                          "it on (`laudtriton calibrate`, `laudtriton sweep`; "
+                          "--no-predicted leaves it out)", file=sys.stderr)
         try:
             paths = plot_latency_vs_rate(rows, args.out, predicted)
         except OSError as e:  # the folder or a figure cannot be written

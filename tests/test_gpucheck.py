@@ -52,10 +52,15 @@ def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_out_that_is_a_file_is_refused(tmp_path, capsys, sub):
+    """A file, or a path inside one (before, a traceback from its mkdir under ``python
+    -m laudtriton.gpucheck``, after the checks of every other option)."""
     (tmp_path / "f").write_text("x")
-    assert gpucheck.main(["--out", str(tmp_path / "f"), "--device", "cpu"]) == 2
-    assert "--out" in _one_error_line(capsys) and (tmp_path / "f").read_text() == "x"
+    out = str(tmp_path / "f" / sub) if sub else str(tmp_path / "f")
+    assert gpucheck.main(["--out", out, "--device", "cpu"]) == 2
+    line = _one_error_line(capsys)
+    assert f"--out {out!r} is not a directory" in line and (tmp_path / "f").read_text() == "x"
 
 
 @NO_CUDA

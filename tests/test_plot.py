@@ -108,6 +108,18 @@ def test_plot_command_reads_the_failed_rows_sweep_writes(tmp_path, capsys):
     assert all(_is_png(Path(p)) for p in capsys.readouterr().out.split())
 
 
+def test_plot_command_says_when_it_leaves_out_the_predicted_line(tmp_path, capsys):
+    """Without a calibration (or timings to fit it on) the figures have no predicted
+    line; the command said nothing of it, though its help promises the line."""
+    csv = write_csv(_rows(), tmp_path / "t.csv")
+    argv = ["plot", "--from", str(csv), "--out", str(tmp_path / "o"), "--cache-dir",
+            str(tmp_path / "empty")]
+    assert _run(argv) == 0
+    assert "laudtriton plot: no predicted line: " in capsys.readouterr().err
+    assert _run(argv + ["--no-predicted"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_plot_rejects_empty(tmp_path):
     write_csv([], tmp_path / "e.csv")
     with pytest.raises(ValueError, match="no timings"):
@@ -258,6 +270,9 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("spec_key", "[1", "column 'spec_key': '[1' is not a block spec"),
     ("spec_key", '{"granularity": 0}', "column 'spec_key': '{\"granularity\": 0}' is not a "
      "block spec"),
+    ("model", "", "column 'model' is empty"),
+    ("block", " ", "column 'block' is empty"),
+    ("variant", "", "column 'variant' is empty"),
 ])
 def test_plot_command_names_file_row_and_column_of_a_bad_cell(tmp_path, capsys, column,
                                                               value, says):
@@ -273,6 +288,16 @@ def test_plot_command_header_only_csv_names_the_file(tmp_path, capsys):
     assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == (f"laudtriton plot: error: --from {str(csv)!r}: the "
                                        "CSV holds no timing rows\n")
+
+
+def test_plot_command_refuses_an_out_inside_a_file(tmp_path, capsys):
+    """As gpucheck's --out and every --cache-dir (before, the figures failed to save)."""
+    (tmp_path / "f").write_text("x")
+    out = str(tmp_path / "f" / "o")
+    assert _run(["plot", "--from", "cache", "--out", out]) == 2
+    assert capsys.readouterr().err == (f"laudtriton plot: error: --out {out!r} is not a "
+                                       f"directory (it lies inside the file "
+                                       f"{str(tmp_path / 'f')!r})\n")
 
 
 @pytest.mark.parametrize("argv,says", [

@@ -480,7 +480,7 @@ def read_csv(path: str | Path) -> list[dict]:
 
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
-            column the plots need missing, a rate or seconds cell that is not a number,
+            column the plots need missing, an empty model, block or variant, a rate or seconds cell that is not a number,
             a rate outside [0, 1], a negative FLOPs ratio, a spec_key that is not a
             block spec, seconds that are not
             positive (inf, a failed config, is accepted, and so is nan dense seconds:
@@ -497,6 +497,9 @@ def read_csv(path: str | Path) -> list[dict]:
                          f"{sorted(need - set(rows[0]))}")
     for i, r in enumerate(rows, 1):
         where = f"{path}: row {i} (line {i + 1}), column"
+        for k in ("model", "block", "variant"):  # the figures' names and their lines
+            if not (r[k] or "").strip():
+                raise ValueError(f"{where} {k!r} is empty")
         for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio", "asked_rate"):
             if k in ("rate", "seconds") or r.get(k) not in (None, ""):
                 try:

@@ -163,10 +163,10 @@ def cmd_bench(args) -> int:
 
 def _bench_argv(args) -> list[str]:
     """bench's options as parsed, for a child process (every option of the bench
-    subcommand's parser but --csv and --processes)."""
+    subcommand's parser but --csv, --processes and -v, which run_processes passes)."""
     argv = []
     for action in args.bench_parser._actions:
-        if not action.option_strings or action.dest in ("help", "csv", "processes"):
+        if not action.option_strings or action.dest in ("help", "csv", "processes", "verbose"):
             continue
         value = getattr(args, action.dest)
         if action.nargs == 0:  # a flag
@@ -185,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_env)
 
     s = sub.add_parser("demo", help="LAUD-ResNet-50 at rate 0.5: compile, check, time")
-    s.add_argument("--rate", type=float, default=0.5)
-    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
-    s.add_argument("--reps", type=int, default=20)
+    s.add_argument("--rate", type=float, default=0.5,
+                   help="activation rate the maskers are calibrated to (default 0.5)")
+    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
+                   help="how compile picks each block's variant (default: cached)")
+    s.add_argument("--reps", type=int, default=20,
+                   help="timed runs of each model (default 20)")
     s.set_defaults(func=cmd_demo)
 
     from .tune.commands import add_layout_options
@@ -227,7 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         getattr(module, add)(sub)
         sub.choices[name].set_defaults(func=getattr(module, run))
+    _every_command(sub)
     return p
+
+
+def _every_command(sub) -> None:
+    """On every subcommand (and theirs): no abbreviated options (``design --granularity``
+    was taken for ``--granularities``), and ``-v`` after the command name as before it."""
+    for q in sub.choices.values():
+        q.allow_abbrev = False
+        if not any("-v" in a.option_strings for a in q._actions):
+            q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="log at INFO level (as laudtriton -v)")
+        for a in q._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                _every_command(a)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def test_empty_paths_are_refused(argv, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     what = ("a directory, or leave the option out for the default" if flag == "--cache-dir"
-            else "a path")
+            else "a directory" if argv[0] in ("plot", "gpucheck") else "a path")
     assert capsys.readouterr().err == (f"laudtriton {argv[0]}: error: {flag} '' is empty; "
                                        f"give {what}\n")
     assert list(tmp_path.iterdir()) == []
@@ -91,6 +91,9 @@ def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsy
     assert "--csv" in capsys.readouterr().err  # refused up front, not after timing
     assert main([command, "--csv", "/proc/laudtriton.csv"] + argv[3:]) == 2  # no file there
     assert "--csv '/proc/laudtriton.csv' cannot be written" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")  # a file where its directory should be
+    assert main([command, "--csv", str(tmp_path / "f" / "x.csv")] + argv[3:]) == 2
+    assert f"the directory {str(tmp_path / 'f')!r} is a file" in capsys.readouterr().err
 
 
 def test_predict_names_its_variants_option_and_prints_rates_apart(capsys, tmp_path):
@@ -274,3 +277,21 @@ def test_cache_merge_replaces_an_out_it_may_not_write_in_place(tmp_path, capsys,
     assert main(["cache", "merge", str(cache.path), "--out", str(out)]) == 0
     assert main(["sweep", "--csv", str(out), "--device", "cpu"]) == 2
     assert f"--csv {str(out)!r} cannot be written (Permission denied)" in capsys.readouterr().err
+
+
+def test_options_are_not_abbreviated_and_v_goes_after_the_command_too():
+    """``design --granularity 4`` was silently taken for ``--granularities 4``; ``-v``
+    was refused after the command name."""
+    from laudtriton.cli import build_parser
+
+    p = build_parser()
+    for argv in (["design", "--granularity", "4"], ["bench", "--rate", "0.5"],
+                 ["cache", "ls", "--dev", "cpu"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+    assert p.parse_args(["design", "--granularities", "4", "--target-rate", "0.5"]
+                        ).granularities == "4"
+    assert p.parse_args(["env"]).verbose is False
+    assert p.parse_args(["-v", "env"]).verbose is True
+    assert p.parse_args(["env", "-v"]).verbose is True
+    assert p.parse_args(["cache", "ls", "-v"]).verbose is True

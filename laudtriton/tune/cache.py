@@ -436,6 +436,10 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     out = Path(out_path)
     if not paths:
         raise ValueError("merge needs at least one input cache file")
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:  # the cache file inside it is what merge reads
+        raise ValueError(f"{', '.join(folders)}: a directory, not a cache file; give the "
+                         "JSON file in it (`laudtriton cache ls` prints its path)")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"cache files not found: {', '.join(missing)}")

@@ -75,7 +75,8 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False) -> No
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ValueError(f"{flag} {path!r}: the directory {parent!r} does not exist")
+        why = "is a file" if os.path.exists(parent) else "does not exist"
+        raise ValueError(f"{flag} {path!r}: the directory {parent!r} {why}")
     try:  # a file can be made there (the results would otherwise be lost at the end)
         with tempfile.TemporaryFile(dir=parent):
             pass

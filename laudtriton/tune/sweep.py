@@ -480,11 +480,11 @@ def read_csv(path: str | Path) -> list[dict]:
 
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
-            column the plots need missing, an empty model, block or variant, a rate or seconds cell that is not a number,
-            a rate outside [0, 1], a negative FLOPs ratio, a spec_key that is not a
-            block spec, seconds that are not
-            positive (inf, a failed config, is accepted, and so is nan dense seconds:
-            sweep writes both).
+            column the plots need missing, an empty model, block or variant, a rate or
+            seconds cell that is not a number, a rate outside [0, 1], a negative FLOPs
+            ratio, a spec_key that is not a block spec, seconds that are not positive
+            (inf, a failed config, is accepted, and so is nan dense seconds: sweep
+            writes both).
     """
     try:
         with open(path, newline="") as fh:

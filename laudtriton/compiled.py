@@ -82,6 +82,8 @@ class CompiledBlock(nn.Module):
     compiled); ``last_run`` computes the rates of the last forward when it is read, from
     the masks it keeps."""
 
+    replaces_laud_block = True  # listed by LaudResNet.blocks() in its block's place
+
     def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
                  dispatch: str, expected_rate: float):
         super().__init__()

@@ -665,6 +665,38 @@ def test_a_laud_resnet_used_through_its_blocks_has_them_compiled():
         assert_close(cw(x), model(x))
 
 
+class BlocksBackbone(nn.Module):
+    """Runs a LaudResNet through its public ``blocks()``; with ``whole`` set, through its
+    own forward (another branch, which the example does not take)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.whole = tiny(), False
+
+    def forward(self, x):
+        if self.whole:
+            return self.net(x)
+        h = self.net.stem(x)
+        for _, block in self.net.blocks():
+            h = block(h)
+        return h.mean((2, 3))
+
+
+def test_blocks_of_a_laud_resnet_lists_its_compiled_blocks():
+    """``LaudResNet.blocks()`` (and so its own forward) listed only LaudBottlenecks: after
+    compile it was empty, and both forms silently skipped every block."""
+    model, x = BlocksBackbone(), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model.net, x, 0.5)
+    cw = compile_cpu(model, x)
+    assert [n for n, _ in cw.net.blocks()] == [n for n, _ in model.net.blocks()]
+    assert all(isinstance(b, CompiledBlock) for _, b in cw.net.blocks())
+    with torch.no_grad():
+        assert_close(cw(x), model(x))
+        model.whole = cw.whole = True
+        assert_close(cw(x), model(x))
+    assert cw.net.last_stats is None and model.net.last_stats is not None
+
+
 class Mixed(nn.Module):
     """A spatial LaudResNet and a channel block outside it."""
 

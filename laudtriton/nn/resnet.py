@@ -106,7 +106,8 @@ def _positive_int(v) -> int:
 
 class LaudResNet(nn.Module):
     """ResNet with LAUD bottlenecks. ``forward(x)`` returns logits [B, num_classes];
-    ``last_stats`` holds the ModelStats of the last forward.
+    ``last_stats`` holds the ModelStats of the last forward (None once compile has
+    replaced its blocks: their own ``last_run`` holds their rates).
 
     Args:
         depths: blocks per stage, e.g. (3, 4, 6, 3).
@@ -214,8 +215,12 @@ class LaudResNet(nn.Module):
         return nn.ModuleList(mods)
 
     def blocks(self) -> list[tuple[str, LaudBottleneck]]:
-        """Every dynamic block with its qualified name, in execution order."""
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, LaudBottleneck)]
+        """Every dynamic block with its qualified name, in execution order: each
+        LaudBottleneck, or the module ``laudtriton.compile`` put in its place (a module
+        with a true ``replaces_laud_block``: the blocks of a network inside a user's
+        module, whose forward may call them through this method)."""
+        return [(n, m) for n, m in self.named_modules()
+                if isinstance(m, LaudBottleneck) or getattr(m, "replaces_laud_block", False)]
 
     def set_temperature(self, temperature: float) -> None:
         """Gumbel-softmax temperature of every masker (training only)."""
@@ -249,7 +254,8 @@ class LaudResNet(nn.Module):
                 raise ValueError(f"input of size {in_hw[0]}x{in_hw[1]} is too small: "
                                  f"{name}: {e}") from None
         logits = self.head(h)
-        self.last_stats = self._stats(x)
+        compiled = any(not isinstance(b, LaudBottleneck) for _, b in self.blocks())
+        self.last_stats = None if compiled else self._stats(x)  # compiled: no BlockStats
         return logits
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:

@@ -98,6 +98,7 @@ class CompiledBlock(nn.Module):
                    for c in table.entries.values()}
         self.rate_free = dispatch == "static" or len(choices) == 1
         self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
+        self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
         self.train(False)  # inference only, from the start (a module starts in training)
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
@@ -200,11 +201,23 @@ class CompiledBlock(nn.Module):
         else:
             choice = self.table.choose(dispatch_rate(self.spec, masks) if rate is None
                                        else rate)
+        if x.shape[-2:] != self.spec.in_hw:  # a block in a user's module: another size
+            choice = self._fit(choice, x)
         variant = get_variant(choice.variant)
         run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
         out = run(self.fb, x, masks, choice.config_dict)
         self._last = (masks, choice, perm)
         return out
+
+    def _fit(self, choice: Choice, x: torch.Tensor) -> Choice:
+        """``choice``, or ``dense`` where its variant does not run x's map size: a block
+        inside a user's module takes sizes other than the example's, and a variant
+        chosen there may need that size (``patch``: S dividing the map)."""
+        key = (tuple(x.shape[-2:]), choice.variant)
+        if key not in self._fits:
+            spec = self.spec.with_(in_hw=key[0], batch=x.shape[0])
+            self._fits[key] = get_variant(choice.variant).supports(spec)
+        return choice if self._fits[key] else Choice("dense", source="rule")
 
     def _layer_step(self, h: torch.Tensor, order: SampleOrder,
                     masks: BlockMasks | None) -> torch.Tensor:

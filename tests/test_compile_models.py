@@ -697,6 +697,25 @@ def test_blocks_of_a_laud_resnet_lists_its_compiled_blocks():
     assert cw.net.last_stats is None and model.net.last_stats is not None
 
 
+def test_a_block_in_a_users_module_runs_map_sizes_its_variant_does_not():
+    """Blocks outside a LaudResNet take other input sizes. ``patch``, chosen at 32x32
+    (S = 8 divides the map), raised at 34x34; the block now runs ``dense`` there (exact,
+    masks applied) and ``patch`` wherever S divides the map."""
+    from laudtriton.nn import calibrate_block
+
+    blk = make_block(32, 8, 1, "spatial", 8, seed=1)
+    seq = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), blk).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        calibrate_block(blk, seq[0](x), 0.5)
+    cs = compile_cpu(seq, x, variants=["patch"])
+    for hw, used in ((34, "dense"), (40, "patch"), (32, "patch"), (33, "dense")):
+        y = torch.randn(2, 3, hw, hw)
+        with torch.no_grad():
+            assert_close(cs(y), seq(y))
+        assert cs[1].last_run.variant == used, hw
+
+
 class Mixed(nn.Module):
     """A spatial LaudResNet and a channel block outside it."""
 

@@ -109,18 +109,28 @@ def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[
     LaudBottleneck.forward).
 
     Raises:
-        ValueError: if a module of ``named`` is called without a tensor input."""
-    captured, seen, handles = [], set(), []
+        ValueError: if a module of ``named`` is called without a tensor input, or a
+            LaudResNet on inputs of two sizes (its CompiledModel runs one)."""
+    captured, seen, handles = [], {}, []
 
     def hook(m, args, kwargs, name):
-        if name in seen:
-            return
-        seen.add(name)
         xin = args[0] if args else kwargs.get("x")
+        if name in seen:
+            first = seen[name]
+            if (isinstance(m, LaudResNet) and isinstance(xin, torch.Tensor)
+                    and xin.shape[1:] != first[1:]):  # a CompiledModel runs one size
+                raise ValueError(
+                    f"compile: {name} is called on inputs of two sizes in one forward "
+                    f"([B, {', '.join(map(str, first[1:]))}] then "
+                    f"[B, {', '.join(map(str, xin.shape[1:]))}]); a compiled LaudResNet "
+                    "runs the input size it was compiled for: give each size its own copy "
+                    "of the network (copy.deepcopy), each then compiled for its size")
+            return
         if not isinstance(xin, torch.Tensor):
             raise ValueError(f"compile: {name} is called with {len(args)} positional "
                              f"arguments and keywords {sorted(kwargs)}; accepted: its input "
                              "tensor, as the first argument or as x=")
+        seen[name] = tuple(xin.shape)
         captured.append((name, m, xin.detach()))
     for name, mod in named:
         handles.append(mod.register_forward_pre_hook(
@@ -382,7 +392,8 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             compiled already (a CompiledModel, and no LAUD block); a forward hook or
             pre-hook inside a LAUD network that the compiled model would not call, or one on
             its stem's pooling (``_check_hooks``); an example input holding NaN or inf;
-            ``variants`` of which no block of the model runs any; a blank
+            ``variants`` of which no block of the model runs any; a LaudResNet that the
+            user's forward calls on inputs of two sizes (``_inputs``); a blank
             $LAUDTRITON_CACHE_DIR or one naming a file (with cache_dir None and tune not
             "off").
         RuntimeError: when every candidate variant fails on a block's example input.

@@ -716,6 +716,29 @@ def test_a_block_in_a_users_module_runs_map_sizes_its_variant_does_not():
         assert cs[1].last_run.variant == used, hw
 
 
+class TwoScales(nn.Module):
+    """Runs one LaudResNet at two input sizes (multi-scale testing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        return self.net(x) + self.net(x[:, :, ::2, ::2])
+
+
+def test_a_laud_resnet_called_at_two_sizes_is_refused_for_that_reason():
+    """compile raised from its own second example forward with the compiled model's
+    run-time message ("compile again with an example input of the new shape"), which
+    no example could meet."""
+    model, x = TwoScales(), torch.randn(2, 3, 64, 64)
+    calibrate_rates(model.net, x, 0.5)
+    with pytest.raises(ValueError, match=r"^compile: net is called on inputs of two sizes "
+                                         r"in one forward \(\[B, 3, 64, 64\] then "
+                                         r"\[B, 3, 32, 32\]\)"):
+        compile_cpu(model, x)
+
+
 class Mixed(nn.Module):
     """A spatial LaudResNet and a channel block outside it."""
 

@@ -101,6 +101,7 @@ class CompiledBlock(nn.Module):
         self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
         self.train(False)  # inference only, from the start (a module starts in training)
 
+    @torch.no_grad()  # inference only, as CompiledModel: its output carries no gradient
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
                 masks: BlockMasks | None = None, *,
                 order: SampleOrder | None = None, check_masks: bool = True,

@@ -716,6 +716,27 @@ def test_a_block_in_a_users_module_runs_map_sizes_its_variant_does_not():
         assert cs[1].last_run.variant == used, hw
 
 
+@pytest.mark.parametrize("mode, variant", [("spatial", "gather"), ("spatial", "dense"),
+                                           ("channel", "slice"), ("layer", "compact")])
+def test_blocks_in_a_users_module_give_no_gradient_whatever_their_variant(mode, variant):
+    """CompiledBlock runs under no_grad, as CompiledModel. Before, in grad mode behind a
+    trainable conv, the output carried history through the gates for some variants
+    (backward then failed inside torch, or gave wrong gradients) and none for others."""
+    from laudtriton.nn import calibrate_block
+
+    seq = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),
+                        make_block(32, 8, 1, mode, 2, channel_granularity=2)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        calibrate_block(seq[1], seq[0](x), 0.5)
+    cs = compile_cpu(seq, x, variants=[variant])
+    out = cs(x)
+    assert cs[1].last_run.variant == variant
+    assert not out.requires_grad and out.grad_fn is None
+    with torch.no_grad():
+        assert_close(out, seq(x))
+
+
 class TwoScales(nn.Module):
     """Runs one LaudResNet at two input sizes (multi-scale testing)."""
 

@@ -23,10 +23,13 @@ def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
     m = margins.flatten().double().sort(descending=True).values
     n = m.numel()
     k = int(round(rate * n))
+    # past every margin by 1, or by 1e-3 of the largest where 1 is below float32's step
+    # there (margins near 1e8: the offset is added to the masker's float32 bias)
+    pad = 1.0 + 1e-3 * float(m.abs().max())
     if k <= 0:
-        return float(-(m[0]) - 1.0)
+        return float(-(m[0]) - pad)
     if k >= n:
-        return float(-(m[-1]) + 1.0)
+        return float(-(m[-1]) + pad)
     # threshold halfway between the k-th and the (k+1)-th margin
     return float(-(m[k - 1] + m[k]) / 2)
 

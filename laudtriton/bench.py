@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -412,8 +411,10 @@ def run_processes(argv: list[str], processes: int, log=print,
 
 def process_summary(rows: list[BenchRow]) -> str:
     """The whole-model rows of several processes: per (rate, row), the median of every
-    run's ratio over all processes, their range and count, and each process's reported
-    (median-run) ratio in process order."""
+    run's ratio over all processes (for an even count the upper of the two middle runs,
+    as ``_median_run``: a measured run, the one less favourable to the compiled model),
+    their range and count, and each process's reported (median-run) ratio in process
+    order."""
     groups: dict[tuple[float, str], list[BenchRow]] = {}
     for r in rows:
         if r.block == "model":  # "dense=<format>": the format may differ by process
@@ -425,7 +426,7 @@ def process_summary(rows: list[BenchRow]) -> str:
     for (rate, _), rs in groups.items():
         rs = sorted(rs, key=lambda r: r.process)
         every = [v for r in rs for v in (r.runs or (r.ratio,))]
-        mid = (f"{statistics.median(every):.3f} ({min(every):.3f}-{max(every):.3f}, "
+        mid = (f"{sorted(every)[len(every) // 2]:.3f} ({min(every):.3f}-{max(every):.3f}, "
                f"{len(every)})")
         lines.append(f"{rate:>5.2f} {rs[0].spec[:34]:<34} {mid:<26} "
                      + " ".join(f"{r.ratio:.3f}" for r in rs))

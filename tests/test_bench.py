@@ -60,6 +60,8 @@ def test_bench_rows(rows):
         assert r.allocator == "default"  # bench's own default: the process is left as is
     # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
     assert model[2].flops_ratio != model[0].flops_ratio
+    # with the masks given no masker runs, and its FLOPs ratio leaves theirs out
+    assert model[1].flops_ratio < model[0].flops_ratio == model[3].flops_ratio
     # repeat=3: every whole-model row is its median run, all three runs listed
     assert all(not b.runs for b in blocks)
     for r in model:

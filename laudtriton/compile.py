@@ -288,10 +288,14 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
     table = DispatchTable()
     actual = float(dispatch_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed
+    seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
         for r in cache.rates(spec):  # each at the rate it was timed at
             hit = cache.lookup(spec, r)
+            for v, cfgs in (hit or {}).items():
+                for c, t in cfgs.items():
+                    seen.setdefault(v, {})[c] = min(t, seen.get(v, {}).get(c, math.inf))
             # a rate counts only when every candidate has a current timing: after a
             # source edit hides one variant's timings, the others' alone would decide
             if hit and names <= set(hit):
@@ -321,7 +325,13 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
             and spec.dtype in PREDICTED_DTYPES):
         from .schedule import fill_predictions
 
-        fill_predictions(table, spec, ALL_BUCKETS, cands, predictor[0], predictor[1])
+        # not a variant that failed wherever it was timed; with a config that ran
+        ran = {v: min(cfgs, key=cfgs.get) for v, cfgs in seen.items()
+               if any(math.isfinite(t) for t in cfgs.values())}
+        usable = [c for c in cands if c.name in ran or c.name not in seen]
+        if len(usable) > 1:
+            fill_predictions(table, spec, ALL_BUCKETS, usable, predictor[0], predictor[1],
+                             configs=ran)
     if not table.entries and len(cands) == 1:  # nothing to choose from
         table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example

@@ -139,11 +139,12 @@ class DispatchTable:
 # -- predictions where nothing was measured (issue 6) ----------------------------------
 
 def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
-                     factors: dict | None = None) -> list[float]:
+                     factors: dict | None = None, configs: dict | None = None) -> list[float]:
     """Add "predicted" entries to ``table`` for the ``buckets`` it does not cover
     (``DispatchTable.covers``); measured or cached entries are never replaced. Each
-    predicted Choice carries the variant's first config (a config the variant accepts).
-    ``dense_seconds`` stays measured-only.
+    predicted Choice carries the variant's config in ``configs`` ({variant: config_key},
+    e.g. one that ran on this block), else its first config (a config the variant
+    accepts). ``dense_seconds`` stays measured-only.
 
     spec: BlockSpec; variants: names or Variants (candidates for this block); hw: a
     HardwareSpec or a hardware name; factors: fitted ``predict.model.Factors`` per variant.
@@ -166,7 +167,8 @@ def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
         timings = {}
         for v in cands:
             space = v.configs(spec) or [{}]
-            timings[v.name] = {config_key(space[0]): pred[v.name]["{}"]}
+            key = (configs or {}).get(v.name) or config_key(space[0])
+            timings[v.name] = {key: pred[v.name]["{}"]}
         dense_before = table.dense_seconds.get(b)
         table.add(b, timings, "predicted")
         if dense_before is None:

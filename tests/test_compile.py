@@ -1,6 +1,8 @@
 """laudtriton.compile: compiled output == reference (eval) for every mode and CPU variant,
 whole models included; the API's errors and plan."""
 
+import math
+
 import pytest
 import torch
 
@@ -233,6 +235,31 @@ def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
     assert 0.3 in others and all(entries[b].source == "predicted" for b in others)
     with torch.no_grad():
         assert_close(cm(x), block(x))
+
+
+def test_cached_dispatch_predicts_no_variant_that_failed_wherever_timed(tmp_path):
+    """tune="cached": a variant whose every cached timing is inf (it failed on this block
+    at every rate timed) was still predicted at the buckets nothing was timed near, and
+    would have failed there at run time."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in (0.2, 0.5, 0.8):
+        cache.record(spec, b, {"dense": {"{}": 3e-3}, "gather": {"{}": math.inf},
+                               "patch": {"{}": 2e-3}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    entries = cm.blocks[0].table.entries
+    assert {e.source for e in entries.values()} == {"cached", "predicted"}
+    assert all(e.variant in ("dense", "patch") for e in entries.values()), entries
 
 
 def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):

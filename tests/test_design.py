@@ -23,6 +23,18 @@ from laudtriton.schedule import (
 SPEC = model_specs("laud_resnet50", "spatial", "4-4-2-1", batch=1)[5][1]  # layer2.2
 
 
+def test_fill_predictions_carry_the_config_they_are_given():
+    """A predicted entry carries the variant's config of ``configs`` (compile passes one
+    that ran on the block), else the variant's first."""
+    table = DispatchTable()
+    fill_predictions(table, SPEC, [0.0], ["dense", "gather"], CPU_DEFAULT)
+    assert table.entries[0.0].variant == "gather" and table.entries[0.0].config == ()
+    table = DispatchTable()
+    fill_predictions(table, SPEC, [0.0], ["dense", "gather"], CPU_DEFAULT,
+                     configs={"gather": '{"k": 2}'})
+    assert table.entries[0.0].variant == "gather" and table.entries[0.0].config_dict == {"k": 2}
+
+
 def test_fill_predictions_only_where_unmeasured():
     table = DispatchTable()
     table.add(0.1, {"dense": {"{}": 9e-3}, "gather": {"{}": 1e-3}}, "measured")

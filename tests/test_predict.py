@@ -416,3 +416,19 @@ def test_quantisation_tiles_each_distinct_gemm_once(monkeypatch):
     q = pm.quantisation(many, 0.5, "slice", hw)
     assert len(calls) == 6  # 3 distinct GEMMs, M and N each
     assert q == pytest.approx(pm.quantisation(one, 0.5, "slice", hw), rel=1e-12)
+
+
+def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
+    """``predict --validate --include-stale`` validated a current 2 ms timing as 0.1 ms,
+    an old version's faster one (one minimum per spec, rate and variant over versions)."""
+    from laudtriton.predict.model import samples
+    from laudtriton.tune.cache import CacheEntry
+
+    spec = SPECS[0]
+    old = {"stale": True, "versions": {"laudtriton": "0.0.1"}, "source_hash": "abc"}
+    entries = [CacheEntry(spec, 0.5, "dense", "{}", 2e-3, {"stale": False}),
+               CacheEntry(spec, 0.5, "dense", "{}", 1e-4, old),
+               CacheEntry(spec, 0.5, "dense", '{"k": 1}', 3e-4, old)]
+    got = samples(entries)
+    assert sorted(s.seconds for s in got) == [1e-4, 2e-3]
+    assert [s.seconds for s in samples(entries[:1])] == [2e-3]

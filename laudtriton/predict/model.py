@@ -25,6 +25,7 @@ active cells cost less.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -219,7 +220,10 @@ class Sample:
 
 def samples(entries: Iterable) -> list[Sample]:
     """Cache entries (``TuneCache.entries()``) -> the fastest finite, positive time per
-    (spec, rate bucket, variant); variants not registered here are skipped (logged)."""
+    (spec, rate bucket, variant) and version: the entries of other versions
+    (``entries(include_stale=True)``, marked ``meta["stale"]``) are samples of their own,
+    added to the current ones rather than folded into them. Variants not registered here
+    are skipped (logged)."""
     best: dict[tuple, float] = {}
     skipped = set()
     for e in entries:
@@ -230,12 +234,15 @@ def samples(entries: Iterable) -> list[Sample]:
         except ValueError:
             skipped.add(e.variant)
             continue
-        k = (e.spec, round(float(e.rate_bucket), 6), e.variant)
+        meta = getattr(e, "meta", None) or {}
+        version = (json.dumps([meta.get("versions"), meta.get("source_hash")], sort_keys=True)
+                   if meta.get("stale") else "")
+        k = (e.spec, round(float(e.rate_bucket), 6), e.variant, version)
         best[k] = min(e.seconds, best.get(k, math.inf))
     if skipped:
         log.warning("cached timings of unregistered variants ignored: %s", sorted(skipped))
-    return [Sample(s, r, v, t) for (s, r, v), t in sorted(
-        best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2]))]
+    return [Sample(s, r, v, t) for (s, r, v, _), t in sorted(
+        best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2], kv[0][3]))]
 
 
 def _arrays(data: Sequence[Sample], hw: HardwareSpec):

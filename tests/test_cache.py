@@ -458,3 +458,19 @@ def test_cache_dir_naming_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="it lies inside the file"):
         TuneCache(f"{afile}/../new")  # nor through it
     assert TuneCache(tmp_path / "new").dir == tmp_path / "new"  # a missing one is made later
+
+
+def test_clear_waits_for_a_writer_holding_the_lock(tmp_path):
+    """``clear`` took no lock: a ``record`` between its locked read and its write (another
+    process's sweep) wrote every cleared entry back."""
+    import threading
+
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    done = threading.Event()
+    with cache_mod._file_lock(c.path.with_name(c.path.name + ".lock")):  # a writer
+        t = threading.Thread(target=lambda: (TuneCache(tmp_path).clear(), done.set()))
+        t.start()
+        assert not done.wait(0.5) and c.path.exists()  # waits for the writer
+    t.join(10)
+    assert done.is_set() and not c.path.exists()

@@ -414,8 +414,9 @@ class TuneCache:
         n = len(self._all())
         self._memory.clear()
         self._loaded = (None, {})
-        if self.enabled:
-            with contextlib.suppress(FileNotFoundError):
+        if self.enabled:  # under the lock: a record() between its read and its write
+            with (_file_lock(self.path.with_name(self.path.name + ".lock")),  # would
+                  contextlib.suppress(FileNotFoundError)):  # write the entries back
                 self.path.unlink()
         return n
 

@@ -315,7 +315,8 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
                 continue
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
-                cache.record(spec, r, timings, {"asked_rates": [b]})
+                # scattered masks: an entry an old clustered sweep wrote is current again
+                cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
             table.add(r, timings, "measured")
             if r not in table.entries:  # every candidate failed: not again (below, or
                 failed.append(r)  # at the next compile: it is recorded)

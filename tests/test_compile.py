@@ -299,6 +299,26 @@ def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):
     assert predicted == [0.0, 0.2, 0.3, 0.9, 1.0]  # the others lie within 0.05 of a timing
 
 
+def test_quick_tuning_makes_an_old_clustered_entry_current_again(tmp_path):
+    """An entry an old ``sweep --clustered`` wrote into the cache (hidden: clustered masks)
+    stayed hidden after compile timed the same key on scattered masks (the merged meta
+    kept the old flag), so every compile timed it again."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, mode="layer", seed=2)
+    x = torch.randn(1, 32, 8, 8)
+    spec = BlockSpec.from_block(block, x.shape)
+    for r in (0.0, 1.0):
+        TuneCache(tmp_path).record(spec, r, {"dense": {"{}": 1e-3}, "compact": {"{}": 1e-3}},
+                                   {"clustered": True})
+    assert TuneCache(tmp_path).rates(spec) == []
+    laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    assert TuneCache(tmp_path).rates(spec) == [0.0, 1.0]
+    cm = laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    assert {e.source for e in cm.blocks[0].table.entries.values()} == {"cached"}
+
+
 def test_quick_tuning_records_the_rate_it_timed(tmp_path):
     """tune="quick" on a layer gate at batch 1: the quick rates 0.2 and 0.5 give a gate
     that is off, 0.8 one that is on. Rate 0 and rate 1 are timed once each and recorded

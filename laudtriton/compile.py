@@ -7,10 +7,11 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   and masks); the fastest one serves every rate. Nothing is read or written
   to the autotune cache.
 - ``"quick"``: the cache is read (each timing kept at the rate it was taken); the
-  buckets of a small rate grid (0.2, 0.5, 0.8 and the example's own rate) that no
-  timing lies within 0.05 of are timed now, with masks of round(b·N) active cells, and
-  recorded at the rate those realise, round(b·N)/N (``ops.masks.dispatch_rate``). A
-  rate where every candidate failed is recorded so too, and not timed again.
+  buckets of a small rate grid (0.2, 0.5, 0.8 and the bucket of the example's rate,
+  ``tune.keys.rate_bucket``: its nearest 0.1) that no timing lies within 0.05 of are
+  timed now, with masks of round(b·N) active cells, and recorded at the rate those
+  realise, round(b·N)/N (``ops.masks.dispatch_rate``). A rate where every candidate
+  failed is recorded so too, and not timed again.
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
 - ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
   within 0.05 of are filled with the latency predictor's estimates (fitted on this

@@ -477,3 +477,21 @@ def test_time_variants_failing_config_scores_inf():
     # round robin: after the checks, a and b alternate
     assert calls[3:9] == ["a", "b", "a", "b", "a", "b"]
     assert fastest(t)[0] == "fake" and fastest({"fake": {"x": math.inf}}) is None
+
+
+def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path):
+    """Mode both: asked rates 0.6 and 1.0 both realise grid rate 1 on a 1x1 grid, with
+    channel rates 0.59 and 1. They were one item, timed once on the first's masks, and
+    the CSV rows and the cache entry of 1.0 had 0.6's FLOPs ratio and timing."""
+    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
+                   input_size=None, num_classes=7, channel_granularity=2)
+    res = sweep(m, rates=[0.6, 1.0], blocks="layer4.0", input_size=64,
+                cache=TuneCache(tmp_path), model_name="tiny", **FAST)
+    assert (res.timed, res.merged) == (2, 0)
+    dense = {r["asked_rate"]: r for r in res.rows if r["variant"] == "dense"}
+    assert dense[1.0]["rate"] == dense[0.6]["rate"] == 1.0
+    assert dense[1.0]["flops_ratio"] == pytest.approx(1.0)
+    assert dense[0.6]["flops_ratio"] < 0.7
+    entries = TuneCache(tmp_path).entries()
+    assert entries and all(e.rate_bucket == 1.0 and e.meta["asked_rates"] == [1.0]
+                           and e.meta["flops_ratio"] == pytest.approx(1.0) for e in entries)

@@ -293,6 +293,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     0.1 on a 7x7 grid; 0 for 0.3 with a layer gate at batch 1); asked rates that realise
     the same one are one (spec, rate) item, timed once, with CSV rows for each asked rate
     (column ``asked_rate``) and all of them in the cache entry's meta (``asked_rates``).
+    Mode both dispatches on the grid's rate alone: asked rates that realise one grid rate
+    but different channel rates are items of their own, and of those only the one whose
+    channel rate is nearest the grid's goes to the cache (the others to the CSV).
     shard (i, n): this run takes every n-th (spec, rate) item starting at the i-th
     (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
@@ -371,11 +374,21 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     # (timed once, in one shard), with a CSV row set per asked rate. Only the rates are
     # kept here (masks of every item of every shard could take GBs at 1001 rates); an
     # item's masks are drawn again, from the same seed, when it is timed.
-    groups: dict[tuple[BlockSpec, float], list[float]] = {}
+    # Mode both: the dispatch rate is the grid's alone, and asked rates that realise one
+    # grid rate may realise different channel rates (a 2x2 grid: 0.7 and 0.8 both give
+    # 0.75), so an item is a (grid rate, channel rate) pair. Of the items at one grid
+    # rate, the one whose channel rate is nearest it is the cache's entry (a rate, to
+    # dispatch and the predictor, is both masks' rate); the others go to the CSV only.
+    groups: dict[tuple[BlockSpec, float, float | None], list[float]] = {}
     for s in by_spec:
         for asked in rates:
-            groups.setdefault((s, rate_key(dispatch_rate(s, masks_at(s, asked)))),
-                              []).append(asked)
+            m = masks_at(s, asked)
+            chan = rate_key(float(m.channel.float().mean())) if s.mode == "both" else None
+            groups.setdefault((s, rate_key(dispatch_rate(s, m)), chan), []).append(asked)
+    cached_chan: dict[tuple[BlockSpec, float], float] = {}
+    for s, r, chan in groups:
+        if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):
+            cached_chan[(s, r)] = chan
     items = list(groups.items())[i_shard - 1::n_shard]
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
@@ -383,12 +396,13 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
     try:
-        for (spec, rate), asked in items:
+        for (spec, rate, chan), asked in items:
             members = by_spec[spec]
             masks = masks_at(spec, asked[0])
             result.merged += len(asked) - 1
             fr = ideal_flops_ratio(spec, masks)
-            known = cache.lookup(spec, rate) or {}
+            to_cache = chan is None or cached_chan[(spec, rate)] == chan
+            known = (cache.lookup(spec, rate) or {}) if to_cache else {}
             todo: dict[str, list[dict]] = {}
             cands = {v.name: v for v in variants_for(spec, backend)
                      if wanted is None or v.name in wanted}
@@ -411,7 +425,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
                         "asked_rates": asked, "clustered": clustered,
                         "input_size": input_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                cache.record(spec, rate, timings, meta)
+                if to_cache:
+                    cache.record(spec, rate, timings, meta)
                 for vn, cfgs in timings.items():
                     known.setdefault(vn, {}).update(cfgs)
                 result.timed += 1

@@ -177,7 +177,7 @@ def _bench_argv(args) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="laudtriton", description=__doc__)
+    p = argparse.ArgumentParser(prog="laudtriton", description=__doc__, allow_abbrev=False)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 

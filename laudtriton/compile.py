@@ -17,7 +17,10 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   within 0.05 of are filled with the latency predictor's estimates (fitted on this
   device's cached timings, ``predict``) when this machine has been calibrated and the
   cache holds timings; a block with nothing cached and no predictor falls back to the
-  ``"off"`` rule. ``plan`` marks each entry's source.
+  ``"off"`` rule. A variant that failed wherever it was timed on the block is not
+  predicted, and a predicted entry carries the variant's fastest config that ran there
+  (else its first); with fewer than two such variants nothing is predicted. ``plan``
+  marks each entry's source.
 
 In every mode "fastest" keeps ``dense`` unless another variant beats it by more than
 ``schedule.DENSE_MARGIN`` (5%): near-ties flip from one sweep to the next, and a sparse

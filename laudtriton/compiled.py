@@ -101,7 +101,6 @@ class CompiledBlock(nn.Module):
         self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
         self.train(False)  # inference only, from the start (a module starts in training)
 
-    @torch.no_grad()  # inference only, as CompiledModel: its output carries no gradient
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
                 masks: BlockMasks | None = None, *,
                 order: SampleOrder | None = None, check_masks: bool = True,
@@ -118,7 +117,13 @@ class CompiledBlock(nn.Module):
         its own (no order), the block tests x for NaN and inf and gives a sample that has
         any a NaN output (as the model does); False skips that test (not the shape, dtype
         and device checks), for a caller that knows x is finite: ``laudtriton bench``
-        times blocks so, since the model tests its input once, on the image."""
+        times blocks so, since the model tests its input once, on the image. Inference
+        only, as CompiledModel: it runs under no_grad, and its output carries no
+        gradient."""
+        if torch.is_grad_enabled():  # (a CompiledModel calls it with grad off already)
+            with torch.no_grad():
+                return self.forward(x, reuse_input, masks, order=order,
+                                    check_masks=check_masks, check_finite=check_finite)
         if masks is not None and check_masks:
             self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":

@@ -48,7 +48,7 @@ from .gpureport import RATES, plot, table, write_csv
 
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
 PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
-WARM_SHARE = 0.3  # of --budget: part 2's compiles in worker processes stop by then
+WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker processes stop then
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -71,7 +71,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
     _arguments(p)
     return run(p.parse_args(argv))
 

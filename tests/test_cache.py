@@ -474,3 +474,9 @@ def test_clear_waits_for_a_writer_holding_the_lock(tmp_path):
         assert not done.wait(0.5) and c.path.exists()  # waits for the writer
     t.join(10)
     assert done.is_set() and not c.path.exists()
+
+
+def test_clear_of_a_directory_that_does_not_exist_makes_nothing(tmp_path):
+    """Taking the lock there made the directory (filelock) or raised (fcntl)."""
+    assert TuneCache(tmp_path / "none").clear() == 0
+    assert not (tmp_path / "none").exists()

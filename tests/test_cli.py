@@ -285,7 +285,7 @@ def test_options_are_not_abbreviated_and_v_goes_after_the_command_too():
     from laudtriton.cli import build_parser
 
     p = build_parser()
-    for argv in (["design", "--granularity", "4"], ["bench", "--rate", "0.5"],
+    for argv in (["design", "--granularity", "4"], ["bench", "--rate", "0.5"], ["--verb", "env"],
                  ["cache", "ls", "--dev", "cpu"]):
         with pytest.raises(SystemExit):
             p.parse_args(argv)

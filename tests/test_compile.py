@@ -262,6 +262,31 @@ def test_cached_dispatch_predicts_no_variant_that_failed_wherever_timed(tmp_path
     assert all(e.variant in ("dense", "patch") for e in entries.values()), entries
 
 
+def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path):
+    """A predicted entry carries the variant's best config that ran on the block, not its
+    first one (which failed here wherever it was timed)."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in (0.2, 0.5):
+        cache.record(spec, b, {"dense": {"{}": 3e-3}, "patch": {"{}": math.inf},
+                               "gather": {"{}": math.inf, '{"k": 1}': 1e-4}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    entries = cm.blocks[0].table.entries
+    predicted = [e for e in entries.values() if e.source == "predicted"]
+    assert any(e.variant == "gather" for e in predicted)
+    assert all(e.config_dict == {"k": 1} for e in predicted if e.variant == "gather")
+
+
 def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):
     """Rates timed between buckets (a layer gate at batch 8: 0.125, 0.375; two rates in
     one bucket: 0.55 and 0.65 both round to 0.6) each keep their own entry, and a rate

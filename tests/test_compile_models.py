@@ -695,6 +695,8 @@ def test_blocks_of_a_laud_resnet_lists_its_compiled_blocks():
         model.whole = cw.whole = True
         assert_close(cw(x), model(x))
     assert cw.net.last_stats is None and model.net.last_stats is not None
+    with pytest.raises(ValueError, match=r"^calibrate_rates: layer1\.0 is a compiled block"):
+        calibrate_rates(cw.net, x, 0.5)
 
 
 def test_a_block_in_a_users_module_runs_map_sizes_its_variant_does_not():

@@ -115,6 +115,11 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     if not isinstance(model, LaudResNet):
         raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
                          "(one LaudBottleneck: calibrate_block)")
+    compiled = [n for n, b in model.blocks() if not isinstance(b, LaudBottleneck)]
+    if compiled:
+        raise ValueError(f"calibrate_rates: {compiled[0]} is a compiled block (the network "
+                         "is a compiled copy's); calibrate the model it was compiled from, "
+                         "and compile again")
     weight = model.conv1.weight
     _check_x(x, weight.shape[1], weight, "model")
     _check_rates(rate, channel_rate)

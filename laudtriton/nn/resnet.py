@@ -214,13 +214,14 @@ class LaudResNet(nn.Module):
             self.inplanes = out
         return nn.ModuleList(mods)
 
-    def blocks(self) -> list[tuple[str, LaudBottleneck]]:
+    def blocks(self) -> list[tuple[str, nn.Module]]:
         """Every dynamic block with its qualified name, in execution order: each
         LaudBottleneck, or the module ``laudtriton.compile`` put in its place (a module
         with a true ``replaces_laud_block``: the blocks of a network inside a user's
         module, whose forward may call them through this method)."""
         return [(n, m) for n, m in self.named_modules()
-                if isinstance(m, LaudBottleneck) or getattr(m, "replaces_laud_block", False)]
+                if isinstance(m, LaudBottleneck)  # a class attribute: no Module.__getattr__
+                or getattr(type(m), "replaces_laud_block", False)]
 
     def set_temperature(self, temperature: float) -> None:
         """Gumbel-softmax temperature of every masker (training only)."""
@@ -247,14 +248,15 @@ class LaudResNet(nn.Module):
             )
         in_hw = tuple(x.shape[-2:])
         h = self.stem(x)
-        for name, block in self.blocks():
+        blocks = self.blocks()
+        for name, block in blocks:
             try:
                 h = block(h)
             except ValueError as e:
                 raise ValueError(f"input of size {in_hw[0]}x{in_hw[1]} is too small: "
                                  f"{name}: {e}") from None
         logits = self.head(h)
-        compiled = any(not isinstance(b, LaudBottleneck) for _, b in self.blocks())
+        compiled = any(not isinstance(b, LaudBottleneck) for _, b in blocks)
         self.last_stats = None if compiled else self._stats(x)  # compiled: no BlockStats
         return logits
 

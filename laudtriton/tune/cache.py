@@ -414,9 +414,11 @@ class TuneCache:
         n = len(self._all())
         self._memory.clear()
         self._loaded = (None, {})
-        if self.enabled:  # under the lock: a record() between its read and its write
-            with (_file_lock(self.path.with_name(self.path.name + ".lock")),  # would
-                  contextlib.suppress(FileNotFoundError)):  # write the entries back
+        if self.enabled and self.dir.is_dir():  # (no directory: nothing to clear, or
+            # make) under the lock: a record() between its read and its write would
+            # write the entries back
+            with (_file_lock(self.path.with_name(self.path.name + ".lock")),
+                  contextlib.suppress(FileNotFoundError)):
                 self.path.unlink()
         return n
 

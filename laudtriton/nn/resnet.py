@@ -257,7 +257,8 @@ class LaudResNet(nn.Module):
                                  f"{name}: {e}") from None
         logits = self.head(h)
         compiled = any(not isinstance(b, LaudBottleneck) for _, b in blocks)
-        self.last_stats = None if compiled else self._stats(x)  # compiled: no BlockStats
+        # compiled blocks keep no BlockStats (their own last_run holds their rates)
+        self.last_stats = None if compiled else self._stats(x, blocks)
         return logits
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:
@@ -279,12 +280,12 @@ class LaudResNet(nn.Module):
                 flops += conv.out_channels * z.shape[2] * z.shape[3] * kh * kw
         return int(flops)
 
-    def _stats(self, x: torch.Tensor) -> ModelStats:
+    def _stats(self, x: torch.Tensor, blocks: list) -> ModelStats:
         stem = self.stem_flops(tuple(x.shape[-2:]))
         # avgpool over the last map's channels, then the classifier's linear layers
         head = self.inplanes + sum(m.in_features * m.out_features for m in self.fc.modules()
                                    if isinstance(m, nn.Linear))
-        stats = [b.last_stats for _, b in self.blocks()]
+        stats = [b.last_stats for _, b in blocks]
         flops = stem + head + sum(s.flops for s in stats)
         dense = stem + head + sum(s.dense_flops - s.masker_flops for s in stats)
         return ModelStats(stats, flops, float(dense))

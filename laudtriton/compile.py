@@ -298,8 +298,9 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
         for r in cache.rates(spec):  # each at the rate it was timed at
             hit = cache.lookup(spec, r)
             for v, cfgs in (hit or {}).items():
+                best = seen.setdefault(v, {})
                 for c, t in cfgs.items():
-                    seen.setdefault(v, {})[c] = min(t, seen.get(v, {}).get(c, math.inf))
+                    best[c] = min(t, best.get(c, math.inf))
             # a rate counts only when every candidate has a current timing: after a
             # source edit hides one variant's timings, the others' alone would decide
             if hit and names <= set(hit):

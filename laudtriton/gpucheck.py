@@ -226,13 +226,13 @@ def warm_block(device: str, spec, n_configs: int) -> None:
     fb = fold_block(_random_block(spec), torch.float16, device)
     x = torch.randn(spec.batch, spec.in_channels, *spec.in_hw).relu().to(device, torch.float16)
     x = x.contiguous(memory_format=torch.channels_last)
+    at_rate = [synthetic_masks(spec, rate, seed=1, device=device) for rate in RATES]
     first = None
     for v in variants_for(spec, "cuda"):
         if not v.needs_triton:
             continue
         for cfg in v.configs(spec)[:n_configs]:
-            for rate in RATES:
-                masks = synthetic_masks(spec, rate, seed=1, device=device)
+            for masks in at_rate:
                 try:
                     with torch.no_grad():
                         if v.run_inplace is not None:  # the form part 3 times

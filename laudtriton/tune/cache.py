@@ -283,6 +283,10 @@ class TuneCache:
         self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
+    def _lock(self):
+        """The cache file's inter-process lock (``<file>.lock`` beside it)."""
+        return _file_lock(self.path.with_name(self.path.name + ".lock"))
+
     def _hash(self, variant: str) -> str | None:
         if variant not in self._hashes:
             try:
@@ -388,7 +392,7 @@ class TuneCache:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with _file_lock(self.path.with_name(self.path.name + ".lock")):
+            with self._lock():
                 found, entries = _load(self.path)
                 if entries and found != self.device:  # two devices, one file name
                     self.unsaved_why = f"{self.path} holds timings of device {found!r}"
@@ -414,11 +418,10 @@ class TuneCache:
         n = len(self._all())
         self._memory.clear()
         self._loaded = (None, {})
-        if self.enabled and self.dir.is_dir():  # (no directory: nothing to clear, or
-            # make) under the lock: a record() between its read and its write would
-            # write the entries back
-            with (_file_lock(self.path.with_name(self.path.name + ".lock")),
-                  contextlib.suppress(FileNotFoundError)):
+        # under the lock: a record() between its read and its write would write the
+        # entries back (no directory: nothing to clear, and no lock file to make there)
+        if self.enabled and self.dir.is_dir():
+            with self._lock(), contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         return n
 

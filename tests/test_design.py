@@ -78,6 +78,25 @@ def test_dense_is_kept_unless_beaten_by_the_margin():
     assert 0 < DENSE_MARGIN < 0.2
 
 
+def test_a_variant_exactly_at_the_margin_does_not_replace_dense():
+    """"More than 5%": a variant at exactly 0.95x dense leaves dense chosen."""
+    table = DispatchTable()
+    table.add(0.5, {"dense": {"{}": 1e-3}, "gather": {"{}": (1 - DENSE_MARGIN) * 1e-3}},
+              "measured")
+    assert table.entries[0.5].variant == "dense"
+
+
+def test_choose_breaks_a_tie_towards_the_lower_rate_despite_float_rounding():
+    """Midway between two entries (0.65 between 0.6 and 0.7, where the float distances
+    differ in the last bit) the lower entry is chosen, as documented."""
+    for lo in range(10):
+        table = DispatchTable()
+        table.add(lo / 10, {"gather": {"{}": 1e-3}}, "measured")
+        table.add((lo + 1) / 10, {"patch": {"{}": 1e-3}}, "measured")
+        assert table.choose((2 * lo + 1) / 20).variant == "gather", lo
+        assert table.choose((2 * lo + 1) / 20 + 1e-6).variant == "patch", lo
+
+
 def test_fill_predictions_uses_a_config_the_variant_accepts():
     spec = model_specs("laud_resnet50", "channel", 1, batch=2, channel_granularity=4)[5][1]
     table = DispatchTable()

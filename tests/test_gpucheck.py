@@ -1,6 +1,7 @@
 """gpucheck without a GPU: the exit code 2 path, and its plumbing (checks, the kernel
 checks on CPU under the interpreter); its outputs are tested in test_gpureport.py."""
 
+import json
 import os
 import subprocess
 import sys
@@ -341,13 +342,44 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
     assert calls == want
 
 
-def test_warm_block_runs_the_real_triton_variants():
-    """Under the interpreter: the Triton variants of a spatial and a channel block run
-    (one config), so warm_block calls them as part 3 does."""
+def test_warm_block_runs_the_real_triton_variants(monkeypatch):
+    """Under the interpreter: warm_block runs every Triton variant of a spatial and a
+    channel block, each in the form part 3 times (in place where offered), at each of
+    part 3's rates, with the first config; and it runs no torch variant."""
+    import dataclasses
+
+    import laudtriton.ops as ops
+
+    calls = []
+
+    def recording(variants_for):
+        def wrapped(spec, backend):
+            out = []
+            for v in variants_for(spec, backend):
+                def rec(run, name, form):
+                    def run_and_record(fb, x, masks, cfg):
+                        calls.append((name, form, json.dumps(cfg, sort_keys=True)))
+                        return run(fb, x, masks, cfg)
+                    return run_and_record
+                out.append(dataclasses.replace(
+                    v, run=rec(v.run, v.name, "run"),
+                    run_inplace=None if v.run_inplace is None
+                    else rec(v.run_inplace, v.name, "inplace")))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(ops, "variants_for", recording(ops.variants_for))
     blocks = _small_blocks()
     for mode in ("spatial", "channel"):
         spec = next(s for m, _, s, _ in blocks.values() if m == mode and min(s.in_hw) <= 8)
+        calls.clear()
         gpucheck.warm_block("cpu", spec, 1)
+        triton = [v for v in ops.variants_for(spec, "cuda") if v.needs_triton]
+        assert triton, mode
+        want = sorted((v.name, "run" if v.run_inplace is None else "inplace",
+                       json.dumps(v.configs(spec)[0], sort_keys=True))
+                      for v in triton for _ in gpucheck.RATES)
+        assert sorted(calls) == want, mode
 
 
 def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):

@@ -157,9 +157,10 @@ def test_model_flops_stem_head_and_dense_by_hand():
         model(torch.randn(2, 3, 64, 64))
     st = model.last_stats
     stem = 3 * 16 * 32 * 32 * 49 + 16 * 16 * 16 * 9
-    head = 512 + 512 * 10  # avgpool over 4*128 channels, then fc
+    head = 512 + 512 * 10  # avgpool over 4*128 channels, then fc (the official forward)
     assert st.flops.item() == pytest.approx(stem + head + sum(b.flops.item() for b in st.blocks))
-    dense = stem + head
+    # the official op_counter (full_flops): avgpool over the 2x2 map, fc weights + bias
+    dense = stem + 512 * 2 * 2 + 512 * 10 + 10
     cin, hin = 16, 16
     for p, stride in ((16, 1), (32, 2), (64, 2), (128, 2)):  # planes (x0.25), stride
         ho = (hin - 1) // stride + 1
@@ -170,6 +171,51 @@ def test_model_flops_stem_head_and_dense_by_hand():
     assert torch.allclose(st.block_flops_ratios,
                           torch.stack([b.flops / b.dense_flops for b in st.blocks]))
 
+
+
+def test_dense_flops_is_the_official_op_counter_full_flops():
+    """ModelStats.dense_flops equals what the official ``op_counter.measure_model`` counts
+    for the static network (the sparsity loss's denominator): here re-counted with its
+    rules by hooks on the leaves a dense forward runs (every gate forced on)."""
+    import torch.nn as nn
+
+    model = tiny(mode="layer")
+    for _, b in model.blocks():
+        with torch.no_grad():
+            conv = b.masker_spatial.conv
+            conv.weight.zero_()
+            conv.bias.copy_(torch.tensor([1.0, -1.0]))  # every layer gate on
+    count = [0]
+
+    def counted(mod, inp, out):
+        x = inp[0]
+        if isinstance(mod, nn.Conv2d):
+            count[0] += mod.weight.numel() * out.shape[2] * out.shape[3]
+        elif isinstance(mod, nn.MaxPool2d):
+            count[0] += out[0].numel() * mod.kernel_size ** 2
+        elif isinstance(mod, nn.AdaptiveAvgPool2d):
+            count[0] += x[0].numel()
+        elif isinstance(mod, nn.Linear):
+            count[0] += mod.weight.numel() + mod.bias.numel()
+
+    for name, mod in model.named_modules():
+        if "masker" not in name and not list(mod.children()):
+            mod.register_forward_hook(counted)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert all(b.rate3.item() == 1.0 for b in model.last_stats.blocks)
+    assert model.last_stats.dense_flops == count[0]
+
+
+def test_a_hook_on_the_stem_pool_runs_once_per_forward_on_the_real_map():
+    """Counting the stem's FLOPs does not call the model's pool module (its hooks would
+    run a second time, on a meta tensor)."""
+    model = tiny(mode="spatial", granularity="2-2-1-1")
+    seen = []
+    model.maxpool.register_forward_hook(lambda m, i, o: seen.append(float(o.sum())))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("pool", ["identity", "max-ceil", "avg"])

@@ -25,7 +25,10 @@ class ModelStats:
     blocks: one BlockStats per dynamic block, in execution order.
     flops: sparse FLOPs per image of the whole network (maskers included; a tensor).
     dense_flops: FLOPs per image of the same network run dense, without maskers (the
-        static ResNet the FLOPs ratio is measured against).
+        static ResNet the FLOPs ratio is measured against), counted as the official
+        ``op_counter.measure_model`` counts it (``full_flops``): the head's avgpool as
+        C·H·W and its linear layers' biases included, where ``flops`` counts them as the
+        official forward does (C, no biases).
     """
 
     blocks: list[BlockStats]
@@ -258,7 +261,7 @@ class LaudResNet(nn.Module):
         logits = self.head(h)
         compiled = any(not isinstance(b, LaudBottleneck) for _, b in blocks)
         # compiled blocks keep no BlockStats (their own last_run holds their rates)
-        self.last_stats = None if compiled else self._stats(x, blocks)
+        self.last_stats = None if compiled else self._stats(x, h, blocks)
         return logits
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:
@@ -276,18 +279,32 @@ class LaudResNet(nn.Module):
             flops = conv.weight[0].numel() * conv.out_channels * y.shape[2] * y.shape[3]
             if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
                 kh, kw = _pair(pool.kernel_size)
-                z = pool(y)
+                # the functional form: calling the module would run the user's hooks on it
+                if isinstance(pool, nn.MaxPool2d):
+                    z = F.max_pool2d(y, pool.kernel_size, pool.stride, pool.padding,
+                                     pool.dilation, pool.ceil_mode)
+                else:
+                    z = F.avg_pool2d(y, pool.kernel_size, pool.stride, pool.padding,
+                                     pool.ceil_mode)
                 flops += conv.out_channels * z.shape[2] * z.shape[3] * kh * kw
         return int(flops)
 
-    def _stats(self, x: torch.Tensor, blocks: list) -> ModelStats:
+    def _stats(self, x: torch.Tensor, feats: torch.Tensor, blocks: list) -> ModelStats:
+        """feats: the last block's output (the head's input)."""
         stem = self.stem_flops(tuple(x.shape[-2:]))
-        # avgpool over the last map's channels, then the classifier's linear layers
-        head = self.inplanes + sum(m.in_features * m.out_features for m in self.fc.modules()
-                                   if isinstance(m, nn.Linear))
+        linear = [m for m in self.fc.modules() if isinstance(m, nn.Linear)]
+        # as the official forward counts the head: avgpool over the last map's channels,
+        # then the classifier's multiply-adds
+        head = self.inplanes + sum(m.in_features * m.out_features for m in linear)
+        # and as the official op_counter counts the static network's (its full_flops, the
+        # sparsity loss's denominator): AdaptiveAvgPool2d C·H·W, Linear weights + biases
+        pool = (feats[0].numel() if isinstance(self.avgpool, nn.AdaptiveAvgPool2d)
+                else self.inplanes)
+        dense_head = pool + sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel())
+                                for m in linear)
         stats = [b.last_stats for _, b in blocks]
         flops = stem + head + sum(s.flops for s in stats)
-        dense = stem + head + sum(s.dense_flops - s.masker_flops for s in stats)
+        dense = stem + dense_head + sum(s.dense_flops - s.masker_flops for s in stats)
         return ModelStats(stats, flops, float(dense))
 
 

@@ -465,6 +465,22 @@ def test_calibrate_channel_rates(rate, masker):
     assert all(abs(r - rate) <= 0.02 for r in got), got
 
 
+def test_calibrate_lands_exactly_on_the_count_where_margins_are_float32_close():
+    """round(rate·N) decisions exactly, also where the k-th and (k+1)-th margins are
+    closer than float32's step at the bias (the float64 midpoint was lost when added to
+    the float32 bias: 615 of 2048 channels in layer4.0 here, for 614)."""
+    torch.manual_seed(0)
+    model = laud_resnet50(width_mult=0.25, num_classes=10, input_size=64, mode="channel",
+                          channel_masker="conv_linear")
+    x = torch.randn(16, 3, 64, 64)
+    calibrate_rates(model, x, 0.3)
+    with torch.no_grad():
+        model(x)
+    for name, b in model.blocks():
+        n = b.last_masks.channel.numel()
+        assert int(b.last_masks.channel.sum()) == round(0.3 * n), name
+
+
 def test_calibrate_both_rates():
     model = tiny(mode="both", granularity="2-2-1-1", channel_granularity=2, input_size=96)
     x = torch.randn(4, 3, 96, 96)

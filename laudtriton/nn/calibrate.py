@@ -34,6 +34,23 @@ def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
     return float(-(m[k - 1] + m[k]) / 2)
 
 
+def _settle(margins_of, bias: torch.Tensor, k: int, steps: int = 64) -> None:
+    """Step ``bias`` (a masker bias slice, in place) by float32 ulps until exactly k of
+    ``margins_of()`` are >= 0: the float64 midpoint of two margins closer than the
+    float32 step is lost when it is added to the bias. Stops at a count it cannot reach
+    (two margins equal to the last bit), on the side it last stepped to."""
+    for _ in range(steps):
+        active = int((margins_of() >= 0).sum())
+        if active == k:
+            return
+        towards = torch.full_like(bias, float("inf") if active < k else float("-inf"))
+        before = active < k
+        bias.copy_(torch.nextafter(bias, towards))
+        after = int((margins_of() >= 0).sum())
+        if (after > k) if before else (after < k):  # crossed k in one ulp: a tie
+            return
+
+
 def _check_rates(rate: float, channel_rate: float | None) -> None:
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
         if value is None and name == "channel_rate":
@@ -85,13 +102,25 @@ def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
         margins = logits[:, 0] - logits[:, 1]
         delta = _shift_for_rate(margins, rate)
         conv.bias[0] += delta
+        grid = block.grid_size(tuple(x.shape[-2:]))
+
+        def spatial_margins():
+            lg = block.masker_spatial.logits(x, grid)
+            return lg[:, 0] - lg[:, 1]
+        _settle(spatial_margins, conv.bias[:1], int(round(rate * margins.numel())))
     if block.masker_channel is not None:
         lin = block.masker_channel.last_linear()
         g = block.masker_channel.groups
         logits = block.masker_channel.logits(x)
         margins = logits[:, 0] - logits[:, 1]
-        delta = _shift_for_rate(margins, rate if channel_rate is None else channel_rate)
+        target = rate if channel_rate is None else channel_rate
+        delta = _shift_for_rate(margins, target)
         lin.bias[:g] += delta
+
+        def channel_margins():
+            lg = block.masker_channel.logits(x)
+            return lg[:, 0] - lg[:, 1]
+        _settle(channel_margins, lin.bias[:g], int(round(target * margins.numel())))
 
 
 @torch.no_grad()
@@ -101,7 +130,9 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
 
     The spatial rate (mask grid cells), the layer-gate rate (samples) and the channel
     rate (groups) each land on round(rate·N)/N of their N decisions on x, so within
-    ±0.02 of the target when N >= 25 and within one step 1/N otherwise.
+    ±0.02 of the target when N >= 25 and within one step 1/N otherwise (unless two of
+    a masker's decisions on x have logit differences equal to the last float bit: then
+    both go the same way).
 
     Args:
         model: a LAUD ResNet (its mode is kept; it is left in eval mode).

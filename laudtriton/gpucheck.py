@@ -246,10 +246,14 @@ def warm_block(device: str, spec, n_configs: int) -> None:
 
 
 def part3_warmups(blocks, batches: list[int]) -> list[tuple[str, dict]]:
-    """(name, spec as a dict) of part 3's blocks, batch by batch as part 3 times them,
-    for ``warm_block`` in the compile workers."""
+    """(name, spec as a dict) of part 3's blocks that have a Triton variant (layer
+    blocks have none: nothing to compile), batch by batch as part 3 times them, for
+    ``warm_block`` in the compile workers."""
+    from .ops import variants_for
+
     return [(f"warm b{b} {mode} {spec1.short()} #{i}", spec1.with_(batch=b).to_dict())
-            for b in batches for i, (mode, _, spec1, _) in enumerate(blocks.values())]
+            for b in batches for i, (mode, _, spec1, _) in enumerate(blocks.values())
+            if any(v.needs_triton for v in variants_for(spec1, "cuda"))]
 
 
 def _warm_worker(device: str, names: list[str], folder: str, deadline: float,

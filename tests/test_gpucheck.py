@@ -295,10 +295,14 @@ def test_random_blocks_have_the_specs_of_part3s_blocks():
     blocks = _small_blocks()
     assert {mode for mode, *_ in blocks.values()} == {"spatial", "channel", "layer"}
     jobs = gpucheck.part3_warmups(blocks, [1, 3])
-    assert len(jobs) == 2 * len(blocks) and len({n for n, _ in jobs}) == len(jobs)
-    for _, d in jobs:
-        spec = BlockSpec.from_dict(d)
-        assert gpucheck._random_block(spec) is not None  # raises on another spec
+    # layer blocks have no Triton variant: no job; the others at each batch
+    timed = [spec for mode, _, spec, _ in blocks.values() if mode != "layer"]
+    assert sorted(BlockSpec.from_dict(d).key() for _, d in jobs) == sorted(
+        s.with_(batch=b).key() for b in (1, 3) for s in timed)
+    assert len({n for n, _ in jobs}) == len(jobs)
+    for _, _, spec, _ in blocks.values():
+        for b in (1, 3):  # raises on another spec
+            assert gpucheck._random_block(spec.with_(batch=b)) is not None
     bad = BlockSpec.from_dict(jobs[0][1])
     with pytest.raises(ValueError, match="came out as"):
         gpucheck._random_block(bad.with_(out_channels=bad.out_channels + 4))

@@ -495,3 +495,34 @@ def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path):
     entries = TuneCache(tmp_path).entries()
     assert entries and all(e.rate_bucket == 1.0 and e.meta["asked_rates"] == [1.0]
                            and e.meta["flops_ratio"] == pytest.approx(1.0) for e in entries)
+
+
+def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatch):
+    """On CUDA a kernel's fault is reported at the next synchronisation: time_variants
+    synchronises after each config's untimed first call, so the faulting config alone
+    scores inf and the others are timed (here a stand-in CUDA input and a stand-in
+    synchronize that faults once)."""
+    import types
+
+    import torch
+
+    from laudtriton.ops.registry import Cost, Variant
+    from laudtriton.tune import measure
+
+    class CudaInput:
+        device = torch.device("cuda")
+
+    faults = iter([True, False])
+
+    def synchronize(device=None):
+        if next(faults):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(measure, "median_time", lambda fn, dev, warmup, reps: 1e-3)
+    v = Variant("stub", ("spatial",), ("cuda",), run=lambda fb, x, masks, cfg: None,
+                cost=lambda spec, rate: Cost(0.0, 0.0, 1),
+                configs=lambda spec: [{"BLOCK": 16}, {"BLOCK": 32}])
+    spec = types.SimpleNamespace(short=lambda: "stub block")
+    out = measure.time_variants(None, spec, CudaInput(), None, [v], warmup=1, reps=1)
+    assert out == {"stub": {'{"BLOCK":16}': math.inf, '{"BLOCK":32}': 1e-3}}

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("env", help="versions, device, threads, cache directory")
+    s = sub.add_parser("env", help="versions, C library, CPUs, threads, allocator, device, cache "
+                                       "directory")
     s.set_defaults(func=cmd_env)
 
     s = sub.add_parser("demo", help="LAUD-ResNet-50 at rate 0.5: compile, check, time")

@@ -34,12 +34,14 @@ def add_layout_options(p: argparse.ArgumentParser) -> None:
     """--mode, --granularity, --channel-granularity: the LAUD model's layout, as ``bench``
     and ``sweep`` take it (``check_layout_options`` checks them)."""
     p.add_argument("--mode", default="spatial",
-                   help="spatial, channel, layer or both, or one per stage joined by '-'")
+                   help="spatial, channel, layer or both, or one per stage joined by '-' "
+                        "(default spatial)")
     p.add_argument("--granularity", default="4-4-2-1",
-                   help="patch size S: one int, or one per stage joined by '-'")
+                   help="patch size S: one int, or one per stage joined by '-' "
+                        "(default 4-4-2-1)")
     p.add_argument("--channel-granularity", default="1",
                    help="channels per channel-mask group: one int, or one per stage "
-                        "joined by '-'")
+                        "joined by '-' (default 1)")
 
 
 def check_layout_options(args: argparse.Namespace) -> None:

@@ -228,6 +228,13 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
                 and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
                 and c.bias is None and c.padding_mode == "zeros")
 
+    cls = type(block)
+    for attr in ("forward", "compute_masks", "grid_size", "out_hw"):
+        if getattr(cls, attr) is not getattr(LaudBottleneck, attr):
+            raise ValueError(
+                f"compile: {name} is a {cls.__name__}, which overrides LaudBottleneck."
+                f"{attr}; a compiled block computes LaudBottleneck's own masks and "
+                "forward. Hold the block in a module of yours instead of subclassing it")
     s = block.stride
     parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
              ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),

@@ -124,6 +124,8 @@ class CompiledBlock(nn.Module):
             with torch.no_grad():
                 return self.forward(x, reuse_input, masks, order=order,
                                     check_masks=check_masks, check_finite=check_finite)
+        if order is None:  # called on its own: the model checks its input itself
+            self._check_input(x)
         if masks is not None and check_masks:
             self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
@@ -138,6 +140,19 @@ class CompiledBlock(nn.Module):
             masks = order.to_batch(masks)
         order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, order.snapshot())
+
+    def _check_input(self, x) -> None:
+        """Raise a ValueError naming the block unless x is [B >= 1, Cin, H, W] of the
+        compiled dtype, on the compiled device type (the map size may differ: ``_fit``)."""
+        want = self.fb.w1
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 or (
+                x.shape[1] != self.spec.in_channels):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{self.name}: expected an input [B, {self.spec.in_channels}, "
+                             f"H, W] with B >= 1, got {shape}")
+        if x.dtype != want.dtype or x.device.type != want.device.type:
+            raise ValueError(f"{self.name}: input is {x.dtype} on {x.device}; the block is "
+                             f"compiled for {want.dtype} on {want.device}")
 
     @property
     def reference(self) -> nn.Module:
@@ -356,6 +371,9 @@ changes nothing here); to train, train the original model and compile it again.
         ``last_stats`` of every block as the last complete forward left them.
         """
         self._check_input(x)
+        if masks is not None and not isinstance(masks, (list, tuple)):
+            raise ValueError(f"masks must be a list with one BlockMasks (or None) per block, "
+                             f"got {type(masks).__name__}")
         if masks is not None and len(masks) != len(self.blocks):
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
         last = [blk._last for blk in self.blocks]
@@ -433,8 +451,17 @@ STEM_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)  # keep a ReLU output >= 
 
 def foldable_bn(bn: nn.Module) -> bool:
     """Whether ``bn`` folds into the convolution before it (``ops.fold.bn_scale_shift``):
-    an affine nn.BatchNorm2d with running statistics."""
-    return isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_mean is not None
+    an affine nn.BatchNorm2d with running statistics, computing BatchNorm2d's own forward
+    (a subclass that overrides it computes something the fold does not)."""
+    return (isinstance(bn, nn.BatchNorm2d) and own_forward(bn, nn.BatchNorm2d)
+            and bn.affine and bn.running_mean is not None)
+
+
+def own_forward(module: nn.Module, base: type) -> bool:
+    """Whether ``module`` (an instance of ``base``) computes ``base``'s forward: a subclass
+    may add state or a parametrization, not another computation."""
+    return all(getattr(type(module), a, None) is getattr(base, a, None)
+               for a in ("forward", "_conv_forward"))
 
 
 def check_resnet(model: LaudResNet) -> None:
@@ -455,10 +482,18 @@ def check_resnet(model: LaudResNet) -> None:
                 "runs LaudResNet's own stem, blocks and head. Hold a LaudResNet in your "
                 "module instead of subclassing it (compile then compiles the LaudResNet "
                 "and keeps your module's forward)")
+    done = [name for name, b in model.blocks() if getattr(b, "replaces_laud_block", False)]
+    if done:
+        raise ValueError(
+            f"compile: {done[0]} of the LaudResNet is a compiled block already (put there "
+            "by an earlier compile of a module around it, or by hand); compile the network "
+            "it came from")
     conv, bn, relu, pool = model.conv1, model.bn1, model.relu, model.maxpool
     problem = None
-    if not isinstance(conv, nn.Conv2d) or type(conv.padding) is str:
-        problem = f"conv1 is {conv!r}; accepted: an nn.Conv2d with numeric padding"
+    if (not isinstance(conv, nn.Conv2d) or not own_forward(conv, nn.Conv2d)
+            or type(conv.padding) is str):
+        problem = (f"conv1 is {conv!r}; accepted: an nn.Conv2d (computing Conv2d's own "
+                   "forward) with numeric padding")
     elif (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
           or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]):
         problem = (f"conv1 is {conv!r}; accepted: groups 1, dilation 1, zero padding, "
@@ -467,7 +502,8 @@ def check_resnet(model: LaudResNet) -> None:
         problem = f"bn1 is {bn!r}; accepted: an affine nn.BatchNorm2d with running statistics"
     elif type(relu) is not nn.ReLU:
         problem = f"relu is {relu!r}; accepted: nn.ReLU"
-    elif not isinstance(pool, STEM_POOLS) or getattr(pool, "return_indices", False):
+    elif (not isinstance(pool, STEM_POOLS) or getattr(pool, "return_indices", False)
+          or not any(isinstance(pool, t) and own_forward(pool, t) for t in STEM_POOLS)):
         problem = (f"maxpool is {pool!r}; accepted: "
                    f"{', '.join('nn.' + t.__name__ for t in STEM_POOLS)}")
     if problem:

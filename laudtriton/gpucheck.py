@@ -60,9 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
-    p.add_argument("--budget", type=float, default=330.0, help="seconds for the whole run (default 330)")
-    p.add_argument("--configs", type=int, default=2, help="kernel configs timed per variant (default 2)")
-    p.add_argument("--batches", default="1,64", help="batch sizes to time, comma-separated (default 1,64)")
+    p.add_argument("--budget", type=float, default=330.0,
+                   help="seconds for the whole run (default 330)")
+    p.add_argument("--configs", type=int, default=2,
+                   help="kernel configs timed per variant (default 2)")
+    p.add_argument("--batches", default="1,64",
+                   help="batch sizes to time, comma-separated (default 1,64)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
     p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
     p.add_argument("--compile-jobs", type=int, default=min(8, max(1, (os.cpu_count() or 1) - 1)),

@@ -294,6 +294,23 @@ def test_non_positive_timings_are_malformed(tmp_path, caplog):
     assert "1 malformed entries ignored" in caplog.text
 
 
+def test_config_keys_that_are_not_json_objects_are_malformed(tmp_path, caplog):
+    """A config key every reader parses (compile's dispatch builds a Choice of it): a
+    JSON object; "not json", a list or a number drop the entry, as other malformed
+    fields do, instead of failing compile."""
+    c = TuneCache(tmp_path)
+    bad = {0.5: '{"BLOCK": 16}', 0.6: "not json", 0.7: "[1, 2]", 0.8: "5"}
+    for r in bad:
+        c.record(SPEC, r, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    for e in data["entries"].values():
+        e["timings"] = {bad[e["rate_bucket"]]: 1e-3}
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).rates(SPEC) == [0.5]
+    assert "3 malformed entries ignored" in caplog.text
+
+
 def test_malformed_asked_rates_drop_the_entry(tmp_path, caplog):
     c = TuneCache(tmp_path)
     bad = {0.5: [0.5], 0.6: "0.6", 0.7: [[0.7]], 0.8: [1.5]}

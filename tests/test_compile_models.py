@@ -14,7 +14,7 @@ from torch import nn
 
 import laudtriton
 from laudtriton.compiled import CompiledBlock, CompiledModel
-from laudtriton.nn import LaudResNet, calibrate_rates
+from laudtriton.nn import LaudBottleneck, LaudResNet, calibrate_rates
 from laudtriton.testing import assert_close, make_block, randomize_bn
 
 
@@ -83,6 +83,135 @@ def test_a_stem_the_compiled_model_cannot_run_is_refused(change, match):
     change(model)
     with pytest.raises(ValueError, match=match):
         compile_cpu(model, torch.randn(1, 3, 32, 32))
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation (BiT ResNets): a Conv2d subclass with its own forward."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True)
+                                                         + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class HalfBN(nn.BatchNorm2d):
+    def forward(self, x):
+        return 0.5 * super().forward(x)
+
+
+class HalfPool(nn.MaxPool2d):
+    def forward(self, x):
+        return 0.5 * super().forward(x)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: setattr(m, "conv1", StdConv2d(3, 16, 7, 2, 3, bias=False)),
+     r"the stem's conv1 is StdConv2d"),
+    (lambda m: setattr(m, "bn1", randomize_bn(HalfBN(16)).eval()), r"the stem's bn1 is HalfBN"),
+    (lambda m: setattr(m, "maxpool", HalfPool(3, 2, 1)), r"the stem's maxpool is HalfPool"),
+    (lambda m: setattr(m.layer1[0], "bn2", randomize_bn(HalfBN(16)).eval()),
+     r"compile: layer1.0.bn2 is HalfBN"),
+])
+def test_a_layer_subclass_with_its_own_forward_is_refused(change, match):
+    """A Conv2d, BatchNorm2d or pooling subclass that computes another forward would be
+    folded or run as the plain layer (a silent wrong result): it is refused. One that
+    keeps the forward (a parametrized weight) compiles, as before."""
+    model = tiny()
+    change(model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # the reference runs
+    with pytest.raises(ValueError, match=match):
+        compile_cpu(model, x)
+
+
+def test_a_stem_conv_with_a_parametrized_weight_still_compiles():
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = tiny()
+    parametrize.register_parametrization(model.conv1, "weight", Doubled())
+    x = torch.randn(2, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        assert_close(cm(x), model(x), name="parametrized stem conv")
+
+
+class HalfBlock(LaudBottleneck):
+    def forward(self, x):
+        return 0.5 * super().forward(x)
+
+
+class NoCells(LaudBottleneck):
+    def compute_masks(self, x):
+        masks, flops = super().compute_masks(x)
+        if masks.grid is not None:
+            masks.grid.zero_()
+            masks.mask3.zero_()
+            masks.mask1.zero_()
+        return masks, flops
+
+
+@pytest.mark.parametrize("cls,attr", [(HalfBlock, "forward"), (NoCells, "compute_masks")])
+def test_a_block_subclass_that_overrides_its_computation_is_refused(cls, attr):
+    """A LaudBottleneck subclass overriding forward or compute_masks: the compiled block
+    re-implements both, so it is refused, bare or inside a LaudResNet."""
+    block = make_block(16, 4, mode="spatial", granularity=2)
+    block.__class__ = cls
+    x = torch.randn(1, 16, 8, 8)
+    with pytest.raises(ValueError, match=rf"compile: block is a {cls.__name__}, which "
+                                         rf"overrides LaudBottleneck\.{attr}"):
+        compile_cpu(block, x)
+    model = tiny()
+    model.layer2[1].__class__ = cls
+    with pytest.raises(ValueError, match=rf"compile: layer2\.1 is a {cls.__name__}"):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
+
+
+def test_a_network_holding_a_compiled_block_is_refused():
+    """A LaudResNet with a CompiledBlock in a block's place (left by compiling a module
+    whose forward calls its blocks, or put there by hand): compiling it again would skip
+    that block; it is refused, naming the block."""
+    model = tiny()
+    x = torch.randn(1, 3, 32, 32)
+    compiled = compile_cpu(model, x).blocks[2]
+    assert compiled.name == "layer2.1"
+    model.layer2[1] = compiled
+    with pytest.raises(ValueError, match=r"compile: layer2\.1 of the LaudResNet is a "
+                                         r"compiled block already"):
+        compile_cpu(model, x)
+
+
+def test_a_compiled_block_on_its_own_names_a_bad_input():
+    """A CompiledBlock called by itself (from a compiled user module, or cm.blocks[i])
+    refuses what its LaudBottleneck refuses, with its name, not torch's error from
+    inside the maskers."""
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    blk = compile_cpu(model, x).blocks[1]  # layer2.0: 64 channels in, at 8x8
+    h = torch.randn(2, 64, 8, 8).relu()
+    for bad, match in ((torch.randn(2, 12, 8, 8), r"layer2\.0: expected an input \[B, 64"),
+                       (torch.randn(64, 8, 8), r"layer2\.0: expected an input .* got \(64"),
+                       (torch.randn(0, 64, 8, 8), r"B >= 1, got \(0, 64"),
+                       (h.double(), r"layer2\.0: input is torch.float64 on cpu; the block "
+                                    r"is compiled for torch.float32")):
+        with pytest.raises(ValueError, match=match):
+            blk(bad)
+    with torch.no_grad():
+        assert_close(blk(h), blk.reference(h), name="layer2.0 on its own")
+
+
+def test_masks_of_another_kind_than_a_list_are_refused():
+    model = tiny()
+    x = torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    cm(x)
+    with pytest.raises(ValueError, match=r"masks must be a list .* got BlockMasks"):
+        cm(x, masks=cm.blocks[0].last_masks)
 
 
 def test_an_overridden_forward_is_refused():

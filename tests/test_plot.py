@@ -376,3 +376,16 @@ def test_a_panel_named_by_its_spec_shows_it_once(tmp_path, monkeypatch):
     got = {ax.get_title() for ax in titles}
     assert SPECS[0].short() in got and f"layer2.0\n{SPECS[1].short()}" in got
     assert f"{SPECS[0].short()}\n{SPECS[0].short()}" not in got
+
+
+def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """An --out the figures cannot be written to (here under /proc) is one error line
+    naming it (timings from a CSV: the shipped cache holds none for an unknown machine)."""
+    from laudtriton.cli import main
+
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    assert main(["plot", "--from", str(csv), "--out", "/proc/laudtriton-plots",
+                 "--no-predicted"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("laudtriton plot: error:")
+    assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err

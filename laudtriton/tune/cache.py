@@ -162,17 +162,27 @@ def _valid_spec(d) -> bool:
     return True
 
 
+def _config_key(c) -> bool:
+    """A config key as ``measure.config_key`` writes it: a JSON object."""
+    if not isinstance(c, str):
+        return False
+    try:
+        return isinstance(json.loads(c), dict)
+    except ValueError:
+        return False
+
+
 def _valid_entry(e) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
     in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
     "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1] and
-    "flops_ratio" a number, versions a dict, source_hash a
+    "flops_ratio" a number, config keys JSON objects, versions a dict, source_hash a
     string or null."""
     if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
             and isinstance(e.get("timings"), dict)
-            and all(isinstance(c, str) and _number(t) and t > 0  # inf: a failed config
+            and all(_config_key(c) and _number(t) and t > 0  # inf: a failed config
                     for c, t in e["timings"].items())
             and isinstance(e.get("versions", {}), dict)
             and isinstance(e.get("source_hash"), (str, type(None)))):

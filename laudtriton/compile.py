@@ -47,7 +47,14 @@ import warnings
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel, check_resnet, foldable_bn, refuse_train
+from .compiled import (
+    CompiledBlock,
+    CompiledModel,
+    check_resnet,
+    foldable_bn,
+    own_forward,
+    refuse_train,
+)
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
@@ -224,7 +231,8 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
         ValueError: naming the block and the module that differs.
     """
     def conv_ok(c, k, stride, pad):
-        return (type(c) is nn.Conv2d and c.kernel_size == (k, k) and c.stride == (stride,) * 2
+        return (isinstance(c, nn.Conv2d) and own_forward(c, nn.Conv2d)  # parametrized too
+                and c.kernel_size == (k, k) and c.stride == (stride,) * 2
                 and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
                 and c.bias is None and c.padding_mode == "zeros")
 

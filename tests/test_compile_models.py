@@ -141,6 +141,21 @@ def test_a_stem_conv_with_a_parametrized_weight_still_compiles():
         assert_close(cm(x), model(x), name="parametrized stem conv")
 
 
+def test_block_convs_with_a_parametrized_weight_compile():
+    """The current weight_norm (a parametrization: a generated Conv2d subclass with
+    Conv2d's forward) in a block is folded with the weights it computes."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = tiny()
+    weight_norm(model.layer2[0].conv2)
+    weight_norm(model.layer1[0].conv1)
+    x = torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        assert_close(cm(x), model(x), name="parametrized block convs")
+
+
 class HalfBlock(LaudBottleneck):
     def forward(self, x):
         return 0.5 * super().forward(x)
@@ -188,8 +203,8 @@ def test_a_network_holding_a_compiled_block_is_refused():
 
 def test_a_compiled_block_on_its_own_names_a_bad_input():
     """A CompiledBlock called by itself (from a compiled user module, or cm.blocks[i])
-    refuses what its LaudBottleneck refuses, with its name, not torch's error from
-    inside the maskers."""
+    names the block and what is wrong with its input (channels, rank, batch 0, dtype),
+    not torch's error from inside the maskers."""
     model = tiny()
     x = torch.randn(2, 3, 32, 32)
     blk = compile_cpu(model, x).blocks[1]  # layer2.0: 64 channels in, at 8x8

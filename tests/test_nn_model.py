@@ -481,6 +481,37 @@ def test_calibrate_lands_exactly_on_the_count_where_margins_are_float32_close():
         assert int(b.last_masks.channel.sum()) == round(0.3 * n), name
 
 
+def test_settle_reaches_the_count_where_the_bias_step_cannot_move_the_logits():
+    """The shift that separates two margins one float32 step apart at logits near 1000
+    is about that step (6.1e-5), far above the step of a bias near 0: it is found by
+    growing the shift, not by stepping the bias. Two margins equal to the last bit
+    cannot be split: the bias is left short of the count, with no endless search."""
+    from laudtriton.nn.calibrate import _settle
+
+    u = float(torch.nextafter(torch.tensor(1000.0), torch.tensor(2000.0))) - 1000.0
+    s = torch.tensor([1000.0 - u, 1000.0, 1000.0 + u])
+    bias = torch.zeros(1)
+
+    def margins():
+        return (s + bias[0]) - 1000.0
+
+    assert int((margins() >= 0).sum()) == 2
+    _settle(margins, bias, 1)
+    assert int((margins() >= 0).sum()) == 1
+    _settle(margins, bias, 3)
+    assert int((margins() >= 0).sum()) == 3
+    tie = torch.tensor([1000.0, 1000.0])
+    bias.zero_()
+    calls = []
+
+    def tied():
+        calls.append(1)
+        return (tie + bias[0]) - 1000.0
+
+    _settle(tied, bias, 1)
+    assert int((tied() >= 0).sum()) == 2 and len(calls) <= 2 * 64 + 2
+
+
 def test_calibrate_both_rates():
     model = tiny(mode="both", granularity="2-2-1-1", channel_granularity=2, input_size=96)
     x = torch.randn(4, 3, 96, 96)

@@ -499,9 +499,10 @@ def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path):
 
 def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatch):
     """On CUDA a kernel's fault is reported at the next synchronisation: time_variants
-    synchronises after each config's untimed first call, so the faulting config alone
-    scores inf and the others are timed (here a stand-in CUDA input and a stand-in
-    synchronize that faults once)."""
+    synchronises after each config's untimed first call, so the fault is charged to the
+    config that caused it, which scores inf (here a stand-in CUDA input and a stand-in
+    synchronize that faults once; a real sticky fault, such as an illegal address, would
+    leave CUDA unusable for the configs after it too)."""
     import types
 
     import torch

@@ -35,20 +35,51 @@ def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
 
 
 def _settle(margins_of, bias: torch.Tensor, k: int, steps: int = 64) -> None:
-    """Step ``bias`` (a masker bias slice, in place) by float32 ulps until exactly k of
-    ``margins_of()`` are >= 0: the float64 midpoint of two margins closer than the
-    float32 step is lost when it is added to the bias. Stops at a count it cannot reach
-    (two margins equal to the last bit), on the side it last stepped to."""
+    """Shift ``bias`` (a masker bias slice, in place) until exactly k of ``margins_of()``
+    are >= 0, where the float64 midpoint of two margins closer than the logits' float
+    step was lost in rounding. One shift d is added to every element of ``bias`` (in
+    float64, then rounded to its dtype); the count grows with d, so d is found by
+    doubling a step from the bias dtype's epsilon until k is reached or passed, then by
+    bisection. When no d gives k (two margins tie to the last bit) the bias is left at
+    the last d short of k. At most 2·``steps`` calls of ``margins_of``."""
+    b0 = bias.detach().clone()
+
+    def shifted(d: float) -> torch.Tensor:
+        return (b0.double() + d).to(b0.dtype)
+
+    def count(d: float) -> int:
+        bias.copy_(shifted(d))
+        return int((margins_of() >= 0).sum())
+
+    start = count(0.0)
+    if start == k:
+        return
+    up = start < k  # the direction that brings the count towards k
+
+    def passed(c: int) -> bool:
+        return c > k if up else c < k
+
+    short, over = 0.0, None  # d short of k; d past it
+    step = torch.finfo(b0.dtype).eps * max(1.0, float(b0.abs().max()))
     for _ in range(steps):
-        active = int((margins_of() >= 0).sum())
-        if active == k:
+        d = step if up else -step
+        c = count(d)
+        if c == k:
             return
-        towards = torch.full_like(bias, float("inf") if active < k else float("-inf"))
-        before = active < k
-        bias.copy_(torch.nextafter(bias, towards))
-        after = int((margins_of() >= 0).sum())
-        if (after > k) if before else (after < k):  # crossed k in one ulp: a tie
+        if passed(c):
+            over = d
+            break
+        short, step = d, 2 * step
+    for _ in range(steps if over is not None else 0):
+        mid = (short + over) / 2
+        if torch.equal(shifted(mid), shifted(short)) or torch.equal(shifted(mid),
+                                                                    shifted(over)):
+            break  # adjacent floats: no shift between them
+        c = count(mid)
+        if c == k:
             return
+        short, over = (short, mid) if passed(c) else (mid, over)
+    count(short)
 
 
 def _check_rates(rate: float, channel_rate: float | None) -> None:

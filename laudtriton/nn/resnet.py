@@ -268,8 +268,9 @@ class LaudResNet(nn.Module):
         """FLOPs of the stem on an input of ``in_hw``, as the official code counts them:
         conv1's multiply-adds at its output size, plus, when ``maxpool`` is an
         nn.MaxPool2d or nn.AvgPool2d, its window size per output value (nothing for
-        another layer, e.g. nn.Identity). Read from the stem's own layers, so a replaced
-        conv1 or maxpool is counted as it is."""
+        another layer, e.g. nn.Identity). Read from the stem's own layers' settings, so a
+        replaced conv1 or maxpool is counted as it is configured (the pool's output size
+        by the functional form of its class, not by calling it: no hook of it runs)."""
         conv, pool = self.conv1, self.maxpool
         # output sizes from torch's own shape rules, on meta tensors (no data, no compute)
         with torch.no_grad():

@@ -168,7 +168,7 @@ def _config_key(c) -> bool:
         return False
     try:
         return isinstance(json.loads(c), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
         return False
 
 

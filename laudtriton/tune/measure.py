@@ -68,8 +68,9 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
             try:
                 with torch.no_grad():
                     call()
-                if x.device.type == "cuda":  # a kernel's fault shows here, not in do_bench
-                    torch.cuda.synchronize(x.device)
+                if x.device.type == "cuda":  # a kernel's fault is reported for its own
+                    torch.cuda.synchronize(x.device)  # config, not a later one's (a sticky
+                    # one, e.g. an illegal address, still leaves CUDA unusable after it)
             except Exception as e:  # a failing config is reported, not fatal
                 log.warning("variant %s config %s failed on %s: %s", v.name, cfg,
                             spec.short(), e)

@@ -15,14 +15,13 @@ from .block import LaudBottleneck
 from .resnet import LaudResNet
 
 
-def _shift_for_rate(margins: torch.Tensor, rate: float) -> float:
-    """Offset δ such that exactly round(rate·N) of ``margins + δ`` are >= 0.
+def _shift_for_rate(margins: torch.Tensor, k: int) -> float:
+    """Offset δ such that exactly k of ``margins + δ`` are >= 0 (in float64).
 
     margins: [N] logit differences (keep − skip) without the offset.
     """
     m = margins.flatten().double().sort(descending=True).values
     n = m.numel()
-    k = int(round(rate * n))
     # past every margin by 1, or by 1e-3 of the largest where 1 is below float32's step
     # there (margins near 1e8: the offset is added to the masker's float32 bias)
     pad = 1.0 + 1e-3 * float(m.abs().max())
@@ -82,6 +81,20 @@ def _settle(margins_of, bias: torch.Tensor, k: int, steps: int = 64) -> None:
     count(short)
 
 
+def _set_rate(margins_of, bias: torch.Tensor, rate: float) -> None:
+    """Shift ``bias`` (a masker's keep-logit bias, in place) so that round(rate·N) of
+    the N margins ``margins_of()`` are >= 0: by the float64 offset, then ``_settle``
+    where rounding lost it."""
+    margins = margins_of()
+    k = int(round(rate * margins.numel()))
+    bias += _shift_for_rate(margins, k)
+    _settle(margins_of, bias, k)
+
+
+def _margins(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 0] - logits[:, 1]
+
+
 def _check_rates(rate: float, channel_rate: float | None) -> None:
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
         if value is None and name == "channel_rate":
@@ -127,31 +140,13 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
 
 def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
                channel_rate: float | None) -> None:
-    if block.masker_spatial is not None:
-        conv = block.masker_spatial.conv
-        logits = block.masker_spatial.logits(x, block.grid_size(tuple(x.shape[-2:])))
-        margins = logits[:, 0] - logits[:, 1]
-        delta = _shift_for_rate(margins, rate)
-        conv.bias[0] += delta
+    spatial, channel = block.masker_spatial, block.masker_channel
+    if spatial is not None:
         grid = block.grid_size(tuple(x.shape[-2:]))
-
-        def spatial_margins():
-            lg = block.masker_spatial.logits(x, grid)
-            return lg[:, 0] - lg[:, 1]
-        _settle(spatial_margins, conv.bias[:1], int(round(rate * margins.numel())))
-    if block.masker_channel is not None:
-        lin = block.masker_channel.last_linear()
-        g = block.masker_channel.groups
-        logits = block.masker_channel.logits(x)
-        margins = logits[:, 0] - logits[:, 1]
-        target = rate if channel_rate is None else channel_rate
-        delta = _shift_for_rate(margins, target)
-        lin.bias[:g] += delta
-
-        def channel_margins():
-            lg = block.masker_channel.logits(x)
-            return lg[:, 0] - lg[:, 1]
-        _settle(channel_margins, lin.bias[:g], int(round(target * margins.numel())))
+        _set_rate(lambda: _margins(spatial.logits(x, grid)), spatial.conv.bias[:1], rate)
+    if channel is not None:
+        _set_rate(lambda: _margins(channel.logits(x)), channel.last_linear().bias[:channel.groups],
+                  rate if channel_rate is None else channel_rate)
 
 
 @torch.no_grad()

@@ -162,7 +162,7 @@ def _valid_spec(d) -> bool:
     return True
 
 
-def _config_key(c) -> bool:
+def _is_config_key(c) -> bool:
     """A config key as ``measure.config_key`` writes it: a JSON object."""
     if not isinstance(c, str):
         return False
@@ -182,7 +182,7 @@ def _valid_entry(e) -> bool:
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
             and isinstance(e.get("timings"), dict)
-            and all(_config_key(c) and _number(t) and t > 0  # inf: a failed config
+            and all(_is_config_key(c) and _number(t) and t > 0  # inf: a failed config
                     for c, t in e["timings"].items())
             and isinstance(e.get("versions", {}), dict)
             and isinstance(e.get("source_hash"), (str, type(None)))):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nn.block import BlockMasks, detached_copy
+from .nn.block import BlockMasks, LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
@@ -482,7 +482,7 @@ def check_resnet(model: LaudResNet) -> None:
                 "runs LaudResNet's own stem, blocks and head. Hold a LaudResNet in your "
                 "module instead of subclassing it (compile then compiles the LaudResNet "
                 "and keeps your module's forward)")
-    done = [name for name, b in model.blocks() if getattr(b, "replaces_laud_block", False)]
+    done = [name for name, b in model.blocks() if not isinstance(b, LaudBottleneck)]
     if done:
         raise ValueError(
             f"compile: {done[0]} of the LaudResNet is a compiled block already (put there "
@@ -502,8 +502,8 @@ def check_resnet(model: LaudResNet) -> None:
         problem = f"bn1 is {bn!r}; accepted: an affine nn.BatchNorm2d with running statistics"
     elif type(relu) is not nn.ReLU:
         problem = f"relu is {relu!r}; accepted: nn.ReLU"
-    elif (not isinstance(pool, STEM_POOLS) or getattr(pool, "return_indices", False)
-          or not any(isinstance(pool, t) and own_forward(pool, t) for t in STEM_POOLS)):
+    elif (not any(isinstance(pool, t) and own_forward(pool, t) for t in STEM_POOLS)
+          or getattr(pool, "return_indices", False)):
         problem = (f"maxpool is {pool!r}; accepted: "
                    f"{', '.join('nn.' + t.__name__ for t in STEM_POOLS)}")
     if problem:

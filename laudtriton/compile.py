@@ -270,15 +270,20 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
     """Raise unless the block's maskers are what the compiled block's gates
     (``ops.masks.Gates``) read: a ``MaskerSpatial`` whose conv is a 1x1 nn.Conv2d with
     bias to 2 logits; a ``MaskerChannelMLP`` of nn.Linear layers with bias (two with an
-    nn.ReLU between them, or one) to 2·G logits. Another channel masker runs as it is.
+    nn.ReLU between them, or one) to 2·G logits. Their weights may be parametrized
+    (``weight_norm``): the gates read the weights it computes, once. Another channel
+    masker runs as it is.
 
     Raises:
         ValueError: naming the block and the masker that differs.
     """
+    def plain(m, base):  # base's own computation; a parametrized weight allowed
+        return isinstance(m, base) and own_forward(m, base)
+
     ms, mc = block.masker_spatial, block.masker_channel
     if ms is not None:
         c = getattr(ms, "conv", None)
-        if not (type(ms) is MaskerSpatial and type(c) is nn.Conv2d
+        if not (type(ms) is MaskerSpatial and plain(c, nn.Conv2d)
                 and c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
                 and c.dilation == (1, 1) and c.groups == 1 and c.bias is not None
                 and c.out_channels == 2):
@@ -287,10 +292,10 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
                 "MaskerSpatial whose conv is a 1x1 nn.Conv2d with bias to 2 logits")
     if isinstance(mc, MaskerChannelMLP):
         seq = mc.conv
-        layers = ([seq] if type(seq) is nn.Linear
+        layers = ([seq] if plain(seq, nn.Linear)
                   else list(seq) if type(seq) is nn.Sequential else [])
         ok = (type(mc) is MaskerChannelMLP and len(layers) in (1, 3)
-              and all(type(m) is nn.Linear and m.bias is not None for m in layers[::2])
+              and all(plain(m, nn.Linear) and m.bias is not None for m in layers[::2])
               and all(type(m) is nn.ReLU for m in layers[1::2])
               and layers[-1].out_features == 2 * mc.groups)
         if not ok:

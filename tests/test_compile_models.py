@@ -156,6 +156,41 @@ def test_block_convs_with_a_parametrized_weight_compile():
         assert_close(cm(x), model(x), name="parametrized block convs")
 
 
+@pytest.mark.parametrize("mode,masker", [
+    ("spatial", "spatial"), ("channel", "MLP"), ("both", "MLP"), ("channel", "MLP1"),
+    ("channel", "conv_linear")])
+def test_maskers_with_a_parametrized_weight_compile(mode, masker):
+    """weight_norm (a parametrization) on a masker's conv or linear layers: the gates
+    read the weights it computes, so the masks and the logits are the reference's."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = tiny(mode, channel_masker="conv_linear" if masker == "conv_linear" else "MLP",
+                 channel_masker_layers=1 if masker == "MLP1" else 2)
+    for b in (model.layer1[0], model.layer2[1]):
+        if masker == "spatial":
+            weight_norm(b.masker_spatial.conv)
+        elif masker.startswith("MLP"):
+            for lin in b.masker_channel.linears():
+                weight_norm(lin)
+        else:
+            weight_norm(b.masker_channel.conv[0])
+            weight_norm(b.masker_channel.linear)
+    x = torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        ref = model(x)
+        out = cm(x)
+        assert_close(out, ref, name="parametrized maskers")
+        blocks = [m for m in model.modules() if isinstance(m, LaudBottleneck)]
+        for blk, cb in zip(blocks, cm.blocks, strict=True):
+            for f in ("grid", "channel"):
+                a, b = getattr(blk.last_masks, f), getattr(cb.last_masks, f)
+                assert (a is None) == (b is None), f
+                if a is not None:
+                    assert torch.equal(a, b), f
+
+
 class HalfBlock(LaudBottleneck):
     def forward(self, x):
         return 0.5 * super().forward(x)
@@ -445,6 +480,34 @@ def test_a_changed_channel_masker_is_refused():
     with torch.no_grad():
         block(x)  # the reference still runs
     with pytest.raises(ValueError, match=r"compile: block\.masker_channel is "):
+        compile_cpu(block, x)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+class ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel"])
+def test_a_masker_layer_subclass_with_its_own_forward_is_refused(mode):
+    """A parametrized masker weight is accepted; a subclass computing something else is
+    not (the gates would compute the plain layer's logits)."""
+    block = make_block(64, 16, mode=mode, granularity=2, channel_granularity=2)
+    if mode == "spatial":
+        old, part = block.masker_spatial.conv, "masker_spatial"
+        block.masker_spatial.conv = ScaledConv(old.in_channels, 2, 1)
+    else:
+        old, part = block.masker_channel.conv[0], "masker_channel"
+        block.masker_channel.conv[0] = ScaledLinear(old.in_features, old.out_features)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        block(x)
+    with pytest.raises(ValueError, match=rf"compile: block\.{part} is "):
         compile_cpu(block, x)
 
 

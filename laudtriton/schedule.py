@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 SOURCES = ("measured", "cached", "predicted", "rule")
@@ -93,7 +94,17 @@ class DispatchTable:
 
     def add(self, bucket: float, timings: dict[str, dict[str, float]], source: str) -> None:
         """Add the fastest finite timing of ``timings`` ({variant: {config_key: s}}), but
-        keep ``dense`` unless the fastest beats it by more than ``DENSE_MARGIN``."""
+        keep ``dense`` unless the fastest beats it by more than ``DENSE_MARGIN``.
+
+        Raises:
+            ValueError: if ``bucket`` is not in [0, 1] (NaN included) or ``source`` is not
+                one of SOURCES.
+        """
+        if isinstance(bucket, bool) or not (isinstance(bucket, numbers.Real)
+                                            and 0.0 <= bucket <= 1.0):
+            raise ValueError(f"bucket {bucket!r} must be a rate in [0, 1]")
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} unknown; accepted: {', '.join(SOURCES)}")
         best = fastest(timings)
         if best is None:
             return

@@ -500,3 +500,106 @@ def test_clear_of_a_directory_that_does_not_exist_makes_nothing(tmp_path):
     """Taking the lock there made the directory (filelock) or raised (fcntl)."""
     assert TuneCache(tmp_path / "none").clear() == 0
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("rate,timings,says", [
+    (1.5, {"dense": {"{}": 1e-3}}, "rate_bucket 1.5"),
+    (math.nan, {"dense": {"{}": 1e-3}}, "rate_bucket nan"),
+    (True, {"dense": {"{}": 1e-3}}, "rate_bucket True"),
+    (0.5, {"dense": {"{}": -1.0}}, "took -1.0"),
+    (0.5, {"dense": {"{}": 0.0}}, "took 0.0"),
+    (0.5, {"dense": {"{}": "fast"}}, "took 'fast'"),
+    (0.5, {"dense": {"not json": 1e-3}}, "config key 'not json'"),
+    (0.5, {"dense": {"[1]": 1e-3}}, "config key '\\[1\\]'"),
+    (0.5, {3: {"{}": 1e-3}}, "timings\\[3\\]"),
+    (0.5, [("dense", 1e-3)], "timings must be"),
+])
+def test_record_refuses_what_a_reader_would_drop(tmp_path, rate, timings, says):
+    """Before, record wrote such an entry, and the next read dropped it whole, with the
+    valid timings merged into it."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {'{"a":1}': 1e-3}})
+    with pytest.raises(ValueError, match=f"record: .*{says}"):
+        c.record(SPEC, rate, timings)
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {'{"a":1}': 1e-3}}
+
+
+def test_record_refuses_malformed_meta(tmp_path):
+    c = TuneCache(tmp_path)
+    with pytest.raises(ValueError, match="record: spec .* or meta .* is malformed"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"asked_rates": [2.0]})
+    assert c.lookup(SPEC, 0.5) is None and not c.path.exists()
+
+
+def test_record_never_writes_over_a_file_it_cannot_read(tmp_path, monkeypatch, caplog):
+    """A cache file that exists but cannot be read (another user's, in a shared
+    directory) is kept: the records stay in memory, reported once."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    before = c.path.read_bytes()
+    real = type(c.path).read_bytes
+
+    def read_bytes(self):
+        if self == c.path:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(type(c.path), "read_bytes", read_bytes)
+    mine = TuneCache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        mine.record(SPEC2, 0.3, {"dense": {"{}": 2e-3}})
+        mine.record(SPEC2, 0.4, {"dense": {"{}": 2e-3}})
+    assert caplog.text.count("not writing over it") == 1
+    assert not mine.saved and "cannot be read" in mine.unsaved_why
+    assert mine.lookup(SPEC2, 0.4) == {"dense": {"{}": 2e-3}}
+    monkeypatch.undo()
+    assert c.path.read_bytes() == before
+
+
+def test_merge_refuses_an_output_of_another_schema(tmp_path):
+    a = TuneCache(tmp_path / "a")
+    a.record(SPEC, 0.5, _timings())
+    out = tmp_path / "out.json"
+    text = json.dumps({"schema": SCHEMA_VERSION + 1, "device": a.device,
+                       "entries": {"k": {"future": True}}})
+    out.write_text(text)
+    with pytest.raises(NotACacheError, match="schema"):
+        merge_files([a.path], out)
+    assert out.read_text() == text
+
+
+def test_clear_refuses_another_devices_file(tmp_path):
+    """record keeps another device's file (two names, one file name); clear does too."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    foreign = json.dumps({**json.loads(c.path.read_text()), "device": "Some Other CPU 64t"})
+    c.path.write_text(foreign)
+    with pytest.raises(ValueError, match="holds timings of device 'Some Other CPU 64t'"):
+        TuneCache(tmp_path).clear()
+    assert c.path.read_text() == foreign
+    c.path.write_text(json.dumps({**json.loads(foreign), "device": c.device}))
+    assert TuneCache(tmp_path).clear() == 1 and not c.path.exists()
+
+
+def test_device_fingerprint_of_a_missing_cuda_device_is_a_value_error(monkeypatch):
+    """Was torch's AssertionError (no CUDA) or an index error from torch.cuda."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="'cuda:3': this machine has 1 CUDA device"):
+        device_fingerprint("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda': this machine has 0 CUDA device"):
+        device_fingerprint("cuda")
+
+
+def test_check_device_refuses_a_missing_cuda_index(monkeypatch):
+    import torch
+
+    from laudtriton.tune.commands import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="--device 'cuda:2': this machine has 2 CUDA"):
+        check_device("cuda:2")

@@ -395,6 +395,21 @@ def test_dispatch_table_keeps_rates_apart_as_the_cache_does():
     assert [format_rate(r) for r in (0.5, 0.125, 0.102041)] == ["0.50", "0.125", "0.102"]
 
 
+@pytest.mark.parametrize("bucket,source,says", [
+    (float("nan"), "cached", "bucket nan"), (1.7, "cached", "bucket 1.7"),
+    (-0.1, "cached", "bucket -0.1"), (True, "cached", "bucket True"),
+    (0.5, "guessed", "source 'guessed' unknown")])
+def test_dispatch_table_add_refuses_bad_rates_and_sources(bucket, source, says):
+    """A NaN entry was kept and then chosen for every rate."""
+    from laudtriton.schedule import DispatchTable
+
+    table = DispatchTable()
+    with pytest.raises(ValueError, match=says):
+        table.add(bucket, {"gather": {"{}": 1e-4}}, source)
+    table.add(0.5, {"dense": {"{}": 1e-3}}, "cached")
+    assert table.choose(0.5).variant == "dense" and len(table.entries) == 1
+
+
 def test_layer_blocks_in_a_model_dispatch_at_their_gate_rate():
     """A layer block inside a CompiledModel reads its table at the rate of its gate
     values (passed down from the gate it already read), which must be the rate

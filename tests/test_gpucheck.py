@@ -396,10 +396,8 @@ def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
     r.device = "cuda"
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 1) == 0
-    t0 = time.perf_counter()
     n = len(gpucheck.part2_checks("cuda"))
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == n
-    assert time.perf_counter() - t0 < 90
     out = capsys.readouterr().out
     assert f"{n} of part 2's {n} checks in" in out and f"{n} failed there (first: " in out
     # then part 3's blocks, each run by warm_block (here failing at once, on "cuda")

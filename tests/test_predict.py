@@ -31,6 +31,7 @@ from laudtriton.predict.model import (
     predict_expected,
     predict_timings,
     quantisation,
+    samples,
     terms,
     validate,
 )
@@ -298,7 +299,8 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     rc, out, err = _cli(["predict", "--validate", "--hardware", "cpu"], capsys)
     assert rc == 0, err
     last = out.strip().splitlines()[-1]
-    assert last.startswith("MAPE ") and last.endswith("%") and float(last[5:-1]) >= 0
+    # timings of the model itself with 5% noise: the fit recovers them (2.9% when written)
+    assert last.startswith("MAPE ") and last.endswith("%") and float(last[5:-1]) < 10
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -432,3 +434,27 @@ def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
     got = samples(entries)
     assert sorted(s.seconds for s in got) == [1e-4, 2e-3]
     assert [s.seconds for s in samples(entries[:1])] == [2e-3]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("bandwidth", math.nan), ("bandwidth", math.inf), ("launch_overhead", math.nan),
+    ("compute_units", 1.5), ("peak", (("float32", math.nan),)),
+    ("peak", (("float64", 1e12),))])
+def test_hardware_spec_refuses_nan_and_foreign_values(field, value):
+    """NaN passed the old `<= 0` checks, and every prediction then came out 0.0."""
+    with pytest.raises(ValueError, match="HardwareSpec 'mine'"):
+        dataclasses.replace(CPU_DEFAULT, name="mine", **{field: value})
+
+
+def test_a_float64_timing_in_the_cache_leaves_the_predictor_working(tmp_path, caplog):
+    """compile(dtype=torch.float64) records float64 timings; the latency model has no
+    float64 peak, so they are skipped (logged) instead of failing every fit."""
+    data = _synthetic(0.0, shapes=2)
+    cache = _write_cache(tmp_path, data)
+    s = data[0]
+    cache.record(s.spec.with_(dtype="float64"), s.rate, {s.variant: {"{}": s.seconds}})
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        got = samples(cache.entries())
+    assert len(got) == len(data) and all(g.spec.dtype == "float32" for g in got)
+    assert "float64" in caplog.text
+    assert fit(got, CPU)["dense"].eff_c > 0

@@ -12,6 +12,7 @@ warning).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 log = logging.getLogger("laudtriton")
@@ -42,11 +43,16 @@ class HardwareSpec:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"HardwareSpec kind {self.kind!r} unknown; accepted: {KINDS}")
-        if self.bandwidth <= 0 or self.launch_overhead < 0 or self.compute_units < 1:
-            raise ValueError(f"HardwareSpec {self.name!r}: bandwidth, compute_units must be > 0 "
-                             "and launch_overhead >= 0")
-        if not self.peak or any(p <= 0 for _, p in self.peak):
-            raise ValueError(f"HardwareSpec {self.name!r}: peak must hold positive rates")
+        # not (v > 0) rather than v <= 0: NaN fails every comparison
+        if not (math.isfinite(self.bandwidth) and self.bandwidth > 0
+                and math.isfinite(self.launch_overhead) and self.launch_overhead >= 0
+                and isinstance(self.compute_units, int) and self.compute_units >= 1):
+            raise ValueError(f"HardwareSpec {self.name!r}: bandwidth must be finite and > 0, "
+                             "compute_units an int >= 1 and launch_overhead finite and >= 0")
+        if not self.peak or not all(d in DTYPES and math.isfinite(p) and p > 0
+                                    for d, p in self.peak):
+            raise ValueError(f"HardwareSpec {self.name!r}: peak must hold finite positive "
+                             f"rates of dtypes among {', '.join(DTYPES)}")
 
     @property
     def backend(self) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spec import BlockSpec
-from .hardware import HardwareSpec
+from .hardware import DTYPES, HardwareSpec
 from .network import mask1_fraction, stem_head_cost
 
 log = logging.getLogger("laudtriton")
@@ -223,11 +223,15 @@ def samples(entries: Iterable) -> list[Sample]:
     (spec, rate bucket, variant) and version: the entries of other versions
     (``entries(include_stale=True)``, marked ``meta["stale"]``) are samples of their own,
     added to the current ones rather than folded into them. Variants not registered here
-    are skipped (logged)."""
+    and dtypes outside ``hardware.DTYPES`` (a float64 compile's timings) are skipped
+    (logged)."""
     best: dict[tuple, float] = {}
-    skipped = set()
+    skipped, dtypes = set(), set()
     for e in entries:
         if not (math.isfinite(e.seconds) and e.seconds > 0):
+            continue
+        if e.spec.dtype not in DTYPES:  # e.g. float64 (compile(dtype=...)): no peak rate
+            dtypes.add(e.spec.dtype)
             continue
         try:
             resolve_variant(e.variant)
@@ -241,6 +245,9 @@ def samples(entries: Iterable) -> list[Sample]:
         best[k] = min(e.seconds, best.get(k, math.inf))
     if skipped:
         log.warning("cached timings of unregistered variants ignored: %s", sorted(skipped))
+    if dtypes:
+        log.warning("cached timings in dtypes the latency model has no peak for ignored: %s",
+                    sorted(dtypes))
     return [Sample(s, r, v, t) for (s, r, v, _), t in sorted(
         best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2], kv[0][3]))]
 

@@ -96,16 +96,21 @@ def _cache_json(raw: bytes) -> dict:
     return data
 
 
-def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
+def _load(path: Path, rewritten: bool = True, unreadable_raises: bool = False
+          ) -> tuple[str | None, dict[str, dict]]:
     """(device, entries) of the cache file ``path``; (None, {}) with a warning if it is
-    corrupt (not UTF-8 JSON of a cache) or of another schema, (None, {}) silently if it
-    does not exist. rewritten: the caller writes ``path`` later (a TuneCache; not
-    ``merge_files``' inputs), which the warning then says."""
+    corrupt (not UTF-8 JSON of a cache), of another schema or unreadable (an OSError
+    instead with ``unreadable_raises``: a writer must not replace what it could not
+    read), (None, {}) silently if it does not exist. rewritten: the caller writes
+    ``path`` later (a TuneCache; not ``merge_files``' inputs), which the warning then
+    says."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None, {}
     except OSError as e:
+        if unreadable_raises:
+            raise
         log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
         return None, {}
     try:
@@ -203,6 +208,27 @@ def _valid_entry(e) -> bool:
     return "flops_ratio" not in meta or _number(meta["flops_ratio"])
 
 
+def _check_record(rate_bucket, timings) -> None:
+    """A ValueError naming the first field of a ``TuneCache.record`` call that a reader
+    would drop the entry for (``_valid_entry``)."""
+    if not (_number(rate_bucket) and 0.0 <= rate_bucket <= 1.0):
+        raise ValueError(f"record: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
+    if not isinstance(timings, dict):
+        raise ValueError(f"record: timings must be {{variant: {{config_key: seconds}}}}, got "
+                         f"{type(timings).__name__}")
+    for variant, cfgs in timings.items():
+        if not isinstance(variant, str) or not isinstance(cfgs, dict):
+            raise ValueError(f"record: timings[{variant!r}] must be a variant name mapped to "
+                             "{config_key: seconds}")
+        for c, t in cfgs.items():
+            if not _is_config_key(c):
+                raise ValueError(f"record: config key {c!r} of {variant} is not a JSON "
+                                 "object (measure.config_key)")
+            if not _number(t) or (math.isfinite(t) and t <= 0):
+                raise ValueError(f"record: {variant} {c} took {t!r}; a time is a number of "
+                                 "seconds > 0 (inf or NaN: a failed config)")
+
+
 def _merge_meta(old: dict, new: dict) -> dict:
     """New meta wins, except "models" ({model: [block names]}) and "asked_rates" (the
     rates asked of the sweeps that realised this rate), which are unions."""
@@ -290,6 +316,7 @@ class TuneCache:
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
         self._warned_foreign = False
+        self._warned_unreadable = False
         self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
@@ -384,8 +411,18 @@ class TuneCache:
                timings: dict[str, dict[str, float]], meta: dict | None = None) -> None:
         """Merge ``timings`` ({variant: {config_key: seconds}}) for ``spec`` at
         ``rate_bucket`` into the cache file (atomic, under the lock). An unwritable
-        directory, or a file holding another device's timings (two device names with
-        one file name), is reported once; the records then stay in memory."""
+        directory, a file that cannot be read, or a file holding another device's timings
+        (two device names with one file name), is reported once; the records then stay
+        in memory.
+
+        Raises:
+            ValueError: naming what is malformed: a rate outside [0, 1], a variant name
+                that is not a string, a config key that is not a JSON object
+                (``measure.config_key``), a time that is not a number > 0 (inf or NaN
+                records a failed config), or a spec or meta no reader could use. Nothing
+                is recorded then: the file's readers would drop the whole entry.
+        """
+        _check_record(rate_bucket, timings)
         bucket = round(float(rate_bucket), 6)
         new: dict[str, dict] = {}
         for variant, cfgs in timings.items():
@@ -397,13 +434,26 @@ class TuneCache:
                             for c, t in cfgs.items()},
                 "meta": dict(meta or {}),
             }
+        bad = next((e for e in new.values() if not _valid_entry(e)), None)
+        if bad is not None:
+            raise ValueError(f"record: spec {spec!r} or meta {meta!r} is malformed (meta: "
+                             "'models' {model: [block names]}, 'asked_rates' rates in "
+                             "[0, 1], 'flops_ratio' a number)")
         _merge_into(self._memory, new)
         if not self.enabled:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with self._lock():
-                found, entries = _load(self.path)
+                try:
+                    found, entries = _load(self.path, unreadable_raises=True)
+                except OSError as e:  # exists, but unreadable: not ours to replace
+                    self.unsaved_why = f"{self.path} cannot be read ({e.strerror or e})"
+                    if not self._warned_unreadable:
+                        log.warning("cannot read the autotune cache %s (%s); not writing over "
+                                    "it: results are kept in memory only", self.path, e)
+                        self._warned_unreadable = True
+                    return
                 if entries and found != self.device:  # two devices, one file name
                     self.unsaved_why = f"{self.path} holds timings of device {found!r}"
                     if not self._warned_foreign:
@@ -424,15 +474,25 @@ class TuneCache:
                 self._warned_unwritable = True
 
     def clear(self) -> int:
-        """Delete every entry (file and memory); returns how many entries there were."""
+        """Delete every entry (file and memory); returns how many entries there were.
+
+        Raises:
+            ValueError: if the file holds another device's timings (two device names
+                with one file name; ``record`` does not write over them either).
+        """
         n = len(self._all())
-        self._memory.clear()
-        self._loaded = (None, {})
         # under the lock: a record() between its read and its write would write the
         # entries back (no directory: nothing to clear, and no lock file to make there)
         if self.enabled and self.dir.is_dir():
-            with self._lock(), contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            with self._lock():
+                found, entries = _load(self.path)
+                if entries and found != self.device:
+                    raise ValueError(f"{self.path} holds timings of device {found!r}, not "
+                                     f"{self.device!r}; not deleting them")
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        self._memory.clear()
+        self._loaded = (None, {})
         return n
 
 
@@ -483,10 +543,14 @@ def _check_is_cache(out: Path) -> None:
     """Raise NotACacheError unless ``out`` is missing or a cache file."""
     if out.exists():
         try:
-            _cache_json(out.read_bytes())
+            data = _cache_json(out.read_bytes())
         except (OSError, ValueError, RecursionError) as e:
             raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
                                  "nothing written") from None
+        if data.get("schema") != SCHEMA_VERSION:
+            raise NotACacheError(f"{out} is a cache file of schema {data.get('schema')!r}, "
+                                 f"this laudtriton writes schema {SCHEMA_VERSION}; nothing "
+                                 "written")
 
 
 def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> None:

@@ -107,6 +107,9 @@ def check_device(device: str) -> torch.device:
         raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: no CUDA GPU is available here; use 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s), cuda:0 on")
     return dev
 
 

@@ -36,10 +36,15 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
     CUDA, "<CPU model> <n>t" (torch threads) for CPU.
 
     Raises:
-        ValueError: if ``device`` is not a CPU or CUDA device.
+        ValueError: if ``device`` is not a CPU or CUDA device, or a CUDA device this
+            machine does not have.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or count == 0:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA "
+                             "device(s)")
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(idx)
         return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"

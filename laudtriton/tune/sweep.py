@@ -309,7 +309,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
     Raises:
         ValueError: unknown model, variant, dtype or block, malformed rates/shard, bad
-            batch.
+            batch, reps or warmup.
     """
     t_start = time.perf_counter()
     if isinstance(rates, str):
@@ -324,6 +324,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         raise ValueError(f"shard {shard!r}: need (i, n) with 1 <= i <= n")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch {batch!r} must be a positive int")
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup {warmup!r} must be an int >= 0")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
     if isinstance(model, str):

@@ -567,7 +567,7 @@ def test_merge_refuses_an_output_of_another_schema(tmp_path):
     assert out.read_text() == text
 
 
-def test_clear_refuses_another_devices_file(tmp_path):
+def test_clear_refuses_another_devices_file(tmp_path, capsys):
     """record keeps another device's file (two names, one file name); clear does too."""
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
@@ -576,6 +576,10 @@ def test_clear_refuses_another_devices_file(tmp_path):
     with pytest.raises(ValueError, match="holds timings of device 'Some Other CPU 64t'"):
         TuneCache(tmp_path).clear()
     assert c.path.read_text() == foreign
+    from laudtriton.cli import main
+
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 2
+    assert "not deleting them" in capsys.readouterr().err and c.path.read_text() == foreign
     c.path.write_text(json.dumps({**json.loads(foreign), "device": c.device}))
     assert TuneCache(tmp_path).clear() == 1 and not c.path.exists()
 

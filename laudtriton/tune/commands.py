@@ -298,7 +298,10 @@ def run_cache(args: argparse.Namespace) -> int:
     if not cache.enabled:
         return fail("cache", "the cache is disabled (LAUDTRITON_CACHE=0)")
     if args.cache_cmd == "clear":
-        n = cache.clear()
+        try:
+            n = cache.clear()
+        except ValueError as e:  # the file holds another device's timings
+            return fail("cache", str(e))
         print(f"removed {n} entries ({cache.path})")
         return 0
     _print_ls(cache, args.all)

@@ -36,6 +36,7 @@ reading it too (channel blocks, where ``slice`` serves every rate).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -52,7 +53,10 @@ from .compiled import (
     CompiledModel,
     check_resnet,
     foldable_bn,
+    no_autocast,
     own_forward,
+    refuse_apply,
+    refuse_load,
     refuse_train,
 )
 from .nn.block import LaudBottleneck, detached_copy
@@ -171,7 +175,8 @@ def _check_hooks(net: nn.Module, prefix: str = "") -> None:
     ``prefix`` its name in the user's module) holds a forward hook or pre-hook that the
     compiled model would drop. It runs its own stem, blocks and maskers; only copies of a
     LaudResNet's ``avgpool`` and ``fc`` and of a block's ``conv_linear`` channel masker
-    run as modules, hooks included. A LaudResNet never calls its stage containers
+    run as modules, hooks included (not on such a masker in a LaudResNet with layer
+    blocks, which may reorder the batch). A LaudResNet never calls its stage containers
     (``layer1``...) as modules, and the hooks of pruning, ``weight_norm`` and
     ``spectral_norm`` are folded (``_folded_hook``). A hook on ``maxpool`` (whose copy
     runs) is refused too: the blocks overwrite the stem's output in place, under whatever
@@ -185,6 +190,18 @@ def _check_hooks(net: nn.Module, prefix: str = "") -> None:
               and m.masker_channel is not None
               and not isinstance(m.masker_channel, MaskerChannelMLP)]
     copied = [f"{n}.masker_channel" if n else "masker_channel" for n in copied]
+    reorders = kept and any(isinstance(m, LaudBottleneck) and m.dyn_mode == "layer"
+                            for m in net.modules())
+    if reorders:  # the blocks after a layer gate may run the batch in another order
+        for c in copied:
+            if any(not _folded_hook(h) for m in net.get_submodule(c).modules()
+                   for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]):
+                name = ".".join(n for n in (prefix, c) if n)
+                raise ValueError(
+                    f"compile: {name} has a forward hook or pre-hook; in a network with "
+                    "layer-skipping blocks the compiled model may run the batch in another "
+                    "order (order.SampleOrder), so the hook would see the samples "
+                    "reordered: remove it, or compile a network without layer skipping")
     for sub, mod in net.named_modules():
         if (sub.split(".")[0] in kept or re.fullmatch(r"layer\d+", sub) and kept
                 or any(sub == c or sub.startswith(c + ".") for c in copied)):
@@ -410,8 +427,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
         never reaches stays as it is, with a warning naming it. Such a copy has no
-        ``plan``, ``last_stats`` or input check of its own (an input that does not fit
-        fails in the first block's maskers, with torch's error). A module with no LAUD
+        ``plan`` or ``last_stats`` of its own, and your forward runs as it is: each
+        compiled part checks the input it gets (a CompiledBlock names itself in a
+        ValueError on a wrong channel count, dtype or device). A module with no LAUD
         block is returned as an eval-mode copy on the backend's device in ``dtype``, with
         a warning; one that is compiled already
         (a CompiledModel) is refused.
@@ -442,8 +460,11 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         _check_options(**options)  # now, not at the decorated factory's first call
         return _decorator(model, example_input, **options)
     # under torch.inference_mode() the folded weights would be inference tensors, whose
-    # version counters (``ops.fold.Fingerprint``) cannot be read
-    with torch.inference_mode(False):
+    # version counters (``ops.fold.Fingerprint``) cannot be read; under autocast the
+    # example forward would capture block inputs of another dtype than the plan's
+    with torch.inference_mode(False), contextlib.ExitStack() as stack:
+        for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+            stack.enter_context(no_autocast(dev))
         return _compile(model, example_input, **options)
 
 
@@ -461,8 +482,17 @@ def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, var
         raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
     backend = _resolve_backend(backend)
     if variants is not None:
-        variants = (variants,) if isinstance(variants, str) else tuple(variants)
+        try:
+            variants = (variants,) if isinstance(variants, str) else tuple(variants)
+        except TypeError:
+            raise ValueError(f"variants must be a variant name or a list of names, got "
+                             f"{type(variants).__name__} {variants!r}") from None
+        if not variants:
+            raise ValueError("variants is empty; give variant names, or None for every "
+                             "variant a block supports")
         for name in variants:
+            if not isinstance(name, str):
+                raise ValueError(f"variants: {name!r} is not a variant name")
             get_variant(name)  # raises on an unknown name
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
@@ -556,7 +586,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, (LaudResNet, LaudBottleneck)):
-        return CompiledModel(ref, blocks, x.shape, device, dtype, backend, tune)
+        return CompiledModel(ref, blocks, x.shape, x.device, dtype, backend, tune)
     # a LaudResNet is reported once, not block by block, when none of its blocks ran
     unreached = [n for n in missed_nets
                  if not any(c[0].startswith(n + ".") for c in captured)]
@@ -587,17 +617,25 @@ def _check_variants(variants, specs, backend: str) -> None:
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
     """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
-    each module of the user's that holds a compiled part refuses ``train(True)`` before
-    changing any flag (``compiled.refuse_train``, bound as the instance's ``train``; a
-    shallow ``copy.copy`` of such a module shares that binding with the original)."""
+    each module of the user's that holds a compiled part refuses ``train(True)``, a change
+    of dtype or device and ``load_state_dict`` before changing anything
+    (``compiled.refuse_train``, ``refuse_apply``, ``refuse_load``, bound as the instance's
+    methods; a shallow ``copy.copy`` of such a module shares those bindings with the
+    original)."""
     for blk in blocks:
         _set_submodule(ref, blk.name, blk)
     compiled = (CompiledBlock, CompiledModel)
     todo = [ref]
     while todo:  # the user's modules, not those inside a compiled part
         mod = todo.pop()
-        if any(isinstance(m, compiled) for m in mod.modules()):
+        parts = [m for m in mod.modules() if isinstance(m, compiled)]
+        if parts:
+            p = parts[0]
+            dtype, device = ((p.dtype, p.device) if isinstance(p, CompiledModel)
+                             else (p.fb.w1.dtype, p.fb.w1.device))
             mod.train = functools.partial(refuse_train, mod)
+            mod._apply = functools.partial(refuse_apply, mod, dtype, device)
+            mod.load_state_dict = functools.partial(refuse_load, mod)
             todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()
 

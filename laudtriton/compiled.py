@@ -46,6 +46,31 @@ def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
     return type(module).train(module, False)
 
 
+def refuse_apply(module: nn.Module, dtype: torch.dtype, device: torch.device, fn,
+                 recurse: bool = True) -> nn.Module:
+    """``module._apply`` for a module of the user's that compile returned with compiled
+    parts inside (bound by ``compile`` as ``train`` is, ``refuse_train``): a change of
+    dtype or device raises before any tensor converts. The class's ``_apply`` would
+    convert the modules listed before a compiled part, which only then raises, and leave
+    the module half converted."""
+    refuse_conversion(fn, dtype, device)
+    return type(module)._apply(module, fn, recurse)
+
+
+def refuse_load(module: nn.Module, *args, **kwargs):
+    """``module.load_state_dict`` for a module of the user's with compiled parts inside:
+    raises before any parameter is copied (the class's method would load the modules
+    before a compiled part, which only then raises)."""
+    raise RuntimeError(LOAD_REFUSED)
+
+
+def no_autocast(device_type: str):
+    """A context without autocast for ``device_type``: a compiled model computes in the
+    dtype it was compiled for, its head and its maskers included (under autocast the
+    copies of avgpool and fc would compute in another dtype than its blocks)."""
+    return torch.autocast(device_type, enabled=False)
+
+
 def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
     """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
     tensor) would change the dtype or device of a compiled model: its folded weights,
@@ -119,9 +144,11 @@ class CompiledBlock(nn.Module):
         and device checks), for a caller that knows x is finite: ``laudtriton bench``
         times blocks so, since the model tests its input once, on the image. Inference
         only, as CompiledModel: it runs under no_grad, and its output carries no
-        gradient."""
-        if torch.is_grad_enabled():  # (a CompiledModel calls it with grad off already)
-            with torch.no_grad():
+        gradient; autocast does not reach it (it computes in the dtype it was compiled
+        for)."""
+        dev = self.fb.w1.device.type
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(dev):  # (a CompiledModel
+            with torch.no_grad(), no_autocast(dev):  # calls it with both off already)
                 return self.forward(x, reuse_input, masks, order=order,
                                     check_masks=check_masks, check_finite=check_finite)
         if order is None:  # called on its own: the model checks its input itself
@@ -150,7 +177,7 @@ class CompiledBlock(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{self.name}: expected an input [B, {self.spec.in_channels}, "
                              f"H, W] with B >= 1, got {shape}")
-        if x.dtype != want.dtype or x.device.type != want.device.type:
+        if x.dtype != want.dtype or x.device != want.device:
             raise ValueError(f"{self.name}: input is {x.dtype} on {x.device}; the block is "
                              f"compiled for {want.dtype} on {want.device}")
 
@@ -344,7 +371,7 @@ changes nothing here); to train, train the original model and compile it again.
                     "a compiled model takes floating-point inputs")
             raise ValueError(f"input dtype {x.dtype} does not match the compiled dtype "
                              f"{self.dtype}; cast the input or {hint}")
-        if x.device.type != self.device.type:
+        if x.device != self.device:
             raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
 
     @torch.no_grad()
@@ -362,13 +389,15 @@ changes nothing here); to train, train the original model and compile it again.
         2-core CPU the check of every block of ResNet-101 takes 2.3 ms at batch 1 with
         spatial masks and 4.1 ms at batch 8 with layer gates, timed alone; 0.6 and 0.8 ms
         before it compared mask3 and mask1 with the grid's expansion, session 17). The
-        logits come back in the order of x's samples, whatever order the blocks ran them in
-        (``order.SampleOrder``). A sample whose input holds NaN or inf comes back as NaN
-        (``nonfinite_samples``); its masks (``last_masks``, ``last_stats``) are not the
-        reference's, which turns every gate of such a sample off: the stem's fused ReLU
-        makes its activations finite, and the maskers decide on those. A forward that
-        raises (a given mask that does not fit a block) leaves ``last_masks`` and
-        ``last_stats`` of every block as the last complete forward left them.
+        head (avgpool and fc, and hooks on them) sees the samples in x's order, whatever
+        order the blocks ran them in (``order.SampleOrder``). Autocast does not reach
+        the model: it computes in the dtype it was compiled for. A sample whose input
+        holds NaN or inf comes back as NaN (``nonfinite_samples``); its masks
+        (``last_masks``, ``last_stats``) are not the reference's, which turns every gate
+        of such a sample off: the stem's fused ReLU makes its activations finite, and the
+        maskers decide on those. A forward that raises (a given mask that does not fit a
+        block) leaves ``last_masks`` and ``last_stats`` of every block as the last
+        complete forward left them.
         """
         self._check_input(x)
         if masks is not None and not isinstance(masks, (list, tuple)):
@@ -378,6 +407,9 @@ changes nothing here); to train, train the original model and compile it again.
             raise ValueError(f"masks: {len(masks)} given for {len(self.blocks)} blocks")
         last = [blk._last for blk in self.blocks]
         try:
+            if torch.is_autocast_enabled(self.device.type):
+                with no_autocast(self.device.type):
+                    return self._forward(x, masks, check_masks)
             return self._forward(x, masks, check_masks)
         except BaseException:
             for blk, kept in zip(self.blocks, last):
@@ -397,7 +429,8 @@ changes nothing here); to train, train the original model and compile it again.
         for i, blk in enumerate(self.blocks):
             h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
                     order=order, check_masks=check_masks)
-        out = order.to_caller(self.fc(torch.flatten(self.avgpool(h), 1)))
+        # the head's modules, and hooks on them, see the samples in x's order
+        out = self.fc(torch.flatten(self.avgpool(order.to_caller(h)), 1))
         return out if bad is None else mark_nan(out, bad)
 
     @property

@@ -92,6 +92,25 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
         )
 
 
+MASK_NAMES = ("grid", "mask3", "mask1", "channel")
+
+
+def assert_same_masks(compiled, reference) -> None:
+    """Assert that every block of a compiled LaudResNet or block (``compiled.blocks``)
+    holds in ``last_masks`` the masks the reference's block holds (``reference.blocks()``
+    of a LaudResNet, or the LaudBottleneck itself), field by field and exactly: run both
+    on the same input first."""
+    refs = (reference.blocks() if hasattr(reference, "blocks")
+            else [("block", reference)])
+    if len(compiled.blocks) != len(refs):
+        raise AssertionError(f"{len(compiled.blocks)} compiled blocks, {len(refs)} reference")
+    for blk, (name, ref) in zip(compiled.blocks, refs):
+        for field in MASK_NAMES:
+            a, b = getattr(blk.last_masks, field), getattr(ref.last_masks, field)
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
+                raise AssertionError(f"{name}: masks.{field} differs from the reference's")
+
+
 def logits_agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(max |out − ref| / max |ref|, share of samples whose top-1 class is the same) of
     logits [B, classes], compared in float32: what ``laudtriton demo`` prints and

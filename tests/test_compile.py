@@ -9,7 +9,7 @@ import torch
 import laudtriton
 from laudtriton.nn import LaudResNet, calibrate_rates, laud_resnet50
 from laudtriton.ops import all_variants
-from laudtriton.testing import assert_close, make_block, randomize_bn
+from laudtriton.testing import assert_close, assert_same_masks, make_block, randomize_bn
 
 CPU_VARIANTS = {
     mode: sorted(v.name for v in all_variants() if mode in v.modes and "cpu" in v.backends)
@@ -26,47 +26,86 @@ def tiny_model(mode, granularity="2-2-1-1", channel_granularity=2, seed=0):
     return randomize_bn(m).eval()
 
 
+def spread(batch, hw, seed=0):
+    """Images with a per-sample scale and offset: the pooled features, hence every
+    block's masks (spatial grid, channel groups, layer gate), differ between samples."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, *hw, generator=g)
+    return x * (1 + torch.arange(batch).view(batch, 1, 1, 1)) + 2 * torch.randn(
+        batch, 3, 1, 1, generator=g)
+
+
+def assert_masks_differ_per_sample(model, mode):
+    """Every block gives some sample other masks than sample 0 (the case a variant that
+    ran the whole batch on one sample's masks would fail)."""
+    kinds = {"spatial": ["grid"], "channel": ["channel"], "layer": ["grid"],
+             "both": ["grid", "channel"]}[mode]
+    for name, blk in model.blocks():
+        for kind in kinds:
+            t = getattr(blk.last_masks, kind)
+            assert any(not torch.equal(t[0], t[i]) for i in range(1, t.shape[0])), (
+                f"{name}: every sample has the same {kind} mask")
+
+
+# odd sizes: S does not divide every map; the second shape has S = 7 (16x15 map, not
+# dividing it) and S = 8 (8x8, a 1x1 grid at stride 2), at batch 1
+SHAPES = [("2-2-1-1", (45, 37), 3), ("7-8-2-1", (64, 58), 1)]
+
+
 @pytest.mark.parametrize("mode,variant", CASES)
 @pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
-def test_tiny_model_every_variant(mode, variant, rate):
-    model = tiny_model(mode)
-    x = torch.randn(3, 3, 45, 37)  # odd sizes: S does not divide every map
+@pytest.mark.parametrize("granularity,hw,batch", SHAPES, ids=["b3-S2", "b1-S7-S8"])
+def test_tiny_model_every_variant(mode, variant, rate, granularity, hw, batch):
+    model = tiny_model(mode, granularity=granularity)
+    x = spread(batch, hw)
     calibrate_rates(model, x, rate)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
     with torch.no_grad():
         ref = model(x)
         out = cm(x)
     assert_close(out, ref)
+    assert_same_masks(cm, model)
+    if batch > 1 and rate == 0.5:
+        assert_masks_differ_per_sample(model, mode)
     used = {r.variant for r in cm.last_stats}
     assert used <= {variant, "dense"}
     if variant != "dense":  # it ran on some block (patch: on those where S divides Ho)
         assert variant in used
 
 
-@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
-def test_laud_resnet50_every_mode(mode):
+@pytest.mark.parametrize("mode,variant", CASES)
+def test_laud_resnet50_every_mode(mode, variant):
+    """Each CPU variant forced (the fastest on the example input would be the timer's
+    choice), on two images with different masks in every block."""
     torch.manual_seed(1)
     model = randomize_bn(laud_resnet50(mode=mode, granularity="4-4-2-1", channel_granularity=2,
                                        input_size=128, num_classes=10)).eval()
-    x = torch.randn(2, 3, 128, 128)
+    x = spread(2, (128, 128))
     calibrate_rates(model, x, 0.5)
-    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
     with torch.no_grad():
-        assert_close(cm(x), model(x), name=f"LAUD-ResNet-50 {mode} logits")
+        assert_close(cm(x), model(x), name=f"LAUD-ResNet-50 {mode} {variant} logits")
+    assert_same_masks(cm, model)
+    assert_masks_differ_per_sample(model, mode)
     assert len(cm.last_stats) == 16
+    used = {r.variant for r in cm.last_stats}
+    assert used <= {variant, "dense"} and (variant == "dense" or variant in used)
 
 
 def test_different_masks_per_sample_and_new_inputs():
     """The plan is made on one input; other inputs (other masks, rates) stay exact."""
     model = tiny_model("spatial")
-    x = torch.randn(2, 3, 40, 40)
+    x = spread(3, (40, 40))
     calibrate_rates(model, x, 0.5)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["gather"])
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
+    assert_masks_differ_per_sample(model, "spatial")
     for seed in range(3):
-        torch.manual_seed(seed)
-        y = torch.randn(2, 3, 40, 40) * (seed + 1)
+        y = spread(3, (40, 40), seed=seed + 1) * (seed + 1)
         with torch.no_grad():
             assert_close(cm(y), model(y))
+        assert_same_masks(cm, model)
 
 
 def test_inputs_are_never_overwritten():

@@ -46,12 +46,17 @@ def _params():
 def test_run_inplace_matches_reference(variant, rate, case):
     mode, cin, planes, stride, s, hw = case
     block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=7)
-    x = torch.relu(torch.randn(4, cin, *hw)).contiguous(memory_format=CL)  # a ReLU output
+    # a ReLU output; a per-sample offset makes the pooled features, hence the channel
+    # masks, differ between samples (they did not without it)
+    x = torch.relu(torch.randn(4, cin, *hw) + 2 * torch.randn(4, cin, 1, 1))
+    x = x.contiguous(memory_format=CL)
     calibrate_block(block, x, rate, channel_rate=0.5)
     ref = block(x)
     masks, _ = block.compute_masks(x)
-    if mode in ("layer", "spatial") and rate == 0.5:  # different decisions per sample
+    if mode in ("layer", "spatial", "both") and rate == 0.5:  # decisions differ per sample
         assert not all(torch.equal(g, masks.grid[0]) for g in masks.grid)
+    if mode in ("channel", "both"):  # channel rate 0.5 at every rate
+        assert not all(torch.equal(c, masks.channel[0]) for c in masks.channel)
     given = x.clone()
     out = variant.run_inplace(fold_block(block), given, masks, {})
     assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)

@@ -10,7 +10,7 @@ import laudtriton
 from laudtriton.nn import LaudResNet, calibrate_rates
 from laudtriton.nn.block import BlockMasks
 from laudtriton.order import SampleOrder, caller_masks, inverse, take_masks
-from laudtriton.testing import assert_close, randomize_bn
+from laudtriton.testing import assert_close, assert_same_masks, randomize_bn
 
 CL = torch.channels_last
 
@@ -113,13 +113,6 @@ def spy_moves(monkeypatch) -> list:
 
     monkeypatch.setattr(SampleOrder, "make_contiguous", spy)
     return moves
-
-
-def assert_same_masks(cm, model):
-    for blk, (_, ref) in zip(cm.blocks, model.blocks()):
-        for name in ("grid", "mask3", "mask1", "channel"):
-            a, b = getattr(blk.last_masks, name), getattr(ref.last_masks, name)
-            assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
 
 
 @pytest.mark.parametrize("variants", [None, ["dense"], ["compact"]])

@@ -34,6 +34,9 @@ CASES = [
     (16, 8, 2, 2, (13, 11), 3),  # stride 2 + downsample, output 7x6, unequal cells
     (16, 8, 2, 2, (12, 8), 3),   # stride 2 + downsample, uniform 2x2 cells
     (16, 8, 2, 4, (15, 16), 1),  # stride 2, odd H, uniform 4x4 cells
+    (16, 8, 2, 1, (9, 7), 3),    # stride 2, S = 1
+    (16, 8, 2, 7, (27, 27), 3),  # stride 2, output 14x14, uniform 7x7 cells
+    (16, 8, 2, 8, (31, 31), 3),  # stride 2, output 16x16, uniform 8x8 cells
 ]
 
 
@@ -46,7 +49,7 @@ def _params():
     out = []
     for case in CASES:
         cin, planes, stride, s, hw, b = case
-        for variant in ("gather", "patch"):
+        for variant in ("gather", "patch", "dense"):
             if variant == "patch" and (s < 2 or not _uniform(stride, s, hw)):
                 continue
             for mode in ("spatial", "both"):
@@ -156,16 +159,20 @@ def test_without_mkldnn_matches(monkeypatch):
 
 
 @torch.no_grad()
-def test_dense_oracle_at_exact_rate_clustered():
-    """Synthetic clustered masks, dense variant as the oracle."""
+@torch.no_grad()
+def test_clustered_masks_match_the_reference():
+    """Synthetic clustered masks: gather, patch and dense against the reference block
+    (float64) running the same masks."""
     block = make_block(64, 16, 1, "spatial", 4, seed=11)
     spec = BlockSpec(64, 16, 64, 1, False, (16, 12), "spatial", 4, batch=2)
     masks = synthetic_masks(spec, 0.5, seed=2, clustered=True)
     fb = fold_block(block)
     x = torch.randn(2, 64, 16, 12).contiguous(memory_format=CL)
-    ref = dense_block(fb, x, masks)
+    m64 = BlockMasks(masks.grid.double(), masks.mask3.double(), masks.mask1, None)
+    ref = _inject(copy.deepcopy(block).double(), m64)(x.double())
     assert_close(spatial.gather_block(fb, x, masks), ref)
     assert_close(spatial.patch_block(fb, x, masks), ref)
+    assert_close(dense_block(fb, x, masks), ref)
 
 
 def test_errors_name_the_argument():

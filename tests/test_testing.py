@@ -38,3 +38,19 @@ def test_logits_agreement_hand_values():
     err, top1 = logits_agreement(out, ref)
     assert err == pytest.approx(2.0 / 4.0) and top1 == 0.5
     assert logits_agreement(ref, ref) == (0.0, 1.0)
+
+
+def test_assert_same_masks_names_the_block_and_mask():
+    import laudtriton
+    from laudtriton.testing import assert_same_masks, make_block
+
+    block = make_block(16, 4, mode="both", granularity=2, channel_granularity=2)
+    x = torch.randn(2, 16, 8, 8)
+    cb = laudtriton.compile(block, x, backend="cpu", tune="off")
+    with torch.no_grad():
+        cb(x)
+        block(x)
+    assert_same_masks(cb, block)
+    block.last_masks.channel[0, 0] = 1 - block.last_masks.channel[0, 0]
+    with pytest.raises(AssertionError, match="block: masks.channel differs"):
+        assert_same_masks(cb, block)

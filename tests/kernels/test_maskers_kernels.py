@@ -19,10 +19,12 @@ def _nhwc(x):
 
 
 def _check_mask(mask, logits_ref, mask_ref):
-    """Masks agree except on near-ties of the float64 logits (none expected here)."""
+    """Masks agree wherever the float64 logits' gap exceeds twice the logits' tolerance
+    (1e-4 x max|ref|, asserted by every caller): only a closer tie can flip. None is
+    expected here; at least 90% of the decisions must be that clear."""
     assert not torch.isnan(mask).any()
     gap = (logits_ref[:, 0] - logits_ref[:, 1]).abs().reshape(mask.shape)
-    decided = gap > 1e-3 * logits_ref.abs().max()
+    decided = gap > 2e-4 * logits_ref.abs().max()
     assert torch.equal(mask[decided].double(), mask_ref[decided])
     assert decided.float().mean() > 0.9
 

@@ -517,7 +517,12 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                          f"LaudBottleneck or a module containing them), got "
                          f"{type(model).__name__}{hint}")
     backend, variants = _check_options(backend, tune, cache_dir, dispatch, dtype, variants)
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    # a CUDA device with its index (the example input's, else the current one): "cuda"
+    # alone would put the model on whichever device is current at compile time
+    device = (torch.device("cpu") if backend != "cuda"
+              else example_input.device if isinstance(example_input, torch.Tensor)
+              and example_input.is_cuda
+              else torch.device("cuda", torch.cuda.current_device()))
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
         if any(isinstance(m, (CompiledModel, CompiledBlock)) for m in model.modules()):

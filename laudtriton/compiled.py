@@ -429,13 +429,22 @@ changes nothing here); to train, train the original model and compile it again.
         for i, blk in enumerate(self.blocks):
             h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
                     order=order, check_masks=check_masks)
-        # the head's modules, and hooks on them, see the samples in x's order
-        out = self.fc(torch.flatten(self.avgpool(order.to_caller(h)), 1))
+        # the head's modules see the samples in x's order: the pooled features are put
+        # back (B x C values), or the whole map when a hook on avgpool would see it
+        if hooked(self.avgpool):
+            out = self.fc(torch.flatten(self.avgpool(order.to_caller(h)), 1))
+        else:
+            out = self.fc(order.to_caller(torch.flatten(self.avgpool(h), 1)))
         return out if bad is None else mark_nan(out, bad)
 
     @property
     def plan(self) -> Plan:
         return Plan(self)
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a module inside it has a forward hook or pre-hook."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:

@@ -607,3 +607,30 @@ def test_check_device_refuses_a_missing_cuda_index(monkeypatch):
     assert check_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ValueError, match="--device 'cuda:2': this machine has 2 CUDA"):
         check_device("cuda:2")
+
+
+def test_record_takes_numpy_and_tensor_numbers(tmp_path):
+    import numpy as np
+    import torch
+
+    c = TuneCache(tmp_path)
+    c.record(SPEC, np.float32(0.5), {"dense": {"{}": np.float32(1e-3)},
+                                     _names()[1]: {"{}": torch.tensor(2e-3)}})
+    got = TuneCache(tmp_path).lookup(SPEC, 0.5)
+    assert got["dense"]["{}"] == pytest.approx(1e-3) and type(got["dense"]["{}"]) is float
+    assert got[_names()[1]]["{}"] == pytest.approx(2e-3)
+
+
+def test_clear_refuses_a_file_it_cannot_read(tmp_path, monkeypatch):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    real = type(c.path).read_bytes
+
+    def read_bytes(self):
+        if self == c.path:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(type(c.path), "read_bytes", read_bytes)
+    with pytest.raises(ValueError, match="cannot be read .*not deleting it"):
+        TuneCache(tmp_path).clear()
+    assert c.path.exists()

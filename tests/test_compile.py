@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import laudtriton
 from laudtriton.nn import LaudResNet, calibrate_rates, laud_resnet50
@@ -613,3 +615,23 @@ def test_quick_tuning_does_not_time_a_failed_layer_rate_twice(tmp_path, monkeypa
         timed.append([])
         laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
     assert timed == [[0.0, 1.0], []], timed
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(mode=st.sampled_from(["spatial", "channel", "layer", "both"]),
+       pick=st.integers(0, 2), s1=st.integers(1, 4), s2=st.integers(1, 3),
+       s3=st.integers(1, 2), h=st.integers(32, 48), w=st.integers(32, 48),
+       batch=st.integers(1, 3), rate=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_property_random_models_and_inputs(mode, pick, s1, s2, s3, h, w, batch, rate, seed):
+    """A random tiny LAUD network (mode, S per stage, map size, batch, rate) with one CPU
+    variant forced: the compiled logits and every block's masks are the reference's."""
+    variant = CPU_VARIANTS[mode][pick % len(CPU_VARIANTS[mode])]
+    if variant == "patch":  # some block must have S x S cells that tile its map
+        s1, h, w = 2, 8 * (h // 8), 8 * (w // 8)
+    model = tiny_model(mode, granularity=f"{s1}-{s2}-{s3}-1", seed=seed)
+    x = spread(batch, (h, w), seed=seed)
+    calibrate_rates(model, x, rate)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
+    with torch.no_grad():
+        assert_close(cm(x), model(x), name=f"{mode} {variant}")
+    assert_same_masks(cm, model)

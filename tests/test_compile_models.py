@@ -1025,15 +1025,16 @@ def test_a_refused_train_on_a_nested_module_of_the_users_changes_no_flag():
     assert cw.head_bn.train.__class__ is not functools.partial  # holds no compiled part
 
 
-def test_head_hooks_see_the_samples_in_the_callers_order():
+@pytest.mark.parametrize("where", ["avgpool", "fc"])
+def test_head_hooks_see_the_samples_in_the_callers_order(where):
     """Layer blocks reorder the batch (order.SampleOrder); the logits were put back in
-    the caller's order, but hooks on avgpool saw the features in the reordered batch
-    (features of one image returned for another)."""
+    the caller's order, but hooks on avgpool and fc saw the features in the reordered
+    batch (features of one image returned for another)."""
     model, x = tiny("layer"), torch.randn(8, 3, 32, 32)
     calibrate_rates(model, x, 0.5)
     seen = {}
-    model.avgpool.register_forward_hook(
-        lambda mod, args, out: seen.__setitem__("f", out.flatten(1).clone()))
+    getattr(model, where).register_forward_hook(
+        lambda mod, args, out: seen.__setitem__("f", args[0].flatten(1).clone()))
     with torch.no_grad():
         ref = model(x)
     want = seen.pop("f")
@@ -1043,7 +1044,7 @@ def test_head_hooks_see_the_samples_in_the_callers_order():
     cm = compile_cpu(model, x, variants=["compact"])
     with torch.no_grad():
         assert_close(cm(x), ref)
-    assert_close(seen["f"], want, name="avgpool features")
+    assert_close(seen["f"], want, name=f"{where}'s input")
 
 
 def test_a_hook_on_a_conv_linear_masker_in_a_network_with_layer_blocks_is_refused():

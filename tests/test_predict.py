@@ -438,7 +438,7 @@ def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
 
 @pytest.mark.parametrize("field,value", [
     ("bandwidth", math.nan), ("bandwidth", math.inf), ("launch_overhead", math.nan),
-    ("compute_units", 1.5), ("peak", (("float32", math.nan),)),
+    ("compute_units", 1.5), ("compute_units", True), ("peak", (("float32", math.nan),)),
     ("peak", (("float64", 1e12),))])
 def test_hardware_spec_refuses_nan_and_foreign_values(field, value):
     """NaN passed the old `<= 0` checks, and every prediction then came out 0.0."""
@@ -458,3 +458,9 @@ def test_a_float64_timing_in_the_cache_leaves_the_predictor_working(tmp_path, ca
     assert len(got) == len(data) and all(g.spec.dtype == "float32" for g in got)
     assert "float64" in caplog.text
     assert fit(got, CPU)["dense"].eff_c > 0
+
+
+def test_hardware_spec_takes_a_numpy_int():
+    import numpy as np
+
+    assert dataclasses.replace(CPU_DEFAULT, compute_units=np.int64(4)).compute_units == 4

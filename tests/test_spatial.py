@@ -159,7 +159,6 @@ def test_without_mkldnn_matches(monkeypatch):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def test_clustered_masks_match_the_reference():
     """Synthetic clustered masks: gather, patch and dense against the reference block
     (float64) running the same masks."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 
 log = logging.getLogger("laudtriton")
@@ -46,7 +47,8 @@ class HardwareSpec:
         # not (v > 0) rather than v <= 0: NaN fails every comparison
         if not (math.isfinite(self.bandwidth) and self.bandwidth > 0
                 and math.isfinite(self.launch_overhead) and self.launch_overhead >= 0
-                and isinstance(self.compute_units, int) and self.compute_units >= 1):
+                and isinstance(self.compute_units, numbers.Integral)
+                and not isinstance(self.compute_units, bool) and self.compute_units >= 1):
             raise ValueError(f"HardwareSpec {self.name!r}: bandwidth must be finite and > 0, "
                              "compute_units an int >= 1 and launch_overhead finite and >= 0")
         if not self.peak or not all(d in DTYPES and math.isfinite(p) and p > 0

@@ -208,10 +208,22 @@ def _valid_entry(e) -> bool:
     return "flops_ratio" not in meta or _number(meta["flops_ratio"])
 
 
+def _real(x) -> float | None:
+    """x as a float if it is a real number (a Python or numpy number, a 0-d tensor; not
+    a bool or a string), else None."""
+    if isinstance(x, (bool, str, bytes)):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many
+        return None
+
+
 def _check_record(rate_bucket, timings) -> None:
     """A ValueError naming the first field of a ``TuneCache.record`` call that a reader
     would drop the entry for (``_valid_entry``)."""
-    if not (_number(rate_bucket) and 0.0 <= rate_bucket <= 1.0):
+    r = _real(rate_bucket)
+    if r is None or not 0.0 <= r <= 1.0:
         raise ValueError(f"record: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
     if not isinstance(timings, dict):
         raise ValueError(f"record: timings must be {{variant: {{config_key: seconds}}}}, got "
@@ -224,7 +236,8 @@ def _check_record(rate_bucket, timings) -> None:
             if not _is_config_key(c):
                 raise ValueError(f"record: config key {c!r} of {variant} is not a JSON "
                                  "object (measure.config_key)")
-            if not _number(t) or (math.isfinite(t) and t <= 0):
+            s = _real(t)
+            if s is None or (math.isfinite(s) and s <= 0):
                 raise ValueError(f"record: {variant} {c} took {t!r}; a time is a number of "
                                  "seconds > 0 (inf or NaN: a failed config)")
 
@@ -430,8 +443,8 @@ class TuneCache:
             new[self._key(spec, bucket, variant, src)] = {
                 "spec": spec.to_dict(), "rate_bucket": bucket, "variant": variant,
                 "versions": dict(self.versions), "source_hash": src,
-                "timings": {c: (float(t) if math.isfinite(t) else math.inf)
-                            for c, t in cfgs.items()},
+                "timings": {c: (s if math.isfinite(s) else math.inf)
+                            for c, s in ((c, float(t)) for c, t in cfgs.items())},
                 "meta": dict(meta or {}),
             }
         bad = next((e for e in new.values() if not _valid_entry(e)), None)
@@ -478,14 +491,19 @@ class TuneCache:
 
         Raises:
             ValueError: if the file holds another device's timings (two device names
-                with one file name; ``record`` does not write over them either).
+                with one file name) or cannot be read: ``record`` does not write over
+                either.
         """
         n = len(self._all())
         # under the lock: a record() between its read and its write would write the
         # entries back (no directory: nothing to clear, and no lock file to make there)
         if self.enabled and self.dir.is_dir():
             with self._lock():
-                found, entries = _load(self.path)
+                try:
+                    found, entries = _load(self.path, unreadable_raises=True)
+                except OSError as e:
+                    raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); not "
+                                     "deleting it") from None
                 if entries and found != self.device:
                     raise ValueError(f"{self.path} holds timings of device {found!r}, not "
                                      f"{self.device!r}; not deleting them")

@@ -139,6 +139,7 @@ class BenchRow:
     channel_granularity: str = ""  # as given ("2", "2-2-4-4")
     threads: int = 0  # torch.get_num_threads() during the run
     tune: str = ""  # compile's tune mode
+    reps: int = 0  # timed runs per median (0 in rows read from CSVs before session 26)
 
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
@@ -222,7 +223,7 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate, allocator=setting, channel_granularity=str(channel_granularity),
-                    threads=torch.get_num_threads(), tune=tune)
+                    threads=torch.get_num_threads(), tune=tune, reps=reps)
         dense = dense_forms(model)
         if blocks:
             rows += _block_rows(model, cm, x, meta, reps)
@@ -349,7 +350,7 @@ def write_csv(rows: list[BenchRow], path) -> None:
 def read_csv(path) -> list[BenchRow]:
     """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
     existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
-    0, ``tune`` "")."""
+    0, ``tune`` "", ``reps`` 0)."""
     out = []
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):

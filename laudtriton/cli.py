@@ -4,6 +4,7 @@ design | env | gpucheck. User errors print one line and exit with code 2, no tra
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -12,6 +13,8 @@ import sys
 import time
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
+MAX_THREADS = 1024  # bench --threads (torch.set_num_threads crashes far above)
+
 EXTERNAL = {
     "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
     "cache": ("laudtriton.tune.commands", "add_cache_parser", "run_cache"),
@@ -128,13 +131,21 @@ def cmd_bench(args) -> int:
     from .tune.sweep import parse_rates
 
     _check_counts(args, "batch", "reps", "repeat", "processes")
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be in [0, {MAX_THREADS}] (0: torch's default), got "
+                         f"{args.threads}")
     if args.allocator not in runtime.SETTINGS:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
     check_layout_options(args)
+    if args.tune != "off":  # a bad $LAUDTRITON_CACHE_DIR: now, not after the model's build
+        from .tune.keys import default_cache_dir
+
+        default_cache_dir()
+    if args.reps < 20:
+        print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
+              "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
     if args.threads:
         import torch
 
@@ -150,10 +161,16 @@ def cmd_bench(args) -> int:
             return fail("bench", str(e), code=1)
         print(process_summary(rows))
     else:
-        rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
-                     args.channel_granularity, reps=args.reps, tune=args.tune,
-                     blocks=not args.model_only, repeat=args.repeat,
-                     allocator=args.allocator)
+        try:
+            rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
+                         args.channel_granularity, reps=args.reps, tune=args.tune,
+                         blocks=not args.model_only, repeat=args.repeat,
+                         allocator=args.allocator)
+        except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
+            if "allocate" not in str(e):
+                raise
+            raise ValueError(f"--batch {args.batch}: out of memory "
+                             f"({str(e).splitlines()[0][:200]})") from None
     if args.csv:
         write_csv(rows, args.csv)
         if not os.environ.get(HANDOFF_ENV):  # a child of run_processes: a temporary file
@@ -171,9 +188,14 @@ def _bench_argv(args) -> list[str]:
         value = getattr(args, action.dest)
         if action.nargs == 0:  # a flag
             argv += [action.option_strings[0]] if value else []
-        elif value is not None:
-            argv += [action.option_strings[0], str(value)]
+        elif value is not None:  # one word: a value may start with '-' ('-0.0,0.5')
+            argv.append(f"{action.option_strings[0]}={value}")
     return argv
+
+
+def _unavailable(name: str, why: str, args) -> int:
+    print(f"laudtriton {name}: error: this command cannot run here: {why}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (mod, add, run) in EXTERNAL.items():
         try:
             module = importlib.import_module(mod)
-        except ImportError:
+        except ImportError as e:  # say why when it is asked for, not "invalid choice"
+            # no option prefix: every word after the name is taken, whatever it is
+            s = sub.add_parser(name, help=f"(unavailable: {e})", add_help=False,
+                               prefix_chars="\0")
+            s.add_argument("rest", nargs="*")
+            s.set_defaults(func=functools.partial(_unavailable, name, str(e)))
             continue
         getattr(module, add)(sub)
         sub.choices[name].set_defaults(func=getattr(module, run))
@@ -239,6 +266,8 @@ def _every_command(sub) -> None:
     """On every subcommand (and theirs): no abbreviated options (``design --granularity``
     was taken for ``--granularities``), and ``-v`` after the command name as before it."""
     for q in sub.choices.values():
+        if q.prefix_chars != "-":  # an unavailable command's stub takes every word
+            continue
         q.allow_abbrev = False
         if not any("-v" in a.option_strings for a in q._actions):
             q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

@@ -38,6 +38,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -599,11 +600,14 @@ def run(args) -> int:
         batches = _options(args)
     except ValueError as e:
         return fail("gpucheck", str(e))
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # as check_dir read it ('--out=~/x': no shell)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # writable, before part 1 runs
+            pass
     except OSError as e:  # no permission, a read-only file system...
-        return fail("gpucheck", f"--out {args.out!r} cannot be made ({e.strerror or e})")
+        return fail("gpucheck", f"--out {args.out!r} cannot be made or written "
+                                f"({e.strerror or e})")
     r = Run(out, args.budget, args.device)
     models = ["laud_resnet50", "laud_resnet101"]
     parts = []

@@ -180,7 +180,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     if not rows:
         raise ValueError(f"no timings to plot in {src}")
     check_measured(rows, src)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser()  # as check_dir read it ('--out=~/x': no shell)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, g in _group(rows).items():

@@ -18,6 +18,7 @@ from laudtriton.cli import main
     (["bench", "--reps", "0"], "--reps"),
     (["bench", "--repeat", "0"], "--repeat"),
     (["bench", "--threads", "-1"], "--threads"),
+    (["bench", "--threads", "2147483648"], "--threads must be in [0, 1024]"),
     (["bench", "--allocator", "jemalloc"], "--allocator"),
     (["bench", "--channel-granularity", "0"], "--channel-granularity"),
     (["bench", "--channel-granularity", "2-x"], "--channel-granularity '2-x' is not a positive"),
@@ -173,6 +174,9 @@ def test_bench_child_argv_carries_every_option():
              "--csv", "x.csv", "--processes", "4"]
     args = parser.parse_args(given)
     child = parser.parse_args(["bench", *_bench_argv(args)])
+    # a value that starts with '-' passed as two words read as an option in the child
+    neg = parser.parse_args(["bench", "--rates=-0.0,0.5"])
+    assert parser.parse_args(["bench", *_bench_argv(neg)]).rates == "-0.0,0.5"
     skip = {"csv", "processes", "func", "bench_parser"}
     want = {k: v for k, v in vars(args).items() if k not in skip}
     assert {k: v for k, v in vars(child).items() if k not in skip} == want
@@ -293,3 +297,48 @@ def test_options_are_not_abbreviated_and_v_goes_after_the_command_too():
     assert p.parse_args(["-v", "env"]).verbose is True
     assert p.parse_args(["env", "-v"]).verbose is True
     assert p.parse_args(["cache", "ls", "-v"]).verbose is True
+
+
+def test_bench_out_of_memory_names_the_batch(monkeypatch, capsys):
+    import laudtriton.bench as bench_mod
+
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 60211200000000 bytes")
+    monkeypatch.setattr(bench_mod, "bench", huge)
+    assert main(["bench", "--batch", "100000000", "--rates", "0.5", "--model-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laudtriton bench: error: --batch 100000000: out of memory (")
+    assert "Traceback" not in err
+
+
+def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
+    """A table of medians of fewer than 20 runs is noted, and the CSV says how many."""
+    from laudtriton.bench import BenchRow, read_csv, write_csv
+
+    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
+                   0.5, 1.0, reps=3)
+    write_csv([row], tmp_path / "r.csv")
+    assert read_csv(tmp_path / "r.csv")[0].reps == 3
+    import laudtriton.bench as bench_mod
+
+    seen = {}
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: seen.update(k) or [row])
+    assert main(["bench", "--reps", "3", "--rates", "0.5", "--model-only"]) == 0
+    assert seen["reps"] == 3 and "--reps 3: medians of fewer than 20" in capsys.readouterr().err
+
+
+def test_a_subcommand_that_cannot_import_says_why(monkeypatch, capsys):
+    """An import failure hid the subcommand ("invalid choice: 'plot'")."""
+    import importlib
+
+    real = importlib.import_module
+
+    def import_module(name, *args):
+        if name == "laudtriton.plot":
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args)
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    assert main(["plot", "--from", "x.csv", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "laudtriton plot: error: this command cannot run here: No module named" in err

@@ -448,3 +448,28 @@ def test_warm_compiles_that_cannot_start_leaves_part2_to_the_main_process(
     r.device = "cuda"
     assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
     assert "compile workers failed (OSError: no semaphores)" in capsys.readouterr().out
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Found after part 1 had run, with an error that did not name --out."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert gpucheck.main(["--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    line = _one_error_line(capsys)
+    assert "--out" in line and "cannot be made or written (Permission denied)" in line
+
+
+def test_out_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    """'--out=~/x' reaches the program unexpanded; check_dir expanded it, the run wrote
+    into a directory literally named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpucheck, "Run", lambda out, *a: (_ for _ in ()).throw(
+        RuntimeError(f"Run at {out}")))
+    with pytest.raises(RuntimeError, match=f"Run at {tmp_path / 'home' / 'x'}"):
+        gpucheck.main(["--out=~/x", "--device", "cpu"])
+    assert not (tmp_path / "~").exists()

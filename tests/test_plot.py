@@ -61,6 +61,18 @@ def test_plot_from_csv(tmp_path):
     assert all(_is_png(p) for p in paths)
 
 
+def test_plot_out_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch, capsys):
+    """'--out=~/pp' reaches the program unexpanded: checked as $HOME/pp, it was written
+    into a directory literally named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    assert _run(["plot", "--from", str(csv), "--out=~/pp", "--no-predicted"]) == 0
+    paths = [Path(p) for p in capsys.readouterr().out.split()]
+    assert paths and all(p.parent == tmp_path / "home" / "pp" and _is_png(p) for p in paths)
+    assert not (tmp_path / "~").exists()
+
+
 @pytest.mark.parametrize("with_ratio", [True, False])
 def test_curves(with_ratio):
     g = next(iter(_group(_rows(with_ratio)[::-1]).values()))

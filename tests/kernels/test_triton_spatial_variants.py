@@ -17,9 +17,9 @@ TINY = {s: dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
 RUNS = {"fused": ts.run_fused, "masked": ts.run_masked}
 
 
-def _case(inplanes, stride, rate, granularity=2, hw=(7, 9)):
+def _case(inplanes, stride, rate, granularity=2, hw=(7, 9), batch=2):
     block = make_block(inplanes, 4, stride, mode="spatial", granularity=granularity)
-    x = torch.randn(2, inplanes, *hw)
+    x = torch.randn(batch, inplanes, *hw)
     calibrate_block(block, x, rate)
     with torch.no_grad():
         ref = block(x)
@@ -38,6 +38,17 @@ def test_variant_matches_reference(variant, stride, rate):
     assert out.shape == ref.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close(out, ref)
+
+
+@pytest.mark.parametrize("variant", ["fused", "masked"])
+@pytest.mark.parametrize("stride,s,hw,batch", [(1, 4, (8, 12), 1), (2, 4, (15, 16), 3),
+                                               (1, 7, (14, 14), 3), (2, 8, (16, 16), 1)])
+def test_larger_cells_at_batch_1_and_3(variant, stride, s, hw, batch):
+    """S = 4, 7, 8 (uniform cells), batch 1 and 3 with different masks per sample."""
+    block, x, masks, ref = _case(16, stride, 0.5, granularity=s, hw=hw, batch=batch)
+    if batch > 1:
+        assert any(not torch.equal(masks.grid[0], g) for g in masks.grid[1:])
+    assert_close(RUNS[variant](fold_block(block), x, masks, TINY), ref)
 
 
 @pytest.mark.parametrize("variant", ["fused", "masked"])

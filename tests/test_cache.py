@@ -531,19 +531,25 @@ def test_record_refuses_malformed_meta(tmp_path):
     assert c.lookup(SPEC, 0.5) is None and not c.path.exists()
 
 
+def _unreadable(monkeypatch, path) -> None:
+    """Reading ``path`` fails as a file without read permission does (tests run as root
+    here, where chmod would not stop the read)."""
+    real = type(path).read_bytes
+
+    def read_bytes(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(type(path), "read_bytes", read_bytes)
+
+
 def test_record_never_writes_over_a_file_it_cannot_read(tmp_path, monkeypatch, caplog):
     """A cache file that exists but cannot be read (another user's, in a shared
     directory) is kept: the records stay in memory, reported once."""
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     before = c.path.read_bytes()
-    real = type(c.path).read_bytes
-
-    def read_bytes(self):
-        if self == c.path:
-            raise PermissionError(13, "Permission denied")
-        return real(self)
-    monkeypatch.setattr(type(c.path), "read_bytes", read_bytes)
+    _unreadable(monkeypatch, c.path)
     mine = TuneCache(tmp_path)
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         mine.record(SPEC2, 0.3, {"dense": {"{}": 2e-3}})
@@ -624,13 +630,7 @@ def test_record_takes_numpy_and_tensor_numbers(tmp_path):
 def test_clear_refuses_a_file_it_cannot_read(tmp_path, monkeypatch):
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
-    real = type(c.path).read_bytes
-
-    def read_bytes(self):
-        if self == c.path:
-            raise PermissionError(13, "Permission denied")
-        return real(self)
-    monkeypatch.setattr(type(c.path), "read_bytes", read_bytes)
+    _unreadable(monkeypatch, c.path)
     with pytest.raises(ValueError, match="cannot be read .*not deleting it"):
         TuneCache(tmp_path).clear()
     assert c.path.exists()

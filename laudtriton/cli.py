@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target rates the maskers are calibrated to, comma-separated or "
                         "a:b:step")
     s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    s.add_argument("--threads", type=int, default=0,
+                   help=f"torch threads, 0 to {MAX_THREADS} (0: torch's default)")
     s.add_argument("--reps", type=int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
                    "fewer is noisier); also the untimed new inputs that start the "

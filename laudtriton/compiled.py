@@ -170,7 +170,8 @@ class CompiledBlock(nn.Module):
 
     def _check_input(self, x) -> None:
         """Raise a ValueError naming the block unless x is [B >= 1, Cin, H, W] of the
-        compiled dtype, on the compiled device type (the map size may differ: ``_fit``)."""
+        compiled dtype, on the compiled device, index included (the map size may differ:
+        ``_fit``)."""
         want = self.fb.w1
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 or (
                 x.shape[1] != self.spec.in_channels):

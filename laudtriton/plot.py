@@ -66,11 +66,12 @@ def _spec_of(row: Mapping) -> BlockSpec | None:
 
 
 def _group(rows: Rows):
-    """{figure key: {"blocks": {block: spec id}, "specs": {spec id: (label, spec|None)},
-    "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate: ratio}},
-    "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the ones
-    the masks realise, round(r·N)/N: they differ from block to block, and one may stand
-    for several asked rates)."""
+    """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
+    spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
+    ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the
+    ones the masks realise, round(r·N)/N: they differ from block to block, and one may
+    stand for several asked rates). A block has several spec ids when the rows hold
+    sweeps of the same model at several granularities (a cache that kept them all)."""
     figs: dict[str, dict] = {}
     for r in rows:
         t = float(r["seconds"])
@@ -80,10 +81,7 @@ def _group(rows: Rows):
         if spec is not None:
             key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
         g = figs.setdefault(key, {"blocks": {}, "specs": {}, "t": {}, "fr": {}, "asked": {}})
-        if g["blocks"].get(r["block"], sid) != sid:
-            log.warning("plot: block %s of %s has several specs; keeping %s", r["block"],
-                        key, r["spec"])
-        g["blocks"][r["block"]] = sid
+        g["blocks"].setdefault(r["block"], {})[sid] = None  # an ordered set
         g["specs"].setdefault(sid, (str(r["spec"]), spec))
         rate = round(float(r["rate"]), 6)
         if math.isfinite(t):
@@ -170,7 +168,10 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     spec_key: {rate: seconds}}. Per model: ``<model>_blocks.png`` (one panel per distinct
     block spec) and ``<model>_model.png`` (sum over all blocks: dense, each variant where
     it covers every block, best per block, ideal, predicted). A model whose every timing
-    is inf or nan (every config failed) is skipped with a warning.
+    is inf or nan (every config failed) is skipped with a warning; so is the whole-model
+    figure of a model whose blocks have timings for several specs (sweeps at several
+    granularities, e.g. from the cache: which spec belongs to which sweep is not
+    recorded, and the sum would mix them).
 
     Raises:
         ValueError: if there is nothing to plot: no rows, or no finite timing.
@@ -189,12 +190,18 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
                         "skipping it", key)
             continue
         g["blocks"] = dict(sorted(g["blocks"].items(), key=lambda kv: _natural(kv[0])))
-        sids = list(dict.fromkeys(g["blocks"].values()))  # in block execution order
+        sids = list(dict.fromkeys(s for ss in g["blocks"].values() for s in ss))
         curves = {sid: _curves(g, sid, predicted) for sid in sids}
         variants = sorted({v for c in curves.values() for v in c
                            if v not in ("dense", "ideal", "predicted", "best")})
         colors = {v: _COLORS[i % len(_COLORS)] for i, v in enumerate(variants)}
         paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir))
+        mixed = [b for b, ss in g["blocks"].items() if len(ss) > 1]
+        if mixed:  # which spec of each block belongs to which sweep is not recorded
+            log.warning("plot: %s: block(s) %s have timings for several specs (sweeps at "
+                        "several granularities); no whole-model figure, which would mix "
+                        "them: plot each sweep's CSV instead", key, ", ".join(mixed))
+            continue
         paths.append(_model_figure(key, g, curves, colors, out_dir))
     return paths
 
@@ -214,12 +221,11 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
     nrow = math.ceil(n / ncol)
     fig = Figure(figsize=(3.6 * ncol, 2.9 * nrow + 0.9), dpi=110)
     axes = [fig.add_subplot(nrow, ncol, i + 1) for i in range(n)]
-    counts = {sid: sum(1 for s in g["blocks"].values() if s == sid) for sid in sids}
     for ax, sid in zip(axes, sids):
         _draw(ax, {k: v for k, v in curves[sid].items() if k != "best"}, colors)
-        names = [b for b, s in g["blocks"].items() if s == sid]
+        names = [b for b, ss in g["blocks"].items() if sid in ss]
         label = g["specs"][sid][0]
-        title = f"{names[0]}" + (f" (+{counts[sid] - 1})" if counts[sid] > 1 else "")
+        title = f"{names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else "")
         if names[0] != label:  # cache entries without block names are named by their spec
             title += f"\n{label}"
         ax.set_title(title, fontsize=8)
@@ -242,7 +248,7 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
     each block's timing counted at the rate the sweep asked for when it is known (the
     rates the masks realise differ between blocks: 0.5 is 0.5 of a 14x14 grid, 0.49 of
     a 7x7 one)."""
-    blocks = list(g["blocks"].items())
+    blocks = [(b, next(iter(ss))) for b, ss in g["blocks"].items()]  # one spec each
     names = {k for sid in curves for k in curves[sid]}
 
     def asked(sid: str, pts: dict[float, float]) -> dict[float, float]:

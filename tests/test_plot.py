@@ -181,6 +181,23 @@ def test_plot_model_figure_without_a_common_rate(tmp_path, drawn):
     assert all(c for c in drawn[:-1]) and not any(drawn[-1].values())
 
 
+def test_plot_two_granularities_of_one_model_draw_every_panel_and_no_mixed_sum(
+        tmp_path, drawn, caplog):
+    """Sweeps of one model at two granularities (a cache keeps both): layer1's blocks
+    have two specs. Every spec gets its panel, and there is no whole-model figure, which
+    summed one spec per block, possibly of different sweeps (only a warning said so)."""
+    other = SPECS[0].with_(granularity=1)
+    rows = _rows() + [dict(r, spec=other.short(), spec_key=other.key(), S=1,
+                           seconds=r["seconds"] * 2)
+                      for r in _rows() if r["block"].startswith("layer1")]
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows, tmp_path)
+    assert [p.name for p in paths] == ["tinynet_spatial_b1_float32_blocks.png"]
+    assert len(drawn) == 3  # panels: SPECS[0], other, SPECS[1]; no model figure
+    assert drawn[1]["dense"] == {r: pytest.approx(2e-3) for r in (0.2, 0.5, 0.9)}
+    assert "layer1.0, layer1.1 have timings for several specs" in caplog.text
+
+
 def test_model_figure_sums_blocks_at_the_asked_rate(tmp_path, monkeypatch):
     """The rates the masks realise differ between blocks (round(r·N)/N); the whole-model
     figure sums each block at the rate the sweep asked for (the CSV's asked_rate). By

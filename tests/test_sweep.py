@@ -141,6 +141,34 @@ def test_sweep_resumes_from_cache(tmp_path, counted):
     assert r4.timed == n_specs == len(counted)
 
 
+def test_a_sweep_that_finds_an_item_cached_still_names_its_model_and_rates(tmp_path):
+    """The cache's meta names the models, blocks and asked rates of every sweep that met
+    an item, not only of the one that timed it: a second model whose blocks were all
+    cached (ResNet-101 after ResNet-50) got no figure from ``plot --from cache``, and an
+    asked rate met only in the cache no point on the whole-model curve."""
+    from laudtriton.plot import rows_from_cache
+
+    model, dense = tiny(), ["dense"]
+    kw = dict(FAST, blocks="layer2.0")
+    sweep(model, rates=[0.25], cache=TuneCache(tmp_path), model_name="netA", variants=dense,
+          **kw)
+    sweep(model, rates=[0.25], cache=TuneCache(tmp_path), model_name="netB", **kw)  # partly
+    r = sweep(model, rates=[0.26], cache=TuneCache(tmp_path), model_name="netC", **kw)
+    assert r.timed == 0 and {row["rate"] for row in r.rows} == {0.25}  # 0.26 realises 0.25
+    rows = rows_from_cache(TuneCache(tmp_path))
+    variants = {row["variant"] for row in rows}
+    assert len(variants) > 1
+    for v in variants:
+        got = {(row["model"], row["block"], row["asked_rate"]) for row in rows
+               if row["variant"] == v}
+        want = {(m, "layer2.0", a) for m in ("netB", "netC") for a in (0.25, 0.26)}
+        assert want <= got and ({("netA", "layer2.0", 0.25)} <= got) == (v == "dense")
+    path = TuneCache(tmp_path).path
+    before = path.stat().st_mtime_ns
+    sweep(model, rates=[0.26], cache=TuneCache(tmp_path), model_name="netC", **kw)
+    assert path.stat().st_mtime_ns == before  # nothing new: the file is not rewritten
+
+
 def test_timings_are_recorded_at_the_rate_the_masks_realise(tmp_path, counted):
     """A layer gate at batch 1 is off at asked rates 0.3 and 0.5 (round(r·1) = 0) and on
     at 0.6: the sweep times rate 0 once and rate 1 once, and the cache and the CSV hold

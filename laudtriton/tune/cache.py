@@ -453,6 +453,42 @@ class TuneCache:
                              "'models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1], 'flops_ratio' a number)")
         _merge_into(self._memory, new)
+        self._save()
+
+    def annotate(self, spec: BlockSpec, rate_bucket: float, meta: dict) -> bool:
+        """Add ``meta``'s "models" and "asked_rates" (unions, ``record``'s rule) to the
+        current entries of ``spec`` at ``rate_bucket``, their timings and other meta as
+        they are: a sweep that finds an item cached names its model's blocks and its
+        asked rates there as a sweep that times it does (``laudtriton plot --from
+        cache`` draws a model from them). Returns whether an entry changed (only then is
+        the file written).
+
+        Raises:
+            ValueError: if those two fields are malformed (``record``'s rule).
+        """
+        names = {k: meta[k] for k in ("models", "asked_rates") if k in meta}
+        want, bucket = spec.key(), round(float(rate_bucket), 6)
+        if not _valid_entry({"spec": spec.to_dict(), "rate_bucket": bucket, "variant": "",
+                             "timings": {}, "meta": names}):
+            raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "
+                             "('models' {model: [block names]}, 'asked_rates' rates in "
+                             "[0, 1])")
+        new = {}
+        for k, e in self._all().items():
+            if (round(float(e["rate_bucket"]), 6) == bucket and self._is_current(e)
+                    and BlockSpec.from_dict(e["spec"]).key() == want):
+                merged = _merge_meta(e.get("meta") or {}, names)
+                if merged != (e.get("meta") or {}):
+                    new[k] = {**e, "meta": merged}
+        if not new:
+            return False
+        _merge_into(self._memory, new)
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        """Merge the records in memory into the cache file (atomic, under the lock), or
+        keep them in memory and say why once (``record``)."""
         if not self.enabled:
             return
         try:

@@ -292,7 +292,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     the rate those masks realise, round(rate*N)/N (``ops.masks.dispatch_rate``: 0.102 for
     0.1 on a 7x7 grid; 0 for 0.3 with a layer gate at batch 1); asked rates that realise
     the same one are one (spec, rate) item, timed once, with CSV rows for each asked rate
-    (column ``asked_rate``) and all of them in the cache entry's meta (``asked_rates``).
+    (column ``asked_rate``) and all of them in the cache entry's meta (``asked_rates``,
+    beside the model's block names, "models"; added to an item found cached as well).
     Mode both dispatches on the grid's rate alone: asked rates that realise one grid rate
     but different channel rates are items of their own, and of those only the one whose
     channel rate is nearest the grid's goes to the cache (the others to the CSV).
@@ -436,6 +437,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 result.timed += 1
             else:
                 result.cached += 1
+            if to_cache:  # the variants found cached: this model's blocks and rates too
+                cache.annotate(spec, rate, {"models": {model_name: [n for n, _ in members]},
+                                            "asked_rates": asked})
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
                                          cache.device, clustered, a))

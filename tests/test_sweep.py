@@ -516,7 +516,7 @@ def test_time_variants_failing_config_scores_inf():
     assert fastest(t)[0] == "fake" and fastest({"fake": {"x": math.inf}}) is None
 
 
-def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path):
+def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path, capsys):
     """Mode both: asked rates 0.6 and 1.0 both realise grid rate 1 on a 1x1 grid, with
     channel rates 0.59 and 1. They were one item, timed once on the first's masks, and
     the CSV rows and the cache entry of 1.0 had 0.6's FLOPs ratio and timing."""
@@ -532,6 +532,15 @@ def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path):
     entries = TuneCache(tmp_path).entries()
     assert entries and all(e.rate_bucket == 1.0 and e.meta["asked_rates"] == [1.0]
                            and e.meta["flops_ratio"] == pytest.approx(1.0) for e in entries)
+    # the summary reads the cached item's timings (compile's), not the last row's (0.6's)
+    rows = [dict(r, seconds=r["seconds"] * (1 if r["asked_rate"] == 1.0 else 10))
+            for r in sorted(res.rows, key=lambda r: r["asked_rate"] == 0.6)
+            if r["variant"] == "dense"]
+    dense_ms = min(e.seconds for e in entries if e.variant == "dense") * 1e3
+    _print_summary(rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2  # ends: chosen, ms, dense ms, x dense
+    assert lines[1].split()[-4:] == ["dense", f"{dense_ms:.3f}", f"{dense_ms:.3f}", "1.00"]
 
 
 def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatch):

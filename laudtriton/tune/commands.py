@@ -225,11 +225,15 @@ def run_sweep(args: argparse.Namespace) -> int:
 def _print_summary(rows: list[dict]) -> None:
     """One line per (spec, rate): the variant ``compile`` would choose from these timings
     (the fastest, but ``dense`` unless beaten by more than ``schedule.DENSE_MARGIN``), its
-    time vs dense, and the fastest variant where that differs."""
+    time vs dense, and the fastest variant where that differs. Mode both: from the item
+    the cache keeps for the rate (row "dispatched"), not from the CSV-only ones at other
+    channel rates."""
     from ..schedule import DispatchTable, fastest
 
     timings: dict[tuple[str, float], dict] = {}
     for r in rows:
+        if not r.get("dispatched", True):
+            continue
         per = timings.setdefault((r["spec"], r["rate"]), {})
         per.setdefault(r["variant"], {})[r["config"]] = r["seconds"]
     lines = []

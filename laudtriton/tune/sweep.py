@@ -442,7 +442,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                                             "asked_rates": asked})
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
-                                         cache.device, clustered, a))
+                                         cache.device, clustered, a, to_cache))
             bar.update(f"{spec.short()} r={rate:g}")
     finally:
         bar.close()
@@ -470,7 +470,10 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
 
 
 def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
-          asked) -> list[dict]:
+          asked, dispatched) -> list[dict]:
+    """The CSV rows of one item; "dispatched" (not a CSV column): the item is the one
+    that stands for its (spec, rate) in the cache (mode both: of the items at one grid
+    rate, the one whose channel rate is nearest it), which compile reads."""
     dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
     d = min(dense) if dense else math.nan
     out = []
@@ -483,6 +486,7 @@ def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
                     "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
                     "flops_ratio": fr, "spec_key": spec.key(), "device": device,
                     "clustered": int(clustered), "asked_rate": asked,
+                    "dispatched": dispatched,
                 })
     return out
 

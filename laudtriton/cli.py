@@ -127,7 +127,12 @@ def _check_counts(args, *names: str) -> None:
 def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
-    from .tune.commands import check_layout_options, check_output_path, fail
+    from .tune.commands import (
+        check_layout_options,
+        check_output_path,
+        fail,
+        out_of_memory,
+    )
     from .tune.sweep import parse_rates
 
     _check_counts(args, "batch", "reps", "repeat", "processes")
@@ -167,10 +172,7 @@ def cmd_bench(args) -> int:
                          blocks=not args.model_only, repeat=args.repeat,
                          allocator=args.allocator)
         except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
-            if "allocate" not in str(e):
-                raise
-            raise ValueError(f"--batch {args.batch}: out of memory "
-                             f"({str(e).splitlines()[0][:200]})") from None
+            raise out_of_memory(e, f"--batch {args.batch}") from None
     if args.csv:
         write_csv(rows, args.csv)
         if not os.environ.get(HANDOFF_ENV):  # a child of run_processes: a temporary file

@@ -409,6 +409,25 @@ def test_sweep_command_writes_csv(tmp_path, capsys, monkeypatch):
     assert {r["block"] for r in rows} == {"layer4.2"} and rows[0]["model"] == "laud_resnet50"
 
 
+def test_sweep_command_out_of_memory_names_batch_and_input_size(tmp_path, capsys,
+                                                                monkeypatch):
+    """An input the allocator refuses (a --batch or --input-size too large) is one line
+    naming both, where it was a traceback."""
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 401408000000 bytes")
+    monkeypatch.setattr(sweep_mod, "time_variants", huge)
+    assert _tiny_sweep_command(tmp_path, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laudtriton sweep: error: --batch 1 --input-size 64: out of "
+                          "memory (") and "Traceback" not in err
+    def other(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(sweep_mod, "time_variants", other)
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error is not hidden
+        _tiny_sweep_command(tmp_path, monkeypatch)
+
+
 def test_sweep_command_says_why_a_foreign_file_was_not_written(tmp_path, capsys,
                                                                monkeypatch):
     """A cache file of another device under this device's file name is not written over;

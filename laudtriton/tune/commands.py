@@ -95,6 +95,15 @@ def fail(command: str, msg: str, code: int = 2) -> int:
     return code
 
 
+def out_of_memory(e: RuntimeError, options: str) -> ValueError:
+    """A one-line ValueError naming ``options`` (e.g. "--batch 64") for an allocator's
+    refusal (the C allocator's "can't allocate memory", CUDA's "Tried to allocate");
+    any other RuntimeError is raised again as it is."""
+    if "allocate" not in str(e):
+        raise e
+    return ValueError(f"{options}: out of memory ({str(e).splitlines()[0][:200]})")
+
+
 def check_device(device: str) -> torch.device:
     """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or an
     available 'cuda[:N]'."""
@@ -199,12 +208,17 @@ def run_sweep(args: argparse.Namespace) -> int:
         if args.input_size is not None and args.input_size < 32:
             raise ValueError(f"--input-size must be >= 32 (the stem and the four stages "
                              f"halve it five times), got {args.input_size}")
-        res = sweep(args.model, mode=args.mode, granularity=args.granularity, rates=rates,
-                    batch=args.batch, device=str(dev), blocks=args.blocks, shard=shard,
-                    force=args.force, clustered=args.clustered, cache=cache,
-                    csv_path=csv_path, progress=not args.no_progress,
-                    input_size=args.input_size, dtype=args.dtype, variants=args.variants,
-                    channel_granularity=args.channel_granularity, prune=prune)
+        try:
+            res = sweep(args.model, mode=args.mode, granularity=args.granularity,
+                        rates=rates, batch=args.batch, device=str(dev), blocks=args.blocks,
+                        shard=shard, force=args.force, clustered=args.clustered,
+                        cache=cache, csv_path=csv_path, progress=not args.no_progress,
+                        input_size=args.input_size, dtype=args.dtype,
+                        variants=args.variants,
+                        channel_granularity=args.channel_granularity, prune=prune)
+        except RuntimeError as e:  # the items timed before it are in the cache
+            size = "" if args.input_size is None else f" --input-size {args.input_size}"
+            raise out_of_memory(e, f"--batch {args.batch}{size}") from None
     except ValueError as e:
         return fail("sweep", str(e))
     _print_summary(res.rows)

@@ -237,6 +237,19 @@ def test_fit_recovers_factors():
     assert fac["patch"].eff_c == pytest.approx(0.35, rel=0.02)
 
 
+def test_fit_with_a_zero_launch_overhead():
+    """A calibration may say the launch overhead is 0 (its reader accepts s >= 0): the
+    fit started from log(0), every loss was NaN, and it raised IndexError."""
+    hw = dataclasses.replace(CPU, launch_overhead=0.0)
+    fac = fit(_synthetic(0.0), hw)
+    assert fac and all(math.isfinite(f.eff_c) and math.isfinite(f.eff_m)
+                       and 0 < f.overhead < 1 for f in fac.values())
+    data = _synthetic(0.0)  # the fit still explains them (MAPE, as validate's bound)
+    ape = [abs(predict_block(s.spec, s.rate, s.variant, hw, fac) / s.seconds - 1)
+           for s in data]
+    assert 100 * sum(ape) / len(ape) < 10.0
+
+
 def _write_cache(tmp_path, data: list[Sample]) -> TuneCache:
     cache = TuneCache(tmp_path, device="cpu")
     for s in data:

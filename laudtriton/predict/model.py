@@ -272,8 +272,10 @@ def _fit_one(arrays, hw: HardwareSpec, prior: Factors,
     which of (eff_c, eff_m, overhead) are fitted; the others keep the prior's value."""
     lau, xc, xm, t = arrays
     lt = np.log(t)
-    p0 = np.log([1 / prior.eff_c, 1 / prior.eff_m,
-                 prior.overhead if prior.overhead is not None else hw.launch_overhead])
+    raw = np.array([1 / prior.eff_c, 1 / prior.eff_m,
+                    prior.overhead if prior.overhead is not None else hw.launch_overhead])
+    # into the searched box: an overhead of 0 (a calibration may say so) has no log
+    p0 = np.clip(np.log(np.maximum(raw, np.exp(_LO))), _LO, _HI)
     best, width, loss = p0.copy(), (_HI - _LO) * np.array(free, dtype=float), math.inf
     for _ in range(6):
         axes = [np.clip(np.linspace(best[i] - width[i] / 2, best[i] + width[i] / 2,

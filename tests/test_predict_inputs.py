@@ -63,6 +63,7 @@ CORRUPT = [
     ('"units": 0', "units 0"),
     ('"units": 2.5', "units 2.5"),
     ('"kind": "tpu"', "kind 'tpu'"),
+    ('"kind": "gpu"', "kind 'gpu' is not this device's ('cpu')"),  # made "cpu" a "cuda"
     ('"fingerprint": 7', "fingerprint 7"),
     ('"created": 20261201', "created 20261201"),
 ]

@@ -93,13 +93,14 @@ def calibration_path(cache_dir=None, device: str = "cpu") -> Path:
     return cache.dir / f"calibration_{_slug(cache.device)}.v{CAL_VERSION}.json"
 
 
-def read_calibration(path: Path) -> Calibration | None:
-    """The calibration stored in ``path``; None if there is no such file.
+def read_calibration(path: Path, kind: str | None = None) -> Calibration | None:
+    """The calibration stored in ``path``; None if there is no such file. kind: "cpu" or
+    "gpu", the kind of the device whose file ``path`` is (its name says which device).
 
     Raises:
         ValueError: naming ``path``, if it cannot be read or is not a calibration (not
-            JSON, a field missing, or of a wrong type or value); the fields with a
-            default (``created``) may be missing.
+            JSON, a field missing, or of a wrong type or value, a kind other than
+            ``kind``); the fields with a default (``created``) may be missing.
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -115,10 +116,14 @@ def read_calibration(path: Path) -> Calibration | None:
     if missing:
         raise ValueError(f"calibration file {path} is corrupt (no {', '.join(missing)})")
     try:
-        return Calibration(**{f.name: data[f.name] for f in fields(Calibration)
-                              if f.name in data})
+        cal = Calibration(**{f.name: data[f.name] for f in fields(Calibration)
+                             if f.name in data})
     except ValueError as e:
         raise ValueError(f"calibration file {path} is corrupt ({e})") from None
+    if kind is not None and cal.kind != kind:  # "gpu" made a "cpu" hardware "cuda"
+        raise ValueError(f"calibration file {path} is corrupt (kind {cal.kind!r} is not "
+                         f"this device's ({kind!r}))")
+    return cal
 
 
 def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
@@ -127,7 +132,7 @@ def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
     cache is): the caller then proceeds as on an uncalibrated machine."""
     path = calibration_path(cache_dir, device)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        return read_calibration(path)
+        return read_calibration(path, "cpu" if torch.device(device).type == "cpu" else "gpu")
     except ValueError as e:
         log.warning("%s; ignoring it (`laudtriton calibrate` rewrites it)", e)
         return None

@@ -144,7 +144,7 @@ def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
 
     path = calibration_path(cache_dir)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        cal = read_calibration(path)
+        cal = read_calibration(path, "cpu")
         why = "no calibration of this machine found"
     except ValueError as e:  # corrupt: ignored, as a corrupt autotune cache is
         cal, why = None, f"{e}; ignoring it"
@@ -176,7 +176,7 @@ def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
                              "is available here; name a preset (a100, h100, ...) or 'cpu'")
         path = calibration_path(cache_dir, "cuda")  # a bad $LAUDTRITON_CACHE_DIR raises
         try:
-            cal = read_calibration(path)
+            cal = read_calibration(path, "gpu")
         except ValueError as e:
             raise ValueError(f"--hardware 'cuda': {e}; run `laudtriton calibrate --device "
                              "cuda` again") from None

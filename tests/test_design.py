@@ -204,6 +204,19 @@ def test_cli_design_errors(capsys, args, msg):
     assert rc == 2 and msg in err and "Traceback" not in err
 
 
+def test_cli_design_target_above_the_floor_but_not_reached_says_so(capsys, tmp_path):
+    """0.2 is above the model's floor (0.091) but below what layer4.0 reaches alone (its
+    downsample): the designs land above it, and the message called 0.2 out of reach
+    while printing a floor under it."""
+    rc = main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate",
+               "0.2", "--top", "1", "--cache-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "out of reach" not in out + err
+    header = next(ln for ln in out.splitlines() if "configurations at" in ln)
+    assert "(--target-rate 0.2 not reached; floor 0.091)" in header
+    assert "0.2 is not reached (each block is aimed at it on its own)" in err
+
+
 def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path):
     """Blocks whose dense downsample alone is above the target run at rate 0, so every
     design lands above it: the header states the ratio reached and the floor, with a

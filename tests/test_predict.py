@@ -415,6 +415,26 @@ def test_prune_keeps_top_k_by_tile_quantisation():
         make_prune(h100, 0)
 
 
+def test_prune_reads_the_per_kernel_tiles_of_the_triton_spatial_configs():
+    """The fused and masked spatial variants nest one tile per kernel ({"conv1": {...}});
+    config_tiles read top-level keys only, so every config of theirs predicted the same
+    time and --prune-top kept the first ones in list order."""
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.prune import config_tiles, config_time
+
+    spec = model_specs("laud_resnet50", "spatial", "4-4-2-1", 2, dtype="float16")[-1][1]
+    h100 = get_hardware("h100")
+    for name in ("fused", "masked"):
+        v = get_variant(name)
+        cfgs = v.configs(spec)
+        assert len(cfgs) > 1
+        assert [config_tiles(c) for c in cfgs] == [
+            (c["conv1"]["block_m"], c["conv1"]["block_n"]) for c in cfgs]
+        assert len({config_time(spec, 0.2, v, c, h100) for c in cfgs}) > 1
+    assert config_tiles({"conv1": {"num_warps": 4}}) is None
+    assert config_tiles({"note": "x"}) is None
+
+
 def test_quantisation_tiles_each_distinct_gemm_once(monkeypatch):
     """Channel modes list every sample's GEMMs; equal ones are tiled once and counted by
     their number (a batch of 1000 tiled 3000 GEMMs per call: 15 s in ``design``), with the

@@ -23,7 +23,12 @@ COL_KEYS = ("block_n", "BLOCK_N")
 
 
 def config_tiles(config: dict) -> tuple[int, int] | None:
-    """(BM, BN) of a kernel config, or None when it names no output tile."""
+    """(BM, BN) of a kernel config, or None when it names no output tile. A config of
+    per-kernel tiles ({"conv1": {"block_m": ...}, "conv2": ...}: the Triton spatial
+    variants) gives its first kernel's (their space shares one tile over the kernels)."""
+    if not any(k in config for k in ROW_KEYS + COL_KEYS):
+        nested = [v for v in config.values() if isinstance(v, dict)]
+        return config_tiles(nested[0]) if nested else None
     bm = next((config[k] for k in ROW_KEYS if k in config), None)
     bn = next((config[k] for k in COL_KEYS if k in config), None)
     if bm is None or bn is None:

@@ -497,3 +497,16 @@ def test_hardware_spec_takes_a_numpy_int():
     import numpy as np
 
     assert dataclasses.replace(CPU_DEFAULT, compute_units=np.int64(4)).compute_units == 4
+
+
+@pytest.mark.parametrize("size", [224, 97, 320])
+def test_stem_head_bytes_read_the_last_stage_map(size):
+    """The head's pooling reads the last stage's map, 7x7 only at 224 (it was 7x7 at
+    every --input-size)."""
+    from laudtriton.predict.network import stem_head_cost, stem_hw
+
+    ho, wo = model_specs("laud_resnet50", "spatial", "4-4-2-1", 1, input_size=size)[-1][1].out_hw
+    s1, s2 = (size - 1) // 2 + 1, stem_hw(size)
+    want = 4 * (3 * size**2 + 2 * 64 * s1 * s1 + 64 * s2 * s2 + ho * wo * 2048
+                + 3 * 64 * 49 + 2048 * 1000)
+    assert stem_head_cost(size, 1)[1] == want

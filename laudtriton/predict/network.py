@@ -97,10 +97,13 @@ def stem_head_cost(input_size: int, batch: int, num_classes: int = 1000,
     and head (pool, fc) of a LAUD-ResNet."""
     s1 = (input_size - 1) // 2 + 1
     s2 = stem_hw(input_size)
+    s5 = s2
+    for _ in range(3):  # layer2-4 halve the map (stride 2, padding 1): 7x7 at 224
+        s5 = (s5 - 1) // 2 + 1
     el = 2 if dtype in ("float16", "bfloat16") else 4
     flops = batch * (3 * 64 * 49 * s1 * s1 + 2048 * num_classes)
-    byts = el * (batch * (3 * input_size**2 + 2 * 64 * s1 * s1 + 64 * s2 * s2 + 7 * 7 * 2048)
-                 + 3 * 64 * 49 + 2048 * num_classes)
+    byts = el * (batch * (3 * input_size**2 + 2 * 64 * s1 * s1 + 64 * s2 * s2
+                          + s5 * s5 * 2048) + 3 * 64 * 49 + 2048 * num_classes)
     return float(flops), float(byts), 5
 
 

@@ -295,3 +295,13 @@ def test_cli_predict_help_says_what_validate_takes(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "takes only --hardware, --cache-dir and --include-stale" in text
+
+
+def test_cli_validate_with_the_cache_disabled_says_so(capsys, monkeypatch):
+    """With LAUDTRITON_CACHE=0 nothing is read: the error said the cache file held no
+    current timings and pointed at --include-stale."""
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    assert main(["predict", "--validate"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("laudtriton predict: error: --validate reads the autotune cache, which "
+                   "LAUDTRITON_CACHE=0 disables\n")

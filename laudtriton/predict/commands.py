@@ -128,6 +128,9 @@ def run_validate(args, hw: HardwareSpec) -> int:
     if cache is None:
         raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
                          "'cpu' (or 'cuda', a calibrated local GPU) has them here")
+    if not cache.enabled:
+        raise ValueError("--validate reads the autotune cache, which LAUDTRITON_CACHE=0 "
+                         "disables")
     entries = cache.entries(include_stale=args.include_stale)
     if not entries:
         which = "" if args.include_stale else (

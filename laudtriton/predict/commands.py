@@ -222,7 +222,7 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "calibrate", help="measure GEMM peak, copy bandwidth and dispatch cost of this machine",
         description="Measure this machine (< 30 s) and store it beside the autotune cache; "
-                    "the 'cpu' hardware preset then uses it.")
+                    "--hardware cpu (with --device cuda: --hardware cuda) then uses it.")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--quick", action="store_true", help="< 5 s, noisier")

@@ -426,6 +426,17 @@ changes nothing here); to train, train the original model and compile it again.
             return h
         bad = nonfinite_samples(x)
         h = stem(self, h)  # from here on h is ours, a ReLU output
+        if any(hooked(blk) for blk in self.blocks):
+            # a hook on a block sees what the reference's block sees: its input intact and
+            # the samples in x's order (no reordering, no output written over the input),
+            # a sample with NaN or inf NaN in every block (the stem's fused ReLU gave 0)
+            if bad is not None:
+                h = mark_nan(h, bad)
+            for i, blk in enumerate(self.blocks):
+                h = blk(h, masks=None if masks is None else masks[i],
+                        check_masks=check_masks, check_finite=bad is not None)
+            out = self.fc(torch.flatten(self.avgpool(h), 1))
+            return out if bad is None else mark_nan(out, bad)
         order = SampleOrder(h.shape[0])
         for i, blk in enumerate(self.blocks):
             h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],

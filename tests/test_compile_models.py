@@ -1042,6 +1042,46 @@ def test_head_hooks_see_the_samples_in_the_callers_order(where):
     assert_close(seen["f"], want, name=f"{where}'s input")
 
 
+@pytest.mark.parametrize("mode", ["layer", "spatial"])
+def test_hooks_on_compiled_blocks_see_what_the_reference_blocks_see(mode):
+    """A hook registered on a compiled model's block saw the batch reordered (layer
+    blocks) and its input overwritten by the block's output (the in-place variants)."""
+    model, x = tiny(mode), torch.randn(8, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    blocks = [b for b in model.modules() if isinstance(b, LaudBottleneck)]
+    cm = compile_cpu(model, x, variants=["compact"] if mode == "layer" else None)
+    seen: dict[str, list] = {"ref": [], "cm": []}
+
+    def keep(key):
+        return lambda mod, args, out: seen[key].append((args[0].clone(), out.clone()))
+    hooks = [b.register_forward_hook(keep("ref")) for b in blocks[1:3]]
+    hooks += [b.register_forward_hook(keep("cm")) for b in cm.blocks[1:3]]
+    inputs = {}
+    hooks.append(cm.blocks[1].register_forward_pre_hook(
+        lambda mod, args: inputs.__setitem__("pre", args[0].clone())))
+    with torch.no_grad():
+        ref = model(x)
+        assert_close(cm(x), ref)
+    assert len(seen["cm"]) == len(seen["ref"]) == 2
+    for (ri, ro), (ci, co) in zip(seen["ref"], seen["cm"]):
+        assert_close(ci, ri, name="a block's input, after it ran")
+        assert_close(co, ro, name="a block's output")
+    assert_close(inputs["pre"], seen["ref"][0][0], name="the pre-hook's input")
+    if mode == "layer":
+        gates = torch.stack([b.last_masks.grid.flatten() for b in blocks])
+        assert bool(((gates > 0.5) != (gates[:, :1] > 0.5)).any())  # samples gated apart
+    bad = x.clone()
+    bad[3, 0, 0, 0] = float("nan")
+    with torch.no_grad():  # a sample with NaN: NaN, the others as the reference's
+        out = cm(bad)
+    assert bool(out[3].isnan().all()) and not bool(out[torch.arange(8) != 3].isnan().any())
+    assert bool(seen["cm"][-1][1][3].isnan().all())  # the hook sees it NaN too
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():  # without hooks: the fast path, the same logits
+        assert_close(cm(x), ref)
+
+
 def test_a_hook_on_a_conv_linear_masker_in_a_network_with_layer_blocks_is_refused():
     """That masker's copy runs as a module, but after a layer block the batch may be in
     another order, which the hook would see."""

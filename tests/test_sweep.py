@@ -293,6 +293,7 @@ def test_clustered_sweep_command_says_where_the_timings_are(tmp_path, capsys, mo
     (dict(rates="0.1:2:0.5"), "--rates"),
     (dict(shard=(3, 2)), "shard"),
     (dict(batch=0), "batch 0"),
+    (dict(batch=True), "batch True"),
     (dict(dtype="float8"), "dtype 'float8'"),
     (dict(variants="dense,warp_drive"), "unknown variant 'warp_drive'"),
     (dict(variants=" , "), "--variants is empty"),

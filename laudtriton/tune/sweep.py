@@ -323,7 +323,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     i_shard, n_shard = shard
     if not 1 <= i_shard <= n_shard:
         raise ValueError(f"shard {shard!r}: need (i, n) with 1 <= i <= n")
-    if not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch {batch!r} must be a positive int")
     if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
         raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")

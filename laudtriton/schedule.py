@@ -51,7 +51,8 @@ def rate_key(rate: float) -> float:
 
 def format_rate(rate: float) -> str:
     """A rate with 2 decimals, or 3 when it lies between hundredths (as masks realise it:
-    0.102 = 20/196, 0.125 = 1/8), so that distinct rates print apart."""
+    0.102 = 20/196, 0.125 = 1/8), so that the rates of one grid print apart (rates closer
+    than a thousandth, of grids over 1000 cells, may print alike)."""
     return f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.3f}"
 
 

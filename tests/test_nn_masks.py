@@ -464,6 +464,10 @@ def test_eval_is_deterministic(mode):
     (dict(dyn_mode="channel", channel_masker_layers=3), r"channel_masker_layers.*3"),
     (dict(granularity=8, feature_size=7), r"granularity 8.*7x7"),
     (dict(granularity=4, feature_size=(8, 3)), r"granularity 4.*8x3"),
+    (dict(granularity=2, feature_size=0), r"feature_size 0 must be a positive int"),
+    (dict(granularity=2, feature_size=8.0), r"feature_size 8.0 must be a positive int"),
+    (dict(granularity=2, feature_size=(8, 8, 8)), r"feature_size \(8, 8, 8\) must be"),
+    (dict(dyn_mode="channel", feature_size=(8, -1)), r"feature_size \(8, -1\) must be"),
 ])
 def test_block_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

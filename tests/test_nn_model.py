@@ -593,6 +593,8 @@ def test_model_accepts_other_input_sizes():
     (dict(granularity=0), r"granularity 0 is not valid"),
     (dict(granularity="4-4-0-1"), r"granularity '4-4-0-1' is not valid"),
     (dict(granularity=-2), r"granularity -2 is not valid"),
+    (dict(granularity=float("inf")), r"granularity inf is not valid"),
+    (dict(mode="channel", channel_granularity=float("inf")), r"channel_granularity inf is"),
     (dict(granularity="4-4-x-1"), r"granularity '4-4-x-1' is not valid"),
     (dict(granularity="4-4-4-4"), r"layer4.*granularity 4 is larger than its feature map 2x2"),
     (dict(granularity=32), r"layer1.*granularity 32 is larger than its feature map 16x16"),

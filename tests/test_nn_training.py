@@ -193,9 +193,12 @@ def test_sparsity_loss_value_by_hand(epoch, want):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(target=0.0, num_epochs=10), r"target must be in \(0, 1\], got 0.0"),
-    (dict(target=1.5, num_epochs=10), r"target must be in \(0, 1\], got 1.5"),
-    (dict(target=0.5, num_epochs=0), r"num_epochs must be positive, got 0"),
+    (dict(target=0.0, num_epochs=10), r"target must be a number in \(0, 1\], got 0.0"),
+    (dict(target=1.5, num_epochs=10), r"target must be a number in \(0, 1\], got 1.5"),
+    (dict(target="0.5", num_epochs=10), r"target must be a number in \(0, 1\], got '0.5'"),
+    (dict(target=0.5, num_epochs=0), r"num_epochs must be a positive number, got 0"),
+    (dict(target=0.5, num_epochs="10"), r"num_epochs must be a positive number, got '10'"),
+    (dict(target=0.5, num_epochs=True), r"num_epochs must be a positive number, got True"),
 ])
 def test_sparsity_loss_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -4,6 +4,7 @@ schedule, and knowledge distillation."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,13 @@ class SparsityLoss(nn.Module):
 
     def __init__(self, target: float, num_epochs: int):
         super().__init__()
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target must be in (0, 1], got {target}")
-        if not (math.isfinite(num_epochs) and num_epochs > 0):
-            raise ValueError(f"num_epochs must be positive, got {num_epochs}")
+        def real(x) -> bool:
+            return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+        if not (real(target) and 0.0 < target <= 1.0):
+            raise ValueError(f"target must be a number in (0, 1], got {target!r}")
+        if not (real(num_epochs) and math.isfinite(num_epochs) and num_epochs > 0):
+            raise ValueError(f"num_epochs must be a positive number, got {num_epochs!r}")
         self.target = float(target)
         self.num_epochs = num_epochs
 

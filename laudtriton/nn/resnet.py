@@ -61,7 +61,7 @@ def _per_stage(value, name: str, cast, accepted: str) -> list:
     for i, v in enumerate(items):
         try:
             out.append(cast(v))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             where = "" if len(set(map(str, items))) == 1 else f" (stage {i + 1}: {v!r})"
             raise ValueError(f"{name} {value!r} is not valid{where}; "
                              f"accepted: {accepted}") from None

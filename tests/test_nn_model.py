@@ -719,3 +719,7 @@ def test_model_bad_input():
     with pytest.raises(ValueError, match=too_small):
         model(torch.randn(1, 3, 16, 16))
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)  # maps 8/4/2/1: just fits
+    # another error of a block is its own, not "too small" (here BatchNorm's: training
+    # on one value per channel, layer4's 1x1 map at batch 1)
+    with pytest.raises(ValueError, match="^Expected more than 1 value per channel"):
+        model.train()(torch.randn(1, 3, 32, 32))

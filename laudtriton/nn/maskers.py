@@ -21,6 +21,10 @@ def _hard_decision(logits: torch.Tensor, training: bool, temperature: float) -> 
     return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
 
 
+class MapTooSmall(ValueError):
+    """A feature map smaller than the block's granularity S (``mask_grid_size``)."""
+
+
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
@@ -31,7 +35,7 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     if granularity <= 0:
         raise ValueError(f"granularity must be a positive int, got {granularity}")
     if granularity > ho or granularity > wo:
-        raise ValueError(
+        raise MapTooSmall(
             f"granularity {granularity} is larger than its feature map {ho}x{wo}; "
             "use a smaller S or a larger input"
         )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck, without_records
+from .maskers import MapTooSmall
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -255,7 +256,7 @@ class LaudResNet(nn.Module):
         for name, block in blocks:
             try:
                 h = block(h)
-            except ValueError as e:
+            except MapTooSmall as e:  # other errors are the block's own, unchanged
                 raise ValueError(f"input of size {in_hw[0]}x{in_hw[1]} is too small: "
                                  f"{name}: {e}") from None
         logits = self.head(h)

@@ -327,11 +327,12 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
 
 
 def format_rows(rows: list[BenchRow]) -> str:
-    head = (f"{'rate':>5} {'block':<10} {'spec':<34} {'variant':<10} {'dense ms':>9} "
+    w = max([34, *(len(r.spec) for r in rows)])  # the whole spec, as the CSV has it
+    head = (f"{'rate':>5} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
             f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.rate:>5.2f} {r.block:<10} {r.spec[:34]:<34} {r.variant:<10} "
+        lines.append(f"{r.rate:>5.2f} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
                      f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
                      f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}"
                      + (f"  runs {', '.join(f'{v:.3f}' for v in r.runs)}"
@@ -427,11 +428,14 @@ def process_summary(rows: list[BenchRow]) -> str:
     lines = [f"whole model over {len(procs)} processes: the median of every run's ratio "
              "(range, runs), then each process's median run",
              f"{'rate':>5} {'row':<34} {'median (range, runs)':<26} per process"]
-    for (rate, _), rs in groups.items():
+    for (rate, prefix), rs in groups.items():
         rs = sorted(rs, key=lambda r: r.process)
         every = [v for r in rs for v in (r.runs or (r.ratio,))]
         mid = (f"{sorted(every)[len(every) // 2]:.3f} ({min(every):.3f}-{max(every):.3f}, "
                f"{len(every)})")
-        lines.append(f"{rate:>5.2f} {rs[0].spec[:34]:<34} {mid:<26} "
+        labels = list(dict.fromkeys(r.spec for r in rs))  # the dense forms the processes
+        label = labels[0] if len(labels) == 1 else (  # timed against, each named
+            prefix + "=" + "/".join(lb.split("=", 1)[1] for lb in labels))
+        lines.append(f"{rate:>5.2f} {label:<34} {mid:<26} "
                      + " ".join(f"{r.ratio:.3f}" for r in rs))
     return "\n".join(lines)

@@ -59,7 +59,9 @@ def cmd_env(args) -> int:
     try:
         from .tune.cache import TuneCache
 
-        cache = str(TuneCache(device="cpu").path.parent)
+        tc = TuneCache(device="cpu")
+        cache = str(tc.dir) if tc.enabled else (
+            f"disabled by LAUDTRITON_CACHE=0 (else {tc.dir})")
     except Exception as e:  # the cache module reports its own problems
         cache = f"unavailable ({e})"
     dev = (f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()

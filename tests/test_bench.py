@@ -81,6 +81,8 @@ def test_bench_table_and_csv(rows, tmp_path):
     runs = [float(v) for v in back[-1]["runs"].split(";")]
     assert runs == list(rows[-1].runs)  # every digit: the --processes summary reads them
     assert "runs" in table[-1] and back[0]["runs"] == ""
+    long = replace(rows[0], spec="2048->512->2048 7x7/s1 both S=1 G=256 b1")
+    assert " 2048->512->2048 7x7/s1 both S=1 G=256 b1 " in format_rows([long, *rows])
 
 
 def test_csv_reads_back(rows, tmp_path):
@@ -163,7 +165,9 @@ def test_process_summary_pools_every_run(rows):
     assert "over 2 processes" in lines[0] and len(lines) == 2 + len(model)
     first = lines[2].split()  # dense=<format> rows of both processes pooled
     every = sorted(model[0].runs + tuple(v * 2 for v in model[0].runs))
-    assert first[:2] == ["0.50", "dense=channels_last"]
+    assert first[:2] == ["0.50", "dense=channels_last/nchw"]  # each process's form (it
+    # said channels_last alone, the first process's, of runs against nchw too)
+    assert lines[3].split()[1:4] == ["masks", "given,", "no"]  # other rows as they are
     assert len(every) == 6  # even: the upper middle run, as one process reports (it was
     assert float(first[2]) == pytest.approx(every[3], abs=1e-3)  # the mean of the two)
     assert first[3] == f"({every[0]:.3f}-{every[-1]:.3f}," and first[4] == "6)"

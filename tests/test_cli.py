@@ -194,6 +194,16 @@ def test_env_reports_this_process(capsys):
     assert {"python", "triton", "cache dir", "allocator"} <= set(rows)
 
 
+def test_env_says_when_the_cache_is_disabled(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
+    assert main(["env"]) == 0
+    assert f"cache dir   {tmp_path}\n" in capsys.readouterr().out
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    assert main(["env"]) == 0
+    assert (f"cache dir   disabled by LAUDTRITON_CACHE=0 (else {tmp_path})\n"
+            in capsys.readouterr().out)
+
+
 def test_demo_runs_end_to_end(capsys):
     """The README's main job, with fewer timed runs: every step, logits equal, timings."""
     assert main(["demo", "--reps", "2"]) == 0

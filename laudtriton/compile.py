@@ -223,6 +223,39 @@ def _check_hooks(net: nn.Module, prefix: str = "") -> None:
             "around the LAUD network")
 
 
+def check_block_places(model: nn.Module) -> None:
+    """Raise unless every LAUD block of a LaudResNet in ``model`` sits in one place of
+    it, and no LAUD block inside another: compile finds blocks by place (each place
+    becomes a compiled block), and ``LaudResNet.blocks()``, which the reference's forward
+    runs, lists a shared block once and a nested one beside its parent, so the two would
+    run other blocks. (A whole LaudResNet in two places of a module is compiled per place.)
+
+    Raises:
+        ValueError: naming both places of a shared block, or the nested block.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, LaudBottleneck):
+            inner = next((n for n, c in m.named_modules()
+                          if n and isinstance(c, LaudBottleneck)), None)
+            if inner is not None:
+                where = f"{name}.{inner}" if name else inner
+                raise ValueError(f"compile: {where} is a LaudBottleneck inside the "
+                                 f"LaudBottleneck {name or '(the model)'}, which compile "
+                                 "does not support: put it beside the block")
+        if not isinstance(m, LaudResNet):  # a whole network may be shared, not a block
+            continue
+        places: dict[int, str] = {}
+        for bname, b in m.named_modules(remove_duplicate=False):
+            if isinstance(b, LaudBottleneck):
+                if id(b) in places:
+                    net = f"{name}." if name else ""
+                    raise ValueError(f"compile: {net}{places[id(b)]} and {net}{bname} are "
+                                     "one LaudBottleneck (a block shared between two "
+                                     "places), which compile does not support: give each "
+                                     "place its own block (copy.deepcopy)")
+                places[id(b)] = bname
+
+
 def _block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
     """Run the reference model in eval: ``_inputs`` of every LAUD block outside what
     compile built (the blocks of a LaudResNet a user's forward calls one by one
@@ -551,6 +584,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     if isinstance(model, LaudResNet):
         check_resnet(model)
     if nested is None:  # every LAUD network in the module, before any forward runs
+        check_block_places(model)
         nets = ([("", model)] if isinstance(model, (LaudResNet, LaudBottleneck))
                 else _outermost(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:

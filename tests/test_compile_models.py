@@ -1082,6 +1082,34 @@ def test_hooks_on_compiled_blocks_see_what_the_reference_blocks_see(mode):
         assert_close(cm(x), ref)
 
 
+def test_a_block_shared_between_two_places_or_inside_another_is_refused():
+    """LaudResNet.blocks(), which the reference's forward runs, lists a shared block once
+    and a nested one beside its parent; compile found blocks by place, so the compiled
+    model ran other blocks than the reference (relative error 0.66 and 0.54)."""
+    model = tiny()
+    model.layer3 = nn.Sequential(model.layer2[0], *model.layer3)
+    with pytest.raises(ValueError, match=r"^compile: layer2.0 and layer3.0 are one "
+                                         r"LaudBottleneck \(a block shared"):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
+    model = tiny()
+    model.layer2[0].extra = make_block(model.layer2[0].out_channels, 4, granularity=1)
+    with pytest.raises(ValueError, match=r"^compile: layer2.0.extra is a LaudBottleneck "
+                                         r"inside the LaudBottleneck layer2.0"):
+        compile_cpu(model, torch.randn(1, 3, 32, 32))
+    net, x = tiny("layer"), torch.randn(3, 3, 32, 32)
+
+    class Twice(nn.Module):  # one whole network in two places: compiled per place
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = net, net
+
+        def forward(self, x):
+            return self.a(x) - 2 * self.b(x)
+    twice = Twice().eval()
+    with torch.no_grad():
+        assert_close(compile_cpu(twice, x)(x), twice(x))
+
+
 def test_a_hook_on_a_conv_linear_masker_in_a_network_with_layer_blocks_is_refused():
     """That masker's copy runs as a module, but after a layer block the batch may be in
     another order, which the hook would see."""

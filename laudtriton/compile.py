@@ -475,7 +475,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             (``tune.keys.check_dir``); a LaudResNet subclass that overrides forward, stem or head,
             or a stem the compiled model cannot run (``compiled.check_resnet``); a block whose
             modules the fold cannot express or whose maskers the compiled gates cannot read
-            (``check_foldable``); a model compiled already (a CompiledModel, and no LAUD block); a
+            (``check_foldable``); a LAUD block in two places of a LaudResNet or inside another
+            block (``check_block_places``); a model compiled already (a CompiledModel, and no
+            LAUD block); a
             forward hook or pre-hook inside a LAUD network that the compiled model would not call,
             or one on its stem's pooling, or on a ``conv_linear`` channel masker in a network with
             layer-skipping blocks (``_check_hooks``); an example input holding NaN or inf;

@@ -429,8 +429,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
 
     Also a decorator: ``@laudtriton.compile`` or ``@laudtriton.compile(backend="cpu")`` on
     a model class or factory function compiles each model it returns. On a class the
-    decorated name becomes a factory function (``isinstance`` against it and subclassing
-    it no longer work): decorate a factory function to keep the class.
+    decorated name becomes a factory function (``isinstance`` against it, subclassing it,
+    ``super(Name, self)`` in its body and pickling the models it builds no longer work):
+    decorate a factory function to keep the class.
 
     The compiled model is a snapshot: its convolutions hold the weights folded at compile
     time and its maskers the weights read then, so later changes to the model you
@@ -682,6 +683,10 @@ def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
 
 def _decorator(target, example_input, **options):
     def wrap(factory):
+        if isinstance(factory, nn.Module):  # a model, not something that builds one
+            raise ValueError(f"compile: as a decorator it takes a model class or factory "
+                             f"function, got a {type(factory).__name__} instance; compile "
+                             "a model with compile(model, example_input, ...)")
         if isinstance(factory, type):
             @functools.wraps(factory, updated=())
             def make(*args, **kwargs):

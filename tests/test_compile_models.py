@@ -637,6 +637,12 @@ def test_decorator_options_are_checked_at_once():
     with pytest.raises(ValueError, match="decorated 'not_a_model' returned function, not an "
                                          "nn.Module"):
         not_a_model()
+    # a model instance given to the decorator form: refused at once (it became a function
+    # that ran the model and then said it returned a Tensor)
+    with pytest.raises(ValueError, match="^compile: as a decorator it takes a model class "
+                                         "or factory function, got a LaudResNet instance"):
+        laudtriton.compile(example_input=torch.randn(1, 3, 32, 32), backend="cpu",
+                           tune="off")(tiny())
 
 
 # -- what the example forward and the user's module hold ---------------------------------

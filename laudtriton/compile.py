@@ -482,7 +482,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             forward hook or pre-hook inside a LAUD network that the compiled model would not call,
             or one on its stem's pooling, or on a ``conv_linear`` channel masker in a network with
             layer-skipping blocks (``_check_hooks``); an example input holding NaN or inf;
-            ``variants`` of which no block of the model runs any; a LaudResNet that the user's
+            an example input that is not a real floating-point tensor with data (complex,
+            integer, meta); ``variants`` of which no block of the model runs any; a
+            LaudResNet that the user's
             forward calls on inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one
             naming a file (with cache_dir None and tune not "off").
         RuntimeError: when every candidate variant fails on a block's example input.
@@ -575,6 +577,12 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                                     generator=torch.Generator().manual_seed(0))
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
+    if not example_input.is_floating_point() or example_input.device.type == "meta":
+        # cast to the compiled dtype it would lose its meaning (a complex one its
+        # imaginary part), and the compiled model refuses such inputs anyway
+        raise ValueError(f"example_input is {example_input.dtype} on "
+                         f"{example_input.device.type}; give a real floating-point tensor "
+                         "with data (it is cast to the compiled dtype)")
     if example_input.shape[0] < 1:
         raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
                          "needs at least one sample")

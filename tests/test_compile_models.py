@@ -810,6 +810,19 @@ def test_a_non_finite_example_input_is_refused():
         compile_cpu(tiny(), x)
 
 
+@pytest.mark.parametrize("x", [torch.randn(1, 3, 32, 32, dtype=torch.complex64),
+                               torch.randint(0, 255, (1, 3, 32, 32)),
+                               torch.empty(1, 3, 32, 32, device="meta")],
+                         ids=["complex", "int", "meta"])
+def test_an_example_input_that_is_no_real_float_tensor_with_data_is_refused(x):
+    """A complex example was cast to float (its imaginary part dropped, with only torch's
+    warning), an integer one too (the compiled model then refuses such inputs), and a
+    meta tensor failed deep inside with a RuntimeError."""
+    with pytest.raises(ValueError, match=f"^example_input is {x.dtype} on {x.device.type}; "
+                                         "give a real floating-point tensor with data"):
+        compile_cpu(tiny(), x)
+
+
 def test_variants_no_block_runs_are_refused():
     """Each block falls back to dense where none of the listed variants runs it; when no
     block runs any of them, the request itself is wrong (it compiled all-dense)."""

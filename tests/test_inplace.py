@@ -102,3 +102,28 @@ def test_time_variants_restores_the_input_of_in_place_calls():
     assert len(seen) == 5  # one untimed first call, 1 warm-up, 3 timed
     for s in seen:
         assert torch.equal(s, torch.relu(x))
+
+
+@pytest.mark.parametrize("mode", ["spatial", "both", "channel", "layer"])
+def test_a_block_folded_under_inference_mode_runs_every_variant(mode):
+    """``ops.fold_block`` under ``torch.inference_mode()`` made the folded weights
+    inference tensors, whose version counters the weight caches read: every variant but
+    channel dense raised RuntimeError."""
+    from laudtriton.ops import fold_block as public_fold
+
+    block = make_block(32, 8, 1, mode, 2 if mode in ("spatial", "both") else 1,
+                       **({"channel_granularity": 2} if mode in ("channel", "both") else {}))
+    x = torch.randn(3, 32, 8, 8).contiguous(memory_format=CL)
+    calibrate_block(block, x, 0.5)
+    with torch.no_grad():
+        ref = block.eval()(x)
+        masks = block.last_masks
+    spec = BlockSpec.from_block(block, x.shape)
+    ran = []
+    with torch.inference_mode():
+        fb = public_fold(block)
+        for v in all_variants():
+            if mode in v.modes and "cpu" in v.backends and v.supports(spec):
+                assert_close(v.run(fb, x, masks, {}), ref, name=v.name)
+                ran.append(v.name)
+    assert "dense" in ran and len(ran) > 1

@@ -28,7 +28,7 @@ from ..nn.resnet import (
     laud_resnet101,
     parse_modes,
 )
-from ..ops.fold import fold_block
+from ..ops import fold_block
 from ..ops.masks import dispatch_rate
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec

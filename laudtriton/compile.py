@@ -469,24 +469,24 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         (a CompiledModel) is refused.
 
     Raises:
-        ValueError: on a model that is not an nn.Module, an unknown backend, tune or dispatch mode,
-            an unknown, empty or non-string ``variants``, a missing example input, an example input
-            without a sample, or one the model rejects; a dtype that is not a floating-point torch
-            dtype; a cache_dir that is not a path, is empty, or names a file or lies inside one
-            (``tune.keys.check_dir``); a LaudResNet subclass that overrides forward, stem or head,
-            or a stem the compiled model cannot run (``compiled.check_resnet``); a block whose
-            modules the fold cannot express or whose maskers the compiled gates cannot read
-            (``check_foldable``); a LAUD block in two places of a LaudResNet or inside another
-            block (``check_block_places``); a model compiled already (a CompiledModel, and no
-            LAUD block); a
-            forward hook or pre-hook inside a LAUD network that the compiled model would not call,
-            or one on its stem's pooling, or on a ``conv_linear`` channel masker in a network with
-            layer-skipping blocks (``_check_hooks``); an example input holding NaN or inf;
-            an example input that is not a real floating-point tensor with data (complex,
-            integer, meta); ``variants`` of which no block of the model runs any; a
-            LaudResNet that the user's
-            forward calls on inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one
-            naming a file (with cache_dir None and tune not "off").
+        ValueError: on a model that is not an nn.Module, an unknown backend, tune or
+            dispatch mode, an unknown, empty or non-string ``variants``, a missing example
+            input, an example input without a sample, or one the model rejects; a dtype
+            that is not a floating-point torch dtype; a cache_dir that is not a path, is
+            empty, or names a file or lies inside one (``tune.keys.check_dir``); a
+            LaudResNet subclass that overrides forward, stem or head, or a stem the
+            compiled model cannot run (``compiled.check_resnet``); a block whose modules
+            the fold cannot express or whose maskers the compiled gates cannot read
+            (``check_foldable``); a LAUD block in two places of a LaudResNet or inside
+            another block (``check_block_places``); a model compiled already (a
+            CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
+            network that the compiled model would not call, or one on its stem's pooling,
+            or on a ``conv_linear`` channel masker in a network with layer-skipping blocks
+            (``_check_hooks``); an example input holding NaN or inf, or that is not a real
+            floating-point tensor with data (complex, integer, meta); ``variants`` of which
+            no block of the model runs any; a LaudResNet that the user's forward calls on
+            inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one naming
+            a file (with cache_dir None and tune not "off").
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,

@@ -306,13 +306,13 @@ def run_design(args) -> int:
     if reached > args.target_rate * (1 + 1e-4):
         floor = _flops_floor(args)
         # each block is aimed at the target on its own (no block makes up for another)
-        why = ("out of reach" if args.target_rate < floor else
-               "not reached (each block is aimed at it on its own)")
-        print(f"laudtriton design: warning: --target-rate {at} is {why}: each block "
+        short, why = (("out of reach", "") if args.target_rate < floor else
+                      ("not reached", " (each block is aimed at it on its own)"))
+        print(f"laudtriton design: warning: --target-rate {at} is {short}{why}: each block "
               f"whose dense downsample alone is above it runs at rate 0, so the designs are "
               f"at FLOPs ratio {reached:.3f} (the floor, every block at rate 0: {floor:.3f})",
               file=sys.stderr)
-        at = f"{reached:.3f} (--target-rate {at} {why.split(' (')[0]}; floor {floor:.3f})"
+        at = f"{reached:.3f} (--target-rate {at} {short}; floor {floor:.3f})"
     print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio {at}")
     dense = designs[0].dense_seconds
     print(f"\n{'#':>3}  {'modes':<32}{'S':<10}{'ms':>10}{'x dense':>9}{'FLOPs':>7}")

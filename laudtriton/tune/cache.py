@@ -387,15 +387,18 @@ class TuneCache:
     def lookup(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict[str, float]] | None:
         """{variant: {config_key: seconds}} recorded for ``spec`` at ``rate_bucket`` with
         the current versions and kernel sources; None when there is none."""
-        want = spec.key()
-        bucket = round(float(rate_bucket), 6)
         out: dict[str, dict[str, float]] = {}
-        for e in self._all().values():
-            if (round(float(e["rate_bucket"]), 6) == bucket
-                    and BlockSpec.from_dict(e["spec"]).key() == want and self._is_current(e)):
-                out.setdefault(e["variant"], {}).update(
-                    {c: float(t) for c, t in e["timings"].items()})
+        for e in self._current(spec, rate_bucket).values():
+            out.setdefault(e["variant"], {}).update(
+                {c: float(t) for c, t in e["timings"].items()})
         return out or None
+
+    def _current(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict]:
+        """{key: entry} of the current entries of ``spec`` at ``rate_bucket``."""
+        want, bucket = spec.key(), round(float(rate_bucket), 6)
+        return {k: e for k, e in self._all().items()
+                if round(float(e["rate_bucket"]), 6) == bucket
+                and BlockSpec.from_dict(e["spec"]).key() == want and self._is_current(e)}
 
     def entries(self, include_stale: bool = False) -> list[CacheEntry]:
         """Every timing valid for the current versions (and, with ``include_stale``, the
@@ -467,19 +470,16 @@ class TuneCache:
             ValueError: if those two fields are malformed (``record``'s rule).
         """
         names = {k: meta[k] for k in ("models", "asked_rates") if k in meta}
-        want, bucket = spec.key(), round(float(rate_bucket), 6)
-        if not _valid_entry({"spec": spec.to_dict(), "rate_bucket": bucket, "variant": "",
-                             "timings": {}, "meta": names}):
+        if not _valid_entry({"spec": spec.to_dict(), "rate_bucket": round(float(rate_bucket), 6),
+                             "variant": "", "timings": {}, "meta": names}):
             raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "
                              "('models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1])")
         new = {}
-        for k, e in self._all().items():
-            if (round(float(e["rate_bucket"]), 6) == bucket and self._is_current(e)
-                    and BlockSpec.from_dict(e["spec"]).key() == want):
-                merged = _merge_meta(e.get("meta") or {}, names)
-                if merged != (e.get("meta") or {}):
-                    new[k] = {**e, "meta": merged}
+        for k, e in self._current(spec, rate_bucket).items():
+            merged = _merge_meta(e.get("meta") or {}, names)
+            if merged != (e.get("meta") or {}):
+                new[k] = {**e, "meta": merged}
         if not new:
             return False
         _merge_into(self._memory, new)

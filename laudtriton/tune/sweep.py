@@ -407,6 +407,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             result.merged += len(asked) - 1
             fr = ideal_flops_ratio(spec, masks)
             to_cache = chan is None or cached_chan[(spec, rate)] == chan
+            names = {"models": {model_name: [n for n, _ in members]}, "asked_rates": asked}
             known = (cache.lookup(spec, rate) or {}) if to_cache else {}
             todo: dict[str, list[dict]] = {}
             cands = {v.name: v for v in variants_for(spec, backend)
@@ -427,8 +428,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                     reps_of[spec] = reps or _estimate_reps(cands, fb, x, masks, dev)
                 timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
-                meta = {"models": {model_name: [n for n, _ in members]}, "flops_ratio": fr,
-                        "asked_rates": asked, "clustered": clustered,
+                meta = {**names, "flops_ratio": fr, "clustered": clustered,
                         "input_size": input_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 if to_cache:
                     cache.record(spec, rate, timings, meta)
@@ -438,8 +438,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             else:
                 result.cached += 1
             if to_cache:  # the variants found cached: this model's blocks and rates too
-                cache.annotate(spec, rate, {"models": {model_name: [n for n, _ in members]},
-                                            "asked_rates": asked})
+                cache.annotate(spec, rate, names)
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
                                          cache.device, clustered, a, to_cache))

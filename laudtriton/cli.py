@@ -26,17 +26,6 @@ EXTERNAL = {
 }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _allocator() -> str:
     from .runtime import glibc_version
 
@@ -64,10 +53,12 @@ def cmd_env(args) -> int:
             f"disabled by LAUDTRITON_CACHE=0 (else {tc.dir})")
     except Exception as e:  # the cache module reports its own problems
         cache = f"unavailable ({e})"
-    dev = (f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-           else f"cpu: {_cpu_model()}")
+    from .tune.keys import device_fingerprint
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     rows = [("python", platform.python_version()), ("torch", torch.__version__),
-            ("triton", triton_v), ("laudtriton", __version__), ("device", dev),
+            ("triton", triton_v), ("laudtriton", __version__),
+            ("device", f"{dev}: {device_fingerprint(dev)} (names its cache file)"),
             ("threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
             ("cache dir", cache), ("allocator", _allocator())]
     for k, v in rows:

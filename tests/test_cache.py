@@ -77,11 +77,24 @@ def test_rate_bucket_rejects(rate, step):
         rate_bucket(rate, step)
 
 
-def test_device_fingerprint():
+def test_device_fingerprint(monkeypatch, tmp_path):
+    import torch
+
+    from laudtriton.tune import keys
+
     fp = device_fingerprint("cpu")
-    assert fp.endswith(f"{__import__('torch').get_num_threads()}t") and len(fp) > 3
+    assert fp == f"{keys.cpu_model()} {keys.cpu_isa()} {torch.get_num_threads()}t"
     with pytest.raises(ValueError, match="device 'meta'"):
         device_fingerprint("meta")
+    # one model name (a VM's generic brand) with and without AVX-512: two machine kinds
+    isa = "avx2" if keys.cpu_isa() != "avx2" else "avx512"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa.upper())
+    assert device_fingerprint("cpu") != fp and f" {isa} " in device_fingerprint("cpu")
+    other = TuneCache(tmp_path)
+    other.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert other.lookup(SPEC, 0.5) is not None
+    monkeypatch.undo()
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None  # the other ISA's timings
 
 
 def _writer(path: str, worker: int, n: int) -> None:
@@ -111,18 +124,152 @@ def test_two_processes_lose_no_entry(tmp_path):
                                      b"\xff\xfe{not utf-8",
                                      pytest.param("[" * 100000 + "]" * 100000,
                                                   id="nested-too-deep")])
-def test_corrupt_file_warns_and_is_rebuilt(tmp_path, caplog, content):
+def test_corrupt_file_warns_and_is_moved_aside(tmp_path, caplog, content):
+    """A corrupt file is ignored, and the next write moves it aside (its bytes kept)
+    before writing a new one: it wrote over it before, losing every timing a git
+    conflict line or a truncated write had left readable by hand."""
     c = TuneCache(tmp_path)
     c.dir.mkdir(parents=True, exist_ok=True)
-    c.path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    raw = content if isinstance(content, bytes) else content.encode()
+    c.path.write_bytes(raw)
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
-    assert "corrupt" in caplog.text and str(c.path) in caplog.text
-    assert "rebuilt on the next write" in caplog.text
-    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+        assert "corrupt" in caplog.text and str(c.path) in caplog.text
+        assert "the next write moves it aside" in caplog.text
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    aside = list(tmp_path.glob(c.path.name + ".unusable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == raw
+    assert f"moved it to {aside[0].name}" in caplog.text
     data = json.loads(c.path.read_text())
     assert data["schema"] == SCHEMA_VERSION and len(data["entries"]) == 1
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
+def test_other_schema_file_is_moved_aside_not_written_over(tmp_path):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    other = json.dumps({**json.loads(c.path.read_text()), "schema": SCHEMA_VERSION + 1})
+    c.path.write_text(other)
+    TuneCache(tmp_path).record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    (aside,) = tmp_path.glob(c.path.name + ".unusable-*")
+    assert aside.read_text() == other
+    assert TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+def test_entries_no_reader_can_use_survive_a_write(tmp_path, caplog):
+    """An entry this version cannot parse (e.g. written by a newer laudtriton whose spec
+    has another field) is hidden, and kept as it is when the file is rewritten; a record
+    of the same key replaces it. Before, the next write dropped it."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    (key, entry), = data["entries"].items()
+    odd = {**entry, "spec": {**entry["spec"], "a_field_of_a_later_version": 1}}
+    data["entries"]["later-version-key"] = odd
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert len(TuneCache(tmp_path).entries()) == 1
+    assert "1 malformed entries ignored" in caplog.text
+    TuneCache(tmp_path).record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    after = json.loads(c.path.read_text())["entries"]
+    assert after["later-version-key"] == odd and len(after) == 3
+    after[key] = {"spec": "broken"}  # a key of ours held by an unusable entry
+    c.path.write_text(json.dumps({**data, "entries": after}))
+    TuneCache(tmp_path).record(SPEC, 0.5, {"dense": {"{}": 3e-3}})
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 3e-3}}
+
+
+def test_record_refuses_meta_json_cannot_hold_and_stays_usable(tmp_path):
+    """A meta value JSON cannot encode is a ValueError naming it, before anything is
+    kept: it was a TypeError from the write, after the entry had entered memory, and
+    every later record of that cache raised it again and saved nothing."""
+    from pathlib import Path
+
+    c = TuneCache(tmp_path)
+    with pytest.raises(ValueError, match="meta .* cannot be written as JSON"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"where": Path("/x")})
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}}, meta={"input_size": 224})
+    assert c.saved and TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+
+
+def test_annotate_never_writes_back_timings_it_read(tmp_path):
+    """annotate adds names to the entry on disk at its write, not the whole entry as it
+    read it: another process's newer timing of that entry in between is kept."""
+    a = TuneCache(tmp_path)
+    a.record(SPEC, 0.5, {"dense": {"{}": 9e-3}})
+    saved = a._save
+    a._save = lambda: None  # A's write comes late
+    assert a.annotate(SPEC, 0.5, {"models": {"m": ["layer1.0"]}, "asked_rates": [0.5]})
+    assert not a.saved and a.entries()[0].meta["models"] == {"m": ["layer1.0"]}
+    TuneCache(tmp_path).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})  # B re-times it
+    a._save = saved
+    a._save()
+    assert a.saved
+    (e,) = TuneCache(tmp_path).entries()
+    assert e.seconds == 1e-3 and e.meta["models"] == {"m": ["layer1.0"]}
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("false", False), (" OFF ", False),
+                                       ("no", False), ("1", True), ("", True), ("yes", True),
+                                       ("True", True)])
+def test_laudtriton_cache_env_spellings(monkeypatch, tmp_path, value, on):
+    monkeypatch.setenv("LAUDTRITON_CACHE", value)
+    assert TuneCache(tmp_path).enabled is on
+
+
+def test_laudtriton_cache_env_unknown_value_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAUDTRITON_CACHE", "disabled")
+    with pytest.raises(ValueError, match="LAUDTRITON_CACHE='disabled': accepted 0"):
+        TuneCache(tmp_path)
+
+
+def test_lock_timeout_is_reported_as_such(tmp_path, caplog, monkeypatch):
+    """Another process holding the lock past LOCK_TIMEOUT: the records stay in memory and
+    the warning says so (it said the directory was not writable), and a later record
+    writes them."""
+    c = TuneCache(tmp_path)
+
+    class Held:
+        def __enter__(self):
+            raise TimeoutError("held")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(c, "_lock", Held)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert "another process held its lock" in caplog.text and "not writable" not in caplog.text
+    assert not c.saved and "held the lock" in c.unsaved_why
+    monkeypatch.undo()
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert c.saved and TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
+def test_clear_that_cannot_delete_is_a_value_error(tmp_path, monkeypatch):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(cache_mod, "_file_lock", refuse)
+    with pytest.raises(ValueError, match="cannot clear the autotune cache in .*nothing deleted"):
+        c.clear()
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) is not None
+
+
+def test_write_json_atomic_keeps_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        cache_mod.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        assert os.umask(0o027) == 0o027  # unchanged by the write
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
 def test_foreign_schema_and_device_are_ignored(tmp_path, caplog):

@@ -14,7 +14,10 @@ File layout::
 An entry's key holds the laudtriton/torch/triton versions, the hash of the variant's
 source (see :func:`keys.source_hash`), the BlockSpec (with S, dtype, batch),
 the rate bucket and the variant. Entries of other versions stay in the file but are
-hidden from :meth:`TuneCache.lookup`. Writes: temp file + ``os.replace`` under a file lock.
+hidden from :meth:`TuneCache.lookup`; so do entries this version cannot parse (kept as they
+are when the file is rewritten). Writes: temp file + ``os.replace`` under a file lock. A
+file that is not a cache of this schema (corrupt, or another schema) is moved aside to
+``<name>.unusable-<time>`` by the next write, never written over.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +42,7 @@ from .keys import check_dir, current_versions, default_cache_dir, device_fingerp
 log = logging.getLogger("laudtriton")
 
 SCHEMA_VERSION = 1
+LOCK_TIMEOUT = 120  # seconds a writer waits for another process's lock
 
 
 def _slug(text: str) -> str:
@@ -66,7 +71,7 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
     except ImportError:
         filelock = None
     if filelock is not None:
-        with filelock.FileLock(str(lock_path), timeout=120):
+        with filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT):
             yield
         return
     import fcntl
@@ -96,32 +101,45 @@ def _cache_json(raw: bytes) -> dict:
     return data
 
 
-def _load(path: Path, rewritten: bool = True, unreadable_raises: bool = False
-          ) -> tuple[str | None, dict[str, dict]]:
-    """(device, entries) of the cache file ``path``; (None, {}) with a warning if it is
-    corrupt (not UTF-8 JSON of a cache), of another schema or unreadable (an OSError
-    instead with ``unreadable_raises``: a writer must not replace what it could not
-    read), (None, {}) silently if it does not exist. rewritten: the caller writes
-    ``path`` later (a TuneCache; not ``merge_files``' inputs), which the warning then
-    says."""
+class _Unusable(ValueError):
+    """A cache file's bytes that this version cannot use: not UTF-8 JSON of a cache, or
+    a cache of another schema."""
+
+
+def _parse(raw: bytes) -> dict:
+    """The JSON object of a cache file of this schema.
+
+    Raises:
+        _Unusable: saying why it is not one.
+    """
+    try:
+        data = _cache_json(raw)
+    except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
+        raise _Unusable(f"is corrupt ({e})") from None
+    if data.get("schema") != SCHEMA_VERSION:
+        raise _Unusable(f"has schema {data.get('schema')!r}, this laudtriton uses "
+                        f"{SCHEMA_VERSION}")
+    return data
+
+
+def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
+    """(device, entries) of the cache file ``path`` (entries no reader can use left out,
+    with a warning); (None, {}) with a warning if it is corrupt (not UTF-8 JSON of a
+    cache), of another schema or unreadable, (None, {}) silently if it does not exist.
+    rewritten: the caller writes to ``path`` later (a TuneCache; not ``merge_files``'
+    inputs), which moves an unusable file aside first; the warning then says so."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None, {}
     except OSError as e:
-        if unreadable_raises:
-            raise
         log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
         return None, {}
     try:
-        data = _cache_json(raw)
-    except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
-        log.warning("autotune cache %s is corrupt (%s); ignoring it%s", path, e,
-                    ", it is rebuilt on the next write" if rewritten else "")
-        return None, {}
-    if data.get("schema") != SCHEMA_VERSION:
-        log.warning("autotune cache %s has schema %r, this laudtriton uses %d; ignoring it",
-                    path, data.get("schema"), SCHEMA_VERSION)
+        data = _parse(raw)
+    except _Unusable as e:
+        log.warning("autotune cache %s %s; ignoring it%s", path, e,
+                    " (the next write moves it aside)" if rewritten else "")
         return None, {}
     entries = {k: e for k, e in data["entries"].items() if _valid_entry(e)}
     if len(entries) < len(data["entries"]):
@@ -267,26 +285,81 @@ def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
             dst[k] = e
 
 
+def _annotate_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
+    """Merge annotation meta ({key: meta}, ``TuneCache.annotate``) into the entries of
+    ``dst`` they name (an entry no longer there is not annotated)."""
+    for k, names in notes.items():
+        if k in dst:
+            dst[k] = {**dst[k], "meta": _merge_meta(dst[k].get("meta") or {}, names)}
+
+
 def _write(path: Path, device: str, entries: dict[str, dict]) -> None:
     write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting it,
+    even back at once, would let another thread create files under the wrong mask)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def write_json_atomic(path: Path, data) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: a temp file in the same directory,
-    then os.replace. The file gets the mode a plain open() would give (0666 less the
-    umask), not mkstemp's 0600, so a cache directory can be shared."""
+    """Write ``data`` as JSON to ``path`` atomically and durably: a temp file in the same
+    directory, flushed to disk, then os.replace (a crash leaves the old file or the new
+    one, never a truncated one). The file gets the mode a plain open() would give (0666
+    less the umask), not mkstemp's 0600, so a cache directory can be shared."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # the rename itself, where the OS allows it
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.unusable-<UTC time>[-n]`` beside it; returns the new
+    path."""
+    stem = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    dst, n = path.with_name(stem), 1
+    while dst.exists():
+        dst, n = path.with_name(f"{stem}-{n}"), n + 1
+    os.replace(path, dst)
+    return dst
+
+
+def cache_enabled_from_env() -> bool:
+    """Whether ``$LAUDTRITON_CACHE`` leaves the cache on: "0", "false", "off", "no"
+    disable it; unset, "", "1", "true", "on", "yes" do not (any case).
+
+    Raises:
+        ValueError: naming the variable, for any other value.
+    """
+    raw = os.environ.get("LAUDTRITON_CACHE", "1")
+    v = raw.strip().lower()
+    if v in ("0", "false", "off", "no"):
+        return False
+    if v in ("", "1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"LAUDTRITON_CACHE={raw!r}: accepted 0, false, off, no (the cache "
+                     "disabled) or 1, true, on, yes (enabled)")
 
 
 def refuse_bad_dir(cache_dir) -> None:
@@ -302,22 +375,27 @@ class TuneCache:
 
     cache_dir: directory (default :func:`default_cache_dir`). device: the device the
     timings are taken on (its fingerprint names the file). enabled: None reads
-    ``$LAUDTRITON_CACHE`` ("0" disables); a disabled cache keeps records in memory only.
-    versions: override of :func:`current_versions` (tests).
+    ``$LAUDTRITON_CACHE`` (:func:`cache_enabled_from_env`); a disabled cache neither
+    reads the file nor writes it: its records stay in memory. versions: override of
+    :func:`current_versions` (tests).
 
-    Never fatal: a corrupt or foreign file is reported and ignored; an unwritable
-    directory is reported once and the records stay in memory.
+    Never fatal: a corrupt file or one of another schema is reported and ignored (and
+    moved aside, not written over, by the next write), a foreign or unreadable file is
+    reported and left alone; records that cannot be written (an unwritable directory,
+    such a file, another process holding the lock for ``LOCK_TIMEOUT`` seconds) stay in
+    memory, and a later record tries again.
 
     Raises:
         ValueError: if cache_dir is blank, which would otherwise mean the current
             directory, or names a file or lies inside one; with cache_dir None, if
-            $LAUDTRITON_CACHE_DIR does (``keys.check_dir``).
+            $LAUDTRITON_CACHE_DIR does (``keys.check_dir``); with enabled None, if
+            $LAUDTRITON_CACHE holds another value than those accepted.
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
                  enabled: bool | None = None, *, versions: dict[str, str] | None = None):
         if enabled is None:
-            enabled = os.environ.get("LAUDTRITON_CACHE", "1").strip() != "0"
+            enabled = cache_enabled_from_env()
         self.enabled = bool(enabled)
         refuse_bad_dir(cache_dir)
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -325,6 +403,9 @@ class TuneCache:
         self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"
         self.versions = dict(versions) if versions is not None else current_versions()
         self._memory: dict[str, dict] = {}  # records not (yet) on disk
+        # annotations (``annotate``) of entries on disk not yet written: {key: meta}, merged
+        # into the file's entry under the lock (never its timings as this process read them)
+        self._notes: dict[str, dict] = {}
         self._hashes: dict[str, str | None] = {}
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
@@ -374,6 +455,7 @@ class TuneCache:
 
     def _all(self) -> dict[str, dict]:
         out = dict(self._disk())
+        _annotate_into(out, self._notes)
         _merge_into(out, self._memory)
         return out
 
@@ -418,9 +500,9 @@ class TuneCache:
 
     @property
     def saved(self) -> bool:
-        """Whether every record so far is in the cache file (False when the cache is
-        disabled or its directory unwritable)."""
-        return self.enabled and not self._memory
+        """Whether every record and annotation so far is in the cache file (False when
+        the cache is disabled or its directory unwritable)."""
+        return self.enabled and not self._memory and not self._notes
 
     # -- writing ----------------------------------------------------------------------
     def record(self, spec: BlockSpec, rate_bucket: float,
@@ -435,10 +517,15 @@ class TuneCache:
             ValueError: naming what is malformed: a rate outside [0, 1], a variant name
                 that is not a string, a config key that is not a JSON object
                 (``measure.config_key``), a time that is not a number > 0 (inf or NaN
-                records a failed config), or a spec or meta no reader could use. Nothing
-                is recorded then: the file's readers would drop the whole entry.
+                records a failed config), or a spec or meta no reader could use, or a
+                meta JSON cannot hold. Nothing is recorded then: the file's readers would
+                drop the whole entry, or it could not be written at all.
         """
         _check_record(rate_bucket, timings)
+        try:
+            json.dumps(meta or {}, allow_nan=True)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"record: meta {meta!r} cannot be written as JSON ({e})") from None
         bucket = round(float(rate_bucket), 6)
         new: dict[str, dict] = {}
         for variant, cfgs in timings.items():
@@ -475,27 +562,33 @@ class TuneCache:
             raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "
                              "('models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1])")
-        new = {}
+        changed = False
         for k, e in self._current(spec, rate_bucket).items():
-            merged = _merge_meta(e.get("meta") or {}, names)
-            if merged != (e.get("meta") or {}):
-                new[k] = {**e, "meta": merged}
-        if not new:
-            return False
-        _merge_into(self._memory, new)
-        self._save()
-        return True
+            if _merge_meta(e.get("meta") or {}, names) == (e.get("meta") or {}):
+                continue
+            changed = True
+            if k in self._memory:  # a record of ours not written yet: it carries them
+                mine = self._memory[k]
+                self._memory[k] = {**mine, "meta": _merge_meta(mine.get("meta") or {}, names)}
+            else:
+                self._notes[k] = _merge_meta(self._notes.get(k, {}), names)
+        if changed:
+            self._save()
+        return changed
 
     def _save(self) -> None:
         """Merge the records in memory into the cache file (atomic, under the lock), or
         keep them in memory and say why once (``record``)."""
         if not self.enabled:
             return
+        lock = self.path.with_name(self.path.name + ".lock")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with self._lock():
                 try:
-                    found, entries = _load(self.path, unreadable_raises=True)
+                    raw = self.path.read_bytes()
+                except FileNotFoundError:
+                    raw = None
                 except OSError as e:  # exists, but unreadable: not ours to replace
                     self.unsaved_why = f"{self.path} cannot be read ({e.strerror or e})"
                     if not self._warned_unreadable:
@@ -503,6 +596,16 @@ class TuneCache:
                                     "it: results are kept in memory only", self.path, e)
                         self._warned_unreadable = True
                     return
+                found, entries = None, {}
+                if raw is not None:
+                    try:
+                        data = _parse(raw)
+                    except _Unusable as e:  # its bytes are kept, under another name
+                        aside = _move_aside(self.path)
+                        log.warning("autotune cache %s %s; moved it to %s, a new file is "
+                                    "written", self.path, e, aside.name)
+                    else:  # every entry, those no reader can use too (kept as they are)
+                        found, entries = data.get("device"), data["entries"]
                 if entries and found != self.device:  # two devices, one file name
                     self.unsaved_why = f"{self.path} holds timings of device {found!r}"
                     if not self._warned_foreign:
@@ -511,15 +614,27 @@ class TuneCache:
                                     "only", self.path, found, self.device)
                         self._warned_foreign = True
                     return
+                usable = {k: e for k, e in entries.items() if _valid_entry(e)}
+                _annotate_into(usable, self._notes)
+                for k in self._memory:  # a record replaces an entry no reader can use
+                    if k not in usable:
+                        entries.pop(k, None)
+                entries.update(usable)
                 _merge_into(entries, self._memory)
                 _write(self.path, self.device, entries)
             self._memory.clear()
+            self._notes.clear()
             self._loaded = (None, {})
+        except TimeoutError:  # filelock.Timeout: another process holds the lock
+            self.unsaved_why = (f"another process held the lock {lock} for {LOCK_TIMEOUT} s")
+            log.warning("autotune cache %s: another process held its lock %s for %d s; "
+                        "results are kept in memory, a later record tries again",
+                        self.path, lock, LOCK_TIMEOUT)
         except OSError as e:
             self.unsaved_why = f"directory not writable: {self.dir}"
             if not self._warned_unwritable:
                 log.warning("cannot write the autotune cache in %s (%s); results are kept in "
-                            "memory only and will not be saved", self.dir, e)
+                            "memory (a later record tries again)", self.dir, e)
                 self._warned_unwritable = True
 
     def clear(self) -> int:
@@ -527,25 +642,39 @@ class TuneCache:
 
         Raises:
             ValueError: if the file holds another device's timings (two device names
-                with one file name) or cannot be read: ``record`` does not write over
-                either.
+                with one file name) or cannot be read, which ``record`` does not write
+                over either, or cannot be deleted (a read-only directory, another
+                process holding the lock): nothing is deleted then.
         """
         n = len(self._all())
         # under the lock: a record() between its read and its write would write the
         # entries back (no directory: nothing to clear, and no lock file to make there)
         if self.enabled and self.dir.is_dir():
-            with self._lock():
-                try:
-                    found, entries = _load(self.path, unreadable_raises=True)
-                except OSError as e:
-                    raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); not "
-                                     "deleting it") from None
-                if entries and found != self.device:
-                    raise ValueError(f"{self.path} holds timings of device {found!r}, not "
-                                     f"{self.device!r}; not deleting them")
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
+            try:
+                with self._lock():
+                    try:
+                        raw = self.path.read_bytes()
+                    except FileNotFoundError:
+                        raw = None
+                    except OSError as e:
+                        raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); "
+                                         "not deleting it") from None
+                    with contextlib.suppress(_Unusable):
+                        data = _parse(raw) if raw is not None else {"entries": {}}
+                        found = data.get("device")
+                        if data["entries"] and found != self.device:
+                            raise ValueError(f"{self.path} holds timings of device {found!r}, "
+                                             f"not {self.device!r}; not deleting them")
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+            except TimeoutError:
+                raise ValueError(f"another process holds the lock of {self.path} (waited "
+                                 f"{LOCK_TIMEOUT} s); nothing deleted") from None
+            except OSError as e:
+                raise ValueError(f"cannot clear the autotune cache in {self.dir} "
+                                 f"({e.strerror or e}); nothing deleted") from None
         self._memory.clear()
+        self._notes.clear()
         self._loaded = (None, {})
         return n
 

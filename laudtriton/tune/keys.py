@@ -23,7 +23,8 @@ from ..ops.registry import get_variant
 _PKG_DIR = Path(__file__).resolve().parent.parent  # laudtriton/
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -31,9 +32,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+def cpu_isa() -> str:
+    """The instruction set torch's CPU kernels dispatch to ("avx512", "avx2", "default",
+    ...: ``torch.backends.cpu.get_cpu_capability``), lower case; "unknown" where torch
+    does not say."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).lower()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def device_fingerprint(device: str | torch.device = "cpu") -> str:
     """Name of the machine kind timings are valid for: "<GPU name> sm<major><minor>" for
-    CUDA, "<CPU model> <n>t" (torch threads) for CPU.
+    CUDA, "<CPU model> <ISA> <n>t" (``cpu_isa``, torch threads) for CPU. The ISA is there
+    because a virtual machine's model name is often a generic brand ("Intel(R) Xeon(R)
+    Processor") shared by CPUs with and without AVX-512, whose timings differ.
 
     Raises:
         ValueError: if ``device`` is not a CPU or CUDA device, or a CUDA device this
@@ -49,7 +62,7 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
         major, minor = torch.cuda.get_device_capability(idx)
         return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"
     if dev.type == "cpu":
-        return f"{_cpu_model()} {torch.get_num_threads()}t"
+        return f"{cpu_model()} {cpu_isa()} {torch.get_num_threads()}t"
     raise ValueError(f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
 
 

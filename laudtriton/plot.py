@@ -29,20 +29,25 @@ log = logging.getLogger("laudtriton")
 Rows = Sequence[Mapping]
 Predicted = Mapping[str, Mapping[float, float]]  # spec (short or key) -> {rate: seconds}
 _STYLE = {"dense": dict(color="black", lw=2.0, marker="s", ms=3),
-          "ideal": dict(color="0.45", lw=1.5, ls="--"),
+          "ideal": dict(color="0.45", lw=1.5, ls="--", marker="+", ms=5),
           "predicted": dict(color="tab:purple", lw=1.5, ls=":", marker="x", ms=4),
           "best": dict(color="tab:red", lw=2.0, marker="*", ms=5)}
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:olive", "tab:brown",
            "tab:pink", "tab:gray"]
 
 
+UNNAMED = "cache"  # the model of cache entries no sweep named (e.g. compile's timings)
+
+
 def rows_from_cache(cache) -> list[dict]:
     """Sweep-like rows (model, block, spec, spec_key, rate, variant, config, seconds,
     flops_ratio) from a TuneCache's current entries; models and block names come from
-    the entries' meta (entries without them go under model "cache")."""
+    the entries' meta (entries without them go under model ``UNNAMED``, one "block"
+    per spec, of no network: ``plot_latency_vs_rate`` draws no whole-model figure of
+    them)."""
     rows = []
     for e in cache.entries():
-        models = e.meta.get("models") or {"cache": [e.spec.short()]}
+        models = e.meta.get("models") or {UNNAMED: [e.spec.short()]}
         for model, blocks in models.items():
             for b in blocks:
                 for asked in e.meta.get("asked_rates") or [""]:  # one row per asked rate
@@ -65,14 +70,22 @@ def _spec_of(row: Mapping) -> BlockSpec | None:
         return None
 
 
+def _clustered(row: Mapping) -> bool:
+    return str(row.get("clustered") or "").strip().lower() in ("1", "true")
+
+
 def _group(rows: Rows):
     """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
     spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
     ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the
     ones the masks realise, round(r·N)/N: they differ from block to block, and one may
     stand for several asked rates). A block has several spec ids when the rows hold
-    sweeps of the same model at several granularities (a cache that kept them all)."""
+    sweeps of the same model at several granularities (a cache that kept them all).
+    Rows of a clustered sweep (column ``clustered``) get figures of their own
+    ("_clustered"), and so does each device (column ``device``) when the rows hold
+    several: a figure's best time per rate never mixes machines or mask kinds."""
     figs: dict[str, dict] = {}
+    devices = {str(r.get("device") or "") for r in rows}
     for r in rows:
         t = float(r["seconds"])
         spec = _spec_of(r)
@@ -80,7 +93,12 @@ def _group(rows: Rows):
         key = str(r["model"])
         if spec is not None:
             key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
-        g = figs.setdefault(key, {"blocks": {}, "specs": {}, "t": {}, "fr": {}, "asked": {}})
+        if len(devices) > 1:
+            key += f"_{r.get('device') or 'unknown device'}"
+        if _clustered(r):
+            key += "_clustered"
+        g = figs.setdefault(key, {"model": str(r["model"]), "blocks": {}, "specs": {},
+                                  "t": {}, "fr": {}, "asked": {}})
         g["blocks"].setdefault(r["block"], {})[sid] = None  # an ordered set
         g["specs"].setdefault(sid, (str(r["spec"]), spec))
         rate = round(float(r["rate"]), 6)
@@ -171,7 +189,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     is inf or nan (every config failed) is skipped with a warning; so is the whole-model
     figure of a model whose blocks have timings for several specs (sweeps at several
     granularities, e.g. from the cache: which spec belongs to which sweep is not
-    recorded, and the sum would mix them).
+    recorded, and the sum would mix them), and of the cache's unnamed entries (model
+    ``UNNAMED``: shapes no sweep named, of no one network). Figures are split by
+    device and by mask kind (``_group``).
 
     Raises:
         ValueError: if there is nothing to plot: no rows, or no finite timing.
@@ -196,6 +216,10 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
                            if v not in ("dense", "ideal", "predicted", "best")})
         colors = {v: _COLORS[i % len(_COLORS)] for i, v in enumerate(variants)}
         paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir))
+        if g["model"] == UNNAMED:  # block shapes of no one network: no sum over them
+            log.warning("plot: %s: cache entries no sweep named (e.g. compile's timings); "
+                        "per-spec panels only, no whole-model figure", key)
+            continue
         mixed = [b for b, ss in g["blocks"].items() if len(ss) > 1]
         if mixed:  # which spec of each block belongs to which sweep is not recorded
             log.warning("plot: %s: block(s) %s have timings for several specs (sweeps at "
@@ -219,7 +243,8 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
     n = len(sids)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
-    fig = Figure(figsize=(3.6 * ncol, 2.9 * nrow + 0.9), dpi=110)
+    # wide enough for the title (it names the model) however few the panels
+    fig = Figure(figsize=(max(3.6 * ncol, 6.4), 2.9 * nrow + 0.9), dpi=110)
     axes = [fig.add_subplot(nrow, ncol, i + 1) for i in range(n)]
     for ax, sid in zip(axes, sids):
         _draw(ax, {k: v for k, v in curves[sid].items() if k != "best"}, colors)
@@ -344,7 +369,11 @@ def run_plot(args: argparse.Namespace) -> int:
         if args.source == "cache":
             from .tune.cache import TuneCache
 
-            rows = rows_from_cache(TuneCache(args.cache_dir, device=args.device))
+            cache = TuneCache(args.cache_dir, device=args.device)
+            if not cache.enabled:
+                raise ValueError("--from cache: the cache is disabled (LAUDTRITON_CACHE); "
+                                 "unset it to plot the cache")
+            rows = rows_from_cache(cache)
             if not rows:
                 raise ValueError("the autotune cache holds no current timings for device "
                                  f"{args.device!r}; run 'laudtriton sweep' first")

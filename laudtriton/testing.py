@@ -35,21 +35,23 @@ def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) ->
 def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial",
                granularity: int = 1, channel_granularity: int = 1,
                downsample: bool | None = None, seed: int = 0, **kwargs) -> LaudBottleneck:
-    """A LaudBottleneck in eval mode with random weights and BN statistics.
+    """A LaudBottleneck in eval mode with random weights and BN statistics, a function of
+    ``seed`` alone (the global random state is left as it was).
 
     downsample: default True when stride > 1 or inplanes != 4·planes.
     """
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     out = planes * LaudBottleneck.expansion
     if downsample is None:
         downsample = stride != 1 or inplanes != out
-    ds = None
-    if downsample:
-        ds = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
-                           nn.BatchNorm2d(out))
-    block = LaudBottleneck(inplanes, planes, stride, ds, mode, granularity,
-                           channel_granularity, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # the layers' init draws from the global one
+        torch.manual_seed(seed)
+        ds = None
+        if downsample:
+            ds = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
+                               nn.BatchNorm2d(out))
+        block = LaudBottleneck(inplanes, planes, stride, ds, mode, granularity,
+                               channel_granularity, **kwargs)
     randomize_bn(block, g)
     return block.eval()
 

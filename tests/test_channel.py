@@ -141,11 +141,12 @@ def test_slice_float64_unpacked_path(stride, hw):
 
 
 def test_slice_property_random_shapes(first_path):
-    """Seeded random block shapes and random per-sample channel masks."""
+    """Seeded random block shapes and random per-sample channel masks, sample 0 partly
+    on in every trial (the κ1 border correction: G >= 2 groups)."""
     rng = random.Random(1234)
     for trial in range(8):
         k = rng.choice([1, 2, 4])
-        planes = k * rng.randint(1, 3)
+        planes = k * rng.randint(2, 4)
         inplanes = rng.choice([4 * planes, rng.randint(3, 20)])
         stride = rng.choice([1, 2])
         hw = (rng.randint(1, 12), rng.randint(1, 12))
@@ -156,6 +157,7 @@ def test_slice_property_random_shapes(first_path):
         g = torch.Generator().manual_seed(trial)
         x = torch.randn(batch, inplanes, *hw, generator=g)
         channel = (torch.rand(batch, planes // k, generator=g) < rng.random()).float()
+        channel[0, 0], channel[0, -1] = 1.0, 0.0
         masks = BlockMasks(None, None, None, channel)
         fb, ref = fold_block(blk), reference_with_masks(blk, x, channel)
         for call in ("first sighting", "sliced"):

@@ -418,3 +418,53 @@ def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("laudtriton plot: error:")
     assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err
+
+
+def test_plot_splits_figures_by_device_and_mask_kind(tmp_path, drawn):
+    """One CSV holding two machines' sweeps and a clustered one: each gets its own
+    figures. Before, every point of a panel was the fastest over all three (here all
+    from the clustered run, at 0.3x the scattered times) and nothing was said."""
+    rows = []
+    for device, clustered, k in (("cpu A", 0, 1.0), ("cpu B", 0, 0.5), ("cpu A", 1, 0.3)):
+        rows += [{**r, "device": device, "clustered": clustered, "seconds": r["seconds"] * k}
+                 for r in _rows()]
+    paths = plot_latency_vs_rate(write_csv(rows, tmp_path / "s.csv"), tmp_path / "png")
+    names = sorted(p.name for p in paths)
+    assert names == sorted(f"tinynet_spatial_b1_float32_cpu_{d}{c}_{f}.png"
+                           for d, c in (("A", ""), ("B", ""), ("A", "_clustered"))
+                           for f in ("blocks", "model"))
+    # per figure: the panels of SPECS[0] and SPECS[1] (dense 1 and 2 ms x k) and the
+    # model (layer1.0 + layer1.1 + layer2.0: 4 ms x k), k the figure's own run only
+    assert sorted(c["dense"][0.5] for c in drawn) == pytest.approx(sorted(
+        m * k * 1e-3 for k in (1.0, 0.5, 0.3) for m in (1, 2, 4)))
+
+
+def test_plot_draws_no_whole_model_of_unnamed_cache_entries(tmp_path, caplog):
+    """Entries no sweep named (compile's timings) are shapes of no one network: panels,
+    and no 'sum over blocks' figure, which summed them before."""
+    from laudtriton.plot import rows_from_cache
+
+    c = TuneCache(tmp_path)
+    for spec, t in zip(SPECS, (1e-3, 2e-3)):
+        c.record(spec, 0.5, {"dense": {"{}": t}}, {"asked_rates": [0.5]})
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows_from_cache(TuneCache(tmp_path)), tmp_path / "o")
+    assert [p.name for p in paths] == ["cache_spatial_b1_float32_blocks.png"]
+    assert "no whole-model figure" in caplog.text
+
+
+def test_plot_command_from_a_disabled_cache_says_so(tmp_path, capsys, monkeypatch):
+    c = TuneCache(tmp_path)
+    c.record(SPECS[0], 0.5, {"dense": {"{}": 1e-3}}, {"models": {"t": ["layer1.0"]}})
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    assert _run(["plot", "--from", "cache", "--cache-dir", str(tmp_path),
+                 "--out", str(tmp_path / "o"), "--no-predicted"]) == 2
+    assert "the cache is disabled (LAUDTRITON_CACHE)" in capsys.readouterr().err
+
+
+def test_one_panel_figure_is_wide_enough_for_its_title(tmp_path):
+    from matplotlib.image import imread
+
+    rows = [r for r in _rows() if r["block"] == "layer2.0"]
+    (blocks, _) = plot_latency_vs_rate(rows, tmp_path / "o")
+    assert imread(blocks).shape[1] >= 6.4 * 110

@@ -67,6 +67,9 @@ def test_matches_reference_block(variant, mode, rate, case):
     cin, planes, stride, s, hw, b = case
     block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=b + s)
     x = torch.randn(b, cin, *hw)
+    if mode == "both":  # a per-sample offset: the channel masks differ per sample too
+        x = x + 2 * torch.randn(b, cin, 1, 1)  # (the masker's initial bias would decide
+        block.masker_channel.last_linear().bias.zero_()  # alone for every sample)
     calibrate_block(block, x, rate, channel_rate=0.5)
     ref = block(x)
     masks, _ = block.compute_masks(x)
@@ -74,6 +77,8 @@ def test_matches_reference_block(variant, mode, rate, case):
     if b > 1 and 0 < rate < 1:  # the batch really has different masks per sample
         assert not torch.equal(masks.grid[0], masks.grid[1]) or not torch.equal(
             masks.grid[1], masks.grid[2])
+    if b > 1 and mode == "both":
+        assert any(not torch.equal(masks.channel[0], c) for c in masks.channel[1:])
     fb = fold_block(block)
     out = get_variant(variant).run(fb, x.contiguous(memory_format=CL), masks, {})
     assert out.shape == ref.shape
@@ -110,18 +115,22 @@ def test_both_edge_channel_masks(variant, channel):
 @given(
     cin=st.sampled_from([8, 12, 32]), planes=st.sampled_from([4, 6, 8]),
     stride=st.sampled_from([1, 2]), s=st.integers(1, 5), h=st.integers(5, 15),
-    w=st.integers(5, 15), b=st.integers(1, 3), rate=st.floats(0.0, 1.0),
+    w=st.integers(5, 15), b=st.integers(1, 3), rate=st.floats(0.15, 0.85),
     both=st.booleans(), seed=st.integers(0, 2**16),
 )
 @torch.no_grad()
 def test_property_random_shapes_and_masks(cin, planes, stride, s, h, w, b, rate, both, seed):
-    """Random shapes and random masks vs the reference block in float64."""
+    """Random shapes and random masks vs the reference block in float64. Rates 0 and 1
+    are the CASES' (here a grid drawn all off would run no convolution: the first cell
+    is turned on then)."""
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     s = min(s, ho, wo)
     mode = "both" if both else "spatial"
     block = make_block(cin, planes, stride, mode, s, channel_granularity=2, seed=seed)
     g = torch.Generator().manual_seed(seed)
     grid = (torch.rand(b, 1, ho // s, wo // s, generator=g) < rate).double()
+    if not grid.any():
+        grid.view(-1)[0] = 1.0
     mask3 = upsample_mask(grid, (ho, wo))
     mask1 = expand_mask1(mask3, stride, (h, w))
     channel = (torch.rand(b, planes // 2, generator=g) < 0.5).double() if both else None
@@ -360,3 +369,19 @@ def test_patch_conv_packs_once_for_every_patch_count(stride):
     assert len(convs) == 1 and convs[0].any_batch
     if onednn_fusion_available():  # one packing, for a batch of one patch
         assert [shape[0] for shape in convs[0].packed] == [1]
+
+
+@pytest.mark.parametrize("variant", ["dense", "gather", "patch", "slice", "compact"])
+def test_every_cpu_variant_names_an_input_on_another_device(variant):
+    """FoldedBlock.check_input's device test, which every CPU variant runs first: an input
+    on another device (meta here, the one other device every machine has) is a ValueError
+    naming both devices, not a wrong result or an error from deep in a kernel."""
+    mode = {"slice": "channel", "compact": "layer"}.get(variant, "spatial")
+    block = make_block(16, 4, 1, mode, 2, channel_granularity=2)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        masks, _ = block.compute_masks(x)
+    meta = torch.empty(1, 16, 8, 8, device="meta").contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match=r"x is torch.float32 on meta; the folded weights "
+                                         r"are torch.float32 on cpu"):
+        get_variant(variant).run(fold_block(block), meta, masks, {})

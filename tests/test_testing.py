@@ -54,3 +54,31 @@ def test_assert_same_masks_names_the_block_and_mask():
     block.last_masks.channel[0, 0] = 1 - block.last_masks.channel[0, 0]
     with pytest.raises(AssertionError, match="block: masks.channel differs"):
         assert_same_masks(cb, block)
+
+
+def test_make_block_is_its_seed_alone_and_leaves_the_global_random_state():
+    import torch
+
+    from laudtriton.testing import make_block
+
+    torch.manual_seed(1)
+    a = make_block(16, 4, seed=3)
+    after_a = torch.rand(2)
+    torch.manual_seed(1)
+    expect = torch.rand(2)
+    torch.manual_seed(2)
+    b = make_block(16, 4, seed=3)
+    assert torch.equal(after_a, expect)  # it used to reseed the global generator
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+def test_median_time_refuses_no_runs():
+    import pytest
+
+    from laudtriton.tune.timing import median_time
+
+    for reps, warmup in ((0, 3), (5, -1)):
+        with pytest.raises(ValueError, match="reps must be >= 1 and warmup >= 0"):
+            median_time(lambda: None, "cpu", warmup=warmup, reps=reps)
+    assert median_time(lambda: None, "cpu", warmup=0, reps=1) >= 0

@@ -14,9 +14,17 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
                 warmup: int = 3, reps: int = 20) -> float:
     """Median seconds of one call of ``fn``.
 
-    On CUDA: ``triton.testing.do_bench`` (CUDA events; ms converted to s).
+    On CUDA: ``triton.testing.do_bench`` (CUDA events; ms converted to s), which sizes
+    its own warm-up and repetitions by time (25 ms, 100 ms): ``warmup`` and ``reps`` are
+    not used there.
     On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls.
+
+    Raises:
+        ValueError: if reps < 1 or warmup < 0.
     """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
+                         f"warmup={warmup}")
     if torch.device(device).type == "cuda":
         import triton.testing
 

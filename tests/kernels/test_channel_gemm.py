@@ -106,6 +106,7 @@ def test_default_config_dense_odd_shape():
     ("k_mismatch", "x has 16 channels but w has 15 input channels"),
     ("bias", r"bias has shape \(1, 23\)"), ("stride", "stride must be 1 or 2, got 3"),
     ("w_noncontig", r"w must be contiguous along one dim, got strides \(32, 2\)"),
+    ("device", "w is on meta, expected cpu like the input"),
 ])
 def test_bad_inputs(case, match):
     x = torch.randn(2, 5, 16)
@@ -132,6 +133,8 @@ def test_bad_inputs(case, match):
         bias = torch.zeros(23)
     elif case == "w_noncontig":
         w = torch.randn(24, 32)[:, ::2]
+    elif case == "device":
+        w = torch.empty(24, 16, device="meta")
     if case == "stride":
         xc = torch.randn(2, 4, 4, 24)
         with pytest.raises(ValueError, match=match):

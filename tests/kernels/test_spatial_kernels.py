@@ -94,7 +94,8 @@ def test_conv3x3(poison, dtype, shape, stride, rate):
     bias = torch.randn(n)
     padded = rate == 0.5
     idx, count = _lists(_mask((b, 1, ho, wo), rate), padded)
-    out = c3_mod.conv3x3(buf, idx, count, wt, bias, stride, SMALL if rate else WIDE_K)
+    # the wide tiles (wider than K and N) where they run: at rate 0 nothing launches
+    out = c3_mod.conv3x3(buf, idx, count, wt, bias, stride, WIDE_K if rate == 1.0 else SMALL)
     c = int(count)
     assert out.shape == (idx.shape[0], n) and out.dtype == dtype
     ref = c3_mod.conv3x3_torch(buf, idx, count, wt, bias, stride)

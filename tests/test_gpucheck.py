@@ -94,8 +94,8 @@ def test_kernel_checks_pass_under_interpreter(dtype):
     kernelchecks.spatial_kernel_checks("cpu", dtype)
 
 
-def test_check_records_failures():
-    r = gpucheck.Run(Path("."), 10, "cpu")
+def test_check_records_failures(tmp_path):
+    r = gpucheck.Run(tmp_path, 10, "cpu")
     assert r.check("ok", lambda: None)
     assert not r.check("bad", lambda: 1 / 0)
     assert [c["ok"] for c in r.checks] == [True, False]
@@ -131,6 +131,14 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
     (cmp,) = r.info["whole_vs_float32_reference"].values()
     assert cmp["dtype"] == "float64" and cmp["same_top1"] == 1.0
     assert 0 <= cmp["max_rel_error"] <= 1e-4
+    # the bounded comparison: the same network's dense variants on the compiled masks
+    (gap,) = r.info["whole_vs_dense_on_its_masks"].values()
+    assert 0 <= gap <= 1e-10
+    assert "vs the dense variants on its masks" in (tmp_path / gpucheck.LOG_NAME).read_text()
+    monkeypatch.setattr(gpucheck, "WHOLE_TOL", -1.0)  # nothing meets it: the item fails
+    r = gpucheck.Run(tmp_path, 600, "cpu")
+    gpucheck.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    assert not r.checks[0]["ok"] and "from the dense variants'" in r.checks[0]["error"]
 
 
 def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
@@ -197,8 +205,8 @@ def test_a_part_that_raises_is_a_failed_check_and_the_next_part_runs(tmp_path, m
     assert seen == [[1, 64]]
 
 
-def test_time_blocks_goes_on_past_a_failing_block(monkeypatch):
-    r = gpucheck.Run(Path("."), 10, "cpu")
+def test_time_blocks_goes_on_past_a_failing_block(monkeypatch, tmp_path):
+    r = gpucheck.Run(tmp_path, 10, "cpu")
 
     class Spec:
         def __init__(self, name, batch=1):
@@ -223,11 +231,11 @@ def test_time_blocks_goes_on_past_a_failing_block(monkeypatch):
     assert gpucheck.time_blocks(r, blocks, [1], 1, r.t0 - 1, None) == []  # past its box
 
 
-def test_failed_checks_are_described_in_one_line():
+def test_failed_checks_are_described_in_one_line(tmp_path):
     assert gpucheck.describe(AssertionError()) == "AssertionError"
     assert gpucheck.describe(ValueError("at 70:12:\n    x = tl.dot(a, b)\nK must be >= 16")) == (
         "ValueError: at 70:12: ... K must be >= 16")
-    r = gpucheck.Run(Path("."), 10, "cpu")
+    r = gpucheck.Run(tmp_path, 10, "cpu")
 
     def bare():
         raise AssertionError
@@ -473,3 +481,83 @@ def test_out_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=f"Run at {tmp_path / 'home' / 'x'}"):
         gpucheck.main(["--out=~/x", "--device", "cpu"])
     assert not (tmp_path / "~").exists()
+
+
+def test_time_variants_checks_each_configs_first_output():
+    """A config whose first output the check refuses scores inf and its error is
+    returned; the others are timed. Part 3 checks every config it times this way."""
+    from laudtriton.ops import fold_block, variants_for
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.testing import make_block
+    from laudtriton.tune.measure import time_variants
+
+    block = make_block(16, 4, 1, "spatial", 2)
+    spec = BlockSpec.from_block(block, (1, 16, 8, 8), torch.float32)
+    x = torch.randn(1, 16, 8, 8).relu().contiguous(memory_format=torch.channels_last)
+    masks = synthetic_masks(spec, 0.5, seed=1)
+    cands = [v for v in variants_for(spec, "cpu") if v.name in ("gather", "dense")]
+    seen, errors = [], {}
+
+    def check(name, cfg, out):
+        seen.append((name, out.shape))
+        if name == "gather":
+            raise AssertionError("wrong")
+    t = time_variants(fold_block(block), spec, x, masks, cands, warmup=0, reps=1,
+                      check=check, errors=errors)
+    assert sorted(seen) == [("dense", (1, 16, 8, 8)), ("gather", (1, 16, 8, 8))]
+    assert t["gather"] == {"{}": float("inf")} and 0 < t["dense"]["{}"] < float("inf")
+    assert list(errors) == [("gather", "{}")] and "wrong" in str(errors["gather", "{}"])
+
+
+def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, monkeypatch):
+    """Part 3 on CPU: the ratios divide by the static dense block (no masks), the cache's
+    "dense" is the dense variant with masks (a sweep's), and a variant whose output is
+    wrong is a failed check naming it (it was timed as if right, exit code 0)."""
+    import dataclasses
+
+    from laudtriton import ops
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.testing import make_block
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(16, 4, 1, "spatial", 2)
+    spec = BlockSpec.from_block(block, (1, 16, 8, 8), torch.float16)
+    real = ops.variants_for
+    static = []
+    monkeypatch.setattr(gpucheck, "_static_dense_time",
+                        lambda fb, x, dev: static.append(x.dtype) or 1e-3)
+
+    def with_a_wrong_one(s, backend):
+        out = real(s, backend)
+        gather = next(v for v in out if v.name == "gather")
+        wrong = dataclasses.replace(gather, name="wrong", run_inplace=None,
+                                    run=lambda fb, x, m, c: gather.run(fb, x, m, c) * 1.1)
+        return out + [wrong]
+    monkeypatch.setattr(ops, "variants_for", with_a_wrong_one)
+    r = gpucheck.Run(tmp_path, 600, "cpu")
+    cache = TuneCache(tmp_path / "cache")
+    gpucheck._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1, cache)
+    assert static == [torch.float16, torch.bfloat16]
+    fails = [c["check"] for c in r.checks if not c["ok"]]
+    assert fails and all(" wrong " in f for f in fails), r.checks
+    assert len(fails) == sum(0 < rt < 1 or rt == 1 for rt in gpucheck.RATES)
+    dense_rows = [row for row in r.rows if row["variant"] == "dense"]
+    assert {row["seconds"] for row in dense_rows} == {1e-3}
+    entries = TuneCache(tmp_path / "cache").entries()
+    assert {e.variant for e in entries} >= {"dense", "gather"}
+    assert all(e.seconds != 1e-3 for e in entries if e.variant == "dense")
+    assert r.info["part3_configs_checked"] >= len(gpucheck.RATES) * 2
+
+
+def test_a_check_that_broke_cuda_in_its_worker_is_not_run_again(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(gpucheck, "part2_checks", lambda device: [
+        ("a", lambda: ran.append("a")), ("b", lambda: ran.append("b"))])
+    r = gpucheck.Run(tmp_path, 600, "cpu")
+    r.sticky["b"] = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    gpucheck.kernel_checks(r)
+    assert ran == ["a"]
+    assert [(c["check"], c["ok"]) for c in r.checks] == [("a", True), ("b", False)]
+    assert "illegal memory access" in r.checks[1]["error"]
+    assert "FAIL b" in (tmp_path / gpucheck.LOG_NAME).read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -25,12 +25,19 @@ def config_key(config: dict) -> str:
 
 def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: BlockMasks,
                   variants: Sequence[Variant], warmup: int = 2, reps: int = 10,
-                  configs: dict[str, list[dict]] | None = None) -> dict[str, dict[str, float]]:
+                  configs: dict[str, list[dict]] | None = None,
+                  check: Callable[[str, dict, torch.Tensor], object] | None = None,
+                  errors: dict[tuple[str, str], Exception] | None = None
+                  ) -> dict[str, dict[str, float]]:
     """Median seconds of every variant x config on (x, masks).
 
     x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
     variant's config space (e.g. after predictor pruning). A config that fails to compile
-    or run (on a first, untimed call) scores inf and is logged; it is never fatal. On CPU
+    or run (on a first, untimed call) scores inf and is logged; it is never fatal.
+    check: called as check(variant name, config, output) on that first call's output
+    (computed on relu(x) for an in-place variant, as on x for the others), raising when
+    it is wrong: the config then fails too. errors: filled with {(variant name,
+    config_key): the exception} of every failed config. On CPU
     the candidates are timed round-robin (``interleaved_medians``), so that a burst of
     machine load hits them alike instead of deciding the winner; on CUDA each runs
     ``median_time`` (CUDA events).
@@ -66,15 +73,21 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 def call(v=v, cfg=cfg):
                     return v.run(fb, x, masks, cfg)
             try:
+                if v.run_inplace is not None:
+                    restore()  # the first call (checked) reads relu(x) itself
                 with torch.no_grad():
-                    call()
+                    result = call()
                 if x.device.type == "cuda":  # a kernel's fault is reported for its own
                     torch.cuda.synchronize(x.device)  # config, not a later one's (a sticky
                     # one, e.g. an illegal address, still leaves CUDA unusable after it)
+                if check is not None:
+                    check(v.name, cfg, result)
             except Exception as e:  # a failing config is reported, not fatal
                 log.warning("variant %s config %s failed on %s: %s", v.name, cfg,
                             spec.short(), e)
                 out[v.name][config_key(cfg)] = math.inf
+                if errors is not None:
+                    errors[(v.name, config_key(cfg))] = e
                 continue
             calls.append(call)
             keys.append((v.name, config_key(cfg)))

@@ -46,11 +46,11 @@ def cmd_env(args) -> int:
     except ImportError:
         triton_v = "not installed"
     try:
-        from .tune.cache import TuneCache
+        from .tune.cache import TuneCache, disabled_by
 
         tc = TuneCache(device="cpu")
         cache = str(tc.dir) if tc.enabled else (
-            f"disabled by LAUDTRITON_CACHE=0 (else {tc.dir})")
+            f"disabled by {disabled_by()} (else {tc.dir})")
     except Exception as e:  # the cache module reports its own problems
         cache = f"unavailable ({e})"
     from .tune.keys import device_fingerprint
@@ -137,11 +137,13 @@ def cmd_bench(args) -> int:
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
     check_layout_options(args)
-    if args.tune != "off":  # a bad $LAUDTRITON_CACHE_DIR: now, not after the model's build
+    if args.tune != "off":  # a bad $LAUDTRITON_CACHE(_DIR): now, not after the model's build
+        from .tune.cache import cache_enabled_from_env
         from .tune.keys import default_cache_dir
 
         default_cache_dir()
-    if args.reps < 20:
+        cache_enabled_from_env()
+    if args.reps < 20 and not os.environ.get(HANDOFF_ENV):  # once, not in every process
         print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
               "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
     if args.threads:
@@ -193,9 +195,16 @@ def _unavailable(name: str, why: str, args) -> int:
     return 2
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="laudtriton", description=__doc__, allow_abbrev=False)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--version", action="version", version=f"laudtriton {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("env", help="versions, C library, CPUs, threads, allocator, device, cache "
@@ -215,19 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="dense vs compiled, per block and whole model")
     s.add_argument("--model", default="laud_resnet50",
-                   choices=["laud_resnet50", "laud_resnet101"])
+                   choices=["laud_resnet50", "laud_resnet101"],
+                   help="the LAUD network (default laud_resnet50)")
     add_layout_options(s)
     s.add_argument("--rates", default="0.25,0.5,0.75",
                    help="target rates the maskers are calibrated to, comma-separated or "
-                        "a:b:step")
-    s.add_argument("--batch", type=int, default=1)
+                        "start:stop:step (default 0.25,0.5,0.75)")
+    s.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     s.add_argument("--threads", type=int, default=0,
                    help=f"torch threads, 0 to {MAX_THREADS} (0: torch's default)")
     s.add_argument("--reps", type=int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
                    "fewer is noisier); also the untimed new inputs that start the "
                    "new-input stream")
-    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"])
+    s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
+                   help="compile's tune mode (default cached: the autotune cache, else "
+                        "timing on the example input)")
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=int, default=1,
                    help="time the whole-model rows this many times; report the median run "

@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 
 import torch
@@ -358,7 +359,11 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
-def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTable:
+def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
+                say=lambda text: None) -> DispatchTable:
+    """The dispatch table of one distinct block (``compile``'s tune rule). say: called
+    with one line before ``tune`` "quick"/"full" times the block's rates (minutes in all
+    on a CPU with nothing cached: the caller shows progress)."""
     table = DispatchTable()
     actual = float(dispatch_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed
@@ -379,15 +384,20 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor) -> DispatchTa
                     failed.append(rate_key(r))
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
-        for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)}):
-            if table.covers(b) or near(failed, b):  # not timed again at every compile
-                continue
+        todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
+                if not (table.covers(b) or near(failed, b))]  # not timed at every compile
+        said = False
+        for b in todo:
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
             # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
             # is off at b = 0.2), once
             r = rate_key(dispatch_rate(spec, m))
             if r in table.entries or r in failed:
                 continue
+            if not said:
+                say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
+                    "rate(s)")
+                said = True
             timings = time_variants(fb, spec, x, m, cands)
             if cache is not None:
                 # scattered masks: an entry an old clustered sweep wrote is current again
@@ -618,10 +628,16 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     captured, missed = _block_inputs(ref, x)
+    distinct: dict[BlockSpec, int] = {}  # tuning progress on stderr: block i of n
+
+    def say(text: str) -> None:
+        print(f"laudtriton.compile: block {len(tables) + 1}/{len(distinct)}: {text}",
+              file=sys.stderr, flush=True)
     specs = []
     for name, block, xin in captured:
         check_foldable(name, block)
         specs.append(BlockSpec.from_block(block, xin.shape, dtype))
+        distinct.setdefault(specs[-1], len(distinct))
     if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):
         _check_variants(variants, specs, backend)  # before any tuning
     for (name, block, xin), spec in zip(captured, specs):
@@ -631,7 +647,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         if spec not in tables:  # equal specs are tuned once
             tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
                                        _candidates(spec, backend, variants), tune, cache,
-                                       predictor)
+                                       predictor, say)
         rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, (LaudResNet, LaudBottleneck)):

@@ -691,8 +691,9 @@ def _options(args) -> list[int]:
     if len(set(batches)) != len(batches):
         raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
                          "timed twice)")
-    if args.input_size < 32:
-        raise ValueError(f"--input-size {args.input_size} must be >= 32")
+    from .tune.commands import check_input_size
+
+    check_input_size(args.input_size)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
     return batches

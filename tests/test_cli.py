@@ -43,6 +43,9 @@ from laudtriton.cli import main
     (["design", "--model", "laud_resnet50", "--target-rate", "0.5", "--top", "0"], "--top"),
     (["design", "--target-rate", "0.5", "--granularities", "2,100"],
      "--granularities: 100 larger than every stage's map (the largest is 56x56)"),
+    (["design", "--target-rate", "0.5", "--granularities", "1,,2"],
+     "--granularities '1,,2' is malformed"),
+    (["sweep", "--input-size", str(2**62)], "--input-size must be in [32, 4096]"),
 ])
 def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -202,6 +205,17 @@ def test_env_says_when_the_cache_is_disabled(capsys, monkeypatch, tmp_path):
     assert main(["env"]) == 0
     assert (f"cache dir   disabled by LAUDTRITON_CACHE=0 (else {tmp_path})\n"
             in capsys.readouterr().out)
+    monkeypatch.setenv("LAUDTRITON_CACHE", "off")  # the value that disabled it, quoted
+    assert main(["env"]) == 0
+    assert "disabled by LAUDTRITON_CACHE=off (else" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    from laudtriton import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"laudtriton {__version__}\n"
 
 
 def test_demo_runs_end_to_end(capsys):

@@ -665,3 +665,19 @@ def test_property_random_models_and_inputs(mode, pick, s1, s2, s3, h, w, batch, 
     with torch.no_grad():
         assert_close(cm(x), model(x), name=f"{mode} {variant}")
     assert_same_masks(cm, model)
+
+
+def test_quick_tuning_shows_progress_on_stderr(tmp_path, capsys):
+    """tune="quick"/"full" with nothing cached times every distinct block for minutes
+    on a CPU: one line per block it times, on stderr (it was silent); none when the
+    cache holds them."""
+    model = tiny_model("spatial")
+    x = torch.randn(1, 3, 32, 32)
+    laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    lines = capsys.readouterr().err.splitlines()
+    n = len({b.spec for b in laudtriton.compile(model, x, backend="cpu", tune="off").blocks})
+    capsys.readouterr()
+    assert len(lines) == n and all(ln.startswith("laudtriton.compile: block ") for ln in lines)
+    assert lines[0].startswith(f"laudtriton.compile: block 1/{n}: timing ")
+    laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    assert capsys.readouterr().err == ""

@@ -355,7 +355,11 @@ def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
     (["predict", "--channel-granularity", "3", "--mode", "spatial"],
      "--channel-granularity 3 must divide the stage 1 width 64"),  # as the model refuses it
     (["predict", "--batch", "0"], "--batch 0 must be >= 1"),
-    (["predict", "--input-size", "16"], "--input-size 16 must be >= 32"),
+    (["predict", "--input-size", "16"], "--input-size must be in [32, 4096] (the stem and "
+     "the four stages halve it five times), got 16"),
+    (["design", "--target-rate", "0.5", "--input-size", "4611686018427387904"],
+     "--input-size must be in [32, 4096] (the stem and the four stages halve it five "
+     "times), got 4611686018427387904"),
     (["predict", "--granularity", "-1"], "--granularity '-1' is not a positive int; "
      "accepted: one positive int or four joined by '-', e.g. '4-4-2-1'"),
     (["predict", "--cache-dir", ""], "--cache-dir '' is empty; give a "

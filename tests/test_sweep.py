@@ -593,3 +593,48 @@ def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatc
     spec = types.SimpleNamespace(short=lambda: "stub block")
     out = measure.time_variants(None, spec, CudaInput(), None, [v], warmup=1, reps=1)
     assert out == {"stub": {'{"BLOCK":16}': math.inf, '{"BLOCK":32}': 1e-3}}
+
+
+def test_sweep_default_csv_names_every_option_that_changes_its_rows():
+    """Two shards, two channel granularities, two dtypes or input sizes on one machine
+    wrote one CSV: the second run left only its own rows."""
+    from laudtriton.tune.commands import default_csv
+
+    def name(*argv):
+        return default_csv(_parser().parse_args(["sweep", *argv]), "cpu")
+
+    assert name() == "sweep_laud_resnet50_spatial_4-4-2-1_b1_cpu.csv"
+    assert name("--clustered") == "sweep_laud_resnet50_spatial_4-4-2-1_b1_cpu_clustered.csv"
+    variants = [name("--shard", "1/2"), name("--shard", "2/2"),
+                name("--mode", "channel", "--channel-granularity", "2"),
+                name("--mode", "channel", "--channel-granularity", "4"),
+                name("--dtype", "bfloat16"), name("--input-size", "64"), name("--batch", "8")]
+    assert len(set(variants) | {name()}) == len(variants) + 1
+    assert variants[0] == "sweep_laud_resnet50_spatial_4-4-2-1_b1_shard1of2_cpu.csv"
+
+
+def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    args = _parser().parse_args(["sweep", "--cache-dir", str(tmp_path / "f" / "sub"),
+                                 "--no-progress"])
+    assert args.func(args) == 2
+    assert "--cache-dir" in capsys.readouterr().err
+    from laudtriton.tune.commands import check_writable_dir
+
+    with pytest.raises(ValueError, match="--cache-dir '/proc/laudtriton' cannot be made or "
+                                         "written"):
+        check_writable_dir("/proc/laudtriton")
+
+
+@pytest.mark.parametrize("option", ["--batch", "--input-size"])
+def test_sweep_command_sizes_past_int64_are_one_line(tmp_path, capsys, option):
+    """A size whose tensor overflows int64 ("Storage size calculation overflowed") was a
+    traceback; --input-size is bounded before any work."""
+    args = _parser().parse_args(["sweep", option, str(2**62), "--blocks", "layer4.2",
+                                 "--rates", "0.5", "--cache-dir", str(tmp_path),
+                                 "--csv", str(tmp_path / "s.csv"), "--no-progress"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert ("out of memory" in err) if option == "--batch" else (
+        "--input-size must be in [32, 4096]" in err)

@@ -39,12 +39,12 @@ def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
 def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
-    from ..tune.commands import check_cache_dir
+    from ..tune.commands import check_cache_dir, check_input_size
     from ..tune.sweep import parse_stages
 
-    for flag, value, low in (("--batch", args.batch, 1), ("--input-size", args.input_size, 32)):
-        if value < low:
-            raise ValueError(f"{flag} {value} must be >= {low}")
+    if args.batch < 1:
+        raise ValueError(f"--batch {args.batch} must be >= 1")
+    check_input_size(args.input_size)
     parse_stages(args.channel_granularity, "--channel-granularity")
     check_cache_dir(args.cache_dir)
 
@@ -129,7 +129,9 @@ def run_validate(args, hw: HardwareSpec) -> int:
         raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
                          "'cpu' (or 'cuda', a calibrated local GPU) has them here")
     if not cache.enabled:
-        raise ValueError("--validate reads the autotune cache, which LAUDTRITON_CACHE=0 "
+        from ..tune.cache import disabled_by
+
+        raise ValueError(f"--validate reads the autotune cache, which {disabled_by()} "
                          "disables")
     entries = cache.entries(include_stale=args.include_stale)
     if not entries:
@@ -292,8 +294,8 @@ def run_design(args) -> int:
                         "a comma list of spatial, channel, layer, both"))
     check_modes(modes)
     try:
-        grans = tuple(int(g) for g in args.granularities.split(",") if g.strip())
-    except ValueError:
+        grans = tuple(int(g) for g in args.granularities.split(","))
+    except ValueError:  # an empty item ("1,,2") too
         raise ValueError(f"--granularities {args.granularities!r} is malformed; use "
                          "'1,2,4,8'") from None
     if not grans or any(g < 1 for g in grans):

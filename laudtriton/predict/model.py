@@ -145,6 +145,8 @@ def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec
     v = resolve_variant(variant)
     try:
         c: Cost = v.cost(spec, float(rate))
+    except MemoryError:
+        raise
     except Exception as e:  # a cost that cannot handle this spec is a missing model
         raise ValueError(f"variant {v.name!r} has no latency model for {spec.short()} at "
                          f"rate {rate:g}: {e}") from None

@@ -345,6 +345,11 @@ def _move_aside(path: Path) -> Path:
     return dst
 
 
+def disabled_by() -> str:
+    """How the environment disables the cache, for messages: "LAUDTRITON_CACHE=<value>"."""
+    return f"LAUDTRITON_CACHE={os.environ.get('LAUDTRITON_CACHE', '').strip()}"
+
+
 def cache_enabled_from_env() -> bool:
     """Whether ``$LAUDTRITON_CACHE`` leaves the cache on: "0", "false", "off", "no"
     disable it; unset, "", "1", "true", "on", "yes" do not (any case).

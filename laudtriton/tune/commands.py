@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..schedule import format_rate, rate_key
-from .cache import NotACacheError, TuneCache, merge_files
+from .cache import NotACacheError, TuneCache, disabled_by, merge_files
 from .keys import check_dir
 from .sweep import (
     DTYPES,
@@ -65,6 +65,33 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
         check_dir(path, flag, ", or leave the option out for the default")
 
 
+def check_writable_dir(path: str | None, flag: str = "--cache-dir") -> None:
+    """``check_cache_dir``, and the directory made (if missing) with a file written in it:
+    a ValueError naming ``flag`` otherwise, for a command whose point is to fill it."""
+    check_cache_dir(path, flag)
+    if path is None:
+        return
+    try:
+        folder = os.path.expanduser(path)
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
+                         ) from None
+
+
+MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)
+
+
+def check_input_size(value: int | None, flag: str = "--input-size") -> None:
+    """A ValueError naming ``flag`` unless ``value`` (None: the default) is in [32,
+    MAX_INPUT_SIZE] (the stem and the four stages halve it five times)."""
+    if value is not None and not 32 <= value <= MAX_INPUT_SIZE:
+        raise ValueError(f"{flag} must be in [32, {MAX_INPUT_SIZE}] (the stem and the four "
+                         f"stages halve it five times), got {value}")
+
+
 def check_output_path(path: str | None, flag: str, replaced: bool = False) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
     a file: empty, a directory, in a directory that does not exist or where no file can
@@ -97,9 +124,10 @@ def fail(command: str, msg: str, code: int = 2) -> int:
 
 def out_of_memory(e: RuntimeError, options: str) -> ValueError:
     """A one-line ValueError naming ``options`` (e.g. "--batch 64") for an allocator's
-    refusal (the C allocator's "can't allocate memory", CUDA's "Tried to allocate");
-    any other RuntimeError is raised again as it is."""
-    if "allocate" not in str(e):
+    refusal (the C allocator's "can't allocate memory", CUDA's "Tried to allocate") or a
+    tensor size past int64 ("Storage size calculation overflowed"); any other
+    RuntimeError is raised again as it is."""
+    if "allocate" not in str(e) and "overflow" not in str(e):
         raise e
     return ValueError(f"{options}: out of memory ({str(e).splitlines()[0][:200]})")
 
@@ -137,11 +165,13 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hardware", default=None,
                    help="only with --prune-top: the predictor's hardware (default: cpu, "
                         "or cuda for --device cuda)")
-    p.add_argument("--rates", default="0.1:1.0:0.1", help="'start:stop:step' or '0.25,0.5'")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--rates", default="0.1:1.0:0.1",
+                   help="'start:stop:step' or '0.25,0.5' (default 0.1:1.0:0.1)")
+    p.add_argument("--batch", type=int, default=1, help="batch size timed (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=224,
+                   help=f"image side, 32 to {MAX_INPUT_SIZE} (default 224)")
     p.add_argument("--blocks", default=None,
                    help="comma list of block names (layer3.0) or indices; default all")
     p.add_argument("--variants", default=None,
@@ -153,14 +183,37 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                         "neither read nor write the cache, whose timings (used by compile "
                         "and the predictor) are on scattered masks")
     p.add_argument("--csv", default=None,
-                   help="CSV of every timing (default sweep_<model>_<mode>_<granularity>_"
-                        "b<batch>_<cpu|cuda>[_clustered].csv)")
+                   help="CSV of every timing (default sweep_<model>_<mode>_<granularity>"
+                        "[_c<channel granularity>]_b<batch>[_i<input size>][_<dtype>]"
+                        "[_shard<i>of<n>]_<cpu|cuda>[_clustered].csv, the bracketed parts "
+                        "where they apply or differ from their defaults)")
     p.add_argument("--cache-dir", default=None,
                    help="cache directory (default $LAUDTRITON_CACHE_DIR, else autotune_cache/ "
                         "of a source-tree install, else ~/.cache/laudtriton)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr")
     p.set_defaults(func=run_sweep)
     return p
+
+
+def default_csv(args: argparse.Namespace, device: str) -> str:
+    """The default ``--csv`` of a sweep: every option that changes its rows in the name
+    (the others only where they differ from their defaults), so that two shards, two
+    channel granularities or two dtypes on one machine do not write over each other."""
+    parts = [f"sweep_{args.model}_{args.mode}_{args.granularity}"]
+    if args.mode in ("channel", "both"):
+        parts.append(f"c{args.channel_granularity}")
+    parts.append(f"b{args.batch}")
+    if args.input_size != 224:
+        parts.append(f"i{args.input_size}")
+    if args.dtype != "float32":
+        parts.append(args.dtype)
+    if args.shard not in (None, "1/1"):
+        parts.append("shard" + args.shard.replace("/", "of"))
+    parts.append(device)
+    if args.clustered:
+        parts.append("clustered")
+    return "_".join(parts) + ".csv"
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -174,7 +227,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
         check_layout_options(args)
-        check_cache_dir(args.cache_dir)
+        check_input_size(args.input_size)
+        check_writable_dir(args.cache_dir)  # filling it is the point of a sweep
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None
         if args.prune_top < 0:
@@ -201,13 +255,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             # the predictor of `predict --cache-dir`: calibration and fitted factors
             # from this sweep's cache directory
             prune = make_prune(hw, args.prune_top, cache_dir=args.cache_dir)
-        csv_path = args.csv if args.csv is not None else (
-            f"sweep_{args.model}_{args.mode}_{args.granularity}_b{args.batch}_{dev.type}"
-            + ("_clustered" if args.clustered else "") + ".csv")
+        csv_path = args.csv if args.csv is not None else default_csv(args, dev.type)
         check_output_path(csv_path, "--csv")
-        if args.input_size is not None and args.input_size < 32:
-            raise ValueError(f"--input-size must be >= 32 (the stem and the four stages "
-                             f"halve it five times), got {args.input_size}")
         try:
             res = sweep(args.model, mode=args.mode, granularity=args.granularity,
                         rates=rates, batch=args.batch, device=str(dev), blocks=args.blocks,
@@ -230,7 +279,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"cache: {cache.path}")
     else:
         why = ("--clustered: timings on clustered masks are never cached" if args.clustered
-               else "disabled by LAUDTRITON_CACHE=0" if not cache.enabled
+               else f"disabled by {disabled_by()}" if not cache.enabled
                else cache.unsaved_why or f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
     return 0
@@ -280,8 +329,10 @@ def add_cache_parser(subparsers) -> argparse.ArgumentParser:
     for name, help_ in (("ls", "list the cached timings of this device"),
                         ("clear", "delete this device's cache file")):
         q = sub.add_parser(name, help=help_)
-        q.add_argument("--cache-dir", default=None)
-        q.add_argument("--device", default="cpu")
+        q.add_argument("--cache-dir", default=None,
+                       help="the cache directory (default: the one `laudtriton env` shows)")
+        q.add_argument("--device", default="cpu",
+                       help="whose cache file: cpu (default) or cuda[:N]")
         if name == "ls":
             q.add_argument("--all", action="store_true",
                            help="also list entries hidden as stale (other versions or "
@@ -314,7 +365,7 @@ def run_cache(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail("cache", str(e))
     if not cache.enabled:
-        return fail("cache", "the cache is disabled (LAUDTRITON_CACHE=0)")
+        return fail("cache", f"the cache is disabled ({disabled_by()})")
     if args.cache_cmd == "clear":
         try:
             n = cache.clear()

@@ -288,11 +288,12 @@ def channel_gemm_torch(x, w, bias, *, in_idx=None, n_in=None, out_idx=None, n_ou
 # -- ahead-of-time compilation -----------------------------------------------------------
 def aot_variants():
     """(dtype name, config tag, constexprs, launch options) of every AOT build of the
-    channel kernels: every config in fp16, the default config also in bf16 and fp32
+    channel kernels: every config in fp16, the default config and the smallest (what
+    gpucheck's variant checks launch on their width-16 blocks) also in bf16 and fp32
     (GPU.md section 2). Unit strides are constexprs, as the JIT specialises them."""
     for cfg in CONFIGS:
-        dtypes = (torch.float16, torch.bfloat16, torch.float32) if cfg == DEFAULT else (
-            torch.float16,)
+        dtypes = (torch.float16, torch.bfloat16, torch.float32) if cfg in (
+            DEFAULT, CONFIGS[-1]) else (torch.float16,)
         for dt in dtypes:
             consts = {"IEEE": dt == torch.float32, "UPCAST": False, "RELU": True,
                       "BLOCK_P": cfg.block_p, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,

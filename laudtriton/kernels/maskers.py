@@ -280,7 +280,8 @@ def aot_specs() -> list[AOTSpec]:
                 torch.float16,):
             d = DTYPE_NAMES[dt]
             tag = f"{d},pix{cfg.block_pix}c{cfg.block_c}n{cfg.block_n}k{cfg.block_k}"
-            opts = {"num_warps": cfg.num_warps, "default": default}
+            # the launchers pass no num_stages: the JIT compiles with Triton's default, 3
+            opts = {"num_warps": cfg.num_warps, "num_stages": 3, "default": default}
             pool = {"BLOCK_PIX": cfg.block_pix, "BLOCK_C": cfg.block_c, "stride_xc": 1}
             sx = {f"stride_x{s}": "i32" for s in "bhwc"}
             sig = {"x_ptr": f"*{d}", "w_ptr": f"*{d}", "b_ptr": f"*{d}", "logits_ptr": "*fp32",

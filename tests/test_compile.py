@@ -54,12 +54,10 @@ def assert_masks_differ_per_sample(model, mode):
 SHAPES = [("2-2-1-1", (45, 37), 3), ("7-8-2-1", (64, 58), 1)]
 
 
-@pytest.mark.parametrize("mode,variant", CASES)
-@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("granularity,hw,batch", SHAPES, ids=["b3-S2", "b1-S7-S8"])
-def test_tiny_model_every_variant(mode, variant, rate, granularity, hw, batch):
+def _compiled_matches(mode, variant, granularity, x, rate):
+    """(tiny model calibrated to ``rate`` on x, its compile with ``variant`` forced), once
+    the compiled logits and every block's masks are checked equal to the reference's."""
     model = tiny_model(mode, granularity=granularity)
-    x = spread(batch, hw)
     calibrate_rates(model, x, rate)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
     with torch.no_grad():
@@ -67,6 +65,14 @@ def test_tiny_model_every_variant(mode, variant, rate, granularity, hw, batch):
         out = cm(x)
     assert_close(out, ref)
     assert_same_masks(cm, model)
+    return model, cm
+
+
+@pytest.mark.parametrize("mode,variant", CASES)
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("granularity,hw,batch", SHAPES, ids=["b3-S2", "b1-S7-S8"])
+def test_tiny_model_every_variant(mode, variant, rate, granularity, hw, batch):
+    model, cm = _compiled_matches(mode, variant, granularity, spread(batch, hw), rate)
     if batch > 1 and rate == 0.5:
         assert_masks_differ_per_sample(model, mode)
     used = {r.variant for r in cm.last_stats}
@@ -81,15 +87,7 @@ def test_tiny_model_large_cells_partly_on_at_batch_3(mode, variant):
     of 8x8 cells, the last column 10 wide; layer2 16x15 at S = 4: 4x3, ragged too),
     batch 3 with masks that differ per sample, at rate 0.5: SHAPES' S = 8 blocks see a
     1x1 grid, all on or all off."""
-    model = tiny_model(mode, granularity="8-4-2-1")
-    x = spread(3, (128, 120))
-    calibrate_rates(model, x, 0.5)
-    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
-    with torch.no_grad():
-        ref = model(x)
-        out = cm(x)
-    assert_close(out, ref)
-    assert_same_masks(cm, model)
+    model, cm = _compiled_matches(mode, variant, "8-4-2-1", spread(3, (128, 120)), 0.5)
     assert_masks_differ_per_sample(model, "spatial")  # the grids (S is the grid's)
     grids = [b.last_masks.grid for _, b in model.blocks()][:3]  # S = 8, 4, 4
     assert all(g.shape[-2:] == (4, 3) and 0 < g.mean() < 1 for g in grids)

@@ -279,7 +279,7 @@ def test_clustered_sweep_command_says_where_the_timings_are(tmp_path, capsys, mo
     assert args.func(args) == 0
     out, err = capsys.readouterr()
     assert "1 (spec, rate) items timed, 0 from the cache" in out
-    assert "CSV: sweep_laud_resnet50_spatial_4-4-2-1_b1_cpu_clustered.csv" in out
+    assert "CSV: sweep_laud_resnet50_spatial_4-4-2-1_b1_i64_cpu_clustered.csv" in out
     assert err.strip().splitlines()[-1] == (
         "cache NOT saved (--clustered: timings on clustered masks are never cached); the "
         "results are only in the CSV")

@@ -228,7 +228,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
         check_layout_options(args)
         check_input_size(args.input_size)
-        check_writable_dir(args.cache_dir)  # filling it is the point of a sweep
+        if args.clustered:  # timings on clustered masks never reach the cache
+            check_cache_dir(args.cache_dir)
+        else:  # filling it is the point of a sweep: refused now, not after the timings
+            check_writable_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None
         if args.prune_top < 0:

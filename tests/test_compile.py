@@ -679,3 +679,29 @@ def test_quick_tuning_shows_progress_on_stderr(tmp_path, capsys):
     assert lines[0].startswith(f"laudtriton.compile: block 1/{n}: timing ")
     laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode,variant", CASES)
+def test_half_types_match_the_dense_variants_on_the_same_masks(dtype, mode, variant):
+    """Compiled in float16 or bfloat16 on CPU, each variant's logits stay within the
+    half-type bound (``testing.TOLERANCE``: four units of roundoff of the type) of the
+    same network compiled with every block ``dense`` and run on the compiled model's own
+    masks: no gate decides there, so the two differ by rounding alone (against the
+    float32 reference a gate near a tie may decide otherwise: README). Measured worst
+    over three seeds: 1.2e-3 in float16 and 8.5e-3 in bfloat16 ("both", "slice")."""
+    from laudtriton.testing import TOLERANCE
+
+    model = tiny_model(mode)
+    x = spread(3, (45, 37))
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", dtype=dtype,
+                            variants=[variant])
+    plain = laudtriton.compile(model, x, backend="cpu", tune="off", dtype=dtype,
+                               variants=["dense"])
+    xc = x.to(dtype)
+    with torch.no_grad():
+        out = cm(xc)
+        same = plain(xc, masks=[b.last_masks for b in cm.blocks], check_masks=False)
+    assert out.dtype == dtype
+    assert_close(out.float(), same.float(), TOLERANCE[dtype], f"{mode} {variant} {dtype}")

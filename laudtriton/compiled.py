@@ -426,10 +426,11 @@ changes nothing here); to train, train the original model and compile it again.
             return h
         bad = nonfinite_samples(x)
         h = stem(self, h)  # from here on h is ours, a ReLU output
-        if any(hooked(blk) for blk in self.blocks):
+        if hooked(self.stem_pool) or any(hooked(blk) for blk in self.blocks):
             # a hook on a block sees what the reference's block sees: its input intact and
             # the samples in x's order (no reordering, no output written over the input),
-            # a sample with NaN or inf NaN in every block (the stem's fused ReLU gave 0)
+            # a sample with NaN or inf NaN in every block (the stem's fused ReLU gave 0);
+            # one on the stem's pooling keeps an output no block then writes over
             if bad is not None:
                 h = mark_nan(h, bad)
             for i, blk in enumerate(self.blocks):
@@ -455,7 +456,13 @@ changes nothing here); to train, train the original model and compile it again.
 
 
 def hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or a module inside it has a forward hook or pre-hook."""
+    """Whether ``module`` or a module inside it has a forward hook or pre-hook, its own or
+    one registered for every module (``nn.modules.module.register_module_forward_hook``,
+    ``register_module_forward_pre_hook``)."""
+    glob = nn.modules.module
+    if (getattr(glob, "_global_forward_hooks", None)
+            or getattr(glob, "_global_forward_pre_hooks", None)):
+        return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 

@@ -1187,3 +1187,49 @@ def test_a_refused_conversion_or_load_leaves_the_users_module_as_it_was():
 def test_malformed_variants_are_named(variants, says):
     with pytest.raises(ValueError, match=says):
         compile_cpu(tiny(), torch.randn(1, 3, 32, 32), variants=variants)
+
+
+def test_global_module_hooks_see_what_the_reference_sees():
+    """A hook registered for every module (register_module_forward_hook) was not seen by
+    the compiled model: it fired on its blocks with the batch reordered and inputs later
+    written over, and one that edits a block's output edited another sample (logits off
+    by 1.45 of 2.38, no error). Now such a hook takes the hooked path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model, x = tiny("layer"), torch.randn(8, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x, variants=["compact"])
+    ref_block = [b for b in model.modules() if isinstance(b, LaudBottleneck)][2]
+    cm_block = cm.blocks[2]
+
+    def edit(mod, args, out):  # sample 0 of the third block's output, doubled
+        if mod is ref_block or mod is cm_block:
+            out = out.clone()
+            out[0] *= 2
+            return out
+        return None
+    handle = register_module_forward_hook(edit)
+    try:
+        with torch.no_grad():
+            ref = model(x)
+            assert_close(cm(x), ref)
+    finally:
+        handle.remove()
+    with torch.no_grad():  # without it: the fast path, the reference's logits unedited
+        assert_close(cm(x), model(x))
+
+
+def test_a_hook_on_the_compiled_stem_pool_keeps_what_it_saw():
+    """compile refuses a hook on the source's maxpool (the blocks write over its output in
+    place); one added to the compiled model's stem_pool afterwards kept a stem output
+    that the first layer block then reordered (7.0 off on two samples)."""
+    model, x = tiny("layer"), torch.randn(8, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    seen = {}
+    cm = compile_cpu(model, x, variants=["compact"])
+    h = cm.stem_pool.register_forward_hook(lambda mod, args, out: seen.__setitem__("o", out))
+    with torch.no_grad():
+        cm(x)
+        want = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    h.remove()
+    assert_close(seen["o"], want, name="the stem pool's output, kept by its hook")

@@ -229,7 +229,10 @@ def check_block_places(model: nn.Module) -> None:
     it, and no LAUD block inside another: compile finds blocks by place (each place
     becomes a compiled block), and ``LaudResNet.blocks()``, which the reference's forward
     runs, lists a shared block once and a nested one beside its parent, so the two would
-    run other blocks. (A whole LaudResNet in two places of a module is compiled per place.)
+    run other blocks. (A whole LaudResNet in two places of a module: its first place
+    becomes a CompiledModel, the other keeps its stem and head with compiled blocks. A
+    LAUD block in two places of a module outside any LaudResNet is compiled in its first
+    place, with a warning naming the others.)
 
     Raises:
         ValueError: naming both places of a shared block, or the nested block.
@@ -496,7 +499,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             floating-point tensor with data (complex, integer, meta); ``variants`` of which
             no block of the model runs any; a LaudResNet that the user's forward calls on
             inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one naming
-            a file (with cache_dir None and tune not "off").
+            a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
+            other than 0/false/off/no and 1/true/on/yes (tune not "off",
+            ``tune.cache.cache_enabled_from_env``).
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
@@ -662,6 +667,16 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                       "another branch on other inputs runs them as they are, dense with "
                       "masks)", stacklevel=3)
     out = _swap_blocks(ref, blocks)
+    # a LAUD block in two places of the user's module: its first place was compiled, the
+    # module's other attribute still holds the block itself
+    shared = [n for n, m in out.named_modules(remove_duplicate=False)
+              if isinstance(m, LaudBottleneck)
+              and not any(n == u or n.startswith(u + ".") for u in unreached)]
+    if shared:
+        warnings.warn(f"laudtriton.compile: {', '.join(shared)} left uncompiled: a LAUD "
+                      "block in two places of the module is compiled in its first place "
+                      "only; the others run it as it is (dense with masks; give each place "
+                      "its own block, copy.deepcopy, to compile it)", stacklevel=3)
     _check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                     backend)
     return out

@@ -1233,3 +1233,17 @@ def test_a_hook_on_the_compiled_stem_pool_keeps_what_it_saw():
         want = model.maxpool(model.relu(model.bn1(model.conv1(x))))
     h.remove()
     assert_close(seen["o"], want, name="the stem pool's output, kept by its hook")
+
+
+def test_a_block_in_two_places_of_a_users_module_warns_for_the_second():
+    """Outside any LaudResNet a shared block compiles in its first place; the second kept
+    the block itself with no word (README promises a warning for what stays
+    uncompiled)."""
+    blk = make_block(16, 4, granularity=2, seed=1)
+    twice = nn.Sequential(blk, blk).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with pytest.warns(UserWarning, match=r"laudtriton.compile: 1 left uncompiled: a LAUD "
+                                         r"block in two places"):
+        cm = compile_cpu(twice, x)
+    with torch.no_grad():
+        assert_close(cm(x), twice(x))

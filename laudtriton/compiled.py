@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +16,7 @@ from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
 from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
 from .ops.layer import gate_values
-from .ops.masks import Gates, dispatch_rate, global_pool, spatial_masks_from_grid
+from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
 from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
@@ -243,12 +244,12 @@ class CompiledBlock(nn.Module):
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
              perm: tuple[int, ...] | None, rate: float | None = None) -> torch.Tensor:
-        """The chosen variant on x; rate: ``dispatch_rate(self.spec, masks)`` when the
+        """The chosen variant on x; rate: ``run_rate(self.spec, masks)`` when the
         caller has it (a layer block knows its gate values)."""
         if self.rate_free:
             choice = self.static_choice
         else:
-            choice = self.table.choose(dispatch_rate(self.spec, masks) if rate is None
+            choice = self.table.choose(run_rate(self.spec, masks) if rate is None
                                        else rate)
         if x.shape[-2:] != self.spec.in_hw:  # a block in a user's module: another size
             choice = self._fit(choice, x)
@@ -307,8 +308,8 @@ class CompiledBlock(nn.Module):
         if self._last is None:
             return None
         masks, choice, _ = self._last
-        srate = None if self.spec.mode == "channel" else float(masks.grid.float().mean())
-        crate = None if masks.channel is None else float(masks.channel.float().mean())
+        srate = None if self.spec.mode == "channel" else mean64(masks.grid)
+        crate = None if masks.channel is None else mean64(masks.channel)
         return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
 
 
@@ -455,6 +456,23 @@ changes nothing here); to train, train the original model and compile it again.
         return Plan(self)
 
 
+def mean64(t: torch.Tensor) -> float:
+    """The mean of a mask in float64: in a half type its own mean is rounded (0.55 read
+    0.5498 in bfloat16, and a rate halfway between two table entries went to the upper
+    one where float32 masks' went to the lower). A CPU mask of a numpy dtype is read
+    through numpy (no torch op)."""
+    a = host_array(t)
+    if a is not None:
+        return float(a.mean(dtype=np.float64))
+    return float(t.double().mean())
+
+
+def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
+    """``ops.masks.dispatch_rate`` in float64 whatever the masks' dtype (``mean64``): the
+    rate a compiled block reads its dispatch table at."""
+    return mean64(masks.channel if spec.mode == "channel" else masks.grid)
+
+
 def hooked(module: nn.Module) -> bool:
     """Whether ``module`` or a module inside it has a forward hook or pre-hook, its own or
     one registered for every module (``nn.modules.module.register_module_forward_hook``,
@@ -490,17 +508,18 @@ class Plan:
     a timing was taken at, or a bucket where it is predicted)."""
 
     def __init__(self, model: CompiledModel):
-        self.rows = [(b.name, b.spec, b.table, b.dispatch) for b in model.blocks]
+        self.rows = [(b.name, b.spec, b.table, b.dispatch, b.static_choice)
+                     for b in model.blocks]
         self.header = (f"backend={model.backend} dtype={str(model.dtype).replace('torch.', '')}"
                        f" tune={model.tune} input={list(model.input_shape)}")
 
     def __str__(self) -> str:
         lines = [self.header, f"{'block':<12} {'mode':<8} {'S':>2} {'G':>4}  rate:variant"
                               " (m=measured now, c=cached, p=predicted, r=only candidate)"]
-        for name, spec, table, dispatch in self.rows:
+        for name, spec, table, dispatch, static in self.rows:
             g = spec.channel_groups or "-"
             s = spec.granularity if spec.spatial else "-"
-            tag = " [static]" if dispatch == "static" else ""
+            tag = f" [static: {static.variant} at every rate]" if dispatch == "static" else ""
             lines.append(f"{name:<12} {spec.mode:<8} {s:>2} {g:>4}  {table.describe()}{tag}")
         return "\n".join(lines)
 

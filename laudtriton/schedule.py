@@ -186,7 +186,8 @@ def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
         table.add(b, timings, "predicted")
         if dense_before is None:
             table.dense_seconds.pop(b, None)
-        filled.append(b)
+        if table.covers(b):  # not when no predicted time was usable (nothing added)
+            filled.append(b)
     return filled
 
 

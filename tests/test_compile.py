@@ -705,3 +705,60 @@ def test_half_types_match_the_dense_variants_on_the_same_masks(dtype, mode, vari
         same = plain(xc, masks=[b.last_masks for b in cm.blocks], check_masks=False)
     assert out.dtype == dtype
     assert_close(out.float(), same.float(), TOLERANCE[dtype], f"{mode} {variant} {dtype}")
+
+
+def test_dispatch_rate_of_half_type_masks_is_exact():
+    """A bfloat16 mask's own mean is rounded (0.55 read 0.5498): the same masks ran
+    another variant than in float32 at a rate halfway between two table entries, and
+    last_stats reported float32 means (0.8 as 0.800000011920929)."""
+    from laudtriton.compiled import mean64, run_rate
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops.spec import BlockSpec
+
+    grid = torch.zeros(1, 1, 4, 5)
+    grid.view(-1)[:11] = 1  # 11 of 20 cells: 0.55
+    for dt in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        assert mean64(grid.to(dt)) == 0.55
+    spec = BlockSpec(16, 4, 16, 1, False, (8, 10), "spatial", 2)  # the grid's rate
+    assert run_rate(spec, BlockMasks(grid.bfloat16(), None, None, None)) == 0.55
+    x = spread(1, (32, 32))
+    model = tiny_model("spatial")
+    calibrate_rates(model, x, 0.8)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    with torch.no_grad():
+        cm(x)
+    for run, blk in zip(cm.last_stats, model.blocks()):
+        assert run.spatial_rate == float(blk[1].last_masks.grid.double().mean())
+
+
+def test_plan_names_the_variant_static_dispatch_runs():
+    model = tiny_model("spatial")
+    x = spread(1, (32, 32))
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", dispatch="static")
+    text = str(cm.plan)
+    for b in cm.blocks:
+        assert f"[static: {b.static_choice.variant} at every rate]" in text
+    with torch.no_grad():
+        cm(x)
+    assert [r.variant for r in cm.last_stats] == [b.static_choice.variant for b in cm.blocks]
+
+
+def test_fill_predictions_returns_only_what_it_filled():
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.predict import model as pmodel
+    from laudtriton.predict.hardware import get_hardware
+    from laudtriton.schedule import DispatchTable, fill_predictions
+
+    spec = BlockSpec(16, 4, 16, 1, False, (8, 10), "spatial", 2)
+    hw = get_hardware("v100")
+    assert fill_predictions(DispatchTable(), spec, [0.5], ["dense", "gather"], hw) == [0.5]
+    real = pmodel.predict_timings
+    try:  # no usable predicted time: nothing added, nothing reported filled
+        pmodel.predict_timings = lambda *a, **k: {v.name: {"{}": float("inf")}
+                                                  for v in a[2]}
+        table = DispatchTable()
+        assert fill_predictions(table, spec, [0.5], ["dense", "gather"], hw) == []
+        assert not table.entries
+    finally:
+        pmodel.predict_timings = real

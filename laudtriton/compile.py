@@ -275,7 +275,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def check_foldable(name: str, block: LaudBottleneck) -> None:
-    """Raise unless ``ops.fold_block`` computes ``block`` exactly: conv1 and conv3 1x1,
+    """Raise unless ``ops.fold_block`` computes ``block`` exactly, with stride 1 or 2:
+    conv1 and conv3 1x1,
     conv2 3x3 with padding 1 and the block's stride, all without bias, groups 1,
     dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; the
     activation nn.ReLU; a downsample that is None or nn.Sequential(1x1 conv of the
@@ -298,6 +299,10 @@ def check_foldable(name: str, block: LaudBottleneck) -> None:
                 f"{attr}; a compiled block computes LaudBottleneck's own masks and "
                 "forward. Hold the block in a module of yours instead of subclassing it")
     s = block.stride
+    if s not in (1, 2):  # LAUDNet's strides: at 3 and more the gates' mask1 of a 1x1 grid
+        # (every input pixel) is not the reference's (pixels no output reads stay off)
+        raise ValueError(f"compile: {name} has stride {s}; compiled LAUD blocks take stride "
+                         "1 or 2 (those of LAUDNet's networks)")
     parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
              ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
              ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),

@@ -1247,3 +1247,13 @@ def test_a_block_in_two_places_of_a_users_module_warns_for_the_second():
         cm = compile_cpu(twice, x)
     with torch.no_grad():
         assert_close(cm(x), twice(x))
+
+
+def test_a_block_of_stride_3_is_refused():
+    """At stride 3 and more the compiled gates' mask1 of a 1x1 grid (every input pixel)
+    is not the reference's (pixels no output reads stay off there): last_masks differed
+    and the model refused its own masks given back. LAUDNet uses strides 1 and 2."""
+    blk = make_block(16, 4, 3, "layer", 1, seed=1)
+    with pytest.raises(ValueError, match="has stride 3; compiled LAUD blocks take stride 1 "
+                                         "or 2"):
+        compile_cpu(blk, torch.randn(1, 16, 9, 9))

@@ -385,3 +385,30 @@ def test_every_cpu_variant_names_an_input_on_another_device(variant):
     with pytest.raises(ValueError, match=r"x is torch.float32 on meta; the folded weights "
                                          r"are torch.float32 on cpu"):
         get_variant(variant).run(fold_block(block), meta, masks, {})
+
+
+def test_patch_refuses_maps_whose_nearest_cells_are_not_its_patches():
+    """S dividing the map is not enough: at 82x82 with S = 41 the reference's nearest
+    upsampling puts pixel 41 in cell 0, and ``patch`` (cell i // S) gave relative error
+    0.44, reported nowhere. The registry's supports now refuses such maps (compile and
+    the dispatch fall back to another variant); every map of ResNet-50/101 keeps it."""
+    from laudtriton.ops import nearest_cells_are_patches
+
+    assert not nearest_cells_are_patches((82, 82), 41)
+    assert nearest_cells_are_patches((84, 82), 2) and nearest_cells_are_patches((56, 56), 4)
+    spec = BlockSpec(16, 4, 16, 1, False, (82, 82), "spatial", 41)
+    assert not get_variant("patch").supports(spec)
+    assert get_variant("patch").supports(spec.with_(in_hw=(84, 84), granularity=42))
+    assert "patch" not in {v.name for v in variants_for(spec, "cpu")}
+    block = make_block(16, 4, 1, "spatial", 41, seed=2)
+    x = torch.randn(1, 16, 82, 82)
+    calibrate_block(block, x, 0.5)
+    import laudtriton
+
+    with pytest.raises(ValueError, match="variants patch: no block of this model runs any "
+                                         "of them on cpu; accepted here: dense, gather"):
+        laudtriton.compile(block, x, backend="cpu", tune="off", variants=["patch"])
+    cm = laudtriton.compile(block, x, backend="cpu", tune="off")
+    with torch.no_grad():
+        assert_close(cm(x), block(x))
+    assert cm.last_stats[0].variant in ("dense", "gather")

@@ -134,7 +134,7 @@ def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch, hw, var
             assert_close(out, model(xs))
             assert_same_masks(cm, model)
             rates = [r.spatial_rate for r in cm.last_stats]
-            assert rates == [float(b.last_masks.grid.mean()) for _, b in model.blocks()]
+            assert rates == [float(b.last_masks.grid.double().mean()) for _, b in model.blocks()]
     assert any(m is not None for m in moves), "no sample moved: the test tests nothing"
 
 

@@ -102,9 +102,12 @@ def cmd_demo(args) -> int:
         fmt, td, (tc, tr) = time_against_dense(
             {n: lambda m=m: m(x) for n, m in dense_forms(model).items()},
             [lambda: cm(x), lambda: model(x)], warmup=2, reps=args.reps)
-    print(f"    dense ResNet-50 ({fmt}, folded BN)   {td * 1e3:8.2f} ms")
-    print(f"    LAUD reference (masked dense)      {tr * 1e3:8.2f} ms  ({tr / td:.2f}x dense)")
-    print(f"    laudtriton compiled                {tc * 1e3:8.2f} ms  ({tc / td:.2f}x dense)")
+    rows = [(f"dense ResNet-50 ({fmt}, folded BN)", td, ""),
+            ("LAUD reference (masked dense)", tr, f"  ({tr / td:.2f}x dense)"),
+            ("laudtriton compiled", tc, f"  ({tc / td:.2f}x dense)")]
+    width = max(len(label) for label, _, _ in rows)
+    for label, t, ratio in rows:  # aligned whichever dense form was faster
+        print(f"    {label:<{width}} {t * 1e3:8.2f} ms{ratio}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 

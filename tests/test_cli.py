@@ -228,6 +228,9 @@ def test_demo_runs_end_to_end(capsys):
     times = [float(line.split("ms")[0].split()[-1]) for line in out.splitlines()
              if line.rstrip().endswith(("ms", "x dense)")) and " ms" in line]
     assert len(times) == 3 and all(t > 0 for t in times)
+    ends = {line.index(" ms") for line in out.splitlines() if line.startswith("    ")
+            and " ms" in line and line.rstrip().endswith(("ms", "x dense)"))}
+    assert len(ends) == 1  # the three timing lines aligned
 
 
 def test_check_mode_takes_what_laud_resnet_takes():

@@ -638,7 +638,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     captured, missed = _block_inputs(ref, x)
-    distinct: dict[BlockSpec, int] = {}  # tuning progress on stderr: block i of n
+    distinct: set[BlockSpec] = set()  # tuning progress on stderr: block i of n
 
     def say(text: str) -> None:
         print(f"laudtriton.compile: block {len(tables) + 1}/{len(distinct)}: {text}",
@@ -647,7 +647,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     for name, block, xin in captured:
         check_foldable(name, block)
         specs.append(BlockSpec.from_block(block, xin.shape, dtype))
-        distinct.setdefault(specs[-1], len(distinct))
+        distinct.add(specs[-1])
     if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):
         _check_variants(variants, specs, backend)  # before any tuning
     for (name, block, xin), spec in zip(captured, specs):

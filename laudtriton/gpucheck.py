@@ -45,7 +45,6 @@ import os
 import platform
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -474,13 +473,13 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
     backend = "cuda" if dev == "cuda" else "cpu"
     batch = spec.batch
     x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu()
-    dense = {}
-    for dt in (torch.float16, torch.bfloat16):
-        xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
-        dense[str(dt)[6:]] = _static_dense_time(fold_block(block, dt, dev), xd, dev)
+    # the block folded and its input, per half type (float16's for the variants too)
+    half = {dt: (fold_block(block, dt, dev),
+                 x.to(dev, dt).contiguous(memory_format=torch.channels_last))
+            for dt in (torch.float16, torch.bfloat16)}
+    dense = {str(dt)[6:]: _static_dense_time(f, xh, dev) for dt, (f, xh) in half.items()}
     dt_best = min(dense, key=dense.get)
-    fb = fold_block(block, torch.float16, dev)
-    xd = x.to(dev, torch.float16).contiguous(memory_format=torch.channels_last)
+    fb, xd = half[torch.float16]
     m = synthetic_masks(spec, 0.5, seed=0, device=dev)
     masked = time_variants(fb, spec, xd, m, [v for v in variants_for(spec, backend)
                                              if v.name == "dense"])["dense"]
@@ -495,7 +494,7 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
         with torch.no_grad(), exact_fp32():
             ref = dense_block(fb32, x32, masks).float()
 
-        def check(name, cfg, out, rate=rate, ref=ref):
+        def check(name, cfg, out, ref=ref):
             assert_close(out.float(), ref, TOLERANCE[torch.float16], f"{name} {cfg}")
 
         errors: dict = {}
@@ -702,20 +701,14 @@ def _options(args) -> list[int]:
 def run(args) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
     one line on stderr for a bad option or no GPU: nothing ran)."""
-    from .tune.commands import fail
+    from .tune.commands import fail, make_writable_dir
 
     try:
         batches = _options(args)
+        make_writable_dir(args.out, "--out")  # before part 1 runs
     except ValueError as e:
         return fail("gpucheck", str(e))
     out = Path(args.out).expanduser()  # as check_dir read it ('--out=~/x': no shell)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):  # writable, before part 1 runs
-            pass
-    except OSError as e:  # no permission, a read-only file system...
-        return fail("gpucheck", f"--out {args.out!r} cannot be made or written "
-                                f"({e.strerror or e})")
     r = Run(out, args.budget, args.device)
     handler = logging.FileHandler(r.log)  # the library's warnings (a failed config's
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))  # text) too

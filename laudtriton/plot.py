@@ -367,11 +367,11 @@ def run_plot(args: argparse.Namespace) -> int:
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
         if args.source == "cache":
-            from .tune.cache import TuneCache
+            from .tune.cache import TuneCache, disabled_by
 
             cache = TuneCache(args.cache_dir, device=args.device)
             if not cache.enabled:
-                raise ValueError("--from cache: the cache is disabled (LAUDTRITON_CACHE); "
+                raise ValueError(f"--from cache: the cache is disabled ({disabled_by()}); "
                                  "unset it to plot the cache")
             rows = rows_from_cache(cache)
             if not rows:

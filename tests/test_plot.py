@@ -459,7 +459,7 @@ def test_plot_command_from_a_disabled_cache_says_so(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("LAUDTRITON_CACHE", "0")
     assert _run(["plot", "--from", "cache", "--cache-dir", str(tmp_path),
                  "--out", str(tmp_path / "o"), "--no-predicted"]) == 2
-    assert "the cache is disabled (LAUDTRITON_CACHE)" in capsys.readouterr().err
+    assert "the cache is disabled (LAUDTRITON_CACHE=0)" in capsys.readouterr().err
 
 
 def test_one_panel_figure_is_wide_enough_for_its_title(tmp_path):

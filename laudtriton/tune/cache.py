@@ -287,9 +287,10 @@ def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
 
 def _annotate_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
     """Merge annotation meta ({key: meta}, ``TuneCache.annotate``) into the entries of
-    ``dst`` they name (an entry no longer there is not annotated)."""
+    ``dst`` they name (an entry no longer there, or one no reader can use, is not
+    annotated)."""
     for k, names in notes.items():
-        if k in dst:
+        if k in dst and _valid_entry(dst[k]):
             dst[k] = {**dst[k], "meta": _merge_meta(dst[k].get("meta") or {}, names)}
 
 
@@ -419,9 +420,14 @@ class TuneCache:
         self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """The cache file's lock file (``<file>.lock`` beside it)."""
+        return self.path.with_name(self.path.name + ".lock")
+
     def _lock(self):
-        """The cache file's inter-process lock (``<file>.lock`` beside it)."""
-        return _file_lock(self.path.with_name(self.path.name + ".lock"))
+        """The cache file's inter-process lock (on ``lock_path``)."""
+        return _file_lock(self.lock_path)
 
     def _hash(self, variant: str) -> str | None:
         if variant not in self._hashes:
@@ -586,7 +592,6 @@ class TuneCache:
         keep them in memory and say why once (``record``)."""
         if not self.enabled:
             return
-        lock = self.path.with_name(self.path.name + ".lock")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with self._lock():
@@ -619,22 +624,22 @@ class TuneCache:
                                     "only", self.path, found, self.device)
                         self._warned_foreign = True
                     return
-                usable = {k: e for k, e in entries.items() if _valid_entry(e)}
-                _annotate_into(usable, self._notes)
-                for k in self._memory:  # a record replaces an entry no reader can use
-                    if k not in usable:
-                        entries.pop(k, None)
-                entries.update(usable)
+                # a record replaces an entry of its key no reader can use; the file's
+                # other entries stay as they are, those no reader can use too
+                entries = {k: e for k, e in entries.items()
+                           if k not in self._memory or _valid_entry(e)}
+                _annotate_into(entries, self._notes)
                 _merge_into(entries, self._memory)
                 _write(self.path, self.device, entries)
             self._memory.clear()
             self._notes.clear()
             self._loaded = (None, {})
         except TimeoutError:  # filelock.Timeout: another process holds the lock
-            self.unsaved_why = (f"another process held the lock {lock} for {LOCK_TIMEOUT} s")
+            self.unsaved_why = (f"another process held the lock {self.lock_path} for "
+                                f"{LOCK_TIMEOUT} s")
             log.warning("autotune cache %s: another process held its lock %s for %d s; "
                         "results are kept in memory, a later record tries again",
-                        self.path, lock, LOCK_TIMEOUT)
+                        self.path, self.lock_path, LOCK_TIMEOUT)
         except OSError as e:
             self.unsaved_why = f"directory not writable: {self.dir}"
             if not self._warned_unwritable:

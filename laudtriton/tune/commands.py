@@ -65,10 +65,10 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
         check_dir(path, flag, ", or leave the option out for the default")
 
 
-def check_writable_dir(path: str | None, flag: str = "--cache-dir") -> None:
-    """``check_cache_dir``, and the directory made (if missing) with a file written in it:
-    a ValueError naming ``flag`` otherwise, for a command whose point is to fill it."""
-    check_cache_dir(path, flag)
+def make_writable_dir(path: str | None, flag: str) -> None:
+    """The directory ``path`` (given with ``flag``; None: nothing to do) made if missing,
+    and a file written in it, before any work, for a command whose point is to fill it:
+    a ValueError naming ``flag`` otherwise (no permission, a read-only file system)."""
     if path is None:
         return
     try:
@@ -231,7 +231,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         if args.clustered:  # timings on clustered masks never reach the cache
             check_cache_dir(args.cache_dir)
         else:  # filling it is the point of a sweep: refused now, not after the timings
-            check_writable_dir(args.cache_dir)
+            check_cache_dir(args.cache_dir)
+            make_writable_dir(args.cache_dir, "--cache-dir")
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None
         if args.prune_top < 0:

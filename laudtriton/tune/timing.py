@@ -10,6 +10,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 
+def _check_runs(warmup: int, reps: int) -> None:
+    """A ValueError unless reps >= 1 and warmup >= 0 (a median needs a run)."""
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
+                         f"warmup={warmup}")
+
+
 def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
                 warmup: int = 3, reps: int = 20) -> float:
     """Median seconds of one call of ``fn``.
@@ -22,9 +29,7 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
     Raises:
         ValueError: if reps < 1 or warmup < 0.
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
-                         f"warmup={warmup}")
+    _check_runs(warmup, reps)
     if torch.device(device).type == "cuda":
         import triton.testing
 
@@ -52,9 +57,7 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
     Raises:
         ValueError: if reps < 1 or warmup < 0, or setup does not give one entry per fn.
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
-                         f"warmup={warmup}")
+    _check_runs(warmup, reps)
     setup = list(setup) if setup is not None else [None] * len(fns)
     if len(setup) != len(fns):
         raise ValueError(f"setup has {len(setup)} entries for {len(fns)} functions")

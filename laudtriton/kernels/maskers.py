@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .aot import AOTSpec
 from .channel_gemm import DTYPE_NAMES, DTYPES, check_tensor
-from .tiles import launch
+from .tiles import check_launch_config, launch
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class MaskerConfig:
     block_n: int = 32
     block_k: int = 64
     num_warps: int = 4
+
+    def __post_init__(self):
+        check_launch_config(self, ("block_pix", "block_c", "block_n", "block_k"))
 
 
 DEFAULT = MaskerConfig()

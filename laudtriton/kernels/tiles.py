@@ -37,15 +37,16 @@ def check_launch_config(cfg, tiles: tuple[str, ...]) -> None:
     """Raise a ValueError naming the first bad field of a kernel config dataclass: the
     ``tiles`` fields must be powers of two >= 16 (``tl.dot`` on sm_80/sm_90 refuses K < 16
     at compile time, which the interpreter does not check), num_warps a power of two
-    in [1, 32], num_stages >= 1."""
+    in [1, 32], num_stages (where the config has one) >= 1."""
     for name in tiles:
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 16 or v & (v - 1):
             raise ValueError(f"{name}={v!r}; accepted: a power of two >= 16")
     if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
         raise ValueError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16 or 32")
-    if not isinstance(cfg.num_stages, int) or cfg.num_stages < 1:
-        raise ValueError(f"num_stages={cfg.num_stages!r}; accepted: an int >= 1")
+    stages = getattr(cfg, "num_stages", 1)
+    if not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"num_stages={stages!r}; accepted: an int >= 1")
 
 
 def config_from_dict(cls, d: dict | None):

@@ -70,17 +70,16 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
     skipping with the κ correction. config: a dict of ``kernels.channel_gemm.GemmConfig``.
 
     Raises:
-        ValueError: if ``masks.channel`` is None or its groups do not divide the width.
+        ValueError: if ``masks.channel`` is None or not [B, G] with G dividing the width,
+            or x does not fit the block (``FoldedBlock.check_input``).
     """
     from ..kernels import channel_conv3x3 as cc
     from ..kernels import channel_gemm as cg
 
     if masks.channel is None:
         raise ValueError("masks.channel is None; the channel_gemm variant needs a channel mask")
+    fb.check_input(x, masks.channel, "channel_gemm")  # the kernels index by the masks
     w = fb.width
-    if w % masks.channel.shape[1]:
-        raise ValueError(f"masks.channel has {masks.channel.shape[1]} groups; they must divide "
-                         f"the width {w}")
     cfg = cg.GemmConfig.from_dict(config)
     b, cin, h, wd = x.shape
     xr = x.permute(0, 2, 3, 1)  # NHWC view of channels_last storage

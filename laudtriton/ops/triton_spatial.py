@@ -27,6 +27,7 @@ from ..nn.block import BlockMasks
 from .dense import conv1x1
 from .fold import FoldedBlock, derived
 from .registry import Cost, Variant, register
+from .spatial import _check as check_spatial
 from .spec import BlockSpec
 
 STAGES = ("conv1", "conv2", "conv3")
@@ -104,6 +105,9 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, config: dict | Non
 
     if masks is None or masks.mask3 is None or masks.mask1 is None:
         raise ValueError("masks must carry mask3 and mask1 (a spatial block's BlockMasks)")
+    # shapes only, no host sync (``masked`` stays capturable): the kernels index the
+    # output and the conv1 buffer by the masks' positions, unchecked (validate=False)
+    check_spatial(fb, x, masks)
     unknown = set(config or {}) - set(STAGES)
     if unknown:
         raise ValueError(f"config has keys {sorted(unknown)}; accepted {STAGES}")

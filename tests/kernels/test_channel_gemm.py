@@ -228,3 +228,21 @@ def test_batch_past_cudas_grid_limit_is_refused():
         cc.channel_conv3x3(torch.randn(batch, 1, 1, 16), torch.randn(16, 16, 3, 3),
                            torch.zeros(16), in_idx=idx, n_in=n, out_idx=idx, n_out=n,
                            validate=False)
+
+
+def test_channel_gemm_variant_refuses_masks_that_do_not_fit():
+    """Masks of another batch reached the kernels unchecked (they index by them), and a
+    mask with no group divided by zero: each is a ValueError naming masks.channel."""
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops import fold_block, get_variant
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, 1, mode="channel", channel_granularity=2)
+    fb = fold_block(block)
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    v = get_variant("channel_gemm")
+    for channel in (torch.ones(3, 2), torch.ones(1, 2), torch.ones(2, 0), torch.ones(2, 3)):
+        with pytest.raises(ValueError, match=r"channel_gemm: masks.channel has shape "):
+            v.run(fb, x, BlockMasks(None, None, None, channel), None)
+    with pytest.raises(ValueError, match="channel_gemm: x has 8 channels"):
+        v.run(fb, x[:, :8], BlockMasks(None, None, None, torch.ones(2, 2)), None)

@@ -133,3 +133,13 @@ def test_batch_past_cudas_grid_limit_is_refused():
         mk.spatial_masker(x, torch.randn(2, 16), torch.zeros(2), (1, 1))
     with pytest.raises(ValueError, match="channel_masker_mlp: 65536 programs on launch grid"):
         mk.channel_masker_mlp(x, [(torch.randn(4, 16), torch.zeros(4))])
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(num_warps=3), "num_warps=3"),  # runs under the interpreter; a GPU refuses it
+    (dict(block_pix=24), "block_pix=24; accepted: a power of two >= 16"),
+    (dict(block_k=8), "block_k=8"),
+])
+def test_bad_config_is_refused_at_construction(fields, match):
+    with pytest.raises(ValueError, match=match):
+        mk.MaskerConfig(**fields)

@@ -6,6 +6,7 @@ import torch
 
 from laudtriton.kernels import gather_conv
 from laudtriton.nn import calibrate_block
+from laudtriton.nn.block import BlockMasks
 from laudtriton.ops import registry
 from laudtriton.ops import triton_spatial as ts
 from laudtriton.ops.fold import fold_block
@@ -83,6 +84,29 @@ def test_bad_config_and_masks():
         ts.run_fused(fb, x, masks, {"conv4": {}})
     with pytest.raises(ValueError, match="mask3 and mask1"):
         ts.run_masked(fb, x, type(masks)(None, None, None, None), {})
+
+
+@pytest.mark.parametrize("variant", ["fused", "masked"])
+def test_masks_that_do_not_fit_x_are_refused(variant):
+    """The kernels index the conv1 buffer and the output by the masks' positions: masks
+    of another batch or map wrote out of bounds (heap corruption) or left a sample
+    unwritten."""
+    block, x, masks, _ = _case(16, 1, 0.5, hw=(6, 6), batch=2)
+    fb = fold_block(block)
+
+    def batch(keep):
+        return BlockMasks(*(getattr(masks, f)[keep] for f in ("grid", "mask3", "mask1")),
+                          None)
+
+    with pytest.raises(ValueError, match=r"masks.grid has shape \(3, 1"):
+        RUNS[variant](fb, x, batch([0, 1, 0]), TINY)
+    with pytest.raises(ValueError, match=r"masks.grid has shape \(1, 1"):
+        RUNS[variant](fb, x, batch([0]), TINY)
+    _, _, masks8, _ = _case(16, 1, 0.5, hw=(8, 8), batch=2)
+    with pytest.raises(ValueError, match=r"masks.mask3 has shape \(2, 1, 8, 8\)"):
+        RUNS[variant](fb, x, masks8, TINY)
+    with pytest.raises(ValueError, match="x has 8 channels"):
+        RUNS[variant](fb, x[:, :8], masks, TINY)
 
 
 def test_registration():

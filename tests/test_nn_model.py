@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -542,6 +543,76 @@ def test_calibrate_bad_rate(kw):
         calibrate_rates(tiny(), torch.randn(1, 3, 64, 64), **kw)
 
 
+def test_calibrate_refuses_nonfinite_and_empty_input_and_keeps_the_biases():
+    """NaN margins set every keep-bias to NaN (the model then skipped everything on any
+    input, silently); an empty batch raised max()'s internal error."""
+    model = tiny()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    bad = torch.randn(2, 3, 64, 64)
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="x holds NaN or inf values"):
+        calibrate_rates(model, bad, 0.5)
+    with pytest.raises(ValueError, match=r"B >= 1 .*got \(0, 3, 64, 64\)"):
+        calibrate_rates(model, torch.randn(0, 3, 64, 64), 0.5)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_calibrate_warns_where_tied_logits_miss_the_rate():
+    """A constant input gives every cell of a masker the same margin: all on or all
+    off, whatever the rate asked; the achieved rates said so only by their values."""
+    model = tiny()
+    with pytest.warns(UserWarning, match=r"could not reach .*layer1\.0 spatial \d+/\d+ of"):
+        got = calibrate_rates(model, torch.zeros(2, 3, 64, 64), 0.5)
+    assert set(got) <= {0.0, 1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # varied input: every count reached, no warning
+        calibrate_rates(model, torch.randn(2, 3, 64, 64), 0.5)
+
+
+def test_calibrate_channel_rate_needs_a_channel_masker():
+    with pytest.raises(ValueError, match="channel_rate: the model has no channel masker"):
+        calibrate_rates(tiny(), torch.randn(1, 3, 64, 64), 0.5, channel_rate=0.25)
+    got = calibrate_rates(tiny(mode="channel"), torch.randn(2, 3, 64, 64), 0.5,
+                          channel_rate=0.25)
+    assert all(abs(r - 0.25) < 1e-9 for r in got)  # every channel mask, as documented
+
+
+def test_calibrate_names_the_block_an_input_is_too_small_for():
+    with pytest.raises(ValueError, match=r"x of size 16x16 is too small: layer2\.0: "
+                                         r"granularity 4"):
+        calibrate_rates(tiny(input_size=None), torch.randn(1, 3, 16, 16), 0.5)
+
+
+def test_model_forward_refuses_another_dtype_and_takes_an_empty_batch():
+    model = tiny(input_size=None).eval()
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(ValueError, match=f"x is {dtype}; the model is torch.float32"):
+            model(torch.zeros(1, 3, 32, 32, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
+        assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 10)
+    assert model(torch.randn(0, 3, 32, 32)).shape == (0, 10)  # was an IndexError
+
+
+@pytest.mark.parametrize("value", ["a", None, True, float("nan"), 0])
+def test_temperatures_must_be_positive_numbers(value):
+    from laudtriton.nn.losses import KDLoss
+
+    with pytest.raises(ValueError, match=f"temperature must be a finite number > 0, got "
+                                         f"{re.escape(repr(value))}"):
+        tiny().set_temperature(value)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        KDLoss(value)
+
+
+def test_masker_helpers_refuse_non_integers():
+    from laudtriton.nn.maskers import MaskerChannelMLP, mask_grid_size
+
+    with pytest.raises(ValueError, match="granularity must be a positive int, got 2.5"):
+        mask_grid_size((8, 8), 2.5)
+    with pytest.raises(ValueError, match="groups must be a positive int, got 0"):
+        MaskerChannelMLP(64, 0)
+
+
 # ---------------------------------------------------------------- model construction
 
 
@@ -669,7 +740,8 @@ def test_calibrate_block_runs_in_eval_and_checks_its_input():
     with torch.no_grad():
         block(x)
     assert float(block.last_stats.channel_rate) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match=r"x must be a \[B, 32, H, W\] tensor for this block"):
+    with pytest.raises(ValueError,
+                       match=r"x must be a \[B, 32, H, W\] tensor with B >= 1 for this block"):
         calibrate_block(block, torch.randn(32, 8, 8), 0.5)
     with pytest.raises(ValueError, match="rate must be in"):
         calibrate_block(block, x, 2.0)
@@ -695,7 +767,7 @@ def test_calibrate_rate_of_another_type_is_named(rate):
         calibrate_rates(model, torch.randn(1, 3, 32, 32), rate)
 
 
-@pytest.mark.parametrize("width_mult", [-1, 0, 0.01, "1"])
+@pytest.mark.parametrize("width_mult", [-1, 0, 0.01, "1", float("inf"), True])
 def test_model_bad_width_mult(width_mult):
     with pytest.raises(ValueError, match=f"width_mult must be a number > 0 .*got {width_mult!r}"):
         LaudResNet((1, 1, 1, 1), width_mult=width_mult)

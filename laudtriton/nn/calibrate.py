@@ -8,10 +8,12 @@ the input of the next.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 
 from .block import LaudBottleneck
+from .maskers import MapTooSmall
 from .resnet import LaudResNet
 
 
@@ -81,14 +83,16 @@ def _settle(margins_of, bias: torch.Tensor, k: int, steps: int = 64) -> None:
     count(short)
 
 
-def _set_rate(margins_of, bias: torch.Tensor, rate: float) -> None:
+def _set_rate(margins_of, bias: torch.Tensor, rate: float) -> tuple[int, int]:
     """Shift ``bias`` (a masker's keep-logit bias, in place) so that round(rate·N) of
     the N margins ``margins_of()`` are >= 0: by the float64 offset, then ``_settle``
-    where rounding lost it."""
+    where rounding lost it. Returns (decisions on, decisions wanted on): they differ
+    where margins tie (a constant input gives every cell the same margin)."""
     margins = margins_of()
     k = int(round(rate * margins.numel()))
     bias += _shift_for_rate(margins, k)
     _settle(margins_of, bias, k)
+    return int((margins_of() >= 0).sum()), k
 
 
 def _margins(logits: torch.Tensor) -> torch.Tensor:
@@ -105,13 +109,26 @@ def _check_rates(rate: float, channel_rate: float | None) -> None:
 
 
 def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+    if (not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels
+            or x.shape[0] == 0):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a [B, {channels}, H, W] tensor for this {what}, "
-                         f"got {shape}")
+        raise ValueError(f"x must be a [B, {channels}, H, W] tensor with B >= 1 for this "
+                         f"{what}, got {shape}")
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError(f"x is {x.dtype} on {x.device}; the {what} is {weight.dtype} on "
                          f"{weight.device}")
+    if not bool(torch.isfinite(x).all()):  # NaN margins would set every bias to NaN
+        raise ValueError("x holds NaN or inf values; calibrate on finite inputs")
+
+
+def _warn_missed(missed: list[str], rate: float, channel_rate: float | None) -> None:
+    if missed:
+        target = f"{rate}" if channel_rate is None else f"{rate} (channel {channel_rate})"
+        warnings.warn(
+            f"calibration to {target}: {len(missed)} masker(s) could not reach "
+            f"round(rate·N) decisions on x because their logits tie (e.g. a constant "
+            f"input): {'; '.join(missed[:4])}{'; ...' if len(missed) > 4 else ''}; "
+            "calibrate on varied inputs", stacklevel=3)
 
 
 @torch.no_grad()
@@ -122,31 +139,51 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
     statistics) and gets its training flag back afterwards.
 
     Raises:
-        ValueError: if x is not [B, Cin, H, W] of the block's dtype and device, or a rate
-            is outside [0, 1].
+        ValueError: if x is not [B, Cin, H, W] (B >= 1, the block's dtype and device,
+            finite), or a rate is outside [0, 1].
+
+    Warns (UserWarning) as ``calibrate_rates`` does.
     """
     if not isinstance(block, LaudBottleneck):
         raise ValueError(f"calibrate_block takes a LaudBottleneck, got {type(block).__name__} "
                          "(a whole LaudResNet: calibrate_rates)")
     _check_x(x, block.inplanes, block.conv1.weight, "block")
     _check_rates(rate, channel_rate)
+    _warn_missed(_calibrate_eval(block, x, rate, channel_rate, "block"), rate, channel_rate)
+
+
+def _calibrate_eval(block: LaudBottleneck, x: torch.Tensor, rate: float,
+                    channel_rate: float | None, name: str) -> list[str]:
+    """``_calibrate`` with the block in eval mode meanwhile."""
     was_training = block.training
     block.eval()
     try:
-        _calibrate(block, x, rate, channel_rate)
+        return _calibrate(block, x, rate, channel_rate, name)
     finally:
         block.train(was_training)
 
 
 def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
-               channel_rate: float | None) -> None:
+               channel_rate: float | None, name: str) -> list[str]:
+    """Calibrate the block's maskers; returns '<name> <masker> <on>/<wanted> of <N>'
+    for each masker that could not reach its count (tied logits)."""
     spatial, channel = block.masker_spatial, block.masker_channel
+    todo = []
     if spatial is not None:
         grid = block.grid_size(tuple(x.shape[-2:]))
-        _set_rate(lambda: _margins(spatial.logits(x, grid)), spatial.conv.bias[:1], rate)
+        todo.append(("spatial", lambda: _margins(spatial.logits(x, grid)),
+                     spatial.conv.bias[:1], rate))
     if channel is not None:
-        _set_rate(lambda: _margins(channel.logits(x)), channel.last_linear().bias[:channel.groups],
-                  rate if channel_rate is None else channel_rate)
+        todo.append(("channel", lambda: _margins(channel.logits(x)),
+                     channel.last_linear().bias[:channel.groups],
+                     rate if channel_rate is None else channel_rate))
+    missed = []
+    for kind, margins_of, bias, target in todo:
+        got, want = _set_rate(margins_of, bias, target)
+        if got != want:
+            n = margins_of().numel()
+            missed.append(f"{name} {kind} {got}/{want} of {n} on")
+    return missed
 
 
 @torch.no_grad()
@@ -162,12 +199,21 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
 
     Args:
         model: a LAUD ResNet (its mode is kept; it is left in eval mode).
-        x: [B, C, H, W] calibration input.
+        x: [B, C, H, W] calibration input (finite values, B >= 1).
         rate: target activation rate in [0, 1].
-        channel_rate: target of channel masks in "both" mode (default: ``rate``).
+        channel_rate: target of every channel mask ("channel" and "both" blocks; default
+            ``rate``); a model with no channel masker refuses it.
 
     Returns:
         the achieved spatial (or channel, in channel mode) rate of each block.
+
+    Raises:
+        ValueError: if x is not [B, C, H, W] (B >= 1, the model's dtype and device,
+            finite), a rate is outside [0, 1], channel_rate is given to a model without
+            channel masks, or x is too small for a block's granularity.
+
+    Warns (UserWarning) naming the maskers that could not reach their count because
+    their logits tie on x (a constant input).
     """
     if not isinstance(model, LaudResNet):
         raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
@@ -180,12 +226,21 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     weight = model.conv1.weight
     _check_x(x, weight.shape[1], weight, "model")
     _check_rates(rate, channel_rate)
+    if channel_rate is not None and not any(b.masker_channel is not None
+                                            for _, b in model.blocks()):
+        raise ValueError("channel_rate: the model has no channel masker (its mode "
+                         f"{'-'.join(model.config['mode'])}); give the rate as rate")
     model.eval()
     h = model.stem(x)
-    achieved = []
-    for _, block in model.blocks():
-        calibrate_block(block, h, rate, channel_rate)
+    achieved, missed = [], []
+    for name, block in model.blocks():
+        try:
+            missed += _calibrate_eval(block, h, rate, channel_rate, name)
+        except MapTooSmall as e:
+            raise ValueError(f"x of size {x.shape[2]}x{x.shape[3]} is too small: {name}: "
+                             f"{e}") from None
         h = block(h)
         s = block.last_stats
         achieved.append(float(s.rate3 if block.masker_spatial is not None else s.channel_rate))
+    _warn_missed(missed, rate, channel_rate)
     return achieved

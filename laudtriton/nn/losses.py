@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .maskers import positive_real
 from .resnet import ModelStats
 
 
@@ -60,9 +61,7 @@ class KDLoss(nn.Module):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = positive_real("temperature", temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
         t = self.temperature

@@ -9,6 +9,9 @@ image with the official accounting.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +28,15 @@ class MapTooSmall(ValueError):
     """A feature map smaller than the block's granularity S (``mask_grid_size``)."""
 
 
+def positive_real(name: str, value) -> float:
+    """``value`` as a float if it is a finite real number > 0 (not a bool); else a
+    ValueError naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and value > 0)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
@@ -32,8 +44,9 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
         ValueError: if S is not positive or larger than the map.
     """
     ho, wo = out_hw
-    if granularity <= 0:
-        raise ValueError(f"granularity must be a positive int, got {granularity}")
+    if (isinstance(granularity, bool) or not isinstance(granularity, numbers.Integral)
+            or granularity <= 0):
+        raise ValueError(f"granularity must be a positive int, got {granularity!r}")
     if granularity > ho or granularity > wo:
         raise MapTooSmall(
             f"granularity {granularity} is larger than its feature map {ho}x{wo}; "
@@ -80,6 +93,8 @@ class MaskerChannelMLP(nn.Module):
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers}")
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
         self.groups = groups
         hidden = max(groups // reduction, 16)
         if layers == 2:

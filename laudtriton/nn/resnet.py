@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck, without_records
-from .maskers import MapTooSmall
+from .maskers import MapTooSmall, positive_real
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -151,7 +151,8 @@ class LaudResNet(nn.Module):
                           "positive ints")
         if len(depths) != 4 or not all(isinstance(d, numbers.Integral) and d >= 1 for d in depths):
             raise ValueError(f"depths {depths!r} must be 4 positive ints (blocks per stage)")
-        if not (isinstance(width_mult, (int, float)) and width_mult > 0
+        if not (isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool)
+                and math.isfinite(width_mult) and width_mult > 0
                 and int(64 * width_mult) >= 1):
             raise ValueError(f"width_mult must be a number > 0 that leaves at least one "
                              f"channel (64 x width_mult >= 1), got {width_mult!r}")
@@ -229,10 +230,9 @@ class LaudResNet(nn.Module):
 
     def set_temperature(self, temperature: float) -> None:
         """Gumbel-softmax temperature of every masker (training only)."""
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        temperature = positive_real("temperature", temperature)
         for _, b in self.blocks():
-            b.temperature = float(temperature)
+            b.temperature = temperature
 
     def __getstate__(self):
         return without_records(super().__getstate__())
@@ -250,6 +250,11 @@ class LaudResNet(nn.Module):
             raise ValueError(
                 f"expected {self.conv1.in_channels} input channels, got {x.shape[1]}"
             )
+        wt = self.conv1.weight.dtype
+        if x.dtype != wt and not (x.is_floating_point()
+                                  and torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(f"x is {x.dtype}; the model is {wt} (convert the input, e.g. "
+                             f"x.to({wt}), or the model)")
         in_hw = tuple(x.shape[-2:])
         h = self.stem(x)
         blocks = self.blocks()
@@ -300,7 +305,7 @@ class LaudResNet(nn.Module):
         head = self.inplanes + sum(m.in_features * m.out_features for m in linear)
         # and as the official op_counter counts the static network's (its full_flops, the
         # sparsity loss's denominator): AdaptiveAvgPool2d C·H·W, Linear weights + biases
-        pool = (feats[0].numel() if isinstance(self.avgpool, nn.AdaptiveAvgPool2d)
+        pool = (feats.shape[1:].numel() if isinstance(self.avgpool, nn.AdaptiveAvgPool2d)
                 else self.inplanes)
         dense_head = pool + sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel())
                                 for m in linear)

@@ -16,13 +16,15 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from .ops.registry import all_variants
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep import ideal_flops_ratio, read_csv
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("laudtriton")
 
@@ -156,6 +158,21 @@ def _draw(ax, curves: dict[str, dict[float, float]], colors: dict[str, str]) -> 
     ax.grid(True, alpha=0.3)
 
 
+def _new_figure(**kwargs) -> Figure:
+    """A matplotlib Figure (imported here: every other command, and ``plot --help``,
+    runs without matplotlib).
+
+    Raises:
+        ValueError: if matplotlib cannot be imported.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ValueError(f"plotting needs matplotlib, which cannot be imported here ({e}); "
+                         "pip install matplotlib") from None
+    return Figure(**kwargs)
+
+
 def _legend(fig: Figure, axes) -> None:
     handles, labels = {}, []
     for ax in axes:
@@ -194,8 +211,10 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     device and by mask kind (``_group``).
 
     Raises:
-        ValueError: if there is nothing to plot: no rows, or no finite timing.
+        ValueError: if there is nothing to plot: no rows, or no finite timing; or
+            matplotlib cannot be imported.
     """
+    _new_figure()  # no matplotlib: say so before reading anything
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)
     src = str(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else "the rows given"
     if not rows:
@@ -244,7 +263,7 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
     # wide enough for the title (it names the model) however few the panels
-    fig = Figure(figsize=(max(3.6 * ncol, 6.4), 2.9 * nrow + 0.9), dpi=110)
+    fig = _new_figure(figsize=(max(3.6 * ncol, 6.4), 2.9 * nrow + 0.9), dpi=110)
     axes = [fig.add_subplot(nrow, ncol, i + 1) for i in range(n)]
     for ax, sid in zip(axes, sids):
         _draw(ax, {k: v for k, v in curves[sid].items() if k != "best"}, colors)
@@ -287,7 +306,7 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
         rates = set.intersection(*(set(by_asked[sid].get(name, {})) for _, sid in blocks))
         totals[name] = {r: sum(by_asked[sid][name][r] for _, sid in blocks)
                         for r in sorted(rates)}
-    fig = Figure(figsize=(6.4, 4.8), dpi=110)
+    fig = _new_figure(figsize=(6.4, 4.8), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, {k: v for k, v in totals.items() if k != "best"}, colors)
     if totals.get("best"):
@@ -366,6 +385,7 @@ def run_plot(args: argparse.Namespace) -> int:
         check_nonempty(args.source, "--from")
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
+        _new_figure()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache, disabled_by
 

@@ -245,9 +245,11 @@ def test_check_mode_takes_what_laud_resnet_takes():
             check_mode(mode, "--mode")
 
 
-def test_cache_merge_refuses_an_out_it_would_write_over_or_into_nowhere(tmp_path, capsys):
+def test_cache_merge_refuses_an_out_it_would_write_over_and_makes_its_folder(tmp_path,
+                                                                             capsys):
     """--out that exists but is not a cache file (a slip such as --out results.csv) is not
-    written over; --out in a folder that does not exist is refused, as for --csv."""
+    written over; --out in a folder that does not exist makes the folder, as sweep makes
+    its cache's (merging into ~/.cache/laudtriton on a fresh install was refused)."""
     from laudtriton.ops import BlockSpec
     from laudtriton.tune.cache import TuneCache
 
@@ -262,9 +264,12 @@ def test_cache_merge_refuses_an_out_it_would_write_over_or_into_nowhere(tmp_path
     assert err.startswith(f"laudtriton cache: error: --out {notes} exists and is not a "
                           "laudtriton cache file") and err.count("\n") == 1
     assert notes.read_text() == "rate,seconds\n0.5,0.001\n"
-    missing = tmp_path / "nowhere" / "m.json"
-    assert main(["cache", "merge", str(c.path), "--out", str(missing)]) == 2
-    assert "--out" in capsys.readouterr().err and not missing.parent.exists()
+    fresh = tmp_path / "new" / "cache" / "m.json"
+    assert main(["cache", "merge", str(c.path), "--out", str(fresh)]) == 0
+    assert fresh.is_file() and "1 entries" in capsys.readouterr().out
+    inside_a_file = notes / "m.json"
+    assert main(["cache", "merge", str(c.path), "--out", str(inside_a_file)]) == 2
+    assert "--out's directory" in capsys.readouterr().err
     assert main(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")]) == 0
 
 
@@ -353,6 +358,34 @@ def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: seen.update(k) or [row])
     assert main(["bench", "--reps", "3", "--rates", "0.5", "--model-only"]) == 0
     assert seen["reps"] == 3 and "--reps 3: medians of fewer than 20" in capsys.readouterr().err
+
+
+def test_commands_run_without_matplotlib_and_plot_says_it_needs_it(tmp_path):
+    """laudtriton.plot imported matplotlib at the top, so every command (env, --version)
+    loaded it, and without it `plot --help` was an error. A fresh interpreter, where
+    importing matplotlib fails."""
+    import subprocess
+    import sys
+
+    csv = tmp_path / "s.csv"
+    csv.write_text("model,block,spec,rate,variant,seconds\n")
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"  # import matplotlib: ImportError
+        "from laudtriton.cli import main\n"
+        "assert main(['env']) == 0\n"
+        "try:\n"
+        "    main(['plot', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        f"sys.exit(main(['plot', '--from', {str(csv)!r}, '--out', {str(tmp_path / 'o')!r},"
+        " '--no-predicted']))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "usage: laudtriton plot" in r.stdout and "--from" in r.stdout
+    assert r.stderr.startswith(
+        "laudtriton plot: error: plotting needs matplotlib, which cannot be imported here")
 
 
 def test_a_subcommand_that_cannot_import_says_why(monkeypatch, capsys):

@@ -316,6 +316,29 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     assert last.startswith("MAPE ") and last.endswith("%") and float(last[5:-1]) < 10
 
 
+def test_calibrate_refuses_a_folder_it_cannot_write_before_measuring(capsys, tmp_path,
+                                                                     monkeypatch):
+    """A read-only cache folder failed only after the ~20 s of measuring, and the numbers
+    measured were lost with it."""
+    import importlib
+    import tempfile
+
+    cal_module = importlib.import_module("laudtriton.predict.calibrate")
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before checking the folder")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(cal_module, "calibrate", measure)
+    rc, out, err = _cli(["calibrate", "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 2 and err == (f"laudtriton calibrate: error: the calibration's directory "
+                               f"{str(tmp_path)!r} cannot be made or written (Read-only file "
+                               "system); give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)\n")
+
+
 @pytest.mark.parametrize("args, msg", [
     (["predict", "--hardware", "abacus"], "known: a100, cpu, cuda, h100"),
     (["predict", "--hardware", "v100", "--variants", "dense,nope"], "no latency model"),

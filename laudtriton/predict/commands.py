@@ -234,11 +234,17 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_calibrate(args) -> int:
     """Run ``laudtriton calibrate``. Returns the exit code."""
-    from ..tune.commands import check_cache_dir, check_device
-    from .calibrate import calibrate, save_calibration
+    from ..tune.commands import check_cache_dir, check_device, make_writable_dir
+    from .calibrate import calibrate, calibration_path, save_calibration
 
     check_device(args.device)
     check_cache_dir(args.cache_dir)
+    folder = calibration_path(args.cache_dir, args.device).parent
+    try:  # before measuring: the numbers are only kept in that file
+        make_writable_dir(str(folder), "the calibration's directory")
+    except ValueError as e:
+        raise ValueError(f"{e}; give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)"
+                         ) from None
     cal = calibrate(args.device, quick=args.quick)
     path = save_calibration(cal, args.cache_dir, args.device)
     for d, p in sorted(cal.peak.items()):

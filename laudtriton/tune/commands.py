@@ -354,6 +354,8 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
+            if args.out.strip():  # a new cache's folder is made, as sweep makes it
+                make_writable_dir(os.path.dirname(args.out) or ".", "--out's directory")
             check_output_path(args.out, "--out", replaced=True)  # written atomically
             try:
                 n = merge_files(args.files, args.out)

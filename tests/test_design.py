@@ -8,8 +8,9 @@ import pytest
 
 import laudtriton.ops  # noqa: F401  (registers every variant)
 from laudtriton.cli import main
+from laudtriton.ops.spec import BlockSpec
 from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
-from laudtriton.predict.model import predict_block
+from laudtriton.predict.model import predict_block, predict_expected
 from laudtriton.predict.network import flops_ratio, model_specs
 from laudtriton.schedule import (
     DENSE_MARGIN,
@@ -48,18 +49,36 @@ def test_fill_predictions_only_where_unmeasured():
     for b in filled:
         c = table.entries[b]
         assert c.source == "predicted" and math.isfinite(c.seconds)
-        pred = {v: predict_block(SPEC, b, v, CPU_DEFAULT) for v in ("dense", "gather", "patch")}
+        pred = {v: predict_expected(SPEC, b, v, CPU_DEFAULT)
+                for v in ("dense", "gather", "patch")}
         want = min(pred, key=pred.get)
         if pred[want] > (1 - DENSE_MARGIN) * pred["dense"]:
             want = "dense"
         assert c.variant == want
-        assert c.seconds == pytest.approx(predict_block(SPEC, b, want, CPU_DEFAULT))
+        assert c.seconds == pytest.approx(predict_expected(SPEC, b, want, CPU_DEFAULT))
     # the predictions decide both ways here (not a table of one variant)
     assert {table.entries[b].variant for b in filled} >= {"dense", "gather"}
     assert set(table.dense_seconds) == {0.1, 0.5}  # dense_seconds stays measured-only
     assert fill_predictions(table, SPEC, buckets, ["dense"], CPU_DEFAULT) == []
     assert table.choose(0.31).source == "predicted"
     assert table.choose(0.12) == Choice.make("gather", "{}", 1e-3, "measured")
+
+
+def test_predicted_buckets_are_batch_means_not_rounded_per_sample():
+    """A bucket is the mean rate over the batch: at batch 8 with one grid cell per
+    sample, 0.5 is four samples on. Predicted per sample (0.5 of one cell rounded to
+    none) it cost the empty mask's time, and dense was dispatched where the model itself
+    expects a sparse variant to be faster."""
+    spec = BlockSpec(2048, 512, 2048, 1, False, (7, 7), "spatial", granularity=7, batch=8)
+    assert spec.grid == (1, 1)
+    table = DispatchTable()
+    fill_predictions(table, spec, [0.0, 0.5, 1.0], ["dense", "gather"], CPU_DEFAULT)
+    half = table.entries[0.5]
+    full = {v: predict_block(spec, 1.0, v, CPU_DEFAULT) for v in ("dense", "gather")}
+    empty = predict_block(spec, 0.0, half.variant, CPU_DEFAULT)
+    assert half.seconds == pytest.approx(predict_expected(spec, 0.5, half.variant,
+                                                          CPU_DEFAULT))
+    assert half.seconds > empty + 0.4 * (full[half.variant] - empty)
 
 
 def test_dense_is_kept_unless_beaten_by_the_margin():

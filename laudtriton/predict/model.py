@@ -200,11 +200,14 @@ def predict_timings(spec: BlockSpec, bucket: float, variants: Iterable[str | Var
                     hw: HardwareSpec, factors: dict[str, Factors] | None = None
                     ) -> dict[str, dict[str, float]]:
     """{variant: {"{}": predicted seconds}}: the shape of measured timings, so that
-    ``DispatchTable.add(bucket, ..., "predicted")`` takes it."""
+    ``DispatchTable.add(bucket, ..., "predicted")`` takes it. The bucket is a mean rate
+    over the batch (what a compiled block dispatches on), so the expected time
+    (:func:`predict_expected`): at batch 8 with one cell per sample, bucket 0.5 is four
+    samples on, not every sample's cell rounded off."""
     out = {}
     for v in variants:
         v = resolve_variant(v)
-        out[v.name] = {"{}": predict_block(spec, bucket, v, hw, factors)}
+        out[v.name] = {"{}": predict_expected(spec, bucket, v, hw, factors)}
     return out
 
 

@@ -214,7 +214,7 @@ def test_design_s_label():
      "--channel-granularity '0' is not a positive int"),
     (["design", "--target-rate", "0.5", "--modes", "spatial", "--channel-granularity", "-2"],
      "--channel-granularity '-2' is not a positive int"),
-    (["design", "--target-rate", "0.5", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["design", "--target-rate", "0.5", "--batch", "0"], "--batch 0 must be in [1, 4096]"),
     (["design", "--target-rate", "0.5", "--cache-dir", ""], "--cache-dir '' is empty"),
 ])
 def test_cli_design_errors(capsys, args, msg):

@@ -339,12 +339,30 @@ def test_calibrate_refuses_a_folder_it_cannot_write_before_measuring(capsys, tmp
                                "system); give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)\n")
 
 
+def test_cli_predict_notes_a_borrowed_peak_and_a_disabled_cache(capsys, monkeypatch):
+    """A half type on hardware with no peak of its own printed the float32 numbers with
+    no word; with the cache disabled the note said there were no cached timings."""
+    rc, out, _ = _cli(["predict", "--hardware", "v100", "--dtype", "bfloat16", "--rates",
+                       "0.5", "--model", "laud_resnet50"], capsys)
+    assert rc == 0 and ("note: v100 has no bfloat16 peak of its own: its float32 rate is "
+                        "used") in out
+    rc, out, _ = _cli(["predict", "--hardware", "v100", "--dtype", "float16", "--rates",
+                       "0.5", "--model", "laud_resnet50"], capsys)
+    assert rc == 0 and "note:" not in out
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    rc, out, _ = _cli(["predict", "--hardware", "cpu", "--rates", "0.5", "--model",
+                       "laud_resnet50"], capsys)
+    assert rc == 0 and "(the cache is disabled by LAUDTRITON_CACHE=0: no timings read)" in out
+
+
 @pytest.mark.parametrize("args, msg", [
     (["predict", "--hardware", "abacus"], "known: a100, cpu, cuda, h100"),
     (["predict", "--hardware", "v100", "--variants", "dense,nope"], "no latency model"),
     (["predict", "--hardware", "v100", "--rates", "0.5,2"], "--rates"),
     (["predict", "--hardware", "v100", "--granularity", "4-4-2"], "3 stages"),
     (["predict", "--hardware", "v100", "--validate"], "needs measured timings"),
+    (["predict", "--hardware", "v100", "--batch", "1000000"],  # ran for minutes
+     "--batch 1000000 must be in [1, 4096]"),
 ])
 def test_cli_errors(capsys, args, msg):
     rc, out, err = _cli(args, capsys)
@@ -377,7 +395,7 @@ def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
      "--channel-granularity '2-2-4' has 3 stages; LAUD-ResNet has 4 (e.g. '4-4-2-1')"),
     (["predict", "--channel-granularity", "3", "--mode", "spatial"],
      "--channel-granularity 3 must divide the stage 1 width 64"),  # as the model refuses it
-    (["predict", "--batch", "0"], "--batch 0 must be >= 1"),
+    (["predict", "--batch", "0"], "--batch 0 must be in [1, 4096]"),
     (["predict", "--input-size", "16"], "--input-size must be in [32, 4096] (the stem and "
      "the four stages halve it five times), got 16"),
     (["design", "--target-rate", "0.5", "--input-size", "4611686018427387904"],

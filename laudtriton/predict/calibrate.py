@@ -169,6 +169,10 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir=None, fit: bool = True
     cache = timings_cache(hw, cache_dir) if fit else None
     if cache is None:
         return hw, None, note
+    if not cache.enabled:
+        from ..tune.cache import disabled_by
+
+        return hw, None, note + f" (the cache is disabled by {disabled_by()}: no timings read)"
     entries = cache.entries()
     factors = fit_factors(entries, hw) if entries else {}
     if not factors:

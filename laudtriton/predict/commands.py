@@ -27,6 +27,18 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
+MAX_BATCH = 4096  # predict takes ~4 s there (a batch of 1e6 ran for minutes)
+
+
+def _peak_note(hw, dtype: str) -> str:
+    """A line saying that ``hw`` has no peak of its own for ``dtype`` (a calibration
+    measures float32 only), or ''."""
+    if dtype in dict(hw.peak):
+        return ""
+    why = " (a calibration measures float32 only)" if hw.name in ("cpu", "cuda") else ""
+    return f"\nnote: {hw.name} has no {dtype} peak of its own{why}: its float32 rate is used"
+
+
 def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
     """The items of the comma list ``text`` given with ``flag``; a ValueError naming it if
     there are none (',' or '' would otherwise silently mean "nothing" or "everything")."""
@@ -42,8 +54,8 @@ def _check_common(args) -> None:
     from ..tune.commands import check_cache_dir, check_input_size
     from ..tune.sweep import parse_stages
 
-    if args.batch < 1:
-        raise ValueError(f"--batch {args.batch} must be >= 1")
+    if not 1 <= args.batch <= MAX_BATCH:  # per-sample mask tables grow with it
+        raise ValueError(f"--batch {args.batch} must be in [1, {MAX_BATCH}]")
     check_input_size(args.input_size)
     parse_stages(args.channel_granularity, "--channel-granularity")
     check_cache_dir(args.cache_dir)
@@ -183,7 +195,7 @@ def run_predict(args) -> int:
             raise ValueError(f"--variants {', '.join(idle)}: no block of this model and mode "
                              f"runs it on {hw.backend}")
         names = [n for n in names if n in only]
-    print(f"hardware: {hw.describe()}\n{note}")
+    print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
     print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
     print(f"\n{'block (x count)':<64}{'rate':>8}{head}  best")
@@ -309,7 +321,8 @@ def run_design(args) -> int:
     hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)
-    print(f"hardware: {hw.describe()}\n{note}")
+    dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")  # design_search's
+    print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
     reached, at = designs[0].flops_ratio, f"{args.target_rate:g}"
     if reached > args.target_rate * (1 + 1e-4):
         floor = _flops_floor(args)

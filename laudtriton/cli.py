@@ -205,7 +205,12 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="laudtriton", description=__doc__, allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="laudtriton", allow_abbrev=False,
+        description="Compile LAUDNet dynamic networks into sparse execution, and measure "
+                    "it: demo, bench, sweep, plot, cache, predict, calibrate, design, env, "
+                    "gpucheck. `laudtriton COMMAND --help` for each. A bad argument prints "
+                    "one line and exits with code 2.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("--version", action="version", version=f"laudtriton {_version()}")
     sub = p.add_subparsers(dest="command", required=True)

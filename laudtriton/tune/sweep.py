@@ -442,7 +442,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
                                          cache.device, clustered, a, to_cache))
-            bar.update(f"{spec.short()} r={rate:g}")
+            bar.update(f"r={rate:g} {spec.short()}")  # the rate first: a cut note keeps it
     finally:
         bar.close()
     result.saved = cache.saved

@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="laudtriton", allow_abbrev=False,
         description="Compile LAUDNet dynamic networks into sparse execution, and measure "
                     "it: demo, bench, sweep, plot, cache, predict, calibrate, design, env, "
-                    "gpucheck. `laudtriton COMMAND --help` for each. A bad argument prints "
-                    "one line and exits with code 2.")
+                    "gpucheck. `laudtriton COMMAND --help` for each. A bad argument exits "
+                    "with code 2 and a message, no traceback.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("--version", action="version", version=f"laudtriton {_version()}")
     sub = p.add_subparsers(dest="command", required=True)

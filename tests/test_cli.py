@@ -267,9 +267,30 @@ def test_cache_merge_refuses_an_out_it_would_write_over_and_makes_its_folder(tmp
     fresh = tmp_path / "new" / "cache" / "m.json"
     assert main(["cache", "merge", str(c.path), "--out", str(fresh)]) == 0
     assert fresh.is_file() and "1 entries" in capsys.readouterr().out
-    inside_a_file = notes / "m.json"
-    assert main(["cache", "merge", str(c.path), "--out", str(inside_a_file)]) == 2
-    assert "--out's directory" in capsys.readouterr().err
+    for inside_a_file in (notes / "m.json", notes / "sub" / "m.json"):
+        assert main(["cache", "merge", str(c.path), "--out", str(inside_a_file)]) == 2
+        assert f"{str(notes)!r} is a file, not a directory" in capsys.readouterr().err
+    assert main(["cache", "merge", str(c.path), "--out", str(tmp_path / "trail") + "/"]) == 2
+    assert "names a directory; give a file name" in capsys.readouterr().err
+    # no folder is made for a merge that fails on its inputs
+    later = tmp_path / "made" / "by" / "failure" / "m.json"
+    assert main(["cache", "merge", str(tmp_path / "nonexistent.json"), "--out", str(later)]) == 2
+    assert "cache files not found" in capsys.readouterr().err
+    assert not (tmp_path / "made").exists() and not (tmp_path / "trail").exists()
+
+
+def test_cache_merge_expands_a_tilde_in_out(tmp_path, monkeypatch, capsys):
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    c = TuneCache(tmp_path / "a")
+    c.record(BlockSpec(16, 4, 16, 1, False, (8, 8), "spatial", 2), 0.5,
+             {"dense": {"{}": 1e-3}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["cache", "merge", str(c.path), "--out", "~/.cache/laudtriton/x.json"]) == 0
+    assert (tmp_path / "home" / ".cache" / "laudtriton" / "x.json").is_file()
+    assert not (tmp_path / "~").exists()
     assert main(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")]) == 0
 
 

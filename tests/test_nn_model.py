@@ -591,6 +591,11 @@ def test_model_forward_refuses_another_dtype_and_takes_an_empty_batch():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
         assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 10)
     assert model(torch.randn(0, 3, 32, 32)).shape == (0, 10)  # was an IndexError
+    assert model.last_stats is None  # means over no sample: NaN rates, NaN losses
+    from laudtriton.nn.losses import SparsityLoss
+
+    with pytest.raises(ValueError, match="stats is None: .*an empty batch"):
+        SparsityLoss(0.5, 10)(model.last_stats, 1)
 
 
 @pytest.mark.parametrize("value", ["a", None, True, float("nan"), 0])
@@ -602,6 +607,17 @@ def test_temperatures_must_be_positive_numbers(value):
         tiny().set_temperature(value)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         KDLoss(value)
+
+
+def test_temperatures_may_be_one_value_tensors():
+    from laudtriton.nn.losses import KDLoss
+
+    model = tiny()
+    model.set_temperature(torch.tensor(0.5))  # an annealing schedule in tensors
+    assert {b.temperature for _, b in model.blocks()} == {0.5}
+    assert KDLoss(torch.tensor(2.0)).temperature == 2.0
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        model.set_temperature(torch.tensor([0.5, 1.0]))
 
 
 def test_masker_helpers_refuse_non_integers():

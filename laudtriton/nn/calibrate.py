@@ -128,7 +128,7 @@ def _warn_missed(missed: list[str], rate: float, channel_rate: float | None) -> 
             f"calibration to {target}: {len(missed)} masker(s) could not reach "
             f"round(rate·N) decisions on x because their logits tie (e.g. a constant "
             f"input): {'; '.join(missed[:4])}{'; ...' if len(missed) > 4 else ''}; "
-            "calibrate on varied inputs", stacklevel=3)
+            "calibrate on varied inputs", stacklevel=4)  # past torch.no_grad's wrapper
 
 
 @torch.no_grad()

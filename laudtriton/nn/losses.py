@@ -49,7 +49,15 @@ class SparsityLoss(nn.Module):
         return progress * self.target, 1.0 - progress * (1.0 - self.target)
 
     def forward(self, stats: ModelStats, epoch: float) -> torch.Tensor:
-        """stats: the model's ``last_stats`` (from a training forward)."""
+        """stats: the model's ``last_stats`` (from a training forward).
+
+        Raises:
+            ValueError: if stats is None (no forward yet, an empty batch, or a compiled
+                model, which keeps no statistics).
+        """
+        if stats is None:
+            raise ValueError("stats is None: the model's last forward left no statistics "
+                             "(none yet, an empty batch, or a compiled model)")
         lower, upper = self.bounds(epoch)
         ratios = stats.block_flops_ratios
         block = (F.relu(ratios - upper) ** 2 + F.relu(lower - ratios) ** 2).mean()

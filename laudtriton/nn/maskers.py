@@ -29,8 +29,11 @@ class MapTooSmall(ValueError):
 
 
 def positive_real(name: str, value) -> float:
-    """``value`` as a float if it is a finite real number > 0 (not a bool); else a
-    ValueError naming ``name``."""
+    """``value`` as a float if it is a finite real number > 0 (not a bool; a one-value
+    real tensor counts, e.g. an annealing schedule's); else a ValueError naming ``name``."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1
+            and not value.is_complex() and value.dtype != torch.bool):
+        value = value.item()
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not (math.isfinite(value) and value > 0)):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

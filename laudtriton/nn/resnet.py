@@ -111,7 +111,8 @@ def _positive_int(v) -> int:
 class LaudResNet(nn.Module):
     """ResNet with LAUD bottlenecks. ``forward(x)`` returns logits [B, num_classes];
     ``last_stats`` holds the ModelStats of the last forward (None once compile has
-    replaced its blocks: their own ``last_run`` holds their rates).
+    replaced its blocks: their own ``last_run`` holds their rates; None after an empty
+    batch, whose means over no sample would be NaN).
 
     Args:
         depths: blocks per stage, e.g. (3, 4, 6, 3).
@@ -267,7 +268,8 @@ class LaudResNet(nn.Module):
         logits = self.head(h)
         compiled = any(not isinstance(b, LaudBottleneck) for _, b in blocks)
         # compiled blocks keep no BlockStats (their own last_run holds their rates)
-        self.last_stats = None if compiled else self._stats(x, h, blocks)
+        empty = x.shape[0] == 0  # no sample to average over: NaN rates and FLOPs
+        self.last_stats = None if compiled or empty else self._stats(x, h, blocks)
         return logits
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:

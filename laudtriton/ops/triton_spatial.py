@@ -107,6 +107,7 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, config: dict | Non
         raise ValueError("masks must carry mask3 and mask1 (a spatial block's BlockMasks)")
     # shapes only, no host sync (``masked`` stays capturable): the kernels index the
     # output and the conv1 buffer by the masks' positions, unchecked (validate=False)
+    fb.check_input(x, masks.channel, "fused" if sync else "masked")
     check_spatial(fb, x, masks)
     unknown = set(config or {}) - set(STAGES)
     if unknown:

@@ -354,11 +354,19 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
-            if args.out.strip():  # a new cache's folder is made, as sweep makes it
-                make_writable_dir(os.path.dirname(args.out) or ".", "--out's directory")
-            check_output_path(args.out, "--out", replaced=True)  # written atomically
-            try:
-                n = merge_files(args.files, args.out)
+            check_nonempty(args.out, "--out")
+            out = os.path.expanduser(args.out)
+            if out.endswith(("/", os.sep)):  # Path() would drop the slash: a file "trail"
+                raise ValueError(f"--out {args.out!r} names a directory; give a file name")
+            above = os.path.dirname(os.path.abspath(out))
+            while not os.path.exists(above):
+                above = os.path.dirname(above)
+            if not os.path.isdir(above):
+                raise ValueError(f"--out {args.out!r}: {above!r} is a file, not a directory")
+            if above == os.path.dirname(os.path.abspath(out)):
+                check_output_path(out, "--out", replaced=True)  # written atomically
+            try:  # else merge_files makes the folders, once the inputs are read
+                n = merge_files(args.files, out)
             except OSError as e:  # the inputs are only read, and unreadable ones skipped
                 raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
                                  ) from None

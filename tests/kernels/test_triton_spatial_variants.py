@@ -105,7 +105,7 @@ def test_masks_that_do_not_fit_x_are_refused(variant):
     _, _, masks8, _ = _case(16, 1, 0.5, hw=(8, 8), batch=2)
     with pytest.raises(ValueError, match=r"masks.mask3 has shape \(2, 1, 8, 8\)"):
         RUNS[variant](fb, x, masks8, TINY)
-    with pytest.raises(ValueError, match="x has 8 channels"):
+    with pytest.raises(ValueError, match=f"^{variant}: x has 8 channels"):
         RUNS[variant](fb, x[:, :8], masks, TINY)
 
 

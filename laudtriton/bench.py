@@ -39,7 +39,7 @@ from .nn.resnet import LaudResNet
 from .ops import fold_block
 from .ops.dense import dense_block
 from .ops.fold import FoldedBlock
-from .testing import randomize_bn
+from .testing import assert_close, randomize_bn
 from .tune.timing import interleaved_medians
 
 CL = torch.channels_last
@@ -262,11 +262,18 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
     masker does: the difference to the first row is what the maskers and the masks'
     construction cost); compiled on a new input every call; the official masked-dense
     reference. Each against the faster of the dense forms (``dense_forms``), both timed
-    in the same interleaved run as the first, second and last rows."""
+    in the same interleaved run as the first, second and last rows.
+
+    Raises:
+        AssertionError: if the compiled logits, with or without the masks given, are not
+            the reference's (``testing.assert_close``): nothing is timed then.
+    """
     with torch.no_grad():
-        cm(x)
+        ref = model(x)
+        assert_close(cm(x), ref, name="compiled logits (bench)")
         given = [blk.last_masks for blk in cm.blocks]
-        cm(x, masks=given)  # checked once; timed unchecked: the row times the variants
+        # checked once; timed unchecked: the row times the variants
+        assert_close(cm(x, masks=given), ref, name="compiled logits, masks given (bench)")
         fmt, t_dense, (t_comp, t_given, t_ref) = time_against_dense(
             {n: lambda m=m: m(x) for n, m in dense.items()},
             [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),

@@ -13,8 +13,6 @@ import sys
 import time
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
-MAX_THREADS = 1024  # bench --threads (torch.set_num_threads crashes far above)
-
 EXTERNAL = {
     "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
     "cache": ("laudtriton.tune.commands", "add_cache_parser", "run_cache"),
@@ -24,6 +22,14 @@ EXTERNAL = {
     "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),
     "gpucheck": ("laudtriton.gpucheck", "add_parser", "run"),
 }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _allocator() -> str:
@@ -132,9 +138,11 @@ def cmd_bench(args) -> int:
     from .tune.sweep import parse_rates
 
     _check_counts(args, "batch", "reps", "repeat", "processes")
-    if not 0 <= args.threads <= MAX_THREADS:
-        raise ValueError(f"--threads must be in [0, {MAX_THREADS}] (0: torch's default), got "
-                         f"{args.threads}")
+    cpus = usable_cpus()
+    if not 0 <= args.threads <= cpus:  # more oversubscribes the cores: dense and compiled
+        # slow down unequally (4 threads on 2 cores: dense 60-72 -> 120 ms, ratio 1.2 -> 1.09)
+        raise ValueError(f"--threads must be in [0, {cpus}] (0: torch's default; at most "
+                         f"the {cpus} CPUs this process may run on), got {args.threads}")
     if args.allocator not in runtime.SETTINGS:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     check_output_path(args.csv, "--csv")
@@ -240,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "start:stop:step (default 0.25,0.5,0.75)")
     s.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     s.add_argument("--threads", type=int, default=0,
-                   help=f"torch threads, 0 to {MAX_THREADS} (0: torch's default)")
+                   help="torch threads, from 0 (torch's default) to the CPUs this process "
+                        "may run on")
     s.add_argument("--reps", type=int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
                    "fewer is noisier); also the untimed new inputs that start the "

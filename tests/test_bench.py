@@ -300,6 +300,28 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
     assert (fresh.dense_ms, fresh.ratio) == (250.0, 0.5)
 
 
+def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypatch):
+    """bench reported a speedup of whatever the compiled model computed; only demo
+    compared its logits with the reference's."""
+    import laudtriton.bench as bench_module
+    from laudtriton.compiled import CompiledModel
+
+    real = CompiledModel.forward
+
+    def off_by_a_bit(self, x, masks=None, **kw):
+        return real(self, x, masks, **kw) * 1.001
+
+    def timed(*args, **kwargs):
+        raise AssertionError("timed a wrong model")
+
+    monkeypatch.setattr(CompiledModel, "forward", off_by_a_bit)
+    monkeypatch.setattr(bench_module, "interleaved_medians", timed)
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError, match="compiled logits \\(bench\\)"):
+        bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
+              tune="off", blocks=False, log=lambda s: None)
+
+
 def test_bench_layer_mode_per_block_rows():
     """Layer blocks run in the model's batch order (order.SampleOrder); the per-block rows
     still time every block on the input it met."""

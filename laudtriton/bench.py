@@ -333,13 +333,20 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
                     flops_ratio=fr, efficiency=fr / ratio)
 
 
+def rate_text(rate: float) -> str:
+    """A rate as the tables print it: two decimals (0.50), more where two would round it
+    (0.125, not 0.12)."""
+    two = f"{rate:.2f}"
+    return two if float(two) == rate else f"{rate:g}"
+
+
 def format_rows(rows: list[BenchRow]) -> str:
     w = max([34, *(len(r.spec) for r in rows)])  # the whole spec, as the CSV has it
     head = (f"{'rate':>5} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
             f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.rate:>5.2f} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
+        lines.append(f"{rate_text(r.rate):>5} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
                      f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
                      f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}"
                      + (f"  runs {', '.join(f'{v:.3f}' for v in r.runs)}"
@@ -443,6 +450,6 @@ def process_summary(rows: list[BenchRow]) -> str:
         labels = list(dict.fromkeys(r.spec for r in rs))  # the dense forms the processes
         label = labels[0] if len(labels) == 1 else (  # timed against, each named
             prefix + "=" + "/".join(lb.split("=", 1)[1] for lb in labels))
-        lines.append(f"{rate:>5.2f} {label:<34} {mid:<26} "
+        lines.append(f"{rate_text(rate):>5} {label:<34} {mid:<26} "
                      + " ".join(f"{r.ratio:.3f}" for r in rs))
     return "\n".join(lines)

@@ -83,6 +83,9 @@ def test_bench_table_and_csv(rows, tmp_path):
     assert "runs" in table[-1] and back[0]["runs"] == ""
     long = replace(rows[0], spec="2048->512->2048 7x7/s1 both S=1 G=256 b1")
     assert " 2048->512->2048 7x7/s1 both S=1 G=256 b1 " in format_rows([long, *rows])
+    # a rate two decimals would round is printed whole (0.125 read "0.12")
+    assert format_rows([replace(rows[0], rate=0.125)]).splitlines()[2].startswith("0.125 ")
+    assert table[2].startswith(" 0.50 ")
 
 
 def test_csv_reads_back(rows, tmp_path):

@@ -82,3 +82,32 @@ def test_median_time_refuses_no_runs():
         with pytest.raises(ValueError, match="reps must be >= 1 and warmup >= 0"):
             median_time(lambda: None, "cpu", warmup=warmup, reps=reps)
     assert median_time(lambda: None, "cpu", warmup=0, reps=1) >= 0
+
+
+def test_interleaved_rounds_rotate_pair_setups_and_pause_the_collector():
+    """Each round starts one function later (none always follows the same other one),
+    a setup runs right before its own function, and the garbage collector is paused
+    during the timed rounds and restored after."""
+    import gc
+
+    from laudtriton.tune.timing import interleaved_medians
+
+    calls, collecting = [], []
+
+    def fn(name):
+        def f():
+            calls.append(name)
+            collecting.append(gc.isenabled())
+        return f
+
+    def prep(name):
+        return lambda: calls.append("setup " + name)
+
+    was = gc.isenabled()
+    out = interleaved_medians([fn("a"), fn("b"), fn("c")], warmup=0, reps=3,
+                              setup=[None, prep("b"), None])
+    assert len(out) == 3 and all(t >= 0 for t in out)
+    assert calls == ["a", "setup b", "b", "c",
+                     "setup b", "b", "c", "a",
+                     "c", "a", "setup b", "b"]
+    assert not any(collecting) and gc.isenabled() == was

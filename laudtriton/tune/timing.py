@@ -3,6 +3,7 @@ GPU; on CPU the median of repeated time.perf_counter runs after warm-up."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -48,8 +49,11 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
                         reps: int = 20,
                         setup: Sequence[Callable[[], object] | None] | None = None
                         ) -> list[float]:
-    """CPU: median seconds of each fn, timed round-robin (fn0, fn1, ..., fn0, ...) so that
-    drifts in machine load hit every candidate alike. Used for side-by-side ratios.
+    """CPU: median seconds of each fn, timed round-robin so that drifts in machine load
+    hit every candidate alike, each round starting one fn later (fn0 fn1 fn2, fn1 fn2 fn0,
+    ...: no fn always runs right after the same other one, in the caches and freed memory
+    it left), with Python's garbage collector paused (as ``timeit`` does; one collection
+    before). Used for side-by-side ratios.
 
     setup: one callable (or None) per fn, run untimed before each call of its fn (e.g. to
     restore an input that the fn overwrites).
@@ -67,11 +71,19 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
                 prep()
             f()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for i, (f, prep) in enumerate(zip(fns, setup)):
-            if prep is not None:
-                prep()
-            t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
+    n = len(fns)
+    gc.collect()
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(reps):
+            for i in [(r + j) % n for j in range(n)]:
+                if setup[i] is not None:
+                    setup[i]()
+                t0 = time.perf_counter()
+                fns[i]()
+                times[i].append(time.perf_counter() - t0)
+    finally:
+        if paused:
+            gc.enable()
     return [statistics.median(t) for t in times]

@@ -5,6 +5,8 @@ its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,23 @@ from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
 
 CL = torch.channels_last
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def call_lock(module: nn.Module) -> threading.RLock:
+    """The lock a compiled block or model holds for the length of a forward (re-entrant:
+    a model's forward calls its blocks'), made on first use and kept outside the module,
+    so that copies and pickles of it hold none. Concurrent calls from several threads
+    take turns: the engine's per-block caches (sliced and packed weights, their byte
+    count) and ``last_*`` are updated by every call, and raced, lost cache accounting
+    or raised KeyError (a review in session 29)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+    return lock
 
 
 LOAD_REFUSED = (
@@ -146,12 +165,19 @@ class CompiledBlock(nn.Module):
         times blocks so, since the model tests its input once, on the image. Inference
         only, as CompiledModel: it runs under no_grad, and its output carries no
         gradient; autocast does not reach it (it computes in the dtype it was compiled
-        for)."""
+        for). Calls from several threads take turns (``call_lock``)."""
+        with call_lock(self):
+            return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
+                              check_finite=check_finite)
+
+    def _call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None, *,
+              order: SampleOrder | None, check_masks: bool,
+              check_finite: bool) -> torch.Tensor:
         dev = self.fb.w1.device.type
         if torch.is_grad_enabled() or torch.is_autocast_enabled(dev):  # (a CompiledModel
             with torch.no_grad(), no_autocast(dev):  # calls it with both off already)
-                return self.forward(x, reuse_input, masks, order=order,
-                                    check_masks=check_masks, check_finite=check_finite)
+                return self._call(x, reuse_input, masks, order=order,
+                                  check_masks=check_masks, check_finite=check_finite)
         if order is None:  # called on its own: the model checks its input itself
             self._check_input(x)
         if masks is not None and check_masks:
@@ -399,8 +425,15 @@ changes nothing here); to train, train the original model and compile it again.
         of such a sample off: the stem's fused ReLU makes its activations finite, and the
         maskers decide on those. A forward that raises (a given mask that does not fit a
         block) leaves ``last_masks`` and ``last_stats`` of every block as the last
-        complete forward left them.
+        complete forward left them. Calls from several threads take turns (``call_lock``:
+        one forward at a time per model, and per block); ``last_masks`` and
+        ``last_stats`` are then those of the last forward of any thread.
         """
+        with call_lock(self):
+            return self._locked_forward(x, masks, check_masks)
+
+    def _locked_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
+                        check_masks: bool) -> torch.Tensor:
         self._check_input(x)
         if masks is not None and not isinstance(masks, (list, tuple)):
             raise ValueError(f"masks must be a list with one BlockMasks (or None) per block, "

@@ -762,3 +762,55 @@ def test_fill_predictions_returns_only_what_it_filled():
         assert not table.entries
     finally:
         pmodel.predict_timings = real
+
+
+def test_concurrent_calls_take_turns(monkeypatch):
+    """Threads calling one compiled model (or one of its blocks) run one forward at a time:
+    the per-block caches and last_* are updated by every call, and racing calls lost the
+    slice cache's byte count or raised KeyError. Outputs are the sequential ones."""
+    import threading
+    import time
+
+    from laudtriton.compiled import CompiledBlock
+
+    model = tiny_model("channel")
+    x = [spread(2, (32, 32), seed=s) for s in range(3)]
+    calibrate_rates(model, x[0], 0.5)
+    cm = laudtriton.compile(model, x[0], backend="cpu", tune="off")
+    with torch.no_grad():
+        want = [cm(xi) for xi in x]
+    inside, most = {}, [0]  # per block: a block's state is its own
+    real = CompiledBlock._run
+
+    def slow_run(self, *args, **kwargs):  # a wide window for another thread to enter
+        inside[self.name] = inside.get(self.name, 0) + 1
+        most[0] = max(most[0], inside[self.name])
+        time.sleep(0.002)
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            inside[self.name] -= 1
+
+    monkeypatch.setattr(CompiledBlock, "_run", slow_run)
+    got, errors = {}, []
+
+    def serve(i):
+        try:
+            with torch.no_grad():
+                for _ in range(2):
+                    got[i] = cm(x[i])
+                blk = cm.blocks[0]  # a block called on its own takes turns too
+                blk(torch.rand(2, blk.spec.in_channels, *blk.spec.in_hw).contiguous(
+                    memory_format=torch.channels_last))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert most[0] == 1  # never two runs of one block at once
+    for i in range(3):  # within rounding: a block called meanwhile shares the CPU
+        assert_close(got[i], want[i])  # threads, and a convolution's split may differ

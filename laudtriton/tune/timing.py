@@ -52,8 +52,9 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
     """CPU: median seconds of each fn, timed round-robin so that drifts in machine load
     hit every candidate alike, each round starting one fn later (fn0 fn1 fn2, fn1 fn2 fn0,
     ...: no fn always runs right after the same other one, in the caches and freed memory
-    it left), with Python's garbage collector paused (as ``timeit`` does; one collection
-    before). Used for side-by-side ratios.
+    it left), with Python's garbage collector paused (as ``timeit`` does; no collection
+    first: one takes ~0.1 s with torch loaded, and a sweep calls this per item). Used for
+    side-by-side ratios.
 
     setup: one callable (or None) per fn, run untimed before each call of its fn (e.g. to
     restore an input that the fn overwrites).
@@ -72,7 +73,6 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
             f()
     times: list[list[float]] = [[] for _ in fns]
     n = len(fns)
-    gc.collect()
     paused = gc.isenabled()
     gc.disable()
     try:

@@ -282,7 +282,7 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
     if top is not None and top < 1:
         raise ValueError(f"--top {top} must be >= 1")
     check_modes(modes)
-    dtype = dtype or ("float32" if hw.kind == "cpu" else "float16")
+    dtype = dtype or hw.default_dtype
     memo: dict = {}
 
     def block(spec):

@@ -181,7 +181,7 @@ def run_predict(args) -> int:
         except ValueError as e:
             raise ValueError(f"--variants: {e}") from None
     hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
-    dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")
+    dtype = args.dtype or hw.default_dtype
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
     groups: dict = {}
@@ -321,7 +321,7 @@ def run_design(args) -> int:
     hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)
-    dtype = args.dtype or ("float32" if hw.kind == "cpu" else "float16")  # design_search's
+    dtype = args.dtype or hw.default_dtype  # design_search's
     print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
     reached, at = designs[0].flops_ratio, f"{args.target_rate:g}"
     if reached > args.target_rate * (1 + 1e-4):

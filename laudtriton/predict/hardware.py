@@ -57,6 +57,12 @@ class HardwareSpec:
                              f"rates of dtypes among {', '.join(DTYPES)}")
 
     @property
+    def default_dtype(self) -> str:
+        """The dtype predict and design assume when none is given: float32 on a CPU,
+        float16 on a GPU."""
+        return "float32" if self.kind == "cpu" else "float16"
+
+    @property
     def backend(self) -> str:
         """The variant backend that runs on this machine: "cpu" or "cuda"."""
         return "cpu" if self.kind == "cpu" else "cuda"

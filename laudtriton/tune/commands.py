@@ -92,17 +92,26 @@ def check_input_size(value: int | None, flag: str = "--input-size") -> None:
                          f"stages halve it five times), got {value}")
 
 
-def check_output_path(path: str | None, flag: str, replaced: bool = False) -> None:
+def check_output_path(path: str | None, flag: str, replaced: bool = False,
+                      new_dirs: bool = False) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: empty, a directory, in a directory that does not exist or where no file can
-    be made, or an existing file without write permission (unless ``replaced``: the file
-    is written elsewhere and moved over it, which needs only the directory)."""
+    a file: empty, a directory, in a directory that does not exist (unless ``new_dirs``:
+    the caller makes it; then only a file where a directory should be fails) or where no
+    file can be made, or an existing file without write permission (unless ``replaced``:
+    the file is written elsewhere and moved over it, which needs only the directory)."""
     if path is None:
         return
     check_nonempty(path, flag)
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
+    if new_dirs and not os.path.isdir(parent):
+        above = parent
+        while not os.path.exists(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            raise ValueError(f"{flag} {path!r}: {above!r} is a file, not a directory")
+        return
     if not os.path.isdir(parent):
         why = "is a file" if os.path.exists(parent) else "does not exist"
         raise ValueError(f"{flag} {path!r}: the directory {parent!r} {why}")
@@ -228,10 +237,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
         check_layout_options(args)
         check_input_size(args.input_size)
-        if args.clustered:  # timings on clustered masks never reach the cache
-            check_cache_dir(args.cache_dir)
-        else:  # filling it is the point of a sweep: refused now, not after the timings
-            check_cache_dir(args.cache_dir)
+        check_cache_dir(args.cache_dir)
+        if not args.clustered:  # clustered masks' timings never reach the cache; filling it
+            # is the point of another sweep: refused now, not after the timings
             make_writable_dir(args.cache_dir, "--cache-dir")
         cache = TuneCache(args.cache_dir, device=dev)
         prune = None
@@ -358,14 +366,9 @@ def run_cache(args: argparse.Namespace) -> int:
             out = os.path.expanduser(args.out)
             if out.endswith(("/", os.sep)):  # Path() would drop the slash: a file "trail"
                 raise ValueError(f"--out {args.out!r} names a directory; give a file name")
-            above = os.path.dirname(os.path.abspath(out))
-            while not os.path.exists(above):
-                above = os.path.dirname(above)
-            if not os.path.isdir(above):
-                raise ValueError(f"--out {args.out!r}: {above!r} is a file, not a directory")
-            if above == os.path.dirname(os.path.abspath(out)):
-                check_output_path(out, "--out", replaced=True)  # written atomically
-            try:  # else merge_files makes the folders, once the inputs are read
+            # written atomically; missing folders made by merge_files, once it read the inputs
+            check_output_path(out, "--out", replaced=True, new_dirs=True)
+            try:
                 n = merge_files(args.files, out)
             except OSError as e:  # the inputs are only read, and unreadable ones skipped
                 raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"

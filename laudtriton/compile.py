@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -71,7 +72,7 @@ from .predict.hardware import DTYPES as PREDICTED_DTYPES
 from .schedule import Choice, DispatchTable, near, rate_key
 from .tune.cache import TuneCache, refuse_bad_dir
 from .tune.keys import rate_bucket
-from .tune.measure import time_variants
+from .tune.measure import config_key, time_variants
 
 log = logging.getLogger("laudtriton")
 
@@ -367,6 +368,29 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
 ALL_BUCKETS = tuple(i / 10 for i in range(11))
 
 
+def _known_configs(hit, spaces: dict[str, set[str]], cache, spec, rate):
+    """The cached timings ``hit`` ({variant: {config: s}}) of the candidate variants
+    (``spaces``: their config keys on ``spec``), those of a config outside its variant's
+    space dropped with a warning naming the cache file: a hand-edited file, or one written
+    by another version of a variant's config list, must not reach a kernel launch."""
+    if not hit:
+        return hit
+    out, bad = {}, []
+    for v, cfgs in hit.items():
+        if v not in spaces:
+            continue
+        known = {c: t for c, t in cfgs.items()  # a JSON object (the cache checks)
+                 if config_key(json.loads(c)) in spaces[v]}
+        bad += [f"{v} {c}" for c in cfgs if c not in known]
+        if known:
+            out[v] = known
+    if bad:
+        log.warning("autotune cache %s: %s at rate %s has config(s) outside the "
+                    "variant's space, ignored: %s", cache.path, spec.short(), rate,
+                    ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    return out
+
+
 def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
                 say=lambda text: None) -> DispatchTable:
     """The dispatch table of one distinct block (``compile``'s tune rule). say: called
@@ -378,8 +402,9 @@ def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
     seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
+        spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
         for r in cache.rates(spec):  # each at the rate it was timed at
-            hit = cache.lookup(spec, r)
+            hit = _known_configs(cache.lookup(spec, r), spaces, cache, spec, r)
             for v, cfgs in (hit or {}).items():
                 best = seen.setdefault(v, {})
                 for c, t in cfgs.items():

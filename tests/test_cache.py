@@ -66,6 +66,10 @@ def test_record_merges_configs_and_meta(tmp_path):
 @pytest.mark.parametrize("rate,step,want", [
     (0.47, 0.1, 0.5), (0.04, 0.1, 0.0), (0.96, 0.1, 1.0), (0.3, 0.1, 0.3),
     (0.26, 0.05, 0.25), (1.0, 0.25, 1.0), (0.0, 0.1, 0.0), (0.71, 0.2, 0.8),
+    # ties go to the lower bucket, as DispatchTable.choose (half-even rounding sent 0.25
+    # down and 0.75 up, 0.35 down and 0.55 up)
+    (0.25, 0.1, 0.2), (0.75, 0.1, 0.7), (0.35, 0.1, 0.3), (0.55, 0.1, 0.5), (0.65, 0.1, 0.6),
+    (0.05, 0.1, 0.0), (0.95, 0.1, 0.9), (0.375, 0.25, 0.25),
 ])
 def test_rate_bucket(rate, step, want):
     assert rate_bucket(rate, step) == want
@@ -169,7 +173,7 @@ def test_entries_no_reader_can_use_survive_a_write(tmp_path, caplog):
     c.path.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         assert len(TuneCache(tmp_path).entries()) == 1
-    assert "1 malformed entries ignored" in caplog.text
+    assert "1 malformed entries ignored (the first: 'later-version-key'" in caplog.text
     TuneCache(tmp_path).record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
     after = json.loads(c.path.read_text())["entries"]
     assert after["later-version-key"] == odd and len(after) == 3
@@ -781,3 +785,61 @@ def test_clear_refuses_a_file_it_cannot_read(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot be read .*not deleting it"):
         TuneCache(tmp_path).clear()
     assert c.path.exists()
+
+
+def test_lock_without_filelock_times_out(tmp_path, monkeypatch, caplog):
+    """Without filelock (not a dependency) the fcntl lock waited forever for a stuck
+    holder; it gives up after LOCK_TIMEOUT as filelock does: the records stay in memory."""
+    import fcntl
+    import sys
+
+    monkeypatch.setitem(sys.modules, "filelock", None)  # import filelock -> ImportError
+    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT", 0.3)
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})  # the fcntl path works unheld
+    assert c.saved
+    with open(c.lock_path, "a") as holder:  # another open file: a conflicting flock
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with caplog.at_level(logging.WARNING, logger="laudtriton"):
+            c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+        assert not c.saved and "held the lock" in c.unsaved_why
+        with pytest.raises(ValueError, match="another process holds the lock"):
+            c.clear()
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert c.saved and TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+def test_clear_moves_an_unusable_file_aside_and_counts_every_entry(tmp_path, caplog):
+    """clear deleted a corrupt file (its bytes maybe readable by hand) reporting 0
+    entries, and did not count the entries no reader can use that it deleted."""
+    c = TuneCache(tmp_path)
+    c.path.write_text("{truncated")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).clear() == 0
+    (aside,) = tmp_path.glob(c.path.name + ".unusable-*")
+    assert aside.read_text() == "{truncated" and "not deleted" in caplog.text
+    assert not c.path.exists()
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    data["entries"]["later-version-key"] = {"spec": "a later layout"}
+    c.path.write_text(json.dumps(data))
+    assert TuneCache(tmp_path).clear() == 2 and not c.path.exists()
+
+
+def test_merge_keeps_the_entries_of_its_output_it_cannot_parse(tmp_path):
+    """merge rewrote its output from the entries it could parse, dropping the others
+    (a later version's); the module's rule is that a rewrite keeps them."""
+    a, o = TuneCache(tmp_path / "a"), TuneCache(tmp_path / "o")
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    o.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    data = json.loads(o.path.read_text())
+    (entry,) = data["entries"].values()
+    odd = {**entry, "spec": {**entry["spec"], "a_field_of_a_later_version": 1}}
+    data["entries"]["later-version-key"] = odd
+    o.path.write_text(json.dumps(data))
+    assert merge_files([a.path], o.path) == 3
+    after = json.loads(o.path.read_text())["entries"]
+    assert after["later-version-key"] == odd
+    m = TuneCache(tmp_path / "o")
+    assert m.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    assert m.lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}

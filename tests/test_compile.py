@@ -1,6 +1,7 @@
 """laudtriton.compile: compiled output == reference (eval) for every mode and CPU variant,
 whole models included; the API's errors and plan."""
 
+import logging
 import math
 
 import pytest
@@ -329,14 +330,19 @@ def test_cached_dispatch_predicts_no_variant_that_failed_wherever_timed(tmp_path
     assert all(e.variant in ("dense", "patch") for e in entries.values()), entries
 
 
-def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path):
+def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path, monkeypatch):
     """A predicted entry carries the variant's best config that ran on the block, not its
-    first one (which failed here wherever it was timed)."""
-    from laudtriton.ops import BlockSpec
+    first one (which failed here wherever it was timed). (The CPU variants have one
+    config: gather is given a second here, as the Triton variants have many.)"""
+    import dataclasses
+
+    from laudtriton.ops import BlockSpec, get_variant, registry
     from laudtriton.predict.calibrate import Calibration, save_calibration
     from laudtriton.tune.cache import TuneCache
     from laudtriton.tune.keys import device_fingerprint
 
+    two = dataclasses.replace(get_variant("gather"), configs=lambda spec: [{}, {"k": 1}])
+    monkeypatch.setitem(registry._REGISTRY, "gather", two)
     block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
     x = torch.randn(1, 32, 12, 12)
     laudtriton.nn.calibrate_block(block, x, 0.5)
@@ -352,6 +358,35 @@ def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path):
     predicted = [e for e in entries.values() if e.source == "predicted"]
     assert any(e.variant == "gather" for e in predicted)
     assert all(e.config_dict == {"k": 1} for e in predicted if e.variant == "gather")
+
+
+def test_cached_configs_outside_the_variants_space_are_ignored(tmp_path, caplog):
+    """A cache entry's config that its variant does not have (a hand-edited file, or
+    another version's config list) reached the plan as it was, and a Triton variant then
+    failed at the first forward; it is dropped with a warning naming the file, and a
+    variant left with no config that ran is neither cached nor predicted."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.cache import TuneCache
+    from laudtriton.tune.keys import device_fingerprint
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in (0.2, 0.5):
+        cache.record(spec, b, {"dense": {"{}": 3e-3}, "patch": {"{}": 2e-3},
+                               "gather": {"{}": math.inf, '{"BLOCK_M": -7}': 1e-6}})
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    assert str(cache.path) in caplog.text and 'gather {"BLOCK_M": -7}' in caplog.text
+    entries = cm.blocks[0].table.entries
+    assert entries and all(e.variant != "gather" and e.config_dict == {}
+                           for e in entries.values()), entries
+    assert {entries[b].source for b in (0.2, 0.5)} == {"cached"}
 
 
 def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):

@@ -538,6 +538,23 @@ def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
     assert [s.seconds for s in samples(entries[:1])] == [2e-3]
 
 
+def test_samples_skip_a_variant_on_a_block_it_does_not_run(caplog):
+    """One cache entry of a spatial variant on a channel block (a hand-edited file)
+    failed every fit: every compile with tune="cached" and every `predict` raised."""
+    from laudtriton.predict.model import samples
+    from laudtriton.tune.cache import CacheEntry
+
+    spatial = next(s for s in SPECS if s.mode == "spatial")
+    channel = spatial.with_(mode="channel", channel_groups=spatial.width // 2)
+    entries = [CacheEntry(spatial, 0.5, "gather", "{}", 2e-3, {"stale": False}),
+               CacheEntry(channel, 0.5, "gather", "{}", 1e-3, {"stale": False}),
+               CacheEntry(channel, 0.5, "slice", "{}", 1e-3, {"stale": False})]
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        got = samples(entries)
+    assert [(s.spec, s.variant) for s in got] == [(spatial, "gather"), (channel, "slice")]
+    assert "variants on blocks they do not run" in caplog.text and "gather on" in caplog.text
+
+
 @pytest.mark.parametrize("field,value", [
     ("bandwidth", math.nan), ("bandwidth", math.inf), ("launch_overhead", math.nan),
     ("compute_units", 1.5), ("compute_units", True), ("peak", (("float32", math.nan),)),

@@ -286,6 +286,27 @@ def test_clustered_sweep_command_says_where_the_timings_are(tmp_path, capsys, mo
     assert not (tmp_path / "c").exists()
 
 
+def test_sweep_with_the_cache_disabled_says_so_first_and_makes_no_folder(tmp_path, capsys,
+                                                                         monkeypatch):
+    """LAUDTRITON_CACHE=0: the sweep made --cache-dir's folder, timed everything, and only
+    then said the cache was disabled."""
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAUDTRITON_CACHE", "0")
+    args = _parser().parse_args(["sweep", "--rates", "0.5", "--blocks", "layer4.2",
+                                 "--cache-dir", str(tmp_path / "c"), "--no-progress",
+                                 "--input-size", "64"])
+    assert args.func(args) == 0
+    out, err = capsys.readouterr()
+    assert "1 (spec, rate) items timed, 0 from the cache" in out
+    lines = err.strip().splitlines()
+    assert lines[0] == ("cache disabled (LAUDTRITON_CACHE=0): the timings go to the CSV "
+                        "only")
+    assert lines[-1].startswith("cache NOT saved (disabled by LAUDTRITON_CACHE=0)")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(model="resnet18"), "model 'resnet18' unknown"),
     (dict(blocks="layer9.9"), "--blocks: unknown block 'layer9.9'"),

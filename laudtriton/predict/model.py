@@ -242,9 +242,10 @@ def samples(entries: Iterable) -> list[Sample]:
     (``entries(include_stale=True)``, marked ``meta["stale"]``) are samples of their own,
     added to the current ones rather than folded into them. Variants not registered here
     and dtypes outside ``hardware.DTYPES`` (a float64 compile's timings) are skipped
-    (logged)."""
+    (logged), as are timings of a variant on a block it does not run (a mode it does
+    not handle, or ``supports`` False: a hand-edited cache file)."""
     best: dict[tuple, float] = {}
-    skipped, dtypes = set(), set()
+    skipped, dtypes, foreign = set(), set(), set()
     for e in entries:
         if not (math.isfinite(e.seconds) and e.seconds > 0):
             continue
@@ -252,9 +253,12 @@ def samples(entries: Iterable) -> list[Sample]:
             dtypes.add(e.spec.dtype)
             continue
         try:
-            resolve_variant(e.variant)
+            v = resolve_variant(e.variant)
         except ValueError:
             skipped.add(e.variant)
+            continue
+        if not (e.spec.mode in v.modes and v.supports(e.spec)):  # a hand-edited file:
+            foreign.add(f"{e.variant} on {e.spec.short()}")  # no model of that run
             continue
         meta = getattr(e, "meta", None) or {}
         version = (json.dumps([meta.get("versions"), meta.get("source_hash")], sort_keys=True)
@@ -266,6 +270,9 @@ def samples(entries: Iterable) -> list[Sample]:
     if dtypes:
         log.warning("cached timings in dtypes the latency model has no peak for ignored: %s",
                     sorted(dtypes))
+    if foreign:
+        log.warning("cached timings of variants on blocks they do not run ignored: %s",
+                    sorted(foreign)[:4] + (["..."] if len(foreign) > 4 else []))
     return [Sample(s, r, v, t) for (s, r, v, _), t in sorted(
         best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2], kv[0][3]))]
 

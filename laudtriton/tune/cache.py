@@ -77,7 +77,17 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
     import fcntl
 
     with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        # non-blocking tries until LOCK_TIMEOUT, as filelock: a stuck holder must not hang
+        # a writer (filelock.Timeout and this are both TimeoutErrors)
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
@@ -143,8 +153,10 @@ def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dic
         return None, {}
     entries = {k: e for k, e in data["entries"].items() if _valid_entry(e)}
     if len(entries) < len(data["entries"]):
-        log.warning("autotune cache %s: %d malformed entries ignored", path,
-                    len(data["entries"]) - len(entries))
+        first = next(k for k in data["entries"] if k not in entries)
+        log.warning("autotune cache %s: %d malformed entries ignored (the first: %r; "
+                    "an entry's fields are listed in the cache module's docstring)", path,
+                    len(data["entries"]) - len(entries), first[:200])
     return data.get("device"), entries
 
 
@@ -669,14 +681,21 @@ class TuneCache:
                     except OSError as e:
                         raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); "
                                          "not deleting it") from None
-                    with contextlib.suppress(_Unusable):
+                    try:
                         data = _parse(raw) if raw is not None else {"entries": {}}
+                    except _Unusable as e:  # not ours to delete: kept under another name
+                        aside = _move_aside(self.path)
+                        log.warning("autotune cache %s %s; moved it to %s, not deleted",
+                                    self.path, e, aside.name)
+                    else:
                         found = data.get("device")
                         if data["entries"] and found != self.device:
                             raise ValueError(f"{self.path} holds timings of device {found!r}, "
                                              f"not {self.device!r}; not deleting them")
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path.unlink()
+                        # the file's entries no reader can use are deleted too: count them
+                        n = len(set(data["entries"]) | set(self._memory))
+                        with contextlib.suppress(FileNotFoundError):
+                            self.path.unlink()
             except TimeoutError:
                 raise ValueError(f"another process holds the lock of {self.path} (waited "
                                  f"{LOCK_TIMEOUT} s); nothing deleted") from None
@@ -727,6 +746,10 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
         if out.is_file():
             inputs, merged = merged, {}
             _merge_file(out, merged, devices)
+            # its entries this version cannot parse stay as they are (``_save``'s rule),
+            # unless an input replaces one of them
+            own = _parse(out.read_bytes())["entries"]
+            merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
             _merge_into(merged, inputs)  # the inputs win per config
         _write(out, next(iter(devices)), merged)
     return len(merged)

@@ -238,10 +238,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         check_layout_options(args)
         check_input_size(args.input_size)
         check_cache_dir(args.cache_dir)
-        if not args.clustered:  # clustered masks' timings never reach the cache; filling it
-            # is the point of another sweep: refused now, not after the timings
-            make_writable_dir(args.cache_dir, "--cache-dir")
         cache = TuneCache(args.cache_dir, device=dev)
+        if not args.clustered and cache.enabled:  # clustered masks' timings never reach
+            # the cache; filling it is the point of another sweep: refused now, not after
+            # the timings (a disabled cache makes no folder: said now, below)
+            make_writable_dir(args.cache_dir, "--cache-dir")
+        if not cache.enabled:
+            print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
+                  file=sys.stderr)
         prune = None
         if args.prune_top < 0:
             raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")
@@ -375,7 +379,8 @@ def run_cache(args: argparse.Namespace) -> int:
                                  ) from None
             except NotACacheError as e:
                 raise ValueError(f"--out {e}") from None
-            print(f"merged {len(args.files)} file(s) into {args.out}: {n} entries")
+            # (an input skipped as unusable was named in a warning above)
+            print(f"{args.out}: {n} entries ({len(args.files)} input file(s) read)")
             return 0
         check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=check_device(args.device))

@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import io
+import math
 import os
 import platform
 import sys
@@ -67,7 +68,9 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
 
 
 def rate_bucket(rate: float, step: float = 0.1) -> float:
-    """Centre of the rate bucket nearest to ``rate`` (e.g. 0.47 -> 0.5 for step 0.1).
+    """Centre of the rate bucket nearest to ``rate`` (e.g. 0.47 -> 0.5 for step 0.1;
+    ties the lower one, as ``DispatchTable.choose``: 0.25 -> 0.2, 0.75 -> 0.7, the
+    quotient compared at 9 decimals so that float error does not break a tie).
 
     Raises:
         ValueError: if ``rate`` is outside [0, 1] or ``step`` is not in (0, 1].
@@ -76,7 +79,7 @@ def rate_bucket(rate: float, step: float = 0.1) -> float:
         raise ValueError(f"step {step!r} must be in (0, 1]")
     if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
         raise ValueError(f"rate {rate!r} must be a number in [0, 1]")
-    return round(min(1.0, round(rate / step) * step), 6)
+    return round(min(1.0, max(0, math.ceil(round(rate / step, 9) - 0.5)) * step), 6)
 
 
 def current_versions() -> dict[str, str]:

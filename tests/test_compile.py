@@ -55,9 +55,32 @@ def assert_masks_differ_per_sample(model, mode):
 SHAPES = [("2-2-1-1", (45, 37), 3), ("7-8-2-1", (64, 58), 1)]
 
 
+def assert_blocks_match(cm, model, x):
+    """Every compiled block, run alone on the reference block's input (as a CompiledModel
+    runs it: ``reuse_input``, the in-place variants writing over it), gives the reference
+    block's output: the logits alone can hide a wrong pixel that no later mask or stride
+    reads (a mutation dropping one active pixel of a 2-2-1-1 model's layer2.1 moved its
+    logits by 2e-7)."""
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, a, o: seen.append((a[0].clone(), o.clone())))
+             for _, b in model.blocks()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(cm.blocks)
+    with torch.no_grad():
+        for blk, (inp, want) in zip(cm.blocks, seen):
+            got = blk(inp.contiguous(memory_format=torch.channels_last), reuse_input=True)
+            assert_close(got, want, name=f"{blk.name}'s output")
+
+
 def _compiled_matches(mode, variant, granularity, x, rate):
     """(tiny model calibrated to ``rate`` on x, its compile with ``variant`` forced), once
-    the compiled logits and every block's masks are checked equal to the reference's."""
+    the compiled logits, every block's masks and every block's output are checked equal
+    to the reference's."""
     model = tiny_model(mode, granularity=granularity)
     calibrate_rates(model, x, rate)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=[variant])
@@ -66,6 +89,7 @@ def _compiled_matches(mode, variant, granularity, x, rate):
         out = cm(x)
     assert_close(out, ref)
     assert_same_masks(cm, model)
+    assert_blocks_match(cm, model, x)
     return model, cm
 
 
@@ -110,6 +134,7 @@ def test_laud_resnet50_every_mode(mode, variant):
         assert_close(cm(x), model(x), name=f"LAUD-ResNet-50 {mode} {variant} logits")
     assert_same_masks(cm, model)
     assert_masks_differ_per_sample(model, mode)
+    assert_blocks_match(cm, model, x)
     assert len(cm.last_stats) == 16
     used = {r.variant for r in cm.last_stats}
     assert used <= {variant, "dense"} and (variant == "dense" or variant in used)
@@ -621,6 +646,40 @@ def test_compiled_block_takes_nested_kernel_configs():
     mixed = DispatchTable({0.2: Choice.make("fused", cfg, 1e-3, "cached"),
                            0.8: Choice.make("fused", other, 1e-3, "cached")})
     assert not CompiledBlock("b", spec, fold_block(block), mixed, "dynamic", 0.5).rate_free
+
+
+TILE = dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
+TRITON_CASES = [
+    ("spatial", "fused", {s: TILE for s in ("conv1", "conv2", "conv3")}),
+    ("spatial", "masked", {s: TILE for s in ("conv1", "conv2", "conv3")}),
+    ("channel", "channel_gemm", dict(block_p=16, block_n=16, block_k=16, num_warps=1,
+                                     num_stages=1)),
+]
+
+
+@pytest.mark.parametrize("mode,variant,cfg", TRITON_CASES, ids=[c[1] for c in TRITON_CASES])
+def test_triton_variants_inside_a_compiled_model(mode, variant, cfg):
+    """The Triton variants (backend "cuda") never ran through a CompiledBlock or a
+    CompiledModel in the CPU suite (compile's CPU backend never offers them); here every
+    block's table holds the variant with a kernel config, run under the Triton
+    interpreter on CPU tensors: logits, masks and every block's output as the
+    reference's, on a batch of 3 with different masks per sample."""
+    from laudtriton.schedule import Choice, DispatchTable
+
+    model = tiny_model(mode)
+    x = spread(3, (45, 37))
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
+    for blk in cm.blocks:
+        blk.table = DispatchTable({0.5: Choice.make(variant, cfg, 1e-3, "measured")})
+        blk.rate_free = False
+    with torch.no_grad():
+        ref = model(x)
+        assert_close(cm(x), ref)
+    assert_same_masks(cm, model)
+    assert_masks_differ_per_sample(model, mode)
+    assert {r.variant for r in cm.last_stats} == {variant}
+    assert_blocks_match(cm, model, x)
 
 
 def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):

@@ -215,6 +215,33 @@ def test_channel_gemm_variant_end_to_end(stride, rate):
     assert_close(out, ref)
 
 
+@pytest.mark.parametrize("stride,hw,batch,k", [(1, (13, 11), 1, 2), (2, (13, 11), 3, 2),
+                                               (1, (7, 9), 3, 4), (2, (9, 7), 1, 1)])
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+@pytest.mark.usefixtures("nan_empty")
+def test_channel_gemm_variant_on_calibrated_masks(stride, hw, batch, k, rate):
+    """Batch 1 and 3 (different masks per sample at 0.5), 1, 2 and 4 channels per group,
+    odd maps, the masks the block's own masker gives, against the reference block."""
+    from laudtriton.nn import calibrate_block
+    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
+    from laudtriton.testing import make_block
+
+    block = make_block(24, 16, stride, mode="channel", channel_granularity=k, seed=batch)
+    x = torch.randn(batch, 24, *hw) + 2 * torch.randn(batch, 24, 1, 1)
+    calibrate_block(block, x, rate)
+    with torch.no_grad():
+        ref = block(x)
+        masks, _ = block.compute_masks(x)
+    assert masks.channel.mean().item() == rate if rate in (0.0, 1.0) else \
+        0 < masks.channel.mean().item() < 1
+    if batch > 1 and rate == 0.5:
+        assert any(not torch.equal(masks.channel[0], c) for c in masks.channel[1:])
+    cfg = {"block_p": 16, "block_n": 16, "block_k": 16, "num_warps": 1, "num_stages": 1}
+    out = get_variant("channel_gemm").run(
+        fold_block(block), x.contiguous(memory_format=torch.channels_last), masks, cfg)
+    assert_close(out, ref)
+
+
 def test_batch_past_cudas_grid_limit_is_refused():
     """The batch is grid axis z: CUDA refuses more than 65535 there only as an invalid
     argument at launch (the interpreter has no limit), so the launchers say so first."""

@@ -42,15 +42,22 @@ def test_variant_matches_reference(variant, stride, rate):
 
 
 @pytest.mark.parametrize("variant", ["fused", "masked"])
-@pytest.mark.parametrize("stride,s,hw,batch", [(1, 4, (8, 12), 1), (2, 4, (15, 16), 3),
-                                               (1, 7, (14, 14), 3), (2, 8, (32, 32), 3)])
-def test_larger_cells_at_batch_1_and_3(variant, stride, s, hw, batch):
-    """S = 4, 7, 8 (uniform cells), batch 1 and 3 with different masks per sample, some
-    cells on and some off (S = 8 at 16x16 in: a 1x1 grid at batch 1 calibrated to 0.5
-    was all off, and no kernel ran)."""
-    block, x, masks, ref = _case(16, stride, 0.5, granularity=s, hw=hw, batch=batch)
-    assert 0 < masks.grid.mean().item() < 1
-    if batch > 1:
+@pytest.mark.parametrize("stride,s,hw,batch,rate", [
+    (1, 1, (9, 7), 1, 0.5), (2, 1, (9, 7), 3, 0.5), (1, 1, (9, 7), 1, 0.0),
+    (2, 1, (9, 7), 3, 1.0), (1, 2, (8, 10), 1, 0.5), (2, 2, (12, 8), 3, 0.5),
+    (1, 4, (8, 12), 1, 0.5), (2, 4, (15, 16), 3, 0.5), (2, 4, (15, 16), 3, 0.0),
+    (1, 4, (8, 12), 1, 1.0), (1, 7, (14, 14), 3, 0.5), (2, 7, (27, 29), 3, 0.5),
+    (1, 8, (16, 24), 1, 0.5), (2, 8, (32, 32), 3, 0.5),
+])
+def test_cells_strides_batches_and_rates(variant, stride, s, hw, batch, rate):
+    """S = 1, 2, 4, 7, 8 at stride 1 and 2 (S = 7 at 27x29 and S = 1 at 9x7: ragged
+    maps), batch 1 and 3 with different masks per sample, rates 0, 0.5 and 1 (at 0.5
+    some cells on and some off: S = 8 at 16x16 in, a 1x1 grid at batch 1 calibrated to
+    0.5, was all off, and no kernel ran)."""
+    block, x, masks, ref = _case(16, stride, rate, granularity=s, hw=hw, batch=batch)
+    assert masks.grid.mean().item() == rate if rate in (0.0, 1.0) else \
+        0 < masks.grid.mean().item() < 1
+    if batch > 1 and 0 < rate < 1:
         assert any(not torch.equal(masks.grid[0], g) for g in masks.grid[1:])
     assert_close(RUNS[variant](fold_block(block), x, masks, TINY), ref)
 

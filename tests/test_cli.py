@@ -343,8 +343,9 @@ def test_options_are_not_abbreviated_and_v_goes_after_the_command_too():
     p = build_parser()
     for argv in (["design", "--granularity", "4"], ["bench", "--rate", "0.5"], ["--verb", "env"],
                  ["cache", "ls", "--dev", "cpu"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as e:
             p.parse_args(argv)
+        assert e.value.code == 2
     assert p.parse_args(["design", "--granularities", "4", "--target-rate", "0.5"]
                         ).granularities == "4"
     assert p.parse_args(["env"]).verbose is False

@@ -106,13 +106,22 @@ def test_compiled_matches_reference_after_training(trained):
     model, _, te_x, te_y = trained
     x, _ = cd.render(te_x, torch.Generator().manual_seed(5), TINY.canvas, TINY.digit_size,
                      TINY.fragments, TINY.noise)
+    from laudtriton.testing import assert_close, assert_same_masks
+
     ref = cd.evaluate(model, x, te_y, batch=16)
     assert 0.0 <= ref["rate"] <= 1.0 and len(ref["block_rates"]) == 4
-    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
-    out = cm(x)
-    from laudtriton.testing import assert_close
-
-    assert_close(out, ref["logits"], 1e-4)
+    with torch.no_grad():
+        model(x)  # the whole batch's masks, for assert_same_masks
+    # the timer's choice (dense where the masks are nearly full), then gather forced: the
+    # trained maskers leave some block partly on, where the sparse path must compute
+    for variants in (None, ["gather"]):
+        cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=variants)
+        with torch.no_grad():
+            out = cm(x)
+        assert_close(out, ref["logits"], 1e-4)
+        assert_same_masks(cm, model)
+    assert any(r.variant == "gather" and 0 < r.spatial_rate < 1 for r in cm.last_stats), \
+        cm.last_stats
 
 
 def test_main_rejects_bad_arguments(capsys):

@@ -50,13 +50,20 @@ def test_run_inplace_matches_reference(variant, rate, case):
     # masks, differ between samples (they did not without it)
     x = torch.relu(torch.randn(4, cin, *hw) + 2 * torch.randn(4, cin, 1, 1))
     x = x.contiguous(memory_format=CL)
-    calibrate_block(block, x, rate, channel_rate=0.5)
+    # channel mode: the rate is the channel masks' (calibrate_block calibrates channel
+    # masks to channel_rate when given: they were at 0.5 in every channel case); both
+    # mode: the spatial masks at the rate, the channel masks at 0.5
+    channel_rate = rate if mode == "channel" else 0.5
+    calibrate_block(block, x, rate, channel_rate=channel_rate)
     ref = block(x)
     masks, _ = block.compute_masks(x)
     if mode in ("layer", "spatial", "both") and rate == 0.5:  # decisions differ per sample
         assert not all(torch.equal(g, masks.grid[0]) for g in masks.grid)
-    if mode in ("channel", "both"):  # channel rate 0.5 at every rate
-        assert not all(torch.equal(c, masks.channel[0]) for c in masks.channel)
+    if mode in ("channel", "both"):
+        if channel_rate == 0.5:  # decisions differ per sample
+            assert not all(torch.equal(c, masks.channel[0]) for c in masks.channel)
+        else:
+            assert masks.channel.mean().item() == channel_rate
     given = x.clone()
     out = variant.run_inplace(fold_block(block), given, masks, {})
     assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)

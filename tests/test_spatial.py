@@ -92,7 +92,7 @@ def _inject(block, masks):
     return block
 
 
-@pytest.mark.parametrize("variant", ["gather", "patch"])
+@pytest.mark.parametrize("variant", ["gather", "patch", "dense"])
 @pytest.mark.parametrize("channel", [[[1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]],
                                      [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
                                      [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]])

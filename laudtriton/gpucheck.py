@@ -2,7 +2,8 @@
 
 In one process (and, for the Triton compiles of parts 2 and 3, up to ``--compile-jobs``
 worker processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes
-on one H100/H200):
+on one H100/H200; the box is kept between items, and a watchdog stops an item still
+running at budget + ``WATCHDOG_S`` as a SIGTERM does):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
    fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
@@ -55,6 +56,7 @@ from .gpureport import RATES, plot, table, write_csv
 
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
 PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
+WATCHDOG_S = 30.0  # past --budget by this much, the run stops where it is (SIGALRM)
 WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker processes stop then
 
 
@@ -99,6 +101,9 @@ class Run:
         # part 2's checks that left CUDA broken in a compile worker ({name: error}): not
         # run again here, where the fault would break every later check and timing
         self.sticky: dict[str, str] = {}
+        # part 3's variants that left CUDA broken in a compile worker, {(spec key with
+        # batch, variant): error}: not timed here on that block, nor compiled in part 4
+        self.deny: dict[tuple[str, str], str] = {}
         self.log = out / LOG_NAME
 
     def left(self) -> float:
@@ -144,6 +149,11 @@ LOG_NAME = "gpucheck.log"  # progress lines and the library's warnings, in --out
 # a worker's error text that means its CUDA context is unusable (a kernel fault)
 STICKY = ("CUDA error", "illegal memory access", "illegal instruction",
           "unspecified launch failure", "misaligned address")
+
+
+def is_sticky(error: str) -> bool:
+    """Whether an error line says the process's CUDA context is unusable (``STICKY``)."""
+    return any(s in error for s in STICKY)
 
 
 def describe(e: BaseException) -> str:
@@ -264,6 +274,8 @@ def warm_block(device: str, spec, n_configs: int) -> None:
                             v.run(fb, x, masks, cfg)
                 except Exception as e:  # the other configs still compile
                     first = first or RuntimeError(f"{v.name} {cfg}: {describe(e)}")
+                    if is_sticky(str(first)):  # CUDA unusable: every later run fails
+                        raise first from None
     if first is not None:
         raise first
 
@@ -319,6 +331,8 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
             error = describe(e)
         with open(os.path.join(folder, f"{i}.done"), "w") as fh:
             fh.write(error)
+        if is_sticky(error):  # its CUDA context is broken: every later job here would
+            return  # fail alike and be taken for a fault of its own; the others go on
 
 
 def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 2) -> int:
@@ -379,7 +393,18 @@ def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 
     failed = [e for e in errors.values() if e]
     done2 = sum(1 for i in errors if i < len(names))
     r.sticky.update({names[i]: e for i, e in errors.items()
-                     if i < len(names) and any(s in e for s in STICKY)})
+                     if i < len(names) and is_sticky(e)})
+    for i, e in errors.items():  # part 3: "RuntimeError: <variant> <config>: <error>"
+        if i >= len(names) and is_sticky(e):  # (warm_block's, through describe)
+            from .ops import BlockSpec
+
+            name, spec = warm3[i - len(names)]
+            variant = e.removeprefix("RuntimeError: ").split(" ", 1)[0]
+            r.deny[(BlockSpec.from_dict(spec).key(), variant)] = e
+            r.checks.append({"check": f"{name} {variant}", "ok": False,
+                             "error": f"in a compile worker: {e}"})
+            r.say(f"FAIL {name}: {e} (in a compile worker; {variant} is not run on this "
+                  "block here, nor in part 4)")
     r.say(f"compiles first, in {k} processes: {done2} of part 2's {len(names)} checks"
           + (f" and {len(errors) - done2} of part 3's {len(warm3)} blocks" if warm3 else "")
           + f" in {time.perf_counter() - t0:.0f} s"
@@ -483,7 +508,8 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
     m = synthetic_masks(spec, 0.5, seed=0, device=dev)
     masked = time_variants(fb, spec, xd, m, [v for v in variants_for(spec, backend)
                                              if v.name == "dense"])["dense"]
-    cands = [v for v in variants_for(spec, backend) if v.name != "dense"]
+    cands = [v for v in variants_for(spec, backend) if v.name != "dense"
+             and (spec.key(), v.name) not in r.deny]  # it broke CUDA in a worker
     if dev != "cuda":
         cands = [v for v in cands if not v.needs_triton]
     cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
@@ -583,17 +609,23 @@ def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=
         for mode, gran in MODES:
             name = f"whole laud_resnet101 {mode} b{batch} rate 0.5"
             if time.perf_counter() > budget_end:
-                r.say(f"time box reached: skipping {name}")
+                r.not_run(name, "time box")
                 continue
 
             def one(batch=batch, mode=mode, gran=gran, name=name):
-                model = _within_float16(build_model("laud_resnet101", mode, gran))
-                x = torch.randn(batch, 3, input_size, input_size)
-                calibrate_rates(model, x, 0.5)
-                model = model.to(dev)
-                xd = x.to(dev)
+                model = _within_float16(build_model("laud_resnet101", mode, gran)).to(dev)
+                xd = torch.randn(batch, 3, input_size, input_size).to(dev)
+                with exact_fp32():  # on the device: ~20 s on a CPU at batch 64
+                    calibrate_rates(model, xd, 0.5)
+                # without a variant that broke CUDA in a compile worker (part 3)
+                variants = None
+                if r.deny:
+                    from .ops import all_variants
+
+                    denied = {v for _, v in r.deny}
+                    variants = [v.name for v in all_variants() if v.name not in denied]
                 cm = laudtriton.compile(model, xd, backend="cuda" if dev == "cuda" else "cpu",
-                                        tune="quick", cache_dir=cache_dir)
+                                        tune="quick", cache_dir=cache_dir, variants=variants)
                 xc = xd.to(cm.dtype)  # compile's dtype (float16 on CUDA), not x's
                 dense = {}
                 for dt in (torch.float16, torch.bfloat16):
@@ -753,6 +785,10 @@ def run(args) -> int:
              ("3/4 blocks: dense vs variants", part3),
              ("4/4 whole LAUD-ResNet-101 compiled vs dense", part4)]
     previous = signal.signal(signal.SIGTERM, terminated)
+    # a watchdog: the time box is kept between items only, so one long item (a compile,
+    # a whole model) could overrun it; past budget + WATCHDOG_S the run stops as on SIGTERM
+    previous_alarm = signal.signal(signal.SIGALRM, terminated)
+    signal.setitimer(signal.ITIMER_REAL, args.budget + WATCHDOG_S)
     try:
         for title, step in steps:  # a part that raises is a failed check; the next runs
             r.say(title)
@@ -763,13 +799,20 @@ def run(args) -> int:
                          "error": f"Terminated: {e}"})
         r.say(f"stopped: Terminated: {e}")
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGTERM, previous)
         logging.getLogger("laudtriton").removeHandler(handler)
         handler.close()
     save(r, out)
+    with contextlib.suppress(OSError):  # an empty lock file: one file fewer to fetch
+        cache.lock_path.unlink()
     for m in models:
-        if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
-            parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
+        try:
+            if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
+                parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
+        except Exception as e:  # noqa: BLE001 - the table and files below still matter
+            parts.append(f"plot of {m} failed: {describe(e)}")
     print(table(r, models))
     for p in parts + [f"csv: {out / 'timings.csv'}", f"summary: {out / 'summary.json'}"]:
         print(p)

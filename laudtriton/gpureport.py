@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .gpucheck import Run
 
 RATES = (0.25, 0.5, 0.75)
+MAX_FAILS = 20  # failed checks listed in the table (all of them are in summary.json)
 # rate: the rate asked (the tables and the plot group by it); realised_rate: the rate the
 # masks realise, round(rate·N)/N, at which the cache records the timing (a layer gate at
 # batch 1 is off at 0.25 and 0.5)
@@ -93,7 +94,10 @@ def table(r: Run, models: list[str]) -> str:
             lines.append(f"{model:<15} {mode:<8} {batch:>5} {d * 1e3:>9.2f} "
                          + " ".join(f"{b:>8.2f}x" for b in best) + f" {w:>10}")
     ok = sum(c["ok"] for c in r.checks)
+    failed = [c for c in r.checks if not c["ok"]]
     lines.append(f"checks: {ok}/{len(r.checks)} passed"
-                 + "".join(f"\n  FAIL {c['check']}: {c['error']}" for c in r.checks
-                           if not c["ok"]))
+                 + "".join(f"\n  FAIL {c['check']}: {c['error'][:200]}"
+                           for c in failed[:MAX_FAILS]))
+    if len(failed) > MAX_FAILS:  # a console keeps only its end: the table must fit
+        lines.append(f"  ... and {len(failed) - MAX_FAILS} more failed (summary.json)")
     return "\n".join(lines)

@@ -561,3 +561,104 @@ def test_a_check_that_broke_cuda_in_its_worker_is_not_run_again(tmp_path, monkey
     assert [(c["check"], c["ok"]) for c in r.checks] == [("a", True), ("b", False)]
     assert "illegal memory access" in r.checks[1]["error"]
     assert "FAIL b" in (tmp_path / gpucheck.LOG_NAME).read_text()
+
+
+def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
+    """A compile worker whose CUDA context a check broke went on claiming jobs, each
+    failing at once with the same sticky error: every one was then taken for a fault of
+    its own (recorded failed, never run). It stops after the fault; another worker runs
+    the rest. A part 3 block whose variant broke CUDA is not timed with that variant."""
+    import time
+
+    from laudtriton.ops import BlockSpec
+
+    sticky = "CUDA error: an illegal memory access was encountered"
+    state = {"broken": False, "runs": []}
+
+    def check(i):
+        def run():
+            state["runs"].append(i)
+            if state["broken"] or i == 2:
+                state["broken"] = True
+                raise RuntimeError(sticky)
+        return run
+
+    checks = [(f"c{i}", check(i)) for i in range(8)]
+    monkeypatch.setattr(gpucheck, "part2_checks", lambda device: checks)
+    spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "spatial", 2)
+
+    def warm_block(device, s, n):
+        raise RuntimeError(f"fused {{'conv1': {{}}}}: RuntimeError: {sticky}")
+    monkeypatch.setattr(gpucheck, "warm_block", warm_block)
+
+    class InProcess:  # each worker runs at start(), in a fresh (unbroken) context
+        def __init__(self, target, daemon, args):
+            self.target, self.args = target, args
+
+        def start(self):
+            state["broken"] = False
+            self.target(*self.args)
+
+        def join(self, timeout=None):
+            pass
+
+        def is_alive(self):
+            return False
+
+        def kill(self):
+            pass
+
+    class Ctx:
+        Process = InProcess
+
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda kind: Ctx())
+    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r.device = "cuda"
+    part3 = [("warm b1 spatial #0", spec.to_dict())]
+    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == 9
+    assert sorted(r.sticky) == ["c2"]  # the worker stopped there; the other ran the rest
+    assert sorted(state["runs"]) == list(range(8))
+    assert r.deny == {(spec.key(), "fused"):
+                      f"RuntimeError: fused {{'conv1': {{}}}}: RuntimeError: {sticky}"}
+    assert any(c["check"] == "warm b1 spatial #0 fused" and not c["ok"] for c in r.checks)
+
+
+def test_the_table_lists_at_most_max_fails_failures(tmp_path):
+    """After a fault, every later check may fail: the table (the console's last lines)
+    lists MAX_FAILS of them and says how many more there are."""
+    from laudtriton.gpureport import MAX_FAILS, table
+
+    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r.checks = [{"check": f"c{i}", "ok": False, "error": "x" * 1000} for i in range(50)]
+    text = table(r, [])
+    assert text.count("FAIL") == MAX_FAILS and f"and {50 - MAX_FAILS} more failed" in text
+    assert max(len(line) for line in text.splitlines()) < 300
+
+
+def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch):
+    """The time box is kept between items: one item running long (a compile, a whole
+    model) overran it without bound. Past budget + WATCHDOG_S the run stops as on a
+    SIGTERM, keeps what it gathered, and leaves no alarm behind; the cache's empty lock
+    file is not left among the files to fetch."""
+    import json
+    import signal
+    import time
+
+    def slow(r, until=None):
+        r.check("kernel", lambda: time.sleep(5))
+    monkeypatch.setattr(gpucheck, "WATCHDOG_S", 0.2)
+    monkeypatch.setattr(gpucheck, "machine", lambda r: r.check("machine", lambda: None))
+    monkeypatch.setattr(gpucheck, "kernel_checks", slow)
+    monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
+    args = _args(tmp_path)
+    args.budget = 0.1
+    t0 = time.perf_counter()
+    assert gpucheck.run(args) == 1
+    assert time.perf_counter() - t0 < 4
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    checks = json.loads((tmp_path / "summary.json").read_text())["checks"]
+    assert [c["check"] for c in checks] == ["machine", "gpucheck run"]
+    assert "Terminated: signal" in checks[1]["error"]
+    assert not list(tmp_path.rglob("*.lock"))

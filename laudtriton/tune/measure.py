@@ -33,7 +33,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
 
     x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
     variant's config space (e.g. after predictor pruning). A config that fails to compile
-    or run (on a first, untimed call) scores inf and is logged; it is never fatal.
+    or run (on a first, untimed call; on CUDA also while timed) scores inf and is logged;
+    it is never fatal.
     check: called as check(variant name, config, output) on that first call's output
     (computed on relu(x) for an in-place variant, as on x for the others), raising when
     it is wrong: the config then fails too. errors: filled with {(variant name,
@@ -93,8 +94,17 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
             keys.append((v.name, config_key(cfg)))
             setup.append(restore if v.run_inplace is not None else None)
     with torch.no_grad():
-        if x.device.type == "cuda":
-            times = [median_time(c, x.device, warmup=warmup, reps=reps) for c in calls]
+        if x.device.type == "cuda":  # one config failing while timed (out of memory, a
+            times = []  # launch failure) scores inf; the others keep their timings
+            for c, (name, key) in zip(calls, keys):
+                try:
+                    times.append(median_time(c, x.device, warmup=warmup, reps=reps))
+                except Exception as e:  # noqa: BLE001 - reported, as a first call's
+                    log.warning("variant %s config %s failed while timed on %s: %s", name,
+                                key, spec.short(), e)
+                    times.append(math.inf)
+                    if errors is not None:
+                        errors[(name, key)] = e
         else:
             times = (interleaved_medians(calls, warmup=warmup, reps=reps, setup=setup)
                      if calls else [])

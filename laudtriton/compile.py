@@ -550,6 +550,41 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
         return _compile(model, example_input, **options)
 
 
+def _bake_parametrizations(module: nn.Module) -> nn.Module:
+    """``module`` (compile's own copy) with each parametrized tensor
+    (``torch.nn.utils.parametrize``: ``parametrizations.weight_norm``, ...) replaced by
+    the value it computes now, in place. The compiled model is a snapshot of those values
+    anyway (the fold reads them once); kept, the parametrizations made it impossible to
+    pickle or ``torch.save`` (torch serialises parametrized modules only through their
+    state dict, which a compiled model refuses to load). Their load-state-dict pre-hooks
+    go with them."""
+    from torch.nn.utils import parametrize
+
+    # not parametrize.remove_parametrizations: it deletes the property from the module's
+    # generated class, which a deep copy shares with the original (whose parametrized
+    # weight then no longer exists)
+    with torch.no_grad():
+        for m in list(module.modules()):
+            if not parametrize.is_parametrized(m):
+                continue
+            values = {}
+            for name, plist in m.parametrizations.items():
+                grad = any(t.requires_grad for t in plist.parameters())
+                values[name] = (getattr(m, name).detach().clone(), grad,
+                                any(True for _ in plist.parameters()))
+            del m.parametrizations
+            m.__class__ = m.__class__.__bases__[0]  # the class before parametrization
+            # state-dict pre-hooks that map old checkpoints onto the parametrization's keys
+            # (weight_norm's, a local function: not picklable) have nothing left to map
+            m._load_state_dict_pre_hooks.clear()
+            for name, (value, grad, was_parameter) in values.items():
+                if was_parameter:
+                    m.register_parameter(name, nn.Parameter(value, requires_grad=grad))
+                else:
+                    m.register_buffer(name, value)
+    return module
+
+
 def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, variants
                    ) -> tuple[str, tuple[str, ...] | None]:
     """The backend resolved and the variant names as a tuple, after checking every option
@@ -645,7 +680,12 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                 else _outermost(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:
             _check_hooks(net, name)
-    ref = detached_copy(model).eval().to(device=device, dtype=dtype)
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"compile: the model's {meta} is on the meta device (no data); "
+                         "load or initialise its weights first")
+    ref = _bake_parametrizations(detached_copy(model)).eval().to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)

@@ -166,6 +166,7 @@ class CompiledBlock(nn.Module):
         only, as CompiledModel: it runs under no_grad, and its output carries no
         gradient; autocast does not reach it (it computes in the dtype it was compiled
         for). Calls from several threads take turns (``call_lock``)."""
+        refuse_tracing(f"CompiledBlock {self.name}")
         with call_lock(self):
             return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
                               check_finite=check_finite)
@@ -429,6 +430,7 @@ changes nothing here); to train, train the original model and compile it again.
         one forward at a time per model, and per block); ``last_masks`` and
         ``last_stats`` are then those of the last forward of any thread.
         """
+        refuse_tracing("CompiledModel")
         with call_lock(self):
             return self._locked_forward(x, masks, check_masks)
 
@@ -504,6 +506,26 @@ def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
     """``ops.masks.dispatch_rate`` in float64 whatever the masks' dtype (``mean64``): the
     rate a compiled block reads its dispatch table at."""
     return mean64(masks.channel if spec.mode == "channel" else masks.grid)
+
+
+def refuse_tracing(who: str) -> None:
+    """Raise under ``torch.jit.trace`` and ``torch.export``: the variant, the sliced
+    weights and the gather indices are chosen in Python from each input's masks, so a
+    trace would record one input's choices as constants and give wrong results on every
+    other input, silently (a traced channel block: 0.71 relative error on another input,
+    while torch's own trace check passed). ``torch.compile`` is not refused: it breaks
+    its graph at the call lock and runs the forward eagerly.
+
+    Raises:
+        RuntimeError: naming ``who``.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    if torch.jit.is_tracing() or exporting():
+        raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
+                           "torch.export): which kernels run, on which pixels and channels, "
+                           "is decided on each input's masks in Python, so a trace would "
+                           "fix one input's choices; call it eagerly (torch.compile works, "
+                           "running it as it is)")
 
 
 def hooked(module: nn.Module) -> bool:

@@ -224,6 +224,7 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate, allocator=setting, channel_granularity=str(channel_granularity),
                     threads=torch.get_num_threads(), tune=tune, reps=reps)
+        _check_logits(model, cm, x)  # before anything is timed
         dense = dense_forms(model)
         if blocks:
             rows += _block_rows(model, cm, x, meta, reps)
@@ -255,6 +256,17 @@ def _set_allocator(allocator: str, log) -> str:
     return "default"
 
 
+def _check_logits(model, cm: CompiledModel, x) -> None:
+    """Raise AssertionError unless the compiled logits on x, with its maskers and with
+    the masks they gave (``CompiledModel.forward(x, masks)``), are the reference's
+    (``testing.assert_close``): ``bench`` times nothing before this passes."""
+    with torch.no_grad():
+        ref = model(x)
+        assert_close(cm(x), ref, name="compiled logits (bench)")
+        given = [blk.last_masks for blk in cm.blocks]
+        assert_close(cm(x, masks=given), ref, name="compiled logits, masks given (bench)")
+
+
 def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta: dict,
                 reps: int) -> list[BenchRow]:
     """The whole-model rows: compiled on x repeated; the same with the masks of that
@@ -264,16 +276,12 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
     reference. Each against the faster of the dense forms (``dense_forms``), both timed
     in the same interleaved run as the first, second and last rows.
 
-    Raises:
-        AssertionError: if the compiled logits, with or without the masks given, are not
-            the reference's (``testing.assert_close``): nothing is timed then.
+    The logits are checked first, once (``_check_logits``); the masks given are timed
+    unchecked (``check_masks=False``): the row times the variants.
     """
     with torch.no_grad():
-        ref = model(x)
-        assert_close(cm(x), ref, name="compiled logits (bench)")
+        cm(x)
         given = [blk.last_masks for blk in cm.blocks]
-        # checked once; timed unchecked: the row times the variants
-        assert_close(cm(x, masks=given), ref, name="compiled logits, masks given (bench)")
         fmt, t_dense, (t_comp, t_given, t_ref) = time_against_dense(
             {n: lambda m=m: m(x) for n, m in dense.items()},
             [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),

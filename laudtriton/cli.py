@@ -83,6 +83,7 @@ def cmd_demo(args) -> int:
     _check_counts(args, "reps")
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
+    _check_cache_env(args.tune)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     print("1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)")
@@ -118,6 +119,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _check_cache_env(tune: str) -> None:
+    """A bad $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR (tune not "off"): a ValueError now,
+    not after the model's build and calibration (``demo`` found it at step 3 of 4)."""
+    if tune != "off":
+        from .tune.cache import cache_enabled_from_env
+        from .tune.keys import default_cache_dir
+
+        default_cache_dir()
+        cache_enabled_from_env()
+
+
 def _check_counts(args, *names: str) -> None:
     """Each named option (``--batch``, ``--reps``, ...) must be an integer >= 1."""
     for name in names:
@@ -130,6 +142,7 @@ def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
     from .tune.commands import (
+        check_batch,
         check_layout_options,
         check_output_path,
         fail,
@@ -137,7 +150,8 @@ def cmd_bench(args) -> int:
     )
     from .tune.sweep import parse_rates
 
-    _check_counts(args, "batch", "reps", "repeat", "processes")
+    check_batch(args.batch)
+    _check_counts(args, "reps", "repeat", "processes")
     cpus = usable_cpus()
     if not 0 <= args.threads <= cpus:  # more oversubscribes the cores: dense and compiled
         # slow down unequally (4 threads on 2 cores: dense 60-72 -> 120 ms, ratio 1.2 -> 1.09)
@@ -148,12 +162,7 @@ def cmd_bench(args) -> int:
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
     check_layout_options(args)
-    if args.tune != "off":  # a bad $LAUDTRITON_CACHE(_DIR): now, not after the model's build
-        from .tune.cache import cache_enabled_from_env
-        from .tune.keys import default_cache_dir
-
-        default_cache_dir()
-        cache_enabled_from_env()
+    _check_cache_env(args.tune)
     if args.reps < 20 and not os.environ.get(HANDOFF_ENV):  # once, not in every process
         print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
               "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
@@ -212,8 +221,16 @@ def _version() -> str:
     return __version__
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line, not after a usage block of up to
+    nine: the CLI's promise (the module docstring). Its subcommands' parsers too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrors(
         prog="laudtriton", allow_abbrev=False,
         description="Compile LAUDNet dynamic networks into sparse execution, and measure "
                     "it: demo, bench, sweep, plot, cache, predict, calibrate, design, env, "

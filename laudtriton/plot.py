@@ -200,10 +200,13 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
 
     csv_or_rows: a sweep CSV path or rows (dicts with model, block, spec, rate, variant,
     seconds; spec_key and flops_ratio for the ideal line). predicted: {spec short or
-    spec_key: {rate: seconds}}. Per model: ``<model>_blocks.png`` (one panel per distinct
-    block spec) and ``<model>_model.png`` (sum over all blocks: dense, each variant where
-    it covers every block, best per block, ideal, predicted). A model whose every timing
-    is inf or nan (every config failed) is skipped with a warning; so is the whole-model
+    spec_key: {rate: seconds}}. Per model and group (``_group``: mode, batch and dtype,
+    then the device where the rows hold several, then "clustered" masks):
+    ``<model>_<mode>_b<batch>_<dtype>[_<device>][_clustered]_blocks.png`` (one panel per
+    distinct block spec) and the same name ending ``_model.png`` (sum over all blocks:
+    dense, each variant where it covers every block, best per block, ideal, predicted).
+    A model whose every timing is inf or nan (every config failed) is skipped with a
+    warning; so is the whole-model
     figure of a model whose blocks have timings for several specs (sweeps at several
     granularities, e.g. from the cache: which spec belongs to which sweep is not
     recorded, and the sum would mix them), and of the cache's unnamed entries (model

@@ -305,7 +305,8 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
 
 def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypatch):
     """bench reported a speedup of whatever the compiled model computed; only demo
-    compared its logits with the reference's."""
+    compared its logits with the reference's. It checks them before the per-block table
+    is timed too (it checked them after that table)."""
     import laudtriton.bench as bench_module
     from laudtriton.compiled import CompiledModel
 
@@ -322,7 +323,7 @@ def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypat
     torch.manual_seed(0)
     with pytest.raises(AssertionError, match="compiled logits \\(bench\\)"):
         bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
-              tune="off", blocks=False, log=lambda s: None)
+              tune="off", log=lambda s: None)
 
 
 def test_bench_layer_mode_per_block_rows():

@@ -425,3 +425,31 @@ def test_a_subcommand_that_cannot_import_says_why(monkeypatch, capsys):
     assert main(["plot", "--from", "x.csv", "--out", "o"]) == 2
     err = capsys.readouterr().err
     assert "laudtriton plot: error: this command cannot run here: No module named" in err
+
+
+@pytest.mark.parametrize("argv", [["bench", "--tune", "foo"], ["bench", "--batch", "x"],
+                                  ["cache", "merge"], ["design"], []])
+def test_argparse_errors_are_one_line(argv, capsys):
+    """argparse printed a usage block of up to nine lines before the error."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("laudtriton") and ": error: " in err and "--help` for usage" in err
+
+
+@pytest.mark.parametrize("command", ["bench", "sweep", "predict"])
+def test_a_batch_past_the_bound_is_refused(command, capsys):
+    """bench and sweep took any --batch >= 1: one past int64 crashed inside torch with a
+    C++ traceback (after bench had changed the process's allocator)."""
+    assert main([command, "--batch", "100000000000000000000"]) == 2
+    assert "--batch 100000000000000000000 must be in [1, 4096]" in capsys.readouterr().err
+
+
+def test_demo_checks_the_cache_environment_before_any_step(monkeypatch, capsys):
+    """demo built and calibrated the model (steps 1-3, ~10 s) before naming a bad
+    $LAUDTRITON_CACHE."""
+    monkeypatch.setenv("LAUDTRITON_CACHE", "maybe")
+    assert main(["demo", "--reps", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "LAUDTRITON_CACHE='maybe'" in err

@@ -660,3 +660,18 @@ def test_sweep_command_sizes_past_int64_are_one_line(tmp_path, capsys, option):
     assert "Traceback" not in err and err.count("\n") == 1
     assert ("out of memory" in err) if option == "--batch" else (
         "--input-size must be in [32, 4096]" in err)
+
+
+def test_a_sweep_refused_after_making_its_cache_folder_removes_it(tmp_path, capsys):
+    """--blocks is checked inside the sweep, after --cache-dir's folder was made: a
+    refused sweep left the empty folders behind."""
+    args = _parser().parse_args(["sweep", "--rates", "0.5", "--blocks", "layer9.9",
+                                 "--cache-dir", str(tmp_path / "new" / "cache"),
+                                 "--no-progress", "--input-size", "64",
+                                 "--csv", str(tmp_path / "s.csv")])
+    assert args.func(args) == 2
+    assert "--blocks: unknown block 'layer9.9'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that existed stays
+    args.cache_dir = str(tmp_path / "kept")
+    assert args.func(args) == 2 and (tmp_path / "kept").is_dir()

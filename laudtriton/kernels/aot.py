@@ -181,9 +181,15 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _refuse(message: str) -> int:
+    print(f"python -m laudtriton.kernels.aot: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m laudtriton.kernels.aot [--arch 80,90] [--jobs N] [--only S] [--json]``.
-    Exit code 1 on a compile error or a spilling default config, else 0."""
+    Exit code 1 on a compile error or a spilling default config, 2 on a bad option (or an
+    --only that matches no spec), else 0."""
     ap = argparse.ArgumentParser(prog="python -m laudtriton.kernels.aot",
                                  description="Compile every Triton kernel x config ahead of "
                                              "time for NVIDIA targets (no GPU needed).")
@@ -195,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         archs = tuple(int(a) for a in args.arch.split(","))
     except ValueError:
-        print(f"--arch {args.arch!r}: expected comma-separated integers like 80,90")
-        return 2
+        archs = ()
+    if not archs or min(archs) < 1:
+        return _refuse(f"--arch {args.arch!r}: expected comma-separated SM versions like 80,90")
+    if args.jobs < 1:
+        return _refuse(f"--jobs {args.jobs} must be >= 1")
     os.environ.pop("TRITON_INTERPRET", None)  # before any kernel module is imported
     rows = compile_all(archs, args.jobs, args.only)
+    if not rows:  # a table of nothing would read as a pass
+        return _refuse(f"--only {args.only!r} matches no kernel spec")
     bad = problems(rows)
     if args.json:
         print(json.dumps({"rows": rows, "problems": bad,

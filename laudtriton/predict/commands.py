@@ -27,9 +27,6 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-MAX_BATCH = 4096  # predict takes ~4 s there (a batch of 1e6 ran for minutes)
-
-
 def _peak_note(hw, dtype: str) -> str:
     """A line saying that ``hw`` has no peak of its own for ``dtype`` (a calibration
     measures float32 only), or ''."""
@@ -51,11 +48,10 @@ def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
 def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
-    from ..tune.commands import check_cache_dir, check_input_size
+    from ..tune.commands import check_batch, check_cache_dir, check_input_size
     from ..tune.sweep import parse_stages
 
-    if not 1 <= args.batch <= MAX_BATCH:  # per-sample mask tables grow with it
-        raise ValueError(f"--batch {args.batch} must be in [1, {MAX_BATCH}]")
+    check_batch(args.batch)  # per-sample mask tables grow with it
     check_input_size(args.input_size)
     parse_stages(args.channel_granularity, "--channel-granularity")
     check_cache_dir(args.cache_dir)

@@ -8,6 +8,7 @@ args and returns the exit code (2 with a message on stderr for a user error).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -65,23 +66,52 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
         check_dir(path, flag, ", or leave the option out for the default")
 
 
-def make_writable_dir(path: str | None, flag: str) -> None:
+def make_writable_dir(path: str | None, flag: str) -> str | None:
     """The directory ``path`` (given with ``flag``; None: nothing to do) made if missing,
     and a file written in it, before any work, for a command whose point is to fill it:
-    a ValueError naming ``flag`` otherwise (no permission, a read-only file system)."""
+    a ValueError naming ``flag`` otherwise (no permission, a read-only file system).
+    Returns the outermost folder it made (None: every one existed), for
+    ``remove_if_empty`` when the command is refused afterwards."""
     if path is None:
-        return
+        return None
+    folder = os.path.abspath(os.path.expanduser(path))
+    made = None
+    probe = folder
+    while not os.path.exists(probe):
+        made, probe = probe, os.path.dirname(probe)
     try:
-        folder = os.path.expanduser(path)
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
                          ) from None
+    return made
+
+
+def remove_if_empty(top: str | None) -> None:
+    """Remove the folders ``make_writable_dir`` made under ``top`` (and ``top``) if they
+    hold no file: a command refused after making them leaves nothing behind."""
+    if top is None:
+        return
+    for folder, _, files in sorted(os.walk(top), reverse=True):  # deepest first
+        if files:
+            return
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)
+
+
+MAX_BATCH = 4096  # predict takes ~4 s there (a batch of 1e6 ran for minutes); bench and
+# sweep at 224x224 would need ~2.5 GB for the input alone (a batch past int64 crashed torch)
+
+
+def check_batch(value: int, flag: str = "--batch") -> None:
+    """A ValueError naming ``flag`` unless ``value`` is in [1, MAX_BATCH]."""
+    if not 1 <= value <= MAX_BATCH:
+        raise ValueError(f"{flag} {value} must be in [1, {MAX_BATCH}]")
 
 
 def check_input_size(value: int | None, flag: str = "--input-size") -> None:
@@ -227,12 +257,12 @@ def default_csv(args: argparse.Namespace, device: str) -> str:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Run ``laudtriton sweep``; prints a summary table. Returns the exit code."""
+    made = None
     try:
         rates = parse_rates(args.rates)
         shard = parse_shard(args.shard)
         dev = check_device(args.device)
-        if args.batch < 1:
-            raise ValueError(f"--batch {args.batch} must be >= 1")
+        check_batch(args.batch)
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
         check_layout_options(args)
@@ -241,8 +271,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         cache = TuneCache(args.cache_dir, device=dev)
         if not args.clustered and cache.enabled:  # clustered masks' timings never reach
             # the cache; filling it is the point of another sweep: refused now, not after
-            # the timings (a disabled cache makes no folder: said now, below)
-            make_writable_dir(args.cache_dir, "--cache-dir")
+            # the timings (a disabled cache makes no folder: said now, below); a sweep
+            # refused later (a bad --blocks) removes the folder it made, if still empty
+            made = make_writable_dir(args.cache_dir, "--cache-dir")
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)
@@ -285,6 +316,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             size = "" if args.input_size is None else f" --input-size {args.input_size}"
             raise out_of_memory(e, f"--batch {args.batch}{size}") from None
     except ValueError as e:
+        remove_if_empty(made)
         return fail("sweep", str(e))
     _print_summary(res.rows)
     merged = (f", {res.merged} asked rates realised the rate of another (timed once: "

@@ -138,7 +138,8 @@ def spatial_kernel_checks(dev, dt):
 
 
 def variant_check(variant, mode, dev, dt):
-    """``variant`` in ``mode`` on ``dev`` in ``dt`` against the float64 folded reference:
+    """``variant`` in ``mode`` on ``dev`` in ``dt`` against the reference block in float64
+    on the same masks (``testing.reference_on_masks``, not the project's own fold):
     a block of each stride (on an odd map, or one S divides where the variant needs whole
     cells), rates 0, 0.5 and 1, its first config, outputs NaN-poisoned.
 
@@ -147,10 +148,9 @@ def variant_check(variant, mode, dev, dt):
             no config).
     """
     from .ops import fold_block
-    from .ops.dense import dense_block
     from .ops.spec import BlockSpec
     from .ops.synthetic import synthetic_masks
-    from .testing import TOLERANCE, assert_close, make_block
+    from .testing import TOLERANCE, assert_close, make_block, reference_on_masks
 
     checked = 0
     for stride, cin in ((1, 64), (2, 48)):
@@ -166,8 +166,7 @@ def variant_check(variant, mode, dev, dt):
             continue
         for rate in (0.0, 0.5, 1.0):
             masks = synthetic_masks(spec, rate, seed=1, device=dev)
-            ref = dense_block(fold_block(block, torch.float64), x.double(),
-                              synthetic_masks(spec, rate, seed=1))
+            ref = reference_on_masks(block, x, masks)
             fb = fold_block(block, dt, dev)
             xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
             for cfg in variant.configs(spec)[:1]:

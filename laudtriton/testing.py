@@ -56,6 +56,31 @@ def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial
     return block.eval()
 
 
+@torch.no_grad()
+def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks) -> torch.Tensor:
+    """The reference block (``laudtriton.nn``, the official semantics) in float64 on x,
+    run with ``masks`` (a BlockMasks) instead of its maskers' decisions: what a variant
+    given those masks must compute. ``block`` itself is left as it is (a copy runs); x
+    and the masks may live on any device (the copy runs on the CPU). A grid given without
+    mask3 and mask1 (a layer gate alone) is expanded to them as the block's maskers do."""
+    import copy
+
+    from .nn.block import BlockMasks
+    from .nn.maskers import expand_mask1, upsample_mask
+
+    ref = copy.deepcopy(block).double().cpu()
+    grid, mask3, mask1, channel = (
+        None if t is None else (t.double() if t.is_floating_point() else t).cpu()
+        for t in (masks.grid, masks.mask3, masks.mask1, masks.channel))
+    if grid is not None and mask3 is None:
+        in_hw = tuple(x.shape[-2:])
+        mask3 = upsample_mask(grid, ref.out_hw(in_hw))
+        mask1 = expand_mask1(mask3, ref.stride, in_hw)
+    m64 = BlockMasks(grid, mask3, mask1, channel)
+    ref.compute_masks = lambda inp: (m64, 0.0)
+    return ref(x.double().cpu())
+
+
 def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
                  name: str = "output") -> None:
     """Assert max |out − ref| <= tol · max |ref|, printing the worst mismatches.

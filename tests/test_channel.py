@@ -25,23 +25,14 @@ from laudtriton.ops.channel import (
     slice_weights,
 )
 from laudtriton.ops.kappa import conv2_correction, conv3_bias
-from laudtriton.testing import assert_close, make_block
+from laudtriton.testing import assert_close, make_block, reference_on_masks
 
 CL = torch.channels_last
 
 
 def reference_with_masks(block, x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
-    """Official semantics in float64 with a given channel mask [B, G] (mask before BN)."""
-    blk = copy.deepcopy(block).double()
-    x = x.double()
-    cm = channel.double().repeat_interleave(blk.width // channel.shape[1], dim=1)
-    cm = cm[:, :, None, None]
-    with torch.no_grad():
-        h = torch.relu(blk.bn1(blk.conv1(x) * cm))
-        h = torch.relu(blk.bn2(blk.conv2(h) * cm))
-        h = blk.bn3(blk.conv3(h))
-        ident = x if blk.downsample is None else blk.downsample(x)
-        return torch.relu(h + ident)
+    """The reference block in float64 with a given channel mask [B, G] (mask before BN)."""
+    return reference_on_masks(block, x, BlockMasks(None, None, None, channel))
 
 
 def calibrated(k, masker, layers, inplanes, planes, stride, hw, batch, rate, seed=0):

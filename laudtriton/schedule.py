@@ -252,6 +252,44 @@ def check_modes(modes) -> None:
                          f"{', '.join(MODES)}")
 
 
+def design_stages(arch: str, modes, granularities, batch: int, input_size: int, dtype: str,
+                  channel_granularity) -> list[list[tuple[str, int, list]]]:
+    """Per stage, the options ``design_search`` ranks: (mode, S, the stage's block specs
+    with S there and 1 elsewhere). Needs no hardware: the ``design`` command checks its
+    options with it before reading one (which may warn).
+
+    Raises:
+        ValueError: naming the option: an S larger than every stage's map, a stage with
+            no option, a channel granularity that does not divide a width.
+    """
+    from .predict.network import model_specs, stem_hw
+
+    stage_size = [stem_hw(input_size)]
+    for st in (1, 2, 2, 2):
+        stage_size.append((stage_size[-1] - 1) // st + 1)
+    too_large = [g for g in granularities if g > max(stage_size[1:])]
+    if too_large and any(m in ("spatial", "both") for m in modes):  # never an option
+        raise ValueError(f"--granularities: {', '.join(map(str, too_large))} larger than "
+                         f"every stage's map (the largest is {max(stage_size[1:])}x"
+                         f"{max(stage_size[1:])})")
+    stages = []
+    for i in range(4):
+        opts = []
+        for mode, g in _stage_options(modes, granularities, stage_size[i + 1]):
+            gran = [1, 1, 1, 1]
+            gran[i] = g
+            specs = [s for n, s in model_specs(arch, mode, gran, batch, input_size, dtype,
+                                               channel_granularity)
+                     if n.startswith(f"layer{i + 1}.")]
+            opts.append((mode, g, specs))
+        if not opts:
+            raise ValueError(f"--modes/--granularities: stage {i + 1} ({stage_size[i + 1]}x"
+                             f"{stage_size[i + 1]}) has no option among modes {modes} and "
+                             f"granularities {granularities}")
+        stages.append(opts)
+    return stages
+
+
 def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "layer"),
                   granularities=(1, 2, 4, 8), batch: int = 1, input_size: int = 224,
                   dtype: str | None = None, factors: dict | None = None,
@@ -275,7 +313,7 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
     from .ops.registry import variants_for
     from .predict.hardware import get_hardware
     from .predict.model import predict_expected, predict_stem_head
-    from .predict.network import flops_ratio, model_specs, rate_for_flops_ratio, stem_hw
+    from .predict.network import flops_ratio, rate_for_flops_ratio
 
     hw = get_hardware(hw)
     check_target_rate(target)
@@ -295,29 +333,14 @@ def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "la
                           spec.dense_flops(), r, best[1])
         return memo[spec]
 
-    stage_size = [stem_hw(input_size)]
-    for st in (1, 2, 2, 2):
-        stage_size.append((stage_size[-1] - 1) // st + 1)
-    too_large = [g for g in granularities if g > max(stage_size[1:])]
-    if too_large and any(m in ("spatial", "both") for m in modes):  # never an option
-        raise ValueError(f"--granularities: {', '.join(map(str, too_large))} larger than "
-                         f"every stage's map (the largest is {max(stage_size[1:])}x"
-                         f"{max(stage_size[1:])})")
     per_stage = []
-    for i in range(4):
+    for options in design_stages(arch, modes, granularities, batch, input_size, dtype,
+                                 channel_granularity):
         opts = []
-        for mode, g in _stage_options(modes, granularities, stage_size[i + 1]):
-            gran = [1, 1, 1, 1]
-            gran[i] = g
-            specs = [s for n, s in model_specs(arch, mode, gran, batch, input_size, dtype,
-                                               channel_granularity)
-                     if n.startswith(f"layer{i + 1}.")]
+        for mode, g, specs in options:
             rows = [block(s) for s in specs]
             opts.append((mode, g, tuple(map(sum, zip(*[r[:4] for r in rows]))),
                          tuple(r[4] for r in rows), tuple(r[5] for r in rows)))
-        if not opts:
-            raise ValueError(f"stage {i + 1} ({stage_size[i + 1]}x{stage_size[i + 1]}): no "
-                             f"option among modes {modes} and granularities {granularities}")
         per_stage.append(opts)
     stem = predict_stem_head(input_size, batch, dtype, hw, factors)
     out = []

@@ -256,3 +256,21 @@ def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path
           "--top", "1", "--cache-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert "configurations at FLOPs ratio 0.5\n" in out and err == ""
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--granularities", "99"], "--granularities: 99 larger than every stage's map"),
+    (["--channel-granularity", "3"], "--channel-granularity 3 must divide"),
+    (["--input-size", "33", "--modes", "spatial", "--granularities", "8"],
+     "--modes/--granularities: stage 2 (5x5) has no option")])
+def test_design_checks_its_options_before_reading_the_hardware(argv, says, tmp_path,
+                                                                monkeypatch, capsys, caplog):
+    """These were found inside the search, after the hardware was read: a calibration
+    warning came first, and the last message named no option."""
+    from laudtriton.cli import main
+
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))  # no calibration there
+    assert main(["design", "--target-rate", "0.5", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and says in err
+    assert "calibration" not in caplog.text  # the hardware was not read

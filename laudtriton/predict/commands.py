@@ -296,7 +296,7 @@ def _flops_floor(args) -> float:
 
 def run_design(args) -> int:
     """Run ``laudtriton design``. Returns the exit code."""
-    from ..schedule import check_modes, check_target_rate, design_search
+    from ..schedule import check_modes, check_target_rate, design_search, design_stages
     from .network import check_arch
 
     if args.top < 1:
@@ -314,6 +314,9 @@ def run_design(args) -> int:
                          "'1,2,4,8'") from None
     if not grans or any(g < 1 for g in grans):
         raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
+    # the options the search reads, before the hardware (whose calibration may warn)
+    design_stages(args.model, modes, grans, args.batch, args.input_size,
+                  args.dtype or "float32", args.channel_granularity)
     hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)

@@ -70,7 +70,9 @@ def active_rows(mask1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def active_patches(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Active mask cells (S x S patches, or the unequal cells when S does not divide Ho):
     grid [B, 1, gh, gw] -> (idx [B·gh·gw] int32, count [1] int32), idx[:count] =
-    b·gh·gw + r·gw + c. Cell (r, c) covers output rows i with ⌊i·gh/Ho⌋ = r (DESIGN.md 2).
+    b·gh·gw + r·gw + c. Which output pixels a cell covers is the maskers' nearest rule
+    (``nn.maskers.upsample_mask``, PyTorch's, as the official code; not DESIGN.md's
+    ⌊i·gh/Ho⌋ at every size, docs/layout.md).
     """
     _check_mask("grid", grid)
     return compact(grid)

@@ -155,6 +155,13 @@ def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[
     try:
         with torch.no_grad():
             model(x)
+    except ValueError:  # ours (the hooks above) or the model's, with its own message
+        raise
+    except Exception as e:  # the model's forward fails on its own: it cannot be compiled
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"compile: the model's own forward fails on the example input "
+                         f"({type(e).__name__}: {text}); compile runs it first, to find "
+                         "its blocks' inputs") from e
     finally:
         for h in handles:
             h.remove()
@@ -569,9 +576,12 @@ def _bake_parametrizations(module: nn.Module) -> nn.Module:
                 continue
             values = {}
             for name, plist in m.parametrizations.items():
-                grad = any(t.requires_grad for t in plist.parameters())
-                values[name] = (getattr(m, name).detach().clone(), grad,
-                                any(True for _ in plist.parameters()))
+                # the tensor(s) parametrized (``original``, or ``original0``, ... for a
+                # parametrization of several): held by the list itself, not by the
+                # parametrization modules inside it (whose own parameters do not count)
+                originals = list(plist.parameters(recurse=False))
+                grad = any(t.requires_grad for t in originals)
+                values[name] = (getattr(m, name).detach().clone(), grad, bool(originals))
             del m.parametrizations
             m.__class__ = m.__class__.__bases__[0]  # the class before parametrization
             # state-dict pre-hooks that map old checkpoints onto the parametrization's keys
@@ -641,6 +651,11 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
               and example_input.is_cuda
               else torch.device("cuda", torch.cuda.current_device()))
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"compile: the model's {meta} is on the meta device (no data); "
+                         "load or initialise its weights first")
     if not any(isinstance(m, LaudBottleneck) for m in model.modules()):
         if any(isinstance(m, (CompiledModel, CompiledBlock)) for m in model.modules()):
             raise ValueError("compile: the model is compiled already (it holds a "
@@ -680,12 +695,9 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                 else _outermost(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:
             _check_hooks(net, name)
-    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
-                 if t.is_meta), None)
-    if meta is not None:
-        raise ValueError(f"compile: the model's {meta} is on the meta device (no data); "
-                         "load or initialise its weights first")
-    ref = _bake_parametrizations(detached_copy(model)).eval().to(device=device, dtype=dtype)
+    # eval first: a parametrization may compute otherwise in training (spectral_norm's
+    # power iteration), and the compiled model is the eval-mode network
+    ref = _bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)

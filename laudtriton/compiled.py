@@ -508,8 +508,18 @@ def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
     return mean64(masks.channel if spec.mode == "channel" else masks.grid)
 
 
+def _fx_tracing() -> bool:
+    """Whether torch.fx symbolic tracing runs (not ``is_fx_tracing``, which logs a warning
+    on its first call, tracing or not)."""
+    import torch.fx._symbolic_trace as fx
+
+    check = getattr(fx, "is_fx_symbolic_tracing", None)
+    return bool(check() if check is not None else getattr(fx, "_is_fx_tracing_flag", False))
+
+
 def refuse_tracing(who: str) -> None:
-    """Raise under ``torch.jit.trace`` and ``torch.export``: the variant, the sliced
+    """Raise under ``torch.jit.trace``, ``torch.export`` and ``torch.fx`` symbolic tracing:
+    the variant, the sliced
     weights and the gather indices are chosen in Python from each input's masks, so a
     trace would record one input's choices as constants and give wrong results on every
     other input, silently (a traced channel block: 0.71 relative error on another input,
@@ -520,9 +530,10 @@ def refuse_tracing(who: str) -> None:
         RuntimeError: naming ``who``.
     """
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    if torch.jit.is_tracing() or exporting():
+    if torch.jit.is_tracing() or exporting() or _fx_tracing():
         raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
-                           "torch.export): which kernels run, on which pixels and channels, "
+                           "torch.export, torch.fx): which kernels run, on which pixels and "
+                           "channels, "
                            "is decided on each input's masks in Python, so a trace would "
                            "fix one input's choices; call it eagerly (torch.compile works, "
                            "running it as it is)")

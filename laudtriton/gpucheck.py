@@ -3,7 +3,7 @@
 In one process (and, for the Triton compiles of parts 2 and 3, up to ``--compile-jobs``
 worker processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes
 on one H100/H200; the box is kept between items, and a watchdog stops an item still
-running at budget + ``WATCHDOG_S`` as a SIGTERM does):
+running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruction):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
    fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from .gpureport import RATES, plot, table, write_csv
+from .tune.measure import is_sticky
 
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
 PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
@@ -146,14 +147,14 @@ class Run:
 
 TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
 LOG_NAME = "gpucheck.log"  # progress lines and the library's warnings, in --out
-# a worker's error text that means its CUDA context is unusable (a kernel fault)
-STICKY = ("CUDA error", "illegal memory access", "illegal instruction",
-          "unspecified launch failure", "misaligned address")
 
 
-def is_sticky(error: str) -> bool:
-    """Whether an error line says the process's CUDA context is unusable (``STICKY``)."""
-    return any(s in error for s in STICKY)
+class WarmError(RuntimeError):
+    """A Triton variant's config failing in ``warm_block``; ``variant`` names it."""
+
+    def __init__(self, variant: str, text: str):
+        super().__init__(text)
+        self.variant = variant
 
 
 def describe(e: BaseException) -> str:
@@ -252,7 +253,8 @@ def _random_block(spec):
 def warm_block(device: str, spec, n_configs: int) -> None:
     """Run once, at each of part 3's rates, every config part 3 times (the first
     ``n_configs``) of each Triton variant of ``spec`` (float16, as part 3), for their
-    compiles alone. Raises the first error, after trying every config."""
+    compiles alone. Raises the first error (a WarmError naming its variant) after trying
+    every config, or at once an error that leaves CUDA unusable (``is_sticky``)."""
     from .ops import fold_block, variants_for
     from .ops.synthetic import synthetic_masks
 
@@ -273,9 +275,10 @@ def warm_block(device: str, spec, n_configs: int) -> None:
                         else:
                             v.run(fb, x, masks, cfg)
                 except Exception as e:  # the other configs still compile
-                    first = first or RuntimeError(f"{v.name} {cfg}: {describe(e)}")
-                    if is_sticky(str(first)):  # CUDA unusable: every later run fails
-                        raise first from None
+                    err = WarmError(v.name, f"{v.name} {cfg}: {describe(e)}")
+                    if is_sticky(str(err)):  # CUDA unusable: every later run fails (this
+                        raise err from None  # one, not an earlier harmless failure)
+                    first = first or err
     if first is not None:
         raise first
 
@@ -318,7 +321,7 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
                              os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             continue
-        error = ""
+        error, variant = "", ""
         try:
             with exact_fp32():
                 if isinstance(job, tuple):
@@ -328,9 +331,9 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
                 else:
                     job()
         except Exception as e:
-            error = describe(e)
+            error, variant = describe(e), getattr(e, "variant", "")
         with open(os.path.join(folder, f"{i}.done"), "w") as fh:
-            fh.write(error)
+            fh.write(f"{variant}\n{error}")  # the variant that failed (part 3), the error
         if is_sticky(error):  # its CUDA context is broken: every later job here would
             return  # fail alike and be taken for a fault of its own; the others go on
 
@@ -381,12 +384,12 @@ def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 
                         p.kill()
                 for p in procs:
                     p.join(timeout=10)
-            errors = {}
+            errors, variants = {}, {}
             for i in range(n):
                 path = os.path.join(folder, f"{i}.done")
                 if os.path.exists(path):
                     with open(path) as fh:
-                        errors[i] = fh.read()
+                        variants[i], _, errors[i] = fh.read().partition("\n")
     except Exception as e:  # no worker could start (no /dev/shm, no spawn...)
         r.say(f"the compile workers failed ({describe(e)}); compiling in this process")
         return 0
@@ -394,17 +397,19 @@ def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 
     done2 = sum(1 for i in errors if i < len(names))
     r.sticky.update({names[i]: e for i, e in errors.items()
                      if i < len(names) and is_sticky(e)})
-    for i, e in errors.items():  # part 3: "RuntimeError: <variant> <config>: <error>"
-        if i >= len(names) and is_sticky(e):  # (warm_block's, through describe)
-            from .ops import BlockSpec
+    for i, e in errors.items():  # part 3: a variant that broke CUDA is denied there;
+        if i >= len(names) and is_sticky(e):  # a fault outside any variant (the block's
+            from .ops import BlockSpec  # fold, its input) names none: a failure alone
 
             name, spec = warm3[i - len(names)]
-            variant = e.removeprefix("RuntimeError: ").split(" ", 1)[0]
-            r.deny[(BlockSpec.from_dict(spec).key(), variant)] = e
-            r.checks.append({"check": f"{name} {variant}", "ok": False,
+            variant = variants.get(i, "")
+            if variant:
+                r.deny[(BlockSpec.from_dict(spec).key(), variant)] = e
+            r.checks.append({"check": f"{name} {variant}".strip(), "ok": False,
                              "error": f"in a compile worker: {e}"})
-            r.say(f"FAIL {name}: {e} (in a compile worker; {variant} is not run on this "
-                  "block here, nor in part 4)")
+            r.say(f"FAIL {name}: {e} (in a compile worker"
+                  + (f"; {variant} is not run on this block here, nor in part 4)"
+                     if variant else ")"))
     r.say(f"compiles first, in {k} processes: {done2} of part 2's {len(names)} checks"
           + (f" and {len(errors) - done2} of part 3's {len(warm3)} blocks" if warm3 else "")
           + f" in {time.perf_counter() - t0:.0f} s"
@@ -795,6 +800,7 @@ def run(args) -> int:
             r.check(f"part {title.split()[0]} completed", step, quiet=True)
             save(r, out)
     except Terminated as e:  # a time limit: report what was gathered so far
+        signal.setitimer(signal.ITIMER_REAL, 0)  # no second alarm while reporting
         r.checks.append({"check": "gpucheck run", "ok": False,
                          "error": f"Terminated: {e}"})
         r.say(f"stopped: Terminated: {e}")

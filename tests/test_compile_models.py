@@ -173,6 +173,39 @@ def test_block_convs_with_a_parametrized_weight_compile():
     assert torch.nn.utils.parametrize.is_parametrized(model.fc)  # the user's model as it was
 
 
+def test_parametrizations_are_baked_as_the_eval_model_computes_them():
+    """spectral_norm's power iteration runs in training mode: baked before the copy was put
+    in eval mode, a model compiled while in training gave other weights than the eval
+    network (4.789 against 4.791). A parametrized buffer stays a buffer (its
+    parametrization's own parameter made it a parameter)."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, t):
+            return t * self.s
+
+    model = tiny()
+    spectral_norm(model.fc)
+    spectral_norm(model.layer1[0].conv1)
+    parametrize.register_parametrization(model.layer1[0].bn1, "running_var", Scale())
+    x = torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    model.train()
+    cm = compile_cpu(model, x)
+    assert model.training  # left as it was
+    model.eval()
+    with torch.no_grad():
+        assert_close(cm(x), model(x), name="spectral_norm compiled in training mode")
+    bn1 = cm.source.layer1[0].bn1
+    assert "running_var" in dict(bn1.named_buffers()) and "running_var" not in dict(
+        bn1.named_parameters())
+
+
 @pytest.mark.parametrize("mode,masker", [
     ("spatial", "spatial"), ("channel", "MLP"), ("both", "MLP"), ("channel", "MLP1"),
     ("channel", "conv_linear")])
@@ -1290,6 +1323,8 @@ def test_tracing_or_exporting_a_compiled_model_or_block_is_refused(mode):
             torch.jit.trace(blk, xb.contiguous(memory_format=torch.channels_last))
         with pytest.raises(RuntimeError, match="CompiledModel cannot be traced or exported"):
             torch.export.export(cm, (x,), strict=False)
+        with pytest.raises(RuntimeError, match=f"CompiledBlock {blk.name} cannot be traced"):
+            torch.fx.symbolic_trace(blk)  # (the model's no_grad forward fails fx earlier)
         assert_close(cm(x), model(x))  # still usable eagerly
 
 
@@ -1299,3 +1334,12 @@ def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():
         model = tiny()
     with pytest.raises(ValueError, match="conv1.weight is on the meta device"):
         compile_cpu(model, torch.randn(1, 3, 32, 32))
+
+
+def test_a_model_whose_own_forward_fails_is_a_value_error_naming_it():
+    """A block of stride 2 built without the downsample it needs: the reference forward
+    fails, and compile passed torch's RuntimeError on (it is the model's, not ours)."""
+    blk = make_block(8, 2, stride=2, mode="spatial", granularity=1, downsample=False)
+    with pytest.raises(ValueError, match="the model's own forward fails on the example "
+                                         "input \\(RuntimeError: The size of tensor a"):
+        compile_cpu(blk, torch.randn(1, 8, 10, 12))

@@ -327,8 +327,8 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
     calls = []
 
     class Fake:
-        def __init__(self, name, triton, inplace, fail=None):
-            self.name, self.needs_triton, self.fail = name, triton, fail
+        def __init__(self, name, triton, inplace, fail=None, fault=None):
+            self.name, self.needs_triton, self.fail, self.fault = name, triton, fail, fault
             self.run_inplace = self._inplace if inplace else None
 
         def configs(self, spec):
@@ -338,6 +338,8 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
             calls.append((self.name, "run", cfg["c"]))
             if cfg["c"] == self.fail:
                 raise RuntimeError("no compile")
+            if cfg["c"] == self.fault:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
         def _inplace(self, fb, x, masks, cfg):
             assert x.is_contiguous(memory_format=torch.channels_last)
@@ -352,6 +354,14 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
     want = [(v, how, c) for v, how in (("a", "run"), ("b", "inplace")) for c in (0, 1)
             for _ in RATES]
     assert calls == want
+    # a harmless failure first, then a fault that breaks CUDA: the fault is raised at
+    # once, naming its variant (the first error's text was tested, and the fault missed)
+    calls.clear()
+    fakes[1] = Fake("a", True, False, fail=0, fault=1)
+    with pytest.raises(gpucheck.WarmError, match=r"^a \{'c': 1\}: .*illegal memory") as e:
+        gpucheck.warm_block("cpu", spec, 2)
+    assert e.value.variant == "a" and calls[-1] == ("a", "run", 1)
+    assert not any(v == "b" for v, _, _ in calls)
 
 
 def test_warm_block_runs_the_real_triton_variants(monkeypatch):
@@ -588,7 +598,7 @@ def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
     spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "spatial", 2)
 
     def warm_block(device, s, n):
-        raise RuntimeError(f"fused {{'conv1': {{}}}}: RuntimeError: {sticky}")
+        raise gpucheck.WarmError("fused", f"fused {{'conv1': {{}}}}: RuntimeError: {sticky}")
     monkeypatch.setattr(gpucheck, "warm_block", warm_block)
 
     class InProcess:  # each worker runs at start(), in a fresh (unbroken) context
@@ -621,7 +631,7 @@ def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
     assert sorted(r.sticky) == ["c2"]  # the worker stopped there; the other ran the rest
     assert sorted(state["runs"]) == list(range(8))
     assert r.deny == {(spec.key(), "fused"):
-                      f"RuntimeError: fused {{'conv1': {{}}}}: RuntimeError: {sticky}"}
+                      f"WarmError: fused {{'conv1': {{}}}}: RuntimeError: {sticky}"}
     assert any(c["check"] == "warm b1 spatial #0 fused" and not c["ok"] for c in r.checks)
 
 

@@ -74,12 +74,14 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
     ``remove_if_empty`` when the command is refused afterwards."""
     if path is None:
         return None
-    folder = os.path.abspath(os.path.expanduser(path))
     made = None
-    probe = folder
-    while not os.path.exists(probe):
-        made, probe = probe, os.path.dirname(probe)
     try:
+        # joined, not normalised: "link/.." is the link target's parent, as the kernel
+        # resolves it (and as the cache then writes there)
+        folder = os.path.join(os.getcwd(), os.path.expanduser(path))
+        probe = folder
+        while not os.path.exists(probe):
+            made, probe = probe, os.path.dirname(probe)
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass

@@ -17,6 +17,16 @@ from .timing import interleaved_medians, median_time
 
 log = logging.getLogger("laudtriton")
 
+# error text that means the process's CUDA context is unusable (a kernel's fault): every
+# later CUDA call fails alike, so such an error is raised, not scored as one config's
+STICKY = ("CUDA error", "illegal memory access", "illegal instruction",
+          "unspecified launch failure", "misaligned address")
+
+
+def is_sticky(error: str) -> bool:
+    """Whether an error's text says the process's CUDA context is unusable (``STICKY``)."""
+    return any(s in error for s in STICKY)
+
 
 def config_key(config: dict) -> str:
     """Stable string of a kernel config ("{}" for torch variants)."""
@@ -34,7 +44,9 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
     variant's config space (e.g. after predictor pruning). A config that fails to compile
     or run (on a first, untimed call; on CUDA also while timed) scores inf and is logged;
-    it is never fatal.
+    it is never fatal, unless its error leaves CUDA unusable (``is_sticky``: an illegal
+    address, a launch failure), which is raised (every later call would fail alike, and
+    its inf be cached as another config's failure).
     check: called as check(variant name, config, output) on that first call's output
     (computed on relu(x) for an in-place variant, as on x for the others), raising when
     it is wrong: the config then fails too. errors: filled with {(variant name,
@@ -84,6 +96,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 if check is not None:
                     check(v.name, cfg, result)
             except Exception as e:  # a failing config is reported, not fatal
+                if x.device.type == "cuda" and is_sticky(str(e)):  # but one that broke
+                    raise  # CUDA: every later config would fail (and be cached) for it
                 log.warning("variant %s config %s failed on %s: %s", v.name, cfg,
                             spec.short(), e)
                 out[v.name][config_key(cfg)] = math.inf
@@ -100,6 +114,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 try:
                     times.append(median_time(c, x.device, warmup=warmup, reps=reps))
                 except Exception as e:  # noqa: BLE001 - reported, as a first call's
+                    if is_sticky(str(e)):  # every later config would score inf (and be
+                        raise  # cached as failed) for this one's fault
                     log.warning("variant %s config %s failed while timed on %s: %s", name,
                                 key, spec.short(), e)
                     times.append(math.inf)

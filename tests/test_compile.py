@@ -304,26 +304,38 @@ def test_compile_without_example_input_leaves_the_rng_alone():
     assert torch.equal(torch.rand(3), want)
 
 
-def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
-    """tune="cached": cached buckets come from the cache; the predictor (on a calibrated
-    machine) fills only the buckets with no measurement."""
+def _cached_block(tmp_path):
+    """(block, x, spec, cache): a spatial block calibrated to 0.5 on x, and an empty
+    autotune cache of this CPU in tmp_path (the tune="cached" tests fill it)."""
     from laudtriton.ops import BlockSpec
-    from laudtriton.predict.calibrate import Calibration, save_calibration
     from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
 
     block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
     x = torch.randn(1, 32, 12, 12)
     laudtriton.nn.calibrate_block(block, x, 0.5)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    return block, x, BlockSpec.from_block(block, x.shape), TuneCache(tmp_path, device="cpu")
+
+
+def _calibrate_machine(tmp_path):
+    """A calibration file of this CPU in tmp_path: with it, compile's predictor fills the
+    buckets nothing was timed near."""
+    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.tune.keys import device_fingerprint
+
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 2e-6, 2, 2), tmp_path)
+
+
+def test_cached_dispatch_predicts_only_missing_buckets(tmp_path):
+    """tune="cached": cached buckets come from the cache; the predictor (on a calibrated
+    machine) fills only the buckets with no measurement."""
+    block, x, spec, cache = _cached_block(tmp_path)
     for b in (0.2, 0.5, 0.8):  # fake measurements in which 'patch' wins
         cache.record(spec, b, {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3},
                                "patch": {"{}": 1e-3}})
     # a bucket where only 'dense' has a current timing (the others' sources changed since)
     cache.record(spec, 0.3, {"dense": {"{}": 9e-6}})
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    _calibrate_machine(tmp_path)
     cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
     entries = cm.blocks[0].table.entries
     for b in (0.2, 0.5, 0.8):
@@ -338,21 +350,11 @@ def test_cached_dispatch_predicts_no_variant_that_failed_wherever_timed(tmp_path
     """tune="cached": a variant whose every cached timing is inf (it failed on this block
     at every rate timed) was still predicted at the buckets nothing was timed near, and
     would have failed there at run time."""
-    from laudtriton.ops import BlockSpec
-    from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
-
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    laudtriton.nn.calibrate_block(block, x, 0.5)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    block, x, spec, cache = _cached_block(tmp_path)
     for b in (0.2, 0.5, 0.8):
         cache.record(spec, b, {"dense": {"{}": 3e-3}, "gather": {"{}": math.inf},
                                "patch": {"{}": 2e-3}})
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    _calibrate_machine(tmp_path)
     cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
     entries = cm.blocks[0].table.entries
     assert {e.source for e in entries.values()} == {"cached", "predicted"}
@@ -365,23 +367,15 @@ def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path, mon
     config: gather is given a second here, as the Triton variants have many.)"""
     import dataclasses
 
-    from laudtriton.ops import BlockSpec, get_variant, registry
-    from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
+    from laudtriton.ops import get_variant, registry
 
     two = dataclasses.replace(get_variant("gather"), configs=lambda spec: [{}, {"k": 1}])
     monkeypatch.setitem(registry._REGISTRY, "gather", two)
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    laudtriton.nn.calibrate_block(block, x, 0.5)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    block, x, spec, cache = _cached_block(tmp_path)
     for b in (0.2, 0.5):
         cache.record(spec, b, {"dense": {"{}": 3e-3}, "patch": {"{}": math.inf},
                                "gather": {"{}": math.inf, '{"k": 1}': 1e-4}})
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    _calibrate_machine(tmp_path)
     cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
     entries = cm.blocks[0].table.entries
     predicted = [e for e in entries.values() if e.source == "predicted"]
@@ -394,21 +388,11 @@ def test_cached_configs_outside_the_variants_space_are_ignored(tmp_path, caplog)
     another version's config list) reached the plan as it was, and a Triton variant then
     failed at the first forward; it is dropped with a warning naming the file, and a
     variant left with no config that ran is neither cached nor predicted."""
-    from laudtriton.ops import BlockSpec
-    from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
-
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    laudtriton.nn.calibrate_block(block, x, 0.5)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    block, x, spec, cache = _cached_block(tmp_path)
     for b in (0.2, 0.5):
         cache.record(spec, b, {"dense": {"{}": 3e-3}, "patch": {"{}": 2e-3},
                                "gather": {"{}": math.inf, '{"BLOCK_M": -7}': 1e-6}})
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    _calibrate_machine(tmp_path)
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
     assert str(cache.path) in caplog.text and 'gather {"BLOCK_M": -7}' in caplog.text
@@ -424,24 +408,14 @@ def test_cached_rates_are_kept_at_the_rate_they_were_timed_at(tmp_path):
     is served by the nearest timed one. Before, one timing per 0.1 bucket was kept (the
     other dropped) and 0.75, filed under 0.8, lost to a prediction at 0.7. With a
     calibration, predictions fill only the buckets no timing lies near."""
-    from laudtriton.ops import BlockSpec
-    from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
-
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    laudtriton.nn.calibrate_block(block, x, 0.5)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    block, x, spec, cache = _cached_block(tmp_path)
     patch = {"dense": {"{}": 3e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 1e-3}}
     gather = {"dense": {"{}": 3e-3}, "gather": {"{}": 1e-3}, "patch": {"{}": 2e-3}}
     dense = {"dense": {"{}": 1e-3}, "gather": {"{}": 2e-3}, "patch": {"{}": 3e-3}}
     for r, t in ((0.125, patch), (0.375, patch), (0.41, dense), (0.55, gather),
                  (0.65, patch), (0.75, dense)):
         cache.record(spec, r, t)
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    _calibrate_machine(tmp_path)
     cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
     table = cm.blocks[0].table
     cached = {r: c.variant for r, c in table.entries.items() if c.source == "cached"}
@@ -494,18 +468,9 @@ def test_float64_compiles_on_a_calibrated_cache(tmp_path):
     """The predictor models float32/16/bf16 only: a float64 compile with tune="cached" on
     a calibrated cache holding timings (of float32 blocks) times the example input
     instead of failing in the predictor (it raised "dtype 'float64' unknown")."""
-    from laudtriton.ops import BlockSpec
-    from laudtriton.predict.calibrate import Calibration, save_calibration
-    from laudtriton.tune.cache import TuneCache
-    from laudtriton.tune.keys import device_fingerprint
-
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    laudtriton.nn.calibrate_block(block, x, 0.5)
-    TuneCache(tmp_path, device="cpu").record(
-        BlockSpec.from_block(block, x.shape), 0.5, {"dense": {"{}": 1e-3}})
-    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
-                                 2e-6, 2, 2), tmp_path)
+    block, x, spec, cache = _cached_block(tmp_path)
+    cache.record(spec, 0.5, {"dense": {"{}": 1e-3}})
+    _calibrate_machine(tmp_path)
     cm = laudtriton.compile(block, x.double(), backend="cpu", tune="cached",
                             cache_dir=tmp_path, dtype=torch.float64)
     assert {c.source for c in cm.blocks[0].table.entries.values()} == {"measured"}

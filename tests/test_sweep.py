@@ -585,12 +585,14 @@ def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path, caps
     assert lines[1].split()[-4:] == ["dense", f"{dense_ms:.3f}", f"{dense_ms:.3f}", "1.00"]
 
 
-def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatch):
-    """On CUDA a kernel's fault is reported at the next synchronisation: time_variants
-    synchronises after each config's untimed first call, so the fault is charged to the
-    config that caused it, which scores inf (here a stand-in CUDA input and a stand-in
-    synchronize that faults once; a real sticky fault, such as an illegal address, would
-    leave CUDA unusable for the configs after it too)."""
+def test_on_cuda_a_failing_config_scores_inf_and_a_fault_that_breaks_cuda_is_raised(
+        monkeypatch):
+    """On CUDA a kernel's error is reported at the next synchronisation: time_variants
+    synchronises after each config's untimed first call, so the error is charged to the
+    config that caused it. One that leaves CUDA usable (out of resources) scores inf and
+    the next config runs; one that breaks it (an illegal address: every later CUDA call
+    fails alike) is raised: it scored inf, and every later config then scored inf too
+    and was cached as failed (here a stand-in CUDA input and synchronize)."""
     import types
 
     import torch
@@ -601,20 +603,25 @@ def test_a_config_whose_kernel_faults_after_launch_scores_inf_on_cuda(monkeypatc
     class CudaInput:
         device = torch.device("cuda")
 
-    faults = iter([True, False])
+    def run(errors):
+        errs = iter(errors)
 
-    def synchronize(device=None):
-        if next(faults):
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        def synchronize(device=None):
+            e = next(errs)
+            if e:
+                raise RuntimeError(e)
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(measure, "median_time", lambda fn, dev, warmup, reps: 1e-3)
+        v = Variant("stub", ("spatial",), ("cuda",), run=lambda fb, x, masks, cfg: None,
+                    cost=lambda spec, rate: Cost(0.0, 0.0, 1),
+                    configs=lambda spec: [{"BLOCK": 16}, {"BLOCK": 32}])
+        spec = types.SimpleNamespace(short=lambda: "stub block")
+        return measure.time_variants(None, spec, CudaInput(), None, [v], warmup=1, reps=1)
 
-    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
-    monkeypatch.setattr(measure, "median_time", lambda fn, dev, warmup, reps: 1e-3)
-    v = Variant("stub", ("spatial",), ("cuda",), run=lambda fb, x, masks, cfg: None,
-                cost=lambda spec, rate: Cost(0.0, 0.0, 1),
-                configs=lambda spec: [{"BLOCK": 16}, {"BLOCK": 32}])
-    spec = types.SimpleNamespace(short=lambda: "stub block")
-    out = measure.time_variants(None, spec, CudaInput(), None, [v], warmup=1, reps=1)
-    assert out == {"stub": {'{"BLOCK":16}': math.inf, '{"BLOCK":32}': 1e-3}}
+    assert run(["out of resource: shared memory, Required: 300000", None]) == {
+        "stub": {'{"BLOCK":16}': math.inf, '{"BLOCK":32}': 1e-3}}
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run(["CUDA error: an illegal memory access was encountered", None])
 
 
 def test_sweep_default_csv_names_every_option_that_changes_its_rows():

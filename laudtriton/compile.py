@@ -538,7 +538,9 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one naming
             a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
             other than 0/false/off/no and 1/true/on/yes (tune not "off",
-            ``tune.cache.cache_enabled_from_env``).
+            ``tune.cache.cache_enabled_from_env``); a model with a tensor on the meta
+            device; a model whose own forward fails on the example input (its error
+            named).
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,

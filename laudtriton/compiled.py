@@ -519,12 +519,11 @@ def _fx_tracing() -> bool:
 
 def refuse_tracing(who: str) -> None:
     """Raise under ``torch.jit.trace``, ``torch.export`` and ``torch.fx`` symbolic tracing:
-    the variant, the sliced
-    weights and the gather indices are chosen in Python from each input's masks, so a
-    trace would record one input's choices as constants and give wrong results on every
-    other input, silently (a traced channel block: 0.71 relative error on another input,
-    while torch's own trace check passed). ``torch.compile`` is not refused: it breaks
-    its graph at the call lock and runs the forward eagerly.
+    the variant, the sliced weights and the gather indices are chosen in Python from each
+    input's masks, so a trace would record one input's choices as constants and give
+    wrong results on every other input, silently (a traced channel block: 0.71 relative
+    error on another input, while torch's own trace check passed). ``torch.compile`` is
+    not refused: it breaks its graph at the call lock and runs the forward eagerly.
 
     Raises:
         RuntimeError: naming ``who``.
@@ -533,10 +532,9 @@ def refuse_tracing(who: str) -> None:
     if torch.jit.is_tracing() or exporting() or _fx_tracing():
         raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
                            "torch.export, torch.fx): which kernels run, on which pixels and "
-                           "channels, "
-                           "is decided on each input's masks in Python, so a trace would "
-                           "fix one input's choices; call it eagerly (torch.compile works, "
-                           "running it as it is)")
+                           "channels, is decided on each input's masks in Python, so a "
+                           "trace would fix one input's choices; call it eagerly "
+                           "(torch.compile works, running it as it is)")
 
 
 def hooked(module: nn.Module) -> bool:

@@ -158,9 +158,9 @@ def _draw(ax, curves: dict[str, dict[float, float]], colors: dict[str, str]) -> 
     ax.grid(True, alpha=0.3)
 
 
-def _new_figure(**kwargs) -> Figure:
-    """A matplotlib Figure (imported here: every other command, and ``plot --help``,
-    runs without matplotlib).
+def _figure_class() -> type[Figure]:
+    """matplotlib's Figure class (imported here: every other command, and ``plot
+    --help``, runs without matplotlib).
 
     Raises:
         ValueError: if matplotlib cannot be imported.
@@ -170,7 +170,12 @@ def _new_figure(**kwargs) -> Figure:
     except ImportError as e:
         raise ValueError(f"plotting needs matplotlib, which cannot be imported here ({e}); "
                          "pip install matplotlib") from None
-    return Figure(**kwargs)
+    return Figure
+
+
+def _new_figure(**kwargs) -> Figure:
+    """A matplotlib Figure (``_figure_class``)."""
+    return _figure_class()(**kwargs)
 
 
 def _legend(fig: Figure, axes) -> None:
@@ -217,7 +222,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
         ValueError: if there is nothing to plot: no rows, or no finite timing; or
             matplotlib cannot be imported.
     """
-    _new_figure()  # no matplotlib: say so before reading anything
+    _figure_class()  # no matplotlib: say so before reading anything
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)
     src = str(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else "the rows given"
     if not rows:
@@ -388,7 +393,7 @@ def run_plot(args: argparse.Namespace) -> int:
         check_nonempty(args.source, "--from")
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
-        _new_figure()  # matplotlib missing: said before reading anything
+        _figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache, disabled_by
 

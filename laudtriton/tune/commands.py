@@ -74,14 +74,11 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
     ``remove_if_empty`` when the command is refused afterwards."""
     if path is None:
         return None
-    made = None
     try:
         # joined, not normalised: "link/.." is the link target's parent, as the kernel
         # resolves it (and as the cache then writes there)
         folder = os.path.join(os.getcwd(), os.path.expanduser(path))
-        probe = folder
-        while not os.path.exists(probe):
-            made, probe = probe, os.path.dirname(probe)
+        _, made = _nearest_existing(folder)
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -89,6 +86,15 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
         raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
                          ) from None
     return made
+
+
+def _nearest_existing(path: str) -> tuple[str, str | None]:
+    """(the nearest of ``path`` and the folders above it that exists, the outermost one
+    that does not: None when ``path`` exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return path, missing
 
 
 def remove_if_empty(top: str | None) -> None:
@@ -138,9 +144,7 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if new_dirs and not os.path.isdir(parent):
-        above = parent
-        while not os.path.exists(above):
-            above = os.path.dirname(above)
+        above, _ = _nearest_existing(parent)
         if not os.path.isdir(above):
             raise ValueError(f"{flag} {path!r}: {above!r} is a file, not a directory")
         return
@@ -400,8 +404,7 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
-            check_nonempty(args.out, "--out")
-            out = os.path.expanduser(args.out)
+            out = os.path.expanduser(args.out)  # blank: refused by check_output_path
             if out.endswith(("/", os.sep)):  # Path() would drop the slash: a file "trail"
                 raise ValueError(f"--out {args.out!r} names a directory; give a file name")
             # written atomically; missing folders made by merge_files, once it read the inputs

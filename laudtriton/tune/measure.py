@@ -73,6 +73,18 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     def restore():  # an in-place variant's input back to relu(x)
         scratch.copy_(source)
 
+    def failed(name: str, key: str, e: Exception, when: str) -> float:
+        """A config's failure (called inside its ``except``): logged, kept in ``errors``,
+        scored inf; re-raised when it left CUDA unusable (every later config would fail
+        alike, and its inf be cached as that config's failure)."""
+        if x.device.type == "cuda" and is_sticky(str(e)):
+            raise e
+        log.warning("variant %s config %s failed %s on %s: %s", name, key, when,
+                    spec.short(), e)
+        if errors is not None:
+            errors[(name, key)] = e
+        return math.inf
+
     for v in variants:
         for cfg in (configs or {}).get(v.name) or v.configs(spec):
             if v.run_inplace is not None:
@@ -96,13 +108,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 if check is not None:
                     check(v.name, cfg, result)
             except Exception as e:  # a failing config is reported, not fatal
-                if x.device.type == "cuda" and is_sticky(str(e)):  # but one that broke
-                    raise  # CUDA: every later config would fail (and be cached) for it
-                log.warning("variant %s config %s failed on %s: %s", v.name, cfg,
-                            spec.short(), e)
-                out[v.name][config_key(cfg)] = math.inf
-                if errors is not None:
-                    errors[(v.name, config_key(cfg))] = e
+                out[v.name][config_key(cfg)] = failed(v.name, config_key(cfg), e,
+                                                      "on its first call")
                 continue
             calls.append(call)
             keys.append((v.name, config_key(cfg)))
@@ -114,13 +121,7 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 try:
                     times.append(median_time(c, x.device, warmup=warmup, reps=reps))
                 except Exception as e:  # noqa: BLE001 - reported, as a first call's
-                    if is_sticky(str(e)):  # every later config would score inf (and be
-                        raise  # cached as failed) for this one's fault
-                    log.warning("variant %s config %s failed while timed on %s: %s", name,
-                                key, spec.short(), e)
-                    times.append(math.inf)
-                    if errors is not None:
-                        errors[(name, key)] = e
+                    times.append(failed(name, key, e, "while timed"))
         else:
             times = (interleaved_medians(calls, warmup=warmup, reps=reps, setup=setup)
                      if calls else [])

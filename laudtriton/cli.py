@@ -148,7 +148,7 @@ def cmd_bench(args) -> int:
         fail,
         out_of_memory,
     )
-    from .tune.sweep import parse_rates
+    from .tune.options import parse_rates
 
     check_batch(args.batch)
     _check_counts(args, "reps", "repeat", "processes")

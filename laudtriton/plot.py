@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from .ops.registry import all_variants
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
-from .tune.sweep import ideal_flops_ratio, read_csv
+from .tune.sweep import ideal_flops_ratio
+from .tune.sweep_csv import read_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,7 +12,11 @@ import pytest
 
 from laudtriton.ops import BlockSpec, all_variants
 from laudtriton.tune import cache as cache_mod
-from laudtriton.tune.cache import SCHEMA_VERSION, NotACacheError, TuneCache, merge_files
+from laudtriton.tune import cache_file as cache_file_mod
+from laudtriton.tune import cache_merge as cache_merge_mod
+from laudtriton.tune.cache import TuneCache
+from laudtriton.tune.cache_file import SCHEMA_VERSION
+from laudtriton.tune.cache_merge import NotACacheError, merge_files
 from laudtriton.tune.keys import device_fingerprint, rate_bucket
 
 SPEC = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
@@ -269,7 +273,7 @@ def test_write_json_atomic_keeps_the_umask(tmp_path):
 
     old = os.umask(0o027)
     try:
-        cache_mod.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        cache_file_mod.write_json_atomic(tmp_path / "a.json", {"x": 1})
         assert os.umask(0o027) == 0o027  # unchanged by the write
     finally:
         os.umask(old)
@@ -416,7 +420,7 @@ def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
     live, shard = TuneCache(tmp_path / "live"), TuneCache(tmp_path / "shard")
     live.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     shard.record(SPEC, 1.0, {"dense": {"{}": 2e-3}})
-    real, raced = cache_mod._file_lock, []
+    real, raced = cache_merge_mod._file_lock, []
 
     def racing_lock(path):
         if path.name == live.path.name + ".lock" and not raced:
@@ -424,7 +428,7 @@ def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
             TuneCache(tmp_path / "live").record(SPEC2, 0.5, {"dense": {"{}": 3e-3}})
         return real(path)
 
-    monkeypatch.setattr(cache_mod, "_file_lock", racing_lock)
+    monkeypatch.setattr(cache_merge_mod, "_file_lock", racing_lock)
     assert merge_files([shard.path], live.path) == 3
     after = TuneCache(tmp_path / "live")
     assert after.lookup(SPEC2, 0.5) == {"dense": {"{}": 3e-3}}
@@ -639,7 +643,7 @@ def test_clear_waits_for_a_writer_holding_the_lock(tmp_path):
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     done = threading.Event()
-    with cache_mod._file_lock(c.path.with_name(c.path.name + ".lock")):  # a writer
+    with cache_file_mod._file_lock(c.path.with_name(c.path.name + ".lock")):  # a writer
         t = threading.Thread(target=lambda: (TuneCache(tmp_path).clear(), done.set()))
         t.start()
         assert not done.wait(0.5) and c.path.exists()  # waits for the writer
@@ -794,7 +798,7 @@ def test_lock_without_filelock_times_out(tmp_path, monkeypatch, caplog):
     import sys
 
     monkeypatch.setitem(sys.modules, "filelock", None)  # import filelock -> ImportError
-    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(cache_file_mod, "LOCK_TIMEOUT", 0.3)
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})  # the fcntl path works unheld
     assert c.saved

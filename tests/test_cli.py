@@ -159,7 +159,7 @@ def test_compile_rejects_what_is_not_a_module():
 
 
 def test_json_files_get_the_usual_mode(tmp_path):
-    from laudtriton.tune.cache import write_json_atomic
+    from laudtriton.tune.cache_file import write_json_atomic
 
     path = tmp_path / "c.json"
     write_json_atomic(path, {"a": 1})
@@ -236,7 +236,7 @@ def test_demo_runs_end_to_end(capsys):
 
 def test_check_mode_takes_what_laud_resnet_takes():
     from laudtriton.nn import laud_resnet50
-    from laudtriton.tune.sweep import check_mode
+    from laudtriton.tune.options import check_mode
 
     for mode in ("spatial", "channel", "layer", "both", "spatial-spatial-channel-layer"):
         check_mode(mode, "--mode")

@@ -12,7 +12,8 @@ from laudtriton.ops import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
 from laudtriton.plot import _curves, _group, _natural, add_plot_parser, plot_latency_vs_rate
 from laudtriton.tune.cache import TuneCache
-from laudtriton.tune.sweep import ideal_flops_ratio, write_csv
+from laudtriton.tune.sweep import ideal_flops_ratio
+from laudtriton.tune.sweep_csv import write_csv
 
 SPECS = [BlockSpec(24, 6, 24, 1, False, (10, 10), "spatial", 2),
          BlockSpec(24, 12, 48, 2, True, (10, 10), "spatial", 1)]

@@ -17,10 +17,13 @@ from laudtriton.nn import LaudResNet
 from laudtriton.ops import BlockSpec, variants_for
 from laudtriton.schedule import DENSE_MARGIN
 from laudtriton.tune import cache as cache_mod
+from laudtriton.tune import options as options_mod
 from laudtriton.tune import sweep as sweep_mod
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep_parser
-from laudtriton.tune.sweep import CSV_FIELDS, parse_rates, parse_shard, read_csv, sweep
+from laudtriton.tune.options import parse_rates, parse_shard
+from laudtriton.tune.sweep import sweep
+from laudtriton.tune.sweep_csv import CSV_FIELDS, read_csv
 
 FAST = dict(progress=False, warmup=1, reps=1)
 SPEC_FOREIGN = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
@@ -92,12 +95,12 @@ def test_parse_rates_refuses_too_many_before_building_them(text, match, monkeypa
     def counting_round(*args):
         calls.append(1)
         return round(*args)
-    monkeypatch.setattr(sweep_mod, "round", counting_round, raising=False)
+    monkeypatch.setattr(options_mod, "round", counting_round, raising=False)
     with pytest.raises(ValueError, match=match):
         parse_rates(text)
     assert len(calls) <= (0 if ":" in text else len(text.split(",")))
     monkeypatch.undo()
-    assert len(parse_rates("0:1:0.001")) == sweep_mod.MAX_RATES == 1001
+    assert len(parse_rates("0:1:0.001")) == options_mod.MAX_RATES == 1001
 
 
 @pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("4/4", (4, 4)), ("1/1", (1, 1))])

@@ -49,7 +49,7 @@ def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
     from ..tune.commands import check_batch, check_cache_dir, check_input_size
-    from ..tune.sweep import parse_stages
+    from ..tune.options import parse_stages
 
     check_batch(args.batch)  # per-sample mask tables grow with it
     check_input_size(args.input_size)
@@ -58,7 +58,7 @@ def _check_common(args) -> None:
 
 
 def _rates(text: str) -> list[float]:
-    from ..tune.sweep import parse_rates
+    from ..tune.options import parse_rates
 
     return parse_rates(text)
 
@@ -155,7 +155,7 @@ def run_validate(args, hw: HardwareSpec) -> int:
 def run_predict(args) -> int:
     """Run ``laudtriton predict``. Returns the exit code."""
     from ..ops.registry import variants_for
-    from ..tune.sweep import parse_stages
+    from ..tune.options import parse_stages
     from .model import predict_expected, predict_stem_head, resolve_variant
     from .network import model_specs
 

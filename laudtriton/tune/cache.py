@@ -20,6 +20,9 @@ hidden from :meth:`TuneCache.lookup`; so do entries this version cannot parse (k
 are when the file is rewritten). Writes: temp file + ``os.replace`` under a file lock. A
 file that is not a cache of this schema (corrupt, or another schema) is moved aside to
 ``<name>.unusable-<time>`` by the next write, never written over.
+
+The file itself (reading, validating, writing, the lock) is ``cache_file``'s; merging
+files, ``cache_merge``'s.
 """
 
 from __future__ import annotations
@@ -30,21 +33,30 @@ import logging
 import math
 import os
 import re
-import tempfile
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..ops.spec import BlockSpec
+from .cache_file import (
+    LOCK_TIMEOUT,
+    SCHEMA_VERSION,
+    _annotate_into,
+    _check_record,
+    _file_lock,
+    _merge_into,
+    _merge_meta,
+    _move_aside,
+    _parse,
+    _read,
+    _Unusable,
+    _valid_entry,
+    _write,
+)
 from .keys import check_dir, current_versions, default_cache_dir, device_fingerprint, source_hash
 
 log = logging.getLogger("laudtriton")
-
-SCHEMA_VERSION = 1
-LOCK_TIMEOUT = 120  # seconds a writer waits for another process's lock
 
 
 def _slug(text: str) -> str:
@@ -63,301 +75,6 @@ class CacheEntry:
     config: str
     seconds: float
     meta: dict = field(default_factory=dict, compare=False)
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``."""
-    try:
-        import filelock
-    except ImportError:
-        filelock = None
-    if filelock is not None:
-        with filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT):
-            yield
-        return
-    import fcntl
-
-    with open(lock_path, "a") as fh:
-        # non-blocking tries until LOCK_TIMEOUT, as filelock: a stuck holder must not hang
-        # a writer (filelock.Timeout and this are both TimeoutErrors)
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class NotACacheError(ValueError):
-    """A file that should be a cache file (``merge_files``' output) is not one."""
-
-
-def _cache_json(raw: bytes) -> dict:
-    """The JSON object of a cache file's bytes.
-
-    Raises:
-        ValueError: if they are not UTF-8 JSON holding an object with an "entries" object
-            (UnicodeDecodeError and json's errors are ValueErrors).
-    """
-    data = json.loads(raw.decode("utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        raise ValueError("no 'entries' object")
-    return data
-
-
-class _Unusable(ValueError):
-    """A cache file's bytes that this version cannot use: not UTF-8 JSON of a cache, or
-    a cache of another schema."""
-
-
-def _parse(raw: bytes) -> dict:
-    """The JSON object of a cache file of this schema.
-
-    Raises:
-        _Unusable: saying why it is not one.
-    """
-    try:
-        data = _cache_json(raw)
-    except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
-        raise _Unusable(f"is corrupt ({e})") from None
-    if data.get("schema") != SCHEMA_VERSION:
-        raise _Unusable(f"has schema {data.get('schema')!r}, this laudtriton uses "
-                        f"{SCHEMA_VERSION}")
-    return data
-
-
-def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
-    """(device, entries) of the cache file ``path`` (entries no reader can use left out,
-    with a warning); (None, {}) with a warning if it is corrupt (not UTF-8 JSON of a
-    cache), of another schema or unreadable, (None, {}) silently if it does not exist.
-    rewritten: the caller writes to ``path`` later (a TuneCache; not ``merge_files``'
-    inputs), which moves an unusable file aside first; the warning then says so."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, {}
-    except OSError as e:
-        log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
-        return None, {}
-    try:
-        data = _parse(raw)
-    except _Unusable as e:
-        log.warning("autotune cache %s %s; ignoring it%s", path, e,
-                    " (the next write moves it aside)" if rewritten else "")
-        return None, {}
-    entries = {k: e for k, e in data["entries"].items() if _valid_entry(e)}
-    if len(entries) < len(data["entries"]):
-        first = next(k for k in data["entries"] if k not in entries)
-        log.warning("autotune cache %s: %d malformed entries ignored (the first: %r; "
-                    "an entry's fields are listed in the cache module's docstring)", path,
-                    len(data["entries"]) - len(entries), first[:200])
-    return data.get("device"), entries
-
-
-def _read(path: Path, device: str) -> dict[str, dict]:
-    """Entries of ``path`` if it is a valid cache file of ``device``, else {}."""
-    found, entries = _load(path)
-    if entries and found != device:
-        log.warning("autotune cache %s is for device %r, not %r; ignoring it",
-                    path, found, device)
-        return {}
-    return entries
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-_SPEC_TYPES = {"int": int, "bool": bool, "str": str}
-
-
-def _valid_spec(d) -> bool:
-    """``d`` is a BlockSpec dict with every field of its type (ints positive but
-    channel_groups, which may be 0; in_hw two positive ints)."""
-    try:
-        spec = BlockSpec.from_dict(d)
-    except (TypeError, ValueError, KeyError):
-        return False
-    for f in fields(BlockSpec):
-        v = getattr(spec, f.name)
-        if f.name == "in_hw":
-            ok = len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v)
-        elif f.type == "int":
-            ok = _number(v) and isinstance(v, int) and v >= (f.name != "channel_groups")
-        else:
-            ok = type(v) is _SPEC_TYPES[f.type]
-        if not ok:
-            return False
-    return True
-
-
-def _is_config_key(c) -> bool:
-    """A config key as ``measure.config_key`` writes it: a JSON object."""
-    if not isinstance(c, str):
-        return False
-    try:
-        return isinstance(json.loads(c), dict)
-    except (ValueError, RecursionError):  # not JSON; nested past the parser's depth
-        return False
-
-
-def _valid_entry(e) -> bool:
-    """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
-    in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
-    "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1] and
-    "flops_ratio" a number, config keys JSON objects, versions a dict, source_hash a
-    string or null."""
-    if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
-            and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
-            and isinstance(e.get("variant"), str)
-            and isinstance(e.get("timings"), dict)
-            and all(_is_config_key(c) and _number(t) and t > 0  # inf: a failed config
-                    for c, t in e["timings"].items())
-            and isinstance(e.get("versions", {}), dict)
-            and isinstance(e.get("source_hash"), (str, type(None)))):
-        return False
-    meta = e.get("meta")
-    if meta is None:
-        return True
-    if not isinstance(meta, dict):
-        return False
-    models = meta.get("models")
-    if models is not None and not (isinstance(models, dict) and all(
-            isinstance(m, str) and isinstance(b, list) and all(isinstance(n, str) for n in b)
-            for m, b in models.items())):
-        return False
-    asked = meta.get("asked_rates", [])
-    if not (isinstance(asked, list) and all(_number(a) and 0.0 <= a <= 1.0 for a in asked)):
-        return False
-    return "flops_ratio" not in meta or _number(meta["flops_ratio"])
-
-
-def _real(x) -> float | None:
-    """x as a float if it is a real number (a Python or numpy number, a 0-d tensor; not
-    a bool or a string), else None."""
-    if isinstance(x, (bool, str, bytes)):
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many
-        return None
-
-
-def _check_record(rate_bucket, timings) -> None:
-    """A ValueError naming the first field of a ``TuneCache.record`` call that a reader
-    would drop the entry for (``_valid_entry``)."""
-    r = _real(rate_bucket)
-    if r is None or not 0.0 <= r <= 1.0:
-        raise ValueError(f"record: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
-    if not isinstance(timings, dict):
-        raise ValueError(f"record: timings must be {{variant: {{config_key: seconds}}}}, got "
-                         f"{type(timings).__name__}")
-    for variant, cfgs in timings.items():
-        if not isinstance(variant, str) or not isinstance(cfgs, dict):
-            raise ValueError(f"record: timings[{variant!r}] must be a variant name mapped to "
-                             "{config_key: seconds}")
-        for c, t in cfgs.items():
-            if not _is_config_key(c):
-                raise ValueError(f"record: config key {c!r} of {variant} is not a JSON "
-                                 "object (measure.config_key)")
-            s = _real(t)
-            if s is None or (math.isfinite(s) and s <= 0):
-                raise ValueError(f"record: {variant} {c} took {t!r}; a time is a number of "
-                                 "seconds > 0 (inf or NaN: a failed config)")
-
-
-def _merge_meta(old: dict, new: dict) -> dict:
-    """New meta wins, except "models" ({model: [block names]}) and "asked_rates" (the
-    rates asked of the sweeps that realised this rate), which are unions."""
-    out = {**old, **new}
-    asked = sorted(set(old.get("asked_rates") or ()) | set(new.get("asked_rates") or ()))
-    if asked:
-        out["asked_rates"] = asked
-    models = {m: list(b) for m, b in (old.get("models") or {}).items()}
-    for m, names in (new.get("models") or {}).items():
-        models[m] = sorted(set(models.get(m, [])) | set(names))
-    if models:
-        out["models"] = models
-    return out
-
-
-def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
-    for k, e in src.items():
-        if k in dst:
-            old = dst[k]
-            dst[k] = {**e, "timings": {**old["timings"], **e["timings"]},
-                      "meta": _merge_meta(old.get("meta") or {}, e.get("meta") or {})}
-        else:
-            dst[k] = e
-
-
-def _annotate_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
-    """Merge annotation meta ({key: meta}, ``TuneCache.annotate``) into the entries of
-    ``dst`` they name (an entry no longer there, or one no reader can use, is not
-    annotated)."""
-    for k, names in notes.items():
-        if k in dst and _valid_entry(dst[k]):
-            dst[k] = {**dst[k], "meta": _merge_meta(dst[k].get("meta") or {}, names)}
-
-
-def _write(path: Path, device: str, entries: dict[str, dict]) -> None:
-    write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (setting it,
-    even back at once, would let another thread create files under the wrong mask)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write ``data`` as JSON to ``path`` atomically and durably: a temp file in the same
-    directory, flushed to disk, then os.replace (a crash leaves the old file or the new
-    one, never a truncated one). The file gets the mode a plain open() would give (0666
-    less the umask), not mkstemp's 0600, so a cache directory can be shared."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself, where the OS allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.unusable-<UTC time>[-n]`` beside it; returns the new
-    path."""
-    stem = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-    dst, n = path.with_name(stem), 1
-    while dst.exists():
-        dst, n = path.with_name(f"{stem}-{n}"), n + 1
-    os.replace(path, dst)
-    return dst
 
 
 def disabled_by() -> str:
@@ -708,86 +425,3 @@ class TuneCache:
         self._notes.clear()
         self._loaded = (None, {})
         return n
-
-
-def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
-    """Merge cache files (several machines of one kind, or sweep shards) into
-    ``out_path`` (its own entries kept; later files win per config). Corrupt or
-    foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
-
-    Raises:
-        ValueError: if no input is given, an input is missing, a file holds entries but
-            no device, no input holds a valid entry, or the inputs (and an existing
-            ``out_path``) are for different devices.
-        NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file
-            (nothing is written over it).
-    """
-    paths = [Path(p) for p in paths]
-    out = Path(out_path)
-    if not paths:
-        raise ValueError("merge needs at least one input cache file")
-    folders = [str(p) for p in paths if p.is_dir()]
-    if folders:  # the cache file inside it is what merge reads
-        raise ValueError(f"{', '.join(folders)}: a directory, not a cache file; give the "
-                         "JSON file in it (`laudtriton cache ls` prints its path)")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise ValueError(f"cache files not found: {', '.join(missing)}")
-    _check_is_cache(out)
-    devices: dict[str, str] = {}
-    merged: dict[str, dict] = {}
-    for p in paths:
-        _merge_file(p, merged, devices)
-    if not merged:
-        raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
-                         f"{out} left as it was")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # out is read again under the lock: a sweep may have recorded into it meanwhile
-    with _file_lock(out.with_name(out.name + ".lock")):
-        _check_is_cache(out)
-        if out.is_file():
-            inputs, merged = merged, {}
-            _merge_file(out, merged, devices)
-            # its entries this version cannot parse stay as they are (``_save``'s rule),
-            # unless an input replaces one of them
-            own = _parse(out.read_bytes())["entries"]
-            merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
-            _merge_into(merged, inputs)  # the inputs win per config
-        _write(out, next(iter(devices)), merged)
-    return len(merged)
-
-
-def _check_is_cache(out: Path) -> None:
-    """Raise NotACacheError unless ``out`` is missing or a cache file."""
-    if out.exists():
-        try:
-            data = _cache_json(out.read_bytes())
-        except (OSError, ValueError, RecursionError) as e:
-            raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
-                                 "nothing written") from None
-        if data.get("schema") != SCHEMA_VERSION:
-            raise NotACacheError(f"{out} is a cache file of schema {data.get('schema')!r}, "
-                                 f"this laudtriton writes schema {SCHEMA_VERSION}; nothing "
-                                 "written")
-
-
-def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> None:
-    """Merge the entries of cache file ``p`` into ``merged`` and its device into
-    ``devices`` ({device: first file}).
-
-    Raises:
-        ValueError: if ``p`` holds entries but no device, or its device is not the one
-            of the files merged before.
-    """
-    device, entries = _load(p, rewritten=False)
-    if not entries:
-        return
-    if not isinstance(device, str):
-        raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
-                         "for); not a cache file laudtriton wrote, nothing merged")
-    devices.setdefault(device, str(p))
-    if len(devices) > 1:
-        listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
-        raise ValueError(f"cache files are for different devices: {listing}; merge files of "
-                         "one device kind only")
-    _merge_into(merged, entries)

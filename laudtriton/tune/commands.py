@@ -18,17 +18,11 @@ from pathlib import Path
 import torch
 
 from ..schedule import format_rate, rate_key
-from .cache import NotACacheError, TuneCache, disabled_by, merge_files
+from .cache import TuneCache, disabled_by
+from .cache_merge import NotACacheError, merge_files
 from .keys import check_dir
-from .sweep import (
-    DTYPES,
-    MODELS,
-    check_mode,
-    parse_rates,
-    parse_shard,
-    parse_stages,
-    sweep,
-)
+from .options import check_mode, parse_rates, parse_shard, parse_stages
+from .sweep import DTYPES, MODELS, sweep
 
 
 def add_layout_options(p: argparse.ArgumentParser) -> None:

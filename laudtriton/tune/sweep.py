@@ -4,12 +4,12 @@ kernel config of a LAUD model, timed on synthetic masks, kept in the cache and a
 Blocks with equal BlockSpec are tuned once; what the cache already holds (for the current
 versions and kernel sources) is skipped unless ``force``; a config added to a variant's
 space is the only thing timed on the next run.
+
+Parsing the sweep's option values is ``options``'; its CSV, ``sweep_csv``'s.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import sys
 import time
@@ -20,35 +20,23 @@ from pathlib import Path
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
-from ..nn.resnet import (
-    DEPTHS,
-    MODES,
-    LaudResNet,
-    laud_resnet50,
-    laud_resnet101,
-    parse_modes,
-)
+from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
 from ..ops import fold_block
 from ..ops.masks import dispatch_rate
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
 from ..schedule import rate_key
-from .cache import TuneCache, _valid_spec
+from .cache import TuneCache
 from .measure import config_key, time_variants
+from .options import parse_rates, parse_shard
+from .sweep_csv import write_csv
 from .timing import median_time
 
 MODELS: dict[str, Callable[..., LaudResNet]] = {
     "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
 }
-# rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
-# asked for (``sweep``), by which the whole-model plot sums its blocks
-CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
-              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
-              "asked_rate")
 DTYPES = ("float32", "float16", "bfloat16")
-RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
-MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
 
 # CPU timing budget per (variant, config, rate): reps = target / one call, clamped. A whole
 # LAUD-ResNet-50 spatial sweep at 10 rates then stays well under 10 min on 2 cores.
@@ -56,100 +44,6 @@ TARGET_S = 0.5  # seconds of timed runs per variant x config (CPU)
 MIN_REPS, MAX_REPS, WARMUP = 10, 40, 3
 
 Prune = Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]
-
-
-def parse_rates(text: str) -> list[float]:
-    """"0.1:1.0:0.1" (start:stop:step, stop included) or "0.25,0.5" -> sorted rates, at
-    most MAX_RATES of them (rates are rounded to RATE_ROUNDING).
-
-    Raises:
-        ValueError: naming ``--rates``, the value and the accepted forms; a step below
-            the rounding or more than MAX_RATES rates (refused before they are built).
-    """
-    accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
-    try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3 or not all(map(math.isfinite, parts)):
-                raise ValueError
-            start, stop, step = parts
-            if step <= 0 or stop < start:
-                raise ValueError
-            raw = [start, stop]
-        else:
-            raw = [float(p) for p in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
-    bad = [r for r in raw if not 0.0 <= r <= 1.0]  # before rounding: -4e-7 is not 0
-    if bad:
-        raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad}")
-    if ":" not in text:
-        rates = [round(r, 6) + 0.0 for r in raw]  # + 0.0: -0.0 is 0.0
-    else:
-        if step < RATE_ROUNDING:
-            raise ValueError(f"--rates {text!r}: step {step:g} is below {RATE_ROUNDING:g}, "
-                             "the rounding of rates")
-        n = int(math.floor((stop - start) / step + 1e-9)) + 1
-        if n > MAX_RATES:
-            raise ValueError(f"--rates {text!r} gives {n} rates; at most {MAX_RATES} "
-                             "(e.g. '0:1:0.001')")
-        rates = [round(start + i * step, 6) + 0.0 for i in range(n)]
-    bad = [r for r in rates if not 0.0 <= r <= 1.0]
-    if bad or not rates:
-        raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad or rates}")
-    if len(set(rates)) > MAX_RATES:
-        raise ValueError(f"--rates {text!r} lists {len(set(rates))} rates; at most "
-                         f"{MAX_RATES}")
-    return sorted(set(rates))
-
-
-def parse_stages(text: str, flag: str) -> list[int]:
-    """"4-4-2-1" or "2" (every stage) -> 4 positive ints, for the per-stage int options
-    (``--granularity``, ``--channel-granularity``).
-
-    Raises:
-        ValueError: naming ``flag``, the value and the accepted forms.
-    """
-    items = str(text).split("-")
-    if len(items) == 1:
-        items *= 4
-    if not all(i.strip().isascii() and i.strip().isdigit() and int(i) >= 1 for i in items):
-        raise ValueError(f"{flag} {text!r} is not a positive int; accepted: one positive int "
-                         "or four joined by '-', e.g. '4-4-2-1'")
-    if len(items) != 4:
-        raise ValueError(f"{flag} {text!r} has {len(items)} stages; LAUD-ResNet has 4 "
-                         "(e.g. '4-4-2-1')")
-    return [int(i) for i in items]
-
-
-def check_mode(text: str, flag: str) -> None:
-    """Raise unless ``text`` is a mode a LAUD-ResNet takes (``nn.resnet.parse_modes``):
-    one of ``MODES`` for every stage, or four joined by '-' (one per stage).
-
-    Raises:
-        ValueError: naming ``flag``, the value and the accepted forms.
-    """
-    try:
-        parse_modes(str(text))  # LaudResNet's own parsing
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} unknown; accepted: {', '.join(MODES)}, or four "
-                         "joined by '-' (one per stage), e.g. 'spatial-spatial-channel-layer'"
-                         ) from None
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """"i/n" (1 <= i <= n) -> (i, n).
-
-    Raises:
-        ValueError: naming ``--shard``, the value and the accepted form.
-    """
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r} is malformed; accepted: 'i/n', e.g. '1/4'") from None
-    if not 1 <= i <= n:
-        raise ValueError(f"--shard {text!r}: need 1 <= i <= n, e.g. '1/4'")
-    return i, n
 
 
 def ideal_flops_ratio(spec: BlockSpec, masks: BlockMasks) -> float:
@@ -488,79 +382,3 @@ def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
                     "dispatched": dispatched,
                 })
     return out
-
-
-def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def read_csv(path: str | Path) -> list[dict]:
-    """Rows of a sweep CSV with numeric columns parsed.
-
-    Raises:
-        ValueError: naming ``path`` (and the row and column): not a readable CSV, a
-            column the plots need missing, an empty model, block or variant, a rate or
-            seconds cell that is not a number, a rate outside [0, 1], a negative FLOPs
-            ratio, a spec_key that is not a block spec, seconds that are not positive
-            (inf, a failed config, is accepted, and so is nan dense seconds: sweep
-            writes both).
-    """
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV ({e})") from None
-    need = {"model", "block", "spec", "rate", "variant", "seconds"}
-    if rows and not need <= set(rows[0]):
-        raise ValueError(f"{path}: not a sweep CSV; missing columns "
-                         f"{sorted(need - set(rows[0]))}")
-    for i, r in enumerate(rows, 1):
-        where = f"{path}: row {i} (line {i + 1}), column"
-        for k in ("model", "block", "variant"):  # the figures' names and their lines
-            if not (r[k] or "").strip():
-                raise ValueError(f"{where} {k!r} is empty")
-        for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio", "asked_rate"):
-            if k in ("rate", "seconds") or r.get(k) not in (None, ""):
-                try:
-                    r[k] = float(r[k])
-                except (TypeError, ValueError):
-                    raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
-        for k in ("rate", "asked_rate"):
-            if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
-                raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
-        fr = r.get("flops_ratio")
-        if isinstance(fr, float) and not fr >= 0.0:
-            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a ratio >= 0")
-        # a failed config scores inf seconds, and the row of a block whose dense variant
-        # failed has dense_seconds nan (``_rows``): sweep writes them, the plots skip them
-        if not r["seconds"] > 0.0:
-            raise ValueError(f"{where} 'seconds': {r['seconds']:g} is not a positive time "
-                             "(or inf, a failed config)")
-        d = r.get("dense_seconds")
-        if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
-            raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
-                             "(or nan, a failed dense variant)")
-        if r.get("S") not in (None, ""):
-            try:
-                r["S"] = int(r["S"])
-            except ValueError:
-                raise ValueError(f"{where} 'S': {r['S']!r} is not an int") from None
-        key = r.get("spec_key")
-        if key not in (None, "") and not _spec_key_ok(key):
-            raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
-    return rows
-
-
-def _spec_key_ok(key: str) -> bool:
-    """``key`` is the JSON of a valid BlockSpec (``BlockSpec.key``)."""
-    try:
-        return _valid_spec(json.loads(key))
-    except ValueError:  # not JSON
-        return False

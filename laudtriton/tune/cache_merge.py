@@ -1,0 +1,105 @@
+"""Merging autotune cache files (several machines of one kind, or sweep shards) into
+one: ``laudtriton cache merge``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from .cache_file import (
+    SCHEMA_VERSION,
+    _cache_json,
+    _file_lock,
+    _load,
+    _merge_into,
+    _parse,
+    _write,
+)
+
+
+class NotACacheError(ValueError):
+    """A file that should be a cache file (``merge_files``' output) is not one."""
+
+
+def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
+    """Merge cache files (several machines of one kind, or sweep shards) into
+    ``out_path`` (its own entries kept; later files win per config). Corrupt or
+    foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
+
+    Raises:
+        ValueError: if no input is given, an input is missing, a file holds entries but
+            no device, no input holds a valid entry, or the inputs (and an existing
+            ``out_path``) are for different devices.
+        NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file
+            (nothing is written over it).
+    """
+    paths = [Path(p) for p in paths]
+    out = Path(out_path)
+    if not paths:
+        raise ValueError("merge needs at least one input cache file")
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:  # the cache file inside it is what merge reads
+        raise ValueError(f"{', '.join(folders)}: a directory, not a cache file; give the "
+                         "JSON file in it (`laudtriton cache ls` prints its path)")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"cache files not found: {', '.join(missing)}")
+    _check_is_cache(out)
+    devices: dict[str, str] = {}
+    merged: dict[str, dict] = {}
+    for p in paths:
+        _merge_file(p, merged, devices)
+    if not merged:
+        raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
+                         f"{out} left as it was")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # out is read again under the lock: a sweep may have recorded into it meanwhile
+    with _file_lock(out.with_name(out.name + ".lock")):
+        _check_is_cache(out)
+        if out.is_file():
+            inputs, merged = merged, {}
+            _merge_file(out, merged, devices)
+            # its entries this version cannot parse stay as they are (``TuneCache._save``'s
+            # rule), unless an input replaces one of them
+            own = _parse(out.read_bytes())["entries"]
+            merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
+            _merge_into(merged, inputs)  # the inputs win per config
+        _write(out, next(iter(devices)), merged)
+    return len(merged)
+
+
+def _check_is_cache(out: Path) -> None:
+    """Raise NotACacheError unless ``out`` is missing or a cache file."""
+    if out.exists():
+        try:
+            data = _cache_json(out.read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
+                                 "nothing written") from None
+        if data.get("schema") != SCHEMA_VERSION:
+            raise NotACacheError(f"{out} is a cache file of schema {data.get('schema')!r}, "
+                                 f"this laudtriton writes schema {SCHEMA_VERSION}; nothing "
+                                 "written")
+
+
+def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> None:
+    """Merge the entries of cache file ``p`` into ``merged`` and its device into
+    ``devices`` ({device: first file}).
+
+    Raises:
+        ValueError: if ``p`` holds entries but no device, or its device is not the one
+            of the files merged before.
+    """
+    device, entries = _load(p, rewritten=False)
+    if not entries:
+        return
+    if not isinstance(device, str):
+        raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
+                         "for); not a cache file laudtriton wrote, nothing merged")
+    devices.setdefault(device, str(p))
+    if len(devices) > 1:
+        listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
+        raise ValueError(f"cache files are for different devices: {listing}; merge files of "
+                         "one device kind only")
+    _merge_into(merged, entries)

@@ -1,0 +1,93 @@
+"""The sweep's CSV: its columns, writing rows to it and reading them back checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cache_file import _valid_spec
+
+# rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
+# asked for (``sweep``), by which the whole-model plot sums its blocks
+CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
+              "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
+              "asked_rate")
+
+
+def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a sweep CSV with numeric columns parsed.
+
+    Raises:
+        ValueError: naming ``path`` (and the row and column): not a readable CSV, a
+            column the plots need missing, an empty model, block or variant, a rate or
+            seconds cell that is not a number, a rate outside [0, 1], a negative FLOPs
+            ratio, a spec_key that is not a block spec, seconds that are not positive
+            (inf, a failed config, is accepted, and so is nan dense seconds: sweep
+            writes both).
+    """
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV ({e})") from None
+    need = {"model", "block", "spec", "rate", "variant", "seconds"}
+    if rows and not need <= set(rows[0]):
+        raise ValueError(f"{path}: not a sweep CSV; missing columns "
+                         f"{sorted(need - set(rows[0]))}")
+    for i, r in enumerate(rows, 1):
+        where = f"{path}: row {i} (line {i + 1}), column"
+        for k in ("model", "block", "variant"):  # the figures' names and their lines
+            if not (r[k] or "").strip():
+                raise ValueError(f"{where} {k!r} is empty")
+        for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio", "asked_rate"):
+            if k in ("rate", "seconds") or r.get(k) not in (None, ""):
+                try:
+                    r[k] = float(r[k])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
+        for k in ("rate", "asked_rate"):
+            if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
+                raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
+        fr = r.get("flops_ratio")
+        if isinstance(fr, float) and not fr >= 0.0:
+            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a ratio >= 0")
+        # a failed config scores inf seconds, and the row of a block whose dense variant
+        # failed has dense_seconds nan (``sweep._rows``): sweep writes them, the plots skip them
+        if not r["seconds"] > 0.0:
+            raise ValueError(f"{where} 'seconds': {r['seconds']:g} is not a positive time "
+                             "(or inf, a failed config)")
+        d = r.get("dense_seconds")
+        if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
+            raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
+                             "(or nan, a failed dense variant)")
+        if r.get("S") not in (None, ""):
+            try:
+                r["S"] = int(r["S"])
+            except ValueError:
+                raise ValueError(f"{where} 'S': {r['S']!r} is not an int") from None
+        key = r.get("spec_key")
+        if key not in (None, "") and not _spec_key_ok(key):
+            raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
+    return rows
+
+
+def _spec_key_ok(key: str) -> bool:
+    """``key`` is the JSON of a valid BlockSpec (``BlockSpec.key``)."""
+    try:
+        return _valid_spec(json.loads(key))
+    except ValueError:  # not JSON
+        return False

@@ -20,7 +20,7 @@ EXTERNAL = {
     "predict": ("laudtriton.predict.commands", "add_predict_parser", "run_predict"),
     "calibrate": ("laudtriton.predict.commands", "add_calibrate_parser", "run_calibrate"),
     "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),
-    "gpucheck": ("laudtriton.gpucheck", "add_parser", "run"),
+    "gpucheck": ("laudtriton.gpucheck.command", "add_parser", "run"),
 }
 
 

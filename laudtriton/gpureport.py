@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .gpucheck import Run
+    from .gpucheck.record import Run
 
 RATES = (0.25, 0.5, 0.75)
 MAX_FAILS = 20  # failed checks listed in the table (all of them are in summary.json)

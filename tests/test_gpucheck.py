@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from laudtriton import gpucheck, kernelchecks
+from laudtriton import gpureport, kernelchecks
+from laudtriton.gpucheck import blocks, checks, command, record, warm, whole
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
@@ -32,7 +33,7 @@ def _one_error_line(capsys) -> str:
 
 
 def test_run_rejects_other_devices(tmp_path, capsys):
-    assert gpucheck.main(["--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
+    assert command.main(["--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
     assert "--device 'cuda:0'" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
@@ -47,7 +48,7 @@ def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
     """Every numeric option is checked first (the CPU plumbing mode would otherwise run
     for minutes); one line naming the option and the value, exit code 2."""
     argv = {"--out": str(tmp_path / "o"), "--device": "cpu", option: value}
-    assert gpucheck.main([a for kv in argv.items() for a in kv]) == 2
+    assert command.main([a for kv in argv.items() for a in kv]) == 2
     line = _one_error_line(capsys)
     assert f"{option} " in line and (value in line if value else "''" in line)
     assert not (tmp_path / "o").exists()
@@ -59,14 +60,14 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys, sub):
     -m laudtriton.gpucheck``, after the checks of every other option)."""
     (tmp_path / "f").write_text("x")
     out = str(tmp_path / "f" / sub) if sub else str(tmp_path / "f")
-    assert gpucheck.main(["--out", out, "--device", "cpu"]) == 2
+    assert command.main(["--out", out, "--device", "cpu"]) == 2
     line = _one_error_line(capsys)
     assert f"--out {out!r} is not a directory" in line and (tmp_path / "f").read_text() == "x"
 
 
 @NO_CUDA
 def test_run_without_cuda_returns_2(tmp_path, capsys):
-    assert gpucheck.main(["--out", str(tmp_path / "o")]) == 2
+    assert command.main(["--out", str(tmp_path / "o")]) == 2
     assert "no CUDA" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
@@ -75,7 +76,7 @@ def test_run_without_cuda_returns_2(tmp_path, capsys):
 @pytest.mark.parametrize("how", ["main", "cli"])
 def test_subprocess_exit_code_2(tmp_path, how):
     if how == "main":
-        cmd = [sys.executable, "-c", "import sys; from laudtriton.gpucheck import main; "
+        cmd = [sys.executable, "-c", "import sys; from laudtriton.gpucheck.command import main; "
                f"sys.exit(main(['--out', {str(tmp_path / 'x')!r}]))"]
     else:
         cmd = [sys.executable, "-m", "laudtriton", "gpucheck", "--out", str(tmp_path / "x")]
@@ -95,7 +96,7 @@ def test_kernel_checks_pass_under_interpreter(dtype):
 
 
 def test_check_records_failures(tmp_path):
-    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r = record.Run(tmp_path, 10, "cpu")
     assert r.check("ok", lambda: None)
     assert not r.check("bad", lambda: 1 / 0)
     assert [c["ok"] for c in r.checks] == [True, False]
@@ -119,11 +120,11 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
         return randomize_bn(LaudResNet((1, 1, 1, 1), mode=mode, granularity="2-2-1-1",
                                        width_mult=0.25, input_size=None, num_classes=7))
     monkeypatch.setattr(bench, "build_model", tiny)
-    monkeypatch.setattr(gpucheck, "MODES", [("spatial", "2-2-1-1")])
+    monkeypatch.setattr(whole, "MODES", [("spatial", "2-2-1-1")])
     monkeypatch.setattr(laudtriton, "compile",
                         functools.partial(laudtriton.compile, dtype=torch.float64))
-    r = gpucheck.Run(tmp_path, 600, "cpu")
-    gpucheck.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    r = record.Run(tmp_path, 600, "cpu")
+    whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
     assert [c["ok"] for c in r.checks] == [True], r.checks
     assert {row["variant"] for row in r.rows} == {"compiled", "dense"}
     assert list((tmp_path / "cache").glob("*.json"))  # tune="quick" recorded its timings there
@@ -134,10 +135,10 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
     # the bounded comparison: the same network's dense variants on the compiled masks
     (gap,) = r.info["whole_vs_dense_on_its_masks"].values()
     assert 0 <= gap <= 1e-10
-    assert "vs the dense variants on its masks" in (tmp_path / gpucheck.LOG_NAME).read_text()
-    monkeypatch.setattr(gpucheck, "WHOLE_TOL", -1.0)  # nothing meets it: the item fails
-    r = gpucheck.Run(tmp_path, 600, "cpu")
-    gpucheck.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    assert "vs the dense variants on its masks" in (tmp_path / record.LOG_NAME).read_text()
+    monkeypatch.setattr(whole, "WHOLE_TOL", -1.0)  # nothing meets it: the item fails
+    r = record.Run(tmp_path, 600, "cpu")
+    whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
     assert not r.checks[0]["ok"] and "from the dense variants'" in r.checks[0]["error"]
 
 
@@ -152,17 +153,17 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
 
     def stopped(r, until=None):  # inside a check: a SIGTERM is not a failed check
         r.check("kernel", lambda: os.kill(os.getpid(), signal.SIGTERM))
-    monkeypatch.setattr(gpucheck, "machine", machine)
-    monkeypatch.setattr(gpucheck, "kernel_checks", stopped)
-    monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
-    args = gpucheck.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
+    monkeypatch.setattr(command, "machine", machine)
+    monkeypatch.setattr(command, "kernel_checks", stopped)
+    monkeypatch.setattr(command, "_options", lambda args: [1])
+    args = command.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
                                ).parse_args(["--out", str(tmp_path), "--device", "cpu"])
 
     def not_gpucheck(signum, frame):  # without gpucheck's own handler: fail, don't die
         raise RuntimeError("gpucheck set no SIGTERM handler")
     previous = signal.signal(signal.SIGTERM, not_gpucheck)
     try:
-        assert gpucheck.run(args) == 1
+        assert command.run(args) == 1
         assert signal.getsignal(signal.SIGTERM) is not_gpucheck  # put back after the run
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -173,7 +174,7 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
 
 
 def _args(tmp_path):
-    return gpucheck.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
+    return command.add_parser(__import__("argparse").ArgumentParser().add_subparsers()
                                ).parse_args(["--out", str(tmp_path), "--device", "cpu"])
 
 
@@ -184,29 +185,29 @@ def test_a_part_that_raises_is_a_failed_check_and_the_next_part_runs(tmp_path, m
     import json
 
     seen = []
-    monkeypatch.setattr(gpucheck, "_options", lambda args: [1, 64])
-    monkeypatch.setattr(gpucheck, "machine", lambda r: None)
-    monkeypatch.setattr(gpucheck, "kernel_checks", lambda r, until=None: 1 / 0)
-    monkeypatch.setattr(gpucheck, "distinct_blocks", lambda models, size: {})
-    monkeypatch.setattr(gpucheck, "time_blocks", lambda *a: [1])  # cut short in batch 64
-    monkeypatch.setattr(gpucheck, "whole_models",
+    monkeypatch.setattr(command, "_options", lambda args: [1, 64])
+    monkeypatch.setattr(command, "machine", lambda r: None)
+    monkeypatch.setattr(command, "kernel_checks", lambda r, until=None: 1 / 0)
+    monkeypatch.setattr(command, "distinct_blocks", lambda models, size: {})
+    monkeypatch.setattr(command, "time_blocks", lambda *a: [1])  # cut short in batch 64
+    monkeypatch.setattr(command, "whole_models",
                         lambda r, batches, size, end, d: seen.append(list(batches)))
-    assert gpucheck.run(_args(tmp_path)) == 1
+    assert command.run(_args(tmp_path)) == 1
     assert seen == [[1]]
     fails = [c for c in json.loads((tmp_path / "summary.json").read_text())["checks"]
              if not c["ok"]]
     assert [c["check"] for c in fails] == ["part 2/4 completed", "whole laud_resnet101 b64"]
     assert "ZeroDivisionError" in fails[0]["error"] and "1 / 0" in fails[0]["traceback"]
     assert fails[1]["error"] == "not run: part 3 did not time batch 64"
-    monkeypatch.setattr(gpucheck, "time_blocks", lambda *a: [1, 64])
-    monkeypatch.setattr(gpucheck, "kernel_checks", lambda r, until=None: None)
+    monkeypatch.setattr(command, "time_blocks", lambda *a: [1, 64])
+    monkeypatch.setattr(command, "kernel_checks", lambda r, until=None: None)
     seen.clear()
-    assert gpucheck.run(_args(tmp_path)) == 0
+    assert command.run(_args(tmp_path)) == 0
     assert seen == [[1, 64]]
 
 
 def test_time_blocks_goes_on_past_a_failing_block(monkeypatch, tmp_path):
-    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r = record.Run(tmp_path, 10, "cpu")
 
     class Spec:
         def __init__(self, name, batch=1):
@@ -223,19 +224,19 @@ def test_time_blocks_goes_on_past_a_failing_block(monkeypatch, tmp_path):
         if spec.name == "bad":
             raise RuntimeError("no kernel")
         timed.append((spec.name, spec.batch))
-    monkeypatch.setattr(gpucheck, "_time_block", one)
-    blocks = {k: ("spatial", None, Spec(k), {}) for k in ("a", "bad", "c")}
-    assert gpucheck.time_blocks(r, blocks, [1, 4], 1, r.deadline, None) == [1, 4]
+    monkeypatch.setattr(blocks, "_time_block", one)
+    listed = {k: ("spatial", None, Spec(k), {}) for k in ("a", "bad", "c")}
+    assert blocks.time_blocks(r, listed, [1, 4], 1, r.deadline, None) == [1, 4]
     assert timed == [("a", 1), ("c", 1), ("a", 4), ("c", 4)]
     assert [c["check"] for c in r.checks] == ["timing b1 spatial bad", "timing b4 spatial bad"]
-    assert gpucheck.time_blocks(r, blocks, [1], 1, r.t0 - 1, None) == []  # past its box
+    assert blocks.time_blocks(r, listed, [1], 1, r.t0 - 1, None) == []  # past its box
 
 
 def test_failed_checks_are_described_in_one_line(tmp_path):
-    assert gpucheck.describe(AssertionError()) == "AssertionError"
-    assert gpucheck.describe(ValueError("at 70:12:\n    x = tl.dot(a, b)\nK must be >= 16")) == (
+    assert record.describe(AssertionError()) == "AssertionError"
+    assert record.describe(ValueError("at 70:12:\n    x = tl.dot(a, b)\nK must be >= 16")) == (
         "ValueError: at 70:12: ... K must be >= 16")
-    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r = record.Run(tmp_path, 10, "cpu")
 
     def bare():
         raise AssertionError
@@ -279,7 +280,7 @@ def test_variant_check_compares_every_variant_it_is_given():
 def test_part2_checks_have_distinct_names():
     """The compile workers find a check by its name (``_warm_worker``)."""
     for device in ("cpu", "cuda"):
-        names = [n for n, _ in gpucheck.part2_checks(device)]
+        names = [n for n, _ in checks.part2_checks(device)]
         assert names and len(set(names)) == len(names)
 
 
@@ -288,7 +289,7 @@ def _small_blocks():
     64x64 input, in float16 as part 3 lists them."""
     global _SMALL
     if _SMALL is None:
-        _SMALL = gpucheck.distinct_blocks(["laud_resnet50"], 64)
+        _SMALL = blocks.distinct_blocks(["laud_resnet50"], 64)
     return _SMALL
 
 
@@ -302,7 +303,7 @@ def test_random_blocks_have_the_specs_of_part3s_blocks():
 
     blocks = _small_blocks()
     assert {mode for mode, *_ in blocks.values()} == {"spatial", "channel", "layer"}
-    jobs = gpucheck.part3_warmups(blocks, [1, 3])
+    jobs = warm.part3_warmups(blocks, [1, 3])
     # layer blocks have no Triton variant: no job; the others at each batch
     timed = [spec for mode, _, spec, _ in blocks.values() if mode != "layer"]
     assert sorted(BlockSpec.from_dict(d).key() for _, d in jobs) == sorted(
@@ -310,10 +311,10 @@ def test_random_blocks_have_the_specs_of_part3s_blocks():
     assert len({n for n, _ in jobs}) == len(jobs)
     for _, _, spec, _ in blocks.values():
         for b in (1, 3):  # raises on another spec
-            assert gpucheck._random_block(spec.with_(batch=b)) is not None
+            assert warm._random_block(spec.with_(batch=b)) is not None
     bad = BlockSpec.from_dict(jobs[0][1])
     with pytest.raises(ValueError, match="came out as"):
-        gpucheck._random_block(bad.with_(out_channels=bad.out_channels + 4))
+        warm._random_block(bad.with_(out_channels=bad.out_channels + 4))
 
 
 def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
@@ -350,7 +351,7 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
              Fake("b", True, True)]
     monkeypatch.setattr(ops, "variants_for", lambda spec, backend: fakes)
     with pytest.raises(RuntimeError, match=r"^a \{'c': 0\}: RuntimeError: no compile"):
-        gpucheck.warm_block("cpu", spec, 2)
+        warm.warm_block("cpu", spec, 2)
     want = [(v, how, c) for v, how in (("a", "run"), ("b", "inplace")) for c in (0, 1)
             for _ in RATES]
     assert calls == want
@@ -358,8 +359,8 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
     # once, naming its variant (the first error's text was tested, and the fault missed)
     calls.clear()
     fakes[1] = Fake("a", True, False, fail=0, fault=1)
-    with pytest.raises(gpucheck.WarmError, match=r"^a \{'c': 1\}: .*illegal memory") as e:
-        gpucheck.warm_block("cpu", spec, 2)
+    with pytest.raises(warm.WarmError, match=r"^a \{'c': 1\}: .*illegal memory") as e:
+        warm.warm_block("cpu", spec, 2)
     assert e.value.variant == "a" and calls[-1] == ("a", "run", 1)
     assert not any(v == "b" for v, _, _ in calls)
 
@@ -395,12 +396,12 @@ def test_warm_block_runs_the_real_triton_variants(monkeypatch):
     for mode in ("spatial", "channel"):
         spec = next(s for m, _, s, _ in blocks.values() if m == mode and min(s.in_hw) <= 8)
         calls.clear()
-        gpucheck.warm_block("cpu", spec, 1)
+        warm.warm_block("cpu", spec, 1)
         triton = [v for v in ops.variants_for(spec, "cuda") if v.needs_triton]
         assert triton, mode
         want = sorted((v.name, "run" if v.run_inplace is None else "inplace",
                        json.dumps(v.configs(spec)[0], sort_keys=True))
-                      for v in triton for _ in gpucheck.RATES)
+                      for v in triton for _ in gpureport.RATES)
         assert sorted(calls) == want, mode
 
 
@@ -410,17 +411,17 @@ def test_warm_compiles_runs_every_check_in_worker_processes(tmp_path, capsys):
     cache). Off CUDA, or with one job, nothing is started."""
     import time
 
-    r = gpucheck.Run(tmp_path, 100, "cpu")
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
+    r = record.Run(tmp_path, 100, "cpu")
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2) == 0
     r.device = "cuda"
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 1) == 0
-    n = len(gpucheck.part2_checks("cuda"))
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == n
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 1) == 0
+    n = len(checks.part2_checks("cuda"))
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2) == n
     out = capsys.readouterr().out
     assert f"{n} of part 2's {n} checks in" in out and f"{n} failed there (first: " in out
     # then part 3's blocks, each run by warm_block (here failing at once, on "cuda")
-    part3 = gpucheck.part3_warmups(_small_blocks(), [1, 3])
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == n + len(part3)
+    part3 = warm.part3_warmups(_small_blocks(), [1, 3])
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == n + len(part3)
     out = capsys.readouterr().out
     assert (f"{n} of part 2's {n} checks and {len(part3)} of part 3's {len(part3)} blocks in"
             in out), out
@@ -440,14 +441,14 @@ def test_warm_compiles_kills_its_workers_on_sigterm(tmp_path, monkeypatch):
     def join(self, timeout=None):
         calls.append(timeout)
         if len(calls) == 1:
-            raise gpucheck.Terminated("signal 15")
+            raise record.Terminated("signal 15")
         return real_join(self, timeout)
 
     monkeypatch.setattr(SpawnProcess, "join", join)
-    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r = record.Run(tmp_path, 100, "cpu")
     r.device = "cuda"
-    with pytest.raises(gpucheck.Terminated):
-        gpucheck.warm_compiles(r, time.perf_counter() + 100, 2)
+    with pytest.raises(record.Terminated):
+        warm.warm_compiles(r, time.perf_counter() + 100, 2)
     assert multiprocessing.active_children() == []
 
 
@@ -462,9 +463,9 @@ def test_warm_compiles_that_cannot_start_leaves_part2_to_the_main_process(
         raise OSError("no semaphores")
 
     monkeypatch.setattr(SpawnProcess, "start", start)
-    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r = record.Run(tmp_path, 100, "cpu")
     r.device = "cuda"
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2) == 0
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2) == 0
     assert "compile workers failed (OSError: no semaphores)" in capsys.readouterr().out
 
 
@@ -476,7 +477,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, caps
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-    assert gpucheck.main(["--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert command.main(["--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
     line = _one_error_line(capsys)
     assert "--out" in line and "cannot be made or written (Permission denied)" in line
 
@@ -486,10 +487,10 @@ def test_out_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch):
     into a directory literally named '~'."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(gpucheck, "Run", lambda out, *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(command, "Run", lambda out, *a: (_ for _ in ()).throw(
         RuntimeError(f"Run at {out}")))
     with pytest.raises(RuntimeError, match=f"Run at {tmp_path / 'home' / 'x'}"):
-        gpucheck.main(["--out=~/x", "--device", "cpu"])
+        command.main(["--out=~/x", "--device", "cpu"])
     assert not (tmp_path / "~").exists()
 
 
@@ -535,7 +536,7 @@ def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, mo
     spec = BlockSpec.from_block(block, (1, 16, 8, 8), torch.float16)
     real = ops.variants_for
     static = []
-    monkeypatch.setattr(gpucheck, "_static_dense_time",
+    monkeypatch.setattr(blocks, "_static_dense_time",
                         lambda fb, x, dev: static.append(x.dtype) or 1e-3)
 
     def with_a_wrong_one(s, backend):
@@ -545,32 +546,32 @@ def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, mo
                                     run=lambda fb, x, m, c: gather.run(fb, x, m, c) * 1.1)
         return out + [wrong]
     monkeypatch.setattr(ops, "variants_for", with_a_wrong_one)
-    r = gpucheck.Run(tmp_path, 600, "cpu")
+    r = record.Run(tmp_path, 600, "cpu")
     cache = TuneCache(tmp_path / "cache")
-    gpucheck._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1, cache)
+    blocks._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1, cache)
     assert static == [torch.float16, torch.bfloat16]
     fails = [c["check"] for c in r.checks if not c["ok"]]
     assert fails and all(" wrong " in f for f in fails), r.checks
-    assert len(fails) == sum(0 < rt < 1 or rt == 1 for rt in gpucheck.RATES)
+    assert len(fails) == sum(0 < rt < 1 or rt == 1 for rt in gpureport.RATES)
     dense_rows = [row for row in r.rows if row["variant"] == "dense"]
     assert {row["seconds"] for row in dense_rows} == {1e-3}
     entries = TuneCache(tmp_path / "cache").entries()
     assert {e.variant for e in entries} >= {"dense", "gather"}
     assert all(e.seconds != 1e-3 for e in entries if e.variant == "dense")
-    assert r.info["part3_configs_checked"] >= len(gpucheck.RATES) * 2
+    assert r.info["part3_configs_checked"] >= len(gpureport.RATES) * 2
 
 
 def test_a_check_that_broke_cuda_in_its_worker_is_not_run_again(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(gpucheck, "part2_checks", lambda device: [
+    monkeypatch.setattr(checks, "part2_checks", lambda device: [
         ("a", lambda: ran.append("a")), ("b", lambda: ran.append("b"))])
-    r = gpucheck.Run(tmp_path, 600, "cpu")
+    r = record.Run(tmp_path, 600, "cpu")
     r.sticky["b"] = "RuntimeError: CUDA error: an illegal memory access was encountered"
-    gpucheck.kernel_checks(r)
+    checks.kernel_checks(r)
     assert ran == ["a"]
     assert [(c["check"], c["ok"]) for c in r.checks] == [("a", True), ("b", False)]
     assert "illegal memory access" in r.checks[1]["error"]
-    assert "FAIL b" in (tmp_path / gpucheck.LOG_NAME).read_text()
+    assert "FAIL b" in (tmp_path / record.LOG_NAME).read_text()
 
 
 def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
@@ -594,12 +595,12 @@ def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
         return run
 
     checks = [(f"c{i}", check(i)) for i in range(8)]
-    monkeypatch.setattr(gpucheck, "part2_checks", lambda device: checks)
+    monkeypatch.setattr(warm, "part2_checks", lambda device: checks)
     spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "spatial", 2)
 
     def warm_block(device, s, n):
-        raise gpucheck.WarmError("fused", f"fused {{'conv1': {{}}}}: RuntimeError: {sticky}")
-    monkeypatch.setattr(gpucheck, "warm_block", warm_block)
+        raise warm.WarmError("fused", f"fused {{'conv1': {{}}}}: RuntimeError: {sticky}")
+    monkeypatch.setattr(warm, "warm_block", warm_block)
 
     class InProcess:  # each worker runs at start(), in a fresh (unbroken) context
         def __init__(self, target, daemon, args):
@@ -624,10 +625,10 @@ def test_a_worker_stops_at_a_fault_that_breaks_cuda(tmp_path, monkeypatch):
     import multiprocessing
 
     monkeypatch.setattr(multiprocessing, "get_context", lambda kind: Ctx())
-    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r = record.Run(tmp_path, 100, "cpu")
     r.device = "cuda"
     part3 = [("warm b1 spatial #0", spec.to_dict())]
-    assert gpucheck.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == 9
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2, lambda: part3) == 9
     assert sorted(r.sticky) == ["c2"]  # the worker stopped there; the other ran the rest
     assert sorted(state["runs"]) == list(range(8))
     assert r.deny == {(spec.key(), "fused"):
@@ -640,7 +641,7 @@ def test_the_table_lists_at_most_max_fails_failures(tmp_path):
     lists MAX_FAILS of them and says how many more there are."""
     from laudtriton.gpureport import MAX_FAILS, table
 
-    r = gpucheck.Run(tmp_path, 100, "cpu")
+    r = record.Run(tmp_path, 100, "cpu")
     r.checks = [{"check": f"c{i}", "ok": False, "error": "x" * 1000} for i in range(50)]
     text = table(r, [])
     assert text.count("FAIL") == MAX_FAILS and f"and {50 - MAX_FAILS} more failed" in text
@@ -658,14 +659,14 @@ def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch
 
     def slow(r, until=None):
         r.check("kernel", lambda: time.sleep(5))
-    monkeypatch.setattr(gpucheck, "WATCHDOG_S", 0.2)
-    monkeypatch.setattr(gpucheck, "machine", lambda r: r.check("machine", lambda: None))
-    monkeypatch.setattr(gpucheck, "kernel_checks", slow)
-    monkeypatch.setattr(gpucheck, "_options", lambda args: [1])
+    monkeypatch.setattr(command, "WATCHDOG_S", 0.2)
+    monkeypatch.setattr(command, "machine", lambda r: r.check("machine", lambda: None))
+    monkeypatch.setattr(command, "kernel_checks", slow)
+    monkeypatch.setattr(command, "_options", lambda args: [1])
     args = _args(tmp_path)
     args.budget = 0.1
     t0 = time.perf_counter()
-    assert gpucheck.run(args) == 1
+    assert command.run(args) == 1
     assert time.perf_counter() - t0 < 4
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     checks = json.loads((tmp_path / "summary.json").read_text())["checks"]

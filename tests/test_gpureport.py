@@ -4,7 +4,8 @@ import csv
 import json
 import math
 
-from laudtriton import gpucheck, gpureport
+from laudtriton import gpureport
+from laudtriton.gpucheck import record
 
 
 def _rows():
@@ -34,7 +35,7 @@ def test_outputs_csv_png_table(tmp_path):
     assert len(back) == len(rows) and back[0]["variant"] == "dense"
     assert gpureport.plot(rows, "laud_resnet50", tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
-    r = gpucheck.Run(tmp_path, 10, "cpu")
+    r = record.Run(tmp_path, 10, "cpu")
     r.rows = rows
     text = gpureport.table(r, ["laud_resnet50"])
     assert "spatial" in text and "0.38x" in text  # gather at 0.25: 0.75 / 2.0

@@ -1,0 +1,218 @@
+"""``laudtriton gpucheck --out DIR``: the one prepared GPU run (GPU.md section 4).
+
+In one process (and, for the Triton compiles of parts 2 and 3, up to ``--compile-jobs``
+worker processes first), time-boxed to ``--budget`` seconds (default 330, under 6 minutes
+on one H100/H200; the box is kept between items, and a watchdog stops an item still
+running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruction):
+1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
+2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
+   fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
+   pass/fail; checks not started within half the budget are recorded as not run. The
+   checks, then part 3's Triton variants on each of its blocks and batches, first run
+   in worker processes until 0.3 of the budget, for their compiles alone
+   (``warm_compiles``: they land in Triton's on-disk cache, where the main process
+   finds them);
+3. the static dense block (cuDNN with its autotuner on, channels_last, best of
+   fp16/bf16) vs each variant (fp16) for the distinct blocks of LAUD-ResNet-50/-101
+   (spatial 4-4-2-1, channel, layer) at rates 0.25/0.5/0.75, batch 1 then 64, do_bench
+   medians (``tune.measure.time_variants``); each config's first output is checked
+   against the float32 dense block on the same masks before it is timed, and a config
+   that fails or is wrong is a failed check;
+4. whole LAUD-ResNet-101 compiled (``laudtriton.compile(..., tune="quick")``, float16 on
+   CUDA, reading and filling part 3's cache in DIR) vs the dense network with the same
+   folded weights, at rate 0.5, for the batches part 3 timed in full (the others are
+   recorded as not run: tuning them here would time their blocks past the time box); its
+   logits within ``WHOLE_TOL`` of the dense variants' on its own masks;
+then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
+and summary.json into DIR and prints a short table. timings.csv and summary.json are also
+written after each part, block and whole-model item, every progress line and warning goes
+to gpucheck.log there too, and on SIGTERM (a time limit) the run stops and writes what it
+gathered. A check, a block's timing or a part that raises is recorded as failed (its
+error in one line, the end of its traceback in summary.json) and the run goes on.
+Without CUDA, or with a bad option:
+one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
+Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
+matplotlib (run from the source tree with ``PYTHONPATH=.``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..gpureport import plot, table
+from .blocks import distinct_blocks, time_blocks
+from .checks import kernel_checks
+from .machine import machine
+from .record import Run, Terminated, describe, save
+from .warm import part3_warmups, warm_compiles
+from .whole import whole_models
+
+PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
+WATCHDOG_S = 30.0  # past --budget by this much, the run stops where it is (SIGALRM)
+WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker processes stop then
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``gpucheck`` on an argparse subparsers object."""
+    p = subparsers.add_parser("gpucheck", help="one prepared GPU run: kernels, timings, plots")
+    _arguments(p)
+    return p
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
+    p.add_argument("--budget", type=float, default=330.0,
+                   help="seconds for the whole run (default 330)")
+    p.add_argument("--configs", type=int, default=2,
+                   help="kernel configs timed per variant (default 2)")
+    p.add_argument("--batches", default="1,64",
+                   help="batch sizes to time, comma-separated (default 1,64)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
+    p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
+    p.add_argument("--compile-jobs", type=int, default=min(8, max(1, (os.cpu_count() or 1) - 1)),
+                   help="processes that compile the kernels of parts 2 and 3 first, in "
+                        "parallel (1: none; default: min(8, CPUs - 1))")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
+    _arguments(p)
+    return run(p.parse_args(argv))
+
+
+def _options(args) -> list[int]:
+    """Check every option before any work; returns the batch sizes.
+
+    Raises:
+        ValueError: naming the first bad option and its value.
+    """
+    from ..tune.keys import check_dir
+
+    if args.device not in ("cuda", "cpu"):
+        raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
+                         "current GPU) or 'cpu' (a plumbing test)")
+    check_dir(args.out, "--out")  # blank, a file, or inside a file
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0")
+    if args.configs < 1:
+        raise ValueError(f"--configs {args.configs} must be >= 1")
+    if args.compile_jobs < 1:
+        raise ValueError(f"--compile-jobs {args.compile_jobs} must be >= 1 (1: no worker "
+                         "processes)")
+    try:
+        batches = [int(b) for b in str(args.batches).split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batches {args.batches!r}: expected comma-separated ints >= 1 "
+                         "like 1,64")
+    if len(set(batches)) != len(batches):
+        raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
+                         "timed twice)")
+    from ..tune.commands import check_input_size
+
+    check_input_size(args.input_size)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
+    return batches
+
+
+def run(args) -> int:
+    """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
+    one line on stderr for a bad option or no GPU: nothing ran)."""
+    from ..tune.commands import fail, make_writable_dir
+
+    try:
+        batches = _options(args)
+        make_writable_dir(args.out, "--out")  # before part 1 runs
+    except ValueError as e:
+        return fail("gpucheck", str(e))
+    out = Path(args.out).expanduser()  # as check_dir read it ('--out=~/x': no shell)
+    r = Run(out, args.budget, args.device)
+    handler = logging.FileHandler(r.log)  # the library's warnings (a failed config's
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))  # text) too
+    logging.getLogger("laudtriton").addHandler(handler)
+    models = ["laud_resnet50", "laud_resnet101"]
+    parts = []
+
+    def terminated(signum, frame):  # a time limit's SIGTERM: keep what was gathered
+        raise Terminated(f"signal {signum} after {time.perf_counter() - r.t0:.0f} s")
+    from ..tune.cache import TuneCache
+
+    cache = TuneCache(out / "autotune_cache", device=args.device)
+    done3: list[int] = []
+
+    blocks: dict = {}  # part 3's, listed once: for the compile workers, or by part 3
+
+    def listed():
+        if not blocks:
+            blocks.update(distinct_blocks(models, args.input_size))
+        return blocks
+
+    def part3():
+        if args.device == "cuda":  # the dense baselines get cuDNN's fastest algorithms
+            torch.backends.cudnn.benchmark = True
+            r.info["cudnn_benchmark"] = True
+        listed()  # before the time box starts, as when the workers listed them
+        end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
+        done3.extend(time_blocks(r, listed(), batches, args.configs, end3, cache))
+        parts.append(f"autotune cache: {cache.path}")
+
+    def part4():  # a batch part 3 did not reach would be tuned here, past the time box
+        for b in batches:
+            if b not in done3:
+                r.not_run(f"whole laud_resnet101 b{b}", f"part 3 did not time batch {b}")
+        whole_models(r, done3, args.input_size, r.deadline, cache.dir)
+
+    steps = [("1/4 machine", lambda: machine(r)),
+             ("2/4 kernels and variants vs references (NaN-poisoned outputs)",
+              lambda: (warm_compiles(r, r.t0 + WARM_SHARE * args.budget, args.compile_jobs,
+                                     lambda: part3_warmups(listed(), batches), args.configs),
+                       kernel_checks(r, r.t0 + PART2_SHARE * args.budget))),
+             ("3/4 blocks: dense vs variants", part3),
+             ("4/4 whole LAUD-ResNet-101 compiled vs dense", part4)]
+    previous = signal.signal(signal.SIGTERM, terminated)
+    # a watchdog: the time box is kept between items only, so one long item (a compile,
+    # a whole model) could overrun it; past budget + WATCHDOG_S the run stops as on SIGTERM
+    previous_alarm = signal.signal(signal.SIGALRM, terminated)
+    signal.setitimer(signal.ITIMER_REAL, args.budget + WATCHDOG_S)
+    try:
+        for title, step in steps:  # a part that raises is a failed check; the next runs
+            r.say(title)
+            r.check(f"part {title.split()[0]} completed", step, quiet=True)
+            save(r, out)
+    except Terminated as e:  # a time limit: report what was gathered so far
+        signal.setitimer(signal.ITIMER_REAL, 0)  # no second alarm while reporting
+        r.checks.append({"check": "gpucheck run", "ok": False,
+                         "error": f"Terminated: {e}"})
+        r.say(f"stopped: Terminated: {e}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        signal.signal(signal.SIGTERM, previous)
+        logging.getLogger("laudtriton").removeHandler(handler)
+        handler.close()
+    save(r, out)
+    with contextlib.suppress(OSError):  # an empty lock file: one file fewer to fetch
+        cache.lock_path.unlink()
+    for m in models:
+        try:
+            if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
+                parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
+        except Exception as e:  # noqa: BLE001 - the table and files below still matter
+            parts.append(f"plot of {m} failed: {describe(e)}")
+    print(table(r, models))
+    for p in parts + [f"csv: {out / 'timings.csv'}", f"summary: {out / 'summary.json'}"]:
+        print(p)
+    print(f"gpucheck done in {time.perf_counter() - r.t0:.0f} s")
+    return 0 if all(c["ok"] for c in r.checks) else 1

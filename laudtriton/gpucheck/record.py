@@ -1,0 +1,98 @@
+"""The record of one gpucheck run: ``Run`` (its checks, timing rows, machine info and
+progress lines, its time box), ``describe`` (an exception in one line), ``save``
+(timings.csv and summary.json so far) and ``Terminated`` (a SIGTERM or the watchdog's
+alarm: the run stops and keeps what it gathered)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import traceback
+from pathlib import Path
+
+from ..gpureport import write_csv
+
+
+class Run:
+    """Collects checks, timing rows and printed lines of one gpucheck."""
+
+    def __init__(self, out: Path, budget: float, device: str):
+        self.out, self.device, self.t0 = out, device, time.perf_counter()
+        self.deadline = self.t0 + budget
+        self.checks: list[dict] = []
+        self.rows: list[dict] = []
+        self.info: dict = {}
+        # part 2's checks that left CUDA broken in a compile worker ({name: error}): not
+        # run again here, where the fault would break every later check and timing
+        self.sticky: dict[str, str] = {}
+        # part 3's variants that left CUDA broken in a compile worker, {(spec key with
+        # batch, variant): error}: not timed here on that block, nor compiled in part 4
+        self.deny: dict[tuple[str, str], str] = {}
+        self.log = out / LOG_NAME
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def say(self, text: str) -> None:
+        """Print a progress line, and append it to ``gpucheck.log`` in the output folder
+        (the run's whole story, where a console keeps only its end)."""
+        line = f"[{time.perf_counter() - self.t0:6.1f}s] {text}"
+        print(line, flush=True)
+        with contextlib.suppress(OSError), open(self.log, "a") as fh:
+            fh.write(line + "\n")
+
+    def check(self, name: str, fn, until: float | None = None, quiet: bool = False) -> bool:
+        """Run ``fn`` and record a pass or a failure (with its error and the end of its
+        traceback, for summary.json). until: a perf_counter time after which the check is
+        not run but recorded as not run (a time box). quiet: record and print failures
+        only. A SIGTERM (``Terminated``) is not a failed check: it stops the run."""
+        if until is not None and time.perf_counter() > until:
+            self.not_run(name, "time box")
+            return False
+        try:
+            fn()
+            ok, err, tb = True, "", ""
+        except Exception as e:  # a failed check is a result, not a crash
+            ok, err = False, describe(e)
+            tb = "\n".join(traceback.format_exc().strip().splitlines()[-TRACEBACK_LINES:])
+        if ok and quiet:
+            return True
+        self.checks.append({"check": name, "ok": ok, "error": err}
+                           | ({"traceback": tb} if tb else {}))
+        self.say(f"{'PASS' if ok else 'FAIL'} {name}{'' if ok else '  ' + err}")
+        return ok
+
+    def not_run(self, name: str, why: str) -> None:
+        """Record ``name`` as a check not run (not a pass), and why."""
+        self.checks.append({"check": name, "ok": False, "error": f"not run: {why}"})
+        self.say(f"SKIP {name}  ({why})")
+
+
+TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
+LOG_NAME = "gpucheck.log"  # progress lines and the library's warnings, in --out
+
+
+def describe(e: BaseException) -> str:
+    """One line for an exception: its type, its message's first line and, for a message
+    of several lines, its last one too (a Triton CompilationError starts with the source
+    position and ends with the cause); its type alone when it has no message."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+class Terminated(BaseException):
+    """SIGTERM during a run (a time limit): the run stops and writes what it gathered. A
+    BaseException, so that no handler of a failed check or timing (``except Exception``)
+    takes it for one and carries on."""
+
+
+def save(r: Run, out: Path) -> None:
+    """Write timings.csv and summary.json of what ``r`` gathered so far: after each part,
+    so that a run stopped by its time limit still leaves its results."""
+    write_csv(r.rows, out / "timings.csv")
+    summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -32,13 +32,14 @@ from torch import nn
 
 from . import runtime
 from .compile import compile
-from .compiled import CompiledModel, set_stem, stem
+from .compiled import CompiledModel
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
 from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import fold_block
 from .ops.dense import dense_block
 from .ops.fold import FoldedBlock
+from .stem import set_stem, stem
 from .testing import assert_close, randomize_bn
 from .tune.timing import interleaved_medians
 

@@ -39,437 +39,38 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
-import logging
-import math
-import os
-import re
 import sys
 import warnings
 
 import torch
 from torch import nn
 
-from .compiled import (
-    CompiledBlock,
-    CompiledModel,
-    check_resnet,
-    foldable_bn,
-    no_autocast,
-    own_forward,
-    refuse_apply,
-    refuse_load,
-    refuse_train,
+from .capture import _block_inputs, _inputs, _outermost
+from .compile_checks import (
+    _check_hooks,
+    _check_options,
+    _check_variants,
+    check_block_places,
+    check_foldable,
 )
+from .compiled import CompiledBlock, CompiledModel
+from .guards import no_autocast, refuse_apply, refuse_load, refuse_train
 from .nn.block import LaudBottleneck, detached_copy
-from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
-from .ops import BlockSpec, fold_block, get_variant, variants_for
+from .ops import BlockSpec, fold_block
 from .ops.masks import dispatch_rate
-from .ops.synthetic import synthetic_masks
+from .planning import _candidates, _plan_block
 from .predict.calibrate import fitted_predictor
-from .predict.hardware import DTYPES as PREDICTED_DTYPES
-from .schedule import Choice, DispatchTable, near, rate_key
-from .tune.cache import TuneCache, refuse_bad_dir
-from .tune.keys import rate_bucket
-from .tune.measure import config_key, time_variants
+from .schedule import DispatchTable
+from .stem import check_resnet
+from .tune.cache import TuneCache
 
-log = logging.getLogger("laudtriton")
-
-BACKENDS = ("auto", "cpu", "cuda")
-TUNE_MODES = ("cached", "quick", "full", "off")
-DISPATCH = ("dynamic", "static")
-QUICK_RATES = (0.2, 0.5, 0.8)
 CL = torch.channels_last
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} unknown; accepted: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise ValueError("backend 'cuda' asked for, but torch sees no CUDA device")
-    return backend
-
-
-def _candidates(spec: BlockSpec, backend: str, only=None):
-    """Variants that run ``spec`` exactly on ``backend``; restricted to ``only`` when given
-    (falling back to ``dense`` where none of them supports the block)."""
-    cands = variants_for(spec, backend)
-    if backend == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            cands = [v for v in cands if not v.needs_triton]
-    if only is not None:
-        cands = [v for v in cands if v.name in only] or [v for v in cands if v.name == "dense"]
-    return cands
-
-
-def _outermost(model: nn.Module, kinds, prefix: str = ""):
-    """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
-    model itself), not looking inside them or inside what compile already built."""
-    for name, child in model.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, kinds):
-            yield full, child
-        elif not isinstance(child, (CompiledBlock, CompiledModel)):
-            yield from _outermost(child, kinds, full)
-
-
-def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
-    """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
-    module in ``named`` [(name, module)] in the order they run (first call each), and the
-    names of those the forward never called. The input is the first positional argument,
-    else the keyword argument ``x`` (the parameter of LaudResNet.forward and
-    LaudBottleneck.forward).
-
-    Raises:
-        ValueError: if a module of ``named`` is called without a tensor input, or a
-            LaudResNet on inputs of two sizes (its CompiledModel runs one)."""
-    captured, seen, handles = [], {}, []
-
-    def hook(m, args, kwargs, name):
-        xin = args[0] if args else kwargs.get("x")
-        if name in seen:
-            first = seen[name]
-            if (isinstance(m, LaudResNet) and isinstance(xin, torch.Tensor)
-                    and xin.shape[1:] != first[1:]):  # a CompiledModel runs one size
-                raise ValueError(
-                    f"compile: {name} is called on inputs of two sizes in one forward "
-                    f"([B, {', '.join(map(str, first[1:]))}] then "
-                    f"[B, {', '.join(map(str, xin.shape[1:]))}]); a compiled LaudResNet "
-                    "runs the input size it was compiled for: give each size its own copy "
-                    "of the network (copy.deepcopy), each then compiled for its size")
-            return
-        if not isinstance(xin, torch.Tensor):
-            raise ValueError(f"compile: {name} is called with {len(args)} positional "
-                             f"arguments and keywords {sorted(kwargs)}; accepted: its input "
-                             "tensor, as the first argument or as x=")
-        seen[name] = tuple(xin.shape)
-        captured.append((name, m, xin.detach()))
-    for name, mod in named:
-        handles.append(mod.register_forward_pre_hook(
-            lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(x)
-    except ValueError:  # ours (the hooks above) or the model's, with its own message
-        raise
-    except Exception as e:  # the model's forward fails on its own: it cannot be compiled
-        text = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ValueError(f"compile: the model's own forward fails on the example input "
-                         f"({type(e).__name__}: {text}); compile runs it first, to find "
-                         "its blocks' inputs") from e
-    finally:
-        for h in handles:
-            h.remove()
-    return captured, [name for name, _ in named if name not in seen]
-
-
-def _folded_hook(hook) -> bool:
-    """A pre-hook that only recomputes its module's weight from other tensors (pruning,
-    ``weight_norm``, ``spectral_norm``): the example forward runs it, and the fold reads
-    the weight it leaves (a snapshot, as every folded weight is)."""
-    from torch.nn.utils import prune
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    return isinstance(hook, (prune.BasePruningMethod, WeightNorm, SpectralNorm))
-
-
-def _check_hooks(net: nn.Module, prefix: str = "") -> None:
-    """Raise if a module of ``net`` (a LaudResNet or LaudBottleneck about to be compiled;
-    ``prefix`` its name in the user's module) holds a forward hook or pre-hook that the
-    compiled model would drop. It runs its own stem, blocks and maskers; only copies of a
-    LaudResNet's ``avgpool`` and ``fc`` and of a block's ``conv_linear`` channel masker
-    run as modules, hooks included (not on such a masker in a LaudResNet with layer
-    blocks, which may reorder the batch). A LaudResNet never calls its stage containers
-    (``layer1``...) as modules, and the hooks of pruning, ``weight_norm`` and
-    ``spectral_norm`` are folded (``_folded_hook``). A hook on ``maxpool`` (whose copy
-    runs) is refused too: the blocks overwrite the stem's output in place, under whatever
-    the hook saw or returned.
-
-    Raises:
-        ValueError: naming the first hooked module.
-    """
-    kept = ("avgpool", "fc") if isinstance(net, LaudResNet) else ()
-    copied = [n for n, m in net.named_modules() if isinstance(m, LaudBottleneck)
-              and m.masker_channel is not None
-              and not isinstance(m.masker_channel, MaskerChannelMLP)]
-    copied = [f"{n}.masker_channel" if n else "masker_channel" for n in copied]
-    reorders = kept and any(isinstance(m, LaudBottleneck) and m.dyn_mode == "layer"
-                            for m in net.modules())
-    if reorders:  # the blocks after a layer gate may run the batch in another order
-        for c in copied:
-            if any(not _folded_hook(h) for m in net.get_submodule(c).modules()
-                   for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]):
-                name = ".".join(n for n in (prefix, c) if n)
-                raise ValueError(
-                    f"compile: {name} has a forward hook or pre-hook; in a network with "
-                    "layer-skipping blocks the compiled model may run the batch in another "
-                    "order (order.SampleOrder), so the hook would see the samples "
-                    "reordered: remove it, or compile a network without layer skipping")
-    for sub, mod in net.named_modules():
-        if (sub.split(".")[0] in kept or re.fullmatch(r"layer\d+", sub) and kept
-                or any(sub == c or sub.startswith(c + ".") for c in copied)):
-            continue
-        hooks = [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]
-        if not any(not _folded_hook(h) for h in hooks):
-            continue
-        name = ".".join(n for n in (prefix, sub) if n) or type(net).__name__
-        if sub == "maxpool" and kept:
-            raise ValueError(
-                f"compile: {name} has a forward hook or pre-hook; the compiled model's "
-                "blocks overwrite the stem's output in place, so what the hook saw or "
-                "returned would change under it: remove it, or hook a module around the "
-                "LAUD network")
-        raise ValueError(
-            f"compile: {name} has a forward hook or pre-hook, which the compiled model "
-            "would never call (it runs its own stem, blocks and maskers; of a LaudResNet "
-            "only copies of avgpool and fc run as modules): remove it, or hook a module "
-            "around the LAUD network")
-
-
-def check_block_places(model: nn.Module) -> None:
-    """Raise unless every LAUD block of a LaudResNet in ``model`` sits in one place of
-    it, and no LAUD block inside another: compile finds blocks by place (each place
-    becomes a compiled block), and ``LaudResNet.blocks()``, which the reference's forward
-    runs, lists a shared block once and a nested one beside its parent, so the two would
-    run other blocks. (A whole LaudResNet in two places of a module: its first place
-    becomes a CompiledModel, the other keeps its stem and head with compiled blocks. A
-    LAUD block in two places of a module outside any LaudResNet is compiled in its first
-    place, with a warning naming the others.)
-
-    Raises:
-        ValueError: naming both places of a shared block, or the nested block.
-    """
-    for name, m in model.named_modules():
-        if isinstance(m, LaudBottleneck):
-            inner = next((n for n, c in m.named_modules()
-                          if n and isinstance(c, LaudBottleneck)), None)
-            if inner is not None:
-                where = f"{name}.{inner}" if name else inner
-                raise ValueError(f"compile: {where} is a LaudBottleneck inside the "
-                                 f"LaudBottleneck {name or '(the model)'}, which compile "
-                                 "does not support: put it beside the block")
-        if not isinstance(m, LaudResNet):  # a whole network may be shared, not a block
-            continue
-        places: dict[int, str] = {}
-        for bname, b in m.named_modules(remove_duplicate=False):
-            if isinstance(b, LaudBottleneck):
-                if id(b) in places:
-                    net = f"{name}." if name else ""
-                    raise ValueError(f"compile: {net}{places[id(b)]} and {net}{bname} are "
-                                     "one LaudBottleneck (a block shared between two "
-                                     "places), which compile does not support: give each "
-                                     "place its own block (copy.deepcopy)")
-                places[id(b)] = bname
-
-
-def _block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
-    """Run the reference model in eval: ``_inputs`` of every LAUD block outside what
-    compile built (the blocks of a LaudResNet a user's forward calls one by one
-    included)."""
-    if isinstance(model, LaudBottleneck):
-        return _inputs(model, x, [("block", model)])
-    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
-
-
-def check_foldable(name: str, block: LaudBottleneck) -> None:
-    """Raise unless ``ops.fold_block`` computes ``block`` exactly, with stride 1 or 2:
-    conv1 and conv3 1x1,
-    conv2 3x3 with padding 1 and the block's stride, all without bias, groups 1,
-    dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; the
-    activation nn.ReLU; a downsample that is None or nn.Sequential(1x1 conv of the
-    block's stride, no bias; that BN); maskers as ``laudtriton.nn.maskers`` builds them.
-
-    Raises:
-        ValueError: naming the block and the module that differs.
-    """
-    def conv_ok(c, k, stride, pad):
-        return (isinstance(c, nn.Conv2d) and own_forward(c, nn.Conv2d)  # parametrized too
-                and c.kernel_size == (k, k) and c.stride == (stride,) * 2
-                and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
-                and c.bias is None and c.padding_mode == "zeros")
-
-    cls = type(block)
-    for attr in ("forward", "compute_masks", "grid_size", "out_hw"):
-        if getattr(cls, attr) is not getattr(LaudBottleneck, attr):
-            raise ValueError(
-                f"compile: {name} is a {cls.__name__}, which overrides LaudBottleneck."
-                f"{attr}; a compiled block computes LaudBottleneck's own masks and "
-                "forward. Hold the block in a module of yours instead of subclassing it")
-    s = block.stride
-    if s not in (1, 2):  # LAUDNet's strides: at 3 and more the gates' mask1 of a 1x1 grid
-        # (every input pixel) is not the reference's (pixels no output reads stay off)
-        raise ValueError(f"compile: {name} has stride {s}; compiled LAUD blocks take stride "
-                         "1 or 2 (those of LAUDNet's networks)")
-    parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
-             ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
-             ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),
-             ("bn1", block.bn1, foldable_bn(block.bn1)), ("bn2", block.bn2, foldable_bn(block.bn2)),
-             ("bn3", block.bn3, foldable_bn(block.bn3)),
-             ("relu", block.relu, type(block.relu) is nn.ReLU)]
-    ds = block.downsample
-    if ds is not None:
-        ok = (type(ds) is nn.Sequential and len(ds) == 2 and conv_ok(ds[0], 1, s, 0)
-              and foldable_bn(ds[1]))
-        parts.append(("downsample", ds, ok))
-    for part, mod, ok in parts:
-        if not ok:
-            raise ValueError(
-                f"compile: {name}.{part} is {mod!r}; the compiled block folds a LAUD "
-                "bottleneck as LaudBottleneck builds it (1x1, 3x3 with padding 1 and the "
-                "block's stride, 1x1 convolutions without bias, each followed by an affine "
-                "BatchNorm2d; nn.ReLU; a downsample of a 1x1 strided convolution without "
-                "bias and a BatchNorm2d)")
-    _check_maskers(name, block)
-
-
-def _check_maskers(name: str, block: LaudBottleneck) -> None:
-    """Raise unless the block's maskers are what the compiled block's gates
-    (``ops.masks.Gates``) read: a ``MaskerSpatial`` whose conv is a 1x1 nn.Conv2d with
-    bias to 2 logits; a ``MaskerChannelMLP`` of nn.Linear layers with bias (two with an
-    nn.ReLU between them, or one) to 2·G logits. Their weights may be parametrized
-    (``weight_norm``): the gates read the weights it computes, once. Another channel
-    masker runs as it is.
-
-    Raises:
-        ValueError: naming the block and the masker that differs.
-    """
-    def plain(m, base):  # base's own computation; a parametrized weight allowed
-        return isinstance(m, base) and own_forward(m, base)
-
-    ms, mc = block.masker_spatial, block.masker_channel
-    if ms is not None:
-        c = getattr(ms, "conv", None)
-        if not (type(ms) is MaskerSpatial and plain(c, nn.Conv2d)
-                and c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
-                and c.dilation == (1, 1) and c.groups == 1 and c.bias is not None
-                and c.out_channels == 2):
-            raise ValueError(
-                f"compile: {name}.masker_spatial is {ms!r}; the compiled block reads a "
-                "MaskerSpatial whose conv is a 1x1 nn.Conv2d with bias to 2 logits")
-    if isinstance(mc, MaskerChannelMLP):
-        seq = mc.conv
-        layers = ([seq] if plain(seq, nn.Linear)
-                  else list(seq) if type(seq) is nn.Sequential else [])
-        ok = (type(mc) is MaskerChannelMLP and len(layers) in (1, 3)
-              and all(plain(m, nn.Linear) and m.bias is not None for m in layers[::2])
-              and all(type(m) is nn.ReLU for m in layers[1::2])
-              and layers[-1].out_features == 2 * mc.groups)
-        if not ok:
-            raise ValueError(
-                f"compile: {name}.masker_channel is {mc!r}; the compiled block reads a "
-                "MaskerChannelMLP of nn.Linear layers with bias (Linear, ReLU, Linear or "
-                "one Linear) to 2·G logits")
-
-
-ALL_BUCKETS = tuple(i / 10 for i in range(11))
-
-
-def _known_configs(hit, spaces: dict[str, set[str]], cache, spec, rate):
-    """The cached timings ``hit`` ({variant: {config: s}}) of the candidate variants
-    (``spaces``: their config keys on ``spec``), those of a config outside its variant's
-    space dropped with a warning naming the cache file: a hand-edited file, or one written
-    by another version of a variant's config list, must not reach a kernel launch."""
-    if not hit:
-        return hit
-    out, bad = {}, []
-    for v, cfgs in hit.items():
-        if v not in spaces:
-            continue
-        known = {c: t for c, t in cfgs.items()  # a JSON object (the cache checks)
-                 if config_key(json.loads(c)) in spaces[v]}
-        bad += [f"{v} {c}" for c in cfgs if c not in known]
-        if known:
-            out[v] = known
-    if bad:
-        log.warning("autotune cache %s: %s at rate %s has config(s) outside the "
-                    "variant's space, ignored: %s", cache.path, spec.short(), rate,
-                    ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
-    return out
-
-
-def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
-                say=lambda text: None) -> DispatchTable:
-    """The dispatch table of one distinct block (``compile``'s tune rule). say: called
-    with one line before ``tune`` "quick"/"full" times the block's rates (minutes in all
-    on a CPU with nothing cached: the caller shows progress)."""
-    table = DispatchTable()
-    actual = float(dispatch_rate(spec, masks))
-    failed: list[float] = []  # rates timed before where every candidate failed
-    seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
-    if tune in ("cached", "quick", "full") and cache is not None:
-        names = {c.name for c in cands}
-        spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
-        for r in cache.rates(spec):  # each at the rate it was timed at
-            hit = _known_configs(cache.lookup(spec, r), spaces, cache, spec, r)
-            for v, cfgs in (hit or {}).items():
-                best = seen.setdefault(v, {})
-                for c, t in cfgs.items():
-                    best[c] = min(t, best.get(c, math.inf))
-            # a rate counts only when every candidate has a current timing: after a
-            # source edit hides one variant's timings, the others' alone would decide
-            if hit and names <= set(hit):
-                table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
-                if rate_key(r) not in table.entries:
-                    failed.append(rate_key(r))
-    if tune in ("quick", "full"):
-        grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
-        todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
-                if not (table.covers(b) or near(failed, b))]  # not timed at every compile
-        said = False
-        for b in todo:
-            m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
-            # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
-            # is off at b = 0.2), once
-            r = rate_key(dispatch_rate(spec, m))
-            if r in table.entries or r in failed:
-                continue
-            if not said:
-                say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
-                    "rate(s)")
-                said = True
-            timings = time_variants(fb, spec, x, m, cands)
-            if cache is not None:
-                # scattered masks: an entry an old clustered sweep wrote is current again
-                cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
-            table.add(r, timings, "measured")
-            if r not in table.entries:  # every candidate failed: not again (below, or
-                failed.append(r)  # at the next compile: it is recorded)
-    # the predictor models float32, float16 and bfloat16; another dtype (float64) is
-    # timed on the example input below when nothing is cached
-    if (tune == "cached" and predictor is not None and len(cands) > 1
-            and spec.dtype in PREDICTED_DTYPES):
-        from .schedule import fill_predictions
-
-        # not a variant that failed wherever it was timed; with a config that ran
-        ran = {v: min(cfgs, key=cfgs.get) for v, cfgs in seen.items()
-               if any(math.isfinite(t) for t in cfgs.values())}
-        usable = [c for c in cands if c.name in ran or c.name not in seen]
-        if len(usable) > 1:
-            fill_predictions(table, spec, ALL_BUCKETS, usable, predictor[0], predictor[1],
-                             configs=ran)
-    if not table.entries and len(cands) == 1:  # nothing to choose from
-        table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
-    if not table.entries:  # "off", or "cached" with nothing cached: time on the example
-        if tune == "cached":
-            log.info("no cached timings for %s; timing on the example input", spec.short())
-        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
-    if not table.entries:
-        raise RuntimeError(
-            f"compile: every candidate variant ({', '.join(c.name for c in cands)}) failed "
-            f"on the example input of a block {spec.short()}; the warnings logged above "
-            "say why")
-    return table
 
 
 def compile(model=None, example_input: torch.Tensor | None = None, *, backend: str = "auto",
@@ -505,7 +106,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
     Returns:
         a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. A
         LaudResNet is compiled as it is built, with its own stem and head modules
-        (``compiled.check_resnet`` says what may change). Any other module containing LAUD
+        (``stem.check_resnet`` says what may change). Any other module containing LAUD
         blocks comes back as an eval-mode copy running its own forward, in which each
         LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
@@ -525,7 +126,7 @@ def compile(model=None, example_input: torch.Tensor | None = None, *, backend: s
             that is not a floating-point torch dtype; a cache_dir that is not a path, is
             empty, or names a file or lies inside one (``tune.keys.check_dir``); a
             LaudResNet subclass that overrides forward, stem or head, or a stem the
-            compiled model cannot run (``compiled.check_resnet``); a block whose modules
+            compiled model cannot run (``stem.check_resnet``); a block whose modules
             the fold cannot express or whose maskers the compiled gates cannot read
             (``check_foldable``); a LAUD block in two places of a LaudResNet or inside
             another block (``check_block_places``); a model compiled already (a
@@ -595,42 +196,6 @@ def _bake_parametrizations(module: nn.Module) -> nn.Module:
                 else:
                     m.register_buffer(name, value)
     return module
-
-
-def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, variants
-                   ) -> tuple[str, tuple[str, ...] | None]:
-    """The backend resolved and the variant names as a tuple, after checking every option
-    of ``compile``.
-
-    Raises:
-        ValueError: naming the option that is not accepted.
-    """
-    if tune not in TUNE_MODES:
-        raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
-    if dispatch not in DISPATCH:
-        raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
-    backend = _resolve_backend(backend)
-    if variants is not None:
-        try:
-            variants = (variants,) if isinstance(variants, str) else tuple(variants)
-        except TypeError:
-            raise ValueError(f"variants must be a variant name or a list of names, got "
-                             f"{type(variants).__name__} {variants!r}") from None
-        if not variants:
-            raise ValueError("variants is empty; give variant names, or None for every "
-                             "variant a block supports")
-        for name in variants:
-            if not isinstance(name, str):
-                raise ValueError(f"variants: {name!r} is not a variant name")
-            get_variant(name)  # raises on an unknown name
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
-                         "dtype (float32, float16, bfloat16, float64)")
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
-                         f"{type(cache_dir).__name__} {cache_dir!r}")
-    refuse_bad_dir(cache_dir)  # whatever ``tune`` is
-    return backend, variants
 
 
 def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants,
@@ -766,24 +331,11 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     return out
 
 
-def _check_variants(variants, specs, backend: str) -> None:
-    """Raise when ``variants`` is given and no block of ``specs`` runs any of them (each
-    block falls back to dense where none of them runs it; when none runs anywhere, the
-    request itself is wrong)."""
-    if variants is None or not specs:
-        return
-    usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
-    if not usable & set(variants):
-        raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
-                         f"model runs any of them on {backend}; accepted here: "
-                         f"{', '.join(sorted(usable))}")
-
-
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
     """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
     each module of the user's that holds a compiled part refuses ``train(True)``, a change
     of dtype or device and ``load_state_dict`` before changing anything
-    (``compiled.refuse_train``, ``refuse_apply``, ``refuse_load``, bound as the instance's
+    (``guards.refuse_train``, ``refuse_apply``, ``refuse_load``, bound as the instance's
     methods; a shallow ``copy.copy`` of such a module shares those bindings with the
     original)."""
     for blk in blocks:

@@ -5,107 +5,34 @@ its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), 
 from __future__ import annotations
 
 import json
-import threading
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .nn.block import BlockMasks, LaudBottleneck, detached_copy
+from .guards import (
+    LOAD_REFUSED,
+    TRAIN_REFUSED,
+    call_lock,
+    hooked,
+    mark_nan,
+    no_autocast,
+    nonfinite_samples,
+    refuse_conversion,
+    refuse_tracing,
+)
+from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
-from .ops.fold import Fingerprint, FoldedBlock, bn_scale_shift, derived
+from .ops.fold import FoldedBlock
 from .ops.layer import gate_values
 from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
-from .ops.packed import PackedConv
 from .order import SampleOrder, caller_masks, take_masks
 from .schedule import Choice, DispatchTable
+from .stem import set_stem, stem
 
 CL = torch.channels_last
-
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def call_lock(module: nn.Module) -> threading.RLock:
-    """The lock a compiled block or model holds for the length of a forward (re-entrant:
-    a model's forward calls its blocks'), made on first use and kept outside the module,
-    so that copies and pickles of it hold none. Concurrent calls from several threads
-    take turns: the engine's per-block caches (sliced and packed weights, their byte
-    count) and ``last_*`` are updated by every call, and raced, lost cache accounting
-    or raised KeyError (a review in session 29)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(module)
-        if lock is None:
-            lock = _LOCKS[module] = threading.RLock()
-    return lock
-
-
-LOAD_REFUSED = (
-    "a compiled model cannot load a state dict: its convolutions hold weights folded at "
-    "compile time (BN folded in). Load the state dict into the model you compiled and "
-    "call laudtriton.compile on it again")
-
-
-TRAIN_REFUSED = (
-    "a compiled model is inference only; train the model you compiled (or the eval-mode "
-    "copy in `.source` of a CompiledModel) and call laudtriton.compile on it again")
-
-
-def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
-    """``module.train`` for a module of the user's that compile returned with compiled
-    parts inside (``compile`` binds it as the instance's ``train``): mode True raises
-    before any flag changes. Plain ``nn.Module.train`` sets the module's own flag and
-    those of the children before the compiled one, which only then raises, and would
-    leave a Dropout or BatchNorm of the user's in training mode. mode False is the
-    class's own ``train``."""
-    if mode:
-        raise RuntimeError(TRAIN_REFUSED)
-    return type(module).train(module, False)
-
-
-def refuse_apply(module: nn.Module, dtype: torch.dtype, device: torch.device, fn,
-                 recurse: bool = True) -> nn.Module:
-    """``module._apply`` for a module of the user's that compile returned with compiled
-    parts inside (bound by ``compile`` as ``train`` is, ``refuse_train``): a change of
-    dtype or device raises before any tensor converts. The class's ``_apply`` would
-    convert the modules listed before a compiled part, which only then raises, and leave
-    the module half converted."""
-    refuse_conversion(fn, dtype, device)
-    return type(module)._apply(module, fn, recurse)
-
-
-def refuse_load(module: nn.Module, *args, **kwargs):
-    """``module.load_state_dict`` for a module of the user's with compiled parts inside:
-    raises before any parameter is copied (the class's method would load the modules
-    before a compiled part, which only then raises)."""
-    raise RuntimeError(LOAD_REFUSED)
-
-
-def no_autocast(device_type: str):
-    """A context without autocast for ``device_type``: a compiled model computes in the
-    dtype it was compiled for, its head and its maskers included (under autocast the
-    copies of avgpool and fc would compute in another dtype than its blocks)."""
-    return torch.autocast(device_type, enabled=False)
-
-
-def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
-    """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
-    tensor) would change the dtype or device of a compiled model: its folded weights,
-    packed convolutions and plan are made for one dtype and device.
-
-    Raises:
-        RuntimeError: naming the compiled and the asked dtype and device.
-    """
-    here = torch.zeros(1, dtype=dtype, device=device)
-    probe = fn(here)
-    if probe.dtype != here.dtype or probe.device != here.device:
-        raise RuntimeError(
-            f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
-            f"compiled for {here.dtype} on {here.device}. Compile the model again with "
-            f"dtype={probe.dtype} (backend for the device)")
 
 
 @dataclass(frozen=True)
@@ -508,65 +435,6 @@ def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
     return mean64(masks.channel if spec.mode == "channel" else masks.grid)
 
 
-def _fx_tracing() -> bool:
-    """Whether torch.fx symbolic tracing runs (not ``is_fx_tracing``, which logs a warning
-    on its first call, tracing or not)."""
-    import torch.fx._symbolic_trace as fx
-
-    check = getattr(fx, "is_fx_symbolic_tracing", None)
-    return bool(check() if check is not None else getattr(fx, "_is_fx_tracing_flag", False))
-
-
-def refuse_tracing(who: str) -> None:
-    """Raise under ``torch.jit.trace``, ``torch.export`` and ``torch.fx`` symbolic tracing:
-    the variant, the sliced weights and the gather indices are chosen in Python from each
-    input's masks, so a trace would record one input's choices as constants and give
-    wrong results on every other input, silently (a traced channel block: 0.71 relative
-    error on another input, while torch's own trace check passed). ``torch.compile`` is
-    not refused: it breaks its graph at the call lock and runs the forward eagerly.
-
-    Raises:
-        RuntimeError: naming ``who``.
-    """
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    if torch.jit.is_tracing() or exporting() or _fx_tracing():
-        raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
-                           "torch.export, torch.fx): which kernels run, on which pixels and "
-                           "channels, is decided on each input's masks in Python, so a "
-                           "trace would fix one input's choices; call it eagerly "
-                           "(torch.compile works, running it as it is)")
-
-
-def hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or a module inside it has a forward hook or pre-hook, its own or
-    one registered for every module (``nn.modules.module.register_module_forward_hook``,
-    ``register_module_forward_pre_hook``)."""
-    glob = nn.modules.module
-    if (getattr(glob, "_global_forward_hooks", None)
-            or getattr(glob, "_global_forward_pre_hooks", None)):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
-
-
-def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
-    """[B] bool, the samples of x that hold NaN or inf, for ``mark_nan``: the fused ReLUs
-    of the engine (oneDNN's, ``ops.packed.PackedConv``; the Triton kernels'
-    ``tl.maximum``) turn NaN into 0 where torch.relu keeps it, so without this a
-    non-finite input could come back as finite numbers where the reference's output is
-    not finite. On CPU one sum first, and None when it is finite (the per-sample test
-    only when it is not); on CUDA the per-sample test on the device, without a host
-    sync."""
-    if x.device.type == "cpu" and bool(torch.isfinite(x.sum())):
-        return None
-    return ~torch.isfinite(x).flatten(1).all(1)
-
-
-def mark_nan(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    """out with the samples ``bad`` ([B] bool, ``nonfinite_samples``) set to NaN, in
-    place."""
-    return out.masked_fill_(bad.view(-1, *(1,) * (out.dim() - 1)), float("nan"))
-
-
 class Plan:
     """Printable per-block plan: name, mode, S, and the variant chosen per rate (each rate
     a timing was taken at, or a bucket where it is predicted)."""
@@ -588,104 +456,3 @@ class Plan:
         return "\n".join(lines)
 
     __repr__ = __str__
-
-
-STEM_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)  # keep a ReLU output >= 0
-
-
-def foldable_bn(bn: nn.Module) -> bool:
-    """Whether ``bn`` folds into the convolution before it (``ops.fold.bn_scale_shift``):
-    an affine nn.BatchNorm2d with running statistics, computing BatchNorm2d's own forward
-    (a subclass that overrides it computes something the fold does not)."""
-    return (isinstance(bn, nn.BatchNorm2d) and own_forward(bn, nn.BatchNorm2d)
-            and bn.affine and bn.running_mean is not None)
-
-
-def own_forward(module: nn.Module, base: type) -> bool:
-    """Whether ``module`` (an instance of ``base``) computes ``base``'s forward: a subclass
-    may add state or a parametrization, not another computation."""
-    return all(getattr(type(module), a, None) is getattr(base, a, None)
-               for a in ("forward", "_conv_forward"))
-
-
-def check_resnet(model: LaudResNet) -> None:
-    """Raise unless ``model`` computes what a compiled LaudResNet runs: LaudResNet's own
-    forward, stem and head (not overridden), a stem of a plain ``Conv2d`` (any kernel,
-    square stride and padding, bias or not), an affine ``BatchNorm2d`` with running
-    statistics, ``nn.ReLU`` and a pooling in STEM_POOLS; the head's ``avgpool`` and ``fc``
-    may be any modules (the compiled model runs copies of them).
-
-    Raises:
-        ValueError: naming the method or module that differs.
-    """
-    cls = type(model)
-    for attr in ("forward", "stem", "head"):
-        if getattr(cls, attr) is not getattr(LaudResNet, attr):
-            raise ValueError(
-                f"compile: {cls.__name__} overrides LaudResNet.{attr}; a compiled LaudResNet "
-                "runs LaudResNet's own stem, blocks and head. Hold a LaudResNet in your "
-                "module instead of subclassing it (compile then compiles the LaudResNet "
-                "and keeps your module's forward)")
-    done = [name for name, b in model.blocks() if not isinstance(b, LaudBottleneck)]
-    if done:
-        raise ValueError(
-            f"compile: {done[0]} of the LaudResNet is a compiled block already (put there "
-            "by an earlier compile of a module around it, or by hand); compile the network "
-            "it came from")
-    conv, bn, relu, pool = model.conv1, model.bn1, model.relu, model.maxpool
-    problem = None
-    if (not isinstance(conv, nn.Conv2d) or not own_forward(conv, nn.Conv2d)
-            or type(conv.padding) is str):
-        problem = (f"conv1 is {conv!r}; accepted: an nn.Conv2d (computing Conv2d's own "
-                   "forward) with numeric padding")
-    elif (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
-          or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]):
-        problem = (f"conv1 is {conv!r}; accepted: groups 1, dilation 1, zero padding, "
-                   "the same stride and padding in both directions")
-    elif not foldable_bn(bn):
-        problem = f"bn1 is {bn!r}; accepted: an affine nn.BatchNorm2d with running statistics"
-    elif type(relu) is not nn.ReLU:
-        problem = f"relu is {relu!r}; accepted: nn.ReLU"
-    elif (not any(isinstance(pool, t) and own_forward(pool, t) for t in STEM_POOLS)
-          or getattr(pool, "return_indices", False)):
-        problem = (f"maxpool is {pool!r}; accepted: "
-                   f"{', '.join('nn.' + t.__name__ for t in STEM_POOLS)}")
-    if problem:
-        raise ValueError(f"compile: the stem's {problem}")
-
-
-def set_stem(owner: nn.Module, model: LaudResNet, device, dtype: torch.dtype,
-             memory_format: torch.memory_format) -> None:
-    """Give ``owner`` the folded stem of ``model`` (``check_resnet`` first): buffers
-    ``stem_w`` and ``stem_b``, ``stem_stride``, ``stem_padding`` and ``stem_pool`` (a copy
-    of model.maxpool)."""
-    check_resnet(model)
-    w, b = fold_conv_bn(model.conv1, model.bn1)
-    owner.register_buffer("stem_w", w.to(device, dtype).contiguous(memory_format=memory_format))
-    owner.register_buffer("stem_b", b.to(device, dtype))
-    owner.stem_stride, owner.stem_padding = model.conv1.stride[0], model.conv1.padding[0]
-    owner.stem_pool = detached_copy(model.maxpool).eval()
-
-
-def stem(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The folded ResNet stem, pool(relu(conv(x))), from ``set_stem``'s attributes of
-    ``owner``, the convolution as a PackedConv (weights packed once; 3x faster than
-    F.conv2d on the 2-core CPU), rebuilt when those tensors change. The compiled model and
-    the dense baseline share it."""
-    conv = derived(owner, "_stem_conv", Fingerprint((owner.stem_w, owner.stem_b),
-                                                    owner.stem_stride),
-                   lambda: PackedConv.make(owner.stem_w, owner.stem_b, owner.stem_stride,
-                                           owner.stem_padding, tuple(x.shape[-2:]),
-                                           batch=x.shape[0]))
-    return owner.stem_pool(conv(x, relu=True))
-
-
-@torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode bn(conv(x)) as one convolution: (weight, bias) in float64 (the caller
-    casts to its dtype once)."""
-    scale, shift = bn_scale_shift(bn)
-    w = conv.weight.double() * scale[:, None, None, None]
-    if conv.bias is not None:
-        shift = shift + scale * conv.bias.double()
-    return w, shift

@@ -27,7 +27,7 @@ SOURCES = ("measured", "cached", "predicted", "rule")
 DENSE_MARGIN = 0.05
 
 # The rates a table is filled at where nothing was timed (``fill_predictions``; compile's
-# tuning times ``compile.QUICK_RATES`` or every bucket). An entry is kept at the rate its
+# tuning times ``planning.QUICK_RATES`` or every bucket). An entry is kept at the rate its
 # masks realised (``ops.masks.dispatch_rate``), which may lie between buckets.
 BUCKET_STEP = 0.1
 

@@ -142,7 +142,7 @@ def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
     from laudtriton.bench import _block_rows
 
     calls = []
-    real = compiled_mod.nonfinite_samples
+    real = compiled_mod.nonfinite_samples  # from guards; compiled's blocks read this name
     monkeypatch.setattr(compiled_mod, "nonfinite_samples",
                         lambda x: calls.append(tuple(x.shape)) or real(x))
     torch.manual_seed(0)

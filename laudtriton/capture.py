@@ -1,0 +1,81 @@
+"""The example forward ``laudtriton.compile`` runs: the LAUD networks and blocks inside a
+model, and the input the forward calls each of them with."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .compiled import CompiledBlock, CompiledModel
+from .nn.block import LaudBottleneck
+from .nn.resnet import LaudResNet
+
+
+def _outermost(model: nn.Module, kinds, prefix: str = ""):
+    """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
+    model itself), not looking inside them or inside what compile already built."""
+    for name, child in model.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, kinds):
+            yield full, child
+        elif not isinstance(child, (CompiledBlock, CompiledModel)):
+            yield from _outermost(child, kinds, full)
+
+
+def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
+    """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
+    module in ``named`` [(name, module)] in the order they run (first call each), and the
+    names of those the forward never called. The input is the first positional argument,
+    else the keyword argument ``x`` (the parameter of LaudResNet.forward and
+    LaudBottleneck.forward).
+
+    Raises:
+        ValueError: if a module of ``named`` is called without a tensor input, or a
+            LaudResNet on inputs of two sizes (its CompiledModel runs one)."""
+    captured, seen, handles = [], {}, []
+
+    def hook(m, args, kwargs, name):
+        xin = args[0] if args else kwargs.get("x")
+        if name in seen:
+            first = seen[name]
+            if (isinstance(m, LaudResNet) and isinstance(xin, torch.Tensor)
+                    and xin.shape[1:] != first[1:]):  # a CompiledModel runs one size
+                raise ValueError(
+                    f"compile: {name} is called on inputs of two sizes in one forward "
+                    f"([B, {', '.join(map(str, first[1:]))}] then "
+                    f"[B, {', '.join(map(str, xin.shape[1:]))}]); a compiled LaudResNet "
+                    "runs the input size it was compiled for: give each size its own copy "
+                    "of the network (copy.deepcopy), each then compiled for its size")
+            return
+        if not isinstance(xin, torch.Tensor):
+            raise ValueError(f"compile: {name} is called with {len(args)} positional "
+                             f"arguments and keywords {sorted(kwargs)}; accepted: its input "
+                             "tensor, as the first argument or as x=")
+        seen[name] = tuple(xin.shape)
+        captured.append((name, m, xin.detach()))
+    for name, mod in named:
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(x)
+    except ValueError:  # ours (the hooks above) or the model's, with its own message
+        raise
+    except Exception as e:  # the model's forward fails on its own: it cannot be compiled
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"compile: the model's own forward fails on the example input "
+                         f"({type(e).__name__}: {text}); compile runs it first, to find "
+                         "its blocks' inputs") from e
+    finally:
+        for h in handles:
+            h.remove()
+    return captured, [name for name, _ in named if name not in seen]
+
+
+def _block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
+    """Run the reference model in eval: ``_inputs`` of every LAUD block outside what
+    compile built (the blocks of a LaudResNet a user's forward calls one by one
+    included)."""
+    if isinstance(model, LaudBottleneck):
+        return _inputs(model, x, [("block", model)])
+    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))

@@ -1,0 +1,272 @@
+"""What ``laudtriton.compile`` checks before it plans anything: its options, the places of
+the LAUD blocks in a model, the forward hooks a compiled model would drop, and that each
+block's modules and maskers are what the fold and the compiled gates compute."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from torch import nn
+
+from .nn.block import LaudBottleneck
+from .nn.maskers import MaskerChannelMLP, MaskerSpatial
+from .nn.resnet import LaudResNet
+from .ops import get_variant
+from .planning import _candidates
+from .stem import foldable_bn, own_forward
+from .tune.cache import refuse_bad_dir
+
+BACKENDS = ("auto", "cpu", "cuda")
+TUNE_MODES = ("cached", "quick", "full", "off")
+DISPATCH = ("dynamic", "static")
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} unknown; accepted: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise ValueError("backend 'cuda' asked for, but torch sees no CUDA device")
+    return backend
+
+
+def _folded_hook(hook) -> bool:
+    """A pre-hook that only recomputes its module's weight from other tensors (pruning,
+    ``weight_norm``, ``spectral_norm``): the example forward runs it, and the fold reads
+    the weight it leaves (a snapshot, as every folded weight is)."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return isinstance(hook, (prune.BasePruningMethod, WeightNorm, SpectralNorm))
+
+
+def _check_hooks(net: nn.Module, prefix: str = "") -> None:
+    """Raise if a module of ``net`` (a LaudResNet or LaudBottleneck about to be compiled;
+    ``prefix`` its name in the user's module) holds a forward hook or pre-hook that the
+    compiled model would drop. It runs its own stem, blocks and maskers; only copies of a
+    LaudResNet's ``avgpool`` and ``fc`` and of a block's ``conv_linear`` channel masker
+    run as modules, hooks included (not on such a masker in a LaudResNet with layer
+    blocks, which may reorder the batch). A LaudResNet never calls its stage containers
+    (``layer1``...) as modules, and the hooks of pruning, ``weight_norm`` and
+    ``spectral_norm`` are folded (``_folded_hook``). A hook on ``maxpool`` (whose copy
+    runs) is refused too: the blocks overwrite the stem's output in place, under whatever
+    the hook saw or returned.
+
+    Raises:
+        ValueError: naming the first hooked module.
+    """
+    kept = ("avgpool", "fc") if isinstance(net, LaudResNet) else ()
+    copied = [n for n, m in net.named_modules() if isinstance(m, LaudBottleneck)
+              and m.masker_channel is not None
+              and not isinstance(m.masker_channel, MaskerChannelMLP)]
+    copied = [f"{n}.masker_channel" if n else "masker_channel" for n in copied]
+    reorders = kept and any(isinstance(m, LaudBottleneck) and m.dyn_mode == "layer"
+                            for m in net.modules())
+    if reorders:  # the blocks after a layer gate may run the batch in another order
+        for c in copied:
+            if any(not _folded_hook(h) for m in net.get_submodule(c).modules()
+                   for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]):
+                name = ".".join(n for n in (prefix, c) if n)
+                raise ValueError(
+                    f"compile: {name} has a forward hook or pre-hook; in a network with "
+                    "layer-skipping blocks the compiled model may run the batch in another "
+                    "order (order.SampleOrder), so the hook would see the samples "
+                    "reordered: remove it, or compile a network without layer skipping")
+    for sub, mod in net.named_modules():
+        if (sub.split(".")[0] in kept or re.fullmatch(r"layer\d+", sub) and kept
+                or any(sub == c or sub.startswith(c + ".") for c in copied)):
+            continue
+        hooks = [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]
+        if not any(not _folded_hook(h) for h in hooks):
+            continue
+        name = ".".join(n for n in (prefix, sub) if n) or type(net).__name__
+        if sub == "maxpool" and kept:
+            raise ValueError(
+                f"compile: {name} has a forward hook or pre-hook; the compiled model's "
+                "blocks overwrite the stem's output in place, so what the hook saw or "
+                "returned would change under it: remove it, or hook a module around the "
+                "LAUD network")
+        raise ValueError(
+            f"compile: {name} has a forward hook or pre-hook, which the compiled model "
+            "would never call (it runs its own stem, blocks and maskers; of a LaudResNet "
+            "only copies of avgpool and fc run as modules): remove it, or hook a module "
+            "around the LAUD network")
+
+
+def check_block_places(model: nn.Module) -> None:
+    """Raise unless every LAUD block of a LaudResNet in ``model`` sits in one place of
+    it, and no LAUD block inside another: compile finds blocks by place (each place
+    becomes a compiled block), and ``LaudResNet.blocks()``, which the reference's forward
+    runs, lists a shared block once and a nested one beside its parent, so the two would
+    run other blocks. (A whole LaudResNet in two places of a module: its first place
+    becomes a CompiledModel, the other keeps its stem and head with compiled blocks. A
+    LAUD block in two places of a module outside any LaudResNet is compiled in its first
+    place, with a warning naming the others.)
+
+    Raises:
+        ValueError: naming both places of a shared block, or the nested block.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, LaudBottleneck):
+            inner = next((n for n, c in m.named_modules()
+                          if n and isinstance(c, LaudBottleneck)), None)
+            if inner is not None:
+                where = f"{name}.{inner}" if name else inner
+                raise ValueError(f"compile: {where} is a LaudBottleneck inside the "
+                                 f"LaudBottleneck {name or '(the model)'}, which compile "
+                                 "does not support: put it beside the block")
+        if not isinstance(m, LaudResNet):  # a whole network may be shared, not a block
+            continue
+        places: dict[int, str] = {}
+        for bname, b in m.named_modules(remove_duplicate=False):
+            if isinstance(b, LaudBottleneck):
+                if id(b) in places:
+                    net = f"{name}." if name else ""
+                    raise ValueError(f"compile: {net}{places[id(b)]} and {net}{bname} are "
+                                     "one LaudBottleneck (a block shared between two "
+                                     "places), which compile does not support: give each "
+                                     "place its own block (copy.deepcopy)")
+                places[id(b)] = bname
+
+
+def check_foldable(name: str, block: LaudBottleneck) -> None:
+    """Raise unless ``ops.fold_block`` computes ``block`` exactly, with stride 1 or 2:
+    conv1 and conv3 1x1,
+    conv2 3x3 with padding 1 and the block's stride, all without bias, groups 1,
+    dilation 1 and zero padding; bn1-bn3 affine BatchNorm2d with running statistics; the
+    activation nn.ReLU; a downsample that is None or nn.Sequential(1x1 conv of the
+    block's stride, no bias; that BN); maskers as ``laudtriton.nn.maskers`` builds them.
+
+    Raises:
+        ValueError: naming the block and the module that differs.
+    """
+    def conv_ok(c, k, stride, pad):
+        return (isinstance(c, nn.Conv2d) and own_forward(c, nn.Conv2d)  # parametrized too
+                and c.kernel_size == (k, k) and c.stride == (stride,) * 2
+                and c.padding == (pad, pad) and c.dilation == (1, 1) and c.groups == 1
+                and c.bias is None and c.padding_mode == "zeros")
+
+    cls = type(block)
+    for attr in ("forward", "compute_masks", "grid_size", "out_hw"):
+        if getattr(cls, attr) is not getattr(LaudBottleneck, attr):
+            raise ValueError(
+                f"compile: {name} is a {cls.__name__}, which overrides LaudBottleneck."
+                f"{attr}; a compiled block computes LaudBottleneck's own masks and "
+                "forward. Hold the block in a module of yours instead of subclassing it")
+    s = block.stride
+    if s not in (1, 2):  # LAUDNet's strides: at 3 and more the gates' mask1 of a 1x1 grid
+        # (every input pixel) is not the reference's (pixels no output reads stay off)
+        raise ValueError(f"compile: {name} has stride {s}; compiled LAUD blocks take stride "
+                         "1 or 2 (those of LAUDNet's networks)")
+    parts = [("conv1", block.conv1, conv_ok(block.conv1, 1, 1, 0)),
+             ("conv2", block.conv2, conv_ok(block.conv2, 3, s, 1)),
+             ("conv3", block.conv3, conv_ok(block.conv3, 1, 1, 0)),
+             ("bn1", block.bn1, foldable_bn(block.bn1)), ("bn2", block.bn2, foldable_bn(block.bn2)),
+             ("bn3", block.bn3, foldable_bn(block.bn3)),
+             ("relu", block.relu, type(block.relu) is nn.ReLU)]
+    ds = block.downsample
+    if ds is not None:
+        ok = (type(ds) is nn.Sequential and len(ds) == 2 and conv_ok(ds[0], 1, s, 0)
+              and foldable_bn(ds[1]))
+        parts.append(("downsample", ds, ok))
+    for part, mod, ok in parts:
+        if not ok:
+            raise ValueError(
+                f"compile: {name}.{part} is {mod!r}; the compiled block folds a LAUD "
+                "bottleneck as LaudBottleneck builds it (1x1, 3x3 with padding 1 and the "
+                "block's stride, 1x1 convolutions without bias, each followed by an affine "
+                "BatchNorm2d; nn.ReLU; a downsample of a 1x1 strided convolution without "
+                "bias and a BatchNorm2d)")
+    _check_maskers(name, block)
+
+
+def _check_maskers(name: str, block: LaudBottleneck) -> None:
+    """Raise unless the block's maskers are what the compiled block's gates
+    (``ops.masks.Gates``) read: a ``MaskerSpatial`` whose conv is a 1x1 nn.Conv2d with
+    bias to 2 logits; a ``MaskerChannelMLP`` of nn.Linear layers with bias (two with an
+    nn.ReLU between them, or one) to 2·G logits. Their weights may be parametrized
+    (``weight_norm``): the gates read the weights it computes, once. Another channel
+    masker runs as it is.
+
+    Raises:
+        ValueError: naming the block and the masker that differs.
+    """
+    def plain(m, base):  # base's own computation; a parametrized weight allowed
+        return isinstance(m, base) and own_forward(m, base)
+
+    ms, mc = block.masker_spatial, block.masker_channel
+    if ms is not None:
+        c = getattr(ms, "conv", None)
+        if not (type(ms) is MaskerSpatial and plain(c, nn.Conv2d)
+                and c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
+                and c.dilation == (1, 1) and c.groups == 1 and c.bias is not None
+                and c.out_channels == 2):
+            raise ValueError(
+                f"compile: {name}.masker_spatial is {ms!r}; the compiled block reads a "
+                "MaskerSpatial whose conv is a 1x1 nn.Conv2d with bias to 2 logits")
+    if isinstance(mc, MaskerChannelMLP):
+        seq = mc.conv
+        layers = ([seq] if plain(seq, nn.Linear)
+                  else list(seq) if type(seq) is nn.Sequential else [])
+        ok = (type(mc) is MaskerChannelMLP and len(layers) in (1, 3)
+              and all(plain(m, nn.Linear) and m.bias is not None for m in layers[::2])
+              and all(type(m) is nn.ReLU for m in layers[1::2])
+              and layers[-1].out_features == 2 * mc.groups)
+        if not ok:
+            raise ValueError(
+                f"compile: {name}.masker_channel is {mc!r}; the compiled block reads a "
+                "MaskerChannelMLP of nn.Linear layers with bias (Linear, ReLU, Linear or "
+                "one Linear) to 2·G logits")
+
+
+def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, variants
+                   ) -> tuple[str, tuple[str, ...] | None]:
+    """The backend resolved and the variant names as a tuple, after checking every option
+    of ``compile``.
+
+    Raises:
+        ValueError: naming the option that is not accepted.
+    """
+    if tune not in TUNE_MODES:
+        raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
+    backend = _resolve_backend(backend)
+    if variants is not None:
+        try:
+            variants = (variants,) if isinstance(variants, str) else tuple(variants)
+        except TypeError:
+            raise ValueError(f"variants must be a variant name or a list of names, got "
+                             f"{type(variants).__name__} {variants!r}") from None
+        if not variants:
+            raise ValueError("variants is empty; give variant names, or None for every "
+                             "variant a block supports")
+        for name in variants:
+            if not isinstance(name, str):
+                raise ValueError(f"variants: {name!r} is not a variant name")
+            get_variant(name)  # raises on an unknown name
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
+                         "dtype (float32, float16, bfloat16, float64)")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got "
+                         f"{type(cache_dir).__name__} {cache_dir!r}")
+    refuse_bad_dir(cache_dir)  # whatever ``tune`` is
+    return backend, variants
+
+
+def _check_variants(variants, specs, backend: str) -> None:
+    """Raise when ``variants`` is given and no block of ``specs`` runs any of them (each
+    block falls back to dense where none of them runs it; when none runs anywhere, the
+    request itself is wrong)."""
+    if variants is None or not specs:
+        return
+    usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
+    if not usable & set(variants):
+        raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
+                         f"model runs any of them on {backend}; accepted here: "
+                         f"{', '.join(sorted(usable))}")

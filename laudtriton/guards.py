@@ -1,0 +1,153 @@
+"""Guards of the compiled runtime: the lock a forward holds, what a compiled model or a
+module holding compiled parts refuses (training, loading a state dict, another dtype or
+device, tracing and export), autocast kept out, the test for forward hooks, and the
+samples of a non-finite input, which come back as NaN."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch import nn
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def call_lock(module: nn.Module) -> threading.RLock:
+    """The lock a compiled block or model holds for the length of a forward (re-entrant:
+    a model's forward calls its blocks'), made on first use and kept outside the module,
+    so that copies and pickles of it hold none. Concurrent calls from several threads
+    take turns: the engine's per-block caches (sliced and packed weights, their byte
+    count) and ``last_*`` are updated by every call, and raced, lost cache accounting
+    or raised KeyError (a review in session 29)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+    return lock
+
+
+LOAD_REFUSED = (
+    "a compiled model cannot load a state dict: its convolutions hold weights folded at "
+    "compile time (BN folded in). Load the state dict into the model you compiled and "
+    "call laudtriton.compile on it again")
+
+
+TRAIN_REFUSED = (
+    "a compiled model is inference only; train the model you compiled (or the eval-mode "
+    "copy in `.source` of a CompiledModel) and call laudtriton.compile on it again")
+
+
+def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``module.train`` for a module of the user's that compile returned with compiled
+    parts inside (``compile`` binds it as the instance's ``train``): mode True raises
+    before any flag changes. Plain ``nn.Module.train`` sets the module's own flag and
+    those of the children before the compiled one, which only then raises, and would
+    leave a Dropout or BatchNorm of the user's in training mode. mode False is the
+    class's own ``train``."""
+    if mode:
+        raise RuntimeError(TRAIN_REFUSED)
+    return type(module).train(module, False)
+
+
+def refuse_apply(module: nn.Module, dtype: torch.dtype, device: torch.device, fn,
+                 recurse: bool = True) -> nn.Module:
+    """``module._apply`` for a module of the user's that compile returned with compiled
+    parts inside (bound by ``compile`` as ``train`` is, ``refuse_train``): a change of
+    dtype or device raises before any tensor converts. The class's ``_apply`` would
+    convert the modules listed before a compiled part, which only then raises, and leave
+    the module half converted."""
+    refuse_conversion(fn, dtype, device)
+    return type(module)._apply(module, fn, recurse)
+
+
+def refuse_load(module: nn.Module, *args, **kwargs):
+    """``module.load_state_dict`` for a module of the user's with compiled parts inside:
+    raises before any parameter is copied (the class's method would load the modules
+    before a compiled part, which only then raises)."""
+    raise RuntimeError(LOAD_REFUSED)
+
+
+def no_autocast(device_type: str):
+    """A context without autocast for ``device_type``: a compiled model computes in the
+    dtype it was compiled for, its head and its maskers included (under autocast the
+    copies of avgpool and fc would compute in another dtype than its blocks)."""
+    return torch.autocast(device_type, enabled=False)
+
+
+def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
+    tensor) would change the dtype or device of a compiled model: its folded weights,
+    packed convolutions and plan are made for one dtype and device.
+
+    Raises:
+        RuntimeError: naming the compiled and the asked dtype and device.
+    """
+    here = torch.zeros(1, dtype=dtype, device=device)
+    probe = fn(here)
+    if probe.dtype != here.dtype or probe.device != here.device:
+        raise RuntimeError(
+            f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
+            f"compiled for {here.dtype} on {here.device}. Compile the model again with "
+            f"dtype={probe.dtype} (backend for the device)")
+
+
+def _fx_tracing() -> bool:
+    """Whether torch.fx symbolic tracing runs (not ``is_fx_tracing``, which logs a warning
+    on its first call, tracing or not)."""
+    import torch.fx._symbolic_trace as fx
+
+    check = getattr(fx, "is_fx_symbolic_tracing", None)
+    return bool(check() if check is not None else getattr(fx, "_is_fx_tracing_flag", False))
+
+
+def refuse_tracing(who: str) -> None:
+    """Raise under ``torch.jit.trace``, ``torch.export`` and ``torch.fx`` symbolic tracing:
+    the variant, the sliced weights and the gather indices are chosen in Python from each
+    input's masks, so a trace would record one input's choices as constants and give
+    wrong results on every other input, silently (a traced channel block: 0.71 relative
+    error on another input, while torch's own trace check passed). ``torch.compile`` is
+    not refused: it breaks its graph at the call lock and runs the forward eagerly.
+
+    Raises:
+        RuntimeError: naming ``who``.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    if torch.jit.is_tracing() or exporting() or _fx_tracing():
+        raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
+                           "torch.export, torch.fx): which kernels run, on which pixels and "
+                           "channels, is decided on each input's masks in Python, so a "
+                           "trace would fix one input's choices; call it eagerly "
+                           "(torch.compile works, running it as it is)")
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a module inside it has a forward hook or pre-hook, its own or
+    one registered for every module (``nn.modules.module.register_module_forward_hook``,
+    ``register_module_forward_pre_hook``)."""
+    glob = nn.modules.module
+    if (getattr(glob, "_global_forward_hooks", None)
+            or getattr(glob, "_global_forward_pre_hooks", None)):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
+    """[B] bool, the samples of x that hold NaN or inf, for ``mark_nan``: the fused ReLUs
+    of the engine (oneDNN's, ``ops.packed.PackedConv``; the Triton kernels'
+    ``tl.maximum``) turn NaN into 0 where torch.relu keeps it, so without this a
+    non-finite input could come back as finite numbers where the reference's output is
+    not finite. On CPU one sum first, and None when it is finite (the per-sample test
+    only when it is not); on CUDA the per-sample test on the device, without a host
+    sync."""
+    if x.device.type == "cpu" and bool(torch.isfinite(x.sum())):
+        return None
+    return ~torch.isfinite(x).flatten(1).all(1)
+
+
+def mark_nan(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """out with the samples ``bad`` ([B] bool, ``nonfinite_samples``) set to NaN, in
+    place."""
+    return out.masked_fill_(bad.view(-1, *(1,) * (out.dim() - 1)), float("nan"))

@@ -1,0 +1,135 @@
+"""The dispatch table of each distinct block ``laudtriton.compile`` plans: the variants
+that can run it, and their timings read from the autotune cache, taken now, or predicted,
+per ``tune`` mode (the rule is in ``laudtriton.compile``'s module docstring)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from .ops import BlockSpec, variants_for
+from .ops.masks import dispatch_rate
+from .ops.synthetic import synthetic_masks
+from .predict.hardware import DTYPES as PREDICTED_DTYPES
+from .schedule import Choice, DispatchTable, near, rate_key
+from .tune.keys import rate_bucket
+from .tune.measure import config_key, time_variants
+
+log = logging.getLogger("laudtriton")
+
+QUICK_RATES = (0.2, 0.5, 0.8)
+
+
+def _candidates(spec: BlockSpec, backend: str, only=None):
+    """Variants that run ``spec`` exactly on ``backend``; restricted to ``only`` when given
+    (falling back to ``dense`` where none of them supports the block)."""
+    cands = variants_for(spec, backend)
+    if backend == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            cands = [v for v in cands if not v.needs_triton]
+    if only is not None:
+        cands = [v for v in cands if v.name in only] or [v for v in cands if v.name == "dense"]
+    return cands
+
+
+ALL_BUCKETS = tuple(i / 10 for i in range(11))
+
+
+def _known_configs(hit, spaces: dict[str, set[str]], cache, spec, rate):
+    """The cached timings ``hit`` ({variant: {config: s}}) of the candidate variants
+    (``spaces``: their config keys on ``spec``), those of a config outside its variant's
+    space dropped with a warning naming the cache file: a hand-edited file, or one written
+    by another version of a variant's config list, must not reach a kernel launch."""
+    if not hit:
+        return hit
+    out, bad = {}, []
+    for v, cfgs in hit.items():
+        if v not in spaces:
+            continue
+        known = {c: t for c, t in cfgs.items()  # a JSON object (the cache checks)
+                 if config_key(json.loads(c)) in spaces[v]}
+        bad += [f"{v} {c}" for c in cfgs if c not in known]
+        if known:
+            out[v] = known
+    if bad:
+        log.warning("autotune cache %s: %s at rate %s has config(s) outside the "
+                    "variant's space, ignored: %s", cache.path, spec.short(), rate,
+                    ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    return out
+
+
+def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
+                say=lambda text: None) -> DispatchTable:
+    """The dispatch table of one distinct block (``compile``'s tune rule). say: called
+    with one line before ``tune`` "quick"/"full" times the block's rates (minutes in all
+    on a CPU with nothing cached: the caller shows progress)."""
+    table = DispatchTable()
+    actual = float(dispatch_rate(spec, masks))
+    failed: list[float] = []  # rates timed before where every candidate failed
+    seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
+    if tune in ("cached", "quick", "full") and cache is not None:
+        names = {c.name for c in cands}
+        spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
+        for r in cache.rates(spec):  # each at the rate it was timed at
+            hit = _known_configs(cache.lookup(spec, r), spaces, cache, spec, r)
+            for v, cfgs in (hit or {}).items():
+                best = seen.setdefault(v, {})
+                for c, t in cfgs.items():
+                    best[c] = min(t, best.get(c, math.inf))
+            # a rate counts only when every candidate has a current timing: after a
+            # source edit hides one variant's timings, the others' alone would decide
+            if hit and names <= set(hit):
+                table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
+                if rate_key(r) not in table.entries:
+                    failed.append(rate_key(r))
+    if tune in ("quick", "full"):
+        grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
+        todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
+                if not (table.covers(b) or near(failed, b))]  # not timed at every compile
+        said = False
+        for b in todo:
+            m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
+            # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
+            # is off at b = 0.2), once
+            r = rate_key(dispatch_rate(spec, m))
+            if r in table.entries or r in failed:
+                continue
+            if not said:
+                say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
+                    "rate(s)")
+                said = True
+            timings = time_variants(fb, spec, x, m, cands)
+            if cache is not None:
+                # scattered masks: an entry an old clustered sweep wrote is current again
+                cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
+            table.add(r, timings, "measured")
+            if r not in table.entries:  # every candidate failed: not again (below, or
+                failed.append(r)  # at the next compile: it is recorded)
+    # the predictor models float32, float16 and bfloat16; another dtype (float64) is
+    # timed on the example input below when nothing is cached
+    if (tune == "cached" and predictor is not None and len(cands) > 1
+            and spec.dtype in PREDICTED_DTYPES):
+        from .schedule import fill_predictions
+
+        # not a variant that failed wherever it was timed; with a config that ran
+        ran = {v: min(cfgs, key=cfgs.get) for v, cfgs in seen.items()
+               if any(math.isfinite(t) for t in cfgs.values())}
+        usable = [c for c in cands if c.name in ran or c.name not in seen]
+        if len(usable) > 1:
+            fill_predictions(table, spec, ALL_BUCKETS, usable, predictor[0], predictor[1],
+                             configs=ran)
+    if not table.entries and len(cands) == 1:  # nothing to choose from
+        table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
+    if not table.entries:  # "off", or "cached" with nothing cached: time on the example
+        if tune == "cached":
+            log.info("no cached timings for %s; timing on the example input", spec.short())
+        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
+    if not table.entries:
+        raise RuntimeError(
+            f"compile: every candidate variant ({', '.join(c.name for c in cands)}) failed "
+            f"on the example input of a block {spec.short()}; the warnings logged above "
+            "say why")
+    return table

@@ -141,14 +141,14 @@ def _check_counts(args, *names: str) -> None:
 def cmd_bench(args) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
-    from .tune.commands import (
+    from .tune.options import (
         check_batch,
         check_layout_options,
         check_output_path,
         fail,
         out_of_memory,
+        parse_rates,
     )
-    from .tune.options import parse_rates
 
     check_batch(args.batch)
     _check_counts(args, "reps", "repeat", "processes")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed runs of each model (default 20)")
     s.set_defaults(func=cmd_demo)
 
-    from .tune.commands import add_layout_options
+    from .tune.options import add_layout_options
 
     s = sub.add_parser("bench", help="dense vs compiled, per block and whole model")
     s.add_argument("--model", default="laud_resnet50",
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 141  # 128 + SIGPIPE, as a shell reports it
     except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written
-        from .tune.commands import fail
+        from .tune.options import fail
 
         return fail(args.command, str(e))
     except KeyboardInterrupt:

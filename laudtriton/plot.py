@@ -385,8 +385,8 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
-        from .tune.commands import check_cache_dir, check_device, check_nonempty, fail
         from .tune.keys import check_dir
+        from .tune.options import check_cache_dir, check_device, check_nonempty, fail
 
         dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:

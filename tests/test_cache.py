@@ -761,7 +761,7 @@ def test_device_fingerprint_of_a_missing_cuda_device_is_a_value_error(monkeypatc
 def test_check_device_refuses_a_missing_cuda_index(monkeypatch):
     import torch
 
-    from laudtriton.tune.commands import check_device
+    from laudtriton.tune.options import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

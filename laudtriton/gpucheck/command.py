@@ -119,7 +119,7 @@ def _options(args) -> list[int]:
     if len(set(batches)) != len(batches):
         raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
                          "timed twice)")
-    from ..tune.commands import check_input_size
+    from ..tune.options import check_input_size
 
     check_input_size(args.input_size)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -130,7 +130,7 @@ def _options(args) -> list[int]:
 def run(args) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
     one line on stderr for a bad option or no GPU: nothing ran)."""
-    from ..tune.commands import fail, make_writable_dir
+    from ..tune.options import fail, make_writable_dir
 
     try:
         batches = _options(args)

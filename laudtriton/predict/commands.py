@@ -48,8 +48,7 @@ def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
 def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
-    from ..tune.commands import check_batch, check_cache_dir, check_input_size
-    from ..tune.options import parse_stages
+    from ..tune.options import check_batch, check_cache_dir, check_input_size, parse_stages
 
     check_batch(args.batch)  # per-sample mask tables grow with it
     check_input_size(args.input_size)
@@ -242,7 +241,7 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_calibrate(args) -> int:
     """Run ``laudtriton calibrate``. Returns the exit code."""
-    from ..tune.commands import check_cache_dir, check_device, make_writable_dir
+    from ..tune.options import check_cache_dir, check_device, make_writable_dir
     from .calibrate import calibrate, calibration_path, save_calibration
 
     check_device(args.device)

@@ -1,13 +1,23 @@
-"""Parsing the values of the sweep's options (``--rates``, ``--granularity`` /
-``--channel-granularity``, ``--mode``, ``--shard``), which the bench, predict and design
-commands take as well.
+"""The command-line options the commands share: parsing their values (``--rates``,
+``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``) and checking the
+rest (``--batch``, ``--input-size``, ``--device``, cache folders, output paths), with the
+one-line error each gives (``fail``). The sweep and cache, bench, plot, predict, design and
+gpucheck commands use them.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
+import os
+import sys
+import tempfile
+
+import torch
 
 from ..nn.resnet import MODES, parse_modes
+from .keys import check_dir
 
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -105,3 +115,167 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise ValueError(f"--shard {text!r}: need 1 <= i <= n, e.g. '1/4'")
     return i, n
+
+
+def add_layout_options(p: argparse.ArgumentParser) -> None:
+    """--mode, --granularity, --channel-granularity: the LAUD model's layout, as ``bench``
+    and ``sweep`` take it (``check_layout_options`` checks them)."""
+    p.add_argument("--mode", default="spatial",
+                   help="spatial, channel, layer or both, or one per stage joined by '-' "
+                        "(default spatial)")
+    p.add_argument("--granularity", default="4-4-2-1",
+                   help="patch size S: one int, or one per stage joined by '-' "
+                        "(default 4-4-2-1)")
+    p.add_argument("--channel-granularity", default="1",
+                   help="channels per channel-mask group: one int, or one per stage "
+                        "joined by '-' (default 1)")
+
+
+def check_layout_options(args: argparse.Namespace) -> None:
+    """Raise a ValueError naming the first bad option of ``add_layout_options``."""
+    check_mode(args.mode, "--mode")
+    parse_stages(args.granularity, "--granularity")
+    parse_stages(args.channel_granularity, "--channel-granularity")
+
+
+def check_nonempty(path: str | None, flag: str) -> None:
+    """A ValueError naming ``flag`` when the path given with it is '' (or blank): an empty
+    path would silently mean the current directory."""
+    if path is not None and not path.strip():
+        raise ValueError(f"{flag} {path!r} is empty; give a path")
+
+
+def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
+    """A ValueError naming ``flag`` when ``path`` is empty, or names a file or lies inside
+    one (None: the default directory; ``keys.check_dir``)."""
+    if path is not None:
+        check_dir(path, flag, ", or leave the option out for the default")
+
+
+def make_writable_dir(path: str | None, flag: str) -> str | None:
+    """The directory ``path`` (given with ``flag``; None: nothing to do) made if missing,
+    and a file written in it, before any work, for a command whose point is to fill it:
+    a ValueError naming ``flag`` otherwise (no permission, a read-only file system).
+    Returns the outermost folder it made (None: every one existed), for
+    ``remove_if_empty`` when the command is refused afterwards."""
+    if path is None:
+        return None
+    try:
+        # joined, not normalised: "link/.." is the link target's parent, as the kernel
+        # resolves it (and as the cache then writes there)
+        folder = os.path.join(os.getcwd(), os.path.expanduser(path))
+        _, made = _nearest_existing(folder)
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
+                         ) from None
+    return made
+
+
+def _nearest_existing(path: str) -> tuple[str, str | None]:
+    """(the nearest of ``path`` and the folders above it that exists, the outermost one
+    that does not: None when ``path`` exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return path, missing
+
+
+def remove_if_empty(top: str | None) -> None:
+    """Remove the folders ``make_writable_dir`` made under ``top`` (and ``top``) if they
+    hold no file: a command refused after making them leaves nothing behind."""
+    if top is None:
+        return
+    for folder, _, files in sorted(os.walk(top), reverse=True):  # deepest first
+        if files:
+            return
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)
+
+
+MAX_BATCH = 4096  # predict takes ~4 s there (a batch of 1e6 ran for minutes); bench and
+# sweep at 224x224 would need ~2.5 GB for the input alone (a batch past int64 crashed torch)
+
+
+def check_batch(value: int, flag: str = "--batch") -> None:
+    """A ValueError naming ``flag`` unless ``value`` is in [1, MAX_BATCH]."""
+    if not 1 <= value <= MAX_BATCH:
+        raise ValueError(f"{flag} {value} must be in [1, {MAX_BATCH}]")
+
+
+def check_input_size(value: int | None, flag: str = "--input-size") -> None:
+    """A ValueError naming ``flag`` unless ``value`` (None: the default) is in [32,
+    MAX_INPUT_SIZE] (the stem and the four stages halve it five times)."""
+    if value is not None and not 32 <= value <= MAX_INPUT_SIZE:
+        raise ValueError(f"{flag} must be in [32, {MAX_INPUT_SIZE}] (the stem and the four "
+                         f"stages halve it five times), got {value}")
+
+
+def check_output_path(path: str | None, flag: str, replaced: bool = False,
+                      new_dirs: bool = False) -> None:
+    """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
+    a file: empty, a directory, in a directory that does not exist (unless ``new_dirs``:
+    the caller makes it; then only a file where a directory should be fails) or where no
+    file can be made, or an existing file without write permission (unless ``replaced``:
+    the file is written elsewhere and moved over it, which needs only the directory)."""
+    if path is None:
+        return
+    check_nonempty(path, flag)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if new_dirs and not os.path.isdir(parent):
+        above, _ = _nearest_existing(parent)
+        if not os.path.isdir(above):
+            raise ValueError(f"{flag} {path!r}: {above!r} is a file, not a directory")
+        return
+    if not os.path.isdir(parent):
+        why = "is a file" if os.path.exists(parent) else "does not exist"
+        raise ValueError(f"{flag} {path!r}: the directory {parent!r} {why}")
+    try:  # a file can be made there (the results would otherwise be lost at the end)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if not replaced and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
+
+
+def fail(command: str, msg: str, code: int = 2) -> int:
+    """Print ``laudtriton <command>: error: <msg>`` on one line to stderr; returns ``code``
+    (2: bad input), the exit code. Every subcommand reports its errors this way."""
+    print(f"laudtriton {command}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def out_of_memory(e: RuntimeError, options: str) -> ValueError:
+    """A one-line ValueError naming ``options`` (e.g. "--batch 64") for an allocator's
+    refusal (the C allocator's "can't allocate memory", CUDA's "Tried to allocate") or a
+    tensor size past int64 ("Storage size calculation overflowed"); any other
+    RuntimeError is raised again as it is."""
+    if "allocate" not in str(e) and "overflow" not in str(e):
+        raise e
+    return ValueError(f"{options}: out of memory ({str(e).splitlines()[0][:200]})")
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or an
+    available 'cuda[:N]'."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'"
+                         ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA GPU is available here; use 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s), cuda:0 on")
+    return dev

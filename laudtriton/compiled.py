@@ -21,6 +21,7 @@ from .guards import (
     nonfinite_samples,
     refuse_conversion,
     refuse_tracing,
+    tracing_refused,
 )
 from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
@@ -97,6 +98,10 @@ class CompiledBlock(nn.Module):
         with call_lock(self):
             return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
                               check_finite=check_finite)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
+        raise tracing_refused(f"CompiledBlock {self.name}")
 
     def _call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None, *,
               order: SampleOrder | None, check_masks: bool,
@@ -330,7 +335,6 @@ changes nothing here); to train, train the original model and compile it again.
         if x.device != self.device:
             raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor, masks: list[BlockMasks] | None = None, *,
                 check_masks: bool = True) -> torch.Tensor:
         """Logits (a LaudResNet) or the block's output for x [B, C, H, W].
@@ -358,8 +362,14 @@ changes nothing here); to train, train the original model and compile it again.
         ``last_stats`` are then those of the last forward of any thread.
         """
         refuse_tracing("CompiledModel")
-        with call_lock(self):
+        # no_grad inside, not as a decorator: fx's tracer reads the forward's own code
+        # (a decorator's wrapper failed it before this refusal could speak)
+        with torch.no_grad(), call_lock(self):
             return self._locked_forward(x, masks, check_masks)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
+        raise tracing_refused("CompiledModel")
 
     def _locked_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
                         check_masks: bool) -> torch.Tensor:

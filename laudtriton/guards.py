@@ -116,11 +116,19 @@ def refuse_tracing(who: str) -> None:
     """
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
     if torch.jit.is_tracing() or exporting() or _fx_tracing():
-        raise RuntimeError(f"{who} cannot be traced or exported (torch.jit.trace, "
-                           "torch.export, torch.fx): which kernels run, on which pixels and "
-                           "channels, is decided on each input's masks in Python, so a "
-                           "trace would fix one input's choices; call it eagerly "
-                           "(torch.compile works, running it as it is)")
+        raise tracing_refused(who)
+
+
+def tracing_refused(who: str) -> RuntimeError:
+    """The error ``refuse_tracing`` raises, and compiled modules'
+    ``__prepare_scriptable__`` (``torch.jit.script`` calls it on every module it is given,
+    submodules included, before it reads any code: without it, scripting failed inside
+    torch on the forward's signature)."""
+    return RuntimeError(f"{who} cannot be traced, exported or scripted (torch.jit.trace, "
+                        "torch.export, torch.fx, torch.jit.script): which kernels run, on "
+                        "which pixels and channels, is decided on each input's masks in "
+                        "Python, so a trace would fix one input's choices; call it eagerly "
+                        "(torch.compile works, running it as it is)")
 
 
 def hooked(module: nn.Module) -> bool:

@@ -1304,27 +1304,41 @@ def test_a_block_of_stride_3_is_refused():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
 def test_tracing_or_exporting_a_compiled_model_or_block_is_refused(mode):
     """torch.jit.trace of a compiled channel block passed torch's own trace check and
     then gave 0.71 relative error on any other input: the masks' choices (variant,
-    sliced weights, indices) were recorded as constants."""
+    sliced weights, indices) were recorded as constants. torch.jit.script and fx tracing
+    of the whole model failed inside torch (the forward's signature, its no_grad
+    decorator) before saying why."""
     model, x = tiny(mode), torch.randn(2, 3, 32, 32)
     calibrate_rates(model, x, 0.5)
     cm = compile_cpu(model, x)
+    refused = "CompiledModel cannot be traced, exported or scripted"
     with torch.no_grad():
         cm(x)
-        with pytest.raises(RuntimeError, match="CompiledModel cannot be traced or exported"):
+        with pytest.raises(RuntimeError, match=refused):
             torch.jit.trace(cm, x)
         blk = cm.blocks[1]
         xb = torch.relu(torch.randn(2, blk.spec.in_channels, *blk.spec.in_hw))
-        with pytest.raises(RuntimeError, match=f"CompiledBlock {blk.name} cannot be traced"):
+        blk_refused = f"CompiledBlock {blk.name} cannot be traced, exported or scripted"
+        with pytest.raises(RuntimeError, match=blk_refused):
             torch.jit.trace(blk, xb.contiguous(memory_format=torch.channels_last))
-        with pytest.raises(RuntimeError, match="CompiledModel cannot be traced or exported"):
+        with pytest.raises(RuntimeError, match=refused):
             torch.export.export(cm, (x,), strict=False)
-        with pytest.raises(RuntimeError, match=f"CompiledBlock {blk.name} cannot be traced"):
-            torch.fx.symbolic_trace(blk)  # (the model's no_grad forward fails fx earlier)
+        with pytest.raises(RuntimeError, match=blk_refused):
+            torch.fx.symbolic_trace(blk)
+        with pytest.raises(RuntimeError, match=refused):
+            torch.fx.symbolic_trace(cm)
+        with pytest.raises(RuntimeError, match=refused):
+            torch.jit.script(cm)
+        with pytest.raises(RuntimeError, match=blk_refused):
+            torch.jit.script(blk)
+        with pytest.raises(RuntimeError, match=refused):  # inside a module of the user's
+            torch.jit.script(nn.Sequential(nn.Identity(), cm))
         assert_close(cm(x), model(x))  # still usable eagerly
+    assert cm(x).grad_fn is None  # no_grad inside forward (no longer its decorator)
 
 
 def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():

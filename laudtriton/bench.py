@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -145,7 +145,11 @@ class BenchRow:
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
                 seed: int = 0) -> LaudResNet:
-    """A LAUD model with random weights and random (non-trivial) BN statistics."""
+    """A LAUD model with random weights and random (non-trivial) BN statistics.
+
+    Raises:
+        ValueError: an unknown model name, or a mode or granularity the model refuses.
+    """
     if name not in MODELS:
         raise ValueError(f"model {name!r} unknown; accepted: {', '.join(MODELS)}")
     torch.manual_seed(seed)
@@ -194,10 +198,10 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
     return rows
 
 
-def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
+def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], batch: int = 1,
           channel_granularity: int | str = 1, reps: int = 20, tune: str = "off",
           blocks: bool = True, repeat: int = 1, allocator: str = "default",
-          log=print) -> list[BenchRow]:
+          log: Callable[[str], object] = print) -> list[BenchRow]:
     """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
 
     allocator: "retain" calls ``runtime.retain_freed_memory()`` first (process-wide, for
@@ -208,7 +212,14 @@ def bench(model_name: str, mode: str, granularity: str, rates, batch: int = 1,
     model); each such row is the run with the median ratio (for an even count the upper
     middle one, less favourable to compiled), with every run's ratio in ``runs``. The
     new-input rows of later repeats continue the stream, so the engine's per-pattern
-    caches are warmer in them."""
+    caches are warmer in them.
+
+    Raises:
+        ValueError: repeat < 1, an unknown model or allocator, allocator "default" once
+            this process retains freed memory, or a mode or granularity the model refuses.
+        AssertionError: when the compiled logits are not the reference's (checked before
+            anything is timed).
+    """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     # building the first model validates the configuration before the allocator,
@@ -363,7 +374,7 @@ def format_rows(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[BenchRow], path) -> None:
+def write_csv(rows: list[BenchRow], path: str | Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         w.writeheader()
@@ -371,7 +382,7 @@ def write_csv(rows: list[BenchRow], path) -> None:
             w.writerow({**asdict(r), "runs": ";".join(repr(v) for v in r.runs)})
 
 
-def read_csv(path) -> list[BenchRow]:
+def read_csv(path: str | Path) -> list[BenchRow]:
     """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
     existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
     0, ``tune`` "", ``reps`` 0)."""
@@ -400,7 +411,7 @@ class ProcessFailed(RuntimeError):
     """A child ``laudtriton bench`` process of ``run_processes`` exited with an error."""
 
 
-def run_processes(argv: list[str], processes: int, log=print,
+def run_processes(argv: list[str], processes: int, log: Callable[[str], object] = print,
                   python: str = sys.executable, verbose: bool = False) -> list[BenchRow]:
     """``laudtriton bench <argv>`` in ``processes`` fresh Python processes, one after
     another (their output goes to this process's stdout); per-block rows come from the

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+from typing import NoReturn
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
 EXTERNAL = {
@@ -40,7 +41,7 @@ def _allocator() -> str:
         f"glibc {ver} (laudtriton bench retains freed memory unless --allocator default)")
 
 
-def cmd_env(args) -> int:
+def cmd_env(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
@@ -72,7 +73,7 @@ def cmd_env(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .bench import build_model, dense_forms, time_against_dense
@@ -138,7 +139,7 @@ def _check_counts(args, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
     from .tune.options import (
@@ -225,7 +226,7 @@ class OneLineErrors(argparse.ArgumentParser):
     """argparse's parser with its errors in one line, not after a usage block of up to
     nine: the CLI's promise (the module docstring). Its subcommands' parsers too."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for usage)\n")
 
 

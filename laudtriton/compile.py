@@ -39,8 +39,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,9 +76,12 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
 
-def compile(model=None, example_input: torch.Tensor | None = None, *, backend: str = "auto",
-            tune: str = "cached", cache_dir=None, dispatch: str = "dynamic",
-            dtype: torch.dtype | None = None, variants=None):
+def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
+            example_input: torch.Tensor | None = None, *, backend: str = "auto",
+            tune: str = "cached", cache_dir: str | os.PathLike[str] | None = None,
+            dispatch: str = "dynamic", dtype: torch.dtype | None = None,
+            variants: str | Iterable[str] | None = None
+            ) -> nn.Module | Callable[..., Any]:  # Callable: used as a decorator
     """Compile a LAUD model (or a single LaudBottleneck) into real sparse execution.
 
     Also a decorator: ``@laudtriton.compile`` or ``@laudtriton.compile(backend="cpu")`` on

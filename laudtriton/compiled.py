@@ -147,7 +147,7 @@ class CompiledBlock(nn.Module):
         """The source's LaudBottleneck this block was compiled from (eval mode)."""
         return self._reference[0]
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> CompiledBlock:
         if mode:
             raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)
@@ -312,7 +312,7 @@ changes nothing here); to train, train the original model and compile it again.
         runs = [blk.last_run for blk in self.blocks]
         return [] if None in runs else runs
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> CompiledModel:
         if mode:
             raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)

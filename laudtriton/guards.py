@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -46,38 +48,52 @@ def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
     before any flag changes. Plain ``nn.Module.train`` sets the module's own flag and
     those of the children before the compiled one, which only then raises, and would
     leave a Dropout or BatchNorm of the user's in training mode. mode False is the
-    class's own ``train``."""
+    class's own ``train``.
+
+    Raises:
+        RuntimeError: when mode is True.
+    """
     if mode:
         raise RuntimeError(TRAIN_REFUSED)
     return type(module).train(module, False)
 
 
-def refuse_apply(module: nn.Module, dtype: torch.dtype, device: torch.device, fn,
-                 recurse: bool = True) -> nn.Module:
+def refuse_apply(module: nn.Module, dtype: torch.dtype, device: torch.device,
+                 fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+                 ) -> nn.Module:
     """``module._apply`` for a module of the user's that compile returned with compiled
     parts inside (bound by ``compile`` as ``train`` is, ``refuse_train``): a change of
     dtype or device raises before any tensor converts. The class's ``_apply`` would
     convert the modules listed before a compiled part, which only then raises, and leave
-    the module half converted."""
+    the module half converted.
+
+    Raises:
+        RuntimeError: when ``fn`` would change the dtype or device (``refuse_conversion``).
+    """
     refuse_conversion(fn, dtype, device)
     return type(module)._apply(module, fn, recurse)
 
 
-def refuse_load(module: nn.Module, *args, **kwargs):
+def refuse_load(module: nn.Module, *args: Any, **kwargs: Any) -> NoReturn:
     """``module.load_state_dict`` for a module of the user's with compiled parts inside:
     raises before any parameter is copied (the class's method would load the modules
-    before a compiled part, which only then raises)."""
+    before a compiled part, which only then raises).
+
+    Raises:
+        RuntimeError: always.
+    """
     raise RuntimeError(LOAD_REFUSED)
 
 
-def no_autocast(device_type: str):
+def no_autocast(device_type: str) -> torch.autocast:
     """A context without autocast for ``device_type``: a compiled model computes in the
     dtype it was compiled for, its head and its maskers included (under autocast the
     copies of avgpool and fc would compute in another dtype than its blocks)."""
     return torch.autocast(device_type, enabled=False)
 
 
-def refuse_conversion(fn, dtype: torch.dtype, device: torch.device) -> None:
+def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
+                      device: torch.device) -> None:
     """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
     tensor) would change the dtype or device of a compiled model: its folded weights,
     packed convolutions and plan are made for one dtype and device.

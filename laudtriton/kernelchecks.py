@@ -5,13 +5,18 @@ raises on a mismatch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from .ops.registry import Variant
+
 
 @contextmanager
-def poisoned():
+def poisoned() -> Iterator[None]:
     """Every float torch.empty starts as NaN (an unwritten output then fails the check)."""
     empty = torch.empty
 
@@ -27,7 +32,7 @@ def poisoned():
 
 
 @contextmanager
-def exact_fp32():
+def exact_fp32() -> Iterator[None]:
     """fp32 matmuls and cuDNN convolutions in full fp32 precision (TF32 off) inside, as
     they were outside after. cuDNN runs fp32 convolutions in TF32 by default on Ampere
     and later: about 3e-4 of max|ref| off on these checks' shapes, over their 1e-4
@@ -50,7 +55,7 @@ def _close(out, ref, dtype, name, n=None):
             assert_close(out[b, ..., :m], ref[b, ..., :m], TOLERANCE[dtype], f"{name}[{b}]")
 
 
-def channel_kernel_checks(dev, dt):
+def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     from .kernels import channel_conv3x3 as cc
     from .kernels import channel_gemm as cg
     from .ops.triton_channel import channel_lists
@@ -86,7 +91,7 @@ def channel_kernel_checks(dev, dt):
         _close(y, cc.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
 
 
-def masker_kernel_checks(dev, dt):
+def masker_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     from .kernels import maskers as mk
     from .testing import assert_close
 
@@ -103,7 +108,7 @@ def masker_kernel_checks(dev, dt):
     assert_close(logits, mk.channel_masker_mlp_torch(x, layers)[1], 1e-4, "mlp")
 
 
-def spatial_kernel_checks(dev, dt):
+def spatial_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     """H3a's spatial family: indices -> gather_conv1x1 -> conv3x3 -> conv1x1_residual."""
     from .kernels import conv1x1_residual as cr
     from .kernels import conv3x3 as c3
@@ -137,7 +142,8 @@ def spatial_kernel_checks(dev, dt):
         assert_close(out, ref, TOLERANCE[dt], f"residual s{stride}")
 
 
-def variant_check(variant, mode, dev, dt):
+def variant_check(variant: Variant, mode: str, dev: str | torch.device,
+                  dt: torch.dtype) -> None:
     """``variant`` in ``mode`` on ``dev`` in ``dt`` against the reference block in float64
     on the same masks (``testing.reference_on_masks``, not the project's own fold):
     a block of each stride (on an odd map, or one S divides where the variant needs whole

@@ -24,6 +24,7 @@ Both run only on CPU (they read the gate on the host). BENCHMARKS.md has the A/B
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
@@ -113,7 +114,7 @@ class SampleOrder:
         return masks if self.identity else take_masks(masks, self.perm)
 
 
-def take_masks(masks: BlockMasks, idx) -> BlockMasks:
+def take_masks(masks: BlockMasks, idx: Sequence[int]) -> BlockMasks:
     """The masks of samples ``idx`` (in that order) along dim 0. A mask that broadcasts
     one value per sample over its map (a layer gate's mask3/mask1) stays a broadcast."""
 
@@ -136,7 +137,7 @@ def caller_masks(masks: BlockMasks, perm: tuple[int, ...] | None) -> BlockMasks:
     return masks if perm is None else take_masks(masks, inverse(perm))
 
 
-def inverse(perm) -> list[int]:
+def inverse(perm: Sequence[int]) -> list[int]:
     """The inverse permutation: inverse(perm)[perm[p]] = p."""
     inv = [0] * len(perm)
     for p, s in enumerate(perm):

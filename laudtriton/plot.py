@@ -27,6 +27,8 @@ from .tune.sweep_csv import read_csv
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .tune.cache import TuneCache
+
 log = logging.getLogger("laudtriton")
 
 Rows = Sequence[Mapping]
@@ -42,7 +44,7 @@ _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:olive", "tab:
 UNNAMED = "cache"  # the model of cache entries no sweep named (e.g. compile's timings)
 
 
-def rows_from_cache(cache) -> list[dict]:
+def rows_from_cache(cache: TuneCache) -> list[dict]:
     """Sweep-like rows (model, block, spec, spec_key, rate, variant, config, seconds,
     flops_ratio) from a TuneCache's current entries; models and block names come from
     the entries' meta (entries without them go under model ``UNNAMED``, one "block"
@@ -332,7 +334,8 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
     return path
 
 
-def predicted_curves(rows: Rows, cache_dir=None, device: str = "cpu") -> Predicted | None:
+def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: str = "cpu"
+                     ) -> Predicted | None:
     """{spec_key: {rate: seconds}}: the latency predictor's time of the fastest variant
     of each block spec at each rate of ``rows``, with efficiency factors fitted on this
     device's cached timings. None when the device has no calibration (``laudtriton
@@ -361,7 +364,7 @@ def predicted_curves(rows: Rows, cache_dir=None, device: str = "cpu") -> Predict
             for sid, (spec, variants, rates) in todo.items()}
 
 
-def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``plot`` to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser("plot", help="latency-vs-rate PNGs from a sweep CSV or the cache",
                               description="Latency vs activation rate per block and for the "

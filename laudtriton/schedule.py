@@ -12,7 +12,14 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .ops.registry import Variant
+    from .ops.spec import BlockSpec
+    from .predict.hardware import HardwareSpec
 
 SOURCES = ("measured", "cached", "predicted", "rule")
 
@@ -72,13 +79,14 @@ class Choice:
         return dict(self.config)
 
     @classmethod
-    def make(cls, variant: str, config: dict | str | None, seconds: float, source: str):
+    def make(cls, variant: str, config: dict | str | None, seconds: float, source: str
+             ) -> Choice:
         if isinstance(config, str):
             config = json.loads(config)
         return cls(variant, tuple(sorted((config or {}).items())), float(seconds), source)
 
 
-def near(rates, bucket: float) -> bool:
+def near(rates: Iterable[float], bucket: float) -> bool:
     """Whether one of ``rates`` lies within half a bucket (``BUCKET_STEP`` / 2) of
     ``bucket``."""
     return any(abs(r - bucket) <= BUCKET_STEP / 2 + 1e-9 for r in rates)
@@ -151,7 +159,8 @@ class DispatchTable:
 
 # -- predictions where nothing was measured (issue 6) ----------------------------------
 
-def fill_predictions(table: DispatchTable, spec, buckets, variants, hw,
+def fill_predictions(table: DispatchTable, spec: BlockSpec, buckets: Iterable[float],
+                     variants: Iterable[str | Variant], hw: HardwareSpec | str,
                      factors: dict | None = None, configs: dict | None = None) -> list[float]:
     """Add "predicted" entries to ``table`` for the ``buckets`` it does not cover
     (``DispatchTable.covers``); measured or cached entries are never replaced. Each
@@ -241,7 +250,7 @@ def check_target_rate(target: float) -> None:
         raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
 
 
-def check_modes(modes) -> None:
+def check_modes(modes: Sequence[str]) -> None:
     """Raise a ValueError naming ``--modes`` unless ``modes`` is a non-empty sequence of
     known modes (``predict.network.MODES``)."""
     from .predict.network import MODES
@@ -252,8 +261,9 @@ def check_modes(modes) -> None:
                          f"{', '.join(MODES)}")
 
 
-def design_stages(arch: str, modes, granularities, batch: int, input_size: int, dtype: str,
-                  channel_granularity) -> list[list[tuple[str, int, list]]]:
+def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int], batch: int,
+                  input_size: int, dtype: str, channel_granularity: int | str | Sequence[int]
+                  ) -> list[list[tuple[str, int, list[BlockSpec]]]]:
     """Per stage, the options ``design_search`` ranks: (mode, S, the stage's block specs
     with S there and 1 elsewhere). Needs no hardware: the ``design`` command checks its
     options with it before reading one (which may warn).
@@ -290,9 +300,10 @@ def design_stages(arch: str, modes, granularities, batch: int, input_size: int, 
     return stages
 
 
-def design_search(arch: str, hw, target: float, modes=("spatial", "channel", "layer"),
-                  granularities=(1, 2, 4, 8), batch: int = 1, input_size: int = 224,
-                  dtype: str | None = None, factors: dict | None = None,
+def design_search(arch: str, hw: HardwareSpec | str, target: float,
+                  modes: Sequence[str] = ("spatial", "channel", "layer"),
+                  granularities: Sequence[int] = (1, 2, 4, 8), batch: int = 1,
+                  input_size: int = 224, dtype: str | None = None, factors: dict | None = None,
                   channel_granularity: int = 1, top: int | None = None) -> list[Design]:
     """Every per-stage (mode, S) configuration of ``arch``, ranked by predicted latency at
     the FLOPs ratio ``target``, fastest first.

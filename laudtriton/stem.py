@@ -77,8 +77,8 @@ def check_resnet(model: LaudResNet) -> None:
         raise ValueError(f"compile: the stem's {problem}")
 
 
-def set_stem(owner: nn.Module, model: LaudResNet, device, dtype: torch.dtype,
-             memory_format: torch.memory_format) -> None:
+def set_stem(owner: nn.Module, model: LaudResNet, device: str | torch.device,
+             dtype: torch.dtype, memory_format: torch.memory_format) -> None:
     """Give ``owner`` the folded stem of ``model`` (``check_resnet`` first): buffers
     ``stem_w`` and ``stem_b``, ``stem_stride``, ``stem_padding`` and ``stem_pool`` (a copy
     of model.maxpool)."""

@@ -3,10 +3,17 @@ BN statistics and a verbose closeness check."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
 from .nn.block import LaudBottleneck
+
+if TYPE_CHECKING:
+    from .compiled import CompiledModel
+    from .nn.block import BlockMasks
+    from .nn.resnet import LaudResNet
 
 # Tolerances, as max |out − ref| <= tol · max |ref| (DESIGN.md section 2). Half types: four
 # units of roundoff u of the type (fp16 u = 2^-11, bf16 u = 2^-8): the kernels round their
@@ -34,7 +41,7 @@ def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) ->
 
 def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial",
                granularity: int = 1, channel_granularity: int = 1,
-               downsample: bool | None = None, seed: int = 0, **kwargs) -> LaudBottleneck:
+               downsample: bool | None = None, seed: int = 0, **kwargs: Any) -> LaudBottleneck:
     """A LaudBottleneck in eval mode with random weights and BN statistics, a function of
     ``seed`` alone (the global random state is left as it was).
 
@@ -57,7 +64,8 @@ def make_block(inplanes: int, planes: int, stride: int = 1, mode: str = "spatial
 
 
 @torch.no_grad()
-def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks) -> torch.Tensor:
+def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks: BlockMasks
+                       ) -> torch.Tensor:
     """The reference block (``laudtriton.nn``, the official semantics) in float64 on x,
     run with ``masks`` (a BlockMasks) instead of its maskers' decisions: what a variant
     given those masks must compute. ``block`` itself is left as it is (a copy runs); x
@@ -122,7 +130,7 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
 MASK_NAMES = ("grid", "mask3", "mask1", "channel")
 
 
-def assert_same_masks(compiled, reference) -> None:
+def assert_same_masks(compiled: CompiledModel, reference: LaudResNet | LaudBottleneck) -> None:
     """Assert that every block of a compiled LaudResNet or block (``compiled.blocks``)
     holds in ``last_masks`` the masks the reference's block holds (``reference.blocks()``
     of a LaudResNet, or the LaudBottleneck itself), field by field and exactly: run both

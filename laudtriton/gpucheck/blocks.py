@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..gpureport import RATES
 from .record import Run, describe, save
 
+if TYPE_CHECKING:
+    from ..nn.block import LaudBottleneck
+    from ..ops.spec import BlockSpec
+    from ..tune.cache import TuneCache
+
+    # what ``distinct_blocks`` returns
+    Blocks = dict[tuple[str, str], tuple[str, LaudBottleneck, BlockSpec, dict[str, list[str]]]]
+
 MODES = (("spatial", "4-4-2-1"), ("channel", "4-4-2-1"), ("layer", "4-4-2-1"))
 
 
 # -- 3. per-block timings -------------------------------------------------------------------
-def distinct_blocks(models: list[str], input_size: int):
+def distinct_blocks(models: list[str], input_size: int) -> Blocks:
     """{(mode, spec key at batch 1): (mode, block, spec, {model: [block names]})} for the
     blocks of every model and mode (ResNet-50 and -101 share their distinct shapes)."""
     from ..bench import build_model
@@ -34,8 +44,8 @@ def distinct_blocks(models: list[str], input_size: int):
     return out
 
 
-def time_blocks(r: Run, blocks, batches, n_configs: int, budget_end: float,
-                cache) -> list[int]:
+def time_blocks(r: Run, blocks: Blocks, batches: Iterable[int], n_configs: int,
+                budget_end: float, cache: TuneCache) -> list[int]:
     """Part 3: each block's dense and variant timings, batch by batch, into ``r.rows`` and
     ``cache``. A block whose timing raises is a failed check; the others go on. Returns
     the batches whose every block was reached before ``budget_end``."""

@@ -61,7 +61,7 @@ WATCHDOG_S = 30.0  # past --budget by this much, the run stops where it is (SIGA
 WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker processes stop then
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``gpucheck`` on an argparse subparsers object."""
     p = subparsers.add_parser("gpucheck", help="one prepared GPU run: kernels, timings, plots")
     _arguments(p)
@@ -127,7 +127,7 @@ def _options(args) -> list[int]:
     return batches
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
     one line on stderr for a bad option or no GPU: nothing ran)."""
     from ..tune.options import fail, make_writable_dir

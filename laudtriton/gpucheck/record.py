@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from ..gpureport import write_csv
@@ -42,7 +43,8 @@ class Run:
         with contextlib.suppress(OSError), open(self.log, "a") as fh:
             fh.write(line + "\n")
 
-    def check(self, name: str, fn, until: float | None = None, quiet: bool = False) -> bool:
+    def check(self, name: str, fn: Callable[[], object], until: float | None = None,
+              quiet: bool = False) -> bool:
         """Run ``fn`` and record a pass or a failure (with its error and the end of its
         traceback, for summary.json). until: a perf_counter time after which the check is
         not run but recorded as not run (a time box). quiet: record and print failures

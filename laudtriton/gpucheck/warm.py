@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +18,10 @@ from ..gpureport import RATES
 from ..tune.measure import is_sticky
 from .checks import part2_checks
 from .record import Run, describe
+
+if TYPE_CHECKING:
+    from ..ops.spec import BlockSpec
+    from .blocks import Blocks
 
 
 class WarmError(RuntimeError):
@@ -41,7 +47,7 @@ def _random_block(spec):
     return block
 
 
-def warm_block(device: str, spec, n_configs: int) -> None:
+def warm_block(device: str, spec: BlockSpec, n_configs: int) -> None:
     """Run once, at each of part 3's rates, every config part 3 times (the first
     ``n_configs``) of each Triton variant of ``spec`` (float16, as part 3), for their
     compiles alone. Raises the first error (a WarmError naming its variant) after trying
@@ -74,7 +80,7 @@ def warm_block(device: str, spec, n_configs: int) -> None:
         raise first
 
 
-def part3_warmups(blocks, batches: list[int]) -> list[tuple[str, dict]]:
+def part3_warmups(blocks: Blocks, batches: list[int]) -> list[tuple[str, dict]]:
     """(name, spec as a dict) of part 3's blocks that have a Triton variant (layer
     blocks have none: nothing to compile), batch by batch as part 3 times them, for
     ``warm_block`` in the compile workers."""
@@ -129,7 +135,9 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
             return  # fail alike and be taken for a fault of its own; the others go on
 
 
-def warm_compiles(r: Run, until: float, jobs: int, part3=None, n_configs: int = 2) -> int:
+def warm_compiles(r: Run, until: float, jobs: int,
+                  part3: Callable[[], Iterable[tuple[str, dict]]] | None = None,
+                  n_configs: int = 2) -> int:
     """Run part 2's checks, then part 3's Triton variants (``warm_block``), first in
     ``jobs`` spawned worker processes, so that their Triton JIT compiles (dozens, seconds
     each on a fresh machine: the bulk of parts 2 and 3) run in parallel and land in

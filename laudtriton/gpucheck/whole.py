@@ -5,6 +5,8 @@ same network's dense variants on its own masks (``WHOLE_TOL``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -40,7 +42,8 @@ def _within_float16(model):
     return model
 
 
-def whole_models(r: Run, batches, input_size: int, budget_end: float, cache_dir=None) -> None:
+def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: float,
+                 cache_dir: str | Path | None = None) -> None:
     """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
     in ``cache_dir``, part 3's) against its dense forms, per batch and mode (the network
     kept within float16's range, ``_within_float16``). The compiled

@@ -71,7 +71,8 @@ class KDLoss(nn.Module):
         super().__init__()
         self.temperature = positive_real("temperature", temperature)
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
+                ) -> torch.Tensor:
         t = self.temperature
         return F.kl_div(
             F.log_softmax(student_logits / t, dim=1),

@@ -28,7 +28,7 @@ class MapTooSmall(ValueError):
     """A feature map smaller than the block's granularity S (``mask_grid_size``)."""
 
 
-def positive_real(name: str, value) -> float:
+def positive_real(name: str, value: float | torch.Tensor) -> float:
     """``value`` as a float if it is a finite real number > 0 (not a bool; a one-value
     real tensor counts, e.g. an annealing schedule's); else a ValueError naming ``name``."""
     if (isinstance(value, torch.Tensor) and value.numel() == 1
@@ -77,7 +77,8 @@ class MaskerSpatial(nn.Module):
         pooled = x if tuple(x.shape[-2:]) == tuple(grid) else F.adaptive_avg_pool2d(x, grid)
         return self.conv(pooled)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], temperature: float = 1.0):
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], temperature: float = 1.0
+                ) -> tuple[torch.Tensor, int]:
         logits = self.logits(x, grid)
         mask = _hard_decision(logits, self.training, temperature).unsqueeze(1)
         cin = self.conv.weight.shape[1]
@@ -127,7 +128,7 @@ class MaskerChannelMLP(nn.Module):
         return [m for m in self.conv if isinstance(m, nn.Linear)] if isinstance(
             self.conv, nn.Sequential) else [self.conv]
 
-    def forward(self, x: torch.Tensor, temperature: float = 1.0):
+    def forward(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
         mask = _hard_decision(self.logits(x), self.training, temperature)
         c, h, w = x.shape[1:]
         return mask, c * h * w + self.mlp_flops
@@ -164,7 +165,7 @@ class MaskerChannelConvLinear(nn.Module):
     def last_linear(self) -> nn.Linear:
         return self.linear
 
-    def forward(self, x: torch.Tensor, temperature: float = 1.0):
+    def forward(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
         mask = _hard_decision(self.logits(x), self.training, temperature)
         red = self.linear.in_features
         h, w = x.shape[2:]

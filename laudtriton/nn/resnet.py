@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,7 @@ def _mode(v) -> str:
     return v
 
 
-def parse_modes(mode) -> list[str]:
+def parse_modes(mode: str | Sequence[str]) -> list[str]:
     """The mode of each of the 4 stages: one of ``MODES`` for all, "a-b-c-d", or a list.
 
     Raises:
@@ -326,14 +327,14 @@ def _build(arch: str, **kwargs) -> LaudResNet:
 
 
 def laud_resnet50(
-    mode="spatial",
-    granularity="4-4-2-1",
-    channel_granularity=1,
-    channel_masker="MLP",
-    channel_masker_layers=2,
-    channel_masker_reduction=16,
+    mode: str | Sequence[str] = "spatial",
+    granularity: int | str | Sequence[int] = "4-4-2-1",
+    channel_granularity: int | str | Sequence[int] = 1,
+    channel_masker: str | Sequence[str] = "MLP",
+    channel_masker_layers: int | str | Sequence[int] = 2,
+    channel_masker_reduction: int | str | Sequence[int] = 16,
     num_classes: int = 1000,
-    **kwargs,
+    **kwargs: Any,
 ) -> LaudResNet:
     """LAUD-ResNet-50.
 
@@ -360,14 +361,14 @@ def laud_resnet50(
 
 
 def laud_resnet101(
-    mode="spatial",
-    granularity="4-4-2-1",
-    channel_granularity=1,
-    channel_masker="MLP",
-    channel_masker_layers=2,
-    channel_masker_reduction=16,
+    mode: str | Sequence[str] = "spatial",
+    granularity: int | str | Sequence[int] = "4-4-2-1",
+    channel_granularity: int | str | Sequence[int] = 1,
+    channel_masker: str | Sequence[str] = "MLP",
+    channel_masker_layers: int | str | Sequence[int] = 2,
+    channel_masker_reduction: int | str | Sequence[int] = 16,
     num_classes: int = 1000,
-    **kwargs,
+    **kwargs: Any,
 ) -> LaudResNet:
     """LAUD-ResNet-101; arguments as :func:`laud_resnet50`."""
     return _build("laud_resnet101", mode=mode, granularity=granularity,

@@ -20,12 +20,18 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .hardware import DTYPES, HardwareSpec, get_hardware
+
+if TYPE_CHECKING:
+    from ..tune.cache import TuneCache
+    from .model import Factors
 
 log = logging.getLogger("laudtriton")
 
@@ -85,7 +91,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:80] or "device"
 
 
-def calibration_path(cache_dir=None, device: str = "cpu") -> Path:
+def calibration_path(cache_dir: str | Path | None = None, device: str = "cpu") -> Path:
     """``<cache dir>/calibration_<device fingerprint>.json``."""
     from ..tune.cache import TuneCache
 
@@ -126,7 +132,8 @@ def read_calibration(path: Path, kind: str | None = None) -> Calibration | None:
     return cal
 
 
-def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
+def load_calibration(cache_dir: str | Path | None = None, device: str = "cpu"
+                     ) -> Calibration | None:
     """The stored calibration of ``device`` in ``cache_dir``: None if absent, and None
     after a one-line warning naming the file if it is corrupt (as a corrupt autotune
     cache is): the caller then proceeds as on an uncalibrated machine."""
@@ -138,7 +145,7 @@ def load_calibration(cache_dir=None, device: str = "cpu") -> Calibration | None:
         return None
 
 
-def timings_cache(hw: HardwareSpec, cache_dir=None):
+def timings_cache(hw: HardwareSpec, cache_dir: str | Path | None = None) -> TuneCache | None:
     """The autotune cache (``tune.cache.TuneCache``) holding timings of ``hw`` ("cpu":
     this machine, "cuda": its calibrated GPU); None for the presets (no timings of them
     here)."""
@@ -149,8 +156,8 @@ def timings_cache(hw: HardwareSpec, cache_dir=None):
     return None
 
 
-def predictor_for(hardware: str | HardwareSpec, cache_dir=None, fit: bool = True
-                  ) -> tuple[HardwareSpec, dict | None, str]:
+def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = None,
+                  fit: bool = True) -> tuple[HardwareSpec, dict | None, str]:
     """(hw, factors, note): the latency predictor ``predict``, ``design`` and ``sweep
     --prune-top`` use. hw: ``get_hardware(hardware, cache_dir)`` ("cpu" / "cuda": the
     calibration in ``cache_dir``); factors: the efficiency factors fitted on the cached
@@ -180,7 +187,8 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir=None, fit: bool = True
     return hw, factors, f"factors fitted on {factors['*'].n} cached timings"
 
 
-def fitted_predictor(cache, device: str = "cpu"):
+def fitted_predictor(cache: TuneCache, device: str = "cpu"
+                     ) -> tuple[HardwareSpec, dict[str, Factors]] | None:
     """(HardwareSpec, efficiency factors) of ``device`` for the latency predictor: its
     stored calibration, with factors fitted on the current timings of ``cache`` (a
     ``tune.cache.TuneCache``, whose directory holds the calibration). None when the
@@ -196,7 +204,8 @@ def fitted_predictor(cache, device: str = "cpu"):
     return hw, fit(entries, hw)
 
 
-def save_calibration(cal: Calibration, cache_dir=None, device: str = "cpu") -> Path:
+def save_calibration(cal: Calibration, cache_dir: str | Path | None = None,
+                     device: str = "cpu") -> Path:
     """Write ``cal`` atomically (temp file + os.replace); returns the path."""
     path = calibration_path(cache_dir, device)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +239,7 @@ def _best(fn, dev: torch.device, budget_s: float, inner: int = 1, max_reps: int 
     return best
 
 
-def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes=(256, 512, 1024),
+def gemm_peak(dev: torch.device, dtype: torch.dtype, sizes: Sequence[int] = (256, 512, 1024),
               budget_s: float = 6.0) -> float:
     """Best multiply-adds/s of n x n x n products over ``sizes`` (random operands), run
     the way the engine runs its GEMMs: on CPU fp32 with oneDNN's fused ops, as the

@@ -80,7 +80,7 @@ def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -
                    help="use default efficiency factors, not ones fitted on cached timings")
 
 
-def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``predict``; returns its parser."""
     p = subparsers.add_parser(
         "predict", help="predicted block and model latency; --validate: error on the cache",
@@ -128,7 +128,7 @@ def _check_predict_options(args) -> None:
             setattr(args, dest, default)
 
 
-def run_validate(args, hw: HardwareSpec) -> int:
+def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
     from .model import validate
 
     cache = timings_cache(hw, args.cache_dir)
@@ -151,8 +151,13 @@ def run_validate(args, hw: HardwareSpec) -> int:
     return 0
 
 
-def run_predict(args) -> int:
-    """Run ``laudtriton predict``. Returns the exit code."""
+def run_predict(args: argparse.Namespace) -> int:
+    """Run ``laudtriton predict``. Returns the exit code.
+
+    Raises:
+        ValueError: naming the bad option and its value (``laudtriton`` prints it in one
+            line and exits with code 2).
+    """
     from ..ops.registry import variants_for
     from ..tune.options import parse_stages
     from .model import predict_expected, predict_stem_head, resolve_variant
@@ -226,7 +231,7 @@ def _rate_label(rate: float) -> str:
     return text if len(text.split(".")[1]) >= 2 else f"{rate:.2f}"
 
 
-def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
+def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``calibrate``; returns its parser."""
     p = subparsers.add_parser(
         "calibrate", help="measure GEMM peak, copy bandwidth and dispatch cost of this machine",
@@ -239,8 +244,13 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run_calibrate(args) -> int:
-    """Run ``laudtriton calibrate``. Returns the exit code."""
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Run ``laudtriton calibrate``. Returns the exit code.
+
+    Raises:
+        ValueError: naming the bad option and its value (``laudtriton`` prints it in one
+            line and exits with code 2).
+    """
     from ..tune.options import check_cache_dir, check_device, make_writable_dir
     from .calibrate import calibrate, calibration_path, save_calibration
 
@@ -262,7 +272,7 @@ def run_calibrate(args) -> int:
     return 0
 
 
-def add_design_parser(subparsers) -> argparse.ArgumentParser:
+def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``design``; returns its parser."""
     p = subparsers.add_parser(
         "design", help="rank per-stage mode x granularity by predicted latency",
@@ -293,8 +303,14 @@ def _flops_floor(args) -> float:
             / sum(s.dense_flops() for s in specs))
 
 
-def run_design(args) -> int:
-    """Run ``laudtriton design``. Returns the exit code."""
+def run_design(args: argparse.Namespace) -> int:
+    """Run ``laudtriton design``. Returns the exit code.
+
+    Raises:
+        ValueError: naming the bad option and its value, or when no configuration has a
+            finite predicted latency (``laudtriton`` prints it in one line and exits with
+            code 2).
+    """
     from ..schedule import check_modes, check_target_rate, design_search, design_stages
     from .network import check_arch
 

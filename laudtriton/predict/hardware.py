@@ -15,6 +15,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("laudtriton")
 
@@ -142,7 +143,7 @@ def known_hardware() -> list[str]:
     return sorted([*PRESETS, "cpu", "cuda"])
 
 
-def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
+def cpu_hardware(cache_dir: str | Path | None = None, warn: bool = True) -> HardwareSpec:
     """The local machine: from the calibration file of this device in ``cache_dir`` (see
     ``predict.calibrate``), else ``CPU_DEFAULT`` with a one-line warning (when ``warn``)
     saying whether the file is missing or corrupt (and which)."""
@@ -162,7 +163,8 @@ def cpu_hardware(cache_dir=None, warn: bool = True) -> HardwareSpec:
     return CPU_DEFAULT
 
 
-def get_hardware(name: str | HardwareSpec, cache_dir=None) -> HardwareSpec:
+def get_hardware(name: str | HardwareSpec, cache_dir: str | Path | None = None
+                 ) -> HardwareSpec:
     """The HardwareSpec called ``name`` (case-insensitive; "-" and " " read as "_").
 
     Raises:

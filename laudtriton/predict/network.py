@@ -8,6 +8,8 @@ architecture (the same rules as ``laudtriton.nn.resnet``; a test checks they agr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
 from ..ops.masks import expected_mask1_fraction
@@ -16,7 +18,8 @@ from ..ops.spec import BlockSpec
 MODES = ("spatial", "channel", "layer", "both")
 
 
-def per_stage(value, name: str, cast=str) -> list:
+def per_stage(value: str | int | Sequence[Any], name: str, cast: Callable[[Any], Any] = str
+              ) -> list:
     """'a-b-c-d', a scalar or a 4-list -> 4 values.
 
     Raises:
@@ -46,9 +49,11 @@ def check_arch(arch: str) -> None:
         raise ValueError(f"--model {arch!r} unknown; accepted: {', '.join(DEPTHS)}")
 
 
-def model_specs(arch: str = "laud_resnet50", mode="spatial", granularity="4-4-2-1",
-                batch: int = 1, input_size: int = 224, dtype: str = "float32",
-                channel_granularity=1) -> list[tuple[str, BlockSpec]]:
+def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatial",
+                granularity: int | str | Sequence[int] = "4-4-2-1", batch: int = 1,
+                input_size: int = 224, dtype: str = "float32",
+                channel_granularity: int | str | Sequence[int] = 1
+                ) -> list[tuple[str, BlockSpec]]:
     """(block name, BlockSpec) of every block of ``arch`` for [batch, 3, size, size] inputs.
 
     mode / granularity / channel_granularity: one value or per stage ('a-b-c-d').

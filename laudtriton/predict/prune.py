@@ -11,6 +11,7 @@ warps / stages) keep their order in the variant's space.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
@@ -50,7 +51,8 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
 
 
 def make_prune(hw: HardwareSpec | str, top_k: int = 3,
-               factors: dict[str, Factors] | None = None, cache_dir=None
+               factors: dict[str, Factors] | None = None,
+               cache_dir: str | Path | None = None
                ) -> Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]:
     """The sweep's prune hook keeping the ``top_k`` configs of lowest predicted time,
     predicted as ``laudtriton predict --cache-dir cache_dir`` predicts

@@ -99,7 +99,7 @@ def cache_enabled_from_env() -> bool:
                      "disabled) or 1, true, on, yes (enabled)")
 
 
-def refuse_bad_dir(cache_dir) -> None:
+def refuse_bad_dir(cache_dir: str | os.PathLike[str] | None) -> None:
     """A ValueError when the ``cache_dir`` argument is blank, which would otherwise mean
     the current directory, or names a file or lies inside one (None means the default
     directory; ``keys.check_dir``)."""

@@ -280,7 +280,7 @@ def _umask() -> int:
     return umask
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_json_atomic(path: Path, data: object) -> None:
     """Write ``data`` as JSON to ``path`` atomically and durably: a temp file in the same
     directory, flushed to disk, then os.replace (a crash leaves the old file or the new
     one, never a truncated one). The file gets the mode a plain open() would give (0666

@@ -36,7 +36,7 @@ from .options import (
 from .sweep import DTYPES, MODELS, sweep
 
 
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``sweep`` to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser(
         "sweep", help="time every variant x config per block, rate and S into the cache",
@@ -215,7 +215,7 @@ def _print_summary(rows: list[dict]) -> None:
               f"{d * 1e3:>9.3f} {t / d:>8.2f}  {other}")
 
 
-def add_cache_parser(subparsers) -> argparse.ArgumentParser:
+def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``cache ls|clear|merge`` to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser("cache", help="list, clear or merge autotune cache files",
                               description="The persistent autotune cache.")

@@ -161,7 +161,7 @@ def code_text(path: Path) -> bytes:
     return "\n".join(line for line in lines if line).encode()
 
 
-def check_dir(path, name: str, unset: str = "") -> None:
+def check_dir(path: str | os.PathLike[str], name: str, unset: str = "") -> None:
     """A ValueError naming ``name`` when ``path`` (a str or os.PathLike) is blank, which
     would mean the current directory (or a directory named by the spaces), or when it or
     its nearest existing parent is a file (no directory can be made there). ``unset``

@@ -69,7 +69,7 @@ class DenseModel(nn.Module):
     epilogues (``ops.packed``), residuals added in place; contiguous_format: NCHW through
     F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both."""
 
-    def __init__(self, model: LaudResNet, memory_format: torch.memory_format):
+    def __init__(self, model: LaudResNet, memory_format: torch.memory_format) -> None:
         super().__init__()
         self.mf = memory_format
         set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
@@ -81,6 +81,8 @@ class DenseModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] for x [B, Cin, H, W], run in this form's memory format
+        (x is made contiguous in it first), under no_grad."""
         if self.mf is torch.channels_last:
             h = stem(self, x.contiguous(memory_format=CL))
             for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
@@ -361,6 +363,9 @@ def rate_text(rate: float) -> str:
 
 
 def format_rows(rows: list[BenchRow]) -> str:
+    """The bench table of ``rows``: a header, a rule, then one line per row (times in ms,
+    the rate as ``rate_text`` prints it, the spec column as wide as the longest spec and
+    at least 34); a row of more than one run ends with the ratio of every run."""
     w = max([34, *(len(r.spec) for r in rows)])  # the whole spec, as the CSV has it
     head = (f"{'rate':>5} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
             f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
@@ -375,6 +380,9 @@ def format_rows(rows: list[BenchRow]) -> str:
 
 
 def write_csv(rows: list[BenchRow], path: str | Path) -> None:
+    """Write ``rows`` to the CSV file ``path`` (replaced if it exists): a column per
+    BenchRow field, ``runs`` joined by ';' (``read_csv`` reads it back). The header comes
+    from the first row: ``rows`` must not be empty (an IndexError)."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         w.writeheader()

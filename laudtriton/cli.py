@@ -42,6 +42,11 @@ def _allocator() -> str:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    """Run ``laudtriton env``: print one line each for the Python, torch, Triton and
+    laudtriton versions, the device (cuda if available, else cpu) and the fingerprint that
+    names its cache file, torch's threads, the CPU count, the autotune cache directory (or
+    what disables it) and the C allocator. Returns 0; ``args`` is not read. A cache that
+    cannot be opened is reported in its line, not raised."""
     import torch
 
     from . import __version__
@@ -74,6 +79,17 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``laudtriton demo``: build LAUD-ResNet-50 (spatial, 4-4-2-1, random weights),
+    calibrate its maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
+    the CPU (``args.tune``), check the compiled logits against the reference's, and print
+    the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
+    of its two forms), the masked-dense reference and the compiled model. Returns 0.
+
+    Raises:
+        ValueError: --reps < 1, --rate outside [0, 1], or (tune not "off") a bad
+            $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is built.
+        AssertionError: if the compiled logits are not close to the reference's.
+    """
     import torch
 
     from .bench import build_model, dense_forms, time_against_dense
@@ -140,6 +156,17 @@ def _check_counts(args, *names: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``laudtriton bench``: check every option, then ``bench.bench`` in this process
+    (it prints a table per rate), or with --processes > 1 in that many fresh processes
+    one after another (``bench.run_processes``; its summary is printed); write every row
+    to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr).
+
+    Raises:
+        ValueError: naming the first bad option (--batch, --reps, --repeat, --processes,
+            --threads, --allocator, --csv, --rates, --mode, --granularity,
+            --channel-granularity, or the cache's environment variables), or --batch when
+            the C allocator refuses the memory (``tune.options.out_of_memory``).
+    """
     from . import runtime
     from .bench import HANDOFF_ENV, bench, write_csv
     from .tune.options import (
@@ -227,10 +254,20 @@ class OneLineErrors(argparse.ArgumentParser):
     nine: the CLI's promise (the module docstring). Its subcommands' parsers too."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with code 2 after one line on stderr: ``<prog>: error: <message>`` and a
+        pointer to ``<prog> --help`` (argparse's own prints the usage block first).
+
+        Raises:
+            SystemExit: always, with code 2.
+        """
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for usage)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``laudtriton`` parser: env, demo and bench defined here, the subcommands of
+    ``EXTERNAL`` added by their modules (one whose module fails to import becomes a stub
+    that exits 2 saying why), each with ``func`` set to the function that runs it; on
+    every subcommand no abbreviated options, and -v accepted after the command name."""
     p = OneLineErrors(
         prog="laudtriton", allow_abbrev=False,
         description="Compile LAUDNet dynamic networks into sparse execution, and measure "
@@ -321,6 +358,11 @@ def _every_command(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``laudtriton`` command on ``argv`` (None: sys.argv[1:]); returns the exit code:
+    the subcommand's, 2 after one line on stderr for a ValueError or OSError (a bad
+    option, a path that cannot be read or written), 141 when stdout was closed early
+    (``| head``), 130 on Ctrl-C. A malformed command line, --help and --version exit
+    inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

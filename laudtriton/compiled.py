@@ -5,6 +5,7 @@ its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ class CompiledBlock(nn.Module):
     replaces_laud_block = True  # listed by LaudResNet.blocks() in its block's place
 
     def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
-                 dispatch: str, expected_rate: float):
+                 dispatch: str, expected_rate: float) -> None:
         super().__init__()
         self.name, self.spec, self.fb, self.table = name, spec, fb, table
         # the source's block (eval; its convs are not run), in a list so that it is not
@@ -148,6 +149,12 @@ class CompiledBlock(nn.Module):
         return self._reference[0]
 
     def train(self, mode: bool = True) -> CompiledBlock:
+        """Inference only: ``train(False)`` (``eval()``) returns the block, still in eval
+        mode.
+
+        Raises:
+            RuntimeError: for ``mode`` True, the default (``guards.TRAIN_REFUSED``).
+        """
         if mode:
             raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)
@@ -281,8 +288,9 @@ compiled dtype and device) that the blocks and maskers were read from (changing 
 changes nothing here); to train, train the original model and compile it again.
     """
 
-    def __init__(self, source: nn.Module, blocks: list[CompiledBlock], input_shape,
-                 device: torch.device, dtype: torch.dtype, backend: str, tune: str):
+    def __init__(self, source: nn.Module, blocks: list[CompiledBlock],
+                 input_shape: Sequence[int], device: torch.device, dtype: torch.dtype,
+                 backend: str, tune: str) -> None:
         super().__init__()
         self._source = [source]  # a list, so it is not registered as a submodule
         self.blocks = nn.ModuleList(blocks)
@@ -297,6 +305,9 @@ changes nothing here); to train, train the original model and compile it again.
 
     @property
     def source(self) -> nn.Module:
+        """The eval-mode copy of the compiled model (in the compiled dtype and device)
+        that the blocks and maskers were read from; not a submodule, and changing it
+        changes nothing here."""
         return self._source[0]
 
     def _apply(self, fn, recurse=True):
@@ -313,6 +324,12 @@ changes nothing here); to train, train the original model and compile it again.
         return [] if None in runs else runs
 
     def train(self, mode: bool = True) -> CompiledModel:
+        """Inference only: ``train(False)`` (``eval()``) returns the model, its blocks and
+        head still in eval mode.
+
+        Raises:
+            RuntimeError: for ``mode`` True, the default (``guards.TRAIN_REFUSED``).
+        """
         if mode:
             raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)
@@ -425,6 +442,8 @@ changes nothing here); to train, train the original model and compile it again.
 
     @property
     def plan(self) -> Plan:
+        """A ``Plan`` of this model (new at each read), to print: per block its mode, S,
+        G and the variant chosen per rate."""
         return Plan(self)
 
 
@@ -449,7 +468,7 @@ class Plan:
     """Printable per-block plan: name, mode, S, and the variant chosen per rate (each rate
     a timing was taken at, or a bucket where it is predicted)."""
 
-    def __init__(self, model: CompiledModel):
+    def __init__(self, model: CompiledModel) -> None:
         self.rows = [(b.name, b.spec, b.table, b.dispatch, b.static_choice)
                      for b in model.blocks]
         self.header = (f"backend={model.backend} dtype={str(model.dtype).replace('torch.', '')}"

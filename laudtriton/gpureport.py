@@ -22,6 +22,9 @@ FIELDS = ("mode", "spec", "spec_key", "batch", "rate", "realised_rate", "models"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """Write ``rows`` (timing rows, dicts) to the CSV file ``path`` (replaced if it exists),
+    with the columns ``FIELDS`` in that order: other keys are left out, a missing one is
+    left empty."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -56,6 +59,11 @@ def model_curves(rows: list[dict], model: str) -> dict:
 
 
 def plot(rows: list[dict], model: str, path: Path) -> bool:
+    """Plot ``model``'s latency (ms, summed over its blocks: ``model_curves``) against the
+    activation rate into the image file ``path`` (format from its suffix; gpucheck writes
+    PNGs): a panel per (mode, batch), a line per variant, dense and "best". Returns False,
+    writing nothing, when ``rows`` hold no finite timing of ``model``'s blocks. Needs
+    matplotlib."""
     from matplotlib.figure import Figure
 
     curves = model_curves(rows, model)
@@ -81,6 +89,11 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
 
 
 def table(r: Run, models: list[str]) -> str:
+    """The summary table gpucheck prints, from ``r.rows`` and ``r.checks``: per model and
+    (mode, batch), the dense block sum (ms, as timed at the first rate listed), the best
+    variants' block sum over dense at each of ``RATES``, and the whole compiled model's
+    time over dense's (LAUD-ResNet-101 only, at rate 0.5); then how many checks passed,
+    and the first ``MAX_FAILS`` failures (their errors cut at 200 characters)."""
     lines = [f"{'model':<15} {'mode':<8} {'batch':>5} {'dense ms':>9} "
              + " ".join(f"{'best@' + str(x):>9}" for x in RATES) + f" {'whole@0.5':>10}"]
     for model in models:

@@ -56,6 +56,18 @@ def _close(out, ref, dtype, name, n=None):
 
 
 def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
+    """The channel family's Triton kernels against their torch references, in ``dt`` on
+    ``dev``, outputs NaN-poisoned (``poisoned``): ``channel_gemm`` as conv1 (each
+    sample's active output channels only, compacted, ReLU) and as conv3 (from the active
+    input channels, a residual added), and ``channel_conv3x3`` at strides 1 and 2. Width
+    96 in 24 groups of 4 channels, a batch of 3 (one sample with every group off, one with
+    every group on); the compacted outputs are compared on their first n[b] channels, the
+    ones written.
+
+    Raises:
+        AssertionError: a mismatch beyond ``testing.TOLERANCE[dt]`` of max |reference|, or
+            an output left unwritten (NaN).
+    """
     from .kernels import channel_conv3x3 as cc
     from .kernels import channel_gemm as cg
     from .ops.triton_channel import channel_lists
@@ -92,6 +104,14 @@ def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
 
 
 def masker_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
+    """The masker kernels against their torch references, on an NHWC input
+    [2, 13, 17, 40] in ``dt`` on ``dev``, outputs NaN-poisoned (``poisoned``): the
+    logits of ``spatial_masker`` at grids 1x1, 3x4 and 13x17 (the whole map), and of
+    ``channel_masker_mlp`` with two layers (40 -> 16 -> 24 logits).
+
+    Raises:
+        AssertionError: logits off by more than 1e-4 of max |reference|, or left unwritten.
+    """
     from .kernels import maskers as mk
     from .testing import assert_close
 

@@ -42,7 +42,7 @@ class SampleOrder:
     the caller's input is never written.
     """
 
-    def __init__(self, batch: int):
+    def __init__(self, batch: int) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.perm = list(range(batch))

@@ -76,11 +76,16 @@ class Choice:
 
     @property
     def config_dict(self) -> dict:
+        """``config`` as a dict (a new one at each read), as a variant's ``run`` takes it."""
         return dict(self.config)
 
     @classmethod
     def make(cls, variant: str, config: dict | str | None, seconds: float, source: str
              ) -> Choice:
+        """A Choice from ``config`` given as a dict, as a JSON string (how timings key
+        configs, ``tune.measure.config_key``; json.loads raises on one that is not JSON)
+        or as None (no config): its items sorted, ``seconds`` made a float. ``source`` is
+        not checked here (``DispatchTable.add`` checks it)."""
         if isinstance(config, str):
             config = json.loads(config)
         return cls(variant, tuple(sorted((config or {}).items())), float(seconds), source)
@@ -145,6 +150,7 @@ class DispatchTable:
         return near(self.entries, bucket)
 
     def variants(self) -> list[str]:
+        """The distinct variants of the table's entries, sorted by name."""
         return sorted({c.variant for c in self.entries.values()})
 
     def describe(self) -> str:
@@ -229,6 +235,9 @@ class Design:
                         for m, g in zip(self.modes, self.granularities))
 
     def label(self) -> str:
+        """The configuration's name, its modes per stage and ``s_label``, e.g.
+        'spatial-spatial-channel-layer 4-4-_-_'; ``design_search`` ranks designs of equal
+        latency by it."""
         return f"{'-'.join(self.modes)} {self.s_label()}"
 
 
@@ -304,7 +313,8 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
                   modes: Sequence[str] = ("spatial", "channel", "layer"),
                   granularities: Sequence[int] = (1, 2, 4, 8), batch: int = 1,
                   input_size: int = 224, dtype: str | None = None, factors: dict | None = None,
-                  channel_granularity: int = 1, top: int | None = None) -> list[Design]:
+                  channel_granularity: int | str | Sequence[int] = 1, top: int | None = None
+                  ) -> list[Design]:
     """Every per-stage (mode, S) configuration of ``arch``, ranked by predicted latency at
     the FLOPs ratio ``target``, fastest first.
 
@@ -313,6 +323,8 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
     the dense downsample alone exceeds it), with its fastest predicted variant on ``hw``.
     Stages are independent (a block's latency does not depend on its neighbours' modes),
     so each stage option is predicted once and the configurations are their sums.
+    channel_granularity: one value or one per stage ("2", "2-2-4-4", a list of 4), as
+    ``predict.network.model_specs`` takes it.
 
     Raises:
         ValueError: unknown arch, mode or hardware, target outside (0, 1], no valid option

@@ -84,6 +84,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m laudtriton.gpucheck``: parse ``argv`` (None: sys.argv[1:]) with
+    gpucheck's options and ``run`` it; returns ``run``'s exit code: 0 when every check
+    passed, 1 when one failed, 2 with one line on stderr for a bad option value or no GPU
+    (nothing ran). A malformed command line exits inside argparse (SystemExit, code 2)."""
     p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0],
                                 allow_abbrev=False)
     _arguments(p)

@@ -18,6 +18,15 @@ def _bench(fn, device: str) -> float:
 
 
 def machine(r: Run) -> None:
+    """Part 1: the Python, torch, Triton and laudtriton versions, on "cuda" the GPU's name,
+    compute capability, SM count, memory (GiB) and CUDA and cuDNN versions, the measured
+    copy bandwidth (GB/s, read + write, of a 512 MiB fp16 buffer on a GPU, 8 MiB on CPU)
+    and fp16 and bf16 GEMM throughput (TFLOP/s, m x m by m x m with m = 8192 on a GPU, 256
+    on CPU; medians of 5 runs) into ``r.info``, each printed with ``r.say``.
+
+    Raises:
+        ImportError: without Triton (its version is listed).
+    """
     import triton
 
     from .._version import __version__

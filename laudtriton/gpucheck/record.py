@@ -18,7 +18,7 @@ from ..gpureport import write_csv
 class Run:
     """Collects checks, timing rows and printed lines of one gpucheck."""
 
-    def __init__(self, out: Path, budget: float, device: str):
+    def __init__(self, out: Path, budget: float, device: str) -> None:
         self.out, self.device, self.t0 = out, device, time.perf_counter()
         self.deadline = self.t0 + budget
         self.checks: list[dict] = []
@@ -33,6 +33,8 @@ class Run:
         self.log = out / LOG_NAME
 
     def left(self) -> float:
+        """Seconds left until the run's deadline (its start + the budget); negative past
+        it."""
         return self.deadline - time.perf_counter()
 
     def say(self, text: str) -> None:

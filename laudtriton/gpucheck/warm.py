@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class WarmError(RuntimeError):
     """A Triton variant's config failing in ``warm_block``; ``variant`` names it."""
 
-    def __init__(self, variant: str, text: str):
+    def __init__(self, variant: str, text: str) -> None:
         super().__init__(text)
         self.variant = variant
 

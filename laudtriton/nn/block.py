@@ -66,6 +66,8 @@ class BlockStats:
 
     @property
     def flops_ratio(self) -> torch.Tensor:
+        """flops / dense_flops: the block's sparse FLOPs over its dense FLOPs, maskers
+        counted in both (the official per-block ratio)."""
         return self.flops / self.dense_flops
 
 
@@ -138,7 +140,7 @@ class LaudBottleneck(nn.Module):
         channel_masker_layers: int = 2,
         channel_masker_reduction: int = 16,
         feature_size: int | tuple[int, int] | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if dyn_mode not in MODES:
             raise ValueError(f"dyn_mode must be one of {MODES}, got {dyn_mode!r}")
@@ -234,6 +236,15 @@ class LaudBottleneck(nn.Module):
 
     # -- forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on x [B, Cin, H, W] -> [B, 4·planes, Ho, Wo], Ho = ⌊(H−1)/s⌋+1, as
+        the official code computes it: dense convolutions, the channel mask applied after
+        conv1 and conv2 (before BN), the spatial mask after bn3; records ``last_masks``
+        and ``last_stats``.
+
+        Raises:
+            ValueError: x not 4D or without Cin channels; a map smaller than S
+                (``MapTooSmall``, a ValueError).
+        """
         if x.dim() != 4:
             raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.inplanes:
@@ -293,6 +304,8 @@ class LaudBottleneck(nn.Module):
         return BlockStats(rate1, rate2, rate3, crate, flops, float(dense), float(masker_flops))
 
     def extra_repr(self) -> str:
+        """The block's settings in its repr: dyn_mode, granularity (S), stride and
+        channel_granularity."""
         return (
             f"dyn_mode={self.dyn_mode!r}, granularity={self.granularity}, stride={self.stride}, "
             f"channel_granularity={self.channel_granularity}"

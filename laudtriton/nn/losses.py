@@ -30,7 +30,7 @@ class SparsityLoss(nn.Module):
         num_epochs: length of training (the bounds relax over its first third).
     """
 
-    def __init__(self, target: float, num_epochs: int):
+    def __init__(self, target: float, num_epochs: int) -> None:
         super().__init__()
         def real(x) -> bool:
             return isinstance(x, numbers.Real) and not isinstance(x, bool)
@@ -67,12 +67,14 @@ class SparsityLoss(nn.Module):
 class KDLoss(nn.Module):
     """Knowledge distillation: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean."""
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = positive_real("temperature", temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
                 ) -> torch.Tensor:
+        """student_logits, teacher_logits [B, num_classes] -> the scalar loss (T² · KL,
+        batch mean); no gradient flows into the teacher (its logits are detached)."""
         t = self.temperature
         return F.kl_div(
             F.log_softmax(student_logits / t, dim=1),

@@ -65,7 +65,7 @@ class MaskerSpatial(nn.Module):
     ``grid=(1, 1)`` makes it the layer gate (one decision per sample).
     """
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
         # Official initialisation: the "keep" logit starts at +5, so training starts dense.
@@ -79,6 +79,10 @@ class MaskerSpatial(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], temperature: float = 1.0
                 ) -> tuple[torch.Tensor, int]:
+        """(mask, flops) for x [B, Cin, H, W]: the hard 0/1 mask [B, 1, gh, gw] of
+        ``grid`` = (gh, gw) (float; in training a straight-through Gumbel-softmax sample at
+        ``temperature``, which eval ignores), and the masker's FLOPs per image with the
+        official accounting, 4·Cin·gh·gw. ``grid`` (1, 1): the layer gate."""
         logits = self.logits(x, grid)
         mask = _hard_decision(logits, self.training, temperature).unsqueeze(1)
         cin = self.conv.weight.shape[1]
@@ -93,7 +97,8 @@ class MaskerChannelMLP(nn.Module):
     Input x: [B, Cin, H, W]. Output mask: [B, G] (float 0/1).
     """
 
-    def __init__(self, in_channels: int, groups: int, layers: int = 2, reduction: int = 16):
+    def __init__(self, in_channels: int, groups: int, layers: int = 2,
+                 reduction: int = 16) -> None:
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers}")
@@ -121,6 +126,8 @@ class MaskerChannelMLP(nn.Module):
         return self.conv(x.mean(dim=(2, 3))).view(b, 2, self.groups)
 
     def last_linear(self) -> nn.Linear:
+        """The MLP's last linear layer, which gives the 2G logits (outputs [:G] the
+        "keep" logits, [G:] the "drop" ones), e.g. to set its bias."""
         return self.conv[-1] if isinstance(self.conv, nn.Sequential) else self.conv
 
     def linears(self) -> list[nn.Linear]:
@@ -129,6 +136,10 @@ class MaskerChannelMLP(nn.Module):
             self.conv, nn.Sequential) else [self.conv]
 
     def forward(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
+        """(mask, flops) for x [B, Cin, H, W]: the hard 0/1 channel-group mask [B, G]
+        (float; in training a straight-through Gumbel-softmax sample at ``temperature``,
+        which eval ignores), and the masker's FLOPs per image with the official
+        accounting: Cin·H·W for the pooling plus the MLP's (``mlp_flops``)."""
         mask = _hard_decision(self.logits(x), self.training, temperature)
         c, h, w = x.shape[1:]
         return mask, c * h * w + self.mlp_flops
@@ -140,7 +151,7 @@ class MaskerChannelConvLinear(nn.Module):
     Input x: [B, Cin, H, W]. Output mask: [B, G] (float 0/1).
     """
 
-    def __init__(self, in_channels: int, groups: int, reduction: int = 16):
+    def __init__(self, in_channels: int, groups: int, reduction: int = 16) -> None:
         super().__init__()
         if in_channels // reduction < 1:
             raise ValueError(
@@ -163,9 +174,16 @@ class MaskerChannelConvLinear(nn.Module):
         return self.linear(self.conv(x).mean(dim=(2, 3))).view(b, 2, self.groups)
 
     def last_linear(self) -> nn.Linear:
+        """The linear layer that gives the 2G logits (``linear``; outputs [:G] the "keep"
+        logits, [G:] the "drop" ones), as ``MaskerChannelMLP.last_linear``."""
         return self.linear
 
     def forward(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
+        """(mask, flops) for x [B, Cin, H, W]: the hard 0/1 channel-group mask [B, G]
+        (float; in training a straight-through Gumbel-softmax sample at ``temperature``,
+        which eval ignores), and the masker's FLOPs per image with the official
+        accounting: (Cin/reduction)·H·W for the pooling plus ``masker_flops`` (the 1x1
+        conv counted once, not per pixel, as the official code does, and the linear)."""
         mask = _hard_decision(self.logits(x), self.training, temperature)
         red = self.linear.in_features
         h, w = x.shape[2:]

@@ -39,6 +39,8 @@ class ModelStats:
 
     @property
     def flops_ratio(self) -> torch.Tensor:
+        """flops / dense_flops: the network's sparse FLOPs (maskers included) over the
+        static network's."""
         return self.flops / self.dense_flops
 
     @property
@@ -124,22 +126,26 @@ class LaudResNet(nn.Module):
             at construction (None: no check until the first forward).
         in_channels: image channels.
         width_mult: scales every stage width (1.0 = ResNet-50/101).
+
+    Raises:
+        ValueError: naming the bad argument, its value and what is accepted (a block's
+            refusal also names its stage).
     """
 
     def __init__(
         self,
         depths: Sequence[int],
-        mode="spatial",
-        granularity="4-4-2-1",
-        channel_granularity=1,
-        channel_masker="MLP",
-        channel_masker_layers=2,
-        channel_masker_reduction=16,
+        mode: str | Sequence[str] = "spatial",
+        granularity: int | str | Sequence[int] = "4-4-2-1",
+        channel_granularity: int | str | Sequence[int] = 1,
+        channel_masker: str | Sequence[str] = "MLP",
+        channel_masker_layers: int | str | Sequence[int] = 2,
+        channel_masker_reduction: int | str | Sequence[int] = 16,
         num_classes: int = 1000,
         input_size: int | None = 224,
         in_channels: int = 3,
         width_mult: float = 1.0,
-    ):
+    ) -> None:
         super().__init__()
         modes = parse_modes(mode)
         gran = _per_stage(granularity, "granularity", _positive_int, "positive ints, '4-4-2-1'")
@@ -240,12 +246,24 @@ class LaudResNet(nn.Module):
         return without_records(super().__getstate__())
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1, bn1, ReLU, maxpool: [B, Cin, H, W] -> [B, 64·width_mult, ⌈H/4⌉, ⌈W/4⌉]
+        (with the stock stride-2 conv1 and maxpool: 224 -> 56)."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
+        """avgpool, flatten, fc: the last block's output [B, C, h, w] -> logits
+        [B, num_classes]."""
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] for x [B, Cin, H, W]; sets ``last_stats`` (None after
+        an empty batch, or once compiled blocks replace the LaudBottlenecks). x must be of
+        the model's dtype, except under autocast, where any floating dtype is taken.
+
+        Raises:
+            ValueError: x not 4D, without Cin channels or of another dtype, or too small
+                for a block's S (naming the input size and the block).
+        """
         if x.dim() != 4:
             raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.conv1.in_channels:

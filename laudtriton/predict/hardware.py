@@ -81,6 +81,8 @@ class HardwareSpec:
         return table.get(dtype, table.get("float32", max(table.values())))
 
     def describe(self) -> str:
+        """One line for the ``predict`` and ``design`` headers: name, kind, compute units,
+        peak multiply-adds per dtype (TMAC/s), bandwidth (GB/s) and launch overhead (us)."""
         peaks = ", ".join(f"{d} {p / 1e12:.3g} TMAC/s" for d, p in self.peak)
         return (f"{self.name} ({self.kind}, {self.compute_units} units): {peaks}; "
                 f"{self.bandwidth / 1e9:.4g} GB/s; launch {self.launch_overhead * 1e6:.3g} us")

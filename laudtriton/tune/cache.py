@@ -130,7 +130,8 @@ class TuneCache:
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                 enabled: bool | None = None, *, versions: dict[str, str] | None = None):
+                 enabled: bool | None = None, *, versions: dict[str, str] | None = None
+                 ) -> None:
         if enabled is None:
             enabled = cache_enabled_from_env()
         self.enabled = bool(enabled)

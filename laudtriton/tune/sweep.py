@@ -128,6 +128,9 @@ class _Progress:
                 self.bar = None
 
     def update(self, note: str = "") -> None:
+        """Count one item done and show it: tqdm's bar with ``note`` as its postfix, else
+        the stderr line rewritten (done/total, seconds elapsed, the ETA in seconds,
+        ``note`` cut to 40 characters); counted but not shown when disabled."""
         self.done += 1
         if not self.enabled:
             return
@@ -142,6 +145,7 @@ class _Progress:
         sys.stderr.flush()
 
     def close(self) -> None:
+        """End the display: close tqdm's bar, or end the stderr line; nothing when disabled."""
         if self.bar is not None:
             self.bar.close()
         elif self.enabled:

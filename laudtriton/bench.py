@@ -381,10 +381,10 @@ def format_rows(rows: list[BenchRow]) -> str:
 
 def write_csv(rows: list[BenchRow], path: str | Path) -> None:
     """Write ``rows`` to the CSV file ``path`` (replaced if it exists): a column per
-    BenchRow field, ``runs`` joined by ';' (``read_csv`` reads it back). The header comes
-    from the first row: ``rows`` must not be empty (an IndexError)."""
+    BenchRow field, ``runs`` joined by ';' (``read_csv`` reads it back); no rows, the
+    header alone."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(BenchRow)])
         w.writeheader()
         for r in rows:
             w.writerow({**asdict(r), "runs": ";".join(repr(v) for v in r.runs)})

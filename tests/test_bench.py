@@ -3,13 +3,14 @@ consistency, not speed: performance targets live in BENCHMARKS.md)."""
 
 import csv
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
 
 from laudtriton.bench import (
     NO_MASKS,
+    BenchRow,
     DenseModel,
     ProcessFailed,
     bench,
@@ -100,6 +101,14 @@ def test_csv_reads_back(rows, tmp_path):
         # the run's settings: channel granularity as given, threads, tune mode
         assert (a.channel_granularity, a.threads, a.tune) == ("2", torch.get_num_threads(),
                                                                "off")
+
+
+def test_csv_of_no_rows_is_the_header_alone(tmp_path):
+    """The header came from the first row: no rows was an IndexError."""
+    path = tmp_path / "empty.csv"
+    write_csv([], path)
+    assert path.read_text().splitlines() == [",".join(f.name for f in fields(BenchRow))]
+    assert read_csv(path) == []
 
 
 def test_csv_from_before_the_settings_columns_reads_back(rows, tmp_path):

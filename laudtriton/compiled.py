@@ -284,8 +284,8 @@ class CompiledModel(nn.Module):
 
     ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
     the last forward. ``source`` is the eval-mode copy of the compiled model (in the
-compiled dtype and device) that the blocks and maskers were read from (changing it
-changes nothing here); to train, train the original model and compile it again.
+    compiled dtype and device) that the blocks and maskers were read from (changing it
+    changes nothing here); to train, train the original model and compile it again.
     """
 
     def __init__(self, source: nn.Module, blocks: list[CompiledBlock],

@@ -21,7 +21,7 @@ the network then stays at chance), then cross-entropy + 10 x ``SparsityLoss`` on
 FLOPs ratio; Gumbel temperature decayed exponentially, AdamW with a cosine learning rate.
 Then the reference model (eval) and ``laudtriton.compile(..., backend="cpu")`` are
 evaluated on the test set, timed against the same network run dense (the faster of its
-two forms, ``laudtriton.bench.dense_forms``, both timed in the same run) on the whole
+two forms, ``laudtriton.baseline.dense_forms``, both timed in the same run) on the whole
 test set (batch 359), and two figures
 are written: the learned masks over test images, and latency vs activation rate.
 
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import laudtriton
-from laudtriton.bench import dense_forms, time_against_dense
+from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
 
 

@@ -27,95 +27,23 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from . import runtime
+from .baseline import NO_MASKS, DenseModel, dense_forms, nchw_dense_block, time_against_dense
 from .compile import compile
 from .compiled import CompiledModel
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
-from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
-from .ops import fold_block
 from .ops.dense import dense_block
-from .ops.fold import FoldedBlock
-from .stem import set_stem, stem
 from .testing import assert_close, randomize_bn
 from .tune.timing import interleaved_medians
 
 CL = torch.channels_last
 
 MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
-NO_MASKS = BlockMasks(None, None, None, None)
 # set in the environment of the children of ``run_processes``: their --csv is a temporary
 # file handed to the parent, which reports the rows itself
 HANDOFF_ENV = "LAUDTRITON_BENCH_HANDOFF"
-
-
-def nchw_dense_block(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
-    """The folded dense block on an NCHW input through F.conv2d (PyTorch's default form):
-    relu(conv3(relu(conv2(relu(conv1(x))))) + identity), NCHW out."""
-    identity = x if fb.wd is None else F.conv2d(x, fb.wd[:, :, None, None], fb.bd,
-                                                stride=fb.stride)
-    h = F.conv2d(x, fb.w1[:, :, None, None], fb.b1).relu_()
-    h = F.conv2d(h, fb.w2, fb.b2, stride=fb.stride, padding=1).relu_()
-    return F.conv2d(h, fb.w3[:, :, None, None], fb.b3).add_(identity).relu_()
-
-
-class DenseModel(nn.Module):
-    """The static network a LAUD model skips work in: folded weights, no maskers.
-
-    channels_last: every convolution through oneDNN with pre-packed weights and fused
-    epilogues (``ops.packed``), residuals added in place; contiguous_format: NCHW through
-    F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both."""
-
-    def __init__(self, model: LaudResNet, memory_format: torch.memory_format) -> None:
-        super().__init__()
-        self.mf = memory_format
-        set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
-        self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
-        for fb in self.folded:
-            fb.w2 = fb.w2.contiguous(memory_format=memory_format)
-        self.avgpool = detached_copy(model.avgpool).eval()
-        self.fc = detached_copy(model.fc).eval()
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [B, num_classes] for x [B, Cin, H, W], run in this form's memory format
-        (x is made contiguous in it first), under no_grad."""
-        if self.mf is torch.channels_last:
-            h = stem(self, x.contiguous(memory_format=CL))
-            for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
-                h = dense_block(fb, h, NO_MASKS, inplace=True)
-        else:
-            h = F.conv2d(x.contiguous(), self.stem_w, self.stem_b, stride=self.stem_stride,
-                         padding=self.stem_padding)
-            h = self.stem_pool(h.relu_())
-            for fb in self.folded:
-                h = nchw_dense_block(fb, h)
-        return self.fc(torch.flatten(self.avgpool(h), 1))
-
-
-def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:
-    """The two dense forms of ``model`` the baseline is the faster of, by name: "nchw"
-    (F.conv2d) and "channels_last" (packed oneDNN)."""
-    return {"nchw": DenseModel(model, torch.contiguous_format),
-            "channels_last": DenseModel(model, torch.channels_last)}
-
-
-def time_against_dense(dense_calls: dict[str, Callable[[], object]],
-                       fns: list[Callable[[], object]], warmup: int, reps: int
-                       ) -> tuple[str, float, list[float]]:
-    """One interleaved run of each dense form's call (by form name) and ``fns``: (the
-    faster form's name, its median seconds, the medians of ``fns``). Every comparison
-    against dense times both forms in the run it compares in: a form picked once from a
-    short run of its own can be the slower one on a busy machine (session 11: NCHW picked
-    from 5 runs, then 110.8 ms a forward in the timed run, where channels_last took 78-86
-    ms in the other processes of that day)."""
-    names = list(dense_calls)
-    times = interleaved_medians([*dense_calls.values(), *fns], warmup=warmup, reps=reps)
-    i = min(range(len(names)), key=times.__getitem__)
-    return names[i], times[i], times[len(names):]
 
 
 @dataclass

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compiled import CompiledBlock, CompiledModel
+from .compiled import CompiledModel
+from .compiled_block import CompiledBlock
 from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 

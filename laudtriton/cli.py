@@ -92,7 +92,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from .bench import build_model, dense_forms, time_against_dense
+    from .baseline import dense_forms, time_against_dense
+    from .bench import build_model
     from .compile import compile
     from .nn import calibrate_rates
     from .testing import assert_close, logits_agreement

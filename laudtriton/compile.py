@@ -56,7 +56,8 @@ from .compile_checks import (
     check_block_places,
     check_foldable,
 )
-from .compiled import CompiledBlock, CompiledModel
+from .compiled import CompiledModel
+from .compiled_block import CompiledBlock
 from .guards import no_autocast, refuse_apply, refuse_load, refuse_train
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet

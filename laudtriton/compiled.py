@@ -1,17 +1,15 @@
-"""The compiled runtime: ``CompiledBlock`` (one LAUD block with BN folded, its maskers and
-its dispatch table) and ``CompiledModel`` (folded stem, compiled blocks, head), which
-``laudtriton.compile`` builds; ``Plan`` prints their choices."""
+"""The compiled model: ``CompiledModel`` (folded stem, compiled blocks, head), which
+``laudtriton.compile`` returns, and ``Plan``, which prints its choices; its blocks are
+``compiled_block.CompiledBlock``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
+from .compiled_block import BlockRun, CompiledBlock
 from .guards import (
     LOAD_REFUSED,
     TRAIN_REFUSED,
@@ -26,257 +24,10 @@ from .guards import (
 )
 from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
-from .ops import BlockSpec, get_variant
-from .ops.fold import FoldedBlock
-from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
-from .order import SampleOrder, caller_masks, take_masks
-from .schedule import Choice, DispatchTable
+from .order import SampleOrder
 from .stem import set_stem, stem
 
 CL = torch.channels_last
-
-
-@dataclass(frozen=True)
-class BlockRun:
-    """What one block did in the last forward: its rates, the variant and config run."""
-
-    name: str
-    spatial_rate: float | None
-    channel_rate: float | None
-    variant: str
-    config: dict
-
-
-class CompiledBlock(nn.Module):
-    """One LAUD block with BN folded, its maskers, and its dispatch table.
-
-    The rate is read on the host (one sync) only when the table's choice depends on it
-    (``dispatch="dynamic"`` and more than one distinct entry; the table is fixed once
-    compiled); ``last_run`` computes the rates of the last forward when it is read, from
-    the masks it keeps."""
-
-    replaces_laud_block = True  # listed by LaudResNet.blocks() in its block's place
-
-    def __init__(self, name: str, spec: BlockSpec, fb: FoldedBlock, table: DispatchTable,
-                 dispatch: str, expected_rate: float) -> None:
-        super().__init__()
-        self.name, self.spec, self.fb, self.table = name, spec, fb, table
-        # the source's block (eval; its convs are not run), in a list so that it is not
-        # registered: its parameters are not this module's (nothing trains them here)
-        self._reference = [fb.block]
-        self.gates = Gates(fb.block)  # its maskers, read once (a snapshot, like fb)
-        self.dispatch = dispatch
-        self.static_choice = table.choose(expected_rate)
-        choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
-                   for c in table.entries.values()}
-        self.rate_free = dispatch == "static" or len(choices) == 1
-        self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
-        self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
-        self.train(False)  # inference only, from the start (a module starts in training)
-
-    def forward(self, x: torch.Tensor, reuse_input: bool = False,
-                masks: BlockMasks | None = None, *,
-                order: SampleOrder | None = None, check_masks: bool = True,
-                check_finite: bool = True) -> torch.Tensor:
-        """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
-        (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
-        write the output into it. CompiledModel sets it for the blocks of a LaudResNet.
-        masks: run with these (e.g. ``last_masks`` of an earlier forward on the same
-        input) instead of the maskers': how ``laudtriton bench`` times the model without
-        its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
-        x in that order, masks given in the caller's; see ``order.SampleOrder``); a layer
-        block on CPU then moves its active samples into one window first. check_masks:
-        whether given masks are checked first (``check_masks``). check_finite: called on
-        its own (no order), the block tests x for NaN and inf and gives a sample that has
-        any a NaN output (as the model does); False skips that test (not the shape, dtype
-        and device checks), for a caller that knows x is finite: ``laudtriton bench``
-        times blocks so, since the model tests its input once, on the image. Inference
-        only, as CompiledModel: it runs under no_grad, and its output carries no
-        gradient; autocast does not reach it (it computes in the dtype it was compiled
-        for). Calls from several threads take turns (``call_lock``)."""
-        refuse_tracing(f"CompiledBlock {self.name}")
-        with call_lock(self):
-            return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
-                              check_finite=check_finite)
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
-        raise tracing_refused(f"CompiledBlock {self.name}")
-
-    def _call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None, *,
-              order: SampleOrder | None, check_masks: bool,
-              check_finite: bool) -> torch.Tensor:
-        dev = self.fb.w1.device.type
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(dev):  # (a CompiledModel
-            with torch.no_grad(), no_autocast(dev):  # calls it with both off already)
-                return self._call(x, reuse_input, masks, order=order,
-                                  check_masks=check_masks, check_finite=check_finite)
-        if order is None:  # called on its own: the model checks its input itself
-            self._check_input(x)
-        if masks is not None and check_masks:
-            self.check_masks(masks, x)
-        if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
-            return self._layer_step(x, order, masks)
-        if order is None:  # called on its own (a CompiledModel tests its input itself)
-            bad = nonfinite_samples(x) if check_finite else None
-            out = self._run(x, self.gates(x) if masks is None else masks, reuse_input, None)
-            return out if bad is None else mark_nan(out, bad)
-        if masks is None:
-            masks = self.gates(x)
-        else:
-            masks = order.to_batch(masks)
-        order.pooled = None  # this block may change every sample
-        return self._run(x, masks, reuse_input, order.snapshot())
-
-    def _check_input(self, x) -> None:
-        """Raise a ValueError naming the block unless x is [B >= 1, Cin, H, W] of the
-        compiled dtype, on the compiled device, index included (the map size may differ:
-        ``_fit``)."""
-        want = self.fb.w1
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 or (
-                x.shape[1] != self.spec.in_channels):
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{self.name}: expected an input [B, {self.spec.in_channels}, "
-                             f"H, W] with B >= 1, got {shape}")
-        if x.dtype != want.dtype or x.device != want.device:
-            raise ValueError(f"{self.name}: input is {x.dtype} on {x.device}; the block is "
-                             f"compiled for {want.dtype} on {want.device}")
-
-    @property
-    def reference(self) -> nn.Module:
-        """The source's LaudBottleneck this block was compiled from (eval mode)."""
-        return self._reference[0]
-
-    def train(self, mode: bool = True) -> CompiledBlock:
-        """Inference only: ``train(False)`` (``eval()``) returns the block, still in eval
-        mode.
-
-        Raises:
-            RuntimeError: for ``mode`` True, the default (``guards.TRAIN_REFUSED``).
-        """
-        if mode:
-            raise RuntimeError(TRAIN_REFUSED)
-        return super().train(False)
-
-    def _apply(self, fn, recurse=True):
-        refuse_conversion(fn, self.fb.w1.dtype, self.fb.w1.device)
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        raise RuntimeError(LOAD_REFUSED)
-
-    def check_masks(self, masks: BlockMasks, x: torch.Tensor) -> None:
-        """Raise unless ``masks`` are masks this block's maskers could give for x: each
-        field present exactly where the block has that mask, of its shape (the grid of
-        the block's S on x's map, mask3 and mask1 at the output and input maps, G channel
-        groups), grid and channel holding only 0 and 1 (or False and True), and mask3 and
-        mask1 the grid's expansion (``spatial_masks_from_grid``), as ``last_masks`` gives
-        them: the variants read whichever of them they need, so masks that disagree would
-        give a variant-dependent result.
-
-        Raises:
-            ValueError: naming the block, the mask and the shape or values found.
-        """
-        if not isinstance(masks, BlockMasks):
-            raise ValueError(f"{self.name}: masks must be a BlockMasks, got "
-                             f"{type(masks).__name__}")
-        b, _, h, w = x.shape
-        ho, wo = self.reference.out_hw((h, w))
-        g = self.reference.grid_size((h, w))
-        expected = {
-            "grid": None if g is None else (b, 1, *g),
-            "mask3": None if g is None else (b, 1, ho, wo),
-            "mask1": None if g is None else (b, 1, h, w),
-            "channel": (b, self.spec.channel_groups) if self.spec.channel else None,
-        }
-        for name, shape in expected.items():
-            t = getattr(masks, name)
-            got = None if t is None else tuple(t.shape)
-            if got != shape:
-                raise ValueError(f"{self.name}: masks.{name} has shape {got}; this block on "
-                                 f"an input of {b}x{h}x{w} takes {shape}")
-            if t is not None and name in ("grid", "channel") and not bool(
-                    ((t == 0) | (t == 1)).all()):
-                raise ValueError(f"{self.name}: masks.{name} holds values other than 0 and 1")
-        if g is not None:  # mask3 and mask1 equal to the grid's 0/1 expansion, values too
-            want = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
-                                           self.spec.stride)
-            for name, w01 in zip(("mask3", "mask1"), want):
-                if not torch.equal(getattr(masks, name).to(torch.float32), w01.float()):
-                    raise ValueError(f"{self.name}: masks.{name} is not the expansion of "
-                                     "masks.grid (spatial_masks_from_grid): other pixels "
-                                     "or values other than 0 and 1")
-
-    def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
-             perm: tuple[int, ...] | None, rate: float | None = None) -> torch.Tensor:
-        """The chosen variant on x; rate: ``run_rate(self.spec, masks)`` when the
-        caller has it (a layer block knows its gate values)."""
-        if self.rate_free:
-            choice = self.static_choice
-        else:
-            choice = self.table.choose(run_rate(self.spec, masks) if rate is None
-                                       else rate)
-        if x.shape[-2:] != self.spec.in_hw:  # a block in a user's module: another size
-            choice = self._fit(choice, x)
-        variant = get_variant(choice.variant)
-        run = variant.run_inplace if reuse_input and variant.run_inplace else variant.run
-        out = run(self.fb, x, masks, choice.config_dict)
-        self._last = (masks, choice, perm)
-        return out
-
-    def _fit(self, choice: Choice, x: torch.Tensor) -> Choice:
-        """``choice``, or ``dense`` where its variant does not run x's map size: a block
-        inside a user's module takes sizes other than the example's, and a variant
-        chosen there may need that size (``patch``: S dividing the map)."""
-        key = (tuple(x.shape[-2:]), choice.variant)
-        if key not in self._fits:
-            spec = self.spec.with_(in_hw=key[0], batch=x.shape[0])
-            self._fits[key] = get_variant(choice.variant).supports(spec)
-        return choice if self._fits[key] else Choice("dense", source="rule")
-
-    def _layer_step(self, h: torch.Tensor, order: SampleOrder,
-                    masks: BlockMasks | None) -> torch.Tensor:
-        """This layer block on the model's activation h (a ReLU output, reordered and
-        overwritten in place): the samples whose gate is on are swapped into one window
-        (``SampleOrder.make_contiguous``), so the variant meets one contiguous run; the
-        gate reads ``order.pooled`` when known, and order.pooled is kept up to date where
-        that is cheap: without a downsample a sample whose gate is off leaves the block
-        unchanged (relu(x) = x), so only the window is pooled again. With masks given
-        nothing is pooled."""
-        if masks is None:
-            if order.pooled is None:
-                order.pooled = global_pool(h)
-            masks = self.gates(h, pooled=order.pooled)
-        else:
-            masks, order.pooled = order.to_batch(masks), None
-        on = gate_values(masks, h.shape[0], self.name)
-        (a, e), moved = order.make_contiguous(on, h)
-        if moved is not None:
-            masks = take_masks(masks, moved)
-        out = self._run(h, masks, True, order.snapshot(), rate=sum(on) / len(on))
-        if self.spec.downsample:  # every sample changed
-            order.pooled = None
-        elif order.pooled is not None and e > a:
-            order.pooled[a:e] = global_pool(out[a:e])
-        return out
-
-    @property
-    def last_masks(self) -> BlockMasks | None:
-        """The masks of the last forward, in the caller's sample order; None before the
-        first."""
-        return None if self._last is None else caller_masks(self._last[0], self._last[2])
-
-    @property
-    def last_run(self) -> BlockRun | None:
-        """The rates (spatial: of the grid, or of the layer gate; channel) and the variant
-        of the last forward; None before the first."""
-        if self._last is None:
-            return None
-        masks, choice, _ = self._last
-        srate = None if self.spec.mode == "channel" else mean64(masks.grid)
-        crate = None if masks.channel is None else mean64(masks.channel)
-        return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
 
 
 class CompiledModel(nn.Module):
@@ -445,23 +196,6 @@ class CompiledModel(nn.Module):
         """A ``Plan`` of this model (new at each read), to print: per block its mode, S,
         G and the variant chosen per rate."""
         return Plan(self)
-
-
-def mean64(t: torch.Tensor) -> float:
-    """The mean of a mask in float64: in a half type its own mean is rounded (0.55 read
-    0.5498 in bfloat16, and a rate halfway between two table entries went to the upper
-    one where float32 masks' went to the lower). A CPU mask of a numpy dtype is read
-    through numpy (no torch op)."""
-    a = host_array(t)
-    if a is not None:
-        return float(a.mean(dtype=np.float64))
-    return float(t.double().mean())
-
-
-def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
-    """``ops.masks.dispatch_rate`` in float64 whatever the masks' dtype (``mean64``): the
-    rate a compiled block reads its dispatch table at."""
-    return mean64(masks.channel if spec.mode == "channel" else masks.grid)
 
 
 class Plan:

@@ -8,15 +8,13 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
+from laudtriton.baseline import NO_MASKS, DenseModel, nchw_dense_block
 from laudtriton.bench import (
-    NO_MASKS,
     BenchRow,
-    DenseModel,
     ProcessFailed,
     bench,
     build_model,
     format_rows,
-    nchw_dense_block,
     process_summary,
     read_csv,
     run_processes,
@@ -148,12 +146,14 @@ def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
     block does not); only the recording forward of the whole model tests its image."""
     import laudtriton
     import laudtriton.compiled as compiled_mod
+    import laudtriton.compiled_block as block_mod
     from laudtriton.bench import _block_rows
 
     calls = []
-    real = compiled_mod.nonfinite_samples  # from guards; compiled's blocks read this name
-    monkeypatch.setattr(compiled_mod, "nonfinite_samples",
-                        lambda x: calls.append(tuple(x.shape)) or real(x))
+    real = compiled_mod.nonfinite_samples  # from guards; the model and the blocks read it
+    for mod in (compiled_mod, block_mod):  # under these names, at call time
+        monkeypatch.setattr(mod, "nonfinite_samples",
+                            lambda x: calls.append(tuple(x.shape)) or real(x))
     torch.manual_seed(0)
     model = build_model("laud_resnet50", "channel", "4-4-2-1", 2)
     x = torch.randn(1, 3, 64, 64)
@@ -291,7 +291,7 @@ def test_dense_baselines_agree():
 def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     """Both dense forms are timed in the run that compares against them, and each row's
     dense time is the faster one of that run (not a form picked earlier)."""
-    import laudtriton.bench as bench_module
+    import laudtriton.baseline as baseline_module
 
     seen = []
 
@@ -301,7 +301,7 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
         # new inputs: nchw, channels_last, compiled
         return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
 
-    monkeypatch.setattr(bench_module, "interleaved_medians", fake)
+    monkeypatch.setattr(baseline_module, "interleaved_medians", fake)  # time_against_dense's
     torch.manual_seed(0)
     rows = bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2,
                  reps=1, tune="off", blocks=False, log=lambda s: None)
@@ -316,6 +316,7 @@ def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypat
     """bench reported a speedup of whatever the compiled model computed; only demo
     compared its logits with the reference's. It checks them before the per-block table
     is timed too (it checked them after that table)."""
+    import laudtriton.baseline as baseline_module
     import laudtriton.bench as bench_module
     from laudtriton.compiled import CompiledModel
 
@@ -328,7 +329,8 @@ def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypat
         raise AssertionError("timed a wrong model")
 
     monkeypatch.setattr(CompiledModel, "forward", off_by_a_bit)
-    monkeypatch.setattr(bench_module, "interleaved_medians", timed)
+    for mod in (bench_module, baseline_module):  # per-block rows; whole-model rows
+        monkeypatch.setattr(mod, "interleaved_medians", timed)
     torch.manual_seed(0)
     with pytest.raises(AssertionError, match="compiled logits \\(bench\\)"):
         bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,

@@ -601,7 +601,7 @@ def test_compiled_block_takes_nested_kernel_configs():
     """Triton variants' configs nest ({"conv1": {...}, ...}); a dispatch table holding
     them (measured, cached or predicted) must build a CompiledBlock, rate-free when every
     entry is the same."""
-    from laudtriton.compiled import CompiledBlock
+    from laudtriton.compiled_block import CompiledBlock
     from laudtriton.ops import BlockSpec, fold_block
     from laudtriton.schedule import Choice, DispatchTable
 
@@ -770,7 +770,7 @@ def test_dispatch_rate_of_half_type_masks_is_exact():
     """A bfloat16 mask's own mean is rounded (0.55 read 0.5498): the same masks ran
     another variant than in float32 at a rate halfway between two table entries, and
     last_stats reported float32 means (0.8 as 0.800000011920929)."""
-    from laudtriton.compiled import mean64, run_rate
+    from laudtriton.compiled_block import mean64, run_rate
     from laudtriton.nn.block import BlockMasks
     from laudtriton.ops.spec import BlockSpec
 
@@ -830,7 +830,7 @@ def test_concurrent_calls_take_turns(monkeypatch):
     import threading
     import time
 
-    from laudtriton.compiled import CompiledBlock
+    from laudtriton.compiled_block import CompiledBlock
 
     model = tiny_model("channel")
     x = [spread(2, (32, 32), seed=s) for s in range(3)]

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import laudtriton
-from laudtriton.compiled import CompiledBlock, CompiledModel
+from laudtriton.compiled import CompiledModel
+from laudtriton.compiled_block import CompiledBlock
 from laudtriton.nn import LaudBottleneck, LaudResNet, calibrate_rates
 from laudtriton.testing import assert_close, make_block, randomize_bn
 

@@ -16,7 +16,7 @@ from .record import Run, save
 
 # -- 4. whole model ---------------------------------------------------------------------------
 def _dense_model(model, dev, dt):
-    from ..bench import DenseModel
+    from ..baseline import DenseModel
 
     dm = DenseModel(model, torch.channels_last)
     dm.stem_w = dm.stem_w.to(dev, dt).contiguous(memory_format=torch.channels_last)

@@ -20,17 +20,21 @@ class SparsityLoss(nn.Module):
     loss = mean_i [max(0, r_i − upper)² + max(0, lower − r_i)²] + (F/F_dense − target)²
 
     where r_i is block i's FLOPs ratio, F the model's sparse FLOPs and F_dense the dense
-    network's. The per-block bounds start at lower = upper = target and relax to [0, 1]
-    over the first third of training (each block is free to deviate from the target once
-    the whole network meets it): progress = cos²(π/2 · min(1, epoch / (0.33·num_epochs))),
+    network's, both at the input's own size (the official training script takes F_dense
+    at 224x224 whatever its image size: the same at 224, and at other sizes this ratio is
+    the one the target means). The per-block bounds start at lower = upper = target and
+    relax to [0, 1] over the first third of training (each block is free to deviate from
+    the target once the whole network meets it):
+    progress = cos²(π/2 · min(1, epoch / (0.33·num_epochs))),
     upper = 1 − progress·(1 − target), lower = progress·target.
 
     Args:
         target: target FLOPs ratio in (0, 1].
-        num_epochs: length of training (the bounds relax over its first third).
+        num_epochs: length of training, a positive number (the bounds relax over its
+            first third).
     """
 
-    def __init__(self, target: float, num_epochs: int) -> None:
+    def __init__(self, target: float, num_epochs: float) -> None:
         super().__init__()
         def real(x) -> bool:
             return isinstance(x, numbers.Real) and not isinstance(x, bool)

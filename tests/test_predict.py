@@ -21,21 +21,18 @@ from laudtriton.predict.calibrate import (
     load_calibration,
     save_calibration,
 )
+from laudtriton.predict.fit import Sample, fit, samples, validate
 from laudtriton.predict.hardware import CPU_DEFAULT, PRESETS, get_hardware, known_hardware
 from laudtriton.predict.model import (
     Factors,
-    Sample,
     _latency,
     factor_key,
     factors_for,
-    fit,
     predict_block,
     predict_expected,
     predict_timings,
     quantisation,
-    samples,
     terms,
-    validate,
 )
 from laudtriton.predict.network import flops_ratio, model_specs, rate_for_flops_ratio
 from laudtriton.tune.cache import TuneCache
@@ -525,7 +522,7 @@ def test_quantisation_tiles_each_distinct_gemm_once(monkeypatch):
 def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
     """``predict --validate --include-stale`` validated a current 2 ms timing as 0.1 ms,
     an old version's faster one (one minimum per spec, rate and variant over versions)."""
-    from laudtriton.predict.model import samples
+    from laudtriton.predict.fit import samples
     from laudtriton.tune.cache import CacheEntry
 
     spec = SPECS[0]
@@ -541,7 +538,7 @@ def test_samples_of_other_versions_are_added_not_folded_into_the_current_ones():
 def test_samples_skip_a_variant_on_a_block_it_does_not_run(caplog):
     """One cache entry of a spatial variant on a channel block (a hand-edited file)
     failed every fit: every compile with tune="cached" and every `predict` raised."""
-    from laudtriton.predict.model import samples
+    from laudtriton.predict.fit import samples
     from laudtriton.tune.cache import CacheEntry
 
     spatial = next(s for s in SPECS if s.mode == "spatial")

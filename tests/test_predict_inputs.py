@@ -21,8 +21,8 @@ from laudtriton.predict.calibrate import (
     load_calibration,
     save_calibration,
 )
+from laudtriton.predict.fit import fit
 from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
-from laudtriton.predict.model import fit
 from laudtriton.testing import assert_close
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.keys import device_fingerprint

@@ -1,16 +1,9 @@
 """Hardware specs, latency models and calibration (DESIGN.md section 6)."""
 
 from .calibrate import Calibration, calibrate, load_calibration, save_calibration
+from .fit import ValidationReport, fit, validate
 from .hardware import PRESETS, HardwareSpec, get_hardware, known_hardware
-from .model import (
-    Factors,
-    ValidationReport,
-    fit,
-    predict_block,
-    predict_expected,
-    predict_timings,
-    validate,
-)
+from .model import Factors, predict_block, predict_expected, predict_timings
 from .network import flops_ratio, model_specs, rate_for_flops_ratio
 from .prune import config_time, make_prune
 

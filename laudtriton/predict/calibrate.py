@@ -167,8 +167,8 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     Raises:
         ValueError: unknown hardware, or "cuda" without a calibrated local GPU.
     """
+    from .fit import fit as fit_factors
     from .model import DEFAULT_FACTORS
-    from .model import fit as fit_factors
 
     hw = get_hardware(hardware, cache_dir)
     default = DEFAULT_FACTORS[hw.kind]
@@ -194,7 +194,7 @@ def fitted_predictor(cache: TuneCache, device: str = "cpu"
     ``tune.cache.TuneCache``, whose directory holds the calibration). None when the
     device is not calibrated (or its calibration file is corrupt: reported once) or the
     cache holds no timings."""
-    from .model import fit
+    from .fit import fit
 
     cal = load_calibration(cache.dir, device)
     entries = cache.entries() if cal is not None else []

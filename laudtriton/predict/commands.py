@@ -130,16 +130,16 @@ def _check_predict_options(args) -> None:
 
 def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
     """``laudtriton predict --validate``: leave-one-block-shape-out validation of the latency
-    model (``model.validate``) on the autotune cache's timings of ``hw`` (those of other
+    model (``fit.validate``) on the autotune cache's timings of ``hw`` (those of other
     laudtriton/kernel versions too with --include-stale), printed as its MAPE table after
     the hardware line. Returns 0.
 
     Raises:
         ValueError: ``hw`` has no timings here (only "cpu" and a calibrated "cuda" do),
             the cache is disabled ($LAUDTRITON_CACHE), it holds no timings of this device,
-            or none usable or fewer than 2 block shapes (``model.validate``).
+            or none usable or fewer than 2 block shapes (``fit.validate``).
     """
-    from .model import validate
+    from .fit import validate
 
     cache = timings_cache(hw, args.cache_dir)
     if cache is None:

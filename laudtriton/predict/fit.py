@@ -1,0 +1,208 @@
+"""Fitting the latency model's ``Factors`` to cached timings (least mean absolute log
+error per variant, :func:`fit`) and validating it on timings held out by block shape
+(:func:`validate`); the model itself is ``predict.model``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ops.spec import BlockSpec
+from .hardware import DTYPES, HardwareSpec
+from .model import DEFAULT_FACTORS, Factors, factor_key, predict_block, resolve_variant, terms
+
+log = logging.getLogger("laudtriton")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured point: spec, rate bucket, variant, best seconds over its configs."""
+
+    spec: BlockSpec
+    rate: float
+    variant: str
+    seconds: float
+
+
+def samples(entries: Iterable) -> list[Sample]:
+    """Cache entries (``TuneCache.entries()``) -> the fastest finite, positive time per
+    (spec, rate bucket, variant) and version: the entries of other versions
+    (``entries(include_stale=True)``, marked ``meta["stale"]``) are samples of their own,
+    added to the current ones rather than folded into them. Variants not registered here
+    and dtypes outside ``hardware.DTYPES`` (a float64 compile's timings) are skipped
+    (logged), as are timings of a variant on a block it does not run (a mode it does
+    not handle, or ``supports`` False: a hand-edited cache file)."""
+    best: dict[tuple, float] = {}
+    skipped, dtypes, foreign = set(), set(), set()
+    for e in entries:
+        if not (math.isfinite(e.seconds) and e.seconds > 0):
+            continue
+        if e.spec.dtype not in DTYPES:  # e.g. float64 (compile(dtype=...)): no peak rate
+            dtypes.add(e.spec.dtype)
+            continue
+        try:
+            v = resolve_variant(e.variant)
+        except ValueError:
+            skipped.add(e.variant)
+            continue
+        if not (e.spec.mode in v.modes and v.supports(e.spec)):  # a hand-edited file:
+            foreign.add(f"{e.variant} on {e.spec.short()}")  # no model of that run
+            continue
+        meta = getattr(e, "meta", None) or {}
+        version = (json.dumps([meta.get("versions"), meta.get("source_hash")], sort_keys=True)
+                   if meta.get("stale") else "")
+        k = (e.spec, round(float(e.rate_bucket), 6), e.variant, version)
+        best[k] = min(e.seconds, best.get(k, math.inf))
+    if skipped:
+        log.warning("cached timings of unregistered variants ignored: %s", sorted(skipped))
+    if dtypes:
+        log.warning("cached timings in dtypes the latency model has no peak for ignored: %s",
+                    sorted(dtypes))
+    if foreign:
+        log.warning("cached timings of variants on blocks they do not run ignored: %s",
+                    sorted(foreign)[:4] + (["..."] if len(foreign) > 4 else []))
+    return [Sample(s, r, v, t) for (s, r, v, _), t in sorted(
+        best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2], kv[0][3]))]
+
+
+def _arrays(data: Sequence[Sample], hw: HardwareSpec):
+    ts = [terms(s.spec, s.rate, s.variant, hw) for s in data]
+    return (np.array([t.launches for t in ts]), np.array([t.compute_s for t in ts]),
+            np.array([t.memory_s for t in ts]), np.array([s.seconds for s in data]))
+
+
+_LO = np.log([1e-3, 1e-3, 1e-9])  # bounds of (1/eff_c, 1/eff_m, overhead s)
+_HI = np.log([1e4, 1e4, 1e-1])
+
+
+def _fit_one(arrays, hw: HardwareSpec, prior: Factors,
+             free: tuple[bool, bool, bool] = (True, True, True)) -> tuple[Factors, float]:
+    """(Factors, mean loss) minimising the mean |log(pred) - log(measured)| over (1/eff_c,
+    1/eff_m, overhead), by a refined log grid (no SciPy). Absolute, not squared: on a
+    loaded machine a few timings are 10-300x too slow (seen on the shared 2-core box), and
+    squares let them drag every factor. A weak pull towards ``prior`` keeps unidentified
+    parameters (e.g. eff_m when compute always dominates) at their default. ``free``:
+    which of (eff_c, eff_m, overhead) are fitted; the others keep the prior's value."""
+    lau, xc, xm, t = arrays
+    lt = np.log(t)
+    raw = np.array([1 / prior.eff_c, 1 / prior.eff_m,
+                    prior.overhead if prior.overhead is not None else hw.launch_overhead])
+    # into the searched box: an overhead of 0 (a calibration may say so) has no log
+    p0 = np.clip(np.log(np.maximum(raw, np.exp(_LO))), _LO, _HI)
+    best, width, loss = p0.copy(), (_HI - _LO) * np.array(free, dtype=float), math.inf
+    for _ in range(6):
+        axes = [np.clip(np.linspace(best[i] - width[i] / 2, best[i] + width[i] / 2,
+                                    17 if free[i] else 1), _LO[i], _HI[i]) for i in range(3)]
+        grid = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+        a, b, c = (np.exp(grid[:, i:i + 1]) for i in range(3))
+        pred = c * lau + np.maximum(a * xc, b * xm)
+        err = np.abs(np.log(pred) - lt).mean(axis=1)
+        err = err + 1e-4 * ((grid - p0) ** 2).sum(axis=1)
+        k = int(np.argmin(err))
+        best, loss = grid[k], float(err[k])
+        width = width / 3
+    a, b, c = np.exp(best)
+    return Factors(eff_c=float(1 / a), eff_m=float(1 / b), overhead=float(c), n=len(t)), loss
+
+
+def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Factors]:
+    """Per-variant Factors fitted on ``data`` (Samples or cache entries), plus "*" fitted on
+    all of them (the fallback for variants with fewer than ``min_samples`` points).
+
+    eff_m is shared by every variant (memory efficiency is the machine's, and one variant's
+    few memory-bound points cannot pin it); eff_c and overhead are per variant. The shared
+    eff_m is searched on a refined log grid, each candidate scored by the summed loss of the
+    per-variant fits (on synthetic timings this recovers the true factors; a pooled eff_m
+    fitted with shared eff_c/overhead did not)."""
+    data = list(data)
+    if data and not isinstance(data[0], Sample):
+        data = samples(data)
+    if len(data) < min_samples:
+        return {}
+    prior = DEFAULT_FACTORS[hw.kind]
+    pooled, _ = _fit_one(_arrays(data, hw), hw, prior)
+    keys = [factor_key(s.variant, s.spec) for s in data]
+    groups = {k: [s for s, ks in zip(data, keys) if ks == k] for k in sorted(set(keys))}
+    groups = {v: _arrays(p, hw) for v, p in groups.items() if len(p) >= min_samples}
+    if not groups:
+        return {"*": pooled}
+    center, width, best = math.log(1 / pooled.eff_m), 4.0, (math.inf, {})
+    for _ in range(4):
+        for lb in np.linspace(center - width / 2, center + width / 2, 9):
+            lb = float(np.clip(lb, _LO[1], _HI[1]))
+            start = Factors(pooled.eff_c, math.exp(-lb), pooled.overhead)
+            fits = {v: _fit_one(arr, hw, start, free=(True, False, True))
+                    for v, arr in groups.items()}
+            total = sum(loss * len(groups[v][3]) for v, (_, loss) in fits.items())
+            if total < best[0]:
+                best = (total, {v: f for v, (f, _) in fits.items()}, lb)
+        center, width = best[2], width / 4
+    return {"*": pooled, **best[1]}
+
+
+# -- validation -----------------------------------------------------------------------
+
+def shape_key(spec: BlockSpec) -> tuple:
+    """The block shape entries are held out by: channels, stride, downsample, input size
+    (mode, S, batch and dtype left out, so one shape never sits on both sides)."""
+    return (spec.in_channels, spec.width, spec.out_channels, spec.stride, spec.downsample,
+            tuple(spec.in_hw))
+
+
+@dataclass
+class ValidationReport:
+    """rows: (spec, rate, variant, measured s, predicted s) of every held-out sample;
+    per_variant: {variant: (MAPE %, n)}; mape: over every row; folds: shapes held out."""
+
+    rows: list[tuple[BlockSpec, float, str, float, float]] = field(default_factory=list)
+    per_variant: dict[str, tuple[float, int]] = field(default_factory=dict)
+    mape: float = math.nan
+    folds: int = 0
+
+    def format(self) -> str:
+        """Per-variant table, then the last line exactly ``MAPE <number>%``."""
+        lines = [f"held out by block shape: {self.folds} folds, {len(self.rows)} timings",
+                 f"{'variant':<14} {'n':>5} {'MAPE %':>8}"]
+        for v, (m, n) in sorted(self.per_variant.items()):
+            lines.append(f"{v:<14} {n:>5} {m:>8.2f}")
+        if self.rows:
+            med = float(np.median([abs(p - t) / t * 100 for *_, t, p in self.rows]))
+            lines.append(f"median APE {med:.2f}% (robust to timings hit by machine load)")
+        lines.append(f"MAPE {self.mape:.2f}%")
+        return "\n".join(lines)
+
+
+def validate(entries: Iterable, hw: HardwareSpec) -> ValidationReport:
+    """Leave-one-block-shape-out validation: for each shape, fit on the others' timings and
+    predict its own; MAPE = mean |pred - measured| / measured x 100.
+
+    Raises:
+        ValueError: if there are no usable timings, or fewer than 2 block shapes.
+    """
+    data = samples(entries)
+    if not data:
+        raise ValueError("no cached timings to validate on; run `laudtriton sweep` first "
+                         "(and `laudtriton calibrate`)")
+    shapes = sorted({shape_key(s.spec) for s in data})
+    if len(shapes) < 2:
+        raise ValueError(f"cached timings cover {len(shapes)} block shape; holding out by "
+                         "shape needs at least 2 (sweep more blocks)")
+    rep = ValidationReport(folds=len(shapes))
+    for shape in shapes:
+        train = [s for s in data if shape_key(s.spec) != shape]
+        fac = fit(train, hw)
+        for s in data:
+            if shape_key(s.spec) == shape:
+                p = predict_block(s.spec, s.rate, s.variant, hw, fac)
+                rep.rows.append((s.spec, s.rate, s.variant, s.seconds, p))
+    errs: dict[str, list[float]] = {}
+    for _, _, v, t, p in rep.rows:
+        errs.setdefault(v, []).append(abs(p - t) / t * 100)
+    rep.per_variant = {v: (float(np.mean(e)), len(e)) for v, e in errs.items()}
+    rep.mape = float(np.mean([e for es in errs.values() for e in es]))
+    return rep

@@ -215,7 +215,8 @@ class Design:
     modes, granularities: per stage (S is 1 where the stage has no spatial mask;
     ``s_label`` prints '_' there).
     seconds: predicted latency of the whole model (blocks with their fastest variant, plus
-    the dense stem and head); dense_seconds: the same with every block dense.
+    the dense stem and head); dense_seconds: the static network's (every block dense,
+    no masks: ``predict.model.predict_static_dense``), the same for every design.
     flops_ratio: achieved FLOPs of the residual blocks / their dense FLOPs.
     rates: activation rate per block (the one that meets the target FLOPs ratio).
     variants: the fastest variant per block.
@@ -335,7 +336,7 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
 
     from .ops.registry import variants_for
     from .predict.hardware import get_hardware
-    from .predict.model import predict_expected, predict_stem_head
+    from .predict.model import predict_expected, predict_static_dense, predict_stem_head
     from .predict.network import flops_ratio, rate_for_flops_ratio
 
     hw = get_hardware(hw)
@@ -351,7 +352,7 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
             r = rate_for_flops_ratio(spec, target)
             best = min((predict_expected(spec, r, v, hw, factors), v.name)
                        for v in variants_for(spec, hw.backend))
-            dense = predict_expected(spec, 1.0, "dense", hw, factors)
+            dense = predict_static_dense(spec, hw, factors)
             memo[spec] = (best[0], dense, flops_ratio(spec, r) * spec.dense_flops(),
                           spec.dense_flops(), r, best[1])
         return memo[spec]

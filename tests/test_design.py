@@ -155,6 +155,30 @@ def test_design_sorted_and_on_target(hw, batch, target):
     assert designs[0].seconds < designs[0].dense_seconds
 
 
+def test_the_dense_baseline_is_the_static_network_whatever_the_modes(capsys, monkeypatch):
+    """design and predict took the "dense" of a channel-mode block under the factors of
+    its masked path ("dense/channel"): a channel design's "x dense" was measured against
+    another dense model than a spatial one's (85 against 64 ms on a fitted cache)."""
+    from laudtriton.predict import commands
+    from laudtriton.predict.model import Factors
+
+    factors = {"dense": Factors(0.5, 0.7, 2e-5), "dense/channel": Factors(0.1, 0.1, 1e-3)}
+    dense = {modes: design_search("laud_resnet50", CPU_DEFAULT, 0.5, modes, (4,),
+                                  factors=factors)[0].dense_seconds
+             for modes in [("spatial",), ("channel",), ("layer",), ("both",)]}
+    assert len(set(dense.values())) == 1, dense
+    monkeypatch.setattr(commands, "predictor_for",
+                        lambda *a, **k: (CPU_DEFAULT, factors, ""))
+    totals = []
+    for mode in ("spatial", "channel"):
+        assert main(["predict", "--model", "laud_resnet50", "--mode", mode,
+                     "--rates", "0.5"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        totals.append(float(out[out.index(next(ln for ln in out if "dense ms" in ln
+                                                and "best ms" in ln)) + 1].split()[1]))
+    assert totals[0] == totals[1] == pytest.approx(dense[("spatial",)] * 1e3, rel=1e-3)
+
+
 def test_design_rates_meet_target_per_block():
     d = design_search("laud_resnet50", "v100", 0.5, ("spatial",), (4,), batch=8)
     assert len(d) == 1 and d[0].label() == "spatial-spatial-spatial-spatial 4-4-4-4"

@@ -170,7 +170,12 @@ def run_predict(args: argparse.Namespace) -> int:
     """
     from ..ops.registry import variants_for
     from ..tune.options import parse_stages
-    from .model import predict_expected, predict_stem_head, resolve_variant
+    from .model import (
+        predict_expected,
+        predict_static_dense,
+        predict_stem_head,
+        resolve_variant,
+    )
     from .network import model_specs
 
     _check_predict_options(args)
@@ -222,7 +227,7 @@ def run_predict(args: argparse.Namespace) -> int:
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"
             print(f"{label:<64}{_rate_label(r):>8}{cells}  {best}")
-            total[r][0] += row["dense"] * len(members)
+            total[r][0] += predict_static_dense(spec, hw, factors) * len(members)
             total[r][1] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
     print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms)")

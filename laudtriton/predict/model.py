@@ -247,6 +247,17 @@ def mask_units(spec: BlockSpec) -> int | None:
     return None
 
 
+def predict_static_dense(spec: BlockSpec, hw: HardwareSpec,
+                         factors: dict[str, Factors] | None = None) -> float:
+    """Predicted seconds of the static block, the dense baseline: the ``dense`` variant's
+    Cost at rate 1 under ``dense``'s own factors, whatever the spec's mode. On a block with
+    channel masks the ``dense`` variant is another code path ("dense/channel",
+    :func:`factor_key`), a candidate of that block but not the baseline: predicted so, a
+    channel-mode model's "dense" took 85 ms against the spatial one's 64 ms (ResNet-50 on
+    the Intel cache's fit, session 31)."""
+    return _curve(spec, "dense", hw, factors_for("dense", hw, factors))[MONOTONE_STEPS]
+
+
 def predict_expected(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
                      factors: dict[str, Factors] | None = None) -> float:
     """Expected seconds at a mean activation ``rate`` that need not be a whole number k/N of

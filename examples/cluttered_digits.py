@@ -46,6 +46,7 @@ import torch.nn.functional as F
 import laudtriton
 from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
+from laudtriton.tune.options import check_output_path, make_writable_dir
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,11 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 epochs on 256 images, 64 test images, short timings")
+                   help="smoke run: at most 2 epochs (1 of warm-up) on 256 images, 64 test "
+                        "images, short timings")
     a = p.parse_args(argv)
+    if not 0 <= a.seed < 2**32:
+        p.error(f"--seed must be in [0, 2**32), got {a.seed}")
     if a.threads is not None:
         if a.threads <= 0:
             p.error(f"--threads must be positive, got {a.threads}")
@@ -330,12 +334,19 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
         p.error(f"--target-rate must be in (0, 1], got {a.target_rate}")
     if not 8 <= a.digit_size <= Config.canvas:
         p.error(f"--digit-size must be in [8, {Config.canvas}], got {a.digit_size}")
+    out, save = a.out.expanduser(), None if a.save is None else a.save.expanduser()
+    try:  # before training: a path that cannot be written would lose minutes of work
+        make_writable_dir(str(out), "--out")
+        check_output_path(None if save is None else str(save), "--save")
+    except ValueError as e:
+        p.error(str(e))
     cfg = Config(epochs=a.epochs, seed=a.seed, target_rate=a.target_rate,
                  digit_size=a.digit_size)
     if a.quick:
         cfg = replace(cfg, epochs=min(a.epochs, 2), train_limit=256, test_limit=64,
                       timing_reps=3, curve_rates=(0.3,))
-    return cfg, a.out, a.quick, a.save
+    # the warm-up leaves at least one epoch to the sparsity loss (``train``): print it so
+    return replace(cfg, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs - 1)), out, a.quick, save
 
 
 def main(argv=None) -> dict:

@@ -131,3 +131,28 @@ def test_main_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         cd.main(["--target-rate", "1.5"])
     assert "--target-rate must be in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--out", "{file}"], "--out '{file}' cannot be made or written (File exists)"),
+    (["--save", "{tmp}/missing/m.pt"], "the directory '{tmp}/missing' does not exist"),
+    (["--save", "{tmp}"], "is a directory; give a file name"),
+    (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
+])
+def test_main_refuses_paths_and_seeds_before_training(args, says, tmp_path, capsys,
+                                                      monkeypatch):
+    """These were tracebacks, --save's after the whole training (about 5 minutes)."""
+    monkeypatch.setattr(cd, "train", lambda *a: pytest.fail("trained before refusing"))
+    (tmp_path / "f").write_text("")
+    fill = {"file": str(tmp_path / "f"), "tmp": str(tmp_path)}
+    with pytest.raises(SystemExit) as e:
+        cd.main(["--quick", "--out", str(tmp_path / "o"),
+                 *[a.format(**fill) for a in args]])
+    assert e.value.code == 2 and says.format(**fill) in capsys.readouterr().err
+
+
+def test_quick_prints_the_warm_up_it_runs(tmp_path):
+    """--quick printed warmup_epochs=4 and ran 1 (the warm-up leaves the sparsity loss an
+    epoch)."""
+    cfg, *_ = cd.parse_args(["--quick", "--out", str(tmp_path / "o")])
+    assert (cfg.epochs, cfg.warmup_epochs) == (2, 1)

@@ -188,6 +188,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          f"the {cpus} CPUs this process may run on), got {args.threads}")
     if args.allocator not in runtime.SETTINGS:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
+    if args.csv:  # '--csv=~/x' reaches us without a shell's expansion
+        args.csv = os.path.expanduser(args.csv)
     check_output_path(args.csv, "--csv")
     rates = parse_rates(args.rates)
     check_layout_options(args)

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,10 +47,10 @@ UNNAMED = "cache"  # the model of cache entries no sweep named (e.g. compile's t
 
 def rows_from_cache(cache: TuneCache) -> list[dict]:
     """Sweep-like rows (model, block, spec, spec_key, rate, variant, config, seconds,
-    flops_ratio) from a TuneCache's current entries; models and block names come from
-    the entries' meta (entries without them go under model ``UNNAMED``, one "block"
-    per spec, of no network: ``plot_latency_vs_rate`` draws no whole-model figure of
-    them)."""
+    flops_ratio, asked_rate, input_size) from a TuneCache's current entries; models and
+    block names come from the entries' meta (entries without them go under model
+    ``UNNAMED``, one "block" per spec, of no network: ``plot_latency_vs_rate`` draws no
+    whole-model figure of them)."""
     rows = []
     for e in cache.entries():
         models = e.meta.get("models") or {UNNAMED: [e.spec.short()]}
@@ -61,7 +62,8 @@ def rows_from_cache(cache: TuneCache) -> list[dict]:
                                  "variant": e.variant, "config": e.config,
                                  "seconds": e.seconds,
                                  "flops_ratio": e.meta.get("flops_ratio", ""),
-                                 "asked_rate": asked})
+                                 "asked_rate": asked,
+                                 "input_size": e.meta.get("input_size", "")})
     return rows
 
 
@@ -87,7 +89,8 @@ def _group(rows: Rows):
     stand for several asked rates). A block has several spec ids when the rows hold
     sweeps of the same model at several granularities (a cache that kept them all).
     Rows of a clustered sweep (column ``clustered``) get figures of their own
-    ("_clustered"), and so does each device (column ``device``) when the rows hold
+    ("_clustered"), so do the rows of each input size other than 224 (column
+    ``input_size``: "_i64"), and so does each device (column ``device``) when the rows hold
     several: a figure's best time per rate never mixes machines or mask kinds."""
     figs: dict[str, dict] = {}
     devices = {str(r.get("device") or "") for r in rows}
@@ -98,6 +101,8 @@ def _group(rows: Rows):
         key = str(r["model"])
         if spec is not None:
             key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
+        if r.get("input_size") not in (None, "", 224):  # 224 (or not recorded): no suffix
+            key += f"_i{int(r['input_size'])}"
         if len(devices) > 1:
             key += f"_{r.get('device') or 'unknown device'}"
         if _clustered(r):
@@ -256,7 +261,14 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
                         "several granularities); no whole-model figure, which would mix "
                         "them: plot each sweep's CSV instead", key, ", ".join(mixed))
             continue
-        paths.append(_model_figure(key, g, curves, colors, out_dir))
+        path = _model_figure(key, g, curves, colors, out_dir)
+        if path is None:  # no rate every block was timed at: the figure would be empty
+            log.warning("plot: %s: no rate at which every block has a timing (the rates "
+                        "the masks realise differ between blocks, and the rows do not say "
+                        "which rate the sweep asked for: column asked_rate); no whole-model "
+                        "figure", key)
+            continue
+        paths.append(path)
     return paths
 
 
@@ -298,11 +310,11 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
     return path
 
 
-def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
+def _model_figure(key, g, curves, colors, out_dir: Path) -> Path | None:
     """Whole model: per line, the sum over every block at rates where all blocks have it,
     each block's timing counted at the rate the sweep asked for when it is known (the
     rates the masks realise differ between blocks: 0.5 is 0.5 of a 14x14 grid, 0.49 of
-    a 7x7 one)."""
+    a 7x7 one). None, and no file, where no line has such a rate."""
     blocks = [(b, next(iter(ss))) for b, ss in g["blocks"].items()]  # one spec each
     names = {k for sid in curves for k in curves[sid]}
 
@@ -317,6 +329,8 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path:
         rates = set.intersection(*(set(by_asked[sid].get(name, {})) for _, sid in blocks))
         totals[name] = {r: sum(by_asked[sid][name][r] for _, sid in blocks)
                         for r in sorted(rates)}
+    if not any(totals.values()):
+        return None
     fig = _new_figure(figsize=(6.4, 4.8), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, {k: v for k, v in totals.items() if k != "best"}, colors)
@@ -395,6 +409,8 @@ def run_plot(args: argparse.Namespace) -> int:
         if args.source == "cache" or not args.no_predicted:
             dev = check_device(args.device)
         check_nonempty(args.source, "--from")
+        if args.source != "cache":  # '--from=~/x.csv' reaches us without a shell's expansion
+            args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
         _figure_class()  # matplotlib missing: said before reading anything
@@ -431,8 +447,8 @@ def run_plot(args: argparse.Namespace) -> int:
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
                 if predicted is None:
                     print(f"laudtriton plot: no predicted line: {here} has no calibration "
-                          "in the cache directory, or the cache no current timings to fit "
-                          "it on (`laudtriton calibrate`, `laudtriton sweep`; "
+                          "in the cache directory, or the cache has no current timings to "
+                          "fit it on (`laudtriton calibrate`, `laudtriton sweep`; "
                           "--no-predicted leaves it out)", file=sys.stderr)
         try:
             paths = plot_latency_vs_rate(rows, args.out, predicted)

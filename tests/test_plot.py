@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -173,13 +174,34 @@ def test_plot_skips_a_model_whose_every_config_failed(tmp_path, caplog):
     assert "failnet_spatial_b1_float32: nothing finite was measured" in caplog.text
 
 
-def test_plot_model_figure_without_a_common_rate(tmp_path, drawn):
+def test_plot_model_figure_without_a_common_rate(tmp_path, drawn, caplog):
     """Each block measured at other rates than the others: no rate has every block, so
-    the whole-model figure has no line (and no legend), where it failed in matplotlib."""
+    there is no whole-model figure, and a warning says why (it failed in matplotlib, then
+    drew an empty figure, silently: a CSV without its asked_rate column did so)."""
     rows = [r for r in _rows() if (r["rate"] == 0.2) == (r["block"] == "layer2.0")]
-    paths = plot_latency_vs_rate(rows, tmp_path)
-    assert len(paths) == 2 and all(p.is_file() for p in paths)
-    assert all(c for c in drawn[:-1]) and not any(drawn[-1].values())
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows, tmp_path)
+    assert [p.name for p in paths] == ["tinynet_spatial_b1_float32_blocks.png"]
+    assert all(c for c in drawn) and not (tmp_path / "tinynet_spatial_b1_float32_model.png"
+                                          ).exists()
+    assert "no rate at which every block has a timing" in caplog.text
+
+
+def test_plot_keeps_input_sizes_apart(tmp_path, drawn):
+    """Sweeps of one model at two input sizes: the whole-model figure was refused (its
+    blocks had "several specs") and a CSV at 64 wrote over the 224 figures' files."""
+    small = {s.key(): dataclasses.replace(s, in_hw=(4, 4)) for s in SPECS}
+    rows = [{**r, "input_size": 224} for r in _rows()]
+    rows += [{**r, "input_size": 64, "spec": small[r["spec_key"]].short(),
+              "spec_key": small[r["spec_key"]].key(), "seconds": r["seconds"] * 0.25,
+              "dense_seconds": r["dense_seconds"] * 0.25} for r in _rows()]
+    paths = plot_latency_vs_rate(write_csv(rows, tmp_path / "s.csv"), tmp_path / "png")
+    assert sorted(p.name for p in paths) == sorted(
+        f"tinynet_spatial_b1_float32{i}_{f}.png" for i in ("", "_i64")
+        for f in ("blocks", "model"))
+    # panels dense 1 and 2 ms, model 4 ms (1 + 1 + 2); at 64 a quarter of each
+    assert sorted(c["dense"][0.5] for c in drawn) == pytest.approx(
+        sorted(m * k * 1e-3 for k in (1.0, 0.25) for m in (1, 2, 4)))
 
 
 def test_plot_two_granularities_of_one_model_draw_every_panel_and_no_mixed_sum(
@@ -469,3 +491,13 @@ def test_one_panel_figure_is_wide_enough_for_its_title(tmp_path):
     rows = [r for r in _rows() if r["block"] == "layer2.0"]
     (blocks, _) = plot_latency_vs_rate(rows, tmp_path / "o")
     assert imread(blocks).shape[1] >= 6.4 * 110
+
+
+def test_plot_from_a_csv_with_a_tilde_is_in_the_home_directory(tmp_path, monkeypatch,
+                                                                capsys):
+    """'--from=~/x.csv' (no shell to expand it) said "no such CSV file"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_csv(_rows(), tmp_path / "s.csv")
+    assert _run(["plot", "--from=~/s.csv", "--out", str(tmp_path / "png"),
+                 "--no-predicted"]) == 0
+    assert (tmp_path / "png" / "tinynet_spatial_b1_float32_model.png").is_file()

@@ -125,6 +125,7 @@ def test_sweep_resumes_from_cache(tmp_path, counted):
         assert set(todo) == {v.name for v in variants_for(spec, "cpu")}
     rows = read_csv(tmp_path / "a.csv")
     assert list(rows[0]) == list(CSV_FIELDS) and len(rows) == len(r1.rows)
+    assert {r["input_size"] for r in rows} == {64}  # the model's own (plot keeps sizes apart)
     for r in rows:
         assert r["seconds"] > 0 and r["dense_seconds"] > 0
         assert r["ratio"] == pytest.approx(r["seconds"] / r["dense_seconds"])

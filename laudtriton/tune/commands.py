@@ -149,7 +149,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             # the predictor of `predict --cache-dir`: calibration and fitted factors
             # from this sweep's cache directory
             prune = make_prune(hw, args.prune_top, cache_dir=args.cache_dir)
-        csv_path = args.csv if args.csv is not None else default_csv(args, dev.type)
+        csv_path = (os.path.expanduser(args.csv) if args.csv is not None  # '--csv=~/x'
+                    else default_csv(args, dev.type))
         check_output_path(csv_path, "--csv")
         try:
             res = sweep(args.model, mode=args.mode, granularity=args.granularity,

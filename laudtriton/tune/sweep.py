@@ -339,7 +339,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 cache.annotate(spec, rate, names)
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
-                                         cache.device, clustered, a, to_cache))
+                                         cache.device, clustered, a, to_cache,
+                                         input_size))
             bar.update(f"r={rate:g} {spec.short()}")  # the rate first: a cut note keeps it
     finally:
         bar.close()
@@ -367,7 +368,7 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
 
 
 def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
-          asked, dispatched) -> list[dict]:
+          asked, dispatched, input_size) -> list[dict]:
     """The CSV rows of one item; "dispatched" (not a CSV column): the item is the one
     that stands for its (spec, rate) in the cache (mode both: of the items at one grid
     rate, the one whose channel rate is nearest it), which compile reads."""
@@ -383,6 +384,6 @@ def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
                     "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
                     "flops_ratio": fr, "spec_key": spec.key(), "device": device,
                     "clustered": int(clustered), "asked_rate": asked,
-                    "dispatched": dispatched,
+                    "input_size": input_size, "dispatched": dispatched,
                 })
     return out

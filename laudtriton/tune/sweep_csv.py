@@ -11,10 +11,11 @@ from pathlib import Path
 from .cache_file import _valid_spec
 
 # rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
-# asked for (``sweep``), by which the whole-model plot sums its blocks
+# asked for (``sweep``), by which the whole-model plot sums its blocks; input_size: the
+# model's image side (the plots keep sizes apart; empty in CSVs before session 31)
 CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
               "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
-              "asked_rate")
+              "asked_rate", "input_size")
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -62,6 +63,14 @@ def read_csv(path: str | Path) -> list[dict]:
         for k in ("rate", "asked_rate"):
             if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
                 raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
+        if r.get("input_size") not in (None, ""):
+            try:
+                r["input_size"] = int(r["input_size"])
+                if r["input_size"] < 1:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{where} 'input_size': {r['input_size']!r} is not a "
+                                 "positive int") from None
         fr = r.get("flops_ratio")
         if isinstance(fr, float) and not fr >= 0.0:
             raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a ratio >= 0")

@@ -206,7 +206,9 @@ def test_bench_in_several_processes(tmp_path, capfd):
     ("--mode", "bogus", "mode 'bogus' unknown"),
     ("--granularity", "4-4-2", "granularity '4-4-2' has 3 stages"),
     ("--granularity", "-1", "--granularity '-1' is not a positive int"),
-    ("--channel-granularity", "3", "channel_granularity 3 must be a positive divisor"),
+    ("--channel-granularity", "3", "--channel-granularity 3 must divide the stage 1 width"),
+    ("--granularity", "100-4-2-1", "--granularity '100-4-2-1': S=100 in stage 1 must be in "
+                                   "[1, 56]"),
 ])
 def test_several_processes_refuse_a_bad_model_before_starting_one(option, value, says,
                                                                    capfd, monkeypatch):

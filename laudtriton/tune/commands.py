@@ -112,8 +112,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         check_batch(args.batch)
         if args.model not in MODELS:
             raise ValueError(f"--model {args.model!r} unknown; accepted: {', '.join(MODELS)}")
-        check_layout_options(args)
         check_input_size(args.input_size)
+        check_layout_options(args)  # against the model at --input-size
         check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=dev)
         if not args.clustered and cache.enabled:  # clustered masks' timings never reach

@@ -132,10 +132,18 @@ def add_layout_options(p: argparse.ArgumentParser) -> None:
 
 
 def check_layout_options(args: argparse.Namespace) -> None:
-    """Raise a ValueError naming the first bad option of ``add_layout_options``."""
+    """Raise a ValueError naming the first bad option of ``add_layout_options``, also
+    against the model (``args.model``) at its input size (``args.input_size``, else 224):
+    an S larger than its stage's map, a channel group size that does not divide a width
+    (the model's constructor says so too, but names its own arguments, not the flags)."""
     check_mode(args.mode, "--mode")
     parse_stages(args.granularity, "--granularity")
     parse_stages(args.channel_granularity, "--channel-granularity")
+    from ..predict.network import model_specs  # (tune may read predict inside a function)
+
+    size = getattr(args, "input_size", None) or 224
+    model_specs(args.model, args.mode, args.granularity, 1, size, "float32",
+                args.channel_granularity)
 
 
 def check_nonempty(path: str | None, flag: str) -> None:

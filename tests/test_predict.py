@@ -326,12 +326,15 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     assert rc == 2 and "no timings" in err and "Traceback" not in err
     rc, out, err = _cli(["calibrate", "--quick"], capsys)
     assert rc == 0 and calibration_path(tmp_path).is_file()
+    assert [ln.split(" (")[0] for ln in err.splitlines()] == [  # progress: ~15 s were silent
+        f"measuring the {what}" for what in ("GEMM peak", "copy bandwidth", "dispatch overhead")]
     cal = load_calibration(tmp_path)
     assert cal.peak["float32"] > 1e8 and cal.bandwidth > 1e8 and 0 < cal.overhead < 1e-3
     assert json.loads(calibration_path(tmp_path).read_text())["peak"] == cal.peak
     _write_cache(tmp_path, _synthetic(0.05, shapes=3))
     rc, out, err = _cli(["predict", "--validate", "--hardware", "cpu"], capsys)
     assert rc == 0, err
+    assert err.startswith("fitting on ") and "held out in turn" in err  # ~10 s were silent
     last = out.strip().splitlines()[-1]
     # timings of the model itself with 5% noise: the fit recovers them (2.9% when written)
     assert last.startswith("MAPE ") and last.endswith("%") and float(last[5:-1]) < 10

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -277,8 +277,11 @@ def dispatch_overhead(dev: torch.device, ops: int = 200, budget_s: float = 2.0) 
     return _best(lambda: x.add_(1.0), dev, budget_s, inner=ops)
 
 
-def calibrate(device: str = "cpu", quick: bool = False) -> Calibration:
+def calibrate(device: str = "cpu", quick: bool = False,
+              progress: Callable[[str], object] | None = None) -> Calibration:
     """Measure ``device`` ("cpu" or "cuda[:i]"); < 30 s (``quick``: < 5 s, noisier).
+    progress: called with a line before each measurement (``laudtriton calibrate`` prints
+    them to stderr).
 
     Raises:
         ValueError: if the device is not a CPU or an available CUDA device.
@@ -291,17 +294,21 @@ def calibrate(device: str = "cpu", quick: bool = False) -> Calibration:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} unknown; accepted: 'cpu', 'cuda[:i]'")
     scale = 0.2 if quick else 1.0  # seconds: GEMM 9, copy 2.5, dispatch 1.5 (quick: a fifth)
+    gpu = dev.type == "cuda"
+    say = progress or (lambda line: None)
     with torch.no_grad():
-        if dev.type == "cuda":
+        say(f"measuring the GEMM peak (about {(12.0 if gpu else 9.0) * scale:.0f} s)")
+        if gpu:
             peak = {str(d).replace("torch.", ""): gemm_peak(dev, d, (1024, 2048, 4096),
                                                             4.0 * scale)
                     for d in (torch.float32, torch.float16, torch.bfloat16)}
             units = torch.cuda.get_device_properties(dev).multi_processor_count
-            bw = copy_bandwidth(dev, 256, 3.0 * scale)
         else:
             peak = {"float32": gemm_peak(dev, torch.float32, (256, 512, 1024), 9.0 * scale)}
             units = torch.get_num_threads()
-            bw = copy_bandwidth(dev, 64, 2.5 * scale)
+        say(f"measuring the copy bandwidth (about {(3.0 if gpu else 2.5) * scale:.1f} s)")
+        bw = copy_bandwidth(dev, 256 if gpu else 64, (3.0 if gpu else 2.5) * scale)
+        say(f"measuring the dispatch overhead (about {1.5 * scale:.1f} s)")
         overhead = dispatch_overhead(dev, 200, 1.5 * scale)
     return Calibration(
         fingerprint=device_fingerprint(dev), kind="cpu" if dev.type == "cpu" else "gpu",

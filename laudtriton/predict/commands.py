@@ -156,7 +156,9 @@ def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
             " for the current versions (--include-stale also reads those of other versions)")
         raise ValueError(f"the autotune cache {cache.path} holds no timings of this device"
                          f"{which}; run `laudtriton calibrate` and `laudtriton sweep` first")
-    print(f"hardware: {hw.describe()}")
+    print(f"hardware: {hw.describe()}", flush=True)
+    print(f"fitting on {len(entries)} cached timings, each block shape held out in turn",
+          file=sys.stderr, flush=True)
     print(validate(entries, hw).format())
     return 0
 
@@ -277,7 +279,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ValueError(f"{e}; give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)"
                          ) from None
-    cal = calibrate(args.device, quick=args.quick)
+    cal = calibrate(args.device, quick=args.quick,
+                    progress=lambda line: print(line, file=sys.stderr, flush=True))
     path = save_calibration(cal, args.cache_dir, args.device)
     for d, p in sorted(cal.peak.items()):
         print(f"GEMM peak {d:<9} {p / 1e9:10.2f} GMAC/s")

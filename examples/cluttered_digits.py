@@ -336,8 +336,8 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
         p.error(f"--digit-size must be in [8, {Config.canvas}], got {a.digit_size}")
     out, save = a.out.expanduser(), None if a.save is None else a.save.expanduser()
     try:  # before training: a path that cannot be written would lose minutes of work
-        make_writable_dir(str(out), "--out")
         check_output_path(None if save is None else str(save), "--save")
+        make_writable_dir(str(out), "--out")  # last: nothing refused after it is made
     except ValueError as e:
         p.error(str(e))
     cfg = Config(epochs=a.epochs, seed=a.seed, target_rate=a.target_rate,

@@ -18,8 +18,11 @@ from .guards import (
     mark_nan,
     no_autocast,
     nonfinite_samples,
+    refuse_apply,  # noqa: F401 (refuse_apply/load/train: pickles of your modules
     refuse_conversion,
+    refuse_load,  # noqa: F401 compiled before session 31 name them here, as they were)
     refuse_tracing,
+    refuse_train,  # noqa: F401
     tracing_refused,
 )
 from .nn.block import BlockMasks, detached_copy

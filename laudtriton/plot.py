@@ -444,8 +444,9 @@ def run_plot(args: argparse.Namespace) -> int:
                       f"{', '.join(sorted(timed_on))}, not on --device {args.device!r} "
                       f"({here}): no predicted line", file=sys.stderr)
             else:
-                print("laudtriton plot: fitting the latency predictor for the predicted "
-                      "line (--no-predicted leaves it out)", file=sys.stderr, flush=True)
+                print("laudtriton plot: the predicted line: fitting the latency predictor "
+                      "if this device is calibrated (--no-predicted leaves it out)",
+                      file=sys.stderr, flush=True)
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
                 if predicted is None:
                     print(f"laudtriton plot: no predicted line: {here} has no calibration "

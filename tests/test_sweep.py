@@ -686,3 +686,24 @@ def test_a_sweep_refused_after_making_its_cache_folder_removes_it(tmp_path, caps
     (tmp_path / "kept").mkdir()  # a folder that existed stays
     args.cache_dir = str(tmp_path / "kept")
     assert args.func(args) == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_a_cached_item_gets_the_input_size_of_the_sweep_that_finds_it(tmp_path, counted):
+    """Entries written before sweeps recorded the input size kept none when a later sweep
+    found them cached, and ``plot --from cache`` then drew them with the 224 ones."""
+    import json
+
+    kw = dict(FAST, blocks="layer4.0")
+    sweep(tiny(), rates=[0.5], cache=TuneCache(tmp_path), **kw)
+    cache = TuneCache(tmp_path)
+    raw = json.loads(cache.path.read_text())
+    for e in raw["entries"].values():
+        e["meta"].pop("input_size")
+    cache.path.write_text(json.dumps(raw))
+    assert all("input_size" not in e.meta for e in TuneCache(tmp_path).entries())
+    counted.clear()
+    r = sweep(tiny(), rates=[0.5], cache=TuneCache(tmp_path), **kw)
+    assert r.timed == 0 and counted == []
+    assert {e.meta["input_size"] for e in TuneCache(tmp_path).entries()} == {64}
+    with pytest.raises(ValueError, match="input_size 0 is not a positive int"):
+        cache.annotate(next(iter(cache.entries())).spec, 0.5, {"input_size": 0})

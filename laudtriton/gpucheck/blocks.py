@@ -67,7 +67,7 @@ def _static_dense_time(fb, x, dev) -> float:
     """Median seconds of the static dense block (no masks, in place on a scratch copy of
     x, as ``laudtriton bench``'s baseline): the dense network's block, not the ``dense``
     variant, which applies masks (in channel mode, unfused: about 3x the ops)."""
-    from ..bench import NO_MASKS
+    from ..baseline import NO_MASKS
     from ..ops.dense import dense_block
     from ..tune.timing import median_time
 

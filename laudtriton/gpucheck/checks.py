@@ -3,13 +3,15 @@ variant end to end against the folded reference, in fp16, bf16 and fp32 (TF32 of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .record import Run
 
 
 # -- 2. kernels and variants vs references ------------------------------------------------
-def part2_checks(device: str) -> list[tuple[str, object]]:
+def part2_checks(device: str) -> list[tuple[str, Callable[[], object]]]:
     """(name, no-argument check) of part 2, in order: every kernel family and CUDA
     variant against its reference, in fp16, bf16 and fp32."""
     from functools import partial

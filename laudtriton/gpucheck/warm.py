@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -92,7 +92,7 @@ def part3_warmups(blocks: Blocks, batches: list[int]) -> list[tuple[str, dict]]:
 
 
 def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
-                 part3: list[tuple[str, dict]] = (), n_configs: int = 2,
+                 part3: Sequence[tuple[str, dict]] = (), n_configs: int = 2,
                  threads: int = 1) -> None:
     """A compile worker: claims the jobs one by one (a claim file made with O_EXCL, so
     that no two workers run the same job and none waits on another) and runs each for

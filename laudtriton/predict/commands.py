@@ -232,7 +232,10 @@ def run_predict(args: argparse.Namespace) -> int:
             total[r][0] += predict_static_dense(spec, hw, factors) * len(members)
             total[r][1] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
-    print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms)")
+    print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms); dense ms: the static "
+          "network, every block dense without masks or maskers"
+          + ("\n(not the dense column above: on blocks with channel masks that runs their "
+             "masked path)" if any(s.mode in ("channel", "both") for s in groups) else ""))
     print(f"{'rate':>8}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
     for r in rates:
         d, b = total[r][0] + stem, total[r][1] + stem

@@ -221,7 +221,7 @@ def predict_timings(spec: BlockSpec, bucket: float, variants: Iterable[str | Var
     return out
 
 
-# -- fitting --------------------------------------------------------------------------
+# -- the whole model: stem and head, expected times, the static baseline --------------
 
 def predict_stem_head(input_size: int, batch: int, dtype: str, hw: HardwareSpec,
                       factors: dict[str, Factors] | None = None) -> float:

@@ -289,17 +289,23 @@ class TuneCache:
         self._save()
 
     def annotate(self, spec: BlockSpec, rate_bucket: float, meta: dict) -> bool:
-        """Add ``meta``'s "models" and "asked_rates" (unions, ``record``'s rule) to the
-        current entries of ``spec`` at ``rate_bucket``, their timings and other meta as
-        they are: a sweep that finds an item cached names its model's blocks and its
-        asked rates there as a sweep that times it does (``laudtriton plot --from
-        cache`` draws a model from them). Returns whether an entry changed (only then is
-        the file written).
+        """Add ``meta``'s "models" and "asked_rates" (unions, ``record``'s rule) and
+        "input_size" (the model's image side: an entry written before sweeps recorded it
+        gets it) to the current entries of ``spec`` at ``rate_bucket``, their timings and
+        other meta as they are: a sweep that finds an item cached names its model's blocks,
+        its asked rates and its input size there as a sweep that times it does
+        (``laudtriton plot --from cache`` draws a model from them, one per input size).
+        Returns whether an entry changed (only then is the file written).
 
         Raises:
-            ValueError: if those two fields are malformed (``record``'s rule).
+            ValueError: if those fields are malformed (``record``'s rule; an input size
+                must be a positive int).
         """
-        names = {k: meta[k] for k in ("models", "asked_rates") if k in meta}
+        size = meta.get("input_size")
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
+                                     and size > 0):
+            raise ValueError(f"annotate: meta's input_size {size!r} is not a positive int")
+        names = {k: meta[k] for k in ("models", "asked_rates", "input_size") if k in meta}
         if not _valid_entry({"spec": spec.to_dict(), "rate_bucket": round(float(rate_bucket), 6),
                              "variant": "", "timings": {}, "meta": names}):
             raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "

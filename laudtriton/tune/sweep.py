@@ -305,7 +305,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             result.merged += len(asked) - 1
             fr = ideal_flops_ratio(spec, masks)
             to_cache = chan is None or cached_chan[(spec, rate)] == chan
-            names = {"models": {model_name: [n for n, _ in members]}, "asked_rates": asked}
+            names = {"models": {model_name: [n for n, _ in members]}, "asked_rates": asked,
+                     "input_size": input_size}
             known = (cache.lookup(spec, rate) or {}) if to_cache else {}
             todo: dict[str, list[dict]] = {}
             cands = {v.name: v for v in variants_for(spec, backend)
@@ -327,7 +328,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
                 meta = {**names, "flops_ratio": fr, "clustered": clustered,
-                        "input_size": input_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 if to_cache:
                     cache.record(spec, rate, timings, meta)
                 for vn, cfgs in timings.items():

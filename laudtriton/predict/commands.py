@@ -216,7 +216,8 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
     print(f"\n{'block (x count)':<64}{'rate':>8}{head}  best")
-    total = {r: [0.0, 0.0] for r in rates}
+    best_total = dict.fromkeys(rates, 0.0)
+    static = sum(predict_static_dense(s, hw, factors) * len(m) for s, m in groups.items())
     for spec, members in groups.items():
         cands = {v.name for v in variants_for(spec, hw.backend)}
         for r in rates:
@@ -229,16 +230,16 @@ def run_predict(args: argparse.Namespace) -> int:
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"
             print(f"{label:<64}{_rate_label(r):>8}{cells}  {best}")
-            total[r][0] += predict_static_dense(spec, hw, factors) * len(members)
-            total[r][1] += row[best] * len(members)
+            best_total[r] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
     print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms); dense ms: the static "
           "network, every block dense without masks or maskers"
           + ("\n(not the dense column above: on blocks with channel masks that runs their "
              "masked path)" if any(s.mode in ("channel", "both") for s in groups) else ""))
     print(f"{'rate':>8}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
+    d = static + stem  # the static network: the same at every rate
     for r in rates:
-        d, b = total[r][0] + stem, total[r][1] + stem
+        b = best_total[r] + stem
         print(f"{_rate_label(r):>8}{d * 1e3:>12.3f}{b * 1e3:>12.3f}{b / d:>9.3f}"
               f"{b * 1e3 / args.batch:>10.4f}")
     return 0

@@ -17,7 +17,7 @@ from typing import NoReturn
 EXTERNAL = {
     "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
     "cache": ("laudtriton.tune.commands", "add_cache_parser", "run_cache"),
-    "plot": ("laudtriton.plot", "add_plot_parser", "run_plot"),
+    "plot": ("laudtriton.plot_command", "add_plot_parser", "run_plot"),
     "predict": ("laudtriton.predict.commands", "add_predict_parser", "run_predict"),
     "calibrate": ("laudtriton.predict.commands", "add_calibrate_parser", "run_calibrate"),
     "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),

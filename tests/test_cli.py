@@ -418,7 +418,7 @@ def test_a_subcommand_that_cannot_import_says_why(monkeypatch, capsys):
     real = importlib.import_module
 
     def import_module(name, *args):
-        if name == "laudtriton.plot":
+        if name == "laudtriton.plot_command":
             raise ImportError("No module named 'matplotlib'")
         return real(name, *args)
     monkeypatch.setattr(importlib, "import_module", import_module)

@@ -11,7 +11,8 @@ import pytest
 
 from laudtriton.ops import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
-from laudtriton.plot import _curves, _group, _natural, add_plot_parser, plot_latency_vs_rate
+from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate
+from laudtriton.plot_command import add_plot_parser
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.sweep import ideal_flops_ratio
 from laudtriton.tune.sweep_csv import write_csv
@@ -368,7 +369,7 @@ def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path, capsy
     import torch
 
     from laudtriton.ops import BlockSpec
-    from laudtriton.plot import predicted_curves
+    from laudtriton.plot_command import predicted_curves
     from laudtriton.predict.calibrate import Calibration, save_calibration
     from laudtriton.tune.cache import TuneCache
     from laudtriton.tune.keys import device_fingerprint

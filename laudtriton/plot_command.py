@@ -1,0 +1,140 @@
+"""The ``laudtriton plot`` command (``plot --from CSV|cache --out DIR``) and the
+predicted line it draws beside the measured ones (:func:`predicted_curves`); the figures
+themselves are :mod:`laudtriton.plot`'s."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .ops.registry import all_variants
+from .ops.spec import BlockSpec
+from .plot import (
+    Predicted,
+    Rows,
+    _figure_class,
+    _spec_of,
+    check_measured,
+    plot_latency_vs_rate,
+    rows_from_cache,
+)
+from .tune.sweep_csv import read_csv
+
+
+def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: str = "cpu"
+                     ) -> Predicted | None:
+    """{spec_key: {rate: seconds}}: the latency predictor's time of the fastest variant
+    of each block spec at each rate of ``rows``, with efficiency factors fitted on this
+    device's cached timings. None when the device has no calibration (``laudtriton
+    calibrate``) or the cache holds no timings."""
+    from .predict.calibrate import fitted_predictor
+    from .predict.model import predict_block
+    from .tune.cache import TuneCache
+
+    fitted = fitted_predictor(TuneCache(cache_dir, device=device), device)
+    if fitted is None:
+        return None
+    hw, factors = fitted
+    unknown = sorted({r["variant"] for r in rows} - {v.name for v in all_variants()})
+    if unknown:  # e.g. a CSV of an older version: plotted, but not predicted
+        print(f"laudtriton plot: no latency model for variant(s) {', '.join(unknown)}: "
+              "left out of the predicted line", file=sys.stderr)
+    todo: dict[str, tuple[BlockSpec, set, set]] = {}
+    for r in rows:
+        spec = _spec_of(r)
+        if spec is not None and r["variant"] not in unknown:
+            _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
+            variants.add(r["variant"])
+            rates.add(round(float(r["rate"]), 6))
+    return {sid: {rate: min(predict_block(spec, rate, v, hw, factors) for v in variants)
+                  for rate in sorted(rates)}
+            for sid, (spec, variants, rates) in todo.items()}
+
+
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``plot`` to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser("plot", help="latency-vs-rate PNGs from a sweep CSV or the cache",
+                              description="Latency vs activation rate per block and for the "
+                                          "whole model, from a sweep CSV or the cache.")
+    p.add_argument("--from", dest="source", required=True, metavar="CSV|cache",
+                   help="a sweep CSV, or 'cache' for this device's autotune cache")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--cache-dir", default=None,
+                   help="the cache to plot (with --from cache) and whose timings and "
+                        "calibration fit the predicted line (default: the one `laudtriton env` "
+                        "shows)")
+    p.add_argument("--device", default="cpu",
+                   help="with --from cache: whose timings; the predicted line is this "
+                        "device's (left out for rows timed on another)")
+    p.add_argument("--no-predicted", action="store_true",
+                   help="leave out the predicted line (drawn when the device is calibrated)")
+    p.set_defaults(func=run_plot)
+    return p
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
+    try:
+        from .tune.keys import check_dir
+        from .tune.options import check_cache_dir, check_device, check_nonempty, fail
+
+        dev = None  # --device is read only for the cache or the predicted line
+        if args.source == "cache" or not args.no_predicted:
+            dev = check_device(args.device)
+        check_nonempty(args.source, "--from")
+        if args.source != "cache":  # '--from=~/x.csv' reaches us without a shell's expansion
+            args.source = os.path.expanduser(args.source)
+        check_dir(args.out, "--out")  # blank, a file, or inside a file
+        check_cache_dir(args.cache_dir)
+        _figure_class()  # matplotlib missing: said before reading anything
+        if args.source == "cache":
+            from .tune.cache import TuneCache, disabled_by
+
+            cache = TuneCache(args.cache_dir, device=args.device)
+            if not cache.enabled:
+                raise ValueError(f"--from cache: the cache is disabled ({disabled_by()}); "
+                                 "unset it to plot the cache")
+            rows = rows_from_cache(cache)
+            if not rows:
+                raise ValueError("the autotune cache holds no current timings for device "
+                                 f"{args.device!r}; run 'laudtriton sweep' first")
+        else:
+            if not Path(args.source).is_file():
+                raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
+            rows = read_csv(args.source)
+            if not rows:
+                raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")
+        # before the predicted line is fitted: a figure of failures only is no figure
+        check_measured(rows, f"--from {args.source!r}")
+        from .tune.keys import device_fingerprint
+
+        predicted = None
+        if not args.no_predicted:
+            here = device_fingerprint(args.device)  # what a sweep CSV's device column holds
+            timed_on = {str(r.get("device") or "") for r in rows} - {""}
+            if timed_on - {here, dev.type}:
+                print(f"laudtriton plot: the rows were timed on "
+                      f"{', '.join(sorted(timed_on))}, not on --device {args.device!r} "
+                      f"({here}): no predicted line", file=sys.stderr)
+            else:
+                print("laudtriton plot: the predicted line: fitting the latency predictor "
+                      "if this device is calibrated (--no-predicted leaves it out)",
+                      file=sys.stderr, flush=True)
+                predicted = predicted_curves(rows, args.cache_dir, args.device)
+                if predicted is None:
+                    print(f"laudtriton plot: no predicted line: {here} has no calibration "
+                          "in the cache directory, or the cache has no current timings to "
+                          "fit it on (`laudtriton calibrate`, `laudtriton sweep`; "
+                          "--no-predicted leaves it out)", file=sys.stderr)
+        try:
+            paths = plot_latency_vs_rate(rows, args.out, predicted)
+        except OSError as e:  # the folder or a figure cannot be written
+            raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
+                             ) from None
+    except ValueError as e:
+        return fail("plot", str(e))
+    for p in paths:
+        print(p)
+    return 0

@@ -17,19 +17,14 @@ block with its maskers). efficiency = FLOPs ratio / time ratio.
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
 from . import runtime
 from .baseline import NO_MASKS, DenseModel, dense_forms, nchw_dense_block, time_against_dense
+from .bench_report import BenchRow, format_rows
 from .compile import compile
 from .compiled import CompiledModel
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
@@ -41,38 +36,6 @@ from .tune.timing import interleaved_medians
 CL = torch.channels_last
 
 MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
-# set in the environment of the children of ``run_processes``: their --csv is a temporary
-# file handed to the parent, which reports the rows itself
-HANDOFF_ENV = "LAUDTRITON_BENCH_HANDOFF"
-
-
-@dataclass
-class BenchRow:
-    """One row of the bench table (times in ms)."""
-
-    model: str
-    mode: str
-    granularity: str
-    batch: int
-    rate: float
-    block: str
-    spec: str
-    variant: str
-    dense_ms: float
-    sparse_ms: float
-    ratio: float
-    flops_ratio: float
-    efficiency: float
-    runs: tuple[float, ...] = ()  # whole-model rows: the ratio of every repeat, in order
-    allocator: str = "default"  # runtime.allocator_setting() during the run
-    process: int = 1  # which process of ``run_processes`` measured it
-    # the run's other settings; "" and 0 in rows read from CSVs written before session 20
-    channel_granularity: str = ""  # as given ("2", "2-2-4-4")
-    threads: int = 0  # torch.get_num_threads() during the run
-    tune: str = ""  # compile's tune mode
-    reps: int = 0  # timed runs per median (0 in rows read from CSVs before session 26)
-
-
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
                 seed: int = 0) -> LaudResNet:
     """A LAUD model with random weights and random (non-trivial) BN statistics.
@@ -281,131 +244,3 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
     return BenchRow(**meta, block="model", spec="fresh input every call", variant="compiled",
                     dense_ms=t_dense * 1e3, sparse_ms=t_comp * 1e3, ratio=ratio,
                     flops_ratio=fr, efficiency=fr / ratio)
-
-
-def rate_text(rate: float) -> str:
-    """A rate as the tables print it: two decimals (0.50), more where two would round it
-    (0.125, not 0.12)."""
-    two = f"{rate:.2f}"
-    return two if float(two) == rate else f"{rate:g}"
-
-
-def format_rows(rows: list[BenchRow]) -> str:
-    """The bench table of ``rows``: a header, a rule, then one line per row (times in ms,
-    the rate as ``rate_text`` prints it, the spec column as wide as the longest spec and
-    at least 34); a row of more than one run ends with the ratio of every run."""
-    w = max([34, *(len(r.spec) for r in rows)])  # the whole spec, as the CSV has it
-    head = (f"{'rate':>5} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
-            f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{rate_text(r.rate):>5} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
-                     f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
-                     f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}"
-                     + (f"  runs {', '.join(f'{v:.3f}' for v in r.runs)}"
-                        if len(r.runs) > 1 else ""))
-    return "\n".join(lines)
-
-
-def write_csv(rows: list[BenchRow], path: str | Path) -> None:
-    """Write ``rows`` to the CSV file ``path`` (replaced if it exists): a column per
-    BenchRow field, ``runs`` joined by ';' (``read_csv`` reads it back); no rows, the
-    header alone."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(BenchRow)])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**asdict(r), "runs": ";".join(repr(v) for v in r.runs)})
-
-
-def read_csv(path: str | Path) -> list[BenchRow]:
-    """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
-    existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
-    0, ``tune`` "", ``reps`` 0)."""
-    out = []
-    with open(path, newline="") as f:
-        for rec in csv.DictReader(f):
-            kw = {}
-            for fd in fields(BenchRow):  # fd.type is the annotation's text
-                v = rec.get(fd.name)
-                if v is None:
-                    continue
-                if fd.name == "runs":
-                    kw["runs"] = tuple(float(t) for t in v.split(";") if t)
-                else:
-                    kw[fd.name] = {"int": int, "float": float, "str": str}[fd.type](v)
-            out.append(BenchRow(**kw))
-    return out
-
-
-# -- several processes ---------------------------------------------------------------
-# On the shared 2-core VM of BENCHMARKS.md one process's whole-model ratios can sit
-# apart from the next one's (spatial ResNet-101 at rate 0.5: 1.01 in some processes,
-# 1.09 in others, each within 0.02), so a figure worth quoting comes from several.
-
-class ProcessFailed(RuntimeError):
-    """A child ``laudtriton bench`` process of ``run_processes`` exited with an error."""
-
-
-def run_processes(argv: list[str], processes: int, log: Callable[[str], object] = print,
-                  python: str = sys.executable, verbose: bool = False) -> list[BenchRow]:
-    """``laudtriton bench <argv>`` in ``processes`` fresh Python processes, one after
-    another (their output goes to this process's stdout); per-block rows come from the
-    first one only (the others run ``--model-only``). Returns every process's rows, each
-    with ``process`` set (1-based).
-
-    argv: bench's options without ``--csv`` and ``--processes``. verbose: the children
-    log at INFO level (``laudtriton -v``).
-
-    Raises:
-        ValueError: processes < 1, or argv holds --csv or --processes.
-        ProcessFailed: a child exits with a non-zero status.
-    """
-    if processes < 1:
-        raise ValueError(f"processes must be >= 1, got {processes}")
-    bad = [a for a in argv if a.split("=")[0] in ("--csv", "--processes")]
-    if bad:
-        raise ValueError(f"argv must not hold {bad[0].split('=')[0]}: run_processes sets it")
-    rows: list[BenchRow] = []
-    with tempfile.TemporaryDirectory(prefix="laudtriton-bench-") as tmp:
-        for i in range(1, processes + 1):
-            path = Path(tmp) / f"process{i}.csv"
-            cmd = [python, "-m", "laudtriton", *(["-v"] if verbose else []), "bench", *argv,
-                   "--csv", str(path)]
-            if i > 1 and "--model-only" not in argv:
-                cmd.append("--model-only")
-            log(f"== process {i} of {processes}")
-            sys.stdout.flush()
-            rc = subprocess.run(cmd, env={**os.environ, HANDOFF_ENV: "1"}).returncode
-            if rc != 0:
-                raise ProcessFailed(f"process {i} of {processes} exited with status {rc} "
-                                    "(its output is above)")
-            rows += [replace(r, process=i) for r in read_csv(path)]
-    return rows
-
-
-def process_summary(rows: list[BenchRow]) -> str:
-    """The whole-model rows of several processes: per (rate, row), the median of every
-    run's ratio over all processes (for an even count the upper of the two middle runs,
-    as ``_median_run``: a measured run, the one less favourable to the compiled model),
-    their range and count, and each process's reported (median-run) ratio in process
-    order."""
-    groups: dict[tuple[float, str], list[BenchRow]] = {}
-    for r in rows:
-        if r.block == "model":  # "dense=<format>": the format may differ by process
-            groups.setdefault((r.rate, r.spec.split("=")[0]), []).append(r)
-    procs = sorted({r.process for r in rows})
-    lines = [f"whole model over {len(procs)} processes: the median of every run's ratio "
-             "(range, runs), then each process's median run",
-             f"{'rate':>5} {'row':<34} {'median (range, runs)':<26} per process"]
-    for (rate, prefix), rs in groups.items():
-        rs = sorted(rs, key=lambda r: r.process)
-        every = [v for r in rs for v in (r.runs or (r.ratio,))]
-        mid = (f"{sorted(every)[len(every) // 2]:.3f} ({min(every):.3f}-{max(every):.3f}, "
-               f"{len(every)})")
-        labels = list(dict.fromkeys(r.spec for r in rs))  # the dense forms the processes
-        label = labels[0] if len(labels) == 1 else (  # timed against, each named
-            prefix + "=" + "/".join(lb.split("=", 1)[1] for lb in labels))
-        lines.append(f"{rate_text(rate):>5} {label:<34} {mid:<26} "
-                     + " ".join(f"{r.ratio:.3f}" for r in rs))
-    return "\n".join(lines)

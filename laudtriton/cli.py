@@ -58,7 +58,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     except ImportError:
         triton_v = "not installed"
     try:
-        from .tune.cache import TuneCache, disabled_by
+        from .tune.cache import TuneCache
+        from .tune.keys import disabled_by
 
         tc = TuneCache(device="cpu")
         cache = str(tc.dir) if tc.enabled else (
@@ -141,8 +142,7 @@ def _check_cache_env(tune: str) -> None:
     """A bad $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR (tune not "off"): a ValueError now,
     not after the model's build and calibration (``demo`` found it at step 3 of 4)."""
     if tune != "off":
-        from .tune.cache import cache_enabled_from_env
-        from .tune.keys import default_cache_dir
+        from .tune.keys import cache_enabled_from_env, default_cache_dir
 
         default_cache_dir()
         cache_enabled_from_env()
@@ -159,7 +159,7 @@ def _check_counts(args, *names: str) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run ``laudtriton bench``: check every option, then ``bench.bench`` in this process
     (it prints a table per rate), or with --processes > 1 in that many fresh processes
-    one after another (``bench.run_processes``; its summary is printed); write every row
+    one after another (``bench_report.run_processes``; its summary is printed); write every row
     to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr).
 
     Raises:
@@ -169,7 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             the C allocator refuses the memory (``tune.options.out_of_memory``).
     """
     from . import runtime
-    from .bench import HANDOFF_ENV, bench, write_csv
+    from .bench import bench
+    from .bench_report import HANDOFF_ENV, write_csv
     from .tune.options import (
         check_batch,
         check_layout_options,
@@ -202,7 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     if args.processes > 1:
-        from .bench import ProcessFailed, build_model, process_summary, run_processes
+        from .bench import build_model
+        from .bench_report import ProcessFailed, process_summary, run_processes
 
         # a bad --mode or --granularity: one line here, not an error in a child process
         build_model(args.model, args.mode, args.granularity, args.channel_granularity)

@@ -16,7 +16,7 @@ from .nn.resnet import LaudResNet
 from .ops import get_variant
 from .planning import _candidates
 from .stem import foldable_bn, own_forward
-from .tune.cache import refuse_bad_dir
+from .tune.keys import refuse_bad_dir
 
 BACKENDS = ("auto", "cpu", "cuda")
 TUNE_MODES = ("cached", "quick", "full", "off")

@@ -90,7 +90,8 @@ def run_plot(args: argparse.Namespace) -> int:
         check_cache_dir(args.cache_dir)
         _figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
-            from .tune.cache import TuneCache, disabled_by
+            from .tune.cache import TuneCache
+            from .tune.keys import disabled_by
 
             cache = TuneCache(args.cache_dir, device=args.device)
             if not cache.enabled:

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from laudtriton.baseline import NO_MASKS, DenseModel, nchw_dense_block
-from laudtriton.bench import (
+from laudtriton.bench import bench, build_model
+from laudtriton.bench_report import (
     BenchRow,
     ProcessFailed,
-    bench,
-    build_model,
     format_rows,
     process_summary,
     read_csv,
@@ -128,7 +127,7 @@ def test_csv_from_before_the_settings_columns_reads_back(rows, tmp_path):
 
 def test_median_run_of_an_even_count_is_the_less_favourable():
     """--repeat 2 (or any even count) reports the upper middle run, not the best one."""
-    from laudtriton.bench import BenchRow, _median_run
+    from laudtriton.bench import _median_run
 
     def row(ratio):
         return BenchRow("m", "channel", "1", 1, 0.5, "model", "s", "compiled", 1.0, ratio,
@@ -214,10 +213,10 @@ def test_several_processes_refuse_a_bad_model_before_starting_one(option, value,
                                                                    capfd, monkeypatch):
     """A configuration the model refuses is one line from the parent, exit 2: no child
     process runs (each would print its own error, then the parent a second one, exit 1)."""
-    import laudtriton.bench as bench_mod
+    import laudtriton.bench_report as report_mod
 
     started = []
-    monkeypatch.setattr(bench_mod, "run_processes", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(report_mod, "run_processes", lambda *a, **k: started.append(a))
     argv = ["bench", "--processes", "2", "--rates", "0.5", "--model-only", option, value]
     if option == "--channel-granularity":
         argv += ["--mode", "channel"]  # 3 divides no stage width
@@ -242,7 +241,7 @@ def test_run_processes_passes_verbose_to_its_children(monkeypatch, capfd):
     import subprocess
     from types import SimpleNamespace
 
-    import laudtriton.bench as bench_mod
+    import laudtriton.bench_report as report_mod
 
     cmds = []
     monkeypatch.setattr(subprocess, "run",
@@ -258,7 +257,7 @@ def test_run_processes_passes_verbose_to_its_children(monkeypatch, capfd):
         given.append(k)
         raise ProcessFailed("stop here")
 
-    monkeypatch.setattr(bench_mod, "run_processes", fake)
+    monkeypatch.setattr(report_mod, "run_processes", fake)
     assert main(["-v", "bench", "--processes", "2", "--rates", "0.5", "--model-only"]) == 1
     assert given == [{"verbose": True}]
     capfd.readouterr()

@@ -369,7 +369,7 @@ def test_bench_out_of_memory_names_the_batch(monkeypatch, capsys):
 
 def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
     """A table of medians of fewer than 20 runs is noted, and the CSV says how many."""
-    from laudtriton.bench import BenchRow, read_csv, write_csv
+    from laudtriton.bench_report import BenchRow, read_csv, write_csv
 
     row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
                    0.5, 1.0, reps=3)

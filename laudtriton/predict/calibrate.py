@@ -177,7 +177,7 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     if cache is None:
         return hw, None, note
     if not cache.enabled:
-        from ..tune.cache import disabled_by
+        from ..tune.keys import disabled_by
 
         return hw, None, note + f" (the cache is disabled by {disabled_by()}: no timings read)"
     entries = cache.entries()

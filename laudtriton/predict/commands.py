@@ -146,7 +146,7 @@ def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
         raise ValueError(f"--validate needs measured timings of --hardware {hw.name!r}; only "
                          "'cpu' (or 'cuda', a calibrated local GPU) has them here")
     if not cache.enabled:
-        from ..tune.cache import disabled_by
+        from ..tune.keys import disabled_by
 
         raise ValueError(f"--validate reads the autotune cache, which {disabled_by()} "
                          "disables")

@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,14 @@ from .cache_file import (
     _valid_entry,
     _write,
 )
-from .keys import check_dir, current_versions, default_cache_dir, device_fingerprint, source_hash
+from .keys import (
+    cache_enabled_from_env,
+    current_versions,
+    default_cache_dir,
+    device_fingerprint,
+    refuse_bad_dir,
+    source_hash,
+)
 
 log = logging.getLogger("laudtriton")
 
@@ -75,36 +81,6 @@ class CacheEntry:
     config: str
     seconds: float
     meta: dict = field(default_factory=dict, compare=False)
-
-
-def disabled_by() -> str:
-    """How the environment disables the cache, for messages: "LAUDTRITON_CACHE=<value>"."""
-    return f"LAUDTRITON_CACHE={os.environ.get('LAUDTRITON_CACHE', '').strip()}"
-
-
-def cache_enabled_from_env() -> bool:
-    """Whether ``$LAUDTRITON_CACHE`` leaves the cache on: "0", "false", "off", "no"
-    disable it; unset, "", "1", "true", "on", "yes" do not (any case).
-
-    Raises:
-        ValueError: naming the variable, for any other value.
-    """
-    raw = os.environ.get("LAUDTRITON_CACHE", "1")
-    v = raw.strip().lower()
-    if v in ("0", "false", "off", "no"):
-        return False
-    if v in ("", "1", "true", "on", "yes"):
-        return True
-    raise ValueError(f"LAUDTRITON_CACHE={raw!r}: accepted 0, false, off, no (the cache "
-                     "disabled) or 1, true, on, yes (enabled)")
-
-
-def refuse_bad_dir(cache_dir: str | os.PathLike[str] | None) -> None:
-    """A ValueError when the ``cache_dir`` argument is blank, which would otherwise mean
-    the current directory, or names a file or lies inside one (None means the default
-    directory; ``keys.check_dir``)."""
-    if cache_dir is not None:
-        check_dir(cache_dir, "cache_dir", ", or None for the default")
 
 
 class TuneCache:

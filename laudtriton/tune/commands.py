@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from ..schedule import format_rate, rate_key
-from .cache import TuneCache, disabled_by
+from .cache import TuneCache
 from .cache_merge import NotACacheError, merge_files
+from .keys import disabled_by
 from .options import (
     MAX_INPUT_SIZE,
     add_layout_options,

@@ -1,5 +1,6 @@
 """What an autotune timing is valid for: the device fingerprint, the library versions,
-the hash of the variant's source, the rate bucket; and where the cache lives."""
+the hash of the variant's source, the rate bucket; where the cache lives, and whether
+the environment turns it off (``$LAUDTRITON_CACHE``)."""
 
 from __future__ import annotations
 
@@ -198,3 +199,33 @@ def default_cache_dir() -> Path:
     if (repo / "pyproject.toml").is_file():
         return repo / "autotune_cache"
     return Path.home() / ".cache" / "laudtriton"
+
+
+def disabled_by() -> str:
+    """How the environment disables the cache, for messages: "LAUDTRITON_CACHE=<value>"."""
+    return f"LAUDTRITON_CACHE={os.environ.get('LAUDTRITON_CACHE', '').strip()}"
+
+
+def cache_enabled_from_env() -> bool:
+    """Whether ``$LAUDTRITON_CACHE`` leaves the cache on: "0", "false", "off", "no"
+    disable it; unset, "", "1", "true", "on", "yes" do not (any case).
+
+    Raises:
+        ValueError: naming the variable, for any other value.
+    """
+    raw = os.environ.get("LAUDTRITON_CACHE", "1")
+    v = raw.strip().lower()
+    if v in ("0", "false", "off", "no"):
+        return False
+    if v in ("", "1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"LAUDTRITON_CACHE={raw!r}: accepted 0, false, off, no (the cache "
+                     "disabled) or 1, true, on, yes (enabled)")
+
+
+def refuse_bad_dir(cache_dir: str | os.PathLike[str] | None) -> None:
+    """A ValueError when the ``cache_dir`` argument is blank, which would otherwise mean
+    the current directory, or names a file or lies inside one (None means the default
+    directory; ``keys.check_dir``)."""
+    if cache_dir is not None:
+        check_dir(cache_dir, "cache_dir", ", or None for the default")

@@ -320,6 +320,24 @@ def test_cli_predict_takes_a_channel_granularity_per_stage(capsys, tmp_path):
     assert groups == {"layer1": "32", "layer2": "64", "layer3": "64", "layer4": "64"}
 
 
+@pytest.mark.parametrize("mode, says", [
+    ("layer", "mode layer batch 1"),
+    ("channel", "mode channel channel granularity 2 batch 1"),
+    ("spatial", "mode spatial S 4-4-2-1 batch 1"),
+    ("both", "mode both S 4-4-2-1 channel granularity 2 batch 1"),
+])
+def test_cli_predict_header_names_the_layout_the_mode_uses(capsys, tmp_path, mode, says):
+    """The header echoed "S <--granularity>" in every mode (S 1000 for layer skipping,
+    which has no S) and never the channel granularity a channel table was built with."""
+    gran = "1000" if mode in ("layer", "channel") else "4-4-2-1"  # 1000: read by neither
+    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--mode", mode,
+                         "--granularity", gran, "--channel-granularity", "2", "--rates", "0.5",
+                         "--hardware", "h200", "--dtype", "float32",
+                         "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 0, err
+    assert f"laud_resnet50 {says} float32" in out.splitlines()
+
+
 def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
     rc, out, err = _cli(["predict", "--validate"], capsys)

@@ -23,6 +23,18 @@ TABLE_OPTIONS = ("model", "mode", "granularity", "rates", "variants", "batch", "
                  "input_size", "channel_granularity", "no_fit")
 
 
+def layout_text(mode: str, granularity: str, channel_granularity: str) -> str:
+    """The layout options that apply to ``mode``, as the table's header names them
+    (" S 4-4-2-1", " channel granularity 2", both for "both", "" for "layer"): the
+    others do not reach the model, so echoing them would misdescribe it."""
+    text = ""
+    if mode in ("spatial", "both"):
+        text += f" S {granularity}"
+    if mode in ("channel", "both"):
+        text += f" channel granularity {channel_granularity}"
+    return text
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -213,7 +225,9 @@ def run_predict(args: argparse.Namespace) -> int:
                              f"runs it on {hw.backend}")
         names = [n for n in names if n in only]
     print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
-    print(f"{args.model} mode {args.mode} S {args.granularity} batch {args.batch} {dtype}")
+    print(f"{args.model} mode {args.mode}"
+          f"{layout_text(args.mode, args.granularity, args.channel_granularity)} "
+          f"batch {args.batch} {dtype}")
     head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
     print(f"\n{'block (x count)':<64}{'rate':>8}{head}  best")
     best_total = dict.fromkeys(rates, 0.0)

@@ -272,8 +272,10 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
         "calibrate", help="measure GEMM peak, copy bandwidth and dispatch cost of this machine",
         description="Measure this machine (< 30 s) and store it beside the autotune cache; "
                     "--hardware cpu (with --device cuda: --hardware cuda) then uses it.")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the calibration file is written (default: the cache "
+                        "directory `laudtriton env` shows)")
     p.add_argument("--quick", action="store_true", help="< 5 s, noisier")
     p.set_defaults(func=run_calibrate)
     return p

@@ -44,7 +44,8 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Autotune sweep: time every variant x kernel config of every distinct "
                     "block of a LAUD model at each activation rate; resumable (cached "
                     "entries are skipped); writes the autotune cache and a CSV.")
-    p.add_argument("--model", default="laud_resnet50", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--model", default="laud_resnet50",
+                   help=f"one of {', '.join(MODELS)} (default laud_resnet50)")
     add_layout_options(p)
     p.add_argument("--prune-top", type=int, default=0, metavar="K",
                    help="time only the K kernel configs of each variant with the lowest "
@@ -56,14 +57,15 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="'start:stop:step' or '0.25,0.5' (default 0.1:1.0:0.1)")
     p.add_argument("--batch", type=int, default=1, help="batch size timed (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--dtype", default="float32",
+                   help=f"one of {', '.join(DTYPES)} (default float32)")
     p.add_argument("--input-size", type=int, default=224,
                    help=f"image side, 32 to {MAX_INPUT_SIZE} (default 224)")
     p.add_argument("--blocks", default=None,
                    help="comma list of block names (layer3.0) or indices; default all")
     p.add_argument("--variants", default=None,
                    help="comma list of variants to time (default all; dense always)")
-    p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards")
+    p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards (default 1/1)")
     p.add_argument("--force", action="store_true", help="re-time what is cached")
     p.add_argument("--clustered", action="store_true",
                    help="clustered masks (one blob); such timings go to the CSV only: they "

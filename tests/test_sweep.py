@@ -641,7 +641,10 @@ def test_sweep_default_csv_names_every_option_that_changes_its_rows():
     variants = [name("--shard", "1/2"), name("--shard", "2/2"),
                 name("--mode", "channel", "--channel-granularity", "2"),
                 name("--mode", "channel", "--channel-granularity", "4"),
-                name("--dtype", "bfloat16"), name("--input-size", "64"), name("--batch", "8")]
+                name("--dtype", "bfloat16"), name("--input-size", "64"), name("--batch", "8"),
+                # a mode per stage with channel skipping in some stage
+                name("--mode", "channel-channel-layer-layer", "--channel-granularity", "2"),
+                name("--mode", "channel-channel-layer-layer", "--channel-granularity", "4")]
     assert len(set(variants) | {name()}) == len(variants) + 1
     assert variants[0] == "sweep_laud_resnet50_spatial_4-4-2-1_b1_shard1of2_cpu.csv"
 

@@ -90,7 +90,7 @@ def default_csv(args: argparse.Namespace, device: str) -> str:
     (the others only where they differ from their defaults), so that two shards, two
     channel granularities or two dtypes on one machine do not write over each other."""
     parts = [f"sweep_{args.model}_{args.mode}_{args.granularity}"]
-    if args.mode in ("channel", "both"):
+    if {"channel", "both"} & set(args.mode.split("-")):  # in any stage ("layer-channel-..")
         parts.append(f"c{args.channel_granularity}")
     parts.append(f"b{args.batch}")
     if args.input_size != 224:

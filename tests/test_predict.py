@@ -338,6 +338,28 @@ def test_cli_predict_header_names_the_layout_the_mode_uses(capsys, tmp_path, mod
     assert f"laud_resnet50 {says} float32" in out.splitlines()
 
 
+def test_cli_tables_keep_columns_apart_at_large_sizes(capsys, tmp_path):
+    """At --input-size 4096 --batch 4096 the predicted milliseconds outgrew their
+    columns and the model line read "0.5069466926.08945284410.015": every cell now
+    follows a space."""
+    size = ["--model", "laud_resnet50", "--input-size", "4096", "--batch", "4096",
+            "--hardware", "cpu", "--no-fit", "--cache-dir", str(tmp_path)]
+    rc, out, err = _cli(["predict", *size, "--rates", "0.5"], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    model = lines[lines.index(next(x for x in lines if x.split()[:2] == ["rate", "dense"])) + 1]
+    rate, dense, best, ratio, per_img = (float(v) for v in model.split())
+    assert rate == 0.5 and dense > 1e7 and best < dense and ratio == round(best / dense, 3)
+    assert per_img == round(best / 4096, 4)
+    blocks = [x for x in lines if x.startswith("layer")]
+    # 7 words of label, the rate, 3 cells (dense, gather, patch), the best variant
+    assert len(blocks) == 8 and all(len(x.split()) == 12 for x in blocks)
+    rc, out, err = _cli(["design", *size, "--target-rate", "0.5", "--top", "3"], capsys)
+    assert rc == 0, err
+    rows = [x.split() for x in out.splitlines() if x[:3].strip() in ("1", "2", "3")]
+    assert len(rows) == 3 and all(len(r) == 6 and float(r[3]) > 1e7 for r in rows)
+
+
 def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
     rc, out, err = _cli(["predict", "--validate"], capsys)

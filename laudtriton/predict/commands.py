@@ -228,8 +228,9 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"{args.model} mode {args.mode}"
           f"{layout_text(args.mode, args.granularity, args.channel_granularity)} "
           f"batch {args.batch} {dtype}")
-    head = "".join(f"{n + ' ms':>14}" for n in ["dense", *names])
-    print(f"\n{'block (x count)':<64}{'rate':>8}{head}  best")
+    # every cell after its own space: columns stay apart when a number outgrows its width
+    head = "".join(f" {n + ' ms':>13}" for n in ["dense", *names])
+    print(f"\n{'block (x count)':<64} {'rate':>7}{head}  best")
     best_total = dict.fromkeys(rates, 0.0)
     static = sum(predict_static_dense(s, hw, factors) * len(m) for s, m in groups.items())
     for spec, members in groups.items():
@@ -240,22 +241,22 @@ def run_predict(args: argparse.Namespace) -> int:
                 if n in cands:
                     row[n] = predict_expected(spec, r, n, hw, factors)
             best = min(row, key=row.get)
-            cells = "".join(f"{row[n] * 1e3:>14.3f}" if n in row else f"{'-':>14}"
+            cells = "".join(f" {row[n] * 1e3:>13.3f}" if n in row else f" {'-':>13}"
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"
-            print(f"{label:<64}{_rate_label(r):>8}{cells}  {best}")
+            print(f"{label:<64} {_rate_label(r):>7}{cells}  {best}")
             best_total[r] += row[best] * len(members)
     stem = predict_stem_head(args.input_size, args.batch, dtype, hw, factors)
     print(f"\nmodel (blocks + dense stem/head {stem * 1e3:.3f} ms); dense ms: the static "
           "network, every block dense without masks or maskers"
           + ("\n(not the dense column above: on blocks with channel masks that runs their "
              "masked path)" if any(s.mode in ("channel", "both") for s in groups) else ""))
-    print(f"{'rate':>8}{'dense ms':>12}{'best ms':>12}{'x dense':>9}{'ms/img':>10}")
+    print(f"{'rate':>8} {'dense ms':>11} {'best ms':>11} {'x dense':>8} {'ms/img':>9}")
     d = static + stem  # the static network: the same at every rate
     for r in rates:
         b = best_total[r] + stem
-        print(f"{_rate_label(r):>8}{d * 1e3:>12.3f}{b * 1e3:>12.3f}{b / d:>9.3f}"
-              f"{b * 1e3 / args.batch:>10.4f}")
+        print(f"{_rate_label(r):>8} {d * 1e3:>11.3f} {b * 1e3:>11.3f} {b / d:>8.3f}"
+              f" {b * 1e3 / args.batch:>9.4f}")
     return 0
 
 
@@ -388,10 +389,10 @@ def run_design(args: argparse.Namespace) -> int:
         at = f"{reached:.3f} (--target-rate {at} {short}; floor {floor:.3f})"
     print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio {at}")
     dense = designs[0].dense_seconds
-    print(f"\n{'#':>3}  {'modes':<32}{'S':<10}{'ms':>10}{'x dense':>9}{'FLOPs':>7}")
+    print(f"\n{'#':>3}  {'modes':<32}{'S':<10} {'ms':>9} {'x dense':>8} {'FLOPs':>6}")
     for i, d in enumerate(designs[:args.top], 1):
         print(f"{i:>3}  {'-'.join(d.modes):<32}{d.s_label():<10}"
-              f"{d.seconds * 1e3:>10.3f}{d.seconds / dense:>9.3f}{d.flops_ratio:>7.3f}")
+              f" {d.seconds * 1e3:>9.3f} {d.seconds / dense:>8.3f} {d.flops_ratio:>6.3f}")
     print(f"\ndense model: {dense * 1e3:.3f} ms")
     if not math.isfinite(designs[0].seconds):
         raise ValueError("no configuration has a finite predicted latency")

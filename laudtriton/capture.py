@@ -3,6 +3,8 @@ model, and the input the forward calls each of them with."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -12,7 +14,8 @@ from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 
 
-def _outermost(model: nn.Module, kinds, prefix: str = ""):
+def outermost_modules(model: nn.Module, kinds: type | tuple[type, ...], prefix: str = ""
+                      ) -> Iterator[tuple[str, nn.Module]]:
     """(qualified name, module) of the modules of type ``kinds`` inside ``model`` (not
     model itself), not looking inside them or inside what compile already built."""
     for name, child in model.named_children():
@@ -20,10 +23,10 @@ def _outermost(model: nn.Module, kinds, prefix: str = ""):
         if isinstance(child, kinds):
             yield full, child
         elif not isinstance(child, (CompiledBlock, CompiledModel)):
-            yield from _outermost(child, kinds, full)
+            yield from outermost_modules(child, kinds, full)
 
 
-def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
+def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
     """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
     module in ``named`` [(name, module)] in the order they run (first call each), and the
     names of those the forward never called. The input is the first positional argument,
@@ -73,10 +76,14 @@ def _inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[
     return captured, [name for name, _ in named if name not in seen]
 
 
-def _block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
-    """Run the reference model in eval: ``_inputs`` of every LAUD block outside what
+def block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
+    """Run the reference model in eval: ``capture_inputs`` of every LAUD block outside what
     compile built (the blocks of a LaudResNet a user's forward calls one by one
-    included)."""
+    included).
+
+    Raises:
+        ValueError: as ``capture_inputs``.
+    """
     if isinstance(model, LaudBottleneck):
-        return _inputs(model, x, [("block", model)])
-    return _inputs(model, x, list(_outermost(model, LaudBottleneck)))
+        return capture_inputs(model, x, [("block", model)])
+    return capture_inputs(model, x, list(outermost_modules(model, LaudBottleneck)))

@@ -48,13 +48,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import _block_inputs, _inputs, _outermost
+from .capture import block_inputs, capture_inputs, outermost_modules
 from .compile_checks import (
-    _check_hooks,
-    _check_options,
-    _check_variants,
     check_block_places,
     check_foldable,
+    check_hooks,
+    check_options,
+    check_variants,
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
@@ -63,7 +63,7 @@ from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
 from .ops.masks import dispatch_rate
-from .planning import _candidates, _plan_block
+from .planning import candidate_variants, plan_block
 from .predict.calibrate import fitted_predictor
 from .schedule import DispatchTable
 from .stem import check_resnet
@@ -140,11 +140,11 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
             network that the compiled model would not call, or one on its stem's pooling,
             or on a ``conv_linear`` channel masker in a network with layer-skipping blocks
-            (``_check_hooks``); an example input holding NaN or inf, or that is not a real
+            (``check_hooks``); an example input holding NaN or inf, or that is not a real
             floating-point tensor with data (complex, integer, meta); ``variants`` of which
             no block of the model runs any; a LaudResNet that the user's forward calls on
-            inputs of two sizes (``_inputs``); a blank $LAUDTRITON_CACHE_DIR or one naming
-            a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
+            inputs of two sizes (``capture_inputs``); a blank $LAUDTRITON_CACHE_DIR or one
+            naming a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
             other than 0/false/off/no and 1/true/on/yes (tune not "off",
             ``tune.cache.cache_enabled_from_env``); a model with a tensor on the meta
             device; a model whose own forward fails on the example input (its error
@@ -156,7 +156,7 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
     ):
-        _check_options(**options)  # now, not at the decorated factory's first call
+        check_options(**options)  # now, not at the decorated factory's first call
         return _decorator(model, example_input, **options)
     # under torch.inference_mode() the folded weights would be inference tensors, whose
     # version counters (``ops.fold.Fingerprint``) cannot be read; under autocast the
@@ -217,7 +217,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
                          f"LaudBottleneck or a module containing them), got "
                          f"{type(model).__name__}{hint}")
-    backend, variants = _check_options(backend, tune, cache_dir, dispatch, dtype, variants)
+    backend, variants = check_options(backend, tune, cache_dir, dispatch, dtype, variants)
     # a CUDA device with its index (the example input's, else the current one): "cuda"
     # alone would put the model on whichever device is current at compile time
     device = (torch.device("cpu") if backend != "cuda"
@@ -266,9 +266,9 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     if nested is None:  # every LAUD network in the module, before any forward runs
         check_block_places(model)
         nets = ([("", model)] if isinstance(model, (LaudResNet, LaudBottleneck))
-                else _outermost(model, (LaudResNet, LaudBottleneck)))
+                else outermost_modules(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:
-            _check_hooks(net, name)
+            check_hooks(net, name)
     # eval first: a parametrization may compute otherwise in training (spectral_norm's
     # power iteration), and the compiled model is the eval-mode network
     ref = _bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)
@@ -281,14 +281,14 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
         # those of a LaudResNet whose forward is not called (a backbone whose blocks the
         # user's forward calls) included
-        nets, missed_nets = _inputs(ref, x, list(_outermost(ref, LaudResNet)))
+        nets, missed_nets = capture_inputs(ref, x, list(outermost_modules(ref, LaudResNet)))
         for name, net, xin in nets:
             _set_submodule(ref, name, _compile(net, xin, **options, nested=name))
     cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
     predictor = fitted_predictor(cache, backend) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
-    captured, missed = _block_inputs(ref, x)
+    captured, missed = block_inputs(ref, x)
     distinct: set[BlockSpec] = set()  # tuning progress on stderr: block i of n
 
     def say(text: str) -> None:
@@ -300,15 +300,15 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         specs.append(BlockSpec.from_block(block, xin.shape, dtype))
         distinct.add(specs[-1])
     if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):
-        _check_variants(variants, specs, backend)  # before any tuning
+        check_variants(variants, specs, backend)  # before any tuning
     for (name, block, xin), spec in zip(captured, specs):
         fb = fold_block(block, dtype, device)
         with torch.no_grad():
             masks, _ = block.compute_masks(xin)
         if spec not in tables:  # equal specs are tuned once
-            tables[spec] = _plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
-                                       _candidates(spec, backend, variants), tune, cache,
-                                       predictor, say)
+            tables[spec] = plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
+                                      candidate_variants(spec, backend, variants), tune,
+                                      cache, predictor, say)
         rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, (LaudResNet, LaudBottleneck)):
@@ -333,8 +333,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                       "block in two places of the module is compiled in its first place "
                       "only; the others run it as it is (dense with masks; give each place "
                       "its own block, copy.deepcopy, to compile it)", stacklevel=3)
-    _check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
-                    backend)
+    check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
+                   backend)
     return out
 
 

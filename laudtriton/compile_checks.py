@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -13,8 +14,8 @@ from torch import nn
 from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
-from .ops import get_variant
-from .planning import _candidates
+from .ops import BlockSpec, get_variant
+from .planning import candidate_variants
 from .stem import foldable_bn, own_forward
 from .tune.keys import refuse_bad_dir
 
@@ -44,7 +45,7 @@ def _folded_hook(hook) -> bool:
     return isinstance(hook, (prune.BasePruningMethod, WeightNorm, SpectralNorm))
 
 
-def _check_hooks(net: nn.Module, prefix: str = "") -> None:
+def check_hooks(net: nn.Module, prefix: str = "") -> None:
     """Raise if a module of ``net`` (a LaudResNet or LaudBottleneck about to be compiled;
     ``prefix`` its name in the user's module) holds a forward hook or pre-hook that the
     compiled model would drop. It runs its own stem, blocks and maskers; only copies of a
@@ -223,8 +224,10 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
                 "one Linear) to 2·G logits")
 
 
-def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, variants
-                   ) -> tuple[str, tuple[str, ...] | None]:
+def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | None,
+                  dispatch: str, dtype: torch.dtype | None,
+                  variants: str | Iterable[str] | None
+                  ) -> tuple[str, tuple[str, ...] | None]:
     """The backend resolved and the variant names as a tuple, after checking every option
     of ``compile``.
 
@@ -259,13 +262,18 @@ def _check_options(backend: str, tune: str, cache_dir, dispatch: str, dtype, var
     return backend, variants
 
 
-def _check_variants(variants, specs, backend: str) -> None:
-    """Raise when ``variants`` is given and no block of ``specs`` runs any of them (each
-    block falls back to dense where none of them runs it; when none runs anywhere, the
-    request itself is wrong)."""
+def check_variants(variants: tuple[str, ...] | None, specs: Sequence[BlockSpec],
+                   backend: str) -> None:
+    """Raise when ``variants`` (as ``check_options`` returns them) is given and no block
+    of ``specs`` runs any of them on ``backend`` (each block falls back to dense where
+    none of them runs it; when none runs anywhere, the request itself is wrong).
+
+    Raises:
+        ValueError: naming the variants and those the blocks accept here.
+    """
     if variants is None or not specs:
         return
-    usable = {v.name for spec in set(specs) for v in _candidates(spec, backend)}
+    usable = {v.name for spec in set(specs) for v in candidate_variants(spec, backend)}
     if not usable & set(variants):
         raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
                          f"model runs any of them on {backend}; accepted here: "

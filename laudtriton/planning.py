@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from .ops import BlockSpec, variants_for
 from .ops.masks import dispatch_rate
@@ -16,14 +18,30 @@ from .schedule import Choice, DispatchTable, near, rate_key
 from .tune.keys import rate_bucket
 from .tune.measure import config_key, time_variants
 
+if TYPE_CHECKING:
+    import torch
+
+    from .nn.block import BlockMasks
+    from .ops.fold import FoldedBlock
+    from .ops.registry import Variant
+    from .predict.hardware import HardwareSpec
+    from .predict.model import Factors
+    from .tune.cache import TuneCache
+
 log = logging.getLogger("laudtriton")
 
 QUICK_RATES = (0.2, 0.5, 0.8)
 
 
-def _candidates(spec: BlockSpec, backend: str, only=None):
-    """Variants that run ``spec`` exactly on ``backend``; restricted to ``only`` when given
-    (falling back to ``dense`` where none of them supports the block)."""
+def candidate_variants(spec: BlockSpec, backend: str, only: Collection[str] | None = None
+                       ) -> list[Variant]:
+    """Variants that run ``spec`` exactly on ``backend`` ("cpu" or "cuda"; not the Triton
+    ones where triton cannot be imported); restricted to the names in ``only`` when given
+    (falling back to ``dense`` where none of them supports the block).
+
+    Raises:
+        ValueError: on an unknown backend (``ops.variants_for``).
+    """
     cands = variants_for(spec, backend)
     if backend == "cuda":
         try:
@@ -61,11 +79,23 @@ def _known_configs(hit, spaces: dict[str, set[str]], cache, spec, rate):
     return out
 
 
-def _plan_block(spec, fb, x, masks, cands, tune, cache, predictor,
-                say=lambda text: None) -> DispatchTable:
-    """The dispatch table of one distinct block (``compile``'s tune rule). say: called
-    with one line before ``tune`` "quick"/"full" times the block's rates (minutes in all
-    on a CPU with nothing cached: the caller shows progress)."""
+def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
+               cands: list[Variant], tune: str, cache: TuneCache | None,
+               predictor: tuple[HardwareSpec, dict[str, Factors]] | None,
+               say: Callable[[str], None] = lambda text: None) -> DispatchTable:
+    """The dispatch table of one distinct block (``compile``'s tune rule).
+
+    fb: the folded block; x: its example input [B, Cin, H, W] (channels_last) and masks
+    the masks its maskers give for x; cands: the variants to choose from
+    (``candidate_variants``); tune: "cached" | "quick" | "full" | "off"; cache: the
+    autotune cache (None with tune "off"); predictor: ``predict.calibrate.
+    fitted_predictor``'s (hardware, factors), or None. say: called with one line before
+    ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
+    cached: the caller shows progress).
+
+    Raises:
+        RuntimeError: when every candidate variant fails on the example input.
+    """
     table = DispatchTable()
     actual = float(dispatch_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed

@@ -64,7 +64,10 @@ def rows_from_cache(cache: TuneCache) -> list[dict]:
     return rows
 
 
-def _spec_of(row: Mapping) -> BlockSpec | None:
+def spec_of_row(row: Mapping) -> BlockSpec | None:
+    """The BlockSpec of a sweep CSV row (its ``spec_key`` column, a BlockSpec dict as
+    JSON); None when the row has none, or one BlockSpec.from_dict refuses (ValueError,
+    TypeError)."""
     key = row.get("spec_key")
     if not key:
         return None
@@ -93,7 +96,7 @@ def _group(rows: Rows):
     devices = {str(r.get("device") or "") for r in rows}
     for r in rows:
         t = float(r["seconds"])
-        spec = _spec_of(r)
+        spec = spec_of_row(r)
         sid = r.get("spec_key") or r["spec"]
         key = str(r["model"])
         if spec is not None:
@@ -163,7 +166,7 @@ def _draw(ax, curves: dict[str, dict[float, float]], colors: dict[str, str]) -> 
     ax.grid(True, alpha=0.3)
 
 
-def _figure_class() -> type[Figure]:
+def figure_class() -> type[Figure]:
     """matplotlib's Figure class (imported here: every other command, and ``plot
     --help``, runs without matplotlib).
 
@@ -179,8 +182,8 @@ def _figure_class() -> type[Figure]:
 
 
 def _new_figure(**kwargs) -> Figure:
-    """A matplotlib Figure (``_figure_class``)."""
-    return _figure_class()(**kwargs)
+    """A matplotlib Figure (``figure_class``)."""
+    return figure_class()(**kwargs)
 
 
 def _legend(fig: Figure, axes) -> None:
@@ -227,7 +230,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
         ValueError: if there is nothing to plot: no rows, or no finite timing; or
             matplotlib cannot be imported.
     """
-    _figure_class()  # no matplotlib: say so before reading anything
+    figure_class()  # no matplotlib: say so before reading anything
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)
     src = str(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else "the rows given"
     if not rows:

@@ -14,11 +14,11 @@ from .ops.spec import BlockSpec
 from .plot import (
     Predicted,
     Rows,
-    _figure_class,
-    _spec_of,
     check_measured,
+    figure_class,
     plot_latency_vs_rate,
     rows_from_cache,
+    spec_of_row,
 )
 from .tune.sweep_csv import read_csv
 
@@ -43,7 +43,7 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
               "left out of the predicted line", file=sys.stderr)
     todo: dict[str, tuple[BlockSpec, set, set]] = {}
     for r in rows:
-        spec = _spec_of(r)
+        spec = spec_of_row(r)
         if spec is not None and r["variant"] not in unknown:
             _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
             variants.add(r["variant"])
@@ -88,7 +88,7 @@ def run_plot(args: argparse.Namespace) -> int:
             args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir)
-        _figure_class()  # matplotlib missing: said before reading anything
+        figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache
             from .tune.keys import disabled_by

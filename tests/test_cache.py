@@ -262,7 +262,7 @@ def test_clear_that_cannot_delete_is_a_value_error(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(cache_mod, "_file_lock", refuse)
+    monkeypatch.setattr(cache_mod, "file_lock", refuse)
     with pytest.raises(ValueError, match="cannot clear the autotune cache in .*nothing deleted"):
         c.clear()
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) is not None
@@ -420,7 +420,7 @@ def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
     live, shard = TuneCache(tmp_path / "live"), TuneCache(tmp_path / "shard")
     live.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     shard.record(SPEC, 1.0, {"dense": {"{}": 2e-3}})
-    real, raced = cache_merge_mod._file_lock, []
+    real, raced = cache_merge_mod.file_lock, []
 
     def racing_lock(path):
         if path.name == live.path.name + ".lock" and not raced:
@@ -428,7 +428,7 @@ def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
             TuneCache(tmp_path / "live").record(SPEC2, 0.5, {"dense": {"{}": 3e-3}})
         return real(path)
 
-    monkeypatch.setattr(cache_merge_mod, "_file_lock", racing_lock)
+    monkeypatch.setattr(cache_merge_mod, "file_lock", racing_lock)
     assert merge_files([shard.path], live.path) == 3
     after = TuneCache(tmp_path / "live")
     assert after.lookup(SPEC2, 0.5) == {"dense": {"{}": 3e-3}}
@@ -643,7 +643,7 @@ def test_clear_waits_for_a_writer_holding_the_lock(tmp_path):
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     done = threading.Event()
-    with cache_file_mod._file_lock(c.path.with_name(c.path.name + ".lock")):  # a writer
+    with cache_file_mod.file_lock(c.path.with_name(c.path.name + ".lock")):  # a writer
         t = threading.Thread(target=lambda: (TuneCache(tmp_path).clear(), done.set()))
         t.start()
         assert not done.wait(0.5) and c.path.exists()  # waits for the writer

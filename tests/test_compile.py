@@ -654,7 +654,7 @@ def test_triton_variants_inside_a_compiled_model(mode, variant, cfg):
 def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):
     """A rate where every candidate failed is recorded (inf) and counts as tried: the next
     compile on the same cache times nothing again (it timed that rate at every compile)."""
-    import laudtriton.planning as planning  # _plan_block reads its time_variants
+    import laudtriton.planning as planning  # plan_block reads its time_variants
     from laudtriton.ops.masks import dispatch_rate
 
     real, timed = planning.time_variants, []
@@ -681,7 +681,7 @@ def test_quick_tuning_does_not_time_a_failed_layer_rate_twice(tmp_path, monkeypa
     """A layer gate at batch 1: buckets 0.2 and 0.5 both realise rate 0. When every
     candidate fails there, rate 0 is timed once in the first compile and not at all in
     the next (the check compared buckets, not realised rates: twice each time)."""
-    import laudtriton.planning as planning  # _plan_block reads its time_variants
+    import laudtriton.planning as planning  # plan_block reads its time_variants
     from laudtriton.ops.masks import dispatch_rate
 
     real, timed = planning.time_variants, []

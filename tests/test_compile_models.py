@@ -586,7 +586,7 @@ def test_compile_under_inference_mode():
 
 
 def test_every_variant_failing_is_an_error_naming_the_block(monkeypatch):
-    import laudtriton.planning as planning  # _plan_block reads its time_variants
+    import laudtriton.planning as planning  # plan_block reads its time_variants
 
     def failing(fb, spec, x, masks, cands, **kw):
         return {c.name: {"": float("inf")} for c in cands}

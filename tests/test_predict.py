@@ -25,9 +25,9 @@ from laudtriton.predict.fit import Sample, fit, samples, validate
 from laudtriton.predict.hardware import CPU_DEFAULT, PRESETS, get_hardware, known_hardware
 from laudtriton.predict.model import (
     Factors,
-    _latency,
     factor_key,
     factors_for,
+    latency_from_terms,
     predict_block,
     predict_expected,
     predict_timings,
@@ -218,7 +218,8 @@ def _synthetic(noise: float, shapes: int = 5, seed: int = 0) -> list[Sample]:
             for v, f in TRUE.items():
                 if v == "patch" and spec.granularity < 2:
                     continue
-                t = _latency(terms(spec, r, v, CPU), f, CPU) * (1 + noise * rng.uniform(-1, 1))
+                t = (latency_from_terms(terms(spec, r, v, CPU), f, CPU)
+                     * (1 + noise * rng.uniform(-1, 1)))
                 out.append(Sample(spec, r, v, t))
     return out
 
@@ -257,7 +258,8 @@ def test_dense_with_channel_masks_has_factors_of_its_own():
     chan = sorted({s for _, s in model_specs("laud_resnet50", "channel", "4-4-2-1", 1)},
                   key=BlockSpec.key)[:5]
     slow = Factors(0.3, 0.4, 8e-5)  # the channel path: half the compute rate
-    data = spatial + [Sample(sp, r, "dense", _latency(terms(sp, r, "dense", CPU), slow, CPU))
+    data = spatial + [Sample(sp, r, "dense",
+                             latency_from_terms(terms(sp, r, "dense", CPU), slow, CPU))
                       for sp in chan for r in (0.1, 0.5, 1.0)]
     assert factor_key("dense", chan[0]) == "dense/channel"
     assert factor_key("dense", spatial[0].spec) == "dense"

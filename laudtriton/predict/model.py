@@ -152,7 +152,10 @@ def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec
                  c.bytes / hw.bandwidth)
 
 
-def _latency(t: Terms, f: Factors, hw: HardwareSpec) -> float:
+def latency_from_terms(t: Terms, f: Factors, hw: HardwareSpec) -> float:
+    """Raw predicted seconds of one call from its ``terms`` and ``f``: launches ·
+    overhead (``f``'s, else ``hw.launch_overhead``) + max(compute_s / eff_c, memory_s /
+    eff_m), the module docstring's formula (not made monotone in rate)."""
     ov = hw.launch_overhead if f.overhead is None else f.overhead
     return t.launches * ov + max(t.compute_s / f.eff_c, t.memory_s / f.eff_m)
 
@@ -201,7 +204,7 @@ def _curve(spec: BlockSpec, variant: str, hw: HardwareSpec, f: Factors) -> tuple
     """Running maximum of the raw prediction over the rate grid."""
     out, top = [], 0.0
     for i in range(MONOTONE_STEPS + 1):
-        top = max(top, _latency(_grid_terms(spec, i, variant, hw), f, hw))
+        top = max(top, latency_from_terms(_grid_terms(spec, i, variant, hw), f, hw))
         out.append(top)
     return tuple(out)
 
@@ -229,7 +232,7 @@ def predict_stem_head(input_size: int, batch: int, dtype: str, hw: HardwareSpec,
     ``dense`` variant's factors."""
     flops, byts, launches = stem_head_cost(input_size, batch, dtype=dtype)
     t = Terms(float(launches), flops / hw.peak_macs(dtype), byts / hw.bandwidth)
-    return _latency(t, factors_for("dense", hw, factors), hw)
+    return latency_from_terms(t, factors_for("dense", hw, factors), hw)
 
 
 def mask_units(spec: BlockSpec) -> int | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
-from .model import Factors, _latency, factors_for, terms
+from .model import Factors, factors_for, latency_from_terms, terms
 
 # Config keys that name the output tile of a kernel config (rows, then columns).
 ROW_KEYS = ("block_m", "block_p", "BLOCK_M", "BLOCK_P")
@@ -47,7 +47,7 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
     """
     name = variant if isinstance(variant, str) else variant.name
     t = terms(spec, rate, variant, hw, config_tiles(config))
-    return _latency(t, factors_for(name, hw, factors), hw)
+    return latency_from_terms(t, factors_for(name, hw, factors), hw)
 
 
 def make_prune(hw: HardwareSpec | str, top_k: int = 3,

@@ -41,17 +41,17 @@ from ..ops.spec import BlockSpec
 from .cache_file import (
     LOCK_TIMEOUT,
     SCHEMA_VERSION,
-    _annotate_into,
-    _check_record,
-    _file_lock,
-    _merge_into,
-    _merge_meta,
-    _move_aside,
-    _parse,
-    _read,
-    _Unusable,
-    _valid_entry,
-    _write,
+    UnusableCacheFile,
+    annotate_entries_into,
+    check_record,
+    file_lock,
+    is_valid_entry,
+    merge_entries_into,
+    merge_meta,
+    move_aside,
+    parse_cache,
+    read_entries,
+    write_cache_file,
 )
 from .keys import (
     cache_enabled_from_env,
@@ -135,7 +135,7 @@ class TuneCache:
 
     def _lock(self):
         """The cache file's inter-process lock (on ``lock_path``)."""
-        return _file_lock(self.lock_path)
+        return file_lock(self.lock_path)
 
     def _hash(self, variant: str) -> str | None:
         if variant not in self._hashes:
@@ -169,13 +169,13 @@ class TuneCache:
         except OSError:
             return {}
         if self._loaded[0] != stamp:
-            self._loaded = (stamp, _read(self.path, self.device))
+            self._loaded = (stamp, read_entries(self.path, self.device))
         return self._loaded[1]
 
     def _all(self) -> dict[str, dict]:
         out = dict(self._disk())
-        _annotate_into(out, self._notes)
-        _merge_into(out, self._memory)
+        annotate_entries_into(out, self._notes)
+        merge_entries_into(out, self._memory)
         return out
 
     def rates(self, spec: BlockSpec) -> list[float]:
@@ -240,7 +240,7 @@ class TuneCache:
                 meta JSON cannot hold. Nothing is recorded then: the file's readers would
                 drop the whole entry, or it could not be written at all.
         """
-        _check_record(rate_bucket, timings)
+        check_record(rate_bucket, timings)
         try:
             json.dumps(meta or {}, allow_nan=True)
         except (TypeError, ValueError, RecursionError) as e:
@@ -256,12 +256,12 @@ class TuneCache:
                             for c, s in ((c, float(t)) for c, t in cfgs.items())},
                 "meta": dict(meta or {}),
             }
-        bad = next((e for e in new.values() if not _valid_entry(e)), None)
+        bad = next((e for e in new.values() if not is_valid_entry(e)), None)
         if bad is not None:
             raise ValueError(f"record: spec {spec!r} or meta {meta!r} is malformed (meta: "
                              "'models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1], 'flops_ratio' a number)")
-        _merge_into(self._memory, new)
+        merge_entries_into(self._memory, new)
         self._save()
 
     def annotate(self, spec: BlockSpec, rate_bucket: float, meta: dict) -> bool:
@@ -282,21 +282,21 @@ class TuneCache:
                                      and size > 0):
             raise ValueError(f"annotate: meta's input_size {size!r} is not a positive int")
         names = {k: meta[k] for k in ("models", "asked_rates", "input_size") if k in meta}
-        if not _valid_entry({"spec": spec.to_dict(), "rate_bucket": round(float(rate_bucket), 6),
+        if not is_valid_entry({"spec": spec.to_dict(), "rate_bucket": round(float(rate_bucket), 6),
                              "variant": "", "timings": {}, "meta": names}):
             raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "
                              "('models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1])")
         changed = False
         for k, e in self._current(spec, rate_bucket).items():
-            if _merge_meta(e.get("meta") or {}, names) == (e.get("meta") or {}):
+            if merge_meta(e.get("meta") or {}, names) == (e.get("meta") or {}):
                 continue
             changed = True
             if k in self._memory:  # a record of ours not written yet: it carries them
                 mine = self._memory[k]
-                self._memory[k] = {**mine, "meta": _merge_meta(mine.get("meta") or {}, names)}
+                self._memory[k] = {**mine, "meta": merge_meta(mine.get("meta") or {}, names)}
             else:
-                self._notes[k] = _merge_meta(self._notes.get(k, {}), names)
+                self._notes[k] = merge_meta(self._notes.get(k, {}), names)
         if changed:
             self._save()
         return changed
@@ -323,9 +323,9 @@ class TuneCache:
                 found, entries = None, {}
                 if raw is not None:
                     try:
-                        data = _parse(raw)
-                    except _Unusable as e:  # its bytes are kept, under another name
-                        aside = _move_aside(self.path)
+                        data = parse_cache(raw)
+                    except UnusableCacheFile as e:  # its bytes are kept, under another name
+                        aside = move_aside(self.path)
                         log.warning("autotune cache %s %s; moved it to %s, a new file is "
                                     "written", self.path, e, aside.name)
                     else:  # every entry, those no reader can use too (kept as they are)
@@ -341,10 +341,10 @@ class TuneCache:
                 # a record replaces an entry of its key no reader can use; the file's
                 # other entries stay as they are, those no reader can use too
                 entries = {k: e for k, e in entries.items()
-                           if k not in self._memory or _valid_entry(e)}
-                _annotate_into(entries, self._notes)
-                _merge_into(entries, self._memory)
-                _write(self.path, self.device, entries)
+                           if k not in self._memory or is_valid_entry(e)}
+                annotate_entries_into(entries, self._notes)
+                merge_entries_into(entries, self._memory)
+                write_cache_file(self.path, self.device, entries)
             self._memory.clear()
             self._notes.clear()
             self._loaded = (None, {})
@@ -384,9 +384,9 @@ class TuneCache:
                         raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); "
                                          "not deleting it") from None
                     try:
-                        data = _parse(raw) if raw is not None else {"entries": {}}
-                    except _Unusable as e:  # not ours to delete: kept under another name
-                        aside = _move_aside(self.path)
+                        data = parse_cache(raw) if raw is not None else {"entries": {}}
+                    except UnusableCacheFile as e:  # not ours to delete: kept under another name
+                        aside = move_aside(self.path)
                         log.warning("autotune cache %s %s; moved it to %s, not deleted",
                                     self.path, e, aside.name)
                     else:

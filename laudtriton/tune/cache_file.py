@@ -26,8 +26,13 @@ LOCK_TIMEOUT = 120  # seconds a writer waits for another process's lock
 
 
 @contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``."""
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``.
+
+    Raises:
+        TimeoutError: if another process holds it for ``LOCK_TIMEOUT`` seconds
+            (``filelock.Timeout`` is one).
+    """
     try:
         import filelock
     except ImportError:
@@ -56,7 +61,7 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _cache_json(raw: bytes) -> dict:
+def decode_cache_json(raw: bytes) -> dict:
     """The JSON object of a cache file's bytes.
 
     Raises:
@@ -69,28 +74,28 @@ def _cache_json(raw: bytes) -> dict:
     return data
 
 
-class _Unusable(ValueError):
+class UnusableCacheFile(ValueError):
     """A cache file's bytes that this version cannot use: not UTF-8 JSON of a cache, or
     a cache of another schema."""
 
 
-def _parse(raw: bytes) -> dict:
+def parse_cache(raw: bytes) -> dict:
     """The JSON object of a cache file of this schema.
 
     Raises:
-        _Unusable: saying why it is not one.
+        UnusableCacheFile: saying why it is not one.
     """
     try:
-        data = _cache_json(raw)
+        data = decode_cache_json(raw)
     except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
-        raise _Unusable(f"is corrupt ({e})") from None
+        raise UnusableCacheFile(f"is corrupt ({e})") from None
     if data.get("schema") != SCHEMA_VERSION:
-        raise _Unusable(f"has schema {data.get('schema')!r}, this laudtriton uses "
-                        f"{SCHEMA_VERSION}")
+        raise UnusableCacheFile(f"has schema {data.get('schema')!r}, this laudtriton uses "
+                                f"{SCHEMA_VERSION}")
     return data
 
 
-def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
+def load_cache_file(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dict]]:
     """(device, entries) of the cache file ``path`` (entries no reader can use left out,
     with a warning); (None, {}) with a warning if it is corrupt (not UTF-8 JSON of a
     cache), of another schema or unreadable, (None, {}) silently if it does not exist.
@@ -104,12 +109,12 @@ def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dic
         log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
         return None, {}
     try:
-        data = _parse(raw)
-    except _Unusable as e:
+        data = parse_cache(raw)
+    except UnusableCacheFile as e:
         log.warning("autotune cache %s %s; ignoring it%s", path, e,
                     " (the next write moves it aside)" if rewritten else "")
         return None, {}
-    entries = {k: e for k, e in data["entries"].items() if _valid_entry(e)}
+    entries = {k: e for k, e in data["entries"].items() if is_valid_entry(e)}
     if len(entries) < len(data["entries"]):
         first = next(k for k in data["entries"] if k not in entries)
         log.warning("autotune cache %s: %d malformed entries ignored (the first: %r; "
@@ -118,9 +123,9 @@ def _load(path: Path, rewritten: bool = True) -> tuple[str | None, dict[str, dic
     return data.get("device"), entries
 
 
-def _read(path: Path, device: str) -> dict[str, dict]:
+def read_entries(path: Path, device: str) -> dict[str, dict]:
     """Entries of ``path`` if it is a valid cache file of ``device``, else {}."""
-    found, entries = _load(path)
+    found, entries = load_cache_file(path)
     if entries and found != device:
         log.warning("autotune cache %s is for device %r, not %r; ignoring it",
                     path, found, device)
@@ -135,7 +140,7 @@ def _number(x) -> bool:
 _SPEC_TYPES = {"int": int, "bool": bool, "str": str}
 
 
-def _valid_spec(d) -> bool:
+def is_valid_spec(d: object) -> bool:
     """``d`` is a BlockSpec dict with every field of its type (ints positive but
     channel_groups, which may be 0; in_hw two positive ints)."""
     try:
@@ -165,13 +170,13 @@ def _is_config_key(c) -> bool:
         return False
 
 
-def _valid_entry(e) -> bool:
+def is_valid_entry(e: object) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
     in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
     "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1] and
     "flops_ratio" a number, config keys JSON objects, versions a dict, source_hash a
     string or null."""
-    if not (isinstance(e, dict) and _valid_spec(e.get("spec"))
+    if not (isinstance(e, dict) and is_valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
             and isinstance(e.get("timings"), dict)
@@ -207,9 +212,13 @@ def _real(x) -> float | None:
         return None
 
 
-def _check_record(rate_bucket, timings) -> None:
-    """A ValueError naming the first field of a ``TuneCache.record`` call that a reader
-    would drop the entry for (``_valid_entry``)."""
+def check_record(rate_bucket: object, timings: object) -> None:
+    """Check the ``rate_bucket`` and ``timings`` of a ``TuneCache.record`` call (as the
+    caller gave them: any object) against what a reader keeps (``is_valid_entry``).
+
+    Raises:
+        ValueError: naming the first field a reader would drop the entry for.
+    """
     r = _real(rate_bucket)
     if r is None or not 0.0 <= r <= 1.0:
         raise ValueError(f"record: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
@@ -230,7 +239,7 @@ def _check_record(rate_bucket, timings) -> None:
                                  "seconds > 0 (inf or NaN: a failed config)")
 
 
-def _merge_meta(old: dict, new: dict) -> dict:
+def merge_meta(old: dict, new: dict) -> dict:
     """New meta wins, except "models" ({model: [block names]}) and "asked_rates" (the
     rates asked of the sweeps that realised this rate), which are unions."""
     out = {**old, **new}
@@ -245,26 +254,35 @@ def _merge_meta(old: dict, new: dict) -> dict:
     return out
 
 
-def _merge_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
+def merge_entries_into(dst: dict[str, dict], src: dict[str, dict]) -> None:
+    """Merge the entries ``src`` ({key: entry}) into ``dst`` in place: a key only in
+    ``src`` is added; a key in both gets ``src``'s fields, the union of the timings
+    (``src``'s time wins per config) and the two metas merged (``merge_meta``)."""
     for k, e in src.items():
         if k in dst:
             old = dst[k]
             dst[k] = {**e, "timings": {**old["timings"], **e["timings"]},
-                      "meta": _merge_meta(old.get("meta") or {}, e.get("meta") or {})}
+                      "meta": merge_meta(old.get("meta") or {}, e.get("meta") or {})}
         else:
             dst[k] = e
 
 
-def _annotate_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
+def annotate_entries_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
     """Merge annotation meta ({key: meta}, ``TuneCache.annotate``) into the entries of
     ``dst`` they name (an entry no longer there, or one no reader can use, is not
     annotated)."""
     for k, names in notes.items():
-        if k in dst and _valid_entry(dst[k]):
-            dst[k] = {**dst[k], "meta": _merge_meta(dst[k].get("meta") or {}, names)}
+        if k in dst and is_valid_entry(dst[k]):
+            dst[k] = {**dst[k], "meta": merge_meta(dst[k].get("meta") or {}, names)}
 
 
-def _write(path: Path, device: str, entries: dict[str, dict]) -> None:
+def write_cache_file(path: Path, device: str, entries: dict[str, dict]) -> None:
+    """Write a cache file of this schema holding ``entries`` of ``device`` to ``path``
+    (``write_json_atomic``; its callers write under the cache's ``file_lock``).
+
+    Raises:
+        OSError: if the file cannot be written (the old one is then left as it was).
+    """
     write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})
 
 
@@ -305,9 +323,13 @@ def write_json_atomic(path: Path, data: object) -> None:
             os.close(dfd)
 
 
-def _move_aside(path: Path) -> Path:
+def move_aside(path: Path) -> Path:
     """Rename ``path`` to ``<name>.unusable-<UTC time>[-n]`` beside it; returns the new
-    path."""
+    path.
+
+    Raises:
+        OSError: if the rename fails.
+    """
     stem = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     dst, n = path.with_name(stem), 1
     while dst.exists():

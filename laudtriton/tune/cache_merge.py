@@ -9,12 +9,12 @@ from pathlib import Path
 
 from .cache_file import (
     SCHEMA_VERSION,
-    _cache_json,
-    _file_lock,
-    _load,
-    _merge_into,
-    _parse,
-    _write,
+    decode_cache_json,
+    file_lock,
+    load_cache_file,
+    merge_entries_into,
+    parse_cache,
+    write_cache_file,
 )
 
 
@@ -55,17 +55,17 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
                          f"{out} left as it was")
     out.parent.mkdir(parents=True, exist_ok=True)
     # out is read again under the lock: a sweep may have recorded into it meanwhile
-    with _file_lock(out.with_name(out.name + ".lock")):
+    with file_lock(out.with_name(out.name + ".lock")):
         _check_is_cache(out)
         if out.is_file():
             inputs, merged = merged, {}
             _merge_file(out, merged, devices)
             # its entries this version cannot parse stay as they are (``TuneCache._save``'s
             # rule), unless an input replaces one of them
-            own = _parse(out.read_bytes())["entries"]
+            own = parse_cache(out.read_bytes())["entries"]
             merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
-            _merge_into(merged, inputs)  # the inputs win per config
-        _write(out, next(iter(devices)), merged)
+            merge_entries_into(merged, inputs)  # the inputs win per config
+        write_cache_file(out, next(iter(devices)), merged)
     return len(merged)
 
 
@@ -73,7 +73,7 @@ def _check_is_cache(out: Path) -> None:
     """Raise NotACacheError unless ``out`` is missing or a cache file."""
     if out.exists():
         try:
-            data = _cache_json(out.read_bytes())
+            data = decode_cache_json(out.read_bytes())
         except (OSError, ValueError, RecursionError) as e:
             raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
                                  "nothing written") from None
@@ -91,7 +91,7 @@ def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> No
         ValueError: if ``p`` holds entries but no device, or its device is not the one
             of the files merged before.
     """
-    device, entries = _load(p, rewritten=False)
+    device, entries = load_cache_file(p, rewritten=False)
     if not entries:
         return
     if not isinstance(device, str):
@@ -102,4 +102,4 @@ def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> No
         listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
         raise ValueError(f"cache files are for different devices: {listing}; merge files of "
                          "one device kind only")
-    _merge_into(merged, entries)
+    merge_entries_into(merged, entries)

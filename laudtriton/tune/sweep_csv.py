@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cache_file import _valid_spec
+from .cache_file import is_valid_spec
 
 # rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
 # asked for (``sweep``), by which the whole-model plot sums its blocks; input_size: the
@@ -97,6 +97,6 @@ def read_csv(path: str | Path) -> list[dict]:
 def _spec_key_ok(key: str) -> bool:
     """``key`` is the JSON of a valid BlockSpec (``BlockSpec.key``)."""
     try:
-        return _valid_spec(json.loads(key))
+        return is_valid_spec(json.loads(key))
     except ValueError:  # not JSON
         return False

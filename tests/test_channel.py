@@ -279,6 +279,28 @@ def test_slice_cache_follows_weights_and_copies():
     assert_close(slice_block(fb, xc, masks), reference_with_masks(blk, x, masks.channel))
 
 
+@pytest.mark.parametrize("batch,hw,stride,k", [(1, 1, 1, 1), (3, 1, 2, 3), (2, 2, 2, 1),
+                                               (3, 2, 2, 3)])
+def test_packed_conv_with_an_add_on_a_1x1_output(batch, hw, stride, k):
+    """torch 2.11's oneDNN raised "could not create a memory" for the fused add on a 1x1
+    output map (any batch); PackedConv runs that case in place on a copy of the add: the
+    sum of the plain convolution and the add, the caller's add left as it was."""
+    g = torch.Generator().manual_seed(7)
+    w, b = torch.randn(6, 5, k, k, generator=g), torch.randn(6, generator=g)
+    x = torch.randn(batch, 5, hw, hw, generator=g).contiguous(memory_format=CL)
+    pc = PackedConv.make(w, b, stride, k // 2, (hw, hw))
+    y = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=k // 2)
+    assert tuple(y.shape[2:]) == (1, 1)
+    for add in (torch.randn(1, 6, 1, 1, generator=g),  # broadcast over the batch
+                torch.randn(batch, 6, 1, 1, generator=g).contiguous(memory_format=CL)):
+        keep = add.clone()
+        for relu in (True, False):
+            out = pc(x, relu=relu, add=add)
+            assert out.shape == y.shape and out.is_contiguous(memory_format=CL)
+            assert_close(out, torch.relu(y + add) if relu else y + add)
+        assert torch.equal(add, keep)
+
+
 @pytest.mark.parametrize("stride,k,relu", [(1, 1, True), (2, 3, False), (1, 3, True)])
 def test_packed_conv_matches_plain(stride, k, relu):
     g = torch.Generator().manual_seed(5)

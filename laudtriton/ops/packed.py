@@ -131,6 +131,12 @@ class PackedConv:
         """Whether x runs through the packed oneDNN ops (else F.conv2d)."""
         return self.packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
 
+    def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
+        """The output map size of x [n, Cin, H, W]."""
+        kh, kw = self.weight.shape[-2:]
+        return ((x.shape[2] + 2 * self.padding - kh) // self.stride + 1,
+                (x.shape[3] + 2 * self.padding - kw) // self.stride + 1)
+
     def _packed_for(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, *x.shape[1:]) if self.any_batch else tuple(x.shape)
         w = self.packed.get(shape)
@@ -159,6 +165,11 @@ class PackedConv:
                 return op(x, w, self.bias, p, s, [1, 1], 1, "relu" if relu else "none", [], "")
             if add.shape[0] != x.shape[0]:
                 add = add.expand(x.shape[0], -1, -1, -1)
+            if self._out_hw(x) == (1, 1):
+                # torch 2.11's oneDNN refuses the out-of-place binary op on a 1x1 output
+                # map ("could not create a memory", any batch; 2.13 runs it): the in-place
+                # op on a copy of add computes the same sum
+                return self.add_into_(add.clone(memory_format=CL), x, relu)
             return op.binary(x, add, w, self.bias, p, s, [1, 1], 1, "add", 1.0,
                              "relu" if relu else None, [], "")
         y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)

@@ -847,3 +847,34 @@ def test_merge_keeps_the_entries_of_its_output_it_cannot_parse(tmp_path):
     m = TuneCache(tmp_path / "o")
     assert m.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
     assert m.lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("in_channels", 0, "in_channels must be an int >= 1, got 0"),
+    ("width", 16.0, "width must be an int >= 1, got 16.0"),
+    ("stride", True, "stride must be an int >= 1, got True"),
+    ("channel_groups", -1, "channel_groups must be an int >= 0, got -1"),
+    ("channel_groups", 3, "channel_groups 3 does not divide the width 16"),
+    ("in_hw", (8,), "in_hw must be a tuple of two ints >= 1"),
+    ("in_hw", [8, 8], "in_hw must be a tuple of two ints >= 1"),
+    ("in_hw", (8, 0), "in_hw must be a tuple of two ints >= 1"),
+    ("downsample", 0, "downsample must be a bool, got 0"),
+    ("mode", "spacial", "mode 'spacial' unknown; accepted: spatial, channel, layer, both"),
+    ("dtype", "float8", "dtype 'float8' unknown"),
+    ("granularity", 9, "granularity 9 is larger than the output map 8x8"),
+])
+def test_block_spec_checks_its_fields_and_a_cache_drops_what_it_refuses(field, value, says):
+    """BlockSpec took any field (a mode, S larger than the map, a float width) and only
+    the callers checked: a spec made elsewhere carried nonsense into the cache keys and
+    the cost models. Built now, it raises, naming the field; a cache entry holding such a
+    spec is not a valid spec (``is_valid_spec``)."""
+    good = BlockSpec(32, 16, 64, 1, True, (8, 8), "both", 2, 4)
+    assert cache_file_mod.is_valid_spec(good.to_dict())
+    with pytest.raises(ValueError, match=f"BlockSpec.{says}"):
+        good.with_(**{field: value})
+    if not isinstance(value, list):  # in a cache file in_hw is a list: [8, 8] is valid
+        d = good.to_dict()
+        d[field] = list(value) if isinstance(value, tuple) else value
+        assert not cache_file_mod.is_valid_spec(d)
+    # fields a mode does not read are not checked: S without a spatial mask
+    assert good.with_(mode="channel", granularity=9).granularity == 9

@@ -113,10 +113,13 @@ def test_time_variants_restores_the_input_of_in_place_calls():
 
 @pytest.mark.parametrize("mode", ["spatial", "both", "channel", "layer"])
 def test_a_block_folded_under_inference_mode_runs_every_variant(mode):
-    """``ops.fold_block`` under ``torch.inference_mode()`` made the folded weights
+    """``ops.fold.fold_block`` under ``torch.inference_mode()`` made the folded weights
     inference tensors, whose version counters the weight caches read: every variant but
-    channel dense raised RuntimeError."""
-    from laudtriton.ops import fold_block as public_fold
+    channel dense raised RuntimeError. (``ops.fold_block`` is the same function.)"""
+    from laudtriton import ops
+    from laudtriton.ops.fold import fold_block as public_fold
+
+    assert ops.fold_block is public_fold
 
     block = make_block(32, 8, 1, mode, 2 if mode in ("spatial", "both") else 1,
                        **({"channel_granularity": 2} if mode in ("channel", "both") else {}))
@@ -129,6 +132,7 @@ def test_a_block_folded_under_inference_mode_runs_every_variant(mode):
     ran = []
     with torch.inference_mode():
         fb = public_fold(block)
+        assert not fb.w1.is_inference() and not fb.w1.requires_grad
         for v in all_variants():
             if mode in v.modes and "cpu" in v.backends and v.supports(spec):
                 assert_close(v.run(fb, x, masks, {}), ref, name=v.name)

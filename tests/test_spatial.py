@@ -403,6 +403,10 @@ def test_patch_refuses_maps_whose_nearest_cells_are_not_its_patches():
     block = make_block(16, 4, 1, "spatial", 41, seed=2)
     x = torch.randn(1, 16, 82, 82)
     calibrate_block(block, x, 0.5)
+    with torch.no_grad():  # called directly, the variant refuses too
+        masks = block.compute_masks(x)[0]
+    with pytest.raises(ValueError, match="does not make 41x41 patches"):
+        spatial.patch_block(fold_block(block), x.contiguous(memory_format=CL), masks)
     import laudtriton
 
     with pytest.raises(ValueError, match="variants patch: no block of this model runs any "

@@ -144,10 +144,19 @@ class FoldedBlock:
         )
 
 
-@torch.no_grad()
 def fold_block(block: LaudBottleneck, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> FoldedBlock:
-    """Fold ``block``'s BNs (eval statistics) into its convolutions."""
+    """Fold ``block``'s BNs (eval statistics) into its convolutions, without autograd
+    history, also when called under ``torch.inference_mode()``: folded there, the weights
+    would be inference tensors, whose version counters the variants' weight caches read
+    (``Fingerprint``), and every variant but channel ``dense`` would raise on them.
+    (``inference_mode(False)`` turns grad mode on, so ``no_grad`` comes inside it.)"""
+    with torch.inference_mode(False), torch.no_grad():
+        return _fold(block, dtype, device)
+
+
+def _fold(block: LaudBottleneck, dtype: torch.dtype,
+          device: torch.device | str | None) -> FoldedBlock:
     dev = device if device is not None else block.conv1.weight.device
 
     def out(t):

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..nn.block import LaudBottleneck
+from ..nn.block import MODES, LaudBottleneck
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,14 @@ class BlockSpec:
     in_hw: (H, W) of the block input. mode: spatial | channel | layer | both.
     granularity: patch size S (1 where there is no spatial mask; layer gate: 1).
     channel_groups: G channel-mask groups (0 where there is no channel mask).
-    batch: B. dtype: "float32" | "float16" | "bfloat16".
+    batch: B. dtype: "float32" | "float16" | "bfloat16" | "float64".
+
+    Raises:
+        ValueError: naming the field, when built with a field of the wrong type or out of
+            range: ints (never bools) >= 1, channel_groups >= 0; in_hw a tuple of two such
+            ints; an unknown mode or dtype; a spatial mode with S larger than the output
+            map; channel_groups not dividing the width. (Fields a mode does not read, S
+            without a spatial mask, G without a channel mask, are not checked.)
     """
 
     in_channels: int
@@ -36,6 +45,32 @@ class BlockSpec:
     channel_groups: int = 0
     batch: int = 1
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "width", "out_channels", "stride", "granularity",
+                     "channel_groups", "batch"):
+            v = getattr(self, name)
+            least = 0 if name == "channel_groups" else 1
+            if type(v) is not int or v < least:
+                raise ValueError(f"BlockSpec.{name} must be an int >= {least}, got {v!r}")
+        hw = self.in_hw
+        if (type(hw) is not tuple or len(hw) != 2
+                or any(type(v) is not int or v < 1 for v in hw)):
+            raise ValueError(f"BlockSpec.in_hw must be a tuple of two ints >= 1, got {hw!r}")
+        if type(self.downsample) is not bool:
+            raise ValueError(f"BlockSpec.downsample must be a bool, got {self.downsample!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"BlockSpec.mode {self.mode!r} unknown; accepted: "
+                             f"{', '.join(MODES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"BlockSpec.dtype {self.dtype!r} unknown; accepted: "
+                             f"{', '.join(DTYPES)}")
+        if self.spatial and self.granularity > min(self.out_hw):
+            raise ValueError(f"BlockSpec.granularity {self.granularity} is larger than the "
+                             f"output map {self.out_hw[0]}x{self.out_hw[1]}")
+        if self.channel_groups and self.width % self.channel_groups:
+            raise ValueError(f"BlockSpec.channel_groups {self.channel_groups} does not "
+                             f"divide the width {self.width}")
 
     @property
     def out_hw(self) -> tuple[int, int]:

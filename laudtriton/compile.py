@@ -58,7 +58,7 @@ from .compile_checks import (
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import no_autocast, refuse_apply, refuse_load, refuse_train
+from .guards import guard, no_autocast
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
@@ -341,10 +341,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
     """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
     each module of the user's that holds a compiled part refuses ``train(True)``, a change
-    of dtype or device and ``load_state_dict`` before changing anything
-    (``guards.refuse_train``, ``refuse_apply``, ``refuse_load``, bound as the instance's
-    methods; a shallow ``copy.copy`` of such a module shares those bindings with the
-    original)."""
+    of dtype or device and ``load_state_dict`` before changing anything (``guards.guard``:
+    its class becomes a subclass that refuses them; copies and pickles keep it)."""
     for blk in blocks:
         _set_submodule(ref, blk.name, blk)
     compiled = (CompiledBlock, CompiledModel)
@@ -356,9 +354,7 @@ def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
             p = parts[0]
             dtype, device = ((p.dtype, p.device) if isinstance(p, CompiledModel)
                              else (p.fb.w1.dtype, p.fb.w1.device))
-            mod.train = functools.partial(refuse_train, mod)
-            mod._apply = functools.partial(refuse_apply, mod, dtype, device)
-            mod.load_state_dict = functools.partial(refuse_load, mod)
+            guard(mod, dtype, device)
             todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()
 

@@ -5,6 +5,7 @@ samples of a non-finite input, which come back as NaN."""
 
 from __future__ import annotations
 
+import copyreg
 import threading
 import weakref
 from collections.abc import Callable
@@ -42,9 +43,89 @@ TRAIN_REFUSED = (
     "copy in `.source` of a CompiledModel) and call laudtriton.compile on it again")
 
 
+# A module of the user's that compile returned with compiled parts inside refuses
+# ``train(True)``, a change of dtype or device and ``load_state_dict`` before anything
+# changes (``nn.Module``'s own methods change the modules listed before a compiled part,
+# which only then raises: flags, half the tensors). ``guard`` gives it a subclass of its
+# class that overrides those three (``guarded_class``; a subclass, not a mixin placed
+# first, whose instance layout CPython would not let ``__class__`` assignment take), so
+# copies, deep copies and pickles are guarded too: ``__reduce_ex__`` rebuilds the
+# guarded class from the user's class, which a pickle names as always.
+
+def _guarded_train(self, mode: bool = True):
+    """mode True raises (``TRAIN_REFUSED``); mode False is the class's own ``train``."""
+    if mode:
+        raise RuntimeError(TRAIN_REFUSED)
+    return super(type(self), self).train(False)
+
+
+def _guarded_apply(self, fn, recurse=True):
+    """A change of dtype or device raises (``refuse_conversion``) before any tensor
+    converts; else the class's own ``_apply``."""
+    refuse_conversion(fn, *self._laud_compiled_as)
+    return super(type(self), self)._apply(fn, recurse)
+
+
+def _guarded_load(self, *args: Any, **kwargs: Any) -> NoReturn:
+    """Raises (``LOAD_REFUSED``) before any parameter is copied."""
+    raise RuntimeError(LOAD_REFUSED)
+
+
+def _guarded_reduce_ex(self, protocol):
+    """The class's reduction, with object's own ``__newobj__`` form rebuilt from the
+    user's class (``_guarded_new``): the guarded class itself is not importable."""
+    cls = type(self)
+    rv = super(cls, self).__reduce_ex__(protocol)
+    if (isinstance(rv, tuple) and len(rv) >= 2 and rv[0] in _NEWOBJ and rv[1]
+            and rv[1][0] is cls):
+        return (_guarded_new, (rv[0], cls.__bases__[0], *rv[1][1:]), *rv[2:])
+    return rv
+
+
+_NEWOBJ = (copyreg.__newobj__, copyreg.__newobj_ex__)
+_GUARDED: dict[type, type] = {}
+
+
+def is_guarded(module: nn.Module) -> bool:
+    """Whether ``module``'s class is a ``guarded_class``."""
+    return type(module).__dict__.get("train") is _guarded_train
+
+
+def guarded_class(cls: type) -> type:
+    """A subclass of ``cls`` (named as ``cls``, made once per class) whose ``train``,
+    ``_apply``, ``load_state_dict`` and ``__reduce_ex__`` guard its instances. Making it
+    runs ``cls.__init_subclass__``, as any subclass would."""
+    if cls.__dict__.get("train") is _guarded_train:
+        return cls
+    g = _GUARDED.get(cls)
+    if g is None:
+        g = _GUARDED[cls] = type(cls.__name__, (cls,), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "__slots__": (), "train": _guarded_train,
+            "_apply": _guarded_apply, "load_state_dict": _guarded_load,
+            "__reduce_ex__": _guarded_reduce_ex})
+    return g
+
+
+def _guarded_new(newobj, cls: type, *args: Any) -> nn.Module:
+    """Unpickling and copying a guarded module: the user's class's object, guarded."""
+    obj = newobj(cls, *args)
+    obj.__class__ = guarded_class(cls)
+    return obj
+
+
+def guard(module: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Make ``module`` (the user's, holding compiled parts of ``dtype`` on ``device``)
+    refuse training, loading and conversion: its class becomes ``guarded_class`` of its
+    class (``isinstance`` still holds, and ``type(module).__name__`` is its class's)."""
+    module._laud_compiled_as = (dtype, device)
+    module.__class__ = guarded_class(type(module))
+
+
 def refuse_train(module: nn.Module, mode: bool = True) -> nn.Module:
     """``module.train`` for a module of the user's that compile returned with compiled
-    parts inside (``compile`` binds it as the instance's ``train``): mode True raises
+    parts inside, as compile bound it on the instance until session 32 (pickles made
+    then name it; since session 33 ``guard`` does this): mode True raises
     before any flag changes. Plain ``nn.Module.train`` sets the module's own flag and
     those of the children before the compiled one, which only then raises, and would
     leave a Dropout or BatchNorm of the user's in training mode. mode False is the

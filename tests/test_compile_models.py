@@ -4,7 +4,6 @@ modules the fold cannot express, a state dict, another dtype or device, masks th
 fit)."""
 
 import copy
-import functools
 import warnings
 from dataclasses import replace
 
@@ -15,6 +14,7 @@ from torch import nn
 import laudtriton
 from laudtriton.compiled import CompiledModel
 from laudtriton.compiled_block import CompiledBlock
+from laudtriton.guards import is_guarded
 from laudtriton.nn import LaudBottleneck, LaudResNet, calibrate_rates
 from laudtriton.testing import assert_close, make_block, randomize_bn
 
@@ -369,7 +369,9 @@ def test_a_laud_resnet_inside_a_module_becomes_a_compiled_model(mode):
     x = torch.randn(3, 3, 40, 40)
     calibrate_rates(model.net, x, 0.5)
     cw = compile_cpu(model, x)
-    assert type(cw) is Holder and isinstance(cw.net, CompiledModel)
+    # the user's class, guarded: a subclass of it named as it (``guards.guarded_class``)
+    assert type(cw).__bases__ == (Holder,) and type(cw).__qualname__ == "Holder"
+    assert isinstance(cw, Holder) and isinstance(cw.net, CompiledModel)
     with torch.no_grad():
         assert_close(cw(x), model(x))
     assert [r.variant for r in cw.net.last_stats] == [
@@ -847,6 +849,48 @@ def test_a_refused_train_leaves_the_users_module_in_eval():
     assert cw.eval() is cw and not cw.training  # train(False) is the module's own
 
 
+def test_copies_and_pickles_of_the_users_module_stay_guarded_and_it_needs_no_gc():
+    """The guards were bound to the instance (partials holding the module): a shallow
+    copy's ``eval()`` ran the original's and returned the original, and the module was
+    freed only by the cyclic garbage collector (module -> partial -> module). Now its
+    class is a guarded subclass of the user's: every copy guards itself, and nothing
+    cycles."""
+    import gc
+    import io
+    import pickle
+    import weakref
+
+    x = torch.randn(2, 3, 32, 32)
+    cw = compile_cpu(Dropping(tiny()), x)
+    assert isinstance(cw, Dropping) and type(cw).__name__ == "Dropping" and is_guarded(cw)
+    with torch.no_grad():
+        before = cw(x)
+    buf = io.BytesIO()
+    torch.save(cw, buf)
+    buf.seek(0)
+    clones = [copy.copy(cw), copy.deepcopy(cw), pickle.loads(pickle.dumps(cw)),
+              torch.load(buf, weights_only=False)]
+    for clone in clones:
+        assert type(clone) is type(cw) and clone is not cw
+        assert clone.eval() is clone
+        with pytest.raises(RuntimeError, match="inference only"):
+            clone.train()
+        with pytest.raises(RuntimeError, match="cannot load a state dict"):
+            clone.load_state_dict({})
+        with pytest.raises(RuntimeError):
+            clone.double()
+        assert not any(m.training for m in clone.modules())
+        with torch.no_grad():
+            assert torch.equal(clone(x), before)
+    gc.disable()
+    try:
+        ref = weakref.ref(cw)
+        del cw, clones
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+
+
 def test_a_non_finite_example_input_is_refused():
     """The plan was made on the masks of a NaN image (every rate 0) and served all."""
     x = torch.randn(1, 3, 32, 32)
@@ -1081,7 +1125,8 @@ def test_a_refused_train_on_a_nested_module_of_the_users_changes_no_flag():
         with pytest.raises(RuntimeError, match="inference only"):
             mod.train()
         assert not any(m.training for m in cw.modules())
-    assert cw.head_bn.train.__class__ is not functools.partial  # holds no compiled part
+    assert is_guarded(cw) and is_guarded(cw.inner)
+    assert not is_guarded(cw.head_bn)  # holds no compiled part
 
 
 @pytest.mark.parametrize("where", ["avgpool", "fc"])

@@ -88,14 +88,18 @@ _GUARDED: dict[type, type] = {}
 
 def is_guarded(module: nn.Module) -> bool:
     """Whether ``module``'s class is a ``guarded_class``."""
-    return type(module).__dict__.get("train") is _guarded_train
+    return _is_guarded_class(type(module))
+
+
+def _is_guarded_class(cls: type) -> bool:
+    return cls.__dict__.get("train") is _guarded_train
 
 
 def guarded_class(cls: type) -> type:
     """A subclass of ``cls`` (named as ``cls``, made once per class) whose ``train``,
     ``_apply``, ``load_state_dict`` and ``__reduce_ex__`` guard its instances. Making it
     runs ``cls.__init_subclass__``, as any subclass would."""
-    if cls.__dict__.get("train") is _guarded_train:
+    if _is_guarded_class(cls):
         return cls
     g = _GUARDED.get(cls)
     if g is None:

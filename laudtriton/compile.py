@@ -51,14 +51,16 @@ from torch import nn
 from .capture import block_inputs, capture_inputs, outermost_modules
 from .compile_checks import (
     check_block_places,
+    check_finite,
     check_foldable,
+    check_folded,
     check_hooks,
     check_options,
     check_variants,
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import guard, no_autocast
+from .guards import guard, no_autocast, strided_refusal
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
@@ -141,7 +143,10 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             network that the compiled model would not call, or one on its stem's pooling,
             or on a ``conv_linear`` channel masker in a network with layer-skipping blocks
             (``check_hooks``); an example input holding NaN or inf, or that is not a real
-            floating-point tensor with data (complex, integer, meta); ``variants`` of which
+            floating-point tensor with data (complex, integer, meta) or is not strided
+            (mkldnn, sparse); a parameter or buffer of a LAUD network or block that holds
+            NaN or inf, or BatchNorm statistics that fold to them (``check_finite``,
+            ``check_folded``); ``variants`` of which
             no block of the model runs any; a LaudResNet that the user's forward calls on
             inputs of two sizes (``capture_inputs``); a blank $LAUDTRITON_CACHE_DIR or one
             naming a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
@@ -244,6 +249,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         size = model.config["input_size"]  # drawn without touching the caller's RNG
         example_input = torch.randn(1, model.config["in_channels"], size, size,
                                     generator=torch.Generator().manual_seed(0))
+    if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
+        raise ValueError(strided_refusal("example_input", example_input))
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
     if not example_input.is_floating_point() or example_input.device.type == "meta":
@@ -272,6 +279,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     # eval first: a parametrization may compute otherwise in training (spectral_norm's
     # power iteration), and the compiled model is the eval-mode network
     ref = _bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)
+    if isinstance(ref, (LaudResNet, LaudBottleneck)):  # (a module of the user's: below,
+        check_finite(ref, "" if nested is None else f"{nested}.")  # its LAUD blocks)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants)
@@ -302,7 +311,11 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):
         check_variants(variants, specs, backend)  # before any tuning
     for (name, block, xin), spec in zip(captured, specs):
+        if not isinstance(ref, (LaudResNet, LaudBottleneck)):
+            check_finite(block, f"{name}.")
         fb = fold_block(block, dtype, device)
+        check_folded(f"{name}: its BatchNorm layers fold", (
+            fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3, fb.wd, fb.bd, fb.kappa1, fb.kappa2))
         with torch.no_grad():
             masks, _ = block.compute_masks(xin)
         if spec not in tables:  # equal specs are tuned once
@@ -312,7 +325,10 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         rate = float(dispatch_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, (LaudResNet, LaudBottleneck)):
-        return CompiledModel(ref, blocks, x.shape, x.device, dtype, backend, tune)
+        cm = CompiledModel(ref, blocks, x.shape, x.device, dtype, backend, tune)
+        if cm.is_resnet:
+            check_folded("the stem's BatchNorm folds", (cm.stem_w, cm.stem_b))
+        return cm
     # a LaudResNet is reported once, not block by block, when none of its blocks ran
     unreached = [n for n in missed_nets
                  if not any(c[0].startswith(n + ".") for c in captured)]

@@ -1,6 +1,7 @@
 """What ``laudtriton.compile`` checks before it plans anything: its options, the places of
-the LAUD blocks in a model, the forward hooks a compiled model would drop, and that each
-block's modules and maskers are what the fold and the compiled gates compute."""
+the LAUD blocks in a model, the forward hooks a compiled model would drop, that each
+block's modules and maskers are what the fold and the compiled gates compute, and that
+the tensors it computes with are finite."""
 
 from __future__ import annotations
 
@@ -278,3 +279,26 @@ def check_variants(variants: tuple[str, ...] | None, specs: Sequence[BlockSpec],
         raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
                          f"model runs any of them on {backend}; accepted here: "
                          f"{', '.join(sorted(usable))}")
+
+
+def check_finite(module: nn.Module, prefix: str = "") -> None:
+    """Raise a ValueError naming the first floating-point parameter or buffer of
+    ``module`` that holds NaN or inf. The engine's fused ReLUs turn NaN into 0, so a NaN
+    weight (a corrupted checkpoint) gave finite logits where the reference's are NaN, and
+    an infinite masker bias a wrong decision (the gates compare logits by their
+    difference, inf - inf)."""
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"compile: {prefix}{name} holds NaN or inf (in {t.dtype}); a "
+                             "compiled model refuses non-finite weights (its fused ReLUs "
+                             "turn NaN into 0 where the model's outputs are NaN)")
+
+
+def check_folded(what: str, tensors: Iterable[torch.Tensor | None]) -> None:
+    """Raise a ValueError unless the folded ``tensors`` (weights with BatchNorm folded in)
+    are finite: BN statistics of finite values may still fold to inf or NaN (running_var
+    + eps <= 0), where the reference computes NaN. what: "<name>: its BatchNorm layers
+    fold" or "the stem's BatchNorm folds", for the message."""
+    if any(t is not None and not bool(torch.isfinite(t).all()) for t in tensors):
+        raise ValueError(f"compile: {what} to NaN or inf (running_var + eps <= 0?); the "
+                         "model computes NaN there")

@@ -23,6 +23,8 @@ from .guards import (
     refuse_load,  # noqa: F401 compiled before session 31 name them here, as they were)
     refuse_tracing,
     refuse_train,  # noqa: F401
+    run_eagerly,
+    strided_refusal,
     tracing_refused,
 )
 from .nn.block import BlockMasks, detached_copy
@@ -89,6 +91,8 @@ class CompiledModel(nn.Module):
         return super().train(False)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+            raise ValueError(strided_refusal("input", x))
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a 4D input [B, C, H, W] with B >= 1, got {shape}")
@@ -135,6 +139,10 @@ class CompiledModel(nn.Module):
         refuse_tracing("CompiledModel")
         # no_grad inside, not as a decorator: fx's tracer reads the forward's own code
         # (a decorator's wrapper failed it before this refusal could speak)
+        return run_eagerly(CompiledModel._eager_forward, self, x, masks, check_masks)
+
+    def _eager_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
+                       check_masks: bool) -> torch.Tensor:
         with torch.no_grad(), call_lock(self):
             return self._locked_forward(x, masks, check_masks)
 
@@ -174,12 +182,14 @@ class CompiledModel(nn.Module):
             # a hook on a block sees what the reference's block sees: its input intact and
             # the samples in x's order (no reordering, no output written over the input),
             # a sample with NaN or inf NaN in every block (the stem's fused ReLU gave 0);
-            # one on the stem's pooling keeps an output no block then writes over
+            # one on the stem's pooling keeps an output no block then writes over. Each
+            # block tests its input: a hook may put NaN or inf in, which the next fused
+            # ReLU would hide
             if bad is not None:
                 h = mark_nan(h, bad)
             for i, blk in enumerate(self.blocks):
                 h = blk(h, masks=None if masks is None else masks[i],
-                        check_masks=check_masks, check_finite=bad is not None)
+                        check_masks=check_masks)
             out = self.fc(torch.flatten(self.avgpool(h), 1))
             return out if bad is None else mark_nan(out, bad)
         order = SampleOrder(h.shape[0])

@@ -20,6 +20,8 @@ from .guards import (
     nonfinite_samples,
     refuse_conversion,
     refuse_tracing,
+    run_eagerly,
+    strided_refusal,
     tracing_refused,
 )
 from .nn.block import BlockMasks
@@ -77,7 +79,9 @@ class CompiledBlock(nn.Module):
                 check_finite: bool = True) -> torch.Tensor:
         """The block on x [B, Cin, H, W] channels_last. reuse_input: x is a ReLU output
         (>= 0) that nobody reads afterwards; variants that can (``run_inplace``) then
-        write the output into it. CompiledModel sets it for the blocks of a LaudResNet.
+        write the output into it. CompiledModel sets it for the blocks of a LaudResNet;
+        called on its own, the block refuses an x with negative values then (a variant
+        may leave x as the output of a sample it skips, where the block gives relu(x)).
         masks: run with these (e.g. ``last_masks`` of an earlier forward on the same
         input) instead of the maskers': how ``laudtriton bench`` times the model without
         its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
@@ -92,6 +96,12 @@ class CompiledBlock(nn.Module):
         gradient; autocast does not reach it (it computes in the dtype it was compiled
         for). Calls from several threads take turns (``call_lock``)."""
         refuse_tracing(f"CompiledBlock {self.name}")
+        return run_eagerly(CompiledBlock._locked_call, self, x, reuse_input, masks, order,
+                           check_masks, check_finite)
+
+    def _locked_call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None,
+                     order: SampleOrder | None, check_masks: bool,
+                     check_finite: bool) -> torch.Tensor:
         with call_lock(self):
             return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
                               check_finite=check_finite)
@@ -110,6 +120,9 @@ class CompiledBlock(nn.Module):
                                   check_masks=check_masks, check_finite=check_finite)
         if order is None:  # called on its own: the model checks its input itself
             self._check_input(x)
+            if reuse_input and bool((x < 0).any()):  # (a model's blocks get its ReLU's)
+                raise ValueError(f"{self.name}: reuse_input=True takes a ReLU output "
+                                 "(x >= 0); x holds negative values")
         if masks is not None and check_masks:
             self.check_masks(masks, x)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
@@ -130,6 +143,8 @@ class CompiledBlock(nn.Module):
         compiled dtype, on the compiled device, index included (the map size may differ:
         ``_fit``)."""
         want = self.fb.w1
+        if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+            raise ValueError(strided_refusal(f"{self.name}: input", x))
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 or (
                 x.shape[1] != self.spec.in_channels):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -164,7 +179,8 @@ class CompiledBlock(nn.Module):
 
     def check_masks(self, masks: BlockMasks, x: torch.Tensor) -> None:
         """Raise unless ``masks`` are masks this block's maskers could give for x: each
-        field present exactly where the block has that mask, of its shape (the grid of
+        field present exactly where the block has that mask, a strided tensor of real
+        values on x's device, of its shape (the grid of
         the block's S on x's map, mask3 and mask1 at the output and input maps, G channel
         groups), grid and channel holding only 0 and 1 (or False and True), and mask3 and
         mask1 the grid's expansion (``spatial_masks_from_grid``), as ``last_masks`` gives
@@ -172,11 +188,26 @@ class CompiledBlock(nn.Module):
         give a variant-dependent result.
 
         Raises:
-            ValueError: naming the block, the mask and the shape or values found.
+            ValueError: naming the block, the mask and the shape or values found, or
+                what it is where a tensor of real values on x's device is needed.
         """
         if not isinstance(masks, BlockMasks):
             raise ValueError(f"{self.name}: masks must be a BlockMasks, got "
                              f"{type(masks).__name__}")
+        for name in ("grid", "mask3", "mask1", "channel"):
+            t = getattr(masks, name)
+            where = f"{self.name}: masks.{name}"
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{where} must be a tensor, got {type(t).__name__}")
+            if t.layout != torch.strided:
+                raise ValueError(strided_refusal(where, t))
+            if t.device != x.device:
+                raise ValueError(f"{where} is on {t.device}; the block runs on {x.device}")
+            if t.is_complex():
+                raise ValueError(f"{where} is {str(t.dtype).replace('torch.', '')}; give "
+                                 "real values (0 and 1)")
         b, _, h, w = x.shape
         ho, wo = self.reference.out_hw((h, w))
         g = self.reference.grid_size((h, w))

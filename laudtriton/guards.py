@@ -6,6 +6,7 @@ samples of a non-finite input, which come back as NaN."""
 from __future__ import annotations
 
 import copyreg
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -210,7 +211,7 @@ def refuse_tracing(who: str) -> None:
     input's masks, so a trace would record one input's choices as constants and give
     wrong results on every other input, silently (a traced channel block: 0.71 relative
     error on another input, while torch's own trace check passed). ``torch.compile`` is
-    not refused: it breaks its graph at the call lock and runs the forward eagerly.
+    not refused: the forward runs outside it (``run_eagerly``).
 
     Raises:
         RuntimeError: naming ``who``.
@@ -218,6 +219,27 @@ def refuse_tracing(who: str) -> None:
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
     if torch.jit.is_tracing() or exporting() or _fx_tracing():
         raise tracing_refused(who)
+
+
+_EAGER: dict[Callable, Callable] = {}
+
+
+def run_eagerly(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) outside ``torch.compile``: a compiled model or block is one graph break,
+    run as it is, and the backend sees only the user's code around it. Dynamo traced
+    into the variants otherwise (their choices are Python decisions on each input's
+    masks): LAUD-ResNet-50 with spatial masks at 64x64 gave 106 graphs and took a minute
+    with the eager backend, and inductor failed lowering the packed row GEMM. fn is
+    wrapped by ``torch._dynamo.disable`` (``torch.compiler.disable``) once torch._dynamo
+    is loaded; before that no torch.compile can be running, and importing it would cost
+    1.5 s, so fn is called plainly. The wrapper costs about 0.6 us a call."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return fn(*args)
+    eager = _EAGER.get(fn)
+    if eager is None:
+        eager = _EAGER[fn] = dynamo.disable(fn)
+    return eager(*args)
 
 
 def tracing_refused(who: str) -> RuntimeError:
@@ -254,6 +276,14 @@ def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
     if x.device.type == "cpu" and bool(torch.isfinite(x.sum())):
         return None
     return ~torch.isfinite(x).flatten(1).all(1)
+
+
+def strided_refusal(who: str, t: torch.Tensor) -> str:
+    """The message refusing a tensor of another layout than strided (mkldnn, sparse):
+    the engine's ops take dense strided tensors, and such an input failed inside torch
+    ('unsupported memory format option ChannelsLast')."""
+    layout = str(t.layout).replace("torch.", "").lstrip("_")  # torch._mkldnn: "mkldnn"
+    return f"{who} is a {layout} tensor; give a strided (dense) one (.to_dense())"
 
 
 def mark_nan(out: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ modules the fold cannot express, a state dict, another dtype or device, masks th
 fit)."""
 
 import copy
+import re
 import warnings
 from dataclasses import replace
 
@@ -15,7 +16,7 @@ import laudtriton
 from laudtriton.compiled import CompiledModel
 from laudtriton.compiled_block import CompiledBlock
 from laudtriton.guards import is_guarded
-from laudtriton.nn import LaudBottleneck, LaudResNet, calibrate_rates
+from laudtriton.nn import LaudBottleneck, LaudResNet, calibrate_block, calibrate_rates
 from laudtriton.testing import assert_close, make_block, randomize_bn
 
 
@@ -1387,6 +1388,47 @@ def test_tracing_or_exporting_a_compiled_model_or_block_is_refused(mode):
     assert cm(x).grad_fn is None  # no_grad inside forward (no longer its decorator)
 
 
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
+def test_torch_compile_runs_the_compiled_parts_as_they_are(mode):
+    """README: torch.compile runs a compiled model as it is. It traced into the variants
+    instead: on LAUD-ResNet-50 (spatial, 64x64) 106 graphs and a minute with the eager
+    backend, and inductor failed lowering the packed row GEMM. Now the compiled parts
+    are one graph break each: a backend sees the user's layers around them, never ours."""
+    model, x = tiny(mode), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+
+    class Head(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.scale = net, nn.Linear(7, 3)
+
+        def forward(self, x):
+            return self.scale(self.net(x) * 2)
+
+    user = Head(model).eval()
+    wrapped = compile_cpu(user, x)
+    cm = compile_cpu(model, x)
+    blk = cm.blocks[1]
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes
+                       if n.op in ("call_function", "call_method", "call_module")})
+        return gm.forward
+
+    xb = torch.relu(torch.randn(2, blk.spec.in_channels, *blk.spec.in_hw)).contiguous(
+        memory_format=torch.channels_last)
+    for module, inputs in ((cm, [x, torch.randn_like(x)]), (blk, [xb, xb * 3]),
+                           (wrapped, [x, torch.randn_like(x)])):
+        fn = torch.compile(module, backend=record)
+        for inp in inputs:  # another input: other masks, other choices
+            with torch.no_grad():
+                assert_close(fn(inp), module(inp))
+    users = {"<built-in function mul>", "<built-in function linear>"}  # Head's own ops
+    assert [g for g in graphs if g - users] == [], graphs
+    assert users in graphs  # the user's own layers are still compiled
+
+
 def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():
     """torch's error advised to_empty(), which would have compiled uninitialised weights."""
     with torch.device("meta"):
@@ -1402,3 +1444,120 @@ def test_a_model_whose_own_forward_fails_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="the model's own forward fails on the example "
                                          "input \\(RuntimeError: The size of tensor a"):
         compile_cpu(blk, torch.randn(1, 8, 10, 12))
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
+def test_a_model_with_nan_or_inf_in_a_tensor_it_computes_with_is_refused(mode):
+    """The engine's fused ReLUs turn NaN into 0: a NaN weight (a corrupted checkpoint)
+    gave finite logits where the reference's are NaN, and BN statistics whose fold is
+    not finite (running_var + eps <= 0) the same; infinite masker biases (inf - inf in
+    the gates' logit difference) gave relative error 0.27-0.82."""
+    x = torch.randn(2, 3, 32, 32)
+
+    def refused(edit, match, wrap=False):
+        model = tiny(mode)
+        with torch.no_grad():
+            edit(model)
+        target = nn.Sequential(nn.Identity(), model.layer1[0]).eval() if wrap else model
+        xin = model.maxpool(model.relu(model.bn1(model.conv1(x)))) if wrap else x
+        with pytest.raises(ValueError, match=match):
+            compile_cpu(target, xin.detach())
+
+    refused(lambda m: m.layer1[0].conv2.weight[0, 0, 0, 0].fill_(float("nan")),
+            r"compile: layer1\.0\.conv2\.weight holds NaN or inf")
+    refused(lambda m: m.conv1.weight[0, 0, 0, 0].fill_(float("inf")),
+            r"compile: conv1\.weight holds NaN or inf")
+    refused(lambda m: m.fc.bias.fill_(float("nan")), r"compile: fc\.bias holds NaN or inf")
+    refused(lambda m: m.layer1[0].conv2.weight[0, 0, 0, 0].fill_(float("nan")),
+            r"compile: 1\.conv2\.weight holds NaN or inf", wrap=True)
+    masker = "masker_channel.conv.0" if mode == "channel" else "masker_spatial.conv"
+    refused(lambda m: m.layer2[0].get_submodule(masker).bias.fill_(float("inf")),
+            rf"compile: layer2\.0\.{re.escape(masker)}\.bias holds NaN or inf")
+    refused(lambda m: m.layer1[0].bn2.running_var.fill_(-1.0),
+            r"compile: layer1\.0: its BatchNorm layers fold to NaN or inf \(running_var "
+            r"\+ eps <= 0\?\)")
+
+    def zero_var(m):
+        m.bn1.eps, m.bn1.running_var[0] = 0.0, 0.0
+    refused(zero_var, r"compile: the stem's BatchNorm folds to NaN or inf")
+
+
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
+def test_nan_or_inf_that_a_hook_puts_in_comes_back_as_nan(mode):
+    """A forward hook on a compiled block (or a pre-hook) that made a value infinite:
+    the next blocks' fused ReLUs turned it into 0 and the sample came back finite, where
+    the reference's is inf or NaN (the hooked path tested each block's input only when
+    the image itself was not finite)."""
+    model, x = tiny(mode), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+
+    def inf_into_sample_1(mod, args, out=None):
+        t = (args[0] if out is None else out).clone()
+        t[1, 0, 1, 1] = float("inf")
+        return (t,) if out is None else t
+
+    for pre in (False, True):
+        cm, ref = compile_cpu(model, x), copy.deepcopy(model)
+        reg = "register_forward_pre_hook" if pre else "register_forward_hook"
+        getattr(cm.blocks[1], reg)(inf_into_sample_1)
+        getattr(dict(ref.blocks())[cm.blocks[1].name], reg)(inf_into_sample_1)
+        with torch.no_grad():
+            want, out = ref(x), cm(x)
+        assert not torch.isfinite(want[1]).all()
+        assert out[1].isnan().all(), out[1]
+        assert_close(out[0], want[0])
+
+
+def test_masks_that_are_not_real_tensors_on_the_blocks_device_are_refused_naming_them():
+    """check_masks read shapes and values only: a list, a numpy array, a complex or a
+    meta tensor failed inside torch without naming the block or the mask."""
+    model, x = tiny("spatial"), torch.randn(2, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    cm(x)
+    given = [blk.last_masks for blk in cm.blocks]
+    name = cm.blocks[0].name
+    for field, bad, match in [
+            ("grid", given[0].grid.tolist(), "must be a tensor, got list"),
+            ("grid", given[0].grid.numpy(), "must be a tensor, got ndarray"),
+            ("mask1", given[0].mask1.to("meta"), "is on meta; the block runs on cpu"),
+            ("grid", given[0].grid.to(torch.complex64), "is complex64; give real values"),
+            ("grid", given[0].grid.to_sparse(), "is a sparse_coo tensor; give a strided")]:
+        masks = list(given)
+        masks[0] = replace(given[0], **{field: bad})
+        with pytest.raises(ValueError, match=f"{name}: masks.{field} {match}"):
+            cm(x, masks=masks)
+
+
+def test_inputs_that_are_not_strided_tensors_are_refused():
+    """An mkldnn or sparse input failed inside torch ('unsupported memory format option
+    ChannelsLast', 'Could not run aten::avg_pool2d ... SparseCPU')."""
+    model, x = tiny("spatial"), torch.randn(2, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    blk = cm.blocks[1]
+    xb = torch.relu(torch.randn(2, blk.spec.in_channels, *blk.spec.in_hw))
+    for layout, f, inp, who in [("mkldnn", cm, x.to_mkldnn(), "input"),
+                                ("sparse_coo", cm, x.to_sparse(), "input"),
+                                ("mkldnn", blk, xb.to_mkldnn(), f"{blk.name}: input"),
+                                ("sparse_coo", blk, xb.to_sparse(), f"{blk.name}: input")]:
+        with pytest.raises(ValueError, match=f"{who} is a {layout} tensor; give a strided"):
+            f(inp)
+    for layout, inp in [("mkldnn", x.to_mkldnn()), ("sparse_coo", x.to_sparse())]:
+        with pytest.raises(ValueError, match=f"example_input is a {layout} tensor; give a "
+                                             "strided"):
+            compile_cpu(tiny("spatial"), inp)
+
+
+def test_reuse_input_on_an_input_with_negative_values_is_refused():
+    """reuse_input promises x is a ReLU output (>= 0): the compact variant leaves a skipped
+    sample's x as its output, and gave relative error 0.98 on an input with negative
+    values (a direct call; a CompiledModel's blocks get its own ReLU outputs)."""
+    blk = make_block(16, 4, 1, "layer", 1, seed=1)
+    x = torch.randn(2, 16, 8, 8) - 0.5
+    calibrate_block(blk, x, 0.5)
+    cb = compile_cpu(blk, x, variants=["compact"]).blocks[0]
+    with pytest.raises(ValueError, match=f"{cb.name}: reuse_input=True takes a ReLU output "
+                                         r"\(x >= 0\); x holds negative values"):
+        cb(x.contiguous(memory_format=torch.channels_last), reuse_input=True)
+    xr = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close(cb(xr.clone(), reuse_input=True), blk(xr))

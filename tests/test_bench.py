@@ -142,7 +142,8 @@ def test_median_run_of_an_even_count_is_the_less_favourable():
 def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
     """The per-block rows time the compiled block as the model runs it: without the
     finiteness test of its input that a block called on its own makes (and the dense
-    block does not); only the recording forward of the whole model tests its image."""
+    block does not); only the recording forward of the whole model tests: its image,
+    and (its hooks record the blocks' inputs) each block's input once."""
     import laudtriton
     import laudtriton.compiled as compiled_mod
     import laudtriton.compiled_block as block_mod
@@ -160,7 +161,8 @@ def test_block_rows_time_the_block_without_the_input_check(monkeypatch):
     calls.clear()
     rows = _block_rows(model, cm, x, dict(model="m", mode="channel", granularity="1",
                                           batch=1, rate=0.5), reps=2)
-    assert len(rows) == 16 and calls == [(1, 3, 64, 64)]
+    shapes = [(1, blk.spec.in_channels, *blk.spec.in_hw) for blk in cm.blocks]
+    assert len(rows) == 16 and calls == [(1, 3, 64, 64), *shapes]  # none while timed
     # FLOPs ratio against the dense block without maskers, as the dense time is measured
     for r, s in zip(rows, model.last_stats.blocks):
         assert s.masker_flops > 0 and r.flops_ratio > float(s.flops_ratio)

@@ -92,8 +92,11 @@ def test_conv3x3(poison, dtype, shape, stride, rate):
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     wt = torch.randn(3, 3, k, n).to(dtype)
     bias = torch.randn(n)
-    padded = rate == 0.5
+    # padded at rate 0 too: the masked variant's list with count 0, rows allocated and
+    # none written (unpadded, rate 0 left an empty output and nothing to check)
+    padded = rate < 1.0
     idx, count = _lists(_mask((b, 1, ho, wo), rate), padded)
+    assert idx.shape[0] > int(count) or rate == 1.0
     # the wide tiles (wider than K and N) where they run: at rate 0 nothing launches
     out = c3_mod.conv3x3(buf, idx, count, wt, bias, stride, WIDE_K if rate == 1.0 else SMALL)
     c = int(count)

@@ -314,8 +314,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         if not isinstance(ref, (LaudResNet, LaudBottleneck)):
             check_finite(block, f"{name}.")
         fb = fold_block(block, dtype, device)
-        check_folded(f"{name}: its BatchNorm layers fold", (
-            fb.w1, fb.b1, fb.w2, fb.b2, fb.w3, fb.b3, fb.wd, fb.bd, fb.kappa1, fb.kappa2))
+        check_folded(f"{name}: its BatchNorm layers fold", fb.fingerprint().tensors)
         with torch.no_grad():
             masks, _ = block.compute_masks(xin)
         if spec not in tables:  # equal specs are tuned once

@@ -194,20 +194,6 @@ class CompiledBlock(nn.Module):
         if not isinstance(masks, BlockMasks):
             raise ValueError(f"{self.name}: masks must be a BlockMasks, got "
                              f"{type(masks).__name__}")
-        for name in ("grid", "mask3", "mask1", "channel"):
-            t = getattr(masks, name)
-            where = f"{self.name}: masks.{name}"
-            if t is None:
-                continue
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"{where} must be a tensor, got {type(t).__name__}")
-            if t.layout != torch.strided:
-                raise ValueError(strided_refusal(where, t))
-            if t.device != x.device:
-                raise ValueError(f"{where} is on {t.device}; the block runs on {x.device}")
-            if t.is_complex():
-                raise ValueError(f"{where} is {str(t.dtype).replace('torch.', '')}; give "
-                                 "real values (0 and 1)")
         b, _, h, w = x.shape
         ho, wo = self.reference.out_hw((h, w))
         g = self.reference.grid_size((h, w))
@@ -219,13 +205,25 @@ class CompiledBlock(nn.Module):
         }
         for name, shape in expected.items():
             t = getattr(masks, name)
+            where = f"{self.name}: masks.{name}"
+            if t is not None:
+                if not isinstance(t, torch.Tensor):
+                    raise ValueError(f"{where} must be a tensor, got {type(t).__name__}")
+                if t.layout != torch.strided:
+                    raise ValueError(strided_refusal(where, t))
+                if t.device != x.device:
+                    raise ValueError(f"{where} is on {t.device}; the block runs on "
+                                     f"{x.device}")
+                if t.is_complex():
+                    raise ValueError(f"{where} is {str(t.dtype).replace('torch.', '')}; "
+                                     "give real values (0 and 1)")
             got = None if t is None else tuple(t.shape)
             if got != shape:
-                raise ValueError(f"{self.name}: masks.{name} has shape {got}; this block on "
-                                 f"an input of {b}x{h}x{w} takes {shape}")
+                raise ValueError(f"{where} has shape {got}; this block on an input of "
+                                 f"{b}x{h}x{w} takes {shape}")
             if t is not None and name in ("grid", "channel") and not bool(
                     ((t == 0) | (t == 1)).all()):
-                raise ValueError(f"{self.name}: masks.{name} holds values other than 0 and 1")
+                raise ValueError(f"{where} holds values other than 0 and 1")
         if g is not None:  # mask3 and mask1 equal to the grid's 0/1 expansion, values too
             want = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
                                            self.spec.stride)

@@ -163,11 +163,13 @@ def spatial_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
 
 
 def variant_check(variant: Variant, mode: str, dev: str | torch.device,
-                  dt: torch.dtype) -> None:
+                  dt: torch.dtype, all_configs: bool = False) -> None:
     """``variant`` in ``mode`` on ``dev`` in ``dt`` against the reference block in float64
     on the same masks (``testing.reference_on_masks``, not the project's own fold):
     a block of each stride (on an odd map, or one S divides where the variant needs whole
-    cells), rates 0, 0.5 and 1, its first config, outputs NaN-poisoned.
+    cells), rates 0, 0.5 and 1, outputs NaN-poisoned; its first config, or with
+    ``all_configs`` every config it offers there (the tile sizes change the kernels'
+    bounds masking; gpucheck checks a config's first output when it times it instead).
 
     Raises:
         AssertionError: on a mismatch, or when nothing was compared (no shape supported,
@@ -195,7 +197,8 @@ def variant_check(variant: Variant, mode: str, dev: str | torch.device,
             ref = reference_on_masks(block, x, masks)
             fb = fold_block(block, dt, dev)
             xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
-            for cfg in variant.configs(spec)[:1]:
+            configs = variant.configs(spec)
+            for cfg in configs if all_configs else configs[:1]:
                 with poisoned():
                     out = variant.run(fb, xd, masks, cfg)
                 assert_close(out.float().cpu(), ref, TOLERANCE[dt],

@@ -256,20 +256,22 @@ def test_exact_fp32_turns_tf32_off_inside_only():
 
 
 def test_variant_check_compares_every_variant_it_is_given():
-    """gpucheck's end-to-end check, on CPU in float32 and bfloat16: every variant in each
-    of its modes meets a block it supports (``patch`` needs maps S divides) and
-    compares; the Triton variants run under the interpreter. One that supports none of
-    its blocks fails the check rather than passing empty."""
+    """gpucheck's end-to-end check, on CPU in float32, float16 and bfloat16: every
+    variant (``dense``, the fallback, too) in each of its modes meets a block it supports
+    (``patch`` needs maps S divides) and compares; the Triton variants run under the
+    interpreter, where only float16 dots run in half precision (bfloat16 operands go to
+    float32 there), and in float32 with every config they offer (their tile sizes change
+    the bounds masking). One that supports none of its blocks fails the check rather
+    than passing empty."""
     import dataclasses
 
     from laudtriton.ops import all_variants
 
     for v in all_variants():
-        if v.name == "dense":
-            continue
         for mode in v.modes:  # the half-precision bound is gpucheck's too
-            for dt in (torch.float32, torch.bfloat16):
-                kernelchecks.variant_check(v, mode, "cpu", dt)
+            for dt in (torch.float32, torch.float16, torch.bfloat16):
+                kernelchecks.variant_check(v, mode, "cpu", dt,
+                                           all_configs=dt == torch.float32)
     gather = next(v for v in all_variants() if v.name == "gather")
     for broken in (dataclasses.replace(gather, supports=lambda spec: False),
                    dataclasses.replace(gather, configs=lambda spec: [])):

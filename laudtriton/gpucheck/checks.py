@@ -1,5 +1,6 @@
-"""Part 2 of gpucheck: every Triton kernel against its torch reference and every CUDA
-variant end to end against the folded reference, in fp16, bf16 and fp32 (TF32 off)."""
+"""Part 2 of gpucheck: every Triton kernel against its torch reference and every variant
+that runs on CUDA (``dense`` too) end to end against the reference block in float64 on
+the same masks, in fp16, bf16 and fp32 (TF32 off)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from .record import Run
 
 # -- 2. kernels and variants vs references ------------------------------------------------
 def part2_checks(device: str) -> list[tuple[str, Callable[[], object]]]:
-    """(name, no-argument check) of part 2, in order: every kernel family and CUDA
-    variant against its reference, in fp16, bf16 and fp32."""
+    """(name, no-argument check) of part 2, in order: every kernel family and every
+    variant of the device's backend (``dense`` too: the fallback) against its reference,
+    in fp16, bf16 and fp32."""
     from functools import partial
 
     from ..kernelchecks import (
@@ -33,7 +35,7 @@ def part2_checks(device: str) -> list[tuple[str, Callable[[], object]]]:
                 (f"kernel spatial family {tag}", partial(spatial_kernel_checks, device, dt))]
     backend = "cuda" if device == "cuda" else "cpu"
     for v in all_variants():
-        if backend not in v.backends or v.name == "dense":
+        if backend not in v.backends:
             continue
         for mode in v.modes:
             out += [(f"variant {v.name} {mode} {str(dt)[6:]}",

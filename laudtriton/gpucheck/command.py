@@ -6,10 +6,11 @@ on one H100/H200; the box is kept between items, and a watchdog stops an item st
 running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruction):
 1. versions, GPU name, measured copy bandwidth and fp16/bf16 GEMM peak;
 2. every Triton kernel vs its torch reference (fresh random inputs, NaN-poisoned outputs,
-   fp16/bf16/fp32, TF32 off), and every CUDA variant end to end vs the folded reference:
-   pass/fail; checks not started within half the budget are recorded as not run. The
-   checks, then part 3's Triton variants on each of its blocks and batches, first run
-   in worker processes until 0.3 of the budget, for their compiles alone
+   fp16/bf16/fp32, TF32 off), and every CUDA variant (``dense`` too) end to end vs the
+   reference block in float64 on the same masks: pass/fail; checks not started within
+   half the budget are recorded as not run. The checks, then part 3's Triton variants
+   on each of its blocks and batches, first run in worker processes until 0.3 of the
+   budget, for their compiles alone
    (``warm_compiles``: they land in Triton's on-disk cache, where the main process
    finds them);
 3. the static dense block (cuDNN with its autotuner on, channels_last, best of

@@ -5,6 +5,7 @@ samples of a non-finite input, which come back as NaN."""
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import sys
 import threading
@@ -181,19 +182,31 @@ def no_autocast(device_type: str) -> torch.autocast:
 def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
                       device: torch.device) -> None:
     """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
-    tensor) would change the dtype or device of a compiled model: its folded weights,
-    packed convolutions and plan are made for one dtype and device.
+    tensor) would change the dtype or device of a compiled model, or its tensors' values
+    (``to_empty``): its folded weights, packed convolutions and plan are made for one
+    dtype and device, from the weights it was compiled with.
 
     Raises:
-        RuntimeError: naming the compiled and the asked dtype and device.
+        RuntimeError: naming the compiled and the asked dtype and device, or saying the
+            values would change.
     """
-    here = torch.zeros(1, dtype=dtype, device=device)
+    here = torch.arange(1, 9, dtype=dtype, device=device)  # exact in every float type
     probe = fn(here)
-    if probe.dtype != here.dtype or probe.device != here.device:
-        raise RuntimeError(
-            f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
-            f"compiled for {here.dtype} on {here.device}. Compile the model again with "
-            f"dtype={probe.dtype} (backend for the device)")
+    try:
+        if probe.dtype != here.dtype or probe.device != here.device:
+            raise RuntimeError(
+                f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
+                f"compiled for {here.dtype} on {here.device}. Compile the model again with "
+                f"dtype={probe.dtype} (backend for the device)")
+        if not torch.equal(probe, torch.arange(1, 9, dtype=dtype, device=device)):
+            raise RuntimeError(
+                "a compiled model cannot take a conversion that changes its tensors' "
+                "values (to_empty, say): its packed weights would no longer match them. "
+                "Change the source model and compile it again")
+    finally:  # memory a later probe's to_empty is given never holds these values
+        with contextlib.suppress(Exception):
+            probe.zero_()
+            here.zero_()
 
 
 def _fx_tracing() -> bool:

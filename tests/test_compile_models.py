@@ -433,6 +433,21 @@ def test_another_dtype_is_refused_and_the_model_still_runs(convert):
         assert torch.equal(cm(x), before)
 
 
+def test_to_empty_is_refused_and_the_model_still_runs():
+    """``to_empty`` keeps the dtype and device but gives every tensor uninitialised
+    memory: it passed the dtype-and-device test, and the stem and classifier then held
+    garbage (logits near 1e26, no error) where the packed weights kept the old ones."""
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        before = cm(x)
+    for target in (cm, cm.blocks[0], cm, cm.blocks[0]):  # again: reused memory
+        with pytest.raises(RuntimeError, match="changes its tensors' values"):
+            target.to_empty(device="cpu")
+    with torch.no_grad():
+        assert torch.equal(cm(x), before)
+
+
 def given_masks(cm, x):
     with torch.no_grad():
         cm(x)

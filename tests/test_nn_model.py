@@ -620,6 +620,22 @@ def test_temperatures_may_be_one_value_tensors():
         model.set_temperature(torch.tensor([0.5, 1.0]))
 
 
+@pytest.mark.parametrize("teacher,match", [
+    (lambda t: t[:1], r"student_logits \(4, 10\) and teacher_logits \(1, 10\) must have"),
+    (lambda t: t[:, :1], r"teacher_logits \(4, 1\) must have the same shape"),
+    (lambda t: t[0], r"teacher_logits must be a \[B, num_classes\] tensor, got \(10,\)"),
+    (lambda t: t.numpy(), r"teacher_logits must be a \[B, num_classes\] tensor, got ndarray"),
+])
+def test_kd_loss_refuses_logits_of_another_shape(teacher, match):
+    """kl_div broadcast a [1, C] or [B, 1] teacher into a wrong loss, without a word."""
+    from laudtriton.nn.losses import KDLoss
+
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    with pytest.raises(ValueError, match=match):
+        KDLoss(2.0)(s, teacher(t))
+    assert KDLoss(2.0)(s, t).item() >= 0  # the right shapes still compute
+
+
 def test_masker_helpers_refuse_non_integers():
     from laudtriton.nn.maskers import MaskerChannelMLP, mask_grid_size
 

@@ -78,7 +78,19 @@ class KDLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
                 ) -> torch.Tensor:
         """student_logits, teacher_logits [B, num_classes] -> the scalar loss (T² · KL,
-        batch mean); no gradient flows into the teacher (its logits are detached)."""
+        batch mean); no gradient flows into the teacher (its logits are detached).
+
+        Raises:
+            ValueError: unless both are 2-D tensors of one shape (``kl_div`` would
+                broadcast a [1, C] or [B, 1] teacher into a wrong loss).
+        """
+        for name, v in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+            if not isinstance(v, torch.Tensor) or v.dim() != 2:
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"{name} must be a [B, num_classes] tensor, got {got}")
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+                             f"{tuple(teacher_logits.shape)} must have the same shape")
         t = self.temperature
         return F.kl_div(
             F.log_softmax(student_logits / t, dim=1),

@@ -380,6 +380,9 @@ def _decorator(target, example_input, **options):
             raise ValueError(f"compile: as a decorator it takes a model class or factory "
                              f"function, got a {type(factory).__name__} instance; compile "
                              "a model with compile(model, example_input, ...)")
+        if not callable(factory):
+            raise ValueError(f"compile: as a decorator it takes a model class or factory "
+                             f"function, got {type(factory).__name__} {factory!r:.80}")
         if isinstance(factory, type):
             @functools.wraps(factory, updated=())
             def make(*args, **kwargs):

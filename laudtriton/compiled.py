@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,6 +149,13 @@ class CompiledModel(nn.Module):
 
     def __prepare_scriptable__(self) -> nn.Module:
         """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
+        raise tracing_refused("CompiledModel")
+
+    def _slow_forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """What ``nn.Module.__call__`` runs instead of forward while torch.jit traces
+        (``torch.jit.trace``, the TorchScript ``torch.onnx.export(..., dynamo=False)``):
+        refused here, before the call binds its arguments (the ONNX exporter passes
+        keyword-only defaults positionally, a TypeError that hid the reason)."""
         raise tracing_refused("CompiledModel")
 
     def _locked_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,

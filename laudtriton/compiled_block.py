@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,11 @@ class CompiledBlock(nn.Module):
 
     def __prepare_scriptable__(self) -> nn.Module:
         """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
+        raise tracing_refused(f"CompiledBlock {self.name}")
+
+    def _slow_forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Runs instead of forward while torch.jit traces: refused (as
+        ``CompiledModel._slow_forward``)."""
         raise tracing_refused(f"CompiledBlock {self.name}")
 
     def _call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None, *,

@@ -261,10 +261,10 @@ def tracing_refused(who: str) -> RuntimeError:
     submodules included, before it reads any code: without it, scripting failed inside
     torch on the forward's signature)."""
     return RuntimeError(f"{who} cannot be traced, exported or scripted (torch.jit.trace, "
-                        "torch.export, torch.fx, torch.jit.script): which kernels run, on "
-                        "which pixels and channels, is decided on each input's masks in "
-                        "Python, so a trace would fix one input's choices; call it eagerly "
-                        "(torch.compile works, running it as it is)")
+                        "torch.export, torch.fx, torch.jit.script, torch.onnx.export): which "
+                        "kernels run, on which pixels and channels, is decided on each "
+                        "input's masks in Python, so a trace would fix one input's choices; "
+                        "call it eagerly (torch.compile works, running it as it is)")
 
 
 def hooked(module: nn.Module) -> bool:

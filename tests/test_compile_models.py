@@ -4,6 +4,7 @@ modules the fold cannot express, a state dict, another dtype or device, masks th
 fit)."""
 
 import copy
+import io
 import re
 import warnings
 from dataclasses import replace
@@ -706,6 +707,11 @@ def test_decorator_options_are_checked_at_once():
                                          "or factory function, got a LaudResNet instance"):
         laudtriton.compile(example_input=torch.randn(1, 3, 32, 32), backend="cpu",
                            tune="off")(tiny())
+    # something not callable: refused at once (it became a function that failed on its
+    # first call with "'int' object is not callable")
+    with pytest.raises(ValueError, match="^compile: as a decorator it takes a model class "
+                                         "or factory function, got int 42"):
+        laudtriton.compile(backend="cpu", tune="off")(42)
 
 
 # -- what the example forward and the user's module hold ---------------------------------
@@ -1367,6 +1373,8 @@ def test_a_block_of_stride_3_is_refused():
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
 def test_tracing_or_exporting_a_compiled_model_or_block_is_refused(mode):
     """torch.jit.trace of a compiled channel block passed torch's own trace check and
@@ -1387,6 +1395,12 @@ def test_tracing_or_exporting_a_compiled_model_or_block_is_refused(mode):
         blk_refused = f"CompiledBlock {blk.name} cannot be traced, exported or scripted"
         with pytest.raises(RuntimeError, match=blk_refused):
             torch.jit.trace(blk, xb.contiguous(memory_format=torch.channels_last))
+        # the TorchScript ONNX exporter passed keyword-only defaults positionally: a
+        # TypeError on forward's arguments before the refusal could say why
+        with pytest.raises(RuntimeError, match=refused):
+            torch.onnx.export(cm, (x,), io.BytesIO(), dynamo=False)
+        with pytest.raises(RuntimeError, match=blk_refused):
+            torch.onnx.export(blk, (xb,), io.BytesIO(), dynamo=False)
         with pytest.raises(RuntimeError, match=refused):
             torch.export.export(cm, (x,), strict=False)
         with pytest.raises(RuntimeError, match=blk_refused):

@@ -468,6 +468,8 @@ def test_eval_is_deterministic(mode):
     (dict(granularity=2, feature_size=8.0), r"feature_size 8.0 must be a positive int"),
     (dict(granularity=2, feature_size=(8, 8, 8)), r"feature_size \(8, 8, 8\) must be"),
     (dict(dyn_mode="channel", feature_size=(8, -1)), r"feature_size \(8, -1\) must be"),
+    # was accepted, and the first forward failed calling it
+    (dict(downsample="conv"), r"downsample must be an nn.Module or None, got str"),
 ])
 def test_block_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -482,4 +484,10 @@ def test_block_bad_input():
         block(torch.randn(1, 5, 6, 6))
     with pytest.raises(ValueError, match=r"granularity 4.*3x6"):
         block(torch.randn(1, 8, 3, 6))
+    # not a tensor, or not of the block's dtype: named (were an AttributeError on
+    # x.dim and a RuntimeError inside conv1)
+    with pytest.raises(ValueError, match=r"4D input tensor .*, got ndarray"):
+        block(np.zeros((1, 8, 6, 6), np.float32))
+    with pytest.raises(ValueError, match=r"x is torch.int64; the model is torch.float32"):
+        block(torch.zeros(1, 8, 6, 6, dtype=torch.int64))
     assert block(torch.randn(1, 8, 4, 6)).shape == (1, 8, 4, 6)

@@ -9,6 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -818,6 +819,8 @@ def test_model_bad_input():
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match=r"3 input channels, got 1"):
         model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"4D input tensor .*, got ndarray"):
+        model(np.zeros((1, 3, 64, 64), np.float32))  # was an AttributeError on x.dim
     # 16x16 input: layer2 map 2x2 < S = 4
     too_small = r"input of size 16x16 is too small.*layer2.*granularity 4"
     with pytest.raises(ValueError, match=too_small):

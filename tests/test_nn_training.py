@@ -173,6 +173,15 @@ def test_sparsity_bounds_schedule_is_the_official_one():
     assert all(a <= b for a, b in zip(ups, ups[1:]))
 
 
+@pytest.mark.parametrize("epoch", [math.nan, math.inf, "3", None, torch.ones(2)])
+def test_sparsity_loss_refuses_an_epoch_that_is_not_a_finite_number(epoch):
+    """A NaN epoch made both bounds NaN, and the loss NaN, without an error."""
+    loss = SparsityLoss(target=0.5, num_epochs=100)
+    with pytest.raises(ValueError, match="epoch must be a finite number, got "):
+        loss(_model_stats([0.9, 0.5, 0.1], flops=60.0, dense=100.0), epoch)
+    assert loss.bounds(torch.tensor(16.5)) == pytest.approx(loss.bounds(16.5))  # 0-d: taken
+
+
 def _model_stats(ratios, flops, dense):
     blocks = []
     for r in ratios:

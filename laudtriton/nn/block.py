@@ -101,6 +101,20 @@ def _positive_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
 
 
+def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
+    """Raise ValueError unless x is a 4-D tensor [B, channels, H, W] of ``dtype`` (under
+    autocast, of any floating dtype): what a LaudBottleneck and a LaudResNet take."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected a 4D input tensor [B, C, H, W], got {got}")
+    if x.shape[1] != channels:
+        raise ValueError(f"expected {channels} input channels, got {x.shape[1]}")
+    if x.dtype != dtype and not (x.is_floating_point()
+                                 and torch.is_autocast_enabled(x.device.type)):
+        raise ValueError(f"x is {x.dtype}; the model is {dtype} (convert the input, e.g. "
+                         f"x.to({dtype}), or the model)")
+
+
 class LaudBottleneck(nn.Module):
     """ResNet bottleneck with LAUDNet dynamic computation.
 
@@ -121,8 +135,8 @@ class LaudBottleneck(nn.Module):
     Input [B, Cin, H, W] -> output [B, 4·planes, Ho, Wo], Ho = ⌊(H−1)/s⌋+1.
 
     Raises:
-        ValueError: on an unknown mode or masker, a bad granularity, or a channel group
-            size that does not divide the width.
+        ValueError: on an unknown mode or masker, a bad granularity, a channel group
+            size that does not divide the width, or a downsample that is not a module.
     """
 
     expansion = 4
@@ -157,6 +171,9 @@ class LaudBottleneck(nn.Module):
                 f"channel_granularity {channel_granularity!r} must be a positive divisor of "
                 f"the block width {width}"
             )
+        if downsample is not None and not isinstance(downsample, nn.Module):
+            raise ValueError(f"downsample must be an nn.Module or None, got "
+                             f"{type(downsample).__name__}")
         if channel_masker not in CHANNEL_MASKERS:
             raise ValueError(
                 f"channel_masker must be one of {CHANNEL_MASKERS}, got {channel_masker!r}"
@@ -242,13 +259,11 @@ class LaudBottleneck(nn.Module):
         and ``last_stats``.
 
         Raises:
-            ValueError: x not 4D or without Cin channels; a map smaller than S
+            ValueError: x not a 4D tensor, without Cin channels or of another dtype than
+                the block's (any floating dtype under autocast); a map smaller than S
                 (``MapTooSmall``, a ValueError).
         """
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.inplanes:
-            raise ValueError(f"expected {self.inplanes} input channels, got {x.shape[1]}")
+        check_input(x, self.inplanes, self.conv1.weight.dtype)
         masks, masker_flops = self.compute_masks(x)
         cmask = (
             expand_channel_mask(masks.channel, self.width) if masks.channel is not None else None

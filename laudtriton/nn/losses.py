@@ -47,8 +47,20 @@ class SparsityLoss(nn.Module):
         self.num_epochs = num_epochs
 
     def bounds(self, epoch: float) -> tuple[float, float]:
-        """(lower, upper) per-block bounds at ``epoch`` (may be fractional)."""
-        p = min(max(epoch / (0.33 * self.num_epochs), 0.0), 1.0)
+        """(lower, upper) per-block bounds at ``epoch`` (may be fractional; before 0 it
+        counts as 0).
+
+        Raises:
+            ValueError: unless epoch is a finite real number (or a one-element tensor of
+                one): a NaN epoch made both bounds, and so the loss, NaN.
+        """
+        try:
+            e = float(epoch) if not isinstance(epoch, (bool, str)) else math.nan
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several
+            e = math.nan
+        if not math.isfinite(e):
+            raise ValueError(f"epoch must be a finite number, got {epoch!r}")
+        p = min(max(e / (0.33 * self.num_epochs), 0.0), 1.0)
         progress = math.cos(p * math.pi / 2) ** 2
         return progress * self.target, 1.0 - progress * (1.0 - self.target)
 
@@ -57,7 +69,8 @@ class SparsityLoss(nn.Module):
 
         Raises:
             ValueError: if stats is None (no forward yet, an empty batch, or a compiled
-                model, which keeps no statistics).
+                model, which keeps no statistics); if epoch is not a finite number
+                (``bounds``).
         """
         if stats is None:
             raise ValueError("stats is None: the model's last forward left no statistics "

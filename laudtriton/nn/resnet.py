@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .block import CHANNEL_MASKERS, MODES, BlockStats, LaudBottleneck, without_records
+from .block import (
+    CHANNEL_MASKERS,
+    MODES,
+    BlockStats,
+    LaudBottleneck,
+    check_input,
+    without_records,
+)
 from .maskers import MapTooSmall, positive_real
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -261,20 +268,10 @@ class LaudResNet(nn.Module):
         the model's dtype, except under autocast, where any floating dtype is taken.
 
         Raises:
-            ValueError: x not 4D, without Cin channels or of another dtype, or too small
-                for a block's S (naming the input size and the block).
+            ValueError: x not a 4D tensor, without Cin channels or of another dtype, or
+                too small for a block's S (naming the input size and the block).
         """
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4D input [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] != self.conv1.in_channels:
-            raise ValueError(
-                f"expected {self.conv1.in_channels} input channels, got {x.shape[1]}"
-            )
-        wt = self.conv1.weight.dtype
-        if x.dtype != wt and not (x.is_floating_point()
-                                  and torch.is_autocast_enabled(x.device.type)):
-            raise ValueError(f"x is {x.dtype}; the model is {wt} (convert the input, e.g. "
-                             f"x.to({wt}), or the model)")
+        check_input(x, self.conv1.in_channels, self.conv1.weight.dtype)
         in_hw = tuple(x.shape[-2:])
         h = self.stem(x)
         blocks = self.blocks()

@@ -80,6 +80,9 @@ def run_plot(args: argparse.Namespace) -> int:
         from .tune.keys import check_dir
         from .tune.options import check_cache_dir, check_device, check_nonempty, fail
 
+        def unwritable(e: OSError) -> ValueError:
+            return ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})")
+
         dev = None  # --device is read only for the cache or the predicted line
         if args.source == "cache" or not args.no_predicted:
             dev = check_device(args.device)
@@ -109,6 +112,10 @@ def run_plot(args: argparse.Namespace) -> int:
                 raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")
         # before the predicted line is fitted: a figure of failures only is no figure
         check_measured(rows, f"--from {args.source!r}")
+        try:  # before the predicted line is fitted: a folder that cannot be made, now
+            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise unwritable(e) from None
         from .tune.keys import device_fingerprint
 
         predicted = None
@@ -131,9 +138,8 @@ def run_plot(args: argparse.Namespace) -> int:
                           "--no-predicted leaves it out)", file=sys.stderr)
         try:
             paths = plot_latency_vs_rate(rows, args.out, predicted)
-        except OSError as e:  # the folder or a figure cannot be written
-            raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
-                             ) from None
+        except OSError as e:  # a figure cannot be written
+            raise unwritable(e) from None
     except ValueError as e:
         return fail("plot", str(e))
     for p in paths:

@@ -775,9 +775,10 @@ def test_half_types_match_the_dense_variants_on_the_same_masks(dtype, mode, vari
     if variant != "dense":  # the variant ran (dense with dense would compare nothing)
         assert variant in {r.variant for r in cm.last_stats}
         assert_close(out.float(), same.float(), TOLERANCE[dtype], f"{mode} {variant} {dtype}")
+    per_layer_rounding = 2  # TOLERANCE's four units twice: eight, for 4.3 measured
     for got, who in ((out, variant), (same, "dense")):
-        assert_close(got.float(), exact, 2 * TOLERANCE[dtype], f"{mode} {who} {dtype} against "
-                     "float32")
+        assert_close(got.float(), exact, per_layer_rounding * TOLERANCE[dtype],
+                     f"{mode} {who} {dtype} against float32")
 
 
 def test_dispatch_rate_of_half_type_masks_is_exact():

@@ -431,14 +431,21 @@ def test_a_panel_named_by_its_spec_shows_it_once(tmp_path, monkeypatch):
     assert f"{SPECS[0].short()}\n{SPECS[0].short()}" not in got
 
 
-def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("predicted", [False, True])
+def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch,
+                                                     predicted):
     """An --out the figures cannot be written to (here under /proc) is one error line
-    naming it (timings from a CSV: the shipped cache holds none for an unknown machine)."""
+    naming it (timings from a CSV: the shipped cache holds none for an unknown machine),
+    said before the predicted line is fitted (it was said after)."""
+    from laudtriton import plot_command
     from laudtriton.cli import main
 
+    fitted = []
+    monkeypatch.setattr(plot_command, "predicted_curves", lambda *a: fitted.append(a))
     csv = write_csv(_rows(), tmp_path / "s.csv")
-    assert main(["plot", "--from", str(csv), "--out", "/proc/laudtriton-plots",
-                 "--no-predicted"]) == 2
+    assert main(["plot", "--from", str(csv), "--out", "/proc/laudtriton-plots"]
+                + ([] if predicted else ["--no-predicted"])) == 2
+    assert fitted == []
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("laudtriton plot: error:")
     assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err

@@ -53,8 +53,8 @@ def test_run_inplace_matches_reference(variant, rate, case):
     # channel mode: the rate is the channel masks' (calibrate_block calibrates channel
     # masks to channel_rate when given: they were at 0.5 in every channel case); both
     # mode: the spatial masks at the rate, the channel masks at 0.5
-    channel_rate = rate if mode == "channel" else 0.5
-    calibrate_block(block, x, rate, channel_rate=channel_rate)
+    channel_rate = {"channel": rate, "both": 0.5}.get(mode)  # None: the block has no
+    calibrate_block(block, x, rate, channel_rate=channel_rate)  # channel masker
     ref = block(x)
     masks, _ = block.compute_masks(x)
     if mode in ("layer", "spatial", "both") and rate == 0.5:  # decisions differ per sample

@@ -470,6 +470,8 @@ def test_eval_is_deterministic(mode):
     (dict(dyn_mode="channel", feature_size=(8, -1)), r"feature_size \(8, -1\) must be"),
     # was accepted, and the first forward failed calling it
     (dict(downsample="conv"), r"downsample must be an nn.Module or None, got str"),
+    (dict(dyn_mode="channel", channel_masker_layers="2"),  # was printed as 2
+     r"channel_masker_layers must be 1 or 2, got '2'"),
 ])
 def test_block_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from laudtriton.nn import LaudResNet, calibrate_rates, laud_resnet50, laud_resnet101
+from laudtriton.nn import (
+    LaudResNet,
+    calibrate_block,
+    calibrate_rates,
+    laud_resnet50,
+    laud_resnet101,
+)
 from laudtriton.testing import make_block
 
 LAYOUT_FILE = Path(__file__).parent / "data" / "laudnet_state_dict_layout.txt"
@@ -573,6 +579,12 @@ def test_calibrate_warns_where_tied_logits_miss_the_rate():
 def test_calibrate_channel_rate_needs_a_channel_masker():
     with pytest.raises(ValueError, match="channel_rate: the model has no channel masker"):
         calibrate_rates(tiny(), torch.randn(1, 3, 64, 64), 0.5, channel_rate=0.25)
+    block = make_block(16, 4, mode="spatial", granularity=2)  # one block: was ignored
+    before = {n: p.clone() for n, p in block.named_parameters()}
+    with pytest.raises(ValueError, match="channel_rate: the block has no channel masker "
+                                         r"\(its mode spatial\)"):
+        calibrate_block(block, torch.randn(1, 16, 8, 8), 0.5, channel_rate=0.25)
+    assert all(torch.equal(before[n], p) for n, p in block.named_parameters())
     got = calibrate_rates(tiny(mode="channel"), torch.randn(2, 3, 64, 64), 0.5,
                           channel_rate=0.25)
     assert all(abs(r - 0.25) < 1e-9 for r in got)  # every channel mask, as documented
@@ -626,6 +638,8 @@ def test_temperatures_may_be_one_value_tensors():
     (lambda t: t[:, :1], r"teacher_logits \(4, 1\) must have the same shape"),
     (lambda t: t[0], r"teacher_logits must be a \[B, num_classes\] tensor, got \(10,\)"),
     (lambda t: t.numpy(), r"teacher_logits must be a \[B, num_classes\] tensor, got ndarray"),
+    # an empty batch: the batch mean of no sample was NaN, without a word
+    (lambda t: t[:0], r"student_logits \(4, 10\) and teacher_logits \(0, 10\) must have"),
 ])
 def test_kd_loss_refuses_logits_of_another_shape(teacher, match):
     """kl_div broadcast a [1, C] or [B, 1] teacher into a wrong loss, without a word."""
@@ -635,6 +649,8 @@ def test_kd_loss_refuses_logits_of_another_shape(teacher, match):
     with pytest.raises(ValueError, match=match):
         KDLoss(2.0)(s, teacher(t))
     assert KDLoss(2.0)(s, t).item() >= 0  # the right shapes still compute
+    with pytest.raises(ValueError, match="hold no sample .*would be NaN"):
+        KDLoss(2.0)(s[:0], t[:0])
 
 
 def test_masker_helpers_refuse_non_integers():
@@ -714,7 +730,8 @@ def test_model_bad_arguments(kwargs, match):
         tiny(**kwargs)
 
 
-@pytest.mark.parametrize("depths", [(0, 1, 1, 1), (1, -1, 1, 1), (1, 1.5, 1, 1), (1, 1, 1)])
+@pytest.mark.parametrize("depths", [(0, 1, 1, 1), (1, -1, 1, 1), (1, 1.5, 1, 1), (1, 1, 1),
+                                    (True, 1, 1, 1), None, 3])  # None, 3: TypeError on len()
 def test_model_bad_depths(depths):
     with pytest.raises(ValueError, match=r"depths .* must be 4 positive ints"):
         LaudResNet(depths, width_mult=0.25)
@@ -735,16 +752,22 @@ def test_block_bad_arguments(kw, name):
         LaudBottleneck(**args)
 
 
-def test_block_takes_numpy_ints():
-    import numpy as np
-
+def test_block_and_model_take_numpy_ints():
     from laudtriton.nn.block import LaudBottleneck
 
     blk = LaudBottleneck(np.int64(32), np.int64(8), stride=np.int64(1), dyn_mode="spatial",
-                         granularity=np.int64(2), channel_granularity=np.int32(2))
+                         granularity=np.int64(2), channel_granularity=np.int32(2),
+                         feature_size=np.int64(8))
     assert (blk.granularity, blk.stride, blk.channel_granularity) == (2, 1, 2)
     assert all(type(v) is int for v in (blk.granularity, blk.stride, blk.inplanes))
     assert blk(torch.randn(1, 32, 8, 8)).shape == (1, 32, 8, 8)
+    # the network's input_size reached its blocks' feature_size check, which took only
+    # Python ints: "stage 1 (layer1): feature_size np.int64(16) must be a positive int"
+    model = LaudResNet(np.array([1, 1, 1, 1]), width_mult=0.25, num_classes=np.int64(10),
+                       input_size=np.int64(64), granularity="4-4-2-1")
+    assert all(type(model.config[k]) is int for k in ("num_classes", "input_size"))
+    assert all(type(d) is int for d in model.config["depths"])
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
 def test_calibrate_block_refuses_a_model():

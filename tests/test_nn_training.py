@@ -182,6 +182,16 @@ def test_sparsity_loss_refuses_an_epoch_that_is_not_a_finite_number(epoch):
     assert loss.bounds(torch.tensor(16.5)) == pytest.approx(loss.bounds(16.5))  # 0-d: taken
 
 
+def test_sparsity_loss_refuses_a_block_s_stats():
+    """A block's BlockStats (or a list of them) raised an AttributeError on
+    block_flops_ratios."""
+    stats = _model_stats([0.9, 0.5, 0.1], flops=60.0, dense=100.0)
+    for wrong in (stats.blocks[0], stats.blocks):
+        with pytest.raises(ValueError, match="stats must be a LaudResNet's ModelStats "
+                                             r"\(model.last_stats\), got (BlockStats|list)"):
+            SparsityLoss(0.5, 100)(wrong, 1.0)
+
+
 def _model_stats(ratios, flops, dense):
     blocks = []
     for r in ratios:

@@ -179,13 +179,14 @@ class LaudBottleneck(nn.Module):
                 f"channel_masker must be one of {CHANNEL_MASKERS}, got {channel_masker!r}"
             )
         if feature_size is not None:
-            fs = (feature_size, feature_size) if isinstance(feature_size, int) else feature_size
-            if not (isinstance(fs, (tuple, list)) and len(fs) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in fs)):
+            fs = ((feature_size, feature_size) if isinstance(feature_size, numbers.Integral)
+                  else feature_size)
+            if not (isinstance(fs, (tuple, list)) and len(fs) == 2
+                    and all(_positive_int(v) for v in fs)):
                 raise ValueError(f"feature_size {feature_size!r} must be a positive int or "
                                  "an (h, w) pair of them")
-            if dyn_mode in ("spatial", "both"):
-                mask_grid_size(tuple(fs), granularity)  # raises if S is larger than the map
+            if dyn_mode in ("spatial", "both"):  # raises if S is larger than the map
+                mask_grid_size((int(fs[0]), int(fs[1])), granularity)
 
         self.inplanes, self.planes, self.width = inplanes, planes, width
         self.out_channels = planes * self.expansion

@@ -140,7 +140,8 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
 
     Raises:
         ValueError: if x is not [B, Cin, H, W] (B >= 1, the block's dtype and device,
-            finite), or a rate is outside [0, 1].
+            finite), a rate is outside [0, 1], or channel_rate is given to a block without
+            a channel masker.
 
     Warns (UserWarning) as ``calibrate_rates`` does.
     """
@@ -149,6 +150,9 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
                          "(a whole LaudResNet: calibrate_rates)")
     _check_x(x, block.inplanes, block.conv1.weight, "block")
     _check_rates(rate, channel_rate)
+    if channel_rate is not None and block.masker_channel is None:  # was ignored
+        raise ValueError(f"channel_rate: the block has no channel masker (its mode "
+                         f"{block.dyn_mode}); give the rate as rate")
     _warn_missed(_calibrate_eval(block, x, rate, channel_rate, "block"), rate, channel_rate)
 
 

@@ -69,12 +69,15 @@ class SparsityLoss(nn.Module):
 
         Raises:
             ValueError: if stats is None (no forward yet, an empty batch, or a compiled
-                model, which keeps no statistics); if epoch is not a finite number
-                (``bounds``).
+                model, which keeps no statistics) or not a ModelStats; if epoch is not a
+                finite number (``bounds``).
         """
         if stats is None:
             raise ValueError("stats is None: the model's last forward left no statistics "
                              "(none yet, an empty batch, or a compiled model)")
+        if not isinstance(stats, ModelStats):  # a block's BlockStats has no per-block ratios
+            raise ValueError(f"stats must be a LaudResNet's ModelStats (model.last_stats), "
+                             f"got {type(stats).__name__}")
         lower, upper = self.bounds(epoch)
         ratios = stats.block_flops_ratios
         block = (F.relu(ratios - upper) ** 2 + F.relu(lower - ratios) ** 2).mean()
@@ -95,7 +98,7 @@ class KDLoss(nn.Module):
 
         Raises:
             ValueError: unless both are 2-D tensors of one shape (``kl_div`` would
-                broadcast a [1, C] or [B, 1] teacher into a wrong loss).
+                broadcast a [1, C] or [B, 1] teacher into a wrong loss) with a sample.
         """
         for name, v in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
             if not isinstance(v, torch.Tensor) or v.dim() != 2:
@@ -104,6 +107,9 @@ class KDLoss(nn.Module):
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                              f"{tuple(teacher_logits.shape)} must have the same shape")
+        if student_logits.shape[0] == 0:  # the batch mean of no sample: NaN
+            raise ValueError("student_logits and teacher_logits hold no sample (an empty "
+                             "batch): the loss, a mean over samples, would be NaN")
         t = self.temperature
         return F.kl_div(
             F.log_softmax(student_logits / t, dim=1),

@@ -101,7 +101,7 @@ class MaskerChannelMLP(nn.Module):
                  reduction: int = 16) -> None:
         super().__init__()
         if layers not in (1, 2):
-            raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers}")
+            raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers!r}")
         if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         self.groups = groups

@@ -164,8 +164,15 @@ class LaudResNet(nn.Module):
                             "1 or 2")
         reds = _per_stage(channel_masker_reduction, "channel_masker_reduction", _positive_int,
                           "positive ints")
-        if len(depths) != 4 or not all(isinstance(d, numbers.Integral) and d >= 1 for d in depths):
-            raise ValueError(f"depths {depths!r} must be 4 positive ints (blocks per stage)")
+        given = depths
+        try:
+            depths = tuple(depths)  # a list, tuple, array, ...
+        except TypeError:  # None, an int: no len() to check
+            depths = ()
+        if len(depths) != 4 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                       and d >= 1 for d in depths):
+            raise ValueError(f"depths {given!r} must be 4 positive ints (blocks per stage)")
+        depths = tuple(int(d) for d in depths)
         if not (isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool)
                 and math.isfinite(width_mult) and width_mult > 0
                 and int(64 * width_mult) >= 1):
@@ -177,6 +184,8 @@ class LaudResNet(nn.Module):
                 raise ValueError(f"{name} must be a positive int"
                                  + (" or None" if name == "input_size" else "")
                                  + f", got {value!r}")
+        num_classes, in_channels = int(num_classes), int(in_channels)  # numpy ints: Python's
+        input_size = None if input_size is None else int(input_size)
 
         self.config = dict(
             depths=tuple(depths), mode=modes, granularity=gran, channel_granularity=cgran,

@@ -108,7 +108,8 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             source tree's autotune_cache/ when the package is installed from one, else
             ~/.cache/laudtriton).
         dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
-        dtype: compute dtype (default float32 on CPU, float16 on CUDA).
+        dtype: compute dtype, torch.float32, float16, bfloat16 or float64 (default
+            float32 on CPU, float16 on CUDA).
         variants: restrict the candidates to these variant names (``dense`` stands in
             where none of them supports a block); default: every registered variant.
 
@@ -132,7 +133,7 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         ValueError: on a model that is not an nn.Module, an unknown backend, tune or
             dispatch mode, an unknown, empty or non-string ``variants``, a missing example
             input, an example input without a sample, or one the model rejects; a dtype
-            that is not a floating-point torch dtype; a cache_dir that is not a path, is
+            other than those four; a cache_dir that is not a path, is
             empty, or names a file or lies inside one (``tune.keys.check_dir``); a
             LaudResNet subclass that overrides forward, stem or head, or a stem the
             compiled model cannot run (``stem.check_resnet``); a block whose modules

@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from .ops.spec import DTYPES
+
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -194,10 +196,14 @@ def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.d
     probe = fn(here)
     try:
         if probe.dtype != here.dtype or probe.device != here.device:
+            compilable = (str(probe.dtype).removeprefix("torch.") in DTYPES
+                          and probe.device.type in ("cpu", "cuda"))
+            advice = (f"Compile the model again with dtype={probe.dtype} (backend for the "
+                      "device)" if compilable else
+                      f"compile supports only {', '.join(DTYPES)} on cpu or cuda")
             raise RuntimeError(
                 f"a compiled model cannot move to {probe.dtype} on {probe.device}: it is "
-                f"compiled for {here.dtype} on {here.device}. Compile the model again with "
-                f"dtype={probe.dtype} (backend for the device)")
+                f"compiled for {here.dtype} on {here.device}. {advice}")
         if not torch.equal(probe, torch.arange(1, 9, dtype=dtype, device=device)):
             raise RuntimeError(
                 "a compiled model cannot take a conversion that changes its tensors' "

@@ -258,6 +258,10 @@ def test_errors():
         block(torch.empty(1, 16, 8, 8, device="meta"))
     with pytest.raises(ValueError, match="dtype torch.int64 unsupported; accepted: a floating"):
         laudtriton.compile(model, x, backend="cpu", tune="off", dtype=torch.int64)
+    with pytest.raises(ValueError, match="dtype torch.float8_e4m3fn unsupported; accepted: "
+                                         "a floating-point torch dtype \\(float32, "):
+        # floating point to torch; was a NotImplementedError from isfinite inside compile
+        laudtriton.compile(model, x, backend="cpu", tune="off", dtype=torch.float8_e4m3fn)
     with pytest.raises(RuntimeError, match="inference only"):
         cm.train()
     cm.eval()  # eval stays allowed

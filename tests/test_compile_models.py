@@ -414,17 +414,25 @@ def test_load_state_dict_is_refused():
         seq.load_state_dict(seq.state_dict())
 
 
-@pytest.mark.parametrize("convert", [
-    lambda m: m.double(), lambda m: m.half(), lambda m: m.to(torch.bfloat16),
-    lambda m: m.to("cpu", torch.float64),
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature:UserWarning")
+@pytest.mark.parametrize("convert, advice", [
+    (lambda m: m.double(), "Compile the model again with dtype=torch.float64"),
+    (lambda m: m.half(), "Compile the model again with dtype=torch.float16"),
+    (lambda m: m.to(torch.bfloat16), "Compile the model again with dtype=torch.bfloat16"),
+    (lambda m: m.to("cpu", torch.float64), "Compile the model again with dtype=torch.float64"),
+    # no compile makes these: the advice was to compile with dtype=torch.complex64
+    (lambda m: m.to(torch.complex64), "compile supports only float32, float16, bfloat16, "
+                                      "float64 on cpu or cuda"),
+    (lambda m: m.to("meta"), "compile supports only"),
 ])
-def test_another_dtype_is_refused_and_the_model_still_runs(convert):
+def test_another_dtype_is_refused_and_the_model_still_runs(convert, advice):
     model, x = tiny(), torch.randn(1, 3, 32, 32)
     cm = compile_cpu(model, x)
     with torch.no_grad():
         before = cm(x)
-    with pytest.raises(RuntimeError, match=r"cannot move to torch\.(float64|float16|bfloat16)"
-                                           r" on cpu: it is compiled for torch\.float32 on cpu"):
+    with pytest.raises(RuntimeError, match=r"cannot move to torch\.(float64|float16|bfloat16|"
+                                           r"complex64|float32) on (cpu|meta): it is compiled "
+                                           r"for torch\.float32 on cpu\. " + re.escape(advice)):
         convert(cm)
     with pytest.raises(RuntimeError, match="cannot move to"):
         convert(cm.blocks[0])

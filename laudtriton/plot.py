@@ -9,6 +9,7 @@ pyplot state). The command, ``laudtriton plot --from CSV|cache --out DIR``, is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -217,7 +218,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     then the device where the rows hold several, then "clustered" masks):
     ``<model>_<mode>_b<batch>_<dtype>[_<device>][_clustered]_blocks.png`` (one panel per
     distinct block spec) and the same name ending ``_model.png`` (sum over all blocks:
-    dense, each variant where it covers every block, best per block, ideal, predicted).
+    dense, each variant where it covers every block, best per block, ideal, predicted);
+    characters other than letters, digits and ``._-`` become ``_``, and a name longer
+    than ``MAX_STEM`` or shared by two groups ends in a hash of its group (``_file_stems``).
     A model whose every timing is inf or nan (every config failed) is skipped with a
     warning; so is the whole-model
     figure of a model whose blocks have timings for several specs (sweeps at several
@@ -239,7 +242,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     out_dir = Path(out_dir).expanduser()  # as check_dir read it ('--out=~/x': no shell)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for key, g in _group(rows).items():
+    groups = _group(rows)
+    stems = _file_stems(list(groups))
+    for key, g in groups.items():
         if not g["t"]:  # only failed configs: no line to draw
             log.warning("plot: %s: nothing finite was measured (every config failed); "
                         "skipping it", key)
@@ -250,7 +255,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
         variants = sorted({v for c in curves.values() for v in c
                            if v not in ("dense", "ideal", "predicted", "best")})
         colors = {v: _COLORS[i % len(_COLORS)] for i, v in enumerate(variants)}
-        paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir))
+        paths.append(_blocks_figure(key, g, sids, curves, colors, out_dir / stems[key]))
         if g["model"] == UNNAMED:  # block shapes of no one network: no sum over them
             log.warning("plot: %s: cache entries no sweep named (e.g. compile's timings); "
                         "per-spec panels only, no whole-model figure", key)
@@ -261,7 +266,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
                         "several granularities); no whole-model figure, which would mix "
                         "them: plot each sweep's CSV instead", key, ", ".join(mixed))
             continue
-        path = _model_figure(key, g, curves, colors, out_dir)
+        path = _model_figure(key, g, curves, colors, out_dir / stems[key])
         if path is None:  # no rate every block was timed at: the figure would be empty
             log.warning("plot: %s: no rate at which every block has a timing (the rates "
                         "the masks realise differ between blocks, and the rows do not say "
@@ -281,7 +286,22 @@ def _slug(key: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
 
 
-def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
+MAX_STEM = 120  # characters of a figure's file name before its _blocks.png / _model.png
+
+
+def _file_stems(keys: list[str]) -> dict[str, str]:
+    """Each group key's file name stem: its slug, unless the slug is longer than
+    MAX_STEM (a model name from a CSV cell; the file system refused the name) or shared
+    with another key ('a/b' and 'a_b': the second figure overwrote the first, silently);
+    then the slug cut short with the key's own hash, which no order of the rows moves."""
+    slugs = {k: _slug(k) for k in keys}
+    shared = {s for s in slugs.values() if list(slugs.values()).count(s) > 1}
+    return {k: s if len(s) <= MAX_STEM and s not in shared
+            else f"{s[:MAX_STEM - 9]}_{hashlib.sha1(k.encode()).hexdigest()[:8]}"
+            for k, s in slugs.items()}
+
+
+def _blocks_figure(key, g, sids, curves, colors, stem: Path) -> Path:
     n = len(sids)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
@@ -305,12 +325,12 @@ def _blocks_figure(key, g, sids, curves, colors, out_dir: Path) -> Path:
     fig.suptitle(f"{key}: block latency vs activation rate", fontsize=11)
     _legend(fig, axes)
     fig.tight_layout(rect=(0, 0.9 / (2.9 * nrow + 0.9) + 0.02, 1, 0.97))
-    path = out_dir / f"{_slug(key)}_blocks.png"
+    path = stem.with_name(f"{stem.name}_blocks.png")
     fig.savefig(path)
     return path
 
 
-def _model_figure(key, g, curves, colors, out_dir: Path) -> Path | None:
+def _model_figure(key, g, curves, colors, stem: Path) -> Path | None:
     """Whole model: per line, the sum over every block at rates where all blocks have it,
     each block's timing counted at the rate the sweep asked for when it is known (the
     rates the masks realise differ between blocks: 0.5 is 0.5 of a 14x14 grid, 0.49 of
@@ -343,7 +363,7 @@ def _model_figure(key, g, curves, colors, out_dir: Path) -> Path | None:
                  "it runs every block; best = fastest variant per block)", fontsize=9)
     _legend(fig, [ax])
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path = out_dir / f"{_slug(key)}_model.png"
+    path = stem.with_name(f"{stem.name}_model.png")
     fig.savefig(path)
     return path
 

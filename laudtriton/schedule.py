@@ -38,6 +38,12 @@ DENSE_MARGIN = 0.05
 # masks realised (``ops.masks.dispatch_rate``), which may lie between buckets.
 BUCKET_STEP = 0.1
 
+# ``design`` builds and sorts every per-stage configuration, each a Design held in
+# memory: its default options give 1080 on LAUD-ResNet-101; 181,440 (granularities 1-40)
+# took 6 s and 0.5 GB at peak on the 2-core CPU of session 36; 4.3e9 (granularities
+# 1-128 in two spatial modes at 4096x4096) held 0.8 GB and kept growing after 22 s
+MAX_DESIGNS = 250_000
+
 
 def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | None:
     """(variant, config_key, seconds) of the fastest finite positive timing of ``timings``
@@ -280,7 +286,8 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
 
     Raises:
         ValueError: naming the option: an S larger than every stage's map, a stage with
-            no option, a channel granularity that does not divide a width.
+            no option, a channel granularity that does not divide a width, more than
+            ``MAX_DESIGNS`` configurations.
     """
     from .predict.network import model_specs, stem_hw
 
@@ -307,6 +314,12 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
                              f"{stage_size[i + 1]}) has no option among modes {modes} and "
                              f"granularities {granularities}")
         stages.append(opts)
+    count = math.prod(len(opts) for opts in stages)
+    if count > MAX_DESIGNS:  # the search builds and sorts every one of them
+        raise ValueError(f"--modes/--granularities: {count} configurations ("
+                         f"{' x '.join(str(len(opts)) for opts in stages)} options per stage) "
+                         f"are more than the {MAX_DESIGNS} the search ranks; give fewer "
+                         "granularities or modes")
     return stages
 
 

@@ -768,6 +768,8 @@ def test_check_device_refuses_a_missing_cuda_index(monkeypatch):
     assert check_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ValueError, match="--device 'cuda:2': this machine has 2 CUDA"):
         check_device("cuda:2")
+    with pytest.raises(ValueError, match="--device 'cpu:1' unknown"):  # ran as 'cpu'
+        check_device("cpu:1")
 
 
 def test_record_takes_numpy_and_tensor_numbers(tmp_path):

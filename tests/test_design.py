@@ -240,6 +240,11 @@ def test_design_s_label():
      "--channel-granularity '-2' is not a positive int"),
     (["design", "--target-rate", "0.5", "--batch", "0"], "--batch 0 must be in [1, 4096]"),
     (["design", "--target-rate", "0.5", "--cache-dir", ""], "--cache-dir '' is empty"),
+    # 256^4 configurations, which the search built and sorted, growing for minutes
+    (["design", "--target-rate", "0.5", "--input-size", "4096", "--modes", "spatial,both",
+      "--granularities", ",".join(map(str, range(1, 129)))],
+     "--modes/--granularities: 4294967296 configurations (256 x 256 x 256 x 256 options per "
+     "stage) are more than the 250000 the search ranks"),
 ])
 def test_cli_design_errors(capsys, args, msg):
     rc = main(args)

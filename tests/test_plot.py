@@ -470,6 +470,23 @@ def test_plot_splits_figures_by_device_and_mask_kind(tmp_path, drawn):
         m * k * 1e-3 for k in (1.0, 0.5, 0.3) for m in (1, 2, 4)))
 
 
+def test_plot_file_names_never_collide_and_stay_short(tmp_path):
+    """Models 'a/b' and 'a_b' both wrote a_b_..._blocks.png (the second overwrote the
+    first, exit 0), and a 300-character model name gave a file name the file system
+    refused, which plot blamed on --out."""
+    from laudtriton.plot import MAX_STEM
+
+    rows = [{**r, "model": m} for m in ("a/b", "a_b", "m" * 300) for r in _rows()]
+    paths = plot_latency_vs_rate(write_csv(rows, tmp_path / "s.csv"), tmp_path / "png")
+    assert len(paths) == 6 and len(set(paths)) == 6 and all(_is_png(p) for p in paths)
+    assert all(len(p.name) <= MAX_STEM + len("_blocks.png") for p in paths)
+    # named from the model still; a hash where the slugs meet or the name is cut
+    assert sum(p.name.startswith("a_b_") for p in paths) == 4
+    assert sum(p.name.startswith("m" * 100) for p in paths) == 2
+    again = plot_latency_vs_rate(list(reversed(rows)), tmp_path / "again")
+    assert sorted(p.name for p in again) == sorted(p.name for p in paths)  # order-free
+
+
 def test_plot_draws_no_whole_model_of_unnamed_cache_entries(tmp_path, caplog):
     """Entries no sweep named (compile's timings) are shapes of no one network: panels,
     and no 'sum over blocks' figure, which summed them before."""

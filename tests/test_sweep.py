@@ -412,8 +412,15 @@ def test_cache_commands(tmp_path, capsys):
     args = p.parse_args(["cache", "merge", str(c.path), "--out", str(tmp_path / "m.json")])
     assert args.func(args) == 0 and "2 entries" in capsys.readouterr().out
     args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path)])
-    assert args.func(args) == 0 and "removed 2" in capsys.readouterr().out
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "removed 2" in out and ": no file" not in out
     assert not c.path.exists()
+    # a directory with no cache file (a mistyped one, say): said, as ls says it
+    args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path / "typo")])
+    assert args.func(args) == 0
+    assert f"removed 0 entries ({tmp_path / 'typo'}" in (out := capsys.readouterr().out)
+    assert out.rstrip().endswith(".json: no file)") and not (tmp_path / "typo").exists()
 
 
 def _tiny_sweep_command(tmp_path, monkeypatch) -> int:

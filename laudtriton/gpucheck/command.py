@@ -59,6 +59,7 @@ from .whole import whole_models
 
 PART2_SHARE = 0.5  # of --budget: the kernel checks not started by then are not run
 WATCHDOG_S = 30.0  # past --budget by this much, the run stops where it is (SIGALRM)
+MAX_BUDGET_S = 86400.0  # a day: --budget above is refused
 WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker processes stop then
 
 
@@ -72,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
     p.add_argument("--budget", type=float, default=330.0,
-                   help="seconds for the whole run (default 330)")
+                   help="seconds for the whole run (default 330, at most 86400)")
     p.add_argument("--configs", type=int, default=2,
                    help="kernel configs timed per variant (default 2)")
     p.add_argument("--batches", default="1,64",
@@ -107,8 +108,10 @@ def _options(args) -> list[int]:
         raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
                          "current GPU) or 'cpu' (a plumbing test)")
     check_dir(args.out, "--out")  # blank, a file, or inside a file
-    if not (math.isfinite(args.budget) and args.budget > 0):
-        raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0")
+    if not (math.isfinite(args.budget) and 0 < args.budget <= MAX_BUDGET_S):
+        # the watchdog's timer takes no more (1e20: an OverflowError, with a traceback)
+        raise ValueError(f"--budget {args.budget:g} must be a number of seconds > 0 and "
+                         f"<= {MAX_BUDGET_S:g}")
     if args.configs < 1:
         raise ValueError(f"--configs {args.configs} must be >= 1")
     if args.compile_jobs < 1:

@@ -313,10 +313,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``design``; returns its parser."""
+    from ..schedule import MAX_DESIGNS
+
     p = subparsers.add_parser(
         "design", help="rank per-stage mode x granularity by predicted latency",
         description="Latency-guided co-design: every per-stage (mode, S) configuration at "
-                    "the target FLOPs ratio, ranked by predicted latency.")
+                    "the target FLOPs ratio, ranked by predicted latency (at most "
+                    f"{MAX_DESIGNS} configurations: the product of the options per stage).")
     _common(p)
     p.add_argument("--target-rate", type=float, required=True,
                    help="target FLOPs ratio of the residual blocks, in (0, 1]")

@@ -271,11 +271,12 @@ def run_cache(args: argparse.Namespace) -> int:
     if not cache.enabled:
         return fail("cache", f"the cache is disabled ({disabled_by()})")
     if args.cache_cmd == "clear":
+        existed = Path(cache.path).is_file()  # a mistyped --cache-dir: said, as ls says it
         try:
             n = cache.clear()
         except ValueError as e:  # the file holds another device's timings
             return fail("cache", str(e))
-        print(f"removed {n} entries ({cache.path})")
+        print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'})")
         return 0
     _print_ls(cache, args.all)
     return 0

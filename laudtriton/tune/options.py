@@ -279,7 +279,8 @@ def check_device(device: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'"
                          ) from None
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index is not None):
+        # 'cpu:1' ran as 'cpu': torch has one CPU device
         raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: no CUDA GPU is available here; use 'cpu'")

@@ -16,7 +16,7 @@ from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
-from .ops.spec import DTYPES
+from .ops.spec import DTYPES, is_compute_dtype
 from .planning import candidate_variants
 from .stem import foldable_bn, own_forward
 from .tune.keys import refuse_bad_dir
@@ -254,9 +254,7 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
             if not isinstance(name, str):
                 raise ValueError(f"variants: {name!r} is not a variant name")
             get_variant(name)  # raises on an unknown name
-    if dtype is not None and not (isinstance(dtype, torch.dtype)
-                                  and str(dtype).removeprefix("torch.") in DTYPES):
-        # not dtype.is_floating_point: the float8 types are (and nothing here runs them)
+    if dtype is not None and not is_compute_dtype(dtype):
         raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "
                          f"dtype ({', '.join(DTYPES)})")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):

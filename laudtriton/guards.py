@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from .ops.spec import DTYPES
+from .ops.spec import DTYPES, is_compute_dtype
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -196,8 +196,7 @@ def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.d
     probe = fn(here)
     try:
         if probe.dtype != here.dtype or probe.device != here.device:
-            compilable = (str(probe.dtype).removeprefix("torch.") in DTYPES
-                          and probe.device.type in ("cpu", "cuda"))
+            compilable = is_compute_dtype(probe.dtype) and probe.device.type in ("cpu", "cuda")
             advice = (f"Compile the model again with dtype={probe.dtype} (backend for the "
                       "device)" if compilable else
                       f"compile supports only {', '.join(DTYPES)} on cpu or cuda")

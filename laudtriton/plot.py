@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -295,8 +296,8 @@ def _file_stems(keys: list[str]) -> dict[str, str]:
     with another key ('a/b' and 'a_b': the second figure overwrote the first, silently);
     then the slug cut short with the key's own hash, which no order of the rows moves."""
     slugs = {k: _slug(k) for k in keys}
-    shared = {s for s in slugs.values() if list(slugs.values()).count(s) > 1}
-    return {k: s if len(s) <= MAX_STEM and s not in shared
+    uses = Counter(slugs.values())
+    return {k: s if len(s) <= MAX_STEM and uses[s] == 1
             else f"{s[:MAX_STEM - 9]}_{hashlib.sha1(k.encode()).hexdigest()[:8]}"
             for k, s in slugs.items()}
 

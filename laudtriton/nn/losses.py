@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .maskers import positive_real
+from .maskers import finite_real, positive_real
 from .resnet import ModelStats
 
 
@@ -54,12 +54,7 @@ class SparsityLoss(nn.Module):
             ValueError: unless epoch is a finite real number (or a one-element tensor of
                 one): a NaN epoch made both bounds, and so the loss, NaN.
         """
-        try:
-            e = float(epoch) if not isinstance(epoch, (bool, str)) else math.nan
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several
-            e = math.nan
-        if not math.isfinite(e):
-            raise ValueError(f"epoch must be a finite number, got {epoch!r}")
+        e = finite_real("epoch", epoch)
         p = min(max(e / (0.33 * self.num_epochs), 0.0), 1.0)
         progress = math.cos(p * math.pi / 2) ** 2
         return progress * self.target, 1.0 - progress * (1.0 - self.target)

@@ -28,16 +28,23 @@ class MapTooSmall(ValueError):
     """A feature map smaller than the block's granularity S (``mask_grid_size``)."""
 
 
-def positive_real(name: str, value: float | torch.Tensor) -> float:
-    """``value`` as a float if it is a finite real number > 0 (not a bool; a one-value
-    real tensor counts, e.g. an annealing schedule's); else a ValueError naming ``name``."""
+def finite_real(name: str, value: float | torch.Tensor, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (> 0 with ``positive``; not a
+    bool; a one-value real tensor counts, e.g. an annealing schedule's); else a
+    ValueError naming ``name``."""
     if (isinstance(value, torch.Tensor) and value.numel() == 1
             and not value.is_complex() and value.dtype != torch.bool):
         value = value.item()
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not (math.isfinite(value) and value > 0)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            or not (math.isfinite(value) and (value > 0 or not positive))):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got "
+                         f"{value!r}")
     return float(value)
+
+
+def positive_real(name: str, value: float | torch.Tensor) -> float:
+    """``finite_real`` > 0."""
+    return finite_real(name, value, positive=True)
 
 
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:

@@ -188,7 +188,7 @@ class LaudResNet(nn.Module):
         input_size = None if input_size is None else int(input_size)
 
         self.config = dict(
-            depths=tuple(depths), mode=modes, granularity=gran, channel_granularity=cgran,
+            depths=depths, mode=modes, granularity=gran, channel_granularity=cgran,
             channel_masker=maskers, channel_masker_layers=layers,
             channel_masker_reduction=reds, num_classes=num_classes, input_size=input_size,
             in_channels=in_channels, width_mult=width_mult,

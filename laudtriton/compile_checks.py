@@ -12,11 +12,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .guards import is_compute_dtype
 from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
-from .ops.spec import DTYPES, is_compute_dtype
+from .ops.spec import DTYPES
 from .planning import candidate_variants
 from .stem import foldable_bn, own_forward
 from .tune.keys import refuse_bad_dir

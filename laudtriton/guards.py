@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from .ops.spec import DTYPES, is_compute_dtype
+from .ops.spec import DTYPES
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -179,6 +179,13 @@ def no_autocast(device_type: str) -> torch.autocast:
     dtype it was compiled for, its head and its maskers included (under autocast the
     copies of avgpool and fc would compute in another dtype than its blocks)."""
     return torch.autocast(device_type, enabled=False)
+
+
+def is_compute_dtype(dtype: object) -> bool:
+    """Whether ``dtype`` is a torch dtype a compiled model computes in (``ops.spec.DTYPES``;
+    not ``is_floating_point``, which the float8 types are too). Here, not in ops.spec:
+    a variant's timings are keyed to the ops sources it runs."""
+    return isinstance(dtype, torch.dtype) and str(dtype).removeprefix("torch.") in DTYPES
 
 
 def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,

@@ -15,12 +15,6 @@ from ..nn.block import MODES, LaudBottleneck
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-def is_compute_dtype(dtype: object) -> bool:
-    """Whether ``dtype`` is a torch dtype of ``DTYPES`` (not ``is_floating_point``, which
-    the float8 types are too, and nothing here computes in them)."""
-    return isinstance(dtype, torch.dtype) and str(dtype).removeprefix("torch.") in DTYPES
-
-
 @dataclass(frozen=True)
 class BlockSpec:
     """Shape and dynamic configuration of one LAUD bottleneck at one input size.

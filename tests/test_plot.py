@@ -310,6 +310,13 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("rate", "abc", "column 'rate': 'abc' is not a number"),
     ("seconds", "", "column 'seconds': '' is not a number"),
     ("flops_ratio", "x", "column 'flops_ratio': 'x' is not a number"),
+    ("flops_ratio", "inf", "column 'flops_ratio': inf is not a finite ratio >= 0"),
+    ("flops_ratio", -0.5, "column 'flops_ratio': -0.5 is not a finite ratio >= 0"),
+    ("S", 0, "column 'S': '0' is not a patch size >= 1"),
+    ("S", "-3", "column 'S': '-3' is not a patch size >= 1"),
+    ("S", "2.5", "column 'S': '2.5' is not a patch size >= 1"),
+    ("input_size", "-64", "column 'input_size': '-64' is not a positive int"),
+    ("input_size", "x", "column 'input_size': 'x' is not a positive int"),
     ("rate", 1.5, "column 'rate': 1.5 is outside [0, 1]"),
     ("rate", -0.25, "column 'rate': -0.25 is outside [0, 1]"),
     ("seconds", -0.001, "column 'seconds': -0.001 is not a positive time (or inf, a "

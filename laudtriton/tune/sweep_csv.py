@@ -35,10 +35,10 @@ def read_csv(path: str | Path) -> list[dict]:
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
             column the plots need missing, an empty model, block or variant, a rate or
-            seconds cell that is not a number, a rate outside [0, 1], a negative FLOPs
-            ratio, a spec_key that is not a block spec, seconds that are not positive
-            (inf, a failed config, is accepted, and so is nan dense seconds: sweep
-            writes both).
+            seconds cell that is not a number, a rate outside [0, 1], a FLOPs ratio
+            that is negative or not finite, an S that is not an int >= 1, a spec_key
+            that is not a block spec, seconds that are not positive (inf, a failed
+            config, is accepted, and so is nan dense seconds: sweep writes both).
     """
     try:
         with open(path, newline="") as fh:
@@ -63,17 +63,10 @@ def read_csv(path: str | Path) -> list[dict]:
         for k in ("rate", "asked_rate"):
             if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
                 raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
-        if r.get("input_size") not in (None, ""):
-            try:
-                r["input_size"] = int(r["input_size"])
-                if r["input_size"] < 1:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"{where} 'input_size': {r['input_size']!r} is not a "
-                                 "positive int") from None
+        _positive_int(r, "input_size", where, "a positive int")
         fr = r.get("flops_ratio")
-        if isinstance(fr, float) and not fr >= 0.0:
-            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a ratio >= 0")
+        if isinstance(fr, float) and not (fr >= 0.0 and math.isfinite(fr)):
+            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a finite ratio >= 0")
         # a failed config scores inf seconds, and the row of a block whose dense variant
         # failed has dense_seconds nan (``sweep._rows``): sweep writes them, the plots skip them
         if not r["seconds"] > 0.0:
@@ -83,15 +76,25 @@ def read_csv(path: str | Path) -> list[dict]:
         if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
             raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
                              "(or nan, a failed dense variant)")
-        if r.get("S") not in (None, ""):
-            try:
-                r["S"] = int(r["S"])
-            except ValueError:
-                raise ValueError(f"{where} 'S': {r['S']!r} is not an int") from None
+        _positive_int(r, "S", where, "a patch size >= 1")
         key = r.get("spec_key")
         if key not in (None, "") and not _spec_key_ok(key):
             raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
     return rows
+
+
+def _positive_int(r: dict, k: str, where: str, what: str) -> None:
+    """Parse row r's optional column k as an int >= 1 in place; a ValueError naming
+    ``where`` and the cell as written otherwise."""
+    if r.get(k) in (None, ""):
+        return
+    try:
+        v = int(r[k])
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"{where} {k!r}: {r[k]!r} is not {what}")
+    r[k] = v
 
 
 def _spec_key_ok(key: str) -> bool:

@@ -99,8 +99,8 @@ def test_device_fingerprint(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa.upper())
     assert device_fingerprint("cpu") != fp and f" {isa} " in device_fingerprint("cpu")
     other = TuneCache(tmp_path)
-    other.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
-    assert other.lookup(SPEC, 0.5) is not None
+    other.record(SPEC, 0.5, {"dense": {"{}": 2e-3}})
+    assert other.lookup(SPEC, 0.5) == {"dense": {"{}": 2e-3}}
     monkeypatch.undo()
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None  # the other ISA's timings
 

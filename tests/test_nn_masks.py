@@ -59,12 +59,17 @@ def pooled_windows(x0: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def brute_mask3(grid: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """[B, 1, gh, gw] -> [B, 1, Ho, Wo]: output pixel (i, j) takes cell (i*gh//Ho, j*gw//Wo)."""
-    gh, gw = grid.shape[-2:]
-    ho, wo = out_hw
-    rows = [(i * gh) // ho for i in range(ho)]
-    cols = [(j * gw) // wo for j in range(wo)]
-    return grid[:, :, rows][:, :, :, cols]
+    """[B, 1, gh, gw] -> [B, 1, Ho, Wo]: output pixel i takes cell min(floor(i * scale),
+    g - 1) with scale = g / Ho rounded to float32 (PyTorch's ``nearest``, which
+    ``nn.maskers.upsample_mask`` uses). That is DESIGN.md's
+    floor(i * g / Ho) except where the rounded scale puts a pixel one cell lower
+    (Ho = 74, g = 24: pixel 37 in cell 11; ``test_mask3_follows_nearest_not_exact_floor``)."""
+    def cells(g: int, n: int) -> list[int]:
+        i = np.arange(n, dtype=np.float32)
+        return np.minimum(np.floor(i * np.float32(g / n)), g - 1).astype(int).tolist()
+
+    (gh, gw), (ho, wo) = grid.shape[-2:], out_hw
+    return grid[:, :, cells(gh, ho)][:, :, :, cells(gw, wo)]
 
 
 def brute_mask1(mask3: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
@@ -183,7 +188,8 @@ def test_mask1_single_corner_output_by_hand(stride):
 # ------------------------------------------------------ spatial masks, S does not divide
 
 # (S, Ho, Wo): at least one side not a multiple of S; the cells then have unequal sizes.
-NOT_DIVIDING = [(2, 5, 7), (4, 9, 6), (7, 10, 15), (8, 9, 17), (4, 13, 13)]
+# (3, 74, 74): a 24x24 grid, where nearest upsampling and floor(i * g / Ho) disagree
+NOT_DIVIDING = [(2, 5, 7), (4, 9, 6), (7, 10, 15), (8, 9, 17), (4, 13, 13), (3, 74, 74)]
 
 
 @pytest.mark.parametrize("stride,odd_input", [(1, False), (2, False), (2, True)])
@@ -240,6 +246,18 @@ def test_upsample_rule_every_small_map():
 def test_upsample_rule_power_of_two_patches_large_maps():
     """S in {2, 4, 8} (the LAUDNet choices besides 7): the rule holds up to Ho = 256."""
     assert not _upsample_rule_breaks([(s, ho) for ho in range(74, 257) for s in (2, 4, 8)])
+
+
+def test_mask3_follows_nearest_not_exact_floor():
+    """Where the two rules part ways, mask3 is PyTorch's nearest (F.interpolate), and
+    brute_mask3 computes that rule for every map up to 128."""
+    assert _upsample_rule_breaks([(3, 74)]) == [(3, 74)]
+    grid = torch.arange(24, dtype=torch.float32).view(1, 1, 24, 1)
+    assert upsample_mask(grid, (74, 1))[0, 0, 37, 0] == 11  # floor(37 * 24 / 74) = 12
+    for ho in range(1, 129):  # 118 of these (S, Ho) pairs part ways
+        for s in range(1, ho + 1):
+            g = torch.arange(ho // s, dtype=torch.float32).view(1, 1, -1, 1)
+            assert torch.equal(brute_mask3(g, (ho, 1)), upsample_mask(g, (ho, 1))), (s, ho)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

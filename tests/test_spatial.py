@@ -28,6 +28,7 @@ CASES = [
     (32, 8, 1, 1, (9, 7), 1),
     (32, 8, 1, 2, (8, 10), 3),
     (32, 8, 1, 4, (8, 8), 1),
+    (32, 8, 1, 4, (16, 12), 3),  # patch at S = 4 with different masks per sample
     (32, 8, 1, 7, (14, 21), 3),
     (32, 8, 1, 8, (16, 8), 1),
     (32, 8, 1, 4, (13, 11), 3),  # S divides neither 13 nor 11: cells of unequal size

@@ -51,9 +51,9 @@ def test_variant_matches_reference(variant, stride, rate):
 ])
 def test_cells_strides_batches_and_rates(variant, stride, s, hw, batch, rate):
     """S = 1, 2, 4, 7, 8 at stride 1 and 2 (S = 7 at 27x29: a map S does not divide;
-    9x7 and 15x16 at stride 2: odd input sizes), batch 1 and 3 with different masks per sample, rates 0, 0.5 and 1 (at 0.5
-    some cells on and some off: S = 8 at 16x16 in, a 1x1 grid at batch 1 calibrated to
-    0.5, was all off, and no kernel ran)."""
+    9x7 and 15x16 at stride 2: odd input sizes), batch 1 and 3 with different masks per
+    sample, rates 0, 0.5 and 1 (at 0.5 some cells on and some off: S = 8 at 16x16 in, a
+    1x1 grid at batch 1 calibrated to 0.5, was all off, and no kernel ran)."""
     block, x, masks, ref = _case(16, stride, rate, granularity=s, hw=hw, batch=batch)
     assert masks.grid.mean().item() == rate if rate in (0.0, 1.0) else \
         0 < masks.grid.mean().item() < 1

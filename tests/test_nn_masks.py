@@ -61,9 +61,9 @@ def pooled_windows(x0: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def brute_mask3(grid: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """[B, 1, gh, gw] -> [B, 1, Ho, Wo]: output pixel i takes cell min(floor(i * scale),
     g - 1) with scale = g / Ho rounded to float32 (PyTorch's ``nearest``, which
-    ``nn.maskers.upsample_mask`` uses). That is DESIGN.md's
-    floor(i * g / Ho) except where the rounded scale puts a pixel one cell lower
-    (Ho = 74, g = 24: pixel 37 in cell 11; ``test_mask3_follows_nearest_not_exact_floor``)."""
+    ``nn.maskers.upsample_mask`` uses). That is DESIGN.md's floor(i * g / Ho) except
+    where the rounded scale puts a pixel one cell lower (Ho = 74, g = 24: pixel 37 in
+    cell 11; ``test_mask3_follows_nearest_not_exact_floor``)."""
     def cells(g: int, n: int) -> list[int]:
         i = np.arange(n, dtype=np.float32)
         return np.minimum(np.floor(i * np.float32(g / n)), g - 1).astype(int).tolist()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from .block import (
     check_input,
     without_records,
 )
+from .block import _positive_int as _is_positive_int  # a test; this module's _positive_int parses
 from .maskers import MapTooSmall, positive_real
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -169,8 +169,7 @@ class LaudResNet(nn.Module):
             depths = tuple(depths)  # a list, tuple, array, ...
         except TypeError:  # None, an int: no len() to check
             depths = ()
-        if len(depths) != 4 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
-                                       and d >= 1 for d in depths):
+        if len(depths) != 4 or not all(_is_positive_int(d) for d in depths):
             raise ValueError(f"depths {given!r} must be 4 positive ints (blocks per stage)")
         depths = tuple(int(d) for d in depths)
         if not (isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool)
@@ -180,7 +179,7 @@ class LaudResNet(nn.Module):
                              f"channel (64 x width_mult >= 1), got {width_mult!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("input_size", 1 if input_size is None else input_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive int"
                                  + (" or None" if name == "input_size" else "")
                                  + f", got {value!r}")

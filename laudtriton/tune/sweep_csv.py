@@ -63,7 +63,7 @@ def read_csv(path: str | Path) -> list[dict]:
         for k in ("rate", "asked_rate"):
             if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
                 raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
-        _positive_int(r, "input_size", where, "a positive int")
+        _read_positive_int(r, "input_size", where, "a positive int")
         fr = r.get("flops_ratio")
         if isinstance(fr, float) and not (fr >= 0.0 and math.isfinite(fr)):
             raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a finite ratio >= 0")
@@ -76,14 +76,14 @@ def read_csv(path: str | Path) -> list[dict]:
         if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
             raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
                              "(or nan, a failed dense variant)")
-        _positive_int(r, "S", where, "a patch size >= 1")
+        _read_positive_int(r, "S", where, "a patch size >= 1")
         key = r.get("spec_key")
         if key not in (None, "") and not _spec_key_ok(key):
             raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
     return rows
 
 
-def _positive_int(r: dict, k: str, where: str, what: str) -> None:
+def _read_positive_int(r: dict, k: str, where: str, what: str) -> None:
     """Parse row r's optional column k as an int >= 1 in place; a ValueError naming
     ``where`` and the cell as written otherwise."""
     if r.get(k) in (None, ""):

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from .compiled_block import BlockRun, CompiledBlock
 from .guards import (
     LOAD_REFUSED,
     TRAIN_REFUSED,
+    RefusesTracing,
     call_lock,
     hooked,
     mark_nan,
@@ -26,7 +26,6 @@ from .guards import (
     refuse_train,  # noqa: F401
     run_eagerly,
     strided_refusal,
-    tracing_refused,
 )
 from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
@@ -36,7 +35,7 @@ from .stem import set_stem, stem
 CL = torch.channels_last
 
 
-class CompiledModel(nn.Module):
+class CompiledModel(RefusesTracing, nn.Module):
     """An inference-only LAUD model: folded stem, compiled blocks, head.
 
     ``plan`` describes the choices per block; ``last_stats`` lists a BlockRun per block of
@@ -137,7 +136,7 @@ class CompiledModel(nn.Module):
         one forward at a time per model, and per block); ``last_masks`` and
         ``last_stats`` are then those of the last forward of any thread.
         """
-        refuse_tracing("CompiledModel")
+        refuse_tracing(self._traced_name())
         # no_grad inside, not as a decorator: fx's tracer reads the forward's own code
         # (a decorator's wrapper failed it before this refusal could speak)
         return run_eagerly(CompiledModel._eager_forward, self, x, masks, check_masks)
@@ -147,16 +146,8 @@ class CompiledModel(nn.Module):
         with torch.no_grad(), call_lock(self):
             return self._locked_forward(x, masks, check_masks)
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
-        raise tracing_refused("CompiledModel")
-
-    def _slow_forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """What ``nn.Module.__call__`` runs instead of forward while torch.jit traces
-        (``torch.jit.trace``, the TorchScript ``torch.onnx.export(..., dynamo=False)``):
-        refused here, before the call binds its arguments (the ONNX exporter passes
-        keyword-only defaults positionally, a TypeError that hid the reason)."""
-        raise tracing_refused("CompiledModel")
+    def _traced_name(self) -> str:
+        return "CompiledModel"
 
     def _locked_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
                         check_masks: bool) -> torch.Tensor:

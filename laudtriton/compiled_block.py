@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from .guards import (
     LOAD_REFUSED,
     TRAIN_REFUSED,
+    RefusesTracing,
     call_lock,
     mark_nan,
     no_autocast,
@@ -23,7 +23,6 @@ from .guards import (
     refuse_tracing,
     run_eagerly,
     strided_refusal,
-    tracing_refused,
 )
 from .nn.block import BlockMasks
 from .ops import BlockSpec, get_variant
@@ -47,7 +46,7 @@ class BlockRun:
     config: dict
 
 
-class CompiledBlock(nn.Module):
+class CompiledBlock(RefusesTracing, nn.Module):
     """One LAUD block with BN folded, its maskers, and its dispatch table.
 
     The rate is read on the host (one sync) only when the table's choice depends on it
@@ -96,7 +95,7 @@ class CompiledBlock(nn.Module):
         only, as CompiledModel: it runs under no_grad, and its output carries no
         gradient; autocast does not reach it (it computes in the dtype it was compiled
         for). Calls from several threads take turns (``call_lock``)."""
-        refuse_tracing(f"CompiledBlock {self.name}")
+        refuse_tracing(self._traced_name())
         return run_eagerly(CompiledBlock._locked_call, self, x, reuse_input, masks, order,
                            check_masks, check_finite)
 
@@ -107,14 +106,8 @@ class CompiledBlock(nn.Module):
             return self._call(x, reuse_input, masks, order=order, check_masks=check_masks,
                               check_finite=check_finite)
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        """torch.jit.script calls this first: refused (``guards.tracing_refused``)."""
-        raise tracing_refused(f"CompiledBlock {self.name}")
-
-    def _slow_forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Runs instead of forward while torch.jit traces: refused (as
-        ``CompiledModel._slow_forward``)."""
-        raise tracing_refused(f"CompiledBlock {self.name}")
+    def _traced_name(self) -> str:
+        return f"CompiledBlock {self.name}"
 
     def _call(self, x: torch.Tensor, reuse_input: bool, masks: BlockMasks | None, *,
               order: SampleOrder | None, check_masks: bool,

@@ -279,6 +279,30 @@ def tracing_refused(who: str) -> RuntimeError:
                         "call it eagerly (torch.compile works, running it as it is)")
 
 
+class RefusesTracing:
+    """Mixin of the compiled modules (before ``nn.Module`` in their bases): scripting and
+    TorchScript tracing are refused with ``tracing_refused``, naming ``_traced_name()``.
+
+    - ``__prepare_scriptable__``: ``torch.jit.script`` calls it on every module it is given,
+      before it reads any code;
+    - ``_slow_forward``: what ``nn.Module.__call__`` runs instead of forward while torch.jit
+      traces (``torch.jit.trace``, the TorchScript ``torch.onnx.export(..., dynamo=False)``),
+      refused before the call binds its arguments (the ONNX exporter passes keyword-only
+      defaults positionally, a TypeError that hid the reason).
+
+    The forward itself calls ``refuse_tracing`` for the other tracers.
+    """
+
+    def _traced_name(self) -> str:
+        raise NotImplementedError
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise tracing_refused(self._traced_name())
+
+    def _slow_forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise tracing_refused(self._traced_name())
+
+
 def hooked(module: nn.Module) -> bool:
     """Whether ``module`` or a module inside it has a forward hook or pre-hook, its own or
     one registered for every module (``nn.modules.module.register_module_forward_hook``,

@@ -1,0 +1,350 @@
+"""Where the time of a compiled LAUD model goes on a GPU: launch overhead, kernel time and
+CUDA-graph replay, next to the static dense network's.
+
+``laudtriton gpucheck`` times each block and network with CUDA events around eager calls
+(``do_bench``). On a machine where launching a kernel costs more host time than the
+kernel runs on the device (small blocks at batch 1), that measures the launches. This
+script measures, in one run:
+
+1. the host time of one launch: an empty Triton kernel, a one-element torch op, and the
+   device time per kernel of the same op replayed from a CUDA graph;
+2. for each distinct block of LAUD-ResNet-50/-101 (spatial 4-4-2-1, channel, layer) at
+   rate 0.5 and each batch: the static dense block and every CUDA variant (first config):
+   ``eager`` (do_bench median, as gpucheck), ``device`` (the sum of the device time of
+   the kernels one call launches, torch.profiler, mean of 3 calls), ``kernels`` (their
+   number per call) and, for the static dense block and the variants that never sync
+   with the host (``masked``, ``channel_gemm``), ``graph`` (do_bench median of one
+   CUDA-graph replay);
+3. whole LAUD-ResNet-101 at rate 0.5 per mode and batch: the dense network (float16,
+   channels_last) and the compiled model (the shipped cache), eager and device time and
+   kernels per call, the dense network's graph replay; then the compiled model with
+   ``dispatch="static"`` and only variants that do not sync, and its graph replay if its
+   capture succeeds (an error is recorded, not fatal).
+
+Run on a GPU from the source tree: ``PYTHONPATH=. python benchmarks/gpu_overhead.py --out
+DIR``; writes DIR/overhead.csv (one row per measurement) and DIR/overhead.json (the
+launch figures and any errors) after each item. ``--device cpu`` runs the plumbing on CPU
+(no graphs, no Triton variants, small input) for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+CAPTURABLE = ("masked", "channel_gemm")  # variants with no host sync (ops docstrings)
+FIELDS = ("part", "mode", "spec", "batch", "what", "eager_us", "device_us", "kernels",
+          "graph_us", "note")
+
+
+class Recorder:
+    """Rows and errors of one run, written to ``out`` after each item."""
+
+    def __init__(self, out: Path, budget: float) -> None:
+        self.out, self.rows, self.info, self.errors = out, [], {}, []
+        self.t0, self.budget = time.perf_counter(), budget
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.t0)
+
+    def say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", flush=True)
+
+    def row(self, **kw) -> None:
+        self.rows.append({k: kw.get(k, "") for k in FIELDS})
+        r = self.rows[-1]
+        self.say(f"{r['part']:<6} {r['mode']:<8} b{r['batch']:<3} {r['spec'][:44]:<44} "
+                 f"{r['what']:<22} eager {_us(r['eager_us'])} device {_us(r['device_us'])} "
+                 f"kernels {r['kernels']!s:>4} graph {_us(r['graph_us'])} {r['note']}")
+
+    def attempt(self, name: str, fn) -> object:
+        """fn(), or None with its error recorded (the run goes on)."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - a diagnostic run keeps going
+            line = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.errors.append({"item": name, "error": line,
+                                "traceback": traceback.format_exc().splitlines()[-12:]})
+            self.say(f"ERROR {name}: {line}")
+            return None
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "overhead.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, FIELDS)
+            w.writeheader()
+            w.writerows(self.rows)
+        (self.out / "overhead.json").write_text(json.dumps(
+            {"info": self.info, "errors": self.errors,
+             "seconds": time.perf_counter() - self.t0}, indent=1, default=str))
+
+
+def _us(v) -> str:
+    return f"{v:8.1f}us" if isinstance(v, float) and math.isfinite(v) else f"{'-':>10}"
+
+
+# -- measurements ---------------------------------------------------------------------------
+def eager_us(fn, dev) -> float:
+    """gpucheck's timing (``tune.timing.median_time``), in microseconds."""
+    from laudtriton.tune.timing import median_time
+
+    with torch.no_grad():
+        return median_time(fn, dev) * 1e6
+
+
+def device_us(fn, dev, calls: int = 3) -> tuple[float, float]:
+    """(device microseconds per call, kernels per call): the sum of the device time of
+    every kernel, copy and fill that ``calls`` calls of fn put on the device, over calls
+    (torch.profiler). On CPU: (nan, nan)."""
+    if dev != "cuda":
+        return math.nan, math.nan
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.time_range.elapsed_us() for e in ev)
+    if not ev:  # this torch lists device time on the host ops only: their self times
+        avg = prof.key_averages()
+        total = sum(getattr(e, "self_device_time_total", 0.0) for e in avg)
+        return total / calls, math.nan
+    return total / calls, len(ev) / calls
+
+
+def graph_us(fn, dev) -> float:
+    """do_bench median of one replay of fn captured in a CUDA graph (microseconds)."""
+    if dev != "cuda":
+        return math.nan
+    import triton.testing
+
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm-up off the default stream, as PyTorch advises
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        torch.cuda.synchronize()
+        return triton.testing.do_bench(g.replay, warmup=25, rep=100,
+                                       return_mode="median") * 1e3
+
+
+def launch_overhead(rec: Recorder, dev: str, n: int = 2000) -> None:
+    """Part 1: host microseconds per launch (empty Triton kernel; one-element torch add),
+    and the device microseconds per kernel of 100 adds replayed from a CUDA graph."""
+    buf = torch.zeros(1, device=dev)
+
+    def per_call(fn) -> float:
+        for _ in range(20):
+            fn()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    rec.info["torch_add_host_us"] = per_call(lambda: buf.add_(1))
+    if dev == "cuda":
+        import triton
+
+        @triton.jit
+        def _noop(p):
+            pass
+
+        rec.info["triton_empty_host_us"] = per_call(lambda: _noop[(1,)](buf))
+
+        def hundred_adds():
+            for _ in range(100):
+                buf.add_(1)
+
+        rec.info["torch_add_graph_device_us"] = graph_us(hundred_adds, dev) / 100
+    rec.say("launch: " + ", ".join(f"{k} {v:.2f}" for k, v in rec.info.items()
+                                   if isinstance(v, float)))
+
+
+# -- blocks ---------------------------------------------------------------------------------
+def blocks(rec: Recorder, batches: list[int], input_size: int, dev: str,
+           end: float) -> None:
+    """Part 2: every distinct block at rate 0.5: static dense and each variant."""
+    from laudtriton.baseline import NO_MASKS
+    from laudtriton.gpucheck.blocks import distinct_blocks
+    from laudtriton.ops import fold_block, variants_for
+    from laudtriton.ops.dense import dense_block
+    from laudtriton.ops.synthetic import synthetic_masks
+
+    dt = torch.float16 if dev == "cuda" else torch.float32
+    listed = distinct_blocks(["laud_resnet50", "laud_resnet101"], input_size)
+    for batch in batches:
+        for mode, block, spec1, _ in listed.values():
+            if time.perf_counter() > end:
+                rec.say("time box: blocks stop here")
+                return
+            spec = spec1.with_(batch=batch)
+
+            def one(mode=mode, block=block, spec=spec):
+                fb = fold_block(block, dt, dev)
+                x = torch.randn(spec.batch, spec.in_channels, *spec.in_hw).relu().to(
+                    dev, dt).contiguous(memory_format=torch.channels_last)
+                masks = synthetic_masks(spec, 0.5, seed=1, device=dev)
+                todo = [("static dense", lambda: dense_block(fb, x, NO_MASKS), True)]
+                for v in variants_for(spec, "cuda" if dev == "cuda" else "cpu"):
+                    cfg = v.configs(spec)[0]
+                    todo.append((f"{v.name} {_short(cfg)}",
+                                 lambda v=v, cfg=cfg: v.run(fb, x, masks, cfg),
+                                 v.name in CAPTURABLE))
+                for what, fn, capturable in todo:
+                    e = eager_us(fn, dev)
+                    d, k = device_us(fn, dev)
+                    g = rec.attempt(f"graph {spec.short()} {what}",
+                                    lambda fn=fn: graph_us(fn, dev)) if capturable else None
+                    rec.row(part="block", mode=mode, spec=spec.short(), batch=spec.batch,
+                            what=what, eager_us=e, device_us=d, kernels=k,
+                            graph_us=math.nan if g is None else g)
+
+            rec.attempt(f"block {spec.short()}", one)
+            rec.save()
+
+
+def _short(cfg: dict) -> str:
+    """A config in a few characters: its first conv's tile (m x n x k, warps, stages)."""
+    c = next(iter(cfg.values()), None) if cfg and isinstance(next(iter(cfg.values())),
+                                                             dict) else cfg
+    if not c:
+        return ""
+    return (f"{c.get('block_m', '')}x{c.get('block_n', '')}x{c.get('block_k', '')}"
+            f"w{c.get('num_warps', '')}s{c.get('num_stages', '')}")
+
+
+# -- whole model ----------------------------------------------------------------------------
+def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: float,
+          static_graphs: bool) -> None:
+    """Part 3 (static_graphs False) or 4 (True): whole LAUD-ResNet-101 at rate 0.5."""
+    import laudtriton
+    from laudtriton.bench import build_model
+    from laudtriton.gpucheck.blocks import MODES
+    from laudtriton.gpucheck.whole import _dense_model, _within_float16
+    from laudtriton.kernelchecks import exact_fp32
+    from laudtriton.nn import calibrate_rates
+
+    backend = "cuda" if dev == "cuda" else "cpu"
+    dt = torch.float16 if dev == "cuda" else torch.float32
+    for batch in batches:
+        for mode, gran in MODES:
+            if time.perf_counter() > end:
+                rec.say("time box: whole models stop here")
+                return
+
+            def one(batch=batch, mode=mode, gran=gran):
+                model = _within_float16(build_model("laud_resnet101", mode, gran)).to(dev)
+                x = torch.randn(batch, 3, input_size, input_size).to(dev)
+                with exact_fp32():
+                    calibrate_rates(model, x, 0.5)
+                xc = x.to(dt)
+                base = dict(part="whole", mode=mode, spec="laud_resnet101", batch=batch)
+                if not static_graphs:
+                    dm = _dense_model(model, dev, dt)
+                    fn = lambda: dm(xc)  # noqa: E731
+                    g = rec.attempt(f"graph dense {mode} b{batch}",
+                                    lambda: graph_us(fn, dev))
+                    rec.row(**base, what="dense network", eager_us=eager_us(fn, dev),
+                            **_dk(fn, dev), graph_us=math.nan if g is None else g)
+                    cm = laudtriton.compile(model, x, backend=backend, tune="cached",
+                                            cache_dir=ROOT / "autotune_cache", dtype=dt)
+                    fn = lambda: cm(xc)  # noqa: E731
+                    rec.row(**base, what="compiled", eager_us=eager_us(fn, dev),
+                            **_dk(fn, dev), note=_plan(cm))
+                    return
+                keep = ["dense"] + [v for v in CAPTURABLE]
+                cm = laudtriton.compile(model, x, backend=backend, tune="cached",
+                                        cache_dir=ROOT / "autotune_cache", dtype=dt,
+                                        dispatch="static", variants=keep)
+                fn = lambda: cm(xc)  # noqa: E731
+                g = rec.attempt(f"graph compiled static {mode} b{batch}",
+                                lambda: graph_us(fn, dev))
+                rec.row(**base, what="compiled static", eager_us=eager_us(fn, dev),
+                        **_dk(fn, dev), graph_us=math.nan if g is None else g,
+                        note=_plan(cm))
+
+            rec.attempt(f"whole {mode} b{batch} {'static' if static_graphs else ''}", one)
+            rec.save()
+
+
+def _dk(fn, dev) -> dict:
+    d, k = device_us(fn, dev)
+    return {"device_us": d, "kernels": k}
+
+
+def _plan(cm) -> str:
+    """The variants a compiled model's blocks chose at its example's rate, counted."""
+    from collections import Counter
+
+    names = Counter(run.variant for run in cm.last_stats or [])
+    return " ".join(f"{k} x{v}" for k, v in names.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--budget", type=float, default=300.0, help="seconds (default 300)")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--parts", default="1,2,3,4", help="which parts to run (default all)")
+    args = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+        parts = {int(s) for s in args.parts.split(",")}
+    except ValueError:
+        p.error(f"--batches {args.batches!r} and --parts {args.parts!r} take comma-separated "
+                "ints")
+    if min(batches) < 1 or not parts <= {1, 2, 3, 4} or not args.budget > 0:
+        p.error("--batches must be >= 1, --parts among 1,2,3,4, --budget > 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_overhead: error: no CUDA device", file=sys.stderr)
+        return 2
+    rec = Recorder(Path(args.out), args.budget)
+    rec.info["torch"] = torch.__version__
+    if args.device == "cuda":
+        rec.info["gpu"] = torch.cuda.get_device_name()
+    torch.backends.cudnn.benchmark = True
+    end = rec.t0 + args.budget
+    if 1 in parts:
+        rec.attempt("launch overhead", lambda: launch_overhead(rec, args.device))
+        rec.save()
+    if 3 in parts:  # the whole networks first: the figures that matter most
+        whole(rec, batches, args.input_size, args.device, rec.t0 + 0.45 * args.budget,
+              static_graphs=False)
+    if 2 in parts:
+        blocks(rec, batches, args.input_size, args.device, rec.t0 + 0.85 * args.budget)
+    if 4 in parts:  # last: a capture that fails might leave CUDA unusable
+        whole(rec, batches, args.input_size, args.device, end, static_graphs=True)
+    rec.save()
+    rec.say(f"done; {len(rec.rows)} rows, {len(rec.errors)} errors -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

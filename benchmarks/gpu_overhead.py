@@ -19,7 +19,13 @@ script measures, in one run:
    channels_last) and the compiled model (the shipped cache), eager and device time and
    kernels per call, the dense network's graph replay; then the compiled model with
    ``dispatch="static"`` and only variants that do not sync, and its graph replay if its
-   capture succeeds (an error is recorded, not fatal).
+   capture succeeds (an error is recorded, not fatal);
+5. tiles: on the distinct spatial and channel blocks at rate 0.5 and each batch, ``masked``
+   and ``channel_gemm`` with every config of their space plus larger tiles
+   (``EXTRA_TILES``), each config's output checked against the float32 dense block on
+   the same masks first, then timed as a CUDA-graph replay next to the static dense
+   block's: what the kernels cost on the device with each tile (gpucheck times two
+   configs, eager).
 
 Run on a GPU from the source tree: ``PYTHONPATH=. python benchmarks/gpu_overhead.py --out
 DIR``; writes DIR/overhead.csv (one row per measurement) and DIR/overhead.json (the
@@ -45,6 +51,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 CAPTURABLE = ("masked", "channel_gemm")  # variants with no host sync (ops docstrings)
+# part 5: tiles beyond the config spaces (larger, for batch 64 on an H100/H200)
+EXTRA_TILES = {
+    "masked": [dict(block_m=m, block_n=n, block_k=64, num_warps=w, num_stages=st)
+               for m, n, w, st in ((64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3),
+                                   (256, 128, 8, 3))],
+    "channel_gemm": [dict(block_p=pp, block_n=n, block_k=64, num_warps=w, num_stages=st)
+                     for pp, n, w, st in ((64, 128, 4, 3), (128, 128, 8, 3),
+                                          (256, 128, 8, 3))],
+}
 FIELDS = ("part", "mode", "spec", "batch", "what", "eager_us", "device_us", "kernels",
           "graph_us", "note")
 
@@ -234,8 +249,71 @@ def _short(cfg: dict) -> str:
                                                              dict) else cfg
     if not c:
         return ""
-    return (f"{c.get('block_m', '')}x{c.get('block_n', '')}x{c.get('block_k', '')}"
+    return (f"{c.get('block_m', c.get('block_p', ''))}x{c.get('block_n', '')}x"
+            f"{c.get('block_k', '')}"
             f"w{c.get('num_warps', '')}s{c.get('num_stages', '')}")
+
+
+# -- tiles ----------------------------------------------------------------------------------
+def tiles(rec: Recorder, batches: list[int], input_size: int, dev: str, end: float) -> None:
+    """Part 5: ``masked`` and ``channel_gemm`` with each config (their space, then
+    ``EXTRA_TILES``) on every distinct spatial and channel block at rate 0.5, checked, then
+    timed as CUDA-graph replays beside the static dense block's. CUDA only."""
+    if dev != "cuda":
+        rec.say("tiles: CUDA only, skipped")
+        return
+    from laudtriton.baseline import NO_MASKS
+    from laudtriton.gpucheck.blocks import distinct_blocks
+    from laudtriton.kernelchecks import exact_fp32
+    from laudtriton.ops import fold_block, get_variant
+    from laudtriton.ops.dense import dense_block
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.testing import TOLERANCE, assert_close
+
+    listed = distinct_blocks(["laud_resnet50", "laud_resnet101"], input_size)
+    for batch in batches:
+        for mode, block, spec1, _ in listed.values():
+            if mode not in ("spatial", "channel"):
+                continue
+            if time.perf_counter() > end:
+                rec.say("time box: tiles stop here")
+                return
+            spec = spec1.with_(batch=batch)
+            v = get_variant("masked" if mode == "spatial" else "channel_gemm")
+            if not v.supports(spec):
+                continue
+            fb = fold_block(block, torch.float16, dev)
+            x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu().to(
+                dev, torch.float16).contiguous(memory_format=torch.channels_last)
+            masks = synthetic_masks(spec, 0.5, seed=1, device=dev)
+            with torch.no_grad(), exact_fp32():
+                ref = dense_block(fold_block(block, torch.float32, dev), x.float(), masks)
+            g = rec.attempt(f"tiles dense {spec.short()}",
+                            lambda fb=fb, x=x: graph_us(lambda: dense_block(fb, x, NO_MASKS),
+                                                         dev))
+            base = dict(part="tiles", mode=mode, spec=spec.short(), batch=batch)
+            rec.row(**base, what="static dense", graph_us=math.nan if g is None else g)
+            configs = v.configs(spec) + [c for c in EXTRA_TILES[v.name]]
+            for c in configs:
+                cfg = {st: c for st in ("conv1", "conv2", "conv3")} if mode == "spatial" else c
+                if time.perf_counter() > end:
+                    break
+
+                def one(cfg=cfg, fb=fb, x=x, masks=masks, ref=ref, v=v):
+                    with torch.no_grad():
+                        out = v.run(fb, x, masks, cfg)
+                    torch.cuda.synchronize()
+                    assert_close(out.float(), ref.float(), TOLERANCE[torch.float16],
+                                 f"{v.name} {cfg}")
+                    return graph_us(lambda: v.run(fb, x, masks, cfg), dev)
+
+                t = rec.attempt(f"tiles {spec.short()} {v.name} {_short(cfg)}", one)
+                extra = c in EXTRA_TILES[v.name]
+                rec.row(**base, what=f"{v.name} {_short(cfg)}",
+                        graph_us=math.nan if t is None else t,
+                        note=("extra " if extra else "") + ("" if t is None else
+                                                            f"ratio {t / g:.2f}" if g else ""))
+            rec.save()
 
 
 # -- whole model ----------------------------------------------------------------------------
@@ -312,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,64")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--parts", default="1,2,3,4", help="which parts to run (default all)")
+    p.add_argument("--parts", default="1,2,3,4,5", help="which parts to run (default all)")
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -320,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--batches {args.batches!r} and --parts {args.parts!r} take comma-separated "
                 "ints")
-    if min(batches) < 1 or not parts <= {1, 2, 3, 4} or not args.budget > 0:
-        p.error("--batches must be >= 1, --parts among 1,2,3,4, --budget > 0")
+    if min(batches) < 1 or not parts <= {1, 2, 3, 4, 5} or not args.budget > 0:
+        p.error("--batches must be >= 1, --parts among 1,2,3,4,5, --budget > 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_overhead: error: no CUDA device", file=sys.stderr)
         return 2
@@ -339,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
               static_graphs=False)
     if 2 in parts:
         blocks(rec, batches, args.input_size, args.device, rec.t0 + 0.85 * args.budget)
+    if 5 in parts:
+        tiles(rec, batches, args.input_size, args.device, end)
     if 4 in parts:  # last: a capture that fails might leave CUDA unusable
         whole(rec, batches, args.input_size, args.device, end, static_graphs=True)
     rec.save()

@@ -50,7 +50,7 @@ def test_refuses_cuda_without_a_gpu(tmp_path, capsys):
     assert not (tmp_path / "overhead.csv").exists()
 
 
-@pytest.mark.parametrize("option", [["--batches", "0"], ["--batches", "1,x"], ["--parts", "5"],
+@pytest.mark.parametrize("option", [["--batches", "0"], ["--batches", "1,x"], ["--parts", "6"],
                                     ["--budget", "-1"]])
 def test_bad_options_exit_2_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as e:

@@ -293,9 +293,7 @@ def tiles(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
                                                          dev))
             base = dict(part="tiles", mode=mode, spec=spec.short(), batch=batch)
             rec.row(**base, what="static dense", graph_us=math.nan if g is None else g)
-            configs = v.configs(spec) + [c for c in EXTRA_TILES[v.name]]
-            for c in configs:
-                cfg = {st: c for st in ("conv1", "conv2", "conv3")} if mode == "spatial" else c
+            for cfg, extra in tile_configs(v, spec):
                 if time.perf_counter() > end:
                     break
 
@@ -308,12 +306,21 @@ def tiles(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
                     return graph_us(lambda: v.run(fb, x, masks, cfg), dev)
 
                 t = rec.attempt(f"tiles {spec.short()} {v.name} {_short(cfg)}", one)
-                extra = c in EXTRA_TILES[v.name]
                 rec.row(**base, what=f"{v.name} {_short(cfg)}",
                         graph_us=math.nan if t is None else t,
                         note=("extra " if extra else "") + ("" if t is None else
                                                             f"ratio {t / g:.2f}" if g else ""))
             rec.save()
+
+
+def tile_configs(v, spec) -> list[tuple[dict, bool]]:
+    """Part 5's configs of variant ``v`` on ``spec``, each as ``v.run`` takes it, with
+    whether it is an extra tile: its config space, then ``EXTRA_TILES[v.name]`` (one tile
+    for all three convs of a spatial variant, whose configs name them)."""
+    extras = EXTRA_TILES[v.name]
+    if v.name == "masked":
+        extras = [{st: c for st in ("conv1", "conv2", "conv3")} for c in extras]
+    return [(c, False) for c in v.configs(spec)] + [(c, True) for c in extras]
 
 
 # -- whole model ----------------------------------------------------------------------------

@@ -58,3 +58,29 @@ def test_bad_options_exit_2_before_any_work(tmp_path, option, capsys):
     assert e.value.code == 2
     assert option[0] in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_tile_configs_are_configs_the_variants_accept():
+    """Part 5's configs (the space, then the extra tiles) in the form ``Variant.run``
+    takes: the spatial ones name conv1-conv3, each a valid TileConfig (the GPU run of
+    session 38 wrapped the space's configs a second time, and all 64 were refused)."""
+    from laudtriton.gpucheck.blocks import distinct_blocks
+    from laudtriton.kernels.channel_gemm import GemmConfig
+    from laudtriton.kernels.gather_conv import TileConfig
+    from laudtriton.ops import get_variant
+
+    mod = _load()
+    for mode, _, spec, _ in distinct_blocks(["laud_resnet101"], 224).values():
+        if mode == "layer":
+            continue
+        v = get_variant("masked" if mode == "spatial" else "channel_gemm")
+        configs = mod.tile_configs(v, spec.with_(batch=64))
+        assert [c for c, extra in configs if not extra] == v.configs(spec.with_(batch=64))
+        assert sum(extra for _, extra in configs) == len(mod.EXTRA_TILES[v.name])
+        for cfg, _ in configs:
+            if mode == "spatial":
+                assert set(cfg) == {"conv1", "conv2", "conv3"}
+                for c in cfg.values():
+                    TileConfig.from_dict(c)  # checks its fields
+            else:
+                GemmConfig.from_dict(cfg)

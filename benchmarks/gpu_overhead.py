@@ -17,15 +17,19 @@ script measures, in one run:
    CUDA-graph replay);
 3. whole LAUD-ResNet-101 at rate 0.5 per mode and batch: the dense network (float16,
    channels_last) and the compiled model (the shipped cache), eager and device time and
-   kernels per call, the dense network's graph replay; then the compiled model with
-   ``dispatch="static"`` and only variants that do not sync, and its graph replay if its
-   capture succeeds (an error is recorded, not fatal);
+   kernels per call, the dense network's graph replay;
+4. the same networks compiled with ``dispatch="static"`` and only the variants that do
+   not sync, and their graph replay if the capture succeeds (an error is recorded, not
+   fatal; last, as a failed capture might leave CUDA unusable);
 5. tiles: on the distinct spatial and channel blocks at rate 0.5 and each batch, ``masked``
    and ``channel_gemm`` with every config of their space plus larger tiles
    (``EXTRA_TILES``), each config's output checked against the float32 dense block on
    the same masks first, then timed as a CUDA-graph replay next to the static dense
    block's: what the kernels cost on the device with each tile (gpucheck times two
-   configs, eager).
+   configs, eager);
+6. kernels (only when asked, ``--parts 6``): torch.profiler's tables of the ops with the
+   most device time in the dense network and the compiled model, per mode and batch,
+   into DIR/kernels.txt.
 
 Run on a GPU from the source tree: ``PYTHONPATH=. python benchmarks/gpu_overhead.py --out
 DIR``; writes DIR/overhead.csv (one row per measurement) and DIR/overhead.json (the
@@ -328,11 +332,8 @@ def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
           static_graphs: bool) -> None:
     """Part 3 (static_graphs False) or 4 (True): whole LAUD-ResNet-101 at rate 0.5."""
     import laudtriton
-    from laudtriton.bench import build_model
     from laudtriton.gpucheck.blocks import MODES
-    from laudtriton.gpucheck.whole import _dense_model, _within_float16
-    from laudtriton.kernelchecks import exact_fp32
-    from laudtriton.nn import calibrate_rates
+    from laudtriton.gpucheck.whole import _dense_model
 
     backend = "cuda" if dev == "cuda" else "cpu"
     dt = torch.float16 if dev == "cuda" else torch.float32
@@ -343,11 +344,7 @@ def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
                 return
 
             def one(batch=batch, mode=mode, gran=gran):
-                model = _within_float16(build_model("laud_resnet101", mode, gran)).to(dev)
-                x = torch.randn(batch, 3, input_size, input_size).to(dev)
-                with exact_fp32():
-                    calibrate_rates(model, x, 0.5)
-                xc = x.to(dt)
+                model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
                 base = dict(part="whole", mode=mode, spec="laud_resnet101", batch=batch)
                 if not static_graphs:
                     dm = _dense_model(model, dev, dt)
@@ -377,6 +374,78 @@ def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
             rec.save()
 
 
+def _network(mode: str, gran: str, batch: int, input_size: int, dev: str, dt):
+    """(LAUD-ResNet-101 calibrated to rate 0.5 and kept within float16, its float32 input,
+    that input in ``dt``), as gpucheck's part 4 builds them."""
+    from laudtriton.bench import build_model
+    from laudtriton.gpucheck.whole import _within_float16
+    from laudtriton.kernelchecks import exact_fp32
+    from laudtriton.nn import calibrate_rates
+
+    model = _within_float16(build_model("laud_resnet101", mode, gran)).to(dev)
+    x = torch.randn(batch, 3, input_size, input_size).to(dev)
+    with exact_fp32():
+        calibrate_rates(model, x, 0.5)
+    return model, x, x.to(dt)
+
+
+def kernels(rec: Recorder, batches: list[int], input_size: int, dev: str, end: float,
+            rows: int = 25) -> None:
+    """Part 6: per mode and batch, the ``rows`` ops of the dense network and of the
+    compiled model (shipped cache) with the most self time on the device (on CPU: on the
+    host) over 3 calls, torch.profiler's tables, into ``kernels.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import laudtriton
+    from laudtriton.gpucheck.blocks import MODES
+    from laudtriton.gpucheck.whole import _dense_model
+
+    cuda = dev == "cuda"
+    dt = torch.float16 if cuda else torch.float32
+    act = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path = rec.out / "kernels.txt"
+    rec.out.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    for batch in batches:
+        for mode, gran in MODES:
+            if time.perf_counter() > end:
+                rec.say("time box: kernels stop here")
+                return
+
+            def one(batch=batch, mode=mode, gran=gran):
+                model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
+                dm = _dense_model(model, dev, dt)
+                cm = laudtriton.compile(model, x, backend="cuda" if cuda else "cpu",
+                                        tune="cached", cache_dir=ROOT / "autotune_cache",
+                                        dtype=dt)
+                for name, fn in (("dense network", lambda: dm(xc)),
+                                 ("compiled", lambda: cm(xc))):
+                    with torch.no_grad():
+                        for _ in range(2):
+                            fn()
+                        if cuda:
+                            torch.cuda.synchronize()
+                        with profile(activities=[act]) as prof:
+                            for _ in range(3):
+                                fn()
+                            if cuda:
+                                torch.cuda.synchronize()
+                    try:
+                        table = prof.key_averages().table(sort_by=key, row_limit=rows,
+                                                          max_name_column_width=70)
+                    except (AttributeError, KeyError):  # an older torch's name for it
+                        table = prof.key_averages().table(sort_by="self_cuda_time_total",
+                                                          row_limit=rows,
+                                                          max_name_column_width=70)
+                    with open(path, "a") as f:
+                        ran = f"; blocks ran {_plan(cm)}" if name == "compiled" else ""
+                        f.write(f"== {mode} b{batch} {name} (3 calls{ran}) ==\n{table}\n\n")
+                rec.say(f"kernels: {mode} b{batch} written")
+
+            rec.attempt(f"kernels {mode} b{batch}", one)
+
+
 def _dk(fn, dev) -> dict:
     d, k = device_us(fn, dev)
     return {"device_us": d, "kernels": k}
@@ -397,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,64")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--parts", default="1,2,3,4,5", help="which parts to run (default all)")
+    p.add_argument("--parts", default="1,2,3,4,5",
+                   help="which parts to run, among 1-6 (default 1,2,3,4,5)")
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batches.split(",")]
@@ -405,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--batches {args.batches!r} and --parts {args.parts!r} take comma-separated "
                 "ints")
-    if min(batches) < 1 or not parts <= {1, 2, 3, 4, 5} or not args.budget > 0:
-        p.error("--batches must be >= 1, --parts among 1,2,3,4,5, --budget > 0")
+    if min(batches) < 1 or not parts <= {1, 2, 3, 4, 5, 6} or not args.budget > 0:
+        p.error("--batches must be >= 1, --parts among 1-6, --budget > 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_overhead: error: no CUDA device", file=sys.stderr)
         return 2
@@ -426,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks(rec, batches, args.input_size, args.device, rec.t0 + 0.85 * args.budget)
     if 5 in parts:
         tiles(rec, batches, args.input_size, args.device, end)
+    if 6 in parts:
+        kernels(rec, batches, args.input_size, args.device, end)
     if 4 in parts:  # last: a capture that fails might leave CUDA unusable
         whole(rec, batches, args.input_size, args.device, end, static_graphs=True)
     rec.save()

@@ -50,7 +50,7 @@ def test_refuses_cuda_without_a_gpu(tmp_path, capsys):
     assert not (tmp_path / "overhead.csv").exists()
 
 
-@pytest.mark.parametrize("option", [["--batches", "0"], ["--batches", "1,x"], ["--parts", "6"],
+@pytest.mark.parametrize("option", [["--batches", "0"], ["--batches", "1,x"], ["--parts", "7"],
                                     ["--budget", "-1"]])
 def test_bad_options_exit_2_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as e:
@@ -84,3 +84,15 @@ def test_tile_configs_are_configs_the_variants_accept():
                     TileConfig.from_dict(c)  # checks its fields
             else:
                 GemmConfig.from_dict(cfg)
+
+
+def test_kernels_part_writes_a_profile_table_per_network(tmp_path):
+    assert _load().main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
+                         "--batches", "1", "--parts", "6"]) == 0
+    text = (tmp_path / "kernels.txt").read_text()
+    heads = [line for line in text.splitlines() if line.startswith("== ")]
+    assert [h.split(" (")[0] for h in heads] == [
+        f"== {m} b1 {n}" for m in ("spatial", "channel", "layer")
+        for n in ("dense network", "compiled")]
+    assert all(("blocks ran" in h) == ("compiled" in h) for h in heads)
+    assert all("Self CPU" in part for part in text.split("\n== ")[1:])

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import sys
@@ -108,6 +109,15 @@ class Recorder:
         (self.out / "overhead.json").write_text(json.dumps(
             {"info": self.info, "errors": self.errors,
              "seconds": time.perf_counter() - self.t0}, indent=1, default=str))
+
+
+def _timeboxed(rec: Recorder, items, end: float, what: str):
+    """The items, until ``time.perf_counter()`` passes ``end``; then says so and stops."""
+    for item in items:
+        if time.perf_counter() > end:
+            rec.say(f"time box: {what} stop here")
+            return
+        yield item
 
 
 def _us(v) -> str:
@@ -216,41 +226,37 @@ def blocks(rec: Recorder, batches: list[int], input_size: int, dev: str,
 
     dt = torch.float16 if dev == "cuda" else torch.float32
     listed = distinct_blocks(["laud_resnet50", "laud_resnet101"], input_size)
-    for batch in batches:
-        for mode, block, spec1, _ in listed.values():
-            if time.perf_counter() > end:
-                rec.say("time box: blocks stop here")
-                return
-            spec = spec1.with_(batch=batch)
+    items = itertools.product(batches, listed.values())
+    for batch, (mode, block, spec1, _) in _timeboxed(rec, items, end, "blocks"):
+        spec = spec1.with_(batch=batch)
 
-            def one(mode=mode, block=block, spec=spec):
-                fb = fold_block(block, dt, dev)
-                x = torch.randn(spec.batch, spec.in_channels, *spec.in_hw).relu().to(
-                    dev, dt).contiguous(memory_format=torch.channels_last)
-                masks = synthetic_masks(spec, 0.5, seed=1, device=dev)
-                todo = [("static dense", lambda: dense_block(fb, x, NO_MASKS), True)]
-                for v in variants_for(spec, "cuda" if dev == "cuda" else "cpu"):
-                    cfg = v.configs(spec)[0]
-                    todo.append((f"{v.name} {_short(cfg)}",
-                                 lambda v=v, cfg=cfg: v.run(fb, x, masks, cfg),
-                                 v.name in CAPTURABLE))
-                for what, fn, capturable in todo:
-                    e = eager_us(fn, dev)
-                    d, k = device_us(fn, dev)
-                    g = rec.attempt(f"graph {spec.short()} {what}",
-                                    lambda fn=fn: graph_us(fn, dev)) if capturable else None
-                    rec.row(part="block", mode=mode, spec=spec.short(), batch=spec.batch,
-                            what=what, eager_us=e, device_us=d, kernels=k,
-                            graph_us=math.nan if g is None else g)
+        def one(mode=mode, block=block, spec=spec):
+            fb = fold_block(block, dt, dev)
+            x = torch.randn(spec.batch, spec.in_channels, *spec.in_hw).relu().to(
+                dev, dt).contiguous(memory_format=torch.channels_last)
+            masks = synthetic_masks(spec, 0.5, seed=1, device=dev)
+            todo = [("static dense", lambda: dense_block(fb, x, NO_MASKS), True)]
+            for v in variants_for(spec, "cuda" if dev == "cuda" else "cpu"):
+                cfg = v.configs(spec)[0]
+                todo.append((f"{v.name} {_short(cfg)}",
+                             lambda v=v, cfg=cfg: v.run(fb, x, masks, cfg),
+                             v.name in CAPTURABLE))
+            for what, fn, capturable in todo:
+                e = eager_us(fn, dev)
+                d, k = device_us(fn, dev)
+                g = rec.attempt(f"graph {spec.short()} {what}",
+                                lambda fn=fn: graph_us(fn, dev)) if capturable else None
+                rec.row(part="block", mode=mode, spec=spec.short(), batch=spec.batch,
+                        what=what, eager_us=e, device_us=d, kernels=k,
+                        graph_us=math.nan if g is None else g)
 
-            rec.attempt(f"block {spec.short()}", one)
-            rec.save()
+        rec.attempt(f"block {spec.short()}", one)
+        rec.save()
 
 
 def _short(cfg: dict) -> str:
     """A config in a few characters: its first conv's tile (m x n x k, warps, stages)."""
-    c = next(iter(cfg.values()), None) if cfg and isinstance(next(iter(cfg.values())),
-                                                             dict) else cfg
+    c = cfg.get("conv1", cfg)  # a spatial config names its three convs
     if not c:
         return ""
     return (f"{c.get('block_m', c.get('block_p', ''))}x{c.get('block_n', '')}x"
@@ -275,17 +281,16 @@ def tiles(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
     from laudtriton.testing import TOLERANCE, assert_close
 
     listed = distinct_blocks(["laud_resnet50", "laud_resnet101"], input_size)
-    for batch in batches:
-        for mode, block, spec1, _ in listed.values():
-            if mode not in ("spatial", "channel"):
-                continue
-            if time.perf_counter() > end:
-                rec.say("time box: tiles stop here")
-                return
+    items = itertools.product(batches, listed.values())
+    for batch, (mode, block, spec1, _) in _timeboxed(rec, items, end, "tiles"):
+        if mode not in ("spatial", "channel"):
+            continue
+
+        def one_block(batch=batch, mode=mode, block=block, spec1=spec1):
             spec = spec1.with_(batch=batch)
             v = get_variant("masked" if mode == "spatial" else "channel_gemm")
             if not v.supports(spec):
-                continue
+                return
             fb = fold_block(block, torch.float16, dev)
             x = torch.randn(batch, spec.in_channels, *spec.in_hw).relu().to(
                 dev, torch.float16).contiguous(memory_format=torch.channels_last)
@@ -310,11 +315,14 @@ def tiles(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
                     return graph_us(lambda: v.run(fb, x, masks, cfg), dev)
 
                 t = rec.attempt(f"tiles {spec.short()} {v.name} {_short(cfg)}", one)
+                note = "extra " if extra else ""
+                if t is not None and g:
+                    note += f"ratio {t / g:.2f}"
                 rec.row(**base, what=f"{v.name} {_short(cfg)}",
-                        graph_us=math.nan if t is None else t,
-                        note=("extra " if extra else "") + ("" if t is None else
-                                                            f"ratio {t / g:.2f}" if g else ""))
-            rec.save()
+                        graph_us=math.nan if t is None else t, note=note)
+
+        rec.attempt(f"tiles {mode} {spec1.short()} b{batch}", one_block)
+        rec.save()
 
 
 def tile_configs(v, spec) -> list[tuple[dict, bool]]:
@@ -337,41 +345,38 @@ def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
 
     backend = "cuda" if dev == "cuda" else "cpu"
     dt = torch.float16 if dev == "cuda" else torch.float32
-    for batch in batches:
-        for mode, gran in MODES:
-            if time.perf_counter() > end:
-                rec.say("time box: whole models stop here")
-                return
+    for batch, (mode, gran) in _timeboxed(rec, itertools.product(batches, MODES), end,
+                                          "whole models"):
 
-            def one(batch=batch, mode=mode, gran=gran):
-                model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
-                base = dict(part="whole", mode=mode, spec="laud_resnet101", batch=batch)
-                if not static_graphs:
-                    dm = _dense_model(model, dev, dt)
-                    fn = lambda: dm(xc)  # noqa: E731
-                    g = rec.attempt(f"graph dense {mode} b{batch}",
-                                    lambda: graph_us(fn, dev))
-                    rec.row(**base, what="dense network", eager_us=eager_us(fn, dev),
-                            **_dk(fn, dev), graph_us=math.nan if g is None else g)
-                    cm = laudtriton.compile(model, x, backend=backend, tune="cached",
-                                            cache_dir=ROOT / "autotune_cache", dtype=dt)
-                    fn = lambda: cm(xc)  # noqa: E731
-                    rec.row(**base, what="compiled", eager_us=eager_us(fn, dev),
-                            **_dk(fn, dev), note=_plan(cm))
-                    return
-                keep = ["dense"] + [v for v in CAPTURABLE]
-                cm = laudtriton.compile(model, x, backend=backend, tune="cached",
-                                        cache_dir=ROOT / "autotune_cache", dtype=dt,
-                                        dispatch="static", variants=keep)
-                fn = lambda: cm(xc)  # noqa: E731
-                g = rec.attempt(f"graph compiled static {mode} b{batch}",
+        def one(batch=batch, mode=mode, gran=gran):
+            model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
+            base = dict(part="whole", mode=mode, spec="laud_resnet101", batch=batch)
+            if not static_graphs:
+                dm = _dense_model(model, dev, dt)
+                fn = lambda: dm(xc)  # noqa: E731
+                g = rec.attempt(f"graph dense {mode} b{batch}",
                                 lambda: graph_us(fn, dev))
-                rec.row(**base, what="compiled static", eager_us=eager_us(fn, dev),
-                        **_dk(fn, dev), graph_us=math.nan if g is None else g,
-                        note=_plan(cm))
+                rec.row(**base, what="dense network", eager_us=eager_us(fn, dev),
+                        **_dk(fn, dev), graph_us=math.nan if g is None else g)
+                cm = laudtriton.compile(model, x, backend=backend, tune="cached",
+                                        cache_dir=ROOT / "autotune_cache", dtype=dt)
+                fn = lambda: cm(xc)  # noqa: E731
+                rec.row(**base, what="compiled", eager_us=eager_us(fn, dev),
+                        **_dk(fn, dev), note=_plan(cm))
+                return
+            keep = ["dense"] + [v for v in CAPTURABLE]
+            cm = laudtriton.compile(model, x, backend=backend, tune="cached",
+                                    cache_dir=ROOT / "autotune_cache", dtype=dt,
+                                    dispatch="static", variants=keep)
+            fn = lambda: cm(xc)  # noqa: E731
+            g = rec.attempt(f"graph compiled static {mode} b{batch}",
+                            lambda: graph_us(fn, dev))
+            rec.row(**base, what="compiled static", eager_us=eager_us(fn, dev),
+                    **_dk(fn, dev), graph_us=math.nan if g is None else g,
+                    note=_plan(cm))
 
-            rec.attempt(f"whole {mode} b{batch} {'static' if static_graphs else ''}", one)
-            rec.save()
+        rec.attempt(f"whole {mode} b{batch} {'static' if static_graphs else ''}", one)
+        rec.save()
 
 
 def _network(mode: str, gran: str, batch: int, input_size: int, dev: str, dt):
@@ -407,43 +412,40 @@ def kernels(rec: Recorder, batches: list[int], input_size: int, dev: str, end: f
     path = rec.out / "kernels.txt"
     rec.out.mkdir(parents=True, exist_ok=True)
     path.write_text("")
-    for batch in batches:
-        for mode, gran in MODES:
-            if time.perf_counter() > end:
-                rec.say("time box: kernels stop here")
-                return
+    for batch, (mode, gran) in _timeboxed(rec, itertools.product(batches, MODES), end,
+                                          "kernels"):
 
-            def one(batch=batch, mode=mode, gran=gran):
-                model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
-                dm = _dense_model(model, dev, dt)
-                cm = laudtriton.compile(model, x, backend="cuda" if cuda else "cpu",
-                                        tune="cached", cache_dir=ROOT / "autotune_cache",
-                                        dtype=dt)
-                for name, fn in (("dense network", lambda: dm(xc)),
-                                 ("compiled", lambda: cm(xc))):
-                    with torch.no_grad():
-                        for _ in range(2):
+        def one(batch=batch, mode=mode, gran=gran):
+            model, x, xc = _network(mode, gran, batch, input_size, dev, dt)
+            dm = _dense_model(model, dev, dt)
+            cm = laudtriton.compile(model, x, backend="cuda" if cuda else "cpu",
+                                    tune="cached", cache_dir=ROOT / "autotune_cache",
+                                    dtype=dt)
+            for name, fn in (("dense network", lambda: dm(xc)),
+                             ("compiled", lambda: cm(xc))):
+                with torch.no_grad():
+                    for _ in range(2):
+                        fn()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    with profile(activities=[act]) as prof:
+                        for _ in range(3):
                             fn()
                         if cuda:
                             torch.cuda.synchronize()
-                        with profile(activities=[act]) as prof:
-                            for _ in range(3):
-                                fn()
-                            if cuda:
-                                torch.cuda.synchronize()
-                    try:
-                        table = prof.key_averages().table(sort_by=key, row_limit=rows,
-                                                          max_name_column_width=70)
-                    except (AttributeError, KeyError):  # an older torch's name for it
-                        table = prof.key_averages().table(sort_by="self_cuda_time_total",
-                                                          row_limit=rows,
-                                                          max_name_column_width=70)
-                    with open(path, "a") as f:
-                        ran = f"; blocks ran {_plan(cm)}" if name == "compiled" else ""
-                        f.write(f"== {mode} b{batch} {name} (3 calls{ran}) ==\n{table}\n\n")
-                rec.say(f"kernels: {mode} b{batch} written")
+                try:
+                    table = prof.key_averages().table(sort_by=key, row_limit=rows,
+                                                      max_name_column_width=70)
+                except (AttributeError, KeyError):  # an older torch's name for it
+                    table = prof.key_averages().table(sort_by="self_cuda_time_total",
+                                                      row_limit=rows,
+                                                      max_name_column_width=70)
+                with open(path, "a") as f:
+                    ran = f"; blocks ran {_plan(cm)}" if name == "compiled" else ""
+                    f.write(f"== {mode} b{batch} {name} (3 calls{ran}) ==\n{table}\n\n")
+            rec.say(f"kernels: {mode} b{batch} written")
 
-            rec.attempt(f"kernels {mode} b{batch}", one)
+        rec.attempt(f"kernels {mode} b{batch}", one)
 
 
 def _dk(fn, dev) -> dict:

@@ -57,8 +57,8 @@ class GemmConfig:
 DEFAULT = GemmConfig()
 # Small maps at batch 1 (7x7 = 49 rows per sample) need small P tiles; large maps and
 # wide layers want 128-wide tiles. On an H200 (session 38; BENCHMARKS.md, "GPU: NVIDIA
-# H200", its tiles table) 128x64x32 was the fastest on the 56x56 blocks at batch 64 and
-# 32x64x64 on most others; outside those 56x56 blocks no tile beat cuDNN's dense block.
+# H200", its tiles table) 128x64x32 was the fastest on the 56x56 blocks at batch 64 (the
+# only ones where a tile beat cuDNN's dense block), and 32x64x64 on most blocks at batch 8.
 CONFIGS = (
     DEFAULT,
     GemmConfig(128, 64, 32, 4, 3),

@@ -55,6 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from laudtriton.gpucheck.devicetime import (  # noqa: E402 - after the path above
+    device_us,
+    eager_us,
+    graph_us,
+    launch_costs,
+)
+
 CAPTURABLE = ("masked", "channel_gemm")  # variants with no host sync (ops docstrings)
 # part 5: tiles beyond the config spaces (larger, for batch 64 on an H100/H200)
 EXTRA_TILES = {
@@ -124,92 +131,10 @@ def _us(v) -> str:
     return f"{v:8.1f}us" if isinstance(v, float) and math.isfinite(v) else f"{'-':>10}"
 
 
-# -- measurements ---------------------------------------------------------------------------
-def eager_us(fn, dev) -> float:
-    """gpucheck's timing (``tune.timing.median_time``), in microseconds."""
-    from laudtriton.tune.timing import median_time
-
-    with torch.no_grad():
-        return median_time(fn, dev) * 1e6
-
-
-def device_us(fn, dev, calls: int = 3) -> tuple[float, float]:
-    """(device microseconds per call, kernels per call): the sum of the device time of
-    every kernel, copy and fill that ``calls`` calls of fn put on the device, over calls
-    (torch.profiler). On CPU: (nan, nan)."""
-    if dev != "cuda":
-        return math.nan, math.nan
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad():
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.time_range.elapsed_us() for e in ev)
-    if not ev:  # this torch lists device time on the host ops only: their self times
-        avg = prof.key_averages()
-        total = sum(getattr(e, "self_device_time_total", 0.0) for e in avg)
-        return total / calls, math.nan
-    return total / calls, len(ev) / calls
-
-
-def graph_us(fn, dev) -> float:
-    """do_bench median of one replay of fn captured in a CUDA graph (microseconds)."""
-    if dev != "cuda":
-        return math.nan
-    import triton.testing
-
-    with torch.no_grad():
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm-up off the default stream, as PyTorch advises
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        torch.cuda.synchronize()
-        return triton.testing.do_bench(g.replay, warmup=25, rep=100,
-                                       return_mode="median") * 1e3
-
-
-def launch_overhead(rec: Recorder, dev: str, n: int = 2000) -> None:
-    """Part 1: host microseconds per launch (empty Triton kernel; one-element torch add),
-    and the device microseconds per kernel of 100 adds replayed from a CUDA graph."""
-    buf = torch.zeros(1, device=dev)
-
-    def per_call(fn) -> float:
-        for _ in range(20):
-            fn()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / n * 1e6
-
-    rec.info["torch_add_host_us"] = per_call(lambda: buf.add_(1))
-    if dev == "cuda":
-        import triton
-
-        @triton.jit
-        def _noop(p):
-            pass
-
-        rec.info["triton_empty_host_us"] = per_call(lambda: _noop[(1,)](buf))
-
-        def hundred_adds():
-            for _ in range(100):
-                buf.add_(1)
-
-        rec.info["torch_add_graph_device_us"] = graph_us(hundred_adds, dev) / 100
+# -- 1. launches ---------------------------------------------------------------------------
+def launch_overhead(rec: Recorder, dev: str) -> None:
+    """Part 1: ``devicetime.launch_costs`` into ``rec.info``."""
+    rec.info.update(launch_costs(dev))
     rec.say("launch: " + ", ".join(f"{k} {v:.2f}" for k, v in rec.info.items()
                                    if isinstance(v, float)))
 

@@ -1,7 +1,8 @@
 """The record of one gpucheck run: ``Run`` (its checks, timing rows, machine info and
 progress lines, its time box), ``describe`` (an exception in one line), ``save``
 (timings.csv and summary.json so far) and ``Terminated`` (a SIGTERM or the watchdog's
-alarm: the run stops and keeps what it gathered)."""
+alarm: the run stops and keeps what it gathered); ``TableRun``, a Run of table rows and
+recorded errors, for ``benchmarks/gpu_overhead.py``."""
 
 from __future__ import annotations
 
@@ -100,3 +101,66 @@ def save(r: Run, out: Path) -> None:
     write_csv(r.rows, out / "timings.csv")
     summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+
+class TableRun(Run):
+    """A ``Run`` whose rows are a table of given ``fields``, written to ``<name>.csv`` and
+    ``<name>.json`` (info, errors, skips) in ``out`` by ``write``; ``attempt`` runs an
+    item and records its error instead of stopping; ``broken`` names the item after which
+    CUDA stopped working (the callers then stop: every later item would fail alike).
+    ``benchmarks/gpu_overhead.py`` keeps its rows this way."""
+
+    def __init__(self, out: Path, budget: float, device: str, fields: tuple[str, ...],
+                 name: str) -> None:
+        super().__init__(out, budget, device)
+        self.fields, self.name = fields, name
+        self.log = out / f"{name}.log"
+        self.errors: list[dict] = []
+        self.skipped: list[str] = []
+        self.broken: str | None = None
+
+    def attempt(self, item: str, fn: Callable[[], object]) -> object:
+        """fn(), or None with its error (``describe``, and the end of its traceback)
+        recorded and printed; on CUDA, a failure is followed by a probe of the device,
+        and ``broken`` is set to ``item`` if the probe fails."""
+        try:
+            return fn()
+        except Exception as e:  # a failed item is a result, not a crash
+            self.errors.append({"item": item, "error": describe(e), "traceback": "\n".join(
+                traceback.format_exc().strip().splitlines()[-TRACEBACK_LINES:])})
+            self.say(f"ERROR {item}: {describe(e)}")
+            if self.device.startswith("cuda") and self.broken is None and not _cuda_works():
+                self.broken = item
+                self.say(f"CUDA no longer works after {item}: the run stops here")
+            return None
+
+    def skip(self, item: str, why: str) -> None:
+        """Record ``item`` as not run, and why."""
+        self.skipped.append(f"{item}: {why}")
+        self.say(f"SKIP {item} ({why})")
+
+    def write(self) -> None:
+        """``<name>.csv`` (the rows, one column per field) and ``<name>.json`` (info,
+        errors, skips, seconds so far) in ``out``."""
+        import csv
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / f"{self.name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, self.fields)
+            w.writeheader()
+            w.writerows({k: r.get(k, "") for k in self.fields} for r in self.rows)
+        (self.out / f"{self.name}.json").write_text(json.dumps(
+            {"info": self.info, "errors": self.errors, "skipped": self.skipped,
+             "seconds": time.perf_counter() - self.t0}, indent=1, default=str))
+
+
+def _cuda_works() -> bool:
+    """Whether a tiny CUDA op still runs and syncs (after a kernel's fault it does not)."""
+    import torch
+
+    try:
+        torch.ones(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means no
+        return False

@@ -7,15 +7,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..baseline import DenseModel
+    from ..nn.resnet import LaudResNet
 
 from .blocks import MODES
 from .record import Run, save
 
 
 # -- 4. whole model ---------------------------------------------------------------------------
-def _dense_model(model, dev, dt):
+def dense_model(model: LaudResNet, dev: str, dt: torch.dtype) -> DenseModel:
+    """The dense network of ``model`` (``baseline.DenseModel``, channels_last, the same
+    folded weights) on ``dev`` in ``dt``: the baseline of the whole-model timings."""
     from ..baseline import DenseModel
 
     dm = DenseModel(model, torch.channels_last)
@@ -42,6 +49,23 @@ def _within_float16(model):
     return model
 
 
+def build_network(mode: str, granularity: str, batch: int, input_size: int,
+                  dev: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(LAUD-ResNet-101 in ``mode`` on ``dev``, kept within float16 (``_within_float16``)
+    and its maskers calibrated to rate 0.5 on x, x): x a random float32 input [batch, 3,
+    input_size, input_size] on ``dev``. Calibrated in float32 with TF32 off, on the device
+    (~20 s on a CPU at batch 64)."""
+    from ..bench import build_model
+    from ..kernelchecks import exact_fp32
+    from ..nn import calibrate_rates
+
+    model = _within_float16(build_model("laud_resnet101", mode, granularity)).to(dev)
+    x = torch.randn(batch, 3, input_size, input_size).to(dev)
+    with exact_fp32():
+        calibrate_rates(model, x, 0.5)
+    return model, x
+
+
 def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: float,
                  cache_dir: str | Path | None = None) -> None:
     """Part 4: whole LAUD-ResNet-101 compiled (tune "quick", reading and filling the cache
@@ -59,9 +83,7 @@ def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: fl
     in a row, far under what a wrong kernel gives) fails the item."""
     import laudtriton
 
-    from ..bench import build_model
     from ..kernelchecks import exact_fp32
-    from ..nn import calibrate_rates
     from ..testing import logits_agreement
     from ..tune.timing import median_time
 
@@ -74,10 +96,7 @@ def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: fl
                 continue
 
             def one(batch=batch, mode=mode, gran=gran, name=name):
-                model = _within_float16(build_model("laud_resnet101", mode, gran)).to(dev)
-                xd = torch.randn(batch, 3, input_size, input_size).to(dev)
-                with exact_fp32():  # on the device: ~20 s on a CPU at batch 64
-                    calibrate_rates(model, xd, 0.5)
+                model, xd = build_network(mode, gran, batch, input_size, dev)
                 # without a variant that broke CUDA in a compile worker (part 3)
                 variants = None
                 if r.deny:
@@ -90,7 +109,7 @@ def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: fl
                 xc = xd.to(cm.dtype)  # compile's dtype (float16 on CUDA), not x's
                 dense = {}
                 for dt in (torch.float16, torch.bfloat16):
-                    dm = _dense_model(model, dev, dt)
+                    dm = dense_model(model, dev, dt)
                     xdt = xd.to(dt)
                     with torch.no_grad():
                         dense[str(dt)[6:]] = median_time(lambda: dm(xdt), dev, 2, 5)

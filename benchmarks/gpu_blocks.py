@@ -42,6 +42,21 @@ def timeboxed(rec: TableRun, items: Iterable, end: float, what: str) -> Iterator
         yield item
 
 
+def measured(rec: TableRun, name: str, fn: Callable[[], object], dev: str,
+             graph: bool) -> dict[str, float]:
+    """fn's ``eager_us``, ``device_us`` and ``kernels`` and, with ``graph`` (and CUDA still
+    working), ``graph_us``: each measured on its own (``rec.attempt``, items named
+    "<name>: eager" ...), in that order, as the graph capture is the one that may fail;
+    nan where one failed or was not tried."""
+    e = rec.attempt(f"{name}: eager", lambda: eager_us(fn, dev))
+    dk = rec.attempt(f"{name}: device", lambda: device_us(fn, dev))
+    g = rec.attempt(f"{name}: graph", lambda: graph_us(fn, dev)) \
+        if graph and rec.broken is None else None
+    d, k = dk if dk is not None else (math.nan, math.nan)
+    return {"eager_us": math.nan if e is None else e, "device_us": d, "kernels": k,
+            "graph_us": math.nan if g is None else g}
+
+
 def short_config(cfg: dict) -> str:
     """A config in a few characters: its (first conv's) tile, m or p x n x k, warps w,
     stages s; "" for a variant without config."""
@@ -101,15 +116,8 @@ def blocks(rec: TableRun, batches: list[int], input_size: int, dev: str, end: fl
             todo.append((" ".join(filter(None, (v.name, short_config(cfg)))),
                          lambda v=v, cfg=cfg: v.run(fb, x, masks, cfg), v.name in CAPTURABLE))
         for what, fn, capturable in todo:
-            name = f"{spec.short()} {what}"
-            e = rec.attempt(f"eager {name}", lambda fn=fn: eager_us(fn, dev))
-            dk = rec.attempt(f"device {name}", lambda fn=fn: device_us(fn, dev))
-            g = rec.attempt(f"graph {name}", lambda fn=fn: graph_us(fn, dev)) \
-                if capturable and rec.broken is None else None
-            d, k = dk if dk is not None else (math.nan, math.nan)
             rec.row(part="block", mode=mode, spec=spec.short(), batch=batch, what=what,
-                    eager_us=math.nan if e is None else e, device_us=d, kernels=k,
-                    graph_us=math.nan if g is None else g)
+                    **measured(rec, f"{spec.short()} {what}", fn, dev, capturable))
         rec.write()
 
 

@@ -56,14 +56,9 @@ for p in (ROOT, HERE):  # run as a script from anywhere, or loaded by the tests
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from gpu_blocks import blocks, tiles, timeboxed  # noqa: E402 - after the path above
+from gpu_blocks import blocks, measured, tiles, timeboxed  # noqa: E402 - after the path
 
-from laudtriton.gpucheck.devicetime import (  # noqa: E402
-    device_us,
-    eager_us,
-    graph_us,
-    launch_costs,
-)
+from laudtriton.gpucheck.devicetime import launch_costs, profiled  # noqa: E402
 from laudtriton.gpucheck.record import TableRun  # noqa: E402
 
 FIELDS = ("part", "mode", "spec", "batch", "what", "eager_us", "device_us", "kernels",
@@ -90,10 +85,6 @@ class Recorder(TableRun):
 
 def _us(v: object) -> str:
     return f"{v:8.1f}us" if isinstance(v, float) and math.isfinite(v) else f"{'-':>10}"
-
-
-def _or_nan(v: object) -> object:
-    return math.nan if v is None else v
 
 
 # -- 1. launches ------------------------------------------------------------------------------
@@ -140,14 +131,9 @@ def whole(rec: Recorder, batches: list[int], input_size: int, dev: str, end: flo
             net = rec.attempt(f"whole {mode} b{batch} {what}: build", build)
             if net is None:
                 continue
-            name = f"whole {mode} b{batch} {what}"
-            e = rec.attempt(f"{name}: eager", lambda net=net: eager_us(lambda: net(xc), dev))
-            dk = rec.attempt(f"{name}: device", lambda net=net: device_us(lambda: net(xc), dev))
-            g = rec.attempt(f"{name}: graph", lambda net=net: graph_us(lambda: net(xc), dev)) \
-                if graph and rec.broken is None else None
-            d, k = dk if dk is not None else (math.nan, math.nan)
-            rec.row(**base, what=what, eager_us=_or_nan(e), device_us=d, kernels=k,
-                    graph_us=_or_nan(g), note=_ran(net))
+            rec.row(**base, what=what, **measured(rec, f"whole {mode} b{batch} {what}",
+                                                   lambda net=net: net(xc), dev, graph),
+                    note=_ran(net))
         rec.write()
 
 
@@ -164,30 +150,18 @@ def kernels(rec: Recorder, batches: list[int], input_size: int, dev: str, end: f
     """Part 6: per mode and batch, the ``rows`` ops of the dense network and of the
     compiled model (shipped cache) with the most self time on the device (on CPU: on the
     host) over 3 calls after 2, torch.profiler's tables, appended to ``kernels.txt``."""
-    from torch.profiler import ProfilerActivity, profile
-
     import laudtriton
     from laudtriton.gpucheck.blocks import MODES
     from laudtriton.gpucheck.whole import build_network, dense_model
 
     cuda = dev == "cuda"
     dt = torch.float16 if cuda else torch.float32
-    act = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     path = rec.out / "kernels.txt"
     path.write_text("")
 
     def table(fn) -> str:
-        with torch.no_grad():
-            for _ in range(2):
-                fn()
-            if cuda:
-                torch.cuda.synchronize()
-            with profile(activities=[act]) as prof:
-                for _ in range(3):
-                    fn()
-                if cuda:
-                    torch.cuda.synchronize()
+        prof = profiled(fn, dev, calls=3, warmup=2)
         try:
             return prof.key_averages().table(sort_by=key, row_limit=rows,
                                              max_name_column_width=70)

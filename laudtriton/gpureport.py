@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,12 +22,12 @@ FIELDS = ("mode", "spec", "spec_key", "batch", "rate", "realised_rate", "models"
           "dtype", "config", "seconds", "ratio")
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    """Write ``rows`` (timing rows, dicts) to the CSV file ``path`` (replaced if it exists),
-    with the columns ``FIELDS`` in that order: other keys are left out, a missing one is
-    left empty."""
+def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> None:
+    """Write ``rows`` (dicts; by default gpucheck's timing rows) to the CSV file ``path``
+    (replaced if it exists), with the columns ``fields`` in that order: other keys are
+    left out, a missing one is left empty."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 

@@ -61,21 +61,39 @@ def device_us(fn: Callable[[], object], device: str | torch.device,
         raise ValueError(f"calls={calls}: accepted an int >= 1")
     if not _is_cuda(device):
         return math.nan, math.nan
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad():
-        fn()
-        torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize(device)
+    prof = profiled(fn, device, calls)
     ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
           and not getattr(e, "is_user_annotation", False)]
     if not ev:
         total = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages())
         return total / calls, math.nan
     return sum(e.time_range.elapsed_us() for e in ev) / calls, len(ev) / calls
+
+
+def profiled(fn: Callable[[], object], device: str | torch.device, calls: int = 3,
+             warmup: int = 1) -> torch.profiler.profile:
+    """torch.profiler's record of ``calls`` calls of fn after ``warmup`` untimed ones,
+    under no_grad: the device's activity on CUDA (synced before and after), the host's on
+    CPU.
+
+    Raises:
+        ValueError: for a device other than CPU or CUDA.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = _is_cuda(device)
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]
+                     ) as prof:
+            for _ in range(calls):
+                fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+    return prof
 
 
 def graph_us(fn: Callable[[], object], device: str | torch.device) -> float:

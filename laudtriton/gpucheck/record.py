@@ -142,13 +142,8 @@ class TableRun(Run):
     def write(self) -> None:
         """``<name>.csv`` (the rows, one column per field) and ``<name>.json`` (info,
         errors, skips, seconds so far) in ``out``."""
-        import csv
-
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / f"{self.name}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, self.fields)
-            w.writeheader()
-            w.writerows({k: r.get(k, "") for k in self.fields} for r in self.rows)
+        write_csv(self.rows, self.out / f"{self.name}.csv", self.fields)
         (self.out / f"{self.name}.json").write_text(json.dumps(
             {"info": self.info, "errors": self.errors, "skipped": self.skipped,
              "seconds": time.perf_counter() - self.t0}, indent=1, default=str))

@@ -6,6 +6,7 @@ the CSV (:func:`write_csv`, :func:`read_csv`), and the runs of several processes
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -44,6 +45,10 @@ class BenchRow:
     threads: int = 0  # torch.get_num_threads() during the run
     tune: str = ""  # compile's tune mode
     reps: int = 0  # timed runs per median (0 in rows read from CSVs before session 26)
+    # the rate the masks realised (a block row: the block's, on its calibration input; a
+    # whole-model row: the mean over the blocks, for a new input every call also over the
+    # timed inputs), where ``rate`` is the one asked; NaN in CSVs before session 39
+    realised_rate: float = math.nan
 
 
 def rate_text(rate: float) -> str:
@@ -84,7 +89,7 @@ def write_csv(rows: list[BenchRow], path: str | Path) -> None:
 def read_csv(path: str | Path) -> list[BenchRow]:
     """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
     existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
-    0, ``tune`` "", ``reps`` 0)."""
+    0, ``tune`` "", ``reps`` 0, ``realised_rate`` NaN)."""
     out = []
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):

@@ -2,6 +2,7 @@
 consistency, not speed: performance targets live in BENCHMARKS.md)."""
 
 import csv
+import math
 import sys
 from dataclasses import fields, replace
 
@@ -56,6 +57,10 @@ def test_bench_rows(rows):
         assert r.efficiency == pytest.approx(r.flops_ratio / r.ratio)
         assert (r.model, r.mode, r.batch, r.rate) == ("laud_resnet50", "channel", 1, 0.5)
         assert r.allocator == "default"  # bench's own default: the process is left as is
+    # 2 channels per group: every block's masks land within 1/32 of the asked rate
+    for r in blocks + model[:2] + model[3:]:
+        assert abs(r.realised_rate - 0.5) <= 1 / 32, r
+    assert 0 <= model[2].realised_rate <= 1  # over the stream's inputs
     # the fresh-input row averages the FLOPs ratio over other inputs than the repeated one
     assert model[2].flops_ratio != model[0].flops_ratio
     # with the masks given no masker runs, and its FLOPs ratio leaves theirs out
@@ -116,13 +121,14 @@ def test_csv_from_before_the_settings_columns_reads_back(rows, tmp_path):
         recs = list(csv.DictReader(f))
     with open(path, "w", newline="") as f:
         keep = [k for k in recs[0] if k not in ("process", "channel_granularity", "threads",
-                                                 "tune")]
+                                                 "tune", "realised_rate")]
         w = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
         w.writeheader()
         w.writerows(recs)
     back = read_csv(path)
     assert {(r.process, r.channel_granularity, r.threads, r.tune) for r in back} == {
         (1, "", 0, "")}
+    assert all(math.isnan(r.realised_rate) for r in back)
 
 
 def test_median_run_of_an_even_count_is_the_less_favourable():
@@ -338,6 +344,23 @@ def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypat
     with pytest.raises(AssertionError, match="compiled logits \\(bench\\)"):
         bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
               tune="off", log=lambda s: None)
+
+
+def test_bench_says_when_the_masks_cannot_realise_the_rate():
+    """A layer gate at batch 1 is on or off: rate 0.5 lands on 0 in every block
+    (round(0.5) = 0). bench says so before the table and records the realised rate."""
+    torch.manual_seed(0)
+    logs = []
+    rows = bench("laud_resnet50", "layer", "4-4-2-1", [0.5], batch=1, reps=1, tune="off",
+                 blocks=False, log=logs.append)
+    notes = [s for s in logs if s.startswith("note: rate 0.50")]
+    assert len(notes) == 1 and "realise 0.000" in notes[0]
+    same_input = [r for r in rows if r.spec != "fresh input every call"]
+    assert {(r.rate, r.realised_rate) for r in same_input} == {(0.5, 0.0)}
+    quiet = []  # at batch 2 the gates land on one sample of two: no note
+    bench("laud_resnet50", "layer", "4-4-2-1", [0.5], batch=2, reps=1, tune="off",
+          blocks=False, log=quiet.append)
+    assert not [s for s in quiet if s.startswith("note:")]
 
 
 def test_bench_layer_mode_per_block_rows():

@@ -261,8 +261,8 @@ def run_cache(args: argparse.Namespace) -> int:
                                  ) from None
             except NotACacheError as e:
                 raise ValueError(f"--out {e}") from None
-            # (an input skipped as unusable was named in a warning above)
-            print(f"{args.out}: {n} entries ({len(args.files)} input file(s) read)")
+            print(f"{args.out}: {n} entries ({len(args.files)} input file(s) given; any input "
+                  "skipped as unusable is named in a warning above)")
             return 0
         check_cache_dir(args.cache_dir)
         cache = TuneCache(args.cache_dir, device=check_device(args.device))

@@ -39,6 +39,8 @@ MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
 # bench says so when the calibrated masks realise, on average over the blocks, a rate this
 # far from the asked one (a layer gate at batch 1 is on or off: 0.5 lands on 0, 0.75 on 1)
 RATE_SLACK = 0.05
+
+
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
                 seed: int = 0) -> LaudResNet:
     """A LAUD model with random weights and random (non-trivial) BN statistics.

@@ -149,9 +149,9 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
         if abs(mean - rate) > RATE_SLACK:
             log(f"note: rate {rate_text(rate)}: the calibrated masks realise {mean:.3f} on "
                 "average over the blocks (each block lands on round(rate x N) of its N "
-                f"decisions: grid cells, channel groups, or the {batch} samples of a layer "
-                "gate); the rows below are labelled with the asked rate, the CSV's "
-                "realised_rate column holds the realised one")
+                "decisions: grid cells, channel groups, or for a layer gate the batch's "
+                f"samples, {batch} here); the rows below are labelled with the asked rate, "
+                "the CSV's realised_rate column holds the realised one")
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate, allocator=setting, channel_granularity=str(channel_granularity),

@@ -28,6 +28,7 @@ from .bench_report import BenchRow, format_rows, rate_text
 from .compile import compile
 from .compiled import CompiledModel
 from .nn import calibrate_rates, laud_resnet50, laud_resnet101
+from .nn.calibrate import realised_rate
 from .nn.resnet import LaudResNet
 from .ops.dense import dense_block
 from .testing import assert_close, randomize_bn
@@ -58,9 +59,8 @@ def build_model(name: str, mode: str, granularity: str, channel_granularity: int
 
 def realised_rates(model: LaudResNet) -> list[float]:
     """Per dynamic block of ``model``, the rate its last forward's masks realised, as
-    ``calibrate_rates`` reports it: the spatial rate (of the grid, or of the layer gate),
-    or in a block without a spatial masker the channel rate."""
-    return [float(s.rate3 if b.masker_spatial is not None else s.channel_rate)
+    ``calibrate_rates`` reports it (``nn.calibrate.realised_rate``)."""
+    return [realised_rate(b, s)
             for (_, b), s in zip(model.blocks(), model.last_stats.blocks, strict=True)]
 
 

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .block import LaudBottleneck
+from .block import BlockStats, LaudBottleneck
 from .maskers import MapTooSmall
 from .resnet import LaudResNet
 
@@ -190,6 +190,13 @@ def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
     return missed
 
 
+def realised_rate(block: LaudBottleneck, stats: BlockStats) -> float:
+    """The rate ``calibrate_rates`` sets and reports for ``block``, read from the stats of
+    one of its forwards: the spatial rate (of the grid, or of the layer gate), or in a block
+    without a spatial masker the channel rate."""
+    return float(stats.rate3 if block.masker_spatial is not None else stats.channel_rate)
+
+
 @torch.no_grad()
 def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
                     channel_rate: float | None = None) -> list[float]:
@@ -244,7 +251,6 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
             raise ValueError(f"x of size {x.shape[2]}x{x.shape[3]} is too small: {name}: "
                              f"{e}") from None
         h = block(h)
-        s = block.last_stats
-        achieved.append(float(s.rate3 if block.masker_spatial is not None else s.channel_rate))
+        achieved.append(realised_rate(block, block.last_stats))
     _warn_missed(missed, rate, channel_rate)
     return achieved

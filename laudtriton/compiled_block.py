@@ -71,6 +71,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
         self.rate_free = dispatch == "static" or len(choices) == 1
         self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
         self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
+        self._shifts = self._shift_key()  # b1 and b2 as kappa1 and kappa2 were made from
         self.train(False)  # inference only, from the start (a module starts in training)
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
@@ -117,6 +118,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
             with torch.no_grad(), no_autocast(dev):  # calls it with both off already)
                 return self._call(x, reuse_input, masks, order=order,
                                   check_masks=check_masks, check_finite=check_finite)
+        self._follow_shifts()
         if order is None:  # called on its own: the model checks its input itself
             self._check_input(x)
             if reuse_input and bool((x < 0).any()):  # (a model's blocks get its ReLU's)
@@ -136,6 +138,24 @@ class CompiledBlock(RefusesTracing, nn.Module):
             masks = order.to_batch(masks)
         order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, order.snapshot())
+
+    def _shift_key(self) -> tuple:
+        fb = self.fb  # the tensors themselves: while kept, no other tensor takes their id
+        return fb.b1, fb.b1._version, fb.b2, fb.b2._version
+
+    def _follow_shifts(self) -> None:
+        """fb.kappa1 and fb.kappa2, the values a skipped channel carries (``ops.fold``),
+        are relu(fb.b1) and relu(fb.b2): made again when b1 or b2 was replaced or edited in
+        place since the last call, so that the variants that skip channels correct with
+        the shifts the block has now (the new kappas are new tensors: what is derived from
+        them is rebuilt, as for any weight)."""
+        key = self._shift_key()
+        old = self._shifts
+        if key[0] is old[0] and key[2] is old[2] and key[1] == old[1] and key[3] == old[3]:
+            return
+        fb = self.fb
+        fb.kappa1, fb.kappa2 = torch.relu(fb.b1), torch.relu(fb.b2)
+        self._shifts = key
 
     def _masks(self, x: torch.Tensor) -> BlockMasks:
         """The maskers' masks for x; a channel MLP masker or a layer gate reads the

@@ -78,19 +78,29 @@ def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
         from .tune.keys import check_dir
-        from .tune.options import check_cache_dir, check_device, check_nonempty, fail
+        from .tune.options import (
+            check_cache_dir,
+            check_device,
+            check_device_name,
+            check_nonempty,
+            fail,
+        )
 
         def unwritable(e: OSError) -> ValueError:
             return ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})")
 
-        dev = None  # --device is read only for the cache or the predicted line
+        # --device is read only for the cache or the predicted line (where this machine
+        # must have it); a CSV plotted without that line takes only a valid name
+        dev = None
         if args.source == "cache" or not args.no_predicted:
             dev = check_device(args.device)
+        else:
+            check_device_name(args.device)
         check_nonempty(args.source, "--from")
         if args.source != "cache":  # '--from=~/x.csv' reaches us without a shell's expansion
             args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
-        check_cache_dir(args.cache_dir)
+        check_cache_dir(args.cache_dir, read=True)
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache

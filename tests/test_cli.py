@@ -82,6 +82,26 @@ def test_empty_paths_are_refused(argv, flag, capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["predict", "--model", "laud_resnet50", "--rates", "0.5"],
+    ["predict", "--validate"],
+    ["design", "--target-rate", "0.5"],
+    ["plot", "--from", "cache", "--out", "o"],
+])
+def test_a_cache_dir_that_does_not_exist_is_refused_where_only_read(argv, capsys, tmp_path,
+                                                                   monkeypatch):
+    """predict, design and plot only read the cache and the calibration: a mistyped
+    --cache-dir ran on the uncalibrated defaults (0.02 TMAC/s) with exit status 0, and a
+    warning that named neither the option nor the path."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--cache-dir", "typo_dir"]) == 2
+    assert capsys.readouterr().err == (
+        f"laudtriton {argv[0]}: error: --cache-dir 'typo_dir' does not exist; give the "
+        "directory that holds the autotune cache and calibration (`laudtriton sweep` and "
+        "`laudtriton calibrate` write them), or leave the option out for the default\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["bench", "sweep"])
 def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsys):
     argv = [command, "--csv", str(tmp_path)]  # a directory

@@ -127,12 +127,27 @@ def test_plot_command_says_when_it_leaves_out_the_predicted_line(tmp_path, capsy
     """Without a calibration (or timings to fit it on) the figures have no predicted
     line; the command said nothing of it, though its help promises the line."""
     csv = write_csv(_rows(), tmp_path / "t.csv")
+    (tmp_path / "empty").mkdir()
     argv = ["plot", "--from", str(csv), "--out", str(tmp_path / "o"), "--cache-dir",
             str(tmp_path / "empty")]
     assert _run(argv) == 0
     assert "laudtriton plot: no predicted line: " in capsys.readouterr().err
     assert _run(argv + ["--no-predicted"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_plot_command_checks_the_device_name_without_the_predicted_line(tmp_path, capsys):
+    """A CSV plotted with --no-predicted reads no device, yet a --device that names none
+    is refused there too ('gpu' went through); a CUDA device this machine lacks is not
+    needed there, and accepted."""
+    csv = write_csv(_rows(), tmp_path / "t.csv")
+    argv = ["plot", "--from", str(csv), "--out", str(tmp_path / "o"), "--no-predicted"]
+    assert _run(argv + ["--device", "gpu"]) == 2
+    assert capsys.readouterr().err == ("laudtriton plot: error: --device 'gpu' unknown; "
+                                       "accepted: 'cpu', 'cuda', 'cuda:N'\n")
+    assert not (tmp_path / "o").exists()
+    assert _run(argv + ["--device", "cuda:3"]) == 0
+    assert all(_is_png(Path(p)) for p in capsys.readouterr().out.split())
 
 
 def test_plot_rejects_empty(tmp_path):
@@ -254,6 +269,7 @@ def _run(argv):
 
 def test_plot_command_from_cache(tmp_path, capsys):
     c = TuneCache(tmp_path / "cache")
+    c.dir.mkdir()  # empty (one that does not exist is refused: test_cli)
     assert _run(["plot", "--from", "cache", "--cache-dir", str(c.dir),
                  "--out", str(tmp_path / "o")]) == 2
     assert "no current timings" in capsys.readouterr().err

@@ -483,6 +483,10 @@ def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
      "variant; give a comma list, or leave it out for all"),
     (["design", "--target-rate", "0.5", "--modes", ","], "--modes ',' names no mode; give "
      "a comma list of spatial, channel, layer, both"),
+    (["predict", "--variants", "gather,,patch"], "--variants 'gather,,patch' has an empty "
+     "item; give a comma list, or leave it out for all"),
+    (["design", "--target-rate", "0.5", "--modes", "spatial,layer,"], "--modes "
+     "'spatial,layer,' has an empty item; give a comma list of spatial, channel, layer, both"),
     (["calibrate", "--cache-dir", ""], "--cache-dir '' is empty; give a "
      "directory, or leave the option out "
      "for the default"),

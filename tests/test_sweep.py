@@ -698,6 +698,22 @@ def test_a_sweep_refused_after_making_its_cache_folder_removes_it(tmp_path, caps
     assert args.func(args) == 2 and (tmp_path / "kept").is_dir()
 
 
+@pytest.mark.parametrize("option,value,says", [
+    ("--blocks", "layer4.2,,layer4.1", "--blocks 'layer4.2,,layer4.1' has an empty item; "
+     "give names or indices, e.g. 'layer1.0,1'"),
+    ("--variants", "gather,", "--variants 'gather,' has an empty item; give a comma list "
+     "of variants"),
+])
+def test_a_sweep_list_with_an_empty_item_is_refused(tmp_path, capsys, option, value, says):
+    """'a,,b' ran as 'a,b' (and 'a,' as 'a'), where a malformed --rates is refused."""
+    argv = ["sweep", "--rates", "0.5", "--blocks", "layer4.2", "--cache-dir", str(tmp_path),
+            "--no-progress", "--input-size", "64", "--csv", str(tmp_path / "s.csv")]
+    args = _parser().parse_args(argv + [option, value])
+    assert args.func(args) == 2
+    assert capsys.readouterr().err == f"laudtriton sweep: error: {says}\n"
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_a_cached_item_gets_the_input_size_of_the_sweep_that_finds_it(tmp_path, counted):
     """Entries written before sweeps recorded the input size kept none when a later sweep
     found them cached, and ``plot --from cache`` then drew them with the 224 ones."""

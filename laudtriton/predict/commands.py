@@ -50,8 +50,11 @@ def _peak_note(hw, dtype: str) -> str:
 
 def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
     """The items of the comma list ``text`` given with ``flag``; a ValueError naming it if
-    there are none (',' or '' would otherwise silently mean "nothing" or "everything")."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    there are none (',' or '' would otherwise silently mean "nothing" or "everything") or
+    an item is empty (``comma_items``)."""
+    from ..tune.options import comma_items
+
+    items = comma_items(text, flag, accepted)
     if not items:
         raise ValueError(f"{flag} {text!r} names no {noun}; give {accepted}")
     return items
@@ -65,7 +68,7 @@ def _check_common(args) -> None:
     check_batch(args.batch)  # per-sample mask tables grow with it
     check_input_size(args.input_size)
     parse_stages(args.channel_granularity, "--channel-granularity")
-    check_cache_dir(args.cache_dir)
+    check_cache_dir(args.cache_dir, read=True)
 
 
 def _rates(text: str) -> list[float]:

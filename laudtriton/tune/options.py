@@ -153,11 +153,33 @@ def check_nonempty(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path!r} is empty; give a path")
 
 
-def check_cache_dir(path: str | None, flag: str = "--cache-dir") -> None:
+def comma_items(text: str, flag: str, accepted: str) -> list[str]:
+    """The stripped items of the comma list ``text`` given with ``flag``; [] when it has
+    none ('' or ','), which each caller refuses in its own words. A ValueError naming the
+    flag when some items are empty and others not ('a,,b', 'a,'): a malformed list is
+    refused, as a malformed rate list is, not read as 'a,b'. accepted: what to give, for
+    the message."""
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        return []
+    if not all(items):
+        raise ValueError(f"{flag} {text!r} has an empty item; give {accepted}")
+    return items
+
+
+def check_cache_dir(path: str | None, flag: str = "--cache-dir", read: bool = False) -> None:
     """A ValueError naming ``flag`` when ``path`` is empty, or names a file or lies inside
-    one (None: the default directory; ``keys.check_dir``)."""
-    if path is not None:
-        check_dir(path, flag, ", or leave the option out for the default")
+    one (None: the default directory; ``keys.check_dir``). read: the command only reads
+    the cache and the calibration there, so a directory that does not exist (a mistyped
+    path) is refused too, rather than read as an empty cache on default numbers."""
+    if path is None:
+        return
+    check_dir(path, flag, ", or leave the option out for the default")
+    if read and not os.path.isdir(os.path.expanduser(path)):
+        raise ValueError(f"{flag} {path!r} does not exist; give the directory that holds "
+                         "the autotune cache and calibration (`laudtriton sweep` and "
+                         "`laudtriton calibrate` write them), or leave the option out for "
+                         "the default")
 
 
 def make_writable_dir(path: str | None, flag: str) -> str | None:
@@ -271,9 +293,9 @@ def out_of_memory(e: RuntimeError, options: str) -> ValueError:
     return ValueError(f"{options}: out of memory ({str(e).splitlines()[0][:200]})")
 
 
-def check_device(device: str) -> torch.device:
-    """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or an
-    available 'cuda[:N]'."""
+def check_device_name(device: str) -> torch.device:
+    """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or
+    'cuda[:N]' (whether this machine has that GPU is ``check_device``'s test)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -282,6 +304,13 @@ def check_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index is not None):
         # 'cpu:1' ran as 'cpu': torch has one CPU device
         raise ValueError(f"--device {device!r} unknown; accepted: 'cpu', 'cuda', 'cuda:N'")
+    return dev
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch.device; a ValueError naming it unless it is 'cpu' or an
+    available 'cuda[:N]'."""
+    dev = check_device_name(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: no CUDA GPU is available here; use 'cpu'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

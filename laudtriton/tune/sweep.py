@@ -29,7 +29,7 @@ from ..ops.synthetic import synthetic_masks
 from ..schedule import rate_key
 from .cache import TuneCache
 from .measure import config_key, time_variants
-from .options import parse_rates, parse_shard
+from .options import comma_items, parse_rates, parse_shard
 from .sweep_csv import write_csv
 from .timing import median_time
 
@@ -85,12 +85,12 @@ def _select(named: list[tuple[str, LaudBottleneck, BlockSpec]],
             blocks: Sequence[str | int] | str | None):
     if blocks is None:
         return named
-    if isinstance(blocks, str):
-        blocks = [b.strip() for b in blocks.split(",") if b.strip()]
     names = [n for n, _, _ in named]
+    example = f"names or indices, e.g. '{names[0]},1'"
+    if isinstance(blocks, str):
+        blocks = comma_items(blocks, "--blocks", example)
     if not blocks:
-        raise ValueError(f"--blocks selects no block; give names or indices, e.g. "
-                         f"'{names[0]},1'")
+        raise ValueError(f"--blocks selects no block; give {example}")
     keep = set()
     for b in blocks:
         if isinstance(b, int) or (isinstance(b, str) and b.isascii() and b.isdigit()):
@@ -244,7 +244,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     wanted = None
     if variants is not None:
         if isinstance(variants, str):
-            variants = [v.strip() for v in variants.split(",") if v.strip()]
+            variants = comma_items(variants, "--variants", "a comma list of variants")
         if not variants:
             raise ValueError("--variants is empty; name one or more variants (dense is "
                              "always timed), or leave it out for every variant")

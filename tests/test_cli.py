@@ -102,6 +102,38 @@ def test_a_cache_dir_that_does_not_exist_is_refused_where_only_read(argv, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["bench", "--mode", "layer", "--granularity", "2"], "--granularity '2' is read only by "
+     "spatial and both stages, and mode 'layer' has none"),
+    (["bench", "--mode", "spatial", "--channel-granularity", "4"], "--channel-granularity "
+     "'4' is read only by channel and both stages, and mode 'spatial' has none"),
+    (["sweep", "--mode", "channel-channel-layer-layer", "--granularity", "2-2-2-2"],
+     "--granularity '2-2-2-2' is read only by spatial and both stages, and mode "
+     "'channel-channel-layer-layer' has none"),
+    (["predict", "--mode", "layer", "--channel-granularity", "2"], "--channel-granularity "
+     "'2' is read only by channel and both stages, and mode 'layer' has none"),
+    (["design", "--target-rate", "0.5", "--modes", "spatial,layer", "--channel-granularity",
+      "2"], "--channel-granularity '2' is read only by channel and both stages, and --modes "
+     "'spatial,layer' has none"),
+])
+def test_a_granularity_no_stage_reads_is_refused(argv, says, capsys, tmp_path, monkeypatch):
+    """bench, sweep and predict ran the default's layout with it, bench's CSV recording the
+    value given (and spatial mode refused --channel-granularity 3 for not dividing a width
+    while it ignored 4)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"laudtriton {argv[0]}: error: {says}; leave it out\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_granularities_pass_in_any_form_where_no_stage_reads_them(capsys):
+    """Written out as the default ('4-4-2-1', '1-1-1-1') they change nothing: accepted."""
+    assert main(["predict", "--mode", "layer", "--granularity", "4-4-2-1",
+                 "--channel-granularity", "1-1-1-1", "--rates", "0.5", "--hardware", "v100",
+                 "--no-fit"]) == 0
+    assert "mode layer" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", ["bench", "sweep"])
 def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsys):
     argv = [command, "--csv", str(tmp_path)]  # a directory

@@ -325,16 +325,20 @@ def test_cli_predict_takes_a_channel_granularity_per_stage(capsys, tmp_path):
 @pytest.mark.parametrize("mode, says", [
     ("layer", "mode layer batch 1"),
     ("channel", "mode channel channel granularity 2 batch 1"),
-    ("spatial", "mode spatial S 4-4-2-1 batch 1"),
-    ("both", "mode both S 4-4-2-1 channel granularity 2 batch 1"),
+    ("spatial", "mode spatial S 2 batch 1"),
+    ("both", "mode both S 2 channel granularity 2 batch 1"),
 ])
 def test_cli_predict_header_names_the_layout_the_mode_uses(capsys, tmp_path, mode, says):
     """The header echoed "S <--granularity>" in every mode (S 1000 for layer skipping,
-    which has no S) and never the channel granularity a channel table was built with."""
-    gran = "1000" if mode in ("layer", "channel") else "4-4-2-1"  # 1000: read by neither
-    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--mode", mode,
-                         "--granularity", gran, "--channel-granularity", "2", "--rates", "0.5",
-                         "--hardware", "h200", "--dtype", "float32",
+    which has no S; such a value is refused now: test_cli) and never the channel
+    granularity a channel table was built with."""
+    layout = []
+    if mode in ("spatial", "both"):
+        layout += ["--granularity", "2"]
+    if mode in ("channel", "both"):
+        layout += ["--channel-granularity", "2"]
+    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--mode", mode, *layout,
+                         "--rates", "0.5", "--hardware", "h200", "--dtype", "float32",
                          "--cache-dir", str(tmp_path)], capsys)
     assert rc == 0, err
     assert f"laud_resnet50 {says} float32" in out.splitlines()
@@ -459,8 +463,11 @@ def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
      "joined by '-', e.g. '4-4-2-1'"),
     (["predict", "--channel-granularity", "2-2-4", "--mode", "channel"],
      "--channel-granularity '2-2-4' has 3 stages; LAUD-ResNet has 4 (e.g. '4-4-2-1')"),
-    (["predict", "--channel-granularity", "3", "--mode", "spatial"],
+    (["predict", "--channel-granularity", "3", "--mode", "channel"],
      "--channel-granularity 3 must divide the stage 1 width 64"),  # as the model refuses it
+    (["predict", "--channel-granularity", "3", "--mode", "spatial"],  # no stage reads it
+     "--channel-granularity '3' is read only by channel and both stages, and mode "
+     "'spatial' has none; leave it out"),
     (["predict", "--batch", "0"], "--batch 0 must be in [1, 4096]"),
     (["predict", "--input-size", "16"], "--input-size must be in [32, 4096] (the stem and "
      "the four stages halve it five times), got 16"),

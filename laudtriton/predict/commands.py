@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 
+from ..tune.options import CHANNEL_GRANULARITY, GRANULARITY
 from .calibrate import predictor_for, timings_cache
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
@@ -87,9 +88,9 @@ def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -
                    help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
     p.add_argument("--input-size", type=int, default=224,
                    help="input height and width in pixels (default 224)")
-    p.add_argument("--channel-granularity", default="1",
+    p.add_argument("--channel-granularity", default=CHANNEL_GRANULARITY,
                    help="channels per channel-mask group: one int or per stage 'a-b-c-d' "
-                        "(default 1)")
+                        f"(default {CHANNEL_GRANULARITY}; read by channel and both stages)")
     p.add_argument("--cache-dir", default=None, help="autotune cache / calibration directory")
     p.add_argument("--no-fit", action="store_true",
                    help="use default efficiency factors, not ones fitted on cached timings")
@@ -111,7 +112,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     _common(p)
     p.add_argument("--mode", default="spatial",
                    help="spatial|channel|layer|both or 'a-b-c-d' (default spatial)")
-    p.add_argument("--granularity", default="4-4-2-1", help="S per stage (default '4-4-2-1')")
+    p.add_argument("--granularity", default=GRANULARITY,
+                   help=f"S per stage (default '{GRANULARITY}'; read by spatial and both "
+                        "stages)")
     p.add_argument("--rates", default="0.25,0.5,0.75",
                    help="'0.25,0.5' or 'start:stop:step' (default '0.25,0.5,0.75')")
     p.add_argument("--variants", default=None,
@@ -185,8 +188,9 @@ def run_predict(args: argparse.Namespace) -> int:
         ValueError: naming the bad option and its value (``laudtriton`` prints it in one
             line and exits with code 2).
     """
+    from ..nn.resnet import parse_modes
     from ..ops.registry import variants_for
-    from ..tune.options import parse_stages
+    from ..tune.options import check_layout_read, check_mode, parse_stages
     from .model import (
         predict_expected,
         predict_static_dense,
@@ -202,6 +206,10 @@ def run_predict(args: argparse.Namespace) -> int:
     # every option checked before the hardware is read (it may warn)
     rates = _rates(args.rates)
     parse_stages(args.granularity, "--granularity")
+    check_mode(args.mode, "--mode")
+    check_layout_read(parse_modes(args.mode), {
+        "--granularity": args.granularity, "--channel-granularity": args.channel_granularity},
+        f"mode {args.mode!r}")
     model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                 "float32", args.channel_granularity)
     only = None
@@ -357,6 +365,7 @@ def run_design(args: argparse.Namespace) -> int:
             code 2).
     """
     from ..schedule import check_modes, check_target_rate, design_search, design_stages
+    from ..tune.options import check_layout_read
     from .network import check_arch
 
     if args.top < 1:
@@ -367,6 +376,8 @@ def run_design(args: argparse.Namespace) -> int:
     modes = tuple(_list(args.modes, "--modes", "mode",
                         "a comma list of spatial, channel, layer, both"))
     check_modes(modes)
+    check_layout_read(modes, {"--channel-granularity": args.channel_granularity},
+                      f"--modes {args.modes!r}")
     try:
         grans = tuple(int(g) for g in args.granularities.split(","))
     except ValueError:  # an empty item ("1,,2") too

@@ -117,18 +117,42 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+# the defaults of --granularity and --channel-granularity (bench, sweep, predict)
+GRANULARITY, CHANNEL_GRANULARITY = "4-4-2-1", "1"
+# the stage modes that read each: S for spatial masks, channel groups for channel masks
+READ_BY = {"--granularity": ("spatial", "both"), "--channel-granularity": ("channel", "both")}
+
+
 def add_layout_options(p: argparse.ArgumentParser) -> None:
     """--mode, --granularity, --channel-granularity: the LAUD model's layout, as ``bench``
     and ``sweep`` take it (``check_layout_options`` checks them)."""
     p.add_argument("--mode", default="spatial",
                    help="spatial, channel, layer or both, or one per stage joined by '-' "
                         "(default spatial)")
-    p.add_argument("--granularity", default="4-4-2-1",
+    p.add_argument("--granularity", default=GRANULARITY,
                    help="patch size S: one int, or one per stage joined by '-' "
-                        "(default 4-4-2-1)")
-    p.add_argument("--channel-granularity", default="1",
+                        f"(default {GRANULARITY}; read by spatial and both stages)")
+    p.add_argument("--channel-granularity", default=CHANNEL_GRANULARITY,
                    help="channels per channel-mask group: one int, or one per stage "
-                        "joined by '-' (default 1)")
+                        f"joined by '-' (default {CHANNEL_GRANULARITY}; read by channel and "
+                        "both stages)")
+
+
+def check_layout_read(modes, given: dict[str, str], where: str) -> None:
+    """A ValueError naming the option when one of ``given`` ({"--granularity": value,
+    "--channel-granularity": value}) holds another value than its default while none of
+    ``modes`` (the stage modes, or the modes a search ranks; ``where`` names them for the
+    message, e.g. "mode 'layer'") reads it (``READ_BY``): the run would be the default's,
+    and bench's CSV would record the value given. The default in another form ("1-1-1-1")
+    passes."""
+    defaults = {"--granularity": GRANULARITY, "--channel-granularity": CHANNEL_GRANULARITY}
+    for flag, value in given.items():
+        if set(modes) & set(READ_BY[flag]):
+            continue
+        if parse_stages(value, flag) != parse_stages(defaults[flag], flag):
+            raise ValueError(f"{flag} {value!r} is read only by "
+                             f"{' and '.join(READ_BY[flag])} stages, and {where} has none; "
+                             "leave it out")
 
 
 def check_layout_options(args: argparse.Namespace) -> None:
@@ -139,6 +163,9 @@ def check_layout_options(args: argparse.Namespace) -> None:
     check_mode(args.mode, "--mode")
     parse_stages(args.granularity, "--granularity")
     parse_stages(args.channel_granularity, "--channel-granularity")
+    check_layout_read(parse_modes(args.mode), {
+        "--granularity": args.granularity, "--channel-granularity": args.channel_granularity},
+        f"mode {args.mode!r}")
     from ..predict.network import model_specs  # (tune may read predict inside a function)
 
     size = getattr(args, "input_size", None) or 224

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 
 import torch
 
@@ -138,7 +139,7 @@ def add_layout_options(p: argparse.ArgumentParser) -> None:
                         "both stages)")
 
 
-def check_layout_read(modes, given: dict[str, str], where: str) -> None:
+def check_layout_read(modes: Sequence[str], given: dict[str, str], where: str) -> None:
     """A ValueError naming the option when one of ``given`` ({"--granularity": value,
     "--channel-granularity": value}) holds another value than its default while none of
     ``modes`` (the stage modes, or the modes a search ranks; ``where`` names them for the

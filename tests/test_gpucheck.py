@@ -43,7 +43,8 @@ def test_run_rejects_other_devices(tmp_path, capsys):
     ("--budget", "100000"),  # 1e20 overflowed the watchdog's timer: a traceback
     ("--configs", "0"), ("--compile-jobs", "0"), ("--batches", "0"), ("--batches", "1,-64"),
     ("--batches", ""),
-    ("--batches", "1,x"), ("--batches", "64,1,64"), ("--input-size", "16"), ("--out", ""),
+    ("--batches", "1,x"), ("--batches", "64,1,64"), ("--batches", "100000"),
+    ("--input-size", "16"), ("--out", ""),
 ])
 def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
     """Every numeric option is checked first (the CPU plumbing mode would otherwise run

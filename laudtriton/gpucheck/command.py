@@ -127,8 +127,10 @@ def _options(args) -> list[int]:
     if len(set(batches)) != len(batches):
         raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
                          "timed twice)")
-    from ..tune.options import check_input_size
+    from ..tune.options import check_batch, check_input_size
 
+    for b in batches:  # the bound every command's --batch has
+        check_batch(b, "--batches")
     check_input_size(args.input_size)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")

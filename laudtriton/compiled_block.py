@@ -26,7 +26,7 @@ from .guards import (
 )
 from .nn.block import BlockMasks
 from .ops import BlockSpec, get_variant
-from .ops.fold import FoldedBlock
+from .ops.fold import Derived, FoldedBlock
 from .ops.layer import gate_values
 from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
 from .order import SampleOrder, caller_masks, take_masks
@@ -71,7 +71,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
         self.rate_free = dispatch == "static" or len(choices) == 1
         self._last: tuple[BlockMasks, Choice, tuple[int, ...] | None] | None = None
         self._fits: dict[tuple, bool] = {}  # (map size, variant): runs there (``_fit``)
-        self._shifts = self._shift_key()  # b1 and b2 as kappa1 and kappa2 were made from
+        self._note_shifts()  # b1 and b2, which kappa1 and kappa2 were made from
         self.train(False)  # inference only, from the start (a module starts in training)
 
     def forward(self, x: torch.Tensor, reuse_input: bool = False,
@@ -139,23 +139,41 @@ class CompiledBlock(RefusesTracing, nn.Module):
         order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, order.snapshot())
 
-    def _shift_key(self) -> tuple:
-        fb = self.fb  # the tensors themselves: while kept, no other tensor takes their id
-        return fb.b1, fb.b1._version, fb.b2, fb.b2._version
+    def _note_shifts(self) -> None:
+        """Keep b1 and b2 as fb.kappa1 and fb.kappa2 now follow them: copies of their
+        values, and the tensors with their versions in a ``Derived`` (which copies and
+        pickles leave empty: their tensors restart their versions)."""
+        fb = self.fb
+        with torch.inference_mode(False), torch.no_grad():
+            self._shift_values = (fb.b1.clone(), fb.b2.clone())
+        self._shift_seen = Derived(None, (fb.b1, fb.b1._version, fb.b2, fb.b2._version))
 
     def _follow_shifts(self) -> None:
         """fb.kappa1 and fb.kappa2, the values a skipped channel carries (``ops.fold``),
-        are relu(fb.b1) and relu(fb.b2): made again when b1 or b2 was replaced or edited in
-        place since the last call, so that the variants that skip channels correct with
-        the shifts the block has now (the new kappas are new tensors: what is derived from
-        them is rebuilt, as for any weight)."""
-        key = self._shift_key()
-        old = self._shifts
-        if key[0] is old[0] and key[2] is old[2] and key[1] == old[1] and key[3] == old[3]:
-            return
+        are relu(fb.b1) and relu(fb.b2): each is made again when the values of its shift
+        changed since the last call (b1 or b2 replaced or edited in place), so that the
+        variants that skip channels correct with the shifts the block has now. The new
+        kappas are new tensors (what is derived from them is rebuilt, as for any
+        weight), made outside inference mode (``fold_block`` says why). Unchanged
+        identities and versions tell at no cost that nothing changed; otherwise (an edit,
+        or the first call of a copy or a pickle) the values decide, so a kappa edited on
+        its own keeps its values until its shift changes."""
         fb = self.fb
-        fb.kappa1, fb.kappa2 = torch.relu(fb.b1), torch.relu(fb.b2)
-        self._shifts = key
+        seen = getattr(self, "_shift_seen", None)  # None: a block pickled before this
+        if seen is None:
+            self._note_shifts()
+            return
+        s = seen.value
+        if (s is not None and fb.b1 is s[0] and fb.b2 is s[2] and fb.b1._version == s[1]
+                and fb.b2._version == s[3]):
+            return
+        b1, b2 = self._shift_values
+        with torch.inference_mode(False), torch.no_grad():
+            if not same_values(fb.b1, b1):
+                fb.kappa1 = torch.relu(fb.b1)
+            if not same_values(fb.b2, b2):
+                fb.kappa2 = torch.relu(fb.b2)
+        self._note_shifts()
 
     def _masks(self, x: torch.Tensor) -> BlockMasks:
         """The maskers' masks for x; a channel MLP masker or a layer gate reads the
@@ -346,6 +364,12 @@ def mean_rows(x: torch.Tensor) -> torch.Tensor:
         return global_pool(x)
     ones = x.new_full((1, h * w), 1.0 / (h * w))
     return torch.mm(ones, x[0].permute(1, 2, 0).reshape(h * w, c))
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b hold the same values (shape, dtype and device too)."""
+    return (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+            and torch.equal(a, b))
 
 
 def mean64(t: torch.Tensor) -> float:

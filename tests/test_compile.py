@@ -211,6 +211,51 @@ def test_edited_shifts_reach_the_skipped_channels(mode, variant, field, bn):
     assert [cm.blocks[i].last_run.variant for i in (1, 2)] == [variant] * 2
 
 
+def test_edited_shifts_are_followed_under_inference_mode_and_in_copies():
+    """The kappas made again after an edit of b1 are ordinary tensors also when the call
+    runs under inference_mode (made there, they raised in every later call); a copy or a
+    pickle made after an edit that no call has followed yet follows it (its tensors
+    restart their versions, which could equal the ones kept); a kappa edited on its own
+    keeps its values in copies, and when only the other shift changes."""
+    import copy
+    import io
+
+    x = spread(3, (64, 64))
+    model = tiny_model("channel")
+    calibrate_rates(model, x, 0.5)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["slice"])
+    ref_block = [b for _, b in model.blocks()][1]
+    fb = cm.blocks[1].fb
+    delta = torch.linspace(-1.0, 1.0, fb.width)
+    with torch.no_grad():
+        fb.b1.add_(delta)
+        ref_block.bn1.bias.add_(delta)
+    with torch.inference_mode():
+        assert_close(cm(x), model(x))
+    assert not fb.kappa1.is_inference()
+    with torch.no_grad():
+        fb.b2.add_(delta)  # followed by a call
+        ref_block.bn2.bias.add_(delta)
+        cm(x)
+        fb.b1.add_(delta)  # not yet: the copies follow it
+        ref_block.bn1.bias.add_(delta)
+        buf = io.BytesIO()
+        torch.save(cm, buf)
+        buf.seek(0)
+        for other in (copy.deepcopy(cm), torch.load(buf, weights_only=False), cm):
+            assert_close(other(x), model(x))
+        fb.kappa2.add_(0.25)  # on its own
+        want = cm(x)
+        with pytest.raises(AssertionError, match="max error"):
+            assert_close(want, model(x))  # the edit shows
+        assert_close(copy.deepcopy(cm)(x), want)
+        fb.b1.add_(delta)  # kappa1 follows; kappa2 keeps its edit
+        assert torch.equal(fb.kappa2, torch.relu(fb.b2) + 0.25)
+        cm(x)
+        assert torch.equal(fb.kappa1, torch.relu(fb.b1))
+        assert torch.equal(fb.kappa2, torch.relu(fb.b2) + 0.25)
+
+
 def test_bare_block_and_static_dispatch():
     block = make_block(24, 8, stride=2, mode="spatial", granularity=2, seed=3)
     x = torch.randn(2, 24, 13, 11)

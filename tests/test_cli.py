@@ -102,6 +102,22 @@ def test_a_cache_dir_that_does_not_exist_is_refused_where_only_read(argv, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cache_dir_variable_that_names_no_directory_is_refused_where_only_read(
+        capsys, tmp_path, monkeypatch):
+    """$LAUDTRITON_CACHE_DIR as --cache-dir; a --cache-dir given wins over it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", "typo_dir")
+    assert main(["predict", "--hardware", "v100", "--no-fit", "--rates", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "laudtriton predict: error: LAUDTRITON_CACHE_DIR 'typo_dir' does not exist; give "
+        "the directory that holds the autotune cache and calibration (`laudtriton sweep` "
+        "and `laudtriton calibrate` write them), or unset it for the default\n")
+    (tmp_path / "given").mkdir()
+    assert main(["predict", "--hardware", "v100", "--no-fit", "--rates", "0.5",
+                 "--cache-dir", "given"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["given"]
+
+
 @pytest.mark.parametrize("argv,says", [
     (["bench", "--mode", "layer", "--granularity", "2"], "--granularity '2' is read only by "
      "spatial and both stages, and mode 'layer' has none"),

@@ -199,15 +199,21 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir", read: bool = Fa
     """A ValueError naming ``flag`` when ``path`` is empty, or names a file or lies inside
     one (None: the default directory; ``keys.check_dir``). read: the command only reads
     the cache and the calibration there, so a directory that does not exist (a mistyped
-    path) is refused too, rather than read as an empty cache on default numbers."""
-    if path is None:
+    path) is refused too, rather than read as an empty cache on default numbers; so is
+    one named by $LAUDTRITON_CACHE_DIR when ``path`` is None (the default directory
+    itself may not exist yet: then the commands say they run uncalibrated)."""
+    env = os.environ.get("LAUDTRITON_CACHE_DIR")
+    if path is None and not (read and env):
         return
-    check_dir(path, flag, ", or leave the option out for the default")
+    if path is None:
+        flag, path, unset = "LAUDTRITON_CACHE_DIR", env, "unset it"
+    else:
+        unset = "leave the option out"
+    check_dir(path, flag, f", or {unset} for the default")
     if read and not os.path.isdir(os.path.expanduser(path)):
         raise ValueError(f"{flag} {path!r} does not exist; give the directory that holds "
                          "the autotune cache and calibration (`laudtriton sweep` and "
-                         "`laudtriton calibrate` write them), or leave the option out for "
-                         "the default")
+                         f"`laudtriton calibrate` write them), or {unset} for the default")
 
 
 def make_writable_dir(path: str | None, flag: str) -> str | None:

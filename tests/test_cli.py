@@ -131,6 +131,9 @@ def test_a_cache_dir_variable_that_names_no_directory_is_refused_where_only_read
     (["design", "--target-rate", "0.5", "--modes", "spatial,layer", "--channel-granularity",
       "2"], "--channel-granularity '2' is read only by channel and both stages, and --modes "
      "'spatial,layer' has none"),
+    (["design", "--target-rate", "0.5", "--modes", "layer,channel", "--granularities",
+      "3,5"], "--granularities '3,5' is read only by spatial and both stages, and --modes "
+     "'layer,channel' has none"),
 ])
 def test_a_granularity_no_stage_reads_is_refused(argv, says, capsys, tmp_path, monkeypatch):
     """bench, sweep and predict ran the default's layout with it, bench's CSV recording the

@@ -20,6 +20,7 @@ log = logging.getLogger("laudtriton")
 # predict's options that only its latency table reads. The parser sets them to None (not
 # given), so that --validate, which reads every cached timing of the device, can refuse
 # them when given rather than ignore them; their declared defaults are filled in after.
+DESIGN_GRANULARITIES = "1,2,4,8"  # design's --granularities: the S a search ranks
 TABLE_OPTIONS = ("model", "mode", "granularity", "rates", "variants", "batch", "dtype",
                  "input_size", "channel_granularity", "no_fit")
 
@@ -337,9 +338,9 @@ def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--modes", default="spatial,channel,layer",
                    help="comma list of the modes a stage may take, of spatial, channel, "
                         "layer, both (default spatial,channel,layer)")
-    p.add_argument("--granularities", default="1,2,4,8",
+    p.add_argument("--granularities", default=DESIGN_GRANULARITIES,
                    help="comma list of the S a spatial (or both) stage may take, each at "
-                        "most its map (default 1,2,4,8)")
+                        f"most its map (default {DESIGN_GRANULARITIES})")
     p.add_argument("--top", type=int, default=5,
                    help="configurations printed, fastest first (default 5)")
     p.set_defaults(func=run_design)
@@ -385,6 +386,11 @@ def run_design(args: argparse.Namespace) -> int:
                          "'1,2,4,8'") from None
     if not grans or any(g < 1 for g in grans):
         raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
+    default = {int(g) for g in DESIGN_GRANULARITIES.split(",")}
+    if not {"spatial", "both"} & set(modes) and set(grans) != default:
+        raise ValueError(f"--granularities {args.granularities!r} is read only by spatial "
+                         f"and both stages, and --modes {args.modes!r} has none; leave it "
+                         "out")
     # the options the search reads, before the hardware (whose calibration may warn)
     design_stages(args.model, modes, grans, args.batch, args.input_size,
                   args.dtype or "float32", args.channel_granularity)

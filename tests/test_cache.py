@@ -679,10 +679,15 @@ def test_record_refuses_what_a_reader_would_drop(tmp_path, rate, timings, says):
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {'{"a":1}': 1e-3}}
 
 
-def test_record_refuses_malformed_meta(tmp_path):
+@pytest.mark.parametrize("meta", [{"asked_rates": [2.0]}, {"input_size": [64]},
+                                  {"input_size": "x"}, {"input_size": 64.5},
+                                  {"input_size": True}, {"input_size": 0}])
+def test_record_refuses_malformed_meta(tmp_path, meta):
+    """An input size other than a positive int passed as valid, and then broke `plot
+    --from cache` (a traceback) or was cut to an int (64.5 -> 64)."""
     c = TuneCache(tmp_path)
     with pytest.raises(ValueError, match="record: spec .* or meta .* is malformed"):
-        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"asked_rates": [2.0]})
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta=meta)
     assert c.lookup(SPEC, 0.5) is None and not c.path.exists()
 
 

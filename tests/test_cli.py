@@ -153,6 +153,24 @@ def test_the_default_granularities_pass_in_any_form_where_no_stage_reads_them(ca
     assert "mode layer" in capsys.readouterr().out
 
 
+def test_a_home_directory_of_no_user_is_refused(capsys, tmp_path, monkeypatch):
+    """'~nouser/x': pathlib raised a RuntimeError (a traceback, exit status 1) in sweep
+    and cache, and compile raised it where its docstring says ValueError."""
+    from laudtriton.tune.cache import TuneCache
+
+    monkeypatch.chdir(tmp_path)
+    path = "~no_such_user_laudtriton/x"
+    assert main(["cache", "ls", "--cache-dir", path]) == 2
+    assert capsys.readouterr().err == (
+        f"laudtriton cache: error: --cache-dir {path!r}: '~no_such_user_laudtriton' names "
+        "no home directory here; give another directory, or leave the option out for the "
+        "default\n")
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", path)
+    with pytest.raises(ValueError, match="^LAUDTRITON_CACHE_DIR .* names no home directory"):
+        TuneCache()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["bench", "sweep"])
 def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsys):
     argv = [command, "--csv", str(tmp_path)]  # a directory

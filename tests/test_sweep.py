@@ -733,3 +733,11 @@ def test_a_cached_item_gets_the_input_size_of_the_sweep_that_finds_it(tmp_path, 
     assert {e.meta["input_size"] for e in TuneCache(tmp_path).entries()} == {64}
     with pytest.raises(ValueError, match="input_size 0 is not a positive int"):
         cache.annotate(next(iter(cache.entries())).spec, 0.5, {"input_size": 0})
+    # an input size recorded stays: another size's sweep that finds the item cached (a
+    # block shape models swept at both sizes share) relabelled it, and `plot --from
+    # cache` then drew the first model at a size it was never swept at
+    spec = next(iter(cache.entries())).spec
+    assert cache.annotate(spec, 0.5, {"input_size": 60, "models": {"other": ["b"]}})
+    assert {e.meta["input_size"] for e in TuneCache(tmp_path).entries()} == {64}
+    assert all("other" in e.meta["models"] for e in TuneCache(tmp_path).entries()
+               if e.spec == spec)

@@ -266,11 +266,13 @@ class TuneCache:
 
     def annotate(self, spec: BlockSpec, rate_bucket: float, meta: dict) -> bool:
         """Add ``meta``'s "models" and "asked_rates" (unions, ``record``'s rule) and
-        "input_size" (the model's image side: an entry written before sweeps recorded it
-        gets it) to the current entries of ``spec`` at ``rate_bucket``, their timings and
-        other meta as they are: a sweep that finds an item cached names its model's blocks,
-        its asked rates and its input size there as a sweep that times it does
-        (``laudtriton plot --from cache`` draws a model from them, one per input size).
+        "input_size" (the model's image side, only to an entry that has none: one written
+        before sweeps recorded it) to the current entries of ``spec`` at ``rate_bucket``,
+        their timings and other meta as they are: a sweep that finds an item cached names
+        its model's blocks, its asked rates and its input size there as a sweep that times
+        it does (``laudtriton plot --from cache`` draws a model from them, one per input
+        size). An entry holds one input size: a block shape that models swept at two sizes
+        share is drawn at the first size only.
         Returns whether an entry changed (only then is the file written).
 
         Raises:
@@ -289,14 +291,18 @@ class TuneCache:
                              "[0, 1])")
         changed = False
         for k, e in self._current(spec, rate_bucket).items():
-            if merge_meta(e.get("meta") or {}, names) == (e.get("meta") or {}):
+            old = e.get("meta") or {}
+            # an input size already recorded stays: the entry may serve blocks of models
+            # swept at other sizes, and the last sweep's would relabel the first's
+            add = {n: v for n, v in names.items() if n != "input_size" or n not in old}
+            if merge_meta(old, add) == old:
                 continue
             changed = True
             if k in self._memory:  # a record of ours not written yet: it carries them
                 mine = self._memory[k]
-                self._memory[k] = {**mine, "meta": merge_meta(mine.get("meta") or {}, names)}
+                self._memory[k] = {**mine, "meta": merge_meta(mine.get("meta") or {}, add)}
             else:
-                self._notes[k] = merge_meta(self._notes.get(k, {}), names)
+                self._notes[k] = merge_meta(self._notes.get(k, {}), add)
         if changed:
             self._save()
         return changed

@@ -159,9 +159,9 @@ def _is_config_key(c) -> bool:
 def is_valid_entry(e: object) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
     in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
-    "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1] and
-    "flops_ratio" a number, config keys JSON objects, versions a dict, source_hash a
-    string or null."""
+    "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1], "input_size" a
+    positive int and "flops_ratio" a number, config keys JSON objects, versions a dict,
+    source_hash a string or null."""
     if not (isinstance(e, dict) and is_valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
@@ -183,6 +183,10 @@ def is_valid_entry(e: object) -> bool:
         return False
     asked = meta.get("asked_rates", [])
     if not (isinstance(asked, list) and all(_number(a) and 0.0 <= a <= 1.0 for a in asked)):
+        return False
+    size = meta.get("input_size")
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
+                                 and size > 0):
         return False
     return "flops_ratio" not in meta or _number(meta["flops_ratio"])
 

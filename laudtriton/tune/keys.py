@@ -166,12 +166,18 @@ def check_dir(path: str | os.PathLike[str], name: str, unset: str = "") -> None:
     """A ValueError naming ``name`` when ``path`` (a str or os.PathLike) is blank, which
     would mean the current directory (or a directory named by the spaces), or when it or
     its nearest existing parent is a file (no directory can be made there). ``unset``
-    ends the first message: how to ask for the default. A path that cannot be inspected
-    (no permission) passes: the cache reports what it cannot write, and keeps records in
-    memory."""
+    ends the first message: how to ask for the default. So is a path starting with a
+    '~user' that names no user (or '~' without a home): ``os.path`` leaves it as it is,
+    a directory of that name in the current one, and ``pathlib`` raises a RuntimeError.
+    A path that cannot be inspected (no permission) passes: the cache reports what it
+    cannot write, and keeps records in memory."""
     text = os.fspath(path)
     if not text.strip():
         raise ValueError(f"{name} {text!r} is empty; give a directory{unset}")
+    if text.startswith("~") and os.path.expanduser(text).startswith("~"):
+        head = text.split(os.sep, 1)[0]
+        raise ValueError(f"{name} {text!r}: {head!r} names no home directory here; give "
+                         f"another directory{unset}")
     parts = Path(os.path.expanduser(text)).parts  # '..' kept: 'f/../d' is inside f too
     for k in range(len(parts), 0, -1):  # the longest part of the path that exists
         where = os.path.join(*parts[:k])

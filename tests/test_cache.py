@@ -535,6 +535,44 @@ def test_shipped_cache_matches_the_source():
         assert not stale, f"{path.name}: timings of {stale} predate their current source"
 
 
+def test_a_variant_whose_code_changed_after_it_was_read_is_neither_read_nor_recorded(
+        tmp_path, caplog):
+    """A process runs the code it read first; its timings were filed under the hash of
+    the code on disk when they were recorded, where a later process running the edited
+    code read them as its own. Here the first read of layer.py (the ``compact``
+    variant's module) is made to differ from the file, as after an edit; a comment or
+    docstring differing changes nothing."""
+    import inspect
+    from pathlib import Path
+
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.tune import keys
+
+    path = Path(inspect.getsourcefile(get_variant("compact").run)).resolve()
+    timings = {"dense": {"{}": 2e-3}, "compact": {"{}": 1e-3}}
+    TuneCache(tmp_path).record(SPEC, 0.5, timings)
+    first = keys._FIRST_READ[path]
+    try:
+        keys._FIRST_READ[path] = first + "\n# a comment\n"
+        assert keys.source_hash("compact")  # no code changed
+        keys._FIRST_READ[path] = first + "\nX = 1\n"
+        with pytest.raises(keys.SourceChanged, match="^compact: the code of layer.py "
+                                                     "changed after this process read it"):
+            keys.source_hash("compact")
+        c = TuneCache(tmp_path)
+        assert c.lookup(SPEC, 0.5) == {"dense": {"{}": 2e-3}}
+        with caplog.at_level(logging.WARNING, logger="laudtriton"):
+            c.record(SPEC, 0.6, timings)
+            c.record(SPEC, 0.7, timings)
+        assert caplog.text.count("its timings are not cached") == 1
+        assert c.lookup(SPEC, 0.6) == {"dense": {"{}": 2e-3}}
+        assert {e.variant for e in c.entries(include_stale=True)
+                if e.rate_bucket != 0.5} == {"dense"}
+    finally:
+        keys._FIRST_READ[path] = first
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == timings
+
+
 def test_code_text_ignores_comments_and_docstrings(tmp_path):
     """Editing a comment or a docstring keeps a variant's timings; editing code does not."""
     from laudtriton.tune.keys import code_text

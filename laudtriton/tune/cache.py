@@ -54,6 +54,7 @@ from .cache_file import (
     write_cache_file,
 )
 from .keys import (
+    SourceChanged,
     cache_enabled_from_env,
     current_versions,
     default_cache_dir,
@@ -121,6 +122,7 @@ class TuneCache:
         # into the file's entry under the lock (never its timings as this process read them)
         self._notes: dict[str, dict] = {}
         self._hashes: dict[str, str | None] = {}
+        self._changed: dict[str, str] = {}  # variants whose source changed (``_hash``)
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
         self._warned_foreign = False
@@ -141,6 +143,9 @@ class TuneCache:
         if variant not in self._hashes:
             try:
                 self._hashes[variant] = source_hash(variant)
+            except SourceChanged as e:  # no entry is this process's code's: none read,
+                self._hashes[variant] = None  # none written (``record``)
+                self._changed[variant] = str(e)
             except ValueError:  # not registered here: its entries cannot be validated
                 self._hashes[variant] = None
         return self._hashes[variant]
@@ -230,7 +235,9 @@ class TuneCache:
         ``rate_bucket`` into the cache file (atomic, under the lock). An unwritable
         directory, a file that cannot be read, or a file holding another device's timings
         (two device names with one file name), is reported once; the records then stay
-        in memory.
+        in memory. The timings of a variant whose code changed on disk after this process
+        read it (``keys.SourceChanged``) are not recorded, and that is said once: they
+        were taken with the code read first, and would be filed under the new code's hash.
 
         Raises:
             ValueError: naming what is malformed: a rate outside [0, 1], a variant name
@@ -249,6 +256,11 @@ class TuneCache:
         new: dict[str, dict] = {}
         for variant, cfgs in timings.items():
             src = self._hash(variant)
+            if variant in self._changed:  # said once per cache, kept nowhere
+                if self._changed[variant]:
+                    log.warning("%s; its timings are not cached", self._changed[variant])
+                    self._changed[variant] = ""
+                continue
             new[self._key(spec, bucket, variant, src)] = {
                 "spec": spec.to_dict(), "rate_bucket": bucket, "variant": variant,
                 "versions": dict(self.versions), "source_hash": src,
@@ -261,6 +273,8 @@ class TuneCache:
             raise ValueError(f"record: spec {spec!r} or meta {meta!r} is malformed (meta: "
                              "'models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1], 'flops_ratio' a number)")
+        if not new:
+            return
         merge_entries_into(self._memory, new)
         self._save()
 

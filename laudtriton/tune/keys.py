@@ -25,6 +25,26 @@ from ..ops.registry import get_variant
 _PKG_DIR = Path(__file__).resolve().parent.parent  # laudtriton/
 
 
+class SourceChanged(ValueError):
+    """A variant's source on disk is not the code this process read (``source_hash``)."""
+
+
+def _read_sources() -> dict[Path, str]:
+    """The text of every ``laudtriton/ops`` and ``laudtriton/kernels`` file now."""
+    texts = {}
+    for folder in ("ops", "kernels"):
+        for path in (_PKG_DIR / folder).glob("*.py"):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                texts[path.resolve()] = path.read_text()
+    return texts
+
+
+# Those files as this process first read them, when this module was imported (after
+# ``laudtriton.ops``, which imports the variants): ``source_hash`` refuses a file whose
+# code has changed since, as the code this process runs may then not be the code on disk
+_FIRST_READ = _read_sources()
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     with contextlib.suppress(OSError):
@@ -129,21 +149,35 @@ def source_hash(variant_name: str) -> str:
     any of them hides the old timings; editing comments and docstrings does not.
 
     Raises:
+        SourceChanged: (a ValueError) if the code of one of those files differs from the
+            code it had when this process first read it (``_FIRST_READ``): a process that
+            imported the variant before an edit runs the old code, and its timings filed
+            under the new code's hash would pass for the new code's.
         ValueError: if the variant is not registered.
     """
     h = hashlib.sha256()
     for f in _source_files(get_variant(variant_name)):
         with contextlib.suppress(OSError):
+            text = f.read_text()
+            now, first = code_of(text), _FIRST_READ.get(f)
+            if first is not None and first != text and code_of(first) != now:
+                raise SourceChanged(
+                    f"{variant_name}: the code of {f.name} changed after this process read "
+                    "it; start a new process to time or look up this variant")
             h.update(f.name.encode())
-            h.update(code_text(f))
+            h.update(now)
     return h.hexdigest()[:16]
 
 
 def code_text(path: Path) -> bytes:
     """The code of a Python file without its comments, docstrings, blank lines and
     trailing spaces, so that editing those keeps the timings measured with it (the raw
-    bytes when the file does not parse)."""
-    src = path.read_text()
+    bytes when the file does not parse): ``code_of`` its text."""
+    return code_of(path.read_text())
+
+
+def code_of(src: str) -> bytes:
+    """``code_text`` of the Python source ``src``."""
     try:
         tree = ast.parse(src)
         comments = {t.start[0]: t.start[1] for t in tokenize.generate_tokens(

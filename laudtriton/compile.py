@@ -294,8 +294,10 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         nets, missed_nets = capture_inputs(ref, x, list(outermost_modules(ref, LaudResNet)))
         for name, net, xin in nets:
             _set_submodule(ref, name, _compile(net, xin, **options, nested=name))
-    cache = TuneCache(cache_dir, device=backend) if tune != "off" else None
-    predictor = fitted_predictor(cache, backend) if tune == "cached" else None
+    # the device the blocks are timed on: "cuda" alone named the current one's cache and
+    # calibration, whichever GPU the example input is on
+    cache = TuneCache(cache_dir, device=device) if tune != "off" else None
+    predictor = fitted_predictor(cache, device) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
     captured, missed = block_inputs(ref, x)

@@ -91,7 +91,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:80] or "device"
 
 
-def calibration_path(cache_dir: str | Path | None = None, device: str = "cpu") -> Path:
+def calibration_path(cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
+                     ) -> Path:
     """``<cache dir>/calibration_<device fingerprint>.json``."""
     from ..tune.cache import TuneCache
 
@@ -132,7 +133,7 @@ def read_calibration(path: Path, kind: str | None = None) -> Calibration | None:
     return cal
 
 
-def load_calibration(cache_dir: str | Path | None = None, device: str = "cpu"
+def load_calibration(cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
                      ) -> Calibration | None:
     """The stored calibration of ``device`` in ``cache_dir``: None if absent, and None
     after a one-line warning naming the file if it is corrupt (as a corrupt autotune
@@ -187,7 +188,7 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     return hw, factors, f"factors fitted on {factors['*'].n} cached timings"
 
 
-def fitted_predictor(cache: TuneCache, device: str = "cpu"
+def fitted_predictor(cache: TuneCache, device: str | torch.device = "cpu"
                      ) -> tuple[HardwareSpec, dict[str, Factors]] | None:
     """(HardwareSpec, efficiency factors) of ``device`` for the latency predictor: its
     stored calibration, with factors fitted on the current timings of ``cache`` (a

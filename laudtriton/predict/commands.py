@@ -16,11 +16,11 @@ from .calibrate import predictor_for, timings_cache
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
 log = logging.getLogger("laudtriton")
+DESIGN_GRANULARITIES = "1,2,4,8"  # design's --granularities: the S a search ranks
 
 # predict's options that only its latency table reads. The parser sets them to None (not
 # given), so that --validate, which reads every cached timing of the device, can refuse
 # them when given rather than ignore them; their declared defaults are filled in after.
-DESIGN_GRANULARITIES = "1,2,4,8"  # design's --granularities: the S a search ranks
 TABLE_OPTIONS = ("model", "mode", "granularity", "rates", "variants", "batch", "dtype",
                  "input_size", "channel_granularity", "no_fit")
 

@@ -272,7 +272,7 @@ class TuneCache:
         if bad is not None:
             raise ValueError(f"record: spec {spec!r} or meta {meta!r} is malformed (meta: "
                              "'models' {model: [block names]}, 'asked_rates' rates in "
-                             "[0, 1], 'flops_ratio' a number)")
+                             "[0, 1], 'input_size' a positive int, 'flops_ratio' a number)")
         if not new:
             return
         merge_entries_into(self._memory, new)

@@ -26,7 +26,7 @@ from .guards import (
 )
 from .nn.block import BlockMasks
 from .ops import BlockSpec, get_variant
-from .ops.fold import Derived, FoldedBlock
+from .ops.fold import Derived, Fingerprint, FoldedBlock
 from .ops.layer import gate_values
 from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
 from .order import SampleOrder, caller_masks, take_masks
@@ -141,12 +141,12 @@ class CompiledBlock(RefusesTracing, nn.Module):
 
     def _note_shifts(self) -> None:
         """Keep b1 and b2 as fb.kappa1 and fb.kappa2 now follow them: copies of their
-        values, and the tensors with their versions in a ``Derived`` (which copies and
-        pickles leave empty: their tensors restart their versions)."""
+        values, and their ``Fingerprint`` in a ``Derived`` (which copies and pickles leave
+        empty: their tensors restart their versions)."""
         fb = self.fb
         with torch.inference_mode(False), torch.no_grad():
             self._shift_values = (fb.b1.clone(), fb.b2.clone())
-        self._shift_seen = Derived(None, (fb.b1, fb.b1._version, fb.b2, fb.b2._version))
+        self._shift_seen = Derived(Fingerprint((fb.b1, fb.b2), fb.stride), True)
 
     def _follow_shifts(self) -> None:
         """fb.kappa1 and fb.kappa2, the values a skipped channel carries (``ops.fold``),
@@ -154,25 +154,21 @@ class CompiledBlock(RefusesTracing, nn.Module):
         changed since the last call (b1 or b2 replaced or edited in place), so that the
         variants that skip channels correct with the shifts the block has now. The new
         kappas are new tensors (what is derived from them is rebuilt, as for any
-        weight), made outside inference mode (``fold_block`` says why). Unchanged
-        identities and versions tell at no cost that nothing changed; otherwise (an edit,
-        or the first call of a copy or a pickle) the values decide, so a kappa edited on
-        its own keeps its values until its shift changes."""
+        weight), made outside inference mode (``fold_block`` says why). An unchanged
+        ``Fingerprint`` of b1 and b2 tells at no cost that nothing changed; otherwise (an
+        edit, or the first call of a copy or a pickle) the values decide, so a kappa
+        edited on its own keeps its values until its shift changes."""
         fb = self.fb
         seen = getattr(self, "_shift_seen", None)  # None: a block pickled before this
-        if seen is None:
-            self._note_shifts()
+        if seen is not None and seen.get(Fingerprint((fb.b1, fb.b2), fb.stride)):
             return
-        s = seen.value
-        if (s is not None and fb.b1 is s[0] and fb.b2 is s[2] and fb.b1._version == s[1]
-                and fb.b2._version == s[3]):
-            return
-        b1, b2 = self._shift_values
-        with torch.inference_mode(False), torch.no_grad():
-            if not same_values(fb.b1, b1):
-                fb.kappa1 = torch.relu(fb.b1)
-            if not same_values(fb.b2, b2):
-                fb.kappa2 = torch.relu(fb.b2)
+        if seen is not None:
+            b1, b2 = self._shift_values
+            with torch.inference_mode(False), torch.no_grad():
+                if not same_values(fb.b1, b1):
+                    fb.kappa1 = torch.relu(fb.b1)
+                if not same_values(fb.b2, b2):
+                    fb.kappa2 = torch.relu(fb.b2)
         self._note_shifts()
 
     def _masks(self, x: torch.Tensor) -> BlockMasks:

@@ -14,11 +14,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from ..nn.resnet import MODES, parse_modes
-from .keys import check_dir
+from .keys import check_dir, default_cache_dir
 
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -202,15 +203,16 @@ def check_cache_dir(path: str | None, flag: str = "--cache-dir", read: bool = Fa
     path) is refused too, rather than read as an empty cache on default numbers; so is
     one named by $LAUDTRITON_CACHE_DIR when ``path`` is None (the default directory
     itself may not exist yet: then the commands say they run uncalibrated)."""
-    env = os.environ.get("LAUDTRITON_CACHE_DIR")
-    if path is None and not (read and env):
-        return
-    if path is None:
-        flag, path, unset = "LAUDTRITON_CACHE_DIR", env, "unset it"
-    else:
+    if path is not None:
         unset = "leave the option out"
-    check_dir(path, flag, f", or {unset} for the default")
-    if read and not os.path.isdir(os.path.expanduser(path)):
+        check_dir(path, flag, f", or {unset} for the default")
+        folder = Path(path).expanduser()
+    elif read and os.environ.get("LAUDTRITON_CACHE_DIR"):
+        flag, path, unset = "LAUDTRITON_CACHE_DIR", os.environ["LAUDTRITON_CACHE_DIR"], "unset it"
+        folder = default_cache_dir()  # which checks the variable as check_dir does
+    else:
+        return
+    if read and not folder.is_dir():
         raise ValueError(f"{flag} {path!r} does not exist; give the directory that holds "
                          "the autotune cache and calibration (`laudtriton sweep` and "
                          f"`laudtriton calibrate` write them), or {unset} for the default")

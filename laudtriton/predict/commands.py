@@ -366,7 +366,7 @@ def run_design(args: argparse.Namespace) -> int:
             code 2).
     """
     from ..schedule import check_modes, check_target_rate, design_search, design_stages
-    from ..tune.options import check_layout_read
+    from ..tune.options import READ_BY, check_layout_read, unread
     from .network import check_arch
 
     if args.top < 1:
@@ -387,10 +387,8 @@ def run_design(args: argparse.Namespace) -> int:
     if not grans or any(g < 1 for g in grans):
         raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
     default = {int(g) for g in DESIGN_GRANULARITIES.split(",")}
-    if not {"spatial", "both"} & set(modes) and set(grans) != default:
-        raise ValueError(f"--granularities {args.granularities!r} is read only by spatial "
-                         f"and both stages, and --modes {args.modes!r} has none; leave it "
-                         "out")
+    if not set(READ_BY["--granularities"]) & set(modes) and set(grans) != default:
+        raise unread("--granularities", args.granularities, f"--modes {args.modes!r}")
     # the options the search reads, before the hardware (whose calibration may warn)
     design_stages(args.model, modes, grans, args.batch, args.input_size,
                   args.dtype or "float32", args.channel_granularity)

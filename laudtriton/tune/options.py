@@ -122,7 +122,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 # the defaults of --granularity and --channel-granularity (bench, sweep, predict)
 GRANULARITY, CHANNEL_GRANULARITY = "4-4-2-1", "1"
 # the stage modes that read each: S for spatial masks, channel groups for channel masks
-READ_BY = {"--granularity": ("spatial", "both"), "--channel-granularity": ("channel", "both")}
+# (design's --granularities: the S its search gives spatial and both stages)
+READ_BY = {"--granularity": ("spatial", "both"), "--channel-granularity": ("channel", "both"),
+           "--granularities": ("spatial", "both")}
 
 
 def add_layout_options(p: argparse.ArgumentParser) -> None:
@@ -152,9 +154,14 @@ def check_layout_read(modes: Sequence[str], given: dict[str, str], where: str) -
         if set(modes) & set(READ_BY[flag]):
             continue
         if parse_stages(value, flag) != parse_stages(defaults[flag], flag):
-            raise ValueError(f"{flag} {value!r} is read only by "
-                             f"{' and '.join(READ_BY[flag])} stages, and {where} has none; "
-                             "leave it out")
+            raise unread(flag, value, where)
+
+
+def unread(flag: str, value: str, where: str) -> ValueError:
+    """The error for ``flag`` given ``value`` where no mode of ``where`` reads it
+    (``READ_BY``)."""
+    return ValueError(f"{flag} {value!r} is read only by {' and '.join(READ_BY[flag])} "
+                      f"stages, and {where} has none; leave it out")
 
 
 def check_layout_options(args: argparse.Namespace) -> None:

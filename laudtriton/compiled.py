@@ -15,6 +15,7 @@ from .guards import (
     TRAIN_REFUSED,
     RefusesTracing,
     call_lock,
+    check_flag,
     hooked,
     mark_nan,
     no_autocast,
@@ -152,6 +153,7 @@ class CompiledModel(RefusesTracing, nn.Module):
     def _locked_forward(self, x: torch.Tensor, masks: list[BlockMasks] | None,
                         check_masks: bool) -> torch.Tensor:
         self._check_input(x)
+        check_flag(check_masks, "check_masks")
         if masks is not None and not isinstance(masks, (list, tuple)):
             raise ValueError(f"masks must be a list with one BlockMasks (or None) per block, "
                              f"got {type(masks).__name__}")

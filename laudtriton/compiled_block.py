@@ -16,6 +16,7 @@ from .guards import (
     TRAIN_REFUSED,
     RefusesTracing,
     call_lock,
+    check_flag,
     mark_nan,
     no_autocast,
     nonfinite_samples,
@@ -97,6 +98,10 @@ class CompiledBlock(RefusesTracing, nn.Module):
         gradient; autocast does not reach it (it computes in the dtype it was compiled
         for). Calls from several threads take turns (``call_lock``)."""
         refuse_tracing(self._traced_name())
+        if order is None:  # (a CompiledModel passes its own, checked, flags)
+            for name, value in (("reuse_input", reuse_input), ("check_masks", check_masks),
+                                ("check_finite", check_finite)):
+                check_flag(value, f"{self.name}: {name}")
         return run_eagerly(CompiledBlock._locked_call, self, x, reuse_input, masks, order,
                            check_masks, check_finite)
 

@@ -9,6 +9,7 @@ import re
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -549,6 +550,27 @@ def test_given_masks_unchecked_run_the_same(monkeypatch):
         assert torch.equal(cm(x, masks=masks, check_masks=False), checked)
         with pytest.raises(AssertionError, match="checked"):
             cm(x, masks=masks)
+
+
+def test_switches_that_are_not_true_or_false_are_refused():
+    """check_masks="no" is truthy: before, it checked the masks it was meant to skip, and
+    reuse_input="no" let a variant write its output into the caller's input."""
+    model, x = tiny("layer"), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    for bad in ("no", 0, None):
+        with pytest.raises(ValueError, match=f"check_masks must be True or False, got {bad!r}"):
+            cm(x, masks=masks, check_masks=bad)
+    with torch.no_grad():
+        assert torch.equal(cm(x, masks=masks, check_masks=np.False_), cm(x, masks=masks))
+    cb = cm.blocks[1]
+    h = torch.relu(torch.randn(2, cb.spec.in_channels, *cb.spec.in_hw))
+    h = h.contiguous(memory_format=torch.channels_last)
+    for name in ("reuse_input", "check_masks", "check_finite"):
+        with pytest.raises(ValueError, match=f"{cb.name}: {name} must be True or False, "
+                                             "got 'no'"):
+            cb(h, **{name: "no"})
 
 
 def test_a_changed_channel_masker_is_refused():

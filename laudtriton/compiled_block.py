@@ -235,47 +235,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
             ValueError: naming the block, the mask and the shape or values found, or
                 what it is where a tensor of real values on x's device is needed.
         """
-        if not isinstance(masks, BlockMasks):
-            raise ValueError(f"{self.name}: masks must be a BlockMasks, got "
-                             f"{type(masks).__name__}")
-        b, _, h, w = x.shape
-        ho, wo = self.reference.out_hw((h, w))
-        g = self.reference.grid_size((h, w))
-        expected = {
-            "grid": None if g is None else (b, 1, *g),
-            "mask3": None if g is None else (b, 1, ho, wo),
-            "mask1": None if g is None else (b, 1, h, w),
-            "channel": (b, self.spec.channel_groups) if self.spec.channel else None,
-        }
-        for name, shape in expected.items():
-            t = getattr(masks, name)
-            where = f"{self.name}: masks.{name}"
-            if t is not None:
-                if not isinstance(t, torch.Tensor):
-                    raise ValueError(f"{where} must be a tensor, got {type(t).__name__}")
-                if t.layout != torch.strided:
-                    raise ValueError(strided_refusal(where, t))
-                if t.device != x.device:
-                    raise ValueError(f"{where} is on {t.device}; the block runs on "
-                                     f"{x.device}")
-                if t.is_complex():
-                    raise ValueError(f"{where} is {str(t.dtype).replace('torch.', '')}; "
-                                     "give real values (0 and 1)")
-            got = None if t is None else tuple(t.shape)
-            if got != shape:
-                raise ValueError(f"{where} has shape {got}; this block on an input of "
-                                 f"{b}x{h}x{w} takes {shape}")
-            if t is not None and name in ("grid", "channel") and not bool(
-                    ((t == 0) | (t == 1)).all()):
-                raise ValueError(f"{where} holds values other than 0 and 1")
-        if g is not None:  # mask3 and mask1 equal to the grid's 0/1 expansion, values too
-            want = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w),
-                                           self.spec.stride)
-            for name, w01 in zip(("mask3", "mask1"), want):
-                if not torch.equal(getattr(masks, name).to(torch.float32), w01.float()):
-                    raise ValueError(f"{self.name}: masks.{name} is not the expansion of "
-                                     "masks.grid (spatial_masks_from_grid): other pixels "
-                                     "or values other than 0 and 1")
+        check_block_masks(self.reference, masks, x, self.name, self.spec.channel_groups)
 
     def _run(self, x: torch.Tensor, masks: BlockMasks, reuse_input: bool,
              perm: tuple[int, ...] | None, rate: float | None = None) -> torch.Tensor:
@@ -346,6 +306,57 @@ class CompiledBlock(RefusesTracing, nn.Module):
         srate = None if self.spec.mode == "channel" else mean64(masks.grid)
         crate = None if masks.channel is None else mean64(masks.channel)
         return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
+
+
+def check_block_masks(block: nn.Module, masks: BlockMasks, x: torch.Tensor, who: str,
+                      channel_groups: int) -> None:
+    """``CompiledBlock.check_masks`` for the LaudBottleneck ``block`` with G =
+    ``channel_groups`` channel-mask groups (0: none), naming ``who`` in the message.
+
+    Raises:
+        ValueError: as ``CompiledBlock.check_masks``.
+    """
+    if not isinstance(masks, BlockMasks):
+        raise ValueError(f"{who}: masks must be a BlockMasks, got {type(masks).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{who}: x must be a tensor [B, C, H, W], got {got}")
+    b, _, h, w = x.shape
+    ho, wo = block.out_hw((h, w))
+    g = block.grid_size((h, w))
+    expected = {
+        "grid": None if g is None else (b, 1, *g),
+        "mask3": None if g is None else (b, 1, ho, wo),
+        "mask1": None if g is None else (b, 1, h, w),
+        "channel": (b, channel_groups) if channel_groups else None,
+    }
+    for name, shape in expected.items():
+        t = getattr(masks, name)
+        where = f"{who}: masks.{name}"
+        if t is not None:
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{where} must be a tensor, got {type(t).__name__}")
+            if t.layout != torch.strided:
+                raise ValueError(strided_refusal(where, t))
+            if t.device != x.device:
+                raise ValueError(f"{where} is on {t.device}; the block runs on {x.device}")
+            if t.is_complex():
+                raise ValueError(f"{where} is {str(t.dtype).replace('torch.', '')}; "
+                                 "give real values (0 and 1)")
+        got = None if t is None else tuple(t.shape)
+        if got != shape:
+            raise ValueError(f"{where} has shape {got}; this block on an input of "
+                             f"{b}x{h}x{w} takes {shape}")
+        if t is not None and name in ("grid", "channel") and not bool(
+                ((t == 0) | (t == 1)).all()):
+            raise ValueError(f"{where} holds values other than 0 and 1")
+    if g is not None:  # mask3 and mask1 equal to the grid's 0/1 expansion, values too
+        want = spatial_masks_from_grid(masks.grid.to(torch.float32), (h, w), block.stride)
+        for name, w01 in zip(("mask3", "mask1"), want):
+            if not torch.equal(getattr(masks, name).to(torch.float32), w01.float()):
+                raise ValueError(f"{who}: masks.{name} is not the expansion of masks.grid "
+                                 "(spatial_masks_from_grid): other pixels or values "
+                                 "other than 0 and 1")
 
 
 def mean_rows(x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ BN statistics and a verbose closeness check."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,23 +71,39 @@ def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks: BlockMasks
     run with ``masks`` (a BlockMasks) instead of its maskers' decisions: what a variant
     given those masks must compute. ``block`` itself is left as it is (a copy runs); x
     and the masks may live on any device (the copy runs on the CPU). A grid given without
-    mask3 and mask1 (a layer gate alone) is expanded to them as the block's maskers do."""
+    mask3 and mask1 (a layer gate alone) is expanded to them as the block's maskers do.
+
+    Raises:
+        ValueError: if the masks (mask3 and mask1 expanded where not given) are not masks
+            the block's maskers could give for x (``compiled_block.check_block_masks``):
+            a mask missing or extra for the block, of another shape, a grid or channel
+            mask holding values other than 0 and 1, mask3 or mask1 not the grid's
+            expansion. Broadcast or fractional masks would give an expected output no
+            compiled block could be asked for.
+    """
     import copy
 
+    from .compiled_block import check_block_masks
     from .nn.block import BlockMasks
     from .nn.maskers import expand_mask1, upsample_mask
 
+    if not isinstance(masks, BlockMasks):
+        raise ValueError(f"reference_on_masks: masks must be a BlockMasks, got "
+                         f"{type(masks).__name__}")
     ref = copy.deepcopy(block).double().cpu()
+    x64 = x.double().cpu()
     grid, mask3, mask1, channel = (
         None if t is None else (t.double() if t.is_floating_point() else t).cpu()
         for t in (masks.grid, masks.mask3, masks.mask1, masks.channel))
-    if grid is not None and mask3 is None:
+    if grid is not None and mask3 is None and mask1 is None:
         in_hw = tuple(x.shape[-2:])
-        mask3 = upsample_mask(grid, ref.out_hw(in_hw))
+        mask3 = upsample_mask(grid.double(), ref.out_hw(in_hw))
         mask1 = expand_mask1(mask3, ref.stride, in_hw)
     m64 = BlockMasks(grid, mask3, mask1, channel)
+    groups = 0 if ref.masker_channel is None else ref.masker_channel.groups
+    check_block_masks(ref, m64, x64, "reference_on_masks", groups)
     ref.compute_masks = lambda inp: (m64, 0.0)
-    return ref(x.double().cpu())
+    return ref(x64)
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
@@ -95,7 +112,19 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
 
     tol defaults to TOLERANCE[out.dtype]. NaN or inf anywhere, in out or in ref, fails (a
     non-finite reference would make the bound NaN or inf, which everything meets).
+
+    Raises:
+        AssertionError: past the bound, non-finite values, or shapes that differ.
+        ValueError: if tol is not a finite number >= 0 (a NaN tol passed everything, True
+            counted as 1), or out or ref is complex (its imaginary part would be dropped).
     """
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                            or not math.isfinite(tol) or tol < 0):
+        raise ValueError(f"assert_close: tol must be a finite number >= 0, got {tol!r}")
+    for t, what in ((out, "out"), (ref, "ref")):
+        if not isinstance(t, torch.Tensor) or t.is_complex():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"assert_close: {what} must be a real tensor, got {got}")
     if out.shape != ref.shape:
         raise AssertionError(f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
     tol = TOLERANCE.get(out.dtype, 1e-4) if tol is None else tol
@@ -149,7 +178,22 @@ def assert_same_masks(compiled: CompiledModel, reference: LaudResNet | LaudBottl
 def logits_agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(max |out − ref| / max |ref|, share of samples whose top-1 class is the same) of
     logits [B, classes], compared in float32: what ``laudtriton demo`` prints and
-    gpucheck records of a compiled model against its reference."""
+    gpucheck records of a compiled model against its reference.
+
+    Raises:
+        ValueError: unless out and ref are real [B, classes] tensors of one shape, B >= 1
+            (a [1, classes] reference broadcast against every sample before).
+    """
+    for t, what in ((out, "out"), (ref, "ref")):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] == 0 or (
+                t.is_complex()):
+            got = (f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+                   else type(t).__name__)
+            raise ValueError(f"logits_agreement: {what} must be real logits [B >= 1, "
+                             f"classes], got {got}")
+    if out.shape != ref.shape:
+        raise ValueError(f"logits_agreement: out {tuple(out.shape)} and ref "
+                         f"{tuple(ref.shape)} differ in shape")
     out, ref = out.float(), ref.float()
     err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
     return err, float((out.argmax(1) == ref.argmax(1)).float().mean())

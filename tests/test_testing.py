@@ -111,3 +111,72 @@ def test_interleaved_rounds_rotate_pair_setups_and_pause_the_collector():
                      "setup b", "b", "c", "a",
                      "c", "a", "setup b", "b"]
     assert not any(collecting) and gc.isenabled() == was
+
+
+@pytest.mark.parametrize("tol", [math.nan, math.inf, -1e-4, True, "1e-4"])
+def test_assert_close_refuses_a_tol_that_is_not_a_finite_number(tol):
+    """A NaN tol passed every output (err > nan is false), True counted as 1."""
+    a = torch.ones(3)
+    with pytest.raises(ValueError, match="assert_close: tol must be a finite number >= 0"):
+        assert_close(a * 2, a, tol=tol)
+
+
+def test_assert_close_refuses_complex_tensors():
+    """Complex values were cast to their real part: 1+1j and 1-1j compared equal."""
+    with pytest.raises(ValueError, match="assert_close: out must be a real tensor"):
+        assert_close(torch.tensor([1 + 1j]), torch.tensor([1 - 1j]))
+
+
+@pytest.mark.parametrize("out_shape, ref_shape", [((3, 4), (1, 4)), ((3, 4), (3, 5)),
+                                                  ((4,), (4,)), ((0, 4), (0, 4))])
+def test_logits_agreement_refuses_what_is_not_one_batch_of_logits(out_shape, ref_shape):
+    """A [1, classes] reference broadcast against every sample's logits."""
+    from laudtriton.testing import logits_agreement
+
+    with pytest.raises(ValueError, match="logits_agreement: "):
+        logits_agreement(torch.randn(out_shape), torch.randn(ref_shape))
+
+
+def _spatial_block_masks():
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, mode="spatial", granularity=2)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        block(x)
+    return block, x, BlockMasks, block.last_masks
+
+
+def test_reference_on_masks_runs_the_masks_it_is_given():
+    from laudtriton.testing import reference_on_masks
+
+    block, x, BlockMasks, m = _spatial_block_masks()
+    with torch.no_grad():
+        want = block(x).double()
+    assert_close(reference_on_masks(block, x, m), want, tol=1e-6)
+    # a grid alone is expanded as the maskers do
+    assert_close(reference_on_masks(block, x, BlockMasks(m.grid, None, None, None)), want,
+                 tol=1e-6)
+
+
+def test_reference_on_masks_refuses_masks_no_block_could_be_given():
+    """Broadcast, fractional or inconsistent masks gave an expected output that no
+    compiled block accepts (its check_masks refuses each)."""
+    from laudtriton.testing import reference_on_masks
+
+    block, x, BlockMasks, m = _spatial_block_masks()
+    flipped = m.mask3.clone()
+    flipped[0, 0, 0, 0] = 1 - flipped[0, 0, 0, 0]
+    bad = {
+        "shape": BlockMasks(m.grid[:1], None, None, None),
+        "values other than 0 and 1": BlockMasks(m.grid * 0.5, None, None, None),
+        "not the expansion": BlockMasks(m.grid, flipped, m.mask1, None),
+        "masks.channel has shape": BlockMasks(m.grid, m.mask3, m.mask1,
+                                              torch.ones(2, 2)),
+        "masks.grid has shape None": BlockMasks(None, None, None, None),
+        "must be a BlockMasks": None,
+    }
+    for what, masks in bad.items():
+        with pytest.raises(ValueError, match=what):
+            reference_on_masks(block, x, masks)

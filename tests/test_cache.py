@@ -923,3 +923,12 @@ def test_block_spec_checks_its_fields_and_a_cache_drops_what_it_refuses(field, v
         assert not cache_file_mod.is_valid_spec(d)
     # fields a mode does not read are not checked: S without a spatial mask
     assert good.with_(mode="channel", granularity=9).granularity == 9
+
+
+def test_switches_that_are_not_true_or_false_are_refused(tmp_path):
+    """TuneCache(enabled="no") was an enabled cache, entries(include_stale="no") gave the
+    stale entries."""
+    with pytest.raises(ValueError, match="TuneCache: enabled must be True or False"):
+        TuneCache(tmp_path, enabled="no")
+    with pytest.raises(ValueError, match="include_stale must be True or False, got 'no'"):
+        TuneCache(tmp_path, enabled=False).entries(include_stale="no")

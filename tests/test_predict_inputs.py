@@ -305,3 +305,76 @@ def test_cli_validate_with_the_cache_disabled_says_so(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == ("laudtriton predict: error: --validate reads the autotune cache, which "
                    "LAUDTRITON_CACHE=0 disables\n")
+
+
+# -- arguments of the predictor's Python API ---------------------------------------------
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(eff_c=math.nan), "Factors.eff_c must be a finite number > 0, got nan"),
+    (dict(eff_c=0.0, eff_m=0.0), "Factors.eff_c must be a finite number > 0, got 0.0"),
+    (dict(eff_m=-0.5), "Factors.eff_m must be a finite number > 0"),
+    (dict(eff_c="a"), "Factors.eff_c must be a finite number > 0, got 'a'"),
+    (dict(overhead=-1e-6), "Factors.overhead must be a finite number >= 0"),
+    (dict(overhead=math.inf), "Factors.overhead must be a finite number >= 0"),
+    (dict(n=True), "Factors.n must be an int >= 0, got True"),
+])
+def test_factors_refuse_values_no_fit_gives(kw, match):
+    """A NaN eff_c predicted 0 s; zero ones raised ZeroDivisionError."""
+    from laudtriton.predict.model import Factors
+
+    with pytest.raises(ValueError, match=match):
+        Factors(**kw)
+
+
+@pytest.mark.parametrize("rate, match", [
+    (1.1, r"rate 1.1 must be in \[0, 1\]"), (-0.1, r"rate -0.1 must be in \[0, 1\]"),
+    (math.nan, "rate must be a finite number, got nan"),
+    (True, "rate must be a finite number, got True")])
+def test_predictor_functions_refuse_a_rate_outside_0_1(rate, match):
+    """flops_ratio(spec, 1.1) gave 1.045 and config_time timed it; True counted as 1."""
+    from laudtriton.predict import config_time, flops_ratio, predict_block, predict_expected
+
+    hw = get_hardware("a100")
+    for call in (lambda: flops_ratio(SPEC, rate),
+                 lambda: predict_block(SPEC, rate, "dense", hw),
+                 lambda: predict_expected(SPEC, rate, "dense", hw),
+                 lambda: config_time(SPEC, rate, "dense", {}, hw)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(granularity=2.9), "--granularity 2.9 is malformed"),
+    (dict(granularity=True), "--granularity True is malformed"),
+    (dict(mode="channel", channel_granularity=2.7), "--channel-granularity 2.7 is malformed"),
+    (dict(input_size=64.5), "input size 64.5 must be an int >= 32"),
+    (dict(input_size=math.nan), "input size nan must be an int >= 32"),
+    (dict(batch=True), "batch True must be an int >= 1"),
+])
+def test_model_specs_refuses_what_the_model_refuses(kw, match):
+    """A granularity of 2.9 was S=2 and True S=1 (the model refuses both); 64.5 was
+    reported as BlockSpec.in_hw (16.0, 16.0)."""
+    from laudtriton.predict import model_specs
+
+    with pytest.raises(ValueError, match=match):
+        model_specs("laud_resnet50", **{"input_size": 64, **kw})
+
+
+def test_model_specs_takes_numpy_ints():
+    """np.int64(2) was refused as a BlockSpec.batch."""
+    import numpy as np
+
+    from laudtriton.predict import model_specs
+
+    specs = model_specs("laud_resnet50", "spatial", "2-2-2-1", np.int64(2), np.int64(64))
+    assert specs == model_specs("laud_resnet50", "spatial", "2-2-2-1", 2, 64)
+
+
+def test_fit_and_prune_refuse_counts_below_one():
+    """fit(min_samples=0) fitted factors near 1000 on no timing; top_k=True kept 1."""
+    from laudtriton.predict import make_prune
+
+    with pytest.raises(ValueError, match="min_samples must be an int >= 1, got 0"):
+        fit([], get_hardware("a100"), min_samples=0)
+    with pytest.raises(ValueError, match="top_k must be an int >= 1, got True"):
+        make_prune("a100", top_k=True)

@@ -118,7 +118,14 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     few memory-bound points cannot pin it); eff_c and overhead are per variant. The shared
     eff_m is searched on a refined log grid, each candidate scored by the summed loss of the
     per-variant fits (on synthetic timings this recovers the true factors; a pooled eff_m
-    fitted with shared eff_c/overhead did not)."""
+    fitted with shared eff_c/overhead did not).
+
+    Raises:
+        ValueError: if min_samples is not an int >= 1 (0 fitted factors on no timing).
+    """
+    if (isinstance(min_samples, bool) or not isinstance(min_samples, int)
+            or min_samples < 1):
+        raise ValueError(f"min_samples must be an int >= 1, got {min_samples!r}")
     data = list(data)
     if data and not isinstance(data[0], Sample):
         data = samples(data)

@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
-from .network import mask1_fraction, stem_head_cost
+from .network import check_rate, mask1_fraction, stem_head_cost
 
 log = logging.getLogger("laudtriton")
 
@@ -51,6 +54,24 @@ class Factors:
     eff_m: float = 0.7
     overhead: float | None = None
     n: int = 0
+
+    def __post_init__(self) -> None:
+        """Raise a ValueError naming the field unless eff_c and eff_m are finite numbers
+        > 0, overhead None or a finite number >= 0, and n an int >= 0: a NaN eff_c
+        predicted 0 s, a zero one raised ZeroDivisionError."""
+        for name in ("eff_c", "eff_m", "overhead"):
+            value = getattr(self, name)
+            if name == "overhead" and value is None:
+                continue
+            ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+                  and math.isfinite(value) and (value >= 0 if name == "overhead" else value > 0))
+            if not ok:
+                least = ">= 0" if name == "overhead" else "> 0"
+                raise ValueError(f"Factors.{name} must be a finite number {least}, got "
+                                 f"{value!r}")
+        if (isinstance(self.n, (bool, np.bool_)) or not isinstance(self.n, numbers.Integral)
+                or self.n < 0):
+            raise ValueError(f"Factors.n must be an int >= 0, got {self.n!r}")
 
 
 DEFAULT_FACTORS = {"gpu": Factors(0.5, 0.7), "edge": Factors(0.4, 0.6),
@@ -185,10 +206,10 @@ def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: Hard
     non-decreasing in ``rate`` (see the module docstring).
 
     Raises:
-        ValueError: rate outside [0, 1], or a variant with no model.
+        ValueError: rate not a number in [0, 1] (``network.check_rate``), or a variant
+            with no model.
     """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate {rate!r} must be in [0, 1]")
+    rate = check_rate(rate)
     v = resolve_variant(variant)
     curve = _curve(spec, v.name, hw, factors_for(factor_key(v.name, spec), hw, factors))
     return curve[min(MONOTONE_STEPS, math.ceil(rate * MONOTONE_STEPS - 1e-6))]
@@ -271,11 +292,10 @@ def predict_expected(spec: BlockSpec, rate: float, variant: str | Variant, hw: H
     channels would look half on at 0.5; the layer one counts rate·B samples with the
     gather of a partial batch, which a batch of 1 never pays. Equal to
     :func:`predict_block` at whole units and where there are none."""
+    rate = check_rate(rate)
     n = mask_units(spec)
     if n is None:
         return predict_block(spec, rate, variant, hw, factors)
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate {rate!r} must be in [0, 1]")
     k = min(int(math.floor(rate * n + 1e-9)), n)
     lo = predict_block(spec, k / n, variant, hw, factors)
     if k >= n or rate * n - k <= 1e-9:

@@ -8,10 +8,14 @@ architecture (the same rules as ``laudtriton.nn.resnet``; a test checks they agr
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
+import numpy as np
+
+from ..nn.maskers import finite_real
+from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES, parse_positive_int
 from ..ops.masks import expected_mask1_fraction
 from ..ops.spec import BlockSpec
 
@@ -36,6 +40,16 @@ def per_stage(value: str | int | Sequence[Any], name: str, cast: Callable[[Any],
         return [cast(v) for v in items]
     except (TypeError, ValueError):
         raise ValueError(f"--{name} {value!r} is malformed") from None
+
+
+def check_rate(rate: float, name: str = "rate") -> float:
+    """``rate`` as a float if it is a real number in [0, 1] (not a bool; a one-value
+    tensor counts), else a ValueError naming ``name``: a rate outside gave FLOPs ratios
+    and times of no mask (1.045 at rate 1.1)."""
+    r = finite_real(name, rate)
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"{name} {rate!r} must be in [0, 1]")
+    return r
 
 
 def stem_hw(input_size: int) -> int:
@@ -63,14 +77,17 @@ def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatia
             that does not divide a width, a bad batch or input size.
     """
     check_arch(arch)
-    if batch < 1 or input_size < 32:
-        raise ValueError(f"batch {batch} must be >= 1 and input size {input_size} >= 32")
+    for name, value, least in (("batch", batch, 1), ("input size", input_size, 32)):
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+                or value < least):
+            raise ValueError(f"{name} {value!r} must be an int >= {least}")
+    batch, input_size = int(batch), int(input_size)
     modes = per_stage(mode, "mode")
     for m in modes:
         if m not in MODES:
             raise ValueError(f"--mode {mode!r}: {m!r} unknown; accepted: {', '.join(MODES)}")
-    gran = per_stage(granularity, "granularity", int)
-    cgran = per_stage(channel_granularity, "channel-granularity", int)
+    gran = per_stage(granularity, "granularity", parse_positive_int)
+    cgran = per_stage(channel_granularity, "channel-granularity", parse_positive_int)
     size, inplanes, out = stem_hw(input_size), 64, []
     for i, depth in enumerate(DEPTHS[arch]):
         planes, stride = STAGE_PLANES[i], STAGE_STRIDES[i]
@@ -130,7 +147,12 @@ def flops_ratio(spec: BlockSpec, rate: float) -> float:
     """Block FLOPs / dense block FLOPs at activation ``rate`` (official accounting, no
     maskers): spatial conv1·r1 + (conv2 + conv3)·r; channel conv1·r + conv2·r² + conv3·r;
     both: spatial with the channel rate also r; layer (conv1+conv2+conv3)·r; the
-    downsample is always dense. Continuous and non-decreasing in ``rate``."""
+    downsample is always dense. Continuous and non-decreasing in ``rate``.
+
+    Raises:
+        ValueError: if ``rate`` is not a number in [0, 1] (``check_rate``).
+    """
+    rate = check_rate(rate)
     c1, c2, c3, ds = spec.conv_macs()
     if spec.mode == "layer":
         part = (c1 + c2 + c3) * rate
@@ -149,7 +171,7 @@ def rate_for_flops_ratio(spec: BlockSpec, target: float) -> float:
     Raises:
         ValueError: if ``target`` is outside (0, 1].
     """
-    if not 0.0 < target <= 1.0:
+    if not 0.0 < finite_real("--target-rate", target) <= 1.0:
         raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
     if flops_ratio(spec, 0.0) >= target:
         return 0.0

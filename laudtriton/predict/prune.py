@@ -10,6 +10,7 @@ warps / stages) keep their order in the variant's space.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
 from .model import Factors, factors_for, latency_from_terms, terms
+from .network import check_rate
 
 # Config keys that name the output tile of a kernel config (rows, then columns).
 ROW_KEYS = ("block_m", "block_p", "BLOCK_M", "BLOCK_P")
@@ -43,10 +45,10 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
     ranking configs at one rate).
 
     Raises:
-        ValueError: a variant with no latency model.
+        ValueError: rate not a number in [0, 1], or a variant with no latency model.
     """
     name = variant if isinstance(variant, str) else variant.name
-    t = terms(spec, rate, variant, hw, config_tiles(config))
+    t = terms(spec, check_rate(rate), variant, hw, config_tiles(config))
     return latency_from_terms(t, factors_for(name, hw, factors), hw)
 
 
@@ -65,8 +67,8 @@ def make_prune(hw: HardwareSpec | str, top_k: int = 3,
     """
     from .calibrate import predictor_for
 
-    if top_k < 1:
-        raise ValueError(f"top_k {top_k} must be >= 1")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     hw, fitted, _ = predictor_for(hw, cache_dir, fit=factors is None)
     factors = fitted if factors is None else factors
 

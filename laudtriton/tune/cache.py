@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from ..guards import check_flag
 from ..ops.spec import BlockSpec
 from .cache_file import (
     LOCK_TIMEOUT,
@@ -103,7 +104,8 @@ class TuneCache:
         ValueError: if cache_dir is blank, which would otherwise mean the current
             directory, or names a file or lies inside one; with cache_dir None, if
             $LAUDTRITON_CACHE_DIR does (``keys.check_dir``); with enabled None, if
-            $LAUDTRITON_CACHE holds another value than those accepted.
+            $LAUDTRITON_CACHE holds another value than those accepted; if enabled is
+            not True, False or None ("no" was truthy).
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
@@ -111,6 +113,7 @@ class TuneCache:
                  ) -> None:
         if enabled is None:
             enabled = cache_enabled_from_env()
+        check_flag(enabled, "TuneCache: enabled")
         self.enabled = bool(enabled)
         refuse_bad_dir(cache_dir)
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -209,6 +212,7 @@ class TuneCache:
     def entries(self, include_stale: bool = False) -> list[CacheEntry]:
         """Every timing valid for the current versions (and, with ``include_stale``, the
         hidden ones of other versions, marked ``meta["stale"] = True``)."""
+        check_flag(include_stale, "TuneCache.entries: include_stale")
         out = []
         for e in self._all().values():
             stale = not self._is_current(e)

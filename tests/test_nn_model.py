@@ -5,6 +5,7 @@ calibration and bad input."""
 from __future__ import annotations
 
 import functools
+import math
 import re
 import warnings
 from pathlib import Path
@@ -662,6 +663,57 @@ def test_masker_helpers_refuse_non_integers():
         MaskerChannelMLP(64, 0)
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda m: m.MaskerSpatial(-1), "in_channels must be a positive int, got -1"),
+    (lambda m: m.MaskerChannelMLP(64, 4, layers=1.0), "channel_masker_layers must be 1 or 2"),
+    (lambda m: m.MaskerChannelMLP(64, 4, layers=True), "channel_masker_layers must be 1 or 2"),
+    (lambda m: m.MaskerChannelMLP(64, 4, reduction=0), "reduction must be a positive int"),
+    (lambda m: m.MaskerChannelConvLinear(64, -3), "groups must be a positive int, got -3"),
+    (lambda m: m.MaskerChannelConvLinear(64, True), "groups must be a positive int, got True"),
+    (lambda m: m.MaskerChannelConvLinear(64, 4, 0), "reduction must be a positive int"),
+])
+def test_masker_constructors_name_a_bad_argument(make, match):
+    """Before: torch's negative-dimension errors, a ZeroDivisionError, or (True, 1.0) a
+    one-group or one-layer masker built silently."""
+    from laudtriton.nn import maskers
+
+    with pytest.raises(ValueError, match=match):
+        make(maskers)
+
+
+def test_block_refuses_a_masker_depth_other_than_1_or_2():
+    """channel_masker_layers=True built a one-layer MLP (the model refused it)."""
+    from laudtriton.nn.block import LaudBottleneck
+
+    for bad in (True, 3, 1.0):
+        with pytest.raises(ValueError, match="channel_masker_layers must be 1 or 2"):
+            LaudBottleneck(64, 16, dyn_mode="channel", channel_masker_layers=bad)
+
+
+@pytest.mark.parametrize("channels", [6, 3, True, 0])
+def test_expand_channel_mask_refuses_channels_not_a_multiple_of_the_groups(channels):
+    """6 channels of 4 groups gave a mask of 4 channels; 3 or True an empty one."""
+    from laudtriton.nn.maskers import expand_channel_mask
+
+    with pytest.raises(ValueError, match="expand_channel_mask: .* positive multiple of G"):
+        expand_channel_mask(torch.tensor([[1.0, 0.0, 1.0, 0.0]]), channels)
+    got = expand_channel_mask(torch.tensor([[1.0, 0.0]]), 4)
+    assert got.flatten().tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, math.nan])
+def test_a_training_masker_refuses_a_temperature_not_above_zero(temperature):
+    """Temperature 0 gave NaN masks, -1 all-zero ones; eval ignores the temperature."""
+    from laudtriton.nn.maskers import MaskerChannelMLP, MaskerSpatial
+
+    x = torch.randn(2, 64, 4, 4)
+    for masker, args in ((MaskerSpatial(64), ((2, 2),)), (MaskerChannelMLP(64, 4), ())):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            masker.train()(x, *args, temperature)
+        mask, _ = masker.eval()(x, *args, temperature)
+        assert bool(((mask == 0) | (mask == 1)).all())
+
+
 # ---------------------------------------------------------------- model construction
 
 
@@ -724,6 +776,8 @@ def test_model_accepts_other_input_sizes():
     (dict(mode="channel", channel_masker="SE"), r"channel_masker 'SE' is not valid; accepted"),
     (dict(mode="channel", channel_masker_layers=3), r"channel_masker_layers 3 is not valid"),
     (dict(mode="channel", channel_masker_layers=1.9), r"channel_masker_layers 1.9 is not val"),
+    (dict(granularity=np.bool_(True)), r"granularity np.True_ is not valid"),
+    (dict(granularity=torch.tensor(True)), r"granularity tensor\(True\) is not valid"),
 ])
 def test_model_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -750,6 +804,14 @@ def test_block_bad_arguments(kw, name):
     args = dict(inplanes=32, planes=8, dyn_mode="channel") | kw
     with pytest.raises(ValueError, match=rf"{name} must be a positive int, got"):
         LaudBottleneck(**args)
+
+
+def test_model_takes_a_numpy_float_width_mult():
+    """np.float32(0.5) was refused as "must be a number > 0"; np.float64 was taken."""
+    model = LaudResNet((1, 1, 1, 1), width_mult=np.float32(0.5), num_classes=10,
+                       input_size=64)
+    assert model.config["width_mult"] == 0.5 and type(model.config["width_mult"]) is float
+    assert model.conv1.out_channels == 32
 
 
 def test_block_and_model_take_numpy_ints():

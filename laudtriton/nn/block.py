@@ -163,6 +163,9 @@ class LaudBottleneck(nn.Module):
                             ("granularity", granularity)):
             if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not _positive_int(channel_masker_layers) or channel_masker_layers not in (1, 2):
+            raise ValueError(f"channel_masker_layers must be 1 or 2, got "
+                             f"{channel_masker_layers!r}")
         inplanes, planes, stride, granularity, channel_masker_reduction = (
             int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
         width = planes

@@ -18,8 +18,14 @@ from torch import nn
 
 
 def _hard_decision(logits: torch.Tensor, training: bool, temperature: float) -> torch.Tensor:
-    """[B, 2, ...] logits -> [B, ...] hard mask; Gumbel straight-through in training."""
+    """[B, 2, ...] logits -> [B, ...] hard mask; Gumbel straight-through in training, at
+    ``temperature`` (a finite number > 0: 0 gave NaN masks, a negative one all zeros).
+
+    Raises:
+        ValueError: in training, for another temperature.
+    """
     if training:
+        temperature = positive_real("temperature", temperature)
         return F.gumbel_softmax(logits, dim=1, tau=temperature, hard=True)[:, 0]
     return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
 
@@ -45,6 +51,14 @@ def finite_real(name: str, value: float | torch.Tensor, positive: bool = False) 
 def positive_real(name: str, value: float | torch.Tensor) -> float:
     """``finite_real`` > 0."""
     return finite_real(name, value, positive=True)
+
+
+def check_positive_ints(**values: object) -> None:
+    """Raise a ValueError naming the first of ``values`` (name=value) that is not an int
+    >= 1 (Python or numpy; not a bool)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
@@ -74,6 +88,7 @@ class MaskerSpatial(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
+        check_positive_ints(in_channels=in_channels)
         self.conv = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
         # Official initialisation: the "keep" logit starts at +5, so training starts dense.
         with torch.no_grad():
@@ -107,10 +122,10 @@ class MaskerChannelMLP(nn.Module):
     def __init__(self, in_channels: int, groups: int, layers: int = 2,
                  reduction: int = 16) -> None:
         super().__init__()
-        if layers not in (1, 2):
+        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or (
+                layers not in (1, 2)):
             raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers!r}")
-        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         self.groups = groups
         hidden = max(groups // reduction, 16)
         if layers == 2:
@@ -160,6 +175,7 @@ class MaskerChannelConvLinear(nn.Module):
 
     def __init__(self, in_channels: int, groups: int, reduction: int = 16) -> None:
         super().__init__()
+        check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         if in_channels // reduction < 1:
             raise ValueError(
                 f"channel_masker_reduction {reduction} leaves no channel of {in_channels}"
@@ -223,6 +239,16 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
 
 
 def expand_channel_mask(mask: torch.Tensor, channels: int) -> torch.Tensor:
-    """[B, G] group mask -> [B, C, 1, 1]; group i covers channels [i·k, (i+1)·k), k = C/G."""
+    """[B, G] group mask -> [B, C, 1, 1]; group i covers channels [i·k, (i+1)·k), k = C/G.
+
+    Raises:
+        ValueError: unless mask is [B, G] with G >= 1 and channels a multiple of G
+            (another C gave a mask of G·⌊C/G⌋ channels).
+    """
+    if mask.dim() != 2 or mask.shape[1] < 1 or isinstance(channels, bool) or not isinstance(
+            channels, numbers.Integral) or channels < 1 or channels % mask.shape[1]:
+        raise ValueError(f"expand_channel_mask: a [B, G] mask (G >= 1) and channels a "
+                         f"positive multiple of G, got a mask {tuple(mask.shape)} and "
+                         f"channels {channels!r}")
     k = channels // mask.shape[1]
     return mask.repeat_interleave(k, dim=1)[:, :, None, None]

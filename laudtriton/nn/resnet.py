@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +21,7 @@ from .block import (
     check_input,
     without_records,
 )
-from .block import _positive_int as _is_positive_int  # a test; this module's _positive_int parses
+from .block import _positive_int as _is_positive_int  # a test; parse_positive_int parses
 from .maskers import MapTooSmall, positive_real
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -103,14 +105,18 @@ def _masker(v) -> str:
 
 
 def _masker_layers(v) -> int:
-    iv = _positive_int(v)
+    iv = parse_positive_int(v)
     if iv not in (1, 2):
         raise ValueError(v)
     return iv
 
 
-def _positive_int(v) -> int:
-    if isinstance(v, bool):
+def parse_positive_int(v: object) -> int:
+    """v as an int if it is a whole number > 0 (an int, a whole float, a numeric string),
+    else a bare ValueError for the caller to word: bools, numpy and torch bools too
+    (``np.bool_(True)`` was S=1), and fractions (2.9 is not taken as 2)."""
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor)
+                                           and v.dtype == torch.bool):
         raise ValueError(v)
     iv = int(v)
     if iv != float(v) or iv <= 0:
@@ -155,14 +161,16 @@ class LaudResNet(nn.Module):
     ) -> None:
         super().__init__()
         modes = parse_modes(mode)
-        gran = _per_stage(granularity, "granularity", _positive_int, "positive ints, '4-4-2-1'")
+        gran = _per_stage(granularity, "granularity", parse_positive_int,
+                          "positive ints, '4-4-2-1'")
         cgran = _per_stage(
-            channel_granularity, "channel_granularity", _positive_int, "positive ints"
+            channel_granularity, "channel_granularity", parse_positive_int, "positive ints"
         )
         maskers = _per_stage(channel_masker, "channel_masker", _masker, "'MLP' or 'conv_linear'")
         layers = _per_stage(channel_masker_layers, "channel_masker_layers", _masker_layers,
                             "1 or 2")
-        reds = _per_stage(channel_masker_reduction, "channel_masker_reduction", _positive_int,
+        reds = _per_stage(channel_masker_reduction, "channel_masker_reduction",
+                          parse_positive_int,
                           "positive ints")
         given = depths
         try:
@@ -172,11 +180,12 @@ class LaudResNet(nn.Module):
         if len(depths) != 4 or not all(_is_positive_int(d) for d in depths):
             raise ValueError(f"depths {given!r} must be 4 positive ints (blocks per stage)")
         depths = tuple(int(d) for d in depths)
-        if not (isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool)
+        if not (isinstance(width_mult, numbers.Real) and not isinstance(width_mult, bool)
                 and math.isfinite(width_mult) and width_mult > 0
                 and int(64 * width_mult) >= 1):
             raise ValueError(f"width_mult must be a number > 0 that leaves at least one "
                              f"channel (64 x width_mult >= 1), got {width_mult!r}")
+        width_mult = float(width_mult)
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("input_size", 1 if input_size is None else input_size)):
             if not _is_positive_int(value):

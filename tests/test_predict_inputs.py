@@ -378,3 +378,61 @@ def test_fit_and_prune_refuse_counts_below_one():
         fit([], get_hardware("a100"), min_samples=0)
     with pytest.raises(ValueError, match="top_k must be an int >= 1, got True"):
         make_prune("a100", top_k=True)
+
+
+@pytest.mark.parametrize("change", [dict(bandwidth=True), dict(launch_overhead=True),
+                                    dict(peak=(("float32", True),)),
+                                    dict(peak={"float32": 1e12}),
+                                    dict(peak=(("float32", 1e12, 3),))])
+def test_hardware_spec_refuses_bools_and_a_peak_of_another_form(change):
+    """bandwidth=True was 1 B/s; a dict peak raised "too many values to unpack"."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match="HardwareSpec 'a100': "):
+        dataclasses.replace(get_hardware("a100"), **change)
+
+
+def test_hardware_spec_keeps_a_peak_given_as_lists_as_tuples():
+    """The spec is a key of the model's caches: a list peak made it unhashable."""
+    import dataclasses
+
+    hw = dataclasses.replace(get_hardware("a100"), peak=[["float32", 1e12]])
+    assert hw.peak == (("float32", 1e12),)
+    from laudtriton.predict import predict_block
+
+    assert predict_block(SPEC, 0.5, "dense", hw) > 0
+
+
+@pytest.mark.parametrize("device", ["gpu", None, "tpu"])
+def test_cache_and_calibration_name_a_device_they_cannot_take(tmp_path, device):
+    """Before: torch's "Expected one of cpu, cuda, ..." or a TypeError."""
+    with pytest.raises(ValueError, match=f"device {device!r} is not supported; accepted"):
+        TuneCache(tmp_path, device=device)
+    with pytest.raises(ValueError, match=f"device {device!r} is not supported; accepted"):
+        load_calibration(tmp_path, device=device)
+
+
+@pytest.mark.parametrize("cache_dir", [5, b"/tmp"])
+def test_cache_dir_that_is_no_path_is_named(cache_dir):
+    """An int gave a TypeError "expected str, bytes or os.PathLike"; bytes failed in
+    startswith."""
+    with pytest.raises(ValueError, match="cache_dir must be a directory path"):
+        TuneCache(cache_dir)
+    with pytest.raises(ValueError, match="cache_dir must be a directory path"):
+        get_hardware("cpu", cache_dir=cache_dir)
+
+
+def test_cache_record_refuses_what_it_could_never_read(tmp_path):
+    """An unregistered variant's timings were written under no source hash, where no
+    reader takes them; a spec of None raised AttributeError."""
+    cache = TuneCache(tmp_path, enabled=True)
+    with pytest.raises(ValueError, match="record: variant 'nosuch' is not registered"):
+        cache.record(SPEC, 0.5, {"nosuch": {"{}": 1e-3}})
+    assert not cache.path.exists()
+    for call, who in ((lambda: cache.record(None, 0.5, {"dense": {"{}": 1e-3}}), "record"),
+                      (lambda: cache.lookup(None, 0.5), "lookup"),
+                      (lambda: cache.annotate(None, 0.5, {}), "annotate")):
+        with pytest.raises(ValueError, match=f"{who}: spec must be a BlockSpec, got NoneType"):
+            call()
+    cache.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert cache.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}

@@ -23,6 +23,11 @@ KINDS = ("gpu", "cpu", "edge")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def _finite(v: object) -> bool:
+    """A finite real number, not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class HardwareSpec:
     """One machine for the latency model.
@@ -46,16 +51,20 @@ class HardwareSpec:
         if self.kind not in KINDS:
             raise ValueError(f"HardwareSpec kind {self.kind!r} unknown; accepted: {KINDS}")
         # not (v > 0) rather than v <= 0: NaN fails every comparison
-        if not (math.isfinite(self.bandwidth) and self.bandwidth > 0
-                and math.isfinite(self.launch_overhead) and self.launch_overhead >= 0
+        if not (_finite(self.bandwidth) and self.bandwidth > 0
+                and _finite(self.launch_overhead) and self.launch_overhead >= 0
                 and isinstance(self.compute_units, numbers.Integral)
                 and not isinstance(self.compute_units, bool) and self.compute_units >= 1):
             raise ValueError(f"HardwareSpec {self.name!r}: bandwidth must be finite and > 0, "
-                             "compute_units an int >= 1 and launch_overhead finite and >= 0")
-        if not self.peak or not all(d in DTYPES and math.isfinite(p) and p > 0
-                                    for d, p in self.peak):
-            raise ValueError(f"HardwareSpec {self.name!r}: peak must hold finite positive "
-                             f"rates of dtypes among {', '.join(DTYPES)}")
+                             "compute_units an int >= 1 and launch_overhead finite and >= 0 "
+                             "(numbers, not bools)")
+        pairs = self.peak if isinstance(self.peak, (tuple, list)) else None
+        if not pairs or not all(isinstance(e, (tuple, list)) and len(e) == 2 and e[0] in DTYPES
+                                and _finite(e[1]) and e[1] > 0 for e in pairs):
+            raise ValueError(f"HardwareSpec {self.name!r}: peak must be ((dtype, rate), ...): "
+                             f"finite positive rates of dtypes among {', '.join(DTYPES)}")
+        # a tuple of tuples whatever was given: the spec is a key of the model's caches
+        object.__setattr__(self, "peak", tuple((d, r) for d, r in pairs))
 
     @property
     def default_dtype(self) -> str:

@@ -85,6 +85,12 @@ class CacheEntry:
     meta: dict = field(default_factory=dict, compare=False)
 
 
+def check_spec(spec: object, who: str) -> None:
+    """A ValueError naming ``who`` unless spec is a BlockSpec."""
+    if not isinstance(spec, BlockSpec):
+        raise ValueError(f"{who}: spec must be a BlockSpec, got {type(spec).__name__}")
+
+
 class TuneCache:
     """Persistent {BlockSpec x rate bucket x variant x config: seconds} for one device.
 
@@ -195,7 +201,12 @@ class TuneCache:
 
     def lookup(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict[str, float]] | None:
         """{variant: {config_key: seconds}} recorded for ``spec`` at ``rate_bucket`` with
-        the current versions and kernel sources; None when there is none."""
+        the current versions and kernel sources; None when there is none.
+
+        Raises:
+            ValueError: if spec is not a BlockSpec.
+        """
+        check_spec(spec, "lookup")
         out: dict[str, dict[str, float]] = {}
         for e in self._current(spec, rate_bucket).values():
             out.setdefault(e["variant"], {}).update(
@@ -248,10 +259,17 @@ class TuneCache:
                 that is not a string, a config key that is not a JSON object
                 (``measure.config_key``), a time that is not a number > 0 (inf or NaN
                 records a failed config), or a spec or meta no reader could use, or a
-                meta JSON cannot hold. Nothing is recorded then: the file's readers would
-                drop the whole entry, or it could not be written at all.
+                meta JSON cannot hold, or a variant that is not registered (its timings
+                could never be read: no source hash to validate them by). Nothing is
+                recorded then: the file's readers would drop the whole entry, or it
+                could not be written at all.
         """
+        check_spec(spec, "record")
         check_record(rate_bucket, timings)
+        unknown = [v for v in timings if self._hash(v) is None and v not in self._changed]
+        if unknown:
+            raise ValueError(f"record: variant {unknown[0]!r} is not registered; its timings "
+                             "could never be read")
         try:
             json.dumps(meta or {}, allow_nan=True)
         except (TypeError, ValueError, RecursionError) as e:
@@ -294,9 +312,12 @@ class TuneCache:
         Returns whether an entry changed (only then is the file written).
 
         Raises:
-            ValueError: if those fields are malformed (``record``'s rule; an input size
-                must be a positive int).
+            ValueError: if spec is not a BlockSpec, or those fields are malformed
+                (``record``'s rule; an input size must be a positive int).
         """
+        check_spec(spec, "annotate")
+        if not isinstance(meta, dict):
+            raise ValueError(f"annotate: meta must be a dict, got {type(meta).__name__}")
         size = meta.get("input_size")
         if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
                                      and size > 0):

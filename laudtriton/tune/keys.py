@@ -74,7 +74,11 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
         ValueError: if ``device`` is not a CPU or CUDA device, or a CUDA device this
             machine does not have.
     """
-    dev = torch.device(device)
+    accepted = "accepted: 'cpu', 'cuda[:i]'"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." and others
+        raise ValueError(f"device {device!r} is not supported; {accepted}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if dev.index is not None and dev.index >= count or count == 0:
@@ -85,7 +89,7 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
         return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"
     if dev.type == "cpu":
         return f"{cpu_model()} {cpu_isa()} {torch.get_num_threads()}t"
-    raise ValueError(f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
+    raise ValueError(f"device {str(device)!r} is not supported; {accepted}")
 
 
 def rate_bucket(rate: float, step: float = 0.1) -> float:
@@ -204,8 +208,12 @@ def check_dir(path: str | os.PathLike[str], name: str, unset: str = "") -> None:
     '~user' that names no user (or '~' without a home): ``os.path`` leaves it as it is,
     a directory of that name in the current one, and ``pathlib`` raises a RuntimeError.
     A path that cannot be inspected (no permission) passes: the cache reports what it
-    cannot write, and keeps records in memory."""
-    text = os.fspath(path)
+    cannot write, and keeps records in memory. Neither a str nor an os.PathLike of one
+    (an int, bytes): a ValueError naming ``name``."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a directory path (a str or a pathlib.Path), got "
+                         f"{type(path).__name__}")
     if not text.strip():
         raise ValueError(f"{name} {text!r} is empty; give a directory{unset}")
     if text.startswith("~") and os.path.expanduser(text).startswith("~"):

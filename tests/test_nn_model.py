@@ -661,6 +661,8 @@ def test_masker_helpers_refuse_non_integers():
         mask_grid_size((8, 8), 2.5)
     with pytest.raises(ValueError, match="groups must be a positive int, got 0"):
         MaskerChannelMLP(64, 0)
+    with pytest.raises(ValueError, match="out_hw height must be a positive int, got 8.5"):
+        mask_grid_size((8.5, 8), 2)  # gave the grid (4.0, 4)
 
 
 @pytest.mark.parametrize("make, match", [

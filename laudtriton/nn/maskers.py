@@ -65,9 +65,11 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
     Raises:
-        ValueError: if S is not positive or larger than the map.
+        ValueError: if S is not positive or larger than the map, or the map's sides are
+            not positive ints ((8.5, 8) gave a grid of (4.0, 4)).
     """
     ho, wo = out_hw
+    check_positive_ints(**{"out_hw height": ho, "out_hw width": wo})
     if (isinstance(granularity, bool) or not isinstance(granularity, numbers.Integral)
             or granularity <= 0):
         raise ValueError(f"granularity must be a positive int, got {granularity!r}")

@@ -266,6 +266,33 @@ def test_bare_block_and_static_dispatch():
     assert cm.blocks[0].dispatch == "static"
 
 
+def test_static_dispatch_runs_the_expected_rate_choice_whatever_the_rate():
+    """With a table of two entries, a dynamic block runs the entry of the masks' rate
+    and a static one the entry of its expected rate (``tune="off"`` gives one entry, where
+    the two cannot differ)."""
+    from laudtriton.compiled_block import CompiledBlock
+    from laudtriton.ops import BlockSpec, fold_block
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.schedule import Choice, DispatchTable
+    from laudtriton.testing import reference_on_masks
+
+    block = make_block(32, 8, 1, mode="spatial", granularity=2, seed=5)
+    spec = BlockSpec.from_block(block, (2, 32, 12, 12))
+    table = DispatchTable({0.2: Choice.make("gather", {}, 1e-3, "cached"),
+                           0.8: Choice.make("dense", {}, 1e-3, "cached")})
+    x = torch.relu(torch.randn(2, 32, 12, 12)).contiguous(memory_format=torch.channels_last)
+    for rate in (0.1, 0.9):
+        masks = synthetic_masks(spec, rate, seed=1)
+        want = reference_on_masks(block, x, masks)
+        for dispatch, ran in (("static", "gather"),
+                              ("dynamic", "gather" if rate < 0.5 else "dense")):
+            cb = CompiledBlock("b", spec, fold_block(block), table, dispatch, 0.2)
+            with torch.no_grad():
+                got = cb(x, masks=masks)
+            assert (cb.static_choice.variant, cb.last_run.variant) == ("gather", ran)
+            assert_close(got, want.float())
+
+
 def test_decorator_on_factory_and_class():
     x = torch.randn(1, 3, 32, 32)
 

@@ -109,8 +109,13 @@ def masker_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     logits of ``spatial_masker`` at grids 1x1, 3x4 and 13x17 (the whole map), and of
     ``channel_masker_mlp`` with two layers (40 -> 16 -> 24 logits).
 
+    The masks must be the decisions of the kernels' own logits (keep where logit 0 >=
+    logit 1): compared with the reference's decisions, a logit within rounding of its
+    pair could flip one legitimately.
+
     Raises:
-        AssertionError: logits off by more than 1e-4 of max |reference|, or left unwritten.
+        AssertionError: logits off by more than 1e-4 of max |reference|, left unwritten,
+            or masks that are not their logits' decisions.
     """
     from .kernels import maskers as mk
     from .testing import assert_close
@@ -119,13 +124,24 @@ def masker_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     w, b = torch.randn(2, 40, device=dev), torch.randn(2, device=dev)
     for grid in ((1, 1), (3, 4), (13, 17)):
         with poisoned():
-            _, logits = mk.spatial_masker(x, w, b, grid)
+            mask, logits = mk.spatial_masker(x, w, b, grid)
         assert_close(logits, mk.spatial_masker_torch(x, w, b, grid)[1], 1e-4, f"grid {grid}")
+        _check_decisions(mask, logits.unsqueeze(2), f"grid {grid}")
     layers = [(torch.randn(16, 40, device=dev), torch.randn(16, device=dev)),
               (torch.randn(24, 16, device=dev), torch.randn(24, device=dev))]
     with poisoned():
-        _, logits = mk.channel_masker_mlp(x, layers)
+        mask, logits = mk.channel_masker_mlp(x, layers)
     assert_close(logits, mk.channel_masker_mlp_torch(x, layers)[1], 1e-4, "mlp")
+    _check_decisions(mask, logits, "mlp")
+
+
+def _check_decisions(mask: torch.Tensor, logits: torch.Tensor, what: str) -> None:
+    """Assert mask == (logits[:, 0] >= logits[:, 1]) as float 0/1, element for element
+    (logits [B, 2, ...] against a mask of the shape of logits[:, 0])."""
+    want = (logits[:, 0] >= logits[:, 1]).float()
+    if mask.shape != want.shape or not torch.equal(mask.float(), want):
+        raise AssertionError(f"{what}: masks {tuple(mask.shape)} are not the decisions of "
+                             f"their logits {tuple(logits.shape)}")
 
 
 def spatial_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:

@@ -569,6 +569,25 @@ def test_quick_tuning_records_the_rate_it_timed(tmp_path):
     assert TuneCache(tmp_path, device="cpu").rates(cm.blocks[0].spec) == [0.0, 1.0]
 
 
+def test_full_tuning_times_every_bucket(tmp_path):
+    """tune="full" times the rates 0.0, 0.1, ..., 1.0 (each realised exactly by 100 cells
+    of S=1 on a 10x10 map) and records them; a second compile reads them all."""
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, mode="spatial", granularity=1, seed=4)
+    x = torch.randn(1, 32, 10, 10)
+    laudtriton.nn.calibrate_block(block, x, 0.5)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="full", cache_dir=tmp_path)
+    buckets = [i / 10 for i in range(11)]
+    assert sorted(cm.blocks[0].table.entries) == buckets
+    assert {c.source for c in cm.blocks[0].table.entries.values()} == {"measured"}
+    assert TuneCache(tmp_path).rates(cm.blocks[0].spec) == buckets
+    with torch.no_grad():
+        assert_close(cm(x), block(x))
+    again = laudtriton.compile(block, x, backend="cpu", tune="full", cache_dir=tmp_path)
+    assert {c.source for c in again.blocks[0].table.entries.values()} == {"cached"}
+
+
 def test_float64_compiles_on_a_calibrated_cache(tmp_path):
     """The predictor models float32/16/bf16 only: a float64 compile with tune="cached" on
     a calibrated cache holding timings (of float32 blocks) times the example input

@@ -15,7 +15,6 @@ from .guards import (
     TRAIN_REFUSED,
     RefusesTracing,
     call_lock,
-    check_flag,
     hooked,
     mark_nan,
     no_autocast,
@@ -29,6 +28,7 @@ from .guards import (
     strided_refusal,
 )
 from .nn.block import BlockMasks, detached_copy
+from .nn.maskers import check_flag
 from .nn.resnet import LaudResNet
 from .order import SampleOrder
 from .stem import set_stem, stem

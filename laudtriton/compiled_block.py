@@ -16,7 +16,6 @@ from .guards import (
     TRAIN_REFUSED,
     RefusesTracing,
     call_lock,
-    check_flag,
     mark_nan,
     no_autocast,
     nonfinite_samples,
@@ -26,6 +25,7 @@ from .guards import (
     strided_refusal,
 )
 from .nn.block import BlockMasks
+from .nn.maskers import check_flag
 from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
 from .ops.layer import gate_values

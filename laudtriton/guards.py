@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -326,15 +325,6 @@ def nonfinite_samples(x: torch.Tensor) -> torch.Tensor | None:
     if x.device.type == "cpu" and bool(torch.isfinite(x.sum())):
         return None
     return ~torch.isfinite(x).flatten(1).all(1)
-
-
-def check_flag(value: object, name: str) -> None:
-    """Raise a ValueError naming ``name`` unless value is True or False (a numpy bool
-    too): a forward's switches (``check_masks``, ...) would otherwise take any truthy
-    value, the string "no" included, as True.
-    """
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def strided_refusal(who: str, t: torch.Tensor) -> str:

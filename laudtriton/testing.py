@@ -3,13 +3,13 @@ BN statistics and a verbose closeness check."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .nn.block import LaudBottleneck
+from .nn.maskers import finite_real
 
 if TYPE_CHECKING:
     from .compiled import CompiledModel
@@ -118,9 +118,10 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float | None = None,
         ValueError: if tol is not a finite number >= 0 (a NaN tol passed everything, True
             counted as 1), or out or ref is complex (its imaginary part would be dropped).
     """
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                            or not math.isfinite(tol) or tol < 0):
-        raise ValueError(f"assert_close: tol must be a finite number >= 0, got {tol!r}")
+    if tol is not None:
+        tol = finite_real("assert_close: tol", tol)
+        if tol < 0:
+            raise ValueError(f"assert_close: tol must be >= 0, got {tol!r}")
     for t, what in ((out, "out"), (ref, "ref")):
         if not isinstance(t, torch.Tensor) or t.is_complex():
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__

@@ -563,7 +563,8 @@ def test_switches_that_are_not_true_or_false_are_refused():
         with pytest.raises(ValueError, match=f"check_masks must be True or False, got {bad!r}"):
             cm(x, masks=masks, check_masks=bad)
     with torch.no_grad():
-        assert torch.equal(cm(x, masks=masks, check_masks=np.False_), cm(x, masks=masks))
+        for unchecked in (np.False_, torch.tensor(False)):
+            assert torch.equal(cm(x, masks=masks, check_masks=unchecked), cm(x, masks=masks))
     cb = cm.blocks[1]
     h = torch.relu(torch.randn(2, cb.spec.in_channels, *cb.spec.in_hw))
     h = h.contiguous(memory_format=torch.channels_last)

@@ -655,14 +655,31 @@ def test_kd_loss_refuses_logits_of_another_shape(teacher, match):
 
 
 def test_masker_helpers_refuse_non_integers():
-    from laudtriton.nn.maskers import MaskerChannelMLP, mask_grid_size
+    from laudtriton.nn.maskers import MapTooSmall, MaskerChannelMLP, mask_grid_size
 
     with pytest.raises(ValueError, match="granularity must be a positive int, got 2.5"):
         mask_grid_size((8, 8), 2.5)
     with pytest.raises(ValueError, match="groups must be a positive int, got 0"):
         MaskerChannelMLP(64, 0)
-    with pytest.raises(ValueError, match="out_hw height must be a positive int, got 8.5"):
+    with pytest.raises(ValueError, match="out_hw height must be an int, got 8.5"):
         mask_grid_size((8.5, 8), 2)  # gave the grid (4.0, 4)
+    with pytest.raises(MapTooSmall):  # an empty map is too small, as before
+        mask_grid_size((0, 8), 2)
+
+
+@pytest.mark.parametrize("mode", ["spatial", "both"])
+def test_a_reference_block_still_traces(mode):
+    """While tracing, the map's sides are 0-d tensors: a check that took only ints broke
+    torch.jit.trace (and the TorchScript ONNX export) of a reference block."""
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, 1, mode=mode, granularity=2, channel_granularity=2)
+    x = torch.randn(2, 16, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings on Python values
+        traced = torch.jit.trace(block, x, check_trace=False)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), block(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("make, match", [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +49,16 @@ def finite_real(name: str, value: float | torch.Tensor, positive: bool = False) 
     return float(value)
 
 
+def check_flag(value: object, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless value is True or False (a numpy bool, or
+    a one-value bool tensor, too): a switch (``check_masks``, ``enabled``, ...) would
+    otherwise take any truthy value, the string "no" included, as True."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def positive_real(name: str, value: float | torch.Tensor) -> float:
     """``finite_real`` > 0."""
     return finite_real(name, value, positive=True)
@@ -65,11 +76,13 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
     Raises:
-        ValueError: if S is not positive or larger than the map, or the map's sides are
-            not positive ints ((8.5, 8) gave a grid of (4.0, 4)).
+        ValueError: if S is not positive or larger than the map (``MapTooSmall``), or a
+            side of the map is a float or a bool ((8.5, 8) gave a grid of (4.0, 4)).
     """
     ho, wo = out_hw
-    check_positive_ints(**{"out_hw height": ho, "out_hw width": wo})
+    for side, v in (("height", ho), ("width", wo)):  # (tensors while tracing: let through)
+        if isinstance(v, (float, bool, np.bool_, np.floating)):
+            raise ValueError(f"out_hw {side} must be an int, got {v!r}")
     if (isinstance(granularity, bool) or not isinstance(granularity, numbers.Integral)
             or granularity <= 0):
         raise ValueError(f"granularity must be a positive int, got {granularity!r}")

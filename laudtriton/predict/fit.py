@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..nn.maskers import check_positive_ints
 from ..ops.spec import BlockSpec
 from .hardware import DTYPES, HardwareSpec
 from .model import DEFAULT_FACTORS, Factors, factor_key, predict_block, resolve_variant, terms
@@ -121,11 +122,9 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     fitted with shared eff_c/overhead did not).
 
     Raises:
-        ValueError: if min_samples is not an int >= 1 (0 fitted factors on no timing).
+        ValueError: if min_samples is not a positive int (0 fitted factors on no timing).
     """
-    if (isinstance(min_samples, bool) or not isinstance(min_samples, int)
-            or min_samples < 1):
-        raise ValueError(f"min_samples must be an int >= 1, got {min_samples!r}")
+    check_positive_ints(min_samples=min_samples)
     data = list(data)
     if data and not isinstance(data[0], Sample):
         data = samples(data)

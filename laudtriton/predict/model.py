@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
-
+from ..nn.maskers import check_positive_ints, finite_real, positive_real
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
@@ -59,19 +57,12 @@ class Factors:
         """Raise a ValueError naming the field unless eff_c and eff_m are finite numbers
         > 0, overhead None or a finite number >= 0, and n an int >= 0: a NaN eff_c
         predicted 0 s, a zero one raised ZeroDivisionError."""
-        for name in ("eff_c", "eff_m", "overhead"):
-            value = getattr(self, name)
-            if name == "overhead" and value is None:
-                continue
-            ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-                  and math.isfinite(value) and (value >= 0 if name == "overhead" else value > 0))
-            if not ok:
-                least = ">= 0" if name == "overhead" else "> 0"
-                raise ValueError(f"Factors.{name} must be a finite number {least}, got "
-                                 f"{value!r}")
-        if (isinstance(self.n, (bool, np.bool_)) or not isinstance(self.n, numbers.Integral)
-                or self.n < 0):
-            raise ValueError(f"Factors.n must be an int >= 0, got {self.n!r}")
+        positive_real("Factors.eff_c", self.eff_c)
+        positive_real("Factors.eff_m", self.eff_m)
+        if self.overhead is not None and finite_real("Factors.overhead", self.overhead) < 0:
+            raise ValueError(f"Factors.overhead must be >= 0, got {self.overhead!r}")
+        if self.n != 0:
+            check_positive_ints(**{"Factors.n": self.n})
 
 
 DEFAULT_FACTORS = {"gpu": Factors(0.5, 0.7), "edge": Factors(0.4, 0.6),

@@ -38,7 +38,7 @@ def per_stage(value: str | int | Sequence[Any], name: str, cast: Callable[[Any],
                          "(give one value or 'a-b-c-d')")
     try:
         return [cast(v) for v in items]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: int(inf))
         raise ValueError(f"--{name} {value!r} is malformed") from None
 
 

@@ -10,10 +10,10 @@ warps / stages) keep their order in the variant's space.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from pathlib import Path
 
+from ..nn.maskers import check_positive_ints
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
@@ -67,8 +67,7 @@ def make_prune(hw: HardwareSpec | str, top_k: int = 3,
     """
     from .calibrate import predictor_for
 
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    check_positive_ints(top_k=top_k)
     hw, fitted, _ = predictor_for(hw, cache_dir, fit=factors is None)
     factors = fitted if factors is None else factors
 

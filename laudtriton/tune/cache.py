@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..guards import check_flag
+from ..nn.maskers import check_flag
 from ..ops.spec import BlockSpec
 from .cache_file import (
     LOCK_TIMEOUT,
@@ -131,7 +131,9 @@ class TuneCache:
         # into the file's entry under the lock (never its timings as this process read them)
         self._notes: dict[str, dict] = {}
         self._hashes: dict[str, str | None] = {}
-        self._changed: dict[str, str] = {}  # variants whose source changed (``_hash``)
+        # variants whose timings are neither read nor recorded, and why, until said once
+        # (``_hash``: source changed after import, or not registered)
+        self._changed: dict[str, str] = {}
         self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
         self._warned_foreign = False
@@ -155,8 +157,9 @@ class TuneCache:
             except SourceChanged as e:  # no entry is this process's code's: none read,
                 self._hashes[variant] = None  # none written (``record``)
                 self._changed[variant] = str(e)
-            except ValueError:  # not registered here: its entries cannot be validated
-                self._hashes[variant] = None
+            except ValueError:  # not registered here: its entries cannot be validated,
+                self._hashes[variant] = None  # and none written would ever be read
+                self._changed[variant] = f"variant {variant!r} is not registered here"
         return self._hashes[variant]
 
     def _key(self, spec: BlockSpec, bucket: float, variant: str, src: str | None) -> str:
@@ -259,17 +262,13 @@ class TuneCache:
                 that is not a string, a config key that is not a JSON object
                 (``measure.config_key``), a time that is not a number > 0 (inf or NaN
                 records a failed config), or a spec or meta no reader could use, or a
-                meta JSON cannot hold, or a variant that is not registered (its timings
-                could never be read: no source hash to validate them by). Nothing is
-                recorded then: the file's readers would drop the whole entry, or it
-                could not be written at all.
+                meta JSON cannot hold. Nothing is recorded then: the file's readers would
+                drop the whole entry, or it could not be written at all. (The timings of
+                a variant that is not registered are left out and that is said once:
+                without a source hash no reader could take them.)
         """
         check_spec(spec, "record")
         check_record(rate_bucket, timings)
-        unknown = [v for v in timings if self._hash(v) is None and v not in self._changed]
-        if unknown:
-            raise ValueError(f"record: variant {unknown[0]!r} is not registered; its timings "
-                             "could never be read")
         try:
             json.dumps(meta or {}, allow_nan=True)
         except (TypeError, ValueError, RecursionError) as e:

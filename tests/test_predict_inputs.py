@@ -316,7 +316,8 @@ def test_cli_validate_with_the_cache_disabled_says_so(capsys, monkeypatch):
     (dict(eff_c="a"), "Factors.eff_c must be a finite number > 0, got 'a'"),
     (dict(overhead=-1e-6), "Factors.overhead must be >= 0"),
     (dict(overhead=math.inf), "Factors.overhead must be a finite number, got inf"),
-    (dict(n=True), "Factors.n must be a positive int, got True"),
+    (dict(n=True), "Factors.n must be an int >= 0, got True"),
+    (dict(n=-1), "Factors.n must be an int >= 0, got -1"),
 ])
 def test_factors_refuse_values_no_fit_gives(kw, match):
     """A NaN eff_c predicted 0 s; zero ones raised ZeroDivisionError."""

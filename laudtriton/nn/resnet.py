@@ -170,8 +170,7 @@ class LaudResNet(nn.Module):
         layers = _per_stage(channel_masker_layers, "channel_masker_layers", _masker_layers,
                             "1 or 2")
         reds = _per_stage(channel_masker_reduction, "channel_masker_reduction",
-                          parse_positive_int,
-                          "positive ints")
+                          parse_positive_int, "positive ints")
         given = depths
         try:
             depths = tuple(depths)  # a list, tuple, array, ...

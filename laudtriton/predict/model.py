@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..nn.maskers import check_positive_ints, finite_real, positive_real
+from ..nn.maskers import finite_real, positive_real
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
@@ -61,8 +62,8 @@ class Factors:
         positive_real("Factors.eff_m", self.eff_m)
         if self.overhead is not None and finite_real("Factors.overhead", self.overhead) < 0:
             raise ValueError(f"Factors.overhead must be >= 0, got {self.overhead!r}")
-        if self.n != 0:
-            check_positive_ints(**{"Factors.n": self.n})
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
+            raise ValueError(f"Factors.n must be an int >= 0, got {self.n!r}")
 
 
 DEFAULT_FACTORS = {"gpu": Factors(0.5, 0.7), "edge": Factors(0.4, 0.6),

@@ -141,7 +141,7 @@ def _check_decisions(mask: torch.Tensor, logits: torch.Tensor, what: str) -> Non
     want = (logits[:, 0] >= logits[:, 1]).float()
     if mask.shape != want.shape or not torch.equal(mask.float(), want):
         raise AssertionError(f"{what}: masks {tuple(mask.shape)} are not the decisions of "
-                             f"their logits {tuple(logits.shape)}")
+                             f"their logits (decisions {tuple(want.shape)})")
 
 
 def spatial_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:

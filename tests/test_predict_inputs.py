@@ -443,3 +443,18 @@ def test_cache_record_refuses_what_it_could_never_read(tmp_path, caplog):
                       (lambda: cache.annotate(None, 0.5, {}), "annotate")):
         with pytest.raises(ValueError, match=f"{who}: spec must be a BlockSpec, got NoneType"):
             call()
+
+
+def test_predictor_takes_rates_and_factors_given_as_numpy_or_torch_scalars():
+    """A 0-d numpy rate was refused by check_rate; a 0-d tensor factor made every
+    predicted time a tensor."""
+    import numpy as np
+
+    from laudtriton.predict import flops_ratio, predict_block
+    from laudtriton.predict.model import Factors
+
+    assert flops_ratio(SPEC, np.array(0.5)) == flops_ratio(SPEC, 0.5)
+    f = Factors(torch.tensor(0.5), np.float32(0.7), torch.tensor(1e-6))
+    assert all(type(v) is float for v in (f.eff_c, f.eff_m, f.overhead))
+    t = predict_block(SPEC, 0.5, "dense", get_hardware("a100"), {"*": f})
+    assert type(t) is float and t > 0

@@ -37,10 +37,12 @@ class MapTooSmall(ValueError):
 
 def finite_real(name: str, value: float | torch.Tensor, positive: bool = False) -> float:
     """``value`` as a float if it is a finite real number (> 0 with ``positive``; not a
-    bool; a one-value real tensor counts, e.g. an annealing schedule's); else a
-    ValueError naming ``name``."""
+    bool; a one-value real tensor counts, e.g. an annealing schedule's, and a 0-d numpy
+    array); else a ValueError naming ``name``."""
     if (isinstance(value, torch.Tensor) and value.numel() == 1
             and not value.is_complex() and value.dtype != torch.bool):
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         value = value.item()
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not (math.isfinite(value) and (value > 0 or not positive))):

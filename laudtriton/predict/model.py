@@ -58,10 +58,14 @@ class Factors:
         """Raise a ValueError naming the field unless eff_c and eff_m are finite numbers
         > 0, overhead None or a finite number >= 0, and n an int >= 0: a NaN eff_c
         predicted 0 s, a zero one raised ZeroDivisionError."""
-        positive_real("Factors.eff_c", self.eff_c)
-        positive_real("Factors.eff_m", self.eff_m)
-        if self.overhead is not None and finite_real("Factors.overhead", self.overhead) < 0:
-            raise ValueError(f"Factors.overhead must be >= 0, got {self.overhead!r}")
+        # kept as the floats checked (a 0-d tensor given would make every time a tensor)
+        object.__setattr__(self, "eff_c", positive_real("Factors.eff_c", self.eff_c))
+        object.__setattr__(self, "eff_m", positive_real("Factors.eff_m", self.eff_m))
+        if self.overhead is not None:
+            overhead = finite_real("Factors.overhead", self.overhead)
+            if overhead < 0:
+                raise ValueError(f"Factors.overhead must be >= 0, got {self.overhead!r}")
+            object.__setattr__(self, "overhead", overhead)
         if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
             raise ValueError(f"Factors.n must be an int >= 0, got {self.n!r}")
 

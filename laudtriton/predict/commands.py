@@ -189,9 +189,8 @@ def run_predict(args: argparse.Namespace) -> int:
         ValueError: naming the bad option and its value (``laudtriton`` prints it in one
             line and exits with code 2).
     """
-    from ..nn.resnet import parse_modes
     from ..ops.registry import variants_for
-    from ..tune.options import check_layout_read, check_mode, parse_stages
+    from ..tune.options import check_layout_options
     from .model import (
         predict_expected,
         predict_static_dense,
@@ -206,13 +205,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return run_validate(args, get_hardware(args.hardware, args.cache_dir))
     # every option checked before the hardware is read (it may warn)
     rates = _rates(args.rates)
-    parse_stages(args.granularity, "--granularity")
-    check_mode(args.mode, "--mode")
-    check_layout_read(parse_modes(args.mode), {
-        "--granularity": args.granularity, "--channel-granularity": args.channel_granularity},
-        f"mode {args.mode!r}")
-    model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
-                "float32", args.channel_granularity)
+    check_layout_options(args)  # the model's layout, as bench and sweep check theirs
     only = None
     if args.variants is not None:
         listed = _list(args.variants, "--variants", "variant",

@@ -18,6 +18,8 @@ from .maskers import (
     MaskerChannelConvLinear,
     MaskerChannelMLP,
     MaskerSpatial,
+    check_masker_layers,
+    check_positive_ints,
     expand_channel_mask,
     expand_mask1,
     mask_grid_size,
@@ -158,14 +160,10 @@ class LaudBottleneck(nn.Module):
         super().__init__()
         if dyn_mode not in MODES:
             raise ValueError(f"dyn_mode must be one of {MODES}, got {dyn_mode!r}")
-        for name, value in (("inplanes", inplanes), ("planes", planes), ("stride", stride),
-                            ("channel_masker_reduction", channel_masker_reduction),
-                            ("granularity", granularity)):
-            if not _positive_int(value):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not _positive_int(channel_masker_layers) or channel_masker_layers not in (1, 2):
-            raise ValueError(f"channel_masker_layers must be 1 or 2, got "
-                             f"{channel_masker_layers!r}")
+        check_positive_ints(inplanes=inplanes, planes=planes, stride=stride,
+                            channel_masker_reduction=channel_masker_reduction,
+                            granularity=granularity)
+        check_masker_layers(channel_masker_layers)
         inplanes, planes, stride, granularity, channel_masker_reduction = (
             int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
         width = planes

@@ -74,6 +74,14 @@ def check_positive_ints(**values: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def check_masker_layers(layers: object) -> None:
+    """Raise a ValueError unless ``layers`` (the channel MLP masker's depth) is the int 1
+    or 2 (not True, not 1.0)."""
+    if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or (
+            layers not in (1, 2)):
+        raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers!r}")
+
+
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
@@ -139,9 +147,7 @@ class MaskerChannelMLP(nn.Module):
     def __init__(self, in_channels: int, groups: int, layers: int = 2,
                  reduction: int = 16) -> None:
         super().__init__()
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or (
-                layers not in (1, 2)):
-            raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers!r}")
+        check_masker_layers(layers)
         check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         self.groups = groups
         hidden = max(groups // reduction, 16)

@@ -270,6 +270,41 @@ def test_mask1_random_masks(ho, wo, rate, stride):
         assert torch.equal(expand_mask1(mask3, stride, hw), brute_mask1(mask3, stride, hw))
 
 
+_MASK = torch.ones(2, 1, 4, 4)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: upsample_mask(_MASK, (0, 8)), r"upsample_mask: out_hw must be a pair of ints"),
+    (lambda: upsample_mask(_MASK, 8), r"out_hw must be a pair .* got 8"),
+    (lambda: upsample_mask(_MASK, (8.5, 8)), r"out_hw must be a pair .* got \(8.5, 8\)"),
+    (lambda: upsample_mask(_MASK, (True, 8)), r"out_hw must be a pair"),
+    (lambda: upsample_mask(torch.ones(2, 3, 4, 4), (8, 8)),
+     r"upsample_mask: grid_mask must be a \[B, 1, h, w\] tensor, got \(2, 3, 4, 4\)"),
+    (lambda: upsample_mask(_MASK[0], (8, 8)), r"grid_mask must be a \[B, 1, h, w\]"),
+    (lambda: expand_mask1(_MASK, 0, (4, 4)), r"expand_mask1: stride must be an int >= 1, got 0"),
+    (lambda: expand_mask1(_MASK, True, (4, 4)), r"stride must be an int >= 1, got True"),
+    (lambda: expand_mask1(_MASK, 1.5, (8, 8)), r"stride must be an int >= 1, got 1.5"),
+    (lambda: expand_mask1(_MASK, 1, (0, 4)), r"expand_mask1: in_hw must be a pair"),
+    (lambda: expand_mask1(_MASK, 2, (2, 2)),
+     r"mask2 is 4x4, but a 3x3 convolution at stride 2 on in_hw 2x2 gives 1x1"),
+    (lambda: expand_mask1(_MASK, 1, (5, 4)), r"on in_hw 5x4 gives 5x4"),
+    (lambda: expand_mask1(torch.ones(2, 3, 4, 4), 1, (4, 4)), r"mask2 must be a \[B, 1"),
+])
+def test_mask_helpers_refuse_bad_arguments(call, match):
+    """Bad sizes, strides and masks are refused with the argument named; before, a mask of
+    three channels was upsampled, stride True or an in_hw of another map's size gave a
+    mask of the wrong pixels, and other values raised torch's own errors."""
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_mask_helpers_take_numpy_ints_and_sizes():
+    """The sizes a caller computes with numpy, or reads off a tensor, are taken."""
+    m = upsample_mask(torch.ones(1, 1, 2, 2), (np.int64(8), np.int32(8)))
+    assert m.shape == (1, 1, 8, 8)
+    assert expand_mask1(m, np.int64(2), torch.Size([15, 16])).shape == (1, 1, 15, 16)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("s", [1, 2, 4, 7, 8])
 def test_spatial_block_output(s, stride):

@@ -236,6 +236,26 @@ class MaskerChannelConvLinear(nn.Module):
         return mask, red * h * w + self.masker_flops
 
 
+def check_mask_shape(who: str, name: str, mask: object) -> None:
+    """Raise a ValueError naming ``who`` and ``name`` unless mask is a [B, 1, h, w]
+    tensor."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[1] != 1:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{who}: {name} must be a [B, 1, h, w] tensor, got {got}")
+
+
+def check_map_size(who: str, name: str, hw: object) -> tuple:
+    """hw as a tuple if it is a pair of ints >= 1 (numpy ints taken; tensors let through,
+    as while tracing a map's sides are); else a ValueError naming ``who`` and ``name``."""
+    pair = tuple(hw) if isinstance(hw, (tuple, list, torch.Size)) else None
+    if pair is None or len(pair) != 2 or not all(
+            isinstance(v, torch.Tensor) or (isinstance(v, numbers.Integral) and not isinstance(
+                v, (bool, np.bool_)) and v >= 1) for v in pair):
+        raise ValueError(f"{who}: {name} must be a pair of ints >= 1 (height, width), got "
+                         f"{hw!r}")
+    return tuple(v if isinstance(v, torch.Tensor) else int(v) for v in pair)
+
+
 def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3).
 
@@ -243,8 +263,14 @@ def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Ten
     float32 (PyTorch's ``nearest`` rule): ⌊i·gh/Ho⌋, except at a few sizes where the
     rounded scale puts a pixel one cell lower (Ho = 74, gh = 24: pixel 37 is in cell
     11, not 12).
+
+    Raises:
+        ValueError: unless grid_mask is a [B, 1, gh, gw] tensor and out_hw a pair of
+            ints >= 1 (a mask of 3 channels was upsampled, a side 0 gave torch's error).
     """
-    return F.interpolate(grid_mask, size=tuple(out_hw), mode="nearest")
+    check_mask_shape("upsample_mask", "grid_mask", grid_mask)
+    out_hw = check_map_size("upsample_mask", "out_hw", out_hw)
+    return F.interpolate(grid_mask, size=out_hw, mode="nearest")
 
 
 def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
@@ -252,9 +278,24 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
 
     mask2: [B, 1, Ho, Wo] (0/1). Returns a bool [B, 1, H, W]: every input pixel within
     Chebyshev distance 1 of (i·s, j·s) for an active output (i, j), clipped to the image.
+
+    Raises:
+        ValueError: unless mask2 is a [B, 1, Ho, Wo] tensor, stride an int >= 1 and in_hw
+            a pair of ints >= 1 whose output map at that stride, (⌊(H−1)/s⌋+1,
+            ⌊(W−1)/s⌋+1), is (Ho, Wo): another in_hw gave a mask of the wrong pixels.
     """
+    check_mask_shape("expand_mask1", "mask2", mask2)
+    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, numbers.Integral) or (
+            stride < 1):
+        raise ValueError(f"expand_mask1: stride must be an int >= 1, got {stride!r}")
     b, _, ho, wo = mask2.shape
-    h, w = in_hw
+    h, w = check_map_size("expand_mask1", "in_hw", in_hw)
+    stride = int(stride)
+    if all(isinstance(v, int) for v in (h, w, ho, wo)) and (
+            ((h - 1) // stride + 1, (w - 1) // stride + 1) != (ho, wo)):
+        raise ValueError(f"expand_mask1: mask2 is {ho}x{wo}, but a 3x3 convolution at "
+                         f"stride {stride} on in_hw {h}x{w} gives "
+                         f"{(h - 1) // stride + 1}x{(w - 1) // stride + 1}")
     placed = mask2.new_zeros(b, 1, max(h, ho * stride), max(w, wo * stride))
     placed[:, :, : ho * stride : stride, : wo * stride : stride] = (mask2 > 0.5).to(mask2.dtype)
     dil = F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,6 +223,19 @@ def test_sparsity_loss_value_by_hand(epoch, want):
 def test_sparsity_loss_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         SparsityLoss(**kw)
+
+
+def test_sparsity_loss_takes_tensor_and_numpy_numbers():
+    """A target and a length given as one-value tensors or numpy numbers (an annealing
+    schedule's, as ``set_temperature`` and ``bounds`` take them) make the same loss as
+    floats; before, they were refused."""
+    want = SparsityLoss(target=0.4, num_epochs=90)
+    for target, epochs in ((torch.tensor(0.4), torch.tensor(90)),
+                           (np.float32(0.4), np.array(90)), (np.float64(0.4), np.int64(90))):
+        got = SparsityLoss(target=target, num_epochs=epochs)
+        assert type(got.target) is float and type(got.num_epochs) is float
+        assert got.num_epochs == 90.0 and abs(got.target - 0.4) < 1e-7
+        assert got.bounds(20) == pytest.approx(want.bounds(20), abs=1e-7)
 
 
 # --------------------------------------------------------------------------------- KD loss

@@ -4,7 +4,6 @@ schedule, and knowledge distillation."""
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +31,28 @@ class SparsityLoss(nn.Module):
         target: target FLOPs ratio in (0, 1].
         num_epochs: length of training, a positive number (the bounds relax over its
             first third).
+
+    Either may be a one-value tensor or a 0-d numpy array; both are kept as floats.
+
+    Raises:
+        ValueError: for a target outside (0, 1] or a num_epochs not a finite number > 0
+            (NaN, inf and bools included).
     """
 
     def __init__(self, target: float, num_epochs: float) -> None:
         super().__init__()
-        def real(x) -> bool:
-            return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-        if not (real(target) and 0.0 < target <= 1.0):
+        try:  # (one-value tensors and 0-d numpy arrays count, as for ``bounds``' epoch)
+            t = finite_real("target", target)
+        except ValueError:
+            t = math.nan
+        if not 0.0 < t <= 1.0:
             raise ValueError(f"target must be a number in (0, 1], got {target!r}")
-        if not (real(num_epochs) and math.isfinite(num_epochs) and num_epochs > 0):
-            raise ValueError(f"num_epochs must be a positive number, got {num_epochs!r}")
-        self.target = float(target)
-        self.num_epochs = num_epochs
+        try:
+            n = finite_real("num_epochs", num_epochs, positive=True)
+        except ValueError:
+            raise ValueError(f"num_epochs must be a positive number, got {num_epochs!r}"
+                             ) from None
+        self.target, self.num_epochs = t, n
 
     def bounds(self, epoch: float) -> tuple[float, float]:
         """(lower, upper) per-block bounds at ``epoch`` (may be fractional; before 0 it

@@ -497,6 +497,12 @@ def test_calibrate_rates_bad_arguments():
     with pytest.raises(ValueError, match="calibrate_rates takes a LaudResNet, got "
                                          "LaudBottleneck .*calibrate_block"):
         calibrate_rates(make_block(16, 4), torch.randn(1, 16, 8, 8), 0.5)
+    x = torch.randn(1, 3, 64, 64)
+    cm = laudtriton.compile(tiny().eval(), x, backend="cpu", tune="off")
+    with pytest.raises(ValueError, match=r"got CompiledModel \(a compiled model: calibrate "
+                                         r"the model it was compiled from, and compile "
+                                         r"again\)"):
+        calibrate_rates(cm, x, 0.5)
     with pytest.raises(ValueError, match=r"x must be a \[B, 3, H, W\] tensor with B >= 1 "
                                          r"for this model, got \(1, 4, 32, 32\)"):
         calibrate_rates(model, torch.randn(1, 4, 32, 32), 0.5)

@@ -586,15 +586,48 @@ def test_calibrate_channel_rate_needs_a_channel_masker():
                                          r"\(its mode spatial\)"):
         calibrate_block(block, torch.randn(1, 16, 8, 8), 0.5, channel_rate=0.25)
     assert all(torch.equal(before[n], p) for n, p in block.named_parameters())
-    got = calibrate_rates(tiny(mode="channel"), torch.randn(2, 3, 64, 64), 0.5,
-                          channel_rate=0.25)
+    x = torch.randn(2, 3, 64, 64)
+    got = calibrate_rates(tiny(mode="channel"), x, 0.25, channel_rate=0.25)
     assert all(abs(r - 0.25) < 1e-9 for r in got)  # every channel mask, as documented
+    got = calibrate_rates(tiny(mode="channel-spatial-spatial-spatial"), x, 0.75,
+                          channel_rate=0.25)  # each rate read by its own maskers
+    assert got[0] == 0.25 and got[-1] == 0.75
+
+
+def test_calibrate_refuses_a_rate_no_masker_reads():
+    """With channel maskers only, channel_rate sets every mask: another rate was ignored
+    without a word."""
+    model = tiny(mode="channel")
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"rate 0\.9 would be ignored: the model \(mode "
+                                         r"channel-channel-channel-channel\) has channel "
+                                         r"maskers only, which channel_rate 0\.25 sets"):
+        calibrate_rates(model, torch.randn(2, 3, 64, 64), 0.9, channel_rate=0.25)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match=r"rate 0\.9 would be ignored: the block \(mode "
+                                         r"channel\)"):
+        calibrate_block(make_block(16, 4, mode="channel"), torch.randn(1, 16, 8, 8), 0.9,
+                        channel_rate=0.25)
 
 
 def test_calibrate_names_the_block_an_input_is_too_small_for():
     with pytest.raises(ValueError, match=r"x of size 16x16 is too small: layer2\.0: "
                                          r"granularity 4"):
         calibrate_rates(tiny(input_size=None), torch.randn(1, 3, 16, 16), 0.5)
+
+
+def test_calibrate_stopped_part_way_leaves_the_model_as_it_was():
+    """x too small for layer2's S: the blocks of layer1 were calibrated already and the
+    model switched to eval before the error; their biases and the training flags are put
+    back."""
+    model = tiny(input_size=None).train()
+    model.layer1[0].masker_spatial.eval()  # flags of its own are kept too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    with pytest.raises(ValueError, match=r"too small: layer2\.0"):
+        calibrate_rates(model, torch.randn(1, 3, 16, 16), 0.5)
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_model_forward_refuses_another_dtype_and_takes_an_empty_batch():

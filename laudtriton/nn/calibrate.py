@@ -121,6 +121,16 @@ def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:
         raise ValueError("x holds NaN or inf values; calibrate on finite inputs")
 
 
+def _check_rate_read(rate: float, channel_rate: float | None, blocks: list,
+                     what: str) -> None:
+    """A ValueError when channel_rate is given, differs from rate, and no block has a
+    spatial masker or layer gate to read rate: rate was ignored without a word."""
+    if channel_rate is not None and rate != channel_rate and all(
+            b.masker_spatial is None for b in blocks):
+        raise ValueError(f"rate {rate!r} would be ignored: {what} has channel maskers only, "
+                         f"which channel_rate {channel_rate!r} sets; give one rate")
+
+
 def _warn_missed(missed: list[str], rate: float, channel_rate: float | None) -> None:
     if missed:
         target = f"{rate}" if channel_rate is None else f"{rate} (channel {channel_rate})"
@@ -141,7 +151,8 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
     Raises:
         ValueError: if x is not [B, Cin, H, W] (B >= 1, the block's dtype and device,
             finite), a rate is outside [0, 1], or channel_rate is given to a block without
-            a channel masker.
+            a channel masker, or to one with a channel masker only and another rate
+            (which no masker would read).
 
     Warns (UserWarning) as ``calibrate_rates`` does.
     """
@@ -153,6 +164,7 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
     if channel_rate is not None and block.masker_channel is None:  # was ignored
         raise ValueError(f"channel_rate: the block has no channel masker (its mode "
                          f"{block.dyn_mode}); give the rate as rate")
+    _check_rate_read(rate, channel_rate, [block], f"the block (mode {block.dyn_mode})")
     _warn_missed(_calibrate_eval(block, x, rate, channel_rate, "block"), rate, channel_rate)
 
 
@@ -213,7 +225,8 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
         x: [B, C, H, W] calibration input (finite values, B >= 1).
         rate: target activation rate in [0, 1].
         channel_rate: target of every channel mask ("channel" and "both" blocks; default
-            ``rate``); a model with no channel masker refuses it.
+            ``rate``); a model with no channel masker refuses it, and so does one with
+            channel maskers only unless it equals ``rate``.
 
     Returns:
         the achieved spatial (or channel, in channel mode) rate of each block.
@@ -221,14 +234,20 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     Raises:
         ValueError: if x is not [B, C, H, W] (B >= 1, the model's dtype and device,
             finite), a rate is outside [0, 1], channel_rate is given to a model without
-            channel masks, or x is too small for a block's granularity.
+            channel masks, or with channel masks only and another rate (which no masker
+            would read), or x is too small for a block's granularity. The model is
+            then left as it was (its masker biases and training flags).
 
     Warns (UserWarning) naming the maskers that could not reach their count because
     their logits tie on x (a constant input).
     """
     if not isinstance(model, LaudResNet):
+        hint = "one LaudBottleneck: calibrate_block"
+        if isinstance(model, torch.nn.Module) and any(
+                getattr(m, "replaces_laud_block", False) for m in model.modules()):
+            hint = "a compiled model: calibrate the model it was compiled from, and compile again"
         raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
-                         "(one LaudBottleneck: calibrate_block)")
+                         f"({hint})")
     compiled = [n for n, b in model.blocks() if not isinstance(b, LaudBottleneck)]
     if compiled:
         raise ValueError(f"calibrate_rates: {compiled[0]} is a compiled block (the network "
@@ -241,6 +260,35 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
                                             for _, b in model.blocks()):
         raise ValueError("channel_rate: the model has no channel masker (its mode "
                          f"{'-'.join(model.config['mode'])}); give the rate as rate")
+    _check_rate_read(rate, channel_rate, [b for _, b in model.blocks()],
+                     f"the model (mode {'-'.join(model.config['mode'])})")
+    # what calibration changes, put back if it stops part-way (x too small for a later
+    # block's S gave a model in eval with its first blocks calibrated)
+    flags = [(m, m.training) for m in model.modules()]
+    biases = [(t, t.clone()) for _, b in model.blocks() for t in _calibrated_biases(b)]
+    try:
+        return _calibrate_model(model, x, rate, channel_rate)
+    except BaseException:
+        for t, old in biases:
+            t.copy_(old)
+        for m, flag in flags:
+            m.training = flag
+        raise
+
+
+def _calibrated_biases(block: LaudBottleneck) -> list[torch.Tensor]:
+    """The masker biases ``_calibrate`` shifts in place."""
+    out = []
+    if block.masker_spatial is not None:
+        out.append(block.masker_spatial.conv.bias)
+    if block.masker_channel is not None:
+        out.append(block.masker_channel.last_linear().bias)
+    return out
+
+
+def _calibrate_model(model: LaudResNet, x: torch.Tensor, rate: float,
+                     channel_rate: float | None) -> list[float]:
+    """``calibrate_rates`` once its arguments are checked."""
     model.eval()
     h = model.stem(x)
     achieved, missed = [], []

@@ -409,6 +409,28 @@ def test_calibrate_refuses_a_folder_it_cannot_write_before_measuring(capsys, tmp
                                "system); give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)\n")
 
 
+def test_calibrate_refuses_a_directory_in_its_file_s_place_before_measuring(
+        capsys, tmp_path, monkeypatch):
+    """A directory of the calibration file's name failed only when the measured numbers
+    were moved into place, with a message that named neither the file nor --cache-dir."""
+    import importlib
+
+    from laudtriton.predict.calibrate import calibration_path
+
+    cal_module = importlib.import_module("laudtriton.predict.calibrate")
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured before checking the file")
+
+    monkeypatch.setattr(cal_module, "calibrate", measure)
+    target = calibration_path(str(tmp_path), "cpu")
+    target.mkdir(parents=True)
+    rc, out, err = _cli(["calibrate", "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 2 and err == (f"laudtriton calibrate: error: the calibration file "
+                               f"{str(target)!r} is a directory; remove it or give another "
+                               "--cache-dir (or LAUDTRITON_CACHE_DIR)\n")
+
+
 def test_cli_predict_notes_a_borrowed_peak_and_a_disabled_cache(capsys, monkeypatch):
     """A half type on hardware with no peak of its own printed the float32 numbers with
     no word; with the cache disabled the note said there were no cached timings."""

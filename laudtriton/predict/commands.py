@@ -299,12 +299,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     check_cache_dir(args.cache_dir)
-    folder = calibration_path(args.cache_dir, args.device).parent
-    try:  # before measuring: the numbers are only kept in that file
-        make_writable_dir(str(folder), "the calibration's directory")
+    target = calibration_path(args.cache_dir, args.device)
+    try:  # before measuring: the numbers are only kept in that file (written beside it
+        make_writable_dir(str(target.parent), "the calibration's directory")  # and moved)
     except ValueError as e:
         raise ValueError(f"{e}; give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)"
                          ) from None
+    if target.is_dir():  # (the file itself: a directory of its name failed at the end)
+        raise ValueError(f"the calibration file {str(target)!r} is a directory; remove it "
+                         "or give another --cache-dir (or LAUDTRITON_CACHE_DIR)")
     cal = calibrate(args.device, quick=args.quick,
                     progress=lambda line: print(line, file=sys.stderr, flush=True))
     path = save_calibration(cal, args.cache_dir, args.device)

@@ -33,6 +33,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_count_text() -> str:
+    """The machine's CPU count, and the CPUs this process may run on where fewer
+    (``usable_cpus``: ``taskset``, a container's cpuset), which ``bench --threads`` is
+    checked against."""
+    total, usable = os.cpu_count() or 1, usable_cpus()
+    return str(total) if usable >= total else f"{total} ({usable} usable by this process)"
+
+
 def _allocator() -> str:
     from .runtime import glibc_version
 
@@ -44,7 +52,8 @@ def _allocator() -> str:
 def cmd_env(args: argparse.Namespace) -> int:
     """Run ``laudtriton env``: print one line each for the Python, torch, Triton and
     laudtriton versions, the device (cuda if available, else cpu) and the fingerprint that
-    names its cache file, torch's threads, the CPU count, the autotune cache directory (or
+    names its cache file, torch's threads, the CPU count (and the CPUs this process
+    may use, where fewer), the autotune cache directory (or
     what disables it) and the C allocator. Returns 0; ``args`` is not read. A cache that
     cannot be opened is reported in its line, not raised."""
     import torch
@@ -72,7 +81,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     rows = [("python", platform.python_version()), ("torch", torch.__version__),
             ("triton", triton_v), ("laudtriton", __version__),
             ("device", f"{dev}: {device_fingerprint(dev)} (names its cache file)"),
-            ("threads", str(torch.get_num_threads())), ("cpu count", str(os.cpu_count())),
+            ("threads", str(torch.get_num_threads())), ("cpu count", cpu_count_text()),
             ("cache dir", cache), ("allocator", _allocator())]
     for k, v in rows:
         print(f"{k:<11} {v}")

@@ -282,9 +282,25 @@ def test_env_reports_this_process(capsys):
     assert rows["torch"] == torch.__version__
     assert rows["laudtriton"] == laudtriton.__version__
     assert rows["threads"] == str(torch.get_num_threads())
-    assert rows["cpu count"] == str(os.cpu_count())
+    assert rows["cpu count"].split()[0] == str(os.cpu_count())
     assert rows["device"].startswith("cuda: " if torch.cuda.is_available() else "cpu: ")
     assert {"python", "triton", "cache dir", "allocator"} <= set(rows)
+
+
+def test_env_says_when_this_process_may_use_fewer_cpus(capsys, monkeypatch):
+    """Under taskset (or a container's cpuset) env printed the machine's count alone,
+    while ``bench --threads`` refused more than the CPUs usable."""
+    import laudtriton.cli as cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 3)
+    assert main(["env"]) == 0
+    rows = {line[:11].strip(): line[12:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["cpu count"] == "8 (3 usable by this process)"
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 8)
+    assert main(["env"]) == 0
+    rows = {line[:11].strip(): line[12:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["cpu count"] == "8"
 
 
 def test_env_says_when_the_cache_is_disabled(capsys, monkeypatch, tmp_path):

@@ -298,7 +298,7 @@ def calibrate(device: str = "cpu", quick: bool = False,
     gpu = dev.type == "cuda"
     say = progress or (lambda line: None)
     with torch.no_grad():
-        say(f"measuring the GEMM peak (about {(12.0 if gpu else 9.0) * scale:.0f} s)")
+        say(f"measuring the GEMM peak (up to {(12.0 if gpu else 9.0) * scale:.0f} s)")
         if gpu:
             peak = {str(d).replace("torch.", ""): gemm_peak(dev, d, (1024, 2048, 4096),
                                                             4.0 * scale)
@@ -307,9 +307,9 @@ def calibrate(device: str = "cpu", quick: bool = False,
         else:
             peak = {"float32": gemm_peak(dev, torch.float32, (256, 512, 1024), 9.0 * scale)}
             units = torch.get_num_threads()
-        say(f"measuring the copy bandwidth (about {(3.0 if gpu else 2.5) * scale:.1f} s)")
+        say(f"measuring the copy bandwidth (up to {(3.0 if gpu else 2.5) * scale:.1f} s)")
         bw = copy_bandwidth(dev, 256 if gpu else 64, (3.0 if gpu else 2.5) * scale)
-        say(f"measuring the dispatch overhead (about {1.5 * scale:.1f} s)")
+        say(f"measuring the dispatch overhead (up to {1.5 * scale:.1f} s)")
         overhead = dispatch_overhead(dev, 200, 1.5 * scale)
     return Calibration(
         fingerprint=device_fingerprint(dev), kind="cpu" if dev.type == "cpu" else "gpu",

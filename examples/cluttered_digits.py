@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import laudtriton
 from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
-from laudtriton.tune.options import check_output_path, make_writable_dir
+from laudtriton.tune.options import check_nonempty, check_output_path, make_writable_dir
 
 
 @dataclass(frozen=True)
@@ -307,14 +307,14 @@ def plot_latency(rows, trained: tuple[float, float, float], batch: int, path: Pa
 
 def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("digits_out"), help="figure directory")
+    p.add_argument("--out", default="digits_out", help="figure directory")
     p.add_argument("--epochs", type=int, default=Config.epochs)
     p.add_argument("--seed", type=int, default=Config.seed)
     p.add_argument("--target-rate", type=float, default=Config.target_rate,
                    help="target FLOPs ratio of the sparsity loss (0.3 to 0.5 is sensible)")
     p.add_argument("--digit-size", type=int, default=Config.digit_size,
                    help="side of the upscaled digit on the canvas, in pixels")
-    p.add_argument("--save", type=Path, default=None,
+    p.add_argument("--save", default=None,
                    help="write the trained model's state_dict here (torch.save)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice)")
@@ -334,8 +334,12 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
         p.error(f"--target-rate must be in (0, 1], got {a.target_rate}")
     if not 8 <= a.digit_size <= Config.canvas:
         p.error(f"--digit-size must be in [8, {Config.canvas}], got {a.digit_size}")
-    out, save = a.out.expanduser(), None if a.save is None else a.save.expanduser()
     try:  # before training: a path that cannot be written would lose minutes of work
+        # ('' as a Path is '.': an empty --out wrote into the current directory)
+        check_nonempty(a.out, "--out")
+        check_nonempty(a.save, "--save")
+        out, save = Path(a.out).expanduser(), None if a.save is None else Path(
+            a.save).expanduser()
         check_output_path(None if save is None else str(save), "--save")
         make_writable_dir(str(out), "--out")  # last: nothing refused after it is made
     except ValueError as e:

@@ -138,6 +138,8 @@ def test_main_rejects_bad_arguments(capsys):
     (["--save", "{tmp}/missing/m.pt"], "the directory '{tmp}/missing' does not exist"),
     (["--save", "{tmp}"], "is a directory; give a file name"),
     (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
+    (["--out", ""], "--out '' is empty; give a path"),  # was '.': the current directory
+    (["--save", ""], "--save '' is empty; give a path"),  # said "'.' is a directory"
 ])
 def test_main_refuses_paths_and_seeds_before_training(args, says, tmp_path, capsys,
                                                       monkeypatch):

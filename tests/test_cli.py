@@ -47,6 +47,9 @@ from laudtriton.cli import main
     (["design", "--target-rate", "0.5", "--granularities", "1,,2"],
      "--granularities '1,,2' is malformed"),
     (["sweep", "--input-size", str(2**62)], "--input-size must be in [32, 4096]"),
+    # a trailing slash: sweep wrote a file 'out', bench failed after its whole run
+    (["sweep", "--csv", "out/"], "--csv 'out/' names a directory; give a file name"),
+    (["bench", "--csv", "out/"], "--csv 'out/' names a directory; give a file name"),
 ])
 def test_bad_options_name_themselves(argv, named, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -249,10 +249,9 @@ def run_cache(args: argparse.Namespace) -> int:
         if args.cache_cmd == "merge":
             for f in args.files:
                 check_nonempty(f, "an input file")
-            out = os.path.expanduser(args.out)  # blank: refused by check_output_path
-            if out.endswith(("/", os.sep)):  # Path() would drop the slash: a file "trail"
-                raise ValueError(f"--out {args.out!r} names a directory; give a file name")
-            # written atomically; missing folders made by merge_files, once it read the inputs
+            out = os.path.expanduser(args.out)  # blank, or a trailing slash: refused by
+            # check_output_path; written atomically; missing folders made by merge_files,
+            # once it read the inputs
             check_output_path(out, "--out", replaced=True, new_dirs=True)
             try:
                 n = merge_files(args.files, out)

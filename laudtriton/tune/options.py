@@ -292,15 +292,18 @@ def check_input_size(value: int | None, flag: str = "--input-size") -> None:
 def check_output_path(path: str | None, flag: str, replaced: bool = False,
                       new_dirs: bool = False) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: empty, a directory, in a directory that does not exist (unless ``new_dirs``:
-    the caller makes it; then only a file where a directory should be fails) or where no
-    file can be made, or an existing file without write permission (unless ``replaced``:
-    the file is written elsewhere and moved over it, which needs only the directory)."""
+    a file: empty, a directory (or a name ending in a slash), in a directory that does not
+    exist (unless ``new_dirs``: the caller makes it; then only a file where a directory
+    should be fails) or where no file can be made, or an existing file without write
+    permission (unless ``replaced``: the file is written elsewhere and moved over it,
+    which needs only the directory)."""
     if path is None:
         return
     check_nonempty(path, flag)
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    if path.endswith((os.sep, "/")):  # (abspath and Path drop the slash: a file 'x' was made)
+        raise ValueError(f"{flag} {path!r} names a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if new_dirs and not os.path.isdir(parent):
         above, _ = _nearest_existing(parent)

@@ -83,6 +83,41 @@ def _clustered(row: Mapping) -> bool:
     return str(row.get("clustered") or "").strip().lower() in ("1", "true")
 
 
+def _context(r: Mapping, spec: BlockSpec) -> tuple:
+    """What keeps one sweep's rows apart from another's, but the mode: model, batch,
+    dtype, input size, device, mask kind."""
+    return (str(r["model"]), spec.batch, spec.dtype, str(r.get("input_size") or ""),
+            str(r.get("device") or ""), _clustered(r))
+
+
+def _modes(rows: Rows) -> dict[tuple, str]:
+    """{(context, block): the figure's mode} for the models swept with a mode per stage:
+    in a context (``_context``) where every block has rows of one mode and the blocks
+    have several, each block's mode becomes the stages' modes in order ('spatial-channel-
+    layer-spatial'; blocks named layerN.j, else the modes sorted and joined by '-').
+    Elsewhere (one mode, or a block with rows of several: separate sweeps) a block keeps
+    its own mode and is not listed."""
+    seen: dict[tuple, dict[str, set[str]]] = {}
+    for r in rows:
+        spec = spec_of_row(r)
+        if spec is not None:
+            seen.setdefault(_context(r, spec), {}).setdefault(r["block"], set()).add(spec.mode)
+    out = {}
+    for ctx, blocks in seen.items():
+        if any(len(m) > 1 for m in blocks.values()) or len(set().union(*blocks.values())) < 2:
+            continue
+        stage = {}
+        for b, (m,) in blocks.items():
+            hit = re.fullmatch(r"layer(\d+)\.\d+", b)
+            stage.setdefault(int(hit.group(1)) if hit else None, set()).add(m)
+        if None in stage or any(len(m) > 1 for m in stage.values()):
+            label = "-".join(sorted(set().union(*blocks.values())))
+        else:
+            label = "-".join(next(iter(stage[i])) for i in sorted(stage))
+        out.update({(ctx, b): label for b in blocks})
+    return out
+
+
 def _group(rows: Rows):
     """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
     spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
@@ -93,16 +128,23 @@ def _group(rows: Rows):
     Rows of a clustered sweep (column ``clustered``) get figures of their own
     ("_clustered"), so do the rows of each input size other than 224 (column
     ``input_size``: "_i64"), and so does each device (column ``device``) when the rows hold
-    several: a figure's best time per rate never mixes machines or mask kinds."""
+    several: a figure's best time per rate never mixes machines or mask kinds. Rows of
+    mode both that the cache does not keep (column ``dispatched`` 0: another channel rate
+    at the same grid rate) are left out, as the cache leaves them out: one rate, one
+    point. A model swept with a mode per stage gets one figure (its key names the modes
+    stage by stage, ``_modes``), not one per mode, each of which would sum part of it."""
     figs: dict[str, dict] = {}
     devices = {str(r.get("device") or "") for r in rows}
+    rows = [r for r in rows if r.get("dispatched", True) not in (False, 0, "0")]
+    modes = _modes(rows)
     for r in rows:
         t = float(r["seconds"])
         spec = spec_of_row(r)
         sid = r.get("spec_key") or r["spec"]
         key = str(r["model"])
         if spec is not None:
-            key += f"_{spec.mode}_b{spec.batch}_{spec.dtype}"
+            mode = modes.get((_context(r, spec), r["block"]), spec.mode)
+            key += f"_{mode}_b{spec.batch}_{spec.dtype}"
         if r.get("input_size") not in (None, "", 224):  # 224 (or not recorded): no suffix
             key += f"_i{int(r['input_size'])}"
         if len(devices) > 1:
@@ -215,9 +257,10 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
 
     csv_or_rows: a sweep CSV path or rows (dicts with model, block, spec, rate, variant,
     seconds; spec_key and flops_ratio for the ideal line). predicted: {spec short or
-    spec_key: {rate: seconds}}. Per model and group (``_group``: mode, batch and dtype,
-    then the device where the rows hold several, then "clustered" masks):
-    ``<model>_<mode>_b<batch>_<dtype>[_<device>][_clustered]_blocks.png`` (one panel per
+    spec_key: {rate: seconds}}. Per model and group (``_group``: mode, or the modes stage
+    by stage of a model swept with a mode per stage, batch and dtype, the input size
+    where not 224, then the device where the rows hold several, then "clustered" masks):
+    ``<model>_<mode>_b<batch>_<dtype>[_i<size>][_<device>][_clustered]_blocks.png`` (one panel per
     distinct block spec) and the same name ending ``_model.png`` (sum over all blocks:
     dense, each variant where it covers every block, best per block, ideal, predicted);
     characters other than letters, digits and ``._-`` become ``_``, and a name longer

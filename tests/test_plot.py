@@ -15,7 +15,7 @@ from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate
 from laudtriton.plot_command import add_plot_parser
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.sweep import ideal_flops_ratio
-from laudtriton.tune.sweep_csv import write_csv
+from laudtriton.tune.sweep_csv import read_csv, write_csv
 
 SPECS = [BlockSpec(24, 6, 24, 1, False, (10, 10), "spatial", 2),
          BlockSpec(24, 12, 48, 2, True, (10, 10), "spatial", 1)]
@@ -316,6 +316,59 @@ def test_plot_command_missing_csv(tmp_path, capsys):
     assert "no such CSV" in err and "Traceback" not in err
 
 
+def test_plot_draws_a_model_swept_with_a_mode_per_stage_as_one(tmp_path, drawn, caplog):
+    """A sweep with a mode per stage was drawn as one partial "whole-model" figure per
+    mode (each summing only its own blocks), without a word."""
+    channel = SPECS[1].with_(mode="channel", granularity=1, channel_groups=6)
+    rows = [dict(r, spec=channel.short(), spec_key=channel.key(), S=1)
+            if r["block"] == "layer2.0" else r for r in _rows()]
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(write_csv(rows, tmp_path / "s.csv"), tmp_path / "png")
+    assert sorted(p.name for p in paths) == [
+        f"tinynet_spatial-channel_b1_float32_{f}.png" for f in ("blocks", "model")]
+    assert drawn[-1]["dense"][0.5] == pytest.approx(1e-3 + 1e-3 + 2e-3)  # every block
+    assert "laudtriton" not in caplog.text
+    # the same blocks swept once per mode (a cache that keeps both sweeps): a figure each
+    both = _rows() + [dict(r, spec=channel.short(), spec_key=channel.key(), S=1)
+                      for r in _rows()]
+    names = sorted(p.name for p in plot_latency_vs_rate(both, tmp_path / "png2"))
+    assert names == sorted(f"tinynet_{m}_b1_float32_{f}.png" for m in ("spatial", "channel")
+                           for f in ("blocks", "model"))
+
+
+def test_plot_leaves_out_the_rows_the_cache_does_not_keep(tmp_path, drawn):
+    """Mode both: two asked rates realising one grid rate at two channel rates are two
+    items; the plot kept the faster's time at that rate and the other's FLOPs ratio, and
+    counted it for both asked rates. It draws the item the cache keeps (column
+    dispatched), as a plot from the cache does."""
+    rows = []
+    for r in _rows():
+        rows.append(dict(r, asked_rate=r["rate"], dispatched=True))
+        rows.append(dict(r, asked_rate=min(1.0, r["rate"] + 0.05), dispatched=False,
+                         seconds=r["seconds"] / 10, flops_ratio=0.01))
+    csv = write_csv(rows, tmp_path / "s.csv")
+    assert {r["dispatched"] for r in read_csv(csv)} == {True, False}
+    plot_latency_vs_rate(csv, tmp_path / "png")
+    assert drawn[0]["dense"] == {r: pytest.approx(1e-3) for r in (0.2, 0.5, 0.9)}
+    assert drawn[0]["ideal"][0.5] == pytest.approx(0.5e-3)  # its own FLOPs ratio
+    assert sorted(drawn[-1]["dense"]) == [0.2, 0.5, 0.9]  # asked rates of kept rows only
+
+
+def test_read_csv_takes_old_csvs_and_a_byte_order_mark(tmp_path):
+    """A CSV written before the dispatched column reads as every row kept; a CSV saved
+    by a spreadsheet with a UTF-8 byte-order mark was refused ("missing columns
+    ['model']")."""
+    path = write_csv(_rows(), tmp_path / "s.csv")
+    text = path.read_text()
+    old = "\n".join(line.rsplit(",", 1)[0] for line in text.splitlines()) + "\n"
+    assert old.splitlines()[0].endswith(",input_size")
+    (tmp_path / "old.csv").write_text(old)
+    rows = read_csv(tmp_path / "old.csv")
+    assert len(rows) == len(_rows()) and all(r["dispatched"] is True for r in rows)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert len(read_csv(tmp_path / "bom.csv")) == len(_rows())
+
+
 def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     rows = _rows()
     rows[row][column] = value
@@ -349,6 +402,7 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("model", "", "column 'model' is empty"),
     ("block", " ", "column 'block' is empty"),
     ("variant", "", "column 'variant' is empty"),
+    ("dispatched", "maybe", "column 'dispatched': 'maybe' is not 0 or 1"),
 ])
 def test_plot_command_names_file_row_and_column_of_a_bad_cell(tmp_path, capsys, column,
                                                               value, says):

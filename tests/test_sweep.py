@@ -23,7 +23,7 @@ from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep_parser
 from laudtriton.tune.options import parse_rates, parse_shard
 from laudtriton.tune.sweep import sweep
-from laudtriton.tune.sweep_csv import CSV_FIELDS, read_csv
+from laudtriton.tune.sweep_csv import CSV_FIELDS, read_csv, write_csv
 
 FAST = dict(progress=False, warmup=1, reps=1)
 SPEC_FOREIGN = BlockSpec(48, 12, 48, 1, False, (13, 13), "spatial", 3)
@@ -582,6 +582,8 @@ def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path, caps
     assert dense[1.0]["rate"] == dense[0.6]["rate"] == 1.0
     assert dense[1.0]["flops_ratio"] == pytest.approx(1.0)
     assert dense[0.6]["flops_ratio"] < 0.7
+    back = read_csv(write_csv(res.rows, tmp_path / "s.csv"))  # the plots keep the cached one
+    assert {r["asked_rate"]: r["dispatched"] for r in back} == {0.6: False, 1.0: True}
     entries = TuneCache(tmp_path).entries()
     assert entries and all(e.rate_bucket == 1.0 and e.meta["asked_rates"] == [1.0]
                            and e.meta["flops_ratio"] == pytest.approx(1.0) for e in entries)

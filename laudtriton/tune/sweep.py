@@ -370,9 +370,9 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
 
 def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
           asked, dispatched, input_size) -> list[dict]:
-    """The CSV rows of one item; "dispatched" (not a CSV column): the item is the one
-    that stands for its (spec, rate) in the cache (mode both: of the items at one grid
-    rate, the one whose channel rate is nearest it), which compile reads."""
+    """The CSV rows of one item; "dispatched": the item is the one that stands for its
+    (spec, rate) in the cache (mode both: of the items at one grid rate, the one whose
+    channel rate is nearest it), which compile reads and the plots draw."""
     dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
     d = min(dense) if dense else math.nan
     out = []

@@ -12,10 +12,12 @@ from .cache_file import is_valid_spec
 
 # rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
 # asked for (``sweep``), by which the whole-model plot sums its blocks; input_size: the
-# model's image side (the plots keep sizes apart; empty in CSVs before session 31)
+# model's image side (the plots keep sizes apart; empty in CSVs before session 31);
+# dispatched: 1 for the item the cache keeps for its (spec, rate), 0 for the CSV-only
+# items of mode both at another channel rate (``sweep``; absent before session 42: 1)
 CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
               "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
-              "asked_rate", "input_size")
+              "asked_rate", "input_size", "dispatched")
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -25,7 +27,8 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)
+                    if isinstance(r.get("dispatched"), bool) else r for r in rows)
     return path
 
 
@@ -36,12 +39,13 @@ def read_csv(path: str | Path) -> list[dict]:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
             column the plots need missing, an empty model, block or variant, a rate or
             seconds cell that is not a number, a rate outside [0, 1], a FLOPs ratio
-            that is negative or not finite, an S that is not an int >= 1, a spec_key
+            that is negative or not finite, an S that is not an int >= 1, a dispatched
+            cell that is not 0 or 1 (empty or absent: 1), a spec_key
             that is not a block spec, seconds that are not positive (inf, a failed
             config, is accepted, and so is nan dense seconds: sweep writes both).
     """
-    try:
-        with open(path, newline="") as fh:
+    try:  # (utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (csv.Error, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV ({e})") from None
@@ -77,6 +81,10 @@ def read_csv(path: str | Path) -> list[dict]:
             raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
                              "(or nan, a failed dense variant)")
         _read_positive_int(r, "S", where, "a patch size >= 1")
+        flag = (r.get("dispatched") or "1").strip().lower()
+        if flag not in ("0", "1", "true", "false"):
+            raise ValueError(f"{where} 'dispatched': {r['dispatched']!r} is not 0 or 1")
+        r["dispatched"] = flag in ("1", "true")
         key = r.get("spec_key")
         if key not in (None, "") and not _spec_key_ok(key):
             raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")

@@ -77,7 +77,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
-        from .tune.keys import check_dir
+        from .tune.keys import cache_enabled_from_env, check_dir
         from .tune.options import (
             check_cache_dir,
             check_device,
@@ -101,6 +101,7 @@ def run_plot(args: argparse.Namespace) -> int:
             args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir, read=True)
+        cache_enabled_from_env()  # a bad $LAUDTRITON_CACHE: said now, as sweep says it
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache

@@ -528,6 +528,19 @@ def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypat
     assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err
 
 
+def test_plot_command_refuses_a_bad_cache_variable_before_making_its_folder(
+        tmp_path, capsys, monkeypatch):
+    """A bad $LAUDTRITON_CACHE was refused only after the folder was made and the
+    predicted line announced; sweep and design refuse it first."""
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    monkeypatch.setenv("LAUDTRITON_CACHE", "maybe")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("laudtriton plot: error: LAUDTRITON_CACHE='maybe': "
+                                       "accepted 0, false, off, no (the cache disabled) or 1, "
+                                       "true, on, yes (enabled)\n")
+    assert not (tmp_path / "o").exists()
+
+
 def test_plot_splits_figures_by_device_and_mask_kind(tmp_path, drawn):
     """One CSV holding two machines' sweeps and a clustered one: each gets its own
     figures. Before, every point of a panel was the fastest over all three (here all

@@ -258,6 +258,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     if clustered:  # the cache is for scattered masks (compile and the predictor read it):
         cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
 
+    if progress:  # building the blocks and drawing every item's masks may take a while
+        print(f"sweep: planning: the model's blocks, then the masks of each block at "  # (a
+              f"{len(rates)} rate(s)", file=sys.stderr, flush=True)  # large input: minutes)
     named = _select(model_blocks(model, input_size, batch, dtype), blocks)
     if wanted is not None:
         usable = {v.name for _, _, spec in named for v in variants_for(spec, backend)}

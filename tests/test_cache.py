@@ -647,6 +647,10 @@ def test_merge_refuses_a_file_without_device(tmp_path):
     out.write_text(nodev.read_text())  # an --out without a device is not merged into either
     with pytest.raises(ValueError, match=f'^{out} has no "device"'):
         merge_files([a.path], out)
+    nodev.write_text(json.dumps({**data, "device": 5}))  # one, not a name: said so
+    with pytest.raises(ValueError, match=f'^{nodev} has a "device" that is not a name '
+                                         r'\(5\) \(the machine kind'):
+        merge_files([nodev], tmp_path / "o2.json")
 
 
 @pytest.mark.parametrize("cache_dir", ["", "  "])

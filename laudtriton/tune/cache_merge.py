@@ -95,8 +95,10 @@ def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> No
     if not entries:
         return
     if not isinstance(device, str):
-        raise ValueError(f"{p} has no \"device\" (the machine kind its timings are "
-                         "for); not a cache file laudtriton wrote, nothing merged")
+        what = "no \"device\"" if device is None else (
+            f"a \"device\" that is not a name ({device!r})")
+        raise ValueError(f"{p} has {what} (the machine kind its timings are for); not a "
+                         "cache file laudtriton wrote, nothing merged")
     devices.setdefault(device, str(p))
     if len(devices) > 1:
         listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())

@@ -260,7 +260,14 @@ class LaudResNet(nn.Module):
                 or getattr(type(m), "replaces_laud_block", False)]
 
     def set_temperature(self, temperature: float) -> None:
-        """Gumbel-softmax temperature of every masker (training only)."""
+        """Gumbel-softmax temperature of every masker (training only): a finite number
+        > 0 (a one-value tensor counts). One so small that a masker's (logit + Gumbel
+        noise) / temperature overflows the dtype (around 1e-37 in float32) makes torch's
+        ``gumbel_softmax``, and so the training masks, NaN.
+
+        Raises:
+            ValueError: for another temperature.
+        """
         temperature = positive_real("temperature", temperature)
         for _, b in self.blocks():
             b.temperature = temperature

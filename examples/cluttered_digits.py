@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -337,10 +338,9 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     try:  # before training: a path that cannot be written would lose minutes of work
         # ('' as a Path is '.': an empty --out wrote into the current directory)
         check_nonempty(a.out, "--out")
-        check_nonempty(a.save, "--save")
-        out, save = Path(a.out).expanduser(), None if a.save is None else Path(
-            a.save).expanduser()
-        check_output_path(None if save is None else str(save), "--save")
+        save = None if a.save is None else os.path.expanduser(a.save)
+        check_output_path(save, "--save")  # (a str: a Path drops a trailing slash)
+        out, save = Path(a.out).expanduser(), None if save is None else Path(save)
         make_writable_dir(str(out), "--out")  # last: nothing refused after it is made
     except ValueError as e:
         p.error(str(e))

@@ -95,12 +95,12 @@ def _modes(rows: Rows) -> dict[tuple, str]:
     in a context (``_context``) where every block has rows of one mode and the blocks
     have several, each block's mode becomes the stages' modes in order ('spatial-channel-
     layer-spatial'; blocks named layerN.j, else the modes sorted and joined by '-').
-    Elsewhere (one mode, or a block with rows of several: separate sweeps) a block keeps
-    its own mode and is not listed."""
+    Elsewhere (one mode, or a block with rows of several: separate sweeps; the cache's
+    unnamed entries, of no network) a block keeps its own mode and is not listed."""
     seen: dict[tuple, dict[str, set[str]]] = {}
     for r in rows:
         spec = spec_of_row(r)
-        if spec is not None:
+        if spec is not None and r["model"] != UNNAMED:  # (no network: a figure per mode)
             seen.setdefault(_context(r, spec), {}).setdefault(r["block"], set()).add(spec.mode)
     out = {}
     for ctx, blocks in seen.items():

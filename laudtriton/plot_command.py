@@ -101,7 +101,8 @@ def run_plot(args: argparse.Namespace) -> int:
             args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
         check_cache_dir(args.cache_dir, read=True)
-        cache_enabled_from_env()  # a bad $LAUDTRITON_CACHE: said now, as sweep says it
+        if args.source == "cache" or not args.no_predicted:  # what reads the cache: a bad
+            cache_enabled_from_env()  # $LAUDTRITON_CACHE said now, as sweep says it
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache

@@ -140,6 +140,7 @@ def test_main_rejects_bad_arguments(capsys):
     (["--seed", str(2**64)], "--seed must be in [0, 2**32)"),
     (["--out", ""], "--out '' is empty; give a path"),  # was '.': the current directory
     (["--save", ""], "--save '' is empty; give a path"),  # said "'.' is a directory"
+    (["--save", "{tmp}/models/"], "names a directory"),  # a Path dropped the slash
 ])
 def test_main_refuses_paths_and_seeds_before_training(args, says, tmp_path, capsys,
                                                       monkeypatch):

@@ -289,6 +289,9 @@ _MASK = torch.ones(2, 1, 4, 4)
      r"mask2 is 4x4, but a 3x3 convolution at stride 2 on in_hw 2x2 gives 1x1"),
     (lambda: expand_mask1(_MASK, 1, (5, 4)), r"on in_hw 5x4 gives 5x4"),
     (lambda: expand_mask1(torch.ones(2, 3, 4, 4), 1, (4, 4)), r"mask2 must be a \[B, 1"),
+    (lambda: upsample_mask(_MASK, np.array([8.0, 8.0])), r"out_hw must be a pair"),
+    (lambda: upsample_mask(_MASK, torch.tensor([8, 8, 8])), r"out_hw must be a pair"),
+    (lambda: expand_mask1(_MASK, torch.tensor(2.0), (8, 8)), r"stride must be an int >= 1"),
 ])
 def test_mask_helpers_refuse_bad_arguments(call, match):
     """Bad sizes, strides and masks are refused with the argument named; before, a mask of
@@ -299,10 +302,31 @@ def test_mask_helpers_refuse_bad_arguments(call, match):
 
 
 def test_mask_helpers_take_numpy_ints_and_sizes():
-    """The sizes a caller computes with numpy, or reads off a tensor, are taken."""
-    m = upsample_mask(torch.ones(1, 1, 2, 2), (np.int64(8), np.int32(8)))
+    """The sizes a caller computes with numpy, or reads off a tensor, are taken, as they
+    were before the checks: numpy ints, torch.Size, integer arrays and tensors of two,
+    a 0-d integer tensor stride."""
+    g = torch.ones(1, 1, 2, 2)
+    m = upsample_mask(g, (np.int64(8), np.int32(8)))
     assert m.shape == (1, 1, 8, 8)
     assert expand_mask1(m, np.int64(2), torch.Size([15, 16])).shape == (1, 1, 15, 16)
+    for size in (np.array([8, 8]), torch.tensor([8, 8]), [8, 8]):
+        assert torch.equal(upsample_mask(g, size), m)
+    assert torch.equal(expand_mask1(m, torch.tensor(2), np.array([15, 16])),
+                       expand_mask1(m, 2, (15, 16)))
+
+
+@pytest.mark.parametrize("mode", ["spatial", "both"])
+def test_a_block_exports_with_dynamic_sizes(mode):
+    """torch.export (non-strict) hands the map sides to the mask helpers as SymInts,
+    which the size checks refused at first."""
+    from torch.export import Dim
+
+    block = make_block(16, 4, 2, mode=mode, granularity=2).eval()
+    x = torch.randn(2, 16, 9, 9)
+    ep = torch.export.export(block, (x,),
+                             dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
+    x5 = torch.randn(5, 16, 9, 9)
+    assert_close(ep.module()(x5), block(x5))
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -11,7 +11,7 @@ import pytest
 
 from laudtriton.ops import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
-from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate
+from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate, rows_from_cache
 from laudtriton.plot_command import add_plot_parser
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.sweep import ideal_flops_ratio
@@ -539,6 +539,21 @@ def test_plot_command_refuses_a_bad_cache_variable_before_making_its_folder(
                                        "accepted 0, false, off, no (the cache disabled) or 1, "
                                        "true, on, yes (enabled)\n")
     assert not (tmp_path / "o").exists()
+    # a CSV plotted without the predicted line reads no cache: the variable is not read
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
+                 "--no-predicted"]) == 0
+
+
+def test_plot_draws_a_figure_per_mode_of_the_cache_s_unnamed_entries(tmp_path):
+    """Entries no sweep named (compile's timings, model UNNAMED, a "block" per spec) are
+    of no one network: two modes of them are two figures, not one per-stage model."""
+    channel = SPECS[1].with_(mode="channel", granularity=1, channel_groups=6)
+    cache = TuneCache(tmp_path / "c")
+    cache.record(SPECS[0], 0.5, {"dense": {"{}": 1e-3}}, {"asked_rates": [0.5]})
+    cache.record(channel, 0.5, {"dense": {"{}": 2e-3}}, {"asked_rates": [0.5]})
+    rows = rows_from_cache(TuneCache(tmp_path / "c"))
+    names = sorted(p.name for p in plot_latency_vs_rate(rows, tmp_path / "png"))
+    assert names == ["cache_channel_b1_float32_blocks.png", "cache_spatial_b1_float32_blocks.png"]
 
 
 def test_plot_splits_figures_by_device_and_mask_kind(tmp_path, drawn):

@@ -244,16 +244,27 @@ def check_mask_shape(who: str, name: str, mask: object) -> None:
         raise ValueError(f"{who}: {name} must be a [B, 1, h, w] tensor, got {got}")
 
 
+_TRACED = (torch.Tensor, torch.SymInt)  # a map side while tracing (jit.trace; export)
+
+
 def check_map_size(who: str, name: str, hw: object) -> tuple:
-    """hw as a tuple if it is a pair of ints >= 1 (numpy ints taken; tensors let through,
-    as while tracing a map's sides are); else a ValueError naming ``who`` and ``name``."""
-    pair = tuple(hw) if isinstance(hw, (tuple, list, torch.Size)) else None
+    """hw as a tuple if it is a pair of ints >= 1 (a tuple, list or torch.Size; a 1-D
+    integer numpy array or tensor of two; numpy ints taken; tensors and SymInts let
+    through, as while tracing or exporting a map's sides are); else a ValueError naming
+    ``who`` and ``name``."""
+    pair = None
+    if isinstance(hw, (tuple, list, torch.Size)):
+        pair = tuple(hw)
+    elif isinstance(hw, (np.ndarray, torch.Tensor)) and hw.ndim == 1 and (
+            hw.dtype.kind in "iu" if isinstance(hw, np.ndarray)
+            else not (hw.is_floating_point() or hw.is_complex() or hw.dtype == torch.bool)):
+        pair = tuple(int(v) for v in hw.tolist())
     if pair is None or len(pair) != 2 or not all(
-            isinstance(v, torch.Tensor) or (isinstance(v, numbers.Integral) and not isinstance(
+            isinstance(v, _TRACED) or (isinstance(v, numbers.Integral) and not isinstance(
                 v, (bool, np.bool_)) and v >= 1) for v in pair):
         raise ValueError(f"{who}: {name} must be a pair of ints >= 1 (height, width), got "
                          f"{hw!r}")
-    return tuple(v if isinstance(v, torch.Tensor) else int(v) for v in pair)
+    return tuple(v if isinstance(v, _TRACED) else int(v) for v in pair)
 
 
 def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
@@ -285,6 +296,9 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
             ⌊(W−1)/s⌋+1), is (Ho, Wo): another in_hw gave a mask of the wrong pixels.
     """
     check_mask_shape("expand_mask1", "mask2", mask2)
+    if (isinstance(stride, torch.Tensor) and stride.dim() == 0 and not (
+            stride.is_floating_point() or stride.is_complex() or stride.dtype == torch.bool)):
+        stride = int(stride)  # (a 0-d integer tensor, as before these checks)
     if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, numbers.Integral) or (
             stride < 1):
         raise ValueError(f"expand_mask1: stride must be an int >= 1, got {stride!r}")

@@ -24,7 +24,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:  # (as read_csv reads it)
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)

@@ -35,7 +35,8 @@ def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> N
 def model_curves(rows: list[dict], model: str) -> dict:
     """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
     ``model`` (each distinct block x its count); a variant that does not run a block
-    counts dense there; "best" takes the fastest finite timing per block."""
+    counts dense there; "best" takes the fastest finite timing per block, dense's
+    included (what dispatch can run: never above dense, 1.00x where dense wins)."""
     per: dict = {}
     for r in rows:
         if r["variant"] == "compiled" or not r["models"]:
@@ -91,8 +92,10 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
 
 def table(r: Run, models: list[str]) -> str:
     """The summary table gpucheck prints, from ``r.rows`` and ``r.checks``: per model and
-    (mode, batch), the dense block sum (ms, as timed at the first rate listed), the best
-    variants' block sum over dense at each of ``RATES``, and the whole compiled model's
+    (mode, batch), the dense block sum (ms, as timed at the first rate listed), the sum
+    over the blocks of each block's fastest of dense and its variants (``model_curves``'
+    "best": 1.00x means dense won every block) over dense at each of ``RATES``, and the
+    whole compiled model's
     time over dense's (LAUD-ResNet-101 only, at rate 0.5); then how many checks passed,
     and the first ``MAX_FAILS`` failures (their errors cut at 200 characters)."""
     lines = [f"{'model':<15} {'mode':<8} {'batch':>5} {'dense ms':>9} "

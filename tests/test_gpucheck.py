@@ -32,6 +32,18 @@ def _one_error_line(capsys) -> str:
     return lines[0]
 
 
+def test_module_entry_point_is_the_command(tmp_path, capsys):
+    """``python -m laudtriton.gpucheck`` refused -v (which ``laudtriton gpucheck --help``
+    lists) and printed a usage block before a malformed command line's error."""
+    with pytest.raises(SystemExit) as e:
+        command.main(["--out", str(tmp_path / "o"), "--configz", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "unrecognized arguments: --configz 3" in err
+    assert command.main(["--out", str(tmp_path / "o"), "-v", "--device", "cuda:0"]) == 2
+    assert "--device 'cuda:0'" in _one_error_line(capsys)  # -v taken, the option checked
+
+
 def test_run_rejects_other_devices(tmp_path, capsys):
     assert command.main(["--out", str(tmp_path / "o"), "--device", "cuda:0"]) == 2
     assert "--device 'cuda:0'" in _one_error_line(capsys)

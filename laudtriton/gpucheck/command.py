@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -86,14 +87,15 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m laudtriton.gpucheck``: parse ``argv`` (None: sys.argv[1:]) with
-    gpucheck's options and ``run`` it; returns ``run``'s exit code: 0 when every check
-    passed, 1 when one failed, 2 with one line on stderr for a bad option value or no GPU
-    (nothing ran). A malformed command line exits inside argparse (SystemExit, code 2)."""
-    p = argparse.ArgumentParser(prog="laudtriton gpucheck", description=__doc__.split("\n")[0],
-                                allow_abbrev=False)
-    _arguments(p)
-    return run(p.parse_args(argv))
+    """``python -m laudtriton.gpucheck``: ``laudtriton gpucheck`` on ``argv`` (None:
+    sys.argv[1:]), through the ``laudtriton`` command itself, so that its options
+    (``-v`` too) and errors (one line) are the same; returns its exit code: 0 when every
+    check passed, 1 when one failed, 2 with one line on stderr for a bad option value or
+    no GPU (nothing ran). A malformed command line exits inside argparse (SystemExit,
+    code 2, one line)."""
+    from ..cli import main as laudtriton_main
+
+    return laudtriton_main(["gpucheck", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _options(args) -> list[int]:

@@ -231,7 +231,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
             raise out_of_memory(e, f"--batch {args.batch}") from None
     if args.csv:
-        write_csv(rows, args.csv)
+        try:  # (checked before the run; a disk that filled meanwhile is said so, named)
+            write_csv(rows, args.csv)
+        except OSError as e:
+            raise ValueError(f"--csv {args.csv!r} cannot be written ({e.strerror or e}); "
+                             "the table above has the results") from None
         if not os.environ.get(HANDOFF_ENV):  # a child of run_processes: a temporary file
             print(f"wrote {args.csv}")
     return 0

@@ -491,6 +491,28 @@ def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
     assert seen["reps"] == 3 and "--reps 3: medians of fewer than 20" in capsys.readouterr().err
 
 
+def test_bench_csv_that_cannot_be_written_at_the_end_is_named(monkeypatch, tmp_path, capsys):
+    """A --csv checked before the run but not writable at its end (a disk that filled):
+    the error named neither --csv nor the file ("[Errno 28] No space left on device")."""
+    import laudtriton.bench as bench_mod
+    import laudtriton.bench_report as report
+    from laudtriton.bench_report import BenchRow
+
+    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
+                   0.5, 1.0)
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: [row])
+
+    def full(rows, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_csv", full)
+    csv = str(tmp_path / "r.csv")
+    assert main(["bench", "--rates", "0.5", "--model-only", "--csv", csv]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"laudtriton bench: error: --csv {csv!r} cannot be written (No space left on "
+        "device); the table above has the results")
+
+
 def test_commands_run_without_matplotlib_and_plot_says_it_needs_it(tmp_path):
     """laudtriton.plot imported matplotlib at the top, so every command (env, --version)
     loaded it, and without it `plot --help` was an error. A fresh interpreter, where

@@ -41,9 +41,21 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot):
         assert {r["arch"] for r in rows if r["name"] == n} == {80, 90}, n
 
 
+# default configs known to spill (docs/kernels.md): fp32 at 255 registers on sm_80; their
+# stack frames were 48 and 72 B with triton 3.9 (session 42)
+KNOWN_SPILLS = {("conv3x3_fp32_m64n64k32", 80), ("channel_conv3x3[fp32,p64n64k32w4s3]", 80)}
+
+
 def test_default_configs_do_not_spill(aot):
-    spills = [f"{r['name']} sm_{r['arch']}: {r['spill']} B" for r in aot["rows"]
-              if r["ok"] and r["default"] and r["spill"]]
+    """No default config has local memory (cuobjdump's LOCAL, which the AOT command
+    checks) or a stack frame (STACK: where ptxas puts spilled registers, which the
+    command does not read, so this test alone checked LOCAL and passed while two fp32
+    defaults spilled), but the two known fp32 ones, whose frames must not grow past
+    128 B."""
+    spills = [f"{r['name']} sm_{r['arch']}: {r['spill']} B local, {r['stack']} B stack"
+              for r in aot["rows"] if r["ok"] and r["default"] and (r["spill"] or (
+                  r["stack"] and ((r["name"], r["arch"]) not in KNOWN_SPILLS
+                                  or r["stack"] > 128)))]
     assert not spills, "\n".join(spills)
     assert aot["rc"] == 0, aot["problems"]
 

@@ -100,9 +100,9 @@ def run_plot(args: argparse.Namespace) -> int:
         if args.source != "cache":  # '--from=~/x.csv' reaches us without a shell's expansion
             args.source = os.path.expanduser(args.source)
         check_dir(args.out, "--out")  # blank, a file, or inside a file
-        check_cache_dir(args.cache_dir, read=True)
-        if args.source == "cache" or not args.no_predicted:  # what reads the cache: a bad
-            cache_enabled_from_env()  # $LAUDTRITON_CACHE said now, as sweep says it
+        if args.source == "cache" or not args.no_predicted:  # what reads the cache: its
+            check_cache_dir(args.cache_dir, read=True)  # folder and a bad $LAUDTRITON_CACHE
+            cache_enabled_from_env()  # said now, as sweep says them
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache

@@ -539,9 +539,11 @@ def test_plot_command_refuses_a_bad_cache_variable_before_making_its_folder(
                                        "accepted 0, false, off, no (the cache disabled) or 1, "
                                        "true, on, yes (enabled)\n")
     assert not (tmp_path / "o").exists()
-    # a CSV plotted without the predicted line reads no cache: the variable is not read
+    # a CSV plotted without the predicted line reads no cache: neither the variable nor
+    # the cache folder is read
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "missing"))
     assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"),
-                 "--no-predicted"]) == 0
+                 "--no-predicted", "--cache-dir", str(tmp_path / "missing too")]) == 0
 
 
 def test_plot_draws_a_figure_per_mode_of_the_cache_s_unnamed_entries(tmp_path):

@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[1:]), through the ``laudtriton`` command itself, so that its options
     (``-v`` too) and errors (one line) are the same; returns its exit code: 0 when every
     check passed, 1 when one failed, 2 with one line on stderr for a bad option value or
-    no GPU (nothing ran). A malformed command line exits inside argparse (SystemExit,
-    code 2, one line)."""
+    no GPU (nothing ran), or for a file that could not be written during or after the run
+    (an OSError), 130 on Ctrl-C. A malformed command line exits inside argparse
+    (SystemExit, code 2, one line)."""
     from ..cli import main as laudtriton_main
 
     return laudtriton_main(["gpucheck", *(sys.argv[1:] if argv is None else argv)])

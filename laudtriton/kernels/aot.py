@@ -191,8 +191,10 @@ def _refuse(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m laudtriton.kernels.aot [--arch 80,90] [--jobs N] [--only S] [--json]``.
-    Exit code 1 on a compile error or a spilling default config, 2 on a bad option (or an
-    --only that matches no spec), else 0."""
+    Exit code 1 on a compile error or a default config with local memory (LOCAL, the
+    table's ``spill`` column; register spills go to the stack frame, which this does not
+    read: tests/kernels/test_aot.py checks it), 2 on a bad option (or an --only that
+    matches no spec), else 0."""
     ap = argparse.ArgumentParser(prog="python -m laudtriton.kernels.aot",
                                  description="Compile every Triton kernel x config ahead of "
                                              "time for NVIDIA targets (no GPU needed).")

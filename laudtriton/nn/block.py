@@ -22,6 +22,7 @@ from .maskers import (
     check_positive_ints,
     expand_channel_mask,
     expand_mask1,
+    is_positive_int,
     mask_grid_size,
     upsample_mask,
 )
@@ -98,11 +99,6 @@ def detached_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _positive_int(v) -> bool:
-    """An integer > 0 (Python or numpy), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-
-
 def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
     """Raise ValueError unless x is a 4-D tensor [B, channels, H, W] of ``dtype`` (under
     autocast, of any floating dtype): what a LaudBottleneck and a LaudResNet take."""
@@ -167,7 +163,7 @@ class LaudBottleneck(nn.Module):
         inplanes, planes, stride, granularity, channel_masker_reduction = (
             int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
         width = planes
-        if not _positive_int(channel_granularity) or width % channel_granularity:
+        if not is_positive_int(channel_granularity) or width % channel_granularity:
             raise ValueError(
                 f"channel_granularity {channel_granularity!r} must be a positive divisor of "
                 f"the block width {width}"
@@ -183,7 +179,7 @@ class LaudBottleneck(nn.Module):
             fs = ((feature_size, feature_size) if isinstance(feature_size, numbers.Integral)
                   else feature_size)
             if not (isinstance(fs, (tuple, list)) and len(fs) == 2
-                    and all(_positive_int(v) for v in fs)):
+                    and all(is_positive_int(v) for v in fs)):
                 raise ValueError(f"feature_size {feature_size!r} must be a positive int or "
                                  "an (h, w) pair of them")
             if dyn_mode in ("spatial", "both"):  # raises if S is larger than the map

@@ -66,11 +66,17 @@ def positive_real(name: str, value: float | torch.Tensor) -> float:
     return finite_real(name, value, positive=True)
 
 
+def is_positive_int(value: object) -> bool:
+    """Whether value is an int >= 1 (Python or numpy; not a bool, which numpy's is not
+    an Integral either)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def check_positive_ints(**values: object) -> None:
     """Raise a ValueError naming the first of ``values`` (name=value) that is not an int
-    >= 1 (Python or numpy; not a bool)."""
+    >= 1 (``is_positive_int``)."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not is_positive_int(value):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
@@ -93,8 +99,7 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     for side, v in (("height", ho), ("width", wo)):  # (tensors while tracing: let through)
         if isinstance(v, (float, bool, np.bool_, np.floating)):
             raise ValueError(f"out_hw {side} must be an int, got {v!r}")
-    if (isinstance(granularity, bool) or not isinstance(granularity, numbers.Integral)
-            or granularity <= 0):
+    if not is_positive_int(granularity):
         raise ValueError(f"granularity must be a positive int, got {granularity!r}")
     if granularity > ho or granularity > wo:
         raise MapTooSmall(
@@ -260,8 +265,7 @@ def check_map_size(who: str, name: str, hw: object) -> tuple:
             else not (hw.is_floating_point() or hw.is_complex() or hw.dtype == torch.bool)):
         pair = tuple(int(v) for v in hw.tolist())
     if pair is None or len(pair) != 2 or not all(
-            isinstance(v, _TRACED) or (isinstance(v, numbers.Integral) and not isinstance(
-                v, (bool, np.bool_)) and v >= 1) for v in pair):
+            isinstance(v, _TRACED) or is_positive_int(v) for v in pair):
         raise ValueError(f"{who}: {name} must be a pair of ints >= 1 (height, width), got "
                          f"{hw!r}")
     return tuple(v if isinstance(v, _TRACED) else int(v) for v in pair)
@@ -299,8 +303,7 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
     if (isinstance(stride, torch.Tensor) and stride.dim() == 0 and not (
             stride.is_floating_point() or stride.is_complex() or stride.dtype == torch.bool)):
         stride = int(stride)  # (a 0-d integer tensor, as before these checks)
-    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, numbers.Integral) or (
-            stride < 1):
+    if not is_positive_int(stride):
         raise ValueError(f"expand_mask1: stride must be an int >= 1, got {stride!r}")
     b, _, ho, wo = mask2.shape
     h, w = check_map_size("expand_mask1", "in_hw", in_hw)
@@ -323,8 +326,8 @@ def expand_channel_mask(mask: torch.Tensor, channels: int) -> torch.Tensor:
         ValueError: unless mask is [B, G] with G >= 1 and channels a multiple of G
             (another C gave a mask of G·⌊C/G⌋ channels).
     """
-    if mask.dim() != 2 or mask.shape[1] < 1 or isinstance(channels, bool) or not isinstance(
-            channels, numbers.Integral) or channels < 1 or channels % mask.shape[1]:
+    if mask.dim() != 2 or mask.shape[1] < 1 or not is_positive_int(channels) or (
+            channels % mask.shape[1]):
         raise ValueError(f"expand_channel_mask: a [B, G] mask (G >= 1) and channels a "
                          f"positive multiple of G, got a mask {tuple(mask.shape)} and "
                          f"channels {channels!r}")

@@ -21,8 +21,7 @@ from .block import (
     check_input,
     without_records,
 )
-from .block import _positive_int as _is_positive_int  # a test; parse_positive_int parses
-from .maskers import MapTooSmall, positive_real
+from .maskers import MapTooSmall, is_positive_int, positive_real
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -176,7 +175,7 @@ class LaudResNet(nn.Module):
             depths = tuple(depths)  # a list, tuple, array, ...
         except TypeError:  # None, an int: no len() to check
             depths = ()
-        if len(depths) != 4 or not all(_is_positive_int(d) for d in depths):
+        if len(depths) != 4 or not all(is_positive_int(d) for d in depths):
             raise ValueError(f"depths {given!r} must be 4 positive ints (blocks per stage)")
         depths = tuple(int(d) for d in depths)
         if not (isinstance(width_mult, numbers.Real) and not isinstance(width_mult, bool)
@@ -187,7 +186,7 @@ class LaudResNet(nn.Module):
         width_mult = float(width_mult)
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("input_size", 1 if input_size is None else input_size)):
-            if not _is_positive_int(value):
+            if not is_positive_int(value):
                 raise ValueError(f"{name} must be a positive int"
                                  + (" or None" if name == "input_size" else "")
                                  + f", got {value!r}")

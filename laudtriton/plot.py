@@ -90,16 +90,16 @@ def _context(r: Mapping, spec: BlockSpec) -> tuple:
             str(r.get("device") or ""), _clustered(r))
 
 
-def _modes(rows: Rows) -> dict[tuple, str]:
+def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
     """{(context, block): the figure's mode} for the models swept with a mode per stage:
     in a context (``_context``) where every block has rows of one mode and the blocks
     have several, each block's mode becomes the stages' modes in order ('spatial-channel-
     layer-spatial'; blocks named layerN.j, else the modes sorted and joined by '-').
     Elsewhere (one mode, or a block with rows of several: separate sweeps; the cache's
-    unnamed entries, of no network) a block keeps its own mode and is not listed."""
+    unnamed entries, of no network) a block keeps its own mode and is not listed.
+    parsed: (row, ``spec_of_row(row)``) pairs."""
     seen: dict[tuple, dict[str, set[str]]] = {}
-    for r in rows:
-        spec = spec_of_row(r)
+    for r, spec in parsed:
         if spec is not None and r["model"] != UNNAMED:  # (no network: a figure per mode)
             seen.setdefault(_context(r, spec), {}).setdefault(r["block"], set()).add(spec.mode)
     out = {}
@@ -135,11 +135,11 @@ def _group(rows: Rows):
     stage by stage, ``_modes``), not one per mode, each of which would sum part of it."""
     figs: dict[str, dict] = {}
     devices = {str(r.get("device") or "") for r in rows}
-    rows = [r for r in rows if r.get("dispatched", True) not in (False, 0, "0")]
-    modes = _modes(rows)
-    for r in rows:
+    parsed = [(r, spec_of_row(r)) for r in rows  # (each spec_key parsed once)
+              if r.get("dispatched", True) not in (False, 0, "0")]
+    modes = _modes(parsed)
+    for r, spec in parsed:
         t = float(r["seconds"])
-        spec = spec_of_row(r)
         sid = r.get("spec_key") or r["spec"]
         key = str(r["model"])
         if spec is not None:

@@ -967,7 +967,6 @@ def test_concurrent_calls_take_turns(monkeypatch):
     the per-block caches and last_* are updated by every call, and racing calls lost the
     slice cache's byte count or raised KeyError. Outputs are the sequential ones."""
     import threading
-    import time
 
     from laudtriton.compiled_block import CompiledBlock
 
@@ -977,17 +976,23 @@ def test_concurrent_calls_take_turns(monkeypatch):
     cm = laudtriton.compile(model, x[0], backend="cpu", tune="off")
     with torch.no_grad():
         want = [cm(xi) for xi in x]
-    inside, most = {}, [0]  # per block: a block's state is its own
+    inside, most, waited = {}, [0], [False]  # per block: a block's state is its own
+    seen = threading.Condition()
     real = CompiledBlock._run
 
-    def slow_run(self, *args, **kwargs):  # a wide window for another thread to enter
-        inside[self.name] = inside.get(self.name, 0) + 1
-        most[0] = max(most[0], inside[self.name])
-        time.sleep(0.002)
+    def slow_run(self, *args, **kwargs):
+        with seen:
+            inside[self.name] = inside.get(self.name, 0) + 1
+            most[0] = max(most[0], inside[self.name])
+            seen.notify_all()
+            if not waited[0]:  # the first run waits for a second one to enter: without
+                waited[0] = True  # the locks one does, as the other threads are started
+                seen.wait_for(lambda: inside[self.name] > 1, timeout=1.0)
         try:
             return real(self, *args, **kwargs)
         finally:
-            inside[self.name] -= 1
+            with seen:
+                inside[self.name] -= 1
 
     monkeypatch.setattr(CompiledBlock, "_run", slow_run)
     got, errors = {}, []

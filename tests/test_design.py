@@ -269,6 +269,11 @@ def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path
     """Blocks whose dense downsample alone is above the target run at rate 0, so every
     design lands above it: the header states the ratio reached and the floor, with a
     warning, instead of the target the rows do not meet."""
+    from laudtriton.predict.network import model_specs
+
+    specs = [spec for _, spec in model_specs("laud_resnet50")]  # the floor: downsamples
+    floor = sum(s.conv_macs()[3] for s in specs) / sum(sum(s.conv_macs()) for s in specs)
+    assert f"{floor:.3f}" == "0.091"  # 359.7 M of the blocks' 3969.1 M multiply-adds
     rc = main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate",
                "0.01", "--top", "3", "--cache-dir", str(tmp_path)])
     out, err = capsys.readouterr()
@@ -278,9 +283,9 @@ def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path
     assert len(set(flops)) == 1
     header = next(ln for ln in out.splitlines() if "configurations at" in ln)
     assert header.endswith(f"at FLOPs ratio {flops[0]:.3f} (--target-rate 0.01 out of reach; "
-                           "floor 0.091)")
+                           f"floor {floor:.3f})")
     assert err.startswith("laudtriton design: warning: --target-rate 0.01 is out of reach")
-    assert "FLOPs ratio 0.097" in err and "rate 0: 0.091" in err
+    assert "FLOPs ratio 0.097" in err and f"rate 0: {floor:.3f}" in err
     main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate", "0.5",
           "--top", "1", "--cache-dir", str(tmp_path)])
     out, err = capsys.readouterr()

@@ -674,7 +674,7 @@ def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch
     import time
 
     def slow(r, until=None):
-        r.check("kernel", lambda: time.sleep(5))
+        r.check("kernel", lambda: time.sleep(60))  # ends early only if stopped
     monkeypatch.setattr(command, "WATCHDOG_S", 0.2)
     monkeypatch.setattr(command, "machine", lambda r: r.check("machine", lambda: None))
     monkeypatch.setattr(command, "kernel_checks", slow)
@@ -683,7 +683,7 @@ def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch
     args.budget = 0.1
     t0 = time.perf_counter()
     assert command.run(args) == 1
-    assert time.perf_counter() - t0 < 4
+    assert time.perf_counter() - t0 < 30  # far from 60 s, even on a loaded machine
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     checks = json.loads((tmp_path / "summary.json").read_text())["checks"]
     assert [c["check"] for c in checks] == ["machine", "gpucheck run"]

@@ -114,6 +114,23 @@ def test_parse_shard_rejects(text):
         parse_shard(text)
 
 
+def test_sweep_refuses_a_cache_of_another_fingerprint(tmp_path, counted):
+    """A cache made for another device fingerprint (here: before the thread count
+    changed) got the timings filed under its name, where compile on that machine would
+    read them as its own; the sweep now refuses it before timing anything."""
+    import torch
+
+    cache = TuneCache(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.raises(ValueError, match=r"cache: a TuneCache of .* thread\(s\) now"):
+            sweep(tiny(), rates=[0.5], cache=cache, **dict(FAST, blocks="layer2.0"))
+    finally:
+        torch.set_num_threads(threads)
+    assert not counted and not cache.path.exists()
+
+
 def test_sweep_resumes_from_cache(tmp_path, counted):
     model = tiny()
     kw = dict(FAST, blocks="layer2.0,layer4.0")

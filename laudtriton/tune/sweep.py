@@ -28,6 +28,7 @@ from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
 from ..schedule import rate_key
 from .cache import TuneCache
+from .keys import device_fingerprint
 from .measure import config_key, time_variants
 from .options import comma_items, parse_rates, parse_shard
 from .sweep_csv import write_csv
@@ -208,7 +209,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
     Raises:
         ValueError: unknown model, variant, dtype or block, malformed rates/shard, bad
-            batch, reps or warmup.
+            batch, reps or warmup, or a ``cache`` of another device fingerprint (another
+            device or thread count) than the one timed on.
     """
     t_start = time.perf_counter()
     if isinstance(rates, str):
@@ -255,6 +257,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)
+    if cache.device != (here := device_fingerprint(dev)):  # timings filed as another's
+        raise ValueError(f"cache: a TuneCache of {cache.device!r}, but this sweep times on "
+                         f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
+                         "thread(s) now); make the cache with that device, after setting "
+                         "the threads")
     if clustered:  # the cache is for scattered masks (compile and the predictor read it):
         cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
 

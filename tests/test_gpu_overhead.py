@@ -28,7 +28,7 @@ def _rows(out):
 def test_runs_every_part_on_cpu_and_writes_a_row_per_measurement(tmp_path):
     mod = _load()
     assert mod.main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
-                     "--batches", "1", "--budget", "600"]) == 0
+                     "--batches", "1", "--budget", "3600"]) == 0  # (load: not cut short)
     summary = json.loads((tmp_path / "overhead.json").read_text())
     assert summary["errors"] == []
     assert summary["skipped"] == ["tiles: CUDA only"]
@@ -63,7 +63,7 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeyp
     monkeypatch.setattr(gb, "graph_us", no_graph)
     monkeypatch.setattr(gb, "device_us", lambda fn, dev: (5.0, 3.0))
     assert mod.main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
-                     "--batches", "1", "--parts", "2,3,4"]) == 0
+                     "--batches", "1", "--parts", "2,3,4", "--budget", "3600"]) == 0
     errors = json.loads((tmp_path / "overhead.json").read_text())["errors"]
     # a graph is tried on the 24 static dense blocks (no capturable variant runs on CPU),
     # the 3 dense networks and the 3 static compiled networks

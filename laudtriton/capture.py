@@ -63,8 +63,15 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
     try:
         with torch.no_grad():
             model(x)
-    except ValueError:  # ours (the hooks above) or the model's, with its own message
-        raise
+    except ValueError as e:  # ours (the hooks above), or the model's own refusal
+        if str(e).startswith("compile:"):
+            raise
+        text = f"compile: the model refuses the example input: {e}"
+        try:  # its class kept (``MapTooSmall``), where it takes one message
+            err = type(e)(text)
+        except Exception:
+            err = ValueError(text)
+        raise err from e
     except Exception as e:  # the model's forward fails on its own: it cannot be compiled
         text = (str(e).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"compile: the model's own forward fails on the example input "

@@ -98,11 +98,12 @@ class CompiledModel(RefusesTracing, nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a 4D input [B, C, H, W] with B >= 1, got {shape}")
         if tuple(x.shape[1:]) != self.input_shape[1:]:
+            hint = ("compile again with an example input of the new size"
+                    if x.shape[1] == self.input_shape[1] else
+                    f"the model takes {self.input_shape[1]} input channels")
             raise ValueError(
                 f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
-                f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; compile "
-                "again with an example input of the new shape"
-            )
+                f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; {hint}")
         if x.dtype != self.dtype:
             hint = (f"compile with dtype={x.dtype}" if x.dtype.is_floating_point else
                     "a compiled model takes floating-point inputs")

@@ -24,7 +24,7 @@ from .guards import (
     run_eagerly,
     strided_refusal,
 )
-from .nn.block import BlockMasks
+from .nn.block import BlockMasks, detached_copy
 from .nn.maskers import check_flag
 from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
@@ -62,9 +62,12 @@ class CompiledBlock(RefusesTracing, nn.Module):
         super().__init__()
         self.name, self.spec, self.fb, self.table = name, spec, fb, table
         # the source's block (eval; its convs are not run), in a list so that it is not
-        # registered: its parameters are not this module's (nothing trains them here)
-        self._reference = [fb.block]
-        self.gates = Gates(fb.block)  # its maskers, read once (a snapshot, like fb)
+        # registered: its parameters are not this module's (nothing trains them here);
+        # a copy with its own settings and maskers, so that editing the source's S or
+        # mode (which the gates and the masks check read) leaves this block as compiled
+        frozen = frozen_reference(fb.block)
+        self._reference = [frozen]
+        self.gates = Gates(frozen)  # its maskers, read once (a snapshot, like fb)
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
         choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
@@ -200,7 +203,9 @@ class CompiledBlock(RefusesTracing, nn.Module):
 
     @property
     def reference(self) -> nn.Module:
-        """The source's LaudBottleneck this block was compiled from (eval mode)."""
+        """The LaudBottleneck this block was compiled from (eval mode): a copy of the
+        source's block with its settings and maskers as compiled, its convolutions the
+        source's (``frozen_reference``)."""
         return self._reference[0]
 
     def train(self, mode: bool = True) -> CompiledBlock:
@@ -306,6 +311,15 @@ class CompiledBlock(RefusesTracing, nn.Module):
         srate = None if self.spec.mode == "channel" else mean64(masks.grid)
         crate = None if masks.channel is None else mean64(masks.channel)
         return BlockRun(self.name, srate, crate, choice.variant, choice.config_dict)
+
+
+def frozen_reference(block: nn.Module) -> nn.Module:
+    """A copy of the LaudBottleneck ``block`` with its own settings (S, mode, stride) and
+    maskers, holding the source's convolutions, BNs and downsample as they are (their
+    tensors are not copied: the compiled block never runs them)."""
+    big = [m for n, m in block.named_children() if n.startswith(("conv", "bn"))
+           or n == "downsample"]
+    return detached_copy(block, share=big)
 
 
 def check_block_masks(block: nn.Module, masks: BlockMasks, x: torch.Tensor, who: str,

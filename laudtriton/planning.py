@@ -91,7 +91,9 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     autotune cache (None with tune "off"); predictor: ``predict.calibrate.
     fitted_predictor``'s (hardware, factors), or None. say: called with one line before
     ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
-    cached: the caller shows progress).
+    cached: the caller shows progress), and before "cached" falls back to timing the
+    variants on the example input. A cached rate whose timings lack a candidate variant
+    is not used, with a warning naming the variants and the cache file.
 
     Raises:
         RuntimeError: when every candidate variant fails on the example input.
@@ -100,6 +102,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     actual = float(dispatch_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed
     seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
+    lacking: list[set[str]] = []  # per cached rate not used: the candidates it lacks
     if tune in ("cached", "quick", "full") and cache is not None:
         names = {c.name for c in cands}
         spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
@@ -115,6 +118,15 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
                 table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
                 if rate_key(r) not in table.entries:
                     failed.append(rate_key(r))
+            elif hit:
+                lacking.append(names - set(hit))
+        if lacking:
+            log.warning(
+                "autotune cache %s: %s has timings at %d rate(s) without %s (not swept: "
+                "`laudtriton sweep --variants` times only those it names; or that code "
+                "changed since); a rate counts only where every candidate variant was "
+                "timed, so those are not used", cache.path, spec.short(),
+                len(lacking), ", ".join(sorted(set().union(*lacking))))
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
@@ -138,10 +150,12 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
             table.add(r, timings, "measured")
             if r not in table.entries:  # every candidate failed: not again (below, or
                 failed.append(r)  # at the next compile: it is recorded)
-    # the predictor models float32, float16 and bfloat16; another dtype (float64) is
-    # timed on the example input below when nothing is cached
+    # the predictor models float32, float16 and bfloat16, but a calibration measures a
+    # float32 peak only: another dtype (float64, or a half one on a calibrated machine,
+    # whose fp32 rate would stand in unsaid) is timed on the example input below when
+    # nothing is cached
     if (tune == "cached" and predictor is not None and len(cands) > 1
-            and spec.dtype in PREDICTED_DTYPES):
+            and spec.dtype in PREDICTED_DTYPES and spec.dtype in dict(predictor[0].peak)):
         from .schedule import fill_predictions
 
         # not a variant that failed wherever it was timed; with a config that ran
@@ -155,7 +169,8 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
         table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
         if tune == "cached":
-            log.info("no cached timings for %s; timing on the example input", spec.short())
+            say(f"no {'usable ' if lacking else ''}cached timings for {spec.short()}; "
+                f"timing {len(cands)} variant(s) on the example input")
         table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
     if not table.entries:
         raise RuntimeError(

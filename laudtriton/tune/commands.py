@@ -64,7 +64,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--blocks", default=None,
                    help="comma list of block names (layer3.0) or indices; default all")
     p.add_argument("--variants", default=None,
-                   help="comma list of variants to time (default all; dense always)")
+                   help="comma list of variants to time (default all; dense always). "
+                        "compile(tune='cached') uses a block's rate only where every "
+                        "variant it could run was timed")
     p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards (default 1/1)")
     p.add_argument("--force", action="store_true", help="re-time what is cached")
     p.add_argument("--clustered", action="store_true",

@@ -246,7 +246,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                              "CompiledModel or CompiledBlock and no LAUD block); compile "
                              "the model it came from (a CompiledModel's .source)")
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
-                      f"eval-mode copy of it on {device} in {dtype}", stacklevel=3)
+                      f"eval-mode copy of it on {device} in {dtype}", stacklevel=_caller_level())
         return detached_copy(model).eval().to(device=device, dtype=dtype)
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
@@ -343,7 +343,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         warnings.warn(f"laudtriton.compile: the example forward never calls "
                       f"{', '.join(unreached)}; left uncompiled (a forward that takes "
                       "another branch on other inputs runs them as they are, dense with "
-                      "masks)", stacklevel=3)
+                      "masks)", stacklevel=_caller_level())
     out = _swap_blocks(ref, blocks)
     # a LAUD block in two places of the user's module: its first place was compiled, the
     # module's other attribute still holds the block itself
@@ -354,7 +354,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         warnings.warn(f"laudtriton.compile: {', '.join(shared)} left uncompiled: a LAUD "
                       "block in two places of the module is compiled in its first place "
                       "only; the others run it as it is (dense with masks; give each place "
-                      "its own block, copy.deepcopy, to compile it)", stacklevel=3)
+                      "its own block, copy.deepcopy, to compile it)", stacklevel=_caller_level())
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
     return out
@@ -379,6 +379,17 @@ def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
             guard(mod, dtype, device)
             todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning raised in the function calling this one
+    point at the first frame outside this module: the user's call, whether it went
+    through ``compile`` alone or also through a decorated factory (and a nested
+    ``_compile``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _decorator(target, example_input, **options):

@@ -404,6 +404,21 @@ def test_model_without_dynamic_block_warns():
     assert out[0].weight.dtype == torch.float64 and plain[0].weight.dtype == torch.float32
 
 
+def test_compile_warnings_point_at_the_callers_line():
+    """A warning points at the user's line, called directly or through a decorated
+    factory (there it pointed at compile.py, one frame short)."""
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+
+    @laudtriton.compile(example_input=torch.randn(1, 3, 8, 8))
+    def build():
+        return plain
+
+    for call in (lambda: laudtriton.compile(plain, torch.randn(1, 3, 8, 8)), build):
+        with pytest.warns(UserWarning, match="no LAUD block") as seen:
+            call()
+        assert [w.filename for w in seen] == [__file__]
+
+
 def test_compiling_a_compiled_model_is_refused():
     model = tiny_model("layer")
     cm = laudtriton.compile(model, torch.randn(1, 3, 32, 32), backend="cpu", tune="off")

@@ -64,14 +64,9 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
         with torch.no_grad():
             model(x)
     except ValueError as e:  # ours (the hooks above), or the model's own refusal
-        if str(e).startswith("compile:"):
-            raise
-        text = f"compile: the model refuses the example input: {e}"
-        try:  # its class kept (``MapTooSmall``), where it takes one message
-            err = type(e)(text)
-        except Exception:
-            err = ValueError(text)
-        raise err from e
+        if not str(e).startswith("compile:"):
+            name_example_input(e)
+        raise
     except Exception as e:  # the model's forward fails on its own: it cannot be compiled
         text = (str(e).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"compile: the model's own forward fails on the example input "
@@ -81,6 +76,21 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
         for h in handles:
             h.remove()
     return captured, [name for name, _ in named if name not in seen]
+
+
+REFUSES = "compile: the model refuses the example input"
+
+
+def name_example_input(e: ValueError) -> None:
+    """Say in ``e`` (the model's own ValueError on the example input) where it came from:
+    its message gets a "compile: the model refuses the example input: " prefix where it
+    is one string shown as it is, else a note (Python >= 3.11); its class, attributes
+    and traceback stay."""
+    if (type(e).__str__ is BaseException.__str__ and len(e.args) == 1
+            and isinstance(e.args[0], str) and e.args[0]):
+        e.args = (f"{REFUSES}: {e.args[0]}",)
+    elif hasattr(e, "add_note"):
+        e.add_note(REFUSES)
 
 
 def block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:

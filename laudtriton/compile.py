@@ -16,8 +16,8 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
 - ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
   within 0.05 of are filled with the latency predictor's estimates (fitted on this
   device's cached timings, ``predict``) when this machine has been calibrated, the
-  calibration has a peak for the dtype (it measures float32's only) and the cache holds
-  timings; a block with nothing cached and no predictor falls back to the
+  calibration has a peak for the dtype (a CPU's measures float32's only) and the cache
+  holds timings; a block with nothing cached and no predictor falls back to the
   ``"off"`` rule (with a progress line). A cached rate counts only where every candidate
   variant has a current timing (one missing: not swept, or its code changed since; a
   warning names it and the cache file). A variant that failed wherever it was timed on

@@ -4,6 +4,7 @@ what one forward of it ran."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from .guards import (
     run_eagerly,
     strided_refusal,
 )
-from .nn.block import BlockMasks, detached_copy
+from .nn.block import BlockMasks
 from .nn.maskers import check_flag
 from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
@@ -63,8 +64,8 @@ class CompiledBlock(RefusesTracing, nn.Module):
         self.name, self.spec, self.fb, self.table = name, spec, fb, table
         # the source's block (eval; its convs are not run), in a list so that it is not
         # registered: its parameters are not this module's (nothing trains them here);
-        # a copy with its own settings and maskers, so that editing the source's S or
-        # mode (which the gates and the masks check read) leaves this block as compiled
+        # a shallow copy with its own settings, so that editing the source's S or mode
+        # (which the gates and the masks check read) leaves this block as compiled
         frozen = frozen_reference(fb.block)
         self._reference = [frozen]
         self.gates = Gates(frozen)  # its maskers, read once (a snapshot, like fb)
@@ -203,9 +204,9 @@ class CompiledBlock(RefusesTracing, nn.Module):
 
     @property
     def reference(self) -> nn.Module:
-        """The LaudBottleneck this block was compiled from (eval mode): a copy of the
-        source's block with its settings and maskers as compiled, its convolutions the
-        source's (``frozen_reference``)."""
+        """The LaudBottleneck this block was compiled from (eval mode): a shallow copy of
+        the source's block with its settings as compiled, its modules the source's
+        (``frozen_reference``)."""
         return self._reference[0]
 
     def train(self, mode: bool = True) -> CompiledBlock:
@@ -314,12 +315,15 @@ class CompiledBlock(RefusesTracing, nn.Module):
 
 
 def frozen_reference(block: nn.Module) -> nn.Module:
-    """A copy of the LaudBottleneck ``block`` with its own settings (S, mode, stride) and
-    maskers, holding the source's convolutions, BNs and downsample as they are (their
-    tensors are not copied: the compiled block never runs them)."""
-    big = [m for n, m in block.named_children() if n.startswith(("conv", "bn"))
-           or n == "downsample"]
-    return detached_copy(block, share=big)
+    """A shallow copy of the LaudBottleneck ``block``: its own attributes (S, mode,
+    stride, which the gates and the masks check read at every call) and its own tables of
+    submodules, parameters and buffers, holding the source's modules and tensors (nothing
+    is copied: the gates read the maskers once, when made). Setting an attribute or a
+    submodule of the source leaves it as it was."""
+    frozen = copy.copy(block)
+    for table in ("_modules", "_parameters", "_buffers"):
+        object.__setattr__(frozen, table, dict(getattr(block, table)))
+    return frozen
 
 
 def check_block_masks(block: nn.Module, masks: BlockMasks, x: torch.Tensor, who: str,

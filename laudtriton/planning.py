@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("laudtriton")
 
 QUICK_RATES = (0.2, 0.5, 0.8)
+_TOLD: set[tuple[str, BlockSpec, str]] = set()  # (cache file, block, variants) warned of
 
 
 def candidate_variants(spec: BlockSpec, backend: str, only: Collection[str] | None = None
@@ -120,13 +121,15 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
                     failed.append(rate_key(r))
             elif hit:
                 lacking.append(names - set(hit))
-        if lacking:
+        missing = ", ".join(sorted(set().union(*lacking)))
+        if lacking and (str(cache.path), spec, missing) not in _TOLD:
+            _TOLD.add((str(cache.path), spec, missing))  # once per process
             log.warning(
-                "autotune cache %s: %s has timings at %d rate(s) without %s (not swept: "
-                "`laudtriton sweep --variants` times only those it names; or that code "
-                "changed since); a rate counts only where every candidate variant was "
-                "timed, so those are not used", cache.path, spec.short(),
-                len(lacking), ", ".join(sorted(set().union(*lacking))))
+                "autotune cache %s: %s has timings at %d rate(s) without %s (not timed: "
+                "`laudtriton sweep --variants`, or compile with variants= and tune "
+                "'quick'/'full', times only those named; or its code changed since); a "
+                "rate is planned from the cache only where every candidate variant was "
+                "timed there", cache.path, spec.short(), len(lacking), missing)
     if tune in ("quick", "full"):
         grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
         todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
@@ -150,8 +153,8 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
             table.add(r, timings, "measured")
             if r not in table.entries:  # every candidate failed: not again (below, or
                 failed.append(r)  # at the next compile: it is recorded)
-    # the predictor models float32, float16 and bfloat16, but a calibration measures a
-    # float32 peak only: another dtype (float64, or a half one on a calibrated machine,
+    # the predictor models float32, float16 and bfloat16, but a CPU calibration measures
+    # a float32 peak only: another dtype (float64, or a half one on a calibrated CPU,
     # whose fp32 rate would stand in unsaid) is timed on the example input below when
     # nothing is cached
     if (tune == "cached" and predictor is not None and len(cands) > 1

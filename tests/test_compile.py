@@ -393,6 +393,42 @@ def test_errors():
             laudtriton.compile(model, x, backend="cuda")
 
 
+class _Two(ValueError):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+        self.a = a
+
+    def __str__(self):
+        return f"{self.args[0]}/{self.args[1]}"
+
+
+class _Refusing(torch.nn.Module):
+    """A module with a LAUD block whose forward raises ``error``."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.block, self.error = make_block(8, 2, mode="spatial", granularity=2), error
+
+    def forward(self, x):
+        raise self.error
+
+
+def test_a_refusal_of_the_example_keeps_its_class_and_attributes():
+    """The prefix naming the example input goes into a plain one-string message; an
+    exception of another shape (two arguments, its own __str__) keeps its class, its
+    message and its attributes, and gets a note (rebuilding it from one string garbled
+    the message or lost the class)."""
+    with pytest.raises(ValueError) as e:
+        laudtriton.compile(_Refusing(ValueError("bad size")), torch.randn(1, 8, 8, 8))
+    assert type(e.value) is ValueError
+    assert str(e.value) == "compile: the model refuses the example input: bad size"
+    with pytest.raises(_Two) as e:
+        laudtriton.compile(_Refusing(_Two("a", "b")), torch.randn(1, 8, 8, 8))
+    assert str(e.value) == "a/b" and e.value.a == "a"
+    if hasattr(e.value, "add_note"):  # Python >= 3.11
+        assert e.value.__notes__ == ["compile: the model refuses the example input"]
+
+
 def test_model_without_dynamic_block_warns():
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     with pytest.warns(UserWarning, match="no LAUD block"):
@@ -509,8 +545,9 @@ def test_cached_rates_lacking_a_variant_are_named(tmp_path, caplog, capsys):
     """Rates whose timings lack a candidate variant (``sweep --variants gather`` times
     gather and dense only) are not used, as a source edit's hidden timings are not: that
     was silent, and with nothing else cached the log said there were no cached timings.
-    A warning now names the variant and the cache file, and the fallback to timing on
-    the example input prints a progress line saying the timings were not usable."""
+    A warning now names the variant and the cache file (once per process: tune "quick"
+    does not time the rates off its grid), and the fallback to timing on the example
+    input prints a progress line saying the timings were not usable."""
     block, x, spec, cache = _cached_block(tmp_path)
     for b in (0.2, 0.5, 0.8):
         cache.record(spec, b, {"dense": {"{}": 3e-3}, "gather": {"{}": 1e-3}})
@@ -525,7 +562,7 @@ def test_cached_rates_lacking_a_variant_are_named(tmp_path, caplog, capsys):
     cache.record(spec, 0.5, {"patch": {"{}": 2e-3}})  # complete at one rate
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
-    assert "at 2 rate(s) without patch" in caplog.text
+    assert "without patch" not in caplog.text  # said once per process
     assert "no usable" not in capsys.readouterr().err
     assert cm.blocks[0].table.entries[0.5].source == "cached"
 

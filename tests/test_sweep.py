@@ -126,9 +126,14 @@ def test_sweep_refuses_a_cache_of_another_fingerprint(tmp_path, counted):
     try:
         with pytest.raises(ValueError, match=r"cache: a TuneCache of .* thread\(s\) now"):
             sweep(tiny(), rates=[0.5], cache=cache, **dict(FAST, blocks="layer2.0"))
+        assert not counted
+        # a clustered sweep files nothing (its own cache in memory): not refused
+        sweep(tiny(), rates=[0.5], cache=cache, clustered=True,
+              **dict(FAST, blocks="layer2.0"))
+        assert counted
     finally:
         torch.set_num_threads(threads)
-    assert not counted and not cache.path.exists()
+    assert not cache.path.exists()
 
 
 def test_sweep_resumes_from_cache(tmp_path, counted):

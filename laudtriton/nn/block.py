@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -86,14 +85,13 @@ def without_records(state: dict) -> dict:
     return state
 
 
-def detached_copy(module: nn.Module, share: Iterable[nn.Module] = ()) -> nn.Module:
+def detached_copy(module: nn.Module) -> nn.Module:
     """``copy.deepcopy(module)``, where a tensor held as a plain attribute of one of its
     modules and carrying autograd history is copied detached. Those are the weights a
     forward pre-hook recomputes from parameters on every call (``torch.nn.utils.prune``,
     ``weight_norm``), last computed in grad mode; ``copy.deepcopy`` refuses them. The
-    copy's values are the same, and its own hooks recompute them on its next forward.
-    share: submodules the copy holds as they are (the same objects), not copied."""
-    memo: dict = {id(m): m for m in share}
+    copy's values are the same, and its own hooks recompute them on its next forward."""
+    memo: dict = {}
     for m in module.modules():
         for value in vars(m).values():
             if isinstance(value, torch.Tensor) and value.grad_fn is not None:

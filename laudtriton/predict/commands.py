@@ -46,7 +46,7 @@ def _peak_note(hw, dtype: str) -> str:
     measures float32 only), or ''."""
     if dtype in dict(hw.peak):
         return ""
-    why = " (a calibration measures float32 only)" if hw.name in ("cpu", "cuda") else ""
+    why = " (a CPU calibration measures float32 only)" if hw.name == "cpu" else ""
     return f"\nnote: {hw.name} has no {dtype} peak of its own{why}: its float32 rate is used"
 
 

@@ -257,13 +257,13 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)
+    if clustered:  # the cache is for scattered masks (compile and the predictor read it):
+        cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
     if cache.device != (here := device_fingerprint(dev)):  # timings filed as another's
         raise ValueError(f"cache: a TuneCache of {cache.device!r}, but this sweep times on "
                          f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
                          "thread(s) now); make the cache with that device, after setting "
                          "the threads")
-    if clustered:  # the cache is for scattered masks (compile and the predictor read it):
-        cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
 
     if progress:  # building the blocks and drawing every item's masks may take a while
         print(f"sweep: planning: the model's blocks, then the masks of each block at "  # (a

@@ -572,6 +572,23 @@ def test_sweep_command_prune_top_runs(tmp_path, capsys, monkeypatch):
     assert made == [(real_cpu(str(tmp_path)), 1, str(tmp_path))]
     assert reads == [str(tmp_path)]
     assert {v for _, v in seen} == timed and {r for r, _ in seen} == {0.5}
+    # it said nothing of that: the summary now says K pruned nothing here
+    assert "; --prune-top 1 left nothing out (no variant" in capsys.readouterr().out
+
+
+def test_sweep_counts_the_configs_pruned(tmp_path, counted, monkeypatch):
+    """SweepResult.pruned: the configs the hook left out, over every item timed."""
+    import dataclasses
+
+    from laudtriton.ops import get_variant, registry
+
+    two = dataclasses.replace(get_variant("gather"), configs=lambda spec: [{}, {"k": 1}])
+    monkeypatch.setitem(registry._REGISTRY, "gather", two)
+    res = sweep(tiny(), rates=[0.25, 0.75], cache=TuneCache(tmp_path),
+                prune=lambda spec, rate, v, configs: configs[:1],
+                **dict(FAST, blocks="layer2.0"))
+    assert res.timed == 2 and res.pruned == 2  # gather's second config, at each rate
+    assert [per["gather"] for _, per, _ in counted] == [[{}], [{}]]  # the first kept
 
 
 def test_time_variants_failing_config_scores_inf():

@@ -174,8 +174,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     _print_summary(res.rows)
     merged = (f", {res.merged} asked rates realised the rate of another (timed once: "
               "timings are kept at the rate the masks realise)" if res.merged else "")
-    print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache{merged}, "
-          f"{res.seconds:.1f} s; CSV: {res.csv_path}")
+    pruned = "" if not args.prune_top else (
+        f", {res.pruned} kernel config(s) left out by --prune-top" if res.pruned else
+        f"; --prune-top {args.prune_top} left nothing out (no variant timed here has more "
+        "configs)")
+    print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache{merged}"
+          f"{pruned}, {res.seconds:.1f} s; CSV: {res.csv_path}")
     if res.saved:
         print(f"cache: {cache.path}")
     else:

@@ -157,7 +157,8 @@ class _Progress:
 class SweepResult:
     """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
     config. timed / cached: (spec, rate) items measured now / found in the cache; merged:
-    asked rates that realise the rate of another asked rate (timed once, ``sweep``).
+    asked rates that realise the rate of another asked rate (timed once, ``sweep``);
+    pruned: configs the ``prune`` hook left out, over every item.
     saved: whether the cache file holds the results (False: unwritable or disabled, or a
     clustered sweep)."""
 
@@ -165,6 +166,7 @@ class SweepResult:
     timed: int = 0
     cached: int = 0
     merged: int = 0
+    pruned: int = 0
     seconds: float = 0.0
     csv_path: Path | None = None
     cache_path: Path | None = None
@@ -324,7 +326,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             for v in cands.values():
                 space = v.configs(spec)
                 if prune is not None:
-                    space = list(prune(spec, rate, v, space))
+                    kept = list(prune(spec, rate, v, space))
+                    result.pruned += len(space) - len(kept)
+                    space = kept
                 have = known.get(v.name, {})
                 missing = [c for c in space if force or config_key(c) not in have]
                 if missing:

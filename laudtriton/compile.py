@@ -20,11 +20,10 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   holds timings; a block with nothing cached and no predictor falls back to the
   ``"off"`` rule (with a progress line). A cached rate counts only where every candidate
   variant has a current timing (one missing: not swept, or its code changed since; a
-  warning names it and the cache file). A variant that failed wherever it was timed on
-  the block is not predicted, and a predicted entry carries the variant's fastest config
-  that ran there (else its first); with fewer than two such variants nothing is
-  predicted. ``plan``
-  marks each entry's source.
+  warning names it and the cache file, once per process). A variant that failed wherever
+  it was timed on the block is not predicted, and a predicted entry carries the variant's
+  fastest config that ran there (else its first); with fewer than two such variants
+  nothing is predicted. ``plan`` marks each entry's source.
 
 In every mode "fastest" keeps ``dense`` unless another variant beats it by more than
 ``schedule.DENSE_MARGIN`` (5%): near-ties flip from one sweep to the next, and a sparse

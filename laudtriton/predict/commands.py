@@ -42,7 +42,7 @@ def _flag(dest: str) -> str:
 
 
 def _peak_note(hw, dtype: str) -> str:
-    """A line saying that ``hw`` has no peak of its own for ``dtype`` (a calibration
+    """A line saying that ``hw`` has no peak of its own for ``dtype`` (a CPU calibration
     measures float32 only), or ''."""
     if dtype in dict(hw.peak):
         return ""

@@ -66,7 +66,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--variants", default=None,
                    help="comma list of variants to time (default all; dense always). "
                         "compile(tune='cached') uses a block's rate only where every "
-                        "variant it could run was timed")
+                        "candidate variant was timed")
     p.add_argument("--shard", default="1/1", help="'i/n': run the i-th of n shards (default 1/1)")
     p.add_argument("--force", action="store_true", help="re-time what is cached")
     p.add_argument("--clustered", action="store_true",

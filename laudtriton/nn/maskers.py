@@ -252,6 +252,11 @@ def check_mask_shape(who: str, name: str, mask: object) -> None:
 _TRACED = (torch.Tensor, torch.SymInt)  # a map side while tracing (jit.trace; export)
 
 
+def _integer_tensor(t: torch.Tensor) -> bool:
+    """Whether t's dtype is an integer one (not floating, complex or bool)."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
 def check_map_size(who: str, name: str, hw: object) -> tuple:
     """hw as a tuple if it is a pair of ints >= 1 (a tuple, list or torch.Size; a 1-D
     integer numpy array or tensor of two; numpy ints taken; tensors and SymInts let
@@ -261,8 +266,7 @@ def check_map_size(who: str, name: str, hw: object) -> tuple:
     if isinstance(hw, (tuple, list, torch.Size)):
         pair = tuple(hw)
     elif isinstance(hw, (np.ndarray, torch.Tensor)) and hw.ndim == 1 and (
-            hw.dtype.kind in "iu" if isinstance(hw, np.ndarray)
-            else not (hw.is_floating_point() or hw.is_complex() or hw.dtype == torch.bool)):
+            hw.dtype.kind in "iu" if isinstance(hw, np.ndarray) else _integer_tensor(hw)):
         pair = tuple(int(v) for v in hw.tolist())
     if pair is None or len(pair) != 2 or not all(
             isinstance(v, _TRACED) or is_positive_int(v) for v in pair):
@@ -300,8 +304,7 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
             ⌊(W−1)/s⌋+1), is (Ho, Wo): another in_hw gave a mask of the wrong pixels.
     """
     check_mask_shape("expand_mask1", "mask2", mask2)
-    if (isinstance(stride, torch.Tensor) and stride.dim() == 0 and not (
-            stride.is_floating_point() or stride.is_complex() or stride.dtype == torch.bool)):
+    if isinstance(stride, torch.Tensor) and stride.dim() == 0 and _integer_tensor(stride):
         stride = int(stride)  # (a 0-d integer tensor, as before these checks)
     if not is_positive_int(stride):
         raise ValueError(f"expand_mask1: stride must be an int >= 1, got {stride!r}")

@@ -56,6 +56,21 @@ def fastest(timings: dict[str, dict[str, float]]) -> tuple[str, str, float] | No
     return v, c, t
 
 
+def keeps_dense(seconds: float, dense_seconds: float | None) -> bool:
+    """Whether a variant taking ``seconds`` leaves a block ``dense`` (which takes
+    ``dense_seconds``; None: dense is not timed): unless it beats dense by more than
+    ``DENSE_MARGIN``."""
+    return dense_seconds is not None and seconds >= (1.0 - DENSE_MARGIN) * dense_seconds
+
+
+def compile_pick(seconds: dict[str, float]) -> str:
+    """The variant compile's rule picks from one (predicted) time per variant: the
+    fastest (ties: the first name), but ``dense`` where ``keeps_dense``. ``design`` and
+    ``predict`` report it, so that their latencies are those of the model compile builds."""
+    name = min(seconds, key=lambda n: (seconds[n], n))
+    return "dense" if keeps_dense(seconds[name], seconds.get("dense")) else name
+
+
 def rate_key(rate: float) -> float:
     """A rate as tables key it: rounded to 6 decimals, as the autotune cache keeps rates
     (two distinct rates of a grid of up to 10^5 cells stay apart)."""
@@ -129,7 +144,7 @@ class DispatchTable:
         if best is None:
             return
         dense = fastest({"dense": timings.get("dense", {})})
-        if dense is not None and best[2] >= (1.0 - DENSE_MARGIN) * dense[2]:
+        if dense is not None and keeps_dense(best[2], dense[2]):
             best = dense
         self.entries[rate_key(bucket)] = Choice.make(*best, source)
         if dense is not None:
@@ -220,12 +235,14 @@ class Design:
 
     modes, granularities: per stage (S is 1 where the stage has no spatial mask;
     ``s_label`` prints '_' there).
-    seconds: predicted latency of the whole model (blocks with their fastest variant, plus
-    the dense stem and head); dense_seconds: the static network's (every block dense,
-    no masks: ``predict.model.predict_static_dense``), the same for every design.
+    seconds: predicted latency of the whole model (each block with the variant compile
+    would pick from the predictions: the fastest, but ``dense`` unless beaten by more
+    than ``DENSE_MARGIN``; plus the dense stem and head); dense_seconds: the static
+    network's (every block dense, no masks: ``predict.model.predict_static_dense``), the
+    same for every design.
     flops_ratio: achieved FLOPs of the residual blocks / their dense FLOPs.
     rates: activation rate per block (the one that meets the target FLOPs ratio).
-    variants: the fastest variant per block.
+    variants: that variant per block.
     """
 
     modes: tuple[str, ...]
@@ -334,7 +351,9 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
 
     Each block runs at the activation rate whose FLOPs ratio (official accounting, dense
     downsample) equals ``target`` (``predict.network.rate_for_flops_ratio``; rate 0 where
-    the dense downsample alone exceeds it), with its fastest predicted variant on ``hw``.
+    the dense downsample alone exceeds it), with the variant compile would pick from the
+    predictions on ``hw``: the fastest, but ``dense`` unless another beats it by more than
+    ``DENSE_MARGIN`` (``DispatchTable.add``).
     Stages are independent (a block's latency does not depend on its neighbours' modes),
     so each stage option is predicted once and the configurations are their sums.
     channel_granularity: one value or one per stage ("2", "2-2-4-4", a list of 4), as
@@ -363,8 +382,10 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
     def block(spec):
         if spec not in memo:
             r = rate_for_flops_ratio(spec, target)
-            best = min((predict_expected(spec, r, v, hw, factors), v.name)
-                       for v in variants_for(spec, hw.backend))
+            preds = {v.name: predict_expected(spec, r, v, hw, factors)
+                     for v in variants_for(spec, hw.backend)}
+            pick = compile_pick(preds)
+            best = (preds[pick], pick)
             dense = predict_static_dense(spec, hw, factors)
             memo[spec] = (best[0], dense, flops_ratio(spec, r) * spec.dense_flops(),
                           spec.dense_flops(), r, best[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -308,3 +309,44 @@ def test_design_checks_its_options_before_reading_the_hardware(argv, says, tmp_p
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and says in err
     assert "calibration" not in caplog.text  # the hardware was not read
+
+
+@pytest.mark.parametrize("ratio, picked", [(0.97, "dense"), (1 - DENSE_MARGIN, "dense"),
+                                           (0.9, "compact")])
+def test_design_picks_a_variant_as_compile_would(monkeypatch, ratio, picked):
+    """A block's variant and time in a design are those compile's rule would pick from the
+    same predictions (``DispatchTable.add``): a variant within ``DENSE_MARGIN`` of dense
+    leaves the block dense. The design took the fastest, so its latency could be up to
+    5% a block below that of the model compile would build."""
+    from laudtriton.predict import model
+
+    def fake(spec, rate, variant, hw, factors=None):
+        return 1e-3 * (1.0 if model.resolve_variant(variant).name == "dense" else ratio)
+
+    monkeypatch.setattr(model, "predict_expected", fake)
+    (d,) = design_search("laud_resnet50", CPU_DEFAULT, 0.5, ("layer",), (1,))
+    assert d.variants == (picked,) * 16
+    stem = model.predict_stem_head(224, 1, CPU_DEFAULT.default_dtype, CPU_DEFAULT, None)
+    per_block = 1e-3 if picked == "dense" else ratio * 1e-3
+    assert d.seconds == pytest.approx(16 * per_block + stem, rel=1e-12)
+
+
+@pytest.mark.parametrize("ratio, picked", [(0.97, "dense"), (0.9, "compact")])
+def test_predict_best_column_is_compiles_pick(monkeypatch, capsys, ratio, picked):
+    """``predict``'s "best" column and its model total are compile's pick, as in design."""
+    from laudtriton.predict import model
+
+    def fake(spec, rate, variant, hw, factors=None):
+        return 1e-3 * (1.0 if model.resolve_variant(variant).name == "dense" else ratio)
+
+    monkeypatch.setattr(model, "predict_expected", fake)
+    assert main(["predict", "--model", "laud_resnet50", "--mode", "layer", "--rates", "0.5",
+                 "--hardware", "v100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in out if ln.startswith("layer")]
+    assert rows and all(ln.split()[-1] == picked for ln in rows)
+    assert sum(int(ln.split()[-5].lstrip("x")) for ln in rows) == 16  # "x2": its count
+    total = float(out[-1].split()[2])  # the model line: rate, dense ms, best ms, ...
+    per_block = 1.0 if picked == "dense" else ratio
+    stem = float(re.search(r"stem/head ([\d.]+) ms", "\n".join(out)).group(1))
+    assert total == pytest.approx(16 * per_block + stem, abs=2e-3)

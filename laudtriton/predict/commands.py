@@ -102,7 +102,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p = subparsers.add_parser(
         "predict", help="predicted block and model latency; --validate: error on the cache",
         description="Latency predictor: per distinct block and for the whole model, dense "
-                    "vs each variant vs the best, at each mean rate (expected time: masks "
+                    "vs each variant vs the best (compile's pick: the fastest, but dense "
+                    "unless another beats it by more than 5%), at each mean rate "
+                    "(expected time: masks "
                     "switch whole cells, channel groups or samples, so a rate between two "
                     "whole counts is predicted linearly between them). With --validate: "
                     "predicted "
@@ -190,6 +192,7 @@ def run_predict(args: argparse.Namespace) -> int:
             line and exits with code 2).
     """
     from ..ops.registry import variants_for
+    from ..schedule import compile_pick
     from ..tune.options import check_layout_options
     from .model import (
         predict_expected,
@@ -245,7 +248,7 @@ def run_predict(args: argparse.Namespace) -> int:
             for n in names:
                 if n in cands:
                     row[n] = predict_expected(spec, r, n, hw, factors)
-            best = min(row, key=row.get)
+            best = compile_pick(row)
             cells = "".join(f" {row[n] * 1e3:>13.3f}" if n in row else f" {'-':>13}"
                             for n in ["dense", *names])
             label = f"{members[0]} {spec.short()} x{len(members)}"

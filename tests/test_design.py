@@ -266,7 +266,7 @@ def test_cli_design_target_above_the_floor_but_not_reached_says_so(capsys, tmp_p
     assert "0.2 is not reached (each block is aimed at it on its own)" in err
 
 
-def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path):
+def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys):
     """Blocks whose dense downsample alone is above the target run at rate 0, so every
     design lands above it: the header states the ratio reached and the floor, with a
     warning, instead of the target the rows do not meet."""
@@ -276,7 +276,7 @@ def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path
     floor = sum(s.conv_macs()[3] for s in specs) / sum(sum(s.conv_macs()) for s in specs)
     assert f"{floor:.3f}" == "0.091"  # 359.7 M of the blocks' 3969.1 M multiply-adds
     rc = main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate",
-               "0.01", "--top", "3", "--cache-dir", str(tmp_path)])
+               "0.01", "--top", "3"])  # a preset: nothing of the cache directory is read
     out, err = capsys.readouterr()
     assert rc == 0
     flops = [float(ln.split()[-1]) for ln in out.splitlines() if ln.strip()[:2].strip().isdigit()]
@@ -288,7 +288,7 @@ def test_cli_design_target_below_the_floor_says_what_it_reaches(capsys, tmp_path
     assert err.startswith("laudtriton design: warning: --target-rate 0.01 is out of reach")
     assert "FLOPs ratio 0.097" in err and f"rate 0: {floor:.3f}" in err
     main(["design", "--model", "laud_resnet50", "--hardware", "v100", "--target-rate", "0.5",
-          "--top", "1", "--cache-dir", str(tmp_path)])
+          "--top", "1"])
     out, err = capsys.readouterr()
     assert "configurations at FLOPs ratio 0.5\n" in out and err == ""
 
@@ -350,3 +350,22 @@ def test_predict_best_column_is_compiles_pick(monkeypatch, capsys, ratio, picked
     per_block = 1.0 if picked == "dense" else ratio
     stem = float(re.search(r"stem/head ([\d.]+) ms", "\n".join(out)).group(1))
     assert total == pytest.approx(16 * per_block + stem, abs=2e-3)
+
+
+@pytest.mark.parametrize("command", [["predict", "--rates", "0.5"],
+                                     ["design", "--target-rate", "0.5", "--top", "2"]])
+def test_options_a_preset_hardware_does_not_read_are_named(capsys, tmp_path, command):
+    """A preset (v100) has no calibration or timings here: --cache-dir and --no-fit passed
+    silently for read; a warning now names them, and the output is the same."""
+    base = [*command, "--model", "laud_resnet50", "--hardware", "v100"]
+    assert main(base) == 0
+    plain = capsys.readouterr()
+    assert "warning" not in plain.err
+    assert main([*base, "--cache-dir", str(tmp_path), "--no-fit"]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain.out
+    assert f"laudtriton {command[0]}: warning: --cache-dir and --no-fit read nothing with " \
+           "--hardware v100" in out.err
+    assert main([*command, "--model", "laud_resnet50", "--no-fit",
+                 "--cache-dir", str(tmp_path)]) == 0  # cpu: both read
+    assert "read nothing" not in capsys.readouterr().err

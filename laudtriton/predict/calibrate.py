@@ -152,9 +152,13 @@ def timings_cache(hw: HardwareSpec, cache_dir: str | Path | None = None) -> Tune
     here)."""
     from ..tune.cache import TuneCache
 
-    if hw.name in ("cpu", "cuda"):
-        return TuneCache(cache_dir, device=hw.name)
-    return None
+    return TuneCache(cache_dir, device=hw.name) if measured_here(hw) else None
+
+
+def measured_here(hw: HardwareSpec) -> bool:
+    """Whether ``hw`` is this machine's ("cpu") or its GPU's ("cuda"), read from a
+    calibration and timed into the cache; the presets (v100, ...) are neither."""
+    return hw.name in ("cpu", "cuda")
 
 
 def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = None,

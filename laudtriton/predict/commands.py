@@ -12,7 +12,7 @@ import math
 import sys
 
 from ..tune.options import CHANNEL_GRANULARITY, GRANULARITY
-from .calibrate import predictor_for, timings_cache
+from .calibrate import measured_here, predictor_for, timings_cache
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
 log = logging.getLogger("laudtriton")
@@ -73,6 +73,21 @@ def _check_common(args) -> None:
     check_cache_dir(args.cache_dir, read=True)
 
 
+def _predictor(args, command: str) -> tuple[HardwareSpec, dict | None, str]:
+    """``predictor_for`` the options of ``command`` (predict, design). A preset hardware
+    (v100, ...) has no calibration or timings here, so --cache-dir and --no-fit change
+    nothing for it: a warning on stderr says so rather than let them pass for read."""
+    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
+    ignored = [flag for flag, given in (("--cache-dir", args.cache_dir is not None),
+                                        ("--no-fit", args.no_fit)) if given]
+    if ignored and not measured_here(hw):
+        print(f"laudtriton {command}: warning: {' and '.join(ignored)} read nothing with "
+              f"--hardware {args.hardware} (a preset: its factors are the defaults; "
+              "cpu and cuda read the calibration and timings of this machine)",
+              file=sys.stderr, flush=True)
+    return hw, factors, note
+
+
 def _rates(text: str) -> list[float]:
     from ..tune.options import parse_rates
 
@@ -92,9 +107,12 @@ def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -
     p.add_argument("--channel-granularity", default=CHANNEL_GRANULARITY,
                    help="channels per channel-mask group: one int or per stage 'a-b-c-d' "
                         f"(default {CHANNEL_GRANULARITY}; read by channel and both stages)")
-    p.add_argument("--cache-dir", default=None, help="autotune cache / calibration directory")
+    p.add_argument("--cache-dir", default=None,
+                   help="autotune cache / calibration directory (read with --hardware cpu "
+                        "or cuda)")
     p.add_argument("--no-fit", action="store_true",
-                   help="use default efficiency factors, not ones fitted on cached timings")
+                   help="use default efficiency factors, not ones fitted on cached timings "
+                        "(a preset --hardware always uses the defaults)")
 
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -217,7 +235,7 @@ def run_predict(args: argparse.Namespace) -> int:
             only = [resolve_variant(v).name for v in listed]
         except ValueError as e:
             raise ValueError(f"--variants: {e}") from None
-    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
+    hw, factors, note = _predictor(args, "predict")
     dtype = args.dtype or hw.default_dtype
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
@@ -391,7 +409,7 @@ def run_design(args: argparse.Namespace) -> int:
     # the options the search reads, before the hardware (whose calibration may warn)
     design_stages(args.model, modes, grans, args.batch, args.input_size,
                   args.dtype or "float32", args.channel_granularity)
-    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
+    hw, factors, note = _predictor(args, "design")
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)
     dtype = args.dtype or hw.default_dtype  # design_search's

@@ -201,6 +201,81 @@ def test_record_refuses_meta_json_cannot_hold_and_stays_usable(tmp_path):
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
 
 
+def test_record_refuses_meta_with_keys_the_sorted_write_cannot_order(tmp_path):
+    """Meta keys of mixed types pass a plain json.dumps but not the file's sorted write:
+    the entry entered memory, the write raised a TypeError, and every later record of
+    that cache raised it again and saved nothing."""
+    c = TuneCache(tmp_path)
+    with pytest.raises(ValueError, match="meta .* cannot be written as JSON"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"flops_ratio": 0.5, 7: "x"})
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert c.saved and TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+def test_a_symlinked_cache_file_keeps_feeding_the_file_it_points_to(tmp_path):
+    """The atomic write replaced the link itself by a private copy (the shared file got
+    no more records), and the lock was taken beside the link, not beside the file."""
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    shared.mkdir()
+    mine.mkdir()
+    TuneCache(shared).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    target = TuneCache(shared).path
+    link = mine / target.name
+    link.symlink_to(target)
+    c = TuneCache(mine)
+    assert c.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert c.saved and link.is_symlink()
+    assert TuneCache(shared).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+    assert c.lock_path == TuneCache(shared).lock_path == target.with_name(target.name + ".lock")
+
+
+def test_an_integer_time_too_large_for_a_float_is_malformed_not_fatal(tmp_path, caplog):
+    """JSON holds integers of any size: one of 401 digits passed as a valid time, then
+    lookup and entries raised OverflowError (``cache ls``, compile's cached rule), and
+    record(10**400) raised it instead of its ValueError."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    (entry,) = data["entries"].values()
+    entry["timings"]["{}"] = 10 ** 400
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        fresh = TuneCache(tmp_path)
+        assert fresh.lookup(SPEC, 0.5) is None and fresh.entries() == []
+    assert "1 malformed entries ignored" in caplog.text
+    with pytest.raises(ValueError, match="a time is a number of seconds > 0"):
+        fresh.record(SPEC2, 0.5, {"dense": {"{}": 10 ** 400}})
+
+
+def test_a_cache_file_with_a_byte_order_mark_is_read(tmp_path):
+    """An editor's UTF-8 BOM made the file 'corrupt': its timings were ignored and the
+    next write moved the whole file aside."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    c.path.write_bytes(b"\xef\xbb\xbf" + c.path.read_bytes())
+    fresh = TuneCache(tmp_path)
+    assert fresh.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    fresh.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert sorted(p.name for p in tmp_path.iterdir() if "unusable" in p.name) == []
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
+def test_a_write_removes_temp_files_a_killed_writer_left(tmp_path):
+    """A process killed mid-write leaves the file whole and its temp file for good (an
+    untracked file in a checkout's autotune_cache/); the next write removes those older
+    than ``ORPHAN_AGE``, and leaves a fresh one (a write under way elsewhere)."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    old, fresh = (tmp_path / f"{c.path.name}.{tag}.tmp" for tag in ("abc123", "def456"))
+    old.write_text("{")
+    fresh.write_text("{")
+    past = os.stat(old).st_mtime - cache_file_mod.ORPHAN_AGE - 5
+    os.utime(old, (past, past))
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert c.saved and not old.exists() and fresh.exists()
+
+
 def test_annotate_never_writes_back_timings_it_read(tmp_path):
     """annotate adds names to the entry on disk at its write, not the whole entry as it
     read it: another process's newer timing of that entry in between is kept."""

@@ -47,11 +47,13 @@ from .cache_file import (
     check_record,
     file_lock,
     is_valid_entry,
+    lock_path_of,
     merge_entries_into,
     merge_meta,
     move_aside,
     parse_cache,
     read_entries,
+    remove_orphan_temps,
     write_cache_file,
 )
 from .keys import (
@@ -143,8 +145,9 @@ class TuneCache:
     # -- keys -------------------------------------------------------------------------
     @property
     def lock_path(self) -> Path:
-        """The cache file's lock file (``<file>.lock`` beside it)."""
-        return self.path.with_name(self.path.name + ".lock")
+        """The cache file's lock file (``<file>.lock`` beside it; beside the file a
+        symbolic link points to: ``cache_file.lock_path_of``)."""
+        return lock_path_of(self.path)
 
     def _lock(self):
         """The cache file's inter-process lock (on ``lock_path``)."""
@@ -270,7 +273,7 @@ class TuneCache:
         check_spec(spec, "record")
         check_record(rate_bucket, timings)
         try:
-            json.dumps(meta or {}, allow_nan=True)
+            json.dumps(meta or {}, allow_nan=True, sort_keys=True)  # as the file is
         except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"record: meta {meta!r} cannot be written as JSON ({e})") from None
         bucket = round(float(rate_bucket), 6)
@@ -388,6 +391,7 @@ class TuneCache:
                            if k not in self._memory or is_valid_entry(e)}
                 annotate_entries_into(entries, self._notes)
                 merge_entries_into(entries, self._memory)
+                remove_orphan_temps(self.path)
                 write_cache_file(self.path, self.device, entries)
             self._memory.clear()
             self._notes.clear()

@@ -7,6 +7,7 @@ unusable file aside.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -22,6 +23,13 @@ log = logging.getLogger("laudtriton")
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT = 120  # seconds a writer waits for another process's lock
+
+
+def lock_path_of(path: Path) -> Path:
+    """The lock file of the cache file ``path``: ``<file>.lock`` beside the file it is, a
+    symbolic link followed (two processes reaching one file by two paths take one lock)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".lock")
 
 
 @contextlib.contextmanager
@@ -64,10 +72,11 @@ def decode_cache_json(raw: bytes) -> dict:
     """The JSON object of a cache file's bytes.
 
     Raises:
-        ValueError: if they are not UTF-8 JSON holding an object with an "entries" object
+        ValueError: if they are not UTF-8 JSON (a byte order mark allowed) holding an
+            object with an "entries" object
             (UnicodeDecodeError and json's errors are ValueErrors).
     """
-    data = json.loads(raw.decode("utf-8"))
+    data = json.loads(raw.decode("utf-8-sig"))  # a BOM an editor wrote is no error
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise ValueError("no 'entries' object")
     return data
@@ -133,7 +142,14 @@ def read_entries(path: Path, device: str) -> dict[str, dict]:
 
 
 def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A JSON number a reader can take as a float (an int of 400 digits cannot)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
 def is_valid_spec(d: object) -> bool:
@@ -198,8 +214,8 @@ def _real(x) -> float | None:
         return None
     try:
         return float(x)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many
-        return None
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # a tensor of many
+        return None  # elements (RuntimeError); an int too large for a float
 
 
 def check_record(rate_bucket: object, timings: object) -> None:
@@ -292,7 +308,10 @@ def write_json_atomic(path: Path, data: object) -> None:
     """Write ``data`` as JSON to ``path`` atomically and durably: a temp file in the same
     directory, flushed to disk, then os.replace (a crash leaves the old file or the new
     one, never a truncated one). The file gets the mode a plain open() would give (0666
-    less the umask), not mkstemp's 0600, so a cache directory can be shared."""
+    less the umask), not mkstemp's 0600, so a cache directory can be shared. A ``path``
+    that is a symbolic link has the file it points to replaced, the link kept (a cache
+    file linked to a shared one keeps feeding it)."""
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
@@ -311,6 +330,20 @@ def write_json_atomic(path: Path, data: object) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over
+
+
+def remove_orphan_temps(path: Path) -> None:
+    """Remove the temp files of ``write_json_atomic`` for ``path`` that a process killed
+    mid-write left (older than ``ORPHAN_AGE``; the file itself was left whole). Call it
+    under the file's lock, where no other write of it is under way."""
+    real = Path(os.path.realpath(path))
+    for tmp in real.parent.glob(glob.escape(real.name) + ".*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > ORPHAN_AGE:
+                tmp.unlink()
 
 
 def move_aside(path: Path) -> Path:

@@ -12,6 +12,7 @@ from .cache_file import (
     decode_cache_json,
     file_lock,
     load_cache_file,
+    lock_path_of,
     merge_entries_into,
     parse_cache,
     write_cache_file,
@@ -55,7 +56,7 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
                          f"{out} left as it was")
     out.parent.mkdir(parents=True, exist_ok=True)
     # out is read again under the lock: a sweep may have recorded into it meanwhile
-    with file_lock(out.with_name(out.name + ".lock")):
+    with file_lock(lock_path_of(out)):
         _check_is_cache(out)
         if out.is_file():
             inputs, merged = merged, {}

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .nn.resnet import DEPTHS
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep import ideal_flops_ratio
@@ -95,9 +96,11 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
     in a context (``_context``) where every block has rows of one mode and the blocks
     have several, each block's mode becomes the stages' modes in order ('spatial-channel-
     layer-spatial'; blocks named layerN.j, else the modes sorted and joined by '-').
-    Elsewhere (one mode, or a block with rows of several: separate sweeps; the cache's
-    unnamed entries, of no network) a block keeps its own mode and is not listed.
-    parsed: (row, ``spec_of_row(row)``) pairs."""
+    Elsewhere a block keeps its own mode and is not listed: one mode; a block with rows
+    of several, a stage with blocks of several, a block not named layerN.j, or a LAUD
+    model (``nn.resnet.DEPTHS``) with a stage missing (separate sweeps, whose blocks
+    summed under one label would pass for a configuration no sweep ran); the cache's
+    unnamed entries, of no network. parsed: (row, ``spec_of_row(row)``) pairs."""
     seen: dict[tuple, dict[str, set[str]]] = {}
     for r, spec in parsed:
         if spec is not None and r["model"] != UNNAMED:  # (no network: a figure per mode)
@@ -110,10 +113,11 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
         for b, (m,) in blocks.items():
             hit = re.fullmatch(r"layer(\d+)\.\d+", b)
             stage.setdefault(int(hit.group(1)) if hit else None, set()).add(m)
-        if None in stage or any(len(m) > 1 for m in stage.values()):
-            label = "-".join(sorted(set().union(*blocks.values())))
-        else:
-            label = "-".join(next(iter(stage[i])) for i in sorted(stage))
+        depths = DEPTHS.get(ctx[0])
+        if None in stage or any(len(m) > 1 for m in stage.values()) or (
+                depths is not None and set(stage) != set(range(1, len(depths) + 1))):
+            continue
+        label = "-".join(next(iter(stage[i])) for i in sorted(stage))
         out.update({(ctx, b): label for b in blocks})
     return out
 
@@ -271,7 +275,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     granularities, e.g. from the cache: which spec belongs to which sweep is not
     recorded, and the sum would mix them), and of the cache's unnamed entries (model
     ``UNNAMED``: shapes no sweep named, of no one network). Figures are split by
-    device and by mask kind (``_group``).
+    device and by mask kind (``_group``). A LAUD-ResNet whose rows lack some of its
+    blocks (a sweep with ``--blocks``) gets its whole-model figure titled "partial
+    sweep, sum over k of the model's N blocks", with a warning naming what is missing.
 
     Raises:
         ValueError: if there is nothing to plot: no rows, or no finite timing; or
@@ -310,15 +316,39 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
                         "several granularities); no whole-model figure, which would mix "
                         "them: plot each sweep's CSV instead", key, ", ".join(mixed))
             continue
-        path = _model_figure(key, g, curves, colors, out_dir / stems[key])
+        missing = missing_blocks(g["model"], g["blocks"])
+        if missing:
+            log.warning("plot: %s: the rows hold %d of the model's %d blocks (not %s); its "
+                        "whole-model figure sums those only, and says so", key,
+                        len(g["blocks"]), len(g["blocks"]) + len(missing), _few(missing))
+        path = _model_figure(key, g, curves, colors, out_dir / stems[key], len(missing))
         if path is None:  # no rate every block was timed at: the figure would be empty
-            log.warning("plot: %s: no rate at which every block has a timing (the rates "
-                        "the masks realise differ between blocks, and the rows do not say "
-                        "which rate the sweep asked for: column asked_rate); no whole-model "
-                        "figure", key)
+            failed = [b for b, ss in g["blocks"].items() if not any(s in g["t"] for s in ss)]
+            why = (f"block(s) {_few(failed)} have no finite timing (every config failed)"
+                   if failed else "the rates the masks realise differ between blocks"
+                   + ("" if g["asked"] else ", and the rows do not say which rate the sweep "
+                      "asked for: column asked_rate"))
+            log.warning("plot: %s: no rate at which every block has a timing (%s); no "
+                        "whole-model figure", key, why)
             continue
         paths.append(path)
     return paths
+
+
+def missing_blocks(model: str, blocks: Mapping[str, object]) -> list[str]:
+    """The blocks of ``model`` (a LAUD-ResNet of ``nn.resnet.DEPTHS``) that ``blocks``
+    lacks, in order; [] for another model (its blocks are not known here)."""
+    depths = DEPTHS.get(model)
+    if depths is None:
+        return []
+    return [n for n in (f"layer{i + 1}.{j}" for i, d in enumerate(depths) for j in range(d))
+            if n not in blocks]
+
+
+def _few(names: Sequence[str], shown: int = 4) -> str:
+    """Up to ``shown`` names joined, '... (n in all)' after them when there are more."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head}, ... ({len(names)} in all)"
 
 
 def _natural(name: str) -> list:
@@ -374,11 +404,12 @@ def _blocks_figure(key, g, sids, curves, colors, stem: Path) -> Path:
     return path
 
 
-def _model_figure(key, g, curves, colors, stem: Path) -> Path | None:
+def _model_figure(key, g, curves, colors, stem: Path, missing: int = 0) -> Path | None:
     """Whole model: per line, the sum over every block at rates where all blocks have it,
     each block's timing counted at the rate the sweep asked for when it is known (the
     rates the masks realise differ between blocks: 0.5 is 0.5 of a 14x14 grid, 0.49 of
-    a 7x7 one). None, and no file, where no line has such a rate."""
+    a 7x7 one). missing: the model's blocks the rows lack (``missing_blocks``), which
+    the title then counts. None, and no file, where no line has such a rate."""
     blocks = [(b, next(iter(ss))) for b, ss in g["blocks"].items()]  # one spec each
     names = {k for sid in curves for k in curves[sid]}
 
@@ -403,8 +434,10 @@ def _model_figure(key, g, curves, colors, stem: Path) -> Path | None:
                 label="best per block", **_STYLE["best"])
     ax.set_xlabel("activation rate")
     ax.set_ylabel("latency (ms), sum over blocks")
-    ax.set_title(f"{key}: sum over {len(blocks)} dynamic blocks\n(a variant's line only where "
-                 "it runs every block; best = fastest variant per block)", fontsize=9)
+    part = (f"partial sweep, sum over {len(blocks)} of the model's {len(blocks) + missing} "
+            "blocks" if missing else f"sum over {len(blocks)} dynamic blocks")
+    ax.set_title(f"{key}: {part}\n(a variant's line only where it runs every block; best = "
+                 "fastest variant per block)", fontsize=9)
     _legend(fig, [ax])
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = stem.with_name(f"{stem.name}_model.png")

@@ -77,7 +77,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
     try:
-        from .tune.keys import cache_enabled_from_env, check_dir
+        from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
         from .tune.options import (
             check_cache_dir,
             check_device,
@@ -106,7 +106,6 @@ def run_plot(args: argparse.Namespace) -> int:
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache
-            from .tune.keys import disabled_by
 
             cache = TuneCache(args.cache_dir, device=args.device)
             if not cache.enabled:
@@ -143,7 +142,11 @@ def run_plot(args: argparse.Namespace) -> int:
                       "if this device is calibrated (--no-predicted leaves it out)",
                       file=sys.stderr, flush=True)
                 predicted = predicted_curves(rows, args.cache_dir, args.device)
-                if predicted is None:
+                if predicted is None and not cache_enabled_from_env():
+                    print(f"laudtriton plot: no predicted line: the cache is disabled "
+                          f"({disabled_by()}), so no timings are read to fit the predictor "
+                          "on (--no-predicted leaves it out)", file=sys.stderr)
+                elif predicted is None:
                     print(f"laudtriton plot: no predicted line: {here} has no calibration "
                           "in the cache directory, or the cache has no current timings to "
                           "fit it on (`laudtriton calibrate`, `laudtriton sweep`; "

@@ -633,3 +633,100 @@ def test_plot_from_a_csv_with_a_tilde_is_in_the_home_directory(tmp_path, monkeyp
     assert _run(["plot", "--from=~/s.csv", "--out", str(tmp_path / "png"),
                  "--no-predicted"]) == 0
     assert (tmp_path / "png" / "tinynet_spatial_b1_float32_model.png").is_file()
+
+
+def _laud_rows(layout: str, blocks: set[str] | None = None) -> list[dict]:
+    """Rows of a sweep of LAUD-ResNet-50 with the modes ``layout`` (one per stage), every
+    block or those of ``blocks``: dense 1 ms a block, a variant at half of it."""
+    from laudtriton.predict.network import model_specs
+
+    rows = []
+    for name, spec in model_specs("laud_resnet50", layout, 4, 1):
+        if blocks is not None and name not in blocks:
+            continue
+        for variant, t in (("dense", 1e-3), ("v_fast", 0.5e-3)):
+            rows.append({"model": "laud_resnet50", "block": name, "spec": spec.short(),
+                         "S": spec.granularity, "rate": 0.5, "variant": variant,
+                         "config": "{}", "seconds": t, "dense_seconds": 1e-3,
+                         "ratio": t / 1e-3, "flops_ratio": 0.5, "spec_key": spec.key(),
+                         "device": "cpu", "asked_rate": 0.5})
+    return rows
+
+
+@pytest.fixture
+def titles(monkeypatch) -> list[str]:
+    """The titles of every axes of the figures made, after they are saved."""
+    from laudtriton import plot as plot_mod
+
+    figs = []
+    real = plot_mod._new_figure
+    monkeypatch.setattr(plot_mod, "_new_figure", lambda **kw: figs.append(real(**kw))
+                        or figs[-1])
+
+    class Titles(list):
+        def __call__(self) -> list[str]:
+            return [ax.get_title() for f in figs for ax in f.axes]
+    return Titles()
+
+
+def test_a_laud_model_swept_with_a_mode_per_stage_is_one_figure(tmp_path, drawn, caplog):
+    """Every block of LAUD-ResNet-50 in the stages' modes: one figure, summing all 16."""
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(_laud_rows("spatial-channel-layer-spatial"), tmp_path)
+    assert sorted(p.name for p in paths) == [
+        f"laud_resnet50_spatial-channel-layer-spatial_b1_float32_{f}.png"
+        for f in ("blocks", "model")]
+    assert drawn[-1]["dense"][0.5] == pytest.approx(16e-3)
+    assert "laudtriton" not in caplog.text
+
+
+def test_separate_sweeps_in_other_modes_are_not_summed_as_one_model(tmp_path, drawn, caplog,
+                                                                     titles):
+    """Stage 1 swept in spatial mode and stage 2 in channel mode were summed into one
+    'laud_resnet50_spatial-channel' figure, a configuration no sweep can run, over 5 of
+    16 blocks, without a word; blocks of one stage in two modes (only two sweeps give
+    that) too, under the modes sorted. Now each sweep gets its own figure, each saying
+    it is partial."""
+    rows = (_laud_rows("spatial", {"layer1.0", "layer1.1", "layer1.2"})
+            + _laud_rows("channel", {"layer2.0", "layer2.1"}))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows, tmp_path / "a")
+    assert sorted(p.name for p in paths) == sorted(
+        f"laud_resnet50_{m}_b1_float32_{f}.png" for m in ("spatial", "channel")
+        for f in ("blocks", "model"))
+    assert "the rows hold 3 of the model's 16 blocks" in caplog.text
+    assert "the rows hold 2 of the model's 16 blocks" in caplog.text
+    model_titles = [t for t in titles() if "sum over" in t]
+    assert [t.split(": ", 1)[1].split("\n")[0] for t in model_titles] == [
+        "partial sweep, sum over 3 of the model's 16 blocks",
+        "partial sweep, sum over 2 of the model's 16 blocks"]
+    mixed_stage = [dict(r, model="tinynet") for r in
+                   _laud_rows("spatial", {"layer1.0"}) + _laud_rows("channel", {"layer1.1"})
+                   + _laud_rows("spatial", {"layer2.0"})]
+    names = sorted(p.name for p in plot_latency_vs_rate(mixed_stage, tmp_path / "b"))
+    assert names == sorted(f"tinynet_{m}_b1_float32_{f}.png" for m in ("spatial", "channel")
+                           for f in ("blocks", "model"))
+
+
+def test_no_whole_model_figure_names_the_blocks_that_failed(tmp_path, caplog):
+    """A block whose every config failed left no rate for the sum, and the warning
+    blamed a missing asked_rate column the rows had."""
+    rows = [dict(r, seconds=float("inf")) if r["block"] == "layer1.0" else r
+            for r in _laud_rows("spatial")]
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        paths = plot_latency_vs_rate(rows, tmp_path)
+    assert [p.name for p in paths] == ["laud_resnet50_spatial_b1_float32_blocks.png"]
+    assert "block(s) layer1.0 have no finite timing (every config failed)" in caplog.text
+    assert "asked_rate" not in caplog.text
+
+
+def test_plot_command_says_the_cache_is_disabled_when_no_predicted_line(tmp_path, capsys,
+                                                                         monkeypatch):
+    """With LAUDTRITON_CACHE=off the reason given was a missing calibration or timings,
+    both of which the directory held."""
+    csv = write_csv(_rows(), tmp_path / "t.csv")
+    monkeypatch.setenv("LAUDTRITON_CACHE", "off")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "no predicted line: the cache is disabled (LAUDTRITON_CACHE=off)" in err
+    assert "has no calibration" not in err

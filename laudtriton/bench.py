@@ -17,6 +17,7 @@ block with its maskers). efficiency = FLOPs ratio / time ratio.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
@@ -146,12 +147,20 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
         x = torch.randn(batch, 3, 224, 224)
         realised = calibrate_rates(model, x, rate)
         mean = sum(realised) / len(realised)
-        if abs(mean - rate) > RATE_SLACK:
-            log(f"note: rate {rate_text(rate)}: the calibrated masks realise {mean:.3f} on "
-                "average over the blocks (each block lands on round(rate x N) of its N "
-                "decisions: grid cells, channel groups, or for a layer gate the batch's "
-                f"samples, {batch} here); the rows below are labelled with the asked rate, "
-                "the CSV's realised_rate column holds the realised one")
+        off = [f"{name} {r:.3f}" for (name, _), r in zip(model.blocks(), realised)
+               if abs(r - rate) > RATE_SLACK]
+        why = ([f"the calibrated masks realise {mean:.3f} on average over the blocks"]
+               if abs(mean - rate) > RATE_SLACK else [])
+        if off:  # a stage of one grid cell or one channel group: all or nothing
+            why.append(f"{len(off)} of the {len(realised)} blocks realise a rate more than "
+                       f"{RATE_SLACK} from it ({', '.join(off[:4])}"
+                       f"{', ...' if len(off) > 4 else ''})")
+        if why:
+            log(f"note: rate {rate_text(rate)}: {'; '.join(why)} (each block lands on "
+                "round(rate x N) of its N decisions: grid cells, channel groups, or for a "
+                f"layer gate the batch's samples, {batch} here); the rows below are "
+                "labelled with the asked rate, the CSV's realised_rate column holds the "
+                "realised one")
         cm = compile(model, x, backend="cpu", tune=tune)
         meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
                     rate=rate, allocator=setting, channel_granularity=str(channel_granularity),
@@ -242,6 +251,27 @@ def _median_run(rows: list[BenchRow]) -> BenchRow:
     the two middle ones (the one less favourable to the compiled model)."""
     mid = sorted(rows, key=lambda r: r.ratio)[len(rows) // 2]
     return replace(mid, runs=tuple(r.ratio for r in rows))
+
+
+def check_fresh_inputs(batch: int, reps: int) -> None:
+    """The whole-model row on a new input every call (``_fresh_row``) holds its 2 x reps
+    inputs of ``batch`` images at once (made before the timing, outside it).
+
+    Raises:
+        ValueError: naming --reps and --batch when they would take more than half this
+            machine's memory (10000 reps at batch 1: 12 GB; the run failed after minutes
+            of other rows, blaming --batch alone).
+    """
+    need = 2 * reps * batch * 3 * 224 * 224 * 4
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known here: not checked
+        return
+    if need > total // 2:
+        raise ValueError(f"--reps {reps} with --batch {batch}: the row on a new input every "
+                         f"call holds 2 x {reps} inputs of {batch} image(s), "
+                         f"{need / 2**30:.1f} GiB, more than half this machine's memory "
+                         f"({total / 2**30:.1f} GiB); give fewer --reps")
 
 
 def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: int,

@@ -174,11 +174,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     Raises:
         ValueError: naming the first bad option (--batch, --reps, --repeat, --processes,
             --threads, --allocator, --csv, --rates, --mode, --granularity,
-            --channel-granularity, or the cache's environment variables), or --batch when
-            the C allocator refuses the memory (``tune.options.out_of_memory``).
+            --channel-granularity, or the cache's environment variables; --reps with
+            --batch whose fresh inputs would fill half the memory: ``check_fresh_inputs``),
+            or --batch and --reps when the C allocator refuses the memory
+            (``tune.options.out_of_memory``).
     """
     from . import runtime
-    from .bench import bench
+    from .bench import bench, check_fresh_inputs
     from .bench_report import HANDOFF_ENV, write_csv
     from .tune.options import (
         check_batch,
@@ -191,6 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_batch(args.batch)
     _check_counts(args, "reps", "repeat", "processes")
+    check_fresh_inputs(args.batch, args.reps)
     cpus = usable_cpus()
     if not 0 <= args.threads <= cpus:  # more oversubscribes the cores: dense and compiled
         # slow down unequally (4 threads on 2 cores: dense 60-72 -> 120 ms, ratio 1.2 -> 1.09)
@@ -229,7 +232,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          blocks=not args.model_only, repeat=args.repeat,
                          allocator=args.allocator)
         except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
-            raise out_of_memory(e, f"--batch {args.batch}") from None
+            raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
     if args.csv:
         try:  # (checked before the run; a disk that filled meanwhile is said so, named)
             write_csv(rows, args.csv)

@@ -363,6 +363,20 @@ def test_bench_says_when_the_masks_cannot_realise_the_rate():
     assert not [s for s in quiet if s.startswith("note:")]
 
 
+def test_bench_names_blocks_that_cannot_realise_the_rate_when_the_mean_can():
+    """A stage of one grid cell (S = 7 on the 7x7 maps) is all or nothing: at rate 0.2
+    its blocks realise 0 while the mean over the blocks (0.165) stays within 0.05, and
+    their rows were labelled 0.2 without a word."""
+    torch.manual_seed(0)
+    logs = []
+    bench("laud_resnet50", "spatial", "4-4-2-7", [0.2], batch=1, reps=1, tune="off",
+          blocks=False, log=logs.append)
+    (note,) = [s for s in logs if s.startswith("note: rate 0.20")]
+    assert "on average" not in note
+    assert "3 of the 16 blocks realise a rate more than 0.05 from it (layer4.0 0.000, " \
+           "layer4.1 0.000, layer4.2 0.000)" in note
+
+
 def test_bench_layer_mode_per_block_rows():
     """Layer blocks run in the model's batch order (order.SampleOrder); the per-block rows
     still time every block on the input it met."""
@@ -374,3 +388,19 @@ def test_bench_layer_mode_per_block_rows():
                                          ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)]
     assert {r.variant for r in blocks} <= {"compact", "dense"}
     assert all(r.dense_ms > 0 and r.sparse_ms > 0 for r in rows)
+
+
+def test_bench_refuses_reps_whose_fresh_inputs_would_fill_the_memory(capsys):
+    """The fresh-input row holds 2 x reps inputs at once: --reps had no bound, and the
+    allocator's refusal, minutes in, blamed --batch 1."""
+    import os
+
+    from laudtriton.bench import check_fresh_inputs
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    reps = total // (2 * 3 * 224 * 224 * 4)  # the inputs alone: the whole memory
+    assert main(["bench", "--reps", str(reps), "--model-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laudtriton bench: error: --reps {reps} with --batch 1: ")
+    assert "give fewer --reps" in err
+    check_fresh_inputs(1, 20)  # the default: far from it

@@ -469,9 +469,9 @@ def test_bench_out_of_memory_names_the_batch(monkeypatch, capsys):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: "
                            "can't allocate memory: you tried to allocate 60211200000000 bytes")
     monkeypatch.setattr(bench_mod, "bench", huge)
-    assert main(["bench", "--batch", "4096", "--rates", "0.5", "--model-only"]) == 2
+    assert main(["bench", "--batch", "64", "--rates", "0.5", "--model-only"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("laudtriton bench: error: --batch 4096: out of memory (")
+    assert err.startswith("laudtriton bench: error: --batch 64 with --reps 20: out of memory (")
     assert "Traceback" not in err
 
 

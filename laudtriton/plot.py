@@ -95,7 +95,7 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
     """{(context, block): the figure's mode} for the models swept with a mode per stage:
     in a context (``_context``) where every block has rows of one mode and the blocks
     have several, each block's mode becomes the stages' modes in order ('spatial-channel-
-    layer-spatial'; blocks named layerN.j, else the modes sorted and joined by '-').
+    layer-spatial', from the blocks' names layerN.j).
     Elsewhere a block keeps its own mode and is not listed: one mode; a block with rows
     of several, a stage with blocks of several, a block not named layerN.j, or a LAUD
     model (``nn.resnet.DEPTHS``) with a stage missing (separate sweeps, whose blocks

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from laudtriton.tune.keys import check_dir
     from laudtriton.tune.options import check_input_size
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", required=True, help="the output folder")
     p.add_argument("--budget", type=float, default=300.0, help="seconds (default 300)")
     p.add_argument("--batches", default="1,64", help="batch sizes (default 1,64)")

@@ -33,7 +33,7 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--calls", type=int, default=400, help="forwards to run (default 400)")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -105,10 +105,12 @@ class CompiledModel(RefusesTracing, nn.Module):
                 f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
                 f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; {hint}")
         if x.dtype != self.dtype:
-            hint = (f"compile with dtype={x.dtype}" if x.dtype.is_floating_point else
-                    "a compiled model takes floating-point inputs")
+            hint = (f"cast the input or compile with dtype={x.dtype}"
+                    if x.dtype.is_floating_point else
+                    f"cast the input to {self.dtype}: a compiled model takes floating-point "
+                    "inputs")
             raise ValueError(f"input dtype {x.dtype} does not match the compiled dtype "
-                             f"{self.dtype}; cast the input or {hint}")
+                             f"{self.dtype}; {hint}")
         if x.device != self.device:
             raise ValueError(f"input on {x.device} but the model is compiled for {self.device}")
 

@@ -359,11 +359,13 @@ def test_errors():
         laudtriton.compile(blk, torch.randn(1, blk.conv1.in_channels, 2, 2), backend="cpu",
                            tune="off")
     with pytest.raises(ValueError, match="input dtype torch.float64 does not match the "
-                                         "compiled dtype torch.float32"):
+                                         "compiled dtype torch.float32; cast the input or "
+                                         "compile with dtype=torch.float64"):
         cm(x.double())
     with pytest.raises(ValueError, match=r"4D input .* got \(3, 32, 32\)"):
         cm(torch.randn(3, 32, 32))
-    with pytest.raises(ValueError, match="torch.int64 .* takes floating-point inputs"):
+    with pytest.raises(ValueError, match="torch.int64 .* cast the input to torch.float32: "
+                                         "a compiled model takes floating-point inputs"):
         cm(x.long())
     with pytest.raises(ValueError, match="input on meta but the model is compiled for cpu"):
         cm(torch.empty(1, 3, 32, 32, device="meta"))

@@ -802,3 +802,121 @@ def test_a_cached_item_gets_the_input_size_of_the_sweep_that_finds_it(tmp_path, 
     assert {e.meta["input_size"] for e in TuneCache(tmp_path).entries()} == {64}
     assert all("other" in e.meta["models"] for e in TuneCache(tmp_path).entries()
                if e.spec == spec)
+
+
+def test_both_mode_a_resumed_sweep_does_not_reuse_another_channel_rates_timing(tmp_path):
+    """Mode both keys the cache by the grid's rate: a second sweep at 0.6, whose item
+    realises grid rate 1 at channel rate 0.59, found the first sweep's entry (1.0, at
+    channel rate 1) and wrote its timings into CSV rows with 0.6's FLOPs ratio. Now the
+    item is timed for the CSV and the entry stays the first sweep's."""
+    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
+                   input_size=None, num_classes=7, channel_granularity=2)
+    kw = dict(blocks="layer4.0", input_size=64, model_name="tiny", **FAST)
+    first = sweep(m, rates=[1.0], cache=TuneCache(tmp_path), **kw)
+    assert first.timed == 1
+    entries = TuneCache(tmp_path).entries()
+    assert {e.meta["channel_rate"] for e in entries} == {1.0}
+    again = sweep(m, rates=[1.0], cache=TuneCache(tmp_path), **kw)
+    assert (again.timed, again.cached) == (0, 1)  # the same item: read back
+    other = sweep(m, rates=[0.6], cache=TuneCache(tmp_path), **kw)
+    assert (other.timed, other.cached) == (1, 0)
+    assert {r["dispatched"] for r in other.rows} == {False}
+    assert all(r["flops_ratio"] < 0.7 for r in other.rows)
+    after = TuneCache(tmp_path).entries()
+    assert [(e.variant, e.config, e.seconds, e.meta["asked_rates"]) for e in after] == [
+        (e.variant, e.config, e.seconds, [1.0]) for e in entries]
+
+
+def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(tmp_path, monkeypatch,
+                                                               capsys):
+    """Ctrl-C (or SIGTERM in the command) wrote no CSV, and with --clustered everything
+    timed was lost; an older CSV at the path passed for this run's."""
+    real = sweep_mod.time_variants
+    calls = []
+
+    def second_interrupts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "time_variants", second_interrupts)
+    out = tmp_path / "s.csv"
+    out.write_text("an older run's CSV\n")
+    for clustered in (False, True):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            sweep(tiny(), rates=[0.5, 1.0], blocks="layer4.0", cache=TuneCache(tmp_path / "c"),
+                  csv_path=out, clustered=clustered, **FAST)
+        rows = read_csv(out)
+        assert rows and {r["asked_rate"] for r in rows} == {0.5}  # the first item's
+        err = capsys.readouterr().err
+        assert f"sweep: interrupted after 1 of 2 item(s): the CSV {out} holds its " in err
+        assert ("clustered masks are never cached" in err) == clustered
+        assert ("a re-run reads (it times the rest)" in err) != clustered
+
+
+def test_sweep_refuses_a_csv_path_that_is_the_cache_file(tmp_path):
+    """--csv at the cache's own file reported success and left a corrupt cache."""
+    cache = TuneCache(tmp_path)
+    for path in (cache.path, cache.lock_path):
+        with pytest.raises(ValueError, match="is the autotune cache's own file"):
+            sweep(tiny(), rates=[0.5], blocks="layer4.0", cache=cache, csv_path=path, **FAST)
+    assert not cache.path.exists()
+
+
+def test_sweep_checks_its_csv_path_and_device_before_timing(tmp_path, counted):
+    """sweep() ran every item before the CSV path failed (IsADirectoryError), and an
+    unknown device raised torch's RuntimeError."""
+    with pytest.raises(ValueError, match="is a directory"):
+        sweep(tiny(), rates=[0.5], cache=TuneCache(tmp_path), csv_path=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="--device 'tpu'"):
+        sweep(tiny(), rates=[0.5], device="tpu", cache=TuneCache(tmp_path), **FAST)
+    assert counted == []
+
+
+def test_an_empty_shard_says_so(tmp_path, capsys):
+    """A shard past the item count ran silently and printed a cache file it never made."""
+    argv = ["sweep", "--model", "laud_resnet50", "--blocks", "layer4.1", "--rates", "0.5",
+            "--shard", "2/2", "--cache-dir", str(tmp_path / "c"), "--csv",
+            str(tmp_path / "s.csv")]
+    from laudtriton.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "sweep: shard 2/2 holds none of the 1 (spec, rate) item(s)" in out.err
+    assert "cache: nothing to write (no item)" in out.out
+    assert not list((tmp_path / "c").glob("*.json"))
+
+
+def test_the_progress_eta_counts_measured_items_only(capsys):
+    """Items found cached took no time but counted in the rate: a resumed sweep's ETA
+    read 1 s for a 17 s run. No ETA before one item is measured."""
+    bar = sweep_mod._Progress(4, True)
+    bar.bar = None  # the stderr line (no tqdm)
+    bar.update("a", timed=False)
+    assert "sweep 1/4 " in capsys.readouterr().err.split("\r")[-1]
+    bar.update("b", timed=False)
+    assert "ETA ? " in capsys.readouterr().err
+    bar.t0 -= 10.0  # 10 s so far, all of it on the one item measured next
+    bar.update("c", timed=True)
+    assert "ETA 10s" in capsys.readouterr().err  # 1 item left at 10 s a measured item
+    bar.close()
+    bar.close()  # once only
+    assert capsys.readouterr().err == "\n"
+
+
+def test_sigterm_interrupts_the_sweep_command_as_ctrl_c():
+    """A killed sweep (SIGTERM) died without a word or a CSV; in the command it raises
+    KeyboardInterrupt, which ``sweep`` answers with the CSV so far, and the handler
+    before is put back after."""
+    import signal
+
+    from laudtriton.tune.commands import _sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000_000):  # the handler runs between two bytecodes, at once
+            pass
+    assert signal.getsignal(signal.SIGTERM) is before

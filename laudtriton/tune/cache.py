@@ -219,6 +219,20 @@ class TuneCache:
                 {c: float(t) for c, t in e["timings"].items()})
         return out or None
 
+    def entry_meta(self, spec: BlockSpec, rate_bucket: float) -> dict:
+        """The meta of the current entries of ``spec`` at ``rate_bucket``, merged (``{}``
+        when there is none): what the sweeps that timed them recorded (``record``), e.g.
+        a mode-both item's "channel_rate".
+
+        Raises:
+            ValueError: if spec is not a BlockSpec.
+        """
+        check_spec(spec, "entry_meta")
+        out: dict = {}
+        for e in self._current(spec, rate_bucket).values():
+            out = merge_meta(out, e.get("meta") or {})
+        return out
+
     def _current(self, spec: BlockSpec, rate_bucket: float) -> dict[str, dict]:
         """{key: entry} of the current entries of ``spec`` at ``rate_bucket``."""
         want, bucket = spec.key(), round(float(rate_bucket), 6)

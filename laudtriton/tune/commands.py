@@ -8,9 +8,13 @@ args and returns the exit code (2 with a message on stderr for a user error).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..schedule import format_rate, rate_key
@@ -77,7 +81,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="CSV of every timing (default sweep_<model>_<mode>_<granularity>"
                         "[_c<channel granularity>]_b<batch>[_i<input size>][_<dtype>]"
                         "[_shard<i>of<n>]_<cpu|cuda>[_clustered].csv, the bracketed parts "
-                        "where they apply or differ from their defaults)")
+                        "where they apply or differ from their defaults; a sweep of other "
+                        "--blocks or --rates writes over it; on Ctrl-C or SIGTERM it holds "
+                        "the items timed so far)")
     p.add_argument("--cache-dir", default=None,
                    help="cache directory (default $LAUDTRITON_CACHE_DIR, else autotune_cache/ "
                         "of a source-tree install, else ~/.cache/laudtriton)")
@@ -88,9 +94,11 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def default_csv(args: argparse.Namespace, device: str) -> str:
-    """The default ``--csv`` of a sweep: every option that changes its rows in the name
-    (the others only where they differ from their defaults), so that two shards, two
-    channel granularities or two dtypes on one machine do not write over each other."""
+    """The default ``--csv`` of a sweep: the options that change which blocks' specs it
+    times in the name (the others only where they differ from their defaults), so that
+    two shards, two channel granularities or two dtypes on one machine do not write over
+    each other. --blocks, --rates and --variants are not in it: a sweep of other blocks
+    or rates writes over the last one's CSV (give --csv to keep both)."""
     parts = [f"sweep_{args.model}_{args.mode}_{args.granularity}"]
     if {"channel", "both"} & set(args.mode.split("-")):  # in any stage ("layer-channel-..")
         parts.append(f"c{args.channel_granularity}")
@@ -158,13 +166,14 @@ def run_sweep(args: argparse.Namespace) -> int:
                     else default_csv(args, dev.type))
         check_output_path(csv_path, "--csv")
         try:
-            res = sweep(args.model, mode=args.mode, granularity=args.granularity,
-                        rates=rates, batch=args.batch, device=str(dev), blocks=args.blocks,
-                        shard=shard, force=args.force, clustered=args.clustered,
-                        cache=cache, csv_path=csv_path, progress=not args.no_progress,
-                        input_size=args.input_size, dtype=args.dtype,
-                        variants=args.variants,
-                        channel_granularity=args.channel_granularity, prune=prune)
+            with _sigterm_interrupts():  # a killed sweep writes its CSV so far, as Ctrl-C
+                res = sweep(args.model, mode=args.mode, granularity=args.granularity,
+                            rates=rates, batch=args.batch, device=str(dev),
+                            blocks=args.blocks, shard=shard, force=args.force,
+                            clustered=args.clustered, cache=cache, csv_path=csv_path,
+                            progress=not args.no_progress, input_size=args.input_size,
+                            dtype=args.dtype, variants=args.variants,
+                            channel_granularity=args.channel_granularity, prune=prune)
         except RuntimeError as e:  # the items timed before it are in the cache
             size = "" if args.input_size is None else f" --input-size {args.input_size}"
             raise out_of_memory(e, f"--batch {args.batch}{size}") from None
@@ -180,7 +189,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         "configs)")
     print(f"\n{res.timed} (spec, rate) items timed, {res.cached} from the cache{merged}"
           f"{pruned}, {res.seconds:.1f} s; CSV: {res.csv_path}")
-    if res.saved:
+    if res.saved and not res.timed and not res.cached:
+        print("cache: nothing to write (no item)")
+    elif res.saved:
         print(f"cache: {cache.path}")
     else:
         why = ("--clustered: timings on clustered masks are never cached" if args.clustered
@@ -188,6 +199,24 @@ def run_sweep(args: argparse.Namespace) -> int:
                else cache.unsaved_why or f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside (in the main thread; elsewhere nothing
+    changes): ``sweep`` then writes the CSV of what it timed and says so, as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _print_summary(rows: list[dict]) -> None:

@@ -30,7 +30,13 @@ from ..schedule import rate_key
 from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
-from .options import comma_items, parse_rates, parse_shard
+from .options import (
+    check_device_name,
+    check_output_path,
+    comma_items,
+    parse_rates,
+    parse_shard,
+)
 from .sweep_csv import write_csv
 from .timing import median_time
 
@@ -119,6 +125,7 @@ class _Progress:
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.timed = 0  # items measured (not found cached): the ETA's rate
         self.enabled, self.bar = enabled and total > 0, None
         if self.enabled:
             try:
@@ -128,11 +135,15 @@ class _Progress:
             except ImportError:
                 self.bar = None
 
-    def update(self, note: str = "") -> None:
+    def update(self, note: str = "", timed: bool = True) -> None:
         """Count one item done and show it: tqdm's bar with ``note`` as its postfix, else
         the stderr line rewritten (done/total, seconds elapsed, the ETA in seconds,
-        ``note`` cut to 40 characters); counted but not shown when disabled."""
+        ``note`` cut to 40 characters); counted but not shown when disabled. timed: the
+        item was measured, not found cached. The ETA takes the time per measured item
+        for every item left (an item found cached takes none: counted in, the ETA of a
+        resumed sweep read 1 s for a 17 s run); none before one is measured."""
         self.done += 1
+        self.timed += timed
         if not self.enabled:
             return
         if self.bar is not None:
@@ -140,17 +151,19 @@ class _Progress:
             self.bar.update(1)
             return
         el = time.perf_counter() - self.t0
-        eta = el / self.done * (self.total - self.done)
-        sys.stderr.write(f"\rsweep {self.done}/{self.total} {el:.0f}s elapsed, ETA {eta:.0f}s "
+        eta = (f"{el / self.timed * (self.total - self.done):.0f}s" if self.timed else "?")
+        sys.stderr.write(f"\rsweep {self.done}/{self.total} {el:.0f}s elapsed, ETA {eta} "
                          f"{note[:40]:<40}")
         sys.stderr.flush()
 
     def close(self) -> None:
-        """End the display: close tqdm's bar, or end the stderr line; nothing when disabled."""
+        """End the display: close tqdm's bar, or end the stderr line; nothing when disabled
+        or closed already."""
         if self.bar is not None:
             self.bar.close()
         elif self.enabled:
             sys.stderr.write("\n")
+        self.bar, self.enabled = None, False
 
 
 @dataclass
@@ -208,13 +221,23 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     ``warmup`` calls, then ``reps`` timed ones (None: TARGET_S / one dense call, clamped to
     [MIN_REPS, MAX_REPS]); on CUDA ``do_bench`` decides. variants: names to time (default
     every registered one that supports the block); dense is always timed (the baseline).
+    Mode both: a cache entry records its channel rate; an item at another channel rate
+    than the entry of its grid rate (another sweep's) is timed for the CSV, the entry
+    kept. Interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM in ``laudtriton sweep``),
+    it writes the rows so far to ``csv_path``, says so on stderr, and raises again; the
+    items timed are in the cache (unless clustered or disabled), and a re-run times the
+    rest.
 
     Raises:
-        ValueError: unknown model, variant, dtype or block, malformed rates/shard, bad
-            batch, reps or warmup, or a ``cache`` of another device fingerprint (another
-            device or thread count) than the one timed on.
+        ValueError: unknown model, variant, dtype, device name or block, malformed
+            rates/shard, bad batch, reps or warmup, a ``csv_path`` that cannot be written
+            or is the cache's own file, or a ``cache`` of another device fingerprint
+            (another device or thread count) than the one timed on.
     """
     t_start = time.perf_counter()
+    if csv_path is not None:  # before the timing, not after it
+        check_output_path(str(csv_path), "--csv")
+    check_device_name(device)
     if isinstance(rates, str):
         rates = parse_rates(rates)
     rates = sorted({round(float(r), 6) for r in rates})
@@ -266,6 +289,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                          f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
                          "thread(s) now); make the cache with that device, after setting "
                          "the threads")
+    if csv_path is not None and any(Path(csv_path).resolve() == Path(f).resolve()
+                                    for f in (cache.path, cache.lock_path)):
+        raise ValueError(f"--csv {str(csv_path)!r} is the autotune cache's own file "
+                         f"({cache.path}); the CSV would write over it: give another path")
 
     if progress:  # building the blocks and drawing every item's masks may take a while
         print(f"sweep: planning: the model's blocks, then the masks of each block at "  # (a
@@ -305,11 +332,15 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):
             cached_chan[(s, r)] = chan
     items = list(groups.items())[i_shard - 1::n_shard]
+    if not items and progress:
+        print(f"sweep: shard {i_shard}/{n_shard} holds none of the {len(groups)} (spec, rate) "
+              "item(s) of these blocks and rates: nothing to time", file=sys.stderr)
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
     bar = _Progress(len(items), progress)
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
+    done, to_keep = 0, cache.enabled  # items finished; whether the cache keeps them
     try:
         for (spec, rate, chan), asked in items:
             members = by_spec[spec]
@@ -320,6 +351,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             names = {"models": {model_name: [n for n, _ in members]}, "asked_rates": asked,
                      "input_size": input_size}
             known = (cache.lookup(spec, rate) or {}) if to_cache else {}
+            if known and chan is not None and not _same_item(
+                    cache.entry_meta(spec, rate), chan, fr):  # mode both: another run's
+                to_cache, known = False, {}  # item at this grid rate stays the cache's;
+                # this one, at another channel rate, is timed for the CSV (its timings were
+                # that item's, under this one's FLOPs ratio and asked rate)
             todo: dict[str, list[dict]] = {}
             cands = {v.name: v for v in variants_for(spec, backend)
                      if wanted is None or v.name in wanted}
@@ -343,6 +379,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                                         warmup=warmup, reps=reps_of[spec], configs=todo)
                 meta = {**names, "flops_ratio": fr, "clustered": clustered,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                if chan is not None:
+                    meta["channel_rate"] = chan
                 if to_cache:
                     cache.record(spec, rate, timings, meta)
                 for vn, cfgs in timings.items():
@@ -350,13 +388,26 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 result.timed += 1
             else:
                 result.cached += 1
+            done += 1
             if to_cache:  # the variants found cached: this model's blocks and rates too
                 cache.annotate(spec, rate, names)
             for a in asked:
                 result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
                                          cache.device, clustered, a, to_cache,
                                          input_size))
-            bar.update(f"r={rate:g} {spec.short()}")  # the rate first: a cut note keeps it
+            bar.update(f"r={rate:g} {spec.short()}", timed=bool(todo))  # the rate first:
+    except KeyboardInterrupt:  # (a cut note keeps it) Ctrl-C, or SIGTERM in the command
+        bar.close()
+        if csv_path is not None:  # what was measured so far, said to be partial
+            result.csv_path = write_csv(result.rows, csv_path)
+        where = (f"the CSV {csv_path} holds its {len(result.rows)} rows" if csv_path
+                 is not None else "no CSV was asked for")
+        kept = ("in the cache, which a re-run reads (it times the rest)" if to_keep
+                else "nowhere else (" + ("clustered masks are never cached" if clustered
+                                         else "the cache is off") + ")")
+        print(f"sweep: interrupted after {done} of {len(items)} item(s): {where}; the "
+              f"items timed are {kept}", file=sys.stderr, flush=True)
+        raise
     finally:
         bar.close()
     result.saved = cache.saved
@@ -364,6 +415,15 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _same_item(meta: dict, chan: float, flops_ratio: float) -> bool:
+    """Whether the cache entry of ``meta`` was timed on a mode-both item at channel rate
+    ``chan``: its "channel_rate", or, in an entry recorded before that was kept, its
+    FLOPs ratio (the same asked rate draws the same masks)."""
+    if "channel_rate" in meta:
+        return meta["channel_rate"] == chan
+    return abs(float(meta.get("flops_ratio", math.nan)) - flops_ratio) < 1e-12
 
 
 def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:

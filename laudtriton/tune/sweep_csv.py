@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,14 +23,22 @@ CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "secon
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it."""
+    """Write sweep rows (CSV_FIELDS columns) to ``path``; returns it. Written beside it
+    and moved over it: a write cut short (Ctrl-C) leaves the file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:  # (as read_csv reads it)
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)
-                    if isinstance(r.get("dispatched"), bool) else r for r in rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:  # (as read_csv reads it)
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)
+                        if isinstance(r.get("dispatched"), bool) else r for r in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

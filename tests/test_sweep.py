@@ -851,7 +851,8 @@ def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(tmp_path, monkeypa
         rows = read_csv(out)
         assert rows and {r["asked_rate"] for r in rows} == {0.5}  # the first item's
         err = capsys.readouterr().err
-        assert f"sweep: interrupted after 1 of 2 item(s): the CSV {out} holds its " in err
+        assert f"sweep: interrupted after 1 of 2 item(s): its {len(rows)} rows so far are " \
+               f"in the CSV {out}; the items timed are " in err
         assert ("clustered masks are never cached" in err) == clustered
         assert ("a re-run reads (it times the rest)" in err) != clustered
 

@@ -400,7 +400,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         bar.close()
         if csv_path is not None:  # what was measured so far, said to be partial
             result.csv_path = write_csv(result.rows, csv_path)
-        where = (f"the CSV {csv_path} holds its {len(result.rows)} rows" if csv_path
+        where = (f"its {len(result.rows)} rows so far are in the CSV {csv_path}" if csv_path
                  is not None else "no CSV was asked for")
         kept = ("in the cache, which a re-run reads (it times the rest)" if to_keep
                 else "nowhere else (" + ("clustered masks are never cached" if clustered

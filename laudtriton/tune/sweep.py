@@ -340,7 +340,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     bar = _Progress(len(items), progress)
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
-    done, to_keep = 0, cache.enabled  # items finished; whether the cache keeps them
+    done = 0  # items finished (timed or found cached)
     try:
         for (spec, rate, chan), asked in items:
             members = by_spec[spec]
@@ -402,9 +402,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             result.csv_path = write_csv(result.rows, csv_path)
         where = (f"its {len(result.rows)} rows so far are in the CSV {csv_path}" if csv_path
                  is not None else "no CSV was asked for")
-        kept = ("in the cache, which a re-run reads (it times the rest)" if to_keep
-                else "nowhere else (" + ("clustered masks are never cached" if clustered
-                                         else "the cache is off") + ")")
+        kept = ("nowhere else (" + ("clustered masks are never cached" if clustered
+                                    else "the cache is off") + ")" if not cache.enabled
+                else f"not in the cache file ({cache.unsaved_why or 'not written'})"
+                if not cache.saved else
+                "in the cache, which a re-run reads (it times the rest)")
         print(f"sweep: interrupted after {done} of {len(items)} item(s): {where}; the "
               f"items timed are {kept}", file=sys.stderr, flush=True)
         raise

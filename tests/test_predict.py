@@ -36,6 +36,7 @@ from laudtriton.predict.model import (
 )
 from laudtriton.predict.network import flops_ratio, model_specs, rate_for_flops_ratio
 from laudtriton.tune.cache import TuneCache
+from laudtriton.tune.keys import device_fingerprint
 
 CPU = CPU_DEFAULT
 
@@ -78,12 +79,41 @@ def test_cpu_preset_reads_calibration(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         assert get_hardware("cpu", tmp_path) == CPU_DEFAULT
     assert "calibrate" in caplog.text
-    cal = Calibration("x", "cpu", {"float32": 3e10}, 7e9, 2e-6, 2, 2)
+    cal = Calibration(device_fingerprint("cpu"), "cpu", {"float32": 3e10}, 7e9, 2e-6, 2, 2)
     save_calibration(cal, tmp_path)
     hw = get_hardware("cpu", tmp_path)
     assert (hw.peak_macs("float32"), hw.bandwidth, hw.launch_overhead) == (3e10, 7e9, 2e-6)
     calibration_path(tmp_path).write_text("{not json")
     assert load_calibration(tmp_path) is None  # corrupt: reported, ignored
+
+
+def test_a_calibration_of_another_device_is_ignored(tmp_path, caplog):
+    """The file's fingerprint was never compared: another machine's calibration copied
+    under this one's name gave its numbers without a word (README tells users to copy
+    calibration files)."""
+    cal = Calibration("AMD EPYC avx2 2t", "cpu", {"float32": 3e10}, 7e9, 2e-6, 2, 2)
+    save_calibration(cal, tmp_path)  # written under this machine's name
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert get_hardware("cpu", tmp_path) == CPU_DEFAULT
+        assert load_calibration(tmp_path) is None
+    assert "was measured on 'AMD EPYC avx2 2t', not on this device" in caplog.text
+
+
+def test_a_calibration_too_deep_or_too_small_is_refused_not_a_crash(tmp_path, caplog):
+    """A file nested past the JSON parser's depth raised RecursionError (a traceback from
+    predict and design); a peak of 1e-300 passed, made every time infinite and the fit
+    raise IndexError."""
+    path = calibration_path(tmp_path)
+    path.write_text('{"a":' + "[" * 100_000 + "]" * 100_000 + "}")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert load_calibration(tmp_path) is None
+    assert "is unreadable" in caplog.text
+    for field in ("peak", "bandwidth"):
+        good = dict(fingerprint=device_fingerprint("cpu"), kind="cpu",
+                    peak={"float32": 3e10}, bandwidth=7e9, overhead=2e-6, threads=2, units=2)
+        good[field] = {"float32": 1e-300} if field == "peak" else 1e-300
+        with pytest.raises(ValueError, match=f"{field} .* is not a "):
+            Calibration(**good)
 
 
 # -- the model ----------------------------------------------------------------------------

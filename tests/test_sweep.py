@@ -921,3 +921,33 @@ def test_sigterm_interrupts_the_sweep_command_as_ctrl_c():
         for _ in range(10_000_000):  # the handler runs between two bytecodes, at once
             pass
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_cache_ls_all_lists_each_stale_version_of_a_timing_apart(tmp_path, capsys):
+    """Stale timings of one block, rate and variant under two torch versions were one
+    row ("2 configs", the slower unseen), and the header's count differed from what
+    `cache clear` removed."""
+    import json as json_mod
+
+    spec = BlockSpec(32, 8, 32, 1, False, (9, 9), "spatial", 3)
+    c = TuneCache(tmp_path)
+    c.record(spec, 0.5, {"dense": {"{}": 2e-3}})
+    data = json_mod.loads(c.path.read_text())
+    (key, entry), = data["entries"].items()
+    for torch_version, seconds in (("1.0.0", 99.0), ("2.0.0", 3.5e-5)):
+        e = json_mod.loads(json_mod.dumps(entry))
+        e["versions"]["torch"], e["timings"]["{}"] = torch_version, seconds
+        data["entries"][key.replace("torch=", f"torch={torch_version}-was-")] = e
+    c.path.write_text(json_mod.dumps(data))
+    p = _parser()
+    args = p.parse_args(["cache", "ls", "--all", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("3 entries, 3 timings")
+    stale = [ln for ln in lines if "(stale: " in ln]
+    assert len(stale) == 2  # one config each: the configs column before the best ms
+    assert all(ln.split("  (stale")[0].split()[-2] == "1" for ln in stale), stale
+    assert any("99000.000" in ln and "torch 1.0.0" in ln for ln in stale)
+    assert any("0.035" in ln and "torch 2.0.0" in ln for ln in stale)
+    args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 0 and "removed 3 entries" in capsys.readouterr().out

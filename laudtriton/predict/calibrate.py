@@ -38,6 +38,12 @@ log = logging.getLogger("laudtriton")
 CAL_VERSION = 1
 
 
+# The least peak (multiply-adds/s) and bandwidth (B/s) a calibration may hold: any device
+# measures orders of magnitude more; a file holding 1e-300 made every predicted time
+# infinite and the factors' fit fail.
+FLOOR = 1e6
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Measured numbers of one device. peak: {dtype: multiply-adds/s}; bandwidth: B/s;
@@ -56,9 +62,9 @@ class Calibration:
     def __post_init__(self):
         """Raises ValueError naming the first field of a wrong type or value: a file can
         hold anything, and a NaN peak would turn every prediction into nan."""
-        def positive(x, zero_ok=False) -> bool:
+        def positive(x, zero_ok=False, least=0.0) -> bool:
             return (isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and math.isfinite(x) and (x > 0 or (zero_ok and x == 0)))
+                    and math.isfinite(x) and (x > least or (zero_ok and x == 0)))
 
         def count(x) -> bool:
             return isinstance(x, int) and not isinstance(x, bool) and x >= 1
@@ -67,10 +73,11 @@ class Calibration:
             ("fingerprint", isinstance(self.fingerprint, str), "a string"),
             ("kind", self.kind in ("cpu", "gpu"), "'cpu' or 'gpu'"),
             ("peak", isinstance(self.peak, dict) and bool(self.peak) and all(
-                d in DTYPES and positive(p) for d, p in self.peak.items()),
-             f"a non-empty {{dtype: finite multiply-adds/s > 0}} (dtypes: "
+                d in DTYPES and positive(p, least=FLOOR) for d, p in self.peak.items()),
+             f"a non-empty {{dtype: finite multiply-adds/s > {FLOOR:g}}} (dtypes: "
              f"{', '.join(DTYPES)})"),
-            ("bandwidth", positive(self.bandwidth), "a finite number of B/s > 0"),
+            ("bandwidth", positive(self.bandwidth, least=FLOOR),
+             f"a finite number of B/s > {FLOOR:g}"),
             ("overhead", positive(self.overhead, zero_ok=True), "a finite number of s >= 0"),
             ("threads", count(self.threads), "an int >= 1"),
             ("units", count(self.units), "an int >= 1"),
@@ -100,20 +107,24 @@ def calibration_path(cache_dir: str | Path | None = None, device: str | torch.de
     return cache.dir / f"calibration_{_slug(cache.device)}.v{CAL_VERSION}.json"
 
 
-def read_calibration(path: Path, kind: str | None = None) -> Calibration | None:
+def read_calibration(path: Path, kind: str | None = None,
+                     device: str | torch.device | None = None) -> Calibration | None:
     """The calibration stored in ``path``; None if there is no such file. kind: "cpu" or
-    "gpu", the kind of the device whose file ``path`` is (its name says which device).
+    "gpu", the kind of the device whose file ``path`` is (its name says which device);
+    device: that device, whose fingerprint the file must hold.
 
     Raises:
         ValueError: naming ``path``, if it cannot be read or is not a calibration (not
-            JSON, a field missing, or of a wrong type or value, a kind other than
-            ``kind``); the fields with a default (``created``) may be missing.
+            JSON, nested past the parser's depth, a field missing, or of a wrong type or
+            value, a kind other than ``kind``), or was measured on another device than
+            ``device`` (a file copied under this one's name: its numbers are another
+            machine's); the fields with a default (``created``) may be missing.
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
+    except (OSError, ValueError, RecursionError) as e:  # not UTF-8, not JSON, too deep
         raise ValueError(f"calibration file {path} is unreadable ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"calibration file {path} is corrupt (a JSON "
@@ -130,6 +141,11 @@ def read_calibration(path: Path, kind: str | None = None) -> Calibration | None:
     if kind is not None and cal.kind != kind:  # "gpu" made a "cpu" hardware "cuda"
         raise ValueError(f"calibration file {path} is corrupt (kind {cal.kind!r} is not "
                          f"this device's ({kind!r}))")
+    from ..tune.keys import device_fingerprint
+
+    if device is not None and cal.fingerprint != (here := device_fingerprint(device)):
+        raise ValueError(f"calibration file {path} was measured on {cal.fingerprint!r}, "
+                         f"not on this device ({here!r})")
     return cal
 
 
@@ -140,7 +156,8 @@ def load_calibration(cache_dir: str | Path | None = None, device: str | torch.de
     cache is): the caller then proceeds as on an uncalibrated machine."""
     path = calibration_path(cache_dir, device)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        return read_calibration(path, "cpu" if torch.device(device).type == "cpu" else "gpu")
+        return read_calibration(path, "cpu" if torch.device(device).type == "cpu" else "gpu",
+                                device)
     except ValueError as e:
         log.warning("%s; ignoring it (`laudtriton calibrate` rewrites it)", e)
         return None

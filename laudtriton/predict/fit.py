@@ -137,7 +137,8 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     groups = {v: _arrays(p, hw) for v, p in groups.items() if len(p) >= min_samples}
     if not groups:
         return {"*": pooled}
-    center, width, best = math.log(1 / pooled.eff_m), 4.0, (math.inf, {})
+    center = math.log(1 / pooled.eff_m)
+    width, best = 4.0, (math.inf, {}, center)  # (kept if no loss is finite)
     for _ in range(4):
         for lb in np.linspace(center - width / 2, center + width / 2, 9):
             lb = float(np.clip(lb, _LO[1], _HI[1]))

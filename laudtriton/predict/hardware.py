@@ -162,7 +162,7 @@ def cpu_hardware(cache_dir: str | Path | None = None, warn: bool = True) -> Hard
 
     path = calibration_path(cache_dir)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
-        cal = read_calibration(path, "cpu")
+        cal = read_calibration(path, "cpu", "cpu")
         why = "no calibration of this machine found"
     except ValueError as e:  # corrupt: ignored, as a corrupt autotune cache is
         cal, why = None, f"{e}; ignoring it"
@@ -195,7 +195,7 @@ def get_hardware(name: str | HardwareSpec, cache_dir: str | Path | None = None
                              "is available here; name a preset (a100, h100, ...) or 'cpu'")
         path = calibration_path(cache_dir, "cuda")  # a bad $LAUDTRITON_CACHE_DIR raises
         try:
-            cal = read_calibration(path, "gpu")
+            cal = read_calibration(path, "gpu", "cuda")
         except ValueError as e:
             raise ValueError(f"--hardware 'cuda': {e}; run `laudtriton calibrate --device "
                              "cuda` again") from None

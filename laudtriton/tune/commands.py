@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -319,8 +320,11 @@ def run_cache(args: argparse.Namespace) -> int:
 def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     entries = cache.entries(include_stale=include_stale)
     groups: dict[tuple, list] = {}
-    for e in entries:
-        groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"]),
+    for e in entries:  # a stale timing per version and source: one row each (those of
+        # two torch versions in one row counted as two configs, the slower one unseen)
+        old = (json.dumps(e.meta["versions"], sort_keys=True), str(e.meta["source_hash"])
+               ) if e.meta["stale"] else ("", "")
+        groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"], *old),
                           []).append(e)
     hidden = 0 if include_stale else sum(
         1 for e in cache.entries(include_stale=True) if e.meta["stale"])
@@ -331,8 +335,10 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
         return
     w = max(len(k[0]) for k in groups)
     print(f"{'block spec':<{w}}  {'rate':>5}  {'variant':<14} {'configs':>7} {'best ms':>9}")
-    for (spec, rate, variant, stale), es in sorted(groups.items()):
+    for (spec, rate, variant, stale, versions, src), es in sorted(groups.items()):
         fin = [e.seconds for e in es if math.isfinite(e.seconds)]
         b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
+        which = ", ".join(f"{k} {v}" for k, v in (json.loads(versions) or {}).items()
+                          ) if stale else ""
         print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
-              + ("  (stale)" if stale else ""))
+              + (f"  (stale: {which}, source {src})" if stale else ""))

@@ -206,7 +206,8 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     factors = fit_factors(entries, hw) if entries else {}
     if not factors:
         return hw, None, note + " (no cached timings to fit on)"
-    return hw, factors, f"factors fitted on {factors['*'].n} cached timings"
+    return hw, factors, (f"factors fitted on {factors['*'].n} cached timings (the fastest "
+                         "config of each block, rate and variant)")
 
 
 def fitted_predictor(cache: TuneCache, device: str | torch.device = "cpu"

@@ -196,8 +196,9 @@ def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
         raise ValueError(f"the autotune cache {cache.path} holds no timings of this device"
                          f"{which}; run `laudtriton calibrate` and `laudtriton sweep` first")
     print(f"hardware: {hw.describe()}", flush=True)
-    print(f"fitting on {len(entries)} cached timings, each block shape held out in turn",
-          file=sys.stderr, flush=True)
+    print(f"fitting on {len(entries)} cached timings (the fastest config of each block, "
+          "rate and variant counts), each block shape held out in turn", file=sys.stderr,
+          flush=True)
     print(validate(entries, hw).format())
     return 0
 

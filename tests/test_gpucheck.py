@@ -53,7 +53,9 @@ def test_run_rejects_other_devices(tmp_path, capsys):
 @pytest.mark.parametrize("option,value", [
     ("--budget", "-1"), ("--budget", "0"), ("--budget", "nan"), ("--budget", "inf"),
     ("--budget", "100000"),  # 1e20 overflowed the watchdog's timer: a traceback
-    ("--configs", "0"), ("--compile-jobs", "0"), ("--batches", "0"), ("--batches", "1,-64"),
+    ("--configs", "0"), ("--compile-jobs", "0"),
+    ("--compile-jobs", str((os.cpu_count() or 1) + 1)),  # a process each: 100 started 86
+    ("--batches", "0"), ("--batches", "1,-64"),
     ("--batches", ""),
     ("--batches", "1,x"), ("--batches", "64,1,64"), ("--batches", "100000"),
     ("--input-size", "16"), ("--out", ""),
@@ -185,6 +187,35 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
     assert [c["check"] for c in summary["checks"]] == ["machine", "gpucheck run"]
     assert "Terminated: signal" in summary["checks"][1]["error"]
     assert (tmp_path / "timings.csv").exists()
+
+
+def test_a_run_stopped_in_part3_names_the_autotune_cache_it_wrote(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The cache line was printed only when part 3 returned: a time limit's stop inside
+    it left the file (the one a session commits) unnamed."""
+    import signal
+
+    from laudtriton.ops.spec import BlockSpec
+
+    def part3(r, blocks_, batches, configs, end, cache):
+        cache.record(BlockSpec(16, 4, 16, 1, False, (8, 8), "spatial", 2), 0.5,
+                     {"dense": {"{}": 1e-3}})
+        os.kill(os.getpid(), signal.SIGTERM)
+        return []
+
+    monkeypatch.setattr(command, "machine", lambda r: None)
+    monkeypatch.setattr(command, "kernel_checks", lambda r, until=None: None)
+    monkeypatch.setattr(command, "warm_compiles", lambda *a, **k: None)
+    monkeypatch.setattr(command, "distinct_blocks", lambda models, size: {"x": None})
+    monkeypatch.setattr(command, "time_blocks", part3)
+    monkeypatch.setattr(command, "_options", lambda args: [1])
+    assert command.run(_args(tmp_path)) == 1
+    out = capsys.readouterr().out
+    path = tmp_path / "autotune_cache"
+    (cache_file,) = path.glob("*.v1.json")
+    assert f"autotune cache: {cache_file}" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["info"]["autotune_cache"] == str(cache_file)
 
 
 def _args(tmp_path):

@@ -117,9 +117,10 @@ def _options(args) -> list[int]:
                          f"<= {MAX_BUDGET_S:g}")
     if args.configs < 1:
         raise ValueError(f"--configs {args.configs} must be >= 1")
-    if args.compile_jobs < 1:
-        raise ValueError(f"--compile-jobs {args.compile_jobs} must be >= 1 (1: no worker "
-                         "processes)")
+    cpus = os.cpu_count() or 1
+    if not 1 <= args.compile_jobs <= cpus:  # each worker loads torch and opens a context
+        raise ValueError(f"--compile-jobs {args.compile_jobs} must be in [1, {cpus}] (1: no "
+                         "worker processes; at most this machine's CPUs)")
     try:
         batches = [int(b) for b in str(args.batches).split(",")]
     except ValueError:
@@ -179,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
         listed()  # before the time box starts, as when the workers listed them
         end3 = time.perf_counter() + 0.7 * max(0.0, r.left())
         done3.extend(time_blocks(r, listed(), batches, args.configs, end3, cache))
-        parts.append(f"autotune cache: {cache.path}")
 
     def part4():  # a batch part 3 did not reach would be tuned here, past the time box
         for b in batches:
@@ -215,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         logging.getLogger("laudtriton").removeHandler(handler)
         handler.close()
+    if cache.path.is_file():  # what part 3 timed, a time limit's stop included: the file
+        parts.append(f"autotune cache: {cache.path}")  # the session commits
+        r.info["autotune_cache"] = str(cache.path)
     save(r, out)
     with contextlib.suppress(OSError):  # an empty lock file: one file fewer to fetch
         cache.lock_path.unlink()

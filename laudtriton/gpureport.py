@@ -60,6 +60,37 @@ def model_curves(rows: list[dict], model: str) -> dict:
     return out
 
 
+def coverage(rows: list[dict], model: str) -> dict:
+    """{(mode, batch): {rate: blocks of ``model`` with a finite timing}} (each distinct
+    block x its count), to tell a whole model's sums from those of a run a time limit cut
+    short (``partial``)."""
+    seen: dict = {}
+    for r in rows:
+        if r["variant"] == "compiled" or not r["models"] or not math.isfinite(r["seconds"]):
+            continue
+        count = len(json.loads(r["models"]).get(model, []))
+        if count:
+            seen.setdefault((r["mode"], r["batch"]), {}).setdefault(r["rate"], {})[
+                r["spec_key"]] = count
+    return {k: {rate: sum(c.values()) for rate, c in per.items()} for k, per in seen.items()}
+
+
+def partial(rows: list[dict], model: str) -> dict:
+    """{(mode, batch): (fewest blocks timed at a rate of ``RATES``, the model's blocks)}
+    where that is fewer than all of a LAUD-ResNet's blocks (``nn.resnet.DEPTHS``; a rate
+    not timed counts 0): the sums there are of part of the model (a run a time limit
+    cut short), not of the whole."""
+    from .nn.resnet import DEPTHS
+
+    total = sum(DEPTHS.get(model, ()))
+    out = {}
+    for key, per in coverage(rows, model).items():
+        least = min(per.get(x, 0) for x in RATES)
+        if total and least < total:
+            out[key] = (least, total)
+    return out
+
+
 def plot(rows: list[dict], model: str, path: Path) -> bool:
     """Plot ``model``'s latency (ms, summed over its blocks: ``model_curves``) against the
     activation rate into the image file ``path`` (format from its suffix; gpucheck writes
@@ -71,6 +102,7 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
     curves = model_curves(rows, model)
     if not curves:
         return False
+    cut = partial(rows, model)
     keys = sorted(curves)
     fig = Figure(figsize=(4.2 * len(keys), 3.6))
     for i, key in enumerate(keys):
@@ -80,7 +112,9 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
             style = {"dense": dict(color="black", lw=2), "best": dict(color="tab:red", lw=2,
                                                                       ls="--")}.get(n, {})
             ax.plot(rs, [pts[x] * 1e3 for x in rs], marker="o", ms=3, label=n, **style)
-        ax.set_title(f"{model} {key[0]} b{key[1]}", fontsize=9)
+        part = (f" (partial: {cut[key][0]} of {cut[key][1]} blocks at a rate)"
+                if key in cut else "")
+        ax.set_title(f"{model} {key[0]} b{key[1]}{part}", fontsize=9)
         ax.set_xlabel("activation rate")
         ax.set_ylabel("block sum (ms)")
         ax.grid(alpha=0.3)
@@ -96,11 +130,13 @@ def table(r: Run, models: list[str]) -> str:
     over the blocks of each block's fastest of dense and its variants (``model_curves``'
     "best": 1.00x means dense won every block) over dense at each of ``RATES``, and the
     whole compiled model's
-    time over dense's (LAUD-ResNet-101 only, at rate 0.5); then how many checks passed,
+    time over dense's (LAUD-ResNet-101 only, at rate 0.5), and, where a time limit left
+    some blocks untimed, "partial: k of N blocks" (``partial``); then how many checks passed,
     and the first ``MAX_FAILS`` failures (their errors cut at 200 characters)."""
     lines = [f"{'model':<15} {'mode':<8} {'batch':>5} {'dense ms':>9} "
              + " ".join(f"{'best@' + str(x):>9}" for x in RATES) + f" {'whole@0.5':>10}"]
     for model in models:
+        cut = partial(r.rows, model)
         for (mode, batch), c in sorted(model_curves(r.rows, model).items()):
             dense = c.get("dense", {})
             d = next(iter(dense.values()), math.nan)
@@ -109,7 +145,9 @@ def table(r: Run, models: list[str]) -> str:
                      and row["mode"] == mode and row["batch"] == batch]
             w = f"{whole[0]:.2f}x" if whole and model == "laud_resnet101" else "-"
             lines.append(f"{model:<15} {mode:<8} {batch:>5} {d * 1e3:>9.2f} "
-                         + " ".join(f"{b:>8.2f}x" for b in best) + f" {w:>10}")
+                         + " ".join(f"{b:>8.2f}x" for b in best) + f" {w:>10}"
+                         + ("  partial: {} of {} blocks timed at a rate".format(
+                             *cut[(mode, batch)]) if (mode, batch) in cut else ""))
     ok = sum(c["ok"] for c in r.checks)
     failed = [c for c in r.checks if not c["ok"]]
     lines.append(f"checks: {ok}/{len(r.checks)} passed"

@@ -39,3 +39,41 @@ def test_outputs_csv_png_table(tmp_path):
     r.rows = rows
     text = gpureport.table(r, ["laud_resnet50"])
     assert "spatial" in text and "0.38x" in text  # gather at 0.25: 0.75 / 2.0
+
+
+def _whole_rows(model_blocks: dict[str, list[str]], specs: int, rates=gpureport.RATES):
+    """Rows of ``specs`` distinct blocks, each standing for the names in model_blocks."""
+    rows = []
+    for i in range(specs):
+        members = json.dumps(model_blocks)
+        for rate in rates:
+            for v, t in (("dense", 2.0), ("gather", 1.0)):
+                rows.append({"mode": "spatial", "spec": f"s{i}", "spec_key": f"k{i}",
+                             "batch": 1, "rate": rate, "models": members, "variant": v,
+                             "dtype": "float16", "config": "{}", "seconds": t, "ratio": t / 2})
+    return rows
+
+
+def test_table_and_plot_say_when_a_time_limit_left_blocks_untimed(tmp_path, monkeypatch):
+    """A run stopped inside part 3 printed one block's sums as the whole model's, with
+    nothing to tell them apart."""
+    r = record.Run(tmp_path, 10, "cpu")
+    whole = [f"layer{s}.{i}" for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)]
+    r.rows = _whole_rows({"laud_resnet50": whole}, 1)  # one spec standing for all 16
+    assert gpureport.partial(r.rows, "laud_resnet50") == {}
+    assert "partial" not in gpureport.table(r, ["laud_resnet50"])
+    r.rows = _whole_rows({"laud_resnet50": ["layer1.1", "layer1.2"]}, 1)  # 2 of 16
+    assert gpureport.partial(r.rows, "laud_resnet50") == {("spatial", 1): (2, 16)}
+    row = next(ln for ln in gpureport.table(r, ["laud_resnet50"]).splitlines()
+               if ln.startswith("laud_resnet50"))
+    assert row.endswith("partial: 2 of 16 blocks timed at a rate")
+    r.rows = _whole_rows({"laud_resnet50": whole}, 1, rates=(0.25, 0.5))  # 0.75 not reached
+    assert gpureport.partial(r.rows, "laud_resnet50") == {("spatial", 1): (0, 16)}
+    titles = []
+    from matplotlib.axes import Axes
+
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, t, **k: (titles.append(t),
+                                                               real(ax, t, **k))[1])
+    assert gpureport.plot(r.rows, "laud_resnet50", tmp_path / "p.png")
+    assert titles == ["laud_resnet50 spatial b1 (partial: 0 of 16 blocks at a rate)"]

@@ -32,11 +32,10 @@ def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> N
         w.writerows(rows)
 
 
-def model_curves(rows: list[dict], model: str) -> dict:
-    """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
-    ``model`` (each distinct block x its count); a variant that does not run a block
-    counts dense there; "best" takes the fastest finite timing per block, dense's
-    included (what dispatch can run: never above dense, 1.00x where dense wins)."""
+def _block_times(rows: list[dict], model: str) -> dict:
+    """{(mode, batch, rate, spec_key): {"count": blocks of ``model`` it stands for, "t":
+    {variant: fastest finite seconds}}} from the timing rows of distinct blocks (the
+    whole compiled models' rows left out)."""
     per: dict = {}
     for r in rows:
         if r["variant"] == "compiled" or not r["models"]:
@@ -46,8 +45,16 @@ def model_curves(rows: list[dict], model: str) -> dict:
             continue
         key = (r["mode"], r["batch"], r["rate"], r["spec_key"])
         d = per.setdefault(key, {"count": count, "t": {}})
-        name = "dense" if r["variant"] == "dense" else r["variant"]
-        d["t"][name] = min(d["t"].get(name, math.inf), r["seconds"])
+        d["t"][r["variant"]] = min(d["t"].get(r["variant"], math.inf), r["seconds"])
+    return per
+
+
+def model_curves(rows: list[dict], model: str) -> dict:
+    """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
+    ``model`` (each distinct block x its count); a variant that does not run a block
+    counts dense there; "best" takes the fastest finite timing per block, dense's
+    included (what dispatch can run: never above dense, 1.00x where dense wins)."""
+    per = _block_times(rows, model)
     out: dict = {}
     names = {n for d in per.values() for n in d["t"]}
     for (mode, batch, rate, _), d in per.items():
@@ -64,15 +71,11 @@ def coverage(rows: list[dict], model: str) -> dict:
     """{(mode, batch): {rate: blocks of ``model`` with a finite timing}} (each distinct
     block x its count), to tell a whole model's sums from those of a run a time limit cut
     short (``partial``)."""
-    seen: dict = {}
-    for r in rows:
-        if r["variant"] == "compiled" or not r["models"] or not math.isfinite(r["seconds"]):
-            continue
-        count = len(json.loads(r["models"]).get(model, []))
-        if count:
-            seen.setdefault((r["mode"], r["batch"]), {}).setdefault(r["rate"], {})[
-                r["spec_key"]] = count
-    return {k: {rate: sum(c.values()) for rate, c in per.items()} for k, per in seen.items()}
+    out: dict = {}
+    for (mode, batch, rate, _), d in _block_times(rows, model).items():
+        per = out.setdefault((mode, batch), {})
+        per[rate] = per.get(rate, 0) + d["count"]
+    return out
 
 
 def partial(rows: list[dict], model: str) -> dict:

@@ -237,7 +237,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     t_start = time.perf_counter()
     if csv_path is not None:  # before the timing, not after it
         check_output_path(str(csv_path), "--csv")
-    check_device_name(device)
+    dev = check_device_name(device)
     if isinstance(rates, str):
         rates = parse_rates(rates)
     rates = sorted({round(float(r), 6) for r in rates})
@@ -279,7 +279,6 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             wanted = {get_variant(n).name for n in variants} | {"dense"}
         except ValueError as e:  # an unknown name
             raise ValueError(f"--variants: {e}") from None
-    dev = torch.device(device)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = cache if cache is not None else TuneCache(device=dev)
     if clustered:  # the cache is for scattered masks (compile and the predictor read it):

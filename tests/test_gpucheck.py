@@ -720,3 +720,13 @@ def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch
     assert [c["check"] for c in checks] == ["machine", "gpucheck run"]
     assert "Terminated: signal" in checks[1]["error"]
     assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_device_cpu_without_the_interpreter_is_refused(tmp_path, capsys, monkeypatch):
+    """Without TRITON_INTERPRET=1 the kernels were compiled for a GPU on CPU tensors and
+    9 kernel checks reported FAIL: a plumbing run that only looked broken."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert command.main(["--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    line = _one_error_line(capsys)
+    assert "--device cpu" in line and "TRITON_INTERPRET=1" in line
+    assert not (tmp_path / "o").exists()

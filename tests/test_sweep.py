@@ -951,3 +951,18 @@ def test_cache_ls_all_lists_each_stale_version_of_a_timing_apart(tmp_path, capsy
     assert any("0.035" in ln and "torch 2.0.0" in ln for ln in stale)
     args = p.parse_args(["cache", "clear", "--cache-dir", str(tmp_path)])
     assert args.func(args) == 0 and "removed 3 entries" in capsys.readouterr().out
+
+
+def test_force_with_a_clustered_sweep_says_it_does_nothing(tmp_path, capsys, monkeypatch):
+    """--force re-times cached items; a clustered sweep reads no cache, and the flag was
+    accepted in silence."""
+    monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
+    monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["sweep", "--rates", "0.5", "--blocks", "layer4.2",
+                                 "--cache-dir", str(tmp_path / "c"), "--no-progress",
+                                 "--input-size", "64", "--clustered", "--force"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == ("note: --force does nothing here: a --clustered sweep "
+                                   "reads no cached timing and times every item anyway")

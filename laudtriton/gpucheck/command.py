@@ -110,6 +110,10 @@ def _options(args) -> list[int]:
     if args.device not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
                          "current GPU) or 'cpu' (a plumbing test)")
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # the kernels would be compiled for a GPU and every kernel check would fail
+        raise ValueError("--device cpu runs the Triton kernels under the interpreter: "
+                         "set TRITON_INTERPRET=1 in the environment (nothing ran)")
     check_dir(args.out, "--out")  # blank, a file, or inside a file
     if not (math.isfinite(args.budget) and 0 < args.budget <= MAX_BUDGET_S):
         # the watchdog's timer takes no more (1e20: an OverflowError, with a traceback)

@@ -138,6 +138,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)
+        if args.force and (args.clustered or not cache.enabled):
+            print("note: --force does nothing here: " + ("a --clustered sweep" if args.clustered
+                  else "a sweep with the cache disabled") + " reads no cached timing and "
+                  "times every item anyway", file=sys.stderr)
         prune = None
         if args.prune_top < 0:
             raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")

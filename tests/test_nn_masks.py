@@ -570,3 +570,47 @@ def test_block_bad_input():
     with pytest.raises(ValueError, match=r"x is torch.int64; the model is torch.float32"):
         block(torch.zeros(1, 8, 6, 6, dtype=torch.int64))
     assert block(torch.randn(1, 8, 4, 6)).shape == (1, 8, 4, 6)
+
+
+@pytest.mark.parametrize("inplanes,planes,stride", [
+    (1, 4, 1),    # [B, 1, H, W] was broadcast over the 16 output channels: no error
+    (16, 4, 2),   # torch's "size of tensor a ... must match" in forward
+    (16, 8, 1),
+])
+def test_block_without_downsample_needs_an_identity_of_the_output_shape(inplanes, planes,
+                                                                        stride):
+    with pytest.raises(ValueError, match=rf"downsample is None.*got stride {stride}, "
+                                         rf"inplanes {inplanes}"):
+        LaudBottleneck(inplanes, planes, stride, None, "spatial", 1)
+    # with a downsample that maps the input to the output's shape, the same block is fine
+    ds = torch.nn.Conv2d(inplanes, 4 * planes, 1, stride=stride)
+    out = LaudBottleneck(inplanes, planes, stride, ds, "spatial", 1).eval()(
+        torch.randn(2, inplanes, 8, 8))
+    assert out.shape == (2, 4 * planes, 8 // stride, 8 // stride)
+
+
+def test_upsample_mask_refuses_a_map_smaller_than_the_grid():
+    """It returned a nearest down-sample: the one active cell of a 4x4 grid vanished from
+    a 2x2 'mask3'."""
+    g = torch.zeros(1, 1, 4, 4)
+    g[0, 0, 1, 1] = 1
+    with pytest.raises(ValueError, match=r"out_hw \(2, 2\) is smaller than the mask grid 4x4"):
+        upsample_mask(g, (2, 2))
+    with pytest.raises(ValueError, match=r"out_hw \(4, 3\) is smaller"):
+        upsample_mask(g, (4, 3))
+    assert torch.equal(upsample_mask(g, (4, 4)), g)  # equal sizes: the grid itself
+
+
+def test_spatial_masker_refuses_a_grid_larger_than_its_input():
+    """adaptive_avg_pool2d upsampled the 4x4 input to a 16x16 'mask' in silence."""
+    from laudtriton.nn.maskers import MaskerSpatial
+
+    masker = MaskerSpatial(8).eval()
+    x = torch.randn(1, 8, 4, 4)
+    with pytest.raises(ValueError, match=r"grid \(16, 16\) is larger than the input's map "
+                                         r"\(4, 4\)"):
+        masker(x, (16, 16))
+    with pytest.raises(ValueError, match=r"grid \(4, 5\)"):
+        masker.logits(x, (4, 5))
+    mask, _ = masker(x, (2, 2))
+    assert mask.shape == (1, 1, 2, 2)

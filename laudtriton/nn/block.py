@@ -134,7 +134,9 @@ class LaudBottleneck(nn.Module):
 
     Raises:
         ValueError: on an unknown mode or masker, a bad granularity, a channel group
-            size that does not divide the width, or a downsample that is not a module.
+            size that does not divide the width, a downsample that is not a module, or
+            no downsample where the identity (x itself) cannot match the output (stride
+            2, or inplanes other than 4·planes).
     """
 
     expansion = 4
@@ -185,6 +187,14 @@ class LaudBottleneck(nn.Module):
             if dyn_mode in ("spatial", "both"):  # raises if S is larger than the map
                 mask_grid_size((int(fs[0]), int(fs[1])), granularity)
 
+        if downsample is None and (stride != 1 or inplanes != planes * self.expansion):
+            # the identity is x itself: [B, 1, H, W] was broadcast over the output's
+            # channels in silence, other shapes failed in forward with torch's message
+            raise ValueError(
+                f"downsample is None, so the identity is the input itself, which needs "
+                f"stride 1 and inplanes = planes * {self.expansion} = "
+                f"{planes * self.expansion}; got stride {stride}, inplanes {inplanes} (give "
+                "a downsample module that maps the input to the output's shape)")
         self.inplanes, self.planes, self.width = inplanes, planes, width
         self.out_channels = planes * self.expansion
         self.stride = stride

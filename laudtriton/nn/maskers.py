@@ -125,7 +125,14 @@ class MaskerSpatial(nn.Module):
             self.conv.bias[0] = 5.0
 
     def logits(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """[B, Cin, H, W] -> [B, 2, gh, gw]."""
+        """[B, Cin, H, W] -> [B, 2, gh, gw].
+
+        Raises:
+            ValueError: if the grid is larger than x's map (pooling would upsample).
+        """
+        if _smaller(tuple(x.shape[-2:]), tuple(grid)):
+            raise ValueError(f"MaskerSpatial: grid {tuple(grid)} is larger than the input's "
+                             f"map {tuple(x.shape[-2:])}; a mask cell pools S x S pixels")
         pooled = x if tuple(x.shape[-2:]) == tuple(grid) else F.adaptive_avg_pool2d(x, grid)
         return self.conv(pooled)
 
@@ -275,6 +282,13 @@ def check_map_size(who: str, name: str, hw: object) -> tuple:
     return tuple(v if isinstance(v, _TRACED) else int(v) for v in pair)
 
 
+def _smaller(hw, grid) -> bool:
+    """Whether a side of the map hw is smaller than the grid's (sides traced while
+    tracing are let through)."""
+    return any(not isinstance(v, _TRACED) and not isinstance(g, _TRACED) and v < g
+               for v, g in zip(hw, grid))
+
+
 def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3).
 
@@ -285,10 +299,16 @@ def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Ten
 
     Raises:
         ValueError: unless grid_mask is a [B, 1, gh, gw] tensor and out_hw a pair of
-            ints >= 1 (a mask of 3 channels was upsampled, a side 0 gave torch's error).
+            ints >= 1 (a mask of 3 channels was upsampled, a side 0 gave torch's error),
+            or if a side of out_hw is smaller than the grid's (the mask was down-sampled,
+            its cells dropped).
     """
     check_mask_shape("upsample_mask", "grid_mask", grid_mask)
     out_hw = check_map_size("upsample_mask", "out_hw", out_hw)
+    grid = tuple(grid_mask.shape[-2:])
+    if _smaller(out_hw, grid):  # "nearest" would drop cells: a down-sample, not mask3
+        raise ValueError(f"upsample_mask: out_hw {tuple(out_hw)} is smaller than the mask "
+                         f"grid {grid[0]}x{grid[1]}; the grid is (Ho // S, Wo // S) of the map")
     return F.interpolate(grid_mask, size=out_hw, mode="nearest")
 
 

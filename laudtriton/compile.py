@@ -165,7 +165,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
     ):
-        check_options(**options)  # now, not at the decorated factory's first call
+        # now, not at the decorated factory's first call; the names as a tuple (a
+        # generator, read here, would be empty at each call)
+        options["variants"] = check_options(**options)[1]
         return _decorator(model, example_input, **options)
     # under torch.inference_mode() the folded weights would be inference tensors, whose
     # version counters (``ops.fold.Fingerprint``) cannot be read; under autocast the

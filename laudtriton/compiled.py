@@ -34,6 +34,9 @@ from .order import SampleOrder
 from .stem import set_stem, stem
 
 CL = torch.channels_last
+# poolings of each sample on its own: the reordered batch pooled, then put back
+PER_SAMPLE_POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d,
+                    nn.Identity)
 
 
 class CompiledModel(RefusesTracing, nn.Module):
@@ -201,8 +204,9 @@ class CompiledModel(RefusesTracing, nn.Module):
             h = blk(h, reuse_input=True, masks=None if masks is None else masks[i],
                     order=order, check_masks=check_masks)
         # the head's modules see the samples in x's order: the pooled features are put
-        # back (B x C values), or the whole map when a hook on avgpool would see it
-        if hooked(self.avgpool):
+        # back (B x C values) after a stock pooling, which pools each sample on its own;
+        # the whole map before a hooked or another avgpool (one may keep or mix samples)
+        if hooked(self.avgpool) or type(self.avgpool) not in PER_SAMPLE_POOLS:
             out = self.fc(torch.flatten(self.avgpool(order.to_caller(h)), 1))
         else:
             out = self.fc(order.to_caller(torch.flatten(self.avgpool(h), 1)))

@@ -1627,3 +1627,41 @@ def test_reuse_input_on_an_input_with_negative_values_is_refused():
     xr = torch.relu(x).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert_close(cb(xr.clone(), reuse_input=True), blk(xr))
+
+
+def test_a_custom_avgpool_sees_the_samples_in_the_callers_order():
+    """Without a hook, the head pooled the reordered map and put the pooled features
+    back: the logits were right, but an avgpool that keeps its input (or mixes samples)
+    saw the batch in the layer blocks' order."""
+    class KeepPool(nn.Module):
+        def forward(self, x):
+            self.saved = x.clone()
+            return nn.functional.adaptive_avg_pool2d(x, 1)
+
+    model, x = tiny("layer"), torch.randn(8, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    model.avgpool = KeepPool()
+    with torch.no_grad():
+        ref = model(x)
+    gates = torch.stack([b.last_masks.grid.flatten() for b in model.modules()
+                         if isinstance(b, LaudBottleneck)])
+    assert bool(((gates > 0.5) != (gates[:, :1] > 0.5)).any())  # samples gated apart
+    cm = compile_cpu(model, x, variants=["compact"])
+    with torch.no_grad():
+        assert_close(cm(x), ref)
+    assert_close(cm.avgpool.saved, model.avgpool.saved, name="avgpool's input")
+
+
+def test_decorator_takes_variants_from_a_generator():
+    """The options check read the generator at decoration; each call of the factory then
+    got it empty ('variants is empty')."""
+    x = torch.randn(1, 3, 32, 32)
+
+    @laudtriton.compile(example_input=x, backend="cpu", tune="off",
+                        variants=(v for v in ["compact"]))
+    def make():
+        return tiny("layer")
+
+    for _ in range(2):
+        cm = make()
+        assert {b.static_choice.variant for b in cm.blocks} == {"compact"}

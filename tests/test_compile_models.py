@@ -1504,9 +1504,11 @@ def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():
 
 
 def test_a_model_whose_own_forward_fails_is_a_value_error_naming_it():
-    """A block of stride 2 built without the downsample it needs: the reference forward
-    fails, and compile passed torch's RuntimeError on (it is the model's, not ours)."""
-    blk = make_block(8, 2, stride=2, mode="spatial", granularity=1, downsample=False)
+    """A block of stride 2 whose downsample was removed after it was built (the
+    constructor refuses it): the reference forward fails, and compile passed torch's
+    RuntimeError on (it is the model's, not ours)."""
+    blk = make_block(8, 2, stride=2, mode="spatial", granularity=1)
+    blk.downsample = None
     with pytest.raises(ValueError, match="the model's own forward fails on the example "
                                          "input \\(RuntimeError: The size of tensor a"):
         compile_cpu(blk, torch.randn(1, 8, 10, 12))

@@ -10,7 +10,7 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   buckets of a small rate grid (0.2, 0.5, 0.8 and the bucket of the example's rate,
   ``tune.keys.rate_bucket``: its nearest 0.1) that no timing lies within 0.05 of are
   timed now, with masks of round(b·N) active cells, and recorded at the rate those
-  realise, round(b·N)/N (``ops.masks.dispatch_rate``). A rate where every candidate
+  realise, round(b·N)/N (``schedule.run_rate``). A rate where every candidate
   failed is recorded so too, and not timed again.
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
 - ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
@@ -67,10 +67,9 @@ from .guards import guard, no_autocast, strided_refusal
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
-from .ops.masks import dispatch_rate
 from .planning import candidate_variants, plan_block
 from .predict.calibrate import fitted_predictor
-from .schedule import DispatchTable
+from .schedule import DispatchTable, run_rate
 from .stem import check_resnet
 from .tune.cache import TuneCache
 
@@ -329,7 +328,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
             tables[spec] = plan_block(spec, fb, xin.contiguous(memory_format=CL), masks,
                                       candidate_variants(spec, backend, variants), tune,
                                       cache, predictor, say)
-        rate = float(dispatch_rate(spec, masks))
+        rate = float(run_rate(spec, masks))
         blocks.append(CompiledBlock(name, spec, fb, tables[spec], dispatch, rate))
     if isinstance(ref, (LaudResNet, LaudBottleneck)):
         cm = CompiledModel(ref, blocks, x.shape, x.device, dtype, backend, tune)

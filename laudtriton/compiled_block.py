@@ -8,7 +8,6 @@ import copy
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,9 +29,9 @@ from .nn.maskers import check_flag
 from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
 from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool, host_array, spatial_masks_from_grid
+from .ops.masks import Gates, global_pool, spatial_masks_from_grid
 from .order import SampleOrder, caller_masks, take_masks
-from .schedule import Choice, DispatchTable
+from .schedule import Choice, DispatchTable, mean64, run_rate
 
 CL = torch.channels_last
 
@@ -400,20 +399,3 @@ def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a and b hold the same values (shape, dtype and device too)."""
     return (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
             and torch.equal(a, b))
-
-
-def mean64(t: torch.Tensor) -> float:
-    """The mean of a mask in float64: in a half type its own mean is rounded (0.55 read
-    0.5498 in bfloat16, and a rate halfway between two table entries went to the upper
-    one where float32 masks' went to the lower). A CPU mask of a numpy dtype is read
-    through numpy (no torch op)."""
-    a = host_array(t)
-    if a is not None:
-        return float(a.mean(dtype=np.float64))
-    return float(t.double().mean())
-
-
-def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
-    """``ops.masks.dispatch_rate`` in float64 whatever the masks' dtype (``mean64``): the
-    rate a compiled block reads its dispatch table at."""
-    return mean64(masks.channel if spec.mode == "channel" else masks.grid)

@@ -11,10 +11,9 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from .ops import BlockSpec, variants_for
-from .ops.masks import dispatch_rate
 from .ops.synthetic import synthetic_masks
 from .predict.hardware import DTYPES as PREDICTED_DTYPES
-from .schedule import Choice, DispatchTable, near, rate_key
+from .schedule import Choice, DispatchTable, near, rate_key, run_rate
 from .tune.keys import rate_bucket
 from .tune.measure import config_key, time_variants
 
@@ -100,7 +99,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
         RuntimeError: when every candidate variant fails on the example input.
     """
     table = DispatchTable()
-    actual = float(dispatch_rate(spec, masks))
+    actual = float(run_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed
     seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
     lacking: list[set[str]] = []  # per cached rate not used: the candidates it lacks
@@ -139,7 +138,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
             m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
             # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
             # is off at b = 0.2), once
-            r = rate_key(dispatch_rate(spec, m))
+            r = rate_key(run_rate(spec, m))
             if r in table.entries or r in failed:
                 continue
             if not said:

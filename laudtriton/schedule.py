@@ -16,12 +16,38 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+
+from .ops.masks import host_array
+
 if TYPE_CHECKING:
+    from .nn.block import BlockMasks
     from .ops.registry import Variant
     from .ops.spec import BlockSpec
     from .predict.hardware import HardwareSpec
 
 SOURCES = ("measured", "cached", "predicted", "rule")
+
+
+def mean64(t: torch.Tensor) -> float:
+    """The mean of a mask in float64: in a half type its own mean is rounded (0.55 read
+    0.5498 in bfloat16, and a rate halfway between two table entries went to the upper
+    one where float32 masks' went to the lower). A CPU mask of a numpy dtype is read
+    through numpy (no torch op)."""
+    a = host_array(t)
+    if a is not None:
+        return float(a.mean(dtype=np.float64))
+    return float(t.double().mean())
+
+
+def run_rate(spec: BlockSpec, masks: BlockMasks) -> float:
+    """The rate a block's dispatch table is read at, and its timings recorded at (compile's
+    tuning, ``tune.sweep``): the mean of its channel mask (mode ``channel``) or of its grid
+    (spatial mask or layer gate), in float64 whatever the masks' dtype (``mean64``;
+    ``ops.masks.dispatch_rate`` reads a half-type mask in its own dtype)."""
+    return mean64(masks.channel if spec.mode == "channel" else masks.grid)
+
 
 # A variant other than ``dense`` must beat dense's time by more than this fraction to be
 # chosen. Why (session 8, 2-core CPU): the same block's time moves by -5%..+9% (5th-95th
@@ -35,7 +61,7 @@ DENSE_MARGIN = 0.05
 
 # The rates a table is filled at where nothing was timed (``fill_predictions``; compile's
 # tuning times ``planning.QUICK_RATES`` or every bucket). An entry is kept at the rate its
-# masks realised (``ops.masks.dispatch_rate``), which may lie between buckets.
+# masks realised (``schedule.run_rate``), which may lie between buckets.
 BUCKET_STEP = 0.1
 
 # ``design`` builds and sorts every per-stage configuration, each a Design held in

@@ -1027,13 +1027,42 @@ def test_half_types_match_the_dense_variants_on_the_same_masks(dtype, mode, vari
                      f"{mode} {who} {dtype} against float32")
 
 
+def test_plans_of_half_type_models_are_read_at_the_exact_rate():
+    """Compile's tuning (and so ``dispatch="static"``, ``"off"`` and ``"quick"``) read the
+    example's rate as the mask's own mean in bfloat16 (0.300781 for 0.3), while a forward
+    reads it in float64: a static model could run the upper entry's variant where the
+    dynamic one ran the lower's, and the plan printed 0.301 where last_stats said 0.3."""
+    from laudtriton.capture import block_inputs
+    from laudtriton.schedule import mean64, rate_key
+
+    dt = torch.bfloat16
+    model = tiny_model("spatial")
+    x = spread(5, (32, 32))
+    calibrate_rates(model, x, 0.3)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", dtype=dt,
+                            dispatch="static")
+    captured, _ = block_inputs(model.to(dt), x.to(dt))  # compile worked on a copy
+    rounded = 0
+    for (name, block, xin), cb in zip(captured, cm.blocks):
+        with torch.no_grad():
+            grid = block.compute_masks(xin)[0].grid
+        assert grid.dtype == dt
+        rounded += float(grid.mean()) != mean64(grid)  # the case this test is about
+        assert list(cb.table.entries) == [rate_key(mean64(grid))], name
+    assert rounded > 0
+    with torch.no_grad():
+        cm(x.to(dt))
+    for run, cb in zip(cm.last_stats, cm.blocks):
+        assert rate_key(run.spatial_rate) in cb.table.entries
+
+
 def test_dispatch_rate_of_half_type_masks_is_exact():
     """A bfloat16 mask's own mean is rounded (0.55 read 0.5498): the same masks ran
     another variant than in float32 at a rate halfway between two table entries, and
     last_stats reported float32 means (0.8 as 0.800000011920929)."""
-    from laudtriton.compiled_block import mean64, run_rate
     from laudtriton.nn.block import BlockMasks
     from laudtriton.ops.spec import BlockSpec
+    from laudtriton.schedule import mean64, run_rate
 
     grid = torch.zeros(1, 1, 4, 5)
     grid.view(-1)[:11] = 1  # 11 of 20 cells: 0.55

@@ -85,9 +85,8 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
     from ..kernelchecks import exact_fp32
     from ..ops import fold_block, variants_for
     from ..ops.dense import dense_block
-    from ..ops.masks import dispatch_rate
     from ..ops.synthetic import synthetic_masks
-    from ..schedule import rate_key
+    from ..schedule import rate_key, run_rate
     from ..testing import TOLERANCE, assert_close
     from ..tune.measure import time_variants
 
@@ -131,8 +130,8 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
             r.say(f"FAIL config {vname} {ckey} on b{batch} {spec.short()} rate {rate}: "
                   f"{describe(e)}")
         meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
-        # at the rate the masks realise (``ops.masks.dispatch_rate``), as sweep
-        realised = rate_key(dispatch_rate(spec, masks))
+        # at the rate the masks realise (``schedule.run_rate``), as sweep
+        realised = rate_key(run_rate(spec, masks))
         cache.record(spec, realised, timings | {"dense": masked}, meta)
         base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
                 "batch": batch, "rate": rate, "realised_rate": realised,

@@ -38,7 +38,8 @@ def dispatch_rate(spec, masks: BlockMasks) -> float:
     """The rate a block's dispatch table (``schedule.DispatchTable``) is read at, for
     ``spec`` (a BlockSpec): the mean of its channel mask (mode ``channel``) or of its grid
     (spatial mask or layer gate). Timings are recorded at the rate their masks give this
-    way (``tune.sweep``, ``compile``'s tuning). A CPU mask is read through
+    way. Compile, its tuning and ``tune.sweep`` read ``schedule.run_rate``, the same mean
+    in float64 for masks of a half type (whose own mean is rounded). A CPU mask is read through
     numpy, without the two torch ops (mean, item) that cost about 40 us per block inside
     a model (BENCHMARKS.md, session 14)."""
     t = masks.channel if spec.mode == "channel" else masks.grid

@@ -14,7 +14,7 @@ File layout::
 An entry's key holds the laudtriton/torch/triton versions, the hash of the variant's
 source (see :func:`keys.source_hash`), the BlockSpec (with S, dtype, batch),
 the rate and the variant. The field named ``rate_bucket`` holds the rate the timed masks
-realise (``ops.masks.dispatch_rate``: round(r·N)/N, e.g. 0.102 or a layer gate's 0.375),
+realise (``schedule.run_rate``: round(r·N)/N, e.g. 0.102 or a layer gate's 0.375),
 not necessarily a 0.1 bucket. Entries of other versions stay in the file but are
 hidden from :meth:`TuneCache.lookup`; so do entries this version cannot parse (kept as they
 are when the file is rewritten). Writes: temp file + ``os.replace`` under a file lock. A

@@ -22,11 +22,10 @@ import torch
 from ..nn.block import BlockMasks, LaudBottleneck
 from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
 from ..ops import fold_block
-from ..ops.masks import dispatch_rate
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
-from ..schedule import rate_key
+from ..schedule import rate_key, run_rate
 from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
@@ -203,7 +202,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     ``channel_granularity``) or a LaudResNet instance (they then come from it). Blocks are
     measured on random inputs [batch, Cin, H, W] (channels_last, ``dtype``, on ``device``) with
     synthetic masks of exactly round(rate*N) active cells, and recorded (cache and CSV) at
-    the rate those masks realise, round(rate*N)/N (``ops.masks.dispatch_rate``: 0.102 for
+    the rate those masks realise, round(rate*N)/N (``schedule.run_rate``: 0.102 for
     0.1 on a 7x7 grid; 0 for 0.3 with a layer gate at batch 1); asked rates that realise
     the same one are one (spec, rate) item, timed once, with CSV rows for each asked rate
     (column ``asked_rate``) and all of them in the cache entry's meta (``asked_rates``,
@@ -325,7 +324,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         for asked in rates:
             m = masks_at(s, asked)
             chan = rate_key(float(m.channel.float().mean())) if s.mode == "both" else None
-            groups.setdefault((s, rate_key(dispatch_rate(s, m)), chan), []).append(asked)
+            groups.setdefault((s, rate_key(run_rate(s, m)), chan), []).append(asked)
     cached_chan: dict[tuple[BlockSpec, float], float] = {}
     for s, r, chan in groups:
         if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):

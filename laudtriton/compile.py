@@ -11,7 +11,9 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
   ``tune.keys.rate_bucket``: its nearest 0.1) that no timing lies within 0.05 of are
   timed now, with masks of round(b·N) active cells, and recorded at the rate those
   realise, round(b·N)/N (``schedule.run_rate``). A rate where every candidate
-  failed is recorded so too, and not timed again.
+  failed is recorded so too, and not timed again. When the example's bucket is still
+  uncovered (its masks realise another rate: with one grid cell per sample, round(0.5·1)
+  = 0), the variants are also timed on the example's own masks, for this plan only.
 - ``"full"``: as quick, on every bucket 0.0, 0.1, ..., 1.0.
 - ``"cached"`` (default): the cache; the buckets 0.0, 0.1, ..., 1.0 that no timing lies
   within 0.05 of are filled with the latency predictor's estimates (fitted on this

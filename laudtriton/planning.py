@@ -152,6 +152,14 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
             table.add(r, timings, "measured")
             if r not in table.entries:  # every candidate failed: not again (below, or
                 failed.append(r)  # at the next compile: it is recorded)
+        b = rate_bucket(actual)
+        if not (table.covers(b) or near(failed, b)):
+            # the masks of the example's bucket realised another rate (one grid cell per
+            # sample: round(0.5·1) = 0), and its rate would be read off the timings of
+            # another: timed on the example's own masks (not cached: not scattered ones)
+            say(f"timing {spec.short()} at the example's rate {actual:.3f}, which no "
+                "synthetic masks realise")
+            table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
     # the predictor models float32, float16 and bfloat16, but a CPU calibration measures
     # a float32 peak only: another dtype (float64, or a half one on a calibrated CPU,
     # whose fp32 rate would stand in unsaid) is timed on the example input below when

@@ -687,6 +687,31 @@ def test_quick_tuning_records_the_rate_it_timed(tmp_path):
     assert TuneCache(tmp_path, device="cpu").rates(cm.blocks[0].spec) == [0.0, 1.0]
 
 
+def test_quick_tuning_times_the_examples_rate_where_no_synthetic_masks_realise_it(tmp_path):
+    """One grid cell per sample (S = the 4x4 map) at batch 2, one sample on: the bucket
+    0.5's synthetic masks realise 0 (round(0.5·1) per sample), so the table held rates 0
+    and 1 only and the example's rate 0.5 ran the rate-0 timing's variant (a tie goes to
+    the lower entry). It is timed on the example's masks now, and not cached."""
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, mode="spatial", granularity=4, seed=1)
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        block.masker_spatial.conv.bias.zero_()  # the gate follows the sign of the weight
+        block.masker_spatial.conv.weight.zero_()
+        block.masker_spatial.conv.weight[0, 0] = 1.0  # the keep logit: channel 0's mean
+    x[0, 0], x[1, 0] = 1.0, -1.0
+    with torch.no_grad():
+        grid = block.compute_masks(x)[0].grid
+    assert grid.flatten().tolist() == [1.0, 0.0]
+    for _ in range(2):  # the second compile reads 0 and 1 and times 0.5 again
+        cm = laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+        entries = cm.blocks[0].table.entries
+        assert sorted(entries) == [0.0, 0.5, 1.0]
+        assert entries[0.5].source == "measured"
+    assert TuneCache(tmp_path, device="cpu").rates(cm.blocks[0].spec) == [0.0, 1.0]
+
+
 def test_full_tuning_times_every_bucket(tmp_path):
     """tune="full" times the rates 0.0, 0.1, ..., 1.0 (each realised exactly by 100 cells
     of S=1 on a 10x10 map) and records them; a second compile reads them all."""

@@ -405,7 +405,10 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
     assert [ln.split(" (")[0] for ln in err.splitlines()] == [  # progress: ~15 s were silent
         f"measuring the {what}" for what in ("GEMM peak", "copy bandwidth", "dispatch overhead")]
     cal = load_calibration(tmp_path)
-    assert cal.peak["float32"] > 1e8 and cal.bandwidth > 1e8 and 0 < cal.overhead < 1e-3
+    # measured numbers, so only their units are checked, with margins of 1000x and more
+    # (speed is a benchmark's to judge): rates per second, at least the 1e6/s below which
+    # the fit ignores a calibration, and a dispatch overhead in seconds, not microseconds
+    assert cal.peak["float32"] >= 1e6 and cal.bandwidth >= 1e6 and 0 < cal.overhead < 0.1
     assert json.loads(calibration_path(tmp_path).read_text())["peak"] == cal.peak
     _write_cache(tmp_path, _synthetic(0.05, shapes=3))
     rc, out, err = _cli(["predict", "--validate", "--hardware", "cpu"], capsys)

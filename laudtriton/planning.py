@@ -91,8 +91,9 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     autotune cache (None with tune "off"); predictor: ``predict.calibrate.
     fitted_predictor``'s (hardware, factors), or None. say: called with one line before
     ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
-    cached: the caller shows progress), and before "cached" falls back to timing the
-    variants on the example input. A cached rate whose timings lack a candidate variant
+    cached: the caller shows progress), one more before they time the example's own
+    masks (its bucket uncovered), and before "cached" falls back to timing the variants
+    on the example input. A cached rate whose timings lack a candidate variant
     is not used, with a warning naming the variants and the cache file.
 
     Raises:

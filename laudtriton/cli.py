@@ -4,6 +4,7 @@ design | env | gpucheck. User errors print one line and exit with code 2, no tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import logging
@@ -11,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from typing import NoReturn
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
@@ -210,29 +212,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.reps < 20 and not os.environ.get(HANDOFF_ENV):  # once, not in every process
         print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
               "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
-    if args.threads:
-        import torch
+    with torch_threads(args.threads):  # this process's count again after the run
+        if args.processes > 1:
+            from .bench import build_model
+            from .bench_report import ProcessFailed, process_summary, run_processes
 
-        torch.set_num_threads(args.threads)
-    if args.processes > 1:
-        from .bench import build_model
-        from .bench_report import ProcessFailed, process_summary, run_processes
-
-        # a bad --mode or --granularity: one line here, not an error in a child process
-        build_model(args.model, args.mode, args.granularity, args.channel_granularity)
-        try:
-            rows = run_processes(_bench_argv(args), args.processes, verbose=args.verbose)
-        except ProcessFailed as e:
-            return fail("bench", str(e), code=1)
-        print(process_summary(rows))
-    else:
-        try:
-            rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
-                         args.channel_granularity, reps=args.reps, tune=args.tune,
-                         blocks=not args.model_only, repeat=args.repeat,
-                         allocator=args.allocator)
-        except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
-            raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
+            # a bad --mode or --granularity: one line here, not an error in a child process
+            build_model(args.model, args.mode, args.granularity, args.channel_granularity)
+            try:
+                rows = run_processes(_bench_argv(args), args.processes, verbose=args.verbose)
+            except ProcessFailed as e:
+                return fail("bench", str(e), code=1)
+            print(process_summary(rows))
+        else:
+            try:
+                rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
+                             args.channel_granularity, reps=args.reps, tune=args.tune,
+                             blocks=not args.model_only, repeat=args.repeat,
+                             allocator=args.allocator)
+            except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
+                raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
     if args.csv:
         try:  # (checked before the run; a disk that filled meanwhile is said so, named)
             write_csv(rows, args.csv)
@@ -242,6 +241,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not os.environ.get(HANDOFF_ENV):  # a child of run_processes: a temporary file
             print(f"wrote {args.csv}")
     return 0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n (0: left as they are) inside the block, and back
+    to their count before it after (a caller of ``main``, a test or a script, kept
+    ``bench --threads``' count, and timed and fingerprinted with it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bench_argv(args) -> list[str]:

@@ -583,3 +583,30 @@ def test_demo_checks_the_cache_environment_before_any_step(monkeypatch, capsys):
     assert main(["demo", "--reps", "1"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "LAUDTRITON_CACHE='maybe'" in err
+
+
+def test_bench_threads_are_set_for_the_run_and_restored(monkeypatch, capsys):
+    """`bench --threads 1` left the caller's process at 1 thread, after a run and after
+    a failed one (a test or a script calling main timed everything after it so)."""
+    import laudtriton.bench as bench_mod
+    from laudtriton.bench_report import BenchRow
+
+    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
+                   0.5, 1.0)
+    during = []
+
+    def stub(*args, **kwargs):
+        during.append(torch.get_num_threads())
+        if len(during) == 2:
+            raise ValueError("stopped")
+        return [row]
+
+    monkeypatch.setattr(bench_mod, "bench", stub)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2  # another count than the process's
+    monkeypatch.setattr(laudtriton.cli, "usable_cpus", lambda: 2)
+    assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 0
+    assert torch.get_num_threads() == before
+    assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 2
+    assert torch.get_num_threads() == before
+    assert during == [want, want]

@@ -111,6 +111,43 @@ def test_time_variants_restores_the_input_of_in_place_calls():
         assert torch.equal(s, torch.relu(x))
 
 
+def test_time_variants_scores_inf_what_fails_while_timed_or_gives_a_wrong_shape(caplog):
+    """On CPU only the first call was guarded: a config failing later (out of memory in
+    its warm-up) stopped the compile or the sweep; and an output of another shape was
+    timed, and won (3.8 us against dense's 150)."""
+    from dataclasses import replace
+
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.tune.measure import time_variants
+
+    fb = fold_block(make_block(16, 4, 1, "layer"))
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    masks = BlockMasks(torch.ones(2, 1, 1, 1), None, None, None)
+    dense = get_variant("dense")
+    calls = []
+
+    def late_failure(fb_, xs, masks_, cfg):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("out of memory (simulated)")
+        return dense.run(fb_, xs, masks_, cfg)
+
+    late = replace(dense, name="late", run=late_failure, run_inplace=None)
+    narrow = replace(dense, name="narrow", run=lambda fb_, xs, m, cfg: xs[:, :1],
+                     run_inplace=None)
+    spec = BlockSpec(16, 4, 16, 1, False, (6, 6), "layer", 1, batch=2)
+    errors = {}
+    out = time_variants(fb, spec, x, masks, [late, narrow, dense], warmup=1, reps=3,
+                        errors=errors)
+    assert out["late"] == {"{}": float("inf")} and out["narrow"] == {"{}": float("inf")}
+    assert 0 < out["dense"]["{}"] < float("inf")
+    assert len(calls) == 2  # the first call, then the warm-up's failure: not called again
+    assert "out of memory (simulated)" in str(errors[("late", "{}")])
+    assert "expected (2, 16, 6, 6)" in str(errors[("narrow", "{}")])
+    assert "late config {} failed while timed" in caplog.text
+
+
 @pytest.mark.parametrize("mode", ["spatial", "both", "channel", "layer"])
 def test_a_block_folded_under_inference_mode_runs_every_variant(mode):
     """``ops.fold.fold_block`` under ``torch.inference_mode()`` made the folded weights

@@ -33,6 +33,32 @@ def config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
+def _check_shape(spec: BlockSpec, x: torch.Tensor, out: object) -> None:
+    """Raise unless ``out`` is a tensor of the block's output shape, x's dtype and device
+    (a variant's wrong shape was timed, and could win the plan)."""
+    want = (x.shape[0], spec.out_channels, *spec.out_hw)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want or (
+            out.dtype != x.dtype or out.device != x.device):
+        got = (tuple(out.shape), out.dtype, out.device) if isinstance(out, torch.Tensor) \
+            else type(out).__name__
+        raise ValueError(f"output {got}, expected {want} {x.dtype} on {x.device}")
+
+
+def _guarded(call: Callable[[], object], i: int, broken: dict[int, Exception]
+             ) -> Callable[[], object]:
+    """call, which records its first exception in broken[i] and then does nothing (timed
+    round-robin, one config failing after its first call must not stop the others)."""
+    def run():
+        if i in broken:
+            return None
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - scored inf and reported by the caller
+            broken[i] = e
+            return None
+    return run
+
+
 def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: BlockMasks,
                   variants: Sequence[Variant], warmup: int = 2, reps: int = 10,
                   configs: dict[str, list[dict]] | None = None,
@@ -43,7 +69,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
 
     x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
     variant's config space (e.g. after predictor pruning). A config that fails to compile
-    or run (on a first, untimed call; on CUDA also while timed) scores inf and is logged;
+    or run (on its first, untimed call, whose output must have the block's output shape,
+    x's dtype and device; or while timed) scores inf and is logged;
     it is never fatal, unless its error leaves CUDA unusable (``is_sticky``: an illegal
     address, a launch failure), which is raised (every later call would fail alike, and
     its inf be cached as another config's failure).
@@ -105,6 +132,7 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                 if x.device.type == "cuda":  # a kernel's fault is reported for its own
                     torch.cuda.synchronize(x.device)  # config, not a later one's (a sticky
                     # one, e.g. an illegal address, still leaves CUDA unusable after it)
+                _check_shape(spec, x, result)
                 if check is not None:
                     check(v.name, cfg, result)
             except Exception as e:  # a failing config is reported, not fatal
@@ -122,9 +150,13 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                     times.append(median_time(c, x.device, warmup=warmup, reps=reps))
                 except Exception as e:  # noqa: BLE001 - reported, as a first call's
                     times.append(failed(name, key, e, "while timed"))
-        else:
-            times = (interleaved_medians(calls, warmup=warmup, reps=reps, setup=setup)
+        else:  # the same there: a config that fails after its first call scores inf
+            broken: dict[int, Exception] = {}
+            times = (interleaved_medians([_guarded(c, i, broken) for i, c in enumerate(calls)],
+                                         warmup=warmup, reps=reps, setup=setup)
                      if calls else [])
+            for i, e in broken.items():
+                times[i] = failed(*keys[i], e, "while timed")
     for (name, key), t in zip(keys, times):
         out[name][key] = t
     return out

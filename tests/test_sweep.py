@@ -968,3 +968,19 @@ def test_force_with_a_clustered_sweep_says_it_does_nothing(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.splitlines()[0] == ("note: --force does nothing here: a --clustered sweep "
                                    "reads no cached timing and times every item anyway")
+
+
+def test_a_csv_write_cut_short_leaves_the_file_as_it_was(tmp_path):
+    """write_csv writes beside the file and moves it over (``cache_file.atomic_text``):
+    an interruption in the middle leaves the old CSV whole and no temp file."""
+    path = write_csv([{"model": "m", "block": "b", "rate": 0.5}], tmp_path / "s.csv")
+    before = path.read_bytes()
+
+    class Cut(dict):
+        def get(self, key, default=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_csv([{"model": "new"}, Cut()], path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]

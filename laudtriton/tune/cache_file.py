@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from ..ops.spec import BlockSpec
 
@@ -304,19 +305,21 @@ def _umask() -> int:
     return umask
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write ``data`` as JSON to ``path`` atomically and durably: a temp file in the same
-    directory, flushed to disk, then os.replace (a crash leaves the old file or the new
-    one, never a truncated one). The file gets the mode a plain open() would give (0666
-    less the umask), not mkstemp's 0600, so a cache directory can be shared. A ``path``
-    that is a symbolic link has the file it points to replaced, the link kept (a cache
-    file linked to a shared one keeps feeding it)."""
+@contextlib.contextmanager
+def atomic_text(path: str | Path) -> Iterator[TextIO]:
+    """A text file (UTF-8, no newline translation) written in its place atomically and
+    durably: a temp file in the same directory, flushed to disk, then os.replace (a crash
+    or an interruption leaves the old file or the new one, never a truncated one; the temp
+    file is removed). The file gets the mode a plain open() would give (0666 less the
+    umask), not mkstemp's 0600, so a cache directory can be shared. A ``path`` that is a
+    symbolic link has the file it points to replaced, the link kept (a cache file linked
+    to a shared one keeps feeding it)."""
     path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -330,6 +333,13 @@ def write_json_atomic(path: Path, data: object) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` (``atomic_text``: atomically and durably, with
+    a plain open()'s mode, through a symbolic link)."""
+    with atomic_text(path) as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
 
 
 ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over

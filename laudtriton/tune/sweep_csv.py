@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cache_file import is_valid_spec
+from .cache_file import atomic_text, is_valid_spec
 
 # rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
 # asked for (``sweep``), by which the whole-model plot sums its blocks; input_size: the
@@ -27,18 +25,11 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     and moved over it: a write cut short (Ctrl-C) leaves the file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:  # (as read_csv reads it)
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)
-                        if isinstance(r.get("dispatched"), bool) else r for r in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_text(path) as fh:  # (UTF-8, no newline translation: as read_csv reads it)
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({**r, "dispatched": int(r["dispatched"])}  # (1/0, not True/False)
+                    if isinstance(r.get("dispatched"), bool) else r for r in rows)
     return path
 
 

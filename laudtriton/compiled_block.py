@@ -89,10 +89,12 @@ class CompiledBlock(RefusesTracing, nn.Module):
         may leave x as the output of a sample it skips, where the block gives relu(x)).
         masks: run with these (e.g. ``last_masks`` of an earlier forward on the same
         input) instead of the maskers': how ``laudtriton bench`` times the model without
-        its maskers' cost. order: the batch as a CompiledModel runs it (with reuse_input,
-        x in that order, masks given in the caller's; see ``order.SampleOrder``); a layer
-        block on CPU then moves its active samples into one window first. check_masks:
-        whether given masks are checked first (``check_masks``). check_finite: called on
+        its maskers' cost. order: the batch as a CompiledModel runs it (x in that order,
+        masks given in the caller's; see ``order.SampleOrder``), always with
+        reuse_input=True, since a layer block on CPU then moves its active samples into
+        one window of x first (a ValueError otherwise, or for an order of another
+        batch). check_masks: whether given masks are checked first (``check_masks``).
+        check_finite: called on
         its own (no order), the block tests x for NaN and inf and gives a sample that has
         any a NaN output (as the model does); False skips that test (not the shape, dtype
         and device checks), for a caller that knows x is finite: ``laudtriton bench``
@@ -105,6 +107,16 @@ class CompiledBlock(RefusesTracing, nn.Module):
             for name, value in (("reuse_input", reuse_input), ("check_masks", check_masks),
                                 ("check_finite", check_finite)):
                 check_flag(value, f"{self.name}: {name}")
+        elif reuse_input is not True or not isinstance(order, SampleOrder):
+            raise ValueError(f"{self.name}: order is a CompiledModel's SampleOrder, given "
+                             "with reuse_input=True (a layer block moves the samples of x "
+                             f"in place); got order={type(order).__name__}, "
+                             f"reuse_input={reuse_input!r}")
+        elif not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != len(
+                order.perm):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{self.name}: order is for a batch of {len(order.perm)}; "
+                             f"x is {got}")
         return run_eagerly(CompiledBlock._locked_call, self, x, reuse_input, masks, order,
                            check_masks, check_finite)
 
@@ -143,7 +155,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
         if masks is None:
             masks = self._masks(x)
         else:
-            masks = order.to_batch(masks)
+            masks = order.to_batch(masks, self.name)
         order.pooled = None  # this block may change every sample
         return self._run(x, masks, reuse_input, order.snapshot())
 
@@ -283,7 +295,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
                 order.pooled = mean_rows(h)
             masks = self.gates(h, pooled=order.pooled)
         else:
-            masks, order.pooled = order.to_batch(masks), None
+            masks, order.pooled = order.to_batch(masks, self.name), None
         on = gate_values(masks, h.shape[0], self.name)
         (a, e), moved = order.make_contiguous(on, h)
         if moved is not None:

@@ -100,16 +100,18 @@ class SampleOrder:
             return t
         return t.index_select(0, torch.tensor(inverse(self.perm), device=t.device))
 
-    def to_batch(self, masks: BlockMasks) -> BlockMasks:
+    def to_batch(self, masks: BlockMasks, who: str = "") -> BlockMasks:
         """Masks in the caller's order -> batch order (masks itself for the identity).
 
         Raises:
-            ValueError: if a mask's batch is not the batch's size.
+            ValueError: if a mask's batch is not the batch's size (naming ``who``, the
+                block, when given).
         """
         for name in MASK_FIELDS:
             t = getattr(masks, name)
             if t is not None and t.shape[0] != len(self.perm):
-                raise ValueError(f"masks.{name} has {t.shape[0]} samples for a batch of "
+                where = f"{who}: masks.{name}" if who else f"masks.{name}"
+                raise ValueError(f"{where} has {t.shape[0]} samples for a batch of "
                                  f"{len(self.perm)}")
         return masks if self.identity else take_masks(masks, self.perm)
 

@@ -1522,13 +1522,18 @@ def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():
 
 
 def test_a_model_whose_own_forward_fails_is_a_value_error_naming_it():
-    """A block of stride 2 whose downsample was removed after it was built (the
-    constructor refuses it): the reference forward fails, and compile passed torch's
-    RuntimeError on (it is the model's, not ours)."""
+    """A model whose forward fails with torch's error (a Linear on a 4D map): compile
+    passed the RuntimeError on (it is the model's, not ours). A block of stride 2 whose
+    downsample was removed after it was built (the constructor refuses it) is refused by
+    its own forward now, which compile reports as the model's refusal."""
     blk = make_block(8, 2, stride=2, mode="spatial", granularity=1)
-    blk.downsample = None
+    broken = nn.Sequential(blk, nn.Linear(3, 3)).eval()
     with pytest.raises(ValueError, match="the model's own forward fails on the example "
-                                         "input \\(RuntimeError: The size of tensor a"):
+                                         "input \\(RuntimeError: mat1 and mat2"):
+        compile_cpu(broken, torch.randn(1, 8, 10, 12))
+    blk.downsample = None
+    with pytest.raises(ValueError, match=r"the model refuses the example input: downsample "
+                                         r"is None, .*got stride 2, inplanes 8"):
         compile_cpu(blk, torch.randn(1, 8, 10, 12))
 
 

@@ -587,6 +587,12 @@ def test_block_without_downsample_needs_an_identity_of_the_output_shape(inplanes
     out = LaudBottleneck(inplanes, planes, stride, ds, "spatial", 1).eval()(
         torch.randn(2, inplanes, 8, 8))
     assert out.shape == (2, 4 * planes, 8 // stride, 8 // stride)
+    # and a downsample set to None after the block was built: refused in forward
+    block = LaudBottleneck(inplanes, planes, stride, ds, "spatial", 1).eval()
+    block.downsample = None
+    with pytest.raises(ValueError, match=rf"downsample is None.*got stride {stride}, "
+                                         rf"inplanes {inplanes}"):
+        block(torch.randn(2, inplanes, 8, 8))
 
 
 def test_upsample_mask_refuses_a_map_smaller_than_the_grid():

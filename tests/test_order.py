@@ -197,3 +197,47 @@ def test_given_layer_gate_of_the_wrong_shape_names_the_block():
                                          r"\(3, 1, 1, 1\)"):
         with torch.no_grad():
             cm(x, masks=given)
+
+
+def test_unchecked_masks_of_another_batch_name_the_block():
+    """check_masks=False skips the masks check; a mask of another batch still gets an
+    error naming the block, before any sample is moved."""
+    model = tiny_layer_model()
+    x = spread_input(3)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
+    with torch.no_grad():
+        cm(x)
+    given = [b.last_masks for b in cm.blocks]
+    m = given[2]
+    given[2] = BlockMasks(m.grid[:2], m.mask3[:2], m.mask1[:2], None)
+    with pytest.raises(ValueError, match=r"^layer2\.0: masks.grid has 2 samples for a "
+                                         r"batch of 3$"):
+        with torch.no_grad():
+            cm(x, masks=given, check_masks=False)
+
+
+def test_a_block_refuses_an_order_without_reuse_input():
+    """``order`` is the model's and comes with reuse_input=True: a layer block moves the
+    samples of x in place then, so a caller's x would be written over; an order of
+    another batch is refused too. x is left as it was."""
+    model = tiny_layer_model()
+    x = spread_input(4)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    blk = cm.blocks[1]
+    h = torch.rand(4, blk.spec.in_channels, *blk.spec.in_hw).contiguous(
+        memory_format=torch.channels_last)
+    kept = h.clone()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"^layer1\.1: order is a CompiledModel's "
+                                             r"SampleOrder, given with reuse_input=True"):
+            blk(h, order=SampleOrder(4))
+        with pytest.raises(ValueError, match=r"got order=list, reuse_input=True"):
+            blk(h, reuse_input=True, order=[0, 1, 2, 3])
+        with pytest.raises(ValueError, match=r"^layer1\.1: order is for a batch of 3; x is "
+                                             r"\(4, "):
+            blk(h, reuse_input=True, order=SampleOrder(3))
+    assert torch.equal(h, kept)
+    with torch.no_grad():  # as the model calls it: the reference block's output
+        out = blk(h.clone(memory_format=torch.channels_last), reuse_input=True,
+                  order=SampleOrder(4))
+        assert_close(out, blk.reference(h))

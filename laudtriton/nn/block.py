@@ -113,6 +113,21 @@ def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
                          f"x.to({dtype}), or the model)")
 
 
+def check_identity(inplanes: int, out_channels: int, stride: int,
+                   downsample: nn.Module | None) -> None:
+    """Raise ValueError if ``downsample`` is None while the identity, x itself, cannot be
+    added to the output: a stride other than 1, or inplanes != out_channels. Checked when
+    a LaudBottleneck is built and at every forward (a downsample set to None afterwards):
+    an input of one channel was broadcast over the output's channels in silence, other
+    shapes failed with torch's message."""
+    if downsample is None and (stride != 1 or inplanes != out_channels):
+        raise ValueError(
+            f"downsample is None, so the identity is the input itself, which needs stride 1 "
+            f"and inplanes = planes * {LaudBottleneck.expansion} = {out_channels}; got "
+            f"stride {stride}, inplanes {inplanes} (give a downsample module that maps the "
+            "input to the output's shape)")
+
+
 class LaudBottleneck(nn.Module):
     """ResNet bottleneck with LAUDNet dynamic computation.
 
@@ -187,14 +202,7 @@ class LaudBottleneck(nn.Module):
             if dyn_mode in ("spatial", "both"):  # raises if S is larger than the map
                 mask_grid_size((int(fs[0]), int(fs[1])), granularity)
 
-        if downsample is None and (stride != 1 or inplanes != planes * self.expansion):
-            # the identity is x itself: [B, 1, H, W] was broadcast over the output's
-            # channels in silence, other shapes failed in forward with torch's message
-            raise ValueError(
-                f"downsample is None, so the identity is the input itself, which needs "
-                f"stride 1 and inplanes = planes * {self.expansion} = "
-                f"{planes * self.expansion}; got stride {stride}, inplanes {inplanes} (give "
-                "a downsample module that maps the input to the output's shape)")
+        check_identity(inplanes, planes * self.expansion, stride, downsample)
         self.inplanes, self.planes, self.width = inplanes, planes, width
         self.out_channels = planes * self.expansion
         self.stride = stride
@@ -272,6 +280,7 @@ class LaudBottleneck(nn.Module):
                 (``MapTooSmall``, a ValueError).
         """
         check_input(x, self.inplanes, self.conv1.weight.dtype)
+        check_identity(self.inplanes, self.out_channels, self.stride, self.downsample)
         masks, masker_flops = self.compute_masks(x)
         cmask = (
             expand_channel_mask(masks.channel, self.width) if masks.channel is not None else None

@@ -230,6 +230,46 @@ def test_a_symlinked_cache_file_keeps_feeding_the_file_it_points_to(tmp_path):
     assert c.lock_path == TuneCache(shared).lock_path == target.with_name(target.name + ".lock")
 
 
+def test_a_symlinked_cache_file_is_cleared_and_moved_aside_at_its_target(tmp_path):
+    """An unusable shared file was renamed by its link (the link moved aside, a private
+    file written in its place, the shared file left corrupt), and ``clear`` removed the
+    link only, while it reported the shared file's entries as removed."""
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    shared.mkdir()
+    mine.mkdir()
+    target = TuneCache(shared).path
+    target.write_text('{"schema": 1,')
+    link = mine / target.name
+    link.symlink_to(target)
+    c = TuneCache(mine)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert c.saved and link.is_symlink()
+    assert [p.name for p in mine.iterdir()] == [link.name]  # nothing moved aside here
+    assert [p.name for p in shared.glob("*.unusable-*")] != []
+    assert TuneCache(shared).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    assert TuneCache(mine).clear() == 1
+    assert link.is_symlink() and not target.exists()
+    assert TuneCache(shared).entries() == []
+
+
+def test_a_dangling_link_makes_no_folder_where_it_points(tmp_path, caplog):
+    """A cache file linked into a folder that is not there: the lock made that folder
+    (and the file in it), wherever the link pointed, and the record said it was saved."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    nowhere = tmp_path / "gone" / "deeper" / "x.json"
+    link = mine / TuneCache(mine).path.name
+    link.symlink_to(nowhere)
+    c = TuneCache(mine)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert not c.saved and "link into the missing folder" in c.unsaved_why
+    assert "symbolic link into the missing folder" in caplog.text
+    assert not (tmp_path / "gone").exists()
+    assert c.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}  # kept in memory
+    assert c.clear() == 1 and not (tmp_path / "gone").exists()
+
+
 def test_an_integer_time_too_large_for_a_float_is_malformed_not_fatal(tmp_path, caplog):
     """JSON holds integers of any size: one of 401 digits passed as a valid time, then
     lookup and entries raised OverflowError (``cache ls``, compile's cached rule), and

@@ -732,6 +732,32 @@ def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
         make_writable_dir("/proc/laudtriton", "--cache-dir")
 
 
+def test_sweep_command_refuses_a_cache_dir_from_the_environment_it_cannot_fill(
+        tmp_path, capsys, monkeypatch):
+    """The folder of $LAUDTRITON_CACHE_DIR (or the default) was not checked: the whole
+    sweep ran, then said "cache NOT saved", with exit code 0."""
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    def timed(*args, **kwargs):
+        raise AssertionError("timed before checking the folder")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(sweep_mod, "time_variants", timed)
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "ro"))
+    args = _parser().parse_args(["sweep", "--blocks", "layer4.2", "--rates", "0.5",
+                                 "--input-size", "32", "--csv", str(tmp_path / "s.csv"),
+                                 "--no-progress"])
+    assert args.func(args) == 2
+    assert capsys.readouterr().err == (
+        f"laudtriton sweep: error: the cache directory {str(tmp_path / 'ro')!r} cannot be "
+        "made or written (Read-only file system); give a writable --cache-dir (or "
+        "LAUDTRITON_CACHE_DIR)\n")
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "ro").exists()
+
+
 @pytest.mark.parametrize("option", ["--batch", "--input-size"])
 def test_sweep_command_sizes_past_int64_are_one_line(tmp_path, capsys, option):
     """A size whose tensor overflows int64 ("Storage size calculation overflowed") was a
@@ -827,6 +853,25 @@ def test_both_mode_a_resumed_sweep_does_not_reuse_another_channel_rates_timing(t
     after = TuneCache(tmp_path).entries()
     assert [(e.variant, e.config, e.seconds, e.meta["asked_rates"]) for e in after] == [
         (e.variant, e.config, e.seconds, [1.0]) for e in entries]
+
+
+def test_both_mode_a_resumed_sweep_with_more_rates_reads_the_cached_item(tmp_path):
+    """A second sweep with one more asked rate at the same grid rate (0.6, then 0.6 and
+    1.0): the nearest channel rate (1.0's) was made the cache's item, whose entry is
+    0.6's, so both items were timed (0.6's again) and neither was marked dispatched. Now
+    0.6's item stays the cache's: read back and dispatched; 1.0's is timed for the CSV."""
+    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
+                   input_size=None, num_classes=7, channel_granularity=2)
+    kw = dict(blocks="layer4.0", input_size=64, model_name="tiny", **FAST)
+    first = sweep(m, rates=[0.6], cache=TuneCache(tmp_path), **kw)
+    assert first.timed == 1
+    entries = TuneCache(tmp_path).entries()
+    again = sweep(m, rates=[0.6, 1.0], cache=TuneCache(tmp_path), **kw)
+    assert (again.timed, again.cached) == (1, 1)
+    assert {r["asked_rate"]: r["dispatched"] for r in again.rows} == {0.6: True, 1.0: False}
+    after = TuneCache(tmp_path).entries()
+    assert [(e.variant, e.config, e.seconds, e.meta["channel_rate"]) for e in after] == [
+        (e.variant, e.config, e.seconds, e.meta["channel_rate"]) for e in entries]
 
 
 def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(tmp_path, monkeypatch,

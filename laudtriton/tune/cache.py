@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,6 +370,17 @@ class TuneCache:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            target = self._real_path()
+            if not target.parent.is_dir():  # a link into a folder that is not there: its
+                # lock would make that folder, anywhere the link points
+                self.unsaved_why = (f"{self.path} is a link into the missing folder "
+                                    f"{target.parent}")
+                if not self._warned_unwritable:
+                    log.warning("autotune cache %s is a symbolic link into the missing "
+                                "folder %s; results are kept in memory", self.path,
+                                target.parent)
+                    self._warned_unwritable = True
+                return
             with self._lock():
                 try:
                     raw = self.path.read_bytes()
@@ -386,7 +398,8 @@ class TuneCache:
                     try:
                         data = parse_cache(raw)
                     except UnusableCacheFile as e:  # its bytes are kept, under another name
-                        aside = move_aside(self.path)
+                        aside = move_aside(self._real_path())  # (a link's target: the link
+                        # stays, and feeds the new file)
                         log.warning("autotune cache %s %s; moved it to %s, a new file is "
                                     "written", self.path, e, aside.name)
                     else:  # every entry, those no reader can use too (kept as they are)
@@ -423,6 +436,11 @@ class TuneCache:
                             "memory (a later record tries again)", self.dir, e)
                 self._warned_unwritable = True
 
+    def _real_path(self) -> Path:
+        """The cache file, a symbolic link followed (as its writes and its lock follow
+        it): a file linked to a shared one is that file."""
+        return Path(os.path.realpath(self.path))
+
     def clear(self) -> int:
         """Delete every entry (file and memory); returns how many entries there were.
 
@@ -434,8 +452,9 @@ class TuneCache:
         """
         n = len(self._all())
         # under the lock: a record() between its read and its write would write the
-        # entries back (no directory: nothing to clear, and no lock file to make there)
-        if self.enabled and self.dir.is_dir():
+        # entries back (no file: nothing to clear, and no lock file to make, in a folder
+        # that may be read-only or missing)
+        if self.enabled and self._real_path().exists():
             try:
                 with self._lock():
                     try:
@@ -448,7 +467,7 @@ class TuneCache:
                     try:
                         data = parse_cache(raw) if raw is not None else {"entries": {}}
                     except UnusableCacheFile as e:  # not ours to delete: kept under another name
-                        aside = move_aside(self.path)
+                        aside = move_aside(self._real_path())
                         log.warning("autotune cache %s %s; moved it to %s, not deleted",
                                     self.path, e, aside.name)
                     else:
@@ -458,8 +477,8 @@ class TuneCache:
                                              f"not {self.device!r}; not deleting them")
                         # the file's entries no reader can use are deleted too: count them
                         n = len(set(data["entries"]) | set(self._memory))
-                        with contextlib.suppress(FileNotFoundError):
-                            self.path.unlink()
+                        with contextlib.suppress(FileNotFoundError):  # a link's target
+                            self._real_path().unlink()  # (the entries it counted)
             except TimeoutError:
                 raise ValueError(f"another process holds the lock of {self.path} (waited "
                                  f"{LOCK_TIMEOUT} s); nothing deleted") from None

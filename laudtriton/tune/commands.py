@@ -134,7 +134,14 @@ def run_sweep(args: argparse.Namespace) -> int:
             # the cache; filling it is the point of another sweep: refused now, not after
             # the timings (a disabled cache makes no folder: said now, below); a sweep
             # refused later (a bad --blocks) removes the folder it made, if still empty
-            made = make_writable_dir(args.cache_dir, "--cache-dir")
+            if args.cache_dir is not None:
+                made = make_writable_dir(args.cache_dir, "--cache-dir")
+            else:  # $LAUDTRITON_CACHE_DIR's or the default
+                try:
+                    made = make_writable_dir(str(cache.dir), "the cache directory")
+                except ValueError as e:
+                    raise ValueError(f"{e}; give a writable --cache-dir (or "
+                                     "LAUDTRITON_CACHE_DIR)") from None
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)

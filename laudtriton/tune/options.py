@@ -230,9 +230,11 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
     and a file written in it, before any work, for a command whose point is to fill it:
     a ValueError naming ``flag`` otherwise (no permission, a read-only file system).
     Returns the outermost folder it made (None: every one existed), for
-    ``remove_if_empty`` when the command is refused afterwards."""
+    ``remove_if_empty`` when the command is refused afterwards (when it is refused
+    here, the folders it made are removed)."""
     if path is None:
         return None
+    made = None
     try:
         # joined, not normalised: "link/.." is the link target's parent, as the kernel
         # resolves it (and as the cache then writes there)
@@ -242,6 +244,7 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
+        remove_if_empty(made)  # a folder made, but not writable after all
         raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
                          ) from None
     return made

@@ -318,7 +318,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     # grid rate may realise different channel rates (a 2x2 grid: 0.7 and 0.8 both give
     # 0.75), so an item is a (grid rate, channel rate) pair. Of the items at one grid
     # rate, the one whose channel rate is nearest it is the cache's entry (a rate, to
-    # dispatch and the predictor, is both masks' rate); the others go to the CSV only.
+    # dispatch and the predictor, is both masks' rate), unless the cache holds one of
+    # them already (a resumed sweep with more rates): that one stays the cache's. The
+    # others go to the CSV only.
     groups: dict[tuple[BlockSpec, float, float | None], list[float]] = {}
     for s in by_spec:
         for asked in rates:
@@ -329,6 +331,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     for s, r, chan in groups:
         if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):
             cached_chan[(s, r)] = chan
+    for s, r in cached_chan:
+        held = cache.entry_meta(s, r).get("channel_rate") if cache.enabled else None
+        if (s, r, held) in groups:
+            cached_chan[(s, r)] = held
     items = list(groups.items())[i_shard - 1::n_shard]
     if not items and progress:
         print(f"sweep: shard {i_shard}/{n_shard} holds none of the {len(groups)} (spec, rate) "

@@ -113,7 +113,7 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
         for b, (m,) in blocks.items():
             hit = re.fullmatch(r"layer(\d+)\.\d+", b)
             stage.setdefault(int(hit.group(1)) if hit else None, set()).add(m)
-        depths = DEPTHS.get(ctx[0])
+        depths = model_depths(ctx[0])
         if None in stage or any(len(m) > 1 for m in stage.values()) or (
                 depths is not None and set(stage) != set(range(1, len(depths) + 1))):
             continue
@@ -335,10 +335,18 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     return paths
 
 
+def model_depths(model: str) -> tuple[int, ...] | None:
+    """The depths of the network a sweep named ``model`` (``tune.sweep.network_name``:
+    a factory of ``nn.resnet.DEPTHS``, with "_w<width>" for another width); None for
+    another name."""
+    hit = re.fullmatch(r"(.+?)(_w[0-9.e+-]+)?", model)
+    return DEPTHS.get(hit.group(1)) if hit else None
+
+
 def missing_blocks(model: str, blocks: Mapping[str, object]) -> list[str]:
-    """The blocks of ``model`` (a LAUD-ResNet of ``nn.resnet.DEPTHS``) that ``blocks``
-    lacks, in order; [] for another model (its blocks are not known here)."""
-    depths = DEPTHS.get(model)
+    """The blocks of ``model`` (a LAUD-ResNet of ``nn.resnet.DEPTHS``, any width) that
+    ``blocks`` lacks, in order; [] for another model (its blocks are not known here)."""
+    depths = model_depths(model)
     if depths is None:
         return []
     return [n for n in (f"layer{i + 1}.{j}" for i, d in enumerate(depths) for j in range(d))

@@ -251,6 +251,26 @@ def test_equal_specs_tuned_once(tmp_path, counted):
     assert meta["models"] == {"custom": ["layer3.1", "layer3.2"]}
 
 
+def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
+    """A LAUD-ResNet-50 of width 0.25 was filed as laud_resnet50, beside the full width's
+    blocks of other specs: one cache then mapped laud_resnet50/layer4.0 to two specs, and
+    the plots refused the whole-model figure as "sweeps at several granularities"."""
+    from laudtriton.nn import laud_resnet50
+    from laudtriton.plot import missing_blocks, model_depths
+
+    narrow = laud_resnet50(width_mult=0.25, input_size=64)
+    res = sweep(narrow, rates=[0.5], blocks="layer4.0", cache=TuneCache(tmp_path), **FAST)
+    assert {r["model"] for r in res.rows} == {"laud_resnet50_w0.25"}
+    (meta,) = {json.dumps(e.meta["models"]) for e in TuneCache(tmp_path).entries()}
+    assert json.loads(meta) == {"laud_resnet50_w0.25": ["layer4.0"]}
+    assert sweep_mod.network_name(laud_resnet50(input_size=64)) == "laud_resnet50"
+    assert sweep_mod.network_name(tiny()) == "custom"
+    # the plots still know its blocks (16 in all), as the factory's
+    assert model_depths("laud_resnet50_w0.25") == model_depths("laud_resnet50") == (3, 4, 6, 3)
+    assert model_depths("custom") is None
+    assert len(missing_blocks("laud_resnet50_w0.25", {"layer4.0": 1})) == 15
+
+
 def test_prune_hook_and_block_indices(tmp_path, counted):
     seen = []
 

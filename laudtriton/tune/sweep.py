@@ -265,8 +265,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     else:
         if input_size is None:
             input_size = model.config.get("input_size") or 224
-        depths = tuple(model.config.get("depths", ()))
-        model_name = model_name or next((k for k, d in DEPTHS.items() if d == depths), "custom")
+        model_name = model_name or network_name(model)
     wanted = None
     if variants is not None:
         if isinstance(variants, str):
@@ -421,6 +420,17 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def network_name(model: LaudResNet) -> str:
+    """The name a sweep files ``model``'s blocks under: its factory's
+    (``nn.resnet.DEPTHS``) with "_w<width_mult>" when narrower or wider than the
+    factory's (two widths' blocks under one name mixed two networks in the CSV and the
+    plots), "custom" for other depths (any width)."""
+    depths = tuple(model.config.get("depths", ()))
+    name = next((k for k, d in DEPTHS.items() if d == depths), None)
+    width = model.config.get("width_mult", 1.0)
+    return "custom" if name is None else name if width == 1 else f"{name}_w{width:g}"
 
 
 def _same_item(meta: dict, chan: float, flops_ratio: float) -> bool:

@@ -271,6 +271,26 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
     assert len(missing_blocks("laud_resnet50_w0.25", {"layer4.0": 1})) == 15
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(shard=(1.5, 2)), r"shard \(1.5, 2\): need \(i, n\), ints with 1 <= i <= n"),
+    (dict(shard=(1, 2.0)), r"shard \(1, 2.0\): need"),
+    (dict(shard=(1, 2, 3)), r"shard \(1, 2, 3\): need"),
+    (dict(shard=(3, 2)), r"shard \(3, 2\): need"),
+    (dict(rates=0.5), r"rates 0.5 must be a sequence of numbers in \[0, 1\] or a string"),
+    (dict(rates=["a"]), r"rates \['a'\] must be a sequence of numbers"),
+    (dict(csv_path=123), r"csv_path must be a path \(str or os.PathLike\), got int"),
+    (dict(input_size=0), r"input_size must be in \[32, 4096\]"),
+    (dict(input_size="64"), r"input_size must be an int, got '64'"),
+])
+def test_sweep_api_arguments_of_the_wrong_type_are_value_errors(tmp_path, kwargs, match):
+    """Through the Python API these were TypeErrors (slice indices, iteration, a path)
+    or torch's RuntimeError (input_size=0 with a model instance)."""
+    with pytest.raises(ValueError, match=match):
+        sweep(tiny(), **{"rates": [0.5], "blocks": "layer4.0",
+                         "cache": TuneCache(tmp_path), **FAST, **kwargs})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prune_hook_and_block_indices(tmp_path, counted):
     seen = []
 

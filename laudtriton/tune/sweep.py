@@ -11,6 +11,8 @@ Parsing the sweep's option values is ``options``'; its CSV, ``sweep_csv``'s.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +33,7 @@ from .keys import device_fingerprint
 from .measure import config_key, time_variants
 from .options import (
     check_device_name,
+    check_input_size,
     check_output_path,
     comma_items,
     parse_rates,
@@ -209,7 +212,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     beside the model's block names, "models"; added to an item found cached as well).
     Mode both dispatches on the grid's rate alone: asked rates that realise one grid rate
     but different channel rates are items of their own, and of those only the one whose
-    channel rate is nearest the grid's goes to the cache (the others to the CSV).
+    channel rate is nearest the grid's goes to the cache (the others to the CSV), unless
+    the cache holds one of them already (a resumed sweep): that one stays its entry.
     shard (i, n): this run takes every n-th (spec, rate) item starting at the i-th
     (1-based). prune(spec, rate, variant,
     configs) -> configs narrows a config space (predictor hook). Results go to ``cache``
@@ -229,24 +233,38 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
     Raises:
         ValueError: unknown model, variant, dtype, device name or block, malformed
-            rates/shard, bad batch, reps or warmup, a ``csv_path`` that cannot be written
-            or is the cache's own file, or a ``cache`` of another device fingerprint
+            rates/shard, bad batch, reps or warmup, an input_size that is not an int in
+            [32, 4096], a ``csv_path`` that is not a path, cannot be written or is the
+            cache's own file, or a ``cache`` of another device fingerprint
             (another device or thread count) than the one timed on.
     """
     t_start = time.perf_counter()
     if csv_path is not None:  # before the timing, not after it
-        check_output_path(str(csv_path), "--csv")
+        if not isinstance(csv_path, (str, os.PathLike)):
+            raise ValueError(f"csv_path must be a path (str or os.PathLike), got "
+                             f"{type(csv_path).__name__}")
+        check_output_path(os.fspath(csv_path), "--csv")
     dev = check_device_name(device)
     if isinstance(rates, str):
         rates = parse_rates(rates)
-    rates = sorted({round(float(r), 6) for r in rates})
+    try:
+        rates = sorted({round(float(r), 6) for r in rates})
+    except (TypeError, ValueError):
+        raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
+                         "string ('0.25,0.5' or 'start:stop:step')") from None
     if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
         raise ValueError(f"rates {rates!r} must be non-empty and lie in [0, 1]")
     if isinstance(shard, str):
         shard = parse_shard(shard)
-    i_shard, n_shard = shard
-    if not 1 <= i_shard <= n_shard:
-        raise ValueError(f"shard {shard!r}: need (i, n) with 1 <= i <= n")
+    if (not isinstance(shard, Sequence) or len(shard) != 2
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in shard)
+            or not 1 <= shard[0] <= shard[1]):
+        raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
+    i_shard, n_shard = int(shard[0]), int(shard[1])
+    if input_size is not None:
+        if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral):
+            raise ValueError(f"input_size must be an int, got {input_size!r}")
+        check_input_size(int(input_size), "input_size")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch {batch!r} must be a positive int")
     if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .ops.registry import all_variants
+from .ops.registry import all_variants, get_variant
 from .ops.spec import BlockSpec
 from .plot import (
     Predicted,
@@ -30,6 +30,7 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
     device's cached timings. None when the device has no calibration (``laudtriton
     calibrate``) or the cache holds no timings."""
     from .predict.calibrate import fitted_predictor
+    from .predict.hardware import DTYPES
     from .predict.model import predict_block
     from .tune.cache import TuneCache
 
@@ -42,12 +43,27 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
         print(f"laudtriton plot: no latency model for variant(s) {', '.join(unknown)}: "
               "left out of the predicted line", file=sys.stderr)
     todo: dict[str, tuple[BlockSpec, set, set]] = {}
+    keyless = other_dtypes = 0
     for r in rows:
         spec = spec_of_row(r)
-        if spec is not None and r["variant"] not in unknown:
+        if spec is None:  # no spec_key column (an older CSV): no spec to predict
+            keyless += 1
+            continue
+        if spec.dtype not in DTYPES:  # e.g. float64 (compile(dtype=...)): no peak rate
+            other_dtypes += 1  # (the fit skips them too, ``fit.samples``)
+            continue
+        v = get_variant(r["variant"]) if r["variant"] not in unknown else None
+        if v is not None and spec.mode in v.modes and v.supports(spec):
             _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
             variants.add(r["variant"])
             rates.add(round(float(r["rate"]), 6))
+    if keyless:
+        print(f"laudtriton plot: {keyless} row(s) without a spec_key (a CSV of an older "
+              "version): left out of the predicted line", file=sys.stderr)
+    if other_dtypes:
+        print(f"laudtriton plot: {other_dtypes} row(s) of a dtype the latency model has no "
+              f"peak rate for (it models {', '.join(DTYPES)}): left out of the predicted "
+              "line", file=sys.stderr)
     return {sid: {rate: min(predict_block(spec, rate, v, hw, factors) for v in variants)
                   for rate in sorted(rates)}
             for sid, (spec, variants, rates) in todo.items()}
@@ -76,6 +92,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
+    made = None
     try:
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
         from .tune.options import (
@@ -84,6 +101,8 @@ def run_plot(args: argparse.Namespace) -> int:
             check_device_name,
             check_nonempty,
             fail,
+            nearest_existing,
+            remove_if_empty,
         )
 
         def unwritable(e: OSError) -> ValueError:
@@ -124,7 +143,9 @@ def run_plot(args: argparse.Namespace) -> int:
         # before the predicted line is fitted: a figure of failures only is no figure
         check_measured(rows, f"--from {args.source!r}")
         try:  # before the predicted line is fitted: a folder that cannot be made, now
-            Path(args.out).expanduser().mkdir(parents=True, exist_ok=True)
+            out = os.path.join(os.getcwd(), os.path.expanduser(args.out))
+            _, made = nearest_existing(out)  # the folders made: removed if refused later
+            os.makedirs(out, exist_ok=True)
         except OSError as e:
             raise unwritable(e) from None
         from .tune.keys import device_fingerprint
@@ -156,6 +177,7 @@ def run_plot(args: argparse.Namespace) -> int:
         except OSError as e:  # a figure cannot be written
             raise unwritable(e) from None
     except ValueError as e:
+        remove_if_empty(made)  # a folder made for the figures, refused after all
         return fail("plot", str(e))
     for p in paths:
         print(p)

@@ -468,6 +468,16 @@ def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path, capsy
     old = rows + [dict(rows[0], variant="retired")]
     assert predicted_curves(old, tmp_path) == pred
     assert "no latency model for variant(s) retired" in capsys.readouterr().err
+    # float64 rows (compile(dtype=torch.float64) writes such timings into the cache):
+    # the latency model has no peak rate for them, and predict_block's ValueError ended
+    # the whole plot; now left out, with a note, as rows without a spec_key (an older CSV)
+    wide = dataclasses.replace(spec, dtype="float64")
+    f64 = [dict(r, spec=wide.short(), spec_key=wide.key()) for r in rows]
+    keyless = [{k: v for k, v in r.items() if k != "spec_key"} for r in rows]
+    assert predicted_curves(rows + f64 + keyless, tmp_path) == pred
+    err = capsys.readouterr().err
+    assert "4 row(s) of a dtype the latency model has no peak rate for" in err
+    assert "4 row(s) without a spec_key (a CSV of an older version)" in err
 
 
 def test_plot_command_no_predicted_line_for_another_device(tmp_path, capsys):
@@ -526,6 +536,24 @@ def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("laudtriton plot: error:")
     assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err
+
+
+def test_plot_refused_after_making_its_folder_removes_it(tmp_path, capsys, monkeypatch):
+    """An error after --out was made (here the predicted line's) left the new, empty
+    folders behind; an --out that existed stays."""
+    from laudtriton import plot_command
+
+    def fails(*args):
+        raise ValueError("the predicted line fails")
+
+    monkeypatch.setattr(plot_command, "predicted_curves", fails)
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "a" / "b")]) == 2
+    assert "the predicted line fails" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "kept").mkdir()
+    assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_plot_command_refuses_a_bad_cache_variable_before_making_its_folder(

@@ -357,15 +357,21 @@ def test_cli_predict_takes_a_channel_granularity_per_stage(capsys, tmp_path):
     ("channel", "mode channel channel granularity 2 batch 1"),
     ("spatial", "mode spatial S 2 batch 1"),
     ("both", "mode both S 2 channel granularity 2 batch 1"),
+    # a mode per stage: the options of every stage's mode (both were left out)
+    ("spatial-channel-layer-both", "mode spatial-channel-layer-both S 2 channel "
+                                   "granularity 2 batch 1"),
+    ("spatial-spatial-layer-layer", "mode spatial-spatial-layer-layer S 2 batch 1"),
+    ("layer-channel-layer-channel", "mode layer-channel-layer-channel channel "
+                                    "granularity 2 batch 1"),
 ])
 def test_cli_predict_header_names_the_layout_the_mode_uses(capsys, tmp_path, mode, says):
     """The header echoed "S <--granularity>" in every mode (S 1000 for layer skipping,
     which has no S; such a value is refused now: test_cli) and never the channel
     granularity a channel table was built with."""
     layout = []
-    if mode in ("spatial", "both"):
+    if {"spatial", "both"} & set(mode.split("-")):
         layout += ["--granularity", "2"]
-    if mode in ("channel", "both"):
+    if {"channel", "both"} & set(mode.split("-")):
         layout += ["--channel-granularity", "2"]
     rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--mode", mode, *layout,
                          "--rates", "0.5", "--hardware", "h200", "--dtype", "float32",

@@ -26,13 +26,15 @@ TABLE_OPTIONS = ("model", "mode", "granularity", "rates", "variants", "batch", "
 
 
 def layout_text(mode: str, granularity: str, channel_granularity: str) -> str:
-    """The layout options that apply to ``mode``, as the table's header names them
-    (" S 4-4-2-1", " channel granularity 2", both for "both", "" for "layer"): the
-    others do not reach the model, so echoing them would misdescribe it."""
+    """The layout options that apply to ``mode`` (one mode, or one per stage:
+    "spatial-channel-layer-both"), as the table's header names them (" S 4-4-2-1" where a
+    stage skips pixels, " channel granularity 2" where one skips channels, "" for
+    "layer"): the others do not reach the model, so echoing them would misdescribe it."""
+    stages = set(str(mode).split("-"))
     text = ""
-    if mode in ("spatial", "both"):
+    if stages & {"spatial", "both"}:
         text += f" S {granularity}"
-    if mode in ("channel", "both"):
+    if stages & {"channel", "both"}:
         text += f" channel granularity {channel_granularity}"
     return text
 

@@ -239,7 +239,7 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
         # joined, not normalised: "link/.." is the link target's parent, as the kernel
         # resolves it (and as the cache then writes there)
         folder = os.path.join(os.getcwd(), os.path.expanduser(path))
-        _, made = _nearest_existing(folder)
+        _, made = nearest_existing(folder)
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -250,7 +250,7 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
     return made
 
 
-def _nearest_existing(path: str) -> tuple[str, str | None]:
+def nearest_existing(path: str) -> tuple[str, str | None]:
     """(the nearest of ``path`` and the folders above it that exists, the outermost one
     that does not: None when ``path`` exists)."""
     missing = None
@@ -309,7 +309,7 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
         raise ValueError(f"{flag} {path!r} names a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if new_dirs and not os.path.isdir(parent):
-        above, _ = _nearest_existing(parent)
+        above, _ = nearest_existing(parent)
         if not os.path.isdir(above):
             raise ValueError(f"{flag} {path!r}: {above!r} is a file, not a directory")
         return

@@ -60,6 +60,7 @@ from .compile_checks import (
     check_foldable,
     check_folded,
     check_hooks,
+    check_not_dynamo_wrapped,
     check_options,
     check_variants,
 )
@@ -125,7 +126,11 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
-        never reaches stays as it is, with a warning naming it. Such a copy has no
+        never reaches stays as it is, with a warning naming it. Your forward runs twice
+        on the example: uncompiled, to find those parts and their inputs, then with them
+        in place, to check that it calls each (one reached through a reference compile
+        does not replace, a bound method kept in an attribute, say, would still run the
+        uncompiled copy: a warning names it). Such a copy has no
         ``plan`` or ``last_stats`` of its own, and your forward runs as it is: each
         compiled part checks the input it gets (a CompiledBlock names itself in a
         ValueError on a wrong channel count, dtype or device). A module with no LAUD
@@ -158,7 +163,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             other than 0/false/off/no and 1/true/on/yes (tune not "off",
             ``tune.cache.cache_enabled_from_env``); a model with a tensor on the meta
             device; a model whose own forward fails on the example input (its error
-            named).
+            named), or whose compiled copy's forward fails on it; a module holding LAUD
+            blocks that is ``torch.compile``'s wrapper (``OptimizedModule``: compile the
+            module inside it first).
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
@@ -278,6 +285,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     if isinstance(model, LaudResNet):
         check_resnet(model)
     if nested is None:  # every LAUD network in the module, before any forward runs
+        check_not_dynamo_wrapped(model)
         check_block_places(model)
         nets = ([("", model)] if isinstance(model, (LaudResNet, LaudBottleneck))
                 else outermost_modules(model, (LaudResNet, LaudBottleneck)))
@@ -359,7 +367,47 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                       "its own block, copy.deepcopy, to compile it)", stacklevel=_caller_level())
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
+    uncalled = _uncalled_parts(out, x)
+    if uncalled:
+        warnings.warn(f"laudtriton.compile: the compiled module's forward never calls "
+                      f"{', '.join(uncalled)} on the example input, which its uncompiled "
+                      "forward reached: it gets there through something compile does not "
+                      "replace (a bound method kept in an attribute, say), so it runs the "
+                      "uncompiled copy, dense with masks. Call the submodule itself in "
+                      "forward (self.net(x))", stacklevel=_caller_level())
     return out
+
+
+def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the compiled parts (CompiledModels and CompiledBlocks, outermost) of
+    ``module``, the user's module with its parts in place, that its forward on ``x``
+    does not call: one forward, no_grad, read from each part's record of its last call
+    (``CompiledBlock._last``), which is cleared before and after: compile's own
+    forwards leave no ``last_stats``.
+
+    Raises:
+        ValueError: if that forward fails (the uncompiled one ran on ``x``).
+    """
+    parts = outermost_modules(module, (CompiledModel, CompiledBlock))
+    blocks = {name: [m] if isinstance(m, CompiledBlock) else list(m.blocks)
+              for name, m in parts}
+    for bs in blocks.values():
+        for b in bs:
+            b._last = None
+    try:
+        with torch.no_grad():
+            module(x)
+    except Exception as e:
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"compile: the compiled module's forward fails on the example "
+                         f"input ({type(e).__name__}: {text}), where the uncompiled one "
+                         "ran") from e
+    else:
+        return [name for name, bs in blocks.items() if all(b._last is None for b in bs)]
+    finally:
+        for bs in blocks.values():
+            for b in bs:
+                b._last = None
 
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:

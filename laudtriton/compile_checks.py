@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -99,6 +100,29 @@ def check_hooks(net: nn.Module, prefix: str = "") -> None:
             "would never call (it runs its own stem, blocks and maskers; of a LaudResNet "
             "only copies of avgpool and fc run as modules): remove it, or hook a module "
             "around the LAUD network")
+
+
+def check_not_dynamo_wrapped(model: nn.Module) -> None:
+    """Raise if a module of ``model`` holding LAUD blocks is ``torch.compile``'s wrapper
+    (``OptimizedModule``): it runs a callable bound to the module it wrapped, so the
+    compiled copy would still run the uncompiled network, in silence.
+
+    Raises:
+        ValueError: naming the wrapper and what to compile instead.
+    """
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")  # never imported: no wrapper
+    wrapper = getattr(dynamo, "OptimizedModule", None)
+    if wrapper is None:
+        return
+    for name, m in model.named_modules():
+        if isinstance(m, wrapper) and any(isinstance(b, LaudBottleneck) for b in m.modules()):
+            where = "the model" if not name else name
+            inner = "model._orig_mod" if not name else f"{name}._orig_mod"
+            raise ValueError(
+                f"compile: {where} is torch.compile's wrapper (OptimizedModule), which runs "
+                "the module it wrapped and not what laudtriton.compile puts in its place; "
+                f"compile the module inside ({inner}) first, then torch.compile the result "
+                "if you like (it runs a compiled model as it is)")
 
 
 def check_block_places(model: nn.Module) -> None:

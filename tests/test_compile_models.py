@@ -443,6 +443,26 @@ def test_another_dtype_is_refused_and_the_model_still_runs(convert, advice):
         assert torch.equal(cm(x), before)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_a_move_to_cuda_without_cuda_is_refused_by_the_compiled_model():
+    """In a CPU-only torch, ``.cuda()`` and ``.to("cuda")`` failed inside the probe with
+    torch's AssertionError ("Torch not compiled with CUDA enabled"), not the compiled
+    model's refusal."""
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        before = cm(x)
+    for convert in (lambda m: m.cuda(), lambda m: m.to("cuda")):
+        for target in (cm, cm.blocks[0]):
+            with pytest.raises(RuntimeError, match=r"^a compiled model cannot take this "
+                                                   r"conversion \(\w+Error: .*CUDA.*\); it "
+                                                   r"is compiled for torch\.float32 on cpu, "
+                                                   r"and nothing was changed"):
+                convert(target)
+    with torch.no_grad():
+        assert torch.equal(cm(x), before)
+
+
 def test_to_empty_is_refused_and_the_model_still_runs():
     """``to_empty`` keeps the dtype and device but gives every tensor uninitialised
     memory: it passed the dtype-and-device test, and the stem and classifier then held
@@ -662,6 +682,27 @@ def test_compiled_blocks_in_a_container_refuse_training():
     assert isinstance(cs[0].reference, type(seq[0])) and not list(cs[0].parameters())
     names = [n for n, _ in cs.named_parameters()]
     assert names == ["1.weight", "1.bias"]
+
+
+def test_a_head_module_put_in_training_mode_is_refused():
+    """The model's train() is refused, but ``cm.fc.train()`` was not: with a Dropout in a
+    custom head two calls on one input then differed. The forward now refuses it, naming
+    the module, until it is back in eval mode."""
+    model, x = tiny(), torch.randn(2, 3, 32, 32)
+    model.fc = nn.Sequential(nn.Dropout(0.5), model.fc)
+    cm = compile_cpu(model, x)
+    with torch.no_grad():
+        before = cm(x)
+        for part, match in ((lambda: cm.fc, r"^fc is in training mode"),
+                            (lambda: cm.fc[0], r"^fc\.0 is in training mode"),
+                            (lambda: cm.avgpool, r"^avgpool is in training mode")):
+            part().train()
+            with pytest.raises(RuntimeError, match=match + r"; a compiled model is "
+                                                           r"inference only"):
+                cm(x)
+            part().eval()
+            assert torch.equal(cm(x), before)
+        assert_close(before, model.eval()(x))
 
 
 @pytest.mark.parametrize("mode", ["spatial", "layer"])
@@ -1511,6 +1552,61 @@ def test_torch_compile_runs_the_compiled_parts_as_they_are(mode):
     users = {"<built-in function mul>", "<built-in function linear>"}  # Head's own ops
     assert [g for g in graphs if g - users] == [], graphs
     assert users in graphs  # the user's own layers are still compiled
+
+
+def test_torch_compiles_wrapper_around_a_laud_network_is_refused():
+    """compile(torch.compile(model)) returned a copy whose forward ran the wrapped,
+    uncompiled network (the wrapper keeps a callable bound to it), in silence: exact
+    logits, no speedup, no last_stats. Nested in a module of the user's, the same."""
+    model, x = tiny(), torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^compile: the model is torch.compile's wrapper "
+                                         r"\(OptimizedModule\), .*compile the module inside "
+                                         r"\(model\._orig_mod\) first"):
+        compile_cpu(torch.compile(model, backend="eager"), x)
+    outer = nn.Sequential(nn.Identity(), torch.compile(model, backend="eager")).eval()
+    with pytest.raises(ValueError, match=r"^compile: 1 is torch.compile's wrapper .*"
+                                         r"\(1\._orig_mod\)"):
+        compile_cpu(outer, x)
+
+
+def test_a_compiled_part_the_forward_does_not_call_is_warned_about():
+    """A forward that calls the network through a bound method kept in an attribute runs
+    the uncompiled copy that method is bound to: compile returned it with no word (exact
+    logits, last_stats empty, no speedup). Called as a submodule, no warning, and
+    compile's own forwards leave no last_stats."""
+    model, x = tiny(), torch.randn(2, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+
+    class Bound(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.run = net, net.__call__
+
+        def forward(self, x):
+            return self.run(x)
+
+    class Direct(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.warns(UserWarning, match=r"the compiled module's forward never calls net on "
+                                         r"the example input, which its uncompiled forward "
+                                         r"reached: .*a bound method"):
+        bound = compile_cpu(Bound(model).eval(), x)
+    with torch.no_grad():
+        bound(x)
+    assert bound.net.last_stats == []  # the compiled network never ran: what is warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        direct = compile_cpu(Direct(model).eval(), x)
+    assert direct.net.last_stats == []
+    with torch.no_grad():
+        assert_close(direct(x), model(x))
+    assert len(direct.net.last_stats) == len(direct.net.blocks)
 
 
 def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():

@@ -393,6 +393,18 @@ def _every_command(sub) -> None:
                 _every_command(a)
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace
+               ) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that ``args`` ran: ``laudtriton cache ls``'s for
+    ``cache ls``, whose usage a malformed command line points to."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``laudtriton`` command on ``argv`` (None: sys.argv[1:]); returns the exit code:
     the subcommand's, 2 after one line on stderr for a ValueError or OSError (a bad
@@ -400,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     (``| head``), 130 on Ctrl-C. A malformed command line, --help and --version exit
     inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the (sub)subcommand's parser: "laudtriton cache ls: error: ..."
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -94,6 +94,17 @@ class CompiledModel(RefusesTracing, nn.Module):
             raise RuntimeError(TRAIN_REFUSED)
         return super().train(False)
 
+    def _check_head_eval(self) -> None:
+        """Raise if a module of the head (avgpool, fc: the source's, copied) was put in
+        training mode on its own (``model.fc.train()``; the model's own ``train`` is
+        refused): a Dropout there made two calls on one input differ."""
+        for part in ("avgpool", "fc"):
+            for name, m in getattr(self, part).named_modules(prefix=part):
+                if m.training:
+                    raise RuntimeError(f"{name} is in training mode; a compiled model is "
+                                       f"inference only (call .eval() on it, or on the "
+                                       "model)")
+
     def _check_input(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.Tensor) and x.layout != torch.strided:
             raise ValueError(strided_refusal("input", x))
@@ -160,6 +171,8 @@ class CompiledModel(RefusesTracing, nn.Module):
                         check_masks: bool) -> torch.Tensor:
         self._check_input(x)
         check_flag(check_masks, "check_masks")
+        if self.is_resnet:
+            self._check_head_eval()
         if masks is not None and not isinstance(masks, (list, tuple)):
             raise ValueError(f"masks must be a list with one BlockMasks (or None) per block, "
                              f"got {type(masks).__name__}")

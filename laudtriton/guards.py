@@ -200,7 +200,14 @@ def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.d
             values would change.
     """
     here = torch.arange(1, 9, dtype=dtype, device=device)  # exact in every float type
-    probe = fn(here)
+    try:
+        probe = fn(here)
+    except Exception as e:  # e.g. .cuda() in a CPU-only torch: the target is not known
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(
+            f"a compiled model cannot take this conversion ({type(e).__name__}: {text}); "
+            f"it is compiled for {here.dtype} on {here.device}, and nothing was changed. "
+            "Compile the model again for another dtype or device") from e
     try:
         if probe.dtype != here.dtype or probe.device != here.device:
             compilable = is_compute_dtype(probe.dtype) and probe.device.type in ("cpu", "cuda")

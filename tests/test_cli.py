@@ -568,6 +568,21 @@ def test_argparse_errors_are_one_line(argv, capsys):
     assert err.startswith("laudtriton") and ": error: " in err and "--help` for usage" in err
 
 
+@pytest.mark.parametrize("argv,prog", [
+    (["bench", "--input-size", "64"], "laudtriton bench"),
+    (["env", "--bogus", "x"], "laudtriton env"),
+    (["cache", "ls", "--bogus"], "laudtriton cache ls"),
+])
+def test_an_unknown_option_is_said_by_its_subcommand(argv, prog, capsys):
+    """The top parser said it ("laudtriton: error: unrecognized arguments: --input-size
+    64 (`laudtriton --help` for usage)"), whose help does not list bench's options."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    unknown = " ".join(argv[argv.index(next(a for a in argv if a.startswith("--"))):])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"{prog}: error: unrecognized arguments: {unknown} (`{prog} --help` for usage)\n")
+
+
 @pytest.mark.parametrize("command", ["bench", "sweep", "predict"])
 def test_a_batch_past_the_bound_is_refused(command, capsys):
     """bench and sweep took any --batch >= 1: one past int64 crashed inside torch with a

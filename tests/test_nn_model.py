@@ -575,6 +575,10 @@ def test_calibrate_warns_where_tied_logits_miss_the_rate():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # varied input: every count reached, no warning
         calibrate_rates(model, torch.randn(2, 3, 64, 64), 0.5)
+    # a layer gate (a spatial masker of a 1x1 grid) is named as one: it read "spatial"
+    with pytest.warns(UserWarning, match=r"could not reach .*layer1\.0 layer gate \d+/\d+ "
+                                         r"of 2 on"):
+        calibrate_rates(tiny(mode="layer"), torch.zeros(2, 3, 64, 64), 0.5)
 
 
 def test_calibrate_channel_rate_needs_a_channel_masker():

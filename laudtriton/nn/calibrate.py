@@ -187,7 +187,8 @@ def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
     todo = []
     if spatial is not None:
         grid = block.grid_size(tuple(x.shape[-2:]))
-        todo.append(("spatial", lambda: _margins(spatial.logits(x, grid)),
+        kind = "layer gate" if block.dyn_mode == "layer" else "spatial"  # (a 1x1 grid)
+        todo.append((kind, lambda: _margins(spatial.logits(x, grid)),
                      spatial.conv.bias[:1], rate))
     if channel is not None:
         todo.append(("channel", lambda: _margins(channel.logits(x)),

@@ -826,7 +826,11 @@ def test_model_accepts_other_input_sizes():
     (dict(granularity="4-4-x-1"), r"granularity '4-4-x-1' is not valid"),
     (dict(granularity="4-4-4-4"), r"layer4.*granularity 4 is larger than its feature map 2x2"),
     (dict(granularity=32), r"layer1.*granularity 32 is larger than its feature map 16x16"),
-    (dict(mode="channel", channel_granularity=3), r"channel_granularity 3 .*width 16"),
+    (dict(mode="channel", channel_granularity=3), r"channel_granularity 3 .*width 16$"),
+    # a mode without channel masks: the check says it reads no channel granularity
+    (dict(mode="spatial", channel_granularity=3), r"channel_granularity 3 .*width 16 "
+                                                  r"\(checked in every mode; mode 'spatial' "
+                                                  r"has no channel mask .*leave it at 1\)"),
     (dict(mode="channel", channel_granularity="1-1-1"), r"channel_granularity '1-1-1' has 3"),
     (dict(mode="channel", channel_granularity=0), r"channel_granularity 0"),
     (dict(mode="channel", channel_masker="SE"), r"channel_masker 'SE' is not valid; accepted"),

@@ -181,9 +181,12 @@ class LaudBottleneck(nn.Module):
             int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
         width = planes
         if not is_positive_int(channel_granularity) or width % channel_granularity:
+            unread = ("" if dyn_mode in ("channel", "both") else
+                      f" (checked in every mode; mode {dyn_mode!r} has no channel mask and "
+                      "does not read it: leave it at 1)")
             raise ValueError(
                 f"channel_granularity {channel_granularity!r} must be a positive divisor of "
-                f"the block width {width}"
+                f"the block width {width}{unread}"
             )
         if downsample is not None and not isinstance(downsample, nn.Module):
             raise ValueError(f"downsample must be an nn.Module or None, got "

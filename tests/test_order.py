@@ -183,37 +183,26 @@ def test_compiled_layer_model_with_scattered_given_masks():
         assert torch.equal(blk.last_masks.mask1, m.mask1)
 
 
-def test_given_layer_gate_of_the_wrong_shape_names_the_block():
+@pytest.mark.parametrize("block,cut,check,match", [
+    (1, lambda m: BlockMasks(m.grid.view(3, 1, 1), m.mask3, m.mask1, None), True,
+     r"^layer1\.1: masks.grid has shape \(3, 1, 1\); this block on an input of "
+     r"3x\d+x\d+ takes \(3, 1, 1, 1\)"),
+    # check_masks=False skips the masks check; a mask of another batch still gets an
+    # error naming the block (it did not), before any sample is moved
+    (2, lambda m: BlockMasks(m.grid[:2], m.mask3[:2], m.mask1[:2], None), False,
+     r"^layer2\.0: masks.grid has 2 samples for a batch of 3$"),
+], ids=["wrong-shape", "unchecked-other-batch"])
+def test_given_layer_gate_that_does_not_fit_names_the_block(block, cut, check, match):
     model = tiny_layer_model()
     x = spread_input(3)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
     with torch.no_grad():
         cm(x)
     given = [b.last_masks for b in cm.blocks]
-    m = given[1]
-    given[1] = BlockMasks(m.grid.view(3, 1, 1), m.mask3, m.mask1, None)
-    with pytest.raises(ValueError, match=r"^layer1\.1: masks.grid has shape \(3, 1, 1\); "
-                                         r"this block on an input of 3x\d+x\d+ takes "
-                                         r"\(3, 1, 1, 1\)"):
+    given[block] = cut(given[block])
+    with pytest.raises(ValueError, match=match):
         with torch.no_grad():
-            cm(x, masks=given)
-
-
-def test_unchecked_masks_of_another_batch_name_the_block():
-    """check_masks=False skips the masks check; a mask of another batch still gets an
-    error naming the block, before any sample is moved."""
-    model = tiny_layer_model()
-    x = spread_input(3)
-    cm = laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
-    with torch.no_grad():
-        cm(x)
-    given = [b.last_masks for b in cm.blocks]
-    m = given[2]
-    given[2] = BlockMasks(m.grid[:2], m.mask3[:2], m.mask1[:2], None)
-    with pytest.raises(ValueError, match=r"^layer2\.0: masks.grid has 2 samples for a "
-                                         r"batch of 3$"):
-        with torch.no_grad():
-            cm(x, masks=given, check_masks=False)
+            cm(x, masks=given, check_masks=check)
 
 
 def test_a_block_refuses_an_order_without_reuse_input():

@@ -668,14 +668,21 @@ def test_time_variants_failing_config_scores_inf():
     assert fastest(t)[0] == "fake" and fastest({"fake": {"x": math.inf}}) is None
 
 
+def both_mode_net() -> tuple[LaudResNet, dict]:
+    """A mode-both network whose layer4.0 has a 1x1 grid at input 64 (asked rates 0.6 and
+    1.0 both realise grid rate 1, at channel rates 0.59 and 1), and sweep's arguments
+    for that block."""
+    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
+                   input_size=None, num_classes=7, channel_granularity=2)
+    return m, dict(blocks="layer4.0", input_size=64, model_name="tiny", **FAST)
+
+
 def test_both_mode_times_each_channel_rate_and_caches_the_nearest(tmp_path, capsys):
     """Mode both: asked rates 0.6 and 1.0 both realise grid rate 1 on a 1x1 grid, with
     channel rates 0.59 and 1. They were one item, timed once on the first's masks, and
     the CSV rows and the cache entry of 1.0 had 0.6's FLOPs ratio and timing."""
-    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
-                   input_size=None, num_classes=7, channel_granularity=2)
-    res = sweep(m, rates=[0.6, 1.0], blocks="layer4.0", input_size=64,
-                cache=TuneCache(tmp_path), model_name="tiny", **FAST)
+    m, kw = both_mode_net()
+    res = sweep(m, rates=[0.6, 1.0], cache=TuneCache(tmp_path), **kw)
     assert (res.timed, res.merged) == (2, 0)
     dense = {r["asked_rate"]: r for r in res.rows if r["variant"] == "dense"}
     assert dense[1.0]["rate"] == dense[0.6]["rate"] == 1.0
@@ -877,9 +884,7 @@ def test_both_mode_a_resumed_sweep_does_not_reuse_another_channel_rates_timing(t
     realises grid rate 1 at channel rate 0.59, found the first sweep's entry (1.0, at
     channel rate 1) and wrote its timings into CSV rows with 0.6's FLOPs ratio. Now the
     item is timed for the CSV and the entry stays the first sweep's."""
-    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
-                   input_size=None, num_classes=7, channel_granularity=2)
-    kw = dict(blocks="layer4.0", input_size=64, model_name="tiny", **FAST)
+    m, kw = both_mode_net()
     first = sweep(m, rates=[1.0], cache=TuneCache(tmp_path), **kw)
     assert first.timed == 1
     entries = TuneCache(tmp_path).entries()
@@ -900,9 +905,7 @@ def test_both_mode_a_resumed_sweep_with_more_rates_reads_the_cached_item(tmp_pat
     1.0): the nearest channel rate (1.0's) was made the cache's item, whose entry is
     0.6's, so both items were timed (0.6's again) and neither was marked dispatched. Now
     0.6's item stays the cache's: read back and dispatched; 1.0's is timed for the CSV."""
-    m = LaudResNet((1, 1, 1, 1), mode="both", granularity="4-4-4-2", width_mult=0.25,
-                   input_size=None, num_classes=7, channel_granularity=2)
-    kw = dict(blocks="layer4.0", input_size=64, model_name="tiny", **FAST)
+    m, kw = both_mode_net()
     first = sweep(m, rates=[0.6], cache=TuneCache(tmp_path), **kw)
     assert first.timed == 1
     entries = TuneCache(tmp_path).entries()

@@ -413,8 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # said by the (sub)subcommand's parser: "laudtriton cache ls: error: ..."
-        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # said by the (sub)subcommand's parser: "laudtriton cache ls: error: ...",
+        # unless one came before the subcommand ("laudtriton --bogus env")
+        words = sys.argv[1:] if argv is None else list(argv)
+        first = words.index(args.command) if args.command in words else 0
+        before = any(w in extra for w in words[:first])
+        (parser if before else _innermost(parser, args)).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

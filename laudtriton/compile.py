@@ -126,11 +126,13 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
-        never reaches stays as it is, with a warning naming it. Your forward runs twice
-        on the example: uncompiled, to find those parts and their inputs, then with them
-        in place, to check that it calls each (one reached through a reference compile
-        does not replace, a bound method kept in an attribute, say, would still run the
-        uncompiled copy: a warning names it). Such a copy has no
+        never reaches stays as it is, with a warning naming it. Your forward runs on the
+        example two or three times: to find those parts and their inputs (once more
+        when a LaudResNet is compiled first), then with every part in place, to check
+        that it calls each (one reached through a reference compile does not replace,
+        a bound method kept in an attribute, say, would still run the uncompiled copy:
+        a warning names what it did not call; that last forward draws no random numbers
+        of yours). Such a copy has no
         ``plan`` or ``last_stats`` of its own, and your forward runs as it is: each
         compiled part checks the input it gets (a CompiledBlock names itself in a
         ValueError on a wrong channel count, dtype or device). A module with no LAUD
@@ -305,7 +307,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
         # those of a LaudResNet whose forward is not called (a backbone whose blocks the
         # user's forward calls) included
-        nets, missed_nets = capture_inputs(ref, x, list(outermost_modules(ref, LaudResNet)))
+        found = list(outermost_modules(ref, LaudResNet))  # (none: no forward for them)
+        nets, missed_nets = capture_inputs(ref, x, found) if found else ([], [])
         for name, net, xin in nets:
             _set_submodule(ref, name, _compile(net, xin, **options, nested=name))
     # the device the blocks are timed on: "cuda" alone named the current one's cache and
@@ -367,35 +370,41 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                       "its own block, copy.deepcopy, to compile it)", stacklevel=_caller_level())
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
-    uncalled = _uncalled_parts(out, x)
+    # a block also held elsewhere may be called there (the warning above says so)
+    elsewhere = {id(m) for n, m in out.named_modules(remove_duplicate=False)
+                 if isinstance(m, LaudBottleneck)}
+    uncalled = [n for n, part in _uncalled_parts(out, x)
+                if not (isinstance(part, CompiledBlock) and id(part.fb.block) in elsewhere)]
     if uncalled:
-        warnings.warn(f"laudtriton.compile: the compiled module's forward never calls "
+        warnings.warn(f"laudtriton.compile: the compiled module's forward did not call "
                       f"{', '.join(uncalled)} on the example input, which its uncompiled "
-                      "forward reached: it gets there through something compile does not "
-                      "replace (a bound method kept in an attribute, say), so it runs the "
-                      "uncompiled copy, dense with masks. Call the submodule itself in "
-                      "forward (self.net(x))", stacklevel=_caller_level())
+                      "forward reached. If it gets there through something compile does "
+                      "not replace (a bound method kept in an attribute, say), it runs the "
+                      "uncompiled copy, dense with masks: call the submodule itself in "
+                      "forward (self.net(x)). A forward that branches on randomness or "
+                      "state may just have taken another path", stacklevel=_caller_level())
     return out
 
 
-def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[str]:
-    """The names of the compiled parts (CompiledModels and CompiledBlocks, outermost) of
-    ``module``, the user's module with its parts in place, that its forward on ``x``
-    does not call: one forward, no_grad, read from each part's record of its last call
+def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """(name, part) of the compiled parts (CompiledModels and CompiledBlocks, outermost)
+    of ``module``, the user's module with its parts in place, that its forward on ``x``
+    does not call: one forward, no_grad, on a fork of the random number generators (the
+    caller's draws stay as they were), read from each part's record of its last call
     (``CompiledBlock._last``), which is cleared before and after: compile's own
     forwards leave no ``last_stats``.
 
     Raises:
         ValueError: if that forward fails (the uncompiled one ran on ``x``).
     """
-    parts = outermost_modules(module, (CompiledModel, CompiledBlock))
+    parts = dict(outermost_modules(module, (CompiledModel, CompiledBlock)))
     blocks = {name: [m] if isinstance(m, CompiledBlock) else list(m.blocks)
-              for name, m in parts}
+              for name, m in parts.items()}
     for bs in blocks.values():
         for b in bs:
             b._last = None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             module(x)
     except Exception as e:
         text = (str(e).strip().splitlines() or [""])[0][:300]
@@ -403,7 +412,8 @@ def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[str]:
                          f"input ({type(e).__name__}: {text}), where the uncompiled one "
                          "ran") from e
     else:
-        return [name for name, bs in blocks.items() if all(b._last is None for b in bs)]
+        return [(name, parts[name]) for name, bs in blocks.items()
+                if all(b._last is None for b in bs)]
     finally:
         for bs in blocks.values():
             for b in bs:

@@ -337,10 +337,14 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
 
 def model_depths(model: str) -> tuple[int, ...] | None:
     """The depths of the network a sweep named ``model`` (``tune.sweep.network_name``:
-    a factory of ``nn.resnet.DEPTHS``, with "_w<width>" for another width); None for
-    another name."""
+    a factory of ``nn.resnet.DEPTHS`` or "custom_d<depths>", with "_w<width>" for
+    another width); None for another name."""
     hit = re.fullmatch(r"(.+?)(_w[0-9.e+-]+)?", model)
-    return DEPTHS.get(hit.group(1)) if hit else None
+    base = hit.group(1) if hit else model
+    custom = re.fullmatch(r"custom_d(\d+(?:-\d+)*)", base)
+    if custom:
+        return tuple(int(d) for d in custom.group(1).split("-"))
+    return DEPTHS.get(base)
 
 
 def missing_blocks(model: str, blocks: Mapping[str, object]) -> list[str]:

@@ -270,6 +270,28 @@ def test_a_dangling_link_makes_no_folder_where_it_points(tmp_path, caplog):
     assert c.clear() == 1 and not (tmp_path / "gone").exists()
 
 
+def test_a_sweep_into_a_dangling_cache_link_is_refused_before_timing(tmp_path, capsys):
+    """The cache kept the timings in memory only: the sweep timed everything, then said
+    "cache NOT saved", with exit code 0."""
+    import argparse
+
+    from laudtriton.tune.commands import add_sweep_parser
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    link = mine / TuneCache(mine).path.name
+    link.symlink_to(tmp_path / "gone" / "x.json")
+    p = argparse.ArgumentParser()
+    add_sweep_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["sweep", "--cache-dir", str(mine), "--blocks", "layer4.2",
+                         "--rates", "0.5", "--input-size", "32", "--csv",
+                         str(tmp_path / "s.csv"), "--no-progress"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert f"the cache file {str(link)!r} is a link into the missing folder" in err
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "gone").exists()
+
+
 def test_an_integer_time_too_large_for_a_float_is_malformed_not_fatal(tmp_path, caplog):
     """JSON holds integers of any size: one of 401 digits passed as a valid time, then
     lookup and entries raised OverflowError (``cache ls``, compile's cached rule), and

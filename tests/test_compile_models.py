@@ -1593,9 +1593,10 @@ def test_a_compiled_part_the_forward_does_not_call_is_warned_about():
         def forward(self, x):
             return self.net(x)
 
-    with pytest.warns(UserWarning, match=r"the compiled module's forward never calls net on "
+    with pytest.warns(UserWarning, match=r"the compiled module's forward did not call net on "
                                          r"the example input, which its uncompiled forward "
-                                         r"reached: .*a bound method"):
+                                         r"reached\. If it gets there through .*a bound "
+                                         r"method.*randomness or state"):
         bound = compile_cpu(Bound(model).eval(), x)
     with torch.no_grad():
         bound(x)
@@ -1607,6 +1608,28 @@ def test_a_compiled_part_the_forward_does_not_call_is_warned_about():
     with torch.no_grad():
         assert_close(direct(x), model(x))
     assert len(direct.net.last_stats) == len(direct.net.blocks)
+
+
+def test_a_block_in_two_places_called_through_its_second_is_warned_about_once():
+    """Its first place is compiled and its second left as it is (warned about); the
+    forward calls the second, so the compiled first is not called: that is not a second
+    defect to report (it was, as a bound method)."""
+    blk = make_block(16, 4, mode="spatial", granularity=2)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = blk, blk
+
+        def forward(self, x):
+            return self.b(x)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compile_cpu(Two().eval(), torch.randn(1, 16, 8, 8))
+    texts = [str(w.message) for w in seen]
+    assert any("b left uncompiled: a LAUD block in two places" in t for t in texts), texts
+    assert not any("did not call" in t for t in texts), texts
 
 
 def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():

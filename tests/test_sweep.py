@@ -248,7 +248,7 @@ def test_equal_specs_tuned_once(tmp_path, counted):
                 for b in ("layer3.1", "layer3.2")}
     assert by_block["layer3.1"] == by_block["layer3.2"]
     meta = TuneCache(tmp_path).entries()[0].meta
-    assert meta["models"] == {"custom": ["layer3.1", "layer3.2"]}
+    assert meta["models"] == {"custom_d1-1-3-1_w0.25": ["layer3.1", "layer3.2"]}
 
 
 def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
@@ -264,10 +264,12 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
     (meta,) = {json.dumps(e.meta["models"]) for e in TuneCache(tmp_path).entries()}
     assert json.loads(meta) == {"laud_resnet50_w0.25": ["layer4.0"]}
     assert sweep_mod.network_name(laud_resnet50(input_size=64)) == "laud_resnet50"
-    assert sweep_mod.network_name(tiny()) == "custom"
-    # the plots still know its blocks (16 in all), as the factory's
+    assert sweep_mod.network_name(tiny((1, 1, 3, 1))) == "custom_d1-1-3-1_w0.25"
+    # the plots still know its blocks (16 in all), as the factory's, and a custom one's
     assert model_depths("laud_resnet50_w0.25") == model_depths("laud_resnet50") == (3, 4, 6, 3)
-    assert model_depths("custom") is None
+    assert model_depths("custom_d1-1-3-1_w0.25") == model_depths("custom_d1-1-3-1") == (
+        1, 1, 3, 1)
+    assert model_depths("tiny") is None and model_depths("custom") is None
     assert len(missing_blocks("laud_resnet50_w0.25", {"layer4.0": 1})) == 15
 
 
@@ -279,8 +281,9 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
     (dict(rates=0.5), r"rates 0.5 must be a sequence of numbers in \[0, 1\] or a string"),
     (dict(rates=["a"]), r"rates \['a'\] must be a sequence of numbers"),
     (dict(csv_path=123), r"csv_path must be a path \(str or os.PathLike\), got int"),
-    (dict(input_size=0), r"input_size must be in \[32, 4096\]"),
-    (dict(input_size="64"), r"input_size must be an int, got '64'"),
+    (dict(input_size=0), r"input_size must be a positive int, got 0"),
+    (dict(input_size="64"), r"input_size must be a positive int, got '64'"),
+    (dict(shard=5), r"shard 5: need"),
 ])
 def test_sweep_api_arguments_of_the_wrong_type_are_value_errors(tmp_path, kwargs, match):
     """Through the Python API these were TypeErrors (slice indices, iteration, a path)
@@ -289,6 +292,19 @@ def test_sweep_api_arguments_of_the_wrong_type_are_value_errors(tmp_path, kwargs
         sweep(tiny(), **{"rates": [0.5], "blocks": "layer4.0",
                          "cache": TuneCache(tmp_path), **FAST, **kwargs})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_api_takes_numpy_ints_and_small_inputs_of_an_instance(tmp_path):
+    """input_size as a numpy int passed the checks and failed after the timing (no JSON
+    for the cache's meta); a shard as a numpy array is a pair; an instance's input size
+    is any its maps allow (16 here: below the command's bound of 32)."""
+    import numpy as np
+
+    for size in (np.int64(48), 16):
+        res = sweep(tiny(), rates=[0.5], blocks="layer4.0", shard=np.array([1, 1]),
+                    input_size=size, cache=TuneCache(tmp_path / str(size)), **FAST)
+        assert res.timed == 1 and res.saved
+        assert {r["input_size"] for r in res.rows} == {int(size)}
 
 
 def test_prune_hook_and_block_indices(tmp_path, counted):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
@@ -33,7 +34,6 @@ from .keys import device_fingerprint
 from .measure import config_key, time_variants
 from .options import (
     check_device_name,
-    check_input_size,
     check_output_path,
     comma_items,
     parse_rates,
@@ -233,9 +233,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
     Raises:
         ValueError: unknown model, variant, dtype, device name or block, malformed
-            rates/shard, bad batch, reps or warmup, an input_size that is not an int in
-            [32, 4096], a ``csv_path`` that is not a path, cannot be written or is the
-            cache's own file, or a ``cache`` of another device fingerprint
+            rates/shard, bad batch, reps or warmup, an input_size that is not a positive
+            int, a ``csv_path`` that is not a path, cannot be written or is the cache's
+            own file, or a ``cache`` of another device fingerprint
             (another device or thread count) than the one timed on.
     """
     t_start = time.perf_counter()
@@ -243,7 +243,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         if not isinstance(csv_path, (str, os.PathLike)):
             raise ValueError(f"csv_path must be a path (str or os.PathLike), got "
                              f"{type(csv_path).__name__}")
-        check_output_path(os.fspath(csv_path), "--csv")
+        check_output_path(os.fspath(csv_path), "csv_path")
     dev = check_device_name(device)
     if isinstance(rates, str):
         rates = parse_rates(rates)
@@ -256,15 +256,20 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         raise ValueError(f"rates {rates!r} must be non-empty and lie in [0, 1]")
     if isinstance(shard, str):
         shard = parse_shard(shard)
-    if (not isinstance(shard, Sequence) or len(shard) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in shard)
-            or not 1 <= shard[0] <= shard[1]):
+    try:  # any pair: a tuple, a list, a numpy array
+        pair = tuple(shard)
+    except TypeError:
+        pair = ()
+    if (len(pair) != 2 or any(isinstance(v, (bool, np.bool_))
+                              or not isinstance(v, numbers.Integral) for v in pair)
+            or not 1 <= pair[0] <= pair[1]):
         raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
-    i_shard, n_shard = int(shard[0]), int(shard[1])
-    if input_size is not None:
-        if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral):
-            raise ValueError(f"input_size must be an int, got {input_size!r}")
-        check_input_size(int(input_size), "input_size")
+    i_shard, n_shard = int(pair[0]), int(pair[1])
+    if input_size is not None:  # (as the model's own: any size its maps allow)
+        if (isinstance(input_size, (bool, np.bool_))
+                or not isinstance(input_size, numbers.Integral) or input_size < 1):
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch {batch!r} must be a positive int")
     if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
@@ -442,13 +447,14 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
 
 def network_name(model: LaudResNet) -> str:
     """The name a sweep files ``model``'s blocks under: its factory's
-    (``nn.resnet.DEPTHS``) with "_w<width_mult>" when narrower or wider than the
-    factory's (two widths' blocks under one name mixed two networks in the CSV and the
-    plots), "custom" for other depths (any width)."""
-    depths = tuple(model.config.get("depths", ()))
-    name = next((k for k, d in DEPTHS.items() if d == depths), None)
+    (``nn.resnet.DEPTHS``), else "custom_d<depths>" ("custom_d1-1-1-1"), with
+    "_w<width_mult>" when not 1: two networks' blocks under one name were mixed in the
+    CSV and the plots (``plot.model_depths`` reads the depths back)."""
+    depths = tuple(int(d) for d in model.config.get("depths", ()))
+    name = next((k for k, d in DEPTHS.items() if d == depths),
+                "custom_d" + "-".join(map(str, depths)))
     width = model.config.get("width_mult", 1.0)
-    return "custom" if name is None else name if width == 1 else f"{name}_w{width:g}"
+    return name if width == 1 else f"{name}_w{width:g}"
 
 
 def _same_item(meta: dict, chan: float, flops_ratio: float) -> bool:

@@ -1,0 +1,85 @@
+"""Where a compiled LAUD-ResNet's forward spends its time: the blocks' maskers (the pooling
+of each block's input, ``compiled_block.mean_rows``, and the gates) against their
+variants, beside the dense network (channels_last, the same folded weights), in one
+process. Wall-clock timers are wrapped around the compiled blocks' methods, so this is a
+profile, not a benchmark figure: ``laudtriton bench`` gives those (interleaved medians).
+
+    python benchmarks/masker_share.py --mode channel --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+from collections.abc import Callable
+
+import torch
+
+import laudtriton
+from laudtriton import compiled_block
+from laudtriton.baseline import DenseModel
+from laudtriton.bench import build_model
+from laudtriton.compiled_block import CompiledBlock
+from laudtriton.nn import calibrate_rates
+from laudtriton.ops.masks import Gates
+
+
+def timed(totals: dict[str, float], name: str, fn: Callable) -> Callable:
+    """``fn`` adding its wall-clock seconds to ``totals[name]`` at each call."""
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - t
+    return wrapper
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    """The median of ``reps`` timed calls of fn, in milliseconds."""
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[reps // 2] * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="laud_resnet101")
+    p.add_argument("--mode", default="channel")
+    p.add_argument("--granularity", default="4-4-2-1")
+    p.add_argument("--channel-granularity", default="2")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rate", type=float, default=0.5)
+    p.add_argument("--reps", type=int, default=10)
+    args = p.parse_args()
+    model = build_model(args.model, args.mode, args.granularity, args.channel_granularity)
+    x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    calibrate_rates(model, x, args.rate)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="cached")
+    dense = DenseModel(model, torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    totals: dict[str, float] = collections.defaultdict(float)
+    CompiledBlock._masks = timed(totals, "maskers", CompiledBlock._masks)
+    CompiledBlock._run = timed(totals, "variants", CompiledBlock._run)
+    Gates.__call__ = timed(totals, "gates", Gates.__call__)
+    compiled_block.mean_rows = timed(totals, "pooling (mean_rows)", compiled_block.mean_rows)
+    with torch.no_grad():
+        for _ in range(3):
+            dense(xc)
+            cm(x)
+        dense_ms = median_ms(lambda: dense(xc), args.reps)
+        totals.clear()
+        compiled_ms = median_ms(lambda: cm(x), args.reps)
+    print(f"{args.model} {args.mode} batch {args.batch} rate {args.rate}, "
+          f"{torch.get_num_threads()} threads: dense {dense_ms:.2f} ms, compiled "
+          f"{compiled_ms:.2f} ms ({compiled_ms / dense_ms:.3f} of dense)")
+    for name, seconds in totals.items():  # the layer path pools in its own step too
+        print(f"  {name:<20} {seconds / args.reps * 1e3:7.2f} ms a forward")
+
+
+if __name__ == "__main__":
+    main()

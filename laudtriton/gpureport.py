@@ -24,9 +24,12 @@ FIELDS = ("mode", "spec", "spec_key", "batch", "rate", "realised_rate", "models"
 
 def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> None:
     """Write ``rows`` (dicts; by default gpucheck's timing rows) to the CSV file ``path``
-    (replaced if it exists), with the columns ``fields`` in that order: other keys are
-    left out, a missing one is left empty."""
-    with open(path, "w", newline="") as f:
+    (replaced if it exists, atomically: a run killed while it writes leaves the last
+    whole file), with the columns ``fields`` in that order: other keys are left out, a
+    missing one is left empty."""
+    from .tune.cache_file import atomic_text
+
+    with atomic_text(path) as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

@@ -119,6 +119,64 @@ def test_check_records_failures(tmp_path):
     assert "ZeroDivisionError" in r.checks[1]["error"]
 
 
+@pytest.mark.parametrize("works", [True, False])
+def test_a_check_that_breaks_cuda_stops_the_later_ones(tmp_path, monkeypatch, works):
+    """A fault that breaks CUDA (an illegal address) made every later check, block and
+    whole model FAIL with the same error, read as 20 independent defects, and the
+    summary never said where CUDA broke. After a failed check on CUDA the device is
+    probed: if it no longer works, later checks are recorded as not run, naming it; if
+    it works, they run (a stand-in probe here)."""
+    monkeypatch.setattr(record, "_cuda_works", lambda: works)
+    r = record.Run(tmp_path, 100, "cuda")
+    ran = []
+    assert not r.check("faulty kernel", lambda: 1 / 0)
+    assert r.check("next kernel", lambda: ran.append(1)) == works
+    assert ran == ([1] if works else [])
+    assert r.broken == (None if works else "faulty kernel")
+    if not works:
+        assert r.checks[-1] == {"check": "next kernel", "ok": False, "error":
+                                "not run: CUDA stopped working after faulty kernel"}
+    cpu = record.Run(tmp_path, 100, "cpu")  # not probed on CPU
+    monkeypatch.setattr(record, "_cuda_works", lambda: 1 / 0)
+    assert not cpu.check("bad", lambda: 1 / 0) and cpu.broken is None
+
+
+def test_timings_and_summary_are_written_atomically(tmp_path, monkeypatch):
+    """Both were opened with "w": a kill while one was written truncated the run's main
+    output (a reviewer's 300,001-line CSV came back with 204,374 lines). A write that
+    fails halfway now leaves the last whole file."""
+    from laudtriton import gpureport
+
+    r = record.Run(tmp_path, 100, "cpu")
+    r.rows = [{"mode": "spatial", "seconds": 1.0}]
+    r.info["gpu"] = "stand-in"
+    record.save(r, tmp_path)
+    csv_before = (tmp_path / "timings.csv").read_text()
+    json_before = (tmp_path / "summary.json").read_text()
+    assert "stand-in" in json_before and "spatial" in csv_before
+
+    class Killed(BaseException):
+        pass
+
+    real = gpureport.csv.DictWriter
+
+    def dies_midway(f, *args, **kwargs):
+        f.write("mode,spec\nhalf a row")
+        raise Killed
+
+    monkeypatch.setattr(gpureport.csv, "DictWriter", dies_midway)
+    r.rows.append({"mode": "channel", "seconds": 2.0})
+    with pytest.raises(Killed):
+        record.save(r, tmp_path)
+    monkeypatch.setattr(gpureport.csv, "DictWriter", real)
+    assert (tmp_path / "timings.csv").read_text() == csv_before
+    monkeypatch.setattr(record.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(Killed))
+    with pytest.raises(Killed):
+        record.write_json(tmp_path / "summary.json", {"info": "new"})
+    assert (tmp_path / "summary.json").read_text() == json_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "timings.csv"]
+
+
 def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path, monkeypatch):
     """Part 4 compiles for the device's dtype (float16 on CUDA) and must time the compiled
     model on an input of that dtype (a float32 input is refused). On CPU, a float64

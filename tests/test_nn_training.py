@@ -90,6 +90,33 @@ def test_train_masks_are_gumbel_straight_through(mode):
         assert set(masks.grid.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_train_masks_of_half_logits_draw_their_noise_in_float32(monkeypatch, dtype):
+    """Under CPU autocast the maskers' logits are float16, whose exponential_ draws an
+    exact 0 about 3 times in 1e8 (a NaN softmax, then NaN in BN's running statistics):
+    the Gumbel noise is drawn in float32, the mask returned in the logits' dtype, hard
+    0/1 with its straight-through gradient."""
+    block = make_block(16, 4, mode="both", granularity=2, channel_granularity=2, seed=3).train()
+    drawn = []
+    real = torch.Tensor.exponential_
+
+    def spy(self, *args, **kwargs):
+        drawn.append(self.dtype)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "exponential_", spy)
+    x = torch.randn(3, 16, 8, 8)
+    with torch.autocast("cpu", dtype=dtype):
+        masks, _ = block.compute_masks(x)
+        out = block(x)
+    assert drawn and set(drawn) == {torch.float32}
+    for m in (masks.grid, masks.channel):
+        assert m.dtype == dtype and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert masks.grid.requires_grad
+    out.float().sum().backward()
+    assert block.masker_spatial.conv.weight.grad is not None
+
+
 def test_train_mode_is_stochastic_and_eval_is_not():
     torch.manual_seed(0)
     model = tiny(mode="spatial", granularity="1-1-1-1")
@@ -194,11 +221,41 @@ def test_sparsity_loss_refuses_a_block_s_stats():
 
 
 def _model_stats(ratios, flops, dense):
+    """Stats of a training forward (FLOPs that carry a gradient)."""
     blocks = []
     for r in ratios:
         one = torch.tensor(1.0)
-        blocks.append(BlockStats(one, one, one, one, torch.tensor(r * 200.0), 200.0, 0.0))
-    return ModelStats(blocks, torch.tensor(float(flops)), float(dense))
+        blocks.append(BlockStats(one, one, one, one, torch.tensor(r * 200.0, requires_grad=True),
+                                 200.0, 0.0))
+    return ModelStats(blocks, torch.tensor(float(flops), requires_grad=True), float(dense))
+
+
+def test_sparsity_loss_warns_on_statistics_without_a_gradient():
+    """The loss of stats that carry no gradient trains nothing, in silence: an eval-mode
+    forward's, or a training forward's through reentrant checkpointing (its stats lose
+    their graph). A training forward's, or any under no_grad, give no warning."""
+    import warnings
+
+    from torch.utils.checkpoint import checkpoint
+
+    model = tiny(mode="spatial")
+    x = torch.randn(2, 3, 64, 64)
+    loss = SparsityLoss(target=0.5, num_epochs=10)
+    model.train()
+    model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(model.last_stats, 1.0).backward()
+        with torch.no_grad():
+            model.eval()(x)
+            loss(model.last_stats, 1.0)
+    model(x)  # eval, grad mode on
+    with pytest.warns(UserWarning, match="SparsityLoss: the statistics carry no gradient"):
+        loss(model.last_stats, 1.0)
+    model.train()
+    checkpoint(model, x.requires_grad_(), use_reentrant=True)
+    with pytest.warns(UserWarning, match=r"reentrant torch.utils.checkpoint"):
+        loss(model.last_stats, 1.0)
 
 
 @pytest.mark.parametrize("epoch,want", [

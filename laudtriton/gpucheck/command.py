@@ -74,7 +74,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
     p.add_argument("--budget", type=float, default=330.0,
-                   help="seconds for the whole run (default 330, at most 86400)")
+                   help="seconds for the whole run (default 330, at most 86400), kept "
+                        "between items; past it by 30 s the run stops where it is, then "
+                        "writes its plots and table (give a hard limit of budget + 60 s "
+                        "or more)")
     p.add_argument("--configs", type=int, default=2,
                    help="kernel configs timed per variant (default 2)")
     p.add_argument("--batches", default="1,64",

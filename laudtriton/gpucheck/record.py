@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..gpureport import write_csv
+from ..tune.cache_file import atomic_text
 
 
 class Run:
@@ -31,6 +32,9 @@ class Run:
         # part 3's variants that left CUDA broken in a compile worker, {(spec key with
         # batch, variant): error}: not timed here on that block, nor compiled in part 4
         self.deny: dict[tuple[str, str], str] = {}
+        # the check after whose failure CUDA stopped working (``_cuda_works``): every
+        # later check is recorded as not run (it would fail alike, and read as a defect)
+        self.broken: str | None = None
         self.log = out / LOG_NAME
 
     def left(self) -> float:
@@ -51,7 +55,12 @@ class Run:
         """Run ``fn`` and record a pass or a failure (with its error and the end of its
         traceback, for summary.json). until: a perf_counter time after which the check is
         not run but recorded as not run (a time box). quiet: record and print failures
-        only. A SIGTERM (``Terminated``) is not a failed check: it stops the run."""
+        only. A SIGTERM (``Terminated``) is not a failed check: it stops the run. On
+        CUDA a failure is followed by a probe of the device (``_cuda_works``): if it
+        fails, ``broken`` names this check and later ones are recorded as not run."""
+        if self.broken is not None:
+            self.not_run(name, f"CUDA stopped working after {self.broken}")
+            return False
         if until is not None and time.perf_counter() > until:
             self.not_run(name, "time box")
             return False
@@ -66,6 +75,10 @@ class Run:
         self.checks.append({"check": name, "ok": ok, "error": err}
                            | ({"traceback": tb} if tb else {}))
         self.say(f"{'PASS' if ok else 'FAIL'} {name}{'' if ok else '  ' + err}")
+        if not ok and self.device.startswith("cuda") and not _cuda_works():
+            self.broken = name
+            self.say(f"CUDA no longer works after {name}: the checks after it are "
+                     "recorded as not run")
         return ok
 
     def not_run(self, name: str, why: str) -> None:
@@ -100,7 +113,15 @@ def save(r: Run, out: Path) -> None:
     so that a run stopped by its time limit still leaves its results."""
     write_csv(r.rows, out / "timings.csv")
     summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json(out / "summary.json", summary)
+
+
+def write_json(path: Path, data: object) -> None:
+    """``data`` as JSON (indented; what JSON cannot hold as its str) at ``path``,
+    atomically (``tune.cache_file.atomic_text``): a run killed while it writes leaves the
+    last whole file."""
+    with atomic_text(path) as fh:
+        fh.write(json.dumps(data, indent=1, default=str))
 
 
 class TableRun(Run):
@@ -117,7 +138,6 @@ class TableRun(Run):
         self.log = out / f"{name}.log"
         self.errors: list[dict] = []
         self.skipped: list[str] = []
-        self.broken: str | None = None
 
     def attempt(self, item: str, fn: Callable[[], object]) -> object:
         """fn(), or None with its error (``describe``, and the end of its traceback)
@@ -144,9 +164,9 @@ class TableRun(Run):
         errors, skips, seconds so far) in ``out``."""
         self.out.mkdir(parents=True, exist_ok=True)
         write_csv(self.rows, self.out / f"{self.name}.csv", self.fields)
-        (self.out / f"{self.name}.json").write_text(json.dumps(
-            {"info": self.info, "errors": self.errors, "skipped": self.skipped,
-             "seconds": time.perf_counter() - self.t0}, indent=1, default=str))
+        write_json(self.out / f"{self.name}.json",
+                   {"info": self.info, "errors": self.errors, "skipped": self.skipped,
+                    "seconds": time.perf_counter() - self.t0})
 
 
 def _cuda_works() -> bool:

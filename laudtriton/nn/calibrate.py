@@ -216,8 +216,10 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     """Set every masker bias so that each block's rate on x is ``rate``.
 
     The spatial rate (mask grid cells), the layer-gate rate (samples) and the channel
-    rate (groups) each land on round(rate·N)/N of their N decisions on x, so within
-    ±0.02 of the target when N >= 25 and within one step 1/N otherwise (unless two of
+    rate (groups) each land on round(rate·N)/N of their N decisions on x (Python's
+    round: a half goes to the even count, so 0.25 of a batch of 2 gates is 0 and 0.75
+    is 1), so within ±0.02 of the target when N >= 25 and within one step 1/N otherwise
+    (unless two of
     a masker's decisions on x have logit differences equal to the last float bit: then
     both go the same way).
 

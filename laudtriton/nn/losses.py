@@ -4,6 +4,7 @@ schedule, and knowledge distillation."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,11 @@ class SparsityLoss(nn.Module):
     def forward(self, stats: ModelStats, epoch: float) -> torch.Tensor:
         """stats: the model's ``last_stats`` (from a training forward).
 
+        Warns (UserWarning) when grad mode is on and the statistics carry no gradient,
+        so that the loss cannot train the maskers: stats of an eval-mode forward, or of a
+        training forward whose statistics lost their graph (reentrant checkpointing), or
+        stale ones (``nn.DataParallel`` runs forward on replicas, which keep theirs).
+
         Raises:
             ValueError: if stats is None (no forward yet, an empty batch, or a compiled
                 model, which keeps no statistics) or not a ModelStats; if epoch is not a
@@ -82,6 +88,13 @@ class SparsityLoss(nn.Module):
             raise ValueError(f"stats must be a LaudResNet's ModelStats (model.last_stats), "
                              f"got {type(stats).__name__}")
         lower, upper = self.bounds(epoch)
+        if torch.is_grad_enabled() and not stats.flops.requires_grad:
+            warnings.warn("SparsityLoss: the statistics carry no gradient, so this loss "
+                          "cannot train the maskers: they come from an eval-mode or no_grad "
+                          "forward, or from one whose statistics lost their graph "
+                          "(reentrant torch.utils.checkpoint; under nn.DataParallel the "
+                          "replicas keep theirs, so model.module.last_stats is stale)",
+                          stacklevel=2)
         ratios = stats.block_flops_ratios
         block = (F.relu(ratios - upper) ** 2 + F.relu(lower - ratios) ** 2).mean()
         return block + (stats.flops / stats.dense_flops - self.target) ** 2

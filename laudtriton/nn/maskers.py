@@ -20,13 +20,19 @@ from torch import nn
 
 def _hard_decision(logits: torch.Tensor, training: bool, temperature: float) -> torch.Tensor:
     """[B, 2, ...] logits -> [B, ...] hard mask; Gumbel straight-through in training, at
-    ``temperature`` (a finite number > 0: 0 gave NaN masks, a negative one all zeros).
+    ``temperature`` (a finite number > 0: 0 gave NaN masks, a negative one all zeros),
+    with the noise drawn in float32 for float16 and bfloat16 logits.
 
     Raises:
         ValueError: in training, for another temperature.
     """
     if training:
         temperature = positive_real("temperature", temperature)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # (autocast) the noise in
+            # float32: float16's exponential_ on CPU draws an exact 0 about 3 times in
+            # 1e8, whose softmax is NaN, and a NaN mask spoils BN's running statistics
+            return F.gumbel_softmax(logits.float(), dim=1, tau=temperature,
+                                    hard=True)[:, 0].to(logits.dtype)
         return F.gumbel_softmax(logits, dim=1, tau=temperature, hard=True)[:, 0]
     return (logits[:, 0] >= logits[:, 1]).to(logits.dtype)
 

@@ -17,18 +17,22 @@ if TYPE_CHECKING:
 
 @contextmanager
 def poisoned() -> Iterator[None]:
-    """Every float torch.empty starts as NaN (an unwritten output then fails the check)."""
-    empty = torch.empty
+    """Every float torch.empty and torch.empty_like starts as NaN (an unwritten output
+    then fails the check: the Triton launchers make theirs with the one, the torch
+    variants with the other)."""
+    empty, empty_like = torch.empty, torch.empty_like
 
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
+    def nan(make):
+        def made(*args, **kwargs):
+            t = make(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+        return made
 
-    torch.empty = nan_empty
+    torch.empty, torch.empty_like = nan(empty), nan(empty_like)
     try:
         yield
     finally:
-        torch.empty = empty
+        torch.empty, torch.empty_like = empty, empty_like
 
 
 @contextmanager

@@ -111,6 +111,19 @@ def test_kernel_checks_pass_under_interpreter(dtype):
     kernelchecks.spatial_kernel_checks("cpu", dtype)
 
 
+def test_poisoned_outputs_cover_empty_and_empty_like():
+    """Only torch.empty was poisoned: the torch variants' outputs (``slice``,
+    ``compact``: torch.empty_like) could hold stale values that pass for results."""
+    from laudtriton.kernelchecks import poisoned
+
+    x = torch.zeros(3, 4)
+    real = torch.empty, torch.empty_like
+    with poisoned():
+        assert torch.empty(2, 2).isnan().all() and torch.empty_like(x).isnan().all()
+        assert torch.empty_like(x, dtype=torch.int64).dtype == torch.int64  # left as is
+    assert (torch.empty, torch.empty_like) == real
+
+
 def test_check_records_failures(tmp_path):
     r = record.Run(tmp_path, 10, "cpu")
     assert r.check("ok", lambda: None)

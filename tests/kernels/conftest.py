@@ -5,7 +5,8 @@ from laudtriton.kernelchecks import poisoned
 
 @pytest.fixture
 def nan_empty():
-    """Every float torch.empty (the launchers' outputs) starts as NaN, so an element a
-    kernel fails to write fails the comparison."""
+    """Every float torch.empty and torch.empty_like (the launchers' and the torch
+    variants' outputs) starts as NaN, so an element a kernel fails to write fails the
+    comparison."""
     with poisoned():
         yield

@@ -10,6 +10,7 @@ from torch import nn
 
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
+from .guards import first_line
 from .nn.block import LaudBottleneck
 from .nn.resnet import LaudResNet
 
@@ -68,9 +69,8 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
             name_example_input(e)
         raise
     except Exception as e:  # the model's forward fails on its own: it cannot be compiled
-        text = (str(e).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"compile: the model's own forward fails on the example input "
-                         f"({type(e).__name__}: {text}); compile runs it first, to find "
+                         f"({type(e).__name__}: {first_line(e)}); compile runs it first, to find "
                          "its blocks' inputs") from e
     finally:
         for h in handles:

@@ -66,7 +66,7 @@ from .compile_checks import (
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import guard, no_autocast, strided_refusal
+from .guards import first_line, guard, no_autocast, strided_refusal
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
@@ -360,9 +360,9 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     out = _swap_blocks(ref, blocks)
     # a LAUD block in two places of the user's module: its first place was compiled, the
     # module's other attribute still holds the block itself
-    shared = [n for n, m in out.named_modules(remove_duplicate=False)
-              if isinstance(m, LaudBottleneck)
-              and not any(n == u or n.startswith(u + ".") for u in unreached)]
+    left = [(n, m) for n, m in out.named_modules(remove_duplicate=False)
+            if isinstance(m, LaudBottleneck)]
+    shared = [n for n, _ in left if not any(n == u or n.startswith(u + ".") for u in unreached)]
     if shared:
         warnings.warn(f"laudtriton.compile: {', '.join(shared)} left uncompiled: a LAUD "
                       "block in two places of the module is compiled in its first place "
@@ -371,8 +371,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
     # a block also held elsewhere may be called there (the warning above says so)
-    elsewhere = {id(m) for n, m in out.named_modules(remove_duplicate=False)
-                 if isinstance(m, LaudBottleneck)}
+    elsewhere = {id(m) for _, m in left}
     uncalled = [n for n, part in _uncalled_parts(out, x)
                 if not (isinstance(part, CompiledBlock) and id(part.fb.block) in elsewhere)]
     if uncalled:
@@ -400,24 +399,24 @@ def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Mo
     parts = dict(outermost_modules(module, (CompiledModel, CompiledBlock)))
     blocks = {name: [m] if isinstance(m, CompiledBlock) else list(m.blocks)
               for name, m in parts.items()}
-    for bs in blocks.values():
-        for b in bs:
-            b._last = None
+
+    def clear() -> None:
+        for bs in blocks.values():
+            for b in bs:
+                b._last = None
+    clear()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             module(x)
     except Exception as e:
-        text = (str(e).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"compile: the compiled module's forward fails on the example "
-                         f"input ({type(e).__name__}: {text}), where the uncompiled one "
-                         "ran") from e
+                         f"input ({type(e).__name__}: {first_line(e)}), where the uncompiled "
+                         "one ran") from e
     else:
         return [(name, parts[name]) for name, bs in blocks.items()
                 if all(b._last is None for b in bs)]
     finally:
-        for bs in blocks.values():
-            for b in bs:
-                b._last = None
+        clear()
 
 
 def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:

@@ -188,6 +188,12 @@ def is_compute_dtype(dtype: object) -> bool:
     return isinstance(dtype, torch.dtype) and str(dtype).removeprefix("torch.") in DTYPES
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of ``e``'s message, at most ``limit`` characters ("" for none):
+    how compile and the compiled models quote an error they wrap in their own."""
+    return (str(e).strip().splitlines() or [""])[0][:limit]
+
+
 def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
                       device: torch.device) -> None:
     """Raise if ``fn`` (what ``nn.Module.to``, ``.double()``, ``.cuda()``... apply to every
@@ -203,9 +209,9 @@ def refuse_conversion(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.d
     try:
         probe = fn(here)
     except Exception as e:  # e.g. .cuda() in a CPU-only torch: the target is not known
-        text = (str(e).strip().splitlines() or [""])[0][:200]
         raise RuntimeError(
-            f"a compiled model cannot take this conversion ({type(e).__name__}: {text}); "
+            f"a compiled model cannot take this conversion ({type(e).__name__}: "
+            f"{first_line(e, 200)}); "
             f"it is compiled for {here.dtype} on {here.device}, and nothing was changed. "
             "Compile the model again for another dtype or device") from e
     try:

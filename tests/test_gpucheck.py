@@ -183,7 +183,9 @@ def test_timings_and_summary_are_written_atomically(tmp_path, monkeypatch):
         record.save(r, tmp_path)
     monkeypatch.setattr(gpureport.csv, "DictWriter", real)
     assert (tmp_path / "timings.csv").read_text() == csv_before
-    monkeypatch.setattr(record.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(Killed))
+    from laudtriton.tune import cache_file
+
+    monkeypatch.setattr(cache_file.json, "dump", lambda *a, **k: (_ for _ in ()).throw(Killed))
     with pytest.raises(Killed):
         record.write_json(tmp_path / "summary.json", {"info": "new"})
     assert (tmp_path / "summary.json").read_text() == json_before

@@ -7,14 +7,13 @@ recorded errors, for ``benchmarks/gpu_overhead.py``."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from ..gpureport import write_csv
-from ..tune.cache_file import atomic_text
+from ..tune.cache_file import write_json_atomic
 
 
 class Run:
@@ -117,11 +116,10 @@ def save(r: Run, out: Path) -> None:
 
 
 def write_json(path: Path, data: object) -> None:
-    """``data`` as JSON (indented; what JSON cannot hold as its str) at ``path``,
-    atomically (``tune.cache_file.atomic_text``): a run killed while it writes leaves the
-    last whole file."""
-    with atomic_text(path) as fh:
-        fh.write(json.dumps(data, indent=1, default=str))
+    """``data`` as JSON at ``path``, in its own key order (what JSON cannot hold as its
+    str), atomically (``tune.cache_file.write_json_atomic``): a run killed while it
+    writes leaves the last whole file."""
+    write_json_atomic(path, data, sort_keys=False, default=str)
 
 
 class TableRun(Run):

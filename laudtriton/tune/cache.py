@@ -370,15 +370,12 @@ class TuneCache:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            target = self._real_path()
-            if not target.parent.is_dir():  # a link into a folder that is not there: its
-                # lock would make that folder, anywhere the link points
-                self.unsaved_why = (f"{self.path} is a link into the missing folder "
-                                    f"{target.parent}")
+            missing = self.missing_link_folder()
+            if missing is not None:  # its lock would make that folder, wherever it is
+                self.unsaved_why = f"{self.path} is a link into the missing folder {missing}"
                 if not self._warned_unwritable:
                     log.warning("autotune cache %s is a symbolic link into the missing "
-                                "folder %s; results are kept in memory", self.path,
-                                target.parent)
+                                "folder %s; results are kept in memory", self.path, missing)
                     self._warned_unwritable = True
                 return
             with self._lock():
@@ -440,6 +437,12 @@ class TuneCache:
         """The cache file, a symbolic link followed (as its writes and its lock follow
         it): a file linked to a shared one is that file."""
         return Path(os.path.realpath(self.path))
+
+    def missing_link_folder(self) -> Path | None:
+        """The folder a cache file that is a symbolic link points into, when that folder
+        does not exist (the cache then keeps its records in memory); None otherwise."""
+        folder = self._real_path().parent
+        return None if folder.is_dir() else folder
 
     def clear(self) -> int:
         """Delete every entry (file and memory); returns how many entries there were.

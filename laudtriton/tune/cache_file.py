@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -335,11 +335,13 @@ def atomic_text(path: str | Path) -> Iterator[TextIO]:
             os.close(dfd)
 
 
-def write_json_atomic(path: Path, data: object) -> None:
+def write_json_atomic(path: Path, data: object, *, sort_keys: bool = True,
+                      default: Callable[[object], object] | None = None) -> None:
     """Write ``data`` as JSON to ``path`` (``atomic_text``: atomically and durably, with
-    a plain open()'s mode, through a symbolic link)."""
+    a plain open()'s mode, through a symbolic link), indented; ``sort_keys`` and
+    ``default`` as ``json.dump`` takes them."""
     with atomic_text(path) as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
+        json.dump(data, fh, indent=1, sort_keys=sort_keys, default=default)
 
 
 ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over

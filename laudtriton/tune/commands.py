@@ -142,11 +142,11 @@ def run_sweep(args: argparse.Namespace) -> int:
                 except ValueError as e:
                     raise ValueError(f"{e}; give a writable --cache-dir (or "
                                      "LAUDTRITON_CACHE_DIR)") from None
-            target = Path(os.path.realpath(cache.path))
-            if not target.parent.is_dir():  # the cache would keep the timings in memory
+            missing = cache.missing_link_folder()  # the timings would stay in memory
+            if missing is not None:
                 raise ValueError(f"the cache file {str(cache.path)!r} is a link into the "
-                                 f"missing folder {str(target.parent)!r}: make the folder, "
-                                 "or remove the link")
+                                 f"missing folder {str(missing)!r}: make the folder, or "
+                                 "remove the link")
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)

@@ -14,3 +14,22 @@ import pytest  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def read_only_folders(monkeypatch):
+    """Every folder fails the commands' write test (``tempfile.TemporaryFile`` raises
+    "Read-only file system"). Returns forbid(obj, name, what): ``obj.name`` then raises
+    "<what> before checking the folder" if called (the work ran before the refusal)."""
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+
+    def forbid(obj, name: str, what: str) -> None:
+        def called(*args, **kwargs):
+            raise AssertionError(f"{what} before checking the folder")
+        monkeypatch.setattr(obj, name, called)
+    return forbid

@@ -426,22 +426,13 @@ def test_cli_validate_and_calibrate(capsys, tmp_path, monkeypatch):
 
 
 def test_calibrate_refuses_a_folder_it_cannot_write_before_measuring(capsys, tmp_path,
-                                                                     monkeypatch):
+                                                                     read_only_folders):
     """A read-only cache folder failed only after the ~20 s of measuring, and the numbers
     measured were lost with it."""
     import importlib
-    import tempfile
 
     cal_module = importlib.import_module("laudtriton.predict.calibrate")
-
-    def read_only(*args, **kwargs):
-        raise OSError(30, "Read-only file system")
-
-    def measure(*args, **kwargs):
-        raise AssertionError("measured before checking the folder")
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    monkeypatch.setattr(cal_module, "calibrate", measure)
+    read_only_folders(cal_module, "calibrate", "measured")
     rc, out, err = _cli(["calibrate", "--cache-dir", str(tmp_path)], capsys)
     assert rc == 2 and err == (f"laudtriton calibrate: error: the calibration's directory "
                                f"{str(tmp_path)!r} cannot be made or written (Read-only file "

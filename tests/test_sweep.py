@@ -796,19 +796,10 @@ def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
 
 
 def test_sweep_command_refuses_a_cache_dir_from_the_environment_it_cannot_fill(
-        tmp_path, capsys, monkeypatch):
+        tmp_path, capsys, monkeypatch, read_only_folders):
     """The folder of $LAUDTRITON_CACHE_DIR (or the default) was not checked: the whole
     sweep ran, then said "cache NOT saved", with exit code 0."""
-    import tempfile
-
-    def read_only(*args, **kwargs):
-        raise OSError(30, "Read-only file system")
-
-    def timed(*args, **kwargs):
-        raise AssertionError("timed before checking the folder")
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    monkeypatch.setattr(sweep_mod, "time_variants", timed)
+    read_only_folders(sweep_mod, "time_variants", "timed")
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "ro"))
     args = _parser().parse_args(["sweep", "--blocks", "layer4.2", "--rates", "0.5",
                                  "--input-size", "32", "--csv", str(tmp_path / "s.csv"),

@@ -372,11 +372,10 @@ class TuneCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             missing = self.missing_link_folder()
             if missing is not None:  # its lock would make that folder, wherever it is
-                self.unsaved_why = f"{self.path} is a link into the missing folder {missing}"
-                if not self._warned_unwritable:
-                    log.warning("autotune cache %s is a symbolic link into the missing "
-                                "folder %s; results are kept in memory", self.path, missing)
-                    self._warned_unwritable = True
+                self._unsaved(f"{self.path} is a link into the missing folder {missing}",
+                              "_warned_unwritable", "autotune cache %s is a symbolic link "
+                              "into the missing folder %s; results are kept in memory",
+                              self.path, missing)
                 return
             with self._lock():
                 try:
@@ -384,11 +383,10 @@ class TuneCache:
                 except FileNotFoundError:
                     raw = None
                 except OSError as e:  # exists, but unreadable: not ours to replace
-                    self.unsaved_why = f"{self.path} cannot be read ({e.strerror or e})"
-                    if not self._warned_unreadable:
-                        log.warning("cannot read the autotune cache %s (%s); not writing over "
-                                    "it: results are kept in memory only", self.path, e)
-                        self._warned_unreadable = True
+                    self._unsaved(f"{self.path} cannot be read ({e.strerror or e})",
+                                  "_warned_unreadable", "cannot read the autotune cache %s "
+                                  "(%s); not writing over it: results are kept in memory "
+                                  "only", self.path, e)
                     return
                 found, entries = None, {}
                 if raw is not None:
@@ -402,12 +400,10 @@ class TuneCache:
                     else:  # every entry, those no reader can use too (kept as they are)
                         found, entries = data.get("device"), data["entries"]
                 if entries and found != self.device:  # two devices, one file name
-                    self.unsaved_why = f"{self.path} holds timings of device {found!r}"
-                    if not self._warned_foreign:
-                        log.warning("autotune cache %s holds timings of device %r, not %r; "
-                                    "not writing over them: results are kept in memory "
-                                    "only", self.path, found, self.device)
-                        self._warned_foreign = True
+                    self._unsaved(f"{self.path} holds timings of device {found!r}",
+                                  "_warned_foreign", "autotune cache %s holds timings of "
+                                  "device %r, not %r; not writing over them: results are "
+                                  "kept in memory only", self.path, found, self.device)
                     return
                 # a record replaces an entry of its key no reader can use; the file's
                 # other entries stay as they are, those no reader can use too
@@ -427,11 +423,17 @@ class TuneCache:
                         "results are kept in memory, a later record tries again",
                         self.path, self.lock_path, LOCK_TIMEOUT)
         except OSError as e:
-            self.unsaved_why = f"directory not writable: {self.dir}"
-            if not self._warned_unwritable:
-                log.warning("cannot write the autotune cache in %s (%s); results are kept in "
-                            "memory (a later record tries again)", self.dir, e)
-                self._warned_unwritable = True
+            self._unsaved(f"directory not writable: {self.dir}", "_warned_unwritable",
+                          "cannot write the autotune cache in %s (%s); results are kept in "
+                          "memory (a later record tries again)", self.dir, e)
+
+    def _unsaved(self, why: str, warned: str, message: str, *args: object) -> None:
+        """Keep the records in memory because of ``why`` (``unsaved_why``), and log
+        ``message % args`` the first time the flag named ``warned`` is not yet set."""
+        self.unsaved_why = why
+        if not getattr(self, warned):
+            log.warning(message, *args)
+            setattr(self, warned, True)
 
     def _real_path(self) -> Path:
         """The cache file, a symbolic link followed (as its writes and its lock follow

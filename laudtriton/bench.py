@@ -32,6 +32,7 @@ from .nn import calibrate_rates, laud_resnet50, laud_resnet101
 from .nn.calibrate import realised_rate
 from .nn.resnet import LaudResNet
 from .ops.dense import dense_block
+from .progress import Progress
 from .testing import assert_close, randomize_bn
 from .tune.timing import interleaved_medians
 
@@ -71,11 +72,12 @@ def mean_rate(model: LaudResNet) -> float:
     return sum(rates) / len(rates)
 
 
-def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[BenchRow]:
+def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int,
+                bar: Progress | None = None) -> list[BenchRow]:
     """Per block: dense (best format) vs the compiled block (maskers + chosen variant),
     each on the block's recorded input and out of place (a new output tensor); inside
     the whole model both run in place instead (the input is overwritten), which the
-    whole-model rows time."""
+    whole-model rows time. bar: updated after each block."""
     rows = []
     inputs = {}
     hooks = [blk.register_forward_pre_hook(
@@ -109,13 +111,15 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int) -> list[Benc
                              variant=blk.last_run.variant, dense_ms=dense * 1e3,
                              sparse_ms=t_sparse * 1e3, ratio=ratio, flops_ratio=fr,
                              efficiency=fr / ratio, realised_rate=realised[i]))
+        if bar is not None:
+            bar.update(blk.name)
     return rows
 
 
 def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], batch: int = 1,
           channel_granularity: int | str = 1, reps: int = 20, tune: str = "off",
           blocks: bool = True, repeat: int = 1, allocator: str = "default",
-          log: Callable[[str], object] = print) -> list[BenchRow]:
+          log: Callable[[str], object] = print, progress: bool = True) -> list[BenchRow]:
     """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
 
     allocator: "retain" calls ``runtime.retain_freed_memory()`` first (process-wide, for
@@ -127,6 +131,8 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     middle one, less favourable to compiled), with every run's ratio in ``runs``. The
     new-input rows of later repeats continue the stream, so the engine's per-pattern
     caches are warmer in them.
+    progress: a bar on stderr per rate over its timings (each block, then per repeat the
+    interleaved whole-model rows and the new-input row): minutes at the default reps.
 
     Raises:
         ValueError: repeat < 1, an unknown model or allocator, allocator "default" once
@@ -167,13 +173,18 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
                     threads=torch.get_num_threads(), tune=tune, reps=reps)
         _check_logits(model, cm, x)  # before anything is timed
         dense = dense_forms(model)
-        if blocks:
-            rows += _block_rows(model, cm, x, meta, reps)
-        runs = []
-        for i in range(repeat):
-            if repeat > 1:
-                log(f"rate {rate}: whole model, run {i + 1} of {repeat}")
-            runs.append(_model_rows(model, cm, dense, x, meta, reps))
+        bar = Progress((len(cm.blocks) if blocks else 0) + 2 * repeat, progress,
+                       desc=f"bench rate {rate_text(rate)}", unit="timing")
+        try:
+            if blocks:
+                rows += _block_rows(model, cm, x, meta, reps, bar)
+            runs = []
+            for i in range(repeat):
+                if repeat > 1:
+                    log(f"rate {rate}: whole model, run {i + 1} of {repeat}")
+                runs.append(_model_rows(model, cm, dense, x, meta, reps, bar))
+        finally:
+            bar.close()
         rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
@@ -209,7 +220,7 @@ def _check_logits(model, cm: CompiledModel, x) -> None:
 
 
 def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta: dict,
-                reps: int) -> list[BenchRow]:
+                reps: int, bar: Progress | None = None) -> list[BenchRow]:
     """The whole-model rows: compiled on x repeated; the same with the masks of that
     input given (``CompiledModel.forward(x, masks)``: every block's variant runs, no
     masker does: the difference to the first row is what the maskers and the masks'
@@ -218,7 +229,8 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
     in the same interleaved run as the first, second and last rows.
 
     The logits are checked first, once (``_check_logits``); the masks given are timed
-    unchecked (``check_masks=False``): the row times the variants.
+    unchecked (``check_masks=False``): the row times the variants. bar: updated after
+    the interleaved rows and after the new-input row.
     """
     with torch.no_grad():
         cm(x)
@@ -228,6 +240,8 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
             [lambda: cm(x), lambda: cm(x, masks=given, check_masks=False),
              lambda: model(x)], warmup=2, reps=reps)
         model(x)
+    if bar is not None:
+        bar.update("whole model")
     stats = model.last_stats
     fr = float(stats.flops_ratio)
     realised = mean_rate(model)
@@ -240,10 +254,12 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
                         flops_ratio=fr, efficiency=fr / (t / t_dense),
                         realised_rate=realised)
 
+    fresh = _fresh_row(model, cm, dense, x.shape[0], meta, reps)
+    if bar is not None:
+        bar.update("new input every call")
     return [row(f"dense={fmt}", "compiled", t_comp),
             row("masks given, no maskers run", "compiled", t_given, fr_given),
-            _fresh_row(model, cm, dense, x.shape[0], meta, reps),
-            row("official masked-dense reference", "reference", t_ref)]
+            fresh, row("official masked-dense reference", "reference", t_ref)]
 
 
 def _median_run(rows: list[BenchRow]) -> BenchRow:

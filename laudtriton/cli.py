@@ -229,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
                              args.channel_granularity, reps=args.reps, tune=args.tune,
                              blocks=not args.model_only, repeat=args.repeat,
-                             allocator=args.allocator)
+                             allocator=args.allocator, progress=not args.no_progress)
             except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
                 raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
     if args.csv:
@@ -360,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(per-block rows from the first only), and summarise the whole-model "
                         "rows over all of them; --csv then holds every process's rows")
     s.add_argument("--csv", default=None, help="write every row to this CSV file")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr")
     s.set_defaults(func=cmd_bench, bench_parser=s)
 
     for name, (mod, add, run) in EXTERNAL.items():

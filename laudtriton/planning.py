@@ -92,8 +92,8 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     fitted_predictor``'s (hardware, factors), or None. say: called with one line before
     ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
     cached: the caller shows progress), one more before they time the example's own
-    masks (its bucket uncovered), and before "cached" falls back to timing the variants
-    on the example input. A cached rate whose timings lack a candidate variant
+    masks (its bucket uncovered), and before "off", or "cached" falling back to it, times
+    the variants on the example input. A cached rate whose timings lack a candidate variant
     is not used, with a warning naming the variants and the cache file.
 
     Raises:
@@ -182,6 +182,8 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
         if tune == "cached":
             say(f"no {'usable ' if lacking else ''}cached timings for {spec.short()}; "
                 f"timing {len(cands)} variant(s) on the example input")
+        else:
+            say(f"timing {spec.short()}, {len(cands)} variant(s) on the example input")
         table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
     if not table.entries:
         raise RuntimeError(

@@ -9,6 +9,7 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
+from laudtriton import bench as bench_mod
 from laudtriton.baseline import NO_MASKS, DenseModel, nchw_dense_block
 from laudtriton.bench import bench, build_model
 from laudtriton.bench_report import (
@@ -26,11 +27,42 @@ from laudtriton.ops.dense import dense_block
 from laudtriton.testing import assert_close
 
 
+class RecordedProgress:
+    """Stands in for ``laudtriton.progress.Progress`` in bench: records what it is shown."""
+
+    made: list = []
+
+    def __init__(self, total, enabled, desc, unit):
+        self.total, self.enabled, self.desc, self.notes, self.closed = (total, enabled, desc,
+                                                                        [], False)
+        RecordedProgress.made.append(self)
+
+    def update(self, note="", timed=True):
+        self.notes.append(note)
+
+    def close(self):
+        self.closed = True
+
+
 @pytest.fixture(scope="module")
 def rows():
     torch.manual_seed(0)
-    return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
-                 channel_granularity=2, reps=2, tune="off", repeat=3, log=lambda s: None)
+    real, bench_mod.Progress = bench_mod.Progress, RecordedProgress
+    try:
+        return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
+                     channel_granularity=2, reps=2, tune="off", repeat=3, log=lambda s: None)
+    finally:
+        bench_mod.Progress = real
+
+
+def test_bench_shows_its_progress(rows):
+    """One bar per rate over every timing: the 16 blocks, then per repeat the interleaved
+    whole-model rows and the new-input row (before, minutes passed without a word)."""
+    (bar,) = RecordedProgress.made
+    blocks = [r.block for r in rows if r.block != "model"]
+    assert (bar.desc, bar.enabled, bar.closed) == ("bench rate 0.50", True, True)
+    assert bar.notes == blocks + ["whole model", "new input every call"] * 3
+    assert bar.total == len(bar.notes) == 22
 
 
 def test_bench_validates_before_setting_the_allocator():

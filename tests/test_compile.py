@@ -995,19 +995,24 @@ def test_property_random_models_and_inputs(mode, pick, s1, s2, s3, h, w, batch, 
     assert_same_masks(cm, model)
 
 
-def test_quick_tuning_shows_progress_on_stderr(tmp_path, capsys):
+def test_tuning_shows_progress_on_stderr(tmp_path, capsys):
     """tune="quick"/"full" with nothing cached times every distinct block for minutes
-    on a CPU: one line per block it times, on stderr (it was silent); none when the
-    cache holds them."""
+    on a CPU, and "off" times every one on the example input: one line per block it
+    times, on stderr (both were silent); none when the cache holds them, or where a block
+    has one candidate variant (nothing to time)."""
     model = tiny_model("spatial")
     x = torch.randn(1, 3, 32, 32)
     laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
     lines = capsys.readouterr().err.splitlines()
     n = len({b.spec for b in laudtriton.compile(model, x, backend="cpu", tune="off").blocks})
-    capsys.readouterr()
-    assert len(lines) == n and all(ln.startswith("laudtriton.compile: block ") for ln in lines)
-    assert lines[0].startswith(f"laudtriton.compile: block 1/{n}: timing ")
+    off = capsys.readouterr().err.splitlines()
+    for said in (lines, off):
+        assert len(said) == n and all(ln.startswith("laudtriton.compile: block ")
+                                      for ln in said)
+        assert said[0].startswith(f"laudtriton.compile: block 1/{n}: timing ")
+    assert off[0].endswith("variant(s) on the example input")
     laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
+    laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
     assert capsys.readouterr().err == ""
 
 

@@ -987,23 +987,6 @@ def test_an_empty_shard_says_so(tmp_path, capsys):
     assert not list((tmp_path / "c").glob("*.json"))
 
 
-def test_the_progress_eta_counts_measured_items_only(capsys):
-    """Items found cached took no time but counted in the rate: a resumed sweep's ETA
-    read 1 s for a 17 s run. No ETA before one item is measured."""
-    bar = sweep_mod._Progress(4, True)
-    bar.bar = None  # the stderr line (no tqdm)
-    bar.update("a", timed=False)
-    assert "sweep 1/4 " in capsys.readouterr().err.split("\r")[-1]
-    bar.update("b", timed=False)
-    assert "ETA ? " in capsys.readouterr().err
-    bar.t0 -= 10.0  # 10 s so far, all of it on the one item measured next
-    bar.update("c", timed=True)
-    assert "ETA 10s" in capsys.readouterr().err  # 1 item left at 10 s a measured item
-    bar.close()
-    bar.close()  # once only
-    assert capsys.readouterr().err == "\n"
-
-
 def test_sigterm_interrupts_the_sweep_command_as_ctrl_c():
     """A killed sweep (SIGTERM) died without a word or a CSV; in the command it raises
     KeyboardInterrupt, which ``sweep`` answers with the CSV so far, and the handler

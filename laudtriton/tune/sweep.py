@@ -28,6 +28,7 @@ from ..ops import fold_block
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
+from ..progress import Progress
 from ..schedule import rate_key, run_rate
 from .cache import TuneCache
 from .keys import device_fingerprint
@@ -120,52 +121,6 @@ def _reps(t_call: float) -> int:
     if not math.isfinite(t_call) or t_call <= 0:
         return MIN_REPS
     return max(MIN_REPS, min(MAX_REPS, int(TARGET_S / t_call)))
-
-
-class _Progress:
-    """tqdm if importable, else one stderr line with an ETA; silent when disabled."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
-        self.timed = 0  # items measured (not found cached): the ETA's rate
-        self.enabled, self.bar = enabled and total > 0, None
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc="sweep", unit="item", file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, note: str = "", timed: bool = True) -> None:
-        """Count one item done and show it: tqdm's bar with ``note`` as its postfix, else
-        the stderr line rewritten (done/total, seconds elapsed, the ETA in seconds,
-        ``note`` cut to 40 characters); counted but not shown when disabled. timed: the
-        item was measured, not found cached. The ETA takes the time per measured item
-        for every item left (an item found cached takes none: counted in, the ETA of a
-        resumed sweep read 1 s for a 17 s run); none before one is measured."""
-        self.done += 1
-        self.timed += timed
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(note, refresh=False)
-            self.bar.update(1)
-            return
-        el = time.perf_counter() - self.t0
-        eta = (f"{el / self.timed * (self.total - self.done):.0f}s" if self.timed else "?")
-        sys.stderr.write(f"\rsweep {self.done}/{self.total} {el:.0f}s elapsed, ETA {eta} "
-                         f"{note[:40]:<40}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        """End the display: close tqdm's bar, or end the stderr line; nothing when disabled
-        or closed already."""
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-        self.bar, self.enabled = None, False
 
 
 @dataclass
@@ -363,7 +318,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
               "item(s) of these blocks and rates: nothing to time", file=sys.stderr)
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
-    bar = _Progress(len(items), progress)
+    bar = Progress(len(items), progress, desc="sweep", unit="item")
     reps_of: dict[BlockSpec, int] = {}
     tdtype = getattr(torch, dtype)
     done = 0  # items finished (timed or found cached)

@@ -993,10 +993,41 @@ def test_lock_without_filelock_times_out(tmp_path, monkeypatch, caplog):
         with caplog.at_level(logging.WARNING, logger="laudtriton"):
             c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
         assert not c.saved and "held the lock" in c.unsaved_why
+        assert caplog.text.count(f"another process holds {c.lock_path}") == 1  # before
+        assert "waiting up to 0.3 s" in caplog.text  # the wait, once
         with pytest.raises(ValueError, match="another process holds the lock"):
             c.clear()
     c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
     assert c.saved and TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+def test_a_held_lock_is_said_before_the_wait(tmp_path, monkeypatch, caplog, capsys):
+    """A writer waited up to LOCK_TIMEOUT (120 s) for another process's lock without a
+    word; `cache merge` then blamed --out for the lock, as it did for a lock path it
+    cannot create."""
+    import filelock
+
+    from laudtriton.cli import main
+
+    monkeypatch.setattr(cache_file_mod, "LOCK_TIMEOUT", 0.3)
+    c = TuneCache(tmp_path / "c")
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    out = tmp_path / "out.json"
+    held = filelock.FileLock(str(out.with_name("out.json.lock")))  # another holder
+    with held, caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert main(["cache", "merge", str(c.path), "--out", str(out)]) == 2
+    assert f"another process holds {out}.lock" in caplog.text
+    assert "waiting up to 0.3 s" in caplog.text
+    err = capsys.readouterr().err
+    assert f"another process held its lock ({out}.lock) for 0.3 s; nothing written" in err
+    assert not out.exists()
+    (tmp_path / "o2.json.lock").mkdir()
+    assert main(["cache", "merge", str(c.path), "--out", str(tmp_path / "o2.json")]) == 2
+    assert f"(Is a directory: {tmp_path / 'o2.json.lock'})" in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):  # unheld: nothing said
+        assert main(["cache", "merge", str(c.path), "--out", str(out)]) == 0
+    assert "another process" not in caplog.text
 
 
 def test_clear_moves_an_unusable_file_aside_and_counts_every_entry(tmp_path, caplog):

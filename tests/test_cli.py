@@ -233,6 +233,19 @@ def test_cache_ls_says_how_many_stale_timings_it_hides(tmp_path, capsys):
         "0 entries, 0 timings; 2 stale timings hidden (--all lists them)")
 
 
+def test_cache_ls_says_whether_the_file_is_there(tmp_path, capsys):
+    """A directory where the cache file goes was listed as "(no file yet)", beside a
+    warning that it could not be read."""
+    from laudtriton.tune.cache import TuneCache
+
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("0 timings (no file yet)")
+    TuneCache(tmp_path, device="cpu").path.mkdir()
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "0 timings (not read: not a file)")
+
+
 def test_os_errors_are_one_line(tmp_path, capsys):
     afile = tmp_path / "f"
     afile.write_text("x")

@@ -33,9 +33,15 @@ def lock_path_of(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
+def _say_waiting(lock_path: Path) -> None:
+    log.warning("another process holds %s (a sweep, merge or compile writing that cache); "
+                "waiting up to %g s for it", lock_path, LOCK_TIMEOUT)
+
+
 @contextlib.contextmanager
 def file_lock(lock_path: Path) -> Iterator[None]:
     """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``.
+    When another process holds it, a warning says so before the wait.
 
     Raises:
         TimeoutError: if another process holds it for ``LOCK_TIMEOUT`` seconds
@@ -46,15 +52,23 @@ def file_lock(lock_path: Path) -> Iterator[None]:
     except ImportError:
         filelock = None
     if filelock is not None:
-        with filelock.FileLock(str(lock_path), timeout=LOCK_TIMEOUT):
+        lock = filelock.FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            _say_waiting(lock_path)
+            lock.acquire(timeout=LOCK_TIMEOUT)
+        try:
             yield
+        finally:
+            lock.release()
         return
     import fcntl
 
     with open(lock_path, "a") as fh:
         # non-blocking tries until LOCK_TIMEOUT, as filelock: a stuck holder must not hang
         # a writer (filelock.Timeout and this are both TimeoutErrors)
-        deadline = time.monotonic() + LOCK_TIMEOUT
+        deadline, said = time.monotonic() + LOCK_TIMEOUT, False
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,6 +76,9 @@ def file_lock(lock_path: Path) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
+                if not said:
+                    _say_waiting(lock_path)
+                    said = True
                 time.sleep(0.05)
         try:
             yield

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schedule import format_rate, rate_key
+from . import cache_file
 from .cache import TuneCache
 from .cache_merge import NotACacheError, merge_files
 from .keys import disabled_by
@@ -307,9 +308,17 @@ def run_cache(args: argparse.Namespace) -> int:
             check_output_path(out, "--out", replaced=True, new_dirs=True)
             try:
                 n = merge_files(args.files, out)
+            except TimeoutError:  # filelock.Timeout (an OSError too)
+                raise ValueError(f"--out {args.out!r}: another process held its lock "
+                                 f"({cache_file.lock_path_of(Path(out))}) for "
+                                 f"{cache_file.LOCK_TIMEOUT} s; "
+                                 "nothing written") from None
             except OSError as e:  # the inputs are only read, and unreadable ones skipped
-                raise ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})"
-                                 ) from None
+                # (the file named: the lock beside --out, or a folder merge made)
+                what = (f": {e.filename}" if e.filename and Path(e.filename) != Path(out)
+                        else "")
+                raise ValueError(f"--out {args.out!r} cannot be written "
+                                 f"({e.strerror or e}{what})") from None
             except NotACacheError as e:
                 raise ValueError(f"--out {e}") from None
             print(f"{args.out}: {n} entries ({len(args.files)} input file(s) given; any input "
@@ -333,6 +342,15 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_note(path: Path) -> str:
+    """What ``cache ls`` adds after the path: nothing for a file, " (no file yet)", or,
+    for something there that is not a file (a directory), that it was not read (a
+    warning above says why)."""
+    if path.is_file():
+        return ""
+    return " (not read: not a file)" if path.exists() else " (no file yet)"
+
+
 def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     entries = cache.entries(include_stale=include_stale)
     groups: dict[tuple, list] = {}
@@ -345,7 +363,7 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     hidden = 0 if include_stale else sum(
         1 for e in cache.entries(include_stale=True) if e.meta["stale"])
     print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
-          + ("" if Path(cache.path).is_file() else " (no file yet)")
+          + _file_note(Path(cache.path))
           + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
     if not groups:
         return

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import NoReturn
 
+from .runtime import usable_cpus
+
 # Subcommands provided by other modules: (module, add-parser function, run function).
 EXTERNAL = {
     "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
@@ -25,14 +27,6 @@ EXTERNAL = {
     "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),
     "gpucheck": ("laudtriton.gpucheck.command", "add_parser", "run"),
 }
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask; else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cpu_count_text() -> str:

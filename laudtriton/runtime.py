@@ -1,4 +1,5 @@
-"""Process-wide settings for CPU inference: how the C allocator treats freed memory.
+"""Process-wide settings for CPU inference: how the C allocator treats freed memory, and
+the CPUs this process may run on (``usable_cpus``).
 
 PyTorch's CPU tensors come from the C library's malloc. glibc serves large blocks with
 mmap and hands them back to the OS when they are freed. Its threshold starts at 128 KiB
@@ -78,3 +79,11 @@ def allocator_setting() -> str:
     """``"retain"`` after a successful ``retain_freed_memory()`` in this process, else
     ``"default"`` (the environment variables of the module docstring are not detected)."""
     return "retain" if _retained else "default"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -46,6 +46,13 @@ from laudtriton.cli import main
      "--granularities: 100 larger than every stage's map (the largest is 56x56)"),
     (["design", "--target-rate", "0.5", "--granularities", "1,,2"],
      "--granularities '1,,2' is malformed"),
+    # int() reads other scripts' digits and underscores: S = 4 and S = 10 were searched
+    (["design", "--target-rate", "0.5", "--granularities", "\u0664"],
+     "--granularities '\u0664' is malformed"),
+    (["design", "--target-rate", "0.5", "--granularities", "1_0"],
+     "--granularities '1_0' is malformed"),
+    (["design", "--target-rate", "0.5", "--granularities", "0,2"],
+     "--granularities '0,2' is malformed"),
     (["sweep", "--input-size", str(2**62)], "--input-size must be in [32, 4096]"),
     # a trailing slash: sweep wrote a file 'out', bench failed after its whole run
     (["sweep", "--csv", "out/"], "--csv 'out/' names a directory; give a file name"),

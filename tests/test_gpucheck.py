@@ -58,6 +58,7 @@ def test_run_rejects_other_devices(tmp_path, capsys):
     ("--batches", "0"), ("--batches", "1,-64"),
     ("--batches", ""),
     ("--batches", "1,x"), ("--batches", "64,1,64"), ("--batches", "100000"),
+    ("--batches", "\u0664"), ("--batches", "1_0"),  # int() reads both: 4 and 10
     ("--input-size", "16"), ("--out", ""),
 ])
 def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
@@ -68,6 +69,16 @@ def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
     line = _one_error_line(capsys)
     assert f"{option} " in line and (value in line if value else "''" in line)
     assert not (tmp_path / "o").exists()
+
+
+def test_compile_jobs_are_bounded_by_the_cpus_this_process_may_use(tmp_path, capsys,
+                                                                     monkeypatch):
+    """Checked against the machine's CPU count, so that under `taskset -c 0` two workers
+    passed (bench --threads is checked against the affinity)."""
+    monkeypatch.setattr(command, "usable_cpus", lambda: 1)
+    argv = ["--out", str(tmp_path / "o"), "--device", "cpu", "--compile-jobs", "2"]
+    assert command.main(argv) == 2
+    assert "--compile-jobs 2 must be in [1, 1]" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])

@@ -782,6 +782,21 @@ def test_sweep_default_csv_names_every_option_that_changes_its_rows():
     assert variants[0] == "sweep_laud_resnet50_spatial_4-4-2-1_b1_shard1of2_cpu.csv"
 
 
+@pytest.mark.parametrize("given,text", [(" 4-4-2-1", "4-4-2-1"), ("04-4-2-01", "4-4-2-1"),
+                                        ("2 ", "2"), ("4-4-2-1", "4-4-2-1")])
+def test_layout_options_are_written_back_as_the_tables_show_them(given, text):
+    """bench's CSV and sweep's default file name kept a granularity as typed (' 4-4-2-1':
+    'sweep_laud_resnet50_spatial_ 4-4-2-1_b1_cpu.csv')."""
+    from laudtriton.tune.commands import default_csv
+    from laudtriton.tune.options import check_layout_options
+
+    args = _parser().parse_args(["sweep", "--mode", "both", "--granularity", given,
+                                 "--channel-granularity", given])
+    check_layout_options(args)
+    assert (args.granularity, args.channel_granularity) == (text, text)
+    assert default_csv(args, "cpu") == f"sweep_laud_resnet50_both_{text}_c{text}_b1_cpu.csv"
+
+
 def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     args = _parser().parse_args(["sweep", "--cache-dir", str(tmp_path / "f" / "sub"),

@@ -51,6 +51,8 @@ from pathlib import Path
 import torch
 
 from ..gpureport import plot, table
+from ..runtime import usable_cpus
+from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
 from .checks import kernel_checks
 from .machine import machine
@@ -124,17 +126,11 @@ def _options(args) -> list[int]:
                          f"<= {MAX_BUDGET_S:g}")
     if args.configs < 1:
         raise ValueError(f"--configs {args.configs} must be >= 1")
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if not 1 <= args.compile_jobs <= cpus:  # each worker loads torch and opens a context
         raise ValueError(f"--compile-jobs {args.compile_jobs} must be in [1, {cpus}] (1: no "
-                         "worker processes; at most this machine's CPUs)")
-    try:
-        batches = [int(b) for b in str(args.batches).split(",")]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1:
-        raise ValueError(f"--batches {args.batches!r}: expected comma-separated ints >= 1 "
-                         "like 1,64")
+                         "worker processes; at most the CPUs this process may run on)")
+    batches = int_list(str(args.batches), "--batches", "comma-separated ints >= 1 like 1,64")
     if len(set(batches)) != len(batches):
         raise ValueError(f"--batches {args.batches!r} repeats a batch size (each would be "
                          "timed twice)")

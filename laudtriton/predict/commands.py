@@ -386,7 +386,7 @@ def run_design(args: argparse.Namespace) -> int:
             code 2).
     """
     from ..schedule import check_modes, check_target_rate, design_search, design_stages
-    from ..tune.options import READ_BY, check_layout_read, unread
+    from ..tune.options import READ_BY, check_layout_read, int_list, unread
     from .network import check_arch
 
     if args.top < 1:
@@ -399,13 +399,8 @@ def run_design(args: argparse.Namespace) -> int:
     check_modes(modes)
     check_layout_read(modes, {"--channel-granularity": args.channel_granularity},
                       f"--modes {args.modes!r}")
-    try:
-        grans = tuple(int(g) for g in args.granularities.split(","))
-    except ValueError:  # an empty item ("1,,2") too
-        raise ValueError(f"--granularities {args.granularities!r} is malformed; use "
-                         "'1,2,4,8'") from None
-    if not grans or any(g < 1 for g in grans):
-        raise ValueError(f"--granularities {args.granularities!r}: need positive ints")
+    grans = tuple(int_list(args.granularities, "--granularities",
+                           "comma-separated positive ints like 1,2,4,8"))
     default = {int(g) for g in DESIGN_GRANULARITIES.split(",")}
     if not set(READ_BY["--granularities"]) & set(modes) and set(grans) != default:
         raise unread("--granularities", args.granularities, f"--modes {args.modes!r}")

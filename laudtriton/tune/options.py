@@ -164,14 +164,27 @@ def unread(flag: str, value: str, where: str) -> ValueError:
                       f"stages, and {where} has none; leave it out")
 
 
+def stage_text(text: str, flag: str) -> str:
+    """The per-stage int option ``text`` (``parse_stages``) written as the tables, CSVs
+    and file names show it: " 4-4-2-1" -> "4-4-2-1", "04" -> "4" (one int stays one).
+
+    Raises:
+        ValueError: as ``parse_stages``.
+    """
+    stages = parse_stages(text, flag)
+    return str(stages[0]) if "-" not in str(text) else "-".join(map(str, stages))
+
+
 def check_layout_options(args: argparse.Namespace) -> None:
     """Raise a ValueError naming the first bad option of ``add_layout_options``, also
     against the model (``args.model``) at its input size (``args.input_size``, else 224):
     an S larger than its stage's map, a channel group size that does not divide a width
-    (the model's constructor says so too, but names its own arguments, not the flags)."""
+    (the model's constructor says so too, but names its own arguments, not the flags).
+    --granularity and --channel-granularity are written back as ``stage_text`` gives
+    them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed)."""
     check_mode(args.mode, "--mode")
-    parse_stages(args.granularity, "--granularity")
-    parse_stages(args.channel_granularity, "--channel-granularity")
+    args.granularity = stage_text(args.granularity, "--granularity")
+    args.channel_granularity = stage_text(args.channel_granularity, "--channel-granularity")
     check_layout_read(parse_modes(args.mode), {
         "--granularity": args.granularity, "--channel-granularity": args.channel_granularity},
         f"mode {args.mode!r}")
@@ -187,6 +200,17 @@ def check_nonempty(path: str | None, flag: str) -> None:
     path would silently mean the current directory."""
     if path is not None and not path.strip():
         raise ValueError(f"{flag} {path!r} is empty; give a path")
+
+
+def int_list(text: str, flag: str, accepted: str) -> list[int]:
+    """The positive ints of the comma list ``text`` given with ``flag`` ("1, 64" ->
+    [1, 64]), in ASCII digits (``int`` also reads "٤" and "1_000"). A ValueError naming
+    the flag and ``accepted`` (what to give) for anything else: an empty list or item,
+    a 0, a sign or a decimal point."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isascii() and t.isdigit() and int(t) >= 1 for t in items):
+        raise ValueError(f"{flag} {text!r} is malformed; accepted: {accepted}")
+    return [int(t) for t in items]
 
 
 def comma_items(text: str, flag: str, accepted: str) -> list[str]:

@@ -629,6 +629,8 @@ def test_merge_files_rejects(tmp_path, caplog):
         merge_files([a.path, tmp_path / "missing.json"], tmp_path / "o.json")
     with pytest.raises(ValueError, match="a directory, not a cache file; give the JSON"):
         merge_files([a.path, a.dir], tmp_path / "o.json")  # it said "not found"
+    with pytest.raises(ValueError, match="^/dev/null: not a regular file"):
+        merge_files([a.path, "/dev/null"], tmp_path / "o.json")  # it said "not found" too
     with pytest.raises(ValueError, match="at least one"):
         merge_files([], tmp_path / "o.json")
     corrupt = tmp_path / "corrupt.json"

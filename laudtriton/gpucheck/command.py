@@ -68,7 +68,14 @@ WARM_SHARE = 0.3  # of --budget: the compiles of parts 2 and 3 in worker process
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``gpucheck`` on an argparse subparsers object."""
-    p = subparsers.add_parser("gpucheck", help="one prepared GPU run: kernels, timings, plots")
+    p = subparsers.add_parser(
+        "gpucheck", help="one prepared GPU run: kernels, timings, plots",
+        description="The one prepared GPU run, time-boxed to --budget: kernel and variant "
+                    "checks against their references, the distinct blocks timed against "
+                    "the dense block, whole LAUD-ResNet-101 against the dense network; "
+                    "timings.csv, plots, the autotune cache and summary.json in --out. "
+                    "Exit code 0 when every check passed, 1 when one failed, 2 for a bad "
+                    "option or no CUDA device (nothing run).")
     _arguments(p)
     return p
 

@@ -43,9 +43,12 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     if folders:  # the cache file inside it is what merge reads
         raise ValueError(f"{', '.join(folders)}: a directory, not a cache file; give the "
                          "JSON file in it (`laudtriton cache ls` prints its path)")
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ValueError(f"cache files not found: {', '.join(missing)}")
+    odd = [str(p) for p in paths if not p.is_file()]  # a device, a pipe
+    if odd:
+        raise ValueError(f"{', '.join(odd)}: not a regular file; give a cache file")
     _check_is_cache(out)
     devices: dict[str, str] = {}
     merged: dict[str, dict] = {}

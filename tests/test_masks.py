@@ -8,6 +8,7 @@ from laudtriton.ops import masks as mk
 from laudtriton.ops.kappa import tap_validity
 from laudtriton.ops.spec import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
+from laudtriton.testing import make_block
 
 
 def test_active_pixels_flat_over_batch():
@@ -234,3 +235,36 @@ def test_cover_counts_follow_interpolate_where_the_integer_rule_does_not():
         torch.eye(24)[c].view(1, 1, 24, 1), (74, 1)), 1, (74, 1))[0, 0, y, 0]) for c in range(24))
         for y in range(74)]
     assert mk.cover_counts(74, 74, 24, 1) == covered
+
+
+@pytest.mark.parametrize("shape,grid", [
+    ((2, 8, 12, 13), (3, 4)),  # H divides, W does not (13 = 4·3 + 1)
+    ((2, 8, 13, 12), (4, 3)),  # W divides, H does not
+    ((2, 8, 12, 14), (4, 4)),
+    ((2, 8, 14, 12), (4, 4)),
+])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_grid_pool_where_one_side_divides(shape, grid, channels_last):
+    """grid_pool takes avg_pool2d only where the grid divides both sides; where it divides
+    one, its windows are adaptive pooling's (the existing cases divided both or neither,
+    so a fast path taken on one dividing side passed them; mutation audit, session 47)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(mk.grid_pool(x, grid),
+                       torch.nn.functional.adaptive_avg_pool2d(x, grid))
+
+
+@pytest.mark.parametrize("hw", [(12, 13), (13, 12)])
+@torch.no_grad()
+def test_gates_equal_compute_masks_where_one_side_divides(hw):
+    """S = 3 on a 12x13 map: a 4x4 grid, 12 divisible by 4, 13 not."""
+    blk = make_block(64, 16, 1, "spatial", 3, seed=3)
+    blk.masker_spatial.conv.bias.zero_()
+    x = torch.randn(3, 64, *hw, generator=torch.Generator().manual_seed(5))
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref, _ = blk.compute_masks(x)
+    assert 0 < float(ref.grid.mean()) < 1
+    got = mk.Gates(blk)(x)
+    for name in ("grid", "mask3", "mask1"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name

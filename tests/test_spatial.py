@@ -19,7 +19,7 @@ from laudtriton.ops.packed import onednn_fusion_available
 from laudtriton.ops.registry import get_variant, variants_for
 from laudtriton.ops.spec import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
-from laudtriton.testing import assert_close, make_block
+from laudtriton.testing import assert_close, make_block, reference_on_masks
 
 CL = torch.channels_last
 
@@ -437,3 +437,38 @@ def test_patch_refuses_maps_whose_nearest_cells_are_not_its_patches():
     with torch.no_grad():
         assert_close(cm(x), block(x))
     assert cm.last_stats[0].variant in ("dense", "gather")
+
+
+@pytest.mark.parametrize("variant", ["gather", "patch"])
+@pytest.mark.parametrize("mode", ["spatial", "both"])
+@pytest.mark.parametrize("edit", ["in place", "replaced"])
+@pytest.mark.parametrize("stride,hw", [(1, (8, 12)), (2, (15, 8))])
+@torch.no_grad()
+def test_spatial_variants_follow_weight_edits(variant, mode, edit, stride, hw):
+    """The weights gather and patch derive and cache (the im2col conv2 weight, the oneDNN
+    packings) must not outlive the folded tensors they were made from: a cache not keyed
+    by ``FoldedBlock.fingerprint`` passed every other CPU test (a mutation audit,
+    session 47; the slice cache has its own test in test_channel.py)."""
+    block = make_block(16, 8, stride, mode, 2, channel_granularity=2, seed=5)
+    spec = BlockSpec.from_block(block, (2, 16, *hw))
+    m = synthetic_masks(spec, 0.5, seed=3)
+    channel = None
+    if mode == "both":  # sample 0 on every channel (the full, cached weights), 1 partly
+        channel = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0]])
+    masks = BlockMasks(m.grid, m.mask3, m.mask1, channel)
+    x = torch.randn(2, 16, *hw)
+    xc = x.contiguous(memory_format=CL)
+    fb = fold_block(block)
+    run = get_variant(variant).run
+    for _ in range(2):  # the second call runs on the cached (packed) weights
+        assert_close(run(fb, xc, masks, {}), reference_on_masks(block, x, masks))
+    # conv2 and conv3 have no bias: scaling a weight scales its folded weight alone
+    for name, conv, f in (("w2", block.conv2, -0.5), ("w3", block.conv3, 1.5)):
+        conv.weight.mul_(f)
+        if edit == "in place":
+            getattr(fb, name).mul_(f)
+        else:
+            setattr(fb, name, getattr(fb, name) * f)
+    ref = reference_on_masks(block, x, masks)
+    for call in ("first call after the edit", "second call"):
+        assert_close(run(fb, xc, masks, {}), ref, name=f"{variant} {mode} {edit}: {call}")

@@ -273,3 +273,29 @@ def test_channel_gemm_variant_refuses_masks_that_do_not_fit():
             v.run(fb, x, BlockMasks(None, None, None, channel), None)
     with pytest.raises(ValueError, match="channel_gemm: x has 8 channels"):
         v.run(fb, x[:, :8], BlockMasks(None, None, None, torch.ones(2, 2)), None)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_gemm_variant_follows_weight_edits(stride):
+    """The n-major copy of w3 (and the tap-major w2) the variant caches on the
+    FoldedBlock is made again when ``FoldedBlock.fingerprint`` changes: a w3 cache keyed
+    without it passed every other kernel test (mutation audit, session 47)."""
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
+    from laudtriton.testing import make_block, reference_on_masks
+
+    block = make_block(16, 4, stride, mode="channel", channel_granularity=2, seed=stride)
+    x = torch.randn(2, 16, 7, 9, generator=torch.Generator().manual_seed(3))
+    masks = BlockMasks(None, None, None, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    fb = fold_block(block)
+    run = get_variant("channel_gemm").run
+    xc = x.contiguous(memory_format=torch.channels_last)
+    cfg = {"block_p": 16, "block_n": 16, "block_k": 16, "num_warps": 1, "num_stages": 1}
+    assert_close(run(fb, xc, masks, cfg), reference_on_masks(block, x, masks))
+    with torch.no_grad():  # no bias: the folded weights scale as the convolutions'
+        block.conv2.weight.mul_(-0.5)
+        block.conv3.weight.mul_(1.5)
+        fb.w2.mul_(-0.5)
+        fb.w3.mul_(1.5)
+    assert_close(run(fb, xc, masks, cfg), reference_on_masks(block, x, masks),
+                 name="channel_gemm after an in-place edit of w2 and w3")

@@ -11,7 +11,8 @@ from laudtriton.ops import registry
 from laudtriton.ops import triton_spatial as ts
 from laudtriton.ops.fold import fold_block
 from laudtriton.ops.spec import BlockSpec
-from laudtriton.testing import assert_close, make_block
+from laudtriton.ops.synthetic import synthetic_masks
+from laudtriton.testing import assert_close, make_block, reference_on_masks
 
 TINY = {s: dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
         for s in ts.STAGES}
@@ -143,3 +144,29 @@ def test_cost_grows_with_rate():
     # at rate 1 the convolutions are the dense block's (downsample included)
     assert costs[-1].flops == pytest.approx(spec.dense_flops())
     assert costs[0].flops == spec.batch * 512 * 512 * 28 * 28  # only the downsample
+
+
+def _scale_w2_w3(block, fb, f2=-0.5, f3=1.5):
+    """conv2 and conv3 scaled in place (no bias: their folded weights scale alike)."""
+    with torch.no_grad():
+        block.conv2.weight.mul_(f2)
+        block.conv3.weight.mul_(f3)
+        fb.w2.mul_(f2)
+        fb.w3.mul_(f3)
+
+
+@pytest.mark.parametrize("variant", ["fused", "masked"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_spatial_variants_follow_weight_edits(variant, stride):
+    """The HWIO copy of w2 that the variants cache on the FoldedBlock is made again when
+    ``FoldedBlock.fingerprint`` changes: a cache keyed without it passed every other
+    kernel test (mutation audit, session 47)."""
+    block = make_block(16, 4, stride, mode="spatial", granularity=2, seed=stride)
+    x = torch.randn(2, 16, 8, 10, generator=torch.Generator().manual_seed(3))
+    masks = synthetic_masks(BlockSpec.from_block(block, x.shape), 0.5, seed=1)
+    fb = fold_block(block)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    assert_close(RUNS[variant](fb, xc, masks, TINY), reference_on_masks(block, x, masks))
+    _scale_w2_w3(block, fb)
+    assert_close(RUNS[variant](fb, xc, masks, TINY), reference_on_masks(block, x, masks),
+                 name=f"{variant} after an in-place edit of w2 and w3")

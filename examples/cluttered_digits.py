@@ -238,7 +238,8 @@ def latency_curve(model: LaudResNet, x: torch.Tensor, rates, reps: int = 10, log
     for r in rates:
         m = copy.deepcopy(model).eval()
         achieved = float(np.mean(calibrate_rates(m, x, r)))
-        cm = laudtriton.compile(m, x, backend="cpu", tune="off")
+        # quiet: the log line below says each rate's result
+        cm = laudtriton.compile(m, x, backend="cpu", tune="off", progress=False)
         td, tc, _ = time_dense_vs_compiled(m, cm, x, reps)
         log(f"  rate {r:.2f} (achieved {achieved:.2f}): dense {td * 1e3:.1f} ms, "
             f"compiled {tc * 1e3:.1f} ms, speedup {td / tc:.2f} x")

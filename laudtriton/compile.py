@@ -4,8 +4,8 @@ How a variant is chosen for a block (the rule, per ``tune`` mode):
 
 - ``"off"``: every supported variant is timed on the example input with the masks its
   own maskers produce (blocks of equal shape are timed once, on the first one's input
-  and masks); the fastest one serves every rate. Nothing is read or written
-  to the autotune cache.
+  and masks; a progress line each); the fastest one serves every rate. Nothing is read
+  or written to the autotune cache.
 - ``"quick"``: the cache is read (each timing kept at the rate it was taken); the
   buckets of a small rate grid (0.2, 0.5, 0.8 and the bucket of the example's rate,
   ``tune.keys.rate_bucket``: its nearest 0.1) that no timing lies within 0.05 of are
@@ -88,7 +88,7 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             example_input: torch.Tensor | None = None, *, backend: str = "auto",
             tune: str = "cached", cache_dir: str | os.PathLike[str] | None = None,
             dispatch: str = "dynamic", dtype: torch.dtype | None = None,
-            variants: str | Iterable[str] | None = None
+            variants: str | Iterable[str] | None = None, progress: bool = True
             ) -> nn.Module | Callable[..., Any]:  # Callable: used as a decorator
     """Compile a LAUD model (or a single LaudBottleneck) into real sparse execution.
 
@@ -117,6 +117,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             float32 on CPU, float16 on CUDA).
         variants: restrict the candidates to these variant names (``dense`` stands in
             where none of them supports a block); default: every registered variant.
+        progress: print a line on stderr before each block that is timed now (tune
+            "quick" and "full", "off", and "cached" where nothing is cached: seconds to
+            minutes in all on a CPU); False for none.
 
     Returns:
         a ``CompiledModel`` (inference only) for a LaudResNet or a LaudBottleneck. A
@@ -171,7 +174,7 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         RuntimeError: when every candidate variant fails on a block's example input.
     """
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
-                   dtype=dtype, variants=variants)
+                   dtype=dtype, variants=variants, progress=progress)
     if model is None or isinstance(model, type) or (
         callable(model) and not isinstance(model, nn.Module)
     ):
@@ -227,7 +230,7 @@ def _bake_parametrizations(module: nn.Module) -> nn.Module:
 
 
 def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants,
-             nested: str | None = None):
+             progress, nested: str | None = None):
     """``compile``; nested: the name of ``model`` (a LaudResNet) inside the user's module
     being compiled, whose call checks ``variants`` over the whole module (and here its
     input is what the user's forward gives the network)."""
@@ -238,7 +241,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         raise ValueError(f"compile: model must be an nn.Module (a LaudResNet, a "
                          f"LaudBottleneck or a module containing them), got "
                          f"{type(model).__name__}{hint}")
-    backend, variants = check_options(backend, tune, cache_dir, dispatch, dtype, variants)
+    backend, variants = check_options(backend, tune, cache_dir, dispatch, dtype, variants,
+                                      progress)
     # a CUDA device with its index (the example input's, else the current one): "cuda"
     # alone would put the model on whichever device is current at compile time
     device = (torch.device("cpu") if backend != "cuda"
@@ -300,7 +304,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         check_finite(ref, "" if nested is None else f"{nested}.")  # its LAUD blocks)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
-                   dtype=dtype, variants=variants)
+                   dtype=dtype, variants=variants, progress=progress)
     missed_nets = []
     if not isinstance(ref, (LaudResNet, LaudBottleneck)):
         # a LaudResNet inside another module becomes a CompiledModel there (the outer
@@ -321,8 +325,9 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     distinct: set[BlockSpec] = set()  # tuning progress on stderr: block i of n
 
     def say(text: str) -> None:
-        print(f"laudtriton.compile: block {len(tables) + 1}/{len(distinct)}: {text}",
-              file=sys.stderr, flush=True)
+        if progress:
+            print(f"laudtriton.compile: block {len(tables) + 1}/{len(distinct)}: {text}",
+                  file=sys.stderr, flush=True)
     specs = []
     for name, block, xin in captured:
         check_foldable(name, block)

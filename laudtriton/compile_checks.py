@@ -253,7 +253,7 @@ def _check_maskers(name: str, block: LaudBottleneck) -> None:
 
 def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | None,
                   dispatch: str, dtype: torch.dtype | None,
-                  variants: str | Iterable[str] | None
+                  variants: str | Iterable[str] | None, progress: bool = True
                   ) -> tuple[str, tuple[str, ...] | None]:
     """The backend resolved and the variant names as a tuple, after checking every option
     of ``compile``.
@@ -261,6 +261,8 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
     Raises:
         ValueError: naming the option that is not accepted.
     """
+    if not isinstance(progress, bool):  # a string "False" would print
+        raise ValueError(f"progress must be True or False, got {progress!r}")
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     if dispatch not in DISPATCH:

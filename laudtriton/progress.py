@@ -27,20 +27,21 @@ class Progress:
             except ImportError:
                 self.bar = None
 
-    def update(self, note: str = "", timed: bool = True) -> None:
-        """Count one item done and show it: tqdm's bar with ``note`` as its postfix, else
+    def update(self, note: str = "", timed: bool = True, n: int = 1) -> None:
+        """Count n items done and show them: tqdm's bar with ``note`` as its postfix, else
         the stderr line rewritten (desc done/total, seconds elapsed, the ETA in seconds,
         ``note`` cut to 40 characters); counted but not shown when disabled. timed: the
-        item was measured, not found cached. The ETA takes the time per measured item
+        items were measured, not found cached. The ETA takes the time per measured item
         for every item left (an item found cached takes none: counted in, the ETA of a
-        resumed sweep read 1 s for a 17 s run); none before one is measured."""
-        self.done += 1
-        self.timed += timed
+        resumed sweep read 1 s for a 17 s run); none before one is measured. n: a step
+        that takes as long as n items counts as n (bench's whole-model timings)."""
+        self.done += n
+        self.timed += n if timed else 0
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.set_postfix_str(note, refresh=False)
-            self.bar.update(1)
+            self.bar.update(n)
             return
         el = time.perf_counter() - self.t0
         eta = (f"{el / self.timed * (self.total - self.done):.0f}s" if self.timed else "?")

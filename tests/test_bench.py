@@ -37,8 +37,8 @@ class RecordedProgress:
                                                                         [], False)
         RecordedProgress.made.append(self)
 
-    def update(self, note="", timed=True):
-        self.notes.append(note)
+    def update(self, note="", timed=True, n=1):
+        self.notes.append((note, n))
 
     def close(self):
         self.closed = True
@@ -57,12 +57,16 @@ def rows():
 
 def test_bench_shows_its_progress(rows):
     """One bar per rate over every timing: the 16 blocks, then per repeat the interleaved
-    whole-model rows and the new-input row (before, minutes passed without a word)."""
+    whole-model rows and the new-input row, each weighing as much as the 16 blocks
+    together, which they take about as long as (before, minutes passed without a
+    word)."""
     (bar,) = RecordedProgress.made
     blocks = [r.block for r in rows if r.block != "model"]
     assert (bar.desc, bar.enabled, bar.closed) == ("bench rate 0.50", True, True)
-    assert bar.notes == blocks + ["whole model", "new input every call"] * 3
-    assert bar.total == len(bar.notes) == 22
+    assert bar.notes == [(b, 1) for b in blocks] + [
+        (f"{what} run {i} of 3", 16) for i in (1, 2, 3)
+        for what in ("whole model", "new input every call")]
+    assert bar.total == sum(n for _, n in bar.notes) == 16 + 6 * 16
 
 
 def test_bench_validates_before_setting_the_allocator():

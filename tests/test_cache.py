@@ -377,7 +377,7 @@ def test_lock_timeout_is_reported_as_such(tmp_path, caplog, monkeypatch):
 
     class Held:
         def __enter__(self):
-            raise TimeoutError("held")
+            raise cache_file_mod.LockTimeout("held")
 
         def __exit__(self, *exc):
             return False
@@ -1029,6 +1029,29 @@ def test_a_held_lock_is_said_before_the_wait(tmp_path, monkeypatch, caplog, caps
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="laudtriton"):  # unheld: nothing said
         assert main(["cache", "merge", str(c.path), "--out", str(out)]) == 0
+    assert "another process" not in caplog.text
+
+
+@pytest.mark.parametrize("with_filelock", [True, False])
+def test_a_lock_held_briefly_is_waited_for_in_silence(tmp_path, monkeypatch, caplog,
+                                                      with_filelock):
+    """Writers sharing a cache meet for milliseconds: no warning for a wait shorter than
+    LOCK_QUIET (the warning broke a sweep's progress line at every meeting)."""
+    import fcntl
+    import sys
+    import threading
+
+    if not with_filelock:
+        monkeypatch.setitem(sys.modules, "filelock", None)
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    holder = open(c.lock_path, "a")  # another open file: a conflicting flock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(0.2, lambda: fcntl.flock(holder, fcntl.LOCK_UN)).start()
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    holder.close()
+    assert c.saved and TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
     assert "another process" not in caplog.text
 
 

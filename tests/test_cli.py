@@ -287,7 +287,7 @@ def test_bench_child_argv_carries_every_option():
     given = ["bench", "--model", "laud_resnet101", "--mode", "channel", "--rates", "0.5",
              "--channel-granularity", "2-2-4-4", "--batch", "3", "--threads", "1", "--reps", "5",
              "--tune", "off", "--model-only", "--repeat", "2", "--allocator", "default",
-             "--csv", "x.csv", "--processes", "4"]
+             "--csv", "x.csv", "--processes", "4", "--no-progress"]
     args = parser.parse_args(given)
     child = parser.parse_args(["bench", *_bench_argv(args)])
     # a value that starts with '-' passed as two words read as an option in the child

@@ -1013,7 +1013,10 @@ def test_tuning_shows_progress_on_stderr(tmp_path, capsys):
     assert off[0].endswith("variant(s) on the example input")
     laudtriton.compile(model, x, backend="cpu", tune="quick", cache_dir=tmp_path)
     laudtriton.compile(model, x, backend="cpu", tune="off", variants=["dense"])
+    laudtriton.compile(model, x, backend="cpu", tune="off", progress=False)  # asked
     assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="progress must be True or False, got 'no'"):
+        laudtriton.compile(model, x, backend="cpu", progress="no")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -59,6 +59,7 @@ def test_run_rejects_other_devices(tmp_path, capsys):
     ("--batches", ""),
     ("--batches", "1,x"), ("--batches", "64,1,64"), ("--batches", "100000"),
     ("--batches", "\u0664"), ("--batches", "1_0"),  # int() reads both: 4 and 10
+    ("--batches", "9" * 5000),  # int() refused it in words of its own, not naming --batches
     ("--input-size", "16"), ("--out", ""),
 ])
 def test_bad_options_refused_before_any_work(option, value, tmp_path, capsys):
@@ -79,6 +80,13 @@ def test_compile_jobs_are_bounded_by_the_cpus_this_process_may_use(tmp_path, cap
     argv = ["--out", str(tmp_path / "o"), "--device", "cpu", "--compile-jobs", "2"]
     assert command.main(argv) == 2
     assert "--compile-jobs 2 must be in [1, 1]" in _one_error_line(capsys)
+    # the default too: from those CPUs, not the machine's (16 here, 2 usable)
+    monkeypatch.setattr(command, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    from laudtriton.cli import build_parser
+
+    args = build_parser().parse_args(["gpucheck", "--out", str(tmp_path / "o")])
+    assert args.compile_jobs == 1
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])

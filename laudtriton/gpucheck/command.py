@@ -75,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "the dense block, whole LAUD-ResNet-101 against the dense network; "
                     "timings.csv, plots, the autotune cache and summary.json in --out. "
                     "Exit code 0 when every check passed, 1 when one failed, 2 for a bad "
-                    "option or no CUDA device (nothing run).")
+                    "option or no CUDA device (nothing run) or a file that could not be "
+                    "written, 130 on Ctrl-C.")
     _arguments(p)
     return p
 
@@ -93,9 +94,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="batch sizes to time, comma-separated (default 1,64)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
     p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
-    p.add_argument("--compile-jobs", type=int, default=min(8, max(1, (os.cpu_count() or 1) - 1)),
+    p.add_argument("--compile-jobs", type=int, default=min(8, max(1, usable_cpus() - 1)),
                    help="processes that compile the kernels of parts 2 and 3 first, in "
-                        "parallel (1: none; default: min(8, CPUs - 1))")
+                        "parallel (1: none; default: min(8, CPUs this process may use - 1))")
 
 
 def main(argv: list[str] | None = None) -> int:

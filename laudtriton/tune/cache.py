@@ -43,6 +43,7 @@ from ..ops.spec import BlockSpec
 from .cache_file import (
     LOCK_TIMEOUT,
     SCHEMA_VERSION,
+    LockTimeout,
     UnusableCacheFile,
     annotate_entries_into,
     check_record,
@@ -416,7 +417,7 @@ class TuneCache:
             self._memory.clear()
             self._notes.clear()
             self._loaded = (None, {})
-        except TimeoutError:  # filelock.Timeout: another process holds the lock
+        except LockTimeout:  # another process holds the lock
             self.unsaved_why = (f"another process held the lock {self.lock_path} for "
                                 f"{LOCK_TIMEOUT} s")
             log.warning("autotune cache %s: another process held its lock %s for %d s; "
@@ -484,7 +485,7 @@ class TuneCache:
                         n = len(set(data["entries"]) | set(self._memory))
                         with contextlib.suppress(FileNotFoundError):  # a link's target
                             self._real_path().unlink()  # (the entries it counted)
-            except TimeoutError:
+            except LockTimeout:
                 raise ValueError(f"another process holds the lock of {self.path} (waited "
                                  f"{LOCK_TIMEOUT} s); nothing deleted") from None
             except OSError as e:

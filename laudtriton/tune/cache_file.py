@@ -24,6 +24,7 @@ log = logging.getLogger("laudtriton")
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT = 120  # seconds a writer waits for another process's lock
+LOCK_QUIET = 1.0  # seconds of that wait before a warning says so
 
 
 def lock_path_of(path: Path) -> Path:
@@ -33,20 +34,27 @@ def lock_path_of(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
+class LockTimeout(TimeoutError):
+    """Another process held a cache file's lock for ``LOCK_TIMEOUT`` seconds
+    (``file_lock``)."""
+
+
 def _say_waiting(lock_path: Path) -> None:
     log.warning("another process holds %s (a sweep, merge or compile writing that cache); "
-                "waiting up to %g s for it", lock_path, LOCK_TIMEOUT)
+                "waiting up to %g s in all for it", lock_path, LOCK_TIMEOUT)
 
 
 @contextlib.contextmanager
 def file_lock(lock_path: Path) -> Iterator[None]:
     """Exclusive inter-process lock: ``filelock`` if importable, else ``fcntl.flock``.
-    When another process holds it, a warning says so before the wait.
+    When another process still holds it after ``LOCK_QUIET`` seconds (writers that share
+    a cache meet for milliseconds), a warning says so before the rest of the wait.
 
     Raises:
-        TimeoutError: if another process holds it for ``LOCK_TIMEOUT`` seconds
-            (``filelock.Timeout`` is one).
+        LockTimeout: (a TimeoutError) if another process holds it for ``LOCK_TIMEOUT``
+            seconds.
     """
+    quiet = min(LOCK_QUIET, LOCK_TIMEOUT)
     try:
         import filelock
     except ImportError:
@@ -54,10 +62,13 @@ def file_lock(lock_path: Path) -> Iterator[None]:
     if filelock is not None:
         lock = filelock.FileLock(str(lock_path))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=quiet)
         except filelock.Timeout:
             _say_waiting(lock_path)
-            lock.acquire(timeout=LOCK_TIMEOUT)
+            try:
+                lock.acquire(timeout=LOCK_TIMEOUT - quiet)
+            except filelock.Timeout:
+                raise LockTimeout(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
         try:
             yield
         finally:
@@ -67,18 +78,19 @@ def file_lock(lock_path: Path) -> Iterator[None]:
 
     with open(lock_path, "a") as fh:
         # non-blocking tries until LOCK_TIMEOUT, as filelock: a stuck holder must not hang
-        # a writer (filelock.Timeout and this are both TimeoutErrors)
-        deadline, said = time.monotonic() + LOCK_TIMEOUT, False
+        # a writer
+        start, said = time.monotonic(), False
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
-                if not said:
+                waited = time.monotonic() - start
+                if waited >= quiet and not said:
                     _say_waiting(lock_path)
                     said = True
+                if waited >= LOCK_TIMEOUT:
+                    raise LockTimeout(f"lock {lock_path} held for {LOCK_TIMEOUT} s") from None
                 time.sleep(0.05)
         try:
             yield

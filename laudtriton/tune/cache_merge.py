@@ -29,11 +29,14 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
 
     Raises:
-        ValueError: if no input is given, an input is missing, a file holds entries but
-            no device, no input holds a valid entry, or the inputs (and an existing
-            ``out_path``) are for different devices.
+        ValueError: if no input is given, an input is missing, a directory or not a
+            regular file, a file holds entries but no device, no input holds a valid
+            entry, or the inputs (and an existing ``out_path``) are for different devices.
         NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file
             (nothing is written over it).
+        cache_file.LockTimeout: (a TimeoutError) if another process holds the lock of
+            ``out_path`` for ``LOCK_TIMEOUT`` seconds.
+        OSError: if ``out_path``, its lock or its folder cannot be written.
     """
     paths = [Path(p) for p in paths]
     out = Path(out_path)

@@ -308,7 +308,7 @@ def run_cache(args: argparse.Namespace) -> int:
             check_output_path(out, "--out", replaced=True, new_dirs=True)
             try:
                 n = merge_files(args.files, out)
-            except TimeoutError:  # filelock.Timeout (an OSError too)
+            except cache_file.LockTimeout:  # (an OSError too)
                 raise ValueError(f"--out {args.out!r}: another process held its lock "
                                  f"({cache_file.lock_path_of(Path(out))}) for "
                                  f"{cache_file.LOCK_TIMEOUT} s; "

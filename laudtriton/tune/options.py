@@ -183,11 +183,11 @@ def check_layout_options(args: argparse.Namespace) -> None:
     --granularity and --channel-granularity are written back as ``stage_text`` gives
     them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed)."""
     check_mode(args.mode, "--mode")
+    given = {"--granularity": args.granularity,
+             "--channel-granularity": args.channel_granularity}  # as typed, for messages
     args.granularity = stage_text(args.granularity, "--granularity")
     args.channel_granularity = stage_text(args.channel_granularity, "--channel-granularity")
-    check_layout_read(parse_modes(args.mode), {
-        "--granularity": args.granularity, "--channel-granularity": args.channel_granularity},
-        f"mode {args.mode!r}")
+    check_layout_read(parse_modes(args.mode), given, f"mode {args.mode!r}")
     from ..predict.network import model_specs  # (tune may read predict inside a function)
 
     size = getattr(args, "input_size", None) or 224
@@ -204,11 +204,16 @@ def check_nonempty(path: str | None, flag: str) -> None:
 
 def int_list(text: str, flag: str, accepted: str) -> list[int]:
     """The positive ints of the comma list ``text`` given with ``flag`` ("1, 64" ->
-    [1, 64]), in ASCII digits (``int`` also reads "٤" and "1_000"). A ValueError naming
-    the flag and ``accepted`` (what to give) for anything else: an empty list or item,
-    a 0, a sign or a decimal point."""
+    [1, 64]), in ASCII digits (``int`` also reads "٤" and "1_000").
+
+    Raises:
+        ValueError: naming the flag, the value and ``accepted`` (what to give) for
+            anything else: an empty list or item, a 0, a sign, a decimal point, or more
+            than 18 digits (past 4300, ``int`` raises a message of its own).
+    """
     items = [t.strip() for t in text.split(",")]
-    if not all(t.isascii() and t.isdigit() and int(t) >= 1 for t in items):
+    if not all(t.isascii() and t.isdigit() and len(t) <= 18 and int(t) >= 1
+               for t in items):
         raise ValueError(f"{flag} {text!r} is malformed; accepted: {accepted}")
     return [int(t) for t in items]
 

@@ -134,7 +134,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     progress: a bar on stderr per rate over its timings (each block, then per repeat the
     interleaved whole-model rows and the new-input row, each counted as the model's
     number of blocks, as it takes about as long as all of them): minutes at the default
-    reps.
+    reps; False also silences compile's lines (``compile(progress=False)``).
 
     Raises:
         ValueError: repeat < 1, an unknown model or allocator, allocator "default" once

@@ -14,7 +14,7 @@ class Progress:
     total: the items to come; desc: the bar's label ("sweep"); unit: what an item is
     ("item")."""
 
-    def __init__(self, total: int, enabled: bool, desc: str, unit: str):
+    def __init__(self, total: int, enabled: bool, desc: str, unit: str) -> None:
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
         self.desc = desc
         self.timed = 0  # items measured (not found cached): the ETA's rate

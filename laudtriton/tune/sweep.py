@@ -11,7 +11,6 @@ Parsing the sweep's option values is ``options``'; its CSV, ``sweep_csv``'s.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import sys
 import time
@@ -19,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
+from ..nn.maskers import is_positive_int
 from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
 from ..ops import fold_block
 from ..ops.registry import Variant, get_variant, variants_for
@@ -215,14 +214,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         pair = tuple(shard)
     except TypeError:
         pair = ()
-    if (len(pair) != 2 or any(isinstance(v, (bool, np.bool_))
-                              or not isinstance(v, numbers.Integral) for v in pair)
-            or not 1 <= pair[0] <= pair[1]):
+    if len(pair) != 2 or not all(map(is_positive_int, pair)) or pair[0] > pair[1]:
         raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
     i_shard, n_shard = int(pair[0]), int(pair[1])
     if input_size is not None:  # (as the model's own: any size its maps allow)
-        if (isinstance(input_size, (bool, np.bool_))
-                or not isinstance(input_size, numbers.Integral) or input_size < 1):
+        if not is_positive_int(input_size):
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
         input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

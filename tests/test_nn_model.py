@@ -719,6 +719,29 @@ def test_a_reference_block_still_traces(mode):
         assert torch.allclose(traced(x), block(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["spatial", "channel", "layer", "both"])
+def test_a_whole_reference_model_traces_and_exports(mode):
+    """The whole LaudResNet traces (jit.trace) and exports (torch.export): its masks are
+    tensor ops, so the trace computes a new input's own masks. Before, jit.trace raised
+    in ``stem_flops`` (its shape rules on the tracer's 0-d tensor sizes); ``last_stats``
+    is now not recorded while tracing."""
+    from laudtriton.nn import laud_resnet50
+
+    torch.manual_seed(0)
+    model = laud_resnet50(mode=mode, granularity="4-4-2-1", channel_granularity=2).eval()
+    x, other = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings on Python values
+        traced = torch.jit.trace(model, x, check_trace=False)  # no eager check call
+    assert model.last_stats is None  # not made from the tracer's sizes
+    exported = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        want = model(other)
+        assert model.last_stats is not None  # an eager call records them as before
+        for got in (traced(other), exported(other)):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max())
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda m: m.MaskerSpatial(-1), "in_channels must be a positive int, got -1"),
     (lambda m: m.MaskerChannelMLP(64, 4, layers=1.0), "channel_masker_layers must be 1 or 2"),

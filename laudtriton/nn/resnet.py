@@ -286,7 +286,8 @@ class LaudResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, num_classes] for x [B, Cin, H, W]; sets ``last_stats`` (None after
-        an empty batch, or once compiled blocks replace the LaudBottlenecks). x must be of
+        an empty batch, while ``torch.jit.trace`` runs it, or once compiled blocks replace
+        the LaudBottlenecks). x must be of
         the model's dtype, except under autocast, where any floating dtype is taken.
 
         Raises:
@@ -307,7 +308,10 @@ class LaudResNet(nn.Module):
         compiled = any(not isinstance(b, LaudBottleneck) for _, b in blocks)
         # compiled blocks keep no BlockStats (their own last_run holds their rates)
         empty = x.shape[0] == 0  # no sample to average over: NaN rates and FLOPs
-        self.last_stats = None if compiled or empty else self._stats(x, h, blocks)
+        # jit.trace records tensor ops only: the stats would be the traced input's
+        # constants, and stem_flops' shape rules cannot run on the tracer's sizes
+        skip = compiled or empty or torch.jit.is_tracing()
+        self.last_stats = None if skip else self._stats(x, h, blocks)
         return logits
 
     def stem_flops(self, in_hw: tuple[int, int]) -> int:

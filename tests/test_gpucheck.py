@@ -145,10 +145,12 @@ def test_poisoned_outputs_cover_empty_and_empty_like():
 
 def test_check_records_failures(tmp_path):
     r = record.Run(tmp_path, 10, "cpu")
-    assert r.check("ok", lambda: None)
+    seen = []
+    assert r.check("ok", lambda: r.check("inner", lambda: seen.append(list(r.running))))
     assert not r.check("bad", lambda: 1 / 0)
-    assert [c["ok"] for c in r.checks] == [True, False]
-    assert "ZeroDivisionError" in r.checks[1]["error"]
+    assert [c["ok"] for c in r.checks] == [True, True, False]
+    assert "ZeroDivisionError" in r.checks[2]["error"]
+    assert seen == [["ok", "inner"]] and r.running == []  # what runs, outermost first
 
 
 @pytest.mark.parametrize("works", [True, False])
@@ -276,9 +278,18 @@ def test_run_writes_its_results_after_each_part(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [c["check"] for c in summary["checks"]] == ["machine", "gpucheck run"]
-    assert "Terminated: signal" in summary["checks"][1]["error"]
+    assert [c["check"] for c in summary["checks"]] == [
+        "machine", "gpucheck run", "part 3/4 completed", "part 4/4 completed"]
+    # what was running is named (a reviewer's stopped run named neither), and the parts
+    # never reached are listed as not run (the table read "checks: 1/2 passed")
+    assert summary["checks"][1]["error"].startswith("Terminated: signal")
+    assert summary["checks"][1]["error"].endswith(", during part 2/4 completed > kernel")
+    assert all(c["error"] == "not run: the run was stopped before it"
+               for c in summary["checks"][2:])
     assert (tmp_path / "timings.csv").exists()
+    log = (tmp_path / record.LOG_NAME).read_text()
+    assert "] start kernel\n" in log  # logged as it started: a SIGKILL leaves that line
+    assert "gpucheck done in " in log  # the closing table and lines, as printed
 
 
 def test_a_run_stopped_in_part3_names_the_autotune_cache_it_wrote(tmp_path, monkeypatch,
@@ -491,8 +502,10 @@ def test_warm_block_runs_each_triton_config_at_each_rate(monkeypatch):
     monkeypatch.setattr(ops, "variants_for", lambda spec, backend: fakes)
     with pytest.raises(RuntimeError, match=r"^a \{'c': 0\}: RuntimeError: no compile"):
         warm.warm_block("cpu", spec, 2)
-    want = [(v, how, c) for v, how in (("a", "run"), ("b", "inplace")) for c in (0, 1)
-            for _ in RATES]
+    # a's config 0 fails at the first rate: not run at the others (a failed compile is
+    # not cached, and was compiled again at every rate)
+    want = [("a", "run", 0)] + [(v, how, c) for v, how, cs in (
+        ("a", "run", (1,)), ("b", "inplace", (0, 1))) for c in cs for _ in RATES]
     assert calls == want
     # a harmless failure first, then a fault that breaks CUDA: the fault is raised at
     # once, naming its variant (the first error's text was tested, and the fault missed)
@@ -690,8 +703,12 @@ def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, mo
     blocks._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1, cache)
     assert static == [torch.float16, torch.bfloat16]
     fails = [c["check"] for c in r.checks if not c["ok"]]
-    assert fails and all(" wrong " in f for f in fails), r.checks
-    assert len(fails) == sum(0 < rt < 1 or rt == 1 for rt in gpureport.RATES)
+    # one failed check, at the first rate: the config is not run at the later ones
+    assert fails == [f"config b1 {spec.short()} rate {gpureport.RATES[0]} wrong {{}}"]
+    assert {row["rate"] for row in r.rows if row["variant"] == "wrong"} == {
+        gpureport.RATES[0]}
+    assert f"not run on b1 {spec.short()} at rate {gpureport.RATES[1]}: wrong {{}} (failed" \
+        in (tmp_path / record.LOG_NAME).read_text()
     dense_rows = [row for row in r.rows if row["variant"] == "dense"]
     assert {row["seconds"] for row in dense_rows} == {1e-3}
     entries = TuneCache(tmp_path / "cache").entries()
@@ -809,8 +826,8 @@ def test_a_watchdog_stops_an_item_that_overruns_the_budget(tmp_path, monkeypatch
     assert time.perf_counter() - t0 < 30  # far from 60 s, even on a loaded machine
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     checks = json.loads((tmp_path / "summary.json").read_text())["checks"]
-    assert [c["check"] for c in checks] == ["machine", "gpucheck run"]
-    assert "Terminated: signal" in checks[1]["error"]
+    assert [c["check"] for c in checks][:2] == ["machine", "gpucheck run"]
+    assert "Terminated: signal" in checks[1]["error"] and "> kernel" in checks[1]["error"]
     assert not list(tmp_path.rglob("*.lock"))
 
 

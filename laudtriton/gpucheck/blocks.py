@@ -5,6 +5,7 @@ and the autotune cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from ..gpureport import RATES
 from .record import Run, describe, save
 
 if TYPE_CHECKING:
-    from ..nn.block import LaudBottleneck
+    from ..nn.block import BlockMasks, LaudBottleneck
     from ..ops.spec import BlockSpec
     from ..tune.cache import TuneCache
 
@@ -76,18 +77,63 @@ def _static_dense_time(fb, x, dev) -> float:
         return median_time(lambda: dense_block(fb, scratch, NO_MASKS, inplace=True), dev)
 
 
+def same_masks(a: BlockMasks, b: BlockMasks) -> bool:
+    """Whether two blocks' masks are equal, field by field (None only equal to None)."""
+    for f in dataclasses.fields(a):  # not astuple: it would deep-copy every tensor
+        u, v = getattr(a, f.name), getattr(b, f.name)
+        if (u is None) != (v is None) or (u is not None and (
+                u.shape != v.shape or u.dtype != v.dtype or not torch.equal(u, v))):
+            return False
+    return True
+
+
+def _time_rate(r: Run, spec, fb, xd, fb32, x32, masks, rate: float, cands, cfgs: dict,
+               failed: dict) -> tuple[dict, float]:
+    """One rate of ``_time_block``: each config of ``cfgs`` not in ``failed`` checked
+    against the float32 dense block and timed; a config that fails or is wrong is a
+    failed check and goes into ``failed`` (not run at the later rates: a compile that
+    failed would fail again, seconds each). Returns the timings and the realised rate."""
+    from ..kernelchecks import exact_fp32
+    from ..ops.dense import dense_block
+    from ..schedule import rate_key, run_rate
+    from ..testing import TOLERANCE, assert_close
+    from ..tune.measure import config_key, time_variants
+
+    with torch.no_grad(), exact_fp32():
+        ref = dense_block(fb32, x32, masks).float()
+
+    def check(name, cfg, out):
+        assert_close(out.float(), ref, TOLERANCE[torch.float16], f"{name} {cfg}")
+
+    now = {v: [c for c in cs if (v, config_key(c)) not in failed] for v, cs in cfgs.items()}
+    dropped = [f"{v} {k} (failed at rate {at})" for (v, k), at in failed.items()]
+    if dropped:
+        r.say(f"not run on b{spec.batch} {spec.short()} at rate {rate}: " + ", ".join(dropped))
+    errors: dict = {}
+    timings = time_variants(fb, spec, xd, masks, [v for v in cands if now[v.name]],
+                            configs=now, check=check, errors=errors)
+    r.info["part3_configs_checked"] = (r.info.get("part3_configs_checked", 0)
+                                       + sum(len(c) for c in timings.values()))
+    for (vname, ckey), e in errors.items():  # failed or wrong: a failed check each
+        failed[(vname, ckey)] = rate
+        r.checks.append({"check": f"config b{spec.batch} {spec.short()} rate {rate} "
+                                  f"{vname} {ckey}", "ok": False, "error": describe(e)})
+        r.say(f"FAIL config {vname} {ckey} on b{spec.batch} {spec.short()} rate {rate}: "
+              f"{describe(e)}")
+    # at the rate the masks realise (``schedule.run_rate``), as sweep
+    return timings, rate_key(run_rate(spec, masks))
+
+
 def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) -> None:
     """One block of part 3: the static dense block in fp16 and bf16 (the baseline of the
     ratios), the ``dense`` variant with masks (what the cache's "dense" holds, as a
     sweep's), and each variant's first ``n_configs`` configs at every rate, each config's
     first output checked against the float32 dense block on the same masks (TF32 off)
-    before it is timed: a config that fails or is wrong is a failed check."""
-    from ..kernelchecks import exact_fp32
+    before it is timed: a config that fails or is wrong is a failed check, not run at
+    the later rates. A rate whose masks equal an earlier rate's (a layer gate at batch
+    1) gets that rate's timings again, as its rows, without timing the same work twice."""
     from ..ops import fold_block, variants_for
-    from ..ops.dense import dense_block
     from ..ops.synthetic import synthetic_masks
-    from ..schedule import rate_key, run_rate
-    from ..testing import TOLERANCE, assert_close
     from ..tune.measure import time_variants
 
     dev = r.device
@@ -111,28 +157,19 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
     cfgs = {v.name: v.configs(spec)[:n_configs] for v in cands}
     fb32 = fold_block(block, torch.float32, dev)
     x32 = xd.float()  # the values the fp16 runs see
+    failed: dict[tuple[str, str], float] = {}  # (variant, config key): the rate it failed at
+    timed: list[tuple[BlockMasks, dict, float]] = []  # masks, their timings, realised rate
     for rate in RATES:
         masks = synthetic_masks(spec, rate, seed=1, device=dev)
-        with torch.no_grad(), exact_fp32():
-            ref = dense_block(fb32, x32, masks).float()
-
-        def check(name, cfg, out, ref=ref):
-            assert_close(out.float(), ref, TOLERANCE[torch.float16], f"{name} {cfg}")
-
-        errors: dict = {}
-        timings = time_variants(fb, spec, xd, masks, cands, configs=cfgs, check=check,
-                                errors=errors)
-        r.info["part3_configs_checked"] = (r.info.get("part3_configs_checked", 0)
-                                           + sum(len(c) for c in timings.values()))
-        for (vname, ckey), e in errors.items():  # failed or wrong: a failed check each
-            r.checks.append({"check": f"config b{batch} {spec.short()} rate {rate} "
-                                      f"{vname} {ckey}", "ok": False, "error": describe(e)})
-            r.say(f"FAIL config {vname} {ckey} on b{batch} {spec.short()} rate {rate}: "
-                  f"{describe(e)}")
-        meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
-        # at the rate the masks realise (``schedule.run_rate``), as sweep
-        realised = rate_key(run_rate(spec, masks))
-        cache.record(spec, realised, timings | {"dense": masked}, meta)
+        again = next((t for t in timed if same_masks(t[0], masks)), None)
+        if again is not None:  # e.g. a layer gate at batch 1: rates 0.25 and 0.5 both off
+            _, timings, realised = again  # the same work: its rows again, timed once
+        else:
+            timings, realised = _time_rate(r, spec, fb, xd, fb32, x32, masks, rate, cands,
+                                           cfgs, failed)
+            timed.append((masks, timings, realised))
+            meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
+            cache.record(spec, realised, timings | {"dense": masked}, meta)
         base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
                 "batch": batch, "rate": rate, "realised_rate": realised,
                 "models": json.dumps(members)}

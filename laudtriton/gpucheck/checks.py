@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from .record import Run
+from .record import Run, save
 
 
 # -- 2. kernels and variants vs references ------------------------------------------------
@@ -57,3 +57,4 @@ def kernel_checks(r: Run, until: float | None = None) -> None:
                       f"{r.sticky[name]})")
                 continue
             r.check(name, fn, until)
+            save(r, r.out)  # a run killed outright keeps every check done so far

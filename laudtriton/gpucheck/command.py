@@ -25,10 +25,11 @@ running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruc
    recorded as not run: tuning them here would time their blocks past the time box); its
    logits within ``WHOLE_TOL`` of the dense variants' on its own masks;
 then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
-and summary.json into DIR and prints a short table. timings.csv and summary.json are also
-written after each part, block and whole-model item, every progress line and warning goes
-to gpucheck.log there too, and on SIGTERM (a time limit) the run stops and writes what it
-gathered. A check, a block's timing or a part that raises is recorded as failed (its
+and summary.json into DIR and prints a short table (into gpucheck.log too). timings.csv
+and summary.json are also written after each part, check, block and whole-model item,
+every progress line and warning goes to gpucheck.log there too, with a line as each
+check starts, and on SIGTERM (a time limit) the run stops, names what was running, and
+writes what it gathered. A check, a block's timing or a part that raises is recorded as failed (its
 error in one line, the end of its traceback in summary.json) and the run goes on.
 Without CUDA, or with a bad option:
 one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
@@ -210,16 +211,21 @@ def run(args: argparse.Namespace) -> int:
     # a whole model) could overrun it; past budget + WATCHDOG_S the run stops as on SIGTERM
     previous_alarm = signal.signal(signal.SIGALRM, terminated)
     signal.setitimer(signal.ITIMER_REAL, args.budget + WATCHDOG_S)
+    started = 0
     try:
         for title, step in steps:  # a part that raises is a failed check; the next runs
+            started += 1
             r.say(title)
             r.check(f"part {title.split()[0]} completed", step, quiet=True)
             save(r, out)
     except Terminated as e:  # a time limit: report what was gathered so far
         signal.setitimer(signal.ITIMER_REAL, 0)  # no second alarm while reporting
+        during = f", during {' > '.join(r.running)}" if r.running else ""
         r.checks.append({"check": "gpucheck run", "ok": False,
-                         "error": f"Terminated: {e}"})
-        r.say(f"stopped: Terminated: {e}")
+                         "error": f"Terminated: {e}{during}"})
+        r.say(f"stopped: Terminated: {e}{during}")
+        for title, _ in steps[started:]:
+            r.not_run(f"part {title.split()[0]} completed", "the run was stopped before it")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_alarm)
@@ -238,8 +244,10 @@ def run(args: argparse.Namespace) -> int:
                 parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
         except Exception as e:  # noqa: BLE001 - the table and files below still matter
             parts.append(f"plot of {m} failed: {describe(e)}")
-    print(table(r, models))
-    for p in parts + [f"csv: {out / 'timings.csv'}", f"summary: {out / 'summary.json'}"]:
-        print(p)
-    print(f"gpucheck done in {time.perf_counter() - r.t0:.0f} s")
+    lines = [table(r, models), *parts, f"csv: {out / 'timings.csv'}",
+             f"summary: {out / 'summary.json'}",
+             f"gpucheck done in {time.perf_counter() - r.t0:.0f} s"]
+    for line in lines:  # in gpucheck.log too: a console may keep only part of it
+        print(line)
+        r.note(line, stamp=False)
     return 0 if all(c["ok"] for c in r.checks) else 1

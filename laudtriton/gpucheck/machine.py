@@ -32,8 +32,9 @@ def machine(r: Run) -> None:
     from .._version import __version__
 
     dev = r.device
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "triton": triton.__version__, "laudtriton": __version__}
+    info = r.info  # filled as it goes: a part that fails later keeps what it read
+    info |= {"python": platform.python_version(), "torch": torch.__version__,
+             "triton": triton.__version__, "laudtriton": __version__}
     if dev == "cuda":
         p = torch.cuda.get_device_properties(0)
         info |= {"gpu": p.name, "capability": f"{p.major}.{p.minor}",
@@ -50,6 +51,5 @@ def machine(r: Run) -> None:
         x = torch.randn(m, m, device=dev, dtype=dt)
         y = torch.randn(m, m, device=dev, dtype=dt)
         info[f"gemm_{str(dt)[6:]}_TFLOPs"] = round(2 * m**3 / _bench(lambda: x @ y, dev) / 1e12, 1)
-    r.info = info
     for k, v in info.items():
         r.say(f"{k:<16} {v}")

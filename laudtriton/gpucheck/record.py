@@ -34,6 +34,9 @@ class Run:
         # the check after whose failure CUDA stopped working (``_cuda_works``): every
         # later check is recorded as not run (it would fail alike, and read as a defect)
         self.broken: str | None = None
+        # the checks running now, outermost first (a part, then its item): a run stopped
+        # by a signal names them; each is also logged as it starts, for a SIGKILL
+        self.running: list[str] = []
         self.log = out / LOG_NAME
 
     def left(self) -> float:
@@ -46,6 +49,12 @@ class Run:
         (the run's whole story, where a console keeps only its end)."""
         line = f"[{time.perf_counter() - self.t0:6.1f}s] {text}"
         print(line, flush=True)
+        self.note(line, stamp=False)
+
+    def note(self, text: str, stamp: bool = True) -> None:
+        """Append a line to ``gpucheck.log`` only (not printed): stamp it with the
+        seconds since the start unless ``stamp`` is False."""
+        line = f"[{time.perf_counter() - self.t0:6.1f}s] {text}" if stamp else text
         with contextlib.suppress(OSError), open(self.log, "a") as fh:
             fh.write(line + "\n")
 
@@ -53,7 +62,8 @@ class Run:
               quiet: bool = False) -> bool:
         """Run ``fn`` and record a pass or a failure (with its error and the end of its
         traceback, for summary.json). until: a perf_counter time after which the check is
-        not run but recorded as not run (a time box). quiet: record and print failures
+        not run but recorded as not run (a time box). Its start is logged (``note``) and
+        it is in ``running`` while it runs. quiet: record and print failures
         only. A SIGTERM (``Terminated``) is not a failed check: it stops the run. On
         CUDA a failure is followed by a probe of the device (``_cuda_works``): if it
         fails, ``broken`` names this check and later ones are recorded as not run."""
@@ -63,12 +73,15 @@ class Run:
         if until is not None and time.perf_counter() > until:
             self.not_run(name, "time box")
             return False
+        self.running.append(name)  # left there by a signal (``Terminated``) only
+        self.note(f"start {name}")
         try:
             fn()
             ok, err, tb = True, "", ""
         except Exception as e:  # a failed check is a result, not a crash
             ok, err = False, describe(e)
             tb = "\n".join(traceback.format_exc().strip().splitlines()[-TRACEBACK_LINES:])
+        self.running.pop()
         if ok and quiet:
             return True
         self.checks.append({"check": name, "ok": ok, "error": err}

@@ -50,8 +50,9 @@ def _random_block(spec):
 def warm_block(device: str, spec: BlockSpec, n_configs: int) -> None:
     """Run once, at each of part 3's rates, every config part 3 times (the first
     ``n_configs``) of each Triton variant of ``spec`` (float16, as part 3), for their
-    compiles alone. Raises the first error (a WarmError naming its variant) after trying
-    every config, or at once an error that leaves CUDA unusable (``is_sticky``)."""
+    compiles alone; a config that fails is not run at the later rates (as in part 3).
+    Raises the first error (a WarmError naming its variant) after trying every config,
+    or at once an error that leaves CUDA unusable (``is_sticky``)."""
     from ..ops import fold_block, variants_for
     from ..ops.synthetic import synthetic_masks
 
@@ -76,6 +77,7 @@ def warm_block(device: str, spec: BlockSpec, n_configs: int) -> None:
                     if is_sticky(str(err)):  # CUDA unusable: every later run fails (this
                         raise err from None  # one, not an earlier harmless failure)
                     first = first or err
+                    break  # a failed compile is not cached: the next rate would redo it
     if first is not None:
         raise first
 

@@ -549,6 +549,9 @@ def test_eval_is_deterministic(mode):
     (dict(downsample="conv"), r"downsample must be an nn.Module or None, got str"),
     (dict(dyn_mode="channel", channel_masker_layers="2"),  # was printed as 2
      r"channel_masker_layers must be 1 or 2, got '2'"),
+    # the block's name for the masker's argument (the masker says "reduction")
+    (dict(dyn_mode="both", channel_masker="conv_linear", channel_masker_reduction=32),
+     r"^channel_masker_reduction 32 leaves no channel of 16$"),
 ])
 def test_block_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

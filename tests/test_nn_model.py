@@ -744,8 +744,11 @@ def test_a_whole_reference_model_traces_and_exports(mode):
 
 @pytest.mark.parametrize("make, match", [
     (lambda m: m.MaskerSpatial(-1), "in_channels must be a positive int, got -1"),
-    (lambda m: m.MaskerChannelMLP(64, 4, layers=1.0), "channel_masker_layers must be 1 or 2"),
-    (lambda m: m.MaskerChannelMLP(64, 4, layers=True), "channel_masker_layers must be 1 or 2"),
+    # a masker built on its own names its own argument (was channel_masker_layers, the
+    # block's name for it)
+    (lambda m: m.MaskerChannelMLP(64, 4, layers=1.0), "^layers must be 1 or 2"),
+    (lambda m: m.MaskerChannelMLP(64, 4, layers=True), "^layers must be 1 or 2"),
+    (lambda m: m.MaskerChannelConvLinear(64, 4, 128), "^reduction 128 leaves no channel of 64"),
     (lambda m: m.MaskerChannelMLP(64, 4, reduction=0), "reduction must be a positive int"),
     (lambda m: m.MaskerChannelConvLinear(64, -3), "groups must be a positive int, got -3"),
     (lambda m: m.MaskerChannelConvLinear(64, True), "groups must be a positive int, got True"),
@@ -758,6 +761,23 @@ def test_masker_constructors_name_a_bad_argument(make, match):
 
     with pytest.raises(ValueError, match=match):
         make(maskers)
+
+
+def test_a_masker_on_its_own_refuses_an_input_of_other_channels():
+    """A masker used on its own gave torch's 'mat1 and mat2 shapes cannot be multiplied'
+    (or a conv's channel error) for an input of other channels."""
+    from laudtriton.nn import maskers
+
+    x = torch.randn(1, 32, 8, 8)
+    for who, call in (("MaskerChannelMLP", lambda: maskers.MaskerChannelMLP(64, 4)(x)),
+                      ("MaskerChannelConvLinear",
+                       lambda: maskers.MaskerChannelConvLinear(64, 4)(x)),
+                      ("MaskerSpatial", lambda: maskers.MaskerSpatial(64)(x, (2, 2))),
+                      ("MaskerSpatial", lambda: maskers.MaskerSpatial(32)(x[0], (2, 2)))):
+        with pytest.raises(ValueError, match=rf"^{who}: expected a 4D input \[B, \d+, H, W\]"):
+            call()
+    mask, _ = maskers.MaskerChannelMLP(32, 4).eval()(x)  # the right channels: as before
+    assert mask.shape == (1, 4)
 
 
 def test_block_refuses_a_masker_depth_other_than_1_or_2():

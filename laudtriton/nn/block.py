@@ -20,6 +20,7 @@ from .maskers import (
     MaskerSpatial,
     check_masker_layers,
     check_positive_ints,
+    check_reduction,
     expand_channel_mask,
     expand_mask1,
     is_positive_int,
@@ -137,7 +138,8 @@ class LaudBottleneck(nn.Module):
         stride: stride of conv2 (and of the downsample).
         downsample: module for the identity path, or None.
         dyn_mode: "spatial" | "channel" | "layer" | "both".
-        granularity: patch size S of the spatial mask (ignored by channel/layer modes).
+        granularity: patch size S of the spatial mask: a positive int in every mode, read
+            by spatial/both only (channel/layer modes keep 1).
         channel_granularity: channels per channel-mask group (must divide w).
         channel_masker: "MLP" | "conv_linear".
         channel_masker_layers: 1 or 2 (MLP only).
@@ -195,6 +197,8 @@ class LaudBottleneck(nn.Module):
             raise ValueError(
                 f"channel_masker must be one of {CHANNEL_MASKERS}, got {channel_masker!r}"
             )
+        if channel_masker == "conv_linear" and dyn_mode in ("channel", "both"):
+            check_reduction(inplanes, channel_masker_reduction)  # under the block's name
         if feature_size is not None:
             fs = ((feature_size, feature_size) if isinstance(feature_size, numbers.Integral)
                   else feature_size)

@@ -86,12 +86,20 @@ def check_positive_ints(**values: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def check_masker_layers(layers: object) -> None:
-    """Raise a ValueError unless ``layers`` (the channel MLP masker's depth) is the int 1
-    or 2 (not True, not 1.0)."""
+def check_masker_layers(layers: object, name: str = "channel_masker_layers") -> None:
+    """Raise a ValueError naming ``name`` unless ``layers`` (the channel MLP masker's
+    depth) is the int 1 or 2 (not True, not 1.0)."""
     if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or (
             layers not in (1, 2)):
-        raise ValueError(f"channel_masker_layers must be 1 or 2, got {layers!r}")
+        raise ValueError(f"{name} must be 1 or 2, got {layers!r}")
+
+
+def check_reduction(in_channels: int, reduction: int,
+                    name: str = "channel_masker_reduction") -> None:
+    """Raise a ValueError naming ``name`` if the conv-linear channel masker's
+    ``in_channels // reduction`` leaves no channel."""
+    if in_channels // reduction < 1:
+        raise ValueError(f"{name} {reduction} leaves no channel of {in_channels}")
 
 
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
@@ -115,6 +123,14 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     return ho // granularity, wo // granularity
 
 
+def _check_input(who: str, x: torch.Tensor, channels: int) -> None:
+    """Raise a ValueError naming ``who`` unless x is [B, channels, H, W] (a masker used
+    on its own gave torch's matmul or conv error)."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{who}: expected a 4D input [B, {channels}, H, W], got "
+                         f"{tuple(x.shape)}")
+
+
 class MaskerSpatial(nn.Module):
     """Spatial masker: pool to the mask grid, 1x1 conv with bias to 2 logits, compare.
 
@@ -136,6 +152,7 @@ class MaskerSpatial(nn.Module):
         Raises:
             ValueError: if the grid is larger than x's map (pooling would upsample).
         """
+        _check_input("MaskerSpatial", x, self.conv.in_channels)
         if _smaller(tuple(x.shape[-2:]), tuple(grid)):
             raise ValueError(f"MaskerSpatial: grid {tuple(grid)} is larger than the input's "
                              f"map {tuple(x.shape[-2:])}; a mask cell pools S x S pixels")
@@ -165,7 +182,7 @@ class MaskerChannelMLP(nn.Module):
     def __init__(self, in_channels: int, groups: int, layers: int = 2,
                  reduction: int = 16) -> None:
         super().__init__()
-        check_masker_layers(layers)
+        check_masker_layers(layers, "layers")  # a block checks its own name first
         check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         self.groups = groups
         hidden = max(groups // reduction, 16)
@@ -185,6 +202,7 @@ class MaskerChannelMLP(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """[B, Cin, H, W] -> [B, 2, G]."""
+        _check_input("MaskerChannelMLP", x, self.linears()[0].in_features)
         b = x.shape[0]
         return self.conv(x.mean(dim=(2, 3))).view(b, 2, self.groups)
 
@@ -217,10 +235,7 @@ class MaskerChannelConvLinear(nn.Module):
     def __init__(self, in_channels: int, groups: int, reduction: int = 16) -> None:
         super().__init__()
         check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
-        if in_channels // reduction < 1:
-            raise ValueError(
-                f"channel_masker_reduction {reduction} leaves no channel of {in_channels}"
-            )
+        check_reduction(in_channels, reduction, "reduction")  # a block checks its own first
         red = in_channels // reduction
         self.groups = groups
         self.conv = nn.Sequential(
@@ -234,6 +249,7 @@ class MaskerChannelConvLinear(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """[B, Cin, H, W] -> [B, 2, G]."""
+        _check_input("MaskerChannelConvLinear", x, self.conv[0].in_channels)
         b = x.shape[0]
         return self.linear(self.conv(x).mean(dim=(2, 3))).view(b, 2, self.groups)
 

@@ -40,8 +40,8 @@ import torch
 
 from ..nn.maskers import check_flag
 from ..ops.spec import BlockSpec
+from . import cache_file
 from .cache_file import (
-    LOCK_TIMEOUT,
     SCHEMA_VERSION,
     LockTimeout,
     UnusableCacheFile,
@@ -419,10 +419,10 @@ class TuneCache:
             self._loaded = (None, {})
         except LockTimeout:  # another process holds the lock
             self.unsaved_why = (f"another process held the lock {self.lock_path} for "
-                                f"{LOCK_TIMEOUT} s")
-            log.warning("autotune cache %s: another process held its lock %s for %d s; "
+                                f"{cache_file.LOCK_TIMEOUT} s")
+            log.warning("autotune cache %s: another process held its lock %s for %g s; "
                         "results are kept in memory, a later record tries again",
-                        self.path, self.lock_path, LOCK_TIMEOUT)
+                        self.path, self.lock_path, cache_file.LOCK_TIMEOUT)
         except OSError as e:
             self._unsaved(f"directory not writable: {self.dir}", "_warned_unwritable",
                           "cannot write the autotune cache in %s (%s); results are kept in "
@@ -487,7 +487,7 @@ class TuneCache:
                             self._real_path().unlink()  # (the entries it counted)
             except LockTimeout:
                 raise ValueError(f"another process holds the lock of {self.path} (waited "
-                                 f"{LOCK_TIMEOUT} s); nothing deleted") from None
+                                 f"{cache_file.LOCK_TIMEOUT} s); nothing deleted") from None
             except OSError as e:
                 raise ValueError(f"cannot clear the autotune cache in {self.dir} "
                                  f"({e.strerror or e}); nothing deleted") from None

@@ -492,6 +492,9 @@ def given_masks(cm, x):
     ("spatial", "channel", lambda m: torch.ones(2, 2), r"masks.channel has shape \(2, 2\); "
      r".* takes None"),
     ("channel", "channel", lambda m: m.channel[:, :1], r"masks.channel has shape \(2, 1\)"),
+    # a mutation audit: dropping "channel" from the 0/1 check went unnoticed
+    ("channel", "channel", lambda m: m.channel * 0.5,
+     r"masks.channel holds values other than 0 and 1"),
     ("layer", "mask3", lambda m: None, r"masks.mask3 has shape None"),
     ("spatial", "mask3", lambda m: m.mask3 * 0.5,
      r"masks.mask3 is not the expansion of masks.grid .*values other than 0 and 1"),
@@ -1786,3 +1789,25 @@ def test_decorator_takes_variants_from_a_generator():
     for _ in range(2):
         cm = make()
         assert {b.static_choice.variant for b in cm.blocks} == {"compact"}
+
+
+def test_a_compiled_block_runs_the_channel_masks_it_is_given():
+    """A mutation audit: a compiled model that is not a LaudResNet (here one block)
+    could drop the masks it is given and run its maskers' own, and no test noticed."""
+    from laudtriton.testing import reference_on_masks
+
+    torch.manual_seed(0)
+    block = make_block(16, 4, mode="channel", channel_granularity=2).eval()
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    calibrate_block(block, x, 0.5)
+    cm = compile_cpu(block, x)
+    assert isinstance(cm, CompiledModel) and not cm.is_resnet
+    with torch.no_grad():
+        cm(x)
+    (own,) = [b.last_masks for b in cm.blocks]
+    flipped = replace(own, channel=1 - own.channel)
+    with torch.no_grad():
+        got = cm(x, masks=[flipped])
+    want = reference_on_masks(block, x, flipped).float()
+    assert_close(got, want)
+    assert not torch.allclose(got, block(x), atol=1e-3)  # not the maskers' own masks

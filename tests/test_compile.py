@@ -268,8 +268,8 @@ def test_bare_block_and_static_dispatch():
 
 def test_static_dispatch_runs_the_expected_rate_choice_whatever_the_rate():
     """With a table of two entries, a dynamic block runs the entry of the masks' rate
-    and a static one the entry of its expected rate (``tune="off"`` gives one entry, where
-    the two cannot differ)."""
+    and a static one the entry of its expected rate, whichever that is (``tune="off"``
+    gives one entry, where the two cannot differ)."""
     from laudtriton.compiled_block import CompiledBlock
     from laudtriton.ops import BlockSpec, fold_block
     from laudtriton.ops.synthetic import synthetic_masks
@@ -284,13 +284,14 @@ def test_static_dispatch_runs_the_expected_rate_choice_whatever_the_rate():
     for rate in (0.1, 0.9):
         masks = synthetic_masks(spec, rate, seed=1)
         want = reference_on_masks(block, x, masks)
-        for dispatch, ran in (("static", "gather"),
-                              ("dynamic", "gather" if rate < 0.5 else "dense")):
-            cb = CompiledBlock("b", spec, fold_block(block), table, dispatch, 0.2)
-            with torch.no_grad():
-                got = cb(x, masks=masks)
-            assert (cb.static_choice.variant, cb.last_run.variant) == ("gather", ran)
-            assert_close(got, want.float())
+        for expected, static in ((0.2, "gather"), (0.8, "dense")):
+            for dispatch, ran in (("static", static),
+                                  ("dynamic", "gather" if rate < 0.5 else "dense")):
+                cb = CompiledBlock("b", spec, fold_block(block), table, dispatch, expected)
+                with torch.no_grad():
+                    got = cb(x, masks=masks)
+                assert (cb.static_choice.variant, cb.last_run.variant) == (static, ran)
+                assert_close(got, want.float())
 
 
 def test_decorator_on_factory_and_class():
@@ -333,6 +334,18 @@ def test_plan_and_stats_report_choices():
         assert run.spatial_rate == pytest.approx(float(masks.grid.mean()))
         assert run.channel_rate == pytest.approx(float(masks.channel.mean()))
         assert run.variant in text.split(blk.name, 1)[1].splitlines()[0]
+
+
+def test_plan_gives_s_and_g_only_to_the_blocks_they_apply_to():
+    """S (the patch size) is a spatial or both block's, G (the channel groups) a channel
+    or both block's; the other blocks read "-" there."""
+    model = LaudResNet((1, 1, 1, 1), mode="spatial-both-channel-layer", granularity="2-2-1-1",
+                       channel_granularity=2, width_mult=0.25, input_size=None,
+                       num_classes=7).eval()
+    cm = laudtriton.compile(model, torch.randn(1, 3, 32, 32), backend="cpu", tune="off")
+    rows = {line.split()[0]: line.split()[1:4] for line in str(cm.plan).splitlines()[2:]}
+    assert rows == {"layer1.0": ["spatial", "2", "-"], "layer2.0": ["both", "2", "16"],
+                    "layer3.0": ["channel", "-", "32"], "layer4.0": ["layer", "-", "-"]}
 
 
 def test_errors():

@@ -294,6 +294,32 @@ def test_static_dispatch_runs_the_expected_rate_choice_whatever_the_rate():
                 assert_close(got, want.float())
 
 
+def test_a_dynamic_block_checks_each_variant_it_chooses_against_the_map_size():
+    """A block in a user's module runs other map sizes than the example's, where the
+    table's variants may not run (``patch``: S dividing the map); whether one runs there
+    is asked per variant, so ``dense`` fitting 13x13 does not let ``patch`` run there."""
+    from laudtriton.compiled_block import CompiledBlock
+    from laudtriton.ops import BlockSpec, fold_block
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.schedule import Choice, DispatchTable
+    from laudtriton.testing import reference_on_masks
+
+    block = make_block(32, 8, 1, mode="spatial", granularity=2, seed=5)
+    spec = BlockSpec.from_block(block, (2, 32, 12, 12))
+    table = DispatchTable({0.2: Choice.make("patch", {}, 1e-3, "cached"),
+                           0.8: Choice.make("dense", {}, 1e-3, "cached")})
+    cb = CompiledBlock("b", spec, fold_block(block), table, "dynamic", 0.5)
+    for hw, rate, ran in ((13, 0.9, "dense"), (13, 0.1, "dense"), (14, 0.1, "patch"),
+                          (14, 0.9, "dense"), (13, 0.1, "dense")):
+        x = torch.relu(torch.randn(2, 32, hw, hw)).contiguous(
+            memory_format=torch.channels_last)
+        masks = synthetic_masks(spec.with_(in_hw=(hw, hw)), rate, seed=1)
+        with torch.no_grad():
+            got = cb(x, masks=masks)
+        assert cb.last_run.variant == ran, (hw, rate)
+        assert_close(got, reference_on_masks(block, x, masks).float())
+
+
 def test_decorator_on_factory_and_class():
     x = torch.randn(1, 3, 32, 32)
 
@@ -504,11 +530,15 @@ def test_editing_the_source_changes_nothing_compiled(mode):
     plan = str(cm.plan)
     blk, src = cm.blocks[0], cm.source.layer1[0]
     assert blk.reference is not src and blk.reference.conv1 is src.conv1
+    masker = src.masker_spatial
     src.granularity, src.dyn_mode = 1, "layer"
     src.masker_spatial = None
     cm.source.layer2[0].stride = 1
     with torch.no_grad():
         got = cm(x)
+        # given masks are checked against the block as compiled (its spatial masker)
+        assert torch.equal(cm(x, masks=[b.last_masks for b in cm.blocks]), got)
+    assert blk.reference.masker_spatial is masker
     assert tuple(blk.last_masks.grid.shape) == (4, 1, 5, 5)  # S=2 on the 10x10 map
     assert_close(got, want)
     assert str(cm.plan) == plan

@@ -649,6 +649,29 @@ def test_cached_dispatch_predicts_a_variant_with_a_config_that_ran(tmp_path, mon
     assert all(e.config_dict == {"k": 1} for e in predicted if e.variant == "gather")
 
 
+def test_cached_dispatch_predicts_the_config_of_the_best_time_at_any_rate(tmp_path,
+                                                                          monkeypatch):
+    """The config a predicted entry carries is the one with the variant's best cached
+    time on the block, at whichever rate, not the one that was fastest at the last rate
+    read (which depends on the order the cache lists its rates in)."""
+    import dataclasses
+
+    from laudtriton.ops import get_variant, registry
+
+    two = dataclasses.replace(get_variant("gather"), configs=lambda spec: [{}, {"k": 1}])
+    monkeypatch.setitem(registry._REGISTRY, "gather", two)
+    block, x, spec, cache = _cached_block(tmp_path)
+    for b, fast in ((0.2, 1e-4), (0.5, 9e-4)):  # {} is the fastest at 0.2 only
+        cache.record(spec, b, {"dense": {"{}": 3e-3}, "patch": {"{}": math.inf},
+                               "gather": {"{}": fast, '{"k": 1}': 5e-4}})
+    assert list(cache.rates(spec)) == [0.2, 0.5]
+    _calibrate_machine(tmp_path)
+    cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path)
+    predicted = [e for e in cm.blocks[0].table.entries.values() if e.source == "predicted"]
+    assert any(e.variant == "gather" for e in predicted)
+    assert all(e.config_dict == {} for e in predicted if e.variant == "gather")
+
+
 def test_cached_configs_outside_the_variants_space_are_ignored(tmp_path, caplog):
     """A cache entry's config that its variant does not have (a hand-edited file, or
     another version's config list) reached the plan as it was, and a Triton variant then
@@ -965,9 +988,11 @@ def test_triton_variants_inside_a_compiled_model(mode, variant, cfg):
     assert_blocks_match(cm, model, x)
 
 
-def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch, calibrated):
     """A rate where every candidate failed is recorded (inf) and counts as tried: the next
-    compile on the same cache times nothing again (it timed that rate at every compile)."""
+    compile on the same cache times nothing again (it timed that rate at every compile).
+    An example whose own rate is that one (calibrated) is not timed there again either."""
     import laudtriton.planning as planning  # plan_block reads its time_variants
     from laudtriton.ops.masks import dispatch_rate
 
@@ -983,10 +1008,12 @@ def test_quick_tuning_does_not_time_a_failed_rate_again(tmp_path, monkeypatch):
     monkeypatch.setattr(planning, "time_variants", failing_at_half)
     block = make_block(16, 4, mode="spatial", granularity=2, seed=3)
     x = torch.randn(1, 16, 8, 8)
+    if calibrated:
+        laudtriton.nn.calibrate_block(block, x, 0.5)
     for _ in range(2):
         timed.append([])
         cm = laudtriton.compile(block, x, backend="cpu", tune="quick", cache_dir=tmp_path)
-    assert any(abs(r - 0.5) < 0.05 for r in timed[0]), timed
+    assert sum(abs(r - 0.5) < 0.05 for r in timed[0]) == 1, timed
     assert timed[1] == [], timed
     assert not any(abs(r - 0.5) < 0.05 for r in cm.blocks[0].table.entries)
 

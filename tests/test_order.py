@@ -138,13 +138,16 @@ def test_compiled_layer_model_moves_samples_and_stays_exact(monkeypatch, hw, var
     assert any(m is not None for m in moves), "no sample moved: the test tests nothing"
 
 
-def test_mixed_stage_modes_after_a_reorder(monkeypatch):
+@pytest.mark.parametrize("mode, granularity", [("layer-layer-spatial-channel", "1-1-2-1"),
+                                               ("layer-spatial-layer-channel", "1-2-1-1")])
+def test_mixed_stage_modes_after_a_reorder(monkeypatch, mode, granularity):
     """Spatial and channel blocks after reordering layer blocks: their masks, last_masks and
-    given masks are in the right order too."""
+    given masks are in the right order too. A layer stage after a spatial one pools the
+    activation again (the pooling kept from the first layer stage is stale there)."""
     torch.manual_seed(5)
-    model = randomize_bn(LaudResNet((2, 2, 1, 1), mode="layer-layer-spatial-channel",
-                                    granularity="1-1-2-1", channel_granularity=2,
-                                    width_mult=0.25, input_size=None, num_classes=7)).eval()
+    model = randomize_bn(LaudResNet((2, 2, 2, 1), mode=mode, granularity=granularity,
+                                    channel_granularity=2, width_mult=0.25, input_size=None,
+                                    num_classes=7)).eval()
     x = spread_input(6, seed=4)
     calibrate_rates(model, x, 0.5)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off")

@@ -91,8 +91,9 @@ def keeps_dense(seconds: float, dense_seconds: float | None) -> bool:
 
 def compile_pick(seconds: dict[str, float]) -> str:
     """The variant compile's rule picks from one (predicted) time per variant: the
-    fastest (ties: the first name), but ``dense`` where ``keeps_dense``. ``design`` and
-    ``predict`` report it, so that their latencies are those of the model compile builds."""
+    fastest (ties: the name first in alphabetical order), but ``dense`` where
+    ``keeps_dense``. ``design`` and ``predict`` report it, so that their latencies are
+    those of the model compile builds."""
     name = min(seconds, key=lambda n: (seconds[n], n))
     return "dense" if keeps_dense(seconds[name], seconds.get("dense")) else name
 

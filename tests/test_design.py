@@ -106,6 +106,17 @@ def test_a_variant_exactly_at_the_margin_does_not_replace_dense():
     assert table.entries[0.5].variant == "dense"
 
 
+def test_compile_pick_breaks_a_tie_by_name_whatever_the_order_given():
+    """Equal times: the name first in alphabetical order, however the dict lists them
+    (``design`` and ``predict`` report what compile would build); dense where it ties."""
+    from laudtriton.schedule import compile_pick
+
+    for names in (("patch", "gather"), ("gather", "patch")):
+        assert compile_pick(dict.fromkeys(names, 1e-3)) == "gather", names
+    assert compile_pick({"gather": 1e-3, "dense": 1e-3}) == "dense"
+    assert compile_pick({"patch": 2e-3, "gather": 1e-3, "dense": 3e-3}) == "gather"
+
+
 def test_choose_breaks_a_tie_towards_the_lower_rate_despite_float_rounding():
     """Midway between two entries (0.65 between 0.6 and 0.7, where the float distances
     differ in the last bit) the lower entry is chosen, as documented."""

@@ -101,7 +101,7 @@ def run_plot(args: argparse.Namespace) -> int:
             check_device_name,
             check_nonempty,
             fail,
-            nearest_existing,
+            make_writable_dir,
             remove_if_empty,
         )
 
@@ -142,12 +142,9 @@ def run_plot(args: argparse.Namespace) -> int:
                 raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")
         # before the predicted line is fitted: a figure of failures only is no figure
         check_measured(rows, f"--from {args.source!r}")
-        try:  # before the predicted line is fitted: a folder that cannot be made, now
-            out = os.path.join(os.getcwd(), os.path.expanduser(args.out))
-            _, made = nearest_existing(out)  # the folders made: removed if refused later
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise unwritable(e) from None
+        # before the predicted line is fitted: a folder that cannot be made or written,
+        # now (the folders made are removed if the command is refused later)
+        made = make_writable_dir(args.out, "--out")
         from .tune.keys import device_fingerprint
 
         predicted = None

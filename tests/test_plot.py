@@ -535,7 +535,36 @@ def test_plot_out_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypat
     assert fitted == []
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("laudtriton plot: error:")
-    assert "--out '/proc/laudtriton-plots' cannot be written" in err and "Traceback" not in err
+    assert "--out '/proc/laudtriton-plots' cannot be made or written" in err
+    assert "Traceback" not in err
+
+
+def test_plot_out_folder_that_exists_but_cannot_be_written_is_refused_first(
+        tmp_path, capsys, monkeypatch):
+    """An existing --out where no file can be written (a read-only folder: root writes
+    anywhere, so the write is made to fail) is refused before the predicted line is
+    fitted, as sweep and gpucheck refuse theirs; it was refused only once the figures
+    were written. The folder stays."""
+    import errno
+
+    from laudtriton import plot_command
+    from laudtriton.cli import main
+    from laudtriton.tune import options
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    fitted = []
+    monkeypatch.setattr(plot_command, "predicted_curves", lambda *a: fitted.append(a))
+    monkeypatch.setattr(options.tempfile, "TemporaryFile", refuse)
+    csv = write_csv(_rows(), tmp_path / "s.csv")
+    out = tmp_path / "figs"
+    out.mkdir()
+    assert main(["plot", "--from", str(csv), "--out", str(out)]) == 2
+    assert fitted == [] and out.is_dir()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"laudtriton plot: error: --out {str(out)!r} cannot be made or written (Permission "
+        "denied)")
 
 
 def test_plot_refused_after_making_its_folder_removes_it(tmp_path, capsys, monkeypatch):

@@ -62,7 +62,9 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
         handles.append(mod.register_forward_pre_hook(
             lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))
     try:
-        with torch.no_grad():
+        # the caller's random numbers stay as they were, as compile's check forward
+        # leaves them (a forward may draw some: noise, a random crop)
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             model(x)
     except ValueError as e:  # ours (the hooks above), or the model's own refusal
         if not str(e).startswith("compile:"):

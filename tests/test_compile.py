@@ -515,6 +515,51 @@ def test_compile_without_example_input_leaves_the_rng_alone():
     assert torch.equal(torch.rand(3), want)
 
 
+def test_compile_leaves_the_rng_alone_when_the_forward_draws_from_it():
+    """A module whose forward draws random numbers (noise, a random crop): compile runs
+    its forward twice (once to find the blocks' inputs, once to check the compiled
+    module), and the caller's random numbers stay as they were (the first forward drew
+    from them before)."""
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blk = make_block(16, 4, mode="spatial", granularity=2, seed=1)
+
+        def forward(self, x):
+            return self.blk(x + 0 * torch.rand(1))
+
+    model, x = Noisy().eval(), torch.randn(1, 16, 8, 8)
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    laudtriton.compile(model, x, backend="cpu", tune="off")
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_compile_gives_static_dispatch_the_rate_of_the_example(tmp_path):
+    """dispatch="static" runs the entry of the example's rate at every rate: with cached
+    timings where gather wins below 0.5 and dense above, a block calibrated to 0.2 runs
+    gather and one calibrated to 0.8 dense."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
+    x = torch.randn(1, 32, 12, 12)
+    spec = BlockSpec.from_block(block, x.shape)
+    cache = TuneCache(tmp_path, device="cpu")
+    for b in range(11):
+        fast, slow = (1e-3, 3e-3) if b < 5 else (3e-3, 1e-3)
+        cache.record(spec, b / 10, {"gather": {"{}": fast}, "dense": {"{}": slow}})
+    for rate, want in ((0.2, "gather"), (0.8, "dense")):
+        laudtriton.nn.calibrate_block(block, x, rate)
+        cm = laudtriton.compile(block, x, backend="cpu", tune="cached", cache_dir=tmp_path,
+                                dispatch="static", variants=["dense", "gather"])
+        assert cm.blocks[0].static_choice.variant == want
+        with torch.no_grad():
+            assert_close(cm(x), block(x))
+        assert cm.last_stats[0].variant == want
+
+
 @pytest.mark.parametrize("mode", ["spatial", "both"])
 def test_editing_the_source_changes_nothing_compiled(mode):
     """``CompiledModel.source`` is documented as changing nothing in the compiled model,

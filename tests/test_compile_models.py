@@ -613,6 +613,46 @@ def test_a_changed_channel_masker_is_refused():
         compile_cpu(block, x)
 
 
+def _three_logits(block):
+    block.masker_spatial.conv = nn.Conv2d(64, 3, 1)
+    return "masker_spatial"
+
+
+def _relu_last(block):
+    first = block.masker_channel.conv[0]
+    block.masker_channel.conv = nn.Sequential(
+        first, nn.ReLU(), nn.Linear(first.out_features, 2 * block.masker_channel.groups),
+        nn.ReLU())
+    return "masker_channel"
+
+
+@pytest.mark.parametrize("mode, edit", [("spatial", _three_logits), ("channel", _relu_last)],
+                         ids=["spatial-conv-of-3-logits", "channel-mlp-ending-in-relu"])
+def test_a_masker_of_another_shape_is_refused(mode, edit):
+    """A masker the gates cannot read as keep-against-skip logits is refused with a
+    ValueError naming it: a spatial masker of 3 logits (compiled, it failed at the first
+    forward) or a channel MLP ending in a ReLU (an AttributeError inside compile)."""
+    block = make_block(64, 16, mode=mode, granularity=2, channel_granularity=2)
+    part = edit(block)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        block(x)  # the reference runs
+    with pytest.raises(ValueError, match=rf"compile: block\.{part} is "):
+        compile_cpu(block, x)
+
+
+def test_nan_in_a_masker_buffer_is_refused():
+    """Every parameter and buffer is tested for NaN and inf, not only the parameters: a
+    NaN in the conv_linear channel masker's BatchNorm statistics."""
+    block = make_block(64, 16, mode="channel", channel_granularity=2,
+                       channel_masker="conv_linear")
+    with torch.no_grad():
+        block.masker_channel.conv[1].running_mean[0] = float("nan")
+    with pytest.raises(ValueError, match=r"^compile: masker_channel\.conv\.1\.running_mean "
+                                         "holds NaN or inf"):
+        compile_cpu(block, torch.randn(1, 64, 8, 8))
+
+
 @pytest.mark.parametrize("mode", ["spatial", "channel"])
 def test_a_masker_layer_subclass_with_its_own_forward_is_refused(mode):
     """A parametrized masker weight is accepted; a subclass computing something else is

@@ -74,8 +74,16 @@ class Leaky(LaudResNet):
         return super().forward(x) * 10
 
 
+class ShiftedReLU(nn.ReLU):
+    """An nn.ReLU subclass computing something else (the engine fuses a plain ReLU)."""
+
+    def forward(self, x):
+        return torch.relu(x - 0.5)
+
+
 @pytest.mark.parametrize("change,match", [
     (lambda m: setattr(m, "relu", nn.LeakyReLU()), r"the stem's relu is LeakyReLU"),
+    (lambda m: setattr(m, "relu", ShiftedReLU()), r"the stem's relu is ShiftedReLU"),
     (lambda m: setattr(m, "bn1", nn.Identity()), r"the stem's bn1 is Identity\(\)"),
     (lambda m: setattr(m, "conv1", nn.Conv2d(3, 16, 7, 2, 3, groups=1, dilation=2)),
      r"the stem's conv1 is Conv2d\(3, 16, .*dilation=\(2, 2\)"),

@@ -1132,3 +1132,56 @@ def test_switches_that_are_not_true_or_false_are_refused(tmp_path):
         TuneCache(tmp_path, enabled="no")
     with pytest.raises(ValueError, match="include_stale must be True or False, got 'no'"):
         TuneCache(tmp_path, enabled=False).entries(include_stale="no")
+
+
+def test_a_source_change_keeps_the_old_timings_hidden_beside_the_new(tmp_path, monkeypatch):
+    """Timings are keyed by the variant's source hash too: a record after a source change
+    adds the new timing and keeps the old one (hidden, ``stale``), not written over."""
+    old = TuneCache(tmp_path)
+    monkeypatch.setattr(cache_mod, "source_hash", lambda name: "0123456789abcdef")
+    old.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    monkeypatch.undo()
+    new = TuneCache(tmp_path)
+    new.record(SPEC, 0.5, {"dense": {"{}": 2e-3}})
+    assert sorted((e.seconds, e.meta["stale"]) for e in new.entries(include_stale=True)) == [
+        (1e-3, True), (2e-3, False)]
+    assert new.lookup(SPEC, 0.5) == {"dense": {"{}": 2e-3}}
+
+
+def test_a_nan_time_records_a_failed_config(tmp_path):
+    """NaN, as inf, records a config that failed (its time is read back as inf)."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}, "gather": {"{}": math.nan}})
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3},
+                                                     "gather": {"{}": math.inf}}
+
+
+def test_an_instance_reads_what_another_wrote_after_its_first_read(tmp_path):
+    """Another process (here another instance) recording into the file after this one
+    read it: this one reads the file again when it changed."""
+    a, b = TuneCache(tmp_path), TuneCache(tmp_path)
+    a.record(SPEC, 0.2, {"dense": {"{}": 1e-3}})
+    assert b.rates(SPEC) == [0.2]
+    a.record(SPEC, 0.8, {"dense": {"{}": 1e-3}})
+    assert b.rates(SPEC) == [0.2, 0.8]
+
+
+def test_clear_counts_the_entries_kept_in_memory_too(tmp_path, monkeypatch):
+    """An entry recorded while another process held the lock is kept in memory, not in
+    the file; clear deletes it too and counts it."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+
+    class Held:
+        def __enter__(self):
+            raise cache_file_mod.LockTimeout("held")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(c, "_lock", Held)
+    c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    assert not c.saved
+    monkeypatch.undo()
+    assert c.clear() == 2
+    assert c.lookup(SPEC, 0.5) is None and c.lookup(SPEC2, 0.5) is None

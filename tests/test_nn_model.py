@@ -524,12 +524,14 @@ def test_settle_reaches_the_count_where_the_bias_step_cannot_move_the_logits():
 def test_calibrate_both_rates():
     model = tiny(mode="both", granularity="2-2-1-1", channel_granularity=2, input_size=96)
     x = torch.randn(4, 3, 96, 96)
-    calibrate_rates(model, x, 0.4, channel_rate=0.7)
+    got = calibrate_rates(model, x, 0.4, channel_rate=0.7)
     with torch.no_grad():
         model(x)
     st = model.last_stats.blocks
     assert all(abs(b.rate3.item() - 0.4) <= 0.02 for b in st)
     assert all(abs(b.channel_rate.item() - 0.7) <= 0.02 for b in st)
+    # what it returns is each block's spatial rate, as its docstring says
+    assert got == pytest.approx([b.rate3.item() for b in st])
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.5, 0.9])

@@ -701,3 +701,57 @@ def test_stem_head_bytes_read_the_last_stage_map(size):
     want = 4 * (3 * size**2 + 2 * 64 * s1 * s1 + 64 * s2 * s2 + ho * wo * 2048
                 + 3 * 64 * 49 + 2048 * 1000)
     assert stem_head_cost(size, 1)[1] == want
+
+
+def _second_block_spec(**kw):
+    from laudtriton.nn import LaudResNet
+    from laudtriton.tune.sweep import model_blocks
+
+    model = LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=64, **kw)
+    return model_blocks(model, 64)[1][2]
+
+
+def test_a_rate_on_a_step_of_the_curve_is_priced_at_that_step():
+    """predict_block reads the curve at the step ceil(rate x 100): a rate k/100 whose
+    float product is a hair above k (0.07 x 100 = 7.000000000000001) is step k, not k + 1."""
+    spec = _second_block_spec(mode="spatial", granularity=1)
+    hw = get_hardware("rtx3090")
+    for k in range(1, 101):
+        assert predict_block(spec, k / 100, "gather", hw) == predict_block(
+            spec, (k - 0.5) / 100, "gather", hw), k
+
+
+def test_dense_has_its_channel_factors_on_both_mode_blocks_too():
+    """A both-mode block has channel masks, so dense runs the channel code path there."""
+    spec = _second_block_spec(mode="both", granularity="2-2-1-1", channel_granularity=2)
+    assert spec.mode == "both" and factor_key("dense", spec) == "dense/channel"
+    assert factor_key("gather", spec) == "gather"
+
+
+def test_tile_edges_are_powers_of_two_from_16_to_128():
+    from laudtriton.predict.model import _tile
+
+    assert [_tile(s) for s in (0.5, 1, 8, 16, 17, 64, 65, 128, 1000)] == [
+        16, 16, 16, 16, 32, 64, 128, 128, 128]
+
+
+def test_fit_samples_skip_times_that_are_not_positive():
+    """A time of 0 (or a failed config's inf) is no sample to fit on."""
+    from types import SimpleNamespace
+
+    from laudtriton.predict.fit import samples
+
+    spec = _second_block_spec(granularity="2-2-1-1")
+    entries = [SimpleNamespace(spec=spec, rate_bucket=0.5, variant=v, seconds=t, meta={})
+               for v, t in (("gather", 0.0), ("patch", math.inf), ("dense", 1e-3))]
+    assert [(s.variant, s.seconds) for s in samples(entries)] == [("dense", 1e-3)]
+
+
+def test_fit_of_fewer_timings_than_min_samples_fits_nothing():
+    from laudtriton.predict.fit import Sample, fit
+
+    spec = _second_block_spec(granularity="2-2-1-1")
+    data = [Sample(spec, 0.5, "gather", 1e-3), Sample(spec, 1.0, "gather", 2e-3)]
+    hw = get_hardware("rtx3090")
+    assert fit(data, hw, min_samples=4) == {}
+    assert set(fit(data, hw, min_samples=2)) >= {"gather"}

@@ -136,11 +136,14 @@ def test_time_variants_scores_inf_what_fails_while_timed_or_gives_a_wrong_shape(
     late = replace(dense, name="late", run=late_failure, run_inplace=None)
     narrow = replace(dense, name="narrow", run=lambda fb_, xs, m, cfg: xs[:, :1],
                      run_inplace=None)
+    double = replace(dense, name="double", run=lambda fb_, xs, m, cfg: xs.double(),
+                     run_inplace=None)  # the right shape, another dtype
     spec = BlockSpec(16, 4, 16, 1, False, (6, 6), "layer", 1, batch=2)
     errors = {}
-    out = time_variants(fb, spec, x, masks, [late, narrow, dense], warmup=1, reps=3,
-                        errors=errors)
+    out = time_variants(fb, spec, x, masks, [late, narrow, double, dense], warmup=1,
+                        reps=3, errors=errors)
     assert out["late"] == {"{}": float("inf")} and out["narrow"] == {"{}": float("inf")}
+    assert out["double"] == {"{}": float("inf")} and ("double", "{}") in errors
     assert 0 < out["dense"]["{}"] < float("inf")
     assert len(calls) == 2  # the first call, then the warm-up's failure: not called again
     assert "out of memory (simulated)" in str(errors[("late", "{}")])

@@ -673,9 +673,12 @@ def test_time_variants_failing_config_scores_inf():
     block = make_block(16, 4, 1, "spatial", 2)
     spec = BlockSpec.from_block(block, (1, 16, 8, 8))
     x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    errors = {}
     t = time_variants(fold_block(block), spec, x, synthetic_masks(spec, 0.5), [fake],
-                      warmup=1, reps=3)
+                      warmup=1, reps=3, errors=errors)
     assert math.isinf(t["fake"]['{"k":"bad"}'])
+    assert list(errors) == [("fake", '{"k":"bad"}')]  # why, for the caller to tell
+    assert str(errors[("fake", '{"k":"bad"}')]) == "does not compile"
     assert all(math.isfinite(t["fake"][k]) for k in ('{"k":"a"}', '{"k":"b"}'))
     assert calls.count("bad") == 1 and calls.count("a") == calls.count("b") == 1 + 1 + 3
     # round robin after the checks: the warm-up round, then timed rounds each starting
@@ -1077,3 +1080,10 @@ def test_a_csv_write_cut_short_leaves_the_file_as_it_was(tmp_path):
         write_csv([{"model": "new"}, Cut()], path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+def test_config_keys_do_not_depend_on_the_order_of_a_configs_keys():
+    from laudtriton.tune.measure import config_key
+
+    assert config_key({"BM": 32, "BN": 64}) == config_key({"BN": 64, "BM": 32})
+    assert config_key({"conv1": {"b": 1, "a": 2}}) == config_key({"conv1": {"a": 2, "b": 1}})

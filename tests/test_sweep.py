@@ -413,6 +413,7 @@ def test_sweep_with_the_cache_disabled_says_so_first_and_makes_no_folder(tmp_pat
     (dict(model="resnet18"), "model 'resnet18' unknown"),
     (dict(blocks="layer9.9"), "--blocks: unknown block 'layer9.9'"),
     (dict(blocks=[99]), "--blocks: index 99"),
+    (dict(blocks="4"), r"--blocks: index 4 out of range; the model has 4 blocks \(0\.\.3\)"),
     (dict(rates="0.1:2:0.5"), "--rates"),
     (dict(shard=(3, 2)), "shard"),
     (dict(batch=0), "batch 0"),
@@ -1087,3 +1088,32 @@ def test_config_keys_do_not_depend_on_the_order_of_a_configs_keys():
 
     assert config_key({"BM": 32, "BN": 64}) == config_key({"BN": 64, "BM": 32})
     assert config_key({"conv1": {"b": 1, "a": 2}}) == config_key({"conv1": {"a": 2, "b": 1}})
+
+
+def test_sweep_times_rate_0_and_puts_dense_first(tmp_path):
+    """Rate 0 is a rate like any in [0, 1] (every cell skipped); each block's rows start
+    with dense, the baseline the others are read against (then the names in order)."""
+    model = LaudResNet((1, 1, 1, 1), mode="layer", width_mult=0.25, input_size=64)
+    res = sweep(model, rates=[0.0, 1.0], blocks="layer2.0", batch=2,
+                cache=TuneCache(tmp_path), **FAST)
+    rates = sorted({round(float(r["rate"]), 6) for r in res.rows})
+    assert rates == [0.0, 1.0]
+    for rate in rates:
+        names = [r["variant"] for r in res.rows if round(float(r["rate"]), 6) == rate]
+        assert names == ["dense", "compact"], names
+
+
+def test_model_blocks_leaves_the_model_in_the_mode_it_found():
+    from laudtriton.tune.sweep import model_blocks
+
+    for training in (True, False):
+        model = tiny().train(training)
+        model_blocks(model, 64)
+        assert model.training is training
+
+
+def test_reps_time_about_half_a_second_within_10_and_40():
+    from laudtriton.tune.sweep import _reps
+
+    assert [_reps(t) for t in (2.0, 0.5, 0.1, 0.02, 0.001, 0.0, math.inf)] == [
+        10, 10, 10, 25, 40, 10, 10]

@@ -871,6 +871,8 @@ def test_model_accepts_other_input_sizes():
     (dict(granularity="4-4-x-1"), r"granularity '4-4-x-1' is not valid"),
     (dict(granularity="4-4-4-4"), r"layer4.*granularity 4 is larger than its feature map 2x2"),
     (dict(granularity=32), r"layer1.*granularity 32 is larger than its feature map 16x16"),
+    (dict(mode="both", granularity=32),
+     r"layer1.*granularity 32 is larger than its feature map 16x16"),
     (dict(mode="channel", channel_granularity=3), r"channel_granularity 3 .*width 16$"),
     # a mode without channel masks: the check says it reads no channel granularity
     (dict(mode="spatial", channel_granularity=3), r"channel_granularity 3 .*width 16 "
@@ -887,6 +889,22 @@ def test_model_accepts_other_input_sizes():
 def test_model_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kwargs)
+
+
+def test_model_reads_odd_maps_as_its_convolutions_round_them():
+    """A stride-2 stage of an odd map rounds up (25 -> 13 -> 7 for a 200x200 input): S = 7
+    fits the last stage's 7x7 map (the check had read it as 6x6 when it rounded down)."""
+    model = tiny(input_size=200, granularity="1-1-1-7")
+    with torch.no_grad():
+        model(torch.randn(1, 3, 200, 200))
+    assert model.layer4[0].last_masks.grid.shape[-2:] == (1, 1)
+
+
+def test_model_refuses_an_input_of_more_channels_than_it_takes():
+    model = tiny()
+    for c in (1, 4):
+        with pytest.raises(ValueError, match=f"expected 3 input channels, got {c}"):
+            model(torch.randn(1, c, 64, 64))
 
 
 @pytest.mark.parametrize("depths", [(0, 1, 1, 1), (1, -1, 1, 1), (1, 1.5, 1, 1), (1, 1, 1),

@@ -55,3 +55,13 @@ def test_bench_allocator_choice_is_checked(monkeypatch):
     monkeypatch.setattr(runtime, "_retained", True)
     with pytest.raises(ValueError, match="already retains freed memory"):
         bench("laud_resnet50", "channel", "4-4-2-1", [0.5], allocator="default")
+
+
+def test_usable_cpus_follow_the_affinity_mask(monkeypatch):
+    """A process limited to some CPUs (taskset, a container's CPU set) counts those, not
+    the machine's."""
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
+    assert runtime.usable_cpus() == 1
+    monkeypatch.delattr(runtime.os, "sched_getaffinity", raising=False)
+    assert runtime.usable_cpus() == 8

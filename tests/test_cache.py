@@ -369,20 +369,28 @@ def test_laudtriton_cache_env_unknown_value_is_refused(monkeypatch, tmp_path):
         TuneCache(tmp_path)
 
 
+class HeldLock:
+    """A cache lock another process holds past LOCK_TIMEOUT."""
+
+    def __enter__(self):
+        raise cache_file_mod.LockTimeout("held")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def hold_lock(monkeypatch, cache: TuneCache) -> None:
+    """Make ``cache``'s lock time out, as when another process holds it (monkeypatch.undo
+    releases it)."""
+    monkeypatch.setattr(cache, "_lock", HeldLock)
+
+
 def test_lock_timeout_is_reported_as_such(tmp_path, caplog, monkeypatch):
     """Another process holding the lock past LOCK_TIMEOUT: the records stay in memory and
     the warning says so (it said the directory was not writable), and a later record
     writes them."""
     c = TuneCache(tmp_path)
-
-    class Held:
-        def __enter__(self):
-            raise cache_file_mod.LockTimeout("held")
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(c, "_lock", Held)
+    hold_lock(monkeypatch, c)
     with caplog.at_level(logging.WARNING, logger="laudtriton"):
         c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
     assert "another process held its lock" in caplog.text and "not writable" not in caplog.text
@@ -1171,15 +1179,7 @@ def test_clear_counts_the_entries_kept_in_memory_too(tmp_path, monkeypatch):
     the file; clear deletes it too and counts it."""
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
-
-    class Held:
-        def __enter__(self):
-            raise cache_file_mod.LockTimeout("held")
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(c, "_lock", Held)
+    hold_lock(monkeypatch, c)
     c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
     assert not c.saved
     monkeypatch.undo()

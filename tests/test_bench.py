@@ -357,6 +357,28 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
     assert (fresh.dense_ms, fresh.ratio) == (250.0, 0.5)
 
 
+def test_block_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
+    """Per block, dense is the faster of NCHW and channels_last in the run that times the
+    compiled block (here channels_last, 0.2 s, with NCHW at 0.3 s)."""
+    import laudtriton.baseline as baseline_module
+
+    def block_run(fns, warmup=2, reps=20, setup=None):
+        assert len(fns) == 3  # nchw, channels_last, the compiled block
+        return [0.3, 0.2, 0.1]
+
+    def model_run(fns, warmup=2, reps=20, setup=None):
+        return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
+
+    monkeypatch.setattr(bench_mod, "interleaved_medians", block_run)
+    monkeypatch.setattr(baseline_module, "interleaved_medians", model_run)
+    torch.manual_seed(0)
+    rows = bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2,
+                 reps=1, tune="off", blocks=True, log=lambda s: None)
+    per_block = [r for r in rows if r.block != "model"]
+    assert len(per_block) == 16
+    assert all((r.dense_ms, r.sparse_ms, r.ratio) == (200.0, 100.0, 0.5) for r in per_block)
+
+
 def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypatch):
     """bench reported a speedup of whatever the compiled model computed; only demo
     compared its logits with the reference's. It checks them before the per-block table

@@ -189,3 +189,18 @@ def test_reference_on_masks_refuses_masks_no_block_could_be_given():
     for what, masks in bad.items():
         with pytest.raises(ValueError, match=what):
             reference_on_masks(block, x, masks)
+
+
+def test_interleaved_medians_are_medians(monkeypatch):
+    """Each function's time is the median of its timed calls (not the fastest): calls of
+    1, 5 and 3 s on a stand-in clock give 3 s; the warm-up calls are not counted."""
+    from laudtriton.tune import timing
+
+    clock, durations = [0.0], [100.0, 1.0, 5.0, 3.0]  # a warm-up call, then 3 timed
+
+    def call():
+        clock[0] += durations.pop(0)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    assert timing.interleaved_medians([call], warmup=1, reps=3) == [3.0]
+    assert durations == []

@@ -333,6 +333,13 @@ def test_dense_baselines_agree():
                  dense_block(fb, h.contiguous(memory_format=torch.channels_last), NO_MASKS))
 
 
+def model_run_times(fns) -> list[float]:
+    """Stand-in medians of the whole-model runs: the model rows (nchw, channels_last,
+    compiled, masks given, reference), or the new-input row (nchw, channels_last,
+    compiled)."""
+    return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
+
+
 def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     """Both dense forms are timed in the run that compares against them, and each row's
     dense time is the faster one of that run (not a form picked earlier)."""
@@ -342,9 +349,7 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
 
     def fake(fns, warmup=2, reps=20, setup=None):
         seen.append(len(fns))
-        # model rows: nchw, channels_last, compiled, masks given, reference;
-        # new inputs: nchw, channels_last, compiled
-        return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
+        return model_run_times(fns)
 
     monkeypatch.setattr(baseline_module, "interleaved_medians", fake)  # time_against_dense's
     torch.manual_seed(0)
@@ -366,11 +371,9 @@ def test_block_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
         assert len(fns) == 3  # nchw, channels_last, the compiled block
         return [0.3, 0.2, 0.1]
 
-    def model_run(fns, warmup=2, reps=20, setup=None):
-        return [0.3, 0.2, 0.1, 0.09, 0.5] if len(fns) == 5 else [0.25, 0.35, 0.125]
-
     monkeypatch.setattr(bench_mod, "interleaved_medians", block_run)
-    monkeypatch.setattr(baseline_module, "interleaved_medians", model_run)
+    monkeypatch.setattr(baseline_module, "interleaved_medians",
+                        lambda fns, warmup=2, reps=20, setup=None: model_run_times(fns))
     torch.manual_seed(0)
     rows = bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2,
                  reps=1, tune="off", blocks=True, log=lambda s: None)

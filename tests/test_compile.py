@@ -266,20 +266,29 @@ def test_bare_block_and_static_dispatch():
     assert cm.blocks[0].dispatch == "static"
 
 
+def _block_with_two_entries(low: str):
+    """(block, spec, table): a spatial block (S = 2, batch 2 on 12x12) and a dispatch
+    table running ``low`` at rate 0.2 and dense at 0.8."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.schedule import Choice, DispatchTable
+
+    block = make_block(32, 8, 1, mode="spatial", granularity=2, seed=5)
+    spec = BlockSpec.from_block(block, (2, 32, 12, 12))
+    table = DispatchTable({0.2: Choice.make(low, {}, 1e-3, "cached"),
+                           0.8: Choice.make("dense", {}, 1e-3, "cached")})
+    return block, spec, table
+
+
 def test_static_dispatch_runs_the_expected_rate_choice_whatever_the_rate():
     """With a table of two entries, a dynamic block runs the entry of the masks' rate
     and a static one the entry of its expected rate, whichever that is (``tune="off"``
     gives one entry, where the two cannot differ)."""
     from laudtriton.compiled_block import CompiledBlock
-    from laudtriton.ops import BlockSpec, fold_block
+    from laudtriton.ops import fold_block
     from laudtriton.ops.synthetic import synthetic_masks
-    from laudtriton.schedule import Choice, DispatchTable
     from laudtriton.testing import reference_on_masks
 
-    block = make_block(32, 8, 1, mode="spatial", granularity=2, seed=5)
-    spec = BlockSpec.from_block(block, (2, 32, 12, 12))
-    table = DispatchTable({0.2: Choice.make("gather", {}, 1e-3, "cached"),
-                           0.8: Choice.make("dense", {}, 1e-3, "cached")})
+    block, spec, table = _block_with_two_entries("gather")
     x = torch.relu(torch.randn(2, 32, 12, 12)).contiguous(memory_format=torch.channels_last)
     for rate in (0.1, 0.9):
         masks = synthetic_masks(spec, rate, seed=1)
@@ -299,15 +308,11 @@ def test_a_dynamic_block_checks_each_variant_it_chooses_against_the_map_size():
     table's variants may not run (``patch``: S dividing the map); whether one runs there
     is asked per variant, so ``dense`` fitting 13x13 does not let ``patch`` run there."""
     from laudtriton.compiled_block import CompiledBlock
-    from laudtriton.ops import BlockSpec, fold_block
+    from laudtriton.ops import fold_block
     from laudtriton.ops.synthetic import synthetic_masks
-    from laudtriton.schedule import Choice, DispatchTable
     from laudtriton.testing import reference_on_masks
 
-    block = make_block(32, 8, 1, mode="spatial", granularity=2, seed=5)
-    spec = BlockSpec.from_block(block, (2, 32, 12, 12))
-    table = DispatchTable({0.2: Choice.make("patch", {}, 1e-3, "cached"),
-                           0.8: Choice.make("dense", {}, 1e-3, "cached")})
+    block, spec, table = _block_with_two_entries("patch")
     cb = CompiledBlock("b", spec, fold_block(block), table, "dynamic", 0.5)
     for hw, rate, ran in ((13, 0.9, "dense"), (13, 0.1, "dense"), (14, 0.1, "patch"),
                           (14, 0.9, "dense"), (13, 0.1, "dense")):
@@ -540,13 +545,7 @@ def test_compile_gives_static_dispatch_the_rate_of_the_example(tmp_path):
     """dispatch="static" runs the entry of the example's rate at every rate: with cached
     timings where gather wins below 0.5 and dense above, a block calibrated to 0.2 runs
     gather and one calibrated to 0.8 dense."""
-    from laudtriton.ops import BlockSpec
-    from laudtriton.tune.cache import TuneCache
-
-    block = make_block(32, 8, stride=1, mode="spatial", granularity=2, seed=5)
-    x = torch.randn(1, 32, 12, 12)
-    spec = BlockSpec.from_block(block, x.shape)
-    cache = TuneCache(tmp_path, device="cpu")
+    block, x, spec, cache = _cached_block(tmp_path)
     for b in range(11):
         fast, slow = (1e-3, 3e-3) if b < 5 else (3e-3, 1e-3)
         cache.record(spec, b / 10, {"gather": {"{}": fast}, "dense": {"{}": slow}})

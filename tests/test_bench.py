@@ -407,6 +407,63 @@ def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypat
               tune="off", log=lambda s: None)
 
 
+def test_bench_refuses_to_time_wrong_logits_with_the_masks_given(monkeypatch):
+    """The masks-given row is timed unchecked (``check_masks=False``), so bench checks
+    those logits once before it times anything: a compiled model right with its maskers
+    and wrong with the masks it was given is refused too."""
+    import laudtriton.baseline as baseline_module
+    from laudtriton.compiled import CompiledModel
+
+    real = CompiledModel.forward
+
+    def wrong_with_masks(self, x, masks=None, **kw):
+        out = real(self, x, masks, **kw)
+        return out if masks is None else out * 1.001
+
+    def timed(*args, **kwargs):
+        raise AssertionError("timed a wrong model")
+
+    monkeypatch.setattr(CompiledModel, "forward", wrong_with_masks)
+    for mod in (bench_mod, baseline_module):
+        monkeypatch.setattr(mod, "interleaved_medians", timed)
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError, match="masks given \\(bench\\)"):
+        bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
+              tune="off", log=lambda s: None)
+
+
+def test_fresh_input_row_warms_up_on_other_new_inputs(monkeypatch):
+    """The new-input row makes ``reps`` untimed calls on new inputs before its ``reps``
+    timed ones (the stream's warm-up: new patterns' packings), and dense and compiled
+    see the same sequence, each input once."""
+    seen = {}
+
+    def run(dense_calls, fns, warmup, reps):  # stands in for time_against_dense
+        seen["warmup"] = warmup
+        for f in [*dense_calls.values(), *fns]:
+            for _ in range(warmup + reps):
+                f()
+        return "nchw", 1.0, [0.5]
+
+    def recorder(name):
+        seen[name] = []
+        return lambda x: seen[name].append(x)
+
+    monkeypatch.setattr(bench_mod, "time_against_dense", run)
+    model = build_model("laud_resnet50", "channel", "4-4-2-1", channel_granularity=2)
+    meta = dict(model="laud_resnet50", mode="channel", granularity="4-4-2-1", batch=1,
+                rate=0.5, allocator="default", channel_granularity="2", threads=1,
+                tune="off", reps=3)
+    row = bench_mod._fresh_row(model, recorder("compiled"),
+                               {"nchw": recorder("nchw"), "channels_last": recorder("cl")},
+                               1, meta, 3)
+    assert seen["warmup"] == 3
+    assert len({id(x) for x in seen["compiled"]}) == 6
+    for name in ("nchw", "cl"):
+        assert [id(x) for x in seen[name]] == [id(x) for x in seen["compiled"]]
+    assert (row.dense_ms, row.ratio) == (1000.0, 0.5)
+
+
 def test_bench_says_when_the_masks_cannot_realise_the_rate():
     """A layer gate at batch 1 is on or off: rate 0.5 lands on 0 in every block
     (round(0.5) = 0). bench says so before the table and records the realised rate."""

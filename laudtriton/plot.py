@@ -70,18 +70,27 @@ def rows_from_cache(cache: TuneCache) -> list[dict]:
 def spec_of_row(row: Mapping) -> BlockSpec | None:
     """The BlockSpec of a sweep CSV row (its ``spec_key`` column, a BlockSpec dict as
     JSON); None when the row has none, or one BlockSpec.from_dict refuses (ValueError,
-    TypeError)."""
+    TypeError, KeyError: a field missing)."""
     key = row.get("spec_key")
     if not key:
         return None
     try:
         return BlockSpec.from_dict(json.loads(key))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError):
         return None
 
 
 def _clustered(row: Mapping) -> bool:
     return str(row.get("clustered") or "").strip().lower() in ("1", "true")
+
+
+def _dispatched(row: Mapping) -> bool:
+    """Whether the cache keeps the row: column ``dispatched`` absent or empty, or not 0
+    or false (a bool, a number, or text as a CSV holds it: "0", "false")."""
+    v = row.get("dispatched")
+    if isinstance(v, str):
+        return v.strip().lower() not in ("0", "false")
+    return v is None or bool(v)
 
 
 def _context(r: Mapping, spec: BlockSpec) -> tuple:
@@ -139,8 +148,7 @@ def _group(rows: Rows):
     stage by stage, ``_modes``), not one per mode, each of which would sum part of it."""
     figs: dict[str, dict] = {}
     devices = {str(r.get("device") or "") for r in rows}
-    parsed = [(r, spec_of_row(r)) for r in rows  # (each spec_key parsed once)
-              if r.get("dispatched", True) not in (False, 0, "0")]
+    parsed = [(r, spec_of_row(r)) for r in rows if _dispatched(r)]  # (each parsed once)
     modes = _modes(parsed)
     for r, spec in parsed:
         t = float(r["seconds"])

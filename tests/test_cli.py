@@ -647,3 +647,113 @@ def test_bench_threads_are_set_for_the_run_and_restored(monkeypatch, capsys):
     assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 2
     assert torch.get_num_threads() == before
     assert during == [want, want]
+
+
+def _bench_stub(monkeypatch):
+    """bench.bench replaced by one row, returned at once (no model is built or timed)."""
+    import laudtriton.bench as bench_mod
+    from laudtriton.bench_report import BenchRow
+
+    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
+                   0.5, 1.0)
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: [row])
+
+
+def test_demo_takes_the_end_rates_zero_and_one(monkeypatch, capsys):
+    """--rate is checked against [0, 1] with both ends in: 0 and 1 go on to build the
+    model (stopped there), a rate just outside is refused first."""
+    import laudtriton.bench as bench_mod
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped at the build")
+
+    monkeypatch.setattr(bench_mod, "build_model", stop)
+    for rate in ("0", "1"):
+        assert main(["demo", "--rate", rate, "--tune", "off"]) == 2
+        assert "stopped at the build" in capsys.readouterr().err
+    assert main(["demo", "--rate", "-0.01", "--tune", "off"]) == 2
+    assert "--rate must be in [0, 1], got -0.01" in capsys.readouterr().err
+
+
+def test_bench_threads_may_be_every_usable_cpu(monkeypatch, capsys):
+    """--threads is bounded by the CPUs this process may use, that count included."""
+    _bench_stub(monkeypatch)
+    monkeypatch.setattr(laudtriton.cli, "usable_cpus", lambda: 2)
+    assert main(["bench", "--threads", "2", "--rates", "0.5", "--model-only"]) == 0
+    assert main(["bench", "--threads", "3", "--rates", "0.5", "--model-only"]) == 2
+    assert "--threads must be in [0, 2]" in capsys.readouterr().err
+
+
+def test_bench_csv_with_a_tilde_is_in_the_home_directory(tmp_path, monkeypatch, capsys):
+    """'--csv=~/r.csv' reaches the program unexpanded: it is $HOME/r.csv, not a file in
+    a directory named '~' (which does not exist: refused)."""
+    _bench_stub(monkeypatch)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--rates", "0.5", "--model-only", "--csv=~/r.csv"]) == 0
+    written = tmp_path / "home" / "r.csv"
+    assert written.is_file() and f"wrote {written}" in capsys.readouterr().out
+    assert not (tmp_path / "~").exists()
+
+
+def test_bench_notes_fewer_than_20_reps_only(monkeypatch, capsys):
+    """The note on noisy medians is for --reps below 20; the default 20 (BENCHMARKS.md's)
+    gets none."""
+    _bench_stub(monkeypatch)
+    monkeypatch.delenv("LAUDTRITON_BENCH_HANDOFF", raising=False)
+    assert main(["bench", "--rates", "0.5", "--model-only"]) == 0
+    assert "medians of fewer than 20" not in capsys.readouterr().err
+    assert main(["bench", "--reps", "19", "--rates", "0.5", "--model-only"]) == 0
+    assert "--reps 19: medians of fewer than 20" in capsys.readouterr().err
+
+
+def test_bench_says_where_it_wrote_the_csv_unless_a_child(tmp_path, monkeypatch, capsys):
+    """'wrote <csv>' after the run; a child process of --processes (its CSV a temporary
+    file the parent reads) says nothing of it."""
+    from laudtriton.bench_report import HANDOFF_ENV
+
+    _bench_stub(monkeypatch)
+    monkeypatch.delenv(HANDOFF_ENV, raising=False)
+    csv = tmp_path / "r.csv"
+    assert main(["bench", "--rates", "0.5", "--model-only", "--csv", str(csv)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {csv}"
+    monkeypatch.setenv(HANDOFF_ENV, "1")
+    assert main(["bench", "--rates", "0.5", "--model-only", "--csv", str(csv)]) == 0
+    assert "wrote" not in capsys.readouterr().out and csv.is_file()
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    """Ctrl-C during a command: 'interrupted' on stderr and exit code 130 (128 + SIGINT,
+    as a shell reports it), no traceback."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(laudtriton.cli, "cmd_env", interrupted)
+    assert main(["env"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_env_names_the_c_allocator(capsys, monkeypatch):
+    """The allocator line: glibc's version where the C library is glibc, else 'not
+    glibc'."""
+    import laudtriton.runtime as runtime
+
+    for ver, want in (("2.36", "glibc 2.36 (laudtriton bench retains"), (None, "not glibc")):
+        monkeypatch.setattr(runtime, "glibc_version", lambda ver=ver: ver)
+        assert main(["env"]) == 0
+        rows = {line[:11].strip(): line[12:] for line in capsys.readouterr().out.splitlines()}
+        assert rows["allocator"].startswith(want)
+
+
+def test_an_os_error_of_a_command_is_one_line(monkeypatch, capsys):
+    """An OSError a command raises (a path it cannot read or write) exits 2 with one line
+    naming the command, as a ValueError does: no traceback."""
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", "/some/file")
+
+    monkeypatch.setattr(laudtriton.cli, "cmd_env", unreadable)
+    assert main(["env"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("laudtriton env: error: ") and "Permission denied" in err
+    assert err.count("\n") == 1

@@ -787,3 +787,94 @@ def test_plot_command_says_the_cache_is_disabled_when_no_predicted_line(tmp_path
     err = capsys.readouterr().err
     assert "no predicted line: the cache is disabled (LAUDTRITON_CACHE=off)" in err
     assert "has no calibration" not in err
+
+
+def test_spec_of_row_is_none_for_a_spec_key_this_version_cannot_build():
+    """A spec_key BlockSpec.from_dict refuses (a field this version lacks: TypeError; not
+    JSON: ValueError) or none at all gives no spec, rather than an exception."""
+    import json
+
+    from laudtriton.plot import spec_of_row
+
+    good = SPECS[0].key()
+    assert spec_of_row({"spec_key": good}) == SPECS[0]
+    newer = json.dumps({**json.loads(good), "a_later_field": 1})
+    assert spec_of_row({"spec_key": newer}) is None
+    assert spec_of_row({"spec_key": "{not json"}) is None
+    assert spec_of_row({"spec_key": json.dumps({"mode": "spatial"})}) is None  # KeyError
+    assert spec_of_row({"spec_key": ""}) is None and spec_of_row({}) is None
+
+
+def test_rows_given_with_clustered_true_get_figures_of_their_own(tmp_path, drawn):
+    """Rows passed as dicts may say clustered=True (a bool, not the CSV's 1): they are
+    the clustered sweep's, and get '_clustered' figures apart from the scattered ones."""
+    rows = _rows() + [{**r, "clustered": True, "seconds": r["seconds"] * 0.3}
+                      for r in _rows()]
+    rows = [{**r, "clustered": r.get("clustered", False)} for r in rows]
+    paths = plot_latency_vs_rate(rows, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        f"tinynet_spatial_b1_float32{c}_{f}.png" for c in ("", "_clustered")
+        for f in ("blocks", "model"))
+    assert sorted(c["dense"][0.5] for c in drawn) == pytest.approx(sorted(
+        m * k * 1e-3 for k in (1.0, 0.3) for m in (1, 2, 4)))
+
+
+@pytest.mark.parametrize("kept, dropped", [("1", "0"), ("true", " False"), (True, 0.0)])
+def test_rows_given_with_dispatched_as_text_leave_out_the_zeros(tmp_path, drawn, kept,
+                                                                dropped):
+    """Rows as csv.DictReader gives them (dispatched '0' or '1', or 'false'/'true' as
+    read_csv accepts, text) or as numbers: a 0 or false row is one the cache does not
+    keep, left out as a False one is."""
+    rows = []
+    for r in _rows():
+        rows.append(dict(r, dispatched=kept))
+        rows.append(dict(r, dispatched=dropped, seconds=r["seconds"] / 10))
+    plot_latency_vs_rate(rows, tmp_path)
+    assert drawn[0]["dense"] == {r: pytest.approx(1e-3) for r in (0.2, 0.5, 0.9)}
+
+
+def test_figures_draw_seconds_as_milliseconds(tmp_path, monkeypatch):
+    """The y axes say 'latency (ms)': a block's 1e-3 s is drawn at 1.0, the whole
+    model's sum (1 + 1 + 2 ms) at 4.0."""
+    from laudtriton import plot as plot_mod
+
+    figs = []
+    real = plot_mod._new_figure
+    monkeypatch.setattr(plot_mod, "_new_figure", lambda **kw: figs.append(real(**kw))
+                        or figs[-1])
+    plot_latency_vs_rate(_rows(), tmp_path)
+    panel, model = figs[0].axes[0], figs[1].axes[0]
+
+    def ydata(ax, label):
+        return list(next(ln for ln in ax.get_lines() if ln.get_label() == label).get_ydata())
+
+    assert panel.get_ylabel() == "latency (ms)"
+    assert ydata(panel, "dense") == pytest.approx([1.0, 1.0, 1.0])
+    assert model.get_ylabel().startswith("latency (ms)")
+    assert ydata(model, "dense") == pytest.approx([4.0, 4.0, 4.0])
+    assert ydata(model, "best per block") == pytest.approx(
+        [1e3 * (2 * 1e-3 * min(1.0, 0.2 + r) + 2e-3 * min(1.0, 0.2 + r))
+         for r in (0.2, 0.5, 0.9)])
+
+
+def test_few_names_at_most_four_then_counts_them():
+    """Warnings list up to four names; past four, the first four and how many in all."""
+    from laudtriton.plot import _few
+
+    assert _few(["a", "b", "c", "d"]) == "a, b, c, d"
+    assert _few(["a", "b", "c", "d", "e"]) == "a, b, c, d, ... (5 in all)"
+
+
+def test_a_file_name_of_max_stem_characters_is_kept_whole(tmp_path):
+    """A group key whose slug is exactly MAX_STEM characters long is its own file name;
+    one character more and it is cut short with a hash."""
+    from laudtriton.plot import MAX_STEM
+
+    suffix = "_spatial_b1_float32"
+    fits, over = "m" * (MAX_STEM - len(suffix)), "n" * (MAX_STEM - len(suffix) + 1)
+    rows = [{**r, "model": m} for m in (fits, over) for r in _rows()]
+    names = {p.name for p in plot_latency_vs_rate(rows, tmp_path)}
+    assert f"{fits}{suffix}_blocks.png" in names and f"{fits}{suffix}_model.png" in names
+    assert not any(n.startswith(over + suffix) for n in names)
+    cut = [n.rsplit("_", 1)[0] for n in names if n.startswith(over)]  # less the ending
+    assert len(cut) == 2 and all(len(n) == MAX_STEM for n in cut)

@@ -48,3 +48,18 @@ def test_cuda_paths_time_the_kernels_and_refuse_a_capture_that_syncs():
         dtm.graph_us(lambda: x.sum().item(), "cuda")
     assert {"torch_add_host_us", "triton_empty_host_us",
             "torch_add_graph_device_us"} <= set(dtm.launch_costs("cuda", n=50))
+
+
+def test_host_us_is_microseconds_per_call(monkeypatch):
+    """host_us: the time of n calls back to back over n, in microseconds (20 untimed
+    calls first)."""
+    import types
+
+    now, calls = [0.0], []
+
+    def fn():  # each call takes 3 us on the stand-in clock
+        calls.append(1)
+        now[0] += 3e-6
+    monkeypatch.setattr(dtm, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    assert dtm.host_us(fn, "cpu", n=50) == pytest.approx(3.0)
+    assert len(calls) == 20 + 50

@@ -604,6 +604,28 @@ def test_warm_compiles_kills_its_workers_on_sigterm(tmp_path, monkeypatch):
     assert multiprocessing.active_children() == []
 
 
+def test_warm_compiles_share_the_usable_cpus_among_their_workers(tmp_path, monkeypatch):
+    """Each compile worker gets its share of the CPUs this process may use (its affinity
+    mask, as --compile-jobs is bounded by), not of the machine's: under taskset the
+    workers would otherwise run more threads than there are CPUs to run them."""
+    import time
+    from multiprocessing.context import SpawnProcess
+
+    threads = []
+
+    def start(self):  # the worker's last argument is its thread count; none starts
+        threads.append(self._args[-1])
+        raise OSError("not started")
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    monkeypatch.setattr(warm, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(warm.os, "cpu_count", lambda: 64)
+    r = record.Run(tmp_path, 100, "cpu")
+    r.device = "cuda"
+    assert warm.warm_compiles(r, time.perf_counter() + 100, 2) == 0
+    assert threads == [2]
+
+
 def test_warm_compiles_that_cannot_start_leaves_part2_to_the_main_process(
         tmp_path, monkeypatch, capsys):
     """Workers that cannot start (no /dev/shm, say) are one printed line: the warm-up
@@ -839,3 +861,163 @@ def test_device_cpu_without_the_interpreter_is_refused(tmp_path, capsys, monkeyp
     line = _one_error_line(capsys)
     assert "--device cpu" in line and "TRITON_INTERPRET=1" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_options_take_the_bounds_they_name(tmp_path, monkeypatch):
+    """--budget at its stated maximum (86400 s) and --compile-jobs equal to the CPUs this
+    process may use are accepted, as the errors ("<= 86400", "[1, N]") say."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(command, "usable_cpus", lambda: 3)
+    args = _args(tmp_path)
+    args.budget, args.compile_jobs, args.batches = command.MAX_BUDGET_S, 3, "1,64"
+    assert command._options(args) == [1, 64]
+
+
+def test_a_run_leaves_no_lock_file_beside_its_autotune_cache(tmp_path, monkeypatch):
+    """The cache's lock file, empty, is removed at the end of a run: --out holds the
+    cache file part 3 wrote and nothing else in its folder (one file fewer to fetch)."""
+    from laudtriton.ops.spec import BlockSpec
+
+    def part3(r, blocks_, batches, configs, end, cache):
+        cache.record(BlockSpec(16, 4, 16, 1, False, (8, 8), "spatial", 2), 0.5,
+                     {"dense": {"{}": 1e-3}})
+        assert cache.lock_path.exists()  # taken while it wrote
+        return batches
+
+    monkeypatch.setattr(command, "machine", lambda r: None)
+    monkeypatch.setattr(command, "kernel_checks", lambda r, until=None: None)
+    monkeypatch.setattr(command, "warm_compiles", lambda *a, **k: None)
+    monkeypatch.setattr(command, "distinct_blocks", lambda models, size: {"x": None})
+    monkeypatch.setattr(command, "time_blocks", part3)
+    monkeypatch.setattr(command, "whole_models", lambda *a: None)
+    monkeypatch.setattr(command, "_options", lambda args: [1])
+    assert command.run(_args(tmp_path)) == 0
+    (cache_file,) = (tmp_path / "autotune_cache").glob("*.v1.json")
+    assert [p.name for p in (tmp_path / "autotune_cache").iterdir()] == [cache_file.name]
+
+
+def test_a_failed_checks_traceback_keeps_its_end(tmp_path):
+    """summary.json keeps the last TRACEBACK_LINES lines of a failed check's traceback:
+    its end, where the error is (a Triton compile error's cause is on its last line)."""
+    r = record.Run(tmp_path, 10, "cpu")
+    message = "\n".join(f"line {i}" for i in range(40))
+
+    def fails():
+        raise ValueError(message)
+    assert not r.check("long", fails)
+    tb = r.checks[0]["traceback"].splitlines()
+    assert len(tb) == record.TRACEBACK_LINES and tb[-1] == "line 39"
+    assert not tb[0].startswith("Traceback")
+
+
+def test_a_table_run_names_the_first_item_that_broke_cuda(tmp_path, monkeypatch):
+    """TableRun.broken names the item after which CUDA stopped working; a later failing
+    item (failing because of it) does not take its place."""
+    monkeypatch.setattr(record, "_cuda_works", lambda: False)
+    r = record.TableRun(tmp_path, 10, "cuda", ("a",), "t")
+    assert r.attempt("first", lambda: 1 / 0) is None
+    assert r.attempt("second", lambda: 1 / 0) is None
+    assert r.broken == "first" and [e["item"] for e in r.errors] == ["first", "second"]
+
+
+def test_time_blocks_saves_after_each_block(monkeypatch, tmp_path):
+    """A run killed outright in part 3 keeps every block timed so far: timings.csv (and
+    summary.json) are written after each block, not only after the part."""
+    import csv
+
+    class Spec:
+        batch = 1
+
+        def __init__(self, name):
+            self.name = name
+
+        def with_(self, batch):
+            return self
+
+        def short(self):
+            return self.name
+
+    seen = []
+
+    def one(r, mode, block, spec, members, n, cache):  # what is on disk as it starts
+        path = tmp_path / "timings.csv"
+        seen.append([row["spec"] for row in csv.DictReader(path.read_text().splitlines())]
+                    if path.exists() else None)
+        r.rows.append({"mode": mode, "spec": spec.name, "batch": 1, "variant": "dense",
+                       "seconds": 1e-3})
+    monkeypatch.setattr(blocks, "_time_block", one)
+    r = record.Run(tmp_path, 10, "cpu")
+    listed = {k: ("spatial", None, Spec(k), {}) for k in ("a", "b")}
+    assert blocks.time_blocks(r, listed, [1], 1, r.deadline, None) == [1]
+    assert seen == [None, ["a"]]
+    assert [row["spec"] for row in csv.DictReader(
+        (tmp_path / "timings.csv").read_text().splitlines())] == [
+        "a", "b"]
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_time_block_ratios_divide_by_the_faster_dense_dtype(tmp_path, monkeypatch):
+    """Part 3's ratios are against the static dense block in its faster half type (here
+    bfloat16): that dtype's dense row is 1.0, the other's above it."""
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.testing import make_block
+    from laudtriton.tune.cache import TuneCache
+
+    block = make_block(16, 4, 1, "spatial", 2)
+    spec = BlockSpec.from_block(block, (1, 16, 8, 8), torch.float16)
+    dense = {torch.float16: 2e-3, torch.bfloat16: 1e-3}
+    monkeypatch.setattr(blocks, "_static_dense_time", lambda fb, x, dev: dense[x.dtype])
+    r = record.Run(tmp_path, 600, "cpu")
+    blocks._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1,
+                       TuneCache(tmp_path / "cache"))
+    assert {(row["dtype"], row["ratio"]) for row in r.rows if row["variant"] == "dense"} == {
+        ("float16", 2.0), ("bfloat16", 1.0)}
+    assert all(row["ratio"] == pytest.approx(row["seconds"] / 1e-3) for row in r.rows)
+
+
+def test_machine_reports_copy_bandwidth_and_gemm_rates_in_their_units(tmp_path, monkeypatch):
+    """Part 1: the copy's GB/s count the bytes read and written (2 x 8 MiB of float16 on
+    CPU), the GEMMs' TFLOP/s 2 m^3 flops (m = 256 on CPU), per the timed seconds."""
+    import importlib
+
+    machine = importlib.import_module("laudtriton.gpucheck.machine")
+    times = iter([1e-3, 1e-6, 2e-6])  # the copy, the float16 GEMM, the bfloat16 GEMM
+    monkeypatch.setattr(machine, "_bench", lambda fn, device: next(times))
+    r = record.Run(tmp_path, 10, "cpu")
+    machine.machine(r)
+    assert r.info["copy_GBps"] == round(2 * 2 * 2**22 / 1e-3 / 1e9, 1) == 16.8
+    assert (r.info["gemm_float16_TFLOPs"], r.info["gemm_bfloat16_TFLOPs"]) == (33.6, 16.8)
+
+
+def test_whole_models_fail_an_item_whose_gap_is_nan(tmp_path, monkeypatch):
+    """Part 4's bound is read so that NaN fails it: compiled logits compared with dense
+    ones that came out NaN are a failed item, not a pass (NaN compares false with
+    anything). A tiny float64 model stands in for ResNet-101 on CPU."""
+    import functools
+    import math
+
+    import laudtriton
+    from laudtriton import bench
+    from laudtriton.nn import LaudResNet
+    from laudtriton.testing import randomize_bn
+
+    def tiny(name, mode, granularity):
+        torch.manual_seed(0)
+        return randomize_bn(LaudResNet((1, 1, 1, 1), mode=mode, granularity="2-2-1-1",
+                                       width_mult=0.25, input_size=None, num_classes=7))
+    real = functools.partial(laudtriton.compile, dtype=torch.float64)
+
+    def nan_dense(model, x, **kw):  # the dense-variant network's logits come out NaN
+        cm = real(model, x, **kw)
+        if kw.get("tune") != "off":
+            return cm
+        return lambda *a, **k: torch.full_like(cm(*a, **k), math.nan)
+    monkeypatch.setattr(bench, "build_model", tiny)
+    monkeypatch.setattr(whole, "MODES", [("spatial", "2-2-1-1")])
+    monkeypatch.setattr(laudtriton, "compile", nan_dense)
+    r = record.Run(tmp_path, 600, "cpu")
+    whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    (gap,) = r.info["whole_vs_dense_on_its_masks"].values()
+    assert math.isnan(gap)
+    assert [c["ok"] for c in r.checks] == [False]
+    assert "from the dense variants'" in r.checks[0]["error"]

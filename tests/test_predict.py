@@ -755,3 +755,145 @@ def test_fit_of_fewer_timings_than_min_samples_fits_nothing():
     hw = get_hardware("rtx3090")
     assert fit(data, hw, min_samples=4) == {}
     assert set(fit(data, hw, min_samples=2)) >= {"gather"}
+
+
+def _ticking_clock(monkeypatch, step: float = 1.0) -> None:
+    """calibrate's clock replaced by one that advances ``step`` s at each read: every
+    round ``_best`` times (a read before, a read after) takes ``step`` s."""
+    import importlib
+    import time
+    import types
+
+    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
+    now = [0.0]
+
+    def perf_counter():
+        now[0] += step
+        return now[0]
+    monkeypatch.setattr(cal_mod, "time", types.SimpleNamespace(perf_counter=perf_counter,
+                                                                strftime=time.strftime))
+
+
+def test_best_is_the_fastest_round_per_call(monkeypatch):
+    """``_best``: after one warm-up call, the fastest round (not the slowest), divided by
+    the ``inner`` calls of a round; at least ``min_reps`` rounds, even with no budget."""
+    import importlib
+    import types
+
+    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
+    now = [0.0]
+    # seconds per call: the warm-up, then three rounds of two calls (4, 1 and 4 s a round)
+    cost = iter([9.0, 2.0, 2.0, 0.5, 0.5, 3.0, 1.0])
+
+    def fn():
+        now[0] += next(cost)
+    monkeypatch.setattr(cal_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    assert cal_mod._best(fn, torch.device("cpu"), 0.0, inner=2) == 0.5
+    assert next(cost, None) is None  # every call made: the warm-up and three rounds
+
+
+def test_calibration_rates_count_what_each_measurement_moves(monkeypatch):
+    """With every timed round taking 1 s: the GEMM peak is n^3 multiply-adds of the
+    largest n x n x n product per second, the bandwidth counts the bytes read and
+    written by the copy, and the dispatch overhead is per op, not per round of ops."""
+    from laudtriton.predict.calibrate import copy_bandwidth, dispatch_overhead, gemm_peak
+
+    _ticking_clock(monkeypatch)
+    cpu = torch.device("cpu")
+    assert gemm_peak(cpu, torch.float32, (16, 32), budget_s=0.0) == 32 ** 3
+    assert copy_bandwidth(cpu, mib=1, budget_s=0.0) == 2 * 2 ** 20  # 1 MiB read + written
+    assert dispatch_overhead(cpu, ops=200, budget_s=0.0) == pytest.approx(1 / 200)
+
+
+def test_calibrate_prints_each_number_in_its_unit(capsys, tmp_path, monkeypatch):
+    """``laudtriton calibrate`` prints the GEMM peak in GMAC/s, the bandwidth in GB/s and
+    the dispatch overhead in microseconds per op, and saves what it measured."""
+    import importlib
+
+    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
+    cal = Calibration(device_fingerprint("cpu"), "cpu", {"float32": 2.5e11}, 4e10, 2.5e-6,
+                      2, 2, "2026-12-01T21:07:33")
+    monkeypatch.setattr(cal_mod, "calibrate", lambda device, quick, progress: cal)
+    rc, out, err = _cli(["calibrate", "--quick", "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert [(ln.split()[-2], ln.split()[-1]) for ln in lines[:3]] == [
+        ("250.00", "GMAC/s"), ("40.00", "GB/s"), ("2.50", "us/op")]
+    assert lines[3] == f"device {cal.fingerprint}; saved {calibration_path(tmp_path)}"
+    assert load_calibration(tmp_path) == cal
+
+
+def test_cli_predict_no_fit_uses_the_default_factors(capsys, tmp_path):
+    """With a calibration and timings cached, `predict --hardware cpu` fits its factors
+    on them; --no-fit keeps the default factors (and says so), and the table differs."""
+    save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,
+                                 5e-6, 2, 2), tmp_path)
+    _write_cache(tmp_path, _synthetic(0.05, shapes=3))
+    argv = ["predict", "--model", "laud_resnet50", "--hardware", "cpu", "--rates", "0.5",
+            "--cache-dir", str(tmp_path)]
+    rc, fitted, err = _cli(argv, capsys)
+    assert rc == 0, err
+    assert fitted.splitlines()[1].startswith("factors fitted on ")
+    rc, default, err = _cli([*argv, "--no-fit"], capsys)
+    assert rc == 0, err
+    assert default.splitlines()[1].startswith("default factors (eff_c ")
+    assert default.splitlines()[3:] != fitted.splitlines()[3:]
+
+
+def test_cli_predict_prints_close_rates_apart(capsys, tmp_path):
+    """Rates closer than a thousandth (--rates keeps 6 decimals) print as given, each
+    on rows of its own: 0.1251 and 0.1254 did not both read 0.125."""
+    rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--hardware", "v100",
+                         "--rates", "0.1251,0.1254", "--cache-dir", str(tmp_path)], capsys)
+    assert rc == 0, err
+    lines = out.splitlines()
+    model = lines[lines.index(next(x for x in lines if x.split()[:2] == ["rate", "dense"])) + 1:]
+    assert [x.split()[0] for x in model] == ["0.1251", "0.1254"]
+    # the rate column of the blocks' rows, after their 64-character labels
+    assert {x[64:72].strip() for x in lines if x.startswith("layer")} == {"0.1251", "0.1254"}
+
+
+def test_cli_predict_takes_the_hardware_s_dtype_by_default(capsys, tmp_path):
+    """Without --dtype, predict times a GPU preset in float16 and the CPU in float32
+    (the help's default), and says which in its header."""
+    for hw, dtype in (("h100", "float16"), ("cpu", "float32")):
+        rc, out, err = _cli(["predict", "--model", "laud_resnet50", "--hardware", hw,
+                             "--mode", "layer", "--rates", "0.5", "--no-fit",
+                             "--cache-dir", str(tmp_path)], capsys)
+        assert rc == 0, err
+        assert f"laud_resnet50 mode layer batch 1 {dtype}" in out.splitlines()
+
+
+def test_cli_validate_include_stale_reads_the_timings_of_other_versions(capsys, tmp_path):
+    """With only timings of another torch version cached, `predict --validate` finds
+    none for the current versions (and names --include-stale); with --include-stale it
+    validates on them."""
+    from laudtriton.tune import cache as cache_mod
+
+    old = TuneCache(tmp_path, device="cpu",
+                    versions=dict(cache_mod.current_versions(), torch="1.0.0"))
+    data = _synthetic(0.05, shapes=3)
+    for s in data:
+        old.record(s.spec, s.rate, {s.variant: {"{}": s.seconds}})
+    argv = ["predict", "--validate", "--hardware", "cpu", "--cache-dir", str(tmp_path)]
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 2 and "holds no timings" in err and "--include-stale" in err
+    rc, out, err = _cli([*argv, "--include-stale"], capsys)
+    assert rc == 0, err
+    assert err.startswith(f"fitting on {len(data)} cached timings")
+    assert out.strip().splitlines()[-1].startswith("MAPE ")
+
+
+def test_cli_predict_variants_restricts_the_columns(capsys, tmp_path):
+    """--variants gather: the table has the dense column and gather's, no other
+    variant's (patch runs on these blocks too)."""
+    argv = ["predict", "--model", "laud_resnet50", "--hardware", "v100", "--rates", "0.5",
+            "--cache-dir", str(tmp_path)]
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 0, err
+    head = next(x for x in out.splitlines() if x.startswith("block (x count)"))
+    assert "gather ms" in head and "patch ms" in head
+    rc, out, err = _cli([*argv, "--variants", "gather"], capsys)
+    assert rc == 0, err
+    head = next(x for x in out.splitlines() if x.startswith("block (x count)"))
+    assert head.split()[3:] == ["rate", "dense", "ms", "gather", "ms", "best"]

@@ -458,3 +458,59 @@ def test_predictor_takes_rates_and_factors_given_as_numpy_or_torch_scalars():
     assert all(type(v) is float for v in (f.eff_c, f.eff_m, f.overhead))
     t = predict_block(SPEC, 0.5, "dense", get_hardware("a100"), {"*": f})
     assert type(t) is float and t > 0
+
+
+def test_calibration_floor_is_exclusive_and_a_zero_overhead_is_kept():
+    """The floor is exclusive, as the error says ("> 1e+06"): a peak or bandwidth of
+    exactly FLOOR is refused. A dispatch overhead of 0 s is a measurement (">= 0"):
+    it is accepted and reaches the hardware the calibration becomes."""
+    from laudtriton.predict.calibrate import FLOOR
+
+    for change in ({"peak": {"float32": FLOOR}}, {"bandwidth": FLOOR}):
+        name = next(iter(change))
+        with pytest.raises(ValueError, match=rf"^{name} .*> 1e\+06"):
+            Calibration(**{**_good(), **change})
+    cal = Calibration(**{**_good(), "peak": {"float32": 2 * FLOOR}, "bandwidth": 2 * FLOOR,
+                         "overhead": 0.0})
+    hw = cal.to_hardware()
+    assert (hw.peak_macs("float32"), hw.bandwidth, hw.launch_overhead) == (
+        2 * FLOOR, 2 * FLOOR, 0.0)
+
+
+def test_calibration_hardware_counts_its_units_not_its_threads():
+    """A calibration's units (SMs on a GPU, threads on a CPU) become the hardware's
+    compute units; the torch thread count is recorded apart (on a GPU they differ)."""
+    hw = Calibration(**{**_good(), "kind": "gpu", "threads": 4, "units": 132}).to_hardware()
+    assert (hw.name, hw.kind, hw.compute_units) == ("cuda", "gpu", 132)
+
+
+def test_the_cached_predictor_fits_on_current_timings_only(tmp_path):
+    """``fitted_predictor`` (compile's tune="cached", plot) fits on the timings of the
+    current versions only: with nothing but another torch version's timings cached
+    there is no predictor, and with current ones beside them the fit is the fit of the
+    current ones alone."""
+    from laudtriton.tune import cache as cache_mod
+
+    old = dict(cache_mod.current_versions(), torch="1.0.0")
+    stale = TuneCache(tmp_path, device="cpu", versions=old)
+    for b in (0.25, 0.5, 0.75):
+        stale.record(SPEC, b, {"dense": {"{}": 9e-3}, "gather": {"{}": 9e-3}})
+    _write(tmp_path)
+    cache = TuneCache(tmp_path, device="cpu")
+    assert cache.entries() == [] and cache.entries(include_stale=True)
+    assert fitted_predictor(cache, "cpu") is None
+    cache = _record_timings(tmp_path)
+    hw, factors = fitted_predictor(cache, "cpu")
+    want = fit(cache.entries(), hw)
+    assert factors.keys() == want.keys() and all(factors[k] == want[k] for k in want)
+
+
+def test_a_calibrated_gpu_is_measured_here_and_a_preset_is_not():
+    """The hardware of a GPU calibration ("cuda") reads its calibration and timings, as
+    "cpu" does: ``predict --validate`` and fitted factors take it; a preset does not."""
+    from laudtriton.predict.calibrate import measured_here
+
+    gpu = Calibration(**{**_good(), "kind": "gpu", "units": 132}).to_hardware()
+    assert gpu.name == "cuda" and measured_here(gpu)
+    assert measured_here(Calibration(**_good()).to_hardware())
+    assert not measured_here(get_hardware("h100"))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..gpureport import RATES
+from ..runtime import usable_cpus
 from ..tune.measure import is_sticky
 from .checks import part2_checks
 from .record import Run, describe
@@ -164,7 +165,7 @@ def warm_compiles(r: Run, until: float, jobs: int,
         warm3 = []
     n = len(names) + len(warm3)
     k = min(jobs, n)
-    threads = max(1, (os.cpu_count() or 1) // k)
+    threads = max(1, usable_cpus() // k)  # (--compile-jobs is bounded by it too)
     procs = []
     try:
         with tempfile.TemporaryDirectory(prefix="laudtriton_warm_") as folder:

@@ -382,52 +382,33 @@ def test_block_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     assert all((r.dense_ms, r.sparse_ms, r.ratio) == (200.0, 100.0, 0.5) for r in per_block)
 
 
-def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypatch):
+@pytest.mark.parametrize("masks_given_only, says", [
+    (False, "compiled logits \\(bench\\)"), (True, "masks given \\(bench\\)")])
+def test_bench_refuses_to_time_a_compiled_model_whose_logits_are_wrong(monkeypatch,
+                                                                       masks_given_only,
+                                                                       says):
     """bench reported a speedup of whatever the compiled model computed; only demo
     compared its logits with the reference's. It checks them before the per-block table
-    is timed too (it checked them after that table)."""
+    is timed too (it checked them after that table). The masks-given row is timed
+    unchecked (``check_masks=False``), so those logits are checked first as well: a
+    model right with its maskers and wrong with the masks it gave is refused too."""
     import laudtriton.baseline as baseline_module
-    import laudtriton.bench as bench_module
     from laudtriton.compiled import CompiledModel
 
     real = CompiledModel.forward
 
     def off_by_a_bit(self, x, masks=None, **kw):
-        return real(self, x, masks, **kw) * 1.001
+        out = real(self, x, masks, **kw)
+        return out if masks_given_only and masks is None else out * 1.001
 
     def timed(*args, **kwargs):
         raise AssertionError("timed a wrong model")
 
     monkeypatch.setattr(CompiledModel, "forward", off_by_a_bit)
-    for mod in (bench_module, baseline_module):  # per-block rows; whole-model rows
+    for mod in (bench_mod, baseline_module):  # per-block rows; whole-model rows
         monkeypatch.setattr(mod, "interleaved_medians", timed)
     torch.manual_seed(0)
-    with pytest.raises(AssertionError, match="compiled logits \\(bench\\)"):
-        bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
-              tune="off", log=lambda s: None)
-
-
-def test_bench_refuses_to_time_wrong_logits_with_the_masks_given(monkeypatch):
-    """The masks-given row is timed unchecked (``check_masks=False``), so bench checks
-    those logits once before it times anything: a compiled model right with its maskers
-    and wrong with the masks it was given is refused too."""
-    import laudtriton.baseline as baseline_module
-    from laudtriton.compiled import CompiledModel
-
-    real = CompiledModel.forward
-
-    def wrong_with_masks(self, x, masks=None, **kw):
-        out = real(self, x, masks, **kw)
-        return out if masks is None else out * 1.001
-
-    def timed(*args, **kwargs):
-        raise AssertionError("timed a wrong model")
-
-    monkeypatch.setattr(CompiledModel, "forward", wrong_with_masks)
-    for mod in (bench_mod, baseline_module):
-        monkeypatch.setattr(mod, "interleaved_medians", timed)
-    torch.manual_seed(0)
-    with pytest.raises(AssertionError, match="masks given \\(bench\\)"):
+    with pytest.raises(AssertionError, match=says):
         bench("laud_resnet50", "channel", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
               tune="off", log=lambda s: None)
 

@@ -503,3 +503,31 @@ def test_bench_refuses_reps_whose_fresh_inputs_would_fill_the_memory(capsys):
     assert err.startswith(f"laudtriton bench: error: --reps {reps} with --batch 1: ")
     assert "give fewer --reps" in err
     check_fresh_inputs(1, 20)  # the default: far from it
+
+
+def test_run_processes_times_blocks_in_the_first_process_only(monkeypatch):
+    """Every process after the first runs --model-only (the per-block rows come from the
+    first alone), each child writes its CSV where the parent said, and every row read
+    back carries its process's number; argv holding --csv or --processes in either
+    spelling is refused before any child runs."""
+    import subprocess
+    from types import SimpleNamespace
+
+    cmds = []
+
+    def fake_run(cmd, **kw):
+        cmds.append(cmd)
+        row = BenchRow("m", "channel", "1", 1, 0.5, "model", "s", "compiled", 1.0, 0.5,
+                       0.5, 0.4, 0.8)
+        write_csv([row], cmd[cmd.index("--csv") + 1])
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    rows = run_processes(["--rates", "0.5"], 3, log=lambda s: None)
+    assert ["--model-only" in c for c in cmds] == [False, True, True]
+    assert [r.process for r in rows] == [1, 2, 3]
+    cmds.clear()
+    for bad in (["--csv=x.csv"], ["--processes=2"]):
+        with pytest.raises(ValueError, match=f"argv must not hold {bad[0].split('=')[0]}"):
+            run_processes(bad, 2, log=lambda s: None)
+    assert cmds == []

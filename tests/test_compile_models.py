@@ -1859,3 +1859,29 @@ def test_a_compiled_block_runs_the_channel_masks_it_is_given():
     want = reference_on_masks(block, x, flipped).float()
     assert_close(got, want)
     assert not torch.allclose(got, block(x), atol=1e-3)  # not the maskers' own masks
+
+
+class TwoBatches(nn.Module):
+    """A LaudResNet called twice in one forward, on one input size, at two batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        return self.net(x) + self.net(x[:1]).mean(0)
+
+
+def test_capture_takes_a_network_called_at_two_batch_sizes_of_one_input_size():
+    """Only the input size ([B, C, H, W] without B) of a LaudResNet called twice must
+    agree, as a CompiledModel runs any batch of its size: the first call's input is the
+    one captured, and another size is still refused."""
+    from laudtriton.capture import capture_inputs
+
+    model, x = TwoBatches().eval(), torch.randn(2, 3, 64, 64)
+    captured, missed = capture_inputs(model, x, [("net", model.net)])
+    assert [(name, tuple(t.shape)) for name, _, t in captured] == [("net", (2, 3, 64, 64))]
+    assert missed == []
+    scales = TwoScales().eval()
+    with pytest.raises(ValueError, match=r"^compile: net is called on inputs of two sizes"):
+        capture_inputs(scales, x, [("net", scales.net)])

@@ -77,3 +77,34 @@ def test_table_and_plot_say_when_a_time_limit_left_blocks_untimed(tmp_path, monk
                                                                real(ax, t, **k))[1])
     assert gpureport.plot(r.rows, "laud_resnet50", tmp_path / "p.png")
     assert titles == ["laud_resnet50 spatial b1 (partial: 0 of 16 blocks at a rate)"]
+
+
+def test_model_curves_take_the_fastest_timing_and_dense_where_a_variant_is_missing():
+    """A block timed twice by one variant (two configs) counts its faster timing,
+    whichever came first; a variant with no timing of a block counts dense's time there
+    (what dispatch would run), so its whole-model sum stays comparable."""
+    members = json.dumps({"laud_resnet50": ["layer1.0"]})
+
+    def row(key, variant, seconds):
+        return {"mode": "spatial", "spec": key, "spec_key": key, "batch": 1, "rate": 0.5,
+                "models": members, "variant": variant, "dtype": "float16", "config": "{}",
+                "seconds": seconds, "ratio": seconds / 2.0}
+
+    rows = [row("k0", "dense", 2.0), row("k0", "gather", 0.5), row("k0", "gather", 1.5),
+            row("k1", "dense", 4.0)]  # gather does not run block k1
+    c = gpureport.model_curves(rows, "laud_resnet50")[("spatial", 1)]
+    assert c["gather"][0.5] == 0.5 + 4.0
+    assert c["dense"][0.5] == 6.0 and c["best"][0.5] == 4.5
+
+
+def test_table_gives_the_whole_compiled_model_for_resnet101_alone(tmp_path):
+    """The whole@0.5 column is the compiled LAUD-ResNet-101's ratio (gpucheck compiles
+    that model only): a compiled row does not show up as another model's."""
+    r = record.Run(tmp_path, 10, "cpu")
+    r.rows = _rows() + [{"mode": "spatial", "spec": "whole", "spec_key": "", "batch": 1,
+                         "rate": 0.5, "models": "", "variant": "compiled",
+                         "dtype": "float16", "config": "{}", "seconds": 1.0, "ratio": 0.61}]
+    lines = gpureport.table(r, ["laud_resnet50", "laud_resnet101"]).splitlines()
+    r50 = next(ln for ln in lines if ln.startswith("laud_resnet50 "))
+    r101 = next(ln for ln in lines if ln.startswith("laud_resnet101 "))
+    assert r50.split()[7] == "-" and r101.split()[7] == "0.61x"  # after the 3 best@

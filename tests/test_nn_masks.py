@@ -623,3 +623,37 @@ def test_spatial_masker_refuses_a_grid_larger_than_its_input():
         masker.logits(x, (4, 5))
     mask, _ = masker(x, (2, 2))
     assert mask.shape == (1, 1, 2, 2)
+
+
+def test_eval_masks_keep_where_the_logits_tie():
+    """In eval a mask cell or channel group is kept where its keep and drop logits are
+    equal (keep >= drop, the rule the Triton masker kernels and ``kernelchecks`` use):
+    maskers whose weights and biases are zero keep everything, not nothing."""
+    from laudtriton.nn.maskers import MaskerChannelMLP, MaskerSpatial
+
+    x = torch.randn(2, 8, 4, 4)
+    spatial = MaskerSpatial(8).eval()
+    channel = MaskerChannelMLP(8, groups=4, layers=1).eval()
+    with torch.no_grad():
+        for p in (*spatial.parameters(), *channel.parameters()):
+            p.zero_()
+    mask, _ = spatial(x, (2, 2))
+    assert torch.equal(mask, torch.ones(2, 1, 2, 2))
+    mask, _ = channel(x)
+    assert torch.equal(mask, torch.ones(2, 4))
+
+
+def test_fresh_maskers_start_with_the_official_biases():
+    """The official initialisation, which makes training start dense: the spatial
+    masker's keep logit bias is +5, and a channel masker's last linear has keep biases +2
+    and drop biases -2 (from the second drop logit on: the official code sets
+    bias[G + 1:])."""
+    from laudtriton.nn.maskers import MaskerChannelConvLinear, MaskerChannelMLP, MaskerSpatial
+
+    torch.manual_seed(0)
+    assert MaskerSpatial(8).conv.bias[0].item() == 5.0
+    for masker in (MaskerChannelMLP(16, 4, layers=1), MaskerChannelMLP(16, 4, layers=2),
+                   MaskerChannelConvLinear(16, 4, reduction=4)):
+        bias = masker.last_linear().bias
+        assert bias[:4].tolist() == [2.0] * 4
+        assert bias[5:].tolist() == [-2.0] * 3

@@ -897,3 +897,80 @@ def test_cli_predict_variants_restricts_the_columns(capsys, tmp_path):
     assert rc == 0, err
     head = next(x for x in out.splitlines() if x.startswith("block (x count)"))
     assert head.split()[3:] == ["rate", "dense", "ms", "gather", "ms", "best"]
+
+
+def test_hardware_names_take_dashes_and_aliases_and_gpus_default_to_float16():
+    """'jetson-orin' and 'Jetson Orin' name the jetson_orin preset, the short aliases
+    their own boards (3060 is the RTX 3060, not the 3090), and every GPU or edge board
+    defaults to float16, the CPU to float32."""
+    assert get_hardware("jetson-orin") is PRESETS["jetson_orin"]
+    assert get_hardware("Jetson Orin") is PRESETS["jetson_orin"]
+    assert get_hardware("3060") is PRESETS["rtx3060"]
+    assert get_hardware("3090") is PRESETS["rtx3090"]
+    assert get_hardware("tx2") is PRESETS["jetson_tx2"]
+    assert {get_hardware(n).default_dtype for n in PRESETS} == {"float16"}
+    assert CPU_DEFAULT.default_dtype == "float32"
+
+
+def test_prune_keeps_the_kept_configs_in_the_order_of_the_space():
+    """The top_k configs kept come in the order the variant's space lists them, not
+    fastest first (configs the model cannot tell apart keep that order too)."""
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.prune import config_time, make_prune
+
+    spec = model_specs("laud_resnet50", "spatial", "4-4-2-1", 2, dtype="float16")[-1][1]
+    v = get_variant("gather")
+    cfgs = [{"block_m": 128, "block_n": 128}, {"block_m": 64, "block_n": 64},
+            {"block_m": 16, "block_n": 64}]
+    h100 = get_hardware("h100")
+    times = [config_time(spec, 0.2, v, c, h100) for c in cfgs]
+    assert times[2] < times[1] < times[0]  # the fastest last
+    assert make_prune(h100, 2)(spec, 0.2, v, cfgs) == [cfgs[1], cfgs[2]]
+
+
+def test_channel_layer_and_both_flops_ratios_by_hand():
+    """layer1.0 of LAUD-ResNet-50 at 224 (64 -> 64 -> 256, 56x56, dense downsample): a
+    channel mask at rate r keeps r of conv1's outputs, r² of conv2's multiply-adds (its
+    inputs and outputs are both masked) and r of conv3's inputs; a layer gate keeps r of
+    all three; "both" is spatial with the channel rate r too; the downsample stays
+    dense."""
+    px = 56 * 56
+    c1, c2, c3, ds = 64 * 64 * px, 64 * 64 * 9 * px, 64 * 256 * px, 64 * 256 * px
+    dense = c1 + c2 + c3 + ds
+    for mode, want in (("channel", c1 * 0.5 + c2 * 0.25 + c3 * 0.5 + ds),
+                       ("layer", (c1 + c2 + c3) * 0.5 + ds)):
+        spec = dict(model_specs("laud_resnet50", mode, 1, input_size=224))["layer1.0"]
+        assert flops_ratio(spec, 0.5) == pytest.approx(want / dense, rel=1e-12)
+    # "both": the spatial block's terms with the channel rate r as well: conv1 r·(mask1
+    # share), conv2 r²·r, conv3 r·r (the mask1 share read off the spatial ratio)
+    spatial = dict(model_specs("laud_resnet50", "spatial", 4, input_size=224))["layer1.0"]
+    both = dict(model_specs("laud_resnet50", "both", 4, input_size=224))["layer1.0"]
+    share = (flops_ratio(spatial, 0.5) * dense - ds - (c2 + c3) * 0.5) / c1
+    assert 0.5 < share < 1.0  # mask1 dilates the active cells
+    want = c1 * 0.5 * share + (c2 * 0.25 + c3 * 0.5) * 0.5 + ds
+    assert flops_ratio(both, 0.5) == pytest.approx(want / dense, rel=1e-9)
+
+
+def test_stem_and_head_bytes_are_two_per_element_in_both_half_types():
+    """bfloat16, like float16, moves 2 bytes per element, half of float32's 4: the same
+    multiply-adds, launches and bytes as float16."""
+    from laudtriton.predict.network import stem_head_cost
+
+    f32 = stem_head_cost(224, 2, dtype="float32")
+    f16 = stem_head_cost(224, 2, dtype="float16")
+    assert stem_head_cost(224, 2, dtype="bfloat16") == f16
+    assert f16[0] == f32[0] and f16[1] == f32[1] / 2
+
+
+def test_preset_peaks_are_half_the_datasheet_flops_and_bf16_borrows_fp32s():
+    """Datasheet FLOP/s are halved into multiply-adds/s, for every dtype (A100: 19.5
+    TFLOPS fp32, 312 fp16 and bf16); a board with no bf16 units (V100, TX2) runs bfloat16
+    at its float32 rate, not at its faster float16 one."""
+    a100 = get_hardware("a100")
+    assert a100.peak_macs("float32") == pytest.approx(19.5e12 / 2)
+    assert a100.peak_macs("float16") == pytest.approx(312e12 / 2)
+    assert a100.peak_macs("bfloat16") == pytest.approx(312e12 / 2)
+    for name, fp32 in (("v100", 15.7e12), ("jetson_tx2", 0.665e12)):
+        hw = get_hardware(name)
+        assert hw.peak_macs("bfloat16") == hw.peak_macs("float32") == pytest.approx(fp32 / 2)
+        assert hw.peak_macs("float16") > hw.peak_macs("float32")

@@ -204,3 +204,12 @@ def test_interleaved_medians_are_medians(monkeypatch):
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
     assert timing.interleaved_medians([call], warmup=1, reps=3) == [3.0]
     assert durations == []
+
+
+def test_assert_close_with_tol_0_asks_for_equality():
+    """tol=0 is a bound like any other (it is not refused): an exact copy passes, the
+    smallest difference fails."""
+    a = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)
+    assert_close(a.clone(), a, tol=0)
+    with pytest.raises(AssertionError, match="max error"):
+        assert_close(a + 1e-12, a, tol=0.0)

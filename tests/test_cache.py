@@ -79,7 +79,8 @@ def test_rate_bucket(rate, step, want):
     assert rate_bucket(rate, step) == want
 
 
-@pytest.mark.parametrize("rate,step", [(-0.1, 0.1), (1.5, 0.1), (0.5, 0.0), (0.5, -1), ("x", 0.1)])
+@pytest.mark.parametrize("rate,step", [(-0.1, 0.1), (1.5, 0.1), (0.5, 0.0), (0.5, -1), ("x", 0.1),
+                                       (0.5, 1.5)])  # a step past 1: one bucket, 0
 def test_rate_bucket_rejects(rate, step):
     with pytest.raises(ValueError, match="rate|step"):
         rate_bucket(rate, step)
@@ -355,6 +356,25 @@ def test_annotate_never_writes_back_timings_it_read(tmp_path):
     assert e.seconds == 1e-3 and e.meta["models"] == {"m": ["layer1.0"]}
 
 
+def test_annotate_leaves_an_entry_no_reader_can_use_as_it_is(tmp_path):
+    """An entry that another writer made malformed between annotate and its write (here:
+    a negative time) is kept on disk as it is: the names are not merged into an
+    entry no reader can use (whose meta may not even be a dict)."""
+    a = TuneCache(tmp_path)
+    a.record(SPEC, 0.5, {"dense": {"{}": 9e-3}})
+    saved = a._save
+    a._save = lambda: None  # A's write comes late
+    assert a.annotate(SPEC, 0.5, {"models": {"m": ["layer1.0"]}, "asked_rates": [0.5]})
+    data = json.loads(a.path.read_text())
+    (key,) = data["entries"]
+    data["entries"][key]["timings"] = {"{}": -1.0}  # another writer's malformed entry
+    bad = data["entries"][key]
+    a.path.write_text(json.dumps(data))
+    a._save = saved
+    a._save()
+    assert json.loads(a.path.read_text())["entries"] == {key: bad}
+
+
 @pytest.mark.parametrize("value, on", [("0", False), ("false", False), (" OFF ", False),
                                        ("no", False), ("1", True), ("", True), ("yes", True),
                                        ("True", True)])
@@ -578,6 +598,20 @@ def test_merge_reads_its_output_under_the_lock(tmp_path, monkeypatch):
     after = TuneCache(tmp_path / "live")
     assert after.lookup(SPEC2, 0.5) == {"dense": {"{}": 3e-3}}
     assert after.lookup(SPEC, 1.0) == {"dense": {"{}": 2e-3}}
+
+
+def test_merge_into_an_existing_output_lets_the_inputs_win(tmp_path):
+    """Merging into an --out that already holds a key: the inputs' time of a config
+    replaces the output's (the newer timing wins), the output's other configs and
+    keys stay."""
+    out, shard = TuneCache(tmp_path / "out"), TuneCache(tmp_path / "shard")
+    out.record(SPEC, 0.5, {"dense": {"{}": 9e-3, '{"k":1}': 4e-3}})
+    out.record(SPEC2, 0.5, {"dense": {"{}": 7e-3}})
+    shard.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert merge_files([shard.path], out.path) == 2
+    after = TuneCache(tmp_path / "out")
+    assert after.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3, '{"k":1}': 4e-3}}
+    assert after.lookup(SPEC2, 0.5) == {"dense": {"{}": 7e-3}}
 
 
 def test_non_positive_timings_are_malformed(tmp_path, caplog):
@@ -947,6 +981,8 @@ def test_device_fingerprint_of_a_missing_cuda_device_is_a_value_error(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="'cuda:3': this machine has 1 CUDA device"):
         device_fingerprint("cuda:3")
+    with pytest.raises(ValueError, match="'cuda:1': this machine has 1 CUDA device"):
+        device_fingerprint("cuda:1")  # one past the last index (cuda:0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'cuda': this machine has 0 CUDA device"):
         device_fingerprint("cuda")
@@ -1185,3 +1221,50 @@ def test_clear_counts_the_entries_kept_in_memory_too(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert c.clear() == 2
     assert c.lookup(SPEC, 0.5) is None and c.lookup(SPEC2, 0.5) is None
+
+
+def test_a_file_without_schema_or_device_is_not_read(tmp_path, caplog):
+    """A cache file that names no schema, or no device, is not taken for this
+    version's file of this device: its entries stay hidden, with a warning naming
+    what it lacks (a missing field is not the current value)."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    for drop, word in (("schema", "schema None"), ("device", "for device None")):
+        c.path.write_text(json.dumps({k: v for k, v in data.items() if k != drop}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="laudtriton"):
+            assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+        assert word in caplog.text
+
+
+def test_a_zero_time_on_disk_is_malformed(tmp_path, caplog):
+    """A timing of 0 s read from a file (no measurement gives it; it would win every
+    dispatch) drops its entry, as a negative one does: a time is > 0, not >= 0."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    c.record(SPEC, 0.6, {"dense": {"{}": 1e-3}})
+    data = json.loads(c.path.read_text())
+    for e in data["entries"].values():
+        if e["rate_bucket"] == 0.6:
+            e["timings"]["{}"] = 0.0
+    c.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).rates(SPEC) == [0.5]
+    assert "1 malformed entries ignored" in caplog.text
+
+
+def test_a_later_record_replaces_the_meta_fields_it_gives(tmp_path):
+    """A record of a key already cached keeps the newer meta (its "flops_ratio",
+    "input_size"), while "models" and "asked_rates" are unions (were the older meta to
+    win the plain fields, a re-timed item would keep the first sweep's numbers)."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}},
+             meta={"flops_ratio": 0.3, "input_size": 224, "asked_rates": [0.5],
+                   "models": {"m": ["a"]}})
+    c.record(SPEC, 0.5, {"dense": {"{}": 2e-3}},
+             meta={"flops_ratio": 0.4, "input_size": 64, "asked_rates": [0.45],
+                   "models": {"m": ["b"]}})
+    meta = TuneCache(tmp_path).entry_meta(SPEC, 0.5)
+    assert meta["flops_ratio"] == 0.4 and meta["input_size"] == 64
+    assert meta["asked_rates"] == [0.45, 0.5] and meta["models"] == {"m": ["a", "b"]}

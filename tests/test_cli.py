@@ -3,6 +3,7 @@ before any model is built or timed; files it writes are readable like any other;
 and the ``demo`` (the README's main job) run end to end."""
 
 import logging
+import math
 import os
 import stat
 
@@ -238,6 +239,23 @@ def test_cache_ls_says_how_many_stale_timings_it_hides(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(
         "0 entries, 0 timings; 2 stale timings hidden (--all lists them)")
+
+
+def test_cache_ls_shows_the_best_time_of_each_variant(tmp_path, capsys):
+    """A variant's row counts its configs and shows the fastest one's time (a failed
+    config, inf, is left out): the best ms is the minimum, not the slowest config."""
+    from laudtriton.ops import BlockSpec
+    from laudtriton.tune.cache import TuneCache
+
+    cache = TuneCache(tmp_path, device="cpu")
+    spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "spatial", 2, 0, 1)
+    cache.record(spec, 0.5, {"dense": {"{}": 2e-3},
+                             "gather": {'{"BLOCK":16}': 4e-3, '{"BLOCK":32}': 1e-3,
+                                        '{"BLOCK":64}': math.inf}})
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    rows = {line.split()[-3]: line.split()[-2:]
+            for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows == {"dense": ["1", "2.000"], "gather": ["3", "1.000"]}
 
 
 def test_cache_ls_says_whether_the_file_is_there(tmp_path, capsys):

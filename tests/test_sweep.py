@@ -82,6 +82,7 @@ def test_parse_rates_rejects(text):
     ("0:1:1e-9", r"--rates '0:1:1e-9': step 1e-09 is below 1e-06"),
     ("0:1:1e-8", r"step 1e-08 is below 1e-06"),
     ("0:1:0.0005", r"--rates '0:1:0.0005' gives 2001 rates; at most 1001"),
+    ("0:1:0.000999", r"--rates '0:1:0.000999' gives 1002 rates; at most 1001"),  # one over
     ("0:1e12:1", r"rates must lie in \[0, 1\], got \[1000000000000.0\]"),
     (",".join(str(i / 2000) for i in range(2001)), r"lists 2001 rates; at most 1001"),
     ("0:inf:0.1", r"--rates '0:inf:0.1' is malformed"),

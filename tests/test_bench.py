@@ -531,3 +531,36 @@ def test_run_processes_times_blocks_in_the_first_process_only(monkeypatch):
         with pytest.raises(ValueError, match=f"argv must not hold {bad[0].split('=')[0]}"):
             run_processes(bad, 2, log=lambda s: None)
     assert cmds == []
+
+
+def test_bench_table_spec_column_fits_the_longest_spec_of_any_row(rows):
+    """The spec column is as wide as the longest spec, whichever row holds it: a long
+    spec after the first row pushed the later columns of its row out of line."""
+    long = replace(rows[0], spec="2048->512->2048 7x7/s1 both S=1 G=256 b1 (a long spec)")
+    table = format_rows([rows[0], long]).splitlines()
+    col = table[0].index(" variant ") + 1
+    assert [line[col:].split()[0] for line in table[2:]] == [rows[0].variant] * 2
+    assert len({len(line) for line in table[:2]}) == 1  # the rule is the header's width
+
+
+def test_bench_table_lists_the_runs_of_a_row_of_several_only(rows):
+    """A row of one run (--repeat 1) has no "runs" list: it would repeat its ratio."""
+    one = replace(rows[-1], runs=(rows[-1].ratio,))
+    assert "runs" not in format_rows([one])
+    two = replace(rows[-1], runs=(0.5, 0.75))
+    assert format_rows([two]).splitlines()[-1].endswith("  runs 0.500, 0.750")
+
+
+def test_process_summary_is_in_process_order_whatever_the_row_order(rows):
+    """Each process's ratio is listed in process order, and the dense forms in that
+    order, whatever the order of the rows (process 2's first listed it first)."""
+    model = [r for r in rows if r.block == "model"]
+    two = [replace(r, process=1) for r in model] + [
+        replace(r, process=2, spec=r.spec.replace("channels_last", "nchw"),
+                ratio=r.ratio * 2, runs=tuple(v * 2 for v in r.runs)) for r in model]
+    later_first = two[len(model):] + two[:len(model)]  # process 2's rows, then 1's
+    assert process_summary(later_first) == process_summary(two)
+    first = process_summary(later_first).splitlines()[2].split()
+    assert first[1] == "dense=channels_last/nchw"
+    assert [float(v) for v in first[5:]] == pytest.approx(
+        [model[0].ratio, model[0].ratio * 2], abs=1e-3)

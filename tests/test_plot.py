@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 from pathlib import Path
 
@@ -878,3 +879,25 @@ def test_a_file_name_of_max_stem_characters_is_kept_whole(tmp_path):
     assert not any(n.startswith(over + suffix) for n in names)
     cut = [n.rsplit("_", 1)[0] for n in names if n.startswith(over)]  # less the ending
     assert len(cut) == 2 and all(len(n) == MAX_STEM for n in cut)
+
+
+def test_predicted_line_is_the_fastest_variant_at_each_rate(tmp_path, monkeypatch):
+    """The predicted line of a block spec gives, at each rate of the rows, the predicted
+    time of the fastest variant its rows hold (the least over them), not the slowest."""
+    import laudtriton.ops  # noqa: F401  (registers every variant)
+    from laudtriton.plot_command import predicted_curves
+    from laudtriton.predict.hardware import CPU_DEFAULT
+    from laudtriton.predict.model import predict_block
+
+    calibrate = importlib.import_module("laudtriton.predict.calibrate")  # the module: the
+    # package's name calibrate is the function
+    monkeypatch.setattr(calibrate, "fitted_predictor", lambda cache, device: (CPU_DEFAULT, {}))
+    rows = [r for r in _rows() if r["variant"] == "dense"]
+    rows += [dict(r, variant="gather") for r in rows]
+    got = predicted_curves(rows, tmp_path)
+    assert set(got) == {s.key() for s in SPECS}
+    for spec in SPECS:
+        times = {rate: [predict_block(spec, rate, v, CPU_DEFAULT, {})
+                        for v in ("dense", "gather")] for rate in (0.2, 0.5, 0.9)}
+        assert any(a != b for a, b in times.values())  # the two variants' times differ
+        assert got[spec.key()] == pytest.approx({r: min(t) for r, t in times.items()})

@@ -352,6 +352,8 @@ def test_predictor_functions_refuse_a_rate_outside_0_1(rate, match):
     (dict(input_size=math.nan), "input size nan must be an int >= 32"),
     (dict(batch=True), "batch True must be an int >= 1"),
     (dict(granularity=math.inf), "--granularity inf is malformed"),
+    (dict(granularity="4-4-2"), "--granularity '4-4-2' has 3 stages; LAUD-ResNet has 4"),
+    (dict(mode=["spatial", "channel"]), "--mode .* has 2 stages; LAUD-ResNet has 4"),
 ])
 def test_model_specs_refuses_what_the_model_refuses(kw, match):
     """A granularity of 2.9 was S=2 and True S=1 (the model refuses both); 64.5 was
@@ -514,3 +516,36 @@ def test_a_calibrated_gpu_is_measured_here_and_a_preset_is_not():
     assert gpu.name == "cuda" and measured_here(gpu)
     assert measured_here(Calibration(**_good()).to_hardware())
     assert not measured_here(get_hardware("h100"))
+
+
+@pytest.mark.parametrize("change", [dict(compute_units=0), dict(peak=(("float32", 0.0),)),
+                                    dict(peak=(("float32", 1e12), ("float16", 0.0)))])
+def test_hardware_spec_refuses_no_units_and_a_zero_peak(change):
+    """Compute units must be an int >= 1 and every peak rate > 0: a machine of no units,
+    or a dtype at 0 multiply-adds/s (a time of work / 0), is refused when built."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match="HardwareSpec 'a100': "):
+        dataclasses.replace(get_hardware("a100"), **change)
+
+
+def test_hardware_description_gives_the_bandwidth_in_gb_per_s():
+    """The ``predict`` and ``design`` header line gives the bandwidth in GB/s (1e9 B/s)
+    and the launch overhead in us: the V100 preset's 900 GB/s and 5 us."""
+    line = get_hardware("v100").describe()
+    assert line.startswith("v100 (gpu, 80 units): ")
+    assert line.endswith("; 900 GB/s; launch 5 us")
+
+
+def test_cpu_hardware_warns_only_when_asked(tmp_path, caplog):
+    """With no calibration in the cache directory, cpu_hardware falls back on CPU_DEFAULT
+    with one warning; warn=False falls back in silence."""
+    from laudtriton.predict.hardware import cpu_hardware
+
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert cpu_hardware(tmp_path, warn=False) is CPU_DEFAULT
+    assert _warnings(caplog) == []
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert cpu_hardware(tmp_path) is CPU_DEFAULT
+    (said,) = _warnings(caplog)
+    assert said.startswith("no calibration of this machine found; using the conservative")

@@ -68,3 +68,13 @@ def test_off_a_terminal_whole_lines_are_written_now_and_then(capsys, monkeypatch
     assert capsys.readouterr().err.startswith("sweep 4/4 ")
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_no_items_show_nothing(capsys, monkeypatch, terminal):
+    """A command with nothing to do (every sweep item cached, total 0) shows no display:
+    no empty bar, and on a terminal no blank line at close."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    bar = Progress(0, True, desc="sweep", unit="item")
+    assert not bar.enabled and bar.bar is None
+    bar.close()
+    assert capsys.readouterr().err == ""

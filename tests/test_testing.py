@@ -213,3 +213,24 @@ def test_assert_close_with_tol_0_asks_for_equality():
     assert_close(a.clone(), a, tol=0)
     with pytest.raises(AssertionError, match="max error"):
         assert_close(a + 1e-12, a, tol=0.0)
+
+
+def test_assert_close_scales_by_the_reference_not_the_output():
+    """The bound is tol x max|ref|: an output far larger than its reference is not
+    excused by its own size (scaled by max|out|, 1.5 against 1.0 passed at tol 0.4)."""
+    ref = torch.tensor([1.0, 0.0])
+    out = torch.tensor([1.5, 0.0])
+    assert_close(out, ref, tol=0.5)  # 0.5 <= 0.5 x 1.0
+    with pytest.raises(AssertionError, match=r"max error 0\.5 > 0\.4 x max\|ref\| 1"):
+        assert_close(out, ref, tol=0.4)
+
+
+def test_logits_agreement_error_is_relative_to_the_reference():
+    """The error is max |out - ref| / max |ref|: a compiled model's logits three times
+    too large read 2.0, not the 0.67 of a division by max |out|."""
+    from laudtriton.testing import logits_agreement
+
+    ref = torch.tensor([[1.0, 0.0], [0.5, 0.0]])
+    out = 3.0 * ref
+    err, top1 = logits_agreement(out, ref)
+    assert err == pytest.approx(2.0) and top1 == 1.0

@@ -513,12 +513,27 @@ def test_bench_out_of_memory_names_the_batch(monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+def _stub_row(**fields):
+    """A whole-model bench row of made-up numbers, for stand-ins of ``bench.bench``."""
+    from laudtriton.bench_report import BenchRow
+
+    return BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
+                    0.5, 1.0, **fields)
+
+
+def _bench_stub(monkeypatch):
+    """bench.bench replaced by one row, returned at once (no model is built or timed)."""
+    import laudtriton.bench as bench_mod
+
+    row = _stub_row()
+    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: [row])
+
+
 def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
     """A table of medians of fewer than 20 runs is noted, and the CSV says how many."""
-    from laudtriton.bench_report import BenchRow, read_csv, write_csv
+    from laudtriton.bench_report import read_csv, write_csv
 
-    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
-                   0.5, 1.0, reps=3)
+    row = _stub_row(reps=3)
     write_csv([row], tmp_path / "r.csv")
     assert read_csv(tmp_path / "r.csv")[0].reps == 3
     import laudtriton.bench as bench_mod
@@ -532,13 +547,9 @@ def test_bench_rows_record_their_reps(monkeypatch, tmp_path, capsys):
 def test_bench_csv_that_cannot_be_written_at_the_end_is_named(monkeypatch, tmp_path, capsys):
     """A --csv checked before the run but not writable at its end (a disk that filled):
     the error named neither --csv nor the file ("[Errno 28] No space left on device")."""
-    import laudtriton.bench as bench_mod
     import laudtriton.bench_report as report
-    from laudtriton.bench_report import BenchRow
 
-    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
-                   0.5, 1.0)
-    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: [row])
+    _bench_stub(monkeypatch)
 
     def full(rows, path):
         raise OSError(28, "No space left on device")
@@ -644,10 +655,8 @@ def test_bench_threads_are_set_for_the_run_and_restored(monkeypatch, capsys):
     """`bench --threads 1` left the caller's process at 1 thread, after a run and after
     a failed one (a test or a script calling main timed everything after it so)."""
     import laudtriton.bench as bench_mod
-    from laudtriton.bench_report import BenchRow
 
-    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
-                   0.5, 1.0)
+    row = _stub_row()
     during = []
 
     def stub(*args, **kwargs):
@@ -665,16 +674,6 @@ def test_bench_threads_are_set_for_the_run_and_restored(monkeypatch, capsys):
     assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 2
     assert torch.get_num_threads() == before
     assert during == [want, want]
-
-
-def _bench_stub(monkeypatch):
-    """bench.bench replaced by one row, returned at once (no model is built or timed)."""
-    import laudtriton.bench as bench_mod
-    from laudtriton.bench_report import BenchRow
-
-    row = BenchRow("m", "spatial", "4", 1, 0.5, "model", "s", "compiled", 1.0, 0.5, 0.5,
-                   0.5, 1.0)
-    monkeypatch.setattr(bench_mod, "bench", lambda *a, **k: [row])
 
 
 def test_demo_takes_the_end_rates_zero_and_one(monkeypatch, capsys):

@@ -213,11 +213,10 @@ def test_timings_and_summary_are_written_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "timings.csv"]
 
 
-def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path, monkeypatch):
-    """Part 4 compiles for the device's dtype (float16 on CUDA) and must time the compiled
-    model on an input of that dtype (a float32 input is refused). On CPU, a float64
-    compile stands in for the CUDA case; a tiny model stands in for ResNet-101. The
-    compile reads and fills the cache it is given (part 3's, under --out)."""
+def _tiny_part4(monkeypatch):
+    """Part 4 on CPU: a tiny LAUD model (spatial, 2-2-1-1) stands in for ResNet-101.
+    Returns compile in float64, which stands in for CUDA's half type; the caller puts it
+    (or a wrapper of it) in laudtriton.compile's place."""
     import functools
 
     import laudtriton
@@ -231,8 +230,17 @@ def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path,
                                        width_mult=0.25, input_size=None, num_classes=7))
     monkeypatch.setattr(bench, "build_model", tiny)
     monkeypatch.setattr(whole, "MODES", [("spatial", "2-2-1-1")])
-    monkeypatch.setattr(laudtriton, "compile",
-                        functools.partial(laudtriton.compile, dtype=torch.float64))
+    return functools.partial(laudtriton.compile, dtype=torch.float64)
+
+
+def test_whole_models_time_the_compiled_model_on_an_input_of_its_dtype(tmp_path, monkeypatch):
+    """Part 4 compiles for the device's dtype (float16 on CUDA) and must time the compiled
+    model on an input of that dtype (a float32 input is refused). On CPU, a float64
+    compile stands in for the CUDA case; a tiny model stands in for ResNet-101. The
+    compile reads and fills the cache it is given (part 3's, under --out)."""
+    import laudtriton
+
+    monkeypatch.setattr(laudtriton, "compile", _tiny_part4(monkeypatch))
     r = record.Run(tmp_path, 600, "cpu")
     whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
     assert [c["ok"] for c in r.checks] == [True], r.checks
@@ -993,27 +1001,17 @@ def test_whole_models_fail_an_item_whose_gap_is_nan(tmp_path, monkeypatch):
     """Part 4's bound is read so that NaN fails it: compiled logits compared with dense
     ones that came out NaN are a failed item, not a pass (NaN compares false with
     anything). A tiny float64 model stands in for ResNet-101 on CPU."""
-    import functools
     import math
 
     import laudtriton
-    from laudtriton import bench
-    from laudtriton.nn import LaudResNet
-    from laudtriton.testing import randomize_bn
 
-    def tiny(name, mode, granularity):
-        torch.manual_seed(0)
-        return randomize_bn(LaudResNet((1, 1, 1, 1), mode=mode, granularity="2-2-1-1",
-                                       width_mult=0.25, input_size=None, num_classes=7))
-    real = functools.partial(laudtriton.compile, dtype=torch.float64)
+    real = _tiny_part4(monkeypatch)
 
     def nan_dense(model, x, **kw):  # the dense-variant network's logits come out NaN
         cm = real(model, x, **kw)
         if kw.get("tune") != "off":
             return cm
         return lambda *a, **k: torch.full_like(cm(*a, **k), math.nan)
-    monkeypatch.setattr(bench, "build_model", tiny)
-    monkeypatch.setattr(whole, "MODES", [("spatial", "2-2-1-1")])
     monkeypatch.setattr(laudtriton, "compile", nan_dense)
     r = record.Run(tmp_path, 600, "cpu")
     whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -39,6 +40,8 @@ from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.keys import device_fingerprint
 
 CPU = CPU_DEFAULT
+# the module: the name laudtriton.predict.calibrate reads is the function it exports
+cal_module = importlib.import_module("laudtriton.predict.calibrate")
 
 
 def _specs() -> list[BlockSpec]:
@@ -429,9 +432,6 @@ def test_calibrate_refuses_a_folder_it_cannot_write_before_measuring(capsys, tmp
                                                                      read_only_folders):
     """A read-only cache folder failed only after the ~20 s of measuring, and the numbers
     measured were lost with it."""
-    import importlib
-
-    cal_module = importlib.import_module("laudtriton.predict.calibrate")
     read_only_folders(cal_module, "calibrate", "measured")
     rc, out, err = _cli(["calibrate", "--cache-dir", str(tmp_path)], capsys)
     assert rc == 2 and err == (f"laudtriton calibrate: error: the calibration's directory "
@@ -443,12 +443,6 @@ def test_calibrate_refuses_a_directory_in_its_file_s_place_before_measuring(
         capsys, tmp_path, monkeypatch):
     """A directory of the calibration file's name failed only when the measured numbers
     were moved into place, with a message that named neither the file nor --cache-dir."""
-    import importlib
-
-    from laudtriton.predict.calibrate import calibration_path
-
-    cal_module = importlib.import_module("laudtriton.predict.calibrate")
-
     def measure(*args, **kwargs):
         raise AssertionError("measured before checking the file")
 
@@ -760,35 +754,31 @@ def test_fit_of_fewer_timings_than_min_samples_fits_nothing():
 def _ticking_clock(monkeypatch, step: float = 1.0) -> None:
     """calibrate's clock replaced by one that advances ``step`` s at each read: every
     round ``_best`` times (a read before, a read after) takes ``step`` s."""
-    import importlib
     import time
     import types
 
-    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
     now = [0.0]
 
     def perf_counter():
         now[0] += step
         return now[0]
-    monkeypatch.setattr(cal_mod, "time", types.SimpleNamespace(perf_counter=perf_counter,
+    monkeypatch.setattr(cal_module, "time", types.SimpleNamespace(perf_counter=perf_counter,
                                                                 strftime=time.strftime))
 
 
 def test_best_is_the_fastest_round_per_call(monkeypatch):
     """``_best``: after one warm-up call, the fastest round (not the slowest), divided by
     the ``inner`` calls of a round; at least ``min_reps`` rounds, even with no budget."""
-    import importlib
     import types
 
-    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
     now = [0.0]
     # seconds per call: the warm-up, then three rounds of two calls (4, 1 and 4 s a round)
     cost = iter([9.0, 2.0, 2.0, 0.5, 0.5, 3.0, 1.0])
 
     def fn():
         now[0] += next(cost)
-    monkeypatch.setattr(cal_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    assert cal_mod._best(fn, torch.device("cpu"), 0.0, inner=2) == 0.5
+    monkeypatch.setattr(cal_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    assert cal_module._best(fn, torch.device("cpu"), 0.0, inner=2) == 0.5
     assert next(cost, None) is None  # every call made: the warm-up and three rounds
 
 
@@ -808,12 +798,9 @@ def test_calibration_rates_count_what_each_measurement_moves(monkeypatch):
 def test_calibrate_prints_each_number_in_its_unit(capsys, tmp_path, monkeypatch):
     """``laudtriton calibrate`` prints the GEMM peak in GMAC/s, the bandwidth in GB/s and
     the dispatch overhead in microseconds per op, and saves what it measured."""
-    import importlib
-
-    cal_mod = importlib.import_module("laudtriton.predict.calibrate")
     cal = Calibration(device_fingerprint("cpu"), "cpu", {"float32": 2.5e11}, 4e10, 2.5e-6,
                       2, 2, "2026-12-01T21:07:33")
-    monkeypatch.setattr(cal_mod, "calibrate", lambda device, quick, progress: cal)
+    monkeypatch.setattr(cal_module, "calibrate", lambda device, quick, progress: cal)
     rc, out, err = _cli(["calibrate", "--quick", "--cache-dir", str(tmp_path)], capsys)
     assert rc == 0, err
     lines = out.splitlines()

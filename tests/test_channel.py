@@ -439,3 +439,28 @@ def test_gemm_path_counts_and_fallback(monkeypatch):
     fresh = gemm_residual(fb, parts, xc[:1], xc[:1], into=False)
     assert fresh.is_contiguous(memory_format=CL)
     assert_close(fresh, ref[:1])
+
+
+def test_channel_work_reads_the_downsample_weights_only_where_there_is_one():
+    """channel_work's weight count: at rate 1 every weight of the block
+    (``BlockSpec.weight_count``), the downsample's only in a block that has one; at rate
+    0.5 half the width in each of conv1, conv2 (both sides) and conv3."""
+    from laudtriton.ops.kappa import channel_work
+
+    with_ds = BlockSpec(64, 32, 128, 2, True, (14, 13), "channel", channel_groups=16, batch=2)
+    no_ds = BlockSpec(128, 32, 128, 1, False, (14, 13), "channel", channel_groups=16, batch=2)
+    for spec in (with_ds, no_ds):
+        assert channel_work(spec, 1.0)[1] == spec.weight_count()
+    assert channel_work(no_ds, 0.5)[1] == 128 * 16 + 9 * 16 * 16 + 16 * 128
+    assert channel_work(with_ds, 0.5)[1] == 64 * 16 + 9 * 16 * 16 + 16 * 128 + 64 * 128
+
+
+def test_slice_cost_at_rate_zero_counts_no_convolution_launches():
+    """At channel rate 0 no convolution runs (the residual branch is the constant b3 +
+    W3 @ κ2): fewer launches than at any positive rate, per group as at batch 1."""
+    for batch in (1, 3):
+        spec = BlockSpec(64, 32, 128, 2, True, (14, 13), "channel", channel_groups=16,
+                         batch=batch)
+        zero, low = slice_cost(spec, 0.0), slice_cost(spec, 1 / 16)
+        assert zero.launches < low.launches
+        assert low.launches - zero.launches >= 3 * (1 if batch == 1 else batch)  # conv1-3

@@ -145,3 +145,31 @@ def test_compact_bad_masks(grid):
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match=r"accepted \[2, 1, 1, 1\]"):
         compact_block(fb, x, BlockMasks(grid, None, None, None))
+
+
+def test_compact_supports_layer_blocks_only():
+    """``compact`` runs on a layer gate [B, 1, 1, 1]: it supports no spatial, both or
+    channel block (the scheduler must never pick it for one)."""
+    v = get_variant("compact")
+    spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "layer", batch=2)
+    assert v.supports(spec)
+    for other in (spec.with_(mode="spatial", granularity=2),
+                  spec.with_(mode="spatial", granularity=1),
+                  spec.with_(mode="both", granularity=2, channel_groups=4),
+                  spec.with_(mode="channel", channel_groups=4)):
+        assert not v.supports(other), other.mode
+
+
+def test_compact_cost_counts_half_types_at_two_bytes_and_the_gather_in_between():
+    """Bytes: float16 and bfloat16 elements are 2 bytes (float32's half); a gate rate
+    strictly between 0 and 1 moves the active samples' gather and scatter on top of what
+    rates 0 and 1 move."""
+    spec = BlockSpec(64, 16, 64, 1, False, (14, 13), "layer", batch=8)
+    for rate in (0.0, 0.5, 1.0):
+        full = compact_cost(spec, rate).bytes
+        for dt in ("float16", "bfloat16"):
+            assert compact_cost(spec.with_(dtype=dt), rate).bytes == full / 2, (dt, rate)
+    b0, b5, b1 = (compact_cost(spec, r).bytes for r in (0.0, 0.5, 1.0))
+    assert b0 == b1 < b5
+    # the gather and scatter of 4 of 8 samples: their input and output, 4 bytes each
+    assert b5 - b1 == 4 * 4 * (64 * 14 * 13 + 64 * 14 * 13)

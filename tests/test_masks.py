@@ -268,3 +268,178 @@ def test_gates_equal_compute_masks_where_one_side_divides(hw):
     got = mk.Gates(blk)(x)
     for name in ("grid", "mask3", "mask1"):
         assert torch.equal(getattr(got, name), getattr(ref, name)), name
+
+
+def test_active_pixels_refuses_a_mask_of_several_channels():
+    """A [B, C, h, w] mask with C > 1 is an error, not a flat index list over B·C·h·w
+    that the caller would read as pixels of other samples."""
+    with pytest.raises(ValueError, match=r"\[B, 1, h, w\]"):
+        mk.active_pixels(torch.ones(2, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"\[B, 1, h, w\]"):
+        mk.active_pixels(torch.ones(1, 3, 2, 2, dtype=torch.bool))
+
+
+def test_dispatch_rate_reads_the_grid_of_both_mode_as_run_rate_does():
+    """Mode ``both`` is dispatched on its spatial rate (the grid's mean), as
+    ``schedule.run_rate`` records its timings; only mode ``channel`` reads the channel mask."""
+    from laudtriton.nn.block import BlockMasks
+    from laudtriton.schedule import run_rate
+
+    grid = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 2, 2)  # mean 0.25
+    channel = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # mean 0.75
+    masks = BlockMasks(grid, None, None, channel)
+    shape = dict(in_channels=8, width=4, out_channels=16, stride=1, downsample=True,
+                 in_hw=(4, 4))
+    for mode, want in (("both", 0.25), ("spatial", 0.25), ("channel", 0.75)):
+        spec = BlockSpec(**shape, mode=mode, granularity=2,
+                         channel_groups=4 if mode != "spatial" else 1)
+        assert mk.dispatch_rate(spec, masks) == want, mode
+        assert run_rate(spec, masks) == want, mode
+
+
+@pytest.mark.parametrize("b,h,w,stride,s", [(1, 8, 8, 1, 4), (2, 6, 4, 1, 2), (2, 15, 16, 2, 4),
+                                            (1, 12, 8, 2, 2), (2, 7, 7, 2, 2)])
+def test_the_halo_patch_of_a_cell_is_exactly_the_rows_its_taps_read(b, h, w, stride, s):
+    """The conv2 halo patch of an S x S cell is P x P = (S+2)² at stride 1, (2S+1)² at
+    stride 2 (DESIGN.md section 3, ``patch``): every buffer row it holds is read by a tap
+    of one of the cell's outputs, none more (a larger patch reads past the buffer of the
+    last sample, 7x7 at stride 2)."""
+    assert mk.patch_size(s, stride) == (s + 2 if stride == 1 else 2 * s + 1)
+    ho, wo = mk.out_hw_of((h, w), stride)
+    cells = torch.arange(b * (ho // s) * (wo // s))
+    tin, tout = mk.patch_rows(cells, b, (h, w), stride, s)
+    taps = mk.tap_rows(tout.reshape(-1), b, (h, w), stride).view(cells.numel(), -1)
+    for c in range(cells.numel()):
+        assert sorted(set(tin[c].tolist())) == sorted(set(taps[c].tolist()))
+    assert int(tin.max()) < b * (h + 2) * (w + 2)
+
+
+@pytest.mark.parametrize("mode,granularity,kwargs", [
+    ("spatial", 2, {}), ("layer", 1, {}), ("channel", 1, {}),
+    ("channel", 1, {"channel_masker_layers": 1}), ("both", 2, {}),
+])
+@torch.no_grad()
+def test_gates_keep_where_the_two_logits_tie_as_the_reference_does(mode, granularity, kwargs):
+    """Eval masks are logits[:, 0] >= logits[:, 1] (DESIGN.md section 2): a tie keeps. With
+    the keep logits made equal to the skip logits (spatial masker everywhere; channel
+    groups 0 and 2, groups 1 and 3 pushed to skip), the reference keeps the tied cells and
+    groups, and the compiled blocks' Gates give the same masks."""
+    blk = make_block(64, 16, 1, mode, granularity, 4 if mode in ("channel", "both") else 1,
+                     seed=3, **kwargs)
+    if blk.masker_spatial is not None:
+        conv = blk.masker_spatial.conv
+        conv.weight[0] = conv.weight[1]
+        conv.bias[0] = conv.bias[1]
+    if blk.masker_channel is not None:
+        last = blk.masker_channel.last_linear()
+        g = blk.masker_channel.groups
+        last.weight[:g] = last.weight[g:]
+        last.bias[:g] = last.bias[g:]
+        last.bias[1:g:2] -= 1e4  # groups 1, 3, ...: the keep logit far below
+    x = torch.randn(3, 64, 12, 10, generator=torch.Generator().manual_seed(4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref, _ = blk.compute_masks(x)
+    if ref.grid is not None:
+        assert bool(ref.grid.bool().all())
+    if ref.channel is not None:
+        want = torch.tensor([1.0, 0.0] * (ref.channel.shape[1] // 2)).expand_as(ref.channel)
+        assert torch.equal(ref.channel, want)
+    got = mk.Gates(blk)(x)
+    for name in ("grid", "mask3", "mask1", "channel"):
+        r, f = getattr(ref, name), getattr(got, name)
+        assert (r is None) == (f is None), name
+        if r is not None:
+            assert torch.equal(f, r), name
+
+
+@torch.no_grad()
+def test_gates_are_a_snapshot_of_the_hidden_layers_of_the_channel_masker_too():
+    """Gates reads every layer of a channel MLP masker once: editing the hidden layer's
+    weights in place afterwards (as a training step on the source model does) changes the
+    reference's masks, not those of a Gates made before (compiled blocks share the source's
+    parameters through a shallow copy)."""
+    blk = make_block(64, 16, 1, "channel", 1, 4, seed=3)
+    assert len(blk.masker_channel.linears()) == 2
+    blk.masker_channel.last_linear().bias.zero_()
+    x = torch.randn(3, 64, 9, 7, generator=torch.Generator().manual_seed(6))
+    ref, _ = blk.compute_masks(x)
+    gates = mk.Gates(blk)
+    assert torch.equal(gates(x).channel, ref.channel)
+    hidden = blk.masker_channel.linears()[0]
+    hidden.weight.neg_()
+    hidden.bias.neg_()
+    ref2, _ = blk.compute_masks(x)
+    assert not torch.equal(ref2.channel, ref.channel)  # the edit matters to the reference
+    assert torch.equal(gates(x).channel, ref.channel)
+    assert torch.equal(mk.Gates(blk)(x).channel, ref2.channel)  # a new Gates reads it
+
+
+def _is_one_blob(cells: torch.Tensor) -> bool:
+    """Whether the active cells of a [gh, gw] 0/1 grid are the cells nearest to some cell
+    of the grid (``synthetic._exact_rate``, clustered: ties within 0.5 broken at random,
+    so every active cell is no farther, squared, than every inactive one)."""
+    gh, gw = cells.shape
+    yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    on = cells.bool()
+    for cy in range(gh):
+        for cx in range(gw):
+            d = (yy - cy) ** 2 + (xx - cx) ** 2
+            if d[on].max() <= d[~on].min():
+                return True
+    return False
+
+
+def test_clustered_synthetic_masks_are_one_blob_on_a_grid_that_is_not_square():
+    """clustered=True draws per sample the k cells nearest to a random centre: a disc of
+    the grid's own rows and columns (3 x 8 here, so swapping them scatters the cells)."""
+    spec = BlockSpec(16, 4, 16, 1, False, (6, 16), "spatial", 2, batch=6)
+    for rate in (0.25, 0.5):
+        m = synthetic_masks(spec, rate, seed=3, clustered=True)
+        assert m.grid.shape == (6, 1, 3, 8)
+        for i in range(6):
+            assert m.grid[i, 0].sum().item() == round(rate * 24)
+            assert _is_one_blob(m.grid[i, 0]), (rate, m.grid[i, 0])
+
+
+def test_synthetic_layer_masks_turn_on_round_rate_times_batch_samples():
+    """Layer mode: N is the batch, exactly round(r·B) samples on (not each sample on with
+    round(r) of one cell: at 0.5 that turned every sample off), each sample's mask3 and
+    mask1 all on or all off with its gate."""
+    spec = BlockSpec(16, 4, 16, 2, True, (9, 8), "layer", batch=4)
+    for rate, on in ((0.25, 1), (0.5, 2), (0.75, 3), (1.0, 4)):
+        m = synthetic_masks(spec, rate, seed=2)
+        assert m.grid.shape == (4, 1, 1, 1) and m.grid.sum().item() == on, rate
+        assert m.mask3.shape == (4, 1, 5, 4) and m.mask1.shape == (4, 1, 9, 8)
+        for i in range(4):
+            assert bool(m.mask3[i].all()) == bool(m.grid[i].item() == 1) == bool(m.mask1[i].all())
+            assert bool(m.mask3[i].any()) == bool(m.grid[i].item() == 1)
+
+
+def test_synthetic_masks_of_both_mode_draw_channel_groups_at_their_own_rate():
+    """``both`` gets a spatial grid at ``rate`` and channel groups at ``channel_rate``
+    (default ``rate``), each with exactly round(r·N) active per sample."""
+    spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "both", 2, channel_groups=4, batch=3)
+    m = synthetic_masks(spec, 0.5, seed=1, channel_rate=0.25)
+    assert m.grid.sum(dim=(1, 2, 3)).tolist() == [8.0] * 3  # 16 cells of 2x2
+    assert m.channel.shape == (3, 4) and m.channel.sum(1).tolist() == [1.0] * 3
+    m = synthetic_masks(spec, 0.75, seed=1)
+    assert m.channel.sum(1).tolist() == [3.0] * 3
+    channel = synthetic_masks(spec.with_(mode="channel", granularity=1), 0.5, seed=1,
+                              channel_rate=1.0)
+    assert channel.grid is None and channel.channel.sum(1).tolist() == [4.0] * 3
+
+
+def test_synthetic_masks_refuse_a_rate_outside_zero_to_one():
+    spec = BlockSpec(16, 4, 16, 1, False, (8, 8), "spatial", 2, batch=2)
+    for rate in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+            synthetic_masks(spec, rate)
+    assert synthetic_masks(spec, 1.0).grid.all() and not synthetic_masks(spec, 0.0).grid.any()
+
+
+def test_synthetic_masks_are_put_on_the_given_device():
+    """Every mask on ``device`` (meta here, the one other device every machine has)."""
+    spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "both", 2, channel_groups=4, batch=2)
+    m = synthetic_masks(spec, 0.5, seed=1, device="meta")
+    assert {t.device.type for t in (m.grid, m.mask3, m.mask1, m.channel)} == {"meta"}
+    assert synthetic_masks(spec, 0.5, seed=1).grid.device.type == "cpu"

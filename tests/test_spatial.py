@@ -472,3 +472,62 @@ def test_spatial_variants_follow_weight_edits(variant, mode, edit, stride, hw):
     ref = reference_on_masks(block, x, masks)
     for call in ("first call after the edit", "second call"):
         assert_close(run(fb, xc, masks, {}), ref, name=f"{variant} {mode} {edit}: {call}")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_rows_linear_of_no_rows_is_empty(with_bias):
+    """Zero rows (no active pixel) give a [0, o] result on every path, not an error of the
+    1x1 convolution that the CPU fp32 path runs."""
+    from laudtriton.ops.rows import rows_linear
+
+    w = torch.randn(6, 5)
+    for dtype in (torch.float32, torch.float64):
+        b = torch.randn(6, dtype=dtype) if with_bias else None
+        got = rows_linear(torch.empty(0, 5, dtype=dtype), w.to(dtype), b)
+        assert got.shape == (0, 6) and got.dtype == dtype
+
+
+@pytest.mark.parametrize("variant", ["gather", "patch"])
+def test_a_mask1_of_another_shape_is_refused(variant):
+    """mask1 must be [B, 1, H, W] of x: a transposed one (same size, H != W) is a ValueError
+    naming it, not conv1 run on the wrong pixels."""
+    block = make_block(16, 4, 1, "spatial", 2, seed=1)
+    spec = BlockSpec.from_block(block, (2, 16, 8, 12))
+    m = synthetic_masks(spec, 0.5, seed=1)
+    x = torch.randn(2, 16, 8, 12).contiguous(memory_format=CL)
+    bad = BlockMasks(m.grid, m.mask3, m.mask1.transpose(-1, -2).contiguous(), None)
+    fb = fold_block(block)
+    with pytest.raises(ValueError, match=r"masks.mask1 has shape \(2, 1, 12, 8\); "
+                                         r"expected \(2, 1, 8, 12\)"):
+        get_variant(variant).run(fb, x, bad, {})
+    assert_close(get_variant(variant).run(fb, x, m, {}), reference_on_masks(block, x, m))
+
+
+@pytest.mark.parametrize("name", ["gather", "patch"])
+@pytest.mark.parametrize("mode", ["spatial", "both"])
+def test_cost_of_a_rate_is_the_cost_of_the_whole_cells_and_groups_it_turns_on(name, mode):
+    """Masks at rate r have exactly round(r·N) active cells (and, in ``both``, channel
+    groups: DESIGN.md section 5), so the cost model rounds as the masks do: on a 5x2 grid
+    with 4 channel groups, 0.29 and 0.3 both turn on 3 cells and 1 group, 0.2 only 2."""
+    spec = BlockSpec(32, 8, 32, 1, False, (10, 4), mode, 2,
+                     channel_groups=4 if mode == "both" else 0)
+    assert spec.grid == (5, 2)
+    cost = get_variant(name).cost
+    assert cost(spec, 0.29) == cost(spec, 0.3)
+    assert cost(spec, 0.29).flops > cost(spec, 0.2).flops
+    if mode == "both":  # 0.29 and 0.3 of 4 groups: 1 group, a quarter of conv1's work
+        assert cost(spec, 0.3).flops < cost(spec.with_(mode="spatial", channel_groups=0),
+                                             0.3).flops / 3
+
+
+@pytest.mark.parametrize("name", ["gather", "patch"])
+def test_cost_counts_the_downsample_output_written_and_read_back(name):
+    """The identity of a downsample block is a new [B, Cout, Ho, Wo] map: at rate 0 the
+    block moves at least its weights and that map twice (written, then read by the ReLU
+    pass) more than the same block whose identity is x."""
+    ds = BlockSpec(64, 16, 64, 1, True, (14, 14), "spatial", 2, batch=2)
+    plain = ds.with_(downsample=False)
+    el, (ho, wo) = 4, ds.out_hw
+    cost = get_variant(name).cost
+    extra = cost(ds, 0.0).bytes - cost(plain, 0.0).bytes
+    assert extra >= el * (64 * 64 + 2 * 2 * 64 * ho * wo)

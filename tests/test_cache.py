@@ -1256,3 +1256,34 @@ def test_a_later_record_replaces_the_meta_fields_it_gives(tmp_path):
     meta = TuneCache(tmp_path).entry_meta(SPEC, 0.5)
     assert meta["flops_ratio"] == 0.4 and meta["input_size"] == 64
     assert meta["asked_rates"] == [0.45, 0.5] and meta["models"] == {"m": ["a", "b"]}
+
+
+def test_block_spec_derived_values_by_hand():
+    """out_hw, grid, uniform_patches, the multiply-adds, the weight count and the short
+    name of a strided both-mode spec on an odd map, in bfloat16, worked out by hand."""
+    spec = BlockSpec(64, 16, 256, 2, True, (13, 11), "both", 3, 4, batch=2, dtype="bfloat16")
+    assert spec.out_hw == (7, 6) and spec.grid == (2, 2)
+    assert not spec.uniform_patches  # S = 3 divides Wo = 6, not Ho = 7
+    assert spec.with_(in_hw=(11, 11)).uniform_patches  # 6x6
+    assert spec.conv_macs() == (64 * 16 * 13 * 11, 16 * 16 * 9 * 7 * 6, 16 * 256 * 7 * 6,
+                                64 * 256 * 7 * 6)
+    assert spec.dense_flops() == spec.batch * sum(spec.conv_macs())  # multiply-adds
+    assert spec.weight_count() == 64 * 16 + 9 * 16 * 16 + 16 * 256 + 64 * 256
+    assert spec.with_(downsample=False).weight_count() == 64 * 16 + 9 * 16 * 16 + 16 * 256
+    assert spec.short() == "64->16->256 13x11/s2 both S=3 G=4 b2 bfloat16"
+    assert spec.with_(dtype="float32").short() == "64->16->256 13x11/s2 both S=3 G=4 b2"
+
+
+def test_block_spec_from_block_reads_the_block_the_shape_and_the_dtype():
+    """A torch dtype is named as a string; a block without a channel masker has 0
+    channel groups, one with a masker its masker's groups."""
+    import torch
+
+    from laudtriton.testing import make_block
+
+    both = make_block(64, 16, 2, mode="both", granularity=2, channel_granularity=4)
+    assert BlockSpec.from_block(both, (2, 64, 9, 9), torch.float16) == BlockSpec(
+        64, 16, 64, 2, True, (9, 9), "both", 2, 4, batch=2, dtype="float16")
+    spatial = make_block(64, 16, 1, mode="spatial", granularity=2)
+    assert BlockSpec.from_block(spatial, (1, 64, 8, 8)) == BlockSpec(
+        64, 16, 64, 1, False, (8, 8), "spatial", 2, 0)

@@ -464,3 +464,27 @@ def test_slice_cost_at_rate_zero_counts_no_convolution_launches():
         zero, low = slice_cost(spec, 0.0), slice_cost(spec, 1 / 16)
         assert zero.launches < low.launches
         assert low.launches - zero.launches >= 3 * (1 if batch == 1 else batch)  # conv1-3
+
+
+def test_fingerprint_changes_with_the_stride():
+    """The packed and sliced weights are built for a stride: a FoldedBlock whose stride
+    is changed no longer matches the Fingerprint its caches were keyed on."""
+    fb = fold_block(make_block(16, 8, 1, mode="channel", channel_granularity=2))
+    fp = fb.fingerprint()
+    fb.stride = 2
+    assert fp != fb.fingerprint()
+    assert all(a is b for a, b in zip(fp.tensors, fb.fingerprint().tensors))
+    fb.stride = 1
+    assert fp == fb.fingerprint()
+
+
+def test_folded_block_to_converts_every_tensor_in_its_place():
+    """FoldedBlock.to gives each weight, bias and κ its own converted value (κ1 and κ2
+    differ, so a mix-up shows), the stride and the reference block unchanged."""
+    fb = fold_block(make_block(16, 8, 2, mode="channel", channel_granularity=2))
+    assert not torch.equal(fb.kappa1, fb.kappa2)
+    d = fb.to(dtype=torch.float64)
+    for name in ("w1", "b1", "w2", "b2", "w3", "b3", "wd", "bd", "kappa1", "kappa2"):
+        got, want = getattr(d, name), getattr(fb, name)
+        assert got.dtype == torch.float64 and torch.equal(got, want.double()), name
+    assert d.stride == 2 and d.block is fb.block

@@ -1019,3 +1019,151 @@ def test_whole_models_fail_an_item_whose_gap_is_nan(tmp_path, monkeypatch):
     assert math.isnan(gap)
     assert [c["ok"] for c in r.checks] == [False]
     assert "from the dense variants'" in r.checks[0]["error"]
+
+
+def _off(make, when=lambda kw: True, sample=None):
+    """A stand-in for a kernel launcher: its torch reference's result (float64), 1% too
+    large (in ``sample`` only, if given) on the calls where ``when(kwargs)`` holds."""
+    def launcher(*args, **kwargs):
+        out = make(*args, **kwargs)
+        if when(kwargs):
+            out = out.clone()
+            out[slice(None) if sample is None else sample] *= 1.01
+        return out
+    return launcher
+
+
+def test_channel_kernel_checks_catch_a_one_percent_error_in_the_last_samples_conv1(
+        monkeypatch):
+    """The launchers replaced by their references (no interpreter), conv1's output off by
+    1% in sample 2 alone (every group on): the check compares every sample (sample 0, with
+    every group off, has no column to compare) against the reference, at the float32
+    bound, and raises naming it; exact stand-ins pass."""
+    from laudtriton.kernels import channel_conv3x3 as cc
+    from laudtriton.kernels import channel_gemm as cg
+
+    monkeypatch.setattr(cc, "channel_conv3x3", cc.channel_conv3x3_torch)
+    monkeypatch.setattr(cg, "channel_gemm", cg.channel_gemm_torch)
+    kernelchecks.channel_kernel_checks("cpu", torch.float32)
+    monkeypatch.setattr(cg, "channel_gemm", _off(
+        cg.channel_gemm_torch, lambda kw: kw.get("out_idx") is not None, sample=2))
+    with pytest.raises(AssertionError, match=r"conv1\[2\]"):
+        kernelchecks.channel_kernel_checks("cpu", torch.float32)
+
+
+def test_channel_kernel_checks_check_the_stride_2_conv3x3(monkeypatch):
+    from laudtriton.kernels import channel_conv3x3 as cc
+    from laudtriton.kernels import channel_gemm as cg
+
+    monkeypatch.setattr(cg, "channel_gemm", cg.channel_gemm_torch)
+    monkeypatch.setattr(cc, "channel_conv3x3", _off(
+        cc.channel_conv3x3_torch, lambda kw: kw["stride"] == 2))
+    with pytest.raises(AssertionError, match="conv3x3 s2"):
+        kernelchecks.channel_kernel_checks("cpu", torch.float32)
+
+
+def test_masker_kernel_checks_catch_logits_one_percent_off(monkeypatch):
+    """Logits 1% too large keep every decision (the masks are their logits' decisions),
+    yet are off the 1e-4 bound: the check raises on the spatial masker's first grid."""
+    from laudtriton.kernels import maskers as mk
+
+    monkeypatch.setattr(mk, "channel_masker_mlp", mk.channel_masker_mlp_torch)
+    monkeypatch.setattr(mk, "spatial_masker", mk.spatial_masker_torch)
+    kernelchecks.masker_kernel_checks("cpu", torch.float32)
+
+    def scaled(x, w, b, grid):
+        mask, logits = mk.spatial_masker_torch(x, w, b, grid)
+        return mask, logits * 1.01
+    monkeypatch.setattr(mk, "spatial_masker", scaled)
+    with pytest.raises(AssertionError, match=r"grid \(1, 1\)"):
+        kernelchecks.masker_kernel_checks("cpu", torch.float32)
+
+
+def test_masks_must_be_the_decisions_of_their_logits_ties_kept():
+    """keep where logit 0 >= logit 1: a tie is kept; a mask with a decision flipped, or
+    of another shape, fails."""
+    logits = torch.tensor([[[0.5, 1.0, -2.0], [0.5, 0.0, 3.0]]])  # [B=1, 2, 3]
+    kernelchecks._check_decisions(torch.tensor([[1.0, 1.0, 0.0]]), logits, "tie")
+    for bad in (torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0]]),
+                torch.tensor([1.0, 1.0, 0.0])):
+        with pytest.raises(AssertionError, match="bad: masks .* are not the decisions"):
+            kernelchecks._check_decisions(bad, logits, "bad")
+
+
+@pytest.mark.parametrize("kernel,says", [("gather", "gather"), ("residual", "residual s1")])
+def test_spatial_kernel_checks_catch_a_one_percent_error_in_each_stage(monkeypatch, kernel,
+                                                                      says):
+    """The spatial family's launchers replaced by their references, one of them 1% off:
+    the check compares that stage against its reference at the float32 bound."""
+    from laudtriton.kernels import conv1x1_residual as cr
+    from laudtriton.kernels import conv3x3 as c3
+    from laudtriton.kernels import gather_conv as gc
+
+    monkeypatch.setattr(gc, "gather_conv1x1", gc.gather_conv1x1_torch)
+    monkeypatch.setattr(c3, "conv3x3", c3.conv3x3_torch)
+    monkeypatch.setattr(cr, "conv1x1_residual", cr.conv1x1_residual_torch)
+    kernelchecks.spatial_kernel_checks("cpu", torch.float32)
+    if kernel == "gather":
+        monkeypatch.setattr(gc, "gather_conv1x1", _off(gc.gather_conv1x1_torch))
+    else:
+        monkeypatch.setattr(cr, "conv1x1_residual", _off(cr.conv1x1_residual_torch))
+    with pytest.raises(AssertionError, match=says):
+        kernelchecks.spatial_kernel_checks("cpu", torch.float32)
+
+
+def test_exact_fp32_turns_tf32_off_inside_and_back_on_after():
+    """Both switches on before (as on a GPU that allows TF32): off inside, on again after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with kernelchecks.exact_fp32():
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def _dense_variant(run):
+    """The dense variant with ``run(dense_run, fb, x, masks, cfg)`` in place of its run."""
+    import dataclasses
+
+    from laudtriton.ops import get_variant
+
+    dense = get_variant("dense")
+    return dataclasses.replace(dense, run=lambda fb, x, masks, cfg: run(dense.run, fb, x,
+                                                                        masks, cfg))
+
+
+def test_variant_check_compares_at_partial_rates_not_only_rate_0():
+    """A variant right where no cell is on and 1% off wherever one is fails at rate 0.5."""
+    def run(dense, fb, x, masks, cfg):
+        out = dense(fb, x, masks, cfg)
+        return out * 1.01 if bool(masks.grid.any()) else out
+    with pytest.raises(AssertionError, match="s1 rate 0.5"):
+        kernelchecks.variant_check(_dense_variant(run), "spatial", "cpu", torch.float32)
+
+
+def test_variant_check_with_all_configs_compares_every_config():
+    """A variant whose second config is 1% off passes on its first config alone, and
+    fails with all_configs, naming that config."""
+    import dataclasses
+
+    def run(dense, fb, x, masks, cfg):
+        return dense(fb, x, masks, {}) * (1.01 if cfg else 1.0)
+    two = dataclasses.replace(_dense_variant(run), configs=lambda spec: [{}, {"off": 1}])
+    kernelchecks.variant_check(two, "spatial", "cpu", torch.float32)
+    with pytest.raises(AssertionError, match="'off': 1"):
+        kernelchecks.variant_check(two, "spatial", "cpu", torch.float32, all_configs=True)
+
+
+def test_variant_check_runs_the_variant_on_poisoned_allocations():
+    """While the variant runs, torch.empty and torch.empty_like give NaN (an output it
+    leaves unwritten fails the comparison)."""
+    seen = []
+
+    def run(dense, fb, x, masks, cfg):
+        seen.append(bool(torch.empty(4).isnan().all()) and bool(torch.empty_like(x).isnan().all()))
+        return dense(fb, x, masks, cfg)
+    kernelchecks.variant_check(_dense_variant(run), "spatial", "cpu", torch.float32)
+    assert len(seen) == 6 and all(seen)  # 2 strides x 3 rates

@@ -531,3 +531,75 @@ def test_cost_counts_the_downsample_output_written_and_read_back(name):
     cost = get_variant(name).cost
     extra = cost(ds, 0.0).bytes - cost(plain, 0.0).bytes
     assert extra >= el * (64 * 64 + 2 * 2 * 64 * ho * wo)
+
+
+def test_a_variant_name_is_registered_once_and_backends_are_known(monkeypatch):
+    """register refuses a second variant of a taken name (the first stays) and
+    variants_for refuses a backend it does not know rather than offering nothing."""
+    import dataclasses
+
+    from laudtriton.ops import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    dense = get_variant("dense")
+    with pytest.raises(ValueError, match="variant 'dense' is already registered"):
+        registry.register(dataclasses.replace(dense, description="another"))
+    assert get_variant("dense") is dense
+    spec = BlockSpec(64, 16, 64, 1, False, (8, 8), "spatial", 2)
+    with pytest.raises(ValueError, match="backend 'gpu' unknown"):
+        variants_for(spec, "gpu")
+
+
+def test_variants_for_offers_a_variant_only_for_its_modes_and_dense_first(monkeypatch):
+    """A variant registered with the default supports (every spec) is offered for the
+    modes it declares only; whatever the registration order (``slice`` is registered
+    before ``dense``), dense comes first."""
+    from laudtriton.ops import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register(registry.Variant(
+        name="layer_only", modes=("layer",), backends=("cpu",), run=lambda *a: None,
+        cost=lambda spec, rate: registry.Cost(0.0, 0.0, 1)))
+    spatial_spec = BlockSpec(64, 16, 64, 1, False, (8, 8), "spatial", 2)
+    layer_spec = spatial_spec.with_(mode="layer", granularity=1)
+    assert "layer_only" not in [v.name for v in variants_for(spatial_spec, "cpu")]
+    assert [v.name for v in variants_for(layer_spec, "cpu")] == ["dense", "compact",
+                                                                 "layer_only"]
+    channel_spec = spatial_spec.with_(mode="channel", granularity=1, channel_groups=4)
+    assert [v.name for v in variants_for(channel_spec, "cpu")] == ["dense", "slice"]
+
+
+@pytest.mark.parametrize("variant", ["dense", "gather", "patch", "slice", "compact"])
+def test_every_cpu_variant_names_an_input_on_another_device_when_run_in_place(variant):
+    """run_inplace checks its input as run does (CompiledModel runs the blocks of a
+    LaudResNet through it): an input on the meta device is a ValueError naming both
+    devices."""
+    mode = {"slice": "channel", "compact": "layer"}.get(variant, "spatial")
+    block = make_block(16, 4, 1, mode, 2, channel_granularity=2)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        masks, _ = block.compute_masks(x)
+    meta = torch.empty(1, 16, 8, 8, device="meta").contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match=r"x is torch.float32 on meta; the folded weights "
+                                         r"are torch.float32 on cpu"):
+        get_variant(variant).run_inplace(fold_block(block), meta, masks, {})
+
+
+def test_dense_cost_by_hand_half_types_two_bytes_and_a_launch_for_the_downsample():
+    """dense: every multiply-add of the block; bytes of the input, the output written and
+    read back (2 x Cout x Ho x Wo) and the weights, 2 per element in float16 and bfloat16,
+    4 in float32; four launches, five with the downsample."""
+    from laudtriton.ops.registry import Cost
+
+    cost = get_variant("dense").cost
+    spec = BlockSpec(64, 16, 64, 1, False, (8, 8), "spatial", 2)
+    act, wts = 64 * 64 + 2 * 64 * 64, 64 * 16 + 9 * 16 * 16 + 16 * 64
+    flops = 64 * 16 * 64 + 16 * 16 * 9 * 64 + 16 * 64 * 64
+    assert cost(spec, 0.5) == Cost(float(flops), 4.0 * (act + wts), 4)
+    for dt in ("float16", "bfloat16"):
+        assert cost(spec.with_(dtype=dt), 0.5).bytes == 2.0 * (act + wts)
+    ds = spec.with_(stride=2, downsample=True, batch=2)
+    act = 2 * (64 * 64 + 2 * 64 * 16)
+    wts += 64 * 64
+    flops = 2 * (64 * 16 * 64 + 16 * 16 * 9 * 16 + 16 * 64 * 16 + 64 * 64 * 16)
+    assert cost(ds, 1.0) == Cost(float(flops), 4.0 * (act + wts), 5)

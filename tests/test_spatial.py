@@ -392,11 +392,13 @@ def test_patch_conv_packs_once_for_every_patch_count(stride):
         assert [shape[0] for shape in convs[0].packed] == [1]
 
 
+@pytest.mark.parametrize("call", ["run", "run_inplace"])
 @pytest.mark.parametrize("variant", ["dense", "gather", "patch", "slice", "compact"])
-def test_every_cpu_variant_names_an_input_on_another_device(variant):
-    """FoldedBlock.check_input's device test, which every CPU variant runs first: an input
-    on another device (meta here, the one other device every machine has) is a ValueError
-    naming both devices, not a wrong result or an error from deep in a kernel."""
+def test_every_cpu_variant_names_an_input_on_another_device(variant, call):
+    """FoldedBlock.check_input's device test, which every CPU variant runs first, in place
+    too (CompiledModel runs a LaudResNet's blocks through run_inplace): an input on another
+    device (meta here, the one other device every machine has) is a ValueError naming both
+    devices, not a wrong result or an error from deep in a kernel."""
     mode = {"slice": "channel", "compact": "layer"}.get(variant, "spatial")
     block = make_block(16, 4, 1, mode, 2, channel_granularity=2)
     x = torch.randn(1, 16, 8, 8)
@@ -405,7 +407,7 @@ def test_every_cpu_variant_names_an_input_on_another_device(variant):
     meta = torch.empty(1, 16, 8, 8, device="meta").contiguous(memory_format=CL)
     with pytest.raises(ValueError, match=r"x is torch.float32 on meta; the folded weights "
                                          r"are torch.float32 on cpu"):
-        get_variant(variant).run(fold_block(block), meta, masks, {})
+        getattr(get_variant(variant), call)(fold_block(block), meta, masks, {})
 
 
 def test_patch_refuses_maps_whose_nearest_cells_are_not_its_patches():
@@ -567,22 +569,6 @@ def test_variants_for_offers_a_variant_only_for_its_modes_and_dense_first(monkey
                                                                  "layer_only"]
     channel_spec = spatial_spec.with_(mode="channel", granularity=1, channel_groups=4)
     assert [v.name for v in variants_for(channel_spec, "cpu")] == ["dense", "slice"]
-
-
-@pytest.mark.parametrize("variant", ["dense", "gather", "patch", "slice", "compact"])
-def test_every_cpu_variant_names_an_input_on_another_device_when_run_in_place(variant):
-    """run_inplace checks its input as run does (CompiledModel runs the blocks of a
-    LaudResNet through it): an input on the meta device is a ValueError naming both
-    devices."""
-    mode = {"slice": "channel", "compact": "layer"}.get(variant, "spatial")
-    block = make_block(16, 4, 1, mode, 2, channel_granularity=2)
-    x = torch.randn(1, 16, 8, 8)
-    with torch.no_grad():
-        masks, _ = block.compute_masks(x)
-    meta = torch.empty(1, 16, 8, 8, device="meta").contiguous(memory_format=CL)
-    with pytest.raises(ValueError, match=r"x is torch.float32 on meta; the folded weights "
-                                         r"are torch.float32 on cpu"):
-        get_variant(variant).run_inplace(fold_block(block), meta, masks, {})
 
 
 def test_dense_cost_by_hand_half_types_two_bytes_and_a_launch_for_the_downsample():

@@ -535,6 +535,47 @@ def test_cost_counts_the_downsample_output_written_and_read_back(name):
     assert extra >= el * (64 * 64 + 2 * 2 * 64 * ho * wo)
 
 
+@pytest.mark.parametrize("name", ["gather", "patch"])
+def test_cost_of_a_batch_is_the_batch_times_the_flops_of_one_sample(name):
+    """Every multiply-add of the block, the dense downsample's included, is done once per
+    sample: at every rate the flops of batch 3 are three times those of batch 1 (at rate 0
+    only the downsample's remain)."""
+    one = BlockSpec(64, 16, 64, 2, True, (16, 16), "spatial", 2)
+    cost = get_variant(name).cost
+    for rate in (0.0, 0.5, 1.0):
+        assert cost(one.with_(batch=3), rate).flops == pytest.approx(
+            3 * cost(one, rate).flops)
+    assert cost(one.with_(batch=3), 0.0).flops == 3 * 64 * 64 * 8 * 8
+
+
+def test_patch_moves_fewer_conv2_input_bytes_than_the_nine_taps_of_gather():
+    """conv2's input: gather writes and reads an im2col of 9 taps per active output pixel,
+    patch one (S+2)x(S+2) halo patch per S x S cell (stride 1): at S = 4, 36 values per
+    16 pixels instead of 144. Same flops; the byte difference is exactly that."""
+    spec = BlockSpec(64, 16, 64, 1, False, (16, 16), "spatial", 4, batch=2)
+    g, p = get_variant("gather").cost(spec, 0.5), get_variant("patch").cost(spec, 0.5)
+    assert g.flops == p.flops
+    n2, m = 2 * 16 * 16 * 0.5, 16  # active output pixels (8 of 16 cells), width
+    assert g.bytes - p.bytes == pytest.approx(4 * 2 * (n2 * 9 * m - n2 * m * 36 / 16))
+
+
+@pytest.mark.parametrize("name", ["gather", "patch"])
+def test_cost_in_both_mode_gathers_conv1_rows_per_channel_group_however_many(name):
+    """In ``both`` mode at batch > 1 each channel pattern runs its own conv1 on its
+    samples' mask1 rows (``spatial._run``: the dense conv1 is for a single group only):
+    at rate 0.7 on an 8x8 grid mask1 covers 97% of the map (past
+    ``DENSE_CONV1_FRACTION``), yet conv1 is counted on those rows, not on every pixel."""
+    from laudtriton.ops import masks as mk
+
+    spec = BlockSpec(32, 8, 32, 1, False, (16, 16), "both", 2, channel_groups=4, batch=2)
+    r1 = mk.expected_mask1_fraction((16, 16), 1, (8, 8), 45)  # round(0.7 * 64) cells
+    assert r1 >= rows.DENSE_CONV1_FRACTION
+    m, n2 = 8 * 0.75, 2 * 16 * 16 * 45 / 64  # round(0.7 * 4) = 3 of 4 groups on
+    n1 = 2 * 16 * 16 * r1
+    assert get_variant(name).cost(spec, 0.7).flops == pytest.approx(
+        n1 * 32 * m + n2 * 9 * m * m + n2 * m * 32)
+
+
 def test_a_variant_name_is_registered_once_and_backends_are_known(monkeypatch):
     """register refuses a second variant of a taken name (the first stays) and
     variants_for refuses a backend it does not know rather than offering nothing."""

@@ -299,3 +299,76 @@ def test_channel_gemm_variant_follows_weight_edits(stride):
         fb.w3.mul_(1.5)
     assert_close(run(fb, xc, masks, cfg), reference_on_masks(block, x, masks),
                  name="channel_gemm after an in-place edit of w2 and w3")
+
+
+def test_channel_lists_give_each_samples_active_channels_first_in_increasing_order():
+    """``channel_lists``: idx[b, :n[b]] are sample b's active channels (k = width / G per
+    group) in increasing order, the rest of the row its inactive ones; ``active`` is the
+    group mask repeated per channel. An unstable argsort kept the end-to-end results
+    (every stage indexes by the same lists) but listed the active channels out of
+    order."""
+    from laudtriton.ops.triton_channel import channel_lists
+
+    chan = (torch.rand(4, 24, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    chan[0], chan[1] = 0.0, 1.0
+    active, idx, n = channel_lists(chan, 96)
+    assert idx.dtype == n.dtype == torch.int32 and idx.shape == active.shape == (4, 96)
+    for b in range(4):
+        on = (torch.nonzero(chan[b]).flatten()[:, None] * 4 + torch.arange(4)).flatten()
+        assert int(n[b]) == on.numel() == 4 * int(chan[b].sum())
+        assert idx[b, :on.numel()].tolist() == on.tolist()
+        assert sorted(idx[b, on.numel():].tolist()) == sorted(set(range(96)) - set(on.tolist()))
+        assert torch.nonzero(active[b]).flatten().tolist() == on.tolist()
+
+
+def test_channel_gemm_cost_by_hand_batch_half_types_and_the_downsample():
+    """channel_gemm at channel rate r (m = r·width active channels): multiply-adds
+    conv1·r + conv2·r² + conv3·r (+ the dense downsample) per sample; bytes of the input,
+    the identity and the output, h1 and h2 written and read once, and the active weights,
+    2 per element in float16 and bfloat16, 4 in float32; 9 launches, 10 with the
+    downsample."""
+    from laudtriton.ops.registry import Cost
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.triton_channel import channel_gemm_cost
+
+    spec = BlockSpec(64, 16, 64, 1, False, (8, 8), "channel", 1, 4, batch=2)
+    m = 8  # rate 0.5 of width 16
+    flops = 2 * (64 * 16 * 64 * 0.5 + 9 * 16 * 16 * 64 * 0.25 + 16 * 64 * 64 * 0.5)
+    act = 2 * (64 * 64 + 2 * 64 * 64 + 2 * m * 64 + 2 * m * 64)
+    wts = 64 * m + 9 * m * m + m * 64
+    assert channel_gemm_cost(spec, 0.5) == Cost(flops, 4.0 * (act + wts), 9)
+    for dt in ("float16", "bfloat16"):
+        assert channel_gemm_cost(spec.with_(dtype=dt), 0.5).bytes == 2.0 * (act + wts)
+    ds = spec.with_(stride=2, downsample=True)  # 8x8 -> 4x4, a 64 -> 64 1x1 downsample
+    flops = 2 * (64 * 16 * 64 * 0.5 + 9 * 16 * 16 * 16 * 0.25 + 16 * 64 * 16 * 0.5
+                 + 64 * 64 * 16)
+    act = 2 * (64 * 64 + 2 * 64 * 16 + 2 * m * 64 + 2 * m * 16)
+    assert channel_gemm_cost(ds, 0.5) == Cost(flops, 4.0 * (act + wts + 64 * 64), 10)
+
+
+def test_channel_gemm_config_space_is_pruned_to_the_map_and_the_width():
+    """No P tile wider than the next power of two of Ho·Wo, no N tile wider than that of
+    the width; a block narrower than every N tile keeps the smallest config, not none
+    (the sweep times a variant over its configs only: an empty space never timed it)."""
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.triton_channel import _CONFIGS, channel_gemm_configs
+
+    def tiles(spec):
+        return [(c["block_p"], c["block_n"]) for c in channel_gemm_configs(spec)]
+
+    spec = BlockSpec(64, 64, 256, 1, False, (8, 8), "channel", 1, 4)  # 64 pixels
+    assert tiles(spec) == [(64, 64), (32, 64), (16, 32)]
+    assert tiles(spec.with_(in_hw=(9, 9))) == [(64, 64), (128, 64), (32, 64), (16, 32)]
+    narrow = spec.with_(width=16)
+    assert channel_gemm_configs(narrow) == [dict(_CONFIGS[-1])]
+
+
+def test_channel_gemm_does_not_claim_a_stride_its_conv3x3_lacks():
+    """The 3x3 kernel takes stride 1 or 2: a stride-3 spec (which the torch ``slice``
+    variant runs) must not list channel_gemm."""
+    from laudtriton.ops import BlockSpec, get_variant
+
+    spec = BlockSpec(64, 16, 64, 1, False, (7, 7), "channel", 1, 8)
+    for stride, claimed in ((1, True), (2, True), (3, False)):
+        assert get_variant("channel_gemm").supports(spec.with_(stride=stride)) == claimed
+    assert get_variant("slice").supports(spec.with_(stride=3))

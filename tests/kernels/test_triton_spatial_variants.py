@@ -170,3 +170,52 @@ def test_spatial_variants_follow_weight_edits(variant, stride):
     _scale_w2_w3(block, fb)
     assert_close(RUNS[variant](fb, xc, masks, TINY), reference_on_masks(block, x, masks),
                  name=f"{variant} after an in-place edit of w2 and w3")
+
+
+def test_cost_by_hand_at_stride_2_with_the_downsample_and_in_half_types():
+    """fused/masked at rate r: conv1 on r1 = min(1, r·((S−1)·s+3)²/(S·s)²) of the input
+    (the halo of isolated S x S cells), conv2 and conv3 on r of the output, the dense
+    downsample; bytes of the gathered rows, the zero-filled buffer, conv2's rows, identity
+    and output (prefill, then the active pixels again), the downsample's input and output,
+    the weights (2 per element in half types, 4 in float32) and the int32 index lists
+    (read, scanned and written for mask1 and mask3); 10 launches, 11 with the downsample."""
+    from laudtriton.ops.registry import Cost
+
+    spec = BlockSpec(16, 8, 32, 2, True, (8, 8), "spatial", 2, batch=2)  # 8x8 -> 4x4
+    r1, r3 = 0.5 * 25 / 16, 0.5  # a 2x2 cell at stride 2 reads 5x5 of 4x4 input pixels
+    flops = 2 * (16 * 8 * 64 * r1 + 9 * 8 * 8 * 16 * r3 + 8 * 32 * 16 * r3 + 16 * 32 * 16)
+    act = 2 * (16 * 64 * r1 + 10 * 10 * 8 + 8 * 64 * r1 + 2 * 8 * 16 * r3 + 2 * 32 * 16
+               + 2 * 32 * 16 * r3 + 16 * 64 + 32 * 16)
+    wts = 16 * 8 + 9 * 8 * 8 + 8 * 32 + 16 * 32
+    idx = 4 * 2 * (64 + 16) * 3
+    for name in ("fused", "masked"):
+        cost = registry.get_variant(name).cost
+        assert cost(spec, 0.5) == Cost(flops, 4.0 * (act + wts) + idx, 11)
+        assert cost(spec.with_(dtype="float16"), 0.5).bytes == 2.0 * (act + wts) + idx
+        plain = cost(spec.with_(stride=1, downsample=False, in_channels=32), 1.0)
+        assert plain.launches == 10 and plain.flops == pytest.approx(
+            2 * (32 * 8 * 64 + 9 * 8 * 8 * 64 + 8 * 32 * 64))
+
+
+def test_fused_and_masked_claim_only_the_strides_and_dtypes_of_their_kernels():
+    """The 3x3 kernel takes stride 1 or 2 and the kernels fp32, fp16 and bf16: a stride-3
+    or float64 spec (which ``gather`` runs) must not list them, else every timing of
+    theirs fails."""
+    spec = BlockSpec(64, 16, 64, 1, False, (8, 8), "spatial", 2)
+    for name in ("fused", "masked"):
+        supports = registry.get_variant(name).supports
+        assert supports(spec) and supports(spec.with_(stride=2))
+        assert supports(spec.with_(dtype="bfloat16"))
+        assert not supports(spec.with_(stride=3))
+        assert not supports(spec.with_(dtype="float64"))
+    assert registry.get_variant("gather").supports(spec.with_(stride=3, dtype="float64"))
+
+
+def test_config_space_of_a_narrow_block_keeps_the_64_wide_tiles():
+    """Only N tiles wider than 64 and than the block's channels are dropped: a block of
+    width 8 and 32 output channels keeps the three 64-wide tiles (dropping every tile
+    wider than its channels left no config, and the sweep never timed fused or masked)."""
+    spec = BlockSpec(32, 8, 32, 1, False, (8, 8), "spatial", 2)
+    assert [c["conv1"]["block_n"] for c in ts.spatial_configs(spec)] == [64, 64, 64]
+    wide = spec.with_(in_channels=256, width=64, out_channels=256)
+    assert [c["conv3"]["block_n"] for c in ts.spatial_configs(wide)] == [64, 64, 64, 128]

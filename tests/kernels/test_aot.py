@@ -96,7 +96,9 @@ def test_default_gemm_configs_are_pipelined(aot):
 @pytest.mark.parametrize("argv,says", [
     (["--only", "no_such_kernel", "--jobs", "1"], "--only 'no_such_kernel' matches no kernel"),
     (["--arch", "x"], "--arch 'x': expected comma-separated SM versions"),
-    (["--jobs", "0"], "--jobs 0 must be >= 1")])
+    (["--jobs", "0"], "--jobs 0 must be >= 1"),
+    # an SM version under 1 (with --only, so that a missed check ends at once)
+    (["--arch", "80,0", "--only", "no_such_kernel"], "--arch '80,0': expected comma-separated")])
 def test_bad_options_exit_2_with_one_line_on_stderr(argv, says, capsys, monkeypatch):
     """--arch's error went to stdout, --only matching nothing printed an empty table and
     exited 0 (a pass), --jobs 0 ran serially."""
@@ -107,3 +109,56 @@ def test_bad_options_exit_2_with_one_line_on_stderr(argv, says, capsys, monkeypa
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"python -m laudtriton.kernels.aot: error: {says}")
+
+
+def _fake_row(name="k", arch=80, default=True, ok=True, spill=0):
+    return {"name": name, "arch": arch, "default": default, "ok": ok,
+            "error": None if ok else "CompilationError: boom", "regs": 32, "spill": spill,
+            "stack": 0, "shared": 0, "dot": False, "wgmma": False, "pipelined": False,
+            "seconds": 0.0}
+
+
+def test_main_compiles_for_sm80_and_sm90_by_default_and_exits_1_on_a_compile_error(
+        capsys, monkeypatch):
+    """Without --arch both targets are compiled; a row with a compile error is a failure
+    (exit 1, a FAIL line), not a table that reads as a pass."""
+    from laudtriton.kernels import aot as aot_module
+
+    calls = []
+
+    def fake_compile_all(archs, jobs, only):
+        calls.append(archs)
+        return [_fake_row("good_kernel"), _fake_row("bad_kernel", ok=False)]
+
+    monkeypatch.setattr(aot_module, "compile_all", fake_compile_all)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main drops it: put back after the test
+    assert aot_module.main(["--jobs", "1"]) == 1
+    assert calls == [(80, 90)]
+    out, _ = capsys.readouterr()
+    assert "FAIL bad_kernel sm_80: CompilationError: boom" in out
+    monkeypatch.setattr(aot_module, "compile_all", lambda archs, jobs, only: [_fake_row()])
+    assert aot_module.main(["--jobs", "1"]) == 0
+
+
+def test_problems_are_compile_errors_and_local_memory_in_default_configs_only():
+    from laudtriton.kernels import aot as aot_module
+
+    rows = [_fake_row("clean"), _fake_row("tuned_spill", default=False, spill=8),
+            _fake_row("default_spill", arch=90, spill=16), _fake_row("broken", ok=False)]
+    assert aot_module.problems(rows) == [
+        "broken sm_80: CompilationError: boom",
+        "default_spill sm_90: default config spills 16 B/thread"]
+
+
+def test_only_selects_the_specs_whose_name_contains_it(monkeypatch):
+    """--only (and LAUDTRITON_AOT_ONLY) is a substring of the spec names, for every arch."""
+    from laudtriton.kernels import aot as aot_module
+
+    specs = [("m", aot_module.AOTSpec(name, None, {})) for name in
+             ("conv3x3_fp16_m32", "conv3x3_fp32_m64", "gather_conv1x1_fp16_m32")]
+    monkeypatch.setattr(aot_module, "discover", lambda: specs)
+    monkeypatch.setattr(aot_module, "_SPECS", [])
+    monkeypatch.setattr(aot_module, "_work", lambda job: job)
+    assert aot_module.compile_all((80, 90), 1, "conv3x3") == [(0, 80), (0, 90), (1, 80), (1, 90)]
+    assert aot_module.compile_all((90,), 1, "fp16_m32") == [(0, 90), (2, 90)]
+    assert aot_module.compile_all((80,), 1, None) == [(0, 80), (1, 80), (2, 80)]

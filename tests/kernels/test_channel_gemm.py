@@ -55,6 +55,7 @@ def test_channel_gemm(dtype, stage):
     # k-major (as conv1 runs) and n-major (as the channel_gemm variant gives conv3)
     for weight in (w, w.t().contiguous().t()):
         y = cg.channel_gemm(x, weight, bias, config=SMALL, **kw)
+        assert y.dtype == dtype
         _compare(y, ref, n if stage == "conv1" else None)
 
 
@@ -162,21 +163,29 @@ def test_gemm_config_validation():
         cg.GemmConfig(block_k=8)
     with pytest.raises(ValueError, match="block_p=48"):
         cg.GemmConfig(block_p=48)
-    with pytest.raises(ValueError, match="num_warps=3"):
-        cg.GemmConfig(num_warps=3)
+    for fields, says in ((dict(num_warps=3), "num_warps=3"), (dict(num_warps=64), "num_warps=64"),
+                         (dict(num_stages=0), "num_stages=0; accepted: an int >= 1"),
+                         (dict(num_stages=-1), "num_stages=-1")):
+        with pytest.raises(ValueError, match=says):
+            cg.GemmConfig(**fields)
     with pytest.raises(ValueError, match=r"unknown keys \['block_m'\]"):
         cg.GemmConfig.from_dict({"block_m": 64})
     assert cg.GemmConfig.from_dict(cg.DEFAULT.to_dict()) == cg.DEFAULT
 
 
-def test_channel_gemm_does_not_claim_float64():
+def test_channel_gemm_does_not_claim_float64_or_a_stride_its_conv3x3_lacks():
     """The kernels take fp32/fp16/bf16: a float64 spec (compile(dtype=torch.float64) on
-    CUDA) must not list the variant, which then failed every timing."""
+    CUDA) must not list the variant, which then failed every timing; nor a stride-3 spec
+    (the 3x3 kernel takes stride 1 or 2), which the torch ``slice`` variant runs."""
     from laudtriton.ops import BlockSpec, get_variant
 
     spec = BlockSpec(64, 16, 64, 1, False, (7, 7), "channel", 1, 8, dtype="float64")
     assert not get_variant("channel_gemm").supports(spec)
     assert get_variant("channel_gemm").supports(spec.with_(dtype="float16"))
+    spec = spec.with_(dtype="float32")
+    for stride, claimed in ((1, True), (2, True), (3, False)):
+        assert get_variant("channel_gemm").supports(spec.with_(stride=stride)) == claimed
+    assert get_variant("slice").supports(spec.with_(stride=3))
 
 
 def test_variant_configs_mirror_kernel_configs():
@@ -363,12 +372,94 @@ def test_channel_gemm_config_space_is_pruned_to_the_map_and_the_width():
     assert channel_gemm_configs(narrow) == [dict(_CONFIGS[-1])]
 
 
-def test_channel_gemm_does_not_claim_a_stride_its_conv3x3_lacks():
-    """The 3x3 kernel takes stride 1 or 2: a stride-3 spec (which the torch ``slice``
-    variant runs) must not list channel_gemm."""
-    from laudtriton.ops import BlockSpec, get_variant
+def test_launch_accepts_cudas_grid_limit_itself_on_axes_y_and_z():
+    """65535 programs on grid axis y or z is CUDA's limit, not past it: launched; 65536
+    on either axis is refused, naming the axis."""
+    from laudtriton.kernels import tiles
 
-    spec = BlockSpec(64, 16, 64, 1, False, (7, 7), "channel", 1, 8)
-    for stride, claimed in ((1, True), (2, True), (3, False)):
-        assert get_variant("channel_gemm").supports(spec.with_(stride=stride)) == claimed
-    assert get_variant("slice").supports(spec.with_(stride=3))
+    launched = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(grid)
+
+    like = torch.zeros(1)
+    tiles.launch(FakeKernel(), (3, 65535, 65535), like, "k")
+    assert launched == [(3, 65535, 65535)]
+    with pytest.raises(ValueError, match="k: 65536 programs on launch grid axis y"):
+        tiles.launch(FakeKernel(), (1, 65536), like, "k")
+    with pytest.raises(ValueError, match="k: 65536 programs on launch grid axis z"):
+        tiles.launch(FakeKernel(), (1, 1, 65536), like, "k")
+    assert len(launched) == 1
+
+
+@pytest.mark.parametrize("num_warps", [1, 2, 4, 8, 16, 32])
+def test_every_power_of_two_warp_count_up_to_32_is_accepted(num_warps):
+    from laudtriton.kernels import gather_conv as g_mod
+    from laudtriton.kernels import maskers as mk
+
+    assert cg.GemmConfig(num_warps=num_warps).num_warps == num_warps
+    assert g_mod.TileConfig(num_warps=num_warps).num_warps == num_warps
+    assert mk.MaskerConfig(num_warps=num_warps).num_warps == num_warps
+
+
+def _gemm_case(case):
+    """(args, kwargs) of channel_gemm with one thing wrong (``case``)."""
+    x = torch.randn(2, 5, 16)
+    w = torch.randn(24, 16)
+    idx, n = _lists(2, 24, [3, 24], seed=4)
+    kw = dict(out_idx=idx, n_out=n)
+    if case == "in_idx_alone":
+        x = torch.randn(2, 5, 24)
+        w = torch.randn(16, 24)
+        kw = dict(in_idx=idx)
+    elif case == "n_out_alone":
+        kw = dict(n_out=n)
+    elif case == "negative_count":
+        kw["n_out"] = torch.tensor([-1, 24], dtype=torch.int32)
+    elif case == "count_batch":
+        kw["n_out"] = torch.tensor([3, 24, 24], dtype=torch.int32)
+    elif case == "residual_rows":
+        kw = dict(residual=torch.randn(2, 4, 24))
+    elif case == "residual_listed":
+        kw["residual"] = torch.randn(2, 5, 24)
+    return (x, w, torch.zeros(w.shape[0])), kw
+
+
+@pytest.mark.parametrize("case,match", [
+    ("in_idx_alone", "pass in_idx with n_in and out_idx with n_out, or neither"),
+    ("n_out_alone", "pass in_idx with n_in and out_idx with n_out, or neither"),
+    ("negative_count", r"n_out values in \[-1, 24\]; accepted \[0, 24\]"),
+    ("count_batch", r"out_idx \(2, 24\) / n_out \(3,\) must have the batch size 2"),
+    ("residual_rows", r"residual has shape \(2, 4, 24\), expected \(2, 5, 24\)"),
+    ("residual_listed", "residual is only accepted with dense outputs"),
+])
+def test_channel_gemm_refuses_unpaired_lists_bad_counts_and_residuals(case, match):
+    args, kw = _gemm_case(case)
+    with pytest.raises(ValueError, match=match):
+        cg.channel_gemm(*args, **kw, config=SMALL)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("narrow_x", r"compact x has 16 columns; in_idx has 20"),
+    ("taps_width", r"taps has shape \(3, 9, 16\), expected \(3, 9, 20\)"),
+    ("taps_count", r"taps has shape \(3, 8, 20\), expected \(3, 9, 20\)"),
+    ("kernel_3x1", r"w must be \[NW, KW, 3, 3\], got \(20, 20, 3, 1\)"),
+])
+def test_channel_conv3x3_refuses_narrow_inputs_bad_taps_and_non_3x3_weights(case, match):
+    batch, width = 3, 20
+    idx, n = _lists(batch, width, [0, 9, width], seed=5)
+    x = torch.randn(batch, 7, 5, width)
+    w = torch.randn(width, width, 3, 3)
+    taps = torch.randn(batch, 9, width)
+    if case == "narrow_x":
+        x = x[..., :16].contiguous()
+    elif case == "taps_width":
+        taps = taps[..., :16].contiguous()
+    elif case == "taps_count":
+        taps = taps[:, :8].contiguous()
+    else:
+        w = w[..., :1]
+    with pytest.raises(ValueError, match=match):
+        cc.channel_conv3x3(x, w, torch.randn(width), in_idx=idx, n_in=n, out_idx=idx,
+                           n_out=n, taps=taps, config=SMALL)

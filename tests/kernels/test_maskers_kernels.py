@@ -39,6 +39,7 @@ def test_spatial_masker(dtype, hw, grid):
     mask, logits = mk.spatial_masker(_nhwc(x), weight, bias, grid, SMALL)
     mref, lref = mk.spatial_masker_torch(_nhwc(x), weight, bias, grid)
     assert mask.shape == (b, 1, *grid) and logits.shape == (b, 2, *grid)
+    assert mask.dtype == logits.dtype == torch.float32  # whatever the input dtype
     assert_close(logits, lref, tol=1e-4)  # fp32 logits whatever the input dtype
     _check_mask(mask, lref, mref)
 
@@ -72,6 +73,7 @@ def test_channel_masker_mlp(dtype, layers):
     mask, logits = mk.channel_masker_mlp(_nhwc(x), lw, SMALL)
     mref, lref = mk.channel_masker_mlp_torch(_nhwc(x), lw)
     assert mask.shape == (b, groups) and logits.shape == (b, 2, groups)
+    assert mask.dtype == logits.dtype == torch.float32  # whatever the input dtype
     assert_close(logits, lref, tol=1e-4)
     _check_mask(mask, lref, mref)
     if dtype == torch.float32:  # the module itself
@@ -143,3 +145,27 @@ def test_batch_past_cudas_grid_limit_is_refused():
 def test_bad_config_is_refused_at_construction(fields, match):
     with pytest.raises(ValueError, match=match):
         mk.MaskerConfig(**fields)
+
+
+@pytest.mark.parametrize("grid", [(0, 1), (1, 0), (1, 6)])
+def test_spatial_masker_refuses_an_empty_or_oversized_grid(grid):
+    x = _nhwc(torch.randn(2, 8, 5, 5))
+    says = rf"grid \({grid[0]}, {grid[1]}\) must lie in \[1, 5\] x \[1, 5\]"
+    with pytest.raises(ValueError, match=says):
+        mk.spatial_masker(x, torch.randn(2, 8), torch.zeros(2), grid, SMALL)
+
+
+def test_maskers_refuse_an_input_without_channels():
+    x = torch.randn(2, 5, 5, 0)
+    says = r"x has an empty spatial or channel dim: shape \(2, 5, 5, 0\)"
+    with pytest.raises(ValueError, match=says):
+        mk.spatial_masker(x, torch.randn(2, 0), torch.zeros(2), (1, 1), SMALL)
+    with pytest.raises(ValueError, match="x has an empty spatial or channel dim"):
+        mk.channel_masker_mlp(x, [(torch.randn(4, 0), torch.zeros(4))], SMALL)
+
+
+def test_spatial_masker_refuses_a_weight_without_two_rows():
+    x = _nhwc(torch.randn(2, 8, 5, 5))
+    with pytest.raises(ValueError, match=r"spatial masker weight \(3, 8\) / bias \(3,\): expected "
+                                         r"weight \[2, 8\]"):
+        mk.spatial_masker(x, torch.randn(3, 8), torch.zeros(3), (1, 1), SMALL)

@@ -204,3 +204,64 @@ def test_aot_specs(mod):
         assert not s.constexprs["UPCAST"]
         assert all(v >= 16 and v & (v - 1) == 0 for k, v in s.constexprs.items()
                    if k.startswith("BLOCK"))
+
+
+@pytest.mark.parametrize("mod", [g_mod, c3_mod, res_mod])
+def test_default_and_first_configs_are_compiled_ahead_of_time_in_every_dtype(mod):
+    """gpucheck's fp32 and bf16 variant checks launch the default and the first (smallest)
+    config: both are compiled for sm_80/sm_90 in fp16, fp32 and bf16; the others in fp16."""
+    specs = mod.aot_specs()
+    for cfg in g_mod.SPACE:
+        tile = f"m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}"
+        dts = {dt for dt in ("fp16", "fp32", "bf16") if any(
+            s.name.endswith(f"_{dt}_{tile}") and s.num_warps == cfg.num_warps
+            and s.num_stages == cfg.num_stages for s in specs)}
+        want = {"fp16", "fp32", "bf16"} if cfg in (g_mod.DEFAULT, g_mod.SPACE[0]) else {"fp16"}
+        assert dts == want, (tile, dts)
+    assert len(specs) == len(g_mod.SPACE) + 4
+
+
+def test_gather_refuses_a_negative_count():
+    args = _gather_args()
+    args["count"] = torch.tensor([-1], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"count is -1; accepted 0 \.\. len\(idx\) = 15"):
+        g_mod.gather_conv1x1(**args, config=SMALL)
+
+
+@pytest.mark.parametrize("hw", [(5, 2), (2, 7)])
+def test_conv3x3_refuses_a_buffer_under_3x3(hw):
+    """A bordered buffer is at least 3x3 (a 1x1 map): a narrower one is refused by name,
+    whichever side is short."""
+    buf = torch.zeros(1, *hw, 16)
+    idx, count = indices.compact(torch.ones(1, 1, 1, 1))
+    with pytest.raises(ValueError, match=rf"buf has spatial size {hw[0]}x{hw[1]}"):
+        c3_mod.conv3x3(buf, idx, count, torch.randn(3, 3, 16, 8), torch.randn(8), 1)
+
+
+def test_conv1x1_residual_refuses_a_pixel_past_the_identity():
+    """Pixel indices run over B·Ho·Wo (the identity's pixels), not its B·Ho·Wo·N values."""
+    idx, count = indices.compact(torch.ones(1, 1, 3, 5))
+    idx = idx.clone()
+    idx[3] = 15
+    a, wt, bias = torch.randn(15, 8), torch.randn(16, 8), torch.randn(16)
+    ident = torch.randn(1, 3, 5, 16)
+    with pytest.raises(ValueError, match=r"spans \[0, 15\]; accepted \[0, 15\)"):
+        res_mod.conv1x1_residual(a, idx, count, wt, bias, ident)
+
+
+def test_tiles_taller_than_wide_cover_every_output_channel(poison):
+    """A config whose block_m exceeds block_n (the space's 128x64) still launches one
+    program per block_n output channels: N = 40 over 16-wide N tiles with 32-row tiles."""
+    cfg = g_mod.TileConfig(32, 16, 16, 1, 1)
+    b, h, w, k, n = 1, 5, 4, 16, 40
+    idx, count = _lists(_mask((b, 1, h, w), 1.0), False)
+    poison(idx, count)
+    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(n, k), torch.randn(n)
+    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, cfg)
+    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
+    w2, b2 = torch.randn(3, 3, n, n), torch.randn(n)
+    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, cfg)
+    assert_close(rows, c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
+    w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
+    out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, cfg)
+    assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))

@@ -1241,7 +1241,6 @@ def test_a_file_without_schema_or_device_is_not_read(tmp_path, caplog):
         assert word in caplog.text
 
 
-
 def test_a_later_record_replaces_the_meta_fields_it_gives(tmp_path):
     """A record of a key already cached keeps the newer meta (its "flops_ratio",
     "input_size"), while "models" and "asked_rates" are unions (were the older meta to

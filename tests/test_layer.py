@@ -130,7 +130,11 @@ def test_compact_registered_and_cost():
     v = get_variant("compact")
     spec = BlockSpec(64, 16, 64, 1, False, (14, 13), "layer", batch=8)
     assert v.supports(spec) and "cpu" in v.backends and v.modes == ("layer",)
-    assert not v.supports(spec.with_(mode="channel", channel_groups=4))
+    for other in (spec.with_(mode="spatial", granularity=2),  # a layer gate [B, 1, 1, 1] only
+                  spec.with_(mode="spatial", granularity=1),
+                  spec.with_(mode="both", granularity=2, channel_groups=4),
+                  spec.with_(mode="channel", channel_groups=4)):
+        assert not v.supports(other), other.mode
     assert compact_cost(spec, 1.0).flops == spec.dense_flops()
     assert compact_cost(spec, 0.5).flops == spec.dense_flops() / 2
     assert compact_cost(spec, 0.0).flops == 0
@@ -145,19 +149,6 @@ def test_compact_bad_masks(grid):
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match=r"accepted \[2, 1, 1, 1\]"):
         compact_block(fb, x, BlockMasks(grid, None, None, None))
-
-
-def test_compact_supports_layer_blocks_only():
-    """``compact`` runs on a layer gate [B, 1, 1, 1]: it supports no spatial, both or
-    channel block (the scheduler must never pick it for one)."""
-    v = get_variant("compact")
-    spec = BlockSpec(64, 16, 64, 1, False, (14, 14), "layer", batch=2)
-    assert v.supports(spec)
-    for other in (spec.with_(mode="spatial", granularity=2),
-                  spec.with_(mode="spatial", granularity=1),
-                  spec.with_(mode="both", granularity=2, channel_groups=4),
-                  spec.with_(mode="channel", channel_groups=4)):
-        assert not v.supports(other), other.mode
 
 
 def test_compact_cost_counts_half_types_at_two_bytes_and_the_gather_in_between():

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args(argv)
     try:
-        archs = tuple(int(a) for a in args.arch.split(","))
+        archs = tuple(dict.fromkeys(int(a) for a in args.arch.split(",")))  # 80,80 = 80
     except ValueError:
         archs = ()
     if not archs or min(archs) < 1:

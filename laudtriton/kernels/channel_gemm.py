@@ -171,10 +171,13 @@ def check_index_lists(prefix: str, idx, n, batch: int, limit: int, device, valid
     if idx.shape[0] != batch or n.shape[0] != batch:
         raise ValueError(f"{prefix}_idx {tuple(idx.shape)} / n_{prefix} {tuple(n.shape)} "
                          f"must have the batch size {batch} as first dim")
-    if validate and idx.numel():  # host sync: launchers called by variants skip it
+    if not validate:  # the checks below sync with the host: variants' launchers skip them
+        return
+    if idx.numel():  # an empty list has no values; its counts must then all be 0
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= limit:
             raise ValueError(f"{prefix}_idx values in [{lo}, {hi}]; accepted [0, {limit})")
+    if n.numel():
         nlo, nhi = int(n.min()), int(n.max())
         if nlo < 0 or nhi > idx.shape[1]:
             raise ValueError(f"n_{prefix} values in [{nlo}, {nhi}]; accepted [0, {idx.shape[1]}]")

@@ -121,7 +121,7 @@ def _fake_row(name="k", arch=80, default=True, ok=True, spill=0):
 def test_main_compiles_for_sm80_and_sm90_by_default_and_exits_1_on_a_compile_error(
         capsys, monkeypatch):
     """Without --arch both targets are compiled; a row with a compile error is a failure
-    (exit 1, a FAIL line), not a table that reads as a pass."""
+    (exit 1, a FAIL line), not a table that reads as a pass; a repeated SM once."""
     from laudtriton.kernels import aot as aot_module
 
     calls = []
@@ -138,6 +138,10 @@ def test_main_compiles_for_sm80_and_sm90_by_default_and_exits_1_on_a_compile_err
     assert "FAIL bad_kernel sm_80: CompilationError: boom" in out
     monkeypatch.setattr(aot_module, "compile_all", lambda archs, jobs, only: [_fake_row()])
     assert aot_module.main(["--jobs", "1"]) == 0
+    calls.clear()  # a repeated SM is compiled once, in the order given
+    monkeypatch.setattr(aot_module, "compile_all", fake_compile_all)
+    aot_module.main(["--arch", "90,80,90", "--jobs", "1"])
+    assert calls == [(90, 80)]
 
 
 def test_problems_are_compile_errors_and_local_memory_in_default_configs_only():

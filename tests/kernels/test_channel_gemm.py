@@ -100,6 +100,18 @@ def test_default_config_dense_odd_shape():
     assert_close(y, x.double() @ w.double().T + bias.double())
 
 
+def test_empty_input_lists_give_the_bias():
+    """Every input channel off (empty in_idx, zero counts): y = act(bias), as the
+    reference; the counts of an empty list are still checked (test below)."""
+    x, w, bias = torch.randn(2, 5, 0), torch.randn(24, 16), torch.randn(24)
+    kw = dict(in_idx=torch.zeros(2, 0, dtype=torch.int32), n_in=torch.zeros(2, dtype=torch.int32),
+              relu=True)
+    y = cg.channel_gemm(x, w, bias, **kw, config=SMALL)
+    assert y.shape == (2, 5, 24)
+    assert torch.equal(y, bias.clamp_min(0).expand(2, 5, 24))
+    assert_close(y, cg.channel_gemm_torch(x, w, bias, **kw))
+
+
 @pytest.mark.parametrize("case,match", [  # each message names the bad tensor and value
     ("dtype", "w has dtype torch.float16"), ("device_dims", r"x must be 3-D, got shape \(5, 16\)"),
     ("noncontig", "x must be contiguous"), ("range", r"out_idx values in \[0, 24\]"),
@@ -419,6 +431,10 @@ def _gemm_case(case):
         kw["n_out"] = torch.tensor([-1, 24], dtype=torch.int32)
     elif case == "count_batch":
         kw["n_out"] = torch.tensor([3, 24, 24], dtype=torch.int32)
+    elif case == "empty_list":  # no index values to check, so only the counts can be
+        x = torch.randn(2, 5, 0)
+        kw = dict(in_idx=torch.zeros(2, 0, dtype=torch.int32),
+                  n_in=torch.tensor([0, 3], dtype=torch.int32))
     elif case == "residual_rows":
         kw = dict(residual=torch.randn(2, 4, 24))
     elif case == "residual_listed":
@@ -431,6 +447,7 @@ def _gemm_case(case):
     ("n_out_alone", "pass in_idx with n_in and out_idx with n_out, or neither"),
     ("negative_count", r"n_out values in \[-1, 24\]; accepted \[0, 24\]"),
     ("count_batch", r"out_idx \(2, 24\) / n_out \(3,\) must have the batch size 2"),
+    ("empty_list", r"n_in values in \[0, 3\]; accepted \[0, 0\]"),
     ("residual_rows", r"residual has shape \(2, 4, 24\), expected \(2, 5, 24\)"),
     ("residual_listed", "residual is only accepted with dense outputs"),
 ])

@@ -1,4 +1,7 @@
+import math
+
 import pytest
+import torch
 
 from laudtriton.kernelchecks import poisoned
 
@@ -10,3 +13,45 @@ def nan_empty():
     comparison."""
     with poisoned():
         yield
+
+
+@pytest.fixture
+def dot_precisions(monkeypatch):
+    """The input precision of every tl.dot the interpreter runs ("IEEE", "TF32", ...): it
+    multiplies in numpy whatever the precision, so the value tests cannot see a lost
+    ``input_precision="ieee"`` that a GPU runs in TF32 (~3e-4 of max|ref|, over the fp32
+    1e-4 contract)."""
+    from triton.runtime import interpreter
+
+    seen = []
+    real = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, *rest):
+        seen.append(input_precision.name)
+        return real(self, a, b, d, input_precision, *rest)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    return seen
+
+
+@pytest.fixture
+def guarded_empty(monkeypatch):
+    """Every float torch.empty (the launchers' outputs) is the head of a NaN buffer with
+    256 more NaN elements after it, all NaN like ``nan_empty``. Returns those tails: a
+    kernel that stores past its output's end (a dropped store mask) changes one, where the
+    interpreter wrote the neighbouring heap silently (or aborted much later)."""
+    real = torch.empty
+    tails = []
+
+    def empty(*size, dtype=None, device=None, **kwargs):
+        shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        dtype = dtype or torch.get_default_dtype()
+        if kwargs or not dtype.is_floating_point:
+            return real(*size, dtype=dtype, device=device, **kwargs)
+        n = math.prod(shape)
+        buf = torch.full((n + 256,), float("nan"), dtype=dtype, device=device)
+        tails.append(buf[n:])
+        return buf[:n].view(shape)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    return tails

@@ -480,3 +480,53 @@ def test_channel_conv3x3_refuses_narrow_inputs_bad_taps_and_non_3x3_weights(case
     with pytest.raises(ValueError, match=match):
         cc.channel_conv3x3(x, w, torch.randn(width), in_idx=idx, n_in=n, out_idx=idx,
                            n_out=n, taps=taps, config=SMALL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_channel_dots_are_ieee_in_fp32_and_on_tensor_cores_in_half_types(dot_precisions,
+                                                                          dtype):
+    """``dot_acc`` multiplies fp32 tiles with ``input_precision="ieee"`` (the 1e-4 fp32
+    contract; TF32 is ~3e-4 on a GPU) and half types with the default (tensor cores). The
+    interpreter computes every precision alike: an inverted or lost IEEE flag passed
+    every value test (mutation audit, session 52)."""
+    batch, width = 2, 20
+    idx, n = _lists(batch, width, [9, width], seed=5)
+    x = torch.randn(batch, 5, 4, width).to(dtype)
+    w = torch.randn(width, width, 3, 3).to(dtype)
+    bias = torch.randn(width)
+    kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n)
+    _compare(cc.channel_conv3x3(x, w, bias, config=SMALL, **kw),
+             cc.channel_conv3x3_torch(x, w, bias, **kw), n)
+    conv3x3_dots = len(dot_precisions)
+    xg, wg = x.reshape(batch, 20, width), w[:, :, 1, 1].contiguous()
+    _compare(cg.channel_gemm(xg, wg, bias, config=SMALL, **kw),
+             cg.channel_gemm_torch(xg, wg, bias, **kw), n)
+    assert 0 < conv3x3_dots < len(dot_precisions)  # both kernels ran their dots
+    assert set(dot_precisions) == {"IEEE" if dtype == torch.float32 else "TF32"}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_kernels_reach_a_lone_channel_past_full_k_tiles(guarded_empty, stride):
+    """Input counts of 1 and 17 over 16-wide K tiles (a last K tile holding one channel)
+    and output counts of 1 and 17 over 16-wide N tiles, odd 5x7 map: every listed input
+    channel is summed (a K loop stopping at count − 1 dropped that lone channel: the
+    tests' counts 9, 13 and 20 never end a tile on one), columns past n_out keep the NaN
+    poison, and no store lands past the output's end (the last pixel's columns past its
+    row spilled into the heap and aborted the run only by luck)."""
+    batch, width = 2, 20
+    idx, n = _lists(batch, width, [1, 17], seed=7)
+    x = torch.randn(batch, 5, 7, width)
+    w = torch.randn(width, width, 3, 3)
+    bias, taps = torch.randn(batch, width), torch.randn(batch, 9, width)
+    kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n)
+    y = cc.channel_conv3x3(x, w, bias, taps=taps, stride=stride, relu=True, config=SMALL, **kw)
+    _compare(y, cc.channel_conv3x3_torch(x, w, bias, taps=taps, stride=stride, relu=True,
+                                         **kw), n)
+    assert torch.isnan(y[0, ..., 1:]).all() and torch.isnan(y[1, ..., 17:]).all()
+    xg, wg = x.reshape(batch, 35, width), w[:, :, 0, 0].t().contiguous().t()
+    res = torch.randn(batch, 35, width)
+    gkw = dict(in_idx=idx, n_in=n, residual=res, relu=True)
+    yg = cg.channel_gemm(xg, wg, bias, config=SMALL, **gkw)
+    _compare(yg, cg.channel_gemm_torch(xg, wg, bias, **gkw), None)
+    assert guarded_empty  # the outputs were made by the fixture
+    assert all(torch.isnan(t).all() for t in guarded_empty), "a store landed past y's end"

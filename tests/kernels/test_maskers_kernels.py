@@ -169,3 +169,43 @@ def test_spatial_masker_refuses_a_weight_without_two_rows():
     with pytest.raises(ValueError, match=r"spatial masker weight \(3, 8\) / bias \(3,\): expected "
                                          r"weight \[2, 8\]"):
         mk.spatial_masker(x, torch.randn(3, 8), torch.zeros(3), (1, 1), SMALL)
+
+
+def test_exact_ties_turn_the_mask_on():
+    """mask = logit0 >= logit1 (``nn.maskers``' eval rule and the references'): a cell or
+    group whose two logits tie exactly is on. Equal weight rows and biases make the logits
+    bitwise equal; a strict > turned every such cell and group off and passed, since
+    ``_check_mask`` skips near-ties (mutation audit, session 52)."""
+    x = _nhwc(torch.randn(2, 21, 7, 9))
+    w = torch.randn(1, 21).repeat(2, 1)
+    mask, logits = mk.spatial_masker(x, w, torch.full((2,), 0.25), (3, 4), SMALL)
+    mref, _ = mk.spatial_masker_torch(x, w, torch.full((2,), 0.25), (3, 4))
+    assert torch.equal(logits[:, 0], logits[:, 1])
+    assert torch.equal(mask, torch.ones(2, 1, 3, 4)) and torch.equal(mref, mask.double())
+    hidden = (torch.randn(9, 21), torch.randn(9))
+    last = (torch.randn(6, 9).repeat(2, 1), torch.randn(6).repeat(2))  # rows g, G + g equal
+    mask, logits = mk.channel_masker_mlp(x, [hidden, last], SMALL)
+    assert torch.equal(logits[:, 0], logits[:, 1])
+    assert torch.equal(mask, torch.ones(2, 6))
+
+
+def test_maskers_store_nothing_past_their_outputs_and_use_both_last_biases(guarded_empty):
+    """21 channels, a 9-wide hidden layer and G = 12 groups over 16-wide tiles, 3 samples:
+    the masked lanes of the last tiles store nothing. A dropped store mask wrote each
+    sample's spare lanes over the next sample's values (rewritten after) and the last
+    sample's past the end of the output, which only aborted the run by luck. The last
+    layer's bias is random here (``test_channel_masker_mlp`` zeroes it): logit 1 adds
+    b[G + g], logit 0 b[g]."""
+    x = _nhwc(torch.randn(3, 21, 5, 7))
+    layers = [(torch.randn(9, 21), torch.randn(9)), (torch.randn(24, 9), torch.randn(24))]
+    mask, logits = mk.channel_masker_mlp(x, layers, SMALL)
+    mref, lref = mk.channel_masker_mlp_torch(x, layers)
+    assert_close(logits, lref, tol=1e-4)
+    _check_mask(mask, lref, mref)
+    w, bias = torch.randn(2, 21), torch.randn(2) * 0.1
+    mask, logits = mk.spatial_masker(x, w, bias, (3, 4), SMALL)
+    mref, lref = mk.spatial_masker_torch(x, w, bias, (3, 4))
+    assert_close(logits, lref, tol=1e-4)
+    _check_mask(mask, lref, mref)
+    assert len(guarded_empty) >= 6  # pool, hidden, logits and mask; spatial logits, mask
+    assert all(torch.isnan(t).all() for t in guarded_empty), "a store landed past an output"

@@ -265,3 +265,49 @@ def test_tiles_taller_than_wide_cover_every_output_channel(poison):
     w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
     out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, cfg)
     assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))
+
+
+def test_spatial_dots_are_ieee_in_fp32(poison, dot_precisions):
+    """Every fp32 tl.dot of the three spatial kernels (conv3x3's own and ``rows_dot``'s)
+    runs with ``input_precision="ieee"``: TF32 is ~3e-4 of max|ref| on a GPU, over the fp32
+    1e-4 contract, and the interpreter computes both alike, so no value test saw the flag
+    dropped (mutation audit, session 52)."""
+    b, h, w, k, n = 1, 5, 7, 16, 16
+    idx, count = _lists(_mask((b, 1, h, w), 0.5), False)
+    poison(idx, count)
+    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(n, k), torch.randn(n)
+    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, SMALL)
+    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
+    w2, b2 = torch.randn(3, 3, n, n), torch.randn(n)
+    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, SMALL)
+    assert_close(rows, c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
+    w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
+    out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, SMALL)
+    assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))
+    assert len(dot_precisions) >= 1 + 9 + 1  # gather, nine taps, residual
+    assert set(dot_precisions) == {"IEEE"}
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_spatial_kernels_reach_a_lone_row_and_channel_past_full_tiles(poison, padded):
+    """17 listed pixels, 17 input and 17 output channels over 16-wide M, K and N tiles,
+    so that the last tile of each holds one element, on an odd 5x7 map: a K loop stopping
+    at K − 1 (conv3x3's or ``rows_dot``'s) dropped that lone channel, and passed, since
+    the tests' K (20, 37) never end a tile on one (mutation audit, session 52)."""
+    b, h, w, k = 1, 5, 7, 17
+    mask = torch.zeros(b, 1, h, w, dtype=torch.bool)
+    mask.view(-1)[torch.randperm(h * w)[:17]] = True
+    idx, count = _lists(mask, padded)
+    assert int(count) == 17
+    poison(idx, count)
+    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(k, k), torch.randn(k)
+    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, SMALL)
+    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
+    w2, b2 = torch.randn(3, 3, k, k), torch.randn(k)
+    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, SMALL)
+    assert_close(rows[:17], c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
+    assert bool(torch.isnan(rows[17:]).all())
+    a = rows[:17].contiguous() if not padded else torch.randn(idx.shape[0], k)
+    w3, b3, ident = torch.randn(k, k), torch.randn(k), torch.randn(b, h, w, k)
+    out = res_mod.conv1x1_residual(a, idx, count, w3, b3, ident, SMALL)
+    assert_close(out, res_mod.conv1x1_residual_torch(a, idx, count, w3, b3, ident))

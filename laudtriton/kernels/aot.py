@@ -154,13 +154,12 @@ def compile_all(archs=(80, 90), jobs: int = 1, only: str | None = None) -> list[
 
 
 def problems(rows: list[dict]) -> list[str]:
-    """Failures: compile errors anywhere, local memory (LOCAL > 0) in default configs.
-    Register spills go to the stack frame (``stack``), which this does not read:
-    tests/kernels/test_aot.py checks the default configs' frames (two fp32 ones on
-    sm_80 spill, docs/kernels.md)."""
+    """Failures: compile errors anywhere; in default configs, local memory (LOCAL > 0)
+    or a stack frame (where ptxas puts spilled registers), GPU.md section 2."""
     out = [f"{r['name']} sm_{r['arch']}: {r['error']}" for r in rows if not r["ok"]]
-    out += [f"{r['name']} sm_{r['arch']}: default config spills {r['spill']} B/thread"
-            for r in rows if r["ok"] and r["default"] and r["spill"]]
+    out += [f"{r['name']} sm_{r['arch']}: default config spills ({r['spill']} B/thread "
+            f"local, {r['stack']} B stack frame)"
+            for r in rows if r["ok"] and r["default"] and (r["spill"] or r["stack"])]
     return out
 
 
@@ -192,9 +191,8 @@ def _refuse(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m laudtriton.kernels.aot [--arch 80,90] [--jobs N] [--only S] [--json]``.
     Exit code 1 on a compile error or a default config with local memory (LOCAL, the
-    table's ``spill`` column; register spills go to the stack frame, which this does not
-    read: tests/kernels/test_aot.py checks it), 2 on a bad option (or an --only that
-    matches no spec), else 0."""
+    table's ``spill`` column) or a stack frame (``problems``), 2 on a bad option (or an
+    --only that matches no spec), else 0."""
     ap = argparse.ArgumentParser(prog="python -m laudtriton.kernels.aot",
                                  description="Compile every Triton kernel x config ahead of "
                                              "time for NVIDIA targets (no GPU needed).")

@@ -22,6 +22,7 @@ from .channel_gemm import (
     check_tensor,
     dot_acc,
     interpreting,
+    resolve_config,
 )
 from .tiles import launch
 
@@ -105,8 +106,8 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     Raises:
         ValueError: as ``channel_gemm``, and for a stride other than 1 or 2.
     """
-    cfg = config if isinstance(config, GemmConfig) else GemmConfig.from_dict(config)
     check_tensor("x", x, 4, DTYPES, None)
+    cfg = resolve_config(config, x.dtype)
     dev = x.device
     check_tensor("w", w, 4, (x.dtype,), dev, last_contig=False)
     if stride not in (1, 2):

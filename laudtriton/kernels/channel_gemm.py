@@ -66,6 +66,24 @@ CONFIGS = (
     GemmConfig(32, 64, 64, 4, 3),
     GemmConfig(16, 32, 64, 2, 2),
 )
+# In float32 (IEEE dots, no tensor cores) the 64x64 tile's accumulators take 255 registers
+# on sm_80, where channel_conv3x3 spills (docs/kernels.md): float32's default is the
+# smallest tile, which does not.
+DEFAULT_FP32 = CONFIGS[-1]
+
+
+def default_config(dtype: torch.dtype) -> GemmConfig:
+    """The config the channel kernels launch without one: DEFAULT_FP32 in float32, DEFAULT
+    in the half types."""
+    return DEFAULT_FP32 if dtype == torch.float32 else DEFAULT
+
+
+def resolve_config(config: GemmConfig | dict | None, dtype: torch.dtype) -> GemmConfig:
+    """A launcher's config: ``config`` itself, from its dict, or (None or {}) the default
+    of ``dtype``."""
+    if isinstance(config, GemmConfig):
+        return config
+    return GemmConfig.from_dict(config) if config else default_config(dtype)
 
 
 def interpreting() -> bool:
@@ -206,14 +224,15 @@ def channel_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     k < n_in[b]; without them col_k = k over KX = KW. out_idx/n_out: [B, LO] / [B]:
     row_j = out_idx[b, j] for j < n_out[b], output columns past n_out[b] are left
     unwritten; without them row_j = j over NW. residual: [B, P, NY] (dense outputs only).
+    config: GemmConfig or its dict (None: ``default_config(x.dtype)``).
     Returns y [B, P, NY] in x's dtype, NY = LO or NW; accumulation in fp32.
 
     Raises:
         ValueError: on wrong dims, dtypes, devices, non-contiguous last dims, shapes that do
             not match, or (validate=True, a host sync) index values out of range.
     """
-    cfg = config if isinstance(config, GemmConfig) else GemmConfig.from_dict(config)
     check_tensor("x", x, 3, DTYPES, None)
+    cfg = resolve_config(config, x.dtype)
     dev = x.device
     check_tensor("w", w, 2, (x.dtype,), dev, last_contig=False)
     if 1 not in w.stride() and w.numel() > 1:
@@ -298,14 +317,14 @@ def aot_variants():
     (GPU.md section 2). Unit strides are constexprs, as the JIT specialises them."""
     for cfg in CONFIGS:
         dtypes = (torch.float16, torch.bfloat16, torch.float32) if cfg in (
-            DEFAULT, CONFIGS[-1]) else (torch.float16,)
+            DEFAULT, DEFAULT_FP32) else (torch.float16,)
         for dt in dtypes:
             consts = {"IEEE": dt == torch.float32, "UPCAST": False, "RELU": True,
                       "BLOCK_P": cfg.block_p, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
                       "stride_xk": 1, "stride_yn": 1}
             tag = f"p{cfg.block_p}n{cfg.block_n}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}"
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-                    "default": cfg == DEFAULT}
+                    "default": cfg == default_config(dt)}
             yield DTYPE_NAMES[dt], tag, consts, opts
 
 

@@ -17,6 +17,7 @@ import triton.language as tl
 from .aot import AOTSpec
 from .gather_conv import (
     DEFAULT,
+    DEFAULT_FP32,
     DTYPES,
     SPACE,
     TRITON_DTYPE,
@@ -24,11 +25,12 @@ from .gather_conv import (
     aot_plan,
     check_index,
     check_tensor,
+    default_config,
     interpreter_upcast,
 )
 from .tiles import launch, rows_dot, tile_offsets
 
-__all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv1x1_residual",
+__all__ = ["DEFAULT", "DEFAULT_FP32", "TileConfig", "aot_specs", "configs", "conv1x1_residual",
            "conv1x1_residual_torch"]
 
 
@@ -81,8 +83,8 @@ def conv1x1_residual(a: torch.Tensor, idx: torch.Tensor, count: torch.Tensor,
     a: [L, K] contiguous rows (row r belongs to pixel idx[r]). idx: [L] int32 flat output
     pixels b·Ho·Wo + i·Wo + j; only idx[:count] are used. count: [1] int32 on the device
     (read by the kernel). w: [N, K] a's dtype. b: [N] any float dtype.
-    identity: [B, Ho, Wo, N] contiguous NHWC, a's dtype. validate: check count and index
-    ranges (host syncs).
+    identity: [B, Ho, Wo, N] contiguous NHWC, a's dtype. config: TileConfig (None:
+    ``default_config(a.dtype)``). validate: check count and index ranges (host syncs).
 
     Returns out [B, Ho, Wo, N] NHWC of a's dtype.
 
@@ -90,8 +92,8 @@ def conv1x1_residual(a: torch.Tensor, idx: torch.Tensor, count: torch.Tensor,
         ValueError: on a wrong shape, dtype, device, non-contiguous tensor, or (validate)
             a count or index out of range.
     """
-    cfg = config or DEFAULT
     check_tensor("a", a, (None, None), DTYPES)
+    cfg = config or default_config(a.dtype)
     rows, k = a.shape
     check_tensor("w", w, (None, k), (a.dtype,), a.device)
     n = w.shape[0]
@@ -139,7 +141,8 @@ def aot_specs() -> list[AOTSpec]:
             fn=_conv1x1_residual_kernel, signature=sig,
             constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                         "BLOCK_K": cfg.block_k},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, default=cfg == DEFAULT,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            default=cfg == default_config(dt),
             divisible=("K", "N"),
         ))
     return out

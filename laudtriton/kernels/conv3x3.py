@@ -17,6 +17,7 @@ import triton.language as tl
 from .aot import AOTSpec
 from .gather_conv import (
     DEFAULT,
+    DEFAULT_FP32,
     DTYPES,
     SPACE,
     TRITON_DTYPE,
@@ -24,12 +25,13 @@ from .gather_conv import (
     aot_plan,
     check_index,
     check_tensor,
+    default_config,
     interpreter_upcast,
 )
 from .tiles import launch, tile_offsets
 
-__all__ = ["DEFAULT", "TileConfig", "aot_specs", "configs", "conv3x3", "conv3x3_torch",
-           "hwio"]
+__all__ = ["DEFAULT", "DEFAULT_FP32", "TileConfig", "aot_specs", "configs", "conv3x3",
+           "conv3x3_torch", "hwio"]
 
 
 def configs() -> list[TileConfig]:
@@ -102,7 +104,8 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     idx: [L] int32 flat output pixels b·Ho·Wo + i·Wo + j, Ho = ⌊(H−1)/s⌋+1; only
     idx[:count] are used. count: [1] int32 on the device (read by the kernel).
     w: [3, 3, K, N] contiguous (``hwio(w2)``), buf's dtype. b: [N] any float dtype.
-    stride: 1 or 2. validate: check count and index ranges (host syncs).
+    stride: 1 or 2. config: TileConfig (None: ``default_config(buf.dtype)``).
+    validate: check count and index ranges (host syncs).
 
     Returns rows [L, N] of buf's dtype; row r < count is output pixel idx[r], rows from
     count on are not written.
@@ -111,8 +114,8 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
         ValueError: on a wrong shape, dtype, device, stride, non-contiguous tensor, or
             (validate) a count or index out of range.
     """
-    cfg = config or DEFAULT
     check_tensor("buf", buf, (None, None, None, None), DTYPES)
+    cfg = config or default_config(buf.dtype)
     bsz, hp, wp, k = buf.shape
     if hp < 3 or wp < 3:
         raise ValueError(f"buf has spatial size {hp}x{wp}; a bordered buffer is >= 3x3")
@@ -162,7 +165,8 @@ def aot_specs() -> list[AOTSpec]:
             fn=_conv3x3_kernel, signature=sig,
             constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                         "BLOCK_K": cfg.block_k},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, default=cfg == DEFAULT,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            default=cfg == default_config(dt),
             divisible=("K", "N"),
         ))
     return out

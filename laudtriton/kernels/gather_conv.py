@@ -48,8 +48,9 @@ class TileConfig:
 
 
 # The space the tuner explores; the default (64x64x32, 4 warps, 3 stages) is the usual
-# middle of a Triton GEMM space: wide enough for tl.dot on sm_80/sm_90 (in fp32 on sm_80
-# it spills: docs/kernels.md).
+# middle of a Triton GEMM space: wide enough for tl.dot on sm_80/sm_90. In float32 (IEEE
+# dots, no tensor cores) its accumulators take 255 registers on sm_80, where conv3x3
+# spills (docs/kernels.md): float32's default is the 32-row tile, which does not.
 SPACE = (
     TileConfig(32, 64, 32, 4, 2),
     TileConfig(64, 64, 32, 4, 3),
@@ -57,6 +58,13 @@ SPACE = (
     TileConfig(128, 128, 32, 8, 3),
 )
 DEFAULT = TileConfig(64, 64, 32, 4, 3)
+DEFAULT_FP32 = SPACE[0]
+
+
+def default_config(dtype: torch.dtype) -> TileConfig:
+    """The config the spatial GEMM kernels launch without one: DEFAULT_FP32 in float32,
+    DEFAULT in the half types."""
+    return DEFAULT_FP32 if dtype == torch.float32 else DEFAULT
 
 
 def configs() -> list[TileConfig]:
@@ -160,8 +168,8 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
     x: [B, H, W, K] contiguous NHWC (fp32/fp16/bf16). idx: [L] int32 flat input pixels
     b·H·W + y·W + x; only idx[:count] are used. count: [1] int32 on the device (read by
     the kernel: no host sync). w: [N, K] same dtype as x. b: [N] any float dtype.
-    config: TileConfig (default DEFAULT). validate: check count and index ranges (two
-    host syncs; the masked variant passes False).
+    config: TileConfig (None: ``default_config(x.dtype)``). validate: check count and
+    index ranges (two host syncs; the masked variant passes False).
 
     Returns buf [B, H+2, W+2, N] of x's dtype, zero except at the listed pixels.
 
@@ -169,8 +177,8 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
         ValueError: on a wrong shape, dtype, device, non-contiguous tensor, or (validate)
             a count or index out of range.
     """
-    cfg = config or DEFAULT
     check_tensor("x", x, (None, None, None, None), DTYPES)
+    cfg = config or default_config(x.dtype)
     bsz, h, wd, k = x.shape
     check_tensor("w", w, (None, k), (x.dtype,), x.device)
     n = w.shape[0]
@@ -216,7 +224,8 @@ def aot_specs() -> list[AOTSpec]:
             fn=_gather_conv1x1_kernel, signature=sig,
             constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                         "BLOCK_K": cfg.block_k},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, default=cfg == DEFAULT,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            default=cfg == default_config(dt),
             divisible=("K", "N"),
         ))
     return out

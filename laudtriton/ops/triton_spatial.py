@@ -112,7 +112,9 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, config: dict | Non
     unknown = set(config or {}) - set(STAGES)
     if unknown:
         raise ValueError(f"config has keys {sorted(unknown)}; accepted {STAGES}")
-    cfg = {s: TileConfig.from_dict((config or {}).get(s)) for s in STAGES}
+    # a stage without a config launches on its kernel's default for the dtype
+    cfg = {s: TileConfig.from_dict(c) if (c := (config or {}).get(s)) else None
+           for s in STAGES}
     dt, dev = x.dtype, x.device
     xh = _nhwc(x)
     if fb.wd is None:

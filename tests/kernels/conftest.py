@@ -55,3 +55,20 @@ def guarded_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", empty)
     return tails
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """A function that replaces the ``launch`` of the kernel modules it is given by a
+    recorder (nothing runs) and returns {module name: the launch's (BLOCK_*, num_warps,
+    num_stages) values}, filled as the launchers are called."""
+    seen: dict[str, tuple] = {}
+
+    def patch(*mods):
+        for mod in mods:
+            def record(kernel, grid, like, who, *args, _name=mod.__name__, **kw):
+                seen[_name] = tuple(v for k, v in sorted(kw.items())
+                                    if k.startswith(("BLOCK_", "num_")))
+            monkeypatch.setattr(mod, "launch", record)
+        return seen
+    return patch

@@ -1,5 +1,7 @@
 """Channel-sliced GEMM and 3x3 conv under the interpreter vs float64 references."""
 
+import re
+
 import pytest
 import torch
 
@@ -184,6 +186,30 @@ def test_gemm_config_validation():
         cg.GemmConfig.from_dict({"block_m": 64})
     assert cg.GemmConfig.from_dict(cg.DEFAULT.to_dict()) == cg.DEFAULT
 
+
+
+@pytest.mark.parametrize("dtype,name", [(torch.float32, "fp32"), (torch.float16, "fp16")])
+def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launched, dtype,
+                                                                          name):
+    """Given no config (None or {}), both channel launchers run the config their AOT specs
+    mark default for the input's dtype, the one the AOT tests check for spills: in float32
+    the smallest tile (the 64x64 one spills in channel_conv3x3 on sm_80, docs/kernels.md)."""
+    seen = launched(cg, cc)
+    batch, width = 2, 20
+    idx, n = _lists(batch, width, [9, width], seed=6)
+    x, w = torch.randn(batch, 4, 5, width).to(dtype), torch.randn(width, width, 3, 3).to(dtype)
+    kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n)
+    want = cg.DEFAULT_FP32 if dtype == torch.float32 else cg.DEFAULT
+    for config in (None, {}):
+        cc.channel_conv3x3(x, w, torch.randn(width), config=config, **kw)
+        cg.channel_gemm(x.reshape(batch, 20, width), w[:, :, 1, 1].contiguous(),
+                        torch.randn(width), config=config, **kw)
+        for mod, specs in ((cg, cg.aot_specs()), (cc, cc.aot_specs())):
+            defaults = {(s.constexprs["BLOCK_K"], s.constexprs["BLOCK_N"],
+                         s.constexprs["BLOCK_P"], s.num_stages, s.num_warps)
+                        for s in specs if s.default and name in re.split(r"[\[,\]]", s.name)}
+            assert defaults == {seen[mod.__name__]}, (mod.__name__, config)
+            assert seen[mod.__name__][2] == want.block_p == (16 if name == "fp32" else 64)
 
 def test_channel_gemm_does_not_claim_float64_or_a_stride_its_conv3x3_lacks():
     """The kernels take fp32/fp16/bf16: a float64 spec (compile(dtype=torch.float64) on

@@ -262,6 +262,27 @@ def test_channel_gemm_variant_end_to_end(stride, rate):
     assert_close(out, ref)
 
 
+
+def test_channel_gemm_variant_without_a_config_uses_the_dtype_default(launched):
+    """No config (None or {}): both channel kernels launch their float32 default, the
+    smallest tile, which does not spill (docs/kernels.md), and the output is still the
+    reference's."""
+    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
+    from laudtriton.ops.spec import BlockSpec
+    from laudtriton.ops.synthetic import synthetic_masks
+    from laudtriton.testing import make_block, reference_on_masks
+
+    block = make_block(16, 4, 1, mode="channel", channel_granularity=2, seed=3)
+    x = torch.randn(2, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    masks = synthetic_masks(BlockSpec.from_block(block, x.shape), 0.5, seed=2)
+    v, fb = get_variant("channel_gemm"), fold_block(block)
+    assert_close(v.run(fb, x, masks, None), reference_on_masks(block, x, masks))
+    seen = launched(cg, cc)
+    v.run(fb, x, masks, {})
+    d = cg.DEFAULT_FP32
+    want = (d.block_k, d.block_n, d.block_p, d.num_stages, d.num_warps)
+    assert seen == {cg.__name__: want, cc.__name__: want}
+
 @pytest.mark.parametrize("stride,hw,batch,k", [(1, (13, 11), 1, 2), (2, (13, 11), 3, 2),
                                                (1, (7, 9), 3, 4), (2, (9, 7), 1, 1)])
 @pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])

@@ -80,9 +80,21 @@ def test_half_types(dtype):
     assert_close(out, ref.to(dtype))
 
 
-def test_default_config_and_empty_config():
+def test_default_config_and_empty_config(launched):
+    """No config, or none for a stage: that stage launches its kernel's default for the
+    input's dtype (float32: the 32-row tile, which does not spill; docs/kernels.md)."""
     block, x, masks, ref = _case(16, 1, 0.5, hw=(4, 5))
-    assert_close(ts.run_fused(fold_block(block), x, masks, {}), ref)
+    fb = fold_block(block)
+    assert_close(ts.run_fused(fb, x, masks, {}), ref)
+    assert_close(ts.run_masked(fb, x, masks, None), ref)
+    from laudtriton.kernels import conv1x1_residual, conv3x3
+
+    seen = launched(gather_conv, conv3x3, conv1x1_residual)
+    ts.run_masked(fb, x, masks, {"conv2": TINY["conv2"]})
+    fp32, tiny = gather_conv.DEFAULT_FP32, gather_conv.TileConfig(**TINY["conv2"])
+    for mod, cfg in ((gather_conv, fp32), (conv3x3, tiny), (conv1x1_residual, fp32)):
+        assert seen[mod.__name__] == (cfg.block_k, cfg.block_m, cfg.block_n, cfg.num_stages,
+                                      cfg.num_warps), mod.__name__
 
 
 def test_bad_config_and_masks():

@@ -278,6 +278,24 @@ def test_conv1x1_residual_refuses_a_pixel_past_the_identity():
         res_mod.conv1x1_residual(a, idx, count, wt, bias, ident)
 
 
+def _three_stages(x, idx, count, n, cfg):
+    """gather_conv1x1 -> conv3x3 (stride 1) -> conv1x1_residual over the listed pixels of
+    x [B, H, W, K] with random weights and n channels, each stage against its reference.
+    Returns conv3x3's rows (those past the count unwritten)."""
+    b, h, w, k = x.shape
+    c = int(count)
+    w1, b1 = torch.randn(n, k), torch.randn(n)
+    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, cfg)
+    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
+    w2, b2 = torch.randn(3, 3, n, n), torch.randn(n)
+    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, cfg)
+    assert_close(rows[:c], c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
+    w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
+    out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, cfg)
+    assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))
+    return rows
+
+
 def test_tiles_taller_than_wide_cover_every_output_channel(poison):
     """A config whose block_m exceeds block_n (the space's 128x64) still launches one
     program per block_n output channels: N = 40 over 16-wide N tiles with 32-row tiles."""
@@ -285,15 +303,7 @@ def test_tiles_taller_than_wide_cover_every_output_channel(poison):
     b, h, w, k, n = 1, 5, 4, 16, 40
     idx, count = _lists(_mask((b, 1, h, w), 1.0), False)
     poison(idx, count)
-    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(n, k), torch.randn(n)
-    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, cfg)
-    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
-    w2, b2 = torch.randn(3, 3, n, n), torch.randn(n)
-    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, cfg)
-    assert_close(rows, c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
-    w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
-    out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, cfg)
-    assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))
+    _three_stages(torch.randn(b, h, w, k), idx, count, n, cfg)
 
 
 def test_spatial_dots_are_ieee_in_fp32(poison, dot_precisions):
@@ -304,15 +314,7 @@ def test_spatial_dots_are_ieee_in_fp32(poison, dot_precisions):
     b, h, w, k, n = 1, 5, 7, 16, 16
     idx, count = _lists(_mask((b, 1, h, w), 0.5), False)
     poison(idx, count)
-    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(n, k), torch.randn(n)
-    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, SMALL)
-    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
-    w2, b2 = torch.randn(3, 3, n, n), torch.randn(n)
-    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, SMALL)
-    assert_close(rows, c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
-    w3, b3, ident = torch.randn(n, n), torch.randn(n), torch.randn(b, h, w, n)
-    out = res_mod.conv1x1_residual(rows, idx, count, w3, b3, ident, SMALL)
-    assert_close(out, res_mod.conv1x1_residual_torch(rows, idx, count, w3, b3, ident))
+    _three_stages(torch.randn(b, h, w, k), idx, count, n, SMALL)
     assert len(dot_precisions) >= 1 + 9 + 1  # gather, nine taps, residual
     assert set(dot_precisions) == {"IEEE"}
 
@@ -329,14 +331,5 @@ def test_spatial_kernels_reach_a_lone_row_and_channel_past_full_tiles(poison, pa
     idx, count = _lists(mask, padded)
     assert int(count) == 17
     poison(idx, count)
-    x, w1, b1 = torch.randn(b, h, w, k), torch.randn(k, k), torch.randn(k)
-    buf = g_mod.gather_conv1x1(x, idx, count, w1, b1, SMALL)
-    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, w1, b1))
-    w2, b2 = torch.randn(3, 3, k, k), torch.randn(k)
-    rows = c3_mod.conv3x3(buf, idx, count, w2, b2, 1, SMALL)
-    assert_close(rows[:17], c3_mod.conv3x3_torch(buf, idx, count, w2, b2, 1))
-    assert bool(torch.isnan(rows[17:]).all())
-    a = rows[:17].contiguous() if not padded else torch.randn(idx.shape[0], k)
-    w3, b3, ident = torch.randn(k, k), torch.randn(k), torch.randn(b, h, w, k)
-    out = res_mod.conv1x1_residual(a, idx, count, w3, b3, ident, SMALL)
-    assert_close(out, res_mod.conv1x1_residual_torch(a, idx, count, w3, b3, ident))
+    rows = _three_stages(torch.randn(b, h, w, k), idx, count, k, SMALL)
+    assert rows.shape[0] == idx.shape[0] and bool(torch.isnan(rows[17:]).all())

@@ -51,7 +51,9 @@ def check_launch_config(cfg, tiles: tuple[str, ...]) -> None:
 
 def config_from_dict(cls, d: dict | None):
     """``cls`` (a kernel config dataclass) from a config dict (a cache entry's, or a
-    caller's; None or {}: the defaults). Raises a ValueError naming unknown keys."""
+    caller's; None or {}: the class's field defaults, the 64x64 tile; a launcher given no
+    config uses its dtype's ``default_config`` instead). Raises a ValueError naming
+    unknown keys."""
     if not d:
         return cls()
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})

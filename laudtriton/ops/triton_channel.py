@@ -119,12 +119,15 @@ def channel_gemm_cost(spec: BlockSpec, rate: float) -> Cost:
 
 def channel_gemm_configs(spec: BlockSpec) -> list[dict]:
     """The kernel config space, pruned: no N tile wider than the next power of two of the
-    width, no P tile wider than that of the map (one tile of each is enough)."""
+    width, no P tile wider than that of the map (one tile of each is enough). The first is
+    the kernels' default for the dtype where it is kept (float32: the smallest tile, which
+    does not spill; what a predicted choice and gpucheck's first check launch)."""
     ho, wo = spec.out_hw
     p2 = 1 << max(4, (ho * wo - 1).bit_length())
     w2 = 1 << max(4, (spec.width - 1).bit_length())
+    order = (_CONFIGS[-1],) + _CONFIGS[:-1] if spec.dtype == "float32" else _CONFIGS
     out = []
-    for c in _CONFIGS:
+    for c in order:
         if c["block_n"] <= w2 and c["block_p"] <= p2:
             out.append(dict(c))
     return out or [dict(_CONFIGS[-1])]

@@ -46,8 +46,10 @@ def guarded_empty(monkeypatch):
     def empty(*size, dtype=None, device=None, **kwargs):
         shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
         dtype = dtype or torch.get_default_dtype()
-        if kwargs or not dtype.is_floating_point:
-            return real(*size, dtype=dtype, device=device, **kwargs)
+        if kwargs:  # a launcher that passes more (a memory format) must not lose the guard
+            raise TypeError(f"guarded_empty: torch.empty{size} with {sorted(kwargs)}")
+        if not dtype.is_floating_point:
+            return real(*size, dtype=dtype, device=device)
         n = math.prod(shape)
         buf = torch.full((n + 256,), float("nan"), dtype=dtype, device=device)
         tails.append(buf[n:])
@@ -60,15 +62,15 @@ def guarded_empty(monkeypatch):
 @pytest.fixture
 def launched(monkeypatch):
     """A function that replaces the ``launch`` of the kernel modules it is given by a
-    recorder (nothing runs) and returns {module name: the launch's (BLOCK_*, num_warps,
-    num_stages) values}, filled as the launchers are called."""
-    seen: dict[str, tuple] = {}
+    recorder (nothing runs) and returns {module name: the set of its launches' (BLOCK_*
+    by name, num_stages, num_warps) values}, filled as the launchers are called."""
+    seen: dict[str, set[tuple]] = {}
 
     def patch(*mods):
         for mod in mods:
             def record(kernel, grid, like, who, *args, _name=mod.__name__, **kw):
-                seen[_name] = tuple(v for k, v in sorted(kw.items())
-                                    if k.startswith(("BLOCK_", "num_")))
+                seen.setdefault(_name, set()).add(tuple(
+                    v for k, v in sorted(kw.items()) if k.startswith(("BLOCK_", "num_"))))
             monkeypatch.setattr(mod, "launch", record)
         return seen
     return patch

@@ -42,11 +42,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot):
 
 
 def test_default_configs_do_not_spill(aot):
-    """No default config has local memory (cuobjdump's LOCAL, which the AOT command
-    checks) or a stack frame (STACK: where ptxas puts spilled registers, which the command
-    does not read: this test alone checked LOCAL and passed while the fp32 64x64 defaults
-    of conv3x3 and channel_conv3x3 spilled 48 and 72 B on sm_80; float32 has its own
-    defaults since session 52, GPU.md section 2)."""
+    """No default config has local memory (cuobjdump's LOCAL) or a stack frame (STACK:
+    where ptxas puts spilled registers), GPU.md section 2. Until session 52 the AOT
+    command read LOCAL only, and the fp32 64x64 defaults of conv3x3 and channel_conv3x3
+    spilled 48 and 72 B on sm_80; float32 has its own defaults since."""
     spills = [f"{r['name']} sm_{r['arch']}: {r['spill']} B local, {r['stack']} B stack"
               for r in aot["rows"] if r["ok"] and r["default"] and (r["spill"] or r["stack"])]
     assert not spills, "\n".join(spills)

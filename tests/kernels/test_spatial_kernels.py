@@ -125,14 +125,13 @@ def test_conv1x1_residual(poison, dtype, shape, rate, padded):
     assert_close(out, ref)
 
 
-def test_default_config_runs():
-    """The default (GPU-sized) tiles under the interpreter, once, on a tiny problem."""
-    x = torch.randn(1, 3, 5, 16)
+@pytest.mark.parametrize("config", [None, g_mod.DEFAULT], ids=["fp32_default", "64x64"])
+def test_default_config_runs(config):
+    """The GPU-sized default tiles of the three kernels under the interpreter, once, on a
+    tiny problem: the float32 default (32x64x32) and the half types' 64x64 one (in the
+    float32 space too)."""
     idx, count = indices.compact(torch.ones(1, 1, 3, 5))
-    wt, bias = torch.randn(16, 16), torch.randn(16)
-    buf = g_mod.gather_conv1x1(x, idx, count, wt, bias)
-    assert_close(buf, g_mod.gather_conv1x1_torch(x, idx, count, wt, bias))
-
+    _three_stages(torch.randn(1, 3, 5, 16), idx, count, 16, config)
 
 
 def _aot_default(mod, dtype_name):
@@ -159,9 +158,10 @@ def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launch
                           torch.randn(3, 3, k, k).to(dtype), bias, 1)
     res_mod.conv1x1_residual(rows, idx, count, wt, bias, torch.randn(b, h, w, k).to(dtype))
     for mod in (g_mod, c3_mod, res_mod):
-        assert seen[mod.__name__] == _aot_default(mod, name), mod.__name__
+        assert seen[mod.__name__] == {_aot_default(mod, name)}, mod.__name__
     want = g_mod.DEFAULT_FP32 if dtype == torch.float32 else g_mod.DEFAULT
-    assert seen[g_mod.__name__][1] == want.block_m == (32 if dtype == torch.float32 else 64)
+    assert _aot_default(g_mod, name)[1] == want.block_m == (32 if name == "fp32" else 64)
+
 
 def _gather_args():
     x = torch.randn(1, 3, 5, 16)

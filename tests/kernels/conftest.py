@@ -1,4 +1,6 @@
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -59,18 +61,44 @@ def guarded_empty(monkeypatch):
     return tails
 
 
-@pytest.fixture
-def launched(monkeypatch):
-    """A function that replaces the ``launch`` of the kernel modules it is given by a
-    recorder (nothing runs) and returns {module name: the set of its launches' (BLOCK_*
-    by name, num_stages, num_warps) values}, filled as the launchers are called."""
-    seen: dict[str, set[tuple]] = {}
+class Launches(dict):
+    """{module name: the set of its kernel launches' keys}, filled by the recorder that
+    ``patch`` puts in place of the ``launch`` of kernel modules (nothing runs). A key is
+    the launch's tiles and options as sorted (name, value) pairs: BLOCK_*, num_stages,
+    num_warps; ``of_config`` and ``aot_defaults`` build the same from a config and from
+    the AOT specs."""
 
-    def patch(*mods):
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self._monkeypatch = monkeypatch
+
+    def patch(self, *mods) -> "Launches":
         for mod in mods:
             def record(kernel, grid, like, who, *args, _name=mod.__name__, **kw):
-                seen.setdefault(_name, set()).add(tuple(
-                    v for k, v in sorted(kw.items()) if k.startswith(("BLOCK_", "num_"))))
-            monkeypatch.setattr(mod, "launch", record)
-        return seen
-    return patch
+                self.setdefault(_name, set()).add(self.key(kw))
+            self._monkeypatch.setattr(mod, "launch", record)
+        return self
+
+    @staticmethod
+    def key(values: dict) -> tuple:
+        return tuple(sorted((k, v) for k, v in values.items()
+                            if k.startswith(("BLOCK_", "num_"))))
+
+    @classmethod
+    def of_config(cls, cfg) -> tuple:
+        """The key of a launch on ``cfg`` (a kernel config dataclass: block_m -> BLOCK_M)."""
+        return cls.key({k.upper() if k.startswith("block_") else k: v
+                        for k, v in dataclasses.asdict(cfg).items()})
+
+    @classmethod
+    def aot_defaults(cls, specs, dtype_name: str) -> set:
+        """The keys of the AOT specs marked default in ``dtype_name`` ("fp32", ...): the
+        configs the AOT tests check for spills."""
+        return {cls.key(s.constexprs | {"num_stages": s.num_stages, "num_warps": s.num_warps})
+                for s in specs if s.default and dtype_name in re.split(r"[\[\],_]", s.name)}
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """A ``Launches``: ``launched.patch(module, ...)`` records their launches."""
+    return Launches(monkeypatch)

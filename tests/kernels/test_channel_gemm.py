@@ -1,7 +1,5 @@
 """Channel-sliced GEMM and 3x3 conv under the interpreter vs float64 references."""
 
-import re
-
 import pytest
 import torch
 
@@ -201,7 +199,7 @@ def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launch
     """Given no config (None or {}), both channel launchers run the config their AOT specs
     mark default for the input's dtype, the one the AOT tests check for spills: in float32
     the smallest tile (the 64x64 one spills in channel_conv3x3 on sm_80, docs/kernels.md)."""
-    seen = launched(cg, cc)
+    seen = launched.patch(cg, cc)
     batch, width = 2, 20
     idx, n = _lists(batch, width, [9, width], seed=6)
     x, w = torch.randn(batch, 4, 5, width).to(dtype), torch.randn(width, width, 3, 3).to(dtype)
@@ -212,12 +210,9 @@ def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launch
         cc.channel_conv3x3(x, w, torch.randn(width), config=config, **kw)
         cg.channel_gemm(x.reshape(batch, 20, width), w[:, :, 1, 1].contiguous(),
                         torch.randn(width), config=config, **kw)
-        for mod, specs in ((cg, cg.aot_specs()), (cc, cc.aot_specs())):
-            defaults = {(s.constexprs["BLOCK_K"], s.constexprs["BLOCK_N"],
-                         s.constexprs["BLOCK_P"], s.num_stages, s.num_warps)
-                        for s in specs if s.default and name in re.split(r"[\[,\]]", s.name)}
-            assert seen[mod.__name__] == defaults, (mod.__name__, config)
-            assert {t[2] for t in defaults} == {want.block_p}
+        for mod in (cg, cc):
+            assert seen[mod.__name__] == launched.aot_defaults(mod.aot_specs(), name) == {
+                launched.of_config(want)}, (mod.__name__, config)
     assert want.block_p == (16 if name == "fp32" else 64)
 
 
@@ -240,6 +235,8 @@ def test_variant_configs_mirror_kernel_configs():
     from laudtriton.ops import triton_channel as tc
 
     assert [cg.GemmConfig.from_dict(c) for c in tc._CONFIGS] == list(cg.CONFIGS)
+    # channel_gemm_configs puts _CONFIGS[-1] first in float32 as the kernels' default there
+    assert cg.DEFAULT_FP32 == cg.CONFIGS[-1]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -286,9 +283,8 @@ def test_channel_gemm_variant_without_a_config_uses_the_dtype_default(launched):
     masks = synthetic_masks(BlockSpec.from_block(block, x.shape), 0.5, seed=2)
     v, fb = get_variant("channel_gemm"), fold_block(block)
     assert_close(v.run(fb, x, masks, None), reference_on_masks(block, x, masks))
-    seen = launched(cg, cc)
-    d = cg.DEFAULT_FP32
-    want = {(d.block_k, d.block_n, d.block_p, d.num_stages, d.num_warps)}
+    seen = launched.patch(cg, cc)
+    want = {launched.of_config(cg.DEFAULT_FP32)}
     for config in (None, {}):  # conv1 and conv3 through channel_gemm, conv2 the 3x3
         seen.clear()
         v.run(fb, x, masks, config)

@@ -134,22 +134,13 @@ def test_default_config_runs(config):
     _three_stages(torch.randn(1, 3, 5, 16), idx, count, 16, config)
 
 
-def _aot_default(mod, dtype_name):
-    """(BLOCK_K, BLOCK_M, BLOCK_N, num_stages, num_warps) of the spec ``mod.aot_specs()``
-    marks default in ``dtype_name``: the config the AOT tests check for spills."""
-    (spec,) = [s for s in mod.aot_specs() if s.default and f"_{dtype_name}_" in s.name]
-    return tuple(v for _, v in sorted(
-        [(k, v) for k, v in spec.constexprs.items() if k.startswith("BLOCK_")]
-        + [("num_stages", spec.num_stages), ("num_warps", spec.num_warps)]))
-
-
 @pytest.mark.parametrize("dtype,name", [(torch.float32, "fp32"), (torch.float16, "fp16")])
 def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launched, dtype,
                                                                           name):
     """Given no config, each spatial launcher runs the config its ``aot_specs()`` mark
     default for the input's dtype, the one the AOT tests check for spills: in float32 the
     32-row tile (the 64x64 one spills on sm_80, docs/kernels.md), else 64x64."""
-    seen = launched(g_mod, c3_mod, res_mod)
+    seen = launched.patch(g_mod, c3_mod, res_mod)
     b, h, w, k = 1, 3, 5, 16
     idx, count = indices.compact(torch.ones(b, 1, h, w))
     wt, bias = torch.randn(k, k).to(dtype), torch.randn(k)
@@ -157,10 +148,11 @@ def test_launchers_without_a_config_launch_the_aot_default_of_their_dtype(launch
     rows = c3_mod.conv3x3(torch.zeros(b, h + 2, w + 2, k, dtype=dtype), idx, count,
                           torch.randn(3, 3, k, k).to(dtype), bias, 1)
     res_mod.conv1x1_residual(rows, idx, count, wt, bias, torch.randn(b, h, w, k).to(dtype))
-    for mod in (g_mod, c3_mod, res_mod):
-        assert seen[mod.__name__] == {_aot_default(mod, name)}, mod.__name__
     want = g_mod.DEFAULT_FP32 if dtype == torch.float32 else g_mod.DEFAULT
-    assert _aot_default(g_mod, name)[1] == want.block_m == (32 if name == "fp32" else 64)
+    assert want.block_m == (32 if name == "fp32" else 64)
+    for mod in (g_mod, c3_mod, res_mod):
+        assert seen[mod.__name__] == launched.aot_defaults(mod.aot_specs(), name) == {
+            launched.of_config(want)}, mod.__name__
 
 
 def _gather_args():

@@ -89,12 +89,11 @@ def test_default_config_and_empty_config(launched):
     assert_close(ts.run_masked(fb, x, masks, None), ref)
     from laudtriton.kernels import conv1x1_residual, conv3x3
 
-    seen = launched(gather_conv, conv3x3, conv1x1_residual)
+    seen = launched.patch(gather_conv, conv3x3, conv1x1_residual)
     ts.run_masked(fb, x, masks, {"conv2": TINY["conv2"]})
     fp32, tiny = gather_conv.DEFAULT_FP32, gather_conv.TileConfig(**TINY["conv2"])
     for mod, cfg in ((gather_conv, fp32), (conv3x3, tiny), (conv1x1_residual, fp32)):
-        assert seen[mod.__name__] == {(cfg.block_k, cfg.block_m, cfg.block_n, cfg.num_stages,
-                                       cfg.num_warps)}, mod.__name__
+        assert seen[mod.__name__] == {launched.of_config(cfg)}, mod.__name__
 
 
 def test_bad_config_and_masks():

@@ -80,7 +80,7 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
         raise ValueError("masks.channel is None; the channel_gemm variant needs a channel mask")
     fb.check_input(x, masks.channel, "channel_gemm")  # the kernels index by the masks
     w = fb.width
-    cfg = cg.GemmConfig.from_dict(config) if config else None  # None: the dtype's default
+    cfg = cg.resolve_config(config, x.dtype)  # None or {}: the dtype's default
     b, cin, h, wd = x.shape
     xr = x.permute(0, 2, 3, 1)  # NHWC view of channels_last storage
     if not xr.is_contiguous():

@@ -20,13 +20,12 @@ from .gather_conv import (
     DEFAULT_FP32,
     DTYPES,
     SPACE,
-    TRITON_DTYPE,
     TileConfig,
-    aot_plan,
     check_index,
     check_tensor,
     default_config,
     interpreter_upcast,
+    stage_aot_specs,
 )
 from .tiles import launch, tile_offsets
 
@@ -154,19 +153,5 @@ def conv3x3_torch(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: 
 
 def aot_specs() -> list[AOTSpec]:
     """The 3x3 kernel x ``aot_plan()`` (dtype, config) pairs for ahead-of-time compiles."""
-    out = []
-    for dt, cfg in aot_plan():
-        t = TRITON_DTYPE[dt]
-        sig = {"buf_ptr": f"*{t}", "idx_ptr": "*i32", "count_ptr": "*i32", "w_ptr": f"*{t}",
-               "b_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "W": "i32", "Ho": "i32",
-               "Wo": "i32", "K": "i32", "N": "i32", "stride": "i32"}
-        out.append(AOTSpec(
-            name=f"conv3x3_{t}_m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}",
-            fn=_conv3x3_kernel, signature=sig,
-            constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                        "BLOCK_K": cfg.block_k},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            default=cfg == default_config(dt),
-            divisible=("K", "N"),
-        ))
-    return out
+    return stage_aot_specs("conv3x3", _conv3x3_kernel,
+                           "buf_ptr idx_ptr count_ptr w_ptr b_ptr out_ptr H W Ho Wo K N stride")

@@ -211,17 +211,21 @@ def gather_conv1x1_torch(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor
     return out
 
 
-def aot_specs() -> list[AOTSpec]:
-    """The gather kernel x ``aot_plan()`` (dtype, config) pairs for ahead-of-time compiles."""
+def stage_aot_specs(stem: str, fn, args: str) -> list[AOTSpec]:
+    """The spatial stage kernel ``fn`` x ``aot_plan()`` (dtype, config) pairs for
+    ahead-of-time compiles, named ``{stem}_{dtype}_m{M}n{N}k{K}``. ``args``: the kernel's
+    runtime arguments in order, space-separated: ``idx_ptr`` and ``count_ptr`` are int32
+    pointers, every other ``*_ptr`` a pointer of the dtype, the rest i32; K and N are
+    divisible by 16."""
     out = []
     for dt, cfg in aot_plan():
         t = TRITON_DTYPE[dt]
-        sig = {"x_ptr": f"*{t}", "idx_ptr": "*i32", "count_ptr": "*i32", "w_ptr": f"*{t}",
-               "b_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "W": "i32", "K": "i32",
-               "N": "i32"}
+        sig = {name: ("*i32" if name in ("idx_ptr", "count_ptr") else f"*{t}")
+               if name.endswith("_ptr") else "i32"
+               for name in args.split()}
         out.append(AOTSpec(
-            name=f"gather_conv1x1_{t}_m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}",
-            fn=_gather_conv1x1_kernel, signature=sig,
+            name=f"{stem}_{t}_m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}",
+            fn=fn, signature=sig,
             constexprs={"UPCAST": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                         "BLOCK_K": cfg.block_k},
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -229,3 +233,9 @@ def aot_specs() -> list[AOTSpec]:
             divisible=("K", "N"),
         ))
     return out
+
+
+def aot_specs() -> list[AOTSpec]:
+    """The gather kernel x ``aot_plan()`` (dtype, config) pairs for ahead-of-time compiles."""
+    return stage_aot_specs("gather_conv1x1", _gather_conv1x1_kernel,
+                           "x_ptr idx_ptr count_ptr w_ptr b_ptr out_ptr H W K N")

@@ -199,34 +199,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                              f"{type(csv_path).__name__}")
         check_output_path(os.fspath(csv_path), "csv_path")
     dev = check_device_name(device)
-    if isinstance(rates, str):
-        rates = parse_rates(rates)
-    try:
-        rates = sorted({round(float(r), 6) for r in rates})
-    except (TypeError, ValueError):
-        raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
-                         "string ('0.25,0.5' or 'start:stop:step')") from None
-    if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
-        raise ValueError(f"rates {rates!r} must be non-empty and lie in [0, 1]")
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
-    try:  # any pair: a tuple, a list, a numpy array
-        pair = tuple(shard)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or not all(map(is_positive_int, pair)) or pair[0] > pair[1]:
-        raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
-    i_shard, n_shard = int(pair[0]), int(pair[1])
-    if input_size is not None:  # (as the model's own: any size its maps allow)
-        if not is_positive_int(input_size):
-            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
-        input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch {batch!r} must be a positive int")
-    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
-        raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup {warmup!r} must be an int >= 0")
+    rates = _checked_rates(rates)
+    i_shard, n_shard = _checked_shard(shard)
+    input_size = _checked_counts(input_size, batch, reps, warmup)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
     if isinstance(model, str):
@@ -294,20 +269,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     # dispatch and the predictor, is both masks' rate), unless the cache holds one of
     # them already (a resumed sweep with more rates): that one stays the cache's. The
     # others go to the CSV only.
-    groups: dict[tuple[BlockSpec, float, float | None], list[float]] = {}
-    for s in by_spec:
-        for asked in rates:
-            m = masks_at(s, asked)
-            chan = rate_key(float(m.channel.float().mean())) if s.mode == "both" else None
-            groups.setdefault((s, rate_key(run_rate(s, m)), chan), []).append(asked)
-    cached_chan: dict[tuple[BlockSpec, float], float] = {}
-    for s, r, chan in groups:
-        if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):
-            cached_chan[(s, r)] = chan
-    for s, r in cached_chan:
-        held = cache.entry_meta(s, r).get("channel_rate") if cache.enabled else None
-        if (s, r, held) in groups:
-            cached_chan[(s, r)] = held
+    groups, cached_chan = _items(by_spec, rates, masks_at, cache)
     items = list(groups.items())[i_shard - 1::n_shard]
     if not items and progress:
         print(f"sweep: shard {i_shard}/{n_shard} holds none of the {len(groups)} (spec, rate) "
@@ -377,15 +339,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         bar.close()
         if csv_path is not None:  # what was measured so far, said to be partial
             result.csv_path = write_csv(result.rows, csv_path)
-        where = (f"its {len(result.rows)} rows so far are in the CSV {csv_path}" if csv_path
-                 is not None else "no CSV was asked for")
-        kept = ("nowhere else (" + ("clustered masks are never cached" if clustered
-                                    else "the cache is off") + ")" if not cache.enabled
-                else f"not in the cache file ({cache.unsaved_why or 'not written'})"
-                if not cache.saved else
-                "in the cache, which a re-run reads (it times the rest)")
-        print(f"sweep: interrupted after {done} of {len(items)} item(s): {where}; the "
-              f"items timed are {kept}", file=sys.stderr, flush=True)
+        print(_interrupted(done, len(items), len(result.rows), csv_path, cache, clustered),
+              file=sys.stderr, flush=True)
         raise
     finally:
         bar.close()
@@ -394,6 +349,103 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _checked_rates(rates: Sequence[float] | str) -> list[float]:
+    """``sweep``'s rates, sorted, rounded to 6 decimals and deduplicated.
+
+    Raises:
+        ValueError: a string or sequence that is not numbers, or none, or one outside
+            [0, 1].
+    """
+    if isinstance(rates, str):
+        rates = parse_rates(rates)
+    try:
+        out = sorted({round(float(r), 6) for r in rates})
+    except (TypeError, ValueError):
+        raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
+                         "string ('0.25,0.5' or 'start:stop:step')") from None
+    if not out or any(not 0.0 <= r <= 1.0 for r in out):
+        raise ValueError(f"rates {out!r} must be non-empty and lie in [0, 1]")
+    return out
+
+
+def _checked_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """``sweep``'s shard (i, n) as two ints, from any pair or "i/n".
+
+    Raises:
+        ValueError: not a pair of ints with 1 <= i <= n.
+    """
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    try:  # any pair: a tuple, a list, a numpy array
+        pair = tuple(shard)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(map(is_positive_int, pair)) or pair[0] > pair[1]:
+        raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
+    return int(pair[0]), int(pair[1])
+
+
+def _checked_counts(input_size: int | None, batch: int, reps: int | None,
+                    warmup: int) -> int | None:
+    """``sweep``'s input_size as an int (None stays None), after checking it, ``batch``,
+    ``reps`` and ``warmup``.
+
+    Raises:
+        ValueError: naming the first of them that is not a (positive) int.
+    """
+    if input_size is not None:  # (as the model's own: any size its maps allow)
+        if not is_positive_int(input_size):
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch {batch!r} must be a positive int")
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup {warmup!r} must be an int >= 0")
+    return input_size
+
+
+Items = dict[tuple[BlockSpec, float, float | None], list[float]]
+
+
+def _items(by_spec: dict[BlockSpec, list], rates: list[float],
+           masks_at: Callable[[BlockSpec, float], BlockMasks],
+           cache: TuneCache) -> tuple[Items, dict[tuple[BlockSpec, float], float]]:
+    """The sweep's items: {(spec, realised rate, channel rate or None): the asked rates
+    that realise them}, and, for mode both, {(spec, grid rate): the channel rate of the
+    item that is the cache's entry} (see the comment where ``sweep`` calls this)."""
+    groups: Items = {}
+    for s in by_spec:
+        for asked in rates:
+            m = masks_at(s, asked)
+            chan = rate_key(float(m.channel.float().mean())) if s.mode == "both" else None
+            groups.setdefault((s, rate_key(run_rate(s, m)), chan), []).append(asked)
+    cached_chan: dict[tuple[BlockSpec, float], float] = {}
+    for s, r, chan in groups:
+        if chan is not None and abs(chan - r) < abs(cached_chan.get((s, r), math.inf) - r):
+            cached_chan[(s, r)] = chan
+    for s, r in cached_chan:
+        held = cache.entry_meta(s, r).get("channel_rate") if cache.enabled else None
+        if (s, r, held) in groups:
+            cached_chan[(s, r)] = held
+    return groups, cached_chan
+
+
+def _interrupted(done: int, total: int, n_rows: int, csv_path: str | os.PathLike | None,
+                 cache: TuneCache, clustered: bool) -> str:
+    """The line an interrupted sweep prints: how far it got and where its results are."""
+    where = (f"its {n_rows} rows so far are in the CSV {csv_path}" if csv_path
+             is not None else "no CSV was asked for")
+    kept = ("nowhere else (" + ("clustered masks are never cached" if clustered
+                                else "the cache is off") + ")" if not cache.enabled
+            else f"not in the cache file ({cache.unsaved_why or 'not written'})"
+            if not cache.saved else
+            "in the cache, which a re-run reads (it times the rest)")
+    return (f"sweep: interrupted after {done} of {total} item(s): {where}; the "
+            f"items timed are {kept}")
 
 
 def network_name(model: LaudResNet) -> str:

@@ -263,31 +263,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
                       f"eval-mode copy of it on {device} in {dtype}", stacklevel=_caller_level())
         return detached_copy(model).eval().to(device=device, dtype=dtype)
-    if example_input is None:
-        if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
-            raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
-        size = model.config["input_size"]  # drawn without touching the caller's RNG
-        example_input = torch.randn(1, model.config["in_channels"], size, size,
-                                    generator=torch.Generator().manual_seed(0))
-    if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
-        raise ValueError(strided_refusal("example_input", example_input))
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
-    if not example_input.is_floating_point() or example_input.device.type == "meta":
-        # cast to the compiled dtype it would lose its meaning (a complex one its
-        # imaginary part), and the compiled model refuses such inputs anyway
-        raise ValueError(f"example_input is {example_input.dtype} on "
-                         f"{example_input.device.type}; give a real floating-point tensor "
-                         "with data (it is cast to the compiled dtype)")
-    if example_input.shape[0] < 1:
-        raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
-                         "needs at least one sample")
-
-    if not bool(torch.isfinite(example_input).all()):
-        what = "example_input" if nested is None else (
-            f"the input your forward gives {nested} on the example")
-        raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
-                         "maskers give for it: give a finite example")
+    example_input = _checked_example(model, example_input, nested)
     if isinstance(model, LaudResNet):
         check_resnet(model)
     if nested is None:  # every LAUD network in the module, before any forward runs
@@ -353,9 +329,22 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         if cm.is_resnet:
             check_folded("the stem's BatchNorm folds", (cm.stem_w, cm.stem_b))
         return cm
+    return _compiled_module(ref, blocks, [c[0] for c in captured], missed, missed_nets, x,
+                            variants, backend)
+
+
+def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list[str],
+                     missed: list[str], missed_nets: list[str], x: torch.Tensor,
+                     variants: tuple[str, ...] | None, backend: str) -> nn.Module:
+    """The user's module ``ref`` (a copy) with its LAUD blocks replaced by ``blocks``, its
+    LaudResNets compiled already, warning about the parts the example forward did not
+    reach (``captured``: the names of the blocks it called; ``missed``, ``missed_nets``:
+    those it did not), a block in two places, and compiled parts its forward no longer
+    calls; ``variants`` checked over all its blocks.
+    """
     # a LaudResNet is reported once, not block by block, when none of its blocks ran
     unreached = [n for n in missed_nets
-                 if not any(c[0].startswith(n + ".") for c in captured)]
+                 if not any(c.startswith(n + ".") for c in captured)]
     unreached += [n for n in missed if not any(n.startswith(u + ".") for u in unreached)]
     if unreached:
         warnings.warn(f"laudtriton.compile: the example forward never calls "
@@ -388,6 +377,43 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                       "forward (self.net(x)). A forward that branches on randomness or "
                       "state may just have taken another path", stacklevel=_caller_level())
     return out
+
+
+def _checked_example(model: nn.Module, example_input: object,
+                     nested: str | None) -> torch.Tensor:
+    """``compile``'s example input: the one given, or, for a LaudResNet built with an
+    input size and given none, a seeded random image of that size. nested: as
+    ``_compile``'s (names the input in the NaN message).
+
+    Raises:
+        ValueError: no example where one is needed; not a strided 4D real floating-point
+            tensor with data; an empty batch; NaN or inf in it.
+    """
+    if example_input is None:
+        if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
+            raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
+        size = model.config["input_size"]  # drawn without touching the caller's RNG
+        example_input = torch.randn(1, model.config["in_channels"], size, size,
+                                    generator=torch.Generator().manual_seed(0))
+    if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
+        raise ValueError(strided_refusal("example_input", example_input))
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
+    if not example_input.is_floating_point() or example_input.device.type == "meta":
+        # cast to the compiled dtype it would lose its meaning (a complex one its
+        # imaginary part), and the compiled model refuses such inputs anyway
+        raise ValueError(f"example_input is {example_input.dtype} on "
+                         f"{example_input.device.type}; give a real floating-point tensor "
+                         "with data (it is cast to the compiled dtype)")
+    if example_input.shape[0] < 1:
+        raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
+                         "needs at least one sample")
+    if not bool(torch.isfinite(example_input).all()):
+        what = "example_input" if nested is None else (
+            f"the input your forward gives {nested} on the example")
+        raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
+                         "maskers give for it: give a finite example")
+    return example_input
 
 
 def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:

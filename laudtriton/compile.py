@@ -56,6 +56,7 @@ from torch import nn
 from .capture import block_inputs, capture_inputs, outermost_modules
 from .compile_checks import (
     check_block_places,
+    check_example_input,
     check_finite,
     check_foldable,
     check_folded,
@@ -66,7 +67,7 @@ from .compile_checks import (
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import first_line, guard, no_autocast, strided_refusal
+from .guards import first_line, guard, no_autocast
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
@@ -263,7 +264,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
                       f"eval-mode copy of it on {device} in {dtype}", stacklevel=_caller_level())
         return detached_copy(model).eval().to(device=device, dtype=dtype)
-    example_input = _checked_example(model, example_input, nested)
+    example_input = check_example_input(model, example_input, nested)
     if isinstance(model, LaudResNet):
         check_resnet(model)
     if nested is None:  # every LAUD network in the module, before any forward runs
@@ -377,43 +378,6 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                       "forward (self.net(x)). A forward that branches on randomness or "
                       "state may just have taken another path", stacklevel=_caller_level())
     return out
-
-
-def _checked_example(model: nn.Module, example_input: object,
-                     nested: str | None) -> torch.Tensor:
-    """``compile``'s example input: the one given, or, for a LaudResNet built with an
-    input size and given none, a seeded random image of that size. nested: as
-    ``_compile``'s (names the input in the NaN message).
-
-    Raises:
-        ValueError: no example where one is needed; not a strided 4D real floating-point
-            tensor with data; an empty batch; NaN or inf in it.
-    """
-    if example_input is None:
-        if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
-            raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
-        size = model.config["input_size"]  # drawn without touching the caller's RNG
-        example_input = torch.randn(1, model.config["in_channels"], size, size,
-                                    generator=torch.Generator().manual_seed(0))
-    if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
-        raise ValueError(strided_refusal("example_input", example_input))
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
-    if not example_input.is_floating_point() or example_input.device.type == "meta":
-        # cast to the compiled dtype it would lose its meaning (a complex one its
-        # imaginary part), and the compiled model refuses such inputs anyway
-        raise ValueError(f"example_input is {example_input.dtype} on "
-                         f"{example_input.device.type}; give a real floating-point tensor "
-                         "with data (it is cast to the compiled dtype)")
-    if example_input.shape[0] < 1:
-        raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
-                         "needs at least one sample")
-    if not bool(torch.isfinite(example_input).all()):
-        what = "example_input" if nested is None else (
-            f"the input your forward gives {nested} on the example")
-        raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
-                         "maskers give for it: give a finite example")
-    return example_input
 
 
 def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:

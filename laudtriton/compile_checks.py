@@ -1,7 +1,7 @@
-"""What ``laudtriton.compile`` checks before it plans anything: its options, the places of
-the LAUD blocks in a model, the forward hooks a compiled model would drop, that each
-block's modules and maskers are what the fold and the compiled gates compute, and that
-the tensors it computes with are finite."""
+"""What ``laudtriton.compile`` checks before it plans anything: its options and example
+input, the places of the LAUD blocks in a model, the forward hooks a compiled model would
+drop, that each block's modules and maskers are what the fold and the compiled gates
+compute, and that the tensors it computes with are finite."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .guards import is_compute_dtype
+from .guards import is_compute_dtype, strided_refusal
 from .nn.block import LaudBottleneck
 from .nn.maskers import MaskerChannelMLP, MaskerSpatial
 from .nn.resnet import LaudResNet
@@ -289,6 +289,43 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
                          f"{type(cache_dir).__name__} {cache_dir!r}")
     refuse_bad_dir(cache_dir)  # whatever ``tune`` is
     return backend, variants
+
+
+def check_example_input(model: nn.Module, example_input: object,
+                        nested: str | None) -> torch.Tensor:
+    """``compile``'s example input: the one given, or, for a LaudResNet built with an
+    input size and given none, a seeded random image of that size. nested: the
+    LaudResNet's name inside the user's module (named in the NaN message), or None.
+
+    Raises:
+        ValueError: no example where one is needed; not a strided 4D real floating-point
+            tensor with data; an empty batch; NaN or inf in it.
+    """
+    if example_input is None:
+        if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
+            raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
+        size = model.config["input_size"]  # drawn without touching the caller's RNG
+        example_input = torch.randn(1, model.config["in_channels"], size, size,
+                                    generator=torch.Generator().manual_seed(0))
+    if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
+        raise ValueError(strided_refusal("example_input", example_input))
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise ValueError("example_input must be a 4D tensor [B, C, H, W]")
+    if not example_input.is_floating_point() or example_input.device.type == "meta":
+        # cast to the compiled dtype it would lose its meaning (a complex one its
+        # imaginary part), and the compiled model refuses such inputs anyway
+        raise ValueError(f"example_input is {example_input.dtype} on "
+                         f"{example_input.device.type}; give a real floating-point tensor "
+                         "with data (it is cast to the compiled dtype)")
+    if example_input.shape[0] < 1:
+        raise ValueError(f"example_input has batch {example_input.shape[0]}; the plan "
+                         "needs at least one sample")
+    if not bool(torch.isfinite(example_input).all()):
+        what = "example_input" if nested is None else (
+            f"the input your forward gives {nested} on the example")
+        raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
+                         "maskers give for it: give a finite example")
+    return example_input
 
 
 def check_variants(variants: tuple[str, ...] | None, specs: Sequence[BlockSpec],

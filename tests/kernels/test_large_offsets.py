@@ -1,9 +1,9 @@
 """The Triton kernels past 2³¹ elements: each widens a pixel, row or sample index to int64
 before multiplying it by a stride, or an input of over 2³¹ elements would wrap.
 
-The big tensors are ``torch.empty`` of over 2³² fp16 elements (8-10 GiB each, never
-touched as a whole: only the rows a test fills and the kernel reads or writes take
-memory, about 0.3 GiB in all). The spatial kernels' listed pixels sit where an int32
+The big tensors are ``torch.empty`` of over 2³² fp16 elements (8-10 GiB of address space
+each, never touched as a whole: only the rows a test fills and the kernel reads or writes
+take memory, a few tens of MiB). The spatial kernels' listed pixels sit where an int32
 offset wraps back into the tensor (offsets in [2³², 2³² + 2³¹)); the channel and masker
 kernels' inputs are views with one stride of 1.25·2³⁰, whose index 2 an int32 offset wraps 1.5·2³⁰
 elements before the view's start, still inside its buffer. The wrapped offsets hit rows
@@ -98,7 +98,8 @@ def test_conv1x1_residual_reads_and_writes_identity_rows_past_2_to_the_32(monkey
     b, h, w, k, n = 5, 1024, 1024, 48, 1024
     identity = _huge(b, h, w, n)
     # the output is as big: an uninitialised one, where the kernel writes the listed rows
-    monkeypatch.setattr(res_mod, "_prefill", lambda ident, idx, count: torch.empty_like(ident))
+    out = _huge(b, h, w, n)
+    monkeypatch.setattr(res_mod, "_prefill", lambda ident, idx, count: out)
     low = [11, 2**19 + 5]
     pixels = low + [_wrapping(WRAP // n + p, n) for p in low] + [_wrapping(b * h * w - 1, n)]
     ident_rows = identity.view(-1, n)
@@ -110,7 +111,7 @@ def test_conv1x1_residual_reads_and_writes_identity_rows_past_2_to_the_32(monkey
     bias = torch.randn(n, generator=g)
     idx, count = _lists(pixels)
 
-    out = res_mod.conv1x1_residual(a, idx, count, wt, bias, identity)
+    assert res_mod.conv1x1_residual(a, idx, count, wt, bias, identity) is out
 
     q = idx.long()
     ref = torch.relu(a.double() @ wt.double().T + bias.double() + ident_rows[q].double())
@@ -191,6 +192,6 @@ def test_maskers_read_input_past_2_to_the_31(masker, far):
 
     mask, logits = run(x, *args)
 
-    want_mask, want_logits = ref(x, *args)
-    assert_close(logits, want_logits, name=f"{masker} masker logits, {far} past 2^31")
-    assert torch.equal(mask, want_mask.float()), (mask, want_mask)
+    assert_close(logits, ref(x, *args)[1], name=f"{masker} masker logits, {far} past 2^31")
+    decisions = (logits[:, 0] >= logits[:, 1]).float()  # of its own logits: a near-tie
+    assert torch.equal(mask.reshape(decisions.shape), decisions)  # may go either way

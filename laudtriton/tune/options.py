@@ -1,5 +1,6 @@
 """The command-line options the commands share: parsing their values (``--rates``,
-``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``) and checking the
+``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``; ``check_rates``
+and ``check_shard`` take ``sweep``'s rates and shard in either form) and checking the
 rest (``--batch``, ``--input-size``, ``--device``, cache folders, output paths), with the
 one-line error each gives (``fail``). The sweep and cache, bench, plot, predict, design and
 gpucheck commands use them.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..nn.maskers import is_positive_int
 from ..nn.resnet import MODES, parse_modes
 from .keys import check_dir, default_cache_dir
 
@@ -70,6 +72,25 @@ def parse_rates(text: str) -> list[float]:
     return sorted(set(rates))
 
 
+def check_rates(rates: Sequence[float] | str) -> list[float]:
+    """``sweep``'s rates, sorted, rounded to 6 decimals and deduplicated.
+
+    Raises:
+        ValueError: a string or sequence that is not numbers, or none, or one outside
+            [0, 1].
+    """
+    if isinstance(rates, str):
+        rates = parse_rates(rates)
+    try:
+        out = sorted({round(float(r), 6) for r in rates})
+    except (TypeError, ValueError):
+        raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
+                         "string ('0.25,0.5' or 'start:stop:step')") from None
+    if not out or any(not 0.0 <= r <= 1.0 for r in out):
+        raise ValueError(f"rates {out!r} must be non-empty and lie in [0, 1]")
+    return out
+
+
 def parse_stages(text: str, flag: str) -> list[int]:
     """"4-4-2-1" or "2" (every stage) -> 4 positive ints, for the per-stage int options
     (``--granularity``, ``--channel-granularity``).
@@ -117,6 +138,23 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise ValueError(f"--shard {text!r}: need 1 <= i <= n, e.g. '1/4'")
     return i, n
+
+
+def check_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """``sweep``'s shard (i, n) as two ints, from any pair or "i/n".
+
+    Raises:
+        ValueError: not a pair of ints with 1 <= i <= n.
+    """
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    try:  # any pair: a tuple, a list, a numpy array
+        pair = tuple(shard)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(map(is_positive_int, pair)) or pair[0] > pair[1]:
+        raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
+    return int(pair[0]), int(pair[1])
 
 
 # the defaults of --granularity and --channel-granularity (bench, sweep, predict)

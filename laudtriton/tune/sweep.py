@@ -35,9 +35,9 @@ from .measure import config_key, time_variants
 from .options import (
     check_device_name,
     check_output_path,
+    check_rates,
+    check_shard,
     comma_items,
-    parse_rates,
-    parse_shard,
 )
 from .sweep_csv import write_csv
 from .timing import median_time
@@ -199,8 +199,8 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                              f"{type(csv_path).__name__}")
         check_output_path(os.fspath(csv_path), "csv_path")
     dev = check_device_name(device)
-    rates = _checked_rates(rates)
-    i_shard, n_shard = _checked_shard(shard)
+    rates = check_rates(rates)
+    i_shard, n_shard = check_shard(shard)
     input_size = _checked_counts(input_size, batch, reps, warmup)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
@@ -349,42 +349,6 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
-
-
-def _checked_rates(rates: Sequence[float] | str) -> list[float]:
-    """``sweep``'s rates, sorted, rounded to 6 decimals and deduplicated.
-
-    Raises:
-        ValueError: a string or sequence that is not numbers, or none, or one outside
-            [0, 1].
-    """
-    if isinstance(rates, str):
-        rates = parse_rates(rates)
-    try:
-        out = sorted({round(float(r), 6) for r in rates})
-    except (TypeError, ValueError):
-        raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
-                         "string ('0.25,0.5' or 'start:stop:step')") from None
-    if not out or any(not 0.0 <= r <= 1.0 for r in out):
-        raise ValueError(f"rates {out!r} must be non-empty and lie in [0, 1]")
-    return out
-
-
-def _checked_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
-    """``sweep``'s shard (i, n) as two ints, from any pair or "i/n".
-
-    Raises:
-        ValueError: not a pair of ints with 1 <= i <= n.
-    """
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
-    try:  # any pair: a tuple, a list, a numpy array
-        pair = tuple(shard)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or not all(map(is_positive_int, pair)) or pair[0] > pair[1]:
-        raise ValueError(f"shard {shard!r}: need (i, n), ints with 1 <= i <= n")
-    return int(pair[0]), int(pair[1])
 
 
 def _checked_counts(input_size: int | None, batch: int, reps: int | None,

@@ -72,7 +72,7 @@ from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
 from .planning import candidate_variants, plan_block
-from .predict.calibrate import fitted_predictor
+from .predict.calibration import fitted_predictor
 from .schedule import DispatchTable, run_rate
 from .stem import check_resnet
 from .tune.cache import TuneCache

@@ -88,7 +88,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     fb: the folded block; x: its example input [B, Cin, H, W] (channels_last) and masks
     the masks its maskers give for x; cands: the variants to choose from
     (``candidate_variants``); tune: "cached" | "quick" | "full" | "off"; cache: the
-    autotune cache (None with tune "off"); predictor: ``predict.calibrate.
+    autotune cache (None with tune "off"); predictor: ``predict.calibration.
     fitted_predictor``'s (hardware, factors), or None. say: called with one line before
     ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
     cached: the caller shows progress), one more before they time the example's own

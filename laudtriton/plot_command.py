@@ -29,7 +29,7 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
     of each block spec at each rate of ``rows``, with efficiency factors fitted on this
     device's cached timings. None when the device has no calibration (``laudtriton
     calibrate``) or the cache holds no timings."""
-    from .predict.calibrate import fitted_predictor
+    from .predict.calibration import fitted_predictor
     from .predict.hardware import DTYPES
     from .predict.model import predict_block
     from .tune.cache import TuneCache

@@ -603,7 +603,7 @@ def _cached_block(tmp_path):
 def _calibrate_machine(tmp_path):
     """A calibration file of this CPU in tmp_path: with it, compile's predictor fills the
     buckets nothing was timed near."""
-    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.predict.calibration import Calibration, save_calibration
     from laudtriton.tune.keys import device_fingerprint
 
     save_calibration(Calibration(device_fingerprint("cpu"), "cpu", {"float32": 5e10}, 1e10,

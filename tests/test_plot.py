@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 from pathlib import Path
 
@@ -448,7 +447,7 @@ def test_predicted_curves_need_a_calibration_and_follow_the_rows(tmp_path, capsy
 
     from laudtriton.ops import BlockSpec
     from laudtriton.plot_command import predicted_curves
-    from laudtriton.predict.calibrate import Calibration, save_calibration
+    from laudtriton.predict.calibration import Calibration, save_calibration
     from laudtriton.tune.cache import TuneCache
     from laudtriton.tune.keys import device_fingerprint
 
@@ -886,12 +885,11 @@ def test_predicted_line_is_the_fastest_variant_at_each_rate(tmp_path, monkeypatc
     time of the fastest variant its rows hold (the least over them), not the slowest."""
     import laudtriton.ops  # noqa: F401  (registers every variant)
     from laudtriton.plot_command import predicted_curves
+    from laudtriton.predict import calibration
     from laudtriton.predict.hardware import CPU_DEFAULT
     from laudtriton.predict.model import predict_block
 
-    calibrate = importlib.import_module("laudtriton.predict.calibrate")  # the module: the
-    # package's name calibrate is the function
-    monkeypatch.setattr(calibrate, "fitted_predictor", lambda cache, device: (CPU_DEFAULT, {}))
+    monkeypatch.setattr(calibration, "fitted_predictor", lambda cache, device: (CPU_DEFAULT, {}))
     rows = [r for r in _rows() if r["variant"] == "dense"]
     rows += [dict(r, variant="gather") for r in rows]
     got = predicted_curves(rows, tmp_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -13,10 +12,11 @@ import pytest
 import torch
 
 import laudtriton.ops  # noqa: F401  (registers every variant)
+import laudtriton.predict.calibration as cal_module
 from laudtriton.cli import main
 from laudtriton.ops.registry import all_variants
 from laudtriton.ops.spec import BlockSpec
-from laudtriton.predict.calibrate import (
+from laudtriton.predict.calibration import (
     Calibration,
     calibration_path,
     load_calibration,
@@ -40,8 +40,6 @@ from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.keys import device_fingerprint
 
 CPU = CPU_DEFAULT
-# the module: the name laudtriton.predict.calibrate reads is the function it exports
-cal_module = importlib.import_module("laudtriton.predict.calibrate")
 
 
 def _specs() -> list[BlockSpec]:
@@ -57,6 +55,18 @@ def _specs() -> list[BlockSpec]:
 
 
 SPECS = _specs()
+
+def test_the_calibrate_function_does_not_hide_its_module():
+    """``laudtriton.predict.calibrate`` is the function; its module has another name, so
+    ``import laudtriton.predict.calibration`` reaches the module and patches land there."""
+    import inspect
+
+    import laudtriton.predict as predict
+
+    assert inspect.ismodule(cal_module) and cal_module.__name__.endswith(".calibration")
+    assert inspect.isfunction(predict.calibrate)
+    assert predict.calibrate is cal_module.calibrate
+
 
 
 # -- hardware -----------------------------------------------------------------------------
@@ -786,7 +796,7 @@ def test_calibration_rates_count_what_each_measurement_moves(monkeypatch):
     """With every timed round taking 1 s: the GEMM peak is n^3 multiply-adds of the
     largest n x n x n product per second, the bandwidth counts the bytes read and
     written by the copy, and the dispatch overhead is per op, not per round of ops."""
-    from laudtriton.predict.calibrate import copy_bandwidth, dispatch_overhead, gemm_peak
+    from laudtriton.predict.calibration import copy_bandwidth, dispatch_overhead, gemm_peak
 
     _ticking_clock(monkeypatch)
     cpu = torch.device("cpu")

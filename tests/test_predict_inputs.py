@@ -14,7 +14,7 @@ import torch
 import laudtriton.ops  # noqa: F401  (registers every variant)
 from laudtriton.cli import main
 from laudtriton.ops.spec import BlockSpec
-from laudtriton.predict.calibrate import (
+from laudtriton.predict.calibration import (
     Calibration,
     calibration_path,
     fitted_predictor,
@@ -214,7 +214,7 @@ def test_make_prune_reads_calibration_and_fits_factors_in_cache_dir(tmp_path, mo
     calibration in D and factors fitted on D's timings, not the default directory's."""
     import laudtriton.predict.prune as prune_mod
     from laudtriton.ops.registry import get_variant
-    from laudtriton.predict.calibrate import predictor_for
+    from laudtriton.predict.calibration import predictor_for
 
     monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path / "empty"))
     save_calibration(Calibration(**_good()), tmp_path / "c")
@@ -466,7 +466,7 @@ def test_calibration_floor_is_exclusive_and_a_zero_overhead_is_kept():
     """The floor is exclusive, as the error says ("> 1e+06"): a peak or bandwidth of
     exactly FLOOR is refused. A dispatch overhead of 0 s is a measurement (">= 0"):
     it is accepted and reaches the hardware the calibration becomes."""
-    from laudtriton.predict.calibrate import FLOOR
+    from laudtriton.predict.calibration import FLOOR
 
     for change in ({"peak": {"float32": FLOOR}}, {"bandwidth": FLOOR}):
         name = next(iter(change))
@@ -510,7 +510,7 @@ def test_the_cached_predictor_fits_on_current_timings_only(tmp_path):
 def test_a_calibrated_gpu_is_measured_here_and_a_preset_is_not():
     """The hardware of a GPU calibration ("cuda") reads its calibration and timings, as
     "cpu" does: ``predict --validate`` and fitted factors take it; a preset does not."""
-    from laudtriton.predict.calibrate import measured_here
+    from laudtriton.predict.calibration import measured_here
 
     gpu = Calibration(**{**_good(), "kind": "gpu", "units": 132}).to_hardware()
     assert gpu.name == "cuda" and measured_here(gpu)

@@ -42,7 +42,7 @@ def rows_linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> 
 
 def packs_rows(t: torch.Tensor) -> bool:
     """Whether row GEMMs on tensors like ``t`` run pre-packed (:class:`PackedRows`, the
-    spatial variants' row-bucketed GEMMs; ``predict.calibrate.gemm_peak`` times them so):
+    spatial variants' row-bucketed GEMMs; ``predict.calibration.gemm_peak`` times them so):
     on CPU, float32, where oneDNN's fused ops are available."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and onednn_fusion_available()
 

@@ -1,6 +1,6 @@
 """Hardware specs, latency models and calibration (DESIGN.md section 6)."""
 
-from .calibrate import Calibration, calibrate, load_calibration, save_calibration
+from .calibration import Calibration, calibrate, load_calibration, save_calibration
 from .fit import ValidationReport, fit, validate
 from .hardware import PRESETS, HardwareSpec, get_hardware, known_hardware
 from .model import Factors, predict_block, predict_expected, predict_timings

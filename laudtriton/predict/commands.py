@@ -12,7 +12,7 @@ import math
 import sys
 
 from ..tune.options import CHANNEL_GRANULARITY, GRANULARITY
-from .calibrate import measured_here, predictor_for, timings_cache
+from .calibration import measured_here, predictor_for, timings_cache
 from .hardware import HardwareSpec, get_hardware, known_hardware
 
 log = logging.getLogger("laudtriton")
@@ -319,7 +319,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             line and exits with code 2).
     """
     from ..tune.options import check_cache_dir, check_device, make_writable_dir
-    from .calibrate import calibrate, calibration_path, save_calibration
+    from .calibration import calibrate, calibration_path, save_calibration
 
     check_device(args.device)
     check_cache_dir(args.cache_dir)

@@ -156,9 +156,9 @@ def known_hardware() -> list[str]:
 
 def cpu_hardware(cache_dir: str | Path | None = None, warn: bool = True) -> HardwareSpec:
     """The local machine: from the calibration file of this device in ``cache_dir`` (see
-    ``predict.calibrate``), else ``CPU_DEFAULT`` with a one-line warning (when ``warn``)
+    ``predict.calibration``), else ``CPU_DEFAULT`` with a one-line warning (when ``warn``)
     saying whether the file is missing or corrupt (and which)."""
-    from .calibrate import calibration_path, read_calibration
+    from .calibration import calibration_path, read_calibration
 
     path = calibration_path(cache_dir)  # a bad $LAUDTRITON_CACHE_DIR raises here
     try:
@@ -188,7 +188,7 @@ def get_hardware(name: str | HardwareSpec, cache_dir: str | Path | None = None
     if key == "cpu":
         return cpu_hardware(cache_dir)
     if key == "cuda":
-        from .calibrate import calibration_path, read_calibration
+        from .calibration import calibration_path, read_calibration
 
         if not _has_cuda():  # before the path: its name is the GPU's
             raise ValueError("--hardware 'cuda' is the calibrated local GPU, and no CUDA GPU "

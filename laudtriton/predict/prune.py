@@ -65,7 +65,7 @@ def make_prune(hw: HardwareSpec | str, top_k: int = 3,
     Raises:
         ValueError: unknown hardware, or top_k < 1.
     """
-    from .calibrate import predictor_for
+    from .calibration import predictor_for
 
     check_positive_ints(top_k=top_k)
     hw, fitted, _ = predictor_for(hw, cache_dir, fit=factors is None)

@@ -67,7 +67,8 @@ from .compile_checks import (
 )
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import first_line, guard, no_autocast
+from .guards import no_autocast
+from .module_copy import bake_parametrizations, set_submodule, swap_blocks, uncalled_parts
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
@@ -78,11 +79,6 @@ from .stem import check_resnet
 from .tune.cache import TuneCache
 
 CL = torch.channels_last
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
 
 def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
@@ -192,44 +188,6 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         return _compile(model, example_input, **options)
 
 
-def _bake_parametrizations(module: nn.Module) -> nn.Module:
-    """``module`` (compile's own copy) with each parametrized tensor
-    (``torch.nn.utils.parametrize``: ``parametrizations.weight_norm``, ...) replaced by
-    the value it computes now, in place. The compiled model is a snapshot of those values
-    anyway (the fold reads them once); kept, the parametrizations made it impossible to
-    pickle or ``torch.save`` (torch serialises parametrized modules only through their
-    state dict, which a compiled model refuses to load). Their load-state-dict pre-hooks
-    go with them."""
-    from torch.nn.utils import parametrize
-
-    # not parametrize.remove_parametrizations: it deletes the property from the module's
-    # generated class, which a deep copy shares with the original (whose parametrized
-    # weight then no longer exists)
-    with torch.no_grad():
-        for m in list(module.modules()):
-            if not parametrize.is_parametrized(m):
-                continue
-            values = {}
-            for name, plist in m.parametrizations.items():
-                # the tensor(s) parametrized (``original``, or ``original0``, ... for a
-                # parametrization of several): held by the list itself, not by the
-                # parametrization modules inside it (whose own parameters do not count)
-                originals = list(plist.parameters(recurse=False))
-                grad = any(t.requires_grad for t in originals)
-                values[name] = (getattr(m, name).detach().clone(), grad, bool(originals))
-            del m.parametrizations
-            m.__class__ = m.__class__.__bases__[0]  # the class before parametrization
-            # state-dict pre-hooks that map old checkpoints onto the parametrization's keys
-            # (weight_norm's, a local function: not picklable) have nothing left to map
-            m._load_state_dict_pre_hooks.clear()
-            for name, (value, grad, was_parameter) in values.items():
-                if was_parameter:
-                    m.register_parameter(name, nn.Parameter(value, requires_grad=grad))
-                else:
-                    m.register_buffer(name, value)
-    return module
-
-
 def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype, variants,
              progress, nested: str | None = None):
     """``compile``; nested: the name of ``model`` (a LaudResNet) inside the user's module
@@ -276,7 +234,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
             check_hooks(net, name)
     # eval first: a parametrization may compute otherwise in training (spectral_norm's
     # power iteration), and the compiled model is the eval-mode network
-    ref = _bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)
+    ref = bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)
     if isinstance(ref, (LaudResNet, LaudBottleneck)):  # (a module of the user's: below,
         check_finite(ref, "" if nested is None else f"{nested}.")  # its LAUD blocks)
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
@@ -291,7 +249,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         found = list(outermost_modules(ref, LaudResNet))  # (none: no forward for them)
         nets, missed_nets = capture_inputs(ref, x, found) if found else ([], [])
         for name, net, xin in nets:
-            _set_submodule(ref, name, _compile(net, xin, **options, nested=name))
+            set_submodule(ref, name, _compile(net, xin, **options, nested=name))
     # the device the blocks are timed on: "cuda" alone named the current one's cache and
     # calibration, whichever GPU the example input is on
     cache = TuneCache(cache_dir, device=device) if tune != "off" else None
@@ -352,7 +310,7 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                       f"{', '.join(unreached)}; left uncompiled (a forward that takes "
                       "another branch on other inputs runs them as they are, dense with "
                       "masks)", stacklevel=_caller_level())
-    out = _swap_blocks(ref, blocks)
+    out = swap_blocks(ref, blocks)
     # a LAUD block in two places of the user's module: its first place was compiled, the
     # module's other attribute still holds the block itself
     left = [(n, m) for n, m in out.named_modules(remove_duplicate=False)
@@ -367,7 +325,7 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                    backend)
     # a block also held elsewhere may be called there (the warning above says so)
     elsewhere = {id(m) for _, m in left}
-    uncalled = [n for n, part in _uncalled_parts(out, x)
+    uncalled = [n for n, part in uncalled_parts(out, x)
                 if not (isinstance(part, CompiledBlock) and id(part.fb.block) in elsewhere)]
     if uncalled:
         warnings.warn(f"laudtriton.compile: the compiled module's forward did not call "
@@ -378,61 +336,6 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                       "forward (self.net(x)). A forward that branches on randomness or "
                       "state may just have taken another path", stacklevel=_caller_level())
     return out
-
-
-def _uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
-    """(name, part) of the compiled parts (CompiledModels and CompiledBlocks, outermost)
-    of ``module``, the user's module with its parts in place, that its forward on ``x``
-    does not call: one forward, no_grad, on a fork of the random number generators (the
-    caller's draws stay as they were), read from each part's record of its last call
-    (``CompiledBlock._last``), which is cleared before and after: compile's own
-    forwards leave no ``last_stats``.
-
-    Raises:
-        ValueError: if that forward fails (the uncompiled one ran on ``x``).
-    """
-    parts = dict(outermost_modules(module, (CompiledModel, CompiledBlock)))
-    blocks = {name: [m] if isinstance(m, CompiledBlock) else list(m.blocks)
-              for name, m in parts.items()}
-
-    def clear() -> None:
-        for bs in blocks.values():
-            for b in bs:
-                b._last = None
-    clear()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            module(x)
-    except Exception as e:
-        raise ValueError(f"compile: the compiled module's forward fails on the example "
-                         f"input ({type(e).__name__}: {first_line(e)}), where the uncompiled "
-                         "one ran") from e
-    else:
-        return [(name, parts[name]) for name, bs in blocks.items()
-                if all(b._last is None for b in bs)]
-    finally:
-        clear()
-
-
-def _swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
-    """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
-    each module of the user's that holds a compiled part refuses ``train(True)``, a change
-    of dtype or device and ``load_state_dict`` before changing anything (``guards.guard``:
-    its class becomes a subclass that refuses them; copies and pickles keep it)."""
-    for blk in blocks:
-        _set_submodule(ref, blk.name, blk)
-    compiled = (CompiledBlock, CompiledModel)
-    todo = [ref]
-    while todo:  # the user's modules, not those inside a compiled part
-        mod = todo.pop()
-        parts = [m for m in mod.modules() if isinstance(m, compiled)]
-        if parts:
-            p = parts[0]
-            dtype, device = ((p.dtype, p.device) if isinstance(p, CompiledModel)
-                             else (p.fb.w1.dtype, p.fb.w1.device))
-            guard(mod, dtype, device)
-            todo += [c for c in mod.children() if not isinstance(c, compiled)]
-    return ref.eval()
 
 
 def _caller_level() -> int:

@@ -1,0 +1,112 @@
+"""Compile's copy of the user's module: the parametrizations baked into plain tensors,
+the compiled parts put in place of what they replace (each module holding one then
+guarded, ``guards.guard``), and the parts its forward no longer calls."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .capture import outermost_modules
+from .compiled import CompiledModel
+from .compiled_block import CompiledBlock
+from .guards import first_line, guard
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``name`` inside ``model`` (replacing what is there)."""
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def bake_parametrizations(module: nn.Module) -> nn.Module:
+    """``module`` (compile's own copy) with each parametrized tensor
+    (``torch.nn.utils.parametrize``: ``parametrizations.weight_norm``, ...) replaced by
+    the value it computes now, in place. The compiled model is a snapshot of those values
+    anyway (the fold reads them once); kept, the parametrizations made it impossible to
+    pickle or ``torch.save`` (torch serialises parametrized modules only through their
+    state dict, which a compiled model refuses to load). Their load-state-dict pre-hooks
+    go with them."""
+    from torch.nn.utils import parametrize
+
+    # not parametrize.remove_parametrizations: it deletes the property from the module's
+    # generated class, which a deep copy shares with the original (whose parametrized
+    # weight then no longer exists)
+    with torch.no_grad():
+        for m in list(module.modules()):
+            if not parametrize.is_parametrized(m):
+                continue
+            values = {}
+            for name, plist in m.parametrizations.items():
+                # the tensor(s) parametrized (``original``, or ``original0``, ... for a
+                # parametrization of several): held by the list itself, not by the
+                # parametrization modules inside it (whose own parameters do not count)
+                originals = list(plist.parameters(recurse=False))
+                grad = any(t.requires_grad for t in originals)
+                values[name] = (getattr(m, name).detach().clone(), grad, bool(originals))
+            del m.parametrizations
+            m.__class__ = m.__class__.__bases__[0]  # the class before parametrization
+            # state-dict pre-hooks that map old checkpoints onto the parametrization's keys
+            # (weight_norm's, a local function: not picklable) have nothing left to map
+            m._load_state_dict_pre_hooks.clear()
+            for name, (value, grad, was_parameter) in values.items():
+                if was_parameter:
+                    m.register_parameter(name, nn.Parameter(value, requires_grad=grad))
+                else:
+                    m.register_buffer(name, value)
+    return module
+
+
+def uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """(name, part) of the compiled parts (CompiledModels and CompiledBlocks, outermost)
+    of ``module``, the user's module with its parts in place, that its forward on ``x``
+    does not call: one forward, no_grad, on a fork of the random number generators (the
+    caller's draws stay as they were), read from each part's record of its last call
+    (``CompiledBlock._last``), which is cleared before and after: compile's own
+    forwards leave no ``last_stats``.
+
+    Raises:
+        ValueError: if that forward fails (the uncompiled one ran on ``x``).
+    """
+    parts = dict(outermost_modules(module, (CompiledModel, CompiledBlock)))
+    blocks = {name: [m] if isinstance(m, CompiledBlock) else list(m.blocks)
+              for name, m in parts.items()}
+
+    def clear() -> None:
+        for bs in blocks.values():
+            for b in bs:
+                b._last = None
+    clear()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            module(x)
+    except Exception as e:
+        raise ValueError(f"compile: the compiled module's forward fails on the example "
+                         f"input ({type(e).__name__}: {first_line(e)}), where the uncompiled "
+                         "one ran") from e
+    else:
+        return [(name, parts[name]) for name, bs in blocks.items()
+                if all(b._last is None for b in bs)]
+    finally:
+        clear()
+
+
+def swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
+    """Generic containers: replace each LAUD block by its CompiledBlock in place. Then
+    each module of the user's that holds a compiled part refuses ``train(True)``, a change
+    of dtype or device and ``load_state_dict`` before changing anything (``guards.guard``:
+    its class becomes a subclass that refuses them; copies and pickles keep it)."""
+    for blk in blocks:
+        set_submodule(ref, blk.name, blk)
+    compiled = (CompiledBlock, CompiledModel)
+    todo = [ref]
+    while todo:  # the user's modules, not those inside a compiled part
+        mod = todo.pop()
+        parts = [m for m in mod.modules() if isinstance(m, compiled)]
+        if parts:
+            p = parts[0]
+            dtype, device = ((p.dtype, p.device) if isinstance(p, CompiledModel)
+                             else (p.fb.w1.dtype, p.fb.w1.device))
+            guard(mod, dtype, device)
+            todo += [c for c in mod.children() if not isinstance(c, compiled)]
+    return ref.eval()

@@ -105,77 +105,11 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
     lacking: list[set[str]] = []  # per cached rate not used: the candidates it lacks
     if tune in ("cached", "quick", "full") and cache is not None:
-        names = {c.name for c in cands}
-        spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
-        for r in cache.rates(spec):  # each at the rate it was timed at
-            hit = _known_configs(cache.lookup(spec, r), spaces, cache, spec, r)
-            for v, cfgs in (hit or {}).items():
-                best = seen.setdefault(v, {})
-                for c, t in cfgs.items():
-                    best[c] = min(t, best.get(c, math.inf))
-            # a rate counts only when every candidate has a current timing: after a
-            # source edit hides one variant's timings, the others' alone would decide
-            if hit and names <= set(hit):
-                table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
-                if rate_key(r) not in table.entries:
-                    failed.append(rate_key(r))
-            elif hit:
-                lacking.append(names - set(hit))
-        missing = ", ".join(sorted(set().union(*lacking)))
-        if lacking and (str(cache.path), spec, missing) not in _TOLD:
-            _TOLD.add((str(cache.path), spec, missing))  # once per process
-            log.warning(
-                "autotune cache %s: %s has timings at %d rate(s) without %s (not timed: "
-                "`laudtriton sweep --variants`, or compile with variants= and tune "
-                "'quick'/'full', times only those named; or its code changed since); a "
-                "rate is planned from the cache only where every candidate variant was "
-                "timed there", cache.path, spec.short(), len(lacking), missing)
+        _cached_entries(table, spec, cands, cache, failed, seen, lacking)
     if tune in ("quick", "full"):
-        grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
-        todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
-                if not (table.covers(b) or near(failed, b))]  # not timed at every compile
-        said = False
-        for b in todo:
-            m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
-            # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
-            # is off at b = 0.2), once
-            r = rate_key(run_rate(spec, m))
-            if r in table.entries or r in failed:
-                continue
-            if not said:
-                say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
-                    "rate(s)")
-                said = True
-            timings = time_variants(fb, spec, x, m, cands)
-            if cache is not None:
-                # scattered masks: an entry an old clustered sweep wrote is current again
-                cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
-            table.add(r, timings, "measured")
-            if r not in table.entries:  # every candidate failed: not again (below, or
-                failed.append(r)  # at the next compile: it is recorded)
-        b = rate_bucket(actual)
-        if not (table.covers(b) or near(failed, b)):
-            # the masks of the example's bucket realised another rate (one grid cell per
-            # sample: round(0.5·1) = 0), and its rate would be read off the timings of
-            # another: timed on the example's own masks (not cached: not scattered ones)
-            say(f"timing {spec.short()} at the example's rate {actual:.3f}, which no "
-                "synthetic masks realise")
-            table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
-    # the predictor models float32, float16 and bfloat16, but a CPU calibration measures
-    # a float32 peak only: another dtype (float64, or a half one on a calibrated CPU,
-    # whose fp32 rate would stand in unsaid) is timed on the example input below when
-    # nothing is cached
-    if (tune == "cached" and predictor is not None and len(cands) > 1
-            and spec.dtype in PREDICTED_DTYPES and spec.dtype in dict(predictor[0].peak)):
-        from .schedule import fill_predictions
-
-        # not a variant that failed wherever it was timed; with a config that ran
-        ran = {v: min(cfgs, key=cfgs.get) for v, cfgs in seen.items()
-               if any(math.isfinite(t) for t in cfgs.values())}
-        usable = [c for c in cands if c.name in ran or c.name not in seen]
-        if len(usable) > 1:
-            fill_predictions(table, spec, ALL_BUCKETS, usable, predictor[0], predictor[1],
-                             configs=ran)
+        _timed_entries(table, spec, fb, x, masks, actual, cands, tune, cache, failed, say)
+    if tune == "cached" and predictor is not None:
+        _predicted_entries(table, spec, cands, predictor, seen)
     if not table.entries and len(cands) == 1:  # nothing to choose from
         table.entries[rate_key(actual)] = Choice(cands[0].name, (), math.nan, "rule")
     if not table.entries:  # "off", or "cached" with nothing cached: time on the example
@@ -191,3 +125,102 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
             f"on the example input of a block {spec.short()}; the warnings logged above "
             "say why")
     return table
+
+
+def _cached_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],
+                    cache: TuneCache, failed: list[float], seen: dict[str, dict[str, float]],
+                    lacking: list[set[str]]) -> None:
+    """``plan_block``'s cached rates: into ``table``, each at the rate it was timed at,
+    where every candidate has a current timing; ``failed`` gets the cached rates where
+    every candidate failed, ``seen`` each variant's best time per config over all cached
+    rates, ``lacking`` the candidates missing at each rate not used (warned once)."""
+    names = {c.name for c in cands}
+    spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
+    for r in cache.rates(spec):  # each at the rate it was timed at
+        hit = _known_configs(cache.lookup(spec, r), spaces, cache, spec, r)
+        for v, cfgs in (hit or {}).items():
+            best = seen.setdefault(v, {})
+            for c, t in cfgs.items():
+                best[c] = min(t, best.get(c, math.inf))
+        # a rate counts only when every candidate has a current timing: after a
+        # source edit hides one variant's timings, the others' alone would decide
+        if hit and names <= set(hit):
+            table.add(r, {v: t for v, t in hit.items() if v in names}, "cached")
+            if rate_key(r) not in table.entries:
+                failed.append(rate_key(r))
+        elif hit:
+            lacking.append(names - set(hit))
+    missing = ", ".join(sorted(set().union(*lacking)))
+    if lacking and (str(cache.path), spec, missing) not in _TOLD:
+        _TOLD.add((str(cache.path), spec, missing))  # once per process
+        log.warning(
+            "autotune cache %s: %s has timings at %d rate(s) without %s (not timed: "
+            "`laudtriton sweep --variants`, or compile with variants= and tune "
+            "'quick'/'full', times only those named; or its code changed since); a "
+            "rate is planned from the cache only where every candidate variant was "
+            "timed there", cache.path, spec.short(), len(lacking), missing)
+
+
+def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor,
+                   masks: BlockMasks, actual: float, cands: list[Variant], tune: str,
+                   cache: TuneCache | None, failed: list[float],
+                   say: Callable[[str], None]) -> None:
+    """``plan_block``'s timings for tune "quick"/"full": the grid's buckets (and the
+    example's) that ``table`` does not cover, timed on synthetic masks, into ``table`` and
+    the cache; then, if the example's bucket is still uncovered, the example's own masks
+    (``actual``: the rate they realise; into ``table`` only)."""
+    grid = QUICK_RATES if tune == "quick" else ALL_BUCKETS
+    todo = [b for b in sorted({rate_bucket(r) for r in grid} | {rate_bucket(actual)})
+            if not (table.covers(b) or near(failed, b))]  # not timed at every compile
+    said = False
+    for b in todo:
+        m = synthetic_masks(spec, b, seed=int(b * 1000), device=x.device)
+        # kept at the rate the masks realise (round(b·N)/N: a layer gate at batch 1
+        # is off at b = 0.2), once
+        r = rate_key(run_rate(spec, m))
+        if r in table.entries or r in failed:
+            continue
+        if not said:
+            say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
+                "rate(s)")
+            said = True
+        timings = time_variants(fb, spec, x, m, cands)
+        if cache is not None:
+            # scattered masks: an entry an old clustered sweep wrote is current again
+            cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
+        table.add(r, timings, "measured")
+        if r not in table.entries:  # every candidate failed: not again (below, or
+            failed.append(r)  # at the next compile: it is recorded)
+    b = rate_bucket(actual)
+    if not (table.covers(b) or near(failed, b)):
+        # the masks of the example's bucket realised another rate (one grid cell per
+        # sample: round(0.5·1) = 0), and its rate would be read off the timings of
+        # another: timed on the example's own masks (not cached: not scattered ones)
+        say(f"timing {spec.short()} at the example's rate {actual:.3f}, which no "
+            "synthetic masks realise")
+        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
+
+
+def _predicted_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],
+                       predictor: tuple[HardwareSpec, dict[str, Factors]],
+                       seen: dict[str, dict[str, float]]) -> None:
+    """``plan_block``'s predicted rates for tune "cached": the buckets no entry covers,
+    estimated by ``predictor`` for the candidates that ran where they were cached
+    (``seen``) or were not cached at all, when at least two such remain and the
+    predictor models the dtype."""
+    # the predictor models float32, float16 and bfloat16, but a CPU calibration measures
+    # a float32 peak only: another dtype (float64, or a half one on a calibrated CPU,
+    # whose fp32 rate would stand in unsaid) is timed on the example input by
+    # ``plan_block`` when nothing is cached
+    if not (len(cands) > 1 and spec.dtype in PREDICTED_DTYPES
+            and spec.dtype in dict(predictor[0].peak)):
+        return
+    from .schedule import fill_predictions
+
+    # not a variant that failed wherever it was timed; with a config that ran
+    ran = {v: min(cfgs, key=cfgs.get) for v, cfgs in seen.items()
+           if any(math.isfinite(t) for t in cfgs.values())}
+    usable = [c for c in cands if c.name in ran or c.name not in seen]
+    if len(usable) > 1:
+        fill_predictions(table, spec, ALL_BUCKETS, usable, predictor[0], predictor[1],
+                         configs=ran)

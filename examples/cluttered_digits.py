@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import laudtriton
 from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
-from laudtriton.tune.options import check_nonempty, check_output_path, make_writable_dir
+from laudtriton.tune.paths import check_nonempty, check_output_path, make_writable_dir
 
 
 @dataclass(frozen=True)

@@ -181,11 +181,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .tune.options import (
         check_batch,
         check_layout_options,
-        check_output_path,
         fail,
         out_of_memory,
         parse_rates,
     )
+    from .tune.paths import check_output_path
 
     check_batch(args.batch)
     _check_counts(args, "reps", "repeat", "processes")

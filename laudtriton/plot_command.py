@@ -95,12 +95,10 @@ def run_plot(args: argparse.Namespace) -> int:
     made = None
     try:
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
-        from .tune.options import (
+        from .tune.options import check_device, check_device_name, fail
+        from .tune.paths import (
             check_cache_dir,
-            check_device,
-            check_device_name,
             check_nonempty,
-            fail,
             make_writable_dir,
             remove_if_empty,
         )

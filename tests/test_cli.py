@@ -465,7 +465,7 @@ def test_cache_merge_replaces_an_out_it_may_not_write_in_place(tmp_path, capsys,
     directory is replaced, not refused (bench and sweep --csv, written in place, refuse
     it)."""
     from laudtriton.ops import BlockSpec
-    from laudtriton.tune import options
+    from laudtriton.tune import paths
     from laudtriton.tune.cache import TuneCache
 
     cache = TuneCache(tmp_path / "a", device="cpu")
@@ -474,7 +474,7 @@ def test_cache_merge_replaces_an_out_it_may_not_write_in_place(tmp_path, capsys,
     out = tmp_path / "out.json"
     out.write_text(cache.path.read_text())
     real = os.access
-    monkeypatch.setattr(options.os, "access",  # root may write anything: a user's view
+    monkeypatch.setattr(paths.os, "access",  # root may write anything: a user's view
                         lambda p, mode: False if str(p) == str(out) else real(p, mode))
     assert main(["cache", "merge", str(cache.path), "--out", str(out)]) == 0
     assert main(["sweep", "--csv", str(out), "--device", "cpu"]) == 2

@@ -549,14 +549,14 @@ def test_plot_out_folder_that_exists_but_cannot_be_written_is_refused_first(
 
     from laudtriton import plot_command
     from laudtriton.cli import main
-    from laudtriton.tune import options
+    from laudtriton.tune import paths
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     fitted = []
     monkeypatch.setattr(plot_command, "predicted_curves", lambda *a: fitted.append(a))
-    monkeypatch.setattr(options.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(paths.tempfile, "TemporaryFile", refuse)
     csv = write_csv(_rows(), tmp_path / "s.csv")
     out = tmp_path / "figs"
     out.mkdir()

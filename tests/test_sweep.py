@@ -808,7 +808,7 @@ def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
                                  "--no-progress"])
     assert args.func(args) == 2
     assert "--cache-dir" in capsys.readouterr().err
-    from laudtriton.tune.options import make_writable_dir
+    from laudtriton.tune.paths import make_writable_dir
 
     with pytest.raises(ValueError, match="--cache-dir '/proc/laudtriton' cannot be made or "
                                          "written"):

@@ -156,7 +156,8 @@ def _options(args) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
     one line on stderr for a bad option or no GPU: nothing ran)."""
-    from ..tune.options import fail, make_writable_dir
+    from ..tune.options import fail
+    from ..tune.paths import make_writable_dir
 
     try:
         batches = _options(args)

@@ -67,7 +67,8 @@ def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
 def _check_common(args) -> None:
     """The options of ``_common`` that every run reads, before any work: a ValueError
     naming the first bad one."""
-    from ..tune.options import check_batch, check_cache_dir, check_input_size, parse_stages
+    from ..tune.options import check_batch, check_input_size, parse_stages
+    from ..tune.paths import check_cache_dir
 
     check_batch(args.batch)  # per-sample mask tables grow with it
     check_input_size(args.input_size)
@@ -318,7 +319,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         ValueError: naming the bad option and its value (``laudtriton`` prints it in one
             line and exits with code 2).
     """
-    from ..tune.options import check_cache_dir, check_device, make_writable_dir
+    from ..tune.options import check_device
+    from ..tune.paths import check_cache_dir, make_writable_dir
     from .calibration import calibrate, calibration_path, save_calibration
 
     check_device(args.device)

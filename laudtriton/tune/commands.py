@@ -27,17 +27,19 @@ from .options import (
     MAX_INPUT_SIZE,
     add_layout_options,
     check_batch,
-    check_cache_dir,
     check_device,
     check_input_size,
     check_layout_options,
-    check_nonempty,
-    check_output_path,
     fail,
-    make_writable_dir,
     out_of_memory,
     parse_rates,
     parse_shard,
+)
+from .paths import (
+    check_cache_dir,
+    check_nonempty,
+    check_output_path,
+    make_writable_dir,
     remove_if_empty,
 )
 from .sweep import DTYPES, MODELS, sweep

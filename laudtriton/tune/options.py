@@ -1,27 +1,22 @@
 """The command-line options the commands share: parsing their values (``--rates``,
 ``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``; ``check_rates``
 and ``check_shard`` take ``sweep``'s rates and shard in either form) and checking the
-rest (``--batch``, ``--input-size``, ``--device``, cache folders, output paths), with the
-one-line error each gives (``fail``). The sweep and cache, bench, plot, predict, design and
-gpucheck commands use them.
+rest (``--batch``, ``--input-size``, ``--device``), with the one-line error each gives
+(``fail``). The sweep and cache, bench, plot, predict, design and gpucheck commands use
+them. Their path options (cache folders, output paths) are ``paths``'.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from ..nn.maskers import is_positive_int
 from ..nn.resnet import MODES, parse_modes
-from .keys import check_dir, default_cache_dir
 
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -233,13 +228,6 @@ def check_layout_options(args: argparse.Namespace) -> None:
                 args.channel_granularity)
 
 
-def check_nonempty(path: str | None, flag: str) -> None:
-    """A ValueError naming ``flag`` when the path given with it is '' (or blank): an empty
-    path would silently mean the current directory."""
-    if path is not None and not path.strip():
-        raise ValueError(f"{flag} {path!r} is empty; give a path")
-
-
 def int_list(text: str, flag: str, accepted: str) -> list[int]:
     """The positive ints of the comma list ``text`` given with ``flag`` ("1, 64" ->
     [1, 64]), in ASCII digits (``int`` also reads "٤" and "1_000").
@@ -270,74 +258,6 @@ def comma_items(text: str, flag: str, accepted: str) -> list[str]:
     return items
 
 
-def check_cache_dir(path: str | None, flag: str = "--cache-dir", read: bool = False) -> None:
-    """A ValueError naming ``flag`` when ``path`` is empty, or names a file or lies inside
-    one (None: the default directory; ``keys.check_dir``). read: the command only reads
-    the cache and the calibration there, so a directory that does not exist (a mistyped
-    path) is refused too, rather than read as an empty cache on default numbers; so is
-    one named by $LAUDTRITON_CACHE_DIR when ``path`` is None (the default directory
-    itself may not exist yet: then the commands say they run uncalibrated)."""
-    if path is not None:
-        unset = "leave the option out"
-        check_dir(path, flag, f", or {unset} for the default")
-        folder = Path(path).expanduser()
-    elif read and os.environ.get("LAUDTRITON_CACHE_DIR"):
-        flag, path, unset = "LAUDTRITON_CACHE_DIR", os.environ["LAUDTRITON_CACHE_DIR"], "unset it"
-        folder = default_cache_dir()  # which checks the variable as check_dir does
-    else:
-        return
-    if read and not folder.is_dir():
-        raise ValueError(f"{flag} {path!r} does not exist; give the directory that holds "
-                         "the autotune cache and calibration (`laudtriton sweep` and "
-                         f"`laudtriton calibrate` write them), or {unset} for the default")
-
-
-def make_writable_dir(path: str | None, flag: str) -> str | None:
-    """The directory ``path`` (given with ``flag``; None: nothing to do) made if missing,
-    and a file written in it, before any work, for a command whose point is to fill it:
-    a ValueError naming ``flag`` otherwise (no permission, a read-only file system).
-    Returns the outermost folder it made (None: every one existed), for
-    ``remove_if_empty`` when the command is refused afterwards (when it is refused
-    here, the folders it made are removed)."""
-    if path is None:
-        return None
-    made = None
-    try:
-        # joined, not normalised: "link/.." is the link target's parent, as the kernel
-        # resolves it (and as the cache then writes there)
-        folder = os.path.join(os.getcwd(), os.path.expanduser(path))
-        _, made = nearest_existing(folder)
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        remove_if_empty(made)  # a folder made, but not writable after all
-        raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
-                         ) from None
-    return made
-
-
-def nearest_existing(path: str) -> tuple[str, str | None]:
-    """(the nearest of ``path`` and the folders above it that exists, the outermost one
-    that does not: None when ``path`` exists)."""
-    missing = None
-    while not os.path.exists(path):
-        missing, path = path, os.path.dirname(path)
-    return path, missing
-
-
-def remove_if_empty(top: str | None) -> None:
-    """Remove the folders ``make_writable_dir`` made under ``top`` (and ``top``) if they
-    hold no file: a command refused after making them leaves nothing behind."""
-    if top is None:
-        return
-    for folder, _, files in sorted(os.walk(top), reverse=True):  # deepest first
-        if files:
-            return
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
-
-
 MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)
 
 
@@ -357,39 +277,6 @@ def check_input_size(value: int | None, flag: str = "--input-size") -> None:
     if value is not None and not 32 <= value <= MAX_INPUT_SIZE:
         raise ValueError(f"{flag} must be in [32, {MAX_INPUT_SIZE}] (the stem and the four "
                          f"stages halve it five times), got {value}")
-
-
-def check_output_path(path: str | None, flag: str, replaced: bool = False,
-                      new_dirs: bool = False) -> None:
-    """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: empty, a directory (or a name ending in a slash), in a directory that does not
-    exist (unless ``new_dirs``: the caller makes it; then only a file where a directory
-    should be fails) or where no file can be made, or an existing file without write
-    permission (unless ``replaced``: the file is written elsewhere and moved over it,
-    which needs only the directory)."""
-    if path is None:
-        return
-    check_nonempty(path, flag)
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
-    if path.endswith((os.sep, "/")):  # (abspath and Path drop the slash: a file 'x' was made)
-        raise ValueError(f"{flag} {path!r} names a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if new_dirs and not os.path.isdir(parent):
-        above, _ = nearest_existing(parent)
-        if not os.path.isdir(above):
-            raise ValueError(f"{flag} {path!r}: {above!r} is a file, not a directory")
-        return
-    if not os.path.isdir(parent):
-        why = "is a file" if os.path.exists(parent) else "does not exist"
-        raise ValueError(f"{flag} {path!r}: the directory {parent!r} {why}")
-    try:  # a file can be made there (the results would otherwise be lost at the end)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-        if not replaced and os.path.exists(path) and not os.access(path, os.W_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as e:
-        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
 
 
 def fail(command: str, msg: str, code: int = 2) -> int:

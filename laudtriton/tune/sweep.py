@@ -32,13 +32,8 @@ from ..schedule import rate_key, run_rate
 from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
-from .options import (
-    check_device_name,
-    check_output_path,
-    check_rates,
-    check_shard,
-    comma_items,
-)
+from .options import check_device_name, check_rates, check_shard, comma_items
+from .paths import check_output_path
 from .sweep_csv import write_csv
 from .timing import median_time
 

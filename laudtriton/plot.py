@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from .nn.resnet import DEPTHS
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
-from .tune.sweep import ideal_flops_ratio
+from .tune.sweep_blocks import ideal_flops_ratio
 from .tune.sweep_csv import read_csv
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
 
 
 def model_depths(model: str) -> tuple[int, ...] | None:
-    """The depths of the network a sweep named ``model`` (``tune.sweep.network_name``:
+    """The depths of the network a sweep named ``model`` (``tune.sweep_blocks.network_name``:
     a factory of ``nn.resnet.DEPTHS`` or "custom_d<depths>", with "_w<width>" for
     another width); None for another name."""
     hit = re.fullmatch(r"(.+?)(_w[0-9.e+-]+)?", model)

@@ -14,7 +14,7 @@ from laudtriton.ops.synthetic import synthetic_masks
 from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate, rows_from_cache
 from laudtriton.plot_command import add_plot_parser
 from laudtriton.tune.cache import TuneCache
-from laudtriton.tune.sweep import ideal_flops_ratio
+from laudtriton.tune.sweep_blocks import ideal_flops_ratio
 from laudtriton.tune.sweep_csv import read_csv, write_csv
 
 SPECS = [BlockSpec(24, 6, 24, 1, False, (10, 10), "spatial", 2),

@@ -232,7 +232,7 @@ def test_flops_ratio_mapping():
 
 
 def test_model_specs_match_built_model():
-    from laudtriton.tune.sweep import MODELS, model_blocks
+    from laudtriton.tune.sweep_blocks import MODELS, model_blocks
 
     for mode, gran, size in [("spatial-channel-layer-both", "8-4-3-1", 160)]:
         m = MODELS["laud_resnet50"](mode=mode, granularity=gran, input_size=size,
@@ -709,7 +709,7 @@ def test_stem_head_bytes_read_the_last_stage_map(size):
 
 def _second_block_spec(**kw):
     from laudtriton.nn import LaudResNet
-    from laudtriton.tune.sweep import model_blocks
+    from laudtriton.tune.sweep_blocks import model_blocks
 
     model = LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=64, **kw)
     return model_blocks(model, 64)[1][2]

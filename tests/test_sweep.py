@@ -19,6 +19,7 @@ from laudtriton.schedule import DENSE_MARGIN
 from laudtriton.tune import cache as cache_mod
 from laudtriton.tune import options as options_mod
 from laudtriton.tune import sweep as sweep_mod
+from laudtriton.tune import sweep_blocks
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep_parser
 from laudtriton.tune.options import parse_rates, parse_shard
@@ -264,8 +265,8 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
     assert {r["model"] for r in res.rows} == {"laud_resnet50_w0.25"}
     (meta,) = {json.dumps(e.meta["models"]) for e in TuneCache(tmp_path).entries()}
     assert json.loads(meta) == {"laud_resnet50_w0.25": ["layer4.0"]}
-    assert sweep_mod.network_name(laud_resnet50(input_size=64)) == "laud_resnet50"
-    assert sweep_mod.network_name(tiny((1, 1, 3, 1))) == "custom_d1-1-3-1_w0.25"
+    assert sweep_blocks.network_name(laud_resnet50(input_size=64)) == "laud_resnet50"
+    assert sweep_blocks.network_name(tiny((1, 1, 3, 1))) == "custom_d1-1-3-1_w0.25"
     # the plots still know its blocks (16 in all), as the factory's, and a custom one's
     assert model_depths("laud_resnet50_w0.25") == model_depths("laud_resnet50") == (3, 4, 6, 3)
     assert model_depths("custom_d1-1-3-1_w0.25") == model_depths("custom_d1-1-3-1") == (
@@ -323,7 +324,7 @@ def test_prune_hook_and_block_indices(tmp_path, counted):
 
 def test_variants_restriction_keeps_dense(tmp_path, counted):
     model = tiny()
-    spec = sweep_mod.model_blocks(model, 64)[0][2]
+    spec = sweep_blocks.model_blocks(model, 64)[0][2]
     names = [v.name for v in variants_for(spec, "cpu") if v.name != "dense"]
     res = sweep(model, rates=[0.5], cache=TuneCache(tmp_path), blocks=[0], variants=names[:1],
                 **FAST)
@@ -1105,7 +1106,7 @@ def test_sweep_times_rate_0_and_puts_dense_first(tmp_path):
 
 
 def test_model_blocks_leaves_the_model_in_the_mode_it_found():
-    from laudtriton.tune.sweep import model_blocks
+    from laudtriton.tune.sweep_blocks import model_blocks
 
     for training in (True, False):
         model = tiny().train(training)

@@ -32,7 +32,7 @@ def distinct_blocks(models: list[str], input_size: int) -> Blocks:
     """{(mode, spec key at batch 1): (mode, block, spec, {model: [block names]})} for the
     blocks of every model and mode (ResNet-50 and -101 share their distinct shapes)."""
     from ..bench import build_model
-    from ..tune.sweep import model_blocks
+    from ..tune.sweep_blocks import model_blocks
 
     out = {}
     for mode, gran in MODES:

@@ -42,7 +42,8 @@ from .paths import (
     make_writable_dir,
     remove_if_empty,
 )
-from .sweep import DTYPES, MODELS, sweep
+from .sweep import DTYPES, sweep
+from .sweep_blocks import MODELS
 
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

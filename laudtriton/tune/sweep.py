@@ -5,7 +5,8 @@ Blocks with equal BlockSpec are tuned once; what the cache already holds (for th
 versions and kernel sources) is skipped unless ``force``; a config added to a variant's
 space is the only thing timed on the next run.
 
-Parsing the sweep's option values is ``options``'; its CSV, ``sweep_csv``'s.
+Parsing the sweep's option values is ``options``'; the models and blocks it times,
+``sweep_blocks``'; its CSV, ``sweep_csv``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
 from ..nn.maskers import is_positive_int
-from ..nn.resnet import DEPTHS, LaudResNet, laud_resnet50, laud_resnet101
+from ..nn.resnet import LaudResNet
 from ..ops import fold_block
 from ..ops.registry import Variant, get_variant, variants_for
 from ..ops.spec import BlockSpec
@@ -34,12 +35,10 @@ from .keys import device_fingerprint
 from .measure import config_key, time_variants
 from .options import check_device_name, check_rates, check_shard, comma_items
 from .paths import check_output_path
+from .sweep_blocks import MODELS, ideal_flops_ratio, model_blocks, network_name, select_blocks
 from .sweep_csv import write_csv
 from .timing import median_time
 
-MODELS: dict[str, Callable[..., LaudResNet]] = {
-    "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
-}
 DTYPES = ("float32", "float16", "bfloat16")
 
 # CPU timing budget per (variant, config, rate): reps = target / one call, clamped. A whole
@@ -48,67 +47,6 @@ TARGET_S = 0.5  # seconds of timed runs per variant x config (CPU)
 MIN_REPS, MAX_REPS, WARMUP = 10, 40, 3
 
 Prune = Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]
-
-
-def ideal_flops_ratio(spec: BlockSpec, masks: BlockMasks) -> float:
-    """Sparse/dense FLOPs of the block on ``masks`` (official accounting: conv1 x c x rate1,
-    conv2 x c^2 x rate2, conv3 x c x rate3 with rate3 the grid mean, dense downsample; no
-    maskers), averaged over the batch."""
-    c1, c2, c3, ds = spec.conv_macs()
-    r1 = r2 = r3 = cr = 1.0
-    if masks.grid is not None:
-        r1 = masks.mask1.float().mean().item()
-        r2 = masks.mask3.float().mean().item()
-        r3 = masks.grid.float().mean().item()
-    if masks.channel is not None:
-        cr = masks.channel.float().mean().item()
-    return (c1 * cr * r1 + c2 * cr * cr * r2 + c3 * cr * r3 + ds) / (c1 + c2 + c3 + ds)
-
-
-def model_blocks(model: LaudResNet, input_size: int, batch: int = 1,
-                 dtype: str = "float32") -> list[tuple[str, LaudBottleneck, BlockSpec]]:
-    """(name, block, BlockSpec) of every dynamic block for inputs [batch, C, size, size],
-    from one CPU forward (batch 1) through the stem and the blocks."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            x = torch.rand(1, model.conv1.in_channels, input_size, input_size)
-            h = model.stem(x)
-            out = []
-            for name, block in model.blocks():
-                out.append((name, block,
-                            BlockSpec.from_block(block, (batch, *h.shape[1:]), dtype)))
-                h = block(h)
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _select(named: list[tuple[str, LaudBottleneck, BlockSpec]],
-            blocks: Sequence[str | int] | str | None):
-    if blocks is None:
-        return named
-    names = [n for n, _, _ in named]
-    example = f"names or indices, e.g. '{names[0]},1'"
-    if isinstance(blocks, str):
-        blocks = comma_items(blocks, "--blocks", example)
-    if not blocks:
-        raise ValueError(f"--blocks selects no block; give {example}")
-    keep = set()
-    for b in blocks:
-        if isinstance(b, int) or (isinstance(b, str) and b.isascii() and b.isdigit()):
-            i = int(b)
-            if not 0 <= i < len(names):
-                raise ValueError(f"--blocks: index {i} out of range; the model has "
-                                 f"{len(names)} blocks (0..{len(names) - 1})")
-            keep.add(names[i])
-        elif b in names:
-            keep.add(b)
-        else:
-            raise ValueError(f"--blocks: unknown block {b!r}; known: {', '.join(names)} "
-                             "(or indices)")
-    return [t for t in named if t[0] in keep]
 
 
 def _reps(t_call: float) -> int:
@@ -238,7 +176,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     if progress:  # building the blocks and drawing every item's masks may take a while
         print(f"sweep: planning: the model's blocks, then the masks of each block at "  # (a
               f"{len(rates)} rate(s)", file=sys.stderr, flush=True)  # large input: minutes)
-    named = _select(model_blocks(model, input_size, batch, dtype), blocks)
+    named = select_blocks(model_blocks(model, input_size, batch, dtype), blocks)
     if wanted is not None:
         usable = {v.name for _, _, spec in named for v in variants_for(spec, backend)}
         idle = sorted(wanted - usable)
@@ -405,18 +343,6 @@ def _interrupted(done: int, total: int, n_rows: int, csv_path: str | os.PathLike
             "in the cache, which a re-run reads (it times the rest)")
     return (f"sweep: interrupted after {done} of {total} item(s): {where}; the "
             f"items timed are {kept}")
-
-
-def network_name(model: LaudResNet) -> str:
-    """The name a sweep files ``model``'s blocks under: its factory's
-    (``nn.resnet.DEPTHS``), else "custom_d<depths>" ("custom_d1-1-1-1"), with
-    "_w<width_mult>" when not 1: two networks' blocks under one name were mixed in the
-    CSV and the plots (``plot.model_depths`` reads the depths back)."""
-    depths = tuple(int(d) for d in model.config.get("depths", ()))
-    name = next((k for k, d in DEPTHS.items() if d == depths),
-                "custom_d" + "-".join(map(str, depths)))
-    width = model.config.get("width_mult", 1.0)
-    return name if width == 1 else f"{name}_w{width:g}"
 
 
 def _same_item(meta: dict, chan: float, flops_ratio: float) -> bool:

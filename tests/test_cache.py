@@ -14,6 +14,7 @@ from laudtriton.ops import BlockSpec, all_variants
 from laudtriton.tune import cache as cache_mod
 from laudtriton.tune import cache_file as cache_file_mod
 from laudtriton.tune import cache_merge as cache_merge_mod
+from laudtriton.tune import cache_store as cache_store_mod
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.cache_file import SCHEMA_VERSION
 from laudtriton.tune.cache_merge import NotACacheError, merge_files
@@ -427,7 +428,7 @@ def test_clear_that_cannot_delete_is_a_value_error(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(cache_mod, "file_lock", refuse)
+    monkeypatch.setattr(cache_store_mod, "file_lock", refuse)
     with pytest.raises(ValueError, match="cannot clear the autotune cache in .*nothing deleted"):
         c.clear()
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) is not None

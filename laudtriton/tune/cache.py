@@ -21,17 +21,16 @@ are when the file is rewritten). Writes: temp file + ``os.replace`` under a file
 file that is not a cache of this schema (corrupt, or another schema) is moved aside to
 ``<name>.unusable-<time>`` by the next write, never written over.
 
-The file itself (reading, validating, writing, the lock) is ``cache_file``'s; merging
-files, ``cache_merge``'s.
+The file itself (reading, validating, writing, the lock) is ``cache_file``'s; keeping the
+records in it, or in memory when it cannot take them, and clearing it, ``cache_store``'s
+(``CacheStore``, TuneCache's base); merging files, ``cache_merge``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,24 +39,15 @@ import torch
 
 from ..nn.maskers import check_flag
 from ..ops.spec import BlockSpec
-from . import cache_file
 from .cache_file import (
     SCHEMA_VERSION,
-    LockTimeout,
-    UnusableCacheFile,
     annotate_entries_into,
     check_record,
-    file_lock,
     is_valid_entry,
-    lock_path_of,
     merge_entries_into,
     merge_meta,
-    move_aside,
-    parse_cache,
-    read_entries,
-    remove_orphan_temps,
-    write_cache_file,
 )
+from .cache_store import CacheStore
 from .keys import (
     SourceChanged,
     cache_enabled_from_env,
@@ -95,7 +85,7 @@ def check_spec(spec: object, who: str) -> None:
         raise ValueError(f"{who}: spec must be a BlockSpec, got {type(spec).__name__}")
 
 
-class TuneCache:
+class TuneCache(CacheStore):
     """Persistent {BlockSpec x rate bucket x variant x config: seconds} for one device.
 
     cache_dir: directory (default :func:`default_cache_dir`). device: the device the
@@ -145,16 +135,6 @@ class TuneCache:
         self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
-    @property
-    def lock_path(self) -> Path:
-        """The cache file's lock file (``<file>.lock`` beside it; beside the file a
-        symbolic link points to: ``cache_file.lock_path_of``)."""
-        return lock_path_of(self.path)
-
-    def _lock(self):
-        """The cache file's inter-process lock (on ``lock_path``)."""
-        return file_lock(self.lock_path)
-
     def _hash(self, variant: str) -> str | None:
         if variant not in self._hashes:
             try:
@@ -182,18 +162,6 @@ class TuneCache:
                 and e.get("source_hash") == self._hash(e["variant"]))
 
     # -- reading ----------------------------------------------------------------------
-    def _disk(self) -> dict[str, dict]:
-        if not self.enabled:
-            return {}
-        try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            return {}
-        if self._loaded[0] != stamp:
-            self._loaded = (stamp, read_entries(self.path, self.device))
-        return self._loaded[1]
-
     def _all(self) -> dict[str, dict]:
         out = dict(self._disk())
         annotate_entries_into(out, self._notes)
@@ -258,12 +226,6 @@ class TuneCache:
                 out.append(CacheEntry(spec, float(e["rate_bucket"]), e["variant"], c,
                                       float(t), meta))
         return out
-
-    @property
-    def saved(self) -> bool:
-        """Whether every record and annotation so far is in the cache file (False when
-        the cache is disabled or its directory unwritable)."""
-        return self.enabled and not self._memory and not self._notes
 
     # -- writing ----------------------------------------------------------------------
     def record(self, spec: BlockSpec, rate_bucket: float,
@@ -363,135 +325,3 @@ class TuneCache:
         if changed:
             self._save()
         return changed
-
-    def _save(self) -> None:
-        """Merge the records in memory into the cache file (atomic, under the lock), or
-        keep them in memory and say why once (``record``)."""
-        if not self.enabled:
-            return
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            missing = self.missing_link_folder()
-            if missing is not None:  # its lock would make that folder, wherever it is
-                self._unsaved(f"{self.path} is a link into the missing folder {missing}",
-                              "_warned_unwritable", "autotune cache %s is a symbolic link "
-                              "into the missing folder %s; results are kept in memory",
-                              self.path, missing)
-                return
-            with self._lock():
-                try:
-                    raw = self.path.read_bytes()
-                except FileNotFoundError:
-                    raw = None
-                except OSError as e:  # exists, but unreadable: not ours to replace
-                    self._unsaved(f"{self.path} cannot be read ({e.strerror or e})",
-                                  "_warned_unreadable", "cannot read the autotune cache %s "
-                                  "(%s); not writing over it: results are kept in memory "
-                                  "only", self.path, e)
-                    return
-                found, entries = None, {}
-                if raw is not None:
-                    try:
-                        data = parse_cache(raw)
-                    except UnusableCacheFile as e:  # its bytes are kept, under another name
-                        aside = move_aside(self._real_path())  # (a link's target: the link
-                        # stays, and feeds the new file)
-                        log.warning("autotune cache %s %s; moved it to %s, a new file is "
-                                    "written", self.path, e, aside.name)
-                    else:  # every entry, those no reader can use too (kept as they are)
-                        found, entries = data.get("device"), data["entries"]
-                if entries and found != self.device:  # two devices, one file name
-                    self._unsaved(f"{self.path} holds timings of device {found!r}",
-                                  "_warned_foreign", "autotune cache %s holds timings of "
-                                  "device %r, not %r; not writing over them: results are "
-                                  "kept in memory only", self.path, found, self.device)
-                    return
-                # a record replaces an entry of its key no reader can use; the file's
-                # other entries stay as they are, those no reader can use too
-                entries = {k: e for k, e in entries.items()
-                           if k not in self._memory or is_valid_entry(e)}
-                annotate_entries_into(entries, self._notes)
-                merge_entries_into(entries, self._memory)
-                remove_orphan_temps(self.path)
-                write_cache_file(self.path, self.device, entries)
-            self._memory.clear()
-            self._notes.clear()
-            self._loaded = (None, {})
-        except LockTimeout:  # another process holds the lock
-            self.unsaved_why = (f"another process held the lock {self.lock_path} for "
-                                f"{cache_file.LOCK_TIMEOUT} s")
-            log.warning("autotune cache %s: another process held its lock %s for %g s; "
-                        "results are kept in memory, a later record tries again",
-                        self.path, self.lock_path, cache_file.LOCK_TIMEOUT)
-        except OSError as e:
-            self._unsaved(f"directory not writable: {self.dir}", "_warned_unwritable",
-                          "cannot write the autotune cache in %s (%s); results are kept in "
-                          "memory (a later record tries again)", self.dir, e)
-
-    def _unsaved(self, why: str, warned: str, message: str, *args: object) -> None:
-        """Keep the records in memory because of ``why`` (``unsaved_why``), and log
-        ``message % args`` the first time the flag named ``warned`` is not yet set."""
-        self.unsaved_why = why
-        if not getattr(self, warned):
-            log.warning(message, *args)
-            setattr(self, warned, True)
-
-    def _real_path(self) -> Path:
-        """The cache file, a symbolic link followed (as its writes and its lock follow
-        it): a file linked to a shared one is that file."""
-        return Path(os.path.realpath(self.path))
-
-    def missing_link_folder(self) -> Path | None:
-        """The folder a cache file that is a symbolic link points into, when that folder
-        does not exist (the cache then keeps its records in memory); None otherwise."""
-        folder = self._real_path().parent
-        return None if folder.is_dir() else folder
-
-    def clear(self) -> int:
-        """Delete every entry (file and memory); returns how many entries there were.
-
-        Raises:
-            ValueError: if the file holds another device's timings (two device names
-                with one file name) or cannot be read, which ``record`` does not write
-                over either, or cannot be deleted (a read-only directory, another
-                process holding the lock): nothing is deleted then.
-        """
-        n = len(self._all())
-        # under the lock: a record() between its read and its write would write the
-        # entries back (no file: nothing to clear, and no lock file to make, in a folder
-        # that may be read-only or missing)
-        if self.enabled and self._real_path().exists():
-            try:
-                with self._lock():
-                    try:
-                        raw = self.path.read_bytes()
-                    except FileNotFoundError:
-                        raw = None
-                    except OSError as e:
-                        raise ValueError(f"{self.path} cannot be read ({e.strerror or e}); "
-                                         "not deleting it") from None
-                    try:
-                        data = parse_cache(raw) if raw is not None else {"entries": {}}
-                    except UnusableCacheFile as e:  # not ours to delete: kept under another name
-                        aside = move_aside(self._real_path())
-                        log.warning("autotune cache %s %s; moved it to %s, not deleted",
-                                    self.path, e, aside.name)
-                    else:
-                        found = data.get("device")
-                        if data["entries"] and found != self.device:
-                            raise ValueError(f"{self.path} holds timings of device {found!r}, "
-                                             f"not {self.device!r}; not deleting them")
-                        # the file's entries no reader can use are deleted too: count them
-                        n = len(set(data["entries"]) | set(self._memory))
-                        with contextlib.suppress(FileNotFoundError):  # a link's target
-                            self._real_path().unlink()  # (the entries it counted)
-            except LockTimeout:
-                raise ValueError(f"another process holds the lock of {self.path} (waited "
-                                 f"{cache_file.LOCK_TIMEOUT} s); nothing deleted") from None
-            except OSError as e:
-                raise ValueError(f"cannot clear the autotune cache in {self.dir} "
-                                 f"({e.strerror or e}); nothing deleted") from None
-        self._memory.clear()
-        self._notes.clear()
-        self._loaded = (None, {})
-        return n

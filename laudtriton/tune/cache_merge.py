@@ -67,7 +67,7 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
         if out.is_file():
             inputs, merged = merged, {}
             _merge_file(out, merged, devices)
-            # its entries this version cannot parse stay as they are (``TuneCache._save``'s
+            # its entries this version cannot parse stay as they are (``CacheStore._save``'s
             # rule), unless an input replaces one of them
             own = parse_cache(out.read_bytes())["entries"]
             merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})

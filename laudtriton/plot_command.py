@@ -11,15 +11,8 @@ from pathlib import Path
 
 from .ops.registry import all_variants, get_variant
 from .ops.spec import BlockSpec
-from .plot import (
-    Predicted,
-    Rows,
-    check_measured,
-    figure_class,
-    plot_latency_vs_rate,
-    rows_from_cache,
-    spec_of_row,
-)
+from .plot import figure_class, plot_latency_vs_rate
+from .plot_rows import Predicted, Rows, check_measured, rows_from_cache, spec_of_row
 from .tune.sweep_csv import read_csv
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from laudtriton.ops import BlockSpec
 from laudtriton.ops.synthetic import synthetic_masks
-from laudtriton.plot import _curves, _group, _natural, plot_latency_vs_rate, rows_from_cache
+from laudtriton.plot import _natural, plot_latency_vs_rate
 from laudtriton.plot_command import add_plot_parser
+from laudtriton.plot_rows import group_rows, rows_from_cache, spec_curves
 from laudtriton.tune.cache import TuneCache
 from laudtriton.tune.sweep_blocks import ideal_flops_ratio
 from laudtriton.tune.sweep_csv import read_csv, write_csv
@@ -78,14 +79,14 @@ def test_plot_out_with_a_tilde_is_the_home_directory(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("with_ratio", [True, False])
 def test_curves(with_ratio):
-    g = next(iter(_group(_rows(with_ratio)[::-1]).values()))
+    g = next(iter(group_rows(_rows(with_ratio)[::-1]).values()))
     assert set(g["blocks"]) == {"layer1.0", "layer1.1", "layer2.0"}
     assert sorted(g["blocks"], key=_natural) == ["layer1.0", "layer1.1", "layer2.0"]
     assert sorted(["layer2.10", "layer2.9", "layer10.0"], key=_natural) == \
         ["layer2.9", "layer2.10", "layer10.0"]
     sid = SPECS[0].key()
     pred = {SPECS[0].short(): {0.2: 5e-4, 0.9: 9e-4}}
-    c = _curves(g, sid, pred)
+    c = spec_curves(g, sid, pred)
     assert c["dense"] == {0.2: 1e-3, 0.5: 1e-3, 0.9: 1e-3}  # fastest config per rate
     assert c["v_fast"][0.5] == pytest.approx(0.7e-3)
     assert c["best"] == {r: min(c["dense"][r], c["v_fast"][r]) for r in (0.2, 0.5, 0.9)}
@@ -289,7 +290,7 @@ def test_model_figure_from_the_cache_counts_every_asked_rate(tmp_path, monkeypat
     whose own rates differ are summed. An entry without asked rates (an older cache)
     counts at its own rate."""
     from laudtriton import plot as plot_mod
-    from laudtriton.plot import rows_from_cache
+    from laudtriton.plot_rows import rows_from_cache
 
     c = TuneCache(tmp_path)
     meta = {"models": {"tinynet": ["layer1.0"]}}
@@ -502,7 +503,7 @@ def test_a_panel_named_by_its_spec_shows_it_once(tmp_path, monkeypatch):
     """Cache entries without block names (a compile's quick tuning) are named by their
     spec, which the panel title printed twice."""
     from laudtriton import plot as plot_mod
-    from laudtriton.plot import rows_from_cache
+    from laudtriton.plot_rows import rows_from_cache
 
     c = TuneCache(tmp_path)
     c.record(SPECS[0], 0.5, {"dense": {"{}": 1e-3}}, {"asked_rates": [0.5]})
@@ -654,7 +655,7 @@ def test_plot_file_names_never_collide_and_stay_short(tmp_path):
 def test_plot_draws_no_whole_model_of_unnamed_cache_entries(tmp_path, caplog):
     """Entries no sweep named (compile's timings) are shapes of no one network: panels,
     and no 'sum over blocks' figure, which summed them before."""
-    from laudtriton.plot import rows_from_cache
+    from laudtriton.plot_rows import rows_from_cache
 
     c = TuneCache(tmp_path)
     for spec, t in zip(SPECS, (1e-3, 2e-3)):
@@ -794,7 +795,7 @@ def test_spec_of_row_is_none_for_a_spec_key_this_version_cannot_build():
     JSON: ValueError) or none at all gives no spec, rather than an exception."""
     import json
 
-    from laudtriton.plot import spec_of_row
+    from laudtriton.plot_rows import spec_of_row
 
     good = SPECS[0].key()
     assert spec_of_row({"spec_key": good}) == SPECS[0]

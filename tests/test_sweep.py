@@ -174,7 +174,7 @@ def test_a_sweep_that_finds_an_item_cached_still_names_its_model_and_rates(tmp_p
     an item, not only of the one that timed it: a second model whose blocks were all
     cached (ResNet-101 after ResNet-50) got no figure from ``plot --from cache``, and an
     asked rate met only in the cache no point on the whole-model curve."""
-    from laudtriton.plot import rows_from_cache
+    from laudtriton.plot_rows import rows_from_cache
 
     model, dense = tiny(), ["dense"]
     kw = dict(FAST, blocks="layer2.0")
@@ -258,7 +258,7 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
     blocks of other specs: one cache then mapped laud_resnet50/layer4.0 to two specs, and
     the plots refused the whole-model figure as "sweeps at several granularities"."""
     from laudtriton.nn import laud_resnet50
-    from laudtriton.plot import missing_blocks, model_depths
+    from laudtriton.plot_rows import missing_blocks, model_depths
 
     narrow = laud_resnet50(width_mult=0.25, input_size=64)
     res = sweep(narrow, rates=[0.5], blocks="layer4.0", cache=TuneCache(tmp_path), **FAST)

@@ -1,0 +1,223 @@
+"""Sweep rows grouped into figures and curves, for :mod:`laudtriton.plot`.
+
+Rows come from a sweep CSV or the autotune cache (``rows_from_cache``); ``group_rows``
+sorts them into figure groups (per model, mode, batch, dtype, input size, device and mask
+kind), ``spec_curves`` makes one block spec's lines of a group (each variant's fastest
+config, "best", "ideal" and "predicted"), and ``missing_blocks`` says which blocks of a
+LAUD-ResNet the rows lack. No matplotlib here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from .nn.resnet import DEPTHS
+from .ops.spec import BlockSpec
+from .ops.synthetic import synthetic_masks
+from .tune.sweep_blocks import ideal_flops_ratio
+
+if TYPE_CHECKING:
+    from .tune.cache import TuneCache
+
+Rows = Sequence[Mapping]
+Predicted = Mapping[str, Mapping[float, float]]  # spec (short or key) -> {rate: seconds}
+
+UNNAMED = "cache"  # the model of cache entries no sweep named (e.g. compile's timings)
+
+
+def rows_from_cache(cache: TuneCache) -> list[dict]:
+    """Sweep-like rows (model, block, spec, spec_key, rate, variant, config, seconds,
+    flops_ratio, asked_rate, input_size) from a TuneCache's current entries; models and
+    block names come from the entries' meta (entries without them go under model
+    ``UNNAMED``, one "block" per spec, of no network: ``plot_latency_vs_rate`` draws no
+    whole-model figure of them)."""
+    rows = []
+    for e in cache.entries():
+        models = e.meta.get("models") or {UNNAMED: [e.spec.short()]}
+        for model, blocks in models.items():
+            for b in blocks:
+                for asked in e.meta.get("asked_rates") or [""]:  # one row per asked rate
+                    rows.append({"model": model, "block": b, "spec": e.spec.short(),
+                                 "spec_key": e.spec.key(), "rate": e.rate_bucket,
+                                 "variant": e.variant, "config": e.config,
+                                 "seconds": e.seconds,
+                                 "flops_ratio": e.meta.get("flops_ratio", ""),
+                                 "asked_rate": asked,
+                                 "input_size": e.meta.get("input_size", "")})
+    return rows
+
+
+def spec_of_row(row: Mapping) -> BlockSpec | None:
+    """The BlockSpec of a sweep CSV row (its ``spec_key`` column, a BlockSpec dict as
+    JSON); None when the row has none, or one BlockSpec.from_dict refuses (ValueError,
+    TypeError, KeyError: a field missing)."""
+    key = row.get("spec_key")
+    if not key:
+        return None
+    try:
+        return BlockSpec.from_dict(json.loads(key))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _clustered(row: Mapping) -> bool:
+    return str(row.get("clustered") or "").strip().lower() in ("1", "true")
+
+
+def _dispatched(row: Mapping) -> bool:
+    """Whether the cache keeps the row: column ``dispatched`` absent or empty, or not 0
+    or false (a bool, a number, or text as a CSV holds it: "0", "false")."""
+    v = row.get("dispatched")
+    if isinstance(v, str):
+        return v.strip().lower() not in ("0", "false")
+    return v is None or bool(v)
+
+
+def _context(r: Mapping, spec: BlockSpec) -> tuple:
+    """What keeps one sweep's rows apart from another's, but the mode: model, batch,
+    dtype, input size, device, mask kind."""
+    return (str(r["model"]), spec.batch, spec.dtype, str(r.get("input_size") or ""),
+            str(r.get("device") or ""), _clustered(r))
+
+
+def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
+    """{(context, block): the figure's mode} for the models swept with a mode per stage:
+    in a context (``_context``) where every block has rows of one mode and the blocks
+    have several, each block's mode becomes the stages' modes in order ('spatial-channel-
+    layer-spatial', from the blocks' names layerN.j).
+    Elsewhere a block keeps its own mode and is not listed: one mode; a block with rows
+    of several, a stage with blocks of several, a block not named layerN.j, or a LAUD
+    model (``nn.resnet.DEPTHS``) with a stage missing (separate sweeps, whose blocks
+    summed under one label would pass for a configuration no sweep ran); the cache's
+    unnamed entries, of no network. parsed: (row, ``spec_of_row(row)``) pairs."""
+    seen: dict[tuple, dict[str, set[str]]] = {}
+    for r, spec in parsed:
+        if spec is not None and r["model"] != UNNAMED:  # (no network: a figure per mode)
+            seen.setdefault(_context(r, spec), {}).setdefault(r["block"], set()).add(spec.mode)
+    out = {}
+    for ctx, blocks in seen.items():
+        if any(len(m) > 1 for m in blocks.values()) or len(set().union(*blocks.values())) < 2:
+            continue
+        stage = {}
+        for b, (m,) in blocks.items():
+            hit = re.fullmatch(r"layer(\d+)\.\d+", b)
+            stage.setdefault(int(hit.group(1)) if hit else None, set()).add(m)
+        depths = model_depths(ctx[0])
+        if None in stage or any(len(m) > 1 for m in stage.values()) or (
+                depths is not None and set(stage) != set(range(1, len(depths) + 1))):
+            continue
+        label = "-".join(next(iter(stage[i])) for i in sorted(stage))
+        out.update({(ctx, b): label for b in blocks})
+    return out
+
+
+def group_rows(rows: Rows) -> dict[str, dict]:
+    """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
+    spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
+    ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the
+    ones the masks realise, round(r·N)/N: they differ from block to block, and one may
+    stand for several asked rates). A block has several spec ids when the rows hold
+    sweeps of the same model at several granularities (a cache that kept them all).
+    Rows of a clustered sweep (column ``clustered``) get figures of their own
+    ("_clustered"), so do the rows of each input size other than 224 (column
+    ``input_size``: "_i64"), and so does each device (column ``device``) when the rows hold
+    several: a figure's best time per rate never mixes machines or mask kinds. Rows of
+    mode both that the cache does not keep (column ``dispatched`` 0: another channel rate
+    at the same grid rate) are left out, as the cache leaves them out: one rate, one
+    point. A model swept with a mode per stage gets one figure (its key names the modes
+    stage by stage, ``_modes``), not one per mode, each of which would sum part of it."""
+    figs: dict[str, dict] = {}
+    devices = {str(r.get("device") or "") for r in rows}
+    parsed = [(r, spec_of_row(r)) for r in rows if _dispatched(r)]  # (each parsed once)
+    modes = _modes(parsed)
+    for r, spec in parsed:
+        t = float(r["seconds"])
+        sid = r.get("spec_key") or r["spec"]
+        key = str(r["model"])
+        if spec is not None:
+            mode = modes.get((_context(r, spec), r["block"]), spec.mode)
+            key += f"_{mode}_b{spec.batch}_{spec.dtype}"
+        if r.get("input_size") not in (None, "", 224):  # 224 (or not recorded): no suffix
+            key += f"_i{int(r['input_size'])}"
+        if len(devices) > 1:
+            key += f"_{r.get('device') or 'unknown device'}"
+        if _clustered(r):
+            key += "_clustered"
+        g = figs.setdefault(key, {"model": str(r["model"]), "blocks": {}, "specs": {},
+                                  "t": {}, "fr": {}, "asked": {}})
+        g["blocks"].setdefault(r["block"], {})[sid] = None  # an ordered set
+        g["specs"].setdefault(sid, (str(r["spec"]), spec))
+        rate = round(float(r["rate"]), 6)
+        if math.isfinite(t):
+            cur = g["t"].setdefault(sid, {}).setdefault(r["variant"], {})
+            cur[rate] = min(t, cur.get(rate, math.inf))
+        if r.get("flops_ratio") not in (None, ""):
+            g["fr"].setdefault(sid, {})[rate] = float(r["flops_ratio"])
+        if r.get("asked_rate") not in (None, ""):
+            g["asked"].setdefault(sid, {}).setdefault(rate, set()).add(
+                round(float(r["asked_rate"]), 6))
+    return figs
+
+
+def _flops_ratio(g: dict, sid: str, rate: float) -> float | None:
+    fr = g["fr"].get(sid, {}).get(rate)
+    if fr is None and g["specs"][sid][1] is not None:
+        spec = g["specs"][sid][1]
+        fr = ideal_flops_ratio(spec, synthetic_masks(spec, rate))
+        g["fr"].setdefault(sid, {})[rate] = fr
+    return fr
+
+
+def spec_curves(g: dict, sid: str, predicted: Predicted | None
+                ) -> dict[str, dict[float, float]]:
+    """{line name: {rate: seconds}}: variants, "best", "ideal", "predicted"."""
+    out = {v: dict(sorted(ts.items())) for v, ts in g["t"].get(sid, {}).items()}
+    rates = sorted({r for ts in out.values() for r in ts})
+    out["best"] = {r: min(ts[r] for ts in out.values() if r in ts) for r in rates}
+    if "dense" in out:
+        ideal = {}
+        for r, t in out["dense"].items():
+            fr = _flops_ratio(g, sid, r)
+            if fr is not None:
+                ideal[r] = t * fr
+        out["ideal"] = ideal
+    if predicted:
+        label = g["specs"][sid][0]
+        p = predicted.get(sid) or predicted.get(label)
+        if p:
+            out["predicted"] = {round(float(r), 6): float(t) for r, t in sorted(p.items())}
+    return out
+
+
+def check_measured(rows: Rows, src: str) -> None:
+    """A ValueError naming ``src`` (where the rows come from) when no row has a finite
+    time: every config failed (sweep scores a failure inf seconds), nothing to plot."""
+    if not any(math.isfinite(float(r["seconds"])) for r in rows):
+        raise ValueError(f"{src}: nothing finite was measured: all {len(rows)} timings are "
+                         "inf or nan (every config failed)")
+
+
+def model_depths(model: str) -> tuple[int, ...] | None:
+    """The depths of the network a sweep named ``model`` (``tune.sweep_blocks.network_name``:
+    a factory of ``nn.resnet.DEPTHS`` or "custom_d<depths>", with "_w<width>" for
+    another width); None for another name."""
+    hit = re.fullmatch(r"(.+?)(_w[0-9.e+-]+)?", model)
+    base = hit.group(1) if hit else model
+    custom = re.fullmatch(r"custom_d(\d+(?:-\d+)*)", base)
+    if custom:
+        return tuple(int(d) for d in custom.group(1).split("-"))
+    return DEPTHS.get(base)
+
+
+def missing_blocks(model: str, blocks: Mapping[str, object]) -> list[str]:
+    """The blocks of ``model`` (a LAUD-ResNet of ``nn.resnet.DEPTHS``, any width) that
+    ``blocks`` lacks, in order; [] for another model (its blocks are not known here)."""
+    depths = model_depths(model)
+    if depths is None:
+        return []
+    return [n for n in (f"layer{i + 1}.{j}" for i, d in enumerate(depths) for j in range(d))
+            if n not in blocks]

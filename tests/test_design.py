@@ -9,18 +9,12 @@ import pytest
 
 import laudtriton.ops  # noqa: F401  (registers every variant)
 from laudtriton.cli import main
+from laudtriton.codesign import Design, design_search
 from laudtriton.ops.spec import BlockSpec
 from laudtriton.predict.hardware import CPU_DEFAULT, get_hardware
 from laudtriton.predict.model import predict_block, predict_expected
 from laudtriton.predict.network import flops_ratio, model_specs
-from laudtriton.schedule import (
-    DENSE_MARGIN,
-    Choice,
-    Design,
-    DispatchTable,
-    design_search,
-    fill_predictions,
-)
+from laudtriton.schedule import DENSE_MARGIN, Choice, DispatchTable, fill_predictions
 
 SPEC = model_specs("laud_resnet50", "spatial", "4-4-2-1", batch=1)[5][1]  # layer2.2
 

@@ -347,7 +347,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``design``; returns its parser."""
-    from ..schedule import MAX_DESIGNS
+    from ..codesign import MAX_DESIGNS
 
     p = subparsers.add_parser(
         "design", help="rank per-stage mode x granularity by predicted latency",
@@ -387,7 +387,7 @@ def run_design(args: argparse.Namespace) -> int:
             finite predicted latency (``laudtriton`` prints it in one line and exits with
             code 2).
     """
-    from ..schedule import check_modes, check_target_rate, design_search, design_stages
+    from ..codesign import check_modes, check_target_rate, design_search, design_stages
     from ..tune.options import READ_BY, check_layout_read, int_list, unread
     from .network import check_arch
 

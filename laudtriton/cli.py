@@ -24,7 +24,7 @@ EXTERNAL = {
     "plot": ("laudtriton.plot_command", "add_plot_parser", "run_plot"),
     "predict": ("laudtriton.predict.commands", "add_predict_parser", "run_predict"),
     "calibrate": ("laudtriton.predict.commands", "add_calibrate_parser", "run_calibrate"),
-    "design": ("laudtriton.predict.commands", "add_design_parser", "run_design"),
+    "design": ("laudtriton.predict.design_command", "add_design_parser", "run_design"),
     "gpucheck": ("laudtriton.gpucheck.command", "add_parser", "run"),
 }
 

@@ -1,4 +1,5 @@
-"""``laudtriton predict | calibrate | design``: latency tables, calibration, co-design.
+"""``laudtriton predict | calibrate``: latency tables and calibration (``design`` is
+:mod:`.design_command`'s; the options predict and design share are :mod:`.options`').
 
 Each ``add_*_parser(subparsers)`` adds its subcommand; each ``run_*(args)`` returns the exit
 code and raises ValueError for a user error (the CLI prints it on stderr, exit 2).
@@ -8,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
-from ..tune.options import CHANNEL_GRANULARITY, GRANULARITY
-from .calibration import measured_here, predictor_for, timings_cache
-from .hardware import HardwareSpec, get_hardware, known_hardware
+from ..tune.options import GRANULARITY
+from .calibration import timings_cache
+from .hardware import HardwareSpec, get_hardware
+from .options import (
+    add_common_options,
+    check_common_options,
+    comma_list,
+    command_predictor,
+    peak_note,
+)
 
 log = logging.getLogger("laudtriton")
-DESIGN_GRANULARITIES = "1,2,4,8"  # design's --granularities: the S a search ranks
 
 # predict's options that only its latency table reads. The parser sets them to None (not
 # given), so that --validate, which reads every cached timing of the device, can refuse
@@ -43,79 +49,10 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _peak_note(hw, dtype: str) -> str:
-    """A line saying that ``hw`` has no peak of its own for ``dtype`` (a CPU calibration
-    measures float32 only), or ''."""
-    if dtype in dict(hw.peak):
-        return ""
-    why = " (a CPU calibration measures float32 only)" if hw.name == "cpu" else ""
-    return f"\nnote: {hw.name} has no {dtype} peak of its own{why}: its float32 rate is used"
-
-
-def _list(text: str, flag: str, noun: str, accepted: str) -> list[str]:
-    """The items of the comma list ``text`` given with ``flag``; a ValueError naming it if
-    there are none (',' or '' would otherwise silently mean "nothing" or "everything") or
-    an item is empty (``comma_items``)."""
-    from ..tune.options import comma_items
-
-    items = comma_items(text, flag, accepted)
-    if not items:
-        raise ValueError(f"{flag} {text!r} names no {noun}; give {accepted}")
-    return items
-
-
-def _check_common(args) -> None:
-    """The options of ``_common`` that every run reads, before any work: a ValueError
-    naming the first bad one."""
-    from ..tune.options import check_batch, check_input_size, parse_stages
-    from ..tune.paths import check_cache_dir
-
-    check_batch(args.batch)  # per-sample mask tables grow with it
-    check_input_size(args.input_size)
-    parse_stages(args.channel_granularity, "--channel-granularity")
-    check_cache_dir(args.cache_dir, read=True)
-
-
-def _predictor(args, command: str) -> tuple[HardwareSpec, dict | None, str]:
-    """``predictor_for`` the options of ``command`` (predict, design). A preset hardware
-    (v100, ...) has no calibration or timings here, so --cache-dir and --no-fit change
-    nothing for it: a warning on stderr says so rather than let them pass for read."""
-    hw, factors, note = predictor_for(args.hardware, args.cache_dir, fit=not args.no_fit)
-    ignored = [flag for flag, given in (("--cache-dir", args.cache_dir is not None),
-                                        ("--no-fit", args.no_fit)) if given]
-    if ignored and not measured_here(hw):
-        print(f"laudtriton {command}: warning: {' and '.join(ignored)} read nothing with "
-              f"--hardware {args.hardware} (a preset: its factors are the defaults; "
-              "cpu and cuda read the calibration and timings of this machine)",
-              file=sys.stderr, flush=True)
-    return hw, factors, note
-
-
 def _rates(text: str) -> list[float]:
     from ..tune.options import parse_rates
 
     return parse_rates(text)
-
-
-def _common(p: argparse.ArgumentParser, model_default: str = "laud_resnet101") -> None:
-    p.add_argument("--model", default=model_default,
-                   help=f"laud_resnet50 | laud_resnet101 (default {model_default})")
-    p.add_argument("--hardware", default="cpu",
-                   help=f"one of {', '.join(known_hardware())} (default cpu)")
-    p.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
-    p.add_argument("--input-size", type=int, default=224,
-                   help="input height and width in pixels (default 224)")
-    p.add_argument("--channel-granularity", default=CHANNEL_GRANULARITY,
-                   help="channels per channel-mask group: one int or per stage 'a-b-c-d' "
-                        f"(default {CHANNEL_GRANULARITY}; read by channel and both stages)")
-    p.add_argument("--cache-dir", default=None,
-                   help="autotune cache / calibration directory (read with --hardware cpu "
-                        "or cuda)")
-    p.add_argument("--no-fit", action="store_true",
-                   help="use default efficiency factors, not ones fitted on cached timings "
-                        "(a preset --hardware always uses the defaults)")
 
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -133,7 +70,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     "'MAPE <number>%'); it reads every cached timing of --hardware, so it "
                     "takes only --hardware, --cache-dir and --include-stale and refuses "
                     "the options of the table.")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--mode", default="spatial",
                    help="spatial|channel|layer|both or 'a-b-c-d' (default spatial)")
     p.add_argument("--granularity", default=GRANULARITY,
@@ -225,7 +162,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .network import model_specs
 
     _check_predict_options(args)
-    _check_common(args)
+    check_common_options(args)
     if args.validate:
         return run_validate(args, get_hardware(args.hardware, args.cache_dir))
     # every option checked before the hardware is read (it may warn)
@@ -233,13 +170,13 @@ def run_predict(args: argparse.Namespace) -> int:
     check_layout_options(args)  # the model's layout, as bench and sweep check theirs
     only = None
     if args.variants is not None:
-        listed = _list(args.variants, "--variants", "variant",
+        listed = comma_list(args.variants, "--variants", "variant",
                        "a comma list, or leave it out for all")
         try:
             only = [resolve_variant(v).name for v in listed]
         except ValueError as e:
             raise ValueError(f"--variants: {e}") from None
-    hw, factors, note = _predictor(args, "predict")
+    hw, factors, note = command_predictor(args, "predict")
     dtype = args.dtype or hw.default_dtype
     specs = model_specs(args.model, args.mode, args.granularity, args.batch, args.input_size,
                         dtype, args.channel_granularity)
@@ -254,7 +191,7 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"--variants {', '.join(idle)}: no block of this model and mode "
                              f"runs it on {hw.backend}")
         names = [n for n in names if n in only]
-    print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
+    print(f"hardware: {hw.describe()}\n{note}{peak_note(hw, dtype)}")
     print(f"{args.model} mode {args.mode}"
           f"{layout_text(args.mode, args.granularity, args.channel_granularity)} "
           f"batch {args.batch} {dtype}")
@@ -342,96 +279,4 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"copy bandwidth     {cal.bandwidth / 1e9:10.2f} GB/s")
     print(f"dispatch overhead  {cal.overhead * 1e6:10.2f} us/op")
     print(f"device {cal.fingerprint}; saved {path}")
-    return 0
-
-
-def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``design``; returns its parser."""
-    from ..codesign import MAX_DESIGNS
-
-    p = subparsers.add_parser(
-        "design", help="rank per-stage mode x granularity by predicted latency",
-        description="Latency-guided co-design: every per-stage (mode, S) configuration at "
-                    "the target FLOPs ratio, ranked by predicted latency (at most "
-                    f"{MAX_DESIGNS} configurations: the product of the options per stage).")
-    _common(p)
-    p.add_argument("--target-rate", type=float, required=True,
-                   help="target FLOPs ratio of the residual blocks, in (0, 1]")
-    p.add_argument("--modes", default="spatial,channel,layer",
-                   help="comma list of the modes a stage may take, of spatial, channel, "
-                        "layer, both (default spatial,channel,layer)")
-    p.add_argument("--granularities", default=DESIGN_GRANULARITIES,
-                   help="comma list of the S a spatial (or both) stage may take, each at "
-                        f"most its map (default {DESIGN_GRANULARITIES})")
-    p.add_argument("--top", type=int, default=5,
-                   help="configurations printed, fastest first (default 5)")
-    p.set_defaults(func=run_design)
-    return p
-
-
-def _flops_floor(args) -> float:
-    """The model's FLOPs ratio with every block at rate 0 (only the dense downsample
-    convolutions left): no design goes below it."""
-    from .network import flops_ratio, model_specs
-
-    specs = [s for _, s in model_specs(args.model, "layer", 1, args.batch, args.input_size)]
-    return (sum(flops_ratio(s, 0.0) * s.dense_flops() for s in specs)
-            / sum(s.dense_flops() for s in specs))
-
-
-def run_design(args: argparse.Namespace) -> int:
-    """Run ``laudtriton design``. Returns the exit code.
-
-    Raises:
-        ValueError: naming the bad option and its value, or when no configuration has a
-            finite predicted latency (``laudtriton`` prints it in one line and exits with
-            code 2).
-    """
-    from ..codesign import check_modes, check_target_rate, design_search, design_stages
-    from ..tune.options import READ_BY, check_layout_read, int_list, unread
-    from .network import check_arch
-
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    _check_common(args)
-    check_target_rate(args.target_rate)  # every option before the hardware (it may warn)
-    check_arch(args.model)
-    modes = tuple(_list(args.modes, "--modes", "mode",
-                        "a comma list of spatial, channel, layer, both"))
-    check_modes(modes)
-    check_layout_read(modes, {"--channel-granularity": args.channel_granularity},
-                      f"--modes {args.modes!r}")
-    grans = tuple(int_list(args.granularities, "--granularities",
-                           "comma-separated positive ints like 1,2,4,8"))
-    default = {int(g) for g in DESIGN_GRANULARITIES.split(",")}
-    if not set(READ_BY["--granularities"]) & set(modes) and set(grans) != default:
-        raise unread("--granularities", args.granularities, f"--modes {args.modes!r}")
-    # the options the search reads, before the hardware (whose calibration may warn)
-    design_stages(args.model, modes, grans, args.batch, args.input_size,
-                  args.dtype or "float32", args.channel_granularity)
-    hw, factors, note = _predictor(args, "design")
-    designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
-                            args.input_size, args.dtype, factors, args.channel_granularity)
-    dtype = args.dtype or hw.default_dtype  # design_search's
-    print(f"hardware: {hw.describe()}\n{note}{_peak_note(hw, dtype)}")
-    reached, at = designs[0].flops_ratio, f"{args.target_rate:g}"
-    if reached > args.target_rate * (1 + 1e-4):
-        floor = _flops_floor(args)
-        # each block is aimed at the target on its own (no block makes up for another)
-        short, why = (("out of reach", "") if args.target_rate < floor else
-                      ("not reached", " (each block is aimed at it on its own)"))
-        print(f"laudtriton design: warning: --target-rate {at} is {short}{why}: each block "
-              f"whose dense downsample alone is above it runs at rate 0, so the designs are "
-              f"at FLOPs ratio {reached:.3f} (the floor, every block at rate 0: {floor:.3f})",
-              file=sys.stderr)
-        at = f"{reached:.3f} (--target-rate {at} {short}; floor {floor:.3f})"
-    print(f"{args.model} batch {args.batch}: {len(designs)} configurations at FLOPs ratio {at}")
-    dense = designs[0].dense_seconds
-    print(f"\n{'#':>3}  {'modes':<32}{'S':<10} {'ms':>9} {'x dense':>8} {'FLOPs':>6}")
-    for i, d in enumerate(designs[:args.top], 1):
-        print(f"{i:>3}  {'-'.join(d.modes):<32}{d.s_label():<10}"
-              f" {d.seconds * 1e3:>9.3f} {d.seconds / dense:>8.3f} {d.flops_ratio:>6.3f}")
-    print(f"\ndense model: {dense * 1e3:.3f} ms")
-    if not math.isfinite(designs[0].seconds):
-        raise ValueError("no configuration has a finite predicted latency")
     return 0

@@ -299,7 +299,8 @@ def test_json_files_get_the_usual_mode(tmp_path):
 
 
 def test_bench_child_argv_carries_every_option():
-    from laudtriton.cli import _bench_argv, build_parser
+    from laudtriton.bench_command import _bench_argv
+    from laudtriton.cli import build_parser
 
     parser = build_parser()
     given = ["bench", "--model", "laud_resnet101", "--mode", "channel", "--rates", "0.5",
@@ -668,7 +669,7 @@ def test_bench_threads_are_set_for_the_run_and_restored(monkeypatch, capsys):
     monkeypatch.setattr(bench_mod, "bench", stub)
     before = torch.get_num_threads()
     want = 1 if before != 1 else 2  # another count than the process's
-    monkeypatch.setattr(laudtriton.cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(laudtriton.bench_command, "usable_cpus", lambda: 2)
     assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 0
     assert torch.get_num_threads() == before
     assert main(["bench", "--threads", str(want), "--rates", "0.5", "--model-only"]) == 2
@@ -695,7 +696,7 @@ def test_demo_takes_the_end_rates_zero_and_one(monkeypatch, capsys):
 def test_bench_threads_may_be_every_usable_cpu(monkeypatch, capsys):
     """--threads is bounded by the CPUs this process may use, that count included."""
     _bench_stub(monkeypatch)
-    monkeypatch.setattr(laudtriton.cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(laudtriton.bench_command, "usable_cpus", lambda: 2)
     assert main(["bench", "--threads", "2", "--rates", "0.5", "--model-only"]) == 0
     assert main(["bench", "--threads", "3", "--rates", "0.5", "--model-only"]) == 2
     assert "--threads must be in [0, 2]" in capsys.readouterr().err

@@ -415,6 +415,7 @@ def test_sweep_with_the_cache_disabled_says_so_first_and_makes_no_folder(tmp_pat
     (dict(model="resnet18"), "model 'resnet18' unknown"),
     (dict(blocks="layer9.9"), "--blocks: unknown block 'layer9.9'"),
     (dict(blocks=[99]), "--blocks: index 99"),
+    (dict(blocks=[True]), "--blocks: unknown block True"),
     (dict(blocks="4"), r"--blocks: index 4 out of range; the model has 4 blocks \(0\.\.3\)"),
     (dict(rates="0.1:2:0.5"), "--rates"),
     (dict(shard=(3, 2)), "shard"),
@@ -434,6 +435,19 @@ def test_sweep_rejects(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sweep(**args)
 
+
+
+def test_blocks_by_index_take_numpy_ints_and_refuse_bools():
+    """An index may be any integer (numpy's too); True and False are not indices."""
+    import numpy as np
+
+    named = sweep_blocks.model_blocks(tiny(), 64)
+    names = [n for n, _, _ in named]
+    assert [n for n, _, _ in sweep_blocks.select_blocks(named, [np.int64(2), 0])] == [
+        names[0], names[2]]
+    for flag in (True, False, np.bool_(True)):
+        with pytest.raises(ValueError, match="--blocks: unknown block"):
+            sweep_blocks.select_blocks(named, [flag])
 
 def _parser():
     p = argparse.ArgumentParser()

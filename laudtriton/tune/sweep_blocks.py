@@ -6,6 +6,7 @@ a block's ideal FLOPs ratio on its masks (``ideal_flops_ratio``).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,7 +76,9 @@ def select_blocks(named: list[tuple[str, LaudBottleneck, BlockSpec]],
         raise ValueError(f"--blocks selects no block; give {example}")
     keep = set()
     for b in blocks:
-        if isinstance(b, int) or (isinstance(b, str) and b.isascii() and b.isdigit()):
+        # an index: an int (numpy's included), not a bool (True would pick block 1)
+        if (isinstance(b, numbers.Integral) and not isinstance(b, bool)) or (
+                isinstance(b, str) and b.isascii() and b.isdigit()):
             i = int(b)
             if not 0 <= i < len(names):
                 raise ValueError(f"--blocks: index {i} out of range; the model has "

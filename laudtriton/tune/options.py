@@ -1,9 +1,9 @@
 """The command-line options the commands share: parsing their values (``--rates``,
-``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``; ``check_rates``
-and ``check_shard`` take ``sweep``'s rates and shard in either form) and checking the
-rest (``--batch``, ``--input-size``, ``--device``), with the one-line error each gives
-(``fail``). The sweep and cache, bench, plot, predict, design and gpucheck commands use
-them. Their path options (cache folders, output paths) are ``paths``'.
+``--granularity`` / ``--channel-granularity``, ``--mode``, ``--shard``, ``--variants``;
+``check_rates`` and ``check_shard`` take ``sweep``'s rates and shard in either form) and
+checking the rest (``--batch``, ``--input-size``, ``--device``), with the one-line error
+each gives (``fail``). The sweep and cache, bench, plot, predict, design and gpucheck
+commands use them. Their path options (cache folders, output paths) are ``paths``'.
 """
 
 from __future__ import annotations
@@ -256,6 +256,28 @@ def comma_items(text: str, flag: str, accepted: str) -> list[str]:
     if not all(items):
         raise ValueError(f"{flag} {text!r} has an empty item; give {accepted}")
     return items
+
+
+def parse_variants(variants: str | Sequence[str] | None) -> set[str] | None:
+    """The variant names a sweep times, from --variants (a comma list, or a sequence
+    of names; ``dense`` always with them), or None (not given) for every one.
+
+    Raises:
+        ValueError: naming --variants: empty, or an unknown variant.
+    """
+    from .. import ops  # its import registers the variants
+
+    if variants is None:
+        return None
+    if isinstance(variants, str):
+        variants = comma_items(variants, "--variants", "a comma list of variants")
+    if not variants:
+        raise ValueError("--variants is empty; name one or more variants (dense is "
+                         "always timed), or leave it out for every variant")
+    try:
+        return {ops.get_variant(n).name for n in variants} | {"dense"}
+    except ValueError as e:  # an unknown name
+        raise ValueError(f"--variants: {e}") from None
 
 
 MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)

@@ -25,7 +25,7 @@ from ..nn.block import BlockMasks, LaudBottleneck
 from ..nn.maskers import is_positive_int
 from ..nn.resnet import LaudResNet
 from ..ops import fold_block
-from ..ops.registry import Variant, get_variant, variants_for
+from ..ops.registry import Variant, variants_for
 from ..ops.spec import BlockSpec
 from ..ops.synthetic import synthetic_masks
 from ..progress import Progress
@@ -33,10 +33,10 @@ from ..schedule import rate_key, run_rate
 from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
-from .options import check_device_name, check_rates, check_shard, comma_items
+from .options import check_device_name, check_rates, check_shard, parse_variants
 from .paths import check_output_path
 from .sweep_blocks import MODELS, ideal_flops_ratio, model_blocks, network_name, select_blocks
-from .sweep_csv import write_csv
+from .sweep_csv import item_rows, write_csv
 from .timing import median_time
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -148,30 +148,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         if input_size is None:
             input_size = model.config.get("input_size") or 224
         model_name = model_name or network_name(model)
-    wanted = None
-    if variants is not None:
-        if isinstance(variants, str):
-            variants = comma_items(variants, "--variants", "a comma list of variants")
-        if not variants:
-            raise ValueError("--variants is empty; name one or more variants (dense is "
-                             "always timed), or leave it out for every variant")
-        try:
-            wanted = {get_variant(n).name for n in variants} | {"dense"}
-        except ValueError as e:  # an unknown name
-            raise ValueError(f"--variants: {e}") from None
+    wanted = parse_variants(variants)
     backend = "cuda" if dev.type == "cuda" else "cpu"
-    cache = cache if cache is not None else TuneCache(device=dev)
-    if clustered:  # the cache is for scattered masks (compile and the predictor read it):
-        cache = TuneCache(cache.dir, device=dev, enabled=False)  # clustered: in memory only
-    if cache.device != (here := device_fingerprint(dev)):  # timings filed as another's
-        raise ValueError(f"cache: a TuneCache of {cache.device!r}, but this sweep times on "
-                         f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
-                         "thread(s) now); make the cache with that device, after setting "
-                         "the threads")
-    if csv_path is not None and any(Path(csv_path).resolve() == Path(f).resolve()
-                                    for f in (cache.path, cache.lock_path)):
-        raise ValueError(f"--csv {str(csv_path)!r} is the autotune cache's own file "
-                         f"({cache.path}); the CSV would write over it: give another path")
+    cache = _sweep_cache(cache, clustered, dev, csv_path)
 
     if progress:  # building the blocks and drawing every item's masks may take a while
         print(f"sweep: planning: the model's blocks, then the masks of each block at "  # (a
@@ -228,19 +207,9 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                 to_cache, known = False, {}  # item at this grid rate stays the cache's;
                 # this one, at another channel rate, is timed for the CSV (its timings were
                 # that item's, under this one's FLOPs ratio and asked rate)
-            todo: dict[str, list[dict]] = {}
             cands = {v.name: v for v in variants_for(spec, backend)
                      if wanted is None or v.name in wanted}
-            for v in cands.values():
-                space = v.configs(spec)
-                if prune is not None:
-                    kept = list(prune(spec, rate, v, space))
-                    result.pruned += len(space) - len(kept)
-                    space = kept
-                have = known.get(v.name, {})
-                missing = [c for c in space if force or config_key(c) not in have]
-                if missing:
-                    todo[v.name] = missing
+            todo = _untimed_configs(cands, spec, rate, known, prune, force, result)
             if todo:
                 fb = fold_block(members[0][1], dtype=tdtype, device=dev)
                 x = torch.rand(batch, spec.in_channels, *spec.in_hw)
@@ -264,7 +233,7 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
             if to_cache:  # the variants found cached: this model's blocks and rates too
                 cache.annotate(spec, rate, names)
             for a in asked:
-                result.rows.extend(_rows(model_name, members, spec, rate, known, fr,
+                result.rows.extend(item_rows(model_name, members, spec, rate, known, fr,
                                          cache.device, clustered, a, to_cache,
                                          input_size))
             bar.update(f"r={rate:g} {spec.short()}", timed=bool(todo))  # the rate first:
@@ -282,6 +251,50 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _sweep_cache(cache: TuneCache | None, clustered: bool, dev: torch.device,
+                 csv_path: str | os.PathLike | None) -> TuneCache:
+    """The cache ``sweep`` records into: ``cache`` (default: the device's), in memory only
+    for clustered masks (the cache is for scattered ones: compile and the predictor read
+    it).
+
+    Raises:
+        ValueError: a cache of another device, or a CSV path that is the cache's file.
+    """
+    cache = cache if cache is not None else TuneCache(device=dev)
+    if clustered:
+        cache = TuneCache(cache.dir, device=dev, enabled=False)
+    if cache.device != (here := device_fingerprint(dev)):  # timings filed as another's
+        raise ValueError(f"cache: a TuneCache of {cache.device!r}, but this sweep times on "
+                         f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
+                         "thread(s) now); make the cache with that device, after setting "
+                         "the threads")
+    if csv_path is not None and any(Path(csv_path).resolve() == Path(f).resolve()
+                                    for f in (cache.path, cache.lock_path)):
+        raise ValueError(f"--csv {str(csv_path)!r} is the autotune cache's own file "
+                         f"({cache.path}); the CSV would write over it: give another path")
+    return cache
+
+
+def _untimed_configs(cands: dict[str, Variant], spec: BlockSpec, rate: float,
+                     known: dict[str, dict[str, float]], prune: Prune | None, force: bool,
+                     result: SweepResult) -> dict[str, list[dict]]:
+    """{variant: configs} of the candidates that one item still has to time: each
+    variant's configs (pruned by ``prune`` when given, counted in ``result.pruned``) that
+    ``known`` lacks, or all of them with ``force``."""
+    todo: dict[str, list[dict]] = {}
+    for v in cands.values():
+        space = v.configs(spec)
+        if prune is not None:
+            kept = list(prune(spec, rate, v, space))
+            result.pruned += len(space) - len(kept)
+            space = kept
+        have = known.get(v.name, {})
+        missing = [c for c in space if force or config_key(c) not in have]
+        if missing:
+            todo[v.name] = missing
+    return todo
 
 
 def _checked_counts(input_size: int | None, batch: int, reps: int | None,
@@ -368,25 +381,3 @@ def _estimate_reps(variants: dict[str, Variant], fb, x, masks, dev) -> int:
     except Exception:  # the timing itself reports failures; only the estimate is lost
         return MIN_REPS
     return _reps(t)
-
-
-def _rows(model_name, members, spec, rate, timings, fr, device, clustered,
-          asked, dispatched, input_size) -> list[dict]:
-    """The CSV rows of one item; "dispatched": the item is the one that stands for its
-    (spec, rate) in the cache (mode both: of the items at one grid rate, the one whose
-    channel rate is nearest it), which compile reads and the plots draw."""
-    dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
-    d = min(dense) if dense else math.nan
-    out = []
-    for name, _ in members:
-        for vn in sorted(timings, key=lambda n: (n != "dense", n)):
-            for cfg, t in sorted(timings[vn].items()):
-                out.append({
-                    "model": model_name, "block": name, "spec": spec.short(),
-                    "S": spec.granularity, "rate": rate, "variant": vn, "config": cfg,
-                    "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
-                    "flops_ratio": fr, "spec_key": spec.key(), "device": device,
-                    "clustered": int(clustered), "asked_rate": asked,
-                    "input_size": input_size, "dispatched": dispatched,
-                })
-    return out

@@ -7,8 +7,12 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cache_file import atomic_text, is_valid_spec
+
+if TYPE_CHECKING:
+    from ..ops.spec import BlockSpec
 
 # rate: the rate the masks realise, what the timing is recorded at; asked_rate: the rate
 # asked for (``sweep``), by which the whole-model plot sums its blocks; input_size: the
@@ -73,7 +77,7 @@ def read_csv(path: str | Path) -> list[dict]:
         if isinstance(fr, float) and not (fr >= 0.0 and math.isfinite(fr)):
             raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a finite ratio >= 0")
         # a failed config scores inf seconds, and the row of a block whose dense variant
-        # failed has dense_seconds nan (``sweep._rows``): sweep writes them, the plots skip them
+        # failed has dense_seconds nan (``item_rows``): sweep writes them, the plots skip them
         if not r["seconds"] > 0.0:
             raise ValueError(f"{where} 'seconds': {r['seconds']:g} is not a positive time "
                              "(or inf, a failed config)")
@@ -112,3 +116,29 @@ def _spec_key_ok(key: str) -> bool:
         return is_valid_spec(json.loads(key))
     except ValueError:  # not JSON
         return False
+
+
+def item_rows(model_name: str, members: Sequence[tuple[str, object]], spec: BlockSpec,
+              rate: float, timings: dict[str, dict[str, float]], fr: float, device: str,
+              clustered: bool, asked: float, dispatched: bool, input_size: int
+              ) -> list[dict]:
+    """The CSV rows of one item of ``sweep.sweep``: a row per block in ``members`` (name,
+    block), variant and config of ``timings``, at ``rate`` (``asked``: the rate asked for);
+    "dispatched": the item is the one that stands for its
+    (spec, rate) in the cache (mode both: of the items at one grid rate, the one whose
+    channel rate is nearest it), which compile reads and the plots draw."""
+    dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]
+    d = min(dense) if dense else math.nan
+    out = []
+    for name, _ in members:
+        for vn in sorted(timings, key=lambda n: (n != "dense", n)):
+            for cfg, t in sorted(timings[vn].items()):
+                out.append({
+                    "model": model_name, "block": name, "spec": spec.short(),
+                    "S": spec.granularity, "rate": rate, "variant": vn, "config": cfg,
+                    "seconds": t, "dense_seconds": d, "ratio": t / d if d > 0 else math.nan,
+                    "flops_ratio": fr, "spec_key": spec.key(), "device": device,
+                    "clustered": int(clustered), "asked_rate": asked,
+                    "input_size": input_size, "dispatched": dispatched,
+                })
+    return out

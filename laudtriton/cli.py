@@ -168,10 +168,11 @@ class OneLineErrors(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``laudtriton`` parser: env and demo defined here, bench by ``bench_command``, the
-    subcommands of ``EXTERNAL`` added by their modules (one whose module fails to import
-    becomes a stub that exits 2 saying why), each with ``func`` set to the function that runs it; on
-    every subcommand no abbreviated options, and -v accepted after the command name."""
+    """The ``laudtriton`` parser: env and demo defined here, bench by ``bench_command``,
+    the subcommands of ``EXTERNAL`` added by their modules (one whose module fails to
+    import becomes a stub that exits 2 saying why), each with ``func`` set to the function
+    that runs it; on every subcommand no abbreviated options, and -v accepted after the
+    command name."""
     p = OneLineErrors(
         prog="laudtriton", allow_abbrev=False,
         description="Compile LAUDNet dynamic networks into sparse execution, and measure "

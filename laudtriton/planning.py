@@ -105,7 +105,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     seen: dict[str, dict[str, float]] = {}  # per variant, per config: the best cached time
     lacking: list[set[str]] = []  # per cached rate not used: the candidates it lacks
     if tune in ("cached", "quick", "full") and cache is not None:
-        _cached_entries(table, spec, cands, cache, failed, seen, lacking)
+        failed, seen, lacking = _cached_entries(table, spec, cands, cache)
     if tune in ("quick", "full"):
         _timed_entries(table, spec, fb, x, masks, actual, cands, tune, cache, failed, say)
     if tune == "cached" and predictor is not None:
@@ -128,12 +128,15 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
 
 
 def _cached_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],
-                    cache: TuneCache, failed: list[float], seen: dict[str, dict[str, float]],
-                    lacking: list[set[str]]) -> None:
+                    cache: TuneCache
+                    ) -> tuple[list[float], dict[str, dict[str, float]], list[set[str]]]:
     """``plan_block``'s cached rates: into ``table``, each at the rate it was timed at,
-    where every candidate has a current timing; ``failed`` gets the cached rates where
-    every candidate failed, ``seen`` each variant's best time per config over all cached
-    rates, ``lacking`` the candidates missing at each rate not used (warned once)."""
+    where every candidate has a current timing. Returns (failed: the cached rates where
+    every candidate failed; seen: each variant's best time per config over all cached
+    rates; lacking: the candidates missing at each rate not used, warned once)."""
+    failed: list[float] = []
+    seen: dict[str, dict[str, float]] = {}
+    lacking: list[set[str]] = []
     names = {c.name for c in cands}
     spaces = {c.name: {config_key(k) for k in c.configs(spec)} for c in cands}
     for r in cache.rates(spec):  # each at the rate it was timed at
@@ -159,6 +162,7 @@ def _cached_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],
             "'quick'/'full', times only those named; or its code changed since); a "
             "rate is planned from the cache only where every candidate variant was "
             "timed there", cache.path, spec.short(), len(lacking), missing)
+    return failed, seen, lacking
 
 
 def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor,

@@ -165,7 +165,7 @@ def test_the_dense_baseline_is_the_static_network_whatever_the_modes(capsys, mon
     """design and predict took the "dense" of a channel-mode block under the factors of
     its masked path ("dense/channel"): a channel design's "x dense" was measured against
     another dense model than a spatial one's (85 against 64 ms on a fitted cache)."""
-    from laudtriton.predict import options
+    from laudtriton.predict import command_options
     from laudtriton.predict.model import Factors
 
     factors = {"dense": Factors(0.5, 0.7, 2e-5), "dense/channel": Factors(0.1, 0.1, 1e-3)}
@@ -173,7 +173,7 @@ def test_the_dense_baseline_is_the_static_network_whatever_the_modes(capsys, mon
                                   factors=factors)[0].dense_seconds
              for modes in [("spatial",), ("channel",), ("layer",), ("both",)]}
     assert len(set(dense.values())) == 1, dense
-    monkeypatch.setattr(options, "predictor_for",
+    monkeypatch.setattr(command_options, "predictor_for",
                         lambda *a, **k: (CPU_DEFAULT, factors, ""))
     totals = []
     for mode in ("spatial", "channel"):

@@ -56,18 +56,6 @@ def _specs() -> list[BlockSpec]:
 
 SPECS = _specs()
 
-def test_the_calibrate_function_does_not_hide_its_module():
-    """``laudtriton.predict.calibrate`` is the function; its module has another name, so
-    ``import laudtriton.predict.calibration`` reaches the module and patches land there."""
-    import inspect
-
-    import laudtriton.predict as predict
-
-    assert inspect.ismodule(cal_module) and cal_module.__name__.endswith(".calibration")
-    assert inspect.isfunction(predict.calibrate)
-    assert predict.calibrate is cal_module.calibrate
-
-
 
 # -- hardware -----------------------------------------------------------------------------
 
@@ -127,6 +115,18 @@ def test_a_calibration_too_deep_or_too_small_is_refused_not_a_crash(tmp_path, ca
         good[field] = {"float32": 1e-300} if field == "peak" else 1e-300
         with pytest.raises(ValueError, match=f"{field} .* is not a "):
             Calibration(**good)
+
+
+def test_the_calibrate_function_does_not_hide_its_module():
+    """``laudtriton.predict.calibrate`` is the function; its module has another name, so
+    ``import laudtriton.predict.calibration`` reaches the module and patches land there."""
+    import inspect
+
+    import laudtriton.predict as predict
+
+    assert inspect.ismodule(cal_module) and cal_module.__name__.endswith(".calibration")
+    assert inspect.isfunction(predict.calibrate)
+    assert predict.calibrate is cal_module.calibrate
 
 
 # -- the model ----------------------------------------------------------------------------

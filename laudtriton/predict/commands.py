@@ -8,21 +8,18 @@ code and raises ValueError for a user error (the CLI prints it on stderr, exit 2
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..tune.options import GRANULARITY
 from .calibration import timings_cache
-from .hardware import HardwareSpec, get_hardware
-from .options import (
+from .command_options import (
     add_common_options,
     check_common_options,
     comma_list,
     command_predictor,
     peak_note,
 )
-
-log = logging.getLogger("laudtriton")
+from .hardware import HardwareSpec, get_hardware
 
 # predict's options that only its latency table reads. The parser sets them to None (not
 # given), so that --validate, which reads every cached timing of the device, can refuse
@@ -171,7 +168,7 @@ def run_predict(args: argparse.Namespace) -> int:
     only = None
     if args.variants is not None:
         listed = comma_list(args.variants, "--variants", "variant",
-                       "a comma list, or leave it out for all")
+                            "a comma list, or leave it out for all")
         try:
             only = [resolve_variant(v).name for v in listed]
         except ValueError as e:

@@ -9,7 +9,7 @@ import argparse
 import math
 import sys
 
-from .options import (
+from .command_options import (
     add_common_options,
     check_common_options,
     comma_list,
@@ -72,7 +72,7 @@ def run_design(args: argparse.Namespace) -> int:
     check_target_rate(args.target_rate)  # every option before the hardware (it may warn)
     check_arch(args.model)
     modes = tuple(comma_list(args.modes, "--modes", "mode",
-                        "a comma list of spatial, channel, layer, both"))
+                             "a comma list of spatial, channel, layer, both"))
     check_modes(modes)
     check_layout_read(modes, {"--channel-granularity": args.channel_granularity},
                       f"--modes {args.modes!r}")

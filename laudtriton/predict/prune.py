@@ -58,7 +58,7 @@ def make_prune(hw: HardwareSpec | str, top_k: int = 3,
                ) -> Callable[[BlockSpec, float, Variant, list[dict]], list[dict]]:
     """The sweep's prune hook keeping the ``top_k`` configs of lowest predicted time,
     predicted as ``laudtriton predict --cache-dir cache_dir`` predicts
-    (``calibrate.predictor_for``): "cpu" / "cuda" read their calibration in
+    (``calibration.predictor_for``): "cpu" / "cuda" read their calibration in
     ``cache_dir``, and factors None means those fitted on the timings cached there
     (the kind's defaults for a preset or when nothing is cached; {}: the defaults).
 

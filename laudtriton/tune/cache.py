@@ -114,25 +114,16 @@ class TuneCache(CacheStore):
         if enabled is None:
             enabled = cache_enabled_from_env()
         check_flag(enabled, "TuneCache: enabled")
-        self.enabled = bool(enabled)
         refuse_bad_dir(cache_dir)
-        self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.device = device_fingerprint(device)
-        self.path = self.dir / f"{_slug(self.device)}.v{SCHEMA_VERSION}.json"
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        fingerprint = device_fingerprint(device)
+        super().__init__(folder, folder / f"{_slug(fingerprint)}.v{SCHEMA_VERSION}.json",
+                         fingerprint, bool(enabled))
         self.versions = dict(versions) if versions is not None else current_versions()
-        self._memory: dict[str, dict] = {}  # records not (yet) on disk
-        # annotations (``annotate``) of entries on disk not yet written: {key: meta}, merged
-        # into the file's entry under the lock (never its timings as this process read them)
-        self._notes: dict[str, dict] = {}
         self._hashes: dict[str, str | None] = {}
         # variants whose timings are neither read nor recorded, and why, until said once
         # (``_hash``: source changed after import, or not registered)
         self._changed: dict[str, str] = {}
-        self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
-        self._warned_unwritable = False
-        self._warned_foreign = False
-        self._warned_unreadable = False
-        self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     # -- keys -------------------------------------------------------------------------
     def _hash(self, variant: str) -> str | None:

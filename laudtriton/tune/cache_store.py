@@ -38,25 +38,26 @@ log = logging.getLogger("laudtriton")
 class CacheStore:
     """The file of one device's TuneCache, and the records in memory not (yet) in it.
 
-    The base of ``cache.TuneCache``: its ``__init__`` sets the attributes below (the
-    file's ``path`` in ``dir``, the ``device`` fingerprint it holds, whether it is
-    ``enabled``; ``_memory``, records not on disk, and ``_notes``, annotations of entries
-    on disk not yet written, both {key: ...}; ``_loaded``, the file's entries as last read
-    with its (mtime, size); the ``_warned_*`` flags; ``unsaved_why``), and ``_all`` gives
-    every entry, the file's and those in memory.
+    The base of ``cache.TuneCache``, which says what the file is (its ``path`` in
+    ``dir``, the ``device`` fingerprint it holds, whether it is ``enabled``) and gives
+    every entry, the file's and those in memory (``_all``).
     """
 
-    enabled: bool
-    dir: Path
-    path: Path
-    device: str
-    unsaved_why: str | None
-    _memory: dict[str, dict]
-    _notes: dict[str, dict]
-    _loaded: tuple[tuple[int, int] | None, dict[str, dict]]
-    _warned_unwritable: bool
-    _warned_foreign: bool
-    _warned_unreadable: bool
+    def __init__(self, dir: Path, path: Path, device: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.dir = dir
+        self.path = path
+        self.device = device
+        self._memory: dict[str, dict] = {}  # records not (yet) on disk
+        # annotations (``annotate``) of entries on disk not yet written: {key: meta}, merged
+        # into the file's entry under the lock (never its timings as this process read them)
+        self._notes: dict[str, dict] = {}
+        # the file's entries as last read, with its (mtime, size) then
+        self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
+        self._warned_unwritable = False
+        self._warned_foreign = False
+        self._warned_unreadable = False
+        self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
 
     def _all(self) -> dict[str, dict]:
         raise NotImplementedError  # TuneCache's

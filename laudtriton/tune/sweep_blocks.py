@@ -96,7 +96,7 @@ def network_name(model: LaudResNet) -> str:
     """The name a sweep files ``model``'s blocks under: its factory's
     (``nn.resnet.DEPTHS``), else "custom_d<depths>" ("custom_d1-1-1-1"), with
     "_w<width_mult>" when not 1: two networks' blocks under one name were mixed in the
-    CSV and the plots (``plot.model_depths`` reads the depths back)."""
+    CSV and the plots (``plot_rows.model_depths`` reads the depths back)."""
     depths = tuple(int(d) for d in model.config.get("depths", ()))
     name = next((k for k, d in DEPTHS.items() if d == depths),
                 "custom_d" + "-".join(map(str, depths)))

@@ -8,20 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .block import (
-    CHANNEL_MASKERS,
-    MODES,
     BlockStats,
     LaudBottleneck,
     check_input,
     without_records,
 )
 from .maskers import MapTooSmall, is_positive_int, positive_real
+from .stages import masker_layers, masker_name, parse_modes, parse_positive_int, per_stage
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -55,72 +53,6 @@ class ModelStats:
     def block_flops_ratios(self) -> torch.Tensor:
         """[num_blocks] per-block sparse/dense FLOPs ratios (the official flops_perc_list)."""
         return torch.stack([torch.as_tensor(b.flops_ratio) for b in self.blocks])
-
-
-def _per_stage(value, name: str, cast, accepted: str) -> list:
-    """Parse a per-stage argument: a scalar, a "a-b-c-d" string, or a 4-element list."""
-    if isinstance(value, str) and "-" in value:
-        items = value.split("-")
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [value] * 4
-    if len(items) != 4:
-        raise ValueError(
-            f"{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 ({accepted})"
-        )
-    out = []
-    for i, v in enumerate(items):
-        try:
-            out.append(cast(v))
-        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-            where = "" if len(set(map(str, items))) == 1 else f" (stage {i + 1}: {v!r})"
-            raise ValueError(f"{name} {value!r} is not valid{where}; "
-                             f"accepted: {accepted}") from None
-    return out
-
-
-def _mode(v) -> str:
-    if v not in MODES:
-        raise ValueError(f"mode {v!r} unknown; accepted: {', '.join(MODES)}")
-    return v
-
-
-def parse_modes(mode: str | Sequence[str]) -> list[str]:
-    """The mode of each of the 4 stages: one of ``MODES`` for all, "a-b-c-d", or a list.
-
-    Raises:
-        ValueError: naming the mode and the accepted forms.
-    """
-    if isinstance(mode, str) and mode not in MODES and "-" not in mode:
-        raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
-    return _per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
-
-
-def _masker(v) -> str:
-    if v not in CHANNEL_MASKERS:
-        raise ValueError(f"channel_masker {v!r} unknown; accepted: {', '.join(CHANNEL_MASKERS)}")
-    return v
-
-
-def _masker_layers(v) -> int:
-    iv = parse_positive_int(v)
-    if iv not in (1, 2):
-        raise ValueError(v)
-    return iv
-
-
-def parse_positive_int(v: object) -> int:
-    """v as an int if it is a whole number > 0 (an int, a whole float, a numeric string),
-    else a bare ValueError for the caller to word: bools, numpy and torch bools too
-    (``np.bool_(True)`` was S=1), and fractions (2.9 is not taken as 2)."""
-    if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor)
-                                           and v.dtype == torch.bool):
-        raise ValueError(v)
-    iv = int(v)
-    if iv != float(v) or iv <= 0:
-        raise ValueError(v)
-    return iv
 
 
 class LaudResNet(nn.Module):
@@ -160,15 +92,15 @@ class LaudResNet(nn.Module):
     ) -> None:
         super().__init__()
         modes = parse_modes(mode)
-        gran = _per_stage(granularity, "granularity", parse_positive_int,
+        gran = per_stage(granularity, "granularity", parse_positive_int,
                           "positive ints, '4-4-2-1'")
-        cgran = _per_stage(
+        cgran = per_stage(
             channel_granularity, "channel_granularity", parse_positive_int, "positive ints"
         )
-        maskers = _per_stage(channel_masker, "channel_masker", _masker, "'MLP' or 'conv_linear'")
-        layers = _per_stage(channel_masker_layers, "channel_masker_layers", _masker_layers,
+        maskers = per_stage(channel_masker, "channel_masker", masker_name, "'MLP' or 'conv_linear'")
+        layers = per_stage(channel_masker_layers, "channel_masker_layers", masker_layers,
                             "1 or 2")
-        reds = _per_stage(channel_masker_reduction, "channel_masker_reduction",
+        reds = per_stage(channel_masker_reduction, "channel_masker_reduction",
                           parse_positive_int, "positive ints")
         given = depths
         try:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..nn.maskers import finite_real
-from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES, parse_positive_int
+from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
+from ..nn.stages import parse_positive_int
 from ..ops.masks import expected_mask1_fraction
 from ..ops.spec import BlockSpec
 

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..nn.block import MODES
 from ..nn.maskers import is_positive_int
-from ..nn.resnet import MODES, parse_modes
+from ..nn.stages import parse_modes
 
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -106,7 +107,7 @@ def parse_stages(text: str, flag: str) -> list[int]:
 
 
 def check_mode(text: str, flag: str) -> None:
-    """Raise unless ``text`` is a mode a LAUD-ResNet takes (``nn.resnet.parse_modes``):
+    """Raise unless ``text`` is a mode a LAUD-ResNet takes (``nn.stages.parse_modes``):
     one of ``MODES`` for every stage, or four joined by '-' (one per stage).
 
     Raises:

@@ -75,7 +75,7 @@ def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks: BlockMasks
 
     Raises:
         ValueError: if the masks (mask3 and mask1 expanded where not given) are not masks
-            the block's maskers could give for x (``compiled_block.check_block_masks``):
+            the block's maskers could give for x (``mask_checks.check_block_masks``):
             a mask missing or extra for the block, of another shape, a grid or channel
             mask holding values other than 0 and 1, mask3 or mask1 not the grid's
             expansion. Broadcast or fractional masks would give an expected output no
@@ -83,7 +83,7 @@ def reference_on_masks(block: LaudBottleneck, x: torch.Tensor, masks: BlockMasks
     """
     import copy
 
-    from .compiled_block import check_block_masks
+    from .mask_checks import check_block_masks
     from .nn.block import BlockMasks
     from .nn.maskers import expand_mask1, upsample_mask
 

@@ -65,3 +65,58 @@ def test_usable_cpus_follow_the_affinity_mask(monkeypatch):
     assert runtime.usable_cpus() == 1
     monkeypatch.delattr(runtime.os, "sched_getaffinity", raising=False)
     assert runtime.usable_cpus() == 8
+
+
+@pytest.mark.parametrize("confstr", ["musl libc 1.2", "", AttributeError, ValueError])
+def test_glibc_version_is_none_off_glibc(monkeypatch, confstr):
+    """musl, a C library that names itself otherwise or nothing, or a platform without
+    ``os.confstr`` / the name: not glibc."""
+    def fake(name):
+        if isinstance(confstr, type):
+            raise confstr(name)
+        return confstr
+    monkeypatch.setattr(runtime.os, "confstr", fake, raising=False)
+    assert runtime.glibc_version() is None
+
+
+class _Mallopt:
+    """A stand-in for the C library's mallopt: records its calls, answers ``answers``."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), []
+
+    def __call__(self, param, value):
+        self.calls.append((param, value))
+        return self.answers.pop(0)
+
+
+def _fake_libc(monkeypatch, mallopt):
+    monkeypatch.setattr(runtime, "_retained", False)
+    monkeypatch.setattr(runtime, "glibc_version", lambda: "2.36")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: type("L", (), {"mallopt": mallopt}))
+
+
+def test_retain_is_refused_off_glibc_without_calling_mallopt(monkeypatch):
+    mallopt = _Mallopt([])
+    _fake_libc(monkeypatch, mallopt)
+    monkeypatch.setattr(runtime, "glibc_version", lambda: None)
+    assert runtime.retain_freed_memory() is False
+    assert mallopt.calls == [] and runtime.allocator_setting() == "default"
+
+
+def test_retain_sets_the_mmap_threshold_first_then_the_trim_one_once(monkeypatch):
+    mallopt = _Mallopt([1, 1])
+    _fake_libc(monkeypatch, mallopt)
+    assert runtime.retain_freed_memory() and runtime.retain_freed_memory()  # once
+    assert mallopt.calls == [(runtime.M_MMAP_THRESHOLD, 32 << 20),
+                             (runtime.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert runtime.allocator_setting() == "retain"
+
+
+@pytest.mark.parametrize("answers, name", [([0], "M_MMAP_THRESHOLD = 33554432"),
+                                           ([1, 0], "M_TRIM_THRESHOLD = 2147483647")])
+def test_a_refused_mallopt_raises_and_is_not_retained(monkeypatch, answers, name):
+    _fake_libc(monkeypatch, _Mallopt(answers))
+    with pytest.raises(RuntimeError, match=f"glibc mallopt refused {name}"):
+        runtime.retain_freed_memory()
+    assert runtime.allocator_setting() == "default"

@@ -326,6 +326,33 @@ def test_masks_of_another_kind_than_a_list_are_refused():
         cm(x, masks=cm.blocks[0].last_masks)
 
 
+@pytest.mark.parametrize("entry", [{"grid": None}, (None, None, None, None), "masks"])
+def test_a_block_entry_of_another_kind_than_blockmasks_is_refused(entry):
+    """The list is right, an entry in it is not: the block names itself and the type."""
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    masks[1] = entry
+    with pytest.raises(ValueError, match=rf"^layer2\.0: masks must be a BlockMasks, got "
+                                         rf"{type(entry).__name__}$"):
+        with torch.no_grad():
+            cm(x, masks=masks)
+
+
+@pytest.mark.parametrize("bad, got", [(torch.randn(64, 8, 8), r"\(64, 8, 8\)"),
+                                      (torch.randn(1, 1, 64, 8, 8), r"\(1, 1, 64, 8, 8\)"),
+                                      ([[0.0]], "list")])
+def test_check_masks_names_an_x_that_is_not_a_4d_tensor(bad, got):
+    """``CompiledBlock.check_masks`` is public: an x it cannot read shapes from is named,
+    not an IndexError from unpacking its shape."""
+    model, x = tiny(), torch.randn(1, 3, 32, 32)
+    cm = compile_cpu(model, x)
+    masks = given_masks(cm, x)
+    with pytest.raises(ValueError, match=rf"^layer2\.0: x must be a tensor \[B, C, H, W\], "
+                                         rf"got {got}$"):
+        cm.blocks[1].check_masks(masks[1], bad)
+
+
 def test_an_overridden_forward_is_refused():
     model = Leaky((1, 1, 1, 1), width_mult=0.25, input_size=None).eval()
     with pytest.raises(ValueError, match=r"Leaky overrides LaudResNet.forward; .*Hold a "
@@ -1060,6 +1087,32 @@ def test_an_example_input_that_is_no_real_float_tensor_with_data_is_refused(x):
     meta tensor failed deep inside with a RuntimeError."""
     with pytest.raises(ValueError, match=f"^example_input is {x.dtype} on {x.device.type}; "
                                          "give a real floating-point tensor with data"):
+        compile_cpu(tiny(), x)
+
+
+class _Holder(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("make", [tiny, lambda: _Holder(tiny()), lambda: make_block(16, 4)],
+                         ids=["resnet-without-input-size", "user-module", "block"])
+def test_an_example_input_is_required_where_none_can_be_drawn(make):
+    """Only a LaudResNet built with an input size draws its own example; the others name
+    what is missing instead of failing on None."""
+    with pytest.raises(ValueError, match=r"^example_input is required for this model "
+                                         r"\(a \[B, C, H, W\] tensor\)$"):
+        compile_cpu(make().eval(), None)
+
+
+@pytest.mark.parametrize("x", [torch.randn(3, 32, 32), torch.randn(1, 1, 3, 32, 32),
+                               [[0.0]], 1.0], ids=["3d", "5d", "list", "float"])
+def test_an_example_input_that_is_no_4d_tensor_is_refused(x):
+    with pytest.raises(ValueError, match=r"^example_input must be a 4D tensor \[B, C, H, W\]$"):
         compile_cpu(tiny(), x)
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import sys
 import warnings
@@ -377,8 +376,5 @@ def _decorator(target, example_input, **options):
                              f" returned {type(built).__name__}, not an nn.Module")
         return built
 
-    if target is None:
-        return wrap
-    if not (inspect.isclass(target) or callable(target)):
-        raise ValueError(f"compile: cannot decorate {target!r}")
-    return wrap(target)
+    # compile calls this only with None, a class or a callable that is no module
+    return wrap if target is None else wrap(target)

@@ -549,3 +549,47 @@ def test_cpu_hardware_warns_only_when_asked(tmp_path, caplog):
         assert cpu_hardware(tmp_path) is CPU_DEFAULT
     (said,) = _warnings(caplog)
     assert said.startswith("no calibration of this machine found; using the conservative")
+
+
+def test_hardware_spec_refuses_an_unknown_kind_and_peak_an_unknown_dtype():
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"^HardwareSpec kind 'tpu' unknown; accepted: "):
+        dataclasses.replace(CPU_DEFAULT, kind="tpu")
+    f32_only = dataclasses.replace(CPU_DEFAULT, peak=(("float32", 3e10),))
+    assert f32_only.peak_macs("bfloat16") == 3e10  # no entry of its own: float32's rate
+    with pytest.raises(ValueError, match=r"^dtype 'float64' unknown; accepted: float32, "):
+        CPU_DEFAULT.peak_macs("float64")
+
+
+@pytest.mark.parametrize("mode", ["dense", "spatial-channel-layer-dense"])
+def test_model_specs_names_an_unknown_mode(mode):
+    from laudtriton.predict import model_specs
+
+    with pytest.raises(ValueError, match=rf"^--mode {mode!r}: 'dense' unknown; accepted: "
+                                         r"spatial, channel, layer, both$"):
+        model_specs("laud_resnet50", mode=mode, input_size=64)
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError("no width"), KeyError("S")])
+def test_a_cost_that_fails_is_a_missing_latency_model(error):
+    """A variant whose Cost cannot handle a spec (an error of any kind from its model) is
+    named with the spec and rate; a MemoryError is not disguised."""
+    import dataclasses
+
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.model import terms
+
+    def cost(spec, rate):
+        raise error
+
+    def out_of_memory(spec, rate):
+        raise MemoryError
+
+    broken = dataclasses.replace(get_variant("gather"), name="broken", cost=cost)
+    with pytest.raises(ValueError, match=rf"^variant 'broken' has no latency model for "
+                                         rf".* at rate 0\.25: {error}"):
+        terms(SPEC, 0.25, broken, CPU_DEFAULT)
+    with pytest.raises(MemoryError):
+        terms(SPEC, 0.25, dataclasses.replace(broken, cost=out_of_memory), CPU_DEFAULT)
+

@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -1133,3 +1134,29 @@ def test_reps_time_about_half_a_second_within_10_and_40():
 
     assert [_reps(t) for t in (2.0, 0.5, 0.1, 0.02, 0.001, 0.0, math.inf)] == [
         10, 10, 10, 25, 40, 10, 10]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("model,block,spec,rate\nm,b,s,0.5\n",
+     r"not a sweep CSV; missing columns \['seconds', 'variant'\]$"),
+    (b"model,block\n\xff\xfe\x00bad\n", r"not a readable CSV \("),
+    ('model,"block\n' + "x" * 200_000 + "\n", r"not a readable CSV \(field larger than"),
+], ids=["missing-columns", "not-utf8", "oversized-field"])
+def test_read_csv_names_a_file_that_is_no_sweep_csv(tmp_path, text, match):
+    path = tmp_path / "r.csv"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: {match}"):
+        read_csv(path)
+
+
+def test_interleaved_medians_wants_one_setup_per_function():
+    from laudtriton.tune.timing import interleaved_medians
+
+    calls = []
+    with pytest.raises(ValueError, match=r"^setup has 1 entries for 2 functions$"):
+        interleaved_medians([lambda: calls.append(0), lambda: calls.append(1)], warmup=0,
+                            reps=1, setup=[None])
+    assert calls == []  # refused before any call

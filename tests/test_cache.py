@@ -376,6 +376,45 @@ def test_annotate_leaves_an_entry_no_reader_can_use_as_it_is(tmp_path):
     assert json.loads(a.path.read_text())["entries"] == {key: bad}
 
 
+@pytest.mark.parametrize("meta, match", [
+    (["models"], "annotate: meta must be a dict, got list"),
+    ({"input_size": 0}, "annotate: meta's input_size 0 is not a positive int"),
+    ({"input_size": True}, "annotate: meta's input_size True is not a positive int"),
+    ({"models": "m"}, r"annotate: spec .* or meta \{'models': 'm'\} is malformed"),
+    ({"models": {"m": "layer1.0"}}, r"meta \{'models': \{'m': 'layer1.0'\}\} is malformed"),
+    ({"asked_rates": [1.5]}, r"meta \{'asked_rates': \[1.5\]\} is malformed \('models' "
+                             r"\{model: \[block names\]\}, 'asked_rates' rates in \[0, 1\]\)"),
+])
+def test_annotate_refuses_malformed_meta_and_changes_nothing(tmp_path, meta, match):
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    before = c.path.read_bytes()
+    with pytest.raises(ValueError, match=match):
+        c.annotate(SPEC, 0.5, meta)
+    assert c.path.read_bytes() == before and c.entry_meta(SPEC, 0.5) == {}
+
+
+def test_annotate_names_a_record_not_yet_written_in_that_record(tmp_path):
+    """A record still in memory (its write failed or is late) takes annotate's names
+    itself: they are written with its timings, not kept as a note beside it."""
+    c = TuneCache(tmp_path)
+    saved = c._save
+    c._save = lambda: None  # the record's write has not happened
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}}, meta={"models": {"a": ["layer1.0"]}})
+    assert not c.saved and not c.path.exists()
+    assert c.annotate(SPEC, 0.5, {"models": {"b": ["layer2.1"]}, "asked_rates": [0.5],
+                                  "input_size": 64})
+    assert c._notes == {}
+    (mine,) = c._memory.values()
+    assert mine["meta"]["models"] == {"a": ["layer1.0"], "b": ["layer2.1"]}
+    c._save = saved
+    c._save()
+    assert c.saved
+    (e,) = TuneCache(tmp_path).entries()
+    assert e.seconds == 1e-3 and e.meta["models"] == {"a": ["layer1.0"], "b": ["layer2.1"]}
+    assert e.meta["asked_rates"] == [0.5] and e.meta["input_size"] == 64
+
+
 @pytest.mark.parametrize("value, on", [("0", False), ("false", False), (" OFF ", False),
                                        ("no", False), ("1", True), ("", True), ("yes", True),
                                        ("True", True)])

@@ -155,6 +155,29 @@ def test_corrupt_file_warns_and_is_moved_aside(tmp_path, caplog, content):
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
 
 
+def test_a_second_unusable_file_in_the_same_second_is_moved_aside_under_another_name(
+        tmp_path, monkeypatch):
+    """Two unusable files moved aside within one second (the clock is stopped here) both
+    survive: the second takes a "-1" suffix, the third "-2", none is written over."""
+    import time
+    import types
+
+    stopped = time.struct_time((2026, 1, 2, 3, 4, 5, 4, 2, 0))
+    clock = {n: getattr(time, n) for n in ("time", "monotonic", "sleep", "strftime")}
+    monkeypatch.setattr(cache_file_mod, "time",
+                        types.SimpleNamespace(**clock, gmtime=lambda: stopped))
+    c = TuneCache(tmp_path)
+    c.dir.mkdir(parents=True, exist_ok=True)
+    stem = c.path.name + ".unusable-20260102T030405"
+    for i, suffix in enumerate(("", "-1", "-2")):
+        c.path.write_text(f"{{broken {i}")
+        TuneCache(tmp_path).record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+        assert (tmp_path / (stem + suffix)).read_text() == f"{{broken {i}"
+    assert sorted(p.name for p in tmp_path.glob("*.unusable-*")) == [
+        stem, stem + "-1", stem + "-2"]
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
+
 def test_other_schema_file_is_moved_aside_not_written_over(tmp_path):
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})

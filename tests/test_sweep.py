@@ -429,6 +429,10 @@ def test_sweep_with_the_cache_disabled_says_so_first_and_makes_no_folder(tmp_pat
     (dict(reps=0), "reps 0 must be a positive int"),
     (dict(reps=2.5), "reps 2.5"),
     (dict(warmup=-1), "warmup -1 must be an int >= 0"),
+    (dict(rates=[1.5]), r"^rates \[1.5\] must be non-empty and lie in \[0, 1\]$"),
+    (dict(rates=[0.5, -0.25]), r"^rates \[-0.25, 0.5\] must be non-empty and lie in"),
+    (dict(rates=[]), r"^rates \[\] must be non-empty and lie in \[0, 1\]$"),
+    (dict(blocks=[]), r"^--blocks selects no block; give names or indices, e.g. 'layer1.0,1'$"),
 ])
 def test_sweep_rejects(tmp_path, kwargs, match):
     args = dict(model=tiny(), rates=[0.5], cache=TuneCache(tmp_path), **FAST)
@@ -436,6 +440,22 @@ def test_sweep_rejects(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sweep(**args)
 
+
+
+@pytest.mark.parametrize("variants,blocks,idle", [
+    ("fused", None, "fused"),  # CUDA only
+    ("dense,slice,masked", None, "masked, slice"),  # a channel variant, a CUDA one
+    ("gather,patch", "layer3.0,layer4.0", "patch"),  # patch runs layer1.0, not selected
+])
+def test_sweep_refuses_variants_no_selected_block_runs(tmp_path, counted, variants, blocks,
+                                                        idle):
+    """A variant that none of the selected blocks runs on this backend is refused
+    before anything is timed or written, naming each such variant."""
+    with pytest.raises(ValueError, match=rf"^--variants {idle}: no selected block of this "
+                                         "model and mode runs it on cpu$"):
+        sweep(tiny(), rates=[0.5], blocks=blocks, variants=variants,
+              cache=TuneCache(tmp_path), csv_path=tmp_path / "s.csv", **FAST)
+    assert counted == [] and list(tmp_path.iterdir()) == []
 
 
 def test_blocks_by_index_take_numpy_ints_and_refuse_bools():

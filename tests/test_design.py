@@ -122,6 +122,19 @@ def test_choose_breaks_a_tie_towards_the_lower_rate_despite_float_rounding():
         assert table.choose((2 * lo + 1) / 20 + 1e-6).variant == "patch", lo
 
 
+def test_choose_refuses_an_empty_table_whatever_the_rate():
+    """A table with no entry (none made, or every timing added failed: inf) has nothing
+    to choose; that is said before the rate is looked at."""
+    table = DispatchTable()
+    table.add(0.5, {"dense": {"{}": math.inf}, "gather": {'{"k": 2}': math.inf}}, "measured")
+    assert table.entries == {}
+    for rate in (0.5, 0.0, 1.0, 7.0):
+        with pytest.raises(ValueError, match="^empty dispatch table$"):
+            table.choose(rate)
+    table.add(0.5, {"dense": {"{}": 1e-3}}, "measured")
+    assert table.choose(0.0).variant == "dense"
+
+
 def test_fill_predictions_uses_a_config_the_variant_accepts():
     spec = model_specs("laud_resnet50", "channel", 1, batch=2, channel_granularity=4)[5][1]
     table = DispatchTable()

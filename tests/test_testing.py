@@ -57,6 +57,21 @@ def test_assert_same_masks_names_the_block_and_mask():
         assert_same_masks(cb, block)
 
 
+def test_assert_same_masks_refuses_another_count_of_blocks():
+    """A compiled block checked against a whole network (or the other way round) fails
+    on the block counts, not on the first block alone."""
+    import laudtriton
+    from laudtriton.nn import LaudResNet
+    from laudtriton.testing import assert_same_masks, make_block
+
+    block = make_block(16, 4, granularity=2)
+    x = torch.randn(2, 16, 8, 8)
+    cb = laudtriton.compile(block, x, backend="cpu", tune="off")
+    net = LaudResNet((1, 2, 1, 1), width_mult=0.25, input_size=None, granularity="2-2-1-1")
+    with pytest.raises(AssertionError, match=r"^1 compiled blocks, 5 reference$"):
+        assert_same_masks(cb, net)
+
+
 def test_make_block_is_its_seed_alone_and_leaves_the_global_random_state():
     import torch
 

@@ -1069,6 +1069,44 @@ def test_copies_and_pickles_of_the_users_module_stay_guarded_and_it_needs_no_gc(
         gc.enable()
 
 
+def test_a_pickle_of_a_users_module_compiled_before_the_guarded_class_still_refuses(
+        monkeypatch):
+    """Until session 32 compile bound ``refuse_train``, ``refuse_apply`` and
+    ``refuse_load`` on the instance of a module of the user's (partials holding the
+    module), and pickles name them as ``laudtriton.compiled.<name>``: such a pickle still
+    loads, and refuses training, another dtype and a state dict before anything
+    changes, while eval() and a conversion to its own dtype go on."""
+    import functools
+    import pickle
+
+    from laudtriton import compiled, guards
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5)).eval()
+    dtype, device = torch.float32, torch.device("cpu")
+    for name in ("refuse_train", "refuse_apply", "refuse_load"):  # as the old module named them
+        monkeypatch.setattr(getattr(guards, name), "__module__", "laudtriton.compiled")
+    m.train = functools.partial(compiled.refuse_train, m)
+    m._apply = functools.partial(compiled.refuse_apply, m, dtype, device)
+    m.load_state_dict = functools.partial(compiled.refuse_load, m)
+    data = pickle.dumps(m)
+    monkeypatch.undo()
+    assert b"laudtriton.compiled" in data and b"laudtriton.guards" not in data
+    old = pickle.loads(data)
+    weight = old[0].weight.detach().clone()
+    with pytest.raises(RuntimeError, match=f"^{re.escape(guards.TRAIN_REFUSED)}$"):
+        old.train()
+    assert not any(mod.training for mod in old.modules())
+    assert old.eval() is old and old.train(False) is old
+    with pytest.raises(RuntimeError, match=r"^a compiled model cannot move to torch.float64 "
+                                           r"on cpu: it is compiled for torch.float32 on cpu"):
+        old.double()
+    assert old.float() is old and old[0].weight.dtype == torch.float32
+    with pytest.raises(RuntimeError, match=f"^{re.escape(guards.LOAD_REFUSED)}$"):
+        old.load_state_dict({k: torch.zeros_like(v) for k, v in old.state_dict().items()})
+    assert torch.equal(old[0].weight, weight)
+
+
 def test_a_non_finite_example_input_is_refused():
     """The plan was made on the masks of a NaN image (every rate 0) and served all."""
     x = torch.randn(1, 3, 32, 32)

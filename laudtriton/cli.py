@@ -19,7 +19,7 @@ from .runtime import usable_cpus
 # Subcommands provided by other modules: (module, add-parser function, run function).
 EXTERNAL = {
     "sweep": ("laudtriton.tune.commands", "add_sweep_parser", "run_sweep"),
-    "cache": ("laudtriton.tune.commands", "add_cache_parser", "run_cache"),
+    "cache": ("laudtriton.tune.cache_command", "add_cache_parser", "run_cache"),
     "plot": ("laudtriton.plot_command", "add_plot_parser", "run_plot"),
     "predict": ("laudtriton.predict.commands", "add_predict_parser", "run_predict"),
     "calibrate": ("laudtriton.predict.commands", "add_calibrate_parser", "run_calibrate"),

@@ -22,7 +22,8 @@ from laudtriton.tune import options as options_mod
 from laudtriton.tune import sweep as sweep_mod
 from laudtriton.tune import sweep_blocks
 from laudtriton.tune.cache import TuneCache
-from laudtriton.tune.commands import _print_summary, add_cache_parser, add_sweep_parser
+from laudtriton.tune.cache_command import add_cache_parser
+from laudtriton.tune.commands import _print_summary, add_sweep_parser
 from laudtriton.tune.options import parse_rates, parse_shard
 from laudtriton.tune.sweep import sweep
 from laudtriton.tune.sweep_csv import CSV_FIELDS, read_csv, write_csv

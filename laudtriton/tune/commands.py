@@ -1,27 +1,24 @@
-"""The ``laudtriton sweep`` and ``laudtriton cache ls|clear|merge`` subcommands.
+"""The ``laudtriton sweep`` subcommand (``cache ls|clear|merge`` is ``cache_command``'s).
 
-Wire them into the CLI with ``add_sweep_parser(subparsers)`` / ``add_cache_parser(
-subparsers)``; each sets ``func`` (``run_sweep`` / ``run_cache``) that takes the parsed
-args and returns the exit code (2 with a message on stderr for a user error).
+Wire it into the CLI with ``add_sweep_parser(subparsers)``; it sets ``func``
+(``run_sweep``), which takes the parsed args and returns the exit code (2 with a message
+on stderr for a user error).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..schedule import format_rate, rate_key
-from . import cache_file
 from .cache import TuneCache
-from .cache_merge import NotACacheError, merge_files
 from .keys import disabled_by
 from .options import (
     MAX_INPUT_SIZE,
@@ -37,13 +34,15 @@ from .options import (
 )
 from .paths import (
     check_cache_dir,
-    check_nonempty,
     check_output_path,
     make_writable_dir,
     remove_if_empty,
 )
-from .sweep import DTYPES, sweep
+from .sweep import DTYPES, Prune, SweepResult, sweep
 from .sweep_blocks import MODELS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -138,14 +137,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             # the cache; filling it is the point of another sweep: refused now, not after
             # the timings (a disabled cache makes no folder: said now, below); a sweep
             # refused later (a bad --blocks) removes the folder it made, if still empty
-            if args.cache_dir is not None:
-                made = make_writable_dir(args.cache_dir, "--cache-dir")
-            else:  # $LAUDTRITON_CACHE_DIR's or the default
-                try:
-                    made = make_writable_dir(str(cache.dir), "the cache directory")
-                except ValueError as e:
-                    raise ValueError(f"{e}; give a writable --cache-dir (or "
-                                     "LAUDTRITON_CACHE_DIR)") from None
+            made = _make_cache_folder(args.cache_dir, cache)
             missing = cache.missing_link_folder()  # the timings would stay in memory
             if missing is not None:
                 raise ValueError(f"the cache file {str(cache.path)!r} is a link into the "
@@ -158,31 +150,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             print("note: --force does nothing here: " + ("a --clustered sweep" if args.clustered
                   else "a sweep with the cache disabled") + " reads no cached timing and "
                   "times every item anyway", file=sys.stderr)
-        prune = None
-        if args.prune_top < 0:
-            raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")
-        if args.hardware is not None and not args.prune_top:
-            raise ValueError(f"--hardware {args.hardware!r} is used only with --prune-top K "
-                             "(K >= 1); give both or neither")
-        if args.prune_top:
-            from ..predict.hardware import get_hardware
-            from ..predict.prune import make_prune
-
-            # read once: "cpu" / "cuda" read their calibration file
-            hw = get_hardware(args.hardware or ("cuda" if dev.type == "cuda" else "cpu"),
-                              args.cache_dir)
-            if args.hardware is not None:
-                kind = hw.kind
-                if (kind == "cpu") != (dev.type == "cpu"):
-                    raise ValueError(
-                        f"--hardware {args.hardware!r} models "
-                        f"{dict(cpu='a CPU', gpu='a GPU', edge='an edge GPU')[kind]}, and this "
-                        f"sweep times --device {args.device}: the configs would be pruned "
-                        "by another kind of machine's model; give hardware of the device "
-                        "swept, or leave --hardware out")
-            # the predictor of `predict --cache-dir`: calibration and fitted factors
-            # from this sweep's cache directory
-            prune = make_prune(hw, args.prune_top, cache_dir=args.cache_dir)
+        prune = _pruner(args, dev)
         csv_path = (os.path.expanduser(args.csv) if args.csv is not None  # '--csv=~/x'
                     else default_csv(args, dev.type))
         check_output_path(csv_path, "--csv")
@@ -202,6 +170,62 @@ def run_sweep(args: argparse.Namespace) -> int:
         remove_if_empty(made)
         return fail("sweep", str(e))
     _print_summary(res.rows)
+    _print_outcome(res, args, cache)
+    return 0
+
+
+def _make_cache_folder(cache_dir: str | None, cache: TuneCache) -> str | None:
+    """``run_sweep``'s cache folder made writable before any timing (``make_writable_dir``:
+    the top folder it made, or None): --cache-dir, else $LAUDTRITON_CACHE_DIR's or the
+    default one.
+
+    Raises:
+        ValueError: naming the folder that cannot be made or written.
+    """
+    if cache_dir is not None:
+        return make_writable_dir(cache_dir, "--cache-dir")
+    try:
+        return make_writable_dir(str(cache.dir), "the cache directory")
+    except ValueError as e:
+        raise ValueError(f"{e}; give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)"
+                         ) from None
+
+
+def _pruner(args: argparse.Namespace, dev: torch.device) -> Prune | None:
+    """``sweep``'s ``prune`` for --prune-top K (None without it): the latency predictor of
+    --hardware (default: the device swept, its calibration and fitted factors read from
+    --cache-dir, as ``predict --cache-dir`` reads them) keeps each variant's K best configs.
+
+    Raises:
+        ValueError: a negative --prune-top, --hardware without --prune-top, or hardware of
+            another kind than the device swept.
+    """
+    if args.prune_top < 0:
+        raise ValueError(f"--prune-top {args.prune_top} must be >= 0 (0: no pruning)")
+    if args.hardware is not None and not args.prune_top:
+        raise ValueError(f"--hardware {args.hardware!r} is used only with --prune-top K "
+                         "(K >= 1); give both or neither")
+    if not args.prune_top:
+        return None
+    from ..predict.hardware import get_hardware
+    from ..predict.prune import make_prune
+
+    # read once: "cpu" / "cuda" read their calibration file
+    hw = get_hardware(args.hardware or ("cuda" if dev.type == "cuda" else "cpu"),
+                      args.cache_dir)
+    if args.hardware is not None and (hw.kind == "cpu") != (dev.type == "cpu"):
+        raise ValueError(
+            f"--hardware {args.hardware!r} models "
+            f"{dict(cpu='a CPU', gpu='a GPU', edge='an edge GPU')[hw.kind]}, and this "
+            f"sweep times --device {args.device}: the configs would be pruned "
+            "by another kind of machine's model; give hardware of the device "
+            "swept, or leave --hardware out")
+    return make_prune(hw, args.prune_top, cache_dir=args.cache_dir)
+
+
+def _print_outcome(res: SweepResult, args: argparse.Namespace, cache: TuneCache) -> None:
+    """``run_sweep``'s closing lines: items timed and cached, merged rates, pruned
+    configs, seconds and the CSV; where the cache went, or why it was not saved."""
     merged = (f", {res.merged} asked rates realised the rate of another (timed once: "
               "timings are kept at the rate the masks realise)" if res.merged else "")
     pruned = "" if not args.prune_top else (
@@ -219,7 +243,6 @@ def run_sweep(args: argparse.Namespace) -> int:
                else f"disabled by {disabled_by()}" if not cache.enabled
                else cache.unsaved_why or f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
-    return 0
 
 
 @contextlib.contextmanager
@@ -273,109 +296,3 @@ def _print_summary(rows: list[dict]) -> None:
     for spec, rate, variant, t, d, other in lines:
         print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {t * 1e3:>8.3f} "
               f"{d * 1e3:>9.3f} {t / d:>8.2f}  {other}")
-
-
-def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``cache ls|clear|merge`` to an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser("cache", help="list, clear or merge autotune cache files",
-                              description="The persistent autotune cache.")
-    sub = p.add_subparsers(dest="cache_cmd", metavar="ls|clear|merge")
-    sub.required = True
-    for name, help_ in (("ls", "list the cached timings of this device"),
-                        ("clear", "delete this device's cache file")):
-        q = sub.add_parser(name, help=help_)
-        q.add_argument("--cache-dir", default=None,
-                       help="the cache directory (default: the one `laudtriton env` shows)")
-        q.add_argument("--device", default="cpu",
-                       help="whose cache file: cpu (default) or cuda[:N]")
-        if name == "ls":
-            q.add_argument("--all", action="store_true",
-                           help="also list entries hidden as stale (other versions or "
-                                "sources, or clustered masks)")
-    q = sub.add_parser("merge", help="merge cache files (machines, shards) into one")
-    q.add_argument("files", nargs="+", help="cache JSON files")
-    q.add_argument("--out", required=True, help="output cache file (merged into if present)")
-    p.set_defaults(func=run_cache)
-    return p
-
-
-def run_cache(args: argparse.Namespace) -> int:
-    """Run ``laudtriton cache ls|clear|merge``. Returns the exit code."""
-    try:
-        if args.cache_cmd == "merge":
-            for f in args.files:
-                check_nonempty(f, "an input file")
-            out = os.path.expanduser(args.out)  # blank, or a trailing slash: refused by
-            # check_output_path; written atomically; missing folders made by merge_files,
-            # once it read the inputs
-            check_output_path(out, "--out", replaced=True, new_dirs=True)
-            try:
-                n = merge_files(args.files, out)
-            except cache_file.LockTimeout:  # (an OSError too)
-                raise ValueError(f"--out {args.out!r}: another process held its lock "
-                                 f"({cache_file.lock_path_of(Path(out))}) for "
-                                 f"{cache_file.LOCK_TIMEOUT} s; "
-                                 "nothing written") from None
-            except OSError as e:  # the inputs are only read, and unreadable ones skipped
-                # (the file named: the lock beside --out, or a folder merge made)
-                what = (f": {e.filename}" if e.filename and Path(e.filename) != Path(out)
-                        else "")
-                raise ValueError(f"--out {args.out!r} cannot be written "
-                                 f"({e.strerror or e}{what})") from None
-            except NotACacheError as e:
-                raise ValueError(f"--out {e}") from None
-            print(f"{args.out}: {n} entries ({len(args.files)} input file(s) given; any input "
-                  "skipped as unusable is named in a warning above)")
-            return 0
-        check_cache_dir(args.cache_dir)
-        cache = TuneCache(args.cache_dir, device=check_device(args.device))
-    except ValueError as e:
-        return fail("cache", str(e))
-    if not cache.enabled:
-        return fail("cache", f"the cache is disabled ({disabled_by()})")
-    if args.cache_cmd == "clear":
-        existed = Path(cache.path).is_file()  # a mistyped --cache-dir: said, as ls says it
-        try:
-            n = cache.clear()
-        except ValueError as e:  # the file holds another device's timings
-            return fail("cache", str(e))
-        print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'})")
-        return 0
-    _print_ls(cache, args.all)
-    return 0
-
-
-def _file_note(path: Path) -> str:
-    """What ``cache ls`` adds after the path: nothing for a file, " (no file yet)", or,
-    for something there that is not a file (a directory), that it was not read (a
-    warning above says why)."""
-    if path.is_file():
-        return ""
-    return " (not read: not a file)" if path.exists() else " (no file yet)"
-
-
-def _print_ls(cache: TuneCache, include_stale: bool) -> None:
-    entries = cache.entries(include_stale=include_stale)
-    groups: dict[tuple, list] = {}
-    for e in entries:  # a stale timing per version and source: one row each (those of
-        # two torch versions in one row counted as two configs, the slower one unseen)
-        old = (json.dumps(e.meta["versions"], sort_keys=True), str(e.meta["source_hash"])
-               ) if e.meta["stale"] else ("", "")
-        groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"], *old),
-                          []).append(e)
-    hidden = 0 if include_stale else sum(
-        1 for e in cache.entries(include_stale=True) if e.meta["stale"])
-    print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
-          + _file_note(Path(cache.path))
-          + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
-    if not groups:
-        return
-    w = max(len(k[0]) for k in groups)
-    print(f"{'block spec':<{w}}  {'rate':>5}  {'variant':<14} {'configs':>7} {'best ms':>9}")
-    for (spec, rate, variant, stale, versions, src), es in sorted(groups.items()):
-        fin = [e.seconds for e in es if math.isfinite(e.seconds)]
-        b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
-        which = ", ".join(f"{k} {v}" for k, v in (json.loads(versions) or {}).items()
-                          ) if stale else ""
-        print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
-              + (f"  (stale: {which}, source {src})" if stale else ""))

@@ -442,7 +442,6 @@ def test_sweep_rejects(tmp_path, kwargs, match):
         sweep(**args)
 
 
-
 @pytest.mark.parametrize("variants,blocks,idle", [
     ("fused", None, "fused"),  # CUDA only
     ("dense,slice,masked", None, "masked, slice"),  # a channel variant, a CUDA one

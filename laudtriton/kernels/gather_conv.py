@@ -211,7 +211,7 @@ def gather_conv1x1_torch(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor
     return out
 
 
-def stage_aot_specs(stem: str, fn, args: str) -> list[AOTSpec]:
+def stage_aot_specs(stem: str, fn: object, args: str) -> list[AOTSpec]:
     """The spatial stage kernel ``fn`` x ``aot_plan()`` (dtype, config) pairs for
     ahead-of-time compiles, named ``{stem}_{dtype}_m{M}n{N}k{K}``. ``args``: the kernel's
     runtime arguments in order, space-separated: ``idx_ptr`` and ``count_ptr`` are int32

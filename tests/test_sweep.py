@@ -470,6 +470,24 @@ def test_blocks_by_index_take_numpy_ints_and_refuse_bools():
         with pytest.raises(ValueError, match="--blocks: unknown block"):
             sweep_blocks.select_blocks(named, [flag])
 
+
+def test_blocks_take_a_numpy_array_and_refuse_a_non_iterable():
+    """A numpy array of indices selects its blocks (its truth value raised numpy's own
+    error); an array with nothing in it is an empty selection; a bare int is refused
+    naming --blocks (it raised a TypeError from the loop)."""
+    import numpy as np
+
+    named = sweep_blocks.model_blocks(tiny(), 64)
+    names = [n for n, _, _ in named]
+    assert [n for n, _, _ in sweep_blocks.select_blocks(named, np.array([2, 0]))] == [
+        names[0], names[2]]
+    with pytest.raises(ValueError, match="^--blocks selects no block"):
+        sweep_blocks.select_blocks(named, np.array([], dtype=int))
+    with pytest.raises(ValueError, match="^--blocks takes a list of block names or "
+                                         "indices, or a comma list of them, got int 1$"):
+        sweep_blocks.select_blocks(named, 1)
+
+
 def _parser():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class SweepResult:
 def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
           granularity: str | int | Sequence[int] = "4-4-2-1",
           rates: Sequence[float] | str = "0.1:1.0:0.1", batch: int = 1,
-          device: str = "cpu", blocks: Sequence[str | int] | str | None = None,
+          device: str = "cpu", blocks: Iterable[str | int] | str | None = None,
           shard: tuple[int, int] = (1, 1), force: bool = False, clustered: bool = False,
           cache: TuneCache | None = None, csv_path: str | Path | None = None,
           progress: bool = True, prune: Prune | None = None, *,

@@ -7,7 +7,7 @@ a block's ideal FLOPs ratio on its masks (``ideal_flops_ratio``).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -57,14 +57,15 @@ def model_blocks(model: LaudResNet, input_size: int, batch: int = 1,
 
 
 def select_blocks(named: list[tuple[str, LaudBottleneck, BlockSpec]],
-                  blocks: Sequence[str | int] | str | None
+                  blocks: Iterable[str | int] | str | None
                   ) -> list[tuple[str, LaudBottleneck, BlockSpec]]:
     """The blocks of ``named`` (``model_blocks``) that ``blocks`` selects, by name or index
-    (a list, or the comma list of ``--blocks``); None selects every one.
+    (a list or other iterable, e.g. a numpy array of indices, or the comma list of
+    ``--blocks``); None selects every one.
 
     Raises:
-        ValueError: naming ``--blocks``: an empty selection, an index out of range or an
-            unknown name.
+        ValueError: naming ``--blocks``: not an iterable, an empty selection, an index out
+            of range or an unknown name.
     """
     if blocks is None:
         return named
@@ -72,6 +73,11 @@ def select_blocks(named: list[tuple[str, LaudBottleneck, BlockSpec]],
     example = f"names or indices, e.g. '{names[0]},1'"
     if isinstance(blocks, str):
         blocks = comma_items(blocks, "--blocks", example)
+    try:  # any iterable of them (a numpy array of indices has no truth value)
+        blocks = list(blocks)
+    except TypeError:
+        raise ValueError(f"--blocks takes a list of block names or indices, or a comma "
+                         f"list of them, got {type(blocks).__name__} {blocks!r}") from None
     if not blocks:
         raise ValueError(f"--blocks selects no block; give {example}")
     keep = set()

@@ -114,6 +114,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.csv:  # '--csv=~/x' reaches us without a shell's expansion
         args.csv = os.path.expanduser(args.csv)
     check_output_path(args.csv, "--csv")
+    if args.csv:  # not over a file of the cache folder (tune "off": if it has a valid one)
+        from .tune.keys import default_cache_dir
+        from .tune.paths import check_not_cache_file
+
+        try:
+            cache_dir = default_cache_dir()
+        except ValueError:  # a bad $LAUDTRITON_CACHE_DIR (check_cache_env refuses it
+            cache_dir = None  # unless --tune off): no folder to keep
+        if cache_dir is not None:
+            check_not_cache_file(args.csv, "--csv", cache_dir)
     rates = parse_rates(args.rates)
     check_layout_options(args)
     check_cache_env(args.tune)

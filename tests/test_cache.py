@@ -508,6 +508,23 @@ def test_write_json_atomic_keeps_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
+def test_atomic_write_refuses_to_replace_a_pipe(tmp_path):
+    """A file moved over a device or a pipe replaces it (a sweep's --csv /dev/null
+    replaced the device with its CSV): refused, the pipe and the folder as they were."""
+    import os
+    import stat
+
+    fifo = tmp_path / "p.json"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.json"
+    link.symlink_to(fifo)
+    for path in (fifo, link):
+        with pytest.raises(ValueError, match=r"p\.json is not a regular file .* replaced"):
+            cache_file_mod.write_json_atomic(path, {"x": 1})
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "p.json"]
+
+
 def test_foreign_schema_and_device_are_ignored(tmp_path, caplog):
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})

@@ -199,6 +199,39 @@ def test_csv_that_cannot_be_written_fails_before_timing(command, tmp_path, capsy
     assert f"the directory {str(tmp_path / 'f')!r} is a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["bench", "sweep"])
+def test_csv_that_is_a_pipe_a_dangling_link_or_a_cache_file_is_refused(command, tmp_path,
+                                                                       monkeypatch, capsys):
+    """sweep's CSV is written beside its path and moved over it: --csv /dev/null replaced
+    the device with a file; a link into a missing folder failed after the sweep; bench and
+    sweep wrote a CSV over a calibration file or another device's cache (sweep refused
+    only its own device's file)."""
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path))
+    extra = ["--device", "cpu"] if command == "sweep" else []
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    assert main([command, "--csv", str(fifo)] + extra) == 2
+    assert (f"--csv {str(fifo)!r} is not a regular file (a device, a pipe or a socket)"
+            in capsys.readouterr().err)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "dangling.csv"
+    link.symlink_to(tmp_path / "no" / "such.csv")
+    assert main([command, "--csv", str(link)] + extra) == 2
+    assert (f"--csv {str(link)!r}: the directory {str(tmp_path / 'no')!r} does not exist"
+            in capsys.readouterr().err)
+    for name in ("calibration_Some_CPU_2t.v1.json", "Another_CPU_avx2_2t.v1.json",
+                 "Another_CPU_avx2_2t.v1.json.lock"):
+        kept = tmp_path / name
+        kept.write_text("{}")
+        assert main([command, "--csv", str(kept)] + extra) == 2
+        assert (f"--csv {str(kept)!r} is a file of the autotune cache folder"
+                in capsys.readouterr().err)
+        assert kept.read_text() == "{}"
+    (tmp_path / "to_cache.csv").symlink_to(kept)  # a link to one is refused too
+    assert main([command, "--csv", str(tmp_path / "to_cache.csv")] + extra) == 2
+    assert "is a file of the autotune cache folder" in capsys.readouterr().err
+
+
 def test_predict_names_its_variants_option_and_prints_rates_apart(capsys, tmp_path):
     assert main(["predict", "--variants", "bogus", "--cache-dir", str(tmp_path)]) == 2
     assert "--variants: variant 'bogus' has no latency model" in capsys.readouterr().err

@@ -376,6 +376,10 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     return write_csv(rows, tmp_path / "bad.csv")
 
 
+# a valid BlockSpec on a map no sweep times (plot's predicted curve allocated 80 GB for it)
+HUGE_KEY = BlockSpec(64, 64, 256, 1, True, (100000, 100000), "spatial", 4).key()
+
+
 @pytest.mark.parametrize("column,value,says", [
     ("rate", "abc", "column 'rate': 'abc' is not a number"),
     ("seconds", "", "column 'seconds': '' is not a number"),
@@ -400,6 +404,8 @@ def _bad_csv(tmp_path, row: int, column: str, value) -> Path:
     ("spec_key", "[1", "column 'spec_key': '[1' is not a block spec"),
     ("spec_key", '{"granularity": 0}', "column 'spec_key': '{\"granularity\": 0}' is not a "
      "block spec"),
+    ("spec_key", HUGE_KEY, f"column 'spec_key': {HUGE_KEY[:80]!r} is a block larger than a "
+     "sweep times (map sides up to 4096, batch up to 4096)"),
     ("model", "", "column 'model' is empty"),
     ("block", " ", "column 'block' is empty"),
     ("variant", "", "column 'variant' is empty"),

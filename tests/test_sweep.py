@@ -1029,12 +1029,14 @@ def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(tmp_path, monkeypa
 
 
 def test_sweep_refuses_a_csv_path_that_is_the_cache_file(tmp_path):
-    """--csv at the cache's own file reported success and left a corrupt cache."""
+    """--csv at the cache's own file reported success and left a corrupt cache; so did
+    one at another device's cache file or a calibration file in the same folder."""
     cache = TuneCache(tmp_path)
-    for path in (cache.path, cache.lock_path):
-        with pytest.raises(ValueError, match="is the autotune cache's own file"):
+    for path in (cache.path, cache.lock_path, tmp_path / "calibration_x.v1.json",
+                 tmp_path / "Other_CPU_2t.v1.json"):
+        with pytest.raises(ValueError, match="is a file of the autotune cache folder"):
             sweep(tiny(), rates=[0.5], blocks="layer4.0", cache=cache, csv_path=path, **FAST)
-    assert not cache.path.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_checks_its_csv_path_and_device_before_timing(tmp_path, counted):

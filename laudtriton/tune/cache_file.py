@@ -342,8 +342,13 @@ def atomic_text(path: str | Path) -> Iterator[TextIO]:
     file is removed). The file gets the mode a plain open() would give (0666 less the
     umask), not mkstemp's 0600, so a cache directory can be shared. A ``path`` that is a
     symbolic link has the file it points to replaced, the link kept (a cache file linked
-    to a shared one keeps feeding it)."""
+    to a shared one keeps feeding it). A ``path`` that exists as something else than a
+    regular file (a device, a pipe) is refused with a ValueError: moved over, it would be
+    replaced."""
     path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, a pipe or a socket); "
+                         "it would be replaced: give a file name")
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())

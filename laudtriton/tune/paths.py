@@ -93,11 +93,14 @@ def remove_if_empty(top: str | None) -> None:
 def check_output_path(path: str | None, flag: str, replaced: bool = False,
                       new_dirs: bool = False) -> None:
     """Fail before any measuring when ``path`` (given with ``flag``) cannot be written as
-    a file: empty, a directory (or a name ending in a slash), in a directory that does not
-    exist (unless ``new_dirs``: the caller makes it; then only a file where a directory
-    should be fails) or where no file can be made, or an existing file without write
-    permission (unless ``replaced``: the file is written elsewhere and moved over it,
-    which needs only the directory)."""
+    a file: empty, a directory (or a name ending in a slash), something else than a
+    regular file (a device, a pipe or a socket: a file written beside it and moved over it
+    would replace ``/dev/null`` itself), in a directory that does not exist (unless
+    ``new_dirs``: the caller makes it; then only a file where a directory should be fails)
+    or where no file can be made, or an existing file without write permission (unless
+    ``replaced``: the file is written elsewhere and moved over it, which needs only the
+    directory). A symbolic link is checked as the file it points to, which the writers
+    write (a dangling link into a missing directory failed after the measuring)."""
     if path is None:
         return
     check_nonempty(path, flag)
@@ -105,7 +108,11 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
     if path.endswith((os.sep, "/")):  # (abspath and Path drop the slash: a file 'x' was made)
         raise ValueError(f"{flag} {path!r} names a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        raise ValueError(f"{flag} {path!r} is not a regular file (a device, a pipe or a "
+                         "socket); give a file name")
+    parent = os.path.dirname(real)
     if new_dirs and not os.path.isdir(parent):
         above, _ = nearest_existing(parent)
         if not os.path.isdir(above):
@@ -117,7 +124,21 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
     try:  # a file can be made there (the results would otherwise be lost at the end)
         with tempfile.TemporaryFile(dir=parent):
             pass
-        if not replaced and os.path.exists(path) and not os.access(path, os.W_OK):
+        if not replaced and os.path.exists(real) and not os.access(real, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
+
+
+def check_not_cache_file(path: str | os.PathLike | None, flag: str,
+                         cache_dir: str | os.PathLike) -> None:
+    """A ValueError naming ``flag`` when the output file ``path`` is (or links to) a JSON
+    or lock file in the cache folder ``cache_dir``: an autotune cache of any device, a
+    calibration file or a lock. A CSV written there replaced the timings or the
+    calibration (the next command read a corrupt file and ignored it)."""
+    if path is None:
+        return
+    real = Path(os.path.realpath(path))
+    if real.suffix in (".json", ".lock") and real.parent == Path(os.path.realpath(cache_dir)):
+        raise ValueError(f"{flag} {os.fspath(path)!r} is a file of the autotune cache folder "
+                         f"({real}); the output would write over it: give another path")

@@ -34,7 +34,7 @@ from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
 from .options import check_device_name, check_rates, check_shard, parse_variants
-from .paths import check_output_path
+from .paths import check_not_cache_file, check_output_path
 from .sweep_blocks import MODELS, ideal_flops_ratio, model_blocks, network_name, select_blocks
 from .sweep_csv import item_rows, write_csv
 from .timing import median_time
@@ -260,7 +260,8 @@ def _sweep_cache(cache: TuneCache | None, clustered: bool, dev: torch.device,
     it).
 
     Raises:
-        ValueError: a cache of another device, or a CSV path that is the cache's file.
+        ValueError: a cache of another device, or a CSV path that is a file of the
+            cache's folder (``paths.check_not_cache_file``).
     """
     cache = cache if cache is not None else TuneCache(device=dev)
     if clustered:
@@ -270,10 +271,7 @@ def _sweep_cache(cache: TuneCache | None, clustered: bool, dev: torch.device,
                          f"{here!r} (device {str(dev)!r}, {torch.get_num_threads()} "
                          "thread(s) now); make the cache with that device, after setting "
                          "the threads")
-    if csv_path is not None and any(Path(csv_path).resolve() == Path(f).resolve()
-                                    for f in (cache.path, cache.lock_path)):
-        raise ValueError(f"--csv {str(csv_path)!r} is the autotune cache's own file "
-                         f"({cache.path}); the CSV would write over it: give another path")
+    check_not_cache_file(csv_path, "--csv", cache.dir)
     return cache
 
 

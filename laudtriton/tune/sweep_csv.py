@@ -91,9 +91,29 @@ def read_csv(path: str | Path) -> list[dict]:
             raise ValueError(f"{where} 'dispatched': {r['dispatched']!r} is not 0 or 1")
         r["dispatched"] = flag in ("1", "true")
         key = r.get("spec_key")
-        if key not in (None, "") and not _spec_key_ok(key):
-            raise ValueError(f"{where} 'spec_key': {key[:80]!r} is not a block spec")
+        why = None if key in (None, "") else _spec_key_problem(key)
+        if why:
+            raise ValueError(f"{where} 'spec_key': {key[:80]!r} {why}")
     return rows
+
+
+def _spec_key_problem(key: str) -> str | None:
+    """What is wrong with ``key``, or None when it is the JSON of a valid BlockSpec
+    (``BlockSpec.key``) of a size a sweep can time: map sides up to MAX_INPUT_SIZE and a
+    batch up to MAX_BATCH, the bounds of ``--input-size`` and ``--batch`` (a map of
+    100000 x 100000 passed, and ``plot``'s predicted curve tried to allocate 80 GB)."""
+    from .options import MAX_BATCH, MAX_INPUT_SIZE
+
+    try:
+        d = json.loads(key)
+    except ValueError:  # not JSON
+        return "is not a block spec"
+    if not is_valid_spec(d):
+        return "is not a block spec"
+    if max(d["in_hw"]) > MAX_INPUT_SIZE or d.get("batch", 1) > MAX_BATCH:
+        return (f"is a block larger than a sweep times (map sides up to {MAX_INPUT_SIZE}, "
+                f"batch up to {MAX_BATCH})")
+    return None
 
 
 def _read_positive_int(r: dict, k: str, where: str, what: str) -> None:
@@ -108,14 +128,6 @@ def _read_positive_int(r: dict, k: str, where: str, what: str) -> None:
     if v < 1:
         raise ValueError(f"{where} {k!r}: {r[k]!r} is not {what}")
     r[k] = v
-
-
-def _spec_key_ok(key: str) -> bool:
-    """``key`` is the JSON of a valid BlockSpec (``BlockSpec.key``)."""
-    try:
-        return is_valid_spec(json.loads(key))
-    except ValueError:  # not JSON
-        return False
 
 
 def item_rows(model_name: str, members: Sequence[tuple[str, object]], spec: BlockSpec,

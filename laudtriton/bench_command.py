@@ -34,22 +34,23 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "may run on")
     s.add_argument("--reps", type=int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
-                   "fewer is noisier); also the untimed new inputs that start the "
-                   "new-input stream")
+                   "fewer is noisier; at most 10000); also the untimed new inputs that "
+                   "start the new-input stream")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
                    help="compile's tune mode (default cached: the autotune cache, else "
                         "timing on the example input)")
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=int, default=1,
                    help="time the whole-model rows this many times; report the median run "
-                        "(for an even count the upper middle one)")
+                        "(for an even count the upper middle one; at most 100)")
     s.add_argument("--allocator", default="retain",
                    help="retain (default): glibc keeps freed blocks for reuse, for dense and "
                         "compiled alike (laudtriton.runtime); default: leave the C allocator as is")
     s.add_argument("--processes", type=int, default=1,
                    help="run the benchmark in this many fresh processes, one after another "
                         "(per-block rows from the first only), and summarise the whole-model "
-                        "rows over all of them; --csv then holds every process's rows")
+                        "rows over all of them; --csv then holds every process's rows; at most "
+                        "100)")
     s.add_argument("--csv", default=None, help="write every row to this CSV file")
     s.add_argument("--no-progress", action="store_true",
                    help="no progress bar on stderr")
@@ -67,12 +68,21 @@ def check_cache_env(tune: str) -> None:
         cache_enabled_from_env()
 
 
+# the largest counts bench and demo take: more runs for hours or days (demo --reps 1e12
+# compiled, checked, then timed without end; --repeat and --processes passed any value)
+MAX_COUNTS = {"reps": 10000, "repeat": 100, "processes": 100}
+
+
 def check_counts(args: argparse.Namespace, *names: str) -> None:
-    """Each named option (``--batch``, ``--reps``, ...) must be an integer >= 1."""
+    """Each named option (``--reps``, ``--repeat``, ...) must be an integer >= 1, and at
+    most its ``MAX_COUNTS`` entry where it has one."""
     for name in names:
-        value = getattr(args, name)
+        value, top = getattr(args, name), MAX_COUNTS.get(name)
+        flag = f"--{name.replace('_', '-')}"
         if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+        if top is not None and value > top:
+            raise ValueError(f"{flag} must be at most {top}, got {value}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

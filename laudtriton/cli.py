@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
                    help="how compile picks each block's variant (default: cached)")
     s.add_argument("--reps", type=int, default=20,
-                   help="timed runs of each model (default 20)")
+                   help="timed runs of each model (default 20, at most 10000)")
     s.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)

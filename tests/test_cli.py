@@ -35,6 +35,11 @@ from laudtriton.cli import main
     (["bench", "--mode", "spatial-channel"], "--mode 'spatial-channel' unknown"),
     (["sweep", "--mode", "layer-x-layer-layer"], "--mode 'layer-x-layer-layer' unknown"),
     (["demo", "--reps", "0"], "--reps"),
+    # no upper bound: demo --reps 1e12 timed without end after compiling
+    (["demo", "--reps", "1000000000000"], "--reps must be at most 10000, got 1000000000000"),
+    (["bench", "--reps", "10001"], "--reps must be at most 10000, got 10001"),
+    (["bench", "--repeat", "101"], "--repeat must be at most 100, got 101"),
+    (["bench", "--processes", str(10**17)], f"--processes must be at most 100, got {10**17}"),
     (["demo", "--rate", "2"], "--rate"),
     (["sweep", "--input-size", "0"], "--input-size"),
     (["sweep", "--dtype", "foo"], "--dtype 'foo' unknown"),

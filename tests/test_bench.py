@@ -497,10 +497,11 @@ def test_bench_refuses_reps_whose_fresh_inputs_would_fill_the_memory(capsys):
     from laudtriton.bench import check_fresh_inputs
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    reps = total // (2 * 3 * 224 * 224 * 4)  # the inputs alone: the whole memory
-    assert main(["bench", "--reps", str(reps), "--model-only"]) == 2
+    reps = 10000  # the most --reps takes; a batch that fills the whole memory with them
+    batch = total // (2 * reps * 3 * 224 * 224 * 4) + 1
+    assert main(["bench", "--reps", str(reps), "--batch", str(batch), "--model-only"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"laudtriton bench: error: --reps {reps} with --batch 1: ")
+    assert err.startswith(f"laudtriton bench: error: --reps {reps} with --batch {batch}: ")
     assert "give fewer --reps" in err
     check_fresh_inputs(1, 20)  # the default: far from it
 

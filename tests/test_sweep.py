@@ -506,6 +506,8 @@ def _parser():
     (["sweep", "--mode", "sparse"], "mode 'sparse' unknown"),
     (["sweep", "--prune-top", "-1"], "--prune-top -1 must be >= 0"),
     (["sweep", "--prune-top", "2", "--hardware", "nope"], "--hardware 'nope' unknown"),
+    # an empty --hardware was read as not given: the CPU's model, silently
+    (["sweep", "--prune-top", "2", "--hardware", ""], "--hardware '' unknown"),
     (["sweep", "--prune-top", "1", "--hardware", "v100"], "--hardware 'v100' models a GPU, "
      "and this sweep times --device cpu"),
     (["sweep", "--prune-top", "1", "--hardware", "jetson_tx2"], "models an edge GPU"),

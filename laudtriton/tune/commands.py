@@ -211,8 +211,8 @@ def _pruner(args: argparse.Namespace, dev: torch.device) -> Prune | None:
     from ..predict.prune import make_prune
 
     # read once: "cpu" / "cuda" read their calibration file
-    hw = get_hardware(args.hardware or ("cuda" if dev.type == "cuda" else "cpu"),
-                      args.cache_dir)
+    hw = get_hardware(("cuda" if dev.type == "cuda" else "cpu") if args.hardware is None
+                      else args.hardware, args.cache_dir)  # ('' is refused there, not "cpu")
     if args.hardware is not None and (hw.kind == "cpu") != (dev.type == "cpu"):
         raise ValueError(
             f"--hardware {args.hardware!r} models "

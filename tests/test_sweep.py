@@ -107,12 +107,15 @@ def test_parse_rates_refuses_too_many_before_building_them(text, match, monkeypa
     assert len(parse_rates("0:1:0.001")) == options_mod.MAX_RATES == 1001
 
 
-@pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("4/4", (4, 4)), ("1/1", (1, 1))])
+@pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("4/4", (4, 4)), ("1/1", (1, 1)),
+                                       (" 1/2 ", (1, 2)), ("01/02", (1, 2))])
 def test_parse_shard(text, want):
     assert parse_shard(text) == want
 
 
-@pytest.mark.parametrize("text", ["0/4", "5/4", "a/b", "1-4", "1/4/2", ""])
+# int() read '1_0' as 10 and other scripts' digits; ' 1 / 2' is not one number per side
+@pytest.mark.parametrize("text", ["0/4", "5/4", "a/b", "1-4", "1/4/2", "", "1_0/20",
+                                  "\u0661/\u0662", "1 / 2", "+1/2"])
 def test_parse_shard_rejects(text):
     with pytest.raises(ValueError, match="--shard"):
         parse_shard(text)
@@ -841,6 +844,9 @@ def test_sweep_default_csv_names_every_option_that_changes_its_rows():
                 name("--mode", "channel-channel-layer-layer", "--channel-granularity", "4")]
     assert len(set(variants) | {name()}) == len(variants) + 1
     assert variants[0] == "sweep_laud_resnet50_spatial_4-4-2-1_b1_shard1of2_cpu.csv"
+    # the shard's numbers, not its text: one shard, one file name
+    assert name("--shard", " 01/02 ") == variants[0]
+    assert name("--shard", "01/1") == name()
 
 
 @pytest.mark.parametrize("given,text", [(" 4-4-2-1", "4-4-2-1"), ("04-4-2-01", "4-4-2-1"),

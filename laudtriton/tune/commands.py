@@ -111,8 +111,9 @@ def default_csv(args: argparse.Namespace, device: str) -> str:
         parts.append(f"i{args.input_size}")
     if args.dtype != "float32":
         parts.append(args.dtype)
-    if args.shard not in (None, "1/1"):
-        parts.append("shard" + args.shard.replace("/", "of"))
+    i, n = (1, 1) if args.shard is None else parse_shard(args.shard)
+    if n > 1:  # the numbers, not the text ('01/02' and '1/2' are one shard, one file)
+        parts.append(f"shard{i}of{n}")
     parts.append(device)
     if args.clustered:
         parts.append("clustered")

@@ -122,15 +122,15 @@ def check_mode(text: str, flag: str) -> None:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"i/n" (1 <= i <= n) -> (i, n).
+    """"i/n" (1 <= i <= n; ASCII digits, spaces around it ignored) -> (i, n).
 
     Raises:
         ValueError: naming ``--shard``, the value and the accepted form.
     """
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r} is malformed; accepted: 'i/n', e.g. '1/4'") from None
+    parts = text.strip().split("/")  # ASCII digits only: int() also read '1_0' as 10
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"--shard {text!r} is malformed; accepted: 'i/n', e.g. '1/4'")
+    i, n = (int(p) for p in parts)
     if not 1 <= i <= n:
         raise ValueError(f"--shard {text!r}: need 1 <= i <= n, e.g. '1/4'")
     return i, n

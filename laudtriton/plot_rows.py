@@ -201,15 +201,22 @@ def check_measured(rows: Rows, src: str) -> None:
                          "inf or nan (every config failed)")
 
 
+# a "custom_d<depths>" name with more blocks than this is no network a sweep timed (a CSV
+# naming custom_d100000000 had plot list 100 million missing blocks for 42 s)
+MAX_CUSTOM_BLOCKS = 10000
+
+
 def model_depths(model: str) -> tuple[int, ...] | None:
     """The depths of the network a sweep named ``model`` (``tune.sweep_blocks.network_name``:
     a factory of ``nn.resnet.DEPTHS`` or "custom_d<depths>", with "_w<width>" for
-    another width); None for another name."""
+    another width); None for another name, or a custom one of more than
+    MAX_CUSTOM_BLOCKS blocks."""
     hit = re.fullmatch(r"(.+?)(_w[0-9.e+-]+)?", model)
     base = hit.group(1) if hit else model
-    custom = re.fullmatch(r"custom_d(\d+(?:-\d+)*)", base)
+    custom = re.fullmatch(r"custom_d([0-9]{1,5}(?:-[0-9]{1,5})*)", base)
     if custom:
-        return tuple(int(d) for d in custom.group(1).split("-"))
+        depths = tuple(int(d) for d in custom.group(1).split("-"))
+        return depths if sum(depths) <= MAX_CUSTOM_BLOCKS else None
     return DEPTHS.get(base)
 
 

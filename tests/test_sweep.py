@@ -278,6 +278,13 @@ def test_a_narrow_factory_network_is_named_with_its_width(tmp_path):
         1, 1, 3, 1)
     assert model_depths("tiny") is None and model_depths("custom") is None
     assert len(missing_blocks("laud_resnet50_w0.25", {"layer4.0": 1})) == 15
+    # a name no sweep makes: plot listed 100 million missing blocks (42 s); a depth of
+    # 5000 digits raised int()'s digit limit
+    assert model_depths("custom_d100000000") is None
+    assert model_depths("custom_d" + "9" * 5000) is None
+    assert model_depths("custom_d5000-5000") == (5000, 5000)
+    assert model_depths("custom_d5000-5001") is None
+    assert missing_blocks("custom_d100000000", {"layer1.0": 1}) == []
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -521,6 +521,12 @@ def test_hardware_cuda_without_a_gpu_is_one_line(capsys, monkeypatch, args):
      "--channel-granularity '2-2-4' has 3 stages; LAUD-ResNet has 4 (e.g. '4-4-2-1')"),
     (["predict", "--channel-granularity", "3", "--mode", "channel"],
      "--channel-granularity 3 must divide the stage 1 width 64"),  # as the model refuses it
+    # stage 1 does not read it, but the model checks it: the message said so only for
+    # stage 1's width, which the user had not set a channel stage for
+    (["predict", "--channel-granularity", "128", "--mode", "spatial-spatial-spatial-channel"],
+     "--channel-granularity 128 must divide the stage 1 width 64 (stage 1 is a spatial "
+     "stage, but the model checks every stage's width; give one value per stage, "
+     "'a-b-c-d')"),
     (["predict", "--channel-granularity", "3", "--mode", "spatial"],  # no stage reads it
      "--channel-granularity '3' is read only by channel and both stages, and mode "
      "'spatial' has none; leave it out"),

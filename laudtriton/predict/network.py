@@ -99,8 +99,11 @@ def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatia
                              f"must be in [1, {out_size}] (the {out_size}x{out_size} map)")
         # checked in every mode, as the model checks it (``nn.LaudBottleneck``)
         if cgran[i] < 1 or planes % cgran[i]:
+            why = ("" if modes[i] in ("channel", "both") else
+                   f" (stage {i + 1} is a {modes[i]} stage, but the model checks every "
+                   "stage's width; give one value per stage, 'a-b-c-d')")
             raise ValueError(f"--channel-granularity {cgran[i]} must divide the stage "
-                             f"{i + 1} width {planes}")
+                             f"{i + 1} width {planes}{why}")
         groups = planes // cgran[i] if modes[i] in ("channel", "both") else 0
         for j in range(depth):
             s = stride if j == 0 else 1

@@ -115,6 +115,15 @@ def test_a_calibration_too_deep_or_too_small_is_refused_not_a_crash(tmp_path, ca
         good[field] = {"float32": 1e-300} if field == "peak" else 1e-300
         with pytest.raises(ValueError, match=f"{field} .* is not a "):
             Calibration(**good)
+    # and too large: an overhead of 1e300 s passed, and predict printed launch 1e+306 us
+    for field, value in (("peak", {"float32": 1e300}), ("bandwidth", 1e300),
+                         ("overhead", 1e300), ("overhead", 2.0)):
+        good = dict(fingerprint=device_fingerprint("cpu"), kind="cpu",
+                    peak={"float32": 3e10}, bandwidth=7e9, overhead=2e-6, threads=2, units=2)
+        good[field] = value
+        with pytest.raises(ValueError, match=f"^{field} .* is not a"):
+            Calibration(**good)
+    Calibration(**dict(good, overhead=1.0))  # the bounds themselves are accepted
 
 
 def test_the_calibrate_function_does_not_hide_its_module():

@@ -42,6 +42,10 @@ CAL_VERSION = 1
 # measures orders of magnitude more; a file holding 1e-300 made every predicted time
 # infinite and the factors' fit fail.
 FLOOR = 1e6
+# The most each may hold (100 P multiply-adds/s, 100 TB/s: past any device), and the
+# longest dispatch (1 s): a file holding an overhead of 1e300 s passed, and predict
+# printed "launch 1e+306 us" and times to match.
+CEILING, MAX_OVERHEAD = 1e17, 1.0
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,10 @@ class Calibration:
     def __post_init__(self):
         """Raises ValueError naming the first field of a wrong type or value: a file can
         hold anything, and a NaN peak would turn every prediction into nan."""
-        def positive(x, zero_ok=False, least=0.0) -> bool:
+        def positive(x, zero_ok=False, least=0.0, most=CEILING) -> bool:
             return (isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and math.isfinite(x) and (x > least or (zero_ok and x == 0)))
+                    and math.isfinite(x) and (x > least or (zero_ok and x == 0))
+                    and x <= most)
 
         def count(x) -> bool:
             return isinstance(x, int) and not isinstance(x, bool) and x >= 1
@@ -74,11 +79,12 @@ class Calibration:
             ("kind", self.kind in ("cpu", "gpu"), "'cpu' or 'gpu'"),
             ("peak", isinstance(self.peak, dict) and bool(self.peak) and all(
                 d in DTYPES and positive(p, least=FLOOR) for d, p in self.peak.items()),
-             f"a non-empty {{dtype: finite multiply-adds/s > {FLOOR:g}}} (dtypes: "
+             f"a non-empty {{dtype: multiply-adds/s in ({FLOOR:g}, {CEILING:g}]}} (dtypes: "
              f"{', '.join(DTYPES)})"),
             ("bandwidth", positive(self.bandwidth, least=FLOOR),
-             f"a finite number of B/s > {FLOOR:g}"),
-            ("overhead", positive(self.overhead, zero_ok=True), "a finite number of s >= 0"),
+             f"a number of B/s in ({FLOOR:g}, {CEILING:g}]"),
+            ("overhead", positive(self.overhead, zero_ok=True, most=MAX_OVERHEAD),
+             f"a number of s in [0, {MAX_OVERHEAD:g}]"),
             ("threads", count(self.threads), "an int >= 1"),
             ("units", count(self.units), "an int >= 1"),
             ("created", isinstance(self.created, str), "a string"))

@@ -75,7 +75,9 @@ def test_parse_rates(text, want):
 
 @pytest.mark.parametrize("text", ["abc", "0.1:1.0", "0.5:0.1:0.1", "0.1:1:0", "1.5", "",
                                   "0.2,,0.3", "-0.1:0.5:0.1", "0.1:1:0.1:2", "-0.0000004",
-                                  "1.0000004", "0:1.05:0.1", "nan"])
+                                  "1.0000004", "0:1.05:0.1", "nan",
+                                  # float() read other scripts' digits and underscores
+                                  "\uff10.5", "0.2_5", "0:1:0.2_5"])
 def test_parse_rates_rejects(text):
     with pytest.raises(ValueError, match="--rates"):
         parse_rates(text)

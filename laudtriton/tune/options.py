@@ -32,9 +32,15 @@ def parse_rates(text: str) -> list[float]:
             the rounding or more than MAX_RATES rates (refused before they are built).
     """
     accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
+
+    def number(p: str) -> float:  # float() alone also read '０.5' and '0.2_5' (0.25)
+        if not p.isascii() or "_" in p:
+            raise ValueError
+        return float(p)
+
     try:
         if ":" in text:
-            parts = [float(p) for p in text.split(":")]
+            parts = [number(p) for p in text.split(":")]
             if len(parts) != 3 or not all(map(math.isfinite, parts)):
                 raise ValueError
             start, stop, step = parts
@@ -42,7 +48,7 @@ def parse_rates(text: str) -> list[float]:
                 raise ValueError
             raw = [start, stop]
         else:
-            raw = [float(p) for p in text.split(",")]
+            raw = [number(p) for p in text.split(",")]
     except ValueError:
         raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
     bad = [r for r in raw if not 0.0 <= r <= 1.0]  # before rounding: -4e-7 is not 0

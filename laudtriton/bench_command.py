@@ -102,6 +102,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import runtime
     from .bench import bench, check_fresh_inputs
     from .bench_report import HANDOFF_ENV, write_csv
+    from .tune.keys import default_cache_dir
     from .tune.options import (
         check_batch,
         check_layout_options,
@@ -109,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out_of_memory,
         parse_rates,
     )
-    from .tune.paths import check_output_path
+    from .tune.paths import check_not_cache_file, check_output_path
 
     check_batch(args.batch)
     check_counts(args, "reps", "repeat", "processes")
@@ -125,14 +126,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.csv = os.path.expanduser(args.csv)
     check_output_path(args.csv, "--csv")
     if args.csv:  # not over a file of the cache folder (tune "off": if it has a valid one)
-        from .tune.keys import default_cache_dir
-        from .tune.paths import check_not_cache_file
-
         try:
             cache_dir = default_cache_dir()
         except ValueError:  # a bad $LAUDTRITON_CACHE_DIR (check_cache_env refuses it
-            cache_dir = None  # unless --tune off): no folder to keep
-        if cache_dir is not None:
+            pass  # unless --tune off): no folder to keep
+        else:
             check_not_cache_file(args.csv, "--csv", cache_dir)
     rates = parse_rates(args.rates)
     check_layout_options(args)

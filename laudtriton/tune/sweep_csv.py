@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache_file import atomic_text, is_valid_spec
+from .options import MAX_BATCH, MAX_INPUT_SIZE
 
 if TYPE_CHECKING:
     from ..ops.spec import BlockSpec
@@ -102,8 +103,6 @@ def _spec_key_problem(key: str) -> str | None:
     (``BlockSpec.key``) of a size a sweep can time: map sides up to MAX_INPUT_SIZE and a
     batch up to MAX_BATCH, the bounds of ``--input-size`` and ``--batch`` (a map of
     100000 x 100000 passed, and ``plot``'s predicted curve tried to allocate 80 GB)."""
-    from .options import MAX_BATCH, MAX_INPUT_SIZE
-
     try:
         d = json.loads(key)
     except ValueError:  # not JSON

@@ -1,8 +1,9 @@
 """Where a compiled LAUD-ResNet's forward spends its time: the blocks' maskers (the pooling
-of each block's input, ``compiled_block.mean_rows``, and the gates) against their
-variants, beside the dense network (channels_last, the same folded weights), in one
-process. Wall-clock timers are wrapped around the compiled blocks' methods, so this is a
-profile, not a benchmark figure: ``laudtriton bench`` gives those (interleaved medians).
+of each block's input, ``pooling.mean_rows`` as ``compiled_block`` calls it, and the
+gates) against their variants, beside the dense network (channels_last, the same folded
+weights), in one process. Wall-clock timers are wrapped around the compiled blocks'
+methods, so this is a profile, not a benchmark figure: ``laudtriton bench`` gives those
+(interleaved medians).
 
     python benchmarks/masker_share.py --mode channel --batch 1
 """

@@ -234,21 +234,24 @@ class CompiledModel(RefusesTracing, nn.Module):
 
 class Plan:
     """Printable per-block plan: name, mode, S, and the variant chosen per rate (each rate
-    a timing was taken at, or a bucket where it is predicted)."""
+    a timing was taken at, or a bucket where it is predicted); for a block whose gates pool
+    one float32 sample on CPU, the form timed fastest (``pooling.fastest_form``)."""
 
     def __init__(self, model: CompiledModel) -> None:
-        self.rows = [(b.name, b.spec, b.table, b.dispatch, b.static_choice)
-                     for b in model.blocks]
+        self.rows = [(b.name, b.spec, b.table, b.dispatch, b.static_choice,
+                      b.form if b.times_pooling else None) for b in model.blocks]
         self.header = (f"backend={model.backend} dtype={str(model.dtype).replace('torch.', '')}"
                        f" tune={model.tune} input={list(model.input_shape)}")
 
     def __str__(self) -> str:
         lines = [self.header, f"{'block':<12} {'mode':<8} {'S':>2} {'G':>4}  rate:variant"
                               " (m=measured now, c=cached, p=predicted, r=only candidate)"]
-        for name, spec, table, dispatch, static in self.rows:
+        for name, spec, table, dispatch, static, form in self.rows:
             g = spec.channel_groups or "-"
             s = spec.granularity if spec.spatial else "-"
             tag = f" [static: {static.variant} at every rate]" if dispatch == "static" else ""
+            if form is not None:  # (``pooling.fastest_form``)
+                tag += f" [pooling: {form}]"
             lines.append(f"{name:<12} {spec.mode:<8} {s:>2} {g:>4}  {table.describe()}{tag}")
         return "\n".join(lines)
 

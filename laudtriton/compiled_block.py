@@ -30,8 +30,9 @@ from .nn.maskers import check_flag
 from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
 from .ops.layer import gate_values
-from .ops.masks import Gates, global_pool
+from .ops.masks import Gates
 from .order import SampleOrder, caller_masks, take_masks
+from .pooling import fastest_form, mean_rows
 from .schedule import Choice, DispatchTable, mean64, run_rate
 
 CL = torch.channels_last
@@ -69,6 +70,10 @@ class CompiledBlock(RefusesTracing, nn.Module):
         frozen = frozen_reference(fb.block)
         self._reference = [frozen]
         self.gates = Gates(frozen)  # its maskers, read once (a snapshot, like fb)
+        # the form of the gates' pooling of one sample (``pooling.mean_rows``), timed
+        # on this CPU where it has one
+        self.pooling = (fastest_form(spec.in_channels, spec.in_hw) if self.times_pooling
+                        else "gemm")
         self.dispatch = dispatch
         self.static_choice = table.choose(expected_rate)
         choices = {(c.variant, json.dumps(c.config_dict, sort_keys=True))  # configs nest
@@ -194,9 +199,23 @@ class CompiledBlock(RefusesTracing, nn.Module):
 
     def _masks(self, x: torch.Tensor) -> BlockMasks:
         """The maskers' masks for x; a channel MLP masker or a layer gate reads the
-        global average pool of x as ``mean_rows`` computes it."""
+        global average pool of x as ``mean_rows`` computes it, in the form timed
+        fastest for its shape (``pooling``)."""
         pools = self.gates.mlp is not None or self.spec.mode == "layer"
-        return self.gates(x, pooled=mean_rows(x) if pools else None)
+        return self.gates(x, pooled=mean_rows(x, self.form) if pools else None)
+
+    @property
+    def times_pooling(self) -> bool:
+        """Whether the gates pool x (a channel MLP masker or a layer gate) in a form
+        chosen by timing (``pooling.fastest_form``): float32 on CPU."""
+        return ((self.gates.mlp is not None or self.spec.mode == "layer")
+                and self.fb.w1.device.type == "cpu" and self.fb.w1.dtype == torch.float32)
+
+    @property
+    def form(self) -> str:
+        """The form of ``mean_rows`` this block pools in ("gemm" for a block pickled
+        before ``pooling`` was kept)."""
+        return getattr(self, "pooling", "gemm")
 
     def _check_input(self, x) -> None:
         """Raise a ValueError naming the block unless x is [B >= 1, Cin, H, W] of the
@@ -293,7 +312,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
         nothing is pooled."""
         if masks is None:
             if order.pooled is None:
-                order.pooled = mean_rows(h)
+                order.pooled = mean_rows(h, self.form)
             masks = self.gates(h, pooled=order.pooled)
         else:
             masks, order.pooled = order.to_batch(masks, self.name), None
@@ -305,7 +324,7 @@ class CompiledBlock(RefusesTracing, nn.Module):
         if self.spec.downsample:  # every sample changed
             order.pooled = None
         elif order.pooled is not None and e > a:
-            order.pooled[a:e] = mean_rows(out[a:e])
+            order.pooled[a:e] = mean_rows(out[a:e], self.form)
         return out
 
     @property
@@ -336,25 +355,6 @@ def frozen_reference(block: nn.Module) -> nn.Module:
     for table in ("_modules", "_parameters", "_buffers"):
         object.__setattr__(frozen, table, dict(getattr(block, table)))
     return frozen
-
-
-def mean_rows(x: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W] averaged over its map as [B, C], a new tensor. For one float32
-    sample on CPU: its H·W NHWC rows (a view of a channels_last x) times a constant row of
-    1/(H·W), one GEMM. The maskers' pooling reads an activation the block's convolutions
-    have just pushed out of cache, where ``avg_pool2d``'s channels_last kernel is slower
-    than the GEMM at batch 1: in a compiled ResNet-101 with channel skipping (2 channels
-    per group, rate 0.5; 2-core Intel Xeon VM, session 39) it took the forward from 0.685
-    to 0.663 of dense (0.693 to 0.658-0.666 in another run), the same masks. The sum runs
-    in another order than the reference's pooling (within float rounding). Elsewhere
-    ``ops.masks.global_pool``: at batch 8 (layer skipping, whose gates pool windows of
-    about 4 samples) the GEMM gave 0.623 of dense against 0.618, and on CUDA it would be
-    one launch more."""
-    b, c, h, w = x.shape
-    if b != 1 or x.device.type != "cpu" or x.dtype != torch.float32:
-        return global_pool(x)
-    ones = x.new_full((1, h * w), 1.0 / (h * w))
-    return torch.mm(ones, x[0].permute(1, 2, 0).reshape(h * w, c))
 
 
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:

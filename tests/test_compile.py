@@ -1315,24 +1315,3 @@ def test_concurrent_calls_take_turns(monkeypatch):
     assert most[0] == 1  # never two runs of one block at once
     for i in range(3):  # within rounding: a block called meanwhile shares the CPU
         assert_close(got[i], want[i])  # threads, and a convolution's split may differ
-
-
-@pytest.mark.parametrize("shape", [(1, 7, 5, 3), (1, 64, 1, 1), (1, 33, 14, 14), (3, 16, 6, 9)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_mean_rows_is_the_global_pool(shape, dtype):
-    """The maskers' pooling (a GEMM for one float32 sample on CPU, ``global_pool``
-    elsewhere) averages each sample's map, on channels_last or contiguous x alike, and
-    returns a tensor of its own."""
-    from laudtriton.compiled_block import mean_rows
-    from laudtriton.testing import TOLERANCE
-
-    torch.manual_seed(0)
-    x = torch.randn(shape, dtype=torch.float64).to(dtype)
-    want = x.double().mean((2, 3))
-    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
-        got = mean_rows(xx)
-        assert got.shape == shape[:2] and got.dtype == dtype
-        # the bound of the type (a float64 mean taken in float32 passed 1e-6)
-        assert_close(got.double(), want, TOLERANCE[dtype])
-        got.fill_(7)  # not a view of x
-        assert not bool((xx == 7).any())

@@ -37,6 +37,11 @@ the entry of the nearest rate in its table (``dispatch="dynamic"``), or always t
 for the example's rate (``dispatch="static"``: no host sync for the rate). A table whose
 entries all name the same variant and config needs no rate: dynamic dispatch then skips
 reading it too (channel blocks, where ``slice`` serves every rate).
+
+The gates of a block that pool its whole input (a channel MLP masker, a layer gate) pool
+one float32 sample on CPU in the form ``pooling.fastest_form`` times faster on this machine
+for the block's input shape, when the block is made (a few milliseconds per shape, once
+per process, in every tune mode); ``plan`` names it.
 """
 
 from __future__ import annotations

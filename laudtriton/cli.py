@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "with code 2 and a message, no traceback.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("--version", action="version", version=f"laudtriton {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+    # required, but checked in ``main`` after the unknown options: "--vers" alone is
+    # reported as unrecognized, not as a missing command
+    sub = p.add_subparsers(dest="command", required=False)
 
     s = sub.add_parser("env", help="versions, C library, CPUs, threads, allocator, device, cache "
                                        "directory")
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}" if extra
+                     else "the following arguments are required: command")
     if extra:  # said by the (sub)subcommand's parser: "laudtriton cache ls: error: ...",
         # unless one came before the subcommand ("laudtriton --bogus env")
         words = sys.argv[1:] if argv is None else list(argv)

@@ -673,6 +673,21 @@ def test_an_unknown_option_is_said_by_its_subcommand(argv, prog, capsys):
         f"{prog}: error: unrecognized arguments: {unknown} (`{prog} --help` for usage)\n")
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--vers"], "unrecognized arguments: --vers"),
+    (["-v", "--vers", "--bogus"], "unrecognized arguments: --vers --bogus"),
+    ([], "the following arguments are required: command"),
+    (["-v"], "the following arguments are required: command"),
+])
+def test_no_command_names_the_unknown_option_first(argv, message, capsys):
+    """`laudtriton --vers` (a mistyped --version) said that a command was missing, not
+    that --vers is unknown."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"laudtriton: error: {message} (`laudtriton --help` for usage)\n")
+
+
 @pytest.mark.parametrize("command", ["bench", "sweep", "predict"])
 def test_a_batch_past_the_bound_is_refused(command, capsys):
     """bench and sweep took any --batch >= 1: one past int64 crashed inside torch with a

@@ -8,7 +8,7 @@ suggests (the pooling reads an activation that the block before has just written
 - on the 2-core Intel Xeon VM (session 39), the GEMM form took a compiled ResNet-101
   with channel skipping from 0.685 to 0.663 of dense against ``avg_pool2d``;
 - on the 2-core AMD EPYC with AVX-512 (session 56), ``mean`` ran that model at
-  0.546-0.556 of dense and the GEMM at 0.566-0.576 (0.585-0.589 against 0.622-0.623 in
+  0.555-0.556 of dense and the GEMM at 0.566-0.576 (0.588-0.589 against 0.622-0.623 in
   the machine's slower state), the same masks.
 
 So a compiled block times both on its input's shape when it is made (``fastest_form``,
@@ -27,6 +27,8 @@ from .ops.masks import global_pool
 
 FORMS = ("gemm", "mean")  # the first is kept on a tie
 ROUNDS = 25  # timed rounds per form (after two untimed), alternating
+BUDGET_S = 0.25  # ... fewer past this many seconds, but at least MIN_ROUNDS
+MIN_ROUNDS = 5
 
 
 def mean_rows(x: torch.Tensor, form: str = "gemm") -> torch.Tensor:
@@ -56,8 +58,10 @@ def fastest_form(channels: int, hw: tuple[int, int]) -> str:
     """The form of ``mean_rows`` (``FORMS``) with the lower median time on a float32
     channels_last map [1, channels, *hw] of this CPU, at torch's thread count now: each
     round writes the map in place (as the block before a masker has just done) and
-    times each form once, ``ROUNDS`` rounds after two untimed. Measured once per shape and
-    thread count in a process (a few milliseconds for ResNet's maps)."""
+    times each form once, ``ROUNDS`` rounds after two untimed, or ``MIN_ROUNDS`` and
+    more until ``BUDGET_S`` seconds have passed (a large map). Measured once per shape and
+    thread count in a process: 4-26 ms for each of ResNet-101's five shapes at 224x224 on
+    a 2-core VM."""
     return _fastest_form(channels, tuple(hw), torch.get_num_threads())
 
 
@@ -68,13 +72,18 @@ def _fastest_form(channels: int, hw: tuple[int, int], threads: int) -> str:
 
 
 def time_forms(channels: int, hw: tuple[int, int]) -> dict[str, list[float]]:
-    """{form: [seconds of ``mean_rows`` in that form, one per round]} (``fastest_form``)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(1, channels, *hw, generator=gen).contiguous(
-        memory_format=torch.channels_last)
+    """{form: [seconds of ``mean_rows`` in that form, one per round]} (``fastest_form``),
+    on a float32 CPU map whatever torch's default dtype and device; torch's random
+    state is left alone (a generator of its own)."""
+    gen = torch.Generator("cpu").manual_seed(0)
+    x = torch.rand(1, channels, *hw, generator=gen, dtype=torch.float32,
+                   device="cpu").contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {f: [] for f in FORMS}
+    start = time.perf_counter()
     with torch.no_grad():
         for r in range(ROUNDS + 2):
+            if r - 2 >= MIN_ROUNDS and time.perf_counter() - start > BUDGET_S:
+                break
             order = FORMS if r % 2 else FORMS[::-1]
             for form in order:
                 x.mul_(1.0)  # written just now, as a block's output is

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import laudtriton
-from laudtriton import pooling
+from laudtriton import compiled_block, pooling
 from laudtriton.nn import LaudResNet
-from laudtriton.pooling import FORMS, ROUNDS, fastest_form, mean_rows, time_forms
+from laudtriton.pooling import FORMS, MIN_ROUNDS, ROUNDS, fastest_form, mean_rows, time_forms
 from laudtriton.testing import TOLERANCE, assert_close, assert_same_masks
 
 
@@ -66,10 +66,29 @@ def test_fastest_form_takes_the_lower_median_and_gemm_on_a_tie(fake_times, monke
     assert calls == [(8, (5, 5)), (8, (5, 6)), (8, (5, 5))]
 
 
-def test_time_forms_times_each_form_every_round():
-    times = time_forms(16, (6, 5))
+def test_time_forms_times_each_form_every_round(monkeypatch):
+    """Every round times each form, ``ROUNDS`` rounds, or ``MIN_ROUNDS`` past the time
+    budget; on a float32 CPU map whatever torch's default dtype, and without touching
+    torch's random state."""
+    seen = []
+
+    def spy(x, form="gemm"):
+        seen.append((x.dtype, x.device.type, form))
+        return mean_rows(x, form)
+    monkeypatch.setattr(pooling, "mean_rows", spy)
+    state = torch.get_rng_state()
+    torch.set_default_dtype(torch.float64)
+    try:
+        times = time_forms(16, (6, 5))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(torch.get_rng_state(), state)
     assert set(times) == set(FORMS)
     assert all(len(t) == ROUNDS and all(s > 0 for s in t) for t in times.values())
+    assert set(seen) == {(torch.float32, "cpu", f) for f in FORMS}
+    assert len(seen) == 2 * (ROUNDS + 2)
+    monkeypatch.setattr(pooling, "BUDGET_S", 0.0)
+    assert all(len(t) == MIN_ROUNDS for t in time_forms(16, (6, 5)).values())
 
 
 def four_modes_model():
@@ -106,6 +125,42 @@ def test_compiled_blocks_pool_in_the_form_timed_faster(fake_times):
             assert_same_masks(cm, model)
     del cm.blocks[2].pooling  # as a block pickled before ``pooling``
     assert cm.blocks[2].form == "gemm"
+
+
+@pytest.mark.parametrize("mode,batch", [("channel", 1), ("layer", 1), ("layer", 3)])
+def test_blocks_pool_in_their_form(mode, batch, monkeypatch):
+    """The gates' pooling (the block's own, and the one a layer block keeps over the
+    window it ran) is called with the blocks' form, each form in turn."""
+    torch.manual_seed(0)
+    model = LaudResNet((1, 2, 1, 1), mode=mode, channel_granularity=2, width_mult=0.25,
+                       input_size=None, num_classes=7).eval()
+    x = torch.randn(batch, 3, 32, 32)
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    calls = []
+
+    def spy(t, form="gemm"):
+        calls.append(form)
+        return mean_rows(t, form)
+    monkeypatch.setattr(compiled_block, "mean_rows", spy)
+    with torch.no_grad():
+        ref = model(x)
+        for form in FORMS:
+            for blk in cm.blocks:
+                blk.pooling = form
+            calls.clear()
+            assert_close(cm(x), ref)
+            assert calls and set(calls) == {form}
+
+
+def test_compile_leaves_the_rng_alone_while_timing_the_pooling():
+    pooling._fastest_form.cache_clear()
+    model = four_modes_model()
+    x = torch.randn(1, 3, 32, 32)
+    state = torch.get_rng_state()
+    cm = laudtriton.compile(model, x, backend="cpu", tune="off")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert pooling._fastest_form.cache_info().misses >= 1
+    assert any(b.times_pooling for b in cm.blocks)
 
 
 def test_other_dtypes_time_no_pooling(fake_times):

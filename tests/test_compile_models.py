@@ -561,7 +561,7 @@ def test_calibrate_rates_bad_arguments():
                                          r"the model it was compiled from, and compile "
                                          r"again\)"):
         calibrate_rates(cm, x, 0.5)
-    with pytest.raises(ValueError, match=r"x must be a \[B, 3, H, W\] tensor with B >= 1 "
+    with pytest.raises(ValueError, match=r"x must be a \[B, 3, H, W\] tensor with B, H, W >= 1 "
                                          r"for this model, got \(1, 4, 32, 32\)"):
         calibrate_rates(model, torch.randn(1, 4, 32, 32), 0.5)
     with pytest.raises(ValueError, match=r"x is torch.float64 on cpu; the model is "

@@ -562,7 +562,7 @@ def test_calibrate_refuses_nonfinite_and_empty_input_and_keeps_the_biases():
     bad[1, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="x holds NaN or inf values"):
         calibrate_rates(model, bad, 0.5)
-    with pytest.raises(ValueError, match=r"B >= 1 .*got \(0, 3, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"B, H, W >= 1 .*got \(0, 3, 64, 64\)"):
         calibrate_rates(model, torch.randn(0, 3, 64, 64), 0.5)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
@@ -634,6 +634,77 @@ def test_calibrate_stopped_part_way_leaves_the_model_as_it_was():
         calibrate_rates(model, torch.randn(1, 3, 16, 16), 0.5)
     assert [m.training for m in model.modules()] == flags
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("where", ["weight", "running_var", "overflow"])
+def test_calibrate_refuses_nonfinite_logits_and_keeps_the_biases(where):
+    """A NaN weight (a diverged checkpoint), a negative BatchNorm variance or activations
+    that overflow on a finite x gave the maskers NaN logits: calibration set their biases
+    to NaN and warned about tied logits (or reported the rate reached), and the model
+    kept skipping everything after the weights were fixed."""
+    model = tiny(mode="both")
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        if where == "weight":
+            model.layer1[0].conv3.weight[0, 0] = float("nan")
+        elif where == "running_var":
+            model.layer2[0].bn2.running_var[0] = -1.0
+        else:
+            x = x * 1e36
+    biases = {n: p.clone() for n, p in model.named_parameters() if "masker" in n}
+    with pytest.raises(ValueError, match=r"^layer\d\.0: its (spatial|channel) masker's "
+                                         r"logits on x are NaN or inf"):
+        calibrate_rates(model, x, 0.5)
+    named = dict(model.named_parameters())
+    assert all(torch.equal(named[n], b) for n, b in biases.items())
+
+
+def test_calibrate_block_moves_no_bias_before_refusing_nonfinite_logits():
+    """Its spatial masker's logits are finite and its channel masker's are not: neither
+    bias moves (calibrate_block puts nothing back itself)."""
+    from laudtriton.nn import calibrate_block
+
+    block = tiny(mode="both").layer1[0]
+    with torch.no_grad():
+        block.masker_channel.last_linear().bias[0] = float("inf")
+    x = torch.randn(2, block.inplanes, 16, 16)
+    biases = [block.masker_spatial.conv.bias.clone(),
+              block.masker_channel.last_linear().bias.clone()]
+    with pytest.raises(ValueError, match=r"^block: its channel masker's logits"):
+        calibrate_block(block, x, 0.5)
+    assert torch.equal(block.masker_spatial.conv.bias, biases[0])
+    assert torch.equal(block.masker_channel.last_linear().bias, biases[1])
+
+
+def test_calibrate_refuses_an_empty_map_and_a_meta_model():
+    """A side of 0 and a model on the meta device raised torch's internal errors."""
+    with pytest.raises(ValueError, match=r"B, H, W >= 1 for this model, got \(1, 3, 0, 64\)"):
+        calibrate_rates(tiny(input_size=None), torch.randn(1, 3, 0, 64), 0.5)
+    with pytest.raises(ValueError, match="the model's weights are on the meta device"):
+        calibrate_rates(tiny().to("meta"), torch.randn(1, 3, 64, 64, device="meta"), 0.5)
+
+
+def test_calibrate_takes_a_one_value_tensor_rate():
+    """As set_temperature does; it was refused as outside [0, 1]."""
+    x = torch.randn(2, 3, 64, 64)
+    a, b = tiny(), tiny()
+    b.load_state_dict(a.state_dict())
+    assert calibrate_rates(a, x, torch.tensor(0.5)) == calibrate_rates(b, x, 0.5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match=r"^rate must be in \[0, 1\] \(a number\)"):
+        calibrate_rates(a, x, torch.tensor([0.5, 0.5]))
+
+
+def test_model_forward_refuses_an_empty_map_and_another_device():
+    """torch's messages: "Calculated padded input size per channel: (6 x 70) ..." and
+    "Tensor on device cpu is not on the expected device meta!"."""
+    model = tiny(input_size=None)
+    with pytest.raises(ValueError, match=r"^x has an empty map, 0x64: H and W must be >= 1"):
+        model(torch.randn(1, 3, 0, 64))
+    with pytest.raises(ValueError, match=r"^x is on meta; the model is on cpu"):
+        model(torch.randn(2, 3, 64, 64, device="meta"))
+    with pytest.raises(ValueError, match=r"^x is on meta; the model is on cpu"):
+        model.layer1[0](torch.randn(2, model.layer1[0].inplanes, 8, 8, device="meta"))
 
 
 def test_model_forward_refuses_another_dtype_and_takes_an_empty_batch():
@@ -981,8 +1052,8 @@ def test_calibrate_block_runs_in_eval_and_checks_its_input():
     with torch.no_grad():
         block(x)
     assert float(block.last_stats.channel_rate) == pytest.approx(0.5)
-    with pytest.raises(ValueError,
-                       match=r"x must be a \[B, 32, H, W\] tensor with B >= 1 for this block"):
+    with pytest.raises(ValueError, match=r"x must be a \[B, 32, H, W\] tensor with "
+                                         r"B, H, W >= 1 for this block"):
         calibrate_block(block, torch.randn(32, 8, 8), 0.5)
     with pytest.raises(ValueError, match="rate must be in"):
         calibrate_block(block, x, 2.0)

@@ -99,21 +99,34 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 0] - logits[:, 1]
 
 
-def _check_rates(rate: float, channel_rate: float | None) -> None:
+def _check_rates(rate: float | torch.Tensor, channel_rate: float | torch.Tensor | None
+                 ) -> tuple[float, float | None]:
+    """(rate, channel_rate) as floats (a one-value real tensor counts, as in
+    ``set_temperature``), or a ValueError naming the one outside [0, 1] or not a number."""
+    out = []
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
         if value is None and name == "channel_rate":
+            out.append(None)
             continue
+        if (isinstance(value, torch.Tensor) and value.numel() == 1
+                and not value.is_complex() and value.dtype != torch.bool):
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
                 0.0 <= value <= 1.0):
             raise ValueError(f"{name} must be in [0, 1] (a number), got {value!r}")
+        out.append(float(value))
+    return out[0], out[1]
 
 
 def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:
+    if weight.is_meta:
+        raise ValueError(f"the {what}'s weights are on the meta device (no data); load or "
+                         "initialise them first")
     if (not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels
-            or x.shape[0] == 0):
+            or 0 in (x.shape[0], x.shape[2], x.shape[3])):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a [B, {channels}, H, W] tensor with B >= 1 for this "
-                         f"{what}, got {shape}")
+        raise ValueError(f"x must be a [B, {channels}, H, W] tensor with B, H, W >= 1 for "
+                         f"this {what}, got {shape}")
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError(f"x is {x.dtype} on {x.device}; the {what} is {weight.dtype} on "
                          f"{weight.device}")
@@ -149,10 +162,11 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
     statistics) and gets its training flag back afterwards.
 
     Raises:
-        ValueError: if x is not [B, Cin, H, W] (B >= 1, the block's dtype and device,
-            finite), a rate is outside [0, 1], or channel_rate is given to a block without
-            a channel masker, or to one with a channel masker only and another rate
-            (which no masker would read).
+        ValueError: if x is not [B, Cin, H, W] (B, H, W >= 1, the block's dtype and
+            device, finite), the block is on the meta device, a rate is outside [0, 1],
+            channel_rate is given to a block without a channel masker, or to one with a
+            channel masker only and another rate (which no masker would read), or a
+            masker's logits on x are NaN or inf (before any bias moves).
 
     Warns (UserWarning) as ``calibrate_rates`` does.
     """
@@ -160,7 +174,7 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
         raise ValueError(f"calibrate_block takes a LaudBottleneck, got {type(block).__name__} "
                          "(a whole LaudResNet: calibrate_rates)")
     _check_x(x, block.inplanes, block.conv1.weight, "block")
-    _check_rates(rate, channel_rate)
+    rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and block.masker_channel is None:  # was ignored
         raise ValueError(f"channel_rate: the block has no channel masker (its mode "
                          f"{block.dyn_mode}); give the rate as rate")
@@ -194,6 +208,13 @@ def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
         todo.append(("channel", lambda: _margins(channel.logits(x)),
                      channel.last_linear().bias[:channel.groups],
                      rate if channel_rate is None else channel_rate))
+    for kind, margins_of, _, _ in todo:  # every masker checked before any bias moves
+        if not bool(torch.isfinite(margins_of()).all()):
+            raise ValueError(
+                f"{name}: its {kind} masker's logits on x are NaN or inf (the network's "
+                "weights, biases or BatchNorm statistics hold NaN or inf, or its "
+                "activations overflow on x); calibrate a finite network on inputs of "
+                "moderate size")
     missed = []
     for kind, margins_of, bias, target in todo:
         got, want = _set_rate(margins_of, bias, target)
@@ -226,7 +247,7 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     Args:
         model: a LAUD ResNet (its mode is kept; it is left in eval mode).
         x: [B, C, H, W] calibration input (finite values, B >= 1).
-        rate: target activation rate in [0, 1].
+        rate: target activation rate in [0, 1] (a number, or a one-value tensor).
         channel_rate: target of every channel mask ("channel" and "both" blocks; default
             ``rate``); a model with no channel masker refuses it, and so does one with
             channel maskers only unless it equals ``rate``.
@@ -235,10 +256,12 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
         the achieved spatial (or channel, in channel mode) rate of each block.
 
     Raises:
-        ValueError: if x is not [B, C, H, W] (B >= 1, the model's dtype and device,
-            finite), a rate is outside [0, 1], channel_rate is given to a model without
-            channel masks, or with channel masks only and another rate (which no masker
-            would read), or x is too small for a block's granularity. The model is
+        ValueError: if x is not [B, C, H, W] (B, H, W >= 1, the model's dtype and
+            device, finite), the model is on the meta device, a rate is outside [0, 1],
+            channel_rate is given to a model without channel masks, or with channel masks
+            only and another rate (which no masker would read), x is too small for a
+            block's granularity, or a masker's logits are NaN or inf (weights or
+            statistics that hold NaN or inf, or activations that overflow). The model is
             then left as it was (its masker biases and training flags).
 
     Warns (UserWarning) naming the maskers that could not reach their count because
@@ -258,7 +281,7 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
                          "and compile again")
     weight = model.conv1.weight
     _check_x(x, weight.shape[1], weight, "model")
-    _check_rates(rate, channel_rate)
+    rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and not any(b.masker_channel is not None
                                             for _, b in model.blocks()):
         raise ValueError("channel_rate: the model has no channel masker (its mode "

@@ -24,6 +24,7 @@ from .guards import (
     run_eagerly,
     strided_refusal,
 )
+from .host_gates import host_spatial_masks
 from .mask_checks import check_block_masks
 from .nn.block import BlockMasks
 from .nn.maskers import check_flag
@@ -200,8 +201,13 @@ class CompiledBlock(RefusesTracing, nn.Module):
     def _masks(self, x: torch.Tensor) -> BlockMasks:
         """The maskers' masks for x; a channel MLP masker or a layer gate reads the
         global average pool of x as ``mean_rows`` computes it, in the form timed
-        fastest for its shape (``pooling``)."""
+        fastest for its shape (``pooling``); a spatial masker alone decides on the host
+        where it can (``host_gates``)."""
         pools = self.gates.mlp is not None or self.spec.mode == "layer"
+        if not pools:
+            masks = host_spatial_masks(self.gates, x)
+            if masks is not None:
+                return masks
         return self.gates(x, pooled=mean_rows(x, self.form) if pools else None)
 
     @property

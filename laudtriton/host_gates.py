@@ -8,9 +8,9 @@ small table operations (mask3 by cell, mask1 by two products with the cover tabl
 costing 10-40 us inside a model on a 2-core CPU (BENCHMARKS.md, session 14), where numpy
 takes a few microseconds. In a compiled ResNet-101 with spatial masks 4-4-2-1 at rate 0.5,
 batch 1 (AMD EPYC with AVX-512, session 56; the two paths and dense interleaved in one
-process, 18 rounds in two runs, the same masks), the host path was faster in 12 rounds,
-by a median of 0.015 of dense (from 0.061 faster to 0.044 slower): a small gain, inside
-the machine's noise in some runs.
+process, the same masks), this code was faster in 7 of 10 rounds, by a median of 0.008 of
+dense (from 0.039 faster to 0.018 slower), and its first form (a BLAS product for the
+logits) in 12 of 18 rounds, median 0.015: a small gain, near the machine's noise.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 from .nn.block import BlockMasks
 from .ops.masks import Gates, _mask_tables, grid_pool, out_hw_of
 
-# the largest B·cells·C product done on the host: numpy's BLAS may start threads of its
-# own on larger ones, beside torch's
-MAX_HOST_MACS = 1 << 20
+# the largest B·cells·C done on the host. The logits are an einsum (numpy's own loop):
+# OpenBLAS ran a 196x256 matrix-vector product on two threads (session 56), and its
+# worker spins on beside torch's; the cover products stay small enough for one thread
+MAX_HOST_MACS = 1 << 18
 
 
 def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
@@ -48,7 +49,7 @@ def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
         return None
     bias, weight = gates.spatial
     rows = grid_pool(x, g).numpy().transpose(0, 2, 3, 1).reshape(-1, c)
-    logits = rows @ weight.numpy() + bias.numpy()
+    logits = np.einsum("rc,c->r", rows, weight.numpy()) + bias.numpy()
     grid = np.heaviside(logits, np.float32(1.0)).astype(np.float32, copy=False)
     cell, ay, axt = _mask_tables((h, w), block.stride, g, "cpu", torch.float32)
     ho, wo = out_hw_of((h, w), block.stride)

@@ -50,10 +50,12 @@ def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
     bias, weight = gates.spatial
     rows = grid_pool(x, g).numpy().transpose(0, 2, 3, 1).reshape(-1, c)
     logits = np.einsum("rc,c->r", rows, weight.numpy()) + bias.numpy()
-    grid = np.heaviside(logits, np.float32(1.0)).astype(np.float32, copy=False)
+    # keep where logit difference >= 0: torch.heaviside(·, 1) as Gates takes it, NaN -> 0
+    # (np.heaviside gives NaN there)
+    grid = (logits >= 0).astype(np.float32)
     cell, ay, axt = _mask_tables((h, w), block.stride, g, "cpu", torch.float32)
     ho, wo = out_hw_of((h, w), block.stride)
-    mask3 = grid.reshape(b, -1)[:, cell.numpy()].reshape(b, 1, ho, wo)
+    mask3 = np.take(grid.reshape(b, -1), cell.numpy(), axis=1).reshape(b, 1, ho, wo)
     # cover counts of active cells per input pixel: small integers, exact in any order
     mask1 = (ay.numpy() @ grid.reshape(b, *g) @ axt.numpy() > 0.5).reshape(b, 1, h, w)
     return BlockMasks(torch.from_numpy(grid.reshape(b, 1, *g)), torch.from_numpy(mask3),

@@ -94,3 +94,21 @@ def test_a_tie_decides_as_the_reference_does():
     assert bool(ref.grid.all())
     for name in ("grid", "mask3", "mask1"):
         assert torch.equal(getattr(got, name).to(getattr(ref, name).dtype), getattr(ref, name))
+
+
+@torch.no_grad()
+def test_a_nan_cell_is_off_as_in_gates_and_the_reference():
+    """np.heaviside gives NaN for a NaN logit, where torch.heaviside (Gates) and the
+    reference's comparison give 0: a NaN grid then reached the dispatch rate (a ValueError
+    in a block with several table entries) and the masks."""
+    blk = make_block(64, 16, 1, "spatial", 2)
+    x = torch.rand(2, 64, 8, 8)
+    calibrate_block(blk, x, 0.5)
+    x[1, 0, 5, 5] = float("nan")
+    ref, _ = blk.compute_masks(x)
+    got = host_spatial_masks(Gates(blk), x)
+    assert not bool(got.grid.isnan().any()) and not bool(got.mask3.isnan().any())
+    for name in ("grid", "mask3", "mask1"):
+        assert torch.equal(getattr(got, name).to(getattr(ref, name).dtype), getattr(ref, name))
+        assert torch.equal(getattr(got, name), getattr(Gates(blk)(x), name))
+        assert getattr(got, name).is_contiguous()

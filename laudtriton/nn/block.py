@@ -100,11 +100,12 @@ def detached_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype,
-                device: torch.device | None = None) -> None:
+def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
     """Raise ValueError unless x is a 4-D tensor [B, channels, H >= 1, W >= 1] of ``dtype``
-    (under autocast, of any floating dtype) on ``device`` (when given): what a
-    LaudBottleneck and a LaudResNet take."""
+    (under autocast, of any floating dtype): what a LaudBottleneck and a LaudResNet take.
+    The device is left to torch: a module's weight attribute need not be where it runs (a
+    pruned conv's weight is recomputed on the input's device by its pre-hook; an offloaded
+    model's stays on meta until its own hook loads it)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected a 4D input tensor [B, C, H, W], got {got}")
@@ -113,9 +114,6 @@ def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype,
     if 0 in x.shape[2:]:
         raise ValueError(f"x has an empty map, {x.shape[2]}x{x.shape[3]}: H and W must be "
                          ">= 1")
-    if device is not None and x.device != device:
-        raise ValueError(f"x is on {x.device}; the model is on {device} (move the input, "
-                         f"e.g. x.to({str(device)!r}), or the model)")
     if x.dtype != dtype and not (x.is_floating_point()
                                  and torch.is_autocast_enabled(x.device.type)):
         raise ValueError(f"x is {x.dtype}; the model is {dtype} (convert the input, e.g. "
@@ -294,7 +292,7 @@ class LaudBottleneck(nn.Module):
                 the block's (any floating dtype under autocast); a map smaller than S
                 (``MapTooSmall``, a ValueError).
         """
-        check_input(x, self.inplanes, self.conv1.weight.dtype, self.conv1.weight.device)
+        check_input(x, self.inplanes, self.conv1.weight.dtype)
         check_identity(self.inplanes, self.out_channels, self.stride, self.downsample)
         masks, masker_flops = self.compute_masks(x)
         cmask = (

@@ -223,12 +223,11 @@ class LaudResNet(nn.Module):
         the model's dtype, except under autocast, where any floating dtype is taken.
 
         Raises:
-            ValueError: x not a 4D tensor, without Cin channels, with an empty map, of
-                another dtype or on another device, or too small for a block's S (naming
-                the input size and the block).
+            ValueError: x not a 4D tensor, without Cin channels, with an empty map or
+                of another dtype, or too small for a block's S (naming the input size and
+                the block).
         """
-        check_input(x, self.conv1.in_channels, self.conv1.weight.dtype,
-                    self.conv1.weight.device)
+        check_input(x, self.conv1.in_channels, self.conv1.weight.dtype)
         in_hw = tuple(x.shape[-2:])
         h = self.stem(x)
         blocks = self.blocks()

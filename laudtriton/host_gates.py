@@ -21,9 +21,10 @@ import torch
 from .nn.block import BlockMasks
 from .ops.masks import Gates, _mask_tables, grid_pool, out_hw_of
 
-# the largest B·cells·C done on the host. The logits are an einsum (numpy's own loop):
-# OpenBLAS ran a 196x256 matrix-vector product on two threads (session 56), and its
-# worker spins on beside torch's; the cover products stay small enough for one thread
+# the most multiply-adds done on the host, for the logits (B·cells·C) and for the cover
+# products (B·(gh·gw·W + H·gh·W)). The logits are an einsum (numpy's own loop): OpenBLAS
+# ran a 196x256 matrix-vector product on two threads (session 56), and its worker spins
+# on beside torch's; it keeps a matrix product this small on one
 MAX_HOST_MACS = 1 << 18
 
 
@@ -36,7 +37,7 @@ def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
 
     Returns None where this does not apply, and the caller calls ``gates``: a channel
     masker, a layer gate (a 1x1 grid), another dtype or device, an x that needs grad, or
-    a grid whose B·cells·C is above ``MAX_HOST_MACS``.
+    a grid whose logits or cover products take more than ``MAX_HOST_MACS`` multiply-adds.
     """
     if gates.spatial is None or gates.mlp is not None or gates.conv_linear is not None:
         return None
@@ -45,7 +46,7 @@ def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
     block = gates.block
     b, c, h, w = x.shape
     g = block.grid_size((h, w))
-    if g == (1, 1) or b * g[0] * g[1] * c > MAX_HOST_MACS:
+    if g == (1, 1) or b * max(g[0] * g[1] * c, (g[0] * g[1] + h * g[0]) * w) > MAX_HOST_MACS:
         return None
     bias, weight = gates.spatial
     rows = grid_pool(x, g).numpy().transpose(0, 2, 3, 1).reshape(-1, c)

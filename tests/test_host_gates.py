@@ -56,6 +56,13 @@ def test_host_masks_leave_other_blocks_to_the_gates(monkeypatch):
                               x.double()) is None
     monkeypatch.setattr(host_gates, "MAX_HOST_MACS", 64 * 16 - 1)  # 4x4 cells, 64 channels
     assert host_spatial_masks(spatial, x) is None
+    # the cover products: B·(gh·gw·W + H·gh·W) = 16·8 + 8·4·8 = 384 for 16 channels
+    narrow = Gates(make_block(16, 4, 1, "spatial", 2))
+    x16 = torch.rand(1, 16, 8, 8)
+    monkeypatch.setattr(host_gates, "MAX_HOST_MACS", 384)
+    assert host_spatial_masks(narrow, x16) is not None
+    monkeypatch.setattr(host_gates, "MAX_HOST_MACS", 383)
+    assert host_spatial_masks(narrow, x16) is None
 
 
 def test_a_compiled_spatial_model_decides_on_the_host(monkeypatch):

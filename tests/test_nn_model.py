@@ -684,6 +684,26 @@ def test_calibrate_refuses_an_empty_map_and_a_meta_model():
         calibrate_rates(tiny().to("meta"), torch.randn(1, 3, 64, 64, device="meta"), 0.5)
 
 
+def test_a_pruned_model_converted_to_float64_runs_and_calibrates():
+    """After torch.nn.utils.prune, conv1.weight is recomputed only by conv1's pre-hook at
+    its next forward: converted with .double(), the model read that stale float32
+    attribute and refused every float64 input (calibration too)."""
+    from torch.nn.utils import prune
+
+    model = tiny(input_size=None)
+    prune.l1_unstructured(model.conv1, "weight", 0.3)
+    prune.l1_unstructured(model.layer1[0].conv1, "weight", 0.3)
+    model.double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    calibrate_rates(model, x, 0.5)
+    assert model(x).dtype == torch.float64
+    block = model.layer1[0]
+    assert block(torch.randn(1, block.inplanes, 8, 8, dtype=torch.float64)).dtype == (
+        torch.float64)
+    with pytest.raises(ValueError, match="x is torch.float32; the model is torch.float64"):
+        model(x.float())
+
+
 def test_calibrate_takes_a_one_value_tensor_rate():
     """As set_temperature does; it was refused as outside [0, 1]."""
     x = torch.randn(2, 3, 64, 64)

@@ -100,6 +100,15 @@ def detached_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def weight_of(conv: nn.Module) -> torch.Tensor:
+    """A registered parameter of ``conv``: its weight, or what a pruning or weight-norm
+    hook computes the weight from. Its dtype and device are the module's after ``.to()``,
+    where a hooked conv's ``weight`` attribute keeps the old ones until its pre-hook
+    recomputes it at the conv's next forward (a pruned model converted to float64 refused
+    float64 inputs)."""
+    return next(conv.parameters(), conv.weight)
+
+
 def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
     """Raise ValueError unless x is a 4-D tensor [B, channels, H >= 1, W >= 1] of ``dtype``
     (under autocast, of any floating dtype): what a LaudBottleneck and a LaudResNet take.
@@ -292,7 +301,7 @@ class LaudBottleneck(nn.Module):
                 the block's (any floating dtype under autocast); a map smaller than S
                 (``MapTooSmall``, a ValueError).
         """
-        check_input(x, self.inplanes, self.conv1.weight.dtype)
+        check_input(x, self.inplanes, weight_of(self.conv1).dtype)
         check_identity(self.inplanes, self.out_channels, self.stride, self.downsample)
         masks, masker_flops = self.compute_masks(x)
         cmask = (

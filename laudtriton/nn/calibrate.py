@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .block import BlockStats, LaudBottleneck
+from .block import BlockStats, LaudBottleneck, weight_of
 from .maskers import MapTooSmall
 from .resnet import LaudResNet
 
@@ -173,7 +173,7 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
     if not isinstance(block, LaudBottleneck):
         raise ValueError(f"calibrate_block takes a LaudBottleneck, got {type(block).__name__} "
                          "(a whole LaudResNet: calibrate_rates)")
-    _check_x(x, block.inplanes, block.conv1.weight, "block")
+    _check_x(x, block.inplanes, weight_of(block.conv1), "block")
     rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and block.masker_channel is None:  # was ignored
         raise ValueError(f"channel_rate: the block has no channel masker (its mode "
@@ -279,7 +279,7 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
         raise ValueError(f"calibrate_rates: {compiled[0]} is a compiled block (the network "
                          "is a compiled copy's); calibrate the model it was compiled from, "
                          "and compile again")
-    weight = model.conv1.weight
+    weight = weight_of(model.conv1)
     _check_x(x, weight.shape[1], weight, "model")
     rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and not any(b.masker_channel is not None

@@ -16,6 +16,7 @@ from .block import (
     BlockStats,
     LaudBottleneck,
     check_input,
+    weight_of,
     without_records,
 )
 from .maskers import MapTooSmall, is_positive_int, positive_real
@@ -227,7 +228,7 @@ class LaudResNet(nn.Module):
                 of another dtype, or too small for a block's S (naming the input size and
                 the block).
         """
-        check_input(x, self.conv1.in_channels, self.conv1.weight.dtype)
+        check_input(x, self.conv1.in_channels, weight_of(self.conv1).dtype)
         in_hw = tuple(x.shape[-2:])
         h = self.stem(x)
         blocks = self.blocks()

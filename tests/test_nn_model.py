@@ -704,6 +704,23 @@ def test_a_pruned_model_converted_to_float64_runs_and_calibrates():
         model(x.float())
 
 
+@pytest.mark.parametrize("kw,says", [
+    (dict(granularity="-1"), "granularity '-1' is not valid (an empty stage"),
+    (dict(granularity="4--2-1"), "granularity '4--2-1' is not valid (an empty stage"),
+    (dict(mode="spatial-"), "mode 'spatial-' is not valid (an empty stage"),
+    (dict(granularity="2_0"), "granularity '2_0' is not valid; accepted: positive ints"),
+    (dict(granularity="\u0662"), "granularity '\u0662' is not valid"),
+    (dict(channel_granularity="1_6"), "channel_granularity '1_6' is not valid"),
+])
+def test_per_stage_strings_are_digits_between_dashes(kw, says):
+    """"-1" was reported as having 2 stages; "2_0" was read as 20 and an Arabic-Indic two
+    as 2 (the CLI's integer options refuse both)."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=None, **kw)
+    assert LaudResNet((1, 1, 1, 1), width_mult=0.25, input_size=None,
+                      granularity=" 4 - 4 - 2 - 1 ").config["granularity"] == [4, 4, 2, 1]
+
+
 def test_calibrate_takes_a_one_value_tensor_rate():
     """As set_temperature does; it was refused as outside [0, 1]."""
     x = torch.randn(2, 3, 64, 64)

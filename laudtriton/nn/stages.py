@@ -16,6 +16,9 @@ def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: st
     """Parse a per-stage argument: a scalar, a "a-b-c-d" string, or a 4-element list."""
     if isinstance(value, str) and "-" in value:
         items = value.split("-")
+        if any(not item.strip() for item in items):  # "-1", "4--2-1": a sign or a gap
+            raise ValueError(f"{name} {value!r} is not valid (an empty stage between or "
+                             f"around its dashes); accepted: {accepted}")
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
@@ -68,11 +71,14 @@ def masker_layers(v: object) -> int:
 
 
 def parse_positive_int(v: object) -> int:
-    """v as an int if it is a whole number > 0 (an int, a whole float, a numeric string),
-    else a bare ValueError for the caller to word: bools, numpy and torch bools too
-    (``np.bool_(True)`` was S=1), and fractions (2.9 is not taken as 2)."""
+    """v as an int if it is a whole number > 0 (an int, a whole float, a string of ASCII
+    digits), else a bare ValueError for the caller to word: bools, numpy and torch bools
+    too (``np.bool_(True)`` was S=1), fractions (2.9 is not taken as 2), and the strings
+    ``int`` reads beyond digits ("2_0" was 20, and digits of other scripts were taken)."""
     if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor)
                                            and v.dtype == torch.bool):
+        raise ValueError(v)
+    if isinstance(v, str) and not (v.strip().isascii() and v.strip().isdigit()):
         raise ValueError(v)
     iv = int(v)
     if iv != float(v) or iv <= 0:

@@ -203,19 +203,25 @@ class CompiledBlock(RefusesTracing, nn.Module):
         global average pool of x as ``mean_rows`` computes it, in the form timed
         fastest for its shape (``pooling``); a spatial masker alone decides on the host
         where it can (``host_gates``)."""
-        pools = self.gates.mlp is not None or self.spec.mode == "layer"
-        if not pools:
+        if not self.pools_input:
             masks = host_spatial_masks(self.gates, x)
             if masks is not None:
                 return masks
-        return self.gates(x, pooled=mean_rows(x, self.form) if pools else None)
+            return self.gates(x)
+        return self.gates(x, pooled=mean_rows(x, self.form))
+
+    @property
+    def pools_input(self) -> bool:
+        """Whether the gates read the global average pool of x: a channel MLP masker or
+        a layer gate."""
+        return self.gates.mlp is not None or self.spec.mode == "layer"
 
     @property
     def times_pooling(self) -> bool:
-        """Whether the gates pool x (a channel MLP masker or a layer gate) in a form
-        chosen by timing (``pooling.fastest_form``): float32 on CPU."""
-        return ((self.gates.mlp is not None or self.spec.mode == "layer")
-                and self.fb.w1.device.type == "cpu" and self.fb.w1.dtype == torch.float32)
+        """Whether the gates pool x (``pools_input``) in a form chosen by timing
+        (``pooling.fastest_form``): float32 on CPU."""
+        return (self.pools_input and self.fb.w1.device.type == "cpu"
+                and self.fb.w1.dtype == torch.float32)
 
     @property
     def form(self) -> str:

@@ -287,6 +287,27 @@ def parse_variants(variants: str | Sequence[str] | None) -> set[str] | None:
         raise ValueError(f"--variants: {e}") from None
 
 
+def check_sweep_counts(input_size: int | None, batch: int, reps: int | None,
+                       warmup: int) -> int | None:
+    """``sweep``'s input_size as an int (None stays None), after checking it, ``batch``,
+    ``reps`` and ``warmup``.
+
+    Raises:
+        ValueError: naming the first of them that is not a (positive) int.
+    """
+    if input_size is not None:  # (as the model's own: any size its maps allow)
+        if not is_positive_int(input_size):
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch {batch!r} must be a positive int")
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup {warmup!r} must be an int >= 0")
+    return input_size
+
+
 MAX_INPUT_SIZE = 4096  # --input-size: the predictor's mask tables grow with it (a row each)
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from ..nn.block import BlockMasks, LaudBottleneck
-from ..nn.maskers import is_positive_int
 from ..nn.resnet import LaudResNet
 from ..ops import fold_block
 from ..ops.registry import Variant, variants_for
@@ -33,9 +32,15 @@ from ..schedule import rate_key, run_rate
 from .cache import TuneCache
 from .keys import device_fingerprint
 from .measure import config_key, time_variants
-from .options import check_device_name, check_rates, check_shard, parse_variants
+from .options import (
+    check_device_name,
+    check_rates,
+    check_shard,
+    check_sweep_counts,
+    parse_variants,
+)
 from .paths import check_not_cache_file, check_output_path
-from .sweep_blocks import MODELS, ideal_flops_ratio, model_blocks, network_name, select_blocks
+from .sweep_blocks import ideal_flops_ratio, model_blocks, select_blocks, sweep_model
 from .sweep_csv import item_rows, write_csv
 from .timing import median_time
 
@@ -134,20 +139,11 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     dev = check_device_name(device)
     rates = check_rates(rates)
     i_shard, n_shard = check_shard(shard)
-    input_size = _checked_counts(input_size, batch, reps, warmup)
+    input_size = check_sweep_counts(input_size, batch, reps, warmup)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} unknown; accepted: {', '.join(DTYPES)}")
-    if isinstance(model, str):
-        if model not in MODELS:
-            raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
-        model_name = model_name or model
-        input_size = 224 if input_size is None else input_size
-        model = MODELS[model](mode=mode, granularity=granularity, input_size=input_size,
-                              channel_granularity=channel_granularity)
-    else:
-        if input_size is None:
-            input_size = model.config.get("input_size") or 224
-        model_name = model_name or network_name(model)
+    model, model_name, input_size = sweep_model(model, model_name, input_size, mode,
+                                                granularity, channel_granularity)
     wanted = parse_variants(variants)
     backend = "cuda" if dev.type == "cuda" else "cpu"
     cache = _sweep_cache(cache, clustered, dev, csv_path)
@@ -188,56 +184,18 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
               "item(s) of these blocks and rates: nothing to time", file=sys.stderr)
 
     result = SweepResult(cache_path=cache.path if cache.enabled else None)
+    timer = _ItemTimer(cache, cached_chan, result, model_name, input_size, backend, wanted,
+                       prune, force, dev, batch, getattr(torch, dtype), reps, warmup,
+                       clustered)
     bar = Progress(len(items), progress, desc="sweep", unit="item")
-    reps_of: dict[BlockSpec, int] = {}
-    tdtype = getattr(torch, dtype)
     done = 0  # items finished (timed or found cached)
     try:
         for (spec, rate, chan), asked in items:
-            members = by_spec[spec]
-            masks = masks_at(spec, asked[0])
-            result.merged += len(asked) - 1
-            fr = ideal_flops_ratio(spec, masks)
-            to_cache = chan is None or cached_chan[(spec, rate)] == chan
-            names = {"models": {model_name: [n for n, _ in members]}, "asked_rates": asked,
-                     "input_size": input_size}
-            known = (cache.lookup(spec, rate) or {}) if to_cache else {}
-            if known and chan is not None and not _same_item(
-                    cache.entry_meta(spec, rate), chan, fr):  # mode both: another run's
-                to_cache, known = False, {}  # item at this grid rate stays the cache's;
-                # this one, at another channel rate, is timed for the CSV (its timings were
-                # that item's, under this one's FLOPs ratio and asked rate)
-            cands = {v.name: v for v in variants_for(spec, backend)
-                     if wanted is None or v.name in wanted}
-            todo = _untimed_configs(cands, spec, rate, known, prune, force, result)
-            if todo:
-                fb = fold_block(members[0][1], dtype=tdtype, device=dev)
-                x = torch.rand(batch, spec.in_channels, *spec.in_hw)
-                x = x.to(device=dev, dtype=tdtype).contiguous(memory_format=torch.channels_last)
-                if spec not in reps_of:
-                    reps_of[spec] = reps or _estimate_reps(cands, fb, x, masks, dev)
-                timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
-                                        warmup=warmup, reps=reps_of[spec], configs=todo)
-                meta = {**names, "flops_ratio": fr, "clustered": clustered,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                if chan is not None:
-                    meta["channel_rate"] = chan
-                if to_cache:
-                    cache.record(spec, rate, timings, meta)
-                for vn, cfgs in timings.items():
-                    known.setdefault(vn, {}).update(cfgs)
-                result.timed += 1
-            else:
-                result.cached += 1
+            timed = timer.run(spec, rate, chan, asked, by_spec[spec],
+                              masks_at(spec, asked[0]))
             done += 1
-            if to_cache:  # the variants found cached: this model's blocks and rates too
-                cache.annotate(spec, rate, names)
-            for a in asked:
-                result.rows.extend(item_rows(model_name, members, spec, rate, known, fr,
-                                         cache.device, clustered, a, to_cache,
-                                         input_size))
-            bar.update(f"r={rate:g} {spec.short()}", timed=bool(todo))  # the rate first:
-    except KeyboardInterrupt:  # (a cut note keeps it) Ctrl-C, or SIGTERM in the command
+            bar.update(f"r={rate:g} {spec.short()}", timed=timed)  # the rate first: (a
+    except KeyboardInterrupt:  # cut note keeps it) Ctrl-C, or SIGTERM in the command
         bar.close()
         if csv_path is not None:  # what was measured so far, said to be partial
             result.csv_path = write_csv(result.rows, csv_path)
@@ -251,6 +209,82 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
         result.csv_path = write_csv(result.rows, csv_path)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+@dataclass
+class _ItemTimer:
+    """What ``sweep`` times one (spec, rate) item with, besides the item: where its
+    timings go (``cache``, unless another item at its grid rate is the cache's entry,
+    ``cached_chan``; ``result``'s rows and counts), which variants and configs it times
+    (``wanted``, ``prune``, ``force``) and how (``dev``, ``batch``, ``dtype``, ``reps``,
+    ``warmup``; reps estimated once per spec in ``reps_of`` when None)."""
+
+    cache: TuneCache
+    cached_chan: dict[tuple[BlockSpec, float], float]
+    result: SweepResult
+    model_name: str
+    input_size: int
+    backend: str
+    wanted: set[str] | None
+    prune: Prune | None
+    force: bool
+    dev: torch.device
+    batch: int
+    dtype: torch.dtype
+    reps: int | None
+    warmup: int
+    clustered: bool
+    reps_of: dict[BlockSpec, int] = field(default_factory=dict)
+
+    def run(self, spec: BlockSpec, rate: float, chan: float | None, asked: list[float],
+            members: list[tuple[str, LaudBottleneck]], masks: BlockMasks) -> bool:
+        """Time the item's untimed variant configs on ``masks`` (drawn for ``asked[0]``),
+        record them, and add its CSV rows for every asked rate, ``members`` being the
+        model's blocks of ``spec``; whether anything was timed (else it was cached)."""
+        cache, result = self.cache, self.result
+        result.merged += len(asked) - 1
+        fr = ideal_flops_ratio(spec, masks)
+        to_cache = chan is None or self.cached_chan[(spec, rate)] == chan
+        names = {"models": {self.model_name: [n for n, _ in members]}, "asked_rates": asked,
+                 "input_size": self.input_size}
+        known = (cache.lookup(spec, rate) or {}) if to_cache else {}
+        if known and chan is not None and not _same_item(
+                cache.entry_meta(spec, rate), chan, fr):  # mode both: another run's
+            to_cache, known = False, {}  # item at this grid rate stays the cache's;
+            # this one, at another channel rate, is timed for the CSV (its timings were
+            # that item's, under this one's FLOPs ratio and asked rate)
+        cands = {v.name: v for v in variants_for(spec, self.backend)
+                 if self.wanted is None or v.name in self.wanted}
+        todo = _untimed_configs(cands, spec, rate, known, self.prune, self.force, result)
+        if todo:
+            fb = fold_block(members[0][1], dtype=self.dtype, device=self.dev)
+            x = torch.rand(self.batch, spec.in_channels, *spec.in_hw)
+            x = x.to(device=self.dev, dtype=self.dtype).contiguous(
+                memory_format=torch.channels_last)
+            if spec not in self.reps_of:
+                self.reps_of[spec] = self.reps or _estimate_reps(cands, fb, x, masks,
+                                                                 self.dev)
+            timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
+                                    warmup=self.warmup, reps=self.reps_of[spec],
+                                    configs=todo)
+            meta = {**names, "flops_ratio": fr, "clustered": self.clustered,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if chan is not None:
+                meta["channel_rate"] = chan
+            if to_cache:
+                cache.record(spec, rate, timings, meta)
+            for vn, cfgs in timings.items():
+                known.setdefault(vn, {}).update(cfgs)
+            result.timed += 1
+        else:
+            result.cached += 1
+        if to_cache:  # the variants found cached: this model's blocks and rates too
+            cache.annotate(spec, rate, names)
+        for a in asked:
+            result.rows.extend(item_rows(self.model_name, members, spec, rate, known, fr,
+                                         cache.device, self.clustered, a, to_cache,
+                                         self.input_size))
+        return bool(todo)
 
 
 def _sweep_cache(cache: TuneCache | None, clustered: bool, dev: torch.device,
@@ -293,27 +327,6 @@ def _untimed_configs(cands: dict[str, Variant], spec: BlockSpec, rate: float,
         if missing:
             todo[v.name] = missing
     return todo
-
-
-def _checked_counts(input_size: int | None, batch: int, reps: int | None,
-                    warmup: int) -> int | None:
-    """``sweep``'s input_size as an int (None stays None), after checking it, ``batch``,
-    ``reps`` and ``warmup``.
-
-    Raises:
-        ValueError: naming the first of them that is not a (positive) int.
-    """
-    if input_size is not None:  # (as the model's own: any size its maps allow)
-        if not is_positive_int(input_size):
-            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
-        input_size = int(input_size)  # (a numpy int is no JSON for the cache's meta)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch {batch!r} must be a positive int")
-    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
-        raise ValueError(f"reps {reps!r} must be a positive int, or None to estimate it")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup {warmup!r} must be an int >= 0")
-    return input_size
 
 
 Items = dict[tuple[BlockSpec, float, float | None], list[float]]

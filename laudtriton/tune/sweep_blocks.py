@@ -1,13 +1,14 @@
-"""The models and blocks a sweep times: the LAUD networks it builds by name (``MODELS``),
-every dynamic block of a model with its BlockSpec (``model_blocks``), the ``--blocks``
-selection among them, the name a sweep files a model's blocks under (``network_name``) and
-a block's ideal FLOPs ratio on its masks (``ideal_flops_ratio``).
+"""The models and blocks a sweep times: the LAUD networks it builds by name (``MODELS``)
+or takes as given (``sweep_model``), every dynamic block of a model with its BlockSpec
+(``model_blocks``), the ``--blocks`` selection among them, the name a sweep files a
+model's blocks under (``network_name``) and a block's ideal FLOPs ratio on its masks
+(``ideal_flops_ratio``).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -19,6 +20,28 @@ from .options import comma_items
 MODELS: dict[str, Callable[..., LaudResNet]] = {
     "laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101,
 }
+
+
+def sweep_model(model: str | LaudResNet, model_name: str | None, input_size: int | None,
+                mode: str, granularity: str | int | Sequence[int],
+                channel_granularity: int | str) -> tuple[LaudResNet, str, int]:
+    """``sweep``'s model, the name its rows and cache entries give it, and its input size:
+    a name of ``MODELS`` built with ``mode``, ``granularity``, ``channel_granularity`` (at
+    224 unless ``input_size``), or a LaudResNet as it is (at its configured input size).
+
+    Raises:
+        ValueError: a model name that ``MODELS`` does not hold.
+    """
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"model {model!r} unknown; accepted: {', '.join(MODELS)}")
+        input_size = 224 if input_size is None else input_size
+        return (MODELS[model](mode=mode, granularity=granularity, input_size=input_size,
+                              channel_granularity=channel_granularity),
+                model_name or model, input_size)
+    if input_size is None:
+        input_size = model.config.get("input_size") or 224
+    return model, model_name or network_name(model), input_size
 
 
 def ideal_flops_ratio(spec: BlockSpec, masks: BlockMasks) -> float:

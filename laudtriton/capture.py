@@ -3,7 +3,7 @@ model, and the input the forward calls each of them with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -27,16 +27,20 @@ def outermost_modules(model: nn.Module, kinds: type | tuple[type, ...], prefix: 
             yield from outermost_modules(child, kinds, full)
 
 
-def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list, list[str]]:
+def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
+                   replaced: Sequence[str] = ()) -> tuple[list, list[str]]:
     """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
     module in ``named`` [(name, module)] in the order they run (first call each), and the
     names of those the forward never called. The input is the first positional argument,
     else the keyword argument ``x`` (the parameter of LaudResNet.forward and
-    LaudBottleneck.forward).
+    LaudBottleneck.forward). replaced: the names of the LaudResNets of ``model`` that
+    compile has replaced by their CompiledModels already (a forward failing now fails
+    on them: one reading ``net.config`` or ``net.layer1``, which a CompiledModel lacks).
 
     Raises:
         ValueError: if a module of ``named`` is called without a tensor input, or a
-            LaudResNet on inputs of two sizes (its CompiledModel runs one)."""
+            LaudResNet on inputs of two sizes (its CompiledModel runs one), or if the
+            forward fails (naming its error, and ``replaced`` where there are some)."""
     captured, seen, handles = [], {}, []
 
     def hook(m, args, kwargs, name):
@@ -71,6 +75,15 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list) -> tuple[list
             name_example_input(e)
         raise
     except Exception as e:  # the model's forward fails on its own: it cannot be compiled
+        if replaced:  # the user's forward ran before they were: it fails on them
+            raise ValueError(
+                f"compile: the module's forward fails on the example input once a "
+                f"CompiledModel is in place of {', '.join(replaced)} ({type(e).__name__}: "
+                f"{first_line(e)}), where it ran on the uncompiled network; a "
+                "CompiledModel runs the network's forward and holds its head (avgpool, "
+                "fc) but not its other attributes (config, conv1, layer1...): read those "
+                "from the network before compiling, or call only the network in forward"
+            ) from e
         raise ValueError(f"compile: the model's own forward fails on the example input "
                          f"({type(e).__name__}: {first_line(e)}); compile runs it first, to find "
                          "its blocks' inputs") from e
@@ -95,14 +108,15 @@ def name_example_input(e: ValueError) -> None:
         e.add_note(REFUSES)
 
 
-def block_inputs(model: nn.Module, x: torch.Tensor) -> tuple[list, list[str]]:
+def block_inputs(model: nn.Module, x: torch.Tensor, replaced: Sequence[str] = ()
+                 ) -> tuple[list, list[str]]:
     """Run the reference model in eval: ``capture_inputs`` of every LAUD block outside what
     compile built (the blocks of a LaudResNet a user's forward calls one by one
-    included).
+    included); replaced: the LaudResNets compile replaced already (``capture_inputs``).
 
     Raises:
         ValueError: as ``capture_inputs``.
     """
     if isinstance(model, LaudBottleneck):
         return capture_inputs(model, x, [("block", model)])
-    return capture_inputs(model, x, list(outermost_modules(model, LaudBottleneck)))
+    return capture_inputs(model, x, list(outermost_modules(model, LaudBottleneck)), replaced)

@@ -159,7 +159,8 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
             network that the compiled model would not call, or one on its stem's pooling,
             or on a ``conv_linear`` channel masker in a network with layer-skipping blocks
-            (``check_hooks``); an example input holding NaN or inf, or that is not a real
+            (``check_hooks``); an example input holding NaN or inf (itself, or once
+            cast to ``dtype``), or that is not a real
             floating-point tensor with data (complex, integer, meta) or is not strided
             (mkldnn, sparse); a parameter or buffer of a LAUD network or block that holds
             NaN or inf, or BatchNorm statistics that fold to them (``check_finite``,
@@ -227,7 +228,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
                       f"eval-mode copy of it on {device} in {dtype}", stacklevel=_caller_level())
         return detached_copy(model).eval().to(device=device, dtype=dtype)
-    example_input = check_example_input(model, example_input, nested)
+    example_input = check_example_input(model, example_input, nested, dtype)
     if isinstance(model, LaudResNet):
         check_resnet(model)
     if nested is None:  # every LAUD network in the module, before any forward runs
@@ -245,7 +246,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants, progress=progress)
-    missed_nets = []
+    missed_nets, replaced = [], []
     if not isinstance(ref, (LaudResNet, LaudBottleneck)):
         # a LaudResNet inside another module becomes a CompiledModel there (the outer
         # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
@@ -255,13 +256,14 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         nets, missed_nets = capture_inputs(ref, x, found) if found else ([], [])
         for name, net, xin in nets:
             set_submodule(ref, name, _compile(net, xin, **options, nested=name))
+        replaced = [name for name, _, _ in nets]
     # the device the blocks are timed on: "cuda" alone named the current one's cache and
     # calibration, whichever GPU the example input is on
     cache = TuneCache(cache_dir, device=device) if tune != "off" else None
     predictor = fitted_predictor(cache, device) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
-    captured, missed = block_inputs(ref, x)
+    captured, missed = block_inputs(ref, x, replaced)
     distinct: set[BlockSpec] = set()  # tuning progress on stderr: block i of n
 
     def say(text: str) -> None:

@@ -270,6 +270,8 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
     backend = _resolve_backend(backend)
     if variants is not None:
         try:
+            if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
+                raise TypeError
             variants = (variants,) if isinstance(variants, str) else tuple(variants)
         except TypeError:
             raise ValueError(f"variants must be a variant name or a list of names, got "
@@ -292,20 +294,25 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
 
 
 def check_example_input(model: nn.Module, example_input: object,
-                        nested: str | None) -> torch.Tensor:
+                        nested: str | None, dtype: torch.dtype | None = None
+                        ) -> torch.Tensor:
     """``compile``'s example input: the one given, or, for a LaudResNet built with an
-    input size and given none, a seeded random image of that size. nested: the
-    LaudResNet's name inside the user's module (named in the NaN message), or None.
+    input size and given none, a seeded random image of that size, with as many
+    channels as its stem convolution takes (``conv1`` may have been replaced since the
+    network was built). nested: the LaudResNet's name inside the user's module (named in
+    the NaN message), or None. dtype: the compiled dtype, where the example must stay
+    finite once cast to it (1e5 is inf in float16), or None.
 
     Raises:
         ValueError: no example where one is needed; not a strided 4D real floating-point
-            tensor with data; an empty batch; NaN or inf in it.
+            tensor with data; an empty batch; NaN or inf in it, or once cast to dtype.
     """
     if example_input is None:
         if not isinstance(model, LaudResNet) or model.config["input_size"] is None:
             raise ValueError("example_input is required for this model (a [B, C, H, W] tensor)")
         size = model.config["input_size"]  # drawn without touching the caller's RNG
-        example_input = torch.randn(1, model.config["in_channels"], size, size,
+        channels = getattr(model.conv1, "in_channels", model.config["in_channels"])
+        example_input = torch.randn(1, channels, size, size,
                                     generator=torch.Generator().manual_seed(0))
     if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
         raise ValueError(strided_refusal("example_input", example_input))
@@ -325,6 +332,12 @@ def check_example_input(model: nn.Module, example_input: object,
             f"the input your forward gives {nested} on the example")
         raise ValueError(f"{what} holds NaN or inf; the plan is made on the masks the "
                          "maskers give for it: give a finite example")
+    if dtype is not None and not bool(torch.isfinite(example_input.to(dtype)).all()):
+        what = "example_input" if nested is None else (
+            f"the input your forward gives {nested} on the example")
+        raise ValueError(f"{what} overflows {dtype} (NaN or inf once cast to the compiled "
+                         "dtype); the plan is made on the masks the maskers give for it: "
+                         "give an example finite in that dtype (scale it down)")
     return example_input
 
 

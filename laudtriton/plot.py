@@ -115,8 +115,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     sweep, sum over k of the model's N blocks", with a warning naming what is missing.
 
     Raises:
-        ValueError: if there is nothing to plot: no rows, or no finite timing; or
-            matplotlib cannot be imported.
+        ValueError: if there is nothing to plot: no rows, none the cache keeps (all
+            ``dispatched`` 0), or no finite timing among those; or matplotlib cannot be
+            imported.
     """
     figure_class()  # no matplotlib: say so before reading anything
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)

@@ -12,7 +12,14 @@ from pathlib import Path
 from .ops.registry import all_variants, get_variant
 from .ops.spec import BlockSpec
 from .plot import figure_class, plot_latency_vs_rate
-from .plot_rows import Predicted, Rows, check_measured, rows_from_cache, spec_of_row
+from .plot_rows import (
+    Predicted,
+    Rows,
+    check_measured,
+    clustered_row,
+    rows_from_cache,
+    spec_of_row,
+)
 from .tune.sweep_csv import read_csv
 
 
@@ -21,7 +28,9 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
     """{spec_key: {rate: seconds}}: the latency predictor's time of the fastest variant
     of each block spec at each rate of ``rows``, with efficiency factors fitted on this
     device's cached timings. None when the device has no calibration (``laudtriton
-    calibrate``) or the cache holds no timings."""
+    calibrate``) or the cache holds no timings. Rows on clustered masks (column
+    ``clustered``) are left out, with a note: the model predicts scattered masks, those
+    of the cached timings it is fitted on (their figures drew it as their prediction)."""
     from .predict.calibration import fitted_predictor
     from .predict.hardware import DTYPES
     from .predict.model import predict_block
@@ -36,8 +45,11 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
         print(f"laudtriton plot: no latency model for variant(s) {', '.join(unknown)}: "
               "left out of the predicted line", file=sys.stderr)
     todo: dict[str, tuple[BlockSpec, set, set]] = {}
-    keyless = other_dtypes = 0
+    keyless = other_dtypes = clustered = 0
     for r in rows:
+        if clustered_row(r):  # (``spec_curves`` draws no predicted line in their figures)
+            clustered += 1
+            continue
         spec = spec_of_row(r)
         if spec is None:  # no spec_key column (an older CSV): no spec to predict
             keyless += 1
@@ -53,6 +65,10 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
     if keyless:
         print(f"laudtriton plot: {keyless} row(s) without a spec_key (a CSV of an older "
               "version): left out of the predicted line", file=sys.stderr)
+    if clustered:
+        print(f"laudtriton plot: {clustered} row(s) on clustered masks: the latency model "
+              "predicts scattered masks (those of the cache it is fitted on): no predicted "
+              "line in their figures", file=sys.stderr)
     if other_dtypes:
         print(f"laudtriton plot: {other_dtypes} row(s) of a dtype the latency model has no "
               f"peak rate for (it models {', '.join(DTYPES)}): left out of the predicted "

@@ -64,7 +64,8 @@ def spec_of_row(row: Mapping) -> BlockSpec | None:
         return None
 
 
-def _clustered(row: Mapping) -> bool:
+def clustered_row(row: Mapping) -> bool:
+    """Whether a sweep row was timed on clustered masks (column ``clustered`` 1 or true)."""
     return str(row.get("clustered") or "").strip().lower() in ("1", "true")
 
 
@@ -81,7 +82,7 @@ def _context(r: Mapping, spec: BlockSpec) -> tuple:
     """What keeps one sweep's rows apart from another's, but the mode: model, batch,
     dtype, input size, device, mask kind."""
     return (str(r["model"]), spec.batch, spec.dtype, str(r.get("input_size") or ""),
-            str(r.get("device") or ""), _clustered(r))
+            str(r.get("device") or ""), clustered_row(r))
 
 
 def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
@@ -118,7 +119,8 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
 def group_rows(rows: Rows) -> dict[str, dict]:
     """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
     spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
-    ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}} (rates are the
+    ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}, "clustered":
+    whether its rows are on clustered masks} (rates are the
     ones the masks realise, round(r·N)/N: they differ from block to block, and one may
     stand for several asked rates). A block has several spec ids when the rows hold
     sweeps of the same model at several granularities (a cache that kept them all).
@@ -145,10 +147,11 @@ def group_rows(rows: Rows) -> dict[str, dict]:
             key += f"_i{int(r['input_size'])}"
         if len(devices) > 1:
             key += f"_{r.get('device') or 'unknown device'}"
-        if _clustered(r):
+        if clustered_row(r):
             key += "_clustered"
         g = figs.setdefault(key, {"model": str(r["model"]), "blocks": {}, "specs": {},
-                                  "t": {}, "fr": {}, "asked": {}})
+                                  "t": {}, "fr": {}, "asked": {},
+                                  "clustered": clustered_row(r)})
         g["blocks"].setdefault(r["block"], {})[sid] = None  # an ordered set
         g["specs"].setdefault(sid, (str(r["spec"]), spec))
         rate = round(float(r["rate"]), 6)
@@ -174,7 +177,9 @@ def _flops_ratio(g: dict, sid: str, rate: float) -> float | None:
 
 def spec_curves(g: dict, sid: str, predicted: Predicted | None
                 ) -> dict[str, dict[float, float]]:
-    """{line name: {rate: seconds}}: variants, "best", "ideal", "predicted"."""
+    """{line name: {rate: seconds}}: variants, "best", "ideal", "predicted" (not in a
+    figure of clustered masks: the latency model predicts scattered ones, the masks of
+    the cached timings it is fitted on)."""
     out = {v: dict(sorted(ts.items())) for v, ts in g["t"].get(sid, {}).items()}
     rates = sorted({r for ts in out.values() for r in ts})
     out["best"] = {r: min(ts[r] for ts in out.values() if r in ts) for r in rates}
@@ -185,7 +190,7 @@ def spec_curves(g: dict, sid: str, predicted: Predicted | None
             if fr is not None:
                 ideal[r] = t * fr
         out["ideal"] = ideal
-    if predicted:
+    if predicted and not g.get("clustered"):
         label = g["specs"][sid][0]
         p = predicted.get(sid) or predicted.get(label)
         if p:
@@ -194,11 +199,19 @@ def spec_curves(g: dict, sid: str, predicted: Predicted | None
 
 
 def check_measured(rows: Rows, src: str) -> None:
-    """A ValueError naming ``src`` (where the rows come from) when no row has a finite
-    time: every config failed (sweep scores a failure inf seconds), nothing to plot."""
-    if not any(math.isfinite(float(r["seconds"])) for r in rows):
-        raise ValueError(f"{src}: nothing finite was measured: all {len(rows)} timings are "
-                         "inf or nan (every config failed)")
+    """A ValueError naming ``src`` (where the rows come from) when no row the figures
+    draw has a finite time: every config failed (sweep scores a failure inf seconds), or
+    every row is one the cache does not keep (column ``dispatched`` 0, which
+    ``group_rows`` leaves out: no figure was drawn, and the command exited 0 silently)."""
+    kept = [r for r in rows if _dispatched(r)]
+    if rows and not kept:
+        raise ValueError(f"{src}: all {len(rows)} rows have dispatched 0 (mode both items "
+                         "at another channel rate than the one the cache keeps for their "
+                         "grid rate), which the figures leave out: nothing to plot")
+    if not any(math.isfinite(float(r["seconds"])) for r in kept):
+        failed = "" if len(kept) == len(rows) else " drawn (dispatched 1)"
+        raise ValueError(f"{src}: nothing finite was measured: all {len(kept)} timings"
+                         f"{failed} are inf or nan (every config failed)")
 
 
 # a "custom_d<depths>" name with more blocks than this is no network a sweep timed (a CSV

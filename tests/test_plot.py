@@ -906,3 +906,53 @@ def test_predicted_line_is_the_fastest_variant_at_each_rate(tmp_path, monkeypatc
                         for v in ("dense", "gather")] for rate in (0.2, 0.5, 0.9)}
         assert any(a != b for a, b in times.values())  # the two variants' times differ
         assert got[spec.key()] == pytest.approx({r: min(t) for r, t in times.items()})
+
+
+def test_plot_command_csv_of_rows_the_cache_does_not_keep_is_one_line(tmp_path, capsys):
+    """A CSV whose rows all have dispatched 0 (a mode-both sweep whose every item is at
+    another channel rate than the cache's entry of its grid rate): the figures leave
+    such rows out, and plot exited 0 with no figure and no word, leaving an empty --out.
+    Now refused in one line naming the CSV and the column."""
+    csv = write_csv([dict(r, dispatched=False) for r in _rows()], tmp_path / "d0.csv")
+    for extra in ([], ["--no-predicted"]):
+        assert _run(["plot", "--from", str(csv), "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"laudtriton plot: error: --from {str(csv)!r}: all "
+                              f"{len(_rows())} rows have dispatched 0")
+        assert err.count("\n") == 1 and "nothing to plot" in err
+        assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="rows have dispatched 0"):
+        plot_latency_vs_rate(csv, tmp_path / "png")
+    # the rows drawn all failed, those left out did not: "nothing finite" of the drawn
+    rows = [dict(r, dispatched=False) for r in _rows()] + [
+        dict(r, dispatched=True) for r in _failed(_rows())]
+    with pytest.raises(ValueError, match=f"all {len(_rows())} timings drawn .dispatched 1. "
+                                         "are inf or nan"):
+        plot_latency_vs_rate(rows, tmp_path / "png")
+
+
+def test_no_predicted_line_in_a_figure_of_clustered_masks(tmp_path, drawn, capsys,
+                                                          monkeypatch):
+    """The latency model predicts scattered masks (the cache it is fitted on holds only
+    those); a CSV holding a clustered sweep got that prediction drawn in its clustered
+    figure as if it were the prediction of what was measured there."""
+    from laudtriton.plot_command import predicted_curves
+    from laudtriton.predict import calibration
+    from laudtriton.predict.hardware import CPU_DEFAULT
+
+    monkeypatch.setattr(calibration, "fitted_predictor", lambda cache, device: (CPU_DEFAULT, {}))
+    scattered = [dict(r, variant="gather" if r["variant"] == "v_fast" else r["variant"])
+                 for r in _rows() if r["variant"] != "v_slow"]
+    clustered = [dict(r, clustered=1, seconds=r["seconds"] * 0.3) for r in scattered]
+    pred = predicted_curves(clustered, tmp_path)
+    assert pred == {}
+    assert f"{len(clustered)} row(s) on clustered masks" in capsys.readouterr().err
+    pred = predicted_curves(scattered + clustered, tmp_path)
+    assert set(pred) == {s.key() for s in SPECS}
+    paths = plot_latency_vs_rate(write_csv(scattered + clustered, tmp_path / "s.csv"),
+                                 tmp_path / "png", pred)
+    assert sorted(p.name for p in paths) == sorted(
+        f"tinynet_spatial_b1_float32{c}_{f}.png" for c in ("", "_clustered")
+        for f in ("blocks", "model"))
+    # drawn: the scattered figure's 2 panels and model, then the clustered figure's
+    assert ["predicted" in c for c in drawn] == [True] * 3 + [False] * 3

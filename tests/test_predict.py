@@ -896,6 +896,27 @@ def test_cli_validate_include_stale_reads_the_timings_of_other_versions(capsys, 
     assert out.strip().splitlines()[-1].startswith("MAPE ")
 
 
+def test_cli_validate_include_stale_leaves_out_timings_on_clustered_masks(capsys, tmp_path):
+    """--include-stale reads "also timings of other laudtriton/kernel versions" (its
+    help): the cache also hides the clustered-mask timings older sweeps recorded, and
+    --include-stale fitted and scored the scattered-mask model on those too (here 20x
+    faster than the scattered ones: one fold's factors were pulled by them)."""
+    cache = TuneCache(tmp_path, device="cpu")
+    data = _synthetic(0.0, shapes=3)
+    for s in data:
+        cache.record(s.spec, s.rate, {s.variant: {"{}": s.seconds}}, {"clustered": False})
+        cache.record(s.spec, 0.2, {s.variant: {"{}": s.seconds / 20}}, {"clustered": True})
+    argv = ["predict", "--validate", "--hardware", "cpu", "--cache-dir", str(tmp_path)]
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 0, err
+    assert err.startswith(f"fitting on {len(data)} cached timings")
+    plain = out
+    rc, out, err = _cli([*argv, "--include-stale"], capsys)
+    assert rc == 0, err
+    assert err.startswith(f"fitting on {len(data)} cached timings")
+    assert out == plain  # nothing of another version here: the same validation
+
+
 def test_cli_predict_variants_restricts_the_columns(capsys, tmp_path):
     """--variants gather: the table has the dense column and gather's, no other
     variant's (patch runs on these blocks too)."""

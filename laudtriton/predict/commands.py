@@ -107,8 +107,9 @@ def _check_predict_options(args) -> None:
 def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
     """``laudtriton predict --validate``: leave-one-block-shape-out validation of the latency
     model (``fit.validate``) on the autotune cache's timings of ``hw`` (those of other
-    laudtriton/kernel versions too with --include-stale), printed as its MAPE table after
-    the hardware line. Returns 0.
+    laudtriton/kernel versions too with --include-stale; never those on clustered masks
+    that older sweeps cached, which the cache hides as stale too: the model predicts
+    scattered masks), printed as its MAPE table after the hardware line. Returns 0.
 
     Raises:
         ValueError: ``hw`` has no timings here (only "cpu" and a calibrated "cuda" do),
@@ -126,7 +127,8 @@ def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
 
         raise ValueError(f"--validate reads the autotune cache, which {disabled_by()} "
                          "disables")
-    entries = cache.entries(include_stale=args.include_stale)
+    entries = [e for e in cache.entries(include_stale=args.include_stale)
+               if not e.meta.get("clustered")]
     if not entries:
         which = "" if args.include_stale else (
             " for the current versions (--include-stale also reads those of other versions)")

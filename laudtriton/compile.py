@@ -160,14 +160,14 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             network that the compiled model would not call, or one on its stem's pooling,
             or on a ``conv_linear`` channel masker in a network with layer-skipping blocks
             (``check_hooks``); an example input holding NaN or inf (itself, or once
-            cast to ``dtype``), or that is not a real
-            floating-point tensor with data (complex, integer, meta) or is not strided
-            (mkldnn, sparse); a parameter or buffer of a LAUD network or block that holds
-            NaN or inf, or BatchNorm statistics that fold to them (``check_finite``,
-            ``check_folded``); ``variants`` of which
-            no block of the model runs any; a LaudResNet that the user's forward calls on
-            inputs of two sizes (``capture_inputs``); a blank $LAUDTRITON_CACHE_DIR or one
-            naming a file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
+            cast to ``dtype``), or that is not a real floating-point tensor with data
+            (complex, integer, meta) or is not strided (mkldnn, sparse); a parameter or
+            buffer of a LAUD network or block that holds NaN or inf, or BatchNorm
+            statistics that fold to them (``check_finite``, ``check_folded``);
+            ``variants`` of which no block of the model runs any; a LaudResNet that the
+            user's forward calls on inputs of two sizes (``capture_inputs``); a
+            $LAUDTRITON_CACHE_DIR of spaces only (an empty one is unset) or one naming a
+            file (with cache_dir None and tune not "off"); a $LAUDTRITON_CACHE value
             other than 0/false/off/no and 1/true/on/yes (tune not "off",
             ``tune.cache.cache_enabled_from_env``); a model with a tensor on the meta
             device; a model whose own forward fails on the example input (its error

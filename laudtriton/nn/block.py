@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .maskers import (
+    TRACED,
     MaskerChannelConvLinear,
     MaskerChannelMLP,
     MaskerSpatial,
@@ -142,6 +143,20 @@ def check_identity(inplanes: int, out_channels: int, stride: int,
             f"and inplanes = planes * {LaudBottleneck.expansion} = {out_channels}; got "
             f"stride {stride}, inplanes {inplanes} (give a downsample module that maps the "
             "input to the output's shape)")
+
+
+def check_identity_shape(identity: torch.Tensor, out: torch.Tensor) -> None:
+    """Raise ValueError unless the identity path's output (x, or ``downsample(x)``) has the
+    shape of the residual branch's, [B, 4·planes, Ho, Wo]: a downsample to one channel,
+    or to a 1x1 map, was broadcast over the output in silence (sizes traced by
+    ``torch.jit.trace`` or ``torch.export`` are let through)."""
+    if identity.dim() != out.dim() or any(
+            not isinstance(a, TRACED) and not isinstance(b, TRACED) and a != b
+            for a, b in zip(identity.shape, out.shape)):
+        raise ValueError(
+            f"downsample(x) is {tuple(identity.shape)}; the block's output (the residual it "
+            f"is added to) is {tuple(out.shape)}: give a downsample that maps the input to "
+            "the output's shape")
 
 
 class LaudBottleneck(nn.Module):
@@ -299,7 +314,8 @@ class LaudBottleneck(nn.Module):
         Raises:
             ValueError: x not a 4D tensor, without Cin channels or of another dtype than
                 the block's (any floating dtype under autocast); a map smaller than S
-                (``MapTooSmall``, a ValueError).
+                (``MapTooSmall``, a ValueError); a downsample whose output is not of the
+                block output's shape (``check_identity_shape``).
         """
         check_input(x, self.inplanes, weight_of(self.conv1).dtype)
         check_identity(self.inplanes, self.out_channels, self.stride, self.downsample)
@@ -320,6 +336,7 @@ class LaudBottleneck(nn.Module):
         if masks.mask3 is not None:
             out = out * masks.mask3
         identity = x if self.downsample is None else self.downsample(x)
+        check_identity_shape(identity, out)
         out = self.relu(out + identity)
 
         self.last_masks = masks

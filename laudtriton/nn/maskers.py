@@ -51,10 +51,19 @@ def finite_real(name: str, value: float | torch.Tensor, positive: bool = False) 
     elif isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         value = value.item()
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not (math.isfinite(value) and (value > 0 or not positive))):
+            or not (_isfinite(value) and (value > 0 or not positive))):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got "
                          f"{value!r}")
     return float(value)
+
+
+def _isfinite(value: numbers.Real) -> bool:
+    """math.isfinite, False for an int too large for a float (10**400 raised
+    OverflowError where a ValueError naming the argument was due)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_flag(value: object, name: str) -> None:
@@ -150,9 +159,12 @@ class MaskerSpatial(nn.Module):
         """[B, Cin, H, W] -> [B, 2, gh, gw].
 
         Raises:
-            ValueError: if the grid is larger than x's map (pooling would upsample).
+            ValueError: unless grid is a pair of ints >= 1 (a side 0 or a float gave
+                torch's pooling or conv error), or if it is larger than x's map (pooling
+                would upsample).
         """
         _check_input("MaskerSpatial", x, self.conv.in_channels)
+        grid = check_map_size("MaskerSpatial", "grid", grid)
         if _smaller(tuple(x.shape[-2:]), tuple(grid)):
             raise ValueError(f"MaskerSpatial: grid {tuple(grid)} is larger than the input's "
                              f"map {tuple(x.shape[-2:])}; a mask cell pools S x S pixels")
@@ -168,7 +180,7 @@ class MaskerSpatial(nn.Module):
         logits = self.logits(x, grid)
         mask = _hard_decision(logits, self.training, temperature).unsqueeze(1)
         cin = self.conv.weight.shape[1]
-        pooled_hw = grid[0] * grid[1]
+        pooled_hw = logits.shape[2] * logits.shape[3]  # the grid's cells
         flops = cin * pooled_hw + (2 * cin + cin) * pooled_hw  # official accounting
         return mask, flops
 
@@ -278,7 +290,7 @@ def check_mask_shape(who: str, name: str, mask: object) -> None:
         raise ValueError(f"{who}: {name} must be a [B, 1, h, w] tensor, got {got}")
 
 
-_TRACED = (torch.Tensor, torch.SymInt)  # a map side while tracing (jit.trace; export)
+TRACED = (torch.Tensor, torch.SymInt)  # a map side while tracing (jit.trace; export)
 
 
 def _integer_tensor(t: torch.Tensor) -> bool:
@@ -298,21 +310,22 @@ def check_map_size(who: str, name: str, hw: object) -> tuple:
             hw.dtype.kind in "iu" if isinstance(hw, np.ndarray) else _integer_tensor(hw)):
         pair = tuple(int(v) for v in hw.tolist())
     if pair is None or len(pair) != 2 or not all(
-            isinstance(v, _TRACED) or is_positive_int(v) for v in pair):
+            isinstance(v, TRACED) or is_positive_int(v) for v in pair):
         raise ValueError(f"{who}: {name} must be a pair of ints >= 1 (height, width), got "
                          f"{hw!r}")
-    return tuple(v if isinstance(v, _TRACED) else int(v) for v in pair)
+    return tuple(v if isinstance(v, TRACED) else int(v) for v in pair)
 
 
 def _smaller(hw, grid) -> bool:
     """Whether a side of the map hw is smaller than the grid's (sides traced while
     tracing are let through)."""
-    return any(not isinstance(v, _TRACED) and not isinstance(g, _TRACED) and v < g
+    return any(not isinstance(v, TRACED) and not isinstance(g, TRACED) and v < g
                for v, g in zip(hw, grid))
 
 
 def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3).
+    """Nearest upsampling of the mask grid: [B, 1, gh, gw] -> [B, 1, Ho, Wo] (mask2 = mask3),
+    of grid_mask's dtype (float, or bool or integer 0/1).
 
     Output pixel i belongs to cell min(⌊i·(gh/Ho)⌋, gh−1) with the scale gh/Ho in
     float32 (PyTorch's ``nearest`` rule): ⌊i·gh/Ho⌋, except at a few sizes where the
@@ -331,14 +344,19 @@ def upsample_mask(grid_mask: torch.Tensor, out_hw: tuple[int, int]) -> torch.Ten
     if _smaller(out_hw, grid):  # "nearest" would drop cells: a down-sample, not mask3
         raise ValueError(f"upsample_mask: out_hw {tuple(out_hw)} is smaller than the mask "
                          f"grid {grid[0]}x{grid[1]}; the grid is (Ho // S, Wo // S) of the map")
+    if not grid_mask.is_floating_point():  # bool and integer masks: torch's nearest
+        # kernels take floating types only; 0/1 values come back exactly
+        return F.interpolate(grid_mask.double(), size=out_hw,
+                             mode="nearest").to(grid_mask.dtype)
     return F.interpolate(grid_mask, size=out_hw, mode="nearest")
 
 
 def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> torch.Tensor:
     """Receptive field of the active conv2 outputs at conv1 resolution.
 
-    mask2: [B, 1, Ho, Wo] (0/1). Returns a bool [B, 1, H, W]: every input pixel within
-    Chebyshev distance 1 of (i·s, j·s) for an active output (i, j), clipped to the image.
+    mask2: [B, 1, Ho, Wo] (0/1; float, bool or integer). Returns a bool [B, 1, H, W]: every
+    input pixel within Chebyshev distance 1 of (i·s, j·s) for an active output (i, j),
+    clipped to the image.
 
     Raises:
         ValueError: unless mask2 is a [B, 1, Ho, Wo] tensor, stride an int >= 1 and in_hw
@@ -358,8 +376,10 @@ def expand_mask1(mask2: torch.Tensor, stride: int, in_hw: tuple[int, int]) -> to
         raise ValueError(f"expand_mask1: mask2 is {ho}x{wo}, but a 3x3 convolution at "
                          f"stride {stride} on in_hw {h}x{w} gives "
                          f"{(h - 1) // stride + 1}x{(w - 1) // stride + 1}")
-    placed = mask2.new_zeros(b, 1, max(h, ho * stride), max(w, wo * stride))
-    placed[:, :, : ho * stride : stride, : wo * stride : stride] = (mask2 > 0.5).to(mask2.dtype)
+    # (float: torch's max pooling refuses bool masks, e.g. a BlockMasks' mask1 as mask2)
+    dtype = mask2.dtype if mask2.is_floating_point() else torch.float32
+    placed = mask2.new_zeros(b, 1, max(h, ho * stride), max(w, wo * stride), dtype=dtype)
+    placed[:, :, : ho * stride : stride, : wo * stride : stride] = (mask2 > 0.5).to(dtype)
     dil = F.max_pool2d(placed, kernel_size=3, stride=1, padding=1)
     return dil[:, :, :h, :w] > 0.5
 

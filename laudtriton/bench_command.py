@@ -49,8 +49,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     s.add_argument("--processes", type=int, default=1,
                    help="run the benchmark in this many fresh processes, one after another "
                         "(per-block rows from the first only), and summarise the whole-model "
-                        "rows over all of them; --csv then holds every process's rows; at most "
-                        "100)")
+                        "rows over all of them; --csv then holds every process's rows (default 1, "
+                        "at most 100)")
     s.add_argument("--csv", default=None, help="write every row to this CSV file")
     s.add_argument("--no-progress", action="store_true",
                    help="no progress bar on stderr")

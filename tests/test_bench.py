@@ -476,6 +476,49 @@ def test_bench_names_blocks_that_cannot_realise_the_rate_when_the_mean_can():
            "layer4.1 0.000, layer4.2 0.000)" in note
 
 
+class _StopAtCompile(Exception):
+    """Raised by a stand-in for ``compile`` in bench: the test ends where compiling would
+    start (after the calibration and its note)."""
+
+
+def _stop_at_compile(*args, **kwargs):
+    raise _StopAtCompile
+
+
+def test_bench_names_both_blocks_whose_channel_masks_cannot_realise_the_rate(monkeypatch):
+    """In "both" blocks calibrate_rates reports the spatial rate alone: with one channel
+    group per block (64-128-256-512) every channel mask lands on 0 at rate 0.5 (FLOPs
+    ratio 0.12), and bench said nothing, its rows labelled 0.5 with realised_rate 0.5.
+    Two channels per group land on 0.5: no note."""
+    monkeypatch.setattr(bench_mod, "compile", _stop_at_compile)
+    logs = []
+    with pytest.raises(_StopAtCompile):
+        bench("laud_resnet50", "both", "4-4-2-1", [0.5], channel_granularity="64-128-256-512",
+              reps=1, tune="off", blocks=False, log=logs.append)
+    (note,) = [s for s in logs if s.startswith("note: rate 0.50")]
+    assert "on average" not in note  # the spatial rates land on 0.49-0.5
+    assert ("16 of the 16 blocks realise a rate more than 0.05 from it (layer1.0 channel "
+            "0.000, layer1.1 channel 0.000, layer1.2 channel 0.000, layer2.0 channel 0.000, "
+            "...)") in note
+    quiet = []
+    with pytest.raises(_StopAtCompile):
+        bench("laud_resnet50", "both", "4-4-2-1", [0.5], channel_granularity=2, reps=1,
+              tune="off", blocks=False, log=quiet.append)
+    assert not [s for s in quiet if s.startswith("note:")]
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(reps=0), "reps must be >= 1, got 0"), (dict(batch=0), "batch must be >= 1, got 0")])
+def test_bench_refuses_bad_counts_before_anything_else(kwargs, says, monkeypatch):
+    """reps < 1 was refused by the first timing, after the allocator was set and the
+    model built, calibrated and compiled; batch < 1 by the calibration, naming x."""
+    monkeypatch.setattr(bench_mod, "compile", _stop_at_compile)
+    logs = []
+    with pytest.raises(ValueError, match=says):
+        bench("laud_resnet50", "channel", "4-4-2-1", [0.5], **kwargs, log=logs.append)
+    assert logs == []  # not even the allocator's line
+
+
 def test_bench_layer_mode_per_block_rows():
     """Layer blocks run in the model's batch order (order.SampleOrder); the per-block rows
     still time every block on the input it met."""

@@ -356,6 +356,20 @@ def test_bench_child_argv_carries_every_option():
     assert child.csv is None and child.processes == 1
 
 
+@pytest.mark.parametrize("command", ["bench", "demo"])
+def test_help_texts_close_every_parenthesis_they_open(command):
+    """--processes' help ended in a ')' that nothing had opened ("...; at most 100)")."""
+    from laudtriton.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.choices and command in a.choices)
+    for action in sub.choices[command]._actions:
+        depth = 0
+        for ch in action.help or "":
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            assert depth >= 0, (action.option_strings, action.help)
+        assert depth == 0, (action.option_strings, action.help)
+
+
 def test_env_reports_this_process(capsys):
     assert main(["env"]) == 0
     rows = {line[:11].strip(): line[12:] for line in capsys.readouterr().out.splitlines()}

@@ -24,7 +24,7 @@ from .channel_gemm import (
     interpreting,
     resolve_config,
 )
-from .tiles import launch
+from .tiles import int_stride, launch
 
 
 @triton.jit
@@ -110,8 +110,9 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     cfg = resolve_config(config, x.dtype)
     dev = x.device
     check_tensor("w", w, 4, (x.dtype,), dev, last_contig=False)
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if int_stride(stride) is None:
+        raise ValueError(f"stride must be 1 or 2, got {stride!r} (accepted: the int 1 or 2)")
+    stride = int_stride(stride)
     batch, h, wd, kx = x.shape
     nw, kw = w.shape[:2]
     if tuple(w.shape[2:]) != (3, 3):

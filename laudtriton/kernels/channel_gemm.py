@@ -178,7 +178,7 @@ def check_tensor(name: str, t: torch.Tensor, dim: int, dtypes, device, last_cont
         raise ValueError(f"{name} has dtype {t.dtype}; accepted {tuple(dtypes)}")
     if device is not None and t.device != device:
         raise ValueError(f"{name} is on {t.device}, expected {device} like the input")
-    if last_contig and t.shape[-1] > 1 and t.stride(-1) != 1:
+    if last_contig and t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name} must be contiguous in its last dim, got strides {t.stride()}")
 
 

@@ -81,7 +81,7 @@ def conv1x1_residual(a: torch.Tensor, idx: torch.Tensor, count: torch.Tensor,
 
     a: [L, K] contiguous rows (row r belongs to pixel idx[r]). idx: [L] int32 flat output
     pixels b·Ho·Wo + i·Wo + j; only idx[:count] are used. count: [1] int32 on the device
-    (read by the kernel). w: [N, K] a's dtype. b: [N] any float dtype.
+    (read by the kernel). w: [N, K] a's dtype. b: [N] fp32/fp16/bf16.
     identity: [B, Ho, Wo, N] contiguous NHWC, a's dtype. config: TileConfig (None:
     ``default_config(a.dtype)``). validate: check count and index ranges (host syncs).
 

@@ -27,7 +27,7 @@ from .gather_conv import (
     interpreter_upcast,
     stage_aot_specs,
 )
-from .tiles import launch, tile_offsets
+from .tiles import int_stride, launch, tile_offsets
 
 __all__ = ["DEFAULT", "DEFAULT_FP32", "TileConfig", "aot_specs", "configs", "conv3x3",
            "conv3x3_torch", "hwio"]
@@ -102,7 +102,7 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     buf: [B, H+2, W+2, K] contiguous zero-bordered NHWC (from ``gather_conv1x1``).
     idx: [L] int32 flat output pixels b·Ho·Wo + i·Wo + j, Ho = ⌊(H−1)/s⌋+1; only
     idx[:count] are used. count: [1] int32 on the device (read by the kernel).
-    w: [3, 3, K, N] contiguous (``hwio(w2)``), buf's dtype. b: [N] any float dtype.
+    w: [3, 3, K, N] contiguous (``hwio(w2)``), buf's dtype. b: [N] fp32/fp16/bf16.
     stride: 1 or 2. config: TileConfig (None: ``default_config(buf.dtype)``).
     validate: check count and index ranges (host syncs).
 
@@ -118,8 +118,9 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     bsz, hp, wp, k = buf.shape
     if hp < 3 or wp < 3:
         raise ValueError(f"buf has spatial size {hp}x{wp}; a bordered buffer is >= 3x3")
-    if stride not in (1, 2):
-        raise ValueError(f"stride is {stride!r}; accepted 1 or 2")
+    if int_stride(stride) is None:
+        raise ValueError(f"stride is {stride!r}; accepted the int 1 or 2")
+    stride = int_stride(stride)
     h, wd = hp - 2, wp - 2
     ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
     check_tensor("w", w, (3, 3, k, None), (buf.dtype,), buf.device)

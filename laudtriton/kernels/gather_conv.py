@@ -167,7 +167,7 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
 
     x: [B, H, W, K] contiguous NHWC (fp32/fp16/bf16). idx: [L] int32 flat input pixels
     b·H·W + y·W + x; only idx[:count] are used. count: [1] int32 on the device (read by
-    the kernel: no host sync). w: [N, K] same dtype as x. b: [N] any float dtype.
+    the kernel: no host sync). w: [N, K] same dtype as x. b: [N] fp32/fp16/bf16.
     config: TileConfig (None: ``default_config(x.dtype)``). validate: check count and
     index ranges (two host syncs; the masked variant passes False).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 
 import torch
 import triton
@@ -47,6 +48,19 @@ def check_launch_config(cfg, tiles: tuple[str, ...]) -> None:
     stages = getattr(cfg, "num_stages", 1)
     if not isinstance(stages, int) or stages < 1:
         raise ValueError(f"num_stages={stages!r}; accepted: an int >= 1")
+
+
+def int_stride(stride) -> int | None:
+    """``stride`` as an int if it is the integer 1 or 2 (a Python or NumPy int), else
+    None: a float 2.0 passed the launchers' ``stride in (1, 2)`` and failed inside the
+    kernel (an fp32 pointer offset) or in the output's allocation, a bool passed as 1."""
+    if isinstance(stride, bool):
+        return None
+    try:
+        s = operator.index(stride)
+    except TypeError:
+        return None
+    return s if s in (1, 2) else None
 
 
 def config_from_dict(cls, d: dict | None):

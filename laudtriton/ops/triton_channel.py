@@ -71,13 +71,18 @@ def channel_gemm_block(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks,
 
     Raises:
         ValueError: if ``masks.channel`` is None or not [B, G] with G dividing the width,
-            or x does not fit the block (``FoldedBlock.check_input``).
+            if ``masks.mask3`` is set (spatial masks, which this variant would drop), or
+            x does not fit the block (``FoldedBlock.check_input``).
     """
     from ..kernels import channel_conv3x3 as cc
     from ..kernels import channel_gemm as cg
 
     if masks.channel is None:
         raise ValueError("masks.channel is None; the channel_gemm variant needs a channel mask")
+    if masks.mask3 is not None:  # the kernels compute every pixel: no spatial lists
+        raise ValueError("channel_gemm: masks.mask3 is set (a 'both' or spatial block's "
+                         "masks); this variant runs channel masks only and would drop the "
+                         "spatial mask: use 'gather', 'patch' or 'dense'")
     fb.check_input(x, masks.channel, "channel_gemm")  # the kernels index by the masks
     w = fb.width
     cfg = cg.resolve_config(config, x.dtype)  # None or {}: the dtype's default

@@ -105,9 +105,14 @@ def _run(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks, config: dict | Non
 
     if masks is None or masks.mask3 is None or masks.mask1 is None:
         raise ValueError("masks must carry mask3 and mask1 (a spatial block's BlockMasks)")
+    who = "fused" if sync else "masked"
+    if masks.channel is not None:  # the kernels have no channel lists and no κ correction
+        raise ValueError(f"{who}: masks.channel is set (a 'both' block's masks); this "
+                         "variant runs spatial masks only and would drop the channel mask "
+                         "and its κ correction: use 'gather', 'patch' or 'dense'")
     # shapes only, no host sync (``masked`` stays capturable): the kernels index the
     # output and the conv1 buffer by the masks' positions, unchecked (validate=False)
-    fb.check_input(x, masks.channel, "fused" if sync else "masked")
+    fb.check_input(x, None, who)
     check_spatial(fb, x, masks)
     unknown = set(config or {}) - set(STAGES)
     if unknown:

@@ -591,3 +591,41 @@ def test_channel_kernels_reach_a_lone_channel_past_full_k_tiles(guarded_empty, s
     _compare(yg, cg.channel_gemm_torch(xg, wg, bias, **gkw), None)
     assert len(guarded_empty) == 2  # y and yg were made by the fixture
     assert all(torch.isnan(t).all() for t in guarded_empty), "a store landed past y's end"
+
+
+def test_channel_gemm_variant_refuses_spatial_masks():
+    """A 'both' block's masks carry mask3 too: the channel kernels compute every pixel
+    and ran the channel mask alone (max error 2.1 on this block), silently. The variant
+    the message names computes the reference."""
+    from laudtriton.nn import calibrate_block
+    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, 1, mode="both", granularity=2, channel_granularity=2)
+    x = torch.randn(2, 16, 6, 6)
+    calibrate_block(block, x, 0.5)
+    with torch.no_grad():
+        ref = block(x)
+        masks, _ = block.compute_masks(x)
+    assert 0 < masks.channel.mean().item() < 1 and 0 < masks.grid.mean().item() < 1
+    fb, xc = fold_block(block), x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="^channel_gemm: masks.mask3 is set .*'gather'"):
+        get_variant("channel_gemm").run(fb, xc, masks, dict(SMALL.to_dict()))
+    assert_close(get_variant("gather").run(fb, xc, masks, None), ref)
+
+
+@pytest.mark.parametrize("stride", [2.0, True, "2"])
+def test_channel_conv3x3_refuses_a_stride_that_is_not_the_int_1_or_2(stride):
+    """2.0 passed ``stride in (1, 2)`` and failed in the output's allocation with a
+    TypeError of torch.empty; True passed as 1."""
+    idx, n = _lists(1, 16, [16], seed=1)
+    with pytest.raises(ValueError, match=f"stride must be 1 or 2, got {stride!r}"):
+        cc.channel_conv3x3(torch.randn(1, 5, 5, 16), torch.randn(16, 16, 3, 3),
+                           torch.randn(16), in_idx=idx, n_in=n, out_idx=idx, n_out=n,
+                           stride=stride)
+
+
+def test_channel_gemm_names_a_0_dim_bias():
+    """A 0-dim bias raised IndexError (tuple index out of range) in the checks."""
+    with pytest.raises(ValueError, match=r"bias has shape \(\); accepted \[16\]"):
+        cg.channel_gemm(torch.randn(1, 4, 16), torch.randn(16, 16), torch.tensor(1.0))

@@ -325,3 +325,13 @@ def test_spatial_kernels_reach_a_lone_row_and_channel_past_full_tiles(poison, pa
     poison(idx, count)
     rows = _three_stages(torch.randn(b, h, w, k), idx, count, k, SMALL)
     assert rows.shape[0] == idx.shape[0] and bool(torch.isnan(rows[17:]).all())
+
+
+@pytest.mark.parametrize("stride", [2.0, True, "2"])
+def test_conv3x3_refuses_a_stride_that_is_not_the_int_1_or_2(stride):
+    """2.0 passed ``stride not in (1, 2)`` and failed inside the kernel (an fp32 pointer
+    offset, an InterpreterError here); True passed as 1."""
+    buf = torch.zeros(1, 7, 7, 16)
+    idx, count = indices.compact(torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match=f"stride is {stride!r}; accepted the int 1 or 2"):
+        c3_mod.conv3x3(buf, idx, count, torch.randn(3, 3, 16, 16), torch.randn(16), stride)

@@ -7,6 +7,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 
 import pytest
 
@@ -188,6 +189,25 @@ def test_other_schema_file_is_moved_aside_not_written_over(tmp_path):
     assert aside.read_text() == other
     assert TuneCache(tmp_path).lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
 
+
+
+def test_a_schema_of_true_is_another_schema(tmp_path, caplog):
+    """``"schema": true`` (True == 1 in Python) passed for schema 1: its entries were
+    read, a write kept the file, and merge wrote into it. It is another schema now."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    other = json.dumps({**json.loads(c.path.read_text()), "schema": True})
+    c.path.write_text(other)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert TuneCache(tmp_path).lookup(SPEC, 0.5) is None
+    assert "has schema True, this laudtriton uses 1" in caplog.text
+    shard = TuneCache(tmp_path / "shard")
+    shard.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    with pytest.raises(NotACacheError, match="is a cache file of schema True"):
+        merge_files([shard.path], c.path)
+    TuneCache(tmp_path).record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
+    (aside,) = tmp_path.glob(c.path.name + ".unusable-*")
+    assert aside.read_text() == other
 
 def test_entries_no_reader_can_use_survive_a_write(tmp_path, caplog):
     """An entry this version cannot parse (e.g. written by a newer laudtriton whose spec
@@ -496,6 +516,20 @@ def test_clear_that_cannot_delete_is_a_value_error(tmp_path, monkeypatch):
     assert TuneCache(tmp_path).lookup(SPEC, 0.5) is not None
 
 
+
+def test_clear_that_cannot_take_the_lock_names_the_lock_file(tmp_path):
+    """A lock path that cannot be opened (here a directory) made clear say "cannot clear
+    the autotune cache in <dir> (Is a directory)", naming the folder, which is one, and
+    not the lock file that is the trouble."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    c.lock_path.unlink(missing_ok=True)
+    c.lock_path.mkdir()
+    with pytest.raises(ValueError, match=f"cannot clear the autotune cache in .*: "
+                                         f"{re.escape(str(c.lock_path))}\\); nothing deleted"):
+        c.clear()
+    assert TuneCache(tmp_path).lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+
 def test_write_json_atomic_keeps_the_umask(tmp_path):
     import os
 
@@ -524,6 +558,42 @@ def test_atomic_write_refuses_to_replace_a_pipe(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "p.json"]
 
+
+
+def test_a_pipe_at_the_cache_path_is_not_read(tmp_path, caplog):
+    """A pipe where the cache file should be: every read (lookup, `cache ls`) and every
+    record (under the lock, so other writers timed out too) and clear waited forever for
+    a writer. It is reported and left alone; records stay in memory; clear refuses."""
+    import stat
+    import threading
+
+    c = TuneCache(tmp_path)
+    os.mkfifo(c.path)
+    done: list[object] = []
+
+    def use() -> None:
+        fresh = TuneCache(tmp_path)
+        done.append(fresh.lookup(SPEC, 0.5))
+        fresh.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+        done.append(fresh.saved)
+        try:
+            fresh.clear()
+        except ValueError as e:
+            done.append(str(e))
+
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        worker = threading.Thread(target=use, daemon=True)
+        worker.start()
+        worker.join(20)
+    if worker.is_alive():  # let the blocked read return
+        with open(c.path, "wb"):
+            pass
+        worker.join(5)
+        pytest.fail("a read of the pipe blocked")
+    assert done[:2] == [None, False]
+    assert "not a regular file" in done[2] and "not deleting it" in done[2]
+    assert f"autotune cache {c.path} is not a regular file" in caplog.text
+    assert stat.S_ISFIFO(os.lstat(c.path).st_mode)
 
 def test_foreign_schema_and_device_are_ignored(tmp_path, caplog):
     c = TuneCache(tmp_path)
@@ -1221,6 +1291,28 @@ def test_merge_keeps_the_entries_of_its_output_it_cannot_parse(tmp_path):
     assert m.lookup(SPEC2, 0.5) == {"dense": {"{}": 2e-3}}
 
 
+
+def test_merge_never_relabels_another_devices_entries_it_cannot_parse(tmp_path):
+    """An --out of another device whose entries this version cannot parse (a later
+    version's): merge kept them and wrote the file under the inputs' device, so another
+    GPU's timings passed for this CPU's and that GPU's file was gone. Refused, as a
+    record into such a file is; the file is left as it was."""
+    a = TuneCache(tmp_path / "a")
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    out = tmp_path / "o.json"
+    for device in ("Another GPU sm90", None):
+        theirs = {"schema": SCHEMA_VERSION, "device": device,
+                  "entries": {"later-version-key": {"spec": "a later layout"}}}
+        out.write_text(json.dumps(theirs))
+        with pytest.raises(ValueError, match=f"^{out} holds timings of device "
+                                             f"{device!r}, the inputs are for"):
+            merge_files([a.path], out)
+        assert json.loads(out.read_text()) == theirs
+    out.write_text(json.dumps({"schema": SCHEMA_VERSION, "device": "Another GPU sm90",
+                               "entries": {}}))  # nothing of that device to keep
+    assert merge_files([a.path], out) == 1
+    assert TuneCache(tmp_path / "a").device == json.loads(out.read_text())["device"]
+
 @pytest.mark.parametrize("field,value,says", [
     ("in_channels", 0, "in_channels must be an int >= 1, got 0"),
     ("width", 16.0, "width must be an int >= 1, got 16.0"),
@@ -1292,6 +1384,20 @@ def test_an_instance_reads_what_another_wrote_after_its_first_read(tmp_path):
     a.record(SPEC, 0.8, {"dense": {"{}": 1e-3}})
     assert b.rates(SPEC) == [0.2, 0.8]
 
+
+
+def test_an_instance_reads_a_rewrite_of_the_same_size_and_time(tmp_path):
+    """A file rewritten by another process within the clock tick of the last write (file
+    times are coarse: a few ms) with as many bytes, a timing re-measured: this instance
+    kept the timings it had read, as it told files apart by time and size only."""
+    a, b = TuneCache(tmp_path), TuneCache(tmp_path)
+    a.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    assert b.lookup(SPEC, 0.5) == {"dense": {"{}": 1e-3}}
+    before = os.stat(a.path)
+    a.record(SPEC, 0.5, {"dense": {"{}": 2e-3}})
+    os.utime(a.path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same tick
+    assert os.stat(a.path).st_size == before.st_size
+    assert b.lookup(SPEC, 0.5) == {"dense": {"{}": 2e-3}}
 
 def test_clear_counts_the_entries_kept_in_memory_too(tmp_path, monkeypatch):
     """An entry recorded while another process held the lock is kept in memory, not in

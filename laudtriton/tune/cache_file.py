@@ -127,7 +127,7 @@ def parse_cache(raw: bytes) -> dict:
         data = decode_cache_json(raw)
     except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
         raise UnusableCacheFile(f"is corrupt ({e})") from None
-    if data.get("schema") != SCHEMA_VERSION:
+    if data.get("schema") != SCHEMA_VERSION or isinstance(data["schema"], bool):  # true == 1
         raise UnusableCacheFile(f"has schema {data.get('schema')!r}, this laudtriton uses "
                                 f"{SCHEMA_VERSION}")
     return data

@@ -68,8 +68,14 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
             inputs, merged = merged, {}
             _merge_file(out, merged, devices)
             # its entries this version cannot parse stay as they are (``CacheStore._save``'s
-            # rule), unless an input replaces one of them
-            own = parse_cache(out.read_bytes())["entries"]
+            # rule), unless an input replaces one of them; not those of another device,
+            # which would be relabelled the inputs' device
+            data = parse_cache(out.read_bytes())
+            own, device = data["entries"], next(iter(devices))
+            if own and data.get("device") != device:
+                raise ValueError(f"{out} holds timings of device {data.get('device')!r}, "
+                                 f"the inputs are for {device!r}; merge files of one device "
+                                 "kind only, nothing written")
             merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
             merge_entries_into(merged, inputs)  # the inputs win per config
         write_cache_file(out, next(iter(devices)), merged)
@@ -84,7 +90,7 @@ def _check_is_cache(out: Path) -> None:
         except (OSError, ValueError, RecursionError) as e:
             raise NotACacheError(f"{out} exists and is not a laudtriton cache file ({e}); "
                                  "nothing written") from None
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema") != SCHEMA_VERSION or isinstance(data["schema"], bool):
             raise NotACacheError(f"{out} is a cache file of schema {data.get('schema')!r}, "
                                  f"this laudtriton writes schema {SCHEMA_VERSION}; nothing "
                                  "written")

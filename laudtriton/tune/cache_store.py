@@ -12,8 +12,10 @@ entries there are (``_all``). The file itself (reading, validating, writing, the
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 from pathlib import Path
 
 from . import cache_file
@@ -35,6 +37,20 @@ from .cache_file import (
 log = logging.getLogger("laudtriton")
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of the file ``path``, which must be a regular file (reading a pipe
+    waits for a writer: a cache read under the lock hung, and every other writer of the
+    cache with it).
+
+    Raises:
+        FileNotFoundError: if there is none.
+        OSError: if it cannot be read, or is not a regular file.
+    """
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return path.read_bytes()
+
+
 class CacheStore:
     """The file of one device's TuneCache, and the records in memory not (yet) in it.
 
@@ -52,8 +68,9 @@ class CacheStore:
         # annotations (``annotate``) of entries on disk not yet written: {key: meta}, merged
         # into the file's entry under the lock (never its timings as this process read them)
         self._notes: dict[str, dict] = {}
-        # the file's entries as last read, with its (mtime, size) then
-        self._loaded: tuple[tuple[int, int] | None, dict[str, dict]] = (None, {})
+        # the file's entries as last read, with its (inode, mtime, size) then: a write
+        # replaces the file (a new inode), and file times are coarse (a few ms)
+        self._loaded: tuple[tuple[int, int, int] | None, dict[str, dict]] = (None, {})
         self._warned_unwritable = False
         self._warned_foreign = False
         self._warned_unreadable = False
@@ -77,9 +94,14 @@ class CacheStore:
             return {}
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             return {}
+        if self._loaded[0] != stamp and not stat.S_ISREG(st.st_mode):  # a read of a
+            # pipe waits for a writer that may never come (``read_regular``)
+            log.warning("autotune cache %s is not a regular file (a pipe, a directory); "
+                        "ignoring it", self.path)
+            self._loaded = (stamp, {})
         if self._loaded[0] != stamp:
             self._loaded = (stamp, read_entries(self.path, self.device))
         return self._loaded[1]
@@ -106,7 +128,7 @@ class CacheStore:
                 return
             with self._lock():
                 try:
-                    raw = self.path.read_bytes()
+                    raw = read_regular(self.path)
                 except FileNotFoundError:
                     raw = None
                 except OSError as e:  # exists, but unreadable: not ours to replace
@@ -190,7 +212,7 @@ class CacheStore:
             try:
                 with self._lock():
                     try:
-                        raw = self.path.read_bytes()
+                        raw = read_regular(self.path)
                     except FileNotFoundError:
                         raw = None
                     except OSError as e:
@@ -214,9 +236,10 @@ class CacheStore:
             except LockTimeout:
                 raise ValueError(f"another process holds the lock of {self.path} (waited "
                                  f"{cache_file.LOCK_TIMEOUT} s); nothing deleted") from None
-            except OSError as e:
+            except OSError as e:  # the file named: the lock beside it, say, a directory
+                where = f": {e.filename}" if e.filename else ""
                 raise ValueError(f"cannot clear the autotune cache in {self.dir} "
-                                 f"({e.strerror or e}); nothing deleted") from None
+                                 f"({e.strerror or e}{where}); nothing deleted") from None
         self._memory.clear()
         self._notes.clear()
         self._loaded = (None, {})

@@ -73,8 +73,15 @@ def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
 
 
 def check_target_rate(target: float) -> None:
-    """Raise a ValueError naming ``--target-rate`` unless 0 < target <= 1."""
-    if not 0.0 < target <= 1.0:
+    """Raise a ValueError naming ``--target-rate`` unless target is a number (not a bool)
+    with 0 < target <= 1 (a string raised TypeError)."""
+    from .nn.maskers import finite_real
+
+    try:
+        ok = 0.0 < finite_real("--target-rate", target) <= 1.0
+    except ValueError:  # NaN, inf, a bool, no number
+        ok = False
+    if not ok:
         raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
 
 
@@ -83,6 +90,8 @@ def check_modes(modes: Sequence[str]) -> None:
     known modes (``predict.network.MODES``)."""
     from .predict.network import MODES
 
+    if isinstance(modes, str):  # "spatial" was read letter by letter: unknown ['s', ...]
+        raise ValueError(f"--modes {modes!r}: give a sequence of modes, e.g. ('{modes}',)")
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"--modes {','.join(modes)!r}: unknown {bad}; accepted: "
@@ -97,12 +106,18 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
     options with it before reading one (which may warn).
 
     Raises:
-        ValueError: naming the option: an S larger than every stage's map, a stage with
+        ValueError: naming the option: a batch or input size ``model_specs`` refuses,
+            an S that is not an int >= 1 or larger than every stage's map, a stage with
             no option, a channel granularity that does not divide a width, more than
             ``MAX_DESIGNS`` configurations.
     """
-    from .predict.network import model_specs, stem_hw
+    from .nn.maskers import is_positive_int
+    from .predict.network import check_batch_and_size, model_specs, stem_hw
 
+    check_batch_and_size(batch, input_size)  # before the stage maps the S are checked on
+    bad = [g for g in granularities if not is_positive_int(g)]
+    if bad:  # a string raised TypeError; 0 was dropped without a word
+        raise ValueError(f"--granularities: {', '.join(map(repr, bad))} not a positive int")
     stage_size = [stem_hw(input_size)]
     for st in (1, 2, 2, 2):
         stage_size.append((stage_size[-1] - 1) // st + 1)
@@ -157,10 +172,11 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
     Raises:
         ValueError: unknown arch, mode or hardware, target outside (0, 1], no valid option
             for a stage (e.g. every S larger than its map), an S larger than every stage's
-            map (with a spatial mode), top < 1.
+            map (with a spatial mode), an S or top that is not an int >= 1.
     """
     import itertools
 
+    from .nn.maskers import is_positive_int
     from .ops.registry import variants_for
     from .predict.hardware import get_hardware
     from .predict.model import predict_expected, predict_static_dense, predict_stem_head
@@ -168,8 +184,8 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
 
     hw = get_hardware(hw)
     check_target_rate(target)
-    if top is not None and top < 1:
-        raise ValueError(f"--top {top} must be >= 1")
+    if top is not None and not is_positive_int(top):  # 2.5 and "3" raised TypeError
+        raise ValueError(f"--top {top!r} must be an int >= 1")
     check_modes(modes)
     dtype = dtype or hw.default_dtype
     memo: dict = {}

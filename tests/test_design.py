@@ -225,6 +225,26 @@ def test_design_top_and_errors():
         design_search("laud_resnet50", "a100", 0.5, ("spatial",), (8,))
 
 
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"target": "0.5"}, r"--target-rate '0.5' must be in \(0, 1\]"),  # TypeError
+    ({"target": True}, r"--target-rate True must be in \(0, 1\]"),
+    ({"top": 2.5}, "--top 2.5 must be an int >= 1"),  # TypeError (a slice index)
+    ({"top": "3"}, "--top '3' must be an int >= 1"),  # TypeError
+    ({"top": True}, "--top True must be an int >= 1"),  # kept one design
+    ({"granularities": ("4",)}, "--granularities: '4' not a positive int"),  # TypeError
+    ({"granularities": (0, 4)}, "--granularities: 0 not a positive int"),  # dropped
+    ({"modes": "spatial"}, "--modes 'spatial': give a sequence of modes"),  # ['s', 'p', ..]
+    # named the granularities (8 larger than the 4x4 map) for the input size
+    ({"input_size": 16}, "input size 16 must be an int >= 32"),
+])
+def test_design_search_names_the_argument_of_another_type(kwargs, msg):
+    """design_search's bad arguments are a ValueError naming them, not a TypeError from
+    deep inside nor another option's error."""
+    args = {"target": 0.5, "modes": ("spatial", "layer"), "granularities": (4, 8), **kwargs}
+    with pytest.raises(ValueError, match=msg):
+        design_search("laud_resnet50", "a100", **args)
+
+
 def test_cli_design(capsys, tmp_path):
     rc = main(["design", "--model", "laud_resnet50", "--hardware", "rtx3090",
                "--target-rate", "0.5", "--granularities", "1,2,4,8", "--top", "4",

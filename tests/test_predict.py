@@ -961,6 +961,22 @@ def test_prune_keeps_the_kept_configs_in_the_order_of_the_space():
     assert make_prune(h100, 2)(spec, 0.2, v, cfgs) == [cfgs[1], cfgs[2]]
 
 
+
+def test_prune_prices_dense_on_channel_blocks_under_its_channel_factors():
+    """config_time is "predicted as `laudtriton predict` predicts", which prices dense on
+    a block with channel masks under "dense/channel" (``factor_key``); config_time took
+    dense's own factors there, 10x off on these."""
+    from laudtriton.ops.registry import get_variant
+    from laudtriton.predict.prune import config_time
+
+    spec = model_specs("laud_resnet50", "channel", 1, 2, channel_granularity=4)[4][1]
+    assert factor_key("dense", spec) == "dense/channel"
+    fac = {"dense": Factors(0.5, 0.7, 2e-5), "dense/channel": Factors(0.05, 0.07, 2e-4)}
+    t = config_time(spec, 0.5, get_variant("dense"), {}, CPU, fac)
+    assert t == pytest.approx(latency_from_terms(terms(spec, 0.5, "dense", CPU),
+                                                 fac["dense/channel"], CPU), rel=1e-12)
+    assert t == pytest.approx(predict_block(spec, 0.5, "dense", CPU, fac), rel=1e-12)
+
 def test_channel_layer_and_both_flops_ratios_by_hand():
     """layer1.0 of LAUD-ResNet-50 at 224 (64 -> 64 -> 256, 56x56, dense downsample): a
     channel mask at rate r keeps r of conv1's outputs, r² of conv2's multiply-adds (its

@@ -419,6 +419,16 @@ def test_cache_and_calibration_name_a_device_they_cannot_take(tmp_path, device):
         load_calibration(tmp_path, device=device)
 
 
+@pytest.mark.parametrize("device", ["gpu", "tpu", None])
+def test_calibrate_names_a_device_torch_does_not_know(device):
+    """calibrate's docstring promises a ValueError; "gpu" raised torch's RuntimeError
+    ("Expected one of cpu, cuda, ...") and None a TypeError, before anything was measured."""
+    from laudtriton.predict.calibration import calibrate
+
+    with pytest.raises(ValueError, match=f"device {device!r} unknown; accepted: 'cpu'"):
+        calibrate(device, quick=True)
+
+
 @pytest.mark.parametrize("cache_dir", [5, b"/tmp"])
 def test_cache_dir_that_is_no_path_is_named(cache_dir):
     """An int gave a TypeError "expected str, bytes or os.PathLike"; bytes failed in

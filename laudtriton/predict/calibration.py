@@ -317,7 +317,10 @@ def calibrate(device: str = "cpu", quick: bool = False,
     """
     from ..tune.keys import device_fingerprint
 
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." ("foo")
+        raise ValueError(f"device {device!r} unknown; accepted: 'cpu', 'cuda[:i]'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
     if dev.type not in ("cpu", "cuda"):

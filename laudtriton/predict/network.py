@@ -64,6 +64,15 @@ def check_arch(arch: str) -> None:
         raise ValueError(f"--model {arch!r} unknown; accepted: {', '.join(DEPTHS)}")
 
 
+def check_batch_and_size(batch: int, input_size: int) -> None:
+    """Raise a ValueError naming ``batch`` or ``input size`` unless batch is an int >= 1
+    and input_size an int >= 32 (numpy ints count, bools do not)."""
+    for name, value, least in (("batch", batch, 1), ("input size", input_size, 32)):
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+                or value < least):
+            raise ValueError(f"{name} {value!r} must be an int >= {least}")
+
+
 def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatial",
                 granularity: int | str | Sequence[int] = "4-4-2-1", batch: int = 1,
                 input_size: int = 224, dtype: str = "float32",
@@ -78,10 +87,7 @@ def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatia
             that does not divide a width, a bad batch or input size.
     """
     check_arch(arch)
-    for name, value, least in (("batch", batch, 1), ("input size", input_size, 32)):
-        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
-                or value < least):
-            raise ValueError(f"{name} {value!r} must be an int >= {least}")
+    check_batch_and_size(batch, input_size)
     batch, input_size = int(batch), int(input_size)
     modes = per_stage(mode, "mode")
     for m in modes:

@@ -17,7 +17,7 @@ from ..nn.maskers import check_positive_ints
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
-from .model import Factors, factors_for, latency_from_terms, terms
+from .model import Factors, factor_key, factors_for, latency_from_terms, terms
 from .network import check_rate
 
 # Config keys that name the output tile of a kernel config (rows, then columns).
@@ -42,14 +42,15 @@ def config_tiles(config: dict) -> tuple[int, int] | None:
 def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: dict,
                 hw: HardwareSpec, factors: dict[str, Factors] | None = None) -> float:
     """Predicted seconds of ``variant`` with ``config`` at (spec, rate) (raw model, for
-    ranking configs at one rate).
+    ranking configs at one rate), under the factors ``predict`` looks up for it
+    (``model.factor_key``: "dense/channel" for ``dense`` on a block with channel masks).
 
     Raises:
         ValueError: rate not a number in [0, 1], or a variant with no latency model.
     """
     name = variant if isinstance(variant, str) else variant.name
     t = terms(spec, check_rate(rate), variant, hw, config_tiles(config))
-    return latency_from_terms(t, factors_for(name, hw, factors), hw)
+    return latency_from_terms(t, factors_for(factor_key(name, spec), hw, factors), hw)
 
 
 def make_prune(hw: HardwareSpec | str, top_k: int = 3,

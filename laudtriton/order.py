@@ -104,15 +104,19 @@ class SampleOrder:
         """Masks in the caller's order -> batch order (masks itself for the identity).
 
         Raises:
-            ValueError: if a mask's batch is not the batch's size (naming ``who``, the
-                block, when given).
+            ValueError: if a mask is not a tensor, has no batch dimension (0-d) or its
+                batch is not the batch's size (naming ``who``, the block, when given).
         """
         for name in MASK_FIELDS:
             t = getattr(masks, name)
-            if t is not None and t.shape[0] != len(self.perm):
-                where = f"{who}: masks.{name}" if who else f"masks.{name}"
-                raise ValueError(f"{where} has {t.shape[0]} samples for a batch of "
-                                 f"{len(self.perm)}")
+            if t is None:
+                continue
+            where = f"{who}: masks.{name}" if who else f"masks.{name}"
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{where} must be a tensor or None, got {type(t).__name__}")
+            if t.dim() == 0 or t.shape[0] != len(self.perm):
+                samples = f"{t.shape[0]} samples" if t.dim() else "no batch dimension"
+                raise ValueError(f"{where} has {samples} for a batch of {len(self.perm)}")
         return masks if self.identity else take_masks(masks, self.perm)
 
 

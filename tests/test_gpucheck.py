@@ -871,6 +871,24 @@ def test_device_cpu_without_the_interpreter_is_refused(tmp_path, capsys, monkeyp
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("value", ["1", "true", "ON", "y"])
+def test_cuda_under_the_interpreter_is_refused(tmp_path, capsys, monkeypatch, value):
+    """TRITON_INTERPRET left set (as for the CPU tests) on a GPU machine: every Triton
+    kernel ran under the interpreter on the host, ~1000x slower, and part 3 timed that
+    and put it in the autotune cache a session commits. Refused before any work (a GPU
+    stands in here)."""
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    monkeypatch.setattr(command.torch.cuda, "is_available", lambda: True)
+    assert command.main(["--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys)
+    assert f"TRITON_INTERPRET={value!r} is set" in line and "--device cuda" in line
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # off: the options pass
+    args = _args(tmp_path)
+    args.device = "cuda"
+    assert command._options(args) == [1, 64]
+
+
 def test_options_take_the_bounds_they_name(tmp_path, monkeypatch):
     """--budget at its stated maximum (86400 s) and --compile-jobs equal to the CPUs this
     process may use are accepted, as the errors ("<= 86400", "[1, N]") say."""
@@ -879,6 +897,33 @@ def test_options_take_the_bounds_they_name(tmp_path, monkeypatch):
     args = _args(tmp_path)
     args.budget, args.compile_jobs, args.batches = command.MAX_BUDGET_S, 3, "1,64"
     assert command._options(args) == [1, 64]
+
+
+def test_a_run_leaves_no_output_of_an_earlier_run_in_out(tmp_path, monkeypatch, capsys):
+    """A second run into the same --out appended to the first one's gpucheck.log (its
+    FAIL lines read as this run's), and a plot this run did not write (nothing timed)
+    was left there, unnamed, as if it were this run's. The earlier autotune cache is
+    kept: this run adds to it."""
+    monkeypatch.setattr(command, "machine", lambda r: None)
+    monkeypatch.setattr(command, "kernel_checks", lambda r, until=None: None)
+    monkeypatch.setattr(command, "warm_compiles", lambda *a, **k: None)
+    monkeypatch.setattr(command, "distinct_blocks", lambda models, size: {})
+    monkeypatch.setattr(command, "time_blocks", lambda *a: [1])
+    monkeypatch.setattr(command, "whole_models", lambda *a: None)
+    monkeypatch.setattr(command, "_options", lambda args: [1])
+    stale = {record.LOG_NAME: "[ 12.0s] FAIL kernel maskers float16  AssertionError\n",
+             "latency_vs_rate_laud_resnet50.png": "old plot",
+             "latency_vs_rate_laud_resnet101.png": "old plot"}
+    for name, text in stale.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "autotune_cache").mkdir()
+    (tmp_path / "autotune_cache" / "kept.json").write_text("{}")
+    assert command.run(_args(tmp_path)) == 0
+    assert "plot:" not in capsys.readouterr().out  # nothing timed: no plot written
+    assert not any((tmp_path / n).exists() for n in stale if n.endswith(".png"))
+    log = (tmp_path / record.LOG_NAME).read_text()
+    assert "FAIL" not in log and "gpucheck done in " in log
+    assert (tmp_path / "autotune_cache" / "kept.json").read_text() == "{}"
 
 
 def test_a_run_leaves_no_lock_file_beside_its_autotune_cache(tmp_path, monkeypatch):

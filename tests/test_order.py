@@ -86,6 +86,51 @@ def test_bad_input():
         SampleOrder(3).to_batch(BlockMasks(grid, None, None, None))
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_random_gates_keep_samples_and_masks_in_their_places(seed):
+    """Property test: random batches, random gates over several blocks (a random
+    permutation builds up). After each block the window holds exactly the active samples,
+    h and the pooling are in the order ``perm`` says, idx composes the old order into
+    the new, masks of random values go to batch order and back unchanged (per-pixel ones
+    and a layer gate's broadcasts), and to_caller restores the caller's order."""
+    import random
+
+    rng = random.Random(seed)
+    b = rng.randint(1, 11)
+    order = SampleOrder(b)
+    h, order.pooled = labelled(b)
+    for _ in range(rng.randint(1, 6)):
+        on = [rng.random() < rng.random() for _ in range(b)]
+        before = list(order.perm)
+        (a, e), idx = order.make_contiguous(on, h)
+        moved = on if idx is None else [on[i] for i in idx]
+        assert moved == [a <= p < e for p in range(b)]
+        assert order.perm == (before if idx is None else [before[i] for i in idx])
+        assert h[:, 0, 0, 0].tolist() == order.perm == order.pooled[:, 0].tolist()
+        g = torch.rand(b, 1, 1, 1)
+        masks = BlockMasks(g, g.expand(b, 1, 5, 3), torch.rand(b, 1, 4, 6) < 0.5,
+                           torch.rand(b, 3))
+        inb = order.to_batch(masks)
+        back = caller_masks(inb, order.snapshot())
+        for name in ("grid", "mask3", "mask1", "channel"):
+            assert torch.equal(getattr(inb, name), getattr(masks, name)[order.perm])
+            assert torch.equal(getattr(back, name), getattr(masks, name))
+        assert order.to_caller(h)[:, 0, 0, 0].tolist() == list(range(b))
+
+
+def test_to_batch_names_a_mask_without_a_batch_dimension():
+    """With check_masks=False a layer block's given masks meet no check but to_batch's:
+    a 0-d grid raised a bare IndexError ("tuple index out of range"), a list an
+    AttributeError; both name the block and the mask now."""
+    order = SampleOrder(3)
+    with pytest.raises(ValueError, match=r"^layer2\.0: masks\.grid has no batch dimension "
+                                         r"for a batch of 3$"):
+        order.to_batch(BlockMasks(torch.tensor(1.0), None, None, None), "layer2.0")
+    with pytest.raises(ValueError, match=r"^masks\.channel must be a tensor or None, got "
+                                         r"list$"):
+        order.to_batch(BlockMasks(None, None, None, [1.0, 0.0, 1.0]))
+
+
 def tiny_layer_model(seed=0):
     torch.manual_seed(seed)
     m = LaudResNet((2, 2, 2, 1), mode="layer", width_mult=0.25, input_size=None,

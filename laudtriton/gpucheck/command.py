@@ -25,13 +25,15 @@ running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruc
    recorded as not run: tuning them here would time their blocks past the time box); its
    logits within ``WHOLE_TOL`` of the dense variants' on its own masks;
 then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
-and summary.json into DIR and prints a short table (into gpucheck.log too). timings.csv
+and summary.json into DIR and prints a short table (into gpucheck.log too); an earlier
+run's files of those names are removed as the run starts (its autotune cache is kept, and
+added to). timings.csv
 and summary.json are also written after each part, check, block and whole-model item,
 every progress line and warning goes to gpucheck.log there too, with a line as each
 check starts, and on SIGTERM (a time limit) the run stops, names what was running, and
 writes what it gathered. A check, a block's timing or a part that raises is recorded as failed (its
 error in one line, the end of its traceback in summary.json) and the run goes on.
-Without CUDA, or with a bad option:
+Without CUDA, with TRITON_INTERPRET on for CUDA, or with a bad option:
 one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
 matplotlib (run from the source tree with ``PYTHONPATH=.``).
@@ -57,7 +59,7 @@ from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
 from .checks import kernel_checks
 from .machine import machine
-from .record import Run, Terminated, describe, save
+from .record import LOG_NAME, Run, Terminated, describe, save
 from .warm import part3_warmups, warm_compiles
 from .whole import whole_models
 
@@ -150,7 +152,19 @@ def _options(args) -> list[int]:
     check_input_size(args.input_size)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
+    if args.device == "cuda" and _interpreting():
+        # the kernels would run on the host, ~1000x slower: part 3 would time (and put
+        # into the autotune cache a session commits) the interpreter's speed
+        raise ValueError(f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']!r} is set: "
+                         "the Triton kernels would run under the interpreter; unset it "
+                         "for --device cuda (nothing ran)")
     return batches
+
+
+def _interpreting() -> bool:
+    """Whether TRITON_INTERPRET asks Triton for its interpreter (Triton 3.9 reads 1, y,
+    yes, on and true, in any case, as on)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "y", "yes", "on", "true")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,11 +179,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail("gpucheck", str(e))
     out = Path(args.out).expanduser()  # as check_dir read it ('--out=~/x': no shell)
+    models = ["laud_resnet50", "laud_resnet101"]
+    # an earlier run's outputs in --out (not its autotune cache, which this run adds to):
+    # its log was appended to, and a plot this run does not write was left as if its own
+    for name in (LOG_NAME, "timings.csv", "summary.json",
+                 *(f"latency_vs_rate_{m}.png" for m in models)):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
     r = Run(out, args.budget, args.device)
     handler = logging.FileHandler(r.log)  # the library's warnings (a failed config's
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))  # text) too
     logging.getLogger("laudtriton").addHandler(handler)
-    models = ["laud_resnet50", "laud_resnet101"]
     parts = []
 
     def terminated(signum, frame):  # a time limit's SIGTERM: keep what was gathered

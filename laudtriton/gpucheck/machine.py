@@ -22,7 +22,8 @@ def machine(r: Run) -> None:
     compute capability, SM count, memory (GiB) and CUDA and cuDNN versions, the measured
     copy bandwidth (GB/s, read + write, of a 512 MiB fp16 buffer on a GPU, 8 MiB on CPU)
     and fp16 and bf16 GEMM throughput (TFLOP/s, m x m by m x m with m = 8192 on a GPU, 256
-    on CPU; medians of 5 runs) into ``r.info``, each printed with ``r.say``.
+    on CPU), each from a median (``tune.timing.median_time``: do_bench's over about 100 ms
+    of runs on a GPU, of 5 runs on CPU), into ``r.info``, each printed with ``r.say``.
 
     Raises:
         ImportError: without Triton (its version is listed).

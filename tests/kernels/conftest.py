@@ -102,3 +102,22 @@ class Launches(dict):
 def launched(monkeypatch):
     """A ``Launches``: ``launched.patch(module, ...)`` records their launches."""
     return Launches(monkeypatch)
+
+
+@pytest.fixture
+def both_case():
+    """A calibrated 'both' block's case: (folded block, channels_last x, its masks, the
+    reference output), both masks partly on; for the Triton variants that run one kind
+    of mask and must refuse the other."""
+    from laudtriton.nn import calibrate_block
+    from laudtriton.ops import fold_block
+    from laudtriton.testing import make_block
+
+    block = make_block(16, 4, 1, mode="both", granularity=2, channel_granularity=2)
+    x = torch.randn(2, 16, 6, 6)
+    calibrate_block(block, x, 0.5)
+    with torch.no_grad():
+        ref = block(x)
+        masks, _ = block.compute_masks(x)
+    assert 0 < masks.channel.mean().item() < 1 and 0 < masks.grid.mean().item() < 1
+    return fold_block(block), x.contiguous(memory_format=torch.channels_last), masks, ref

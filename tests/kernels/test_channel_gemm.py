@@ -593,22 +593,13 @@ def test_channel_kernels_reach_a_lone_channel_past_full_k_tiles(guarded_empty, s
     assert all(torch.isnan(t).all() for t in guarded_empty), "a store landed past y's end"
 
 
-def test_channel_gemm_variant_refuses_spatial_masks():
+def test_channel_gemm_variant_refuses_spatial_masks(both_case):
     """A 'both' block's masks carry mask3 too: the channel kernels compute every pixel
     and ran the channel mask alone (max error 2.1 on this block), silently. The variant
     the message names computes the reference."""
-    from laudtriton.nn import calibrate_block
-    from laudtriton.ops import fold_block, get_variant, triton_channel  # noqa: F401
-    from laudtriton.testing import make_block
+    from laudtriton.ops import get_variant, triton_channel  # noqa: F401
 
-    block = make_block(16, 4, 1, mode="both", granularity=2, channel_granularity=2)
-    x = torch.randn(2, 16, 6, 6)
-    calibrate_block(block, x, 0.5)
-    with torch.no_grad():
-        ref = block(x)
-        masks, _ = block.compute_masks(x)
-    assert 0 < masks.channel.mean().item() < 1 and 0 < masks.grid.mean().item() < 1
-    fb, xc = fold_block(block), x.contiguous(memory_format=torch.channels_last)
+    fb, xc, masks, ref = both_case
     with pytest.raises(ValueError, match="^channel_gemm: masks.mask3 is set .*'gather'"):
         get_variant("channel_gemm").run(fb, xc, masks, dict(SMALL.to_dict()))
     assert_close(get_variant("gather").run(fb, xc, masks, None), ref)

@@ -233,18 +233,11 @@ def test_config_space_of_a_narrow_block_keeps_the_64_wide_tiles():
 
 
 @pytest.mark.parametrize("variant", ["fused", "masked"])
-def test_masks_of_a_both_block_are_refused(variant):
+def test_masks_of_a_both_block_are_refused(variant, both_case):
     """A 'both' block's masks carry a channel mask too: the kernels have no channel lists
     and no κ correction, and ran the spatial masks alone (max error 0.55 of max|ref| 4.1
     on this block), silently. The variant the message names computes the reference."""
-    block = make_block(16, 4, 1, mode="both", granularity=2, channel_granularity=2)
-    x = torch.randn(2, 16, 6, 6)
-    calibrate_block(block, x, 0.5)
-    with torch.no_grad():
-        ref = block(x)
-        masks, _ = block.compute_masks(x)
-    assert 0 < masks.channel.mean().item() < 1 and 0 < masks.grid.mean().item() < 1
-    fb, xc = fold_block(block), x.contiguous(memory_format=torch.channels_last)
+    fb, xc, masks, ref = both_case
     with pytest.raises(ValueError, match=f"^{variant}: masks.channel is set .*'gather'"):
         RUNS[variant](fb, xc, masks, TINY)
     assert_close(registry.get_variant("gather").run(fb, xc, masks, None), ref)

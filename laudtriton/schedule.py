@@ -176,11 +176,13 @@ class DispatchTable:
         compared at 9 decimals, so that 0.65 lies as near 0.6 as 0.7).
 
         Raises:
-            ValueError: if the table is empty or ``rate`` is not in [0, 1].
+            ValueError: if the table is empty or ``rate`` is not a number in [0, 1] (a
+                bool, a string or None included, as ``add`` refuses them).
         """
         if not self.entries:
             raise ValueError("empty dispatch table")
-        if not 0.0 <= rate <= 1.0:
+        if isinstance(rate, bool) or not (isinstance(rate, numbers.Real)
+                                          and 0.0 <= rate <= 1.0):
             raise ValueError(f"rate {rate!r} must be in [0, 1]")
         bucket = min(self.entries, key=lambda b: (round(abs(b - rate), 9), b))
         return self.entries[bucket]

@@ -13,7 +13,7 @@ from ..nn.block import BlockMasks
 from ..ops.fold import FoldedBlock
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
-from .timing import interleaved_medians, median_time
+from .timing import check_runs, interleaved_medians, median_time
 
 log = logging.getLogger("laudtriton")
 
@@ -92,7 +92,13 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     that the cost depends on, do not. x itself is never written.
 
     Returns {variant name: {config_key: seconds}}.
+
+    Raises:
+        ValueError: if reps < 1 or warmup < 0, or either is not an int, before any
+            variant runs (on CUDA ``median_time``'s refusal was scored inf as every
+            config's failure, "while timed").
     """
+    check_runs(warmup, reps)
     out: dict[str, dict[str, float]] = {v.name: {} for v in variants}
     calls, keys, setup = [], [], []
     source = scratch = None

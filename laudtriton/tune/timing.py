@@ -3,7 +3,9 @@ GPU; on CPU the median of repeated time.perf_counter runs after warm-up."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import numbers
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -11,11 +13,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 
-def _check_runs(warmup: int, reps: int) -> None:
-    """A ValueError unless reps >= 1 and warmup >= 0 (a median needs a run)."""
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, "
-                         f"warmup={warmup}")
+def check_runs(warmup: int, reps: int) -> None:
+    """A ValueError unless reps >= 1 and warmup >= 0 are ints, not bools (a median needs
+    a run; 2.5 or "3" raised a TypeError from ``range`` or the comparison)."""
+    ints = all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+               for n in (warmup, reps))
+    if not ints or reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0 (ints), got reps={reps!r}, "
+                         f"warmup={warmup!r}")
 
 
 def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
@@ -24,17 +29,23 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
 
     On CUDA: ``triton.testing.do_bench`` (CUDA events; ms converted to s), which sizes
     its own warm-up and repetitions by time (25 ms, 100 ms): ``warmup`` and ``reps`` are
-    not used there.
+    not used there. It runs with ``device`` current (``torch.cuda.device``): its events
+    and synchronisations are the current device's, and 'cuda:1' timed from cuda:0 read
+    cuda:0's idle stream (the launch time alone, not the kernels' on cuda:1).
     On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls.
 
     Raises:
-        ValueError: if reps < 1 or warmup < 0.
+        ValueError: if reps < 1 or warmup < 0, or either is not an int.
     """
-    _check_runs(warmup, reps)
-    if torch.device(device).type == "cuda":
+    check_runs(warmup, reps)
+    dev = torch.device(device)
+    if dev.type == "cuda":
         import triton.testing
 
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+        # ('cuda' alone: the current device already)
+        with torch.cuda.device(dev) if dev.index is not None else contextlib.nullcontext():
+            return triton.testing.do_bench(fn, warmup=25, rep=100,
+                                           return_mode="median") / 1e3
     for _ in range(warmup):
         fn()
     times = []
@@ -60,9 +71,10 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
     restore an input that the fn overwrites).
 
     Raises:
-        ValueError: if reps < 1 or warmup < 0, or setup does not give one entry per fn.
+        ValueError: if reps < 1 or warmup < 0, or either is not an int, or setup does not
+            give one entry per fn.
     """
-    _check_runs(warmup, reps)
+    check_runs(warmup, reps)
     setup = list(setup) if setup is not None else [None] * len(fns)
     if len(setup) != len(fns):
         raise ValueError(f"setup has {len(setup)} entries for {len(fns)} functions")

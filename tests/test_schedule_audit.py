@@ -110,3 +110,15 @@ def test_median_time_on_cuda_makes_the_timed_device_current(monkeypatch):
     assert timing.median_time(lambda: None, "cuda") == pytest.approx(2e-3)
     assert seen == [torch.device("cuda:1"), torch.device("cuda:0"), None]
     assert current == [None]
+
+
+def test_rate_bucket_takes_numpy_floats_and_refuses_bools():
+    """A numpy float32 rate was refused as "must be a number"; True passed as 1.0."""
+    import numpy as np
+
+    from laudtriton.tune.keys import rate_bucket
+
+    assert rate_bucket(np.float32(0.47)) == 0.5 and rate_bucket(np.float64(0.25)) == 0.2
+    for bad in (True, "0.5", None):
+        with pytest.raises(ValueError, match="must be a number in"):
+            rate_bucket(bad)

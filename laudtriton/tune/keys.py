@@ -11,6 +11,7 @@ import importlib.metadata
 import inspect
 import io
 import math
+import numbers
 import os
 import platform
 import sys
@@ -102,7 +103,7 @@ def rate_bucket(rate: float, step: float = 0.1) -> float:
     """
     if not 0.0 < step <= 1.0:
         raise ValueError(f"step {step!r} must be in (0, 1]")
-    if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+    if isinstance(rate, bool) or not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
         raise ValueError(f"rate {rate!r} must be a number in [0, 1]")
     return round(min(1.0, max(0, math.ceil(round(rate / step, 9) - 0.5)) * step), 6)
 

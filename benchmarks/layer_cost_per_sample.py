@@ -11,6 +11,7 @@ the weights' reads, each further one its share of the multiply-adds.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -40,6 +41,10 @@ def time_block(fb, x: torch.Tensor, n: int) -> float:
 
 
 def main() -> None:
+    # no options: --help prints the description, anything else is refused (both
+    # ran the whole benchmark, minutes of compiling and timing)
+    argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split())
+                            ).parse_args()
     runtime.retain_freed_memory()  # as ``laudtriton bench`` does
     torch.manual_seed(0)
     model = build_model("laud_resnet101", "layer", "4-4-2-1")

@@ -889,6 +889,29 @@ def test_cuda_under_the_interpreter_is_refused(tmp_path, capsys, monkeypatch, va
     assert command._options(args) == [1, 64]
 
 
+def test_one_reading_of_triton_interpret_for_every_check(tmp_path, monkeypatch):
+    """``kernels.aot.interpreting`` reads TRITON_INTERPRET as Triton does, and every
+    check reads it: gpucheck's two, the kernels' bf16 upcast and the AOT refusal (each
+    compared the value with "1" alone, so "true", which Triton interprets under, passed
+    for compiled kernels)."""
+    from laudtriton.kernels import aot, gather_conv
+
+    args = _args(tmp_path)
+    for value in ("1", "true", "YES", "On", "y"):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert aot.interpreting() and gather_conv.interpreter_upcast(torch.bfloat16)
+        assert command._options(args) == [1, 64]  # --device cpu: the interpreter is on
+        with pytest.raises(RuntimeError, match="AOT compilation needs it unset"):
+            aot.discover()
+    for value in ("0", "", "false", "off", "2"):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert not aot.interpreting() and not gather_conv.interpreter_upcast(torch.bfloat16)
+        with pytest.raises(ValueError, match="set TRITON_INTERPRET=1"):
+            command._options(args)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not aot.interpreting()
+
+
 def test_options_take_the_bounds_they_name(tmp_path, monkeypatch):
     """--budget at its stated maximum (86400 s) and --compile-jobs equal to the CPUs this
     process may use are accepted, as the errors ("<= 86400", "[1, N]") say."""

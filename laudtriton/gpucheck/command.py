@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from ..gpureport import plot, table
+from ..kernels.aot import interpreting
 from ..runtime import usable_cpus
 from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
@@ -126,7 +127,7 @@ def _options(args) -> list[int]:
     if args.device not in ("cuda", "cpu"):
         raise ValueError(f"--device {args.device!r}: accepted 'cuda' (the default; the "
                          "current GPU) or 'cpu' (a plumbing test)")
-    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if args.device == "cpu" and not interpreting():
         # the kernels would be compiled for a GPU and every kernel check would fail
         raise ValueError("--device cpu runs the Triton kernels under the interpreter: "
                          "set TRITON_INTERPRET=1 in the environment (nothing ran)")
@@ -152,19 +153,13 @@ def _options(args) -> list[int]:
     check_input_size(args.input_size)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
-    if args.device == "cuda" and _interpreting():
+    if args.device == "cuda" and interpreting():
         # the kernels would run on the host, ~1000x slower: part 3 would time (and put
         # into the autotune cache a session commits) the interpreter's speed
         raise ValueError(f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']!r} is set: "
                          "the Triton kernels would run under the interpreter; unset it "
                          "for --device cuda (nothing ran)")
     return batches
-
-
-def _interpreting() -> bool:
-    """Whether TRITON_INTERPRET asks Triton for its interpreter (Triton 3.9 reads 1, y,
-    yes, on and true, in any case, as on)."""
-    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "y", "yes", "on", "true")
 
 
 def run(args: argparse.Namespace) -> int:

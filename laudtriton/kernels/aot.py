@@ -43,6 +43,12 @@ class AOTSpec:
     divisible: tuple = ()
 
 
+def interpreting() -> bool:
+    """Whether TRITON_INTERPRET asks Triton for its interpreter, read as Triton reads it
+    (1, y, yes, on or true, in any case): the kernels then run on the host."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "y", "yes", "on", "true")
+
+
 # -- compilation (run with TRITON_INTERPRET unset: see ``main``) --------------------------
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
@@ -51,10 +57,11 @@ def discover() -> list[tuple[str, AOTSpec]]:
     """(module, spec) for every ``aot_specs()`` of every module in laudtriton/kernels/.
 
     Raises:
-        RuntimeError: if TRITON_INTERPRET=1 (kernels would be interpreter functions).
+        RuntimeError: if TRITON_INTERPRET is on (``interpreting``: kernels would be
+            interpreter functions).
     """
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("TRITON_INTERPRET=1 is set; AOT compilation needs it unset "
+    if interpreting():
+        raise RuntimeError("TRITON_INTERPRET is set; AOT compilation needs it unset "
                            "(run `python -m laudtriton.kernels.aot`)")
     pkg = importlib.import_module("laudtriton.kernels")
     out = []

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import AOTSpec
+from .aot import AOTSpec, interpreting
 from .channel_gemm import (
     DTYPES,
     IDX_ARGS,
@@ -21,7 +21,6 @@ from .channel_gemm import (
     check_index_lists,
     check_tensor,
     dot_acc,
-    interpreting,
     resolve_config,
 )
 from .tiles import int_stride, launch

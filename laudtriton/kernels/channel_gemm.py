@@ -19,14 +19,13 @@ contract, tf32 (~3e-4) would break it. fp16/bf16 use tensor cores with fp32 accu
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .aot import AOTSpec
+from .aot import AOTSpec, interpreting
 from .tiles import check_launch_config, config_from_dict, launch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -84,10 +83,6 @@ def resolve_config(config: GemmConfig | dict | None, dtype: torch.dtype) -> Gemm
     if isinstance(config, GemmConfig):
         return config
     return GemmConfig.from_dict(config) if config else default_config(dtype)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

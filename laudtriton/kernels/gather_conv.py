@@ -11,14 +11,13 @@ Also holds what the spatial families share: ``TileConfig`` and the launcher chec
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .aot import AOTSpec
+from .aot import AOTSpec, interpreting
 from .tiles import check_launch_config, config_from_dict, launch, rows_dot, tile_offsets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -84,7 +83,7 @@ def aot_plan() -> list[tuple[torch.dtype, TileConfig]]:
 
 def interpreter_upcast(dtype: torch.dtype) -> bool:
     """Whether dot operands must be upcast: bf16 under the interpreter (GPU.md 1)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    return dtype == torch.bfloat16 and interpreting()
 
 
 # -- launcher checks shared by the spatial families ------------------------------------

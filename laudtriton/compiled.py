@@ -101,21 +101,21 @@ class CompiledModel(RefusesTracing, nn.Module):
         floating-point tensors was moved to another dtype or device on its own
         (``model.fc.double()``; the model's own ``.to`` is refused), which failed inside
         torch ("mat1 and mat2 must have the same dtype")."""
-        for part in ("avgpool", "fc"):
+        for part in ("avgpool", "fc"):  # one walk of the head a forward
             for name, m in getattr(self, part).named_modules(prefix=part):
                 if m.training:
                     raise RuntimeError(f"{name} is in training mode; a compiled model is "
                                        f"inference only (call .eval() on it, or on the "
                                        "model)")
-            for name, t in [*getattr(self, part).named_parameters(prefix=part),
-                            *getattr(self, part).named_buffers(prefix=part)]:
-                if t.is_floating_point() and (t.dtype != self.dtype
-                                              or t.device != self.device):
-                    raise RuntimeError(
-                        f"{name} is {t.dtype} on {t.device}; the compiled model computes "
-                        f"in {self.dtype} on {self.device} (move it back: "
-                        f"{part}.to({self.dtype}), or compile the model again for "
-                        "another dtype or device)")
+                for tname, t in [*m.named_parameters(name, recurse=False),
+                                 *m.named_buffers(name, recurse=False)]:
+                    if t.is_floating_point() and (t.dtype != self.dtype
+                                                  or t.device != self.device):
+                        raise RuntimeError(
+                            f"{tname} is {t.dtype} on {t.device}; the compiled model "
+                            f"computes in {self.dtype} on {self.device} (move it back: "
+                            f"{part}.to({self.dtype}), or compile the model again for "
+                            "another dtype or device)")
 
     def _check_input(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.Tensor) and x.layout != torch.strided:

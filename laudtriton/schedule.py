@@ -105,6 +105,12 @@ def format_rate(rate: float) -> str:
     return f"{rate:.2f}" if abs(rate * 100 - round(rate * 100)) < 1e-6 else f"{rate:.3f}"
 
 
+def _is_rate(value: object) -> bool:
+    """Whether value is a real number in [0, 1], not a bool (NaN is not)."""
+    return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+            and 0.0 <= value <= 1.0)
+
+
 @dataclass(frozen=True)
 class Choice:
     """One dispatch entry: the variant, its config (sorted (key, value) pairs;
@@ -156,8 +162,7 @@ class DispatchTable:
             ValueError: if ``bucket`` is not in [0, 1] (NaN included) or ``source`` is not
                 one of SOURCES.
         """
-        if isinstance(bucket, bool) or not (isinstance(bucket, numbers.Real)
-                                            and 0.0 <= bucket <= 1.0):
+        if not _is_rate(bucket):
             raise ValueError(f"bucket {bucket!r} must be a rate in [0, 1]")
         if source not in SOURCES:
             raise ValueError(f"source {source!r} unknown; accepted: {', '.join(SOURCES)}")
@@ -181,8 +186,7 @@ class DispatchTable:
         """
         if not self.entries:
             raise ValueError("empty dispatch table")
-        if isinstance(rate, bool) or not (isinstance(rate, numbers.Real)
-                                          and 0.0 <= rate <= 1.0):
+        if not _is_rate(rate):
             raise ValueError(f"rate {rate!r} must be in [0, 1]")
         bucket = min(self.entries, key=lambda b: (round(abs(b - rate), 9), b))
         return self.entries[bucket]

@@ -109,9 +109,10 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
     cfg = resolve_config(config, x.dtype)
     dev = x.device
     check_tensor("w", w, 4, (x.dtype,), dev, last_contig=False)
-    if int_stride(stride) is None:
+    s = int_stride(stride)
+    if s is None:
         raise ValueError(f"stride must be 1 or 2, got {stride!r} (accepted: the int 1 or 2)")
-    stride = int_stride(stride)
+    stride = s
     batch, h, wd, kx = x.shape
     nw, kw = w.shape[:2]
     if tuple(w.shape[2:]) != (3, 3):

@@ -118,9 +118,10 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
     bsz, hp, wp, k = buf.shape
     if hp < 3 or wp < 3:
         raise ValueError(f"buf has spatial size {hp}x{wp}; a bordered buffer is >= 3x3")
-    if int_stride(stride) is None:
+    s = int_stride(stride)
+    if s is None:
         raise ValueError(f"stride is {stride!r}; accepted the int 1 or 2")
-    stride = int_stride(stride)
+    stride = s
     h, wd = hp - 2, wp - 2
     ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
     check_tensor("w", w, (3, 3, k, None), (buf.dtype,), buf.device)

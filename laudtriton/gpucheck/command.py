@@ -60,7 +60,7 @@ from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
 from .checks import kernel_checks
 from .machine import machine
-from .record import LOG_NAME, Run, Terminated, describe, save
+from .record import LOG_NAME, SAVED_NAMES, Run, Terminated, describe, save
 from .warm import part3_warmups, warm_compiles
 from .whole import whole_models
 
@@ -162,6 +162,11 @@ def _options(args) -> list[int]:
     return batches
 
 
+def _plot_path(out: Path, model: str) -> Path:
+    """Where a run draws ``model``'s latency against rate in ``out``."""
+    return out / f"latency_vs_rate_{model}.png"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run gpucheck with parsed ``args`` (see ``add_parser``); returns the exit code (2 with
     one line on stderr for a bad option or no GPU: nothing ran)."""
@@ -177,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
     models = ["laud_resnet50", "laud_resnet101"]
     # an earlier run's outputs in --out (not its autotune cache, which this run adds to):
     # its log was appended to, and a plot this run does not write was left as if its own
-    for name in (LOG_NAME, "timings.csv", "summary.json",
-                 *(f"latency_vs_rate_{m}.png" for m in models)):
+    for path in (out / LOG_NAME, *(out / n for n in SAVED_NAMES),
+                 *(_plot_path(out, m) for m in models)):
         with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
+            path.unlink()
     r = Run(out, args.budget, args.device)
     handler = logging.FileHandler(r.log)  # the library's warnings (a failed config's
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))  # text) too
@@ -256,8 +261,8 @@ def run(args: argparse.Namespace) -> int:
         cache.lock_path.unlink()
     for m in models:
         try:
-            if plot(r.rows, m, out / f"latency_vs_rate_{m}.png"):
-                parts.append(f"plot: {out / f'latency_vs_rate_{m}.png'}")
+            if plot(r.rows, m, _plot_path(out, m)):
+                parts.append(f"plot: {_plot_path(out, m)}")
         except Exception as e:  # noqa: BLE001 - the table and files below still matter
             parts.append(f"plot of {m} failed: {describe(e)}")
     lines = [table(r, models), *parts, f"csv: {out / 'timings.csv'}",

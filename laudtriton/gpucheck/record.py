@@ -101,6 +101,7 @@ class Run:
 
 TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
 LOG_NAME = "gpucheck.log"  # progress lines and the library's warnings, in --out
+SAVED_NAMES = ("timings.csv", "summary.json")  # what ``save`` writes there
 
 
 def describe(e: BaseException) -> str:
@@ -123,9 +124,10 @@ class Terminated(BaseException):
 def save(r: Run, out: Path) -> None:
     """Write timings.csv and summary.json of what ``r`` gathered so far: after each part,
     so that a run stopped by its time limit still leaves its results."""
-    write_csv(r.rows, out / "timings.csv")
+    csv_name, summary_name = SAVED_NAMES
+    write_csv(r.rows, out / csv_name)
     summary = {"info": r.info, "checks": r.checks, "seconds": time.perf_counter() - r.t0}
-    write_json(out / "summary.json", summary)
+    write_json(out / summary_name, summary)
 
 
 def write_json(path: Path, data: object) -> None:

@@ -24,15 +24,18 @@ running at budget + ``WATCHDOG_S`` as a SIGTERM does, at its next Python instruc
    folded weights, at rate 0.5, for the batches part 3 timed in full (the others are
    recorded as not run: tuning them here would time their blocks past the time box); its
    logits within ``WHOLE_TOL`` of the dense variants' on its own masks;
-then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache)
-and summary.json into DIR and prints a short table (into gpucheck.log too); an earlier
+then writes timings.csv, latency_vs_rate_<model>.png, the autotune cache file (TuneCache,
+its empty ``.lock`` left beside it for any other writer of it) and summary.json into DIR
+and prints a short table (into gpucheck.log too); an earlier
 run's files of those names are removed as the run starts (its autotune cache is kept, and
 added to). timings.csv
 and summary.json are also written after each part, check, block and whole-model item,
 every progress line and warning goes to gpucheck.log there too, with a line as each
 check starts, and on SIGTERM (a time limit) the run stops, names what was running, and
-writes what it gathered. A check, a block's timing or a part that raises is recorded as failed (its
-error in one line, the end of its traceback in summary.json) and the run goes on.
+writes what it gathered, its table too (a later SIGTERM or alarm, or one as a finished run
+writes its report, is noted in gpucheck.log and does not stop that). A check, a block's
+timing or a part that raises is recorded as failed (its error in one line, the end of its
+traceback in summary.json) and the run goes on.
 Without CUDA, with TRITON_INTERPRET on for CUDA, or with a bad option:
 one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
@@ -192,7 +195,14 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("laudtriton").addHandler(handler)
     parts = []
 
+    stopping = False  # set by the first stop, or as the parts end: the run then reports
+
     def terminated(signum, frame):  # a time limit's SIGTERM: keep what was gathered
+        nonlocal stopping
+        if stopping:  # a second SIGTERM, or the alarm, must not abort the report
+            r.note(f"signal {signum} ignored: writing what the run gathered")
+            return
+        stopping = True
         raise Terminated(f"signal {signum} after {time.perf_counter() - r.t0:.0f} s")
     from ..tune.cache import TuneCache
 
@@ -233,42 +243,47 @@ def run(args: argparse.Namespace) -> int:
     previous_alarm = signal.signal(signal.SIGALRM, terminated)
     signal.setitimer(signal.ITIMER_REAL, args.budget + WATCHDOG_S)
     started = 0
-    try:
-        for title, step in steps:  # a part that raises is a failed check; the next runs
-            started += 1
-            r.say(title)
-            r.check(f"part {title.split()[0]} completed", step, quiet=True)
-            save(r, out)
-    except Terminated as e:  # a time limit: report what was gathered so far
-        signal.setitimer(signal.ITIMER_REAL, 0)  # no second alarm while reporting
-        during = f", during {' > '.join(r.running)}" if r.running else ""
-        r.checks.append({"check": "gpucheck run", "ok": False,
-                         "error": f"Terminated: {e}{during}"})
-        r.say(f"stopped: Terminated: {e}{during}")
-        for title, _ in steps[started:]:
-            r.not_run(f"part {title.split()[0]} completed", "the run was stopped before it")
+    try:  # the handlers stay until the report is written (they ignore a signal there)
+        try:
+            for title, step in steps:  # a part that raises is a failed check; the next runs
+                started += 1
+                r.say(title)
+                r.check(f"part {title.split()[0]} completed", step, quiet=True)
+                save(r, out)
+            stopping = True  # a signal before this line is a stop (below); after, ignored
+        except Terminated as e:  # a time limit: report what was gathered so far
+            signal.setitimer(signal.ITIMER_REAL, 0)  # no second alarm while reporting
+            during = f", during {' > '.join(r.running)}" if r.running else ""
+            r.checks.append({"check": "gpucheck run", "ok": False,
+                             "error": f"Terminated: {e}{during}"})
+            r.say(f"stopped: Terminated: {e}{during}")
+            for title, _ in steps[started:]:
+                r.not_run(f"part {title.split()[0]} completed",
+                          "the run was stopped before it")
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        # the lock file beside the cache stays: unlinked, a writer still holding it (a
+        # compile or sweep on the same cache) and the next one, which would lock a new
+        # file of that name, would both write the cache at once
+        if cache.path.is_file():  # what part 3 timed, a time limit's stop included: the
+            parts.append(f"autotune cache: {cache.path}")  # file the session commits
+            r.info["autotune_cache"] = str(cache.path)
+        save(r, out)
+        for m in models:
+            try:
+                if plot(r.rows, m, _plot_path(out, m)):
+                    parts.append(f"plot: {_plot_path(out, m)}")
+            except Exception as e:  # noqa: BLE001 - the table and files below still matter
+                parts.append(f"plot of {m} failed: {describe(e)}")
+        lines = [table(r, models), *parts, f"csv: {out / 'timings.csv'}",
+                 f"summary: {out / 'summary.json'}",
+                 f"gpucheck done in {time.perf_counter() - r.t0:.0f} s"]
+        for line in lines:  # in gpucheck.log too: a console may keep only part of it
+            print(line)
+            r.note(line, stamp=False)
+        return 0 if all(c["ok"] for c in r.checks) else 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGTERM, previous)
         logging.getLogger("laudtriton").removeHandler(handler)
         handler.close()
-    if cache.path.is_file():  # what part 3 timed, a time limit's stop included: the file
-        parts.append(f"autotune cache: {cache.path}")  # the session commits
-        r.info["autotune_cache"] = str(cache.path)
-    save(r, out)
-    with contextlib.suppress(OSError):  # an empty lock file: one file fewer to fetch
-        cache.lock_path.unlink()
-    for m in models:
-        try:
-            if plot(r.rows, m, _plot_path(out, m)):
-                parts.append(f"plot: {_plot_path(out, m)}")
-        except Exception as e:  # noqa: BLE001 - the table and files below still matter
-            parts.append(f"plot of {m} failed: {describe(e)}")
-    lines = [table(r, models), *parts, f"csv: {out / 'timings.csv'}",
-             f"summary: {out / 'summary.json'}",
-             f"gpucheck done in {time.perf_counter() - r.t0:.0f} s"]
-    for line in lines:  # in gpucheck.log too: a console may keep only part of it
-        print(line)
-        r.note(line, stamp=False)
-    return 0 if all(c["ok"] for c in r.checks) else 1

@@ -94,9 +94,11 @@ def _static_dense(fb, x) -> Callable[[], torch.Tensor]:
 
 
 def blocks(rec: TableRun, batches: list[int], input_size: int, dev: str, end: float) -> None:
-    """Part 2: every distinct block at rate 0.5: the static dense block and each variant's
-    first config, eager and device time first, then (static dense and ``CAPTURABLE``) a
-    graph replay; each measurement recorded on its own, a failure too."""
+    """Part 2: every distinct block at rate 0.5, in float16 on CUDA and float32 on CPU (the
+    rows' spec, ``BlockSpec.short``, names the dtype when not float32): the static dense
+    block and each variant's first config, eager and device time first, then (static dense
+    and ``CAPTURABLE``) a graph replay; each measurement recorded on its own, a failure
+    too."""
     import itertools
 
     from laudtriton.ops import variants_for
@@ -104,7 +106,7 @@ def blocks(rec: TableRun, batches: list[int], input_size: int, dev: str, end: fl
     dt = torch.float16 if dev == "cuda" else torch.float32
     items = itertools.product(batches, _listed(input_size))
     for batch, (mode, block, spec1, _) in timeboxed(rec, items, end, "blocks"):
-        spec = spec1.with_(batch=batch)
+        spec = spec1.with_(batch=batch, dtype=str(dt).removeprefix("torch."))
         made = rec.attempt(f"block {spec.short()} inputs",
                            lambda block=block, spec=spec: _block_input(block, spec, dt, dev))
         if made is None:

@@ -35,8 +35,9 @@ one that leaves CUDA unusable it stops.
 
 Run on a GPU from the source tree: ``PYTHONPATH=. python benchmarks/gpu_overhead.py --out
 DIR``; writes DIR/overhead.csv (one row per measurement), DIR/overhead.json (launch
-figures, errors, skips) and DIR/overhead.log after each item. ``--device cpu`` runs the
-plumbing on CPU (no device time, no graphs, no Triton variants) for the tests.
+figures, errors, skips) and DIR/overhead.log after each item. Parts 2-4 run float16 on
+CUDA; ``--device cpu`` runs the plumbing on CPU in float32 (no device time, no graphs, no
+Triton variants) for the tests. Part 2's spec column names the dtype when not float32.
 """
 
 from __future__ import annotations

@@ -80,6 +80,36 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeyp
         assert math.isnan(float(r["graph_us"]))
 
 
+def test_block_rows_are_labelled_with_the_dtype_that_ran(tmp_path, monkeypatch):
+    """Part 2's spec column names the dtype its block ran in (``BlockSpec.short``: named
+    when not float32). With ``--device cpu`` the blocks run in float32, and the rows were
+    labelled float16 (the dtype of ``distinct_blocks``' specs), which also chose the
+    variants and configs. One block per mode keeps it short."""
+    mod = _load()
+    gb = sys.modules["gpu_blocks"]
+    listed, block_input, ran = gb._listed, gb._block_input, []
+
+    def one_per_mode(input_size):
+        firsts = {}
+        for entry in listed(input_size):
+            firsts.setdefault(entry[0], entry)
+        return list(firsts.values())
+
+    def recording(block, spec, dt, dev):
+        ran.append((spec, dt))
+        return block_input(block, spec, dt, dev)
+
+    monkeypatch.setattr(gb, "_listed", one_per_mode)
+    monkeypatch.setattr(gb, "_block_input", recording)
+    assert mod.main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
+                     "--batches", "1", "--parts", "2", "--budget", "3600"]) == 0
+    assert len(ran) == 3 and {dt for _, dt in ran} == {torch.float32}
+    assert all(spec.dtype == str(dt).removeprefix("torch.") for spec, dt in ran)
+    labels = {r["spec"] for r in _rows(tmp_path) if r["part"] == "block"}
+    assert labels == {spec.short() for spec, _ in ran}
+    assert not [s for s in labels if "float16" in s]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_refuses_cuda_without_a_gpu(tmp_path, capsys):
     assert _load().main(["--out", str(tmp_path)]) == 2

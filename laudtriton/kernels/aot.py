@@ -5,6 +5,8 @@ x config of its space (``default=True`` for the configs the launchers use by def
 that one test can compile all of them for sm_80 and sm_90 without a GPU:
 ``python -m laudtriton.kernels.aot --arch 80,90`` (registers, shared memory and spills from
 the cuobjdump shipped in the triton wheel; warp_group_dot use on sm_90 from the ttgir).
+``problems`` fails compile errors, spills in default configs and any config whose shared
+memory exceeds its target's per-block limit (``SMEM_PER_BLOCK``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def interpreting() -> bool:
     (1, y, yes, on or true, in any case): the kernels then run on the host."""
     return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "y", "yes", "on", "true")
 
+
+# The most shared memory (bytes) one thread block may use, with the opt-in
+# (cudaFuncSetAttribute; Triton's launcher opts in), per SM version. Source: NVIDIA's CUDA C++
+# Programming Guide, the compute-capability table's "maximum amount of shared memory per
+# thread block": 163 KB for 8.0 and 227 KB for 9.0 (the SM's 164 KB and 228 KB less the
+# 1 KB reserved for system use); the values cudaDevAttrMaxSharedMemoryPerBlockOptin gives on
+# an A100 and an H100. Other SM versions are not checked.
+SMEM_PER_BLOCK_SM80 = 163 * 1024
+SMEM_PER_BLOCK_SM90 = 227 * 1024
+SMEM_PER_BLOCK = {80: SMEM_PER_BLOCK_SM80, 90: SMEM_PER_BLOCK_SM90}
 
 # -- compilation (run with TRITON_INTERPRET unset: see ``main``) --------------------------
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
@@ -93,16 +105,18 @@ def _divisibility(spec: AOTSpec, sig: dict) -> dict:
 
 def compile_spec(spec: AOTSpec, arch: int) -> dict:
     """Compile one spec for sm_``arch``; never raises. Returns a row: name, arch, default,
-    ok, error, regs, spill (LOCAL bytes per thread), stack, shared (bytes), dot (uses
-    tl.dot), wgmma (``warp_group_dot`` in the ttgir), pipelined (``async_copy`` in the
-    ttgir: loads software-pipelined through shared memory), seconds."""
+    ok, error, regs, spill (LOCAL bytes per thread), stack, shared (bytes of dynamic shared
+    memory, Triton's ``metadata.shared``), static_shared (cuobjdump's SHARED, bytes: the
+    launch fits shared + static_shared in the block's limit), dot (uses tl.dot), wgmma
+    (``warp_group_dot`` in the ttgir), pipelined (``async_copy`` in the ttgir: loads
+    software-pipelined through shared memory), seconds."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     row = {"name": spec.name, "arch": arch, "default": spec.default, "ok": False,
            "error": None, "regs": None, "spill": None, "stack": None, "shared": None,
-           "dot": None, "wgmma": None, "pipelined": None, "seconds": None}
+           "static_shared": None, "dot": None, "wgmma": None, "pipelined": None, "seconds": None}
     t0 = time.perf_counter()
     try:
         sig = dict(spec.signature) | {k: "constexpr" for k in spec.constexprs}
@@ -127,7 +141,8 @@ def compile_spec(spec: AOTSpec, arch: int) -> dict:
         m = _USAGE.search(res.stdout)
         if m is None:
             raise RuntimeError(f"cuobjdump gave no resource usage: {res.stdout[-300:]}")
-        row["regs"], row["stack"], _, row["spill"] = (int(g) for g in m.groups())
+        row["regs"], row["stack"], row["static_shared"], row["spill"] = (
+            int(g) for g in m.groups())
         row["ok"] = True
     except Exception as e:  # a compile error is a result to report, not a crash
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
@@ -162,11 +177,20 @@ def compile_all(archs=(80, 90), jobs: int = 1, only: str | None = None) -> list[
 
 def problems(rows: list[dict]) -> list[str]:
     """Failures: compile errors anywhere; in default configs, local memory (LOCAL > 0)
-    or a stack frame (where ptxas puts spilled registers), GPU.md section 2."""
+    or a stack frame (where ptxas puts spilled registers), GPU.md section 2; in any config,
+    shared memory (``shared`` + ``static_shared``) over the per-block limit of its SM
+    version (``SMEM_PER_BLOCK``; such a kernel cannot launch there)."""
     out = [f"{r['name']} sm_{r['arch']}: {r['error']}" for r in rows if not r["ok"]]
     out += [f"{r['name']} sm_{r['arch']}: default config spills ({r['spill']} B/thread "
             f"local, {r['stack']} B stack frame)"
             for r in rows if r["ok"] and r["default"] and (r["spill"] or r["stack"])]
+    for r in (r for r in rows if r["ok"] and r["arch"] in SMEM_PER_BLOCK):
+        dynamic, static = r["shared"] or 0, r.get("static_shared") or 0
+        limit = SMEM_PER_BLOCK[r["arch"]]
+        if dynamic + static > limit:
+            out.append(f"{r['name']} sm_{r['arch']}: shared memory {dynamic + static} B "
+                       f"({dynamic} B dynamic + {static} B static) over the {limit} B "
+                       f"per-block limit of sm_{r['arch']}")
     return out
 
 
@@ -197,9 +221,10 @@ def _refuse(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m laudtriton.kernels.aot [--arch 80,90] [--jobs N] [--only S] [--json]``.
-    Exit code 1 on a compile error or a default config with local memory (LOCAL, the
-    table's ``spill`` column) or a stack frame (``problems``), 2 on a bad option (or an
-    --only that matches no spec), else 0."""
+    Exit code 1 on a compile error, a default config with local memory (LOCAL, the
+    table's ``spill`` column) or a stack frame, or a config over its target's per-block
+    shared memory (``problems``), 2 on a bad option (or an --only that matches no spec),
+    else 0."""
     ap = argparse.ArgumentParser(prog="python -m laudtriton.kernels.aot",
                                  description="Compile every Triton kernel x config ahead of "
                                              "time for NVIDIA targets (no GPU needed).")

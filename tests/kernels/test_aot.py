@@ -56,6 +56,19 @@ def test_resource_usage_reported(aot):
     for r in aot["rows"]:
         assert r["regs"] is not None and 0 < r["regs"] <= 255, r
         assert r["shared"] is not None and r["shared"] >= 0, r
+        assert r["static_shared"] is not None and r["static_shared"] >= 0, r
+
+
+def test_every_config_fits_the_per_block_shared_memory_of_its_target(aot):
+    """Every compiled config (default or not) fits the opt-in shared memory of one thread
+    block on its SM version, dynamic (Triton's metadata) plus static (cuobjdump)."""
+    from laudtriton.kernels.aot import SMEM_PER_BLOCK
+
+    over = [f"{r['name']} sm_{r['arch']}: {r['shared']} + {r['static_shared']} B"
+            for r in aot["rows"] if r["ok"]
+            and r["shared"] + r["static_shared"] > SMEM_PER_BLOCK[r["arch"]]]
+    assert not over, "\n".join(over)
+    assert not [p for p in aot["problems"] if "shared memory" in p]
 
 
 def test_channel_gemm_half_dots_use_wgmma_on_sm90(aot):
@@ -103,11 +116,12 @@ def test_bad_options_exit_2_with_one_line_on_stderr(argv, says, capsys, monkeypa
     assert err.startswith(f"python -m laudtriton.kernels.aot: error: {says}")
 
 
-def _fake_row(name="k", arch=80, default=True, ok=True, spill=0, stack=0):
+def _fake_row(name="k", arch=80, default=True, ok=True, spill=0, stack=0, shared=0,
+              static_shared=0):
     return {"name": name, "arch": arch, "default": default, "ok": ok,
             "error": None if ok else "CompilationError: boom", "regs": 32, "spill": spill,
-            "stack": stack, "shared": 0, "dot": False, "wgmma": False, "pipelined": False,
-            "seconds": 0.0}
+            "stack": stack, "shared": shared, "static_shared": static_shared, "dot": False,
+            "wgmma": False, "pipelined": False, "seconds": 0.0}
 
 
 def test_main_compiles_for_sm80_and_sm90_by_default_and_exits_1_on_a_compile_error(
@@ -146,6 +160,41 @@ def test_problems_are_compile_errors_and_spills_in_default_configs_only():
         "broken sm_80: CompilationError: boom",
         "default_spill sm_90: default config spills (16 B/thread local, 0 B stack frame)",
         "default_frame sm_80: default config spills (0 B/thread local, 48 B stack frame)"]
+
+
+def test_problems_flag_shared_memory_over_the_per_block_limit_of_the_target():
+    """Any config (not only a default) whose dynamic plus static shared memory exceeds the
+    per-block opt-in limit of its SM version (163 KB on sm_80, 227 KB on sm_90) is a
+    problem, as it cannot launch there; at the limit or on an SM without a known limit it
+    is not. ``problems`` once did not look at shared memory."""
+    from laudtriton.kernels import aot as aot_module
+
+    assert aot_module.SMEM_PER_BLOCK == {80: 163 * 1024, 90: 227 * 1024}
+    rows = [_fake_row("fits80", shared=163 * 1024),
+            _fake_row("fits90", arch=90, shared=226 * 1024, static_shared=1024),
+            _fake_row("small", arch=90, shared=49152, static_shared=1024),
+            _fake_row("unknown_sm", arch=86, shared=400 * 1024),
+            _fake_row("broken", ok=False, shared=None, static_shared=None),
+            _fake_row("big80", default=False, shared=163 * 1024 + 16),
+            _fake_row("big90", arch=90, shared=227 * 1024, static_shared=1024)]
+    assert aot_module.problems(rows) == [
+        "broken sm_80: CompilationError: boom",
+        "big80 sm_80: shared memory 166928 B (166928 B dynamic + 0 B static) over the "
+        "166912 B per-block limit of sm_80",
+        "big90 sm_90: shared memory 233472 B (232448 B dynamic + 1024 B static) over the "
+        "232448 B per-block limit of sm_90"]
+
+
+def test_main_exits_1_on_a_config_over_the_shared_memory_limit(capsys, monkeypatch):
+    from laudtriton.kernels import aot as aot_module
+
+    monkeypatch.setattr(aot_module, "compile_all", lambda archs, jobs, only: [
+        _fake_row("k_sm80", shared=200 * 1024), _fake_row("k_sm90", arch=90, shared=200 * 1024)])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main drops it: put back after the test
+    assert aot_module.main(["--jobs", "1"]) == 1
+    out, _ = capsys.readouterr()
+    assert "FAIL k_sm80 sm_80: shared memory 204800 B" in out
+    assert "k_sm90 sm_90" not in out
 
 
 def test_only_selects_the_specs_whose_name_contains_it(monkeypatch):

@@ -58,12 +58,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .block_checks import check_downsamples, check_foldable
 from .capture import block_inputs, capture_inputs, outermost_modules
 from .compile_checks import (
     check_block_places,
     check_example_input,
     check_finite,
-    check_foldable,
     check_folded,
     check_hooks,
     check_not_dynamo_wrapped,
@@ -154,7 +154,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             LaudResNet subclass that overrides forward, stem or head, or a stem the
             compiled model cannot run (``stem.check_resnet``); a block whose modules
             the fold cannot express or whose maskers the compiled gates cannot read
-            (``check_foldable``); a LAUD block in two places of a LaudResNet or inside
+            (``check_foldable``); a downsample whose conv maps to another shape than
+            the block's output, before any forward (``check_downsample``); a LAUD
+            block in two places of a LaudResNet or inside
             another block (``check_block_places``); a model compiled already (a
             CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
             network that the compiled model would not call, or one on its stem's pooling,
@@ -238,6 +240,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                 else outermost_modules(model, (LaudResNet, LaudBottleneck)))
         for name, net in nets:
             check_hooks(net, name)
+            check_downsamples(net, name)  # before the forward, which names no block
     # eval first: a parametrization may compute otherwise in training (spectral_norm's
     # power iteration), and the compiled model is the eval-mode network
     ref = bake_parametrizations(detached_copy(model).eval()).to(device=device, dtype=dtype)

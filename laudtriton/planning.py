@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("laudtriton")
 
 QUICK_RATES = (0.2, 0.5, 0.8)
+TUNE_MODES = ("cached", "quick", "full", "off")  # compile's ``tune`` (compile_checks)
 _TOLD: set[tuple[str, BlockSpec, str]] = set()  # (cache file, block, variants) warned of
 
 
@@ -87,7 +88,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
 
     fb: the folded block; x: its example input [B, Cin, H, W] (channels_last) and masks
     the masks its maskers give for x; cands: the variants to choose from
-    (``candidate_variants``); tune: "cached" | "quick" | "full" | "off"; cache: the
+    (``candidate_variants``); tune: one of ``TUNE_MODES``; cache: the
     autotune cache (None with tune "off"); predictor: ``predict.calibration.
     fitted_predictor``'s (hardware, factors), or None. say: called with one line before
     ``tune`` "quick"/"full" times the block's rates (minutes in all on a CPU with nothing
@@ -97,8 +98,11 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
     is not used, with a warning naming the variants and the cache file.
 
     Raises:
+        ValueError: on a ``tune`` not in ``TUNE_MODES``.
         RuntimeError: when every candidate variant fails on the example input.
     """
+    if tune not in TUNE_MODES:  # as ``compile`` checks it: it was planned as "off"
+        raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     table = DispatchTable()
     actual = float(run_rate(spec, masks))
     failed: list[float] = []  # rates timed before where every candidate failed

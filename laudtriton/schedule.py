@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -111,6 +111,33 @@ def _is_rate(value: object) -> bool:
             and 0.0 <= value <= 1.0)
 
 
+_TIMINGS_SHAPE = "{variant: {config_key: seconds}} (str keys, real-number seconds)"
+
+
+def _check_timings(timings: object) -> None:
+    """Raise unless ``timings`` is {variant: {config_key: seconds}}: str keys at both
+    levels, real numbers (not bools) for the seconds. Light: one pass, no JSON parsing.
+
+    Raises:
+        ValueError: naming the first entry that differs and the shape expected.
+    """
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{what}; timings must be {_TIMINGS_SHAPE}")
+
+    if not isinstance(timings, Mapping):
+        raise bad(f"timings is a {type(timings).__name__}")
+    for v, cfgs in timings.items():
+        if not isinstance(v, str):
+            raise bad(f"timings has the key {v!r}, not a variant name")
+        if not isinstance(cfgs, Mapping):  # a flat {variant: seconds}
+            raise bad(f"timings[{v!r}] is {cfgs!r}, not a dict of config keys")
+        for c, t in cfgs.items():
+            if not isinstance(c, str):
+                raise bad(f"timings[{v!r}] has the key {c!r}, not a config key")
+            if isinstance(t, bool) or not isinstance(t, numbers.Real):
+                raise bad(f"timings[{v!r}][{c!r}] is {t!r}, not a number of seconds")
+
+
 @dataclass(frozen=True)
 class Choice:
     """One dispatch entry: the variant, its config (sorted (key, value) pairs;
@@ -159,13 +186,14 @@ class DispatchTable:
         keep ``dense`` unless the fastest beats it by more than ``DENSE_MARGIN``.
 
         Raises:
-            ValueError: if ``bucket`` is not in [0, 1] (NaN included) or ``source`` is not
-                one of SOURCES.
+            ValueError: if ``bucket`` is not in [0, 1] (NaN included), ``source`` is not
+                one of SOURCES, or ``timings`` has another shape (``_check_timings``).
         """
         if not _is_rate(bucket):
             raise ValueError(f"bucket {bucket!r} must be a rate in [0, 1]")
         if source not in SOURCES:
             raise ValueError(f"source {source!r} unknown; accepted: {', '.join(SOURCES)}")
+        _check_timings(timings)
         best = fastest(timings)
         if best is None:
             return

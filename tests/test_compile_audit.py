@@ -83,3 +83,43 @@ def test_variants_given_as_bytes_are_named_as_such():
     with pytest.raises(ValueError, match="variants must be a variant name or a list of "
                                          "names, got bytes b'dense'"):
         compile_cpu(tiny(), torch.randn(1, 3, 32, 32), variants=b"dense")
+
+
+@pytest.mark.parametrize("block", ["layer1.0", "layer2.0"])
+@pytest.mark.parametrize("part, wrong", [
+    ("out_channels", lambda c: nn.Conv2d(c.in_channels, c.out_channels // 2, 1, c.stride,
+                                         bias=False)),
+    ("stride", lambda c: nn.Conv2d(c.in_channels, c.out_channels, 1, 3 - c.stride[0],
+                                   bias=False)),
+    ("in_channels", lambda c: nn.Conv2d(2 * c.in_channels, c.out_channels, 1, c.stride,
+                                        bias=False)),
+])
+def test_a_downsample_that_misses_the_output_shape_is_named(block, part, wrong):
+    """The reference forward refused such a downsample first ("downsample(x) is (2, 32,
+    8, 8); the block's output ... is (2, 64, 8, 8)", or a conv's own RuntimeError for
+    its input channels), naming neither the block nor what differs; the check runs now
+    before any forward, naming both."""
+    model = tiny()
+    blk = model.get_submodule(block)
+    conv = wrong(blk.downsample[0])
+    blk.downsample = nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels))
+    model = randomize_bn(model).eval()
+    with pytest.raises(ValueError, match=rf"compile: {block}\.downsample\[0\] .*{part}"):
+        compile_cpu(model, torch.randn(2, 3, 32, 32))
+
+
+def test_check_foldable_names_a_downsample_to_other_channels():
+    """check_foldable let a downsample conv to the wrong channel count through (only
+    its kernel, stride and bias were checked)."""
+    from laudtriton.block_checks import check_foldable
+    from laudtriton.testing import make_block
+
+    blk = make_block(16, 8, 2, mode="spatial")
+    check_foldable("blk", blk)
+    blk.downsample[0] = nn.Conv2d(16, 16, 1, 2, bias=False)
+    with pytest.raises(ValueError, match=r"compile: blk\.downsample\[0\] .*out_channels is "
+                                         r"16, where .*conv3's out_channels\) is 32"):
+        check_foldable("blk", blk)
+    with pytest.raises(ValueError, match=r"compile: block\.downsample\[0\] .*out_channels"):
+        laudtriton.compile(blk, torch.randn(1, 16, 8, 8), backend="cpu", tune="off",
+                           progress=False)

@@ -122,3 +122,27 @@ def test_rate_bucket_takes_numpy_floats_and_refuses_bools():
     for bad in (True, "0.5", None):
         with pytest.raises(ValueError, match="must be a number in"):
             rate_bucket(bad)
+
+
+@pytest.mark.parametrize("timings, bad", [
+    ({"dense": 1.0}, r"timings\['dense'\] is 1\.0"),
+    ([("dense", {"{}": 1.0})], r"timings is a list"),
+    ({1: {"{}": 1.0}}, r"timings has the key 1"),
+    ({"dense": {1: 1.0}}, r"timings\['dense'\] has the key 1"),
+    ({"dense": {"{}": "fast"}}, r"timings\['dense'\]\['\{\}'\] is 'fast'"),
+    ({"dense": {"{}": None}}, r"timings\['dense'\]\['\{\}'\] is None"),
+    ({"dense": {"{}": True}}, r"timings\['dense'\]\['\{\}'\] is True"),
+])
+def test_dispatch_table_add_refuses_malformed_timings(timings, bad):
+    """A flat {variant: seconds} died with an AttributeError inside ``fastest``, a string
+    time with a TypeError, and a bool time or a variant that is not a name was taken;
+    a ValueError now names ``timings``, the bad entry and the shape expected."""
+    from laudtriton.schedule import DispatchTable
+
+    table = DispatchTable()
+    with pytest.raises(ValueError, match=bad + r".*\{variant: \{config_key: seconds\}\}"):
+        table.add(0.5, timings, "measured")
+    assert table.entries == {}
+    table.add(0.5, {"dense": {"{}": 2.0, "{\"a\": 1}": float("inf")}, "gather": {}},
+              "measured")
+    assert table.entries[0.5].variant == "dense"

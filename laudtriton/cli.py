@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from typing import NoReturn
@@ -159,11 +160,17 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Exit with code 2 after one line on stderr: ``<prog>: error: <message>`` and a
-        pointer to ``<prog> --help`` (argparse's own prints the usage block first).
+        pointer to ``<prog> --help`` (argparse's own prints the usage block first). An
+        option said to have no value gets a hint: argparse takes a value that starts with
+        '-' and is not a plain negative number ('-inf', '-1e-3') for an option.
 
         Raises:
             SystemExit: always, with code 2.
         """
+        lacking = re.fullmatch(r"argument (\S+): expected one argument", message)
+        if lacking:
+            opt = lacking[1].split("/")[-1]  # '-v/--verbose': the long form
+            message += f"; a value that starts with '-' is given as {opt}=VALUE"
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for usage)\n")
 
 
@@ -248,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     the subcommand's, 2 after one line on stderr for a ValueError or OSError (a bad
     option, a path that cannot be read or written), 141 when stdout was closed early
     (``| head``), 130 on Ctrl-C. A malformed command line, --help and --version exit
-    inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs."""
+    inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs;
+    no command at all is a malformed one, whose line lists the commands."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command is None:
+    if args.command is None:  # the commands named: `laudtriton` alone listed none
+        commands = ", ".join(next(a for a in parser._actions
+                                  if isinstance(a, argparse._SubParsersAction)).choices)
         parser.error(f"unrecognized arguments: {' '.join(extra)}" if extra
-                     else "the following arguments are required: command")
+                     else f"the following arguments are required: command, one of "
+                          f"{commands}")
     if extra:  # said by the (sub)subcommand's parser: "laudtriton cache ls: error: ...",
         # unless one came before the subcommand ("laudtriton --bogus env")
         words = sys.argv[1:] if argv is None else list(argv)

@@ -100,7 +100,9 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code."""
+    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code. A --cache-dir
+    that nothing reads (a CSV with --no-predicted) is not refused, but one that does not
+    exist is warned of on stderr."""
     made = None
     try:
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
@@ -129,6 +131,12 @@ def run_plot(args: argparse.Namespace) -> int:
         if args.source == "cache" or not args.no_predicted:  # what reads the cache: its
             check_cache_dir(args.cache_dir, read=True)  # folder and a bad $LAUDTRITON_CACHE
             cache_enabled_from_env()  # said now, as sweep says them
+        elif args.cache_dir is not None:  # not read, so not refused; but a mistyped
+            try:  # folder was passed over without a word
+                check_cache_dir(args.cache_dir, read=True)
+            except ValueError as e:
+                print(f"laudtriton plot: warning: {e} (not read here: a CSV plotted with "
+                      "--no-predicted reads no cache)", file=sys.stderr)
         figure_class()  # matplotlib missing: said before reading anything
         if args.source == "cache":
             from .tune.cache import TuneCache

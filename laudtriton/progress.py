@@ -52,13 +52,22 @@ class Progress:
         items were measured, not found cached. The ETA takes the time per measured item
         for every item left (an item found cached takes none: counted in, the ETA of a
         resumed sweep read 1 s for a 17 s run); none before one is measured. n: a step
-        that takes as long as n items counts as n (bench's whole-model timings)."""
+        that takes as long as n items counts as n (bench's whole-model timings).
+        tqdm's bar counts cached items too, but its rate and ETA are of measured ones."""
         self.done += n
         self.timed += n if timed else 0
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.set_postfix_str(note, refresh=False)
+            if not timed:  # counted as tqdm's ``initial`` (a resumed bar's start) and
+                # out of its next rate sample (n - last_print_n): tqdm's rate and ETA are
+                # of measured items, as the line's below (counted in, 8 cached items and
+                # 1 measured in 10 s read an ETA of 1 s for an item of 10 s)
+                self.bar.n += n
+                self.bar.initial += n
+                self.bar.last_print_n += n
+                n = 0  # update(0): drawn when tqdm's interval has passed, as any update
             self.bar.update(n)
             return
         el = time.perf_counter() - self.t0

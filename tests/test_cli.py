@@ -690,8 +690,10 @@ def test_an_unknown_option_is_said_by_its_subcommand(argv, prog, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--vers"], "unrecognized arguments: --vers"),
     (["-v", "--vers", "--bogus"], "unrecognized arguments: --vers --bogus"),
-    ([], "the following arguments are required: command"),
-    (["-v"], "the following arguments are required: command"),
+    ([], "the following arguments are required: command, one of env, demo, bench, sweep, "
+         "cache, plot, predict, calibrate, design, gpucheck"),
+    (["-v"], "the following arguments are required: command, one of env, demo, bench, "
+             "sweep, cache, plot, predict, calibrate, design, gpucheck"),
 ])
 def test_no_command_names_the_unknown_option_first(argv, message, capsys):
     """`laudtriton --vers` (a mistyped --version) said that a command was missing, not

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -265,12 +265,14 @@ def comma_items(text: str, flag: str, accepted: str) -> list[str]:
     return items
 
 
-def parse_variants(variants: str | Sequence[str] | None) -> set[str] | None:
-    """The variant names a sweep times, from --variants (a comma list, or a sequence
-    of names; ``dense`` always with them), or None (not given) for every one.
+def parse_variants(variants: str | Iterable[str] | None) -> set[str] | None:
+    """The variant names a sweep times, from --variants (a comma list, its items
+    stripped, or an iterable of names; ``dense`` always with them, duplicates once), or
+    None (not given) for every one.
 
     Raises:
-        ValueError: naming --variants: empty, or an unknown variant.
+        ValueError: naming --variants: empty, an empty item, not a list of names (bytes,
+            a number), or an unknown variant (the message lists the known ones).
     """
     from .. import ops  # its import registers the variants
 
@@ -278,9 +280,19 @@ def parse_variants(variants: str | Sequence[str] | None) -> set[str] | None:
         return None
     if isinstance(variants, str):
         variants = comma_items(variants, "--variants", "a comma list of variants")
+    try:
+        if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
+            raise TypeError
+        variants = tuple(variants)  # an iterator is truthy even when empty
+    except TypeError:
+        raise ValueError("--variants must be a comma list or a sequence of variant names, "
+                         f"got {type(variants).__name__} {variants!r}") from None
     if not variants:
         raise ValueError("--variants is empty; name one or more variants (dense is "
                          "always timed), or leave it out for every variant")
+    for name in variants:
+        if not isinstance(name, str):
+            raise ValueError(f"--variants: {name!r} is not a variant name")
     try:
         return {ops.get_variant(n).name for n in variants} | {"dense"}
     except ValueError as e:  # an unknown name

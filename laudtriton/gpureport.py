@@ -27,7 +27,7 @@ def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> N
     (replaced if it exists, atomically: a run killed while it writes leaves the last
     whole file), with the columns ``fields`` in that order: other keys are left out, a
     missing one is left empty."""
-    from .tune.cache_file import atomic_text
+    from .tune.atomic import atomic_text
 
     with atomic_text(path) as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

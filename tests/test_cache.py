@@ -12,6 +12,7 @@ import re
 import pytest
 
 from laudtriton.ops import BlockSpec, all_variants
+from laudtriton.tune import atomic as atomic_mod
 from laudtriton.tune import cache as cache_mod
 from laudtriton.tune import cache_file as cache_file_mod
 from laudtriton.tune import cache_merge as cache_merge_mod
@@ -165,7 +166,7 @@ def test_a_second_unusable_file_in_the_same_second_is_moved_aside_under_another_
 
     stopped = time.struct_time((2026, 1, 2, 3, 4, 5, 4, 2, 0))
     clock = {n: getattr(time, n) for n in ("time", "monotonic", "sleep", "strftime")}
-    monkeypatch.setattr(cache_file_mod, "time",
+    monkeypatch.setattr(atomic_mod, "time",
                         types.SimpleNamespace(**clock, gmtime=lambda: stopped))
     c = TuneCache(tmp_path)
     c.dir.mkdir(parents=True, exist_ok=True)
@@ -377,7 +378,7 @@ def test_a_write_removes_temp_files_a_killed_writer_left(tmp_path):
     old, fresh = (tmp_path / f"{c.path.name}.{tag}.tmp" for tag in ("abc123", "def456"))
     old.write_text("{")
     fresh.write_text("{")
-    past = os.stat(old).st_mtime - cache_file_mod.ORPHAN_AGE - 5
+    past = os.stat(old).st_mtime - atomic_mod.ORPHAN_AGE - 5
     os.utime(old, (past, past))
     c.record(SPEC2, 0.5, {"dense": {"{}": 2e-3}})
     assert c.saved and not old.exists() and fresh.exists()
@@ -535,7 +536,7 @@ def test_write_json_atomic_keeps_the_umask(tmp_path):
 
     old = os.umask(0o027)
     try:
-        cache_file_mod.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        atomic_mod.write_json_atomic(tmp_path / "a.json", {"x": 1})
         assert os.umask(0o027) == 0o027  # unchanged by the write
     finally:
         os.umask(old)
@@ -554,7 +555,7 @@ def test_atomic_write_refuses_to_replace_a_pipe(tmp_path):
     link.symlink_to(fifo)
     for path in (fifo, link):
         with pytest.raises(ValueError, match=r"p\.json is not a regular file .* replaced"):
-            cache_file_mod.write_json_atomic(path, {"x": 1})
+            atomic_mod.write_json_atomic(path, {"x": 1})
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "p.json"]
 

@@ -327,7 +327,7 @@ def test_compile_rejects_what_is_not_a_module():
 
 
 def test_json_files_get_the_usual_mode(tmp_path):
-    from laudtriton.tune.cache_file import write_json_atomic
+    from laudtriton.tune.atomic import write_json_atomic
 
     path = tmp_path / "c.json"
     write_json_atomic(path, {"a": 1})

@@ -1142,7 +1142,7 @@ def test_force_with_a_clustered_sweep_says_it_does_nothing(tmp_path, capsys, mon
 
 
 def test_a_csv_write_cut_short_leaves_the_file_as_it_was(tmp_path):
-    """write_csv writes beside the file and moves it over (``cache_file.atomic_text``):
+    """write_csv writes beside the file and moves it over (``atomic.atomic_text``):
     an interruption in the middle leaves the old CSV whole and no temp file."""
     path = write_csv([{"model": "m", "block": "b", "rate": 0.5}], tmp_path / "s.csv")
     before = path.read_bytes()

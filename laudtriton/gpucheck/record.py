@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..gpureport import write_csv
-from ..tune.cache_file import write_json_atomic
+from ..tune.atomic import write_json_atomic
 
 
 class Run:
@@ -132,7 +132,7 @@ def save(r: Run, out: Path) -> None:
 
 def write_json(path: Path, data: object) -> None:
     """``data`` as JSON at ``path``, in its own key order (what JSON cannot hold as its
-    str), atomically (``tune.cache_file.write_json_atomic``): a run killed while it
+    str), atomically (``tune.atomic.write_json_atomic``): a run killed while it
     writes leaves the last whole file."""
     write_json_atomic(path, data, sort_keys=False, default=str)
 

@@ -238,7 +238,7 @@ def save_calibration(cal: Calibration, cache_dir: str | Path | None = None,
     """Write ``cal`` atomically (temp file + os.replace); returns the path."""
     path = calibration_path(cache_dir, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ..tune.cache_file import write_json_atomic
+    from ..tune.atomic import write_json_atomic
 
     write_json_atomic(path, asdict(cal))
     return path

@@ -1,24 +1,22 @@
 """The autotune cache's file on disk (its layout: the ``cache`` module's docstring):
 the schema, reading a file and leaving out what no reader can use, what a valid entry is,
-merging entries, atomic JSON writes under an inter-process file lock, and moving an
-unusable file aside.
+merging entries, and the inter-process file lock its writes go under (the atomic writes
+themselves, and moving an unusable file aside: ``atomic``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 from ..ops.spec import BlockSpec
+from .atomic import write_json_atomic
 
 log = logging.getLogger("laudtriton")
 
@@ -320,88 +318,3 @@ def write_cache_file(path: Path, device: str, entries: dict[str, dict]) -> None:
         OSError: if the file cannot be written (the old one is then left as it was).
     """
     write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (setting it,
-    even back at once, would let another thread create files under the wrong mask)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-@contextlib.contextmanager
-def atomic_text(path: str | Path) -> Iterator[TextIO]:
-    """A text file (UTF-8, no newline translation) written in its place atomically and
-    durably: a temp file in the same directory, flushed to disk, then os.replace (a crash
-    or an interruption leaves the old file or the new one, never a truncated one; the temp
-    file is removed). The file gets the mode a plain open() would give (0666 less the
-    umask), not mkstemp's 0600, so a cache directory can be shared. A ``path`` that is a
-    symbolic link has the file it points to replaced, the link kept (a cache file linked
-    to a shared one keeps feeding it). A ``path`` that exists as something else than a
-    regular file (a device, a pipe) is refused with a ValueError: moved over, it would be
-    replaced."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a device, a pipe or a socket); "
-                         "it would be replaced: give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself, where the OS allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def write_json_atomic(path: Path, data: object, *, sort_keys: bool = True,
-                      default: Callable[[object], object] | None = None) -> None:
-    """Write ``data`` as JSON to ``path`` (``atomic_text``: atomically and durably, with
-    a plain open()'s mode, through a symbolic link), indented; ``sort_keys`` and
-    ``default`` as ``json.dump`` takes them."""
-    with atomic_text(path) as fh:
-        json.dump(data, fh, indent=1, sort_keys=sort_keys, default=default)
-
-
-ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over
-
-
-def remove_orphan_temps(path: Path) -> None:
-    """Remove the temp files of ``write_json_atomic`` for ``path`` that a process killed
-    mid-write left (older than ``ORPHAN_AGE``; the file itself was left whole). Call it
-    under the file's lock, where no other write of it is under way."""
-    real = Path(os.path.realpath(path))
-    for tmp in real.parent.glob(glob.escape(real.name) + ".*.tmp"):
-        with contextlib.suppress(OSError):
-            if time.time() - tmp.stat().st_mtime > ORPHAN_AGE:
-                tmp.unlink()
-
-
-def move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.unusable-<UTC time>[-n]`` beside it; returns the new
-    path.
-
-    Raises:
-        OSError: if the rename fails.
-    """
-    stem = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-    dst, n = path.with_name(stem), 1
-    while dst.exists():
-        dst, n = path.with_name(f"{stem}-{n}"), n + 1
-    os.replace(path, dst)
-    return dst

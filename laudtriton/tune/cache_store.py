@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from . import cache_file
+from .atomic import move_aside, remove_orphan_temps
 from .cache_file import (
     LockTimeout,
     UnusableCacheFile,
@@ -27,10 +28,8 @@ from .cache_file import (
     is_valid_entry,
     lock_path_of,
     merge_entries_into,
-    move_aside,
     parse_cache,
     read_entries,
-    remove_orphan_temps,
     write_cache_file,
 )
 

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cache_file import atomic_text, is_valid_spec
+from .atomic import atomic_text
+from .cache_file import is_valid_spec
 from .options import MAX_BATCH, MAX_INPUT_SIZE
 
 if TYPE_CHECKING:

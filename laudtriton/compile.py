@@ -117,8 +117,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         dispatch: "dynamic" (per-input rate) or "static" (the example's rate; no host sync).
         dtype: compute dtype, torch.float32, float16, bfloat16 or float64 (default
             float32 on CPU, float16 on CUDA).
-        variants: restrict the candidates to these variant names (``dense`` stands in
-            where none of them supports a block); default: every registered variant.
+        variants: restrict the candidates to these variant names, a list or a comma
+            list (``dense`` stands in where none of them supports a block); default:
+            every registered variant.
         progress: print a line on stderr before each block that is timed now (tune
             "quick" and "full", "off", and "cached" where nothing is cached: seconds to
             minutes in all on a CPU); False for none.

@@ -180,7 +180,13 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
         try:
             if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
                 raise TypeError
-            variants = (variants,) if isinstance(variants, str) else tuple(variants)
+            if isinstance(variants, str):  # a comma list, as sweep and the CLI take it
+                names = tuple(n.strip() for n in variants.split(","))
+                if not all(names):
+                    raise ValueError(f"variants {variants!r}: an empty name; give names "
+                                     "separated by commas, or a list of names")
+                variants = names
+            variants = tuple(variants)
         except TypeError:
             raise ValueError(f"variants must be a variant name or a list of names, got "
                              f"{type(variants).__name__} {variants!r}") from None

@@ -85,6 +85,19 @@ def test_variants_given_as_bytes_are_named_as_such():
         compile_cpu(tiny(), torch.randn(1, 3, 32, 32), variants=b"dense")
 
 
+def test_variants_as_a_comma_list_are_split_as_sweep_splits_them():
+    """compile(variants="dense,gather") read one unknown name 'dense,gather'; sweep and
+    the CLI take the same string as two names."""
+    model, x = tiny("spatial"), torch.randn(1, 3, 32, 32)
+    calibrate_rates(model, x, 0.5)
+    cm = compile_cpu(model, x, variants=" dense , gather")
+    assert {c.variant for b in cm.blocks for c in b.table.entries.values()} <= {
+        "dense", "gather"}
+    assert_matches(model, cm, x)
+    with pytest.raises(ValueError, match=r"variants 'dense,,gather': an empty name"):
+        compile_cpu(model, x, variants="dense,,gather")
+
+
 @pytest.mark.parametrize("block", ["layer1.0", "layer2.0"])
 @pytest.mark.parametrize("part, wrong", [
     ("out_channels", lambda c: nn.Conv2d(c.in_channels, c.out_channels // 2, 1, c.stride,

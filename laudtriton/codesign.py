@@ -92,9 +92,13 @@ def check_modes(modes: Sequence[str]) -> None:
 
     if isinstance(modes, str):  # "spatial" was read letter by letter: unknown ['s', ...]
         raise ValueError(f"--modes {modes!r}: give a sequence of modes, e.g. ('{modes}',)")
-    bad = [m for m in modes if m not in MODES]
+    try:
+        bad = [m for m in modes if m not in MODES]
+    except TypeError:  # None or a number
+        raise ValueError(f"--modes {modes!r}: give a sequence of modes, e.g. ('spatial',)"
+                         ) from None
     if bad or not modes:
-        raise ValueError(f"--modes {','.join(modes)!r}: unknown {bad}; accepted: "
+        raise ValueError(f"--modes {','.join(map(str, modes))!r}: unknown {bad}; accepted: "
                          f"{', '.join(MODES)}")
 
 
@@ -107,7 +111,8 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
 
     Raises:
         ValueError: naming the option: a batch or input size ``model_specs`` refuses,
-            an S that is not an int >= 1 or larger than every stage's map, a stage with
+            granularities that are not a sequence, or empty with a spatial (or both)
+            mode, an S that is not an int >= 1 or larger than every stage's map, a stage with
             no option, a channel granularity that does not divide a width, more than
             ``MAX_DESIGNS`` configurations.
     """
@@ -115,6 +120,14 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
     from .predict.network import check_batch_and_size, model_specs, stem_hw
 
     check_batch_and_size(batch, input_size)  # before the stage maps the S are checked on
+    try:  # an int raised TypeError; none dropped the spatial modes without a word
+        grans = tuple(granularities)
+    except TypeError:
+        grans = None
+    if grans is None or not grans and any(m in ("spatial", "both") for m in modes):
+        raise ValueError(f"--granularities {granularities!r}: give a non-empty sequence of "
+                         "positive ints, e.g. (1, 2, 4, 8)")
+    granularities = grans
     bad = [g for g in granularities if not is_positive_int(g)]
     if bad:  # a string raised TypeError; 0 was dropped without a word
         raise ValueError(f"--granularities: {', '.join(map(repr, bad))} not a positive int")
@@ -172,7 +185,8 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
     Raises:
         ValueError: unknown arch, mode or hardware, target outside (0, 1], no valid option
             for a stage (e.g. every S larger than its map), an S larger than every stage's
-            map (with a spatial mode), an S or top that is not an int >= 1.
+            map (with a spatial mode), an S or top that is not an int >= 1, modes or
+            granularities that are not a sequence, no granularity with a spatial mode.
     """
     import itertools
 

@@ -7,13 +7,13 @@ the input of the next.
 
 from __future__ import annotations
 
-import numbers
+import math
 import warnings
 
 import torch
 
 from .block import BlockStats, LaudBottleneck, weight_of
-from .maskers import MapTooSmall
+from .maskers import MapTooSmall, finite_real
 from .resnet import LaudResNet
 
 
@@ -102,19 +102,20 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
 def _check_rates(rate: float | torch.Tensor, channel_rate: float | torch.Tensor | None
                  ) -> tuple[float, float | None]:
     """(rate, channel_rate) as floats (a one-value real tensor counts, as in
-    ``set_temperature``), or a ValueError naming the one outside [0, 1] or not a number."""
+    ``set_temperature``, and a 0-d numpy array, as in ``SparsityLoss``: ``finite_real``),
+    or a ValueError naming the one outside [0, 1] or not a number."""
     out = []
     for name, value in (("rate", rate), ("channel_rate", channel_rate)):
         if value is None and name == "channel_rate":
             out.append(None)
             continue
-        if (isinstance(value, torch.Tensor) and value.numel() == 1
-                and not value.is_complex() and value.dtype != torch.bool):
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-                0.0 <= value <= 1.0):
+        try:
+            v = finite_real(name, value)
+        except ValueError:  # NaN, inf, a bool, no number
+            v = math.nan
+        if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be in [0, 1] (a number), got {value!r}")
-        out.append(float(value))
+        out.append(v)
     return out[0], out[1]
 
 
@@ -247,7 +248,8 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     Args:
         model: a LAUD ResNet (its mode is kept; it is left in eval mode).
         x: [B, C, H, W] calibration input (finite values, B >= 1).
-        rate: target activation rate in [0, 1] (a number, or a one-value tensor).
+        rate: target activation rate in [0, 1] (a number, a one-value tensor or a 0-d
+            numpy array).
         channel_rate: target of every channel mask ("channel" and "both" blocks; default
             ``rate``); a model with no channel masker refuses it, and so does one with
             channel maskers only unless it equals ``rate``.

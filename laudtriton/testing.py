@@ -179,7 +179,10 @@ def assert_same_masks(compiled: CompiledModel, reference: LaudResNet | LaudBottl
 def logits_agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(max |out − ref| / max |ref|, share of samples whose top-1 class is the same) of
     logits [B, classes], compared in float32: what ``laudtriton demo`` prints and
-    gpucheck records of a compiled model against its reference.
+    gpucheck records of a compiled model against its reference. A sample with NaN in
+    either row has no top-1 class and counts as different (torch.argmax takes NaN for
+    the largest value, so an all-NaN row agreed with a reference whose top-1 is class 0);
+    the error is then NaN too.
 
     Raises:
         ValueError: unless out and ref are real [B, classes] tensors of one shape, B >= 1
@@ -197,4 +200,5 @@ def logits_agreement(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float
                          f"{tuple(ref.shape)} differ in shape")
     out, ref = out.float(), ref.float()
     err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-    return err, float((out.argmax(1) == ref.argmax(1)).float().mean())
+    same = (out.argmax(1) == ref.argmax(1)) & ~(out.isnan().any(1) | ref.isnan().any(1))
+    return err, float(same.float().mean())

@@ -6,12 +6,14 @@ one's median kept."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .block_checks import check_foldable
 from .nn.block import BlockMasks, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import fold_block
@@ -39,13 +41,26 @@ class DenseModel(nn.Module):
 
     channels_last: every convolution through oneDNN with pre-packed weights and fused
     epilogues (``ops.packed``), residuals added in place; contiguous_format: NCHW through
-    F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both."""
+    F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both.
+
+    The weights are read as ``model`` computes them in eval mode (a parametrized weight,
+    ``spectral_norm``'s, would be updated by a read in training mode), and ``model`` is
+    left as it was, its training flags included.
+
+    Raises:
+        ValueError: for a network that ``laudtriton.compile`` refuses to fold: a stem
+            ``stem.check_resnet`` refuses, or a block ``block_checks.check_foldable``
+            does (the fold would compute another network, silently).
+    """
 
     def __init__(self, model: LaudResNet, memory_format: torch.memory_format) -> None:
         super().__init__()
         self.mf = memory_format
-        set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
-        self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
+        with _in_eval(model):
+            set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
+            for name, blk in model.blocks():  # after set_stem: it refuses compiled blocks
+                check_foldable(name, blk)
+            self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
         for fb in self.folded:
             fb.w2 = fb.w2.contiguous(memory_format=memory_format)
         self.avgpool = detached_copy(model.avgpool).eval()
@@ -66,6 +81,20 @@ class DenseModel(nn.Module):
             for fb in self.folded:
                 h = nchw_dense_block(fb, h)
         return self.fc(torch.flatten(self.avgpool(h), 1))
+
+
+@contextlib.contextmanager
+def _in_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the length of the block, each module's own training flag
+    put back after it."""
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:

@@ -29,7 +29,8 @@ def outermost_modules(model: nn.Module, kinds: type | tuple[type, ...], prefix: 
 
 def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
                    replaced: Sequence[str] = ()) -> tuple[list, list[str]]:
-    """Run ``model`` on x (no grad); (captured, missed): (name, module, input) of every
+    """Run ``model`` on a copy of x (no grad; x stays as it is, whatever the forward
+    does to its input); (captured, missed): (name, module, input) of every
     module in ``named`` [(name, module)] in the order they run (first call each), and the
     names of those the forward never called. The input is the first positional argument,
     else the keyword argument ``x`` (the parameter of LaudResNet.forward and
@@ -67,9 +68,10 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
             lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))
     try:
         # the caller's random numbers stay as they were, as compile's check forward
-        # leaves them (a forward may draw some: noise, a random crop)
+        # leaves them (a forward may draw some: noise, a random crop); x too, on a copy
+        # (a forward may change its input in place: ``x /= 255``)
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            model(x)
+            model(x.clone())
     except ValueError as e:  # ours (the hooks above), or the model's own refusal
         if not str(e).startswith("compile:"):
             name_example_input(e)
@@ -86,7 +88,9 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
             ) from e
         raise ValueError(f"compile: the model's own forward fails on the example input "
                          f"({type(e).__name__}: {first_line(e)}); compile runs it first, to find "
-                         "its blocks' inputs") from e
+                         "its blocks' inputs, on the example in channels_last memory format "
+                         "(the layout compiled blocks take and return: where a .view() of "
+                         "a 4D map fails on it, use .reshape())") from e
     finally:
         for h in handles:
             h.remove()

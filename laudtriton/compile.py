@@ -138,7 +138,8 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         that it calls each (one reached through a reference compile does not replace,
         a bound method kept in an attribute, say, would still run the uncompiled copy:
         a warning names what it did not call). None of those forwards draws random
-        numbers of yours (each runs on a fork of the generators). Such a copy has no
+        numbers of yours (each runs on a fork of the generators), and none changes
+        ``example_input`` (each runs on a copy). Such a copy has no
         ``plan`` or ``last_stats`` of its own, and your forward runs as it is: each
         compiled part checks the input it gets (a CompiledBlock names itself in a
         ValueError on a wrong channel count, dtype or device). A module with no LAUD

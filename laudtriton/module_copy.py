@@ -60,10 +60,10 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
 def uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
     """(name, part) of the compiled parts (CompiledModels and CompiledBlocks, outermost)
     of ``module``, the user's module with its parts in place, that its forward on ``x``
-    does not call: one forward, no_grad, on a fork of the random number generators (the
-    caller's draws stay as they were), read from each part's record of its last call
-    (``CompiledBlock._last``), which is cleared before and after: compile's own
-    forwards leave no ``last_stats``.
+    does not call: one forward, no_grad, on a copy of x and a fork of the random number
+    generators (x and the caller's draws stay as they were), read from each part's
+    record of its last call (``CompiledBlock._last``), which is cleared before and
+    after: compile's own forwards leave no ``last_stats``.
 
     Raises:
         ValueError: if that forward fails (the uncompiled one ran on ``x``).
@@ -79,7 +79,7 @@ def uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Mod
     clear()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            module(x)
+            module(x.clone())  # a forward may change its input in place
     except Exception as e:
         raise ValueError(f"compile: the compiled module's forward fails on the example "
                          f"input ({type(e).__name__}: {first_line(e)}), where the uncompiled "

@@ -96,16 +96,20 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
 def rate_bucket(rate: float, step: float = 0.1) -> float:
     """Centre of the rate bucket nearest to ``rate`` (e.g. 0.47 -> 0.5 for step 0.1;
     ties the lower one, as ``DispatchTable.choose``: 0.25 -> 0.2, 0.75 -> 0.7, the
-    quotient compared at 9 decimals so that float error does not break a tie).
+    quotient compared at 9 decimals so that float error does not break a tie). The
+    buckets are the multiples of ``step`` in [0, 1]: with a step that does not divide 1
+    (0.15), a rate near 1 goes to the last of them (0.976 -> 0.9), not to 1.0.
 
     Raises:
-        ValueError: if ``rate`` is outside [0, 1] or ``step`` is not in (0, 1].
+        ValueError: if ``rate`` is not a number in [0, 1] or ``step`` not one in (0, 1]
+            (bools are neither).
     """
-    if not 0.0 < step <= 1.0:
-        raise ValueError(f"step {step!r} must be in (0, 1]")
+    if isinstance(step, bool) or not (isinstance(step, numbers.Real) and 0.0 < step <= 1.0):
+        raise ValueError(f"step {step!r} must be a number in (0, 1]")
     if isinstance(rate, bool) or not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
         raise ValueError(f"rate {rate!r} must be a number in [0, 1]")
-    return round(min(1.0, max(0, math.ceil(round(rate / step, 9) - 0.5)) * step), 6)
+    last = math.floor(round(1.0 / step, 9))  # the last bucket: 1.0 clipped a 1.05 to it
+    return round(min(last, max(0, math.ceil(round(rate / step, 9) - 0.5))) * float(step), 6)
 
 
 def current_versions() -> dict[str, str]:

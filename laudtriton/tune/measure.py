@@ -67,8 +67,9 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                   ) -> dict[str, dict[str, float]]:
     """Median seconds of every variant x config on (x, masks).
 
-    x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides a
-    variant's config space (e.g. after predictor pruning). A config that fails to compile
+    x: [B, Cin, H, W] channels_last on the device to time on. ``configs`` overrides the
+    config space of the variants it names (e.g. after predictor pruning; an empty list:
+    none of that variant's configs is timed). A config that fails to compile
     or run (on its first, untimed call, whose output must have the block's output shape,
     x's dtype and device; or while timed) scores inf and is logged;
     it is never fatal, unless its error leaves CUDA unusable (``is_sticky``: an illegal
@@ -119,7 +120,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
         return math.inf
 
     for v in variants:
-        for cfg in (configs or {}).get(v.name) or v.configs(spec):
+        space = (configs or {}).get(v.name)  # [] pruned all: not the full space
+        for cfg in v.configs(spec) if space is None else space:
             if v.run_inplace is not None:
                 if scratch is None:
                     source = torch.relu(x).contiguous(memory_format=torch.channels_last)

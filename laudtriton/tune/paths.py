@@ -100,13 +100,15 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
     or where no file can be made, or an existing file without write permission (unless
     ``replaced``: the file is written elsewhere and moved over it, which needs only the
     directory). A symbolic link is checked as the file it points to, which the writers
-    write (a dangling link into a missing directory failed after the measuring)."""
+    write (a dangling link into a missing directory failed after the measuring). A name
+    ending in '.' or '..' ('x/.') names a directory too."""
     if path is None:
         return
     check_nonempty(path, flag)
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name")
-    if path.endswith((os.sep, "/")):  # (abspath and Path drop the slash: a file 'x' was made)
+    # (abspath and Path drop a final slash or '.': a file 'x' was made, or replaced)
+    if path.endswith((os.sep, "/")) or os.path.basename(path) in (".", ".."):
         raise ValueError(f"{flag} {path!r} names a directory; give a file name")
     real = os.path.realpath(path)
     if os.path.exists(real) and not os.path.isfile(real):

@@ -35,10 +35,17 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
     On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls.
 
     Raises:
-        ValueError: if reps < 1 or warmup < 0, or either is not an int.
+        ValueError: if reps < 1 or warmup < 0, or either is not an int; if ``device`` is
+            not a CPU or CUDA device ('mps', 'meta' were timed as CPU calls: an
+            asynchronous device's launch time alone).
     """
     check_runs(warmup, reps)
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." and others
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
     if dev.type == "cuda":
         import triton.testing
 

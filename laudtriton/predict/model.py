@@ -6,7 +6,8 @@ For a variant with ``Cost(flops, bytes, launches)`` at (spec, rate) on hardware 
 
 peak: ``hw.peak_macs(spec.dtype)`` multiply-adds/s; bw: ``hw.bandwidth`` B/s. q >= 1 is the
 GPU tile-and-wave quantisation of the block's GEMMs (conv1, conv2 as im2col, conv3, the
-downsample; expected rows at the rate): a GEMM [M, N, K] runs as ⌈M/BM⌉·⌈N/BN⌉ tiles
+downsample; rows at the rate as the variant's Cost counts them: whole cells for ``gather``
+and ``patch``, expected rows for the others): a GEMM [M, N, K] runs as ⌈M/BM⌉·⌈N/BN⌉ tiles
 (BM, BN: the power of two >= the dimension, clamped to [16, 128], as an autotuned kernel
 would pick) in W = ⌈tiles/units⌉ waves over ``hw.compute_units`` SMs, and takes the time of
 W·units tiles of BM·BN·K; q = Σ W·units·BM·BN·K / Σ M·N·K; q = 1 on CPUs. eff_c, eff_m
@@ -86,9 +87,19 @@ def resolve_variant(variant: str | Variant) -> Variant:
                          f"known: {known}") from None
 
 
+# variants whose Cost counts whole cells, round(rate·N) a sample, and whole channel groups
+# (``ops/spatial_cost.py: _rates``); the others take the rate as given
+WHOLE_CELL_VARIANTS = ("gather", "patch")
+
+
 def gemm_dims(spec: BlockSpec, rate: float, variant: str) -> list[tuple[float, float, float]]:
     """[M, N, K] of the block's GEMMs (conv1, conv2 as im2col, conv3, downsample) when
-    ``variant`` runs at ``rate``; per sample for channel modes (each sample its own lists)."""
+    ``variant`` runs at ``rate``; per sample for channel modes (each sample its own lists).
+    Rows and channels at the rate as the variant's Cost counts it: whole cells and groups
+    for :data:`WHOLE_CELL_VARIANTS` (q scales that Cost's multiply-adds; taken at 0.13 on
+    a 2x2 grid, where the Cost prices one cell of four, q of half those rows doubled the
+    compute term, a spike the monotone envelope carried to rate 1: patch 1.46x on an A100),
+    expected rows at the rate for the others."""
     b = spec.batch
     h, w = spec.in_hw
     ho, wo = spec.out_hw
@@ -99,9 +110,14 @@ def gemm_dims(spec: BlockSpec, rate: float, variant: str) -> list[tuple[float, f
         elif spec.mode == "channel":
             rc = rate
         else:
-            r3 = rate
-            r1 = mask1_fraction(spec, rate)
-            rc = rate if spec.mode == "both" else 1.0
+            r3, rc = rate, rate if spec.mode == "both" else 1.0
+            if variant in WHOLE_CELL_VARIANTS:
+                gh, gw = spec.grid
+                r3 = round(rate * gh * gw) / (gh * gw)
+                if spec.mode == "both" and spec.channel_groups:
+                    g = spec.channel_groups
+                    rc = round(rate * g) / g
+            r1 = mask1_fraction(spec, r3)
     m = spec.width * rc
     per = 1 if spec.mode in ("channel", "both") and variant != "dense" else b
     reps = b // per

@@ -7,7 +7,9 @@ process."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -23,6 +25,12 @@ from .record import Run, describe
 if TYPE_CHECKING:
     from ..ops.spec import BlockSpec
     from .blocks import Blocks
+
+
+# warm_block names each Triton variant here (DEBUG, ``variant`` in the record) before
+# running it: a compile worker writes the name into its job's claim file, so that a
+# variant that kills the worker outright (a segfault or abort in a compile) is known
+_progress = logging.getLogger("laudtriton.gpucheck.warm")
 
 
 class WarmError(RuntimeError):
@@ -65,6 +73,7 @@ def warm_block(device: str, spec: BlockSpec, n_configs: int) -> None:
     for v in variants_for(spec, "cuda"):
         if not v.needs_triton:
             continue
+        _progress.debug("warming %s", v.name, extra={"variant": v.name})
         for cfg in v.configs(spec)[:n_configs]:
             for masks in at_rate:
                 try:
@@ -94,6 +103,70 @@ def part3_warmups(blocks: Blocks, batches: list[int]) -> list[tuple[str, dict]]:
             if any(v.needs_triton for v in variants_for(spec1, "cuda"))]
 
 
+class _ClaimNotes(logging.Handler):
+    """A compile worker's note, in the claim file of the job it runs (``path``), of each
+    variant ``warm_block`` is about to run: the last one is the one running when the
+    worker died."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.path: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        variant = getattr(record, "variant", None)
+        if variant and self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(f"{variant}\n")
+
+
+def _claim(path: str) -> bool:
+    """Claim a job: make ``path`` (O_EXCL: no two workers claim the same job) holding
+    this process's id, for the main process to tell which worker ran it. False if
+    another worker claimed it first."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def _exit_text(code: int) -> str:
+    """A process's exit code in words: 'signal 11 (SIGSEGV)' or 'exit code 1'."""
+    if code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _died_on(folder: str, n: int, procs: list, killed: set[int]
+             ) -> dict[int, tuple[str, str]]:
+    """{job: (the variant last named in its claim file, or "", the error)} of the jobs
+    claimed and not done by a worker that ended on its own with a non-zero exit code (a
+    segfault, an abort in a compile): run again in the main process, such a job would
+    end the whole run. Workers in ``killed`` (ids of those killed at the deadline) are
+    not counted: their jobs were cut short, not at fault."""
+    died = {p.pid: p for p in procs if id(p) not in killed
+            and getattr(p, "exitcode", None) not in (None, 0) and getattr(p, "pid", None)}
+    out = {}
+    for i in range(n):
+        claim = os.path.join(folder, f"{i}.claim")
+        if os.path.exists(os.path.join(folder, f"{i}.done")) or not os.path.exists(claim):
+            continue
+        with open(claim) as fh:
+            lines = fh.read().split()
+        proc = died.get(int(lines[0])) if lines and lines[0].isdigit() else None
+        if proc is not None:
+            out[i] = (lines[-1] if len(lines) > 1 else "",
+                      f"the compile worker died running it ({_exit_text(proc.exitcode)})")
+    return out
+
+
 def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
                  part3: Sequence[tuple[str, dict]] = (), n_configs: int = 2,
                  threads: int = 1) -> None:
@@ -110,16 +183,18 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
     from ..ops import BlockSpec
 
     torch.set_num_threads(threads)
+    notes = _ClaimNotes()  # this process's: the variants warm_block runs, per claim file
+    _progress.addHandler(notes)
+    _progress.setLevel(logging.DEBUG)
+    _progress.propagate = False
     checks = dict(part2_checks(device))
     jobs = [checks.get(name, name) for name in names]
     jobs += [(BlockSpec.from_dict(d),) for _, d in part3]
     for i, job in enumerate(jobs):
         if time.time() > deadline:
             return
-        try:
-            os.close(os.open(os.path.join(folder, f"{i}.claim"),
-                             os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
+        notes.path = os.path.join(folder, f"{i}.claim")
+        if not _claim(notes.path):
             continue
         error, variant = "", ""
         try:
@@ -166,7 +241,7 @@ def warm_compiles(r: Run, until: float, jobs: int,
     n = len(names) + len(warm3)
     k = min(jobs, n)
     threads = max(1, usable_cpus() // k)  # (--compile-jobs is bounded by it too)
-    procs = []
+    procs, killed = [], set()
     try:
         with tempfile.TemporaryDirectory(prefix="laudtriton_warm_") as folder:
             try:
@@ -184,6 +259,7 @@ def warm_compiles(r: Run, until: float, jobs: int,
                 for p in procs:
                     if p.is_alive():
                         p.kill()
+                        killed.add(id(p))
                 for p in procs:
                     p.join(timeout=10)
             errors, variants = {}, {}
@@ -192,15 +268,20 @@ def warm_compiles(r: Run, until: float, jobs: int,
                 if os.path.exists(path):
                     with open(path) as fh:
                         variants[i], _, errors[i] = fh.read().partition("\n")
+            # a job that killed its worker outright: not run again here (treated as a
+            # fault that breaks CUDA: the check failed, the variant denied on the block)
+            died = _died_on(folder, n, procs, killed)
+            for i, (variant, error) in died.items():
+                variants[i], errors[i] = variant, error
     except Exception as e:  # no worker could start (no /dev/shm, no spawn...)
         r.say(f"the compile workers failed ({describe(e)}); compiling in this process")
         return 0
     failed = [e for e in errors.values() if e]
     done2 = sum(1 for i in errors if i < len(names))
-    r.sticky.update({names[i]: e for i, e in errors.items()
-                     if i < len(names) and is_sticky(e)})
+    fatal = {i for i, e in errors.items() if is_sticky(e) or i in died}
+    r.sticky.update({names[i]: errors[i] for i in fatal if i < len(names)})
     for i, e in errors.items():  # part 3: a variant that broke CUDA is denied there;
-        if i >= len(names) and is_sticky(e):  # a fault outside any variant (the block's
+        if i >= len(names) and i in fatal:  # a fault outside any variant (the block's
             from ..ops import BlockSpec  # fold, its input) names none: a failure alone
 
             name, spec = warm3[i - len(names)]

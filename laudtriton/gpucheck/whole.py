@@ -132,7 +132,8 @@ def whole_models(r: Run, batches: Iterable[int], input_size: int, budget_end: fl
                 r.info.setdefault("whole_vs_dense_on_its_masks", {})[name] = gap
                 r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",
                                "batch": batch, "rate": 0.5, "models": "", "variant": "compiled",
-                               "dtype": "", "config": "tune=quick", "seconds": tc,
+                               "dtype": str(cm.dtype)[6:], "config": "tune=quick",
+                               "seconds": tc,
                                "ratio": tc / td})
                 for dname, t in dense.items():
                     r.rows.append({"mode": mode, "spec": "laud_resnet101 whole", "spec_key": "",

@@ -1240,3 +1240,17 @@ def test_variant_check_runs_the_variant_on_poisoned_allocations():
         return dense(fb, x, masks, cfg)
     kernelchecks.variant_check(_dense_variant(run), "spatial", "cpu", torch.float32)
     assert len(seen) == 6 and all(seen)  # 2 strides x 3 rates
+
+
+def test_the_whole_model_row_names_the_dtype_it_was_timed_in(tmp_path, monkeypatch):
+    """Part 4's compiled row: its seconds are the compiled model's in its dtype (float16
+    on CUDA), and its dtype column said nothing ("") beside the dense rows' float16 and
+    bfloat16. float64 stands in for CUDA's float16 here."""
+    import laudtriton
+
+    monkeypatch.setattr(laudtriton, "compile", _tiny_part4(monkeypatch))
+    r = record.Run(tmp_path, 600, "cpu")
+    whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
+    assert [c["ok"] for c in r.checks] == [True], r.checks
+    (row,) = [row for row in r.rows if row["variant"] == "compiled"]
+    assert row["dtype"] == "float64"

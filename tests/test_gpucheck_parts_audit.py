@@ -1,7 +1,6 @@
 """gpucheck's parts, on paths that only the GPU run takes: a compile worker killed outright
 by a job (a segfault or abort in a Triton compile), and the labels of part 4's rows."""
 
-import functools
 import logging
 import multiprocessing
 import os
@@ -10,7 +9,7 @@ import time
 import pytest
 import torch
 
-from laudtriton.gpucheck import record, warm, whole
+from laudtriton.gpucheck import record, warm
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the compile workers")
@@ -86,27 +85,3 @@ def test_warm_block_names_each_triton_variant_before_running_it(monkeypatch):
     assert seen[0] == ("named", "gather") and ("named", "dense") not in seen
     assert seen.index(("named", "fused")) > seen.index(("run", "gather"))
     assert seen.index(("named", "fused")) < seen.index(("run", "fused"))
-
-
-def test_the_whole_model_row_names_the_dtype_it_was_timed_in(tmp_path, monkeypatch):
-    """Part 4's compiled row: its seconds are the compiled model's in its dtype (float16
-    on CUDA), and its dtype column said nothing ("") beside the dense rows' float16 and
-    bfloat16. float64 stands in for CUDA's float16 here."""
-    import laudtriton
-    from laudtriton import bench
-    from laudtriton.nn import LaudResNet
-    from laudtriton.testing import randomize_bn
-
-    def tiny(name, mode, granularity):
-        torch.manual_seed(0)
-        return randomize_bn(LaudResNet((1, 1, 1, 1), mode=mode, granularity="2-2-1-1",
-                                       width_mult=0.25, input_size=None, num_classes=7))
-    monkeypatch.setattr(bench, "build_model", tiny)
-    monkeypatch.setattr(whole, "MODES", [("spatial", "2-2-1-1")])
-    monkeypatch.setattr(laudtriton, "compile",
-                        functools.partial(laudtriton.compile, dtype=torch.float64))
-    r = record.Run(tmp_path, 600, "cpu")
-    whole.whole_models(r, [2], 48, r.deadline, cache_dir=tmp_path / "cache")
-    assert [c["ok"] for c in r.checks] == [True], r.checks
-    (row,) = [row for row in r.rows if row["variant"] == "compiled"]
-    assert row["dtype"] == "float64"

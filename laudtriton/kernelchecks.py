@@ -63,10 +63,11 @@ def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     """The channel family's Triton kernels against their torch references, in ``dt`` on
     ``dev``, outputs NaN-poisoned (``poisoned``): ``channel_gemm`` as conv1 (each
     sample's active output channels only, compacted, ReLU) and as conv3 (from the active
-    input channels, a residual added), and ``channel_conv3x3`` at strides 1 and 2. Width
-    96 in 24 groups of 4 channels, a batch of 3 (one sample with every group off, one with
-    every group on); the compacted outputs are compared on their first n[b] channels, the
-    ones written.
+    input channels, a residual added), and ``channel_conv3x3`` at strides 1 (ReLU) and 2
+    (none), from conv1's channel lists to lists of its own (the complement in one sample).
+    Width 96 in 24 groups of 4 channels, a batch of 3 (one sample with every group off,
+    one with every group on); the compacted outputs are compared on their first n[b]
+    channels, the ones written.
 
     Raises:
         AssertionError: a mismatch beyond ``testing.TOLERANCE[dt]`` of max |reference|, or
@@ -79,6 +80,7 @@ def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     width = 96
     chan = (torch.rand(3, width // 4, device=dev) < 0.5).float()
     chan[0] = 0
+    chan[1, :2] = torch.tensor([1.0, 0.0])  # the complement below is no empty list either
     chan[2] = 1
     _, idx, n = channel_lists(chan, width)
     x = torch.randn(3, 77, 53, device=dev).to(dt)
@@ -96,15 +98,24 @@ def channel_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:
     with poisoned():
         y = cg.channel_gemm(h, w3, b3, **kw)
     _close(y, cg.channel_gemm_torch(h, w3, b3, **kw), dt, "conv3")
+    # the 3x3 conv reads through conv1's lists and writes through lists of its own (sample
+    # 1: the complement of its input groups): one list for both let a kernel that swapped
+    # them pass. ReLU on at stride 1 (as the variant runs it) and off at stride 2, so that
+    # a kernel ignoring the flag either way fails.
+    chan_out = chan.clone()
+    chan_out[1] = 1 - chan[1]
+    _, idx_out, n_out = channel_lists(chan_out, width)
     for stride in (1, 2):
         hx = torch.randn(3, 9, 11, width, device=dev).to(dt)
         w2 = torch.randn(width, width, 3, 3, device=dev).to(dt) / 10
         taps = torch.randn(3, 9, width, device=dev)
-        kw = dict(in_idx=idx, n_in=n, out_idx=idx, n_out=n, taps=taps, stride=stride)
+        kw = dict(in_idx=idx, n_in=n, out_idx=idx_out, n_out=n_out, taps=taps,
+                  stride=stride, relu=stride == 1)
         with poisoned():
             y = cc.channel_conv3x3(hx, w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
                                    b1, **kw)
-        _close(y, cc.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}", n)
+        _close(y, cc.channel_conv3x3_torch(hx, w2, b1, **kw), dt, f"conv3x3 s{stride}",
+               n_out)
 
 
 def masker_kernel_checks(dev: str | torch.device, dt: torch.dtype) -> None:

@@ -127,10 +127,15 @@ def run_validate(args: argparse.Namespace, hw: HardwareSpec) -> int:
 
         raise ValueError(f"--validate reads the autotune cache, which {disabled_by()} "
                          "disables")
-    entries = [e for e in cache.entries(include_stale=args.include_stale)
-               if not e.meta.get("clustered")]
+    def scattered(include_stale: bool) -> list:
+        return [e for e in cache.entries(include_stale=include_stale)
+                if not e.meta.get("clustered")]
+
+    entries = scattered(args.include_stale)
     if not entries:
-        which = "" if args.include_stale else (
+        # --include-stale named only where it finds timings: an empty cache, another
+        # device's file or a corrupt one sent the user to a flag that then failed too
+        which = "" if args.include_stale or not scattered(True) else (
             " for the current versions (--include-stale also reads those of other versions)")
         raise ValueError(f"the autotune cache {cache.path} holds no timings of this device"
                          f"{which}; run `laudtriton calibrate` and `laudtriton sweep` first")

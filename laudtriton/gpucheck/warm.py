@@ -7,6 +7,7 @@ process."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -113,9 +114,11 @@ class _ClaimNotes(logging.Handler):
         self.path: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Append the record's ``variant`` to the claim file; a note that cannot be
+        written (its folder gone) is dropped: the job itself must not fail for it."""
         variant = getattr(record, "variant", None)
         if variant and self.path is not None:
-            with open(self.path, "a") as fh:
+            with contextlib.suppress(OSError), open(self.path, "a") as fh:
                 fh.write(f"{variant}\n")
 
 
@@ -179,14 +182,26 @@ def _warm_worker(device: str, names: list[str], folder: str, deadline: float,
     (``time.time()``), so that a worker orphaned by a killed run ends soon. A check of
     the main process's list that this process does not know (none expected) counts as
     failed."""
-    from ..kernelchecks import exact_fp32
-    from ..ops import BlockSpec
-
     torch.set_num_threads(threads)
     notes = _ClaimNotes()  # this process's: the variants warm_block runs, per claim file
+    kept = _progress.level, _progress.propagate
     _progress.addHandler(notes)
     _progress.setLevel(logging.DEBUG)
     _progress.propagate = False
+    try:  # (removed after: a worker run in the caller's process left it writing there)
+        _run_jobs(device, names, folder, deadline, part3, n_configs, notes)
+    finally:
+        _progress.removeHandler(notes)
+        _progress.setLevel(kept[0])
+        _progress.propagate = kept[1]
+
+
+def _run_jobs(device: str, names: list[str], folder: str, deadline: float,
+              part3: Sequence[tuple[str, dict]], n_configs: int, notes: _ClaimNotes) -> None:
+    """``_warm_worker``'s loop over its jobs, each claim file named to ``notes`` first."""
+    from ..kernelchecks import exact_fp32
+    from ..ops import BlockSpec
+
     checks = dict(part2_checks(device))
     jobs = [checks.get(name, name) for name in names]
     jobs += [(BlockSpec.from_dict(d),) for _, d in part3]

@@ -21,6 +21,7 @@ from .ops import BlockSpec, get_variant
 from .ops.spec import DTYPES
 from .planning import TUNE_MODES, candidate_variants
 from .tune.keys import refuse_bad_dir
+from .tune.options import variant_names
 
 BACKENDS = ("auto", "cpu", "cuda")
 DISPATCH = ("dynamic", "static")
@@ -176,26 +177,13 @@ def check_options(backend: str, tune: str, cache_dir: str | os.PathLike[str] | N
     if dispatch not in DISPATCH:
         raise ValueError(f"dispatch {dispatch!r} unknown; accepted: {', '.join(DISPATCH)}")
     backend = _resolve_backend(backend)
-    if variants is not None:
-        try:
-            if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
-                raise TypeError
-            if isinstance(variants, str):  # a comma list, as sweep and the CLI take it
-                names = tuple(n.strip() for n in variants.split(","))
-                if not all(names):
-                    raise ValueError(f"variants {variants!r}: an empty name; give names "
-                                     "separated by commas, or a list of names")
-                variants = names
-            variants = tuple(variants)
-        except TypeError:
-            raise ValueError(f"variants must be a variant name or a list of names, got "
-                             f"{type(variants).__name__} {variants!r}") from None
+    if variants is not None:  # a comma list too, as sweep and the CLI take it
+        variants = variant_names(variants, "variants",
+                                 "a variant name, a comma list or a list of names")
         if not variants:
             raise ValueError("variants is empty; give variant names, or None for every "
                              "variant a block supports")
         for name in variants:
-            if not isinstance(name, str):
-                raise ValueError(f"variants: {name!r} is not a variant name")
             get_variant(name)  # raises on an unknown name
     if dtype is not None and not is_compute_dtype(dtype):
         raise ValueError(f"dtype {dtype!r} unsupported; accepted: a floating-point torch "

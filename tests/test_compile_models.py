@@ -1532,7 +1532,7 @@ def test_a_refused_conversion_or_load_leaves_the_users_module_as_it_was():
 
 
 @pytest.mark.parametrize("variants,says", [
-    (3, "variants must be a variant name or a list of names, got int 3"),
+    (3, "variants must be a variant name, a comma list or a list of names, got int 3"),
     ([], "variants is empty"), ([3], "variants: 3 is not a variant name")])
 def test_malformed_variants_are_named(variants, says):
     with pytest.raises(ValueError, match=says):

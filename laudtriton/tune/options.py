@@ -265,10 +265,36 @@ def comma_items(text: str, flag: str, accepted: str) -> list[str]:
     return items
 
 
+def variant_names(variants: str | Iterable[str], flag: str, accepted: str
+                  ) -> tuple[str, ...]:
+    """The names in ``variants``, a comma list (``comma_items``: its items stripped) or an
+    iterable of names, as a tuple; () when it names none, which each caller refuses in its
+    own words. Not checked against the registry. accepted: what to give, for the message
+    of a ``variants`` of another type.
+
+    Raises:
+        ValueError: naming ``flag``: an empty item in a comma list, not a list of names
+            (bytes, whose items are ints, or a number), an item that is not a string.
+    """
+    if isinstance(variants, str):
+        return tuple(comma_items(variants, flag, "a comma list of variants"))
+    try:
+        if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
+            raise TypeError
+        names = tuple(variants)  # an iterator is truthy even when empty
+    except TypeError:
+        raise ValueError(f"{flag} must be {accepted}, got {type(variants).__name__} "
+                         f"{variants!r}") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{flag}: {name!r} is not a variant name")
+    return names
+
+
 def parse_variants(variants: str | Iterable[str] | None) -> set[str] | None:
-    """The variant names a sweep times, from --variants (a comma list, its items
-    stripped, or an iterable of names; ``dense`` always with them, duplicates once), or
-    None (not given) for every one.
+    """The variant names a sweep times, from --variants (``variant_names``: a comma list,
+    its items stripped, or an iterable of names; ``dense`` always with them, duplicates
+    once), or None (not given) for every one.
 
     Raises:
         ValueError: naming --variants: empty, an empty item, not a list of names (bytes,
@@ -278,21 +304,11 @@ def parse_variants(variants: str | Iterable[str] | None) -> set[str] | None:
 
     if variants is None:
         return None
-    if isinstance(variants, str):
-        variants = comma_items(variants, "--variants", "a comma list of variants")
-    try:
-        if isinstance(variants, (bytes, bytearray)):  # iterated, a name's bytes: ints
-            raise TypeError
-        variants = tuple(variants)  # an iterator is truthy even when empty
-    except TypeError:
-        raise ValueError("--variants must be a comma list or a sequence of variant names, "
-                         f"got {type(variants).__name__} {variants!r}") from None
+    variants = variant_names(variants, "--variants",
+                             "a comma list or a sequence of variant names")
     if not variants:
         raise ValueError("--variants is empty; name one or more variants (dense is "
                          "always timed), or leave it out for every variant")
-    for name in variants:
-        if not isinstance(name, str):
-            raise ValueError(f"--variants: {name!r} is not a variant name")
     try:
         return {ops.get_variant(n).name for n in variants} | {"dense"}
     except ValueError as e:  # an unknown name

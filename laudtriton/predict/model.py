@@ -36,6 +36,7 @@ from functools import lru_cache
 
 from ..nn.maskers import finite_real, positive_real
 from ..ops.registry import Cost, Variant, all_variants, get_variant
+from ..ops.spatial_cost import _rates as cell_rates  # (a hashed file: not renamed)
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
 from .network import check_rate, mask1_fraction, stem_head_cost
@@ -88,7 +89,8 @@ def resolve_variant(variant: str | Variant) -> Variant:
 
 
 # variants whose Cost counts whole cells, round(rate·N) a sample, and whole channel groups
-# (``ops/spatial_cost.py: _rates``); the others take the rate as given
+# (``ops.spatial_cost._rates``, read here as that Cost reads it); the others take the rate
+# as given
 WHOLE_CELL_VARIANTS = ("gather", "patch")
 
 
@@ -110,14 +112,11 @@ def gemm_dims(spec: BlockSpec, rate: float, variant: str) -> list[tuple[float, f
         elif spec.mode == "channel":
             rc = rate
         else:
-            r3, rc = rate, rate if spec.mode == "both" else 1.0
-            if variant in WHOLE_CELL_VARIANTS:
-                gh, gw = spec.grid
-                r3 = round(rate * gh * gw) / (gh * gw)
-                if spec.mode == "both" and spec.channel_groups:
-                    g = spec.channel_groups
-                    rc = round(rate * g) / g
-            r1 = mask1_fraction(spec, r3)
+            if variant in WHOLE_CELL_VARIANTS:  # the fractions their Cost counts
+                r1, r3, rc = cell_rates(spec, rate)
+            else:
+                r3, rc = rate, rate if spec.mode == "both" else 1.0
+                r1 = mask1_fraction(spec, r3)
     m = spec.width * rc
     per = 1 if spec.mode in ("channel", "both") and variant != "dense" else b
     reps = b // per

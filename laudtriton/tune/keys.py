@@ -75,11 +75,7 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
         ValueError: if ``device`` is not a CPU or CUDA device, or a CUDA device this
             machine does not have.
     """
-    accepted = "accepted: 'cpu', 'cuda[:i]'"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." and others
-        raise ValueError(f"device {device!r} is not supported; {accepted}") from None
+    dev = cpu_or_cuda(device)
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if dev.index is not None and dev.index >= count or count == 0:
@@ -88,9 +84,25 @@ def device_fingerprint(device: str | torch.device = "cpu") -> str:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(idx)
         return f"{torch.cuda.get_device_name(idx)} sm{major}{minor}"
-    if dev.type == "cpu":
-        return f"{cpu_model()} {cpu_isa()} {torch.get_num_threads()}t"
-    raise ValueError(f"device {str(device)!r} is not supported; {accepted}")
+    return f"{cpu_model()} {cpu_isa()} {torch.get_num_threads()}t"
+
+
+def cpu_or_cuda(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, a CPU or CUDA one (the devices timings are taken
+    and kept for; its index is not checked here).
+
+    Raises:
+        ValueError: if ``device`` is no device torch knows, or another kind ('mps',
+            'meta').
+    """
+    accepted = "accepted: 'cpu', 'cuda[:i]'"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." and others
+        raise ValueError(f"device {device!r} is not supported; {accepted}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported; {accepted}")
+    return dev
 
 
 def rate_bucket(rate: float, step: float = 0.1) -> float:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .keys import cpu_or_cuda
+
 
 def check_runs(warmup: int, reps: int) -> None:
     """A ValueError unless reps >= 1 and warmup >= 0 are ints, not bools (a median needs
@@ -40,12 +42,7 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
             asynchronous device's launch time alone).
     """
     check_runs(warmup, reps)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ..." and others
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; accepted: 'cpu', 'cuda[:i]'")
+    dev = cpu_or_cuda(device)
     if dev.type == "cuda":
         import triton.testing
 

@@ -57,9 +57,7 @@ def interpreting() -> bool:
 # thread block": 163 KB for 8.0 and 227 KB for 9.0 (the SM's 164 KB and 228 KB less the
 # 1 KB reserved for system use); the values cudaDevAttrMaxSharedMemoryPerBlockOptin gives on
 # an A100 and an H100. Other SM versions are not checked.
-SMEM_PER_BLOCK_SM80 = 163 * 1024
-SMEM_PER_BLOCK_SM90 = 227 * 1024
-SMEM_PER_BLOCK = {80: SMEM_PER_BLOCK_SM80, 90: SMEM_PER_BLOCK_SM90}
+SMEM_PER_BLOCK = {80: 163 * 1024, 90: 227 * 1024}
 
 # -- compilation (run with TRITON_INTERPRET unset: see ``main``) --------------------------
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")

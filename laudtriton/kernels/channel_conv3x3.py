@@ -152,7 +152,9 @@ def channel_conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, *,
 # -- torch reference (float64) ----------------------------------------------------------
 def channel_conv3x3_torch(x, w, bias, *, in_idx, n_in, out_idx, n_out, taps=None, stride=1,
                           relu=False, **_) -> torch.Tensor:
-    """Reference of ``channel_conv3x3`` in float64; unwritten output columns are NaN."""
+    """Reference of ``channel_conv3x3`` in float64; unwritten output columns are NaN.
+    With no input channels (n_in[b] = 0) the listed outputs are their bias (+ taps, ReLU),
+    as the kernel gives; an empty map gives an empty output."""
     batch, h, wd, _ = x.shape
     nw = w.shape[0]
     ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
@@ -162,10 +164,13 @@ def channel_conv3x3_torch(x, w, bias, *, in_idx, n_in, out_idx, n_out, taps=None
     inside = torch.ones(1, 1, h, wd, dtype=torch.float64, device=x.device)
     for b in range(batch):
         ci, co = in_idx[b, : int(n_in[b])].long(), out_idx[b, : int(n_out[b])].long()
-        if co.numel() == 0:
+        if co.numel() == 0 or ho * wo == 0:  # nothing to write (conv2d refuses a 0-row map)
             continue
         xb = x[b, :, :, : ci.numel()].double().permute(2, 0, 1)[None]
-        yb = torch.nn.functional.conv2d(xb, w.double()[co][:, ci], bias[b, co], stride, 1)
+        wb = w.double()[co][:, ci]
+        if ci.numel() == 0:  # one zero channel: conv2d over none returns no output channels
+            xb, wb = xb.new_zeros(1, 1, h, wd), wb.new_zeros(co.numel(), 1, 3, 3)
+        yb = torch.nn.functional.conv2d(xb, wb, bias[b, co], stride, 1)
         if taps is not None:  # tap t counts where the shifted read stays inside the image
             for t in range(9):
                 k = torch.zeros(1, 1, 3, 3, dtype=torch.float64, device=x.device)

@@ -120,10 +120,9 @@ def conv1x1_residual_torch(a: torch.Tensor, idx: torch.Tensor, count: torch.Tens
                            identity: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`conv1x1_residual` in float64: out [B, Ho, Wo, N] float64."""
     c = int(count.item())
-    n = w.shape[0]
     q = idx[:c].long()
-    out = torch.relu(identity.double()).reshape(-1, n)
-    ident = identity.double().reshape(-1, n)
+    out = torch.relu(identity.double()).flatten(0, 2)  # [B·Ho·Wo, N], N = 0 included
+    ident = identity.double().flatten(0, 2)
     out[q] = torch.relu(a[:c].double() @ w.double().T + b.double() + ident[q])
     return out.reshape(identity.shape)
 

@@ -144,11 +144,13 @@ def conv3x3(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.
 
 def conv3x3_torch(buf: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: torch.Tensor,
                   b: torch.Tensor, stride: int) -> torch.Tensor:
-    """Reference of :func:`conv3x3` in float64: rows [count, N] float64."""
+    """Reference of :func:`conv3x3` in float64: rows [count, N] float64 (relu(b) with no
+    input channels, K = 0)."""
     c = int(count.item())
-    dense = torch.nn.functional.conv2d(
-        buf.double().permute(0, 3, 1, 2), w.double().permute(3, 2, 0, 1), b.double(),
-        stride=stride)
+    x, wt = buf.double().permute(0, 3, 1, 2), w.double().permute(3, 2, 0, 1)
+    if x.shape[1] == 0:  # one zero channel: conv2d over none returns no output channels
+        x, wt = x.new_zeros(x.shape[0], 1, *x.shape[2:]), wt.new_zeros(wt.shape[0], 1, 3, 3)
+    dense = torch.nn.functional.conv2d(x, wt, b.double(), stride=stride)
     rows = dense.permute(0, 2, 3, 1).reshape(-1, w.shape[3])
     return torch.relu(rows[idx[:c].long()])
 

@@ -199,10 +199,10 @@ def gather_conv1x1(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor, w: t
 def gather_conv1x1_torch(x: torch.Tensor, idx: torch.Tensor, count: torch.Tensor,
                          w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`gather_conv1x1` in float64: buf [B, H+2, W+2, N] float64."""
-    bsz, h, wd, k = x.shape
+    bsz, h, wd, _ = x.shape
     c = int(count.item())
     p = idx[:c].long()
-    rows = torch.relu(x.reshape(-1, k)[p].double() @ w.double().T + b.double())
+    rows = torch.relu(x.flatten(0, 2)[p].double() @ w.double().T + b.double())  # any K
     out = torch.zeros(bsz, h + 2, wd + 2, w.shape[0], dtype=torch.float64, device=x.device)
     inner = out[:, 1:-1, 1:-1]
     bi, rem = p // (h * wd), p % (h * wd)

@@ -13,6 +13,7 @@ logits to fp16 can disagree on near-ties (|logit0 − logit1| at the rounding le
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,6 +161,22 @@ def _check_x(x: torch.Tensor) -> None:
         raise ValueError(f"x has an empty spatial or channel dim: shape {tuple(x.shape)}")
 
 
+def _grid_pair(grid, h: int, w: int) -> tuple[int, int]:
+    """(gh, gw) as Python ints: two ints (Python, NumPy or integer tensors), neither a
+    bool, in [1, h] x [1, w]; else a ValueError naming the grid (a float failed in
+    torch.empty, a NumPy int or a tensor in the kernel)."""
+    try:
+        gh, gw = grid
+        if isinstance(gh, bool) or isinstance(gw, bool):
+            raise TypeError
+        gh, gw = operator.index(gh), operator.index(gw)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be two ints (gh, gw), got {grid!r}") from None
+    if not (1 <= gh <= h and 1 <= gw <= w):
+        raise ValueError(f"grid {(gh, gw)} must lie in [1, {h}] x [1, {w}] for a {h}x{w} map")
+    return gh, gw
+
+
 def _check_linear(name, w, b, k, device, rows=None):
     check_tensor(f"{name} weight", w, 2, DTYPES, device, last_contig=False)
     check_tensor(f"{name} bias", b, 1, DTYPES, device)
@@ -174,21 +191,21 @@ def spatial_masker(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """Fused spatial masker / layer gate (eval).
 
     x: [B, H, W, C] NHWC (fp32/fp16/bf16); weight: [2, C] or [2, C, 1, 1]; bias: [2];
-    grid: (gh, gw) with 1 <= gh <= H, 1 <= gw <= W ((1, 1): the layer gate).
+    grid: (gh, gw), two ints (Python, NumPy or integer tensors) with 1 <= gh <= H,
+    1 <= gw <= W ((1, 1): the layer gate).
     Returns (mask [B, 1, gh, gw] fp32 0/1, logits [B, 2, gh, gw] fp32).
 
     Raises:
         ValueError: on wrong dims/dtypes/devices, a non-contiguous channel dim, weight or
-            bias shapes that do not match C, or a grid outside [1, H] x [1, W].
+            bias shapes that do not match C, or a grid that is not two ints in
+            [1, H] x [1, W].
     """
     cfg = config or DEFAULT
     _check_x(x)
     b, h, w, c = x.shape
     weight = weight.reshape(weight.shape[0], -1) if weight.dim() == 4 else weight
     _check_linear("spatial masker", weight, bias, c, x.device, rows=2)
-    gh, gw = grid
-    if not (1 <= gh <= h and 1 <= gw <= w):
-        raise ValueError(f"grid {tuple(grid)} must lie in [1, {h}] x [1, {w}] for a {h}x{w} map")
+    gh, gw = _grid_pair(grid, h, w)
     logits = torch.empty(b, 2, gh, gw, device=x.device, dtype=torch.float32)
     mask = torch.empty(b, 1, gh, gw, device=x.device, dtype=torch.float32)
     if b:
@@ -269,7 +286,7 @@ def channel_masker_mlp_torch(x, layers, **_):
         v = v @ lw.double().T + lb.double()
         if i < len(layers) - 1:
             v = v.clamp_min(0)
-    logits = v.view(v.shape[0], 2, -1)
+    logits = v.unflatten(1, (2, -1))  # [B, 2, G], batch 0 included
     return (logits[:, 0] >= logits[:, 1]).double(), logits
 
 

@@ -11,6 +11,7 @@ import copy
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,8 +175,9 @@ class LaudBottleneck(nn.Module):
         channel_masker: "MLP" | "conv_linear".
         channel_masker_layers: 1 or 2 (MLP only).
         channel_masker_reduction: reduction ratio of the channel masker.
-        feature_size: expected output map size (int or (h, w)), checked against S at
-            construction when given; the actual size always comes from the input.
+        feature_size: expected output map size (int or (h, w): a tuple, list or 1-d
+            int array), checked against S at construction when given; the actual size
+            always comes from the input.
 
     Input [B, Cin, H, W] -> output [B, 4·planes, Ho, Wo], Ho = ⌊(H−1)/s⌋+1.
 
@@ -230,8 +232,9 @@ class LaudBottleneck(nn.Module):
         if channel_masker == "conv_linear" and dyn_mode in ("channel", "both"):
             check_reduction(inplanes, channel_masker_reduction)  # under the block's name
         if feature_size is not None:
-            fs = ((feature_size, feature_size) if isinstance(feature_size, numbers.Integral)
-                  else feature_size)
+            fs = feature_size  # a numpy array or tensor: its Python ints (a pair, or one)
+            fs = fs.tolist() if isinstance(fs, (np.ndarray, torch.Tensor)) else fs
+            fs = (fs, fs) if isinstance(fs, numbers.Integral) else fs
             if not (isinstance(fs, (tuple, list)) and len(fs) == 2
                     and all(is_positive_int(v) for v in fs)):
                 raise ValueError(f"feature_size {feature_size!r} must be a positive int or "

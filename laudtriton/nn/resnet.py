@@ -63,7 +63,8 @@ class LaudResNet(nn.Module):
     batch, whose means over no sample would be NaN).
 
     Args:
-        depths: blocks per stage, e.g. (3, 4, 6, 3).
+        depths: blocks per stage, e.g. (3, 4, 6, 3): 4 positive ints as a list, tuple,
+            1-d int array or "3-4-6-3" (not one int for every stage).
         mode, granularity, channel_granularity, channel_masker, channel_masker_layers,
         channel_masker_reduction: as in :func:`laud_resnet50`.
         num_classes: classifier outputs.
@@ -103,14 +104,12 @@ class LaudResNet(nn.Module):
                             "1 or 2")
         reds = per_stage(channel_masker_reduction, "channel_masker_reduction",
                           parse_positive_int, "positive ints")
-        given = depths
-        try:
-            depths = tuple(depths)  # a list, tuple, array, ...
-        except TypeError:  # None, an int: no len() to check
-            depths = ()
-        if len(depths) != 4 or not all(is_positive_int(d) for d in depths):
-            raise ValueError(f"depths {given!r} must be 4 positive ints (blocks per stage)")
-        depths = tuple(int(d) for d in depths)
+        try:  # the forms of the other per-stage ints, but no one value for all stages
+            depths = tuple(per_stage(depths, "depths", parse_positive_int, "4 positive ints",
+                                     broadcast=False))
+        except ValueError:  # (a dict was read as its keys, bytes as their values)
+            raise ValueError(f"depths {depths!r} must be 4 positive ints (blocks per "
+                             "stage): a list, tuple, 1-d int array or 'a-b-c-d'") from None
         if not (isinstance(width_mult, numbers.Real) and not isinstance(width_mult, bool)
                 and math.isfinite(width_mult) and width_mult > 0
                 and int(64 * width_mult) >= 1):
@@ -312,6 +311,11 @@ def laud_resnet50(
     **kwargs: Any,
 ) -> LaudResNet:
     """LAUD-ResNet-50.
+
+    Each per-stage argument (mode to channel_masker_reduction) is one value for every
+    stage, "a-b-c-d", or 4 values as a list, tuple, range or 1-d numpy array (or tensor);
+    its ints are Python or numpy ints > 0 or digit strings ("2"), never bools or floats
+    (2.0 included).
 
     Args:
         mode: "spatial" | "channel" | "layer" | "both", or per stage

@@ -1,8 +1,10 @@
 """The per-stage options of a LAUD-ResNet (mode, granularity, channel maskers, ...):
-one value for all four stages, "a-b-c-d", or a list of four, each checked."""
+one value for all four stages, "a-b-c-d", or four as a list, tuple or 1-d array, each
+checked (``depths`` takes the same forms except one value for all stages)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,20 +14,34 @@ import torch
 from .block import CHANNEL_MASKERS, MODES
 
 
-def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: str) -> list:
-    """Parse a per-stage argument: a scalar, a "a-b-c-d" string, or a 4-element list."""
+def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: str,
+              broadcast: bool = True) -> list:
+    """Parse a per-stage argument into a list of 4 ``cast`` values. Accepted: a scalar
+    for every stage (unless ``broadcast`` is False), a "a-b-c-d" string, or 4 values as
+    a list, tuple, range or 1-d numpy array or tensor (a 0-d one is its scalar).
+
+    Raises:
+        ValueError: naming ``name`` and its value: not 4 stages, an array of 2 or more
+            dimensions, or a stage that ``cast`` refuses.
+    """
+    given = value
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        if value.ndim > 1:
+            raise ValueError(f"{name} {given!r} is a {value.ndim}-d array; accepted: "
+                             f"{accepted}, or a 1-d array of 4")
+        value = value.tolist()  # Python scalars (np.str_ -> str): a 0-d array's one value
     if isinstance(value, str) and "-" in value:
         items = value.split("-")
         if any(not item.strip() for item in items):  # "-1", "4--2-1": a sign or a gap
-            raise ValueError(f"{name} {value!r} is not valid (an empty stage between or "
+            raise ValueError(f"{name} {given!r} is not valid (an empty stage between or "
                              f"around its dashes); accepted: {accepted}")
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, range)):
         items = list(value)
     else:
-        items = [value] * 4
+        items = [value] * (4 if broadcast else 1)
     if len(items) != 4:
         raise ValueError(
-            f"{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 ({accepted})"
+            f"{name} {given!r} has {len(items)} stages; LAUD-ResNet has 4 ({accepted})"
         )
     out = []
     for i, v in enumerate(items):
@@ -33,7 +49,7 @@ def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: st
             out.append(cast(v))
         except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             where = "" if len(set(map(str, items))) == 1 else f" (stage {i + 1}: {v!r})"
-            raise ValueError(f"{name} {value!r} is not valid{where}; "
+            raise ValueError(f"{name} {given!r} is not valid{where}; "
                              f"accepted: {accepted}") from None
     return out
 
@@ -71,16 +87,18 @@ def masker_layers(v: object) -> int:
 
 
 def parse_positive_int(v: object) -> int:
-    """v as an int if it is a whole number > 0 (an int, a whole float, a string of ASCII
-    digits), else a bare ValueError for the caller to word: bools, numpy and torch bools
-    too (``np.bool_(True)`` was S=1), fractions (2.9 is not taken as 2), and the strings
-    ``int`` reads beyond digits ("2_0" was 20, and digits of other scripts were taken)."""
-    if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor)
-                                           and v.dtype == torch.bool):
+    """v as an int if it is an int > 0 (Python or numpy, or a 0-d integer array or
+    tensor) or a string of ASCII digits (a stage of "4-4-2-1", a CLI value), else a bare
+    ValueError for the caller to word. Refused: bools, numpy and torch bools too
+    (``np.bool_(True)`` was S=1); floats, whole ones too (2.0 was S=2 while ``depths``
+    and ``LaudBottleneck`` refuse it; 2.9 is not taken as 2); and the strings ``int``
+    reads beyond digits ("2_0" was 20, and digits of other scripts were taken)."""
+    if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
+        v = v.item()  # its Python scalar: a bool, an int or a float
+    if isinstance(v, str):
+        if not (v.strip().isascii() and v.strip().isdigit()):
+            raise ValueError(v)
+        v = int(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0:
         raise ValueError(v)
-    if isinstance(v, str) and not (v.strip().isascii() and v.strip().isdigit()):
-        raise ValueError(v)
-    iv = int(v)
-    if iv != float(v) or iv <= 0:
-        raise ValueError(v)
-    return iv
+    return int(v)

@@ -42,6 +42,7 @@ from ..ops.spec import BlockSpec
 from .cache_file import (
     SCHEMA_VERSION,
     annotate_entries_into,
+    check_rate_bucket,
     check_record,
     is_valid_entry,
     merge_entries_into,
@@ -51,6 +52,7 @@ from .cache_store import CacheStore
 from .keys import (
     SourceChanged,
     cache_enabled_from_env,
+    cpu_or_cuda,
     current_versions,
     default_cache_dir,
     device_fingerprint,
@@ -89,7 +91,8 @@ class TuneCache(CacheStore):
     """Persistent {BlockSpec x rate bucket x variant x config: seconds} for one device.
 
     cache_dir: directory (default :func:`default_cache_dir`). device: the device the
-    timings are taken on (its fingerprint names the file). enabled: None reads
+    timings are taken on (its fingerprint, taken when the cache is made, names the file:
+    on a CPU it holds torch's thread count, so set the threads first). enabled: None reads
     ``$LAUDTRITON_CACHE`` (:func:`cache_enabled_from_env`); a disabled cache neither
     reads the file nor writes it: its records stay in memory. versions: override of
     :func:`current_versions` (tests).
@@ -105,7 +108,11 @@ class TuneCache(CacheStore):
             directory, or names a file or lies inside one; with cache_dir None, if
             $LAUDTRITON_CACHE_DIR does (``keys.check_dir``); with enabled None, if
             $LAUDTRITON_CACHE holds another value than those accepted; if enabled is
-            not True, False or None ("no" was truthy).
+            not True, False or None ("no" was truthy). ``record``, ``annotate`` and
+            ``lookup`` raise one naming both fingerprints when the device's fingerprint
+            is no longer the cache's (``torch.set_num_threads`` or
+            ``torch.cuda.set_device`` after it was made): timings taken now would be
+            filed, or served, as another machine kind's.
     """
 
     def __init__(self, cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
@@ -117,6 +124,8 @@ class TuneCache(CacheStore):
         refuse_bad_dir(cache_dir)
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         fingerprint = device_fingerprint(device)
+        self._dev = cpu_or_cuda(device)
+        self._made_in = self._fingerprint_state()
         super().__init__(folder, folder / f"{_slug(fingerprint)}.v{SCHEMA_VERSION}.json",
                          fingerprint, bool(enabled))
         self.versions = dict(versions) if versions is not None else current_versions()
@@ -124,6 +133,29 @@ class TuneCache(CacheStore):
         # variants whose timings are neither read nor recorded, and why, until said once
         # (``_hash``: source changed after import, or not registered)
         self._changed: dict[str, str] = {}
+
+    # -- the device ---------------------------------------------------------------------
+    def _fingerprint_state(self) -> tuple[int, ...]:
+        """What the device's fingerprint can change with in a process: torch's thread
+        count on a CPU, the current CUDA device for "cuda" without an index."""
+        if self._dev.type == "cpu":
+            return (torch.get_num_threads(),)
+        return (self._dev.index if self._dev.index is not None
+                else torch.cuda.current_device(),)
+
+    def _check_fingerprint(self, who: str) -> None:
+        """A ValueError naming ``who`` and both fingerprints when the device's is no
+        longer ``self.device`` (computed again only when its state changed: reading
+        ``/proc/cpuinfo`` at every lookup is not free on a large machine)."""
+        if self._fingerprint_state() == self._made_in:
+            return
+        now = device_fingerprint(self._dev)
+        if now != self.device:
+            raise ValueError(
+                f"{who}: this TuneCache is for the device fingerprint {self.device!r} (its "
+                f"file {self.path.name}), but the device's is now {now!r}; timings taken "
+                "now are not that device's. Make the TuneCache after torch.set_num_threads "
+                "(or torch.cuda.set_device), or set them back")
 
     # -- keys -------------------------------------------------------------------------
     def _hash(self, variant: str) -> str | None:
@@ -160,7 +192,12 @@ class TuneCache(CacheStore):
         return out
 
     def rates(self, spec: BlockSpec) -> list[float]:
-        """The rates at which ``spec`` has current timings (of any variant), sorted."""
+        """The rates at which ``spec`` has current timings (of any variant), sorted.
+
+        Raises:
+            ValueError: if spec is not a BlockSpec.
+        """
+        check_spec(spec, "rates")
         want = spec.key()
         return sorted({round(float(e["rate_bucket"]), 6) for e in self._all().values()
                        if BlockSpec.from_dict(e["spec"]).key() == want
@@ -171,9 +208,13 @@ class TuneCache(CacheStore):
         the current versions and kernel sources; None when there is none.
 
         Raises:
-            ValueError: if spec is not a BlockSpec.
+            ValueError: if spec is not a BlockSpec, rate_bucket not a number in [0, 1],
+                or the device's fingerprint changed since the cache was made (the class
+                docstring).
         """
         check_spec(spec, "lookup")
+        check_rate_bucket(rate_bucket, "lookup")
+        self._check_fingerprint("lookup")
         out: dict[str, dict[str, float]] = {}
         for e in self._current(spec, rate_bucket).values():
             out.setdefault(e["variant"], {}).update(
@@ -186,9 +227,10 @@ class TuneCache(CacheStore):
         a mode-both item's "channel_rate".
 
         Raises:
-            ValueError: if spec is not a BlockSpec.
+            ValueError: if spec is not a BlockSpec, or rate_bucket not a number in [0, 1].
         """
         check_spec(spec, "entry_meta")
+        check_rate_bucket(rate_bucket, "entry_meta")
         out: dict = {}
         for e in self._current(spec, rate_bucket).values():
             out = merge_meta(out, e.get("meta") or {})
@@ -237,10 +279,13 @@ class TuneCache(CacheStore):
                 meta JSON cannot hold. Nothing is recorded then: the file's readers would
                 drop the whole entry, or it could not be written at all. (The timings of
                 a variant that is not registered are left out and that is said once:
-                without a source hash no reader could take them.)
+                without a source hash no reader could take them.) Also if the device's
+                fingerprint changed since the cache was made (the class docstring):
+                the timings are filed nowhere then.
         """
         check_spec(spec, "record")
         check_record(rate_bucket, timings)
+        self._check_fingerprint("record")
         try:
             json.dumps(meta or {}, allow_nan=True, sort_keys=True)  # as the file is
         except (TypeError, ValueError, RecursionError) as e:
@@ -283,10 +328,13 @@ class TuneCache(CacheStore):
         Returns whether an entry changed (only then is the file written).
 
         Raises:
-            ValueError: if spec is not a BlockSpec, or those fields are malformed
-                (``record``'s rule; an input size must be a positive int).
+            ValueError: if spec is not a BlockSpec, rate_bucket not a number in [0, 1],
+                or those fields are malformed (``record``'s rule; an input size must be
+                a positive int), or the device's fingerprint changed since the cache was
+                made (the class docstring).
         """
         check_spec(spec, "annotate")
+        check_rate_bucket(rate_bucket, "annotate")
         if not isinstance(meta, dict):
             raise ValueError(f"annotate: meta must be a dict, got {type(meta).__name__}")
         size = meta.get("input_size")
@@ -299,6 +347,7 @@ class TuneCache(CacheStore):
             raise ValueError(f"annotate: spec {spec!r} or meta {meta!r} is malformed "
                              "('models' {model: [block names]}, 'asked_rates' rates in "
                              "[0, 1])")
+        self._check_fingerprint("annotate")
         changed = False
         for k, e in self._current(spec, rate_bucket).items():
             old = e.get("meta") or {}

@@ -246,6 +246,20 @@ def _real(x) -> float | None:
         return None  # elements (RuntimeError); an int too large for a float
 
 
+def check_rate_bucket(rate_bucket: object, who: str) -> float:
+    """``rate_bucket`` as a float if it is a real number in [0, 1] (a Python or numpy
+    number, a 0-d tensor; not a bool, a string or NaN), as a reader keeps it
+    (``is_valid_entry``).
+
+    Raises:
+        ValueError: naming ``who`` and the value, otherwise.
+    """
+    r = _real(rate_bucket)
+    if r is None or not 0.0 <= r <= 1.0:
+        raise ValueError(f"{who}: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
+    return r
+
+
 def check_record(rate_bucket: object, timings: object) -> None:
     """Check the ``rate_bucket`` and ``timings`` of a ``TuneCache.record`` call (as the
     caller gave them: any object) against what a reader keeps (``is_valid_entry``).
@@ -253,9 +267,7 @@ def check_record(rate_bucket: object, timings: object) -> None:
     Raises:
         ValueError: naming the first field a reader would drop the entry for.
     """
-    r = _real(rate_bucket)
-    if r is None or not 0.0 <= r <= 1.0:
-        raise ValueError(f"record: rate_bucket {rate_bucket!r} must be a number in [0, 1]")
+    check_rate_bucket(rate_bucket, "record")
     if not isinstance(timings, dict):
         raise ValueError(f"record: timings must be {{variant: {{config_key: seconds}}}}, got "
                          f"{type(timings).__name__}")

@@ -17,7 +17,14 @@ from ..nn.maskers import check_positive_ints
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
 from .hardware import HardwareSpec
-from .model import Factors, factor_key, factors_for, latency_from_terms, terms
+from .model import (
+    Factors,
+    factor_key,
+    factors_for,
+    latency_from_terms,
+    resolve_variant,
+    terms,
+)
 from .network import check_rate
 
 # Config keys that name the output tile of a kernel config (rows, then columns).
@@ -26,17 +33,35 @@ COL_KEYS = ("block_n", "BLOCK_N")
 
 
 def config_tiles(config: dict) -> tuple[int, int] | None:
-    """(BM, BN) of a kernel config, or None when it names no output tile. A config of
-    per-kernel tiles ({"conv1": {"block_m": ...}, "conv2": ...}: the Triton spatial
-    variants) gives its first kernel's (their space shares one tile over the kernels)."""
+    """(BM, BN) of a kernel config, or None when it names no output tile (a row key and
+    a column key). A config of per-kernel tiles ({"conv1": {"block_m": ...}, "conv2":
+    ...}: the Triton spatial variants) gives its first kernel's (their space shares one
+    tile over the kernels).
+
+    Raises:
+        ValueError: if config is not a dict, or a tile key of the (kernel's) config
+            holds anything but a positive int, naming the key ("conv1.block_m"):
+            block_m 0 divided by zero in ``model.quantisation``, a negative one
+            predicted the fastest time.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+    return _tiles(config, "")
+
+
+def _tiles(config: dict, where: str) -> tuple[int, int] | None:
+    """``config_tiles`` of ``config``, found at ``where`` ("conv1.") in the config."""
     if not any(k in config for k in ROW_KEYS + COL_KEYS):
-        nested = [v for v in config.values() if isinstance(v, dict)]
-        return config_tiles(nested[0]) if nested else None
-    bm = next((config[k] for k in ROW_KEYS if k in config), None)
-    bn = next((config[k] for k in COL_KEYS if k in config), None)
-    if bm is None or bn is None:
+        nested = [(k, v) for k, v in config.items() if isinstance(v, dict)]
+        return _tiles(nested[0][1], f"{where}{nested[0][0]}.") if nested else None
+    row = next((k for k in ROW_KEYS if k in config), None)
+    col = next((k for k in COL_KEYS if k in config), None)
+    for k in (row, col):
+        if k is not None:
+            check_positive_ints(**{f"config '{where}{k}'": config[k]})
+    if row is None or col is None:
         return None
-    return int(bm), int(bn)
+    return int(config[row]), int(config[col])
 
 
 def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: dict,
@@ -46,9 +71,14 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
     (``model.factor_key``: "dense/channel" for ``dense`` on a block with channel masks).
 
     Raises:
-        ValueError: rate not a number in [0, 1], or a variant with no latency model.
+        ValueError: rate not a number in [0, 1], a variant with no latency model, hw
+            not a HardwareSpec, or a config that is not a dict or whose tile is not
+            positive ints (``config_tiles``).
     """
-    name = variant if isinstance(variant, str) else variant.name
+    if not isinstance(hw, HardwareSpec):
+        raise ValueError(f"hw must be a HardwareSpec (predict.get_hardware(name)), got "
+                         f"{type(hw).__name__}")
+    name = resolve_variant(variant).name
     t = terms(spec, check_rate(rate), variant, hw, config_tiles(config))
     return latency_from_terms(t, factors_for(factor_key(name, spec), hw, factors), hw)
 

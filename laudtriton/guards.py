@@ -56,23 +56,56 @@ TRAIN_REFUSED = (
 # copies, deep copies and pickles are guarded too: ``__reduce_ex__`` rebuilds the
 # guarded class from the user's class, which a pickle names as always.
 
+# An instance of a guarded class may also come from the class's own code, not from
+# ``guard``: slicing an ``nn.Sequential`` or ``nn.ModuleList`` (``cm[:-1]``) builds
+# ``type(self)(...)``. It holds no ``_laud_compiled_as``, so these methods read the
+# compiled parts it holds (``compiled_as``) and act as the class's own where it holds
+# none (a slice of the head; ``.cpu()`` on a slice raised AttributeError).
+
 def _guarded_train(self, mode: bool = True):
-    """mode True raises (``TRAIN_REFUSED``); mode False is the class's own ``train``."""
-    if mode:
+    """mode True raises (``TRAIN_REFUSED``) where a compiled part is held; else the
+    class's own ``train``."""
+    if mode and compiled_as(self) is not None:
         raise RuntimeError(TRAIN_REFUSED)
-    return super(type(self), self).train(False)
+    return super(type(self), self).train(mode)
 
 
 def _guarded_apply(self, fn, recurse=True):
     """A change of dtype or device raises (``refuse_conversion``) before any tensor
-    converts; else the class's own ``_apply``."""
-    refuse_conversion(fn, *self._laud_compiled_as)
+    converts where a compiled part is held; else the class's own ``_apply``."""
+    kept = compiled_as(self)
+    if kept is not None:
+        refuse_conversion(fn, *kept)
     return super(type(self), self)._apply(fn, recurse)
 
 
-def _guarded_load(self, *args: Any, **kwargs: Any) -> NoReturn:
-    """Raises (``LOAD_REFUSED``) before any parameter is copied."""
-    raise RuntimeError(LOAD_REFUSED)
+def _guarded_load(self, *args: Any, **kwargs: Any) -> Any:
+    """Raises (``LOAD_REFUSED``) before any parameter is copied where a compiled part is
+    held; else the class's own ``load_state_dict``."""
+    if compiled_as(self) is not None:
+        raise RuntimeError(LOAD_REFUSED)
+    return super(type(self), self).load_state_dict(*args, **kwargs)
+
+
+def compiled_as(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
+    """The (dtype, device) of the compiled parts that ``module`` (a module of the user's)
+    holds: those ``guard`` kept, else ``parts_compiled_as``."""
+    kept = module.__dict__.get("_laud_compiled_as")
+    return kept if kept is not None else parts_compiled_as(module)
+
+
+def parts_compiled_as(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
+    """The (dtype, device) of the first compiled part (CompiledModel or CompiledBlock)
+    inside ``module``, module itself included; None when it holds none."""
+    from .compiled import CompiledModel  # (both import this module)
+    from .compiled_block import CompiledBlock
+
+    for m in module.modules():
+        if isinstance(m, CompiledModel):
+            return m.dtype, m.device
+        if isinstance(m, CompiledBlock):
+            return m.fb.w1.dtype, m.fb.w1.device
+    return None
 
 
 def _guarded_reduce_ex(self, protocol):

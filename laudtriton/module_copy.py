@@ -10,7 +10,7 @@ from torch import nn
 from .capture import outermost_modules
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
-from .guards import first_line, guard
+from .guards import first_line, guard, parts_compiled_as
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -102,11 +102,8 @@ def swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
     todo = [ref]
     while todo:  # the user's modules, not those inside a compiled part
         mod = todo.pop()
-        parts = [m for m in mod.modules() if isinstance(m, compiled)]
-        if parts:
-            p = parts[0]
-            dtype, device = ((p.dtype, p.device) if isinstance(p, CompiledModel)
-                             else (p.fb.w1.dtype, p.fb.w1.device))
-            guard(mod, dtype, device)
+        kept = parts_compiled_as(mod)
+        if kept is not None:
+            guard(mod, *kept)
             todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()

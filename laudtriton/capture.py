@@ -31,8 +31,9 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
                    replaced: Sequence[str] = ()) -> tuple[list, list[str]]:
     """Run ``model`` on a copy of x (no grad; x stays as it is, whatever the forward
     does to its input); (captured, missed): (name, module, input) of every
-    module in ``named`` [(name, module)] in the order they run (first call each), and the
-    names of those the forward never called. The input is the first positional argument,
+    module in ``named`` [(name, module)] in the order they run (first call each; a copy
+    of the input as it was at that call, whatever the forward writes into it later), and
+    the names of those the forward never called. The input is the first positional argument,
     else the keyword argument ``x`` (the parameter of LaudResNet.forward and
     LaudBottleneck.forward). replaced: the names of the LaudResNets of ``model`` that
     compile has replaced by their CompiledModels already (a forward failing now fails
@@ -62,7 +63,9 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
                              f"arguments and keywords {sorted(kwargs)}; accepted: its input "
                              "tensor, as the first argument or as x=")
         seen[name] = tuple(xin.shape)
-        captured.append((name, m, xin.detach()))
+        # a copy: the forward may write the tensor in place after the call (an inplace
+        # ReLU on it), and compile plans on the input as the module was called with it
+        captured.append((name, m, xin.detach().clone()))
     for name, mod in named:
         handles.append(mod.register_forward_pre_hook(
             lambda m, args, kwargs, name=name: hook(m, args, kwargs, name), with_kwargs=True))

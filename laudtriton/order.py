@@ -104,9 +104,13 @@ class SampleOrder:
         """Masks in the caller's order -> batch order (masks itself for the identity).
 
         Raises:
-            ValueError: if a mask is not a tensor, has no batch dimension (0-d) or its
-                batch is not the batch's size (naming ``who``, the block, when given).
+            ValueError: if masks is not a BlockMasks, or a mask is not a tensor, has no
+                batch dimension (0-d) or its batch is not the batch's size (naming
+                ``who``, the block, when given).
         """
+        if not isinstance(masks, BlockMasks):
+            where = f"{who}: masks" if who else "masks"
+            raise ValueError(f"{where} must be a BlockMasks, got {type(masks).__name__}")
         for name in MASK_FIELDS:
             t = getattr(masks, name)
             if t is None:

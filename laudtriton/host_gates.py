@@ -57,7 +57,8 @@ def host_spatial_masks(gates: Gates, x: torch.Tensor) -> BlockMasks | None:
     cell, ay, axt = _mask_tables((h, w), block.stride, g, "cpu", torch.float32)
     ho, wo = out_hw_of((h, w), block.stride)
     mask3 = np.take(grid.reshape(b, -1), cell.numpy(), axis=1).reshape(b, 1, ho, wo)
-    # cover counts of active cells per input pixel: small integers, exact in any order
-    mask1 = (ay.numpy() @ grid.reshape(b, *g) @ axt.numpy() > 0.5).reshape(b, 1, h, w)
+    # cover counts of active cells per input pixel: small integers, exact in any order;
+    # the product grouped as MAX_HOST_MACS counts it
+    mask1 = (ay.numpy() @ (grid.reshape(b, *g) @ axt.numpy()) > 0.5).reshape(b, 1, h, w)
     return BlockMasks(torch.from_numpy(grid.reshape(b, 1, *g)), torch.from_numpy(mask3),
                       torch.from_numpy(mask1), None)

@@ -18,6 +18,7 @@ leaves the maskers' FLOPs out. efficiency = FLOPs ratio / time ratio.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -33,8 +34,10 @@ from .nn import calibrate_rates, laud_resnet50, laud_resnet101
 from .nn.calibrate import realised_rate
 from .nn.resnet import LaudResNet
 from .ops.dense import dense_block
+from .planning import TUNE_MODES
 from .progress import Progress
 from .testing import assert_close, randomize_bn
+from .tune.options import check_rates
 from .tune.timing import interleaved_medians
 
 CL = torch.channels_last
@@ -146,6 +149,8 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
           log: Callable[[str], object] = print, progress: bool = True) -> list[BenchRow]:
     """Benchmark dense vs compiled for each rate; returns the rows (per block + 'model').
 
+    rates: target rates in [0, 1], run in increasing order, each once (rounded to 6
+    decimals and deduplicated, as ``--rates`` gives them: ``tune.options.check_rates``).
     allocator: "retain" calls ``runtime.retain_freed_memory()`` first (process-wide, for
     both the dense and the compiled model: at batch 8 glibc's default page-faults every
     forward's activations in again); "default" leaves the C allocator as it is, and
@@ -161,15 +166,25 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     reps; False also silences compile's lines (``compile(progress=False)``).
 
     Raises:
-        ValueError: repeat, reps or batch < 1, an unknown model or allocator, allocator
+        ValueError: no rates, or one that is not a number in [0, 1]; repeat, reps or
+            batch not an int >= 1; an unknown model, tune mode or allocator, allocator
             "default" once this process retains freed memory, or a mode or granularity the
-            model refuses.
+            model refuses (each before anything is built or timed, and before the
+            allocator changes).
         AssertionError: when the compiled logits are not the reference's (checked before
             anything is timed).
     """
+    # before the allocator changes and the model is built (a rate of 1.5 failed at its
+    # calibration, after the allocator changed and the rates before it ran; reps=2.5 at
+    # the first timing, after the compile)
     for name, value in (("repeat", repeat), ("reps", reps), ("batch", batch)):
-        if value < 1:  # before the allocator changes and the model is built
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if tune not in TUNE_MODES:
+        raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
+    rates = check_rates(rates)  # Python floats: a tensor's reached the rows and the CSV
     # building the first model validates the configuration before the allocator,
     # process-wide, changes
     first = build_model(model_name, mode, granularity, channel_granularity)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from .tune.atomic import atomic_text
+
 # set in the environment of the children of ``run_processes``: their --csv is a temporary
 # file handed to the parent, which reports the rows itself
 HANDOFF_ENV = "LAUDTRITON_BENCH_HANDOFF"
@@ -78,8 +80,9 @@ def format_rows(rows: list[BenchRow]) -> str:
 def write_csv(rows: list[BenchRow], path: str | Path) -> None:
     """Write ``rows`` to the CSV file ``path`` (replaced if it exists): a column per
     BenchRow field, ``runs`` joined by ';' (``read_csv`` reads it back); no rows, the
-    header alone."""
-    with open(path, "w", newline="") as f:
+    header alone. Written beside it and moved over it (``tune.atomic.atomic_text``): a
+    write cut short (a full disk, Ctrl-C) leaves the file as it was, not truncated."""
+    with atomic_text(path) as f:
         w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(BenchRow)])
         w.writeheader()
         for r in rows:

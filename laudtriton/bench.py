@@ -50,11 +50,21 @@ RATE_SLACK = 0.05
 
 def build_model(name: str, mode: str, granularity: str, channel_granularity: int | str = 1,
                 seed: int = 0) -> LaudResNet:
-    """A LAUD model with random weights and random (non-trivial) BN statistics.
+    """A LAUD model with random weights and random (non-trivial) BN statistics, drawn
+    from torch's generator seeded with ``seed`` (the same model for the same arguments),
+    which is then restored: the caller's random numbers are as they were.
 
     Raises:
         ValueError: an unknown model name, or a mode or granularity the model refuses.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _seeded_model(name, mode, granularity, channel_granularity, seed)
+
+
+def _seeded_model(name: str, mode: str, granularity: str, channel_granularity: int | str,
+                  seed: int) -> LaudResNet:
+    """``build_model``'s model, leaving torch's generator seeded with ``seed`` and past
+    the model's draws (``bench`` draws its input from there, inside its own fork)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r} unknown; accepted: {', '.join(MODELS)}")
     torch.manual_seed(seed)
@@ -143,6 +153,9 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int,
     return rows
 
 
+# bench's models and inputs are drawn after build_model's seed 0, in a fork of torch's
+# generator: the caller's is restored when bench returns or raises
+@torch.random.fork_rng(devices=[])
 def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], batch: int = 1,
           channel_granularity: int | str = 1, reps: int = 20, tune: str = "off",
           blocks: bool = True, repeat: int = 1, allocator: str = "default",
@@ -160,6 +173,8 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     middle one, less favourable to compiled), with every run's ratio in ``runs``. The
     new-input rows of later repeats continue the stream, so the engine's per-pattern
     caches are warmer in them.
+    The models and inputs are the same at every call (``build_model``'s seed 0; the
+    input drawn after the model's weights); torch's generator is restored on return.
     progress: a bar on stderr per rate over its timings (each block, then per repeat the
     interleaved whole-model rows and the new-input row, each counted as the model's
     number of blocks, as it takes about as long as all of them): minutes at the default
@@ -167,10 +182,11 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
 
     Raises:
         ValueError: no rates, or one that is not a number in [0, 1]; repeat, reps or
-            batch not an int >= 1; an unknown model, tune mode or allocator, allocator
-            "default" once this process retains freed memory, or a mode or granularity the
-            model refuses (each before anything is built or timed, and before the
-            allocator changes).
+            batch not an int >= 1, or reps x batch whose new inputs would take more than
+            half this machine's memory (``check_fresh_inputs``); an unknown model, tune
+            mode or allocator, allocator "default" once this process retains freed
+            memory, or a mode or granularity the model refuses (each before anything is
+            built or timed, and before the allocator changes).
         AssertionError: when the compiled logits are not the reference's (checked before
             anything is timed).
     """
@@ -182,17 +198,18 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    check_fresh_inputs(batch, reps, flags=False)  # (not after minutes of per-block rows)
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     rates = check_rates(rates)  # Python floats: a tensor's reached the rows and the CSV
     # building the first model validates the configuration before the allocator,
     # process-wide, changes
-    first = build_model(model_name, mode, granularity, channel_granularity)
+    first = _seeded_model(model_name, mode, granularity, channel_granularity, 0)
     setting = _set_allocator(allocator, log)
     rows = []
     for i, rate in enumerate(rates):
-        model = first if i == 0 else build_model(model_name, mode, granularity,
-                                                 channel_granularity)
+        model = first if i == 0 else _seeded_model(model_name, mode, granularity,
+                                                   channel_granularity, 0)
         x = torch.randn(batch, 3, 224, 224)
         realised = calibrate_rates(model, x, rate)
         mean = sum(realised) / len(realised)
@@ -318,12 +335,15 @@ def _median_run(rows: list[BenchRow]) -> BenchRow:
     return replace(mid, runs=tuple(r.ratio for r in rows))
 
 
-def check_fresh_inputs(batch: int, reps: int) -> None:
+def check_fresh_inputs(batch: int, reps: int, flags: bool = True) -> None:
     """The whole-model row on a new input every call (``_fresh_row``) holds its 2 x reps
     inputs of ``batch`` images at once (made before the timing, outside it).
 
+    flags: the error names the CLI's --reps and --batch; False, ``bench``'s arguments
+    reps and batch.
+
     Raises:
-        ValueError: naming --reps and --batch when they would take more than half this
+        ValueError: naming reps and batch when they would take more than half this
             machine's memory (10000 reps at batch 1: 12 GB; the run failed after minutes
             of other rows, blaming --batch alone).
     """
@@ -333,10 +353,11 @@ def check_fresh_inputs(batch: int, reps: int) -> None:
     except (ValueError, OSError, AttributeError):  # not known here: not checked
         return
     if need > total // 2:
-        raise ValueError(f"--reps {reps} with --batch {batch}: the row on a new input every "
+        r, b = ("--reps", "--batch") if flags else ("reps", "batch")
+        raise ValueError(f"{r} {reps} with {b} {batch}: the row on a new input every "
                          f"call holds 2 x {reps} inputs of {batch} image(s), "
                          f"{need / 2**30:.1f} GiB, more than half this machine's memory "
-                         f"({total / 2**30:.1f} GiB); give fewer --reps")
+                         f"({total / 2**30:.1f} GiB); give fewer {r}")
 
 
 def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: int,

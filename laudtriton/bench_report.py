@@ -60,16 +60,24 @@ def rate_text(rate: float) -> str:
     return two if float(two) == rate else f"{rate:g}"
 
 
+def _rate_width(rows: list[BenchRow]) -> int:
+    """The width of a table's rate column: its widest ``rate_text``, at least 5 (0.123457
+    is 8 wide: a column of 5 pushed the rest of its line to the right)."""
+    return max([5, *(len(rate_text(r.rate)) for r in rows)])
+
+
 def format_rows(rows: list[BenchRow]) -> str:
     """The bench table of ``rows``: a header, a rule, then one line per row (times in ms,
-    the rate as ``rate_text`` prints it, the spec column as wide as the longest spec and
-    at least 34); a row of more than one run ends with the ratio of every run."""
+    the rate as ``rate_text`` prints it, the rate column as wide as the widest rate and
+    at least 5, the spec column as wide as the longest spec and at least 34); a row of
+    more than one run ends with the ratio of every run."""
     w = max([34, *(len(r.spec) for r in rows)])  # the whole spec, as the CSV has it
-    head = (f"{'rate':>5} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
+    rw = _rate_width(rows)
+    head = (f"{'rate':>{rw}} {'block':<10} {'spec':<{w}} {'variant':<10} {'dense ms':>9} "
             f"{'sparse ms':>9} {'ratio':>6} {'FLOPs':>6} {'eff':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{rate_text(r.rate):>5} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
+        lines.append(f"{rate_text(r.rate):>{rw}} {r.block:<10} {r.spec:<{w}} {r.variant:<10} "
                      f"{r.dense_ms:>9.3f} {r.sparse_ms:>9.3f} {r.ratio:>6.3f} "
                      f"{r.flops_ratio:>6.3f} {r.efficiency:>5.2f}"
                      + (f"  runs {', '.join(f'{v:.3f}' for v in r.runs)}"
@@ -160,15 +168,16 @@ def process_summary(rows: list[BenchRow]) -> str:
     run's ratio over all processes (for an even count the upper of the two middle runs,
     as ``_median_run``: a measured run, the one less favourable to the compiled model),
     their range and count, and each process's reported (median-run) ratio in process
-    order."""
+    order (the rate column as wide as the widest rate, as in ``format_rows``)."""
     groups: dict[tuple[float, str], list[BenchRow]] = {}
     for r in rows:
         if r.block == "model":  # "dense=<format>": the format may differ by process
             groups.setdefault((r.rate, r.spec.split("=")[0]), []).append(r)
     procs = sorted({r.process for r in rows})
+    rw = _rate_width([r for r in rows if r.block == "model"])
     lines = [f"whole model over {len(procs)} processes: the median of every run's ratio "
              "(range, runs), then each process's median run",
-             f"{'rate':>5} {'row':<34} {'median (range, runs)':<26} per process"]
+             f"{'rate':>{rw}} {'row':<34} {'median (range, runs)':<26} per process"]
     for (rate, prefix), rs in groups.items():
         rs = sorted(rs, key=lambda r: r.process)
         every = [v for r in rs for v in (r.runs or (r.ratio,))]
@@ -177,6 +186,6 @@ def process_summary(rows: list[BenchRow]) -> str:
         labels = list(dict.fromkeys(r.spec for r in rs))  # the dense forms the processes
         label = labels[0] if len(labels) == 1 else (  # timed against, each named
             prefix + "=" + "/".join(lb.split("=", 1)[1] for lb in labels))
-        lines.append(f"{rate_text(rate):>5} {label:<34} {mid:<26} "
+        lines.append(f"{rate_text(rate):>{rw}} {label:<34} {mid:<26} "
                      + " ".join(f"{r.ratio:.3f}" for r in rs))
     return "\n".join(lines)

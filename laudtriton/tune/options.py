@@ -29,7 +29,8 @@ def parse_rates(text: str) -> list[float]:
 
     Raises:
         ValueError: naming ``--rates``, the value and the accepted forms; a step below
-            the rounding or more than MAX_RATES rates (refused before they are built).
+            the rounding or more than MAX_RATES rates (refused before they are built); a
+            rate inside (0, 1) that the rounding takes to 0 or 1 (1e-7, 0.9999999).
     """
     accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
 
@@ -55,7 +56,7 @@ def parse_rates(text: str) -> list[float]:
     if bad:
         raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad}")
     if ":" not in text:
-        rates = [round(r, 6) + 0.0 for r in raw]  # + 0.0: -0.0 is 0.0
+        given = raw
     else:
         if step < RATE_ROUNDING:
             raise ValueError(f"--rates {text!r}: step {step:g} is below {RATE_ROUNDING:g}, "
@@ -64,7 +65,10 @@ def parse_rates(text: str) -> list[float]:
         if n > MAX_RATES:
             raise ValueError(f"--rates {text!r} gives {n} rates; at most {MAX_RATES} "
                              "(e.g. '0:1:0.001')")
-        rates = [round(start + i * step, 6) + 0.0 for i in range(n)]
+        given = [start + i * step for i in range(n)]
+    rates = [round(r, 6) + 0.0 for r in given]  # + 0.0: -0.0 is 0.0
+    # a range's float error is no loss: 0.7 + 3 * 0.1 is 0.9999999999999999
+    _refuse_rounded_to_an_end(given, rates, f"--rates {text!r}", 1e-9 if ":" in text else 0.0)
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if bad or not rates:
         raise ValueError(f"--rates {text!r}: rates must lie in [0, 1], got {bad or rates}")
@@ -74,22 +78,36 @@ def parse_rates(text: str) -> list[float]:
     return sorted(set(rates))
 
 
+def _refuse_rounded_to_an_end(given: Sequence[float], rounded: Sequence[float], what: str,
+                              slack: float) -> None:
+    """A ValueError naming ``what`` for a rate of ``given`` more than ``slack`` inside
+    (0, 1) that the rounding (``rounded``) takes to 0 or 1: timed as masks all off or on."""
+    for g, r in zip(given, rounded, strict=True):
+        if (r == 0.0 and g > slack) or (r == 1.0 and g < 1.0 - slack):
+            raise ValueError(f"{what}: rate {g!r} rounds to {r:g} (rates are rounded to 6 "
+                             "decimals); give 0 or 1, or a rate in [1e-06, 0.999999]")
+
+
 def check_rates(rates: Sequence[float] | str) -> list[float]:
     """``sweep``'s rates, sorted, rounded to 6 decimals and deduplicated.
 
     Raises:
         ValueError: a string or sequence that is not numbers, or none, or one outside
-            [0, 1].
+            [0, 1], or one inside (0, 1) by more than 1e-9 that the rounding takes to 0
+            or 1 (1e-7, 0.9999999).
     """
     if isinstance(rates, str):
         rates = parse_rates(rates)
     try:
-        out = sorted({round(float(r), 6) for r in rates})
+        given = [float(r) for r in rates]
     except (TypeError, ValueError):
         raise ValueError(f"rates {rates!r} must be a sequence of numbers in [0, 1] or a "
                          "string ('0.25,0.5' or 'start:stop:step')") from None
+    rounded = [round(g, 6) for g in given]
+    out = sorted(set(rounded))
     if not out or any(not 0.0 <= r <= 1.0 for r in out):
         raise ValueError(f"rates {out!r} must be non-empty and lie in [0, 1]")
+    _refuse_rounded_to_an_end(given, rounded, f"rates {given!r}", 1e-9)  # (float error)
     return out
 
 

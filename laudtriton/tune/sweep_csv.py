@@ -44,12 +44,13 @@ def read_csv(path: str | Path) -> list[dict]:
 
     Raises:
         ValueError: naming ``path`` (and the row and column): not a readable CSV, a
-            column the plots need missing, an empty model, block or variant, a rate or
-            seconds cell that is not a number, a rate outside [0, 1], a FLOPs ratio
-            that is negative or not finite, an S that is not an int >= 1, a dispatched
-            cell that is not 0 or 1 (empty or absent: 1), a spec_key
-            that is not a block spec, seconds that are not positive (inf, a failed
-            config, is accepted, and so is nan dense seconds: sweep writes both).
+            column the plots need missing (a bench CSV, ``laudtriton bench --csv``'s, is
+            named as one), a row with more cells than the header has columns, an empty
+            model, block or variant, a rate or seconds cell that is not a number, a rate
+            outside [0, 1], a FLOPs ratio that is negative or not finite, an S that is
+            not an int >= 1, a dispatched cell that is not 0 or 1 (empty or absent: 1), a
+            spec_key that is not a block spec, seconds that are not positive (inf, a
+            failed config, is accepted, and so is nan dense seconds: sweep writes both).
     """
     try:  # (utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark)
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -57,11 +58,19 @@ def read_csv(path: str | Path) -> list[dict]:
     except (csv.Error, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV ({e})") from None
     need = {"model", "block", "spec", "rate", "variant", "seconds"}
+    bench = ("dense_ms", "sparse_ms", "ratio")  # a bench CSV's timing columns
+    if rows and not need <= set(rows[0]) and set(bench) <= set(rows[0]):
+        raise ValueError(f"{path}: a `laudtriton bench --csv` file (columns "
+                         f"{', '.join(bench)}), not a sweep CSV: the plots take a sweep CSV "
+                         "(`laudtriton sweep --csv`) or the autotune cache (`--from cache`)")
     if rows and not need <= set(rows[0]):
         raise ValueError(f"{path}: not a sweep CSV; missing columns "
                          f"{sorted(need - set(rows[0]))}")
     for i, r in enumerate(rows, 1):
         where = f"{path}: row {i} (line {i + 1}), column"
+        if None in r:  # DictReader's key for the cells past the header's columns
+            raise ValueError(f"{path}: row {i} (line {i + 1}) has {len(r) - 1 + len(r[None])} "
+                             f"cells, more than the {len(r) - 1} columns of its header")
         for k in ("model", "block", "variant"):  # the figures' names and their lines
             if not (r[k] or "").strip():
                 raise ValueError(f"{where} {k!r} is empty")

@@ -3,7 +3,9 @@ of each block's input, ``pooling.mean_rows`` as ``compiled_block`` calls it, and
 gates) against their variants, beside the dense network (channels_last, the same folded
 weights), in one process. Wall-clock timers are wrapped around the compiled blocks'
 methods, so this is a profile, not a benchmark figure: ``laudtriton bench`` gives those
-(interleaved medians).
+(interleaved medians). The first line names ``--rate`` and the mean over the blocks of
+the rate the calibrated masks realise on the input (round(rate * N) / N of each masker's N
+decisions: at batch 1 a layer gate is on or off, and rate 0.5 turns every one off).
 
     python benchmarks/masker_share.py --mode channel --batch 1
 """
@@ -47,19 +49,35 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return sorted(ts)[reps // 2] * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (None: sys.argv[1:]), compile, time and print the profile. A bad
+    option exits through argparse (code 2, one line naming it) before any compiling."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="laud_resnet101")
     p.add_argument("--mode", default="channel")
     p.add_argument("--granularity", default="4-4-2-1")
     p.add_argument("--channel-granularity", default="2")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rate", type=float, default=0.5)
-    p.add_argument("--reps", type=int, default=10)
-    args = p.parse_args()
-    model = build_model(args.model, args.mode, args.granularity, args.channel_granularity)
+    p.add_argument("--batch", type=int, default=1, help="batch size, >= 1 (default 1)")
+    p.add_argument("--rate", type=float, default=0.5,
+                   help="rate the maskers are calibrated to, in [0, 1] (default 0.5)")
+    p.add_argument("--reps", type=int, default=10, help="timed forwards, >= 1 (default 10)")
+    args = p.parse_args(argv)
+    # checked here: --reps 0 failed with an IndexError after compiling and warming up
+    for flag, value in (("--batch", args.batch), ("--reps", args.reps)):
+        if value < 1:
+            p.error(f"{flag} {value}: accepted an int >= 1")
+    if not 0.0 <= args.rate <= 1.0:  # (nan too)
+        p.error(f"--rate {args.rate:g}: accepted a number in [0, 1]")
+    try:
+        model = build_model(args.model, args.mode, args.granularity,
+                            args.channel_granularity)
+    except ValueError as e:  # names the model, mode or granularity and what is accepted
+        p.error(str(e))
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    calibrate_rates(model, x, args.rate)
+    # printed beside --rate: the masks realise round(rate * N) / N of each masker's N
+    # decisions (at batch 1 and rate 0.5 every layer gate is off); mean over the blocks
+    rates = calibrate_rates(model, x, args.rate)
+    achieved = sum(rates) / len(rates)
     cm = laudtriton.compile(model, x, backend="cpu", tune="cached")
     dense = DenseModel(model, torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)
@@ -75,7 +93,8 @@ def main() -> None:
         dense_ms = median_ms(lambda: dense(xc), args.reps)
         totals.clear()
         compiled_ms = median_ms(lambda: cm(x), args.reps)
-    print(f"{args.model} {args.mode} batch {args.batch} rate {args.rate}, "
+    print(f"{args.model} {args.mode} batch {args.batch} rate {args.rate:g} (achieved "
+          f"{achieved:.3f}), "
           f"{torch.get_num_threads()} threads: dense {dense_ms:.2f} ms, compiled "
           f"{compiled_ms:.2f} ms ({compiled_ms / dense_ms:.3f} of dense)")
     for name, seconds in totals.items():  # the layer path pools in its own step too

@@ -32,10 +32,15 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (None: sys.argv[1:]), compile and print the resident set size as the
+    forwards run. A bad ``--calls`` exits through argparse (code 2) before compiling."""
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--calls", type=int, default=400, help="forwards to run (default 400)")
-    args = ap.parse_args()
+    ap.add_argument("--calls", type=int, default=400,
+                    help="forwards to run, >= 1 (default 400)")
+    args = ap.parse_args(argv)
+    if args.calls < 1:  # compiled, printed one figure and ran nothing
+        ap.error(f"--calls {args.calls}: accepted an int >= 1")
     torch.manual_seed(0)
     model = build_model("laud_resnet50", "layer", "4-4-2-1")
     x = torch.randn(8, 3, 64, 64)

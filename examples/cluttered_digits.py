@@ -32,6 +32,7 @@ are written: the learned masks over test images, and latency vs activation rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
@@ -199,6 +200,22 @@ def train(model: LaudResNet, train_x: torch.Tensor, train_y: torch.Tensor, cfg: 
     return history
 
 
+def save_state(model: LaudResNet, path: Path) -> None:
+    """Write ``model.state_dict()`` to ``path`` (torch.save) atomically: into a temp file
+    beside it (beside the file a symbolic link points to, the link kept), then
+    ``os.replace``. A failed or interrupted save leaves the old file whole and no temp
+    file (it wrote straight into the path: half a file, the old model lost)."""
+    real = Path(os.path.realpath(path))
+    tmp = real.with_name(f".{real.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 # -- evaluation ------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -317,7 +334,8 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     p.add_argument("--digit-size", type=int, default=Config.digit_size,
                    help="side of the upscaled digit on the canvas, in pixels")
     p.add_argument("--save", default=None,
-                   help="write the trained model's state_dict here (torch.save)")
+                   help="write the trained model's state_dict here (torch.save, "
+                        "atomically: an old file is replaced whole)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
@@ -373,7 +391,7 @@ def main(argv=None) -> dict:
     print(f"training: {wall:.0f} s wall, {cpu:.0f} s CPU time of this process "
           f"(an idle-machine wall time is at most about the CPU time)")
     if save is not None:
-        torch.save(model.state_dict(), save)
+        save_state(model, save)
         print(f"model saved to {save} (rebuild it with build_model(Config()))")
 
     ref = evaluate(model, test_x, te_y)

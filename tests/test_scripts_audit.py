@@ -1,0 +1,179 @@
+"""The scripts under benchmarks/ and examples/: their options refused before any work,
+what they print, and a cheap CPU smoke run of those no other test runs
+(masker_share.py, memory_batches.py, layer_cost_per_sample.py). gpu_overhead.py and
+gpu_blocks.py: tests/test_gpu_overhead.py; cluttered_digits.py: test_example_digits.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import laudtriton
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(rel: str):
+    """The script at ``rel`` as a module (registered in sys.modules only while it runs:
+    the example's dataclass looks its module up)."""
+    name = "_scripts_audit_" + Path(rel).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(name, None)
+    return mod
+
+
+def _run(rel: str, args: list[str], cache: Path) -> str:
+    """Run the script in a subprocess (it patches classes for its profile), with an empty
+    autotune cache directory; returns its stdout."""
+    env = dict(os.environ, LAUDTRITON_CACHE_DIR=str(cache))
+    done = subprocess.run([sys.executable, str(ROOT / rel), *args], capture_output=True,
+                          text=True, env=env, cwd=cache, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _no_work(monkeypatch, mod) -> None:
+    """Compiling or calibrating in ``mod`` fails the test: an option must be refused first."""
+    def work(*args, **kwargs):
+        raise AssertionError("worked before refusing the option")
+    monkeypatch.setattr(laudtriton, "compile", work)
+    if hasattr(mod, "calibrate_rates"):
+        monkeypatch.setattr(mod, "calibrate_rates", work)
+
+
+# -- masker_share.py ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("option,says", [
+    (["--reps", "0"], "--reps 0: accepted an int >= 1"),  # was an IndexError after compile
+    (["--reps", "-2"], "--reps -2: accepted an int >= 1"),
+    (["--batch", "0"], "--batch 0: accepted an int >= 1"),
+    (["--rate", "1.5"], "--rate 1.5: accepted a number in [0, 1]"),
+    (["--rate", "nan"], "--rate nan: accepted a number in [0, 1]"),
+    (["--model", "resnet9"], "model 'resnet9' unknown"),
+    (["--mode", "foo"], "mode 'foo' unknown"),
+    (["--granularity", "9-9"], "granularity '9-9' has 2 stages"),
+])
+def test_masker_share_refuses_bad_options_before_compiling(option, says, monkeypatch,
+                                                           capsys):
+    """These were tracebacks; --reps 0 only after compiling and warming up (IndexError)."""
+    mod = _load("benchmarks/masker_share.py")
+    _no_work(monkeypatch, mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(option)
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_masker_share_prints_the_rate_the_masks_realise(tmp_path):
+    """A layer gate at batch 1 is on or off: calibrated to 0.5, every block is skipped,
+    and the line said "rate 0.5" beside a compiled time of a fraction of dense."""
+    out = _run("benchmarks/masker_share.py", ["--model", "laud_resnet50", "--mode", "layer",
+                                              "--batch", "1", "--reps", "1"], tmp_path)
+    head = out.splitlines()[-4:]
+    line = next(x for x in head if x.startswith("laud_resnet50 layer batch 1"))
+    assert "rate 0.5 (achieved 0.000)" in line and " of dense)" in line
+    assert any(x.strip().startswith("variants") and "ms a forward" in x for x in head)
+
+
+# -- memory_batches.py -------------------------------------------------------------------
+
+@pytest.mark.parametrize("calls", ["0", "-3"])
+def test_memory_batches_refuses_calls_below_one(calls, monkeypatch, capsys):
+    """--calls 0 compiled, printed the memory after compiling and ran no forward."""
+    mod = _load("benchmarks/memory_batches.py")
+    _no_work(monkeypatch, mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--calls", calls])
+    assert e.value.code == 2
+    assert f"--calls {calls}: accepted an int >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS (Linux)")
+def test_memory_batches_smoke(tmp_path):
+    out = _run("benchmarks/memory_batches.py", ["--calls", "11"], tmp_path)
+    lines = [x for x in out.splitlines() if x.startswith(("after compile", "call "))]
+    assert [x.split(":")[0] for x in lines] == ["after compile", "call 10", "call 11"]
+    assert all(float(x.split(": ")[1].split()[0]) > 0 for x in lines)
+
+
+# -- layer_cost_per_sample.py ------------------------------------------------------------
+
+def test_layer_cost_per_sample_takes_no_options(monkeypatch, capsys):
+    mod = _load("benchmarks/layer_cost_per_sample.py")
+    _no_work(monkeypatch, mod)
+    monkeypatch.setattr(sys, "argv", ["layer_cost_per_sample.py", "--batch", "2"])
+    with pytest.raises(SystemExit) as e:
+        mod.main()
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_layer_cost_per_sample_times_a_block_at_each_count():
+    """``time_block`` on a folded layer block at a 16x16 map (the script's main compiles
+    LAUD-ResNet-101 at batch 8, 224x224: about 30 s)."""
+    from laudtriton.bench import build_model
+    from laudtriton.ops import fold_block
+
+    mod = _load("benchmarks/layer_cost_per_sample.py")
+    block = dict(build_model("laud_resnet50", "layer", "4-4-2-1").blocks())["layer1.1"]
+    fb = fold_block(block, torch.float32, "cpu")
+    x = torch.relu(torch.randn(3, 256, 16, 16)).contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    ms = [mod.time_block(fb, x, n) for n in range(4)]
+    assert all(t > 0 for t in ms)
+    assert torch.equal(x, before)  # each call runs in place on a copy
+
+
+# -- cluttered_digits.py -----------------------------------------------------------------
+
+def test_example_save_replaces_the_old_file_whole(tmp_path, monkeypatch):
+    """--save wrote straight into the path: a save that failed half way (a full disk)
+    left half a file there, the old model lost. Now a temp file is moved over it."""
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
+    cd = _load("examples/cluttered_digits.py")
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"old model")
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cd, "train", lambda *a, **k: [])
+    monkeypatch.setattr(torch, "save", full_disk)
+    with torch.random.fork_rng(devices=[]), pytest.raises(OSError, match="No space"):
+        cd.main(["--quick", "--out", str(tmp_path / "o"), "--save", str(path)])
+    assert path.read_bytes() == b"old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "o"]  # no temp file
+
+
+def test_example_save_writes_a_state_dict_the_model_loads(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
+    cd = _load("examples/cluttered_digits.py")
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"old model")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(cd, "train", lambda *a, **k: [])
+    monkeypatch.setattr(cd, "evaluate", stop)  # after the save: no compiling or timing
+    with torch.random.fork_rng(devices=[]):
+        with pytest.raises(Stop):
+            cd.main(["--quick", "--out", str(tmp_path / "o"), "--save", str(path)])
+        model = cd.build_model(cd.Config())
+    model.load_state_dict(torch.load(path))  # strict
+    assert f"model saved to {path}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "o"]

@@ -3,6 +3,9 @@ model, and the input the forward calls each of them with."""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -42,13 +45,21 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
     Raises:
         ValueError: if a module of ``named`` is called without a tensor input, or a
             LaudResNet on inputs of two sizes (its CompiledModel runs one), or if the
-            forward fails (naming its error, and ``replaced`` where there are some)."""
+            forward fails (naming its error, and ``replaced`` where there are some).
+
+    Warns (UserWarning) for a LAUD block called at several map sizes: its CompiledBlock is
+    planned for the first (at the others it runs the variant chosen there, or ``dense``
+    where that variant does not run the size: ``CompiledBlock._fit``)."""
     captured, seen, handles = [], {}, []
+    sizes: dict[str, list[tuple[int, ...]]] = {}  # the map sizes each block is called at
 
     def hook(m, args, kwargs, name):
         xin = args[0] if args else kwargs.get("x")
         if name in seen:
             first = seen[name]
+            if (isinstance(m, LaudBottleneck) and isinstance(xin, torch.Tensor)
+                    and tuple(xin.shape[2:]) not in sizes[name]):
+                sizes[name].append(tuple(xin.shape[2:]))
             if (isinstance(m, LaudResNet) and isinstance(xin, torch.Tensor)
                     and xin.shape[1:] != first[1:]):  # a CompiledModel runs one size
                 raise ValueError(
@@ -63,6 +74,7 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
                              f"arguments and keywords {sorted(kwargs)}; accepted: its input "
                              "tensor, as the first argument or as x=")
         seen[name] = tuple(xin.shape)
+        sizes[name] = [tuple(xin.shape[2:])]
         # a copy: the forward may write the tensor in place after the call (an inplace
         # ReLU on it), and compile plans on the input as the module was called with it
         captured.append((name, m, xin.detach().clone()))
@@ -97,7 +109,29 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
     finally:
         for h in handles:
             h.remove()
+    for name, hws in sizes.items():
+        if len(hws) > 1:
+            shown = [f"{h}x{w}" for h, w in hws]
+            warnings.warn(
+                f"laudtriton.compile: {name} is called at map sizes "
+                f"{', '.join(shown[:-1])} and {shown[-1]} in one forward; its compiled "
+                f"block is planned for the first ({shown[0]}) and runs that plan at the "
+                "others (dense where the variant chosen does not run the size): call a "
+                "block of its own at each size (copy.deepcopy) to plan each",
+                stacklevel=_outside_level())
     return captured, [name for name, _ in named if name not in seen]
+
+
+def _outside_level() -> int:
+    """The ``stacklevel`` that makes a warning raised in the function calling this one
+    point at the first frame outside this package (the user's call of compile)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 REFUSES = "compile: the model refuses the example input"
@@ -119,11 +153,16 @@ def block_inputs(model: nn.Module, x: torch.Tensor, replaced: Sequence[str] = ()
                  ) -> tuple[list, list[str]]:
     """Run the reference model in eval: ``capture_inputs`` of every LAUD block outside what
     compile built (the blocks of a LaudResNet a user's forward calls one by one
-    included); replaced: the LaudResNets compile replaced already (``capture_inputs``).
+    included), each block object once, by its first name (one reached through a module
+    held in two places: its one attribute is one place); replaced: the LaudResNets
+    compile replaced already (``capture_inputs``).
 
     Raises:
         ValueError: as ``capture_inputs``.
     """
     if isinstance(model, LaudBottleneck):
         return capture_inputs(model, x, [("block", model)])
-    return capture_inputs(model, x, list(outermost_modules(model, LaudBottleneck)), replaced)
+    firsts: dict[int, tuple[str, nn.Module]] = {}
+    for name, block in outermost_modules(model, LaudBottleneck):
+        firsts.setdefault(id(block), (name, block))
+    return capture_inputs(model, x, list(firsts.values()), replaced)

@@ -73,10 +73,17 @@ from .compile_checks import (
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
 from .guards import no_autocast
-from .module_copy import bake_parametrizations, set_submodule, swap_blocks, uncalled_parts
+from .module_copy import (
+    bake_parametrizations,
+    separate_places,
+    set_submodule,
+    swap_blocks,
+    uncalled_parts,
+)
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
+from .ops.fold import FoldedBlock
 from .planning import candidate_variants, plan_block
 from .predict.calibration import fitted_predictor
 from .schedule import DispatchTable, run_rate
@@ -132,7 +139,12 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
-        never reaches stays as it is, with a warning naming it. Your forward runs on the
+        never reaches stays as it is, with a warning naming it. A block object held in
+        several places (attributes) gets a CompiledBlock in each, planned for the input
+        that place is called with, all on one copy of its folded weights; one place
+        called at several map sizes is planned for the first, with a warning (the
+        others run that plan, or ``dense`` where its variant does not run the size).
+        Your forward runs on the
         example two or three times: to find those parts and their inputs (once more
         when a LaudResNet is compiled first), then with every part in place, to check
         that it calls each (one reached through a reference compile does not replace,
@@ -268,6 +280,11 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     predictor = fitted_predictor(cache, device) if tune == "cached" else None
     tables: dict[BlockSpec, DispatchTable] = {}
     blocks = []
+    # a LAUD block in several places of a user's module: a block object per place, each
+    # planned for its own input, all on one fold (``folds``, by the first place's name)
+    first_place = ({} if isinstance(ref, (LaudResNet, LaudBottleneck))
+                   else separate_places(ref))
+    folds: dict[str, FoldedBlock] = {}
     captured, missed = block_inputs(ref, x, replaced)
     distinct: set[BlockSpec] = set()  # tuning progress on stderr: block i of n
 
@@ -285,8 +302,10 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     for (name, block, xin), spec in zip(captured, specs):
         if not isinstance(ref, (LaudResNet, LaudBottleneck)):
             check_finite(block, f"{name}.")
-        fb = fold_block(block, dtype, device)
-        check_folded(f"{name}: its BatchNorm layers fold", fb.fingerprint().tensors)
+        fb = folds.get(first_place.get(name, name))
+        if fb is None:
+            fb = folds[first_place.get(name, name)] = fold_block(block, dtype, device)
+            check_folded(f"{name}: its BatchNorm layers fold", fb.fingerprint().tensors)
         with torch.no_grad():
             masks, _ = block.compute_masks(xin)
         if spec not in tables:  # equal specs are tuned once
@@ -310,8 +329,8 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
     """The user's module ``ref`` (a copy) with its LAUD blocks replaced by ``blocks``, its
     LaudResNets compiled already, warning about the parts the example forward did not
     reach (``captured``: the names of the blocks it called; ``missed``, ``missed_nets``:
-    those it did not), a block in two places, and compiled parts its forward no longer
-    calls; ``variants`` checked over all its blocks.
+    those it did not) and compiled parts its forward no longer calls; ``variants``
+    checked over all its blocks.
     """
     # a LaudResNet is reported once, not block by block, when none of its blocks ran
     unreached = [n for n in missed_nets
@@ -323,22 +342,9 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                       "another branch on other inputs runs them as they are, dense with "
                       "masks)", stacklevel=_caller_level())
     out = swap_blocks(ref, blocks)
-    # a LAUD block in two places of the user's module: its first place was compiled, the
-    # module's other attribute still holds the block itself
-    left = [(n, m) for n, m in out.named_modules(remove_duplicate=False)
-            if isinstance(m, LaudBottleneck)]
-    shared = [n for n, _ in left if not any(n == u or n.startswith(u + ".") for u in unreached)]
-    if shared:
-        warnings.warn(f"laudtriton.compile: {', '.join(shared)} left uncompiled: a LAUD "
-                      "block in two places of the module is compiled in its first place "
-                      "only; the others run it as it is (dense with masks; give each place "
-                      "its own block, copy.deepcopy, to compile it)", stacklevel=_caller_level())
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
-    # a block also held elsewhere may be called there (the warning above says so)
-    elsewhere = {id(m) for _, m in left}
-    uncalled = [n for n, part in uncalled_parts(out, x)
-                if not (isinstance(part, CompiledBlock) and id(part.fb.block) in elsewhere)]
+    uncalled = [n for n, _ in uncalled_parts(out, x)]
     if uncalled:
         warnings.warn(f"laudtriton.compile: the compiled module's forward did not call "
                       f"{', '.join(uncalled)} on the example input, which its uncompiled "

@@ -131,8 +131,8 @@ def check_block_places(model: nn.Module) -> None:
     runs, lists a shared block once and a nested one beside its parent, so the two would
     run other blocks. (A whole LaudResNet in two places of a module: its first place
     becomes a CompiledModel, the other keeps its stem and head with compiled blocks. A
-    LAUD block in two places of a module outside any LaudResNet is compiled in its first
-    place, with a warning naming the others.)
+    LAUD block in two places of a module outside any LaudResNet is compiled in each,
+    planned for that place's input: ``module_copy.separate_places``.)
 
     Raises:
         ValueError: naming both places of a shared block, or the nested block.

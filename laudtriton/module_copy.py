@@ -1,8 +1,11 @@
 """Compile's copy of the user's module: the parametrizations baked into plain tensors,
 the compiled parts put in place of what they replace (each module holding one then
-guarded, ``guards.guard``), and the parts its forward no longer calls."""
+guarded, ``guards.guard``), each place of a shared LAUD block given its own block object,
+and the parts its forward no longer calls."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -11,6 +14,7 @@ from .capture import outermost_modules
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
 from .guards import first_line, guard, parts_compiled_as
+from .nn.block import LaudBottleneck
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -55,6 +59,50 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
                 else:
                     m.register_buffer(name, value)
     return module
+
+
+def separate_places(module: nn.Module) -> dict[str, str]:
+    """Give each place of a LAUD block that ``module`` (compile's own copy) holds in
+    several places (attributes of one parent or of several) its own block object, in
+    place: a copy of the block sharing its submodules, parameters and buffers (weights
+    stay shared; the block's own settings and hook tables are its own). The example
+    forward then tells the places apart (a capture hook sits on one object, and every
+    call of a shared object reached the hooks of all its places), so each is planned for
+    the input it is called with. Blocks inside compiled parts are not looked at; one
+    parent module reached by two paths is one place (its attribute is one).
+
+    Returns:
+        {name of each later place: name of its block's first place}, places named by
+        their first path (``outermost_modules``' order).
+    """
+    places: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    seen: set[int] = set()
+
+    def walk(parent: nn.Module, prefix: str) -> None:
+        if id(parent) in seen:
+            return
+        seen.add(id(parent))
+        for attr, child in parent._modules.items():
+            name = f"{prefix}.{attr}" if prefix else attr
+            if isinstance(child, LaudBottleneck):
+                places.setdefault(id(child), []).append((name, parent, attr))
+            elif child is not None and not isinstance(child, (CompiledBlock, CompiledModel)):
+                walk(child, name)
+    walk(module, "")
+    first = {}
+    for (name0, parent0, attr0), *later in places.values():
+        block = parent0._modules[attr0]
+        for name, parent, attr in later:
+            setattr(parent, attr, _place_copy(block))
+            first[name] = name0
+    return first
+
+
+def _place_copy(block: nn.Module) -> nn.Module:
+    """A copy of ``block`` whose submodules, parameters and buffers are block's own."""
+    keep = {id(v): v for table in (block._modules, block._parameters, block._buffers)
+            for v in table.values() if v is not None}
+    return copy.deepcopy(block, keep)
 
 
 def uncalled_parts(module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:

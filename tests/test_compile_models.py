@@ -1585,16 +1585,20 @@ def test_a_hook_on_the_compiled_stem_pool_keeps_what_it_saw():
     assert_close(seen["o"], want, name="the stem pool's output, kept by its hook")
 
 
-def test_a_block_in_two_places_of_a_users_module_warns_for_the_second():
-    """Outside any LaudResNet a shared block compiles in its first place; the second kept
-    the block itself with no word (README promises a warning for what stays
-    uncompiled)."""
+def test_a_block_in_two_places_of_a_users_module_is_compiled_in_both():
+    """Outside any LaudResNet a shared block was compiled in its first place only (the
+    second kept the block itself, with a warning); each place now gets its own
+    CompiledBlock, on one fold of the weights, with no warning."""
+    from laudtriton.compiled_block import CompiledBlock
+
     blk = make_block(16, 4, granularity=2, seed=1)
     twice = nn.Sequential(blk, blk).eval()
     x = torch.randn(2, 16, 8, 8)
-    with pytest.warns(UserWarning, match=r"laudtriton.compile: 1 left uncompiled: a LAUD "
-                                         r"block in two places"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         cm = compile_cpu(twice, x)
+    assert isinstance(cm[0], CompiledBlock) and isinstance(cm[1], CompiledBlock)
+    assert cm[0].fb is cm[1].fb
     with torch.no_grad():
         assert_close(cm(x), twice(x))
 
@@ -1753,9 +1757,9 @@ def test_a_compiled_part_the_forward_does_not_call_is_warned_about():
 
 
 def test_a_block_in_two_places_called_through_its_second_is_warned_about_once():
-    """Its first place is compiled and its second left as it is (warned about); the
-    forward calls the second, so the compiled first is not called: that is not a second
-    defect to report (it was, as a bound method)."""
+    """Each place is its own block now: the forward calls the second, so the first is
+    the part it never calls (warned about once, as such); no "did not call" warning of
+    a compiled part (there was one, as a bound method)."""
     blk = make_block(16, 4, mode="spatial", granularity=2)
 
     class Two(nn.Module):
@@ -1770,7 +1774,7 @@ def test_a_block_in_two_places_called_through_its_second_is_warned_about_once():
         warnings.simplefilter("always")
         compile_cpu(Two().eval(), torch.randn(1, 16, 8, 8))
     texts = [str(w.message) for w in seen]
-    assert any("b left uncompiled: a LAUD block in two places" in t for t in texts), texts
+    assert any("never calls a; left uncompiled" in t for t in texts), texts
     assert not any("did not call" in t for t in texts), texts
 
 

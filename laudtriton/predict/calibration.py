@@ -46,13 +46,18 @@ FLOOR = 1e6
 # longest dispatch (1 s): a file holding an overhead of 1e300 s passed, and predict
 # printed "launch 1e+306 us" and times to match.
 CEILING, MAX_OVERHEAD = 1e17, 1.0
+# The most SMs a GPU calibration may hold (the largest GPUs have about 300): they set the
+# tile waves of ``model.quantisation``, and a file holding 1e9 predicted a dense block at
+# 3915 s for 0.5 ms, silently. A CPU's units (threads) are not bounded: the model does not
+# use them.
+MAX_SMS = 1024
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Measured numbers of one device. peak: {dtype: multiply-adds/s}; bandwidth: B/s;
     overhead: s per op dispatch / kernel launch; threads: torch CPU threads;
-    units: SMs (CUDA) or threads (CPU)."""
+    units: SMs (CUDA, at most ``MAX_SMS``) or threads (CPU)."""
 
     fingerprint: str
     kind: str
@@ -67,12 +72,14 @@ class Calibration:
         """Raises ValueError naming the first field of a wrong type or value: a file can
         hold anything, and a NaN peak would turn every prediction into nan."""
         def positive(x, zero_ok=False, least=0.0, most=CEILING) -> bool:
+            # bounds before isfinite: an int past float's range (JSON reads 10**400 as
+            # one) made math.isfinite raise OverflowError, not the ValueError due
             return (isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and math.isfinite(x) and (x > least or (zero_ok and x == 0))
-                    and x <= most)
+                    and (x > least or (zero_ok and x == 0)) and x <= most
+                    and math.isfinite(x))
 
-        def count(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+        def count(x, most=math.inf) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= most
 
         checks = (
             ("fingerprint", isinstance(self.fingerprint, str), "a string"),
@@ -86,7 +93,8 @@ class Calibration:
             ("overhead", positive(self.overhead, zero_ok=True, most=MAX_OVERHEAD),
              f"a number of s in [0, {MAX_OVERHEAD:g}]"),
             ("threads", count(self.threads), "an int >= 1"),
-            ("units", count(self.units), "an int >= 1"),
+            ("units", count(self.units, MAX_SMS if self.kind == "gpu" else math.inf),
+             f"an int >= 1 (<= {MAX_SMS} SMs on a GPU)"),
             ("created", isinstance(self.created, str), "a string"))
         for name, ok, accepted in checks:
             if not ok:

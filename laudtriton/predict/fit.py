@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..nn.maskers import check_positive_ints
+from ..nn.maskers import check_positive_ints, positive_real
 from ..ops.spec import BlockSpec
 from .hardware import DTYPES, HardwareSpec
 from .model import DEFAULT_FACTORS, Factors, factor_key, predict_block, resolve_variant, terms
@@ -22,12 +22,23 @@ log = logging.getLogger("laudtriton")
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured point: spec, rate bucket, variant, best seconds over its configs."""
+    """One measured point: spec, rate bucket, variant, best seconds over its configs.
+
+    Raises:
+        ValueError: if seconds is not a finite number > 0 (a failed config's inf, a NaN,
+            0: one such point among good ones put every fitted factor at the edge of the
+            search box, eff_c 1000x the peak, and dropped the per-variant factors;
+            :func:`samples` skips them in cache entries).
+    """
 
     spec: BlockSpec
     rate: float
     variant: str
     seconds: float
+
+    def __post_init__(self) -> None:
+        """Check seconds (see the class docstring); kept as a float."""
+        object.__setattr__(self, "seconds", positive_real("Sample.seconds", self.seconds))
 
 
 def samples(entries: Iterable) -> list[Sample]:
@@ -120,6 +131,9 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     eff_m is searched on a refined log grid, each candidate scored by the summed loss of the
     per-variant fits (on synthetic timings this recovers the true factors; a pooled eff_m
     fitted with shared eff_c/overhead did not).
+
+    Cache entries are read through :func:`samples` (failed configs' inf and other times
+    that are no duration skipped); a Sample holds a finite time > 0 by construction.
 
     Raises:
         ValueError: if min_samples is not a positive int (0 fitted factors on no timing).

@@ -24,8 +24,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _finite(v: object) -> bool:
-    """A finite real number, not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number, not a bool (nor an int past float's range: 10**400 raised
+    OverflowError where the ValueError naming the field was due)."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ server feeding many batch sizes pays (per-batch-size packings and index tables).
 LAUD-ResNet-50, layer skipping, 64x64 inputs, maskers calibrated to rate 0.5 on a batch
 of 8, compiled for this CPU with ``tune="off"``; then ``--calls`` forwards of random
 inputs whose batch size cycles 1, 2, ..., 10, printing the process's resident set size
-(VmRSS, Linux) after compiling and at a few call counts.
+(VmRSS, Linux, in MiB: kB / 1024) after compiling and at a few call counts.
 
     python benchmarks/memory_batches.py [--calls 400]
 """
@@ -23,8 +23,8 @@ from laudtriton.nn.calibrate import calibrate_rates
 MARKS = (10, 20, 50, 100, 150, 200, 250, 300, 350, 400, 600, 800, 1000)
 
 
-def rss_mb() -> float:
-    """This process's resident set size in MB (VmRSS of /proc/self/status)."""
+def rss_mib() -> float:
+    """This process's resident set size in MiB (VmRSS of /proc/self/status, in kB, / 1024)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS"):
@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(8, 3, 64, 64)
     calibrate_rates(model, x, 0.5)
     cm = laudtriton.compile(model, x, backend="cpu", tune="off")
-    print(f"after compile: {rss_mb():.0f} MB", flush=True)
+    print(f"after compile: {rss_mib():.0f} MiB", flush=True)
     t0 = time.time()
     with torch.no_grad():
         for i in range(1, args.calls + 1):
             cm(torch.randn((i - 1) % 10 + 1, 3, 64, 64))
             if i in MARKS or i == args.calls:
-                print(f"call {i}: {rss_mb():.0f} MB ({time.time() - t0:.0f} s)", flush=True)
+                print(f"call {i}: {rss_mib():.0f} MiB ({time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -344,10 +344,8 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     a = p.parse_args(argv)
     if not 0 <= a.seed < 2**32:
         p.error(f"--seed must be in [0, 2**32), got {a.seed}")
-    if a.threads is not None:
-        if a.threads <= 0:
-            p.error(f"--threads must be positive, got {a.threads}")
-        torch.set_num_threads(a.threads)
+    if a.threads is not None and a.threads <= 0:
+        p.error(f"--threads must be positive, got {a.threads}")
     if a.epochs <= 0:
         p.error(f"--epochs must be positive, got {a.epochs}")
     if not 0.0 < a.target_rate <= 1.0:
@@ -363,6 +361,8 @@ def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
         make_writable_dir(str(out), "--out")  # last: nothing refused after it is made
     except ValueError as e:
         p.error(str(e))
+    if a.threads is not None:  # only once every option is accepted (main(argv) in-process)
+        torch.set_num_threads(a.threads)
     cfg = Config(epochs=a.epochs, seed=a.seed, target_rate=a.target_rate,
                  digit_size=a.digit_size)
     if a.quick:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import laudtriton
 
@@ -107,6 +108,24 @@ def test_memory_batches_smoke(tmp_path):
     assert all(float(x.split(": ")[1].split()[0]) > 0 for x in lines)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS (Linux)")
+def test_memory_batches_labels_its_figures_mib(monkeypatch, capsys):
+    """The figures are VmRSS kB / 1024, MiB; the lines said "MB". A stand-in model keeps
+    it fast (the smoke test above compiles the real one)."""
+    mod = _load("benchmarks/memory_batches.py")
+    monkeypatch.setattr(mod, "build_model", lambda *a: nn.Identity())
+    monkeypatch.setattr(mod, "calibrate_rates", lambda *a: None)
+    monkeypatch.setattr(laudtriton, "compile", lambda model, *a, **k: model)
+    with torch.random.fork_rng(devices=[]):
+        mod.main(["--calls", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [x.split(":")[0] for x in lines] == ["after compile", "call 2"]
+    assert all(x.split(": ")[1].split()[1] == "MiB" for x in lines)
+    with open("/proc/self/status") as f:
+        kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS"))
+    assert abs(mod.rss_mib() - kb / 1024) < 64  # (the process may grow in between)
+
+
 # -- layer_cost_per_sample.py ------------------------------------------------------------
 
 def test_layer_cost_per_sample_takes_no_options(monkeypatch, capsys):
@@ -177,3 +196,22 @@ def test_example_save_writes_a_state_dict_the_model_loads(tmp_path, monkeypatch,
     model.load_state_dict(torch.load(path))  # strict
     assert f"model saved to {path}" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "o"]
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--target-rate", "2"],
+                                    ["--digit-size", "4"], ["--out", ""]])
+def test_example_refused_command_leaves_the_thread_count(option, capsys, tmp_path):
+    """--threads set torch's thread count before the options after it were checked: a
+    refused command run in-process (``main(argv)``) still changed it. Every option is
+    checked first now; an accepted one still sets it."""
+    cd = _load("examples/cluttered_digits.py")
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as e:
+            cd.main(["--threads", str(before + 1), *option])
+        assert e.value.code == 2 and "error:" in capsys.readouterr().err
+        assert torch.get_num_threads() == before
+        cd.parse_args(["--threads", str(before + 1), "--out", str(tmp_path / "o")])
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ schedule, and knowledge distillation."""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
@@ -64,7 +65,8 @@ class SparsityLoss(nn.Module):
                 one): a NaN epoch made both bounds, and so the loss, NaN.
         """
         e = finite_real("epoch", epoch)
-        p = min(max(e / (0.33 * self.num_epochs), 0.0), 1.0)
+        # e / N first: 0.33·N underflows to 0 for N = 5e-324 (a ZeroDivisionError)
+        p = min(max(e / self.num_epochs / 0.33, 0.0), 1.0)
         progress = math.cos(p * math.pi / 2) ** 2
         return progress * self.target, 1.0 - progress * (1.0 - self.target)
 
@@ -78,8 +80,10 @@ class SparsityLoss(nn.Module):
 
         Raises:
             ValueError: if stats is None (no forward yet, an empty batch, or a compiled
-                model, which keeps no statistics) or not a ModelStats; if epoch is not a
-                finite number (``bounds``).
+                model, which keeps no statistics), not a ModelStats, or one of no dynamic
+                block (a model whose stages hold none: no masker to train, and the
+                per-block mean is over no block); if epoch is not a finite number
+                (``bounds``).
         """
         if stats is None:
             raise ValueError("stats is None: the model's last forward left no statistics "
@@ -87,6 +91,9 @@ class SparsityLoss(nn.Module):
         if not isinstance(stats, ModelStats):  # a block's BlockStats has no per-block ratios
             raise ValueError(f"stats must be a LaudResNet's ModelStats (model.last_stats), "
                              f"got {type(stats).__name__}")
+        if not stats.blocks:  # (the official loss divides by len(flops_perc_list) = 0)
+            raise ValueError("stats hold no dynamic block (stats.blocks is empty): the "
+                             "model has no LaudBottleneck, so no masker for this loss")
         lower, upper = self.bounds(epoch)
         if torch.is_grad_enabled() and not stats.flops.requires_grad:
             warnings.warn("SparsityLoss: the statistics carry no gradient, so this loss "
@@ -94,10 +101,21 @@ class SparsityLoss(nn.Module):
                           "forward, or from one whose statistics lost their graph "
                           "(reentrant torch.utils.checkpoint; under nn.DataParallel the "
                           "replicas keep theirs, so model.module.last_stats is stale)",
-                          stacklevel=2)
+                          stacklevel=_caller_stacklevel())
         ratios = stats.block_flops_ratios
         block = (F.relu(ratios - upper) ** 2 + F.relu(lower - ratios) ** 2).mean()
         return block + (stats.flops / stats.dense_flops - self.target) ** 2
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning of a loss's ``forward`` to the line
+    that called the loss, past ``nn.Module.__call__``'s frames (``stacklevel=2`` named
+    torch's module.py); call it from ``forward`` itself."""
+    skip = {__file__, nn.modules.module.__file__}
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename in skip:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class KDLoss(nn.Module):

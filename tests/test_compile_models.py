@@ -1756,28 +1756,6 @@ def test_a_compiled_part_the_forward_does_not_call_is_warned_about():
     assert len(direct.net.last_stats) == len(direct.net.blocks)
 
 
-def test_a_block_in_two_places_called_through_its_second_is_warned_about_once():
-    """Each place is its own block now: the forward calls the second, so the first is
-    the part it never calls (warned about once, as such); no "did not call" warning of
-    a compiled part (there was one, as a bound method)."""
-    blk = make_block(16, 4, mode="spatial", granularity=2)
-
-    class Two(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = blk, blk
-
-        def forward(self, x):
-            return self.b(x)
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        compile_cpu(Two().eval(), torch.randn(1, 16, 8, 8))
-    texts = [str(w.message) for w in seen]
-    assert any("never calls a; left uncompiled" in t for t in texts), texts
-    assert not any("did not call" in t for t in texts), texts
-
-
 def test_a_model_on_the_meta_device_is_refused_naming_a_tensor():
     """torch's error advised to_empty(), which would have compiled uninitialised weights."""
     with torch.device("meta"):

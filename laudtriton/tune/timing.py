@@ -8,7 +8,7 @@ import gc
 import numbers
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -34,7 +34,10 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
     not used there. It runs with ``device`` current (``torch.cuda.device``): its events
     and synchronisations are the current device's, and 'cuda:1' timed from cuda:0 read
     cuda:0's idle stream (the launch time alone, not the kernels' on cuda:1).
-    On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls.
+    On CPU: ``warmup`` untimed calls, then the median of ``reps`` timed calls, with
+    Python's garbage collector paused (``interleaved_medians``; a collection inside a
+    timed call, ~0.1 s with torch loaded, was that call's time, the whole result at
+    reps=1).
 
     Raises:
         ValueError: if reps < 1 or warmup < 0, or either is not an int; if ``device`` is
@@ -53,11 +56,45 @@ def median_time(fn: Callable[[], object], device: str | torch.device = "cpu",
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    with _collector_paused():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's garbage collector off inside (as ``timeit`` does), then back as it was,
+    also when the body raises (no collection first: one takes ~0.1 s with torch loaded,
+    and a sweep times many items)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _round_orders(n: int) -> list[list[int]]:
+    """The orders of n functions' rounds, used cyclically: a Williams design (n rounds,
+    2n for an odd n) in which each fn runs right after each other one equally often and
+    takes each position equally often (exactly over whole cycles of them). n=2: [0, 1],
+    [1, 0]; n=3: the rotations of [0, 1, 2], then of [2, 1, 0]."""
+    first, lo, hi = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(first) < n:
+        if len(first) % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    rows = [[(f + r) % n for f in first] for r in range(n)] if n else [[]]
+    if n % 2 and n > 1:  # an odd n balances the pairs with the mirrored rounds
+        rows += [row[::-1] for row in rows]
+    return rows
 
 
 def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
@@ -65,10 +102,11 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
                         setup: Sequence[Callable[[], object] | None] | None = None
                         ) -> list[float]:
     """CPU: median seconds of each fn, timed round-robin so that drifts in machine load
-    hit every candidate alike, each round starting one fn later (fn0 fn1 fn2, fn1 fn2 fn0,
-    ...: no fn always runs right after the same other one, in the caches and freed memory
-    it left), with Python's garbage collector paused (as ``timeit`` does; no collection
-    first: one takes ~0.1 s with torch loaded, and a sweep calls this per item). Used for
+    hit every candidate alike, the rounds in a balanced order (``_round_orders``: fn0 fn1
+    fn2, fn1 fn2 fn0, fn2 fn0 fn1, fn2 fn1 fn0, ...: each fn runs right after each other
+    one equally often, in the caches and freed memory it left; rotated rounds alone timed
+    fn1 after fn0 in 2 of 3 rounds, and n-1 of n for n fns, so its median was its time
+    after fn0), with Python's garbage collector paused (``_collector_paused``). Used for
     side-by-side ratios.
 
     setup: one callable (or None) per fn, run untimed before each call of its fn (e.g. to
@@ -88,18 +126,13 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], warmup: int = 3,
                 prep()
             f()
     times: list[list[float]] = [[] for _ in fns]
-    n = len(fns)
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    orders = _round_orders(len(fns))
+    with _collector_paused():
         for r in range(reps):
-            for i in [(r + j) % n for j in range(n)]:
+            for i in orders[r % len(orders)]:
                 if setup[i] is not None:
                     setup[i]()
                 t0 = time.perf_counter()
                 fns[i]()
                 times[i].append(time.perf_counter() - t0)
-    finally:
-        if paused:
-            gc.enable()
     return [statistics.median(t) for t in times]

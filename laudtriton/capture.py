@@ -118,20 +118,22 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, named: list,
                 f"block is planned for the first ({shown[0]}) and runs that plan at the "
                 "others (dense where the variant chosen does not run the size): call a "
                 "block of its own at each size (copy.deepcopy) to plan each",
-                stacklevel=_outside_level())
+                stacklevel=stacklevel_outside(PACKAGE))
     return captured, [name for name, _ in named if name not in seen]
 
 
-def _outside_level() -> int:
+def stacklevel_outside(prefix: str) -> int:
     """The ``stacklevel`` that makes a warning raised in the function calling this one
-    point at the first frame outside this package (the user's call of compile)."""
+    point at the first frame whose file does not start with ``prefix``: this package's
+    folder (``PACKAGE``, the user's call of compile), or one module's file (compile's
+    warnings, reached through ``compile`` alone or also through a decorated factory)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and frame.f_code.co_filename.startswith(prefix):
         frame, level = frame.f_back, level + 1
     return level
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 REFUSES = "compile: the model refuses the example input"

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from .block_checks import check_downsamples, check_foldable
-from .capture import block_inputs, capture_inputs, outermost_modules
+from .capture import block_inputs, capture_inputs, outermost_modules, stacklevel_outside
 from .compile_checks import (
     check_block_places,
     check_example_input,
@@ -242,7 +242,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
                              "CompiledModel or CompiledBlock and no LAUD block); compile "
                              "the model it came from (a CompiledModel's .source)")
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
-                      f"eval-mode copy of it on {device} in {dtype}", stacklevel=_caller_level())
+                      f"eval-mode copy of it on {device} in {dtype}",
+                      stacklevel=stacklevel_outside(__file__))
         return detached_copy(model).eval().to(device=device, dtype=dtype)
     example_input = check_example_input(model, example_input, nested, dtype)
     if isinstance(model, LaudResNet):
@@ -340,7 +341,7 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
         warnings.warn(f"laudtriton.compile: the example forward never calls "
                       f"{', '.join(unreached)}; left uncompiled (a forward that takes "
                       "another branch on other inputs runs them as they are, dense with "
-                      "masks)", stacklevel=_caller_level())
+                      "masks)", stacklevel=stacklevel_outside(__file__))
     out = swap_blocks(ref, blocks)
     check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
                    backend)
@@ -352,19 +353,9 @@ def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list
                       "not replace (a bound method kept in an attribute, say), it runs the "
                       "uncompiled copy, dense with masks: call the submodule itself in "
                       "forward (self.net(x)). A forward that branches on randomness or "
-                      "state may just have taken another path", stacklevel=_caller_level())
+                      "state may just have taken another path",
+                      stacklevel=stacklevel_outside(__file__))
     return out
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that makes a warning raised in the function calling this one
-    point at the first frame outside this module: the user's call, whether it went
-    through ``compile`` alone or also through a decorated factory (and a nested
-    ``_compile``)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _decorator(target, example_input, **options):

@@ -218,3 +218,17 @@ def test_a_block_in_a_container_held_in_two_places_is_one_place():
     assert places["a.0"].name == "a.0"
     with torch.no_grad():
         assert_close(cm(x), model(x))
+
+
+def test_compile_and_capture_warnings_point_at_the_callers_line():
+    """Both rules of ``capture.stacklevel_outside``: compile's own warning (no LAUD block)
+    and capture's (a block called at two sizes) name this file, the line that called
+    compile, not a frame inside the package."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compile_cpu(nn.Sequential(nn.Conv2d(3, 4, 1)).eval(), torch.randn(1, 3, 8, 8))
+        compile_cpu(CalledTwice(shared_block("spatial")).eval(), torch.randn(2, 16, 16, 16))
+    wanted = [w for w in seen if "no LAUD block" in str(w.message)
+              or "called at map sizes" in str(w.message)]
+    assert len(wanted) == 2, [str(w.message) for w in seen]
+    assert all(w.filename == __file__ for w in wanted), [(w.filename, w.lineno) for w in wanted]

@@ -122,7 +122,7 @@ def plan_block(spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor, masks: BlockMa
                 f"timing {len(cands)} variant(s) on the example input")
         else:
             say(f"timing {spec.short()}, {len(cands)} variant(s) on the example input")
-        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
+        table.add(actual, time_variants(fb, spec, x, masks, cands, verify=True), "measured")
     if not table.entries:
         raise RuntimeError(
             f"compile: every candidate variant ({', '.join(c.name for c in cands)}) failed "
@@ -192,7 +192,7 @@ def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: to
             say(f"timing {spec.short()}, {len(cands)} variant(s), up to {len(todo)} "
                 "rate(s)")
             said = True
-        timings = time_variants(fb, spec, x, m, cands)
+        timings = time_variants(fb, spec, x, m, cands, verify=True)
         if cache is not None:
             # scattered masks: an entry an old clustered sweep wrote is current again
             cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
@@ -206,7 +206,7 @@ def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: to
         # another: timed on the example's own masks (not cached: not scattered ones)
         say(f"timing {spec.short()} at the example's rate {actual:.3f}, which no "
             "synthetic masks realise")
-        table.add(actual, time_variants(fb, spec, x, masks, cands), "measured")
+        table.add(actual, time_variants(fb, spec, x, masks, cands, verify=True), "measured")
 
 
 def _predicted_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],

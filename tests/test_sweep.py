@@ -49,11 +49,13 @@ def counted(monkeypatch):
     calls = []
     real = sweep_mod.time_variants
 
-    def spy(fb, spec, x, masks, variants, warmup, reps, configs):
+    def spy(fb, spec, x, masks, variants, warmup, reps, configs, verify):
         calls.append((spec, {k: list(v) for k, v in configs.items()},
                       round(masks.grid.mean().item(), 2)))
         assert x.abs().sum() > 0  # never time on zeros
-        return real(fb, spec, x, masks, variants, warmup=warmup, reps=reps, configs=configs)
+        assert verify is True  # every config's output checked before it is timed
+        return real(fb, spec, x, masks, variants, warmup=warmup, reps=reps, configs=configs,
+                    verify=verify)
 
     monkeypatch.setattr(sweep_mod, "time_variants", spy)
     return calls

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..nn.block import BlockMasks
+from ..nn.maskers import check_flag
+from ..ops.dense import dense_block
 from ..ops.fold import FoldedBlock
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
@@ -44,6 +46,18 @@ def _check_shape(spec: BlockSpec, x: torch.Tensor, out: object) -> None:
         raise ValueError(f"output {got}, expected {want} {x.dtype} on {x.device}")
 
 
+def reference_output(fb: FoldedBlock, x: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
+    """The block's output on (x, masks) in float32 (float64 for float64 x): the ``dense``
+    variant's computation (the reference semantics with folded weights) on ``fb``'s
+    weights and x upcast, TF32 off (``kernelchecks.exact_fp32``). x is not written."""
+    from ..kernelchecks import exact_fp32
+
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64
+    ref = fb if fb.w1.dtype == dtype else fb.to(dtype=dtype)
+    with torch.no_grad(), exact_fp32():
+        return dense_block(ref, x.to(dtype), masks)
+
+
 def _guarded(call: Callable[[], object], i: int, broken: dict[int, Exception]
              ) -> Callable[[], object]:
     """call, which records its first exception in broken[i] and then does nothing (timed
@@ -63,6 +77,7 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                   variants: Sequence[Variant], warmup: int = 2, reps: int = 10,
                   configs: dict[str, list[dict]] | None = None,
                   check: Callable[[str, dict, torch.Tensor], object] | None = None,
+                  verify: bool = False,
                   errors: dict[tuple[str, str], Exception] | None = None
                   ) -> dict[str, dict[str, float]]:
     """Median seconds of every variant x config on (x, masks).
@@ -77,7 +92,12 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     its inf be cached as another config's failure).
     check: called as check(variant name, config, output) on that first call's output
     (computed on relu(x) for an in-place variant, as on x for the others), raising when
-    it is wrong: the config then fails too. errors: filled with {(variant name,
+    it is wrong: the config then fails too. verify: also check that first output against
+    :func:`reference_output` on the input the variant got (x, or relu(x) in place), within
+    ``testing.TOLERANCE`` of x's dtype times max|reference| (``testing.assert_close``);
+    a config past it fails (AssertionError), so a fast wrong config cannot win a plan
+    (not checked where the reference is not finite: it cannot tell right from wrong).
+    errors: filled with {(variant name,
     config_key): the exception} of every failed config. On CPU
     the candidates are timed round-robin (``interleaved_medians``), so that a burst of
     machine load hits them alike instead of deciding the winner; on CUDA each runs
@@ -95,14 +115,28 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
     Returns {variant name: {config_key: seconds}}.
 
     Raises:
-        ValueError: if reps < 1 or warmup < 0, or either is not an int, before any
-            variant runs (on CUDA ``median_time``'s refusal was scored inf as every
-            config's failure, "while timed").
+        ValueError: if reps < 1 or warmup < 0, or either is not an int, or verify is not
+            a bool, before any variant runs (on CUDA ``median_time``'s refusal was scored
+            inf as every config's failure, "while timed").
     """
     check_runs(warmup, reps)
+    check_flag(verify, "time_variants: verify")
     out: dict[str, dict[str, float]] = {v.name: {} for v in variants}
     calls, keys, setup = [], [], []
     source = scratch = None
+    refs: dict[bool, torch.Tensor] = {}  # reference_output on x (False) or relu(x) (True)
+
+    def verified(v: Variant, cfg: dict, result: torch.Tensor) -> None:
+        from ..testing import TOLERANCE, assert_close
+
+        inplace = v.run_inplace is not None
+        if inplace not in refs:
+            refs[inplace] = reference_output(fb, source if inplace else x, masks)
+        ref = refs[inplace]
+        if bool(torch.isfinite(ref).all()):  # NaN or inf (an input past fp16's range, a
+            # stem that folds to inf) cannot judge: its timings are kept unchecked
+            assert_close(result.to(ref.dtype), ref, TOLERANCE[x.dtype],
+                         f"{v.name} {config_key(cfg)}")
 
     def restore():  # an in-place variant's input back to relu(x)
         scratch.copy_(source)
@@ -141,6 +175,8 @@ def time_variants(fb: FoldedBlock, spec: BlockSpec, x: torch.Tensor, masks: Bloc
                     torch.cuda.synchronize(x.device)  # config, not a later one's (a sticky
                     # one, e.g. an illegal address, still leaves CUDA unusable after it)
                 _check_shape(spec, x, result)
+                if verify:
+                    verified(v, cfg, result)
                 if check is not None:
                     check(v.name, cfg, result)
             except Exception as e:  # a failing config is reported, not fatal

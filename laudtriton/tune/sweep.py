@@ -266,7 +266,7 @@ class _ItemTimer:
                                                                  self.dev)
             timings = time_variants(fb, spec, x, masks, [cands[n] for n in todo],
                                     warmup=self.warmup, reps=self.reps_of[spec],
-                                    configs=todo)
+                                    configs=todo, verify=True)
             meta = {**names, "flops_ratio": fr, "clustered": self.clustered,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             if chan is not None:

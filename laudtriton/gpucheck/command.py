@@ -33,11 +33,14 @@ and summary.json are also written after each part, check, block and whole-model 
 every progress line and warning goes to gpucheck.log there too, with a line as each
 check starts, and on SIGTERM (a time limit) the run stops, names what was running, and
 writes what it gathered, its table too (a later SIGTERM or alarm, or one as a finished run
-writes its report, is noted in gpucheck.log and does not stop that). A check, a block's
+writes its report, is noted in gpucheck.log and does not stop that); a console that goes
+away (its pipe's reader killed, a terminal hung up) does not stop the run either: its
+lines still go to gpucheck.log (``record.console``). A check, a block's
 timing or a part that raises is recorded as failed (its error in one line, the end of its
 traceback in summary.json) and the run goes on.
-Without CUDA, with TRITON_INTERPRET on for CUDA, or with a bad option:
-one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
+Without CUDA, with TRITON_INTERPRET on for CUDA, with $LAUDTRITON_CACHE turning the
+cache off (the run would write none) or a file named autotune_cache in DIR, or with a bad
+option: one line on stderr (``laudtriton gpucheck: error: ...``), exit code 2, nothing run.
 Exit code 0 when every check passed, 1 otherwise. Needs only torch, triton, numpy and
 matplotlib (run from the source tree with ``PYTHONPATH=.``).
 """
@@ -63,7 +66,7 @@ from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
 from .checks import kernel_checks
 from .machine import machine
-from .record import LOG_NAME, SAVED_NAMES, Run, Terminated, describe, save
+from .record import LOG_NAME, SAVED_NAMES, Run, Terminated, console, describe, save
 from .warm import part3_warmups, warm_compiles
 from .whole import whole_models
 
@@ -154,6 +157,7 @@ def _options(args) -> list[int]:
     for b in batches:  # the bound every command's --batch has
         check_batch(b, "--batches")
     check_input_size(args.input_size)
+    _check_cache(args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device found; this command needs an NVIDIA GPU (nothing ran)")
     if args.device == "cuda" and interpreting():
@@ -163,6 +167,26 @@ def _options(args) -> list[int]:
                          "the Triton kernels would run under the interpreter; unset it "
                          "for --device cuda (nothing ran)")
     return batches
+
+
+def _check_cache(out: str) -> None:
+    """Whether the run can keep its autotune cache in ``out``/autotune_cache, one of its
+    outputs, which part 4 reads back: checked before anything in ``out`` is removed.
+
+    Raises:
+        ValueError: naming --out where autotune_cache there is a file (or lies inside
+            one); naming $LAUDTRITON_CACHE where it is not a value it takes, or turns the
+            cache off (the run would write no cache file, and part 4 would tune every
+            block again, past the time box).
+    """
+    from ..tune.keys import cache_enabled_from_env, check_dir
+
+    check_dir(Path(out).expanduser() / "autotune_cache",
+              f"--out {out!r}: the folder of its autotune cache")
+    if not cache_enabled_from_env():
+        raise ValueError(f"LAUDTRITON_CACHE={os.environ['LAUDTRITON_CACHE']!r} turns the "
+                         "autotune cache off: gpucheck writes its cache into --out and "
+                         "reads it back in part 4; unset it (nothing ran)")
 
 
 def _plot_path(out: Path, model: str) -> Path:
@@ -182,6 +206,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail("gpucheck", str(e))
     out = Path(args.out).expanduser()  # as check_dir read it ('--out=~/x': no shell)
+    from ..tune.cache import TuneCache
+
+    # opened before anything is removed (``_check_cache`` read what refuses it)
+    cache = TuneCache(out / "autotune_cache", device=args.device)
     models = ["laud_resnet50", "laud_resnet101"]
     # an earlier run's outputs in --out (not its autotune cache, which this run adds to):
     # its log was appended to, and a plot this run does not write was left as if its own
@@ -204,9 +232,6 @@ def run(args: argparse.Namespace) -> int:
             return
         stopping = True
         raise Terminated(f"signal {signum} after {time.perf_counter() - r.t0:.0f} s")
-    from ..tune.cache import TuneCache
-
-    cache = TuneCache(out / "autotune_cache", device=args.device)
     done3: list[int] = []
 
     blocks: dict = {}  # part 3's, listed once: for the compile workers, or by part 3
@@ -246,8 +271,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # the handlers stay until the report is written (they ignore a signal there)
         try:
             for title, step in steps:  # a part that raises is a failed check; the next runs
-                started += 1
                 r.say(title)
+                started += 1  # after its title: a stop while it is printed is before it
                 r.check(f"part {title.split()[0]} completed", step, quiet=True)
                 save(r, out)
             stopping = True  # a signal before this line is a stop (below); after, ignored
@@ -278,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
                  f"summary: {out / 'summary.json'}",
                  f"gpucheck done in {time.perf_counter() - r.t0:.0f} s"]
         for line in lines:  # in gpucheck.log too: a console may keep only part of it
-            print(line)
+            console(line)
             r.note(line, stamp=False)
         return 0 if all(c["ok"] for c in r.checks) else 1
     finally:

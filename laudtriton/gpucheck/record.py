@@ -1,12 +1,16 @@
 """The record of one gpucheck run: ``Run`` (its checks, timing rows, machine info and
 progress lines, its time box), ``describe`` (an exception in one line), ``save``
 (timings.csv and summary.json so far) and ``Terminated`` (a SIGTERM or the watchdog's
-alarm: the run stops and keeps what it gathered); ``TableRun``, a Run of table rows and
+alarm: the run stops and keeps what it gathered), ``console`` (a line printed, surviving
+a console that went away); ``TableRun``, a Run of table rows and
 recorded errors, for ``benchmarks/gpu_overhead.py``."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -46,9 +50,10 @@ class Run:
 
     def say(self, text: str) -> None:
         """Print a progress line, and append it to ``gpucheck.log`` in the output folder
-        (the run's whole story, where a console keeps only its end)."""
+        (the run's whole story, where a console keeps only its end); printed by
+        ``console``: a console that went away does not stop the run."""
         line = f"[{time.perf_counter() - self.t0:6.1f}s] {text}"
-        print(line, flush=True)
+        console(line)
         self.note(line, stamp=False)
 
     def note(self, text: str, stamp: bool = True) -> None:
@@ -102,6 +107,26 @@ class Run:
 TRACEBACK_LINES = 30  # of a failed check's traceback, kept in summary.json
 LOG_NAME = "gpucheck.log"  # progress lines and the library's warnings, in --out
 SAVED_NAMES = ("timings.csv", "summary.json")  # what ``save`` writes there
+
+
+def console(line: str) -> None:
+    """Print ``line`` to stdout, flushed, never raising an OSError (a BrokenPipeError
+    lost a stopped run's report): where stdout has gone away (EPIPE: its reader, a
+    ``| tee``, killed with the run by a time limit; EIO: a terminal hung up), stdout is
+    pointed at os.devnull, so the run goes on and writes its files and gpucheck.log
+    (every line is there), and its exit code stays its own (not 120 for a stdout
+    unflushed at exit); on another error (EAGAIN) the line is left out."""
+    try:
+        print(line, flush=True)
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.EIO):
+            return
+        with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, sys.stdout.fileno())  # what is still buffered goes there
+            finally:
+                os.close(null)
 
 
 def describe(e: BaseException) -> str:

@@ -116,8 +116,11 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
 
     Raises:
         ValueError: if there is nothing to plot: no rows, none the cache keeps (all
-            ``dispatched`` 0), or no finite timing among those; or matplotlib cannot be
-            imported.
+            ``dispatched`` 0), or no finite timing among those; naming the row and
+            the column, if a row given lacks a column the figures need or holds a cell
+            they would misread (a rate outside [0, 1], seconds <= 0, a ``dispatched`` or
+            ``clustered`` not 0 or 1: ``plot_rows.check_measured``); or matplotlib
+            cannot be imported.
     """
     figure_class()  # no matplotlib: say so before reading anything
     rows = read_csv(csv_or_rows) if isinstance(csv_or_rows, (str, Path)) else list(csv_or_rows)

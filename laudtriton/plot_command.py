@@ -114,8 +114,11 @@ def run_plot(args: argparse.Namespace) -> int:
             remove_if_empty,
         )
 
-        def unwritable(e: OSError) -> ValueError:
-            return ValueError(f"--out {args.out!r} cannot be written ({e.strerror or e})")
+        def unwritable(e: OSError) -> ValueError:  # naming the figure's path: 'o/x.png'
+            # a folder said "--out 'o' cannot be written (Is a directory)", of --out 'o'
+            what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (
+                e.strerror or e)
+            return ValueError(f"--out {args.out!r} cannot be written ({what})")
 
         # --device is read only for the cache or the predicted line (where this machine
         # must have it); a CSV plotted without that line takes only a valid name

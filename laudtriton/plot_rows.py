@@ -64,24 +64,103 @@ def spec_of_row(row: Mapping) -> BlockSpec | None:
         return None
 
 
+def _flag(row: Mapping, column: str, default: bool) -> bool:
+    """A 0/1 column of a sweep row: a bool or a number 0 or 1, or text as a CSV holds
+    it ("0", "1", "false", "true", any case); ``default`` when absent or empty.
+
+    Raises:
+        ValueError: naming the column and the value, for any other value (a '1.0' of a
+            CSV rewritten by pandas, 'yes', 2, nan): read as one or the other, it put rows
+            in the wrong figure, or left in rows the cache does not keep.
+    """
+    v = row.get(column)
+    text = v.strip().lower() if isinstance(v, str) else None
+    if v is None or text == "":
+        return default
+    if text in ("0", "1", "false", "true"):
+        return text in ("1", "true")
+    if text is None and v in (0, 1):  # a bool or a number, numpy's too (nan is neither)
+        return bool(v)
+    raise ValueError(f"column {column!r}: {row.get(column)!r} is not 0 or 1 (nor true, "
+                     "false or empty)")
+
+
 def clustered_row(row: Mapping) -> bool:
-    """Whether a sweep row was timed on clustered masks (column ``clustered`` 1 or true)."""
-    return str(row.get("clustered") or "").strip().lower() in ("1", "true")
+    """Whether a sweep row was timed on clustered masks (column ``clustered`` 1 or true;
+    0, false, empty or absent: scattered). Raises ValueError for another value
+    (``_flag``)."""
+    return _flag(row, "clustered", False)
 
 
 def _dispatched(row: Mapping) -> bool:
-    """Whether the cache keeps the row: column ``dispatched`` absent or empty, or not 0
-    or false (a bool, a number, or text as a CSV holds it: "0", "false")."""
-    v = row.get("dispatched")
-    if isinstance(v, str):
-        return v.strip().lower() not in ("0", "false")
-    return v is None or bool(v)
+    """Whether the cache keeps the row: column ``dispatched`` absent or empty, or 1 or
+    true (a bool, a number, or text as a CSV holds it); 0 or false: not kept. Raises
+    ValueError for another value (``_flag``)."""
+    return _flag(row, "dispatched", True)
+
+
+def _input_size(row: Mapping) -> int | None:
+    """The row's ``input_size`` as an int (224 or "224": rows given as csv.DictReader
+    reads them hold text); None when absent or empty.
+
+    Raises:
+        ValueError: naming the column and the value, when it is not an int >= 1.
+    """
+    v = row.get("input_size")
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        size = int(v)
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: inf)
+        size = 0
+    if size < 1 or (not isinstance(v, str) and size != v):  # (not 64.5)
+        raise ValueError(f"column 'input_size': {v!r} is not a positive int")
+    return size
+
+
+NEEDED = ("model", "block", "spec", "rate", "variant", "seconds")  # (read_csv's too)
+
+
+def _number(row: Mapping, column: str) -> float:
+    """The row's ``column`` as a float; a ValueError naming it when it is not a number."""
+    try:
+        return float(row[column])
+    except (TypeError, ValueError):
+        raise ValueError(f"column {column!r}: {row[column]!r} is not a number") from None
+
+
+def _check_row(row: Mapping) -> None:
+    """A ValueError naming the column of a row the figures would misread or fail on, as
+    ``read_csv`` refuses a CSV's: a column of NEEDED missing; a rate or asked_rate not in
+    [0, 1]; seconds not > 0 (inf or nan: a failed config, left out); a flops_ratio not
+    finite and >= 0; flags and input size as ``_flag`` and ``_input_size`` read them.
+    (Rows given to ``plot_latency_vs_rate`` were drawn unchecked: a rate 5 or seconds
+    -1 made a silently wrong figure, a missing column a KeyError.)"""
+    missing = [k for k in NEEDED if k not in row]
+    if missing:
+        raise ValueError(f"no column {', '.join(map(repr, missing))} (a row needs "
+                         f"{', '.join(NEEDED)})")
+    t = _number(row, "seconds")
+    if not (t > 0.0 or math.isnan(t)):
+        raise ValueError(f"column 'seconds': {row['seconds']!r} is not a positive time "
+                         "(or inf or nan, a failed config)")
+    for k in ("rate", "asked_rate"):
+        if (k == "rate" or row.get(k) not in (None, "")) and not 0.0 <= _number(row, k) <= 1:
+            raise ValueError(f"column {k!r}: {row[k]!r} is outside [0, 1]")
+    if row.get("flops_ratio") not in (None, ""):
+        fr = _number(row, "flops_ratio")
+        if not (math.isfinite(fr) and fr >= 0.0):
+            raise ValueError(f"column 'flops_ratio': {row['flops_ratio']!r} is not a "
+                             "finite ratio >= 0")
+    _dispatched(row)  # (each raises for a cell it cannot read)
+    clustered_row(row)
+    _input_size(row)
 
 
 def _context(r: Mapping, spec: BlockSpec) -> tuple:
     """What keeps one sweep's rows apart from another's, but the mode: model, batch,
     dtype, input size, device, mask kind."""
-    return (str(r["model"]), spec.batch, spec.dtype, str(r.get("input_size") or ""),
+    return (str(r["model"]), spec.batch, spec.dtype, _input_size(r),
             str(r.get("device") or ""), clustered_row(r))
 
 
@@ -143,8 +222,9 @@ def group_rows(rows: Rows) -> dict[str, dict]:
         if spec is not None:
             mode = modes.get((_context(r, spec), r["block"]), spec.mode)
             key += f"_{mode}_b{spec.batch}_{spec.dtype}"
-        if r.get("input_size") not in (None, "", 224):  # 224 (or not recorded): no suffix
-            key += f"_i{int(r['input_size'])}"
+        size = _input_size(r)  # (224 or "224": rows given may hold text)
+        if size not in (None, 224):  # 224 (or not recorded): no suffix
+            key += f"_i{size}"
         if len(devices) > 1:
             key += f"_{r.get('device') or 'unknown device'}"
         if clustered_row(r):
@@ -202,7 +282,13 @@ def check_measured(rows: Rows, src: str) -> None:
     """A ValueError naming ``src`` (where the rows come from) when no row the figures
     draw has a finite time: every config failed (sweep scores a failure inf seconds), or
     every row is one the cache does not keep (column ``dispatched`` 0, which
-    ``group_rows`` leaves out: no figure was drawn, and the command exited 0 silently)."""
+    ``group_rows`` leaves out: no figure was drawn, and the command exited 0 silently);
+    or naming the row (counted from 1) and the column of a bad cell (``_check_row``)."""
+    for i, r in enumerate(rows, 1):  # said here, before any folder is made for figures
+        try:
+            _check_row(r)
+        except ValueError as e:
+            raise ValueError(f"{src}: row {i}, {e}") from None
     kept = [r for r in rows if _dispatched(r)]
     if rows and not kept:
         raise ValueError(f"{src}: all {len(rows)} rows have dispatched 0 (mode both items "

@@ -6,6 +6,9 @@ methods, so this is a profile, not a benchmark figure: ``laudtriton bench`` give
 (interleaved medians). The first line names ``--rate`` and the mean over the blocks of
 the rate the calibrated masks realise on the input (round(rate * N) / N of each masker's N
 decisions: at batch 1 a layer gate is on or off, and rate 0.5 turns every one off).
+The lines below it do not overlap, except the indented "of which" lines, which are parts
+of the line above them: the maskers' pooling and gates (in the layer path the pooling and
+gates run outside the maskers, and their lines are not indented).
 
     python benchmarks/masker_share.py --mode channel --batch 1
 """
@@ -13,7 +16,6 @@ decisions: at batch 1 a layer gate is on or off, and rate 0.5 turns every one of
 from __future__ import annotations
 
 import argparse
-import collections
 import time
 from collections.abc import Callable
 
@@ -29,14 +31,37 @@ from laudtriton.ops.masks import Gates
 
 
 def timed(totals: dict[str, float], name: str, fn: Callable) -> Callable:
-    """``fn`` adding its wall-clock seconds to ``totals[name]`` at each call."""
+    """``fn`` adding its wall-clock seconds to ``totals[name]`` at each call, or, called
+    inside other timed functions, to ``totals["<outer name>/.../<name>"]``: the maskers
+    pool and gate inside their own timer, and their parts must not be added to it again."""
     def wrapper(*args, **kwargs):
+        key = "/".join([*_ACTIVE, name])
+        _ACTIVE.append(name)
         t = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            totals[name] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            _ACTIVE.pop()
+            totals[key] = totals.get(key, 0.0) + dt
     return wrapper
+
+
+_ACTIVE: list[str] = []  # the names of the timed calls under way, outermost first
+
+
+def profile_lines(totals: dict[str, float], reps: int) -> list[str]:
+    """One line per timer, ms a forward over ``reps`` forwards: the top-level ones (which
+    do not overlap: their sum is the time they cover), each followed by the parts timed
+    inside it, indented and marked "of which"."""
+    lines = []
+    for top in (k for k in totals if "/" not in k):
+        for key in [top, *(k for k in totals if k.startswith(f"{top}/"))]:
+            depth = key.count("/")
+            label = key if depth == 0 else "of which " + key.rsplit("/", 1)[1]
+            lines.append(f"{'  ' * (depth + 1)}{label:<{32 - 2 * (depth + 1)}} "
+                         f"{totals[key] / reps * 1e3:9.2f} ms a forward")
+    return lines
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -81,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     cm = laudtriton.compile(model, x, backend="cpu", tune="cached")
     dense = DenseModel(model, torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)
-    totals: dict[str, float] = collections.defaultdict(float)
+    totals: dict[str, float] = {}
     CompiledBlock._masks = timed(totals, "maskers", CompiledBlock._masks)
     CompiledBlock._run = timed(totals, "variants", CompiledBlock._run)
     Gates.__call__ = timed(totals, "gates", Gates.__call__)
@@ -97,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{achieved:.3f}), "
           f"{torch.get_num_threads()} threads: dense {dense_ms:.2f} ms, compiled "
           f"{compiled_ms:.2f} ms ({compiled_ms / dense_ms:.3f} of dense)")
-    for name, seconds in totals.items():  # the layer path pools in its own step too
-        print(f"  {name:<20} {seconds / args.reps * 1e3:7.2f} ms a forward")
+    # the maskers' pooling and gates are printed under them ("of which"); the layer path
+    # pools and gates in its own step, outside the maskers: those lines are top-level
+    print("\n".join(profile_lines(totals, args.reps)))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .hardware import DTYPES, HardwareSpec, get_hardware
+# CEILING, FLOOR, MAX_OVERHEAD: the bounds, defined here before, re-exported
+from .hardware import CEILING as CEILING
+from .hardware import (
+    DTYPES,
+    MAX_SMS,
+    OVERHEAD_RANGE,
+    RATE_RANGE,
+    HardwareSpec,
+    get_hardware,
+    overhead_ok,
+    rate_ok,
+    units_ok,
+)
+from .hardware import FLOOR as FLOOR
+from .hardware import MAX_OVERHEAD as MAX_OVERHEAD
 
 if TYPE_CHECKING:
     from ..tune.cache import TuneCache
@@ -36,21 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("laudtriton")
 
 CAL_VERSION = 1
-
-
-# The least peak (multiply-adds/s) and bandwidth (B/s) a calibration may hold: any device
-# measures orders of magnitude more; a file holding 1e-300 made every predicted time
-# infinite and the factors' fit fail.
-FLOOR = 1e6
-# The most each may hold (100 P multiply-adds/s, 100 TB/s: past any device), and the
-# longest dispatch (1 s): a file holding an overhead of 1e300 s passed, and predict
-# printed "launch 1e+306 us" and times to match.
-CEILING, MAX_OVERHEAD = 1e17, 1.0
-# The most SMs a GPU calibration may hold (the largest GPUs have about 300): they set the
-# tile waves of ``model.quantisation``, and a file holding 1e9 predicted a dense block at
-# 3915 s for 0.5 ms, silently. A CPU's units (threads) are not bounded: the model does not
-# use them.
-MAX_SMS = 1024
 
 
 @dataclass(frozen=True)
@@ -71,29 +70,25 @@ class Calibration:
     def __post_init__(self):
         """Raises ValueError naming the first field of a wrong type or value: a file can
         hold anything, and a NaN peak would turn every prediction into nan."""
-        def positive(x, zero_ok=False, least=0.0, most=CEILING) -> bool:
-            # bounds before isfinite: an int past float's range (JSON reads 10**400 as
-            # one) made math.isfinite raise OverflowError, not the ValueError due
-            return (isinstance(x, (int, float)) and not isinstance(x, bool)
-                    and (x > least or (zero_ok and x == 0)) and x <= most
-                    and math.isfinite(x))
-
-        def count(x, most=math.inf) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= most
+        # the bounds are a HardwareSpec's (``hardware.in_range``), on the types JSON
+        # holds (asdict writes the file back: a numpy number would not serialise)
+        def json_real(x) -> bool:
+            return isinstance(x, (int, float))
 
         checks = (
             ("fingerprint", isinstance(self.fingerprint, str), "a string"),
             ("kind", self.kind in ("cpu", "gpu"), "'cpu' or 'gpu'"),
             ("peak", isinstance(self.peak, dict) and bool(self.peak) and all(
-                d in DTYPES and positive(p, least=FLOOR) for d, p in self.peak.items()),
-             f"a non-empty {{dtype: multiply-adds/s in ({FLOOR:g}, {CEILING:g}]}} (dtypes: "
+                d in DTYPES and json_real(p) and rate_ok(p) for d, p in self.peak.items()),
+             f"a non-empty {{dtype: multiply-adds/s in {RATE_RANGE}}} (dtypes: "
              f"{', '.join(DTYPES)})"),
-            ("bandwidth", positive(self.bandwidth, least=FLOOR),
-             f"a number of B/s in ({FLOOR:g}, {CEILING:g}]"),
-            ("overhead", positive(self.overhead, zero_ok=True, most=MAX_OVERHEAD),
-             f"a number of s in [0, {MAX_OVERHEAD:g}]"),
-            ("threads", count(self.threads), "an int >= 1"),
-            ("units", count(self.units, MAX_SMS if self.kind == "gpu" else math.inf),
+            ("bandwidth", json_real(self.bandwidth) and rate_ok(self.bandwidth),
+             f"a number of B/s in {RATE_RANGE}"),
+            ("overhead", json_real(self.overhead) and overhead_ok(self.overhead),
+             f"a number of s in {OVERHEAD_RANGE}"),
+            ("threads", isinstance(self.threads, int) and units_ok(self.threads, "cpu"),
+             "an int >= 1"),
+            ("units", isinstance(self.units, int) and units_ok(self.units, self.kind),
              f"an int >= 1 (<= {MAX_SMS} SMs on a GPU)"),
             ("created", isinstance(self.created, str), "a string"))
         for name, ok, accepted in checks:

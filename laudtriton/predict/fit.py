@@ -14,8 +14,10 @@ import numpy as np
 
 from ..nn.maskers import check_positive_ints, positive_real
 from ..ops.spec import BlockSpec
-from .hardware import DTYPES, HardwareSpec
+from ..tune.cache import check_spec
+from .hardware import DTYPES, HardwareSpec, check_hardware
 from .model import DEFAULT_FACTORS, Factors, factor_key, predict_block, resolve_variant, terms
+from .network import check_rate
 
 log = logging.getLogger("laudtriton")
 
@@ -28,7 +30,9 @@ class Sample:
         ValueError: if seconds is not a finite number > 0 (a failed config's inf, a NaN,
             0: one such point among good ones put every fitted factor at the edge of the
             search box, eff_c 1000x the peak, and dropped the per-variant factors;
-            :func:`samples` skips them in cache entries).
+            :func:`samples` skips them in cache entries), rate is not a number in
+            [0, 1] (a cache refuses to record one; 1.5 and NaN were fitted on), or spec
+            is not a BlockSpec.
     """
 
     spec: BlockSpec
@@ -37,8 +41,14 @@ class Sample:
     seconds: float
 
     def __post_init__(self) -> None:
-        """Check seconds (see the class docstring); kept as a float."""
+        """Check spec, rate and seconds (see the class docstring); rate and seconds kept
+        as floats."""
+        check_spec(self.spec, "Sample")
+        object.__setattr__(self, "rate", check_rate(self.rate, "Sample.rate"))
         object.__setattr__(self, "seconds", positive_real("Sample.seconds", self.seconds))
+
+
+_ENTRY_FIELDS = ("spec", "rate_bucket", "variant", "seconds")
 
 
 def samples(entries: Iterable) -> list[Sample]:
@@ -48,10 +58,20 @@ def samples(entries: Iterable) -> list[Sample]:
     added to the current ones rather than folded into them. Variants not registered here
     and dtypes outside ``hardware.DTYPES`` (a float64 compile's timings) are skipped
     (logged), as are timings of a variant on a block it does not run (a mode it does
-    not handle, or ``supports`` False: a hand-edited cache file)."""
+    not handle, or ``supports`` False: a hand-edited cache file).
+
+    An entry is any object with ``spec``, ``rate_bucket``, ``variant`` and ``seconds``
+    (a ``tune.cache.CacheEntry``).
+
+    Raises:
+        ValueError: naming the position and type of an element that is not an entry.
+    """
     best: dict[tuple, float] = {}
     skipped, dtypes, foreign = set(), set(), set()
-    for e in entries:
+    for i, e in enumerate(entries):
+        if not all(hasattr(e, a) for a in _ENTRY_FIELDS):  # (None raised AttributeError)
+            raise ValueError(f"entries[{i}] is a {type(e).__name__}, not a cache entry "
+                             f"(an object with {', '.join(_ENTRY_FIELDS)})")
         if not (math.isfinite(e.seconds) and e.seconds > 0):
             continue
         if e.spec.dtype not in DTYPES:  # e.g. float64 (compile(dtype=...)): no peak rate
@@ -80,6 +100,25 @@ def samples(entries: Iterable) -> list[Sample]:
                     sorted(foreign)[:4] + (["..."] if len(foreign) > 4 else []))
     return [Sample(s, r, v, t) for (s, r, v, _), t in sorted(
         best.items(), key=lambda kv: (kv[0][0].key(), kv[0][1], kv[0][2], kv[0][3]))]
+
+
+def _as_samples(data: Iterable, name: str) -> list[Sample]:
+    """``data``'s Samples as they are, then :func:`samples` of its cache entries (a list
+    mixing the two raised AttributeError, 'rate' or 'rate_bucket').
+
+    Raises:
+        ValueError: naming the argument (``name``), the position and the type of an
+            element that is neither.
+    """
+    data = list(data)
+    for i, e in enumerate(data):
+        if not isinstance(e, Sample) and not all(hasattr(e, a) for a in _ENTRY_FIELDS):
+            raise ValueError(f"{name}[{i}] is a {type(e).__name__}, not a Sample or a cache "
+                             f"entry (an object with {', '.join(_ENTRY_FIELDS)})")
+    if all(isinstance(e, Sample) for e in data):
+        return data
+    return ([e for e in data if isinstance(e, Sample)]
+            + samples(e for e in data if not isinstance(e, Sample)))
 
 
 def _arrays(data: Sequence[Sample], hw: HardwareSpec):
@@ -134,14 +173,20 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
 
     Cache entries are read through :func:`samples` (failed configs' inf and other times
     that are no duration skipped); a Sample holds a finite time > 0 by construction.
+    ``data`` may mix the two: the Samples are fitted on as they are, beside the samples
+    of the entries.
+
+    A fitted eff_c above ``MAX_PLAUSIBLE_EFF_C`` is kept (it still explains the timings)
+    and logged as a warning: the timings do not pin the compute term.
 
     Raises:
-        ValueError: if min_samples is not a positive int (0 fitted factors on no timing).
+        ValueError: if min_samples is not a positive int (0 fitted factors on no timing),
+            an element of ``data`` is neither a Sample nor a cache entry (naming it), or
+            hw is not a HardwareSpec.
     """
     check_positive_ints(min_samples=min_samples)
-    data = list(data)
-    if data and not isinstance(data[0], Sample):
-        data = samples(data)
+    check_hardware(hw)
+    data = _as_samples(data, "data")
     if len(data) < min_samples:
         return {}
     prior = DEFAULT_FACTORS[hw.kind]
@@ -150,7 +195,7 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     groups = {k: [s for s, ks in zip(data, keys) if ks == k] for k in sorted(set(keys))}
     groups = {v: _arrays(p, hw) for v, p in groups.items() if len(p) >= min_samples}
     if not groups:
-        return {"*": pooled}
+        return _say_implausible({"*": pooled})
     center = math.log(1 / pooled.eff_m)
     width, best = 4.0, (math.inf, {}, center)  # (kept if no loss is finite)
     for _ in range(4):
@@ -163,7 +208,32 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
             if total < best[0]:
                 best = (total, {v: f for v, (f, _) in fits.items()}, lb)
         center, width = best[2], width / 4
-    return {"*": pooled, **best[1]}
+    return _say_implausible({"*": pooled, **best[1]})
+
+
+# The largest eff_c taken without a warning: fitted on the timings shipped in
+# autotune_cache/ (three 2-core CPUs), eff_c is 0.46-0.89; on a GPU fp32 convolutions
+# that cuDNN runs in TF32 may reach 8x the fp32 peak (A100: 156 vs 19.5 TFLOPS) a
+# calibration measures. The search box reaches 1000 (``_LO``) so as never to clip a fit;
+# equal timings on five block shapes fitted dense's eff_c at 124.
+MAX_PLAUSIBLE_EFF_C = 10.0
+
+
+def _say_implausible(factors: dict[str, Factors]) -> dict[str, Factors]:
+    """``factors``, after one warning naming those whose eff_c is above
+    ``MAX_PLAUSIBLE_EFF_C`` (the compute term then explains little of the timings: they
+    are explained by the launch overhead, e.g. all equal, or the calibrated peak is far
+    below what the machine reaches). eff_m is not checked: CPU timings fit it at 30-454
+    (blocks whose data sits in caches faster than the DRAM copy the calibration times),
+    where the memory term never binds."""
+    odd = {k: f.eff_c for k, f in factors.items() if f.eff_c > MAX_PLAUSIBLE_EFF_C}
+    if odd:
+        log.warning("fitted eff_c above %gx the calibrated peak, kept but implausible: %s; "
+                    "their timings do not pin the compute term (launch overhead explains "
+                    "them, e.g. all equal) or the calibration's peak is too low: time more "
+                    "block shapes, or run `laudtriton calibrate` again", MAX_PLAUSIBLE_EFF_C,
+                    ", ".join(f"{k} {v:.3g}" for k, v in sorted(odd.items())))
+    return factors
 
 
 # -- validation -----------------------------------------------------------------------
@@ -200,12 +270,15 @@ class ValidationReport:
 
 def validate(entries: Iterable, hw: HardwareSpec) -> ValidationReport:
     """Leave-one-block-shape-out validation: for each shape, fit on the others' timings and
-    predict its own; MAPE = mean |pred - measured| / measured x 100.
+    predict its own; MAPE = mean |pred - measured| / measured x 100. ``entries``: cache
+    entries, Samples or both, as :func:`fit` takes them.
 
     Raises:
-        ValueError: if there are no usable timings, or fewer than 2 block shapes.
+        ValueError: if there are no usable timings, fewer than 2 block shapes, an element
+            that is neither a Sample nor a cache entry, or hw not a HardwareSpec.
     """
-    data = samples(entries)
+    check_hardware(hw)
+    data = _as_samples(entries, "entries")
     if not data:
         raise ValueError("no cached timings to validate on; run `laudtriton sweep` first "
                          "(and `laudtriton calibrate`)")

@@ -23,15 +23,50 @@ KINDS = ("gpu", "cpu", "edge")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _finite(v: object) -> bool:
-    """A finite real number, not a bool (nor an int past float's range: 10**400 raised
-    OverflowError where the ValueError naming the field was due)."""
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+# The bounds of a machine's numbers, one check for a calibration file read back
+# (``calibration.Calibration``) and a HardwareSpec built directly.
+# The least peak (multiply-adds/s) and bandwidth (B/s): any device measures orders of
+# magnitude more; a file holding 1e-300 made every predicted time infinite and the
+# factors' fit fail.
+FLOOR = 1e6
+# The most each may hold (100 P multiply-adds/s, 100 TB/s: past any device), and the
+# longest dispatch (1 s): a file holding an overhead of 1e300 s passed, and predict
+# printed "launch 1e+306 us" and times to match.
+CEILING, MAX_OVERHEAD = 1e17, 1.0
+# The most SMs a GPU (or edge GPU) may have (the largest have about 300): they set the
+# tile waves of ``model.quantisation``, and 1e9 of them predicted a dense block at
+# 3915 s for 0.5 ms, silently. A CPU's units (threads) are not bounded: the model does
+# not use them.
+MAX_SMS = 1024
+RATE_RANGE = f"({FLOOR:g}, {CEILING:g}]"
+OVERHEAD_RANGE = f"[0, {MAX_OVERHEAD:g}]"
+
+
+def in_range(x: object, least: float, most: float, zero_ok: bool = False) -> bool:
+    """Whether x is a real number, not a bool, with least < x <= most (or x == 0 where
+    ``zero_ok``): finite, as most is. The bounds are compared first: an int past
+    float's range (JSON reads 10**400 as one) made math.isfinite raise OverflowError
+    where the ValueError naming the field was due."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool):
         return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
+    return (x > least or (zero_ok and x == 0)) and x <= most and math.isfinite(x)
+
+
+def rate_ok(x: object) -> bool:
+    """A peak (multiply-adds/s) or bandwidth (B/s) in ``RATE_RANGE``."""
+    return in_range(x, FLOOR, CEILING)
+
+
+def overhead_ok(x: object) -> bool:
+    """A launch / dispatch overhead (s) in ``OVERHEAD_RANGE``."""
+    return in_range(x, 0.0, MAX_OVERHEAD, zero_ok=True)
+
+
+def units_ok(x: object, kind: str) -> bool:
+    """An int >= 1 (numpy ints count, bools do not), at most ``MAX_SMS`` unless ``kind``
+    is "cpu"."""
+    return (isinstance(x, numbers.Integral) and not isinstance(x, bool)
+            and 1 <= x <= (math.inf if kind == "cpu" else MAX_SMS))
 
 
 @dataclass(frozen=True)
@@ -43,6 +78,10 @@ class HardwareSpec:
     with dense math (tensor cores where the dtype uses them, fp32 accumulation).
     bandwidth: DRAM bytes/s. launch_overhead: seconds per kernel launch / op dispatch.
     notes: where the numbers come from.
+
+    Raises:
+        ValueError: naming the field, for an unknown kind or a number outside the bounds
+            a calibration file is held to (``rate_ok``, ``overhead_ok``, ``units_ok``).
     """
 
     name: str
@@ -54,21 +93,29 @@ class HardwareSpec:
     notes: str = ""
 
     def __post_init__(self):
+        """Raise a ValueError naming the first field out of the bounds a calibration
+        file is held to (``in_range`` and the constants above it): launch_overhead=1e300
+        passed here, where the same number in a calibration file is corrupt."""
         if self.kind not in KINDS:
             raise ValueError(f"HardwareSpec kind {self.kind!r} unknown; accepted: {KINDS}")
-        # not (v > 0) rather than v <= 0: NaN fails every comparison
-        if not (_finite(self.bandwidth) and self.bandwidth > 0
-                and _finite(self.launch_overhead) and self.launch_overhead >= 0
-                and isinstance(self.compute_units, numbers.Integral)
-                and not isinstance(self.compute_units, bool) and self.compute_units >= 1):
-            raise ValueError(f"HardwareSpec {self.name!r}: bandwidth must be finite and > 0, "
-                             "compute_units an int >= 1 and launch_overhead finite and >= 0 "
-                             "(numbers, not bools)")
         pairs = self.peak if isinstance(self.peak, (tuple, list)) else None
-        if not pairs or not all(isinstance(e, (tuple, list)) and len(e) == 2 and e[0] in DTYPES
-                                and _finite(e[1]) and e[1] > 0 for e in pairs):
-            raise ValueError(f"HardwareSpec {self.name!r}: peak must be ((dtype, rate), ...): "
-                             f"finite positive rates of dtypes among {', '.join(DTYPES)}")
+        most = "" if self.kind == "cpu" else f" and <= {MAX_SMS} (SMs)"
+        checks = (
+            ("compute_units", units_ok(self.compute_units, self.kind), f"an int >= 1{most}"),
+            ("peak", bool(pairs) and all(
+                isinstance(e, (tuple, list)) and len(e) == 2 and e[0] in DTYPES
+                and rate_ok(e[1]) for e in pairs)
+             and len({e[0] for e in pairs}) == len(pairs),  # (a twice given one: which?)
+             f"((dtype, multiply-adds/s in {RATE_RANGE}), ...) of distinct dtypes among "
+             f"{', '.join(DTYPES)}"),
+            ("bandwidth", rate_ok(self.bandwidth), f"a number of B/s in {RATE_RANGE}"),
+            ("launch_overhead", overhead_ok(self.launch_overhead),
+             f"a number of s in {OVERHEAD_RANGE}"))
+        for name, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"HardwareSpec {self.name!r}: {name} "
+                                 f"{getattr(self, name)!r} is not {accepted} (numbers, "
+                                 "not bools)")
         # a tuple of tuples whatever was given: the spec is a key of the model's caches
         object.__setattr__(self, "peak", tuple((d, r) for d, r in pairs))
 
@@ -101,6 +148,19 @@ class HardwareSpec:
         peaks = ", ".join(f"{d} {p / 1e12:.3g} TMAC/s" for d, p in self.peak)
         return (f"{self.name} ({self.kind}, {self.compute_units} units): {peaks}; "
                 f"{self.bandwidth / 1e9:.4g} GB/s; launch {self.launch_overhead * 1e6:.3g} us")
+
+
+def check_hardware(hw: object) -> HardwareSpec:
+    """``hw`` if it is a HardwareSpec.
+
+    Raises:
+        ValueError: naming what ``hw`` is instead (a name such as "a100" raised
+            AttributeError deep in the model).
+    """
+    if not isinstance(hw, HardwareSpec):
+        raise ValueError(f"hw must be a HardwareSpec (predict.get_hardware(name)), got "
+                         f"{type(hw).__name__}")
+    return hw
 
 
 def _gpu(name, kind, units, fp32_tflops, fp16_tflops, bf16_tflops, gbs, launch_us, notes):

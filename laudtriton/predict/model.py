@@ -38,7 +38,7 @@ from ..nn.maskers import finite_real, positive_real
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spatial_cost import _rates as cell_rates  # (a hashed file: not renamed)
 from ..ops.spec import BlockSpec
-from .hardware import HardwareSpec
+from .hardware import HardwareSpec, check_hardware
 from .network import check_rate, mask1_fraction, stem_head_cost
 
 log = logging.getLogger("laudtriton")
@@ -205,10 +205,24 @@ def factor_key(variant: str, spec: BlockSpec | None = None) -> str:
 
 def factors_for(variant: str, hw: HardwareSpec, factors: dict[str, Factors] | None) -> Factors:
     """The fitted factors under ``variant`` (a :func:`factor_key`), else the variant's own
-    ("dense" for "dense/channel"), else the pooled fit ("*"), else the kind default."""
+    ("dense" for "dense/channel"), else the pooled fit ("*"), else the kind default.
+
+    Raises:
+        ValueError: if factors is not None or a dict, or the entry found is not a Factors
+            (naming its key; they raised AttributeError, 'get' or 'overhead').
+    """
+    if factors is not None and not isinstance(factors, dict):
+        raise ValueError(f"factors must be a dict {{variant: Factors}} (predict.fit) or None, "
+                         f"got {type(factors).__name__}")
     factors = factors or {}
-    return (factors.get(variant) or factors.get(variant.split("/")[0]) or factors.get("*")
-            or DEFAULT_FACTORS[hw.kind])
+    for key in (variant, variant.split("/")[0], "*"):
+        found = factors.get(key)
+        if found:  # (as before: an empty entry falls through)
+            if not isinstance(found, Factors):
+                raise ValueError(f"factors[{key!r}] must be a Factors, got "
+                                 f"{type(found).__name__}")
+            return found
+    return DEFAULT_FACTORS[hw.kind]
 
 
 def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
@@ -217,10 +231,11 @@ def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: Hard
     non-decreasing in ``rate`` (see the module docstring).
 
     Raises:
-        ValueError: rate not a number in [0, 1] (``network.check_rate``), or a variant
-            with no model.
+        ValueError: rate not a number in [0, 1] (``network.check_rate``), a variant
+            with no model, or hw not a HardwareSpec.
     """
     rate = check_rate(rate)
+    check_hardware(hw)
     v = resolve_variant(variant)
     curve = _curve(spec, v.name, hw, factors_for(factor_key(v.name, spec), hw, factors))
     return curve[min(MONOTONE_STEPS, math.ceil(rate * MONOTONE_STEPS - 1e-6))]
@@ -261,7 +276,8 @@ def predict_timings(spec: BlockSpec, bucket: float, variants: Iterable[str | Var
 def predict_stem_head(input_size: int, batch: int, dtype: str, hw: HardwareSpec,
                       factors: dict[str, Factors] | None = None) -> float:
     """Predicted seconds of the dense stem and head (``network.stem_head_cost``), with the
-    ``dense`` variant's factors."""
+    ``dense`` variant's factors. Raises ValueError if hw is not a HardwareSpec."""
+    check_hardware(hw)
     flops, byts, launches = stem_head_cost(input_size, batch, dtype=dtype)
     t = Terms(float(launches), flops / hw.peak_macs(dtype), byts / hw.bandwidth)
     return latency_from_terms(t, factors_for("dense", hw, factors), hw)
@@ -289,7 +305,8 @@ def predict_static_dense(spec: BlockSpec, hw: HardwareSpec,
     channel masks the ``dense`` variant is another code path ("dense/channel",
     :func:`factor_key`), a candidate of that block but not the baseline: predicted so, a
     channel-mode model's "dense" took 85 ms against the spatial one's 64 ms (ResNet-50 on
-    the Intel cache's fit, session 31)."""
+    the Intel cache's fit, session 31). Raises ValueError if hw is not a HardwareSpec."""
+    check_hardware(hw)
     return _curve(spec, "dense", hw, factors_for("dense", hw, factors))[MONOTONE_STEPS]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..nn.maskers import finite_real
 from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
@@ -25,22 +26,31 @@ MODES = ("spatial", "channel", "layer", "both")
 
 def per_stage(value: str | int | Sequence[Any], name: str, cast: Callable[[Any], Any] = str
               ) -> list:
-    """'a-b-c-d', a scalar or a 4-list -> 4 values.
+    """'a-b-c-d', a scalar or 4 values -> 4 values. The model's forms
+    (``nn.stages.per_stage``): 4 values as a list, tuple, range or 1-d numpy array or
+    tensor (a 0-d one is its scalar); the CLI's wording in the errors ("--name").
 
     Raises:
-        ValueError: naming ``name``, the value and the accepted forms.
+        ValueError: naming ``name``, the value and the accepted forms (an array of 2 or
+            more dimensions too).
     """
+    given = value
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        if value.ndim > 1:
+            raise ValueError(f"--{name} {given!r} is a {value.ndim}-d array; give one value, "
+                             "'a-b-c-d' or 4 values")
+        value = value.tolist()  # Python scalars (np.str_ -> str): a 0-d array's one value
     items = value.split("-") if isinstance(value, str) else (
-        list(value) if isinstance(value, (list, tuple)) else [value] * 4)
+        list(value) if isinstance(value, (list, tuple, range)) else [value] * 4)
     if len(items) == 1:
         items = items * 4
     if len(items) != 4:
-        raise ValueError(f"--{name} {value!r} has {len(items)} stages; LAUD-ResNet has 4 "
+        raise ValueError(f"--{name} {given!r} has {len(items)} stages; LAUD-ResNet has 4 "
                          "(give one value or 'a-b-c-d')")
     try:
         return [cast(v) for v in items]
     except (TypeError, ValueError, OverflowError):  # (OverflowError: int(inf))
-        raise ValueError(f"--{name} {value!r} is malformed") from None
+        raise ValueError(f"--{name} {given!r} is malformed") from None
 
 
 def check_rate(rate: float, name: str = "rate") -> float:

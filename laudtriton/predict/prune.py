@@ -16,7 +16,7 @@ from pathlib import Path
 from ..nn.maskers import check_positive_ints
 from ..ops.registry import Variant
 from ..ops.spec import BlockSpec
-from .hardware import HardwareSpec
+from .hardware import HardwareSpec, check_hardware
 from .model import (
     Factors,
     factor_key,
@@ -75,9 +75,7 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
             not a HardwareSpec, or a config that is not a dict or whose tile is not
             positive ints (``config_tiles``).
     """
-    if not isinstance(hw, HardwareSpec):
-        raise ValueError(f"hw must be a HardwareSpec (predict.get_hardware(name)), got "
-                         f"{type(hw).__name__}")
+    check_hardware(hw)
     name = resolve_variant(variant).name
     t = terms(spec, check_rate(rate), variant, hw, config_tiles(config))
     return latency_from_terms(t, factors_for(factor_key(name, spec), hw, factors), hw)

@@ -310,7 +310,8 @@ class TuneCache(CacheStore):
         if bad is not None:
             raise ValueError(f"record: spec {spec!r} or meta {meta!r} is malformed (meta: "
                              "'models' {model: [block names]}, 'asked_rates' rates in "
-                             "[0, 1], 'input_size' a positive int, 'flops_ratio' a number)")
+                             "[0, 1], 'input_size' a positive int, 'flops_ratio' a finite "
+                             "number >= 0, 'channel_rate' a rate in [0, 1])")
         if not new:
             return
         merge_entries_into(self._memory, new)

@@ -204,8 +204,10 @@ def is_valid_entry(e: object) -> bool:
     """``e`` is an entry every reader can use: spec a BlockSpec dict, rate_bucket a number
     in [0, 1], variant a string, timings {str: number > 0}, meta (if any) a dict whose
     "models" is {str: [str]}, "asked_rates" a list of numbers in [0, 1], "input_size" a
-    positive int and "flops_ratio" a number, config keys JSON objects, versions a dict,
-    source_hash a string or null."""
+    positive int, "flops_ratio" a finite number >= 0 (``plot --from cache`` refused the
+    whole cache for one NaN) and "channel_rate" a number in [0, 1] (a sweep crashed on a
+    list there), config keys JSON objects, versions a dict, source_hash a string or
+    null."""
     if not (isinstance(e, dict) and is_valid_spec(e.get("spec"))
             and _number(e.get("rate_bucket")) and 0.0 <= e["rate_bucket"] <= 1.0
             and isinstance(e.get("variant"), str)
@@ -232,7 +234,11 @@ def is_valid_entry(e: object) -> bool:
     if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
                                  and size > 0):
         return False
-    return "flops_ratio" not in meta or _number(meta["flops_ratio"])
+    fr = meta.get("flops_ratio", 0.0)
+    if not (_number(fr) and math.isfinite(fr) and fr >= 0.0):
+        return False
+    chan = meta.get("channel_rate", 0.0)  # a mode-both item's (``sweep._items``)
+    return _number(chan) and 0.0 <= chan <= 1.0
 
 
 def _real(x) -> float | None:

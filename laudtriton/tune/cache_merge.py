@@ -4,6 +4,7 @@ one: ``laudtriton cache merge``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,14 +27,17 @@ class NotACacheError(ValueError):
 def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     """Merge cache files (several machines of one kind, or sweep shards) into
     ``out_path`` (its own entries kept; later files win per config). Corrupt or
-    foreign-schema inputs are reported and skipped. Returns the entries in ``out_path``.
+    foreign-schema inputs are reported and skipped. The missing folders of the file
+    written are made (where a symbolic link ``out_path`` points: the link is kept).
+    Returns the entries in ``out_path``.
 
     Raises:
         ValueError: if no input is given, an input is missing, a directory or not a
             regular file, a file holds entries but no device, no input holds a valid
             entry, or the inputs (and an existing ``out_path``) are for different devices.
-        NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file
-            (nothing is written over it).
+        NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file,
+            or not a regular file (a pipe is not read, a device not replaced; nothing
+            is written over it).
         cache_file.LockTimeout: (a TimeoutError) if another process holds the lock of
             ``out_path`` for ``LOCK_TIMEOUT`` seconds.
         OSError: if ``out_path``, its lock or its folder cannot be written.
@@ -60,7 +64,9 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     if not merged:
         raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
                          f"{out} left as it was")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # the folder of the file written (a link's target's: the fcntl lock, without
+    # filelock, made none, and the merge through such a link failed)
+    Path(os.path.realpath(out)).parent.mkdir(parents=True, exist_ok=True)
     # out is read again under the lock: a sweep may have recorded into it meanwhile
     with file_lock(lock_path_of(out)):
         _check_is_cache(out)
@@ -83,8 +89,13 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
 
 
 def _check_is_cache(out: Path) -> None:
-    """Raise NotACacheError unless ``out`` is missing or a cache file."""
+    """Raise NotACacheError unless ``out`` is missing or a cache file (a regular file: a
+    read of a pipe waits for a writer that may never come)."""
     if out.exists():
+        if not out.is_file():
+            raise NotACacheError(f"{out} exists and is not a regular file (a directory, a "
+                                 "pipe or a device); give a cache file name, nothing "
+                                 "written")
         try:
             data = decode_cache_json(out.read_bytes())
         except (OSError, ValueError, RecursionError) as e:

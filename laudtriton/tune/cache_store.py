@@ -1,8 +1,9 @@
 """Where a TuneCache keeps its records (DESIGN.md section 5): its file, read again only
 when it changed on disk, and records and annotations merged into it under the file lock
 (temp file + ``os.replace``); in memory when the file cannot take them (an unwritable
-directory, a file that cannot be read or holds another device's timings, a symbolic link
-into a missing folder, another process holding the lock), said once; and clearing it.
+directory or a full disk, a file that cannot be read or holds another device's timings, a
+symbolic link into a missing folder, another process holding the lock), said once; and
+clearing it.
 
 ``CacheStore`` is the base of ``cache.TuneCache``, which sets its attributes and says which
 entries there are (``_all``). The file itself (reading, validating, writing, the lock) is
@@ -170,8 +171,9 @@ class CacheStore:
             log.warning("autotune cache %s: another process held its lock %s for %g s; "
                         "results are kept in memory, a later record tries again",
                         self.path, self.lock_path, cache_file.LOCK_TIMEOUT)
-        except OSError as e:
-            self._unsaved(f"directory not writable: {self.dir}", "_warned_unwritable",
+        except OSError as e:  # not only a read-only folder: a full disk, an I/O error
+            self._unsaved(f"cannot write in {self.dir} ({e.strerror or e})",
+                          "_warned_unwritable",
                           "cannot write the autotune cache in %s (%s); results are kept in "
                           "memory (a later record tries again)", self.dir, e)
 

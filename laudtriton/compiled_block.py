@@ -32,7 +32,7 @@ from .ops import BlockSpec, get_variant
 from .ops.fold import Derived, Fingerprint, FoldedBlock
 from .ops.layer import gate_values
 from .ops.masks import Gates
-from .order import SampleOrder, caller_masks, take_masks
+from .order import SampleOrder, caller_masks, check_batch_masks, take_masks
 from .pooling import fastest_form, mean_rows
 from .schedule import Choice, DispatchTable, mean64, run_rate
 
@@ -100,8 +100,9 @@ class CompiledBlock(RefusesTracing, nn.Module):
         masks given in the caller's; see ``order.SampleOrder``), always with
         reuse_input=True, since a layer block on CPU then moves its active samples into
         one window of x first (a ValueError otherwise, or for an order of another
-        batch). check_masks: whether given masks are checked first (``check_masks``).
-        check_finite: called on
+        batch). check_masks: whether given masks are checked first (``check_masks``);
+        unchecked, they must still be a BlockMasks of x's batch (a ValueError naming the
+        block otherwise, ``order.check_batch_masks``). check_finite: called on
         its own (no order), the block tests x for NaN and inf and gives a sample that has
         any a NaN output (as the model does); False skips that test (not the shape, dtype
         and device checks), for a caller that knows x is finite: ``laudtriton bench``
@@ -151,8 +152,11 @@ class CompiledBlock(RefusesTracing, nn.Module):
             if reuse_input and bool((x < 0).any()):  # (a model's blocks get its ReLU's)
                 raise ValueError(f"{self.name}: reuse_input=True takes a ReLU output "
                                  "(x >= 0); x holds negative values")
-        if masks is not None and check_masks:
-            self.check_masks(masks, x)
+        if masks is not None:
+            if check_masks:
+                self.check_masks(masks, x)
+            elif order is None:  # (with an order, ``to_batch`` checks this)
+                check_batch_masks(masks, x.shape[0], self.name)
         if order is not None and self.spec.mode == "layer" and x.device.type == "cpu":
             return self._layer_step(x, order, masks)
         if order is None:  # called on its own (a CompiledModel tests its input itself)
@@ -230,17 +234,18 @@ class CompiledBlock(RefusesTracing, nn.Module):
         return getattr(self, "pooling", "gemm")
 
     def _check_input(self, x) -> None:
-        """Raise a ValueError naming the block unless x is [B >= 1, Cin, H, W] of the
-        compiled dtype, on the compiled device, index included (the map size may differ:
-        ``_fit``)."""
+        """Raise a ValueError naming the block unless x is [B, Cin, H, W] (B, H, W >= 1)
+        of the compiled dtype, on the compiled device, index included (the map size may
+        differ: ``_fit``; an empty map raised MapTooSmall, a BlockSpec error or torch's
+        "stride should not be zero", by mode)."""
         want = self.fb.w1
         if isinstance(x, torch.Tensor) and x.layout != torch.strided:
             raise ValueError(strided_refusal(f"{self.name}: input", x))
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 or (
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or 0 in x.shape or (
                 x.shape[1] != self.spec.in_channels):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{self.name}: expected an input [B, {self.spec.in_channels}, "
-                             f"H, W] with B >= 1, got {shape}")
+                             f"H, W] with H, W >= 1 and B >= 1, got {shape}")
         if x.dtype != want.dtype or x.device != want.device:
             raise ValueError(f"{self.name}: input is {x.dtype} on {x.device}; the block is "
                              f"compiled for {want.dtype} on {want.device}")

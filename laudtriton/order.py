@@ -108,20 +108,36 @@ class SampleOrder:
                 batch dimension (0-d) or its batch is not the batch's size (naming
                 ``who``, the block, when given).
         """
-        if not isinstance(masks, BlockMasks):
-            where = f"{who}: masks" if who else "masks"
-            raise ValueError(f"{where} must be a BlockMasks, got {type(masks).__name__}")
-        for name in MASK_FIELDS:
-            t = getattr(masks, name)
-            if t is None:
-                continue
-            where = f"{who}: masks.{name}" if who else f"masks.{name}"
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"{where} must be a tensor or None, got {type(t).__name__}")
-            if t.dim() == 0 or t.shape[0] != len(self.perm):
-                samples = f"{t.shape[0]} samples" if t.dim() else "no batch dimension"
-                raise ValueError(f"{where} has {samples} for a batch of {len(self.perm)}")
+        check_batch_masks(masks, len(self.perm), who)
         return masks if self.identity else take_masks(masks, self.perm)
+
+
+def check_batch_masks(masks: BlockMasks, batch: int, who: str = "") -> None:
+    """The check that given masks meet even unchecked (``check_masks=False``): a
+    BlockMasks whose masks are tensors (or None) of ``batch`` samples. ``to_batch`` runs
+    it in a CompiledModel's reordering forward, and a compiled block called without an
+    order (on its own, or in a model while a hook is registered) runs it itself, so that
+    such masks raise the same error on every path (a str raised AttributeError, a mask of
+    another batch torch's size mismatch, when the block ran without an order).
+
+    Raises:
+        ValueError: if masks is not a BlockMasks, or a mask is not a tensor, has no batch
+            dimension (0-d) or its batch is not ``batch`` (naming ``who``, the block, when
+            given).
+    """
+    if not isinstance(masks, BlockMasks):
+        where = f"{who}: masks" if who else "masks"
+        raise ValueError(f"{where} must be a BlockMasks, got {type(masks).__name__}")
+    for name in MASK_FIELDS:
+        t = getattr(masks, name)
+        if t is None:
+            continue
+        where = f"{who}: masks.{name}" if who else f"masks.{name}"
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{where} must be a tensor or None, got {type(t).__name__}")
+        if t.dim() == 0 or t.shape[0] != batch:
+            samples = f"{t.shape[0]} samples" if t.dim() else "no batch dimension"
+            raise ValueError(f"{where} has {samples} for a batch of {batch}")
 
 
 def take_masks(masks: BlockMasks, idx: Sequence[int]) -> BlockMasks:

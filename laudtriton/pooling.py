@@ -23,6 +23,7 @@ from statistics import median
 
 import torch
 
+from .nn.maskers import is_positive_int
 from .ops.masks import global_pool
 
 FORMS = ("gemm", "mean")  # the first is kept on a tie
@@ -61,8 +62,13 @@ def fastest_form(channels: int, hw: tuple[int, int]) -> str:
     times each form once, ``ROUNDS`` rounds after two untimed, or ``MIN_ROUNDS`` and
     more until ``BUDGET_S`` seconds have passed (a large map). Measured once per shape and
     thread count in a process: 4-26 ms for each of ResNet-101's five shapes at 224x224 on
-    a 2-core VM."""
-    return _fastest_form(channels, tuple(hw), torch.get_num_threads())
+    a 2-core VM.
+
+    Raises:
+        ValueError: unless channels is an int >= 1 and hw two ints >= 1 (an empty map
+            divided by zero, a bad size failed inside torch).
+    """
+    return _fastest_form(channels, check_map(channels, hw), torch.get_num_threads())
 
 
 @lru_cache(maxsize=64)
@@ -74,7 +80,12 @@ def _fastest_form(channels: int, hw: tuple[int, int], threads: int) -> str:
 def time_forms(channels: int, hw: tuple[int, int]) -> dict[str, list[float]]:
     """{form: [seconds of ``mean_rows`` in that form, one per round]} (``fastest_form``),
     on a float32 CPU map whatever torch's default dtype and device; torch's random
-    state is left alone (a generator of its own)."""
+    state is left alone (a generator of its own).
+
+    Raises:
+        ValueError: as ``fastest_form``.
+    """
+    hw = check_map(channels, hw)
     gen = torch.Generator("cpu").manual_seed(0)
     x = torch.rand(1, channels, *hw, generator=gen, dtype=torch.float32,
                    device="cpu").contiguous(memory_format=torch.channels_last)
@@ -92,3 +103,18 @@ def time_forms(channels: int, hw: tuple[int, int]) -> dict[str, list[float]]:
                 if r >= 2:
                     times[form].append(time.perf_counter() - t0)
     return times
+
+
+def check_map(channels: object, hw: object) -> tuple[int, int]:
+    """hw as a tuple, after checking that ``channels`` is an int >= 1 and ``hw`` two ints
+    >= 1 (a tuple or list).
+
+    Raises:
+        ValueError: naming the argument and the value received.
+    """
+    if not is_positive_int(channels):
+        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+    if not (isinstance(hw, (tuple, list)) and len(hw) == 2
+            and all(is_positive_int(v) for v in hw)):
+        raise ValueError(f"hw must be two ints >= 1 (height, width), got {hw!r}")
+    return tuple(hw)

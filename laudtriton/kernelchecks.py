@@ -40,8 +40,20 @@ def exact_fp32() -> Iterator[None]:
     """fp32 matmuls and cuDNN convolutions in full fp32 precision (TF32 off) inside, as
     they were outside after. cuDNN runs fp32 convolutions in TF32 by default on Ampere
     and later: about 3e-4 of max|ref| off on these checks' shapes, over their 1e-4
-    bound. A no-op for CPU tensors."""
+    bound. A no-op for CPU tensors. Through ``fp32_precision`` where torch has it (2.9
+    and later), whose settings, "none" included, come back as they were: once a caller
+    set that API, torch refuses a read of the legacy ``allow_tf32`` flags (RuntimeError,
+    "mix of the legacy and new APIs"); through ``allow_tf32`` on an older torch."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        before = matmul.fp32_precision, conv.fp32_precision
+        matmul.fp32_precision = conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = before
+        return
     before = cudnn.allow_tf32, matmul.allow_tf32
     cudnn.allow_tf32 = matmul.allow_tf32 = False
     try:

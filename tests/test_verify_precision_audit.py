@@ -27,11 +27,21 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
 _conv2d = F.conv2d  # the real one
 
 
+def _tf32_on() -> bool:
+    """Whether cuDNN would run float32 convolutions in TF32: ``cudnn.conv.fp32_precision``
+    where torch has it (``exact_fp32`` sets that API, and the legacy flag then refuses to
+    be read), else ``cudnn.allow_tf32``."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision == "tf32"
+    return torch.backends.cudnn.allow_tf32
+
+
 def _cudnn_conv2d(a: torch.Tensor, w: torch.Tensor, *args, **kw) -> torch.Tensor:
     """F.conv2d as cuDNN runs it: float32 operands rounded to TF32 while
     ``cudnn.allow_tf32`` is on (torch's default; ``kernelchecks.exact_fp32`` turns it off,
     as for verify's reference)."""
-    if torch.backends.cudnn.allow_tf32 and a.dtype == torch.float32:
+    if _tf32_on() and a.dtype == torch.float32:
         a, w = _tf32(a), _tf32(w)
     return _conv2d(a, w, *args, **kw)
 

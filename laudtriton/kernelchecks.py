@@ -40,21 +40,24 @@ def exact_fp32() -> Iterator[None]:
     """fp32 matmuls and cuDNN convolutions in full fp32 precision (TF32 off) inside, as
     they were outside after. cuDNN runs fp32 convolutions in TF32 by default on Ampere
     and later: about 3e-4 of max|ref| off on these checks' shapes, over their 1e-4
-    bound. A no-op for CPU tensors. Through ``fp32_precision`` where torch has it (2.9
-    and later), whose settings, "none" included, come back as they were: once a caller
-    set that API, torch refuses a read of the legacy ``allow_tf32`` flags (RuntimeError,
-    "mix of the legacy and new APIs"); through ``allow_tf32`` on an older torch."""
+    bound. A no-op for CPU tensors. Through the legacy ``allow_tf32`` flags, or, where
+    torch refuses to read them (a caller set its newer ``fp32_precision`` API: "mix of
+    the legacy and new APIs", a RuntimeError that failed every check run inside),
+    through ``fp32_precision``, whose settings come back as they were."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    conv = getattr(cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
-        before = matmul.fp32_precision, conv.fp32_precision
-        matmul.fp32_precision = conv.fp32_precision = "ieee"
+    try:
+        before = cudnn.allow_tf32, matmul.allow_tf32
+    except RuntimeError:
+        new = [b for b in (matmul, getattr(cudnn, "conv", None)) if b is not None]
+        saved = [b.fp32_precision for b in new]
+        for b in new:
+            b.fp32_precision = "ieee"
         try:
             yield
         finally:
-            matmul.fp32_precision, conv.fp32_precision = before
+            for b, p in zip(new, saved):
+                b.fp32_precision = p
         return
-    before = cudnn.allow_tf32, matmul.allow_tf32
     cudnn.allow_tf32 = matmul.allow_tf32 = False
     try:
         yield

@@ -35,14 +35,16 @@ one that leaves CUDA unusable it stops.
 
 Run on a GPU from the source tree: ``PYTHONPATH=. python benchmarks/gpu_overhead.py --out
 DIR``; writes DIR/overhead.csv (one row per measurement), DIR/overhead.json (launch
-figures, errors, skips) and DIR/overhead.log after each item. Parts 2-4 run float16 on
-CUDA; ``--device cpu`` runs the plumbing on CPU in float32 (no device time, no graphs, no
+figures, errors, skips) and DIR/overhead.log after each item (an earlier run's outputs
+there, kernels.txt included, are removed first). Parts 2-4 run float16 on CUDA;
+``--device cpu`` runs the plumbing on CPU in float32 (no device time, no graphs, no
 Triton variants) for the tests. Part 2's spec column names the dtype when not float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import sys
@@ -67,6 +69,7 @@ FIELDS = ("part", "mode", "spec", "batch", "what", "eager_us", "device_us", "ker
 # Each part's share of --budget (normalised over the parts asked for), in run order: on
 # the H200 (session 38) parts 1-4 took 116 s in all and part 5 about 90 s at two batches.
 SHARES = {1: 0.03, 3: 0.25, 2: 0.3, 4: 0.12, 5: 0.2, 6: 0.1}
+OUTPUTS = ("overhead.csv", "overhead.json", "overhead.log", "kernels.txt")  # removed first
 
 
 class Recorder(TableRun):
@@ -207,9 +210,11 @@ def _ints(p: argparse.ArgumentParser, flag: str, text: str, accepted: str, ok) -
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (None: sys.argv[1:]), run the parts asked for and write the results;
     returns 0, or 2 with one line on stderr when ``--device cuda`` finds no GPU. A bad
-    option exits through argparse (code 2) before any work."""
+    option, an ``--out`` that cannot be made or written included, exits through argparse
+    (code 2) before any work."""
     from laudtriton.tune.keys import check_dir
     from laudtriton.tune.options import check_input_size
+    from laudtriton.tune.paths import make_writable_dir
 
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", required=True, help="the output folder")
@@ -232,8 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_overhead: error: no CUDA device", file=sys.stderr)
         return 2
+    try:  # made and written to before any work (check_dir passes /proc/x: mkdir fails)
+        make_writable_dir(args.out, "--out")
+    except ValueError as e:
+        p.error(str(e))
     rec = Recorder(Path(args.out).expanduser(), args.budget, args.device)
-    rec.out.mkdir(parents=True, exist_ok=True)
+    # an earlier run's outputs in --out: its log was appended to, its kernels.txt (part 6
+    # not asked for or not reached) and, until this run's first write, its CSV and JSON
+    # were left as if this run's
+    for name in OUTPUTS:
+        with contextlib.suppress(FileNotFoundError):
+            (rec.out / name).unlink()
     rec.info["torch"] = torch.__version__
     if args.device == "cuda":
         rec.info["gpu"] = torch.cuda.get_device_name()

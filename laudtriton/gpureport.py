@@ -3,9 +3,13 @@ latency-vs-rate plot per model (block sums) and the summary table."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +42,9 @@ def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = FIELDS) -> N
 def _block_times(rows: list[dict], model: str) -> dict:
     """{(mode, batch, rate, spec_key): {"count": blocks of ``model`` it stands for, "t":
     {variant: fastest finite seconds}}} from the timing rows of distinct blocks (the
-    whole compiled models' rows left out)."""
+    whole compiled models' rows left out). A block at a rate without a finite dense
+    timing > 0 is left out (untimed there): nothing can be set against it, and an inf
+    dense sum read as every variant "0.00x" of dense."""
     per: dict = {}
     for r in rows:
         if r["variant"] == "compiled" or not r["models"]:
@@ -49,14 +55,15 @@ def _block_times(rows: list[dict], model: str) -> dict:
         key = (r["mode"], r["batch"], r["rate"], r["spec_key"])
         d = per.setdefault(key, {"count": count, "t": {}})
         d["t"][r["variant"]] = min(d["t"].get(r["variant"], math.inf), r["seconds"])
-    return per
+    return {k: d for k, d in per.items() if d["t"].get("dense", 0.0) > 0}
 
 
 def model_curves(rows: list[dict], model: str) -> dict:
     """{(mode, batch): {line: {rate: seconds}}}: whole-model sums over the blocks of
-    ``model`` (each distinct block x its count); a variant that does not run a block
-    counts dense there; "best" takes the fastest finite timing per block, dense's
-    included (what dispatch can run: never above dense, 1.00x where dense wins)."""
+    ``model`` (each distinct block x its count; a block without a dense timing left
+    out: ``_block_times``); a variant that does not run a block counts dense there;
+    "best" takes the fastest finite timing per block, dense's included (what dispatch
+    can run: never above dense, 1.00x where dense wins)."""
     per = _block_times(rows, model)
     out: dict = {}
     names = {n for d in per.values() for n in d["t"]}
@@ -71,9 +78,9 @@ def model_curves(rows: list[dict], model: str) -> dict:
 
 
 def coverage(rows: list[dict], model: str) -> dict:
-    """{(mode, batch): {rate: blocks of ``model`` with a finite timing}} (each distinct
-    block x its count), to tell a whole model's sums from those of a run a time limit cut
-    short (``partial``)."""
+    """{(mode, batch): {rate: blocks of ``model`` with a finite dense timing}} (each
+    distinct block x its count), to tell a whole model's sums from those of a run a time
+    limit cut short (``partial``)."""
     out: dict = {}
     for (mode, batch, rate, _), d in _block_times(rows, model).items():
         per = out.setdefault((mode, batch), {})
@@ -100,9 +107,9 @@ def partial(rows: list[dict], model: str) -> dict:
 def plot(rows: list[dict], model: str, path: Path) -> bool:
     """Plot ``model``'s latency (ms, summed over its blocks: ``model_curves``) against the
     activation rate into the image file ``path`` (format from its suffix; gpucheck writes
-    PNGs): a panel per (mode, batch), a line per variant, dense and "best". Returns False,
-    writing nothing, when ``rows`` hold no finite timing of ``model``'s blocks. Needs
-    matplotlib."""
+    PNGs), replaced atomically (a temp file beside it, then renamed): a panel per (mode,
+    batch), a line per variant, dense and "best". Returns False, writing nothing, when
+    ``rows`` hold no block of ``model`` with a finite dense timing. Needs matplotlib."""
     from matplotlib.figure import Figure
 
     curves = model_curves(rows, model)
@@ -126,7 +133,21 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # drawn, then written to a temp file beside it and renamed: a run killed meanwhile (a
+    # hard time limit) leaves the last whole image, not a truncated one
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=Path(path).suffix[1:] or "png")
+    tmp = Path(path).with_name(f"{Path(path).name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # a plain open()'s mode, not mkstemp's 0600
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return True
 
 

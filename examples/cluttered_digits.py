@@ -32,8 +32,8 @@ are written: the learned masks over test images, and latency vs activation rate.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import io
 import math
 import os
 import sys
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import laudtriton
 from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
+from laudtriton.tune.atomic import write_bytes_atomic
 from laudtriton.tune.paths import check_nonempty, check_output_path, make_writable_dir
 
 
@@ -201,19 +202,14 @@ def train(model: LaudResNet, train_x: torch.Tensor, train_y: torch.Tensor, cfg: 
 
 
 def save_state(model: LaudResNet, path: Path) -> None:
-    """Write ``model.state_dict()`` to ``path`` (torch.save) atomically: into a temp file
-    beside it (beside the file a symbolic link points to, the link kept), then
-    ``os.replace``. A failed or interrupted save leaves the old file whole and no temp
-    file (it wrote straight into the path: half a file, the old model lost)."""
-    real = Path(os.path.realpath(path))
-    tmp = real.with_name(f".{real.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write ``model.state_dict()`` to ``path`` (torch.save) atomically
+    (``tune.atomic.write_bytes_atomic``: a temp file beside it, beside the file a symbolic
+    link points to, the link kept, then ``os.replace``). A failed or interrupted save
+    leaves the old file whole and no temp file (it wrote straight into the path: half a
+    file, the old model lost)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 # -- evaluation ------------------------------------------------------------------------

@@ -3,13 +3,10 @@ latency-vs-rate plot per model (block sums) and the summary table."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +109,8 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
     ``rows`` hold no block of ``model`` with a finite dense timing. Needs matplotlib."""
     from matplotlib.figure import Figure
 
+    from .tune.atomic import write_bytes_atomic
+
     curves = model_curves(rows, model)
     if not curves:
         return False
@@ -137,17 +136,7 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
     # hard time limit) leaves the last whole image, not a truncated one
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format=Path(path).suffix[1:] or "png")
-    tmp = Path(path).with_name(f"{Path(path).name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # a plain open()'s mode, not mkstemp's 0600
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buf.getvalue())
     return True
 
 

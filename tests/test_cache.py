@@ -543,6 +543,29 @@ def test_write_json_atomic_keeps_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
+def test_write_bytes_atomic_keeps_the_old_file_whole_and_the_link(tmp_path, monkeypatch):
+    """Bytes (an image, a saved model) written as atomic_text writes text: an interrupted
+    write leaves the old file and no temp file; through a link, the link is kept."""
+    import os
+
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", killed)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_mod.write_bytes_atomic(link, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.pt", "m.pt"]
+    atomic_mod.write_bytes_atomic(link, b"\x00new")
+    assert link.is_symlink() and target.read_bytes() == b"\x00new"
+
+
 def test_atomic_write_refuses_to_replace_a_pipe(tmp_path):
     """A file moved over a device or a pipe replaces it (a sweep's --csv /dev/null
     replaced the device with its CSV): refused, the pipe and the folder as they were."""

@@ -1,7 +1,7 @@
 """Files written in their place atomically and durably (``atomic_text``,
-``write_json_atomic``), the temp files a killed write leaves (``remove_orphan_temps``),
-and an unusable file moved aside (``move_aside``): the autotune cache's, and the CSV,
-JSON and text outputs of the commands."""
+``write_json_atomic``, ``write_bytes_atomic``), the temp files a killed write leaves
+(``remove_orphan_temps``), and an unusable file moved aside (``move_aside``): the
+autotune cache's, and the CSV, JSON and text outputs of the commands."""
 
 from __future__ import annotations
 
@@ -28,17 +28,30 @@ def _umask() -> int:
     return umask
 
 
-@contextlib.contextmanager
-def atomic_text(path: str | Path) -> Iterator[TextIO]:
+def atomic_text(path: str | Path) -> contextlib.AbstractContextManager[TextIO]:
     """A text file (UTF-8, no newline translation) written in its place atomically and
-    durably: a temp file in the same directory, flushed to disk, then os.replace (a crash
-    or an interruption leaves the old file or the new one, never a truncated one; the temp
-    file is removed). The file gets the mode a plain open() would give (0666 less the
-    umask), not mkstemp's 0600, so a cache directory can be shared. A ``path`` that is a
-    symbolic link has the file it points to replaced, the link kept (a cache file linked
-    to a shared one keeps feeding it). A ``path`` that exists as something else than a
-    regular file (a device, a pipe) is refused with a ValueError: moved over, it would be
-    replaced."""
+    durably (``_atomic_file``): a temp file in the same directory, flushed to disk, then
+    os.replace (a crash or an interruption leaves the old file or the new one, never a
+    truncated one; the temp file is removed). The file gets the mode a plain open()
+    would give (0666 less the umask), not mkstemp's 0600, so a cache directory can be
+    shared. A ``path`` that is a symbolic link has the file it points to replaced, the
+    link kept (a cache file linked to a shared one keeps feeding it). A ``path`` that
+    exists as something else than a regular file (a device, a pipe) is refused with a
+    ValueError: moved over, it would be replaced."""
+    return _atomic_file(path, binary=False)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as ``atomic_text`` writes text: atomically and durably,
+    with a plain open()'s mode, through a symbolic link; a path that is not a regular
+    file refused (ValueError). For an image or a saved model."""
+    with _atomic_file(path, binary=True) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | Path, binary: bool) -> Iterator:
+    """``atomic_text``'s file, text or ``binary``."""
     path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} is not a regular file (a device, a pipe or a socket); "
@@ -46,7 +59,8 @@ def atomic_text(path: str | Path) -> Iterator[TextIO]:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        with (os.fdopen(fd, "wb") if binary
+              else os.fdopen(fd, "w", newline="", encoding="utf-8")) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

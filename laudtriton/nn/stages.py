@@ -25,11 +25,7 @@ def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: st
             dimensions, or a stage that ``cast`` refuses.
     """
     given = value
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        if value.ndim > 1:
-            raise ValueError(f"{name} {given!r} is a {value.ndim}-d array; accepted: "
-                             f"{accepted}, or a 1-d array of 4")
-        value = value.tolist()  # Python scalars (np.str_ -> str): a 0-d array's one value
+    value = array_values(value, name, f"{accepted}, or a 1-d array of 4")
     if isinstance(value, str) and "-" in value:
         items = value.split("-")
         if any(not item.strip() for item in items):  # "-1", "4--2-1": a sign or a gap
@@ -52,6 +48,21 @@ def per_stage(value: object, name: str, cast: Callable[[Any], Any], accepted: st
             raise ValueError(f"{name} {given!r} is not valid{where}; "
                              f"accepted: {accepted}") from None
     return out
+
+
+def array_values(value: object, name: str, accepted: str) -> object:
+    """A numpy array or tensor of 1 dimension as a list of Python values, of 0 as its one
+    value (np.str_ -> str); any other ``value`` as it is. For per-stage arguments.
+
+    Raises:
+        ValueError: naming ``name``, the value and ``accepted``, for an array of 2 or more
+            dimensions.
+    """
+    if not isinstance(value, (np.ndarray, torch.Tensor)):
+        return value
+    if value.ndim > 1:
+        raise ValueError(f"{name} {value!r} is a {value.ndim}-d array; accepted: {accepted}")
+    return value.tolist()
 
 
 def _mode(v: object) -> str:

@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..nn.maskers import finite_real
 from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
-from ..nn.stages import parse_positive_int
+from ..nn.stages import array_values, parse_positive_int
 from ..ops.masks import expected_mask1_fraction
 from ..ops.spec import BlockSpec
 
@@ -35,11 +34,7 @@ def per_stage(value: str | int | Sequence[Any], name: str, cast: Callable[[Any],
             more dimensions too).
     """
     given = value
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        if value.ndim > 1:
-            raise ValueError(f"--{name} {given!r} is a {value.ndim}-d array; give one value, "
-                             "'a-b-c-d' or 4 values")
-        value = value.tolist()  # Python scalars (np.str_ -> str): a 0-d array's one value
+    value = array_values(value, f"--{name}", "one value, 'a-b-c-d' or 4 values")
     items = value.split("-") if isinstance(value, str) else (
         list(value) if isinstance(value, (list, tuple, range)) else [value] * 4)
     if len(items) == 1:

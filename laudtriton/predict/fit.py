@@ -51,6 +51,11 @@ class Sample:
 _ENTRY_FIELDS = ("spec", "rate_bucket", "variant", "seconds")
 
 
+def _is_entry(e: object) -> bool:
+    """Whether ``e`` has a cache entry's fields (``_ENTRY_FIELDS``)."""
+    return all(hasattr(e, a) for a in _ENTRY_FIELDS)
+
+
 def samples(entries: Iterable) -> list[Sample]:
     """Cache entries (``TuneCache.entries()``) -> the fastest finite, positive time per
     (spec, rate bucket, variant) and version: the entries of other versions
@@ -69,7 +74,7 @@ def samples(entries: Iterable) -> list[Sample]:
     best: dict[tuple, float] = {}
     skipped, dtypes, foreign = set(), set(), set()
     for i, e in enumerate(entries):
-        if not all(hasattr(e, a) for a in _ENTRY_FIELDS):  # (None raised AttributeError)
+        if not _is_entry(e):  # (None raised AttributeError)
             raise ValueError(f"entries[{i}] is a {type(e).__name__}, not a cache entry "
                              f"(an object with {', '.join(_ENTRY_FIELDS)})")
         if not (math.isfinite(e.seconds) and e.seconds > 0):
@@ -112,7 +117,7 @@ def _as_samples(data: Iterable, name: str) -> list[Sample]:
     """
     data = list(data)
     for i, e in enumerate(data):
-        if not isinstance(e, Sample) and not all(hasattr(e, a) for a in _ENTRY_FIELDS):
+        if not isinstance(e, Sample) and not _is_entry(e):
             raise ValueError(f"{name}[{i}] is a {type(e).__name__}, not a Sample or a cache "
                              f"entry (an object with {', '.join(_ENTRY_FIELDS)})")
     if all(isinstance(e, Sample) for e in data):

@@ -124,3 +124,29 @@ def test_block_feature_size_takes_a_1d_array_pair():
             LaudBottleneck(64, 16, granularity=4, feature_size=bad)
     with pytest.raises(ValueError, match="larger than its feature map 2x2"):
         LaudBottleneck(64, 16, granularity=4, feature_size=np.array([2, 2]))
+
+
+@pytest.mark.parametrize("factory,depths", [("laud_resnet50", "(3, 4, 6, 3)"),
+                                            ("laud_resnet101", "(3, 4, 23, 3)")])
+def test_factories_refuse_depths_by_name(factory, depths):
+    """laud_resnet50(depths=...) said "LaudResNet.__init__() got multiple values for
+    argument 'depths'" (given once); it now names the factory and its fixed depths."""
+    import re
+
+    import laudtriton.nn as lnn
+
+    expected = f"{factory}() got an unexpected keyword argument 'depths': its depths are {depths}"
+    with pytest.raises(TypeError, match="^" + re.escape(expected)):
+        getattr(lnn, factory)(depths=(1, 1, 1, 1), width_mult=0.25, input_size=None)
+
+
+def test_depths_as_one_int_is_refused_with_its_name():
+    """Item: depths=3 is refused where granularity=2 stands for every stage. Kept: the
+    refusal is documented and names depths and the accepted forms; an int there reads as
+    an architecture (LaudResNet(50) would build 200 blocks)."""
+    import re
+
+    for one in (3, 50, np.int64(3)):
+        expected = f"depths {one!r} must be 4 positive ints (blocks per stage)"
+        with pytest.raises(ValueError, match="^" + re.escape(expected)):
+            LaudResNet(one, width_mult=0.25, input_size=None)

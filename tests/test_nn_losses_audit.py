@@ -104,3 +104,69 @@ def test_one_block_stats_ratio_by_hand():
     stats = ModelStats([block], torch.tensor(80.0, requires_grad=True), 100.0)
     got = SparsityLoss(target=1.0, num_epochs=10)(stats, 0)
     assert got.item() == pytest.approx(0.5**2 + 0.2**2)
+
+
+def test_sparsity_loss_resumes_from_its_arguments():
+    """Item: the loss keeps target and num_epochs out of its state_dict. Not a loss of
+    state: it holds none (epoch comes with every call), as a torch loss's options are
+    constructor arguments. A checkpoint (model + optimizer + loss state) round-trips with
+    weights_only=True, and the loss rebuilt from its arguments gives the same values at
+    the resumed epoch; keeping the state_dict empty keeps the keys of a module holding it."""
+    import io
+
+    model = tiny().train()
+    model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    loss = SparsityLoss(target=0.3, num_epochs=90)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "loss": loss.state_dict(), "epoch": 12}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    assert ckpt["loss"] == {}
+    again = SparsityLoss(target=0.3, num_epochs=90)
+    again.load_state_dict(ckpt["loss"])  # strict: no key expected, none given
+    for epoch in (ckpt["epoch"], 29.7, 60):
+        assert again.bounds(epoch) == loss.bounds(epoch)
+        assert torch.equal(again(model.last_stats, epoch), loss(model.last_stats, epoch))
+    holder = nn.Module()
+    holder.crit = loss
+    assert list(holder.state_dict()) == []
+
+
+def test_non_finite_stats_give_a_non_finite_loss_that_a_grad_scaler_skips():
+    """Item: SparsityLoss does not refuse NaN/inf statistics. Kept, as torch's losses do:
+    an AMP GradScaler needs the non-finite gradient to skip the step and lower its scale
+    (a raise would end the run), and a check would wait on the device every step."""
+    one = torch.tensor(1.0)
+    for bad in (float("nan"), float("inf")):
+        block = BlockStats(one, one, one, one, torch.tensor(50.0, requires_grad=True),
+                           100.0, 0.0)
+        stats = ModelStats([block], torch.tensor(bad, requires_grad=True), 100.0)
+        assert not torch.isfinite(SparsityLoss(target=0.5, num_epochs=10)(stats, 0))
+    model = tiny().train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, 0] = float("nan")  # a model whose forward produces NaN
+    model(x)
+    value = SparsityLoss(target=0.5, num_epochs=10)(model.last_stats, 0)
+    assert torch.isnan(value)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(value).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0**15
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (1, 0)])
+def test_kd_loss_refuses_logits_of_no_class(shape):
+    """[B, 0] logits gave a loss of 0 with no gradient (softmax over no class: no
+    distribution to distil); they are refused as an empty batch is."""
+    from laudtriton.nn import KDLoss
+
+    student, teacher = torch.randn(shape, requires_grad=True), torch.randn(shape)
+    with pytest.raises(ValueError, match=r"hold no class \(shape \(\d, 0\)\)"):
+        KDLoss(2.0)(student, teacher)
+    assert KDLoss(2.0)(torch.randn(3, 1), torch.randn(3, 1)).item() == 0.0  # one class: 0

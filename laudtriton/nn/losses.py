@@ -35,6 +35,10 @@ class SparsityLoss(nn.Module):
             first third).
 
     Either may be a one-value tensor or a 0-d numpy array; both are kept as floats.
+    The loss holds no state (``state_dict()`` is empty): target and num_epochs are
+    constructor arguments, as a torch loss's options are, and the epoch is given at every
+    call, so a resumed run builds it again with the same arguments and passes the
+    resumed epoch (a module holding the loss keeps its checkpoints' keys).
 
     Raises:
         ValueError: for a target outside (0, 1] or a num_epochs not a finite number > 0
@@ -77,6 +81,11 @@ class SparsityLoss(nn.Module):
         so that the loss cannot train the maskers: stats of an eval-mode forward, or of a
         training forward whose statistics lost their graph (reentrant checkpointing), or
         stale ones (``nn.DataParallel`` runs forward on replicas, which keep theirs).
+
+        Non-finite statistics (a forward that produced NaN or inf) give a non-finite
+        loss, as torch's losses do, and are not refused: a check would wait on the device
+        at every step, and an AMP ``GradScaler`` needs the non-finite gradient to skip
+        the step and lower its scale.
 
         Raises:
             ValueError: if stats is None (no forward yet, an empty batch, or a compiled
@@ -132,7 +141,8 @@ class KDLoss(nn.Module):
 
         Raises:
             ValueError: unless both are 2-D tensors of one shape (``kl_div`` would
-                broadcast a [1, C] or [B, 1] teacher into a wrong loss) with a sample.
+                broadcast a [1, C] or [B, 1] teacher into a wrong loss) with a sample
+                and a class (over no class the loss was 0, with no gradient).
         """
         for name, v in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
             if not isinstance(v, torch.Tensor) or v.dim() != 2:
@@ -144,6 +154,10 @@ class KDLoss(nn.Module):
         if student_logits.shape[0] == 0:  # the batch mean of no sample: NaN
             raise ValueError("student_logits and teacher_logits hold no sample (an empty "
                              "batch): the loss, a mean over samples, would be NaN")
+        if student_logits.shape[1] == 0:  # softmax over no class: no distribution
+            raise ValueError("student_logits and teacher_logits hold no class (shape "
+                             f"{tuple(student_logits.shape)}): there is no distribution "
+                             "to distil")
         t = self.temperature
         return F.kl_div(
             F.log_softmax(student_logits / t, dim=1),

@@ -297,6 +297,9 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _build(arch: str, **kwargs) -> LaudResNet:
+    if "depths" in kwargs:  # (Python's message said "multiple values for argument")
+        raise TypeError(f"{arch}() got an unexpected keyword argument 'depths': its "
+                        f"depths are {DEPTHS[arch]}; for others use LaudResNet(depths, ...)")
     return LaudResNet(DEPTHS[arch], **kwargs)
 
 
@@ -331,6 +334,7 @@ def laud_resnet50(
 
     Raises:
         ValueError: naming the bad argument, its value and what is accepted.
+        TypeError: for an unknown keyword, ``depths`` included (fixed at (3, 4, 6, 3)).
     """
     return _build("laud_resnet50", mode=mode, granularity=granularity,
                   channel_granularity=channel_granularity, channel_masker=channel_masker,
@@ -349,7 +353,8 @@ def laud_resnet101(
     num_classes: int = 1000,
     **kwargs: Any,
 ) -> LaudResNet:
-    """LAUD-ResNet-101; arguments as :func:`laud_resnet50`."""
+    """LAUD-ResNet-101 (depths (3, 4, 23, 3)); arguments and errors as
+    :func:`laud_resnet50`."""
     return _build("laud_resnet101", mode=mode, granularity=granularity,
                   channel_granularity=channel_granularity, channel_masker=channel_masker,
                   channel_masker_layers=channel_masker_layers,

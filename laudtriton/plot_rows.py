@@ -19,6 +19,7 @@ from .nn.resnet import DEPTHS
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep_blocks import ideal_flops_ratio
+from .tune.sweep_csv import FLAGS, NAMES, NEEDED, cell_problem, positive_int
 
 if TYPE_CHECKING:
     from .tune.cache import TuneCache
@@ -77,8 +78,8 @@ def _flag(row: Mapping, column: str, default: bool) -> bool:
     text = v.strip().lower() if isinstance(v, str) else None
     if v is None or text == "":
         return default
-    if text in ("0", "1", "false", "true"):
-        return text in ("1", "true")
+    if text in FLAGS:  # (read_csv's texts)
+        return FLAGS[text]
     if text is None and v in (0, 1):  # a bool or a number, numpy's too (nan is neither)
         return bool(v)
     raise ValueError(f"column {column!r}: {row.get(column)!r} is not 0 or 1 (nor true, "
@@ -101,7 +102,8 @@ def _dispatched(row: Mapping) -> bool:
 
 def _input_size(row: Mapping) -> int | None:
     """The row's ``input_size`` as an int (224 or "224": rows given as csv.DictReader
-    reads them hold text); None when absent or empty.
+    reads them hold text); None when absent, empty or blank (read_csv refuses a blank
+    cell).
 
     Raises:
         ValueError: naming the column and the value, when it is not an int >= 1.
@@ -109,16 +111,10 @@ def _input_size(row: Mapping) -> int | None:
     v = row.get("input_size")
     if v is None or (isinstance(v, str) and not v.strip()):
         return None
-    try:
-        size = int(v)
-    except (TypeError, ValueError, OverflowError):  # (OverflowError: inf)
-        size = 0
-    if size < 1 or (not isinstance(v, str) and size != v):  # (not 64.5)
+    size = positive_int(v)  # (read_csv's rule: not 64.5, '64.0' or 0)
+    if size is None:
         raise ValueError(f"column 'input_size': {v!r} is not a positive int")
     return size
-
-
-NEEDED = ("model", "block", "spec", "rate", "variant", "seconds")  # (read_csv's too)
 
 
 def _number(row: Mapping, column: str) -> float:
@@ -131,27 +127,24 @@ def _number(row: Mapping, column: str) -> float:
 
 def _check_row(row: Mapping) -> None:
     """A ValueError naming the column of a row the figures would misread or fail on, as
-    ``read_csv`` refuses a CSV's: a column of NEEDED missing; a rate or asked_rate not in
-    [0, 1]; seconds not > 0 (inf or nan: a failed config, left out); a flops_ratio not
-    finite and >= 0; flags and input size as ``_flag`` and ``_input_size`` read them.
+    ``read_csv`` refuses a CSV's, by the same rules (``sweep_csv.cell_problem``): a column
+    of NEEDED missing; an empty model, block or variant; a rate or asked_rate not in
+    [0, 1]; seconds not > 0 (inf or nan: a failed config, left out; read_csv refuses nan);
+    a flops_ratio not finite and >= 0; flags and input size as ``_flag`` and
+    ``_input_size`` read them (a blank cell: empty; read_csv refuses it).
     (Rows given to ``plot_latency_vs_rate`` were drawn unchecked: a rate 5 or seconds
     -1 made a silently wrong figure, a missing column a KeyError.)"""
     missing = [k for k in NEEDED if k not in row]
     if missing:
         raise ValueError(f"no column {', '.join(map(repr, missing))} (a row needs "
                          f"{', '.join(NEEDED)})")
-    t = _number(row, "seconds")
-    if not (t > 0.0 or math.isnan(t)):
-        raise ValueError(f"column 'seconds': {row['seconds']!r} is not a positive time "
-                         "(or inf or nan, a failed config)")
-    for k in ("rate", "asked_rate"):
-        if (k == "rate" or row.get(k) not in (None, "")) and not 0.0 <= _number(row, k) <= 1:
-            raise ValueError(f"column {k!r}: {row[k]!r} is outside [0, 1]")
-    if row.get("flops_ratio") not in (None, ""):
-        fr = _number(row, "flops_ratio")
-        if not (math.isfinite(fr) and fr >= 0.0):
-            raise ValueError(f"column 'flops_ratio': {row['flops_ratio']!r} is not a "
-                             "finite ratio >= 0")
+    for k in NAMES:
+        if why := cell_problem(k, row[k], ""):
+            raise ValueError(why)
+    for k in ("seconds", "rate", "asked_rate", "flops_ratio"):
+        if k in ("seconds", "rate") or row.get(k) not in (None, ""):
+            if why := cell_problem(k, _number(row, k), repr(row[k]), nan_seconds=True):
+                raise ValueError(why)
     _dispatched(row)  # (each raises for a cell it cannot read)
     clustered_row(row)
     _input_size(row)

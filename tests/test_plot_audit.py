@@ -93,6 +93,20 @@ def test_rows_given_with_a_bad_cell_are_refused(tmp_path, column, cell, says):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("column,cell", [("model", ""), ("model", None), ("block", None),
+                                         ("block", " "), ("variant", ""), ("variant", None)])
+def test_rows_given_with_an_empty_name_are_refused(tmp_path, column, cell):
+    """A row given with block None failed in re.split (a TypeError), and an empty or None
+    model or variant was drawn: figures '_spatial_...png' and 'None_...png', a line with no
+    name. read_csv refuses these cells of a CSV ('is empty'); so does the rows' check."""
+    rows = _rows()
+    rows[2][column] = cell
+    with pytest.raises(ValueError, match=re.escape(f"the rows given: row 3, column {column!r} "
+                                                   "is empty")):
+        plot_latency_vs_rate(rows, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rows_given_with_a_failed_config_as_nan_or_inf_are_drawn_without_it(tmp_path):
     """nan and inf seconds (a failed config) are not refused: that config is left out."""
     rows = _rows() + [dict(r, seconds=t) for r in _rows()[:2] for t in (math.nan, math.inf)]

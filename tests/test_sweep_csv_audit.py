@@ -86,3 +86,74 @@ def test_plot_names_a_bench_csv_given_for_a_sweep_csv(tmp_path, monkeypatch, cap
                  "--out", str(tmp_path / "png")]) == 2
     assert capsys.readouterr().err.strip() == f"laudtriton plot: error: {says}"
     assert not (tmp_path / "png").exists()
+
+
+@pytest.mark.parametrize("column, cell, shown", [
+    ("rate", "1.0000001", "1.0000001"), ("asked_rate", "1.0000004", "1.0000004"),
+    ("flops_ratio", "-0.0000001234567", "-1.234567e-07"), ("rate", "1.5", "1.5")])
+def test_read_csv_names_a_number_as_read(tmp_path, column, cell, shown):
+    """A rate cell 1.0000001 was refused as "1 is outside [0, 1]" (the number shown as
+    ``{:g}``, 6 digits): the value named was not the one read, and is inside [0, 1]."""
+    path = _sweep_csv(tmp_path / "s.csv")
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[2].split(",")
+    cells[header.index(column)] = cell
+    path.write_text("\n".join([*lines[:2], ",".join(cells)]) + "\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: row 2 \(line 3\), column "
+                       rf"'{column}': {re.escape(shown)} is (outside|not a finite)"):
+        read_csv(path)
+
+
+GIVEN_ONLY = "given only"  # a cell the rows given take and read_csv refuses
+# (column, cell, outcome): the same text in a sweep CSV (read_csv) and in a row given to
+# the plots (check_measured) is taken by both ("ok") or refused by both ("refused"), but
+# where the two differ on purpose: rows given take nan seconds (a failed config), and a
+# blank input_size or dispatched cell as an empty one; a clustered cell read_csv does not
+# check (``check_measured`` refuses it in the plots).
+CELLS = [
+    ("rate", "0.5", "ok"), ("rate", " 0.5 ", "ok"), ("rate", "-0", "ok"),
+    ("rate", "1.0000001", "refused"), ("rate", "nan", "refused"), ("rate", "inf", "refused"),
+    ("rate", " ", "refused"), ("rate", "", "refused"), ("rate", "x", "refused"),
+    ("asked_rate", "", "ok"), ("asked_rate", "1.5", "refused"), ("asked_rate", " ", "refused"),
+    ("asked_rate", "nan", "refused"),
+    ("seconds", "inf", "ok"), ("seconds", "1e-3", "ok"), ("seconds", "nan", GIVEN_ONLY),
+    ("seconds", "-inf", "refused"), ("seconds", "0", "refused"), ("seconds", " ", "refused"),
+    ("flops_ratio", "", "ok"), ("flops_ratio", "-0.0", "ok"), ("flops_ratio", " ", "refused"),
+    ("flops_ratio", "nan", "refused"), ("flops_ratio", "1e400", "refused"),
+    ("flops_ratio", "-0.5", "refused"),
+    ("dispatched", "", "ok"), ("dispatched", " 1 ", "ok"), ("dispatched", "TRUE", "ok"),
+    ("dispatched", " ", GIVEN_ONLY), ("dispatched", "1.0", "refused"),
+    ("dispatched", "maybe", "refused"),
+    ("input_size", "", "ok"), ("input_size", " 64 ", "ok"), ("input_size", "+64", "ok"),
+    ("input_size", " ", GIVEN_ONLY), ("input_size", "64.0", "refused"),
+    ("input_size", "0", "refused"), ("input_size", "x", "refused"),
+    ("clustered", "", "ok"), ("clustered", " ", "ok"), ("clustered", "TRUE", "ok"),
+    ("model", "", "refused"), ("model", " ", "refused"), ("block", "", "refused"),
+    ("variant", "", "refused"),
+]
+
+
+@pytest.mark.parametrize("column, cell, outcome", CELLS)
+def test_read_csv_and_rows_given_take_the_same_cells(tmp_path, column, cell, outcome):
+    """read_csv and the plots' check of rows given (``plot_rows.check_measured``) keep one
+    rule a cell: a rule changed in one and not in the other fails here."""
+    from laudtriton.plot_rows import check_measured
+
+    row = dict(model="m", block="layer1.0", spec="s", S=1, rate=0.5, variant="dense",
+               config="c", seconds=1e-3, flops_ratio=0.5, asked_rate=0.5, input_size=224,
+               clustered=0, dispatched=1)
+    rows = [row, {**row, "variant": "v", column: cell}]
+
+    def takes(read) -> bool:
+        try:
+            read()
+        except ValueError as e:
+            assert f"column {column!r}" in str(e)  # refused for this cell, not another
+            return False
+        return True
+
+    path = write_csv(rows, tmp_path / "s.csv")
+    by_csv, given = takes(lambda: read_csv(path)), takes(lambda: check_measured(rows, "x"))
+    assert (by_csv, given) == {"ok": (True, True), "refused": (False, False),
+                               GIVEN_ONLY: (False, True)}[outcome]

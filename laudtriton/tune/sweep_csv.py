@@ -1,4 +1,6 @@
-"""The sweep's CSV: its columns, writing rows to it and reading them back checked."""
+"""The sweep's CSV: its columns, writing rows to it and reading them back checked, by the
+rules a cell keeps (``cell_problem``, ``positive_int``, ``FLAGS``) that the plots' check of
+rows given to them (``plot_rows.check_measured``) shares."""
 
 from __future__ import annotations
 
@@ -24,6 +26,53 @@ if TYPE_CHECKING:
 CSV_FIELDS = ("model", "block", "spec", "S", "rate", "variant", "config", "seconds",
               "dense_seconds", "ratio", "flops_ratio", "spec_key", "device", "clustered",
               "asked_rate", "input_size", "dispatched")
+NEEDED = ("model", "block", "spec", "rate", "variant", "seconds")  # the plots' columns
+NAMES = ("model", "block", "variant")  # a figure's name, a panel's, a line's
+FLAGS = {"0": False, "false": False, "1": True, "true": True}  # a 0/1 cell (any case)
+
+
+def cell_problem(column: str, value: object, shown: str, nan_seconds: bool = False
+                 ) -> str | None:
+    """What is wrong with a cell of a sweep row, or None: the rule ``read_csv`` and the
+    plots' rows given (``plot_rows.check_measured``) both keep. model, block, variant
+    (``value`` text or None): not empty; rate, asked_rate, flops_ratio, seconds (``value``
+    the cell as a float): a rate in [0, 1], a FLOPs ratio finite and >= 0, seconds > 0
+    (inf: a failed config; nan too with ``nan_seconds``, as rows given may hold).
+    ``shown``: the cell as the message writes it ("column 'rate': 1.5 is outside [0, 1]").
+
+    Raises:
+        ValueError: for a column of no rule here (a caller's slip).
+    """
+    if column in NAMES:
+        empty = value is None or not str(value).strip()
+        return f"column {column!r} is empty" if empty else None
+    if column in ("rate", "asked_rate"):
+        ok, why = 0.0 <= value <= 1.0, "is outside [0, 1]"
+    elif column == "flops_ratio":
+        ok, why = value >= 0.0 and math.isfinite(value), "is not a finite ratio >= 0"
+    elif column == "seconds":
+        ok = value > 0.0 or (nan_seconds and math.isnan(value))
+        failed = "inf or nan" if nan_seconds else "inf"
+        why = f"is not a positive time (or {failed}, a failed config)"
+    else:
+        raise ValueError(f"cell_problem: column {column!r} has no rule here")
+    return None if ok else f"column {column!r}: {shown} {why}"
+
+
+def positive_int(value: object) -> int | None:
+    """A cell (text, as a CSV holds it, or a number) as an int >= 1; None when it is not
+    one ('64.0', 64.5, '0', 'x', inf)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: inf)
+        return None
+    return n if n >= 1 and (isinstance(value, str) or n == value) else None
+
+
+def _shown(x: float) -> str:
+    """A number as an error names it: short (0 for 0.0), and the number read (1.0000001,
+    which ``{:g}`` wrote 1, a rate inside [0, 1] named as outside it)."""
+    return f"{x:g}" if float(f"{x:g}") == x else repr(x)
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -57,7 +106,7 @@ def read_csv(path: str | Path) -> list[dict]:
             rows = list(csv.DictReader(fh))
     except (csv.Error, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV ({e})") from None
-    need = {"model", "block", "spec", "rate", "variant", "seconds"}
+    need = set(NEEDED)
     bench = ("dense_ms", "sparse_ms", "ratio")  # a bench CSV's timing columns
     if rows and not need <= set(rows[0]) and set(bench) <= set(rows[0]):
         raise ValueError(f"{path}: a `laudtriton bench --csv` file (columns "
@@ -67,40 +116,35 @@ def read_csv(path: str | Path) -> list[dict]:
         raise ValueError(f"{path}: not a sweep CSV; missing columns "
                          f"{sorted(need - set(rows[0]))}")
     for i, r in enumerate(rows, 1):
-        where = f"{path}: row {i} (line {i + 1}), column"
+        at = f"{path}: row {i} (line {i + 1})"
+        where = f"{at}, column"
         if None in r:  # DictReader's key for the cells past the header's columns
-            raise ValueError(f"{path}: row {i} (line {i + 1}) has {len(r) - 1 + len(r[None])} "
+            raise ValueError(f"{at} has {len(r) - 1 + len(r[None])} "
                              f"cells, more than the {len(r) - 1} columns of its header")
-        for k in ("model", "block", "variant"):  # the figures' names and their lines
-            if not (r[k] or "").strip():
-                raise ValueError(f"{where} {k!r} is empty")
+        for k in NAMES:
+            if why := cell_problem(k, r[k], ""):
+                raise ValueError(f"{at}, {why}")
         for k in ("rate", "seconds", "dense_seconds", "ratio", "flops_ratio", "asked_rate"):
             if k in ("rate", "seconds") or r.get(k) not in (None, ""):
                 try:
                     r[k] = float(r[k])
                 except (TypeError, ValueError):
                     raise ValueError(f"{where} {k!r}: {r[k]!r} is not a number") from None
-        for k in ("rate", "asked_rate"):
-            if isinstance(r.get(k), float) and not 0.0 <= r[k] <= 1.0:
-                raise ValueError(f"{where} {k!r}: {r[k]:g} is outside [0, 1]")
-        _read_positive_int(r, "input_size", where, "a positive int")
-        fr = r.get("flops_ratio")
-        if isinstance(fr, float) and not (fr >= 0.0 and math.isfinite(fr)):
-            raise ValueError(f"{where} 'flops_ratio': {fr:g} is not a finite ratio >= 0")
         # a failed config scores inf seconds, and the row of a block whose dense variant
         # failed has dense_seconds nan (``item_rows``): sweep writes them, the plots skip them
-        if not r["seconds"] > 0.0:
-            raise ValueError(f"{where} 'seconds': {r['seconds']:g} is not a positive time "
-                             "(or inf, a failed config)")
+        for k in ("rate", "asked_rate", "flops_ratio", "seconds"):
+            if isinstance(r.get(k), float) and (why := cell_problem(k, r[k], _shown(r[k]))):
+                raise ValueError(f"{at}, {why}")
+        _read_positive_int(r, "input_size", where, "a positive int")
         d = r.get("dense_seconds")
         if isinstance(d, float) and not (d > 0.0 or math.isnan(d)):
             raise ValueError(f"{where} 'dense_seconds': {d:g} is not a positive time "
                              "(or nan, a failed dense variant)")
         _read_positive_int(r, "S", where, "a patch size >= 1")
-        flag = (r.get("dispatched") or "1").strip().lower()
-        if flag not in ("0", "1", "true", "false"):
+        flag = (r.get("dispatched") or "1").strip().lower()  # (a blank cell: refused)
+        if flag not in FLAGS:
             raise ValueError(f"{where} 'dispatched': {r['dispatched']!r} is not 0 or 1")
-        r["dispatched"] = flag in ("1", "true")
+        r["dispatched"] = FLAGS[flag]
         key = r.get("spec_key")
         why = None if key in (None, "") else _spec_key_problem(key)
         if why:
@@ -128,13 +172,10 @@ def _spec_key_problem(key: str) -> str | None:
 def _read_positive_int(r: dict, k: str, where: str, what: str) -> None:
     """Parse row r's optional column k as an int >= 1 in place; a ValueError naming
     ``where`` and the cell as written otherwise."""
-    if r.get(k) in (None, ""):
+    if r.get(k) in (None, ""):  # (a blank cell: refused)
         return
-    try:
-        v = int(r[k])
-    except ValueError:
-        v = 0
-    if v < 1:
+    v = positive_int(r[k])
+    if v is None:
         raise ValueError(f"{where} {k!r}: {r[k]!r} is not {what}")
     r[k] = v
 

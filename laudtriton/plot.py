@@ -77,7 +77,10 @@ def _new_figure(**kwargs) -> Figure:
     return figure_class()(**kwargs)
 
 
-def _legend(fig: Figure, axes) -> None:
+def _legend(fig: Figure, axes) -> int:
+    """One legend below the axes, of every line label once; returns its rows (columns
+    as the figure's width holds them: six labels in one row ran past a 6.4-inch
+    figure's edges)."""
     handles, labels = {}, []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -85,9 +88,11 @@ def _legend(fig: Figure, axes) -> None:
                 handles[lab] = h
                 labels.append(lab)
     if not labels:  # no line drawn (matplotlib refuses a legend of 0 columns)
-        return
+        return 0
+    ncol = min(len(labels), max(3, int(fig.get_figwidth() / 1.5)))
     fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
-               ncol=min(len(labels), 6), frameon=False, fontsize=9)
+               ncol=ncol, frameon=False, fontsize=9)
+    return math.ceil(len(labels) / ncol)
 
 
 def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
@@ -101,7 +106,9 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
     where not 224, then the device where the rows hold several, then "clustered" masks):
     ``<model>_<mode>_b<batch>_<dtype>[_i<size>][_<device>][_clustered]_blocks.png`` (one panel per
     distinct block spec) and the same name ending ``_model.png`` (sum over all blocks:
-    dense, each variant where it covers every block, best per block, ideal, predicted);
+    dense, each variant where it covers every block, best per block, ideal, predicted;
+    "dense" is the dense block, the fastest timing at rate 1, and the ``dense``
+    variant's masked timings are "masked dense": ``plot_rows.spec_curves``);
     characters other than letters, digits and ``._-`` become ``_``, and a name longer
     than ``MAX_STEM`` or shared by two groups ends in a hash of its group (``_file_stems``).
     A model whose every timing is inf or nan (every config failed) is skipped with a
@@ -226,8 +233,8 @@ def _blocks_figure(key, g, sids, curves, colors, stem: Path) -> Path:
         if i >= n - ncol:
             ax.set_xlabel("activation rate", fontsize=9)
     fig.suptitle(f"{key}: block latency vs activation rate", fontsize=11)
-    _legend(fig, axes)
-    fig.tight_layout(rect=(0, 0.9 / (2.9 * nrow + 0.9) + 0.02, 1, 0.97))
+    rows = _legend(fig, axes)
+    fig.tight_layout(rect=(0, 0.45 * (1 + rows) / (2.9 * nrow + 0.9) + 0.02, 1, 0.97))
     path = stem.with_name(f"{stem.name}_blocks.png")
     fig.savefig(path)
     return path
@@ -267,8 +274,8 @@ def _model_figure(key, g, curves, colors, stem: Path, missing: int = 0) -> Path 
             "blocks" if missing else f"sum over {len(blocks)} dynamic blocks")
     ax.set_title(f"{key}: {part}\n(a variant's line only where it runs every block; best = "
                  "fastest variant per block)", fontsize=9)
-    _legend(fig, [ax])
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    rows = _legend(fig, [ax])
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
     path = stem.with_name(f"{stem.name}_model.png")
     fig.savefig(path)
     return path

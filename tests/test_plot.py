@@ -41,6 +41,14 @@ def _rows(with_ratio: bool = True) -> list[dict]:
     return rows
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_folder(tmp_path_factory, monkeypatch):
+    """Every test's default cache folder is an empty one of its own: $LAUDTRITON_CACHE_DIR
+    as the shell set it (a missing folder, which plot refuses by name) or the checkout's
+    autotune_cache/ (what it holds for this machine) changed what the commands said."""
+    monkeypatch.setenv("LAUDTRITON_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def drawn(monkeypatch) -> list[dict]:
     """The curves of every panel drawn, in order (the whole-model figure's last)."""

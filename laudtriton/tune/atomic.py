@@ -1,7 +1,8 @@
 """Files written in their place atomically and durably (``atomic_text``,
 ``write_json_atomic``, ``write_bytes_atomic``), the temp files a killed write leaves
-(``remove_orphan_temps``), and an unusable file moved aside (``move_aside``): the
-autotune cache's, and the CSV, JSON and text outputs of the commands."""
+(``temp_files``, ``remove_orphan_temps``), and an unusable file moved aside
+(``move_aside``): the autotune cache's, and the CSV, JSON and text outputs of the
+commands."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -87,17 +89,39 @@ def write_json_atomic(path: Path, data: object, *, sort_keys: bool = True,
 
 
 ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over
+# the name ``_atomic_file`` gives a temp file of <name>: <name>.<mkstemp's 8 random
+# characters>.tmp (shorter runs too, as tests write them; never a dot: not a user's
+# "<name>.backup.old.tmp")
+_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{1,8}\.tmp")
 
 
-def remove_orphan_temps(path: Path) -> None:
-    """Remove the temp files of ``write_json_atomic`` for ``path`` that a process killed
-    mid-write left (older than ``ORPHAN_AGE``; the file itself was left whole). Call it
-    under the file's lock, where no other write of it is under way."""
+def temp_files(path: Path) -> list[Path]:
+    """The temp files of ``atomic_text`` writes of ``path`` (a symbolic link followed)
+    beside it, sorted: a write under way, or one a process killed mid-write left (the
+    file itself was left whole). Named ``<name>.<random>.tmp``; none where the folder
+    cannot be listed."""
     real = Path(os.path.realpath(path))
-    for tmp in real.parent.glob(glob.escape(real.name) + ".*.tmp"):
+    try:
+        found = list(real.parent.glob(glob.escape(real.name) + ".*.tmp"))
+    except OSError:
+        return []
+    return sorted(p for p in found if _TEMP_TAIL.fullmatch(p.name[len(real.name):]))
+
+
+def remove_orphan_temps(path: Path) -> int:
+    """Remove the temp files of ``atomic_text`` writes of ``path`` (``temp_files``) that
+    a process killed mid-write left: those older than ``ORPHAN_AGE``. Returns how many
+    were removed. Call it under the file's lock, where no other write of it is under
+    way (every writer of a cache file writes under its lock: ``cache_file``); the age
+    keeps a temp file of a writer the lock does not reach (another host's, on a network
+    file system) whose write is under way."""
+    n = 0
+    for tmp in temp_files(path):
         with contextlib.suppress(OSError):
             if time.time() - tmp.stat().st_mtime > ORPHAN_AGE:
                 tmp.unlink()
+                n += 1
+    return n
 
 
 def move_aside(path: Path) -> Path:

@@ -1,5 +1,7 @@
 """``laudtriton cache ls|clear|merge``: the persistent autotune cache of this device
-listed or cleared, cache files (machines, shards) merged into one."""
+listed or cleared (on a CPU, the file of torch's thread count, or of ``--threads N``'s),
+with the temp files that writes of it killed mid-write left (listed; removed by clear);
+cache files (machines, shards) merged into one."""
 
 from __future__ import annotations
 
@@ -7,10 +9,14 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 
+from ..bench_command import torch_threads
+from ..runtime import usable_cpus
 from ..schedule import format_rate
 from . import cache_file
+from .atomic import ORPHAN_AGE, remove_orphan_temps, temp_files
 from .cache import TuneCache
 from .cache_merge import NotACacheError, merge_files
 from .keys import disabled_by
@@ -31,6 +37,11 @@ def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        help="the cache directory (default: the one `laudtriton env` shows)")
         q.add_argument("--device", default="cpu",
                        help="whose cache file: cpu (default) or cuda[:N]")
+        q.add_argument("--threads", type=int, default=0,
+                       help="the cpu cache file of this torch thread count (its name "
+                            "ends in <N>t; bench --threads writes one per count), from 0 "
+                            "(default: this process's count, as `laudtriton env` shows) "
+                            "to the CPUs this process may run on")
         if name == "ls":
             q.add_argument("--all", action="store_true",
                            help="also list entries hidden as stale (other versions or "
@@ -71,30 +82,108 @@ def run_cache(args: argparse.Namespace) -> int:
                   "skipped as unusable is named in a warning above)")
             return 0
         check_cache_dir(args.cache_dir)
-        cache = TuneCache(args.cache_dir, device=check_device(args.device))
+        dev = check_device(args.device)
+        _check_threads(args.threads, dev.type)
+        # the file is named when the TuneCache is made, after torch's thread count; the
+        # count is this process's again after the command (a caller of ``main``)
+        with torch_threads(args.threads):
+            cache = TuneCache(args.cache_dir, device=dev)
+            if not cache.enabled:
+                return fail("cache", f"the cache is disabled ({disabled_by()})")
+            _check_folder(cache, args.cache_dir)
+            if args.cache_cmd == "clear":
+                return _clear(cache)
+            _print_ls(cache, args.all)
     except ValueError as e:
         return fail("cache", str(e))
-    if not cache.enabled:
-        return fail("cache", f"the cache is disabled ({disabled_by()})")
-    if args.cache_cmd == "clear":
-        existed = Path(cache.path).is_file()  # a mistyped --cache-dir: said, as ls says it
+    return 0
+
+
+def _check_threads(threads: int, device_type: str) -> None:
+    """A ValueError naming ``--threads`` unless it is in [0, the CPUs this process may
+    run on] (``bench --threads``' rule), and 0 for a CUDA device (its file's name holds
+    no thread count)."""
+    cpus = usable_cpus()
+    if not 0 <= threads <= cpus:
+        raise ValueError(f"--threads must be in [0, {cpus}] (0: this process's count; at "
+                         f"most the {cpus} CPUs this process may run on), got {threads}")
+    if threads and device_type != "cpu":
+        raise ValueError(f"--threads {threads}: only a cpu cache file's name holds a thread "
+                         f"count; leave it out for --device {device_type}")
+
+
+def _check_folder(cache: TuneCache, cache_dir: str | None) -> None:
+    """A ValueError naming the cache folder (``--cache-dir``, $LAUDTRITON_CACHE_DIR or
+    the default) when it cannot be searched: its file could be neither listed nor
+    cleared (the bare OSError named only the file)."""
+    try:
+        cache.path.exists()
+    except OSError as e:
+        env = os.environ.get("LAUDTRITON_CACHE_DIR")
+        where = (f"--cache-dir {cache_dir!r}" if cache_dir is not None else
+                 f"LAUDTRITON_CACHE_DIR {env!r}" if env else f"the cache folder {str(cache.dir)!r}")
+        raise ValueError(f"{where} cannot be read ({e.strerror or e})") from None
+
+
+def _clear(cache: TuneCache) -> int:
+    """``cache clear``: the file deleted (``TuneCache.clear``), and the temp files that
+    writes of it killed mid-write left (``atomic.remove_orphan_temps``, under the file's
+    lock; a fresh one may be a write under way: kept). Returns the exit code."""
+    existed = Path(cache.path).is_file()  # a mistyped --cache-dir: said, as ls says it
+    n = cache.clear()  # a ValueError if the file holds another device's timings
+    gone, temps = "", len(temp_files(cache.path))
+    if temps:  # (no lock file made in a folder where there is none)
         try:
-            n = cache.clear()
-        except ValueError as e:  # the file holds another device's timings
-            return fail("cache", str(e))
-        print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'})")
-        return 0
-    _print_ls(cache, args.all)
+            with cache_file.file_lock(cache_file.lock_path_of(cache.path)):
+                k = remove_orphan_temps(cache.path)
+            gone = f"; removed {k} temp file(s) of killed writes" + (
+                f", kept {temps - k} under {ORPHAN_AGE} s old (a write may be under way)"
+                if temps > k else "")
+        except OSError as e:  # the file is cleared: said, not failed
+            gone = f"; its {temps} temp file(s) left ({e.strerror or e})"
+    print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'}{gone})")
     return 0
 
 
 def _file_note(path: Path) -> str:
-    """What ``cache ls`` adds after the path: nothing for a file, " (no file yet)", or,
-    for something there that is not a file (a directory), that it was not read (a
-    warning above says why)."""
-    if path.is_file():
-        return ""
-    return " (not read: not a file)" if path.exists() else " (no file yet)"
+    """What ``cache ls`` adds after the path: nothing for a file it can read, " (no file
+    yet)" (and whether its folder is missing), or, for something there that is not a file
+    (a directory) or cannot be read, that it was not read (a warning above says why)."""
+    if not path.exists():
+        return " (no file yet)" if path.parent.is_dir() else (
+            " (no file yet: the folder does not exist)")
+    if not path.is_file():  # (a pipe is not opened: that would wait for a writer)
+        return " (not read: not a file)"
+    try:
+        with open(path, "rb"):
+            return ""
+    except OSError as e:
+        return f" (not read: {e.strerror or e})"
+
+
+def _other_files(cache: TuneCache) -> str:
+    """The lines ``cache ls`` ends with, if any: the thread counts of this CPU's other
+    cache files in the folder (``--threads`` lists one), and the temp files of writes of
+    this one (killed mid-write, or under way)."""
+    lines = []
+    m = re.fullmatch(r"(.+)_(\d+)t(\.v\d+\.json)", cache.path.name)
+    if m:  # a CPU's file (a GPU's, "<name>_sm90.v1.json", names no thread count)
+        mine = re.compile(re.escape(m[1]) + r"_(\d+)t" + re.escape(m[3]))
+        try:
+            counts = sorted(int(f[1]) for p in cache.dir.iterdir()
+                            if (f := mine.fullmatch(p.name)) and p.name != cache.path.name)
+        except OSError:  # a folder that cannot be listed, or is missing
+            counts = []
+        if counts:
+            lines.append("other thread counts' files here: "
+                         + ", ".join(f"{c}t" for c in counts) + " (`--threads N` lists one)")
+    temps = temp_files(cache.path)
+    if temps:
+        lines.append(f"{len(temps)} temp file(s) of writes of it (a write killed mid-way, "
+                     f"or one under way): {', '.join(t.name for t in temps[:3])}"
+                     f"{', ...' if len(temps) > 3 else ''}; those over {ORPHAN_AGE} s old "
+                     "are removed by the next write or `cache clear`")
+    return "\n".join(lines)
 
 
 def _print_ls(cache: TuneCache, include_stale: bool) -> None:
@@ -111,7 +200,10 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
           + _file_note(Path(cache.path))
           + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
+    more = _other_files(cache)
     if not groups:
+        if more:
+            print(more)
         return
     w = max(len(k[0]) for k in groups)
     print(f"{'block spec':<{w}}  {'rate':>5}  {'variant':<14} {'configs':>7} {'best ms':>9}")
@@ -122,3 +214,5 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
                           ) if stale else ""
         print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
               + (f"  (stale: {which}, source {src})" if stale else ""))
+    if more:
+        print(more)

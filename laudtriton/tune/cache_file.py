@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..ops.spec import BlockSpec
-from .atomic import write_json_atomic
+from .atomic import remove_orphan_temps, write_json_atomic
 
 log = logging.getLogger("laudtriton")
 
@@ -330,9 +330,13 @@ def annotate_entries_into(dst: dict[str, dict], notes: dict[str, dict]) -> None:
 
 def write_cache_file(path: Path, device: str, entries: dict[str, dict]) -> None:
     """Write a cache file of this schema holding ``entries`` of ``device`` to ``path``
-    (``write_json_atomic``; its callers write under the cache's ``file_lock``).
+    (``write_json_atomic``; its callers, a TuneCache's record and ``cache merge``, write
+    under the cache's ``file_lock``), first removing the temp files that writes of it
+    killed mid-write left (``atomic.remove_orphan_temps``: a merge's too, which only a
+    record removed).
 
     Raises:
         OSError: if the file cannot be written (the old one is then left as it was).
     """
+    remove_orphan_temps(path)
     write_json_atomic(path, {"schema": SCHEMA_VERSION, "device": device, "entries": entries})

@@ -258,10 +258,11 @@ def spec_curves(g: dict, sid: str, predicted: Predicted | None
     1, where every variant computes the whole block (the fastest dense form measured;
     channel mode's ``slice`` there runs the packed dense weights), and the ``dense``
     variant's line is then "masked dense". That variant applies the masks in the
-    official order, and with channel masks it runs unpacked convolutions: 1.6-2.4x the
-    dense block on the shipped CPU caches, which as the reference line overstated every
-    speedup in those figures. Where the rows hold no rate 1, "dense" is the dense
-    variant's line, as before. "ideal" is "dense" x the FLOPs ratio."""
+    official order, and with channel masks it runs unpacked convolutions: 1.1-2.8x the
+    dense block per block at rate 1 in the shipped CPU caches, which as the reference
+    line overstated every speedup in those figures. Where the rows hold no rate 1,
+    "dense" is the dense variant's line, as before. "ideal" is "dense" x the FLOPs
+    ratio."""
     out = {v: dict(sorted(ts.items())) for v, ts in g["t"].get(sid, {}).items()}
     rates = sorted({r for ts in out.values() for r in ts})
     out["best"] = {r: min(ts[r] for ts in out.values() if r in ts) for r in rates}

@@ -1,6 +1,6 @@
 """The plots' dense line is the dense block's time (the fastest timing at rate 1), not the
 ``dense`` variant's masked timing, which in channel mode runs unpacked convolutions at
-1.6-2.4x the dense block and overstated every speedup in the channel figures."""
+1.1-2.8x the dense block and overstated every speedup in the channel figures."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ def _print_summary(rows: list[dict]) -> None:
     channel rates. "dense" is the dense block, the fastest timing of its spec at rate 1
     where the rows hold one (the plots' dense line, ``plot_rows.spec_curves``): the
     ``dense`` variant applies the masks, and with channel masks runs unpacked
-    convolutions, 1.6-2.4x the dense block on CPU; else the ``dense`` variant's."""
+    convolutions, 1.1-2.8x the dense block on CPU; else the ``dense`` variant's."""
     from ..schedule import DispatchTable, fastest
 
     timings: dict[tuple[str, float], dict] = {}

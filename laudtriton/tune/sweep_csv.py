@@ -190,7 +190,7 @@ def item_rows(model_name: str, members: Sequence[tuple[str, object]], spec: Bloc
     (spec, rate) in the cache (mode both: of the items at one grid rate, the one whose
     channel rate is nearest it), which compile reads and the plots draw. "dense_seconds"
     is the ``dense`` variant's fastest time at this rate and "ratio" seconds over it: that
-    variant applies the masks (with channel masks in unpacked convolutions, 1.6-2.4x the
+    variant applies the masks (with channel masks in unpacked convolutions, 1.1-2.8x the
     dense block on CPU), so the plots and the sweep's summary measure against the fastest
     timing at rate 1 instead, where the sweep has one (``plot_rows.spec_curves``)."""
     dense = [t for t in (timings.get("dense") or {}).values() if math.isfinite(t)]

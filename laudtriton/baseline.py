@@ -6,8 +6,7 @@ one's median kept."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +14,7 @@ from torch import nn
 
 from .block_checks import check_foldable
 from .nn.block import BlockMasks, detached_copy
+from .nn.calibrate import in_eval, meta_tensor
 from .nn.resnet import LaudResNet
 from .ops import fold_block
 from .ops.dense import dense_block
@@ -43,20 +43,38 @@ class DenseModel(nn.Module):
     epilogues (``ops.packed``), residuals added in place; contiguous_format: NCHW through
     F.conv2d (``nchw_dense_block``). ``dense_forms`` builds both.
 
+    It computes in float32 whatever ``model``'s dtype (compile's dtype on CPU; a float64,
+    float16 or bfloat16 model's weights are folded and its head copied in float32), on
+    ``model``'s device, and takes inputs of that dtype and device only (a caller may move
+    its tensors afterwards, as ``gpucheck.whole.dense_model`` does: the input check
+    follows them).
+
     The weights are read as ``model`` computes them in eval mode (a parametrized weight,
     ``spectral_norm``'s, would be updated by a read in training mode), and ``model`` is
-    left as it was, its training flags included.
+    left as it was, its training flags included (``nn.calibrate.in_eval``).
 
     Raises:
-        ValueError: for a network that ``laudtriton.compile`` refuses to fold: a stem
-            ``stem.check_resnet`` refuses, or a block ``block_checks.check_foldable``
-            does (the fold would compute another network, silently).
+        ValueError: for a model that is not a LaudResNet or holds a tensor on the meta
+            device (named), a memory_format other than torch.channels_last and
+            torch.contiguous_format, or a network that ``laudtriton.compile`` refuses to
+            fold: a stem ``stem.check_resnet`` refuses, or a block
+            ``block_checks.check_foldable`` does (the fold would compute another
+            network, silently).
     """
 
     def __init__(self, model: LaudResNet, memory_format: torch.memory_format) -> None:
         super().__init__()
+        if not isinstance(model, LaudResNet):
+            raise ValueError(f"DenseModel takes a LaudResNet, got {type(model).__name__}")
+        meta = meta_tensor(model)  # a meta model gave a meta baseline; a meta BatchNorm
+        if meta is not None:  # or head, torch's error at the first forward
+            raise ValueError(f"DenseModel: the model's {meta} is on the meta device (no "
+                             "data); load or initialise its weights first")
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise ValueError(f"memory_format must be torch.channels_last or "
+                             f"torch.contiguous_format, got {memory_format!r}")
         self.mf = memory_format
-        with _in_eval(model):
+        with in_eval(model):
             set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
             for name, blk in model.blocks():  # after set_stem: it refuses compiled blocks
                 check_foldable(name, blk)
@@ -64,12 +82,25 @@ class DenseModel(nn.Module):
         for fb in self.folded:
             fb.w2 = fb.w2.contiguous(memory_format=memory_format)
         self.avgpool = detached_copy(model.avgpool).eval()
-        self.fc = detached_copy(model.fc).eval()
+        # in the folded weights' dtype: a float64 model's head refused their float32 maps
+        self.fc = detached_copy(model.fc).eval().to(torch.float32)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, num_classes] for x [B, Cin, H, W], run in this form's memory format
-        (x is made contiguous in it first), under no_grad."""
+        (x is made contiguous in it first), under no_grad.
+
+        Raises:
+            ValueError: x not a 4D tensor with the stem's Cin channels, or not of the
+                folded weights' dtype and device (float32 on the model's, unless moved).
+        """
+        w = self.stem_w
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != w.shape[1]:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a [B, {w.shape[1]}, H, W] tensor, got {got}")
+        if x.dtype != w.dtype or x.device != w.device:  # torch's error named a bias
+            raise ValueError(f"x is {x.dtype} on {x.device}; this DenseModel computes in "
+                             f"{w.dtype} on {w.device} (convert the input)")
         if self.mf is torch.channels_last:
             h = stem(self, x.contiguous(memory_format=CL))
             for fb in self.folded:  # h is ours and a ReLU output: residuals add into it
@@ -81,20 +112,6 @@ class DenseModel(nn.Module):
             for fb in self.folded:
                 h = nchw_dense_block(fb, h)
         return self.fc(torch.flatten(self.avgpool(h), 1))
-
-
-@contextlib.contextmanager
-def _in_eval(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode for the length of the block, each module's own training flag
-    put back after it."""
-    flags = [(m, m.training) for m in model.modules()]
-    for m, _ in flags:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:

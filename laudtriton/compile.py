@@ -148,8 +148,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         example two or three times: to find those parts and their inputs (once more
         when a LaudResNet is compiled first), then with every part in place, to check
         that it calls each (one reached through a reference compile does not replace,
-        a bound method kept in an attribute, say, would still run the uncompiled copy:
-        a warning names what it did not call). None of those forwards draws random
+        a network's bound ``__call__`` kept in an attribute, say, would still run the
+        uncompiled copy: a warning names what it did not call; a bound ``forward`` kept
+        so runs on the copy, with compiled blocks). None of those forwards draws random
         numbers of yours (each runs on a fork of the generators), and none changes
         ``example_input`` (each runs on a copy). Such a copy has no
         ``plan`` or ``last_stats`` of its own, and your forward runs as it is: each

@@ -7,10 +7,13 @@ the input of the next.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from .block import BlockStats, LaudBottleneck, weight_of
 from .maskers import MapTooSmall, finite_real
@@ -95,6 +98,23 @@ def _set_rate(margins_of, bias: torch.Tensor, rate: float) -> tuple[int, int]:
     return int((margins_of() >= 0).sum()), k
 
 
+@contextlib.contextmanager
+def in_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the length of the block, each module's own training
+    flag put back after it, also on an error (a model with a frozen stage in eval inside
+    a training one keeps it so). The flags are set, not ``train()`` called: what a
+    module's own ``train`` override does runs neither way. Calibration and the dense
+    baseline (``baseline.DenseModel``) both read the model so."""
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def _margins(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 0] - logits[:, 1]
 
@@ -119,10 +139,18 @@ def _check_rates(rate: float | torch.Tensor, channel_rate: float | torch.Tensor 
     return out[0], out[1]
 
 
-def _check_x(x, channels: int, weight: torch.Tensor, what: str) -> None:
-    if weight.is_meta:
-        raise ValueError(f"the {what}'s weights are on the meta device (no data); load or "
-                         "initialise them first")
+def meta_tensor(module: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``module`` on the meta device (no
+    data), or None."""
+    return next((n for n, t in [*module.named_parameters(), *module.named_buffers()]
+                 if t.is_meta), None)
+
+
+def _check_x(x, channels: int, weight: torch.Tensor, what: str, module: nn.Module) -> None:
+    meta = "conv1.weight" if weight.is_meta else meta_tensor(module)
+    if meta is not None:  # one masker left there failed in torch (item() on meta)
+        raise ValueError(f"the {what}'s weights are on the meta device (no data: {meta}); "
+                         "load or initialise them first")
     if (not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels
             or 0 in (x.shape[0], x.shape[2], x.shape[3])):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -160,21 +188,23 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
                     channel_rate: float | None = None) -> None:
     """Calibrate one block's maskers on its input x [B, Cin, H, W] in eval semantics: the
     block runs in eval mode meanwhile (a masker's BatchNorm uses and keeps its running
-    statistics) and gets its training flag back afterwards.
+    statistics) and each of its modules gets its training flag back afterwards
+    (``in_eval``).
 
     Raises:
         ValueError: if x is not [B, Cin, H, W] (B, H, W >= 1, the block's dtype and
-            device, finite), the block is on the meta device, a rate is outside [0, 1],
-            channel_rate is given to a block without a channel masker, or to one with a
-            channel masker only and another rate (which no masker would read), or a
-            masker's logits on x are NaN or inf (before any bias moves).
+            device, finite), a tensor of the block is on the meta device (named), a rate
+            is outside [0, 1], channel_rate is given to a block without a channel
+            masker, or to one with a channel masker only and another rate (which no
+            masker would read), or a masker's logits on x are NaN or inf (before any
+            bias moves).
 
     Warns (UserWarning) as ``calibrate_rates`` does.
     """
     if not isinstance(block, LaudBottleneck):
         raise ValueError(f"calibrate_block takes a LaudBottleneck, got {type(block).__name__} "
                          "(a whole LaudResNet: calibrate_rates)")
-    _check_x(x, block.inplanes, weight_of(block.conv1), "block")
+    _check_x(x, block.inplanes, weight_of(block.conv1), "block", block)
     rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and block.masker_channel is None:  # was ignored
         raise ValueError(f"channel_rate: the block has no channel masker (its mode "
@@ -186,12 +216,8 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
 def _calibrate_eval(block: LaudBottleneck, x: torch.Tensor, rate: float,
                     channel_rate: float | None, name: str) -> list[str]:
     """``_calibrate`` with the block in eval mode meanwhile."""
-    was_training = block.training
-    block.eval()
-    try:
+    with in_eval(block):
         return _calibrate(block, x, rate, channel_rate, name)
-    finally:
-        block.train(was_training)
 
 
 def _calibrate(block: LaudBottleneck, x: torch.Tensor, rate: float,
@@ -246,7 +272,12 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
     both go the same way).
 
     Args:
-        model: a LAUD ResNet (its mode is kept; it is left in eval mode).
+        model: a LAUD ResNet (its mode is kept). It is calibrated in eval semantics
+            whatever its modules' training flags (``in_eval``, as ``calibrate_block``
+            and ``baseline.DenseModel`` read a model; a masker's BatchNorm uses and keeps
+            its running statistics), and left in eval mode (``model.eval()``: a forward
+            then runs as calibrated), unlike those two, which put each module's flag
+            back: call ``model.train()`` (or set your frozen modules' flags) to train on.
         x: [B, C, H, W] calibration input (finite values, B >= 1).
         rate: target activation rate in [0, 1] (a number, a one-value tensor or a 0-d
             numpy array).
@@ -259,21 +290,26 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
 
     Raises:
         ValueError: if x is not [B, C, H, W] (B, H, W >= 1, the model's dtype and
-            device, finite), the model is on the meta device, a rate is outside [0, 1],
-            channel_rate is given to a model without channel masks, or with channel masks
-            only and another rate (which no masker would read), x is too small for a
-            block's granularity, or a masker's logits are NaN or inf (weights or
-            statistics that hold NaN or inf, or activations that overflow). The model is
-            then left as it was (its masker biases and training flags).
+            device, finite), a tensor of the model is on the meta device (named), a
+            rate is outside [0, 1], channel_rate is given to a model without channel
+            masks, or with channel masks only and another rate (which no masker would
+            read), x is too small for a block's granularity, or a masker's logits are
+            NaN or inf (weights or statistics that hold NaN or inf, or activations that
+            overflow). The model is then left as it was (its masker biases and training
+            flags).
 
     Warns (UserWarning) naming the maskers that could not reach their count because
     their logits tie on x (a constant input).
     """
     if not isinstance(model, LaudResNet):
         hint = "one LaudBottleneck: calibrate_block"
-        if isinstance(model, torch.nn.Module) and any(
+        inner = next((n for n, m in model.named_modules() if isinstance(m, LaudResNet)),
+                     None) if isinstance(model, nn.Module) else None
+        if isinstance(model, nn.Module) and any(
                 getattr(m, "replaces_laud_block", False) for m in model.modules()):
             hint = "a compiled model: calibrate the model it was compiled from, and compile again"
+        elif inner is not None:  # a wrapper (nn.DataParallel, nn.Sequential, a module of yours)
+            hint = f"one holding a LaudResNet: calibrate that network, its {inner!r}"
         raise ValueError(f"calibrate_rates takes a LaudResNet, got {type(model).__name__} "
                          f"({hint})")
     compiled = [n for n, b in model.blocks() if not isinstance(b, LaudBottleneck)]
@@ -282,7 +318,7 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
                          "is a compiled copy's); calibrate the model it was compiled from, "
                          "and compile again")
     weight = weight_of(model.conv1)
-    _check_x(x, weight.shape[1], weight, "model")
+    _check_x(x, weight.shape[1], weight, "model", model)
     rate, channel_rate = _check_rates(rate, channel_rate)
     if channel_rate is not None and not any(b.masker_channel is not None
                                             for _, b in model.blocks()):
@@ -290,18 +326,18 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
                          f"{'-'.join(model.config['mode'])}); give the rate as rate")
     _check_rate_read(rate, channel_rate, [b for _, b in model.blocks()],
                      f"the model (mode {'-'.join(model.config['mode'])})")
-    # what calibration changes, put back if it stops part-way (x too small for a later
-    # block's S gave a model in eval with its first blocks calibrated)
-    flags = [(m, m.training) for m in model.modules()]
+    # the biases calibration changes, put back if it stops part-way (x too small for a
+    # later block's S gave a model with its first blocks calibrated)
     biases = [(t, t.clone()) for _, b in model.blocks() for t in _calibrated_biases(b)]
     try:
-        return _calibrate_model(model, x, rate, channel_rate)
+        with in_eval(model):  # which puts every flag back on an error too
+            achieved = _calibrate_model(model, x, rate, channel_rate)
     except BaseException:
         for t, old in biases:
             t.copy_(old)
-        for m, flag in flags:
-            m.training = flag
         raise
+    model.eval()  # as documented (callers run the calibrated model next)
+    return achieved
 
 
 def _calibrated_biases(block: LaudBottleneck) -> list[torch.Tensor]:
@@ -316,8 +352,7 @@ def _calibrated_biases(block: LaudBottleneck) -> list[torch.Tensor]:
 
 def _calibrate_model(model: LaudResNet, x: torch.Tensor, rate: float,
                      channel_rate: float | None) -> list[float]:
-    """``calibrate_rates`` once its arguments are checked."""
-    model.eval()
+    """``calibrate_rates`` once its arguments are checked, the model in eval mode."""
     h = model.stem(x)
     achieved, missed = [], []
     for name, block in model.blocks():

@@ -45,9 +45,10 @@ class DenseModel(nn.Module):
 
     It computes in float32 whatever ``model``'s dtype (compile's dtype on CPU; a float64,
     float16 or bfloat16 model's weights are folded and its head copied in float32), on
-    ``model``'s device, and takes inputs of that dtype and device only (a caller may move
-    its tensors afterwards, as ``gpucheck.whole.dense_model`` does: the input check
-    follows them).
+    ``model``'s device, and takes inputs of that dtype and device only. It moves as a
+    whole with ``.to(...)``, ``.half()``, ``.double()``, ``.cuda()`` (the folded blocks
+    with the rest: ``_apply``), or a caller may move its tensors, as
+    ``gpucheck.whole.dense_model`` does; the input check follows them.
 
     The weights are read as ``model`` computes them in eval mode (a parametrized weight,
     ``spectral_norm``'s, would be updated by a read in training mode), and ``model`` is
@@ -112,6 +113,27 @@ class DenseModel(nn.Module):
             for fb in self.folded:
                 h = nchw_dense_block(fb, h)
         return self.fc(torch.flatten(self.avgpool(h), 1))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+               ) -> DenseModel:
+        """``nn.Module._apply`` (what ``.to``, ``.half``, ``.cuda`` and the like run), the
+        folded blocks' tensors included: a plain list, they stayed where they were, and
+        the forward failed inside torch ("Input type (double) and bias type (float)")."""
+        super()._apply(fn, recurse)
+        self.folded = [_moved(fb, fn) for fb in self.folded]
+        return self
+
+
+def _moved(fb: FoldedBlock, fn: Callable[[torch.Tensor], torch.Tensor]) -> FoldedBlock:
+    """``fb`` with ``fn`` applied to each of its tensors (a new FoldedBlock, whose weight
+    caches start empty), w2 kept in its memory format."""
+    def cv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else fn(t)
+    w2 = cv(fb.w2)
+    if fb.w2.is_contiguous(memory_format=CL):
+        w2 = w2.contiguous(memory_format=CL)
+    return FoldedBlock(cv(fb.w1), cv(fb.b1), w2, cv(fb.b2), cv(fb.w3), cv(fb.b3), cv(fb.wd),
+                       cv(fb.bd), cv(fb.kappa1), cv(fb.kappa2), fb.stride, fb.block)
 
 
 def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:

@@ -49,7 +49,7 @@ def test_ls_and_clear_reach_the_file_of_another_thread_count(tmp_path, capsys, m
     """The file's name holds torch's thread count (``bench --threads`` writes one per
     count): ls and clear reached only this process's count's file. ``--threads N``
     names the other, torch's count is this process's again afterwards."""
-    monkeypatch.setattr(cache_command, "usable_cpus", lambda: 4)  # 3 threads allowed
+    # (3 threads: more than this 2-CPU machine's CPUs, allowed: nothing is timed)
     before = torch.get_num_threads()
     one, three = _file_of(tmp_path, 1, 1e-3), _file_of(tmp_path, 3, 3e-3)
     assert one.name.endswith("_1t.v1.json") and three.name.endswith("_3t.v1.json")
@@ -68,11 +68,11 @@ def test_ls_and_clear_reach_the_file_of_another_thread_count(tmp_path, capsys, m
 @pytest.mark.parametrize("cmd", ["ls", "clear"])
 @pytest.mark.parametrize("value,says", [
     ("-1", "--threads must be in [0, "),
-    ("999999", "at most the "),
+    ("999999", "must be in [0, 1024]"),
     ("x", "argument --threads: invalid int value: 'x'"),
 ])
 def test_threads_out_of_range_is_one_line(tmp_path, capsys, cmd, value, says):
-    """As bench --threads: 0 to the CPUs this process may run on."""
+    """0 to MAX_THREADS (not bench's CPU bound: a 1-CPU machine lists the shipped 2t files)."""
     before = torch.get_num_threads()
     try:
         code = main(["cache", cmd, "--cache-dir", str(tmp_path), "--threads", value])

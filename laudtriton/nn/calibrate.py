@@ -276,8 +276,10 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
             whatever its modules' training flags (``in_eval``, as ``calibrate_block``
             and ``baseline.DenseModel`` read a model; a masker's BatchNorm uses and keeps
             its running statistics), and left in eval mode (``model.eval()``: a forward
-            then runs as calibrated), unlike those two, which put each module's flag
-            back: call ``model.train()`` (or set your frozen modules' flags) to train on.
+            then runs as calibrated, unless a ``train`` override of yours keeps modules
+            training in eval mode, which calibration does not run), unlike those two,
+            which put each module's flag back: call ``model.train()`` (or set your
+            frozen modules' flags) to train on.
         x: [B, C, H, W] calibration input (finite values, B >= 1).
         rate: target activation rate in [0, 1] (a number, a one-value tensor or a 0-d
             numpy array).

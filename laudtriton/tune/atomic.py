@@ -90,9 +90,9 @@ def write_json_atomic(path: Path, data: object, *, sort_keys: bool = True,
 
 ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over
 # the name ``_atomic_file`` gives a temp file of <name>: <name>.<mkstemp's 8 random
-# characters>.tmp (shorter runs too, as tests write them; never a dot: not a user's
-# "<name>.backup.old.tmp")
-_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{1,8}\.tmp")
+# characters>.tmp, exactly (a user's "<name>.bak.tmp" or "<name>.backup.old.tmp" is not
+# one, and is never removed)
+_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}\.tmp")
 
 
 def temp_files(path: Path) -> list[Path]:

@@ -3,7 +3,9 @@
 Rows come from a sweep CSV or the autotune cache (``rows_from_cache``); ``group_rows``
 sorts them into figure groups (per model, mode, batch, dtype, input size, device and mask
 kind), ``spec_curves`` makes one block spec's lines of a group (each variant's fastest
-config, "best", "ideal" and "predicted"), and ``missing_blocks`` says which blocks of a
+config, "best", "dense": the dense block, from ``dense_blocks``, with the ``dense``
+variant's line then "masked dense", "ideal" and "predicted"), and ``missing_blocks``
+says which blocks of a
 LAUD-ResNet the rows lack. No matplotlib here.
 """
 
@@ -248,29 +250,46 @@ def _flops_ratio(g: dict, sid: str, rate: float) -> float | None:
     return fr
 
 
+def dense_blocks(g: dict) -> dict[str, float] | None:
+    """{spec id: the dense block's time} for every spec of the group ``g``: its fastest
+    finite timing at rate 1 where the item's FLOPs ratio is 1 (the rows', else the one
+    ``_flops_ratio`` computes); None where some spec has none (``spec_curves``)."""
+    out = {}
+    for sid in g["specs"]:
+        ts = [t for by_rate in g["t"].get(sid, {}).values() for r, t in by_rate.items()
+              if r == 1.0]
+        fr = _flops_ratio(g, sid, 1.0) if ts else None
+        if not ts or (fr is not None and fr < 1.0 - 1e-6):
+            return None
+        out[sid] = min(ts)
+    return out
+
+
 def spec_curves(g: dict, sid: str, predicted: Predicted | None
                 ) -> dict[str, dict[float, float]]:
     """{line name: {rate: seconds}}: variants, "best", "dense", "ideal", "predicted" (not
     in a figure of clustered masks: the latency model predicts scattered ones, the masks
     of the cached timings it is fitted on).
 
-    "dense" is the dense block's time, the same at every rate: the fastest timing at rate
-    1, where every variant computes the whole block (the fastest dense form measured;
-    channel mode's ``slice`` there runs the packed dense weights), and the ``dense``
-    variant's line is then "masked dense". That variant applies the masks in the
-    official order, and with channel masks it runs unpacked convolutions: 1.1-2.8x the
-    dense block per block at rate 1 in the shipped CPU caches, which as the reference
-    line overstated every speedup in those figures. Where the rows hold no rate 1,
-    "dense" is the dense variant's line, as before. "ideal" is "dense" x the FLOPs
-    ratio."""
+    "dense" is the dense block's time, the same at every rate (``dense_blocks``: the
+    fastest timing at rate 1 of an item whose FLOPs ratio is 1, where every variant
+    computes the whole block; channel mode's ``slice`` there runs the packed dense
+    weights), and the ``dense`` variant's line is then "masked dense". That variant
+    applies the masks in the official order, and with channel masks it runs unpacked
+    convolutions: 1.1-2.8x the dense block per block at rate 1 in the shipped CPU
+    caches, which as the reference line overstated every speedup in those figures.
+    Where some spec of the group has no such timing (no rate 1 swept, every config
+    failed there, or mode both's grid rate 1 at a lower channel rate), "dense" is the
+    dense variant's line for every spec of the group, as before, so that the
+    whole-model figure never sums the two kinds. "ideal" is "dense" x the FLOPs ratio."""
     out = {v: dict(sorted(ts.items())) for v, ts in g["t"].get(sid, {}).items()}
     rates = sorted({r for ts in out.values() for r in ts})
     out["best"] = {r: min(ts[r] for ts in out.values() if r in ts) for r in rates}
-    if 1.0 in out["best"]:
-        full = out["best"][1.0]
+    full = dense_blocks(g)
+    if full is not None:
         if "dense" in out:
             out["masked dense"] = out.pop("dense")
-        out["dense"] = {r: full for r in rates}
+        out["dense"] = {r: full[sid] for r in rates}
     if "dense" in out:
         ideal = {}
         for r, t in out["dense"].items():

@@ -5,8 +5,7 @@ sorts them into figure groups (per model, mode, batch, dtype, input size, device
 kind), ``spec_curves`` makes one block spec's lines of a group (each variant's fastest
 config, "best", "dense": the dense block, from ``dense_blocks``, with the ``dense``
 variant's line then "masked dense", "ideal" and "predicted"), and ``missing_blocks``
-says which blocks of a
-LAUD-ResNet the rows lack. No matplotlib here.
+says which blocks of a LAUD-ResNet the rows lack. No matplotlib here.
 """
 
 from __future__ import annotations

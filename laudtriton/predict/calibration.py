@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -103,17 +102,13 @@ class Calibration:
                             f"calibrated {self.created} on {self.fingerprint}")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:80] or "device"
-
-
 def calibration_path(cache_dir: str | Path | None = None, device: str | torch.device = "cpu"
                      ) -> Path:
     """``<cache dir>/calibration_<device fingerprint>.json``."""
-    from ..tune.cache import TuneCache
+    from ..tune.cache import TuneCache, file_slug
 
     cache = TuneCache(cache_dir, device=device)
-    return cache.dir / f"calibration_{_slug(cache.device)}.v{CAL_VERSION}.json"
+    return cache.dir / f"calibration_{file_slug(cache.device)}.v{CAL_VERSION}.json"
 
 
 def read_calibration(path: Path, kind: str | None = None,

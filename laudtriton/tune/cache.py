@@ -28,6 +28,7 @@ records in it, or in memory when it cannot take them, and clearing it, ``cache_s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -63,8 +64,19 @@ from .keys import (
 log = logging.getLogger("laudtriton")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:80] or "device"
+SLUG_MAX = 80  # characters of a device's name in a file name
+
+
+def file_slug(text: str) -> str:
+    """A device fingerprint as a file name's stem: runs of characters other than letters,
+    digits and "." become "_"; past ``SLUG_MAX`` characters its head and a hash of the
+    whole (cut short alone, the names of a long CPU model's thread counts, which end
+    "<n>t", were one file: another count's timings read as this one's)."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "device"
+    if len(slug) <= SLUG_MAX:
+        return slug
+    digest = hashlib.sha256(slug.encode()).hexdigest()[:8]
+    return f"{slug[:SLUG_MAX - 9]}_{digest}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ class TuneCache(CacheStore):
         fingerprint = device_fingerprint(device)
         self._dev = cpu_or_cuda(device)
         self._made_in = self._fingerprint_state()
-        super().__init__(folder, folder / f"{_slug(fingerprint)}.v{SCHEMA_VERSION}.json",
+        super().__init__(folder, folder / f"{file_slug(fingerprint)}.v{SCHEMA_VERSION}.json",
                          fingerprint, bool(enabled))
         self.versions = dict(versions) if versions is not None else current_versions()
         self._hashes: dict[str, str | None] = {}

@@ -171,7 +171,7 @@ def _modes(parsed: list[tuple[Mapping, BlockSpec | None]]) -> dict[tuple, str]:
     seen: dict[tuple, dict[str, set[str]]] = {}
     for r, spec in parsed:
         if spec is not None and r["model"] != UNNAMED:  # (no network: a figure per mode)
-            seen.setdefault(_context(r, spec), {}).setdefault(r["block"], set()).add(spec.mode)
+            seen.setdefault(_context(r, spec), {}).setdefault(str(r["block"]), set()).add(spec.mode)
     out = {}
     for ctx, blocks in seen.items():
         if any(len(m) > 1 for m in blocks.values()) or len(set().union(*blocks.values())) < 2:
@@ -193,7 +193,8 @@ def group_rows(rows: Rows) -> dict[str, dict]:
     """{figure key: {"blocks": {block: {spec ids}}, "specs": {spec id: (label,
     spec|None)}, "t": {spec id: {variant: {rate: best seconds}}}, "fr": {spec id: {rate:
     ratio}}, "asked": {spec id: {rate: {the rates the sweeps asked for}}}, "clustered":
-    whether its rows are on clustered masks} (rates are the
+    whether its rows are on clustered masks}, block and variant names as text (a number
+    given, as a CSV would hold it) (rates are the
     ones the masks realise, round(r·N)/N: they differ from block to block, and one may
     stand for several asked rates). A block has several spec ids when the rows hold
     sweeps of the same model at several granularities (a cache that kept them all).
@@ -214,7 +215,7 @@ def group_rows(rows: Rows) -> dict[str, dict]:
         sid = r.get("spec_key") or r["spec"]
         key = str(r["model"])
         if spec is not None:
-            mode = modes.get((_context(r, spec), r["block"]), spec.mode)
+            mode = modes.get((_context(r, spec), str(r["block"])), spec.mode)
             key += f"_{mode}_b{spec.batch}_{spec.dtype}"
         size = _input_size(r)  # (224 or "224": rows given may hold text)
         if size not in (None, 224):  # 224 (or not recorded): no suffix
@@ -226,11 +227,11 @@ def group_rows(rows: Rows) -> dict[str, dict]:
         g = figs.setdefault(key, {"model": str(r["model"]), "blocks": {}, "specs": {},
                                   "t": {}, "fr": {}, "asked": {},
                                   "clustered": clustered_row(r)})
-        g["blocks"].setdefault(r["block"], {})[sid] = None  # an ordered set
+        g["blocks"].setdefault(str(r["block"]), {})[sid] = None  # an ordered set
         g["specs"].setdefault(sid, (str(r["spec"]), spec))
         rate = round(float(r["rate"]), 6)
         if math.isfinite(t):
-            cur = g["t"].setdefault(sid, {}).setdefault(r["variant"], {})
+            cur = g["t"].setdefault(sid, {}).setdefault(str(r["variant"]), {})
             cur[rate] = min(t, cur.get(rate, math.inf))
         if r.get("flops_ratio") not in (None, ""):
             g["fr"].setdefault(sid, {})[rate] = float(r["flops_ratio"])

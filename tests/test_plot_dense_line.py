@@ -83,3 +83,17 @@ def test_sweep_summary_measures_against_the_dense_block(capsys):
     got = {float(ln.split()[-5]): ln.split()[-4:] for ln in lines}
     assert got == {0.25: ["slice", "1.500", "10.000", "0.15"],
                    0.5: ["slice", "2.500", "10.000", "0.25"]}
+
+
+def test_rows_given_with_numbers_for_names_are_drawn_as_a_csv_would_name_them(tmp_path):
+    """A block or variant given as a number (3, 7) raised a TypeError inside plot.py's
+    name sort; a CSV holds them as text, and rows given are read the same way."""
+    rows = [dict(r, block=int(r["block"][-1]) + 3, variant=7 if r["variant"] == "slice"
+                 else "dense") for r in _rows()]
+    g = next(iter(group_rows(rows).values()))
+    assert list(g["blocks"]) == ["3", "4"]
+    c = spec_curves(g, SPEC.key(), None)
+    assert c["7"] == SLICE and c["masked dense"] == {r: MASKED for r in RATES}
+    paths = plot_latency_vs_rate(rows, tmp_path)
+    assert [p.name for p in paths] == ["tinynet_channel_b1_float32_blocks.png",
+                                       "tinynet_channel_b1_float32_model.png"]

@@ -75,16 +75,18 @@ class DenseModel(nn.Module):
             raise ValueError(f"memory_format must be torch.channels_last or "
                              f"torch.contiguous_format, got {memory_format!r}")
         self.mf = memory_format
-        with in_eval(model):
+        # not inference tensors, also when made under torch.inference_mode(): the packed
+        # convolutions' caches read the weights' version counters (fold_block's rule)
+        with in_eval(model), torch.inference_mode(False), torch.no_grad():
             set_stem(self, model, model.conv1.weight.device, torch.float32, memory_format)
             for name, blk in model.blocks():  # after set_stem: it refuses compiled blocks
                 check_foldable(name, blk)
             self.folded: list[FoldedBlock] = [fold_block(blk) for _, blk in model.blocks()]
-        for fb in self.folded:
-            fb.w2 = fb.w2.contiguous(memory_format=memory_format)
-        self.avgpool = detached_copy(model.avgpool).eval()
-        # in the folded weights' dtype: a float64 model's head refused their float32 maps
-        self.fc = detached_copy(model.fc).eval().to(torch.float32)
+            for fb in self.folded:
+                fb.w2 = fb.w2.contiguous(memory_format=memory_format)
+            self.avgpool = detached_copy(model.avgpool).eval()
+            # in the folded weights' dtype: a float64 model's head refused their maps
+            self.fc = detached_copy(model.fc).eval().to(torch.float32)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +121,9 @@ class DenseModel(nn.Module):
         """``nn.Module._apply`` (what ``.to``, ``.half``, ``.cuda`` and the like run), the
         folded blocks' tensors included: a plain list, they stayed where they were, and
         the forward failed inside torch ("Input type (double) and bias type (float)")."""
-        super()._apply(fn, recurse)
-        self.folded = [_moved(fb, fn) for fb in self.folded]
+        with torch.inference_mode(False), torch.no_grad():  # (as ``__init__``)
+            super()._apply(fn, recurse)
+            self.folded = [_moved(fb, fn) for fb in self.folded]
         return self
 
 

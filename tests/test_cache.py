@@ -375,7 +375,8 @@ def test_a_write_removes_temp_files_a_killed_writer_left(tmp_path):
     than ``ORPHAN_AGE``, and leaves a fresh one (a write under way elsewhere)."""
     c = TuneCache(tmp_path)
     c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
-    old, fresh = (tmp_path / f"{c.path.name}.{tag}.tmp" for tag in ("abc12345", "def45678"))
+    old, fresh = (tmp_path / f"{c.path.name}.laudtriton-{tag}.tmp"
+                  for tag in ("abc12345", "def45678"))
     old.write_text("{")
     fresh.write_text("{")
     past = os.stat(old).st_mtime - atomic_mod.ORPHAN_AGE - 5

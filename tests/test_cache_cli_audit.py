@@ -106,9 +106,9 @@ def test_a_merge_killed_mid_write_leaves_a_temp_file_the_next_merge_removes(tmp_
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
-    left = sorted(tmp_path.glob(f"{out.name}.*.tmp"))  # <name>.<8 random characters>.tmp
+    left = sorted(tmp_path.glob(f"{out.name}.*.tmp"))  # <name>.laudtriton-<8 random>.tmp
     assert len(left) == 1 and left[0].read_text().startswith("{") and not out.exists()
-    fresh = tmp_path / f"{out.name}.abcd1234.tmp"
+    fresh = tmp_path / f"{out.name}.laudtriton-abcd1234.tmp"
     fresh.write_text("{")
     _aged(left[0])
     assert main(["cache", "merge", str(src), "--out", str(out)]) == 0
@@ -119,9 +119,10 @@ def test_a_merge_killed_mid_write_leaves_a_temp_file_the_next_merge_removes(tmp_
 def test_temp_files_are_only_names_a_write_gives(tmp_path):
     """A user's '<out>.backup.old.tmp' beside a merge's --out is not a temp file of it."""
     out = tmp_path / "merged.json"
-    mine = tmp_path / f"{out.name}.k3_x9z0q.tmp"
+    mine = tmp_path / f"{out.name}.laudtriton-k3_x9z0q.tmp"
     theirs = [tmp_path / f"{out.name}.{tag}.tmp" for tag in
-              ("backup.old", "Backup", "a-b", "toolongname")]
+              ("backup.old", "Backup", "a-b", "toolongname", "original", "k3_x9z0q",
+               "laudtriton-short")]
     for p in [mine, *theirs]:
         p.write_text("x")
         _aged(p)
@@ -135,7 +136,8 @@ def test_ls_names_temp_files_and_clear_removes_the_old_ones(tmp_path, capsys):
     names them, clear removes those older than ORPHAN_AGE and keeps a fresh one (a write
     of another process may be under way), with or without the cache file."""
     path = _file_of(tmp_path, torch.get_num_threads(), 1e-3)
-    old, fresh = (tmp_path / f"{path.name}.{tag}.tmp" for tag in ("old00000", "new00000"))
+    old, fresh = (tmp_path / f"{path.name}.laudtriton-{tag}.tmp"
+                  for tag in ("old00000", "new00000"))
     old.write_text("{")
     fresh.write_text("{")
     _aged(old)

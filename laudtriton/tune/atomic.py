@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+TEMP_MARK = ".laudtriton-"  # between a file's name and the random part of its temp files
+
 
 def _umask() -> int:
     """The process's umask, read without changing it where Linux tells it (setting it,
@@ -58,7 +60,7 @@ def _atomic_file(path: str | Path, binary: bool) -> Iterator:
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} is not a regular file (a device, a pipe or a socket); "
                          "it would be replaced: give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + TEMP_MARK, suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with (os.fdopen(fd, "wb") if binary
@@ -89,16 +91,17 @@ def write_json_atomic(path: Path, data: object, *, sort_keys: bool = True,
 
 
 ORPHAN_AGE = 600  # seconds: a temp file of a write (a second or two) this old is left over
-# the name ``_atomic_file`` gives a temp file of <name>: <name>.<mkstemp's 8 random
-# characters>.tmp, exactly (a user's "<name>.bak.tmp" or "<name>.backup.old.tmp" is not
-# one, and is never removed)
-_TEMP_TAIL = re.compile(r"\.[a-z0-9_]{8}\.tmp")
+# the name ``_atomic_file`` gives a temp file of <name>: <name>.laudtriton-<mkstemp's 8
+# random characters>.tmp, exactly (a user's "<name>.bak.tmp" or "<name>.original.tmp" is
+# not one, and is never removed; before session 61 the temp files were <name>.<8>.tmp,
+# which could not be told from a user's)
+_TEMP_TAIL = re.compile(re.escape(TEMP_MARK) + r"[a-z0-9_]{8}\.tmp")
 
 
 def temp_files(path: Path) -> list[Path]:
     """The temp files of ``atomic_text`` writes of ``path`` (a symbolic link followed)
     beside it, sorted: a write under way, or one a process killed mid-write left (the
-    file itself was left whole). Named ``<name>.<random>.tmp``; none where the folder
+    file itself was left whole). Named ``<name>.laudtriton-<random>.tmp``; none where the folder
     cannot be listed."""
     real = Path(os.path.realpath(path))
     try:

@@ -69,14 +69,20 @@ SLUG_MAX = 80  # characters of a device's name in a file name
 
 def file_slug(text: str) -> str:
     """A device fingerprint as a file name's stem: runs of characters other than letters,
-    digits and "." become "_"; past ``SLUG_MAX`` characters its head and a hash of the
-    whole (cut short alone, the names of a long CPU model's thread counts, which end
-    "<n>t", were one file: another count's timings read as this one's)."""
+    digits and "." become "_"; past ``SLUG_MAX`` characters the head cut short, a hash of
+    the whole but its last part, and that last part ("<n>t", a CPU's thread count: cut
+    short alone, a long CPU model's thread counts were one file, another count's timings
+    read as this one's; the files of one CPU keep one stem before it, which ``cache ls``
+    reads)."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "device"
     if len(slug) <= SLUG_MAX:
         return slug
-    digest = hashlib.sha256(slug.encode()).hexdigest()[:8]
-    return f"{slug[:SLUG_MAX - 9]}_{digest}"
+    head, _, tail = slug.rpartition("_")
+    if not head or len(tail) > 16:
+        head, tail = slug, ""
+    digest = hashlib.sha256(head.encode()).hexdigest()[:8]
+    end = f"_{digest}" + (f"_{tail}" if tail else "")
+    return head[:SLUG_MAX - len(end)].rstrip("_") + end
 
 
 @dataclass(frozen=True)

@@ -270,10 +270,11 @@ def _print_summary(rows: list[dict]) -> None:
     time vs dense, and the fastest variant where that differs. Mode both: from the item
     the cache keeps for the rate (row "dispatched"), not from the CSV-only ones at other
     channel rates. "dense" is the dense block, the fastest timing of its spec at rate 1
-    where the rows hold one whose FLOPs ratio is 1 (the plots' dense line,
-    ``plot_rows.spec_curves``; mode both's grid rate 1 may be at a lower channel rate): the
-    ``dense`` variant applies the masks, and with channel masks runs unpacked
-    convolutions, 1.1-2.8x the dense block on CPU; else the ``dense`` variant's."""
+    where the rows hold one whose FLOPs ratio is 1 (mode both's grid rate 1 may be at a
+    lower channel rate): the ``dense`` variant applies the masks, and with channel masks
+    runs unpacked convolutions, 1.1-2.8x the dense block on CPU; else the ``dense``
+    variant's. The rule is the plots' (``plot_rows.dense_blocks``), taken per spec: a
+    figure takes the dense variant's line for all of its specs where one lacks it."""
     from ..schedule import DispatchTable, fastest
 
     timings: dict[tuple[str, float], dict] = {}

@@ -16,7 +16,12 @@ from laudtriton.bench_command import torch_threads
 from laudtriton.cli import main
 from laudtriton.nn import LaudResNet, calibrate_rates
 from laudtriton.testing import randomize_bn
+from laudtriton.tune import keys
 from laudtriton.tune.cache import TuneCache
+
+# (the last three tests: the review of 28a8224, 93a124e, 6f81fc3 and 0744e6a)
+LONG_CPU = ("Example Corporation Hyper-Scale Virtual Processor Family Model 9000 Extreme "
+            "Edition v2")  # a CPU model name whose fingerprint's slug is past 80 characters
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +53,14 @@ def test_ls_hint_threads_count_is_accepted_on_a_one_cpu_machine(tmp_path, capsys
 
 
 def test_clear_keeps_a_users_short_named_tmp_file(tmp_path):
-    """``atomic._TEMP_TAIL`` takes 1 to 8 characters (mkstemp always gives 8), so a
-    user's '<cache file>.bak.tmp' (or '.old.tmp', '.backup.tmp') over 10 min old is
-    deleted by ``cache clear`` and by every cache-file write, merges' --out included."""
+    """``atomic._TEMP_TAIL`` took 1 to 8 characters (mkstemp always gives 8), so a
+    user's '<cache file>.bak.tmp' (or '.old.tmp', '.backup.tmp') over 10 min old was
+    deleted by ``cache clear`` and by every cache-file write, merges' --out included;
+    with exactly 8 (93a124e) a user's '.original.tmp' or '.snapshot.tmp' still was (the
+    late review). Temp files are now '<file>.laudtriton-<8>.tmp' (320df31)."""
     path = _path_of(tmp_path, torch.get_num_threads())
-    users = [path.with_name(f"{path.name}.{tag}.tmp") for tag in ("bak", "old", "backup")]
+    users = [path.with_name(f"{path.name}.{tag}.tmp")
+             for tag in ("bak", "old", "backup", "original", "snapshot")]
     past = time.time() - 3600
     for p in users:
         p.write_text("the user's copy")
@@ -122,3 +130,39 @@ def test_calibrate_rates_reads_eval_semantics_and_leaves_a_train_override_its_ow
     with torch.no_grad(), in_eval(model):
         model(x)
     assert [float(s.rate3) for s in model.last_stats.blocks] == got
+
+
+def test_cache_ls_names_other_thread_counts_files_of_a_long_cpu_name(tmp_path, monkeypatch,
+                                                                     capsys):
+    """6f81fc3: past 80 characters ``file_slug`` keeps the head and a hash, and the
+    "<n>t" tail goes: each thread count now has a file of its own, but its name no longer
+    ends in <N>t (as ``cache --threads``' help says), and ``cache ls`` (``_other_files``,
+    which reads "_<n>t.v1.json") no longer names the other counts' files here."""
+    monkeypatch.setattr(keys, "cpu_model", lambda: LONG_CPU)
+    mine = torch.get_num_threads()
+    others = [n for n in (1, 2, 3) if n != mine][:2]
+    paths = {n: _path_of(tmp_path, n) for n in others}
+    for p in paths.values():
+        p.write_text('{"schema": 1, "device": "x", "entries": {}}')
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "other thread counts' files here: " + ", ".join(f"{n}t" for n in others) in out
+    assert [p.name for n, p in paths.items() if not p.name.endswith(f"_{n}t.v1.json")] == []
+
+
+def test_channels_last_dense_model_made_under_inference_mode_runs():
+    """Older than these commits (not 93a124e's): a channels_last DenseModel made under
+    ``torch.inference_mode()`` fails at its first forward ("Inference tensors do not
+    track version counter": ``set_stem`` folds outside ``fold_block``'s
+    ``inference_mode(False)``, and the stem's PackedConv cache reads the buffers'
+    versions). The NCHW form and ``laudtriton.compile`` under inference_mode run."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    model = _tiny()
+    ref = DenseModel(model, torch.channels_last)(x)
+    with torch.inference_mode():
+        dm = DenseModel(model, torch.channels_last)
+        out = dm(x)
+        moved = dm.double()(x.double())  # (its move under inference_mode too: the fix)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(moved.float(), ref, rtol=1e-5, atol=1e-6)

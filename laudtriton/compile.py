@@ -81,6 +81,7 @@ from .module_copy import (
     uncalled_parts,
 )
 from .nn.block import LaudBottleneck, detached_copy
+from .nn.calibrate import meta_tensor
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, fold_block
 from .ops.fold import FoldedBlock
@@ -232,8 +233,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
               and example_input.is_cuda
               else torch.device("cuda", torch.cuda.current_device()))
     dtype = dtype or (torch.float16 if backend == "cuda" else torch.float32)
-    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
-                 if t.is_meta), None)
+    meta = meta_tensor(model)
     if meta is not None:
         raise ValueError(f"compile: the model's {meta} is on the meta device (no data); "
                          "load or initialise its weights first")

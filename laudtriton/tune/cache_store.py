@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from . import cache_file
-from .atomic import move_aside, remove_orphan_temps
+from .atomic import move_aside
 from .cache_file import (
     LockTimeout,
     UnusableCacheFile,
@@ -160,8 +160,8 @@ class CacheStore:
                            if k not in self._memory or is_valid_entry(e)}
                 annotate_entries_into(entries, self._notes)
                 merge_entries_into(entries, self._memory)
-                remove_orphan_temps(self.path)
-                write_cache_file(self.path, self.device, entries)
+                write_cache_file(self.path, self.device, entries)  # (temps of killed
+                # writes removed first: ``cache_file.write_cache_file``)
             self._memory.clear()
             self._notes.clear()
             self._loaded = (None, {})

@@ -6,6 +6,7 @@ one's median kept."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -130,13 +131,12 @@ class DenseModel(nn.Module):
 def _moved(fb: FoldedBlock, fn: Callable[[torch.Tensor], torch.Tensor]) -> FoldedBlock:
     """``fb`` with ``fn`` applied to each of its tensors (a new FoldedBlock, whose weight
     caches start empty), w2 kept in its memory format."""
-    def cv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else fn(t)
-    w2 = cv(fb.w2)
+    moved = dataclasses.replace(fb, **{
+        f.name: fn(t) for f in dataclasses.fields(fb)
+        if isinstance(t := getattr(fb, f.name), torch.Tensor)})
     if fb.w2.is_contiguous(memory_format=CL):
-        w2 = w2.contiguous(memory_format=CL)
-    return FoldedBlock(cv(fb.w1), cv(fb.b1), w2, cv(fb.b2), cv(fb.w3), cv(fb.b3), cv(fb.wd),
-                       cv(fb.bd), cv(fb.kappa1), cv(fb.kappa2), fb.stride, fb.block)
+        moved.w2 = moved.w2.contiguous(memory_format=CL)
+    return moved
 
 
 def dense_forms(model: LaudResNet) -> dict[str, DenseModel]:

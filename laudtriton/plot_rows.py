@@ -20,7 +20,7 @@ from .nn.resnet import DEPTHS
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep_blocks import ideal_flops_ratio
-from .tune.sweep_csv import FLAGS, NAMES, NEEDED, cell_problem, positive_int
+from .tune.sweep_csv import FLAGS, NAMES, NEEDED, cell_problem, positive_int, whole_block
 
 if TYPE_CHECKING:
     from .tune.cache import TuneCache
@@ -252,14 +252,14 @@ def _flops_ratio(g: dict, sid: str, rate: float) -> float | None:
 
 def dense_blocks(g: dict) -> dict[str, float] | None:
     """{spec id: the dense block's time} for every spec of the group ``g``: its fastest
-    finite timing at rate 1 where the item's FLOPs ratio is 1 (the rows', else the one
-    ``_flops_ratio`` computes); None where some spec has none (``spec_curves``)."""
+    finite timing at rate 1 where the item's FLOPs ratio is 1 (``sweep_csv.whole_block``:
+    the rows', else the one ``_flops_ratio`` computes); None where some spec has none
+    (``spec_curves``)."""
     out = {}
     for sid in g["specs"]:
         ts = [t for by_rate in g["t"].get(sid, {}).values() for r, t in by_rate.items()
               if r == 1.0]
-        fr = _flops_ratio(g, sid, 1.0) if ts else None
-        if not ts or (fr is not None and fr < 1.0 - 1e-6):
+        if not ts or not whole_block(_flops_ratio(g, sid, 1.0)):
             return None
         out[sid] = min(ts)
     return out

@@ -40,6 +40,7 @@ from .paths import (
 )
 from .sweep import DTYPES, Prune, SweepResult, sweep
 from .sweep_blocks import MODELS
+from .sweep_csv import whole_block
 
 if TYPE_CHECKING:
     import torch
@@ -284,8 +285,8 @@ def _print_summary(rows: list[dict]) -> None:
             continue
         per = timings.setdefault((r["spec"], r["rate"]), {})
         per.setdefault(r["variant"], {})[r["config"]] = r["seconds"]
-        if r["rate"] == 1.0 and r.get("flops_ratio") not in (None, "") \
-                and float(r["flops_ratio"]) < 1.0 - 1e-6:  # mode both: a lower channel rate
+        fr = r.get("flops_ratio")
+        if r["rate"] == 1.0 and not whole_block(None if fr in (None, "") else float(fr)):
             partial.add(r["spec"])
     full = {spec: min((t for cfgs in per.values() for t in cfgs.values()), default=math.inf)
             for (spec, rate), per in timings.items() if rate == 1.0 and spec not in partial}

@@ -59,6 +59,13 @@ def cell_problem(column: str, value: object, shown: str, nan_seconds: bool = Fal
     return None if ok else f"column {column!r}: {shown} {why}"
 
 
+def whole_block(flops_ratio: float | None) -> bool:
+    """Whether an item at rate 1 computes the whole block (its dense time, the plots' and
+    the sweep summary's "dense"): its FLOPs ratio 1 (within float rounding) or unknown;
+    mode both's grid rate 1 may be at a lower channel rate."""
+    return flops_ratio is None or flops_ratio >= 1.0 - 1e-6
+
+
 def positive_int(value: object) -> int | None:
     """A cell (text, as a CSV holds it, or a number) as an int >= 1; None when it is not
     one ('64.0', 64.5, '0', 'x', inf)."""

@@ -721,6 +721,19 @@ def test_per_stage_strings_are_digits_between_dashes(kw, says):
                       granularity=" 4 - 4 - 2 - 1 ").config["granularity"] == [4, 4, 2, 1]
 
 
+def test_per_stage_modes_take_spaces_as_granularity_does():
+    """" spatial - channel - layer - both " was refused ("mode ' spatial ' unknown") while
+    granularity " 4 - 4 - 2 - 1 " was taken; a mode spelt with a space inside stays
+    refused."""
+    kw = dict(width_mult=0.25, input_size=None)
+    assert LaudResNet((1, 1, 1, 1), mode=" spatial - channel - layer - both ",
+                      **kw).config["mode"] == ["spatial", "channel", "layer", "both"]
+    assert LaudResNet((1, 1, 1, 1), mode=" layer ", **kw).config["mode"] == ["layer"] * 4
+    for bad in ("spat ial", "spatial - chan nel - layer - both"):
+        with pytest.raises(ValueError, match="unknown|not valid"):
+            LaudResNet((1, 1, 1, 1), mode=bad, **kw)
+
+
 def test_calibrate_takes_a_one_value_tensor_rate():
     """As set_temperature does; it was refused as outside [0, 1]."""
     x = torch.randn(2, 3, 64, 64)

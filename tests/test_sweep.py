@@ -875,6 +875,24 @@ def test_layout_options_are_written_back_as_the_tables_show_them(given, text):
     assert default_csv(args, "cpu") == f"sweep_laud_resnet50_both_{text}_c{text}_b1_cpu.csv"
 
 
+@pytest.mark.parametrize("given, text", [(" layer ", "layer"),
+                                         (" spatial - channel - layer - both ",
+                                          "spatial-channel-layer-both")])
+def test_layout_options_write_a_mode_back_without_its_spaces(given, text):
+    """A mode with spaces, which the model takes, is written back as the model reads it:
+    the default CSV name held it as typed, and a spaced stage " channel " did not count
+    as channel, so the name lost its channel granularity."""
+    from laudtriton.tune.commands import default_csv
+    from laudtriton.tune.options import check_layout_options
+
+    cg = ["--channel-granularity", "2"] if "channel" in text else []
+    args = _parser().parse_args(["sweep", "--mode", given, *cg])
+    check_layout_options(args)
+    assert args.mode == text
+    suffix = "_c2" if cg else ""
+    assert default_csv(args, "cpu") == f"sweep_laud_resnet50_{text}_4-4-2-1{suffix}_b1_cpu.csv"
+
+
 def test_sweep_command_refuses_a_cache_dir_it_cannot_fill(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     args = _parser().parse_args(["sweep", "--cache-dir", str(tmp_path / "f" / "sub"),

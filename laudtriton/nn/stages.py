@@ -66,6 +66,8 @@ def array_values(value: object, name: str, accepted: str) -> object:
 
 
 def _mode(v: object) -> str:
+    if isinstance(v, str):  # " spatial " of "spatial - channel - ...", as granularity
+        v = v.strip()       # takes "4 - 4 - 2 - 1"
     if v not in MODES:
         raise ValueError(f"mode {v!r} unknown; accepted: {', '.join(MODES)}")
     return v
@@ -77,7 +79,7 @@ def parse_modes(mode: str | Sequence[str]) -> list[str]:
     Raises:
         ValueError: naming the mode and the accepted forms.
     """
-    if isinstance(mode, str) and mode not in MODES and "-" not in mode:
+    if isinstance(mode, str) and mode.strip() not in MODES and "-" not in mode:
         raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
     return per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
 

@@ -239,13 +239,16 @@ def check_layout_options(args: argparse.Namespace) -> None:
     an S larger than its stage's map, a channel group size that does not divide a width
     (the model's constructor says so too, but names its own arguments, not the flags).
     --granularity and --channel-granularity are written back as ``stage_text`` gives
-    them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed)."""
+    them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed), and --mode
+    without its spaces (" spatial - layer - ..." as "spatial-layer-...")."""
     check_mode(args.mode, "--mode")
+    modes = parse_modes(args.mode)
+    args.mode = "-".join(modes) if "-" in args.mode else modes[0]
     given = {"--granularity": args.granularity,
              "--channel-granularity": args.channel_granularity}  # as typed, for messages
     args.granularity = stage_text(args.granularity, "--granularity")
     args.channel_granularity = stage_text(args.channel_granularity, "--channel-granularity")
-    check_layout_read(parse_modes(args.mode), given, f"mode {args.mode!r}")
+    check_layout_read(modes, given, f"mode {args.mode!r}")
     from ..predict.network import model_specs  # (tune may read predict inside a function)
 
     size = getattr(args, "input_size", None) or 224

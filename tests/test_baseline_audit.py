@@ -61,8 +61,9 @@ def test_an_input_of_another_shape_is_refused_naming_it(form, shape):
 
 
 def test_a_converted_dense_model_takes_inputs_of_its_new_dtype():
-    """``gpucheck.whole.dense_model`` moves the folded tensors and the head to the
-    timed dtype after construction: the input check follows them."""
+    """A DenseModel whose folded tensors and head are moved by hand after construction
+    (as ``gpucheck.whole.dense_model`` did before it called ``DenseModel.to``): the
+    input check follows the tensors, not the dtype it was built in."""
     dense = DenseModel(tiny(), torch.contiguous_format)
     dense.stem_w, dense.stem_b = dense.stem_w.double(), dense.stem_b.double()
     dense.folded = [fb.to("cpu", torch.float64) for fb in dense.folded]

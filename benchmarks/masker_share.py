@@ -11,6 +11,14 @@ of the line above them: the maskers' pooling and gates (in the layer path the po
 gates run outside the maskers, and their lines are not indented).
 
     python benchmarks/masker_share.py --mode channel --batch 1
+
+``--ops`` adds a second profile, by operator (``torch.profiler``, over another ``--reps``
+forwards of each model, outside the timers above): per group of operators (``OP_GROUPS``:
+GEMMs and convolutions, row gathers and scatters, pooling, the rest), the milliseconds a
+forward that the dense and the compiled network spend in them, and the time outside every
+operator (Python, dispatch and the profiler's own cost). Beside it, the FLOPs ratio of
+the compiled forward: how far the compiled GEMMs and convolutions are from it, against
+what the other lines add.
 """
 
 from __future__ import annotations
@@ -64,6 +72,52 @@ def profile_lines(totals: dict[str, float], reps: int) -> list[str]:
     return lines
 
 
+# (label, operator-name prefixes); an operator in none of them counts as "other operators"
+OP_GROUPS = (
+    ("GEMMs and convolutions", ("mkldnn::", "aten::addmm", "aten::mm", "aten::bmm",
+                                "aten::mkldnn_convolution", "aten::convolution",
+                                "aten::_convolution", "aten::linear")),
+    ("row gathers and scatters", ("aten::index_select", "aten::index_add_",
+                                  "aten::scatter_add_", "aten::index", "aten::gather",
+                                  "aten::cat")),
+    ("pooling", ("aten::avg_pool2d", "aten::adaptive_avg_pool2d", "aten::max_pool2d",
+                 "aten::mean", "aten::sum")),
+)
+
+
+def op_ms(fn: Callable[[], object], reps: int) -> dict[str, float]:
+    """Milliseconds a call of fn spends per group of ``OP_GROUPS`` (operators' self CPU
+    time, which sums to the time inside operators), in "other operators", and "outside
+    operators" (the wall time of the profiled calls less all of that), over ``reps``
+    calls under ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        wall_us = (time.perf_counter() - t) * 1e6
+    out = {label: 0.0 for label, _ in OP_GROUPS} | {"other operators": 0.0}
+    for e in prof.key_averages():
+        label = next((g for g, prefixes in OP_GROUPS if e.key.startswith(prefixes)),
+                     "other operators")
+        out[label] += e.self_cpu_time_total
+    out["outside operators"] = wall_us - sum(out.values())
+    return {k: v / reps / 1e3 for k, v in out.items()}
+
+
+def op_lines(dense: dict[str, float], compiled: dict[str, float], flops_ratio: float
+             ) -> list[str]:
+    """The ``op_ms`` profiles of both networks side by side, ms a forward."""
+    lines = [f"by operator (torch.profiler), FLOPs ratio {flops_ratio:.3f}:"
+             f"{'dense':>12} {'compiled':>9} {'ratio':>6}"]
+    for key in dense:
+        d, c = dense[key], compiled[key]
+        ratio = f"{c / d:6.3f}" if d > 0 else f"{'-':>6}"
+        lines.append(f"  {key:<44}{d:9.2f} {c:9.2f} {ratio}")
+    return lines
+
+
 def median_ms(fn: Callable[[], object], reps: int) -> float:
     """The median of ``reps`` timed calls of fn, in milliseconds."""
     ts = []
@@ -86,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=0.5,
                    help="rate the maskers are calibrated to, in [0, 1] (default 0.5)")
     p.add_argument("--reps", type=int, default=10, help="timed forwards, >= 1 (default 10)")
+    p.add_argument("--ops", action="store_true",
+                   help="also profile by operator (torch.profiler), dense and compiled")
     args = p.parse_args(argv)
     # checked here: --reps 0 failed with an IndexError after compiling and warming up
     for flag, value in (("--batch", args.batch), ("--reps", args.reps)):
@@ -125,6 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     # the maskers' pooling and gates are printed under them ("of which"); the layer path
     # pools and gates in its own step, outside the maskers: those lines are top-level
     print("\n".join(profile_lines(totals, args.reps)))
+    if args.ops:
+        with torch.no_grad():
+            model(x)  # the reference's FLOPs on the same input and masks
+            fr = float(model.last_stats.flops_ratio)
+            lines = op_lines(op_ms(lambda: dense(xc), args.reps),
+                             op_ms(lambda: cm(x), args.reps), fr)
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,29 @@ def test_masker_share_prints_the_rate_the_masks_realise(tmp_path):
     assert any(x.strip().startswith("variants") and "ms a forward" in x for x in head)
 
 
+def test_masker_share_op_profile_sorts_operators_into_their_groups():
+    """--ops: a GEMM's time lands under GEMMs, a row gather's under gathers; the groups,
+    "other operators" and "outside operators" add up to the calls' wall time."""
+    mod = _load("benchmarks/masker_share.py")
+    a, idx = torch.randn(256, 256), torch.arange(0, 256, 2)
+    calls = {"gemm": lambda: a @ a, "gather": lambda: a.index_select(0, idx)}
+    for what, fn in calls.items():
+        t = mod.time.perf_counter()
+        ms = mod.op_ms(fn, 20)
+        wall = (mod.time.perf_counter() - t) * 1e3 / 20
+        assert set(ms) == {g for g, _ in mod.OP_GROUPS} | {"other operators",
+                                                            "outside operators"}
+        key = "GEMMs and convolutions" if what == "gemm" else "row gathers and scatters"
+        other = "row gathers and scatters" if what == "gemm" else "GEMMs and convolutions"
+        assert ms[key] > 0 and ms[other] == 0 and ms["pooling"] == 0
+        assert 0 < sum(ms.values()) <= wall  # (the profiler's start and stop outside it)
+    lines = mod.op_lines({"pooling": 2.0, "other operators": 0.0},
+                         {"pooling": 1.0, "other operators": 0.5}, 0.5)
+    assert lines[0].startswith("by operator (torch.profiler), FLOPs ratio 0.500:")
+    assert lines[1].split() == ["pooling", "2.00", "1.00", "0.500"]
+    assert lines[2].split() == ["other", "operators", "0.00", "0.50", "-"]
+
+
 # -- memory_batches.py -------------------------------------------------------------------
 
 @pytest.mark.parametrize("calls", ["0", "-3"])

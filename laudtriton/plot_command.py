@@ -91,8 +91,8 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                         "calibration fit the predicted line (default: the one `laudtriton env` "
                         "shows)")
     p.add_argument("--device", default="cpu",
-                   help="with --from cache: whose timings; the predicted line is this "
-                        "device's (left out for rows timed on another)")
+                   help="with --from cache: whose timings (default cpu); the predicted line "
+                        "is this device's (left out for rows timed on another)")
     p.add_argument("--no-predicted", action="store_true",
                    help="leave out the predicted line (drawn when the device is calibrated)")
     p.set_defaults(func=run_plot)

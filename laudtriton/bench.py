@@ -37,7 +37,7 @@ from .ops.dense import dense_block
 from .planning import TUNE_MODES
 from .progress import Progress
 from .testing import assert_close, randomize_bn
-from .tune.options import check_rates
+from .tune.options import check_rates, mode_text, stage_text
 from .tune.timing import interleaved_medians
 
 CL = torch.channels_last
@@ -205,6 +205,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     # building the first model validates the configuration before the allocator,
     # process-wide, changes
     first = _seeded_model(model_name, mode, granularity, channel_granularity, 0)
+    texts = _layout_texts(mode, granularity, channel_granularity)
     setting = _set_allocator(allocator, log)
     rows = []
     for i, rate in enumerate(rates):
@@ -227,8 +228,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
                 "labelled with the asked rate, the CSV's realised_rate column holds the "
                 "realised one")
         cm = compile(model, x, backend="cpu", tune=tune, progress=progress)
-        meta = dict(model=model_name, mode=mode, granularity=str(granularity), batch=batch,
-                    rate=rate, allocator=setting, channel_granularity=str(channel_granularity),
+        meta = dict(model=model_name, **texts, batch=batch, rate=rate, allocator=setting,
                     threads=torch.get_num_threads(), tune=tune, reps=reps)
         _check_logits(model, cm, x)  # before anything is timed
         dense = dense_forms(model)
@@ -252,6 +252,18 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
         rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
+
+
+def _layout_texts(mode, granularity, channel_granularity) -> dict[str, str]:
+    """The rows' mode, granularity and channel_granularity, as the CLI writes them
+    (``tune.options.mode_text``, ``stage_text``: " layer " -> "layer", " 4-4-2-1" ->
+    "4-4-2-1"); a value given as a list or number is written as ``str`` writes it."""
+    def text(value, norm, flag):
+        return norm(value, flag) if isinstance(value, str) else str(value)
+    return dict(mode=text(mode, mode_text, "mode"),
+                granularity=text(granularity, stage_text, "granularity"),
+                channel_granularity=text(channel_granularity, stage_text,
+                                         "channel_granularity"))
 
 
 def _set_allocator(allocator: str, log) -> str:

@@ -18,6 +18,7 @@ from .runtime import usable_cpus
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench`` to an argparse subparsers object, run by ``cmd_bench``; returns its
     parser (also set as ``bench_parser``, which ``_bench_argv`` reads)."""
+    from .tune.numbers import ascii_int
     from .tune.options import add_layout_options
 
     s = subparsers.add_parser("bench", help="dense vs compiled, per block and whole model")
@@ -28,11 +29,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     s.add_argument("--rates", default="0.25,0.5,0.75",
                    help="target rates the maskers are calibrated to, comma-separated or "
                         "start:stop:step (default 0.25,0.5,0.75)")
-    s.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    s.add_argument("--threads", type=int, default=0,
+    s.add_argument("--batch", type=ascii_int, default=1, help="batch size (default 1)")
+    s.add_argument("--threads", type=ascii_int, default=0,
                    help="torch threads, from 0 (torch's default) to the CPUs this process "
                         "may run on")
-    s.add_argument("--reps", type=int, default=20,
+    s.add_argument("--reps", type=ascii_int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
                    "fewer is noisier; at most 10000); also the untimed new inputs that "
                    "start the new-input stream")
@@ -40,13 +41,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="compile's tune mode (default cached: the autotune cache, else "
                         "timing on the example input)")
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
-    s.add_argument("--repeat", type=int, default=1,
-                   help="time the whole-model rows this many times; report the median run "
-                        "(for an even count the upper middle one; at most 100)")
+    s.add_argument("--repeat", type=ascii_int, default=1,
+                   help="time the whole-model rows this many times (default 1, at most 100); "
+                        "report the median run (for an even count the upper middle one)")
     s.add_argument("--allocator", default="retain",
                    help="retain (default): glibc keeps freed blocks for reuse, for dense and "
                         "compiled alike (laudtriton.runtime); default: leave the C allocator as is")
-    s.add_argument("--processes", type=int, default=1,
+    s.add_argument("--processes", type=ascii_int, default=1,
                    help="run the benchmark in this many fresh processes, one after another "
                         "(per-block rows from the first only), and summarise the whole-model "
                         "rows over all of them; --csv then holds every process's rows (default 1, "

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from .bench_command import add_bench_parser, check_cache_env, check_counts
 from .runtime import usable_cpus
+from .tune.numbers import ascii_float, ascii_int
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
 EXTERNAL = {
@@ -197,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_env)
 
     s = sub.add_parser("demo", help="LAUD-ResNet-50 at rate 0.5: compile, check, time")
-    s.add_argument("--rate", type=float, default=0.5,
+    s.add_argument("--rate", type=ascii_float, default=0.5,
                    help="activation rate the maskers are calibrated to (default 0.5)")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
                    help="how compile picks each block's variant (default: cached)")
-    s.add_argument("--reps", type=int, default=20,
+    s.add_argument("--reps", type=ascii_int, default=20,
                    help="timed runs of each model (default 20, at most 10000)")
     s.set_defaults(func=cmd_demo)
 

@@ -5,6 +5,7 @@ and the ``demo`` (the README's main job) run end to end."""
 import logging
 import math
 import os
+import re
 import stat
 
 import pytest
@@ -32,8 +33,9 @@ from laudtriton.cli import main
     (["bench", "--granularity", "-1"], "--granularity '-1' is not a positive int"),
     (["bench", "--granularity", "\u00b2"], "--granularity '\u00b2' is not a positive int"),
     (["bench", "--mode", "bogus"], "--mode 'bogus' unknown"),
-    (["bench", "--mode", "spatial-channel"], "--mode 'spatial-channel' unknown"),
-    (["sweep", "--mode", "layer-x-layer-layer"], "--mode 'layer-x-layer-layer' unknown"),
+    (["bench", "--mode", "spatial-channel"], "--mode 'spatial-channel' has 2 stages"),
+    (["sweep", "--mode", "layer-x-layer-layer"],
+     "--mode 'layer-x-layer-layer' is not valid (stage 2: 'x')"),
     (["demo", "--reps", "0"], "--reps"),
     # no upper bound: demo --reps 1e12 timed without end after compiling
     (["demo", "--reps", "1000000000000"], "--reps must be at most 10000, got 1000000000000"),
@@ -440,8 +442,10 @@ def test_check_mode_takes_what_laud_resnet_takes():
     for mode in ("spatial", "channel", "layer", "both", "spatial-spatial-channel-layer"):
         check_mode(mode, "--mode")
         laud_resnet50(mode=mode)  # and LaudResNet takes it
-    for mode in ("", "Spatial", "spatial-channel", "spatial--layer-layer"):
-        with pytest.raises(ValueError, match=f"--mode {mode!r} unknown"):
+    for mode, why in (("", "unknown"), ("Spatial", "unknown"),
+                      ("spatial-channel", "has 2 stages"),
+                      ("spatial--layer-layer", "is not valid (an empty stage")):
+        with pytest.raises(ValueError, match=re.escape(f"--mode {mode!r} {why}")):
             check_mode(mode, "--mode")
 
 

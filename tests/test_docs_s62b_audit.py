@@ -122,6 +122,10 @@ EXCEPTIONS = {
         ("predict/command_options.py", "tune.options"),
     ("laudtriton.predict.fit", "laudtriton.tune.cache"):
         ("predict/fit.py", "tune.cache.check_spec"),
+    ("laudtriton.predict.command_options", "laudtriton.tune.numbers"):
+        ("predict/command_options.py", "tune.numbers"),
+    ("laudtriton.predict.design_command", "laudtriton.tune.numbers"):
+        ("predict/design_command.py", "tune.numbers"),
     ("laudtriton.tune.sweep", "laudtriton.schedule"): ("sweep", "rate_key", "run_rate"),
     ("laudtriton.tune.commands", "laudtriton.schedule"): ("commands", "rate_key", "format_rate"),
     ("laudtriton.tune.cache_command", "laudtriton.schedule"): ("cache_command", "format_rate"),

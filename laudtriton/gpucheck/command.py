@@ -62,6 +62,7 @@ import torch
 from ..gpureport import plot, table
 from ..kernels.aot import interpreting
 from ..runtime import usable_cpus
+from ..tune.numbers import ascii_float, ascii_int
 from ..tune.options import int_list
 from .blocks import distinct_blocks, time_blocks
 from .checks import kernel_checks
@@ -93,18 +94,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for the CSV, PNGs, cache, summary")
-    p.add_argument("--budget", type=float, default=330.0,
+    p.add_argument("--budget", type=ascii_float, default=330.0,
                    help="seconds for the whole run (default 330, at most 86400), kept "
                         "between items; past it by 30 s the run stops where it is, then "
                         "writes its plots and table (give a hard limit of budget + 60 s "
                         "or more)")
-    p.add_argument("--configs", type=int, default=2,
+    p.add_argument("--configs", type=ascii_int, default=2,
                    help="kernel configs timed per variant (default 2)")
     p.add_argument("--batches", default="1,64",
                    help="batch sizes to time, comma-separated (default 1,64)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": plumbing test
-    p.add_argument("--input-size", type=int, default=224, help=argparse.SUPPRESS)
-    p.add_argument("--compile-jobs", type=int, default=min(8, max(1, usable_cpus() - 1)),
+    p.add_argument("--input-size", type=ascii_int, default=224, help=argparse.SUPPRESS)
+    p.add_argument("--compile-jobs", type=ascii_int, default=min(8, max(1, usable_cpus() - 1)),
                    help="processes that compile the kernels of parts 2 and 3 first, in "
                         "parallel (1: none; default: min(8, CPUs this process may use - 1))")
 

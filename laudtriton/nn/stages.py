@@ -85,7 +85,10 @@ def parse_modes(mode: str | Sequence[str]) -> list[str]:
 
 
 def masker_name(v: object) -> str:
-    """v if it is one of ``CHANNEL_MASKERS``, else a ValueError naming it."""
+    """v (spaces around it removed, as ``_mode`` removes them) if it is one of
+    ``CHANNEL_MASKERS``, else a ValueError naming it."""
+    if isinstance(v, str):
+        v = v.strip()
     if v not in CHANNEL_MASKERS:
         raise ValueError(f"channel_masker {v!r} unknown; accepted: {', '.join(CHANNEL_MASKERS)}")
     return v
@@ -109,7 +112,8 @@ def parse_positive_int(v: object) -> int:
     if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
         v = v.item()  # its Python scalar: a bool, an int or a float
     if isinstance(v, str):
-        if not (v.strip().isascii() and v.strip().isdigit()):
+        v = v.strip()  # (int() keeps the \x1c-\x1f that strip removes)
+        if not (v.isascii() and v.isdigit()):
             raise ValueError(v)
         v = int(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..tune.numbers import ascii_int
 from ..tune.options import CHANNEL_GRANULARITY
 from .calibration import measured_here, predictor_for
 from .hardware import HardwareSpec, known_hardware
@@ -22,10 +23,10 @@ def add_common_options(p: argparse.ArgumentParser, model_default: str = "laud_re
                    help=f"laud_resnet50 | laud_resnet101 (default {model_default})")
     p.add_argument("--hardware", default="cpu",
                    help=f"one of {', '.join(known_hardware())} (default cpu)")
-    p.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
+    p.add_argument("--batch", type=ascii_int, default=1, help="images per batch (default 1)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="float32 | float16 | bfloat16 (default: float32 on cpu, else float16)")
-    p.add_argument("--input-size", type=int, default=224,
+    p.add_argument("--input-size", type=ascii_int, default=224,
                    help="input height and width in pixels (default 224)")
     p.add_argument("--channel-granularity", default=CHANNEL_GRANULARITY,
                    help="channels per channel-mask group: one int or per stage 'a-b-c-d' "

@@ -9,6 +9,7 @@ import argparse
 import math
 import sys
 
+from ..tune.numbers import ascii_float, ascii_int
 from .command_options import (
     add_common_options,
     check_common_options,
@@ -30,7 +31,7 @@ def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                     "the target FLOPs ratio, ranked by predicted latency (at most "
                     f"{MAX_DESIGNS} configurations: the product of the options per stage).")
     add_common_options(p)
-    p.add_argument("--target-rate", type=float, required=True,
+    p.add_argument("--target-rate", type=ascii_float, required=True,
                    help="target FLOPs ratio of the residual blocks, in (0, 1]")
     p.add_argument("--modes", default="spatial,channel,layer",
                    help="comma list of the modes a stage may take, of spatial, channel, "
@@ -38,7 +39,7 @@ def add_design_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--granularities", default=DESIGN_GRANULARITIES,
                    help="comma list of the S a spatial (or both) stage may take, each at "
                         f"most its map (default {DESIGN_GRANULARITIES})")
-    p.add_argument("--top", type=int, default=5,
+    p.add_argument("--top", type=ascii_int, default=5,
                    help="configurations printed, fastest first (default 5)")
     p.set_defaults(func=run_design)
     return p

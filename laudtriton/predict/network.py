@@ -94,8 +94,8 @@ def model_specs(arch: str = "laud_resnet50", mode: str | Sequence[str] = "spatia
     check_arch(arch)
     check_batch_and_size(batch, input_size)
     batch, input_size = int(batch), int(input_size)
-    modes = per_stage(mode, "mode")
-    for m in modes:
+    modes = per_stage(mode, "mode", lambda v: v.strip() if isinstance(v, str) else v)
+    for m in modes:  # (spaces around a stage's mode taken, as the model takes them)
         if m not in MODES:
             raise ValueError(f"--mode {mode!r}: {m!r} unknown; accepted: {', '.join(MODES)}")
     gran = per_stage(granularity, "granularity", parse_positive_int)

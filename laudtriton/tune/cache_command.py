@@ -19,6 +19,7 @@ from .atomic import ORPHAN_AGE, remove_orphan_temps, temp_files
 from .cache import TuneCache
 from .cache_merge import NotACacheError, merge_files
 from .keys import disabled_by
+from .numbers import ascii_int
 from .options import check_device, fail
 from .paths import check_cache_dir, check_nonempty, check_output_path
 
@@ -38,7 +39,7 @@ def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        help="the cache directory (default: the one `laudtriton env` shows)")
         q.add_argument("--device", default="cpu",
                        help="whose cache file: cpu (default) or cuda[:N]")
-        q.add_argument("--threads", type=int, default=0,
+        q.add_argument("--threads", type=ascii_int, default=0,
                        help="the cpu cache file of this torch thread count (its name "
                             "ends in <N>t; bench --threads writes one per count), from 0 "
                             "(default: this process's count, as `laudtriton env` shows) "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..schedule import format_rate, rate_key
 from .cache import TuneCache
 from .keys import disabled_by
+from .numbers import ascii_int
 from .options import (
     MAX_INPUT_SIZE,
     add_layout_options,
@@ -56,7 +57,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--model", default="laud_resnet50",
                    help=f"one of {', '.join(MODELS)} (default laud_resnet50)")
     add_layout_options(p)
-    p.add_argument("--prune-top", type=int, default=0, metavar="K",
+    p.add_argument("--prune-top", type=ascii_int, default=0, metavar="K",
                    help="time only the K kernel configs of each variant with the lowest "
                         "predicted time (latency predictor; 0: time every config)")
     p.add_argument("--hardware", default=None,
@@ -64,11 +65,11 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "or cuda for --device cuda)")
     p.add_argument("--rates", default="0.1:1.0:0.1",
                    help="'start:stop:step' or '0.25,0.5' (default 0.1:1.0:0.1)")
-    p.add_argument("--batch", type=int, default=1, help="batch size timed (default 1)")
+    p.add_argument("--batch", type=ascii_int, default=1, help="batch size timed (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32",
                    help=f"one of {', '.join(DTYPES)} (default float32)")
-    p.add_argument("--input-size", type=int, default=224,
+    p.add_argument("--input-size", type=ascii_int, default=224,
                    help=f"image side, 32 to {MAX_INPUT_SIZE} (default 224)")
     p.add_argument("--blocks", default=None,
                    help="comma list of block names (layer3.0) or indices; default all")

@@ -118,10 +118,10 @@ def parse_stages(text: str, flag: str) -> list[int]:
     Raises:
         ValueError: naming ``flag``, the value and the accepted forms.
     """
-    items = str(text).split("-")
-    if len(items) == 1:
+    items = [i.strip() for i in str(text).split("-")]  # (int() keeps \x1c-\x1f, which
+    if len(items) == 1:                                  # strip removes: its own error)
         items *= 4
-    if not all(i.strip().isascii() and i.strip().isdigit() and int(i) >= 1 for i in items):
+    if not all(i.isascii() and i.isdigit() and int(i) >= 1 for i in items):
         raise ValueError(f"{flag} {text!r} is not a positive int; accepted: one positive int "
                          "or four joined by '-', e.g. '4-4-2-1'")
     if len(items) != 4:
@@ -135,14 +135,28 @@ def check_mode(text: str, flag: str) -> None:
     one of ``MODES`` for every stage, or four joined by '-' (one per stage).
 
     Raises:
-        ValueError: naming ``flag``, the value and the accepted forms.
+        ValueError: naming ``flag``, the value, why (the model's words: an unknown mode,
+            a count of stages other than 4, an empty stage) and the accepted forms.
     """
     try:
         parse_modes(str(text))  # LaudResNet's own parsing
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} unknown; accepted: {', '.join(MODES)}, or four "
-                         "joined by '-' (one per stage), e.g. 'spatial-spatial-channel-layer'"
+    except ValueError as e:
+        why = str(e).split("; accepted")[0].split(" ('")[0].removeprefix("mode ")
+        raise ValueError(f"{flag} {why}; accepted: {', '.join(MODES)}, or four joined by "
+                         "'-' (one per stage), e.g. 'spatial-spatial-channel-layer'"
                          ) from None
+
+
+def mode_text(text: str, flag: str = "--mode") -> str:
+    """The mode option ``text`` (``check_mode``) written as the tables, CSVs and file
+    names show it: " layer " -> "layer", " spatial - layer - ..." -> "spatial-layer-...".
+
+    Raises:
+        ValueError: as ``check_mode``.
+    """
+    check_mode(text, flag)
+    modes = parse_modes(str(text))
+    return "-".join(modes) if "-" in str(text) else modes[0]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -241,9 +255,8 @@ def check_layout_options(args: argparse.Namespace) -> None:
     --granularity and --channel-granularity are written back as ``stage_text`` gives
     them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed), and --mode
     without its spaces (" spatial - layer - ..." as "spatial-layer-...")."""
-    check_mode(args.mode, "--mode")
+    args.mode = mode_text(args.mode, "--mode")
     modes = parse_modes(args.mode)
-    args.mode = "-".join(modes) if "-" in args.mode else modes[0]
     given = {"--granularity": args.granularity,
              "--channel-granularity": args.channel_granularity}  # as typed, for messages
     args.granularity = stage_text(args.granularity, "--granularity")

@@ -65,6 +65,9 @@ def array_values(value: object, name: str, accepted: str) -> object:
     return value.tolist()
 
 
+MODE_FORMS = "'spatial', 'spatial-spatial-channel-layer', ..."  # parse_modes' accepted forms
+
+
 def _mode(v: object) -> str:
     if isinstance(v, str):  # " spatial " of "spatial - channel - ...", as granularity
         v = v.strip()       # takes "4 - 4 - 2 - 1"
@@ -81,7 +84,7 @@ def parse_modes(mode: str | Sequence[str]) -> list[str]:
     """
     if isinstance(mode, str) and mode.strip() not in MODES and "-" not in mode:
         raise ValueError(f"mode {mode!r} unknown; accepted: {', '.join(MODES)}, or per stage")
-    return per_stage(mode, "mode", _mode, "'spatial', 'spatial-spatial-channel-layer', ...")
+    return per_stage(mode, "mode", _mode, MODE_FORMS)
 
 
 def masker_name(v: object) -> str:

@@ -17,7 +17,8 @@ import torch
 
 from ..nn.block import MODES
 from ..nn.maskers import is_positive_int
-from ..nn.stages import parse_modes
+from ..nn.stages import MODE_FORMS, parse_modes
+from .numbers import ascii_float
 
 RATE_ROUNDING = 1e-6  # rates are rounded to 6 decimals (cache buckets, CSVs)
 MAX_RATES = 1001  # '0:1:0.001'; more would take hours to sweep and GBs to hold
@@ -34,11 +35,7 @@ def parse_rates(text: str) -> list[float]:
     """
     accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
 
-    def number(p: str) -> float:  # float() alone also read '０.5' and '0.2_5' (0.25)
-        if not p.isascii() or "_" in p:
-            raise ValueError
-        return float(p)
-
+    number = ascii_float  # float() alone also read '０.5' and '0.2_5' (0.25)
     try:
         if ":" in text:
             parts = [number(p) for p in text.split(":")]
@@ -140,11 +137,13 @@ def check_mode(text: str, flag: str) -> None:
     """
     try:
         parse_modes(str(text))  # LaudResNet's own parsing
-    except ValueError as e:
-        why = str(e).split("; accepted")[0].split(" ('")[0].removeprefix("mode ")
-        raise ValueError(f"{flag} {why}; accepted: {', '.join(MODES)}, or four joined by "
-                         "'-' (one per stage), e.g. 'spatial-spatial-channel-layer'"
-                         ) from None
+    except ValueError as e:  # its words after "mode '<text>' ", before its accepted forms
+        msg, given = str(e), f"mode {str(text)!r} "
+        why = msg[len(given):] if msg.startswith(given) else "unknown"
+        why = why.rsplit("; accepted", 1)[0].removesuffix(f" ({MODE_FORMS})")
+        raise ValueError(f"{flag} {str(text)!r} {why}; accepted: {', '.join(MODES)}, or "
+                         "four joined by '-' (one per stage), e.g. "
+                         "'spatial-spatial-channel-layer'") from None
 
 
 def mode_text(text: str, flag: str = "--mode") -> str:

@@ -75,10 +75,11 @@ from .compiled_block import CompiledBlock
 from .guards import no_autocast
 from .module_copy import (
     bake_parametrizations,
+    compiled_module,
+    module_places,
     separate_places,
     set_submodule,
-    swap_blocks,
-    uncalled_parts,
+    share_uncalled,
 )
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.calibrate import meta_tensor
@@ -140,9 +141,12 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LaudResNet the example forward calls is replaced by its ``CompiledModel`` and each
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
-        never reaches stays as it is, with a warning naming it. A block object held in
-        several places (attributes) gets a CompiledBlock in each, planned for the input
-        that place is called with, all on one copy of its folded weights; one place
+        never reaches stays as it is, with a warning naming it. A LaudResNet held in
+        several places (attributes) is one CompiledModel in each (an attribute holding
+        one of its blocks, uncalled there, that block's CompiledBlock). A block object held in
+        several places gets a CompiledBlock in each, planned for the input that place
+        is called with, all on one copy of its folded weights (a place the example never
+        calls shares the CompiledBlock of the first place it calls); one place
         called at several map sizes is planned for the first, with a warning (the
         others run that plan, or ``dense`` where its variant does not run the size).
         Your forward runs on the
@@ -265,16 +269,21 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants, progress=progress)
-    missed_nets, replaced = [], []
+    missed_nets, replaced, inner = [], [], []  # inner: (block of a net, its CompiledBlock)
     if not isinstance(ref, (LaudResNet, LaudBottleneck)):
         # a LaudResNet inside another module becomes a CompiledModel there (the outer
         # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
         # those of a LaudResNet whose forward is not called (a backbone whose blocks the
         # user's forward calls) included
-        found = list(outermost_modules(ref, LaudResNet))  # (none: no forward for them)
+        # a network in several places (a.net = b.net = net) is one CompiledModel in each
+        places = {p[0][0]: [n for n, _, _ in p] for p in module_places(ref, LaudResNet).values()}
+        found = [(name, ref.get_submodule(name)) for name in places]
         nets, missed_nets = capture_inputs(ref, x, found) if found else ([], [])
         for name, net, xin in nets:
-            set_submodule(ref, name, _compile(net, xin, **options, nested=name))
+            cm = _compile(net, xin, **options, nested=name)
+            for place in places[name]:
+                set_submodule(ref, place, cm)
+            inner += [(net.get_submodule(c.name), c) for c in cm.blocks]
         replaced = [name for name, _, _ in nets]
     # the device the blocks are timed on: "cuda" alone named the current one's cache and
     # calibration, whichever GPU the example input is on
@@ -321,42 +330,9 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         if cm.is_resnet:
             check_folded("the stem's BatchNorm folds", (cm.stem_w, cm.stem_b))
         return cm
-    return _compiled_module(ref, blocks, [c[0] for c in captured], missed, missed_nets, x,
-                            variants, backend)
-
-
-def _compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list[str],
-                     missed: list[str], missed_nets: list[str], x: torch.Tensor,
-                     variants: tuple[str, ...] | None, backend: str) -> nn.Module:
-    """The user's module ``ref`` (a copy) with its LAUD blocks replaced by ``blocks``, its
-    LaudResNets compiled already, warning about the parts the example forward did not
-    reach (``captured``: the names of the blocks it called; ``missed``, ``missed_nets``:
-    those it did not) and compiled parts its forward no longer calls; ``variants``
-    checked over all its blocks.
-    """
-    # a LaudResNet is reported once, not block by block, when none of its blocks ran
-    unreached = [n for n in missed_nets
-                 if not any(c.startswith(n + ".") for c in captured)]
-    unreached += [n for n in missed if not any(n.startswith(u + ".") for u in unreached)]
-    if unreached:
-        warnings.warn(f"laudtriton.compile: the example forward never calls "
-                      f"{', '.join(unreached)}; left uncompiled (a forward that takes "
-                      "another branch on other inputs runs them as they are, dense with "
-                      "masks)", stacklevel=stacklevel_outside(__file__))
-    out = swap_blocks(ref, blocks)
-    check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
-                   backend)
-    uncalled = [n for n, _ in uncalled_parts(out, x)]
-    if uncalled:
-        warnings.warn(f"laudtriton.compile: the compiled module's forward did not call "
-                      f"{', '.join(uncalled)} on the example input, which its uncompiled "
-                      "forward reached. If it gets there through something compile does "
-                      "not replace (a bound method kept in an attribute, say), it runs the "
-                      "uncompiled copy, dense with masks: call the submodule itself in "
-                      "forward (self.net(x)). A forward that branches on randomness or "
-                      "state may just have taken another path",
-                      stacklevel=stacklevel_outside(__file__))
-    return out
+    missed = share_uncalled(ref, first_place, blocks, missed, inner)
+    return compiled_module(ref, blocks, [c[0] for c in captured], missed, missed_nets, x,
+                           variants, backend)
 
 
 def _decorator(target, example_input, **options):

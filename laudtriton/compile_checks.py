@@ -129,10 +129,10 @@ def check_block_places(model: nn.Module) -> None:
     it, and no LAUD block inside another: compile finds blocks by place (each place
     becomes a compiled block), and ``LaudResNet.blocks()``, which the reference's forward
     runs, lists a shared block once and a nested one beside its parent, so the two would
-    run other blocks. (A whole LaudResNet in two places of a module: its first place
-    becomes a CompiledModel, the other keeps its stem and head with compiled blocks. A
-    LAUD block in two places of a module outside any LaudResNet is compiled in each,
-    planned for that place's input: ``module_copy.separate_places``.)
+    run other blocks. (A whole LaudResNet in two places of a module becomes one
+    CompiledModel, in both. A LAUD block in two places of a module outside any
+    LaudResNet is compiled in each, planned for that place's input:
+    ``module_copy.separate_places``.)
 
     Raises:
         ValueError: naming both places of a shared block, or the nested block.

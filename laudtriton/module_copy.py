@@ -1,16 +1,20 @@
 """Compile's copy of the user's module: the parametrizations baked into plain tensors,
 the compiled parts put in place of what they replace (each module holding one then
-guarded, ``guards.guard``), each place of a shared LAUD block given its own block object,
-and the parts its forward no longer calls."""
+guarded, ``guards.guard``), each place of a shared LAUD block given its own block object
+(a place the example forward never calls given the compiled block of the same object
+where it did), and the parts its forward no longer calls."""
 
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .capture import outermost_modules
+from .capture import PACKAGE, outermost_modules, stacklevel_outside
+from .compile_checks import check_variants
 from .compiled import CompiledModel
 from .compiled_block import CompiledBlock
 from .guards import first_line, guard, parts_compiled_as
@@ -61,20 +65,13 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     return module
 
 
-def separate_places(module: nn.Module) -> dict[str, str]:
-    """Give each place of a LAUD block that ``module`` (compile's own copy) holds in
-    several places (attributes of one parent or of several) its own block object, in
-    place: a copy of the block sharing its submodules, parameters and buffers (weights
-    stay shared; the block's own settings and hook tables are its own). The example
-    forward then tells the places apart (a capture hook sits on one object, and every
-    call of a shared object reached the hooks of all its places), so each is planned for
-    the input it is called with. Blocks inside compiled parts are not looked at; one
-    parent module reached by two paths is one place (its attribute is one).
-
-    Returns:
-        {name of each later place: name of its block's first place}, places named by
-        their first path (``outermost_modules``' order).
-    """
+def module_places(module: nn.Module, kinds: type | tuple[type, ...]
+                  ) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """{id: [(name, parent, attribute)]}: every place (attribute) of each module of type
+    ``kinds`` inside ``module`` (not module itself), one object held by several places
+    listed once with all of them, in ``outermost_modules``' order. Not looking inside
+    those modules or inside what compile built; one parent module reached by two paths
+    is walked once (its attribute is one place)."""
     places: dict[int, list[tuple[str, nn.Module, str]]] = {}
     seen: set[int] = set()
 
@@ -84,18 +81,63 @@ def separate_places(module: nn.Module) -> dict[str, str]:
         seen.add(id(parent))
         for attr, child in parent._modules.items():
             name = f"{prefix}.{attr}" if prefix else attr
-            if isinstance(child, LaudBottleneck):
+            if isinstance(child, kinds):
                 places.setdefault(id(child), []).append((name, parent, attr))
             elif child is not None and not isinstance(child, (CompiledBlock, CompiledModel)):
                 walk(child, name)
     walk(module, "")
+    return places
+
+
+def separate_places(module: nn.Module) -> dict[str, str]:
+    """Give each place of a LAUD block that ``module`` (compile's own copy) holds in
+    several places (attributes of one parent or of several) its own block object, in
+    place: a copy of the block sharing its submodules, parameters and buffers (weights
+    stay shared; the block's own settings and hook tables are its own). The example
+    forward then tells the places apart (a capture hook sits on one object, and every
+    call of a shared object reached the hooks of all its places), so each is planned for
+    the input it is called with (a place it never calls then shares the compiled block
+    of the first place it does call: ``share_uncalled``). Blocks inside compiled parts
+    are not looked at; one parent module reached by two paths is one place (its
+    attribute is one).
+
+    Returns:
+        {name of each later place: name of its block's first place}, places named by
+        their first path (``outermost_modules``' order).
+    """
     first = {}
-    for (name0, parent0, attr0), *later in places.values():
+    for (name0, parent0, attr0), *later in module_places(module, LaudBottleneck).values():
         block = parent0._modules[attr0]
         for name, parent, attr in later:
             setattr(parent, attr, _place_copy(block))
             first[name] = name0
     return first
+
+
+def share_uncalled(module: nn.Module, first_place: dict[str, str],
+                   blocks: list[CompiledBlock], missed: list[str],
+                   inner: Sequence[tuple[nn.Module, CompiledBlock]] = ()) -> list[str]:
+    """Put in each place of ``missed`` (LAUD blocks the example forward never called) that
+    held one block object with a place it did call (``first_place``, as
+    ``separate_places`` returns it) the CompiledBlock of the first such place of
+    ``blocks``, and in each that holds a block of a LaudResNet compiled already
+    (``inner``: (block, its CompiledBlock in the network's CompiledModel)) that
+    CompiledBlock: the forward called that object, under another name, and the
+    uncompiled module shares it too. Returns the names still missed."""
+    called: dict[str, CompiledBlock] = {}
+    for blk in blocks:
+        called.setdefault(first_place.get(blk.name, blk.name), blk)
+    held = {id(b): c for b, c in inner}  # (inner holds the blocks: their ids stay theirs)
+    # each place's block object as separate_places left it, before any is replaced here
+    objects = {n: module.get_submodule(first_place.get(n, n)) for n in missed}
+    still = []
+    for name in missed:
+        blk = called.get(first_place.get(name, name), held.get(id(objects[name])))
+        if blk is None:
+            still.append(name)
+        else:
+            set_submodule(module, name, blk)
+    return still
 
 
 def _place_copy(block: nn.Module) -> nn.Module:
@@ -155,3 +197,37 @@ def swap_blocks(ref: nn.Module, blocks: list[CompiledBlock]) -> nn.Module:
             guard(mod, *kept)
             todo += [c for c in mod.children() if not isinstance(c, compiled)]
     return ref.eval()
+
+
+def compiled_module(ref: nn.Module, blocks: list[CompiledBlock], captured: list[str],
+                    missed: list[str], missed_nets: list[str], x: torch.Tensor,
+                    variants: tuple[str, ...] | None, backend: str) -> nn.Module:
+    """``compile``'s result for a module of the user's: ``ref`` (its copy) with its LAUD
+    blocks replaced by ``blocks``, its LaudResNets compiled already, warning about the
+    parts the example forward did not reach (``captured``: the names of the blocks it
+    called; ``missed``, ``missed_nets``: those it did not) and compiled parts its forward
+    no longer calls; ``variants`` checked over all its blocks.
+    """
+    # a LaudResNet is reported once, not block by block, when none of its blocks ran
+    unreached = [n for n in missed_nets
+                 if not any(c.startswith(n + ".") for c in captured)]
+    unreached += [n for n in missed if not any(n.startswith(u + ".") for u in unreached)]
+    if unreached:
+        warnings.warn(f"laudtriton.compile: the example forward never calls "
+                      f"{', '.join(unreached)}; left uncompiled (a forward that takes "
+                      "another branch on other inputs runs them as they are, dense with "
+                      "masks)", stacklevel=stacklevel_outside(PACKAGE))
+    out = swap_blocks(ref, blocks)
+    check_variants(variants, [m.spec for m in out.modules() if isinstance(m, CompiledBlock)],
+                   backend)
+    uncalled = [n for n, _ in uncalled_parts(out, x)]
+    if uncalled:
+        warnings.warn(f"laudtriton.compile: the compiled module's forward did not call "
+                      f"{', '.join(uncalled)} on the example input, which its uncompiled "
+                      "forward reached. If it gets there through something compile does "
+                      "not replace (a bound method kept in an attribute, say), it runs the "
+                      "uncompiled copy, dense with masks: call the submodule itself in "
+                      "forward (self.net(x)). A forward that branches on randomness or "
+                      "state may just have taken another path",
+                      stacklevel=stacklevel_outside(PACKAGE))
+    return out

@@ -79,7 +79,6 @@ from .module_copy import (
     module_places,
     separate_places,
     set_submodule,
-    share_uncalled,
 )
 from .nn.block import LaudBottleneck, detached_copy
 from .nn.calibrate import meta_tensor
@@ -142,11 +141,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
         never reaches stays as it is, with a warning naming it. A LaudResNet held in
-        several places (attributes) is one CompiledModel in each (an attribute holding
-        one of its blocks, uncalled there, that block's CompiledBlock). A block object held in
+        several places (attributes) is one CompiledModel in each. A block object held in
         several places gets a CompiledBlock in each, planned for the input that place
-        is called with, all on one copy of its folded weights (a place the example never
-        calls shares the CompiledBlock of the first place it calls); one place
+        is called with, all on one copy of its folded weights; one place
         called at several map sizes is planned for the first, with a warning (the
         others run that plan, or ``dense`` where its variant does not run the size).
         Your forward runs on the
@@ -269,7 +266,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     x = example_input.to(device=device, dtype=dtype).contiguous(memory_format=CL)
     options = dict(backend=backend, tune=tune, cache_dir=cache_dir, dispatch=dispatch,
                    dtype=dtype, variants=variants, progress=progress)
-    missed_nets, replaced, inner = [], [], []  # inner: (block of a net, its CompiledBlock)
+    missed_nets, replaced = [], []
     if not isinstance(ref, (LaudResNet, LaudBottleneck)):
         # a LaudResNet inside another module becomes a CompiledModel there (the outer
         # forward stays); LAUD blocks outside any LaudResNet become CompiledBlocks below,
@@ -283,8 +280,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
             cm = _compile(net, xin, **options, nested=name)
             for place in places[name]:
                 set_submodule(ref, place, cm)
-            inner += [(net.get_submodule(c.name), c) for c in cm.blocks]
-        replaced = [name for name, _, _ in nets]
+        replaced = [place for name, _, _ in nets for place in places[name]]
     # the device the blocks are timed on: "cuda" alone named the current one's cache and
     # calibration, whichever GPU the example input is on
     cache = TuneCache(cache_dir, device=device) if tune != "off" else None
@@ -330,7 +326,6 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         if cm.is_resnet:
             check_folded("the stem's BatchNorm folds", (cm.stem_w, cm.stem_b))
         return cm
-    missed = share_uncalled(ref, first_place, blocks, missed, inner)
     return compiled_module(ref, blocks, [c[0] for c in captured], missed, missed_nets, x,
                            variants, backend)
 

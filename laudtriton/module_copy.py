@@ -1,14 +1,12 @@
 """Compile's copy of the user's module: the parametrizations baked into plain tensors,
 the compiled parts put in place of what they replace (each module holding one then
-guarded, ``guards.guard``), each place of a shared LAUD block given its own block object
-(a place the example forward never calls given the compiled block of the same object
-where it did), and the parts its forward no longer calls."""
+guarded, ``guards.guard``), each place of a shared LAUD block given its own block object,
+and the parts its forward no longer calls."""
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -96,10 +94,8 @@ def separate_places(module: nn.Module) -> dict[str, str]:
     stay shared; the block's own settings and hook tables are its own). The example
     forward then tells the places apart (a capture hook sits on one object, and every
     call of a shared object reached the hooks of all its places), so each is planned for
-    the input it is called with (a place it never calls then shares the compiled block
-    of the first place it does call: ``share_uncalled``). Blocks inside compiled parts
-    are not looked at; one parent module reached by two paths is one place (its
-    attribute is one).
+    the input it is called with. Blocks inside compiled parts are not looked at; one
+    parent module reached by two paths is one place (its attribute is one).
 
     Returns:
         {name of each later place: name of its block's first place}, places named by
@@ -112,32 +108,6 @@ def separate_places(module: nn.Module) -> dict[str, str]:
             setattr(parent, attr, _place_copy(block))
             first[name] = name0
     return first
-
-
-def share_uncalled(module: nn.Module, first_place: dict[str, str],
-                   blocks: list[CompiledBlock], missed: list[str],
-                   inner: Sequence[tuple[nn.Module, CompiledBlock]] = ()) -> list[str]:
-    """Put in each place of ``missed`` (LAUD blocks the example forward never called) that
-    held one block object with a place it did call (``first_place``, as
-    ``separate_places`` returns it) the CompiledBlock of the first such place of
-    ``blocks``, and in each that holds a block of a LaudResNet compiled already
-    (``inner``: (block, its CompiledBlock in the network's CompiledModel)) that
-    CompiledBlock: the forward called that object, under another name, and the
-    uncompiled module shares it too. Returns the names still missed."""
-    called: dict[str, CompiledBlock] = {}
-    for blk in blocks:
-        called.setdefault(first_place.get(blk.name, blk.name), blk)
-    held = {id(b): c for b, c in inner}  # (inner holds the blocks: their ids stay theirs)
-    # each place's block object as separate_places left it, before any is replaced here
-    objects = {n: module.get_submodule(first_place.get(n, n)) for n in missed}
-    still = []
-    for name in missed:
-        blk = called.get(first_place.get(name, name), held.get(id(objects[name])))
-        if blk is None:
-            still.append(name)
-        else:
-            set_submodule(module, name, blk)
-    return still
 
 
 def _place_copy(block: nn.Module) -> nn.Module:

@@ -1,6 +1,6 @@
 """``laudtriton.compile`` on modules a user builds around LAUD networks and blocks
-(session 62 audit): one network or block object held under several names is compiled
-once and shared by them, as the uncompiled module shares it."""
+(session 62 audit): one network held under several names is compiled once and shared
+by them, as the uncompiled module shares it."""
 
 import sys
 import warnings
@@ -11,7 +11,6 @@ from torch import nn
 
 import laudtriton
 from laudtriton.compiled import CompiledModel
-from laudtriton.compiled_block import CompiledBlock
 from laudtriton.nn import LaudResNet, calibrate_block, calibrate_rates
 from laudtriton.testing import assert_close, make_block, randomize_bn
 
@@ -91,46 +90,3 @@ def test_a_network_under_two_names_is_compiled_once_and_shared(planned, two_pare
     assert [r.name for r in nets[names[1]].last_stats] == [
         "layer1.0", "layer2.0", "layer3.0", "layer4.0"]
     assert model.a is not cm.a  # the user's module is untouched
-
-
-@pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
-@pytest.mark.parametrize("two_parents", [False, True])
-def test_a_block_under_two_names_called_through_one_is_shared(planned, mode, two_parents):
-    """The name the forward does not use was left uncompiled with a warning that the
-    example "never calls" it: the forward calls that object, under its other name."""
-    blk = tiny_block(mode)
-    model = TwoNames(blk, two_parents).eval()
-    x = torch.randn(2, 16, 16, 16)
-    cm, texts = quiet_compile(model, x)
-    assert not texts, texts
-    places = shared_parts(cm, CompiledBlock)
-    names = ["a.0", "b.0"] if two_parents else ["a", "b"]
-    assert sorted(places) == names and places[names[0]] is places[names[1]]
-    assert len(planned) == 1
-    with torch.no_grad():
-        ref = model(x)
-        assert_close(cm(x), ref, 1e-4)
-        assert_close(cm.a(x), ref, 1e-4)
-
-
-def test_a_block_of_a_network_kept_under_another_name_is_the_networks_compiled_block():
-    """``self.last = self.net.layer4[0]`` (a handle on a block of the network), forward
-    calling the network: the handle was left uncompiled with a warning that the example
-    "never calls" it, which the network's forward calls (one object)."""
-    class Handle(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = tiny_net("layer")
-            self.last = self.net.layer4[0]
-
-        def forward(self, x):
-            return self.net(x)
-
-    model = Handle().eval()
-    x = torch.randn(1, 3, 64, 64)
-    cm, texts = quiet_compile(model, x)
-    assert not texts, texts
-    assert isinstance(cm.net, CompiledModel) and cm.last is cm.net.blocks[3]
-    assert cm.last.name == "layer4.0"
-    with torch.no_grad():
-        assert_close(cm(x), model(x), 1e-4)

@@ -17,6 +17,19 @@ def _seed():
 
 
 @pytest.fixture
+def planned(monkeypatch):
+    """The specs ``plan_block`` is called for (one per distinct block tuned)."""
+    import sys
+
+    compile_module = sys.modules["laudtriton.compile"]  # (the package's name is the function)
+    calls = []
+    real = compile_module.plan_block
+    monkeypatch.setattr(compile_module, "plan_block",
+                        lambda spec, *a, **k: calls.append(spec) or real(spec, *a, **k))
+    return calls
+
+
+@pytest.fixture
 def read_only_folders(monkeypatch):
     """Every folder fails the commands' write test (``tempfile.TemporaryFile`` raises
     "Read-only file system"). Returns forbid(obj, name, what): ``obj.name`` then raises

@@ -141,10 +141,10 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         LAUD block it calls outside one (a LaudResNet's own blocks included, when your
         forward calls them and not the network) by its ``CompiledBlock``; what the example
         never reaches stays as it is, with a warning naming it. A LaudResNet held in
-        several places (attributes) is one CompiledModel in each. A block object held in
-        several places gets a CompiledBlock in each, planned for the input that place
-        is called with, all on one copy of its folded weights; one place
-        called at several map sizes is planned for the first, with a warning (the
+        several places (attributes) becomes one CompiledModel, the same object in each.
+        A block object held in several places gets a CompiledBlock in each, planned for
+        the input that place is called with, all on one copy of its folded weights; one
+        place called at several map sizes is planned for the first, with a warning (the
         others run that plan, or ``dense`` where its variant does not run the size).
         Your forward runs on the
         example two or three times: to find those parts and their inputs (once more
@@ -276,6 +276,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
         places = {p[0][0]: [n for n, _, _ in p] for p in module_places(ref, LaudResNet).values()}
         found = [(name, ref.get_submodule(name)) for name in places]
         nets, missed_nets = capture_inputs(ref, x, found) if found else ([], [])
+        missed_nets = [place for name in missed_nets for place in places[name]]
         for name, net, xin in nets:
             cm = _compile(net, xin, **options, nested=name)
             for place in places[name]:

@@ -1467,7 +1467,7 @@ def test_a_block_shared_between_two_places_or_inside_another_is_refused():
         compile_cpu(model, torch.randn(1, 3, 32, 32))
     net, x = tiny("layer"), torch.randn(3, 3, 32, 32)
 
-    class Twice(nn.Module):  # one whole network in two places: compiled per place
+    class Twice(nn.Module):  # one whole network in two places: one CompiledModel in both
         def __init__(self):
             super().__init__()
             self.a, self.b = net, net

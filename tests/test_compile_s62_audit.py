@@ -224,3 +224,32 @@ def test_a_refusal_names_the_place_the_forward_read():
     with pytest.raises(ValueError, match="in place of a") as caught:
         quiet_compile(TwoWays().eval(), torch.randn(1, 3, 64, 64))
     assert re.search(r"in place of [^(]*\bb\b", str(caught.value)), str(caught.value)
+
+
+# --- review of d4c10ea: the "never calls" warning names every place of the network -----
+
+class NeverCalled(nn.Module):
+    """One LaudResNet held twice (``a`` and ``b``, or ``p.net`` and ``q.net``); the forward
+    calls neither."""
+
+    def __init__(self, net, two_parents):
+        super().__init__()
+        if two_parents:
+            self.p, self.q = nn.Module(), nn.Module()
+            self.p.net = self.q.net = net
+        else:
+            self.a = self.b = net
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("two_parents, names", [(True, "p.net, q.net"), (False, "a, b")])
+def test_a_never_called_network_is_named_at_every_place(two_parents, names):
+    """Both places stay uncompiled; the warning named the first alone (before 9d027b3 it
+    named both parents' places, and the "did not call" warning still did)."""
+    model = NeverCalled(tiny_net("channel"), two_parents).eval()
+    _, texts = quiet_compile(model, torch.randn(1, 3, 64, 64))
+    never = [t for t in texts if "never calls" in t]
+    assert len(never) == 1 and f"never calls {names};" in never[0], never

@@ -135,14 +135,11 @@ def test_an_uncalled_network_stays_whole_uncompiled(cls, shape):
     assert getattr(cm, net).last_stats is not None
 
 
-class BlockUsedOtherwise(nn.Module):
+class BlockUsedOtherwise(TwoNames):
     """``b`` is ``a``; the forward calls ``a`` and reads ``b``'s masks (not calling it)."""
 
     def __init__(self):
-        super().__init__()
-        blk = tiny_block()
-        self.a = blk
-        self.b = blk
+        super().__init__(tiny_block())
 
     def forward(self, x):
         masks, _ = self.b.compute_masks(x)
@@ -181,12 +178,7 @@ def test_calling_a_handle_leaves_the_networks_last_stats():
     rewrites the network's ``last_stats`` and ``last_masks`` for block layer4.0 (another
     batch and map), so they no longer describe the network's last forward, and replaying
     them (``masks=``) is refused. The uncompiled network's stats stay as they were."""
-    class Handle(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = tiny_net()
-            self.last = self.net.layer4[0]
-
+    class Handle(HandleCalled):  # the same handle; the forward calls the net
         def forward(self, x):
             return self.net(x)
 
@@ -209,12 +201,9 @@ def test_a_refusal_names_the_place_the_forward_read():
     blocks through ``b``. Both places now hold the CompiledModel, so ``b.layer4`` fails
     (compiled before 9d027b3), and the refusal says the CompiledModel is "in place of a"
     alone: the failing read is through ``b``, which it does not name."""
-    class TwoWays(nn.Module):
+    class TwoWays(TwoNames):
         def __init__(self):
-            super().__init__()
-            net = tiny_net()
-            self.a = net
-            self.b = net
+            super().__init__(tiny_net())
 
         def forward(self, x):
             feat = torch.relu(torch.randn(x.shape[0], 256, 4, 4,

@@ -35,10 +35,9 @@ def parse_rates(text: str) -> list[float]:
     """
     accepted = "accepted: 'start:stop:step' (e.g. '0.1:1.0:0.1') or a list '0.25,0.5'"
 
-    number = ascii_float  # float() alone also read '０.5' and '0.2_5' (0.25)
-    try:
+    try:  # (ascii_float: float() alone also read '０.5' and '0.2_5' as 0.25)
         if ":" in text:
-            parts = [number(p) for p in text.split(":")]
+            parts = [ascii_float(p) for p in text.split(":")]
             if len(parts) != 3 or not all(map(math.isfinite, parts)):
                 raise ValueError
             start, stop, step = parts
@@ -46,7 +45,7 @@ def parse_rates(text: str) -> list[float]:
                 raise ValueError
             raw = [start, stop]
         else:
-            raw = [number(p) for p in text.split(",")]
+            raw = [ascii_float(p) for p in text.split(",")]
     except ValueError:
         raise ValueError(f"--rates {text!r} is malformed; {accepted}") from None
     bad = [r for r in raw if not 0.0 <= r <= 1.0]  # before rounding: -4e-7 is not 0
@@ -127,16 +126,17 @@ def parse_stages(text: str, flag: str) -> list[int]:
     return [int(i) for i in items]
 
 
-def check_mode(text: str, flag: str) -> None:
-    """Raise unless ``text`` is a mode a LAUD-ResNet takes (``nn.stages.parse_modes``):
-    one of ``MODES`` for every stage, or four joined by '-' (one per stage).
+def check_mode(text: str, flag: str) -> list[str]:
+    """The 4 stage modes of ``text`` if it is a mode a LAUD-ResNet takes
+    (``nn.stages.parse_modes``): one of ``MODES`` for every stage, or four joined by '-'
+    (one per stage); else a ValueError.
 
     Raises:
         ValueError: naming ``flag``, the value, why (the model's words: an unknown mode,
             a count of stages other than 4, an empty stage) and the accepted forms.
     """
     try:
-        parse_modes(str(text))  # LaudResNet's own parsing
+        return parse_modes(str(text))  # LaudResNet's own parsing
     except ValueError as e:  # its words after "mode '<text>' ", before its accepted forms
         msg, given = str(e), f"mode {str(text)!r} "
         why = msg[len(given):] if msg.startswith(given) else "unknown"
@@ -153,8 +153,7 @@ def mode_text(text: str, flag: str = "--mode") -> str:
     Raises:
         ValueError: as ``check_mode``.
     """
-    check_mode(text, flag)
-    modes = parse_modes(str(text))
+    modes = check_mode(text, flag)
     return "-".join(modes) if "-" in str(text) else modes[0]
 
 

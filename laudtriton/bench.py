@@ -37,7 +37,8 @@ from .ops.dense import dense_block
 from .planning import TUNE_MODES
 from .progress import Progress
 from .testing import assert_close, randomize_bn
-from .tune.options import check_rates, mode_text, stage_text
+from .tune.layout_options import mode_text, stage_text
+from .tune.options import check_rates
 from .tune.timing import interleaved_medians
 
 CL = torch.channels_last
@@ -256,7 +257,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
 
 def _layout_texts(mode, granularity, channel_granularity) -> dict[str, str]:
     """The rows' mode, granularity and channel_granularity, as the CLI writes them
-    (``tune.options.mode_text``, ``stage_text``: " layer " -> "layer", " 4-4-2-1" ->
+    (``tune.layout_options.mode_text``, ``stage_text``: " layer " -> "layer", " 4-4-2-1" ->
     "4-4-2-1"); a value given as a list or number is written as ``str`` writes it."""
     def text(value, norm, flag):
         return norm(value, flag) if isinstance(value, str) else str(value)

@@ -18,8 +18,8 @@ from .runtime import usable_cpus
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench`` to an argparse subparsers object, run by ``cmd_bench``; returns its
     parser (also set as ``bench_parser``, which ``_bench_argv`` reads)."""
+    from .tune.layout_options import add_layout_options
     from .tune.numbers import ascii_int
-    from .tune.options import add_layout_options
 
     s = subparsers.add_parser("bench", help="dense vs compiled, per block and whole model")
     s.add_argument("--model", default="laud_resnet50",
@@ -104,13 +104,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, check_fresh_inputs
     from .bench_report import HANDOFF_ENV, write_csv
     from .tune.keys import default_cache_dir
-    from .tune.options import (
-        check_batch,
-        check_layout_options,
-        fail,
-        out_of_memory,
-        parse_rates,
-    )
+    from .tune.layout_options import check_layout_options
+    from .tune.options import check_batch, fail, out_of_memory, parse_rates
     from .tune.paths import check_not_cache_file, check_output_path
 
     check_batch(args.batch)

@@ -437,7 +437,7 @@ def test_demo_runs_end_to_end(capsys):
 
 def test_check_mode_takes_what_laud_resnet_takes():
     from laudtriton.nn import laud_resnet50
-    from laudtriton.tune.options import check_mode
+    from laudtriton.tune.layout_options import check_mode
 
     for mode in ("spatial", "channel", "layer", "both", "spatial-spatial-channel-layer"):
         check_mode(mode, "--mode")

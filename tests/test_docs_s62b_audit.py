@@ -116,10 +116,10 @@ def test_layout_lists_every_module_compile_runs_beside_it():
 # Each module-level import up layout.md's layers (or between tune and predict), with the
 # words of the import paragraph that name it.
 EXCEPTIONS = {
-    ("laudtriton.predict.commands", "laudtriton.tune.options"):
-        ("predict/commands.py", "tune.options"),
-    ("laudtriton.predict.command_options", "laudtriton.tune.options"):
-        ("predict/command_options.py", "tune.options"),
+    ("laudtriton.predict.commands", "laudtriton.tune.layout_options"):
+        ("predict/commands.py", "tune.layout_options"),
+    ("laudtriton.predict.command_options", "laudtriton.tune.layout_options"):
+        ("predict/command_options.py", "tune.layout_options"),
     ("laudtriton.predict.fit", "laudtriton.tune.cache"):
         ("predict/fit.py", "tune.cache.check_spec"),
     ("laudtriton.predict.command_options", "laudtriton.tune.numbers"):

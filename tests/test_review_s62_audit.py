@@ -9,7 +9,7 @@ import pytest
 from laudtriton.cli import main
 from laudtriton.nn import LaudResNet, laud_resnet50
 from laudtriton.predict import model_specs
-from laudtriton.tune.options import parse_stages
+from laudtriton.tune.layout_options import parse_stages
 
 TINY = dict(width_mult=0.25, input_size=None)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from laudtriton.tune.layout_options import check_mode
 from laudtriton.tune.numbers import ascii_float
-from laudtriton.tune.options import check_mode, parse_rates
+from laudtriton.tune.options import parse_rates
 
 # --- --rates: the one number option where \x1c-\x1f around a number is refused ---------
 

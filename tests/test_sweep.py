@@ -866,7 +866,7 @@ def test_layout_options_are_written_back_as_the_tables_show_them(given, text):
     """bench's CSV and sweep's default file name kept a granularity as typed (' 4-4-2-1':
     'sweep_laud_resnet50_spatial_ 4-4-2-1_b1_cpu.csv')."""
     from laudtriton.tune.commands import default_csv
-    from laudtriton.tune.options import check_layout_options
+    from laudtriton.tune.layout_options import check_layout_options
 
     args = _parser().parse_args(["sweep", "--mode", "both", "--granularity", given,
                                  "--channel-granularity", given])
@@ -883,7 +883,7 @@ def test_layout_options_write_a_mode_back_without_its_spaces(given, text):
     the default CSV name held it as typed, and a spaced stage " channel " did not count
     as channel, so the name lost its channel granularity."""
     from laudtriton.tune.commands import default_csv
-    from laudtriton.tune.options import check_layout_options
+    from laudtriton.tune.layout_options import check_layout_options
 
     cg = ["--channel-granularity", "2"] if "channel" in text else []
     args = _parser().parse_args(["sweep", "--mode", given, *cg])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..tune.layout_options import CHANNEL_GRANULARITY
 from ..tune.numbers import ascii_int
-from ..tune.options import CHANNEL_GRANULARITY
 from .calibration import measured_here, predictor_for
 from .hardware import HardwareSpec, known_hardware
 
@@ -42,7 +42,8 @@ def add_common_options(p: argparse.ArgumentParser, model_default: str = "laud_re
 def check_common_options(args: argparse.Namespace) -> None:
     """The options of ``add_common_options`` that every run reads, before any work: a ValueError
     naming the first bad one."""
-    from ..tune.options import check_batch, check_input_size, parse_stages
+    from ..tune.layout_options import parse_stages
+    from ..tune.options import check_batch, check_input_size
     from ..tune.paths import check_cache_dir
 
     check_batch(args.batch)  # per-sample mask tables grow with it

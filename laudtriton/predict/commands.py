@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..tune.options import GRANULARITY
+from ..tune.layout_options import GRANULARITY
 from .calibration import timings_cache
 from .command_options import (
     add_common_options,
@@ -156,7 +156,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """
     from ..ops.registry import variants_for
     from ..schedule import compile_pick
-    from ..tune.options import check_layout_options
+    from ..tune.layout_options import check_layout_options
     from .model import (
         predict_expected,
         predict_static_dense,

@@ -64,7 +64,8 @@ def run_design(args: argparse.Namespace) -> int:
             code 2).
     """
     from ..codesign import check_modes, check_target_rate, design_search, design_stages
-    from ..tune.options import READ_BY, check_layout_read, int_list, unread
+    from ..tune.layout_options import READ_BY, check_layout_read, unread
+    from ..tune.options import int_list
     from .network import check_arch
 
     if args.top < 1:

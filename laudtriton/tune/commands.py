@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 from ..schedule import format_rate, rate_key
 from .cache import TuneCache
 from .keys import disabled_by
+from .layout_options import add_layout_options, check_layout_options
 from .numbers import ascii_int
 from .options import (
     MAX_INPUT_SIZE,
-    add_layout_options,
     check_batch,
     check_device,
     check_input_size,
-    check_layout_options,
     fail,
     out_of_memory,
     parse_rates,

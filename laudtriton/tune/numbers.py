@@ -1,8 +1,9 @@
 """argparse types for the CLI's number options: ``int`` and ``float`` read more than the
 ASCII numbers a user means ("1_0" is 10, "٢" is 2, "０.５" is 0.5), which the
-per-stage and list options already refuse (``tune.options.parse_stages``, ``int_list``,
-``parse_rates``). These read only ASCII numbers, with spaces around them, and keep the
-names argparse prints: "argument --batch: invalid int value: '1_0'"."""
+per-stage and list options already refuse (``tune.layout_options.parse_stages``,
+``tune.options.int_list``, ``parse_rates``). These read only ASCII numbers, with spaces
+around them, and keep the names argparse prints: "argument --batch: invalid int value:
+'1_0'"."""
 
 from __future__ import annotations
 

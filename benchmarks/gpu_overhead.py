@@ -63,6 +63,7 @@ from gpu_blocks import blocks, measured, tiles, timeboxed  # noqa: E402 - after 
 
 from laudtriton.gpucheck.devicetime import launch_costs, profiled  # noqa: E402
 from laudtriton.gpucheck.record import TableRun  # noqa: E402
+from laudtriton.tune.numbers import ascii_float, ascii_int  # noqa: E402
 
 FIELDS = ("part", "mode", "spec", "batch", "what", "eager_us", "device_us", "kernels",
           "graph_us", "note")
@@ -199,7 +200,7 @@ def _ints(p: argparse.ArgumentParser, flag: str, text: str, accepted: str, ok) -
     """The comma-separated ints of ``text`` (given with ``flag``), or an argparse error
     naming the flag, the value and what is accepted."""
     try:
-        vals = [int(t) for t in text.split(",")]
+        vals = [ascii_int(t) for t in text.split(",")]
     except ValueError:
         vals = []
     if not vals or not all(ok(v) for v in vals) or len(set(vals)) != len(vals):
@@ -218,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", required=True, help="the output folder")
-    p.add_argument("--budget", type=float, default=300.0, help="seconds (default 300)")
+    p.add_argument("--budget", type=ascii_float, default=300.0, help="seconds (default 300)")
     p.add_argument("--batches", default="1,64", help="batch sizes (default 1,64)")
-    p.add_argument("--input-size", type=int, default=224, help="image size (default 224)")
+    p.add_argument("--input-size", type=ascii_int, default=224, help="image size (default 224)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--parts", default="1,2,3,4,5",
                    help="which parts to run, among 1-6 (default 1,2,3,4,5)")

@@ -36,6 +36,7 @@ from laudtriton.bench import build_model
 from laudtriton.compiled_block import CompiledBlock
 from laudtriton.nn import calibrate_rates
 from laudtriton.ops.masks import Gates
+from laudtriton.tune.numbers import ascii_float, ascii_int
 
 
 def timed(totals: dict[str, float], name: str, fn: Callable) -> Callable:
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", default="channel")
     p.add_argument("--granularity", default="4-4-2-1")
     p.add_argument("--channel-granularity", default="2")
-    p.add_argument("--batch", type=int, default=1, help="batch size, >= 1 (default 1)")
-    p.add_argument("--rate", type=float, default=0.5,
+    p.add_argument("--batch", type=ascii_int, default=1, help="batch size, >= 1 (default 1)")
+    p.add_argument("--rate", type=ascii_float, default=0.5,
                    help="rate the maskers are calibrated to, in [0, 1] (default 0.5)")
-    p.add_argument("--reps", type=int, default=10, help="timed forwards, >= 1 (default 10)")
+    p.add_argument("--reps", type=ascii_int, default=10, help="timed forwards, >= 1 (default 10)")
     p.add_argument("--ops", action="store_true",
                    help="also profile by operator (torch.profiler), dense and compiled")
     args = p.parse_args(argv)

@@ -19,6 +19,7 @@ import torch
 import laudtriton
 from laudtriton.bench import build_model
 from laudtriton.nn.calibrate import calibrate_rates
+from laudtriton.tune.numbers import ascii_int
 
 MARKS = (10, 20, 50, 100, 150, 200, 250, 300, 350, 400, 600, 800, 1000)
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` (None: sys.argv[1:]), compile and print the resident set size as the
     forwards run. A bad ``--calls`` exits through argparse (code 2) before compiling."""
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--calls", type=int, default=400,
+    ap.add_argument("--calls", type=ascii_int, default=400,
                     help="forwards to run, >= 1 (default 400)")
     args = ap.parse_args(argv)
     if args.calls < 1:  # compiled, printed one figure and ran nothing

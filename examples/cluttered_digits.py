@@ -49,6 +49,7 @@ import laudtriton
 from laudtriton.baseline import dense_forms, time_against_dense
 from laudtriton.nn import LaudResNet, SparsityLoss, calibrate_rates
 from laudtriton.tune.atomic import write_bytes_atomic
+from laudtriton.tune.numbers import ascii_float, ascii_int
 from laudtriton.tune.paths import check_nonempty, check_output_path, make_writable_dir
 
 
@@ -323,16 +324,16 @@ def plot_latency(rows, trained: tuple[float, float, float], batch: int, path: Pa
 def parse_args(argv=None) -> tuple[Config, Path, bool, Path | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="digits_out", help="figure directory")
-    p.add_argument("--epochs", type=int, default=Config.epochs)
-    p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--target-rate", type=float, default=Config.target_rate,
+    p.add_argument("--epochs", type=ascii_int, default=Config.epochs)
+    p.add_argument("--seed", type=ascii_int, default=Config.seed)
+    p.add_argument("--target-rate", type=ascii_float, default=Config.target_rate,
                    help="target FLOPs ratio of the sparsity loss (0.3 to 0.5 is sensible)")
-    p.add_argument("--digit-size", type=int, default=Config.digit_size,
+    p.add_argument("--digit-size", type=ascii_int, default=Config.digit_size,
                    help="side of the upscaled digit on the canvas, in pixels")
     p.add_argument("--save", default=None,
                    help="write the trained model's state_dict here (torch.save, "
                         "atomically: an old file is replaced whole)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=ascii_int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: at most 2 epochs (1 of warm-up) on 256 images, 64 test "

@@ -241,3 +241,32 @@ def test_example_refused_command_leaves_the_thread_count(option, capsys, tmp_pat
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
+
+
+# -- every script's number options: ASCII numbers only, as the CLI's (tune.numbers) ------
+
+@pytest.mark.parametrize("rel,option,value", [
+    ("benchmarks/masker_share.py", "--reps", "1_0"),  # int() read it as 10
+    ("benchmarks/masker_share.py", "--batch", "\u0662"),  # Arabic-Indic 2
+    ("benchmarks/masker_share.py", "--rate", "\uff10.\uff15"),  # full-width 0.5
+    ("benchmarks/memory_batches.py", "--calls", "1_0"),
+    ("benchmarks/gpu_overhead.py", "--input-size", "6_4"),
+    ("benchmarks/gpu_overhead.py", "--budget", "3_0"),
+    ("benchmarks/gpu_overhead.py", "--batches", "1,6_4"),
+    ("examples/cluttered_digits.py", "--epochs", "\u0662"),
+    ("examples/cluttered_digits.py", "--target-rate", "\uff10.\uff15"),
+])
+def test_scripts_refuse_numbers_the_cli_refuses(rel, option, value, monkeypatch, capsys,
+                                                tmp_path):
+    """The scripts read their numbers with int() and float(), which take '1_0' as 10,
+    '\u0662' as 2 and full-width digits: the CLI's options refuse those (tune.numbers).
+    Each is now an argparse error naming the option, before any work."""
+    mod = _load(rel)
+    _no_work(monkeypatch, mod)
+    argv = [option, value] + (["--out", str(tmp_path / "o")] if "gpu_" in rel else [])
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: invalid" in err or f"{option} {value!r}" in err, err
+    assert not (tmp_path / "o").exists()

@@ -37,7 +37,7 @@ from .ops.dense import dense_block
 from .planning import TUNE_MODES
 from .progress import Progress
 from .testing import assert_close, randomize_bn
-from .tune.layout_options import mode_text, stage_text
+from .tune.layout_options import layout_texts
 from .tune.options import check_rates
 from .tune.timing import interleaved_medians
 
@@ -206,7 +206,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     # building the first model validates the configuration before the allocator,
     # process-wide, changes
     first = _seeded_model(model_name, mode, granularity, channel_granularity, 0)
-    texts = _layout_texts(mode, granularity, channel_granularity)
+    texts = layout_texts(mode, granularity, channel_granularity)  # as the CLI writes them
     setting = _set_allocator(allocator, log)
     rows = []
     for i, rate in enumerate(rates):
@@ -253,18 +253,6 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
         rows += [_median_run([r[k] for r in runs]) for k in range(len(runs[0]))]
         log(format_rows([r for r in rows if r.rate == rate]))
     return rows
-
-
-def _layout_texts(mode, granularity, channel_granularity) -> dict[str, str]:
-    """The rows' mode, granularity and channel_granularity, as the CLI writes them
-    (``tune.layout_options.mode_text``, ``stage_text``: " layer " -> "layer", " 4-4-2-1" ->
-    "4-4-2-1"); a value given as a list or number is written as ``str`` writes it."""
-    def text(value, norm, flag):
-        return norm(value, flag) if isinstance(value, str) else str(value)
-    return dict(mode=text(mode, mode_text, "mode"),
-                granularity=text(granularity, stage_text, "granularity"),
-                channel_granularity=text(channel_granularity, stage_text,
-                                         "channel_granularity"))
 
 
 def _set_allocator(allocator: str, log) -> str:

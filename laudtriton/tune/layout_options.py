@@ -122,6 +122,24 @@ def stage_text(text: str, flag: str) -> str:
     return str(stages[0]) if "-" not in str(text) else "-".join(map(str, stages))
 
 
+def layout_texts(mode: object, granularity: object, channel_granularity: object,
+                 flags: Sequence[str] = ("mode", "granularity", "channel_granularity")
+                 ) -> dict[str, str]:
+    """{"mode", "granularity", "channel_granularity"}: the three layout values written
+    as the tables, CSVs and file names show them (``mode_text``, ``stage_text``: " layer "
+    -> "layer", " 4-4-2-1" -> "4-4-2-1"); a value given as a list or number (``bench``
+    called from Python) is written as ``str`` writes it.
+
+    Raises:
+        ValueError: as ``mode_text`` or ``stage_text``, naming the value's flag of ``flags``.
+    """
+    def text(value, norm, flag):
+        return norm(value, flag) if isinstance(value, str) else str(value)
+    return dict(mode=text(mode, mode_text, flags[0]),
+                granularity=text(granularity, stage_text, flags[1]),
+                channel_granularity=text(channel_granularity, stage_text, flags[2]))
+
+
 def check_layout_options(args: argparse.Namespace) -> None:
     """Raise a ValueError naming the first bad option of ``add_layout_options``, also
     against the model (``args.model``) at its input size (``args.input_size``, else 224):
@@ -130,13 +148,13 @@ def check_layout_options(args: argparse.Namespace) -> None:
     --granularity and --channel-granularity are written back as ``stage_text`` gives
     them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed), and --mode
     without its spaces (" spatial - layer - ..." as "spatial-layer-...")."""
-    args.mode = mode_text(args.mode, "--mode")
-    modes = parse_modes(args.mode)
     given = {"--granularity": args.granularity,
              "--channel-granularity": args.channel_granularity}  # as typed, for messages
-    args.granularity = stage_text(args.granularity, "--granularity")
-    args.channel_granularity = stage_text(args.channel_granularity, "--channel-granularity")
-    check_layout_read(modes, given, f"mode {args.mode!r}")
+    texts = layout_texts(args.mode, args.granularity, args.channel_granularity,
+                         ("--mode", *given))
+    args.mode, args.granularity = texts["mode"], texts["granularity"]
+    args.channel_granularity = texts["channel_granularity"]
+    check_layout_read(parse_modes(args.mode), given, f"mode {args.mode!r}")
     from ..predict.network import model_specs  # (tune may read predict inside a function)
 
     size = getattr(args, "input_size", None) or 224

@@ -65,7 +65,6 @@ def mode_text(text: str, flag: str = "--mode") -> str:
     return "-".join(modes) if "-" in str(text) else modes[0]
 
 
-
 # the defaults of --granularity and --channel-granularity (bench, sweep, predict)
 GRANULARITY, CHANNEL_GRANULARITY = "4-4-2-1", "1"
 # the stage modes that read each: S for spatial masks, channel groups for channel masks
@@ -145,13 +144,16 @@ def check_layout_options(args: argparse.Namespace) -> None:
     against the model (``args.model``) at its input size (``args.input_size``, else 224):
     an S larger than its stage's map, a channel group size that does not divide a width
     (the model's constructor says so too, but names its own arguments, not the flags).
-    --granularity and --channel-granularity are written back as ``stage_text`` gives
-    them (bench's CSV and sweep's file names kept " 4-4-2-1" as typed), and --mode
-    without its spaces (" spatial - layer - ..." as "spatial-layer-...")."""
+    Each value is read as its text (``str``: a number or list set from Python is
+    checked and named by its flag too). --granularity and --channel-granularity are
+    written back as ``stage_text`` gives them (bench's CSV and sweep's file names kept
+    " 4-4-2-1" as typed), and --mode without its spaces (" spatial - layer - ..." as
+    "spatial-layer-...")."""
     given = {"--granularity": args.granularity,
              "--channel-granularity": args.channel_granularity}  # as typed, for messages
-    texts = layout_texts(args.mode, args.granularity, args.channel_granularity,
-                         ("--mode", *given))
+    # as text: layout_texts writes a list or number as str, unchecked (bench's rows)
+    texts = layout_texts(str(args.mode), str(args.granularity),
+                         str(args.channel_granularity), ("--mode", *given))
     args.mode, args.granularity = texts["mode"], texts["granularity"]
     args.channel_granularity = texts["channel_granularity"]
     check_layout_read(parse_modes(args.mode), given, f"mode {args.mode!r}")

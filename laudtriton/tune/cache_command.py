@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 
 from ..bench_command import torch_threads
+from ..ops.registry import get_variant
 from ..schedule import format_rate
 from . import cache_file
 from .atomic import ORPHAN_AGE, remove_orphan_temps, temp_files
-from .cache import TuneCache
+from .cache import CacheEntry, TuneCache
 from .cache_merge import NotACacheError, merge_files
 from .keys import disabled_by
 from .numbers import ascii_int
@@ -47,7 +48,8 @@ def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         if name == "ls":
             q.add_argument("--all", action="store_true",
                            help="also list entries hidden as stale (other versions or "
-                                "sources, or clustered masks)")
+                                "sources, clustered masks, or a variant not registered "
+                                "here)")
     q = sub.add_parser("merge", help="merge cache files (machines, shards) into one")
     q.add_argument("files", nargs="+", help="cache JSON files")
     q.add_argument("--out", required=True, help="output cache file (merged into if present)")
@@ -188,13 +190,25 @@ def _other_files(cache: TuneCache) -> str:
     return "\n".join(lines)
 
 
+def _hidden_why(e: CacheEntry) -> str:
+    """What ``cache ls --all`` adds to the row of a stale entry whose versions and source
+    may be the current ones: that its variant is not registered here, or that it was
+    timed on clustered masks (a sweep before --clustered stopped writing the cache);
+    "" otherwise (its versions or its source then say why)."""
+    try:
+        get_variant(e.variant)
+    except ValueError:
+        return f"; variant {e.variant!r} not registered here"
+    return "; clustered masks" if e.meta.get("clustered") else ""
+
+
 def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     entries = cache.entries(include_stale=include_stale)
     groups: dict[tuple, list] = {}
     for e in entries:  # a stale timing per version and source: one row each (those of
         # two torch versions in one row counted as two configs, the slower one unseen)
-        old = (json.dumps(e.meta["versions"], sort_keys=True), str(e.meta["source_hash"])
-               ) if e.meta["stale"] else ("", "")
+        old = (json.dumps(e.meta["versions"], sort_keys=True), str(e.meta["source_hash"]),
+               _hidden_why(e)) if e.meta["stale"] else ("", "", "")
         groups.setdefault((e.spec.short(), e.rate_bucket, e.variant, e.meta["stale"], *old),
                           []).append(e)
     hidden = 0 if include_stale else sum(
@@ -209,12 +223,12 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
         return
     w = max(len(k[0]) for k in groups)
     print(f"{'block spec':<{w}}  {'rate':>5}  {'variant':<14} {'configs':>7} {'best ms':>9}")
-    for (spec, rate, variant, stale, versions, src), es in sorted(groups.items()):
+    for (spec, rate, variant, stale, versions, src, why), es in sorted(groups.items()):
         fin = [e.seconds for e in es if math.isfinite(e.seconds)]
         b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
         which = ", ".join(f"{k} {v}" for k, v in (json.loads(versions) or {}).items()
                           ) if stale else ""
         print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
-              + (f"  (stale: {which}, source {src})" if stale else ""))
+              + (f"  (stale: {which}, source {src}{why})" if stale else ""))
     if more:
         print(more)

@@ -96,15 +96,30 @@ def file_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def decode_cache_json(raw: bytes) -> dict:
-    """The JSON object of a cache file's bytes.
+def decode_cache_json(raw: bytes, repeated: list[str] | None = None) -> dict:
+    """The JSON object of a cache file's bytes. repeated: if given, each name given
+    twice or more in one JSON object of them is appended to it (json keeps the last of
+    each: an entry's key twice, in two files merged by hand, read one entry silently).
 
     Raises:
         ValueError: if they are not UTF-8 JSON (a byte order mark allowed) holding an
             object with an "entries" object
             (UnicodeDecodeError and json's errors are ValueErrors).
     """
-    data = json.loads(raw.decode("utf-8-sig"))  # a BOM an editor wrote is no error
+    hook = None
+    if repeated is not None:
+        def hook(pairs: list[tuple[str, object]]) -> dict:
+            """One JSON object, its repeated names appended to ``repeated``."""
+            obj = dict(pairs)
+            if len(obj) < len(pairs):
+                seen: set[str] = set()
+                for k, _ in pairs:
+                    if k in seen:
+                        repeated.append(k)
+                    seen.add(k)
+            return obj
+    # a BOM an editor wrote is no error
+    data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=hook)
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise ValueError("no 'entries' object")
     return data
@@ -115,14 +130,15 @@ class UnusableCacheFile(ValueError):
     a cache of another schema."""
 
 
-def parse_cache(raw: bytes) -> dict:
-    """The JSON object of a cache file of this schema.
+def parse_cache(raw: bytes, repeated: list[str] | None = None) -> dict:
+    """The JSON object of a cache file of this schema; repeated: as
+    ``decode_cache_json`` takes it.
 
     Raises:
         UnusableCacheFile: saying why it is not one.
     """
     try:
-        data = decode_cache_json(raw)
+        data = decode_cache_json(raw, repeated)
     except (ValueError, RecursionError) as e:  # json nested too deep: RecursionError
         raise UnusableCacheFile(f"is corrupt ({e})") from None
     if data.get("schema") != SCHEMA_VERSION or isinstance(data["schema"], bool):  # true == 1
@@ -135,6 +151,8 @@ def load_cache_file(path: Path, rewritten: bool = True) -> tuple[str | None, dic
     """(device, entries) of the cache file ``path`` (entries no reader can use left out,
     with a warning); (None, {}) with a warning if it is corrupt (not UTF-8 JSON of a
     cache), of another schema or unreadable, (None, {}) silently if it does not exist.
+    A name given twice in one JSON object (an entry's key, in two files merged by hand)
+    is said: json reads the last of each, and a write keeps that one only.
     rewritten: the caller writes to ``path`` later (a TuneCache; not ``merge_files``'
     inputs), which moves an unusable file aside first; the warning then says so."""
     try:
@@ -144,12 +162,18 @@ def load_cache_file(path: Path, rewritten: bool = True) -> tuple[str | None, dic
     except OSError as e:
         log.warning("cannot read autotune cache %s (%s); ignoring it", path, e)
         return None, {}
+    repeated: list[str] = []
     try:
-        data = parse_cache(raw)
+        data = parse_cache(raw, repeated)
     except UnusableCacheFile as e:
         log.warning("autotune cache %s %s; ignoring it%s", path, e,
                     " (the next write moves it aside)" if rewritten else "")
         return None, {}
+    if repeated:
+        log.warning("autotune cache %s: %d name(s) given twice in one JSON object, the "
+                    "last of each read, the others dropped (the first: %r; two files "
+                    "merged by hand? `laudtriton cache merge` merges them)", path,
+                    len(repeated), repeated[0][:200])
     entries = {k: e for k, e in data["entries"].items() if is_valid_entry(e)}
     if len(entries) < len(data["entries"]):
         first = next(k for k in data["entries"] if k not in entries)

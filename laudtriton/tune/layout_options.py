@@ -1,9 +1,10 @@
 """The command-line options that lay out the LAUD model a command builds: ``--mode``
 (``check_mode``, ``mode_text``), ``--granularity`` and ``--channel-granularity``
 (``parse_stages``, ``stage_text``, their defaults and the stage modes that read them,
-``READ_BY``), added to a parser by ``add_layout_options`` and checked, also against the
-model's stages, by ``check_layout_options``. The bench, sweep, predict and design commands
-use them; their other shared options are ``tune.options``'.
+``READ_BY``), added to a parser by ``add_layout_options``, checked, also against the
+model's stages, by ``check_layout_options``, and written as the tables, CSVs and file names
+show them by ``layout_texts``. The bench, sweep, predict and design commands use them;
+their other shared options are ``tune.options``'.
 """
 
 from __future__ import annotations

@@ -730,6 +730,10 @@ def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, mo
     monkeypatch.setattr(ops, "variants_for", with_a_wrong_one)
     r = record.Run(tmp_path, 600, "cpu")
     cache = TuneCache(tmp_path / "cache")
+    recorded = []
+    real_record = cache.record
+    monkeypatch.setattr(cache, "record", lambda s, rate, timings, meta: (
+        recorded.append(timings), real_record(s, rate, timings, meta)))
     blocks._time_block(r, "spatial", block, spec, {"m": ["layer1.0"]}, 1, cache)
     assert static == [torch.float16, torch.bfloat16]
     fails = [c["check"] for c in r.checks if not c["ok"]]
@@ -745,6 +749,10 @@ def test_time_block_checks_configs_and_times_the_static_dense_block(tmp_path, mo
     assert {e.variant for e in entries} >= {"dense", "gather"}
     assert all(e.seconds != 1e-3 for e in entries if e.variant == "dense")
     assert r.info["part3_configs_checked"] >= len(gpureport.RATES) * 2
+    # the failed config is in the cache as failed at every rate, not missing at the later
+    # ones (compile uses a cached rate only where every candidate has a timing)
+    # ("wrong", no registered variant, is left out of the file: what record was given)
+    assert [t["wrong"] for t in recorded] == [{"{}": float("inf")}] * len(gpureport.RATES)
 
 
 def test_a_check_that_broke_cuda_in_its_worker_is_not_run_again(tmp_path, monkeypatch):

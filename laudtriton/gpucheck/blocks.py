@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -124,6 +125,18 @@ def _time_rate(r: Run, spec, fb, xd, fb32, x32, masks, rate: float, cands, cfgs:
     return timings, rate_key(run_rate(spec, masks))
 
 
+def _with_failed(timings: dict, failed: dict) -> dict:
+    """``timings`` ({variant: {config key: seconds}}) with each config of ``failed`` (not
+    run at this rate: it failed at an earlier one) as inf, as a sweep records a failed
+    config: the cache then has every candidate at every rate, and compile uses those
+    rates (``planning``: a rate lacking a candidate is not used, and compile would time
+    the block again, every config, past gpucheck's time box)."""
+    out = {v: dict(cs) for v, cs in timings.items()}
+    for v, k in failed:
+        out.setdefault(v, {}).setdefault(k, math.inf)
+    return out
+
+
 def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) -> None:
     """One block of part 3: the static dense block in fp16 and bf16 (the baseline of the
     ratios), the ``dense`` variant with masks (what the cache's "dense" holds, as a
@@ -169,7 +182,8 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
                                            cfgs, failed)
             timed.append((masks, timings, realised))
             meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
-            cache.record(spec, realised, timings | {"dense": masked}, meta)
+            cache.record(spec, realised, _with_failed(timings, failed) | {"dense": masked},
+                         meta)
         base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
                 "batch": batch, "rate": rate, "realised_rate": realised,
                 "models": json.dumps(members)}

@@ -125,15 +125,18 @@ def _time_rate(r: Run, spec, fb, xd, fb32, x32, masks, rate: float, cands, cfgs:
     return timings, rate_key(run_rate(spec, masks))
 
 
-def _with_failed(timings: dict, failed: dict) -> dict:
+def _with_failed(timings: dict, failed: dict, cached: dict | None = None) -> dict:
     """``timings`` ({variant: {config key: seconds}}) with each config of ``failed`` (not
     run at this rate: it failed at an earlier one) as inf, as a sweep records a failed
     config: the cache then has every candidate at every rate, and compile uses those
     rates (``planning``: a rate lacking a candidate is not used, and compile would time
-    the block again, every config, past gpucheck's time box)."""
+    the block again, every config, past gpucheck's time box). A config ``cached`` (the
+    cache's timings at this rate, ``TuneCache.lookup``) already holds keeps that time:
+    an earlier run measured it there, and an inf never measured would replace it."""
     out = {v: dict(cs) for v, cs in timings.items()}
     for v, k in failed:
-        out.setdefault(v, {}).setdefault(k, math.inf)
+        if k not in (cached or {}).get(v, {}):
+            out.setdefault(v, {}).setdefault(k, math.inf)
     return out
 
 
@@ -182,8 +185,9 @@ def _time_block(r: Run, mode: str, block, spec, members, n_configs: int, cache) 
                                            cfgs, failed)
             timed.append((masks, timings, realised))
             meta = {"models": members, "source": "gpucheck", "asked_rates": [rate]}
-            cache.record(spec, realised, _with_failed(timings, failed) | {"dense": masked},
-                         meta)
+            known = cache.lookup(spec, realised) if failed else None  # an earlier run's
+            cache.record(spec, realised,
+                         _with_failed(timings, failed, known) | {"dense": masked}, meta)
         base = {"mode": mode, "spec": spec.short(), "spec_key": spec.key(),
                 "batch": batch, "rate": rate, "realised_rate": realised,
                 "models": json.dumps(members)}

@@ -226,8 +226,8 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     for (spec, rate, variant, stale, versions, src, why), es in sorted(groups.items()):
         fin = [e.seconds for e in es if math.isfinite(e.seconds)]
         b = f"{min(fin) * 1e3:9.3f}" if fin else f"{'failed':>9}"
-        which = ", ".join(f"{k} {v}" for k, v in (json.loads(versions) or {}).items()
-                          ) if stale else ""
+        which = (", ".join(f"{k} {v}" for k, v in (json.loads(versions) or {}).items())
+                 or "no versions recorded") if stale else ""  # (a hand-edited entry)
         print(f"{spec:<{w}}  {format_rate(rate):>5}  {variant:<14} {len(es):>7} {b}"
               + (f"  (stale: {which}, source {src}{why})" if stale else ""))
     if more:

@@ -45,6 +45,18 @@ def test_a_key_given_twice_is_said_naming_the_file(tmp_path, caplog):
     assert len(said) == 1 and str(path) in said[0] and key[:40] in said[0], caplog.text
 
 
+def test_a_record_before_any_read_says_the_repeated_key_it_drops(tmp_path, caplog):
+    """A TuneCache that records before it reads (gpucheck's part 3) rewrote such a file
+    silently, the first copy of the key gone (review of 40f2473): the write says so."""
+    path, key = _file_with_a_repeated_key(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        TuneCache(tmp_path).record(SPEC, 0.25, {"dense": {"{}": 3e-3}})
+    said = [r.getMessage() for r in caplog.records if "twice" in r.getMessage()]
+    assert len(said) == 1 and str(path) in said[0] and key[:40] in said[0], caplog.text
+    assert "keeps the last" in said[0]
+    assert path.read_text().count(json.dumps(key)) == 1  # (the key as JSON writes it)
+
+
 def test_merge_says_a_key_given_twice_in_an_input(tmp_path, caplog):
     path, _ = _file_with_a_repeated_key(tmp_path / "a")
     with caplog.at_level(logging.WARNING, logger="laudtriton"):

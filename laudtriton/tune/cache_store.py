@@ -137,10 +137,10 @@ class CacheStore:
                                   "(%s); not writing over it: results are kept in memory "
                                   "only", self.path, e)
                     return
-                found, entries = None, {}
+                found, entries, repeated = None, {}, []
                 if raw is not None:
                     try:
-                        data = parse_cache(raw)
+                        data = parse_cache(raw, repeated)
                     except UnusableCacheFile as e:  # its bytes are kept, under another name
                         aside = move_aside(self._real_path())  # (a link's target: the link
                         # stays, and feeds the new file)
@@ -148,6 +148,10 @@ class CacheStore:
                                     "written", self.path, e, aside.name)
                     else:  # every entry, those no reader can use too (kept as they are)
                         found, entries = data.get("device"), data["entries"]
+                if repeated:  # (load_cache_file says so when it reads; a record may not)
+                    log.warning("autotune cache %s: %d name(s) given twice in one JSON "
+                                "object (the first: %r); this write keeps the last of each",
+                                self.path, len(repeated), repeated[0][:200])
                 if entries and found != self.device:  # two devices, one file name
                     self._unsaved(f"{self.path} holds timings of device {found!r}",
                                   "_warned_foreign", "autotune cache %s holds timings of "

@@ -90,7 +90,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run ``laudtriton bench``: check every option, then ``bench.bench`` in this process
     (it prints a table per rate), or with --processes > 1 in that many fresh processes
     one after another (``bench_report.run_processes``; its summary is printed); write every row
-    to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr).
+    to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr),
+    or 130 on Ctrl-C or SIGTERM (the children of --processes stopped too): one line on
+    stderr says --csv was not written (it is written at the end only, atomically: the
+    old file is left as it was) and that the tables printed hold the rates finished.
 
     Raises:
         ValueError: naming the first bad option (--batch, --reps, --repeat, --processes,
@@ -101,11 +104,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             (``tune.options.out_of_memory``).
     """
     from . import runtime
-    from .bench import bench, check_fresh_inputs
-    from .bench_report import HANDOFF_ENV, write_csv
+    from .bench import check_fresh_inputs
+    from .bench_report import HANDOFF_ENV, ProcessFailed, write_csv
+    from .tune.commands import sigterm_interrupts
     from .tune.keys import default_cache_dir
     from .tune.layout_options import check_layout_options
-    from .tune.options import check_batch, fail, out_of_memory, parse_rates
+    from .tune.options import check_batch, fail, parse_rates
     from .tune.paths import check_not_cache_file, check_output_path
 
     check_batch(args.batch)
@@ -134,34 +138,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.reps < 20 and not os.environ.get(HANDOFF_ENV):  # once, not in every process
         print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
               "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
-    with torch_threads(args.threads):  # this process's count again after the run
-        if args.processes > 1:
-            from .bench import build_model
-            from .bench_report import ProcessFailed, process_summary, run_processes
-
-            # a bad --mode or --granularity: one line here, not an error in a child process
-            build_model(args.model, args.mode, args.granularity, args.channel_granularity)
-            try:
-                rows = run_processes(_bench_argv(args), args.processes, verbose=args.verbose)
-            except ProcessFailed as e:
-                return fail("bench", str(e), code=1)
-            print(process_summary(rows))
-        else:
-            try:
-                rows = bench(args.model, args.mode, args.granularity, rates, args.batch,
-                             args.channel_granularity, reps=args.reps, tune=args.tune,
-                             blocks=not args.model_only, repeat=args.repeat,
-                             allocator=args.allocator, progress=not args.no_progress)
-            except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
-                raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
-    if args.csv:
-        try:  # (checked before the run; a disk that filled meanwhile is said so, named)
-            write_csv(rows, args.csv)
-        except OSError as e:
-            raise ValueError(f"--csv {args.csv!r} cannot be written ({e.strerror or e}); "
-                             "the table above has the results") from None
-        if not os.environ.get(HANDOFF_ENV):  # a child of run_processes: a temporary file
-            print(f"wrote {args.csv}")
+    try:  # SIGTERM as Ctrl-C: the children of --processes stopped, their files removed
+        # (killed, they ran on), and a CSV cut short not left as a temp file beside it
+        with sigterm_interrupts(), torch_threads(args.threads):
+            rows = _run(args, rates)
+            if args.csv:
+                try:  # (checked before the run; a disk that filled meanwhile is said so)
+                    write_csv(rows, args.csv)
+                except OSError as e:
+                    raise ValueError(f"--csv {args.csv!r} cannot be written "
+                                     f"({e.strerror or e}); the table above has the "
+                                     "results") from None
+    except ProcessFailed as e:
+        return fail("bench", str(e), code=1)
+    except KeyboardInterrupt:  # the CSV is written at the end only (atomically): say so
+        if os.environ.get(HANDOFF_ENV):  # a child of run_processes: its parent says it
+            return 130
+        kept = ("no --csv asked for" if not args.csv else
+                f"--csv {args.csv!r} not written ("
+                + ("left as it was" if os.path.exists(args.csv) else "no file made") + ")")
+        print(f"laudtriton bench: interrupted: {kept}; the tables above hold the rates "
+              "finished", file=sys.stderr)
+        return 130
+    if args.csv and not os.environ.get(HANDOFF_ENV):  # a child's: a temporary file
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -179,6 +179,32 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _run(args: argparse.Namespace, rates: list[float]) -> list:
+    """``cmd_bench``'s run, its options checked: ``bench.bench`` in this process, or with
+    --processes > 1 ``bench_report.run_processes`` (its summary printed); returns the
+    rows (BenchRow), or raises ProcessFailed (a child failed) or ValueError (the C
+    allocator refused --batch with --reps)."""
+    from .bench import bench
+    from .tune.options import out_of_memory
+
+    if args.processes > 1:
+        from .bench import build_model
+        from .bench_report import process_summary, run_processes
+
+        # a bad --mode or --granularity: one line here, not an error in a child process
+        build_model(args.model, args.mode, args.granularity, args.channel_granularity)
+        rows = run_processes(_bench_argv(args), args.processes, verbose=args.verbose)
+        print(process_summary(rows))
+        return rows
+    try:
+        return bench(args.model, args.mode, args.granularity, rates, args.batch,
+                     args.channel_granularity, reps=args.reps, tune=args.tune,
+                     blocks=not args.model_only, repeat=args.repeat,
+                     allocator=args.allocator, progress=not args.no_progress)
+    except RuntimeError as e:  # the C allocator's refusal: a batch that does not fit
+        raise out_of_memory(e, f"--batch {args.batch} with --reps {args.reps}") from None
 
 
 def _bench_argv(args) -> list[str]:

@@ -139,6 +139,9 @@ def run_processes(argv: list[str], processes: int, log: Callable[[str], object] 
     Raises:
         ValueError: processes < 1, or argv holds --csv or --processes.
         ProcessFailed: a child exits with a non-zero status.
+        KeyboardInterrupt: Ctrl-C (or SIGTERM, which ``laudtriton bench`` turns into
+            it): the running child is killed first (``subprocess.run``) and the
+            temporary folder of the children's CSVs removed.
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")

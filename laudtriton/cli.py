@@ -90,13 +90,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     calibrate its maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
-    of its two forms), the masked-dense reference and the compiled model. Returns 0.
+    of its two forms), the masked-dense reference and the compiled model. Returns 0, or
+    130 on Ctrl-C or SIGTERM (one line; with tune "quick" or "full" it says the blocks
+    timed so far are in the autotune cache).
 
     Raises:
         ValueError: --reps < 1, --rate outside [0, 1], or (tune not "off") a bad
             $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is built.
         AssertionError: if the compiled logits are not close to the reference's.
     """
+    check_counts(args, "reps")
+    if not 0.0 <= args.rate <= 1.0:
+        raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
+    check_cache_env(args.tune)
+    from .tune.commands import sigterm_interrupts
+
+    try:
+        with sigterm_interrupts():  # SIGTERM as Ctrl-C (a cache write not cut short)
+            return _demo(args)
+    except KeyboardInterrupt:
+        from .tune.keys import cache_enabled_from_env
+
+        # what compile writes to the cache (unless $LAUDTRITON_CACHE disables it)
+        timed = args.tune in ("quick", "full") and cache_enabled_from_env()
+        print("laudtriton demo: interrupted" + (
+            "; the blocks timed so far are in the autotune cache" if timed else ""),
+            file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``cmd_demo``'s steps, its options checked; returns 0."""
     import torch
 
     from .baseline import dense_forms, time_against_dense
@@ -105,10 +129,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .nn import calibrate_rates
     from .testing import assert_close, logits_agreement
 
-    check_counts(args, "reps")
-    if not 0.0 <= args.rate <= 1.0:
-        raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
-    check_cache_env(args.tune)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     print("1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)")

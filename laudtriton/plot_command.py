@@ -100,11 +100,14 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code. A --cache-dir
-    that nothing reads (a CSV with --no-predicted) is not refused, but one that does not
-    exist is warned of on stderr."""
-    made = None
+    """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code: 0, 2 after a
+    user error, 130 on Ctrl-C or SIGTERM (one line: the --out folder plot made is
+    removed if still empty; else, once drawing began, it may hold some of the figures).
+    A --cache-dir that nothing reads (a CSV with --no-predicted) is not refused, but one
+    that does not exist is warned of on stderr."""
+    made, drawing = None, False
     try:
+        from .tune.commands import sigterm_interrupts
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
         from .tune.options import check_device, check_device_name, fail
         from .tune.paths import (
@@ -188,12 +191,20 @@ def run_plot(args: argparse.Namespace) -> int:
                           "fit it on (`laudtriton calibrate`, `laudtriton sweep`; "
                           "--no-predicted leaves it out)", file=sys.stderr)
         try:
-            paths = plot_latency_vs_rate(rows, args.out, predicted)
+            with sigterm_interrupts():  # SIGTERM as Ctrl-C: the folder made removed
+                drawing = True
+                paths = plot_latency_vs_rate(rows, args.out, predicted)
         except OSError as e:  # a figure cannot be written
             raise unwritable(e) from None
     except ValueError as e:
         remove_if_empty(made)  # a folder made for the figures, refused after all
         return fail("plot", str(e))
+    except KeyboardInterrupt:  # (it was left behind, empty)
+        remove_if_empty(made)
+        what = ("not made" if made is not None and not os.path.exists(made) else
+                "may hold some of the figures" if drawing else "left as it was")
+        print(f"laudtriton plot: interrupted: --out {args.out!r} {what}", file=sys.stderr)
+        return 130
     for p in paths:
         print(p)
     return 0

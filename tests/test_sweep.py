@@ -1106,10 +1106,10 @@ def test_sigterm_interrupts_the_sweep_command_as_ctrl_c():
     before is put back after."""
     import signal
 
-    from laudtriton.tune.commands import _sigterm_interrupts
+    from laudtriton.tune.commands import sigterm_interrupts
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(10_000_000):  # the handler runs between two bytecodes, at once
             pass

@@ -157,7 +157,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                     else default_csv(args, dev.type))
         check_output_path(csv_path, "--csv")
         try:
-            with _sigterm_interrupts():  # a killed sweep writes its CSV so far, as Ctrl-C
+            with sigterm_interrupts():  # a killed sweep writes its CSV so far, as Ctrl-C
                 res = sweep(args.model, mode=args.mode, granularity=args.granularity,
                             rates=rates, batch=args.batch, device=str(dev),
                             blocks=args.blocks, shard=shard, force=args.force,
@@ -248,9 +248,11 @@ def _print_outcome(res: SweepResult, args: argparse.Namespace, cache: TuneCache)
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt inside (in the main thread; elsewhere nothing
-    changes): ``sweep`` then writes the CSV of what it timed and says so, as on Ctrl-C."""
+    changes), and the handler before it is back after: ``sweep`` then writes the CSV of
+    what it timed and says so, as on Ctrl-C; ``bench`` stops its child processes and
+    removes their files (killed, it left them running)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -1,6 +1,7 @@
-"""Long commands under Ctrl-C and SIGTERM, audited (session 63): ``laudtriton bench``
-says what it kept, and a SIGTERM stops it and its child processes (``--processes``) as
-Ctrl-C does, their temporary files removed."""
+"""Long commands under Ctrl-C and SIGTERM, audited (session 63): ``laudtriton bench``,
+``plot`` and ``demo`` say what they kept, a SIGTERM stops them (and bench's child
+processes, ``--processes``) as Ctrl-C does, their temporary files removed, and a figure
+whose write is cut short leaves the old PNG."""
 
 import os
 import signal
@@ -164,3 +165,38 @@ def test_sigterm_stops_demo_as_ctrl_c(tune, cache, kept, sigterm_guard, monkeypa
     with pytest.raises(Killed):  # the handler before it (the guard's) is back
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
+
+
+def test_a_figure_write_cut_short_leaves_the_old_png(tmp_path, monkeypatch):
+    """``plot`` wrote each PNG straight to its path: an interrupt inside the write left a
+    truncated PNG there (the audit's simulated cut: 244 bytes). It is written whole, to a
+    temporary file moved into place, so the old figure stays."""
+    from matplotlib.figure import Figure
+
+    from laudtriton.ops import BlockSpec
+    from laudtriton.plot import plot_latency_vs_rate
+
+    spec = BlockSpec(16, 8, 16, 1, False, (8, 8), "spatial", 2)
+    rows = [{"model": "tinynet", "block": "layer1.0", "spec": spec.short(), "S": 2,
+             "rate": rate, "variant": v, "config": "{}", "seconds": t,
+             "flops_ratio": rate, "spec_key": spec.key(), "device": "cpu",
+             "asked_rate": rate}
+            for rate in (0.25, 0.5) for v, t in (("dense", 1e-3), ("v", 0.5e-3 + rate * 1e-3))]
+    first = plot_latency_vs_rate(rows, tmp_path)
+    assert first
+    before = {p: p.read_bytes() for p in first}
+    real = Figure.savefig
+
+    def cut_short(fig, fname, *args, **kwargs):  # a few bytes written, then Ctrl-C
+        real(fig, fname, *args, **kwargs)
+        if hasattr(fname, "truncate"):
+            fname.truncate(200)
+        else:
+            with open(fname, "r+b") as fh:
+                fh.truncate(200)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        plot_latency_vs_rate(rows, tmp_path)
+    assert {p: p.read_bytes() for p in first} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)

@@ -247,12 +247,16 @@ def _blocks_figure(key, g, sids, curves, colors, stem: Path) -> Path:
 def _save(fig, path: Path) -> None:
     """``fig`` as a PNG at ``path``, written atomically (``tune.atomic``): an interrupted
     write leaves the old file or none, not a truncated PNG. A folder at ``path`` is an
-    OSError, as a plain write's (``plot_command`` names the figure's path)."""
+    OSError, as a plain write's; an OSError names ``path``, not the temp file's path
+    (``plot_command`` names the figure's path)."""
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    write_bytes_atomic(path, buf.getvalue())
+    try:
+        write_bytes_atomic(path, buf.getvalue())
+    except OSError as e:  # mkstemp's names '<path>.laudtriton-<random>.tmp'
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _model_figure(key, g, curves, colors, stem: Path, missing: int = 0) -> Path | None:

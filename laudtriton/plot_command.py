@@ -105,9 +105,18 @@ def run_plot(args: argparse.Namespace) -> int:
     removed if still empty; else, once drawing began, it may hold some of the figures).
     A --cache-dir that nothing reads (a CSV with --no-predicted) is not refused, but one
     that does not exist is warned of on stderr."""
+    from .tune.commands import sigterm_interrupts
+
+    # SIGTERM as Ctrl-C from the start: one killed while the rows were read or the
+    # predicted line fitted left the --out folder it had made
+    with sigterm_interrupts():
+        return _run_plot(args)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    """``run_plot``'s steps, SIGTERM raising KeyboardInterrupt; returns the exit code."""
     made, drawing = None, False
     try:
-        from .tune.commands import sigterm_interrupts
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by
         from .tune.options import check_device, check_device_name, fail
         from .tune.paths import (
@@ -191,9 +200,8 @@ def run_plot(args: argparse.Namespace) -> int:
                           "fit it on (`laudtriton calibrate`, `laudtriton sweep`; "
                           "--no-predicted leaves it out)", file=sys.stderr)
         try:
-            with sigterm_interrupts():  # SIGTERM as Ctrl-C: the folder made removed
-                drawing = True
-                paths = plot_latency_vs_rate(rows, args.out, predicted)
+            drawing = True
+            paths = plot_latency_vs_rate(rows, args.out, predicted)
         except OSError as e:  # a figure cannot be written
             raise unwritable(e) from None
     except ValueError as e:

@@ -46,3 +46,23 @@ def read_only_folders(monkeypatch):
             raise AssertionError(f"{what} before checking the folder")
         monkeypatch.setattr(obj, name, called)
     return forbid
+
+
+class Killed(Exception):
+    """Raised by ``sigterm_guard``'s SIGTERM handler: the code under test installed none."""
+
+
+@pytest.fixture
+def sigterm_guard():
+    """A SIGTERM handler raising ``Killed`` (yielded) for the test, the one before it
+    restored after: the default handler would end the test process, and a test checks
+    that a command put the guard's handler back (``pytest.raises(sigterm_guard)``)."""
+    import signal
+
+    def killed(signum, frame):
+        raise Killed
+    before = signal.signal(signal.SIGTERM, killed)
+    try:
+        yield Killed
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -128,23 +128,6 @@ def test_interrupted_plot_removes_the_out_folder_it_made(tmp_path, monkeypatch, 
         f"laudtriton plot: interrupted: --out {str(kept)!r} may hold some of the figures")
 
 
-class Killed(Exception):
-    """Raised by the test's own SIGTERM handler: the command installed none."""
-
-
-@pytest.fixture
-def sigterm_guard():
-    """A SIGTERM handler raising ``Killed`` for the test (the default one would end the
-    test process), the one before it restored after."""
-    def killed(signum, frame):
-        raise Killed
-    before = signal.signal(signal.SIGTERM, killed)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 @pytest.mark.parametrize("tune, cache, kept", [
     ("off", "1", ""), ("quick", "0", ""),
     ("quick", "1", "; the blocks timed so far are in the autotune cache")])
@@ -162,7 +145,7 @@ def test_sigterm_stops_demo_as_ctrl_c(tune, cache, kept, sigterm_guard, monkeypa
     monkeypatch.setattr(bench_mod, "build_model", build)
     assert main(["demo", "--tune", tune]) == 130
     assert capsys.readouterr().err == f"laudtriton demo: interrupted{kept}\n"
-    with pytest.raises(Killed):  # the handler before it (the guard's) is back
+    with pytest.raises(sigterm_guard):  # the handler before it (the guard's) is back
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 

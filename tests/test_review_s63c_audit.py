@@ -10,23 +10,6 @@ import pytest
 from laudtriton.cli import main
 
 
-class Killed(Exception):
-    """Raised by the test's own SIGTERM handler: the command installed none."""
-
-
-@pytest.fixture
-def sigterm_guard():
-    """A SIGTERM handler raising ``Killed`` for the test (the default one would end the
-    test process), the one before it restored after."""
-    def killed(signum, frame):
-        raise Killed
-    before = signal.signal(signal.SIGTERM, killed)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
 def _rows() -> list[dict]:
     """A tiny sweep's rows: one block, two variants, two rates."""
     from laudtriton.ops import BlockSpec
@@ -61,7 +44,7 @@ def test_sigterm_while_plot_fits_its_line_removes_the_out_folder(
     assert not (tmp_path / "new").exists()
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"laudtriton plot: interrupted: --out {str(out)!r} not made")
-    with pytest.raises(Killed):  # the handler before it (the guard's) is back
+    with pytest.raises(sigterm_guard):  # the handler before it (the guard's) is back
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 

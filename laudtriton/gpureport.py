@@ -4,7 +4,6 @@ latency-vs-rate plot per model (block sums) and the summary table."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -109,7 +108,7 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
     ``rows`` hold no block of ``model`` with a finite dense timing. Needs matplotlib."""
     from matplotlib.figure import Figure
 
-    from .tune.atomic import write_bytes_atomic
+    from .tune.atomic import save_figure
 
     curves = model_curves(rows, model)
     if not curves:
@@ -132,11 +131,8 @@ def plot(rows: list[dict], model: str, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    # drawn, then written to a temp file beside it and renamed: a run killed meanwhile (a
-    # hard time limit) leaves the last whole image, not a truncated one
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format=Path(path).suffix[1:] or "png")
-    write_bytes_atomic(path, buf.getvalue())
+    # a run killed meanwhile (a hard time limit) leaves the last whole image
+    save_figure(fig, path, dpi=110)
     return True
 
 

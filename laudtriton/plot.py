@@ -10,12 +10,9 @@ the command, ``laudtriton plot --from CSV|cache --out DIR``, is
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import logging
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -31,7 +28,7 @@ from .plot_rows import (
     missing_blocks,
     spec_curves,
 )
-from .tune.atomic import write_bytes_atomic
+from .tune.atomic import save_figure
 from .tune.sweep_csv import read_csv
 
 if TYPE_CHECKING:
@@ -240,23 +237,8 @@ def _blocks_figure(key, g, sids, curves, colors, stem: Path) -> Path:
     rows = _legend(fig, axes)
     fig.tight_layout(rect=(0, 0.45 * (1 + rows) / (2.9 * nrow + 0.9) + 0.02, 1, 0.97))
     path = stem.with_name(f"{stem.name}_blocks.png")
-    _save(fig, path)
+    save_figure(fig, path)  # (plot_command names the path of one it cannot write)
     return path
-
-
-def _save(fig, path: Path) -> None:
-    """``fig`` as a PNG at ``path``, written atomically (``tune.atomic``): an interrupted
-    write leaves the old file or none, not a truncated PNG. A folder at ``path`` is an
-    OSError, as a plain write's; an OSError names ``path``, not the temp file's path
-    (``plot_command`` names the figure's path)."""
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    try:
-        write_bytes_atomic(path, buf.getvalue())
-    except OSError as e:  # mkstemp's names '<path>.laudtriton-<random>.tmp'
-        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _model_figure(key, g, curves, colors, stem: Path, missing: int = 0) -> Path | None:
@@ -296,6 +278,6 @@ def _model_figure(key, g, curves, colors, stem: Path, missing: int = 0) -> Path 
     rows = _legend(fig, [ax])
     fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
     path = stem.with_name(f"{stem.name}_model.png")
-    _save(fig, path)
+    save_figure(fig, path)  # (plot_command names the path of one it cannot write)
     return path
 

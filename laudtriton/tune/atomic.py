@@ -1,13 +1,15 @@
 """Files written in their place atomically and durably (``atomic_text``,
-``write_json_atomic``, ``write_bytes_atomic``), the temp files a killed write leaves
-(``temp_files``, ``remove_orphan_temps``), and an unusable file moved aside
-(``move_aside``): the autotune cache's, and the CSV, JSON and text outputs of the
+``write_json_atomic``, ``write_bytes_atomic``, ``save_figure``), the temp files a killed
+write leaves (``temp_files``, ``remove_orphan_temps``), and an unusable file moved aside
+(``move_aside``): the autotune cache's, and the CSV, JSON, text and image outputs of the
 commands."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import io
 import json
 import os
 import re
@@ -15,7 +17,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TEMP_MARK = ".laudtriton-"  # between a file's name and the random part of its temp files
 
@@ -51,6 +56,23 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     file refused (ValueError). For an image or a saved model."""
     with _atomic_file(path, binary=True) as fh:
         fh.write(data)
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig: object) -> None:
+    """A matplotlib figure written as an image at ``path`` (its format from the suffix,
+    PNG without one; ``savefig``: more of ``Figure.savefig``'s options, e.g. dpi): drawn
+    into memory, then ``write_bytes_atomic``, so a write cut short leaves the old image or
+    none, not a truncated one. A folder at ``path`` is an IsADirectoryError, as a plain
+    write's, and an OSError names ``path``, not the temp file beside it.
+    """
+    if Path(path).is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix[1:] or "png", **savefig)
+    try:
+        write_bytes_atomic(path, buf.getvalue())
+    except OSError as e:  # mkstemp's names '<path>.laudtriton-<random>.tmp'
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 @contextlib.contextmanager

@@ -91,7 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     (it prints a table per rate), or with --processes > 1 in that many fresh processes
     one after another (``bench_report.run_processes``; its summary is printed); write every row
     to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr),
-    or 130 on Ctrl-C or SIGTERM (the children of --processes stopped too): one line on
+    or 130 on Ctrl-C (or SIGTERM, which ``cli.main`` turns into it; the children of
+    --processes stopped too): one line on
     stderr says --csv was not written (it is written at the end only, atomically: the
     old file is left as it was) and that the tables printed hold the rates finished.
 
@@ -106,7 +107,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import runtime
     from .bench import check_fresh_inputs
     from .bench_report import HANDOFF_ENV, ProcessFailed, write_csv
-    from .tune.commands import sigterm_interrupts
     from .tune.keys import default_cache_dir
     from .tune.layout_options import check_layout_options
     from .tune.options import check_batch, fail, parse_rates
@@ -138,9 +138,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.reps < 20 and not os.environ.get(HANDOFF_ENV):  # once, not in every process
         print(f"laudtriton bench: note: --reps {args.reps}: medians of fewer than 20 runs "
               "(BENCHMARKS.md uses 20); the CSV's reps column records it", file=sys.stderr)
-    try:  # SIGTERM as Ctrl-C: the children of --processes stopped, their files removed
-        # (killed, they ran on), and a CSV cut short not left as a temp file beside it
-        with sigterm_interrupts(), torch_threads(args.threads):
+    try:  # Ctrl-C, or SIGTERM (``cli.main``): the children of --processes stopped,
+        # their files removed, and a CSV cut short not left as a temp file beside it
+        with torch_threads(args.threads):
             rows = _run(args, rates)
             if args.csv:
                 try:  # (checked before the run; a disk that filled meanwhile is said so)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from .runtime import exit_text
 from .tune.atomic import atomic_text
 
 # set in the environment of the children of ``run_processes``: their --csv is a temporary
@@ -139,8 +140,8 @@ def run_processes(argv: list[str], processes: int, log: Callable[[str], object] 
     Raises:
         ValueError: processes < 1, or argv holds --csv or --processes.
         ProcessFailed: a child exits with a non-zero status.
-        KeyboardInterrupt: Ctrl-C (or SIGTERM, which ``laudtriton bench`` turns into
-            it): the running child is killed first (``subprocess.run``) and the
+        KeyboardInterrupt: Ctrl-C (or SIGTERM, which the ``laudtriton`` command turns
+            into it): the running child is killed first (``subprocess.run``) and the
             temporary folder of the children's CSVs removed.
     """
     if processes < 1:
@@ -159,9 +160,13 @@ def run_processes(argv: list[str], processes: int, log: Callable[[str], object] 
             log(f"== process {i} of {processes}")
             sys.stdout.flush()
             rc = subprocess.run(cmd, env={**os.environ, HANDOFF_ENV: "1"}).returncode
-            if rc != 0:
-                raise ProcessFailed(f"process {i} of {processes} exited with status {rc} "
-                                    "(its output is above)")
+            if rc != 0:  # 130: a child stopped by Ctrl-C or SIGTERM that the parent
+                # did not get (else subprocess.run raised KeyboardInterrupt here)
+                how = (f"was killed by {exit_text(rc)}" if rc < 0 else
+                       "was interrupted (Ctrl-C or SIGTERM: status 130)" if rc == 130
+                       else f"exited with status {rc}")
+                raise ProcessFailed(f"process {i} of {processes} {how} (its output is "
+                                    "above)")
             rows += [replace(r, process=i) for r in read_csv(path)]
     return rows
 

@@ -4,14 +4,18 @@ design | env | gpucheck. User errors print one line and exit with code 2, no tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import logging
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import NoReturn
 
 from .bench_command import add_bench_parser, check_cache_env, check_counts
@@ -91,8 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
     of its two forms), the masked-dense reference and the compiled model. Returns 0, or
-    130 on Ctrl-C or SIGTERM (one line; with tune "quick" or "full" it says the blocks
-    timed so far are in the autotune cache).
+    130 on Ctrl-C (or SIGTERM, which ``main`` turns into it), after one line; with tune
+    "quick" or "full" it says the blocks timed so far are in the autotune cache.
 
     Raises:
         ValueError: --reps < 1, --rate outside [0, 1], or (tune not "off") a bad
@@ -103,12 +107,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
     check_cache_env(args.tune)
-    from .tune.commands import sigterm_interrupts
-
     try:
-        with sigterm_interrupts():  # SIGTERM as Ctrl-C (a cache write not cut short)
-            return _demo(args)
-    except KeyboardInterrupt:
+        return _demo(args)
+    except KeyboardInterrupt:  # or SIGTERM (``main``): a cache write is not cut short
         from .tune.keys import cache_enabled_from_env
 
         # what compile writes to the cache (unless $LAUDTRITON_CACHE disables it)
@@ -275,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     """The ``laudtriton`` command on ``argv`` (None: sys.argv[1:]); returns the exit code:
     the subcommand's, 2 after one line on stderr for a ValueError or OSError (a bad
     option, a path that cannot be read or written), 141 when stdout was closed early
-    (``| head``), 130 on Ctrl-C. A malformed command line, --help and --version exit
+    (``| head``), 130 on Ctrl-C or SIGTERM (``sigterm_interrupts``: the command stops as
+    on Ctrl-C, and says what it kept, or "laudtriton <command>: interrupted" is printed
+    for it). A malformed command line, --help and --version exit
     inside argparse (SystemExit; code 2 for a malformed one), before any subcommand runs;
     no command at all is a malformed one, whose line lists the commands."""
     parser = build_parser()
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with sigterm_interrupts():
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # stdout closed early (``| head``): not a user error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 141  # 128 + SIGPIPE, as a shell reports it
@@ -304,9 +308,30 @@ def main(argv: list[str] | None = None) -> int:
         from .tune.options import fail
 
         return fail(args.command, str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # a command that says what it kept returns 130 itself
+        print(f"laudtriton {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside (in the main thread; elsewhere nothing
+    changes), and the handler before it is back after. ``main`` runs every command in it,
+    so a killed command stops as on Ctrl-C: ``sweep`` writes the CSV of what it timed,
+    ``bench`` stops its child processes and removes their files, ``plot`` removes the
+    --out folder it made; each says so. (``gpucheck`` sets its own handler inside.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

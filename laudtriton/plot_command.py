@@ -101,20 +101,10 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_plot(args: argparse.Namespace) -> int:
     """Run ``laudtriton plot``; prints the PNG paths. Returns the exit code: 0, 2 after a
-    user error, 130 on Ctrl-C or SIGTERM (one line: the --out folder plot made is
-    removed if still empty; else, once drawing began, it may hold some of the figures).
-    A --cache-dir that nothing reads (a CSV with --no-predicted) is not refused, but one
-    that does not exist is warned of on stderr."""
-    from .tune.commands import sigterm_interrupts
-
-    # SIGTERM as Ctrl-C from the start: one killed while the rows were read or the
-    # predicted line fitted left the --out folder it had made
-    with sigterm_interrupts():
-        return _run_plot(args)
-
-
-def _run_plot(args: argparse.Namespace) -> int:
-    """``run_plot``'s steps, SIGTERM raising KeyboardInterrupt; returns the exit code."""
+    user error, 130 on Ctrl-C (or SIGTERM, which ``cli.main`` turns into it; one line:
+    the --out folder plot made is removed if still empty; else, once drawing began, it
+    may hold some of the figures). A --cache-dir that nothing reads (a CSV with
+    --no-predicted) is not refused, but one that does not exist is warned of on stderr."""
     made, drawing = None, False
     try:
         from .tune.keys import cache_enabled_from_env, check_dir, disabled_by

@@ -1,5 +1,6 @@
 """Process-wide settings for CPU inference: how the C allocator treats freed memory, and
-the CPUs this process may run on (``usable_cpus``).
+the CPUs this process may run on (``usable_cpus``); a child process's exit in words
+(``exit_text``).
 
 PyTorch's CPU tensors come from the C library's malloc. glibc serves large blocks with
 mmap and hands them back to the OS when they are freed. Its threshold starts at 128 KiB
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -87,3 +89,15 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def exit_text(code: int) -> str:
+    """A child process's exit code in words: 'signal 11 (SIGSEGV)' for one killed by a
+    signal (a negative code, as ``subprocess`` and ``multiprocessing`` report it), else
+    'exit code 1'."""
+    if code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -815,14 +815,15 @@ def test_bench_says_where_it_wrote_the_csv_unless_a_child(tmp_path, monkeypatch,
 
 
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
-    """Ctrl-C during a command: 'interrupted' on stderr and exit code 130 (128 + SIGINT,
-    as a shell reports it), no traceback."""
+    """Ctrl-C during a command: 'laudtriton <command>: interrupted' on stderr (a bare
+    'interrupted' before session 64) and exit code 130 (128 + SIGINT, as a shell reports
+    it), no traceback."""
     def interrupted(args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(laudtriton.cli, "cmd_env", interrupted)
     assert main(["env"]) == 130
-    assert capsys.readouterr().err == "interrupted\n"
+    assert capsys.readouterr().err == "laudtriton env: interrupted\n"
 
 
 def test_env_names_the_c_allocator(capsys, monkeypatch):

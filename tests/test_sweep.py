@@ -1106,7 +1106,7 @@ def test_sigterm_interrupts_the_sweep_command_as_ctrl_c():
     before is put back after."""
     import signal
 
-    from laudtriton.tune.commands import sigterm_interrupts
+    from laudtriton.cli import sigterm_interrupts
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), sigterm_interrupts():

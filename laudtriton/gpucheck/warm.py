@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..gpureport import RATES
-from ..runtime import usable_cpus
+from ..runtime import exit_text, usable_cpus
 from ..tune.measure import is_sticky
 from .checks import part2_checks
 from .record import Run, describe
@@ -137,16 +136,6 @@ def _claim(path: str) -> bool:
     return True
 
 
-def _exit_text(code: int) -> str:
-    """A process's exit code in words: 'signal 11 (SIGSEGV)' or 'exit code 1'."""
-    if code < 0:
-        try:
-            return f"signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
 def _died_on(folder: str, n: int, procs: list, killed: set[int]
              ) -> dict[int, tuple[str, str]]:
     """{job: (the variant last named in its claim file, or "", the error)} of the jobs
@@ -166,7 +155,7 @@ def _died_on(folder: str, n: int, procs: list, killed: set[int]
         proc = died.get(int(lines[0])) if lines and lines[0].isdigit() else None
         if proc is not None:
             out[i] = (lines[-1] if len(lines) > 1 else "",
-                      f"the compile worker died running it ({_exit_text(proc.exitcode)})")
+                      f"the compile worker died running it ({exit_text(proc.exitcode)})")
     return out
 
 

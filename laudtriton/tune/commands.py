@@ -8,13 +8,9 @@ on stderr for a user error).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..schedule import format_rate, rate_key
@@ -38,7 +34,7 @@ from .paths import (
     make_writable_dir,
     remove_if_empty,
 )
-from .sweep import DTYPES, Prune, SweepResult, sweep
+from .sweep import DTYPES, Prune, SweepInterrupted, SweepResult, sweep
 from .sweep_blocks import MODELS
 from .sweep_csv import whole_block
 
@@ -157,14 +153,15 @@ def run_sweep(args: argparse.Namespace) -> int:
                     else default_csv(args, dev.type))
         check_output_path(csv_path, "--csv")
         try:
-            with sigterm_interrupts():  # a killed sweep writes its CSV so far, as Ctrl-C
-                res = sweep(args.model, mode=args.mode, granularity=args.granularity,
-                            rates=rates, batch=args.batch, device=str(dev),
-                            blocks=args.blocks, shard=shard, force=args.force,
-                            clustered=args.clustered, cache=cache, csv_path=csv_path,
-                            progress=not args.no_progress, input_size=args.input_size,
-                            dtype=args.dtype, variants=args.variants,
-                            channel_granularity=args.channel_granularity, prune=prune)
+            res = sweep(args.model, mode=args.mode, granularity=args.granularity,
+                        rates=rates, batch=args.batch, device=str(dev),
+                        blocks=args.blocks, shard=shard, force=args.force,
+                        clustered=args.clustered, cache=cache, csv_path=csv_path,
+                        progress=not args.no_progress, input_size=args.input_size,
+                        dtype=args.dtype, variants=args.variants,
+                        channel_granularity=args.channel_granularity, prune=prune)
+        except SweepInterrupted:  # Ctrl-C or SIGTERM (``cli.main``) while timing: its
+            return 130  # line (how far it got, where the results are) is printed
         except RuntimeError as e:  # the items timed before it are in the cache
             size = "" if args.input_size is None else f" --input-size {args.input_size}"
             raise out_of_memory(e, f"--batch {args.batch}{size}") from None
@@ -245,26 +242,6 @@ def _print_outcome(res: SweepResult, args: argparse.Namespace, cache: TuneCache)
                else f"disabled by {disabled_by()}" if not cache.enabled
                else cache.unsaved_why or f"directory not writable: {cache.dir}")
         print(f"cache NOT saved ({why}); the results are only in the CSV", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside (in the main thread; elsewhere nothing
-    changes), and the handler before it is back after: ``sweep`` then writes the CSV of
-    what it timed and says so, as on Ctrl-C; ``bench`` stops its child processes and
-    removes their files (killed, it left them running)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def _print_summary(rows: list[dict]) -> None:

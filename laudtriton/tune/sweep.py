@@ -60,6 +60,11 @@ def _reps(t_call: float) -> int:
     return max(MIN_REPS, min(MAX_REPS, int(TARGET_S / t_call)))
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C while timing, whose line on stderr (how far it got,
+    where its results are) ``sweep`` has printed: ``laudtriton sweep`` prints no other."""
+
+
 @dataclass
 class SweepResult:
     """rows: CSV rows (dicts with CSV_FIELDS), every selected block x rate x variant x
@@ -118,10 +123,10 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
     every registered one that supports the block); dense is always timed (the baseline).
     Mode both: a cache entry records its channel rate; an item at another channel rate
     than the entry of its grid rate (another sweep's) is timed for the CSV, the entry
-    kept. Interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM in ``laudtriton sweep``),
-    it writes the rows so far to ``csv_path``, says so on stderr, and raises again; the
-    items timed are in the cache (unless clustered or disabled), and a re-run times the
-    rest.
+    kept. Interrupted while timing (KeyboardInterrupt: Ctrl-C, or SIGTERM in the
+    ``laudtriton`` command), it writes the rows so far to ``csv_path``, says so on stderr,
+    and raises ``SweepInterrupted`` (a KeyboardInterrupt); the items timed are in the
+    cache (unless clustered or disabled), and a re-run times the rest.
 
     Raises:
         ValueError: unknown model, variant, dtype, device name or block, malformed
@@ -195,13 +200,13 @@ def sweep(model: str | LaudResNet = "laud_resnet50", mode: str = "spatial",
                               masks_at(spec, asked[0]))
             done += 1
             bar.update(f"r={rate:g} {spec.short()}", timed=timed)  # the rate first: (a
-    except KeyboardInterrupt:  # cut note keeps it) Ctrl-C, or SIGTERM in the command
+    except KeyboardInterrupt as e:  # cut note keeps it) Ctrl-C, or SIGTERM in the CLI
         bar.close()
         if csv_path is not None:  # what was measured so far, said to be partial
             result.csv_path = write_csv(result.rows, csv_path)
         print(_interrupted(done, len(items), len(result.rows), csv_path, cache, clustered),
               file=sys.stderr, flush=True)
-        raise
+        raise SweepInterrupted(f"interrupted after {done} of {len(items)} item(s)") from e
     finally:
         bar.close()
     result.saved = cache.saved

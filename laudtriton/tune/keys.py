@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -197,8 +198,9 @@ def code_text(path: Path) -> bytes:
     return code_of(path.read_text())
 
 
-def code_of(src: str) -> bytes:
-    """``code_text`` of the Python source ``src``."""
+@functools.lru_cache(maxsize=128)  # (tokenizing a module takes ~25 ms; a compile asks
+def code_of(src: str) -> bytes:  # for the same dozen modules' code ~40 times)
+    """``code_text`` of the Python source ``src`` (remembered by its text)."""
     try:
         tree = ast.parse(src)
         comments = {t.start[0]: t.start[1] for t in tokenize.generate_tokens(

@@ -127,14 +127,19 @@ def layout_texts(mode: object, granularity: object, channel_granularity: object,
                  ) -> dict[str, str]:
     """{"mode", "granularity", "channel_granularity"}: the three layout values written
     as the tables, CSVs and file names show them (``mode_text``, ``stage_text``: " layer "
-    -> "layer", " 4-4-2-1" -> "4-4-2-1"); a value given as a list or number (``bench``
-    called from Python) is written as ``str`` writes it.
+    -> "layer", " 4-4-2-1" -> "4-4-2-1"); a list or tuple given by ``bench`` called from
+    Python (which the model took) is written as the CLI writes it ([4, 4, 2, 1] ->
+    "4-4-2-1"), another value (a number) as ``str`` writes it.
 
     Raises:
         ValueError: as ``mode_text`` or ``stage_text``, naming the value's flag of ``flags``.
     """
     def text(value, norm, flag):
-        return norm(value, flag) if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            return norm(value, flag)
+        if isinstance(value, (list, tuple)):  # (it was "[4, 4, 2, 1]" in bench's rows)
+            return "-".join(str(v) for v in value)
+        return str(value)
     return dict(mode=text(mode, mode_text, flags[0]),
                 granularity=text(granularity, stage_text, flags[1]),
                 channel_granularity=text(channel_granularity, stage_text, flags[2]))

@@ -319,12 +319,16 @@ def sigterm_interrupts() -> Iterator[None]:
     changes), and the handler before it is back after. ``main`` runs every command in it,
     so a killed command stops as on Ctrl-C: ``sweep`` writes the CSV of what it timed,
     ``bench`` stops its child processes and removes their files, ``plot`` removes the
-    --out folder it made; each says so. (``gpucheck`` sets its own handler inside.)"""
-    if threading.current_thread() is not threading.main_thread():
+    --out folder it made; each says so. (``gpucheck`` sets its own handler inside.) A
+    SIGTERM that the process was started to ignore stays ignored, as Python leaves an
+    ignored SIGINT."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
         yield
         return
 
-    def interrupt(signum, frame):
+    def interrupt(signum: int, frame: object) -> NoReturn:
+        """SIGTERM's handler: raise KeyboardInterrupt where the main thread is."""
         raise KeyboardInterrupt
 
     before = signal.signal(signal.SIGTERM, interrupt)

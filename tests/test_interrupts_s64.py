@@ -99,3 +99,47 @@ def test_a_bench_child_stopped_alone_is_named_as_such(rc, says, monkeypatch):
 ])
 def test_exit_text(code, text):
     assert exit_text(code) == text
+
+
+def test_a_sigterm_ignored_from_the_start_stays_ignored(monkeypatch, capsys):
+    """A command started with SIGTERM ignored (``trap '' TERM``, a supervisor's choice) was
+    stopped by one: ``main`` replaced the ignore with its handler. Python keeps an ignored
+    SIGINT ignored; SIGTERM is now kept so too, and the command runs to its end."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        def sigterm_then_count() -> int:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1_000_000):
+                pass
+            return 2
+        monkeypatch.setattr(cli_mod, "usable_cpus", sigterm_then_count)
+        assert main(["env"]) == 0
+        assert "interrupted" not in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError("no GEMM")])
+def test_calibrate_stopped_removes_the_folder_it_made(stop, tmp_path, monkeypatch, capsys):
+    """calibrate made its --cache-dir before measuring (the file is written at the end);
+    stopped while measuring, it left that folder behind, empty."""
+    import laudtriton.predict.calibration as calibration_mod
+
+    def measure(*args, **kwargs):
+        raise stop
+    monkeypatch.setattr(calibration_mod, "calibrate", measure)
+    folder = tmp_path / "new" / "c"
+    if isinstance(stop, RuntimeError):
+        with pytest.raises(RuntimeError, match="no GEMM"):
+            main(["calibrate", "--cache-dir", str(folder)])
+    else:
+        assert main(["calibrate", "--cache-dir", str(folder)]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == "laudtriton calibrate: interrupted"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new" / "c").mkdir(parents=True)  # a folder that was there is kept
+    with pytest.raises(KeyboardInterrupt if stop is KeyboardInterrupt else RuntimeError):
+        from laudtriton.predict.commands import run_calibrate
+        run_calibrate(cli_mod.build_parser().parse_args(["calibrate", "--cache-dir",
+                                                         str(folder)]))
+    assert folder.is_dir()

@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     (``-v`` too) and errors (one line) are the same; returns its exit code: 0 when every
     check passed, 1 when one failed, 2 with one line on stderr for a bad option value or
     no GPU (nothing ran), or for a file that could not be written during or after the run
-    (an OSError), 130 on Ctrl-C. A malformed command line exits inside argparse
+    (an OSError), 130 on Ctrl-C, or on a SIGTERM before the run began (once it has, a
+    SIGTERM ends the time box: the report is written). A malformed command line exits
+    inside argparse
     (SystemExit, code 2, one line)."""
     from ..cli import main as laudtriton_main
 
@@ -307,9 +309,9 @@ def run(args: argparse.Namespace) -> int:
             console(line)
             r.note(line, stamp=False)
         return 0 if all(c["ok"] for c in r.checks) else 1
-    finally:
+    finally:  # the log handler first: a SIGTERM once the caller's handler is back (in
+        logging.getLogger("laudtriton").removeHandler(handler)  # ``laudtriton``:
+        handler.close()  # KeyboardInterrupt) would otherwise leave it on the logger
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGTERM, previous)
-        logging.getLogger("laudtriton").removeHandler(handler)
-        handler.close()

@@ -254,30 +254,37 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """Run ``laudtriton calibrate``. Returns the exit code.
+    """Run ``laudtriton calibrate``. Returns the exit code. The folder it made for the
+    calibration file is removed if still empty when it stops early (Ctrl-C, SIGTERM, an
+    error while measuring).
 
     Raises:
         ValueError: naming the bad option and its value (``laudtriton`` prints it in one
             line and exits with code 2).
     """
     from ..tune.options import check_device
-    from ..tune.paths import check_cache_dir, make_writable_dir
+    from ..tune.paths import check_cache_dir, make_writable_dir, remove_if_empty
     from .calibration import calibrate, calibration_path, save_calibration
 
     check_device(args.device)
     check_cache_dir(args.cache_dir)
     target = calibration_path(args.cache_dir, args.device)
-    try:  # before measuring: the numbers are only kept in that file (written beside it
-        make_writable_dir(str(target.parent), "the calibration's directory")  # and moved)
+    try:  # before measuring: the numbers are only kept in that file (written beside it,
+        # then moved)
+        made = make_writable_dir(str(target.parent), "the calibration's directory")
     except ValueError as e:
         raise ValueError(f"{e}; give a writable --cache-dir (or LAUDTRITON_CACHE_DIR)"
                          ) from None
     if target.is_dir():  # (the file itself: a directory of its name failed at the end)
         raise ValueError(f"the calibration file {str(target)!r} is a directory; remove it "
                          "or give another --cache-dir (or LAUDTRITON_CACHE_DIR)")
-    cal = calibrate(args.device, quick=args.quick,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
-    path = save_calibration(cal, args.cache_dir, args.device)
+    try:
+        cal = calibrate(args.device, quick=args.quick,
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+        path = save_calibration(cal, args.cache_dir, args.device)
+    except BaseException:  # (KeyboardInterrupt too) nothing saved: no empty folder left
+        remove_if_empty(made)
+        raise
     for d, p in sorted(cal.peak.items()):
         print(f"GEMM peak {d:<9} {p / 1e9:10.2f} GMAC/s")
     print(f"copy bandwidth     {cal.bandwidth / 1e9:10.2f} GB/s")

@@ -118,7 +118,9 @@ def default_csv(args: argparse.Namespace, device: str) -> str:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """Run ``laudtriton sweep``; prints a summary table. Returns the exit code."""
+    """Run ``laudtriton sweep``; prints a summary table. Returns the exit code (130 after
+    sweep's line when interrupted while timing). The cache folder it made is removed when
+    it is refused, or interrupted, with that folder still empty."""
     made = None
     try:
         rates = parse_rates(args.rates)
@@ -160,14 +162,17 @@ def run_sweep(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, input_size=args.input_size,
                         dtype=args.dtype, variants=args.variants,
                         channel_granularity=args.channel_granularity, prune=prune)
-        except SweepInterrupted:  # Ctrl-C or SIGTERM (``cli.main``) while timing: its
-            return 130  # line (how far it got, where the results are) is printed
         except RuntimeError as e:  # the items timed before it are in the cache
             size = "" if args.input_size is None else f" --input-size {args.input_size}"
             raise out_of_memory(e, f"--batch {args.batch}{size}") from None
     except ValueError as e:
         remove_if_empty(made)
         return fail("sweep", str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (``cli.main``): the cache folder
+        remove_if_empty(made)  # made, left empty (stopped while planning, or before an
+        if isinstance(e, SweepInterrupted):  # item was saved), is removed as on a refusal
+            return 130  # sweep printed its line (how far it got, where the results are)
+        raise  # stopped while planning: ``main`` prints the line
     _print_summary(res.rows)
     _print_outcome(res, args, cache)
     return 0

@@ -103,12 +103,18 @@ class CacheEntry:
 def stored_spec_key(d: dict) -> str:
     """``BlockSpec.from_dict(d).key()`` of an entry's stored spec ``d``, remembered by its
     JSON text (a compile compares every entry's spec with each block's, thousands of
-    times; building the key takes ~0.1 ms).
+    times; building the key takes ~0.1 ms). A ``d`` that is no JSON (a numpy int, a
+    torch dtype) is not remembered: ``BlockSpec.from_dict`` says what is wrong in it.
 
     Raises:
-        TypeError: as ``BlockSpec.from_dict`` for a dict that is no BlockSpec's.
+        TypeError, ValueError, KeyError: as ``BlockSpec.from_dict`` for a dict that is no
+            BlockSpec's (an unknown or missing field; a field of a wrong type or value).
     """
-    return _spec_key_of(json.dumps(d, sort_keys=True))
+    try:
+        text = json.dumps(d, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON: json's "not JSON serializable" said less
+        return BlockSpec.from_dict(d).key()
+    return _spec_key_of(text)
 
 
 @functools.lru_cache(maxsize=4096)

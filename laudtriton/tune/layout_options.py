@@ -10,10 +10,10 @@ their other shared options are ``tune.options``'.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..nn.block import MODES
-from ..nn.stages import MODE_FORMS, parse_modes
+from ..nn.stages import MODE_FORMS, array_values, parse_modes
 
 
 def parse_stages(text: str, flag: str) -> list[int]:
@@ -127,18 +127,27 @@ def layout_texts(mode: object, granularity: object, channel_granularity: object,
                  ) -> dict[str, str]:
     """{"mode", "granularity", "channel_granularity"}: the three layout values written
     as the tables, CSVs and file names show them (``mode_text``, ``stage_text``: " layer "
-    -> "layer", " 4-4-2-1" -> "4-4-2-1"); a list or tuple given by ``bench`` called from
-    Python (which the model took) is written as the CLI writes it ([4, 4, 2, 1] ->
-    "4-4-2-1"), another value (a number) as ``str`` writes it.
+    -> "layer", " 4-4-2-1" -> "4-4-2-1"); four values given by ``bench`` called from
+    Python (which the model took: a list, tuple, range, 1-d array or tensor, of numbers,
+    0-d arrays or texts, ``nn.stages.per_stage``) are written as the CLI writes them
+    ([4, 4, 2, 1], ``np.array([4, 4, 2, 1])``, [" 4 ", "4", "2", "1"] -> "4-4-2-1"),
+    another value (a number, a 0-d array) as ``str`` writes its Python value.
 
     Raises:
-        ValueError: as ``mode_text`` or ``stage_text``, naming the value's flag of ``flags``.
+        ValueError: as ``mode_text`` or ``stage_text``, naming the value's flag of ``flags``;
+            for a list of other than 4 values.
     """
-    def text(value, norm, flag):
+    def text(value: object, norm: Callable[[str, str], str], flag: str) -> str:
+        """``value`` as ``norm`` writes its text (a list's values joined by '-')."""
+        value = array_values(value, flag, "one value, or four")  # an array: its values
         if isinstance(value, str):
             return norm(value, flag)
-        if isinstance(value, (list, tuple)):  # (it was "[4, 4, 2, 1]" in bench's rows)
-            return "-".join(str(v) for v in value)
+        if isinstance(value, (list, tuple, range)):  # (bench's rows said "[4 4 2 1]")
+            items = [str(array_values(v, flag, "one value")) for v in value]
+            if len(items) != 4:
+                raise ValueError(f"{flag} {value!r} has {len(items)} stages; LAUD-ResNet "
+                                 "has 4")
+            return norm("-".join(items), flag)
         return str(value)
     return dict(mode=text(mode, mode_text, flags[0]),
                 granularity=text(granularity, stage_text, flags[1]),
@@ -157,7 +166,8 @@ def check_layout_options(args: argparse.Namespace) -> None:
     "spatial-layer-...")."""
     given = {"--granularity": args.granularity,
              "--channel-granularity": args.channel_granularity}  # as typed, for messages
-    # as text: layout_texts writes a list or number as str, unchecked (bench's rows)
+    # as text (str): a list or number set from Python is checked and named by its flag
+    # as the CLI's text is (layout_texts would take a list's values as bench's rows)
     texts = layout_texts(str(args.mode), str(args.granularity),
                          str(args.channel_granularity), ("--mode", *given))
     args.mode, args.granularity = texts["mode"], texts["granularity"]

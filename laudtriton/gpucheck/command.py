@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     (``-v`` too) and errors (one line) are the same; returns its exit code: 0 when every
     check passed, 1 when one failed, 2 with one line on stderr for a bad option value or
     no GPU (nothing ran), or for a file that could not be written during or after the run
-    (an OSError), 130 on Ctrl-C, or on a SIGTERM before the run began (once it has, a
-    SIGTERM ends the time box: the report is written). A malformed command line exits
+    (an OSError), 130 on Ctrl-C, or on a SIGTERM before the run began (unless the
+    process ignores SIGTERM; once the run has begun, a SIGTERM, ignored before or not,
+    ends the time box: the report is written). A malformed command line exits
     inside argparse
     (SystemExit, code 2, one line)."""
     from ..cli import main as laudtriton_main

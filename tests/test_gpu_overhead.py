@@ -62,6 +62,8 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeyp
     gb = sys.modules["gpu_blocks"]  # measures for both scripts (``measured``)
     monkeypatch.setattr(gb, "graph_us", no_graph)
     monkeypatch.setattr(gb, "device_us", lambda fn, dev: (5.0, 3.0))
+    # each item run once, not timed (20 calls each): the eager timing is the test above's
+    monkeypatch.setattr(gb, "eager_us", lambda fn, dev: (fn(), 7.0)[1])
     assert mod.main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
                      "--batches", "1", "--parts", "2,3,4", "--budget", "3600"]) == 0
     errors = json.loads((tmp_path / "overhead.json").read_text())["errors"]
@@ -77,7 +79,7 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeyp
     assert len(graphed) == 30
     for r in rows:
         assert float(r["device_us"]) == 5.0 and float(r["kernels"]) == 3.0
-        assert math.isnan(float(r["graph_us"]))
+        assert float(r["eager_us"]) == 7.0 and math.isnan(float(r["graph_us"]))
 
 
 def test_block_rows_are_labelled_with_the_dtype_that_ran(tmp_path, monkeypatch):

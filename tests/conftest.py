@@ -66,3 +66,18 @@ def sigterm_guard():
         yield Killed
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.fixture
+def sigterm_self():
+    """A function (any arguments, to stand in for a patched one) that sends this process
+    SIGTERM and runs on until the handler raises, between two bytecodes, at once."""
+    import os
+    import signal
+
+    def killed_here(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000_000):
+            pass
+        raise AssertionError("SIGTERM raised nothing")
+    return killed_here

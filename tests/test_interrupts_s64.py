@@ -17,24 +17,16 @@ from laudtriton.runtime import exit_text
 from laudtriton.tune.cache import TuneCache
 
 
-def _killed_here(*args, **kwargs):
-    """Sends this process SIGTERM and runs on until the handler raises (between two
-    bytecodes, at once)."""
-    os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(10_000_000):
-        pass
-    raise AssertionError("SIGTERM raised nothing")
-
-
-def test_sigterm_stops_any_command_as_ctrl_c(sigterm_guard, monkeypatch, capsys):
+def test_sigterm_stops_any_command_as_ctrl_c(sigterm_self, sigterm_guard, monkeypatch,
+                                             capsys):
     """``env`` (one of the commands with no handler of their own: predict, calibrate,
     cache, design, env) was ended by a SIGTERM's default action, without a word."""
-    monkeypatch.setattr(cli_mod, "usable_cpus", _killed_here)  # env's CPU count line
+    monkeypatch.setattr(cli_mod, "usable_cpus", sigterm_self)  # env's CPU count line
     assert main(["env"]) == 130
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == "laudtriton env: interrupted"
     with pytest.raises(sigterm_guard):  # the handler before it (the guard's) is back
-        _killed_here()
+        sigterm_self()
 
 
 def test_an_interrupted_sweep_command_prints_its_own_line_only(tmp_path, monkeypatch,

@@ -92,9 +92,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     one after another (``bench_report.run_processes``; its summary is printed); write every row
     to --csv when given. Returns 0, or 1 when a child process failed (one line on stderr),
     or 130 on Ctrl-C (or SIGTERM, which ``cli.main`` turns into it; the children of
-    --processes stopped too): one line on
-    stderr says --csv was not written (it is written at the end only, atomically: the
-    old file is left as it was) and that the tables printed hold the rates finished.
+    --processes stopped too): one line on stderr says --csv was not written (it is
+    written at the end only, atomically: the old file is left as it was) and that the
+    tables printed hold the rates finished.
 
     Raises:
         ValueError: naming the first bad option (--batch, --reps, --repeat, --processes,

@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     no GPU (nothing ran), or for a file that could not be written during or after the run
     (an OSError), 130 on Ctrl-C, or on a SIGTERM before the run began (unless the
     process ignores SIGTERM; once the run has begun, a SIGTERM, ignored before or not,
-    ends the time box: the report is written). A malformed command line exits
-    inside argparse
-    (SystemExit, code 2, one line)."""
+    ends the time box: the report is written). A malformed command line exits inside
+    argparse (SystemExit, code 2, one line)."""
     from ..cli import main as laudtriton_main
 
     return laudtriton_main(["gpucheck", *(sys.argv[1:] if argv is None else argv)])

@@ -198,7 +198,7 @@ def code_text(path: Path) -> bytes:
     return code_of(path.read_text())
 
 
-@functools.lru_cache(maxsize=128)  # (tokenizing a module takes ~25 ms; a compile asks
+@functools.lru_cache(maxsize=128)  # (tokenizing a module takes ~18 ms; a compile asks
 def code_of(src: str) -> bytes:  # for the same dozen modules' code ~40 times)
     """``code_text`` of the Python source ``src`` (remembered by its text)."""
     try:

@@ -81,3 +81,21 @@ def sigterm_self():
             pass
         raise AssertionError("SIGTERM raised nothing")
     return killed_here
+
+
+@pytest.fixture
+def ctrl_c_at_second_item(monkeypatch):
+    """``tune.sweep.time_variants`` patched so that its second call raises
+    KeyboardInterrupt (Ctrl-C while a sweep times its second item); returns the list of
+    calls so far, which a test clears to start counting again."""
+    import laudtriton.tune.sweep as sweep_mod
+
+    real, calls = sweep_mod.time_variants, []
+
+    def second_interrupts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sweep_mod, "time_variants", second_interrupts)
+    return calls

@@ -29,19 +29,10 @@ def test_sigterm_stops_any_command_as_ctrl_c(sigterm_self, sigterm_guard, monkey
         sigterm_self()
 
 
-def test_an_interrupted_sweep_command_prints_its_own_line_only(tmp_path, monkeypatch,
-                                                                capsys):
+def test_an_interrupted_sweep_command_prints_its_own_line_only(
+        ctrl_c_at_second_item, tmp_path, monkeypatch, capsys):
     """After sweep's line (how far it got, where the CSV is), ``main`` printed
     "interrupted" too."""
-    real, calls = sweep_mod.time_variants, []
-
-    def second_interrupts(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_mod, "time_variants", second_interrupts)
     monkeypatch.setattr(sweep_mod, "MAX_REPS", 2)
     monkeypatch.setattr(sweep_mod, "MIN_REPS", 1)
     csv = tmp_path / "s.csv"

@@ -1035,20 +1035,11 @@ def test_both_mode_a_resumed_sweep_with_more_rates_reads_the_cached_item(tmp_pat
         (e.variant, e.config, e.seconds, e.meta["channel_rate"]) for e in entries]
 
 
-def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(tmp_path, monkeypatch,
-                                                               capsys):
+def test_an_interrupted_sweep_writes_the_csv_of_what_it_timed(ctrl_c_at_second_item,
+                                                               tmp_path, capsys):
     """Ctrl-C (or SIGTERM in the command) wrote no CSV, and with --clustered everything
     timed was lost; an older CSV at the path passed for this run's."""
-    real = sweep_mod.time_variants
-    calls = []
-
-    def second_interrupts(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_mod, "time_variants", second_interrupts)
+    calls = ctrl_c_at_second_item
     out = tmp_path / "s.csv"
     out.write_text("an older run's CSV\n")
     for clustered in (False, True):

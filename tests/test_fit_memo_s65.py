@@ -11,6 +11,7 @@ import logging
 import pytest
 
 from laudtriton.ops.spec import BlockSpec
+from laudtriton.predict import model
 from laudtriton.predict.fit import Sample, fit
 from laudtriton.predict.hardware import CPU_DEFAULT
 from laudtriton.predict.model import Factors, latency_from_terms, terms
@@ -54,6 +55,15 @@ def test_other_timings_machine_or_min_samples_are_fitted_again(counted):
     few = fit(_timings(), CPU_DEFAULT, min_samples=16)  # 15 per variant: none of its own
     assert set(few) == {"*"} and set(base) > {"*"}
     assert len(counted) == 4
+
+
+def test_another_prior_is_fitted_again(counted, monkeypatch):
+    """The defaults the search starts from are part of what is remembered: a test (or a
+    user) that changes them gets a fit from the new ones."""
+    fit(_timings(), CPU_DEFAULT)
+    monkeypatch.setitem(model.DEFAULT_FACTORS, "cpu", Factors(0.9, 0.9, 1e-5))
+    fit(_timings(), CPU_DEFAULT)
+    assert len(counted) == 2
 
 
 def test_a_caller_changing_its_dict_does_not_change_the_next_result(counted):

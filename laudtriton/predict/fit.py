@@ -199,15 +199,16 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     data = _as_samples(data, "data")
     if len(data) < min_samples:
         return {}
-    key = (hw, tuple(data), min_samples)
+    prior = DEFAULT_FACTORS[hw.kind]
+    key = (hw, tuple(data), min_samples, prior)
     if key not in _FITTED:
-        _FITTED[key] = _fit_all(data, hw, min_samples)
+        _FITTED[key] = _fit_all(data, hw, min_samples, prior)
         while len(_FITTED) > _FITTED_MAX:
             _FITTED.pop(next(iter(_FITTED)))
     return _say_implausible(dict(_FITTED[key]))
 
 
-# fit's results by (hw, samples, min_samples), oldest first: a compile with tune="cached"
+# fit's results by (hw, samples, min_samples, prior), oldest first: a compile with tune="cached"
 # fits the same cached timings each time (~1 s for the 540 samples of a shipped CPU
 # cache), and the tests and `laudtriton bench` compile many times in one process. Factors
 # are frozen; each call gets its own dict.
@@ -215,10 +216,11 @@ _FITTED: dict[tuple, dict[str, Factors]] = {}
 _FITTED_MAX = 8
 
 
-def _fit_all(data: list[Sample], hw: HardwareSpec, min_samples: int) -> dict[str, Factors]:
-    """:func:`fit`'s search on checked ``data`` (at least ``min_samples`` long); the
-    implausible-eff_c warning is left to the caller."""
-    prior = DEFAULT_FACTORS[hw.kind]
+def _fit_all(data: list[Sample], hw: HardwareSpec, min_samples: int,
+             prior: Factors) -> dict[str, Factors]:
+    """:func:`fit`'s search on checked ``data`` (at least ``min_samples`` long), from
+    ``prior`` (the kind's default factors); the implausible-eff_c warning is left to the
+    caller."""
     pooled, _ = _fit_one(_arrays(data, hw), hw, prior)
     keys = [factor_key(s.variant, s.spec) for s in data]
     groups = {k: [s for s, ks in zip(data, keys) if ks == k] for k in sorted(set(keys))}

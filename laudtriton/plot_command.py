@@ -5,6 +5,7 @@ themselves are :mod:`laudtriton.plot`'s."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -26,9 +27,11 @@ from .tune.sweep_csv import read_csv
 def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: str = "cpu"
                      ) -> Predicted | None:
     """{spec_key: {rate: seconds}}: the latency predictor's time of the fastest variant
-    of each block spec at each rate of ``rows``, with efficiency factors fitted on this
-    device's cached timings. None when the device has no calibration (``laudtriton
-    calibrate``) or the cache holds no timings. Rows on clustered masks (column
+    of each block spec at each rate of ``rows``, among the variants timed there (a row
+    whose seconds are not finite, every config failed, is no variant to predict: the
+    line took one such, drawn nowhere, under the measured best), with efficiency factors
+    fitted on this device's cached timings. None when the device has no calibration
+    (``laudtriton calibrate``) or the cache holds no timings. Rows on clustered masks (column
     ``clustered``) are left out, with a note: the model predicts scattered masks, those
     of the cached timings it is fitted on (their figures drew it as their prediction)."""
     from .predict.calibration import fitted_predictor
@@ -44,7 +47,7 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
     if unknown:  # e.g. a CSV of an older version: plotted, but not predicted
         print(f"laudtriton plot: no latency model for variant(s) {', '.join(unknown)}: "
               "left out of the predicted line", file=sys.stderr)
-    todo: dict[str, tuple[BlockSpec, set, set]] = {}
+    todo: dict[str, tuple[BlockSpec, dict[float, set]]] = {}  # spec, {rate: variants}
     keyless = other_dtypes = clustered = 0
     for r in rows:
         if clustered_row(r):  # (``spec_curves`` draws no predicted line in their figures)
@@ -59,9 +62,10 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
             continue
         v = get_variant(r["variant"]) if r["variant"] not in unknown else None
         if v is not None and spec.mode in v.modes and v.supports(spec):
-            _, variants, rates = todo.setdefault(r["spec_key"], (spec, set(), set()))
-            variants.add(r["variant"])
-            rates.add(round(float(r["rate"]), 6))
+            _, by_rate = todo.setdefault(r["spec_key"], (spec, {}))
+            timed = by_rate.setdefault(round(float(r["rate"]), 6), set())
+            if math.isfinite(float(r["seconds"])):
+                timed.add(r["variant"])
     if keyless:
         print(f"laudtriton plot: {keyless} row(s) without a spec_key (a CSV of an older "
               "version): left out of the predicted line", file=sys.stderr)
@@ -73,9 +77,10 @@ def predicted_curves(rows: Rows, cache_dir: str | Path | None = None, device: st
         print(f"laudtriton plot: {other_dtypes} row(s) of a dtype the latency model has no "
               f"peak rate for (it models {', '.join(DTYPES)}): left out of the predicted "
               "line", file=sys.stderr)
-    return {sid: {rate: min(predict_block(spec, rate, v, hw, factors) for v in variants)
-                  for rate in sorted(rates)}
-            for sid, (spec, variants, rates) in todo.items()}
+    curves = {sid: {rate: min(predict_block(spec, rate, v, hw, factors) for v in timed)
+                    for rate, timed in sorted(by_rate.items()) if timed}
+              for sid, (spec, by_rate) in todo.items()}
+    return {sid: curve for sid, curve in curves.items() if curve}
 
 
 def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -187,7 +187,13 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
     of the entries.
 
     A fitted eff_c above ``MAX_PLAUSIBLE_EFF_C`` is kept (it still explains the timings)
-    and logged as a warning: the timings do not pin the compute term.
+    and logged as a warning, on every call: the timings do not pin the compute term.
+
+    The ``_FITTED_MAX`` results used last are remembered (``_FITTED``), by hw, the samples
+    (equal ones, in the same order), min_samples and the kind's default factors the
+    search starts from: the same call again returns equal factors in a new dict without
+    searching. What else the search reads (a variant's Cost, found by its name in the
+    registry; the search box ``_LO``/``_HI``) is taken as fixed for the process.
 
     Raises:
         ValueError: if min_samples is not a positive int (0 fitted factors on no timing),
@@ -201,17 +207,19 @@ def fit(data: Iterable, hw: HardwareSpec, min_samples: int = 4) -> dict[str, Fac
         return {}
     prior = DEFAULT_FACTORS[hw.kind]
     key = (hw, tuple(data), min_samples, prior)
-    if key not in _FITTED:
-        _FITTED[key] = _fit_all(data, hw, min_samples, prior)
-        while len(_FITTED) > _FITTED_MAX:
-            _FITTED.pop(next(iter(_FITTED)))
-    return _say_implausible(dict(_FITTED[key]))
+    found = _FITTED.pop(key, None)  # (put back last: the most recently used)
+    if found is None:
+        found = _fit_all(data, hw, min_samples, prior)
+    _FITTED[key] = found
+    for old in list(_FITTED)[:-_FITTED_MAX]:
+        _FITTED.pop(old, None)  # (another thread may have taken it)
+    return _say_implausible(dict(found))
 
 
-# fit's results by (hw, samples, min_samples, prior), oldest first: a compile with tune="cached"
-# fits the same cached timings each time (~1 s for the 540 samples of a shipped CPU
-# cache), and the tests and `laudtriton bench` compile many times in one process. Factors
-# are frozen; each call gets its own dict.
+# fit's results by (hw, samples, min_samples, prior), least recently used first: a
+# compile with tune="cached" fits the same cached timings each time (~1 s for the 540
+# samples of a shipped CPU cache), and the tests and `laudtriton bench` compile many times
+# in one process. Factors are frozen; each call gets its own dict.
 _FITTED: dict[tuple, dict[str, Factors]] = {}
 _FITTED_MAX = 8
 

@@ -38,6 +38,7 @@ from ..nn.maskers import finite_real, positive_real
 from ..ops.registry import Cost, Variant, all_variants, get_variant
 from ..ops.spatial_cost import _rates as cell_rates  # (a hashed file: not renamed)
 from ..ops.spec import BlockSpec
+from ..tune.cache import check_spec
 from .hardware import HardwareSpec, check_hardware
 from .network import check_rate, mask1_fraction, stem_head_cost
 
@@ -169,8 +170,10 @@ def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec
     :func:`quantisation`).
 
     Raises:
-        ValueError: if the variant is not registered or its cost fails.
+        ValueError: if spec is not a BlockSpec, the variant is not registered or its cost
+            fails.
     """
+    check_spec(spec, "terms")  # (a key string raised AttributeError, 'short')
     v = resolve_variant(variant)
     try:
         c: Cost = v.cost(spec, float(rate))
@@ -231,9 +234,10 @@ def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: Hard
     non-decreasing in ``rate`` (see the module docstring).
 
     Raises:
-        ValueError: rate not a number in [0, 1] (``network.check_rate``), a variant
-            with no model, or hw not a HardwareSpec.
+        ValueError: spec not a BlockSpec, rate not a number in [0, 1]
+            (``network.check_rate``), a variant with no model, or hw not a HardwareSpec.
     """
+    check_spec(spec, "predict_block")  # (a key string raised AttributeError, 'mode')
     rate = check_rate(rate)
     check_hardware(hw)
     v = resolve_variant(variant)
@@ -263,7 +267,17 @@ def predict_timings(spec: BlockSpec, bucket: float, variants: Iterable[str | Var
     ``DispatchTable.add(bucket, ..., "predicted")`` takes it. The bucket is a mean rate
     over the batch (what a compiled block dispatches on), so the expected time
     (:func:`predict_expected`): at batch 8 with one cell per sample, bucket 0.5 is four
-    samples on, not every sample's cell rounded off."""
+    samples on, not every sample's cell rounded off.
+
+    Raises:
+        ValueError: ``variants`` is a single name or Variant, or not iterable (a name
+            was iterated letter by letter: "variant 'd' has no latency model"), or as
+            :func:`predict_expected`.
+    """
+    if isinstance(variants, (str, Variant)) or not isinstance(variants, Iterable):
+        raise ValueError(f"variants must be an iterable of variant names or Variants, got "
+                         f"{type(variants).__name__} {variants!r}")
+    check_spec(spec, "predict_timings")
     out = {}
     for v in variants:
         v = resolve_variant(v)
@@ -305,7 +319,9 @@ def predict_static_dense(spec: BlockSpec, hw: HardwareSpec,
     channel masks the ``dense`` variant is another code path ("dense/channel",
     :func:`factor_key`), a candidate of that block but not the baseline: predicted so, a
     channel-mode model's "dense" took 85 ms against the spatial one's 64 ms (ResNet-50 on
-    the Intel cache's fit, session 31). Raises ValueError if hw is not a HardwareSpec."""
+    the Intel cache's fit, session 31). Raises ValueError if spec is not a BlockSpec or
+    hw not a HardwareSpec."""
+    check_spec(spec, "predict_static_dense")
     check_hardware(hw)
     return _curve(spec, "dense", hw, factors_for("dense", hw, factors))[MONOTONE_STEPS]
 
@@ -319,7 +335,13 @@ def predict_expected(spec: BlockSpec, rate: float, variant: str | Variant, hw: H
     below rate 0.5; the channel one slices rate·width channels, so one group of 64
     channels would look half on at 0.5; the layer one counts rate·B samples with the
     gather of a partial batch, which a batch of 1 never pays. Equal to
-    :func:`predict_block` at whole units and where there are none."""
+    :func:`predict_block` at whole units and where there are none.
+
+    Raises:
+        ValueError: as :func:`predict_block` (a spec that is not a BlockSpec raised
+            AttributeError, 'spatial').
+    """
+    check_spec(spec, "predict_expected")
     rate = check_rate(rate)
     n = mask_units(spec)
     if n is None:

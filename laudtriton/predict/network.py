@@ -19,6 +19,7 @@ from ..nn.resnet import DEPTHS, STAGE_PLANES, STAGE_STRIDES
 from ..nn.stages import array_values, parse_positive_int
 from ..ops.masks import expected_mask1_fraction
 from ..ops.spec import BlockSpec
+from ..tune.cache import check_spec
 
 MODES = ("spatial", "channel", "layer", "both")
 
@@ -165,8 +166,10 @@ def flops_ratio(spec: BlockSpec, rate: float) -> float:
     downsample is always dense. Continuous and non-decreasing in ``rate``.
 
     Raises:
-        ValueError: if ``rate`` is not a number in [0, 1] (``check_rate``).
+        ValueError: if ``spec`` is not a BlockSpec (it raised AttributeError,
+            'conv_macs') or ``rate`` is not a number in [0, 1] (``check_rate``).
     """
+    check_spec(spec, "flops_ratio")
     rate = check_rate(rate)
     c1, c2, c3, ds = spec.conv_macs()
     if spec.mode == "layer":
@@ -184,7 +187,8 @@ def rate_for_flops_ratio(spec: BlockSpec, target: float) -> float:
     0 when even rate 0 exceeds it, i.e. the dense downsample alone is above the target).
 
     Raises:
-        ValueError: if ``target`` is outside (0, 1].
+        ValueError: if ``target`` is outside (0, 1], or ``spec`` is not a BlockSpec
+            (:func:`flops_ratio`).
     """
     if not 0.0 < finite_real("--target-rate", target) <= 1.0:
         raise ValueError(f"--target-rate {target!r} must be in (0, 1]")

@@ -220,7 +220,8 @@ def fitted_predictor(cache: TuneCache, device: str | torch.device = "cpu"
     stored calibration, with factors fitted on the current timings of ``cache`` (a
     ``tune.cache.TuneCache``, whose directory holds the calibration). None when the
     device is not calibrated (or its calibration file is corrupt: reported once) or the
-    cache holds no timings."""
+    cache holds no timings; the factors are ``{}`` (the kind's defaults, which the
+    predictor then uses) when it holds too few to fit on (``fit``'s min_samples)."""
     from .fit import fit
 
     cal = load_calibration(cache.dir, device)

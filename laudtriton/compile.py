@@ -63,9 +63,11 @@ from .capture import block_inputs, capture_inputs, outermost_modules, stacklevel
 from .compile_checks import (
     check_block_places,
     check_example_input,
+    check_example_tensor,
     check_finite,
     check_folded,
     check_hooks,
+    check_maskers_match_mode,
     check_not_dynamo_wrapped,
     check_options,
     check_variants,
@@ -106,7 +108,9 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
     a model class or factory function compiles each model it returns. On a class the
     decorated name becomes a factory function (``isinstance`` against it, subclassing it,
     ``super(Name, self)`` in its body and pickling the models it builds no longer work):
-    decorate a factory function to keep the class.
+    decorate a factory function to keep the class. Its options, and what needs no model
+    of a given ``example_input`` (a finite 4D floating-point tensor with a sample), are
+    checked when it is applied; the example's shape, against each model it builds.
 
     The compiled model is a snapshot: its convolutions hold the weights folded at compile
     time and its maskers the weights read then, so later changes to the model you
@@ -171,8 +175,11 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             LaudResNet subclass that overrides forward, stem or head, or a stem the
             compiled model cannot run (``stem.check_resnet``); a block whose modules
             the fold cannot express or whose maskers the compiled gates cannot read
-            (``check_foldable``); a downsample whose conv maps to another shape than
-            the block's output, before any forward (``check_downsample``); a LAUD
+            (``check_foldable``), or whose dyn_mode is unknown, or that lacks a masker
+            its dyn_mode reads or holds a channel masker it does not
+            (``check_maskers_match_mode``); a downsample
+            whose conv maps to another shape than the block's output, before any
+            forward (``check_downsample``); a LAUD
             block in two places of a LaudResNet or inside
             another block (``check_block_places``); a model compiled already (a
             CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
@@ -203,6 +210,8 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
         # now, not at the decorated factory's first call; the names as a tuple (a
         # generator, read here, would be empty at each call)
         options["variants"] = check_options(**options)[1]
+        if example_input is not None:  # what needs no model, at once too
+            check_example_tensor(example_input, None, dtype)
         return _decorator(model, example_input, **options)
     # under torch.inference_mode() the folded weights would be inference tensors, whose
     # version counters (``ops.fold.Fingerprint``) cannot be read; under autocast the
@@ -303,6 +312,7 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
     specs = []
     for name, block, xin in captured:
         check_foldable(name, block)
+        check_maskers_match_mode(name, block)
         specs.append(BlockSpec.from_block(block, xin.shape, dtype))
         distinct.add(specs[-1])
     if nested is None and isinstance(ref, (LaudResNet, LaudBottleneck)):

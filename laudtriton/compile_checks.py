@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .guards import is_compute_dtype, strided_refusal
-from .nn.block import LaudBottleneck
+from .nn.block import MODES, LaudBottleneck
 from .nn.maskers import MaskerChannelMLP
 from .nn.resnet import LaudResNet
 from .ops import BlockSpec, get_variant
@@ -216,6 +216,19 @@ def check_example_input(model: nn.Module, example_input: object,
         channels = getattr(model.conv1, "in_channels", model.config["in_channels"])
         example_input = torch.randn(1, channels, size, size,
                                     generator=torch.Generator().manual_seed(0))
+    return check_example_tensor(example_input, nested, dtype)
+
+
+def check_example_tensor(example_input: object, nested: str | None = None,
+                         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``check_example_input``'s checks of a given example that need no model (so the
+    decorator form makes them at once): a strided 4D real floating-point tensor with data
+    and a sample, finite, and finite once cast to ``dtype`` where given. nested: as
+    ``check_example_input`` takes it.
+
+    Raises:
+        ValueError: naming what is wrong with the example.
+    """
     if isinstance(example_input, torch.Tensor) and example_input.layout != torch.strided:
         raise ValueError(strided_refusal("example_input", example_input))
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
@@ -259,6 +272,41 @@ def check_variants(variants: tuple[str, ...] | None, specs: Sequence[BlockSpec],
         raise ValueError(f"compile: variants {', '.join(variants)}: no block of this "
                          f"model runs any of them on {backend}; accepted here: "
                          f"{', '.join(sorted(usable))}")
+
+
+def check_maskers_match_mode(name: str, block: LaudBottleneck) -> None:
+    """Raise unless ``block`` (named ``name``) holds the maskers its ``dyn_mode`` reads and
+    no channel masker that mode does not read: a masker set to None after the block was
+    built (spatial, layer and both read ``masker_spatial``, channel ``masker_channel``)
+    failed inside the planner with an AttributeError, and a channel masker given to a
+    spatial or layer block, which the reference applies (``compute_masks`` runs every
+    masker the block holds), was left out of the compiled block's plan: its output
+    differed from the reference's, in silence. (A ``both`` block without its channel
+    masker runs its spatial mask alone, as the reference does.)
+
+    Raises:
+        ValueError: naming the block, the masker and the mode; or the block's
+            ``dyn_mode`` where it is none of ``nn.block.MODES`` (set after the block was
+            built: the reference runs such a block as a spatial one).
+    """
+    mode = block.dyn_mode
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"compile: {name}.dyn_mode {mode!r} unknown; accepted: "
+                         f"{', '.join(MODES)}")
+    needed = {"masker_spatial": mode in ("spatial", "layer", "both"),
+              "masker_channel": mode == "channel"}
+    for attr, needs in needed.items():
+        if needs and getattr(block, attr, None) is None:
+            raise ValueError(
+                f"compile: {name}.{attr} is None, but the block's dyn_mode {mode!r} reads "
+                "it; give the block its masker back, or build the block with the mode of "
+                "the maskers it has")
+    if mode in ("spatial", "layer") and getattr(block, "masker_channel", None) is not None:
+        raise ValueError(
+            f"compile: {name}.masker_channel is set, but the block's dyn_mode {mode!r} has "
+            "no channel mask: the block applies it, a compiled block of that mode would "
+            "not. Remove it, or build the block with dyn_mode 'both' (spatial and "
+            "channel masks)")
 
 
 def check_finite(module: nn.Module, prefix: str = "") -> None:

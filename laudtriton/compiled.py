@@ -124,9 +124,10 @@ class CompiledModel(RefusesTracing, nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected a 4D input [B, C, H, W] with B >= 1, got {shape}")
         if tuple(x.shape[1:]) != self.input_shape[1:]:
-            hint = ("compile again with an example input of the new size"
-                    if x.shape[1] == self.input_shape[1] else
-                    f"the model takes {self.input_shape[1]} input channels")
+            hint = (f"the model takes {self.input_shape[1]} input channels"
+                    if x.shape[1] != self.input_shape[1] else
+                    "the map is empty (H and W must be >= 1)" if 0 in x.shape[2:] else
+                    "compile again with an example input of the new size")
             raise ValueError(
                 f"input of shape [B, {', '.join(map(str, x.shape[1:]))}] does not match the "
                 f"compiled plan [B, {', '.join(map(str, self.input_shape[1:]))}]; {hint}")

@@ -113,7 +113,9 @@ def weight_of(conv: nn.Module) -> torch.Tensor:
 
 def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
     """Raise ValueError unless x is a 4-D tensor [B, channels, H >= 1, W >= 1] of ``dtype``
-    (under autocast, of any floating dtype): what a LaudBottleneck and a LaudResNet take.
+    (under autocast, of any floating dtype, except where x or the model is float64,
+    which autocast does not cast: torch's conv raised its dtype RuntimeError): what a
+    LaudBottleneck and a LaudResNet take.
     The device is left to torch: a module's weight attribute need not be where it runs (a
     pruned conv's weight is recomputed on the input's device by its pre-hook; an offloaded
     model's stays on meta until its own hook loads it)."""
@@ -126,6 +128,7 @@ def check_input(x: torch.Tensor, channels: int, dtype: torch.dtype) -> None:
         raise ValueError(f"x has an empty map, {x.shape[2]}x{x.shape[3]}: H and W must be "
                          ">= 1")
     if x.dtype != dtype and not (x.is_floating_point()
+                                 and torch.float64 not in (x.dtype, dtype)
                                  and torch.is_autocast_enabled(x.device.type)):
         raise ValueError(f"x is {x.dtype}; the model is {dtype} (convert the input, e.g. "
                          f"x.to({dtype}), or the model)")
@@ -316,7 +319,8 @@ class LaudBottleneck(nn.Module):
 
         Raises:
             ValueError: x not a 4D tensor, without Cin channels or of another dtype than
-                the block's (any floating dtype under autocast); a map smaller than S
+                the block's (any floating dtype under autocast, float64 only for a
+                float64 block); a map smaller than S
                 (``MapTooSmall``, a ValueError); a downsample whose output is not of the
                 block output's shape (``check_identity_shape``).
         """

@@ -114,14 +114,20 @@ def check_reduction(in_channels: int, reduction: int,
 def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
     """Mask grid (⌊Ho/S⌋, ⌊Wo/S⌋) for an output map of ``out_hw`` and patch size S.
 
+    out_hw: a pair (tuple, list, torch.Size, or a 1-d integer array or tensor of two)
+    of ints; sides traced while tracing are let through. Returns Python ints for int
+    sides.
+
     Raises:
-        ValueError: if S is not positive or larger than the map (``MapTooSmall``), or a
-            side of the map is a float or a bool ((8.5, 8) gave a grid of (4.0, 4)).
+        ValueError: if S is not positive or larger than the map (``MapTooSmall``, also
+            for a side 0), a side of the map is a float or a bool ((8.5, 8) gave a grid
+            of (4.0, 4)), or out_hw is not a pair of ints (an int, strings or a triple
+            raised Python's TypeError or unpacking error).
     """
+    if not (type(out_hw) is tuple and len(out_hw) == 2  # (the common case: ~3 us less
+            and type(out_hw[0]) is int and type(out_hw[1]) is int):  # in a model's blocks)
+        out_hw = _pair_of_sides(out_hw)
     ho, wo = out_hw
-    for side, v in (("height", ho), ("width", wo)):  # (tensors while tracing: let through)
-        if isinstance(v, (float, bool, np.bool_, np.floating)):
-            raise ValueError(f"out_hw {side} must be an int, got {v!r}")
     if not is_positive_int(granularity):
         raise ValueError(f"granularity must be a positive int, got {granularity!r}")
     if granularity > ho or granularity > wo:
@@ -132,12 +138,38 @@ def mask_grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]
     return ho // granularity, wo // granularity
 
 
+def _pair_of_sides(out_hw: object) -> tuple:
+    """``mask_grid_size``'s out_hw as a pair of Python ints (sides traced while tracing
+    let through).
+
+    Raises:
+        ValueError: as ``mask_grid_size`` says of out_hw.
+    """
+    if isinstance(out_hw, (np.ndarray, torch.Tensor)) and out_hw.ndim == 1 and (
+            out_hw.dtype.kind in "iu" if isinstance(out_hw, np.ndarray)
+            else _integer_tensor(out_hw)):
+        out_hw = tuple(out_hw.tolist())
+    if not isinstance(out_hw, (tuple, list, torch.Size)) or len(out_hw) != 2:
+        raise ValueError(f"mask_grid_size: out_hw must be a pair of ints >= 1 (height, "
+                         f"width), got {out_hw!r}")
+    ho, wo = out_hw
+    for side, v in (("height", ho), ("width", wo)):  # (tensors while tracing: let through)
+        if isinstance(v, (float, bool, np.bool_, np.floating)):
+            raise ValueError(f"out_hw {side} must be an int, got {v!r}")
+        if not isinstance(v, (numbers.Integral, *TRACED)):
+            raise ValueError(f"mask_grid_size: out_hw must be a pair of ints >= 1 (height, "
+                             f"width), got {out_hw!r}")
+    ho, wo = (v if isinstance(v, TRACED) else int(v) for v in (ho, wo))
+    return ho, wo
+
+
 def _check_input(who: str, x: torch.Tensor, channels: int) -> None:
-    """Raise a ValueError naming ``who`` unless x is [B, channels, H, W] (a masker used
-    on its own gave torch's matmul or conv error)."""
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{who}: expected a 4D input [B, {channels}, H, W], got "
-                         f"{tuple(x.shape)}")
+    """Raise a ValueError naming ``who`` unless x is [B, channels, H, W] with H, W >= 1
+    (a masker used on its own gave torch's matmul or conv error; on an empty map the MLP
+    channel masker's mean over no pixel gave a NaN mask)."""
+    if x.dim() != 4 or x.shape[1] != channels or 0 in x.shape[2:]:
+        raise ValueError(f"{who}: expected a 4D input [B, {channels}, H, W] with H, W >= 1, "
+                         f"got {tuple(x.shape)}")
 
 
 class MaskerSpatial(nn.Module):
@@ -388,9 +420,12 @@ def expand_channel_mask(mask: torch.Tensor, channels: int) -> torch.Tensor:
     """[B, G] group mask -> [B, C, 1, 1]; group i covers channels [i·k, (i+1)·k), k = C/G.
 
     Raises:
-        ValueError: unless mask is [B, G] with G >= 1 and channels a multiple of G
-            (another C gave a mask of G·⌊C/G⌋ channels).
+        ValueError: unless mask is a [B, G] tensor with G >= 1 and channels a multiple of
+            G (another C gave a mask of G·⌊C/G⌋ channels).
     """
+    if not isinstance(mask, torch.Tensor):  # (a numpy mask raised AttributeError)
+        raise ValueError(f"expand_channel_mask: a [B, G] mask tensor (G >= 1) and channels "
+                         f"a positive multiple of G, got a mask {type(mask).__name__}")
     if mask.dim() != 2 or mask.shape[1] < 1 or not is_positive_int(channels) or (
             channels % mask.shape[1]):
         raise ValueError(f"expand_channel_mask: a [B, G] mask (G >= 1) and channels a "

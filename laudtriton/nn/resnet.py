@@ -220,7 +220,8 @@ class LaudResNet(nn.Module):
         """Logits [B, num_classes] for x [B, Cin, H, W]; sets ``last_stats`` (None after
         an empty batch, while ``torch.jit.trace`` runs it, or once compiled blocks replace
         the LaudBottlenecks). x must be of
-        the model's dtype, except under autocast, where any floating dtype is taken.
+        the model's dtype, except under autocast, where any floating dtype is taken
+        (but float64, which autocast does not cast, only by a float64 model).
 
         Raises:
             ValueError: x not a 4D tensor, without Cin channels, with an empty map or

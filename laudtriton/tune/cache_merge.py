@@ -4,6 +4,8 @@ one: ``laudtriton cache merge``.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,12 +14,15 @@ from .cache_file import (
     SCHEMA_VERSION,
     decode_cache_json,
     file_lock,
+    is_valid_entry,
     load_cache_file,
     lock_path_of,
     merge_entries_into,
     parse_cache,
     write_cache_file,
 )
+
+log = logging.getLogger("laudtriton")
 
 
 class NotACacheError(ValueError):
@@ -26,7 +31,8 @@ class NotACacheError(ValueError):
 
 def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     """Merge cache files (several machines of one kind, or sweep shards) into
-    ``out_path`` (its own entries kept; later files win per config). Corrupt or
+    ``out_path`` (its own entries kept; later files win per config, and an entry timed at
+    another channel rate than the item's before, ``_merge_items``: its item whole). Corrupt or
     foreign-schema inputs are reported and skipped. The missing folders of the file
     written are made (where a symbolic link ``out_path`` points: the link is kept).
     Returns the entries in ``out_path``.
@@ -83,7 +89,8 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
                                  f"the inputs are for {device!r}; merge files of one device "
                                  "kind only, nothing written")
             merged.update({k: e for k, e in own.items() if k not in merged and k not in inputs})
-            merge_entries_into(merged, inputs)  # the inputs win per config
+            # the inputs win per config (an item at another channel rate: whole)
+            _merge_items(merged, inputs, f"the inputs, merged into {out}")
         write_cache_file(out, next(iter(devices)), merged)
     return len(merged)
 
@@ -128,4 +135,39 @@ def _merge_file(p: Path, merged: dict[str, dict], devices: dict[str, str]) -> No
         listing = "; ".join(f"{d!r} ({f})" for d, f in devices.items())
         raise ValueError(f"cache files are for different devices: {listing}; merge files of "
                          "one device kind only")
-    merge_entries_into(merged, entries)
+    _merge_items(merged, entries, str(p))
+
+
+def _item(e: dict) -> tuple[str, float, str]:
+    """The (spec, rate, versions) item a valid entry is one variant's timings of."""
+    return (json.dumps(e["spec"], sort_keys=True), round(float(e["rate_bucket"]), 6),
+            json.dumps(e.get("versions"), sort_keys=True))
+
+
+def _channel_rate(e: dict) -> float | None:
+    """A mode-both entry's channel rate (``sweep._items``), None where it records none."""
+    return (e.get("meta") or {}).get("channel_rate")
+
+
+def _merge_items(dst: dict[str, dict], src: dict[str, dict], where: str) -> None:
+    """``merge_entries_into``, except that the entries of ``dst`` of an item (``_item``:
+    every variant's at one spec and rate) that ``src`` holds at another channel rate are
+    dropped first, with a warning naming ``where`` (the file merged): mode both's asked
+    rates that realise one grid rate at other channel rates are other masks, and the
+    union of their timings under one label served one item's configs (or variants) as
+    the other's. ``src``'s item wins whole, as a later file wins per config."""
+    chans: dict[tuple, set] = {}
+    for e in src.values():
+        if (c := _channel_rate(e)) is not None:
+            chans.setdefault(_item(e), set()).add(c)
+    other = [k for k, e in dst.items() if is_valid_entry(e)  # (--out's own are kept as
+             and (c := _channel_rate(e)) is not None  # they are, those no reader can use)
+             and _item(e) in chans and c not in chans[_item(e)]]
+    for k in other:
+        del dst[k]
+    if other:
+        log.warning("cache merge: %s: items at another channel rate than the same items "
+                    "merged before (mode both, other --rates) replace their %d entries "
+                    "whole, the timings not united (the first replaced: %r)", where,
+                    len(other), other[0][:200])
+    merge_entries_into(dst, src)

@@ -64,9 +64,26 @@ def make_writable_dir(path: str | None, flag: str) -> str | None:
             pass
     except OSError as e:
         remove_if_empty(made)  # a folder made, but not writable after all
+        link = dangling_link(folder)  # makedirs said "File exists" of a missing folder
+        if link is not None:
+            raise ValueError(f"{flag} {path!r}: {link!r} is a symbolic link to the missing "
+                             f"{os.readlink(link)!r}; make that folder, or remove the link"
+                             ) from None
         raise ValueError(f"{flag} {path!r} cannot be made or written ({e.strerror or e})"
                          ) from None
     return made
+
+
+def dangling_link(path: str) -> str | None:
+    """The nearest of ``path`` and the folders above it that is a symbolic link to
+    something missing, or None when there is none."""
+    while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def nearest_existing(path: str) -> tuple[str, str | None]:

@@ -252,6 +252,8 @@ def _compile(model, example_input, *, backend, tune, cache_dir, dispatch, dtype,
             raise ValueError("compile: the model is compiled already (it holds a "
                              "CompiledModel or CompiledBlock and no LAUD block); compile "
                              "the model it came from (a CompiledModel's .source)")
+        if example_input is not None:  # nothing runs it, but a bad one is still refused
+            check_example_tensor(example_input, nested, dtype)
         warnings.warn("laudtriton.compile: the model has no LAUD block; returning an "
                       f"eval-mode copy of it on {device} in {dtype}",
                       stacklevel=stacklevel_outside(__file__))

@@ -203,6 +203,7 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     if tune not in TUNE_MODES:
         raise ValueError(f"tune {tune!r} unknown; accepted: {', '.join(TUNE_MODES)}")
     rates = check_rates(rates)  # Python floats: a tensor's reached the rows and the CSV
+    _check_allocator(allocator)  # (it was checked after the first model's build)
     # building the first model validates the configuration before the allocator,
     # process-wide, changes
     first = _seeded_model(model_name, mode, granularity, channel_granularity, 0)
@@ -255,15 +256,22 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     return rows
 
 
-def _set_allocator(allocator: str, log) -> str:
-    """Apply the ``allocator`` choice of ``bench``; returns the setting in effect."""
+def _check_allocator(allocator: str) -> None:
+    """Raise ValueError unless ``bench`` can apply ``allocator``: "retain" or "default",
+    and "default" only while this process does not retain freed memory."""
     if allocator not in runtime.SETTINGS:
         raise ValueError(f"allocator must be 'retain' or 'default', got {allocator!r}")
+    if allocator == "default" and runtime.allocator_setting() != "default":
+        raise ValueError("allocator 'default' asked, but this process already retains "
+                         "freed memory (runtime.retain_freed_memory cannot be undone); "
+                         "run the benchmark in a new process")
+
+
+def _set_allocator(allocator: str, log: Callable[[str], object]) -> str:
+    """Apply the ``allocator`` choice of ``bench`` (``_check_allocator``'s checks first);
+    returns the setting in effect."""
+    _check_allocator(allocator)
     if allocator == "default":
-        if runtime.allocator_setting() != "default":
-            raise ValueError("allocator 'default' asked, but this process already retains "
-                             "freed memory (runtime.retain_freed_memory cannot be undone); "
-                             "run the benchmark in a new process")
         log("allocator: the C library's default")
         return "default"
     if runtime.retain_freed_memory():

@@ -1,9 +1,10 @@
-"""A progress display on stderr for long commands (``sweep``, ``bench``): tqdm's bar when
-tqdm is importable, else one stderr line rewritten in place (tqdm is optional: the GPU
-machines this project runs on may lack it). Where stderr is not a terminal (a log file,
-CI), the line is not rewritten: a whole line is written at the first item, then at most
-every ``LOG_EVERY_S`` seconds, and at the last item (tqdm's bar redraws at most as
-often)."""
+"""A progress display on stderr for long commands (``sweep``, ``bench``): on a terminal
+tqdm's bar when tqdm is importable, else one stderr line rewritten in place (tqdm is
+optional: the GPU machines this project runs on may lack it). Where stderr is not a
+terminal (a log file, CI), the line is not rewritten and tqdm is not used (its bar
+rewrites itself with carriage returns there too: a log got one line of every redraw): a
+whole line is written at the first item, then at most every ``LOG_EVERY_S`` seconds,
+and at the last item."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def _is_tty() -> bool:
 
 
 class Progress:
-    """tqdm if importable, else one stderr line with an ETA (whole lines, fewer, where
-    stderr is not a terminal); silent when disabled.
+    """On a terminal tqdm if importable, else one stderr line with an ETA; where stderr
+    is not a terminal that line whole, fewer (never tqdm); silent when disabled.
 
     total: the items to come; desc: the bar's label ("sweep"); unit: what an item is
     ("item")."""
@@ -35,12 +36,12 @@ class Progress:
         self.enabled, self.bar = enabled and total > 0, None
         self.tty = _is_tty()
         self.shown = -LOG_EVERY_S  # when the last line was written (not on a terminal)
-        if self.enabled:
+        if self.enabled and self.tty:  # off a terminal tqdm's '\r' redraws made one line
             try:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                                mininterval=0.1 if self.tty else LOG_EVERY_S)
+                                mininterval=0.1)
             except ImportError:
                 self.bar = None
 

@@ -177,11 +177,10 @@ def compile(model: nn.Module | Callable[..., nn.Module] | None = None,
             the fold cannot express or whose maskers the compiled gates cannot read
             (``check_foldable``), or whose dyn_mode is unknown, or that lacks a masker
             its dyn_mode reads or holds a channel masker it does not
-            (``check_maskers_match_mode``); a downsample
-            whose conv maps to another shape than the block's output, before any
-            forward (``check_downsample``); a LAUD
-            block in two places of a LaudResNet or inside
-            another block (``check_block_places``); a model compiled already (a
+            (``check_maskers_match_mode``); a downsample whose conv maps to another
+            shape than the block's output, before any forward (``check_downsample``); a
+            LAUD block in two places of a LaudResNet or inside another block
+            (``check_block_places``); a model compiled already (a
             CompiledModel, and no LAUD block); a forward hook or pre-hook inside a LAUD
             network that the compiled model would not call, or one on its stem's pooling,
             or on a ``conv_linear`` channel masker in a network with layer-skipping blocks

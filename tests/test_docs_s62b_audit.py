@@ -122,6 +122,10 @@ EXCEPTIONS = {
         ("predict/command_options.py", "tune.layout_options"),
     ("laudtriton.predict.fit", "laudtriton.tune.cache"):
         ("predict/fit.py", "tune.cache.check_spec"),
+    ("laudtriton.predict.model", "laudtriton.tune.cache"):
+        ("predict/model.py", "tune.cache.check_spec"),
+    ("laudtriton.predict.network", "laudtriton.tune.cache"):
+        ("predict/network.py", "tune.cache.check_spec"),
     ("laudtriton.predict.command_options", "laudtriton.tune.numbers"):
         ("predict/command_options.py", "tune.numbers"),
     ("laudtriton.predict.design_command", "laudtriton.tune.numbers"):

@@ -132,7 +132,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             pass  # unless --tune off): no folder to keep
         else:
             check_not_cache_file(args.csv, "--csv", cache_dir)
-    check_temp_name(args.csv, "--csv")  # (not in the cache folder, even for a moment)
     rates = parse_rates(args.rates)
     check_layout_options(args)
     check_cache_env(args.tune)
@@ -164,28 +163,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.csv and not os.environ.get(HANDOFF_ENV):  # a child's: a temporary file
         print(f"wrote {args.csv}")
     return 0
-
-
-def check_temp_name(path: str | None, flag: str) -> None:
-    """A ValueError naming ``flag`` when the temp file that ``write_csv`` writes beside
-    ``path`` and moves over it (``tune.atomic``: its name, ``TEMP_MARK``, a random part,
-    ".tmp") cannot be made there: a name that fits but whose temp name is too long passed
-    ``check_output_path``, and the CSV failed after the whole run. The temp file made to
-    try is removed; None: nothing checked."""
-    import tempfile
-
-    from .tune.atomic import TEMP_MARK
-
-    if path is None:
-        return
-    real = os.path.realpath(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(real) + TEMP_MARK, suffix=".tmp",
-                                   dir=os.path.dirname(real))
-    except OSError as e:
-        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e})") from None
-    os.close(fd)
-    os.remove(tmp)
 
 
 @contextlib.contextmanager

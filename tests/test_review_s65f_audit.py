@@ -104,3 +104,17 @@ def test_csv_whose_temp_file_name_is_too_long_is_refused_before_the_run(tmp_path
     err = capsys.readouterr().err
     assert ran == [] and "--csv" in err and "too long" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_every_output_path_check_tries_the_writers_temp_name(tmp_path):
+    """The too-long temp name was first checked in bench alone; ``check_output_path``,
+    which sweep's --csv and cache merge's --out use too, tried an unnamed temp file and
+    let such a name through. It now makes the temp file the writer makes (and removes
+    it)."""
+    from laudtriton.tune.paths import check_output_path
+
+    long_name = str(tmp_path / ("a" * 236 + ".csv"))
+    with pytest.raises(ValueError, match=r"^--csv .* cannot be written \(File name too long\)"):
+        check_output_path(long_name, "--csv")
+    check_output_path(str(tmp_path / "fine.csv"), "--csv")  # a usual name still passes
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .atomic import TEMP_MARK
 from .keys import check_dir, default_cache_dir
 
 
@@ -114,11 +115,12 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
     regular file (a device, a pipe or a socket: a file written beside it and moved over it
     would replace ``/dev/null`` itself), in a directory that does not exist (unless
     ``new_dirs``: the caller makes it; then only a file where a directory should be fails)
-    or where no file can be made, or an existing file without write permission (unless
-    ``replaced``: the file is written elsewhere and moved over it, which needs only the
-    directory). A symbolic link is checked as the file it points to, which the writers
-    write (a dangling link into a missing directory failed after the measuring). A name
-    ending in '.' or '..' ('x/.') names a directory too."""
+    or where the temp file its writer makes beside it (``tune.atomic``: its name,
+    ``TEMP_MARK``, a random part) cannot be made, or an existing file without write
+    permission (unless ``replaced``: the file is written elsewhere and moved over it,
+    which needs only the directory). A symbolic link is checked as the file it points
+    to, which the writers write (a dangling link into a missing directory failed after
+    the measuring). A name ending in '.' or '..' ('x/.') names a directory too."""
     if path is None:
         return
     check_nonempty(path, flag)
@@ -140,9 +142,12 @@ def check_output_path(path: str | None, flag: str, replaced: bool = False,
     if not os.path.isdir(parent):
         why = "is a file" if os.path.exists(parent) else "does not exist"
         raise ValueError(f"{flag} {path!r}: the directory {parent!r} {why}")
-    try:  # a file can be made there (the results would otherwise be lost at the end)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
+    try:  # the writer's temp file can be made there (``tune.atomic``, named after the
+        # file: a name that fits but whose temp name is too long failed after the run)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(real) + TEMP_MARK, suffix=".tmp",
+                                   dir=parent)
+        os.close(fd)
+        os.remove(tmp)
         if not replaced and os.path.exists(real) and not os.access(real, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as e:

@@ -634,15 +634,17 @@ def test_sweep_command_out_of_memory_names_batch_and_input_size(tmp_path, capsys
 def test_sweep_command_says_why_a_foreign_file_was_not_written(tmp_path, capsys,
                                                                monkeypatch):
     """A cache file of another device under this device's file name is not written over;
-    the command says that (it said "directory not writable" of a writable directory)."""
+    the command says that (it said "directory not writable" of a writable directory),
+    and now before any timing, with exit code 2 (it timed every item, then said "cache
+    NOT saved" with exit code 0)."""
     c = TuneCache(tmp_path)
     c.record(SPEC_FOREIGN, 0.5, {"dense": {"{}": 1e-3}})
     data = json.loads(c.path.read_text())
     c.path.write_text(json.dumps({**data, "device": "Some Other CPU 64t"}))
-    assert _tiny_sweep_command(tmp_path, monkeypatch) == 0
+    assert _tiny_sweep_command(tmp_path, monkeypatch) == 2
     err = capsys.readouterr().err
-    assert "cache NOT saved" in err and "holds timings of device 'Some Other CPU 64t'" in err
-    assert "not writable" not in err
+    assert "holds timings of device 'Some Other CPU 64t'" in err and "--cache-dir" in err
+    assert "not writable" not in err and not (tmp_path / "s.csv").exists()
 
 
 def test_summary_names_the_variant_compile_chooses(capsys):

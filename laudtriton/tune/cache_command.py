@@ -18,7 +18,7 @@ from ..schedule import format_rate
 from . import cache_file
 from .atomic import ORPHAN_AGE, remove_orphan_temps, temp_files
 from .cache import CacheEntry, TuneCache
-from .cache_merge import NotACacheError, merge_files
+from .cache_merge import ForeignFileName, NotACacheError, merge_files
 from .keys import disabled_by
 from .numbers import ascii_int
 from .options import check_device, fail
@@ -82,6 +82,8 @@ def run_cache(args: argparse.Namespace) -> int:
                                  f"({e.strerror or e}{what})") from None
             except NotACacheError as e:
                 raise ValueError(f"--out {e}") from None
+            except ForeignFileName as e:
+                raise ValueError(f"--out {args.out!r}: {e}") from None
             print(f"{args.out}: {n} entries ({len(args.files)} input file(s) given; any input "
                   "skipped as unusable is named in a warning above)")
             return 0
@@ -130,9 +132,10 @@ def _check_folder(cache: TuneCache, cache_dir: str | None) -> None:
 
 
 def _clear(cache: TuneCache) -> int:
-    """``cache clear``: the file deleted (``TuneCache.clear``), and the temp files that
-    writes of it killed mid-write left (``atomic.remove_orphan_temps``, under the file's
-    lock; a fresh one may be a write under way: kept). Returns the exit code."""
+    """``cache clear``: the file deleted (``TuneCache.clear``; one that is not a usable
+    cache file moved aside instead, and said so), and the temp files that writes of it
+    killed mid-write left (``atomic.remove_orphan_temps``, under the file's lock; a fresh
+    one may be a write under way: kept). Returns the exit code."""
     existed = Path(cache.path).is_file()  # a mistyped --cache-dir: said, as ls says it
     n = cache.clear()  # a ValueError if the file holds another device's timings
     gone, temps = "", len(temp_files(cache.path))
@@ -145,6 +148,11 @@ def _clear(cache: TuneCache) -> int:
                 if temps > k else "")
         except OSError as e:  # the file is cleared: said, not failed
             gone = f"; its {temps} temp file(s) left ({e.strerror or e})"
+    if cache.cleared_aside is not None:  # not deleted: its bytes may be read by hand
+        aside, why = cache.cleared_aside
+        print(f"{cache.path} {why}: not a usable cache file, moved it aside to "
+              f"{aside.name}, nothing deleted{gone}")
+        return 0
     print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'}{gone})")
     return 0
 

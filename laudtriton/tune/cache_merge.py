@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from .cache import file_slug
 from .cache_file import (
     SCHEMA_VERSION,
     decode_cache_json,
@@ -29,6 +31,31 @@ class NotACacheError(ValueError):
     """A file that should be a cache file (``merge_files``' output) is not one."""
 
 
+class ForeignFileName(ValueError):
+    """``merge_files``' output is named as the cache file of another device (or schema)
+    than the inputs' (``check_out_name``)."""
+
+
+# a cache file's name: "<device slug>.v<schema>.json" (``cache.TuneCache``)
+CACHE_NAME = re.compile(r".+\.v\d+\.json")
+
+
+def check_out_name(out: Path, device: str) -> None:
+    """Raise ForeignFileName unless the name of ``out`` (and of the file a symbolic link
+    ``out`` points to) is either the cache file name of ``device`` at this schema, or no
+    cache file's name at all (``CACHE_NAME``: a shard's "merged.json"). A file of
+    ``device``'s timings under another device's name is read by that device's cache,
+    which ignores it as another device's, and never by ``device``'s."""
+    expected = f"{file_slug(device)}.v{SCHEMA_VERSION}.json"
+    for name in dict.fromkeys((out.name, Path(os.path.realpath(out)).name)):
+        if CACHE_NAME.fullmatch(name) and name != expected:
+            raise ForeignFileName(
+                f"{name!r} is the cache file name of another device (or schema): the "
+                f"cache file of device {device!r} is named {expected!r} (readers ignore "
+                "timings filed under another device's name); give that name, or one "
+                "not of a cache file's form (<name>.v<N>.json); nothing written")
+
+
 def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     """Merge cache files (several machines of one kind, or sweep shards) into
     ``out_path`` (its own entries kept; later files win per config, and an entry timed at
@@ -41,6 +68,8 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
         ValueError: if no input is given, an input is missing, a directory or not a
             regular file, a file holds entries but no device, no input holds a valid
             entry, or the inputs (and an existing ``out_path``) are for different devices.
+        ForeignFileName: (a ValueError) if ``out_path`` is named as the cache file of
+            another device or schema (``check_out_name``); nothing is written.
         NotACacheError: (a ValueError) if ``out_path`` exists and is not a cache file,
             or not a regular file (a pipe is not read, a device not replaced; nothing
             is written over it).
@@ -70,6 +99,7 @@ def merge_files(paths: Iterable[str | Path], out_path: str | Path) -> int:
     if not merged:
         raise ValueError(f"no valid cache entry in {', '.join(map(str, paths))}; "
                          f"{out} left as it was")
+    check_out_name(out, next(iter(devices)))  # before any folder is made
     # the folder of the file written (a link's target's: the fcntl lock, without
     # filelock, made none, and the merge through such a link failed)
     Path(os.path.realpath(out)).parent.mkdir(parents=True, exist_ok=True)

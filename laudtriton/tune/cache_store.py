@@ -75,6 +75,9 @@ class CacheStore:
         self._warned_foreign = False
         self._warned_unreadable = False
         self.unsaved_why: str | None = None  # why the last unsaved record stayed in memory
+        # where the last ``clear`` moved an unusable file (not deleted), and why: (aside
+        # path, "is corrupt (...)" or "has schema ..."); None when it moved none
+        self.cleared_aside: tuple[Path, str] | None = None
 
     def _all(self) -> dict[str, dict]:
         raise NotImplementedError  # TuneCache's
@@ -200,8 +203,38 @@ class CacheStore:
         folder = self._real_path().parent
         return None if folder.is_dir() else folder
 
+    def unwritable_why(self) -> str | None:
+        """Why a record would stay in memory rather than reach the file, found by reading
+        it (no lock taken, nothing written), said of the file (a clause after its path:
+        "holds timings of device ..."): a symbolic link into a missing folder, a file
+        that is not a regular file or cannot be read, or one holding another device's
+        timings (``_save`` writes over none of them); None otherwise (a corrupt file or
+        one of another schema is moved aside by the first write; a full disk or a lock
+        held too long show only when writing)."""
+        if not self.enabled:
+            return None
+        missing = self.missing_link_folder()
+        if missing is not None:
+            return f"is a link into the missing folder {str(missing)!r}"
+        try:
+            raw = read_regular(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"cannot be read ({e.strerror or e})"
+        try:
+            data = parse_cache(raw)
+        except UnusableCacheFile:
+            return None
+        found = data.get("device")
+        if data["entries"] and found != self.device:
+            return f"holds timings of device {found!r}, not {self.device!r}"
+        return None
+
     def clear(self) -> int:
-        """Delete every entry (file and memory); returns how many entries there were.
+        """Delete every entry (file and memory); returns how many entries there were. A
+        file that is not a cache of this schema (corrupt, or another schema) is moved
+        aside, not deleted (``cleared_aside`` says where and why; 0 entries counted).
 
         Raises:
             ValueError: if the file holds another device's timings (two device names
@@ -210,6 +243,7 @@ class CacheStore:
                 process holding the lock): nothing is deleted then.
         """
         n = len(self._all())
+        self.cleared_aside = None
         # under the lock: a record() between its read and its write would write the
         # entries back (no file: nothing to clear, and no lock file to make, in a folder
         # that may be read-only or missing)
@@ -227,6 +261,7 @@ class CacheStore:
                         data = parse_cache(raw) if raw is not None else {"entries": {}}
                     except UnusableCacheFile as e:  # not ours to delete: kept under another name
                         aside = move_aside(self._real_path())
+                        self.cleared_aside = (aside, str(e))
                         log.warning("autotune cache %s %s; moved it to %s, not deleted",
                                     self.path, e, aside.name)
                     else:

@@ -143,6 +143,13 @@ def run_sweep(args: argparse.Namespace) -> int:
                 raise ValueError(f"the cache file {str(cache.path)!r} is a link into the "
                                  f"missing folder {str(missing)!r}: make the folder, or "
                                  "remove the link")
+            why = cache.unwritable_why()  # the timings would stay in memory as well
+            if why is not None:
+                where = ("--cache-dir" if args.cache_dir is not None
+                         else "--cache-dir (or LAUDTRITON_CACHE_DIR)")
+                raise ValueError(f"the cache file {str(cache.path)!r} {why}: the timings "
+                                 f"could not be saved there, and it is not written over; "
+                                 f"give another {where}, or move that file away")
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)

@@ -94,7 +94,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     calibrate its maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
-    of its two forms), the masked-dense reference and the compiled model. Returns 0, or
+    of its two forms), the masked-dense reference and the compiled model. Its input is
+    drawn from torch's generator seeded with 0, on a fork (``torch.random.fork_rng``):
+    the caller's generator is left as it was. Returns 0, or
     130 on Ctrl-C (or SIGTERM, which ``main`` turns into it), after one line; with tune
     "quick" or "full" it says the blocks timed so far are in the autotune cache.
 
@@ -107,8 +109,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
     check_cache_env(args.tune)
-    try:
-        return _demo(args)
+    import torch
+
+    try:  # its seeded draws on a fork: a Python caller's generator is left as it was
+        with torch.random.fork_rng(devices=[]):
+            return _demo(args)
     except KeyboardInterrupt:  # or SIGTERM (``main``): a cache write is not cut short
         from .tune.keys import cache_enabled_from_env
 

@@ -23,6 +23,7 @@ from .maskers import (
     check_masker_layers,
     check_positive_ints,
     check_reduction,
+    check_weight_size,
     expand_channel_mask,
     expand_mask1,
     is_positive_int,
@@ -186,9 +187,10 @@ class LaudBottleneck(nn.Module):
 
     Raises:
         ValueError: on an unknown mode or masker, a bad granularity, a channel group
-            size that does not divide the width, a downsample that is not a module, or
-            no downsample where the identity (x itself) cannot match the output (stride
-            2, or inplanes other than 4·planes).
+            size that does not divide the width, inplanes or planes so large that a
+            weight would pass torch's size limit (``check_weight_size``), a downsample
+            that is not a module, or no downsample where the identity (x itself) cannot
+            match the output (stride 2, or inplanes other than 4·planes).
     """
 
     expansion = 4
@@ -216,6 +218,8 @@ class LaudBottleneck(nn.Module):
         check_masker_layers(channel_masker_layers)
         inplanes, planes, stride, granularity, channel_masker_reduction = (
             int(v) for v in (inplanes, planes, stride, granularity, channel_masker_reduction))
+        check_weight_size("planes", planes, 9 * planes * planes, "conv2's weight")
+        check_weight_size("inplanes", inplanes, inplanes * planes, "conv1's weight")
         width = planes
         if not is_positive_int(channel_granularity) or width % channel_granularity:
             unread = ("" if dyn_mode in ("channel", "both") else
@@ -315,7 +319,8 @@ class LaudBottleneck(nn.Module):
         """The block on x [B, Cin, H, W] -> [B, 4·planes, Ho, Wo], Ho = ⌊(H−1)/s⌋+1, as
         the official code computes it: dense convolutions, the channel mask applied after
         conv1 and conv2 (before BN), the spatial mask after bn3; records ``last_masks``
-        and ``last_stats``.
+        and ``last_stats`` (None after an empty batch, whose rates, means over no
+        sample, would be NaN; its masks are empty).
 
         Raises:
             ValueError: x not a 4D tensor, without Cin channels or of another dtype than
@@ -347,7 +352,10 @@ class LaudBottleneck(nn.Module):
         out = self.relu(out + identity)
 
         self.last_masks = masks
-        self.last_stats = self._stats(x, masks, masker_flops)
+        # an empty batch: no stats (its rates, means over no sample, were NaN, which a
+        # running average over batches then carried), as LaudResNet's last_stats
+        empty = x.shape[0] == 0
+        self.last_stats = None if empty else self._stats(x, masks, masker_flops)
         return out
 
     def __getstate__(self):

@@ -173,14 +173,29 @@ def _check_rate_read(rate: float, channel_rate: float | None, blocks: list,
                          f"which channel_rate {channel_rate!r} sets; give one rate")
 
 
-def _warn_missed(missed: list[str], rate: float, channel_rate: float | None) -> None:
+def _warn_missed(missed: list[str], rate: float, channel_rate: float | None,
+                 dtype: torch.dtype) -> None:
+    """Warn (UserWarning) naming the maskers in ``missed`` (``_calibrate``'s list) and the
+    cause of their ties: in float16 and bfloat16 the logits' rounding (on varied inputs
+    too: the warning said "e.g. a constant input ... calibrate on varied inputs" to a
+    bfloat16 model calibrated on random ones), in other dtypes tied inputs."""
     if missed:
         target = f"{rate}" if channel_rate is None else f"{rate} (channel {channel_rate})"
-        warnings.warn(
-            f"calibration to {target}: {len(missed)} masker(s) could not reach "
-            f"round(rate·N) decisions on x because their logits tie (e.g. a constant "
-            f"input): {'; '.join(missed[:4])}{'; ...' if len(missed) > 4 else ''}; "
-            "calibrate on varied inputs", stacklevel=4)  # past torch.no_grad's wrapper
+        listed = f"{'; '.join(missed[:4])}{'; ...' if len(missed) > 4 else ''}"
+        if dtype in (torch.float16, torch.bfloat16):
+            bits = 1 - int(math.log2(torch.finfo(dtype).eps))  # significant bits: 8, 11
+            name = str(dtype).removeprefix("torch.")
+            why = (f"their logits tie on x in {name}: with {bits} significant bits, "
+                   f"nearby logits round to the same {name} value, and a bias step cannot "
+                   f"separate them, even on varied inputs: {listed}; the rates are as close "
+                   f"as {name} allows (a float32 model reaches the counts exactly on "
+                   "varied inputs; a constant x ties in any dtype)")
+        else:
+            why = (f"their logits tie (e.g. a constant input): {listed}; calibrate on "
+                   "varied inputs")
+        warnings.warn(f"calibration to {target}: {len(missed)} masker(s) could not reach "
+                      f"round(rate·N) decisions on x because {why}",
+                      stacklevel=4)  # past torch.no_grad's wrapper
 
 
 @torch.no_grad()
@@ -210,7 +225,8 @@ def calibrate_block(block: LaudBottleneck, x: torch.Tensor, rate: float,
         raise ValueError(f"channel_rate: the block has no channel masker (its mode "
                          f"{block.dyn_mode}); give the rate as rate")
     _check_rate_read(rate, channel_rate, [block], f"the block (mode {block.dyn_mode})")
-    _warn_missed(_calibrate_eval(block, x, rate, channel_rate, "block"), rate, channel_rate)
+    _warn_missed(_calibrate_eval(block, x, rate, channel_rate, "block"), rate, channel_rate,
+                 x.dtype)
 
 
 def _calibrate_eval(block: LaudBottleneck, x: torch.Tensor, rate: float,
@@ -301,7 +317,9 @@ def calibrate_rates(model: LaudResNet, x: torch.Tensor, rate: float,
             flags).
 
     Warns (UserWarning) naming the maskers that could not reach their count because
-    their logits tie on x (a constant input).
+    their logits tie on x: a constant input, or, in float16 and bfloat16, the logits'
+    rounding, which ties nearby decisions on varied inputs too (a count off by one or
+    two: the ±0.02 above holds in float32).
     """
     if not isinstance(model, LaudResNet):
         hint = "one LaudBottleneck: calibrate_block"
@@ -365,5 +383,5 @@ def _calibrate_model(model: LaudResNet, x: torch.Tensor, rate: float,
                              f"{e}") from None
         h = block(h)
         achieved.append(realised_rate(block, block.last_stats))
-    _warn_missed(missed, rate, channel_rate)
+    _warn_missed(missed, rate, channel_rate, x.dtype)
     return achieved

@@ -95,6 +95,22 @@ def check_positive_ints(**values: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+# the most values one weight tensor of a LAUD layer may hold: 2**60, a float64 tensor of
+# 2**63 bytes, past which torch refuses it (a size over int64: its TypeError "Overflow
+# when unpacking long long"; bytes over int64: "Storage size calculation overflowed")
+MAX_WEIGHT_VALUES = 2**60
+
+
+def check_weight_size(name: str, value: object, values: int, what: str) -> None:
+    """Raise a ValueError naming ``name`` (the argument, of ``value``) if a weight it
+    shapes, ``what``, holds more than ``MAX_WEIGHT_VALUES`` values (``values``): torch
+    raised its TypeError or RuntimeError from deep inside the layer's constructor."""
+    if values > MAX_WEIGHT_VALUES:
+        raise ValueError(f"{name} {value!r} is too large: {what} would hold about "
+                         f"10**{math.floor(math.log10(values))} values, more than torch "
+                         "can hold in one tensor (2**60)")
+
+
 def check_masker_layers(layers: object, name: str = "channel_masker_layers") -> None:
     """Raise a ValueError naming ``name`` unless ``layers`` (the channel MLP masker's
     depth) is the int 1 or 2 (not True, not 1.0)."""
@@ -182,6 +198,7 @@ class MaskerSpatial(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         check_positive_ints(in_channels=in_channels)
+        check_weight_size("in_channels", in_channels, 2 * in_channels, "the conv's weight")
         self.conv = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
         # Official initialisation: the "keep" logit starts at +5, so training starts dense.
         with torch.no_grad():
@@ -230,6 +247,8 @@ class MaskerChannelMLP(nn.Module):
         check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         self.groups = groups
         hidden = max(groups // reduction, 16)
+        check_weight_size("groups", groups, 2 * groups * hidden, "the MLP's last weight")
+        check_weight_size("in_channels", in_channels, in_channels * hidden, "the MLP's weight")
         if layers == 2:
             self.conv = nn.Sequential(
                 nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, 2 * groups)
@@ -281,6 +300,8 @@ class MaskerChannelConvLinear(nn.Module):
         check_positive_ints(in_channels=in_channels, groups=groups, reduction=reduction)
         check_reduction(in_channels, reduction, "reduction")  # a block checks its own first
         red = in_channels // reduction
+        check_weight_size("in_channels", in_channels, in_channels * red, "the 1x1 conv's weight")
+        check_weight_size("groups", groups, 2 * groups * red, "the linear's weight")
         self.groups = groups
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, red, kernel_size=1, bias=False), nn.BatchNorm2d(red), nn.ReLU()

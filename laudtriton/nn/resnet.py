@@ -19,7 +19,7 @@ from .block import (
     weight_of,
     without_records,
 )
-from .maskers import MapTooSmall, is_positive_int, positive_real
+from .maskers import MapTooSmall, check_weight_size, is_positive_int, positive_real
 from .stages import masker_layers, masker_name, parse_modes, parse_positive_int, per_stage
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -71,7 +71,9 @@ class LaudResNet(nn.Module):
         input_size: expected input size, used only to check S against the feature maps
             at construction (None: no check until the first forward).
         in_channels: image channels.
-        width_mult: scales every stage width (1.0 = ResNet-50/101).
+        width_mult: scales every stage width (1.0 = ResNet-50/101): a finite number > 0
+            leaving 64·width_mult >= 1 channel, and small enough that no weight passes
+            torch's size limit (2**60 values; 1e300 was torch's TypeError).
 
     Raises:
         ValueError: naming the bad argument, its value and what is accepted (a block's
@@ -124,6 +126,7 @@ class LaudResNet(nn.Module):
                                  + f", got {value!r}")
         num_classes, in_channels = int(num_classes), int(in_channels)  # numpy ints: Python's
         input_size = None if input_size is None else int(input_size)
+        _check_sizes(width_mult, in_channels, num_classes)
 
         self.config = dict(
             depths=depths, mode=modes, granularity=gran, channel_granularity=cgran,
@@ -291,6 +294,24 @@ class LaudResNet(nn.Module):
         flops = stem + head + sum(s.flops for s in stats)
         dense = stem + dense_head + sum(s.dense_flops - s.masker_flops for s in stats)
         return ModelStats(stats, flops, float(dense))
+
+
+def _check_sizes(width_mult: float, in_channels: int, num_classes: int) -> None:
+    """Raise a ValueError naming width_mult, num_classes or in_channels where a weight of
+    the network they shape would hold more values than torch can (``check_weight_size``):
+    width_mult=1e300 raised torch's TypeError from nn.Conv2d, 1e12 its RuntimeError.
+    The widest weights: a stage's 3x3 conv2 (9·planes²) and its first block's conv1 or
+    downsample (inplanes · 4·planes), the stem's conv and the classifier."""
+    inplanes = int(64 * width_mult)
+    for i, base in enumerate(STAGE_PLANES):
+        planes = int(base * width_mult)
+        check_weight_size("width_mult", width_mult, max(9 * planes, inplanes * 4) * planes,
+                          f"stage {i + 1}'s widest weight ({planes} planes)")
+        inplanes = 4 * planes
+    check_weight_size("num_classes", num_classes, inplanes * num_classes,
+                      f"the classifier fc ({inplanes} features)")
+    check_weight_size("in_channels", in_channels, int(64 * width_mult) * in_channels * 49,
+                      "the stem's conv1")
 
 
 def _pair(v) -> tuple[int, int]:

@@ -180,6 +180,9 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
     interleaved whole-model rows and the new-input row, each counted as the model's
     number of blocks, as it takes about as long as all of them): minutes at the default
     reps; False also silences compile's lines (``compile(progress=False)``).
+    Threads: there is no threads argument (``bench --threads`` has one): it runs at the
+    count torch has when called, which each row records; call ``torch.set_num_threads``
+    first to choose it.
 
     Raises:
         ValueError: no rates, or one that is not a number in [0, 1]; repeat, reps or

@@ -31,8 +31,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "start:stop:step (default 0.25,0.5,0.75)")
     s.add_argument("--batch", type=ascii_int, default=1, help="batch size (default 1)")
     s.add_argument("--threads", type=ascii_int, default=0,
-                   help="torch threads, from 0 (torch's default) to the CPUs this process "
-                        "may run on")
+                   help="torch threads, from 0 to the CPUs this process may run on "
+                        "(default 0: the count this process has, torch's default in a "
+                        "fresh `laudtriton` process, set by OMP_NUM_THREADS if given; "
+                        "with --processes, each child's own default)")
     s.add_argument("--reps", type=ascii_int, default=20,
                    help="timed runs per candidate (default 20, as in BENCHMARKS.md; "
                    "fewer is noisier; at most 10000); also the untimed new inputs that "

@@ -208,8 +208,10 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
         return hw, None, note + f" (the cache is disabled by {disabled_by()}: no timings read)"
     entries = cache.entries()
     factors = fit_factors(entries, hw) if entries else {}
-    if not factors:
-        return hw, None, note + " (no cached timings to fit on)"
+    if not factors:  # (with some timings it said "no cached timings" until session 66)
+        why = (f"{len(entries)} cache entries, too few usable timings to fit on" if entries
+               else "no cached timings to fit on")
+        return hw, None, note + f" ({why})"
     return hw, factors, (f"factors fitted on {factors['*'].n} cached timings (the fastest "
                          "config of each block, rate and variant)")
 

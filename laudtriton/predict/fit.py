@@ -31,8 +31,12 @@ class Sample:
             0: one such point among good ones put every fitted factor at the edge of the
             search box, eff_c 1000x the peak, and dropped the per-variant factors;
             :func:`samples` skips them in cache entries), rate is not a number in
-            [0, 1] (a cache refuses to record one; 1.5 and NaN were fitted on), or spec
-            is not a BlockSpec.
+            [0, 1] (a cache refuses to record one; 1.5 and NaN were fitted on), spec
+            is not a BlockSpec, or variant is not the name (a str) of a registered
+            variant that runs spec (its mode and ``supports``): an unknown name, None,
+            a Variant object (fitted under itself as a key) or ``channel_gemm`` on a
+            spatial block were fitted on until session 66 (:func:`samples` skips such
+            cache entries, with a warning, before making a Sample).
     """
 
     spec: BlockSpec
@@ -41,11 +45,33 @@ class Sample:
     seconds: float
 
     def __post_init__(self) -> None:
-        """Check spec, rate and seconds (see the class docstring); rate and seconds kept
-        as floats."""
+        """Check spec, rate, variant and seconds (see the class docstring); rate and
+        seconds kept as floats."""
         check_spec(self.spec, "Sample")
+        _check_variant(self.variant, self.spec)
         object.__setattr__(self, "rate", check_rate(self.rate, "Sample.rate"))
         object.__setattr__(self, "seconds", positive_real("Sample.seconds", self.seconds))
+
+
+def _check_variant(variant: object, spec: BlockSpec) -> None:
+    """A ValueError naming ``Sample.variant`` unless ``variant`` is the name of a
+    registered variant that runs ``spec`` (the checks :func:`samples` skips cache entries
+    by)."""
+    if not isinstance(variant, str):  # (a Variant's repr is a page long: its type only)
+        raise ValueError(f"Sample.variant must be a variant's name (a str), got "
+                         f"{type(variant).__name__}"
+                         + (f" {variant!r}" if variant is None or
+                            isinstance(variant, (int, float, bytes)) else ""))
+    try:
+        v = resolve_variant(variant)
+    except ValueError as e:
+        raise ValueError(f"Sample.variant {variant!r}: {e}") from None
+    if spec.mode not in v.modes:
+        raise ValueError(f"Sample.variant {variant!r} does not run {spec.short()}: it runs "
+                         f"mode {', '.join(v.modes)}, not {spec.mode!r}")
+    if not v.supports(spec):
+        raise ValueError(f"Sample.variant {variant!r} does not run {spec.short()} (its "
+                         "supports() refuses that block)")
 
 
 _ENTRY_FIELDS = ("spec", "rate_bucket", "variant", "seconds")

@@ -235,12 +235,19 @@ def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: Hard
 
     Raises:
         ValueError: spec not a BlockSpec, rate not a number in [0, 1]
-            (``network.check_rate``), a variant with no model, or hw not a HardwareSpec.
+            (``network.check_rate``), a variant with no model or one of another mode
+            than ``spec``'s (``channel_gemm`` or ``compact`` on a spatial block was
+            priced until session 66; a variant of the mode whose ``supports`` refuses
+            the block, ``patch`` at S = 1, keeps its Cost's estimate), or hw not a
+            HardwareSpec.
     """
     check_spec(spec, "predict_block")  # (a key string raised AttributeError, 'mode')
     rate = check_rate(rate)
     check_hardware(hw)
     v = resolve_variant(variant)
+    if spec.mode not in v.modes:
+        raise ValueError(f"variant {v.name!r} does not run {spec.short()}: it runs mode "
+                         f"{', '.join(v.modes)}, not {spec.mode!r} (no time to predict)")
     curve = _curve(spec, v.name, hw, factors_for(factor_key(v.name, spec), hw, factors))
     return curve[min(MONOTONE_STEPS, math.ceil(rate * MONOTONE_STEPS - 1e-6))]
 

@@ -187,17 +187,24 @@ def rate_for_flops_ratio(spec: BlockSpec, target: float) -> float:
     0 when even rate 0 exceeds it, i.e. the dense downsample alone is above the target).
 
     Raises:
-        ValueError: if ``target`` is outside (0, 1], or ``spec`` is not a BlockSpec
-            (:func:`flops_ratio`).
+        ValueError: if ``target`` is not a number in (0, 1], naming ``target`` (until
+            session 66 the CLI's ``--target-rate``, which a Python caller never gave;
+            ``laudtriton design`` checks its option first, ``codesign.check_target_rate``,
+            and names it), or ``spec`` is not a BlockSpec (:func:`flops_ratio`).
     """
-    if not 0.0 < finite_real("--target-rate", target) <= 1.0:
-        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
-    if flops_ratio(spec, 0.0) >= target:
+    try:
+        t = finite_real("target", target)
+    except ValueError:  # NaN, inf, a bool, no number: one message for every bad target
+        t = math.nan
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"target {target!r} must be in (0, 1] (a FLOPs ratio; "
+                         "`laudtriton design --target-rate` takes the same)")
+    if flops_ratio(spec, 0.0) >= t:
         return 0.0
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        if flops_ratio(spec, mid) <= target:
+        if flops_ratio(spec, mid) <= t:
             lo = mid
         else:
             hi = mid

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import sys
 import time
@@ -157,9 +158,23 @@ def save(r: Run, out: Path) -> None:
 
 def write_json(path: Path, data: object) -> None:
     """``data`` as JSON at ``path``, in its own key order (what JSON cannot hold as its
-    str), atomically (``tune.atomic.write_json_atomic``): a run killed while it
-    writes leaves the last whole file."""
-    write_json_atomic(path, data, sort_keys=False, default=str)
+    str; a NaN or infinite float as "nan", "inf" or "-inf": JSON has no such numbers,
+    and a bare NaN token failed strict readers, jq's and JavaScript's among them),
+    atomically (``tune.atomic.write_json_atomic``): a run killed while it writes leaves
+    the last whole file."""
+    write_json_atomic(path, _finite(data), sort_keys=False, default=str)
+
+
+def _finite(data: object) -> object:
+    """``data`` with every float that is not finite, in its dicts, lists and tuples,
+    as its str ("nan", "inf", "-inf"); the rest as it was."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 class TableRun(Run):

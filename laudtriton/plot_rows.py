@@ -20,7 +20,15 @@ from .nn.resnet import DEPTHS
 from .ops.spec import BlockSpec
 from .ops.synthetic import synthetic_masks
 from .tune.sweep_blocks import ideal_flops_ratio
-from .tune.sweep_csv import FLAGS, NAMES, NEEDED, cell_problem, positive_int, whole_block
+from .tune.sweep_csv import (
+    FLAGS,
+    NAMES,
+    NEEDED,
+    cell_problem,
+    positive_int,
+    spec_key_problem,
+    whole_block,
+)
 
 if TYPE_CHECKING:
     from .tune.cache import TuneCache
@@ -131,10 +139,13 @@ def _check_row(row: Mapping) -> None:
     ``read_csv`` refuses a CSV's, by the same rules (``sweep_csv.cell_problem``): a column
     of NEEDED missing; an empty model, block or variant; a rate or asked_rate not in
     [0, 1]; seconds not > 0 (inf or nan: a failed config, left out; read_csv refuses nan);
-    a flops_ratio not finite and >= 0; flags and input size as ``_flag`` and
+    a flops_ratio not finite and >= 0; a spec_key (where not empty) that is not the JSON
+    text of a BlockSpec a sweep can time; flags and input size as ``_flag`` and
     ``_input_size`` read them (a blank cell: empty; read_csv refuses it).
     (Rows given to ``plot_latency_vs_rate`` were drawn unchecked: a rate 5 or seconds
-    -1 made a silently wrong figure, a missing column a KeyError.)"""
+    -1 made a silently wrong figure, a missing column a KeyError; a spec_key that was no
+    BlockSpec's JSON a figure named without mode, batch or dtype, and one given as a dict
+    a TypeError.)"""
     missing = [k for k in NEEDED if k not in row]
     if missing:
         raise ValueError(f"no column {', '.join(map(repr, missing))} (a row needs "
@@ -146,6 +157,11 @@ def _check_row(row: Mapping) -> None:
         if k in ("seconds", "rate") or row.get(k) not in (None, ""):
             if why := cell_problem(k, _number(row, k), repr(row[k]), nan_seconds=True):
                 raise ValueError(why)
+    key = row.get("spec_key")
+    if key not in (None, ""):  # (read_csv's rule: JSON text of a BlockSpec a sweep can time)
+        why = spec_key_problem(key) if isinstance(key, str) else "is not a block spec"
+        if why:
+            raise ValueError(f"column 'spec_key': {str(key)[:80]!r} {why} (JSON text)")
     _dispatched(row)  # (each raises for a cell it cannot read)
     clustered_row(row)
     _input_size(row)

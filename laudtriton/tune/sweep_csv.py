@@ -153,13 +153,13 @@ def read_csv(path: str | Path) -> list[dict]:
             raise ValueError(f"{where} 'dispatched': {r['dispatched']!r} is not 0 or 1")
         r["dispatched"] = FLAGS[flag]
         key = r.get("spec_key")
-        why = None if key in (None, "") else _spec_key_problem(key)
+        why = None if key in (None, "") else spec_key_problem(key)
         if why:
             raise ValueError(f"{where} 'spec_key': {key[:80]!r} {why}")
     return rows
 
 
-def _spec_key_problem(key: str) -> str | None:
+def spec_key_problem(key: str) -> str | None:
     """What is wrong with ``key``, or None when it is the JSON of a valid BlockSpec
     (``BlockSpec.key``) of a size a sweep can time: map sides up to MAX_INPUT_SIZE and a
     batch up to MAX_BATCH, the bounds of ``--input-size`` and ``--batch`` (a map of

@@ -101,3 +101,22 @@ def test_sweep_into_a_foreign_cache_file_is_refused_before_timing(tmp_path, caps
     assert _run(argv) == 2
     err = capsys.readouterr().err
     assert f"the cache file {str(path)!r} cannot be read (not a regular file)" in err
+
+
+@pytest.mark.parametrize("spoil", ["foreign", "corrupt"])
+def test_ls_says_on_its_line_that_the_file_was_ignored(tmp_path, capsys, spoil):
+    """``cache ls`` of a file under this device's name that holds another device's timings,
+    or is corrupt, printed "0 entries, 0 timings" as of an empty file: only a log warning
+    above said the file had been ignored."""
+    c = TuneCache(tmp_path)
+    c.record(SPEC, 0.5, {"dense": {"{}": 1e-3}})
+    if spoil == "foreign":
+        data = json.loads(c.path.read_text())
+        c.path.write_text(json.dumps({**data, "device": "Other CPU 64t"}))
+    else:
+        c.path.write_text("{corrupt")
+    assert _run(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "0 entries, 0 timings" in line
+    assert "(not read: " in line and ("Other CPU 64t" in line if spoil == "foreign"
+                                      else "corrupt" in line)

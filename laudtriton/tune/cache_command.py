@@ -157,20 +157,31 @@ def _clear(cache: TuneCache) -> int:
     return 0
 
 
-def _file_note(path: Path) -> str:
-    """What ``cache ls`` adds after the path: nothing for a file it can read, " (no file
-    yet)" (and whether its folder is missing), or, for something there that is not a file
-    (a directory) or cannot be read, that it was not read (a warning above says why)."""
+def _file_note(cache: TuneCache) -> str:
+    """What ``cache ls`` adds after the path: nothing for a cache file of this device it
+    can read, " (no file yet)" (and whether its folder is missing), or, for something
+    there that is not a file (a directory), cannot be read, holds another device's
+    timings or is corrupt, that it was not read and why (a warning above says it too;
+    the line itself said "0 entries" as of an empty file)."""
+    path = Path(cache.path)
     if not path.exists():
         return " (no file yet)" if path.parent.is_dir() else (
             " (no file yet: the folder does not exist)")
     if not path.is_file():  # (a pipe is not opened: that would wait for a writer)
         return " (not read: not a file)"
     try:
-        with open(path, "rb"):
-            return ""
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         return f" (not read: {e.strerror or e})"
+    try:
+        data = cache_file.parse_cache(raw)
+    except cache_file.UnusableCacheFile as e:
+        return f" (not read: the file {e})"
+    found = data.get("device")
+    if data["entries"] and found != cache.device:  # (as the reader ignores it)
+        return f" (not read: the file holds timings of device {found!r})"
+    return ""
 
 
 def _other_files(cache: TuneCache) -> str:
@@ -222,7 +233,7 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
     hidden = 0 if include_stale else sum(
         1 for e in cache.entries(include_stale=True) if e.meta["stale"])
     print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
-          + _file_note(Path(cache.path))
+          + _file_note(cache)
           + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
     more = _other_files(cache)
     if not groups:

@@ -120,8 +120,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cpus = usable_cpus()
     if not 0 <= args.threads <= cpus:  # more oversubscribes the cores: dense and compiled
         # slow down unequally (4 threads on 2 cores: dense 60-72 -> 120 ms, ratio 1.2 -> 1.09)
-        raise ValueError(f"--threads must be in [0, {cpus}] (0: torch's default; at most "
-                         f"the {cpus} CPUs this process may run on), got {args.threads}")
+        raise ValueError(f"--threads must be in [0, {cpus}] (0: keep this process's count; "
+                         f"at most the {cpus} CPUs this process may run on), got {args.threads}")
     if args.allocator not in runtime.SETTINGS:
         raise ValueError(f"--allocator must be 'retain' or 'default', got {args.allocator!r}")
     if args.csv:  # '--csv=~/x' reaches us without a shell's expansion

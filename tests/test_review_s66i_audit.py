@@ -107,6 +107,17 @@ def test_bench_threads_help_says_what_0_does():
     assert "this process" in text and "--processes" in text
 
 
+def test_bench_threads_range_error_says_what_0_does(capsys):
+    """The range error of ``bench --threads`` said "(0: torch's default; ...)" after the
+    help had been corrected to say 0 keeps this process's count."""
+    from laudtriton.cli import main
+
+    assert main(["bench", "--threads", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be in [0, " in err and "0: keep this process's count" in err
+    assert "torch's default" not in err
+
+
 def test_cache_threads_help_says_what_0_does():
     """``cache ls --threads`` already said the truth (0: this process's count); kept."""
     assert "this process's count" in " ".join(_option_help(["cache", "ls"],

@@ -160,8 +160,11 @@ def run_plot(args: argparse.Namespace) -> int:
                 raise ValueError("the autotune cache holds no current timings for device "
                                  f"{args.device!r}; run 'laudtriton sweep' first")
         else:
-            if not Path(args.source).is_file():
-                raise ValueError(f"--from {args.source!r}: no such CSV file (or use 'cache')")
+            if not Path(args.source).is_file():  # (a folder was "no such CSV file")
+                what = ("a directory, not a CSV file" if Path(args.source).is_dir() else
+                        "not a regular file" if Path(args.source).exists() else
+                        "no such CSV file")
+                raise ValueError(f"--from {args.source!r}: {what} (or use 'cache')")
             rows = read_csv(args.source)
             if not rows:
                 raise ValueError(f"--from {args.source!r}: the CSV holds no timing rows")

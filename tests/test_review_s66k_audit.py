@@ -44,3 +44,13 @@ def test_rows_given_refuse_a_spec_key_larger_than_a_sweep_times() -> None:
     d["in_hw"] = [100000, 100000]
     with pytest.raises(ValueError, match=r"column 'spec_key'.*larger than a sweep times"):
         check_measured([_row(spec_key=json.dumps(d))], "the rows given")
+
+
+def test_plot_from_a_directory_says_it_is_one(tmp_path, capsys):
+    """``plot --from .`` said "no such CSV file" of a directory that exists."""
+    from laudtriton.cli import main
+
+    assert main(["plot", "--from", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "a directory, not a CSV file" in err and "no such" not in err
+    assert not (tmp_path / "o").exists()

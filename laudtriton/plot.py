@@ -127,7 +127,8 @@ def plot_latency_vs_rate(csv_or_rows: str | Path | Rows, out_dir: str | Path,
             ``dispatched`` 0), or no finite timing among those; naming the row and
             the column, if a row given lacks a column the figures need or holds a cell
             they would misread (a rate outside [0, 1], seconds <= 0, a ``dispatched`` or
-            ``clustered`` not 0 or 1, a ``spec_key`` that is no block spec's JSON:
+            ``clustered`` not 0 or 1, a ``spec_key`` that is no block spec's JSON, or one
+            of map sides past a sweep's:
             ``plot_rows.check_measured``); or matplotlib
             cannot be imported.
     """

@@ -140,8 +140,10 @@ def _check_row(row: Mapping) -> None:
     of NEEDED missing; an empty model, block or variant; a rate or asked_rate not in
     [0, 1]; seconds not > 0 (inf or nan: a failed config, left out; read_csv refuses nan);
     a flops_ratio not finite and >= 0; a spec_key (where not empty) that is not the JSON
-    text of a BlockSpec a sweep can time; flags and input size as ``_flag`` and
-    ``_input_size`` read them (a blank cell: empty; read_csv refuses it).
+    text of a BlockSpec with map sides a sweep can time (of any batch: ``plot --from
+    cache`` checks the cache's rows, which hold compile's timings too, by this rule; a
+    batch over a sweep's refused them until review s66l); flags and input size as
+    ``_flag`` and ``_input_size`` read them (a blank cell: empty; read_csv refuses it).
     (Rows given to ``plot_latency_vs_rate`` were drawn unchecked: a rate 5 or seconds
     -1 made a silently wrong figure, a missing column a KeyError; a spec_key that was no
     BlockSpec's JSON a figure named without mode, batch or dtype, and one given as a dict
@@ -158,8 +160,10 @@ def _check_row(row: Mapping) -> None:
             if why := cell_problem(k, _number(row, k), repr(row[k]), nan_seconds=True):
                 raise ValueError(why)
     key = row.get("spec_key")
-    if key not in (None, ""):  # (read_csv's rule: JSON text of a BlockSpec a sweep can time)
-        why = spec_key_problem(key) if isinstance(key, str) else "is not a block spec"
+    if key not in (None, ""):  # (read_csv's rule, but for the batch: the cache's rows hold
+        # what compile timed, at any batch; a batch over --batch's bound refused the cache)
+        why = (spec_key_problem(key, max_batch=None) if isinstance(key, str)
+               else "is not a block spec")
         if why:
             raise ValueError(f"column 'spec_key': {str(key)[:80]!r} {why} (JSON text)")
     _dispatched(row)  # (each raises for a cell it cannot read)

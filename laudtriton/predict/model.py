@@ -164,17 +164,28 @@ class Terms:
     memory_s: float
 
 
+def check_mode(v: Variant, spec: BlockSpec) -> None:
+    """A ValueError unless ``v`` runs ``spec``'s mode: a variant of another mode has no
+    time to predict (``channel_gemm`` or ``compact`` on a spatial block got one until
+    session 66; a variant of the mode whose ``supports`` refuses the block keeps its
+    Cost's estimate)."""
+    if spec.mode not in v.modes:
+        raise ValueError(f"variant {v.name!r} does not run {spec.short()}: it runs mode "
+                         f"{', '.join(v.modes)}, not {spec.mode!r} (no time to predict)")
+
+
 def terms(spec: BlockSpec, rate: float, variant: str | Variant, hw: HardwareSpec,
           tiles: tuple[int, int] | None = None) -> Terms:
     """Terms of ``variant`` at (spec, rate) on ``hw`` from its Cost (tiles: see
     :func:`quantisation`).
 
     Raises:
-        ValueError: if spec is not a BlockSpec, the variant is not registered or its cost
-            fails.
+        ValueError: if spec is not a BlockSpec, the variant is not registered, runs
+            another mode than spec's (:func:`check_mode`), or its cost fails.
     """
     check_spec(spec, "terms")  # (a key string raised AttributeError, 'short')
     v = resolve_variant(variant)
+    check_mode(v, spec)  # (``prune.config_time`` priced one until review s66l)
     try:
         c: Cost = v.cost(spec, float(rate))
     except MemoryError:
@@ -245,9 +256,7 @@ def predict_block(spec: BlockSpec, rate: float, variant: str | Variant, hw: Hard
     rate = check_rate(rate)
     check_hardware(hw)
     v = resolve_variant(variant)
-    if spec.mode not in v.modes:
-        raise ValueError(f"variant {v.name!r} does not run {spec.short()}: it runs mode "
-                         f"{', '.join(v.modes)}, not {spec.mode!r} (no time to predict)")
+    check_mode(v, spec)
     curve = _curve(spec, v.name, hw, factors_for(factor_key(v.name, spec), hw, factors))
     return curve[min(MONOTONE_STEPS, math.ceil(rate * MONOTONE_STEPS - 1e-6))]
 

@@ -71,9 +71,10 @@ def config_time(spec: BlockSpec, rate: float, variant: str | Variant, config: di
     (``model.factor_key``: "dense/channel" for ``dense`` on a block with channel masks).
 
     Raises:
-        ValueError: rate not a number in [0, 1], a variant with no latency model, hw
-            not a HardwareSpec, or a config that is not a dict or whose tile is not
-            positive ints (``config_tiles``).
+        ValueError: rate not a number in [0, 1], a variant with no latency model or
+            of another mode than spec's (``model.check_mode``), hw not a HardwareSpec,
+            or a config that is not a dict or whose tile is not positive ints
+            (``config_tiles``).
     """
     check_hardware(hw)
     name = resolve_variant(variant).name

@@ -159,20 +159,23 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def spec_key_problem(key: str) -> str | None:
+def spec_key_problem(key: str, max_batch: int | None = MAX_BATCH) -> str | None:
     """What is wrong with ``key``, or None when it is the JSON of a valid BlockSpec
     (``BlockSpec.key``) of a size a sweep can time: map sides up to MAX_INPUT_SIZE and a
-    batch up to MAX_BATCH, the bounds of ``--input-size`` and ``--batch`` (a map of
-    100000 x 100000 passed, and ``plot``'s predicted curve tried to allocate 80 GB)."""
+    batch up to ``max_batch`` (default MAX_BATCH), the bounds of ``--input-size`` and
+    ``--batch`` (a map of 100000 x 100000 passed, and ``plot``'s predicted curve tried to
+    allocate 80 GB). max_batch None: no batch bound, for rows that need not come from a
+    sweep (the plots' rows: the cache's hold what compile timed, at any batch)."""
     try:
         d = json.loads(key)
     except ValueError:  # not JSON
         return "is not a block spec"
     if not is_valid_spec(d):
         return "is not a block spec"
-    if max(d["in_hw"]) > MAX_INPUT_SIZE or d.get("batch", 1) > MAX_BATCH:
-        return (f"is a block larger than a sweep times (map sides up to {MAX_INPUT_SIZE}, "
-                f"batch up to {MAX_BATCH})")
+    if max(d["in_hw"]) > MAX_INPUT_SIZE or (max_batch is not None
+                                             and d.get("batch", 1) > max_batch):
+        return (f"is a block larger than a sweep times (map sides up to {MAX_INPUT_SIZE}"
+                + (f", batch up to {max_batch})" if max_batch is not None else ")"))
     return None
 
 

@@ -149,7 +149,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                          else "--cache-dir (or LAUDTRITON_CACHE_DIR)")
                 raise ValueError(f"the cache file {str(cache.path)!r} {why}: the timings "
                                  f"could not be saved there, and it is not written over; "
-                                 f"give another {where}, or move that file away")
+                                 f"give another {where}, move that file away, or set "
+                                 "LAUDTRITON_CACHE=0 to write the CSV only")
         if not cache.enabled:
             print(f"cache disabled ({disabled_by()}): the timings go to the CSV only",
                   file=sys.stderr)

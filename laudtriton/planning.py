@@ -169,6 +169,18 @@ def _cached_entries(table: DispatchTable, spec: BlockSpec, cands: list[Variant],
     return failed, seen, lacking
 
 
+def _record_meta(spec: BlockSpec, asked: float, masks: BlockMasks) -> dict:
+    """The meta a quick/full compile records its timings of ``masks`` (drawn for the
+    bucket ``asked``) with: scattered masks, the asked rate, and in mode both the channel
+    rate the masks realise, as ``tune.sweep`` records it (a sweep takes an entry of this
+    grid rate without one for another channel rate's item: it timed it again at every
+    run, for its CSV only)."""
+    meta: dict = {"asked_rates": [asked], "clustered": False}
+    if spec.mode == "both" and masks.channel is not None:
+        meta["channel_rate"] = rate_key(float(masks.channel.float().mean()))
+    return meta
+
+
 def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: torch.Tensor,
                    masks: BlockMasks, actual: float, cands: list[Variant], tune: str,
                    cache: TuneCache | None, failed: list[float],
@@ -195,7 +207,7 @@ def _timed_entries(table: DispatchTable, spec: BlockSpec, fb: FoldedBlock, x: to
         timings = time_variants(fb, spec, x, m, cands, verify=True)
         if cache is not None:
             # scattered masks: an entry an old clustered sweep wrote is current again
-            cache.record(spec, r, timings, {"asked_rates": [b], "clustered": False})
+            cache.record(spec, r, timings, _record_meta(spec, b, m))
         table.add(r, timings, "measured")
         if r not in table.entries:  # every candidate failed: not again (below, or
             failed.append(r)  # at the next compile: it is recorded)

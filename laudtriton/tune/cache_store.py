@@ -206,16 +206,14 @@ class CacheStore:
     def unwritable_why(self) -> str | None:
         """Why a record would stay in memory rather than reach the file, found by reading
         it (no lock taken, nothing written), said of the file (a clause after its path:
-        "holds timings of device ..."): a symbolic link into a missing folder, a file
-        that is not a regular file or cannot be read, or one holding another device's
-        timings (``_save`` writes over none of them); None otherwise (a corrupt file or
-        one of another schema is moved aside by the first write; a full disk or a lock
-        held too long show only when writing)."""
+        "holds timings of device ..."): a file that is not a regular file or cannot be
+        read, or one holding another device's timings (``_save`` writes over none of
+        them); None otherwise (a corrupt file or one of another schema is moved aside by
+        the first write; a full disk or a lock held too long show only when writing; a
+        symbolic link into a missing folder is ``missing_link_folder``'s, which the
+        sweep command checks first, with its own advice)."""
         if not self.enabled:
             return None
-        missing = self.missing_link_folder()
-        if missing is not None:
-            return f"is a link into the missing folder {str(missing)!r}"
         try:
             raw = read_regular(self.path)
         except FileNotFoundError:

@@ -998,11 +998,15 @@ def test_compiled_block_takes_nested_kernel_configs():
     assert not CompiledBlock("b", spec, fold_block(block), mixed, "dynamic", 0.5).rate_free
 
 
-TILE = dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
+# Tiles of 32 (64 pixels for channel_gemm): the tiny model's maps and widths (12x10 and
+# 16 channels in stage 1, up to 128 channels in stage 4) still end in partial tiles and
+# span several, at a third of the interpreter's time of 16-wide tiles (the kernels'
+# own tests, tests/kernels, run the small tiles).
+TILE = dict(block_m=32, block_n=32, block_k=32, num_warps=1, num_stages=1)
 TRITON_CASES = [
     ("spatial", "fused", {s: TILE for s in ("conv1", "conv2", "conv3")}),
     ("spatial", "masked", {s: TILE for s in ("conv1", "conv2", "conv3")}),
-    ("channel", "channel_gemm", dict(block_p=16, block_n=16, block_k=16, num_warps=1,
+    ("channel", "channel_gemm", dict(block_p=64, block_n=32, block_k=32, num_warps=1,
                                      num_stages=1)),
 ]
 

@@ -124,7 +124,9 @@ def test_subprocess_exit_code_2(tmp_path, how):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_checks_pass_under_interpreter(dtype):
-    """The very checks gpucheck runs on CUDA, on CPU tensors under the interpreter."""
+    """The very checks gpucheck runs on CUDA, on CPU tensors under the interpreter (the
+    real kernels pass the channel check's stricter cases: distinct input and output lists,
+    a sample with no input channel but every output one)."""
     kernelchecks.channel_kernel_checks("cpu", dtype)
     kernelchecks.masker_kernel_checks("cpu", dtype)
     kernelchecks.spatial_kernel_checks("cpu", dtype)

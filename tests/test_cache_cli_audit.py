@@ -61,7 +61,7 @@ def test_ls_and_clear_reach_the_file_of_another_thread_count(tmp_path, capsys, m
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0  # 0: this count's
     assert f"_{before}t.v1.json" in capsys.readouterr().out.splitlines()[0]
     assert main(["cache", "clear", "--cache-dir", str(tmp_path), "--threads", "1"]) == 0
-    assert capsys.readouterr().out == f"removed 1 entries ({one})\n"
+    assert capsys.readouterr().out == f"removed 1 entry ({one})\n"
     assert not one.exists() and three.exists() and torch.get_num_threads() == before
 
 
@@ -147,7 +147,7 @@ def test_ls_names_temp_files_and_clear_removes_the_old_ones(tmp_path, capsys):
                            f"under way): {fresh.name}, {old.name}; those over")
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == (
-        f"removed 1 entries ({path}; removed 1 temp file(s) of killed writes, kept 1 under "
+        f"removed 1 entry ({path}; removed 1 temp file(s) of killed writes, kept 1 under "
         f"{atomic.ORPHAN_AGE} s old (a write may be under way))\n")
     assert not old.exists() and fresh.exists() and not path.exists()
     _aged(fresh)

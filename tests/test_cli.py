@@ -470,7 +470,7 @@ def test_cache_merge_refuses_an_out_it_would_write_over_and_makes_its_folder(tmp
     assert notes.read_text() == "rate,seconds\n0.5,0.001\n"
     fresh = tmp_path / "new" / "cache" / "m.json"
     assert main(["cache", "merge", str(c.path), "--out", str(fresh)]) == 0
-    assert fresh.is_file() and "1 entries" in capsys.readouterr().out
+    assert fresh.is_file() and "m.json: 1 entry (" in capsys.readouterr().out
     for inside_a_file in (notes / "m.json", notes / "sub" / "m.json"):
         assert main(["cache", "merge", str(c.path), "--out", str(inside_a_file)]) == 2
         assert f"{str(notes)!r} is a file, not a directory" in capsys.readouterr().err

@@ -140,19 +140,20 @@ def test_predictor_note_does_not_say_no_timings_when_there_are_too_few(tmp_path,
                                                                         monkeypatch):
     """With 2 timings in the cache (fewer than the 4 a fit needs) ``predict`` and
     ``design`` said "default factors (...) (no cached timings to fit on)": the user saw
-    the cache as empty, and the timings as lost. The note now counts them."""
+    the cache as empty, and the timings as lost. The note now counts them ("1 cache
+    entry" for one)."""
     from laudtriton.predict.calibration import predictor_for
     from laudtriton.tune.cache import TuneCache
 
     monkeypatch.delenv("LAUDTRITON_CACHE", raising=False)
     cache = TuneCache(str(tmp_path), enabled=True)
     specs = [s for _, s in model_specs("laud_resnet50")][:2]
-    for i, spec in enumerate(specs):
+    for i, (spec, says) in enumerate(zip(specs, ("1 cache entry,", "2 cache entries,"))):
         cache.record(spec, 0.5, {"dense": {"{}": 1e-3 * (i + 1)}})
-    _, factors, note = predictor_for("cpu", str(tmp_path))  # (uncalibrated: it warns)
-    assert factors is None
-    assert "no cached timings" not in note
-    assert "2 cache entries" in note and "too few" in note
+        _, factors, note = predictor_for("cpu", str(tmp_path))  # (uncalibrated: it warns)
+        assert factors is None
+        assert "no cached timings" not in note
+        assert says in note and "too few" in note
 
 
 # -- review: a prediction of a run that cannot happen ---------------------------------

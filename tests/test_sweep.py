@@ -572,7 +572,7 @@ def test_cache_commands(tmp_path, capsys):
     args = p.parse_args(["cache", "ls", "--cache-dir", str(tmp_path)])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "1 entries" in out and spec.short() in out and "2.000" in out
+    assert "1 entry, 1 timing" in out and spec.short() in out and "2.000" in out
     half = replace(spec, dtype="bfloat16")  # another dtype: its own row, named
     c.record(half, 0.5, {"dense": {"{}": 5e-3}})
     assert args.func(args) == 0

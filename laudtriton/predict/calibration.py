@@ -209,8 +209,13 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     entries = cache.entries()
     factors = fit_factors(entries, hw) if entries else {}
     if not factors:  # (with some timings it said "no cached timings" until session 66)
-        why = (f"{len(entries)} cache entries, too few usable timings to fit on" if entries
-               else "no cached timings to fit on")
+        n = len(entries)
+        stale = 0 if entries else len(cache.entries(include_stale=True))
+        why = (f"{n} cache entr{'y' if n == 1 else 'ies'}, too few usable timings to fit on"
+               if entries else "no cached timings to fit on" if not stale
+               else f"no current cached timings to fit on, {stale} stale "
+                    f"timing{'' if stale == 1 else 's'} of other versions or kernel "
+                    "sources: `laudtriton cache ls --all` lists them")
         return hw, None, note + f" ({why})"
     return hw, factors, (f"factors fitted on {factors['*'].n} cached timings (the fastest "
                          "config of each block, rate and variant)")

@@ -27,6 +27,11 @@ from .paths import check_cache_dir, check_nonempty, check_output_path
 MAX_THREADS = 1024  # ``cache --threads``: torch makes threads only when it uses them
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``n`` and the noun it takes: "1 entry", "0 entries"."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def add_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``cache ls|clear|merge`` to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser("cache", help="list, clear or merge autotune cache files",
@@ -84,8 +89,8 @@ def run_cache(args: argparse.Namespace) -> int:
                 raise ValueError(f"--out {e}") from None
             except ForeignFileName as e:
                 raise ValueError(f"--out {args.out!r}: {e}") from None
-            print(f"{args.out}: {n} entries ({len(args.files)} input file(s) given; any input "
-                  "skipped as unusable is named in a warning above)")
+            print(f"{args.out}: {_count(n, 'entry', 'entries')} ({len(args.files)} input "
+                  "file(s) given; any input skipped as unusable is named in a warning above)")
             return 0
         check_cache_dir(args.cache_dir)
         dev = check_device(args.device)
@@ -153,7 +158,8 @@ def _clear(cache: TuneCache) -> int:
         print(f"{cache.path} {why}: not a usable cache file, moved it aside to "
               f"{aside.name}, nothing deleted{gone}")
         return 0
-    print(f"removed {n} entries ({cache.path}{'' if existed else ': no file'}{gone})")
+    print(f"removed {_count(n, 'entry', 'entries')} "
+          f"({cache.path}{'' if existed else ': no file'}{gone})")
     return 0
 
 
@@ -232,9 +238,11 @@ def _print_ls(cache: TuneCache, include_stale: bool) -> None:
                           []).append(e)
     hidden = 0 if include_stale else sum(
         1 for e in cache.entries(include_stale=True) if e.meta["stale"])
-    print(f"{cache.path} ({cache.device}): {len(groups)} entries, {len(entries)} timings"
+    print(f"{cache.path} ({cache.device}): {_count(len(groups), 'entry', 'entries')}, "
+          f"{_count(len(entries), 'timing', 'timings')}"
           + _file_note(cache)
-          + (f"; {hidden} stale timings hidden (--all lists them)" if hidden else ""))
+          + (f"; {_count(hidden, 'stale timing', 'stale timings')} hidden (--all lists them)"
+             if hidden else ""))
     more = _other_files(cache)
     if not groups:
         if more:

@@ -141,6 +141,7 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int,
         with torch.no_grad():
             t_nchw, t_cl, t_sparse = interleaved_medians(fns, warmup=2, reps=reps)
         dense = min(t_nchw, t_cl)
+        form = "nchw" if t_nchw <= t_cl else "channels_last"  # (dense_forms' names)
         # against the dense block without maskers, which dense_ms times (the official
         # per-block ratio, BlockStats.flops_ratio, divides by the block with its maskers)
         fr = float(stats[i].flops) / (stats[i].dense_flops - stats[i].masker_flops)
@@ -148,7 +149,8 @@ def _block_rows(model, cm: CompiledModel, x, meta: dict, reps: int,
         rows.append(BenchRow(**meta, block=blk.name, spec=blk.spec.short(),
                              variant=blk.last_run.variant, dense_ms=dense * 1e3,
                              sparse_ms=t_sparse * 1e3, ratio=ratio, flops_ratio=fr,
-                             efficiency=fr / ratio, realised_rate=realised[i]))
+                             efficiency=fr / ratio, realised_rate=realised[i],
+                             dense_form=form))
         if bar is not None:
             bar.update(blk.name)
     return rows
@@ -329,7 +331,7 @@ def _model_rows(model, cm: CompiledModel, dense: dict[str, DenseModel], x, meta:
         return BenchRow(**meta, block="model", spec=spec, variant=variant,
                         dense_ms=t_dense * 1e3, sparse_ms=t * 1e3, ratio=t / t_dense,
                         flops_ratio=fr, efficiency=fr / (t / t_dense),
-                        realised_rate=realised)
+                        realised_rate=realised, dense_form=fmt)
 
     fresh = _fresh_row(model, cm, dense, x.shape[0], meta, reps)
     if bar is not None:
@@ -389,7 +391,7 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
         return lambda: f(next(it))
 
     with torch.no_grad():
-        _, t_dense, (t_comp,) = time_against_dense(
+        form, t_dense, (t_comp,) = time_against_dense(
             {n: stream(m) for n, m in dense.items()}, [stream(cm)], warmup=warmup, reps=reps)
         frs, rates = [], []
         for x in xs[warmup:]:
@@ -401,4 +403,4 @@ def _fresh_row(model, cm: CompiledModel, dense: dict[str, DenseModel], batch: in
     return BenchRow(**meta, block="model", spec="fresh input every call", variant="compiled",
                     dense_ms=t_dense * 1e3, sparse_ms=t_comp * 1e3, ratio=ratio,
                     flops_ratio=fr, efficiency=fr / ratio,
-                    realised_rate=sum(rates) / len(rates))
+                    realised_rate=sum(rates) / len(rates), dense_form=form)

@@ -52,6 +52,9 @@ class BenchRow:
     # whole-model row: the mean over the blocks, for a new input every call also over the
     # timed inputs), where ``rate`` is the one asked; NaN in CSVs before session 39
     realised_rate: float = math.nan
+    # the dense form dense_ms timed, the faster in that row's run: "nchw" or
+    # "channels_last" (``baseline.dense_forms``); "" in CSVs before session 67
+    dense_form: str = ""
 
 
 def rate_text(rate: float) -> str:
@@ -101,7 +104,7 @@ def write_csv(rows: list[BenchRow], path: str | Path) -> None:
 def read_csv(path: str | Path) -> list[BenchRow]:
     """The rows ``write_csv`` wrote to ``path`` (a column a CSV lacks, from before it
     existed, reads as its default: ``process`` 1, ``channel_granularity`` "", ``threads``
-    0, ``tune`` "", ``reps`` 0, ``realised_rate`` NaN)."""
+    0, ``tune`` "", ``reps`` 0, ``realised_rate`` NaN, ``dense_form`` "")."""
     out = []
     with open(path, newline="") as f:
         for rec in csv.DictReader(f):

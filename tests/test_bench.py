@@ -342,7 +342,8 @@ def model_run_times(fns) -> list[float]:
 
 def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     """Both dense forms are timed in the run that compares against them, and each row's
-    dense time is the faster one of that run (not a form picked earlier)."""
+    dense time is the faster one of that run (not a form picked earlier), which its
+    ``dense_form`` names (since session 67; the new-input row's form was not shown)."""
     import laudtriton.baseline as baseline_module
 
     seen = []
@@ -360,16 +361,22 @@ def test_whole_model_rows_take_the_faster_dense_form_of_their_own_run(monkeypatc
     assert (same.spec, same.dense_ms, same.ratio) == ("dense=channels_last", 200.0, 0.5)
     assert given.ratio == pytest.approx(0.45) and ref.ratio == pytest.approx(2.5)
     assert (fresh.dense_ms, fresh.ratio) == (250.0, 0.5)
+    assert [r.dense_form for r in rows] == ["channels_last"] * 2 + ["nchw", "channels_last"]
 
 
 def test_block_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     """Per block, dense is the faster of NCHW and channels_last in the run that times the
-    compiled block (here channels_last, 0.2 s, with NCHW at 0.3 s)."""
+    compiled block (here channels_last, 0.2 s, with NCHW at 0.3 s, in every other block,
+    and the other way round in the rest), and ``dense_form`` names it (since session 67:
+    the CSV did not say which form a block's dense time was)."""
     import laudtriton.baseline as baseline_module
+
+    runs = []
 
     def block_run(fns, warmup=2, reps=20, setup=None):
         assert len(fns) == 3  # nchw, channels_last, the compiled block
-        return [0.3, 0.2, 0.1]
+        runs.append(None)
+        return [0.3, 0.2, 0.1] if len(runs) % 2 else [0.2, 0.3, 0.1]
 
     monkeypatch.setattr(bench_mod, "interleaved_medians", block_run)
     monkeypatch.setattr(baseline_module, "interleaved_medians",
@@ -380,6 +387,7 @@ def test_block_rows_take_the_faster_dense_form_of_their_own_run(monkeypatch):
     per_block = [r for r in rows if r.block != "model"]
     assert len(per_block) == 16
     assert all((r.dense_ms, r.sparse_ms, r.ratio) == (200.0, 100.0, 0.5) for r in per_block)
+    assert [r.dense_form for r in per_block] == ["channels_last", "nchw"] * 8
 
 
 @pytest.mark.parametrize("masks_given_only, says", [

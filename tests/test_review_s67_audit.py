@@ -25,3 +25,19 @@ def test_predictor_note_names_stale_timings_rather_than_none(tmp_path, monkeypat
     assert "3 stale timings" in note and "laudtriton cache ls --all" in note
     _, _, empty = predictor_for("cpu", str(tmp_path / "none"))
     assert empty.endswith("(no cached timings to fit on)")  # an empty cache: as before
+
+
+def test_clearing_a_corrupt_cache_file_warns_once(tmp_path, caplog):
+    """``TuneCache.clear`` of a corrupt file logged two warnings: "ignoring it (the next
+    write moves it aside)", from counting the entries before clearing, then "moved it to
+    ..., not deleted". The first was wrong there (clear moved it, not a later write), and
+    ``laudtriton cache clear`` printed a third line saying the same. Now the second alone."""
+    import logging
+
+    cache = TuneCache(str(tmp_path), enabled=True)
+    cache.path.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="laudtriton"):
+        assert cache.clear() == 0
+    (record,) = caplog.records
+    assert "moved it to" in record.getMessage() and "next write" not in record.getMessage()
+    assert cache.cleared_aside is not None and not cache.path.exists()

@@ -240,7 +240,10 @@ class CacheStore:
                 over either, or cannot be deleted (a read-only directory, another
                 process holding the lock): nothing is deleted then.
         """
-        n = len(self._all())
+        # the entries in memory; a file's are counted below, from the file read under the
+        # lock (``_all`` would read it once more, and warn of a corrupt one: "the next
+        # write moves it aside", where clear moves it)
+        n = len(self._memory)
         self.cleared_aside = None
         # under the lock: a record() between its read and its write would write the
         # entries back (no file: nothing to clear, and no lock file to make, in a folder

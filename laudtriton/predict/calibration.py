@@ -182,6 +182,19 @@ def measured_here(hw: HardwareSpec) -> bool:
     return hw.name in ("cpu", "cuda")
 
 
+def _no_fit_why(cache: TuneCache, n: int) -> str:
+    """Why no factors were fitted on ``cache``, which holds ``n`` current timings: too
+    few of them, none, or only stale ones (counted, so the cache does not read as empty)."""
+    if n:
+        return f"{n} cache entr{'y' if n == 1 else 'ies'}, too few usable timings to fit on"
+    stale = len(cache.entries(include_stale=True))
+    if not stale:
+        return "no cached timings to fit on"
+    return (f"no current cached timings to fit on, {stale} stale timing"
+            f"{'' if stale == 1 else 's'} of other versions or kernel sources: "
+            "`laudtriton cache ls --all` lists them")
+
+
 def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = None,
                   fit: bool = True) -> tuple[HardwareSpec, dict | None, str]:
     """(hw, factors, note): the latency predictor ``predict``, ``design`` and ``sweep
@@ -209,14 +222,7 @@ def predictor_for(hardware: str | HardwareSpec, cache_dir: str | Path | None = N
     entries = cache.entries()
     factors = fit_factors(entries, hw) if entries else {}
     if not factors:  # (with some timings it said "no cached timings" until session 66)
-        n = len(entries)
-        stale = 0 if entries else len(cache.entries(include_stale=True))
-        why = (f"{n} cache entr{'y' if n == 1 else 'ies'}, too few usable timings to fit on"
-               if entries else "no cached timings to fit on" if not stale
-               else f"no current cached timings to fit on, {stale} stale "
-                    f"timing{'' if stale == 1 else 's'} of other versions or kernel "
-                    "sources: `laudtriton cache ls --all` lists them")
-        return hw, None, note + f" ({why})"
+        return hw, None, note + f" ({_no_fit_why(cache, len(entries))})"
     return hw, factors, (f"factors fitted on {factors['*'].n} cached timings (the fastest "
                          "config of each block, rate and variant)")
 

@@ -72,45 +72,52 @@ def _stage_options(modes, granularities, size: int) -> list[tuple[str, int]]:
     return list(dict.fromkeys(opts))
 
 
-def check_target_rate(target: float) -> None:
-    """Raise a ValueError naming ``--target-rate`` unless target is a number (not a bool)
-    with 0 < target <= 1 (a string raised TypeError)."""
-    from .nn.maskers import finite_real
-
-    try:
-        ok = 0.0 < finite_real("--target-rate", target) <= 1.0
-    except ValueError:  # NaN, inf, a bool, no number
-        ok = False
-    if not ok:
-        raise ValueError(f"--target-rate {target!r} must be in (0, 1]")
+# What the checks call each argument: ``design_search``'s parameters when it is called
+# from Python, the ``design`` command's options when the command checks them.
+ARGUMENT_NAMES = {"target": "target", "modes": "modes", "granularities": "granularities"}
+OPTION_NAMES = {"target": "--target-rate", "modes": "--modes",
+                "granularities": "--granularities"}
 
 
-def check_modes(modes: Sequence[str]) -> None:
-    """Raise a ValueError naming ``--modes`` unless ``modes`` is a non-empty sequence of
-    known modes (``predict.network.MODES``)."""
+def check_target_rate(target: float, names: dict[str, str] = ARGUMENT_NAMES) -> None:
+    """Raise a ValueError naming ``names["target"]`` (``target``, or the command's
+    ``--target-rate``) unless target is a number (not a bool) with 0 < target <= 1 (a
+    string raised TypeError): ``predict.network.check_flops_target``."""
+    from .predict.network import check_flops_target
+
+    check_flops_target(target, names["target"])
+
+
+def check_modes(modes: Sequence[str], names: dict[str, str] = ARGUMENT_NAMES) -> None:
+    """Raise a ValueError naming ``names["modes"]`` (``modes``, or the command's
+    ``--modes``) unless ``modes`` is a non-empty sequence of known modes
+    (``predict.network.MODES``)."""
     from .predict.network import MODES
 
+    name = names["modes"]
     if isinstance(modes, str):  # "spatial" was read letter by letter: unknown ['s', ...]
-        raise ValueError(f"--modes {modes!r}: give a sequence of modes, e.g. ('{modes}',)")
+        raise ValueError(f"{name} {modes!r}: give a sequence of modes, e.g. ('{modes}',)")
     try:
         bad = [m for m in modes if m not in MODES]
     except TypeError:  # None or a number
-        raise ValueError(f"--modes {modes!r}: give a sequence of modes, e.g. ('spatial',)"
+        raise ValueError(f"{name} {modes!r}: give a sequence of modes, e.g. ('spatial',)"
                          ) from None
     if bad or not modes:
-        raise ValueError(f"--modes {','.join(map(str, modes))!r}: unknown {bad}; accepted: "
+        raise ValueError(f"{name} {','.join(map(str, modes))!r}: unknown {bad}; accepted: "
                          f"{', '.join(MODES)}")
 
 
 def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int], batch: int,
-                  input_size: int, dtype: str, channel_granularity: int | str | Sequence[int]
+                  input_size: int, dtype: str, channel_granularity: int | str | Sequence[int],
+                  names: dict[str, str] = ARGUMENT_NAMES
                   ) -> list[list[tuple[str, int, list[BlockSpec]]]]:
     """Per stage, the options ``design_search`` ranks: (mode, S, the stage's block specs
     with S there and 1 elsewhere). Needs no hardware: the ``design`` command checks its
-    options with it before reading one (which may warn).
+    options with it before reading one (which may warn), with ``names=OPTION_NAMES``.
 
     Raises:
-        ValueError: naming the option: a batch or input size ``model_specs`` refuses,
+        ValueError: naming the argument as ``names`` calls it (or the batch or input
+            size): a batch or input size ``model_specs`` refuses,
             granularities that are not a sequence, or empty with a spatial (or both)
             mode, an S that is not an int >= 1 or larger than every stage's map, a stage with
             no option, a channel granularity that does not divide a width, more than
@@ -120,23 +127,24 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
     from .predict.network import check_batch_and_size, model_specs, stem_hw
 
     check_batch_and_size(batch, input_size)  # before the stage maps the S are checked on
+    gname, both = names["granularities"], f"{names['modes']}/{names['granularities']}"
     try:  # an int raised TypeError; none dropped the spatial modes without a word
         grans = tuple(granularities)
     except TypeError:
         grans = None
     if grans is None or not grans and any(m in ("spatial", "both") for m in modes):
-        raise ValueError(f"--granularities {granularities!r}: give a non-empty sequence of "
+        raise ValueError(f"{gname} {granularities!r}: give a non-empty sequence of "
                          "positive ints, e.g. (1, 2, 4, 8)")
     granularities = grans
     bad = [g for g in granularities if not is_positive_int(g)]
     if bad:  # a string raised TypeError; 0 was dropped without a word
-        raise ValueError(f"--granularities: {', '.join(map(repr, bad))} not a positive int")
+        raise ValueError(f"{gname}: {', '.join(map(repr, bad))} not a positive int")
     stage_size = [stem_hw(input_size)]
     for st in (1, 2, 2, 2):
         stage_size.append((stage_size[-1] - 1) // st + 1)
     too_large = [g for g in granularities if g > max(stage_size[1:])]
     if too_large and any(m in ("spatial", "both") for m in modes):  # never an option
-        raise ValueError(f"--granularities: {', '.join(map(str, too_large))} larger than "
+        raise ValueError(f"{gname}: {', '.join(map(str, too_large))} larger than "
                          f"every stage's map (the largest is {max(stage_size[1:])}x"
                          f"{max(stage_size[1:])})")
     stages = []
@@ -150,13 +158,13 @@ def design_stages(arch: str, modes: Sequence[str], granularities: Sequence[int],
                      if n.startswith(f"layer{i + 1}.")]
             opts.append((mode, g, specs))
         if not opts:
-            raise ValueError(f"--modes/--granularities: stage {i + 1} ({stage_size[i + 1]}x"
+            raise ValueError(f"{both}: stage {i + 1} ({stage_size[i + 1]}x"
                              f"{stage_size[i + 1]}) has no option among modes {modes} and "
                              f"granularities {granularities}")
         stages.append(opts)
     count = math.prod(len(opts) for opts in stages)
     if count > MAX_DESIGNS:  # the search builds and sorts every one of them
-        raise ValueError(f"--modes/--granularities: {count} configurations ("
+        raise ValueError(f"{both}: {count} configurations ("
                          f"{' x '.join(str(len(opts)) for opts in stages)} options per stage) "
                          f"are more than the {MAX_DESIGNS} the search ranks; give fewer "
                          "granularities or modes")
@@ -199,7 +207,7 @@ def design_search(arch: str, hw: HardwareSpec | str, target: float,
     hw = get_hardware(hw)
     check_target_rate(target)
     if top is not None and not is_positive_int(top):  # 2.5 and "3" raised TypeError
-        raise ValueError(f"--top {top!r} must be an int >= 1")
+        raise ValueError(f"top {top!r} must be an int >= 1")
     check_modes(modes)
     dtype = dtype or hw.default_dtype
     memo: dict = {}

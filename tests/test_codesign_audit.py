@@ -13,7 +13,7 @@ from laudtriton.codesign import design_search
 def test_no_granularity_with_a_spatial_mode_is_refused(modes):
     """granularities=() dropped the spatial and both modes without a word: with the
     default modes the search ranked channel/layer designs only (16, not 81)."""
-    with pytest.raises(ValueError, match=r"^--granularities \(\): give a non-empty "):
+    with pytest.raises(ValueError, match=r"^granularities \(\): give a non-empty "):
         design_search("laud_resnet50", "a100", 0.5, modes=modes, granularities=())
 
 
@@ -25,13 +25,13 @@ def test_no_granularity_without_a_spatial_mode_is_fine():
 @pytest.mark.parametrize("granularities", [4, None, 2.5])
 def test_granularities_not_a_sequence_are_named(granularities):
     """An int raised TypeError ('int' object is not iterable)."""
-    with pytest.raises(ValueError, match=r"^--granularities .*: give a non-empty sequence"):
+    with pytest.raises(ValueError, match=r"^granularities .*: give a non-empty sequence"):
         design_search("laud_resnet50", "a100", 0.5, granularities=granularities)
 
 
-@pytest.mark.parametrize("modes, match", [(None, r"^--modes None: give a sequence"),
-                                          (5, r"^--modes 5: give a sequence"),
-                                          ((1,), r"^--modes '1': unknown \[1\]")])
+@pytest.mark.parametrize("modes, match", [(None, r"^modes None: give a sequence"),
+                                          (5, r"^modes 5: give a sequence"),
+                                          ((1,), r"^modes '1': unknown \[1\]")])
 def test_modes_of_another_type_are_named(modes, match):
     """None or 5 raised TypeError (not iterable); (1,) raised TypeError in the message
     (str.join of an int)."""

@@ -215,7 +215,7 @@ def test_design_ranks_each_configuration_once():
 
 def test_design_top_and_errors():
     assert len(design_search("laud_resnet50", "a100", 0.5, top=3)) == 3
-    for kwargs, msg in [({"target": 0.0}, "target-rate"), ({"target": 1.5}, "target-rate"),
+    for kwargs, msg in [({"target": 0.0}, "^target 0.0 must"), ({"target": 1.5}, "^target 1.5"),
                         ({"modes": ("spatial", "warp")}, r"unknown \['warp'\]; accepted"),
                         ({"top": 0}, "top")]:
         args = {"target": 0.5, **kwargs}
@@ -226,14 +226,14 @@ def test_design_top_and_errors():
 
 
 @pytest.mark.parametrize("kwargs, msg", [
-    ({"target": "0.5"}, r"--target-rate '0.5' must be in \(0, 1\]"),  # TypeError
-    ({"target": True}, r"--target-rate True must be in \(0, 1\]"),
-    ({"top": 2.5}, "--top 2.5 must be an int >= 1"),  # TypeError (a slice index)
-    ({"top": "3"}, "--top '3' must be an int >= 1"),  # TypeError
-    ({"top": True}, "--top True must be an int >= 1"),  # kept one design
-    ({"granularities": ("4",)}, "--granularities: '4' not a positive int"),  # TypeError
-    ({"granularities": (0, 4)}, "--granularities: 0 not a positive int"),  # dropped
-    ({"modes": "spatial"}, "--modes 'spatial': give a sequence of modes"),  # ['s', 'p', ..]
+    ({"target": "0.5"}, r"^target '0.5' must be in \(0, 1\]"),  # TypeError
+    ({"target": True}, r"^target True must be in \(0, 1\]"),
+    ({"top": 2.5}, "^top 2.5 must be an int >= 1"),  # TypeError (a slice index)
+    ({"top": "3"}, "^top '3' must be an int >= 1"),  # TypeError
+    ({"top": True}, "^top True must be an int >= 1"),  # kept one design
+    ({"granularities": ("4",)}, "^granularities: '4' not a positive int"),  # TypeError
+    ({"granularities": (0, 4)}, "^granularities: 0 not a positive int"),  # dropped
+    ({"modes": "spatial"}, "^modes 'spatial': give a sequence of modes"),  # ['s', 'p', ..]
     # named the granularities (8 larger than the 4x4 map) for the input size
     ({"input_size": 16}, "input size 16 must be an int >= 32"),
 ])

@@ -236,7 +236,7 @@ def test_flops_ratio_mapping():
                 assert r == 0.0
             else:
                 assert flops_ratio(spec, r) == pytest.approx(target, abs=1e-6)
-    with pytest.raises(ValueError, match="target-rate"):
+    with pytest.raises(ValueError, match=r"^target 0.0 must be in \(0, 1\]"):
         rate_for_flops_ratio(SPECS[0], 0.0)
 
 

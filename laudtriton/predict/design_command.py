@@ -63,7 +63,13 @@ def run_design(args: argparse.Namespace) -> int:
             finite predicted latency (``laudtriton`` prints it in one line and exits with
             code 2).
     """
-    from ..codesign import check_modes, check_target_rate, design_search, design_stages
+    from ..codesign import (
+        OPTION_NAMES,
+        check_modes,
+        check_target_rate,
+        design_search,
+        design_stages,
+    )
     from ..tune.layout_options import READ_BY, check_layout_read, unread
     from ..tune.options import int_list
     from .network import check_arch
@@ -71,11 +77,12 @@ def run_design(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     check_common_options(args)
-    check_target_rate(args.target_rate)  # every option before the hardware (it may warn)
+    # every option before the hardware (it may warn), named as the command's options
+    check_target_rate(args.target_rate, OPTION_NAMES)
     check_arch(args.model)
     modes = tuple(comma_list(args.modes, "--modes", "mode",
                              "a comma list of spatial, channel, layer, both"))
-    check_modes(modes)
+    check_modes(modes, OPTION_NAMES)
     check_layout_read(modes, {"--channel-granularity": args.channel_granularity},
                       f"--modes {args.modes!r}")
     grans = tuple(int_list(args.granularities, "--granularities",
@@ -85,7 +92,7 @@ def run_design(args: argparse.Namespace) -> int:
         raise unread("--granularities", args.granularities, f"--modes {args.modes!r}")
     # the options the search reads, before the hardware (whose calibration may warn)
     design_stages(args.model, modes, grans, args.batch, args.input_size,
-                  args.dtype or "float32", args.channel_granularity)
+                  args.dtype or "float32", args.channel_granularity, OPTION_NAMES)
     hw, factors, note = command_predictor(args, "design")
     designs = design_search(args.model, hw, args.target_rate, modes, grans, args.batch,
                             args.input_size, args.dtype, factors, args.channel_granularity)

@@ -182,23 +182,33 @@ def flops_ratio(spec: BlockSpec, rate: float) -> float:
     return (part + ds) / (c1 + c2 + c3 + ds)
 
 
+def check_flops_target(target: object, name: str = "target") -> float:
+    """``target`` as a float, if it is a number (not a bool) in (0, 1]: a FLOPs ratio.
+
+    Raises:
+        ValueError: naming ``name``: ``target`` for a Python caller (until session 66
+            the CLI's ``--target-rate``, which such a caller never gave; until session 68
+            so in ``codesign.design_search``), ``--target-rate`` for ``laudtriton design``
+            (``codesign.check_target_rate`` with its option names).
+    """
+    try:
+        t = finite_real(name, target)
+    except ValueError:  # NaN, inf, a bool, no number: one message for every bad target
+        t = math.nan
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"{name} {target!r} must be in (0, 1] (a FLOPs ratio)")
+    return t
+
+
 def rate_for_flops_ratio(spec: BlockSpec, target: float) -> float:
     """The activation rate whose FLOPs ratio (:func:`flops_ratio`) is ``target`` (bisection;
     0 when even rate 0 exceeds it, i.e. the dense downsample alone is above the target).
 
     Raises:
-        ValueError: if ``target`` is not a number in (0, 1], naming ``target`` (until
-            session 66 the CLI's ``--target-rate``, which a Python caller never gave;
-            ``laudtriton design`` checks its option first, ``codesign.check_target_rate``,
-            and names it), or ``spec`` is not a BlockSpec (:func:`flops_ratio`).
+        ValueError: if ``target`` is not a number in (0, 1] (:func:`check_flops_target`,
+            naming ``target``), or ``spec`` is not a BlockSpec (:func:`flops_ratio`).
     """
-    try:
-        t = finite_real("target", target)
-    except ValueError:  # NaN, inf, a bool, no number: one message for every bad target
-        t = math.nan
-    if not 0.0 < t <= 1.0:
-        raise ValueError(f"target {target!r} must be in (0, 1] (a FLOPs ratio; "
-                         "`laudtriton design --target-rate` takes the same)")
+    t = check_flops_target(target)
     if flops_ratio(spec, 0.0) >= t:
         return 0.0
     lo, hi = 0.0, 1.0

@@ -25,7 +25,24 @@ def _rows(out):
     return list(csv.DictReader(open(out / "overhead.csv")))
 
 
-def test_runs_every_part_on_cpu_and_writes_a_row_per_measurement(tmp_path):
+@pytest.fixture
+def two_blocks_a_stage(monkeypatch):
+    """The scripts' LAUD-ResNet-50 and -101 with two blocks a stage: the same 8 distinct
+    block shapes (a stage's first block and the others), 8 blocks instead of 16 and 33.
+    What these tests check (the parts, rows and recorded errors) does not depend on the
+    depth; building, calibrating and compiling the 33-block network took most of their
+    time (about 60 s of the file's 70 on a 2-core CPU)."""
+    import functools
+
+    import laudtriton.bench as bench
+    from laudtriton.nn.resnet import LaudResNet
+
+    for name in ("laud_resnet50", "laud_resnet101"):
+        monkeypatch.setitem(bench.MODELS, name, functools.partial(LaudResNet, (2, 2, 2, 2)))
+
+
+def test_runs_every_part_on_cpu_and_writes_a_row_per_measurement(tmp_path,
+                                                                 two_blocks_a_stage):
     mod = _load()
     assert mod.main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
                      "--batches", "1", "--budget", "3600"]) == 0  # (load: not cut short)
@@ -50,7 +67,8 @@ def test_runs_every_part_on_cpu_and_writes_a_row_per_measurement(tmp_path):
         assert math.isnan(float(r["graph_us"]))
 
 
-def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch,
+                                                               two_blocks_a_stage):
     """Every graph capture fails and the device timing answers: each failure is one
     recorded error, the item's row is still written with its other timings, and every
     part still runs."""
@@ -168,7 +186,7 @@ def test_tile_configs_are_configs_the_variants_accept():
                                           num_stages=3)}) == "64x128x64w4s3"
 
 
-def test_kernels_part_writes_a_profile_table_per_network(tmp_path):
+def test_kernels_part_writes_a_profile_table_per_network(tmp_path, two_blocks_a_stage):
     assert _load().main(["--out", str(tmp_path), "--device", "cpu", "--input-size", "32",
                          "--batches", "1", "--parts", "6"]) == 0
     text = (tmp_path / "kernels.txt").read_text()

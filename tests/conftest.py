@@ -99,3 +99,31 @@ def ctrl_c_at_second_item(monkeypatch):
         return real(*args, **kwargs)
     monkeypatch.setattr(sweep_mod, "time_variants", second_interrupts)
     return calls
+
+
+def use_two_blocks_a_stage(mp: pytest.MonkeyPatch) -> None:
+    """Make ``bench``'s LAUD-ResNet-50 and -101 (``bench.MODELS``, which ``bench`` and the
+    benchmark scripts build by name) networks of two blocks a stage, with ``mp``: the same
+    8 distinct block shapes (a stage's first block and the others) in 8 blocks instead
+    of 16 and 33, each block's row and check as in the full network. Building,
+    calibrating and compiling the full network is most of a short bench's time."""
+    import functools
+
+    import laudtriton.bench as bench
+    from laudtriton.nn.resnet import LaudResNet
+
+    for name in ("laud_resnet50", "laud_resnet101"):
+        mp.setitem(bench.MODELS, name, functools.partial(LaudResNet, (2, 2, 2, 2)))
+
+
+@pytest.fixture
+def two_blocks_a_stage(monkeypatch):
+    """``use_two_blocks_a_stage`` for one test."""
+    use_two_blocks_a_stage(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def two_blocks_patch():
+    """``use_two_blocks_a_stage`` itself, for a fixture of a wider scope than a test's
+    (it patches within a ``pytest.MonkeyPatch.context()`` of its own)."""
+    return use_two_blocks_a_stage

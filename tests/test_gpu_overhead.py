@@ -12,6 +12,8 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_overhead.py"
+# The tests that build whole networks take conftest's two_blocks_a_stage (8 blocks, the
+# same 8 distinct shapes): the parts, rows and recorded errors do not depend on the depth.
 
 
 def _load():
@@ -23,22 +25,6 @@ def _load():
 
 def _rows(out):
     return list(csv.DictReader(open(out / "overhead.csv")))
-
-
-@pytest.fixture
-def two_blocks_a_stage(monkeypatch):
-    """The scripts' LAUD-ResNet-50 and -101 with two blocks a stage: the same 8 distinct
-    block shapes (a stage's first block and the others), 8 blocks instead of 16 and 33.
-    What these tests check (the parts, rows and recorded errors) does not depend on the
-    depth; building, calibrating and compiling the 33-block network took most of their
-    time (about 60 s of the file's 70 on a 2-core CPU)."""
-    import functools
-
-    import laudtriton.bench as bench
-    from laudtriton.nn.resnet import LaudResNet
-
-    for name in ("laud_resnet50", "laud_resnet101"):
-        monkeypatch.setitem(bench.MODELS, name, functools.partial(LaudResNet, (2, 2, 2, 2)))
 
 
 def test_runs_every_part_on_cpu_and_writes_a_row_per_measurement(tmp_path,

@@ -40,8 +40,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    "fewer is noisier; at most 10000); also the untimed new inputs that "
                    "start the new-input stream")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],
-                   help="compile's tune mode (default cached: the autotune cache, else "
-                        "timing on the example input)")
+                   help="compile's tune mode (default cached: the autotune cache, the rates it "
+                        "lacks filled by the latency predictor where this machine is "
+                        "calibrated, else timing on the example input)")
     s.add_argument("--model-only", action="store_true", help="skip the per-block table")
     s.add_argument("--repeat", type=ascii_int, default=1,
                    help="time the whole-model rows this many times (default 1, at most 100); "

@@ -32,8 +32,8 @@ def add_common_options(p: argparse.ArgumentParser, model_default: str = "laud_re
                    help="channels per channel-mask group: one int or per stage 'a-b-c-d' "
                         f"(default {CHANNEL_GRANULARITY}; read by channel and both stages)")
     p.add_argument("--cache-dir", default=None,
-                   help="autotune cache / calibration directory (read with --hardware cpu "
-                        "or cuda)")
+                   help="autotune cache / calibration directory, read with --hardware cpu "
+                        "or cuda (default: the one `laudtriton env` shows)")
     p.add_argument("--no-fit", action="store_true",
                    help="use default efficiency factors, not ones fitted on cached timings "
                         "(a preset --hardware always uses the defaults)")

@@ -54,7 +54,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     add_layout_options(p)
     p.add_argument("--prune-top", type=ascii_int, default=0, metavar="K",
                    help="time only the K kernel configs of each variant with the lowest "
-                        "predicted time (latency predictor; 0: time every config)")
+                        "predicted time (latency predictor; default 0: time every config)")
     p.add_argument("--hardware", default=None,
                    help="only with --prune-top: the predictor's hardware (default: cpu, "
                         "or cuda for --device cuda)")

@@ -49,15 +49,11 @@ def rows(two_blocks_patch):
     """bench's rows of LAUD-ResNet-50 with two blocks a stage (conftest's
     ``use_two_blocks_a_stage``: 8 blocks, each distinct block shape of the full model)."""
     torch.manual_seed(0)
-    real, bench_mod.Progress = bench_mod.Progress, RecordedProgress
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            two_blocks_patch(mp)
-            return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
-                         channel_granularity=2, reps=1, tune="off", repeat=3,
-                         log=lambda s: None)
-    finally:
-        bench_mod.Progress = real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_mod, "Progress", RecordedProgress)
+        two_blocks_patch(mp)
+        return bench("laud_resnet50", "channel", "4-4-2-1", [0.5], batch=1,
+                     channel_granularity=2, reps=1, tune="off", repeat=3, log=lambda s: None)
 
 
 def test_bench_shows_its_progress(rows):

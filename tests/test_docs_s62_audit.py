@@ -74,8 +74,8 @@ def _defaults_missing_from_help() -> list[str]:
                 for sub, q in a.choices.items():
                     walk(q, f"{name} {sub}".strip())
             elif (a.option_strings and a.help != argparse.SUPPRESS
-                  and (a.default is not None and a.default is not False
-                       and a.default != argparse.SUPPRESS or a.dest == "cache_dir")
+                  and ((a.default is not None and a.default is not False
+                        and a.default != argparse.SUPPRESS) or a.dest == "cache_dir")
                   and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))
                   and "default" not in (a.help or "").lower()):
                 missing.append(f"{name} {a.option_strings[-1]}")

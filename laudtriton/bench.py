@@ -87,6 +87,27 @@ def mean_rate(model: LaudResNet) -> float:
     return sum(rates) / len(rates)
 
 
+def calibration_note(model: LaudResNet, realised: list[float], rate: float,
+                     batch: int) -> str | None:
+    """What bench and demo say when ``model``'s masks, just calibrated to ``rate`` on a
+    batch of ``batch`` (``realised``: the rates ``calibrate_rates`` returned), realise
+    another rate: on average over the blocks, or in some blocks (``rates_off``), more
+    than ``RATE_SLACK`` from it; None when they do not."""
+    mean = sum(realised) / len(realised)
+    off = rates_off(model, realised, rate)
+    why = ([f"the calibrated masks realise {mean:.3f} on average over the blocks"]
+           if abs(mean - rate) > RATE_SLACK else [])
+    if off:  # a stage of one grid cell or one channel group: all or nothing
+        why.append(f"{len(off)} of the {len(realised)} blocks realise a rate more than "
+                   f"{RATE_SLACK} from it ({', '.join(off[:4])}"
+                   f"{', ...' if len(off) > 4 else ''})")
+    if not why:
+        return None
+    return (f"rate {rate_text(rate)}: {'; '.join(why)} (each block lands on round(rate x N) "
+            "of its N decisions: grid cells, channel groups, or for a layer gate the "
+            f"batch's samples, {batch} here)")
+
+
 def rates_off(model: LaudResNet, realised: list[float], rate: float) -> list[str]:
     """Per block of ``model`` just calibrated to ``rate`` (``realised``: the rates
     ``calibrate_rates`` returned), "<name> <rate>" where its masks realise a rate more than
@@ -220,20 +241,10 @@ def bench(model_name: str, mode: str, granularity: str, rates: Iterable[float], 
                                                    channel_granularity, 0)
         x = torch.randn(batch, 3, 224, 224)
         realised = calibrate_rates(model, x, rate)
-        mean = sum(realised) / len(realised)
-        off = rates_off(model, realised, rate)
-        why = ([f"the calibrated masks realise {mean:.3f} on average over the blocks"]
-               if abs(mean - rate) > RATE_SLACK else [])
-        if off:  # a stage of one grid cell or one channel group: all or nothing
-            why.append(f"{len(off)} of the {len(realised)} blocks realise a rate more than "
-                       f"{RATE_SLACK} from it ({', '.join(off[:4])}"
-                       f"{', ...' if len(off) > 4 else ''})")
-        if why:
-            log(f"note: rate {rate_text(rate)}: {'; '.join(why)} (each block lands on "
-                "round(rate x N) of its N decisions: grid cells, channel groups, or for a "
-                f"layer gate the batch's samples, {batch} here); the rows below are "
-                "labelled with the asked rate, the CSV's realised_rate column holds the "
-                "realised one")
+        note = calibration_note(model, realised, rate, batch)
+        if note:
+            log(f"note: {note}; the rows below are labelled with the asked rate, the CSV's "
+                "realised_rate column holds the realised one")
         cm = compile(model, x, backend="cpu", tune=tune, progress=progress)
         meta = dict(model=model_name, **texts, batch=batch, rate=rate, allocator=setting,
                     threads=torch.get_num_threads(), tune=tune, reps=reps)

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from .bench_command import add_bench_parser, check_cache_env, check_counts
 from .runtime import usable_cpus
+from .tune.layout_options import add_layout_options
 from .tune.numbers import ascii_float, ascii_int
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
@@ -90,8 +91,10 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run ``laudtriton demo``: build LAUD-ResNet-50 (spatial, 4-4-2-1, random weights),
-    calibrate its maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
+    """Run ``laudtriton demo``: build LAUD-ResNet-50 with random weights, laid out by
+    ``args.mode``, ``args.granularity`` and ``args.channel_granularity`` (bench's layout
+    options, ``tune.layout_options``; by default spatial masks, 4-4-2-1), calibrate its
+    maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
     of its two forms), the masked-dense reference and the compiled model. Its input is
@@ -101,13 +104,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     "quick" or "full" it says the blocks timed so far are in the autotune cache.
 
     Raises:
-        ValueError: --reps < 1, --rate outside [0, 1], or (tune not "off") a bad
-            $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is built.
+        ValueError: --reps < 1, --rate outside [0, 1], a bad --mode, --granularity or
+            --channel-granularity (``check_layout_options``: also one the mode does not
+            read), or (tune not "off") a bad $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR,
+            before the model is built.
         AssertionError: if the compiled logits are not close to the reference's.
     """
     check_counts(args, "reps")
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
+    from .tune.layout_options import check_layout_options
+
+    args.model = "laud_resnet50"  # (what check_layout_options checks the layout against)
+    check_layout_options(args)
     check_cache_env(args.tune)
     import torch
 
@@ -130,18 +139,20 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from .baseline import dense_forms, time_against_dense
-    from .bench import build_model
+    from .bench import build_model, calibration_note
     from .compile import compile
     from .nn import calibrate_rates
     from .testing import assert_close, logits_agreement
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    print("1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)")
-    model = build_model("laud_resnet50", "spatial", "4-4-2-1")
+    print(f"1/4 building LAUD-ResNet-50 ({layout_words(args)}, random weights)")
+    model = build_model("laud_resnet50", args.mode, args.granularity, args.channel_granularity)
     x = torch.randn(1, 3, 224, 224)
     print(f"2/4 calibrating every masker to activation rate {args.rate}")
-    calibrate_rates(model, x, args.rate)
+    note = calibration_note(model, calibrate_rates(model, x, args.rate), args.rate, 1)
+    if note:  # (a layer gate at batch 1 is on or off: 0.5 lands on 0)
+        print(f"    note: {note}")
     with torch.no_grad():
         ref = model(x)
     print(f"    FLOPs ratio {float(model.last_stats.flops_ratio):.3f} of the dense network")
@@ -168,6 +179,22 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"    {label:<{width}} {t * 1e3:8.2f} ms{ratio}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def layout_words(args: argparse.Namespace) -> str:
+    """The demo's layout as its first step names it: the mode, then the granularity and
+    the channel granularity where a stage of that mode reads them (``READ_BY``):
+    "spatial, granularity 4-4-2-1", "channel, channel granularity 2", "layer"."""
+    from .nn.stages import parse_modes
+    from .tune.layout_options import READ_BY
+
+    modes = set(parse_modes(args.mode))
+    words = [args.mode]
+    for flag, value in (("--granularity", args.granularity),
+                        ("--channel-granularity", args.channel_granularity)):
+        if modes & set(READ_BY[flag]):
+            words.append(f"{flag[2:].replace('-', ' ')} {value}")
+    return ", ".join(words)
 
 
 def _unavailable(name: str, why: str, args) -> int:
@@ -224,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_env)
 
     s = sub.add_parser("demo", help="LAUD-ResNet-50 at rate 0.5: compile, check, time")
+    add_layout_options(s)  # bench's --mode, --granularity, --channel-granularity
     s.add_argument("--rate", type=ascii_float, default=0.5,
                    help="activation rate the maskers are calibrated to (default 0.5)")
     s.add_argument("--tune", default="cached", choices=["cached", "quick", "full", "off"],

@@ -45,10 +45,12 @@ def _readme_row(command: str) -> str:
 
 
 def test_readme_demo_row_defaults_are_the_parsers():
-    """``(`--rate 0.5`, `--tune cached`, `--reps 20` by default)``."""
+    """``(`--rate 0.5`, `--tune cached`, `--reps 20`, `--mode spatial`, ... by default``
+    (the layout options since session 73)."""
     row = _readme_row("demo")
     stated = re.findall(r"`(--[\w-]+) ([^`]+)`", row)
-    assert [o for o, _ in stated] == ["--rate", "--tune", "--reps"], row
+    assert [o for o, _ in stated] == ["--rate", "--tune", "--reps", "--mode", "--granularity",
+                                      "--channel-granularity"], row
     for option, value in stated:
         assert str(_default("demo", option)) == value, (option, value)
 

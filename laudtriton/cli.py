@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run ``laudtriton demo``: build LAUD-ResNet-50 with random weights, laid out by
     ``args.mode``, ``args.granularity`` and ``args.channel_granularity`` (bench's layout
     options, ``tune.layout_options``; by default spatial masks, 4-4-2-1), calibrate its
-    maskers to ``args.rate`` on one [1, 3, 224, 224] input, compile it for
+    maskers to ``args.rate`` on one [args.batch, 3, 224, 224] input, compile it for
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
     of its two forms), the masked-dense reference and the compiled model. Its input is
@@ -104,17 +104,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     "quick" or "full" it says the blocks timed so far are in the autotune cache.
 
     Raises:
-        ValueError: --reps < 1, --rate outside [0, 1], a bad --mode, --granularity or
-            --channel-granularity (``check_layout_options``: also one the mode does not
-            read), or (tune not "off") a bad $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR,
-            before the model is built.
+        ValueError: --reps < 1, --batch outside [1, 4096], --rate outside [0, 1], a bad
+            --mode, --granularity or --channel-granularity (``check_layout_options``:
+            also one the mode does not read), or (tune not "off") a bad
+            $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is built; a
+            --batch whose memory the allocator refuses (``tune.options.out_of_memory``).
         AssertionError: if the compiled logits are not close to the reference's.
     """
+    from .tune.layout_options import check_layout_options
+    from .tune.options import check_batch, out_of_memory
+
     check_counts(args, "reps")
+    check_batch(args.batch)
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
-    from .tune.layout_options import check_layout_options
-
     args.model = "laud_resnet50"  # (what check_layout_options checks the layout against)
     check_layout_options(args)
     check_cache_env(args.tune)
@@ -123,6 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:  # its seeded draws on a fork: a Python caller's generator is left as it was
         with torch.random.fork_rng(devices=[]):
             return _demo(args)
+    except RuntimeError as e:  # the allocator's refusal, named by its option
+        raise out_of_memory(e, f"--batch {args.batch}") from None
     except KeyboardInterrupt:  # or SIGTERM (``main``): a cache write is not cut short
         from .tune.keys import cache_enabled_from_env
 
@@ -148,9 +153,9 @@ def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     print(f"1/4 building LAUD-ResNet-50 ({layout_words(args)}, random weights)")
     model = build_model("laud_resnet50", args.mode, args.granularity, args.channel_granularity)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(args.batch, 3, 224, 224)
     print(f"2/4 calibrating every masker to activation rate {args.rate}")
-    note = calibration_note(model, calibrate_rates(model, x, args.rate), args.rate, 1)
+    note = calibration_note(model, calibrate_rates(model, x, args.rate), args.rate, args.batch)
     if note:  # (a layer gate at batch 1 is on or off: 0.5 lands on 0)
         print(f"    note: {note}")
     with torch.no_grad():
@@ -165,7 +170,7 @@ def _demo(args: argparse.Namespace) -> int:
     err, top1 = logits_agreement(out, ref)
     print(f"    compiled logits == reference logits (max rel. error {err:.2e}); "
           f"same top-1: {top1 == 1.0}")
-    print(f"4/4 timing dense vs compiled ({args.reps} interleaved runs, batch 1, "
+    print(f"4/4 timing dense vs compiled ({args.reps} interleaved runs, batch {args.batch}, "
           f"{torch.get_num_threads()} threads)")
     with torch.no_grad():  # both dense forms timed; the faster is the baseline
         fmt, td, (tc, tr) = time_against_dense(
@@ -258,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how compile picks each block's variant (default: cached)")
     s.add_argument("--reps", type=ascii_int, default=20,
                    help="timed runs of each model (default 20, at most 10000)")
+    s.add_argument("--batch", type=ascii_int, default=1,
+                   help="images per forward, calibration included (default 1; layer "
+                        "skipping's target is at 8)")
     s.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)

@@ -1,7 +1,8 @@
-"""``laudtriton demo --mode/--granularity/--channel-granularity`` (session 73): bench's
-layout options reach the model the demo builds and its first step's words; a bad or
-unread option is refused before the build; a calibration whose masks cannot realise the
-rate (a layer gate at batch 1) is said, as bench says it."""
+"""``laudtriton demo --mode/--granularity/--channel-granularity/--batch`` (session 73):
+bench's layout options reach the model the demo builds and its first step's words, and
+--batch its input; a bad or unread option is refused before the build, an allocator's
+refusal named by --batch; a calibration whose masks cannot realise the rate (a layer gate
+at batch 1) is said, as bench says it."""
 
 import sys
 
@@ -19,8 +20,8 @@ def compiled_models(monkeypatch):
     """The models the demo hands to ``compile`` (which then stops the demo)."""
     seen = []
 
-    def stop(model, *args, **kwargs):
-        seen.append(model)
+    def stop(model, example_input=None, *args, **kwargs):
+        seen.append((model, example_input))
         raise _StopAtCompile
 
     monkeypatch.setattr(sys.modules["laudtriton.compile"], "compile", stop)
@@ -34,7 +35,8 @@ def test_demo_builds_the_channel_layout_it_is_given(compiled_models, capsys):
     assert "1/4 building LAUD-ResNet-50 (channel, channel granularity 2, random weights)" \
         in out
     assert "note:" not in out  # 2 channels per group realise 0.5
-    (model,) = compiled_models
+    ((model, x),) = compiled_models
+    assert tuple(x.shape) == (1, 3, 224, 224)
     blocks = [b for _, b in model.blocks()]
     assert {b.dyn_mode for b in blocks} == {"channel"}
     assert all(b.masker_spatial is None for b in blocks)
@@ -46,7 +48,7 @@ def test_demo_default_layout_is_unchanged(compiled_models, capsys):
         main(["demo", "--tune", "off"])
     out = capsys.readouterr().out
     assert "1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)" in out
-    (model,) = compiled_models
+    ((model, _),) = compiled_models
     blocks = [b for _, b in model.blocks()]
     assert [b.granularity for b in blocks] == [4] * 3 + [4] * 4 + [2] * 6 + [1] * 3
 
@@ -64,6 +66,38 @@ def test_demo_says_when_layer_gates_cannot_realise_the_rate(compiled_models, cap
     assert lines.index(note) < lines.index("3/4 compiling for this machine (tune=off)")
 
 
+def test_demo_batch_is_its_input_and_calibration_batch(compiled_models, capsys):
+    """--batch 2: the gates are calibrated on two images and land on one of them (rate
+    0.5, no note), and compile gets the batch as its example input."""
+    with pytest.raises(_StopAtCompile):
+        main(["demo", "--mode", "layer", "--batch", "2", "--tune", "off"])
+    out = capsys.readouterr().out
+    assert "note:" not in out
+    ((model, x),) = compiled_models
+    assert tuple(x.shape) == (2, 3, 224, 224)
+    assert float(model.last_stats.flops_ratio) > 0.3  # (batch 1: 0.118, every gate off)
+
+
+def test_demo_names_batch_when_memory_is_refused(monkeypatch, capsys):
+    import laudtriton.cli as cli
+
+    def refused(args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 1 bytes")
+
+    monkeypatch.setattr(cli, "_demo", refused)
+    assert main(["demo", "--batch", "3", "--tune", "off"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("laudtriton demo: error: --batch 3: out of memory (")
+
+    def other(args):
+        raise RuntimeError("not about memory")
+
+    monkeypatch.setattr(cli, "_demo", other)
+    with pytest.raises(RuntimeError, match="not about memory"):
+        main(["demo", "--tune", "off"])
+
+
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--mode", "bogus"], "--mode 'bogus' unknown"),
     (["demo", "--mode", "channel", "--granularity", "2"],
@@ -71,6 +105,7 @@ def test_demo_says_when_layer_gates_cannot_realise_the_rate(compiled_models, cap
      "none; leave it out"),
     (["demo", "--mode", "channel", "--channel-granularity", "3"],
      "--channel-granularity 3 must divide the stage 1 width 64"),
+    (["demo", "--batch", "0"], "--batch 0 must be in [1, 4096]"),
     (["demo", "--granularity", "8-8-8-8"],
      "--granularity '8-8-8-8': S=8 in stage 4 must be in [1, 7] (the 7x7 map)"),
 ])

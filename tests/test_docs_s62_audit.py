@@ -49,8 +49,8 @@ def test_readme_demo_row_defaults_are_the_parsers():
     (the layout options since session 73)."""
     row = _readme_row("demo")
     stated = re.findall(r"`(--[\w-]+) ([^`]+)`", row)
-    assert [o for o, _ in stated] == ["--rate", "--tune", "--reps", "--mode", "--granularity",
-                                      "--channel-granularity"], row
+    assert [o for o, _ in stated] == ["--rate", "--tune", "--reps", "--batch", "--mode",
+                                      "--granularity", "--channel-granularity"], row
     for option, value in stated:
         assert str(_default("demo", option)) == value, (option, value)
 

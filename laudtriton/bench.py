@@ -44,8 +44,9 @@ from .tune.timing import interleaved_medians
 CL = torch.channels_last
 
 MODELS = {"laud_resnet50": laud_resnet50, "laud_resnet101": laud_resnet101}
-# bench says so when the calibrated masks realise, on average over the blocks, a rate this
-# far from the asked one (a layer gate at batch 1 is on or off: 0.5 lands on 0, 0.75 on 1)
+# bench and demo say so when the calibrated masks realise, on average over the blocks or
+# in a block, a rate this far from the asked one (a layer gate at batch 1 is on or off:
+# 0.5 lands on 0, 0.75 on 1; ``calibration_note``)
 RATE_SLACK = 0.05
 
 

@@ -97,18 +97,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     maskers to ``args.rate`` on one [args.batch, 3, 224, 224] input, compile it for
     the CPU (``args.tune``), check the compiled logits against the reference's, and print
     the medians (ms) of ``args.reps`` interleaved runs of the dense baseline (the faster
-    of its two forms), the masked-dense reference and the compiled model. Its input is
+    of its two forms), the masked-dense reference and the compiled model; after the
+    calibration, a note where the masks realise another rate than asked
+    (``bench.calibration_note``: a layer gate at batch 1 is on or off). Its input is
     drawn from torch's generator seeded with 0, on a fork (``torch.random.fork_rng``):
     the caller's generator is left as it was. Returns 0, or
     130 on Ctrl-C (or SIGTERM, which ``main`` turns into it), after one line; with tune
     "quick" or "full" it says the blocks timed so far are in the autotune cache.
 
     Raises:
-        ValueError: --reps < 1, --batch outside [1, 4096], --rate outside [0, 1], a bad
-            --mode, --granularity or --channel-granularity (``check_layout_options``:
-            also one the mode does not read), or (tune not "off") a bad
-            $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is built; a
-            --batch whose memory the allocator refuses (``tune.options.out_of_memory``).
+        ValueError: --reps outside [1, 10000], --batch outside [1, 4096], --rate outside
+            [0, 1], a bad --mode, --granularity or --channel-granularity
+            (``check_layout_options``: also one the mode does not read), or (tune not
+            "off") a bad $LAUDTRITON_CACHE or $LAUDTRITON_CACHE_DIR, before the model is
+            built; a --batch whose memory the allocator refuses
+            (``tune.options.out_of_memory``).
         AssertionError: if the compiled logits are not close to the reference's.
     """
     from .tune.layout_options import check_layout_options
@@ -118,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_batch(args.batch)
     if not 0.0 <= args.rate <= 1.0:
         raise ValueError(f"--rate must be in [0, 1], got {args.rate}")
-    args.model = "laud_resnet50"  # (what check_layout_options checks the layout against)
+    args.model = "laud_resnet50"  # what is built, and what the layout is checked against
     check_layout_options(args)
     check_cache_env(args.tune)
     import torch
@@ -152,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     torch.manual_seed(0)
     print(f"1/4 building LAUD-ResNet-50 ({layout_words(args)}, random weights)")
-    model = build_model("laud_resnet50", args.mode, args.granularity, args.channel_granularity)
+    model = build_model(args.model, args.mode, args.granularity, args.channel_granularity)
     x = torch.randn(args.batch, 3, 224, 224)
     print(f"2/4 calibrating every masker to activation rate {args.rate}")
     note = calibration_note(model, calibrate_rates(model, x, args.rate), args.rate, args.batch)
@@ -188,18 +191,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def layout_words(args: argparse.Namespace) -> str:
     """The demo's layout as its first step names it: the mode, then the granularity and
-    the channel granularity where a stage of that mode reads them (``READ_BY``):
-    "spatial, granularity 4-4-2-1", "channel, channel granularity 2", "layer"."""
-    from .nn.stages import parse_modes
-    from .tune.layout_options import READ_BY
+    the channel granularity where a stage of that mode reads them
+    (``tune.layout_options.options_read``): "spatial, granularity 4-4-2-1", "channel,
+    channel granularity 2", "layer"."""
+    from .tune.layout_options import options_read
 
-    modes = set(parse_modes(args.mode))
-    words = [args.mode]
-    for flag, value in (("--granularity", args.granularity),
-                        ("--channel-granularity", args.channel_granularity)):
-        if modes & set(READ_BY[flag]):
-            words.append(f"{flag[2:].replace('-', ' ')} {value}")
-    return ", ".join(words)
+    read = options_read(args.mode, args.granularity, args.channel_granularity)
+    return ", ".join([args.mode, *(f"{flag[2:].replace('-', ' ')} {value}"
+                                   for flag, value in read.items())])
 
 
 def _unavailable(name: str, why: str, args) -> int:

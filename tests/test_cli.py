@@ -708,7 +708,7 @@ def test_no_command_names_the_unknown_option_first(argv, message, capsys):
         f"laudtriton: error: {message} (`laudtriton --help` for usage)\n")
 
 
-@pytest.mark.parametrize("command", ["bench", "sweep", "predict"])
+@pytest.mark.parametrize("command", ["bench", "sweep", "predict", "demo"])
 def test_a_batch_past_the_bound_is_refused(command, capsys):
     """bench and sweep took any --batch >= 1: one past int64 crashed inside torch with a
     C++ traceback (after bench had changed the process's allocator)."""

@@ -40,7 +40,8 @@ def test_demo_builds_the_channel_layout_it_is_given(compiled_models, capsys):
     blocks = [b for _, b in model.blocks()]
     assert {b.dyn_mode for b in blocks} == {"channel"}
     assert all(b.masker_spatial is None for b in blocks)
-    assert [b.masker_channel.groups for b in blocks[:1]] == [64 // 2]
+    first = [b for name, b in model.blocks() if name.endswith(".0")]  # each stage's first
+    assert [b.masker_channel.groups for b in first] == [64 // 2, 128 // 2, 256 // 2, 512 // 2]
 
 
 def test_demo_default_layout_is_unchanged(compiled_models, capsys):
@@ -48,7 +49,9 @@ def test_demo_default_layout_is_unchanged(compiled_models, capsys):
         main(["demo", "--tune", "off"])
     out = capsys.readouterr().out
     assert "1/4 building LAUD-ResNet-50 (spatial, granularity 4-4-2-1, random weights)" in out
-    ((model, _),) = compiled_models
+    assert "note:" not in out
+    ((model, x),) = compiled_models
+    assert tuple(x.shape) == (1, 3, 224, 224)
     blocks = [b for _, b in model.blocks()]
     assert [b.granularity for b in blocks] == [4] * 3 + [4] * 4 + [2] * 6 + [1] * 3
 
@@ -96,6 +99,34 @@ def test_demo_names_batch_when_memory_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_demo", other)
     with pytest.raises(RuntimeError, match="not about memory"):
         main(["demo", "--tune", "off"])
+
+    def logits_differ(args):
+        raise AssertionError("compiled logits differ")
+
+    monkeypatch.setattr(cli, "_demo", logits_differ)
+    with pytest.raises(AssertionError, match="compiled logits differ"):
+        main(["demo", "--tune", "off"])
+
+
+@pytest.mark.parametrize("mode,words", [
+    ("both", "both, granularity 4-4-2-1, channel granularity 2"),
+    ("spatial-channel-layer-layer",
+     "spatial-channel-layer-layer, granularity 4-4-2-1, channel granularity 2"),
+    ("layer-layer-channel-channel", "layer-layer-channel-channel, channel granularity 2"),
+])
+def test_demo_names_the_options_its_stages_read(mode, words, compiled_models, capsys):
+    with pytest.raises(_StopAtCompile):
+        main(["demo", "--mode", mode, "--channel-granularity", "2", "--tune", "off"])
+    assert f"1/4 building LAUD-ResNet-50 ({words}, random weights)" in capsys.readouterr().out
+
+
+def test_predict_header_names_the_same_options():
+    """predict's table header and the demo read one rule (``options_read``)."""
+    from laudtriton.predict.commands import layout_text
+
+    assert layout_text("both", "4-4-2-1", "2") == " S 4-4-2-1 channel granularity 2"
+    assert layout_text("spatial-layer-layer-layer", "4", "2") == " S 4"
+    assert layout_text("layer", "4", "2") == ""
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -45,8 +45,8 @@ def _readme_row(command: str) -> str:
 
 
 def test_readme_demo_row_defaults_are_the_parsers():
-    """``(`--rate 0.5`, `--tune cached`, `--reps 20`, `--mode spatial`, ... by default``
-    (the layout options since session 73)."""
+    """``(`--rate 0.5`, `--tune cached`, `--reps 20`, `--batch 1`, `--mode spatial`, ...
+    by default`` (--batch and the layout options since session 73)."""
     row = _readme_row("demo")
     stated = re.findall(r"`(--[\w-]+) ([^`]+)`", row)
     assert [o for o, _ in stated] == ["--rate", "--tune", "--reps", "--batch", "--mode",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..tune.layout_options import GRANULARITY
+from ..tune.layout_options import GRANULARITY, options_read
 from .calibration import timings_cache
 from .command_options import (
     add_common_options,
@@ -33,13 +33,9 @@ def layout_text(mode: str, granularity: str, channel_granularity: str) -> str:
     "spatial-channel-layer-both"), as the table's header names them (" S 4-4-2-1" where a
     stage skips pixels, " channel granularity 2" where one skips channels, "" for
     "layer"): the others do not reach the model, so echoing them would misdescribe it."""
-    stages = set(str(mode).split("-"))
-    text = ""
-    if stages & {"spatial", "both"}:
-        text += f" S {granularity}"
-    if stages & {"channel", "both"}:
-        text += f" channel granularity {channel_granularity}"
-    return text
+    words = {"--granularity": "S", "--channel-granularity": "channel granularity"}
+    read = options_read(mode, granularity, channel_granularity)
+    return "".join(f" {words[flag]} {value}" for flag, value in read.items())
 
 
 def _flag(dest: str) -> str:

@@ -89,6 +89,20 @@ def add_layout_options(p: argparse.ArgumentParser) -> None:
                         "both stages)")
 
 
+def options_read(mode: str, granularity: str, channel_granularity: str) -> dict[str, str]:
+    """{flag: value} of --granularity and --channel-granularity, each where a stage of
+    ``mode`` (one mode, or one per stage joined by '-') reads it (``READ_BY``), in that
+    order: the options that reach the model, for a text that describes it (demo's first
+    step, predict's table header); echoing the others would misdescribe it.
+
+    Raises:
+        ValueError: as ``nn.stages.parse_modes``, for a mode a LAUD-ResNet does not take.
+    """
+    modes = set(parse_modes(str(mode)))
+    values = {"--granularity": granularity, "--channel-granularity": channel_granularity}
+    return {flag: value for flag, value in values.items() if modes & set(READ_BY[flag])}
+
+
 def check_layout_read(modes: Sequence[str], given: dict[str, str], where: str) -> None:
     """A ValueError naming the option when one of ``given`` ({"--granularity": value,
     "--channel-granularity": value}) holds another value than its default while none of

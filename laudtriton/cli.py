@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from .bench_command import add_bench_parser, check_cache_env, check_counts
 from .runtime import usable_cpus
-from .tune.layout_options import add_layout_options
+from .tune.layout_options import add_layout_options, check_layout_options, options_read
 from .tune.numbers import ascii_float, ascii_int
 
 # Subcommands provided by other modules: (module, add-parser function, run function).
@@ -114,7 +114,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             (``tune.options.out_of_memory``).
         AssertionError: if the compiled logits are not close to the reference's.
     """
-    from .tune.layout_options import check_layout_options
     from .tune.options import check_batch, out_of_memory
 
     check_counts(args, "reps")
@@ -194,8 +193,6 @@ def layout_words(args: argparse.Namespace) -> str:
     the channel granularity where a stage of that mode reads them
     (``tune.layout_options.options_read``): "spatial, granularity 4-4-2-1", "channel,
     channel granularity 2", "layer"."""
-    from .tune.layout_options import options_read
-
     read = options_read(args.mode, args.granularity, args.channel_granularity)
     return ", ".join([args.mode, *(f"{flag[2:].replace('-', ' ')} {value}"
                                    for flag, value in read.items())])
